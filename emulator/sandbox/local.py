@@ -1,0 +1,224 @@
+"""Sandboxes as local processes: ``python -m kit.runtime`` in its own process group.
+
+Each session gets a folder ``<root>/<session_id>/`` with ``workspace/`` (the agent's cwd,
+kept across sandboxes so the SDK's resume finds the same project key), ``home/``,
+``tmp/`` and ``run/`` (the runtime's socket). When kit runs as root the runtime runs as an
+unprivileged user (``nobody`` unless told otherwise) that owns only that folder.
+
+Tier limits (memory, CPU, disk, pids, idle) and filesystem/network isolation are the
+emulator's next layer (docs/tiers.md); this module is the process lifecycle they build on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import pwd
+import shutil
+import signal
+import sys
+import tempfile
+import uuid
+from collections import deque
+from pathlib import Path
+
+from kit.host.errors import SandboxError
+from kit.host.sandbox import (
+    ExitInfo,
+    Sandbox,
+    SandboxProvider,
+    SandboxSpec,
+    SandboxState,
+    exit_code_of,
+    reason_of,
+)
+from kit.ids import SandboxId
+from kit.runtime.config import RuntimeConfig
+
+log = logging.getLogger("emulator.sandbox")
+
+DEFAULT_USER = "nobody"
+START_TIMEOUT_S = 90.0
+_SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+class LocalSandbox(Sandbox):
+    """A runtime process group on this machine."""
+
+    def __init__(
+        self, spec: SandboxSpec, proc: asyncio.subprocess.Process, endpoint: str, log_path: Path
+    ) -> None:
+        self.id = SandboxId(f"sbx-{uuid.uuid4().hex[:12]}")
+        self.session_id = spec.session_id
+        self.spec = spec
+        self.endpoint = endpoint
+        self.resumed = False
+        self.log_path = log_path
+        self.pid = proc.pid
+        self._proc = proc
+        self._reason: str | None = None
+        self._exit: ExitInfo | None = None
+        self._waiter = asyncio.create_task(self._reap(), name=f"reap-{self.id}")
+
+    @property
+    def state(self) -> SandboxState:
+        return SandboxState.EXITED if self._exit else SandboxState.RUNNING
+
+    async def _reap(self) -> ExitInfo:
+        code = exit_code_of(await self._proc.wait())
+        # The runtime is gone; take any orphans in its group with it (e.g. a Bash tool).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        self._exit = ExitInfo(code, self._reason or reason_of(code))
+        return self._exit
+
+    async def wait(self) -> ExitInfo:
+        return await asyncio.shield(self._waiter)
+
+    async def kill(self, sig: int = signal.SIGKILL, reason: str | None = None) -> None:
+        if self._exit is not None:
+            return
+        if reason is not None and self._reason is None:
+            self._reason = reason
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+
+class LocalSandboxProvider(SandboxProvider):
+    """Starts :class:`LocalSandbox` processes under ``root``."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        python: str = sys.executable,
+        run_root: Path | None = None,
+        user: str | None = DEFAULT_USER,
+        start_timeout_s: float = START_TIMEOUT_S,
+    ) -> None:
+        self.root = root
+        # Unix socket paths are limited to 107 bytes: keep sockets in a short folder.
+        self.run_root = run_root or short_run_dir(root)
+        self.python = python
+        self.start_timeout_s = start_timeout_s
+        self.user = user
+        self.uid: int | None = None
+        self.gid: int | None = None
+        if os.geteuid() == 0 and user:
+            entry = pwd.getpwnam(user)
+            self.uid, self.gid = entry.pw_uid, entry.pw_gid
+        root.mkdir(parents=True, exist_ok=True)
+
+    def workspace(self, session_id: str) -> Path:
+        """The session's workspace folder (the agent's cwd)."""
+        return self.root / session_id / "workspace"
+
+    async def start(self, spec: SandboxSpec) -> LocalSandbox:
+        base = self.root / spec.session_id
+        dirs = {name: base / name for name in ("workspace", "home", "tmp")}
+        dirs["run"] = self.run_root / spec.session_id[:13]
+        shutil.rmtree(dirs["tmp"], ignore_errors=True)
+        for path in (base, *dirs.values(), *spec.writable):
+            path.mkdir(parents=True, exist_ok=True)
+            self._own(path)
+        (dirs["home"] / ".claude").mkdir(exist_ok=True)
+        self._own(dirs["home"] / ".claude")
+        sock = dirs["run"] / "runtime.sock"
+        config = RuntimeConfig(
+            session_id=spec.session_id,
+            bundle_dir=spec.bundle_dir,
+            workspace=dirs["workspace"],
+            home=dirs["home"],
+            store_url=spec.store_url,
+            listen=f"unix:{sock}",
+            model_base_url=spec.model.base_url,
+            model_unix_socket=spec.model.unix_socket,
+            model_token=spec.model.token,
+            runtime_token=spec.runtime_token,
+        )
+        env = {
+            "PATH": _SAFE_PATH,
+            "HOME": str(dirs["home"]),
+            "TMPDIR": str(dirs["tmp"]),
+            "LANG": "C.UTF-8",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        log_path = base / "runtime.log"
+        try:
+            proc = await self._spawn(dirs["workspace"], env, log_path)
+        except OSError as exc:
+            who = f"user {self.user!r}" if self.uid is not None else "this user"
+            raise SandboxError(
+                f"Cannot start the sandbox runtime ({self.python}) as {who}: {exc.strerror}. "
+                "Sandboxes run as an unprivileged user: keep the project, its .kit folder and its "
+                "virtualenv where that user can read them (not under /root; ./scripts/setup builds "
+                "the virtualenv from a system Python), or set KIT_SANDBOX_USER= (empty) to run "
+                "sandboxes as yourself, without that isolation."
+            ) from exc
+        sandbox = LocalSandbox(spec, proc, f"unix:{sock}", log_path)
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(config.to_json().encode() + b"\n")
+        await proc.stdin.drain()
+        proc.stdin.close()
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), self.start_timeout_s)
+        except TimeoutError:
+            await sandbox.kill()
+            await sandbox.wait()
+            raise SandboxError(
+                f"The sandbox for session {spec.session_id} did not get ready in "
+                f"{self.start_timeout_s:.0f} s; see {log_path}."
+            ) from None
+        if not line:
+            info = await sandbox.wait()
+            raise SandboxError(
+                f"The sandbox for session {spec.session_id} exited with code {info.exit_code} "
+                f"before it was ready: {_tail(log_path)} (full log: {log_path})."
+            )
+        ready = json.loads(line)
+        sandbox.resumed = bool(ready.get("resumed"))
+        return sandbox
+
+    async def _spawn(self, cwd: Path, env: dict[str, str], log_path: Path) -> asyncio.subprocess.Process:
+        with open(log_path, "ab") as log_file:
+            return await asyncio.create_subprocess_exec(
+                self.python,
+                "-m",
+                "kit.runtime",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log_file,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+                user=self.uid,
+                group=self.gid,
+                extra_groups=[] if self.uid is not None else None,
+            )
+
+    def _own(self, path: Path) -> None:
+        if self.uid is not None and self.gid is not None:
+            os.chown(path, self.uid, self.gid)
+            path.chmod(0o700)
+
+
+def short_run_dir(root: Path) -> Path:
+    """A short per-root folder under the temp dir for Unix sockets."""
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:10]
+    path = Path(tempfile.gettempdir()) / f"kit-{os.geteuid()}-{digest}"
+    path.mkdir(mode=0o755, exist_ok=True)
+    path.chmod(0o755)
+    return path
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return " | ".join(line.rstrip() for line in deque(f, maxlen=lines))
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,171 @@
+"""Content-addressed bundles: the skills as a Claude Code plugin plus the agent's config.
+
+A bundle is a folder named by its digest::
+
+    <root>/<digest>/
+      kit-bundle.json            manifest: format, agent config, skills, file digests
+      .claude-plugin/plugin.json {"name": "kit", ...}: the skills load as plugin "kit"
+      skills/<name>/...          copied from the project
+
+The same bytes are what ``kit dev`` runs and what ``kit deploy`` ships. The runtime calls
+:func:`open_bundle`, which verifies every file against the manifest before it is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from kit.bundle.config import AgentConfig, Project
+from kit.bundle.errors import BundleError
+
+FORMAT = 1
+MANIFEST = "kit-bundle.json"
+PLUGIN_NAME = "kit"
+_SKIP_DIRS = {"__pycache__", ".git", ".pytest_cache", ".mypy_cache", "node_modules"}
+_SKIP_SUFFIXES = (".pyc", ".pyo")
+MAX_BUNDLE_BYTES = 200 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A built, verified bundle on disk."""
+
+    path: Path
+    digest: str
+    agent: AgentConfig
+    skills: tuple[str, ...]
+    tier: str
+    idle_timeout_s: int
+
+    @property
+    def plugin_dir(self) -> Path:
+        """The folder to pass as a local plugin (``--plugin-dir``)."""
+        return self.path
+
+
+def build_bundle(project: Project, root: Path) -> Bundle:
+    """Build ``project`` into ``root/<digest>`` (reused when it already exists)."""
+    files = _collect(project)
+    agent = asdict(project.agent)
+    skills = [s.name for s in project.skills]
+    plugin = {
+        "name": PLUGIN_NAME,
+        "version": "1.0.0",
+        "description": project.agent.description or f"Skills of the {project.agent.name} agent.",
+    }
+    plugin_bytes = _canon(plugin)
+    digests = {rel: _sha256(src.read_bytes()) for rel, src in files.items()}
+    digests[".claude-plugin/plugin.json"] = _sha256(plugin_bytes)
+    body = {
+        "format": FORMAT,
+        "agent": agent,
+        "skills": skills,
+        "sandbox": {"tier": project.sandbox.tier, "idle_timeout_s": project.sandbox.idle_timeout_s},
+        "files": dict(sorted(digests.items())),
+    }
+    digest = _sha256(_canon(body))
+    manifest = {**body, "digest": digest}
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / digest[:32]
+    if not (final / MANIFEST).is_file():
+        tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+        try:
+            for rel, src in files.items():
+                dest = tmp / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dest)
+                dest.chmod(0o755 if os.access(src, os.X_OK) else 0o644)
+            (tmp / ".claude-plugin").mkdir()
+            (tmp / ".claude-plugin" / "plugin.json").write_bytes(plugin_bytes)
+            (tmp / MANIFEST).write_bytes(_canon(manifest))
+            for d in [tmp, *[p for p in tmp.rglob("*") if p.is_dir()]]:
+                d.chmod(0o755)
+            try:
+                tmp.rename(final)
+            except OSError:
+                if not (final / MANIFEST).is_file():
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return open_bundle(final)
+
+
+def open_bundle(path: Path) -> Bundle:
+    """Read and verify a built bundle; :class:`BundleError` when anything does not match."""
+    manifest_path = path / MANIFEST
+    try:
+        manifest: dict[str, Any] = json.loads(manifest_path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{manifest_path}: cannot read the bundle manifest ({exc}); rebuild it.") from None
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{manifest_path}: bundle format {manifest.get('format')!r}; this kit reads {FORMAT}.")
+    body = {k: v for k, v in manifest.items() if k != "digest"}
+    if _sha256(_canon(body)) != manifest.get("digest"):
+        raise BundleError(f"{manifest_path}: the manifest does not match its digest; rebuild the bundle.")
+    for rel, want in manifest["files"].items():
+        file = path / rel
+        try:
+            got = _sha256(file.read_bytes())
+        except OSError:
+            raise BundleError(f"{file}: listed in the bundle but missing; rebuild the bundle.") from None
+        if got != want:
+            raise BundleError(f"{file}: changed since the bundle was built; rebuild the bundle.")
+    a = manifest["agent"]
+    agent = AgentConfig(
+        name=a["name"],
+        description=a["description"],
+        system_prompt=a["system_prompt"],
+        allowed_tools=tuple(a["allowed_tools"]),
+        max_turns=a["max_turns"],
+        model=a["model"],
+    )
+    sandbox = manifest["sandbox"]
+    return Bundle(
+        path=path,
+        digest=manifest["digest"],
+        agent=agent,
+        skills=tuple(manifest["skills"]),
+        tier=sandbox["tier"],
+        idle_timeout_s=sandbox["idle_timeout_s"],
+    )
+
+
+def _collect(project: Project) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    total = 0
+    for skill in project.skills:
+        for dirpath, dirnames, filenames in os.walk(skill.path):
+            dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+            for name in sorted(filenames):
+                src = Path(dirpath) / name
+                if name.endswith(_SKIP_SUFFIXES):
+                    continue
+                if src.is_symlink():
+                    raise BundleError(
+                        f"{src}: symlinks are not bundled; copy the file into the skill instead."
+                    )
+                total += src.stat().st_size
+                if total > MAX_BUNDLE_BYTES:
+                    raise BundleError(
+                        f"{project.root}: skills exceed {MAX_BUNDLE_BYTES // 2**20} MiB; "
+                        "move large data out of skills/."
+                    )
+                rel = "skills/" + src.relative_to(skill.path.parent).as_posix()
+                files[rel] = src
+    return files
+
+
+def _canon(obj: object) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,240 @@
+"""Loading an agent project: ``kit.toml``, the prompt file and the skills.
+
+``kit.toml`` (every key optional except ``agent.name``)::
+
+    [agent]
+    name = "support-bot"           # a-z, 0-9 and "-", at most 64 characters
+    description = "…"
+    prompt = "prompt.md"           # system prompt file, relative to kit.toml
+    allowed_tools = ["Skill", "Bash", "Read"]   # default: ["Skill"]
+    max_turns = 12                 # default: 16
+    model = "claude-sonnet-4-5"    # default: the CLI's default model
+
+    [sandbox]
+    tier = "basic"                 # a name from kit.tiers (default "standard-1")
+    idle_timeout = 600             # seconds without a turn before the sandbox stops
+
+    [dev]
+    scenarios = ["scenarios"]      # files or folders of offline-model scenarios
+
+Errors are :class:`~kit.bundle.errors.ConfigError` with one line naming the file, the key
+and what is allowed. Unknown keys are errors too, so a typo never goes unnoticed.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kit.bundle.errors import ConfigError
+from kit.tiers import get_tier, tier_names
+
+CONFIG_FILE = "kit.toml"
+NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+DEFAULT_TOOLS = ("Skill",)
+DEFAULT_MAX_TURNS = 16
+DEFAULT_IDLE_TIMEOUT_S = 600
+MAX_PROMPT_CHARS = 200_000
+
+_ALLOWED: dict[str, set[str]] = {
+    "agent": {"name", "description", "prompt", "allowed_tools", "max_turns", "model"},
+    "sandbox": {"tier", "idle_timeout"},
+    "dev": {"scenarios"},
+}
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """What the runtime needs to run the agent."""
+
+    name: str
+    description: str
+    system_prompt: str
+    allowed_tools: tuple[str, ...]
+    max_turns: int
+    model: str | None
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """How big the agent's sandbox is and how long it may idle."""
+
+    tier: str
+    idle_timeout_s: int
+
+
+@dataclass(frozen=True)
+class Skill:
+    """One skill folder with a valid ``SKILL.md``."""
+
+    name: str
+    description: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class Project:
+    """An agent project as loaded from disk."""
+
+    root: Path
+    agent: AgentConfig
+    sandbox: SandboxConfig
+    scenarios: tuple[Path, ...]
+    skills: tuple[Skill, ...]
+
+
+def load_project(root: Path) -> Project:
+    """Load and validate the project whose ``kit.toml`` is in ``root``."""
+    root = root.resolve()
+    path = root / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: not found; run `kit new NAME` to create a project, "
+            "or pass --project DIR pointing at a folder with a kit.toml."
+        )
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}).") from None
+    where = str(path)
+    for table, value in raw.items():
+        if table not in _ALLOWED:
+            raise ConfigError(f"{where}: unknown table [{table}]; allowed: agent, sandbox, dev.")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {table} must be a table ([{table}]).")
+        for key in value:
+            if key not in _ALLOWED[table]:
+                allowed = ", ".join(sorted(_ALLOWED[table]))
+                raise ConfigError(f"{where}: unknown key {table}.{key}; allowed: {allowed}.")
+    agent_raw: dict[str, Any] = raw.get("agent", {})
+    sandbox_raw: dict[str, Any] = raw.get("sandbox", {})
+    dev_raw: dict[str, Any] = raw.get("dev", {})
+    agent = _agent(root, where, agent_raw)
+    sandbox = _sandbox(where, sandbox_raw)
+    scenarios = tuple(
+        root / p for p in _str_list(where, "dev.scenarios", dev_raw.get("scenarios", ["scenarios"]))
+    )
+    return Project(root, agent, sandbox, scenarios, load_skills(root / "skills"))
+
+
+def _agent(root: Path, where: str, raw: dict[str, Any]) -> AgentConfig:
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ConfigError(
+            f"{where}: agent.name must be 1-64 characters of a-z, 0-9 and '-' "
+            f"(not starting or ending with '-'), got {name!r}."
+        )
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(f"{where}: agent.description must be a string.")
+    prompt = ""
+    if "prompt" in raw:
+        rel = raw["prompt"]
+        if not isinstance(rel, str) or not rel:
+            raise ConfigError(f"{where}: agent.prompt must be a file name such as \"prompt.md\".")
+        prompt_path = (root / rel).resolve()
+        if not prompt_path.is_relative_to(root):
+            raise ConfigError(f"{where}: agent.prompt must be inside the project folder.")
+        if not prompt_path.is_file():
+            raise ConfigError(f"{where}: agent.prompt names {rel}, which does not exist.")
+        prompt = prompt_path.read_text(encoding="utf-8")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise ConfigError(f"{prompt_path}: longer than {MAX_PROMPT_CHARS} characters.")
+    tools = tuple(_str_list(where, "agent.allowed_tools", raw.get("allowed_tools", DEFAULT_TOOLS)))
+    max_turns = raw.get("max_turns", DEFAULT_MAX_TURNS)
+    if not _positive_int(max_turns) or max_turns > 1000:
+        raise ConfigError(f"{where}: agent.max_turns must be an integer from 1 to 1000.")
+    model = raw.get("model")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise ConfigError(f"{where}: agent.model must be a model name such as \"claude-sonnet-4-5\".")
+    return AgentConfig(name, description, prompt, tools, max_turns, model)
+
+
+def _sandbox(where: str, raw: dict[str, Any]) -> SandboxConfig:
+    from kit.tiers import DEFAULT_TIER
+
+    tier = raw.get("tier", DEFAULT_TIER)
+    try:
+        if not isinstance(tier, str):
+            raise KeyError(tier)
+        tier = get_tier(tier).name
+    except KeyError:
+        raise ConfigError(
+            f"{where}: sandbox.tier {tier!r} is not a tier; allowed: {', '.join(tier_names())}."
+        ) from None
+    idle = raw.get("idle_timeout", DEFAULT_IDLE_TIMEOUT_S)
+    if not _positive_int(idle) or idle > 6 * 3600:
+        raise ConfigError(
+            f"{where}: sandbox.idle_timeout must be whole seconds from 1 to 21600 (6 h)."
+        )
+    return SandboxConfig(tier=tier, idle_timeout_s=idle)
+
+
+def _str_list(where: str, key: str, value: object) -> list[str]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: {key} must be a list of strings.")
+    return list(value)
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def load_skills(skills_dir: Path) -> tuple[Skill, ...]:
+    """Every ``skills/<name>/SKILL.md`` under ``skills_dir``, validated, sorted by name."""
+    if not skills_dir.is_dir():
+        return ()
+    skills = []
+    for child in sorted(skills_dir.iterdir()):
+        if not child.is_dir() or child.name.startswith((".", "_")):
+            continue
+        skill_md = child / "SKILL.md"
+        if not skill_md.is_file():
+            raise ConfigError(f"{child}: a skill folder needs a SKILL.md; add one or remove it.")
+        meta = parse_frontmatter(skill_md)
+        name = meta.get("name", "")
+        if name != child.name or not NAME_RE.match(name):
+            raise ConfigError(
+                f"{skill_md}: frontmatter name must equal the folder name {child.name!r} and be "
+                f"1-64 characters of a-z, 0-9 and '-', got {name!r}."
+            )
+        description = meta.get("description", "")
+        if not description or len(description) > 1024:
+            raise ConfigError(
+                f"{skill_md}: frontmatter description is required and at most 1024 characters "
+                "(it is all the model sees before it uses the skill)."
+            )
+        skills.append(Skill(name, description, child))
+    return tuple(skills)
+
+
+def parse_frontmatter(path: Path) -> dict[str, str]:
+    """The ``key: value`` pairs of a SKILL.md's YAML frontmatter (flat scalars only)."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != "---":
+        raise ConfigError(f"{path}: must start with YAML frontmatter ('---', name, description, '---').")
+    meta: dict[str, str] = {}
+    key: str | None = None
+    for line in lines[1:]:
+        if line.strip() == "---":
+            return {k: v.strip() for k, v in meta.items()}
+        if key and line[:1] in (" ", "\t"):
+            meta[key] = (meta[key] + " " + line.strip()).strip()
+            continue
+        if ":" not in line:
+            if line.strip():
+                raise ConfigError(f"{path}: cannot read frontmatter line {line!r}.")
+            continue
+        key, _, value = line.partition(":")
+        key = key.strip()
+        value = value.strip()
+        if value in (">", "|", ">-", "|-"):
+            value = ""
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        meta[key] = value
+    raise ConfigError(f"{path}: frontmatter is not closed with a '---' line.")

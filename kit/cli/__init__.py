@@ -1,0 +1,1 @@
+"""The ``kit`` command line: thin commands over library functions."""

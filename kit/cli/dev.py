@@ -1,0 +1,49 @@
+"""``kit dev``: run the local stack until Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from kit.cli import console
+from kit.cli.settings import DevSettings
+from kit.cli.stack import Stack, run_stack
+
+
+def banner(stack: Stack) -> None:
+    """The one banner ``kit dev`` prints."""
+    s = stack.settings
+    console.banner(
+        [
+            ("agent", f"{stack.project.agent.name}  ({stack.project.root})"),
+            ("sessions", f"{stack.url}/v1/sessions"),
+            ("websocket", f"{stack.url.replace('http', 'ws', 1)}/v1/sessions/{{id}}/ws"),
+            ("health", f"{stack.url}/healthz"),
+            ("model", stack.model_label),
+            ("tier", f"{stack.bundle.tier} (kit.toml [sandbox] tier)"),
+            ("bundle", f"{stack.bundle.digest[:16]}  {len(stack.bundle.skills)} skill(s): {', '.join(stack.bundle.skills)}"),
+            ("store", f"sqlite  {stack.transcripts_dir}"),
+            ("state", str(s.state_dir)),
+            ("api token", f"{stack.api_token_file} (Bearer token for POST /v1/sessions)"),
+        ],
+        title="kit dev — ready. Talk to it with `kit chat`; stop with Ctrl-C.",
+    )
+
+
+async def serve(settings: DevSettings) -> None:
+    """Run until SIGINT or SIGTERM, then shut down cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with run_stack(settings) as stack:
+        banner(stack)
+        await stop.wait()
+        console.out(console.dim("kit dev: shutting down (closing sockets with 1001, stopping sandboxes)…"))
+    console.out(console.dim("kit dev: stopped."))
+
+
+def run(settings: DevSettings) -> int:
+    """Entry for the CLI."""
+    asyncio.run(serve(settings))
+    return 0

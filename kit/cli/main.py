@@ -1,0 +1,110 @@
+"""The ``kit`` command: parse, call one library function, render, map errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from kit import __version__
+from kit.cli import console
+from kit.errors import KitError
+
+
+def _cmd_new(args: argparse.Namespace) -> int:
+    from kit.cli.new import scaffold
+
+    dest = scaffold(args.name, Path.cwd())
+    console.out(f"Created {dest}")
+    console.out(f"Next:  cd {args.name} && kit dev      (then, in another terminal: kit chat)")
+    console.out("       kit test                     (runs the scenario checks in scenarios/)")
+    return 0
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from kit.cli import dev
+    from kit.cli.settings import dev_settings
+
+    _log_to_stderr(args.verbose)
+    return dev.run(dev_settings(project=args.project, host=args.host, port=args.port))
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from kit.cli.chat import chat, find_target
+    from kit.cli.settings import dev_settings
+
+    settings = dev_settings(project=args.project, host=None, port=None)
+    target = find_target(settings.state_dir, args.url)
+    return asyncio.run(chat(target, args.session, args.message, args.json))
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    from kit.cli.settings import dev_settings
+    from kit.cli.testing import run_checks
+
+    settings = dev_settings(project=args.project, host=None, port=None)
+    report = run_checks(settings.project_dir, sandbox_user=settings.sandbox_user)
+    console.out(report.summary())
+    return 0 if report.ok else 1
+
+
+def _log_to_stderr(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("httpx", "httpcore", "uvicorn", "websockets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="kit", description="Run and ship Claude Agent SDK agents.")
+    parser.add_argument("--version", action="version", version=f"kit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("new", help="create an agent project")
+    p.add_argument("name", help="the agent's name (a-z, 0-9, '-')")
+    p.set_defaults(func=_cmd_new)
+
+    p = sub.add_parser("dev", help="run the agent locally against the cloud emulator")
+    p.add_argument("--project", type=Path, help="the agent project folder (default: nearest kit.toml)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default 8787; 0 = any free port)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=_cmd_dev)
+
+    p = sub.add_parser("chat", help="chat with the agent that `kit dev` is running")
+    p.add_argument("session", nargs="?", help="resume this session id (default: a new session)")
+    p.add_argument("--project", type=Path, help="the agent project folder (default: nearest kit.toml)")
+    p.add_argument("--url", help="the kit host URL (default: the running `kit dev`)")
+    p.add_argument("-m", "--message", help="send one message, print the reply, exit")
+    p.add_argument("--json", action="store_true", help="print events as JSON lines")
+    p.set_defaults(func=_cmd_chat)
+
+    p = sub.add_parser("test", help="run the project's scenario checks on the offline model")
+    p.add_argument("--project", type=Path, help="the agent project folder (default: nearest kit.toml)")
+    p.set_defaults(func=_cmd_test)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run ``kit``; exit 1 with one line on a :class:`KitError` (traceback with KIT_DEBUG=1)."""
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except KitError as exc:
+        if os.environ.get("KIT_DEBUG") == "1":
+            traceback.print_exc()
+        console.error(str(exc))
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code)

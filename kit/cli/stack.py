@@ -1,0 +1,171 @@
+"""The local stack behind ``kit dev``: emulator model, model proxy, session host, sandboxes.
+
+This is the one place that wires the emulator into kit's seams (ARCHITECTURE §6).
+``kit dev``, ``kit test``, the end-to-end tests and the benchmarks all run it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from emulator.model import ScenarioSource
+from emulator.model import create_app as create_model_app
+from emulator.sandbox import LocalSandboxProvider
+from kit.bundle import Bundle, Project, build_bundle, load_project
+from kit.cli.settings import DevSettings
+from kit.host import ModelProxy, SessionEnv, SessionHost, SQLiteLogStore, create_app
+
+log = logging.getLogger("kit.dev")
+
+EMULATOR_KEY = "kit-offline-model"
+"""What the proxy sends the offline model in place of a real key."""
+
+
+@dataclass
+class Stack:
+    """A running local stack."""
+
+    settings: DevSettings
+    project: Project
+    bundle: Bundle
+    url: str
+    model_url: str | None
+    """The offline model's URL (None when the real API is used)."""
+    api_token: str
+    api_token_file: Path
+    host: SessionHost
+    proxy: ModelProxy
+    provider: LocalSandboxProvider
+    transcripts_dir: Path
+
+    @property
+    def model_label(self) -> str:
+        """How the banner names the model upstream."""
+        if self.model_url:
+            return f"offline model (emulator) at {self.model_url}; set ANTHROPIC_API_KEY for the real API"
+        return f"Anthropic Messages API at {self.settings.upstream_url} (key from ANTHROPIC_API_KEY)"
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the stack's owner handles signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+def _tcp_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _unix_socket(path: Path) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    # Sandboxes run as another user; the per-session token is what authenticates them.
+    path.chmod(0o666)
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _serve(app: Any, sock: socket.socket, **config: Any) -> tuple[_Server, asyncio.Task[None]]:
+    server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off", **config))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    return server, task
+
+
+def _api_token(path: Path) -> str:
+    if path.is_file():
+        return path.read_text().strip()
+    token = "kit-api-" + secrets.token_urlsafe(24)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+@contextlib.asynccontextmanager
+async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
+    """Start the whole local stack; stop it (sockets closed with 1001, sandboxes stopped) on exit."""
+    project = load_project(settings.project_dir)
+    state = settings.state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    bundle = build_bundle(project, state / "bundles")
+    provider = LocalSandboxProvider(state / "sandboxes", user=settings.sandbox_user)
+    run_dir = provider.run_root
+    transcripts = state / "transcripts"
+    transcripts.mkdir(exist_ok=True)
+    servers: list[tuple[_Server, asyncio.Task[None]]] = []
+
+    model_url: str | None = None
+    if settings.offline:
+        model_sock = _tcp_socket("127.0.0.1", 0)
+        model_url = f"http://127.0.0.1:{model_sock.getsockname()[1]}"
+        servers.append(_serve(create_model_app(ScenarioSource.from_paths(list(project.scenarios))), model_sock))
+        upstream, key = model_url, settings.api_key or EMULATOR_KEY
+    else:
+        assert settings.api_key is not None
+        upstream, key = settings.upstream_url, settings.api_key
+    proxy = ModelProxy(upstream, key)
+    proxy_path = run_dir / "model.sock"
+    servers.append(_serve(proxy.app(), _unix_socket(proxy_path)))
+
+    env = SessionEnv(
+        provider=provider,
+        issue_model_token=proxy.issue,
+        revoke_model_token=proxy.revoke,
+        model_base_url="http://localhost",
+        model_unix_socket=str(proxy_path),
+        store_url=lambda sid: f"sqlite:///{transcripts / sid / 'transcript.sqlite'}",
+        writable=lambda sid: (transcripts / sid,),
+        bundle_dir=bundle.path,
+        tier=bundle.tier,
+        idle_timeout_s=bundle.idle_timeout_s,
+    )
+    host = SessionHost(SQLiteLogStore(state / "sessions"), env)
+    token_file = state / "api-token"
+    api_token = _api_token(token_file)
+    app = create_app(host, api_token=api_token)
+    host_sock = _tcp_socket(settings.host, settings.port)
+    bound = host_sock.getsockname()
+    url_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    url = f"http://{url_host}:{bound[1]}"
+    servers.append(_serve(app, host_sock, ws_max_size=1024 * 1024, timeout_graceful_shutdown=5))
+    stack = Stack(
+        settings, project, bundle, url, model_url, api_token, token_file, host, proxy, provider, transcripts
+    )
+    (state / "dev.json").write_text(json.dumps({"url": url, "pid": os.getpid(), "api_token_file": str(token_file)}))
+    host.recover()
+    try:
+        yield stack
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            (state / "dev.json").unlink()
+        app.state.close_all_connections()
+        await host.close()
+        for server, _ in servers:
+            server.should_exit = True
+        await asyncio.gather(*(task for _, task in servers), return_exceptions=True)
+        await proxy.aclose()
+        await provider.close()

@@ -1,0 +1,40 @@
+"""The session host: durable event log, resume, sandbox lifecycle, recovery, model proxy."""
+
+from kit.host.app import create_app
+from kit.host.errors import HostError, LogError, SandboxError, UnknownSession
+from kit.host.eventlog import LogStore, SessionLog, SQLiteLogStore, Turn, TurnState
+from kit.host.host import NewSession, SessionHost
+from kit.host.proxy import ModelProxy
+from kit.host.sandbox import (
+    ExitInfo,
+    ModelAccess,
+    Sandbox,
+    SandboxProvider,
+    SandboxSpec,
+    SandboxState,
+)
+from kit.host.session import Session, SessionEnv
+
+__all__ = [
+    "ExitInfo",
+    "HostError",
+    "LogError",
+    "LogStore",
+    "ModelAccess",
+    "ModelProxy",
+    "NewSession",
+    "SQLiteLogStore",
+    "Sandbox",
+    "SandboxError",
+    "SandboxProvider",
+    "SandboxSpec",
+    "SandboxState",
+    "Session",
+    "SessionEnv",
+    "SessionHost",
+    "SessionLog",
+    "Turn",
+    "TurnState",
+    "UnknownSession",
+    "create_app",
+]

@@ -1,0 +1,208 @@
+"""The host's public face: ``POST /v1/sessions``, the session WebSocket, ``GET /healthz``.
+
+Each WebSocket has one writer task; everything it sends (events, errors, pongs, the
+close) goes through one queue in order. Events reach that queue only from
+:meth:`Session.emit`, i.e. after they are committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections import deque
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from kit.host.host import SessionHost
+from kit.host.session import Session
+from kit.protocol import errors as e
+from kit.protocol.frames import Event
+from kit.protocol.server import (
+    HandshakeAcked,
+    HelloReceived,
+    InterruptRequested,
+    ServerConnection,
+    UserReceived,
+)
+
+log = logging.getLogger("kit.host")
+
+HELLO_TIMEOUT_S = 10.0
+MAX_QUEUED_FRAMES = 50_000
+"""A client this far behind is disconnected (4408) and must resume; the log keeps everything."""
+WS_MAX_BYTES = 1024 * 1024
+"""The transport's own limit; frames between MAX_FRAME_BYTES and this get a ``too_large`` error."""
+
+
+class ClientConnection:
+    """One client WebSocket: protocol state, its session, its ordered outbox."""
+
+    def __init__(self, ws: WebSocket, session_id: str) -> None:
+        self.ws = ws
+        self.conn = ServerConnection(session_id)
+        self.session: Session | None = None
+        self._outbox: deque[str] = deque()
+        self._ready = asyncio.Event()
+        self._close: tuple[int, str] | None = None
+
+    # Subscriber
+    def deliver(self, event: Event) -> None:
+        if self._close is not None:
+            return
+        if len(self._outbox) > MAX_QUEUED_FRAMES:
+            self.shutdown(e.SLOW_CONSUMER, "Too far behind; reconnect and resume with last_seq.", e.CLOSE_SLOW_CONSUMER)
+            return
+        self.conn.send_event(event, replay=False)
+        self.flush()
+
+    def flush(self) -> None:
+        """Move the protocol's pending frames (and close) to the writer."""
+        self._outbox.extend(self.conn.data_to_send())
+        if self.conn.close_code is not None and self._close is None:
+            self._close = (self.conn.close_code, self.conn.close_reason)
+        self._ready.set()
+
+    def shutdown(self, code: str, message: str, close_code: int) -> None:
+        """Close with an error frame (server shutdown, slow consumer)."""
+        if self._close is None:
+            self.conn.close(code, message, close_code)
+            self.flush()
+
+    async def writer(self) -> None:
+        """Send queued frames in order; close when asked."""
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            while self._outbox:
+                await self.ws.send_text(self._outbox.popleft())
+            if self._close is not None:
+                code, reason = self._close
+                await self.ws.close(code, reason[:120])
+                return
+
+
+def create_app(host: SessionHost, *, api_token: str | None = None) -> Starlette:
+    """The host's ASGI app. With ``api_token`` set, creating sessions needs ``Bearer`` it."""
+    connections: set[ClientConnection] = set()
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"ok": not host.closing, "sessions": len(host.live_sessions())})
+
+    async def create_session(request: Request) -> Response:
+        if api_token is not None:
+            got = request.headers.get("authorization", "").removeprefix("Bearer ")
+            if not hmac.compare_digest(got.encode(), api_token.encode()):
+                return JSONResponse(
+                    {"error": e.UNAUTHORIZED, "message": "Send Authorization: Bearer <the host's API token>."},
+                    status_code=401,
+                )
+        if host.closing:
+            return JSONResponse({"error": e.SHUTTING_DOWN, "message": "The host is shutting down."}, status_code=503)
+        new = host.create_session()
+        scheme = "wss" if request.url.scheme == "https" else "ws"
+        ws_url = f"{scheme}://{request.url.netloc}/v1/sessions/{new.session_id}/ws"
+        return JSONResponse(
+            {"session_id": new.session_id, "token": new.token, "ws_url": ws_url}, status_code=201
+        )
+
+    async def session_ws(ws: WebSocket) -> None:
+        session_id = ws.path_params["session_id"]
+        await ws.accept()
+        client = ClientConnection(ws, session_id)
+        connections.add(client)
+        writer = asyncio.create_task(client.writer())
+        try:
+            await _read_loop(host, client, writer)
+        finally:
+            connections.discard(client)
+            if client.session is not None:
+                client.session.detach(client)
+            if not writer.done():
+                client.shutdown(e.SHUTTING_DOWN, "Connection ended.", e.CLOSE_NORMAL)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(writer, 5)
+            writer.cancel()
+
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/v1/sessions", create_session, methods=["POST"]),
+            WebSocketRoute("/v1/sessions/{session_id}/ws", session_ws),
+        ]
+    )
+
+    def close_all() -> None:
+        for client in list(connections):
+            client.shutdown(e.SHUTTING_DOWN, "The host is shutting down; reconnect and resume.", e.CLOSE_GOING_AWAY)
+
+    app.state.close_all_connections = close_all
+    app.state.connections = connections
+    return app
+
+
+async def _read_loop(host: SessionHost, client: ClientConnection, writer: asyncio.Task[None]) -> None:
+    conn, ws = client.conn, client.ws
+    while not writer.done():
+        timeout = HELLO_TIMEOUT_S if client.session is None else None
+        receive = asyncio.ensure_future(ws.receive())
+        done, _ = await asyncio.wait({receive, writer}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if receive not in done:
+            receive.cancel()
+            if not writer.done():  # no hello in time
+                client.shutdown(e.HELLO_REQUIRED, "No hello within 10 seconds.", e.CLOSE_BAD_REQUEST)
+                continue
+            return
+        message = receive.result()
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        if text is None:
+            conn.send_error(e.BAD_FRAME, "Send frames as WebSocket text messages holding JSON.")
+            client.flush()
+            continue
+        for item in conn.receive_text(text):
+            if isinstance(item, HelloReceived):
+                _hello(host, client, item)
+            elif isinstance(item, HandshakeAcked):
+                _replay(client, conn.last_seq_claimed or 0)
+            elif isinstance(item, UserReceived):
+                assert client.session is not None
+                client.session.submit(item.client_msg_id, item.text)
+            elif isinstance(item, InterruptRequested):
+                assert client.session is not None
+                await client.session.interrupt()
+        client.flush()
+
+
+def _hello(host: SessionHost, client: ClientConnection, hello: HelloReceived) -> None:
+    conn = client.conn
+    session = host.get(conn.session_id)
+    if session is None:
+        conn.reject(e.UNKNOWN_SESSION, "No session has this id; create one with POST /v1/sessions.", e.CLOSE_UNKNOWN_SESSION)
+        return
+    if not session.check_token(hello.token):
+        conn.reject(e.UNAUTHORIZED, "Wrong session token.", e.CLOSE_UNAUTHORIZED)
+        return
+    if host.closing:
+        conn.reject(e.SHUTTING_DOWN, "The host is shutting down; reconnect shortly.", e.CLOSE_GOING_AWAY)
+        return
+    mode = session.resume_mode(hello.last_seq)
+    conn.accept(mode, session.log.last_seq)
+    if conn.close_code is not None:
+        return
+    client.session = session
+    if mode == "none":
+        session.attach(client, session.log.last_seq)
+
+
+def _replay(client: ClientConnection, after_seq: int) -> None:
+    assert client.session is not None
+    for event in client.session.attach(client, after_seq):
+        client.conn.send_event(event, replay=True)
+    client.conn.go_live()

@@ -1,0 +1,273 @@
+"""The durable per-session event log and turn table.
+
+:class:`SessionLog` is the seam: ``append`` returns only once the event is committed, and
+assigns ``seq`` (1, 2, 3, … with no gaps). The host fans an event out only after
+``append`` returns (ARCHITECTURE §4.1). :class:`SQLiteLogStore` keeps one SQLite file per
+session, like a Durable Object's storage; S3 and the DO's own SQLite come later behind the
+same two classes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import sqlite3
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kit.host.errors import LogError
+from kit.ids import SessionId, TurnId, is_session_id
+from kit.protocol.frames import Event
+
+
+class TurnState(enum.Enum):
+    """Lifecycle of one turn."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    INTERRUPTED = "interrupted"
+    """Its sandbox died mid-turn; it will be recovered in a new one."""
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+OPEN_TURN_STATES = (TurnState.QUEUED, TurnState.RUNNING, TurnState.INTERRUPTED)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One user message and the work it started."""
+
+    turn_id: TurnId
+    client_msg_id: str
+    text: str
+    state: TurnState
+    user_seq: int
+    attempts: int
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds, the ``ts`` of events."""
+    return int(time.time() * 1000)
+
+
+class SessionLog(ABC):
+    """One session's durable events and turns."""
+
+    session_id: SessionId
+
+    @property
+    @abstractmethod
+    def last_seq(self) -> int:
+        """The seq of the newest event (0 when there is none)."""
+
+    @abstractmethod
+    def meta(self) -> dict[str, Any]:
+        """Session metadata written at creation (token hash, tier, bundle, created)."""
+
+    @abstractmethod
+    def append(self, kind: str, data: dict[str, Any], turn_id: TurnId | None = None) -> Event:
+        """Commit one event and return it with its seq."""
+
+    @abstractmethod
+    def read_after(self, seq: int, limit: int | None = None) -> list[Event]:
+        """Events with seq > ``seq``, oldest first."""
+
+    @abstractmethod
+    def add_user_turn(self, client_msg_id: str, text: str) -> tuple[Turn, Event] | None:
+        """Queue a turn and commit its ``user`` event in one transaction.
+
+        ``None`` when ``client_msg_id`` was seen before: nothing is stored twice.
+        """
+
+    @abstractmethod
+    def set_turn_state(self, turn_id: TurnId, state: TurnState, *, attempt: bool = False) -> None:
+        """Move a turn to ``state`` (``attempt`` counts one more sandbox attempt)."""
+
+    @abstractmethod
+    def open_turns(self) -> list[Turn]:
+        """Queued, running and interrupted turns, oldest first."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the log's resources."""
+
+
+class LogStore(ABC):
+    """Creates and opens session logs."""
+
+    @abstractmethod
+    def create(self, session_id: SessionId, meta: dict[str, Any]) -> SessionLog:
+        """A new, empty log for a new session."""
+
+    @abstractmethod
+    def open(self, session_id: SessionId) -> SessionLog | None:
+        """The log of an existing session, or ``None``."""
+
+    @abstractmethod
+    def list(self) -> list[SessionId]:
+        """Every session with a log."""
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+  seq INTEGER PRIMARY KEY,
+  kind TEXT NOT NULL,
+  turn_id TEXT,
+  data TEXT NOT NULL,
+  ts INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS turns (
+  turn_id TEXT PRIMARY KEY,
+  client_msg_id TEXT NOT NULL UNIQUE,
+  text TEXT NOT NULL,
+  state TEXT NOT NULL,
+  user_seq INTEGER NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  updated_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS turns_state ON turns(state, user_seq);
+"""
+
+
+class SQLiteSessionLog(SessionLog):
+    """A session log in its own SQLite file (WAL; each append is one commit)."""
+
+    def __init__(self, path: Path, session_id: SessionId) -> None:
+        self.session_id = session_id
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+        except sqlite3.Error as exc:
+            raise LogError(f"Cannot open the event log {path}: {exc}.") from exc
+        self._last_seq: int = row[0]
+        self._pending_seq = self._last_seq
+        self._turn_counter = self._db.execute("SELECT COUNT(*) FROM turns").fetchone()[0]
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    def meta(self) -> dict[str, Any]:
+        rows = self._db.execute("SELECT key, value FROM meta").fetchall()
+        return {k: json.loads(v) for k, v in rows}
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        """Store metadata (used once, at creation)."""
+        with self._tx():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [(k, json.dumps(v)) for k, v in meta.items()],
+            )
+
+    def append(self, kind: str, data: dict[str, Any], turn_id: TurnId | None = None) -> Event:
+        with self._tx():
+            return self._insert(kind, data, turn_id)
+
+    def _insert(self, kind: str, data: dict[str, Any], turn_id: TurnId | None) -> Event:
+        self._pending_seq += 1
+        event = Event(seq=self._pending_seq, kind=kind, data=data, ts=now_ms(), turn_id=turn_id)
+        self._db.execute(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+            (event.seq, kind, turn_id, json.dumps(data, ensure_ascii=False), event.ts),
+        )
+        return event
+
+    def read_after(self, seq: int, limit: int | None = None) -> list[Event]:
+        rows = self._db.execute(
+            "SELECT seq, kind, turn_id, data, ts FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, -1 if limit is None else limit),
+        ).fetchall()
+        return [Event(seq=r[0], kind=r[1], turn_id=r[2], data=json.loads(r[3]), ts=r[4]) for r in rows]
+
+    def add_user_turn(self, client_msg_id: str, text: str) -> tuple[Turn, Event] | None:
+        seen = self._db.execute(
+            "SELECT 1 FROM turns WHERE client_msg_id = ?", (client_msg_id,)
+        ).fetchone()
+        if seen:
+            return None
+        turn_id = TurnId(f"t{self._turn_counter + 1}")
+        with self._tx():
+            event = self._insert("user", {"client_msg_id": client_msg_id, "text": text}, turn_id)
+            self._db.execute(
+                "INSERT INTO turns VALUES (?, ?, ?, ?, ?, 0, ?)",
+                (turn_id, client_msg_id, text, TurnState.QUEUED.value, event.seq, event.ts),
+            )
+        self._turn_counter += 1
+        return Turn(turn_id, client_msg_id, text, TurnState.QUEUED, event.seq, 0), event
+
+    def set_turn_state(self, turn_id: TurnId, state: TurnState, *, attempt: bool = False) -> None:
+        with self._tx():
+            self._db.execute(
+                "UPDATE turns SET state = ?, attempts = attempts + ?, updated_ms = ? WHERE turn_id = ?",
+                (state.value, 1 if attempt else 0, now_ms(), turn_id),
+            )
+
+    def open_turns(self) -> list[Turn]:
+        states = tuple(s.value for s in OPEN_TURN_STATES)
+        rows = self._db.execute(
+            "SELECT turn_id, client_msg_id, text, state, user_seq, attempts FROM turns"
+            " WHERE state IN (?, ?, ?) ORDER BY user_seq",
+            states,
+        ).fetchall()
+        return [Turn(TurnId(r[0]), r[1], r[2], TurnState(r[3]), r[4], r[5]) for r in rows]
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        """One IMMEDIATE transaction; the in-memory seq moves only after COMMIT."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise LogError(f"Cannot write the event log {self.path}: {exc}.") from exc
+        self._pending_seq = self._last_seq
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise LogError(f"Cannot write the event log {self.path}: {exc}.") from exc
+            raise
+        self._last_seq = self._pending_seq
+
+
+class SQLiteLogStore(LogStore):
+    """One SQLite file per session under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, session_id: SessionId) -> Path:
+        if not is_session_id(session_id):
+            raise LogError(f"{session_id!r} is not a session id.")
+        return self.root / f"{session_id}.sqlite"
+
+    def create(self, session_id: SessionId, meta: dict[str, Any]) -> SessionLog:
+        path = self._path(session_id)
+        if path.exists():
+            raise LogError(f"Session {session_id} already exists.")
+        log = SQLiteSessionLog(path, session_id)
+        log.write_meta(meta)
+        return log
+
+    def open(self, session_id: SessionId) -> SessionLog | None:
+        path = self._path(session_id)
+        return SQLiteSessionLog(path, session_id) if path.exists() else None
+
+    def list(self) -> list[SessionId]:
+        return [SessionId(p.stem) for p in sorted(self.root.glob("*.sqlite")) if is_session_id(p.stem)]

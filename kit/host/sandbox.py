@@ -1,0 +1,116 @@
+"""The sandbox provider seam: start a runtime for a session, watch it, kill it.
+
+Implementations: ``emulator.sandbox.LocalSandboxProvider`` (tiered local processes, for
+``kit dev``); Fly Machines later. The host only sees :class:`Sandbox` handles.
+"""
+
+from __future__ import annotations
+
+import enum
+import signal
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kit.ids import SandboxId, SessionId
+
+
+class SandboxState(enum.Enum):
+    """Lifecycle of one sandbox."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    EXITED = "exited"
+
+
+@dataclass(frozen=True)
+class ModelAccess:
+    """How the sandbox reaches the host's model proxy (never the real API)."""
+
+    base_url: str
+    unix_socket: str | None
+    token: str
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """Everything a provider needs to start one session's runtime."""
+
+    session_id: SessionId
+    tier: str
+    bundle_dir: Path
+    store_url: str
+    model: ModelAccess
+    runtime_token: str
+    idle_timeout_s: int
+    writable: tuple[Path, ...] = field(default=())
+    """Host paths the sandbox must write besides its workspace (a local transcript store)."""
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    """How a sandbox ended: ``exit_code`` as a shell reports it (137 = SIGKILL, 143 = SIGTERM)."""
+
+    exit_code: int
+    reason: str
+    """``exited``, ``killed``, ``oom``, ``idle``, ``stopped`` or ``crashed``."""
+
+
+def exit_code_of(returncode: int) -> int:
+    """A process return code as a shell shows it: killed by signal N → 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def reason_of(exit_code: int) -> str:
+    """The default reason for an exit code."""
+    if exit_code == 128 + signal.SIGKILL:
+        return "killed"
+    if exit_code == 128 + signal.SIGTERM:
+        return "stopped"
+    return "exited" if exit_code == 0 else "crashed"
+
+
+class Sandbox(ABC):
+    """A running (or finished) sandbox."""
+
+    id: SandboxId
+    session_id: SessionId
+    endpoint: str
+    """``unix:/path/to.sock`` or ``http://host:port``: where the runtime listens."""
+    resumed: bool
+    """Whether the runtime found the session's transcript and resumed it."""
+
+    @property
+    @abstractmethod
+    def state(self) -> SandboxState:
+        """Where the sandbox is in its lifecycle."""
+
+    @abstractmethod
+    async def wait(self) -> ExitInfo:
+        """Wait until the sandbox has exited."""
+
+    @abstractmethod
+    async def kill(self, sig: int = signal.SIGKILL, reason: str | None = None) -> None:
+        """Send ``sig`` to everything in the sandbox; ``reason`` is what :meth:`wait` reports."""
+
+    async def stop(self, grace_s: float = 5.0) -> ExitInfo:
+        """SIGTERM, then SIGKILL after ``grace_s`` seconds; wait for the exit."""
+        import asyncio
+
+        await self.kill(signal.SIGTERM, reason="stopped")
+        try:
+            return await asyncio.wait_for(self.wait(), grace_s)
+        except TimeoutError:
+            await self.kill(signal.SIGKILL, reason="stopped")
+            return await self.wait()
+
+
+class SandboxProvider(ABC):
+    """Starts sandboxes."""
+
+    @abstractmethod
+    async def start(self, spec: SandboxSpec) -> Sandbox:
+        """Start a runtime for ``spec`` and return once it is ready for turns."""
+
+    async def close(self) -> None:
+        """Release provider resources (running sandboxes are stopped by their owner)."""

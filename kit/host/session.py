@@ -1,0 +1,308 @@
+"""One session on the host: its durable log, its clients, its turns and its sandbox.
+
+The rule everything here keeps: an event is appended (committed) first and handed to
+subscribers only after ``append`` returns (ARCHITECTURE §4.1). All of it runs on one
+event loop, and attaching a subscriber reads the backlog and registers it in the same
+synchronous step, so a client sees every event exactly once, in ``seq`` order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from kit.host.errors import SandboxError
+from kit.host.eventlog import SessionLog, Turn, TurnState
+from kit.host.runtime_client import RuntimeClient, SandboxGone
+from kit.host.sandbox import ModelAccess, Sandbox, SandboxProvider, SandboxSpec
+from kit.ids import TurnId
+from kit.protocol.frames import Event, ResumeMode
+from kit.protocol.sandbox import TurnRequest
+
+log = logging.getLogger("kit.host")
+
+MAX_SANDBOX_ATTEMPTS = 5
+"""Sandboxes one turn may use before the host gives up on it."""
+RESTART_BACKOFF_S = (0.0, 0.25, 1.0, 2.0, 4.0)
+EXIT_WAIT_S = 10.0
+
+
+class Subscriber(Protocol):
+    """Something that receives a session's committed events (a client connection)."""
+
+    def deliver(self, event: Event) -> None:
+        """Take one committed event; must not block."""
+
+
+def hash_token(token: str) -> str:
+    """How a session token is stored: never the token itself."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class SessionEnv:
+    """What a session needs from its host to start sandboxes."""
+
+    provider: SandboxProvider
+    issue_model_token: Callable[[str], str]
+    revoke_model_token: Callable[[str], None]
+    model_base_url: str
+    model_unix_socket: str | None
+    store_url: Callable[[str], str]
+    writable: Callable[[str], tuple[Any, ...]]
+    bundle_dir: Any
+    tier: str
+    idle_timeout_s: int
+
+
+class Session:
+    """A session's live state on the host."""
+
+    def __init__(self, log_: SessionLog, env: SessionEnv) -> None:
+        self.log = log_
+        self.id = log_.session_id
+        self.env = env
+        self._token_hash = str(log_.meta().get("token_sha256", ""))
+        self._subscribers: set[Subscriber] = set()
+        self._wake = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._sandbox: Sandbox | None = None
+        self._runtime: RuntimeClient | None = None
+        self._model_token: str | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._running_turn: TurnId | None = None
+        self._closing = False
+
+    # -- clients -------------------------------------------------------------------------
+
+    def check_token(self, token: str) -> bool:
+        """Whether ``token`` is this session's token (constant-time)."""
+        return bool(self._token_hash) and hmac.compare_digest(hash_token(token), self._token_hash)
+
+    def resume_mode(self, last_seq: int | None) -> ResumeMode:
+        """What a client that has everything up to ``last_seq`` is about to get."""
+        if self.log.last_seq > (last_seq or 0):
+            return "resuming"
+        return "pending" if self.log.open_turns() else "none"
+
+    def attach(self, subscriber: Subscriber, after_seq: int) -> list[Event]:
+        """Register ``subscriber`` and return the backlog after ``after_seq``, atomically."""
+        backlog = self.log.read_after(after_seq)
+        self._subscribers.add(subscriber)
+        return backlog
+
+    def detach(self, subscriber: Subscriber) -> None:
+        """Stop delivering to ``subscriber``."""
+        self._subscribers.discard(subscriber)
+
+    @property
+    def subscriber_count(self) -> int:
+        """Clients attached right now."""
+        return len(self._subscribers)
+
+    def emit(self, kind: str, data: dict[str, Any], turn_id: TurnId | None = None) -> Event:
+        """Append an event durably, then fan it out."""
+        event = self.log.append(kind, data, turn_id)
+        self._publish(event)
+        return event
+
+    def _publish(self, event: Event) -> None:
+        for subscriber in list(self._subscribers):
+            subscriber.deliver(event)
+
+    # -- turns ---------------------------------------------------------------------------
+
+    def submit(self, client_msg_id: str, text: str) -> bool:
+        """Queue a user message; false when ``client_msg_id`` was already applied."""
+        added = self.log.add_user_turn(client_msg_id, text)
+        if added is None:
+            return False
+        self._publish(added[1])
+        self.start()
+        self._wake.set()
+        return True
+
+    async def interrupt(self) -> bool:
+        """Interrupt the running turn; false when there is none."""
+        if self._running_turn is None or self._runtime is None:
+            return False
+        with contextlib.suppress(SandboxGone):
+            await self._runtime.interrupt()
+        return True
+
+    def start(self) -> None:
+        """Start the turn runner if it is not running (also recovers open turns)."""
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self._run(), name=f"session-{self.id}")
+
+    async def _run(self) -> None:
+        while not self._closing:
+            turns = self.log.open_turns()
+            if not turns:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.env.idle_timeout_s)
+                except TimeoutError:
+                    if self._sandbox is not None:
+                        await self._stop_sandbox(reason="idle")
+                continue
+            try:
+                await self._run_turn(turns[0])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug must not leave the turn running forever
+                log.exception("session %s: turn %s failed", self.id, turns[0].turn_id)
+                self.emit("error", {"code": "internal", "message": f"The host failed: {exc}"}, turns[0].turn_id)
+                self.log.set_turn_state(turns[0].turn_id, TurnState.FAILED)
+
+    async def _run_turn(self, turn: Turn) -> None:
+        recover = turn.state is not TurnState.QUEUED
+        self._running_turn = turn.turn_id
+        try:
+            for attempt in range(MAX_SANDBOX_ATTEMPTS):
+                if attempt:
+                    await asyncio.sleep(RESTART_BACKOFF_S[min(attempt, len(RESTART_BACKOFF_S) - 1)])
+                self.log.set_turn_state(turn.turn_id, TurnState.RUNNING, attempt=True)
+                try:
+                    runtime = await self._ensure_sandbox(turn.turn_id)
+                except SandboxError as exc:
+                    self.emit("error", {"code": "sandbox_failed", "message": str(exc)}, turn.turn_id)
+                    continue
+                outcome = await self._stream(runtime, turn, recover)
+                if outcome is not None:
+                    self.log.set_turn_state(turn.turn_id, outcome)
+                    return
+                # The sandbox went away mid-turn: the next one resumes the transcript.
+                self.log.set_turn_state(turn.turn_id, TurnState.INTERRUPTED)
+                await self._sandbox_gone()
+                recover = True
+            self.emit(
+                "error",
+                {
+                    "code": "turn_failed",
+                    "message": f"The turn was given up after {MAX_SANDBOX_ATTEMPTS} sandboxes "
+                    "failed; send the message again to retry.",
+                },
+                turn.turn_id,
+            )
+            self.log.set_turn_state(turn.turn_id, TurnState.FAILED)
+        finally:
+            self._running_turn = None
+
+    async def _stream(self, runtime: RuntimeClient, turn: Turn, recover: bool) -> TurnState | None:
+        """Run the turn on ``runtime``; its final state, or None if the sandbox went away."""
+        request = TurnRequest(turn_id=turn.turn_id, text=turn.text, recover=recover)
+        try:
+            async for event in runtime.stream_turn(request):
+                self.emit(event.kind, event.data, turn.turn_id)
+                if event.kind == "result":
+                    return TurnState.COMPLETED
+                if event.kind == "error" and event.data.get("code") == "turn_failed":
+                    return TurnState.FAILED
+        except SandboxError as exc:
+            log.info("session %s: turn %s lost its sandbox: %s", self.id, turn.turn_id, exc)
+        return None
+
+    # -- sandbox -------------------------------------------------------------------------
+
+    async def _ensure_sandbox(self, turn_id: TurnId | None) -> RuntimeClient:
+        if self._sandbox is not None and self._runtime is not None and self._watcher and not self._watcher.done():
+            return self._runtime
+        env = self.env
+        self.emit("sandbox", {"state": "starting", "tier": env.tier}, turn_id)
+        model_token = env.issue_model_token(self.id)
+        runtime_token = secrets.token_urlsafe(24)
+        spec = SandboxSpec(
+            session_id=self.id,
+            tier=env.tier,
+            bundle_dir=env.bundle_dir,
+            store_url=env.store_url(self.id),
+            model=ModelAccess(env.model_base_url, env.model_unix_socket, model_token),
+            runtime_token=runtime_token,
+            idle_timeout_s=env.idle_timeout_s,
+            writable=env.writable(self.id),
+        )
+        try:
+            sandbox = await env.provider.start(spec)
+        except BaseException as exc:
+            env.revoke_model_token(model_token)
+            if isinstance(exc, Exception) and not isinstance(exc, SandboxError):
+                raise SandboxError(f"Starting a sandbox failed: {exc}") from exc
+            raise
+        self._sandbox, self._model_token = sandbox, model_token
+        self._runtime = RuntimeClient(sandbox.endpoint, runtime_token)
+        self._watcher = asyncio.create_task(self._watch(sandbox), name=f"watch-{sandbox.id}")
+        self.emit(
+            "sandbox",
+            {"state": "running", "sandbox_id": sandbox.id, "tier": env.tier, "resumed": sandbox.resumed},
+            turn_id,
+        )
+        return self._runtime
+
+    async def _watch(self, sandbox: Sandbox) -> None:
+        info = await sandbox.wait()
+        state = "stopped" if info.reason in ("stopped", "idle") else "died"
+        if self._model_token:
+            self.env.revoke_model_token(self._model_token)
+        runtime, self._runtime, self._sandbox, self._model_token = self._runtime, None, None, None
+        if runtime is not None:
+            await runtime.aclose()
+        if not self._closing:
+            self.emit(
+                "sandbox",
+                {"state": state, "sandbox_id": sandbox.id, "reason": info.reason, "exit_code": info.exit_code},
+                self._running_turn,
+            )
+
+    async def _sandbox_gone(self) -> None:
+        """After a broken turn stream: make sure the sandbox is dead and its exit recorded."""
+        sandbox, watcher = self._sandbox, self._watcher
+        if watcher is None:
+            return
+        if sandbox is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(watcher), EXIT_WAIT_S)
+                return
+            except TimeoutError:
+                await sandbox.kill(reason="unresponsive")
+        await watcher
+
+    async def _stop_sandbox(self, reason: str) -> None:
+        sandbox, watcher = self._sandbox, self._watcher
+        if sandbox is None:
+            return
+        await sandbox.kill(15, reason=reason)
+        try:
+            await asyncio.wait_for(sandbox.wait(), EXIT_WAIT_S)
+        except TimeoutError:
+            await sandbox.kill(reason=reason)
+        if watcher is not None:
+            await watcher
+
+    @property
+    def sandbox(self) -> Sandbox | None:
+        """The running sandbox, if any."""
+        return self._sandbox
+
+    async def close(self) -> None:
+        """Stop the runner and the sandbox; open turns stay open for the next start."""
+        self._closing = True
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._runner
+        sandbox = self._sandbox
+        if sandbox is not None:
+            await sandbox.stop()
+            if self._watcher is not None:
+                with contextlib.suppress(Exception):
+                    await self._watcher
+        self._subscribers.clear()
+        self.log.close()

@@ -1,0 +1,217 @@
+"""Session protocol v1 frames: parsing and validation of client frames, encoding of host frames.
+
+Every frame is one JSON object in one WebSocket text message. Unknown fields are ignored
+(so the protocol can be extended without breaking old peers); unknown ``type`` values are
+an error. See docs/protocol.md for the whole protocol.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from kit.protocol import errors as e
+from kit.protocol.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+
+MAX_FRAME_BYTES = 256 * 1024
+"""A client frame larger than this (UTF-8 bytes) is refused with ``too_large`` and close 1009."""
+
+MAX_TEXT_CHARS = 100_000
+"""The longest ``user.text`` accepted."""
+
+MAX_ID_CHARS = 128
+"""The longest ``client_msg_id`` accepted."""
+
+MAX_TOKEN_CHARS = 512
+
+ResumeMode = Literal["none", "resuming", "pending"]
+
+EVENT_KINDS = (
+    "user",
+    "text_delta",
+    "assistant",
+    "tool_use",
+    "tool_result",
+    "result",
+    "sandbox",
+    "error",
+)
+"""Event kinds v1 defines. Hosts may add kinds; clients must ignore kinds they do not know."""
+
+
+# --- client -> host -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello:
+    """First frame of every connection: the session token and the last ``seq`` seen."""
+
+    token: str
+    last_seq: int | None
+
+
+@dataclass(frozen=True)
+class User:
+    """A user message; ``client_msg_id`` makes re-sending it harmless."""
+
+    client_msg_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Ack:
+    """The client has every event up to ``seq`` (also ends the resume handshake)."""
+
+    seq: int
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    """Stop the running turn."""
+
+
+@dataclass(frozen=True)
+class Ping:
+    """Keep-alive; answered with ``pong``."""
+
+
+ClientFrame = Hello | User | Ack | Interrupt | Ping
+
+
+def parse_client_frame(text: str) -> ClientFrame:
+    """Parse and validate one client frame; raise :class:`ProtocolError` with a stable code."""
+    if len(text) > MAX_FRAME_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_FRAME_BYTES:
+        raise ProtocolError(
+            e.TOO_LARGE,
+            f"Frame is larger than {MAX_FRAME_BYTES} bytes; split the message or shorten it.",
+            e.CLOSE_TOO_LARGE,
+        )
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(e.BAD_JSON, f"Frame is not valid JSON: {exc}.") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(e.BAD_FRAME, "Frame must be a JSON object with a string \"type\".")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(e.BAD_FRAME, "Frame must be a JSON object with a string \"type\".")
+    if kind == "hello":
+        token = _string(obj, "token", MAX_TOKEN_CHARS, "hello")
+        last_seq = obj.get("last_seq")
+        if last_seq is not None and not _is_seq(last_seq):
+            raise ProtocolError(
+                e.BAD_FRAME, "hello.last_seq must be null or a non-negative integer."
+            )
+        return Hello(token=token, last_seq=last_seq)
+    if kind == "user":
+        msg_id = _string(obj, "client_msg_id", MAX_ID_CHARS, "user")
+        text_value = obj.get("text")
+        if not isinstance(text_value, str) or not text_value.strip():
+            raise ProtocolError(e.BAD_FRAME, "user.text must be a non-empty string.")
+        if len(text_value) > MAX_TEXT_CHARS:
+            raise ProtocolError(
+                e.TOO_LARGE,
+                f"user.text is longer than {MAX_TEXT_CHARS} characters; shorten the message.",
+                e.CLOSE_TOO_LARGE,
+            )
+        return User(client_msg_id=msg_id, text=text_value)
+    if kind == "ack":
+        seq = obj.get("seq")
+        if not _is_seq(seq):
+            raise ProtocolError(e.BAD_FRAME, "ack.seq must be a non-negative integer.")
+        assert isinstance(seq, int)
+        return Ack(seq=seq)
+    if kind == "interrupt":
+        return Interrupt()
+    if kind == "ping":
+        return Ping()
+    raise ProtocolError(
+        e.UNKNOWN_TYPE,
+        f"Unknown frame type {kind[:40]!r}; expected hello, user, ack, interrupt or ping.",
+    )
+
+
+def _string(obj: dict[str, Any], key: str, limit: int, frame: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not value:
+        raise ProtocolError(e.BAD_FRAME, f"{frame}.{key} must be a non-empty string.")
+    if len(value) > limit:
+        raise ProtocolError(e.BAD_FRAME, f"{frame}.{key} must be at most {limit} characters.")
+    return value
+
+
+def _is_seq(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def encode_client_frame(frame: ClientFrame) -> str:
+    """The JSON text of a client frame (used by clients and tests)."""
+    if isinstance(frame, Hello):
+        return _dump({"type": "hello", "token": frame.token, "last_seq": frame.last_seq})
+    if isinstance(frame, User):
+        return _dump({"type": "user", "client_msg_id": frame.client_msg_id, "text": frame.text})
+    if isinstance(frame, Ack):
+        return _dump({"type": "ack", "seq": frame.seq})
+    if isinstance(frame, Interrupt):
+        return _dump({"type": "interrupt"})
+    return _dump({"type": "ping"})
+
+
+# --- host -> client -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    """One durable event of a session's log."""
+
+    seq: int
+    kind: str
+    data: dict[str, Any]
+    ts: int
+    """Milliseconds since the epoch when the host appended it."""
+    turn_id: str | None = None
+
+
+def welcome_frame(session_id: str, resume: ResumeMode, last_seq: int) -> str:
+    """The host's answer to ``hello``."""
+    return _dump(
+        {
+            "type": "welcome",
+            "protocol": PROTOCOL_VERSION,
+            "session_id": session_id,
+            "resume": resume,
+            "last_seq": last_seq,
+        }
+    )
+
+
+def event_frame(event: Event, *, replay: bool) -> str:
+    """An event frame; ``replay`` marks events sent during the resume handshake."""
+    return _dump(
+        {
+            "type": "event",
+            "seq": event.seq,
+            "kind": event.kind,
+            "data": event.data,
+            "replay": replay,
+            "ts": event.ts,
+            "turn_id": event.turn_id,
+        }
+    )
+
+
+def error_frame(code: str, message: str) -> str:
+    """An error frame with a stable ``code``."""
+    return _dump({"type": "error", "code": code, "message": message})
+
+
+def pong_frame() -> str:
+    """The answer to ``ping``."""
+    return _dump({"type": "pong"})
+
+
+def _dump(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)

@@ -1,0 +1,83 @@
+"""The wire between the session host and ``kit.runtime`` inside a sandbox.
+
+HTTP/1.1 with ``Authorization: Bearer <runtime token>`` on every request:
+
+- ``GET /healthz`` → ``{"ok": true, "session_id": …, "ready": bool}``
+- ``POST /v1/turns`` with :class:`TurnRequest` JSON → ``application/x-ndjson``: one
+  :class:`RuntimeEvent` per line, ending with a ``result`` (or ``error``) event.
+- ``POST /v1/interrupt`` → 202; the running turn ends early with a ``result``.
+
+Events here have no ``seq``: the host assigns it when it makes them durable.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from kit.protocol import errors as e
+from kit.protocol.errors import ProtocolError
+
+NDJSON = "application/x-ndjson"
+TURNS_PATH = "/v1/turns"
+INTERRUPT_PATH = "/v1/interrupt"
+HEALTH_PATH = "/healthz"
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    """One turn for the runtime to run.
+
+    ``recover`` is true when the turn was interrupted by the death of an earlier sandbox:
+    the runtime resumes the SDK session and asks the agent to carry on instead of sending
+    ``text`` as a fresh prompt.
+    """
+
+    turn_id: str
+    text: str
+    recover: bool = False
+
+    def to_json(self) -> str:
+        """Encode for the request body."""
+        return json.dumps({"turn_id": self.turn_id, "text": self.text, "recover": self.recover})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> TurnRequest:
+        """Decode a request body; :class:`ProtocolError` when it is malformed."""
+        try:
+            obj = json.loads(raw)
+        except ValueError as exc:
+            raise ProtocolError(e.BAD_JSON, f"Turn request is not JSON: {exc}.") from None
+        if not isinstance(obj, dict):
+            raise ProtocolError(e.BAD_FRAME, "Turn request must be a JSON object.")
+        turn_id, text, recover = obj.get("turn_id"), obj.get("text"), obj.get("recover", False)
+        if not isinstance(turn_id, str) or not isinstance(text, str) or not isinstance(recover, bool):
+            raise ProtocolError(
+                e.BAD_FRAME, "Turn request needs turn_id (string), text (string), recover (bool)."
+            )
+        return cls(turn_id=turn_id, text=text, recover=recover)
+
+
+@dataclass(frozen=True)
+class RuntimeEvent:
+    """One event streamed by the runtime during a turn."""
+
+    kind: str
+    data: dict[str, Any]
+
+    def to_line(self) -> bytes:
+        """One NDJSON line."""
+        return (json.dumps({"kind": self.kind, "data": self.data}, ensure_ascii=False) + "\n").encode()
+
+    @classmethod
+    def from_line(cls, line: str) -> RuntimeEvent:
+        """Decode one NDJSON line; :class:`ProtocolError` when it is malformed."""
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise ProtocolError(e.BAD_JSON, f"Runtime sent a line that is not JSON: {exc}.") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str):
+            raise ProtocolError(e.BAD_FRAME, "Runtime event must be an object with a string kind.")
+        data = obj.get("data")
+        return cls(kind=obj["kind"], data=data if isinstance(data, dict) else {})

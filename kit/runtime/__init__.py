@@ -1,0 +1,10 @@
+"""The agent server that runs inside a sandbox: one session, one ``ClaudeSDKClient``.
+
+Kept light: this is what a sandbox image installs (kit.protocol, kit.bundle, kit.storage,
+the Agent SDK, starlette and uvicorn).
+"""
+
+from kit.runtime.agent import Agent, AgentState
+from kit.runtime.config import RuntimeConfig, RuntimeConfigError
+
+__all__ = ["Agent", "AgentState", "RuntimeConfig", "RuntimeConfigError"]
