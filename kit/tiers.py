@@ -36,9 +36,9 @@ _CLOUDFLARE = [
 
 # Fly presets: shared CPUs get 1/16 of a core each in steady state; memory is the
 # preset's default. Disk is the rootfs limit Fly applies to every machine (8 GB).
-_FLY = [
-    Tier(f"shared-cpu-{n}x", "fly", n / 16, 256 * n, 8000) for n in (1, 2, 4, 8)
-] + [Tier(f"performance-{n}x", "fly", float(n), 2048 * n, 8000) for n in (1, 2, 4, 8, 16)]
+_FLY = [Tier(f"shared-cpu-{n}x", "fly", n / 16, 256 * n, 8000) for n in (1, 2, 4, 8)] + [
+    Tier(f"performance-{n}x", "fly", float(n), 2048 * n, 8000) for n in (1, 2, 4, 8, 16)
+]
 
 TIERS: dict[str, Tier] = {t.name: t for t in _CLOUDFLARE + _FLY}
 LEGACY_NAMES = {"dev": "lite", "standard": "standard-1"}

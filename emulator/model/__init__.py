@@ -4,14 +4,14 @@
 when no ``ANTHROPIC_API_KEY`` is set. Replies come from scenario files (TOML, described in
 docs/scenarios.md), loaded through a :class:`ScenarioSource` that re-reads edited files.
 
-Modules: ``templates`` (placeholders), ``format`` (the scenario data types),
+Modules: ``templates`` (placeholders), ``schema`` (the scenario data types),
 ``parse`` (validation), ``scenarios`` (files and reloading), ``replies`` (choosing a
 reply), ``sse`` (encoding it), ``app`` (HTTP wiring).
 """
 
 from emulator.model.app import create_app
-from emulator.model.format import ApiError, Check, Rule, Scenario, ScenarioError, Step
 from emulator.model.scenarios import ScenarioSource, load_scenario_file
+from emulator.model.schema import ApiError, Check, Rule, Scenario, ScenarioError, Step
 
 __all__ = [
     "ApiError",

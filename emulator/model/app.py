@@ -27,9 +27,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from emulator.model.format import ScenarioError
 from emulator.model.replies import Reply, choose_reply, estimate_tokens, new_id
 from emulator.model.scenarios import ScenarioSource
+from emulator.model.schema import ScenarioError
 from emulator.model.sse import content_events, error_json, message_json, message_start
 
 MAX_LOGGED_REQUESTS = 200

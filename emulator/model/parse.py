@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from emulator.model.format import (
+from emulator.model.schema import (
     DEFAULT_CHUNK_CHARS,
     ApiError,
     Check,
@@ -204,7 +204,10 @@ def _parse_check(table: Mapping[str, Any], path: Path, label: str) -> Check:
     say = _optional_str(table, "say", where)
     if not say:
         raise ScenarioError(f'{where}: needs "say", the message to send, e.g. say = "hello".')
-    tools = table.get("expect_tools", [])
+    reply = _optional_str(table, "expect_reply", where)
+    tools = table.get("expect_tools")
+    if tools is None:
+        return Check(name=name, say=say, expect_tools=None, expect_reply=reply)
     if not isinstance(tools, list) or not all(isinstance(t, str) and t for t in tools):
         raise ScenarioError(
             f'{where}: "expect_tools" must be an array of tool names, e.g. ["Skill", "Bash"]; '
@@ -214,7 +217,7 @@ def _parse_check(table: Mapping[str, Any], path: Path, label: str) -> Check:
         name=name,
         say=say,
         expect_tools=tuple(tools),
-        expect_reply=_optional_str(table, "expect_reply", where),
+        expect_reply=reply,
     )
 
 

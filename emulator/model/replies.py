@@ -3,7 +3,8 @@
 The choice is stateless; everything comes from the request's ``messages``:
 
 - the **user text** is the last plain text block (not a ``tool_result``, not a
-  ``<system-reminder>``) of the last ``user`` message that has one;
+  ``<system-reminder>``, not the skill body the CLI sends after a ``Skill`` call) of the
+  last ``user`` message that has one;
 - the **turn** is how many ``user`` messages carry such text (1-based);
 - the **step** is how many ``assistant`` messages with a ``tool_use`` block come after
   the user text (0 for the first model call of a turn, 1 after one tool round, ...).
@@ -19,7 +20,7 @@ import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from emulator.model.format import DEFAULT_CHUNK_CHARS, ApiError, JsonValue, Rule, Step
+from emulator.model.schema import DEFAULT_CHUNK_CHARS, ApiError, JsonValue, Rule, Step
 from emulator.model.templates import TemplateContext, render
 
 DEFAULT_REPLY = (

@@ -2,10 +2,10 @@
 
 A scenario file is TOML (see docs/scenarios.md) holding ``[[rule]]`` tables, each with
 ``[[rule.step]]`` tables, and ``[[check]]`` tables. :func:`load_scenario_file` reads one
-file into a :class:`~emulator.model.format.Scenario`; :class:`ScenarioSource` holds a list
+file into a :class:`~emulator.model.schema.Scenario`; :class:`ScenarioSource` holds a list
 of files and folders and re-reads a file whenever its modification time changes, so
 ``kit dev`` picks up edits without a restart. Every problem is a
-:class:`~emulator.model.format.ScenarioError`.
+:class:`~emulator.model.schema.ScenarioError`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 
-from emulator.model.format import Check, Rule, Scenario, ScenarioError
 from emulator.model.parse import parse_scenario
+from emulator.model.schema import Check, Rule, Scenario, ScenarioError
 
 
 def load_scenario_file(path: Path) -> Scenario:

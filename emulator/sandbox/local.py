@@ -161,7 +161,8 @@ class LocalSandboxProvider(SandboxProvider):
                 "sandboxes as yourself, without that isolation."
             ) from exc
         sandbox = LocalSandbox(spec, proc, f"unix:{sock}", log_path)
-        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdin is not None
+        assert proc.stdout is not None
         proc.stdin.write(config.to_json().encode() + b"\n")
         await proc.stdin.drain()
         proc.stdin.close()
@@ -184,8 +185,10 @@ class LocalSandboxProvider(SandboxProvider):
         sandbox.resumed = bool(ready.get("resumed"))
         return sandbox
 
-    async def _spawn(self, cwd: Path, env: dict[str, str], log_path: Path) -> asyncio.subprocess.Process:
-        with open(log_path, "ab") as log_file:
+    async def _spawn(
+        self, cwd: Path, env: dict[str, str], log_path: Path
+    ) -> asyncio.subprocess.Process:
+        with open(log_path, "ab") as log_file:  # noqa: ASYNC230 - a local file, opened once
             return await asyncio.create_subprocess_exec(
                 self.python,
                 "-m",

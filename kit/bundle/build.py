@@ -104,18 +104,26 @@ def open_bundle(path: Path) -> Bundle:
     try:
         manifest: dict[str, Any] = json.loads(manifest_path.read_bytes())
     except (OSError, ValueError) as exc:
-        raise BundleError(f"{manifest_path}: cannot read the bundle manifest ({exc}); rebuild it.") from None
+        raise BundleError(
+            f"{manifest_path}: cannot read the bundle manifest ({exc}); rebuild it."
+        ) from None
     if manifest.get("format") != FORMAT:
-        raise BundleError(f"{manifest_path}: bundle format {manifest.get('format')!r}; this kit reads {FORMAT}.")
+        raise BundleError(
+            f"{manifest_path}: bundle format {manifest.get('format')!r}; this kit reads {FORMAT}."
+        )
     body = {k: v for k, v in manifest.items() if k != "digest"}
     if _sha256(_canon(body)) != manifest.get("digest"):
-        raise BundleError(f"{manifest_path}: the manifest does not match its digest; rebuild the bundle.")
+        raise BundleError(
+            f"{manifest_path}: the manifest does not match its digest; rebuild the bundle."
+        )
     for rel, want in manifest["files"].items():
         file = path / rel
         try:
             got = _sha256(file.read_bytes())
         except OSError:
-            raise BundleError(f"{file}: listed in the bundle but missing; rebuild the bundle.") from None
+            raise BundleError(
+                f"{file}: listed in the bundle but missing; rebuild the bundle."
+            ) from None
         if got != want:
             raise BundleError(f"{file}: changed since the bundle was built; rebuild the bundle.")
     a = manifest["agent"]

@@ -134,7 +134,7 @@ def _agent(root: Path, where: str, raw: dict[str, Any]) -> AgentConfig:
     if "prompt" in raw:
         rel = raw["prompt"]
         if not isinstance(rel, str) or not rel:
-            raise ConfigError(f"{where}: agent.prompt must be a file name such as \"prompt.md\".")
+            raise ConfigError(f'{where}: agent.prompt must be a file name such as "prompt.md".')
         prompt_path = (root / rel).resolve()
         if not prompt_path.is_relative_to(root):
             raise ConfigError(f"{where}: agent.prompt must be inside the project folder.")
@@ -149,7 +149,7 @@ def _agent(root: Path, where: str, raw: dict[str, Any]) -> AgentConfig:
         raise ConfigError(f"{where}: agent.max_turns must be an integer from 1 to 1000.")
     model = raw.get("model")
     if model is not None and (not isinstance(model, str) or not model):
-        raise ConfigError(f"{where}: agent.model must be a model name such as \"claude-sonnet-4-5\".")
+        raise ConfigError(f'{where}: agent.model must be a model name such as "claude-sonnet-4-5".')
     return AgentConfig(name, description, prompt, tools, max_turns, model)
 
 
@@ -216,7 +216,9 @@ def parse_frontmatter(path: Path) -> dict[str, str]:
     text = path.read_text(encoding="utf-8")
     lines = text.splitlines()
     if not lines or lines[0].strip() != "---":
-        raise ConfigError(f"{path}: must start with YAML frontmatter ('---', name, description, '---').")
+        raise ConfigError(
+            f"{path}: must start with YAML frontmatter ('---', name, description, '---')."
+        )
     meta: dict[str, str] = {}
     key: str | None = None
     for line in lines[1:]:

@@ -61,14 +61,18 @@ def _save_session(path: Path, session_id: str, token: str, ws_url: str) -> None:
         json.dump(sessions, f)
 
 
-async def chat(target: ChatTarget, session_id: str | None, message: str | None, as_json: bool) -> int:
+async def chat(
+    target: ChatTarget, session_id: str | None, message: str | None, as_json: bool
+) -> int:
     """Open (or create) a session and chat; with ``message``, one turn and exit."""
     if session_id is None:
         info = await create_session(target.url, target.api_token)
         session_id, token, ws_url = info.session_id, info.token, info.ws_url
         _save_session(target.sessions_file, session_id, token, ws_url)
         if not as_json:
-            console.out(console.dim(f"session {session_id}  (resume it later with: kit chat {session_id})"))
+            console.out(
+                console.dim(f"session {session_id}  (resume it later with: kit chat {session_id})")
+            )
     else:
         known = _load_sessions(target.sessions_file).get(session_id)
         if known is None:
@@ -85,7 +89,9 @@ async def chat(target: ChatTarget, session_id: str | None, message: str | None, 
         return await _interactive(client, printer, own)
 
 
-async def _one_turn(client: SessionClient, printer: console.EventPrinter, own: set[str], text: str) -> int:
+async def _one_turn(
+    client: SessionClient, printer: console.EventPrinter, own: set[str], text: str
+) -> int:
     failed = False
     async for event in client.turn(text):
         if event.kind == "user":
@@ -119,10 +125,14 @@ async def _interactive(client: SessionClient, printer: console.EventPrinter, own
         shown.cancel()
 
 
-async def _show_all(client: SessionClient, printer: console.EventPrinter, turn_done: asyncio.Event) -> None:
+async def _show_all(
+    client: SessionClient, printer: console.EventPrinter, turn_done: asyncio.Event
+) -> None:
     async for event in client.events():
         printer.show(event)
-        if event.kind == "result" or (event.kind == "error" and event.data.get("code") == "turn_failed"):
+        if event.kind == "result" or (
+            event.kind == "error" and event.data.get("code") == "turn_failed"
+        ):
             turn_done.set()
 
 

@@ -63,7 +63,16 @@ class EventPrinter:
     def show(self, event: Event) -> None:
         """Print one event."""
         if self.as_json:
-            out(json.dumps({"seq": event.seq, "kind": event.kind, "turn_id": event.turn_id, "data": event.data}))
+            out(
+                json.dumps(
+                    {
+                        "seq": event.seq,
+                        "kind": event.kind,
+                        "turn_id": event.turn_id,
+                        "data": event.data,
+                    }
+                )
+            )
             return
         data = event.data
         if event.kind == "text_delta":
@@ -88,7 +97,12 @@ class EventPrinter:
             self._line(_style(f"  ✗ {data.get('code')}: {data.get('message')}", "31"))
         elif event.kind == "result":
             if data.get("is_error"):
-                self._line(_style(f"  ✗ turn ended with an error: {data.get('text') or data.get('subtype')}", "31"))
+                self._line(
+                    _style(
+                        f"  ✗ turn ended with an error: {data.get('text') or data.get('subtype')}",
+                        "31",
+                    )
+                )
             elif not self._at_line_start:
                 out()
                 self._at_line_start = True

@@ -21,7 +21,10 @@ def banner(stack: Stack) -> None:
             ("health", f"{stack.url}/healthz"),
             ("model", stack.model_label),
             ("tier", f"{stack.bundle.tier} (kit.toml [sandbox] tier)"),
-            ("bundle", f"{stack.bundle.digest[:16]}  {len(stack.bundle.skills)} skill(s): {', '.join(stack.bundle.skills)}"),
+            (
+                "bundle",
+                f"{stack.bundle.digest[:16]}  {len(stack.bundle.skills)} skill(s): {', '.join(stack.bundle.skills)}",
+            ),
             ("store", f"sqlite  {stack.transcripts_dir}"),
             ("state", str(s.state_dir)),
             ("api token", f"{stack.api_token_file} (Bearer token for POST /v1/sessions)"),
@@ -39,7 +42,9 @@ async def serve(settings: DevSettings) -> None:
     async with run_stack(settings) as stack:
         banner(stack)
         await stop.wait()
-        console.out(console.dim("kit dev: shutting down (closing sockets with 1001, stopping sandboxes)…"))
+        console.out(
+            console.dim("kit dev: shutting down (closing sockets with 1001, stopping sandboxes)…")
+        )
     console.out(console.dim("kit dev: stopped."))
 
 

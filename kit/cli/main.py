@@ -66,7 +66,9 @@ def _log_to_stderr(verbose: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="kit", description="Run and ship Claude Agent SDK agents.")
+    parser = argparse.ArgumentParser(
+        prog="kit", description="Run and ship Claude Agent SDK agents."
+    )
     parser.add_argument("--version", action="version", version=f"kit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -75,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_new)
 
     p = sub.add_parser("dev", help="run the agent locally against the cloud emulator")
-    p.add_argument("--project", type=Path, help="the agent project folder (default: nearest kit.toml)")
+    p.add_argument(
+        "--project", type=Path, help="the agent project folder (default: nearest kit.toml)"
+    )
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 8787; 0 = any free port)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -83,14 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("chat", help="chat with the agent that `kit dev` is running")
     p.add_argument("session", nargs="?", help="resume this session id (default: a new session)")
-    p.add_argument("--project", type=Path, help="the agent project folder (default: nearest kit.toml)")
+    p.add_argument(
+        "--project", type=Path, help="the agent project folder (default: nearest kit.toml)"
+    )
     p.add_argument("--url", help="the kit host URL (default: the running `kit dev`)")
     p.add_argument("-m", "--message", help="send one message, print the reply, exit")
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
     p.set_defaults(func=_cmd_chat)
 
     p = sub.add_parser("test", help="run the project's scenario checks on the offline model")
-    p.add_argument("--project", type=Path, help="the agent project folder (default: nearest kit.toml)")
+    p.add_argument(
+        "--project", type=Path, help="the agent project folder (default: nearest kit.toml)"
+    )
     p.set_defaults(func=_cmd_test)
     return parser
 

@@ -55,7 +55,9 @@ class Stack:
         """How the banner names the model upstream."""
         if self.model_url:
             return f"offline model (emulator) at {self.model_url}; set ANTHROPIC_API_KEY for the real API"
-        return f"Anthropic Messages API at {self.settings.upstream_url} (key from ANTHROPIC_API_KEY)"
+        return (
+            f"Anthropic Messages API at {self.settings.upstream_url} (key from ANTHROPIC_API_KEY)"
+        )
 
 
 class _Server(uvicorn.Server):
@@ -122,7 +124,9 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
     if settings.offline:
         model_sock = _tcp_socket("127.0.0.1", 0)
         model_url = f"http://127.0.0.1:{model_sock.getsockname()[1]}"
-        servers.append(_serve(create_model_app(ScenarioSource.from_paths(list(project.scenarios))), model_sock))
+        servers.append(
+            _serve(create_model_app(ScenarioSource.from_paths(list(project.scenarios))), model_sock)
+        )
         upstream, key = model_url, settings.api_key or EMULATOR_KEY
     else:
         assert settings.api_key is not None
@@ -153,9 +157,21 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
     url = f"http://{url_host}:{bound[1]}"
     servers.append(_serve(app, host_sock, ws_max_size=1024 * 1024, timeout_graceful_shutdown=5))
     stack = Stack(
-        settings, project, bundle, url, model_url, api_token, token_file, host, proxy, provider, transcripts
+        settings,
+        project,
+        bundle,
+        url,
+        model_url,
+        api_token,
+        token_file,
+        host,
+        proxy,
+        provider,
+        transcripts,
     )
-    (state / "dev.json").write_text(json.dumps({"url": url, "pid": os.getpid(), "api_token_file": str(token_file)}))
+    (state / "dev.json").write_text(
+        json.dumps({"url": url, "pid": os.getpid(), "api_token_file": str(token_file)})
+    )
     host.recover()
     try:
         yield stack

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,18 +70,27 @@ async def run_checks_async(project_dir: Path, *, sandbox_user: str | None = "nob
     checks = ScenarioSource.from_paths(list(project.scenarios)).checks()
     state = Path(tempfile.mkdtemp(prefix="kit-test-"))
     settings = DevSettings(
-        project_dir=project.root, state_dir=state, port=0, force_offline_model=True, sandbox_user=sandbox_user
+        project_dir=project.root,
+        state_dir=state,
+        port=0,
+        force_offline_model=True,
+        sandbox_user=sandbox_user,
     )
     try:
         async with run_stack(settings) as stack:
-            results = [await _run_check(stack, check.name, check.say, check.expect_tools, check.expect_reply) for check in checks]
+            results = [
+                await _run_check(
+                    stack, check.name, check.say, check.expect_tools, check.expect_reply
+                )
+                for check in checks
+            ]
     finally:
         shutil.rmtree(state, ignore_errors=True)
     return Report(results)
 
 
 async def _run_check(
-    stack: Stack, name: str, say: str, expect_tools: list[str] | None, expect_reply: str | None
+    stack: Stack, name: str, say: str, expect_tools: Sequence[str] | None, expect_reply: str | None
 ) -> CheckResult:
     info = await create_session(stack.url, stack.api_token)
     result = CheckResult(name=name, ok=False)
@@ -99,13 +109,17 @@ async def _run_check(
                         if event.data.get("is_error"):
                             result.problems.append(f"the turn ended with an error: {final}")
                     elif event.kind == "error":
-                        result.problems.append(f"{event.data.get('code')}: {event.data.get('message')}")
+                        result.problems.append(
+                            f"{event.data.get('code')}: {event.data.get('message')}"
+                        )
         except TimeoutError:
             result.problems.append(f"no result within {CHECK_TIMEOUT_S:.0f} s")
     result.reply = final or (texts[-1] if texts else "")
     if expect_tools is not None and result.tools != list(expect_tools):
         result.problems.append(f"expected tools {list(expect_tools)}, got {result.tools}")
     if expect_reply is not None and expect_reply.lower() not in result.reply.lower():
-        result.problems.append(f"expected the reply to contain {expect_reply!r}, got {result.reply[:200]!r}")
+        result.problems.append(
+            f"expected the reply to contain {expect_reply!r}, got {result.reply[:200]!r}"
+        )
     result.ok = not result.problems
     return result

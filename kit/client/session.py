@@ -63,9 +63,13 @@ async def create_session(base_url: str, api_token: str | None = None) -> Session
         async with httpx.AsyncClient(timeout=30) as http:
             response = await http.post(base_url.rstrip("/") + "/v1/sessions", headers=headers)
     except httpx.HTTPError as exc:
-        raise ClientError(f"Cannot reach the kit host at {base_url}: {exc}. Is `kit dev` running?") from exc
+        raise ClientError(
+            f"Cannot reach the kit host at {base_url}: {exc}. Is `kit dev` running?"
+        ) from exc
     if response.status_code != 201:
-        raise ClientError(f"The host refused to create a session ({response.status_code}): {response.text[:200]}")
+        raise ClientError(
+            f"The host refused to create a session ({response.status_code}): {response.text[:200]}"
+        )
     body = response.json()
     return SessionInfo(body["session_id"], body["token"], body["ws_url"])
 
@@ -73,7 +77,9 @@ async def create_session(base_url: str, api_token: str | None = None) -> Session
 class SessionClient:
     """One session, over a WebSocket that is re-opened and resumed as needed."""
 
-    def __init__(self, ws_url: str, token: str, *, last_seq: int | None = None, reconnect: bool = True) -> None:
+    def __init__(
+        self, ws_url: str, token: str, *, last_seq: int | None = None, reconnect: bool = True
+    ) -> None:
         self.ws_url = ws_url
         self.token = token
         self.last_seq = last_seq
@@ -93,7 +99,10 @@ class SessionClient:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.close()
 
@@ -162,7 +171,8 @@ class SessionClient:
                 await self._flush()
 
     async def _flush(self) -> None:
-        assert self._proto is not None and self._ws is not None
+        assert self._proto is not None
+        assert self._ws is not None
         for frame in self._proto.data_to_send():
             await self._ws.send(frame)
 
@@ -173,7 +183,12 @@ class SessionClient:
                 try:
                     await self._session_once()
                     attempt = 0
-                except (OSError, ConnectionClosed, websockets.InvalidHandshake, TimeoutError) as exc:
+                except (
+                    OSError,
+                    ConnectionClosed,
+                    websockets.InvalidHandshake,
+                    TimeoutError,
+                ) as exc:
                     code = getattr(getattr(exc, "rcvd", None), "code", None)
                     if code in FATAL_CLOSE_CODES:
                         raise SessionRefused(str(code), getattr(exc.rcvd, "reason", "")) from exc  # type: ignore[union-attr]
@@ -181,7 +196,9 @@ class SessionClient:
                 if self._closed or not self.reconnect:
                     raise ConnectionLost("The connection closed.")
                 if attempt >= len(RECONNECT_DELAYS_S):
-                    raise ConnectionLost(f"Could not reconnect to {self.ws_url} after {attempt} tries.")
+                    raise ConnectionLost(
+                        f"Could not reconnect to {self.ws_url} after {attempt} tries."
+                    )
                 await asyncio.sleep(RECONNECT_DELAYS_S[attempt])
                 attempt += 1
                 self.reconnects += 1
@@ -213,7 +230,9 @@ class SessionClient:
                         if item.code in ("unauthorized", "unknown_session", "seq_ahead"):
                             raise SessionRefused(item.code, item.message)
                     elif isinstance(item, GapDetected):
-                        log.warning("gap: expected seq %d, got %d; resuming", item.expected, item.got)
+                        log.warning(
+                            "gap: expected seq %d, got %d; resuming", item.expected, item.got
+                        )
                         await ws.close()
                         return
                 self.duplicates_dropped = proto.duplicates_dropped
@@ -232,5 +251,6 @@ class SessionClient:
 def dumps_event(event: Event) -> str:
     """An event as one JSON line (for logs and ``kit chat --json``)."""
     return json.dumps(
-        {"seq": event.seq, "kind": event.kind, "turn_id": event.turn_id, "data": event.data}, ensure_ascii=False
+        {"seq": event.seq, "kind": event.kind, "turn_id": event.turn_id, "data": event.data},
+        ensure_ascii=False,
     )

@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from kit.host.host import SessionHost
 from kit.host.session import Session
@@ -56,7 +56,11 @@ class ClientConnection:
         if self._close is not None:
             return
         if len(self._outbox) > MAX_QUEUED_FRAMES:
-            self.shutdown(e.SLOW_CONSUMER, "Too far behind; reconnect and resume with last_seq.", e.CLOSE_SLOW_CONSUMER)
+            self.shutdown(
+                e.SLOW_CONSUMER,
+                "Too far behind; reconnect and resume with last_seq.",
+                e.CLOSE_SLOW_CONSUMER,
+            )
             return
         self.conn.send_event(event, replay=False)
         self.flush()
@@ -99,11 +103,16 @@ def create_app(host: SessionHost, *, api_token: str | None = None) -> Starlette:
             got = request.headers.get("authorization", "").removeprefix("Bearer ")
             if not hmac.compare_digest(got.encode(), api_token.encode()):
                 return JSONResponse(
-                    {"error": e.UNAUTHORIZED, "message": "Send Authorization: Bearer <the host's API token>."},
+                    {
+                        "error": e.UNAUTHORIZED,
+                        "message": "Send Authorization: Bearer <the host's API token>.",
+                    },
                     status_code=401,
                 )
         if host.closing:
-            return JSONResponse({"error": e.SHUTTING_DOWN, "message": "The host is shutting down."}, status_code=503)
+            return JSONResponse(
+                {"error": e.SHUTTING_DOWN, "message": "The host is shutting down."}, status_code=503
+            )
         new = host.create_session()
         scheme = "wss" if request.url.scheme == "https" else "ws"
         ws_url = f"{scheme}://{request.url.netloc}/v1/sessions/{new.session_id}/ws"
@@ -139,23 +148,33 @@ def create_app(host: SessionHost, *, api_token: str | None = None) -> Starlette:
 
     def close_all() -> None:
         for client in list(connections):
-            client.shutdown(e.SHUTTING_DOWN, "The host is shutting down; reconnect and resume.", e.CLOSE_GOING_AWAY)
+            client.shutdown(
+                e.SHUTTING_DOWN,
+                "The host is shutting down; reconnect and resume.",
+                e.CLOSE_GOING_AWAY,
+            )
 
     app.state.close_all_connections = close_all
     app.state.connections = connections
     return app
 
 
-async def _read_loop(host: SessionHost, client: ClientConnection, writer: asyncio.Task[None]) -> None:
+async def _read_loop(
+    host: SessionHost, client: ClientConnection, writer: asyncio.Task[None]
+) -> None:
     conn, ws = client.conn, client.ws
     while not writer.done():
         timeout = HELLO_TIMEOUT_S if client.session is None else None
         receive = asyncio.ensure_future(ws.receive())
-        done, _ = await asyncio.wait({receive, writer}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {receive, writer}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         if receive not in done:
             receive.cancel()
             if not writer.done():  # no hello in time
-                client.shutdown(e.HELLO_REQUIRED, "No hello within 10 seconds.", e.CLOSE_BAD_REQUEST)
+                client.shutdown(
+                    e.HELLO_REQUIRED, "No hello within 10 seconds.", e.CLOSE_BAD_REQUEST
+                )
                 continue
             return
         message = receive.result()
@@ -184,13 +203,19 @@ def _hello(host: SessionHost, client: ClientConnection, hello: HelloReceived) ->
     conn = client.conn
     session = host.get(conn.session_id)
     if session is None:
-        conn.reject(e.UNKNOWN_SESSION, "No session has this id; create one with POST /v1/sessions.", e.CLOSE_UNKNOWN_SESSION)
+        conn.reject(
+            e.UNKNOWN_SESSION,
+            "No session has this id; create one with POST /v1/sessions.",
+            e.CLOSE_UNKNOWN_SESSION,
+        )
         return
     if not session.check_token(hello.token):
         conn.reject(e.UNAUTHORIZED, "Wrong session token.", e.CLOSE_UNAUTHORIZED)
         return
     if host.closing:
-        conn.reject(e.SHUTTING_DOWN, "The host is shutting down; reconnect shortly.", e.CLOSE_GOING_AWAY)
+        conn.reject(
+            e.SHUTTING_DOWN, "The host is shutting down; reconnect shortly.", e.CLOSE_GOING_AWAY
+        )
         return
     mode = session.resume_mode(hello.last_seq)
     conn.accept(mode, session.log.last_seq)

@@ -188,7 +188,9 @@ class SQLiteSessionLog(SessionLog):
             "SELECT seq, kind, turn_id, data, ts FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
             (seq, -1 if limit is None else limit),
         ).fetchall()
-        return [Event(seq=r[0], kind=r[1], turn_id=r[2], data=json.loads(r[3]), ts=r[4]) for r in rows]
+        return [
+            Event(seq=r[0], kind=r[1], turn_id=r[2], data=json.loads(r[3]), ts=r[4]) for r in rows
+        ]
 
     def add_user_turn(self, client_msg_id: str, text: str) -> tuple[Turn, Event] | None:
         seen = self._db.execute(
@@ -270,4 +272,6 @@ class SQLiteLogStore(LogStore):
         return SQLiteSessionLog(path, session_id) if path.exists() else None
 
     def list(self) -> list[SessionId]:
-        return [SessionId(p.stem) for p in sorted(self.root.glob("*.sqlite")) if is_session_id(p.stem)]
+        return [
+            SessionId(p.stem) for p in sorted(self.root.glob("*.sqlite")) if is_session_id(p.stem)
+        ]

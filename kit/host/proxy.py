@@ -47,7 +47,9 @@ def _api_error(status: int, kind: str, message: str) -> JSONResponse:
 class ModelProxy:
     """Issues per-session tokens and forwards their model calls upstream with the real key."""
 
-    def __init__(self, upstream_url: str, api_key: str, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self, upstream_url: str, api_key: str, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self.upstream_url = upstream_url.rstrip("/")
         self._api_key = api_key
         self._tokens: dict[str, SessionId] = {}
@@ -81,22 +83,30 @@ class ModelProxy:
     async def handle(self, request: Request) -> Response:
         """Forward one request, or refuse it with the Messages API's error shape."""
         if request.url.path not in ALLOWED_PATHS or request.method != "POST":
-            return _api_error(403, "permission_error", "kit's model proxy forwards only POST /v1/messages.")
+            return _api_error(
+                403, "permission_error", "kit's model proxy forwards only POST /v1/messages."
+            )
         if self.session_for(dict(request.headers)) is None:
             return _api_error(401, "authentication_error", "Unknown or revoked session token.")
         headers = {
-            k: v for k, v in request.headers.items() if k not in _HOP_BY_HOP and k not in _CREDENTIALS
+            k: v
+            for k, v in request.headers.items()
+            if k not in _HOP_BY_HOP and k not in _CREDENTIALS
         }
         headers["x-api-key"] = self._api_key
         url = self.upstream_url + request.url.path
         if request.url.query:
             url += "?" + request.url.query
-        upstream_req = self._client.build_request("POST", url, headers=headers, content=await request.body())
+        upstream_req = self._client.build_request(
+            "POST", url, headers=headers, content=await request.body()
+        )
         try:
             upstream = await self._client.send(upstream_req, stream=True)
         except httpx.HTTPError as exc:
             return _api_error(
-                502, "api_error", f"kit's model proxy could not reach the model upstream: {type(exc).__name__}."
+                502,
+                "api_error",
+                f"kit's model proxy could not reach the model upstream: {type(exc).__name__}.",
             )
         self.requests_forwarded += 1
         out_headers = {k: v for k, v in upstream.headers.items() if k not in _HOP_BY_HOP}
@@ -112,4 +122,10 @@ class ModelProxy:
 
     def app(self) -> Starlette:
         """The proxy as an ASGI app (every path goes through :meth:`handle`)."""
-        return Starlette(routes=[Route("/{path:path}", self.handle, methods=["GET", "POST", "PUT", "DELETE", "PATCH"])])
+        return Starlette(
+            routes=[
+                Route(
+                    "/{path:path}", self.handle, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]
+                )
+            ]
+        )

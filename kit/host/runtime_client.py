@@ -38,13 +38,20 @@ class RuntimeClient:
         """Run a turn; yield its events. :class:`SandboxGone` if the runtime goes away."""
         try:
             async with self._client.stream(
-                "POST", TURNS_PATH, content=request.to_json(), headers={"content-type": "application/json"}
+                "POST",
+                TURNS_PATH,
+                content=request.to_json(),
+                headers={"content-type": "application/json"},
             ) as response:
                 if response.status_code != 200:
                     body = (await response.aread()).decode(errors="replace")[:300]
-                    raise SandboxError(f"The runtime refused the turn ({response.status_code}): {body}")
+                    raise SandboxError(
+                        f"The runtime refused the turn ({response.status_code}): {body}"
+                    )
                 if not response.headers.get("content-type", "").startswith(NDJSON):
-                    raise SandboxError("The runtime answered a turn with something other than NDJSON.")
+                    raise SandboxError(
+                        "The runtime answered a turn with something other than NDJSON."
+                    )
                 async for line in response.aiter_lines():
                     if line.strip():
                         yield RuntimeEvent.from_line(line)

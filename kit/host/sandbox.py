@@ -112,5 +112,5 @@ class SandboxProvider(ABC):
     async def start(self, spec: SandboxSpec) -> Sandbox:
         """Start a runtime for ``spec`` and return once it is ready for turns."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook, most providers hold nothing
         """Release provider resources (running sandboxes are stopped by their owner)."""

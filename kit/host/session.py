@@ -22,7 +22,7 @@ from kit.host.errors import SandboxError
 from kit.host.eventlog import SessionLog, Turn, TurnState
 from kit.host.runtime_client import RuntimeClient, SandboxGone
 from kit.host.sandbox import ModelAccess, Sandbox, SandboxProvider, SandboxSpec
-from kit.ids import TurnId
+from kit.ids import SessionId, TurnId
 from kit.protocol.frames import Event, ResumeMode
 from kit.protocol.sandbox import TurnRequest
 
@@ -51,7 +51,7 @@ class SessionEnv:
     """What a session needs from its host to start sandboxes."""
 
     provider: SandboxProvider
-    issue_model_token: Callable[[str], str]
+    issue_model_token: Callable[[SessionId], str]
     revoke_model_token: Callable[[str], None]
     model_base_url: str
     model_unix_socket: str | None
@@ -159,7 +159,11 @@ class Session:
                 raise
             except Exception as exc:  # a bug must not leave the turn running forever
                 log.exception("session %s: turn %s failed", self.id, turns[0].turn_id)
-                self.emit("error", {"code": "internal", "message": f"The host failed: {exc}"}, turns[0].turn_id)
+                self.emit(
+                    "error",
+                    {"code": "internal", "message": f"The host failed: {exc}"},
+                    turns[0].turn_id,
+                )
                 self.log.set_turn_state(turns[0].turn_id, TurnState.FAILED)
 
     async def _run_turn(self, turn: Turn) -> None:
@@ -173,7 +177,9 @@ class Session:
                 try:
                     runtime = await self._ensure_sandbox(turn.turn_id)
                 except SandboxError as exc:
-                    self.emit("error", {"code": "sandbox_failed", "message": str(exc)}, turn.turn_id)
+                    self.emit(
+                        "error", {"code": "sandbox_failed", "message": str(exc)}, turn.turn_id
+                    )
                     continue
                 outcome = await self._stream(runtime, turn, recover)
                 if outcome is not None:
@@ -213,7 +219,12 @@ class Session:
     # -- sandbox -------------------------------------------------------------------------
 
     async def _ensure_sandbox(self, turn_id: TurnId | None) -> RuntimeClient:
-        if self._sandbox is not None and self._runtime is not None and self._watcher and not self._watcher.done():
+        if (
+            self._sandbox is not None
+            and self._runtime is not None
+            and self._watcher
+            and not self._watcher.done()
+        ):
             return self._runtime
         env = self.env
         self.emit("sandbox", {"state": "starting", "tier": env.tier}, turn_id)
@@ -241,7 +252,12 @@ class Session:
         self._watcher = asyncio.create_task(self._watch(sandbox), name=f"watch-{sandbox.id}")
         self.emit(
             "sandbox",
-            {"state": "running", "sandbox_id": sandbox.id, "tier": env.tier, "resumed": sandbox.resumed},
+            {
+                "state": "running",
+                "sandbox_id": sandbox.id,
+                "tier": env.tier,
+                "resumed": sandbox.resumed,
+            },
             turn_id,
         )
         return self._runtime
@@ -257,7 +273,12 @@ class Session:
         if not self._closing:
             self.emit(
                 "sandbox",
-                {"state": state, "sandbox_id": sandbox.id, "reason": info.reason, "exit_code": info.exit_code},
+                {
+                    "state": state,
+                    "sandbox_id": sandbox.id,
+                    "reason": info.reason,
+                    "exit_code": info.exit_code,
+                },
                 self._running_turn,
             )
 

@@ -118,9 +118,13 @@ class ClientConnection:
         try:
             obj = json.loads(text)
         except ValueError:
-            raise ProtocolError(e.PROTOCOL_VIOLATION, "The host sent a frame that is not JSON.")
+            raise ProtocolError(
+                e.PROTOCOL_VIOLATION, "The host sent a frame that is not JSON."
+            ) from None
         if not isinstance(obj, dict):
-            raise ProtocolError(e.PROTOCOL_VIOLATION, "The host sent a frame that is not an object.")
+            raise ProtocolError(
+                e.PROTOCOL_VIOLATION, "The host sent a frame that is not an object."
+            )
         kind = obj.get("type")
         if kind == "welcome":
             return [self._welcome(obj)]

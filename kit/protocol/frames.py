@@ -94,10 +94,10 @@ def parse_client_frame(text: str) -> ClientFrame:
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(e.BAD_JSON, f"Frame is not valid JSON: {exc}.") from None
     if not isinstance(obj, dict):
-        raise ProtocolError(e.BAD_FRAME, "Frame must be a JSON object with a string \"type\".")
+        raise ProtocolError(e.BAD_FRAME, 'Frame must be a JSON object with a string "type".')
     kind = obj.get("type")
     if not isinstance(kind, str):
-        raise ProtocolError(e.BAD_FRAME, "Frame must be a JSON object with a string \"type\".")
+        raise ProtocolError(e.BAD_FRAME, 'Frame must be a JSON object with a string "type".')
     if kind == "hello":
         token = _string(obj, "token", MAX_TOKEN_CHARS, "hello")
         last_seq = obj.get("last_seq")

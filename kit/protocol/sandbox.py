@@ -52,7 +52,11 @@ class TurnRequest:
         if not isinstance(obj, dict):
             raise ProtocolError(e.BAD_FRAME, "Turn request must be a JSON object.")
         turn_id, text, recover = obj.get("turn_id"), obj.get("text"), obj.get("recover", False)
-        if not isinstance(turn_id, str) or not isinstance(text, str) or not isinstance(recover, bool):
+        if (
+            not isinstance(turn_id, str)
+            or not isinstance(text, str)
+            or not isinstance(recover, bool)
+        ):
             raise ProtocolError(
                 e.BAD_FRAME, "Turn request needs turn_id (string), text (string), recover (bool)."
             )
@@ -68,7 +72,9 @@ class RuntimeEvent:
 
     def to_line(self) -> bytes:
         """One NDJSON line."""
-        return (json.dumps({"kind": self.kind, "data": self.data}, ensure_ascii=False) + "\n").encode()
+        return (
+            json.dumps({"kind": self.kind, "data": self.data}, ensure_ascii=False) + "\n"
+        ).encode()
 
     @classmethod
     def from_line(cls, line: str) -> RuntimeEvent:
@@ -76,7 +82,9 @@ class RuntimeEvent:
         try:
             obj = json.loads(line)
         except ValueError as exc:
-            raise ProtocolError(e.BAD_JSON, f"Runtime sent a line that is not JSON: {exc}.") from None
+            raise ProtocolError(
+                e.BAD_JSON, f"Runtime sent a line that is not JSON: {exc}."
+            ) from None
         if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str):
             raise ProtocolError(e.BAD_FRAME, "Runtime event must be an object with a string kind.")
         data = obj.get("data")

@@ -15,8 +15,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, ResultMessage
-from claude_agent_sdk import project_key_for_directory
+from claude_agent_sdk import (
+    ClaudeAgentOptions,
+    ClaudeSDKClient,
+    ResultMessage,
+    project_key_for_directory,
+)
 
 from kit.bundle import Bundle
 from kit.errors import KitError
@@ -177,7 +181,9 @@ class Agent:
         except Exception as exc:  # the turn fails, the agent lives on
             log.exception("turn %s failed", turn.request.turn_id)
             turn.out.put_nowait(
-                RuntimeEvent("error", {"code": "turn_failed", "message": f"The agent failed: {exc}"})
+                RuntimeEvent(
+                    "error", {"code": "turn_failed", "message": f"The agent failed: {exc}"}
+                )
             )
         finally:
             self.state = AgentState.READY

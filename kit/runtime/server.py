@@ -33,7 +33,6 @@ from kit.protocol.sandbox import (
     INTERRUPT_PATH,
     NDJSON,
     TURNS_PATH,
-    RuntimeEvent,
     TurnRequest,
 )
 from kit.runtime.agent import Agent, AgentBusy, AgentStopped
@@ -134,15 +133,23 @@ async def serve(config: RuntimeConfig) -> None:
     actor = asyncio.create_task(agent.run(), name="agent")
     await agent.wait_ready()
     server = _Server(
-        uvicorn.Config(create_app(agent), log_level="warning", lifespan="off", timeout_graceful_shutdown=5)
+        uvicorn.Config(
+            create_app(agent), log_level="warning", lifespan="off", timeout_graceful_shutdown=5
+        )
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     serving = asyncio.create_task(server.serve(sockets=[sock]), name="http")
-    endpoint = config.listen if config.listen.startswith("unix:") else f"tcp:{sock.getsockname()[0]}:{sock.getsockname()[1]}"
-    sys.stdout.write(json.dumps({"ready": True, "endpoint": endpoint, "resumed": agent.resumed}) + "\n")
+    endpoint = (
+        config.listen
+        if config.listen.startswith("unix:")
+        else f"tcp:{sock.getsockname()[0]}:{sock.getsockname()[1]}"
+    )
+    sys.stdout.write(
+        json.dumps({"ready": True, "endpoint": endpoint, "resumed": agent.resumed}) + "\n"
+    )
     sys.stdout.flush()
     done, _ = await asyncio.wait(
         [asyncio.create_task(stop.wait()), actor, serving], return_when=asyncio.FIRST_COMPLETED
@@ -159,7 +166,9 @@ async def serve(config: RuntimeConfig) -> None:
 def main() -> None:
     """Entry point: ``python -m kit.runtime`` with the config JSON on stdin."""
     logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     config = RuntimeConfig.from_json(sys.stdin.readline())
     sys.stdin.close()

@@ -34,11 +34,15 @@ def translate(message: object) -> list[RuntimeEvent]:
         for block in message.content:
             if isinstance(block, TextBlock) and block.text:
                 out.append(
-                    RuntimeEvent("assistant", {"text": block.text, "message_id": message.message_id})
+                    RuntimeEvent(
+                        "assistant", {"text": block.text, "message_id": message.message_id}
+                    )
                 )
             elif isinstance(block, ToolUseBlock):
                 out.append(
-                    RuntimeEvent("tool_use", {"id": block.id, "name": block.name, "input": block.input})
+                    RuntimeEvent(
+                        "tool_use", {"id": block.id, "name": block.name, "input": block.input}
+                    )
                 )
         return out
     if isinstance(message, UserMessage) and isinstance(message.content, list):

@@ -167,11 +167,13 @@ class SQLiteSessionStore:
             try:
                 if sub is None:
                     for table in ("entries", "keys", "summaries"):
-                        db.execute(f"DELETE FROM {table} WHERE project_key=? AND session_id=?", (pk, sid))  # noqa: S608
+                        db.execute(
+                            f"DELETE FROM {table} WHERE project_key=? AND session_id=?", (pk, sid)
+                        )
                 else:
                     for table in ("entries", "keys"):
                         db.execute(
-                            f"DELETE FROM {table} WHERE project_key=? AND session_id=? AND subpath=?",  # noqa: S608
+                            f"DELETE FROM {table} WHERE project_key=? AND session_id=? AND subpath=?",
                             (pk, sid, sub),
                         )
                 db.execute("COMMIT")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,7 @@ def test_loads_rules_steps_and_checks(tmp_path: Path) -> None:
     lookup, refund, second = scenario.rules
     assert lookup.name == "order lookup"
     assert lookup.match is not None
-    assert lookup.match.flags & 2
+    assert lookup.match.flags & re.IGNORECASE
     assert [step.tool for step in lookup.steps] == ["Skill", "Bash", None]
     assert lookup.steps[0].input == {"skill": "order-lookup"}
     assert (lookup.steps[0].chunk_chars, lookup.steps[2].chunk_chars) == (24, 8)

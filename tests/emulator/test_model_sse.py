@@ -8,8 +8,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emulator.model.format import JsonValue
 from emulator.model.replies import Reply, ToolCall
+from emulator.model.schema import JsonValue
 from emulator.model.sse import (
     Event,
     decode_events,

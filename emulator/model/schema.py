@@ -89,7 +89,8 @@ class Check:
 
     name: str
     say: str
-    expect_tools: tuple[str, ...] = ()
+    expect_tools: tuple[str, ...] | None = None
+    """None: any tools; a tuple (even empty): exactly these tools, in order."""
     expect_reply: str | None = None
 
 

@@ -1,0 +1,81 @@
+"""The host's WebSocket against real sockets: golden transcripts, bad input, idempotency."""
+
+from __future__ import annotations
+
+import pytest
+
+from kit.cli.stack import Stack
+from kit.client import create_session
+from tests.host.wsdriver import Driver, replay_golden
+
+
+async def _new(stack: Stack) -> tuple[str, dict[str, str]]:
+    info = await create_session(stack.url, stack.api_token)
+    return info.ws_url, {"token": info.token, "session_id": info.session_id}
+
+
+@pytest.mark.parametrize("name", ["bad_input", "oversize", "chat_and_resume"])
+async def test_golden_transcripts(stack: Stack, name: str) -> None:
+    """kit dev's host reproduces every golden transcript over a real WebSocket."""
+    ws_url, variables = await _new(stack)
+    await replay_golden(name, ws_url, variables)
+
+
+@pytest.mark.parametrize("name", ["bad_input", "oversize"])
+async def test_bad_input_stores_nothing(stack: Stack, name: str) -> None:
+    """After a transcript of bad input the session's log is still empty (invariant 8)."""
+    ws_url, variables = await _new(stack)
+    await replay_golden(name, ws_url, variables)
+    session = stack.host.get(variables["session_id"])
+    assert session is not None
+    assert session.log.last_seq == 0
+    assert session.log.open_turns() == []
+
+
+async def test_unknown_session_closes_4404(stack: Stack) -> None:
+    """A hello to a session that does not exist → unknown_session, close 4404."""
+    driver = await Driver.open(
+        stack.url.replace("http", "ws", 1) + "/v1/sessions/00000000-0000-4000-8000-000000000000/ws"
+    )
+    await driver.send({"type": "hello", "token": "x", "last_seq": None})
+    assert (await driver.recv())["code"] == "unknown_session"
+    assert await driver.close_code() == 4404
+
+
+async def test_binary_frames_are_refused(stack: Stack) -> None:
+    """A binary WebSocket message gets bad_frame and the socket stays usable."""
+    ws_url, _variables = await _new(stack)
+    driver = await Driver.open(ws_url)
+    await driver.ws.send(b"\x00\x01")
+    assert (await driver.recv())["code"] == "bad_frame"
+    await driver.send({"type": "ping"})
+    assert (await driver.recv())["type"] == "pong"
+
+
+async def test_creating_a_session_needs_the_api_token(stack: Stack) -> None:
+    """POST /v1/sessions without the host's API token is 401 and creates nothing."""
+    import httpx
+
+    before = len(stack.host.session_ids())
+    async with httpx.AsyncClient() as http:
+        r = await http.post(stack.url + "/v1/sessions", headers={"authorization": "Bearer wrong"})
+    assert r.status_code == 401
+    assert len(stack.host.session_ids()) == before
+
+
+async def test_repeated_client_msg_id_is_applied_once(stack: Stack) -> None:
+    """The same client_msg_id twice → one user event, one turn (invariant 3)."""
+    ws_url, variables = await _new(stack)
+    driver = await Driver.open(ws_url)
+    await driver.send({"type": "hello", "token": variables["token"], "last_seq": None})
+    await driver.recv()
+    await driver.send({"type": "user", "client_msg_id": "same", "text": "hello"})
+    await driver.until("result")
+    await driver.send({"type": "user", "client_msg_id": "same", "text": "hello"})
+    await driver.send({"type": "ping"})
+    assert (await driver.recv())["type"] == "pong"
+    session = stack.host.get(variables["session_id"])
+    assert session is not None
+    users = [ev for ev in session.log.read_after(0) if ev.kind == "user"]
+    assert len(users) == 1
+    assert session.log.open_turns() == []
