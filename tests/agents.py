@@ -1,0 +1,60 @@
+"""Small agent projects written on the fly for tests that need particular model behaviour."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RECOVERED_REPLY = "Recovered and finished."
+
+SCENARIO = r"""
+[[rule]]
+name = "recovery"
+contains = "Your sandbox stopped before you finished"
+[[rule.step]]
+text = "RECOVERED_REPLY"
+
+[[rule]]
+name = "dump environment"
+contains = "dump env"
+[[rule.step]]
+tool = "Bash"
+input = { command = "env; echo ---; tr '\\0' '\\n' < /proc/$PPID/environ; echo ---; tr '\\0' ' ' < /proc/$PPID/cmdline; echo; id -u", description = "dump" }
+[[rule.step]]
+text = "Environment:\n{tool_result}"
+
+[[rule]]
+name = "slow tool"
+contains = "slow"
+[[rule.step]]
+text = "Working on it."
+tool = "Bash"
+input = { command = "echo started-slow-tool; sleep 60; echo done", description = "slow" }
+[[rule.step]]
+text = "Slow tool said: {tool_result}"
+
+[[rule]]
+name = "echo"
+[[rule.step]]
+text = "You said: {user}"
+""".replace("RECOVERED_REPLY", RECOVERED_REPLY)
+
+
+def write_agent(root: Path, *, tier: str = "basic", extra_toml: str = "") -> Path:
+    """A project with Bash allowed and the rules above; returns its folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "kit.toml").write_text(
+        f"""[agent]
+name = "test-agent"
+prompt = "prompt.md"
+allowed_tools = ["Bash"]
+max_turns = 6
+
+[sandbox]
+tier = "{tier}"
+{extra_toml}
+"""
+    )
+    (root / "prompt.md").write_text("You are a test agent.\n")
+    (root / "scenarios").mkdir(exist_ok=True)
+    (root / "scenarios" / "test.toml").write_text(SCENARIO)
+    return root

@@ -1,0 +1,218 @@
+"""ARCHITECTURE §4 invariants 1, 2, 4, 5 and 7, each against the real stack."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from claude_agent_sdk import project_key_for_directory
+
+from kit.cli.stack import Stack, run_stack
+from kit.client import SessionClient, create_session
+from kit.host.session import Session
+from kit.protocol.frames import Event
+from tests.agents import RECOVERED_REPLY, write_agent
+from tests.conftest import stack_settings
+from tests.host.wsdriver import Driver
+
+SECRET = "sk-ant-api03-THIS-IS-THE-REAL-KEY-0123456789abcdef"
+
+
+@pytest.fixture
+async def agent_stack(kit_tmp: Path) -> AsyncIterator[Stack]:
+    """The test agent's stack, with a 'real' API key configured (the offline model answers)."""
+    project = write_agent(kit_tmp / "agent")
+    settings = stack_settings(kit_tmp / "state", project, api_key=SECRET, force_offline_model=True)
+    async with run_stack(settings) as running:
+        yield running
+
+
+class Probe:
+    """A subscriber that checks, at the moment of delivery, what is already durable."""
+
+    def __init__(self, session: Session, check: Any) -> None:
+        self.session, self.check = session, check
+        self.seen: list[Event] = []
+        self.failures: list[str] = []
+
+    def deliver(self, event: Event) -> None:
+        self.seen.append(event)
+        problem = self.check(event)
+        if problem:
+            self.failures.append(problem)
+
+
+async def _session(stack: Stack) -> tuple[SessionClient, Session]:
+    info = await create_session(stack.url, stack.api_token)
+    client = SessionClient(info.ws_url, info.token)
+    await client.connect()
+    session = stack.host.get(info.session_id)
+    assert session is not None
+    return client, session
+
+
+async def _turn(client: SessionClient, text: str) -> list[Event]:
+    return [e async for e in client.turn(text)]
+
+
+async def test_events_reach_clients_only_after_commit(stack: Stack) -> None:
+    """Invariant 1: when an event is delivered, another connection can already read it."""
+    client, session = await _session(stack)
+    path = session.log.path  # type: ignore[attr-defined]
+
+    def committed(event: Event) -> str | None:
+        with sqlite3.connect(path) as db:
+            row = db.execute("SELECT kind FROM events WHERE seq = ?", (event.seq,)).fetchone()
+        return None if row == (event.kind,) else f"seq {event.seq} delivered before commit"
+
+    probe = Probe(session, committed)
+    session.attach(probe, session.log.last_seq)
+    await _turn(client, "Where is my order 1042?")
+    await client.close()
+    assert len(probe.seen) > 5
+    assert probe.failures == []
+
+
+async def test_a_failed_append_is_never_delivered(stack: Stack) -> None:
+    """Invariant 1: if the append fails, no subscriber sees the event."""
+    client, session = await _session(stack)
+    probe = Probe(session, lambda e: None)
+    session.attach(probe, 0)
+    session.log.close()  # every later append fails
+    with pytest.raises(Exception, match="event log"):
+        session.emit("sandbox", {"state": "starting"})
+    assert probe.seen == []
+    await client.close()
+
+
+async def test_resume_from_any_seq_yields_exactly_the_rest(stack: Stack) -> None:
+    """Invariant 2: seqs are 1..n without gaps; resuming after k replays k+1..n once each."""
+    info = await create_session(stack.url, stack.api_token)
+    async with SessionClient(info.ws_url, info.token) as client:
+        await _turn(client, "hello")
+        await _turn(client, "Where is my order 1042?")
+    session = stack.host.get(info.session_id)
+    assert session is not None
+    all_seqs = [e.seq for e in session.log.read_after(0)]
+    n = len(all_seqs)
+    assert all_seqs == list(range(1, n + 1))
+    for k in sorted({0, 1, 2, n // 2, n - 1, n}):
+        driver = await Driver.open(info.ws_url)
+        await driver.send({"type": "hello", "token": info.token, "last_seq": k})
+        welcome = await driver.recv()
+        assert welcome["last_seq"] == n
+        if k < n:
+            assert welcome["resume"] == "resuming"
+            await driver.send({"type": "ack", "seq": k})
+            got = [(await driver.recv()) for _ in range(n - k)]
+            assert [f["seq"] for f in got] == list(range(k + 1, n + 1))
+            assert all(f["replay"] for f in got)
+        else:
+            assert welcome["resume"] == "none"
+        await driver.send({"type": "ping"})
+        assert (await driver.recv())["type"] == "pong"  # nothing more was sent
+        await driver.close()
+
+
+async def test_result_is_written_after_the_transcript(stack: Stack) -> None:
+    """Invariant 4: when the result event is appended, the turn's entries are in the store."""
+    client, session = await _session(stack)
+    store_path = stack.transcripts_dir / session.id / "transcript.sqlite"
+    workspace = stack.provider.workspace(session.id)
+    key = project_key_for_directory(str(workspace.resolve()))
+
+    def transcript_has_reply(event: Event) -> str | None:
+        if event.kind != "result":
+            return None
+        with sqlite3.connect(store_path) as db:
+            rows = db.execute(
+                "SELECT body FROM entries WHERE project_key = ? AND session_id = ? AND subpath = ''",
+                (key, session.id),
+            ).fetchall()
+        bodies = [json.loads(r[0]) for r in rows]
+        texts = json.dumps([b for b in bodies if b.get("type") == "assistant"])
+        return None if "1Z999AA10123456784" in texts else "result before the reply was in the store"
+
+    probe = Probe(session, transcript_has_reply)
+    session.attach(probe, session.log.last_seq)
+    await _turn(client, "Where is my order 1042?")
+    await client.close()
+    assert [e.kind for e in probe.seen].count("result") == 1
+    assert probe.failures == []
+
+
+async def test_the_real_key_never_enters_the_sandbox(agent_stack: Stack) -> None:
+    """Invariant 5: not in the sandbox's env, its CLI's env or argv, its files or tool output;
+    the upstream still gets the real key (the proxy swapped it in)."""
+    client, session = await _session(agent_stack)
+    events = await _turn(client, "dump env please")
+    output = next(e.data["content"] for e in events if e.kind == "tool_result")
+    assert "ANTHROPIC_API_KEY=kit-model-" in output  # the tool saw the CLI's environment
+    assert SECRET not in output
+    sandbox = session.sandbox
+    assert sandbox is not None
+    for name in ("environ", "cmdline"):
+        raw = Path(f"/proc/{sandbox.pid}/{name}").read_bytes()  # type: ignore[attr-defined]
+        assert SECRET.encode() not in raw
+    for root in (
+        agent_stack.provider.root,
+        agent_stack.transcripts_dir,
+        agent_stack.settings.state_dir / "sessions",
+    ):
+        for file in root.rglob("*"):
+            if file.is_file():
+                assert SECRET.encode() not in file.read_bytes(), file
+    assert agent_stack.model_url is not None
+    async with httpx.AsyncClient() as http:
+        seen = (await http.get(agent_stack.model_url + "/_emulator/requests")).json()
+    assert seen
+    assert {r["headers"].get("x-api-key") for r in seen} == {SECRET}
+    if os.geteuid() == 0:
+        assert output.strip().splitlines()[-1] != "0"  # the agent does not run as root
+    await client.close()
+
+
+async def test_sandbox_death_keeps_the_socket_and_the_turn(agent_stack: Stack) -> None:
+    """Invariant 7: SIGKILL mid-tool → sandbox died/starting/running on the same socket,
+    the turn completes in a new sandbox that resumed the transcript."""
+    client, session = await _session(agent_stack)
+    first = await _turn(client, "echo this first")
+    assert first[-1].kind == "result"
+    killed = False
+    kinds: list[tuple[str, Any]] = []
+    async with asyncio.timeout(120):
+        msg_id = await client.send("run the slow tool")
+        async for event in client.events():
+            kinds.append((event.kind, event.data.get("state")))
+            if event.kind == "tool_use" and not killed:
+                sandbox = session.sandbox
+                assert sandbox is not None
+                os.killpg(sandbox.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+                killed = True
+            if event.kind == "result":
+                break
+    assert msg_id
+    sandbox_states = [s for k, s in kinds if k == "sandbox"]
+    assert sandbox_states[-3:] == ["died", "starting", "running"]
+    died = next(
+        e for e in session.log.read_after(0) if e.kind == "sandbox" and e.data["state"] == "died"
+    )
+    assert died.data["exit_code"] == 137
+    results = [e for e in session.log.read_after(0) if e.kind == "result"]
+    assert len(results) == 2
+    assert RECOVERED_REPLY in results[-1].data["text"]
+    assert agent_stack.model_url is not None
+    async with httpx.AsyncClient() as http:
+        seen = (await http.get(agent_stack.model_url + "/_emulator/requests")).json()
+    last_messages = json.dumps(seen[-1]["body"]["messages"])
+    assert "echo this first" in last_messages  # the new sandbox resumed the earlier turn
+    assert session.sandbox is not None
+    await client.close()
