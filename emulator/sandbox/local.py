@@ -20,6 +20,7 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import uuid
@@ -117,7 +118,32 @@ class LocalSandboxProvider(SandboxProvider):
         """The session's workspace folder (the agent's cwd)."""
         return self.root / session_id / "workspace"
 
+    def unreachable(self, path: Path) -> Path | None:
+        """The first folder on ``path`` the sandbox user cannot enter, if any."""
+        if self.uid is None or self.gid is None:
+            return None
+        for folder in [*reversed(path.resolve().parents), path.resolve()]:
+            st = folder.stat()
+            if st.st_uid == self.uid:
+                bit = stat.S_IXUSR
+            elif st.st_gid == self.gid:
+                bit = stat.S_IXGRP
+            else:
+                bit = stat.S_IXOTH
+            if not st.st_mode & bit:
+                return folder
+        return None
+
     async def start(self, spec: SandboxSpec) -> LocalSandbox:
+        for needed in (spec.bundle_dir, self.root):
+            blocked = self.unreachable(needed)
+            if blocked is not None:
+                raise SandboxError(
+                    f"The sandbox user {self.user!r} cannot enter {blocked} "
+                    f"(mode {blocked.stat().st_mode & 0o777:o}), so it cannot reach {needed}. "
+                    "Keep the project and its state folder (KIT_STATE_DIR) where other users can "
+                    "enter, or set KIT_SANDBOX_USER= (empty) to run sandboxes as yourself."
+                )
         base = self.root / spec.session_id
         dirs = {name: base / name for name in ("workspace", "home", "tmp")}
         dirs["run"] = self.run_root / spec.session_id[:13]

@@ -69,6 +69,7 @@ async def run_checks_async(project_dir: Path, *, sandbox_user: str | None = "nob
     project = load_project(project_dir)
     checks = ScenarioSource.from_paths(list(project.scenarios)).checks()
     state = Path(tempfile.mkdtemp(prefix="kit-test-"))
+    state.chmod(0o755)  # sandboxes run as another user and must reach the bundle
     settings = DevSettings(
         project_dir=project.root,
         state_dir=state,

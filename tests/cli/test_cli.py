@@ -1,0 +1,84 @@
+"""The kit command: `kit new` then `kit test`, and errors as one line with exit code 1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from kit.cli.testing import run_checks
+
+KIT = str(Path(sys.executable).parent / "kit")
+
+
+def _kit(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [KIT, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env or dict(os.environ),
+        check=False,
+    )
+
+
+def test_new_project_passes_its_own_scenario_test(kit_tmp: Path) -> None:
+    """`kit new demo` scaffolds a project whose generated pytest file passes."""
+    result = _kit("new", "demo", cwd=kit_tmp)
+    assert result.returncode == 0, result.stderr
+    demo = kit_tmp / "demo"
+    assert (demo / "kit.toml").read_text().count('name = "demo"') == 1
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=demo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "1 passed" in run.stdout
+
+
+def test_kit_test_reports_each_check(kit_tmp: Path) -> None:
+    """run_checks on the example agent passes every check it declares."""
+    report = run_checks(Path(__file__).resolve().parents[2] / "skills" / "support-bot")
+    assert report.ok, report.summary()
+    assert len(report.results) >= 4
+
+
+def test_new_refuses_a_bad_name_and_an_existing_folder(kit_tmp: Path) -> None:
+    """Bad names and existing folders are one-line errors, exit 1, nothing written."""
+    bad = _kit("new", "Bad_Name", cwd=kit_tmp)
+    assert bad.returncode == 1
+    assert bad.stderr.count("\n") == 1
+    assert "a-z, 0-9" in bad.stderr
+    (kit_tmp / "taken").mkdir()
+    taken = _kit("new", "taken", cwd=kit_tmp)
+    assert taken.returncode == 1
+    assert "already exists" in taken.stderr
+    assert sorted(p.name for p in kit_tmp.iterdir()) == ["taken"]
+
+
+def test_dev_with_broken_config_is_one_line(kit_tmp: Path) -> None:
+    """`kit dev` on a broken kit.toml exits 1 with one line naming the file and the key."""
+    (kit_tmp / "kit.toml").write_text("[agent]\nname = 'ok'\n[sandbox]\ntier = 'gigantic'\n")
+    result = _kit("dev", "--port", "0", cwd=kit_tmp)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert str(kit_tmp / "kit.toml") in lines[0]
+    assert "sandbox.tier" in lines[0]
+    assert not (kit_tmp / ".kit").exists()
+
+
+def test_chat_without_dev_says_what_to_do(kit_tmp: Path) -> None:
+    """`kit chat` with no running `kit dev` tells the user to start it."""
+    (kit_tmp / "kit.toml").write_text("[agent]\nname = 'ok'\n")
+    result = _kit("chat", "-m", "hi", cwd=kit_tmp)
+    assert result.returncode == 1
+    assert "start `kit dev`" in result.stderr

@@ -1,0 +1,144 @@
+"""End to end: the real `kit dev` process on port 0, a real WebSocket client, `kit chat`,
+and a clean shutdown on Ctrl-C (sockets closed with 1001, sandboxes stopped)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from kit.client import SessionClient, create_session
+from tests.host.wsdriver import Driver
+
+KIT = str(Path(sys.executable).parent / "kit")
+REPO = Path(__file__).resolve().parents[2]
+BANNER_TIMEOUT_S = 60.0
+
+
+class DevProcess:
+    """A running `kit dev` and what its banner said."""
+
+    def __init__(
+        self, proc: asyncio.subprocess.Process, url: str, banner: str, env: dict[str, str]
+    ) -> None:
+        self.proc, self.url, self.banner, self.env = proc, url, banner, env
+
+
+@pytest.fixture
+async def kit_dev(kit_tmp: Path) -> AsyncIterator[DevProcess]:
+    """`kit dev --port 0` on the example agent, as a user would start it."""
+    env = {**os.environ, "KIT_STATE_DIR": str(kit_tmp / "state")}
+    env.pop("ANTHROPIC_API_KEY", None)
+    proc = await asyncio.create_subprocess_exec(
+        KIT,
+        "dev",
+        "--port",
+        "0",
+        cwd=REPO,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    url = None
+    async with asyncio.timeout(BANNER_TIMEOUT_S):
+        while url is None:
+            line = (await proc.stdout.readline()).decode()
+            assert line, "kit dev exited before printing its banner"
+            lines.append(line)
+            if m := re.search(r"sessions\s+(http://\S+)/v1/sessions", line):
+                url = m.group(1)
+        while not lines[-1].lstrip().startswith("api token"):
+            lines.append((await proc.stdout.readline()).decode())
+    yield DevProcess(proc, url, "".join(lines), env)
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+
+
+async def test_banner_names_the_model_store_and_tier(kit_dev: DevProcess) -> None:
+    """One banner with URLs, the offline model, the store and the tier."""
+    assert "offline model (emulator)" in kit_dev.banner
+    assert "tier" in kit_dev.banner
+    assert "basic" in kit_dev.banner
+    assert "store" in kit_dev.banner
+    assert "sqlite" in kit_dev.banner
+
+
+async def test_chat_runs_the_skill_script(kit_dev: DevProcess, kit_tmp: Path) -> None:
+    """A WebSocket client asks about an order: Skill, then Bash runs the bundled script,
+    and the streamed reply carries what the script read from its SQLite data."""
+    token = (kit_tmp / "state" / "api-token").read_text().strip()
+    info = await create_session(kit_dev.url, token)
+    async with SessionClient(info.ws_url, info.token) as client:
+        events = [e async for e in client.turn("Where is my order 1042?")]
+    tools = [e.data["name"] for e in events if e.kind == "tool_use"]
+    assert tools == ["Skill", "Bash"]
+    results = [e.data["content"] for e in events if e.kind == "tool_result"]
+    assert "1Z999AA10123456784" in results[-1]
+    assert sum(e.kind == "text_delta" for e in events) > 1
+    assert events[-1].kind == "result"
+    assert "1Z999AA10123456784" in events[-1].data["text"]
+
+
+async def test_kit_chat_one_message(kit_dev: DevProcess) -> None:
+    """`kit chat -m` streams the reply and shows the tool calls and their results."""
+    proc = await asyncio.create_subprocess_exec(
+        KIT,
+        "chat",
+        "-m",
+        "Where is my order 1042?",
+        cwd=REPO,
+        env=kit_dev.env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    text = out.decode()
+    assert proc.returncode == 0, err.decode()
+    assert "⚙ Skill" in text
+    assert "⚙ Bash" in text
+    assert "↳ Order 1042: shipped" in text
+    assert "1Z999AA10123456784" in text.split("↳ Order 1042")[-1]
+
+
+async def test_ctrl_c_closes_sockets_with_1001_and_stops_sandboxes(
+    kit_dev: DevProcess, kit_tmp: Path
+) -> None:
+    """SIGINT: connected clients get close 1001, sandboxes are stopped, exit code 0."""
+    token = (kit_tmp / "state" / "api-token").read_text().strip()
+    info = await create_session(kit_dev.url, token)
+    async with SessionClient(info.ws_url, info.token) as client:
+        [e async for e in client.turn("hello")]
+    driver = await Driver.open(info.ws_url)
+    await driver.send({"type": "hello", "token": info.token, "last_seq": None})
+    assert (await driver.recv())["resume"] == "resuming"
+    runtimes_before = _runtime_pids(kit_tmp)
+    assert runtimes_before
+    kit_dev.proc.send_signal(signal.SIGINT)
+    assert await driver.close_code() == 1001
+    assert await asyncio.wait_for(kit_dev.proc.wait(), 30) == 0
+    assert _runtime_pids(kit_tmp) == set()
+
+
+def _runtime_pids(state: Path) -> set[int]:
+    """PIDs of kit.runtime processes whose workspace is under ``state``."""
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes()
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if b"kit.runtime" in cmd and cwd.startswith(str(state)):
+            pids.add(int(proc.name))
+    return pids

@@ -1,0 +1,90 @@
+"""Transcript stores: the SDK's conformance suite plus kit's own contract, on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from claude_agent_sdk.testing import run_session_store_conformance
+
+from kit.storage import StoreError, open_store
+
+Factory = Callable[[], Any]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
+    """A factory of fresh, empty stores of one backend."""
+    counter = iter(range(10_000))
+    if request.param == "memory":
+        return lambda: open_store("memory://")
+    return lambda: open_store(f"sqlite:///{tmp_path}/store-{next(counter)}.db")
+
+
+async def test_sdk_conformance(make_store: Factory) -> None:
+    """Every required and optional contract of the SDK's SessionStore protocol holds."""
+    await run_session_store_conformance(make_store, skip_optional=frozenset())
+
+
+KEY: Any = {"project_key": "-srv-app", "session_id": "11111111-1111-4111-8111-111111111111"}
+
+
+async def test_uuid_is_an_idempotency_key(make_store: Factory) -> None:
+    """Appending an entry whose uuid is stored already changes nothing; uuid-less entries append."""
+    store = make_store()
+    await store.append(KEY, [{"type": "user", "uuid": "a"}, {"type": "x"}])
+    await store.append(
+        KEY, [{"type": "user", "uuid": "a"}, {"type": "assistant", "uuid": "b"}, {"type": "x"}]
+    )
+    assert await store.load(KEY) == [
+        {"type": "user", "uuid": "a"},
+        {"type": "x"},
+        {"type": "assistant", "uuid": "b"},
+        {"type": "x"},
+    ]
+
+
+async def test_concurrent_sessions_keep_their_order(make_store: Factory) -> None:
+    """Many sessions appending at once each keep their own order."""
+    store = make_store()
+    keys: list[Any] = [{"project_key": "p", "session_id": f"s{i}"} for i in range(20)]
+
+    async def writer(key: Any) -> None:
+        for n in range(25):
+            await store.append(key, [{"type": "t", "uuid": f"{key['session_id']}-{n}", "n": n}])
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(writer(k) for k in keys))
+    for key in keys:
+        assert [e["n"] for e in await store.load(key)] == list(range(25))
+
+
+async def test_large_and_unicode_entries_round_trip(make_store: Factory) -> None:
+    """Entries of a few MB and any unicode come back exactly."""
+    store = make_store()
+    big = {"type": "assistant", "uuid": "big", "text": "x" * (3 * 1024 * 1024)}
+    odd = {
+        "type": "user",
+        "uuid": "u",
+        "text": "héllo 👋 \u0000 \u2028 中文",
+        "nested": {"a": [1, None, True]},
+    }
+    await store.append(KEY, [big, odd])
+    assert await store.load(KEY) == [big, odd]
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("redis://x", "unknown scheme 'redis'"),
+        ("sqlite://relative.db", "three slashes"),
+        ("sqlite:///", "three slashes"),
+    ],
+)
+def test_bad_urls_name_the_fix(url: str, needle: str) -> None:
+    """A wrong store URL raises StoreError saying what to write."""
+    with pytest.raises(StoreError, match=needle):
+        open_store(url)
