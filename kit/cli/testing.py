@@ -9,6 +9,7 @@ its ``expect_reply``.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -69,7 +70,7 @@ async def run_checks_async(project_dir: Path, *, sandbox_user: str | None = "nob
     project = load_project(project_dir)
     checks = ScenarioSource.from_paths(list(project.scenarios)).checks()
     state = Path(tempfile.mkdtemp(prefix="kit-test-"))
-    state.chmod(0o755)  # sandboxes run as another user and must reach the bundle
+    os.chmod(state, 0o755)  # sandboxes run as another user and must reach the bundle
     settings = DevSettings(
         project_dir=project.root,
         state_dir=state,

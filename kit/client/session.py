@@ -60,7 +60,9 @@ async def create_session(base_url: str, api_token: str | None = None) -> Session
     """Create a session on the host at ``base_url``."""
     headers = {"authorization": f"Bearer {api_token}"} if api_token else {}
     try:
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with httpx.AsyncClient(
+            timeout=30, trust_env=False, verify=base_url.startswith("https")
+        ) as http:
             response = await http.post(base_url.rstrip("/") + "/v1/sessions", headers=headers)
     except httpx.HTTPError as exc:
         raise ClientError(

@@ -224,6 +224,7 @@ def _hello(host: SessionHost, client: ClientConnection, hello: HelloReceived) ->
     client.session = session
     if mode == "none":
         session.attach(client, session.log.last_seq)
+    session.prewarm()
 
 
 def _replay(client: ClientConnection, after_seq: int) -> None:

@@ -21,11 +21,13 @@ class RuntimeClient:
     """Talks to one sandbox's runtime at ``unix:/path`` or ``http://host:port``."""
 
     def __init__(self, endpoint: str, token: str) -> None:
+        # No TLS on a Unix socket or plain-HTTP endpoint: skip loading a CA bundle, which
+        # costs ~20 ms of event-loop time per client.
         if endpoint.startswith("unix:"):
-            transport = httpx.AsyncHTTPTransport(uds=endpoint.removeprefix("unix:"))
+            transport = httpx.AsyncHTTPTransport(uds=endpoint.removeprefix("unix:"), verify=False)
             base = "http://sandbox"
         else:
-            transport = httpx.AsyncHTTPTransport()
+            transport = httpx.AsyncHTTPTransport(verify=endpoint.startswith("https:"))
             base = endpoint
         self._client = httpx.AsyncClient(
             base_url=base,

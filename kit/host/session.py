@@ -77,6 +77,7 @@ class Session:
         self._runtime: RuntimeClient | None = None
         self._model_token: str | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._starting: asyncio.Task[RuntimeClient] | None = None
         self._running_turn: TurnId | None = None
         self._closing = False
 
@@ -218,14 +219,36 @@ class Session:
 
     # -- sandbox -------------------------------------------------------------------------
 
-    async def _ensure_sandbox(self, turn_id: TurnId | None) -> RuntimeClient:
-        if (
-            self._sandbox is not None
-            and self._runtime is not None
-            and self._watcher
-            and not self._watcher.done()
-        ):
+    def prewarm(self) -> None:
+        """Start a sandbox now (a client is here) so the first message finds it running."""
+        if self._closing or self._alive() is not None:
+            return
+        if self._starting is None or self._starting.done():
+            self._starting = asyncio.create_task(
+                self._start_sandbox(None), name=f"prewarm-{self.id}"
+            )
+            self._starting.add_done_callback(_log_prewarm_failure)
+        self.start()  # the runner also owns the idle timer
+
+    def _alive(self) -> RuntimeClient | None:
+        if self._sandbox is not None and self._watcher is not None and not self._watcher.done():
             return self._runtime
+        return None
+
+    async def _ensure_sandbox(self, turn_id: TurnId | None) -> RuntimeClient:
+        runtime = self._alive()
+        if runtime is not None:
+            return runtime
+        if self._starting is not None and not self._starting.done():
+            with contextlib.suppress(SandboxError):
+                await asyncio.shield(self._starting)
+            runtime = self._alive()
+            if runtime is not None:
+                return runtime
+        self._starting = asyncio.create_task(self._start_sandbox(turn_id))
+        return await self._starting
+
+    async def _start_sandbox(self, turn_id: TurnId | None) -> RuntimeClient:
         env = self.env
         self.emit("sandbox", {"state": "starting", "tier": env.tier}, turn_id)
         model_token = env.issue_model_token(self.id)
@@ -248,7 +271,7 @@ class Session:
                 raise SandboxError(f"Starting a sandbox failed: {exc}") from exc
             raise
         self._sandbox, self._model_token = sandbox, model_token
-        self._runtime = RuntimeClient(sandbox.endpoint, runtime_token)
+        runtime = self._runtime = RuntimeClient(sandbox.endpoint, runtime_token)
         self._watcher = asyncio.create_task(self._watch(sandbox), name=f"watch-{sandbox.id}")
         self.emit(
             "sandbox",
@@ -260,7 +283,7 @@ class Session:
             },
             turn_id,
         )
-        return self._runtime
+        return runtime
 
     async def _watch(self, sandbox: Sandbox) -> None:
         info = await sandbox.wait()
@@ -315,6 +338,9 @@ class Session:
     async def close(self) -> None:
         """Stop the runner and the sandbox; open turns stay open for the next start."""
         self._closing = True
+        if self._starting is not None and not self._starting.done():
+            with contextlib.suppress(BaseException):
+                await self._starting
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -327,3 +353,8 @@ class Session:
                     await self._watcher
         self._subscribers.clear()
         self.log.close()
+
+
+def _log_prewarm_failure(task: asyncio.Task[RuntimeClient]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("prewarming a sandbox failed (the next turn retries): %s", task.exception())

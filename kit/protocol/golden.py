@@ -8,6 +8,8 @@ Files in ``golden/*.jsonl``; one step per line:
 - ``{"expect": {...}}`` — the host's next frame matches this pattern
 - ``{"expect": {...}, "repeat": true}`` — one or more consecutive frames match it
 - ``{"expect_close": 4401}`` — the host closes the socket with this code
+- ``{"ignore": {...}}`` — from here on, skip host frames matching this pattern (e.g. the
+  ``sandbox`` events a host may emit at its own pace)
 - ``{"note": "..."}`` — ignored
 
 A pattern matches a frame when every key in the pattern is in the frame with a matching
@@ -32,7 +34,7 @@ class Step:
     """One line of a golden transcript."""
 
     action: str
-    """``connect``, ``send``, ``send_raw``, ``expect`` or ``expect_close``."""
+    """``connect``, ``send``, ``send_raw``, ``expect``, ``expect_close`` or ``ignore``."""
     value: Any
     repeat: bool = False
 

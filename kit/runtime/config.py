@@ -27,6 +27,7 @@ class RuntimeConfig:
     bundle_dir: Path
     workspace: Path
     home: Path
+    tmp_dir: Path
     store_url: str
     listen: str
     """``unix:/path/to.sock`` or ``tcp:HOST:PORT``."""
@@ -49,7 +50,7 @@ class RuntimeConfig:
         if missing:
             raise RuntimeConfigError(f"Runtime config is missing {', '.join(missing)}.")
         kwargs = {k: v for k, v in obj.items() if k in names}
-        for key in ("bundle_dir", "workspace", "home"):
+        for key in ("bundle_dir", "workspace", "home", "tmp_dir"):
             kwargs[key] = Path(kwargs[key])
         return cls(**kwargs)
 

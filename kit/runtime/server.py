@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -109,6 +110,7 @@ def bind(listen: str) -> socket.socket:
         host, _, port = listen.removeprefix("tcp:").rpartition(":")
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, int(port)))
     else:
         raise ValueError(f"listen must be unix:/path or tcp:HOST:PORT, got {listen!r}")
@@ -170,6 +172,17 @@ def main() -> None:
         stream=sys.stderr,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    # Everything heavy is imported above, before the config arrives: a provider may start
+    # this process ahead of time (a warm spare) and hand it a session later.
     config = RuntimeConfig.from_json(sys.stdin.readline())
     sys.stdin.close()
+    adopt_session_folders(config)
     asyncio.run(serve(config))
+
+
+def adopt_session_folders(config: RuntimeConfig) -> None:
+    """Work in the session's workspace, with its home and temp folders."""
+    os.chdir(config.workspace)
+    os.environ["HOME"] = str(config.home)
+    os.environ["TMPDIR"] = str(config.tmp_dir)
+    tempfile.tempdir = None  # forget any temp dir chosen before the session was known

@@ -70,7 +70,11 @@ class Driver:
 async def replay_golden(name: str, ws_url: str, variables: dict[str, Any]) -> None:
     """Replay golden transcript ``name`` against the host; AssertionError on a mismatch."""
     driver: Driver | None = None
+    ignored: list[object] = []
     for step in load_golden(name):
+        if step.action == "ignore":
+            ignored.append(step.value)
+            continue
         if step.action == "connect":
             if driver is not None:
                 await driver.close()
@@ -83,12 +87,16 @@ async def replay_golden(name: str, ws_url: str, variables: dict[str, Any]) -> No
             await driver.send(str(step.value))
         elif step.action == "expect":
             frame = await driver.recv()
+            while any(matches(p, frame, variables) for p in ignored):
+                frame = await driver.recv()
             assert matches(step.value, frame, variables), (
                 f"{name}: {frame} does not match {step.value}"
             )
             if step.repeat:
                 for _ in range(100_000):
                     frame = await driver.recv()
+                    if any(matches(p, frame, variables) for p in ignored):
+                        continue
                     if not matches(step.value, frame, variables):
                         driver.push_back(frame)
                         break

@@ -1,0 +1,162 @@
+"""Turn latency through `kit dev` beside the same work on the Agent SDK alone.
+
+    .venv/bin/python bench/turn_latency.py [--turns 30] [--sessions 10]
+
+(a) a warm turn in an open session: kit client → host → sandbox runtime → CLI → proxy →
+    offline model, versus a turn on an open ClaudeSDKClient talking to the same model;
+(b) the first turn of a new session, sandbox start included, versus a one-shot
+    ``claude_agent_sdk.query``.
+Both sides use the example agent's options and the same offline model (its greeting rule,
+a text-only reply). Prints p50/p95 in ms and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, ResultMessage, query
+
+from kit.bundle import Bundle
+from kit.cli.settings import EXAMPLE_PROJECT, DevSettings
+from kit.cli.stack import Stack, run_stack
+from kit.client import SessionClient, create_session
+
+PROMPT = "hello there"
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) of ``values``, in ms."""
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index] * 1000
+
+
+def sdk_options(stack: Stack, bundle: Bundle, home: Path) -> ClaudeAgentOptions:
+    """The runtime's options, minus the store, pointed straight at the offline model."""
+    assert stack.model_url is not None
+    home.mkdir(parents=True, exist_ok=True)
+    tools = list(bundle.agent.allowed_tools)
+    return ClaudeAgentOptions(
+        cwd=str(home),
+        system_prompt=bundle.agent.system_prompt or None,
+        tools=tools,
+        allowed_tools=tools,
+        permission_mode="dontAsk",
+        max_turns=bundle.agent.max_turns,
+        setting_sources=[],
+        plugins=[{"type": "local", "path": str(bundle.plugin_dir)}],
+        include_partial_messages=True,
+        env={
+            "HOME": str(home),
+            "CLAUDE_CONFIG_DIR": str(home / ".claude"),
+            "TMPDIR": str(home),
+            "ANTHROPIC_BASE_URL": stack.model_url,
+            "ANTHROPIC_API_KEY": "bench",
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "DISABLE_TELEMETRY": "1",
+            "CLAUDE_CODE_DISABLE_AUTO_MEMORY": "1",
+            "CLAUDE_CODE_DISABLE_BUNDLED_SKILLS": "1",
+        },
+    )
+
+
+async def kit_warm(stack: Stack, turns: int) -> list[float]:
+    """Warm turns on one open kit session."""
+    info = await create_session(stack.url, stack.api_token)
+    times = []
+    async with SessionClient(info.ws_url, info.token) as client:
+        for i in range(turns + 3):
+            t0 = time.perf_counter()
+            async for _ in client.turn(PROMPT):
+                pass
+            if i >= 3:
+                times.append(time.perf_counter() - t0)
+    return times
+
+
+async def sdk_warm(options: ClaudeAgentOptions, turns: int) -> list[float]:
+    """Warm turns on one open ClaudeSDKClient."""
+    times = []
+    async with ClaudeSDKClient(options) as client:
+        for i in range(turns + 3):
+            t0 = time.perf_counter()
+            await client.query(PROMPT)
+            async for message in client.receive_response():
+                if isinstance(message, ResultMessage):
+                    break
+            if i >= 3:
+                times.append(time.perf_counter() - t0)
+    return times
+
+
+async def kit_first(stack: Stack, sessions: int) -> list[float]:
+    """New session → first result, sandbox start included."""
+    times = []
+    for _ in range(sessions):
+        t0 = time.perf_counter()
+        info = await create_session(stack.url, stack.api_token)
+        async with SessionClient(info.ws_url, info.token) as client:
+            async for _ in client.turn(PROMPT):
+                pass
+        times.append(time.perf_counter() - t0)
+        session = stack.host.get(info.session_id)
+        if session is not None and session.sandbox is not None:
+            await session.sandbox.stop()  # one sandbox at a time, like the baseline
+    return times
+
+
+async def sdk_first(options: ClaudeAgentOptions, sessions: int) -> list[float]:
+    """One-shot query() → ResultMessage."""
+    times = []
+    for _ in range(sessions):
+        t0 = time.perf_counter()
+        async for message in query(prompt=PROMPT, options=options):
+            if isinstance(message, ResultMessage):
+                pass
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def row(label: str, kit: list[float], sdk: list[float]) -> str:
+    """One table row: p50/p95 of both and the ratio and difference at p50."""
+    k50, k95, s50, s95 = pct(kit, 50), pct(kit, 95), pct(sdk, 50), pct(sdk, 95)
+    return (
+        f"| {label} | {k50:.1f} / {k95:.1f} | {s50:.1f} / {s95:.1f} | "
+        f"{k50 / s50:.3f} | {k50 - s50:+.1f} |"
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--turns", type=int, default=30)
+    parser.add_argument("--sessions", type=int, default=10)
+    args = parser.parse_args()
+    state = Path(tempfile.mkdtemp(prefix="kit-bench-"))
+    os.chmod(state, 0o755)
+    settings = DevSettings(
+        project_dir=EXAMPLE_PROJECT, state_dir=state, port=0, force_offline_model=True
+    )
+    async with run_stack(settings) as stack:
+        options = sdk_options(stack, stack.bundle, state / "sdk-home")
+        warm_kit = await kit_warm(stack, args.turns)
+        warm_sdk = await sdk_warm(options, args.turns)
+        first_kit = await kit_first(stack, args.sessions)
+        first_sdk = await sdk_first(options, args.sessions)
+    print(f"turn latency, ms (p50 / p95); {args.turns} warm turns, {args.sessions} new sessions")
+    print("| measure | kit | SDK alone | ratio p50 | kit - SDK p50 (ms) |")
+    print("|---|---|---|---|---|")
+    print(row("(a) warm turn, open session", warm_kit, warm_sdk))
+    print(row("(b) first turn, new session (sandbox start)", first_kit, first_sdk))
+    print(
+        f"mean warm: kit {statistics.mean(warm_kit) * 1000:.1f} ms, SDK {statistics.mean(warm_sdk) * 1000:.1f} ms"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
