@@ -66,61 +66,55 @@ def sdk_options(stack: Stack, bundle: Bundle, home: Path) -> ClaudeAgentOptions:
     )
 
 
-async def kit_warm(stack: Stack, turns: int) -> list[float]:
-    """Warm turns on one open kit session."""
+async def warm(
+    stack: Stack, options: ClaudeAgentOptions, turns: int
+) -> tuple[list[float], list[float]]:
+    """Warm turns on one open kit session and one open ClaudeSDKClient, interleaved."""
     info = await create_session(stack.url, stack.api_token)
-    times = []
-    async with SessionClient(info.ws_url, info.token) as client:
-        for i in range(turns + 3):
+    kit_times: list[float] = []
+    sdk_times: list[float] = []
+    async with SessionClient(info.ws_url, info.token) as kit, ClaudeSDKClient(options) as sdk:
+        for i in range(turns + 5):
             t0 = time.perf_counter()
-            async for _ in client.turn(PROMPT):
+            async for _ in kit.turn(PROMPT):
                 pass
-            if i >= 3:
-                times.append(time.perf_counter() - t0)
-    return times
-
-
-async def sdk_warm(options: ClaudeAgentOptions, turns: int) -> list[float]:
-    """Warm turns on one open ClaudeSDKClient."""
-    times = []
-    async with ClaudeSDKClient(options) as client:
-        for i in range(turns + 3):
-            t0 = time.perf_counter()
-            await client.query(PROMPT)
-            async for message in client.receive_response():
+            t1 = time.perf_counter()
+            await sdk.query(PROMPT)
+            async for message in sdk.receive_response():
                 if isinstance(message, ResultMessage):
                     break
-            if i >= 3:
-                times.append(time.perf_counter() - t0)
-    return times
+            t2 = time.perf_counter()
+            if i >= 5:  # warm-up
+                kit_times.append(t1 - t0)
+                sdk_times.append(t2 - t1)
+    return kit_times, sdk_times
 
 
-async def kit_first(stack: Stack, sessions: int) -> list[float]:
-    """New session → first result, sandbox start included."""
-    times = []
-    for _ in range(sessions):
+async def first(
+    stack: Stack, options: ClaudeAgentOptions, sessions: int
+) -> tuple[list[float], list[float]]:
+    """New kit session → first result (sandbox start included) vs one-shot query(), interleaved."""
+    kit_times: list[float] = []
+    sdk_times: list[float] = []
+    for i in range(sessions + 1):
         t0 = time.perf_counter()
         info = await create_session(stack.url, stack.api_token)
         async with SessionClient(info.ws_url, info.token) as client:
             async for _ in client.turn(PROMPT):
                 pass
-        times.append(time.perf_counter() - t0)
+        t1 = time.perf_counter()
         session = stack.host.get(info.session_id)
         if session is not None and session.sandbox is not None:
             await session.sandbox.stop()  # one sandbox at a time, like the baseline
-    return times
-
-
-async def sdk_first(options: ClaudeAgentOptions, sessions: int) -> list[float]:
-    """One-shot query() → ResultMessage."""
-    times = []
-    for _ in range(sessions):
-        t0 = time.perf_counter()
-        async for message in query(prompt=PROMPT, options=options):
-            if isinstance(message, ResultMessage):
-                pass
-        times.append(time.perf_counter() - t0)
-    return times
+        await stack.provider.settled()  # both sides start from an idle machine
+        t2 = time.perf_counter()
+        async for _ in query(prompt=PROMPT, options=options):
+            pass
+        t3 = time.perf_counter()
+        if i >= 1:  # warm-up
+            kit_times.append(t1 - t0)
+            sdk_times.append(t3 - t2)
+    return kit_times, sdk_times
 
 
 def row(label: str, kit: list[float], sdk: list[float]) -> str:
@@ -134,8 +128,8 @@ def row(label: str, kit: list[float], sdk: list[float]) -> str:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--turns", type=int, default=30)
-    parser.add_argument("--sessions", type=int, default=10)
+    parser.add_argument("--turns", type=int, default=100)
+    parser.add_argument("--sessions", type=int, default=20)
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="kit-bench-"))
     os.chmod(state, 0o755)
@@ -144,10 +138,8 @@ async def main() -> None:
     )
     async with run_stack(settings) as stack:
         options = sdk_options(stack, stack.bundle, state / "sdk-home")
-        warm_kit = await kit_warm(stack, args.turns)
-        warm_sdk = await sdk_warm(options, args.turns)
-        first_kit = await kit_first(stack, args.sessions)
-        first_sdk = await sdk_first(options, args.sessions)
+        warm_kit, warm_sdk = await warm(stack, options, args.turns)
+        first_kit, first_sdk = await first(stack, options, args.sessions)
     print(f"turn latency, ms (p50 / p95); {args.turns} warm turns, {args.sessions} new sessions")
     print("| measure | kit | SDK alone | ratio p50 | kit - SDK p50 (ms) |")
     print("|---|---|---|---|---|")

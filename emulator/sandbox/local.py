@@ -44,6 +44,7 @@ log = logging.getLogger("emulator.sandbox")
 
 DEFAULT_USER = "nobody"
 START_TIMEOUT_S = 90.0
+SPARE_NICENESS = 10
 _SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -189,7 +190,7 @@ class LocalSandboxProvider(SandboxProvider):
         except OSError as exc:
             who = f"user {self.user!r}" if self.uid is not None else "this user"
             raise SandboxError(
-                f"Cannot start the sandbox runtime ({self.python}) as {who}: {exc.strerror}. "
+                f"Cannot start the sandbox runtime ({self.python}) as {who}: {exc.strerror or exc}. "
                 "Sandboxes run as an unprivileged user: keep the project, its .kit folder and its "
                 "virtualenv where that user can read them (not under /root; ./scripts/setup builds "
                 "the virtualenv from a system Python), or set KIT_SANDBOX_USER= (empty) to run "
@@ -218,6 +219,9 @@ class LocalSandboxProvider(SandboxProvider):
             )
         ready = json.loads(line)
         sandbox.resumed = bool(ready.get("resumed"))
+        # Refill only now: importing a spare costs ~0.6 s of CPU, which would otherwise
+        # compete with this sandbox's CLI boot.
+        self._schedule_refill(env)
         return sandbox
 
     async def _take_spare(self, env: dict[str, str]) -> tuple[asyncio.subprocess.Process, Path]:
@@ -230,7 +234,8 @@ class LocalSandboxProvider(SandboxProvider):
                 break
         if proc is None or log_path is None:
             proc, log_path = await self._spawn_generic(env)
-        self._schedule_refill(env)
+        else:
+            _set_priority(proc.pid, 0)  # a spare waits at low priority; a session runs at normal
         return proc, log_path
 
     async def _spawn_generic(self, env: dict[str, str]) -> tuple[asyncio.subprocess.Process, Path]:
@@ -240,7 +245,20 @@ class LocalSandboxProvider(SandboxProvider):
         self._own(spare_dir)
         generic = {**env, "HOME": str(spare_dir), "TMPDIR": str(spare_dir)}
         log_path = spare_dir / "runtime.log"
-        return await self._spawn(spare_dir, generic, log_path), log_path
+        proc = await self._spawn(spare_dir, generic, log_path)
+        assert proc.stdout is not None
+        # The runtime says {"imported": true} once its imports are done, before it reads
+        # a config; a spare is warm from that line on.
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), self.start_timeout_s)
+        except TimeoutError:
+            line = b""
+        if not line.startswith(b'{"imported"'):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            raise OSError(f"the runtime did not start: {_tail(log_path)} (log: {log_path})")
+        return proc, log_path
 
     def _schedule_refill(self, env: dict[str, str]) -> None:
         if self._closed or (self._refill_task and not self._refill_task.done()):
@@ -250,10 +268,17 @@ class LocalSandboxProvider(SandboxProvider):
     async def _refill(self, env: dict[str, str]) -> None:
         while not self._closed and len(self._spares) < self.warm_spares:
             try:
-                self._spares.append(await self._spawn_generic(env))
+                spare = await self._spawn_generic(env)
+                _set_priority(spare[0].pid, SPARE_NICENESS)
+                self._spares.append(spare)
             except OSError:
                 log.exception("could not start a warm spare runtime")
                 return
+
+    async def settled(self) -> None:
+        """Return once the warm-spare pool is refilled (benchmarks start from a quiet machine)."""
+        if self._refill_task is not None:
+            await asyncio.shield(self._refill_task)
 
     async def close(self) -> None:
         """Stop the warm spares."""
@@ -302,6 +327,12 @@ class LocalSandboxProvider(SandboxProvider):
         if self.uid is not None and self.gid is not None:
             os.chown(path, self.uid, self.gid)
             path.chmod(0o700)
+
+
+def _set_priority(pgid: int, niceness: int) -> None:
+    # Lowering niceness again needs root; without it a spare simply keeps normal priority.
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PGRP, pgid, niceness)
 
 
 def short_run_dir(root: Path) -> Path:

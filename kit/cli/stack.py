@@ -26,6 +26,7 @@ from emulator.sandbox import LocalSandboxProvider
 from kit.bundle import Bundle, Project, build_bundle, load_project
 from kit.cli.settings import DevSettings
 from kit.host import ModelProxy, SessionEnv, SessionHost, SQLiteLogStore, create_app
+from kit.host.app import WS_MAX_BYTES
 
 log = logging.getLogger("kit.dev")
 
@@ -136,7 +137,11 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
         upstream, key = settings.upstream_url, settings.api_key
     proxy = ModelProxy(upstream, key)
     proxy_path = run_dir / "model.sock"
-    servers.append(_serve(proxy.app(), _unix_socket(proxy_path)))
+    with contextlib.suppress(FileNotFoundError):
+        proxy_path.unlink()
+    await proxy.serve_unix(proxy_path)
+    # Sandboxes run as another user; the per-session token is what authenticates them.
+    proxy_path.chmod(0o666)
 
     env = SessionEnv(
         provider=provider,
@@ -158,7 +163,7 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
     bound = host_sock.getsockname()
     url_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     url = f"http://{url_host}:{bound[1]}"
-    servers.append(_serve(app, host_sock, ws_max_size=1024 * 1024, timeout_graceful_shutdown=5))
+    servers.append(_serve(app, host_sock, ws_max_size=WS_MAX_BYTES, timeout_graceful_shutdown=5))
     stack = Stack(
         settings,
         project,

@@ -110,6 +110,8 @@ async def _run_check(
                         final = str(event.data.get("text") or "")
                         if event.data.get("is_error"):
                             result.problems.append(f"the turn ended with an error: {final}")
+                    elif event.kind == "sandbox" and event.data.get("state") == "failed":
+                        result.problems.append(f"sandbox failed: {event.data.get('message')}")
                     elif event.kind == "error":
                         result.problems.append(
                             f"{event.data.get('code')}: {event.data.get('message')}"

@@ -41,9 +41,9 @@ from kit.protocol.frames import Event
 
 log = logging.getLogger("kit.client")
 
-FATAL_CLOSE_CODES = {4400, 4401, 4404, 1008, 1009}
+FATAL_CLOSE_CODES = {4400, 4401, 4404, 1009}
 RECONNECT_DELAYS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0)
-"""About 16 s of retries before :class:`ConnectionLost`."""
+"""About 18 s of retries (counted since the last successful handshake) before :class:`ConnectionLost`."""
 TURN_END_KINDS = {"result"}
 
 
@@ -95,6 +95,7 @@ class SessionClient:
         self._open = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._handshakes = 0
 
     async def __aenter__(self) -> SessionClient:
         await self.connect()
@@ -182,9 +183,9 @@ class SessionClient:
         attempt = 0
         try:
             while not self._closed:
+                handshakes = self._handshakes
                 try:
                     await self._session_once()
-                    attempt = 0
                 except (
                     OSError,
                     ConnectionClosed,
@@ -195,6 +196,8 @@ class SessionClient:
                     if code in FATAL_CLOSE_CODES:
                         raise SessionRefused(str(code), getattr(exc.rcvd, "reason", "")) from exc  # type: ignore[union-attr]
                     log.info("connection lost (%s); resuming after seq %s", exc, self.last_seq)
+                if self._handshakes > handshakes:
+                    attempt = 0  # that connection worked: start the retry budget afresh
                 if self._closed or not self.reconnect:
                     raise ConnectionLost("The connection closed.")
                 if attempt >= len(RECONNECT_DELAYS_S):
@@ -221,6 +224,7 @@ class SessionClient:
                 text = raw if isinstance(raw, str) else raw.decode()
                 for item in proto.receive_text(text):
                     if isinstance(item, Welcomed):
+                        self._handshakes += 1
                         if self.reconnects:
                             self._queue_unconfirmed(proto)
                         self._open.set()

@@ -100,8 +100,10 @@ def create_app(host: SessionHost, *, api_token: str | None = None) -> Starlette:
 
     async def create_session(request: Request) -> Response:
         if api_token is not None:
-            got = request.headers.get("authorization", "").removeprefix("Bearer ")
-            if not hmac.compare_digest(got.encode(), api_token.encode()):
+            scheme, _, got = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                got.encode(), api_token.encode()
+            ):
                 return JSONResponse(
                     {
                         "error": e.UNAUTHORIZED,
@@ -128,6 +130,13 @@ def create_app(host: SessionHost, *, api_token: str | None = None) -> Starlette:
         writer = asyncio.create_task(client.writer())
         try:
             await _read_loop(host, client, writer)
+        except Exception:
+            log.exception("session %s: connection failed", session_id)
+            client.shutdown(
+                e.INTERNAL,
+                "The host failed on this connection; reconnect and resume.",
+                e.CLOSE_INTERNAL,
+            )
         finally:
             connections.discard(client)
             if client.session is not None:
@@ -163,8 +172,12 @@ async def _read_loop(
     host: SessionHost, client: ClientConnection, writer: asyncio.Task[None]
 ) -> None:
     conn, ws = client.conn, client.ws
+    hello_deadline = asyncio.get_running_loop().time() + HELLO_TIMEOUT_S
     while not writer.done():
-        timeout = HELLO_TIMEOUT_S if client.session is None else None
+        # One deadline per connection: frames other than hello do not extend it.
+        timeout = None
+        if client.session is None:
+            timeout = max(0.0, hello_deadline - asyncio.get_running_loop().time())
         receive = asyncio.ensure_future(ws.receive())
         done, _ = await asyncio.wait(
             {receive, writer}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
@@ -209,13 +222,13 @@ def _hello(host: SessionHost, client: ClientConnection, hello: HelloReceived) ->
             e.CLOSE_UNKNOWN_SESSION,
         )
         return
-    if not session.check_token(hello.token):
-        conn.reject(e.UNAUTHORIZED, "Wrong session token.", e.CLOSE_UNAUTHORIZED)
-        return
     if host.closing:
         conn.reject(
             e.SHUTTING_DOWN, "The host is shutting down; reconnect shortly.", e.CLOSE_GOING_AWAY
         )
+        return
+    if not session.check_token(hello.token):
+        conn.reject(e.UNAUTHORIZED, "Wrong session token.", e.CLOSE_UNAUTHORIZED)
         return
     mode = session.resume_mode(hello.last_seq)
     conn.accept(mode, session.log.last_seq)

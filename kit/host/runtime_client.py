@@ -1,16 +1,22 @@
-"""The host's client for a runtime's HTTP API (:mod:`kit.protocol.sandbox`)."""
+"""The host's client for a runtime's HTTP API (:mod:`kit.protocol.sandbox`).
+
+A deliberately small HTTP/1.1 client: one connection per request over a Unix socket or TCP,
+``Connection: close``, chunked NDJSON read line by line as it arrives. The runtime's turn
+stream sits on the path of every event, so it stays free of general-purpose client overhead.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-
-import httpx
+from urllib.parse import urlsplit
 
 from kit.host.errors import SandboxError
 from kit.protocol.errors import ProtocolError
 from kit.protocol.sandbox import INTERRUPT_PATH, NDJSON, TURNS_PATH, RuntimeEvent, TurnRequest
 
-TIMEOUT = httpx.Timeout(connect=10.0, read=None, write=30.0, pool=10.0)
+CONNECT_TIMEOUT_S = 10.0
+MAX_LINE_BYTES = 16 * 1024 * 1024
 
 
 class SandboxGone(SandboxError):
@@ -21,52 +27,122 @@ class RuntimeClient:
     """Talks to one sandbox's runtime at ``unix:/path`` or ``http://host:port``."""
 
     def __init__(self, endpoint: str, token: str) -> None:
-        # No TLS on a Unix socket or plain-HTTP endpoint: skip loading a CA bundle, which
-        # costs ~20 ms of event-loop time per client.
+        self.endpoint = endpoint
+        self._auth = f"Bearer {token}"
         if endpoint.startswith("unix:"):
-            transport = httpx.AsyncHTTPTransport(uds=endpoint.removeprefix("unix:"), verify=False)
-            base = "http://sandbox"
+            self._unix: str | None = endpoint.removeprefix("unix:")
+            self._addr: tuple[str, int] | None = None
         else:
-            transport = httpx.AsyncHTTPTransport(verify=endpoint.startswith("https:"))
-            base = endpoint
-        self._client = httpx.AsyncClient(
-            base_url=base,
-            transport=transport,
-            timeout=TIMEOUT,
-            headers={"authorization": f"Bearer {token}"},
+            parts = urlsplit(endpoint)
+            if parts.scheme != "http" or not parts.hostname:
+                raise SandboxError(
+                    f"Runtime endpoint must be unix:/path or http://host:port, got {endpoint!r}."
+                )
+            self._unix, self._addr = None, (parts.hostname, parts.port or 80)
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._unix is not None:
+            opening = asyncio.open_unix_connection(self._unix, limit=MAX_LINE_BYTES)
+        else:
+            assert self._addr is not None
+            opening = asyncio.open_connection(*self._addr, limit=MAX_LINE_BYTES)
+        return await asyncio.wait_for(opening, CONNECT_TIMEOUT_S)
+
+    async def _request(
+        self, path: str, body: bytes
+    ) -> tuple[int, dict[str, str], asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await self._open()
+        writer.write(
+            (
+                f"POST {path} HTTP/1.1\r\nhost: sandbox\r\nauthorization: {self._auth}\r\n"
+                f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+                "connection: close\r\n\r\n"
+            ).encode()
+            + body
         )
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name:
+                headers[name.strip().lower()] = value.strip()
+        return status, headers, reader, writer
 
     async def stream_turn(self, request: TurnRequest) -> AsyncIterator[RuntimeEvent]:
         """Run a turn; yield its events. :class:`SandboxGone` if the runtime goes away."""
+        writer: asyncio.StreamWriter | None = None
         try:
-            async with self._client.stream(
-                "POST",
-                TURNS_PATH,
-                content=request.to_json(),
-                headers={"content-type": "application/json"},
-            ) as response:
-                if response.status_code != 200:
-                    body = (await response.aread()).decode(errors="replace")[:300]
-                    raise SandboxError(
-                        f"The runtime refused the turn ({response.status_code}): {body}"
-                    )
-                if not response.headers.get("content-type", "").startswith(NDJSON):
-                    raise SandboxError(
-                        "The runtime answered a turn with something other than NDJSON."
-                    )
-                async for line in response.aiter_lines():
-                    if line.strip():
-                        yield RuntimeEvent.from_line(line)
-        except (httpx.TransportError, ProtocolError) as exc:
+            status, headers, reader, writer = await self._request(
+                TURNS_PATH, request.to_json().encode()
+            )
+            if status != 200:
+                body = await _read_body(reader, headers)
+                raise SandboxError(
+                    f"The runtime refused the turn ({status}): {body[:300].decode(errors='replace')}"
+                )
+            if not headers.get("content-type", "").startswith(NDJSON):
+                raise SandboxError("The runtime answered a turn with something other than NDJSON.")
+            async for line in _ndjson_lines(reader, headers):
+                yield RuntimeEvent.from_line(line)
+        except (
+            OSError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ValueError,
+            ProtocolError,
+            TimeoutError,
+        ) as exc:
             raise SandboxGone(f"The sandbox stopped answering: {type(exc).__name__}.") from exc
+        finally:
+            if writer is not None:
+                writer.close()
 
     async def interrupt(self) -> None:
         """Ask the runtime to stop the running turn."""
         try:
-            await self._client.post(INTERRUPT_PATH)
-        except httpx.TransportError as exc:
+            _, headers, reader, writer = await self._request(INTERRUPT_PATH, b"{}")
+            await _read_body(reader, headers)
+            writer.close()
+        except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError) as exc:
             raise SandboxGone(f"The sandbox stopped answering: {type(exc).__name__}.") from exc
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._client.aclose()
+        """Nothing to release: connections live for one request."""
+
+
+async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+    if "content-length" in headers:
+        return await reader.readexactly(int(headers["content-length"]))
+    chunks = [chunk async for chunk in _chunks(reader, headers)]
+    return b"".join(chunks)
+
+
+async def _chunks(reader: asyncio.StreamReader, headers: dict[str, str]) -> AsyncIterator[bytes]:
+    if headers.get("transfer-encoding", "").lower() != "chunked":
+        while data := await reader.read(65536):
+            yield data
+        return
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
+        if size == 0:
+            await reader.readuntil(b"\r\n")
+            return
+        yield await reader.readexactly(size)
+        await reader.readexactly(2)
+
+
+async def _ndjson_lines(
+    reader: asyncio.StreamReader, headers: dict[str, str]
+) -> AsyncIterator[str]:
+    pending = b""
+    async for chunk in _chunks(reader, headers):
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            if line.strip():
+                yield line.decode()
+    if pending.strip():
+        yield pending.decode()

@@ -53,7 +53,10 @@ class ExitInfo:
 
     exit_code: int
     reason: str
-    """``exited``, ``killed``, ``oom``, ``idle``, ``stopped`` or ``crashed``."""
+    """``exited`` (code 0, on its own), ``crashed`` (other codes), ``killed`` (SIGKILL),
+    ``stopped`` (SIGTERM from its owner), ``idle`` (stopped after its idle timeout),
+    ``unresponsive`` (killed because it stopped answering) or ``oom`` (killed at its memory
+    limit, where the provider enforces one)."""
 
 
 def exit_code_of(returncode: int) -> int:

@@ -162,7 +162,7 @@ class Session:
                 log.exception("session %s: turn %s failed", self.id, turns[0].turn_id)
                 self.emit(
                     "error",
-                    {"code": "internal", "message": f"The host failed: {exc}"},
+                    {"code": "turn_failed", "message": f"The host failed on this turn: {exc}"},
                     turns[0].turn_id,
                 )
                 self.log.set_turn_state(turns[0].turn_id, TurnState.FAILED)
@@ -177,11 +177,8 @@ class Session:
                 self.log.set_turn_state(turn.turn_id, TurnState.RUNNING, attempt=True)
                 try:
                     runtime = await self._ensure_sandbox(turn.turn_id)
-                except SandboxError as exc:
-                    self.emit(
-                        "error", {"code": "sandbox_failed", "message": str(exc)}, turn.turn_id
-                    )
-                    continue
+                except SandboxError:
+                    continue  # _start_sandbox recorded a "failed" sandbox event
                 outcome = await self._stream(runtime, turn, recover)
                 if outcome is not None:
                     self.log.set_turn_state(turn.turn_id, outcome)
@@ -195,7 +192,7 @@ class Session:
                 {
                     "code": "turn_failed",
                     "message": f"The turn was given up after {MAX_SANDBOX_ATTEMPTS} sandboxes "
-                    "failed; send the message again to retry.",
+                    "failed; send it again as a new message (a new client_msg_id) to retry.",
                 },
                 turn.turn_id,
             )
@@ -267,9 +264,20 @@ class Session:
             sandbox = await env.provider.start(spec)
         except BaseException as exc:
             env.revoke_model_token(model_token)
-            if isinstance(exc, Exception) and not isinstance(exc, SandboxError):
-                raise SandboxError(f"Starting a sandbox failed: {exc}") from exc
-            raise
+            if not isinstance(exc, Exception):
+                raise
+            error = (
+                exc
+                if isinstance(exc, SandboxError)
+                else SandboxError(f"Starting a sandbox failed: {exc}")
+            )
+            if not self._closing:
+                self.emit(
+                    "sandbox", {"state": "failed", "tier": env.tier, "message": str(error)}, turn_id
+                )
+            if error is exc:
+                raise
+            raise error from exc
         self._sandbox, self._model_token = sandbox, model_token
         runtime = self._runtime = RuntimeClient(sandbox.endpoint, runtime_token)
         self._watcher = asyncio.create_task(self._watch(sandbox), name=f"watch-{sandbox.id}")
@@ -287,7 +295,7 @@ class Session:
 
     async def _watch(self, sandbox: Sandbox) -> None:
         info = await sandbox.wait()
-        state = "stopped" if info.reason in ("stopped", "idle") else "died"
+        state = "stopped" if info.reason in ("stopped", "idle", "exited") else "died"
         if self._model_token:
             self.env.revoke_model_token(self._model_token)
         runtime, self._runtime, self._sandbox, self._model_token = self._runtime, None, None, None

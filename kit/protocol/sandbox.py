@@ -2,7 +2,7 @@
 
 HTTP/1.1 with ``Authorization: Bearer <runtime token>`` on every request:
 
-- ``GET /healthz`` → ``{"ok": true, "session_id": …, "ready": bool}``
+- ``GET /healthz`` → ``{"ok": true, "session_id": …, "state": …, "resumed": bool, "bundle": …}``
 - ``POST /v1/turns`` with :class:`TurnRequest` JSON → ``application/x-ndjson``: one
   :class:`RuntimeEvent` per line, ending with a ``result`` (or ``error``) event.
 - ``POST /v1/interrupt`` → 202; the running turn ends early with a ``result``.

@@ -1,7 +1,7 @@
 """The agent server that runs inside a sandbox: one session, one ``ClaudeSDKClient``.
 
 Kept light: this is what a sandbox image installs (kit.protocol, kit.bundle, kit.storage,
-the Agent SDK, starlette and uvicorn).
+the Agent SDK and uvicorn).
 """
 
 from kit.runtime.agent import Agent, AgentState

@@ -18,14 +18,11 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
 
 from kit.bundle import open_bundle
 from kit.protocol.errors import ProtocolError
@@ -42,59 +39,101 @@ from kit.runtime.config import RuntimeConfig
 log = logging.getLogger("kit.runtime")
 
 
-def create_app(agent: Agent) -> Starlette:
-    """The runtime's routes, every one behind the runtime token."""
-    token = agent.config.runtime_token.encode()
+ASGIMessage = dict[str, Any]
+Receive = Callable[[], Awaitable[ASGIMessage]]
+Send = Callable[[ASGIMessage], Awaitable[None]]
+ASGIApp = Callable[[ASGIMessage, Receive, Send], Awaitable[None]]
 
-    def authorized(request: Request) -> bool:
-        got = request.headers.get("authorization", "").removeprefix("Bearer ").encode()
-        return hmac.compare_digest(got, token)
 
-    async def health(request: Request) -> Response:
-        if not authorized(request):
-            return JSONResponse({"error": "unauthorized"}, status_code=401)
-        return JSONResponse(
-            {
-                "ok": True,
-                "session_id": agent.config.session_id,
-                "state": agent.state.value,
-                "resumed": agent.resumed,
-                "bundle": agent.bundle.digest,
-            }
-        )
+_terminated = False
 
-    async def turns(request: Request) -> Response:
-        if not authorized(request):
-            return JSONResponse({"error": "unauthorized"}, status_code=401)
-        try:
-            turn = TurnRequest.from_json(await request.body())
-        except ProtocolError as exc:
-            return JSONResponse({"error": exc.code, "message": exc.message}, status_code=400)
-        stream = agent.stream_turn(turn)
-        try:
-            first = await anext(stream)
-        except (AgentBusy, AgentStopped) as exc:
-            return JSONResponse({"error": "busy", "message": str(exc)}, status_code=409)
 
-        async def body() -> AsyncIterator[bytes]:
-            yield first.to_line()
-            async for event in stream:
-                yield event.to_line()
+def create_app(agent: Agent) -> ASGIApp:
+    """The runtime's routes as a bare ASGI app, every one behind the runtime token.
 
-        return StreamingResponse(body(), media_type=NDJSON)
+    Bare ASGI rather than a framework: every event of every turn passes through here, and
+    the sandbox image should install as little as possible.
+    """
+    token = f"Bearer {agent.config.runtime_token}".encode()
 
-    async def interrupt(request: Request) -> Response:
-        if not authorized(request):
-            return JSONResponse({"error": "unauthorized"}, status_code=401)
-        return JSONResponse({"interrupted": await agent.interrupt()}, status_code=202)
+    async def app(scope: ASGIMessage, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        headers = dict(scope["headers"])
+        if not hmac.compare_digest(headers.get(b"authorization", b""), token):
+            await _json(send, 401, {"error": "unauthorized"})
+            return
+        route = (scope["method"], scope["path"])
+        if route == ("GET", HEALTH_PATH):
+            await _json(
+                send,
+                200,
+                {
+                    "ok": True,
+                    "session_id": agent.config.session_id,
+                    "state": agent.state.value,
+                    "resumed": agent.resumed,
+                    "bundle": agent.bundle.digest,
+                },
+            )
+        elif route == ("POST", TURNS_PATH):
+            await _turn(agent, await _body(receive), send)
+        elif route == ("POST", INTERRUPT_PATH):
+            await _body(receive)
+            await _json(send, 202, {"interrupted": await agent.interrupt()})
+        else:
+            await _json(send, 404, {"error": "not_found"})
 
-    return Starlette(
-        routes=[
-            Route(HEALTH_PATH, health),
-            Route(TURNS_PATH, turns, methods=["POST"]),
-            Route(INTERRUPT_PATH, interrupt, methods=["POST"]),
-        ]
+    return app
+
+
+async def _turn(agent: Agent, body: bytes, send: Send) -> None:
+    try:
+        turn = TurnRequest.from_json(body)
+    except ProtocolError as exc:
+        await _json(send, 400, {"error": exc.code, "message": exc.message})
+        return
+    stream = agent.stream_turn(turn)
+    try:
+        first = await anext(stream)
+    except (AgentBusy, AgentStopped) as exc:
+        await _json(send, 409, {"error": "busy", "message": str(exc)})
+        return
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", NDJSON.encode())],
+        }
     )
+    await send({"type": "http.response.body", "body": first.to_line(), "more_body": True})
+    async for event in stream:
+        await send({"type": "http.response.body", "body": event.to_line(), "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _json(send: Send, status: int, obj: object) -> None:
+    body = json.dumps(obj).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def bind(listen: str) -> socket.socket:
@@ -129,11 +168,14 @@ class _Server(uvicorn.Server):
 
 async def serve(config: RuntimeConfig) -> None:
     """Run the runtime until SIGTERM or SIGINT."""
+    t0 = time.perf_counter()
     bundle = open_bundle(config.bundle_dir)
+    t1 = time.perf_counter()
     agent = Agent(config, bundle)
     sock = bind(config.listen)
     actor = asyncio.create_task(agent.run(), name="agent")
     await agent.wait_ready()
+    t2 = time.perf_counter()
     server = _Server(
         uvicorn.Config(
             create_app(agent), log_level="warning", lifespan="off", timeout_graceful_shutdown=5
@@ -141,8 +183,14 @@ async def serve(config: RuntimeConfig) -> None:
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: int) -> None:
+        global _terminated
+        _terminated = sig == signal.SIGTERM
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     serving = asyncio.create_task(server.serve(sockets=[sock]), name="http")
     endpoint = (
         config.listen
@@ -153,6 +201,14 @@ async def serve(config: RuntimeConfig) -> None:
         json.dumps({"ready": True, "endpoint": endpoint, "resumed": agent.resumed}) + "\n"
     )
     sys.stdout.flush()
+    log.info(
+        "session %s ready in %.0f ms (bundle %.0f ms, SDK connect %.0f ms, resumed=%s)",
+        config.session_id,
+        (t2 - t0) * 1000,
+        (t1 - t0) * 1000,
+        (t2 - t1) * 1000,
+        agent.resumed,
+    )
     done, _ = await asyncio.wait(
         [asyncio.create_task(stop.wait()), actor, serving], return_when=asyncio.FIRST_COMPLETED
     )
@@ -174,10 +230,14 @@ def main() -> None:
     )
     # Everything heavy is imported above, before the config arrives: a provider may start
     # this process ahead of time (a warm spare) and hand it a session later.
+    sys.stdout.write('{"imported": true}\n')
+    sys.stdout.flush()
     config = RuntimeConfig.from_json(sys.stdin.readline())
     sys.stdin.close()
     adopt_session_folders(config)
     asyncio.run(serve(config))
+    if _terminated:
+        sys.exit(128 + signal.SIGTERM)  # stopped by SIGTERM, as a shell would report it
 
 
 def adopt_session_folders(config: RuntimeConfig) -> None:

@@ -31,17 +31,21 @@ def translate(message: object) -> list[RuntimeEvent]:
         return []
     if isinstance(message, AssistantMessage):
         out = []
+        sub = (
+            {"parent_tool_use_id": message.parent_tool_use_id} if message.parent_tool_use_id else {}
+        )
         for block in message.content:
             if isinstance(block, TextBlock) and block.text:
                 out.append(
                     RuntimeEvent(
-                        "assistant", {"text": block.text, "message_id": message.message_id}
+                        "assistant", {"text": block.text, "message_id": message.message_id, **sub}
                     )
                 )
             elif isinstance(block, ToolUseBlock):
                 out.append(
                     RuntimeEvent(
-                        "tool_use", {"id": block.id, "name": block.name, "input": block.input}
+                        "tool_use",
+                        {"id": block.id, "name": block.name, "input": block.input, **sub},
                     )
                 )
         return out
@@ -53,6 +57,11 @@ def translate(message: object) -> list[RuntimeEvent]:
                     "tool_use_id": b.tool_use_id,
                     "content": tool_result_text(b.content),
                     "is_error": bool(b.is_error),
+                    **(
+                        {"parent_tool_use_id": message.parent_tool_use_id}
+                        if message.parent_tool_use_id
+                        else {}
+                    ),
                 },
             )
             for b in message.content
