@@ -3,13 +3,18 @@ running local stack on port 0."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvicorn
 
 from kit.cli.settings import EXAMPLE_PROJECT, DevSettings
 from kit.cli.stack import Stack, run_stack
@@ -38,3 +43,27 @@ async def stack(kit_tmp: Path) -> AsyncIterator[Stack]:
     """The example agent's whole local stack, on a free port."""
     async with run_stack(stack_settings(kit_tmp / "state")) as running:
         yield running
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without signal handlers (the test runner owns them)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def serve_on_loopback(app: Any) -> AsyncIterator[str]:
+    """Serve an ASGI app on a free loopback port; yields its http:// base URL."""
+    sock = socket.socket()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task

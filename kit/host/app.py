@@ -91,7 +91,9 @@ class ClientConnection:
                 return
 
 
-def create_app(host: SessionHost, *, api_token: str | None = None) -> Starlette:
+def create_app(
+    host: SessionHost, *, api_token: str | None = None, hello_timeout_s: float = HELLO_TIMEOUT_S
+) -> Starlette:
     """The host's ASGI app. With ``api_token`` set, creating sessions needs ``Bearer`` it."""
     connections: set[ClientConnection] = set()
 
@@ -129,7 +131,7 @@ def create_app(host: SessionHost, *, api_token: str | None = None) -> Starlette:
         connections.add(client)
         writer = asyncio.create_task(client.writer())
         try:
-            await _read_loop(host, client, writer)
+            await _read_loop(host, client, writer, hello_timeout_s)
         except Exception:
             log.exception("session %s: connection failed", session_id)
             client.shutdown(
@@ -169,10 +171,10 @@ def create_app(host: SessionHost, *, api_token: str | None = None) -> Starlette:
 
 
 async def _read_loop(
-    host: SessionHost, client: ClientConnection, writer: asyncio.Task[None]
+    host: SessionHost, client: ClientConnection, writer: asyncio.Task[None], hello_timeout_s: float
 ) -> None:
     conn, ws = client.conn, client.ws
-    hello_deadline = asyncio.get_running_loop().time() + HELLO_TIMEOUT_S
+    hello_deadline = asyncio.get_running_loop().time() + hello_timeout_s
     while not writer.done():
         # One deadline per connection: frames other than hello do not extend it.
         timeout = None
@@ -186,7 +188,9 @@ async def _read_loop(
             receive.cancel()
             if not writer.done():  # no hello in time
                 client.shutdown(
-                    e.HELLO_REQUIRED, "No hello within 10 seconds.", e.CLOSE_BAD_REQUEST
+                    e.HELLO_REQUIRED,
+                    f"No hello within {hello_timeout_s:g} seconds.",
+                    e.CLOSE_BAD_REQUEST,
                 )
                 continue
             return

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from kit.cli.stack import Stack
 from kit.client import create_session
+from kit.host.app import create_app
+from tests.conftest import serve_on_loopback
 from tests.host.wsdriver import Driver, replay_golden
 
 
@@ -55,8 +61,6 @@ async def test_binary_frames_are_refused(stack: Stack) -> None:
 
 async def test_creating_a_session_needs_the_api_token(stack: Stack) -> None:
     """POST /v1/sessions without the host's API token is 401 and creates nothing."""
-    import httpx
-
     before = len(stack.host.session_ids())
     async with httpx.AsyncClient() as http:
         r = await http.post(stack.url + "/v1/sessions", headers={"authorization": "Bearer wrong"})
@@ -80,3 +84,44 @@ async def test_repeated_client_msg_id_is_applied_once(stack: Stack) -> None:
     users = [ev for ev in session.log.read_after(0) if ev.kind == "user"]
     assert len(users) == 1
     assert session.log.open_turns() == []
+
+
+async def test_hello_deadline_is_not_extended_by_other_frames(stack: Stack) -> None:
+    """Pings before hello do not keep an unauthenticated socket open past the deadline."""
+    app = create_app(stack.host, api_token=stack.api_token, hello_timeout_s=0.5)
+    async with serve_on_loopback(app) as base:
+        _, variables = await _new(stack)
+        driver = await Driver.open(
+            f"{base.replace('http', 'ws', 1)}/v1/sessions/{variables['session_id']}/ws"
+        )
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        frames = []
+        for _ in range(50):  # bounded: a ping every 0.1 s would hold it 5 s if the deadline moved
+            try:
+                await driver.send({"type": "ping"})
+                frames.append(await driver.recv())
+            except ConnectionClosed:
+                break
+            if frames[-1].get("type") == "error":
+                break
+            await asyncio.sleep(0.1)
+        if frames[-1].get("type") == "error":
+            assert frames[-1]["code"] == "hello_required"
+            assert await driver.close_code() == 4400
+        else:
+            assert driver.ws.close_code == 4400
+        assert loop.time() - started < 2.0
+
+
+async def test_api_token_needs_the_bearer_scheme(stack: Stack) -> None:
+    """The bare API token without 'Bearer ' is refused."""
+    async with httpx.AsyncClient() as http:
+        bare = await http.post(
+            stack.url + "/v1/sessions", headers={"authorization": stack.api_token}
+        )
+        good = await http.post(
+            stack.url + "/v1/sessions", headers={"authorization": f"bearer {stack.api_token}"}
+        )
+    assert bare.status_code == 401
+    assert good.status_code == 201

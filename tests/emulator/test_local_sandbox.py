@@ -1,0 +1,116 @@
+"""Local sandboxes: real runtime processes, their exit codes, their process groups, their user."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from emulator.sandbox import LocalSandboxProvider
+from kit.bundle import Bundle, build_bundle, load_project
+from kit.cli.settings import EXAMPLE_PROJECT
+from kit.host.errors import SandboxError
+from kit.host.sandbox import ModelAccess, SandboxSpec
+from kit.ids import new_session_id
+
+
+@pytest.fixture
+def bundle(kit_tmp: Path) -> Bundle:
+    """The example agent's bundle."""
+    return build_bundle(load_project(EXAMPLE_PROJECT), kit_tmp / "bundles")
+
+
+@pytest.fixture
+async def provider(kit_tmp: Path) -> AsyncIterator[LocalSandboxProvider]:
+    """A provider with no warm spares (each start is cold)."""
+    p = LocalSandboxProvider(kit_tmp / "sandboxes", warm_spares=0)
+    yield p
+    await p.close()
+
+
+def _spec(bundle: Bundle) -> SandboxSpec:
+    return SandboxSpec(
+        session_id=new_session_id(),
+        tier="basic",
+        bundle_dir=bundle.path,
+        store_url="memory://",
+        model=ModelAccess("http://localhost", None, "kit-model-test"),
+        runtime_token="rt",
+        idle_timeout_s=60,
+    )
+
+
+def _pids_under(root: Path) -> set[int]:
+    """Processes whose working directory is under ``root`` (the runtime and its CLI)."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if os.readlink(proc / "cwd").startswith(str(root)):
+                    found.add(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+async def test_stop_reports_143_and_leaves_nothing(
+    provider: LocalSandboxProvider, bundle: Bundle
+) -> None:
+    """SIGTERM: the runtime shuts down, exit 143 'stopped'; its CLI is gone too."""
+    sandbox = await provider.start(_spec(bundle))
+    assert len(_pids_under(provider.root)) >= 2  # the runtime and its CLI
+    info = await sandbox.stop()
+    assert (info.exit_code, info.reason) == (143, "stopped")
+    assert _pids_under(provider.root) == set()
+
+
+async def test_sigkill_reports_137_and_kills_the_group(
+    provider: LocalSandboxProvider, bundle: Bundle
+) -> None:
+    """SIGKILL to the group: exit 137 'killed', and no child (the CLI) survives."""
+    sandbox = await provider.start(_spec(bundle))
+    await sandbox.kill(signal.SIGKILL)
+    info = await sandbox.wait()
+    assert (info.exit_code, info.reason) == (137, "killed")
+    assert _pids_under(provider.root) == set()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another user needs root")
+async def test_runtime_and_cli_run_as_the_sandbox_user(
+    provider: LocalSandboxProvider, bundle: Bundle
+) -> None:
+    """As root, every sandbox process runs as the unprivileged sandbox user."""
+    sandbox = await provider.start(_spec(bundle))
+    uids = set()
+    for pid in _pids_under(provider.root):
+        status = Path(f"/proc/{pid}/status").read_text()
+        uids.add(
+            int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+        )
+    assert uids == {provider.uid}
+    assert 0 not in uids
+    await sandbox.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only matters when dropping to another user")
+async def test_unreachable_folder_is_named(
+    provider: LocalSandboxProvider, bundle: Bundle, kit_tmp: Path
+) -> None:
+    """A bundle behind a 0700 folder is refused up front, naming that folder."""
+    hidden = kit_tmp / "private"
+    hidden.mkdir(mode=0o700)
+    inner = build_bundle(load_project(EXAMPLE_PROJECT), hidden / "bundles")
+    spec = _spec(inner)
+    with pytest.raises(SandboxError, match=f"cannot enter {hidden}"):
+        await provider.start(spec)
+    assert provider.unreachable(bundle.path) is None
+
+
+async def test_unrunnable_python_is_a_clear_error(kit_tmp: Path, bundle: Bundle) -> None:
+    """A runtime interpreter that cannot run gives a SandboxError that names the fix."""
+    provider = LocalSandboxProvider(kit_tmp / "sb2", python="/nonexistent/python3", warm_spares=0)
+    with pytest.raises(SandboxError, match="KIT_SANDBOX_USER"):
+        await provider.start(_spec(bundle))
