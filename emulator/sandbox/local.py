@@ -44,7 +44,6 @@ log = logging.getLogger("emulator.sandbox")
 
 DEFAULT_USER = "nobody"
 START_TIMEOUT_S = 90.0
-SPARE_NICENESS = 10
 _SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -235,10 +234,12 @@ class LocalSandboxProvider(SandboxProvider):
         if proc is None or log_path is None:
             proc, log_path = await self._spawn_generic(env)
         else:
-            _set_priority(proc.pid, 0)  # a spare waits at low priority; a session runs at normal
+            _foreground(proc.pid)  # a spare waits in the background; a session runs normally
         return proc, log_path
 
-    async def _spawn_generic(self, env: dict[str, str]) -> tuple[asyncio.subprocess.Process, Path]:
+    async def _spawn_generic(
+        self, env: dict[str, str], *, background: bool = False
+    ) -> tuple[asyncio.subprocess.Process, Path]:
         spare_dir = self.root / ".spares" / uuid.uuid4().hex[:12]
         spare_dir.mkdir(parents=True)
         self._own(spare_dir.parent)
@@ -246,6 +247,8 @@ class LocalSandboxProvider(SandboxProvider):
         generic = {**env, "HOME": str(spare_dir), "TMPDIR": str(spare_dir)}
         log_path = spare_dir / "runtime.log"
         proc = await self._spawn(spare_dir, generic, log_path)
+        if background:
+            _background(proc.pid)
         assert proc.stdout is not None
         # The runtime says {"imported": true} once its imports are done, before it reads
         # a config; a spare is warm from that line on.
@@ -268,9 +271,7 @@ class LocalSandboxProvider(SandboxProvider):
     async def _refill(self, env: dict[str, str]) -> None:
         while not self._closed and len(self._spares) < self.warm_spares:
             try:
-                spare = await self._spawn_generic(env)
-                _set_priority(spare[0].pid, SPARE_NICENESS)
-                self._spares.append(spare)
+                self._spares.append(await self._spawn_generic(env, background=True))
             except OSError:
                 log.exception("could not start a warm spare runtime")
                 return
@@ -329,10 +330,21 @@ class LocalSandboxProvider(SandboxProvider):
             path.chmod(0o700)
 
 
-def _set_priority(pgid: int, niceness: int) -> None:
-    # Lowering niceness again needs root; without it a spare simply keeps normal priority.
+def _background(pid: int) -> None:
+    """Let a spare import only on CPU nobody else wants (SCHED_IDLE, else nice 19)."""
+    try:
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+    except (OSError, AttributeError):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, pid, 19)
+
+
+def _foreground(pid: int) -> None:
+    """Back to normal scheduling when a spare becomes a session's sandbox."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
     with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PGRP, pgid, niceness)
+        os.setpriority(os.PRIO_PROCESS, pid, 0)
 
 
 def short_run_dir(root: Path) -> Path:
