@@ -75,6 +75,12 @@ class SessionLog(ABC):
         """Commit one event and return it with its seq."""
 
     @abstractmethod
+    def append_many(
+        self, items: list[tuple[str, dict[str, Any]]], turn_id: TurnId | None = None
+    ) -> list[Event]:
+        """Commit several ``(kind, data)`` events in one transaction (all or none)."""
+
+    @abstractmethod
     def read_after(self, seq: int, limit: int | None = None) -> list[Event]:
         """Events with seq > ``seq``, oldest first."""
 
@@ -173,6 +179,12 @@ class SQLiteSessionLog(SessionLog):
     def append(self, kind: str, data: dict[str, Any], turn_id: TurnId | None = None) -> Event:
         with self._tx():
             return self._insert(kind, data, turn_id)
+
+    def append_many(
+        self, items: list[tuple[str, dict[str, Any]]], turn_id: TurnId | None = None
+    ) -> list[Event]:
+        with self._tx():
+            return [self._insert(kind, data, turn_id) for kind, data in items]
 
     def _insert(self, kind: str, data: dict[str, Any], turn_id: TurnId | None) -> Event:
         self._pending_seq += 1

@@ -71,8 +71,9 @@ class RuntimeClient:
                 headers[name.strip().lower()] = value.strip()
         return status, headers, reader, writer
 
-    async def stream_turn(self, request: TurnRequest) -> AsyncIterator[RuntimeEvent]:
-        """Run a turn; yield its events. :class:`SandboxGone` if the runtime goes away."""
+    async def stream_turn(self, request: TurnRequest) -> AsyncIterator[list[RuntimeEvent]]:
+        """Run a turn; yield its events in the batches they arrived in.
+        :class:`SandboxGone` if the runtime goes away."""
         writer: asyncio.StreamWriter | None = None
         try:
             status, headers, reader, writer = await self._request(
@@ -85,8 +86,8 @@ class RuntimeClient:
                 )
             if not headers.get("content-type", "").startswith(NDJSON):
                 raise SandboxError("The runtime answered a turn with something other than NDJSON.")
-            async for line in _ndjson_lines(reader, headers):
-                yield RuntimeEvent.from_line(line)
+            async for lines in _ndjson_batches(reader, headers):
+                yield [RuntimeEvent.from_line(line) for line in lines]
         except (
             OSError,
             asyncio.IncompleteReadError,
@@ -134,15 +135,18 @@ async def _chunks(reader: asyncio.StreamReader, headers: dict[str, str]) -> Asyn
         await reader.readexactly(2)
 
 
-async def _ndjson_lines(
+async def _ndjson_batches(
     reader: asyncio.StreamReader, headers: dict[str, str]
-) -> AsyncIterator[str]:
+) -> AsyncIterator[list[str]]:
+    """The complete lines of each chunk, as one list per chunk."""
     pending = b""
     async for chunk in _chunks(reader, headers):
         pending += chunk
-        while b"\n" in pending:
-            line, pending = pending.split(b"\n", 1)
-            if line.strip():
-                yield line.decode()
+        if b"\n" not in pending:
+            continue
+        complete, _, pending = pending.rpartition(b"\n")
+        lines = [line.decode() for line in complete.split(b"\n") if line.strip()]
+        if lines:
+            yield lines
     if pending.strip():
-        yield pending.decode()
+        yield [pending.decode()]

@@ -114,6 +114,15 @@ class Session:
         self._publish(event)
         return event
 
+    def emit_many(
+        self, items: list[tuple[str, dict[str, Any]]], turn_id: TurnId | None
+    ) -> list[Event]:
+        """Append several events in one commit, then fan each out."""
+        events = self.log.append_many(items, turn_id)
+        for event in events:
+            self._publish(event)
+        return events
+
     def _publish(self, event: Event) -> None:
         for subscriber in list(self._subscribers):
             subscriber.deliver(event)
@@ -204,12 +213,13 @@ class Session:
         """Run the turn on ``runtime``; its final state, or None if the sandbox went away."""
         request = TurnRequest(turn_id=turn.turn_id, text=turn.text, recover=recover)
         try:
-            async for event in runtime.stream_turn(request):
-                self.emit(event.kind, event.data, turn.turn_id)
-                if event.kind == "result":
-                    return TurnState.COMPLETED
-                if event.kind == "error" and event.data.get("code") == "turn_failed":
-                    return TurnState.FAILED
+            async for batch in runtime.stream_turn(request):
+                # Anything after a turn's end is not part of it (and never arrives in practice).
+                end = next((i for i, ev in enumerate(batch) if _ends_turn(ev.kind, ev.data)), None)
+                kept = batch if end is None else batch[: end + 1]
+                self.emit_many([(ev.kind, ev.data) for ev in kept], turn.turn_id)
+                if end is not None:
+                    return TurnState.COMPLETED if kept[-1].kind == "result" else TurnState.FAILED
         except SandboxError as exc:
             log.info("session %s: turn %s lost its sandbox: %s", self.id, turn.turn_id, exc)
         return None
@@ -366,3 +376,7 @@ class Session:
 def _log_prewarm_failure(task: asyncio.Task[RuntimeClient]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("prewarming a sandbox failed (the next turn retries): %s", task.exception())
+
+
+def _ends_turn(kind: str, data: dict[str, Any]) -> bool:
+    return kind == "result" or (kind == "error" and data.get("code") == "turn_failed")

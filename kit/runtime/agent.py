@@ -145,8 +145,9 @@ class Agent:
         if self._failure is not None:
             raise self._failure
 
-    async def stream_turn(self, request: TurnRequest) -> AsyncIterator[RuntimeEvent]:
-        """Post a turn and yield its events through its ``result``."""
+    async def stream_turn(self, request: TurnRequest) -> AsyncIterator[list[RuntimeEvent]]:
+        """Post a turn and yield its events through its ``result``, in batches: each batch
+        is everything that was ready when the previous one was taken (the CLI emits in bursts)."""
         if self.state is AgentState.BUSY:
             raise AgentBusy("A turn is already running in this sandbox; wait for its result.")
         if self.state is not AgentState.READY:
@@ -154,9 +155,15 @@ class Agent:
         turn = _Turn(request)
         self.state = AgentState.BUSY
         self._inbox.put_nowait(turn)
-        while (item := await turn.out.get()) is not _END:
-            assert isinstance(item, RuntimeEvent)
-            yield item
+        done = False
+        while not done:
+            items = [await turn.out.get()]
+            while not turn.out.empty():
+                items.append(turn.out.get_nowait())
+            done = _END in items
+            batch = [item for item in items if isinstance(item, RuntimeEvent)]
+            if batch:
+                yield batch
 
     async def interrupt(self) -> bool:
         """Interrupt the running turn; false when none is running."""

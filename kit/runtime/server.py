@@ -31,6 +31,7 @@ from kit.protocol.sandbox import (
     INTERRUPT_PATH,
     NDJSON,
     TURNS_PATH,
+    RuntimeEvent,
     TurnRequest,
 )
 from kit.runtime.agent import Agent, AgentBusy, AgentStopped
@@ -106,10 +107,15 @@ async def _turn(agent: Agent, body: bytes, send: Send) -> None:
             "headers": [(b"content-type", NDJSON.encode())],
         }
     )
-    await send({"type": "http.response.body", "body": first.to_line(), "more_body": True})
-    async for event in stream:
-        await send({"type": "http.response.body", "body": event.to_line(), "more_body": True})
+    # One chunk per batch: the host commits a chunk's events in one transaction.
+    await send({"type": "http.response.body", "body": _lines(first), "more_body": True})
+    async for batch in stream:
+        await send({"type": "http.response.body", "body": _lines(batch), "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _lines(batch: list[RuntimeEvent]) -> bytes:
+    return b"".join(event.to_line() for event in batch)
 
 
 async def _body(receive: Receive) -> bytes:
