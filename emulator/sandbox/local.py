@@ -244,7 +244,12 @@ class LocalSandboxProvider(SandboxProvider):
         spare_dir.mkdir(parents=True)
         self._own(spare_dir.parent)
         self._own(spare_dir)
-        generic = {**env, "HOME": str(spare_dir), "TMPDIR": str(spare_dir)}
+        generic = {
+            **env,
+            "HOME": str(spare_dir),
+            "TMPDIR": str(spare_dir),
+            "KIT_DIE_WITH_PARENT": str(os.getpid()),  # no orphans if this host is killed
+        }
         log_path = spare_dir / "runtime.log"
         proc = await self._spawn(spare_dir, generic, log_path)
         if background:

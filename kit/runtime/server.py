@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import hmac
 import json
 import logging
@@ -236,6 +237,8 @@ def main() -> None:
     )
     # Everything heavy is imported above, before the config arrives: a provider may start
     # this process ahead of time (a warm spare) and hand it a session later.
+    if os.environ.get("KIT_DIE_WITH_PARENT"):
+        die_with_parent(int(os.environ["KIT_DIE_WITH_PARENT"]))
     sys.stdout.write('{"imported": true}\n')
     sys.stdout.flush()
     config = RuntimeConfig.from_json(sys.stdin.readline())
@@ -244,6 +247,27 @@ def main() -> None:
     asyncio.run(serve(config))
     if _terminated:
         sys.exit(128 + signal.SIGTERM)  # stopped by SIGTERM, as a shell would report it
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Take the whole sandbox down (this process group) if the host that started it dies.
+
+    For local sandboxes only: a host killed with SIGKILL must not leave its sandboxes running,
+    or a restarted host would run a second sandbox beside the orphan. The kernel clears the
+    parent-death signal when credentials change, so it is set here, after the drop to the
+    sandbox user, and the parent is checked once more in case it died in between.
+    """
+    signal.signal(signal.SIGUSR1, lambda *_: os.killpg(0, signal.SIGKILL))
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGUSR1, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:
+        os.killpg(0, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def adopt_session_folders(config: RuntimeConfig) -> None:

@@ -59,8 +59,12 @@ async def kit_dev(kit_tmp: Path) -> AsyncIterator[DevProcess]:
             lines.append((await proc.stdout.readline()).decode())
     yield DevProcess(proc, url, "".join(lines), env)
     if proc.returncode is None:
-        proc.kill()
-        await proc.wait()
+        proc.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 async def test_banner_names_the_model_store_and_tier(kit_dev: DevProcess) -> None:
@@ -142,3 +146,20 @@ def _runtime_pids(state: Path) -> set[int]:
         if b"kit.runtime" in cmd and cwd.startswith(str(state)):
             pids.add(int(proc.name))
     return pids
+
+
+async def test_sandboxes_die_with_a_killed_host(kit_dev: DevProcess, kit_tmp: Path) -> None:
+    """SIGKILL to `kit dev` leaves no sandbox process behind (no orphan could later run
+    beside a restarted host's sandbox for the same session)."""
+    token = (kit_tmp / "state" / "api-token").read_text().strip()
+    info = await create_session(kit_dev.url, token)
+    async with SessionClient(info.ws_url, info.token) as client:
+        [e async for e in client.turn("hello")]
+    assert _runtime_pids(kit_tmp)
+    kit_dev.proc.kill()
+    await kit_dev.proc.wait()
+    for _ in range(100):  # bounded: the kernel delivers the parent-death signal at once
+        if not _runtime_pids(kit_tmp):
+            break
+        await asyncio.sleep(0.05)
+    assert _runtime_pids(kit_tmp) == set()
