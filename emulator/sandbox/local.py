@@ -44,6 +44,9 @@ log = logging.getLogger("emulator.sandbox")
 
 DEFAULT_USER = "nobody"
 START_TIMEOUT_S = 90.0
+GROUP_EXIT_POLLS = 500
+GROUP_EXIT_POLL_S = 0.01
+"""After SIGKILL the kernel ends a group within milliseconds; give it up to 5 s."""
 _SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -71,9 +74,17 @@ class LocalSandbox(Sandbox):
 
     async def _reap(self) -> ExitInfo:
         code = exit_code_of(await self._proc.wait())
-        # The runtime is gone; take any orphans in its group with it (e.g. a Bash tool).
+        # The runtime is gone; take everything left in its group with it (its CLI, a Bash
+        # tool) and report the exit only once none of it runs: a replacement sandbox must
+        # never overlap the old one on the same transcript.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
+        for _ in range(GROUP_EXIT_POLLS):
+            if not live_group_members(self.pid):
+                break
+            await asyncio.sleep(GROUP_EXIT_POLL_S)
+        else:
+            log.warning("sandbox %s: processes of group %d outlived SIGKILL", self.id, self.pid)
         self._exit = ExitInfo(code, self._reason or reason_of(code))
         return self._exit
 
@@ -333,6 +344,24 @@ class LocalSandboxProvider(SandboxProvider):
         if self.uid is not None and self.gid is not None:
             os.chown(path, self.uid, self.gid)
             path.chmod(0o700)
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """PIDs in process group ``pgid`` that are not zombies."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # Fields after the command name (which may hold spaces): state, ppid, pgrp, ...
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            members.append(int(entry.name))
+    return members
 
 
 def _background(pid: int) -> None:

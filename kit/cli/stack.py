@@ -82,18 +82,6 @@ def _tcp_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _unix_socket(path: Path) -> socket.socket:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(str(path))
-    # Sandboxes run as another user; the per-session token is what authenticates them.
-    path.chmod(0o666)
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
 def _serve(app: Any, sock: socket.socket, **config: Any) -> tuple[_Server, asyncio.Task[None]]:
     server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off", **config))
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -103,11 +103,6 @@ class Session:
         """Stop delivering to ``subscriber``."""
         self._subscribers.discard(subscriber)
 
-    @property
-    def subscriber_count(self) -> int:
-        """Clients attached right now."""
-        return len(self._subscribers)
-
     def emit(self, kind: str, data: dict[str, Any], turn_id: TurnId | None = None) -> Event:
         """Append an event durably, then fan it out."""
         event = self.log.append(kind, data, turn_id)

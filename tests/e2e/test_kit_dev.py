@@ -30,17 +30,14 @@ class DevProcess:
         self.proc, self.url, self.banner, self.env = proc, url, banner, env
 
 
-@pytest.fixture
-async def kit_dev(kit_tmp: Path) -> AsyncIterator[DevProcess]:
-    """`kit dev --port 0` on the example agent, as a user would start it."""
-    env = {**os.environ, "KIT_STATE_DIR": str(kit_tmp / "state")}
-    env.pop("ANTHROPIC_API_KEY", None)
+async def start_kit_dev(cwd: Path, env: dict[str, str]) -> DevProcess:
+    """Start `kit dev --port 0` in ``cwd`` and read its banner."""
     proc = await asyncio.create_subprocess_exec(
         KIT,
         "dev",
         "--port",
         "0",
-        cwd=REPO,
+        cwd=cwd,
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -57,14 +54,51 @@ async def kit_dev(kit_tmp: Path) -> AsyncIterator[DevProcess]:
                 url = m.group(1)
         while not lines[-1].lstrip().startswith("api token"):
             lines.append((await proc.stdout.readline()).decode())
-    yield DevProcess(proc, url, "".join(lines), env)
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGINT)
+    return DevProcess(proc, url, "".join(lines), env)
+
+
+async def stop_kit_dev(dev: DevProcess) -> None:
+    """Ctrl-C, as a user would; SIGKILL only if it hangs."""
+    if dev.proc.returncode is None:
+        dev.proc.send_signal(signal.SIGINT)
         try:
-            await asyncio.wait_for(proc.wait(), 30)
+            await asyncio.wait_for(dev.proc.wait(), 30)
         except TimeoutError:
-            proc.kill()
-            await proc.wait()
+            dev.proc.kill()
+            await dev.proc.wait()
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, **extra}
+    env.pop("ANTHROPIC_API_KEY", None)
+    return env
+
+
+@pytest.fixture
+async def kit_dev(kit_tmp: Path) -> AsyncIterator[DevProcess]:
+    """`kit dev --port 0` on the example agent, as a user would start it."""
+    dev = await start_kit_dev(REPO, _env(KIT_STATE_DIR=str(kit_tmp / "state")))
+    yield dev
+    await stop_kit_dev(dev)
+
+
+async def test_new_project_runs_under_kit_dev(kit_tmp: Path) -> None:
+    """`kit new demo && cd demo && kit dev`: the new agent answers and its skill script runs."""
+    env = _env()
+    env.pop("KIT_STATE_DIR", None)
+    new = await asyncio.create_subprocess_exec(KIT, "new", "demo", cwd=kit_tmp, env=env)
+    assert await new.wait() == 0
+    dev = await start_kit_dev(kit_tmp / "demo", env)
+    try:
+        assert "demo" in dev.banner
+        token = (kit_tmp / "demo" / ".kit" / "api-token").read_text().strip()
+        info = await create_session(dev.url, token)
+        async with SessionClient(info.ws_url, info.token) as client:
+            events = [e async for e in client.turn("hello")]
+        assert [e.data["name"] for e in events if e.kind == "tool_use"] == ["Skill", "Bash"]
+        assert "from the hello skill" in events[-1].data["text"]
+    finally:
+        await stop_kit_dev(dev)
 
 
 async def test_banner_names_the_model_store_and_tier(kit_dev: DevProcess) -> None:

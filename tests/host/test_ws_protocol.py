@@ -11,6 +11,7 @@ from websockets.exceptions import ConnectionClosed
 from kit.cli.stack import Stack
 from kit.client import create_session
 from kit.host.app import create_app
+from kit.protocol.golden import golden_names
 from tests.conftest import serve_on_loopback
 from tests.host.wsdriver import Driver, replay_golden
 
@@ -20,7 +21,7 @@ async def _new(stack: Stack) -> tuple[str, dict[str, str]]:
     return info.ws_url, {"token": info.token, "session_id": info.session_id}
 
 
-@pytest.mark.parametrize("name", ["bad_input", "oversize", "chat_and_resume"])
+@pytest.mark.parametrize("name", golden_names())
 async def test_golden_transcripts(stack: Stack, name: str) -> None:
     """kit dev's host reproduces every golden transcript over a real WebSocket."""
     ws_url, variables = await _new(stack)
