@@ -1,14 +1,17 @@
 """Transcript stores (the Agent SDK's ``SessionStore``), opened from a URL.
 
-================================  ============================================
-URL                               store
-================================  ============================================
-``memory://``                     a new in-memory store (this process only)
-``sqlite:///ABSOLUTE/PATH.db``    one SQLite file (created if missing)
-================================  ============================================
+=================================================  ==========================================
+URL                                                store
+=================================================  ==========================================
+``memory://``                                      a new in-memory store (this process only)
+``sqlite:///ABSOLUTE/PATH.db``                     one SQLite file (created if missing)
+``s3://BUCKET/PREFIX?endpoint_url=URL&region=R``   S3-compatible storage (Tigris, R2, AWS);
+                                                   credentials from the usual AWS variables;
+                                                   ``&checksums=when_required`` for stores that
+                                                   reject boto3's default checksums
+=================================================  ==========================================
 
-``s3://BUCKET/PREFIX?endpoint_url=…`` and ``do+https://…`` come with the durable-session
-and Cloudflare work; until then they are refused with a message saying so.
+``do+https://…`` (a Durable Object's storage, over HTTP) comes with the Cloudflare target.
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ def open_store(url: str) -> Any:
                 f"Store URL {url!r}: write sqlite:///ABSOLUTE/PATH.db (three slashes, then the path)."
             )
         return SQLiteSessionStore(Path(parts.path))
+    if parts.scheme == "s3":
+        from kit.storage.s3 import S3SessionStore
+
+        return S3SessionStore.from_url(url)
     raise StoreError(
-        f"Store URL {url!r}: unknown scheme {parts.scheme!r}; use memory:// or sqlite:///PATH."
+        f"Store URL {url!r}: unknown scheme {parts.scheme!r}; "
+        "use memory://, sqlite:///PATH or s3://BUCKET/PREFIX."
     )

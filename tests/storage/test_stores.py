@@ -11,16 +11,23 @@ import pytest
 from claude_agent_sdk.testing import run_session_store_conformance
 
 from kit.storage import StoreError, open_store
+from kit.storage.s3 import unique_prefix
+from tests.storage.conftest import BUCKET
 
 Factory = Callable[[], Any]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "s3"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
-    """A factory of fresh, empty stores of one backend."""
+    """A factory of fresh, empty stores of one backend (s3: moto in server mode)."""
     counter = iter(range(10_000))
     if request.param == "memory":
         return lambda: open_store("memory://")
+    if request.param == "s3":
+        endpoint = request.getfixturevalue("s3_endpoint")
+        return lambda: open_store(
+            f"s3://{BUCKET}/{unique_prefix()}?endpoint_url={endpoint}&region=us-east-1"
+        )
     return lambda: open_store(f"sqlite:///{tmp_path}/store-{next(counter)}.db")
 
 
@@ -80,6 +87,8 @@ async def test_large_and_unicode_entries_round_trip(make_store: Factory) -> None
     ("url", "needle"),
     [
         ("redis://x", "unknown scheme 'redis'"),
+        ("s3:///prefix", "the bucket is missing"),
+        ("s3://bucket/p?endpoint=x", "unknown option 'endpoint'"),
         ("sqlite://relative.db", "three slashes"),
         ("sqlite:///", "three slashes"),
     ],

@@ -1,0 +1,373 @@
+"""A :class:`SessionStore` on S3-compatible object storage (Tigris on Fly, R2, AWS, moto).
+
+Layout under ``s3://BUCKET/PREFIX/``::
+
+    {project_key}/{session_id}/main/{n:012d}.jsonl          one object per append, n = 0, 1, 2, …
+    {project_key}/{session_id}/sub/{subpath}/{n:012d}.jsonl  subagent transcripts
+    {project_key}/{session_id}/summary.json                  the summary sidecar
+
+Order comes from the zero-padded counter, not from any clock. Every part is written with
+``If-None-Match: *``, so two writers can never both take number ``n``: the loser re-reads the
+listing and takes the next one. The summary is a read-modify-write guarded by ``If-Match``.
+An entry's ``uuid`` is its idempotency key: the writer skips uuids it has seen, and ``load``
+keeps only the first copy of a uuid, so a retried append that had in fact landed changes
+nothing. ``list_sessions`` and the summaries share one clock: the summary object's
+``LastModified``.
+
+boto3 is synchronous; calls run in worker threads. botocore's errors are mapped here, once:
+nothing above this module sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+from claude_agent_sdk import fold_session_summary
+from claude_agent_sdk.types import (
+    SessionKey,
+    SessionListSubkeysKey,
+    SessionStoreEntry,
+    SessionStoreListEntry,
+    SessionSummaryEntry,
+)
+
+from kit.storage.errors import StoreError, StoreUnavailable
+
+T = TypeVar("T")
+MAX_CONFLICT_RETRIES = 20
+PARALLEL_GETS = 16
+PART_DIGITS = 12
+
+
+@dataclass
+class _KeyState:
+    """What this process knows about one key: the next part number and the uuids stored."""
+
+    next_part: int | None = None
+    seen: set[str] = field(default_factory=set)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class S3SessionStore:
+    """The Agent SDK's ``SessionStore`` protocol over an S3 bucket."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str = "") -> None:
+        self._s3 = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self._keys: dict[tuple[str, str, str], _KeyState] = {}
+        self._summaries: dict[tuple[str, str], tuple[str, SessionSummaryEntry]] = {}
+        self._gets = asyncio.Semaphore(PARALLEL_GETS)
+
+    @classmethod
+    def from_url(cls, url: str) -> S3SessionStore:
+        """Open ``s3://BUCKET/PREFIX?endpoint_url=…&region=…&checksums=when_required``."""
+        parts = urlsplit(url)
+        if not parts.netloc:
+            raise StoreError(
+                f"Store URL {url!r}: write s3://BUCKET/PREFIX (the bucket is missing)."
+            )
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        unknown = set(query) - {"endpoint_url", "region", "checksums"}
+        if unknown:
+            raise StoreError(
+                f"Store URL {url!r}: unknown option {sorted(unknown)[0]!r}; "
+                "allowed: endpoint_url, region, checksums."
+            )
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError:
+            raise StoreError("s3:// stores need boto3: pip install 'kit[s3]'.") from None
+        config = Config(
+            max_pool_connections=PARALLEL_GETS * 2,
+            retries={"max_attempts": 3, "mode": "standard"},
+            # Some S3-compatible stores reject boto3's default CRC32 checksums.
+            request_checksum_calculation=query.get("checksums", "when_supported"),
+            response_checksum_validation=query.get("checksums", "when_supported"),
+        )
+        client = boto3.client(
+            "s3",
+            endpoint_url=query.get("endpoint_url"),
+            region_name=query.get("region", "auto"),
+            config=config,
+        )
+        return cls(client, parts.netloc, parts.path)
+
+    # -- keys ----------------------------------------------------------------------------
+
+    def _session_prefix(self, project_key: str, session_id: str) -> str:
+        return f"{self.prefix}{project_key}/{session_id}/"
+
+    def _parts_prefix(self, key: SessionKey | SessionListSubkeysKey, subpath: str | None) -> str:
+        base = self._session_prefix(key["project_key"], key["session_id"])
+        return base + ("main/" if not subpath else f"sub/{subpath}/")
+
+    def _state(self, key: SessionKey) -> _KeyState:
+        ident = (key["project_key"], key["session_id"], key.get("subpath") or "")
+        state = self._keys.get(ident)
+        if state is None:
+            state = self._keys[ident] = _KeyState()
+        return state
+
+    # -- the protocol ----------------------------------------------------------------------
+
+    async def append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
+        """Append entries as one new part; uuids already stored under ``key`` are skipped."""
+        if not entries:
+            return
+        state = self._state(key)
+        subpath = key.get("subpath")
+        prefix = self._parts_prefix(key, subpath)
+        async with state.lock:
+            if state.next_part is None:
+                await self._catch_up(key, state)
+            fresh = _fresh(entries, state.seen)
+            if fresh:
+                body = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in fresh).encode()
+                for _ in range(MAX_CONFLICT_RETRIES):
+                    assert state.next_part is not None
+                    name = f"{prefix}{state.next_part:0{PART_DIGITS}d}.jsonl"
+                    if await self._put_if_absent(name, body):
+                        state.next_part += 1
+                        break
+                    # Another writer took this number: see what it wrote, then try the next.
+                    await self._catch_up(key, state)
+                    fresh = _fresh(entries, state.seen)
+                    if not fresh:
+                        break
+                    body = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in fresh).encode()
+                else:
+                    raise StoreError(
+                        f"Appending to s3://{self.bucket}/{prefix} lost {MAX_CONFLICT_RETRIES} "
+                        "races in a row; is a second host writing this session?"
+                    )
+                for e in fresh:
+                    if isinstance(e.get("uuid"), str):
+                        state.seen.add(e["uuid"])
+            if not subpath:
+                await self._fold_summary(key, entries)
+
+    async def load(self, key: SessionKey) -> list[SessionStoreEntry] | None:
+        """Every entry of ``key`` in append order (first copy of each uuid), or ``None``."""
+        names = await self._list(self._parts_prefix(key, key.get("subpath")))
+        if not names:
+            return None
+        bodies = await asyncio.gather(*(self._get(name) for name in names))
+        entries: list[SessionStoreEntry] = []
+        seen: set[str] = set()
+        for body in bodies:
+            assert body is not None
+            for line in body.splitlines():
+                if not line.strip():
+                    continue
+                entry = json.loads(line)
+                uid = entry.get("uuid")
+                if isinstance(uid, str) and uid:
+                    if uid in seen:
+                        continue
+                    seen.add(uid)
+                entries.append(entry)
+        state = self._state(key)
+        state.seen |= seen
+        state.next_part = max(state.next_part or 0, _part_number(names[-1]) + 1)
+        return entries
+
+    async def list_sessions(self, project_key: str) -> list[SessionStoreListEntry]:
+        """Main transcripts of a project, with the write time of their summary (epoch ms)."""
+        summaries = await self._summary_objects(project_key)
+        return [{"session_id": sid, "mtime": mtime} for sid, (_, mtime) in summaries.items()]
+
+    async def list_session_summaries(self, project_key: str) -> list[SessionSummaryEntry]:
+        """The summary sidecars of a project."""
+        summaries = await self._summary_objects(project_key)
+        out: list[SessionSummaryEntry] = []
+        for sid, (name, mtime) in summaries.items():
+            body = await self._get(name)
+            if body is not None:
+                out.append({"session_id": sid, "mtime": mtime, "data": json.loads(body)})
+        return out
+
+    async def delete(self, key: SessionKey) -> None:
+        """Delete a key; a main key takes its subkeys and summary with it."""
+        subpath = key.get("subpath")
+        if subpath is None:
+            prefix = self._session_prefix(key["project_key"], key["session_id"])
+            self._summaries.pop((key["project_key"], key["session_id"]), None)
+            for ident in [
+                k for k in self._keys if k[:2] == (key["project_key"], key["session_id"])
+            ]:
+                del self._keys[ident]
+        else:
+            prefix = self._parts_prefix(key, subpath)
+            self._keys.pop((key["project_key"], key["session_id"], subpath), None)
+        names = await self._list(prefix)
+        for start in range(0, len(names), 1000):
+            await self._delete_batch(names[start : start + 1000])
+
+    async def _delete_batch(self, names: list[str]) -> None:
+        objects = [{"Key": n} for n in names]
+        await self._call(
+            lambda: self._s3.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
+        )
+
+    async def list_subkeys(self, key: SessionListSubkeysKey) -> list[str]:
+        """Subpaths (subagent transcripts) stored under a session."""
+        base = self._session_prefix(key["project_key"], key["session_id"]) + "sub/"
+        subpaths = {name[len(base) :].rsplit("/", 1)[0] for name in await self._list(base)}
+        return sorted(subpaths)
+
+    # -- internals -----------------------------------------------------------------------
+
+    async def _catch_up(self, key: SessionKey, state: _KeyState) -> None:
+        """Learn the next part number and the stored uuids (once per key, or after a race)."""
+        await self.load(key)
+        if state.next_part is None:
+            state.next_part = 0
+
+    async def _fold_summary(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
+        pk, sid = key["project_key"], key["session_id"]
+        name = self._session_prefix(pk, sid) + "summary.json"
+        for _ in range(MAX_CONFLICT_RETRIES):
+            cached = self._summaries.get((pk, sid))
+            if cached is None:
+                head = await self._get_with_etag(name)
+                if head is not None:
+                    cached = (head[1], {"session_id": sid, "mtime": 0, "data": json.loads(head[0])})
+            folded = fold_session_summary(cached[1] if cached else None, key, entries)
+            body = json.dumps(folded["data"]).encode()
+            etag = await self._put_summary(name, body, cached[0] if cached else None)
+            if etag is not None:
+                self._summaries[(pk, sid)] = (etag, folded)
+                return
+            self._summaries.pop((pk, sid), None)  # someone else folded in between: re-read
+        raise StoreError(
+            f"Updating s3://{self.bucket}/{name} lost {MAX_CONFLICT_RETRIES} races in a row."
+        )
+
+    async def _summary_objects(self, project_key: str) -> dict[str, tuple[str, int]]:
+        base = f"{self.prefix}{project_key}/"
+        found: dict[str, tuple[str, int]] = {}
+        for item in await self._list_full(base):
+            name = item["Key"]
+            rest = name[len(base) :]
+            if rest.count("/") == 1 and rest.endswith("/summary.json"):
+                sid = rest.split("/", 1)[0]
+                found[sid] = (name, int(item["LastModified"].timestamp() * 1000))
+        return found
+
+    async def _put_if_absent(self, name: str, body: bytes) -> bool:
+        try:
+            await self._call(
+                lambda: self._s3.put_object(
+                    Bucket=self.bucket, Key=name, Body=body, IfNoneMatch="*"
+                ),
+                conflicts=True,
+            )
+        except _Conflict:
+            return False
+        return True
+
+    async def _put_summary(self, name: str, body: bytes, etag: str | None) -> str | None:
+        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+        try:
+            response = await self._call(
+                lambda: self._s3.put_object(Bucket=self.bucket, Key=name, Body=body, **condition),
+                conflicts=True,
+            )
+        except _Conflict:
+            return None
+        return str(response["ETag"])
+
+    async def _get(self, name: str) -> bytes | None:
+        got = await self._get_with_etag(name)
+        return None if got is None else got[0]
+
+    async def _get_with_etag(self, name: str) -> tuple[bytes, str] | None:
+        async with self._gets:
+            try:
+                return await self._call(
+                    lambda: _read(self._s3.get_object(Bucket=self.bucket, Key=name))
+                )
+            except _Missing:
+                return None
+
+    async def _list(self, prefix: str) -> list[str]:
+        return [item["Key"] for item in await self._list_full(prefix)]
+
+    async def _list_full(self, prefix: str) -> list[dict[str, Any]]:
+        def run() -> list[dict[str, Any]]:
+            items: list[dict[str, Any]] = []
+            paginator = self._s3.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                items.extend(page.get("Contents", []))
+            return sorted(items, key=lambda i: i["Key"])
+
+        return await self._call(run)
+
+    async def _call(self, fn: Callable[[], T], *, conflicts: bool = False) -> T:
+        """Run a boto3 call in a thread and map its errors to kit's."""
+        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+
+        try:
+            return await asyncio.to_thread(fn)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if conflicts and (
+                status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict")
+            ):
+                raise _Conflict() from exc
+            if code in ("NoSuchKey", "404") or (status == 404 and code != "NoSuchBucket"):
+                raise _Missing() from exc
+            if code == "NoSuchBucket":
+                raise StoreError(
+                    f"Bucket {self.bucket!r} does not exist; create it or fix the store URL."
+                ) from exc
+            if status is not None and status >= 500:
+                raise StoreUnavailable(f"S3 answered {status} {code}; try again.") from exc
+            raise StoreError(f"S3 refused the request: {code} ({status}).") from exc
+        except BotoConnectionError as exc:
+            raise StoreUnavailable(f"Cannot reach S3: {exc}.") from exc
+        except BotoCoreError as exc:
+            raise StoreError(f"S3 client error: {exc}.") from exc
+
+
+class _Conflict(Exception):
+    """A conditional write lost (412) or collided (409)."""
+
+
+class _Missing(Exception):
+    """The object does not exist."""
+
+
+def _read(response: dict[str, Any]) -> tuple[bytes, str]:
+    return response["Body"].read(), str(response["ETag"])
+
+
+def _fresh(entries: list[SessionStoreEntry], seen: set[str]) -> list[SessionStoreEntry]:
+    out, batch_seen = [], set()
+    for entry in entries:
+        uid = entry.get("uuid")
+        if isinstance(uid, str) and uid:
+            if uid in seen or uid in batch_seen:
+                continue
+            batch_seen.add(uid)
+        out.append(entry)
+    return out
+
+
+def _part_number(name: str) -> int:
+    return int(name.rsplit("/", 1)[1].split(".", 1)[0])
+
+
+def unique_prefix() -> str:
+    """A fresh prefix (tests and benchmarks give every store its own)."""
+    return f"t-{uuidlib.uuid4().hex[:12]}"
