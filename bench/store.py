@@ -58,7 +58,8 @@ async def run(url: str, size: int, batch: int) -> tuple[float, float, float]:
     t = time.perf_counter()
     loaded = await fresh.load(key)
     load_ms = (time.perf_counter() - t) * 1000
-    assert loaded is not None and len(loaded) == size
+    assert loaded is not None
+    assert len(loaded) == size
     return pct(times, 50), pct(times, 95), load_ms
 
 
