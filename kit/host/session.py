@@ -30,7 +30,8 @@ log = logging.getLogger("kit.host")
 
 MAX_SANDBOX_ATTEMPTS = 5
 """Sandboxes one turn may use before the host gives up on it."""
-RESTART_BACKOFF_S = (0.0, 0.25, 1.0, 2.0, 4.0)
+RESTART_BACKOFF_S = (0.0, 0.0, 0.5, 1.0, 2.0)
+"""Wait before attempt N of a turn: a first death is retried at once, repeated ones back off."""
 EXIT_WAIT_S = 10.0
 
 

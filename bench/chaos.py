@@ -1,0 +1,42 @@
+"""Chaos benchmark: sessions talking while their sandboxes are SIGKILLed.
+
+    .venv/bin/python bench/chaos.py --sessions 20 --kills 200 [--interval 1.0] [--seed 1]
+
+Prints kills, turns completed, events lost, events duplicated and resume latency p50/p95
+(kill → first event of the resumed turn). Real local stack, real CLI, offline model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from kit.cli.chaos import run_chaos
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--interval", type=float, default=1.0, help="mean seconds between kills")
+    parser.add_argument("--kills", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--max-seconds", type=float, default=1500.0)
+    args = parser.parse_args()
+    report = asyncio.run(
+        run_chaos(
+            sessions=args.sessions,
+            kills=args.kills,
+            interval_s=args.interval,
+            think_s=(args.think_min, args.think_max),
+            seed=args.seed,
+            max_seconds=args.max_seconds,
+        )
+    )
+    print(report.summary())
+    failed = [s for s in report.sessions if s.turns_failed]
+    if failed:
+        print(f"sessions with failed turns: {len(failed)}")
+
+
+if __name__ == "__main__":
+    main()
