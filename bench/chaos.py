@@ -19,6 +19,12 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--interval", type=float, default=1.0, help="mean seconds between kills")
     parser.add_argument("--kills", type=int, default=200)
+    parser.add_argument(
+        "--think-min", type=float, default=1.0, help="shortest pause between turns (s)"
+    )
+    parser.add_argument(
+        "--think-max", type=float, default=4.0, help="longest pause between turns (s)"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--max-seconds", type=float, default=1500.0)
     args = parser.parse_args()

@@ -7,6 +7,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from kit.client import SessionClient, create_session
+from tests.agents import RECOVERED_REPLY, write_agent
 from tests.host.wsdriver import Driver
 
 KIT = str(Path(sys.executable).parent / "kit")
@@ -30,13 +32,13 @@ class DevProcess:
         self.proc, self.url, self.banner, self.env = proc, url, banner, env
 
 
-async def start_kit_dev(cwd: Path, env: dict[str, str]) -> DevProcess:
-    """Start `kit dev --port 0` in ``cwd`` and read its banner."""
+async def start_kit_dev(cwd: Path, env: dict[str, str], port: int = 0) -> DevProcess:
+    """Start `kit dev --port PORT` in ``cwd`` and read its banner."""
     proc = await asyncio.create_subprocess_exec(
         KIT,
         "dev",
         "--port",
-        "0",
+        str(port),
         cwd=cwd,
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -197,3 +199,40 @@ async def test_sandboxes_die_with_a_killed_host(kit_dev: DevProcess, kit_tmp: Pa
             break
         await asyncio.sleep(0.05)
     assert _runtime_pids(kit_tmp) == set()
+
+
+async def test_host_killed_mid_turn_recovers_on_restart(kit_tmp: Path) -> None:
+    """SIGKILL `kit dev` during a tool call, start it again: the client reconnects on its own,
+    resumes by last_seq with no gap, and the interrupted turn finishes in a new sandbox."""
+    project = write_agent(kit_tmp / "agent")
+    env = _env(KIT_STATE_DIR=str(kit_tmp / "state"))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    first = await start_kit_dev(project, env, port)
+    token = (kit_tmp / "state" / "api-token").read_text().strip()
+    info = await create_session(first.url, token)
+    seqs: list[int] = []
+    texts: list[str] = []
+    second: DevProcess | None = None
+    async with SessionClient(info.ws_url, info.token) as client:
+        await client.send("run the slow tool")
+        try:
+            async with asyncio.timeout(120):
+                async for event in client.events():
+                    seqs.append(event.seq)
+                    if event.kind == "tool_use" and second is None:
+                        first.proc.kill()  # the host dies mid-tool; its sandbox dies with it
+                        await first.proc.wait()
+                        second = await start_kit_dev(project, env, port)
+                    if event.kind == "assistant":
+                        texts.append(str(event.data.get("text")))
+                    if event.kind == "result":
+                        break
+        finally:
+            if second is not None:
+                await stop_kit_dev(second)
+        reconnects = client.reconnects
+    assert reconnects >= 1
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert RECOVERED_REPLY in texts[-1]
