@@ -37,6 +37,7 @@ EVENT_KINDS = (
     "tool_result",
     "result",
     "sandbox",
+    "store",
     "error",
 )
 """Event kinds v1 defines. Hosts may add kinds; clients must ignore kinds they do not know."""

@@ -28,6 +28,7 @@ from kit.protocol.sandbox import RuntimeEvent, TurnRequest
 from kit.runtime.config import RuntimeConfig
 from kit.runtime.translate import translate
 from kit.storage import open_store
+from kit.storage.retrying import RetryingStore
 
 log = logging.getLogger("kit.runtime")
 
@@ -76,11 +77,16 @@ class Agent:
         self._client: ClaudeSDKClient | None = None
         self._ready = asyncio.Event()
         self._failure: BaseException | None = None
+        self._current: _Turn | None = None
 
     async def options(self) -> ClaudeAgentOptions:
         """SDK options for this session; resumes when the store already has its transcript."""
         cfg, agent = self.config, self.bundle.agent
-        store = open_store(cfg.store_url)
+        store = RetryingStore(
+            open_store(cfg.store_url),
+            on_unavailable=self._store_down,
+            on_recovered=self._store_up,
+        )
         cwd = str(cfg.workspace.resolve())
         key: Any = {"project_key": project_key_for_directory(cwd), "session_id": cfg.session_id}
         existing = await store.load(key)
@@ -176,8 +182,27 @@ class Agent:
         """Ask the actor to finish after the current turn."""
         self._inbox.put_nowait(None)
 
+    def _store_down(self, message: str) -> None:
+        log.warning("transcript store unavailable, retrying: %s", message)
+        if self._current is not None:
+            self._current.out.put_nowait(
+                RuntimeEvent(
+                    "store",
+                    {
+                        "state": "unavailable",
+                        "message": "The transcript store cannot be reached; the turn waits and retries.",
+                    },
+                )
+            )
+
+    def _store_up(self) -> None:
+        log.info("transcript store reachable again")
+        if self._current is not None:
+            self._current.out.put_nowait(RuntimeEvent("store", {"state": "available"}))
+
     async def _run_turn(self, client: ClaudeSDKClient, turn: _Turn) -> None:
         prompt = RECOVER_PROMPT if turn.request.recover else turn.request.text
+        self._current = turn
         try:
             await client.query(prompt)
             async for message in client.receive_response():
@@ -193,6 +218,7 @@ class Agent:
                 )
             )
         finally:
+            self._current = None
             self.state = AgentState.READY
             turn.out.put_nowait(_END)
 
