@@ -25,8 +25,10 @@ import sys
 import tempfile
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from emulator.sandbox.zygote import Zygote
 from kit.host.errors import SandboxError
 from kit.host.sandbox import (
     ExitInfo,
@@ -54,7 +56,12 @@ class LocalSandbox(Sandbox):
     """A runtime process group on this machine."""
 
     def __init__(
-        self, spec: SandboxSpec, proc: asyncio.subprocess.Process, endpoint: str, log_path: Path
+        self,
+        spec: SandboxSpec,
+        pid: int,
+        wait: Callable[[], Awaitable[int]],
+        endpoint: str,
+        log_path: Path,
     ) -> None:
         self.id = SandboxId(f"sbx-{uuid.uuid4().hex[:12]}")
         self.session_id = spec.session_id
@@ -62,8 +69,8 @@ class LocalSandbox(Sandbox):
         self.endpoint = endpoint
         self.resumed = False
         self.log_path = log_path
-        self.pid = proc.pid
-        self._proc = proc
+        self.pid = pid  # also its process group: runtimes start their own session
+        self._wait_returncode = wait
         self._reason: str | None = None
         self._exit: ExitInfo | None = None
         self._waiter = asyncio.create_task(self._reap(), name=f"reap-{self.id}")
@@ -73,7 +80,7 @@ class LocalSandbox(Sandbox):
         return SandboxState.EXITED if self._exit else SandboxState.RUNNING
 
     async def _reap(self) -> ExitInfo:
-        code = exit_code_of(await self._proc.wait())
+        code = exit_code_of(await self._wait_returncode())
         # The runtime is gone; take everything left in its group with it (its CLI, a Bash
         # tool) and report the exit only once none of it runs: a replacement sandbox must
         # never overlap the old one on the same transcript.
@@ -111,7 +118,7 @@ class LocalSandboxProvider(SandboxProvider):
         run_root: Path | None = None,
         user: str | None = DEFAULT_USER,
         start_timeout_s: float = START_TIMEOUT_S,
-        warm_spares: int = 1,
+        fork_server: bool = True,
     ) -> None:
         self.root = root
         # Unix socket paths are limited to 107 bytes: keep sockets in a short folder.
@@ -126,12 +133,12 @@ class LocalSandboxProvider(SandboxProvider):
             entry = pwd.getpwnam(user)
             self.uid, self.gid = entry.pw_uid, entry.pw_gid
         root.mkdir(parents=True, exist_ok=True)
-        # Warm spares: runtimes that have paid Python's imports (~0.6 s, mostly the Agent
-        # SDK) and wait on stdin for a session. Only the import is shared; the session's
-        # config, folders and CLI come with the hand-off.
-        self.warm_spares = warm_spares
-        self._spares: list[tuple[asyncio.subprocess.Process, Path]] = []
-        self._refill_task: asyncio.Task[None] | None = None
+        # The fork server pays the runtime's imports (~0.6 s of CPU, mostly the Agent SDK)
+        # once; each sandbox is then a fork (milliseconds) sharing that memory. Without it
+        # (fork_server=False, or if it cannot start) each sandbox is a fresh interpreter.
+        self.fork_server = fork_server
+        self._zygote: Zygote | None = None
+        self._zygote_lock = asyncio.Lock()
         self._closed = False
 
     def workspace(self, session_id: str) -> Path:
@@ -195,25 +202,15 @@ class LocalSandboxProvider(SandboxProvider):
             "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
         }
+        log_path = base / "runtime.log"
         try:
-            proc, log_path = await self._take_spare(env)
+            pid, wait, stdout, write_stdin = await self._launch(dirs["workspace"], env, log_path)
         except OSError as exc:
-            who = f"user {self.user!r}" if self.uid is not None else "this user"
-            raise SandboxError(
-                f"Cannot start the sandbox runtime ({self.python}) as {who}: {exc.strerror or exc}. "
-                "Sandboxes run as an unprivileged user: keep the project, its .kit folder and its "
-                "virtualenv where that user can read them (not under /root; ./scripts/setup builds "
-                "the virtualenv from a system Python), or set KIT_SANDBOX_USER= (empty) to run "
-                "sandboxes as yourself, without that isolation."
-            ) from exc
-        sandbox = LocalSandbox(spec, proc, f"unix:{sock}", log_path)
-        assert proc.stdin is not None
-        assert proc.stdout is not None
-        proc.stdin.write(config.to_json().encode() + b"\n")
-        await proc.stdin.drain()
-        proc.stdin.close()
+            raise SandboxError(self._cannot_run(str(exc.strerror or exc))) from exc
+        sandbox = LocalSandbox(spec, pid, wait, f"unix:{sock}", log_path)
+        write_stdin(config.to_json().encode() + b"\n")
         try:
-            line = await asyncio.wait_for(proc.stdout.readline(), self.start_timeout_s)
+            ready = await asyncio.wait_for(_ready_line(stdout), self.start_timeout_s)
         except TimeoutError:
             await sandbox.kill()
             await sandbox.wait()
@@ -221,116 +218,121 @@ class LocalSandboxProvider(SandboxProvider):
                 f"The sandbox for session {spec.session_id} did not get ready in "
                 f"{self.start_timeout_s:.0f} s; see {log_path}."
             ) from None
-        if not line:
+        if ready is None:
             info = await sandbox.wait()
+            if info.exit_code in (126, 127):  # the interpreter could not be executed
+                raise SandboxError(self._cannot_run(_tail(log_path, 1)))
             raise SandboxError(
                 f"The sandbox for session {spec.session_id} exited with code {info.exit_code} "
                 f"before it was ready: {_tail(log_path)} (full log: {log_path})."
             )
-        ready = json.loads(line)
         sandbox.resumed = bool(ready.get("resumed"))
-        # Refill only now: importing a spare costs ~0.6 s of CPU, which would otherwise
-        # compete with this sandbox's CLI boot.
-        self._schedule_refill(env)
         return sandbox
 
-    async def _take_spare(self, env: dict[str, str]) -> tuple[asyncio.subprocess.Process, Path]:
-        """A warm runtime if one is alive, else a fresh one; then refill the pool."""
-        proc, log_path = None, None
-        while self._spares:
-            candidate, candidate_log = self._spares.pop(0)
-            if candidate.returncode is None:
-                proc, log_path = candidate, candidate_log
-                break
-        if proc is None or log_path is None:
-            proc, log_path = await self._spawn_generic(env)
-        else:
-            _foreground(proc.pid)  # a spare waits in the background; a session runs normally
-        return proc, log_path
+    def _cannot_run(self, why: str) -> str:
+        who = f"user {self.user!r}" if self.uid is not None else "this user"
+        return (
+            f"Cannot start the sandbox runtime ({self.python}) as {who}: {why}. "
+            "Sandboxes run as an unprivileged user: keep the project, its .kit folder and its "
+            "virtualenv where that user can read them (not under /root; ./scripts/setup builds "
+            "the virtualenv from a system Python), or set KIT_SANDBOX_USER= (empty) to run "
+            "sandboxes as yourself, without that isolation."
+        )
 
-    async def _spawn_generic(
-        self, env: dict[str, str], *, background: bool = False
-    ) -> tuple[asyncio.subprocess.Process, Path]:
-        spare_dir = self.root / ".spares" / uuid.uuid4().hex[:12]
-        spare_dir.mkdir(parents=True)
-        self._own(spare_dir.parent)
-        self._own(spare_dir)
-        generic = {
-            **env,
-            "HOME": str(spare_dir),
-            "TMPDIR": str(spare_dir),
-            "KIT_DIE_WITH_PARENT": str(os.getpid()),  # no orphans if this host is killed
-        }
-        log_path = spare_dir / "runtime.log"
-        proc = await self._spawn(spare_dir, generic, log_path)
-        if background:
-            _background(proc.pid)
+    async def _launch(
+        self, cwd: Path, env: dict[str, str], log_path: Path
+    ) -> tuple[int, Callable[[], Awaitable[int]], asyncio.StreamReader, Callable[[bytes], None]]:
+        """A runtime process: forked by the fork server when it runs, else spawned fresh."""
+        zygote = await self._ensure_zygote(env) if self.fork_server else None
+        if zygote is not None:
+            child = await zygote.spawn(
+                cwd,
+                {**env, "KIT_DIE_WITH_PARENT": str(zygote.proc.pid if zygote.proc else 0)},
+                log_path,
+            )
+            return child.pid, child.wait, child.stdout, child.write_stdin
+        proc = await self._spawn(cwd, {**env, "KIT_DIE_WITH_PARENT": str(os.getpid())}, log_path)
+        assert proc.stdin is not None
         assert proc.stdout is not None
-        # The runtime says {"imported": true} once its imports are done, before it reads
-        # a config; a spare is warm from that line on.
-        try:
-            line = await asyncio.wait_for(proc.stdout.readline(), self.start_timeout_s)
-        except TimeoutError:
-            line = b""
-        if not line.startswith(b'{"imported"'):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-            raise OSError(f"the runtime did not start: {_tail(log_path)} (log: {log_path})")
-        return proc, log_path
+        stdin = proc.stdin
 
-    def _schedule_refill(self, env: dict[str, str]) -> None:
-        if self._closed or (self._refill_task and not self._refill_task.done()):
-            return
-        self._refill_task = asyncio.create_task(self._refill(env), name="spare-refill")
+        def write(data: bytes) -> None:
+            stdin.write(data)
+            stdin.close()
 
-    async def _refill(self, env: dict[str, str]) -> None:
-        while not self._closed and len(self._spares) < self.warm_spares:
+        return proc.pid, proc.wait, proc.stdout, write
+
+    async def _ensure_zygote(self, env: dict[str, str]) -> Zygote | None:
+        async with self._zygote_lock:
+            if self._zygote is not None and self._zygote.alive:
+                return self._zygote
+            if self._closed:
+                return None
+            folder = self.root / ".zygote"
+            folder.mkdir(parents=True, exist_ok=True)
+            self._own(folder)
+            zygote = Zygote()
+            generic = {
+                **env,
+                "HOME": str(folder),
+                "TMPDIR": str(folder),
+                "KIT_DIE_WITH_PARENT": str(os.getpid()),  # no orphans if this host is killed
+            }
             try:
-                self._spares.append(await self._spawn_generic(env, background=True))
-            except OSError:
-                log.exception("could not start a warm spare runtime")
-                return
+                await zygote.start(
+                    [*self._drop_privileges(), self.python, "-m", "kit.runtime.zygote"],
+                    generic,
+                    folder,
+                    self.root / "zygote.log",
+                    self.start_timeout_s,
+                )
+            except (OSError, SandboxError):
+                log.warning(
+                    "the runtime fork server did not start; spawning each sandbox fresh",
+                    exc_info=True,
+                )
+                self.fork_server = False
+                return None
+            self._zygote = zygote
+            return zygote
 
     async def settled(self) -> None:
-        """Return once the warm-spare pool is refilled (benchmarks start from a quiet machine)."""
-        if self._refill_task is not None:
-            await asyncio.shield(self._refill_task)
+        """Return once the fork server is up (benchmarks start from a quiet machine)."""
+        if self.fork_server:
+            await self._ensure_zygote({"PATH": _SAFE_PATH, "LANG": "C.UTF-8"})
 
     async def close(self) -> None:
-        """Stop the warm spares."""
+        """Stop the fork server."""
         self._closed = True
-        if self._refill_task is not None:
-            with contextlib.suppress(BaseException):
-                await self._refill_task
-        for proc, _ in self._spares:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-        self._spares.clear()
+        async with self._zygote_lock:
+            if self._zygote is not None:
+                await self._zygote.stop()
+
+    def _drop_privileges(self) -> list[str]:
+        if self.uid is None or self.gid is None or not self._setpriv:
+            return []
+        # setpriv drops to the sandbox user in the child, so CPython can vfork: ~0.4 ms
+        # instead of a ~30 ms fork() of the whole host on the event loop.
+        return [
+            self._setpriv,
+            f"--reuid={self.uid}",
+            f"--regid={self.gid}",
+            "--clear-groups",
+            "--no-new-privs",
+        ]
 
     async def _spawn(
         self, cwd: Path, env: dict[str, str], log_path: Path
     ) -> asyncio.subprocess.Process:
-        argv = [self.python, "-m", "kit.runtime"]
         drop: dict[str, object] = {}
-        if self.uid is not None and self.gid is not None:
-            if self._setpriv:
-                # setpriv drops to the sandbox user in the child, so CPython can vfork: ~0.4 ms
-                # instead of a ~30 ms fork() of the whole host on the event loop.
-                argv = [
-                    self._setpriv,
-                    f"--reuid={self.uid}",
-                    f"--regid={self.gid}",
-                    "--clear-groups",
-                    "--no-new-privs",
-                    *argv,
-                ]
-            else:
-                drop = {"user": self.uid, "group": self.gid, "extra_groups": []}
+        if self.uid is not None and self.gid is not None and not self._setpriv:
+            drop = {"user": self.uid, "group": self.gid, "extra_groups": []}
         with open(log_path, "ab") as log_file:  # noqa: ASYNC230 - a local file, opened once
             return await asyncio.create_subprocess_exec(
-                *argv,
+                *self._drop_privileges(),
+                self.python,
+                "-m",
+                "kit.runtime",
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,
@@ -364,21 +366,16 @@ def live_group_members(pgid: int) -> list[int]:
     return members
 
 
-def _background(pid: int) -> None:
-    """Let a spare import only on CPU nobody else wants (SCHED_IDLE, else nice 19)."""
-    try:
-        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
-    except (OSError, AttributeError):
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, pid, 19)
-
-
-def _foreground(pid: int) -> None:
-    """Back to normal scheduling when a spare becomes a session's sandbox."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, pid, 0)
+async def _ready_line(stdout: asyncio.StreamReader) -> dict[str, object] | None:
+    """The runtime's ``{"ready": true, ...}`` line (after its ``imported`` line); None at EOF."""
+    for _ in range(4):
+        line = await stdout.readline()
+        if not line:
+            return None
+        message: dict[str, object] = json.loads(line)
+        if message.get("ready"):
+            return message
+    return None
 
 
 def short_run_dir(root: Path) -> Path:

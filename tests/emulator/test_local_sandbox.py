@@ -23,10 +23,12 @@ def bundle(kit_tmp: Path) -> Bundle:
     return build_bundle(load_project(EXAMPLE_PROJECT), kit_tmp / "bundles")
 
 
-@pytest.fixture
-async def provider(kit_tmp: Path) -> AsyncIterator[LocalSandboxProvider]:
-    """A provider with no warm spares (each start is cold)."""
-    p = LocalSandboxProvider(kit_tmp / "sandboxes", warm_spares=0)
+@pytest.fixture(params=[True, False], ids=["fork-server", "fresh-spawn"])
+async def provider(
+    kit_tmp: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[LocalSandboxProvider]:
+    """A provider forking sandboxes from its fork server, or spawning each one fresh."""
+    p = LocalSandboxProvider(kit_tmp / "sandboxes", fork_server=request.param)
     yield p
     await p.close()
 
@@ -60,22 +62,24 @@ async def test_stop_reports_143_and_leaves_nothing(
     provider: LocalSandboxProvider, bundle: Bundle
 ) -> None:
     """SIGTERM: the runtime shuts down, exit 143 'stopped'; its CLI is gone too."""
-    sandbox = await provider.start(_spec(bundle))
-    assert len(_pids_under(provider.root)) >= 2  # the runtime and its CLI
+    spec = _spec(bundle)
+    sandbox = await provider.start(spec)
+    assert len(_pids_under(provider.root / spec.session_id)) >= 2  # the runtime and its CLI
     info = await sandbox.stop()
     assert (info.exit_code, info.reason) == (143, "stopped")
-    assert _pids_under(provider.root) == set()
+    assert _pids_under(provider.root / spec.session_id) == set()
 
 
 async def test_sigkill_reports_137_and_kills_the_group(
     provider: LocalSandboxProvider, bundle: Bundle
 ) -> None:
     """SIGKILL to the group: exit 137 'killed', and no child (the CLI) survives."""
-    sandbox = await provider.start(_spec(bundle))
+    spec = _spec(bundle)
+    sandbox = await provider.start(spec)
     await sandbox.kill(signal.SIGKILL)
     info = await sandbox.wait()
     assert (info.exit_code, info.reason) == (137, "killed")
-    assert _pids_under(provider.root) == set()
+    assert _pids_under(provider.root / spec.session_id) == set()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another user needs root")
@@ -83,9 +87,10 @@ async def test_runtime_and_cli_run_as_the_sandbox_user(
     provider: LocalSandboxProvider, bundle: Bundle
 ) -> None:
     """As root, every sandbox process runs as the unprivileged sandbox user."""
-    sandbox = await provider.start(_spec(bundle))
+    spec = _spec(bundle)
+    sandbox = await provider.start(spec)
     uids = set()
-    for pid in _pids_under(provider.root):
+    for pid in _pids_under(provider.root / spec.session_id):
         status = Path(f"/proc/{pid}/status").read_text()
         uids.add(
             int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
@@ -110,7 +115,8 @@ async def test_unreachable_folder_is_named(
 
 
 async def test_unrunnable_python_is_a_clear_error(kit_tmp: Path, bundle: Bundle) -> None:
-    """A runtime interpreter that cannot run gives a SandboxError that names the fix."""
-    provider = LocalSandboxProvider(kit_tmp / "sb2", python="/nonexistent/python3", warm_spares=0)
+    """A runtime interpreter that cannot run gives a SandboxError that names the fix (the fork
+    server fails first; the provider falls back to a fresh spawn, which fails clearly)."""
+    provider = LocalSandboxProvider(kit_tmp / "sb2", python="/nonexistent/python3")
     with pytest.raises(SandboxError, match="KIT_SANDBOX_USER"):
         await provider.start(_spec(bundle))

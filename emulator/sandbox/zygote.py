@@ -1,0 +1,167 @@
+"""The host side of the runtime fork server (:mod:`kit.runtime.zygote`).
+
+One zygote per provider, started as the sandbox user with a ``SOCK_SEQPACKET`` control
+socket. :meth:`Zygote.spawn` creates the child's pipes, sends their child ends with the
+request (``SCM_RIGHTS``) and returns a :class:`ZygoteChild` whose exit code the zygote
+reports when it reaps the child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import signal
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kit.host.errors import SandboxError
+
+
+@dataclass
+class ZygoteChild:
+    """A runtime forked by the zygote: its pid (= its process group), stdout, exit code."""
+
+    pid: int
+    stdout: asyncio.StreamReader
+    _stdin_fd: int
+    _exited: asyncio.Future[int] = field(repr=False)
+
+    def write_stdin(self, data: bytes) -> None:
+        """Hand the child its config (one line), then close its stdin."""
+        try:
+            os.write(self._stdin_fd, data)
+        finally:
+            os.close(self._stdin_fd)
+
+    async def wait(self) -> int:
+        """The child's return code (negative: the signal that killed it)."""
+        return await asyncio.shield(self._exited)
+
+
+class Zygote:
+    """A running fork server."""
+
+    def __init__(self) -> None:
+        self.proc: asyncio.subprocess.Process | None = None
+        self._sock: socket.socket | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._spawned: dict[int, asyncio.Future[int]] = {}
+        self._exits: dict[int, asyncio.Future[int]] = {}
+        self._early_exits: dict[int, int] = {}
+        self._ids = itertools.count(1)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the fork server is running."""
+        return (
+            self.proc is not None
+            and self.proc.returncode is None
+            and self._reader is not None
+            and not self._reader.done()
+        )
+
+    async def start(
+        self, argv: Sequence[str], env: dict[str, str], cwd: Path, log_path: Path, timeout_s: float
+    ) -> None:
+        """Start the zygote and wait until it has imported the runtime."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with open(log_path, "ab") as log_file:  # noqa: ASYNC230 - a local file, opened once
+            self.proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=log_file,
+                cwd=cwd,
+                env={**env, "KIT_ZYGOTE_FD": str(theirs.fileno())},
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,
+            )
+        theirs.close()
+        ours.setblocking(False)
+        self._sock = ours
+        loop = asyncio.get_running_loop()
+        try:
+            first = await asyncio.wait_for(loop.sock_recv(ours, 65536), timeout_s)
+        except TimeoutError:
+            first = b""
+        if first != b'{"imported": true}':
+            await self.stop()
+            raise SandboxError(f"The runtime fork server did not start; see {log_path}.")
+        self._reader = asyncio.create_task(self._read_reports(), name="zygote-reports")
+
+    async def spawn(self, cwd: Path, env: dict[str, str], log_path: Path) -> ZygoteChild:
+        """Fork a runtime child working in ``cwd`` with exactly ``env``."""
+        if not self.alive or self._sock is None or self.proc is None:
+            raise SandboxError("The runtime fork server is not running.")
+        loop = asyncio.get_running_loop()
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        ident = next(self._ids)
+        spawned: asyncio.Future[int] = loop.create_future()
+        self._spawned[ident] = spawned
+        try:
+            request = json.dumps({"spawn": ident, "cwd": str(cwd), "env": env}).encode()
+            socket.send_fds(self._sock, [request], [in_r, out_w, err])
+        finally:
+            for fd in (in_r, out_w, err):
+                os.close(fd)
+        try:
+            pid = await asyncio.wait_for(spawned, 10)
+        except TimeoutError:
+            os.close(in_w)
+            os.close(out_r)
+            raise SandboxError("The runtime fork server did not answer a spawn request.") from None
+        exited = self._exits.setdefault(pid, loop.create_future())
+        if pid in self._early_exits and not exited.done():
+            exited.set_result(self._early_exits.pop(pid))
+        reader = asyncio.StreamReader(limit=2**20)
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(out_r, "rb", 0)
+        )
+        return ZygoteChild(pid, reader, in_w, exited)
+
+    async def _read_reports(self) -> None:
+        assert self._sock is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            message = await loop.sock_recv(self._sock, 65536)
+            if not message:
+                break
+            report: dict[str, Any] = json.loads(message)
+            if "spawned" in report:
+                future = self._spawned.pop(int(report["spawned"]), None)
+                if future is not None and not future.done():
+                    future.set_result(int(report["pid"]))
+            elif "exited" in report:
+                pid, code = int(report["exited"]), int(report["code"])
+                future = self._exits.get(pid)
+                if future is None:
+                    self._early_exits[pid] = code  # reaped before the spawn reply was read
+                elif not future.done():
+                    future.set_result(code)
+        # The zygote is gone; children die with it (parent-death signal): report them killed.
+        for future in self._exits.values():
+            if not future.done():
+                future.set_result(-signal.SIGKILL)
+
+    async def stop(self) -> None:
+        """Stop the zygote (its children follow it)."""
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
+        if self._reader is not None:
+            with contextlib.suppress(BaseException):
+                await self._reader
+        if self._sock is not None:
+            self._sock.close()
