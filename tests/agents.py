@@ -28,7 +28,7 @@ contains = "slow"
 [[rule.step]]
 text = "Working on it."
 tool = "Bash"
-input = { command = "echo started-slow-tool; sleep 60; echo done", description = "slow" }
+input = { command = "echo started-slow-tool; sleep 5; echo done", description = "slow" }
 [[rule.step]]
 text = "Slow tool said: {tool_result}"
 

@@ -174,7 +174,11 @@ class LocalSandboxProvider(SandboxProvider):
         base = self.root / spec.session_id
         dirs = {name: base / name for name in ("workspace", "home", "tmp")}
         dirs["run"] = self.run_root / spec.session_id[:13]
-        shutil.rmtree(dirs["tmp"], ignore_errors=True)
+        # A new sandbox starts from a clean disk, as in the cloud: only the workspace carries
+        # over (a local convenience). A home left by a killed sandbox would hold the CLI's
+        # own copy of the session and make it refuse the session id as "already in use".
+        for fresh in ("home", "tmp"):
+            shutil.rmtree(dirs[fresh], ignore_errors=True)
         for path in (base, *dirs.values(), *spec.writable):
             path.mkdir(parents=True, exist_ok=True)
             self._own(path)

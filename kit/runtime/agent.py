@@ -78,6 +78,7 @@ class Agent:
         self._ready = asyncio.Event()
         self._failure: BaseException | None = None
         self._current: _Turn | None = None
+        self.stored_prompts: set[str] = set()
 
     async def options(self) -> ClaudeAgentOptions:
         """SDK options for this session; resumes when the store already has its transcript."""
@@ -91,6 +92,7 @@ class Agent:
         key: Any = {"project_key": project_key_for_directory(cwd), "session_id": cfg.session_id}
         existing = await store.load(key)
         self.resumed = bool(existing)
+        self.stored_prompts = stored_user_texts(existing or [])
         env = {
             "HOME": str(cfg.home),
             "CLAUDE_CONFIG_DIR": str(cfg.home / ".claude"),
@@ -201,7 +203,7 @@ class Agent:
             self._current.out.put_nowait(RuntimeEvent("store", {"state": "available"}))
 
     async def _run_turn(self, client: ClaudeSDKClient, turn: _Turn) -> None:
-        prompt = RECOVER_PROMPT if turn.request.recover else turn.request.text
+        prompt = recovery_prompt(turn.request, self.stored_prompts)
         self._current = turn
         try:
             await client.query(prompt)
@@ -225,3 +227,31 @@ class Agent:
 
 def _cli_stderr(line: str) -> None:
     log.info("cli: %s", line.rstrip())
+
+
+def recovery_prompt(request: TurnRequest, stored_prompts: set[str]) -> str:
+    """What to send the agent for a turn.
+
+    A recovered turn whose message reached the store is continued (the agent sees its own
+    partial work); one killed before its message was stored is simply sent again.
+    """
+    if request.recover and request.text in stored_prompts:
+        return RECOVER_PROMPT
+    return request.text
+
+
+def stored_user_texts(entries: list[Any]) -> set[str]:
+    """The text of every user prompt in a stored transcript."""
+    texts = set()
+    for entry in entries:
+        message = entry.get("message") if entry.get("type") == "user" else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            texts.add(content)
+        elif isinstance(content, list):
+            texts.update(
+                str(block.get("text"))
+                for block in content
+                if isinstance(block, dict) and block.get("type") == "text"
+            )
+    return texts

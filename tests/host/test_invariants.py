@@ -193,6 +193,9 @@ async def test_sandbox_death_keeps_the_socket_and_the_turn(agent_stack: Stack) -
         async for event in client.events():
             kinds.append((event.kind, event.data.get("state")))
             if event.kind == "tool_use" and not killed:
+                # Kill once the prompt is durably stored, so the new sandbox continues the
+                # turn (a kill before that re-sends the prompt: see the test below).
+                await _until_prompt_stored(agent_stack, session, "run the slow tool")
                 sandbox = session.sandbox
                 assert sandbox is not None
                 os.killpg(sandbox.pid, signal.SIGKILL)  # type: ignore[attr-defined]
@@ -216,3 +219,46 @@ async def test_sandbox_death_keeps_the_socket_and_the_turn(agent_stack: Stack) -
     assert "echo this first" in last_messages  # the new sandbox resumed the earlier turn
     assert session.sandbox is not None
     await client.close()
+
+
+async def test_recovery_resends_a_prompt_that_never_reached_the_store(stack: Stack) -> None:
+    """The runtime continues a recovered turn only if its prompt is in the store; a turn
+    killed before that is sent again as it was (checked on a transcript the real CLI wrote)."""
+    from kit.protocol.sandbox import TurnRequest
+    from kit.runtime.agent import RECOVER_PROMPT, recovery_prompt, stored_user_texts
+    from kit.storage import open_store
+
+    client, session = await _session(stack)
+    await _turn(client, "Where is my order 1042?")
+    await client.close()
+    store: Any = open_store(f"sqlite:///{stack.transcripts_dir / session.id / 'transcript.sqlite'}")
+    workspace = stack.provider.workspace(session.id)
+    key = {
+        "project_key": project_key_for_directory(str(workspace.resolve())),
+        "session_id": session.id,
+    }
+    stored = stored_user_texts(await store.load(key) or [])
+    assert "Where is my order 1042?" in stored
+    stored_turn = TurnRequest("t1", "Where is my order 1042?", recover=True)
+    lost_turn = TurnRequest("t2", "And order 1043?", recover=True)
+    assert recovery_prompt(stored_turn, stored) == RECOVER_PROMPT
+    assert recovery_prompt(lost_turn, stored) == "And order 1043?"
+    assert recovery_prompt(TurnRequest("t3", "hi"), stored) == "hi"
+
+
+async def _until_prompt_stored(stack: Stack, session: Session, prompt: str) -> None:
+    """Wait (at most 5 s) until ``prompt`` is in the session's transcript store."""
+    from kit.runtime.agent import stored_user_texts
+    from kit.storage import open_store
+
+    store: Any = open_store(f"sqlite:///{stack.transcripts_dir / session.id / 'transcript.sqlite'}")
+    workspace = stack.provider.workspace(session.id)
+    key = {
+        "project_key": project_key_for_directory(str(workspace.resolve())),
+        "session_id": session.id,
+    }
+    for _ in range(100):
+        if prompt in stored_user_texts(await store.load(key) or []):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{prompt!r} never reached the transcript store")
