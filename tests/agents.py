@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
+
+from claude_agent_sdk import project_key_for_directory
+
+from kit.runtime.agent import stored_user_texts
+from kit.storage import open_store
 
 RECOVERED_REPLY = "Recovered and finished."
 
@@ -58,3 +65,20 @@ tier = "{tier}"
     (root / "scenarios").mkdir(exist_ok=True)
     (root / "scenarios" / "test.toml").write_text(SCENARIO)
     return root
+
+
+async def until_prompt_stored(state_dir: Path, session_id: str, prompt: str) -> None:
+    """Wait (at most 5 s) until ``prompt`` is in a `kit dev` session's transcript store."""
+    store: Any = open_store(
+        f"sqlite:///{state_dir / 'transcripts' / session_id / 'transcript.sqlite'}"
+    )
+    workspace = state_dir / "sandboxes" / session_id / "workspace"
+    key = {
+        "project_key": project_key_for_directory(str(workspace.resolve())),
+        "session_id": session_id,
+    }
+    for _ in range(100):
+        if prompt in stored_user_texts(await store.load(key) or []):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{prompt!r} never reached the transcript store")

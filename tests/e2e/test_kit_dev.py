@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from kit.client import SessionClient, create_session
-from tests.agents import RECOVERED_REPLY, write_agent
+from tests.agents import RECOVERED_REPLY, until_prompt_stored, write_agent
 from tests.host.wsdriver import Driver
 
 KIT = str(Path(sys.executable).parent / "kit")
@@ -222,6 +222,10 @@ async def test_host_killed_mid_turn_recovers_on_restart(kit_tmp: Path) -> None:
                 async for event in client.events():
                     seqs.append(event.seq)
                     if event.kind == "tool_use" and second is None:
+                        # Once the prompt is stored the restarted host continues the turn.
+                        await until_prompt_stored(
+                            kit_tmp / "state", info.session_id, "run the slow tool"
+                        )
                         first.proc.kill()  # the host dies mid-tool; its sandbox dies with it
                         await first.proc.wait()
                         second = await start_kit_dev(project, env, port)

@@ -19,7 +19,7 @@ from kit.cli.stack import Stack, run_stack
 from kit.client import SessionClient, create_session
 from kit.host.session import Session
 from kit.protocol.frames import Event
-from tests.agents import RECOVERED_REPLY, write_agent
+from tests.agents import RECOVERED_REPLY, until_prompt_stored, write_agent
 from tests.conftest import stack_settings
 from tests.host.wsdriver import Driver
 
@@ -195,7 +195,9 @@ async def test_sandbox_death_keeps_the_socket_and_the_turn(agent_stack: Stack) -
             if event.kind == "tool_use" and not killed:
                 # Kill once the prompt is durably stored, so the new sandbox continues the
                 # turn (a kill before that re-sends the prompt: see the test below).
-                await _until_prompt_stored(agent_stack, session, "run the slow tool")
+                await until_prompt_stored(
+                    agent_stack.settings.state_dir, session.id, "run the slow tool"
+                )
                 sandbox = session.sandbox
                 assert sandbox is not None
                 os.killpg(sandbox.pid, signal.SIGKILL)  # type: ignore[attr-defined]
@@ -244,21 +246,3 @@ async def test_recovery_resends_a_prompt_that_never_reached_the_store(stack: Sta
     assert recovery_prompt(stored_turn, stored) == RECOVER_PROMPT
     assert recovery_prompt(lost_turn, stored) == "And order 1043?"
     assert recovery_prompt(TurnRequest("t3", "hi"), stored) == "hi"
-
-
-async def _until_prompt_stored(stack: Stack, session: Session, prompt: str) -> None:
-    """Wait (at most 5 s) until ``prompt`` is in the session's transcript store."""
-    from kit.runtime.agent import stored_user_texts
-    from kit.storage import open_store
-
-    store: Any = open_store(f"sqlite:///{stack.transcripts_dir / session.id / 'transcript.sqlite'}")
-    workspace = stack.provider.workspace(session.id)
-    key = {
-        "project_key": project_key_for_directory(str(workspace.resolve())),
-        "session_id": session.id,
-    }
-    for _ in range(100):
-        if prompt in stored_user_texts(await store.load(key) or []):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{prompt!r} never reached the transcript store")
