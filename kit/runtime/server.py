@@ -236,7 +236,8 @@ def main() -> None:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     # Everything heavy is imported above, before the config arrives: a provider may start
-    # this process ahead of time (a warm spare) and hand it a session later.
+    # this process ahead of time and hand it a session later (the fork server forks it
+    # already imported).
     if os.environ.get("KIT_DIE_WITH_PARENT"):
         die_with_parent(int(os.environ["KIT_DIE_WITH_PARENT"]))
     sys.stdout.write('{"imported": true}\n')
