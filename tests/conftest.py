@@ -13,11 +13,15 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import uvicorn
+from moto.server import ThreadedMotoServer
 
 from kit.cli.settings import EXAMPLE_PROJECT, DevSettings
 from kit.cli.stack import Stack, run_stack
+
+BUCKET = "kit-test-bucket"
 
 # The CLI must never try the network or phone home from tests.
 os.environ.setdefault("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
@@ -67,3 +71,23 @@ async def serve_on_loopback(app: Any) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 (real HTTP, real conditional writes) with one bucket."""
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AWS_ACCESS_KEY_ID", "kit-test")  # moto takes any; never real ones
+    mp.setenv("AWS_SECRET_ACCESS_KEY", "kit-test")
+    mp.delenv("AWS_PROFILE", raising=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    assert server._server is not None
+    url = f"http://127.0.0.1:{server._server.server_port}"
+    boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    yield url
+    server.stop()
+    mp.undo()
