@@ -40,7 +40,7 @@ WS_MAX_BYTES = 1024 * 1024
 """The transport's own limit; frames between MAX_FRAME_BYTES and this get a ``too_large`` error."""
 
 
-class ClientConnection:
+class ClientSocket:
     """One client WebSocket: protocol state, its session, its ordered outbox."""
 
     def __init__(self, ws: WebSocket, session_id: str) -> None:
@@ -95,7 +95,7 @@ def create_app(
     host: SessionHost, *, api_token: str | None = None, hello_timeout_s: float = HELLO_TIMEOUT_S
 ) -> Starlette:
     """The host's ASGI app. With ``api_token`` set, creating sessions needs ``Bearer`` it."""
-    connections: set[ClientConnection] = set()
+    connections: set[ClientSocket] = set()
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"ok": not host.closing, "sessions": len(host.live_sessions())})
@@ -127,7 +127,7 @@ def create_app(
     async def session_ws(ws: WebSocket) -> None:
         session_id = ws.path_params["session_id"]
         await ws.accept()
-        client = ClientConnection(ws, session_id)
+        client = ClientSocket(ws, session_id)
         connections.add(client)
         writer = asyncio.create_task(client.writer())
         try:
@@ -171,7 +171,7 @@ def create_app(
 
 
 async def _read_loop(
-    host: SessionHost, client: ClientConnection, writer: asyncio.Task[None], hello_timeout_s: float
+    host: SessionHost, client: ClientSocket, writer: asyncio.Task[None], hello_timeout_s: float
 ) -> None:
     conn, ws = client.conn, client.ws
     hello_deadline = asyncio.get_running_loop().time() + hello_timeout_s
@@ -216,7 +216,7 @@ async def _read_loop(
         client.flush()
 
 
-def _hello(host: SessionHost, client: ClientConnection, hello: HelloReceived) -> None:
+def _hello(host: SessionHost, client: ClientSocket, hello: HelloReceived) -> None:
     conn = client.conn
     session = host.get(conn.session_id)
     if session is None:
@@ -244,7 +244,7 @@ def _hello(host: SessionHost, client: ClientConnection, hello: HelloReceived) ->
     session.prewarm()
 
 
-def _replay(client: ClientConnection, after_seq: int) -> None:
+def _replay(client: ClientSocket, after_seq: int) -> None:
     assert client.session is not None
     for event in client.session.attach(client, after_seq):
         client.conn.send_event(event, replay=True)
