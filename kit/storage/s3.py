@@ -3,6 +3,8 @@
 Layout under ``s3://BUCKET/PREFIX/``::
 
     {project_key}/{session_id}/main/{n:012d}.jsonl          one object per append, n = 0, 1, 2, …
+    {project_key}/{session_id}/main/base-{n:012d}.jsonl     every entry of parts 0..n (compaction;
+                                                            readers take the newest base + later parts)
     {project_key}/{session_id}/sub/{subpath}/{n:012d}.jsonl  subagent transcripts
     {project_key}/{session_id}/summary.json                  the summary sidecar
 
@@ -11,7 +13,10 @@ Order comes from the zero-padded counter, not from any clock. Every part is writ
 listing and takes the next one. The summary is a read-modify-write guarded by ``If-Match``.
 An entry's ``uuid`` is its idempotency key: the writer skips uuids it has seen, and ``load``
 keeps only the first copy of a uuid, so a retried append that had in fact landed changes
-nothing. ``list_sessions`` and the summaries share one clock: the summary object's
+nothing. Every ``COMPACT_EVERY`` parts the writer folds everything so far into one base
+object, so a load reads one base plus a short tail. Parts are kept (their numbers stay
+claimed, so a late writer cannot reuse one below the base), and a base ends at the last
+number of an unbroken run of parts, so a part still in flight is never left out. ``list_sessions`` and the summaries share one clock: the summary object's
 ``LastModified``.
 
 boto3 is synchronous; calls run in worker threads. botocore's errors are mapped here, once:
@@ -43,6 +48,8 @@ T = TypeVar("T")
 MAX_CONFLICT_RETRIES = 20
 PARALLEL_GETS = 16
 PART_DIGITS = 12
+COMPACT_EVERY = 64
+BASE = "base-"
 
 
 @dataclass
@@ -136,6 +143,8 @@ class S3SessionStore:
                     name = f"{prefix}{state.next_part:0{PART_DIGITS}d}.jsonl"
                     if await self._put_if_absent(name, body):
                         state.next_part += 1
+                        if state.next_part % COMPACT_EVERY == 0:
+                            await self._compact(key)
                         break
                     # Another writer took this number: see what it wrote, then try the next.
                     await self._catch_up(key, state)
@@ -156,28 +165,57 @@ class S3SessionStore:
 
     async def load(self, key: SessionKey) -> list[SessionStoreEntry] | None:
         """Every entry of ``key`` in append order (first copy of each uuid), or ``None``."""
-        names = await self._list(self._parts_prefix(key, key.get("subpath")))
-        if not names:
-            return None
-        bodies = await asyncio.gather(*(self._get(name) for name in names))
-        entries: list[SessionStoreEntry] = []
-        seen: set[str] = set()
-        for body in bodies:
-            assert body is not None
-            for line in body.splitlines():
-                if not line.strip():
-                    continue
-                entry = json.loads(line)
-                uid = entry.get("uuid")
-                if isinstance(uid, str) and uid:
-                    if uid in seen:
-                        continue
-                    seen.add(uid)
-                entries.append(entry)
-        state = self._state(key)
-        state.seen |= seen
-        state.next_part = max(state.next_part or 0, _part_number(names[-1]) + 1)
-        return entries
+        read = await self._read_all(key)
+        return None if read is None else read[0]
+
+    async def _read_all(self, key: SessionKey) -> tuple[list[SessionStoreEntry], int] | None:
+        """(entries, highest part number covered), or None for a key never written."""
+        prefix = self._parts_prefix(key, key.get("subpath"))
+        for _ in range(3):  # a compaction may delete parts while we read: list again
+            names = await self._list(prefix)
+            if not names:
+                return None
+            base, parts = _pick(names, prefix)
+            wanted = ([base] if base else []) + [name for _, name in parts]
+            bodies = await asyncio.gather(*(self._get(name) for name in wanted))
+            if any(body is None for body in bodies):
+                continue
+            entries, seen = _parse([b for b in bodies if b is not None])
+            last = _part_number(base) if base else -1
+            if parts:
+                last = max(last, parts[-1][0])
+            state = self._state(key)
+            state.seen |= seen
+            state.next_part = max(state.next_part or 0, last + 1)
+            return entries, last
+        raise StoreUnavailable(
+            f"s3://{self.bucket}/{prefix} kept changing while it was read; try again."
+        )
+
+    async def _compact(self, key: SessionKey) -> None:
+        """Fold the parts so far into one base object (parts stay: their numbers stay claimed).
+
+        The base ends at the last number of an unbroken run after the previous base: a gap is
+        a part still being written, and every number up to the run's end already exists, so
+        no later write can land below the new base.
+        """
+        prefix = self._parts_prefix(key, key.get("subpath"))
+        base, parts = _pick(await self._list(prefix), prefix)
+        floor = _part_number(base) if base else -1
+        run: list[str] = []
+        for number, name in parts:
+            if number != floor + 1 + len(run):
+                break
+            run.append(name)
+        if not run:
+            return
+        bodies = await asyncio.gather(*(self._get(name) for name in ([base] if base else []) + run))
+        if any(body is None for body in bodies):
+            return  # someone is deleting this key; nothing to compact
+        entries, _ = _parse([b for b in bodies if b is not None])
+        body = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries).encode()
+        last = floor + len(run)
+        await self._put_if_absent(f"{prefix}{BASE}{last:0{PART_DIGITS}d}.jsonl", body)
 
     async def list_sessions(self, project_key: str) -> list[SessionStoreListEntry]:
         """Main transcripts of a project, with the write time of their summary (epoch ms)."""
@@ -365,7 +403,39 @@ def _fresh(entries: list[SessionStoreEntry], seen: set[str]) -> list[SessionStor
 
 
 def _part_number(name: str) -> int:
-    return int(name.rsplit("/", 1)[1].split(".", 1)[0])
+    leaf = name.rsplit("/", 1)[1]
+    return int(leaf.removeprefix(BASE).split(".", 1)[0])
+
+
+def _pick(names: list[str], prefix: str) -> tuple[str | None, list[tuple[int, str]]]:
+    """The newest base and the parts after it, in order."""
+    bases = [n for n in names if n[len(prefix) :].startswith(BASE)]
+    base = max(bases, key=lambda n: _part_number(n)) if bases else None
+    floor = _part_number(base) if base else -1
+    parts = sorted(
+        (_part_number(n), n)
+        for n in names
+        if not n[len(prefix) :].startswith(BASE) and _part_number(n) > floor
+    )
+    return base, parts
+
+
+def _parse(bodies: list[bytes]) -> tuple[list[SessionStoreEntry], set[str]]:
+    """Entries of JSONL bodies in order, keeping the first copy of each uuid."""
+    entries: list[SessionStoreEntry] = []
+    seen: set[str] = set()
+    for body in bodies:
+        for line in body.splitlines():
+            if not line.strip():
+                continue
+            entry = json.loads(line)
+            uid = entry.get("uuid")
+            if isinstance(uid, str) and uid:
+                if uid in seen:
+                    continue
+                seen.add(uid)
+            entries.append(entry)
+    return entries, seen
 
 
 def unique_prefix() -> str:

@@ -27,22 +27,24 @@ def _store(endpoint: str, prefix: str) -> S3SessionStore:
     return store
 
 
-async def test_two_writers_never_overwrite_each_other(s3_endpoint: str) -> None:
+@pytest.mark.parametrize("per_writer", [15, 45])
+async def test_two_writers_never_overwrite_each_other(s3_endpoint: str, per_writer: int) -> None:
     """Two store objects (two hosts) appending to one key at once: every entry survives,
-    each writer's entries stay in its order (If-None-Match on every part)."""
+    each writer's entries stay in its order (If-None-Match on every part), also when a
+    compaction happens in the middle of the race (45 + 45 parts > COMPACT_EVERY)."""
     prefix = unique_prefix()
     a, b = _store(s3_endpoint, prefix), _store(s3_endpoint, prefix)
 
     async def write(store: S3SessionStore, tag: str) -> None:
-        for n in range(15):
+        for n in range(per_writer):
             await store.append(KEY, [entry(type="t", uuid=f"{tag}{n}", n=n, w=tag)])
 
     await asyncio.gather(write(a, "a"), write(b, "b"))
     loaded: list[Any] | None = await _store(s3_endpoint, prefix).load(KEY)
     assert loaded is not None
-    assert len(loaded) == 30
+    assert len(loaded) == 2 * per_writer
     for tag in "ab":
-        assert [e["n"] for e in loaded if e["w"] == tag] == list(range(15))
+        assert [e["n"] for e in loaded if e["w"] == tag] == list(range(per_writer))
 
 
 async def test_a_retried_append_that_landed_adds_nothing(s3_endpoint: str) -> None:
@@ -74,3 +76,32 @@ async def test_unreachable_endpoint_is_store_unavailable() -> None:
     store = open_store(f"s3://{BUCKET}/x?endpoint_url=http://127.0.0.1:{port}&region=us-east-1")
     with pytest.raises(StoreUnavailable, match="Cannot reach S3"):
         await store.append(KEY, [entry(type="t")])
+
+
+async def test_compaction_keeps_every_entry_and_few_objects(s3_endpoint: str) -> None:
+    """Past COMPACT_EVERY parts the transcript is folded into base objects: a fresh reader
+    still gets every entry in order, reading the newest base plus a short tail."""
+    from kit.storage.s3 import COMPACT_EVERY
+
+    prefix = unique_prefix()
+    writer = _store(s3_endpoint, prefix)
+    total = COMPACT_EVERY * 2 + 10
+    for n in range(total):
+        await writer.append(KEY, [entry(type="t", uuid=f"u{n}", n=n), entry(type="x", n=n)])
+    loaded: list[Any] = await _store(s3_endpoint, prefix).load(KEY) or []
+    assert [e["n"] for e in loaded if e["type"] == "t"] == list(range(total))
+    assert [e["n"] for e in loaded if e["type"] == "x"] == list(range(total))
+    names = await writer._list(writer._parts_prefix(KEY, None))
+    bases = sorted(n for n in names if "base-" in n)
+    assert len(bases) == 2
+    tail = [
+        n
+        for n in names
+        if "base-" not in n
+        and int(n.rsplit("/", 1)[1][:12]) > int(bases[-1].rsplit("-", 1)[1][:12])
+    ]
+    assert len(tail) == 10
+    await writer.append(KEY, [entry(type="t", uuid="after", n=total)])
+    again: list[Any] = await _store(s3_endpoint, prefix).load(KEY) or []
+    assert again[-1]["uuid"] == "after"
+    assert len(again) == 2 * total + 1
