@@ -67,18 +67,27 @@ tier = "{tier}"
     return root
 
 
-async def until_prompt_stored(state_dir: Path, session_id: str, prompt: str) -> None:
-    """Wait (at most 5 s) until ``prompt`` is in a `kit dev` session's transcript store."""
-    store: Any = open_store(
-        f"sqlite:///{state_dir / 'transcripts' / session_id / 'transcript.sqlite'}"
-    )
+def transcript_key(state_dir: Path, session_id: str) -> dict[str, str]:
+    """The SessionStore key of a `kit dev` session's main transcript."""
     workspace = state_dir / "sandboxes" / session_id / "workspace"
-    key = {
+    return {
         "project_key": project_key_for_directory(str(workspace.resolve())),
         "session_id": session_id,
     }
+
+
+async def stored_prompts(state_dir: Path, session_id: str) -> set[str]:
+    """The user prompts in a `kit dev` session's transcript store."""
+    store: Any = open_store(
+        f"sqlite:///{state_dir / 'transcripts' / session_id / 'transcript.sqlite'}"
+    )
+    return stored_user_texts(await store.load(transcript_key(state_dir, session_id)) or [])
+
+
+async def until_prompt_stored(state_dir: Path, session_id: str, prompt: str) -> None:
+    """Wait (at most 5 s) until ``prompt`` is in a `kit dev` session's transcript store."""
     for _ in range(100):
-        if prompt in stored_user_texts(await store.load(key) or []):
+        if prompt in await stored_prompts(state_dir, session_id):
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{prompt!r} never reached the transcript store")

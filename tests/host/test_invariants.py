@@ -13,13 +13,18 @@ from typing import Any
 
 import httpx
 import pytest
-from claude_agent_sdk import project_key_for_directory
 
 from kit.cli.stack import Stack, run_stack
 from kit.client import SessionClient, create_session
 from kit.host.session import Session
 from kit.protocol.frames import Event
-from tests.agents import RECOVERED_REPLY, until_prompt_stored, write_agent
+from tests.agents import (
+    RECOVERED_REPLY,
+    stored_prompts,
+    transcript_key,
+    until_prompt_stored,
+    write_agent,
+)
 from tests.conftest import stack_settings
 from tests.host.wsdriver import Driver
 
@@ -126,8 +131,7 @@ async def test_result_is_written_after_the_transcript(stack: Stack) -> None:
     """Invariant 4: when the result event is appended, the turn's entries are in the store."""
     client, session = await _session(stack)
     store_path = stack.transcripts_dir / session.id / "transcript.sqlite"
-    workspace = stack.provider.workspace(session.id)
-    key = project_key_for_directory(str(workspace.resolve()))
+    key = transcript_key(stack.settings.state_dir, session.id)["project_key"]
 
     def transcript_has_reply(event: Event) -> str | None:
         if event.kind != "result":
@@ -227,19 +231,12 @@ async def test_recovery_resends_a_prompt_that_never_reached_the_store(stack: Sta
     """The runtime continues a recovered turn only if its prompt is in the store; a turn
     killed before that is sent again as it was (checked on a transcript the real CLI wrote)."""
     from kit.protocol.sandbox import TurnRequest
-    from kit.runtime.agent import RECOVER_PROMPT, recovery_prompt, stored_user_texts
-    from kit.storage import open_store
+    from kit.runtime.agent import RECOVER_PROMPT, recovery_prompt
 
     client, session = await _session(stack)
     await _turn(client, "Where is my order 1042?")
     await client.close()
-    store: Any = open_store(f"sqlite:///{stack.transcripts_dir / session.id / 'transcript.sqlite'}")
-    workspace = stack.provider.workspace(session.id)
-    key = {
-        "project_key": project_key_for_directory(str(workspace.resolve())),
-        "session_id": session.id,
-    }
-    stored = stored_user_texts(await store.load(key) or [])
+    stored = await stored_prompts(stack.settings.state_dir, session.id)
     assert "Where is my order 1042?" in stored
     stored_turn = TurnRequest("t1", "Where is my order 1042?", recover=True)
     lost_turn = TurnRequest("t2", "And order 1043?", recover=True)
