@@ -103,7 +103,7 @@ async def first(
             async for _ in client.turn(PROMPT):
                 pass
         t1 = time.perf_counter()
-        session = stack.host.get(info.session_id)
+        session = await stack.host.get(info.session_id)
         if session is not None and session.sandbox is not None:
             await session.sandbox.stop()  # one sandbox at a time, like the baseline
         await stack.provider.settled()  # both sides start from an idle machine

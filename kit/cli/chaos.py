@@ -190,7 +190,9 @@ class _Killer:
             candidates = [
                 s
                 for s in self.stack.host.live_sessions()
-                if s.log.open_turns() and s.sandbox is not None and s.id not in self.kill_times
+                if s.sandbox is not None
+                and s.id not in self.kill_times
+                and await s.log.open_turns()
             ]
             if not candidates:
                 continue
@@ -259,7 +261,7 @@ async def _session(
                 if event.kind == "error" and event.data.get("code") == "turn_failed":
                     report.turns_failed += 1
                     break
-        session = stack.host.get(info.session_id)
+        session = await stack.host.get(info.session_id)
         assert session is not None
         # Drain: whatever the host logged after the last result (a late sandbox event) must
         # reach the client too.

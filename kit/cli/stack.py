@@ -168,7 +168,7 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
     (state / "dev.json").write_text(
         json.dumps({"url": url, "pid": os.getpid(), "api_token_file": str(token_file)})
     )
-    host.recover()
+    await host.recover()
     try:
         yield stack
     finally:

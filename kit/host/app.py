@@ -20,6 +20,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from kit.host.host import SessionHost
+from kit.host.lease import LeaseHeld
 from kit.host.session import Session
 from kit.protocol import errors as e
 from kit.protocol.frames import Event
@@ -36,6 +37,8 @@ log = logging.getLogger("kit.host")
 HELLO_TIMEOUT_S = 10.0
 MAX_QUEUED_FRAMES = 50_000
 """A client this far behind is disconnected (4408) and must resume; the log keeps everything."""
+REPLAY_PAGE = 1000
+"""Events read from the log at a time while replaying; the next page waits for the socket."""
 WS_MAX_BYTES = 1024 * 1024
 """The transport's own limit; frames between MAX_FRAME_BYTES and this get a ``too_large`` error."""
 
@@ -49,6 +52,7 @@ class ClientSocket:
         self.session: Session | None = None
         self._outbox: deque[str] = deque()
         self._ready = asyncio.Event()
+        self._drained = asyncio.Event()
         self._close: tuple[int, str] | None = None
 
     # Subscriber
@@ -64,6 +68,21 @@ class ClientSocket:
             return
         self.conn.send_event(event, replay=False)
         self.flush()
+
+    def evict(self, message: str) -> None:
+        self.shutdown(
+            e.SESSION_ELSEWHERE,
+            f"{message}; reconnect and resume.",
+            e.CLOSE_SESSION_ELSEWHERE,
+        )
+
+    async def drained(self, writer: asyncio.Task[None]) -> None:
+        """Wait until everything queued has been sent (or the connection ended)."""
+        while self._outbox and not writer.done():
+            self._drained.clear()
+            waiter = asyncio.ensure_future(self._drained.wait())
+            await asyncio.wait({waiter, writer}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
 
     def flush(self) -> None:
         """Move the protocol's pending frames (and close) to the writer."""
@@ -85,6 +104,7 @@ class ClientSocket:
             self._ready.clear()
             while self._outbox:
                 await self.ws.send_text(self._outbox.popleft())
+            self._drained.set()
             if self._close is not None:
                 code, reason = self._close
                 await self.ws.close(code, reason[:120])
@@ -117,7 +137,7 @@ def create_app(
             return JSONResponse(
                 {"error": e.SHUTTING_DOWN, "message": "The host is shutting down."}, status_code=503
             )
-        new = host.create_session()
+        new = await host.create_session()
         scheme = "wss" if request.url.scheme == "https" else "ws"
         ws_url = f"{scheme}://{request.url.netloc}/v1/sessions/{new.session_id}/ws"
         return JSONResponse(
@@ -204,21 +224,25 @@ async def _read_loop(
             continue
         for item in conn.receive_text(text):
             if isinstance(item, HelloReceived):
-                _hello(host, client, item)
+                await _hello(host, client, item)
             elif isinstance(item, HandshakeAcked):
-                _replay(client, conn.last_seq_claimed or 0)
+                await _replay(client, conn.last_seq_claimed or 0, writer)
             elif isinstance(item, UserReceived):
                 assert client.session is not None
-                client.session.submit(item.client_msg_id, item.text)
+                await client.session.submit(item.client_msg_id, item.text)
             elif isinstance(item, InterruptRequested):
                 assert client.session is not None
                 await client.session.interrupt()
         client.flush()
 
 
-def _hello(host: SessionHost, client: ClientSocket, hello: HelloReceived) -> None:
+async def _hello(host: SessionHost, client: ClientSocket, hello: HelloReceived) -> None:
     conn = client.conn
-    session = host.get(conn.session_id)
+    try:
+        session = await host.get(conn.session_id)
+    except LeaseHeld as exc:
+        conn.reject(e.SESSION_ELSEWHERE, str(exc), e.CLOSE_SESSION_ELSEWHERE)
+        return
     if session is None:
         conn.reject(
             e.UNKNOWN_SESSION,
@@ -234,18 +258,39 @@ def _hello(host: SessionHost, client: ClientSocket, hello: HelloReceived) -> Non
     if not session.check_token(hello.token):
         conn.reject(e.UNAUTHORIZED, "Wrong session token.", e.CLOSE_UNAUTHORIZED)
         return
-    mode = session.resume_mode(hello.last_seq)
-    conn.accept(mode, session.log.last_seq)
-    if conn.close_code is not None:
-        return
-    client.session = session
-    if mode == "none":
-        session.attach(client, session.log.last_seq)
+    async with session.quiet():
+        mode = await session.resume_mode(hello.last_seq)
+        conn.accept(mode, session.log.last_seq)
+        if conn.close_code is not None:
+            return
+        client.session = session
+        if mode == "none":
+            session.subscribe(client)
     session.prewarm()
 
 
-def _replay(client: ClientSocket, after_seq: int) -> None:
-    assert client.session is not None
-    for event in client.session.attach(client, after_seq):
-        client.conn.send_event(event, replay=True)
-    client.conn.go_live()
+async def _replay(client: ClientSocket, after_seq: int, writer: asyncio.Task[None]) -> None:
+    """Send every event after ``after_seq`` flagged ``replay``, then go live.
+
+    Pages are read while the session runs on and each waits for the socket to drain; the
+    last page is read, and the client subscribed, with commits held off.
+    """
+    session, conn = client.session, client.conn
+    assert session is not None
+    cursor = after_seq
+    for _ in range(max(0, session.log.last_seq - after_seq) // REPLAY_PAGE + 1):
+        page = await session.log.read_after(cursor, REPLAY_PAGE)
+        if len(page) < REPLAY_PAGE:
+            break
+        for event in page:
+            conn.send_event(event, replay=True)
+        client.flush()
+        cursor = page[-1].seq
+        await client.drained(writer)
+        if writer.done():
+            return
+    async with session.quiet():
+        for event in await session.log.read_after(cursor):
+            conn.send_event(event, replay=True)
+        session.subscribe(client)
+        conn.go_live()

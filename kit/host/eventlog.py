@@ -2,9 +2,10 @@
 
 :class:`SessionLog` is the seam: ``append`` returns only once the event is committed, and
 assigns ``seq`` (1, 2, 3, … with no gaps). The host fans an event out only after
-``append`` returns (ARCHITECTURE §4.1). :class:`SQLiteLogStore` keeps one SQLite file per
-session, like a Durable Object's storage; S3 and the DO's own SQLite come later behind the
-same two classes.
+``append`` returns (ARCHITECTURE §4.1). The seam is async because a log may live across
+the network: :class:`SQLiteLogStore` keeps one SQLite file per session, like a Durable
+Object's storage (its calls finish without yielding: a local commit is cheaper than a
+thread hop); ``kit.host.s3log`` keeps the log in S3 objects under a lease (Fly).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import sqlite3
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,53 +72,66 @@ class SessionLog(ABC):
         """Session metadata written at creation (token hash, tier, bundle, created)."""
 
     @abstractmethod
-    def append(self, kind: str, data: dict[str, Any], turn_id: TurnId | None = None) -> Event:
+    async def append(self, kind: str, data: dict[str, Any], turn_id: TurnId | None = None) -> Event:
         """Commit one event and return it with its seq."""
 
     @abstractmethod
-    def append_many(
+    async def append_many(
         self, items: list[tuple[str, dict[str, Any]]], turn_id: TurnId | None = None
     ) -> list[Event]:
         """Commit several ``(kind, data)`` events in one transaction (all or none)."""
 
     @abstractmethod
-    def read_after(self, seq: int, limit: int | None = None) -> list[Event]:
+    async def read_after(self, seq: int, limit: int | None = None) -> list[Event]:
         """Events with seq > ``seq``, oldest first."""
 
     @abstractmethod
-    def add_user_turn(self, client_msg_id: str, text: str) -> tuple[Turn, Event] | None:
+    async def add_user_turn(self, client_msg_id: str, text: str) -> tuple[Turn, Event] | None:
         """Queue a turn and commit its ``user`` event in one transaction.
 
         ``None`` when ``client_msg_id`` was seen before: nothing is stored twice.
         """
 
     @abstractmethod
-    def set_turn_state(self, turn_id: TurnId, state: TurnState, *, attempt: bool = False) -> None:
+    async def set_turn_state(
+        self, turn_id: TurnId, state: TurnState, *, attempt: bool = False
+    ) -> None:
         """Move a turn to ``state`` (``attempt`` counts one more sandbox attempt)."""
 
     @abstractmethod
-    def open_turns(self) -> list[Turn]:
+    async def open_turns(self) -> list[Turn]:
         """Queued, running and interrupted turns, oldest first."""
 
     @abstractmethod
-    def close(self) -> None:
-        """Release the log's resources."""
+    async def close(self) -> None:
+        """Release the log's resources (and, for a leased log, the lease)."""
+
+    def on_lost(self, callback: Callable[[str], None]) -> None:  # noqa: B027 - optional hook
+        """Have ``callback(reason)`` called if this host loses the right to write the log.
+
+        Only a leased log can lose it (another host took the session over); a local log
+        never calls it.
+        """
 
 
 class LogStore(ABC):
     """Creates and opens session logs."""
 
     @abstractmethod
-    def create(self, session_id: SessionId, meta: dict[str, Any]) -> SessionLog:
+    async def create(self, session_id: SessionId, meta: dict[str, Any]) -> SessionLog:
         """A new, empty log for a new session."""
 
     @abstractmethod
-    def open(self, session_id: SessionId) -> SessionLog | None:
+    async def open(self, session_id: SessionId) -> SessionLog | None:
         """The log of an existing session, or ``None``."""
 
     @abstractmethod
-    def list(self) -> list[SessionId]:
+    async def session_ids(self) -> list[SessionId]:
         """Every session with a log."""
+
+    async def recoverable(self) -> list[SessionId]:
+        """Sessions that may have open turns, for a host's recovery at start (default: all)."""
+        return await self.session_ids()
 
 
 _SCHEMA = """
@@ -176,11 +190,11 @@ class SQLiteSessionLog(SessionLog):
                 [(k, json.dumps(v)) for k, v in meta.items()],
             )
 
-    def append(self, kind: str, data: dict[str, Any], turn_id: TurnId | None = None) -> Event:
+    async def append(self, kind: str, data: dict[str, Any], turn_id: TurnId | None = None) -> Event:
         with self._tx():
             return self._insert(kind, data, turn_id)
 
-    def append_many(
+    async def append_many(
         self, items: list[tuple[str, dict[str, Any]]], turn_id: TurnId | None = None
     ) -> list[Event]:
         with self._tx():
@@ -195,7 +209,7 @@ class SQLiteSessionLog(SessionLog):
         )
         return event
 
-    def read_after(self, seq: int, limit: int | None = None) -> list[Event]:
+    async def read_after(self, seq: int, limit: int | None = None) -> list[Event]:
         rows = self._db.execute(
             "SELECT seq, kind, turn_id, data, ts FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
             (seq, -1 if limit is None else limit),
@@ -204,7 +218,7 @@ class SQLiteSessionLog(SessionLog):
             Event(seq=r[0], kind=r[1], turn_id=r[2], data=json.loads(r[3]), ts=r[4]) for r in rows
         ]
 
-    def add_user_turn(self, client_msg_id: str, text: str) -> tuple[Turn, Event] | None:
+    async def add_user_turn(self, client_msg_id: str, text: str) -> tuple[Turn, Event] | None:
         seen = self._db.execute(
             "SELECT 1 FROM turns WHERE client_msg_id = ?", (client_msg_id,)
         ).fetchone()
@@ -220,14 +234,16 @@ class SQLiteSessionLog(SessionLog):
         self._turn_counter += 1
         return Turn(turn_id, client_msg_id, text, TurnState.QUEUED, event.seq, 0), event
 
-    def set_turn_state(self, turn_id: TurnId, state: TurnState, *, attempt: bool = False) -> None:
+    async def set_turn_state(
+        self, turn_id: TurnId, state: TurnState, *, attempt: bool = False
+    ) -> None:
         with self._tx():
             self._db.execute(
                 "UPDATE turns SET state = ?, attempts = attempts + ?, updated_ms = ? WHERE turn_id = ?",
                 (state.value, 1 if attempt else 0, now_ms(), turn_id),
             )
 
-    def open_turns(self) -> list[Turn]:
+    async def open_turns(self) -> list[Turn]:
         states = tuple(s.value for s in OPEN_TURN_STATES)
         rows = self._db.execute(
             "SELECT turn_id, client_msg_id, text, state, user_seq, attempts FROM turns"
@@ -236,7 +252,7 @@ class SQLiteSessionLog(SessionLog):
         ).fetchall()
         return [Turn(TurnId(r[0]), r[1], r[2], TurnState(r[3]), r[4], r[5]) for r in rows]
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self._db.close()
 
     @contextlib.contextmanager
@@ -271,7 +287,7 @@ class SQLiteLogStore(LogStore):
             raise LogError(f"{session_id!r} is not a session id.")
         return self.root / f"{session_id}.sqlite"
 
-    def create(self, session_id: SessionId, meta: dict[str, Any]) -> SessionLog:
+    async def create(self, session_id: SessionId, meta: dict[str, Any]) -> SessionLog:
         path = self._path(session_id)
         if path.exists():
             raise LogError(f"Session {session_id} already exists.")
@@ -279,11 +295,11 @@ class SQLiteLogStore(LogStore):
         log.write_meta(meta)
         return log
 
-    def open(self, session_id: SessionId) -> SessionLog | None:
+    async def open(self, session_id: SessionId) -> SessionLog | None:
         path = self._path(session_id)
         return SQLiteSessionLog(path, session_id) if path.exists() else None
 
-    def list(self) -> list[SessionId]:
+    async def session_ids(self) -> list[SessionId]:
         return [
             SessionId(p.stem) for p in sorted(self.root.glob("*.sqlite")) if is_session_id(p.stem)
         ]

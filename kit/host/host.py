@@ -8,6 +8,7 @@ import secrets
 from dataclasses import dataclass
 
 from kit.host.eventlog import LogStore
+from kit.host.lease import LeaseHeld
 from kit.host.session import Session, SessionEnv, hash_token
 from kit.ids import SessionId, is_session_id, new_session_id
 from kit.protocol.frames import PROTOCOL_VERSION
@@ -30,13 +31,14 @@ class SessionHost:
         self.logs = logs
         self.env = env
         self._sessions: dict[SessionId, Session] = {}
+        self._opening: dict[SessionId, asyncio.Lock] = {}
         self.closing = False
 
-    def create_session(self) -> NewSession:
+    async def create_session(self) -> NewSession:
         """A new, empty session and its client token."""
         session_id = new_session_id()
         token = "kit-session-" + secrets.token_urlsafe(24)
-        log_ = self.logs.create(
+        log_ = await self.logs.create(
             session_id,
             {
                 "token_sha256": hash_token(token),
@@ -44,33 +46,57 @@ class SessionHost:
                 "protocol": PROTOCOL_VERSION,
             },
         )
-        self._sessions[session_id] = Session(log_, self.env)
+        self._adopt(Session(log_, self.env))
         log.info("session %s created", session_id)
         return NewSession(session_id, token)
 
-    def get(self, session_id: str) -> Session | None:
-        """The session with this id (loaded from its log if needed), or ``None``."""
+    async def get(self, session_id: str) -> Session | None:
+        """The session with this id (loaded from its log if needed), or ``None``.
+
+        A leased log store raises ``LeaseHeld`` while another host owns the session.
+        """
         if not is_session_id(session_id):
             return None
         sid = SessionId(session_id)
         session = self._sessions.get(sid)
-        if session is None:
-            log_ = self.logs.open(sid)
-            if log_ is None:
-                return None
-            session = self._sessions[sid] = Session(log_, self.env)
+        if session is not None:
+            return session
+        lock = self._opening.setdefault(sid, asyncio.Lock())
+        async with lock:  # two hellos at once open the log once
+            session = self._sessions.get(sid)
+            if session is None:
+                log_ = await self.logs.open(sid)
+                if log_ is None:
+                    return None
+                session = self._adopt(Session(log_, self.env))
+        self._opening.pop(sid, None)
         return session
 
-    def session_ids(self) -> list[SessionId]:
-        """Every session this host has a log for."""
-        return self.logs.list()
+    def _adopt(self, session: Session) -> Session:
+        self._sessions[session.id] = session
+        session.on_gone = self._forget
+        return session
 
-    def recover(self) -> int:
-        """Restart the runner of every session with open turns; how many were restarted."""
+    def _forget(self, session: Session) -> None:
+        if self._sessions.get(session.id) is session:
+            del self._sessions[session.id]
+
+    async def session_ids(self) -> list[SessionId]:
+        """Every session this host has a log for."""
+        return await self.logs.session_ids()
+
+    async def recover(self) -> int:
+        """Restart the runner of every session with open turns; how many were restarted.
+
+        Sessions another host owns (a held lease) are left to it.
+        """
         count = 0
-        for sid in self.logs.list():
-            session = self.get(sid)
-            if session is not None and session.log.open_turns():
+        for sid in await self.logs.recoverable():
+            try:
+                session = await self.get(sid)
+            except LeaseHeld:
+                continue
+            if session is not None and await session.log.open_turns():
                 session.start()
                 count += 1
         if count:

@@ -1,9 +1,10 @@
 """One session on the host: its durable log, its clients, its turns and its sandbox.
 
 The rule everything here keeps: an event is appended (committed) first and handed to
-subscribers only after ``append`` returns (ARCHITECTURE §4.1). All of it runs on one
-event loop, and attaching a subscriber reads the backlog and registers it in the same
-synchronous step, so a client sees every event exactly once, in ``seq`` order.
+subscribers only after ``append`` returns (ARCHITECTURE §4.1). One lock per session orders
+commits with their fan-out, and a client's handshake holds the same lock while it reads the
+tail of the backlog and subscribes, so a client sees every event exactly once, in ``seq``
+order, whether the log answers at once (SQLite) or over the network (S3).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,6 +41,9 @@ class Subscriber(Protocol):
 
     def deliver(self, event: Event) -> None:
         """Take one committed event; must not block."""
+
+    def evict(self, message: str) -> None:
+        """The session left this host (another host owns it now): end the connection."""
 
 
 def hash_token(token: str) -> str:
@@ -81,6 +85,12 @@ class Session:
         self._starting: asyncio.Task[RuntimeClient] | None = None
         self._running_turn: TurnId | None = None
         self._closing = False
+        self._lock = asyncio.Lock()
+        self.lost: str | None = None
+        """Why this host may no longer write the session (its lease was taken over)."""
+        self.on_gone: Callable[[Session], None] | None = None
+        """Called once the session has shut itself down after losing its log."""
+        log_.on_lost(self._log_lost)
 
     # -- clients -------------------------------------------------------------------------
 
@@ -88,35 +98,45 @@ class Session:
         """Whether ``token`` is this session's token (constant-time)."""
         return bool(self._token_hash) and hmac.compare_digest(hash_token(token), self._token_hash)
 
-    def resume_mode(self, last_seq: int | None) -> ResumeMode:
+    async def resume_mode(self, last_seq: int | None) -> ResumeMode:
         """What a client that has everything up to ``last_seq`` is about to get."""
         if self.log.last_seq > (last_seq or 0):
             return "resuming"
-        return "pending" if self.log.open_turns() else "none"
+        return "pending" if await self.log.open_turns() else "none"
 
-    def attach(self, subscriber: Subscriber, after_seq: int) -> list[Event]:
-        """Register ``subscriber`` and return the backlog after ``after_seq``, atomically."""
-        backlog = self.log.read_after(after_seq)
+    @contextlib.asynccontextmanager
+    async def quiet(self) -> AsyncIterator[None]:
+        """Hold commits off: no event is appended or fanned out inside this block.
+
+        A handshake reads ``last_seq`` (or the backlog's tail) and subscribes inside it, so
+        the client misses nothing and gets nothing twice.
+        """
+        async with self._lock:
+            yield
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """Deliver every later commit to ``subscriber`` (call inside :meth:`quiet`)."""
         self._subscribers.add(subscriber)
-        return backlog
 
     def detach(self, subscriber: Subscriber) -> None:
         """Stop delivering to ``subscriber``."""
         self._subscribers.discard(subscriber)
 
-    def emit(self, kind: str, data: dict[str, Any], turn_id: TurnId | None = None) -> Event:
+    async def emit(self, kind: str, data: dict[str, Any], turn_id: TurnId | None = None) -> Event:
         """Append an event durably, then fan it out."""
-        event = self.log.append(kind, data, turn_id)
-        self._publish(event)
+        async with self._lock:
+            event = await self.log.append(kind, data, turn_id)
+            self._publish(event)
         return event
 
-    def emit_many(
+    async def emit_many(
         self, items: list[tuple[str, dict[str, Any]]], turn_id: TurnId | None
     ) -> list[Event]:
         """Append several events in one commit, then fan each out."""
-        events = self.log.append_many(items, turn_id)
-        for event in events:
-            self._publish(event)
+        async with self._lock:
+            events = await self.log.append_many(items, turn_id)
+            for event in events:
+                self._publish(event)
         return events
 
     def _publish(self, event: Event) -> None:
@@ -125,12 +145,13 @@ class Session:
 
     # -- turns ---------------------------------------------------------------------------
 
-    def submit(self, client_msg_id: str, text: str) -> bool:
+    async def submit(self, client_msg_id: str, text: str) -> bool:
         """Queue a user message; false when ``client_msg_id`` was already applied."""
-        added = self.log.add_user_turn(client_msg_id, text)
-        if added is None:
-            return False
-        self._publish(added[1])
+        async with self._lock:
+            added = await self.log.add_user_turn(client_msg_id, text)
+            if added is None:
+                return False
+            self._publish(added[1])
         self.start()
         self._wake.set()
         return True
@@ -150,7 +171,7 @@ class Session:
 
     async def _run(self) -> None:
         while not self._closing:
-            turns = self.log.open_turns()
+            turns = await self.log.open_turns()
             if not turns:
                 self._wake.clear()
                 try:
@@ -165,12 +186,22 @@ class Session:
                 raise
             except Exception as exc:  # a bug must not leave the turn running forever
                 log.exception("session %s: turn %s failed", self.id, turns[0].turn_id)
-                self.emit(
-                    "error",
-                    {"code": "turn_failed", "message": f"The host failed on this turn: {exc}"},
-                    turns[0].turn_id,
-                )
-                self.log.set_turn_state(turns[0].turn_id, TurnState.FAILED)
+                if self.lost is not None:
+                    return  # another host owns the session now; it recovers the turn
+                try:
+                    await self.emit(
+                        "error",
+                        {"code": "turn_failed", "message": f"The host failed on this turn: {exc}"},
+                        turns[0].turn_id,
+                    )
+                    await self.log.set_turn_state(turns[0].turn_id, TurnState.FAILED)
+                except Exception:
+                    log.exception(
+                        "session %s: the event log fails; the runner stops (the next start "
+                        "recovers the open turns)",
+                        self.id,
+                    )
+                    return
 
     async def _run_turn(self, turn: Turn) -> None:
         recover = turn.state is not TurnState.QUEUED
@@ -179,20 +210,20 @@ class Session:
             for attempt in range(MAX_SANDBOX_ATTEMPTS):
                 if attempt:
                     await asyncio.sleep(RESTART_BACKOFF_S[min(attempt, len(RESTART_BACKOFF_S) - 1)])
-                self.log.set_turn_state(turn.turn_id, TurnState.RUNNING, attempt=True)
+                await self.log.set_turn_state(turn.turn_id, TurnState.RUNNING, attempt=True)
                 try:
                     runtime = await self._ensure_sandbox(turn.turn_id)
                 except SandboxError:
                     continue  # _start_sandbox recorded a "failed" sandbox event
                 outcome = await self._stream(runtime, turn, recover)
                 if outcome is not None:
-                    self.log.set_turn_state(turn.turn_id, outcome)
+                    await self.log.set_turn_state(turn.turn_id, outcome)
                     return
                 # The sandbox went away mid-turn: the next one resumes the transcript.
-                self.log.set_turn_state(turn.turn_id, TurnState.INTERRUPTED)
+                await self.log.set_turn_state(turn.turn_id, TurnState.INTERRUPTED)
                 await self._sandbox_gone()
                 recover = True
-            self.emit(
+            await self.emit(
                 "error",
                 {
                     "code": "turn_failed",
@@ -201,7 +232,7 @@ class Session:
                 },
                 turn.turn_id,
             )
-            self.log.set_turn_state(turn.turn_id, TurnState.FAILED)
+            await self.log.set_turn_state(turn.turn_id, TurnState.FAILED)
         finally:
             self._running_turn = None
 
@@ -213,7 +244,7 @@ class Session:
                 # Anything after a turn's end is not part of it (and never arrives in practice).
                 end = next((i for i, ev in enumerate(batch) if _ends_turn(ev.kind, ev.data)), None)
                 kept = batch if end is None else batch[: end + 1]
-                self.emit_many([(ev.kind, ev.data) for ev in kept], turn.turn_id)
+                await self.emit_many([(ev.kind, ev.data) for ev in kept], turn.turn_id)
                 if end is not None:
                     return TurnState.COMPLETED if kept[-1].kind == "result" else TurnState.FAILED
         except SandboxError as exc:
@@ -253,7 +284,7 @@ class Session:
 
     async def _start_sandbox(self, turn_id: TurnId | None) -> RuntimeClient:
         env = self.env
-        self.emit("sandbox", {"state": "starting", "tier": env.tier}, turn_id)
+        await self.emit("sandbox", {"state": "starting", "tier": env.tier}, turn_id)
         model_token = env.issue_model_token(self.id)
         runtime_token = secrets.token_urlsafe(24)
         spec = SandboxSpec(
@@ -278,7 +309,7 @@ class Session:
                 else SandboxError(f"Starting a sandbox failed: {exc}")
             )
             if not self._closing:
-                self.emit(
+                await self.emit(
                     "sandbox", {"state": "failed", "tier": env.tier, "message": str(error)}, turn_id
                 )
             if error is exc:
@@ -287,7 +318,7 @@ class Session:
         self._sandbox, self._model_token = sandbox, model_token
         runtime = self._runtime = RuntimeClient(sandbox.endpoint, runtime_token)
         self._watcher = asyncio.create_task(self._watch(sandbox), name=f"watch-{sandbox.id}")
-        self.emit(
+        await self.emit(
             "sandbox",
             {
                 "state": "running",
@@ -308,7 +339,7 @@ class Session:
         if runtime is not None:
             await runtime.aclose()
         if not self._closing:
-            self.emit(
+            await self.emit(
                 "sandbox",
                 {
                     "state": state,
@@ -366,7 +397,30 @@ class Session:
                 with contextlib.suppress(Exception):
                     await self._watcher
         self._subscribers.clear()
-        self.log.close()
+        await self.log.close()
+
+    def _log_lost(self, reason: str) -> None:
+        """The log's lease was taken over: stop everything here, send the clients away."""
+        if self.lost is not None:
+            return
+        self.lost = reason
+        log.warning("session %s: %s; handing it over", self.id, reason)
+        for subscriber in list(self._subscribers):
+            subscriber.evict(reason)
+        task = asyncio.get_running_loop().create_task(self._shut_down_lost())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _shut_down_lost(self) -> None:
+        try:
+            await self.close()
+        except Exception:
+            log.exception("session %s: shutting down after losing its lease", self.id)
+        if self.on_gone is not None:
+            self.on_gone(self)
+
+
+_background: set[asyncio.Task[None]] = set()
 
 
 def _log_prewarm_failure(task: asyncio.Task[RuntimeClient]) -> None:

@@ -25,6 +25,7 @@ UNKNOWN_SESSION = "unknown_session"
 SEQ_AHEAD = "seq_ahead"
 SLOW_CONSUMER = "slow_consumer"
 SHUTTING_DOWN = "shutting_down"
+SESSION_ELSEWHERE = "session_elsewhere"
 INTERNAL = "internal"
 PROTOCOL_VIOLATION = "protocol_violation"
 
@@ -37,6 +38,7 @@ CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_UNKNOWN_SESSION = 4404
 CLOSE_SLOW_CONSUMER = 4408
+CLOSE_SESSION_ELSEWHERE = 4409
 
 
 class ProtocolError(KitError):

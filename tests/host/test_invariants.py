@@ -54,12 +54,15 @@ class Probe:
         if problem:
             self.failures.append(problem)
 
+    def evict(self, message: str) -> None:
+        self.failures.append(f"evicted: {message}")
+
 
 async def _session(stack: Stack) -> tuple[SessionClient, Session]:
     info = await create_session(stack.url, stack.api_token)
     client = SessionClient(info.ws_url, info.token)
     await client.connect()
-    session = stack.host.get(info.session_id)
+    session = await stack.host.get(info.session_id)
     assert session is not None
     return client, session
 
@@ -79,7 +82,7 @@ async def test_events_reach_clients_only_after_commit(stack: Stack) -> None:
         return None if row == (event.kind,) else f"seq {event.seq} delivered before commit"
 
     probe = Probe(session, committed)
-    session.attach(probe, session.log.last_seq)
+    session.subscribe(probe)
     await _turn(client, "Where is my order 1042?")
     await client.close()
     assert len(probe.seen) > 5
@@ -90,10 +93,10 @@ async def test_a_failed_append_is_never_delivered(stack: Stack) -> None:
     """Invariant 1: if the append fails, no subscriber sees the event."""
     client, session = await _session(stack)
     probe = Probe(session, lambda e: None)
-    session.attach(probe, 0)
-    session.log.close()  # every later append fails
+    session.subscribe(probe)
+    await session.log.close()  # every later append fails
     with pytest.raises(Exception, match="event log"):
-        session.emit("sandbox", {"state": "starting"})
+        await session.emit("sandbox", {"state": "starting"})
     assert probe.seen == []
     await client.close()
 
@@ -104,9 +107,9 @@ async def test_resume_from_any_seq_yields_exactly_the_rest(stack: Stack) -> None
     async with SessionClient(info.ws_url, info.token) as client:
         await _turn(client, "hello")
         await _turn(client, "Where is my order 1042?")
-    session = stack.host.get(info.session_id)
+    session = await stack.host.get(info.session_id)
     assert session is not None
-    all_seqs = [e.seq for e in session.log.read_after(0)]
+    all_seqs = [e.seq for e in await session.log.read_after(0)]
     n = len(all_seqs)
     assert all_seqs == list(range(1, n + 1))
     for k in sorted({0, 1, 2, n // 2, n - 1, n}):
@@ -146,7 +149,7 @@ async def test_result_is_written_after_the_transcript(stack: Stack) -> None:
         return None if "1Z999AA10123456784" in texts else "result before the reply was in the store"
 
     probe = Probe(session, transcript_has_reply)
-    session.attach(probe, session.log.last_seq)
+    session.subscribe(probe)
     await _turn(client, "Where is my order 1042?")
     await client.close()
     assert [e.kind for e in probe.seen].count("result") == 1
@@ -212,10 +215,12 @@ async def test_sandbox_death_keeps_the_socket_and_the_turn(agent_stack: Stack) -
     sandbox_states = [s for k, s in kinds if k == "sandbox"]
     assert sandbox_states[-3:] == ["died", "starting", "running"]
     died = next(
-        e for e in session.log.read_after(0) if e.kind == "sandbox" and e.data["state"] == "died"
+        e
+        for e in await session.log.read_after(0)
+        if e.kind == "sandbox" and e.data["state"] == "died"
     )
     assert died.data["exit_code"] == 137
-    results = [e for e in session.log.read_after(0) if e.kind == "result"]
+    results = [e for e in await session.log.read_after(0) if e.kind == "result"]
     assert len(results) == 2
     assert RECOVERED_REPLY in results[-1].data["text"]
     assert agent_stack.model_url is not None

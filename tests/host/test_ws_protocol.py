@@ -34,10 +34,10 @@ async def test_bad_input_stores_nothing(stack: Stack, name: str) -> None:
     event, no turn; the only events are the sandbox starting for the valid hellos."""
     ws_url, variables = await _new(stack)
     await replay_golden(name, ws_url, variables)
-    session = stack.host.get(variables["session_id"])
+    session = await stack.host.get(variables["session_id"])
     assert session is not None
-    assert {e.kind for e in session.log.read_after(0)} <= {"sandbox"}
-    assert session.log.open_turns() == []
+    assert {e.kind for e in await session.log.read_after(0)} <= {"sandbox"}
+    assert await session.log.open_turns() == []
 
 
 async def test_unknown_session_closes_4404(stack: Stack) -> None:
@@ -62,11 +62,11 @@ async def test_binary_frames_are_refused(stack: Stack) -> None:
 
 async def test_creating_a_session_needs_the_api_token(stack: Stack) -> None:
     """POST /v1/sessions without the host's API token is 401 and creates nothing."""
-    before = len(stack.host.session_ids())
+    before = len(await stack.host.session_ids())
     async with httpx.AsyncClient() as http:
         r = await http.post(stack.url + "/v1/sessions", headers={"authorization": "Bearer wrong"})
     assert r.status_code == 401
-    assert len(stack.host.session_ids()) == before
+    assert len(await stack.host.session_ids()) == before
 
 
 async def test_repeated_client_msg_id_is_applied_once(stack: Stack) -> None:
@@ -80,11 +80,11 @@ async def test_repeated_client_msg_id_is_applied_once(stack: Stack) -> None:
     await driver.send({"type": "user", "client_msg_id": "same", "text": "hello"})
     await driver.send({"type": "ping"})
     assert (await driver.recv())["type"] == "pong"
-    session = stack.host.get(variables["session_id"])
+    session = await stack.host.get(variables["session_id"])
     assert session is not None
-    users = [ev for ev in session.log.read_after(0) if ev.kind == "user"]
+    users = [ev for ev in await session.log.read_after(0) if ev.kind == "user"]
     assert len(users) == 1
-    assert session.log.open_turns() == []
+    assert await session.log.open_turns() == []
 
 
 async def test_hello_deadline_is_not_extended_by_other_frames(stack: Stack) -> None:
