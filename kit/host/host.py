@@ -103,6 +103,19 @@ class SessionHost:
             log.info("recovering open turns in %d session(s)", count)
         return count
 
+    async def sweep(self, interval_s: float) -> None:
+        """Recover abandoned sessions every ``interval_s`` until the host closes.
+
+        With a shared log store (S3), another host's sessions come here once their lease
+        runs out, even with no client connected to ask for them.
+        """
+        while not self.closing:  # ends with the host
+            await asyncio.sleep(interval_s)
+            try:
+                await self.recover()
+            except Exception:
+                log.exception("sweeping for abandoned sessions failed (next sweep retries)")
+
     def live_sessions(self) -> list[Session]:
         """Sessions loaded in memory."""
         return list(self._sessions.values())

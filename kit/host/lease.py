@@ -12,20 +12,21 @@ Tigris use a single- or multi-region bucket (``docs``: reference/fly.md §11); R
 ::
 
     HostError
-    ├── LeaseHeld   another host holds an unexpired lease
-    └── LeaseLost   this host's lease was taken over (or is gone); stop writing
+    ├── LeaseHeld       another host holds an unexpired lease
+    └── LogError
+        └── LeaseLost   this host's lease was taken over (or is gone); stop writing
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kit.host.errors import HostError
+from kit.host.errors import HostError, LogError
+from kit.storage.s3io import S3Bucket
 
 DEFAULT_TTL_S = 15.0
 CLOCK_SKEW_S = 2.0
@@ -43,7 +44,7 @@ class LeaseHeld(HostError):
         self.owner = owner
 
 
-class LeaseLost(HostError):
+class LeaseLost(LogError):
     """This host no longer owns the session: another host took over. Stop writing."""
 
 
@@ -59,22 +60,24 @@ class Lease:
 
 
 class S3Leases:
-    """Takes, renews, checks and releases session leases in an S3 bucket (boto3 client)."""
+    """Takes, renews, checks and releases session leases in an S3 bucket.
+
+    ``info`` fields ride along in the lease object (the event log keeps ``open``: whether the
+    session has unfinished turns, so another host knows which sessions to recover). Errors
+    of the store itself (``StoreUnavailable``, ``StoreError``) pass through unchanged.
+    """
 
     def __init__(
         self,
-        client: Any,
-        bucket: str,
+        bucket: S3Bucket,
         *,
         owner: str,
-        prefix: str = "",
         ttl_s: float = DEFAULT_TTL_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._s3 = client
         self.bucket = bucket
         self.owner = owner
-        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.prefix = bucket.prefix
         self.ttl_s = ttl_s
         self._clock = clock
 
@@ -82,31 +85,32 @@ class S3Leases:
         """The lease object's key."""
         return f"{self.prefix}sessions/{session_id}/lease"
 
-    async def acquire(self, session_id: str) -> Lease:
+    async def acquire(self, session_id: str, info: dict[str, Any] | None = None) -> Lease:
         """Take the lease: new, our own again, or an expired one (epoch + 1)."""
-        body = self._body(1)
-        etag = await self._put(self.key(session_id), body, {"IfNoneMatch": "*"})
+        body = self._body(1, info)
+        etag = await self.bucket.put(self.key(session_id), _dump(body), if_absent=True)
         if etag is not None:
             return Lease(session_id, self.owner, 1, body["expires_at"], etag)
         current = await self._read(session_id)
         if current is None:  # deleted in between: try once more from scratch
-            return await self.acquire(session_id)
+            return await self.acquire(session_id, info)
         data, etag_now = current
         now = self._clock()
         if data["owner"] != self.owner and now < data["expires_at"] + CLOCK_SKEW_S:
             raise LeaseHeld(session_id, data["owner"], data["expires_at"] - now)
-        body = self._body(int(data["epoch"]) + 1)
-        etag = await self._put(self.key(session_id), body, {"IfMatch": etag_now})
+        body = self._body(int(data["epoch"]) + 1, info)
+        etag = await self.bucket.put(self.key(session_id), _dump(body), if_match=etag_now)
         if etag is None:
             fresh = await self._read(session_id)
             owner = fresh[0]["owner"] if fresh else "another host"
             raise LeaseHeld(session_id, owner, self.ttl_s)
         return Lease(session_id, self.owner, body["epoch"], body["expires_at"], etag)
 
-    async def renew(self, lease: Lease) -> Lease:
+    async def renew(self, lease: Lease, info: dict[str, Any] | None = None) -> Lease:
         """Extend the lease; :class:`LeaseLost` if anyone changed it since."""
-        body = self._body(lease.epoch)
-        etag = await self._put(self.key(lease.session_id), body, {"IfMatch": lease.etag})
+        body = self._body(lease.epoch, info)
+        key = self.key(lease.session_id)
+        etag = await self.bucket.put(key, _dump(body), if_match=lease.etag)
         if etag is None:
             raise LeaseLost(f"Lost the lease of session {lease.session_id} (epoch {lease.epoch}).")
         return Lease(lease.session_id, self.owner, lease.epoch, body["expires_at"], etag)
@@ -128,60 +132,37 @@ class S3Leases:
         owner that took over).
         """
         await self.check(lease)
-        if await self._put(key, body, {"IfNoneMatch": "*"}, raw=True) is None:
+        if not await self.bucket.put_if_absent(key, body):
             raise LeaseLost(f"{key} was written by another owner of session {lease.session_id}.")
 
-    async def release(self, lease: Lease) -> None:
+    async def release(self, lease: Lease, info: dict[str, Any] | None = None) -> None:
         """Give the lease up (expire it now) so another host can take over at once."""
-        body = {"owner": self.owner, "epoch": lease.epoch, "expires_at": 0.0}
-        await self._put(self.key(lease.session_id), body, {"IfMatch": lease.etag})
+        body = {**(info or {}), "owner": self.owner, "epoch": lease.epoch, "expires_at": 0.0}
+        await self.bucket.put(self.key(lease.session_id), _dump(body), if_match=lease.etag)
+
+    async def peek(self, session_id: str) -> dict[str, Any] | None:
+        """The lease object as stored (owner, epoch, expires_at, info), or ``None``."""
+        current = await self._read(session_id)
+        return None if current is None else current[0]
+
+    def expired(self, data: dict[str, Any]) -> bool:
+        """Whether a lease read with :meth:`peek` may be taken over now."""
+        return self._clock() >= float(data["expires_at"]) + CLOCK_SKEW_S
 
     # -- internals -----------------------------------------------------------------------
 
-    def _body(self, epoch: int) -> dict[str, Any]:
-        return {"owner": self.owner, "epoch": epoch, "expires_at": self._clock() + self.ttl_s}
+    def _body(self, epoch: int, info: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            **(info or {}),
+            "owner": self.owner,
+            "epoch": epoch,
+            "expires_at": self._clock() + self.ttl_s,
+        }
 
     async def _read(self, session_id: str) -> tuple[dict[str, Any], str] | None:
-        from botocore.exceptions import ClientError
+        got = await self.bucket.get_with_etag(self.key(session_id))
+        return None if got is None else (json.loads(got[0]), got[1])
 
-        def get() -> tuple[dict[str, Any], str] | None:
-            try:
-                response = self._s3.get_object(Bucket=self.bucket, Key=self.key(session_id))
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                    return None
-                raise
-            return json.loads(response["Body"].read()), str(response["ETag"])
 
-        try:
-            return await asyncio.to_thread(get)
-        except ClientError as exc:
-            raise HostError(f"The lease store refused a read: {exc}.") from exc
-
-    async def _put(
-        self,
-        key: str,
-        body: dict[str, Any] | bytes,
-        condition: dict[str, str],
-        *,
-        raw: bool = False,
-    ) -> str | None:
-        """Conditional PUT; the new ETag, or None when the condition failed (409/412)."""
-        from botocore.exceptions import ClientError
-
-        data = body if raw and isinstance(body, bytes) else json.dumps(body).encode()
-
-        def put() -> str | None:
-            try:
-                response = self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, **condition)
-            except ClientError as exc:
-                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-                if status in (409, 412):
-                    return None
-                raise
-            return str(response["ETag"])
-
-        try:
-            return await asyncio.to_thread(put)
-        except ClientError as exc:
-            raise HostError(f"The lease store refused a write: {exc}.") from exc
+def _dump(body: dict[str, Any]) -> bytes:
+    return json.dumps(body).encode()

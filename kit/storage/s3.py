@@ -19,8 +19,7 @@ claimed, so a late writer cannot reuse one below the base), and a base ends at t
 number of an unbroken run of parts, so a part still in flight is never left out. ``list_sessions`` and the summaries share one clock: the summary object's
 ``LastModified``.
 
-boto3 is synchronous; calls run in worker threads. botocore's errors are mapped here, once:
-nothing above this module sees them.
+The boto3 plumbing (threads, error mapping, conditional writes) is ``kit.storage.s3io``.
 """
 
 from __future__ import annotations
@@ -28,10 +27,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid as uuidlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from typing import Any
 
 from claude_agent_sdk import fold_session_summary
 from claude_agent_sdk.types import (
@@ -43,10 +40,9 @@ from claude_agent_sdk.types import (
 )
 
 from kit.storage.errors import StoreError, StoreUnavailable
+from kit.storage.s3io import S3Bucket
 
-T = TypeVar("T")
 MAX_CONFLICT_RETRIES = 20
-PARALLEL_GETS = 16
 PART_DIGITS = 12
 COMPACT_EVERY = 64
 BASE = "base-"
@@ -65,47 +61,17 @@ class S3SessionStore:
     """The Agent SDK's ``SessionStore`` protocol over an S3 bucket."""
 
     def __init__(self, client: Any, bucket: str, prefix: str = "") -> None:
-        self._s3 = client
-        self.bucket = bucket
-        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self._b = S3Bucket(client, bucket, prefix)
+        self.bucket = self._b.bucket
+        self.prefix = self._b.prefix
         self._keys: dict[tuple[str, str, str], _KeyState] = {}
         self._summaries: dict[tuple[str, str], tuple[str, SessionSummaryEntry]] = {}
-        self._gets = asyncio.Semaphore(PARALLEL_GETS)
 
     @classmethod
     def from_url(cls, url: str) -> S3SessionStore:
         """Open ``s3://BUCKET/PREFIX?endpoint_url=…&region=…&checksums=when_required``."""
-        parts = urlsplit(url)
-        if not parts.netloc:
-            raise StoreError(
-                f"Store URL {url!r}: write s3://BUCKET/PREFIX (the bucket is missing)."
-            )
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        unknown = set(query) - {"endpoint_url", "region", "checksums"}
-        if unknown:
-            raise StoreError(
-                f"Store URL {url!r}: unknown option {sorted(unknown)[0]!r}; "
-                "allowed: endpoint_url, region, checksums."
-            )
-        try:
-            import boto3
-            from botocore.config import Config
-        except ImportError:
-            raise StoreError("s3:// stores need boto3: pip install 'kit[s3]'.") from None
-        config = Config(
-            max_pool_connections=PARALLEL_GETS * 2,
-            retries={"max_attempts": 3, "mode": "standard"},
-            # Some S3-compatible stores reject boto3's default CRC32 checksums.
-            request_checksum_calculation=query.get("checksums", "when_supported"),
-            response_checksum_validation=query.get("checksums", "when_supported"),
-        )
-        client = boto3.client(
-            "s3",
-            endpoint_url=query.get("endpoint_url"),
-            region_name=query.get("region", "auto"),
-            config=config,
-        )
-        return cls(client, parts.netloc, parts.path)
+        b = S3Bucket.from_url(url)
+        return cls(b.client, b.bucket, b.prefix)
 
     # -- keys ----------------------------------------------------------------------------
 
@@ -245,15 +211,7 @@ class S3SessionStore:
         else:
             prefix = self._parts_prefix(key, subpath)
             self._keys.pop((key["project_key"], key["session_id"], subpath), None)
-        names = await self._list(prefix)
-        for start in range(0, len(names), 1000):
-            await self._delete_batch(names[start : start + 1000])
-
-    async def _delete_batch(self, names: list[str]) -> None:
-        objects = [{"Key": n} for n in names]
-        await self._call(
-            lambda: self._s3.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
-        )
+        await self._b.delete_many(await self._list(prefix))
 
     async def list_subkeys(self, key: SessionListSubkeysKey) -> list[str]:
         """Subpaths (subagent transcripts) stored under a session."""
@@ -301,93 +259,22 @@ class S3SessionStore:
         return found
 
     async def _put_if_absent(self, name: str, body: bytes) -> bool:
-        try:
-            await self._call(
-                lambda: self._s3.put_object(
-                    Bucket=self.bucket, Key=name, Body=body, IfNoneMatch="*"
-                ),
-                conflicts=True,
-            )
-        except _Conflict:
-            return False
-        return True
+        return await self._b.put_if_absent(name, body)
 
     async def _put_summary(self, name: str, body: bytes, etag: str | None) -> str | None:
-        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
-        try:
-            response = await self._call(
-                lambda: self._s3.put_object(Bucket=self.bucket, Key=name, Body=body, **condition),
-                conflicts=True,
-            )
-        except _Conflict:
-            return None
-        return str(response["ETag"])
+        return await self._b.put(name, body, if_match=etag, if_absent=etag is None)
 
     async def _get(self, name: str) -> bytes | None:
-        got = await self._get_with_etag(name)
-        return None if got is None else got[0]
+        return await self._b.get(name)
 
     async def _get_with_etag(self, name: str) -> tuple[bytes, str] | None:
-        async with self._gets:
-            try:
-                return await self._call(
-                    lambda: _read(self._s3.get_object(Bucket=self.bucket, Key=name))
-                )
-            except _Missing:
-                return None
+        return await self._b.get_with_etag(name)
 
     async def _list(self, prefix: str) -> list[str]:
-        return [item["Key"] for item in await self._list_full(prefix)]
+        return await self._b.list_keys(prefix)
 
     async def _list_full(self, prefix: str) -> list[dict[str, Any]]:
-        def run() -> list[dict[str, Any]]:
-            items: list[dict[str, Any]] = []
-            paginator = self._s3.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                items.extend(page.get("Contents", []))
-            return sorted(items, key=lambda i: i["Key"])
-
-        return await self._call(run)
-
-    async def _call(self, fn: Callable[[], T], *, conflicts: bool = False) -> T:
-        """Run a boto3 call in a thread and map its errors to kit's."""
-        from botocore.exceptions import BotoCoreError, ClientError
-        from botocore.exceptions import ConnectionError as BotoConnectionError
-
-        try:
-            return await asyncio.to_thread(fn)
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if conflicts and (
-                status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict")
-            ):
-                raise _Conflict() from exc
-            if code in ("NoSuchKey", "404") or (status == 404 and code != "NoSuchBucket"):
-                raise _Missing() from exc
-            if code == "NoSuchBucket":
-                raise StoreError(
-                    f"Bucket {self.bucket!r} does not exist; create it or fix the store URL."
-                ) from exc
-            if status is not None and status >= 500:
-                raise StoreUnavailable(f"S3 answered {status} {code}; try again.") from exc
-            raise StoreError(f"S3 refused the request: {code} ({status}).") from exc
-        except BotoConnectionError as exc:
-            raise StoreUnavailable(f"Cannot reach S3: {exc}.") from exc
-        except BotoCoreError as exc:
-            raise StoreError(f"S3 client error: {exc}.") from exc
-
-
-class _Conflict(Exception):
-    """A conditional write lost (412) or collided (409)."""
-
-
-class _Missing(Exception):
-    """The object does not exist."""
-
-
-def _read(response: dict[str, Any]) -> tuple[bytes, str]:
-    return response["Body"].read(), str(response["ETag"])
+        return await self._b.list_objects(prefix)
 
 
 def _fresh(entries: list[SessionStoreEntry], seen: set[str]) -> list[SessionStoreEntry]:

@@ -11,6 +11,7 @@ import pytest
 from kit.host.lease import CLOCK_SKEW_S, LeaseHeld, LeaseLost, S3Leases
 from kit.ids import new_session_id
 from kit.storage.s3 import unique_prefix
+from kit.storage.s3io import S3Bucket
 from tests.conftest import BUCKET
 
 
@@ -27,8 +28,9 @@ class Clock:
 def _hosts(endpoint: str, clock: Clock) -> tuple[S3Leases, S3Leases, Any]:
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     prefix = unique_prefix()
-    a = S3Leases(client, BUCKET, owner="host-a", prefix=prefix, ttl_s=10, clock=clock)
-    b = S3Leases(client, BUCKET, owner="host-b", prefix=prefix, ttl_s=10, clock=clock)
+    bucket = S3Bucket(client, BUCKET, prefix)
+    a = S3Leases(bucket, owner="host-a", ttl_s=10, clock=clock)
+    b = S3Leases(bucket, owner="host-b", ttl_s=10, clock=clock)
     return a, b, client
 
 
@@ -94,9 +96,8 @@ async def test_simultaneous_acquires_have_one_winner(s3_endpoint: str) -> None:
     clock = Clock()
     client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     prefix = unique_prefix()
-    hosts = [
-        S3Leases(client, BUCKET, owner=f"host-{i}", prefix=prefix, clock=clock) for i in range(5)
-    ]
+    bucket = S3Bucket(client, BUCKET, prefix)
+    hosts = [S3Leases(bucket, owner=f"host-{i}", clock=clock) for i in range(5)]
     sid = new_session_id()
     results = await asyncio.gather(*(h.acquire(sid) for h in hosts), return_exceptions=True)
     winners = [r for r in results if not isinstance(r, BaseException)]

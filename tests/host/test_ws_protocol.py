@@ -10,7 +10,7 @@ from websockets.exceptions import ConnectionClosed
 
 from kit.cli.stack import Stack
 from kit.client import create_session
-from kit.host.app import create_app
+from kit.host.app import REPLAY_PAGE, create_app
 from kit.protocol.golden import golden_names
 from tests.conftest import serve_on_loopback
 from tests.host.wsdriver import Driver, replay_golden
@@ -126,3 +126,41 @@ async def test_api_token_needs_the_bearer_scheme(stack: Stack) -> None:
         )
     assert bare.status_code == 401
     assert good.status_code == 201
+
+
+async def test_a_long_replay_is_paged_and_misses_nothing_committed_meanwhile(
+    stack: Stack,
+) -> None:
+    """A backlog of several replay pages, with the session committing more events while the
+    pages go out: the client gets 1..n exactly once, in order, replayed then live."""
+    info = await create_session(stack.url, stack.api_token)
+    session = await stack.host.get(info.session_id)
+    assert session is not None
+    backlog = REPLAY_PAGE * 3 + 17
+    await session.emit_many([("text_delta", {"text": f"{i}"}) for i in range(backlog)], None)
+    driver = await Driver.open(info.ws_url)
+    await driver.send({"type": "hello", "token": info.token, "last_seq": 0})
+    welcome = await driver.recv()
+    assert welcome["resume"] == "resuming"
+    await driver.send({"type": "ack", "seq": 0})
+
+    async def commit_more() -> None:
+        for i in range(200):
+            await session.emit("text_delta", {"text": f"live {i}"})
+            await asyncio.sleep(0)
+
+    more = asyncio.create_task(commit_more())
+    seqs: list[int] = []
+    replayed: list[bool] = []
+    async with asyncio.timeout(60):
+        while not (more.done() and seqs and seqs[-1] >= session.log.last_seq):
+            frame = await driver.recv()
+            if frame.get("type") != "event":
+                continue
+            seqs.append(frame["seq"])
+            replayed.append(bool(frame.get("replay")))
+    await more
+    assert seqs == list(range(1, session.log.last_seq + 1))
+    assert all(replayed[:backlog])
+    assert replayed == sorted(replayed, reverse=True)  # replay first, then live only
+    await driver.close()

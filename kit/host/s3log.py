@@ -1,0 +1,477 @@
+"""The event log on S3 (Tigris on Fly, R2, AWS; moto in tests), one owner at a time.
+
+Layout under ``s3://BUCKET/PREFIX/sessions/{session_id}/``::
+
+    meta.json                    the session's metadata, written once (If-None-Match: *)
+    lease                        the owner's lease and fencing epoch (kit.host.lease)
+    log/{n:012d}.json            commit n = 0, 1, 2, …: {"epoch", "events": [...], "turns": [...]}
+    seg/{a:012d}-{b:012d}.json   commits a..b again, in one object: a load reads one object
+                                 per SEGMENT commits instead of one per commit
+
+A commit is what one ``append_many``, ``add_user_turn`` or ``set_turn_state`` writes: its
+events (their seqs continue the previous commit's) and the new rows of the turns it changed.
+Every commit is written with ``If-None-Match: *``, so the commit numbers form a chain that no
+two writers can both extend. Opening a log for writing takes the lease (epoch E), loads the
+chain, and writes an empty commit stamped E at its end. A previous owner that still runs
+(paused, partitioned) then finds its next number taken, reads the commit there, sees the
+newer epoch and stops with :class:`LeaseLost`. The storage itself checks the fencing token
+on every write; no read-before-write race is left open.
+
+The owner keeps the whole log in memory (reads cost nothing) and renews its lease in the
+background. The lease object carries ``open`` (the session has unfinished turns) so that a
+host starting up, or sweeping, knows which sessions to recover without loading them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kit.host.errors import LogError
+from kit.host.eventlog import OPEN_TURN_STATES, LogStore, SessionLog, Turn, TurnState, now_ms
+from kit.host.lease import DEFAULT_TTL_S, Lease, LeaseHeld, LeaseLost, S3Leases
+from kit.ids import SessionId, TurnId, is_session_id
+from kit.protocol.frames import Event
+from kit.storage.errors import StoreError, StoreUnavailable
+from kit.storage.s3io import S3Bucket
+
+log = logging.getLogger("kit.host")
+
+DIGITS = 12
+SEGMENT = 64
+"""Commits per segment object."""
+MAX_FENCE_TRIES = 10
+RETRY_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+"""Waits between tries of a commit while S3 is unreachable (until the lease runs short)."""
+
+
+def _turn_row(turn: Turn) -> dict[str, Any]:
+    return {
+        "turn_id": turn.turn_id,
+        "client_msg_id": turn.client_msg_id,
+        "text": turn.text,
+        "state": turn.state.value,
+        "user_seq": turn.user_seq,
+        "attempts": turn.attempts,
+    }
+
+
+def _turn_of(row: dict[str, Any]) -> Turn:
+    return Turn(
+        TurnId(row["turn_id"]),
+        row["client_msg_id"],
+        row["text"],
+        TurnState(row["state"]),
+        int(row["user_seq"]),
+        int(row["attempts"]),
+    )
+
+
+def _dump(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class S3LogStore(LogStore):
+    """Session logs in one bucket; this host writes only the sessions whose lease it holds."""
+
+    def __init__(
+        self,
+        bucket: S3Bucket,
+        *,
+        owner: str,
+        ttl_s: float = DEFAULT_TTL_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.bucket = bucket
+        self.owner = owner
+        self.leases = S3Leases(bucket, owner=owner, ttl_s=ttl_s, clock=clock)
+        self.clock = clock
+
+    @classmethod
+    def from_url(cls, url: str, *, owner: str, ttl_s: float = DEFAULT_TTL_S) -> S3LogStore:
+        """Open ``s3://BUCKET/PREFIX?endpoint_url=…&region=…`` (as for transcript stores)."""
+        try:
+            bucket = S3Bucket.from_url(url, what="Event log URL")
+        except StoreError as exc:
+            raise LogError(str(exc)) from exc
+        return cls(bucket, owner=owner, ttl_s=ttl_s)
+
+    def session_dir(self, session_id: str) -> str:
+        """The key prefix of one session's objects."""
+        if not is_session_id(session_id):
+            raise LogError(f"{session_id!r} is not a session id.")
+        return f"{self.bucket.prefix}sessions/{session_id}/"
+
+    async def create(self, session_id: SessionId, meta: dict[str, Any]) -> SessionLog:
+        key = self.session_dir(session_id) + "meta.json"
+        if not await _store_call(self.bucket.put_if_absent(key, _dump(meta))):
+            raise LogError(f"Session {session_id} already exists.")
+        return await self._open_owned(session_id, meta)
+
+    async def open(self, session_id: SessionId) -> SessionLog | None:
+        raw = await _store_call(self.bucket.get(self.session_dir(session_id) + "meta.json"))
+        if raw is None:
+            return None
+        return await self._open_owned(session_id, json.loads(raw))
+
+    async def session_ids(self) -> list[SessionId]:
+        names = await _store_call(self.bucket.list_children(f"{self.bucket.prefix}sessions/"))
+        return [SessionId(n) for n in names if is_session_id(n)]
+
+    async def recoverable(self) -> list[SessionId]:
+        """Sessions with unfinished turns whose lease has run out (or is ours)."""
+        ids = await self.session_ids()
+        leases = await asyncio.gather(*(_store_call(self.leases.peek(sid)) for sid in ids))
+        return [
+            sid
+            for sid, lease in zip(ids, leases, strict=True)
+            if lease is not None
+            and lease.get("open")
+            and (lease.get("owner") == self.owner or self.leases.expired(lease))
+        ]
+
+    async def _open_owned(self, session_id: SessionId, meta: dict[str, Any]) -> S3SessionLog:
+        lease = await _store_call(self.leases.acquire(session_id))
+        session_log = S3SessionLog(self, session_id, meta, lease)
+        try:
+            await session_log.load()
+            await session_log.fence()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.leases.release(lease)
+            raise
+        session_log.start_renewing()
+        return session_log
+
+
+class S3SessionLog(SessionLog):
+    """One session's log, written by the lease holder; see the module docstring."""
+
+    def __init__(
+        self, store: S3LogStore, session_id: SessionId, meta: dict[str, Any], lease: Lease
+    ) -> None:
+        self.session_id = session_id
+        self._store = store
+        self._bucket = store.bucket
+        self._dir = store.session_dir(session_id)
+        self._meta = meta
+        self._lease = lease
+        self._events: list[Event] = []
+        self._turns: dict[TurnId, Turn] = {}
+        self._msg_ids: set[str] = set()
+        self._next = 0
+        self._unsegmented: list[dict[str, Any]] = []
+        self._write_lock = asyncio.Lock()
+        self._renew_lock = asyncio.Lock()
+        self._renew_now = asyncio.Event()
+        self._renewer: asyncio.Task[None] | None = None
+        self._segments: set[asyncio.Task[None]] = set()
+        self._lost: str | None = None
+        self._on_lost: list[Callable[[str], None]] = []
+        self._closed = False
+
+    # -- the seam ------------------------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        return len(self._events)
+
+    @property
+    def epoch(self) -> int:
+        """This owner's fencing token."""
+        return self._lease.epoch
+
+    def meta(self) -> dict[str, Any]:
+        return dict(self._meta)
+
+    def on_lost(self, callback: Callable[[str], None]) -> None:
+        self._on_lost.append(callback)
+
+    async def append(self, kind: str, data: dict[str, Any], turn_id: TurnId | None = None) -> Event:
+        return (await self._commit([(kind, data)], turn_id, []))[0]
+
+    async def append_many(
+        self, items: list[tuple[str, dict[str, Any]]], turn_id: TurnId | None = None
+    ) -> list[Event]:
+        return await self._commit(items, turn_id, [])
+
+    async def read_after(self, seq: int, limit: int | None = None) -> list[Event]:
+        start = max(seq, 0)
+        return self._events[start:] if limit is None else self._events[start : start + limit]
+
+    async def add_user_turn(self, client_msg_id: str, text: str) -> tuple[Turn, Event] | None:
+        async with self._write_lock:
+            if client_msg_id in self._msg_ids:
+                return None
+            was_open = self._info()["open"]
+            turn = Turn(
+                TurnId(f"t{len(self._turns) + 1}"),
+                client_msg_id,
+                text,
+                TurnState.QUEUED,
+                self.last_seq + 1,
+                0,
+            )
+            events = await self._commit_locked(
+                [("user", {"client_msg_id": client_msg_id, "text": text})], turn.turn_id, [turn]
+            )
+        if not was_open:
+            # The lease's "open" flag tells other hosts to recover this session should this
+            # one die; set it now, not at the next renewal.
+            try:
+                await self._renew()
+            except StoreError as exc:
+                log.warning("session %s: renewing the lease failed: %s", self.session_id, exc)
+        return turn, events[0]
+
+    async def set_turn_state(
+        self, turn_id: TurnId, state: TurnState, *, attempt: bool = False
+    ) -> None:
+        async with self._write_lock:
+            turn = self._turns.get(turn_id)
+            if turn is None:
+                raise LogError(f"Session {self.session_id} has no turn {turn_id}.")
+            new = Turn(
+                turn.turn_id,
+                turn.client_msg_id,
+                turn.text,
+                state,
+                turn.user_seq,
+                turn.attempts + (1 if attempt else 0),
+            )
+            await self._commit_locked([], None, [new])
+        if state not in OPEN_TURN_STATES:
+            self._renew_now.set()
+
+    async def open_turns(self) -> list[Turn]:
+        return sorted(
+            (t for t in self._turns.values() if t.state in OPEN_TURN_STATES),
+            key=lambda t: t.user_seq,
+        )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(BaseException):
+                await self._renewer
+        if self._segments:
+            await asyncio.gather(*self._segments, return_exceptions=True)
+        if self._lost is None:
+            with contextlib.suppress(Exception):
+                await self._store.leases.release(self._lease, self._info())
+
+    # -- loading and fencing -------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read the chain of commits (segments where they exist) into memory."""
+        keys = await _store_call(self._bucket.list_keys(self._dir))
+        commits: dict[int, str] = {}
+        segments: dict[int, tuple[int, str]] = {}
+        for key in keys:
+            rest = key[len(self._dir) :]
+            if rest.startswith("log/"):
+                commits[int(rest[4:].split(".", 1)[0])] = key
+            elif rest.startswith("seg/"):
+                a, b = rest[4:].split(".", 1)[0].split("-")
+                if int(b) >= segments.get(int(a), (-1, ""))[0]:
+                    segments[int(a)] = (int(b), key)
+        plan: list[tuple[int, str]] = []  # (first commit number, key), in chain order
+        n = 0
+        while n in commits or n in segments:  # bounded by the keys listed
+            if n in segments:
+                end, key = segments[n]
+                plan.append((n, key))
+                n = end + 1
+            else:
+                plan.append((n, commits[n]))
+                n += 1
+        bodies = await asyncio.gather(*(_store_call(self._bucket.get(key)) for _, key in plan))
+        first_unsegmented = (n // SEGMENT) * SEGMENT
+        self._unsegmented = []
+        for (first, key), raw in zip(plan, bodies, strict=True):
+            if raw is None:
+                raise LogError(f"{self._bucket.url(key)} vanished while it was read; open again.")
+            body = json.loads(raw)
+            for offset, commit in enumerate(body["commits"] if "/seg/" in key else [body]):
+                self._apply(commit, first + offset)
+                if first + offset >= first_unsegmented:  # for the next segment object
+                    self._unsegmented.append(commit)
+        self._next = n
+
+    async def fence(self) -> None:
+        """Stamp the chain with this owner's epoch: earlier owners can no longer extend it."""
+        for _ in range(MAX_FENCE_TRIES):
+            body = {"epoch": self.epoch, "owner": self._store.owner, "events": [], "turns": []}
+            key = self._commit_key(self._next)
+            if await _store_call(self._bucket.put_if_absent(key, _dump(body))):
+                self._after_commit(body)
+                return
+            raw = await _store_call(self._bucket.get(key))
+            other = json.loads(raw) if raw is not None else {"epoch": -1}
+            if int(other["epoch"]) >= self.epoch:
+                self._lose(f"session {self.session_id} was taken over (epoch {other['epoch']})")
+                raise LeaseLost(f"Session {self.session_id} is owned by a newer host.")
+            # A previous owner wrote after its lease ran out: adopt its commit, then retry.
+            self._apply(other, self._next)
+            self._after_commit(other)
+        raise LogError(f"Could not fence session {self.session_id}: its log kept growing.")
+
+    def start_renewing(self) -> None:
+        """Keep the lease alive in the background until :meth:`close`."""
+        self._renewer = asyncio.get_running_loop().create_task(
+            self._renew_loop(), name=f"lease-{self.session_id}"
+        )
+
+    # -- writing -------------------------------------------------------------------------
+
+    async def _commit(
+        self, items: list[tuple[str, dict[str, Any]]], turn_id: TurnId | None, turns: list[Turn]
+    ) -> list[Event]:
+        async with self._write_lock:
+            return await self._commit_locked(items, turn_id, turns)
+
+    async def _commit_locked(
+        self, items: list[tuple[str, dict[str, Any]]], turn_id: TurnId | None, turns: list[Turn]
+    ) -> list[Event]:
+        await self._ensure_owner()
+        ts = now_ms()
+        events = [
+            Event(seq=self.last_seq + i + 1, kind=kind, data=data, ts=ts, turn_id=turn_id)
+            for i, (kind, data) in enumerate(items)
+        ]
+        body = {
+            "epoch": self.epoch,
+            "events": [[e.seq, e.kind, e.turn_id, e.data, e.ts] for e in events],
+            "turns": [_turn_row(t) for t in turns],
+        }
+        raw = _dump(body)
+        key = self._commit_key(self._next)
+        for attempt in range(len(RETRY_BACKOFF_S) + 1):
+            try:
+                written = await self._bucket.put_if_absent(key, raw)
+            except StoreUnavailable as exc:
+                delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+                if attempt == len(RETRY_BACKOFF_S) or not self._time_left(delay):
+                    raise LogError(
+                        f"The event log at {self._bucket.url(self._dir)} cannot be reached: {exc}"
+                    ) from exc
+                await asyncio.sleep(delay)
+                continue
+            except StoreError as exc:
+                raise LogError(f"The event log refused a write: {exc}") from exc
+            if not written:
+                # Either our own earlier try landed (its answer was lost) or a newer owner
+                # extended the chain: only the first is ours to keep.
+                stored = await _store_call(self._bucket.get(key))
+                if stored != raw:
+                    self._lose(f"session {self.session_id} was taken over by another host")
+                    raise LeaseLost(
+                        f"Session {self.session_id}: commit {self._next} was written by a newer "
+                        "owner; this host stops writing."
+                    )
+            break
+        self._apply(body, self._next)
+        self._after_commit(body)
+        return events
+
+    def _apply(self, commit: dict[str, Any], number: int) -> None:
+        for seq, kind, turn_id, data, ts in commit["events"]:
+            if seq != len(self._events) + 1:
+                raise LogError(
+                    f"Session {self.session_id}: commit {number} holds seq {seq} after "
+                    f"{len(self._events)}; the log is damaged."
+                )
+            self._events.append(Event(seq=seq, kind=kind, data=data, ts=ts, turn_id=turn_id))
+        for row in commit["turns"]:
+            turn = _turn_of(row)
+            self._turns[turn.turn_id] = turn
+            self._msg_ids.add(turn.client_msg_id)
+
+    def _after_commit(self, body: dict[str, Any]) -> None:
+        self._next += 1
+        self._unsegmented.append(body)
+        if self._next % SEGMENT == 0:
+            first = self._next - SEGMENT
+            commits, self._unsegmented = self._unsegmented, []
+            if len(commits) == SEGMENT:  # a partial tail (after a load) is left to the commits
+                key = f"{self._dir}seg/{first:0{DIGITS}d}-{self._next - 1:0{DIGITS}d}.json"
+                task = asyncio.get_running_loop().create_task(
+                    self._write_segment(key, {"commits": commits})
+                )
+                self._segments.add(task)
+                task.add_done_callback(self._segments.discard)
+
+    async def _write_segment(self, key: str, body: dict[str, Any]) -> None:
+        try:
+            await self._bucket.put_if_absent(key, _dump(body))
+        except StoreError as exc:  # an optimisation only: loads fall back to the commits
+            log.warning("session %s: segment %s not written: %s", self.session_id, key, exc)
+
+    def _commit_key(self, number: int) -> str:
+        return f"{self._dir}log/{number:0{DIGITS}d}.json"
+
+    # -- the lease -----------------------------------------------------------------------
+
+    def _info(self) -> dict[str, Any]:
+        return {"open": any(t.state in OPEN_TURN_STATES for t in self._turns.values())}
+
+    def _time_left(self, margin: float = 0.0) -> bool:
+        return self._store.clock() + margin < self._lease.expires_at
+
+    async def _ensure_owner(self) -> None:
+        if self._lost is not None:
+            raise LeaseLost(f"This host no longer owns session {self.session_id}: {self._lost}.")
+        if not self._time_left(self._store.leases.ttl_s / 3):
+            await self._renew()  # the renewer is late (a busy loop): renew before writing
+
+    async def _renew(self) -> None:
+        async with self._renew_lock:
+            try:
+                self._lease = await self._store.leases.renew(self._lease, self._info())
+            except LeaseLost as exc:
+                self._lose(str(exc))
+                raise
+
+    async def _renew_loop(self) -> None:
+        interval = self._store.leases.ttl_s / 3
+        while self._lost is None and not self._closed:  # ends with the log
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._renew_now.wait(), interval)
+            self._renew_now.clear()
+            try:
+                await self._renew()
+            except LeaseLost:
+                return
+            except StoreError as exc:
+                if not self._time_left():
+                    self._lose(f"its lease ran out while S3 was unreachable ({exc})")
+                    return
+                log.warning("session %s: renewing the lease failed: %s", self.session_id, exc)
+
+    def _lose(self, reason: str) -> None:
+        if self._lost is not None:
+            return
+        self._lost = reason
+        for callback in self._on_lost:
+            try:
+                callback(reason)
+            except Exception:
+                log.exception("session %s: a lost-lease callback failed", self.session_id)
+
+
+async def _store_call(awaitable: Any) -> Any:
+    """Await an S3 call; store errors become :class:`LogError` (``LeaseHeld`` passes)."""
+    try:
+        return await awaitable
+    except LeaseHeld:
+        raise
+    except StoreError as exc:
+        raise LogError(f"The event log store failed: {exc}") from exc

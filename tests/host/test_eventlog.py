@@ -1,0 +1,245 @@
+"""The event log seam, run against both logs: SQLite (kit dev) and S3 under a lease (Fly)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from kit.host.errors import LogError
+from kit.host.eventlog import LogStore, SessionLog, SQLiteLogStore, TurnState
+from kit.host.lease import CLOCK_SKEW_S, LeaseHeld, LeaseLost
+from kit.host.s3log import SEGMENT, S3LogStore
+from kit.ids import SessionId, new_session_id
+from kit.storage.s3 import unique_prefix
+from kit.storage.s3io import S3Bucket
+from tests.conftest import BUCKET
+
+
+@pytest.fixture(params=["sqlite", "s3"])
+async def logs(request: pytest.FixtureRequest, kit_tmp: Path) -> AsyncIterator[LogStore]:
+    if request.param == "sqlite":
+        yield SQLiteLogStore(kit_tmp / "sessions")
+    else:
+        endpoint = request.getfixturevalue("s3_endpoint")
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        yield S3LogStore(S3Bucket(client, BUCKET, unique_prefix()), owner="host-a")
+
+
+async def _reopen(logs: LogStore, log: SessionLog) -> SessionLog:
+    await log.close()
+    again = await logs.open(log.session_id)
+    assert again is not None
+    return again
+
+
+async def test_seqs_are_gap_free_and_survive_reopening(logs: LogStore) -> None:
+    sid = new_session_id()
+    log = await logs.create(sid, {"tier": "basic", "token_sha256": "x"})
+    first = await log.append("sandbox", {"state": "starting"})
+    batch = await log.append_many([("text_delta", {"text": str(i)}) for i in range(5)])
+    assert [first.seq, *[e.seq for e in batch]] == list(range(1, 7))
+    log = await _reopen(logs, log)
+    assert log.last_seq == 6
+    assert log.meta()["tier"] == "basic"
+    after = await log.read_after(2)
+    assert [e.seq for e in after] == [3, 4, 5, 6]
+    assert [e.data["text"] for e in after] == ["1", "2", "3", "4"]
+    assert [e.seq for e in await log.read_after(2, limit=2)] == [3, 4]
+    assert await log.read_after(6) == []
+    assert (await log.append("result", {"text": "ok"})).seq == 7
+    await log.close()
+    assert sid in await logs.session_ids()
+
+
+async def test_turns_are_idempotent_on_client_msg_id(logs: LogStore) -> None:
+    log = await logs.create(new_session_id(), {})
+    added = await log.add_user_turn("m1", "hello ünïcödé")
+    assert added is not None
+    turn, event = added
+    assert (event.kind, event.seq, event.turn_id) == ("user", 1, turn.turn_id)
+    assert await log.add_user_turn("m1", "hello again") is None
+    await log.set_turn_state(turn.turn_id, TurnState.RUNNING, attempt=True)
+    assert [(t.turn_id, t.state, t.attempts) for t in await log.open_turns()] == [
+        (turn.turn_id, TurnState.RUNNING, 1)
+    ]
+    log = await _reopen(logs, log)
+    assert await log.add_user_turn("m1", "after reopening") is None
+    second = await log.add_user_turn("m2", "next")
+    assert second is not None
+    assert second[0].turn_id != turn.turn_id
+    await log.set_turn_state(turn.turn_id, TurnState.COMPLETED)
+    assert [t.client_msg_id for t in await log.open_turns()] == ["m2"]
+    assert [e.kind for e in await log.read_after(0)] == ["user", "user"]
+    await log.close()
+
+
+async def test_creating_an_existing_session_is_refused(logs: LogStore) -> None:
+    sid = new_session_id()
+    log = await logs.create(sid, {})
+    with pytest.raises(LogError, match="already exists"):
+        await logs.create(sid, {})
+    await log.close()
+    assert await logs.open(SessionId(new_session_id())) is None
+
+
+async def test_a_long_log_loads_whole_and_in_order(logs: LogStore) -> None:
+    """Past several segments (S3 folds every 64 commits into one object)."""
+    log = await logs.create(new_session_id(), {})
+    commits = SEGMENT * 3 + 5
+    for i in range(commits):
+        await log.append_many([("text_delta", {"i": i, "j": 0}), ("text_delta", {"i": i, "j": 1})])
+    log = await _reopen(logs, log)
+    events = await log.read_after(0)
+    assert [e.seq for e in events] == list(range(1, 2 * commits + 1))
+    assert [(e.data["i"], e.data["j"]) for e in events][-2:] == [(commits - 1, 0), (commits - 1, 1)]
+    await log.append("result", {})
+    log = await _reopen(logs, log)
+    assert log.last_seq == 2 * commits + 1
+    await log.close()
+
+
+async def test_s3_log_reads_segments_not_every_commit(s3_endpoint: str) -> None:
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    bucket = S3Bucket(client, BUCKET, unique_prefix())
+    logs = S3LogStore(bucket, owner="host-a")
+    log = await logs.create(new_session_id(), {})
+    for i in range(SEGMENT * 2):
+        await log.append("text_delta", {"i": i})
+    await log.close()
+    keys = await bucket.list_keys(logs.session_dir(log.session_id) + "seg/")
+    assert len(keys) == 2  # commits 0..63 and 64..127 (commit 0 is the owner's fence)
+    segment = json.loads(await bucket.get(keys[0]) or b"{}")
+    assert len(segment["commits"]) == SEGMENT
+
+
+# -- invariant 6 on S3: one writer per session, fenced ---------------------------------
+
+
+class Clock:
+    """The hosts' shared wall clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _two_hosts(endpoint: str, clock: Clock) -> tuple[S3LogStore, S3LogStore]:
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    bucket = S3Bucket(client, BUCKET, unique_prefix())
+    return (
+        S3LogStore(bucket, owner="host-a", ttl_s=10, clock=clock),
+        S3LogStore(bucket, owner="host-b", ttl_s=10, clock=clock),
+    )
+
+
+async def _die(log: SessionLog) -> None:
+    """The host process stops: no more renewals, no release (what SIGKILL does)."""
+    renewer = log._renewer  # type: ignore[attr-defined]
+    renewer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await renewer
+
+
+async def test_a_second_host_cannot_open_an_owned_session(s3_endpoint: str) -> None:
+    clock = Clock()
+    a, b = _two_hosts(s3_endpoint, clock)
+    sid = new_session_id()
+    log_a = await a.create(sid, {})
+    await log_a.append("sandbox", {"state": "starting"})
+    with pytest.raises(LeaseHeld, match="owned by host-a"):
+        await b.open(sid)
+    await log_a.close()  # a graceful close releases: B may take over at once
+    log_b = await b.open(sid)
+    assert log_b is not None
+    assert log_b.last_seq == 1
+    await log_b.close()
+
+
+async def test_takeover_after_expiry_fences_out_the_old_owner(s3_endpoint: str) -> None:
+    """A stops renewing; after expiry B takes over, sees everything A committed, and every
+    later write of A fails (LeaseLost, its lost-callback fires) and lands nowhere."""
+    clock = Clock()
+    a, b = _two_hosts(s3_endpoint, clock)
+    sid = new_session_id()
+    log_a = await a.create(sid, {})
+    lost: list[str] = []
+    log_a.on_lost(lost.append)
+    added = await log_a.add_user_turn("m1", "hi")
+    assert added is not None
+    await log_a.append_many([("text_delta", {"text": "par"}), ("text_delta", {"text": "tial"})])
+    await _die(log_a)
+    clock.now += 5
+    with pytest.raises(LeaseHeld):
+        await b.open(sid)  # not expired yet
+    clock.now += 10 + CLOCK_SKEW_S
+    log_b = await b.open(sid)
+    assert log_b is not None
+    assert [e.seq for e in await log_b.read_after(0)] == [1, 2, 3]
+    assert [t.client_msg_id for t in await log_b.open_turns()] == ["m1"]
+    with pytest.raises(LeaseLost):
+        await log_a.append("text_delta", {"text": "stale"})
+    assert lost  # A learnt it lost the session (here from its renewal, before writing)
+    assert (await log_b.append("text_delta", {"text": "from b"})).seq == 4
+    log_b = await _reopen(b, log_b)
+    assert [e.data.get("text") for e in await log_b.read_after(1)] == ["par", "tial", "from b"]
+    await log_b.close()
+
+
+async def test_a_write_that_slipped_in_before_the_fence_is_adopted(s3_endpoint: str) -> None:
+    """A commits once more after its lease ran out but before B's fence landed: B's fence
+    finds it, keeps it (its seq is taken), and fences the next number; A is then out."""
+    clock = Clock()
+    a, b = _two_hosts(s3_endpoint, clock)
+    sid = new_session_id()
+    log_a = await a.create(sid, {})
+    await log_a.append("text_delta", {"text": "one"})
+    await _die(log_a)
+    clock.now += 10 + CLOCK_SKEW_S + 1
+    lease_b = await b.leases.acquire(sid)  # B has the lease, has not fenced yet
+    log_a._lease = dataclasses.replace(  # type: ignore[attr-defined]
+        log_a._lease,  # type: ignore[attr-defined]
+        expires_at=clock.now + 10,  # A's clock still thinks it holds it
+    )
+    await log_a.append("text_delta", {"text": "late"})
+    await b.leases.release(lease_b)
+    log_b = await b.open(sid)
+    assert log_b is not None
+    assert [e.data["text"] for e in await log_b.read_after(0)] == ["one", "late"]
+    lost: list[str] = []
+    log_a.on_lost(lost.append)
+    with pytest.raises(LeaseLost):
+        await log_a.append("text_delta", {"text": "later"})  # collides with B's fence
+    assert lost
+    assert "taken over" in lost[0]
+    assert log_b.last_seq == 2
+    await log_b.close()
+
+
+async def test_recovery_lists_only_abandoned_sessions_with_open_turns(s3_endpoint: str) -> None:
+    """A host starting up recovers sessions with unfinished turns whose owner is gone; not
+    idle ones, not ones a live host still renews."""
+    clock = Clock()
+    a, b = _two_hosts(s3_endpoint, clock)
+    logs = {}
+    for name in ("busy", "idle", "live"):
+        log = logs[name] = await a.create(new_session_id(), {})
+        if name != "idle":
+            await log.add_user_turn("m1", "work")
+    for name in ("busy", "idle"):
+        await _die(logs[name])
+    clock.now += 10 + CLOCK_SKEW_S + 1
+    await logs["live"]._renew()  # type: ignore[attr-defined]  # host-a is alive for this one
+    assert await b.recoverable() == [logs["busy"].session_id]
+    assert sorted(await a.recoverable()) == sorted(
+        [logs["busy"].session_id, logs["live"].session_id]
+    )
+    await logs["live"].close()
