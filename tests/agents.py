@@ -6,10 +6,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from claude_agent_sdk import project_key_for_directory
-
 from kit.runtime.agent import stored_user_texts
 from kit.storage import open_store
+from kit.storage.portable import PROJECT_KEY
 
 RECOVERED_REPLY = "Recovered and finished."
 
@@ -40,6 +39,16 @@ input = { command = "echo started-slow-tool; sleep 5; echo done", description = 
 text = "Slow tool said: {tool_result}"
 
 [[rule]]
+name = "wait for go"
+contains = "wait for go"
+[[rule.step]]
+text = "Waiting for go."
+tool = "Bash"
+input = { command = "for i in $(seq 600); do [ -e go ] && break; sleep 0.05; done; echo released", description = "wait" }
+[[rule.step]]
+text = "Go said: {tool_result}"
+
+[[rule]]
 name = "echo"
 [[rule.step]]
 text = "You said: {user}"
@@ -67,27 +76,28 @@ tier = "{tier}"
     return root
 
 
-def transcript_key(state_dir: Path, session_id: str) -> dict[str, str]:
-    """The SessionStore key of a `kit dev` session's main transcript."""
-    workspace = state_dir / "sandboxes" / session_id / "workspace"
-    return {
-        "project_key": project_key_for_directory(str(workspace.resolve())),
-        "session_id": session_id,
-    }
+def transcript_key(session_id: str) -> dict[str, str]:
+    """The SessionStore key of a kit session's main transcript (the same on every host)."""
+    return {"project_key": PROJECT_KEY, "session_id": session_id}
 
 
-async def stored_prompts(state_dir: Path, session_id: str) -> set[str]:
-    """The user prompts in a `kit dev` session's transcript store."""
+async def stored_prompts(
+    state_dir: Path, session_id: str, store_url: str | None = None
+) -> set[str]:
+    """The user prompts in a `kit dev` session's transcript store (``store_url``: a shared
+    store, as KIT_STORE_URL names it; by default the session's own SQLite file)."""
     store: Any = open_store(
-        f"sqlite:///{state_dir / 'transcripts' / session_id / 'transcript.sqlite'}"
+        store_url or f"sqlite:///{state_dir / 'transcripts' / session_id / 'transcript.sqlite'}"
     )
-    return stored_user_texts(await store.load(transcript_key(state_dir, session_id)) or [])
+    return stored_user_texts(await store.load(transcript_key(session_id)) or [])
 
 
-async def until_prompt_stored(state_dir: Path, session_id: str, prompt: str) -> None:
+async def until_prompt_stored(
+    state_dir: Path, session_id: str, prompt: str, store_url: str | None = None
+) -> None:
     """Wait (at most 5 s) until ``prompt`` is in a `kit dev` session's transcript store."""
     for _ in range(100):
-        if prompt in await stored_prompts(state_dir, session_id):
+        if prompt in await stored_prompts(state_dir, session_id, store_url):
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{prompt!r} never reached the transcript store")

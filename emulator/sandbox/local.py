@@ -25,7 +25,7 @@ import sys
 import tempfile
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from emulator.sandbox.zygote import Zygote
@@ -40,7 +40,7 @@ from kit.host.sandbox import (
     reason_of,
 )
 from kit.ids import SandboxId
-from kit.runtime.config import RuntimeConfig
+from kit.runtime.config import STORE_DEADLINE_S, STORE_RETRY_S, RuntimeConfig
 
 log = logging.getLogger("emulator.sandbox")
 
@@ -119,8 +119,15 @@ class LocalSandboxProvider(SandboxProvider):
         user: str | None = DEFAULT_USER,
         start_timeout_s: float = START_TIMEOUT_S,
         fork_server: bool = True,
+        env: Mapping[str, str] | None = None,
+        store_retry_s: float = STORE_RETRY_S,
+        store_deadline_s: float = STORE_DEADLINE_S,
     ) -> None:
         self.root = root
+        # Passed to every runtime: e.g. the credentials of an s3:// transcript store.
+        self.env = dict(env or {})
+        self.store_retry_s = store_retry_s
+        self.store_deadline_s = store_deadline_s
         # Unix socket paths are limited to 107 bytes: keep sockets in a short folder.
         self.run_root = run_root or short_run_dir(root)
         self.python = python
@@ -197,8 +204,11 @@ class LocalSandboxProvider(SandboxProvider):
             model_unix_socket=spec.model.unix_socket,
             model_token=spec.model.token,
             runtime_token=spec.runtime_token,
+            store_retry_s=self.store_retry_s,
+            store_deadline_s=self.store_deadline_s,
         )
         env = {
+            **self.env,
             "PATH": _SAFE_PATH,
             "HOME": str(dirs["home"]),
             "TMPDIR": str(dirs["tmp"]),

@@ -93,6 +93,9 @@ class EventPrinter:
                 f"{k}={data[k]}" for k in ("tier", "reason", "exit_code", "resumed") if k in data
             )
             self._line(dim(f"  [sandbox {data.get('state')}{' ' + detail if detail else ''}]"))
+        elif event.kind == "store":
+            message = f" {data['message']}" if data.get("message") else ""
+            self._line(dim(f"  [store {data.get('state')}]{message}"))
         elif event.kind == "error":
             self._line(_style(f"  ✗ {data.get('code')}: {data.get('message')}", "31"))
         elif event.kind == "result":

@@ -25,7 +25,7 @@ def banner(stack: Stack) -> None:
                 "bundle",
                 f"{stack.bundle.digest[:16]}  {len(stack.bundle.skills)} skill(s): {', '.join(stack.bundle.skills)}",
             ),
-            ("store", f"sqlite  {stack.transcripts_dir}"),
+            ("store", s.store_url or f"sqlite  {stack.transcripts_dir}"),
             ("state", str(s.state_dir)),
             ("api token", f"{stack.api_token_file} (Bearer token for POST /v1/sessions)"),
         ],

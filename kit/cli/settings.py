@@ -13,6 +13,18 @@ model                  ``ANTHROPIC_API_KEY``       unset → the offline model (
                                                    set → the real Messages API
 upstream               ``KIT_MODEL_UPSTREAM``      ``https://api.anthropic.com``
 sandbox user           ``KIT_SANDBOX_USER``        ``nobody`` when run as root
+transcript store       ``KIT_STORE_URL``           a SQLite file per session in the state
+                                                   dir; ``s3://…`` (one store for all
+                                                   sessions) also hands kit dev's
+                                                   ``AWS_*`` credentials to sandboxes
+event log              ``KIT_LOG_URL``             a SQLite file per session in the state
+                                                   dir; ``s3://…`` keeps logs in S3 with
+                                                   a lease per session, so several hosts
+                                                   can share one bucket (the Fly gateway)
+host id                ``KIT_HOST_ID``             the machine's hostname: the lease owner;
+                                                   unique per host process sharing a bucket
+lease ttl              ``KIT_LEASE_TTL_S``         15 (seconds): how soon another host may
+                                                   take over a dead host's sessions
 =====================  ==========================  =====================================
 
 Flags win over the environment; nothing below ``kit.cli`` reads ``os.environ``.
@@ -21,15 +33,27 @@ Flags win over the environment; nothing below ``kit.cli`` reads ``os.environ``.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit.bundle import CONFIG_FILE
+from kit.errors import KitError
+from kit.host.lease import DEFAULT_TTL_S
+from kit.runtime.config import STORE_DEADLINE_S, STORE_RETRY_S
 
 ANTHROPIC_API = "https://api.anthropic.com"
 DEFAULT_PORT = 8787
 EXAMPLE_PROJECT = Path(__file__).resolve().parents[2] / "skills" / "support-bot"
+AWS_VARIABLES = frozenset(
+    {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION"}
+)
+"""What an s3:// transcript store needs in the sandbox besides its URL."""
+
+
+class SettingsError(KitError):
+    """An environment variable of ``kit dev`` is wrong; the message names it and the fix."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +69,22 @@ class DevSettings:
     force_offline_model: bool = False
     """Use the offline model even with an API key (tests of the key-swapping proxy)."""
     sandbox_user: str | None = "nobody"
+    store_url: str | None = None
+    """One transcript store for every session (any ``open_store`` URL); None: a SQLite
+    file per session under the state dir."""
+    sandbox_env: Mapping[str, str] = field(default_factory=dict)
+    """Extra environment for sandbox runtimes (the credentials of an s3:// store)."""
+    log_url: str | None = None
+    """Where event logs live: None → a SQLite file per session in the state dir; an
+    ``s3://BUCKET/PREFIX?endpoint_url=…`` URL → S3, one lease per session."""
+    host_id: str = field(default_factory=socket.gethostname)
+    """This host's name as a lease owner."""
+    lease_ttl_s: float = DEFAULT_TTL_S
+    """How long a lease lasts without renewal."""
+    store_retry_s: float = STORE_RETRY_S
+    """Runtime ``store_retry_s`` (kit.runtime.config); tests shorten it."""
+    store_deadline_s: float = STORE_DEADLINE_S
+    """Runtime ``store_deadline_s`` (kit.runtime.config); tests shorten it."""
 
     @property
     def offline(self) -> bool:
@@ -71,6 +111,22 @@ def dev_settings(
     """Resolve flags and environment into :class:`DevSettings`."""
     project_dir = (project or find_project(cwd or Path.cwd())).resolve()
     state = environ.get("KIT_STATE_DIR")
+    store_url = environ.get("KIT_STORE_URL") or None
+    log_url = environ.get("KIT_LOG_URL") or None
+    try:
+        lease_ttl_s = float(environ.get("KIT_LEASE_TTL_S") or DEFAULT_TTL_S)
+    except ValueError:
+        raise SettingsError(
+            f"KIT_LEASE_TTL_S={environ['KIT_LEASE_TTL_S']!r}: give a number of seconds, e.g. 15."
+        ) from None
+    if not 1 <= lease_ttl_s <= 3600:
+        raise SettingsError(f"KIT_LEASE_TTL_S={lease_ttl_s:g}: give 1 to 3600 seconds.")
+    if log_url and not log_url.startswith("s3://"):
+        raise SettingsError(
+            f"KIT_LOG_URL={log_url!r}: give s3://BUCKET/PREFIX?endpoint_url=…, or unset it "
+            "for a SQLite log per session in the state dir."
+        )
+    aws = {k: v for k, v in environ.items() if k in AWS_VARIABLES}
     return DevSettings(
         project_dir=project_dir,
         state_dir=Path(state).resolve() if state else project_dir / ".kit",
@@ -79,4 +135,9 @@ def dev_settings(
         api_key=environ.get("ANTHROPIC_API_KEY") or None,
         upstream_url=environ.get("KIT_MODEL_UPSTREAM") or ANTHROPIC_API,
         sandbox_user=environ.get("KIT_SANDBOX_USER", "nobody") or None,
+        store_url=store_url,
+        sandbox_env=aws if store_url and store_url.startswith("s3:") else {},
+        log_url=log_url,
+        host_id=environ.get("KIT_HOST_ID") or socket.gethostname(),
+        lease_ttl_s=lease_ttl_s,
     )

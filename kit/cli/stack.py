@@ -13,7 +13,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,10 @@ from emulator.model import create_app as create_model_app
 from emulator.sandbox import LocalSandboxProvider
 from kit.bundle import Bundle, Project, build_bundle, load_project
 from kit.cli.settings import DevSettings
-from kit.host import ModelProxy, SessionEnv, SessionHost, SQLiteLogStore, create_app
+from kit.errors import KitError
+from kit.host import LogStore, ModelProxy, SessionEnv, SessionHost, SQLiteLogStore, create_app
 from kit.host.app import WS_MAX_BYTES
+from kit.host.s3log import S3LogStore
 
 log = logging.getLogger("kit.dev")
 
@@ -88,6 +90,44 @@ def _serve(app: Any, sock: socket.socket, **config: Any) -> tuple[_Server, async
     return server, task
 
 
+def _store_urls(shared: str | None, transcripts: Path) -> Callable[[str], str]:
+    """A session's transcript store URL: the shared one, else its own SQLite file."""
+    if shared:
+        return lambda sid: shared
+    return lambda sid: f"sqlite:///{transcripts / sid / 'transcript.sqlite'}"
+
+
+def _lock_state_dir(state: Path) -> Any:
+    """Hold ``state/host.lock`` for the stack's life: two hosts on one state dir would share
+    its sockets and files. The lock goes with the process, however it ends."""
+    import fcntl
+
+    handle = open(state / "host.lock", "a+")  # noqa: SIM115 - held until the process ends
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise KitError(
+            f"Another kit host ({holder}) is using the state dir {state}; stop it, or give "
+            "this one its own KIT_STATE_DIR."
+        ) from None
+    handle.truncate(0)
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _log_store(settings: DevSettings) -> LogStore:
+    """SQLite files in the state dir, or S3 under a lease per session (``KIT_LOG_URL``)."""
+    if settings.log_url:
+        return S3LogStore.from_url(
+            settings.log_url, owner=settings.host_id, ttl_s=settings.lease_ttl_s
+        )
+    return SQLiteLogStore(settings.state_dir / "sessions")
+
+
 def _api_token(path: Path) -> str:
     if path.is_file():
         return path.read_text().strip()
@@ -105,8 +145,15 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
     project = load_project(settings.project_dir)
     state = settings.state_dir
     state.mkdir(parents=True, exist_ok=True)
+    lock = _lock_state_dir(state)
     bundle = build_bundle(project, state / "bundles")
-    provider = LocalSandboxProvider(state / "sandboxes", user=settings.sandbox_user)
+    provider = LocalSandboxProvider(
+        state / "sandboxes",
+        user=settings.sandbox_user,
+        env=settings.sandbox_env,
+        store_retry_s=settings.store_retry_s,
+        store_deadline_s=settings.store_deadline_s,
+    )
     run_dir = provider.run_root
     transcripts = state / "transcripts"
     transcripts.mkdir(exist_ok=True)
@@ -137,13 +184,13 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
         revoke_model_token=proxy.revoke,
         model_base_url="http://localhost",
         model_unix_socket=str(proxy_path),
-        store_url=lambda sid: f"sqlite:///{transcripts / sid / 'transcript.sqlite'}",
+        store_url=_store_urls(settings.store_url, transcripts),
         writable=lambda sid: (transcripts / sid,),
         bundle_dir=bundle.path,
         tier=bundle.tier,
         idle_timeout_s=bundle.idle_timeout_s,
     )
-    host = SessionHost(SQLiteLogStore(state / "sessions"), env)
+    host = SessionHost(_log_store(settings), env)
     token_file = state / "api-token"
     api_token = _api_token(token_file)
     app = create_app(host, api_token=api_token)
@@ -169,11 +216,18 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
         json.dumps({"url": url, "pid": os.getpid(), "api_token_file": str(token_file)})
     )
     await host.recover()
+    sweeper = (
+        asyncio.create_task(host.sweep(settings.lease_ttl_s), name="sweep")
+        if settings.log_url
+        else None
+    )
     try:
         yield stack
     finally:
         with contextlib.suppress(FileNotFoundError):
             (state / "dev.json").unlink()
+        if sweeper is not None:
+            sweeper.cancel()
         app.state.close_all_connections()
         await host.close()
         for server, _ in servers:
@@ -181,3 +235,4 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
         await asyncio.gather(*(task for _, task in servers), return_exceptions=True)
         await proxy.aclose()
         await provider.close()
+        lock.close()

@@ -3,6 +3,13 @@
 The SDK client must be driven by the task that connected it (anyio cancel scopes), so an
 actor task connects, then runs turns posted to its inbox one at a time; HTTP handlers only
 post turns and read the events back from a per-turn queue.
+
+The transcript store is wrapped in :class:`RetryingStore`, whose health changes become
+``store`` events of the running turn (a change between turns is reported when the next
+turn starts). A turn's ``result`` is held while any transcript entries are held for
+back-fill (ARCHITECTURE §4.4), for up to ``store_deadline_s`` from the moment the turn
+began waiting for the store; past that the turn ends with ``store`` ``gave_up`` and an
+``error`` ``turn_failed`` instead, and the entries are still written when the store returns.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +27,6 @@ from claude_agent_sdk import (
     ClaudeAgentOptions,
     ClaudeSDKClient,
     ResultMessage,
-    project_key_for_directory,
 )
 
 from kit.bundle import Bundle
@@ -28,7 +35,8 @@ from kit.protocol.sandbox import RuntimeEvent, TurnRequest
 from kit.runtime.config import RuntimeConfig
 from kit.runtime.translate import translate
 from kit.storage import open_store
-from kit.storage.retrying import RetryingStore
+from kit.storage.portable import PROJECT_KEY, PortableKeys
+from kit.storage.retrying import RetryingStore, StoreHealth
 
 log = logging.getLogger("kit.runtime")
 
@@ -57,12 +65,16 @@ class AgentStopped(KitError):
 
 
 _END = object()
+CLOSE_GRACE_S = 5.0
+"""At shutdown, how long held transcript entries get to reach the store."""
 
 
 @dataclass
 class _Turn:
     request: TurnRequest
     out: asyncio.Queue[RuntimeEvent | object] = field(default_factory=asyncio.Queue)
+    store_wait_since: float | None = None
+    """When this turn began waiting for the transcript store (monotonic), if it has."""
 
 
 class Agent:
@@ -79,17 +91,20 @@ class Agent:
         self._failure: BaseException | None = None
         self._current: _Turn | None = None
         self.stored_prompts: set[str] = set()
+        self.store: RetryingStore | None = None
+        self._reported: StoreHealth | None = StoreHealth.AVAILABLE
+        """The store health clients last heard of (None: a turn gave up on the store)."""
 
     async def options(self) -> ClaudeAgentOptions:
         """SDK options for this session; resumes when the store already has its transcript."""
         cfg, agent = self.config, self.bundle.agent
-        store = RetryingStore(
-            open_store(cfg.store_url),
-            on_unavailable=self._store_down,
-            on_recovered=self._store_up,
+        store = self.store = RetryingStore(
+            PortableKeys(open_store(cfg.store_url)),
+            max_wait_s=cfg.store_retry_s,
+            on_change=self._store_changed,
         )
         cwd = str(cfg.workspace.resolve())
-        key: Any = {"project_key": project_key_for_directory(cwd), "session_id": cfg.session_id}
+        key: Any = {"project_key": PROJECT_KEY, "session_id": cfg.session_id}
         existing = await store.load(key)
         self.resumed = bool(existing)
         self.stored_prompts = stored_user_texts(existing or [])
@@ -146,6 +161,14 @@ class Agent:
             self.state = AgentState.STOPPED
             with contextlib.suppress(Exception):
                 await client.disconnect()
+            if self.store is not None:
+                lost = await self.store.aclose(CLOSE_GRACE_S)
+                if lost:
+                    log.error(
+                        "%d transcript entries never reached the store: it stayed unreachable "
+                        "until this sandbox stopped",
+                        lost,
+                    )
 
     async def wait_ready(self) -> None:
         """Return once the CLI is connected; raise what stopped it otherwise."""
@@ -184,30 +207,91 @@ class Agent:
         """Ask the actor to finish after the current turn."""
         self._inbox.put_nowait(None)
 
-    def _store_down(self, message: str) -> None:
-        log.warning("transcript store unavailable, retrying: %s", message)
+    def _store_changed(self, health: StoreHealth, message: str) -> None:
+        level = logging.INFO if health is StoreHealth.AVAILABLE else logging.WARNING
+        log.log(level, "transcript store %s: %s", health.value, message)
         if self._current is not None:
-            self._current.out.put_nowait(
-                RuntimeEvent(
-                    "store",
-                    {
-                        "state": "unavailable",
-                        "message": "The transcript store cannot be reached; the turn waits and retries.",
-                    },
-                )
-            )
+            self._report_store(self._current, health)
 
-    def _store_up(self) -> None:
-        log.info("transcript store reachable again")
-        if self._current is not None:
-            self._current.out.put_nowait(RuntimeEvent("store", {"state": "available"}))
+    def _report_store(self, turn: _Turn, health: StoreHealth) -> None:
+        """Tell the turn's clients how the transcript store is doing."""
+        self._reported = health
+        data: dict[str, Any] = {"state": health.value}
+        if health is StoreHealth.UNAVAILABLE:
+            data["message"] = (
+                "The transcript store cannot be reached; the turn waits and retries "
+                f"(up to {self.config.store_retry_s:.0f} s per write)."
+            )
+        elif health is StoreHealth.HOLDING:
+            held = self.store.held if self.store is not None else 0
+            data["entries"] = held
+            data["message"] = (
+                f"The transcript store is still unreachable. The agent holds {held} transcript "
+                "entries and writes them when the store answers; the turn's result waits for "
+                f"that (up to {self.config.store_deadline_s:.0f} s in all)."
+            )
+        if health is not StoreHealth.AVAILABLE and turn.store_wait_since is None:
+            turn.store_wait_since = time.monotonic()
+        turn.out.put_nowait(RuntimeEvent("store", data))
+
+    async def _transcript_stored(self, turn: _Turn) -> bool:
+        """Hold the turn's result until its transcript is in the store, for up to the
+        deadline; past it, end the turn with ``store gave_up`` and ``error turn_failed``."""
+        store = self.store
+        if store is None or not store.held:
+            return True
+        now = time.monotonic()
+        since = turn.store_wait_since if turn.store_wait_since is not None else now
+        if await store.settled(since + self.config.store_deadline_s - now):
+            return True
+        waited, held = time.monotonic() - since, store.held
+        log.error(
+            "turn %s: the transcript store is still down after %.0f s; giving up the turn",
+            turn.request.turn_id,
+            waited,
+        )
+        self._reported = None
+        turn.out.put_nowait(
+            RuntimeEvent(
+                "store",
+                {
+                    "state": "gave_up",
+                    "entries": held,
+                    "message": (
+                        f"The transcript store was unreachable for {waited:.0f} s, so this turn "
+                        "could not be saved and ends without a result. The agent keeps its "
+                        f"{held} unsaved transcript entries and writes them as soon as the store "
+                        "answers (they are lost only if the sandbox stops first). Send your next "
+                        "message once the store is back: the agent still has this turn in mind."
+                    ),
+                },
+            )
+        )
+        turn.out.put_nowait(
+            RuntimeEvent(
+                "error",
+                {
+                    "code": "turn_failed",
+                    "message": (
+                        "The turn was ended because its transcript could not be saved: the "
+                        f"transcript store was unreachable for {waited:.0f} s."
+                    ),
+                },
+            )
+        )
+        return False
 
     async def _run_turn(self, client: ClaudeSDKClient, turn: _Turn) -> None:
         prompt = recovery_prompt(turn.request, self.stored_prompts)
         self._current = turn
+        store = self.store
+        if store is not None and store.health is not self._reported:
+            self._report_store(turn, store.health)  # it changed since clients last heard
         try:
             await client.query(prompt)
             async for message in client.receive_response():
+                if isinstance(message, ResultMessage) and not await self._transcript_stored(turn):
+                    break
                 for event in translate(message):
                     turn.out.put_nowait(event)
                 if isinstance(message, ResultMessage):

@@ -19,6 +19,13 @@ class RuntimeConfigError(KitError):
     """The runtime was started with a configuration it cannot use."""
 
 
+STORE_RETRY_S = 45.0
+"""Default ``store_retry_s``: under the SDK's 60 s limit on one transcript write."""
+STORE_DEADLINE_S = 120.0
+"""Default ``store_deadline_s``."""
+MAX_STORE_RETRY_S = 50.0
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     """Start-up settings of one runtime process."""
@@ -36,6 +43,29 @@ class RuntimeConfig:
     model_token: str
     runtime_token: str
     cli_path: str | None = None
+    store_retry_s: float = STORE_RETRY_S
+    """How long one transcript write waits out a store outage before its entries are held
+    in memory for back-fill (at most 50 s: the SDK gives a write 60 s)."""
+    store_deadline_s: float = STORE_DEADLINE_S
+    """How long in all a turn's ``result`` may wait for its transcript to reach the store;
+    past it the turn ends with ``store`` ``gave_up`` and ``error`` ``turn_failed``."""
+
+    def __post_init__(self) -> None:
+        retry, deadline = self.store_retry_s, self.store_deadline_s
+        if not all(isinstance(v, int | float) and v > 0 for v in (retry, deadline)):
+            raise RuntimeConfigError(
+                f"store_retry_s and store_deadline_s must be positive numbers of seconds, "
+                f"got {retry!r} and {deadline!r}."
+            )
+        if retry > MAX_STORE_RETRY_S:
+            raise RuntimeConfigError(
+                f"store_retry_s is {retry} s; keep it at most {MAX_STORE_RETRY_S:.0f} s "
+                "(the Agent SDK abandons a transcript write after 60 s)."
+            )
+        if deadline < retry:
+            raise RuntimeConfigError(
+                f"store_deadline_s ({deadline} s) must be at least store_retry_s ({retry} s)."
+            )
 
     @classmethod
     def from_json(cls, raw: str) -> RuntimeConfig:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from kit.cli.testing import run_checks
 
 KIT = str(Path(sys.executable).parent / "kit")
@@ -82,3 +84,40 @@ def test_chat_without_dev_says_what_to_do(kit_tmp: Path) -> None:
     result = _kit("chat", "-m", "hi", cwd=kit_tmp)
     assert result.returncode == 1
     assert "start `kit dev`" in result.stderr
+
+
+async def test_a_second_host_on_one_state_dir_is_refused(kit_tmp: Path) -> None:
+    """Two hosts on one state dir would share its model socket: the second one stops with a
+    message naming the first and the fix, and the first keeps working."""
+    from kit.cli.stack import run_stack
+    from kit.client import SessionClient, create_session
+    from kit.errors import KitError
+    from tests.conftest import stack_settings
+
+    settings = stack_settings(kit_tmp / "state")
+    async with run_stack(settings) as first:
+        with pytest.raises(KitError, match=rf"pid {os.getpid()}.*own KIT_STATE_DIR"):
+            async with run_stack(settings):
+                pass
+        info = await create_session(first.url, first.api_token)
+        async with SessionClient(info.ws_url, info.token) as client:
+            assert [e.kind async for e in client.turn("hello")][-1] == "result"
+    async with run_stack(settings):  # released when the first one ended
+        pass
+
+
+def test_bad_host_settings_name_the_variable(kit_tmp: Path) -> None:
+    """A wrong KIT_LEASE_TTL_S or KIT_LOG_URL is one line naming the variable and the fix."""
+    for name, value, hint in [
+        ("KIT_LEASE_TTL_S", "soon", "number of seconds"),
+        ("KIT_LEASE_TTL_S", "0", "1 to 3600"),
+        ("KIT_LOG_URL", "sqlite:///tmp/x", "s3://BUCKET/PREFIX"),
+    ]:
+        env = {**os.environ, name: value, "KIT_STATE_DIR": str(kit_tmp / "state")}
+        result = _kit("dev", "--port", "0", cwd=kit_tmp, env=env)
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert name in lines[0]
+        assert hint in lines[0]
+    assert not (kit_tmp / "state").exists()  # nothing was created

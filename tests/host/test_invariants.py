@@ -134,7 +134,7 @@ async def test_result_is_written_after_the_transcript(stack: Stack) -> None:
     """Invariant 4: when the result event is appended, the turn's entries are in the store."""
     client, session = await _session(stack)
     store_path = stack.transcripts_dir / session.id / "transcript.sqlite"
-    key = transcript_key(stack.settings.state_dir, session.id)["project_key"]
+    key = transcript_key(session.id)["project_key"]
 
     def transcript_has_reply(event: Event) -> str | None:
         if event.kind != "result":

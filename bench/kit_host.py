@@ -1,0 +1,333 @@
+"""kit's session host as bench/host.py measures it: one process, synthetic sandboxes.
+
+    .venv/bin/python bench/kit_host.py --state DIR --api-token TOKEN [--port 0] [--profile FILE]
+        [--synchronous OFF|NORMAL|FULL]
+
+Prints one JSON line ``{"url", "pid"}`` once it listens, then serves until SIGTERM,
+SIGINT or the end of its stdin. ``--profile`` writes a cProfile of the whole run on exit.
+
+:func:`serve_kit_host` is the one place that wires kit for this bench: a
+:class:`~kit.host.SessionHost` with its SQLite event log under ``DIR``, ``kit.host.app`` on
+uvicorn configured as ``kit dev`` configures it, and :class:`SyntheticProvider`, whose
+sandboxes are small HTTP servers in this process speaking kit's host↔runtime wire
+(docs/protocol.md §11) with the same synthetic turn as the Durable Object in
+``bench/do_host``. No SDK, no CLI, no model: the bench measures the host, as the DO side has
+no container either. The runtimes share the host's process and CPU, as the DO's synthetic
+turn shares the DO's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import itertools
+import json
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from kit.host import (
+    ExitInfo,
+    Sandbox,
+    SandboxProvider,
+    SandboxSpec,
+    SandboxState,
+    SessionEnv,
+    SessionHost,
+    SessionLog,
+    SQLiteLogStore,
+    create_app,
+)
+from kit.host.app import WS_MAX_BYTES
+from kit.host.eventlog import SQLiteSessionLog
+from kit.host.sandbox import reason_of
+from kit.ids import SandboxId, SessionId
+from kit.protocol.sandbox import (
+    HEALTH_PATH,
+    INTERRUPT_PATH,
+    NDJSON,
+    TURNS_PATH,
+    RuntimeEvent,
+    TurnRequest,
+)
+
+DEFAULT_PER_COMMIT = 100
+"""Events per runtime chunk in a burst when the text does not say (the DO commits as many)."""
+MAX_BURST = 1_000_000
+_BURST = re.compile(r"^burst (\d+)(?: (\d+))?$")
+_RESULT = {
+    "is_error": False,
+    "subtype": "success",
+    "text": "done",
+    "num_turns": 1,
+    "duration_ms": 0,
+    "stop_reason": "end_turn",
+    "total_cost_usd": 0,
+    "usage": {},
+}
+
+
+def synthetic_turn(text: str) -> Iterator[list[RuntimeEvent]]:
+    """The turn both hosts run, chunk by chunk (same as ``syntheticTurn`` in bench/do_host).
+
+    ``burst N [per_commit]``: N ``text_delta`` events and a ``result``, ``per_commit`` to a
+    chunk; any other text: one ``text_delta`` and a ``result``.
+    """
+    burst = _BURST.match(text.strip())
+    if burst is None:
+        yield [RuntimeEvent("text_delta", {"text": "ok"}), RuntimeEvent("result", _RESULT)]
+        return
+    n = min(int(burst.group(1)), MAX_BURST)
+    per = max(1, int(burst.group(2) or DEFAULT_PER_COMMIT))
+    events = [RuntimeEvent("text_delta", {"text": f"word{i} "}) for i in range(n)]
+    events.append(RuntimeEvent("result", _RESULT))
+    for start in range(0, len(events), per):
+        yield events[start : start + per]
+
+
+class SyntheticSandbox(Sandbox):
+    """One synthetic runtime: an HTTP/1.1 server on a loopback port of this process."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, spec: SandboxSpec) -> None:
+        self.id = SandboxId(f"synthetic-{next(self._ids)}")
+        self.session_id = spec.session_id
+        self.resumed = False
+        self.endpoint = ""
+        self._auth = f"Bearer {spec.runtime_token}"
+        self._server: asyncio.Server | None = None
+        self._exit: asyncio.Future[ExitInfo] = asyncio.get_running_loop().create_future()
+
+    async def listen(self) -> None:
+        """Start serving; sets :attr:`endpoint`."""
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{port}"
+
+    @property
+    def state(self) -> SandboxState:
+        return SandboxState.EXITED if self._exit.done() else SandboxState.RUNNING
+
+    async def wait(self) -> ExitInfo:
+        return await asyncio.shield(self._exit)
+
+    async def kill(self, sig: int = signal.SIGKILL, reason: str | None = None) -> None:
+        if self._server is not None:
+            self._server.close()
+        if not self._exit.done():
+            code = 128 + int(sig)
+            self._exit.set_result(ExitInfo(code, reason or reason_of(code)))
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError, ValueError):
+            await self._answer(reader, writer)
+        writer.close()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        method, path, _ = head[0].split(" ", 2)
+        headers = {}
+        for line in head[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        if headers.get("authorization") != self._auth:
+            return _reply(writer, 401, {"error": "unauthorized"})
+        if method == "GET" and path == HEALTH_PATH:
+            return _reply(
+                writer,
+                200,
+                {"ok": True, "session_id": self.session_id, "state": "ready", "resumed": False},
+            )
+        if method == "POST" and path == INTERRUPT_PATH:
+            return _reply(writer, 202, {"interrupted": False})
+        if method != "POST" or path != TURNS_PATH:
+            return _reply(writer, 404, {"error": "not_found"})
+        turn = TurnRequest.from_json(body)
+        writer.write(
+            f"HTTP/1.1 200 OK\r\ncontent-type: {NDJSON}\r\ntransfer-encoding: chunked\r\n"
+            "connection: close\r\n\r\n".encode()
+        )
+        for chunk in synthetic_turn(turn.text):
+            data = b"".join(event.to_line() for event in chunk)
+            writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+            await writer.drain()
+            await asyncio.sleep(0)  # a runtime streams: let the host take each chunk as it comes
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+
+def _reply(writer: asyncio.StreamWriter, status: int, body: dict[str, Any]) -> None:
+    data = json.dumps(body).encode()
+    writer.write(
+        f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(data)}\r\nconnection: close\r\n\r\n".encode()
+        + data
+    )
+
+
+class SyntheticProvider(SandboxProvider):
+    """Starts :class:`SyntheticSandbox` runtimes (in this process, on loopback)."""
+
+    def __init__(self) -> None:
+        self.started: list[SyntheticSandbox] = []
+
+    async def start(self, spec: SandboxSpec) -> Sandbox:
+        sandbox = SyntheticSandbox(spec)
+        await sandbox.listen()
+        self.started.append(sandbox)
+        return sandbox
+
+    async def close(self) -> None:
+        for sandbox in self.started:
+            await sandbox.kill(signal.SIGTERM, reason="stopped")
+
+
+class SyncLogStore(SQLiteLogStore):
+    """kit's SQLite log store with another ``PRAGMA synchronous`` on every log.
+
+    kit runs WAL with ``synchronous=NORMAL``: a commit survives the host process dying, not
+    the machine (no fsync per commit). ``FULL`` fsyncs every commit, as workerd's local DO
+    storage does; the bench offers it to show what that costs.
+    """
+
+    def __init__(self, root: Path, synchronous: str) -> None:
+        super().__init__(root)
+        self.synchronous = synchronous
+
+    def _tune(self, log: SessionLog | None) -> SessionLog | None:
+        if isinstance(log, SQLiteSessionLog):
+            log._db.execute(f"PRAGMA synchronous={self.synchronous}")  # bench-only reach-in
+        return log
+
+    async def create(self, session_id: SessionId, meta: dict[str, Any]) -> SessionLog:
+        log = await super().create(session_id, meta)
+        self._tune(log)
+        return log
+
+    async def open(self, session_id: SessionId) -> SessionLog | None:
+        return self._tune(await super().open(session_id))
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers (this module handles them)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def serve_kit_host(
+    state: Path,
+    api_token: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    synchronous: str | None = None,
+) -> AsyncIterator[str]:
+    """Run kit's session host on ``host:port`` with synthetic sandboxes; yields its base URL.
+
+    ``synchronous`` overrides kit's ``PRAGMA synchronous`` (NORMAL) on every event log.
+    """
+    provider = SyntheticProvider()
+    env = SessionEnv(
+        provider=provider,
+        issue_model_token=lambda session_id: "bench-model-token",
+        revoke_model_token=lambda token: None,
+        model_base_url="http://127.0.0.1:9",  # never called: the synthetic runtime has no model
+        model_unix_socket=None,
+        store_url=lambda session_id: "memory://",
+        writable=lambda session_id: (),
+        bundle_dir=state,
+        tier="lite",
+        idle_timeout_s=3600,
+    )
+    logs = (
+        SQLiteLogStore(state / "sessions")
+        if synchronous is None
+        else SyncLogStore(state / "sessions", synchronous)
+    )
+    session_host = SessionHost(logs, env)
+    app = create_app(session_host, api_token=api_token)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as kit dev does
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    # The same uvicorn settings as kit dev's host (kit/cli/stack.py).
+    server = _Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            lifespan="off",
+            ws_max_size=WS_MAX_BYTES,
+            timeout_graceful_shutdown=5,
+        )
+    )
+    await session_host.recover()
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        # Connections made before uvicorn starts accepting wait in the listen backlog.
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        app.state.close_all_connections()
+        await session_host.close()
+        server.should_exit = True
+        await task
+        await provider.close()
+
+
+async def _serve(state: Path, api_token: str, port: int, synchronous: str | None) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    # The end of stdin also stops the host: it dies with a driver that was killed.
+    def watch_stdin() -> None:
+        sys.stdin.buffer.read()
+        loop.call_soon_threadsafe(stop.set)
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    async with serve_kit_host(state, api_token, port=port, synchronous=synchronous) as url:
+        print(json.dumps({"url": url, "pid": os.getpid()}), flush=True)
+        await stop.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--state", type=Path, required=True, help="folder for the event logs")
+    parser.add_argument("--api-token", required=True)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--profile", type=Path, help="write a cProfile of the run here")
+    parser.add_argument(
+        "--synchronous",
+        choices=["OFF", "NORMAL", "FULL"],
+        help="PRAGMA synchronous of the event logs (kit's own: NORMAL)",
+    )
+    args = parser.parse_args()
+    profiler = cProfile.Profile() if args.profile else None
+    if profiler is not None:
+        profiler.enable()
+    try:
+        asyncio.run(_serve(args.state, args.api_token, args.port, args.synchronous))
+    finally:
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
+
+
+if __name__ == "__main__":
+    main()
