@@ -49,6 +49,31 @@ input = { command = "for i in $(seq 600); do [ -e go ] && break; sleep 0.05; don
 text = "Go said: {tool_result}"
 
 [[rule]]
+name = "ponder"
+contains = "ponder at length"
+[[rule.step]]
+text = "Thought it through."
+delay_ms = 3000
+
+[[rule]]
+name = "trickle"
+contains = "trickle the reply"
+[[rule.step]]
+text = "one two three four five six seven eight nine ten eleven twelve"
+chunk_chars = 4
+chunk_delay_ms = 150
+
+[[rule]]
+name = "crash"
+contains = "crash the runtime"
+[[rule.step]]
+text = "Crashing."
+tool = "Bash"
+input = { command = "[ -e crashed ] || ( touch crashed && kill -SEGV $(cut -d' ' -f4 /proc/$PPID/stat) )", description = "crash once" }
+[[rule.step]]
+text = "Still here?"
+
+[[rule]]
 name = "echo"
 [[rule.step]]
 text = "You said: {user}"

@@ -156,7 +156,12 @@ async def _stream(
     yield message_start(model=model, message_id=message_id, input_tokens=input_tokens).encode()
     if reply.delay_ms:
         await anyio.sleep(reply.delay_ms / 1000)
+    first = True
     for event in content_events(reply):
+        if reply.chunk_delay_ms and event.name == "content_block_delta":
+            if not first:
+                await anyio.sleep(reply.chunk_delay_ms / 1000)
+            first = False
         yield event.encode()
 
 

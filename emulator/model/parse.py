@@ -32,6 +32,8 @@ MAX_DELAY_MS = 600_000
 
 MAX_CHUNK_CHARS = 100_000
 """Largest ``chunk_chars`` a step may ask for."""
+MAX_CHUNK_DELAY_MS = 10_000
+"""Longest pause between two deltas a step may ask for."""
 
 MAX_INPUT_DEPTH = 32
 """Deepest nesting of tables and arrays a tool ``input`` may have."""
@@ -39,7 +41,7 @@ MAX_INPUT_DEPTH = 32
 _TOP_KEYS = ("rule", "check")
 _RULE_KEYS = ("name", "match", "contains", "turn", "step")
 _MATCHERS = ("match", "contains", "turn")
-_STEP_KEYS = ("text", "tool", "input", "delay_ms", "chunk_chars", "error")
+_STEP_KEYS = ("text", "tool", "input", "delay_ms", "chunk_chars", "chunk_delay_ms", "error")
 _ERROR_KEYS = ("status", "type", "message", "should_retry")
 _CHECK_KEYS = ("name", "say", "expect_tools", "expect_reply")
 
@@ -173,6 +175,8 @@ def _parse_step(table: Mapping[str, Any], where: str) -> Step:
         delay_ms=_optional_int(table, "delay_ms", where, low=0, high=MAX_DELAY_MS) or 0,
         chunk_chars=_optional_int(table, "chunk_chars", where, low=1, high=MAX_CHUNK_CHARS)
         or DEFAULT_CHUNK_CHARS,
+        chunk_delay_ms=_optional_int(table, "chunk_delay_ms", where, low=0, high=MAX_CHUNK_DELAY_MS)
+        or 0,
         error=error,
     )
 

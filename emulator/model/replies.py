@@ -62,6 +62,7 @@ class Reply:
     error: ApiError | None = None
     delay_ms: int = 0
     chunk_chars: int = DEFAULT_CHUNK_CHARS
+    chunk_delay_ms: int = 0
     rule: str | None = None
     """The name of the rule that produced the reply; ``None`` for the default reply."""
 
@@ -121,6 +122,7 @@ def _from_step(
         error=step.error,
         delay_ms=step.delay_ms,
         chunk_chars=step.chunk_chars,
+        chunk_delay_ms=step.chunk_delay_ms,
         rule=rule,
     )
 

@@ -49,6 +49,7 @@ class Step:
     input: dict[str, JsonValue] = field(default_factory=dict)
     delay_ms: int = 0
     chunk_chars: int = DEFAULT_CHUNK_CHARS
+    chunk_delay_ms: int = 0
     error: ApiError | None = None
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -49,6 +51,13 @@ contains = "slow"
 [[rule.step]]
 text = "never sent"
 delay_ms = 600000
+
+[[rule]]
+contains = "trickle"
+[[rule.step]]
+text = "one two three four"
+chunk_chars = 4
+chunk_delay_ms = 150
 """
 
 KEY = {"x-api-key": "placeholder"}
@@ -175,6 +184,25 @@ async def test_stream_is_not_buffered(tmp_path: Path) -> None:
                         break
             assert [e.name for e in decode_events(received)] == ["message_start"]
     # Leaving `serve` waits for the server to stop; it would hang on a 600 s sleep.
+
+
+async def test_chunk_delay_spaces_the_deltas(tmp_path: Path) -> None:
+    """chunk_delay_ms: the deltas of a step arrive apart, not in one burst."""
+    async with serve(scenario_app(tmp_path)) as url, httpx.AsyncClient(base_url=url) as client:
+        arrivals: list[float] = []
+        received = ""
+        with anyio.fail_after(20):
+            async with client.stream(
+                "POST", "/v1/messages", json=request("trickle"), headers=KEY
+            ) as response:
+                async for chunk in response.aiter_text():
+                    received += chunk
+                    arrivals += [time.monotonic()] * chunk.count("content_block_delta\n")
+    deltas = [e for e in decode_events(received) if e.name == "content_block_delta"]
+    assert "".join(e.data["delta"]["text"] for e in deltas) == "one two three four"
+    assert len(arrivals) == len(deltas) >= 4
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    assert min(gaps) >= 0.1
 
 
 @pytest.mark.parametrize(

@@ -248,3 +248,54 @@ async def test_recovery_resends_a_prompt_that_never_reached_the_store(stack: Sta
     assert recovery_prompt(stored_turn, stored) == RECOVER_PROMPT
     assert recovery_prompt(lost_turn, stored) == "And order 1043?"
     assert recovery_prompt(TurnRequest("t3", "hi"), stored) == "hi"
+
+
+@pytest.mark.parametrize(
+    ("text", "kill_on", "exit_code"),
+    [
+        ("ponder at length", "user", 137),  # SIGKILL while the model thinks: no token yet
+        ("trickle the reply", "text_delta", 137),  # SIGKILL between two streamed deltas
+        ("crash the runtime", None, 139),  # the runtime dies on its own (SIGSEGV), mid-tool
+    ],
+    ids=["before-the-first-token", "mid-stream", "exits-on-its-own"],
+)
+async def test_a_sandbox_death_at_any_point_finishes_the_turn(
+    agent_stack: Stack, text: str, kill_on: str | None, exit_code: int
+) -> None:
+    """Invariant 7 at each point a sandbox can die: the socket stays open, the client sees
+    died → starting → running, and the turn ends with exactly one result."""
+    client, session = await _session(agent_stack)
+    assert (await _turn(client, "echo this first"))[-1].kind == "result"
+    seen: list[Event] = []
+    async with asyncio.timeout(120):
+        await client.send(text)
+        async for event in client.events():
+            seen.append(event)
+            if (
+                kill_on is not None
+                and event.kind == kill_on
+                and len(seen) == [e.kind for e in seen].index(kill_on) + 1
+            ):
+                if kill_on == "user":  # the prompt is on its way to the model
+                    await until_prompt_stored(agent_stack.settings.state_dir, session.id, text)
+                sandbox = session.sandbox
+                assert sandbox is not None
+                os.killpg(sandbox.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+            if event.kind == "result" or event.data.get("code") == "turn_failed":
+                break
+    kinds = [e.kind for e in seen]
+    died = next(e for e in seen if e.kind == "sandbox" and e.data["state"] == "died")
+    assert died.data["exit_code"] == exit_code
+    before = kinds[: seen.index(died)]
+    if kill_on == "user":
+        assert "text_delta" not in before  # it died before the first token
+    if kill_on == "text_delta":
+        assert "text_delta" in before
+        assert "assistant" not in before  # it died mid-message
+    after = [(e.kind, e.data.get("state")) for e in seen[seen.index(died) :]]
+    assert after[:3] == [("sandbox", "died"), ("sandbox", "starting"), ("sandbox", "running")]
+    assert kinds.count("user") == 1
+    assert kinds.count("result") == 1
+    assert client.reconnects == 0  # the socket stayed open throughout
+    assert [e.seq for e in seen] == list(range(seen[0].seq, seen[-1].seq + 1))
+    await client.close()

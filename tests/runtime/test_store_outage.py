@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,5 +222,43 @@ async def test_an_outage_past_the_deadline_fails_the_turn_clearly(
         assert [e.data["state"] for e in after if e.kind == "store"][-1:] == ["available"]
         # Both turns are stored, the failed one included, in the order the CLI wrote them.
         assert await stored_uuids(rig, info.session_id) == written_uuids(rig, info.session_id)
+        seqs = await all_seqs(rig, info.session_id, info.token)
+        assert seqs == list(range(1, len(seqs) + 1))
+
+
+async def test_a_sandbox_killed_during_a_store_append_recovers(
+    kit_tmp: Path, s3_endpoint: str
+) -> None:
+    """The sandbox is SIGKILLed while its transcript appends are failing (store cut): the new
+    sandbox resumes from what the store has, the store comes back, and the turn ends with
+    one result on the same socket, seqs gap-free."""
+    async with outage_rig(kit_tmp, s3_endpoint, retry_s=30, deadline_s=60) as rig:
+        info = await create_session(rig.stack.url, rig.stack.api_token)
+        session = await rig.stack.host.get(info.session_id)
+        assert session is not None
+        events: list[Event] = []
+        killed = False
+        async with SessionClient(info.ws_url, info.token) as client:
+            async with asyncio.timeout(TURN_TIMEOUT_S):
+                await client.send(WAIT_PROMPT)
+                async for event in client.events():
+                    events.append(event)
+                    if event.kind == "tool_use" and not killed:
+                        await rig.proxy.cut(Cut.REFUSE)
+                        (rig.stack.provider.workspace(info.session_id) / "go").write_text("")
+                    if is_state("unavailable")(event) and not killed:  # an append waits
+                        sandbox = session.sandbox
+                        assert sandbox is not None
+                        os.killpg(sandbox.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+                        killed = True
+                    if event.kind == "sandbox" and event.data.get("state") == "starting":
+                        await rig.proxy.restore()
+                    if event.kind == "result":
+                        break
+            reconnects = client.reconnects
+        kinds = [(e.kind, e.data.get("state")) for e in events]
+        assert ("sandbox", "died") in kinds
+        assert [k for k, _ in kinds].count("result") == 1
+        assert reconnects == 0
         seqs = await all_seqs(rig, info.session_id, info.token)
         assert seqs == list(range(1, len(seqs) + 1))
