@@ -238,35 +238,42 @@ async def _read_loop(
 
 async def _hello(host: SessionHost, client: ClientSocket, hello: HelloReceived) -> None:
     conn = client.conn
-    try:
-        session = await host.get(conn.session_id)
-    except LeaseHeld as exc:
-        conn.reject(e.SESSION_ELSEWHERE, str(exc), e.CLOSE_SESSION_ELSEWHERE)
-        return
-    if session is None:
-        conn.reject(
-            e.UNKNOWN_SESSION,
-            "No session has this id; create one with POST /v1/sessions.",
-            e.CLOSE_UNKNOWN_SESSION,
-        )
-        return
-    if host.closing:
-        conn.reject(
-            e.SHUTTING_DOWN, "The host is shutting down; reconnect shortly.", e.CLOSE_GOING_AWAY
-        )
-        return
-    if not session.check_token(hello.token):
-        conn.reject(e.UNAUTHORIZED, "Wrong session token.", e.CLOSE_UNAUTHORIZED)
-        return
-    async with session.quiet():
-        mode = await session.resume_mode(hello.last_seq)
-        conn.accept(mode, session.log.last_seq)
-        if conn.close_code is not None:
+    for _ in range(3):  # a session being unloaded right now is loaded afresh
+        try:
+            session = await host.get(conn.session_id)
+        except LeaseHeld as exc:
+            conn.reject(e.SESSION_ELSEWHERE, str(exc), e.CLOSE_SESSION_ELSEWHERE)
             return
-        client.session = session
-        if mode == "none":
-            session.subscribe(client)
-    session.prewarm()
+        if session is None:
+            conn.reject(
+                e.UNKNOWN_SESSION,
+                "No session has this id; create one with POST /v1/sessions.",
+                e.CLOSE_UNKNOWN_SESSION,
+            )
+            return
+        if host.closing:
+            conn.reject(
+                e.SHUTTING_DOWN, "The host is shutting down; reconnect shortly.", e.CLOSE_GOING_AWAY
+            )
+            return
+        if not session.check_token(hello.token):
+            conn.reject(e.UNAUTHORIZED, "Wrong session token.", e.CLOSE_UNAUTHORIZED)
+            return
+        async with session.quiet():
+            if session.closed:
+                continue
+            mode = await session.resume_mode(hello.last_seq)
+            conn.accept(mode, session.log.last_seq)
+            if conn.close_code is not None:
+                return
+            client.session = session
+            if mode == "none":
+                session.subscribe(client)
+            else:
+                session.expect(client)
+        session.prewarm()
+        return
+    conn.reject(e.SHUTTING_DOWN, "The session is being moved; reconnect.", e.CLOSE_GOING_AWAY)
 
 
 async def _replay(client: ClientSocket, after_seq: int, writer: asyncio.Task[None]) -> None:

@@ -32,6 +32,7 @@ class SessionHost:
         self.env = env
         self._sessions: dict[SessionId, Session] = {}
         self._opening: dict[SessionId, asyncio.Lock] = {}
+        self._unloading: set[asyncio.Task[None]] = set()
         self.closing = False
 
     async def create_session(self) -> NewSession:
@@ -75,7 +76,16 @@ class SessionHost:
     def _adopt(self, session: Session) -> Session:
         self._sessions[session.id] = session
         session.on_gone = self._forget
+        session.on_idle = self._unload
         return session
+
+    def _unload(self, session: Session) -> None:
+        """Drop an idle session from memory; its log stays (the next ``get`` reloads it)."""
+        self._forget(session)
+        task = asyncio.get_running_loop().create_task(session.close(), name=f"unload-{session.id}")
+        self._unloading.add(task)
+        task.add_done_callback(self._unloading.discard)
+        log.info("session %s idle: unloaded", session.id)
 
     def _forget(self, session: Session) -> None:
         if self._sessions.get(session.id) is session:
@@ -124,4 +134,6 @@ class SessionHost:
         """Stop every session's runner and sandbox."""
         self.closing = True
         sessions, self._sessions = list(self._sessions.values()), {}
-        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        await asyncio.gather(
+            *(s.close() for s in sessions), *self._unloading, return_exceptions=True
+        )

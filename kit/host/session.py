@@ -76,6 +76,7 @@ class Session:
         self.env = env
         self._token_hash = str(log_.meta().get("token_sha256", ""))
         self._subscribers: set[Subscriber] = set()
+        self._handshaking: set[Subscriber] = set()
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._sandbox: Sandbox | None = None
@@ -90,6 +91,9 @@ class Session:
         """Why this host may no longer write the session (its lease was taken over)."""
         self.on_gone: Callable[[Session], None] | None = None
         """Called once the session has shut itself down after losing its log."""
+        self.on_idle: Callable[[Session], None] | None = None
+        """Called when the session sat idle with no sandbox and no client: the host may
+        unload it (close its log, release its lease) until someone asks for it again."""
         log_.on_lost(self._log_lost)
 
     # -- clients -------------------------------------------------------------------------
@@ -116,11 +120,17 @@ class Session:
 
     def subscribe(self, subscriber: Subscriber) -> None:
         """Deliver every later commit to ``subscriber`` (call inside :meth:`quiet`)."""
+        self._handshaking.discard(subscriber)
         self._subscribers.add(subscriber)
+
+    def expect(self, subscriber: Subscriber) -> None:
+        """A client is mid-handshake: it counts as present (the session is not unloaded)."""
+        self._handshaking.add(subscriber)
 
     def detach(self, subscriber: Subscriber) -> None:
         """Stop delivering to ``subscriber``."""
         self._subscribers.discard(subscriber)
+        self._handshaking.discard(subscriber)
 
     async def emit(self, kind: str, data: dict[str, Any], turn_id: TurnId | None = None) -> Event:
         """Append an event durably, then fan it out."""
@@ -179,6 +189,12 @@ class Session:
                 except TimeoutError:
                     if self._sandbox is not None:
                         await self._stop_sandbox(reason="idle")
+                    elif (
+                        not self._subscribers and not self._handshaking and self.on_idle is not None
+                    ):
+                        self._closing = True  # from now on clients must get a fresh load
+                        self.on_idle(self)
+                        return
                 continue
             try:
                 await self._run_turn(turns[0])
@@ -374,6 +390,11 @@ class Session:
             await sandbox.kill(reason=reason)
         if watcher is not None:
             await watcher
+
+    @property
+    def closed(self) -> bool:
+        """Whether the session is shutting down (a client must ask the host again)."""
+        return self._closing
 
     @property
     def sandbox(self) -> Sandbox | None:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from kit.cli.stack import Stack
-from kit.client import create_session
+from kit.cli.stack import Stack, run_stack
+from kit.client import SessionClient, create_session
 from kit.host.app import REPLAY_PAGE, create_app
 from kit.protocol.golden import golden_names
-from tests.conftest import serve_on_loopback
+from tests.agents import write_agent
+from tests.conftest import serve_on_loopback, stack_settings
 from tests.host.wsdriver import Driver, replay_golden
 
 
@@ -164,3 +166,31 @@ async def test_a_long_replay_is_paged_and_misses_nothing_committed_meanwhile(
     assert all(replayed[:backlog])
     assert replayed == sorted(replayed, reverse=True)  # replay first, then live only
     await driver.close()
+
+
+async def test_an_idle_session_is_unloaded_and_comes_back_whole(kit_tmp: Path) -> None:
+    """No client and no sandbox for a while: the host unloads the session (log closed, no
+    memory, no lease held); the next hello loads it again with every event and turn."""
+    project = write_agent(kit_tmp / "agent", extra_toml="idle_timeout = 1")
+    async with run_stack(stack_settings(kit_tmp / "state", project)) as stack:
+        info = await create_session(stack.url, stack.api_token)
+        async with SessionClient(info.ws_url, info.token) as client:
+            assert [e.kind async for e in client.turn("hello")][-1] == "result"
+            last = client.last_seq
+        for _ in range(100):  # sandbox idle-stopped after 1 s, session unloaded 1 s later
+            if all(s.id != info.session_id for s in stack.host.live_sessions()):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the idle session was never unloaded")
+        async with SessionClient(info.ws_url, info.token, last_seq=0) as client:
+            replayed = [await anext(aiter(client.events())) for _ in range(last or 0)]
+            assert [e.seq for e in replayed] == list(range(1, (last or 0) + 1))
+            assert [e.kind async for e in client.turn("again")][-1] == "result"
+        session = await stack.host.get(info.session_id)
+        assert session is not None
+        logged = await session.log.read_after(0)
+        assert [e.seq for e in logged] == list(range(1, len(logged) + 1))
+        stops = [e.data.get("reason") for e in logged if e.data.get("state") == "stopped"]
+        assert stops[:1] == ["idle"]
+        assert [e.data["text"] for e in logged if e.kind == "user"] == ["hello", "again"]
