@@ -223,7 +223,10 @@ class Session:
         recover = turn.state is not TurnState.QUEUED
         self._running_turn = turn.turn_id
         try:
-            for attempt in range(MAX_SANDBOX_ATTEMPTS):
+            # Attempts are counted in the log, so a turn that keeps killing its sandboxes
+            # (or its host) is given up after MAX_SANDBOX_ATTEMPTS however often the host
+            # restarts.
+            for attempt in range(turn.attempts, MAX_SANDBOX_ATTEMPTS):
                 if attempt:
                     await asyncio.sleep(RESTART_BACKOFF_S[min(attempt, len(RESTART_BACKOFF_S) - 1)])
                 await self.log.set_turn_state(turn.turn_id, TurnState.RUNNING, attempt=True)

@@ -299,3 +299,64 @@ async def test_a_sandbox_death_at_any_point_finishes_the_turn(
     assert client.reconnects == 0  # the socket stayed open throughout
     assert [e.seq for e in seen] == list(range(seen[0].seq, seen[-1].seq + 1))
     await client.close()
+
+
+async def test_a_turn_that_keeps_losing_its_sandbox_is_given_up_across_restarts(
+    kit_tmp: Path,
+) -> None:
+    """Every sandbox of a turn is killed as soon as it runs. The host gives the turn up after
+    MAX_SANDBOX_ATTEMPTS sandboxes in all, counted in the log: a host restart halfway
+    through does not start the count again."""
+    from kit.host.session import MAX_SANDBOX_ATTEMPTS
+
+    project = write_agent(kit_tmp / "agent")
+    settings = stack_settings(kit_tmp / "state", project)
+    starts = 0
+    failed: list[Event] = []
+
+    class Killer:
+        """Kills each sandbox the moment its `running` event is committed."""
+
+        def __init__(self, session: Session, stop_after: int | None) -> None:
+            self.session, self.stop_after = session, stop_after
+            self.done = asyncio.Event()
+
+        def deliver(self, event: Event) -> None:
+            nonlocal starts
+            state = event.data.get("state")
+            if event.kind == "sandbox" and state == "running":
+                starts += 1
+                sandbox = self.session.sandbox
+                assert sandbox is not None
+                os.killpg(sandbox.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+            elif event.kind == "error":
+                failed.append(event)
+                self.done.set()
+            elif state == "died" and self.stop_after is not None and starts >= self.stop_after:
+                self.done.set()
+
+        def evict(self, message: str) -> None:
+            raise AssertionError(message)
+
+    async def kill_every_sandbox(stack: Stack, session_id: str, stop_after: int | None) -> None:
+        session = await stack.host.get(session_id)
+        assert session is not None
+        killer = Killer(session, stop_after)
+        async with session.quiet():
+            session.subscribe(killer)
+        async with asyncio.timeout(90):
+            await killer.done.wait()
+
+    async with run_stack(settings) as stack:
+        info = await create_session(stack.url, stack.api_token)
+        async with SessionClient(info.ws_url, info.token) as client:
+            await client.send("run the slow tool")
+            await kill_every_sandbox(stack, info.session_id, stop_after=2)
+    async with run_stack(settings) as stack:  # the restarted host recovers the open turn
+        await kill_every_sandbox(stack, info.session_id, stop_after=None)
+        session = await stack.host.get(info.session_id)
+        assert session is not None
+        assert await session.log.open_turns() == []
+    assert starts == MAX_SANDBOX_ATTEMPTS
+    assert failed[0].data["code"] == "turn_failed"
+    assert f"after {MAX_SANDBOX_ATTEMPTS} sandboxes" in failed[0].data["message"]
