@@ -10,6 +10,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from kit import __version__
 from kit.cli import console
@@ -53,6 +54,41 @@ def _cmd_test(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _control_target(args: argparse.Namespace) -> object:
+    from kit.cli.chat import find_target
+    from kit.cli.settings import dev_settings
+
+    settings = dev_settings(project=args.project, host=None, port=None)
+    return find_target(settings.state_dir, args.url)
+
+
+def _cmd_sandbox(args: argparse.Namespace) -> int:
+    from kit.cli.rehearse import call, sandbox_table
+
+    target: Any = _control_target(args)
+    if args.action == "list":
+        console.out(sandbox_table(call(target, "GET", "/sandboxes")["sandboxes"]))
+        return 0
+    if not args.session:
+        raise KitError(f"kit sandbox {args.action} needs a SESSION id (see `kit sandbox list`).")
+    if args.action == "kill":
+        done = call(target, "POST", f"/sandboxes/{args.session}/kill", {"signal": args.signal})
+        console.out(f"Sent signal {done['signal']} to {done['sandbox_id']}.")
+    else:
+        done = call(target, "POST", f"/sandboxes/{args.session}/oom")
+        console.out(f"Pushed {done['sandbox_id']} past its memory limit.")
+    return 0
+
+
+def _cmd_do(args: argparse.Namespace) -> int:
+    from kit.cli.rehearse import call
+
+    target: Any = _control_target(args)
+    call(target, "POST", f"/do/{args.session}/evict")
+    console.out(f"Evicted session {args.session}; its next event rebuilds it from storage.")
+    return 0
+
+
 def _log_to_stderr(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -94,6 +130,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--message", help="send one message, print the reply, exit")
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
     p.set_defaults(func=_cmd_chat)
+
+    p = sub.add_parser("sandbox", help="list, kill or OOM the sandboxes `kit dev` runs")
+    p.add_argument("action", choices=["list", "kill", "oom"])
+    p.add_argument("session", nargs="?", help="the session whose sandbox to kill or OOM")
+    p.add_argument("--signal", default="KILL", help="for kill: KILL (default), TERM, SEGV, …")
+    p.add_argument(
+        "--project", type=Path, help="the agent project folder (default: nearest kit.toml)"
+    )
+    p.add_argument("--url", help="the kit host URL (default: the running `kit dev`)")
+    p.set_defaults(func=_cmd_sandbox)
+
+    p = sub.add_parser("do", help="rehearse Durable Object events on `kit dev`'s sessions")
+    p.add_argument("action", choices=["evict"])
+    p.add_argument("session", help="the session whose object to evict")
+    p.add_argument(
+        "--project", type=Path, help="the agent project folder (default: nearest kit.toml)"
+    )
+    p.add_argument("--url", help="the kit host URL (default: the running `kit dev`)")
+    p.set_defaults(func=_cmd_do)
 
     p = sub.add_parser("test", help="run the project's scenario checks on the offline model")
     p.add_argument(

@@ -14,7 +14,7 @@ import os
 import secrets
 import socket
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ from emulator.model import ScenarioSource
 from emulator.model import create_app as create_model_app
 from emulator.sandbox import LocalSandboxProvider
 from kit.bundle import Bundle, Project, build_bundle, load_project
+from kit.cli import console
+from kit.cli.control import control_routes
 from kit.cli.settings import DevSettings
 from kit.errors import KitError
 from kit.host import LogStore, ModelProxy, SessionEnv, SessionHost, SQLiteLogStore, create_app
@@ -52,6 +54,8 @@ class Stack:
     proxy: ModelProxy
     provider: LocalSandboxProvider
     transcripts_dir: Path
+    advice: list[tuple[str, str]] = field(default_factory=list)
+    """The tier advisor's lines so far: (session id, line); ``kit dev`` also prints them."""
 
     @property
     def model_label(self) -> str:
@@ -119,6 +123,11 @@ def _lock_state_dir(state: Path) -> Any:
     return handle
 
 
+def _advise(advice: list[tuple[str, str]], session_id: str, line: str) -> None:
+    advice.append((session_id, line))
+    console.out(console.dim(f"tier advisor [{session_id[:8]}]: {line}"))
+
+
 def _log_store(settings: DevSettings) -> LogStore:
     """SQLite files in the state dir, or S3 under a lease per session (``KIT_LOG_URL``)."""
     if settings.log_url:
@@ -147,6 +156,7 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
     state.mkdir(parents=True, exist_ok=True)
     lock = _lock_state_dir(state)
     bundle = build_bundle(project, state / "bundles")
+    advice: list[tuple[str, str]] = []
     provider = LocalSandboxProvider(
         state / "sandboxes",
         user=settings.sandbox_user,
@@ -189,11 +199,13 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
         bundle_dir=bundle.path,
         tier=bundle.tier,
         idle_timeout_s=bundle.idle_timeout_s,
+        advise=lambda sid, line: _advise(advice, sid, line),
     )
     host = SessionHost(_log_store(settings), env)
     token_file = state / "api-token"
     api_token = _api_token(token_file)
     app = create_app(host, api_token=api_token)
+    app.router.routes.extend(control_routes(host, api_token))
     host_sock = _tcp_socket(settings.host, settings.port)
     bound = host_sock.getsockname()
     url_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
@@ -211,6 +223,7 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
         proxy,
         provider,
         transcripts,
+        advice,
     )
     (state / "dev.json").write_text(
         json.dumps({"url": url, "pid": os.getpid(), "api_token_file": str(token_file)})

@@ -73,6 +73,15 @@ def reason_of(exit_code: int) -> str:
     return "exited" if exit_code == 0 else "crashed"
 
 
+@dataclass(frozen=True)
+class Usage:
+    """Resources a sandbox has used: peaks over its life so far, CPU seconds in total."""
+
+    peak_memory_mib: float
+    cpu_s: float
+    disk_mb: float
+
+
 class Sandbox(ABC):
     """A running (or finished) sandbox."""
 
@@ -95,6 +104,19 @@ class Sandbox(ABC):
     @abstractmethod
     async def kill(self, sig: int = signal.SIGKILL, reason: str | None = None) -> None:
         """Send ``sig`` to everything in the sandbox; ``reason`` is what :meth:`wait` reports."""
+
+    async def usage(self) -> Usage | None:
+        """What the sandbox has used so far (``None`` where the provider cannot measure)."""
+        return None
+
+    async def oom(self) -> None:
+        """Push the sandbox past its memory limit now, to rehearse an OOM kill (exit 137).
+
+        Providers that enforce no memory limit cannot; they raise :class:`SandboxError`.
+        """
+        from kit.host.errors import SandboxError
+
+        raise SandboxError(f"Sandbox {self.id} has no memory limit to push it past.")
 
     async def stop(self, grace_s: float = 5.0) -> ExitInfo:
         """SIGTERM, then SIGKILL after ``grace_s`` seconds; wait for the exit."""

@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from kit.host import advisor
+from kit.host.advisor import SessionUsage
 from kit.host.errors import SandboxError
 from kit.host.eventlog import SessionLog, Turn, TurnState
 from kit.host.runtime_client import RuntimeClient, SandboxGone
@@ -65,6 +67,8 @@ class SessionEnv:
     bundle_dir: Any
     tier: str
     idle_timeout_s: int
+    advise: Callable[[SessionId, str], None] | None = None
+    """Where the tier advisor's lines go (``kit dev`` prints them); None: nowhere."""
 
 
 class Session:
@@ -86,6 +90,9 @@ class Session:
         self._starting: asyncio.Task[RuntimeClient] | None = None
         self._running_turn: TurnId | None = None
         self._closing = False
+        self.usage = SessionUsage()
+        self._cpu_seen = 0.0
+        """CPU seconds of the current sandbox already counted to earlier turns."""
         self._lock = asyncio.Lock()
         self.lost: str | None = None
         """Why this host may no longer write the session (its lease was taken over)."""
@@ -237,6 +244,7 @@ class Session:
                 outcome = await self._stream(runtime, turn, recover)
                 if outcome is not None:
                     await self.log.set_turn_state(turn.turn_id, outcome)
+                    await self._advise_after_turn()
                     return
                 # The sandbox went away mid-turn: the next one resumes the transcript.
                 await self.log.set_turn_state(turn.turn_id, TurnState.INTERRUPTED)
@@ -269,6 +277,22 @@ class Session:
         except SandboxError as exc:
             log.info("session %s: turn %s lost its sandbox: %s", self.id, turn.turn_id, exc)
         return None
+
+    async def _advise_after_turn(self) -> None:
+        sandbox, advise = self._sandbox, self.env.advise
+        if sandbox is None or advise is None:
+            return
+        try:
+            used = await sandbox.usage()
+        except Exception:  # the advisor must never break a turn
+            log.exception("session %s: reading the sandbox's usage failed", self.id)
+            return
+        if used is None:
+            return
+        self.usage.add_turn(used, max(0.0, used.cpu_s - self._cpu_seen))
+        self._cpu_seen = used.cpu_s
+        for line in advisor.advise(self.env.tier, used, self.usage):
+            advise(self.id, line)
 
     # -- sandbox -------------------------------------------------------------------------
 
@@ -355,6 +379,9 @@ class Session:
         if self._model_token:
             self.env.revoke_model_token(self._model_token)
         runtime, self._runtime, self._sandbox, self._model_token = self._runtime, None, None, None
+        self._cpu_seen = 0.0
+        if info.reason == "oom" and self.env.advise is not None:
+            self.env.advise(self.id, advisor.advise_oom(self.env.tier))
         if runtime is not None:
             await runtime.aclose()
         if not self._closing:

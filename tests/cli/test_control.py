@@ -1,0 +1,71 @@
+"""`kit sandbox …` against a running host: list, kill with a signal, refusals as one line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from kit.cli.stack import Stack
+from kit.client import SessionClient, create_session
+
+KIT = str(Path(sys.executable).parent / "kit")
+
+
+async def _kit(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KIT_STATE_DIR": str(stack.settings.state_dir)}
+    return await asyncio.to_thread(
+        subprocess.run,
+        [KIT, *args, "--url", stack.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+
+
+async def test_list_and_kill_a_sandbox(stack: Stack) -> None:
+    info = await create_session(stack.url, stack.api_token)
+    async with SessionClient(info.ws_url, info.token) as client:
+        async with asyncio.timeout(60):
+            async for event in client.events():
+                if event.kind == "sandbox" and event.data["state"] == "running":
+                    sandbox_id = event.data["sandbox_id"]
+                    break
+        listed = await _kit(stack, "sandbox", "list")
+        assert listed.returncode == 0, listed.stderr
+        row = next(line for line in listed.stdout.splitlines() if info.session_id in line)
+        assert sandbox_id in row
+        assert "running" in row
+
+        killed = await _kit(stack, "sandbox", "kill", info.session_id, "--signal", "TERM")
+        assert killed.returncode == 0, killed.stderr
+        assert f"Sent signal 15 to {sandbox_id}" in killed.stdout
+        async with asyncio.timeout(30):
+            async for event in client.events():
+                if event.kind == "sandbox" and event.data["state"] in ("stopped", "died"):
+                    assert event.data["exit_code"] == 143
+                    break
+        listed = await _kit(stack, "sandbox", "list")
+        assert info.session_id not in listed.stdout
+
+
+async def test_refusals_are_one_clear_line(stack: Stack) -> None:
+    info = await create_session(stack.url, stack.api_token)
+    for args, hint in [
+        (("sandbox", "kill", info.session_id, "--signal", "NOPE"), "Unknown signal 'NOPE'"),
+        (("sandbox", "kill", info.session_id), "has no running sandbox"),
+        (("sandbox", "oom"), "needs a SESSION id"),
+    ]:
+        done = await _kit(stack, *args)
+        assert done.returncode == 1
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert hint in done.stderr
+    async with httpx.AsyncClient() as http:
+        r = await http.get(stack.url + "/_kit/sandboxes")
+    assert r.status_code == 401
