@@ -96,7 +96,15 @@ def control_routes(host: SessionHost, api_token: str, evict: Evict | None = None
         if (denied := refused(request)) is not None:
             return denied
         session_id = request.path_params["session_id"]
-        body = await request.json() if await request.body() else {}
+        try:
+            body = await request.json() if await request.body() else {}
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return JSONResponse(
+                {"error": "bad_body", "message": 'Send a JSON object, e.g. {"signal": "TERM"}.'},
+                status_code=400,
+            )
         try:
             number = signal_number(str(body.get("signal", "KILL")))
         except ValueError as exc:

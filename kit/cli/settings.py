@@ -21,8 +21,9 @@ event log              ``KIT_LOG_URL``             a SQLite file per session in 
                                                    dir; ``s3://…`` keeps logs in S3 with
                                                    a lease per session, so several hosts
                                                    can share one bucket (the Fly gateway)
-host id                ``KIT_HOST_ID``             the machine's hostname: the lease owner;
-                                                   unique per host process sharing a bucket
+host id                ``KIT_HOST_ID``             the lease owner; default a random id
+                                                   kept in the state dir (one host per
+                                                   state dir, so unique; kept on restart)
 lease ttl              ``KIT_LEASE_TTL_S``         15 (seconds): how soon another host may
                                                    take over a dead host's sessions
 =====================  ==========================  =====================================
@@ -33,7 +34,6 @@ Flags win over the environment; nothing below ``kit.cli`` reads ``os.environ``.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,8 +77,8 @@ class DevSettings:
     log_url: str | None = None
     """Where event logs live: None → a SQLite file per session in the state dir; an
     ``s3://BUCKET/PREFIX?endpoint_url=…`` URL → S3, one lease per session."""
-    host_id: str = field(default_factory=socket.gethostname)
-    """This host's name as a lease owner."""
+    host_id: str | None = None
+    """This host's name as a lease owner; None: the id kept in the state dir."""
     lease_ttl_s: float = DEFAULT_TTL_S
     """How long a lease lasts without renewal."""
     store_retry_s: float = STORE_RETRY_S
@@ -138,6 +138,6 @@ def dev_settings(
         store_url=store_url,
         sandbox_env=aws if store_url and store_url.startswith("s3:") else {},
         log_url=log_url,
-        host_id=environ.get("KIT_HOST_ID") or socket.gethostname(),
+        host_id=environ.get("KIT_HOST_ID") or None,
         lease_ttl_s=lease_ttl_s,
     )

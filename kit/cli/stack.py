@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from starlette.applications import Starlette
 
+from emulator.durable_objects import DOLogStore, create_control_app
 from emulator.model import ScenarioSource
 from emulator.model import create_app as create_model_app
 from emulator.sandbox import LocalSandboxProvider
@@ -28,9 +30,10 @@ from kit.cli import console
 from kit.cli.control import control_routes
 from kit.cli.settings import DevSettings
 from kit.errors import KitError
-from kit.host import LogStore, ModelProxy, SessionEnv, SessionHost, SQLiteLogStore, create_app
+from kit.host import LogStore, ModelProxy, Session, SessionEnv, SessionHost, create_app
 from kit.host.app import WS_MAX_BYTES
 from kit.host.s3log import S3LogStore
+from kit.protocol import errors as e
 
 log = logging.getLogger("kit.dev")
 
@@ -128,13 +131,45 @@ def _advise(advice: list[tuple[str, str]], session_id: str, line: str) -> None:
     console.out(console.dim(f"tier advisor [{session_id[:8]}]: {line}"))
 
 
+def _host_id(path: Path) -> str:
+    """This host's lease owner id: made once per state dir (which one host holds at a time)."""
+    if path.is_file():
+        return path.read_text().strip()
+    host_id = f"{socket.gethostname()}-{secrets.token_hex(4)}"
+    path.write_text(host_id + "\n")
+    return host_id
+
+
 def _log_store(settings: DevSettings) -> LogStore:
-    """SQLite files in the state dir, or S3 under a lease per session (``KIT_LOG_URL``)."""
+    """The emulator's Durable Objects in the state dir (one object, one SQLite file, per
+    session: the same files ``SQLiteLogStore`` wrote, so older state dirs keep working),
+    or S3 under a lease per session (``KIT_LOG_URL``)."""
     if settings.log_url:
-        return S3LogStore.from_url(
-            settings.log_url, owner=settings.host_id, ttl_s=settings.lease_ttl_s
-        )
-    return SQLiteLogStore(settings.state_dir / "sessions")
+        owner = settings.host_id or _host_id(settings.state_dir / "host-id")
+        return S3LogStore.from_url(settings.log_url, owner=owner, ttl_s=settings.lease_ttl_s)
+    return DOLogStore.in_dir(settings.state_dir / "sessions")
+
+
+def _mount_durable_objects(app: Starlette, host: SessionHost, logs: DOLogStore, token: str) -> None:
+    """Serve the DO test hooks at ``/_emulator/do``; an evicted object takes its session
+    out of the host's memory and its clients' sockets close with 1001 (they resume)."""
+    namespace = logs.namespace
+
+    def close_clients(session: Session) -> None:
+        for client in list(app.state.connections):
+            if client.session is session:
+                client.shutdown(
+                    e.SHUTTING_DOWN,
+                    "The session's Durable Object was evicted; reconnect and resume.",
+                    e.CLOSE_GOING_AWAY,
+                )
+
+    async def evicted(object_id: str) -> None:
+        await host.unload_now(object_id, close_clients)
+
+    namespace.on_evict(evicted)
+    namespace.start()
+    app.mount("/_emulator/do", create_control_app({"SessionLog": namespace}, api_token=token))
 
 
 def _api_token(path: Path) -> str:
@@ -201,11 +236,15 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
         idle_timeout_s=bundle.idle_timeout_s,
         advise=lambda sid, line: _advise(advice, sid, line),
     )
-    host = SessionHost(_log_store(settings), env)
+    logs = _log_store(settings)
+    host = SessionHost(logs, env)
     token_file = state / "api-token"
     api_token = _api_token(token_file)
     app = create_app(host, api_token=api_token)
-    app.router.routes.extend(control_routes(host, api_token))
+    if isinstance(logs, DOLogStore):
+        _mount_durable_objects(app, host, logs, api_token)
+    evict = logs.namespace.evict if isinstance(logs, DOLogStore) else None
+    app.router.routes.extend(control_routes(host, api_token, evict))
     host_sock = _tcp_socket(settings.host, settings.port)
     bound = host_sock.getsockname()
     url_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
@@ -243,6 +282,8 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
             sweeper.cancel()
         app.state.close_all_connections()
         await host.close()
+        if isinstance(logs, DOLogStore):
+            await logs.aclose()
         for server, _ in servers:
             server.should_exit = True
         await asyncio.gather(*(task for _, task in servers), return_exceptions=True)

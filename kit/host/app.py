@@ -69,6 +69,11 @@ class ClientSocket:
         self.conn.send_event(event, replay=False)
         self.flush()
 
+    @property
+    def closing(self) -> bool:
+        """Whether this connection is being closed."""
+        return self._close is not None or self.conn.close_code is not None
+
     def evict(self, message: str) -> None:
         self.shutdown(
             e.SESSION_ELSEWHERE,
@@ -238,6 +243,23 @@ async def _read_loop(
 
 async def _hello(host: SessionHost, client: ClientSocket, hello: HelloReceived) -> None:
     conn = client.conn
+    if host.closing:
+        conn.reject(
+            e.SHUTTING_DOWN, "The host is shutting down; reconnect shortly.", e.CLOSE_GOING_AWAY
+        )
+        return
+    # The token is checked before the session is loaded: a wrong one takes no lease.
+    authorized = await host.authorize(conn.session_id, hello.token)
+    if authorized is None:
+        conn.reject(
+            e.UNKNOWN_SESSION,
+            "No session has this id; create one with POST /v1/sessions.",
+            e.CLOSE_UNKNOWN_SESSION,
+        )
+        return
+    if not authorized:
+        conn.reject(e.UNAUTHORIZED, "Wrong session token.", e.CLOSE_UNAUTHORIZED)
+        return
     for _ in range(3):  # a session being unloaded right now is loaded afresh
         try:
             session = await host.get(conn.session_id)
@@ -246,20 +268,17 @@ async def _hello(host: SessionHost, client: ClientSocket, hello: HelloReceived) 
             return
         if session is None:
             conn.reject(
-                e.UNKNOWN_SESSION,
-                "No session has this id; create one with POST /v1/sessions.",
-                e.CLOSE_UNKNOWN_SESSION,
-            )
-            return
-        if host.closing:
-            conn.reject(
                 e.SHUTTING_DOWN, "The host is shutting down; reconnect shortly.", e.CLOSE_GOING_AWAY
             )
             return
-        if not session.check_token(hello.token):
-            conn.reject(e.UNAUTHORIZED, "Wrong session token.", e.CLOSE_UNAUTHORIZED)
-            return
         async with session.quiet():
+            if session.lost is not None:
+                conn.reject(
+                    e.SESSION_ELSEWHERE,
+                    f"This host no longer owns the session: {session.lost}.",
+                    e.CLOSE_SESSION_ELSEWHERE,
+                )
+                return
             if session.closed:
                 continue
             mode = await session.resume_mode(hello.last_seq)
@@ -286,6 +305,8 @@ async def _replay(client: ClientSocket, after_seq: int, writer: asyncio.Task[Non
     assert session is not None
     cursor = after_seq
     for _ in range(max(0, session.log.last_seq - after_seq) // REPLAY_PAGE + 1):
+        if client.closing:
+            return  # sent away meanwhile (the session moved, the host is stopping)
         page = await session.log.read_after(cursor, REPLAY_PAGE)
         if len(page) < REPLAY_PAGE:
             break
@@ -297,6 +318,15 @@ async def _replay(client: ClientSocket, after_seq: int, writer: asyncio.Task[Non
         if writer.done():
             return
     async with session.quiet():
+        if client.closing:
+            return
+        if session.closed or session.lost:  # unloaded or handed over while the client acked
+            client.shutdown(
+                e.SESSION_ELSEWHERE,
+                session.lost or "The session was unloaded; reconnect and resume.",
+                e.CLOSE_SESSION_ELSEWHERE if session.lost else e.CLOSE_GOING_AWAY,
+            )
+            return
         for event in await session.log.read_after(cursor):
             conn.send_event(event, replay=True)
         session.subscribe(client)

@@ -129,6 +129,16 @@ class LogStore(ABC):
     async def session_ids(self) -> list[SessionId]:
         """Every session with a log."""
 
+    async def read_meta(self, session_id: SessionId) -> dict[str, Any] | None:
+        """A session's metadata without opening it for writing (None: no such session)."""
+        log_ = await self.open(session_id)
+        if log_ is None:
+            return None
+        try:
+            return log_.meta()
+        finally:
+            await log_.close()
+
     async def recoverable(self) -> list[SessionId]:
         """Sessions that may have open turns, for a host's recovery at start (default: all)."""
         return await self.session_ids()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kit.host.eventlog import LogStore
 from kit.host.lease import LeaseHeld
-from kit.host.session import Session, SessionEnv, hash_token
+from kit.host.session import Session, SessionEnv, check_token, hash_token
 from kit.ids import SessionId, is_session_id, new_session_id
 from kit.protocol.frames import PROTOCOL_VERSION
 
@@ -62,16 +63,34 @@ class SessionHost:
         session = self._sessions.get(sid)
         if session is not None:
             return session
+        if self.closing:
+            return None
         lock = self._opening.setdefault(sid, asyncio.Lock())
-        async with lock:  # two hellos at once open the log once
-            session = self._sessions.get(sid)
-            if session is None:
-                log_ = await self.logs.open(sid)
-                if log_ is None:
-                    return None
-                session = self._adopt(Session(log_, self.env))
-        self._opening.pop(sid, None)
+        try:
+            async with lock:  # two hellos at once open the log once
+                session = self._sessions.get(sid)
+                if session is None:
+                    log_ = await self.logs.open(sid)
+                    if log_ is None:
+                        return None
+                    session = self._adopt(Session(log_, self.env))
+        finally:
+            if not lock.locked():
+                self._opening.pop(sid, None)
         return session
+
+    async def authorize(self, session_id: str, token: str) -> bool | None:
+        """Whether ``token`` is the session's (None: no such session), without loading it:
+        a wrong token must not take a lease or load a log."""
+        if not is_session_id(session_id):
+            return None
+        session = self._sessions.get(SessionId(session_id))
+        if session is not None:
+            return session.check_token(token)
+        meta = await self.logs.read_meta(SessionId(session_id))
+        if meta is None:
+            return None
+        return check_token(token, str(meta.get("token_sha256", "")))
 
     def _adopt(self, session: Session) -> Session:
         self._sessions[session.id] = session
@@ -86,6 +105,26 @@ class SessionHost:
         self._unloading.add(task)
         task.add_done_callback(self._unloading.discard)
         log.info("session %s idle: unloaded", session.id)
+
+    async def unload_now(
+        self, session_id: str, notify: Callable[[Session], None] | None = None
+    ) -> bool:
+        """Drop a loaded session at once, busy or not (its Durable Object is being evicted).
+
+        The runner and sandbox stop and the log closes; then ``notify(session)`` runs (it
+        closes the clients' sockets, so they reconnect and resume once the old sandbox is
+        gone). Open turns stay open: the next ``get`` reloads the session from its log and
+        carries on. False when the session was not loaded.
+        """
+        session = self._sessions.get(SessionId(session_id))
+        if session is None:
+            return False
+        self._forget(session)
+        await session.close()
+        if notify is not None:
+            notify(session)
+        log.info("session %s unloaded (evicted)", session.id)
+        return True
 
     def _forget(self, session: Session) -> None:
         if self._sessions.get(session.id) is session:
@@ -105,6 +144,9 @@ class SessionHost:
             try:
                 session = await self.get(sid)
             except LeaseHeld:
+                continue
+            except Exception:  # one damaged session must not stop the others' recovery
+                log.exception("session %s: cannot be loaded for recovery", sid)
                 continue
             if session is not None and await session.log.open_turns():
                 session.start()

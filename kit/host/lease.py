@@ -85,7 +85,9 @@ class S3Leases:
         """The lease object's key."""
         return f"{self.prefix}sessions/{session_id}/lease"
 
-    async def acquire(self, session_id: str, info: dict[str, Any] | None = None) -> Lease:
+    async def acquire(
+        self, session_id: str, info: dict[str, Any] | None = None, *, _retries_left: int = 3
+    ) -> Lease:
         """Take the lease: new, our own again, or an expired one (epoch + 1)."""
         body = self._body(1, info)
         etag = await self.bucket.put(self.key(session_id), _dump(body), if_absent=True)
@@ -93,7 +95,9 @@ class S3Leases:
             return Lease(session_id, self.owner, 1, body["expires_at"], etag)
         current = await self._read(session_id)
         if current is None:  # deleted in between: try once more from scratch
-            return await self.acquire(session_id, info)
+            if _retries_left <= 0:
+                raise HostError(f"The lease of session {session_id} keeps vanishing; retry.")
+            return await self.acquire(session_id, info, _retries_left=_retries_left - 1)
         data, etag_now = current
         now = self._clock()
         if data["owner"] != self.owner and now < data["expires_at"] + CLOCK_SKEW_S:
@@ -112,7 +116,13 @@ class S3Leases:
         key = self.key(lease.session_id)
         etag = await self.bucket.put(key, _dump(body), if_match=lease.etag)
         if etag is None:
-            raise LeaseLost(f"Lost the lease of session {lease.session_id} (epoch {lease.epoch}).")
+            # botocore retries a PUT whose answer was lost: the 412 may be our own write.
+            current = await self._read(lease.session_id)
+            if current is None or current[0] != body:
+                raise LeaseLost(
+                    f"Lost the lease of session {lease.session_id} (epoch {lease.epoch})."
+                )
+            etag = current[1]
         return Lease(lease.session_id, self.owner, lease.epoch, body["expires_at"], etag)
 
     async def check(self, lease: Lease) -> None:

@@ -2,7 +2,8 @@
 
 Layout under ``s3://BUCKET/PREFIX/sessions/{session_id}/``::
 
-    meta.json                    the session's metadata, written once (If-None-Match: *)
+    meta.json                    {"meta": the session's metadata, "nonce": …}, written once
+                                 (If-None-Match: *; the nonce tells our own retried PUT apart)
     lease                        the owner's lease and fencing epoch (kit.host.lease)
     log/{n:012d}.json            commit n = 0, 1, 2, …: {"epoch", "events": [...], "turns": [...]}
     seg/{a:012d}-{b:012d}.json   commits a..b again, in one object: a load reads one object
@@ -28,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -109,15 +111,25 @@ class S3LogStore(LogStore):
 
     async def create(self, session_id: SessionId, meta: dict[str, Any]) -> SessionLog:
         key = self.session_dir(session_id) + "meta.json"
-        if not await _store_call(self.bucket.put_if_absent(key, _dump(meta))):
+        body = _dump({"meta": meta, "nonce": secrets.token_hex(8)})
+        # A lost answer to our own PUT looks like a conflict too: compare what is there.
+        if (
+            not await _store_call(self.bucket.put_if_absent(key, body))
+            and await _store_call(self.bucket.get(key)) != body
+        ):
             raise LogError(f"Session {session_id} already exists.")
         return await self._open_owned(session_id, meta)
 
     async def open(self, session_id: SessionId) -> SessionLog | None:
-        raw = await _store_call(self.bucket.get(self.session_dir(session_id) + "meta.json"))
-        if raw is None:
+        meta = await self.read_meta(session_id)
+        if meta is None:
             return None
-        return await self._open_owned(session_id, json.loads(raw))
+        return await self._open_owned(session_id, meta)
+
+    async def read_meta(self, session_id: SessionId) -> dict[str, Any] | None:
+        """The session's ``meta.json``, read without taking its lease."""
+        raw = await _store_call(self.bucket.get(self.session_dir(session_id) + "meta.json"))
+        return None if raw is None else dict(json.loads(raw)["meta"])
 
     async def session_ids(self) -> list[SessionId]:
         names = await _store_call(self.bucket.list_children(f"{self.bucket.prefix}sessions/"))
@@ -225,6 +237,8 @@ class S3SessionLog(SessionLog):
             # one die; set it now, not at the next renewal.
             try:
                 await self._renew()
+            except LeaseLost:
+                pass  # the turn is committed; the handover has started (its owner recovers it)
             except StoreError as exc:
                 log.warning("session %s: renewing the lease failed: %s", self.session_id, exc)
         return turn, events[0]
@@ -258,15 +272,24 @@ class S3SessionLog(SessionLog):
         if self._closed:
             return
         self._closed = True
+        async with self._write_lock:  # a write in flight lands (or fails) first
+            pass
+        self._renew_now.set()  # the renewer sees _closed and ends without a half-done PUT
         if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(Exception):
                 await self._renewer
         if self._segments:
             await asyncio.gather(*self._segments, return_exceptions=True)
         if self._lost is None:
-            with contextlib.suppress(Exception):
-                await self._store.leases.release(self._lease, self._info())
+            async with self._renew_lock:
+                try:
+                    await self._store.leases.release(self._lease, self._info())
+                except Exception as exc:
+                    log.warning(
+                        "session %s: releasing the lease failed (others wait for it to expire): %s",
+                        self.session_id,
+                        exc,
+                    )
 
     # -- loading and fencing -------------------------------------------------------------
 
@@ -315,10 +338,18 @@ class S3SessionLog(SessionLog):
                 self._after_commit(body)
                 return
             raw = await _store_call(self._bucket.get(key))
-            other = json.loads(raw) if raw is not None else {"epoch": -1}
+            if raw is None:
+                continue  # a conflict that left nothing behind (409): try the number again
+            other = json.loads(raw)
+            if other == body:
+                self._after_commit(other)  # our own try landed; its answer was lost
+                return
             if int(other["epoch"]) >= self.epoch:
                 self._lose(f"session {self.session_id} was taken over (epoch {other['epoch']})")
-                raise LeaseLost(f"Session {self.session_id} is owned by a newer host.")
+                raise LeaseLost(
+                    f"Session {self.session_id} is owned by a newer host (epoch "
+                    f"{other['epoch']} > {self.epoch})."
+                )
             # A previous owner wrote after its lease ran out: adopt its commit, then retry.
             self._apply(other, self._next)
             self._after_commit(other)
@@ -341,6 +372,8 @@ class S3SessionLog(SessionLog):
     async def _commit_locked(
         self, items: list[tuple[str, dict[str, Any]]], turn_id: TurnId | None, turns: list[Turn]
     ) -> list[Event]:
+        if self._closed:
+            raise LogError(f"The event log of session {self.session_id} is closed.")
         await self._ensure_owner()
         ts = now_ms()
         events = [
@@ -360,24 +393,34 @@ class S3SessionLog(SessionLog):
             except StoreUnavailable as exc:
                 delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
                 if attempt == len(RETRY_BACKOFF_S) or not self._time_left(delay):
+                    # The write may or may not have landed: memory can no longer be trusted.
+                    # Hand the session over; whoever loads it next reads what is stored.
+                    self._lose(f"a write to the event log could not be confirmed ({exc})")
                     raise LogError(
-                        f"The event log at {self._bucket.url(self._dir)} cannot be reached: {exc}"
+                        f"The event log at {self._bucket.url(self._dir)} cannot be reached: "
+                        f"{exc}. The session will be reloaded from storage."
                     ) from exc
                 await asyncio.sleep(delay)
                 continue
             except StoreError as exc:
+                self._lose(f"the event log refused a write ({exc})")
                 raise LogError(f"The event log refused a write: {exc}") from exc
-            if not written:
-                # Either our own earlier try landed (its answer was lost) or a newer owner
-                # extended the chain: only the first is ours to keep.
-                stored = await _store_call(self._bucket.get(key))
-                if stored != raw:
-                    self._lose(f"session {self.session_id} was taken over by another host")
-                    raise LeaseLost(
-                        f"Session {self.session_id}: commit {self._next} was written by a newer "
-                        "owner; this host stops writing."
-                    )
-            break
+            if written:
+                break
+            stored = await _store_call(self._bucket.get(key))
+            if stored == raw:
+                break  # an earlier try of this very write landed; its answer was lost
+            if stored is None:
+                continue  # a conflict that left nothing behind (409): try again
+            epoch = int(json.loads(stored).get("epoch", -1))
+            self._lose(f"session {self.session_id} was taken over (epoch {epoch})")
+            raise LeaseLost(
+                f"Session {self.session_id}: commit {self._next} was written by the owner "
+                f"of epoch {epoch} (this host: {self.epoch}); this host stops writing."
+            )
+        else:
+            self._lose("a write to the event log kept conflicting")
+            raise LogError(f"Commit {self._next} of session {self.session_id} kept conflicting.")
         self._apply(body, self._next)
         self._after_commit(body)
         return events
@@ -386,8 +429,10 @@ class S3SessionLog(SessionLog):
         for seq, kind, turn_id, data, ts in commit["events"]:
             if seq != len(self._events) + 1:
                 raise LogError(
-                    f"Session {self.session_id}: commit {number} holds seq {seq} after "
-                    f"{len(self._events)}; the log is damaged."
+                    f"Session {self.session_id}: {self._commit_key(number)} holds seq {seq} "
+                    f"after {len(self._events)}; the log under {self._bucket.url(self._dir)} "
+                    "is damaged (was it edited by hand?). Restore it from a backup or delete "
+                    "the session."
                 )
             self._events.append(Event(seq=seq, kind=kind, data=data, ts=ts, turn_id=turn_id))
         for row in commit["turns"]:
@@ -440,12 +485,17 @@ class S3SessionLog(SessionLog):
                 self._lose(str(exc))
                 raise
 
+    def _live(self) -> bool:
+        return self._lost is None and not self._closed
+
     async def _renew_loop(self) -> None:
         interval = self._store.leases.ttl_s / 3
-        while self._lost is None and not self._closed:  # ends with the log
+        while self._live():  # ends with the log
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._renew_now.wait(), interval)
             self._renew_now.clear()
+            if not self._live():
+                return
             try:
                 await self._renew()
             except LeaseLost:

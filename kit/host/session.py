@@ -53,6 +53,11 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def check_token(token: str, stored_hash: str) -> bool:
+    """Whether ``token`` hashes to ``stored_hash`` (constant-time; an empty hash never matches)."""
+    return bool(stored_hash) and hmac.compare_digest(hash_token(token), stored_hash)
+
+
 @dataclass(frozen=True)
 class SessionEnv:
     """What a session needs from its host to start sandboxes."""
@@ -107,7 +112,7 @@ class Session:
 
     def check_token(self, token: str) -> bool:
         """Whether ``token`` is this session's token (constant-time)."""
-        return bool(self._token_hash) and hmac.compare_digest(hash_token(token), self._token_hash)
+        return check_token(token, self._token_hash)
 
     async def resume_mode(self, last_seq: int | None) -> ResumeMode:
         """What a client that has everything up to ``last_seq`` is about to get."""
@@ -282,17 +287,16 @@ class Session:
         sandbox, advise = self._sandbox, self.env.advise
         if sandbox is None or advise is None:
             return
-        try:
+        try:  # the advisor must never break a turn
             used = await sandbox.usage()
-        except Exception:  # the advisor must never break a turn
-            log.exception("session %s: reading the sandbox's usage failed", self.id)
-            return
-        if used is None:
-            return
-        self.usage.add_turn(used, max(0.0, used.cpu_s - self._cpu_seen))
-        self._cpu_seen = used.cpu_s
-        for line in advisor.advise(self.env.tier, used, self.usage):
-            advise(self.id, line)
+            if used is None:
+                return
+            self.usage.add_turn(used, max(0.0, used.cpu_s - self._cpu_seen))
+            self._cpu_seen = used.cpu_s
+            for line in advisor.advise(self.env.tier, used, self.usage):
+                advise(self.id, line)
+        except Exception:
+            log.exception("session %s: the tier advisor failed", self.id)
 
     # -- sandbox -------------------------------------------------------------------------
 
@@ -381,7 +385,10 @@ class Session:
         runtime, self._runtime, self._sandbox, self._model_token = self._runtime, None, None, None
         self._cpu_seen = 0.0
         if info.reason == "oom" and self.env.advise is not None:
-            self.env.advise(self.id, advisor.advise_oom(self.env.tier))
+            try:
+                self.env.advise(self.id, advisor.advise_oom(self.env.tier))
+            except Exception:
+                log.exception("session %s: the tier advisor failed", self.id)
         if runtime is not None:
             await runtime.aclose()
         if not self._closing:
@@ -456,7 +463,9 @@ class Session:
             return
         self.lost = reason
         log.warning("session %s: %s; handing it over", self.id, reason)
-        for subscriber in list(self._subscribers):
+        if self.on_gone is not None:
+            self.on_gone(self)  # the next hello for it loads it afresh (or finds its new owner)
+        for subscriber in list(self._subscribers | self._handshaking):
             subscriber.evict(reason)
         task = asyncio.get_running_loop().create_task(self._shut_down_lost())
         _background.add(task)
@@ -467,8 +476,6 @@ class Session:
             await self.close()
         except Exception:
             log.exception("session %s: shutting down after losing its lease", self.id)
-        if self.on_gone is not None:
-            self.on_gone(self)
 
 
 _background: set[asyncio.Task[None]] = set()

@@ -69,3 +69,20 @@ async def test_refusals_are_one_clear_line(stack: Stack) -> None:
     async with httpx.AsyncClient() as http:
         r = await http.get(stack.url + "/_kit/sandboxes")
     assert r.status_code == 401
+
+
+async def test_kit_do_evict_rebuilds_the_session_from_storage(stack: Stack) -> None:
+    """`kit do evict`: the client's socket closes (1001), it resumes, nothing lost or twice."""
+    info = await create_session(stack.url, stack.api_token)
+    async with SessionClient(info.ws_url, info.token) as client:
+        first = [e async for e in client.turn("hello")]
+        evicted = await _kit(stack, "do", "evict", info.session_id)
+        assert evicted.returncode == 0, evicted.stderr
+        assert "Evicted session" in evicted.stdout
+        second = [e async for e in client.turn("again")]
+        assert client.reconnects >= 1
+    seqs = [e.seq for e in first + second]
+    assert seqs == sorted(set(seqs))
+    unknown = await _kit(stack, "do", "evict", "00000000-0000-4000-8000-000000000000")
+    assert unknown.returncode == 1
+    assert "not loaded" in unknown.stderr or "no" in unknown.stderr.lower()

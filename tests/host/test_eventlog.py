@@ -1,4 +1,5 @@
-"""The event log seam, run against both logs: SQLite (kit dev) and S3 under a lease (Fly)."""
+"""The event log seam, run against every log: Durable Object storage (kit dev), plain SQLite
+files, and S3 under a lease (Fly)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from emulator.durable_objects import DOLogStore
 from kit.host.errors import LogError
 from kit.host.eventlog import LogStore, SessionLog, SQLiteLogStore, TurnState
 from kit.host.lease import CLOCK_SKEW_S, LeaseHeld, LeaseLost
@@ -22,9 +24,13 @@ from kit.storage.s3io import S3Bucket
 from tests.conftest import BUCKET
 
 
-@pytest.fixture(params=["sqlite", "s3"])
+@pytest.fixture(params=["do", "sqlite", "s3"])
 async def logs(request: pytest.FixtureRequest, kit_tmp: Path) -> AsyncIterator[LogStore]:
-    if request.param == "sqlite":
+    if request.param == "do":
+        store = DOLogStore.in_dir(kit_tmp / "sessions")
+        yield store
+        await store.aclose()
+    elif request.param == "sqlite":
         yield SQLiteLogStore(kit_tmp / "sessions")
     else:
         endpoint = request.getfixturevalue("s3_endpoint")
@@ -243,3 +249,66 @@ async def test_recovery_lists_only_abandoned_sessions_with_open_turns(s3_endpoin
         [logs["busy"].session_id, logs["live"].session_id]
     )
     await logs["live"].close()
+
+
+class LostAnswers(S3Bucket):
+    """A bucket whose conditional PUTs land but answer "conflict", as when botocore retried
+    a PUT whose first answer was lost (its retry meets the first try's object)."""
+
+    def __init__(self, inner: S3Bucket) -> None:
+        super().__init__(inner.client, inner.bucket, inner.prefix)
+        self.lose = 0
+
+    async def put(
+        self, key: str, body: bytes, *, if_match: str | None = None, if_absent: bool = False
+    ) -> str | None:
+        etag = await super().put(key, body, if_match=if_match, if_absent=if_absent)
+        if self.lose > 0 and etag is not None:
+            self.lose -= 1
+            return None
+        return etag
+
+
+async def test_a_write_whose_answer_was_lost_is_not_mistaken_for_a_takeover(
+    s3_endpoint: str,
+) -> None:
+    """The fence, a commit and a lease renewal each land but report a conflict: the owner
+    recognises its own object each time and carries on."""
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    flaky = LostAnswers(S3Bucket(client, BUCKET, unique_prefix()))
+    logs = S3LogStore(flaky, owner="host-a")
+    sid = new_session_id()
+    flaky.lose = 2  # meta.json and the fence commit
+    log = await logs.create(sid, {"tier": "lite"})
+    flaky.lose = 1
+    assert (await log.append("text_delta", {"text": "one"})).seq == 1
+    flaky.lose = 1
+    await log._renew()  # type: ignore[attr-defined]
+    assert (await log.append("text_delta", {"text": "two"})).seq == 2
+    await log.close()
+    again = await logs.open(sid)
+    assert again is not None
+    assert [e.data["text"] for e in await again.read_after(0)] == ["one", "two"]
+    await again.close()
+
+
+async def test_recovery_skips_a_damaged_session_and_recovers_the_rest(s3_endpoint: str) -> None:
+    clock = Clock()
+    a, b = _two_hosts(s3_endpoint, clock)
+    damaged, healthy = new_session_id(), new_session_id()
+    for sid in (damaged, healthy):
+        log = await a.create(sid, {})
+        await log.add_user_turn("m1", "work")
+        await _die(log)
+    bad_key = f"{a.session_dir(damaged)}log/{99:012d}.json"
+    await a.bucket.put(bad_key, b"not json")  # not on the chain: harmless
+    chain_key = f"{a.session_dir(damaged)}log/{2:012d}.json"
+    await a.bucket.put(chain_key, b'{"epoch":1,"events":[[9,"x",null,{},0]],"turns":[]}')
+    clock.now += 10 + CLOCK_SKEW_S + 1
+    assert sorted(await b.recoverable()) == sorted([damaged, healthy])
+    with pytest.raises(LogError, match=r"is damaged.*Restore it from a backup"):
+        await b.open(damaged)
+    log_b = await b.open(healthy)  # the damaged one does not stand in its way
+    assert log_b is not None
+    assert [t.client_msg_id for t in await log_b.open_turns()] == ["m1"]
+    await log_b.close()

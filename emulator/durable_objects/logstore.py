@@ -1,0 +1,267 @@
+"""The session host's event log in Durable Object storage: one object per session.
+
+:class:`SessionLogObject` is what the shim's SessionDO keeps in ``ctx.storage.sql``
+(ARCHITECTURE §5): ``meta``, ``events`` and ``turns`` tables (the same schema as
+``kit.host.eventlog``'s SQLite files, so a ``kit dev`` state dir from before keeps working).
+Its constructor rebuilds ``last_seq`` from storage, so an evicted or hibernated object
+carries on where its storage left off. Each append is one ``transactionSync``: an event
+over Cloudflare's limits fails with Cloudflare's text and changes nothing.
+
+:class:`DOLogStore` is the ``LogStore`` seam over a :class:`Namespace` of those objects;
+its answers come back only after the object's writes are committed (the output gate).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from emulator.durable_objects.errors import DurableObjectError
+from emulator.durable_objects.namespace import DurableObject, Namespace, ObjectState
+from kit.host.errors import LogError
+from kit.host.eventlog import (
+    OPEN_TURN_STATES,
+    LogStore,
+    SessionLog,
+    Turn,
+    TurnState,
+    now_ms,
+)
+from kit.ids import SessionId, TurnId, is_session_id
+from kit.protocol.frames import Event
+
+T = TypeVar("T")
+
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL,"
+    " turn_id TEXT, data TEXT NOT NULL, ts INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS turns (turn_id TEXT PRIMARY KEY,"
+    " client_msg_id TEXT NOT NULL UNIQUE, text TEXT NOT NULL, state TEXT NOT NULL,"
+    " user_seq INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+    " updated_ms INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS turns_state ON turns(state, user_seq)",
+)
+
+
+class SessionLogObject(DurableObject):
+    """One session's log, as a Durable Object."""
+
+    def __init__(self, ctx: ObjectState) -> None:
+        super().__init__(ctx)
+        sql = ctx.storage.sql
+        for statement in SCHEMA:
+            sql.exec(statement)
+        self.last_seq: int = sql.exec("SELECT COALESCE(MAX(seq), 0) FROM events").rows[0][0]
+        self.turns: int = sql.exec("SELECT COUNT(*) FROM turns").rows[0][0]
+
+    def create(self, meta: dict[str, Any]) -> None:
+        """Write the session's metadata (once)."""
+        sql = self.ctx.storage.sql
+        if sql.exec("SELECT 1 FROM meta LIMIT 1").rows:
+            raise LogError(f"Session {self.ctx.id} already exists.")
+        self.ctx.storage.transaction_sync(
+            lambda: [
+                sql.exec("INSERT INTO meta VALUES (?, ?)", k, json.dumps(v))
+                for k, v in meta.items()
+            ]
+        )
+
+    def meta(self) -> dict[str, Any]:
+        """The session's metadata."""
+        rows = self.ctx.storage.sql.exec("SELECT key, value FROM meta").rows
+        return {k: json.loads(v) for k, v in rows}
+
+    def append_many(
+        self, items: list[tuple[str, dict[str, Any]]], turn_id: TurnId | None
+    ) -> list[Event]:
+        """Commit events in one transaction (all or none); seqs follow ``last_seq``."""
+        events = self.ctx.storage.transaction_sync(lambda: self._insert(items, turn_id))
+        self.last_seq = events[-1].seq if events else self.last_seq
+        return events
+
+    def _insert(
+        self, items: list[tuple[str, dict[str, Any]]], turn_id: TurnId | None
+    ) -> list[Event]:
+        sql, seq, events = self.ctx.storage.sql, self.last_seq, []
+        for kind, data in items:
+            seq += 1
+            event = Event(seq=seq, kind=kind, data=data, ts=now_ms(), turn_id=turn_id)
+            sql.exec(
+                "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+                seq,
+                kind,
+                turn_id,
+                json.dumps(data, ensure_ascii=False),
+                event.ts,
+            )
+            events.append(event)
+        return events
+
+    def read_after(self, seq: int, limit: int | None) -> list[Event]:
+        """Events after ``seq``, oldest first."""
+        rows = self.ctx.storage.sql.exec(
+            "SELECT seq, kind, turn_id, data, ts FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            seq,
+            -1 if limit is None else limit,
+        ).rows
+        return [
+            Event(seq=r[0], kind=r[1], turn_id=r[2], data=json.loads(r[3]), ts=r[4]) for r in rows
+        ]
+
+    def add_user_turn(self, client_msg_id: str, text: str) -> tuple[Turn, Event] | None:
+        """Queue a turn and its ``user`` event together; None for a seen ``client_msg_id``."""
+        sql = self.ctx.storage.sql
+        if sql.exec("SELECT 1 FROM turns WHERE client_msg_id = ?", client_msg_id).rows:
+            return None
+        turn_id = TurnId(f"t{self.turns + 1}")
+
+        def add() -> Event:
+            (event,) = self._insert(
+                [("user", {"client_msg_id": client_msg_id, "text": text})], turn_id
+            )
+            sql.exec(
+                "INSERT INTO turns VALUES (?, ?, ?, ?, ?, 0, ?)",
+                turn_id,
+                client_msg_id,
+                text,
+                TurnState.QUEUED.value,
+                event.seq,
+                event.ts,
+            )
+            return event
+
+        event = self.ctx.storage.transaction_sync(add)
+        self.last_seq, self.turns = event.seq, self.turns + 1
+        return Turn(turn_id, client_msg_id, text, TurnState.QUEUED, event.seq, 0), event
+
+    def set_turn_state(self, turn_id: TurnId, state: TurnState, attempt: bool) -> None:
+        """Move a turn to ``state``."""
+        self.ctx.storage.sql.exec(
+            "UPDATE turns SET state = ?, attempts = attempts + ?, updated_ms = ? WHERE turn_id = ?",
+            state.value,
+            1 if attempt else 0,
+            now_ms(),
+            turn_id,
+        )
+
+    def open_turns(self) -> list[Turn]:
+        """Queued, running and interrupted turns, oldest first."""
+        rows = self.ctx.storage.sql.exec(
+            "SELECT turn_id, client_msg_id, text, state, user_seq, attempts FROM turns"
+            " WHERE state IN (?, ?, ?) ORDER BY user_seq",
+            *(s.value for s in OPEN_TURN_STATES),
+        ).rows
+        return [Turn(TurnId(r[0]), r[1], r[2], TurnState(r[3]), r[4], r[5]) for r in rows]
+
+
+class DOSessionLog(SessionLog):
+    """A session log reached through its object's stub."""
+
+    def __init__(
+        self, namespace: Namespace[SessionLogObject], session_id: SessionId, meta: dict[str, Any]
+    ) -> None:
+        self.session_id = session_id
+        self.namespace = namespace
+        self.path = namespace.path(session_id)
+        """The object's SQLite file (tests read it to check what is committed)."""
+        self._meta = meta
+        self._last_seq = 0
+        self._closed = False
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    def meta(self) -> dict[str, Any]:
+        return dict(self._meta)
+
+    async def _call(self, what: str, fn: Callable[[SessionLogObject], T]) -> T:
+        if self._closed:
+            raise LogError(f"The event log of session {self.session_id} is closed.")
+        try:
+            return await self.namespace.call(self.session_id, fn)
+        except DurableObjectError as exc:
+            raise LogError(
+                f"Cannot {what} the event log of session {self.session_id}: {exc}"
+            ) from exc
+
+    async def sync_seq(self) -> None:
+        """Learn ``last_seq`` from the object (at open)."""
+        self._last_seq = await self._call("read", lambda o: o.last_seq)
+
+    async def append(self, kind: str, data: dict[str, Any], turn_id: TurnId | None = None) -> Event:
+        (event,) = await self.append_many([(kind, data)], turn_id)
+        return event
+
+    async def append_many(
+        self, items: list[tuple[str, dict[str, Any]]], turn_id: TurnId | None = None
+    ) -> list[Event]:
+        events = await self._call("write", lambda o: o.append_many(items, turn_id))
+        if events:
+            self._last_seq = events[-1].seq
+        return events
+
+    async def read_after(self, seq: int, limit: int | None = None) -> list[Event]:
+        return await self._call("read", lambda o: o.read_after(seq, limit))
+
+    async def add_user_turn(self, client_msg_id: str, text: str) -> tuple[Turn, Event] | None:
+        added = await self._call("write", lambda o: o.add_user_turn(client_msg_id, text))
+        if added is not None:
+            self._last_seq = added[1].seq
+        return added
+
+    async def set_turn_state(
+        self, turn_id: TurnId, state: TurnState, *, attempt: bool = False
+    ) -> None:
+        await self._call("write", lambda o: o.set_turn_state(turn_id, state, attempt))
+
+    async def open_turns(self) -> list[Turn]:
+        return await self._call("read", lambda o: o.open_turns())
+
+    async def close(self) -> None:
+        # The host lets go; the object stays until it idles out (hibernation) or is evicted.
+        self._closed = True
+
+
+class DOLogStore(LogStore):
+    """Session logs as Durable Objects in ``root`` (one SQLite file per session)."""
+
+    def __init__(self, namespace: Namespace[SessionLogObject]) -> None:
+        self.namespace = namespace
+
+    @classmethod
+    def in_dir(cls, root: Path, **options: Any) -> DOLogStore:
+        """A store over a new namespace of session objects in ``root``."""
+        return cls(Namespace(root, SessionLogObject, name="SessionLog", **options))
+
+    def _id(self, session_id: SessionId) -> SessionId:
+        if not is_session_id(session_id):
+            raise LogError(f"{session_id!r} is not a session id.")
+        return session_id
+
+    async def create(self, session_id: SessionId, meta: dict[str, Any]) -> SessionLog:
+        sid = self._id(session_id)
+        if self.namespace.exists(sid):
+            raise LogError(f"Session {sid} already exists.")
+        log = DOSessionLog(self.namespace, sid, meta)
+        await log._call("create", lambda o: o.create(meta))
+        return log
+
+    async def open(self, session_id: SessionId) -> SessionLog | None:
+        sid = self._id(session_id)
+        if not self.namespace.exists(sid):
+            return None
+        log = DOSessionLog(self.namespace, sid, {})
+        log._meta = await log._call("read", lambda o: o.meta())
+        await log.sync_seq()
+        return log
+
+    async def session_ids(self) -> list[SessionId]:
+        return [SessionId(i) for i in self.namespace.ids() if is_session_id(i)]
+
+    async def aclose(self) -> None:
+        """Commit and close every object (the namespace's end)."""
+        await self.namespace.close()

@@ -1,0 +1,159 @@
+"""The session host on the emulator's Durable Objects: the event log in DO storage, an
+oversize write refused with Cloudflare's text, and eviction in the middle of a turn."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from emulator.durable_objects import DOLogStore, DOSessionLog, LimitExceeded
+from emulator.durable_objects.limits import MAX_VALUE_BYTES, TOO_BIG
+from kit.cli.stack import Stack, run_stack
+from kit.client import SessionClient, create_session
+from kit.host.errors import LogError
+from kit.host.session import Session
+from kit.ids import new_session_id
+from kit.protocol.frames import MAX_TEXT_CHARS, Event
+from tests.agents import RECOVERED_REPLY, until_prompt_stored, write_agent
+from tests.conftest import stack_settings
+
+
+class Probe:
+    """A subscriber that records what it is handed."""
+
+    def __init__(self) -> None:
+        self.seen: list[Event] = []
+
+    def deliver(self, event: Event) -> None:
+        self.seen.append(event)
+
+    def evict(self, message: str) -> None:
+        raise AssertionError(message)
+
+
+def _rows(path: Path) -> list[tuple[int, str]]:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT seq, kind FROM events ORDER BY seq").fetchall()
+
+
+async def test_an_oversize_append_fails_with_cloudflares_text_and_changes_nothing(
+    kit_tmp: Path,
+) -> None:
+    """Through the log seam: refused (LogError carrying ``string or blob too big:
+    SQLITE_TOOBIG``), all of a batch or none, and seqs go on with no gap, even after an
+    eviction."""
+    logs = DOLogStore.in_dir(kit_tmp / "sessions")
+    log = await logs.create(new_session_id(), {"tier": "basic"})
+    assert isinstance(log, DOSessionLog)
+    await log.append("sandbox", {"state": "starting"})
+    big = "x" * MAX_VALUE_BYTES
+    with pytest.raises(LogError) as caught:
+        await log.append("tool_result", {"content": big})
+    assert TOO_BIG in str(caught.value)
+    assert isinstance(caught.value.__cause__, LimitExceeded)
+    assert str(caught.value.__cause__) == TOO_BIG
+    with pytest.raises(LogError, match=TOO_BIG):
+        await log.append_many([("text_delta", {"text": "fine"}), ("tool_result", {"c": big})])
+    with pytest.raises(LogError, match=TOO_BIG):
+        await log.add_user_turn("m1", big)
+    assert log.last_seq == 1
+    assert _rows(log.path) == [(1, "sandbox")]
+    assert await log.open_turns() == []
+    await logs.namespace.evict(log.session_id)
+    again = await logs.open(log.session_id)
+    assert again is not None
+    assert again.last_seq == 1
+    added = await again.add_user_turn("m1", "now a small one")  # m1 was never applied
+    assert added is not None
+    assert added[1].seq == 2
+    await logs.aclose()
+
+
+async def _session(stack: Stack) -> tuple[SessionClient, Session]:
+    info = await create_session(stack.url, stack.api_token)
+    client = SessionClient(info.ws_url, info.token)
+    await client.connect()
+    session = await stack.host.get(info.session_id)
+    assert session is not None
+    return client, session
+
+
+async def test_kit_dev_keeps_the_event_log_in_durable_objects(stack: Stack) -> None:
+    """``kit dev``'s log store is the DO one; a user message at the protocol's limits is
+    stored and replayed byte for byte; an oversize event is refused and the session goes on."""
+    assert isinstance(stack.host.logs, DOLogStore)
+    client, session = await _session(stack)
+    assert isinstance(session.log, DOSessionLog)
+    text = "é" * MAX_TEXT_CHARS  # 200 kB of UTF-8 in one user event row
+    events = [e async for e in client.turn(text)]
+    assert events[-1].kind == "result"
+    stored = await session.log.read_after(0)
+    assert next(e for e in stored if e.kind == "user").data["text"] == text
+    before = _rows(session.log.path)
+
+    probe = Probe()
+    session.subscribe(probe)
+    with pytest.raises(LogError, match=TOO_BIG):
+        await session.emit("tool_result", {"content": "x" * MAX_VALUE_BYTES})
+    assert probe.seen == []
+    assert _rows(session.log.path) == before
+    session.detach(probe)
+
+    more = [e async for e in client.turn("Where is my order 1042?")]
+    assert more[0].seq == before[-1][0] + 1
+    assert more[-1].kind == "result"
+    await client.close()
+
+
+@pytest.fixture
+async def agent_stack(kit_tmp: Path) -> AsyncIterator[Stack]:
+    """The test agent (it has a slow tool) on a local stack."""
+    project = write_agent(kit_tmp / "agent")
+    async with run_stack(stack_settings(kit_tmp / "state", project)) as running:
+        yield running
+
+
+async def test_evicting_mid_turn_loses_and_repeats_no_event(agent_stack: Stack) -> None:
+    """Evict the session's object (control API) while a tool runs: sockets close with
+    1001, the client resumes, the host rebuilds the session from storage and finishes the
+    turn; the client saw every event once, in order, exactly the log's."""
+    stack = agent_stack
+    client, session = await _session(stack)
+    namespace = stack.host.logs.namespace  # type: ignore[attr-defined]
+    seen: list[Event] = []
+    evicted = False
+    await client.send("echo this first")
+    async with asyncio.timeout(120), httpx.AsyncClient(base_url=stack.url) as http:
+        async for event in client.events():
+            seen.append(event)
+            if event.kind == "result" and [e.kind for e in seen].count("result") == 1:
+                generation = namespace.generation(session.id)
+                await client.send("run the slow tool")
+            in_second_turn = [e.kind for e in seen].count("result") == 1
+            if event.kind == "tool_use" and in_second_turn and not evicted:
+                await until_prompt_stored(stack.settings.state_dir, session.id, "run the slow tool")
+                r = await http.post(
+                    f"/_emulator/do/SessionLog/objects/{session.id}/evict",
+                    headers={"authorization": f"Bearer {stack.api_token}"},
+                )
+                assert r.json() == {"evicted": True}
+                evicted = True
+            if event.kind == "result" and evicted:
+                break
+    assert client.reconnects >= 1
+    assert session.closed  # the old in-memory session is gone ...
+    reloaded = await stack.host.get(session.id)
+    assert reloaded is not None
+    assert reloaded is not session  # ... and a new one was built from storage
+    assert namespace.generation(session.id) > generation
+    logged = await reloaded.log.read_after(0)
+    assert [e.seq for e in seen] == list(range(1, len(seen) + 1))
+    assert [(e.seq, e.kind) for e in seen] == [(e.seq, e.kind) for e in logged[: len(seen)]]
+    assert [e.kind for e in seen].count("result") == 2
+    assert RECOVERED_REPLY in seen[-1].data["text"]
+    await client.close()
