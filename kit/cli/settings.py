@@ -17,8 +17,9 @@ transcript store       ``KIT_STORE_URL``           a SQLite file per session in 
                                                    dir; ``s3://…`` (one store for all
                                                    sessions) also hands kit dev's
                                                    ``AWS_*`` credentials to sandboxes
-event log              ``KIT_LOG_URL``             a SQLite file per session in the state
-                                                   dir; ``s3://…`` keeps logs in S3 with
+event log              ``KIT_LOG_URL``             the emulator's Durable Objects (a SQLite
+                                                   file per session object in the state
+                                                   dir); ``s3://…`` keeps logs in S3 with
                                                    a lease per session, so several hosts
                                                    can share one bucket (the Fly gateway)
 host id                ``KIT_HOST_ID``             the lease owner; default a random id
