@@ -53,3 +53,54 @@ def get_tier(name: str) -> Tier:
 def tier_names() -> list[str]:
     """Every tier name, in table order, for error messages and help text."""
     return list(TIERS)
+
+
+class TierError(ValueError):
+    """A custom size the platform would refuse; the message names the rule."""
+
+
+def cloudflare_custom(vcpu: float, memory_mib: int, disk_mb: int) -> Tier:
+    """A Cloudflare custom instance size (``instance_type: {vcpu, memory_mib, disk_mb}``),
+    checked against the platform's rules: 1 to 4 vCPU, at most 12 GiB and at least 3 GiB per
+    vCPU of memory, at most 2 GB of disk per GiB of memory."""
+    if not 1 <= vcpu <= 4:
+        raise TierError(
+            f"vcpu must be between 1 and 4, got {vcpu} (fractions exist only as lite, basic "
+            "and standard-1)."
+        )
+    if memory_mib > 12 * 1024:
+        raise TierError(f"memory_mib must be at most 12288 (12 GiB), got {memory_mib}.")
+    if memory_mib < 3 * 1024 * vcpu:
+        raise TierError(
+            f"memory_mib must be at least 3 GiB per vCPU ({int(3 * 1024 * vcpu)} for {vcpu} "
+            f"vCPU), got {memory_mib}."
+        )
+    if disk_mb > 2000 * memory_mib / 1024:
+        raise TierError(
+            f"disk_mb must be at most 2 GB per GiB of memory ({int(2000 * memory_mib / 1024)} "
+            f"for {memory_mib} MiB), got {disk_mb}."
+        )
+    return Tier(f"custom-{vcpu:g}-{memory_mib}-{disk_mb}", "cloudflare", vcpu, memory_mib, disk_mb)
+
+
+def fly_sized(preset: str, memory_mb: int) -> Tier:
+    """A Fly preset with more memory than its default: 256 MB to 2 GB per shared CPU, 2 GB to
+    8 GB per performance CPU, in multiples of 256 MB."""
+    base = get_tier(preset)
+    if base.platform != "fly":
+        raise TierError(f"{preset!r} is not a Fly preset.")
+    cpus = round(base.vcpu * 16) if preset.startswith("shared") else round(base.vcpu)
+    low, high = (
+        (256 * cpus, 2048 * cpus)
+        if preset.startswith("shared")
+        else (
+            2048 * cpus,
+            8192 * cpus,
+        )
+    )
+    if memory_mb % 256 or not low <= memory_mb <= high:
+        raise TierError(
+            f"memory_mb for {preset} must be a multiple of 256 between {low} and {high}, "
+            f"got {memory_mb}."
+        )
+    return Tier(f"{preset}@{memory_mb}", "fly", base.vcpu, memory_mb, base.disk_mb)

@@ -74,6 +74,34 @@ input = { command = "[ -e crashed ] || ( touch crashed && kill -SEGV $(cut -d' '
 text = "Still here?"
 
 [[rule]]
+name = "allocate"
+contains = "allocate 400 MiB"
+[[rule.step]]
+text = "Allocating."
+tool = "Bash"
+input = { command = "[ -e allocated ] || ( touch allocated && python3 -c 'x = b\"x\" * (400 * 2**20); print(len(x))' ); echo allocated", description = "allocate once" }
+[[rule.step]]
+text = "Allocation said: {tool_result}"
+
+[[rule]]
+name = "burn cpu"
+contains = "burn cpu"
+[[rule.step]]
+tool = "Bash"
+input = { command = "python3 -c 'import time; t = time.perf_counter(); sum(i * i for i in range(6_000_000)); print(\"cpu-seconds-wall\", round(time.perf_counter() - t, 3))'", description = "burn" }
+[[rule.step]]
+text = "Burned: {tool_result}"
+
+[[rule]]
+name = "fork many"
+contains = "fork many"
+[[rule.step]]
+tool = "Bash"
+input = { command = "python3 -c 'import os, time\nn = 0\ntry:\n    for _ in range(300):\n        if os.fork() == 0:\n            time.sleep(2); os._exit(0)\n        n += 1\nexcept OSError as e:\n    print(\"fork failed after\", n)\nelse:\n    print(\"forked\", n)'", description = "fork" }
+[[rule.step]]
+text = "Forking said: {tool_result}"
+
+[[rule]]
 name = "echo"
 [[rule.step]]
 text = "You said: {user}"

@@ -5,19 +5,24 @@ kept across sandboxes so the SDK's resume finds the same project key), ``home/``
 ``tmp/`` and ``run/`` (the runtime's socket). When kit runs as root the runtime runs as an
 unprivileged user (``nobody`` unless told otherwise) that owns only that folder.
 
-Tier limits (memory, CPU, disk, pids, idle) and filesystem/network isolation are the
-emulator's next layer (docs/tiers.md); this module is the process lifecycle they build on.
+Each sandbox runs under its tier's limits (:mod:`emulator.sandbox.limits`, docs/tiers.md):
+its processes join their cgroups before the runtime is handed its session, so no agent code
+runs outside them. An OOM kill anywhere in the group ends the whole sandbox (``oom``, 137);
+a workspace past its tier's disk ends it too (``disk``, 137); so does its maximum lifetime
+(``lifetime``: SIGTERM, 143). Idle stops are the host's (SIGTERM, ``idle``, 143).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import pwd
+import resource
 import shutil
 import signal
 import stat
@@ -28,6 +33,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
+from emulator.sandbox.limits import (
+    Cgroups,
+    Limits,
+    SandboxCgroup,
+    SandboxUsage,
+    rlimits_for,
+    tree_bytes,
+)
 from emulator.sandbox.zygote import Zygote
 from kit.host.errors import SandboxError
 from kit.host.sandbox import (
@@ -36,11 +49,13 @@ from kit.host.sandbox import (
     SandboxProvider,
     SandboxSpec,
     SandboxState,
+    Usage,
     exit_code_of,
     reason_of,
 )
-from kit.ids import SandboxId
+from kit.ids import SandboxId, SessionId
 from kit.runtime.config import STORE_DEADLINE_S, STORE_RETRY_S, RuntimeConfig
+from kit.tiers import get_tier
 
 log = logging.getLogger("emulator.sandbox")
 
@@ -50,6 +65,15 @@ GROUP_EXIT_POLLS = 500
 GROUP_EXIT_POLL_S = 0.01
 """After SIGKILL the kernel ends a group within milliseconds; give it up to 5 s."""
 _SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+MAX_LIFETIME_S = 24 * 3600.0
+"""kit's own cap on one sandbox's life (neither platform documents one); then SIGTERM."""
+LIFETIME_GRACE_S = 5.0
+CLOSE_WAIT_S = 5.0
+DISK_CHECK_S = 2.0
+"""How often a running sandbox's workspace is measured against its tier's disk."""
+OOM_NOW_WAIT_S = 2.0
+"""After :meth:`LocalSandboxProvider.oom` squeezes the limit: how long the kernel gets to
+OOM-kill before the provider kills the sandbox itself (an idle runtime allocates nothing)."""
 
 
 class LocalSandbox(Sandbox):
@@ -62,9 +86,21 @@ class LocalSandbox(Sandbox):
         wait: Callable[[], Awaitable[int]],
         endpoint: str,
         log_path: Path,
+        *,
+        sandbox_id: SandboxId | None = None,
+        limits: Limits | None = None,
+        cgroup: SandboxCgroup | None = None,
+        workspace: Path | None = None,
+        max_lifetime_s: float | None = None,
     ) -> None:
-        self.id = SandboxId(f"sbx-{uuid.uuid4().hex[:12]}")
+        self.id = sandbox_id or SandboxId(f"sbx-{uuid.uuid4().hex[:12]}")
         self.session_id = spec.session_id
+        self.limits = limits
+        self.cgroup = cgroup
+        self.workspace = workspace
+        self.max_lifetime_s = max_lifetime_s
+        self.final_usage: SandboxUsage | None = None
+        """What the sandbox used in all, read as it exited (peak memory, CPU, disk)."""
         self.spec = spec
         self.endpoint = endpoint
         self.resumed = False
@@ -74,6 +110,91 @@ class LocalSandbox(Sandbox):
         self._reason: str | None = None
         self._exit: ExitInfo | None = None
         self._waiter = asyncio.create_task(self._reap(), name=f"reap-{self.id}")
+        self._guard: asyncio.Task[None] | None = None
+        if cgroup is not None:
+            cgroup.watch_oom(self._on_oom)
+
+    def on_exit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the sandbox has exited and been reaped."""
+        self._waiter.add_done_callback(lambda _: callback())
+
+    def guard(self) -> None:
+        """Start enforcing the disk quota and the maximum lifetime (once the runtime is up)."""
+        if self._guard is None and self._exit is None:
+            self._guard = asyncio.create_task(self._enforce(), name=f"guard-{self.id}")
+
+    async def _enforce(self) -> None:
+        lifetime = self.max_lifetime_s
+        deadline = asyncio.get_running_loop().time() + lifetime if lifetime else None
+        checks = int((lifetime or MAX_LIFETIME_S) / DISK_CHECK_S) + 1
+        for _ in range(checks):
+            if self.over_disk_quota():
+                log.warning("sandbox %s: workspace over its disk quota; killing it", self.id)
+                await self.kill(signal.SIGKILL, reason="disk")
+                return
+            now = asyncio.get_running_loop().time()
+            if deadline is not None and now >= deadline:
+                break
+            wait = DISK_CHECK_S if deadline is None else min(DISK_CHECK_S, deadline - now)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._waiter), wait)
+                return
+            except TimeoutError:
+                continue
+        log.info("sandbox %s reached its maximum lifetime; stopping it", self.id)
+        await self.kill(signal.SIGTERM, reason="lifetime")
+        try:
+            await asyncio.wait_for(asyncio.shield(self._waiter), LIFETIME_GRACE_S)
+        except TimeoutError:
+            await self.kill(signal.SIGKILL, reason="lifetime")
+
+    def over_disk_quota(self) -> bool:
+        """Whether the workspace holds more than the tier's disk."""
+        if self.limits is None or self.workspace is None:
+            return False
+        return tree_bytes(self.workspace) > self.limits.disk_bytes
+
+    def _on_oom(self) -> None:
+        log.warning("sandbox %s hit its memory limit; killing it (exit 137)", self.id)
+        asyncio.get_running_loop().create_task(self.kill(signal.SIGKILL, reason="oom"))
+
+    def measure(self) -> SandboxUsage:
+        """Resources used so far (after the exit: in all). ``None`` fields: not measurable here."""
+        if self.final_usage is not None:
+            return self.final_usage
+        workspace = tree_bytes(self.workspace) if self.workspace is not None else 0
+        if self.cgroup is not None:
+            with contextlib.suppress(OSError):
+                return self.cgroup.usage(workspace)
+        return SandboxUsage(None, None, None, workspace)
+
+    async def usage(self) -> Usage | None:
+        """Peak memory, CPU seconds and workspace disk so far; None without cgroups."""
+        used = await asyncio.to_thread(self.measure)
+        if used.peak_memory_bytes is None or used.cpu_s is None:
+            return None
+        return Usage(used.peak_memory_bytes / 2**20, used.cpu_s, used.workspace_bytes / 1e6)
+
+    async def oom(self) -> None:
+        """Run the sandbox out of memory now, as at its tier's limit (``oom``, exit 137).
+
+        Lowers the memory limit to the current usage so the kernel OOM-kills on the next
+        allocation; an idle runtime allocates nothing, so after :data:`OOM_NOW_WAIT_S` the
+        sandbox is killed directly, with the same report. Without cgroups: SandboxError.
+        """
+        if self.cgroup is None:
+            raise SandboxError(
+                f"Sandbox {self.id} has no memory limit on this machine (no writable cgroups)."
+            )
+        if self._exit is not None:
+            return
+        with contextlib.suppress(OSError):
+            self.cgroup.squeeze()
+        try:
+            await asyncio.wait_for(self.wait(), OOM_NOW_WAIT_S)
+        except TimeoutError:
+            await self.kill(signal.SIGKILL, reason="oom")
+            await self.wait()
 
     @property
     def state(self) -> SandboxState:
@@ -83,16 +204,25 @@ class LocalSandbox(Sandbox):
         code = exit_code_of(await self._wait_returncode())
         # The runtime is gone; take everything left in its group with it (its CLI, a Bash
         # tool) and report the exit only once none of it runs: a replacement sandbox must
-        # never overlap the old one on the same transcript.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
+        # never overlap the old one on the same transcript. The CLI starts tools in process
+        # groups of their own: the cgroup is what holds all of them.
         for _ in range(GROUP_EXIT_POLLS):
-            if not live_group_members(self.pid):
+            self._signal_all(signal.SIGKILL)
+            if not live_group_members(self.pid) and not self._cgroup_members():
                 break
             await asyncio.sleep(GROUP_EXIT_POLL_S)
         else:
             log.warning("sandbox %s: processes of group %d outlived SIGKILL", self.id, self.pid)
+        self.final_usage = self.measure()
+        if self.cgroup is not None:
+            if self.final_usage.oom_kills and self._reason is None:
+                self._reason = "oom"  # the kernel killed first; the eventfd was not read yet
+            await self.cgroup.remove()
+        if self._reason in ("oom", "disk"):
+            code = 128 + signal.SIGKILL
         self._exit = ExitInfo(code, self._reason or reason_of(code))
+        if self._guard is not None and self._guard is not asyncio.current_task():
+            self._guard.cancel()
         return self._exit
 
     async def wait(self) -> ExitInfo:
@@ -103,8 +233,23 @@ class LocalSandbox(Sandbox):
             return
         if reason is not None and self._reason is None:
             self._reason = reason
+        self._signal_all(sig)
+
+    def _cgroup_members(self) -> set[int]:
+        if self.cgroup is None:
+            return set()
+        try:
+            return self.cgroup.members()
+        except OSError:
+            return set()
+
+    def _signal_all(self, sig: int) -> None:
+        """``sig`` to the runtime's process group and to every process in its cgroup."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
+        for pid in self._cgroup_members():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
 
 
 class LocalSandboxProvider(SandboxProvider):
@@ -122,6 +267,10 @@ class LocalSandboxProvider(SandboxProvider):
         env: Mapping[str, str] | None = None,
         store_retry_s: float = STORE_RETRY_S,
         store_deadline_s: float = STORE_DEADLINE_S,
+        limits: bool = True,
+        overrides: Mapping[str, int] | None = None,
+        max_lifetime_s: float | None = MAX_LIFETIME_S,
+        throttle_start: bool = False,
     ) -> None:
         self.root = root
         # Passed to every runtime: e.g. the credentials of an s3:// transcript store.
@@ -147,6 +296,26 @@ class LocalSandboxProvider(SandboxProvider):
         self._zygote: Zygote | None = None
         self._zygote_lock = asyncio.Lock()
         self._closed = False
+        self.overrides = dict(overrides or {})
+        """Replacements for the tier's :class:`Limits` fields (tests: a tiny disk or pids.max)."""
+        # Start-up (the runtime's CLI boot, ~0.35 CPU-seconds) runs at full speed unless
+        # throttle_start: under `lite` it would take ~10 s. Turns run at the tier's share.
+        self.throttle_start = throttle_start
+        self.max_lifetime_s = max_lifetime_s
+        self.running: dict[SessionId, LocalSandbox] = {}
+        """The live sandbox of each session."""
+        self.cgroups: Cgroups | None = None
+        self.unenforced = ""
+        """Empty when tier limits are enforced; otherwise the one-line reason why not."""
+        if limits:
+            self.cgroups, why = Cgroups.probe()
+            if self.cgroups is None:
+                self.unenforced = (
+                    f"Sandbox memory, CPU and pids limits are NOT enforced on this machine: {why}. "
+                    "Sandboxes run with only the disk quota and per-file size limit "
+                    "(run kit dev as root on a machine with cgroup v1 mounted for the tier limits)."
+                )
+                _warn_once(self.unenforced)
 
     def workspace(self, session_id: str) -> Path:
         """The session's workspace folder (the agent's cwd)."""
@@ -169,6 +338,17 @@ class LocalSandboxProvider(SandboxProvider):
         return None
 
     async def start(self, spec: SandboxSpec) -> LocalSandbox:
+        try:
+            limits = dataclasses.replace(Limits.for_tier(get_tier(spec.tier)), **self.overrides)
+        except KeyError:
+            raise SandboxError(f"Unknown sandbox tier {spec.tier!r}; see docs/tiers.md.") from None
+        workspace = self.workspace(spec.session_id)
+        if workspace.is_dir() and tree_bytes(workspace) > limits.disk_bytes:
+            raise SandboxError(
+                f"The workspace of session {spec.session_id} ({workspace}) holds more than its "
+                f"tier's {limits.disk_bytes / 1e9:g} GB of disk; delete files from it or pick a "
+                "larger tier (kit.toml [sandbox] tier)."
+            )
         for needed in (spec.bundle_dir, self.root):
             blocked = self.unreachable(needed)
             if blocked is not None:
@@ -217,11 +397,49 @@ class LocalSandboxProvider(SandboxProvider):
             "PYTHONDONTWRITEBYTECODE": "1",
         }
         log_path = base / "runtime.log"
+        sandbox_id = SandboxId(f"sbx-{uuid.uuid4().hex[:12]}")
+        cgroup = (
+            self.cgroups.create(sandbox_id, limits, throttle=self.throttle_start)
+            if self.cgroups is not None
+            else None
+        )
         try:
             pid, wait, stdout, write_stdin = await self._launch(dirs["workspace"], env, log_path)
         except OSError as exc:
+            if cgroup is not None:
+                await cgroup.remove()
             raise SandboxError(self._cannot_run(str(exc.strerror or exc))) from exc
-        sandbox = LocalSandbox(spec, pid, wait, f"unix:{sock}", log_path)
+        sandbox = LocalSandbox(
+            spec,
+            pid,
+            wait,
+            f"unix:{sock}",
+            log_path,
+            sandbox_id=sandbox_id,
+            limits=limits,
+            cgroup=cgroup,
+            workspace=dirs["workspace"],
+            max_lifetime_s=self.max_lifetime_s,
+        )
+        # The runtime waits for its config before it runs anything of the agent's: confine
+        # it first, so the SDK's CLI and every tool start inside the tier's limits.
+        try:
+            if cgroup is not None:
+                cgroup.add(pid)
+            else:
+                for which, value in rlimits_for(limits).items():
+                    try:
+                        resource.prlimit(pid, which, value)
+                    except PermissionError:  # best effort: the fallback is per process anyway
+                        log.debug("could not set rlimit %d on %d", which, pid)
+        except ProcessLookupError:
+            pass  # it died already: the readiness wait below reports how
+        except OSError as exc:
+            await sandbox.kill()
+            await sandbox.wait()
+            raise SandboxError(f"Could not apply the tier's limits to the sandbox: {exc}.") from exc
+        self.running[spec.session_id] = sandbox
+        sandbox.on_exit(lambda: self._forget(sandbox))
         write_stdin(config.to_json().encode() + b"\n")
         try:
             ready = await asyncio.wait_for(_ready_line(stdout), self.start_timeout_s)
@@ -241,7 +459,28 @@ class LocalSandboxProvider(SandboxProvider):
                 f"before it was ready: {_tail(log_path)} (full log: {log_path})."
             )
         sandbox.resumed = bool(ready.get("resumed"))
+        if cgroup is not None and not self.throttle_start:
+            cgroup.throttle(limits)
+        sandbox.guard()
         return sandbox
+
+    def _forget(self, sandbox: LocalSandbox) -> None:
+        if self.running.get(sandbox.session_id) is sandbox:
+            del self.running[sandbox.session_id]
+
+    async def kill(
+        self, session_id: str, sig: int = signal.SIGKILL, reason: str | None = None
+    ) -> bool:
+        """Send ``sig`` to the session's sandbox (``reason``: what it reports); False if none."""
+        sandbox = self.running.get(SessionId(session_id))
+        if sandbox is None:
+            return False
+        await sandbox.kill(sig, reason)
+        return True
+
+    def sandbox(self, session_id: str) -> LocalSandbox | None:
+        """The session's running sandbox, if any."""
+        return self.running.get(SessionId(session_id))
 
     def _cannot_run(self, why: str) -> str:
         who = f"user {self.user!r}" if self.uid is not None else "this user"
@@ -316,11 +555,16 @@ class LocalSandboxProvider(SandboxProvider):
             await self._ensure_zygote({"PATH": _SAFE_PATH, "LANG": "C.UTF-8"})
 
     async def close(self) -> None:
-        """Stop the fork server."""
+        """Stop the fork server; remove this provider's cgroup folders once sandboxes are gone."""
         self._closed = True
         async with self._zygote_lock:
             if self._zygote is not None:
                 await self._zygote.stop()
+        for sandbox in list(self.running.values()):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sandbox.wait(), CLOSE_WAIT_S)
+        if self.cgroups is not None:
+            self.cgroups.remove()
 
     def _drop_privileges(self) -> list[str]:
         if self.uid is None or self.gid is None or not self._setpriv:
@@ -360,6 +604,15 @@ class LocalSandboxProvider(SandboxProvider):
         if self.uid is not None and self.gid is not None:
             os.chown(path, self.uid, self.gid)
             path.chmod(0o700)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("%s", message)
 
 
 def live_group_members(pgid: int) -> list[int]:

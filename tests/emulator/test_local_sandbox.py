@@ -118,5 +118,8 @@ async def test_unrunnable_python_is_a_clear_error(kit_tmp: Path, bundle: Bundle)
     """A runtime interpreter that cannot run gives a SandboxError that names the fix (the fork
     server fails first; the provider falls back to a fresh spawn, which fails clearly)."""
     provider = LocalSandboxProvider(kit_tmp / "sb2", python="/nonexistent/python3")
-    with pytest.raises(SandboxError, match="KIT_SANDBOX_USER"):
-        await provider.start(_spec(bundle))
+    try:
+        with pytest.raises(SandboxError, match="KIT_SANDBOX_USER"):
+            await provider.start(_spec(bundle))
+    finally:
+        await provider.close()

@@ -1,0 +1,189 @@
+"""Tier limits on local sandboxes: real cgroups around the real runtime's process tree."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from emulator.sandbox import LocalSandboxProvider
+from emulator.sandbox.limits import CFS_PERIOD_US, PIDS_MAX, Cgroups
+from kit.bundle import Bundle, build_bundle, load_project
+from kit.cli.settings import EXAMPLE_PROJECT
+from kit.host.errors import SandboxError
+from kit.host.sandbox import ModelAccess, SandboxSpec
+from kit.ids import new_session_id
+
+pytestmark = pytest.mark.skipif(
+    not Cgroups.available(), reason="needs writable cgroup v1 hierarchies (root)"
+)
+
+
+@pytest.fixture
+def bundle(kit_tmp: Path) -> Bundle:
+    """The example agent's bundle."""
+    return build_bundle(load_project(EXAMPLE_PROJECT), kit_tmp / "bundles")
+
+
+@pytest.fixture
+async def provider(kit_tmp: Path) -> AsyncIterator[LocalSandboxProvider]:
+    """A provider with cgroup limits (and its fork server)."""
+    p = LocalSandboxProvider(kit_tmp / "sandboxes")
+    yield p
+    await p.close()
+
+
+def _spec(bundle: Bundle, tier: str = "basic") -> SandboxSpec:
+    return SandboxSpec(
+        session_id=new_session_id(),
+        tier=tier,
+        bundle_dir=bundle.path,
+        store_url="memory://",
+        model=ModelAccess("http://localhost", None, "kit-model-test"),
+        runtime_token="rt",
+        idle_timeout_s=60,
+    )
+
+
+def _group_pids(pgid: int) -> set[int]:
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                fields = (proc / "stat").read_bytes().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                found.add(int(proc.name))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("tier", "memory", "quota"), [("lite", 256, 6250), ("standard-2", 6144, 100_000)]
+)
+async def test_every_process_runs_in_the_tiers_cgroups(
+    provider: LocalSandboxProvider, bundle: Bundle, tier: str, memory: int, quota: int
+) -> None:
+    """The runtime and its CLI are in the sandbox's cgroups, which hold the tier's limits;
+    the groups are removed when the sandbox exits."""
+    sandbox = await provider.start(_spec(bundle, tier))
+    cgroup = sandbox.cgroup
+    assert cgroup is not None
+    pids = _group_pids(sandbox.pid)
+    assert len(pids) >= 2  # the runtime and its CLI
+    assert pids <= cgroup.members()
+    assert int(cgroup.read("memory", "memory.limit_in_bytes")) == memory * 2**20
+    assert int(cgroup.read("cpu", "cpu.cfs_quota_us")) == quota
+    assert int(cgroup.read("cpu", "cpu.cfs_period_us")) == CFS_PERIOD_US
+    assert int(cgroup.read("pids", "pids.max")) == PIDS_MAX
+    for pid in pids:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        memory_line = next(line for line in lines if ":memory:" in line)
+        assert memory_line.endswith(f"/{sandbox.id}")
+    await sandbox.stop()
+    assert not any(path.exists() for path in cgroup.paths.values())
+
+
+async def test_usage_is_measured_while_running_and_at_exit(
+    provider: LocalSandboxProvider, bundle: Bundle
+) -> None:
+    """Peak memory, CPU seconds and workspace disk are readable live and after the exit."""
+    sandbox = await provider.start(_spec(bundle))
+    assert sandbox.workspace is not None
+    (sandbox.workspace / "data.bin").write_bytes(b"x" * 3_000_000)
+    live = await sandbox.usage()
+    assert live is not None
+    assert 20 < live.peak_memory_mib < 1024  # a runtime and its CLI
+    assert live.cpu_s > 0.05  # the CLI's boot at least
+    assert live.disk_mb >= 3.0
+    await sandbox.stop()
+    final = sandbox.final_usage
+    assert final is not None
+    assert final.cpu_s is not None
+    assert final.cpu_s >= live.cpu_s
+
+
+async def test_oom_now_reports_137_oom(provider: LocalSandboxProvider, bundle: Bundle) -> None:
+    """The 'OOM now' hook ends the sandbox as the kernel's OOM killer would: 137, 'oom'."""
+    spec = _spec(bundle)
+    sandbox = await provider.start(spec)
+    assert provider.sandbox(spec.session_id) is sandbox
+    await sandbox.oom()
+    info = await sandbox.wait()
+    assert (info.exit_code, info.reason) == (137, "oom")
+    assert provider.sandbox(spec.session_id) is None
+
+
+async def test_kill_by_session(provider: LocalSandboxProvider, bundle: Bundle) -> None:
+    """The provider signals a session's sandbox by session id; unknown sessions say False."""
+    spec = _spec(bundle)
+    sandbox = await provider.start(spec)
+    assert await provider.kill(spec.session_id, 15, reason="stopped")
+    assert (await sandbox.wait()).exit_code == 143
+    assert not await provider.kill(spec.session_id)
+
+
+async def test_maximum_lifetime_stops_with_143(kit_tmp: Path, bundle: Bundle) -> None:
+    """A sandbox past its maximum lifetime gets SIGTERM: 143, 'lifetime'."""
+    provider = LocalSandboxProvider(kit_tmp / "sb", max_lifetime_s=0.5)
+    try:
+        sandbox = await provider.start(_spec(bundle))
+        info = await asyncio.wait_for(sandbox.wait(), 30)
+        assert (info.exit_code, info.reason) == (143, "lifetime")
+    finally:
+        await provider.close()
+
+
+async def test_workspace_past_its_disk_quota(kit_tmp: Path, bundle: Bundle) -> None:
+    """A workspace that outgrows the tier's disk ends the sandbox (137, 'disk'); the next
+    start is refused with a message naming the workspace."""
+    provider = LocalSandboxProvider(kit_tmp / "sb", overrides={"disk_bytes": 1_000_000})
+    try:
+        spec = _spec(bundle)
+        sandbox = await provider.start(spec)
+        assert sandbox.workspace is not None
+        (sandbox.workspace / "big.bin").write_bytes(os.urandom(2_000_000))
+        info = await asyncio.wait_for(sandbox.wait(), 30)
+        assert (info.exit_code, info.reason) == (137, "disk")
+        with pytest.raises(SandboxError, match="holds more than its tier"):
+            await provider.start(spec)
+    finally:
+        await provider.close()
+
+
+async def test_unknown_tier_is_refused(provider: LocalSandboxProvider, bundle: Bundle) -> None:
+    """A tier name kit does not know is a SandboxError, before anything starts."""
+    with pytest.raises(SandboxError, match="Unknown sandbox tier"):
+        await provider.start(_spec(bundle, "gigantic"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="drops to another user to lose the cgroups")
+async def test_without_cgroups_it_says_so_once_and_carries_on(kit_tmp: Path) -> None:
+    """A provider that cannot write cgroups logs one warning naming what is not enforced."""
+    folder = kit_tmp / "unprivileged"
+    folder.mkdir()
+    folder.chmod(0o777)
+    script = (
+        "import logging, sys; logging.basicConfig(stream=sys.stdout, format='%(message)s')\n"
+        "from pathlib import Path\n"
+        "from emulator.sandbox import LocalSandboxProvider\n"
+        f"for n in range(2): LocalSandboxProvider(Path('{folder}') / f'sb{{n}}', user=None)\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+        sys.executable, "-c", script,
+        cwd=Path(__file__).parents[2],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    lines = out.decode().splitlines()
+    assert proc.returncode == 0, lines
+    warnings = [line for line in lines if "NOT enforced" in line]
+    assert len(warnings) == 1
+    assert "memory, CPU and pids" in warnings[0]
+    assert "Permission denied" in warnings[0]

@@ -1,0 +1,120 @@
+"""Tier limits seen from a client: OOM kills, pids and idle stops in a real `kit dev` stack."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from emulator.sandbox.limits import Cgroups
+from kit.cli.stack import run_stack
+from kit.client import SessionClient, create_session
+from kit.protocol.frames import Event
+from tests.agents import RECOVERED_REPLY, write_agent
+from tests.conftest import stack_settings
+
+needs_cgroups = pytest.mark.skipif(
+    not Cgroups.available(), reason="needs writable cgroup v1 hierarchies (root)"
+)
+
+
+async def _events(client: SessionClient, text: str) -> list[Event]:
+    seen: list[Event] = []
+    async with asyncio.timeout(120):
+        await client.send(text)
+        async for event in client.events():
+            seen.append(event)
+            if event.kind == "result" or event.data.get("code") == "turn_failed":
+                break
+    return seen
+
+
+def _processes_under(root: Path) -> set[int]:
+    """Processes whose working directory is under ``root``."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if os.readlink(proc / "cwd").startswith(str(root)):
+                    found.add(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def _sandbox_states(events: list[Event]) -> list[tuple[str, str | None, int | None]]:
+    return [
+        (e.data["state"], e.data.get("reason"), e.data.get("exit_code"))
+        for e in events
+        if e.kind == "sandbox"
+    ]
+
+
+@needs_cgroups
+async def test_allocating_past_the_tier_is_oom_killed_and_the_session_resumes(
+    kit_tmp: Path,
+) -> None:
+    """A Bash command allocating 400 MiB under `lite` (256 MiB): the sandbox is OOM-killed
+    (reason 'oom', exit 137), a new sandbox resumes the session and the turn finishes."""
+    project = write_agent(kit_tmp / "agent", tier="lite")
+    async with run_stack(stack_settings(kit_tmp / "state", project)) as stack:
+        info = await create_session(stack.url, stack.api_token)
+        async with SessionClient(info.ws_url, info.token) as client:
+            seen = await _events(client, "please allocate 400 MiB")
+            assert client.reconnects == 0
+        states = _sandbox_states(seen)
+        texts = "".join(e.data.get("text", "") for e in seen if e.kind == "text_delta")
+        assert ("died", "oom", 137) in states, [(e.kind, e.data) for e in seen]
+        died = states.index(("died", "oom", 137))
+        assert [s for s, _, _ in states[died:]] == ["died", "starting", "running"]
+        running = [e for e in seen if e.kind == "sandbox" and e.data["state"] == "running"]
+        assert running[-1].data["resumed"] is True
+        assert seen[-1].kind == "result"
+        texts = "".join(e.data.get("text", "") for e in seen if e.kind == "text_delta")
+        assert RECOVERED_REPLY in texts
+    assert _processes_under(kit_tmp) == set()  # the allocating tool died with its sandbox
+
+
+@needs_cgroups
+async def test_pids_max_stops_a_fork_storm(kit_tmp: Path) -> None:
+    """Forking past pids.max fails inside the sandbox; the sandbox itself carries on."""
+    project = write_agent(kit_tmp / "agent")
+    async with run_stack(stack_settings(kit_tmp / "state", project)) as stack:
+        stack.provider.overrides["pids_max"] = 64
+        info = await create_session(stack.url, stack.api_token)
+        async with SessionClient(info.ws_url, info.token) as client:
+            seen = await _events(client, "fork many now")
+            texts = "".join(e.data.get("text", "") for e in seen if e.kind == "text_delta")
+            assert "fork failed after" in texts
+            assert ("died", None, None) not in [
+                (s, None, None) for s, _, _ in _sandbox_states(seen)
+            ]
+            again = await _events(client, "still there?")
+            assert again[-1].kind == "result"
+
+
+async def test_an_idle_sandbox_stops_with_143_and_the_next_message_resumes(
+    kit_tmp: Path,
+) -> None:
+    """After its inactivity timeout the sandbox gets SIGTERM (reported 'idle', 143); the next
+    message starts a new sandbox that resumes the session's transcript."""
+    project = write_agent(kit_tmp / "agent", extra_toml="idle_timeout = 1")
+    async with run_stack(stack_settings(kit_tmp / "state", project)) as stack:
+        info = await create_session(stack.url, stack.api_token)
+        async with SessionClient(info.ws_url, info.token) as client:
+            first = await _events(client, "hello")
+            assert first[-1].kind == "result"
+            stopped: list[Event] = []
+            async with asyncio.timeout(30):
+                async for event in client.events():
+                    if event.kind == "sandbox" and event.data["state"] == "stopped":
+                        stopped.append(event)
+                        break
+            assert (stopped[0].data["reason"], stopped[0].data["exit_code"]) == ("idle", 143)
+            second = await _events(client, "again")
+        running = [e for e in second if e.kind == "sandbox" and e.data["state"] == "running"]
+        assert running
+        assert running[0].data["resumed"] is True
+        assert second[-1].kind == "result"
