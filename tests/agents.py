@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
+from kit.cli.stack import Stack
+from kit.client import SessionClient, create_session
+from kit.host.session import Session
 from kit.runtime.agent import stored_user_texts
 from kit.storage import open_store
 from kit.storage.portable import PROJECT_KEY
@@ -154,3 +158,26 @@ async def until_prompt_stored(
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{prompt!r} never reached the transcript store")
+
+
+async def open_session(stack: Stack) -> tuple[SessionClient, Session]:
+    """A new session on ``stack``, a connected ``SessionClient`` and the host's ``Session``."""
+    info = await create_session(stack.url, stack.api_token)
+    client = SessionClient(info.ws_url, info.token)
+    await client.connect()
+    session = await stack.host.get(info.session_id)
+    assert session is not None
+    return client, session
+
+
+def pids_under(root: Path) -> set[int]:
+    """Processes whose working directory is under ``root`` (a runtime, its CLI, its tools)."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if os.readlink(proc / "cwd").startswith(str(root)):
+                    found.add(int(proc.name))
+            except OSError:
+                continue
+    return found

@@ -14,12 +14,10 @@ import pytest
 from emulator.durable_objects import DOLogStore, DOSessionLog, LimitExceeded
 from emulator.durable_objects.limits import MAX_VALUE_BYTES, TOO_BIG
 from kit.cli.stack import Stack, run_stack
-from kit.client import SessionClient, create_session
 from kit.host.errors import LogError
-from kit.host.session import Session
 from kit.ids import new_session_id
 from kit.protocol.frames import MAX_TEXT_CHARS, Event
-from tests.agents import RECOVERED_REPLY, until_prompt_stored, write_agent
+from tests.agents import RECOVERED_REPLY, open_session, until_prompt_stored, write_agent
 from tests.conftest import stack_settings
 
 
@@ -74,20 +72,11 @@ async def test_an_oversize_append_fails_with_cloudflares_text_and_changes_nothin
     await logs.aclose()
 
 
-async def _session(stack: Stack) -> tuple[SessionClient, Session]:
-    info = await create_session(stack.url, stack.api_token)
-    client = SessionClient(info.ws_url, info.token)
-    await client.connect()
-    session = await stack.host.get(info.session_id)
-    assert session is not None
-    return client, session
-
-
 async def test_kit_dev_keeps_the_event_log_in_durable_objects(stack: Stack) -> None:
     """``kit dev``'s log store is the DO one; a user message at the protocol's limits is
     stored and replayed byte for byte; an oversize event is refused and the session goes on."""
     assert isinstance(stack.host.logs, DOLogStore)
-    client, session = await _session(stack)
+    client, session = await open_session(stack)
     assert isinstance(session.log, DOSessionLog)
     text = "é" * MAX_TEXT_CHARS  # 200 kB of UTF-8 in one user event row
     events = [e async for e in client.turn(text)]
@@ -123,7 +112,7 @@ async def test_evicting_mid_turn_loses_and_repeats_no_event(agent_stack: Stack) 
     1001, the client resumes, the host rebuilds the session from storage and finishes the
     turn; the client saw every event once, in order, exactly the log's."""
     stack = agent_stack
-    client, session = await _session(stack)
+    client, session = await open_session(stack)
     namespace = stack.host.logs.namespace  # type: ignore[attr-defined]
     seen: list[Event] = []
     evicted = False

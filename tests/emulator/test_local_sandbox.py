@@ -15,6 +15,7 @@ from kit.cli.settings import EXAMPLE_PROJECT
 from kit.host.errors import SandboxError
 from kit.host.sandbox import ModelAccess, SandboxSpec
 from kit.ids import new_session_id
+from tests.agents import pids_under
 
 
 @pytest.fixture
@@ -45,29 +46,16 @@ def _spec(bundle: Bundle) -> SandboxSpec:
     )
 
 
-def _pids_under(root: Path) -> set[int]:
-    """Processes whose working directory is under ``root`` (the runtime and its CLI)."""
-    found = set()
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if os.readlink(proc / "cwd").startswith(str(root)):
-                    found.add(int(proc.name))
-            except OSError:
-                continue
-    return found
-
-
 async def test_stop_reports_143_and_leaves_nothing(
     provider: LocalSandboxProvider, bundle: Bundle
 ) -> None:
     """SIGTERM: the runtime shuts down, exit 143 'stopped'; its CLI is gone too."""
     spec = _spec(bundle)
     sandbox = await provider.start(spec)
-    assert len(_pids_under(provider.root / spec.session_id)) >= 2  # the runtime and its CLI
+    assert len(pids_under(provider.root / spec.session_id)) >= 2  # the runtime and its CLI
     info = await sandbox.stop()
     assert (info.exit_code, info.reason) == (143, "stopped")
-    assert _pids_under(provider.root / spec.session_id) == set()
+    assert pids_under(provider.root / spec.session_id) == set()
 
 
 async def test_sigkill_reports_137_and_kills_the_group(
@@ -79,7 +67,7 @@ async def test_sigkill_reports_137_and_kills_the_group(
     await sandbox.kill(signal.SIGKILL)
     info = await sandbox.wait()
     assert (info.exit_code, info.reason) == (137, "killed")
-    assert _pids_under(provider.root / spec.session_id) == set()
+    assert pids_under(provider.root / spec.session_id) == set()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another user needs root")
@@ -90,7 +78,7 @@ async def test_runtime_and_cli_run_as_the_sandbox_user(
     spec = _spec(bundle)
     sandbox = await provider.start(spec)
     uids = set()
-    for pid in _pids_under(provider.root / spec.session_id):
+    for pid in pids_under(provider.root / spec.session_id):
         status = Path(f"/proc/{pid}/status").read_text()
         uids.add(
             int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])

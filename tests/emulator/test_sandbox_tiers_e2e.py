@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from emulator.sandbox.limits import Cgroups
 from kit.cli.stack import run_stack
 from kit.client import SessionClient, create_session
 from kit.protocol.frames import Event
-from tests.agents import RECOVERED_REPLY, write_agent
+from tests.agents import RECOVERED_REPLY, pids_under, write_agent
 from tests.conftest import stack_settings
 
 needs_cgroups = pytest.mark.skipif(
@@ -29,19 +28,6 @@ async def _events(client: SessionClient, text: str) -> list[Event]:
             if event.kind == "result" or event.data.get("code") == "turn_failed":
                 break
     return seen
-
-
-def _processes_under(root: Path) -> set[int]:
-    """Processes whose working directory is under ``root``."""
-    found = set()
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if os.readlink(proc / "cwd").startswith(str(root)):
-                    found.add(int(proc.name))
-            except OSError:
-                continue
-    return found
 
 
 def _sandbox_states(events: list[Event]) -> list[tuple[str, str | None, int | None]]:
@@ -74,7 +60,7 @@ async def test_allocating_past_the_tier_is_oom_killed_and_the_session_resumes(
         assert seen[-1].kind == "result"
         texts = "".join(e.data.get("text", "") for e in seen if e.kind == "text_delta")
         assert RECOVERED_REPLY in texts
-    assert _processes_under(kit_tmp) == set()  # the allocating tool died with its sandbox
+    assert pids_under(kit_tmp) == set()  # the allocating tool died with its sandbox
 
 
 @needs_cgroups

@@ -20,6 +20,7 @@ from kit.host.session import Session
 from kit.protocol.frames import Event
 from tests.agents import (
     RECOVERED_REPLY,
+    open_session,
     stored_prompts,
     transcript_key,
     until_prompt_stored,
@@ -58,22 +59,13 @@ class Probe:
         self.failures.append(f"evicted: {message}")
 
 
-async def _session(stack: Stack) -> tuple[SessionClient, Session]:
-    info = await create_session(stack.url, stack.api_token)
-    client = SessionClient(info.ws_url, info.token)
-    await client.connect()
-    session = await stack.host.get(info.session_id)
-    assert session is not None
-    return client, session
-
-
 async def _turn(client: SessionClient, text: str) -> list[Event]:
     return [e async for e in client.turn(text)]
 
 
 async def test_events_reach_clients_only_after_commit(stack: Stack) -> None:
     """Invariant 1: when an event is delivered, another connection can already read it."""
-    client, session = await _session(stack)
+    client, session = await open_session(stack)
     path = session.log.path  # type: ignore[attr-defined]
 
     def committed(event: Event) -> str | None:
@@ -91,7 +83,7 @@ async def test_events_reach_clients_only_after_commit(stack: Stack) -> None:
 
 async def test_a_failed_append_is_never_delivered(stack: Stack) -> None:
     """Invariant 1: if the append fails, no subscriber sees the event."""
-    client, session = await _session(stack)
+    client, session = await open_session(stack)
     probe = Probe(session, lambda e: None)
     session.subscribe(probe)
     await session.log.close()  # every later append fails
@@ -132,7 +124,7 @@ async def test_resume_from_any_seq_yields_exactly_the_rest(stack: Stack) -> None
 
 async def test_result_is_written_after_the_transcript(stack: Stack) -> None:
     """Invariant 4: when the result event is appended, the turn's entries are in the store."""
-    client, session = await _session(stack)
+    client, session = await open_session(stack)
     store_path = stack.transcripts_dir / session.id / "transcript.sqlite"
     key = transcript_key(session.id)["project_key"]
 
@@ -159,7 +151,7 @@ async def test_result_is_written_after_the_transcript(stack: Stack) -> None:
 async def test_the_real_key_never_enters_the_sandbox(agent_stack: Stack) -> None:
     """Invariant 5: not in the sandbox's env, its CLI's env or argv, its files or tool output;
     the upstream still gets the real key (the proxy swapped it in)."""
-    client, session = await _session(agent_stack)
+    client, session = await open_session(agent_stack)
     events = await _turn(client, "dump env please")
     output = next(e.data["content"] for e in events if e.kind == "tool_result")
     assert "ANTHROPIC_API_KEY=kit-model-" in output  # the tool saw the CLI's environment
@@ -190,7 +182,7 @@ async def test_the_real_key_never_enters_the_sandbox(agent_stack: Stack) -> None
 async def test_sandbox_death_keeps_the_socket_and_the_turn(agent_stack: Stack) -> None:
     """Invariant 7: SIGKILL mid-tool → sandbox died/starting/running on the same socket,
     the turn completes in a new sandbox that resumed the transcript."""
-    client, session = await _session(agent_stack)
+    client, session = await open_session(agent_stack)
     first = await _turn(client, "echo this first")
     assert first[-1].kind == "result"
     killed = False
@@ -238,7 +230,7 @@ async def test_recovery_resends_a_prompt_that_never_reached_the_store(stack: Sta
     from kit.protocol.sandbox import TurnRequest
     from kit.runtime.agent import RECOVER_PROMPT, recovery_prompt
 
-    client, session = await _session(stack)
+    client, session = await open_session(stack)
     await _turn(client, "Where is my order 1042?")
     await client.close()
     stored = await stored_prompts(stack.settings.state_dir, session.id)
@@ -264,7 +256,7 @@ async def test_a_sandbox_death_at_any_point_finishes_the_turn(
 ) -> None:
     """Invariant 7 at each point a sandbox can die: the socket stays open, the client sees
     died → starting → running, and the turn ends with exactly one result."""
-    client, session = await _session(agent_stack)
+    client, session = await open_session(agent_stack)
     assert (await _turn(client, "echo this first"))[-1].kind == "result"
     seen: list[Event] = []
     async with asyncio.timeout(120):
