@@ -145,6 +145,13 @@ async def all_seqs(rig: Rig, session_id: str, token: str) -> list[int]:
         await driver.close()
 
 
+async def assert_nothing_lost(rig: Rig, session_id: str, token: str) -> None:
+    """The store holds exactly what the CLI wrote, in order, and the log's seqs have no gap."""
+    assert await stored_uuids(rig, session_id) == written_uuids(rig, session_id)
+    seqs = await all_seqs(rig, session_id, token)
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
 def is_state(state: str) -> Callable[[Event], bool]:
     """Matches a ``store`` event in ``state``."""
     return lambda e: e.kind == "store" and e.data.get("state") == state
@@ -169,9 +176,7 @@ async def test_a_short_outage_is_waited_out(kit_tmp: Path, s3_endpoint: str) -> 
         assert seen.store_states == ["unavailable", "available"]
         assert seen.kinds[-1] == "result"
         assert not seen.events[-1].data["is_error"]
-        assert await stored_uuids(rig, info.session_id) == written_uuids(rig, info.session_id)
-        seqs = await all_seqs(rig, info.session_id, info.token)
-        assert seqs == list(range(1, len(seqs) + 1))
+        await assert_nothing_lost(rig, info.session_id, info.token)
 
 
 async def test_entries_held_past_the_give_up_wait_are_back_filled(
@@ -189,9 +194,7 @@ async def test_entries_held_past_the_give_up_wait_are_back_filled(
         assert seen.missing_at_result == []  # invariant 4
         assert seen.store_states == ["unavailable", "holding", "available"]
         assert seen.kinds[-2:] == ["store", "result"]  # available, then the result
-        assert await stored_uuids(rig, info.session_id) == written_uuids(rig, info.session_id)
-        seqs = await all_seqs(rig, info.session_id, info.token)
-        assert seqs == list(range(1, len(seqs) + 1))
+        await assert_nothing_lost(rig, info.session_id, info.token)
 
 
 async def test_an_outage_past_the_deadline_fails_the_turn_clearly(
@@ -221,9 +224,7 @@ async def test_an_outage_past_the_deadline_fails_the_turn_clearly(
         assert "You said: are you there?" in after[-1].data["text"]
         assert [e.data["state"] for e in after if e.kind == "store"][-1:] == ["available"]
         # Both turns are stored, the failed one included, in the order the CLI wrote them.
-        assert await stored_uuids(rig, info.session_id) == written_uuids(rig, info.session_id)
-        seqs = await all_seqs(rig, info.session_id, info.token)
-        assert seqs == list(range(1, len(seqs) + 1))
+        await assert_nothing_lost(rig, info.session_id, info.token)
 
 
 async def test_a_sandbox_killed_during_a_store_append_recovers(
