@@ -10,6 +10,7 @@ from typing import Any
 from kit.cli.stack import Stack
 from kit.client import SessionClient, create_session
 from kit.host.session import Session
+from kit.protocol.frames import Event
 from kit.runtime.agent import stored_user_texts
 from kit.storage import open_store
 from kit.storage.portable import PROJECT_KEY
@@ -106,6 +107,15 @@ input = { command = "python3 -c 'import os, time\nn = 0\ntry:\n    for _ in rang
 text = "Forking said: {tool_result}"
 
 [[rule]]
+name = "probe"
+contains = "probe the sandbox"
+[[rule.step]]
+tool = "Bash"
+input = { command = "python3 probe.py", description = "probe" }
+[[rule.step]]
+text = "Probed."
+
+[[rule]]
 name = "echo"
 [[rule.step]]
 text = "You said: {user}"
@@ -181,3 +191,16 @@ def pids_under(root: Path) -> set[int]:
             except OSError:
                 continue
     return found
+
+
+async def turn_events(client: SessionClient, text: str, timeout_s: float = 180) -> list[Event]:
+    """Send ``text``; every event up to the turn's ``result`` or ``turn_failed`` error
+    (sandbox deaths and restarts on the way included)."""
+    seen: list[Event] = []
+    async with asyncio.timeout(timeout_s):
+        await client.send(text)
+        async for event in client.events():
+            seen.append(event)
+            if event.kind == "result" or event.data.get("code") == "turn_failed":
+                break
+    return seen

@@ -95,8 +95,11 @@ class Zygote:
             raise SandboxError(f"The runtime fork server did not start; see {log_path}.")
         self._reader = asyncio.create_task(self._read_reports(), name="zygote-reports")
 
-    async def spawn(self, cwd: Path, env: dict[str, str], log_path: Path) -> ZygoteChild:
-        """Fork a runtime child working in ``cwd`` with exactly ``env``."""
+    async def spawn(
+        self, cwd: Path, env: dict[str, str], log_path: Path, jail: dict[str, Any] | None = None
+    ) -> ZygoteChild:
+        """Fork a runtime child working in ``cwd`` with exactly ``env`` (confined to ``jail``,
+        :meth:`kit.runtime.jail.Jail.to_json`, when given)."""
         if not self.alive or self._sock is None or self.proc is None:
             raise SandboxError("The runtime fork server is not running.")
         loop = asyncio.get_running_loop()
@@ -107,7 +110,9 @@ class Zygote:
         spawned: asyncio.Future[int] = loop.create_future()
         self._spawned[ident] = spawned
         try:
-            request = json.dumps({"spawn": ident, "cwd": str(cwd), "env": env}).encode()
+            request = json.dumps(
+                {"spawn": ident, "cwd": str(cwd), "env": env, "jail": jail}
+            ).encode()
             socket.send_fds(self._sock, [request], [in_r, out_w, err])
         finally:
             for fd in (in_r, out_w, err):

@@ -3,7 +3,8 @@
 A bundle is a folder named by its digest::
 
     <root>/<digest>/
-      kit-bundle.json            manifest: format, agent config, skills, file digests
+      kit-bundle.json            manifest: format, agent config, skills, sandbox (tier,
+                                 idle timeout, egress allowlist when not empty), file digests
       .claude-plugin/plugin.json {"name": "kit", ...}: the skills load as plugin "kit"
       skills/<name>/...          copied from the project
 
@@ -22,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from kit.bundle.allowlist import parse_rule
 from kit.bundle.config import AgentConfig, Project
 from kit.bundle.errors import BundleError
 
@@ -43,6 +45,9 @@ class Bundle:
     skills: tuple[str, ...]
     tier: str
     idle_timeout_s: int
+    egress: tuple[str, ...] = ()
+    """The agent's egress allowlist (``kit.toml`` ``[sandbox] egress``); see
+    :mod:`kit.bundle.allowlist`."""
 
     @property
     def plugin_dir(self) -> Path:
@@ -63,11 +68,17 @@ def build_bundle(project: Project, root: Path) -> Bundle:
     plugin_bytes = _canon(plugin)
     digests = {rel: _sha256(src.read_bytes()) for rel, src in files.items()}
     digests[".claude-plugin/plugin.json"] = _sha256(plugin_bytes)
+    sandbox: dict[str, Any] = {
+        "tier": project.sandbox.tier,
+        "idle_timeout_s": project.sandbox.idle_timeout_s,
+    }
+    if project.sandbox.egress:  # absent when empty: such bundles keep their digests
+        sandbox["egress"] = list(project.sandbox.egress)
     body = {
         "format": FORMAT,
         "agent": agent,
         "skills": skills,
-        "sandbox": {"tier": project.sandbox.tier, "idle_timeout_s": project.sandbox.idle_timeout_s},
+        "sandbox": sandbox,
         "files": dict(sorted(digests.items())),
     }
     digest = _sha256(_canon(body))
@@ -136,6 +147,14 @@ def open_bundle(path: Path) -> Bundle:
         model=a["model"],
     )
     sandbox = manifest["sandbox"]
+    egress = tuple(sandbox.get("egress", ()))  # bundles built before the key: none
+    for entry in egress:
+        try:
+            parse_rule(entry)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise BundleError(
+                f"{manifest_path}: egress entry {entry!r} is not valid ({exc}); rebuild the bundle."
+            ) from None
     return Bundle(
         path=path,
         digest=manifest["digest"],
@@ -143,6 +162,7 @@ def open_bundle(path: Path) -> Bundle:
         skills=tuple(manifest["skills"]),
         tier=sandbox["tier"],
         idle_timeout_s=sandbox["idle_timeout_s"],
+        egress=egress,
     )
 
 

@@ -13,6 +13,12 @@
     [sandbox]
     tier = "basic"                 # a name from kit.tiers (default "standard-1")
     idle_timeout = 600             # seconds without a turn before the sandbox stops
+    egress = ["api.github.com", "*.pypi.org", "127.0.0.1:8080"]
+                                   # where the sandbox may connect through the host's egress
+                                   # proxy (default: nowhere but the model). Each entry is a
+                                   # host name, a "*." wildcard (subdomains only, not the bare
+                                   # domain) or an IPv4 address, with an optional ":port"
+                                   # (1-65535; without one: 443 and 80). See docs/egress.md.
 
     [dev]
     scenarios = ["scenarios"]      # files or folders of offline-model scenarios
@@ -29,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kit.bundle.allowlist import ALLOWED_FORMS, parse_rule
 from kit.bundle.errors import ConfigError
 from kit.tiers import get_tier, tier_names
 
@@ -41,7 +48,7 @@ MAX_PROMPT_CHARS = 200_000
 
 _ALLOWED: dict[str, set[str]] = {
     "agent": {"name", "description", "prompt", "allowed_tools", "max_turns", "model"},
-    "sandbox": {"tier", "idle_timeout"},
+    "sandbox": {"tier", "idle_timeout", "egress"},
     "dev": {"scenarios"},
 }
 
@@ -60,10 +67,13 @@ class AgentConfig:
 
 @dataclass(frozen=True)
 class SandboxConfig:
-    """How big the agent's sandbox is and how long it may idle."""
+    """How big the agent's sandbox is, how long it may idle and where it may connect."""
 
     tier: str
     idle_timeout_s: int
+    egress: tuple[str, ...] = ()
+    """The egress allowlist as written (see :mod:`kit.bundle.allowlist`); empty: no way
+    out but the model proxy."""
 
 
 @dataclass(frozen=True)
@@ -170,7 +180,24 @@ def _sandbox(where: str, raw: dict[str, Any]) -> SandboxConfig:
         raise ConfigError(
             f"{where}: sandbox.idle_timeout must be whole seconds from 1 to 21600 (6 h)."
         )
-    return SandboxConfig(tier=tier, idle_timeout_s=idle)
+    return SandboxConfig(tier=tier, idle_timeout_s=idle, egress=_egress(where, raw))
+
+
+def _egress(where: str, raw: dict[str, Any]) -> tuple[str, ...]:
+    value = raw.get("egress", [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(
+            f'{where}: sandbox.egress must be a list of strings such as ["api.github.com"]; '
+            f"allowed in each: {ALLOWED_FORMS}."
+        )
+    for entry in value:
+        try:
+            parse_rule(entry)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{where}: sandbox.egress entry {entry!r} {exc}; allowed: {ALLOWED_FORMS}."
+            ) from None
+    return tuple(value)
 
 
 def _str_list(where: str, key: str, value: object) -> list[str]:

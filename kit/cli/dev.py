@@ -21,6 +21,8 @@ def banner(stack: Stack) -> None:
             ("health", f"{stack.url}/healthz"),
             ("model", stack.model_label),
             ("tier", f"{stack.bundle.tier} (kit.toml [sandbox] tier)"),
+            ("isolation", _isolation(stack)),
+            ("egress", ", ".join(stack.bundle.egress) or "none (kit.toml [sandbox] egress)"),
             (
                 "bundle",
                 f"{stack.bundle.digest[:16]}  {len(stack.bundle.skills)} skill(s): {', '.join(stack.bundle.skills)}",
@@ -31,6 +33,14 @@ def banner(stack: Stack) -> None:
         ],
         title="kit dev — ready. Talk to it with `kit chat`; stop with Ctrl-C.",
     )
+
+
+def _isolation(stack: Stack) -> str:
+    how = {"native": "namespaces (fork server, as root)", "bwrap": "bubblewrap"}
+    mode = stack.provider.isolation
+    if mode:
+        return f"{how.get(mode, mode)}: workspace and bundle only, no network but the proxies"
+    return "NONE: " + (stack.provider.unisolated or "off")
 
 
 async def serve(settings: DevSettings) -> None:

@@ -13,6 +13,10 @@ model                  ``ANTHROPIC_API_KEY``       unset → the offline model (
                                                    set → the real Messages API
 upstream               ``KIT_MODEL_UPSTREAM``      ``https://api.anthropic.com``
 sandbox user           ``KIT_SANDBOX_USER``        ``nobody`` when run as root
+sandbox isolation      ``KIT_SANDBOX_ISOLATION``   ``auto``: namespaces from the fork
+                                                   server as root, else bubblewrap, else
+                                                   none (said once); ``bwrap``: always
+                                                   bubblewrap; ``off``: none
 transcript store       ``KIT_STORE_URL``           a SQLite file per session in the state
                                                    dir; ``s3://…`` (one store for all
                                                    sessions) also hands kit dev's
@@ -47,6 +51,7 @@ from kit.runtime.config import STORE_DEADLINE_S, STORE_RETRY_S
 ANTHROPIC_API = "https://api.anthropic.com"
 DEFAULT_PORT = 8787
 EXAMPLE_PROJECT = Path(__file__).resolve().parents[2] / "skills" / "support-bot"
+ISOLATION_MODES = ("auto", "bwrap", "off")
 AWS_VARIABLES = frozenset(
     {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION"}
 )
@@ -70,6 +75,8 @@ class DevSettings:
     force_offline_model: bool = False
     """Use the offline model even with an API key (tests of the key-swapping proxy)."""
     sandbox_user: str | None = "nobody"
+    sandbox_isolation: str = "auto"
+    """``auto``, ``bwrap`` or ``off`` (emulator.sandbox.isolation)."""
     store_url: str | None = None
     """One transcript store for every session (any ``open_store`` URL); None: a SQLite
     file per session under the state dir."""
@@ -127,6 +134,12 @@ def dev_settings(
             f"KIT_LOG_URL={log_url!r}: give s3://BUCKET/PREFIX?endpoint_url=…, or unset it "
             "for a SQLite log per session in the state dir."
         )
+    isolation = environ.get("KIT_SANDBOX_ISOLATION") or "auto"
+    if isolation not in ISOLATION_MODES:
+        raise SettingsError(
+            f"KIT_SANDBOX_ISOLATION={isolation!r}: give one of {', '.join(ISOLATION_MODES)} "
+            "(auto: namespaces as root, else bubblewrap; off: sandboxes see the whole machine)."
+        )
     aws = {k: v for k, v in environ.items() if k in AWS_VARIABLES}
     return DevSettings(
         project_dir=project_dir,
@@ -136,6 +149,7 @@ def dev_settings(
         api_key=environ.get("ANTHROPIC_API_KEY") or None,
         upstream_url=environ.get("KIT_MODEL_UPSTREAM") or ANTHROPIC_API,
         sandbox_user=environ.get("KIT_SANDBOX_USER", "nobody") or None,
+        sandbox_isolation=isolation,
         store_url=store_url,
         sandbox_env=aws if store_url and store_url.startswith("s3:") else {},
         log_url=log_url,

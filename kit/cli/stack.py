@@ -30,10 +30,19 @@ from kit.cli import console
 from kit.cli.control import control_routes
 from kit.cli.settings import DevSettings
 from kit.errors import KitError
-from kit.host import LogStore, ModelProxy, Session, SessionEnv, SessionHost, create_app
+from kit.host import (
+    EgressProxy,
+    LogStore,
+    ModelProxy,
+    Session,
+    SessionEnv,
+    SessionHost,
+    create_app,
+)
 from kit.host.app import WS_MAX_BYTES
 from kit.host.s3log import S3LogStore
 from kit.protocol import errors as e
+from kit.storage.s3io import endpoint_of
 
 log = logging.getLogger("kit.dev")
 
@@ -59,6 +68,8 @@ class Stack:
     transcripts_dir: Path
     advice: list[tuple[str, str]] = field(default_factory=list)
     """The tier advisor's lines so far: (session id, line); ``kit dev`` also prints them."""
+    egress: EgressProxy | None = None
+    """The sandboxes' egress proxy, admitting the bundle's ``[sandbox] egress`` hosts."""
 
     @property
     def model_label(self) -> str:
@@ -195,6 +206,7 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
     provider = LocalSandboxProvider(
         state / "sandboxes",
         user=settings.sandbox_user,
+        isolation=settings.sandbox_isolation,
         env=settings.sandbox_env,
         store_retry_s=settings.store_retry_s,
         store_deadline_s=settings.store_deadline_s,
@@ -222,6 +234,14 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
     await proxy.serve_unix(proxy_path)
     # Sandboxes run as another user; the per-session token is what authenticates them.
     proxy_path.chmod(0o666)
+    # The runtime writes transcripts to an s3:// store itself, through the same proxy.
+    store_endpoint = [endpoint_of(settings.store_url)] if settings.store_url else []
+    egress = EgressProxy([*bundle.egress, *store_endpoint])
+    egress_path = run_dir / "egress.sock"
+    with contextlib.suppress(FileNotFoundError):
+        egress_path.unlink()
+    await egress.serve_unix(egress_path)
+    egress_path.chmod(0o666)  # as model.sock: the per-session token authenticates
 
     env = SessionEnv(
         provider=provider,
@@ -235,6 +255,9 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
         tier=bundle.tier,
         idle_timeout_s=bundle.idle_timeout_s,
         advise=lambda sid, line: _advise(advice, sid, line),
+        issue_egress_token=egress.issue,
+        revoke_egress_token=egress.revoke,
+        egress_unix_socket=str(egress_path),
     )
     logs = _log_store(settings)
     host = SessionHost(logs, env)
@@ -263,6 +286,7 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
         provider,
         transcripts,
         advice,
+        egress,
     )
     (state / "dev.json").write_text(
         json.dumps({"url": url, "pid": os.getpid(), "api_token_file": str(token_file)})
@@ -288,5 +312,6 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
             server.should_exit = True
         await asyncio.gather(*(task for _, task in servers), return_exceptions=True)
         await proxy.aclose()
+        await egress.aclose()
         await provider.close()
         lock.close()

@@ -1,11 +1,14 @@
-"""The session host: durable event log, resume, sandbox lifecycle, recovery, model proxy."""
+"""The session host: durable event log, resume, sandbox lifecycle, recovery, model and
+egress proxies."""
 
 from kit.host.app import create_app
+from kit.host.egress import EgressProxy
 from kit.host.errors import HostError, LogError, SandboxError, UnknownSession
 from kit.host.eventlog import LogStore, SessionLog, SQLiteLogStore, Turn, TurnState
 from kit.host.host import NewSession, SessionHost
 from kit.host.proxy import ModelProxy
 from kit.host.sandbox import (
+    EgressAccess,
     ExitInfo,
     ModelAccess,
     Sandbox,
@@ -16,6 +19,8 @@ from kit.host.sandbox import (
 from kit.host.session import Session, SessionEnv
 
 __all__ = [
+    "EgressAccess",
+    "EgressProxy",
     "ExitInfo",
     "HostError",
     "LogError",

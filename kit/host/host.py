@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Callable
@@ -34,6 +35,9 @@ class SessionHost:
         self._sessions: dict[SessionId, Session] = {}
         self._opening: dict[SessionId, asyncio.Lock] = {}
         self._unloading: set[asyncio.Task[None]] = set()
+        self._closes: dict[SessionId, asyncio.Task[None]] = {}
+        """Sessions being unloaded: a ``get`` waits for the close before it reloads, so a
+        new sandbox never starts beside the one still stopping."""
         self.closing = False
 
     async def create_session(self) -> NewSession:
@@ -68,6 +72,10 @@ class SessionHost:
         lock = self._opening.setdefault(sid, asyncio.Lock())
         try:
             async with lock:  # two hellos at once open the log once
+                closing = self._closes.get(sid)
+                if closing is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(closing)
                 session = self._sessions.get(sid)
                 if session is None:
                     log_ = await self.logs.open(sid)
@@ -100,11 +108,23 @@ class SessionHost:
 
     def _unload(self, session: Session) -> None:
         """Drop an idle session from memory; its log stays (the next ``get`` reloads it)."""
+        self._close_later(session)
+        log.info("session %s idle: unloaded", session.id)
+
+    def _close_later(self, session: Session) -> asyncio.Task[None]:
+        """Forget ``session`` and close it in the background (``get`` waits for it)."""
         self._forget(session)
         task = asyncio.get_running_loop().create_task(session.close(), name=f"unload-{session.id}")
         self._unloading.add(task)
-        task.add_done_callback(self._unloading.discard)
-        log.info("session %s idle: unloaded", session.id)
+        self._closes[session.id] = task
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._unloading.discard(finished)
+            if self._closes.get(session.id) is finished:
+                del self._closes[session.id]
+
+        task.add_done_callback(done)
+        return task
 
     async def unload_now(
         self, session_id: str, notify: Callable[[Session], None] | None = None
@@ -119,8 +139,7 @@ class SessionHost:
         session = self._sessions.get(SessionId(session_id))
         if session is None:
             return False
-        self._forget(session)
-        await session.close()
+        await asyncio.shield(self._close_later(session))
         if notify is not None:
             notify(session)
         log.info("session %s unloaded (evicted)", session.id)

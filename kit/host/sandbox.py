@@ -33,6 +33,18 @@ class ModelAccess:
 
 
 @dataclass(frozen=True)
+class EgressAccess:
+    """How the sandbox reaches the host's egress proxy (its only way out besides the model).
+
+    The proxy admits only the hosts on the agent's allowlist (``kit.toml`` ``[sandbox]
+    egress``) and only with ``token``; a provider that isolates the network binds
+    ``unix_socket`` into the sandbox and nothing else."""
+
+    unix_socket: str
+    token: str
+
+
+@dataclass(frozen=True)
 class SandboxSpec:
     """Everything a provider needs to start one session's runtime."""
 
@@ -45,6 +57,8 @@ class SandboxSpec:
     idle_timeout_s: int
     writable: tuple[Path, ...] = field(default=())
     """Host paths the sandbox must write besides its workspace (a local transcript store)."""
+    egress: EgressAccess | None = None
+    """The egress proxy, when the host runs one (None: no way out but the model proxy)."""
 
 
 @dataclass(frozen=True)

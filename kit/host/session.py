@@ -24,7 +24,7 @@ from kit.host.advisor import SessionUsage
 from kit.host.errors import SandboxError
 from kit.host.eventlog import SessionLog, Turn, TurnState
 from kit.host.runtime_client import RuntimeClient, SandboxGone
-from kit.host.sandbox import ModelAccess, Sandbox, SandboxProvider, SandboxSpec
+from kit.host.sandbox import EgressAccess, ModelAccess, Sandbox, SandboxProvider, SandboxSpec
 from kit.ids import SessionId, TurnId
 from kit.protocol.frames import Event, ResumeMode
 from kit.protocol.sandbox import TurnRequest
@@ -74,6 +74,12 @@ class SessionEnv:
     idle_timeout_s: int
     advise: Callable[[SessionId, str], None] | None = None
     """Where the tier advisor's lines go (``kit dev`` prints them); None: nowhere."""
+    issue_egress_token: Callable[[SessionId], str] | None = None
+    """Issues a sandbox's egress proxy token (:class:`kit.host.egress.EgressProxy`); None,
+    or no ``egress_unix_socket``: sandboxes get no egress proxy."""
+    revoke_egress_token: Callable[[str], None] | None = None
+    egress_unix_socket: str | None = None
+    """The egress proxy's Unix socket, which providers bind into each sandbox."""
 
 
 class Session:
@@ -91,6 +97,7 @@ class Session:
         self._sandbox: Sandbox | None = None
         self._runtime: RuntimeClient | None = None
         self._model_token: str | None = None
+        self._egress_token: str | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._starting: asyncio.Task[RuntimeClient] | None = None
         self._running_turn: TurnId | None = None
@@ -333,6 +340,9 @@ class Session:
         env = self.env
         await self.emit("sandbox", {"state": "starting", "tier": env.tier}, turn_id)
         model_token = env.issue_model_token(self.id)
+        egress = None
+        if env.issue_egress_token is not None and env.egress_unix_socket:
+            egress = EgressAccess(env.egress_unix_socket, env.issue_egress_token(self.id))
         runtime_token = secrets.token_urlsafe(24)
         spec = SandboxSpec(
             session_id=self.id,
@@ -343,11 +353,13 @@ class Session:
             runtime_token=runtime_token,
             idle_timeout_s=env.idle_timeout_s,
             writable=env.writable(self.id),
+            egress=egress,
         )
         try:
             sandbox = await env.provider.start(spec)
         except BaseException as exc:
             env.revoke_model_token(model_token)
+            self._revoke_egress(egress.token if egress else None)
             if not isinstance(exc, Exception):
                 raise
             error = (
@@ -363,6 +375,7 @@ class Session:
                 raise
             raise error from exc
         self._sandbox, self._model_token = sandbox, model_token
+        self._egress_token = egress.token if egress else None
         runtime = self._runtime = RuntimeClient(sandbox.endpoint, runtime_token)
         self._watcher = asyncio.create_task(self._watch(sandbox), name=f"watch-{sandbox.id}")
         await self.emit(
@@ -377,12 +390,18 @@ class Session:
         )
         return runtime
 
+    def _revoke_egress(self, token: str | None) -> None:
+        if token and self.env.revoke_egress_token is not None:
+            self.env.revoke_egress_token(token)
+
     async def _watch(self, sandbox: Sandbox) -> None:
         info = await sandbox.wait()
         state = "stopped" if info.reason in ("stopped", "idle", "exited") else "died"
         if self._model_token:
             self.env.revoke_model_token(self._model_token)
+        self._revoke_egress(self._egress_token)
         runtime, self._runtime, self._sandbox, self._model_token = self._runtime, None, None, None
+        self._egress_token = None
         self._cpu_seen = 0.0
         if info.reason == "oom" and self.env.advise is not None:
             try:

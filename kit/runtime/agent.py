@@ -33,6 +33,7 @@ from kit.bundle import Bundle
 from kit.errors import KitError
 from kit.protocol.sandbox import RuntimeEvent, TurnRequest
 from kit.runtime.config import RuntimeConfig
+from kit.runtime.egress import proxy_env
 from kit.runtime.translate import translate
 from kit.storage import open_store
 from kit.storage.portable import PROJECT_KEY, PortableKeys
@@ -80,9 +81,14 @@ class _Turn:
 class Agent:
     """Runs the session's turns on one ``ClaudeSDKClient``."""
 
-    def __init__(self, config: RuntimeConfig, bundle: Bundle) -> None:
+    def __init__(
+        self, config: RuntimeConfig, bundle: Bundle, *, egress_proxy: str | None = None
+    ) -> None:
         self.config = config
         self.bundle = bundle
+        self.egress_proxy = egress_proxy
+        """The proxy URL the CLI and its tools get as ``HTTPS_PROXY`` (see
+        :mod:`kit.runtime.egress`); None: no proxy settings."""
         self.state = AgentState.STARTING
         self.resumed = False
         self._inbox: asyncio.Queue[_Turn | None] = asyncio.Queue()
@@ -120,6 +126,8 @@ class Agent:
         }
         if cfg.model_unix_socket:
             env["ANTHROPIC_UNIX_SOCKET"] = cfg.model_unix_socket
+        if self.egress_proxy:
+            env.update(proxy_env(self.egress_proxy, cfg.model_base_url))
         tools = list(agent.allowed_tools)
         return ClaudeAgentOptions(
             cwd=cwd,

@@ -1,7 +1,8 @@
 """What a runtime needs to serve one session, handed to it on stdin as one JSON object.
 
 Nothing here is the real API key: ``model_token`` is a per-session token the host's model
-proxy swaps for the real key, and ``runtime_token`` authenticates the host to the runtime.
+proxy swaps for the real key, ``egress_token`` admits the sandbox to the host's egress
+proxy, and ``runtime_token`` authenticates the host to the runtime.
 Passing them on stdin keeps them out of ``/proc/<pid>/environ`` and the command line.
 """
 
@@ -49,8 +50,18 @@ class RuntimeConfig:
     store_deadline_s: float = STORE_DEADLINE_S
     """How long in all a turn's ``result`` may wait for its transcript to reach the store;
     past it the turn ends with ``store`` ``gave_up`` and ``error`` ``turn_failed``."""
+    egress_unix_socket: str | None = None
+    """The host's egress proxy (:mod:`kit.host.egress`) as the sandbox sees it; None: the
+    sandbox gets no proxy settings (no way out but the model)."""
+    egress_token: str | None = None
+    """This sandbox's egress proxy token; required with ``egress_unix_socket``."""
 
     def __post_init__(self) -> None:
+        if bool(self.egress_unix_socket) != bool(self.egress_token):
+            raise RuntimeConfigError(
+                "egress_unix_socket and egress_token go together: set both (the sandbox may "
+                "use the host's egress proxy) or neither."
+            )
         retry, deadline = self.store_retry_s, self.store_deadline_s
         if not all(isinstance(v, int | float) and v > 0 for v in (retry, deadline)):
             raise RuntimeConfigError(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import hmac
 import json
 import logging
@@ -37,6 +36,8 @@ from kit.protocol.sandbox import (
 )
 from kit.runtime.agent import Agent, AgentBusy, AgentStopped
 from kit.runtime.config import RuntimeConfig
+from kit.runtime.egress import EgressForwarder, proxy_env
+from kit.runtime.jail import die_with_parent
 
 log = logging.getLogger("kit.runtime")
 
@@ -174,11 +175,27 @@ class _Server(uvicorn.Server):
 
 
 async def serve(config: RuntimeConfig) -> None:
-    """Run the runtime until SIGTERM or SIGINT."""
+    """Run the runtime until SIGTERM or SIGINT, with the egress forwarder when the config
+    names the host's egress proxy (:mod:`kit.runtime.egress`)."""
+    forwarder, egress_proxy = None, None
+    if config.egress_unix_socket and config.egress_token:
+        forwarder = EgressForwarder(config.egress_unix_socket)
+        await forwarder.start()
+        egress_proxy = forwarder.proxy_url(config.egress_token)
+        # The runtime's own requests (an s3:// transcript store) leave the same way.
+        os.environ.update(proxy_env(egress_proxy, config.model_base_url))
+    try:
+        await _serve(config, egress_proxy)
+    finally:
+        if forwarder is not None:
+            await forwarder.aclose()
+
+
+async def _serve(config: RuntimeConfig, egress_proxy: str | None) -> None:
     t0 = time.perf_counter()
     bundle = open_bundle(config.bundle_dir)
     t1 = time.perf_counter()
-    agent = Agent(config, bundle)
+    agent = Agent(config, bundle, egress_proxy=egress_proxy)
     sock = bind(config.listen)
     actor = asyncio.create_task(agent.run(), name="agent")
     await agent.wait_ready()
@@ -228,8 +245,9 @@ async def serve(config: RuntimeConfig) -> None:
             raise task.exception()  # type: ignore[misc]
 
 
-def main() -> None:
-    """Entry point: ``python -m kit.runtime`` with the config JSON on stdin."""
+def main(config_json: str | None = None) -> None:
+    """Entry point: ``python -m kit.runtime`` with the config JSON on stdin (or
+    ``config_json``: a confined sandbox's runtime, whose config its parent read)."""
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
@@ -242,33 +260,14 @@ def main() -> None:
         die_with_parent(int(os.environ["KIT_DIE_WITH_PARENT"]))
     sys.stdout.write('{"imported": true}\n')
     sys.stdout.flush()
-    config = RuntimeConfig.from_json(sys.stdin.readline())
-    sys.stdin.close()
+    if config_json is None:
+        config_json = sys.stdin.readline()
+        sys.stdin.close()
+    config = RuntimeConfig.from_json(config_json)
     adopt_session_folders(config)
     asyncio.run(serve(config))
     if _terminated:
         sys.exit(128 + signal.SIGTERM)  # stopped by SIGTERM, as a shell would report it
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Take the whole sandbox down (this process group) if the host that started it dies.
-
-    For local sandboxes only: a host killed with SIGKILL must not leave its sandboxes running,
-    or a restarted host would run a second sandbox beside the orphan. The kernel clears the
-    parent-death signal when credentials change, so it is set here, after the drop to the
-    sandbox user, and the parent is checked once more in case it died in between.
-    """
-    signal.signal(signal.SIGUSR1, lambda *_: os.killpg(0, signal.SIGKILL))
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGUSR1, 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent_pid:
-        os.killpg(0, signal.SIGKILL)
-
-
-_PR_SET_PDEATHSIG = 1
 
 
 def adopt_session_folders(config: RuntimeConfig) -> None:

@@ -1,9 +1,10 @@
 """A fork server for local sandboxes: imports the runtime once, forks one per sandbox.
 
-``python -m kit.runtime.zygote`` (started by the local provider, as the sandbox user, with a
+``python -m kit.runtime.zygote`` (started by the local provider, as the sandbox user or, when
+it confines sandboxes (:mod:`kit.runtime.jail`), as root, with a
 ``SOCK_SEQPACKET`` control socket on the fd named by ``KIT_ZYGOTE_FD``) pays the runtime's
 imports (~0.6 s of CPU, mostly the Agent SDK) once. Each request is one message: JSON
-``{"spawn": ID, "cwd": DIR, "env": {...}}`` carrying three file descriptors (the child's
+``{"spawn": ID, "cwd": DIR, "env": {...}, "jail": {...} | null}`` carrying three file descriptors (the child's
 stdin, stdout and stderr). The zygote forks a child that, in its own session (process group),
 becomes a runtime exactly like ``python -m kit.runtime``. The zygote answers
 ``{"spawned": ID, "pid": PID}`` and, when a child ends, ``{"exited": PID, "code": RC}``
@@ -19,13 +20,15 @@ import selectors
 import signal
 import socket
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
-from kit.runtime import server  # the heavy imports, paid once here
+from kit.runtime import jail, server  # the heavy imports, paid once here
 
 
 def _child(request: dict[str, Any], fds: list[int], ctl: socket.socket) -> None:
-    """In the forked child: become a sandbox runtime, then exit with its status."""
+    """In the forked child: become a sandbox runtime (confined, when the request carries a
+    jail), then exit with its status."""
     code = 1
     try:
         signal.set_wakeup_fd(-1)
@@ -42,19 +45,45 @@ def _child(request: dict[str, Any], fds: list[int], ctl: socket.socket) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
-        server.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:  # the child must never return into the zygote's loop
-        import traceback
-
-        traceback.print_exc()
+        if request.get("jail"):
+            code = _run(lambda: _confined(jail.Jail.from_json(request["jail"])))
+        else:
+            code = _run(server.main)
     finally:
         with _quiet():
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+
+
+def _confined(spec: jail.Jail) -> NoReturn:
+    """Run the runtime in its own namespaces; end this process as the runtime ended."""
+    # The host puts this process into the sandbox's cgroups before it sends the config:
+    # wait for it, so everything forked from here on starts inside the tier's limits.
+    config = sys.stdin.readline()
+    sys.stdin.close()
+    parent = os.environ.pop("KIT_DIE_WITH_PARENT", "")
+    status = jail.confine(
+        spec, lambda: _run(lambda: server.main(config)), int(parent) if parent else None
+    )
+    with _quiet():
+        sys.stdout.flush()
+        sys.stderr.flush()
+    jail.exit_like(status)
+
+
+def _run(main: Callable[[], None]) -> int:
+    """``main``'s exit code (it must never return into the fork server's loop)."""
+    try:
+        main()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        return 1
+    return 0
 
 
 class _quiet:
@@ -69,7 +98,7 @@ def main() -> None:
     """The fork server's loop: spawn requests in, spawn and exit reports out."""
     parent = os.environ.get("KIT_DIE_WITH_PARENT")
     if parent:
-        server.die_with_parent(int(parent))
+        jail.die_with_parent(int(parent))
     ctl = socket.socket(fileno=int(os.environ["KIT_ZYGOTE_FD"]))
     reap_r, reap_w = os.pipe()
     os.set_blocking(reap_w, False)

@@ -22,6 +22,17 @@ PARALLEL_GETS = 16
 URL_OPTIONS = ("endpoint_url", "region", "checksums")
 
 
+def endpoint_of(url: str) -> str:
+    """Where an ``s3://`` URL's requests go, as ``host:port`` (an egress allowlist entry):
+    its ``endpoint_url``, else AWS (``*.amazonaws.com``)."""
+    query = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
+    endpoint = urlsplit(query.get("endpoint_url", ""))
+    if not endpoint.hostname:
+        return "*.amazonaws.com"
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    return f"{endpoint.hostname}:{port}"
+
+
 class S3Bucket:
     """A bucket and a key prefix (``""`` or ``"some/prefix/"``), reached through boto3."""
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from kit.bundle import BundleError, build_bundle, load_project, open_bundle
+from kit.bundle import MANIFEST, BundleError, build_bundle, load_project, open_bundle
 from kit.cli.settings import EXAMPLE_PROJECT
 
 
@@ -54,3 +58,55 @@ def test_symlinks_are_refused(tmp_path: Path) -> None:
     (src / "skills" / "order-lookup" / "link").symlink_to("/etc/passwd")
     with pytest.raises(BundleError, match="symlinks are not bundled"):
         build_bundle(load_project(src), tmp_path / "out")
+
+
+def _with_egress(tmp_path: Path, entries: str) -> Path:
+    src = _copy_example(tmp_path)
+    toml = (src / "kit.toml").read_text()
+    (src / "kit.toml").write_text(toml.replace("[sandbox]", f"[sandbox]\negress = {entries}", 1))
+    return src
+
+
+def _rewrite_manifest(bundle: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    """Edit a bundle's manifest and re-seal its digest, as an older or forged build would."""
+    manifest = json.loads((bundle / MANIFEST).read_bytes())
+    change(manifest)
+    body = {k: v for k, v in manifest.items() if k != "digest"}
+    manifest["digest"] = hashlib.sha256(_canon(body)).hexdigest()
+    (bundle / MANIFEST).write_bytes(_canon(manifest))
+
+
+def _canon(obj: object) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def test_egress_is_carried_in_the_manifest(tmp_path: Path) -> None:
+    """The allowlist travels in the manifest's sandbox section and back out as Bundle.egress,
+    and changing it changes the digest; with none, the manifest has no egress key."""
+    plain = build_bundle(load_project(EXAMPLE_PROJECT), tmp_path / "plain")
+    assert plain.egress == ()
+    assert "egress" not in json.loads((plain.path / MANIFEST).read_bytes())["sandbox"]
+    src = _with_egress(tmp_path, '["api.github.com", "*.pypi.org"]')
+    bundle = build_bundle(load_project(src), tmp_path / "out")
+    assert bundle.egress == ("api.github.com", "*.pypi.org")
+    assert json.loads((bundle.path / MANIFEST).read_bytes())["sandbox"]["egress"] == [
+        "api.github.com",
+        "*.pypi.org",
+    ]
+    assert open_bundle(bundle.path).egress == bundle.egress
+    assert bundle.digest != plain.digest
+
+
+def test_a_bundle_from_before_egress_opens_with_none(tmp_path: Path) -> None:
+    """A manifest without sandbox.egress (an older build) opens with an empty allowlist."""
+    bundle = build_bundle(load_project(_with_egress(tmp_path, '["api.github.com"]')), tmp_path)
+    _rewrite_manifest(bundle.path, lambda m: m["sandbox"].pop("egress"))
+    assert open_bundle(bundle.path).egress == ()
+
+
+def test_a_manifest_with_a_bad_egress_entry_does_not_open(tmp_path: Path) -> None:
+    """A sealed manifest whose allowlist kit.toml would have refused is refused too."""
+    bundle = build_bundle(load_project(_with_egress(tmp_path, '["api.github.com"]')), tmp_path)
+    _rewrite_manifest(bundle.path, lambda m: m["sandbox"].update(egress=["http://x/"]))
+    with pytest.raises(BundleError, match="egress entry 'http://x/' is not valid"):
+        open_bundle(bundle.path)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from kit.bundle import ConfigError, load_project
+from kit.bundle import ConfigError, build_bundle, load_project
 from kit.cli.settings import EXAMPLE_PROJECT
+from kit.cli.stack import run_stack
+from tests.conftest import stack_settings
 
 
 def _project(tmp_path: Path, toml: str, skill: str | None = None) -> Path:
+    tmp_path.mkdir(exist_ok=True)
     (tmp_path / "kit.toml").write_text(toml)
     (tmp_path / "prompt.md").write_text("Be helpful.")
     if skill is not None:
@@ -103,3 +107,77 @@ def test_folded_description_is_read(tmp_path: Path) -> None:
     skill = "---\nname: greet\ndescription: >\n  Says hello\n  to people.\n---\nbody\n"
     project = load_project(_project(tmp_path, "[agent]\nname = 'ok'\n", skill))
     assert project.skills[0].description == "Says hello to people."
+
+
+def _egress_toml(value: str) -> str:
+    return f"[agent]\nname = 'ok'\n[sandbox]\negress = {value}\n"
+
+
+def test_egress_allowlist_is_read(tmp_path: Path) -> None:
+    """Host names, *. wildcards and IPv4 addresses, each with or without a port, load as
+    written; without the key the allowlist is empty."""
+    entries = [
+        "api.github.com",
+        "*.pypi.org",
+        "127.0.0.1:8080",
+        "Git.Example.com:22",
+        "files.pythonhosted.org:443",
+        "*.internal.example:65535",
+    ]
+    project = load_project(_project(tmp_path, _egress_toml(json.dumps(entries))))
+    assert project.sandbox.egress == tuple(entries)
+    assert load_project(_project(tmp_path, "[agent]\nname = 'ok'\n")).sandbox.egress == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ('"api.github.com"', "sandbox.egress must be a list of strings"),
+        ("[443]", "sandbox.egress must be a list of strings"),
+        ('[""]', "entry '' is empty"),
+        ('["  "]', "entry '  ' is empty"),
+        ('["https://api.github.com"]', "is a URL; write the host alone"),
+        ('["api.github.com/repos"]', "has a path or other URL parts"),
+        ('["user@api.github.com"]', "has a path or other URL parts"),
+        ('["api.github.com:0"]', "has a port that is not a number from 1 to 65535"),
+        ('["api.github.com:65536"]', "has a port that is not a number from 1 to 65535"),
+        ('["api.github.com:"]', "has a port that is not a number from 1 to 65535"),
+        ('["api.github.com:+80"]', "has a port that is not a number from 1 to 65535"),
+        ('["[::1]:443"]', "looks like an IPv6 address"),
+        ('["::1"]', "looks like an IPv6 address"),
+        ('["api github.com"]', "contains spaces"),
+        ('["*"]', "is not a host name or an IPv4 address"),
+        ('["api.*.com"]', "is not a host name or an IPv4 address"),
+        ('["-bad-.example"]', "is not a host name or an IPv4 address"),
+        ('["127.1"]', "is not a host name or an IPv4 address"),
+        ('["256.0.0.1"]', "is not a host name or an IPv4 address"),
+        ('["*.com"]', "is a wildcard over a whole top-level domain or an address"),
+        ('["*.10.0.0.1"]', "is a wildcard over a whole top-level domain or an address"),
+    ],
+)
+def test_bad_egress_entry_is_one_clear_line(tmp_path: Path, value: str, needle: str) -> None:
+    """Each bad allowlist value is refused in one line naming kit.toml, sandbox.egress, what
+    is wrong and every allowed form."""
+    with pytest.raises(ConfigError) as info:
+        load_project(_project(tmp_path, _egress_toml(value)))
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(tmp_path / "kit.toml") in message
+    assert "sandbox.egress" in message
+    assert needle in message
+    assert "a *. wildcard (*.pypi.org)" in message
+    assert ":port from 1 to 65535" in message
+
+
+async def test_bad_egress_changes_no_stored_state(kit_tmp: Path) -> None:
+    """`kit dev` on a project with a bad allowlist fails before it writes anything: a state
+    dir holding an earlier build is left exactly as it was."""
+    project = _project(kit_tmp / "proj", _egress_toml('["api.github.com"]'))
+    state = kit_tmp / "state"
+    build_bundle(load_project(project), state / "bundles")
+    before = sorted((p.relative_to(state), p.stat().st_mtime_ns) for p in state.rglob("*"))
+    (project / "kit.toml").write_text(_egress_toml('["https://api.github.com"]'))
+    with pytest.raises(ConfigError, match=r"sandbox\.egress entry"):
+        async with run_stack(stack_settings(state, project)):
+            pass
+    assert sorted((p.relative_to(state), p.stat().st_mtime_ns) for p in state.rglob("*")) == before

@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
+from emulator.sandbox.limits import Cgroups
 from kit.cli.stack import Stack
 from kit.client import SessionClient, create_session
 
@@ -53,6 +55,31 @@ async def test_list_and_kill_a_sandbox(stack: Stack) -> None:
                     break
         listed = await _kit(stack, "sandbox", "list")
         assert info.session_id not in listed.stdout
+
+
+@pytest.mark.skipif(not Cgroups.available(), reason="needs writable cgroup v1 (root)")
+async def test_kit_sandbox_oom_kills_like_the_tier_would_and_the_session_resumes(
+    stack: Stack,
+) -> None:
+    """`kit sandbox oom SESSION`: the client sees `died oom 137`, the next message starts a
+    new sandbox that resumes the session, and no event is lost or repeated."""
+    info = await create_session(stack.url, stack.api_token)
+    async with SessionClient(info.ws_url, info.token) as client:
+        first = [e async for e in client.turn("hello")]
+        oomed = await _kit(stack, "sandbox", "oom", info.session_id)
+        assert oomed.returncode == 0, oomed.stderr
+        async with asyncio.timeout(30):
+            async for event in client.events():
+                if event.kind == "sandbox" and event.data["state"] == "died":
+                    assert (event.data["reason"], event.data["exit_code"]) == ("oom", 137)
+                    break
+        second = [e async for e in client.turn("again")]
+    running = [e for e in second if e.kind == "sandbox" and e.data["state"] == "running"]
+    assert running, [(e.kind, e.data) for e in second]
+    assert running[-1].data["resumed"] is True
+    assert second[-1].kind == "result"
+    seqs = [e.seq for e in first + second]
+    assert seqs == sorted(set(seqs))
 
 
 async def test_refusals_are_one_clear_line(stack: Stack) -> None:

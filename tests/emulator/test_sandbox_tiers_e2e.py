@@ -11,23 +11,12 @@ from emulator.sandbox.limits import Cgroups
 from kit.cli.stack import run_stack
 from kit.client import SessionClient, create_session
 from kit.protocol.frames import Event
-from tests.agents import RECOVERED_REPLY, pids_under, write_agent
+from tests.agents import RECOVERED_REPLY, pids_under, turn_events, write_agent
 from tests.conftest import stack_settings
 
 needs_cgroups = pytest.mark.skipif(
     not Cgroups.available(), reason="needs writable cgroup v1 hierarchies (root)"
 )
-
-
-async def _events(client: SessionClient, text: str) -> list[Event]:
-    seen: list[Event] = []
-    async with asyncio.timeout(120):
-        await client.send(text)
-        async for event in client.events():
-            seen.append(event)
-            if event.kind == "result" or event.data.get("code") == "turn_failed":
-                break
-    return seen
 
 
 def _sandbox_states(events: list[Event]) -> list[tuple[str, str | None, int | None]]:
@@ -48,7 +37,7 @@ async def test_allocating_past_the_tier_is_oom_killed_and_the_session_resumes(
     async with run_stack(stack_settings(kit_tmp / "state", project)) as stack:
         info = await create_session(stack.url, stack.api_token)
         async with SessionClient(info.ws_url, info.token) as client:
-            seen = await _events(client, "please allocate 400 MiB")
+            seen = await turn_events(client, "please allocate 400 MiB")
             assert client.reconnects == 0
         states = _sandbox_states(seen)
         texts = "".join(e.data.get("text", "") for e in seen if e.kind == "text_delta")
@@ -71,13 +60,13 @@ async def test_pids_max_stops_a_fork_storm(kit_tmp: Path) -> None:
         stack.provider.overrides["pids_max"] = 64
         info = await create_session(stack.url, stack.api_token)
         async with SessionClient(info.ws_url, info.token) as client:
-            seen = await _events(client, "fork many now")
+            seen = await turn_events(client, "fork many now")
             texts = "".join(e.data.get("text", "") for e in seen if e.kind == "text_delta")
             assert "fork failed after" in texts
             assert ("died", None, None) not in [
                 (s, None, None) for s, _, _ in _sandbox_states(seen)
             ]
-            again = await _events(client, "still there?")
+            again = await turn_events(client, "still there?")
             assert again[-1].kind == "result"
 
 
@@ -90,7 +79,7 @@ async def test_an_idle_sandbox_stops_with_143_and_the_next_message_resumes(
     async with run_stack(stack_settings(kit_tmp / "state", project)) as stack:
         info = await create_session(stack.url, stack.api_token)
         async with SessionClient(info.ws_url, info.token) as client:
-            first = await _events(client, "hello")
+            first = await turn_events(client, "hello")
             assert first[-1].kind == "result"
             stopped: list[Event] = []
             async with asyncio.timeout(30):
@@ -99,7 +88,7 @@ async def test_an_idle_sandbox_stops_with_143_and_the_next_message_resumes(
                         stopped.append(event)
                         break
             assert (stopped[0].data["reason"], stopped[0].data["exit_code"]) == ("idle", 143)
-            second = await _events(client, "again")
+            second = await turn_events(client, "again")
         running = [e for e in second if e.kind == "sandbox" and e.data["state"] == "running"]
         assert running
         assert running[0].data["resumed"] is True

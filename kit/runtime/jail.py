@@ -1,0 +1,385 @@
+"""Confining one local sandbox: its own namespaces, a filesystem of a few binds, no network.
+
+The host describes what a sandbox may see as a :class:`Jail`: folders and files bound
+read-only (the system's ``/usr`` and a few ``/etc`` files, the interpreter, kit's own code,
+the bundle, the model proxy's socket) or read-write (the workspace, home, temp folder, the
+runtime's socket folder, a local transcript store), each at its own path. Nothing else of
+the host exists inside: not the project, not the state folder, not other sessions, not the
+host's processes. The network namespace holds only a loopback interface; the unix sockets
+bound in (the model proxy, the egress proxy) are the only ways out.
+
+Two ways to enforce the same view:
+
+* :func:`confine`, in the fork server's child when kit runs as root: unshare the mount,
+  network, pid, ipc and uts namespaces; fork the sandbox's pid 1 (:func:`_init`), which
+  builds the new root (a tmpfs of mount points, the binds, a fresh ``/proc``, a minimal
+  ``/dev``, a tmpfs ``/tmp``), pivots into it, brings loopback up, drops to the sandbox
+  user with ``no_new_privs`` and forks the runtime. A fork and a few dozen mounts: the fork
+  server keeps its speed.
+* :meth:`Jail.bwrap_args`: bubblewrap with the same view, for a freshly started interpreter
+  (no fork server, or kit not run as root: bwrap then uses an unprivileged user namespace).
+
+The process tree on the fork server path::
+
+    zygote (root) ── C: relays the exit status; the sandbox's process group (pgid = C)
+                     └── G: pid 1 of the sandbox's pid namespace; reaps orphans
+                         └── R: the runtime (pid 2) ── the CLI ── its tools
+
+C, G and R share one process group. When G ends, the kernel kills everything left in the
+namespace, so nothing of a sandbox outlives it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, NoReturn
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+IFF_LOOPBACK = 0x8
+IFF_RUNNING = 0x40
+_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+_ST_TO_MS = {MS_NOEXEC: os.ST_NOEXEC, 1024: os.ST_NOATIME, 2048: os.ST_NODIRATIME}
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+HOSTNAME = "sandbox"
+
+Kind = Literal["ro", "rw", "symlink"]
+
+
+class JailError(OSError):
+    """The sandbox could not be confined (a namespace or mount the machine refused)."""
+
+
+@dataclass(frozen=True)
+class Bind:
+    """One entry of the sandbox's filesystem: ``path`` inside, ``source`` on the host.
+
+    ``ro`` and ``rw`` bind ``source`` (a folder, a file or a socket) at ``path``;
+    ``symlink`` makes ``path`` a symlink to ``source`` (as ``/bin`` → ``usr/bin``)."""
+
+    kind: Kind
+    source: str
+    path: str
+
+
+@dataclass(frozen=True)
+class Jail:
+    """What one sandbox may see, and whom it runs as (``uid``/``gid``; None: as is)."""
+
+    binds: tuple[Bind, ...]
+    uid: int | None = None
+    gid: int | None = None
+    tmp_size: str = "64m"
+    """The size of the sandbox's own ``/tmp`` (its memory counts against the tier)."""
+    hostname: str = field(default=HOSTNAME)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able form (the fork server's spawn request carries it)."""
+        return {
+            "binds": [[b.kind, b.source, b.path] for b in self.binds],
+            "uid": self.uid,
+            "gid": self.gid,
+            "tmp_size": self.tmp_size,
+            "hostname": self.hostname,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Jail:
+        """The inverse of :meth:`to_json`."""
+        return cls(
+            binds=tuple(Bind(kind, source, path) for kind, source, path in obj["binds"]),
+            uid=obj["uid"],
+            gid=obj["gid"],
+            tmp_size=obj["tmp_size"],
+            hostname=obj["hostname"],
+        )
+
+    def bwrap_args(self, bwrap: str, cwd: str) -> list[str]:
+        """The same view as a bubblewrap command line working in ``cwd`` (ends with ``--``)."""
+        args = [bwrap, "--unshare-all", "--die-with-parent", "--hostname", self.hostname]
+        args += ["--dev", "/dev", "--proc", "/proc", "--size", str(_bytes(self.tmp_size))]
+        args += ["--perms", "1777", "--tmpfs", "/tmp", "--chdir", cwd]
+        for bind in _ordered(self.binds):
+            if bind.kind == "symlink":
+                args += ["--symlink", bind.source, bind.path]
+            else:
+                args += ["--ro-bind" if bind.kind == "ro" else "--bind", bind.source, bind.path]
+        return [*args, "--remount-ro", "/", "--"]
+
+
+def _bytes(size: str) -> int:
+    units = {"k": 2**10, "m": 2**20, "g": 2**30}
+    return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+
+
+def _ordered(binds: Sequence[Bind]) -> list[Bind]:
+    """Parents before children, so a bind never hides one made inside it."""
+    return sorted(binds, key=lambda b: (b.path.rstrip("/").count("/"), b.path))
+
+
+class _Libc:
+    def __init__(self) -> None:
+        self.lib = ctypes.CDLL(None, use_errno=True)
+        self.lib.mount.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_ulong,
+            ctypes.c_char_p,
+        ]
+
+    def check(self, result: int, what: str) -> None:
+        if result != 0:
+            err = ctypes.get_errno()
+            raise JailError(err, f"{what}: {os.strerror(err)}")
+
+    def unshare(self, flags: int) -> None:
+        self.check(self.lib.unshare(flags), "unshare")
+
+    def mount(
+        self, source: str | None, target: str, fstype: str | None, flags: int, data: str = ""
+    ) -> None:
+        encoded = [s.encode() if s is not None else None for s in (source, target, fstype)]
+        result = self.lib.mount(*encoded, flags, data.encode() if data else None)
+        self.check(result, f"mount {source or fstype} on {target}")
+
+    def umount(self, target: str, flags: int) -> None:
+        self.check(self.lib.umount2(target.encode(), flags), f"umount {target}")
+
+    def pivot_root(self, new: str, old: str) -> None:
+        number = _PIVOT_ROOT.get(platform.machine())
+        if number is None:
+            raise JailError(errno.ENOSYS, f"pivot_root: unknown machine {platform.machine()}")
+        self.check(self.lib.syscall(number, new.encode(), old.encode()), "pivot_root")
+
+    def prctl(self, option: int, value: int) -> None:
+        self.check(self.lib.prctl(option, value, 0, 0, 0), f"prctl {option}")
+
+    def sethostname(self, name: str) -> None:
+        raw = name.encode()
+        self.check(self.lib.sethostname(raw, len(raw)), "sethostname")
+
+
+NAMESPACES = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
+
+
+def probe() -> str:
+    """Empty when this process may confine sandboxes natively; otherwise why not."""
+    if os.geteuid() != 0:
+        return "kit is not running as root"
+    if platform.machine() not in _PIVOT_ROOT:
+        return f"pivot_root is not known on {platform.machine()}"
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return "util-linux's unshare is not installed to check for namespaces"
+    # A throwaway process: forking this one (threads, locks) to try would be unsafe.
+    trial = [unshare, "--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "true"]
+    try:
+        done = subprocess.run(trial, capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"namespaces could not be tried: {exc}"
+    if done.returncode != 0:
+        return (
+            "this machine refuses new namespaces: " + done.stderr.decode(errors="replace").strip()
+        )
+    return ""
+
+
+def confine(jail: Jail, run: Callable[[], int], die_with: int | None = None) -> int:
+    """Run ``run`` as the runtime of a confined sandbox; return its exit as a wait status.
+
+    Called in the fork server's child (C), as root, after the host has put C into the
+    sandbox's cgroups. C stays outside the new namespaces, drops to the sandbox user and
+    waits; ``die_with``: a pid (the fork server) whose death takes the sandbox down.
+    """
+    libc = _Libc()
+    status_r, status_w = os.pipe()
+    libc.unshare(NAMESPACES)
+    init = os.fork()
+    if init == 0:  # pragma: no cover - G, pid 1 of the sandbox; measured by the sandbox tests
+        os.close(status_r)
+        code = 1
+        try:
+            code = _init(libc, jail, run, status_w)
+        except BaseException as exc:  # never return into the fork server's code
+            os.write(2, f"kit sandbox: could not confine the sandbox: {exc}\n".encode())
+        os._exit(code)
+    os.close(status_w)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)  # the runtime decides how SIGTERM ends
+    _drop(jail)
+    if die_with is not None:
+        die_with_parent(die_with)
+    while True:
+        try:
+            _, init_status = os.waitpid(init, 0)
+            break
+        except InterruptedError:
+            continue
+    reported = os.read(status_r, 64)
+    os.close(status_r)
+    return int(reported) if reported else init_status
+
+
+def exit_like(status: int) -> NoReturn:
+    """End this process as the wait status ``status`` ended its own: the same exit code, or
+    killed by the same signal (with no core dump)."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
+        os.kill(os.getpid(), sig)
+    os._exit(os.waitstatus_to_exitcode(status) if status >= 0 else 1)
+
+
+def _init(libc: _Libc, jail: Jail, run: Callable[[], int], status_w: int) -> int:
+    """G: build the root, drop privileges, fork the runtime, reap until it ends."""
+    _build_root(libc, jail)
+    _loopback_up()
+    libc.sethostname(jail.hostname)
+    _drop(jail)
+    libc.prctl(PR_SET_NO_NEW_PRIVS, 1)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # C gone (killed): the namespace goes
+    runtime = os.fork()
+    if runtime == 0:
+        os.close(status_w)
+        os._exit(run())
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return 1
+        if pid == runtime:
+            os.write(status_w, str(status).encode())
+            return 0
+
+
+def _build_root(libc: _Libc, jail: Jail) -> None:
+    """Mount the sandbox's filesystem and pivot into it (bubblewrap's two-step recipe)."""
+    libc.mount(None, "/", None, MS_REC | MS_PRIVATE)
+    libc.mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
+    for name in ("newroot", "oldroot"):
+        os.mkdir(f"/tmp/{name}", 0o755)
+    libc.pivot_root("/tmp", "/tmp/oldroot")
+    os.chdir("/")
+    libc.mount("tmpfs", "/newroot", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+    # /tmp first: binds below it (the runtime's socket folder often is) go on top of it.
+    _mount_point("/newroot/tmp", is_dir=True)
+    libc.mount(
+        "tmpfs", "/newroot/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={jail.tmp_size}"
+    )
+    for bind in _ordered(jail.binds):
+        target = "/newroot" + bind.path
+        if bind.kind == "symlink":
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.symlink(bind.source, target)
+            continue
+        source = "/oldroot" + bind.source
+        _mount_point(target, is_dir=os.path.isdir(source))
+        libc.mount(source, target, None, MS_BIND | MS_REC)
+        flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | _kept_flags(target)
+        libc.mount(None, target, None, flags | (MS_RDONLY if bind.kind == "ro" else 0))
+    _dev(libc)
+    os.mkdir("/newroot/proc", 0o555)
+    libc.mount("proc", "/newroot/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    os.chdir("/newroot")
+    libc.pivot_root(".", ".")
+    libc.umount(".", MNT_DETACH)  # the old root, stacked under the new one
+    os.chdir("/")
+    libc.mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _dev(libc: _Libc) -> None:
+    os.mkdir("/newroot/dev", 0o755)
+    libc.mount("tmpfs", "/newroot/dev", "tmpfs", MS_NOSUID, "mode=0755,size=64k")
+    for name in DEVICES:
+        target = f"/newroot/dev/{name}"
+        _mount_point(target, is_dir=False)
+        libc.mount(f"/oldroot/dev/{name}", target, None, MS_BIND)
+    for name, link in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
+        os.symlink(link, f"/newroot/dev/{name}")
+    os.mkdir("/newroot/dev/shm", 0o1777)
+    libc.mount("tmpfs", "/newroot/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=16m")
+    libc.mount(None, "/newroot/dev", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID)
+
+
+def _mount_point(target: str, *, is_dir: bool) -> None:
+    if is_dir:
+        os.makedirs(target, exist_ok=True)
+        return
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    if not os.path.lexists(target):
+        os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o444))
+
+
+def _kept_flags(target: str) -> int:
+    """Flags of the mount under ``target`` that a bind remount must keep (noexec, atime)."""
+    have = os.statvfs(target).f_flag
+    return sum(ms for ms, st in _ST_TO_MS.items() if have & st)
+
+
+def _loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", b"lo", IFF_UP | IFF_LOOPBACK | IFF_RUNNING)
+        fcntl.ioctl(sock, SIOCSIFFLAGS, request)
+
+
+def _drop(jail: Jail) -> None:
+    if jail.uid is None or jail.gid is None or os.geteuid() != 0:
+        return
+    os.setgroups([])
+    os.setresgid(jail.gid, jail.gid, jail.gid)
+    os.setresuid(jail.uid, jail.uid, jail.uid)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Take the whole sandbox down (this process group) if ``parent_pid`` dies.
+
+    For local sandboxes only: a host killed with SIGKILL must not leave its sandboxes running,
+    or a restarted host would run a second sandbox beside the orphan. The kernel clears the
+    parent-death signal when credentials change, so call this after the drop to the sandbox
+    user; the parent is checked once more in case it died in between.
+    """
+    signal.signal(signal.SIGUSR1, lambda *_: os.killpg(0, signal.SIGKILL))
+    try:
+        _Libc().prctl(PR_SET_PDEATHSIG, signal.SIGUSR1)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:
+        os.killpg(0, signal.SIGKILL)

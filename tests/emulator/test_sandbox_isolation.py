@@ -1,0 +1,177 @@
+"""A sandbox sees its workspace and bundle, finds no API key, and connects nowhere but the
+host's proxies: probed from inside, by a Bash tool of a real agent in a real `kit dev` stack,
+both ways sandboxes are confined (the fork server's namespaces, and bubblewrap)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import shutil
+import socket
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import kit
+from kit.cli.stack import Stack, run_stack
+from tests.agents import open_session, turn_events, write_agent
+from tests.conftest import stack_settings
+from tests.loopback import HTTP_BODY, http_server
+
+PROBE = Path(__file__).with_name("isolation_probe.py")
+NOT_THERE = ("ENOENT", "EACCES")
+
+needs_isolation = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("bwrap") is None,
+    reason="needs root (namespaces) and bubblewrap (./scripts/setup installs it)",
+)
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A TCP server on the host's loopback (the sandbox must not reach it)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.listen()
+        yield server
+
+
+@pytest.fixture(params=["auto", "bwrap"], ids=["fork-server-namespaces", "bubblewrap"])
+async def confined(
+    request: pytest.FixtureRequest, kit_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Stack, str]]:
+    """A stack whose host knows a secret API key (its environment, the project's .env, a
+    file in its state dir), its sandboxes confined one way or the other."""
+    secret = "sk-ant-api03-" + secrets.token_hex(24)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", secret)
+    project = write_agent(kit_tmp / "agent")
+    (project / ".env").write_text(f"ANTHROPIC_API_KEY={secret}\n")
+    settings = stack_settings(
+        kit_tmp / "state",
+        project,
+        api_key=secret,
+        force_offline_model=True,
+        sandbox_isolation=request.param,
+    )
+    async with run_stack(settings) as stack:
+        expected = "native" if request.param == "auto" else "bwrap"
+        assert stack.provider.isolation == expected, stack.provider.unisolated
+        (settings.state_dir / "planted.txt").write_text(secret)
+        yield stack, secret
+
+
+def _image() -> list[str]:
+    """The read-only system image the secret scan skips (the same for every sandbox)."""
+    return ["/usr", sys.prefix, sys.base_prefix, str(Path(kit.__file__).parent)]
+
+
+async def _probe(stack: Stack, spec: dict[str, Any]) -> dict[str, Any]:
+    client, session = await open_session(stack)
+    try:
+        await turn_events(client, "hello")  # the sandbox is up, its workspace made
+        workspace = stack.provider.workspace(session.id)
+        shutil.copy(PROBE, workspace / "probe.py")
+        (workspace / "probe.json").write_text(json.dumps(spec))
+        events = await turn_events(client, "probe the sandbox")
+    finally:
+        await client.close()
+    output = next(e.data["content"] for e in events if e.kind == "tool_result")
+    line = next((x for x in str(output).splitlines() if x.startswith("PROBE ")), None)
+    assert line is not None, output
+    report: dict[str, Any] = json.loads(line.removeprefix("PROBE "))
+    return report
+
+
+@needs_isolation
+async def test_a_sandbox_sees_only_its_workspace_and_bundle(
+    confined: tuple[Stack, str], kit_tmp: Path, listener: socket.socket
+) -> None:
+    """Outside its workspace and bundle nothing of the host is there: not the project, the
+    state dir, another session's workspace, the tests; the bundle and system are read-only;
+    the API key is nowhere (files, environments, command lines); no host process is
+    visible; TCP goes nowhere, even to the host's loopback; the model proxy answers."""
+    stack, secret = confined
+    state = stack.settings.state_dir
+    other = stack.provider.workspace("00000000-0000-4000-8000-000000000000")
+    other.mkdir(parents=True)
+    (other / "notes.txt").write_text("another session's file")
+    bundle_file = stack.bundle.path / "kit-bundle.json"
+    assert bundle_file.is_file()
+    port = listener.getsockname()[1]
+    with socket.create_connection(("127.0.0.1", port), timeout=3):
+        pass  # the host itself reaches it
+    forbidden = [
+        str(stack.settings.project_dir / "kit.toml"),
+        str(stack.settings.project_dir / ".env"),
+        str(state / "planted.txt"),
+        str(other / "notes.txt"),
+        str(Path(__file__)),
+        "/root/.bashrc",
+        "/etc/shadow",
+    ]
+    spec = {
+        "secret_b64": base64.b64encode(secret.encode()).decode(),
+        "image": _image(),
+        "read": [*forbidden, str(bundle_file), "probe.json", "/usr/bin/python3"],
+        "write": [str(bundle_file), "/usr/probe.txt", "/probe.txt", "written.txt"],
+        "tcp": [["127.0.0.1", port], ["10.255.255.1", 80]],
+        "unix": [stack.provider.run_root.joinpath("model.sock").as_posix()],
+    }
+    report = await _probe(stack, spec)
+
+    for path in forbidden:
+        assert report["read"][path] in NOT_THERE, (path, report["read"][path])
+    assert report["read"][str(bundle_file)] == "read"  # the bundle is there, read-only
+    assert report["read"]["probe.json"] == "read"
+    assert report["read"]["/usr/bin/python3"] == "read"
+    assert report["write"]["written.txt"] == "wrote"
+    for path in (str(bundle_file), "/usr/probe.txt", "/probe.txt"):
+        assert report["write"][path] in ("EROFS", "EACCES"), (path, report["write"][path])
+    assert report["secret_hits"] == []
+    assert report["files_scanned"] > 100  # it did look: /etc, home, workspace, bundle, ...
+    assert report["uid"] == stack.provider.uid
+    host_pid = str(os.getpid())
+    assert not [p for p in report["processes"] if "pytest" in p or host_pid in p.split()]
+    assert len(report["processes"]) < 20  # the sandbox's own: init, runtime, CLI, the tool
+    assert report["tcp"][f"127.0.0.1:{port}"] != "connected"
+    assert report["tcp"]["10.255.255.1:80"] != "connected"
+    assert list(report["unix"].values()) == ["connected"]
+
+
+@needs_isolation
+async def test_egress_goes_only_to_the_allowlist_through_the_proxy(kit_tmp: Path) -> None:
+    """With `egress = ["127.0.0.1:PORT"]` in kit.toml, a tool's HTTP request to that server
+    arrives (through the host's egress proxy); one to another host port is refused with the
+    proxy's 403 naming kit.toml and never arrives; a direct connection still goes nowhere."""
+    async with http_server() as allowed, http_server() as other:
+        project = write_agent(
+            kit_tmp / "agent", extra_toml=f'egress = ["127.0.0.1:{allowed.port}"]'
+        )
+        settings = stack_settings(kit_tmp / "state", project)
+        async with run_stack(settings) as stack:
+            assert stack.provider.isolation == "native", stack.provider.unisolated
+            spec = {
+                "secret_b64": base64.b64encode(b"no secret here").decode(),
+                "image": _image(),
+                "read": [],
+                "write": [],
+                "tcp": [["127.0.0.1", allowed.port]],
+                "unix": [],
+                "http": [
+                    f"http://127.0.0.1:{allowed.port}/allowed",
+                    f"http://127.0.0.1:{other.port}/other",
+                ],
+            }
+            report = await _probe(stack, spec)
+    answers = report["http"]
+    assert answers[f"http://127.0.0.1:{allowed.port}/allowed"] == "200 " + HTTP_BODY.decode()
+    refused = answers[f"http://127.0.0.1:{other.port}/other"]
+    assert refused.startswith("403 "), refused
+    assert "[sandbox] egress in kit.toml" in refused
+    assert [h.split(b"\r\n")[0] for h in allowed.heads] == [b"GET /allowed HTTP/1.1"]
+    assert other.accepted == 0
+    assert report["tcp"][f"127.0.0.1:{allowed.port}"] != "connected"  # only via the proxy
