@@ -517,7 +517,7 @@ async def run(args: argparse.Namespace, sizes: Sizes) -> list[dict[str, Any]]:
             work = Path(tmp) / name
             work.mkdir()
             target = (
-                kit_target(work, args.profile, args.kit_synchronous)
+                kit_target(work, args.profile, args.kit_synchronous, args.kit_log)
                 if name == "kit"
                 else do_target(work, direct=args.do_direct)
             )
@@ -550,6 +550,12 @@ def main() -> None:
         help="talk to the DO's workerd directly, skipping wrangler's proxy workerd",
     )
     parser.add_argument("--profile", type=Path, help="kit: write a cProfile of the host here")
+    parser.add_argument(
+        "--kit-log",
+        choices=["do", "sqlite"],
+        default="do",
+        help="kit: event logs on the emulator's Durable Objects (kit dev's default) or SQLite",
+    )
     parser.add_argument(
         "--kit-synchronous",
         choices=["OFF", "NORMAL", "FULL"],

@@ -152,7 +152,7 @@ async def _stop(proc: asyncio.subprocess.Process, group: bool) -> None:
 
 @contextlib.asynccontextmanager
 async def kit_target(
-    work: Path, profile: Path | None, synchronous: str | None
+    work: Path, profile: Path | None, synchronous: str | None, log: str = "do"
 ) -> AsyncIterator[Running]:
     """Start bench/kit_host.py (one kit session host process)."""
     token = "kit-api-" + secrets.token_urlsafe(24)
@@ -163,6 +163,7 @@ async def kit_target(
         args += ["--profile", str(profile)]
     if synchronous is not None:
         args += ["--synchronous", synchronous]
+    args += ["--log", log]
     proc = await asyncio.create_subprocess_exec(
         *args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT
     )
@@ -178,6 +179,7 @@ async def kit_target(
             token,
             [proc.pid],
             versions={"python": platform.python_version(), "sqlite": sqlite3.sqlite_version}
+            | {"event log": "sqlite" if synchronous else log}
             | ({"synchronous": synchronous} if synchronous else {}),
         )
     finally:

@@ -1,13 +1,14 @@
 """kit's session host as bench/host.py measures it: one process, synthetic sandboxes.
 
     .venv/bin/python bench/kit_host.py --state DIR --api-token TOKEN [--port 0] [--profile FILE]
-        [--synchronous OFF|NORMAL|FULL]
+        [--log do|sqlite] [--synchronous OFF|NORMAL|FULL]
 
 Prints one JSON line ``{"url", "pid"}`` once it listens, then serves until SIGTERM,
 SIGINT or the end of its stdin. ``--profile`` writes a cProfile of the whole run on exit.
 
 :func:`serve_kit_host` is the one place that wires kit for this bench: a
-:class:`~kit.host.SessionHost` with its SQLite event log under ``DIR``, ``kit.host.app`` on
+:class:`~kit.host.SessionHost` with its event log under ``DIR`` (by default the emulator's
+Durable Objects, as ``kit dev`` runs it; ``--log sqlite`` the plain SQLite log store), ``kit.host.app`` on
 uvicorn configured as ``kit dev`` configures it, and :class:`SyntheticProvider`, whose
 sandboxes are small HTTP servers in this process speaking kit's host↔runtime wire
 (docs/protocol.md §11) with the same synthetic turn as the Durable Object in
@@ -36,8 +37,10 @@ from typing import Any
 
 import uvicorn
 
+from emulator.durable_objects import DOLogStore
 from kit.host import (
     ExitInfo,
+    LogStore,
     Sandbox,
     SandboxProvider,
     SandboxSpec,
@@ -235,10 +238,12 @@ async def serve_kit_host(
     host: str = "127.0.0.1",
     port: int = 0,
     synchronous: str | None = None,
+    log: str = "do",
 ) -> AsyncIterator[str]:
     """Run kit's session host on ``host:port`` with synthetic sandboxes; yields its base URL.
 
-    ``synchronous`` overrides kit's ``PRAGMA synchronous`` (NORMAL) on every event log.
+    ``log``: ``do`` (the emulator's Durable Objects, what ``kit dev`` runs) or ``sqlite``;
+    ``synchronous`` (SQLite logs only) overrides kit's ``PRAGMA synchronous`` (NORMAL).
     """
     provider = SyntheticProvider()
     env = SessionEnv(
@@ -253,11 +258,13 @@ async def serve_kit_host(
         tier="lite",
         idle_timeout_s=3600,
     )
-    logs = (
-        SQLiteLogStore(state / "sessions")
-        if synchronous is None
-        else SyncLogStore(state / "sessions", synchronous)
-    )
+    logs: LogStore
+    if synchronous is not None:
+        logs = SyncLogStore(state / "sessions", synchronous)
+    elif log == "sqlite":
+        logs = SQLiteLogStore(state / "sessions")
+    else:
+        logs = DOLogStore.in_dir(state / "sessions")
     session_host = SessionHost(logs, env)
     app = create_app(session_host, api_token=api_token)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -289,7 +296,7 @@ async def serve_kit_host(
         await provider.close()
 
 
-async def _serve(state: Path, api_token: str, port: int, synchronous: str | None) -> None:
+async def _serve(state: Path, api_token: str, port: int, synchronous: str | None, log: str) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -301,7 +308,7 @@ async def _serve(state: Path, api_token: str, port: int, synchronous: str | None
         loop.call_soon_threadsafe(stop.set)
 
     threading.Thread(target=watch_stdin, daemon=True).start()
-    async with serve_kit_host(state, api_token, port=port, synchronous=synchronous) as url:
+    async with serve_kit_host(state, api_token, port=port, synchronous=synchronous, log=log) as url:
         print(json.dumps({"url": url, "pid": os.getpid()}), flush=True)
         await stop.wait()
 
@@ -313,6 +320,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--profile", type=Path, help="write a cProfile of the run here")
     parser.add_argument(
+        "--log",
+        choices=["do", "sqlite"],
+        default="do",
+        help="event logs: the emulator's Durable Objects (kit dev's default) or plain SQLite",
+    )
+    parser.add_argument(
         "--synchronous",
         choices=["OFF", "NORMAL", "FULL"],
         help="PRAGMA synchronous of the event logs (kit's own: NORMAL)",
@@ -322,7 +335,7 @@ def main() -> None:
     if profiler is not None:
         profiler.enable()
     try:
-        asyncio.run(_serve(args.state, args.api_token, args.port, args.synchronous))
+        asyncio.run(_serve(args.state, args.api_token, args.port, args.synchronous, args.log))
     finally:
         if profiler is not None:
             profiler.disable()

@@ -552,13 +552,17 @@ class LocalSandboxProvider(SandboxProvider):
             )
             return child.pid, child.wait, child.stdout, child.write_stdin
         if jail is not None and self.isolation == "native":
-            # The fork server failed to start: bubblewrap, if it works here, else nothing.
-            self.isolation, self.unisolated = choose(
-                fork_server=False, drop=self._drop_privileges()
-            )
-            if self.unisolated:
-                _warn_once(self.unisolated)
-                jail = None
+            # The fork server failed to start: bubblewrap, if it works here. Never fall back
+            # to no isolation once it was chosen: that is only ever the user's own choice.
+            mode, why = choose(fork_server=False, drop=self._drop_privileges())
+            if mode != "bwrap":
+                raise SandboxError(
+                    "The runtime fork server is down and bubblewrap cannot confine sandboxes "
+                    f"here ({why}); refusing to start an unisolated sandbox. See "
+                    f"{self.root / 'zygote.log'}, or set KIT_SANDBOX_ISOLATION=off to run "
+                    "sandboxes without isolation."
+                )
+            self.isolation = mode
         if jail is not None:
             # bubblewrap forks the runtime at once: join the cgroups before exec, not after.
             proc = await self._spawn(cwd, env, log_path, prefix=self._confined(cwd, jail, cgroup))
@@ -676,8 +680,12 @@ class LocalSandboxProvider(SandboxProvider):
             )
 
     def _own(self, path: Path) -> None:
+        # The sandbox user owns these folders: never follow a link it may have put there
+        # (root would chown, chmod or bind whatever it points at).
+        if path.is_symlink() or not path.is_dir():
+            raise SandboxError(f"{path} is not a plain folder (a symlink?); remove it and retry.")
         if self.uid is not None and self.gid is not None:
-            os.chown(path, self.uid, self.gid)
+            os.chown(path, self.uid, self.gid, follow_symlinks=False)
             path.chmod(0o700)
 
 
@@ -727,10 +735,20 @@ async def _ready_line(stdout: asyncio.StreamReader) -> dict[str, object] | None:
 
 
 def short_run_dir(root: Path) -> Path:
-    """A short per-root folder under the temp dir for Unix sockets."""
+    """A short per-root folder under the temp dir for Unix sockets, owned by this user.
+
+    Its name is predictable, so one made by someone else (who could swap the sockets in
+    it) is refused rather than used."""
     digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:10]
     path = Path(tempfile.gettempdir()) / f"kit-{os.geteuid()}-{digest}"
-    path.mkdir(mode=0o755, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o755)
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise SandboxError(
+            f"{path} (the sandboxes' socket folder) is not a folder of this user's that only "
+            "it can write; someone else may have made it. Remove it and start again."
+        )
     path.chmod(0o755)
     return path
 

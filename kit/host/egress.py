@@ -35,15 +35,16 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import hmac
+import ipaddress
 import logging
 import re
-import secrets
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from kit.bundle.allowlist import EgressRule, allows, normalize_host, parse_rule
+from kit.host.tokens import SessionTokens
 from kit.ids import SessionId
 
 log = logging.getLogger("kit.host")
@@ -100,7 +101,7 @@ class EgressProxy:
 
     def __init__(self, allow: Sequence[str]) -> None:
         self.rules: tuple[EgressRule, ...] = tuple(parse_rule(entry) for entry in allow)
-        self._tokens: dict[bytes, SessionId] = {}
+        self._tokens = SessionTokens("kit-egress-")
         self._live: dict[bytes, set[asyncio.Task[None]]] = {}
         """Open connections per token, so revoking a token ends them."""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -110,22 +111,17 @@ class EgressProxy:
 
     def issue(self, session_id: SessionId) -> str:
         """A new token for ``session_id``'s sandbox."""
-        token = "kit-egress-" + secrets.token_urlsafe(24)
-        self._tokens[token.encode()] = session_id
-        return token
+        return self._tokens.issue(session_id)
 
     def revoke(self, token: str) -> None:
         """Stop accepting ``token`` and end the connections it opened (its sandbox is gone)."""
-        self._tokens.pop(token.encode(), None)
+        self._tokens.revoke(token)
         for task in self._live.pop(token.encode(), set()):
             task.cancel()
 
     def session_for(self, token: bytes) -> SessionId | None:
         """The session a token belongs to, if it is live."""
-        for known, session in self._tokens.items():
-            if hmac.compare_digest(known, token):
-                return session
-        return None
+        return self._tokens.session_for(token)
 
     async def serve_unix(self, path: Path | str) -> asyncio.Server:
         """Listen on a Unix socket (bound into each sandbox)."""
@@ -192,6 +188,9 @@ class EgressProxy:
 
     def _parse(self, head: bytes) -> tuple[bytes, _Request]:
         """The token and the checked request; :class:`_Refused` when it may not pass."""
+        if b"\n" in head[:-4].replace(b"\r\n", b"") or b"\r" in head[:-4].replace(b"\r\n", b""):
+            # A bare LF or CR splits lines differently for the proxy and the target.
+            raise _Refused(400, "Malformed request head (bare CR or LF).", "bare CR or LF")
         lines = head[:-4].split(b"\r\n")
         parts = lines[0].split(b" ")
         if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
@@ -203,6 +202,12 @@ class EgressProxy:
             if not sep or not name or name != name.strip() or b" " in name:
                 raise _Refused(400, "Malformed header line.", "malformed header")
             headers.append((name.lower(), value.strip()))
+        names = [name for name, _ in headers]
+        for single in (b"content-length", b"host", b"proxy-authorization", b"transfer-encoding"):
+            if names.count(single) > 1:
+                raise _Refused(
+                    400, f"Header {single.decode()} given twice.", f"duplicate {single.decode()}"
+                )
         fields = dict(headers)
         token = _basic_token(fields.get(b"proxy-authorization", b""))
         session = self.session_for(token) if token else None
@@ -295,11 +300,44 @@ def _authority(authority: str, default_port: int | None) -> tuple[str, int]:
     return normal, port
 
 
+async def _address(host: str, port: int) -> str:
+    """The address to connect to. A name must resolve to a public address: one on the
+    allowlist must not become a way to the host's own loopback or private network (DNS
+    rebinding); an agent that should reach such an address names it in kit.toml."""
+    with contextlib.suppress(ValueError):
+        ipaddress.IPv4Address(host)
+        return host  # an address literal: on the allowlist as it is
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_STREAM),
+            CONNECT_TIMEOUT_S,
+        )
+    except (OSError, TimeoutError) as exc:
+        raise _Refused(
+            502,
+            f"kit's egress proxy could not resolve {host}: {exc}.",
+            f"{host} did not resolve",
+        ) from None
+    found = [str(info[4][0]) for info in infos]
+    public = [a for a in found if ipaddress.IPv4Address(a).is_global]
+    if not public:
+        raise _Refused(
+            403,
+            f"kit's egress proxy refused {host}:{port}: it resolves to {', '.join(found)}, "
+            "not a public address. If the agent should reach it, add the address itself to "
+            f'[sandbox] egress in kit.toml (egress = ["{found[0] if found else "ADDRESS"}:{port}"]).',
+            f"{host} resolves to a non-public address {found}",
+        )
+    return public[0]
+
+
 async def _open(request: _Request) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     where = f"{request.host}:{request.port}"
+    address = await _address(request.host, request.port)
     try:
         return await asyncio.wait_for(
-            asyncio.open_connection(request.host, request.port, limit=CHUNK_BYTES),
+            asyncio.open_connection(address, request.port, limit=CHUNK_BYTES),
             CONNECT_TIMEOUT_S,
         )
     except TimeoutError:

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
-import secrets
 import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from kit.host.tokens import SessionTokens
 from kit.ids import SessionId
 
 log = logging.getLogger("kit.host")
@@ -51,26 +50,21 @@ class ModelProxy:
             (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
         )
         self._api_key = api_key.encode()
-        self._tokens: dict[bytes, SessionId] = {}
+        self._tokens = SessionTokens("kit-model-")
         self.requests_forwarded = 0
         self._servers: list[asyncio.Server] = []
 
     def issue(self, session_id: SessionId) -> str:
         """A new token for ``session_id``'s sandbox."""
-        token = "kit-model-" + secrets.token_urlsafe(24)
-        self._tokens[token.encode()] = session_id
-        return token
+        return self._tokens.issue(session_id)
 
     def revoke(self, token: str) -> None:
         """Stop accepting ``token`` (its sandbox is gone)."""
-        self._tokens.pop(token.encode(), None)
+        self._tokens.revoke(token)
 
     def session_for(self, credential: bytes) -> SessionId | None:
         """The session a credential (``x-api-key`` or bearer value) belongs to, if any."""
-        for token, session in self._tokens.items():
-            if hmac.compare_digest(token, credential):
-                return session
-        return None
+        return self._tokens.session_for(credential)
 
     async def serve_unix(self, path: Path) -> asyncio.Server:
         """Listen on a Unix socket (what local sandboxes use)."""

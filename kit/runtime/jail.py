@@ -36,6 +36,7 @@ import errno
 import fcntl
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -62,10 +63,13 @@ MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
+PR_CAPBSET_DROP = 24
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 IFF_LOOPBACK = 0x8
 IFF_RUNNING = 0x40
+_OCTAL = re.compile(r"\\([0-7]{3})")
+"""mountinfo's escapes (``\\040`` for a space)."""
 _PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 _ST_TO_MS = {MS_NOEXEC: os.ST_NOEXEC, 1024: os.ST_NOATIME, 2048: os.ST_NODIRATIME}
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -125,14 +129,15 @@ class Jail:
     def bwrap_args(self, bwrap: str, cwd: str) -> list[str]:
         """The same view as a bubblewrap command line working in ``cwd`` (ends with ``--``)."""
         args = [bwrap, "--unshare-all", "--die-with-parent", "--hostname", self.hostname]
-        args += ["--dev", "/dev", "--proc", "/proc", "--size", str(_bytes(self.tmp_size))]
+        args += ["--dev", "/dev", "--size", str(16 * 2**20), "--perms", "1777"]
+        args += ["--tmpfs", "/dev/shm", "--proc", "/proc", "--size", str(_bytes(self.tmp_size))]
         args += ["--perms", "1777", "--tmpfs", "/tmp", "--chdir", cwd]
         for bind in _ordered(self.binds):
             if bind.kind == "symlink":
                 args += ["--symlink", bind.source, bind.path]
             else:
                 args += ["--ro-bind" if bind.kind == "ro" else "--bind", bind.source, bind.path]
-        return [*args, "--remount-ro", "/", "--"]
+        return [*args, "--remount-ro", "/dev", "--remount-ro", "/", "--"]
 
 
 def _bytes(size: str) -> int:
@@ -236,6 +241,7 @@ def confine(jail: Jail, run: Callable[[], int], die_with: int | None = None) -> 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # the runtime decides how SIGTERM ends
     _drop(jail)
+    libc.prctl(PR_SET_NO_NEW_PRIVS, 1)
     if die_with is not None:
         die_with_parent(die_with)
     while True:
@@ -255,8 +261,9 @@ def exit_like(status: int) -> NoReturn:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):  # those cannot be caught or reset
+            signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
         os.kill(os.getpid(), sig)
     os._exit(os.waitstatus_to_exitcode(status) if status >= 0 else 1)
 
@@ -266,6 +273,7 @@ def _init(libc: _Libc, jail: Jail, run: Callable[[], int], status_w: int) -> int
     _build_root(libc, jail)
     _loopback_up()
     libc.sethostname(jail.hostname)
+    _drop_bounding_set(libc)
     _drop(jail)
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # C gone (killed): the namespace goes
@@ -308,8 +316,11 @@ def _build_root(libc: _Libc, jail: Jail) -> None:
         source = "/oldroot" + bind.source
         _mount_point(target, is_dir=os.path.isdir(source))
         libc.mount(source, target, None, MS_BIND | MS_REC)
-        flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | _kept_flags(target)
-        libc.mount(None, target, None, flags | (MS_RDONLY if bind.kind == "ro" else 0))
+        # Every mount the recursive bind brought along, not only its top: a tmpfs mounted
+        # somewhere under /usr must be read-only in here too.
+        for point in _mounts_at_or_under(target):
+            flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | _kept_flags(point)
+            libc.mount(None, point, None, flags | (MS_RDONLY if bind.kind == "ro" else 0))
     _dev(libc)
     os.mkdir("/newroot/proc", 0o555)
     libc.mount("proc", "/newroot/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -318,6 +329,18 @@ def _build_root(libc: _Libc, jail: Jail) -> None:
     libc.umount(".", MNT_DETACH)  # the old root, stacked under the new one
     os.chdir("/")
     libc.mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _mounts_at_or_under(target: str) -> list[str]:
+    """Mount points at ``target`` or below it, from this process's mountinfo."""
+    points = []
+    # Between the two pivots the host's /proc is under /oldroot.
+    with open("/oldroot/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            point = _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), line.split(" ")[4])
+            if point == target or point.startswith(target.rstrip("/") + "/"):
+                points.append(point)
+    return points
 
 
 def _dev(libc: _Libc) -> None:
@@ -352,6 +375,17 @@ def _kept_flags(target: str) -> int:
     """Flags of the mount under ``target`` that a bind remount must keep (noexec, atime)."""
     have = os.statvfs(target).f_flag
     return sum(ms for ms, st in _ST_TO_MS.items() if have & st)
+
+
+def _drop_bounding_set(libc: _Libc) -> None:
+    """Empty the capability bounding set: nothing run in the sandbox can ever gain one."""
+    try:
+        with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as f:
+            last = int(f.read())
+    except OSError:
+        last = 40
+    for cap in range(last + 1):
+        libc.prctl(PR_CAPBSET_DROP, cap)
 
 
 def _loopback_up() -> None:

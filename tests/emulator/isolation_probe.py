@@ -121,8 +121,16 @@ def main() -> None:
                 processes.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
             except OSError:
                 continue
+    status = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("CapEff", "CapPrm", "CapBnd"):
+            status[name] = int(value.strip(), 16)
+        elif name == "NoNewPrivs":
+            status[name] = int(value.strip())
     report = {
         "uid": os.getuid(),
+        "status": status,
         "read": {p: try_read(p) for p in spec["read"]},
         "write": {p: try_write(p) for p in spec["write"]},
         "tcp": {f"{h}:{p}": try_tcp(h, p) for h, p in spec["tcp"]},

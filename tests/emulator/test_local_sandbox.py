@@ -118,3 +118,53 @@ async def test_unrunnable_python_is_a_clear_error(kit_tmp: Path, bundle: Bundle)
             await provider.start(_spec(bundle))
     finally:
         await provider.close()
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the fork server confines sandboxes as root")
+async def test_a_runtime_killed_alone_inside_its_namespace_reports_137(
+    kit_tmp: Path, bundle: Bundle
+) -> None:
+    """SIGKILL to the runtime only (pid 2 of the sandbox's namespace, not the group): the
+    exit is relayed out through pid 1 and the host's child as 137 'killed', and nothing of
+    the sandbox is left."""
+    provider = LocalSandboxProvider(kit_tmp / "sandboxes")
+    try:
+        assert provider.isolation == "native"
+        spec = _spec(bundle)
+        sandbox = await provider.start(spec)
+        (init,) = _children(sandbox.pid)
+        (runtime,) = _children(init)
+        os.kill(runtime, signal.SIGKILL)
+        info = await sandbox.wait()
+        assert (info.exit_code, info.reason) == (137, "killed")
+        assert pids_under(provider.root / spec.session_id) == set()
+    finally:
+        await provider.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the fork server confines sandboxes as root")
+async def test_isolation_never_falls_back_to_none(
+    kit_tmp: Path, bundle: Bundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Isolation was chosen, then the fork server is down and bubblewrap is gone: the
+    sandbox is refused with a message naming the way out, not started unconfined."""
+    provider = LocalSandboxProvider(kit_tmp / "sandboxes")
+    try:
+        assert provider.isolation == "native"
+
+        async def no_fork_server(env: dict[str, str]) -> None:
+            return None
+
+        monkeypatch.setattr(provider, "_ensure_zygote", no_fork_server)
+        monkeypatch.setattr("emulator.sandbox.isolation.shutil.which", lambda name: None)
+        spec = _spec(bundle)
+        with pytest.raises(SandboxError, match="refusing to start an unisolated sandbox"):
+            await provider.start(spec)
+        assert provider.sandbox(spec.session_id) is None
+        assert pids_under(provider.root / spec.session_id) == set()
+    finally:
+        await provider.close()

@@ -4,12 +4,14 @@ both ways sandboxes are confined (the fork server's namespaces, and bubblewrap).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
 import secrets
 import shutil
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -95,12 +97,37 @@ async def test_a_sandbox_sees_only_its_workspace_and_bundle(
     the API key is nowhere (files, environments, command lines); no host process is
     visible; TCP goes nowhere, even to the host's loopback; the model proxy answers."""
     stack, secret = confined
-    state = stack.settings.state_dir
     other = stack.provider.workspace("00000000-0000-4000-8000-000000000000")
     other.mkdir(parents=True)
     (other / "notes.txt").write_text("another session's file")
     bundle_file = stack.bundle.path / "kit-bundle.json"
     assert bundle_file.is_file()
+    # Only the read-only mounts may stop these writes: the sandbox user owns the file, and
+    # a tmpfs mounted inside the bundle (a submount the recursive bind brings along) is
+    # world-writable.
+    owned = stack.bundle.path / "owned-by-sandbox-user.txt"
+    owned.write_text("x")
+    os.chown(owned, stack.provider.uid or 0, stack.provider.gid or 0)
+    submount = stack.bundle.path / "submount"
+    submount.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "mode=1777", "tmpfs", str(submount)]
+    await asyncio.to_thread(subprocess.run, mount, check=True)
+    try:
+        await _check_the_view(stack, secret, other, bundle_file, owned, submount, listener)
+    finally:
+        await asyncio.to_thread(subprocess.run, ["umount", "-l", str(submount)], check=True)
+
+
+async def _check_the_view(
+    stack: Stack,
+    secret: str,
+    other: Path,
+    bundle_file: Path,
+    owned: Path,
+    submount: Path,
+    listener: socket.socket,
+) -> None:
+    state = stack.settings.state_dir
     port = listener.getsockname()[1]
     with socket.create_connection(("127.0.0.1", port), timeout=3):
         pass  # the host itself reaches it
@@ -117,7 +144,16 @@ async def test_a_sandbox_sees_only_its_workspace_and_bundle(
         "secret_b64": base64.b64encode(secret.encode()).decode(),
         "image": _image(),
         "read": [*forbidden, str(bundle_file), "probe.json", "/usr/bin/python3"],
-        "write": [str(bundle_file), "/usr/probe.txt", "/probe.txt", "written.txt"],
+        "write": [
+            str(bundle_file),
+            str(owned),
+            str(submount / "x.txt"),
+            "/usr/probe.txt",
+            "/probe.txt",
+            "/dev/probe.txt",
+            "written.txt",
+            "/tmp/written.txt",
+        ],
         "tcp": [["127.0.0.1", port], ["10.255.255.1", 80]],
         "unix": [stack.provider.run_root.joinpath("model.sock").as_posix()],
     }
@@ -129,11 +165,17 @@ async def test_a_sandbox_sees_only_its_workspace_and_bundle(
     assert report["read"]["probe.json"] == "read"
     assert report["read"]["/usr/bin/python3"] == "read"
     assert report["write"]["written.txt"] == "wrote"
-    for path in (str(bundle_file), "/usr/probe.txt", "/probe.txt"):
-        assert report["write"][path] in ("EROFS", "EACCES"), (path, report["write"][path])
+    assert report["write"]["/tmp/written.txt"] == "wrote"
+    for path in (str(bundle_file), str(owned), str(submount / "x.txt"), "/usr/probe.txt"):
+        assert report["write"][path] == "EROFS", (path, report["write"][path])
+    for path in ("/probe.txt", "/dev/probe.txt"):
+        assert report["write"][path] == "EROFS", (path, report["write"][path])
     assert report["secret_hits"] == []
     assert report["files_scanned"] > 100  # it did look: /etc, home, workspace, bundle, ...
     assert report["uid"] == stack.provider.uid
+    status = report["status"]  # the tool's own: no capability now or ever, no setuid gains
+    assert (status["CapEff"], status["CapPrm"], status["CapBnd"]) == (0, 0, 0), status
+    assert status["NoNewPrivs"] == 1
     host_pid = str(os.getpid())
     assert not [p for p in report["processes"] if "pytest" in p or host_pid in p.split()]
     assert len(report["processes"]) < 20  # the sandbox's own: init, runtime, CLI, the tool

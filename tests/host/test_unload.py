@@ -26,7 +26,8 @@ async def test_a_reload_waits_until_the_evicted_sessions_sandbox_is_gone(kit_tmp
                         break
             old = session.sandbox
             assert old is not None
-            assert old.state is SandboxState.RUNNING
+            running = old.state
+            assert running is SandboxState.RUNNING
             evict = asyncio.create_task(stack.host.unload_now(session.id))
             await asyncio.sleep(0)  # one step: the evict has begun closing the session
             reloaded = await stack.host.get(session.id)
