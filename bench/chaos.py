@@ -27,6 +27,12 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--max-seconds", type=float, default=1500.0)
+    parser.add_argument(
+        "--isolation",
+        choices=["auto", "bwrap", "off"],
+        default="auto",
+        help="as KIT_SANDBOX_ISOLATION",
+    )
     args = parser.parse_args()
     report = asyncio.run(
         run_chaos(
@@ -36,6 +42,7 @@ def main() -> None:
             think_s=(args.think_min, args.think_max),
             seed=args.seed,
             max_seconds=args.max_seconds,
+            isolation=args.isolation,
         )
     )
     print(report.summary())

@@ -142,6 +142,12 @@ async def main() -> None:
         "machine, so kit's overhead is compared with an unthrottled SDK; under `basic` kit's "
         "sandbox gets 1/4 vCPU while the SDK baseline does not)",
     )
+    parser.add_argument(
+        "--isolation",
+        choices=["auto", "bwrap", "off"],
+        default="auto",
+        help="as KIT_SANDBOX_ISOLATION",
+    )
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="kit-bench-"))
     os.chmod(state, 0o755)
@@ -149,14 +155,20 @@ async def main() -> None:
     shutil.copytree(EXAMPLE_PROJECT, project, ignore=shutil.ignore_patterns(".kit"))
     toml = project / "kit.toml"
     toml.write_text(re.sub(r'(?m)^tier = ".*"$', f'tier = "{args.tier}"', toml.read_text()))
-    settings = DevSettings(project_dir=project, state_dir=state, port=0, force_offline_model=True)
+    settings = DevSettings(
+        project_dir=project,
+        state_dir=state,
+        port=0,
+        force_offline_model=True,
+        sandbox_isolation=args.isolation,
+    )
     async with run_stack(settings) as stack:
         options = sdk_options(stack, stack.bundle, state / "sdk-home")
         warm_kit, warm_sdk = await warm(stack, options, args.turns)
         first_kit, first_sdk = await first(stack, options, args.sessions)
     print(
         f"turn latency, ms (p50 / p95); {args.turns} warm turns, {args.sessions} new sessions, "
-        f"tier {args.tier}"
+        f"tier {args.tier}, isolation {stack.provider.isolation or 'none'}"
     )
     print("| measure | kit | SDK alone | ratio p50 | kit - SDK p50 (ms) |")
     print("|---|---|---|---|---|")

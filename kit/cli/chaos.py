@@ -135,6 +135,7 @@ async def run_chaos(
     think_s: tuple[float, float] = (0.5, 2.5),
     seed: int = 0,
     max_seconds: float = 600.0,
+    isolation: str = "auto",
 ) -> ChaosReport:
     """Run ``sessions`` talking continuously while one sandbox with a turn in progress is
     SIGKILLed every ``interval_s`` (random session, random moment) until ``kills`` kills.
@@ -146,7 +147,9 @@ async def run_chaos(
     state = Path(tempfile.mkdtemp(prefix="kit-chaos-"))
     os.chmod(state, 0o755)
     project = write_chaos_agent(state / "agent")
-    settings = DevSettings(project_dir=project, state_dir=state / "state", port=0)
+    settings = DevSettings(
+        project_dir=project, state_dir=state / "state", port=0, sandbox_isolation=isolation
+    )
     started = time.monotonic()
     async with run_stack(settings) as stack:
         killer = _Killer(stack, kills, interval_s, rng)
