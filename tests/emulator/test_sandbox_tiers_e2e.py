@@ -32,7 +32,8 @@ async def test_allocating_past_the_tier_is_oom_killed_and_the_session_resumes(
     kit_tmp: Path,
 ) -> None:
     """A Bash command allocating 400 MiB under `lite` (256 MiB): the sandbox is OOM-killed
-    (reason 'oom', exit 137), a new sandbox resumes the session and the turn finishes."""
+    (reason 'oom', exit 137), a new sandbox resumes the session, the turn finishes, and the
+    tier advisor names a tier that fits."""
     project = write_agent(kit_tmp / "agent", tier="lite")
     async with run_stack(stack_settings(kit_tmp / "state", project)) as stack:
         info = await create_session(stack.url, stack.api_token)
@@ -49,6 +50,9 @@ async def test_allocating_past_the_tier_is_oom_killed_and_the_session_resumes(
         assert seen[-1].kind == "result"
         texts = "".join(e.data.get("text", "") for e in seen if e.kind == "text_delta")
         assert RECOVERED_REPLY in texts
+        # kit dev prints the advisor's lines; after the OOM it names the next tier that fits.
+        advice = [line for sid, line in stack.advice if sid == info.session_id]
+        assert any('tier = "basic"' in line for line in advice), advice
     assert pids_under(kit_tmp) == set()  # the allocating tool died with its sandbox
 
 
