@@ -101,7 +101,7 @@ class Jail:
     binds: tuple[Bind, ...]
     uid: int | None = None
     gid: int | None = None
-    tmp_size: str = "64m"
+    tmp_bytes: int = 64 * 2**20
     """The size of the sandbox's own ``/tmp`` (its memory counts against the tier)."""
     hostname: str = field(default=HOSTNAME)
 
@@ -111,7 +111,7 @@ class Jail:
             "binds": [[b.kind, b.source, b.path] for b in self.binds],
             "uid": self.uid,
             "gid": self.gid,
-            "tmp_size": self.tmp_size,
+            "tmp_bytes": self.tmp_bytes,
             "hostname": self.hostname,
         }
 
@@ -122,7 +122,7 @@ class Jail:
             binds=tuple(Bind(kind, source, path) for kind, source, path in obj["binds"]),
             uid=obj["uid"],
             gid=obj["gid"],
-            tmp_size=obj["tmp_size"],
+            tmp_bytes=obj["tmp_bytes"],
             hostname=obj["hostname"],
         )
 
@@ -130,7 +130,7 @@ class Jail:
         """The same view as a bubblewrap command line working in ``cwd`` (ends with ``--``)."""
         args = [bwrap, "--unshare-all", "--die-with-parent", "--hostname", self.hostname]
         args += ["--dev", "/dev", "--size", str(16 * 2**20), "--perms", "1777"]
-        args += ["--tmpfs", "/dev/shm", "--proc", "/proc", "--size", str(_bytes(self.tmp_size))]
+        args += ["--tmpfs", "/dev/shm", "--proc", "/proc", "--size", str(self.tmp_bytes)]
         args += ["--perms", "1777", "--tmpfs", "/tmp", "--chdir", cwd]
         for bind in _ordered(self.binds):
             if bind.kind == "symlink":
@@ -138,11 +138,6 @@ class Jail:
             else:
                 args += ["--ro-bind" if bind.kind == "ro" else "--bind", bind.source, bind.path]
         return [*args, "--remount-ro", "/dev", "--remount-ro", "/", "--"]
-
-
-def _bytes(size: str) -> int:
-    units = {"k": 2**10, "m": 2**20, "g": 2**30}
-    return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
 
 
 def _ordered(binds: Sequence[Bind]) -> list[Bind]:
@@ -305,7 +300,7 @@ def _build_root(libc: _Libc, jail: Jail) -> None:
     # /tmp first: binds below it (the runtime's socket folder often is) go on top of it.
     _mount_point("/newroot/tmp", is_dir=True)
     libc.mount(
-        "tmpfs", "/newroot/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={jail.tmp_size}"
+        "tmpfs", "/newroot/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={jail.tmp_bytes}"
     )
     for bind in _ordered(jail.binds):
         target = "/newroot" + bind.path

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from kit.cli.console import EventPrinter
@@ -30,7 +32,7 @@ def test_store_events_are_shown_with_their_message(capsys: pytest.CaptureFixture
 def test_each_sandbox_state_change_is_shown(capsys: pytest.CaptureFixture[str]) -> None:
     """`kit chat` shows every state a sandbox goes through, with why it died."""
     printer = EventPrinter()
-    states = [
+    states: list[dict[str, Any]] = [
         {"state": "starting", "tier": "lite"},
         {"state": "running", "tier": "lite", "resumed": False},
         {"state": "died", "reason": "oom", "exit_code": 137},
