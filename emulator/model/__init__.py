@@ -5,8 +5,9 @@ when no ``ANTHROPIC_API_KEY`` is set. Replies come from scenario files (TOML, de
 docs/scenarios.md), loaded through a :class:`ScenarioSource` that re-reads edited files.
 
 Modules: ``templates`` (placeholders), ``schema`` (the scenario data types),
-``parse`` (validation), ``scenarios`` (files and reloading), ``replies`` (choosing a
-reply), ``sse`` (encoding it), ``app`` (HTTP wiring).
+``parse`` (validation), ``scenarios`` (files and reloading), ``conversation`` (reading a
+request's messages), ``replies`` (choosing a reply), ``sse`` (encoding it), ``app`` (HTTP
+wiring).
 """
 
 from emulator.model.app import create_app

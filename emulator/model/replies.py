@@ -1,25 +1,30 @@
 """Choose the scripted reply to a Messages API request: data in, a :class:`Reply` out.
 
-The choice is stateless; everything comes from the request's ``messages``:
+The choice is stateless: everything comes from the request's ``messages``, which
+:mod:`emulator.model.conversation` reads into prompts (text a person wrote) and the tool
+rounds and answers that followed each. Prompts are grouped into **turns**:
 
-- the **user text** is the last plain text block (not a ``tool_result``, not a
-  ``<system-reminder>``, not the skill body the CLI sends after a ``Skill`` call) of the
-  last ``user`` message that has one;
-- the **turn** is how many ``user`` messages carry such text (1-based);
-- the **step** is how many ``assistant`` messages with a ``tool_use`` block come after
-  the user text (0 for the first model call of a turn, 1 after one tool round, ...).
+- a prompt opens a new turn unless it **continues** the turn before it: that turn is
+  *unfinished* (the user did not interrupt it, its rule has steps left, and its last
+  message is not the reply its step gives), and no ``match`` or ``contains`` rule accepts
+  the new prompt. This is how a turn cut short by a sandbox's death goes on after the
+  runtime's recovery message, whatever that message says;
+- a turn's **user text** is its first prompt, and its **number** counts turns from 1;
+- its **step** is how many of its tool rounds came back with a result, leaving out a failed
+  round that a continuation cut short (the model makes that call again).
 
-The first rule whose matcher accepts the user text answers with its step at that index.
+The first rule whose matcher accepts the turn's user text (and number) answers with its step
+at that index. ``{tool_result}`` and ``{skill_dir}`` come from the rounds that count.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import secrets
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from emulator.model.conversation import Answer, Round, Segment, read_segments
 from emulator.model.schema import DEFAULT_CHUNK_CHARS, ApiError, JsonValue, Rule, Step
 from emulator.model.templates import TemplateContext, render
 
@@ -29,8 +34,7 @@ DEFAULT_REPLY = (
 )
 """What the model says when no rule matches (``{user}`` is the user text)."""
 
-SYSTEM_REMINDER = "<system-reminder>"
-_SKILL_DIR = re.compile(r"^Base directory for this skill:[ \t]*(\S[^\r\n]*?)[ \t]*$", re.MULTILINE)
+_DEFAULT_STEPS = (Step(text=DEFAULT_REPLY),)
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ class Conversation:
     step: int = 0
     tool_result: str = ""
     skill_dir: str = ""
+    continued: bool = False
+    """The latest prompt continues the unfinished turn before it."""
 
 
 @dataclass(frozen=True)
@@ -89,23 +95,130 @@ def choose_reply(
     make_id: Callable[[str], str] = new_id,
 ) -> Reply:
     """Pick the reply to ``messages`` (a request's ``messages`` array) from ``rules``."""
-    talk = read_conversation(messages)
-    for rule in rules:
-        groups = rule.matches(talk.user_text, talk.turn)
-        if groups is None:
-            continue
-        context = TemplateContext(
-            user=talk.user_text,
-            match=groups,
-            tool_result=talk.tool_result,
-            skill_dir=talk.skill_dir,
+    talk = read_conversation(messages, rules)
+    rule, groups = answering_rule(rules, talk.user_text, talk.turn)
+    context = TemplateContext(
+        user=talk.user_text, match=groups, tool_result=talk.tool_result, skill_dir=talk.skill_dir
+    )
+    if rule is None:
+        return Reply(text=render(DEFAULT_REPLY, context))
+    if talk.step >= len(rule.steps):
+        return Reply(
+            text=f"(scenario rule '{rule.name}' has no step {talk.step + 1})", rule=rule.name
         )
-        if talk.step >= len(rule.steps):
-            return Reply(
-                text=f"(scenario rule '{rule.name}' has no step {talk.step + 1})", rule=rule.name
-            )
-        return _from_step(rule.steps[talk.step], rule.name, context, make_id)
-    return Reply(text=render(DEFAULT_REPLY, TemplateContext(user=talk.user_text)))
+    return _from_step(rule.steps[talk.step], rule.name, context, make_id)
+
+
+def answering_rule(
+    rules: Sequence[Rule], user_text: str, turn: int
+) -> tuple[Rule | None, tuple[str, ...]]:
+    """The first rule that accepts the turn, with its match groups; ``(None, ())`` if none."""
+    for rule in rules:
+        groups = rule.matches(user_text, turn)
+        if groups is not None:
+            return rule, groups
+    return None, ()
+
+
+def read_conversation(messages: Sequence[object], rules: Sequence[Rule] = ()) -> Conversation:
+    """Find the turn being answered, its user text, number and step, and the latest tool
+    result and skill folder, in ``messages``; ``rules`` decide which prompts continue a turn."""
+    segments = read_segments(messages)
+    turns: list[_Turn] = []
+    cut: set[int] = set()
+    for segment in segments:
+        last = turns[-1] if turns else None
+        if last is not None and _continues(segment, last, rules, segments, cut):
+            rounds = last.segments[-1].rounds
+            if rounds and rounds[-1].failed:
+                cut.add(rounds[-1].at)  # the sandbox died in this call: it is made again
+            last.segments.append(segment)
+        else:
+            turns.append(_Turn(len(turns) + 1, [segment]))
+    if not turns:
+        return Conversation()
+    turn = turns[-1]
+    tool_result, skill_dir = _context(segments, cut, len(messages))
+    return Conversation(
+        user_text=turn.prompt,
+        turn=turn.number,
+        step=len(_counted(turn, cut)),
+        tool_result=tool_result,
+        skill_dir=skill_dir,
+        continued=len(turn.segments) > 1,
+    )
+
+
+@dataclass
+class _Turn:
+    number: int
+    segments: list[Segment]
+
+    @property
+    def prompt(self) -> str:
+        return self.segments[0].prompt
+
+
+def _continues(
+    segment: Segment, turn: _Turn, rules: Sequence[Rule], segments: list[Segment], cut: set[int]
+) -> bool:
+    """Whether ``segment``'s prompt goes on with ``turn`` rather than opening a new one."""
+    if turn.segments[-1].interrupted:
+        return False  # the user stopped that turn: whatever they say next is new
+    if any(rule.reads_text and rule.matches(segment.prompt, 0) is not None for rule in rules):
+        return False
+    return not _finished(turn, rules, segments, cut)
+
+
+def _finished(turn: _Turn, rules: Sequence[Rule], segments: list[Segment], cut: set[int]) -> bool:
+    """Whether ``turn`` ended as its rule says: out of steps, on an error step, or with the
+    text its current step gives as its last message."""
+    rule, groups = answering_rule(rules, turn.prompt, turn.number)
+    steps = rule.steps if rule is not None else _DEFAULT_STEPS
+    done = len(_counted(turn, cut))
+    if done >= len(steps) or steps[done].error is not None:
+        return True
+    step = steps[done]
+    items = turn.segments[-1].items
+    last = items[-1] if items else None
+    if not isinstance(last, Answer) or step.tool is not None or step.text is None:
+        return False
+    tool_result, skill_dir = _context(segments, cut, last.at)
+    context = TemplateContext(
+        user=turn.prompt, match=groups, tool_result=tool_result, skill_dir=skill_dir
+    )
+    return last.text.strip() == render(step.text, context).strip()
+
+
+def _counted(turn: _Turn, cut: set[int]) -> list[Round]:
+    """The turn's tool rounds that came back and were not cut short."""
+    return [
+        item
+        for segment in turn.segments
+        for item in segment.rounds
+        if item.answered and item.at not in cut
+    ]
+
+
+def _context(segments: list[Segment], cut: set[int], upto: int) -> tuple[str, str]:
+    """``{tool_result}`` and ``{skill_dir}`` as of message ``upto``: the last result that
+    counts, and the folder of the skill the last ``Skill`` call ran (the CLI sends a skill's
+    folder only the first time a session runs it) or else the last folder the CLI named."""
+    tool_result = skill_dir = ""
+    folders: dict[str, str] = {}
+    for item in (r for segment in segments for r in segment.rounds):
+        if item.at >= upto:
+            break
+        if not item.answered or item.at in cut:
+            continue
+        tool_result = item.result
+        if item.skill_dir is not None:
+            skill_dir = item.skill_dir
+            if item.skill is not None:
+                folders[item.skill] = item.skill_dir
+        elif item.skill in folders:
+            skill_dir = folders[item.skill]
+    return tool_result, skill_dir
 
 
 def _from_step(
@@ -139,92 +252,3 @@ def _render_value(value: JsonValue, context: TemplateContext) -> JsonValue:
     if isinstance(value, dict):
         return _render_input(value, context)
     return value
-
-
-def read_conversation(messages: Sequence[object]) -> Conversation:
-    """Find the user text, turn, step, latest tool result and skill folder in ``messages``."""
-    user_text = ""
-    turn = 0
-    step = 0
-    for message in messages:
-        role, blocks = _role_and_blocks(message)
-        if role == "user":
-            text = _user_text(blocks)
-            if text is not None:
-                user_text, turn, step = text, turn + 1, 0
-        elif role == "assistant" and any(_block_type(b) == "tool_use" for b in blocks):
-            step += 1
-    return Conversation(
-        user_text=user_text,
-        turn=turn,
-        step=step,
-        tool_result=_latest_tool_result(messages),
-        skill_dir=_latest_skill_dir(messages),
-    )
-
-
-def _role_and_blocks(message: object) -> tuple[str | None, list[object]]:
-    if not isinstance(message, Mapping):
-        return None, []
-    role = message.get("role")
-    content = message.get("content")
-    if isinstance(content, str):
-        blocks: list[object] = [{"type": "text", "text": content}]
-    elif isinstance(content, list):
-        blocks = list(content)
-    else:
-        blocks = []
-    return (role if isinstance(role, str) else None), blocks
-
-
-def _block_type(block: object) -> object:
-    return block.get("type") if isinstance(block, Mapping) else None
-
-
-def _user_text(blocks: list[object]) -> str | None:
-    """The last plain text block a person wrote, or ``None`` if there is none."""
-    found = None
-    for block in blocks:
-        if _block_type(block) != "text" or not isinstance(block, Mapping):
-            continue
-        text = block.get("text")
-        if isinstance(text, str) and not _is_injected(text):
-            found = text
-    return found
-
-
-def _is_injected(text: str) -> bool:
-    """Text the CLI adds to user messages: reminders and the body of an invoked skill."""
-    head = text.lstrip()
-    return head.startswith(SYSTEM_REMINDER) or _SKILL_DIR.match(head) is not None
-
-
-def _texts(value: object) -> Iterator[str]:
-    """Every text in a content value, tool results included, in order."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, list):
-        for block in value:
-            if isinstance(block, Mapping):
-                if isinstance(block.get("text"), str):
-                    yield block["text"]
-                yield from _texts(block.get("content"))
-
-
-def _latest_tool_result(messages: Sequence[object]) -> str:
-    for message in reversed(messages):
-        _, blocks = _role_and_blocks(message)
-        for block in reversed(blocks):
-            if _block_type(block) == "tool_result" and isinstance(block, Mapping):
-                return "\n".join(_texts(block.get("content")))
-    return ""
-
-
-def _latest_skill_dir(messages: Sequence[object]) -> str:
-    for message in reversed(messages):
-        content = message.get("content") if isinstance(message, Mapping) else None
-        for text in reversed(list(_texts(content))):
-            found = _SKILL_DIR.findall(text)
-            if found:
-                return str(found[-1])
-    return ""

@@ -65,6 +65,11 @@ class Rule:
     origin: str = ""
     """Where the rule was defined, e.g. ``scenarios/support.toml: rule 2``."""
 
+    @property
+    def reads_text(self) -> bool:
+        """Whether the rule looks at the user text (``match`` or ``contains``)."""
+        return self.match is not None or self.contains is not None
+
     def matches(self, user_text: str, turn: int) -> tuple[str, ...] | None:
         """Return the match groups (``match[0]`` first) if the rule applies, else ``None``.
 

@@ -5,8 +5,8 @@ these fields exist (``{{`` and ``}}`` stand for literal braces)::
 
     {user}          the user's text for this turn
     {match[N]}      group N of the rule's regex (0 = the whole match; "" when missing)
-    {tool_result}   the text of the most recent tool_result in the conversation
-    {skill_dir}     the most recent "Base directory for this skill: <path>" in the conversation
+    {tool_result}   the text of the most recent tool result that counts as a tool round
+    {skill_dir}     the folder of the skill the most recent Skill call ran
 
 Attribute access, positional fields and nested format specs are refused, so a template can
 never reach into Python objects. :func:`check_template` raises :class:`TemplateError` with a

@@ -171,7 +171,8 @@ def test_other_matchers_and_errors() -> None:
     refund = choose_reply([user("I want a REFUND")], rule_list)
     assert refund.error is not None
     assert refund.error.status == 529
-    second_turn = [user("hello"), {"role": "assistant", "content": "hi"}, user("again {user}")]
+    first = choose_reply([user("hello")], rule_list).text
+    second_turn = [user("hello"), {"role": "assistant", "content": first}, user("again {user}")]
     assert choose_reply(second_turn, rule_list).text == "turn two: again {user}"
 
 
