@@ -37,9 +37,9 @@ THROTTLED_SHARE = 0.25
 noticeably quicker on a tier with more CPU; below that, model latency dominates and more
 CPU would mostly cost more."""
 MIN_THROTTLED_S = 2.0
-"""...and for at least this long: a shorter wait is within the jitter of a model call (on
-this kind of machine the scaffold's hello turn is held ~1.5 s at ``basic``, ~0.7 s at
-``standard-1`` and ~9 s at ``lite``; docs/tiers.md)."""
+"""A turn held for less than this in all is not worth a bigger tier: a shorter wait is
+within the jitter of a model call (on this kind of machine the scaffold's hello turn is held
+~1.5 s at ``basic``, ~0.7 s at ``standard-1`` and ~9 s at ``lite``; docs/tiers.md)."""
 
 
 @dataclass(frozen=True)
