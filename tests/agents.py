@@ -98,6 +98,15 @@ input = { command = "python3 -c 'import time; t = time.perf_counter(); sum(i * i
 text = "Burned: {tool_result}"
 
 [[rule]]
+name = "heat the cpu"
+contains = "heat the cpu"
+[[rule.step]]
+tool = "Bash"
+input = { command = "python3 -c 'print(sum(i * i for i in range(20_000_000)) > 0)'", description = "heat" }
+[[rule.step]]
+text = "Heated: {tool_result}"
+
+[[rule]]
 name = "fork many"
 contains = "fork many"
 [[rule.step]]

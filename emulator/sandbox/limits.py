@@ -18,8 +18,9 @@ CPU share         ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``     ``vcpu`` x 10
 pids              ``pids.max``                                     :data:`PIDS_MAX`
 ================  ===============================================  =========================
 
-Usage (peak and current memory, CPU seconds) comes from ``memory.max_usage_in_bytes``,
-``memory.usage_in_bytes`` and ``cpuacct.usage``. Where no writable cgroup v1 hierarchy exists
+Usage (peak and current memory, CPU seconds, time spent throttled at the CPU quota) comes
+from ``memory.max_usage_in_bytes``, ``memory.usage_in_bytes``, ``cpuacct.usage`` and the cpu
+controller's ``cpu.stat`` (``nr_periods``, ``nr_throttled``, ``throttled_time``). Where no writable cgroup v1 hierarchy exists
 (not root, cgroup v2 only, a read-only ``/sys/fs/cgroup``) :func:`rlimits_for` gives the
 per-process fallback and the provider says once what it cannot enforce.
 """
@@ -75,6 +76,12 @@ class SandboxUsage:
     cpu_s: float | None
     workspace_bytes: int
     oom_kills: int = 0
+    throttled_s: float | None = None
+    """Time the group sat throttled at its CPU quota (``cpu.stat`` ``throttled_time``: summed
+    over the CPUs it was throttled on, so a multi-threaded burst can count more than wall
+    time)."""
+    throttled_periods: int | None = None
+    """Quota periods (100 ms) in which the group was throttled (``nr_throttled``)."""
 
 
 class Cgroups:
@@ -216,14 +223,28 @@ class SandboxCgroup:
             self.write("memory", "memory.limit_in_bytes", target)
         return target
 
+    def cpu_stat(self) -> dict[str, int]:
+        """The cpu controller's ``cpu.stat``: ``nr_periods``, ``nr_throttled``,
+        ``throttled_time`` (ns) and, on newer kernels, ``nr_bursts`` and ``burst_time``."""
+        stat = {}
+        for line in self.read("cpu", "cpu.stat").splitlines():
+            key, _, value = line.partition(" ")
+            if value.strip().isdigit():
+                stat[key] = int(value)
+        return stat
+
     def usage(self, workspace_bytes: int) -> SandboxUsage:
-        """Peak and current memory, CPU seconds, and ``workspace_bytes`` as measured."""
+        """Peak and current memory, CPU seconds, CPU throttling, and ``workspace_bytes``."""
+        stat = self.cpu_stat()
+        throttled_ns, throttled = stat.get("throttled_time"), stat.get("nr_throttled")
         return SandboxUsage(
             peak_memory_bytes=int(self.read("memory", "memory.max_usage_in_bytes")),
             memory_bytes=int(self.read("memory", "memory.usage_in_bytes")),
             cpu_s=int(self.read("cpuacct", "cpuacct.usage")) / 1e9,
             workspace_bytes=workspace_bytes,
             oom_kills=self.oom_kills(),
+            throttled_s=None if throttled_ns is None else throttled_ns / 1e9,
+            throttled_periods=throttled,
         )
 
     def stop_watching(self) -> None:

@@ -171,11 +171,22 @@ class LocalSandbox(Sandbox):
         return SandboxUsage(None, None, None, workspace)
 
     async def usage(self) -> Usage | None:
-        """Peak memory, CPU seconds and workspace disk so far; None without cgroups."""
+        """Peak memory, CPU seconds, CPU throttling and workspace disk so far; None without
+        cgroups."""
         used = await asyncio.to_thread(self.measure)
         if used.peak_memory_bytes is None or used.cpu_s is None:
             return None
-        return Usage(used.peak_memory_bytes / 2**20, used.cpu_s, used.workspace_bytes / 1e6)
+        held = None
+        if used.throttled_periods is not None and self.limits is not None:
+            # Wall-clock time in quota periods that ran out: nr_throttled counts a period once
+            # however many CPUs waited in it (throttled_time adds them up, past wall time).
+            held = used.throttled_periods * self.limits.cpu_period_us / 1e6
+        return Usage(
+            used.peak_memory_bytes / 2**20,
+            used.cpu_s,
+            used.workspace_bytes / 1e6,
+            throttled_s=held,
+        )
 
     async def oom(self) -> None:
         """Run the sandbox out of memory now, as at its tier's limit (``oom``, exit 137).

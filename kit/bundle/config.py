@@ -6,7 +6,14 @@
     name = "support-bot"           # a-z, 0-9 and "-", at most 64 characters
     description = "…"
     prompt = "prompt.md"           # system prompt file, relative to kit.toml
-    allowed_tools = ["Skill", "Bash", "Read"]   # default: ["Skill"]
+    allowed_tools = ["Skill", "Bash", "Read"]   # default: ["Skill"]; the bundled CLI's tool
+                                   # names as it spells them (kit.bundle.tools.CLI_TOOLS):
+                                   # "bash" or "Frobnicate" is refused with the name meant.
+                                   # Whole tools only: a permission rule such as
+                                   # "Bash(git:*)" is refused (the runtime passes the list
+                                   # to the CLI as `tools` too, which drops such an entry,
+                                   # leaving the agent without Bash), and so is any
+                                   # "mcp__…" name (kit.toml configures no MCP servers).
     max_turns = 12                 # default: 16
     model = "claude-sonnet-4-5"    # default: the CLI's default model
 
@@ -37,6 +44,7 @@ from typing import Any
 
 from kit.bundle.allowlist import ALLOWED_FORMS, parse_rule
 from kit.bundle.errors import ConfigError
+from kit.bundle.tools import CLI_TOOLS, tool_problem
 from kit.tiers import get_tier, tier_names
 
 CONFIG_FILE = "kit.toml"
@@ -154,6 +162,12 @@ def _agent(root: Path, where: str, raw: dict[str, Any]) -> AgentConfig:
         if len(prompt) > MAX_PROMPT_CHARS:
             raise ConfigError(f"{prompt_path}: longer than {MAX_PROMPT_CHARS} characters.")
     tools = tuple(_str_list(where, "agent.allowed_tools", raw.get("allowed_tools", DEFAULT_TOOLS)))
+    for entry in tools:
+        problem = tool_problem(entry)
+        if problem is not None:
+            raise ConfigError(
+                f"{where}: agent.allowed_tools entry {problem} Allowed: {', '.join(CLI_TOOLS)}."
+            )
     max_turns = raw.get("max_turns", DEFAULT_MAX_TURNS)
     if not _positive_int(max_turns) or max_turns > 1000:
         raise ConfigError(f"{where}: agent.max_turns must be an integer from 1 to 1000.")

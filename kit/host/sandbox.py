@@ -94,6 +94,9 @@ class Usage:
     peak_memory_mib: float
     cpu_s: float
     disk_mb: float
+    throttled_s: float | None = None
+    """Seconds, in total, its processes waited because the tier's CPU share was used up
+    (``None``: the provider cannot tell, and the tier advisor says nothing about CPU)."""
 
 
 class Sandbox(ABC):

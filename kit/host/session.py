@@ -15,16 +15,23 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from kit.host import advisor
-from kit.host.advisor import SessionUsage
+from kit.host.advisor import TierAdvisor
 from kit.host.errors import SandboxError
 from kit.host.eventlog import SessionLog, Turn, TurnState
 from kit.host.runtime_client import RuntimeClient, SandboxGone
-from kit.host.sandbox import EgressAccess, ModelAccess, Sandbox, SandboxProvider, SandboxSpec
+from kit.host.sandbox import (
+    EgressAccess,
+    ModelAccess,
+    Sandbox,
+    SandboxProvider,
+    SandboxSpec,
+    Usage,
+)
 from kit.ids import SessionId, TurnId
 from kit.protocol.frames import Event, ResumeMode
 from kit.protocol.sandbox import TurnRequest
@@ -102,9 +109,9 @@ class Session:
         self._starting: asyncio.Task[RuntimeClient] | None = None
         self._running_turn: TurnId | None = None
         self._closing = False
-        self.usage = SessionUsage()
-        self._cpu_seen = 0.0
-        """CPU seconds of the current sandbox already counted to earlier turns."""
+        self.advisor = TierAdvisor(env.tier)
+        """The tier advisor's state: kept across this session's sandboxes, in memory (a
+        host restart or an unload starts it afresh)."""
         self._lock = asyncio.Lock()
         self.lost: str | None = None
         """Why this host may no longer write the session (its lease was taken over)."""
@@ -253,10 +260,11 @@ class Session:
                     runtime = await self._ensure_sandbox(turn.turn_id)
                 except SandboxError:
                     continue  # _start_sandbox recorded a "failed" sandbox event
+                before, started = await self._usage(), time.monotonic()  # for the advisor
                 outcome = await self._stream(runtime, turn, recover)
                 if outcome is not None:
                     await self.log.set_turn_state(turn.turn_id, outcome)
-                    await self._advise_after_turn()
+                    await self._advise_after_turn(before, time.monotonic() - started)
                     return
                 # The sandbox went away mid-turn: the next one resumes the transcript.
                 await self.log.set_turn_state(turn.turn_id, TurnState.INTERRUPTED)
@@ -290,17 +298,24 @@ class Session:
             log.info("session %s: turn %s lost its sandbox: %s", self.id, turn.turn_id, exc)
         return None
 
-    async def _advise_after_turn(self) -> None:
-        sandbox, advise = self._sandbox, self.env.advise
-        if sandbox is None or advise is None:
-            return
+    async def _usage(self) -> Usage | None:
+        """The sandbox's usage for the tier advisor (None: no advisor, no sandbox or no
+        figures); a few cgroup files and a walk of the workspace."""
+        sandbox = self._sandbox
+        if sandbox is None or self.env.advise is None:
+            return None
         try:  # the advisor must never break a turn
-            used = await sandbox.usage()
-            if used is None:
-                return
-            self.usage.add_turn(used, max(0.0, used.cpu_s - self._cpu_seen))
-            self._cpu_seen = used.cpu_s
-            for line in advisor.advise(self.env.tier, used, self.usage):
+            return await sandbox.usage()
+        except Exception:
+            log.exception("session %s: reading the sandbox's usage failed", self.id)
+            return None
+
+    async def _advise_after_turn(self, before: Usage | None, wall_s: float) -> None:
+        used, advise = await self._usage(), self.env.advise
+        if used is None or advise is None:
+            return
+        try:
+            for line in self.advisor.after_turn(before, used, wall_s):
                 advise(self.id, line)
         except Exception:
             log.exception("session %s: the tier advisor failed", self.id)
@@ -402,10 +417,10 @@ class Session:
         self._revoke_egress(self._egress_token)
         runtime, self._runtime, self._sandbox, self._model_token = self._runtime, None, None, None
         self._egress_token = None
-        self._cpu_seen = 0.0
         if info.reason == "oom" and self.env.advise is not None:
             try:
-                self.env.advise(self.id, advisor.advise_oom(self.env.tier))
+                for line in self.advisor.after_oom():
+                    self.env.advise(self.id, line)
             except Exception:
                 log.exception("session %s: the tier advisor failed", self.id)
         if runtime is not None:

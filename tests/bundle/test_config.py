@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from kit.bundle import ConfigError, build_bundle, load_project
+from kit.bundle.tools import CLI_TOOLS
 from kit.cli.settings import EXAMPLE_PROJECT
 from kit.cli.stack import run_stack
 from tests.conftest import stack_settings
@@ -178,6 +179,59 @@ async def test_bad_egress_changes_no_stored_state(kit_tmp: Path) -> None:
     before = sorted((p.relative_to(state), p.stat().st_mtime_ns) for p in state.rglob("*"))
     (project / "kit.toml").write_text(_egress_toml('["https://api.github.com"]'))
     with pytest.raises(ConfigError, match=r"sandbox\.egress entry"):
+        async with run_stack(stack_settings(state, project)):
+            pass
+    assert sorted((p.relative_to(state), p.stat().st_mtime_ns) for p in state.rglob("*")) == before
+
+
+def _tools_toml(value: str) -> str:
+    return f"[agent]\nname = 'ok'\nallowed_tools = {value}\n"
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ('["skill", "bash"]', '"skill" is not a tool (names are case-sensitive); did you mean "Skill"?'),
+        ('["Skill", "BASH"]', '"BASH" is not a tool (names are case-sensitive); did you mean "Bash"?'),
+        ('["Bsh"]', '"Bsh" is not a tool of the CLI; did you mean "Bash"?'),
+        ('["Frobnicate"]', '"Frobnicate" is not a tool of the CLI.'),
+        ('["Task"]', '"Task" is an old name; did you mean "Agent"?'),
+        ('["Bash(git:*)"]', '"Bash(git:*)" is a permission rule, and kit allows whole tools'),
+        ('["Read", "Bash(git:*)"]', 'neither gives the agent Bash nor limits it): use "Bash".'),
+        ('["mcp__github__create_issue"]', "is an MCP tool, and kit.toml configures no MCP servers"),
+        ('["DeferredToolPlaceholder"]', '"DeferredToolPlaceholder" is not a tool of the CLI.'),
+    ],
+)  # fmt: skip
+def test_a_bad_tool_name_is_one_clear_line(tmp_path: Path, value: str, needle: str) -> None:
+    """Wrong case, unknown names, old names, permission rules and MCP names in allowed_tools
+    are refused in one line naming kit.toml, the key, the entry, the fix and every tool."""
+    with pytest.raises(ConfigError) as info:
+        load_project(_project(tmp_path, _tools_toml(value)))
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{tmp_path / 'kit.toml'}: agent.allowed_tools entry ")
+    assert needle in message
+    assert message.endswith(f"Allowed: {', '.join(CLI_TOOLS)}.")
+
+
+def test_the_clis_tool_names_load(tmp_path: Path) -> None:
+    """Every tool name of the bundled CLI is accepted as written; the default is Skill."""
+    project = load_project(_project(tmp_path, _tools_toml(json.dumps(list(CLI_TOOLS)))))
+    assert project.agent.allowed_tools == CLI_TOOLS
+    assert load_project(_project(tmp_path, "[agent]\nname = 'ok'\n")).agent.allowed_tools == (
+        "Skill",
+    )
+
+
+async def test_a_bad_tool_name_changes_no_stored_state(kit_tmp: Path) -> None:
+    """`kit dev` on a project whose allowed_tools names no tool fails before it writes
+    anything: a state dir holding an earlier build is left exactly as it was."""
+    project = _project(kit_tmp / "proj", _tools_toml('["Skill", "Bash"]'))
+    state = kit_tmp / "state"
+    build_bundle(load_project(project), state / "bundles")
+    before = sorted((p.relative_to(state), p.stat().st_mtime_ns) for p in state.rglob("*"))
+    (project / "kit.toml").write_text(_tools_toml('["skill", "bash"]'))
+    with pytest.raises(ConfigError, match=r'allowed_tools entry "skill"'):
         async with run_stack(stack_settings(state, project)):
             pass
     assert sorted((p.relative_to(state), p.stat().st_mtime_ns) for p in state.rglob("*")) == before

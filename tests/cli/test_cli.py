@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from kit.bundle import load_project
 from kit.cli.testing import run_checks
 
 KIT = str(Path(sys.executable).parent / "kit")
+SCAFFOLD_TIER = "standard-1"
+"""What `kit new` scaffolds: a hello turn takes ~1 s here (docs/tiers.md has the figures)."""
 
 
 def _kit(
@@ -29,11 +32,16 @@ def _kit(
 
 
 def test_new_project_passes_its_own_scenario_test(kit_tmp: Path) -> None:
-    """`kit new demo` scaffolds a project whose generated pytest file passes."""
+    """`kit new demo` scaffolds a project at tier standard-1 whose `kit test` and generated
+    pytest file pass."""
     result = _kit("new", "demo", cwd=kit_tmp)
     assert result.returncode == 0, result.stderr
     demo = kit_tmp / "demo"
     assert (demo / "kit.toml").read_text().count('name = "demo"') == 1
+    assert load_project(demo).sandbox.tier == SCAFFOLD_TIER
+    checks = _kit("test", cwd=demo)
+    assert checks.returncode == 0, checks.stdout + checks.stderr
+    assert "1 passed, 0 failed" in checks.stdout
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
         cwd=demo,

@@ -107,6 +107,36 @@ async def test_usage_is_measured_while_running_and_at_exit(
     assert final.cpu_s >= live.cpu_s
 
 
+BURN = "import sys; sys.stdin.readline(); sum(i * i for i in range(2_000_000)); print('done')"
+"""About 0.1 s of CPU: some 16 of `lite`'s 6.25 ms shares (each a 100 ms period)."""
+
+
+async def test_cpu_throttling_is_read_under_a_small_tier(
+    provider: LocalSandboxProvider, bundle: Bundle
+) -> None:
+    """Work past `lite`'s CPU share inside its cgroups shows in usage() as time held at the
+    share, in whole 100 ms periods; the tier's quota is what held it."""
+    sandbox = await provider.start(_spec(bundle, "lite"))
+    assert sandbox.cgroup is not None
+    before = await sandbox.usage()
+    assert before is not None
+    assert before.throttled_s is not None
+    burner = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", BURN, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    sandbox.cgroup.add(burner.pid)  # before it starts the work: all of it runs under lite
+    out, _ = await asyncio.wait_for(burner.communicate(b"go\n"), 60)
+    assert out == b"done\n"
+    after = await sandbox.usage()
+    assert after is not None
+    assert after.throttled_s is not None
+    held = after.throttled_s - before.throttled_s
+    assert held >= 0.2  # at least two periods ran out of quota
+    assert round(held * 10, 6) == round(held * 10)  # whole periods of cfs_period_us
+    assert after.cpu_s > before.cpu_s
+    await sandbox.stop()
+
+
 async def test_oom_now_reports_137_oom(provider: LocalSandboxProvider, bundle: Bundle) -> None:
     """The 'OOM now' hook ends the sandbox as the kernel's OOM killer would: 137, 'oom'."""
     spec = _spec(bundle)

@@ -10,6 +10,7 @@ import pytest
 from emulator.sandbox.limits import Cgroups
 from kit.cli.stack import run_stack
 from kit.client import SessionClient, create_session
+from kit.host.advisor import MIN_THROTTLED_S
 from kit.protocol.frames import Event
 from tests.agents import RECOVERED_REPLY, pids_under, turn_events, write_agent
 from tests.conftest import stack_settings
@@ -97,3 +98,40 @@ async def test_an_idle_sandbox_stops_with_143_and_the_next_message_resumes(
         assert running
         assert running[0].data["resumed"] is True
         assert second[-1].kind == "result"
+
+
+@needs_cgroups
+async def test_cpu_advice_is_said_once_per_session_across_sandboxes(kit_tmp: Path) -> None:
+    """A CPU-heavy tool under `basic` holds the turn at the CPU share: the advisor names
+    standard-1 (and no smaller tier); after the sandbox is killed, the session's next sandbox
+    is held as long again and the advice is not repeated."""
+    project = write_agent(kit_tmp / "agent", tier="basic")
+    async with run_stack(stack_settings(kit_tmp / "state", project)) as stack:
+        info = await create_session(stack.url, stack.api_token)
+
+        def advice() -> list[str]:
+            return [line for sid, line in stack.advice if sid == info.session_id]
+
+        async with SessionClient(info.ws_url, info.token) as client:
+            assert (await turn_events(client, "heat the cpu"))[-1].kind == "result"
+            # The advisor runs after a turn's result; the next turn starts after it.
+            await turn_events(client, "barrier")
+            [line] = advice()
+            assert "held at tier basic's CPU share (0.25 vCPU)" in line
+            assert 'set [sandbox] tier = "standard-1"' in line
+            assert await stack.provider.kill(info.session_id)
+            async with asyncio.timeout(30):
+                async for event in client.events():
+                    if event.kind == "sandbox" and event.data["state"] == "died":
+                        break
+            second = await turn_events(client, "heat the cpu")
+            assert [s for s, _, _ in _sandbox_states(second)][:2] == ["starting", "running"]
+            session = await stack.host.get(info.session_id)
+            assert session is not None
+            assert session.sandbox is not None
+            used = await session.sandbox.usage()
+            assert used is not None
+            assert used.throttled_s is not None
+            assert used.throttled_s >= MIN_THROTTLED_S  # the new sandbox was held as well
+            await turn_events(client, "barrier")
+        assert advice() == [line]
