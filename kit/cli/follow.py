@@ -147,10 +147,8 @@ async def follow(
             while True:
                 while follower.queue:
                     event = follower.queue.popleft()
-                    if event.seq <= cursor:
-                        continue  # already sent from the log
-                    if event.seq != cursor + 1:
-                        follower.let_go = True  # never expected; the log fills the gap
+                    if event.seq != cursor + 1:  # never expected: the log sets it right
+                        follower.let_go = True
                         break
                     yield event
                     cursor = event.seq

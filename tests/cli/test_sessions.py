@@ -96,12 +96,11 @@ async def test_sessions_lists_loaded_and_unloaded_sessions(kit_tmp: Path) -> Non
 
 async def test_evicting_a_hibernated_objects_session_is_a_success(stack: Stack) -> None:
     """The session is loaded but its object hibernated: evict unloads it, exit 0, one line."""
-    info = await create_session(stack.url, stack.api_token)
-    async with SessionClient(info.ws_url, info.token) as client:
-        [e async for e in client.turn("hello")]
+    info = await create_session(stack.url, stack.api_token)  # loaded; nothing runs in it
     logs = stack.host.logs
     assert isinstance(logs, DOLogStore)
     assert await logs.namespace.hibernate(info.session_id)
+    assert info.session_id not in logs.namespace.live_ids()
     first = await kit(stack, "do", "evict", info.session_id)
     again = await kit(stack, "do", "evict", info.session_id)
     assert (first.returncode, first.stderr) == (0, "")
