@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from emulator.durable_objects import DOLogStore
 from kit.cli.control import sandbox_state
 from kit.cli.stack import Stack, run_stack
-from kit.client import SessionClient, create_session
+from kit.client import create_session
 from kit.host.eventlog import LogSummary
 from kit.ids import SessionId
 from tests.agents import open_session, turn_events, write_agent
@@ -146,3 +148,19 @@ async def test_a_sandbox_between_starting_and_running_shows_as_starting(stack: S
     summary = LogSummary(SessionId(info.session_id), None, 1, "sandbox", 0, 0, 0, "starting")
     assert sandbox_state(summary, session) == "starting"
     assert sandbox_state(summary, None) == "none"
+
+
+async def test_the_control_api_refuses_bad_ids_and_missing_tokens(stack: Stack) -> None:
+    """400 for a malformed id, 404 for an unknown one, 401 without the API token."""
+    unknown = "00000000-0000-4000-8000-000000000000"
+    auth = {"authorization": f"Bearer {stack.api_token}"}
+    async with httpx.AsyncClient(base_url=stack.url + "/_kit", headers=auth) as http:
+        assert (await http.get("/sessions/nope/events")).status_code == 400
+        assert (await http.post("/do/nope/evict")).status_code == 400
+        assert (await http.get(f"/sessions/{unknown}/events?after=-1")).status_code == 400
+        assert (await http.get(f"/sessions/{unknown}/events?follow=1")).status_code == 404
+        assert (await http.post(f"/do/{unknown}/evict")).status_code == 404
+        assert (await http.get(f"/sessions/{unknown}/events?after=x")).status_code == 400
+    async with httpx.AsyncClient(base_url=stack.url + "/_kit") as http:
+        assert (await http.get("/sessions")).status_code == 401
+        assert (await http.get(f"/sessions/{unknown}/events")).status_code == 401
