@@ -22,12 +22,16 @@ from emulator.durable_objects.errors import DurableObjectError
 from emulator.durable_objects.namespace import DurableObject, Namespace, ObjectState
 from kit.host.errors import LogError
 from kit.host.eventlog import (
+    EVENTS_AFTER,
     OPEN_TURN_STATES,
     LogStore,
+    LogSummary,
     SessionLog,
     Turn,
     TurnState,
+    events_of,
     now_ms,
+    summarize,
 )
 from kit.ids import SessionId, TurnId, is_session_id
 from kit.protocol.frames import Event
@@ -102,14 +106,16 @@ class SessionLogObject(DurableObject):
 
     def read_after(self, seq: int, limit: int | None) -> list[Event]:
         """Events after ``seq``, oldest first."""
-        rows = self.ctx.storage.sql.exec(
-            "SELECT seq, kind, turn_id, data, ts FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-            seq,
-            -1 if limit is None else limit,
-        ).rows
-        return [
-            Event(seq=r[0], kind=r[1], turn_id=r[2], data=json.loads(r[3]), ts=r[4]) for r in rows
-        ]
+        return events_of(
+            self.ctx.storage.sql.exec(EVENTS_AFTER, seq, -1 if limit is None else limit).rows
+        )
+
+    def summary(self) -> LogSummary:
+        """What the log holds (reads only)."""
+        sql = self.ctx.storage.sql
+        return summarize(
+            SessionId(self.ctx.id), lambda query, *params: sql.exec(query, *params).rows
+        )
 
     def add_user_turn(self, client_msg_id: str, text: str) -> tuple[Turn, Event] | None:
         """Queue a turn and its ``user`` event together; None for a seen ``client_msg_id``."""
@@ -261,6 +267,25 @@ class DOLogStore(LogStore):
 
     async def session_ids(self) -> list[SessionId]:
         return [SessionId(i) for i in self.namespace.ids() if is_session_id(i)]
+
+    async def summary(self, session_id: SessionId) -> LogSummary | None:
+        """Asked of the session's object, as a Worker would over RPC: it wakes a hibernated
+        object (which idles out again) but opens no session on the host."""
+        return await self._read(session_id, lambda o: o.summary())
+
+    async def read_events(
+        self, session_id: SessionId, after: int = 0, limit: int | None = None
+    ) -> list[Event] | None:
+        return await self._read(session_id, lambda o: o.read_after(after, limit))
+
+    async def _read(self, session_id: SessionId, fn: Callable[[SessionLogObject], T]) -> T | None:
+        sid = self._id(session_id)
+        if not self.namespace.exists(sid):
+            return None  # no object is made for an id that has none
+        try:
+            return await self.namespace.call(sid, fn)
+        except DurableObjectError as exc:
+            raise LogError(f"Cannot read the event log of session {sid}: {exc}") from exc
 
     async def aclose(self) -> None:
         """Commit and close every object (the namespace's end)."""

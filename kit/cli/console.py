@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from typing import TextIO
 
 from kit.protocol.frames import Event
@@ -45,6 +46,15 @@ def banner(lines: list[tuple[str, str]], title: str) -> None:
         out(f"  {label.ljust(width)}  {value}")
 
 
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Rows under a header, in columns two spaces apart (no trailing spaces)."""
+    lines = [tuple(header), *(tuple(r) for r in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
 class EventPrinter:
     """Renders session events for a person at a terminal (``kit chat``)."""
 
@@ -60,6 +70,12 @@ class EventPrinter:
         out(text)
         self._at_line_start = True
 
+    def finish(self) -> None:
+        """End a line left open by a reply cut off mid-stream."""
+        if not self._at_line_start:
+            out()
+            self._at_line_start = True
+
     def show(self, event: Event) -> None:
         """Print one event."""
         if self.as_json:
@@ -70,6 +86,7 @@ class EventPrinter:
                         "kind": event.kind,
                         "turn_id": event.turn_id,
                         "data": event.data,
+                        "ts": event.ts,
                     }
                 )
             )

@@ -1,36 +1,110 @@
-"""``kit dev``'s control API: rehearse failures on purpose.
+"""``kit dev``'s control API: look at sessions, and rehearse failures on purpose.
 
 Mounted on the host's port under ``/_kit/`` and guarded by the host's API token (the same
-``Authorization: Bearer …`` as ``POST /v1/sessions``). ``kit sandbox …`` and ``kit do …``
-are thin clients of it.
+``Authorization: Bearer …`` as ``POST /v1/sessions``). ``kit sessions``, ``kit logs``,
+``kit sandbox …`` and ``kit do …`` are thin clients of it. Errors are JSON
+``{"error": code, "message": sentence}``; a malformed session id is 400, an unknown one 404.
 
 =========================================  ==================================================
 route                                      does
 =========================================  ==================================================
+``GET  /_kit/sessions``                    every session in the log store, loaded or not:
+                                           created, last event, turns, sandbox state
+``GET  /_kit/sessions/{session}/events``   NDJSON, one event a line, then one ``{"end":
+                                           reason, "message"}`` line. ``?after=SEQ`` (default
+                                           0); ``?follow=1`` streams live events too, until
+                                           the host stops or the session leaves it
 ``GET  /_kit/sandboxes``                   running sandboxes: session, sandbox id, tier, pid
 ``POST /_kit/sandboxes/{session}/kill``    send a signal (``{"signal": "KILL"}``, default KILL)
 ``POST /_kit/sandboxes/{session}/oom``     push the sandbox past its memory limit now
 ``POST /_kit/do/{session}/evict``          evict the session's object: in-memory state goes,
                                            storage stays, the next event rebuilds it
+                                           (``{"evicted": false}``: nothing was in memory)
 =========================================  ==================================================
+
+Listing and reading (without ``follow``) go through :meth:`LogStore.summary` and
+:meth:`LogStore.read_events`: no session is loaded and no lease taken. Following loads the
+session, as a client's ``hello`` does (:mod:`kit.cli.follow`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
-from kit.host import SessionHost
+from kit.cli.follow import End, end_line, event_line, follow
+from kit.host import LogError, SandboxState, Session, SessionHost
 from kit.host.errors import SandboxError
+from kit.host.eventlog import LogSummary
+from kit.ids import SessionId, is_session_id
+from kit.protocol.frames import Event
 
 PREFIX = "/_kit"
 Evict = Callable[[str], Awaitable[bool]]
+"""Evicts a session's object; whether anything of it was in memory."""
+SUMMARY_CONCURRENCY = 16
+"""Summaries read at once (each is a few reads of one session's storage)."""
+
+
+class NDJSONResponse(StreamingResponse):
+    """A stream that ends as soon as the client goes away, whatever the ASGI version: a
+    follower waiting for the next event sends nothing that could notice it."""
+
+    media_type = "application/x-ndjson"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream = asyncio.ensure_future(self.stream_response(send))
+        gone = asyncio.ensure_future(self.listen_for_disconnect(receive))
+        try:
+            await asyncio.wait({stream, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (stream, gone):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await stream
+            with contextlib.suppress(asyncio.CancelledError):
+                await gone
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()  # the follower's ``finally`` detaches it now, not at GC
+
+
+def sandbox_state(summary: LogSummary, session: Session | None) -> str:
+    """``running``, ``starting`` or ``none``: what runs for the session on this host.
+
+    A session not loaded here has no sandbox here, whatever its log last said.
+    """
+    if session is None:
+        return "none"
+    sandbox = session.sandbox
+    if sandbox is not None and sandbox.state is not SandboxState.EXITED:
+        return str(sandbox.state.value)
+    # Between "starting" (committed first) and the provider's answer, the log knows.
+    return "starting" if summary.sandbox == "starting" else "none"
+
+
+def session_row(summary: LogSummary, session: Session | None) -> dict[str, Any]:
+    """One row of ``GET /_kit/sessions``."""
+    return {
+        "session_id": summary.session_id,
+        "created_ms": summary.created_ms,
+        "last_seq": summary.last_seq,
+        "last_kind": summary.last_kind,
+        "last_ts": summary.last_ts,
+        "turns": summary.turns,
+        "open_turns": summary.open_turns,
+        "sandbox": sandbox_state(summary, session),
+        "loaded": session is not None,
+    }
 
 
 def signal_number(name: str) -> int:
@@ -47,8 +121,41 @@ def signal_number(name: str) -> int:
     )
 
 
-def control_routes(host: SessionHost, api_token: str, evict: Evict | None = None) -> list[Route]:
-    """The routes of the control API, to mount on the host's app."""
+def _error(code: str, message: str, status: int) -> Response:
+    return JSONResponse({"error": code, "message": message}, status_code=status)
+
+
+def _bad_id(session_id: str) -> Response | None:
+    if is_session_id(session_id):
+        return None
+    return _error(
+        "bad_session_id",
+        f"{session_id!r} is not a session id (a lowercase UUID); `kit sessions` lists them.",
+        400,
+    )
+
+
+def _unknown(session_id: str) -> Response:
+    return _error(
+        "unknown_session",
+        f"No session {session_id} in this host's log store; `kit sessions` lists them.",
+        404,
+    )
+
+
+def control_routes(
+    host: SessionHost,
+    api_token: str,
+    evict: Evict | None = None,
+    connections: set[Any] | None = None,
+) -> list[Route]:
+    """The routes of the control API, to mount on the host's app.
+
+    ``connections`` is the app's set of client connections (``app.state.connections``):
+    followers join it, so the host's shutdown and evictions reach them as they reach
+    sockets.
+    """
+    attached: set[Any] = set() if connections is None else connections
 
     def refused(request: Request) -> Response | None:
         scheme, _, got = request.headers.get("authorization", "").partition(" ")
@@ -132,24 +239,83 @@ def control_routes(host: SessionHost, api_token: str, evict: Evict | None = None
         if (denied := refused(request)) is not None:
             return denied
         session_id = request.path_params["session_id"]
+        if (bad := _bad_id(session_id)) is not None:
+            return bad
         if evict is None:
-            return JSONResponse(
-                {"error": "no_objects", "message": "This host does not run on Durable Objects."},
-                status_code=409,
+            return _error(
+                "no_objects",
+                "This host keeps its logs outside Durable Objects (KIT_LOG_URL); there is "
+                "no object to evict.",
+                409,
             )
-        if not await evict(session_id):
-            return JSONResponse(
-                {
-                    "error": "not_loaded",
-                    "message": f"Session {session_id} is not loaded on this host.",
-                },
-                status_code=404,
-            )
-        return JSONResponse({"session_id": session_id, "evicted": True}, status_code=202)
+        if SessionId(session_id) not in await host.session_ids():  # wakes no object
+            return _unknown(session_id)
+        evicted = await evict(session_id)
+        return JSONResponse({"session_id": session_id, "evicted": evicted})
+
+    async def sessions(request: Request) -> Response:
+        if (denied := refused(request)) is not None:
+            return denied
+        loaded = {s.id: s for s in host.live_sessions()}
+        gate = asyncio.Semaphore(SUMMARY_CONCURRENCY)
+
+        async def row(session_id: SessionId) -> dict[str, Any] | None:
+            async with gate:
+                try:
+                    summary = await host.logs.summary(session_id)
+                except LogError as exc:  # one damaged log must not hide the others
+                    return {"session_id": session_id, "error": str(exc)}
+            return None if summary is None else session_row(summary, loaded.get(session_id))
+
+        rows = [r for r in await asyncio.gather(*map(row, await host.session_ids())) if r]
+        rows.sort(key=lambda r: r.get("last_ts") or r.get("created_ms") or 0, reverse=True)
+        return JSONResponse({"sessions": rows})
+
+    async def events(request: Request) -> Response:
+        if (denied := refused(request)) is not None:
+            return denied
+        session_id = request.path_params["session_id"]
+        if (bad := _bad_id(session_id)) is not None:
+            return bad
+        sid = SessionId(session_id)
+        try:
+            after = int(request.query_params.get("after", "0"))
+        except ValueError:
+            after = -1
+        if after < 0:
+            return _error("bad_after", "Give ?after= a seq: a whole number, 0 or more.", 400)
+        try:
+            if request.query_params.get("follow", "") not in ("1", "true"):
+                stored = await host.logs.read_events(sid, after)
+                if stored is None:
+                    return _unknown(session_id)
+                return NDJSONResponse(_stored_lines(stored))
+            if await host.logs.read_meta(sid) is None:
+                return _unknown(session_id)
+        except LogError as exc:
+            return _error("log_unreadable", str(exc), 500)
+        return NDJSONResponse(_followed_lines(follow(host, sid, after, attached)))
 
     return [
+        Route(f"{PREFIX}/sessions", sessions, methods=["GET"]),
+        Route(f"{PREFIX}/sessions/{{session_id}}/events", events, methods=["GET"]),
         Route(f"{PREFIX}/sandboxes", sandboxes, methods=["GET"]),
         Route(f"{PREFIX}/sandboxes/{{session_id}}/kill", kill, methods=["POST"]),
         Route(f"{PREFIX}/sandboxes/{{session_id}}/oom", oom, methods=["POST"]),
         Route(f"{PREFIX}/do/{{session_id}}/evict", evict_route, methods=["POST"]),
     ]
+
+
+async def _stored_lines(events: list[Event]) -> AsyncIterator[bytes]:
+    for event in events:
+        yield event_line(event)
+    yield end_line(End("done", f"{len(events)} event(s)."))
+
+
+async def _followed_lines(items: AsyncGenerator[Event | End, None]) -> AsyncIterator[bytes]:
+    async with contextlib.aclosing(items):  # closed with this stream: the follower detaches
+        try:
+            async for item in items:
+                yield end_line(item) if isinstance(item, End) else event_line(item)
+        except LogError as exc:
+            yield end_line(End("error", str(exc)))

@@ -50,6 +50,11 @@ async def serve(settings: DevSettings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with run_stack(settings) as stack:
+        if stack.busy_port is not None:
+            console.out(
+                f"kit dev: port {stack.busy_port} is busy, so it listens on "
+                f"{stack.url.rsplit(':', 1)[1]} instead (choose with --port)."
+            )
         banner(stack)
         await stop.wait()
         console.out(

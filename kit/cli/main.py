@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -54,7 +55,7 @@ def _cmd_test(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _control_target(args: argparse.Namespace) -> object:
+def _control_target(args: argparse.Namespace) -> Any:
     from kit.cli.chat import find_target
     from kit.cli.settings import dev_settings
 
@@ -62,15 +63,30 @@ def _control_target(args: argparse.Namespace) -> object:
     return find_target(settings.state_dir, args.url)
 
 
-def _cmd_sandbox(args: argparse.Namespace) -> int:
-    from kit.cli.rehearse import call, sandbox_table
+def _cmd_sessions(args: argparse.Namespace) -> int:
+    from kit.cli.sessions import list_sessions, sessions_table
 
-    target: Any = _control_target(args)
+    rows = list_sessions(_control_target(args))
+    console.out(json.dumps(rows) if args.json else sessions_table(rows))
+    return 0
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    from kit.cli.logs import show_logs
+
+    return show_logs(_control_target(args), args.session, follow=args.follow, as_json=args.json)
+
+
+def _cmd_sandbox(args: argparse.Namespace) -> int:
+    from kit.cli.rehearse import call, check_session_id, sandbox_table
+
     if args.action == "list":
-        console.out(sandbox_table(call(target, "GET", "/sandboxes")["sandboxes"]))
+        console.out(sandbox_table(call(_control_target(args), "GET", "/sandboxes")["sandboxes"]))
         return 0
     if not args.session:
         raise KitError(f"kit sandbox {args.action} needs a SESSION id (see `kit sandbox list`).")
+    check_session_id(args.session)
+    target = _control_target(args)
     if args.action == "kill":
         done = call(target, "POST", f"/sandboxes/{args.session}/kill", {"signal": args.signal})
         console.out(f"Sent signal {done['signal']} to {done['sandbox_id']}.")
@@ -81,11 +97,17 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 def _cmd_do(args: argparse.Namespace) -> int:
-    from kit.cli.rehearse import call
+    from kit.cli.rehearse import call, check_session_id
 
-    target: Any = _control_target(args)
-    call(target, "POST", f"/do/{args.session}/evict")
-    console.out(f"Evicted session {args.session}; its next event rebuilds it from storage.")
+    check_session_id(args.session)
+    done = call(_control_target(args), "POST", f"/do/{args.session}/evict")
+    if done.get("evicted"):
+        console.out(f"Evicted session {args.session}; its next event rebuilds it from storage.")
+    else:
+        console.out(
+            f"Session {args.session} was not in memory; nothing to evict (its next event "
+            "loads it from storage)."
+        )
     return 0
 
 
@@ -100,57 +122,168 @@ def _log_to_stderr(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _command(
+    sub: Any, name: str, summary: str, description: str, examples: Sequence[str]
+) -> argparse.ArgumentParser:
+    """A subcommand with its one-line summary (``kit -h``), a description and examples."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog="examples:\n" + "\n".join(f"  {line}" for line in examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
+def _target_options(p: argparse.ArgumentParser) -> None:
+    """How a client command finds the running ``kit dev``."""
+    p.add_argument(
+        "--project", type=Path, help="the agent project folder (default: nearest kit.toml)"
+    )
+    p.add_argument(
+        "--url", help="the kit host URL (default: the running `kit dev`, from .kit/dev.json)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
-        prog="kit", description="Run and ship Claude Agent SDK agents."
+        prog="kit",
+        description="Run and ship Claude Agent SDK agents.",
+        epilog="Run `kit COMMAND -h` for a command's options and examples.",
     )
     parser.add_argument("--version", action="version", version=f"kit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("new", help="create an agent project")
+    p = _command(
+        sub,
+        "new",
+        "create an agent project",
+        "Write a new agent project in ./NAME: kit.toml, prompt.md, a skill with a script, an\n"
+        "offline scenario with a check, and a pytest file that runs it.",
+        ["kit new my-agent && cd my-agent && kit dev"],
+    )
     p.add_argument("name", help="the agent's name (a-z, 0-9, '-')")
     p.set_defaults(func=_cmd_new)
 
-    p = sub.add_parser("dev", help="run the agent locally against the cloud emulator")
+    p = _command(
+        sub,
+        "dev",
+        "run the agent locally against the cloud emulator",
+        "Run the agent on this machine until Ctrl-C: a session host with durable event logs,\n"
+        "one sandbox per active session, and the offline model (or the real API when\n"
+        "ANTHROPIC_API_KEY is set). Clients find it through .kit/dev.json.\n"
+        "Without --port it listens on 8787 (or KIT_PORT), or the next free port above it.",
+        [
+            "kit dev",
+            "kit dev --project skills/support-bot --port 9000",
+            "kit dev --port 0          # any free port",
+        ],
+    )
     p.add_argument(
         "--project", type=Path, help="the agent project folder (default: nearest kit.toml)"
     )
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port to listen on (default 8787; 0 = any free port)")
+    p.add_argument(
+        "--port",
+        type=int,
+        help="port to listen on, exactly (default 8787 or the next free one; 0 = any free port)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=_cmd_dev)
 
-    p = sub.add_parser("chat", help="chat with the agent that `kit dev` is running")
-    p.add_argument("session", nargs="?", help="resume this session id (default: a new session)")
-    p.add_argument(
-        "--project", type=Path, help="the agent project folder (default: nearest kit.toml)"
+    p = _command(
+        sub,
+        "chat",
+        "chat with the agent that `kit dev` is running",
+        "A terminal client: creates a session (or resumes SESSION), streams the agent's\n"
+        "replies and tool calls, and reconnects on its own. /interrupt, /quit.",
+        [
+            "kit chat",
+            'kit chat -m "Where is my order 1042?"',
+            "kit chat 1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed",
+        ],
     )
-    p.add_argument("--url", help="the kit host URL (default: the running `kit dev`)")
+    p.add_argument("session", nargs="?", help="resume this session id (default: a new session)")
+    _target_options(p)
     p.add_argument("-m", "--message", help="send one message, print the reply, exit")
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
     p.set_defaults(func=_cmd_chat)
 
-    p = sub.add_parser("sandbox", help="list, kill or OOM the sandboxes `kit dev` runs")
-    p.add_argument("action", choices=["list", "kill", "oom"])
+    p = _command(
+        sub,
+        "sessions",
+        "list the sessions of the running `kit dev`",
+        "Every session in kit dev's log store, loaded or not, most recently active first:\n"
+        "when it was created, its last event, its turns (and how many are still open) and\n"
+        "its sandbox here (running, starting or none). Reading takes no session's lease.",
+        ["kit sessions", "kit sessions --json | jq -r '.[].session_id'"],
+    )
+    p.add_argument("--json", action="store_true", help="print the sessions as one JSON array")
+    _target_options(p)
+    p.set_defaults(func=_cmd_sessions)
+
+    p = _command(
+        sub,
+        "logs",
+        "print a session's events (--follow: and new ones, live)",
+        "Print a session's stored events as `kit chat` shows them (or as JSON lines). With\n"
+        "--follow, keep printing new events as they are committed, each exactly once, until\n"
+        "Ctrl-C or until kit dev stops. Following loads the session like a client does.",
+        [
+            "kit logs 1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed",
+            "kit logs 1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed --follow",
+            "kit logs 1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed --json | jq .kind",
+        ],
+    )
+    p.add_argument("session", help="the session id (see `kit sessions`)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    p.add_argument("--json", action="store_true", help="print events as JSON lines")
+    _target_options(p)
+    p.set_defaults(func=_cmd_logs)
+
+    p = _command(
+        sub,
+        "sandbox",
+        "list, kill or OOM the sandboxes `kit dev` runs",
+        "Rehearse sandbox failures on the running kit dev: list the running sandboxes, send\n"
+        "one a signal, or push it past its tier's memory limit. The session's clients see\n"
+        "the sandbox die and the turn carry on in a new one.",
+        [
+            "kit sandbox list",
+            "kit sandbox kill 1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed --signal TERM",
+            "kit sandbox oom 1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed",
+        ],
+    )
+    p.add_argument("action", choices=["list", "kill", "oom"], help="what to do")
     p.add_argument("session", nargs="?", help="the session whose sandbox to kill or OOM")
     p.add_argument("--signal", default="KILL", help="for kill: KILL (default), TERM, SEGV, …")
-    p.add_argument(
-        "--project", type=Path, help="the agent project folder (default: nearest kit.toml)"
-    )
-    p.add_argument("--url", help="the kit host URL (default: the running `kit dev`)")
+    _target_options(p)
     p.set_defaults(func=_cmd_sandbox)
 
-    p = sub.add_parser("do", help="rehearse Durable Object events on `kit dev`'s sessions")
-    p.add_argument("action", choices=["evict"])
-    p.add_argument("session", help="the session whose object to evict")
-    p.add_argument(
-        "--project", type=Path, help="the agent project folder (default: nearest kit.toml)"
+    p = _command(
+        sub,
+        "do",
+        "rehearse Durable Object events on `kit dev`'s sessions",
+        "Evict a session's Durable Object on the running kit dev: what it held in memory\n"
+        "goes, its storage stays; clients reconnect and resume, and the next event rebuilds\n"
+        "the session from storage.",
+        ["kit do evict 1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed"],
     )
-    p.add_argument("--url", help="the kit host URL (default: the running `kit dev`)")
+    p.add_argument("action", choices=["evict"], help="what to do")
+    p.add_argument("session", help="the session whose object to evict")
+    _target_options(p)
     p.set_defaults(func=_cmd_do)
 
-    p = sub.add_parser("test", help="run the project's scenario checks on the offline model")
+    p = _command(
+        sub,
+        "test",
+        "run the project's scenario checks on the offline model",
+        "Run every [[check]] of the project's scenarios through the whole local stack on\n"
+        "the offline model; exit 1 if any fails.",
+        ["kit test", "kit test --project skills/support-bot"],
+    )
     p.add_argument(
         "--project", type=Path, help="the agent project folder (default: nearest kit.toml)"
     )

@@ -1,4 +1,5 @@
-"""``kit sandbox …`` and ``kit do …``: clients of ``kit dev``'s control API (kit.cli.control)."""
+"""Clients of ``kit dev``'s control API (kit.cli.control): ``kit sandbox …``, ``kit do …``, and
+the one request helper ``kit sessions`` and ``kit logs`` share."""
 
 from __future__ import annotations
 
@@ -6,18 +7,33 @@ from typing import Any
 
 import httpx
 
+from kit.cli import console
 from kit.cli.chat import ChatTarget
 from kit.cli.control import PREFIX
 from kit.errors import KitError
+from kit.ids import is_session_id
 
 
 class ControlError(KitError):
     """The control API refused, or `kit dev` could not be reached."""
 
 
+def auth_headers(target: ChatTarget) -> dict[str, str]:
+    """The host's API token as a Bearer header (none when the token file is missing)."""
+    return {"authorization": f"Bearer {target.api_token}"} if target.api_token else {}
+
+
+def check_session_id(value: str) -> None:
+    """:class:`ControlError` unless ``value`` is a well-formed session id (before any request)."""
+    if not is_session_id(value):
+        raise ControlError(
+            f"{value!r} is not a session id (a lowercase UUID); `kit sessions` lists them."
+        )
+
+
 def call(target: ChatTarget, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     """One control request; its JSON answer, or :class:`ControlError` with the host's message."""
-    headers = {"authorization": f"Bearer {target.api_token}"} if target.api_token else {}
+    headers = auth_headers(target)
     try:
         response = httpx.request(
             method, target.url + PREFIX + path, json=body, headers=headers, timeout=30
@@ -41,12 +57,10 @@ def sandbox_table(rows: list[dict[str, Any]]) -> str:
     """Running sandboxes as an aligned table."""
     if not rows:
         return "No sandbox is running."
-    header = ("SESSION", "SANDBOX", "TIER", "STATE", "PID")
-    lines = [header] + [
-        (r["session_id"], r["sandbox_id"], r["tier"], r["state"], str(r.get("pid") or "-"))
-        for r in rows
-    ]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    return console.table(
+        ("SESSION", "SANDBOX", "TIER", "STATE", "PID"),
+        [
+            (r["session_id"], r["sandbox_id"], r["tier"], r["state"], str(r.get("pid") or "-"))
+            for r in rows
+        ],
     )

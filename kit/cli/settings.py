@@ -7,7 +7,11 @@ project                ``--project DIR``           the folder with kit.toml in o
                                                    the current one, else the bundled
                                                    ``skills/support-bot`` example
 host                   ``--host``                  ``127.0.0.1``
-port                   ``--port``                  ``8787`` (``0`` picks a free port)
+port                   ``--port``, else            ``8787``; without ``--port`` a busy one
+                       ``KIT_PORT``                is passed over for the next free one
+                                                   above it (said in one line); a busy
+                                                   ``--port`` is an error; ``0`` picks any
+                                                   free port
 state dir              ``KIT_STATE_DIR``           ``<project>/.kit``
 model                  ``ANTHROPIC_API_KEY``       unset → the offline model (emulator);
                                                    set → the real Messages API
@@ -70,6 +74,8 @@ class DevSettings:
     state_dir: Path
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    port_fallback: bool = False
+    """Take the next free port above ``port`` if it is busy (no ``--port`` was given)."""
     api_key: str | None = None
     upstream_url: str = ANTHROPIC_API
     force_offline_model: bool = False
@@ -140,12 +146,27 @@ def dev_settings(
             f"KIT_SANDBOX_ISOLATION={isolation!r}: give one of {', '.join(ISOLATION_MODES)} "
             "(auto: namespaces as root, else bubblewrap; off: sandboxes see the whole machine)."
         )
+    if port is None:
+        try:
+            port = int(environ.get("KIT_PORT") or DEFAULT_PORT)
+        except ValueError:
+            raise SettingsError(
+                f"KIT_PORT={environ['KIT_PORT']!r}: give a port number, e.g. 8787."
+            ) from None
+        if not 0 <= port <= 65535:
+            raise SettingsError(f"KIT_PORT={port}: give a port from 0 to 65535.")
+        fallback = True
+    else:
+        if not 0 <= port <= 65535:
+            raise SettingsError(f"--port {port}: give a port from 0 to 65535 (0: any free one).")
+        fallback = False
     aws = {k: v for k, v in environ.items() if k in AWS_VARIABLES}
     return DevSettings(
         project_dir=project_dir,
         state_dir=Path(state).resolve() if state else project_dir / ".kit",
         host=host or "127.0.0.1",
-        port=DEFAULT_PORT if port is None else port,
+        port=port,
+        port_fallback=fallback,
         api_key=environ.get("ANTHROPIC_API_KEY") or None,
         upstream_url=environ.get("KIT_MODEL_UPSTREAM") or ANTHROPIC_API,
         sandbox_user=environ.get("KIT_SANDBOX_USER", "nobody") or None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from emulator.model import create_app as create_model_app
 from emulator.sandbox import LocalSandboxProvider
 from kit.bundle import Bundle, Project, build_bundle, load_project
 from kit.cli import console
-from kit.cli.control import control_routes
+from kit.cli.control import Evict, control_routes
 from kit.cli.settings import DevSettings
 from kit.errors import KitError
 from kit.host import (
@@ -48,6 +49,8 @@ log = logging.getLogger("kit.dev")
 
 EMULATOR_KEY = "kit-offline-model"
 """What the proxy sends the offline model in place of a real key."""
+PORT_TRIES = 20
+"""Ports tried from the default one up when no ``--port`` was given."""
 
 
 @dataclass
@@ -70,6 +73,8 @@ class Stack:
     """The tier advisor's lines so far: (session id, line); ``kit dev`` also prints them."""
     egress: EgressProxy | None = None
     """The sandboxes' egress proxy, admitting the bundle's ``[sandbox] egress`` hosts."""
+    busy_port: int | None = None
+    """The default port, when it was busy and the host took the next free one instead."""
 
     @property
     def model_label(self) -> str:
@@ -92,14 +97,47 @@ class _Server(uvicorn.Server):
 def _tcp_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Accepted sockets inherit this: without it, small frames sent back to back wait
-    # ~40 ms for the client's delayed ACK (Nagle).
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted sockets inherit this: without it, small frames sent back to back wait
+        # ~40 ms for the client's delayed ACK (Nagle).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except BaseException:
+        sock.close()
+        raise
     sock.setblocking(False)
     return sock
+
+
+def _listen(settings: DevSettings) -> tuple[socket.socket, int | None]:
+    """The host's listening socket, and the busy port it moved away from (None: it got
+    the port asked for).
+
+    Without ``--port`` the default port's next free neighbours are tried (up to
+    :data:`PORT_TRIES` ports in all); a ``--port`` the user gave is taken or refused.
+    """
+    host, first = settings.host, settings.port
+    tries = PORT_TRIES if settings.port_fallback and first else 1
+    for port in range(first, min(first + tries, 65536)):
+        try:
+            return _tcp_socket(host, port), (first if port != first else None)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise KitError(
+                    f"Cannot listen on {host}:{port}: {exc.strerror or exc}; check --host "
+                    "and --port."
+                ) from None
+    if tries > 1:
+        raise KitError(
+            f"Ports {first} to {first + tries - 1} on {host} are all in use; pick a free one "
+            "with --port (--port 0 takes any)."
+        )
+    raise KitError(
+        f"Port {first} on {host} is in use (another kit dev?); pick another with --port, "
+        "or --port 0 for any free one."
+    )
 
 
 def _serve(app: Any, sock: socket.socket, **config: Any) -> tuple[_Server, asyncio.Task[None]]:
@@ -161,9 +199,15 @@ def _log_store(settings: DevSettings) -> LogStore:
     return DOLogStore.in_dir(settings.state_dir / "sessions")
 
 
-def _mount_durable_objects(app: Starlette, host: SessionHost, logs: DOLogStore, token: str) -> None:
+def _mount_durable_objects(
+    app: Starlette, host: SessionHost, logs: DOLogStore, token: str
+) -> Evict:
     """Serve the DO test hooks at ``/_emulator/do``; an evicted object takes its session
-    out of the host's memory and its clients' sockets close with 1001 (they resume)."""
+    out of the host's memory and its clients' sockets close with 1001 (they resume).
+
+    Returns the control API's ``evict``: whether anything of the session was in memory,
+    the host's session or its object (a hibernated object's session is still loaded).
+    """
     namespace = logs.namespace
 
     def close_clients(session: Session) -> None:
@@ -178,9 +222,14 @@ def _mount_durable_objects(app: Starlette, host: SessionHost, logs: DOLogStore, 
     async def evicted(object_id: str) -> None:
         await host.unload_now(object_id, close_clients)
 
+    async def evict(session_id: str) -> bool:
+        loaded = any(s.id == session_id for s in host.live_sessions())
+        return await namespace.evict(session_id) or loaded
+
     namespace.on_evict(evicted)
     namespace.start()
     app.mount("/_emulator/do", create_control_app({"SessionLog": namespace}, api_token=token))
+    return evict
 
 
 def _api_token(path: Path) -> str:
@@ -198,9 +247,15 @@ def _api_token(path: Path) -> str:
 async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
     """Start the whole local stack; stop it (sockets closed with 1001, sandboxes stopped) on exit."""
     project = load_project(settings.project_dir)
+    # Listen before anything is written: a busy port changes nothing.
+    host_sock, busy_port = _listen(settings)
     state = settings.state_dir
-    state.mkdir(parents=True, exist_ok=True)
-    lock = _lock_state_dir(state)
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        lock = _lock_state_dir(state)
+    except BaseException:
+        host_sock.close()
+        raise
     bundle = build_bundle(project, state / "bundles")
     advice: list[tuple[str, str]] = []
     provider = LocalSandboxProvider(
@@ -264,11 +319,10 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
     token_file = state / "api-token"
     api_token = _api_token(token_file)
     app = create_app(host, api_token=api_token)
-    if isinstance(logs, DOLogStore):
-        _mount_durable_objects(app, host, logs, api_token)
-    evict = logs.namespace.evict if isinstance(logs, DOLogStore) else None
-    app.router.routes.extend(control_routes(host, api_token, evict))
-    host_sock = _tcp_socket(settings.host, settings.port)
+    evict = (
+        _mount_durable_objects(app, host, logs, api_token) if isinstance(logs, DOLogStore) else None
+    )
+    app.router.routes.extend(control_routes(host, api_token, evict, app.state.connections))
     bound = host_sock.getsockname()
     url_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     url = f"http://{url_host}:{bound[1]}"
@@ -287,6 +341,7 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
         transcripts,
         advice,
         egress,
+        busy_port,
     )
     (state / "dev.json").write_text(
         json.dumps({"url": url, "pid": os.getpid(), "api_token_file": str(token_file)})

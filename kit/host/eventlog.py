@@ -6,6 +6,10 @@ assigns ``seq`` (1, 2, 3, … with no gaps). The host fans an event out only aft
 the network: :class:`SQLiteLogStore` keeps one SQLite file per session, like a Durable
 Object's storage (its calls finish without yielding: a local commit is cheaper than a
 thread hop); ``kit.host.s3log`` keeps the log in S3 objects under a lease (Fly).
+
+:meth:`LogStore.summary` and :meth:`LogStore.read_events` read what a store holds without
+opening the session for writing: no lease is taken, no session is loaded (``kit sessions``,
+``kit logs``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import json
 import sqlite3
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,8 @@ class TurnState(enum.Enum):
 
 
 OPEN_TURN_STATES = (TurnState.QUEUED, TurnState.RUNNING, TurnState.INTERRUPTED)
+CREATED_KEY = "created_ms"
+"""The metadata key holding when the session was created (wall-clock milliseconds)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,61 @@ class Turn:
     state: TurnState
     user_seq: int
     attempts: int
+
+
+@dataclass(frozen=True)
+class LogSummary:
+    """What a session's stored log says, read without opening it for writing."""
+
+    session_id: SessionId
+    created_ms: int | None
+    """From the metadata's ``created_ms`` (None for sessions made before it was written)."""
+    last_seq: int
+    """The newest event's seq (0: no event yet)."""
+    last_kind: str | None
+    last_ts: int | None
+    turns: int
+    open_turns: int
+    """Turns queued, running or interrupted (a recovery would pick them up)."""
+    sandbox: str | None
+    """The ``state`` of the newest ``sandbox`` event: what the log last said about the
+    session's sandbox (None: it never had one). Not proof that one runs now."""
+
+
+Query = Callable[..., Sequence[tuple[Any, ...]]]
+"""``query(sql, *params)`` → rows; how :func:`summarize` reads one SQLite log (a plain
+file or a Durable Object's ``ctx.storage.sql``, which share the schema)."""
+
+EVENTS_AFTER = "SELECT seq, kind, turn_id, data, ts FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+
+
+def events_of(rows: Sequence[tuple[Any, ...]]) -> list[Event]:
+    """Rows of :data:`EVENTS_AFTER` as events."""
+    return [Event(seq=r[0], kind=r[1], turn_id=r[2], data=json.loads(r[3]), ts=r[4]) for r in rows]
+
+
+def summarize(session_id: SessionId, query: Query) -> LogSummary:
+    """A :class:`LogSummary` of a log with the SQLite schema, by reads only."""
+    meta = {
+        k: json.loads(v) for k, v in query("SELECT key, value FROM meta WHERE key = ?", CREATED_KEY)
+    }
+    last = query("SELECT seq, kind, ts FROM events ORDER BY seq DESC LIMIT 1")
+    turns, open_turns = query(
+        "SELECT COUNT(*), COALESCE(SUM(state IN (?, ?, ?)), 0) FROM turns",
+        *(s.value for s in OPEN_TURN_STATES),
+    )[0]
+    sandbox = query("SELECT data FROM events WHERE kind = 'sandbox' ORDER BY seq DESC LIMIT 1")
+    created = meta.get(CREATED_KEY)
+    return LogSummary(
+        session_id=session_id,
+        created_ms=int(created) if created is not None else None,
+        last_seq=last[0][0] if last else 0,
+        last_kind=last[0][1] if last else None,
+        last_ts=last[0][2] if last else None,
+        turns=int(turns),
+        open_turns=int(open_turns),
+        sandbox=str(json.loads(sandbox[0][0]).get("state")) if sandbox else None,
+    )
 
 
 def now_ms() -> int:
@@ -128,6 +189,23 @@ class LogStore(ABC):
     @abstractmethod
     async def session_ids(self) -> list[SessionId]:
         """Every session with a log."""
+
+    @abstractmethod
+    async def summary(self, session_id: SessionId) -> LogSummary | None:
+        """What the session's stored log says (None: no such session).
+
+        Read-only: takes no lease and loads nothing, so it is safe on a session another
+        host owns. A log being written meanwhile may be read up to any commit.
+        """
+
+    @abstractmethod
+    async def read_events(
+        self, session_id: SessionId, after: int = 0, limit: int | None = None
+    ) -> list[Event] | None:
+        """Stored events with seq > ``after``, oldest first (None: no such session).
+
+        Read-only, like :meth:`summary`.
+        """
 
     async def read_meta(self, session_id: SessionId) -> dict[str, Any] | None:
         """A session's metadata without opening it for writing (None: no such session)."""
@@ -220,13 +298,9 @@ class SQLiteSessionLog(SessionLog):
         return event
 
     async def read_after(self, seq: int, limit: int | None = None) -> list[Event]:
-        rows = self._db.execute(
-            "SELECT seq, kind, turn_id, data, ts FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-            (seq, -1 if limit is None else limit),
-        ).fetchall()
-        return [
-            Event(seq=r[0], kind=r[1], turn_id=r[2], data=json.loads(r[3]), ts=r[4]) for r in rows
-        ]
+        return events_of(
+            self._db.execute(EVENTS_AFTER, (seq, -1 if limit is None else limit)).fetchall()
+        )
 
     async def add_user_turn(self, client_msg_id: str, text: str) -> tuple[Turn, Event] | None:
         seen = self._db.execute(
@@ -313,3 +387,38 @@ class SQLiteLogStore(LogStore):
         return [
             SessionId(p.stem) for p in sorted(self.root.glob("*.sqlite")) if is_session_id(p.stem)
         ]
+
+    async def summary(self, session_id: SessionId) -> LogSummary | None:
+        with self._read_only(session_id) as db:
+            if db is None:
+                return None
+            return summarize(session_id, lambda sql, *params: db.execute(sql, params).fetchall())
+
+    async def read_events(
+        self, session_id: SessionId, after: int = 0, limit: int | None = None
+    ) -> list[Event] | None:
+        with self._read_only(session_id) as db:
+            if db is None:
+                return None
+            return events_of(
+                db.execute(EVENTS_AFTER, (after, -1 if limit is None else limit)).fetchall()
+            )
+
+    @contextlib.contextmanager
+    def _read_only(self, session_id: SessionId) -> Iterator[sqlite3.Connection | None]:
+        """The session's file opened read-only (None when there is none); its own
+        connection, beside the writer's: WAL readers see the last commit."""
+        path = self._path(session_id)
+        if not path.exists():
+            yield None
+            return
+        try:
+            db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+        except sqlite3.Error as exc:
+            raise LogError(f"Cannot read the event log {path}: {exc}.") from exc
+        try:
+            yield db
+        except sqlite3.Error as exc:
+            raise LogError(f"Cannot read the event log {path}: {exc}.") from exc
+        finally:
+            db.close()

@@ -9,7 +9,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kit.host.eventlog import LogStore
+from kit.host.eventlog import CREATED_KEY, LogStore, now_ms
 from kit.host.lease import LeaseHeld
 from kit.host.session import Session, SessionEnv, check_token, hash_token
 from kit.ids import SessionId, is_session_id, new_session_id
@@ -50,6 +50,7 @@ class SessionHost:
                 "token_sha256": hash_token(token),
                 "tier": self.env.tier,
                 "protocol": PROTOCOL_VERSION,
+                CREATED_KEY: now_ms(),
             },
         )
         self._adopt(Session(log_, self.env))

@@ -21,6 +21,8 @@ on every write; no read-before-write race is left open.
 The owner keeps the whole log in memory (reads cost nothing) and renews its lease in the
 background. The lease object carries ``open`` (the session has unfinished turns) so that a
 host starting up, or sweeping, knows which sessions to recover without loading them.
+``summary`` and ``read_events`` read the chain as it stands, without the lease: any host
+may list or read any session, and only the owner writes.
 """
 
 from __future__ import annotations
@@ -35,7 +37,16 @@ from collections.abc import Callable
 from typing import Any
 
 from kit.host.errors import LogError
-from kit.host.eventlog import OPEN_TURN_STATES, LogStore, SessionLog, Turn, TurnState, now_ms
+from kit.host.eventlog import (
+    CREATED_KEY,
+    OPEN_TURN_STATES,
+    LogStore,
+    LogSummary,
+    SessionLog,
+    Turn,
+    TurnState,
+    now_ms,
+)
 from kit.host.lease import DEFAULT_TTL_S, Lease, LeaseHeld, LeaseLost, S3Leases
 from kit.ids import SessionId, TurnId, is_session_id
 from kit.protocol.frames import Event
@@ -134,6 +145,45 @@ class S3LogStore(LogStore):
     async def session_ids(self) -> list[SessionId]:
         names = await _store_call(self.bucket.list_children(f"{self.bucket.prefix}sessions/"))
         return [SessionId(n) for n in names if is_session_id(n)]
+
+    async def summary(self, session_id: SessionId) -> LogSummary | None:
+        """Read from the bucket without the lease: another host's session stays its own."""
+        meta = await self.read_meta(session_id)
+        if meta is None:
+            return None
+        events, turns = await self._read_unleased(session_id)
+        last = events[-1] if events else None
+        sandbox = next((e.data.get("state") for e in reversed(events) if e.kind == "sandbox"), None)
+        created = meta.get(CREATED_KEY)
+        return LogSummary(
+            session_id=session_id,
+            created_ms=int(created) if created is not None else None,
+            last_seq=len(events),
+            last_kind=last.kind if last else None,
+            last_ts=last.ts if last else None,
+            turns=len(turns),
+            open_turns=sum(t.state in OPEN_TURN_STATES for t in turns.values()),
+            sandbox=None if sandbox is None else str(sandbox),
+        )
+
+    async def read_events(
+        self, session_id: SessionId, after: int = 0, limit: int | None = None
+    ) -> list[Event] | None:
+        if await self.read_meta(session_id) is None:
+            return None
+        events, _ = await self._read_unleased(session_id)
+        start = max(after, 0)
+        return events[start:] if limit is None else events[start : start + limit]
+
+    async def _read_unleased(self, session_id: SessionId) -> tuple[list[Event], dict[TurnId, Turn]]:
+        """The committed log as it stands, read without taking (or checking) the lease."""
+        prefix = self.session_dir(session_id)
+        chain, _ = await read_chain(self.bucket, prefix)
+        events: list[Event] = []
+        turns: dict[TurnId, Turn] = {}
+        for number, commit in chain:
+            _apply_commit(commit, number, events, turns, self.bucket.url(prefix))
+        return events, turns
 
     async def recoverable(self) -> list[SessionId]:
         """Sessions with unfinished turns whose lease has run out (or is ours)."""
@@ -295,39 +345,13 @@ class S3SessionLog(SessionLog):
 
     async def load(self) -> None:
         """Read the chain of commits (segments where they exist) into memory."""
-        keys = await _store_call(self._bucket.list_keys(self._dir))
-        commits: dict[int, str] = {}
-        segments: dict[int, tuple[int, str]] = {}
-        for key in keys:
-            rest = key[len(self._dir) :]
-            if rest.startswith("log/"):
-                commits[int(rest[4:].split(".", 1)[0])] = key
-            elif rest.startswith("seg/"):
-                a, b = rest[4:].split(".", 1)[0].split("-")
-                if int(b) >= segments.get(int(a), (-1, ""))[0]:
-                    segments[int(a)] = (int(b), key)
-        plan: list[tuple[int, str]] = []  # (first commit number, key), in chain order
-        n = 0
-        while n in commits or n in segments:  # bounded by the keys listed
-            if n in segments:
-                end, key = segments[n]
-                plan.append((n, key))
-                n = end + 1
-            else:
-                plan.append((n, commits[n]))
-                n += 1
-        bodies = await asyncio.gather(*(_store_call(self._bucket.get(key)) for _, key in plan))
-        first_unsegmented = (n // SEGMENT) * SEGMENT
+        chain, self._next = await read_chain(self._bucket, self._dir)
+        first_unsegmented = (self._next // SEGMENT) * SEGMENT
         self._unsegmented = []
-        for (first, key), raw in zip(plan, bodies, strict=True):
-            if raw is None:
-                raise LogError(f"{self._bucket.url(key)} vanished while it was read; open again.")
-            body = json.loads(raw)
-            for offset, commit in enumerate(body["commits"] if "/seg/" in key else [body]):
-                self._apply(commit, first + offset)
-                if first + offset >= first_unsegmented:  # for the next segment object
-                    self._unsegmented.append(commit)
-        self._next = n
+        for number, commit in chain:
+            self._apply(commit, number)
+            if number >= first_unsegmented:  # for the next segment object
+                self._unsegmented.append(commit)
 
     async def fence(self) -> None:
         """Stamp the chain with this owner's epoch: earlier owners can no longer extend it."""
@@ -426,19 +450,8 @@ class S3SessionLog(SessionLog):
         return events
 
     def _apply(self, commit: dict[str, Any], number: int) -> None:
-        for seq, kind, turn_id, data, ts in commit["events"]:
-            if seq != len(self._events) + 1:
-                raise LogError(
-                    f"Session {self.session_id}: {self._commit_key(number)} holds seq {seq} "
-                    f"after {len(self._events)}; the log under {self._bucket.url(self._dir)} "
-                    "is damaged (was it edited by hand?). Restore it from a backup or delete "
-                    "the session."
-                )
-            self._events.append(Event(seq=seq, kind=kind, data=data, ts=ts, turn_id=turn_id))
-        for row in commit["turns"]:
-            turn = _turn_of(row)
-            self._turns[turn.turn_id] = turn
-            self._msg_ids.add(turn.client_msg_id)
+        _apply_commit(commit, number, self._events, self._turns, self._bucket.url(self._dir))
+        self._msg_ids.update(row["client_msg_id"] for row in commit["turns"])
 
     def _after_commit(self, body: dict[str, Any]) -> None:
         self._next += 1
@@ -515,6 +528,62 @@ class S3SessionLog(SessionLog):
                 callback(reason)
             except Exception:
                 log.exception("session %s: a lost-lease callback failed", self.session_id)
+
+
+async def read_chain(bucket: S3Bucket, prefix: str) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+    """The commits under ``prefix`` in chain order, as ``(number, commit)``, read from
+    segments where they exist; and the number the next commit takes. Reads only."""
+    keys = await _store_call(bucket.list_keys(prefix))
+    commits: dict[int, str] = {}
+    segments: dict[int, tuple[int, str]] = {}
+    for key in keys:
+        rest = key[len(prefix) :]
+        if rest.startswith("log/"):
+            commits[int(rest[4:].split(".", 1)[0])] = key
+        elif rest.startswith("seg/"):
+            a, b = rest[4:].split(".", 1)[0].split("-")
+            if int(b) >= segments.get(int(a), (-1, ""))[0]:
+                segments[int(a)] = (int(b), key)
+    plan: list[tuple[int, str]] = []  # (first commit number, key), in chain order
+    n = 0
+    while n in commits or n in segments:  # bounded by the keys listed
+        if n in segments:
+            end, key = segments[n]
+            plan.append((n, key))
+            n = end + 1
+        else:
+            plan.append((n, commits[n]))
+            n += 1
+    bodies = await asyncio.gather(*(_store_call(bucket.get(key)) for _, key in plan))
+    chain: list[tuple[int, dict[str, Any]]] = []
+    for (first, key), raw in zip(plan, bodies, strict=True):
+        if raw is None:
+            raise LogError(f"{bucket.url(key)} vanished while it was read; open again.")
+        body = json.loads(raw)
+        for offset, commit in enumerate(body["commits"] if "/seg/" in key else [body]):
+            chain.append((first + offset, commit))
+    return chain, n
+
+
+def _apply_commit(
+    commit: dict[str, Any],
+    number: int,
+    events: list[Event],
+    turns: dict[TurnId, Turn],
+    where: str,
+) -> None:
+    """Add one commit's events and turn rows; :class:`LogError` if its seqs do not follow."""
+    for seq, kind, turn_id, data, ts in commit["events"]:
+        if seq != len(events) + 1:
+            raise LogError(
+                f"Commit {number} under {where} holds seq {seq} after {len(events)}: the log "
+                "is damaged (was it edited by hand?). Restore it from a backup or delete the "
+                "session."
+            )
+        events.append(Event(seq=seq, kind=kind, data=data, ts=ts, turn_id=turn_id))
+    for row in commit["turns"]:
+        turn = _turn_of(row)
+        turns[turn.turn_id] = turn
 
 
 async def _store_call(awaitable: Any) -> Any:

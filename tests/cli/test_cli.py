@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kit.bundle import load_project
+from kit.cli.main import build_parser
 from kit.cli.testing import run_checks
 
 KIT = str(Path(sys.executable).parent / "kit")
@@ -129,3 +131,25 @@ def test_bad_host_settings_name_the_variable(kit_tmp: Path) -> None:
         assert name in lines[0]
         assert hint in lines[0]
     assert not (kit_tmp / "state").exists()  # nothing was created
+
+
+SUBCOMMANDS = ["new", "dev", "chat", "sessions", "logs", "sandbox", "do", "test"]
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_each_command_has_help_with_an_example(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kit COMMAND -h` has a description and an example, and `kit -h` lists it in one line."""
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args([command, "-h"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    usage, description = text.split("\n\n")[:2]
+    assert usage.startswith(f"usage: kit {command}")
+    assert len(description.split()) >= 8
+    assert re.search(rf"^examples:\n  kit {command}\b", text, re.MULTILINE)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["-h"])
+    listed = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert any(len(words) > 2 and words[0] == command for words in listed)

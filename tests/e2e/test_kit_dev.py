@@ -4,6 +4,7 @@ and a clean shutdown on Ctrl-C (sockets closed with 1001, sandboxes stopped)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -32,13 +33,12 @@ class DevProcess:
         self.proc, self.url, self.banner, self.env = proc, url, banner, env
 
 
-async def start_kit_dev(cwd: Path, env: dict[str, str], port: int = 0) -> DevProcess:
-    """Start `kit dev --port PORT` in ``cwd`` and read its banner."""
+async def start_kit_dev(cwd: Path, env: dict[str, str], port: int | None = 0) -> DevProcess:
+    """Start `kit dev --port PORT` (no --port for None) in ``cwd`` and read its banner."""
     proc = await asyncio.create_subprocess_exec(
         KIT,
         "dev",
-        "--port",
-        str(port),
+        *(() if port is None else ("--port", str(port))),
         cwd=cwd,
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -240,3 +240,50 @@ async def test_host_killed_mid_turn_recovers_on_restart(kit_tmp: Path) -> None:
     assert reconnects >= 1
     assert seqs == list(range(1, len(seqs) + 1))
     assert RECOVERED_REPLY in texts[-1]
+
+
+async def test_a_busy_default_port_is_passed_over_in_one_line(kit_tmp: Path) -> None:
+    """No --port and the default port busy: kit dev takes a free port above it and says so."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = _env(KIT_STATE_DIR=str(kit_tmp / "state"), KIT_PORT=str(port))
+        dev = await start_kit_dev(REPO, env, port=None)
+        try:
+            taken = int(dev.url.rsplit(":", 1)[1])
+            assert port < taken < port + 20
+            first = dev.banner.splitlines()[0]
+            assert first == (
+                f"kit dev: port {port} is busy, so it listens on {taken} instead "
+                "(choose with --port)."
+            )
+            assert json.loads((kit_tmp / "state" / "dev.json").read_text())["url"] == dev.url
+        finally:
+            await stop_kit_dev(dev)
+
+
+async def test_a_busy_port_given_with_the_flag_is_one_line_naming_it(kit_tmp: Path) -> None:
+    """--port on a busy port: exit 1, one line naming --port, no traceback, nothing written."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            KIT,
+            "dev",
+            "--port",
+            str(port),
+            cwd=REPO,
+            env=_env(KIT_STATE_DIR=str(kit_tmp / "state")),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    assert out == b""
+    assert err.decode() == (
+        f"error: Port {port} on 127.0.0.1 is in use (another kit dev?); pick another with "
+        "--port, or --port 0 for any free one.\n"
+    )
+    assert not (kit_tmp / "state").exists()

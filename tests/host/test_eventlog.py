@@ -15,7 +15,7 @@ import pytest
 
 from emulator.durable_objects import DOLogStore
 from kit.host.errors import LogError
-from kit.host.eventlog import LogStore, SessionLog, SQLiteLogStore, TurnState
+from kit.host.eventlog import CREATED_KEY, LogStore, SessionLog, SQLiteLogStore, TurnState
 from kit.host.lease import CLOCK_SKEW_S, LeaseHeld, LeaseLost
 from kit.host.s3log import SEGMENT, S3LogStore
 from kit.ids import SessionId, new_session_id
@@ -312,3 +312,72 @@ async def test_recovery_skips_a_damaged_session_and_recovers_the_rest(s3_endpoin
     assert log_b is not None
     assert [t.client_msg_id for t in await log_b.open_turns()] == ["m1"]
     await log_b.close()
+
+
+# -- reading without opening: summary and read_events (kit sessions, kit logs) ---------
+
+
+async def test_summary_and_read_events_read_what_is_stored(logs: LogStore) -> None:
+    """summary/read_events report the stored turns, last event and sandbox state; None if unknown."""
+    sid = new_session_id()
+    assert await logs.summary(sid) is None
+    assert await logs.read_events(sid) is None
+    log = await logs.create(sid, {"token_sha256": "x", CREATED_KEY: 1_700_000_000_000})
+    empty = await logs.summary(sid)
+    assert empty is not None
+    assert (empty.created_ms, empty.last_seq, empty.last_kind, empty.turns) == (
+        1_700_000_000_000,
+        0,
+        None,
+        0,
+    )
+    first = await log.add_user_turn("m1", "hello")
+    assert first is not None
+    await log.append("sandbox", {"state": "starting"}, first[0].turn_id)
+    await log.append("sandbox", {"state": "running", "sandbox_id": "sb1"}, first[0].turn_id)
+    await log.append("result", {"text": "hi"}, first[0].turn_id)
+    await log.set_turn_state(first[0].turn_id, TurnState.COMPLETED)
+    second = await log.add_user_turn("m2", "again")
+    assert second is not None
+    last = await log.append("text_delta", {"text": "ag"}, second[0].turn_id)
+    summary = await logs.summary(sid)
+    assert summary is not None
+    assert (summary.last_seq, summary.last_kind, summary.last_ts) == (6, "text_delta", last.ts)
+    assert (summary.turns, summary.open_turns, summary.sandbox) == (2, 1, "running")
+    events = await logs.read_events(sid)
+    assert events == await log.read_after(0)
+    assert [e.seq for e in await logs.read_events(sid, after=2, limit=3) or []] == [3, 4, 5]
+    await log.close()
+
+
+async def test_summary_of_an_unreadable_id_is_refused(logs: LogStore) -> None:
+    """A malformed id is a LogError naming it, and nothing is created for it."""
+    with pytest.raises(LogError, match="not a session id"):
+        await logs.summary(SessionId("../etc"))
+    assert await logs.session_ids() == []
+
+
+async def test_another_hosts_session_is_summarised_without_taking_its_lease(
+    s3_endpoint: str,
+) -> None:
+    """Host B reads host A's leased session; A's lease is untouched and A keeps writing."""
+    clock = Clock()
+    a, b = _two_hosts(s3_endpoint, clock)
+    sid = new_session_id()
+    log_a = await a.create(sid, {CREATED_KEY: 5})
+    lost: list[str] = []
+    log_a.on_lost(lost.append)
+    added = await log_a.add_user_turn("m1", "work")
+    assert added is not None
+    lease_before = await a.bucket.get_with_etag(a.leases.key(sid))
+    summary = await b.summary(sid)
+    events = await b.read_events(sid)
+    assert summary is not None
+    assert (summary.created_ms, summary.last_seq, summary.turns, summary.open_turns) == (5, 1, 1, 1)
+    assert [e.kind for e in events or []] == ["user"]
+    assert await a.bucket.get_with_etag(a.leases.key(sid)) == lease_before
+    assert (await log_a.append("text_delta", {"text": "still mine"})).seq == 2
+    assert lost == []
+    with pytest.raises(LeaseHeld):
+        await b.open(sid)  # the lease is A's: reading never changed that
+    await log_a.close()
