@@ -23,15 +23,23 @@ plus a fresh ``/proc`` (the sandbox's processes only), a minimal ``/dev``, a tmp
 and a network namespace with only loopback. :func:`choose` picks how it is enforced on this
 machine: ``native`` (the fork server's children, as root), ``bwrap`` (bubblewrap around a
 fresh interpreter, root or not) or nothing, said once.
+
+Bubblewrap runs as the sandbox user, so it can bind only what that user can reach. A
+project, state folder or virtualenv behind a folder only root may enter (``/root`` is 0700)
+is first bound by root into a staging folder the sandbox user can reach, in a mount
+namespace of the sandbox's own (:func:`staged`, :func:`stage_command`): the sandbox sees
+the same view at the same paths, the host's mount table does not change, and no process of
+the sandbox runs as root.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import kit
@@ -61,6 +69,8 @@ ETC_FILES = (
     "timezone",
 )
 PROBE_TIMEOUT_S = 10.0
+STAGE_TMPFS = "mode=0755,size=64k"
+"""The staging folder's own tmpfs: mount points only, no data."""
 
 
 def sandbox_view(
@@ -114,6 +124,39 @@ def _outermost(binds: Iterable[Bind]) -> tuple[Bind, ...]:
         if not inside:
             kept.append(bind)
     return tuple(kept)
+
+
+def staged(jail: Jail, hidden: Callable[[str], bool], stage: Path) -> tuple[Jail, list[str]]:
+    """``jail`` with every bind whose source is ``hidden`` from the sandbox user taken from
+    ``stage/0``, ``stage/1``… instead (at the same path inside), and those sources in that
+    order, for :func:`stage_command` to bind there."""
+    binds: list[Bind] = []
+    sources: list[str] = []
+    for bind in jail.binds:
+        if bind.kind != "symlink" and hidden(bind.source):
+            binds.append(Bind(bind.kind, str(stage / str(len(sources))), bind.path))
+            sources.append(bind.source)
+        else:
+            binds.append(bind)
+    return dataclasses.replace(jail, binds=tuple(binds)), sources
+
+
+def stage_command(unshare: str, mount: str, stage: Path, sources: Sequence[str]) -> list[str]:
+    """The command prefix (run as root) that binds each of ``sources`` at ``stage/<n>`` in a
+    private mount namespace, then runs the rest of the command line in it."""
+    private = [unshare, "--mount", "--propagation", "private"]
+    return [*private, "/bin/sh", "-c", _STAGE, "sh", mount, str(stage), *sources, "--"]
+
+
+_STAGE = (
+    'set -e; mount=$1; stage=$2; shift 2; "$mount" -t tmpfs -o '
+    + STAGE_TMPFS
+    + ' kit-stage "$stage"; n=0; while [ "$1" != -- ]; do '
+    'if [ -d "$1" ]; then mkdir "$stage/$n"; else : > "$stage/$n"; fi; '
+    '"$mount" --rbind "$1" "$stage/$n"; n=$((n + 1)); shift; done; shift; exec "$@"'
+)
+"""``sh -c`` script for :func:`stage_command`: a tmpfs on the staging folder, then each
+source (folder, file or socket) bound recursively (its submounts too) at the next number."""
 
 
 def choose(*, fork_server: bool, drop: Sequence[str]) -> tuple[str, str]:

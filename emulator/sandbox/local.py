@@ -33,7 +33,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
-from emulator.sandbox.isolation import cannot_confine, choose, sandbox_view
+from emulator.sandbox.isolation import (
+    cannot_confine,
+    choose,
+    sandbox_view,
+    stage_command,
+    staged,
+)
 from emulator.sandbox.limits import (
     Cgroups,
     Limits,
@@ -297,6 +303,8 @@ class LocalSandboxProvider(SandboxProvider):
         self.start_timeout_s = start_timeout_s
         self.user = user
         self._setpriv = shutil.which("setpriv")
+        self._unshare = shutil.which("unshare")
+        self._mount = shutil.which("mount")
         self.uid: int | None = None
         self.gid: int | None = None
         if os.geteuid() == 0 and user:
@@ -354,6 +362,27 @@ class LocalSandboxProvider(SandboxProvider):
                     "root and KIT_SANDBOX_ISOLATION=auto)."
                 )
 
+    @property
+    def stage(self) -> Path | None:
+        """Where bubblewrap's sources behind folders the sandbox user cannot enter are bound
+        (by root, in the sandbox's own mount namespace; :func:`isolation.staged`); None when
+        bubblewrap runs as yourself, or setpriv, unshare or mount is missing."""
+        if self.uid is None or not (self._setpriv and self._unshare and self._mount):
+            return None
+        return self.run_root / ".stage"
+
+    def _bound_by_root(self) -> bool:
+        """Whether the sandbox's view is bound by root, so the sandbox user needs no way of its
+        own to the project, the state folder or the interpreter."""
+        return self.isolation == "native" or (self.isolation == "bwrap" and self.stage is not None)
+
+    def _hidden(self, source: str) -> bool:
+        """Whether the sandbox user cannot reach ``source`` (a folder on its way is shut)."""
+        try:
+            return self.unreachable(Path(source).parent) is not None
+        except OSError:
+            return False  # gone: bubblewrap says so, naming it
+
     def workspace(self, session_id: str) -> Path:
         """The session's workspace folder (the agent's cwd)."""
         return self.root / session_id / "workspace"
@@ -386,7 +415,7 @@ class LocalSandboxProvider(SandboxProvider):
                 f"tier's {limits.disk_bytes / 1e9:g} GB of disk; delete files from it or pick a "
                 "larger tier (kit.toml [sandbox] tier)."
             )
-        for needed in (spec.bundle_dir, self.root) if self.isolation != "native" else ():
+        for needed in (spec.bundle_dir, self.root) if not self._bound_by_root() else ():
             blocked = self.unreachable(needed)
             if blocked is not None:
                 raise SandboxError(
@@ -667,7 +696,15 @@ class LocalSandboxProvider(SandboxProvider):
         if cgroup is not None:
             procs = [str(cgroup.paths[c] / "cgroup.procs") for c in sorted(cgroup.paths)]
             join = ["/bin/sh", "-c", _JOIN_AND_EXEC, "sh", *procs, "--"]
-        return [*join, *self._drop_privileges(), *jail.bwrap_args(bwrap, str(cwd))]
+        # bubblewrap runs as the sandbox user: what that user cannot reach (a project under
+        # /root) root binds first, into a staging folder of the sandbox's own mount namespace.
+        stage: list[str] = []
+        if self.stage is not None and self._unshare and self._mount:
+            jail, hidden = staged(jail, self._hidden, self.stage)
+            if hidden:
+                self.stage.mkdir(mode=0o755, exist_ok=True)
+                stage = stage_command(self._unshare, self._mount, self.stage, hidden)
+        return [*join, *stage, *self._drop_privileges(), *jail.bwrap_args(bwrap, str(cwd))]
 
     async def _spawn(
         self, cwd: Path, env: dict[str, str], log_path: Path, *, prefix: list[str] | None = None

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
-from collections.abc import AsyncIterator
+import subprocess
+import sys
+import sysconfig
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import pytest
@@ -32,6 +36,34 @@ async def provider(
     p = LocalSandboxProvider(kit_tmp / "sandboxes", fork_server=request.param)
     yield p
     await p.close()
+
+
+@pytest.fixture
+def hidden(kit_tmp: Path) -> Path:
+    """A folder only root may enter, as ``/root`` is (and so a clone or a virtualenv in it)."""
+    folder = kit_tmp / "private"
+    folder.mkdir(mode=0o700)
+    return folder
+
+
+def _private_python(folder: Path) -> Path:
+    """A virtualenv's interpreter in ``folder``, with this one's packages (kit, the SDK)."""
+    venv = folder / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    purelib = sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)})
+    ours = sysconfig.get_path("purelib")
+    Path(purelib, "kit-test.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
+    return venv / "bin" / "python"
+
+
+def _uids(pids: Iterable[int]) -> set[int]:
+    uids = set()
+    for pid in pids:
+        status = Path(f"/proc/{pid}/status").read_text()
+        uids.add(
+            int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+        )
+    return uids
 
 
 def _spec(bundle: Bundle) -> SandboxSpec:
@@ -77,12 +109,7 @@ async def test_runtime_and_cli_run_as_the_sandbox_user(
     """As root, every sandbox process runs as the unprivileged sandbox user."""
     spec = _spec(bundle)
     sandbox = await provider.start(spec)
-    uids = set()
-    for pid in pids_under(provider.root / spec.session_id):
-        status = Path(f"/proc/{pid}/status").read_text()
-        uids.add(
-            int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
-        )
+    uids = _uids(pids_under(provider.root / spec.session_id))
     assert uids == {provider.uid}
     assert 0 not in uids
     await sandbox.stop()
@@ -90,23 +117,56 @@ async def test_runtime_and_cli_run_as_the_sandbox_user(
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only matters when dropping to another user")
 async def test_unreachable_folder_is_named_unless_bound_in(
-    provider: LocalSandboxProvider, bundle: Bundle, kit_tmp: Path
+    provider: LocalSandboxProvider, bundle: Bundle, kit_tmp: Path, hidden: Path
 ) -> None:
-    """A bundle behind a 0700 folder: a sandbox that reaches it through the host's folders
-    (bubblewrap runs as the sandbox user) is refused up front, naming that folder; one whose
-    view is bound in as root (the fork server's jail) starts, since it never walks them."""
-    hidden = kit_tmp / "private"
-    hidden.mkdir(mode=0o700)
+    """A bundle behind a 0700 folder: a confined sandbox starts, its view bound in by root (the
+    fork server's jail, or the staging namespace ahead of bubblewrap); an unconfined one
+    (KIT_SANDBOX_ISOLATION=off), which would walk the host's folders as the sandbox user, is
+    refused up front, naming that folder."""
     inner = build_bundle(load_project(EXAMPLE_PROJECT), hidden / "bundles")
-    spec = _spec(inner)
-    if provider.isolation == "native":
-        sandbox = await provider.start(spec)
-        info = await sandbox.stop()
-        assert info.exit_code == 143
-    else:
+    assert provider.isolation in ("native", "bwrap"), provider.unisolated
+    sandbox = await provider.start(_spec(inner))
+    info = await sandbox.stop()
+    assert info.exit_code == 143
+    unconfined = LocalSandboxProvider(kit_tmp / "off", fork_server=False, isolation="off")
+    try:
         with pytest.raises(SandboxError, match=f"cannot enter {hidden}"):
-            await provider.start(spec)
+            await unconfined.start(_spec(inner))
+    finally:
+        await unconfined.close()
     assert provider.unreachable(bundle.path) is None
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("bwrap") is None,
+    reason="bubblewrap started by root for another user (./scripts/setup installs it)",
+)
+async def test_bubblewrap_binds_what_only_root_can_reach(hidden: Path) -> None:
+    """Under bubblewrap, with the interpreter's virtualenv, the bundle and the sandbox folders
+    all behind a 0700 folder (a clone under /root): the sandbox runs that interpreter as the
+    sandbox user, every process of it, and nothing of its staging shows on the host."""
+    python = _private_python(hidden)
+    inner = build_bundle(load_project(EXAMPLE_PROJECT), hidden / "bundles")
+    provider = LocalSandboxProvider(
+        hidden / "sandboxes", python=str(python), fork_server=False, isolation="bwrap"
+    )
+    try:
+        assert provider.isolation == "bwrap", provider.unisolated
+        for path in (python.parent, inner.path, provider.root):
+            assert provider.unreachable(path) == hidden
+        spec = _spec(inner)
+        sandbox = await provider.start(spec)
+        pids = pids_under(provider.root / spec.session_id)
+        assert _uids(pids) == {provider.uid}
+        argv0 = {Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] for pid in pids}
+        assert str(python).encode() in argv0
+        assert provider.stage is not None
+        assert not os.path.ismount(provider.stage)
+        assert list(provider.stage.iterdir()) == []
+        info = await sandbox.stop()
+        assert (info.exit_code, info.reason) == (143, "stopped")
+    finally:
+        await provider.close()
 
 
 async def test_unrunnable_python_is_a_clear_error(kit_tmp: Path, bundle: Bundle) -> None:

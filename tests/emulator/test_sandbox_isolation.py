@@ -42,25 +42,34 @@ def listener() -> Iterator[socket.socket]:
         yield server
 
 
-@pytest.fixture(params=["auto", "bwrap"], ids=["fork-server-namespaces", "bubblewrap"])
+@pytest.fixture(
+    params=["auto", "bwrap", "bwrap 0700"],
+    ids=["fork-server-namespaces", "bubblewrap", "bubblewrap-private-folder"],
+)
 async def confined(
     request: pytest.FixtureRequest, kit_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[Stack, str]]:
     """A stack whose host knows a secret API key (its environment, the project's .env, a
-    file in its state dir), its sandboxes confined one way or the other."""
+    file in its state dir), its sandboxes confined one way or the other; with "0700" the
+    project and state dir sit behind a folder only root may enter (a clone under /root)."""
+    isolation, _, private = str(request.param).partition(" ")
+    base = kit_tmp
+    if private:
+        base = kit_tmp / "private"
+        base.mkdir(mode=0o700)
     secret = "sk-ant-api03-" + secrets.token_hex(24)
     monkeypatch.setenv("ANTHROPIC_API_KEY", secret)
-    project = write_agent(kit_tmp / "agent")
+    project = write_agent(base / "agent")
     (project / ".env").write_text(f"ANTHROPIC_API_KEY={secret}\n")
     settings = stack_settings(
-        kit_tmp / "state",
+        base / "state",
         project,
         api_key=secret,
         force_offline_model=True,
-        sandbox_isolation=request.param,
+        sandbox_isolation=isolation,
     )
     async with run_stack(settings) as stack:
-        expected = "native" if request.param == "auto" else "bwrap"
+        expected = "native" if isolation == "auto" else "bwrap"
         assert stack.provider.isolation == expected, stack.provider.unisolated
         (settings.state_dir / "planted.txt").write_text(secret)
         yield stack, secret

@@ -197,14 +197,18 @@ async def test_without_cgroups_it_says_so_once_and_carries_on(kit_tmp: Path) -> 
     folder = kit_tmp / "unprivileged"
     folder.mkdir()
     folder.chmod(0o777)
+    # kit is imported as root, then every privilege is dropped (as `setpriv --reuid=65534
+    # --regid=65534 --clear-groups` would) before the providers probe: the code and its
+    # virtualenv may sit where only root can read them, as in a clone under /root.
     script = (
-        "import logging, sys; logging.basicConfig(stream=sys.stdout, format='%(message)s')\n"
+        "import logging, os, sys; logging.basicConfig(stream=sys.stdout, format='%(message)s')\n"
         "from pathlib import Path\n"
         "from emulator.sandbox import LocalSandboxProvider\n"
+        "os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)\n"
+        "assert os.getresuid() == (65534,) * 3 and os.getgroups() == []\n"
         f"for n in range(2): LocalSandboxProvider(Path('{folder}') / f'sb{{n}}', user=None)\n"
     )
     proc = await asyncio.create_subprocess_exec(
-        "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
         sys.executable, "-c", script,
         cwd=Path(__file__).parents[2],
         stdout=asyncio.subprocess.PIPE,
