@@ -191,7 +191,7 @@ async def test_first_connection_retries_within_the_budget() -> None:
     url = f"ws://127.0.0.1:{_free_port()}/v1/sessions/s/ws"
     client = SessionClient(url, "tok", policy=dataclasses.replace(QUICK, give_up_after_s=0.3))
     with pytest.raises(ConnectionLost, match="Gave up reconnecting"):
-        await client.connect()
+        await asyncio.wait_for(client.connect(), WAIT_S)
     assert client.reconnects >= 2
 
 
