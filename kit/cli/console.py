@@ -7,7 +7,11 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from kit.client import ConnectionStatus, InterruptAcked, StatusChange
 from kit.protocol.frames import Event
+
+MAX_REMEMBERED_ENDS = 32
+"""Turn ends kept so that an interrupt answered after its turn ended can say how it ended."""
 
 _COLOR = sys.stdout.isatty()
 
@@ -56,13 +60,33 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 class EventPrinter:
-    """Renders session events for a person at a terminal (``kit chat``)."""
+    """Renders a session for a person at a terminal (``kit chat``), or as JSON lines.
 
-    def __init__(self, *, as_json: bool = False, own_messages: set[str] | None = None) -> None:
+    Besides events it shows the connection (``host gone, reconnecting…`` once per outage,
+    ``reconnected``) and the answers to ``/interrupt``. While an interrupt awaits its
+    answer, events are held back, so that the answer comes before the end of the turn
+    it stopped.
+    """
+
+    def __init__(
+        self,
+        *,
+        as_json: bool = False,
+        own_messages: set[str] | None = None,
+        session_id: str | None = None,
+        prompt: bool = False,
+    ) -> None:
         self.as_json = as_json
         self.own = own_messages if own_messages is not None else set()
+        self.session_id = session_id
+        self.prompting = prompt and not as_json
         self._streamed = False
         self._at_line_start = True
+        self._status = ConnectionStatus.CONNECTING
+        self._interrupts_pending = 0
+        self._held: list[Event] = []
+        self._interrupting: set[str] = set()
+        self._ends: dict[str, Event] = {}
 
     def _line(self, text: str) -> None:
         if not self._at_line_start:
@@ -76,12 +100,112 @@ class EventPrinter:
             out()
             self._at_line_start = True
 
-    def show(self, event: Event) -> None:
-        """Print one event."""
+    def _note(self, text: str) -> None:
+        """A line about the chat itself (stderr in JSON mode, so stdout stays JSON)."""
+        if self.as_json:
+            out(text, stream=sys.stderr)
+        else:
+            self._line(dim(text))
+
+    # -- what the person does ----------------------------------------------------------
+
+    def prompt(self) -> None:
+        """Show ``you>`` (at a terminal only)."""
+        if self.prompting:
+            if not self._at_line_start:
+                out()
+            out(bold("you> "), end="")
+            self._at_line_start = False
+
+    def typed(self) -> None:
+        """The person pressed Enter: at a terminal its echo ended the line."""
+        if self.prompting:
+            self._at_line_start = True
+
+    def queued(self) -> None:
+        """A message was typed while the host is away."""
+        self._note("  (queued: it is sent once the host is back)")
+
+    def interrupt_requested(self) -> None:
+        """``/interrupt`` went out: hold events back until the host answers."""
+        self._interrupts_pending += 1
+
+    def interrupt_acked(self, ack: InterruptAcked) -> None:
+        """The host's answer to ``/interrupt``; then how that turn ended, when it has."""
+        self._interrupts_pending = max(0, self._interrupts_pending - 1)
         if self.as_json:
             out(
                 json.dumps(
                     {
+                        "type": "interrupt_ack",
+                        "session_id": self.session_id,
+                        "turn_id": ack.turn_id,
+                        "interrupted": ack.interrupted,
+                    }
+                )
+            )
+        elif ack.turn_id is None:
+            self._line(dim("  no turn is running"))
+        elif ack.interrupted:
+            self._line(dim(f"  interrupting turn {ack.turn_id}…"))
+            self._interrupting.add(ack.turn_id)
+            ending = {event.turn_id for event in self._held if _ends_turn(event)}
+            if ack.turn_id in self._ends and ack.turn_id not in ending:
+                self._outcome(self._ends[ack.turn_id])  # it ended before the answer came
+        else:
+            self._line(
+                dim(
+                    f"  turn {ack.turn_id} is not running in a sandbox yet (queued, or its "
+                    "sandbox is starting or restarting), so nothing was interrupted; "
+                    "send /interrupt again once it runs"
+                )
+            )
+        self._release()
+
+    def _release(self) -> None:
+        """Show the events held back, once no interrupt awaits its answer."""
+        if not self._interrupts_pending:
+            held, self._held = self._held, []
+            for event in held:
+                self.show(event)
+
+    def interrupt_failed(self, message: str) -> None:
+        """``/interrupt`` got no answer (the client stopped)."""
+        self._interrupts_pending = max(0, self._interrupts_pending - 1)
+        self._note(f"  interrupt not answered: {message}")
+        self._release()
+
+    # -- the connection ----------------------------------------------------------------
+
+    def connection(self, change: StatusChange) -> None:
+        """Say when the host goes away and comes back (once each, not per retry)."""
+        before, self._status = self._status, change.status
+        if change.status is before and change.status is not ConnectionStatus.CONNECTING:
+            return  # another retry of the same outage
+        if change.status is ConnectionStatus.RECONNECTING:
+            self._note(f"  host gone, reconnecting… ({change.reason})")
+        elif change.status is ConnectionStatus.CONNECTING and change.attempt == 1:
+            self._note(f"  host not answering, retrying… ({change.reason})")
+        elif change.status is ConnectionStatus.OPEN and before is ConnectionStatus.RECONNECTING:
+            self._note("  reconnected")
+
+    # -- events ------------------------------------------------------------------------
+
+    def show(self, event: Event) -> None:
+        """Print one event (held back while an interrupt awaits its answer)."""
+        if self._interrupts_pending and not self.as_json:
+            self._held.append(event)
+            return
+        if _ends_turn(event) and event.turn_id is not None:
+            self._ends[event.turn_id] = event
+            while len(self._ends) > MAX_REMEMBERED_ENDS:
+                del self._ends[next(iter(self._ends))]
+        if self.as_json:
+            out(
+                json.dumps(
+                    {
+                        "type": "event",
+                        "session_id": self.session_id,
                         "seq": event.seq,
                         "kind": event.kind,
                         "turn_id": event.turn_id,
@@ -115,8 +239,12 @@ class EventPrinter:
             self._line(dim(f"  [store {data.get('state')}]{message}"))
         elif event.kind == "error":
             self._line(_style(f"  ✗ {data.get('code')}: {data.get('message')}", "31"))
+            if event.turn_id in self._interrupting and _ends_turn(event):
+                self._outcome(event)
         elif event.kind == "result":
-            if data.get("is_error"):
+            if event.turn_id in self._interrupting:
+                self._outcome(event)
+            elif data.get("is_error"):
                 self._line(
                     _style(
                         f"  ✗ turn ended with an error: {data.get('text') or data.get('subtype')}",
@@ -129,6 +257,29 @@ class EventPrinter:
             self._streamed = False
         elif event.kind == "user" and data.get("client_msg_id") not in self.own:
             self._line(dim(f"> {data.get('text')}"))
+
+    def _outcome(self, end: Event) -> None:
+        """How a turn we asked to interrupt really ended."""
+        assert end.turn_id is not None
+        self._interrupting.discard(end.turn_id)
+        subtype = end.data.get("subtype")
+        if end.kind == "error":
+            self._line(dim(f"  turn {end.turn_id} ended: failed"))
+        elif end.data.get("is_error"):
+            self._line(dim(f"  turn {end.turn_id} ended: interrupted ({subtype})"))
+        else:
+            self._line(
+                dim(
+                    f"  turn {end.turn_id} ended: {subtype} (it finished before the "
+                    "interrupt took effect)"
+                )
+            )
+
+
+def _ends_turn(event: Event) -> bool:
+    return event.kind == "result" or (
+        event.kind == "error" and event.data.get("code") == "turn_failed"
+    )
 
 
 def _brief(value: object, *, lines: int = 1, width: int = 160) -> str:

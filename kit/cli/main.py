@@ -42,7 +42,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
     settings = dev_settings(project=args.project, host=None, port=None)
     target = find_target(settings.state_dir, args.url)
-    return asyncio.run(chat(target, args.session, args.message, args.json))
+    return asyncio.run(chat(target, args.session, args.message, args.json, args.retry_for))
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
@@ -208,7 +208,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session", nargs="?", help="resume this session id (default: a new session)")
     _target_options(p)
     p.add_argument("-m", "--message", help="send one message, print the reply, exit")
-    p.add_argument("--json", action="store_true", help="print events as JSON lines")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON lines, each with session_id (resume with `kit chat SESSION_ID`): "
+        '{"type":"event","session_id","seq","kind","turn_id","data"} per event and '
+        '{"type":"interrupt_ack","session_id","turn_id","interrupted"} per /interrupt; '
+        "notes for people go to stderr",
+    )
+    p.add_argument(
+        "--retry-for",
+        type=float,
+        metavar="SECONDS",
+        help="when the host goes away, keep reconnecting this long, then exit 1 (default: "
+        "forever at a terminal, 60 with -m or piped input; inf: forever)",
+    )
     p.set_defaults(func=_cmd_chat)
 
     p = _command(

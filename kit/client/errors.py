@@ -3,9 +3,9 @@
 ::
 
     KitError
-    └── ClientError            the client cannot go on
-        ├── SessionRefused     the host refused the session (wrong token, unknown id)
-        └── ConnectionLost     the host stayed unreachable past the retry budget
+    └── ClientError            the client cannot go on (or was asked something it cannot do)
+        ├── SessionRefused     the host refused the session (wrong token, unknown id, too large)
+        └── ConnectionLost     the host stayed unreachable past the reconnect budget
 """
 
 from __future__ import annotations
@@ -26,4 +26,13 @@ class SessionRefused(ClientError):
 
 
 class ConnectionLost(ClientError):
-    """The host could not be reached again within the reconnect budget."""
+    """The host could not be reached again within the reconnect budget.
+
+    ``unsent`` holds the messages (``client_msg_id`` → text) whose ``user`` event never
+    arrived: the host may not have them. Send them again with the same ids once the host
+    is back; it applies each at most once.
+    """
+
+    def __init__(self, message: str, unsent: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.unsent = dict(unsent or {})

@@ -1,16 +1,22 @@
-"""A session client that reconnects and resumes on its own.
+"""A session client that outlives its host: it reconnects, resumes and re-sends on its own.
 
 ::
 
     info = await create_session("http://127.0.0.1:8787", api_token)
-    async with SessionClient(info.ws_url, info.token) as client:
+    async with SessionClient(info.ws_url, info.token, on_status=print) as client:
         async for event in client.turn("Where is my order 1042?"):
             print(event.kind, event.data)
 
-The client remembers the last ``seq`` it saw. When the socket drops (host restart, network,
-``1001``) it reconnects with that ``seq``, so it gets exactly the events it missed, once;
-user messages not yet confirmed by their ``user`` event are sent again with the same
-``client_msg_id``, which the host applies at most once.
+The client remembers the last ``seq`` it saw. When the socket drops (host restart or
+crash, network, ``1001``) it reconnects with capped, jittered backoff
+(:class:`~kit.client.reconnect.ReconnectPolicy`) and says hello with that ``seq``, so it
+gets exactly the events it missed, once. Meanwhile :meth:`SessionClient.send` and
+:meth:`SessionClient.interrupt` never fail because the socket is down or mid-handshake:
+they queue. Once the replay has caught up, every message whose ``user`` event has not
+arrived goes out again with the same ``client_msg_id`` (the host applies each at most
+once) and unanswered interrupts are sent again. After ``give_up_after_s`` without a
+connection the client stops with :class:`ConnectionLost`; refusals (wrong token, unknown
+session, too large) stop it at once with :class:`SessionRefused`.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -30,20 +37,30 @@ from websockets.asyncio.client import ClientConnection as WsConnection
 from websockets.exceptions import ConnectionClosed
 
 from kit.client.errors import ClientError, ConnectionLost, SessionRefused
+from kit.client.reconnect import LIBRARY_POLICY, ConnectionStatus, ReconnectPolicy, StatusChange
+from kit.protocol import errors as e
 from kit.protocol.client import (
     ClientConnection,
+    ClientState,
     ErrorReceived,
     EventReceived,
     GapDetected,
+    InterruptAcked,
     Welcomed,
 )
-from kit.protocol.frames import Event
+from kit.protocol.errors import ProtocolError
+from kit.protocol.frames import Event, User, encode_client_frame, parse_client_frame
 
 log = logging.getLogger("kit.client")
 
-FATAL_CLOSE_CODES = {4400, 4401, 4404, 1009}
-RECONNECT_DELAYS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0)
-"""About 18 s of retries (counted since the last successful handshake) before :class:`ConnectionLost`."""
+FATAL_CLOSE_CODES = frozenset(
+    {e.CLOSE_BAD_REQUEST, e.CLOSE_UNAUTHORIZED, e.CLOSE_UNKNOWN_SESSION, e.CLOSE_TOO_LARGE}
+)
+"""Closes after which reconnecting cannot help (docs/protocol.md §8)."""
+FATAL_ERROR_CODES = frozenset({e.UNAUTHORIZED, e.UNKNOWN_SESSION, e.SEQ_AHEAD})
+"""Error frames that end the session when they answer a hello."""
+OPEN_TIMEOUT_S = 10.0
+"""How long one try may take to open the socket."""
 TURN_END_KINDS = {"result"}
 
 
@@ -76,26 +93,65 @@ async def create_session(base_url: str, api_token: str | None = None) -> Session
     return SessionInfo(body["session_id"], body["token"], body["ws_url"])
 
 
+@dataclass
+class _Outgoing:
+    """A message not yet confirmed by its ``user`` event, or an interrupt not yet answered.
+
+    It is written at most once per connection (``sent_on``) until it is settled.
+    """
+
+    msg_id: str | None
+    text: str
+    ack: asyncio.Future[InterruptAcked] | None = None
+    sent_on: int = 0
+    """The number of the connection it was last written on (0: none yet)."""
+
+
 class SessionClient:
-    """One session, over a WebSocket that is re-opened and resumed as needed."""
+    """One session, over a WebSocket that is re-opened and resumed as needed.
+
+    ``policy`` says how long to keep reconnecting (default: 60 s, see
+    :mod:`kit.client.reconnect`); ``reconnect=False`` gives up at the first drop.
+    ``on_status`` is called (from the client's task; it must not block) with a
+    :class:`StatusChange` whenever the connection opens, drops, retries or closes;
+    :attr:`status` holds the current one.
+    """
 
     def __init__(
-        self, ws_url: str, token: str, *, last_seq: int | None = None, reconnect: bool = True
+        self,
+        ws_url: str,
+        token: str,
+        *,
+        last_seq: int | None = None,
+        reconnect: bool = True,
+        policy: ReconnectPolicy = LIBRARY_POLICY,
+        on_status: Callable[[StatusChange], None] | None = None,
     ) -> None:
         self.ws_url = ws_url
         self.token = token
         self.last_seq = last_seq
         self.reconnect = reconnect
+        self.policy = policy
+        self.on_status = on_status
+        self.status = ConnectionStatus.CONNECTING
+        self.session_id: str | None = None
         self.reconnects = 0
+        """Reconnect tries so far (successful or not)."""
         self.duplicates_dropped = 0
-        self._events: asyncio.Queue[Event | BaseException] = asyncio.Queue()
-        self._unconfirmed: dict[str, str] = {}
+        """Events the host sent again that this client already had (all connections)."""
+        self._events: asyncio.Queue[Event | ClientError] = asyncio.Queue()
+        self._outbox: list[_Outgoing] = []
         self._ws: WsConnection | None = None
         self._proto: ClientConnection | None = None
-        self._open = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
+        self._connection = 0
         self._handshakes = 0
+        self._last_error: ErrorReceived | None = None
+        self._opened = asyncio.Event()
+        self._write_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._failure: ClientError | None = None
+        self._closing = False
+        self._rand: Callable[[], float] = random.random
 
     async def __aenter__(self) -> SessionClient:
         await self.connect()
@@ -109,45 +165,79 @@ class SessionClient:
     ) -> None:
         await self.close()
 
+    # -- public ------------------------------------------------------------------------
+
+    @property
+    def unsent(self) -> dict[str, str]:
+        """Messages (``client_msg_id`` → text) whose ``user`` event has not arrived yet."""
+        return {o.msg_id: o.text for o in self._outbox if o.msg_id is not None}
+
     async def connect(self) -> None:
-        """Open the socket and finish the handshake."""
+        """Open the socket and finish the handshake, retrying within the policy's budget."""
+        if self._task is not None:
+            raise ClientError("This client is already connected; open a new SessionClient.")
         self._task = asyncio.create_task(self._run(), name="kit-client")
-        opened = asyncio.create_task(self._open.wait())
-        done, _ = await asyncio.wait({opened, self._task}, return_when=asyncio.FIRST_COMPLETED)
-        if self._task in done:
-            opened.cancel()
-            self._task.result()
+        opened = asyncio.create_task(self._opened.wait())
+        await asyncio.wait({opened, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        opened.cancel()
+        if self._failure is not None:
+            raise self._failure
+        if self._task.done():
+            self._task.result()  # a bug in the client: let it show
             raise ClientError("The connection ended during the handshake.")
 
     async def close(self) -> None:
-        """Close the socket for good."""
-        self._closed = True
+        """Close the socket for good; unanswered interrupts fail with :class:`ClientError`."""
+        self._closing = True
         if self._ws is not None:
             await self._ws.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        if self.status is not ConnectionStatus.CLOSED:
+            self._set_status(StatusChange(ConnectionStatus.CLOSED, reason="closed by the client"))
+        self._settle_interrupts(ClientError("The client was closed before the host answered."))
 
     async def send(self, text: str, client_msg_id: str | None = None) -> str:
-        """Send a user message; returns its ``client_msg_id``."""
+        """Send a user message (queued while the host is away); returns its ``client_msg_id``.
+
+        Raises :class:`ClientError` only for a message the host would refuse (empty, too
+        long) or when the client has stopped for good.
+        """
+        self._check_usable()
         msg_id = client_msg_id or uuid.uuid4().hex
-        self._unconfirmed[msg_id] = text
-        await self._send_user(msg_id, text)
+        try:
+            parse_client_frame(encode_client_frame(User(msg_id, text)))
+        except ProtocolError as exc:
+            raise ClientError(f"This message cannot be sent: {exc.message}") from None
+        if msg_id not in self.unsent:
+            self._outbox.append(_Outgoing(msg_id, text))
+        await self._pump()
         return msg_id
 
-    async def interrupt(self) -> None:
-        """Ask the host to stop the running turn."""
-        await self._open.wait()
-        if self._proto is not None and self._ws is not None:
-            self._proto.send_interrupt()
-            await self._flush()
+    async def interrupt(self) -> InterruptAcked:
+        """Ask the host to stop the running turn; its answer (see :class:`InterruptAcked`).
+
+        While the host is away the request waits, and it is sent again on the next
+        connection if the host did not answer on the last: it then stops whatever turn is
+        running at that time.
+        """
+        self._check_usable()
+        ack: asyncio.Future[InterruptAcked] = asyncio.get_running_loop().create_future()
+        self._outbox.append(_Outgoing(None, "", ack))
+        await self._pump()
+        return await ack
 
     async def events(self) -> AsyncIterator[Event]:
-        """Every event of the session, in order, each once (replayed ones included)."""
+        """Every event of the session, in order, each once (replayed ones included).
+
+        Raises the :class:`ClientError` that stopped the client, if one does.
+        """
         while True:
             item = await self._events.get()
-            if isinstance(item, BaseException):
+            if isinstance(item, ClientError):
+                self._events.put_nowait(item)  # every later reader learns it too
                 raise item
             yield item
 
@@ -166,96 +256,209 @@ class SessionClient:
             ):
                 return
 
-    async def _send_user(self, msg_id: str, text: str) -> None:
-        await self._open.wait()
-        if self._proto is not None and self._ws is not None:
-            self._proto.send_user(msg_id, text)
-            with contextlib.suppress(ConnectionClosed):
-                await self._flush()
+    # -- sending -----------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._closing:
+            raise ClientError("This client is closed; open a new SessionClient.")
+
+    async def _pump(self) -> None:
+        """Write every unsettled item not yet written on this connection, in order."""
+        proto = self._proto
+        if self.status is not ConnectionStatus.OPEN or proto is None:
+            return  # queued: the next caught-up connection sends it
+        for item in list(self._outbox):
+            if item.sent_on == self._connection:
+                continue
+            if item.ack is None:
+                assert item.msg_id is not None
+                proto.send_user(item.msg_id, item.text)
+            elif item.ack.done():  # the caller gave up waiting before it went out
+                self._outbox.remove(item)
+                continue
+            else:
+                proto.send_interrupt()
+            item.sent_on = self._connection
+        await self._flush()
 
     async def _flush(self) -> None:
-        assert self._proto is not None
-        assert self._ws is not None
-        for frame in self._proto.data_to_send():
-            await self._ws.send(frame)
+        async with self._write_lock:
+            proto, ws = self._proto, self._ws
+            if proto is None or ws is None:
+                return
+            for frame in proto.data_to_send():
+                try:
+                    await ws.send(frame)
+                except ConnectionClosed:
+                    return  # the reader sees the close; the outbox is sent again on reconnect
+
+    # -- the connection loop -------------------------------------------------------------
 
     async def _run(self) -> None:
-        attempt = 0
+        loop = asyncio.get_running_loop()
+        attempt, since = 0, loop.time()
         try:
-            while not self._closed:
+            while True:
                 handshakes = self._handshakes
-                try:
-                    await self._session_once()
-                except (
-                    OSError,
-                    ConnectionClosed,
-                    websockets.InvalidHandshake,
-                    TimeoutError,
-                ) as exc:
-                    code = getattr(getattr(exc, "rcvd", None), "code", None)
-                    if code in FATAL_CLOSE_CODES:
-                        raise SessionRefused(str(code), getattr(exc.rcvd, "reason", "")) from exc  # type: ignore[union-attr]
-                    log.info("connection lost (%s); resuming after seq %s", exc, self.last_seq)
+                reason = await self._connect_once()
+                if self._closing:
+                    return
                 if self._handshakes > handshakes:
-                    attempt = 0  # that connection worked: start the retry budget afresh
-                if self._closed or not self.reconnect:
-                    raise ConnectionLost("The connection closed.")
-                if attempt >= len(RECONNECT_DELAYS_S):
+                    attempt, since = 0, loop.time()  # that one worked: a fresh budget
+                if not self.reconnect:
                     raise ConnectionLost(
-                        f"Could not reconnect to {self.ws_url} after {attempt} tries."
+                        f"The connection to {self.ws_url} ended ({reason}); reconnecting is "
+                        "off (SessionClient(reconnect=False)).",
+                        self.unsent,
                     )
-                await asyncio.sleep(RECONNECT_DELAYS_S[attempt])
+                waited = loop.time() - since
+                if waited >= self.policy.give_up_after_s:
+                    raise ConnectionLost(self._gave_up(waited, attempt, reason), self.unsent)
+                delay = self.policy.delay(attempt, self._rand())
+                delay = min(delay, self.policy.give_up_after_s - waited)
                 attempt += 1
+                status = (
+                    ConnectionStatus.RECONNECTING
+                    if self._handshakes
+                    else ConnectionStatus.CONNECTING
+                )
+                self._set_status(StatusChange(status, attempt, reason, delay))
+                await asyncio.sleep(delay)
                 self.reconnects += 1
         except ClientError as exc:
-            self._events.put_nowait(exc)
-            self._open.set()
-            if not self._closed:
-                raise
+            self._fail(exc)
 
-    async def _session_once(self) -> None:
-        self._open.clear()
-        async with websockets.connect(self.ws_url, max_size=2**24, open_timeout=15) as ws:
-            self._ws = ws
-            proto = self._proto = ClientConnection(self.token, self.last_seq)
-            proto.start()
-            await self._flush()
-            async for raw in ws:
-                text = raw if isinstance(raw, str) else raw.decode()
-                for item in proto.receive_text(text):
-                    if isinstance(item, Welcomed):
-                        self._handshakes += 1
-                        if self.reconnects:
-                            self._queue_unconfirmed(proto)
-                        self._open.set()
-                    elif isinstance(item, EventReceived):
-                        self.last_seq = item.event.seq
-                        self._confirm(item.event)
-                        self._events.put_nowait(item.event)
-                    elif isinstance(item, ErrorReceived) and proto.state.value != "open":
-                        if item.code in ("unauthorized", "unknown_session", "seq_ahead"):
-                            raise SessionRefused(item.code, item.message)
-                    elif isinstance(item, GapDetected):
-                        log.warning(
-                            "gap: expected seq %d, got %d; resuming", item.expected, item.got
-                        )
-                        await ws.close()
-                        return
-                self.duplicates_dropped = proto.duplicates_dropped
+    def _gave_up(self, waited: float, attempts: int, reason: str) -> str:
+        unsent = len(self.unsent)
+        lost = (
+            f" {unsent} message(s) were not confirmed by the host; they are in "
+            "ConnectionLost.unsent, to send again with the same ids."
+            if unsent
+            else ""
+        )
+        return (
+            f"Gave up reconnecting to {self.ws_url} after {waited:.0f} s and {attempts} "
+            f"tries (last: {reason}). Start the host again and resume with a new client "
+            f"(last_seq={self.last_seq}), or allow longer with "
+            f"ReconnectPolicy(give_up_after_s=…).{lost}"
+        )
+
+    async def _connect_once(self) -> str:
+        """One connection, from dial to close; why it ended (raises if it must not retry)."""
+        self._connection += 1
+        self._last_error = None  # the error frame (if any) that explains this close
+        code: int | None = None
+        why = ""
+        try:
+            async with websockets.connect(
+                self.ws_url, max_size=2**24, open_timeout=OPEN_TIMEOUT_S
+            ) as ws:
+                proto = ClientConnection(self.token, self.last_seq)
+                proto.start()
+                self._ws, self._proto = ws, proto
                 await self._flush()
+                async for raw in ws:
+                    if await self._receive(proto, raw if isinstance(raw, str) else raw.decode()):
+                        await ws.close()
+                        return "events arrived out of order; resuming"
+            code, why = ws.close_code, ws.close_reason or ""
+        except ConnectionClosed as exc:
+            code, why = (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (None, "")
+        except (OSError, websockets.InvalidHandshake, TimeoutError) as exc:
+            return f"cannot connect: {exc}"
+        finally:
+            self._ws = self._proto = None
+        error = self._error_before_close()
+        if code in FATAL_CLOSE_CODES:
+            if error is not None:
+                raise SessionRefused(error.code, error.message)
+            raise SessionRefused(why or str(code), f"the host closed the connection with {code}.")
+        if error is not None and error.code == e.SHUTTING_DOWN:
+            return "the host is shutting down"
+        if code is None or code == 1006:
+            return "the connection dropped"
+        return f"the host closed the connection ({code}{' ' + why if why else ''})"
+
+    async def _receive(self, proto: ClientConnection, text: str) -> bool:
+        """Handle one frame; true when the connection must be dropped and resumed."""
+        dropped = proto.duplicates_dropped
+        try:
+            items = proto.receive_text(text)
+        except ProtocolError as exc:
+            raise ClientError(f"The host broke the session protocol: {exc.message}") from exc
+        self.duplicates_dropped += proto.duplicates_dropped - dropped
+        for item in items:
+            if isinstance(item, Welcomed):
+                self._handshakes += 1
+                self.session_id = item.session_id
+            elif isinstance(item, EventReceived):
+                self.last_seq = item.event.seq
+                self._confirm(item.event)
+                self._events.put_nowait(item.event)
+            elif isinstance(item, InterruptAcked):
+                self._answer_interrupt(item)
+            elif isinstance(item, ErrorReceived):
+                self._last_error = item
+                if proto.state is not ClientState.OPEN and item.code in FATAL_ERROR_CODES:
+                    raise SessionRefused(item.code, item.message)
+                log.info("host error %s: %s", item.code, item.message)
+            elif isinstance(item, GapDetected):
+                log.warning("gap: expected seq %d, got %d; resuming", item.expected, item.got)
+                return True
+        if proto.caught_up and self.status is not ConnectionStatus.OPEN:
+            self._set_status(StatusChange(ConnectionStatus.OPEN))
+            self._opened.set()
+        if proto.caught_up:
+            await self._pump()  # also writes the handshake's ack
+        else:
+            await self._flush()
+        return False
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def _error_before_close(self) -> ErrorReceived | None:
+        return self._last_error
 
     def _confirm(self, event: Event) -> None:
         if event.kind == "user":
-            self._unconfirmed.pop(str(event.data.get("client_msg_id")), None)
+            msg_id = event.data.get("client_msg_id")
+            self._outbox = [o for o in self._outbox if o.msg_id is None or o.msg_id != msg_id]
 
-    def _queue_unconfirmed(self, proto: ClientConnection) -> None:
-        # After a reconnect: messages whose user event we never saw go again, same ids.
-        for msg_id, text in self._unconfirmed.items():
-            proto.send_user(msg_id, text)
+    def _answer_interrupt(self, ack: InterruptAcked) -> None:
+        # Acks come in the order the interrupts were written on this connection.
+        for item in self._outbox:
+            if item.ack is not None and item.sent_on == self._connection:
+                self._outbox.remove(item)
+                if not item.ack.done():
+                    item.ack.set_result(ack)
+                return
+
+    def _settle_interrupts(self, exc: ClientError) -> None:
+        for item in [o for o in self._outbox if o.ack is not None]:
+            self._outbox.remove(item)
+            if item.ack is not None and not item.ack.done():
+                item.ack.set_exception(exc)
+
+    def _set_status(self, change: StatusChange) -> None:
+        self.status = change.status
+        if self.on_status is not None:
+            try:
+                self.on_status(change)
+            except Exception:
+                log.exception("on_status raised; the client carries on")
+
+    def _fail(self, exc: ClientError) -> None:
+        self._failure = exc
+        self._set_status(StatusChange(ConnectionStatus.CLOSED, reason=str(exc)))
+        self._events.put_nowait(exc)
+        self._settle_interrupts(exc)
+        self._opened.set()
 
 
 def dumps_event(event: Event) -> str:
-    """An event as one JSON line (for logs and ``kit chat --json``)."""
+    """An event as one JSON line (for logs)."""
     return json.dumps(
         {"seq": event.seq, "kind": event.kind, "turn_id": event.turn_id, "data": event.data},
         ensure_ascii=False,

@@ -237,8 +237,23 @@ async def _read_loop(
                 await client.session.submit(item.client_msg_id, item.text)
             elif isinstance(item, InterruptRequested):
                 assert client.session is not None
-                await client.session.interrupt()
+                await _interrupt(client, client.session)
         client.flush()
+
+
+async def _interrupt(client: ClientSocket, session: Session) -> None:
+    """Stop the running turn and answer the requesting socket with ``interrupt_ack``.
+
+    The ack names the oldest open turn (the one the session runs, or runs next) and
+    whether the stop reached a sandbox running it; a turn that is queued, or whose
+    sandbox is starting or restarting, is open but not interrupted (docs/protocol.md §3).
+    """
+    open_before = await session.log.open_turns()
+    interrupted = await session.interrupt()
+    # A turn can start between the two calls: then name the one that was stopped.
+    turns = open_before or (await session.log.open_turns() if interrupted else [])
+    if not client.closing:
+        client.conn.acknowledge_interrupt(turns[0].turn_id if turns else None, interrupted)
 
 
 async def _hello(host: SessionHost, client: ClientSocket, hello: HelloReceived) -> None:

@@ -12,6 +12,7 @@ from kit.protocol.client import (
     ErrorReceived,
     EventReceived,
     GapDetected,
+    InterruptAcked,
     PongReceived,
     Welcomed,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "Hello",
     "HelloReceived",
     "Interrupt",
+    "InterruptAcked",
     "InterruptRequested",
     "InvalidStateError",
     "Ping",

@@ -1,8 +1,9 @@
 """The client side of a session connection, sans I/O.
 
 It says hello with the last ``seq`` it has, acks the welcome so the host replays what it
-missed, drops events it already has (so a resume never shows an event twice) and reports
-a gap (so the caller reconnects and resumes instead of silently losing events).
+missed, drops events it already has (so a resume never shows an event twice), reports
+a gap (so the caller reconnects and resumes instead of silently losing events) and pairs
+each ``interrupt_ack`` with the interrupt it answers.
 """
 
 from __future__ import annotations
@@ -66,6 +67,23 @@ class PongReceived:
 
 
 @dataclass(frozen=True)
+class InterruptAcked:
+    """The host's answer to an interrupt (the oldest one this connection has not had
+    answered).
+
+    ``turn_id`` is the session's oldest open turn when the host handled the interrupt, or
+    None when no turn was open. ``interrupted`` is true when the stop was passed to the
+    sandbox running that turn; false with a ``turn_id`` means the turn is open but not
+    running in a sandbox at that moment (queued, its sandbox starting or restarting), so
+    nothing was stopped. Either way the turn's end event (``result``, or ``error``
+    ``turn_failed``) says how it really ended.
+    """
+
+    turn_id: str | None
+    interrupted: bool
+
+
+@dataclass(frozen=True)
 class GapDetected:
     """An event arrived past the next expected seq: reconnect and resume from ``last_seq``."""
 
@@ -73,7 +91,7 @@ class GapDetected:
     got: int
 
 
-ClientInput = Welcomed | EventReceived | ErrorReceived | PongReceived | GapDetected
+ClientInput = Welcomed | EventReceived | ErrorReceived | PongReceived | GapDetected | InterruptAcked
 
 
 class ClientConnection:
@@ -85,6 +103,10 @@ class ClientConnection:
         self.state = ClientState.IDLE
         self.duplicates_dropped = 0
         self.session_id: str | None = None
+        self.welcome_last_seq: int | None = None
+        """The session's newest ``seq`` when the host welcomed this connection."""
+        self.interrupts_unacked = 0
+        """Interrupts sent on this connection that the host has not answered yet."""
         self._out: list[str] = []
 
     def start(self) -> None:
@@ -103,6 +125,7 @@ class ClientConnection:
         """Queue an interrupt of the running turn."""
         self._require_open("interrupt")
         self._out.append(encode_client_frame(Interrupt()))
+        self.interrupts_unacked += 1
 
     def send_ping(self) -> None:
         """Queue a ping."""
@@ -134,6 +157,8 @@ class ClientConnection:
             return [ErrorReceived(str(obj.get("code", "")), str(obj.get("message", "")))]
         if kind == "pong":
             return [PongReceived()]
+        if kind == "interrupt_ack":
+            return [self._interrupt_ack(obj)]
         return []  # frame types from a newer host are ignored
 
     def data_to_send(self) -> list[str]:
@@ -147,10 +172,33 @@ class ClientConnection:
             raise ProtocolError(e.PROTOCOL_VIOLATION, f"Unknown resume mode {resume!r}.")
         welcomed = Welcomed(str(obj.get("session_id")), resume, int(obj.get("last_seq", 0)))
         self.session_id = welcomed.session_id
+        self.welcome_last_seq = welcomed.last_seq
         self.state = ClientState.OPEN
         if resume != "none":
             self.send_ack()
         return welcomed
+
+    @property
+    def caught_up(self) -> bool:
+        """Welcomed and holding every event the session had at the welcome (replay done)."""
+        return self.state is ClientState.OPEN and (self.last_seq or 0) >= (
+            self.welcome_last_seq or 0
+        )
+
+    def _interrupt_ack(self, obj: dict[str, Any]) -> InterruptAcked:
+        turn_id, interrupted = obj.get("turn_id"), obj.get("interrupted")
+        if not (turn_id is None or isinstance(turn_id, str)) or not isinstance(interrupted, bool):
+            raise ProtocolError(
+                e.PROTOCOL_VIOLATION,
+                "The host sent an interrupt_ack without a string-or-null turn_id and a "
+                "boolean interrupted.",
+            )
+        if self.interrupts_unacked == 0:
+            raise ProtocolError(
+                e.PROTOCOL_VIOLATION, "The host acknowledged an interrupt that was not sent."
+            )
+        self.interrupts_unacked -= 1
+        return InterruptAcked(turn_id, interrupted)
 
     def _event(self, obj: dict[str, Any]) -> list[ClientInput]:
         seq = obj.get("seq")

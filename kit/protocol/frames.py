@@ -71,7 +71,7 @@ class Ack:
 
 @dataclass(frozen=True)
 class Interrupt:
-    """Stop the running turn."""
+    """Stop the running turn; the host answers with an ``interrupt_ack`` frame."""
 
 
 @dataclass(frozen=True)
@@ -212,6 +212,17 @@ def error_frame(code: str, message: str) -> str:
 def pong_frame() -> str:
     """The answer to ``ping``."""
     return _dump({"type": "pong"})
+
+
+def interrupt_ack_frame(turn_id: str | None, interrupted: bool) -> str:
+    """The answer to ``interrupt``, sent to the requesting socket only.
+
+    ``turn_id`` is the session's oldest open turn when the host handled the interrupt
+    (``None``: no turn was open); ``interrupted`` says whether the stop was passed to a
+    sandbox running that turn. The turn's own end event (``result`` or ``turn_failed``)
+    is the last word on how it ended.
+    """
+    return _dump({"type": "interrupt_ack", "turn_id": turn_id, "interrupted": interrupted})
 
 
 def _dump(obj: dict[str, Any]) -> str:

@@ -3,7 +3,8 @@
 Feed it the text of each received WebSocket message with :meth:`ServerConnection.receive_text`;
 it validates frames, answers ``ping`` itself, queues error frames for bad input and returns
 what the host must act on (hello, user, ack, interrupt). The host answers with
-:meth:`accept` or :meth:`reject`, pushes events with :meth:`send_event`, and writes whatever
+:meth:`accept` or :meth:`reject` (hello) and :meth:`acknowledge_interrupt` (each interrupt,
+in order), pushes events with :meth:`send_event`, and writes whatever
 :meth:`data_to_send` returns. When :attr:`close_code` is set the host sends the pending
 frames, then closes the socket with that code.
 
@@ -32,6 +33,7 @@ from kit.protocol.frames import (
     User,
     error_frame,
     event_frame,
+    interrupt_ack_frame,
     parse_client_frame,
     pong_frame,
     welcome_frame,
@@ -80,7 +82,7 @@ class Acked:
 
 @dataclass(frozen=True)
 class InterruptRequested:
-    """The client asks to stop the running turn."""
+    """The client asks to stop the running turn; answer with :meth:`ServerConnection.acknowledge_interrupt`."""
 
 
 ServerInput = HelloReceived | UserReceived | HandshakeAcked | Acked | InterruptRequested
@@ -96,6 +98,8 @@ class ServerConnection:
         self.acked_seq = 0
         self.close_code: int | None = None
         self.close_reason = ""
+        self.interrupts_unanswered = 0
+        """Interrupts handed to the host that :meth:`acknowledge_interrupt` has not answered."""
         self._out: list[str] = []
 
     # -- input -----------------------------------------------------------------------
@@ -130,6 +134,7 @@ class ServerConnection:
                 return [HandshakeAcked(frame.seq)]
             return [Acked(frame.seq)]
         assert isinstance(frame, Interrupt)
+        self.interrupts_unanswered += 1
         return [InterruptRequested()]
 
     # -- host decisions ----------------------------------------------------------------
@@ -172,6 +177,21 @@ class ServerConnection:
                 f"Cannot send an event on a connection in state {self.state.value}."
             )
         self._out.append(event_frame(event, replay=replay))
+
+    def acknowledge_interrupt(self, turn_id: str | None, interrupted: bool) -> None:
+        """Answer the oldest unanswered :class:`InterruptRequested` (docs/protocol.md §3).
+
+        ``turn_id``: the oldest open turn when the host handled it, or None if there was
+        none; ``interrupted``: whether the stop reached a sandbox running that turn.
+        """
+        if self.state not in (ConnectionState.HANDSHAKE, ConnectionState.LIVE):
+            raise InvalidStateError(
+                f"Cannot acknowledge an interrupt on a connection in state {self.state.value}."
+            )
+        if self.interrupts_unanswered == 0:
+            raise InvalidStateError("Cannot acknowledge an interrupt the client did not send.")
+        self.interrupts_unanswered -= 1
+        self._out.append(interrupt_ack_frame(turn_id, interrupted))
 
     def send_error(self, code: str, message: str) -> None:
         """Queue an error frame without closing (e.g. a turn could not be queued)."""

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import json
 
-from kit.protocol.client import ClientConnection, EventReceived, GapDetected, Welcomed
+import pytest
+
+from kit.protocol.client import (
+    ClientConnection,
+    EventReceived,
+    GapDetected,
+    InterruptAcked,
+    Welcomed,
+)
+from kit.protocol.errors import ProtocolError
 
 
 def _event(seq: int, replay: bool = False) -> str:
@@ -46,3 +55,48 @@ def test_unknown_frame_types_are_ignored() -> None:
     """Frames from a newer host that this client does not know are ignored."""
     conn = ClientConnection("tok")
     assert conn.receive_text('{"type":"future_thing","x":1}') == []
+
+
+def _open(last_seq: int | None = None, welcome_last_seq: int = 0) -> ClientConnection:
+    conn = ClientConnection("tok", last_seq=last_seq)
+    conn.start()
+    resume = "resuming" if welcome_last_seq > (last_seq or 0) else "none"
+    conn.receive_text(
+        json.dumps(
+            {"type": "welcome", "session_id": "s", "resume": resume, "last_seq": welcome_last_seq}
+        )
+    )
+    conn.data_to_send()
+    return conn
+
+
+def test_interrupt_acks_are_paired_with_interrupts() -> None:
+    """Each interrupt_ack answers one interrupt sent; one more is a protocol violation."""
+    conn = _open()
+    conn.send_interrupt()
+    assert json.loads(conn.data_to_send()[0]) == {"type": "interrupt"}
+    ack = '{"type":"interrupt_ack","turn_id":"t2","interrupted":true}'
+    assert conn.receive_text(ack) == [InterruptAcked("t2", True)]
+    with pytest.raises(ProtocolError, match="not sent"):
+        conn.receive_text(ack)
+
+
+def test_malformed_interrupt_ack_is_a_violation() -> None:
+    """An ack without a boolean interrupted (or with a non-string turn_id) is refused."""
+    conn = _open()
+    conn.send_interrupt()
+    with pytest.raises(ProtocolError, match="boolean interrupted"):
+        conn.receive_text('{"type":"interrupt_ack","turn_id":3,"interrupted":true}')
+    with pytest.raises(ProtocolError, match="boolean interrupted"):
+        conn.receive_text('{"type":"interrupt_ack","turn_id":null,"interrupted":"no"}')
+
+
+def test_caught_up_once_the_replay_reaches_the_welcome() -> None:
+    """A resuming connection is caught up only when it holds every event the welcome named."""
+    conn = _open(last_seq=1, welcome_last_seq=3)
+    progress = [conn.caught_up]
+    for seq in (2, 3):
+        conn.receive_text(_event(seq, replay=True))
+        progress.append(conn.caught_up)
+    assert progress == [False, False, True]
+    assert _open(last_seq=2, welcome_last_seq=2).caught_up

@@ -1,5 +1,5 @@
 """The golden transcripts that need no agent, replayed against ServerConnection with a
-minimal reference host (token check, empty log)."""
+minimal reference host (token check, empty log, so no turn to interrupt)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from kit.protocol import errors as e
 from kit.protocol.golden import load_golden, matches
-from kit.protocol.server import HelloReceived, ServerConnection
+from kit.protocol.server import HelloReceived, InterruptRequested, ServerConnection
 
 VARS = {"token": "good-token", "session_id": "s-golden"}
 
@@ -34,6 +34,8 @@ def _replay(name: str) -> None:
                         conn.reject(e.UNAUTHORIZED, "Wrong session token.", e.CLOSE_UNAUTHORIZED)
                     else:
                         conn.accept("none", 0)
+                elif isinstance(item, InterruptRequested):
+                    conn.acknowledge_interrupt(None, False)  # the empty log has no turn
             pending.extend(json.loads(f) for f in conn.data_to_send())
         elif step.action == "expect":
             assert pending, f"{name}: expected {step.value}, host sent nothing"
@@ -43,7 +45,7 @@ def _replay(name: str) -> None:
             assert conn.close_code == step.value
 
 
-@pytest.mark.parametrize("name", ["bad_input", "oversize"])
+@pytest.mark.parametrize("name", ["bad_input", "oversize", "interrupt"])
 def test_golden_transcript(name: str) -> None:
     """The host side of the transcript is reproduced frame by frame."""
     _replay(name)

@@ -124,3 +124,32 @@ def test_oversize_frame_closes_1009() -> None:
     conn.receive_text('{"type":"ping","pad":"' + "x" * 300_000 + '"}')
     assert conn.close_code == 1009
     assert _frames(conn)[0]["code"] == e.TOO_LARGE
+
+
+def test_each_interrupt_gets_one_ack_in_order() -> None:
+    """Interrupts are answered one by one with interrupt_ack; an extra ack is refused."""
+    conn = ServerConnection("s1")
+    conn.receive_text('{"type":"hello","token":"t","last_seq":null}')
+    conn.accept("none", 0)
+    conn.data_to_send()
+    conn.receive_text('{"type":"interrupt"}')
+    conn.receive_text('{"type":"interrupt"}')
+    conn.acknowledge_interrupt("t1", True)
+    conn.acknowledge_interrupt(None, False)
+    assert _frames(conn) == [
+        {"type": "interrupt_ack", "turn_id": "t1", "interrupted": True},
+        {"type": "interrupt_ack", "turn_id": None, "interrupted": False},
+    ]
+    with pytest.raises(InvalidStateError, match="did not send"):
+        conn.acknowledge_interrupt(None, False)
+
+
+def test_no_ack_on_a_closed_connection() -> None:
+    """An interrupt answered after the connection closed raises, naming the state."""
+    conn = ServerConnection("s1")
+    conn.receive_text('{"type":"hello","token":"t","last_seq":null}')
+    conn.accept("none", 0)
+    conn.receive_text('{"type":"interrupt"}')
+    conn.close(e.SHUTTING_DOWN, "Bye.", e.CLOSE_GOING_AWAY)
+    with pytest.raises(InvalidStateError, match="closed"):
+        conn.acknowledge_interrupt(None, False)

@@ -1,0 +1,500 @@
+"""kit.client against real hosts: scripted WebSocket servers on port 0 for close codes and
+budgets, the in-process stack restarted on its port, and real `kit dev` processes stopped
+with Ctrl-C or SIGKILL while a message is on its way."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from kit.cli.stack import run_stack
+from kit.client import (
+    ClientError,
+    ConnectionLost,
+    ConnectionStatus,
+    ReconnectPolicy,
+    SessionClient,
+    SessionRefused,
+    StatusChange,
+    create_session,
+)
+from kit.protocol.frames import Event
+from tests.agents import RECOVERED_REPLY, until_prompt_stored, write_agent
+from tests.conftest import stack_settings
+from tests.e2e.test_kit_dev import start_kit_dev, stop_kit_dev
+
+QUICK = ReconnectPolicy(first_delay_s=0.02, max_delay_s=0.1, give_up_after_s=60)
+WAIT_S = 60.0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def _welcome(last_seq: int = 0) -> str:
+    return json.dumps(
+        {"type": "welcome", "session_id": "s", "resume": "none", "last_seq": last_seq}
+    )
+
+
+@contextlib.asynccontextmanager
+async def scripted_host(
+    script: Callable[[ServerConnection], Awaitable[None]],
+) -> AsyncIterator[tuple[str, list[ServerConnection]]]:
+    """A WebSocket server on a free port running ``script`` per connection; yields its URL
+    and the connections it took."""
+    seen: list[ServerConnection] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        seen.append(ws)
+        await script(ws)
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/v1/sessions/s/ws", seen
+
+
+class StatusLog:
+    """Every status change, and a way to wait for one."""
+
+    def __init__(self) -> None:
+        self.changes: list[StatusChange] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, change: StatusChange) -> None:
+        self.changes.append(change)
+        self._changed.set()
+
+    async def until(self, status: ConnectionStatus) -> None:
+        async with asyncio.timeout(WAIT_S):
+            while not self.changes or self.changes[-1].status is not status:
+                self._changed.clear()
+                await self._changed.wait()
+
+
+async def _drain(client: SessionClient) -> None:
+    """Read events until the client stops (it raises why)."""
+    async with asyncio.timeout(WAIT_S):
+        async for _event in client.events():
+            pass
+
+
+async def _connect_and_drain(client: SessionClient) -> None:
+    await client.connect()
+    await _drain(client)
+
+
+# -- refusals and budgets (scripted hosts) -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "error", "before_welcome"),
+    [
+        (4401, "unauthorized", True),
+        (4404, "unknown_session", True),
+        (4400, "seq_ahead", True),
+        (1009, "too_large", False),
+    ],
+)
+async def test_fatal_closes_stop_at_once(code: int, error: str, before_welcome: bool) -> None:
+    """Unauthorized, unknown session, seq_ahead and too_large end the client with
+    SessionRefused on the first connection: no retry."""
+
+    async def refuse(ws: ServerConnection) -> None:
+        await ws.recv()
+        if not before_welcome:
+            await ws.send(_welcome())
+        await ws.send(json.dumps({"type": "error", "code": error, "message": "No."}))
+        await ws.close(code, error)
+
+    async with scripted_host(refuse) as (url, seen):
+        client = SessionClient(url, "tok", policy=QUICK)
+        with pytest.raises(SessionRefused) as refused:
+            await _connect_and_drain(client)
+        await client.close()
+    assert refused.value.code == error
+    assert len(seen) == 1
+    assert client.reconnects == 0
+    assert client.status is ConnectionStatus.CLOSED
+    with pytest.raises(SessionRefused):
+        await client.send("still there?")
+
+
+@pytest.mark.parametrize("code", [1001, 1011, 4408, 4409])
+async def test_other_closes_are_retried(code: int) -> None:
+    """Shutting down, internal, slow consumer and session elsewhere mean "reconnect"."""
+    again = asyncio.Event()
+
+    async def close_first(ws: ServerConnection) -> None:
+        await ws.recv()
+        await ws.send(_welcome())
+        if again.is_set():
+            await ws.wait_closed()
+            return
+        again.set()
+        await ws.close(code, "bye")
+
+    async with scripted_host(close_first) as (url, seen):
+        status = StatusLog()
+        async with SessionClient(url, "tok", policy=QUICK, on_status=status) as client:
+            await status.until(ConnectionStatus.RECONNECTING)
+            await status.until(ConnectionStatus.OPEN)
+        assert len(seen) == 2
+        assert client.reconnects == 1
+
+
+async def test_gives_up_after_the_budget_with_what_to_do() -> None:
+    """A host that never comes back ends the client with ConnectionLost after the budget;
+    the message says what to do and carries the messages the host never confirmed."""
+
+    async def welcome_then_die(ws: ServerConnection) -> None:
+        await ws.recv()
+        await ws.send(_welcome())
+        await ws.close(1001, "shutting_down")
+
+    budget = dataclasses.replace(QUICK, give_up_after_s=0.5)
+    status = StatusLog()
+    async with scripted_host(welcome_then_die) as (url, _seen):
+        client = SessionClient(url, "tok", policy=budget, on_status=status)
+        await client.connect()
+    # The server is gone now: every try is refused.
+    await status.until(ConnectionStatus.RECONNECTING)
+    msg_id = await client.send("are you there?")  # queued, not raised
+    with pytest.raises(ConnectionLost) as lost:
+        await _drain(client)
+    assert lost.value.unsent == {msg_id: "are you there?"}
+    assert "Start the host again" in str(lost.value)
+    assert "give_up_after_s" in str(lost.value)
+    retries = [c for c in status.changes if c.status is ConnectionStatus.RECONNECTING]
+    assert [c.attempt for c in retries] == list(range(1, len(retries) + 1))
+    assert all(c.retry_in_s is not None and c.retry_in_s <= 0.1 for c in retries)
+    assert status.changes[-1].status is ConnectionStatus.CLOSED
+    await client.close()
+
+
+async def test_first_connection_retries_within_the_budget() -> None:
+    """No host at all: connect() keeps trying for the budget, then says so."""
+    url = f"ws://127.0.0.1:{_free_port()}/v1/sessions/s/ws"
+    client = SessionClient(url, "tok", policy=dataclasses.replace(QUICK, give_up_after_s=0.3))
+    with pytest.raises(ConnectionLost, match="Gave up reconnecting"):
+        await asyncio.wait_for(client.connect(), WAIT_S)
+    assert client.reconnects >= 2
+
+
+async def test_a_message_the_host_would_refuse_is_refused_here() -> None:
+    """An empty or oversized message raises at once, before anything is queued."""
+    client = SessionClient("ws://127.0.0.1:9/unused", "tok")
+    with pytest.raises(ClientError, match="non-empty"):
+        await client.send("   ")
+    with pytest.raises(ClientError, match="100000"):
+        await client.send("x" * 100_001)
+    assert client.unsent == {}
+
+
+# -- a real host, restarted --------------------------------------------------------------
+
+
+async def test_message_sent_while_the_host_is_down_is_queued_and_applied_once(
+    kit_tmp: Path,
+) -> None:
+    """The stack stops (1001): send() queues instead of raising; the stack starts again on
+    the same port and state, and the message is applied once and answered."""
+    project = write_agent(kit_tmp / "agent")
+    settings = dataclasses.replace(stack_settings(kit_tmp / "state", project), port=_free_port())
+    status = StatusLog()
+    async with run_stack(settings) as stack:
+        info = await create_session(stack.url, stack.api_token)
+        client = SessionClient(info.ws_url, info.token, policy=QUICK, on_status=status)
+        await client.connect()
+    await status.until(ConnectionStatus.RECONNECTING)
+    msg_id = await client.send("hello while you were away")
+    assert client.status is ConnectionStatus.RECONNECTING
+    assert client.unsent == {msg_id: "hello while you were away"}
+    try:
+        async with run_stack(settings):
+            events = await _until_result(client)
+    finally:
+        await client.close()
+    users = [e for e in events if e.kind == "user" and e.data["client_msg_id"] == msg_id]
+    assert len(users) == 1
+    assert events[-1].data["text"] == "You said: hello while you were away"
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert client.unsent == {}
+
+
+async def _until_result(client: SessionClient, seen: list[Event] | None = None) -> list[Event]:
+    events = seen if seen is not None else []
+    async with asyncio.timeout(180):
+        async for event in client.events():
+            events.append(event)
+            if event.kind == "result":
+                return events
+    raise AssertionError("the events ended without a result")
+
+
+class HoldingProxy:
+    """Forwards a loopback port to the host. A held direction is read but kept back; if the
+    host goes away meanwhile, what was held is lost with the connection (it is reset), as
+    if the host died just before sending, or just before receiving."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._up = asyncio.Event()
+        self._down = asyncio.Event()
+        self.release()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def hold(self, *, up: bool) -> None:
+        """Hold what the host sends, and with ``up`` also what the client sends."""
+        self._down.clear()
+        if up:
+            self._up.clear()
+
+    def release(self) -> None:
+        self._up.set()
+        self._down.set()
+
+    async def aclose(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        up = asyncio.create_task(_forward(reader, up_writer, self._up))
+        await _forward(up_reader, writer, self._down)
+        writer.transport.abort()  # the host is gone: so is whatever was held for the client
+        up.cancel()
+
+
+async def _forward(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event
+) -> None:
+    """Copy until EOF; while ``flowing`` is clear, keep what is read."""
+    held = bytearray()
+    with contextlib.suppress(OSError):
+        while data := await reader.read(65536):
+            held += data
+            if flowing.is_set():
+                writer.write(bytes(held))
+                held.clear()
+                await writer.drain()
+    if flowing.is_set():
+        writer.close()
+
+
+def _env(state: Path) -> dict[str, str]:
+    env = {**os.environ, "KIT_STATE_DIR": str(state)}
+    env.pop("ANTHROPIC_API_KEY", None)
+    return env
+
+
+@pytest.mark.parametrize(
+    ("sig", "stored"),
+    [(signal.SIGINT, True), (signal.SIGKILL, True), (signal.SIGKILL, False)],
+    ids=["ctrl-c-after-storing", "sigkill-after-storing", "sigkill-before-receiving"],
+)
+async def test_host_dies_while_a_message_is_on_its_way(
+    kit_tmp: Path, sig: int, stored: bool
+) -> None:
+    """`kit dev` dies (Ctrl-C: 1001; SIGKILL) with a message on its way: stored but its
+    user event never sent, or never received at all. Restarted on the same port and state,
+    the client resumes, the message is applied exactly once and the reply is right."""
+    project = write_agent(kit_tmp / "agent")
+    state = kit_tmp / "state"
+    port = _free_port()
+    first = await start_kit_dev(project, _env(state), port)
+    second = None
+    proxy = HoldingProxy(port)
+    await proxy.start()
+    info = await create_session(first.url, (state / "api-token").read_text().strip())
+    observer = SessionClient(info.ws_url, info.token, policy=QUICK)
+    status = StatusLog()
+    client = SessionClient(
+        f"ws://127.0.0.1:{proxy.port}/v1/sessions/{info.session_id}/ws",
+        info.token,
+        policy=QUICK,
+        on_status=status,
+    )
+    # "wait for go": its tool waits, so the turn still runs when the host dies, and the
+    # restarted host recovers it; a message that never arrived is simply answered.
+    text = "wait for go" if stored else "hello there"
+    try:
+        await observer.connect()
+        await client.connect()
+        proxy.hold(up=not stored)
+        msg_id = await client.send(text)
+        if stored:
+            async with asyncio.timeout(WAIT_S):
+                async for event in observer.events():
+                    if event.kind == "tool_use":
+                        break
+            await until_prompt_stored(state, info.session_id, text)
+        first.proc.send_signal(sig)
+        await asyncio.wait_for(first.proc.wait(), WAIT_S)
+        await status.until(ConnectionStatus.RECONNECTING)
+        assert client.unsent == {msg_id: text}  # it never saw the user event
+        proxy.release()
+        restarted_ms = time.time() * 1000
+        second = await start_kit_dev(project, _env(state), port)
+        events = await _until_result(client)
+    finally:
+        await client.close()
+        await observer.close()
+        await proxy.aclose()
+        if second is not None:
+            await stop_kit_dev(second)
+        await stop_kit_dev(first)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))  # the whole log, once
+    users = [e for e in events if e.kind == "user" and e.data["client_msg_id"] == msg_id]
+    assert len(users) == 1
+    # Stored by the first host, or sent again by the client and stored by the second.
+    assert (users[0].ts < restarted_ms) is stored
+    results = [e for e in events if e.kind == "result"]
+    assert len(results) == 1
+    assert results[0].turn_id == users[0].turn_id
+    reply = RECOVERED_REPLY if stored else "You said: hello there"
+    assert reply in results[0].data["text"]
+    assert client.unsent == {}
+
+
+# -- interrupt ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def agent_stack(kit_tmp: Path) -> AsyncIterator[tuple[SessionClient, object]]:
+    """The test agent's stack and a connected client."""
+    project = write_agent(kit_tmp / "agent")
+    async with run_stack(stack_settings(kit_tmp / "state", project)) as stack:
+        info = await create_session(stack.url, stack.api_token)
+        async with SessionClient(info.ws_url, info.token) as client:
+            yield client, stack
+
+
+async def test_interrupt_with_no_turn_says_so(
+    agent_stack: tuple[SessionClient, object],
+) -> None:
+    """An interrupt with nothing running is answered: no turn, nothing interrupted."""
+    client, _stack = agent_stack
+    ack = await asyncio.wait_for(client.interrupt(), WAIT_S)
+    assert ack.turn_id is None
+    assert not ack.interrupted
+
+
+async def test_interrupt_stops_the_running_turn(
+    agent_stack: tuple[SessionClient, object],
+) -> None:
+    """An interrupt while a reply trickles in names the turn, says it was interrupted,
+    and the turn ends early with an error result."""
+    client, _stack = agent_stack
+    msg_id = await client.send("trickle the reply")
+    turn_id = None
+    ack = None
+    events: list[Event] = []
+    async with asyncio.timeout(WAIT_S):
+        async for event in client.events():
+            events.append(event)
+            if event.kind == "user" and event.data["client_msg_id"] == msg_id:
+                turn_id = event.turn_id
+            if event.kind == "text_delta" and ack is None:
+                ack = await client.interrupt()
+            if event.kind == "result":
+                break
+    assert ack is not None
+    assert ack.turn_id == turn_id
+    assert ack.interrupted
+    assert events[-1].turn_id == turn_id
+    assert events[-1].data["is_error"]
+    assert events[-1].data["subtype"] == "error_during_execution"
+    assert "twelve" not in "".join(e.data.get("text", "") for e in events)
+
+
+async def test_interrupt_racing_a_turns_start_is_honest(
+    agent_stack: tuple[SessionClient, object],
+) -> None:
+    """Interrupts sent right behind their message always name that (open) turn, and a turn
+    the ack says was not interrupted finishes normally."""
+    client, _stack = agent_stack
+    for round_ in range(3):
+        msg_id = await client.send(f"round {round_}")
+        ack = await asyncio.wait_for(client.interrupt(), WAIT_S)
+        events = await _until_result(client)
+        user = next(e for e in events if e.kind == "user" and e.data["client_msg_id"] == msg_id)
+        assert ack.turn_id == user.turn_id  # never "no turn" while it is open
+        if not ack.interrupted:
+            assert events[-1].data["subtype"] == "success"
+
+
+async def test_interrupt_while_the_sandbox_restarts_is_honest(
+    agent_stack: tuple[SessionClient, object], kit_tmp: Path
+) -> None:
+    """The sandbox dies mid-turn; an interrupt sent on its death names the open turn and
+    says nothing was interrupted (no sandbox runs it), and indeed the turn goes on."""
+    client, stack = agent_stack
+    msg_id = await client.send("trickle the reply")
+    turn_id = ack = None
+    events: list[Event] = []
+    async with asyncio.timeout(120):
+        async for event in client.events():
+            events.append(event)
+            if event.kind == "user" and event.data["client_msg_id"] == msg_id:
+                turn_id = event.turn_id
+            if event.kind == "text_delta" and turn_id is not None and ack is None:
+                assert client.session_id is not None
+                await until_prompt_stored(kit_tmp / "state", client.session_id, "trickle the reply")
+                await stack.provider.kill(client.session_id)  # type: ignore[attr-defined]
+            if event.kind == "sandbox" and event.data["state"] == "died" and ack is None:
+                ack = await client.interrupt()
+            if event.kind == "result":
+                break
+    assert ack is not None
+    assert ack.turn_id == turn_id
+    # The ack comes within milliseconds of the death; a new runtime takes hundreds of
+    # milliseconds to come up, and until then no sandbox runs the turn.
+    assert not ack.interrupted
+    assert events[-1].data["subtype"] == "success"
+    assert RECOVERED_REPLY in events[-1].data["text"]
+
+
+async def test_an_unanswered_interrupt_is_sent_again_after_a_reconnect(kit_tmp: Path) -> None:
+    """An interrupt asked for while the host is away waits, goes out once the client is
+    back, and is answered."""
+    settings = dataclasses.replace(
+        stack_settings(kit_tmp / "state", write_agent(kit_tmp / "agent")), port=_free_port()
+    )
+    status = StatusLog()
+    async with run_stack(settings) as stack:
+        info = await create_session(stack.url, stack.api_token)
+        client = SessionClient(info.ws_url, info.token, policy=QUICK, on_status=status)
+        await client.connect()
+    await status.until(ConnectionStatus.RECONNECTING)
+    pending = asyncio.create_task(client.interrupt())
+    try:
+        async with run_stack(settings):
+            ack = await asyncio.wait_for(pending, WAIT_S)
+    finally:
+        await client.close()
+    assert ack.turn_id is None
+    assert not ack.interrupted
