@@ -41,6 +41,7 @@ from emulator.durable_objects import DOLogStore
 from kit.host import (
     ExitInfo,
     LogStore,
+    Release,
     Sandbox,
     SandboxProvider,
     SandboxSpec,
@@ -246,6 +247,7 @@ async def serve_kit_host(
     ``synchronous`` (SQLite logs only) overrides kit's ``PRAGMA synchronous`` (NORMAL).
     """
     provider = SyntheticProvider()
+    release = Release(state, "synthetic", "lite", 3600)
     env = SessionEnv(
         provider=provider,
         issue_model_token=lambda session_id: "bench-model-token",
@@ -254,9 +256,7 @@ async def serve_kit_host(
         model_unix_socket=None,
         store_url=lambda session_id: "memory://",
         writable=lambda session_id: (),
-        bundle_dir=state,
-        tier="lite",
-        idle_timeout_s=3600,
+        release=lambda: release,
     )
     logs: LogStore
     if synchronous is not None:

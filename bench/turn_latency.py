@@ -4,8 +4,10 @@
 
 (a) a warm turn in an open session: kit client → host → sandbox runtime → CLI → proxy →
     offline model, versus a turn on an open ClaudeSDKClient talking to the same model;
-(b) the first turn of a new session, sandbox start included, versus a one-shot
-    ``claude_agent_sdk.query``.
+(b) the first turn of a new session versus a one-shot ``claude_agent_sdk.query``, with
+    kit's sandbox pool (``--pool``, default 2 as in ``kit dev``): the session's sandbox
+    was started ahead of it;
+(c) the same with no pool: the sandbox starts on the first message.
 Both sides use the example agent's options and the same offline model (its greeting rule,
 a text-only reply). Prints p50/p95 in ms and the ratios.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import re
 import shutil
@@ -108,6 +111,7 @@ async def first(
         session = await stack.host.get(info.session_id)
         if session is not None and session.sandbox is not None:
             await session.sandbox.stop()  # one sandbox at a time, like the baseline
+        await pool_refilled(stack)  # the next session finds a spare, as on a quiet host
         await stack.provider.settled()  # both sides start from an idle machine
         # A new session starts from a clean config dir on both sides (a reused one saves the
         # CLI ~25 ms; see docs/benchmarks.md).
@@ -120,6 +124,18 @@ async def first(
             kit_times.append(t1 - t0)
             sdk_times.append(t3 - t2)
     return kit_times, sdk_times
+
+
+async def pool_refilled(stack: Stack, timeout_s: float = 60.0) -> None:
+    """Wait until the sandbox pool is full again (no-op without a pool)."""
+    pool = stack.pool
+    if pool is None:
+        return
+    for _ in range(int(timeout_s / 0.02)):
+        if pool.spares >= pool.size:
+            return
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"the sandbox pool did not refill within {timeout_s:g} s")
 
 
 def row(label: str, kit: list[float], sdk: list[float]) -> str:
@@ -135,6 +151,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--turns", type=int, default=100)
     parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--pool", type=int, default=2, help="KIT_SANDBOX_POOL for (a) and (b)")
     parser.add_argument(
         "--tier",
         default="standard-4",
@@ -161,11 +178,16 @@ async def main() -> None:
         port=0,
         force_offline_model=True,
         sandbox_isolation=args.isolation,
+        pool_size=args.pool,
     )
     async with run_stack(settings) as stack:
         options = sdk_options(stack, stack.bundle, state / "sdk-home")
         warm_kit, warm_sdk = await warm(stack, options, args.turns)
+        await pool_refilled(stack)
         first_kit, first_sdk = await first(stack, options, args.sessions)
+    cold = dataclasses.replace(settings, pool_size=0, state_dir=state / "cold")
+    async with run_stack(cold) as stack:
+        cold_kit, cold_sdk = await first(stack, options, args.sessions)
     print(
         f"turn latency, ms (p50 / p95); {args.turns} warm turns, {args.sessions} new sessions, "
         f"tier {args.tier}, isolation {stack.provider.isolation or 'none'}"
@@ -173,7 +195,8 @@ async def main() -> None:
     print("| measure | kit | SDK alone | ratio p50 | kit - SDK p50 (ms) |")
     print("|---|---|---|---|---|")
     print(row("(a) warm turn, open session", warm_kit, warm_sdk))
-    print(row("(b) first turn, new session (sandbox start)", first_kit, first_sdk))
+    print(row(f"(b) first turn, new session (pool {args.pool})", first_kit, first_sdk))
+    print(row("(c) first turn, new session, no pool (sandbox start)", cold_kit, cold_sdk))
     print(
         f"mean warm: kit {statistics.mean(warm_kit) * 1000:.1f} ms, SDK {statistics.mean(warm_sdk) * 1000:.1f} ms"
     )

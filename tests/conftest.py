@@ -38,7 +38,13 @@ def kit_tmp() -> Iterator[Path]:
 
 
 def stack_settings(state: Path, project: Path = EXAMPLE_PROJECT, **kw: object) -> DevSettings:
-    """Settings for an in-process stack on a free port."""
+    """Settings for an in-process stack on a free port.
+
+    No sandbox pool unless a test asks (``pool_size=…``): most tests count sandboxes or
+    processes, and a pool would start two more for every stack. The pool's own tests and
+    the ``kit dev`` subprocess tests run with one.
+    """
+    kw.setdefault("pool_size", 0)
     return DevSettings(project_dir=project, state_dir=state, port=0, **kw)  # type: ignore[arg-type]
 
 

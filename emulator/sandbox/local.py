@@ -60,7 +60,7 @@ from kit.host.sandbox import (
     exit_code_of,
     reason_of,
 )
-from kit.ids import SandboxId, SessionId
+from kit.ids import SandboxId, SessionId, is_session_id
 from kit.runtime.config import STORE_DEADLINE_S, STORE_RETRY_S, RuntimeConfig
 from kit.runtime.jail import Jail
 from kit.tiers import get_tier
@@ -562,6 +562,14 @@ class LocalSandboxProvider(SandboxProvider):
     def sandbox(self, session_id: str) -> LocalSandbox | None:
         """The session's running sandbox, if any."""
         return self.running.get(SessionId(session_id))
+
+    async def discard(self, session_id: str) -> None:
+        if not is_session_id(session_id):  # never a path of our choosing
+            raise SandboxError(f"not a session id: {session_id!r}")
+        if SessionId(session_id) in self.running:
+            raise SandboxError(f"session {session_id} still has a sandbox running")
+        for folder in (self.root / session_id, self.run_root / session_id[:13]):
+            await asyncio.to_thread(shutil.rmtree, folder, True)
 
     def _cannot_run(self, why: str) -> str:
         who = f"user {self.user!r}" if self.uid is not None else "this user"

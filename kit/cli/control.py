@@ -14,7 +14,8 @@ route                                      does
                                            reason, "message"}`` line. ``?after=SEQ`` (default
                                            0); ``?follow=1`` streams live events too, until
                                            the host stops or the session leaves it
-``GET  /_kit/sandboxes``                   running sandboxes: session, sandbox id, tier, pid
+``GET  /_kit/sandboxes``                   running sandboxes: session, sandbox id, tier, pid,
+                                            pooled (started ahead; session null: a spare)
 ``POST /_kit/sandboxes/{session}/kill``    send a signal (``{"signal": "KILL"}``, default KILL)
 ``POST /_kit/sandboxes/{session}/oom``     push the sandbox past its memory limit now
 ``POST /_kit/do/{session}/evict``          evict the session's object: in-memory state goes,
@@ -42,7 +43,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from kit.cli.follow import End, end_line, event_line, follow
-from kit.host import LogError, SandboxState, Session, SessionHost
+from kit.host import LogError, Release, Sandbox, SandboxState, Session, SessionHost
 from kit.host.errors import SandboxError
 from kit.host.eventlog import LogSummary
 from kit.ids import SessionId, is_session_id
@@ -186,16 +187,22 @@ def control_routes(
     async def sandboxes(request: Request) -> Response:
         if (denied := refused(request)) is not None:
             return denied
+        held: list[tuple[SessionId | None, Sandbox | None, Release | None, bool]] = [
+            (s.id, s.sandbox, s.release, False) for s in host.live_sessions()
+        ]
+        if host.pool is not None:
+            held += [(sid, ls.sandbox, ls.release, True) for sid, ls in host.pool.sandboxes()]
         rows = [
             {
-                "session_id": s.id,
-                "sandbox_id": s.sandbox.id,
-                "tier": s.env.tier,
-                "state": s.sandbox.state.value,
-                "pid": getattr(s.sandbox, "pid", None),
+                "session_id": session_id,
+                "sandbox_id": sandbox.id,
+                "tier": release.tier,
+                "state": sandbox.state.value,
+                "pid": getattr(sandbox, "pid", None),
+                "pooled": pooled,
             }
-            for s in host.live_sessions()
-            if s.sandbox is not None
+            for session_id, sandbox, release, pooled in held
+            if sandbox is not None and release is not None
         ]
         return JSONResponse({"sandboxes": rows})
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 
 from kit.cli import console
 from kit.cli.settings import DevSettings
 from kit.cli.stack import Stack, run_stack
+from kit.cli.watch import Watcher
 
 
 def banner(stack: Stack) -> None:
@@ -23,15 +25,36 @@ def banner(stack: Stack) -> None:
             ("tier", f"{stack.bundle.tier} (kit.toml [sandbox] tier)"),
             ("isolation", _isolation(stack)),
             ("egress", ", ".join(stack.bundle.egress) or "none (kit.toml [sandbox] egress)"),
+            ("sandboxes", _sandboxes(stack)),
             (
                 "bundle",
                 f"{stack.bundle.digest[:16]}  {len(stack.bundle.skills)} skill(s): {', '.join(stack.bundle.skills)}",
             ),
             ("store", s.store_url or f"sqlite  {stack.transcripts_dir}"),
             ("state", str(s.state_dir)),
+            (
+                "watch",
+                "on: saving kit.toml, the prompt, a skill or a scenario rebuilds the bundle"
+                if s.watch
+                else "off (--no-watch): restart kit dev after edits",
+            ),
             ("api token", f"{stack.api_token_file} (Bearer token for POST /v1/sessions)"),
         ],
         title="kit dev — ready. Talk to it with `kit chat`; stop with Ctrl-C.",
+    )
+
+
+def _sandboxes(stack: Stack) -> str:
+    s = stack.settings
+    pool = (
+        f"{s.pool_size} started ahead of new sessions"
+        if s.pool_size
+        else "none started ahead (KIT_SANDBOX_POOL=0)"
+    )
+    return (
+        f"{pool}; one per session from its first message, stopped {s.grace_s:g} s after its "
+        f"last client leaves (KIT_SANDBOX_GRACE_S) or {stack.bundle.idle_timeout_s} s after "
+        "its last turn (idle_timeout)"
     )
 
 
@@ -56,7 +79,12 @@ async def serve(settings: DevSettings) -> None:
                 f"{stack.url.rsplit(':', 1)[1]} instead (choose with --port)."
             )
         banner(stack)
+        watcher = asyncio.create_task(Watcher(stack).run()) if settings.watch else None
         await stop.wait()
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         console.out(
             console.dim("kit dev: shutting down (closing sockets with 1001, stopping sandboxes)…")
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -33,7 +34,8 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     from kit.cli.settings import dev_settings
 
     _log_to_stderr(args.verbose)
-    return dev.run(dev_settings(project=args.project, host=args.host, port=args.port))
+    settings = dev_settings(project=args.project, host=args.host, port=args.port)
+    return dev.run(dataclasses.replace(settings, watch=not args.no_watch))
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
@@ -174,9 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Run the agent on this machine until Ctrl-C: a session host with durable event logs,\n"
         "one sandbox per active session, and the offline model (or the real API when\n"
         "ANTHROPIC_API_KEY is set). Clients find it through .kit/dev.json.\n"
-        "Without --port it listens on 8787 (or KIT_PORT), or the next free port above it.",
+        "Without --port it listens on 8787 (or KIT_PORT), or the next free port above it.\n"
+        "A saved change to kit.toml, the prompt, a skill or scenarios.toml rebuilds the\n"
+        "bundle: new sandboxes run it, a broken edit is reported and the last good one stays.",
         [
             "kit dev",
+            "KIT_SANDBOX_POOL=0 KIT_SANDBOX_GRACE_S=5 kit dev   # no spare sandboxes, short grace",
             "kit dev --project skills/support-bot --port 9000",
             "kit dev --port 0          # any free port",
         ],
@@ -189,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--port",
         type=int,
         help="port to listen on, exactly (default 8787 or the next free one; 0 = any free port)",
+    )
+    p.add_argument(
+        "--no-watch", action="store_true", help="do not rebuild the bundle when files change"
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=_cmd_dev)

@@ -53,6 +53,12 @@ def call(target: ChatTarget, method: str, path: str, body: dict[str, Any] | None
     return answer
 
 
+def _holder(row: dict[str, Any]) -> str:
+    if not row.get("pooled"):
+        return str(row["session_id"])
+    return f"{row['session_id']} (pool)" if row["session_id"] else "(pool spare)"
+
+
 def sandbox_table(rows: list[dict[str, Any]]) -> str:
     """Running sandboxes as an aligned table."""
     if not rows:
@@ -60,7 +66,13 @@ def sandbox_table(rows: list[dict[str, Any]]) -> str:
     return console.table(
         ("SESSION", "SANDBOX", "TIER", "STATE", "PID"),
         [
-            (r["session_id"], r["sandbox_id"], r["tier"], r["state"], str(r.get("pid") or "-"))
+            (
+                _holder(r),
+                r["sandbox_id"],
+                r["tier"],
+                r["state"],
+                str(r.get("pid") or "-"),
+            )
             for r in rows
         ],
     )

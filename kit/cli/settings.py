@@ -35,6 +35,18 @@ host id                ``KIT_HOST_ID``             the lease owner; default a ra
                                                    state dir, so unique; kept on restart)
 lease ttl              ``KIT_LEASE_TTL_S``         15 (seconds): how soon another host may
                                                    take over a dead host's sessions
+sandbox pool           ``KIT_SANDBOX_POOL``        2: sandboxes started ahead of new
+                                                   sessions, so a first turn need not wait
+                                                   for one (0 to 64; 0: start on the first
+                                                   message)
+sandbox grace          ``KIT_SANDBOX_GRACE_S``     30 (seconds): how long a session's
+                                                   sandbox outlives its last client when no
+                                                   turn is open (``idle_timeout`` in
+                                                   kit.toml still bounds a quiet sandbox
+                                                   whose client stays)
+watch                  ``--no-watch``              on: a saved change to kit.toml, the
+                                                   prompt, skills or scenarios rebuilds the
+                                                   bundle for new sandboxes
 =====================  ==========================  =====================================
 
 Flags win over the environment; nothing below ``kit.cli`` reads ``os.environ``.
@@ -49,13 +61,16 @@ from pathlib import Path
 
 from kit.bundle import CONFIG_FILE
 from kit.errors import KitError
+from kit.host.launch import GRACE_S
 from kit.host.lease import DEFAULT_TTL_S
+from kit.host.pool import MAX_POOL_SIZE, POOL_SIZE
 from kit.runtime.config import STORE_DEADLINE_S, STORE_RETRY_S
 
 ANTHROPIC_API = "https://api.anthropic.com"
 DEFAULT_PORT = 8787
 EXAMPLE_PROJECT = Path(__file__).resolve().parents[2] / "skills" / "support-bot"
 ISOLATION_MODES = ("auto", "bwrap", "off")
+MAX_GRACE_S = 3600.0
 AWS_VARIABLES = frozenset(
     {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION"}
 )
@@ -99,6 +114,12 @@ class DevSettings:
     """Runtime ``store_retry_s`` (kit.runtime.config); tests shorten it."""
     store_deadline_s: float = STORE_DEADLINE_S
     """Runtime ``store_deadline_s`` (kit.runtime.config); tests shorten it."""
+    pool_size: int = POOL_SIZE
+    """Sandboxes kept started ahead of new sessions (0: none)."""
+    grace_s: float = GRACE_S
+    """How long a sandbox with no open turn outlives its session's last client."""
+    watch: bool = True
+    """Rebuild the bundle when the project changes (``kit dev`` only)."""
 
     @property
     def offline(self) -> bool:
@@ -127,14 +148,9 @@ def dev_settings(
     state = environ.get("KIT_STATE_DIR")
     store_url = environ.get("KIT_STORE_URL") or None
     log_url = environ.get("KIT_LOG_URL") or None
-    try:
-        lease_ttl_s = float(environ.get("KIT_LEASE_TTL_S") or DEFAULT_TTL_S)
-    except ValueError:
-        raise SettingsError(
-            f"KIT_LEASE_TTL_S={environ['KIT_LEASE_TTL_S']!r}: give a number of seconds, e.g. 15."
-        ) from None
-    if not 1 <= lease_ttl_s <= 3600:
-        raise SettingsError(f"KIT_LEASE_TTL_S={lease_ttl_s:g}: give 1 to 3600 seconds.")
+    lease_ttl_s = _number(environ, "KIT_LEASE_TTL_S", DEFAULT_TTL_S, 1, 3600, "seconds")
+    pool_size = int(_number(environ, "KIT_SANDBOX_POOL", POOL_SIZE, 0, MAX_POOL_SIZE, "sandboxes"))
+    grace_s = _number(environ, "KIT_SANDBOX_GRACE_S", GRACE_S, 0, MAX_GRACE_S, "seconds")
     if log_url and not log_url.startswith("s3://"):
         raise SettingsError(
             f"KIT_LOG_URL={log_url!r}: give s3://BUCKET/PREFIX?endpoint_url=…, or unset it "
@@ -176,4 +192,24 @@ def dev_settings(
         log_url=log_url,
         host_id=environ.get("KIT_HOST_ID") or None,
         lease_ttl_s=lease_ttl_s,
+        pool_size=pool_size,
+        grace_s=grace_s,
     )
+
+
+def _number(
+    environ: Mapping[str, str], name: str, default: float, low: float, high: float, unit: str
+) -> float:
+    """A number from ``environ[name]`` within ``low..high`` (whole when ``unit`` counts
+    things), else a :class:`SettingsError` naming the variable and the fix."""
+    raw = environ.get(name) or ""
+    whole = unit == "sandboxes"
+    example = f"{default:g}"
+    try:
+        value = (int(raw) if whole else float(raw)) if raw else default
+    except ValueError:
+        kind = "a whole number" if whole else "a number"
+        raise SettingsError(f"{name}={raw!r}: give {kind} of {unit}, e.g. {example}.") from None
+    if not low <= value <= high:  # NaN fails this too
+        raise SettingsError(f"{name}={raw}: give {low:g} to {high:g} {unit}.")
+    return value

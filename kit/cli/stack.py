@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -35,12 +36,14 @@ from kit.host import (
     EgressProxy,
     LogStore,
     ModelProxy,
+    Release,
     Session,
     SessionEnv,
     SessionHost,
     create_app,
 )
 from kit.host.app import WS_MAX_BYTES
+from kit.host.pool import SandboxPool
 from kit.host.s3log import S3LogStore
 from kit.protocol import errors as e
 from kit.storage.s3io import endpoint_of
@@ -75,6 +78,50 @@ class Stack:
     """The sandboxes' egress proxy, admitting the bundle's ``[sandbox] egress`` hosts."""
     busy_port: int | None = None
     """The default port, when it was busy and the host took the next free one instead."""
+    pool: SandboxPool | None = None
+    """Sandboxes started ahead of new sessions (``KIT_SANDBOX_POOL``)."""
+    scenarios: ScenarioSource | None = None
+    """The offline model's scenario files (None when the real API answers)."""
+    _release: list[Release] = field(default_factory=list)
+
+    @property
+    def release(self) -> Release:
+        """What new sandboxes start from now."""
+        return self._release[-1]
+
+    async def reload(self) -> Reload:
+        """Load the project again; on success, new sandboxes run the new bundle.
+
+        Never raises for a broken project: the :class:`Reload` carries the one-line
+        error and the previous bundle keeps serving.
+        """
+        try:
+            project, bundle = await asyncio.to_thread(self._build)
+        except KitError as exc:
+            return Reload(self.bundle, changed=False, error=str(exc))
+        except OSError as exc:  # a file went away while it was read: the next save retries
+            return Reload(self.bundle, changed=False, error=f"{exc.filename}: {exc.strerror}.")
+        if bundle.digest == self.bundle.digest:
+            self.project = project
+            return Reload(bundle, changed=False)
+        self.project, self.bundle = project, bundle
+        if self.egress is not None:
+            self.egress.allow([*bundle.egress, *self._store_endpoints])
+        self._release.append(release_of(bundle))
+        self.host.refresh()
+        return Reload(bundle, changed=True)
+
+    def _build(self) -> tuple[Project, Bundle]:
+        """The project as it is on disk now, and its bundle (raises :class:`KitError`)."""
+        project = load_project(self.settings.project_dir)
+        if self.scenarios is not None:
+            self.scenarios.scenarios()  # a broken scenario file is reported the same way
+        return project, build_bundle(project, self.settings.state_dir / "bundles")
+
+    @property
+    def _store_endpoints(self) -> list[str]:
+        url = self.settings.store_url
+        return [endpoint_of(url)] if url else []
 
     @property
     def model_label(self) -> str:
@@ -84,6 +131,23 @@ class Stack:
         return (
             f"Anthropic Messages API at {self.settings.upstream_url} (key from ANTHROPIC_API_KEY)"
         )
+
+
+@dataclass(frozen=True)
+class Reload:
+    """What :meth:`Stack.reload` did."""
+
+    bundle: Bundle
+    """The bundle new sandboxes run (the previous one if the reload failed)."""
+    changed: bool
+    """Whether a new bundle replaced the previous one."""
+    error: str | None = None
+    """The one-line error of a broken project (the previous bundle keeps serving)."""
+
+
+def release_of(bundle: Bundle) -> Release:
+    """The release new sandboxes start from, for ``bundle``."""
+    return Release(bundle.path, bundle.digest, bundle.tier, bundle.idle_timeout_s)
 
 
 class _Server(uvicorn.Server):
@@ -272,12 +336,12 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
     servers: list[tuple[_Server, asyncio.Task[None]]] = []
 
     model_url: str | None = None
+    scenarios: ScenarioSource | None = None
     if settings.offline:
         model_sock = _tcp_socket("127.0.0.1", 0)
         model_url = f"http://127.0.0.1:{model_sock.getsockname()[1]}"
-        servers.append(
-            _serve(create_model_app(ScenarioSource.from_paths(list(project.scenarios))), model_sock)
-        )
+        scenarios = ScenarioSource.from_paths(list(project.scenarios))
+        servers.append(_serve(create_model_app(scenarios), model_sock))
         upstream, key = model_url, settings.api_key or EMULATOR_KEY
     else:
         assert settings.api_key is not None
@@ -298,6 +362,7 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
     await egress.serve_unix(egress_path)
     egress_path.chmod(0o666)  # as model.sock: the per-session token authenticates
 
+    releases = [release_of(bundle)]
     env = SessionEnv(
         provider=provider,
         issue_model_token=proxy.issue,
@@ -306,16 +371,22 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
         model_unix_socket=str(proxy_path),
         store_url=_store_urls(settings.store_url, transcripts),
         writable=lambda sid: (transcripts / sid,),
-        bundle_dir=bundle.path,
-        tier=bundle.tier,
-        idle_timeout_s=bundle.idle_timeout_s,
+        release=lambda: releases[-1],
+        grace_s=settings.grace_s,
         advise=lambda sid, line: _advise(advice, sid, line),
         issue_egress_token=egress.issue,
         revoke_egress_token=egress.revoke,
         egress_unix_socket=str(egress_path),
     )
     logs = _log_store(settings)
-    host = SessionHost(logs, env)
+
+    async def discard(session_id: str) -> None:
+        """Delete what was made for a pooled sandbox whose id no session took."""
+        await provider.discard(session_id)
+        await asyncio.to_thread(shutil.rmtree, transcripts / session_id, True)
+
+    pool = SandboxPool(env, settings.pool_size, discard=discard) if settings.pool_size else None
+    host = SessionHost(logs, env, pool)
     token_file = state / "api-token"
     api_token = _api_token(token_file)
     app = create_app(host, api_token=api_token)
@@ -342,11 +413,16 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
         advice,
         egress,
         busy_port,
+        pool,
+        scenarios,
+        releases,
     )
     (state / "dev.json").write_text(
         json.dumps({"url": url, "pid": os.getpid(), "api_token_file": str(token_file)})
     )
     await host.recover()
+    if pool is not None:
+        pool.start()
     sweeper = (
         asyncio.create_task(host.sweep(settings.lease_ttl_s), name="sweep")
         if settings.log_url

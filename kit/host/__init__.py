@@ -6,6 +6,7 @@ from kit.host.egress import EgressProxy
 from kit.host.errors import HostError, LogError, SandboxError, UnknownSession
 from kit.host.eventlog import LogStore, SessionLog, SQLiteLogStore, Turn, TurnState
 from kit.host.host import NewSession, SessionHost
+from kit.host.launch import Release, SessionEnv
 from kit.host.proxy import ModelProxy
 from kit.host.sandbox import (
     EgressAccess,
@@ -16,7 +17,7 @@ from kit.host.sandbox import (
     SandboxSpec,
     SandboxState,
 )
-from kit.host.session import Session, SessionEnv
+from kit.host.session import Session
 
 __all__ = [
     "EgressAccess",
@@ -28,6 +29,7 @@ __all__ = [
     "ModelAccess",
     "ModelProxy",
     "NewSession",
+    "Release",
     "SQLiteLogStore",
     "Sandbox",
     "SandboxError",

@@ -305,7 +305,7 @@ async def _hello(host: SessionHost, client: ClientSocket, hello: HelloReceived) 
                 session.subscribe(client)
             else:
                 session.expect(client)
-        session.prewarm()
+        session.start()  # a runner that stopped (the log failed) recovers its open turns
         return
     conn.reject(e.SHUTTING_DOWN, "The session is being moved; reconnect.", e.CLOSE_GOING_AWAY)
 

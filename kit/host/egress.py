@@ -109,6 +109,11 @@ class EgressProxy:
         self.forwarded = 0
         """Connections (tunnels and plain-HTTP requests) relayed to a target so far."""
 
+    def allow(self, entries: Sequence[str]) -> None:
+        """Replace the allowlist (a reload of the bundle): new connections of every sandbox
+        follow it; open ones carry on."""
+        self.rules = tuple(parse_rule(entry) for entry in entries)
+
     def issue(self, session_id: SessionId) -> str:
         """A new token for ``session_id``'s sandbox."""
         return self._tokens.issue(session_id)

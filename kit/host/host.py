@@ -10,8 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kit.host.eventlog import CREATED_KEY, LogStore, now_ms
+from kit.host.launch import SessionEnv
 from kit.host.lease import LeaseHeld
-from kit.host.session import Session, SessionEnv, check_token, hash_token
+from kit.host.pool import SandboxPool
+from kit.host.session import Session, check_token, hash_token
 from kit.ids import SessionId, is_session_id, new_session_id
 from kit.protocol.frames import PROTOCOL_VERSION
 
@@ -29,9 +31,12 @@ class NewSession:
 class SessionHost:
     """Owns every session of one host process."""
 
-    def __init__(self, logs: LogStore, env: SessionEnv) -> None:
+    def __init__(self, logs: LogStore, env: SessionEnv, pool: SandboxPool | None = None) -> None:
         self.logs = logs
         self.env = env
+        self.pool = pool
+        """Sandboxes started ahead of new sessions (None or size 0: each first turn starts
+        its own)."""
         self._sessions: dict[SessionId, Session] = {}
         self._opening: dict[SessionId, asyncio.Lock] = {}
         self._unloading: set[asyncio.Task[None]] = set()
@@ -41,8 +46,12 @@ class SessionHost:
         self.closing = False
 
     async def create_session(self) -> NewSession:
-        """A new, empty session and its client token."""
-        session_id = new_session_id()
+        """A new, empty session and its client token.
+
+        With a pool, the session takes the id of a sandbox already up, which its first
+        turn then uses.
+        """
+        session_id = (self.pool.claim() if self.pool is not None else None) or new_session_id()
         token = "kit-session-" + secrets.token_urlsafe(24)
         log_ = await self.logs.create(
             session_id,
@@ -105,7 +114,18 @@ class SessionHost:
         self._sessions[session.id] = session
         session.on_gone = self._forget
         session.on_idle = self._unload
+        if self.pool is not None:
+            session.take_pooled = self.pool.take
+        session.start()  # it runs turns, and stops the sandbox or unloads when idle
         return session
+
+    def refresh(self) -> None:
+        """The release changed: idle sandboxes of an older one are replaced (running
+        turns keep theirs), and so are the pool's."""
+        for session in self._sessions.values():
+            session.refresh()
+        if self.pool is not None:
+            self.pool.refresh()
 
     def _unload(self, session: Session) -> None:
         """Drop an idle session from memory; its log stays (the next ``get`` reloads it)."""
@@ -169,7 +189,7 @@ class SessionHost:
                 log.exception("session %s: cannot be loaded for recovery", sid)
                 continue
             if session is not None and await session.log.open_turns():
-                session.start()
+                session.start()  # loading started it already; a runner that stopped restarts
                 count += 1
         if count:
             log.info("recovering open turns in %d session(s)", count)
@@ -196,6 +216,7 @@ class SessionHost:
         """Stop every session's runner and sandbox."""
         self.closing = True
         sessions, self._sessions = list(self._sessions.values()), {}
-        await asyncio.gather(
-            *(s.close() for s in sessions), *self._unloading, return_exceptions=True
-        )
+        closing = [s.close() for s in sessions]
+        if self.pool is not None:
+            closing.append(self.pool.close())
+        await asyncio.gather(*closing, *self._unloading, return_exceptions=True)

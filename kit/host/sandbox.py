@@ -154,5 +154,9 @@ class SandboxProvider(ABC):
     async def start(self, spec: SandboxSpec) -> Sandbox:
         """Start a runtime for ``spec`` and return once it is ready for turns."""
 
+    async def discard(self, session_id: str) -> None:  # noqa: B027 - optional hook
+        """Delete what was kept for ``session_id`` (its workspace), whose sandbox has
+        stopped and which no session ever used (a pooled sandbox no session took)."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook, most providers hold nothing
         """Release provider resources (running sandboxes are stopped by their owner)."""

@@ -14,24 +14,16 @@ import contextlib
 import hashlib
 import hmac
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kit.host.advisor import TierAdvisor
 from kit.host.errors import SandboxError
 from kit.host.eventlog import SessionLog, Turn, TurnState
+from kit.host.launch import LiveSandbox, Release, SessionEnv, launch
 from kit.host.runtime_client import RuntimeClient, SandboxGone
-from kit.host.sandbox import (
-    EgressAccess,
-    ModelAccess,
-    Sandbox,
-    SandboxProvider,
-    SandboxSpec,
-    Usage,
-)
+from kit.host.sandbox import Sandbox, Usage
 from kit.ids import SessionId, TurnId
 from kit.protocol.frames import Event, ResumeMode
 from kit.protocol.sandbox import TurnRequest
@@ -43,6 +35,8 @@ MAX_SANDBOX_ATTEMPTS = 5
 RESTART_BACKOFF_S = (0.0, 0.0, 0.5, 1.0, 2.0)
 """Wait before attempt N of a turn: a first death is retried at once, repeated ones back off."""
 EXIT_WAIT_S = 10.0
+STOPPED_REASONS = frozenset({"stopped", "idle", "exited", "reload"})
+"""Exit reasons reported as ``stopped`` (on purpose) rather than ``died``."""
 
 
 class Subscriber(Protocol):
@@ -65,30 +59,6 @@ def check_token(token: str, stored_hash: str) -> bool:
     return bool(stored_hash) and hmac.compare_digest(hash_token(token), stored_hash)
 
 
-@dataclass(frozen=True)
-class SessionEnv:
-    """What a session needs from its host to start sandboxes."""
-
-    provider: SandboxProvider
-    issue_model_token: Callable[[SessionId], str]
-    revoke_model_token: Callable[[str], None]
-    model_base_url: str
-    model_unix_socket: str | None
-    store_url: Callable[[str], str]
-    writable: Callable[[str], tuple[Any, ...]]
-    bundle_dir: Any
-    tier: str
-    idle_timeout_s: int
-    advise: Callable[[SessionId, str], None] | None = None
-    """Where the tier advisor's lines go (``kit dev`` prints them); None: nowhere."""
-    issue_egress_token: Callable[[SessionId], str] | None = None
-    """Issues a sandbox's egress proxy token (:class:`kit.host.egress.EgressProxy`); None,
-    or no ``egress_unix_socket``: sandboxes get no egress proxy."""
-    revoke_egress_token: Callable[[str], None] | None = None
-    egress_unix_socket: str | None = None
-    """The egress proxy's Unix socket, which providers bind into each sandbox."""
-
-
 class Session:
     """A session's live state on the host."""
 
@@ -100,18 +70,25 @@ class Session:
         self._subscribers: set[Subscriber] = set()
         self._handshaking: set[Subscriber] = set()
         self._wake = asyncio.Event()
+        """Set when the runner should look again: a turn was queued, a client came or
+        went, the release changed."""
         self._runner: asyncio.Task[None] | None = None
-        self._sandbox: Sandbox | None = None
-        self._runtime: RuntimeClient | None = None
-        self._model_token: str | None = None
-        self._egress_token: str | None = None
+        self._live: LiveSandbox | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._starting: asyncio.Task[RuntimeClient] | None = None
         self._running_turn: TurnId | None = None
+        self._turn_release: Release | None = None
+        """The release the running turn started on: a sandbox that replaces a dead one in
+        the middle of the turn runs the same bundle (ARCHITECTURE §7)."""
         self._closing = False
         self.advisor = TierAdvisor(env.tier)
         """The tier advisor's state: kept across this session's sandboxes, in memory (a
         host restart or an unload starts it afresh)."""
+        now = time.monotonic()
+        self._quiet_since = now
+        """When the last turn ended (or the session was loaded)."""
+        self._alone_since = now
+        """When the last client left (or the session was loaded)."""
         self._lock = asyncio.Lock()
         self.lost: str | None = None
         """Why this host may no longer write the session (its lease was taken over)."""
@@ -120,6 +97,8 @@ class Session:
         self.on_idle: Callable[[Session], None] | None = None
         """Called when the session sat idle with no sandbox and no client: the host may
         unload it (close its log, release its lease) until someone asks for it again."""
+        self.take_pooled: Callable[[SessionId], LiveSandbox | None] | None = None
+        """Hands the session a sandbox started for it ahead of time (:mod:`kit.host.pool`)."""
         log_.on_lost(self._log_lost)
 
     # -- clients -------------------------------------------------------------------------
@@ -148,15 +127,26 @@ class Session:
         """Deliver every later commit to ``subscriber`` (call inside :meth:`quiet`)."""
         self._handshaking.discard(subscriber)
         self._subscribers.add(subscriber)
+        self._wake.set()
 
     def expect(self, subscriber: Subscriber) -> None:
         """A client is mid-handshake: it counts as present (the session is not unloaded)."""
         self._handshaking.add(subscriber)
+        self._wake.set()
 
     def detach(self, subscriber: Subscriber) -> None:
         """Stop delivering to ``subscriber``."""
-        self._subscribers.discard(subscriber)
-        self._handshaking.discard(subscriber)
+        if subscriber in self._subscribers or subscriber in self._handshaking:
+            self._subscribers.discard(subscriber)
+            self._handshaking.discard(subscriber)
+            if not self.present:
+                self._alone_since = time.monotonic()
+                self._wake.set()
+
+    @property
+    def present(self) -> bool:
+        """Whether a client is connected (or in its handshake)."""
+        return bool(self._subscribers or self._handshaking)
 
     async def emit(self, kind: str, data: dict[str, Any], turn_id: TurnId | None = None) -> Event:
         """Append an event durably, then fan it out."""
@@ -194,60 +184,95 @@ class Session:
 
     async def interrupt(self) -> bool:
         """Interrupt the running turn; false when there is none."""
-        if self._running_turn is None or self._runtime is None:
+        live = self._live
+        if self._running_turn is None or live is None:
             return False
         with contextlib.suppress(SandboxGone):
-            await self._runtime.interrupt()
+            await live.runtime.interrupt()
         return True
 
     def start(self) -> None:
-        """Start the turn runner if it is not running (also recovers open turns)."""
+        """Start the runner if it is not running: it runs queued and open turns (recovery
+        included) and stops the sandbox, or unloads the session, when it sits idle."""
         if self._runner is None or self._runner.done():
             self._runner = asyncio.create_task(self._run(), name=f"session-{self.id}")
 
+    def refresh(self) -> None:
+        """The release changed: the runner replaces an idle sandbox of an older one."""
+        self._wake.set()
+
     async def _run(self) -> None:
         while not self._closing:
+            self._wake.clear()  # before the read: a turn queued after it sets it again
             turns = await self.log.open_turns()
-            if not turns:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.env.idle_timeout_s)
-                except TimeoutError:
-                    if self._sandbox is not None:
-                        await self._stop_sandbox(reason="idle")
-                    elif (
-                        not self._subscribers and not self._handshaking and self.on_idle is not None
-                    ):
-                        self._closing = True  # from now on clients must get a fresh load
-                        self.on_idle(self)
-                        return
-                continue
-            try:
-                await self._run_turn(turns[0])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a bug must not leave the turn running forever
-                log.exception("session %s: turn %s failed", self.id, turns[0].turn_id)
-                if self.lost is not None:
-                    return  # another host owns the session now; it recovers the turn
-                try:
-                    await self.emit(
-                        "error",
-                        {"code": "turn_failed", "message": f"The host failed on this turn: {exc}"},
-                        turns[0].turn_id,
-                    )
-                    await self.log.set_turn_state(turns[0].turn_id, TurnState.FAILED)
-                except Exception:
-                    log.exception(
-                        "session %s: the event log fails; the runner stops (the next start "
-                        "recovers the open turns)",
-                        self.id,
-                    )
+            if turns:
+                if not await self._run_one(turns[0]):
                     return
+                self._quiet_since = time.monotonic()
+                continue
+            live = self._live
+            if live is not None and live.release != self.env.release():
+                await self._stop_sandbox(reason="reload")  # the next turn gets the new one
+                continue
+            deadline = self._idle_deadline()
+            if deadline is not None and deadline <= time.monotonic():
+                if self._live is not None:
+                    await self._stop_sandbox(reason="idle")
+                    continue
+                if self.on_idle is not None:
+                    self._closing = True  # from now on clients must get a fresh load
+                    self.on_idle(self)
+                    return
+                deadline = None
+            timeout = None if deadline is None else deadline - time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _idle_deadline(self) -> float | None:
+        """When the idle sandbox stops (or, with none, the session unloads); None: never.
+
+        A sandbox stops ``idle_timeout`` after the last turn (the platforms' sleep-after);
+        with no client it goes sooner, ``grace_s`` after the last turn or client. A session
+        with no sandbox and no client unloads ``grace_s`` after both.
+        """
+        grace = self.env.grace_s
+        alone = max(self._quiet_since, self._alone_since) + grace
+        live = self._live
+        if live is None:
+            return None if self.present else alone
+        idle = self._quiet_since + live.release.idle_timeout_s
+        return idle if self.present else min(idle, alone)
+
+    async def _run_one(self, turn: Turn) -> bool:
+        """Run one turn; False when the runner must stop (the next start recovers)."""
+        try:
+            await self._run_turn(turn)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not leave the turn running forever
+            log.exception("session %s: turn %s failed", self.id, turn.turn_id)
+            if self.lost is not None:
+                return False  # another host owns the session now; it recovers the turn
+            try:
+                await self.emit(
+                    "error",
+                    {"code": "turn_failed", "message": f"The host failed on this turn: {exc}"},
+                    turn.turn_id,
+                )
+                await self.log.set_turn_state(turn.turn_id, TurnState.FAILED)
+            except Exception:
+                log.exception(
+                    "session %s: the event log fails; the runner stops (the next start "
+                    "recovers the open turns)",
+                    self.id,
+                )
+                return False
+        return True
 
     async def _run_turn(self, turn: Turn) -> None:
         recover = turn.state is not TurnState.QUEUED
         self._running_turn = turn.turn_id
+        self._turn_release = None
         try:
             # Attempts are counted in the log, so a turn that keeps killing its sandboxes
             # (or its host) is given up after MAX_SANDBOX_ATTEMPTS however often the host
@@ -260,6 +285,8 @@ class Session:
                     runtime = await self._ensure_sandbox(turn.turn_id)
                 except SandboxError:
                     continue  # _start_sandbox recorded a "failed" sandbox event
+                if self._turn_release is None and self._live is not None:
+                    self._turn_release = self._live.release  # a sandbox up before the turn
                 before, started = await self._usage(), time.monotonic()  # for the advisor
                 outcome = await self._stream(runtime, turn, recover)
                 if outcome is not None:
@@ -282,6 +309,7 @@ class Session:
             await self.log.set_turn_state(turn.turn_id, TurnState.FAILED)
         finally:
             self._running_turn = None
+            self._turn_release = None
 
     async def _stream(self, runtime: RuntimeClient, turn: Turn, recover: bool) -> TurnState | None:
         """Run the turn on ``runtime``; its final state, or None if the sandbox went away."""
@@ -301,11 +329,11 @@ class Session:
     async def _usage(self) -> Usage | None:
         """The sandbox's usage for the tier advisor (None: no advisor, no sandbox or no
         figures); a few cgroup files and a walk of the workspace."""
-        sandbox = self._sandbox
-        if sandbox is None or self.env.advise is None:
+        live = self._live
+        if live is None or self.env.advise is None:
             return None
         try:  # the advisor must never break a turn
-            return await sandbox.usage()
+            return await live.sandbox.usage()
         except Exception:
             log.exception("session %s: reading the sandbox's usage failed", self.id)
             return None
@@ -322,20 +350,9 @@ class Session:
 
     # -- sandbox -------------------------------------------------------------------------
 
-    def prewarm(self) -> None:
-        """Start a sandbox now (a client is here) so the first message finds it running."""
-        if self._closing or self._alive() is not None:
-            return
-        if self._starting is None or self._starting.done():
-            self._starting = asyncio.create_task(
-                self._start_sandbox(None), name=f"prewarm-{self.id}"
-            )
-            self._starting.add_done_callback(_log_prewarm_failure)
-        self.start()  # the runner also owns the idle timer
-
     def _alive(self) -> RuntimeClient | None:
-        if self._sandbox is not None and self._watcher is not None and not self._watcher.done():
-            return self._runtime
+        if self._live is not None and self._watcher is not None and not self._watcher.done():
+            return self._live.runtime
         return None
 
     async def _ensure_sandbox(self, turn_id: TurnId | None) -> RuntimeClient:
@@ -348,83 +365,62 @@ class Session:
             runtime = self._alive()
             if runtime is not None:
                 return runtime
+        pooled = self.take_pooled(self.id) if self.take_pooled is not None else None
+        if pooled is not None and self._turn_release in (None, pooled.release):
+            return await self._adopt(pooled, turn_id, pooled=True)
         self._starting = asyncio.create_task(self._start_sandbox(turn_id))
         return await self._starting
 
     async def _start_sandbox(self, turn_id: TurnId | None) -> RuntimeClient:
-        env = self.env
-        await self.emit("sandbox", {"state": "starting", "tier": env.tier}, turn_id)
-        model_token = env.issue_model_token(self.id)
-        egress = None
-        if env.issue_egress_token is not None and env.egress_unix_socket:
-            egress = EgressAccess(env.egress_unix_socket, env.issue_egress_token(self.id))
-        runtime_token = secrets.token_urlsafe(24)
-        spec = SandboxSpec(
-            session_id=self.id,
-            tier=env.tier,
-            bundle_dir=env.bundle_dir,
-            store_url=env.store_url(self.id),
-            model=ModelAccess(env.model_base_url, env.model_unix_socket, model_token),
-            runtime_token=runtime_token,
-            idle_timeout_s=env.idle_timeout_s,
-            writable=env.writable(self.id),
-            egress=egress,
-        )
+        release = self._turn_release or self.env.release()
+        await self.emit("sandbox", {"state": "starting", "tier": release.tier}, turn_id)
         try:
-            sandbox = await env.provider.start(spec)
-        except BaseException as exc:
-            env.revoke_model_token(model_token)
-            self._revoke_egress(egress.token if egress else None)
-            if not isinstance(exc, Exception):
-                raise
-            error = (
-                exc
-                if isinstance(exc, SandboxError)
-                else SandboxError(f"Starting a sandbox failed: {exc}")
-            )
+            live = await launch(self.env, self.id, release)
+        except SandboxError as exc:
             if not self._closing:
                 await self.emit(
-                    "sandbox", {"state": "failed", "tier": env.tier, "message": str(error)}, turn_id
+                    "sandbox",
+                    {"state": "failed", "tier": release.tier, "message": str(exc)},
+                    turn_id,
                 )
-            if error is exc:
-                raise
-            raise error from exc
-        self._sandbox, self._model_token = sandbox, model_token
-        self._egress_token = egress.token if egress else None
-        runtime = self._runtime = RuntimeClient(sandbox.endpoint, runtime_token)
-        self._watcher = asyncio.create_task(self._watch(sandbox), name=f"watch-{sandbox.id}")
-        await self.emit(
-            "sandbox",
-            {
-                "state": "running",
-                "sandbox_id": sandbox.id,
-                "tier": env.tier,
-                "resumed": sandbox.resumed,
-            },
-            turn_id,
-        )
-        return runtime
+            raise
+        return await self._adopt(live, turn_id)
 
-    def _revoke_egress(self, token: str | None) -> None:
-        if token and self.env.revoke_egress_token is not None:
-            self.env.revoke_egress_token(token)
+    async def _adopt(
+        self, live: LiveSandbox, turn_id: TurnId | None, *, pooled: bool = False
+    ) -> RuntimeClient:
+        """Make ``live`` the session's sandbox, watch it, and say it runs."""
+        self._live = live
+        if self._running_turn is not None:
+            self._turn_release = live.release
+        if live.release.tier != self.advisor.tier:  # a reload changed the tier
+            self.advisor = TierAdvisor(live.release.tier)
+        sandbox = live.sandbox
+        self._watcher = asyncio.create_task(self._watch(live), name=f"watch-{sandbox.id}")
+        running: dict[str, Any] = {
+            "state": "running",
+            "sandbox_id": sandbox.id,
+            "tier": live.release.tier,
+            "resumed": sandbox.resumed,
+        }
+        if pooled:
+            running["pooled"] = True
+        await self.emit("sandbox", running, turn_id)
+        return live.runtime
 
-    async def _watch(self, sandbox: Sandbox) -> None:
+    async def _watch(self, live: LiveSandbox) -> None:
+        sandbox = live.sandbox
         info = await sandbox.wait()
-        state = "stopped" if info.reason in ("stopped", "idle", "exited") else "died"
-        if self._model_token:
-            self.env.revoke_model_token(self._model_token)
-        self._revoke_egress(self._egress_token)
-        runtime, self._runtime, self._sandbox, self._model_token = self._runtime, None, None, None
-        self._egress_token = None
+        state = "stopped" if info.reason in STOPPED_REASONS else "died"
+        if self._live is live:
+            self._live = None
         if info.reason == "oom" and self.env.advise is not None:
             try:
                 for line in self.advisor.after_oom():
                     self.env.advise(self.id, line)
             except Exception:
                 log.exception("session %s: the tier advisor failed", self.id)
-        if runtime is not None:
-            await runtime.aclose()
+        await live.retire(self.env)
         if not self._closing:
             await self.emit(
                 "sandbox",
@@ -439,21 +435,22 @@ class Session:
 
     async def _sandbox_gone(self) -> None:
         """After a broken turn stream: make sure the sandbox is dead and its exit recorded."""
-        sandbox, watcher = self._sandbox, self._watcher
+        live, watcher = self._live, self._watcher
         if watcher is None:
             return
-        if sandbox is not None:
+        if live is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(watcher), EXIT_WAIT_S)
                 return
             except TimeoutError:
-                await sandbox.kill(reason="unresponsive")
+                await live.sandbox.kill(reason="unresponsive")
         await watcher
 
     async def _stop_sandbox(self, reason: str) -> None:
-        sandbox, watcher = self._sandbox, self._watcher
-        if sandbox is None:
+        live, watcher = self._live, self._watcher
+        if live is None:
             return
+        sandbox = live.sandbox
         await sandbox.kill(15, reason=reason)
         try:
             await asyncio.wait_for(sandbox.wait(), EXIT_WAIT_S)
@@ -470,7 +467,12 @@ class Session:
     @property
     def sandbox(self) -> Sandbox | None:
         """The running sandbox, if any."""
-        return self._sandbox
+        return self._live.sandbox if self._live is not None else None
+
+    @property
+    def release(self) -> Release | None:
+        """The release the running sandbox was started from, if one runs."""
+        return self._live.release if self._live is not None else None
 
     async def close(self) -> None:
         """Stop the runner and the sandbox; open turns stay open for the next start."""
@@ -482,9 +484,9 @@ class Session:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._runner
-        sandbox = self._sandbox
-        if sandbox is not None:
-            await sandbox.stop()
+        live = self._live
+        if live is not None:
+            await live.sandbox.stop()
             if self._watcher is not None:
                 with contextlib.suppress(Exception):
                     await self._watcher
@@ -513,11 +515,6 @@ class Session:
 
 
 _background: set[asyncio.Task[None]] = set()
-
-
-def _log_prewarm_failure(task: asyncio.Task[RuntimeClient]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("prewarming a sandbox failed (the next turn retries): %s", task.exception())
 
 
 def _ends_turn(kind: str, data: dict[str, Any]) -> bool:

@@ -172,7 +172,7 @@ async def test_an_idle_session_is_unloaded_and_comes_back_whole(kit_tmp: Path) -
     """No client and no sandbox for a while: the host unloads the session (log closed, no
     memory, no lease held); the next hello loads it again with every event and turn."""
     project = write_agent(kit_tmp / "agent", extra_toml="idle_timeout = 1")
-    async with run_stack(stack_settings(kit_tmp / "state", project)) as stack:
+    async with run_stack(stack_settings(kit_tmp / "state", project, grace_s=1.0)) as stack:
         info = await create_session(stack.url, stack.api_token)
         async with SessionClient(info.ws_url, info.token) as client:
             assert [e.kind async for e in client.turn("hello")][-1] == "result"

@@ -1,0 +1,129 @@
+"""Starting one sandbox: its tokens, its spec, the provider call, the runtime client.
+
+A session starts a sandbox when a turn needs one; the pool (:mod:`kit.host.pool`) starts
+them ahead of their sessions. Both go through :func:`launch`, and both get a
+:class:`LiveSandbox`, which owns the sandbox's per-sandbox tokens and gives them back
+(:meth:`LiveSandbox.retire`) once the sandbox is gone.
+
+What a sandbox starts from is a :class:`Release`: the agent's bundle and its sandbox
+settings. ``kit dev`` swaps the release when the project changes on disk; sandboxes
+already running keep theirs, new ones take the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kit.host.errors import SandboxError
+from kit.host.runtime_client import RuntimeClient
+from kit.host.sandbox import EgressAccess, ModelAccess, Sandbox, SandboxProvider, SandboxSpec
+from kit.ids import SessionId
+
+GRACE_S = 30.0
+"""Default :attr:`SessionEnv.grace_s`: how long a sandbox with no open turn and no client
+(or a pooled sandbox handed to a new session that has not used it) is kept."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """One build of the agent: what a new sandbox starts from."""
+
+    bundle_dir: Path
+    digest: str
+    tier: str
+    idle_timeout_s: int
+    """Seconds without a turn before a sandbox stops, clients or not (the platforms'
+    sleep-after); with no client the shorter :attr:`SessionEnv.grace_s` applies."""
+
+
+@dataclass(frozen=True)
+class SessionEnv:
+    """What sessions need from their host to start sandboxes."""
+
+    provider: SandboxProvider
+    issue_model_token: Callable[[SessionId], str]
+    revoke_model_token: Callable[[str], None]
+    model_base_url: str
+    model_unix_socket: str | None
+    store_url: Callable[[str], str]
+    writable: Callable[[str], tuple[Any, ...]]
+    release: Callable[[], Release]
+    """The current release (``kit dev`` replaces it when the project changes)."""
+    grace_s: float = GRACE_S
+    """How long a sandbox with no open turn and no client is kept before it stops, and how
+    long a session with neither stays loaded."""
+    advise: Callable[[SessionId, str], None] | None = None
+    """Where the tier advisor's lines go (``kit dev`` prints them); None: nowhere."""
+    issue_egress_token: Callable[[SessionId], str] | None = None
+    """Issues a sandbox's egress proxy token (:class:`kit.host.egress.EgressProxy`); None,
+    or no ``egress_unix_socket``: sandboxes get no egress proxy."""
+    revoke_egress_token: Callable[[str], None] | None = None
+    egress_unix_socket: str | None = None
+    """The egress proxy's Unix socket, which providers bind into each sandbox."""
+
+    @property
+    def tier(self) -> str:
+        """The tier new sandboxes start at."""
+        return self.release().tier
+
+
+@dataclass
+class LiveSandbox:
+    """A started sandbox with the tokens it was given and the release it runs."""
+
+    sandbox: Sandbox
+    runtime: RuntimeClient
+    release: Release
+    model_token: str
+    egress_token: str | None
+    retired: bool = False
+
+    async def retire(self, env: SessionEnv) -> None:
+        """The sandbox is gone (or about to be): revoke its tokens, close its client. Once."""
+        if self.retired:
+            return
+        self.retired = True
+        env.revoke_model_token(self.model_token)
+        if self.egress_token and env.revoke_egress_token is not None:
+            env.revoke_egress_token(self.egress_token)
+        with contextlib.suppress(Exception):
+            await self.runtime.aclose()
+
+
+async def launch(env: SessionEnv, session_id: SessionId, release: Release) -> LiveSandbox:
+    """Start a sandbox for ``session_id`` from ``release``; :class:`SandboxError` if it fails.
+
+    The tokens issued for it are revoked again when the start fails.
+    """
+    model_token = env.issue_model_token(session_id)
+    egress = None
+    if env.issue_egress_token is not None and env.egress_unix_socket:
+        egress = EgressAccess(env.egress_unix_socket, env.issue_egress_token(session_id))
+    runtime_token = secrets.token_urlsafe(24)
+    spec = SandboxSpec(
+        session_id=session_id,
+        tier=release.tier,
+        bundle_dir=release.bundle_dir,
+        store_url=env.store_url(session_id),
+        model=ModelAccess(env.model_base_url, env.model_unix_socket, model_token),
+        runtime_token=runtime_token,
+        idle_timeout_s=release.idle_timeout_s,
+        writable=env.writable(session_id),
+        egress=egress,
+    )
+    try:
+        sandbox = await env.provider.start(spec)
+    except BaseException as exc:
+        env.revoke_model_token(model_token)
+        if egress is not None and env.revoke_egress_token is not None:
+            env.revoke_egress_token(egress.token)
+        if isinstance(exc, SandboxError) or not isinstance(exc, Exception):
+            raise
+        raise SandboxError(f"Starting a sandbox failed: {exc}") from exc
+    runtime = RuntimeClient(sandbox.endpoint, runtime_token)
+    return LiveSandbox(sandbox, runtime, release, model_token, egress.token if egress else None)
