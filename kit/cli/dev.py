@@ -34,7 +34,7 @@ def banner(stack: Stack) -> None:
             ("state", str(s.state_dir)),
             (
                 "watch",
-                "on: saving kit.toml, the prompt, a skill or a scenario rebuilds the bundle"
+                "on: saving kit.toml, the prompt or a skill rebuilds the bundle; scenarios are re-read"
                 if s.watch
                 else "off (--no-watch): restart kit dev after edits",
             ),

@@ -150,7 +150,7 @@ def dev_settings(
     log_url = environ.get("KIT_LOG_URL") or None
     lease_ttl_s = _number(environ, "KIT_LEASE_TTL_S", DEFAULT_TTL_S, 1, 3600, "seconds")
     pool_size = int(_number(environ, "KIT_SANDBOX_POOL", POOL_SIZE, 0, MAX_POOL_SIZE, "sandboxes"))
-    grace_s = _number(environ, "KIT_SANDBOX_GRACE_S", GRACE_S, 0, MAX_GRACE_S, "seconds")
+    grace_s = _number(environ, "KIT_SANDBOX_GRACE_S", GRACE_S, 1, MAX_GRACE_S, "seconds")
     if log_url and not log_url.startswith("s3://"):
         raise SettingsError(
             f"KIT_LOG_URL={log_url!r}: give s3://BUCKET/PREFIX?endpoint_url=…, or unset it "

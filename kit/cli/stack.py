@@ -101,15 +101,33 @@ class Stack:
             return Reload(self.bundle, changed=False, error=str(exc))
         except OSError as exc:  # a file went away while it was read: the next save retries
             return Reload(self.bundle, changed=False, error=f"{exc.filename}: {exc.strerror}.")
+        except UnicodeDecodeError as exc:
+            return Reload(
+                self.bundle,
+                changed=False,
+                error=f"a file of the project is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                "save it as UTF-8.",
+            )
+        note = self._scenarios_moved(project)
         if bundle.digest == self.bundle.digest:
             self.project = project
-            return Reload(bundle, changed=False)
+            return Reload(bundle, changed=False, note=note)
         self.project, self.bundle = project, bundle
         if self.egress is not None:
             self.egress.allow([*bundle.egress, *self._store_endpoints])
-        self._release.append(release_of(bundle))
+        self._release[:] = [release_of(bundle)]
         self.host.refresh()
-        return Reload(bundle, changed=True)
+        return Reload(bundle, changed=True, note=note)
+
+    def _scenarios_moved(self, project: Project) -> str | None:
+        """A line when kit.toml's ``[dev] scenarios`` no longer names what the offline
+        model reads (it reads the paths it started with until kit dev restarts)."""
+        if self.scenarios is None or tuple(project.scenarios) == self.scenarios.paths:
+            return None
+        return (
+            "kit.toml's [dev] scenarios changed: restart kit dev to use them (the offline "
+            f"model still reads {', '.join(str(p) for p in self.scenarios.paths) or 'none'})."
+        )
 
     def _build(self) -> tuple[Project, Bundle]:
         """The project as it is on disk now, and its bundle (raises :class:`KitError`)."""
@@ -143,6 +161,8 @@ class Reload:
     """Whether a new bundle replaced the previous one."""
     error: str | None = None
     """The one-line error of a broken project (the previous bundle keeps serving)."""
+    note: str | None = None
+    """Something the reload could not apply (said as it is)."""
 
 
 def release_of(bundle: Bundle) -> Release:

@@ -7,9 +7,10 @@ settled (an editor's save can be several writes), so one save gives one line.
 
 What it says:
 
-- ``kit dev: reloaded (skills/orders/SKILL.md): bundle 1a2b… ; new sandboxes run it.``
-- ``kit dev: not reloaded: kit.toml: … ; bundle 1a2b… keeps serving.`` (a broken edit;
-  said once until the error changes)
+- ``kit dev: reloaded (skills/orders/SKILL.md): bundle 1a2b… (orders, tier basic); new
+  sandboxes run it.``
+- ``kit dev: not reloaded: kit.toml: … Bundle 1a2b… keeps serving.`` (a broken edit; said
+  once until the error changes)
 - ``kit dev: scenarios reloaded (scenarios/orders.toml).`` (the offline model's files,
   read again on its next request)
 
@@ -20,12 +21,15 @@ Sandboxes of running turns keep their bundle; idle ones are replaced (see
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from kit.cli import console
 from kit.cli.stack import Reload, Stack
+
+log = logging.getLogger("kit.cli")
 
 POLL_S = 0.5
 """How often the project's files are looked at."""
@@ -130,11 +134,18 @@ class Watcher:
                 now = again
             paths = changed(before, now)
             before = now
-            self.report(paths, await self.stack.reload())
+            try:
+                result = await self.stack.reload()
+            except Exception as exc:  # the watcher must outlive any one bad save
+                log.exception("reloading the project failed")
+                result = Reload(self.stack.bundle, changed=False, error=f"{exc}.")
+            self.report(paths, result)
 
     def report(self, paths: list[str], result: Reload) -> None:
         """Say what a reload after changes to ``paths`` did (one line, or none)."""
         digest = result.bundle.digest[:16]
+        if result.note is not None:
+            self.say(f"kit dev: {result.note}")
         if result.error is not None:
             if result.error != self._error:
                 self.say(f"kit dev: not reloaded: {result.error} Bundle {digest} keeps serving.")

@@ -102,21 +102,21 @@ async def launch(env: SessionEnv, session_id: SessionId, release: Release) -> Li
     """
     model_token = env.issue_model_token(session_id)
     egress = None
-    if env.issue_egress_token is not None and env.egress_unix_socket:
-        egress = EgressAccess(env.egress_unix_socket, env.issue_egress_token(session_id))
     runtime_token = secrets.token_urlsafe(24)
-    spec = SandboxSpec(
-        session_id=session_id,
-        tier=release.tier,
-        bundle_dir=release.bundle_dir,
-        store_url=env.store_url(session_id),
-        model=ModelAccess(env.model_base_url, env.model_unix_socket, model_token),
-        runtime_token=runtime_token,
-        idle_timeout_s=release.idle_timeout_s,
-        writable=env.writable(session_id),
-        egress=egress,
-    )
     try:
+        if env.issue_egress_token is not None and env.egress_unix_socket:
+            egress = EgressAccess(env.egress_unix_socket, env.issue_egress_token(session_id))
+        spec = SandboxSpec(
+            session_id=session_id,
+            tier=release.tier,
+            bundle_dir=release.bundle_dir,
+            store_url=env.store_url(session_id),
+            model=ModelAccess(env.model_base_url, env.model_unix_socket, model_token),
+            runtime_token=runtime_token,
+            idle_timeout_s=release.idle_timeout_s,
+            writable=env.writable(session_id),
+            egress=egress,
+        )
         sandbox = await env.provider.start(spec)
     except BaseException as exc:
         env.revoke_model_token(model_token)

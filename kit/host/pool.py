@@ -13,8 +13,12 @@ A reserved sandbox not taken within ``grace_s`` is stopped; so is one whose rele
 longer current (:meth:`SandboxPool.refresh`); a new spare then takes its place. However
 many sessions sit connected and idle, at most ``size`` sandboxes run without a turn.
 
-Spares start one at a time and, after a failed start, back off (up to
-:data:`MAX_BACKOFF_S`), so a broken bundle costs one failed start per period, not a loop.
+Spares start one at a time and, after a failed start or a spare that died on its own
+within :data:`HEALTHY_S`, back off (up to :data:`MAX_BACKOFF_S`), so a broken bundle or a
+tier too small to idle in costs one start per period, not a loop.
+
+A sandbox the pool stops is stopped in the background; a session whose id it had waits in
+:meth:`SandboxPool.take` until it is gone, so two sandboxes never run for one session.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ MAX_POOL_SIZE = 64
 BACKOFF_S = (1.0, 2.0, 5.0, 15.0, 30.0, 60.0)
 """Waits after 1, 2, … consecutive failed starts."""
 MAX_BACKOFF_S = BACKOFF_S[-1]
+HEALTHY_S = 60.0
+"""A spare that dies on its own sooner than this after its start counts as a failed start."""
 
 
 @dataclass
@@ -49,6 +55,7 @@ class _Entry:
     """None while the sandbox starts."""
     reserved_at: float | None = None
     """When a new session took this entry's id (monotonic); None: a spare."""
+    started_at: float = 0.0
     watcher: asyncio.Task[None] | None = None
 
 
@@ -77,7 +84,10 @@ class SandboxPool:
         self._entries: dict[SessionId, _Entry] = {}
         self._changed = asyncio.Event()
         self._keeper: asyncio.Task[None] | None = None
-        self._stopping: set[asyncio.Task[None]] = set()
+        self._stopping: dict[SessionId, asyncio.Task[None]] = {}
+        """Stops under way, by session id."""
+        self._retry_at = 0.0
+        """No new spare is started before this (backoff after failures)."""
         self._closed = False
         self.starts = 0
         """Sandboxes the pool has started (for tests and benchmarks)."""
@@ -128,20 +138,28 @@ class SandboxPool:
                 return entry.session_id
         return None
 
-    def take(self, session_id: SessionId) -> LiveSandbox | None:
-        """The sandbox reserved for ``session_id``, now the session's; None if there is none."""
+    async def take(self, session_id: SessionId) -> LiveSandbox | None:
+        """The sandbox reserved for ``session_id``, now the session's; None if there is
+        none, once any sandbox the pool held for that id has stopped."""
         entry = self._entries.get(session_id)
-        if entry is None or entry.live is None or entry.reserved_at is None:
-            return None
-        del self._entries[session_id]
-        if entry.watcher is not None:
-            entry.watcher.cancel()
-        self._changed.set()  # room for a new spare
-        live = entry.live
-        if live.sandbox.state is not SandboxState.RUNNING or live.release != self.env.release():
+        if entry is not None and entry.live is not None and entry.reserved_at is not None:
+            del self._entries[session_id]
+            if entry.watcher is not None:
+                entry.watcher.cancel()
+            self._changed.set()  # room for a new spare
+            live = entry.live
+            if (
+                not self._closed
+                and live.sandbox.state is SandboxState.RUNNING
+                and live.release == self.env.release()
+            ):
+                self.failures = 0  # a spare lived to be used
+                return live
             self._stop_later(entry)
-            return None
-        return live
+        stopping = self._stopping.get(session_id)
+        if stopping is not None:
+            await asyncio.wait([stopping])  # not shielded: its own errors are logged
+        return None
 
     def refresh(self) -> None:
         """The release changed: replace every sandbox started from an older one."""
@@ -157,18 +175,24 @@ class SandboxPool:
         for entry in list(self._entries.values()):
             self._stop_later(entry)
         while self._stopping:
-            await asyncio.gather(*self._stopping, return_exceptions=True)
+            await asyncio.gather(*self._stopping.values(), return_exceptions=True)
 
     # -- the keeper ------------------------------------------------------------------------
 
     async def _keep(self) -> None:
         while not self._closed:
             self._changed.clear()
-            self._drop_stale()
-            if len(self._entries) < self.size:
-                await self._add_one()
-                continue
-            await self._wait(self._next_expiry())
+            try:
+                self._drop_stale()
+                if len(self._entries) < self.size and self._clock() >= self._retry_at:
+                    await self._add_one()
+                    continue
+            except Exception:  # the pool must not stop refilling silently
+                log.exception("the sandbox pool failed; it retries")
+                self._failed()
+            now, expiry = self._clock(), self._next_expiry()
+            wake = [t for t in (expiry, self._retry_at) if t is not None and t > now]
+            await self._wait(min(wake, default=None))
 
     async def _wait(self, deadline: float | None) -> None:
         timeout = None if deadline is None else max(0.0, deadline - self._clock())
@@ -176,8 +200,17 @@ class SandboxPool:
             await asyncio.wait_for(self._changed.wait(), timeout)
 
     def _next_expiry(self) -> float | None:
-        ends = [e.reserved_at + self.grace_s for e in self._entries.values() if e.reserved_at]
+        ends = [
+            e.reserved_at + self.grace_s
+            for e in self._entries.values()
+            if e.reserved_at is not None
+        ]
         return min(ends, default=None)
+
+    def _failed(self) -> None:
+        """A start failed or a spare died young: wait longer before the next start."""
+        self.failures += 1
+        self._retry_at = self._clock() + BACKOFF_S[min(self.failures, len(BACKOFF_S)) - 1]
 
     def _drop_stale(self) -> None:
         """Stop reservations past their grace and sandboxes of an older release or dead."""
@@ -200,13 +233,11 @@ class SandboxPool:
         except SandboxError as exc:
             self._entries.pop(entry.session_id, None)
             await self._forget(entry)
-            self.failures += 1
-            wait = BACKOFF_S[min(self.failures, len(BACKOFF_S)) - 1]
+            self._failed()
             if self.failures == 1:
                 log.warning("the sandbox pool could not start a sandbox (retrying): %s", exc)
-            await self._wait(self._clock() + wait)
             return
-        self.failures = 0
+        entry.started_at = self._clock()
         self.starts += 1
         entry.watcher = asyncio.get_running_loop().create_task(
             self._watch(entry), name=f"pool-watch-{entry.session_id}"
@@ -214,9 +245,16 @@ class SandboxPool:
 
     async def _watch(self, entry: _Entry) -> None:
         assert entry.live is not None
-        await entry.live.sandbox.wait()
-        if self._entries.get(entry.session_id) is entry:
+        info = await entry.live.sandbox.wait()
+        if self._entries.get(entry.session_id) is entry:  # it died on its own
             del self._entries[entry.session_id]
+            if self._clock() - entry.started_at < HEALTHY_S:
+                self._failed()
+                log.warning(
+                    "a pooled sandbox exited %.1f s after its start (%s); the pool backs off",
+                    self._clock() - entry.started_at,
+                    info.reason,
+                )
             self._stop_later(entry)
             self._changed.set()
 
@@ -224,8 +262,8 @@ class SandboxPool:
         if entry.watcher is not None and entry.watcher is not asyncio.current_task():
             entry.watcher.cancel()
         task = asyncio.get_running_loop().create_task(self._stop(entry))
-        self._stopping.add(task)
-        task.add_done_callback(self._stopping.discard)
+        self._stopping[entry.session_id] = task
+        task.add_done_callback(lambda _: self._stopping.pop(entry.session_id, None))
 
     async def _stop(self, entry: _Entry) -> None:
         live = entry.live

@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from kit.host.advisor import TierAdvisor
@@ -97,8 +97,9 @@ class Session:
         self.on_idle: Callable[[Session], None] | None = None
         """Called when the session sat idle with no sandbox and no client: the host may
         unload it (close its log, release its lease) until someone asks for it again."""
-        self.take_pooled: Callable[[SessionId], LiveSandbox | None] | None = None
-        """Hands the session a sandbox started for it ahead of time (:mod:`kit.host.pool`)."""
+        self.take_pooled: Callable[[SessionId], Awaitable[LiveSandbox | None]] | None = None
+        """Hands the session a sandbox started for it ahead of time (:mod:`kit.host.pool`);
+        None when there is none, once any pooled sandbox of this id has stopped."""
         log_.on_lost(self._log_lost)
 
     # -- clients -------------------------------------------------------------------------
@@ -220,7 +221,10 @@ class Session:
                     await self._stop_sandbox(reason="idle")
                     continue
                 if self.on_idle is not None:
-                    self._closing = True  # from now on clients must get a fresh load
+                    async with self._lock:  # a handshake checks ``closed`` under it
+                        if self.present:
+                            continue  # a client came between the look and the lock
+                        self._closing = True  # from now on clients must get a fresh load
                     self.on_idle(self)
                     return
                 deadline = None
@@ -271,6 +275,9 @@ class Session:
 
     async def _run_turn(self, turn: Turn) -> None:
         recover = turn.state is not TurnState.QUEUED
+        live = self._live
+        if live is not None and live.release != self.env.release():
+            await self._stop_sandbox(reason="reload")  # a turn queued behind a reload
         self._running_turn = turn.turn_id
         self._turn_release = None
         try:
@@ -365,9 +372,12 @@ class Session:
             runtime = self._alive()
             if runtime is not None:
                 return runtime
-        pooled = self.take_pooled(self.id) if self.take_pooled is not None else None
-        if pooled is not None and self._turn_release in (None, pooled.release):
-            return await self._adopt(pooled, turn_id, pooled=True)
+        pooled = await self.take_pooled(self.id) if self.take_pooled is not None else None
+        if pooled is not None:
+            if self._turn_release in (None, pooled.release):
+                return await self._adopt(pooled, turn_id, pooled=True)
+            await pooled.sandbox.stop()  # of another release than the turn's: not ours to use
+            await pooled.retire(self.env)
         self._starting = asyncio.create_task(self._start_sandbox(turn_id))
         return await self._starting
 

@@ -19,7 +19,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,7 +96,7 @@ class Agent:
         self._ready = asyncio.Event()
         self._failure: BaseException | None = None
         self._current: _Turn | None = None
-        self.stored_prompts: set[str] = set()
+        self.stored_prompts: list[str] = []
         self.store: RetryingStore | None = None
         self._reported: StoreHealth | None = StoreHealth.AVAILABLE
         """The store health clients last heard of (None: a turn gave up on the store)."""
@@ -113,7 +113,7 @@ class Agent:
         key: Any = {"project_key": PROJECT_KEY, "session_id": cfg.session_id}
         existing = await store.load(key)
         self.resumed = bool(existing)
-        self.stored_prompts = stored_user_texts(existing or [])
+        self.stored_prompts = stored_user_prompts(existing or [])
         env = {
             "HOME": str(cfg.home),
             "CLAUDE_CONFIG_DIR": str(cfg.home / ".claude"),
@@ -321,29 +321,43 @@ def _cli_stderr(line: str) -> None:
     log.info("cli: %s", line.rstrip())
 
 
-def recovery_prompt(request: TurnRequest, stored_prompts: set[str]) -> str:
-    """What to send the agent for a turn.
+def recovery_prompt(request: TurnRequest, stored_prompts: Sequence[str]) -> str:
+    """What to send the agent for a turn, given the user prompts in its stored transcript
+    (in order).
 
     A recovered turn whose message reached the store is continued (the agent sees its own
-    partial work); one killed before its message was stored is simply sent again.
+    partial work); one killed before its message was stored is simply sent again. Its
+    message reached the store when it is the latest prompt there (recovery prompts after it
+    set aside): the same text earlier in the session was an earlier turn's, so a repeated
+    question killed before it was stored is asked again, not "continued".
     """
-    if request.recover and request.text in stored_prompts:
-        return RECOVER_PROMPT
-    return request.text
+    if not request.recover:
+        return request.text
+    asked = [p for p in stored_prompts if p != RECOVER_PROMPT]
+    return RECOVER_PROMPT if asked and asked[-1] == request.text else request.text
 
 
-def stored_user_texts(entries: list[Any]) -> set[str]:
-    """The text of every user prompt in a stored transcript."""
-    texts = set()
+def stored_user_prompts(entries: list[Any]) -> list[str]:
+    """The text of every user prompt in a stored transcript, in order (tool results and
+    the CLI's own ``isMeta`` messages, such as a skill's body, which the transcript also
+    stores as user messages, left out)."""
+    texts: list[str] = []
     for entry in entries:
-        message = entry.get("message") if entry.get("type") == "user" else None
+        if entry.get("type") != "user" or entry.get("isMeta"):
+            continue
+        message = entry.get("message")
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, str):
-            texts.add(content)
+            texts.append(content)
         elif isinstance(content, list):
-            texts.update(
+            texts.extend(
                 str(block.get("text"))
                 for block in content
                 if isinstance(block, dict) and block.get("type") == "text"
             )
     return texts
+
+
+def stored_user_texts(entries: list[Any]) -> set[str]:
+    """The text of every user prompt in a stored transcript."""
+    return set(stored_user_prompts(entries))

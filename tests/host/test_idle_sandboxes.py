@@ -14,6 +14,7 @@ from kit.cli.watch import Watcher
 from kit.client import SessionClient, create_session
 from kit.host.sandbox import SandboxState
 from kit.host.session import Session
+from kit.protocol.frames import Event
 from tests.agents import open_session, turn_events, write_agent
 from tests.conftest import stack_settings
 
@@ -230,6 +231,48 @@ async def test_a_reload_reaches_new_sandboxes_and_a_broken_edit_keeps_the_old_bu
             await client.close()
 
 
+async def test_a_turn_queued_behind_a_reload_runs_the_new_bundle(kit_tmp: Path) -> None:
+    """A message sent after the "reloaded" line, while an older turn still runs, is
+    answered by the new bundle: the old sandbox finishes its turn, then is replaced.
+    (Broken on purpose once: a runner that reused the live sandbox ran it on the old.)"""
+    project = write_agent(kit_tmp / "agent")
+    async with run_stack(stack_settings(kit_tmp / "state", project)) as stack:
+        client, session = await open_session(stack)
+        try:
+            await client.send("wait for go")
+            async with asyncio.timeout(WAIT_S):
+                async for event in client.events():
+                    if event.kind == "tool_use":
+                        break
+            old = session.release
+            assert old is not None
+            (project / "prompt.md").write_text("You are a changed test agent.\n")
+            assert (await stack.reload()).changed
+
+            async def second() -> list[Event]:
+                return [e async for e in client.turn("after the reload")]
+
+            queued = asyncio.create_task(second())
+            for _ in range(500):  # the second message is queued behind the first turn
+                logged = await session.log.read_after(0)
+                if any(e.data.get("text") == "after the reload" for e in logged):
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the second message was never queued")
+            (stack.provider.workspace(session.id) / "go").touch()
+            async with asyncio.timeout(WAIT_S):
+                assert answer(await queued) == "You said: after the reload"
+            assert session.release is not None
+            assert session.release.digest == stack.bundle.digest != old.digest
+            stops = [
+                d.get("reason") for d in await sandbox_events(session) if d["state"] == "stopped"
+            ]
+            assert stops == ["reload"]
+        finally:
+            await client.close()
+
+
 async def test_the_watcher_says_one_line_per_save(kit_tmp: Path) -> None:
     """``kit dev``'s watcher: a saved skill rebuilds the bundle (one line naming the file
     and the new bundle); a broken kit.toml gives its error once and the bundle stays; the
@@ -265,6 +308,18 @@ async def test_the_watcher_says_one_line_per_save(kit_tmp: Path) -> None:
             async with asyncio.timeout(WAIT_S):
                 line = await lines.get()
             assert line == f"kit dev: the project loads again; bundle {good[:16]} unchanged."
+
+            prompt = (project / "prompt.md").read_bytes()
+            (project / "prompt.md").write_bytes("Vous êtes un agent.\n".encode("latin-1"))
+            async with asyncio.timeout(WAIT_S):
+                line = await lines.get()
+            assert line.startswith("kit dev: not reloaded: ")
+            assert "UTF-8" in line
+            (project / "prompt.md").write_bytes(prompt)  # the watcher lived through it
+            async with asyncio.timeout(WAIT_S):
+                line = await lines.get()
+            assert line == f"kit dev: the project loads again; bundle {good[:16]} unchanged."
             assert lines.empty()
+            assert not task.done()
         finally:
             task.cancel()

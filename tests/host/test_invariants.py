@@ -18,10 +18,10 @@ from kit.cli.stack import Stack, run_stack
 from kit.client import SessionClient, create_session
 from kit.host.session import Session
 from kit.protocol.frames import Event
+from kit.storage import open_store
 from tests.agents import (
     RECOVERED_REPLY,
     open_session,
-    stored_prompts,
     transcript_key,
     until_prompt_stored,
     write_agent,
@@ -228,18 +228,26 @@ async def test_recovery_resends_a_prompt_that_never_reached_the_store(stack: Sta
     """The runtime continues a recovered turn only if its prompt is in the store; a turn
     killed before that is sent again as it was (checked on a transcript the real CLI wrote)."""
     from kit.protocol.sandbox import TurnRequest
-    from kit.runtime.agent import RECOVER_PROMPT, recovery_prompt
+    from kit.runtime.agent import RECOVER_PROMPT, recovery_prompt, stored_user_prompts
 
     client, session = await open_session(stack)
+    await _turn(client, "hello")
     await _turn(client, "Where is my order 1042?")
     await client.close()
-    stored = await stored_prompts(stack.settings.state_dir, session.id)
-    assert "Where is my order 1042?" in stored
+    store: Any = open_store(
+        f"sqlite:///{stack.settings.state_dir / 'transcripts' / session.id / 'transcript.sqlite'}"
+    )
+    stored = stored_user_prompts(await store.load(transcript_key(session.id)) or [])
+    assert stored == ["hello", "Where is my order 1042?"]  # in order, tool results left out
     stored_turn = TurnRequest("t1", "Where is my order 1042?", recover=True)
     lost_turn = TurnRequest("t2", "And order 1043?", recover=True)
     assert recovery_prompt(stored_turn, stored) == RECOVER_PROMPT
     assert recovery_prompt(lost_turn, stored) == "And order 1043?"
     assert recovery_prompt(TurnRequest("t3", "hi"), stored) == "hi"
+    # "hello" again, killed before it was stored: it was an earlier turn's, so ask it again.
+    assert recovery_prompt(TurnRequest("t4", "hello", recover=True), stored) == "hello"
+    # A turn recovered twice: its recovery prompt is the latest, its own text before it.
+    assert recovery_prompt(stored_turn, [*stored, RECOVER_PROMPT]) == RECOVER_PROMPT
 
 
 @pytest.mark.parametrize(
