@@ -259,7 +259,7 @@ class Client:
                 if event["kind"] == "user" and event["data"]["client_msg_id"] == client_msg_id:
                     turn_id, user_at, count = event["turn_id"], time.perf_counter(), 1
                 continue
-            if event["turn_id"] == turn_id:
+            if event["turn_id"] == turn_id and event["kind"] != "sandbox":  # the 1st starts one
                 count += 1
                 if event["kind"] == "result":
                     return user_at, time.perf_counter(), count

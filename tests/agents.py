@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +189,15 @@ async def open_session(stack: Stack) -> tuple[SessionClient, Session]:
     session = await stack.host.get(info.session_id)
     assert session is not None
     return client, session
+
+
+async def until(check: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    """Wait until ``check()`` holds (looked at every 20 ms), or fail naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 def pids_under(root: Path) -> set[int]:

@@ -12,8 +12,10 @@ import httpx
 import pytest
 
 from emulator.sandbox.limits import Cgroups
-from kit.cli.stack import Stack
+from kit.cli.stack import Stack, run_stack
 from kit.client import SessionClient, create_session
+from tests.agents import until
+from tests.conftest import stack_settings
 
 KIT = str(Path(sys.executable).parent / "kit")
 
@@ -35,10 +37,12 @@ async def test_list_and_kill_a_sandbox(stack: Stack) -> None:
     info = await create_session(stack.url, stack.api_token)
     async with SessionClient(info.ws_url, info.token) as client:
         async with asyncio.timeout(60):
-            async for event in client.events():
-                if event.kind == "sandbox" and event.data["state"] == "running":
-                    sandbox_id = event.data["sandbox_id"]
-                    break
+            first = [e async for e in client.turn("hello")]  # the first message starts it
+        (sandbox_id,) = [
+            e.data["sandbox_id"]
+            for e in first
+            if e.kind == "sandbox" and e.data["state"] == "running"
+        ]
         listed = await _kit(stack, "sandbox", "list")
         assert listed.returncode == 0, listed.stderr
         row = next(line for line in listed.stdout.splitlines() if info.session_id in line)
@@ -113,3 +117,18 @@ async def test_kit_do_evict_rebuilds_the_session_from_storage(stack: Stack) -> N
     unknown = await _kit(stack, "do", "evict", "00000000-0000-4000-8000-000000000000")
     assert unknown.returncode == 1
     assert "not loaded" in unknown.stderr or "no" in unknown.stderr.lower()
+
+
+async def test_sandbox_list_shows_the_pools_sandboxes(kit_tmp: Path) -> None:
+    """Sandboxes started ahead of sessions are listed as the pool's: a spare, then one
+    reserved for a new session (its id beside it)."""
+    async with run_stack(stack_settings(kit_tmp / "state", pool_size=1)) as stack:
+        pool = stack.pool
+        assert pool is not None
+        await until(lambda: pool.spares == 1, "a spare")
+        listed = await _kit(stack, "sandbox", "list")
+        assert listed.returncode == 0, listed.stderr
+        assert "(pool spare)" in listed.stdout
+        info = await create_session(stack.url, stack.api_token)
+        listed = await _kit(stack, "sandbox", "list")
+        assert f"{info.session_id} (pool)" in listed.stdout

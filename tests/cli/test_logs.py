@@ -53,7 +53,18 @@ class Follower:
 
     async def ended(self, timeout_s: float = 30) -> tuple[int, str]:
         """Its exit code and stderr, once it has exited (at most ``timeout_s``)."""
-        _, err = await asyncio.wait_for(self.proc.communicate(), timeout_s)
+        try:
+            _, err = await asyncio.wait_for(self.proc.communicate(), timeout_s)
+        except TimeoutError:  # say what the process was doing (signal masks, kernel wait)
+            proc = Path(f"/proc/{self.proc.pid}")
+            status = [
+                line
+                for line in (proc / "status").read_text().splitlines()
+                if line.startswith(("State", "Sig", "Shd"))
+            ]
+            raise AssertionError(
+                f"kit logs did not exit: {status}, wchan {(proc / 'wchan').read_text()!r}"
+            ) from None
         assert self.proc.returncode is not None
         return self.proc.returncode, err.decode()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from kit.bundle.build import MANIFEST
@@ -15,19 +14,10 @@ from kit.client import SessionClient, create_session
 from kit.host.sandbox import SandboxState
 from kit.host.session import Session
 from kit.protocol.frames import Event
-from tests.agents import open_session, turn_events, write_agent
+from tests.agents import open_session, turn_events, until, write_agent
 from tests.conftest import stack_settings
 
 WAIT_S = 60.0
-
-
-async def until(check: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    """Wait until ``check()`` holds (looked at every 20 ms), or fail naming ``what``."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def answer(events: list) -> str:  # type: ignore[type-arg]
