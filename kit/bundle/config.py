@@ -158,7 +158,7 @@ def _agent(root: Path, where: str, raw: dict[str, Any]) -> AgentConfig:
             raise ConfigError(f"{where}: agent.prompt must be inside the project folder.")
         if not prompt_path.is_file():
             raise ConfigError(f"{where}: agent.prompt names {rel}, which does not exist.")
-        prompt = prompt_path.read_text(encoding="utf-8")
+        prompt = _utf8(prompt_path)
         if len(prompt) > MAX_PROMPT_CHARS:
             raise ConfigError(f"{prompt_path}: longer than {MAX_PROMPT_CHARS} characters.")
     tools = tuple(_str_list(where, "agent.allowed_tools", raw.get("allowed_tools", DEFAULT_TOOLS)))
@@ -252,9 +252,19 @@ def load_skills(skills_dir: Path) -> tuple[Skill, ...]:
     return tuple(skills)
 
 
+def _utf8(path: Path) -> str:
+    """A text file of the project, or a :class:`ConfigError` saying it is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8."
+        ) from None
+
+
 def parse_frontmatter(path: Path) -> dict[str, str]:
     """The ``key: value`` pairs of a SKILL.md's YAML frontmatter (flat scalars only)."""
-    text = path.read_text(encoding="utf-8")
+    text = _utf8(path)
     lines = text.splitlines()
     if not lines or lines[0].strip() != "---":
         raise ConfigError(

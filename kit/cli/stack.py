@@ -101,13 +101,6 @@ class Stack:
             return Reload(self.bundle, changed=False, error=str(exc))
         except OSError as exc:  # a file went away while it was read: the next save retries
             return Reload(self.bundle, changed=False, error=f"{exc.filename}: {exc.strerror}.")
-        except UnicodeDecodeError as exc:
-            return Reload(
-                self.bundle,
-                changed=False,
-                error=f"a file of the project is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                "save it as UTF-8.",
-            )
         note = self._scenarios_moved(project)
         if bundle.digest == self.bundle.digest:
             self.project = project

@@ -39,6 +39,9 @@ class Follower:
             env={**os.environ, "KIT_STATE_DIR": str(stack.settings.state_dir)},
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            # Ctrl-C reaches it even when the test run itself was started in the background
+            # (a shell's `cmd &` ignores SIGINT, and a child inherits an ignored signal).
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         return cls(proc)
 
