@@ -231,7 +231,9 @@ class EventPrinter:
             self._line(dim(f"  {mark} {_brief(data.get('content'), lines=6)}"))
         elif event.kind == "sandbox":
             detail = " ".join(
-                f"{k}={data[k]}" for k in ("tier", "reason", "exit_code", "resumed") if k in data
+                f"{k}={data[k]}"
+                for k in ("tier", "reason", "exit_code", "resumed", "pooled")
+                if k in data
             )
             self._line(dim(f"  [sandbox {data.get('state')}{' ' + detail if detail else ''}]"))
         elif event.kind == "store":
