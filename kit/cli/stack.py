@@ -15,7 +15,7 @@ import os
 import secrets
 import shutil
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from kit.host import (
 from kit.host.app import WS_MAX_BYTES
 from kit.host.pool import SandboxPool
 from kit.host.s3log import S3LogStore
+from kit.ids import SessionId, is_session_id
 from kit.protocol import errors as e
 from kit.storage.s3io import endpoint_of
 
@@ -252,6 +253,20 @@ def _lock_state_dir(state: Path) -> Any:
     return handle
 
 
+async def _discard_orphans(
+    root: Path, sessions: set[SessionId], discard: Callable[[str], Awaitable[None]]
+) -> None:
+    """Delete the folders of pooled sandboxes no session took, left by a ``kit dev`` that
+    was killed (a clean stop deletes them itself)."""
+    try:
+        names = await asyncio.to_thread(os.listdir, root)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if is_session_id(name) and SessionId(name) not in sessions:
+            await discard(name)
+
+
 def _advise(advice: list[tuple[str, str]], session_id: str, line: str) -> None:
     advice.append((session_id, line))
     console.out(console.dim(f"tier advisor [{session_id[:8]}]: {line}"))
@@ -435,6 +450,7 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
     )
     await host.recover()
     if pool is not None:
+        await _discard_orphans(provider.root, set(await host.session_ids()), discard)
         pool.start()
     sweeper = (
         asyncio.create_task(host.sweep(settings.lease_ttl_s), name="sweep")

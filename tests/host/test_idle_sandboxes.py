@@ -313,3 +313,24 @@ async def test_the_watcher_says_one_line_per_save(kit_tmp: Path) -> None:
             assert not task.done()
         finally:
             task.cancel()
+
+
+async def test_folders_of_pooled_sandboxes_a_killed_kit_dev_left_are_deleted(
+    kit_tmp: Path,
+) -> None:
+    """A `kit dev` killed with -9 leaves its spares' folders (ids no session has); the next
+    start deletes them, and keeps every real session's."""
+    project = write_agent(kit_tmp / "agent")
+    state = kit_tmp / "state"
+    async with run_stack(stack_settings(state, project)) as stack:
+        client, session = await open_session(stack)
+        await turn_events(client, "keep me")
+        await client.close()
+    orphan = state / "sandboxes" / "0b9e1f6c-3c43-4c1e-9d0e-0a4f6a8f0c11"
+    (orphan / "workspace").mkdir(parents=True)
+    (state / "transcripts" / orphan.name).mkdir(parents=True)
+    async with run_stack(stack_settings(state, project, pool_size=1)) as stack:
+        assert not orphan.exists()
+        assert not (state / "transcripts" / orphan.name).exists()
+        assert (state / "sandboxes" / session.id / "workspace").is_dir()
+        assert (state / "transcripts" / session.id).is_dir()
