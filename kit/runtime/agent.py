@@ -97,6 +97,9 @@ class Agent:
         self._failure: BaseException | None = None
         self._current: _Turn | None = None
         self.stored_prompts: list[str] = []
+        self.finished: str | None = None
+        """The stored transcript's final answer to its latest prompt, if it has one: a
+        sandbox killed between storing it and reporting the turn's result."""
         self.store: RetryingStore | None = None
         self._reported: StoreHealth | None = StoreHealth.AVAILABLE
         """The store health clients last heard of (None: a turn gave up on the store)."""
@@ -114,6 +117,7 @@ class Agent:
         existing = await store.load(key)
         self.resumed = bool(existing)
         self.stored_prompts = stored_user_prompts(existing or [])
+        self.finished = finished_answer(existing or [])
         env = {
             "HOME": str(cfg.home),
             "CLAUDE_CONFIG_DIR": str(cfg.home / ".claude"),
@@ -296,6 +300,13 @@ class Agent:
         if store is not None and store.health is not self._reported:
             self._report_store(turn, store.health)  # it changed since clients last heard
         try:
+            if prompt == RECOVER_PROMPT and self.finished is not None:
+                # The answer is complete in the transcript: the turn ends with it, not with a
+                # model asked to "carry on" after its own final answer.
+                turn.out.put_nowait(RuntimeEvent("result", recovered_result(self.finished)))
+                self.finished = None
+                return
+            self.finished = None
             await client.query(prompt)
             async for message in client.receive_response():
                 if isinstance(message, ResultMessage) and not await self._transcript_stored(turn):
@@ -356,6 +367,70 @@ def stored_user_prompts(entries: list[Any]) -> list[str]:
                 if isinstance(block, dict) and block.get("type") == "text"
             )
     return texts
+
+
+def _is_prompt(entry: Any) -> bool:
+    """A user message a person (or kit's recovery) wrote: text, not a tool result or meta."""
+    if entry.get("type") != "user" or entry.get("isMeta"):
+        return False
+    message = entry.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    return isinstance(content, str) or (
+        isinstance(content, list)
+        and any(isinstance(b, dict) and b.get("type") == "text" for b in content)
+    )
+
+
+def finished_answer(entries: list[Any]) -> str | None:
+    """The text of the final answer to the transcript's latest prompt, or None when the
+    agent had not finished it (it ends in a tool call, a tool result, or nothing)."""
+    last: Any = None
+    for entry in entries:
+        kind = entry.get("type")
+        if _is_prompt(entry):
+            last = None
+        elif kind == "assistant" or (kind == "user" and not entry.get("isMeta")):
+            last = entry  # a tool result after an answer reopens the turn
+    message = last.get("message") if last is not None and last.get("type") == "assistant" else None
+    if not isinstance(message, dict) or message.get("stop_reason") != "end_turn":
+        return None
+    final_id = message.get("id")
+    if final_id is None:
+        return _texts(message) or None
+    parts = [  # the final message may be stored as one entry per content block
+        _texts(entry["message"])
+        for entry in entries
+        if entry.get("type") == "assistant"
+        and isinstance(entry.get("message"), dict)
+        and entry["message"].get("id") == final_id
+    ]
+    return "\n\n".join(p for p in parts if p) or None
+
+
+def _texts(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    return "\n\n".join(
+        str(b.get("text"))
+        for b in content or []
+        if isinstance(b, dict) and b.get("type") == "text" and b.get("text")
+    )
+
+
+def recovered_result(text: str) -> dict[str, Any]:
+    """A ``result`` for a turn whose final answer was already in the transcript."""
+    return {
+        "is_error": False,
+        "subtype": "success",
+        "text": text,
+        "num_turns": 0,
+        "duration_ms": 0,
+        "stop_reason": "end_turn",
+        "total_cost_usd": 0.0,
+        "usage": {},
+        "recovered": True,
+    }
 
 
 def stored_user_texts(entries: list[Any]) -> set[str]:

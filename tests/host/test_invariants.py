@@ -250,6 +250,59 @@ async def test_recovery_resends_a_prompt_that_never_reached_the_store(stack: Sta
     assert recovery_prompt(stored_turn, [*stored, RECOVER_PROMPT]) == RECOVER_PROMPT
 
 
+async def test_a_recovered_turn_whose_answer_was_stored_ends_with_that_answer(
+    stack: Stack,
+) -> None:
+    """The sandbox died after the final answer reached the transcript but before the
+    turn's result: the turn is recovered, and it ends with that answer (the order's facts),
+    without asking the model again. (Broken on purpose once: sending the recovery prompt
+    ended the turn with the offline model's fallback, not the order.)"""
+    from kit.host.eventlog import TurnState
+    from kit.ids import TurnId
+    from kit.runtime.agent import finished_answer
+
+    client, session = await open_session(stack)
+    first = await _turn(client, "Where is my order 1042?")
+    assert "1Z999AA10123456784" in str(first[-1].data["text"])
+    store: Any = open_store(
+        f"sqlite:///{stack.settings.state_dir / 'transcripts' / session.id / 'transcript.sqlite'}"
+    )
+    entries = await store.load(transcript_key(session.id)) or []
+    assert "1Z999AA10123456784" in (finished_answer(entries) or "")
+    assert finished_answer(entries[:-1]) is None  # it ended in a tool result
+    # As if the sandbox had died between storing the answer and reporting the result:
+    sandbox = session.sandbox
+    assert sandbox is not None
+    await sandbox.kill()
+    await sandbox.wait()
+    await until_sandbox_gone(session)
+    assert stack.model_url is not None
+    async with httpx.AsyncClient(trust_env=False) as http:
+        asked = len((await http.get(stack.model_url + "/_emulator/requests")).json())
+    turn_id = first[-1].turn_id
+    assert turn_id is not None
+    await session.log.set_turn_state(TurnId(turn_id), TurnState.INTERRUPTED)
+    session.refresh()  # the runner looks again and recovers the open turn
+    async with asyncio.timeout(120):
+        async for event in client.events():
+            if event.kind == "result" and event.turn_id == turn_id:
+                recovered = event
+                break
+    assert recovered.data.get("recovered") is True
+    assert "1Z999AA10123456784" in str(recovered.data["text"])
+    async with httpx.AsyncClient(trust_env=False) as http:
+        assert len((await http.get(stack.model_url + "/_emulator/requests")).json()) == asked
+    await client.close()
+
+
+async def until_sandbox_gone(session: Session) -> None:
+    for _ in range(500):
+        if session.sandbox is None:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the killed sandbox was never noticed")
+
+
 @pytest.mark.parametrize(
     ("text", "kill_on", "exit_code"),
     [
