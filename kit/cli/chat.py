@@ -206,10 +206,12 @@ async def _interactive(client: SessionClient, printer: console.EventPrinter, own
             line = await _next_line(lines, shown)
             printer.typed()
             command = (line or "").strip()
-            if line is None:  # end of input: let what was sent finish, then stop
+            piped = not sys.stdin.isatty()
+            if line is None or (piped and command in ("/quit", "/exit")):
+                # End of input, or a script's /quit: let what was sent finish, then stop.
                 await _until_done(shown, turns.idle.wait(), *interrupts)
                 return 0
-            if command in ("/quit", "/exit"):
+            if command in ("/quit", "/exit"):  # a person at a terminal: stop now
                 return 0
             if not command:
                 printer.prompt()

@@ -228,3 +228,18 @@ async def test_one_shot_chat_gives_up_with_what_to_do(kit_tmp: Path) -> None:
     assert "did not come back within 1 s" in err
     assert f"kit chat {session_id}" in err
     assert "--retry-for" in err
+
+
+async def test_a_piped_quit_waits_for_the_answers(
+    agent_dev: tuple[DevProcess, Path], kit_tmp: Path
+) -> None:
+    """`printf 'hello\\n/quit\\n' | kit chat`: a script's /quit lets what it sent be
+    answered first (at a terminal /quit stops at once). (Broken on purpose once: /quit
+    that returned at once printed no answer.)"""
+    _dev, project = agent_dev
+    chat = await Chat.start(project, _env(kit_tmp / "state"))
+    await chat.type("ponder at length")  # the offline model takes 3 s over this one
+    await chat.type("/quit")
+    code, out, err = await chat.finish()
+    assert code == 0, err
+    assert "Thought it through." in out
