@@ -65,8 +65,19 @@ class ScenarioSource:
 
     @property
     def paths(self) -> tuple[Path, ...]:
-        """The files and folders this source was made with."""
+        """The files and folders scenarios are read from."""
         return self._paths
+
+    def move(self, paths: Iterable[Path]) -> None:
+        """Read scenarios from ``paths`` from now on (kit.toml's ``[dev] scenarios``
+        changed); a :class:`ScenarioError` if they do not load, and the old paths stay."""
+        new = tuple(Path(path) for path in paths)
+        old, self._paths = self._paths, new
+        try:
+            self.scenarios()
+        except ScenarioError:
+            self._paths = old
+            raise
 
     def files(self) -> list[Path]:
         """The scenario files the paths stand for right now, in rule order."""

@@ -102,33 +102,26 @@ class Stack:
             return Reload(self.bundle, changed=False, error=str(exc))
         except OSError as exc:  # a file went away while it was read: the next save retries
             return Reload(self.bundle, changed=False, error=f"{exc.filename}: {exc.strerror}.")
-        note = self._scenarios_moved(project)
         if bundle.digest == self.bundle.digest:
             self.project = project
-            return Reload(bundle, changed=False, note=note)
+            return Reload(bundle, changed=False)
         self.project, self.bundle = project, bundle
         if self.egress is not None:
             self.egress.allow([*bundle.egress, *self._store_endpoints])
         self._release[:] = [release_of(bundle)]
         self.host.refresh()
-        return Reload(bundle, changed=True, note=note)
-
-    def _scenarios_moved(self, project: Project) -> str | None:
-        """A line when kit.toml's ``[dev] scenarios`` no longer names what the offline
-        model reads (it reads the paths it started with until kit dev restarts)."""
-        if self.scenarios is None or tuple(project.scenarios) == self.scenarios.paths:
-            return None
-        return (
-            "kit.toml's [dev] scenarios changed: restart kit dev to use them (the offline "
-            f"model still reads {', '.join(str(p) for p in self.scenarios.paths) or 'none'})."
-        )
+        return Reload(bundle, changed=True)
 
     def _build(self) -> tuple[Project, Bundle]:
         """The project as it is on disk now, and its bundle (raises :class:`KitError`)."""
         project = load_project(self.settings.project_dir)
-        if self.scenarios is not None:
-            self.scenarios.scenarios()  # a broken scenario file is reported the same way
-        return project, build_bundle(project, self.settings.state_dir / "bundles")
+        bundle = build_bundle(project, self.settings.state_dir / "bundles")
+        if self.scenarios is not None:  # a broken scenario file is reported the same way
+            if tuple(project.scenarios) != self.scenarios.paths:
+                self.scenarios.move(project.scenarios)  # [dev] scenarios changed
+            else:
+                self.scenarios.scenarios()
+        return project, bundle
 
     @property
     def _store_endpoints(self) -> list[str]:
@@ -155,8 +148,6 @@ class Reload:
     """Whether a new bundle replaced the previous one."""
     error: str | None = None
     """The one-line error of a broken project (the previous bundle keeps serving)."""
-    note: str | None = None
-    """Something the reload could not apply (said as it is)."""
 
 
 def release_of(bundle: Bundle) -> Release:

@@ -12,7 +12,8 @@ What it says:
 - ``kit dev: not reloaded: kit.toml: … Bundle 1a2b… keeps serving.`` (a broken edit; said
   once until the error changes)
 - ``kit dev: scenarios reloaded (scenarios/orders.toml).`` (the offline model's files,
-  read again on its next request)
+  read again on its next request); ``kit dev: scenarios now read from other.`` when
+  kit.toml's ``[dev] scenarios`` moved them
 
 Sandboxes of running turns keep their bundle; idle ones are replaced (see
 :meth:`kit.host.SessionHost.refresh`).
@@ -97,15 +98,22 @@ class Watcher:
         self.say = say
         self.poll_s = poll_s
         self.settle_s = settle_s
-        project = stack.settings.project_dir
-        scenario_paths = stack.scenarios.paths if stack.scenarios is not None else ()
-        self.roots = [project, *(p for p in scenario_paths if not p.is_relative_to(project))]
         self.skip = [stack.settings.state_dir]
-        self.scenario_roots = tuple(str(p) for p in scenario_paths)
         self._error: str | None = None
         self._truncated_said = False
         self.ready = asyncio.Event()
         """Set once the first look is taken: edits from then on are noticed."""
+
+    @property
+    def scenario_paths(self) -> tuple[Path, ...]:
+        """Where the offline model reads scenarios now (kit.toml may move them)."""
+        return self.stack.scenarios.paths if self.stack.scenarios is not None else ()
+
+    @property
+    def roots(self) -> list[Path]:
+        """The project, and scenario paths outside it."""
+        project = self.stack.settings.project_dir
+        return [project, *(p for p in self.scenario_paths if not p.is_relative_to(project))]
 
     def _look(self) -> Stamps:
         stamps, truncated = snapshot(self.roots, self.skip)
@@ -134,18 +142,18 @@ class Watcher:
                 now = again
             paths = changed(before, now)
             before = now
+            read_from = self.scenario_paths
             try:
                 result = await self.stack.reload()
             except Exception as exc:  # the watcher must outlive any one bad save
                 log.exception("reloading the project failed")
                 result = Reload(self.stack.bundle, changed=False, error=f"{exc}.")
-            self.report(paths, result)
+            self.report(paths, result, moved=self.scenario_paths != read_from)
 
-    def report(self, paths: list[str], result: Reload) -> None:
-        """Say what a reload after changes to ``paths`` did (one line, or none)."""
+    def report(self, paths: list[str], result: Reload, *, moved: bool = False) -> None:
+        """Say what a reload after changes to ``paths`` did (one line, or none); ``moved``:
+        the offline model now reads scenarios from other paths."""
         digest = result.bundle.digest[:16]
-        if result.note is not None:
-            self.say(f"kit dev: {result.note}")
         if result.error is not None:
             if result.error != self._error:
                 self.say(f"kit dev: not reloaded: {result.error} Bundle {digest} keeps serving.")
@@ -161,7 +169,10 @@ class Watcher:
             )
         elif was_broken:
             self.say(f"kit dev: the project loads again; bundle {digest} unchanged.")
-        elif any(p.startswith(self.scenario_roots) for p in paths):
+        elif moved:
+            where = self._names([str(p) for p in self.scenario_paths], most=5)
+            self.say(f"kit dev: scenarios now read from {where or 'nowhere'}.")
+        elif any(p.startswith(tuple(str(r) for r in self.scenario_paths)) for p in paths):
             self.say(f"kit dev: scenarios reloaded ({names}).")
 
     def _names(self, paths: list[str], most: int = 3) -> str:

@@ -334,3 +334,37 @@ async def test_folders_of_pooled_sandboxes_a_killed_kit_dev_left_are_deleted(
         assert not (state / "transcripts" / orphan.name).exists()
         assert (state / "sandboxes" / session.id / "workspace").is_dir()
         assert (state / "transcripts" / session.id).is_dir()
+
+
+async def test_moving_the_scenarios_in_kit_toml_takes_effect(kit_tmp: Path) -> None:
+    """kit.toml's `[dev] scenarios` pointed elsewhere: one line, and the offline model
+    answers from the new folder; pointed at nothing, one error line and the old stay."""
+    project = write_agent(kit_tmp / "agent")
+    (project / "other").mkdir()
+    (project / "other" / "x.toml").write_text(
+        '[[rule]]\nname = "other"\n[[rule.step]]\ntext = "From the other folder."\n'
+    )
+    lines: asyncio.Queue[str] = asyncio.Queue()
+    async with run_stack(stack_settings(kit_tmp / "state", project)) as stack:
+        watcher = Watcher(stack, say=lines.put_nowait, poll_s=0.05, settle_s=0.05)
+        task = asyncio.create_task(watcher.run())
+        client, _session = await open_session(stack)
+        try:
+            async with asyncio.timeout(WAIT_S):
+                await watcher.ready.wait()
+            toml = (project / "kit.toml").read_text()
+            (project / "kit.toml").write_text(toml + '\n[dev]\nscenarios = ["other"]\n')
+            async with asyncio.timeout(WAIT_S):
+                line = await lines.get()
+            assert line == "kit dev: scenarios now read from other."
+            assert answer(await turn_events(client, "hi")) == "From the other folder."
+
+            (project / "kit.toml").write_text(toml + '\n[dev]\nscenarios = ["missing"]\n')
+            async with asyncio.timeout(WAIT_S):
+                line = await lines.get()
+            assert line.startswith("kit dev: not reloaded: ")
+            assert "missing" in line
+            assert answer(await turn_events(client, "again")) == "From the other folder."
+        finally:
+            task.cancel()
+            await client.close()
