@@ -149,7 +149,9 @@ def dev_settings(
     store_url = environ.get("KIT_STORE_URL") or None
     log_url = environ.get("KIT_LOG_URL") or None
     lease_ttl_s = _number(environ, "KIT_LEASE_TTL_S", DEFAULT_TTL_S, 1, 3600, "seconds")
-    pool_size = int(_number(environ, "KIT_SANDBOX_POOL", POOL_SIZE, 0, MAX_POOL_SIZE, "sandboxes"))
+    pool_size = int(
+        _number(environ, "KIT_SANDBOX_POOL", POOL_SIZE, 0, MAX_POOL_SIZE, "sandboxes", whole=True)
+    )
     grace_s = _number(environ, "KIT_SANDBOX_GRACE_S", GRACE_S, 1, MAX_GRACE_S, "seconds")
     if log_url and not log_url.startswith("s3://"):
         raise SettingsError(
@@ -198,12 +200,18 @@ def dev_settings(
 
 
 def _number(
-    environ: Mapping[str, str], name: str, default: float, low: float, high: float, unit: str
+    environ: Mapping[str, str],
+    name: str,
+    default: float,
+    low: float,
+    high: float,
+    unit: str,
+    *,
+    whole: bool = False,
 ) -> float:
-    """A number from ``environ[name]`` within ``low..high`` (whole when ``unit`` counts
-    things), else a :class:`SettingsError` naming the variable and the fix."""
+    """A number (``whole``: an integer) of ``unit`` from ``environ[name]`` within
+    ``low..high``, else a :class:`SettingsError` naming the variable and the fix."""
     raw = environ.get(name) or ""
-    whole = unit == "sandboxes"
     example = f"{default:g}"
     try:
         value = (int(raw) if whole else float(raw)) if raw else default

@@ -84,11 +84,7 @@ class Stack:
     scenarios: ScenarioSource | None = None
     """The offline model's scenario files (None when the real API answers)."""
     _release: list[Release] = field(default_factory=list)
-
-    @property
-    def release(self) -> Release:
-        """What new sandboxes start from now."""
-        return self._release[-1]
+    """A one-item cell holding the current release, shared with ``SessionEnv.release``."""
 
     async def reload(self) -> Reload:
         """Load the project again; on success, new sandboxes run the new bundle.

@@ -211,9 +211,7 @@ class Session:
                     return
                 self._quiet_since = time.monotonic()
                 continue
-            live = self._live
-            if live is not None and live.release != self.env.release():
-                await self._stop_sandbox(reason="reload")  # the next turn gets the new one
+            if await self._stop_stale_sandbox():
                 continue
             deadline = self._idle_deadline()
             if deadline is not None and deadline <= time.monotonic():
@@ -275,9 +273,7 @@ class Session:
 
     async def _run_turn(self, turn: Turn) -> None:
         recover = turn.state is not TurnState.QUEUED
-        live = self._live
-        if live is not None and live.release != self.env.release():
-            await self._stop_sandbox(reason="reload")  # a turn queued behind a reload
+        await self._stop_stale_sandbox()  # a turn queued behind a reload gets the new bundle
         self._running_turn = turn.turn_id
         self._turn_release = None
         try:
@@ -455,6 +451,15 @@ class Session:
             except TimeoutError:
                 await live.sandbox.kill(reason="unresponsive")
         await watcher
+
+    async def _stop_stale_sandbox(self) -> bool:
+        """Stop a sandbox (with no turn) of an older release than the current one; whether
+        one was stopped. The next turn starts one of the current release."""
+        live = self._live
+        if live is None or live.release == self.env.release():
+            return False
+        await self._stop_sandbox(reason="reload")
+        return True
 
     async def _stop_sandbox(self, reason: str) -> None:
         live, watcher = self._live, self._watcher

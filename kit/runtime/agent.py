@@ -352,33 +352,25 @@ def stored_user_prompts(entries: list[Any]) -> list[str]:
     """The text of every user prompt in a stored transcript, in order (tool results and
     the CLI's own ``isMeta`` messages, such as a skill's body, which the transcript also
     stores as user messages, left out)."""
-    texts: list[str] = []
-    for entry in entries:
-        if entry.get("type") != "user" or entry.get("isMeta"):
-            continue
-        message = entry.get("message")
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            texts.append(content)
-        elif isinstance(content, list):
-            texts.extend(
-                str(block.get("text"))
-                for block in content
-                if isinstance(block, dict) and block.get("type") == "text"
-            )
-    return texts
+    return [text for entry in entries for text in _prompt_texts(entry)]
 
 
-def _is_prompt(entry: Any) -> bool:
-    """A user message a person (or kit's recovery) wrote: text, not a tool result or meta."""
+def _prompt_texts(entry: Any) -> list[str]:
+    """The texts of a user message a person (or kit's recovery) wrote; empty for anything
+    else (a tool result, a meta message, an assistant entry)."""
     if entry.get("type") != "user" or entry.get("isMeta"):
-        return False
+        return []
     message = entry.get("message")
     content = message.get("content") if isinstance(message, dict) else None
-    return isinstance(content, str) or (
-        isinstance(content, list)
-        and any(isinstance(b, dict) and b.get("type") == "text" for b in content)
-    )
+    if isinstance(content, str):
+        return [content]
+    if not isinstance(content, list):
+        return []
+    return [
+        str(block.get("text"))
+        for block in content
+        if isinstance(block, dict) and block.get("type") == "text"
+    ]
 
 
 def finished_answer(entries: list[Any]) -> str | None:
@@ -387,7 +379,7 @@ def finished_answer(entries: list[Any]) -> str | None:
     last: Any = None
     for entry in entries:
         kind = entry.get("type")
-        if _is_prompt(entry):
+        if _prompt_texts(entry):
             last = None
         elif kind == "assistant" or (kind == "user" and not entry.get("isMeta")):
             last = entry  # a tool result after an answer reopens the turn

@@ -18,6 +18,21 @@ def python_blocks(markdown: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", markdown, flags=re.S)
 
 
+async def run_example(env: dict[str, str], question: str) -> str:
+    """Run examples/client.py as the README says; its output (it must exit 0)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(EXAMPLE),
+        question,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 180)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
 def test_the_readme_shows_the_client_example_file_whole() -> None:
     """The README's Python client is examples/client.py, character for character."""
     assert EXAMPLE.read_text() in python_blocks((ROOT / "README.md").read_text())
@@ -26,17 +41,7 @@ def test_the_readme_shows_the_client_example_file_whole() -> None:
 async def test_the_client_example_runs_as_written(stack: Stack) -> None:
     """Run as the README says against a running host: it prints the order's facts."""
     env = {**os.environ, "KIT_URL": stack.url, "KIT_API_TOKEN": stack.api_token}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(EXAMPLE),
-        "Where is my order 1042?",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 180)
-    assert proc.returncode == 0, err.decode()
-    text = out.decode()
+    text = await run_example(env, "Where is my order 1042?")
     assert "[tool] Skill" in text
     assert "[tool] Bash" in text
     answer = text.rsplit("[tool] Bash", 1)[1]
@@ -48,14 +53,4 @@ async def test_the_client_example_finds_kit_dev_by_its_state_dir(stack: Stack) -
     """Without KIT_URL it reads dev.json from KIT_STATE_DIR, as `kit chat` does."""
     env = {k: v for k, v in os.environ.items() if k not in ("KIT_URL", "KIT_API_TOKEN")}
     env["KIT_STATE_DIR"] = str(stack.settings.state_dir)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(EXAMPLE),
-        "hello",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 180)
-    assert proc.returncode == 0, err.decode()
-    assert out.decode().startswith("session ")
+    assert (await run_example(env, "hello")).startswith("session ")
