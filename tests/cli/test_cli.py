@@ -117,11 +117,16 @@ async def test_a_second_host_on_one_state_dir_is_refused(kit_tmp: Path) -> None:
 
 
 def test_bad_host_settings_name_the_variable(kit_tmp: Path) -> None:
-    """A wrong KIT_LEASE_TTL_S or KIT_LOG_URL is one line naming the variable and the fix."""
+    """A wrong KIT_LEASE_TTL_S, KIT_LOG_URL, KIT_SANDBOX_POOL or KIT_SANDBOX_GRACE_S is one
+    line naming the variable and the fix, and creates nothing."""
     for name, value, hint in [
         ("KIT_LEASE_TTL_S", "soon", "number of seconds"),
         ("KIT_LEASE_TTL_S", "0", "1 to 3600"),
         ("KIT_LOG_URL", "sqlite:///tmp/x", "s3://BUCKET/PREFIX"),
+        ("KIT_SANDBOX_POOL", "1.5", "whole number of sandboxes"),
+        ("KIT_SANDBOX_POOL", "100", "0 to 64 sandboxes"),
+        ("KIT_SANDBOX_GRACE_S", "nan", "1 to 3600 seconds"),
+        ("KIT_SANDBOX_GRACE_S", "0", "1 to 3600 seconds"),
     ]:
         env = {**os.environ, name: value, "KIT_STATE_DIR": str(kit_tmp / "state")}
         result = _kit("dev", "--port", "0", cwd=kit_tmp, env=env)
