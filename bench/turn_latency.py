@@ -45,6 +45,7 @@ def pct(values: list[float], q: float) -> float:
 def sdk_options(stack: Stack, bundle: Bundle, home: Path) -> ClaudeAgentOptions:
     """The runtime's options, minus the store, pointed straight at the offline model."""
     assert stack.model_url is not None
+    assert stack.model_key is not None
     home.mkdir(parents=True, exist_ok=True)
     tools = list(bundle.agent.allowed_tools)
     return ClaudeAgentOptions(
@@ -62,7 +63,7 @@ def sdk_options(stack: Stack, bundle: Bundle, home: Path) -> ClaudeAgentOptions:
             "CLAUDE_CONFIG_DIR": str(home / ".claude"),
             "TMPDIR": str(home),
             "ANTHROPIC_BASE_URL": stack.model_url,
-            "ANTHROPIC_API_KEY": "bench",
+            "ANTHROPIC_API_KEY": stack.model_key,
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
             "DISABLE_TELEMETRY": "1",
             "CLAUDE_CODE_DISABLE_AUTO_MEMORY": "1",

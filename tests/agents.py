@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from kit.cli.stack import Stack
 from kit.client import SessionClient, create_session
 from kit.host.session import Session
@@ -189,6 +191,19 @@ async def open_session(stack: Stack) -> tuple[SessionClient, Session]:
     session = await stack.host.get(info.session_id)
     assert session is not None
     return client, session
+
+
+async def model_requests(stack: Stack) -> list[dict[str, Any]]:
+    """What the offline model was asked so far (its request log), oldest first."""
+    assert stack.model_url is not None
+    assert stack.model_key is not None
+    async with httpx.AsyncClient(trust_env=False) as http:
+        answer = await http.get(
+            stack.model_url + "/_emulator/requests", headers={"x-api-key": stack.model_key}
+        )
+    answer.raise_for_status()
+    entries: list[dict[str, Any]] = answer.json()
+    return entries
 
 
 async def until(check: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:

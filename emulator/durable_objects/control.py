@@ -9,12 +9,11 @@ POST     ``/{namespace}/objects/{id}/hibernate`` drop the instance, sockets stay
 POST     ``/{namespace}/objects/{id}/alarm``    ``runDurableObjectAlarm``: fire it now
 =======  =====================================  ========================================
 
-Every route needs ``Authorization: Bearer <the host's API token>`` when one is set.
+Every route needs ``Authorization: Bearer <the host's API token>``.
 """
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,28 +24,18 @@ from starlette.routing import Route
 
 from emulator.durable_objects.errors import DurableObjectError
 from emulator.durable_objects.namespace import Namespace
+from kit.host.auth import bearer_matches, unauthorized
 
 
-def create_control_app(
-    namespaces: Mapping[str, Namespace[Any]], *, api_token: str | None = None
-) -> Starlette:
+def create_control_app(namespaces: Mapping[str, Namespace[Any]], *, api_token: str) -> Starlette:
     """An ASGI app over ``namespaces`` (keyed by class name, e.g. ``SessionLog``)."""
 
     def authorized(request: Request) -> bool:
-        if api_token is None:
-            return True
-        scheme, _, got = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(got.encode(), api_token.encode())
+        return bearer_matches(request.headers.get("authorization", ""), api_token)
 
     def resolve(request: Request) -> Namespace[Any] | Response:
         if not authorized(request):
-            return JSONResponse(
-                {
-                    "error": "unauthorized",
-                    "message": "Send Authorization: Bearer <the host's API token>.",
-                },
-                status_code=401,
-            )
+            return unauthorized()
         namespace = namespaces.get(request.path_params["namespace"])
         if namespace is None:
             return JSONResponse(

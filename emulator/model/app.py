@@ -8,32 +8,41 @@ Routes::
     GET    /_emulator/requests        the last MAX_LOGGED_REQUESTS requests to /v1/*
     DELETE /_emulator/requests        forget them
 
-Every /v1/* route wants a non-empty ``x-api-key`` or ``Authorization: Bearer`` header (any
-value will do) and answers errors in Anthropic's shape with its status and type.
+Every route, the inspection ones included, wants the emulator's key (``create_app``'s
+``api_key``; ``kit dev`` makes a new one each run and only its model proxy holds it) in
+``x-api-key`` or ``Authorization: Bearer``: the request log holds every session's prompts.
+Errors come in Anthropic's shape with its status and type. The log keeps headers with
+credentials shown only as a digest (:func:`redacted`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from emulator.model.replies import Reply, choose_reply, estimate_tokens, new_id
 from emulator.model.scenarios import ScenarioSource
 from emulator.model.schema import ScenarioError
 from emulator.model.sse import content_events, error_json, message_json, message_start
+from kit.host.auth import key_matches
 
 MAX_LOGGED_REQUESTS = 200
 """How many requests ``GET /_emulator/requests`` remembers."""
+
+_CREDENTIALS = frozenset({"x-api-key", "authorization"})
 
 _NOT_JSON: Any = object()
 """Stands for a request body that is empty or not JSON."""
@@ -75,14 +84,33 @@ class _EventStream(StreamingResponse):
             group.cancel_scope.cancel()
 
 
-def create_app(scenarios: ScenarioSource) -> Starlette:
-    """Build the offline Messages API, answering from ``scenarios``."""
+class _RequireKey:
+    """ASGI middleware: every HTTP request carries the emulator's key, or gets a 401."""
+
+    def __init__(self, app: ASGIApp, *, key: str) -> None:
+        if not key:
+            raise ValueError("The offline model needs a non-empty api_key.")
+        self.app, self.key = app, key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not key_matches(Headers(scope=scope), self.key):
+            refusal = _error(
+                401,
+                "authentication_error",
+                "invalid x-api-key: send the key this emulator was started with (x-api-key "
+                "or Authorization: Bearer); kit dev's model proxy adds it for sandboxes.",
+            )
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def create_app(scenarios: ScenarioSource, *, api_key: str) -> Starlette:
+    """Build the offline Messages API, answering from ``scenarios`` to holders of ``api_key``."""
     log = RequestLog()
 
     async def messages(request: Request) -> Response:
-        body, failure = await _read(request, log)
-        if failure is not None:
-            return failure
+        body = await _read(request, log)
         problem = _body_problem(body)
         if problem is not None:
             return _error(400, "invalid_request_error", problem)
@@ -113,18 +141,14 @@ def create_app(scenarios: ScenarioSource) -> Starlette:
         )
 
     async def count_tokens(request: Request) -> Response:
-        body, failure = await _read(request, log)
-        if failure is not None:
-            return failure
+        body = await _read(request, log)
         if not isinstance(body, dict):
             problem = "is not valid JSON" if body is _NOT_JSON else "must be a JSON object"
             return _error(400, "invalid_request_error", f"The request body {problem}.")
         return JSONResponse({"input_tokens": estimate_tokens(body)}, headers=_ids())
 
     async def unknown(request: Request) -> Response:
-        _, failure = await _read(request, log)
-        if failure is not None:
-            return failure
+        await _read(request, log)
         return _error(404, "not_found_error", f"Not found: {request.method} {request.url.path}")
 
     async def healthz(request: Request) -> Response:
@@ -143,7 +167,8 @@ def create_app(scenarios: ScenarioSource) -> Starlette:
             Route("/v1/{rest:path}", unknown),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/_emulator/requests", requests, methods=["GET", "DELETE"]),
-        ]
+        ],
+        middleware=[Middleware(_RequireKey, key=api_key)],
     )
     app.state.scenarios = scenarios
     app.state.requests = log
@@ -165,8 +190,8 @@ async def _stream(
         yield event.encode()
 
 
-async def _read(request: Request, log: RequestLog) -> tuple[Any, Response | None]:
-    """Log the request and check its credential; give the decoded body (``_NOT_JSON`` if not)."""
+async def _read(request: Request, log: RequestLog) -> Any:
+    """Log the request; give the decoded body (``_NOT_JSON`` if it is not JSON)."""
     raw = await request.body()
     try:
         body: Any = json.loads(raw, parse_constant=_no_constants) if raw else _NOT_JSON
@@ -177,30 +202,25 @@ async def _read(request: Request, log: RequestLog) -> tuple[Any, Response | None
         {
             "path": request.url.path,
             "query": request.url.query,
-            "headers": {key.lower(): value for key, value in request.headers.items()},
+            "headers": {
+                key.lower(): redacted(value) if key.lower() in _CREDENTIALS else value
+                for key, value in request.headers.items()
+            },
             "body": None if logged is _NOT_JSON else logged,
         }
     )
-    if not _has_credential(request.headers):
-        return body, _error(
-            401,
-            "authentication_error",
-            "No API key: send an x-api-key or Authorization: Bearer header "
-            "(the emulator accepts any non-empty value).",
-        )
-    return body, None
+    return body
+
+
+def redacted(credential: str) -> str:
+    """How the request log shows a credential: a short digest, enough to tell keys apart."""
+    digest = hashlib.sha256(credential.encode()).hexdigest()[:12]
+    return f"[redacted sha256:{digest}]"
 
 
 def _no_constants(name: str) -> object:
     """Refuse NaN and Infinity, as the real API does (and JSON itself)."""
     raise ValueError(f"{name} is not valid JSON")
-
-
-def _has_credential(headers: Mapping[str, str]) -> bool:
-    if headers.get("x-api-key", "").strip():
-        return True
-    scheme, _, token = headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and bool(token.strip())
 
 
 def _body_problem(body: Any) -> str | None:

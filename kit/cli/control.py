@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import signal
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -44,6 +43,7 @@ from starlette.types import Receive, Scope, Send
 
 from kit.cli.follow import End, end_line, event_line, follow
 from kit.host import LogError, Release, Sandbox, SandboxState, Session, SessionHost
+from kit.host.auth import bearer_matches, unauthorized
 from kit.host.errors import SandboxError
 from kit.host.eventlog import LogSummary
 from kit.ids import SessionId, is_session_id
@@ -159,16 +159,10 @@ def control_routes(
     attached: set[Any] = set() if connections is None else connections
 
     def refused(request: Request) -> Response | None:
-        scheme, _, got = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(got.encode(), api_token.encode()):
+        # The host's middleware checks too; these routes may be mounted on other apps.
+        if bearer_matches(request.headers.get("authorization", ""), api_token):
             return None
-        return JSONResponse(
-            {
-                "error": "unauthorized",
-                "message": "Send Authorization: Bearer <the host's API token>.",
-            },
-            status_code=401,
-        )
+        return unauthorized()
 
     def running(session_id: str) -> Any:
         session = next((s for s in host.live_sessions() if s.id == session_id), None)

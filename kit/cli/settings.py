@@ -44,6 +44,10 @@ sandbox grace          ``KIT_SANDBOX_GRACE_S``     30 (seconds): how long a sess
                                                    turn is open (``idle_timeout`` in
                                                    kit.toml still bounds a quiet sandbox
                                                    whose client stays)
+allowed origins        ``KIT_ALLOWED_ORIGINS``     none: browser pages may open session
+                                                   sockets only from the host's own origin;
+                                                   a comma-separated list of
+                                                   ``scheme://host[:port]`` adds others
 watch                  ``--no-watch``              on: a saved change to kit.toml, the
                                                    prompt, skills or scenarios rebuilds the
                                                    bundle for new sandboxes
@@ -61,6 +65,7 @@ from pathlib import Path
 
 from kit.bundle import CONFIG_FILE
 from kit.errors import KitError
+from kit.host.auth import normalise_origin
 from kit.host.launch import GRACE_S
 from kit.host.lease import DEFAULT_TTL_S
 from kit.host.pool import MAX_POOL_SIZE, POOL_SIZE
@@ -120,6 +125,8 @@ class DevSettings:
     """How long a sandbox with no open turn outlives its session's last client."""
     watch: bool = True
     """Rebuild the bundle when the project changes (``kit dev`` only)."""
+    allowed_origins: tuple[str, ...] = ()
+    """Browser origins besides the host's own that may open session sockets."""
 
     @property
     def offline(self) -> bool:
@@ -179,6 +186,7 @@ def dev_settings(
             raise SettingsError(f"--port {port}: give a port from 0 to 65535 (0: any free one).")
         fallback = False
     aws = {k: v for k, v in environ.items() if k in AWS_VARIABLES}
+    origins = _origins(environ.get("KIT_ALLOWED_ORIGINS") or "")
     return DevSettings(
         project_dir=project_dir,
         state_dir=Path(state).resolve() if state else project_dir / ".kit",
@@ -196,7 +204,24 @@ def dev_settings(
         lease_ttl_s=lease_ttl_s,
         pool_size=pool_size,
         grace_s=grace_s,
+        allowed_origins=origins,
     )
+
+
+def _origins(value: str) -> tuple[str, ...]:
+    """``KIT_ALLOWED_ORIGINS``: comma-separated ``scheme://host[:port]`` origins."""
+    origins = []
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        try:
+            origins.append(normalise_origin(item))
+        except ValueError as exc:
+            raise SettingsError(
+                f"KIT_ALLOWED_ORIGINS: {exc}; list origins like "
+                "https://app.example.com,http://localhost:3000 (no paths)."
+            ) from None
+    return tuple(origins)
 
 
 def _number(

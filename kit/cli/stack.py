@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ from kit.host import (
     create_app,
 )
 from kit.host.app import WS_MAX_BYTES
+from kit.host.auth import OriginPolicy, loopback_hosts
 from kit.host.pool import SandboxPool
 from kit.host.s3log import S3LogStore
 from kit.ids import SessionId, is_session_id
@@ -51,8 +53,6 @@ from kit.storage.s3io import endpoint_of
 
 log = logging.getLogger("kit.dev")
 
-EMULATOR_KEY = "kit-offline-model"
-"""What the proxy sends the offline model in place of a real key."""
 PORT_TRIES = 20
 """Ports tried from the default one up when no ``--port`` was given."""
 
@@ -67,6 +67,9 @@ class Stack:
     url: str
     model_url: str | None
     """The offline model's URL (None when the real API is used)."""
+    model_key: str | None
+    """The key the offline model wants on every route (its request log included): made
+    anew each run, held by the model proxy; None when the real API is used."""
     api_token: str
     api_token_file: Path
     host: SessionHost
@@ -85,6 +88,8 @@ class Stack:
     """The offline model's scenario files (None when the real API answers)."""
     _release: list[Release] = field(default_factory=list)
     """A one-item cell holding the current release, shared with ``SessionEnv.release``."""
+    app: Starlette | None = None
+    """The host's ASGI app, its control routes and the DO hooks mounted."""
 
     async def reload(self) -> Reload:
         """Load the project again; on success, new sandboxes run the new bundle.
@@ -311,6 +316,15 @@ def _mount_durable_objects(
     return evict
 
 
+def _origin_policy(settings: DevSettings, sock: socket.socket) -> OriginPolicy:
+    """Browser pages may open session sockets from the host's own origin and
+    ``KIT_ALLOWED_ORIGINS``. On a loopback address the own origin is one of its loopback
+    names, not whatever ``Host`` a page sends (a DNS-rebinding page names its own host)."""
+    address, port = sock.getsockname()[:2]
+    own = loopback_hosts(address, port) if ipaddress.ip_address(address).is_loopback else None
+    return OriginPolicy(settings.allowed_origins, own=own)
+
+
 def _api_token(path: Path) -> str:
     if path.is_file():
         return path.read_text().strip()
@@ -351,13 +365,15 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
     servers: list[tuple[_Server, asyncio.Task[None]]] = []
 
     model_url: str | None = None
+    model_key: str | None = None
     scenarios: ScenarioSource | None = None
     if settings.offline:
         model_sock = _tcp_socket("127.0.0.1", 0)
         model_url = f"http://127.0.0.1:{model_sock.getsockname()[1]}"
         scenarios = ScenarioSource.from_paths(list(project.scenarios))
-        servers.append(_serve(create_model_app(scenarios), model_sock))
-        upstream, key = model_url, settings.api_key or EMULATOR_KEY
+        model_key = settings.api_key or "kit-offline-" + secrets.token_urlsafe(24)
+        servers.append(_serve(create_model_app(scenarios, api_key=model_key), model_sock))
+        upstream, key = model_url, model_key
     else:
         assert settings.api_key is not None
         upstream, key = settings.upstream_url, settings.api_key
@@ -404,7 +420,7 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
     host = SessionHost(logs, env, pool)
     token_file = state / "api-token"
     api_token = _api_token(token_file)
-    app = create_app(host, api_token=api_token)
+    app = create_app(host, api_token=api_token, origins=_origin_policy(settings, host_sock))
     evict = (
         _mount_durable_objects(app, host, logs, api_token) if isinstance(logs, DOLogStore) else None
     )
@@ -419,6 +435,7 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
         bundle,
         url,
         model_url,
+        model_key,
         api_token,
         token_file,
         host,
@@ -431,6 +448,7 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
         pool,
         scenarios,
         releases,
+        app,
     )
     (state / "dev.json").write_text(
         json.dumps({"url": url, "pid": os.getpid(), "api_token_file": str(token_file)})

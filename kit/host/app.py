@@ -1,5 +1,10 @@
 """The host's public face: ``POST /v1/sessions``, the session WebSocket, ``GET /healthz``.
 
+Every HTTP route needs the host's API token (:class:`~kit.host.auth.RequireToken`) except
+``/healthz``, which says only whether the host is up; a session socket authenticates with
+its ``hello`` and opens from a browser page only if the :class:`~kit.host.auth.OriginPolicy`
+allows the page's origin.
+
 Each WebSocket has one writer task; everything it sends (events, errors, pongs, the
 close) goes through one queue in order. Events reach that queue only from
 :meth:`Session.emit`, i.e. after they are committed.
@@ -9,16 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 from collections import deque
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from kit.host.auth import OriginPolicy, RequireToken
 from kit.host.host import SessionHost
 from kit.host.lease import LeaseHeld
 from kit.host.session import Session
@@ -116,28 +122,27 @@ class ClientSocket:
                 return
 
 
+PUBLIC_PATHS = ("/healthz",)
+"""HTTP paths answered without the API token: ``/healthz`` says only ``{"ok": bool}``."""
+
+
 def create_app(
-    host: SessionHost, *, api_token: str | None = None, hello_timeout_s: float = HELLO_TIMEOUT_S
+    host: SessionHost,
+    *,
+    api_token: str,
+    origins: OriginPolicy | None = None,
+    hello_timeout_s: float = HELLO_TIMEOUT_S,
 ) -> Starlette:
-    """The host's ASGI app. With ``api_token`` set, creating sessions needs ``Bearer`` it."""
+    """The host's ASGI app: every HTTP route but ``/healthz`` needs ``Bearer api_token``;
+    session sockets open from browser pages of ``origins`` only (default: the page's
+    ``Origin`` must name the host it connects to)."""
     connections: set[ClientSocket] = set()
+    policy = origins or OriginPolicy()
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"ok": not host.closing, "sessions": len(host.live_sessions())})
+        return JSONResponse({"ok": not host.closing})
 
     async def create_session(request: Request) -> Response:
-        if api_token is not None:
-            scheme, _, got = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                got.encode(), api_token.encode()
-            ):
-                return JSONResponse(
-                    {
-                        "error": e.UNAUTHORIZED,
-                        "message": "Send Authorization: Bearer <the host's API token>.",
-                    },
-                    status_code=401,
-                )
         if host.closing:
             return JSONResponse(
                 {"error": e.SHUTTING_DOWN, "message": "The host is shutting down."}, status_code=503
@@ -151,6 +156,10 @@ def create_app(
 
     async def session_ws(ws: WebSocket) -> None:
         session_id = ws.path_params["session_id"]
+        origin = ws.headers.get("origin")
+        if not policy.allows(origin, ws.headers.get("host")):
+            await _refuse_origin(ws, origin or "")
+            return
         await ws.accept()
         client = ClientSocket(ws, session_id)
         connections.add(client)
@@ -179,7 +188,8 @@ def create_app(
             Route("/healthz", healthz),
             Route("/v1/sessions", create_session, methods=["POST"]),
             WebSocketRoute("/v1/sessions/{session_id}/ws", session_ws),
-        ]
+        ],
+        middleware=[Middleware(RequireToken, token=api_token, public=PUBLIC_PATHS)],
     )
 
     def close_all() -> None:
@@ -193,6 +203,20 @@ def create_app(
     app.state.close_all_connections = close_all
     app.state.connections = connections
     return app
+
+
+async def _refuse_origin(ws: WebSocket, origin: str) -> None:
+    """Answer an upgrade from a page of a foreign origin with 403 and a JSON reason."""
+    message = (
+        f"Origin {origin[:200]!r} may not open session sockets on this host; list it in "
+        "KIT_ALLOWED_ORIGINS (scheme://host[:port]), or serve the page from this host."
+    )
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        await ws.send_denial_response(
+            JSONResponse({"error": e.FORBIDDEN_ORIGIN, "message": message}, status_code=403)
+        )
+    else:
+        await ws.close(e.CLOSE_POLICY)
 
 
 async def _read_loop(

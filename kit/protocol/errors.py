@@ -28,10 +28,13 @@ SHUTTING_DOWN = "shutting_down"
 SESSION_ELSEWHERE = "session_elsewhere"
 INTERNAL = "internal"
 PROTOCOL_VIOLATION = "protocol_violation"
+FORBIDDEN_ORIGIN = "forbidden_origin"
+"""An HTTP 403 to a WebSocket upgrade from a browser page whose origin is not allowed."""
 
 # WebSocket close codes the host uses (4xxx are application codes).
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
 CLOSE_TOO_LARGE = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_BAD_REQUEST = 4400

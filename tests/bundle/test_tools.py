@@ -54,7 +54,7 @@ async def _offered(url: str, home: Path, tools: Sequence[str] | None) -> set[str
         tools=None if tools is None else list(tools),
         allowed_tools=list(tools or []),
     )
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(headers={"x-api-key": "placeholder"}) as http:
         await http.delete(f"{url}/_emulator/requests")
         with anyio.fail_after(120):
             async for _ in query(prompt="hello", options=options):
@@ -83,7 +83,9 @@ async def test_the_bundled_cli_knows_exactly_these_tools(kit_tmp: Path) -> None:
     (kit_tmp / "tmp").mkdir()
     scenario = kit_tmp / "scenario.toml"
     scenario.write_text('[[rule]]\n[[rule.step]]\ntext = "ok"\n')
-    async with serve_on_loopback(create_app(ScenarioSource.from_paths([scenario]))) as url:
+    async with serve_on_loopback(
+        create_app(ScenarioSource.from_paths([scenario]), api_key="placeholder")
+    ) as url:
         default = await _offered(url, kit_tmp, None)
         assert default <= set(CLI_TOOLS), f"new default tools: {sorted(default - set(CLI_TOOLS))}"
         candidates = _binary_constants() | set(CLI_TOOLS)

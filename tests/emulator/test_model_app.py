@@ -27,7 +27,7 @@ from starlette.applications import Starlette
 
 import emulator.model
 from emulator.model import ScenarioSource, create_app
-from emulator.model.app import RequestLog
+from emulator.model.app import RequestLog, redacted
 from emulator.model.sse import decode_events
 
 SCENARIO = """
@@ -107,7 +107,7 @@ def scenario_app(tmp_path: Path, text: str = SCENARIO) -> Starlette:
     """The app answering from one scenario file written under ``tmp_path``."""
     path = tmp_path / "scenario.toml"
     path.write_text(text, encoding="utf-8")
-    return create_app(ScenarioSource.from_paths([path]))
+    return create_app(ScenarioSource.from_paths([path]), api_key=KEY["x-api-key"])
 
 
 def test_public_api_is_pinned() -> None:
@@ -212,6 +212,8 @@ async def test_chunk_delay_spaces_the_deltas(tmp_path: Path) -> None:
         ({"x-api-key": ""}, json.dumps(request("hi")), 401, "authentication_error"),
         ({"authorization": "Bearer"}, json.dumps(request("hi")), 401, "authentication_error"),
         ({"authorization": "Basic abc"}, json.dumps(request("hi")), 401, "authentication_error"),
+        ({"x-api-key": "wrong"}, json.dumps(request("hi")), 401, "authentication_error"),
+        ({"authorization": "Bearer wrong"}, json.dumps(request("hi")), 401, "authentication_error"),
         (KEY, "{not json", 400, "invalid_request_error"),
         (KEY, json.dumps({"model": "m"}), 400, "invalid_request_error"),
         (
@@ -245,7 +247,7 @@ async def test_errors_have_anthropics_shape(
 async def test_side_routes(tmp_path: Path) -> None:
     """healthz, count_tokens and unknown /v1 paths answer like the real service."""
     async with serve(scenario_app(tmp_path)) as url, httpx.AsyncClient(base_url=url) as client:
-        assert (await client.get("/healthz")).json() == {"ok": True}
+        assert (await client.get("/healthz", headers=KEY)).json() == {"ok": True}
         body = {"model": "m", "messages": [{"role": "user", "content": "x" * 400}]}
         tokens = await client.post("/v1/messages/count_tokens?beta=true", json=body, headers=KEY)
         assert 100 <= tokens.json()["input_tokens"] <= 120
@@ -254,20 +256,49 @@ async def test_side_routes(tmp_path: Path) -> None:
 
 
 async def test_request_log(tmp_path: Path) -> None:
-    """/_emulator/requests lists path, query, lowercased headers and body; DELETE clears it."""
+    """/_emulator/requests lists path, query, lowercased headers (credentials redacted) and
+    body; DELETE clears it."""
     async with serve(scenario_app(tmp_path)) as url, httpx.AsyncClient(base_url=url) as client:
         await client.post(
             "/v1/messages?beta=true",
             json=request("hi", stream=False),
-            headers={"X-Api-Key": "k", "Anthropic-Beta": "b1"},
+            headers={"X-Api-Key": KEY["x-api-key"], "Anthropic-Beta": "b1"},
         )
-        await client.get("/healthz")
-        (entry,) = (await client.get("/_emulator/requests")).json()
+        await client.get("/healthz", headers=KEY)
+        (entry,) = (await client.get("/_emulator/requests", headers=KEY)).json()
         assert (entry["path"], entry["query"]) == ("/v1/messages", "beta=true")
-        assert (entry["headers"]["x-api-key"], entry["headers"]["anthropic-beta"]) == ("k", "b1")
+        assert (entry["headers"]["x-api-key"], entry["headers"]["anthropic-beta"]) == (
+            redacted(KEY["x-api-key"]),
+            "b1",
+        )
         assert entry["body"] == request("hi", stream=False)
-        assert (await client.delete("/_emulator/requests")).status_code == 200
-        assert (await client.get("/_emulator/requests")).json() == []
+        assert (await client.delete("/_emulator/requests", headers=KEY)).status_code == 200
+        assert (await client.get("/_emulator/requests", headers=KEY)).json() == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/healthz"),
+        ("GET", "/_emulator/requests"),
+        ("DELETE", "/_emulator/requests"),
+        ("POST", "/v1/messages"),
+        ("POST", "/v1/messages/count_tokens"),
+        ("GET", "/v1/models"),
+        ("GET", "/nowhere"),
+    ],
+)
+async def test_every_route_wants_the_key(tmp_path: Path, method: str, path: str) -> None:
+    """Without the emulator's key (none, or a wrong one) every route is 401, and a refused
+    request is not logged: the log holds every session's prompts, and DELETE would wipe it."""
+    async with serve(scenario_app(tmp_path)) as url, httpx.AsyncClient(base_url=url) as client:
+        await client.post("/v1/messages", json=request("hi", stream=False), headers=KEY)
+        for headers in ({}, {"x-api-key": "wrong"}, {"authorization": "Bearer wrong"}):
+            refused = await client.request(method, path, json=request("x"), headers=headers)
+            assert refused.status_code == 401, (method, path, headers)
+            assert refused.json()["error"]["type"] == "authentication_error"
+        kept = (await client.get("/_emulator/requests", headers=KEY)).json()
+        assert [entry["body"] for entry in kept] == [request("hi", stream=False)]
 
 
 async def test_scenario_edits_apply_without_restart(tmp_path: Path) -> None:

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import pytest_asyncio
 
@@ -25,7 +24,13 @@ from kit.host.session import Session
 from kit.protocol.frames import Event
 from kit.runtime.agent import RECOVER_PROMPT
 from kit.storage import open_store
-from tests.agents import open_session, transcript_key, turn_events, until_prompt_stored
+from tests.agents import (
+    model_requests,
+    open_session,
+    transcript_key,
+    turn_events,
+    until_prompt_stored,
+)
 from tests.conftest import stack_settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -181,9 +186,7 @@ async def test_a_call_killed_mid_tool_is_made_again_after_the_recovery_prompt(
     await client.close()
     tools, answer = tools_and_answer(seen)
     assert (tools, answer) == (["Bash", "Bash"], "The slow job said: released")
-    assert scaffolded.model_url is not None
-    async with httpx.AsyncClient() as http:
-        requests = (await http.get(scaffolded.model_url + "/_emulator/requests")).json()
+    requests = await model_requests(scaffolded)
     asked = [
         json.dumps(r["body"]["messages"])
         for r in requests

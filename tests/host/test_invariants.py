@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
+from emulator.model.app import redacted
 from kit.cli.stack import Stack, run_stack
 from kit.client import SessionClient, create_session
 from kit.host.session import Session
@@ -21,6 +21,7 @@ from kit.protocol.frames import Event
 from kit.storage import open_store
 from tests.agents import (
     RECOVERED_REPLY,
+    model_requests,
     open_session,
     transcript_key,
     until_prompt_stored,
@@ -169,11 +170,9 @@ async def test_the_real_key_never_enters_the_sandbox(agent_stack: Stack) -> None
         for file in root.rglob("*"):
             if file.is_file():
                 assert SECRET.encode() not in file.read_bytes(), file
-    assert agent_stack.model_url is not None
-    async with httpx.AsyncClient() as http:
-        seen = (await http.get(agent_stack.model_url + "/_emulator/requests")).json()
+    seen = await model_requests(agent_stack)
     assert seen
-    assert {r["headers"].get("x-api-key") for r in seen} == {SECRET}
+    assert {r["headers"].get("x-api-key") for r in seen} == {redacted(SECRET)}
     if os.geteuid() == 0:
         assert output.strip().splitlines()[-1] != "0"  # the agent does not run as root
     await client.close()
@@ -215,9 +214,7 @@ async def test_sandbox_death_keeps_the_socket_and_the_turn(agent_stack: Stack) -
     results = [e for e in await session.log.read_after(0) if e.kind == "result"]
     assert len(results) == 2
     assert RECOVERED_REPLY in results[-1].data["text"]
-    assert agent_stack.model_url is not None
-    async with httpx.AsyncClient() as http:
-        seen = (await http.get(agent_stack.model_url + "/_emulator/requests")).json()
+    seen = await model_requests(agent_stack)
     last_messages = json.dumps(seen[-1]["body"]["messages"])
     assert "echo this first" in last_messages  # the new sandbox resumed the earlier turn
     assert session.sandbox is not None
@@ -276,9 +273,7 @@ async def test_a_recovered_turn_whose_answer_was_stored_ends_with_that_answer(
     await sandbox.kill()
     await sandbox.wait()
     await until_sandbox_gone(session)
-    assert stack.model_url is not None
-    async with httpx.AsyncClient(trust_env=False) as http:
-        asked = len((await http.get(stack.model_url + "/_emulator/requests")).json())
+    asked = len(await model_requests(stack))
     turn_id = first[-1].turn_id
     assert turn_id is not None
     await session.log.set_turn_state(TurnId(turn_id), TurnState.INTERRUPTED)
@@ -290,8 +285,7 @@ async def test_a_recovered_turn_whose_answer_was_stored_ends_with_that_answer(
                 break
     assert recovered.data.get("recovered") is True
     assert "1Z999AA10123456784" in str(recovered.data["text"])
-    async with httpx.AsyncClient(trust_env=False) as http:
-        assert len((await http.get(stack.model_url + "/_emulator/requests")).json()) == asked
+    assert len(await model_requests(stack)) == asked
     await client.close()
 
 

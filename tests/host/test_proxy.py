@@ -35,7 +35,7 @@ class _Server(uvicorn.Server):
 @pytest.fixture
 async def upstream() -> AsyncIterator[tuple[str, Any]]:
     """The offline model served on a free loopback port; yields its URL and app."""
-    app = create_app(ScenarioSource.empty())
+    app = create_app(ScenarioSource.empty(), api_key=REAL_KEY)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)

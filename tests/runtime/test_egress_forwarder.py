@@ -166,7 +166,9 @@ async def test_a_real_runtime_sends_its_tools_through_the_proxy(kit_tmp: Path) -
         (project / "scenarios" / "test.toml").write_text(EGRESS_SCENARIO)
         bundle = build_bundle(load_project(project), kit_tmp / "bundles")
         assert bundle.egress == (f"127.0.0.1:{listed.port}",)
-        model_app = create_model_app(ScenarioSource.from_paths([project / "scenarios"]))
+        model_app = create_model_app(
+            ScenarioSource.from_paths([project / "scenarios"]), api_key="offline-key"
+        )
         async with serve_on_loopback(model_app) as model_url:
             model = ModelProxy(model_url, "offline-key")
             egress = EgressProxy(bundle.egress)
