@@ -158,7 +158,7 @@ async def test_answers_without_streaming(tmp_path: Path) -> None:
         response = await client.post(
             "/v1/messages",
             json=request("hello", stream=False),
-            headers={"authorization": "Bearer token"},
+            headers={"authorization": f"Bearer {KEY['x-api-key']}"},
         )
         body = response.json()
         assert (response.status_code, body["type"], body["stop_reason"]) == (

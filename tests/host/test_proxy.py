@@ -15,6 +15,7 @@ import pytest
 import uvicorn
 
 from emulator.model import ScenarioSource, create_app
+from emulator.model.app import redacted
 from kit.host.proxy import ModelProxy
 from kit.ids import SessionId
 
@@ -75,7 +76,7 @@ async def test_token_is_swapped_for_the_real_key(
     assert r.status_code == 200
     assert "event: message_start" in r.text
     seen = upstream[1].state.requests.entries()[-1]
-    assert seen["headers"]["x-api-key"] == REAL_KEY
+    assert seen["headers"]["x-api-key"] == redacted(REAL_KEY)
     assert token not in json.dumps(seen)
     assert seen["headers"]["anthropic-beta"] == "a,b"
     assert seen["query"] == "beta=true"
@@ -90,7 +91,7 @@ async def test_bytes_arrive_exactly_as_upstream_sent_them(
     via = await http.post("/v1/messages", json=BODY, headers={"x-api-key": token})
     async with httpx.AsyncClient() as direct:
         straight = await direct.post(
-            upstream[0] + "/v1/messages", json=BODY, headers={"x-api-key": "k"}
+            upstream[0] + "/v1/messages", json=BODY, headers={"x-api-key": REAL_KEY}
         )
     assert _without_ids(via.text) == _without_ids(straight.text)
     assert via.headers["content-type"] == straight.headers["content-type"]
