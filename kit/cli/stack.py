@@ -148,7 +148,7 @@ class Reload:
 
 def release_of(bundle: Bundle) -> Release:
     """The release new sandboxes start from, for ``bundle``."""
-    return Release(bundle.path, bundle.digest, bundle.tier, bundle.idle_timeout_s)
+    return Release(bundle.path, bundle.digest, bundle.tier, bundle.idle_timeout_s, bundle.limits)
 
 
 class _Server(uvicorn.Server):
@@ -392,6 +392,7 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
         issue_egress_token=egress.issue,
         revoke_egress_token=egress.revoke,
         egress_unix_socket=str(egress_path),
+        spend=proxy.meter,
     )
     logs = _log_store(settings)
 

@@ -5,22 +5,38 @@ A sandbox's ``ANTHROPIC_API_KEY`` is a per-session token issued here. The proxy 
 the credentials with the real key (which never leaves the host) and forwards the request.
 
 It works at the byte level: each request's head is parsed and rewritten, its body forwarded
-as-is, and the upstream's response bytes are piped back untouched — status, retry headers,
-``content-encoding`` and SSE chunks exactly as sent, with no buffering. Each client
-connection gets its own upstream connection, so keep-alive behaves as it would directly.
+as-is, and the upstream's response bytes are piped back untouched — status, retry headers
+and SSE chunks exactly as sent, with no buffering. Each client connection gets its own
+upstream connection, so keep-alive behaves as it would directly.
+
+It enforces the spend limits of the token's release (``kit.toml`` ``[limits]``, see
+:mod:`kit.host.spend`): the body's ``model`` is read (a body that is not a JSON object with
+a ``model`` string, or repeats a key, is refused with 400), and a call to a model outside
+``limits.models``, or made once a limit is reached, is answered here with **402**
+``billing_error`` and ``x-should-retry: false``, naming the setting, and never reaches the
+upstream. (The bundled CLI ends the turn at once on a 402; it retries a 400 five times and
+words a 403 as "Failed to authenticate".) Responses are read for usage as they stream
+(:mod:`kit.host.usage`); so that they can be, the proxy asks the upstream for
+``accept-encoding: identity``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import ssl
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
+from kit.bundle.limits import DEFAULT_LIMITS, Limits, Tokens
+from kit.host.spend import SpendMeter
 from kit.host.tokens import SessionTokens
+from kit.host.usage import Call, UsageReader
 from kit.ids import SessionId
 
 log = logging.getLogger("kit.host")
@@ -29,14 +45,28 @@ ALLOWED_PATHS = ("/v1/messages", "/v1/messages/count_tokens")
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 32 * 1024 * 1024
 CONNECT_TIMEOUT_S = 10.0
-_DROP = {b"x-api-key", b"authorization", b"host", b"proxy-authorization", b"proxy-connection"}
+PARSE_IN_THREAD_BYTES = 1024 * 1024
+"""A request body at least this big is decoded off the event loop."""
+_DROP = {
+    b"x-api-key",
+    b"authorization",
+    b"host",
+    b"proxy-authorization",
+    b"proxy-connection",
+    b"accept-encoding",
+}
 
 
 class ModelProxy:
     """Issues per-session tokens and forwards their model calls upstream with the real key."""
 
     def __init__(
-        self, upstream_url: str, api_key: str, *, ssl_context: ssl.SSLContext | None = None
+        self,
+        upstream_url: str,
+        api_key: str,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        meter: SpendMeter | None = None,
     ) -> None:
         parts = urlsplit(upstream_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -51,16 +81,23 @@ class ModelProxy:
         )
         self._api_key = api_key.encode()
         self._tokens = SessionTokens("kit-model-")
+        self._limits: dict[bytes, Limits] = {}
+        self.meter = meter or SpendMeter()
+        """Each session's and turn's usage; the session host tells it when turns start."""
         self.requests_forwarded = 0
         self._servers: list[asyncio.Server] = []
 
-    def issue(self, session_id: SessionId) -> str:
-        """A new token for ``session_id``'s sandbox."""
-        return self._tokens.issue(session_id)
+    def issue(self, session_id: SessionId, limits: Limits | None = None) -> str:
+        """A new token for ``session_id``'s sandbox, whose calls ``limits`` governs (those
+        of the release it runs; default: kit's defaults)."""
+        token = self._tokens.issue(session_id)
+        self._limits[_digest(token.encode())] = limits or DEFAULT_LIMITS
+        return token
 
     def revoke(self, token: str) -> None:
         """Stop accepting ``token`` (its sandbox is gone)."""
         self._tokens.revoke(token)
+        self._limits.pop(_digest(token.encode()), None)
 
     def session_for(self, credential: bytes) -> SessionId | None:
         """The session a credential (``x-api-key`` or bearer value) belongs to, if any."""
@@ -93,6 +130,7 @@ class ModelProxy:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream: asyncio.StreamWriter | None = None
         pump: asyncio.Task[None] | None = None
+        usage = UsageReader()
         try:
             while True:
                 try:
@@ -129,10 +167,27 @@ class ModelProxy:
                 credential = headers.get(b"x-api-key") or headers.get(
                     b"authorization", b""
                 ).removeprefix(b"Bearer ")
-                if not credential or self.session_for(credential) is None:
+                session_id = self.session_for(credential) if credential else None
+                limits = self._limits.get(_digest(credential))
+                if session_id is None or limits is None:
                     await _reply(
                         writer, 401, "authentication_error", "Unknown or revoked session token."
                     )
+                    continue
+                model = await _requested_model(body)
+                if model is None:
+                    await _reply(
+                        writer,
+                        400,
+                        "invalid_request_error",
+                        "kit's model proxy reads the request's model: send a JSON object "
+                        'with a "model" string and no repeated keys.',
+                    )
+                    continue
+                costs = path != b"/v1/messages/count_tokens"
+                refusal = self.meter.check(session_id, limits, model, costs=costs)
+                if refusal is not None:
+                    await _reply(writer, 402, "billing_error", refusal.message)
                     continue
                 if upstream is None or upstream.is_closing():
                     try:
@@ -148,8 +203,10 @@ class ModelProxy:
                             f"kit's model proxy could not reach the model upstream: {type(exc).__name__}.",
                         )
                         return
-                    pump = asyncio.create_task(_pipe(up_reader, writer))
+                    usage = UsageReader()  # a new connection: its responses start afresh
+                    pump = asyncio.create_task(_pipe(up_reader, writer, usage))
                 assert upstream is not None
+                usage.expect(Call(costs, self._charger(session_id, limits, model)))
                 upstream.write(self._rewrite(head, target) + body)
                 await upstream.drain()
                 self.requests_forwarded += 1
@@ -177,7 +234,16 @@ class ModelProxy:
             if line and line.split(b":", 1)[0].strip().lower() not in _DROP
         ]
         out.append(b"x-api-key: " + self._api_key)
+        out.append(b"accept-encoding: identity")  # so the usage can be read on the way
         return b"\r\n".join(out) + b"\r\n\r\n"
+
+    def _charger(
+        self, session_id: SessionId, limits: Limits, model: str
+    ) -> Callable[[Tokens], None]:
+        def charge(tokens: Tokens) -> None:
+            self.meter.charge(session_id, limits, model, tokens)
+
+        return charge
 
 
 def _parse_head(head: bytes) -> tuple[bytes, bytes, dict[bytes, bytes]] | None:
@@ -196,16 +262,55 @@ def _parse_head(head: bytes) -> tuple[bytes, bytes, dict[bytes, bytes]] | None:
     return parts[0], parts[1], headers
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Upstream bytes to the client, as they come; close the client when upstream closes."""
+async def _pipe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, usage: UsageReader
+) -> None:
+    """Upstream bytes to the client, as they come, read for usage after they are written;
+    close the client when upstream closes, or when the usage cannot be read (a call that
+    cannot be counted must not be followed by more on this connection)."""
     try:
         while data := await reader.read(65536):
             writer.write(data)
+            usage.feed(data)
+            if usage.broken is not None:
+                log.warning("model proxy: cannot count the upstream's usage (%s)", usage.broken)
+                return
             await writer.drain()
+        usage.eof()
     except (ConnectionError, asyncio.CancelledError):
         pass
     finally:
         writer.close()
+
+
+async def _requested_model(body: bytes) -> str | None:
+    """The ``model`` of a Messages API request body; None when the body is not a JSON
+    object with a non-empty ``model`` string, or repeats a key anywhere (the upstream might
+    read the other ``model``)."""
+    try:
+        if len(body) >= PARSE_IN_THREAD_BYTES:
+            request = await asyncio.to_thread(_decode, body)
+        else:
+            request = _decode(body)
+    except (ValueError, RecursionError):
+        return None
+    model = request.get("model") if isinstance(request, dict) else None
+    return model if isinstance(model, str) and model else None
+
+
+def _decode(body: bytes) -> Any:
+    return json.loads(body, object_pairs_hook=_unique_keys)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    decoded = dict(pairs)
+    if len(decoded) != len(pairs):
+        raise ValueError("a repeated key")
+    return decoded
+
+
+def _digest(credential: bytes) -> bytes:
+    return hashlib.sha256(credential).digest()
 
 
 async def _reply(writer: asyncio.StreamWriter, status: int, kind: str, message: str) -> None:
@@ -213,6 +318,7 @@ async def _reply(writer: asyncio.StreamWriter, status: int, kind: str, message: 
     reason = {
         400: "Bad Request",
         401: "Unauthorized",
+        402: "Payment Required",
         403: "Forbidden",
         411: "Length Required",
         431: "Request Header Fields Too Large",
