@@ -184,7 +184,11 @@ class Limits:
                 "in kit.toml)"
             )
         value = getattr(self, key)
-        shown = "[" + ", ".join(f'"{m}"' for m in value) + "]" if key == "models" else value
+        if key == "models":
+            shown = "[" + ", ".join(f'"{m}"' for m in value) + "]"
+        else:
+            whole = isinstance(value, float) and value.is_integer()
+            shown = str(int(value)) if whole else str(value)
         return f"limits.{key} = {shown} in kit.toml"
 
     def to_manifest(self) -> dict[str, Any]:

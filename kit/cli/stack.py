@@ -26,6 +26,7 @@ from starlette.applications import Starlette
 from emulator.durable_objects import DOLogStore, create_control_app
 from emulator.model import ScenarioSource
 from emulator.model import create_app as create_model_app
+from emulator.model.app import RequestLog
 from emulator.sandbox import LocalSandboxProvider
 from kit.bundle import Bundle, Project, build_bundle, load_project
 from kit.cli import console
@@ -85,6 +86,8 @@ class Stack:
     """The offline model's scenario files (None when the real API answers)."""
     _release: list[Release] = field(default_factory=list)
     """A one-item cell holding the current release, shared with ``SessionEnv.release``."""
+    model_requests: RequestLog | None = None
+    """What the offline model was asked (None when the real API answers)."""
 
     async def reload(self) -> Reload:
         """Load the project again; on success, new sandboxes run the new bundle.
@@ -352,11 +355,14 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
 
     model_url: str | None = None
     scenarios: ScenarioSource | None = None
+    model_requests: RequestLog | None = None
     if settings.offline:
         model_sock = _tcp_socket("127.0.0.1", 0)
         model_url = f"http://127.0.0.1:{model_sock.getsockname()[1]}"
         scenarios = ScenarioSource.from_paths(list(project.scenarios))
-        servers.append(_serve(create_model_app(scenarios), model_sock))
+        model_app = create_model_app(scenarios)
+        model_requests = model_app.state.requests
+        servers.append(_serve(model_app, model_sock))
         upstream, key = model_url, settings.api_key or EMULATOR_KEY
     else:
         assert settings.api_key is not None
@@ -432,6 +438,7 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
         pool,
         scenarios,
         releases,
+        model_requests,
     )
     (state / "dev.json").write_text(
         json.dumps({"url": url, "pid": os.getpid(), "api_token_file": str(token_file)})

@@ -32,6 +32,8 @@ log = logging.getLogger("kit.host")
 
 SPEND_LIMIT = "spend_limit"
 """The ``code`` of the ``error`` event that tells clients a call was refused."""
+USD_EPSILON = 1e-9
+"""Sums of float prices drift: a USD limit counts as reached within this much of it."""
 
 
 @dataclass(frozen=True)
@@ -174,9 +176,9 @@ class SpendMeter:
             return "session_tokens", f"used {spent.session.total:,} model tokens"
         if spent.turn.total >= limits.turn_token_limit:
             return "turn_tokens", f"used {spent.turn.total:,} model tokens"
-        if limits.session_usd is not None and spent.session_usd >= limits.session_usd:
+        if limits.session_usd is not None and spent.session_usd >= limits.session_usd - USD_EPSILON:
             return "session_usd", f"spent ${spent.session_usd:.4f} at kit's prices"
-        if limits.turn_usd is not None and spent.turn_usd >= limits.turn_usd:
+        if limits.turn_usd is not None and spent.turn_usd >= limits.turn_usd - USD_EPSILON:
             return "turn_usd", f"spent ${spent.turn_usd:.4f} at kit's prices"
         return None
 
