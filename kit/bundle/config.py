@@ -28,9 +28,9 @@
                                    # (1-65535; without one: 443 and 80). See docs/egress.md.
 
     [limits]                       # spend limits at the host's model proxy; see
-    models = ["claude-sonnet-5*"]  # kit.bundle.limits for every key and default (by
-    turn_tokens = 500000           # default only a per-turn ceiling of 4,000,000 tokens)
-    session_usd = 20
+    models = ["claude-sonnet-4*"]  # kit.bundle.limits for every key and default (by
+    turn_tokens = 500000           # default only a per-turn ceiling of 4,000,000 tokens);
+    session_usd = 20               # agent.model must be allowed (and priced, with a USD limit)
 
     [dev]
     scenarios = ["scenarios"]      # files or folders of offline-model scenarios
