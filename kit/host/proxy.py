@@ -17,7 +17,13 @@ a ``model`` string, or repeats a key, is refused with 400), and a call to a mode
 upstream. (The bundled CLI ends the turn at once on a 402; it retries a 400 five times and
 words a 403 as "Failed to authenticate".) Responses are read for usage as they stream
 (:mod:`kit.host.usage`); so that they can be, the proxy asks the upstream for
-``accept-encoding: identity``.
+``accept-encoding: identity``. A sandbox that hangs up in the middle of a reply does not
+escape its count: the proxy reads the rest of that reply from the upstream (discarding it,
+for up to :data:`DRAIN_LIMIT_S`), because the output tokens are only reported at its end;
+nor does one that stops reading (:data:`CLIENT_STALL_S`). A session may have at most
+:data:`MAX_CALLS_IN_FLIGHT` calls under way at once (more get a retryable 429), since a
+call's output is counted only as it comes: that bounds how far parallel calls can overshoot
+a limit.
 """
 
 from __future__ import annotations
@@ -45,6 +51,14 @@ ALLOWED_PATHS = ("/v1/messages", "/v1/messages/count_tokens")
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 32 * 1024 * 1024
 CONNECT_TIMEOUT_S = 10.0
+MAX_CALLS_IN_FLIGHT = 16
+"""Model calls one session may have under way at once (subagents run in parallel)."""
+CLIENT_STALL_S = 60.0
+"""A client that takes longer than this to accept more of a reply is hung up on (and the
+reply read to its end, to count it)."""
+DRAIN_LIMIT_S = 600.0
+"""How long a reply the sandbox hung up on is still read, to count it (the CLI's own API
+timeout)."""
 PARSE_IN_THREAD_BYTES = 1024 * 1024
 """A request body at least this big is decoded off the event loop."""
 _DROP = {
@@ -86,6 +100,8 @@ class ModelProxy:
         """Each session's and turn's usage; the session host tells it when turns start."""
         self.requests_forwarded = 0
         self._servers: list[asyncio.Server] = []
+        self._draining: set[asyncio.Task[None]] = set()
+        self._in_flight: dict[SessionId, int] = {}
 
     def issue(self, session_id: SessionId, limits: Limits | None = None) -> str:
         """A new token for ``session_id``'s sandbox, whose calls ``limits`` governs (those
@@ -117,6 +133,11 @@ class ModelProxy:
         self._servers.append(server)
         return server
 
+    @property
+    def draining(self) -> int:
+        """Replies still being read to their end after their sandbox hung up (to count them)."""
+        return len(self._draining)
+
     async def aclose(self) -> None:
         """Stop listening and drop open connections."""
         for server in self._servers:
@@ -124,6 +145,9 @@ class ModelProxy:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
         self._servers.clear()
+        for task in list(self._draining):
+            task.cancel()
+        await asyncio.gather(*self._draining, return_exceptions=True)
 
     # -- one client connection -----------------------------------------------------------
 
@@ -189,9 +213,19 @@ class ModelProxy:
                 if refusal is not None:
                     await _reply(writer, 402, "billing_error", refusal.message)
                     continue
+                if self._in_flight.get(session_id, 0) >= MAX_CALLS_IN_FLIGHT:
+                    await _reply(
+                        writer,
+                        429,
+                        "rate_limit_error",
+                        f"kit's model proxy allows {MAX_CALLS_IN_FLIGHT} model calls under way "
+                        "at once per session; retry when one has ended.",
+                        retry=True,
+                    )
+                    continue
                 if upstream is None or upstream.is_closing():
                     try:
-                        up_reader, upstream = await asyncio.wait_for(
+                        up_reader, up_writer = await asyncio.wait_for(
                             asyncio.open_connection(self._host, self._port, ssl=self._ssl),
                             CONNECT_TIMEOUT_S,
                         )
@@ -204,21 +238,51 @@ class ModelProxy:
                         )
                         return
                     usage = UsageReader()  # a new connection: its responses start afresh
-                    pump = asyncio.create_task(_pipe(up_reader, writer, usage))
+                    upstream = up_writer
+                    pump = asyncio.create_task(_pipe(up_reader, writer, up_writer, usage))
                 assert upstream is not None
-                usage.expect(Call(costs, self._charger(session_id, limits, model)))
+                self._in_flight[session_id] = self._in_flight.get(session_id, 0) + 1
+                usage.expect(
+                    Call(costs, self._charger(session_id, limits, model), self._ender(session_id))
+                )
                 upstream.write(self._rewrite(head, target) + body)
                 await upstream.drain()
                 self.requests_forwarded += 1
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
-            # The client is gone or was refused: nothing more to relay.
-            if pump is not None and not pump.done():
-                pump.cancel()
-            if upstream is not None:
-                upstream.close()
+            # The client is gone or was refused: nothing more to relay. A reply still
+            # streaming is read to its end by its pump, so that its usage is counted.
             writer.close()
+            if pump is not None and not pump.done() and not usage.idle:
+                self._drain(pump)
+            else:
+                if pump is not None and not pump.done():
+                    pump.cancel()
+                if upstream is not None:
+                    upstream.close()
+                usage.close()  # a pump cancelled before it ran never closes it
+
+    def _ender(self, session_id: SessionId) -> Callable[[], None]:
+        def done() -> None:
+            left = self._in_flight.get(session_id, 0) - 1
+            if left > 0:
+                self._in_flight[session_id] = left
+            else:
+                self._in_flight.pop(session_id, None)
+
+        return done
+
+    def _drain(self, pump: asyncio.Task[None]) -> None:
+        """Let ``pump`` read the reply under way to its end, for up to :data:`DRAIN_LIMIT_S`."""
+        self._draining.add(pump)
+        timer = asyncio.get_running_loop().call_later(DRAIN_LIMIT_S, _give_up, pump)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._draining.discard(task)
+            timer.cancel()
+
+        pump.add_done_callback(done)
 
     def _rewrite(self, head: bytes, target: bytes) -> bytes:
         lines = head.split(b"\r\n")
@@ -263,24 +327,58 @@ def _parse_head(head: bytes) -> tuple[bytes, bytes, dict[bytes, bytes]] | None:
 
 
 async def _pipe(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, usage: UsageReader
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    upstream: asyncio.StreamWriter,
+    usage: UsageReader,
 ) -> None:
-    """Upstream bytes to the client, as they come, read for usage after they are written;
-    close the client when upstream closes, or when the usage cannot be read (a call that
-    cannot be counted must not be followed by more on this connection)."""
+    """Upstream bytes to the client, as they come, read for usage after they are written.
+
+    Closes both connections when the upstream closes, or when the usage cannot be read (a
+    call that cannot be counted must not be followed by more on this connection). Once the
+    client is gone, it reads (and drops) the rest of the reply under way, then stops.
+    """
     try:
         while data := await reader.read(65536):
-            writer.write(data)
+            gone = writer.is_closing()
+            if not gone:
+                writer.write(data)
             usage.feed(data)
             if usage.broken is not None:
                 log.warning("model proxy: cannot count the upstream's usage (%s)", usage.broken)
                 return
-            await writer.drain()
+            if gone:
+                if usage.idle:
+                    return  # the reply its sandbox hung up on is counted
+                continue
+            try:
+                await asyncio.wait_for(writer.drain(), CLIENT_STALL_S)
+            except TimeoutError:
+                log.warning(
+                    "model proxy: the sandbox stopped reading a reply for %.0f s; hung up on "
+                    "it (the reply is still read to its end, to count it)",
+                    CLIENT_STALL_S,
+                )
+                writer.close()
+            except ConnectionError:
+                pass  # a client gone is noticed on the next round
         usage.eof()
     except (ConnectionError, asyncio.CancelledError):
         pass
     finally:
         writer.close()
+        upstream.close()
+        usage.close()
+
+
+def _give_up(pump: asyncio.Task[None]) -> None:
+    if not pump.done():
+        log.warning(
+            "model proxy: a reply its sandbox hung up on was still streaming after %.0f s; "
+            "stopped reading it (its usage so far is counted)",
+            DRAIN_LIMIT_S,
+        )
+        pump.cancel()
 
 
 async def _requested_model(body: bytes) -> str | None:
@@ -313,7 +411,9 @@ def _digest(credential: bytes) -> bytes:
     return hashlib.sha256(credential).digest()
 
 
-async def _reply(writer: asyncio.StreamWriter, status: int, kind: str, message: str) -> None:
+async def _reply(
+    writer: asyncio.StreamWriter, status: int, kind: str, message: str, *, retry: bool = False
+) -> None:
     body = json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
     reason = {
         400: "Bad Request",
@@ -321,12 +421,14 @@ async def _reply(writer: asyncio.StreamWriter, status: int, kind: str, message: 
         402: "Payment Required",
         403: "Forbidden",
         411: "Length Required",
+        429: "Too Many Requests",
         431: "Request Header Fields Too Large",
         502: "Bad Gateway",
     }[status]
+    retry_headers = "x-should-retry: true\r\nretry-after: 1" if retry else "x-should-retry: false"
     writer.write(
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nx-should-retry: false\r\n\r\n".encode()
+        f"content-length: {len(body)}\r\n{retry_headers}\r\n\r\n".encode()
         + body
     )
     with contextlib.suppress(ConnectionError):

@@ -277,8 +277,8 @@ class Session:
         await self._stop_stale_sandbox()  # a turn queued behind a reload gets the new bundle
         self._running_turn = turn.turn_id
         self._turn_release = None
-        await self._begin_spend(turn.turn_id)
         try:
+            await self._begin_spend(turn.turn_id)
             # Attempts are counted in the log, so a turn that keeps killing its sandboxes
             # (or its host) is given up after MAX_SANDBOX_ATTEMPTS however often the host
             # restarts.

@@ -37,6 +37,10 @@ MAX_LINE_BYTES = 1024 * 1024
 MAX_JSON_BYTES = 16 * 1024 * 1024
 
 
+def _nothing() -> None:
+    pass
+
+
 @dataclass(frozen=True)
 class Call:
     """A forwarded request whose response is to come."""
@@ -45,6 +49,8 @@ class Call:
     """False for ``count_tokens``: its answer is not usage."""
     on_usage: Callable[[Tokens], None]
     """Called with the increase each time the call's usage grows."""
+    on_done: Callable[[], None] = _nothing
+    """Called once, when the response has been read to its end or the connection is gone."""
 
 
 class _Framing(enum.Enum):
@@ -66,8 +72,14 @@ class UsageReader:
         self._framing = _Framing.HEAD
         self._left = 0
         self._body: _Body | None = None
+        self._current: Call | None = None
         self.broken: str | None = None
         """Why the stream could not be read (None: all is well)."""
+
+    @property
+    def idle(self) -> bool:
+        """Whether every expected response has been read to its end (nothing is owed)."""
+        return not self._calls and self._framing is _Framing.HEAD and not self._buf
 
     def expect(self, call: Call) -> None:
         """A request was forwarded: its response comes after those already expected."""
@@ -92,6 +104,15 @@ class UsageReader:
                 self._end_body()
             except _Unreadable as exc:
                 self.broken = str(exc)
+        self.close()
+
+    def close(self) -> None:
+        """The connection is gone: every call not answered in full is done (idempotent)."""
+        calls = [c for c in (self._current, *self._calls) if c is not None]
+        self._current = None
+        self._calls.clear()
+        for call in calls:
+            call.on_done()
 
     def _step(self) -> bool:
         """Consume what the buffer allows for the current state; False when it needs more."""
@@ -184,7 +205,7 @@ class UsageReader:
             return  # an interim response; the real one follows
         if not self._calls:
             raise _Unreadable("a response to no forwarded request")
-        call = self._calls.popleft()
+        call = self._current = self._calls.popleft()
         self._body = None
         if call.costs and status == 200:
             if headers.get(b"content-encoding", b"identity").lower() != b"identity":
@@ -214,10 +235,15 @@ class UsageReader:
             self._body.feed(data)
 
     def _end_body(self) -> None:
-        if self._body is not None:
-            self._body.finish()
-            self._body = None
+        body, call = self._body, self._current
+        self._body = self._current = None
         self._framing = _Framing.HEAD
+        try:
+            if body is not None:
+                body.finish()
+        finally:
+            if call is not None:
+                call.on_done()
 
 
 class _Unreadable(Exception):
