@@ -250,7 +250,7 @@ async def serve_kit_host(
     release = Release(state, "synthetic", "lite", 3600)
     env = SessionEnv(
         provider=provider,
-        issue_model_token=lambda session_id: "bench-model-token",
+        issue_model_token=lambda session_id, limits: "bench-model-token",
         revoke_model_token=lambda token: None,
         model_base_url="http://127.0.0.1:9",  # never called: the synthetic runtime has no model
         model_unix_socket=None,

@@ -4,7 +4,8 @@ A bundle is a folder named by its digest::
 
     <root>/<digest>/
       kit-bundle.json            manifest: format, agent config, skills, sandbox (tier,
-                                 idle timeout, egress allowlist when not empty), file digests
+                                 idle timeout, egress allowlist when not empty), limits
+                                 (the [limits] keys set, when any), file digests
       .claude-plugin/plugin.json {"name": "kit", ...}: the skills load as plugin "kit"
       skills/<name>/...          copied from the project
 
@@ -26,6 +27,7 @@ from typing import Any
 from kit.bundle.allowlist import parse_rule
 from kit.bundle.config import AgentConfig, Project
 from kit.bundle.errors import BundleError
+from kit.bundle.limits import DEFAULT_LIMITS, Limits
 
 FORMAT = 1
 MANIFEST = "kit-bundle.json"
@@ -48,6 +50,8 @@ class Bundle:
     egress: tuple[str, ...] = ()
     """The agent's egress allowlist (``kit.toml`` ``[sandbox] egress``); see
     :mod:`kit.bundle.allowlist`."""
+    limits: Limits = DEFAULT_LIMITS
+    """What the host's model proxy lets the agent spend (``kit.toml`` ``[limits]``)."""
 
     @property
     def plugin_dir(self) -> Path:
@@ -74,13 +78,16 @@ def build_bundle(project: Project, root: Path) -> Bundle:
     }
     if project.sandbox.egress:  # absent when empty: such bundles keep their digests
         sandbox["egress"] = list(project.sandbox.egress)
-    body = {
+    body: dict[str, Any] = {
         "format": FORMAT,
         "agent": agent,
         "skills": skills,
         "sandbox": sandbox,
         "files": dict(sorted(digests.items())),
     }
+    limits = project.limits.to_manifest()
+    if limits:  # absent when nothing is set: such bundles keep their digests
+        body["limits"] = limits
     digest = _sha256(_canon(body))
     manifest = {**body, "digest": digest}
     root.mkdir(parents=True, exist_ok=True)
@@ -155,6 +162,12 @@ def open_bundle(path: Path) -> Bundle:
             raise BundleError(
                 f"{manifest_path}: egress entry {entry!r} is not valid ({exc}); rebuild the bundle."
             ) from None
+    try:
+        limits = Limits.from_manifest(manifest.get("limits", {}))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(
+            f"{manifest_path}: limits are not valid ({exc}); rebuild the bundle."
+        ) from None
     return Bundle(
         path=path,
         digest=manifest["digest"],
@@ -163,6 +176,7 @@ def open_bundle(path: Path) -> Bundle:
         tier=sandbox["tier"],
         idle_timeout_s=sandbox["idle_timeout_s"],
         egress=egress,
+        limits=limits,
     )
 
 

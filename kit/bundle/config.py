@@ -27,6 +27,11 @@
                                    # domain) or an IPv4 address, with an optional ":port"
                                    # (1-65535; without one: 443 and 80). See docs/egress.md.
 
+    [limits]                       # spend limits at the host's model proxy; see
+    models = ["claude-sonnet-4*"]  # kit.bundle.limits for every key and default (by
+    turn_tokens = 500000           # default only a per-turn ceiling of 4,000,000 tokens);
+    session_usd = 20               # agent.model must be allowed (and priced, with a USD limit)
+
     [dev]
     scenarios = ["scenarios"]      # files or folders of offline-model scenarios
 
@@ -44,6 +49,7 @@ from typing import Any
 
 from kit.bundle.allowlist import ALLOWED_FORMS, parse_rule
 from kit.bundle.errors import ConfigError
+from kit.bundle.limits import DEFAULT_LIMITS, Limits, parse_limits
 from kit.bundle.tools import CLI_TOOLS, tool_problem
 from kit.tiers import get_tier, tier_names
 
@@ -57,6 +63,7 @@ MAX_PROMPT_CHARS = 200_000
 _ALLOWED: dict[str, set[str]] = {
     "agent": {"name", "description", "prompt", "allowed_tools", "max_turns", "model"},
     "sandbox": {"tier", "idle_timeout", "egress"},
+    "limits": set(),  # its keys are checked by parse_limits
     "dev": {"scenarios"},
 }
 
@@ -102,6 +109,8 @@ class Project:
     sandbox: SandboxConfig
     scenarios: tuple[Path, ...]
     skills: tuple[Skill, ...]
+    limits: Limits = DEFAULT_LIMITS
+    """``[limits]``: what the host's model proxy lets the agent spend."""
 
 
 def load_project(root: Path) -> Project:
@@ -120,11 +129,13 @@ def load_project(root: Path) -> Project:
     where = str(path)
     for table, value in raw.items():
         if table not in _ALLOWED:
-            raise ConfigError(f"{where}: unknown table [{table}]; allowed: agent, sandbox, dev.")
+            raise ConfigError(
+                f"{where}: unknown table [{table}]; allowed: agent, sandbox, limits, dev."
+            )
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: {table} must be a table ([{table}]).")
         for key in value:
-            if key not in _ALLOWED[table]:
+            if table != "limits" and key not in _ALLOWED[table]:
                 allowed = ", ".join(sorted(_ALLOWED[table]))
                 raise ConfigError(f"{where}: unknown key {table}.{key}; allowed: {allowed}.")
     agent_raw: dict[str, Any] = raw.get("agent", {})
@@ -132,10 +143,11 @@ def load_project(root: Path) -> Project:
     dev_raw: dict[str, Any] = raw.get("dev", {})
     agent = _agent(root, where, agent_raw)
     sandbox = _sandbox(where, sandbox_raw)
+    limits = parse_limits(where, raw.get("limits", {}), agent.model)
     scenarios = tuple(
         root / p for p in _str_list(where, "dev.scenarios", dev_raw.get("scenarios", ["scenarios"]))
     )
-    return Project(root, agent, sandbox, scenarios, load_skills(root / "skills"))
+    return Project(root, agent, sandbox, scenarios, load_skills(root / "skills"), limits)
 
 
 def _agent(root: Path, where: str, raw: dict[str, Any]) -> AgentConfig:

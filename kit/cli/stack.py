@@ -27,6 +27,7 @@ from starlette.applications import Starlette
 from emulator.durable_objects import DOLogStore, create_control_app
 from emulator.model import ScenarioSource
 from emulator.model import create_app as create_model_app
+from emulator.model.app import RequestLog
 from emulator.sandbox import LocalSandboxProvider
 from kit.bundle import Bundle, Project, build_bundle, load_project
 from kit.cli import console
@@ -88,6 +89,8 @@ class Stack:
     """The offline model's scenario files (None when the real API answers)."""
     _release: list[Release] = field(default_factory=list)
     """A one-item cell holding the current release, shared with ``SessionEnv.release``."""
+    model_requests: RequestLog | None = None
+    """What the offline model was asked (None when the real API answers)."""
     app: Starlette | None = None
     """The host's ASGI app, its control routes and the DO hooks mounted."""
 
@@ -153,7 +156,7 @@ class Reload:
 
 def release_of(bundle: Bundle) -> Release:
     """The release new sandboxes start from, for ``bundle``."""
-    return Release(bundle.path, bundle.digest, bundle.tier, bundle.idle_timeout_s)
+    return Release(bundle.path, bundle.digest, bundle.tier, bundle.idle_timeout_s, bundle.limits)
 
 
 class _Server(uvicorn.Server):
@@ -367,12 +370,15 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
     model_url: str | None = None
     model_key: str | None = None
     scenarios: ScenarioSource | None = None
+    model_requests: RequestLog | None = None
     if settings.offline:
         model_sock = _tcp_socket("127.0.0.1", 0)
         model_url = f"http://127.0.0.1:{model_sock.getsockname()[1]}"
         scenarios = ScenarioSource.from_paths(list(project.scenarios))
         model_key = settings.api_key or "kit-offline-" + secrets.token_urlsafe(24)
-        servers.append(_serve(create_model_app(scenarios, api_key=model_key), model_sock))
+        model_app = create_model_app(scenarios, api_key=model_key)
+        model_requests = model_app.state.requests
+        servers.append(_serve(model_app, model_sock))
         upstream, key = model_url, model_key
     else:
         assert settings.api_key is not None
@@ -408,6 +414,7 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
         issue_egress_token=egress.issue,
         revoke_egress_token=egress.revoke,
         egress_unix_socket=str(egress_path),
+        spend=proxy.meter,
     )
     logs = _log_store(settings)
 
@@ -448,6 +455,7 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
         pool,
         scenarios,
         releases,
+        model_requests,
         app,
     )
     (state / "dev.json").write_text(

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kit.bundle.limits import DEFAULT_LIMITS, Limits
 from kit.host.errors import SandboxError
 from kit.host.runtime_client import RuntimeClient
 from kit.host.sandbox import EgressAccess, ModelAccess, Sandbox, SandboxProvider, SandboxSpec
+from kit.host.spend import SpendMeter
 from kit.ids import SessionId
 
 GRACE_S = 30.0
@@ -39,6 +41,8 @@ class Release:
     idle_timeout_s: int
     """Seconds without a turn before a sandbox stops, clients or not (the platforms'
     sleep-after); with no client the shorter :attr:`SessionEnv.grace_s` applies."""
+    limits: Limits = DEFAULT_LIMITS
+    """What the model proxy lets a sandbox of this release spend (``kit.toml`` ``[limits]``)."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,8 @@ class SessionEnv:
     """What sessions need from their host to start sandboxes."""
 
     provider: SandboxProvider
-    issue_model_token: Callable[[SessionId], str]
+    issue_model_token: Callable[[SessionId, Limits], str]
+    """Issues a sandbox's model proxy token, whose calls the release's limits govern."""
     revoke_model_token: Callable[[str], None]
     model_base_url: str
     model_unix_socket: str | None
@@ -65,6 +70,9 @@ class SessionEnv:
     revoke_egress_token: Callable[[str], None] | None = None
     egress_unix_socket: str | None = None
     """The egress proxy's Unix socket, which providers bind into each sandbox."""
+    spend: SpendMeter | None = None
+    """The model proxy's meter: sessions tell it when their turns start and take its
+    refusals to tell clients (None: no spend limits are enforced)."""
 
     @property
     def tier(self) -> str:
@@ -100,7 +108,7 @@ async def launch(env: SessionEnv, session_id: SessionId, release: Release) -> Li
 
     The tokens issued for it are revoked again when the start fails.
     """
-    model_token = env.issue_model_token(session_id)
+    model_token = env.issue_model_token(session_id, release.limits)
     egress = None
     runtime_token = secrets.token_urlsafe(24)
     try:

@@ -24,6 +24,7 @@ from kit.host.eventlog import SessionLog, Turn, TurnState
 from kit.host.launch import LiveSandbox, Release, SessionEnv, launch
 from kit.host.runtime_client import RuntimeClient, SandboxGone
 from kit.host.sandbox import Sandbox, Usage
+from kit.host.spend import spent_in
 from kit.ids import SessionId, TurnId
 from kit.protocol.frames import Event, ResumeMode
 from kit.protocol.sandbox import TurnRequest
@@ -277,6 +278,7 @@ class Session:
         self._running_turn = turn.turn_id
         self._turn_release = None
         try:
+            await self._begin_spend(turn.turn_id)
             # Attempts are counted in the log, so a turn that keeps killing its sandboxes
             # (or its host) is given up after MAX_SANDBOX_ATTEMPTS however often the host
             # restarts.
@@ -300,13 +302,19 @@ class Session:
                 await self.log.set_turn_state(turn.turn_id, TurnState.INTERRUPTED)
                 await self._sandbox_gone()
                 recover = True
-            await self.emit(
-                "error",
-                {
-                    "code": "turn_failed",
-                    "message": f"The turn was given up after {MAX_SANDBOX_ATTEMPTS} sandboxes "
-                    "failed; send it again as a new message (a new client_msg_id) to retry.",
-                },
+            await self.emit_many(
+                [
+                    *self._refusals(turn.turn_id),
+                    (
+                        "error",
+                        {
+                            "code": "turn_failed",
+                            "message": f"The turn was given up after {MAX_SANDBOX_ATTEMPTS} "
+                            "sandboxes failed; send it again as a new message (a new "
+                            "client_msg_id) to retry.",
+                        },
+                    ),
+                ],
                 turn.turn_id,
             )
             await self.log.set_turn_state(turn.turn_id, TurnState.FAILED)
@@ -322,12 +330,34 @@ class Session:
                 # Anything after a turn's end is not part of it (and never arrives in practice).
                 end = next((i for i, ev in enumerate(batch) if _ends_turn(ev.kind, ev.data)), None)
                 kept = batch if end is None else batch[: end + 1]
-                await self.emit_many([(ev.kind, ev.data) for ev in kept], turn.turn_id)
+                # A call the model proxy refused is told before what the runtime says next
+                # (the API error it got, the result): the refusal came first.
+                items = [*self._refusals(turn.turn_id), *((ev.kind, ev.data) for ev in kept)]
+                await self.emit_many(items, turn.turn_id)
                 if end is not None:
                     return TurnState.COMPLETED if kept[-1].kind == "result" else TurnState.FAILED
         except SandboxError as exc:
             log.info("session %s: turn %s lost its sandbox: %s", self.id, turn.turn_id, exc)
         return None
+
+    async def _begin_spend(self, turn_id: TurnId) -> None:
+        """Tell the model proxy's meter this turn runs; the first time this host counts the
+        session, start its totals from the stored results (a restart, a takeover)."""
+        spend = self.env.spend
+        if spend is None:
+            return
+        if not spend.seeded(self.id):
+            tokens, usd = spent_in(await self.log.read_after(0))
+            spend.seed(self.id, tokens, usd)
+        spend.begin_turn(self.id, turn_id)
+
+    def _refusals(self, turn_id: TurnId) -> list[tuple[str, dict[str, Any]]]:
+        """``error`` ``spend_limit`` events for the model calls of the turn the proxy refused
+        since the last look (each setting once per turn)."""
+        spend = self.env.spend
+        if spend is None:
+            return []
+        return [("error", refusal.event()) for refusal in spend.take_refusals(self.id, turn_id)]
 
     async def _usage(self) -> Usage | None:
         """The sandbox's usage for the tier advisor (None: no advisor, no sandbox or no

@@ -61,7 +61,7 @@ class FakeProvider(SandboxProvider):
 def env_for(provider: SandboxProvider, grace_s: float = 30.0) -> SessionEnv:
     return SessionEnv(
         provider=provider,
-        issue_model_token=lambda sid: f"model-{sid}",
+        issue_model_token=lambda sid, limits: f"model-{sid}",
         revoke_model_token=lambda token: None,
         model_base_url="http://localhost",
         model_unix_socket=None,
