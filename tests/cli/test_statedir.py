@@ -182,7 +182,9 @@ async def test_an_older_kits_state_dir_is_tightened_at_the_next_start(kit_tmp: P
     assert [p for p in (state / "sessions").iterdir() if p.stat().st_mode & 0o044]
 
     async with run_stack(settings) as stack:
+        # Before the session is touched again (opening a log would tighten it too):
         assert _private_folder_mode(state) == (0o700, None)
+        assert _open_to_others(stack, None) == []
         assert outside.stat().st_mode & 0o777 == 0o644  # the link was not followed
         ws_url = f"{stack.url.replace('http', 'ws', 1)}/v1/sessions/{session_id}/ws"
         async with SessionClient(ws_url, info.token, last_seq=seen) as client:
