@@ -347,13 +347,7 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
     run_dir = provider.run_root
     statedir.secure(state, provider.traverse_gid)
     if provider.traverse_gid is not None:
-        log.warning(
-            "Sandboxes run as %s with no isolation, so they walk to their own folders: the "
-            "state dir and its bundles/, sandboxes/ and transcripts/ are open to group %d to "
-            "pass through (0710: no listing, no reading); event logs stay private.",
-            settings.sandbox_user,
-            provider.traverse_gid,
-        )
+        log.warning("%s", statedir.passage_warning(state, provider.user, provider.traverse_gid))
     transcripts = state / "transcripts"
     servers: list[tuple[_Server, asyncio.Task[None]]] = []
 

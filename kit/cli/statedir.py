@@ -34,6 +34,7 @@ A state dir an older kit left (0755 folders, 0644 logs) is tightened at start.
 
 from __future__ import annotations
 
+import grp
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -77,6 +78,20 @@ def secure(state: Path, passage_for: int | None) -> None:
             _apply(tighten, folder, 2)
         _apply(private_folder, folder, passage_for)
     _apply(private_folder, state, passage_for)
+
+
+def passage_warning(state: Path, user: str | None, gid: int) -> str:
+    """The one line ``kit dev`` logs when sandboxes walk into the state dir themselves."""
+    try:
+        group = grp.getgrgid(gid).gr_name
+    except KeyError:
+        group = str(gid)
+    return (
+        f"Sandboxes run unconfined as {user}, so they walk to their own folders: {state} and "
+        f"its bundles/, sandboxes/ and transcripts/ let group {group} pass through (0710: no "
+        "listing, no reading); event logs stay private. Confined sandboxes need none of it "
+        "(KIT_SANDBOX_ISOLATION=auto or bwrap)."
+    )
 
 
 def _apply(change: Callable[..., None], path: Path, *args: object) -> None:

@@ -138,12 +138,12 @@ def _check(stack: Stack, session_id: str, passage: int | None) -> None:
 
 @pytest.mark.parametrize("isolation", _isolations())
 async def test_after_a_turn_only_the_host_may_read_the_state_dir(
-    isolation: str, kit_tmp: Path, no_umask: None
+    isolation: str, kit_tmp: Path, no_umask: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A real turn in each isolation mode, under umask 0: the state dir is 0700 (0710 to the
     sandbox user's group only when sandboxes run unconfined as another user), every event
     log and transcript file (-wal and -shm too) is 0600 and the host still reads them, and
-    nothing else is open beyond what sandboxes must reach."""
+    nothing else is open beyond what sandboxes must reach; opening passages is said."""
     project = write_agent(kit_tmp / "agent")
     settings = stack_settings(kit_tmp / "state", project, sandbox_isolation=isolation)
     async with run_stack(settings) as stack:
@@ -154,7 +154,10 @@ async def test_after_a_turn_only_the_host_may_read_the_state_dir(
             await client.close()
         assert events[-1].kind == "result", events[-1]
         assert "hello" in await stored_prompts(settings.state_dir, session.id)
-        _check(stack, session.id, _passage(isolation, stack))
+        passage = _passage(isolation, stack)
+        _check(stack, session.id, passage)
+    said = [r.getMessage() for r in caplog.records if "pass through" in r.getMessage()]
+    assert len(said) == (passage is not None), said
 
 
 async def test_an_older_kits_state_dir_is_tightened_at_the_next_start(kit_tmp: Path) -> None:
