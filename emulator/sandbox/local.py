@@ -322,7 +322,6 @@ class LocalSandboxProvider(SandboxProvider):
         # there; unconfined sandboxes connect to the sockets by path), never list it.
         self.run_root = run_root or short_run_dir(root, self.gid)
         root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        tighten(root, depth=2)  # the logs of an older kit (0644): this kit's are 0600
         # The fork server pays the runtime's imports (~0.6 s of CPU, mostly the Agent SDK)
         # once; each sandbox is then a fork (milliseconds) sharing that memory. Without it
         # (fork_server=False, or if it cannot start) each sandbox is a fresh interpreter.
@@ -373,7 +372,14 @@ class LocalSandboxProvider(SandboxProvider):
                     "start; the fork server confines sandboxes itself only when kit runs as "
                     "root and KIT_SANDBOX_ISOLATION=auto)."
                 )
-        private_folder(root, self.traverse_gid)
+        try:
+            tighten(root, depth=2)  # the logs of an older kit (0644): this kit's are 0600
+            private_folder(root, self.traverse_gid)
+        except OSError as exc:
+            raise SandboxError(
+                f"Cannot make {exc.filename or root} private: {exc.strerror or exc} (made by "
+                "another user? remove it, or run kit as that user)."
+            ) from None
 
     @property
     def traverse_gid(self) -> int | None:
