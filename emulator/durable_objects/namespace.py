@@ -23,6 +23,7 @@ from typing import Any, Generic, TypeVar
 
 from emulator.durable_objects.errors import DurableObjectError, ObjectEvicted
 from emulator.durable_objects.storage import AlarmTable, Storage
+from kit.private import DIR_MODE
 
 log = logging.getLogger("emulator.durable_objects")
 
@@ -137,7 +138,8 @@ class _Instance(Generic[ObjT]):
 
 
 class Namespace(Generic[ObjT]):
-    """Objects of one class, each with a SQLite file ``<root>/<id>.sqlite``."""
+    """Objects of one class, each with a SQLite file ``<root>/<id>.sqlite`` (0600, in a
+    0700 folder: only the host that runs them reads them)."""
 
     def __init__(
         self,
@@ -150,7 +152,7 @@ class Namespace(Generic[ObjT]):
     ) -> None:
         self.root = root
         self.name = name or getattr(factory, "__name__", "objects")
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         self._factory = factory
         self._hibernate_after_s = hibernate_after_s
         self._clock = clock

@@ -5,6 +5,9 @@ every later write up to the next time the event loop runs joins it; the batch co
 one, right after the current task yields (``loop.call_soon``). :meth:`Storage.sync` waits
 for that commit: the output gate. ``transaction_sync`` is ``ctx.storage.transactionSync``:
 all of ``fn`` or none of it.
+
+Every file is created 0600 whatever the umask, and its ``-wal``/``-shm`` follow
+(:func:`kit.private.private_sqlite`): an object's storage is an event log.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any, TypeVar
 
 from emulator.durable_objects.errors import LimitExceeded, ObjectEvicted, StorageError
 from emulator.durable_objects.limits import apply_limits, check_statement, is_limit, sqlite_message
+from kit.private import private_sqlite
 
 T = TypeVar("T")
 
@@ -48,6 +52,7 @@ class AlarmTable:
 
     def __init__(self, path: Path, on_change: Callable[[], None] | None = None) -> None:
         self._on_change = on_change
+        private_sqlite(path)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
@@ -125,9 +130,12 @@ class Storage:
         self.object_id = object_id
         self._alarms = alarms
         try:
+            private_sqlite(path)  # an object's storage is its host's alone (0600)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+        except OSError as exc:
+            raise StorageError(f"Cannot open {path}: {exc.strerror or exc}.") from exc
         except sqlite3.Error as exc:
             raise StorageError(sqlite_message(exc)) from exc
         apply_limits(self._db)

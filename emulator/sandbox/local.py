@@ -2,8 +2,16 @@
 
 Each session gets a folder ``<root>/<session_id>/`` with ``workspace/`` (the agent's cwd,
 kept across sandboxes so the SDK's resume finds the same project key), ``home/``,
-``tmp/`` and ``run/`` (the runtime's socket). When kit runs as root the runtime runs as an
-unprivileged user (``nobody`` unless told otherwise) that owns only that folder.
+``tmp/`` and ``run/`` (the runtime's socket, in a short folder under the temp dir). When
+kit runs as root the runtime runs as an unprivileged user (``nobody`` unless told otherwise)
+that owns only that folder.
+
+Only their owner may enter these folders (0700); ``<root>`` and the logs (``zygote.log``,
+each ``runtime.log``: 0600) are this user's alone. A confined sandbox gets its folders,
+bundle and sockets bound in by root; only an unconfined one run as another user walks to
+them itself, so then ``<root>`` is 0710 to its group (:attr:`LocalSandboxProvider.
+traverse_gid`): to pass through, not to list. The socket folder is 0710 to the sandbox
+user's group whenever that is another user (bubblewrap finds its staging folder there).
 
 Each sandbox runs under its tier's limits (:mod:`emulator.sandbox.limits`, docs/tiers.md):
 its processes join their cgroups before the runtime is handed its session, so no agent code
@@ -61,6 +69,7 @@ from kit.host.sandbox import (
     reason_of,
 )
 from kit.ids import SandboxId, SessionId, is_session_id
+from kit.private import DIR_MODE, open_private, private_folder, tighten
 from kit.runtime.config import STORE_DEADLINE_S, STORE_RETRY_S, RuntimeConfig
 from kit.runtime.jail import Jail
 from kit.tiers import get_tier
@@ -297,8 +306,6 @@ class LocalSandboxProvider(SandboxProvider):
         self.env = dict(env or {})
         self.store_retry_s = store_retry_s
         self.store_deadline_s = store_deadline_s
-        # Unix socket paths are limited to 107 bytes: keep sockets in a short folder.
-        self.run_root = run_root or short_run_dir(root)
         self.python = python
         self.start_timeout_s = start_timeout_s
         self.user = user
@@ -310,7 +317,11 @@ class LocalSandboxProvider(SandboxProvider):
         if os.geteuid() == 0 and user:
             entry = pwd.getpwnam(user)
             self.uid, self.gid = entry.pw_uid, entry.pw_gid
-        root.mkdir(parents=True, exist_ok=True)
+        # Unix socket paths are limited to 107 bytes: keep sockets in a short folder. The
+        # sandbox user's group may pass through it (bubblewrap reaches its staging folder
+        # there; unconfined sandboxes connect to the sockets by path), never list it.
+        self.run_root = run_root or short_run_dir(root, self.gid)
+        root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         # The fork server pays the runtime's imports (~0.6 s of CPU, mostly the Agent SDK)
         # once; each sandbox is then a fork (milliseconds) sharing that memory. Without it
         # (fork_server=False, or if it cannot start) each sandbox is a fresh interpreter.
@@ -361,6 +372,25 @@ class LocalSandboxProvider(SandboxProvider):
                     "start; the fork server confines sandboxes itself only when kit runs as "
                     "root and KIT_SANDBOX_ISOLATION=auto)."
                 )
+        try:
+            tighten(root, depth=2)  # the logs of an older kit (0644): this kit's are 0600
+            private_folder(root, self.traverse_gid)
+        except OSError as exc:
+            raise SandboxError(
+                f"Cannot make {exc.filename or root} private: {exc.strerror or exc} (made by "
+                "another user? remove it, or run kit as that user)."
+            ) from None
+
+    @property
+    def traverse_gid(self) -> int | None:
+        """The group that must pass through the host's folders (0710) on the way to a
+        sandbox's own: the sandbox user's, when sandboxes run as that user and reach their
+        bundle, workspace and transcript folder by themselves (no isolation, as root). None
+        when root binds their whole view in (``native``; ``bwrap`` with staging), or they run
+        as this user: then the state dir stays 0700."""
+        if self.uid is None or self._bound_by_root():
+            return None
+        return self.gid
 
     @property
     def stage(self) -> Path | None:
@@ -720,7 +750,7 @@ class LocalSandboxProvider(SandboxProvider):
         drop: dict[str, object] = {}
         if self.uid is not None and self.gid is not None and not self._setpriv:
             drop = {"user": self.uid, "group": self.gid, "extra_groups": []}
-        with open(log_path, "ab") as log_file:  # noqa: ASYNC230 - a local file, opened once
+        with os.fdopen(open_private(log_path), "ab") as log_file:
             return await asyncio.create_subprocess_exec(
                 *(prefix if prefix is not None else self._drop_privileges()),
                 self.python,
@@ -737,12 +767,19 @@ class LocalSandboxProvider(SandboxProvider):
 
     def _own(self, path: Path) -> None:
         # The sandbox user owns these folders: never follow a link it may have put there
-        # (root would chown, chmod or bind whatever it points at).
-        if path.is_symlink() or not path.is_dir():
-            raise SandboxError(f"{path} is not a plain folder (a symlink?); remove it and retry.")
-        if self.uid is not None and self.gid is not None:
-            os.chown(path, self.uid, self.gid, follow_symlinks=False)
-            path.chmod(0o700)
+        # (root would chown, chmod or bind whatever it points at). Only it may enter them.
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            raise SandboxError(
+                f"{path} is not a plain folder (a symlink?); remove it and retry."
+            ) from None
+        try:
+            if self.uid is not None and self.gid is not None:
+                os.fchown(fd, self.uid, self.gid)
+            os.fchmod(fd, DIR_MODE)
+        finally:
+            os.close(fd)
 
 
 _JOIN_AND_EXEC = (
@@ -790,22 +827,23 @@ async def _ready_line(stdout: asyncio.StreamReader) -> dict[str, object] | None:
     return None
 
 
-def short_run_dir(root: Path) -> Path:
-    """A short per-root folder under the temp dir for Unix sockets, owned by this user.
+def short_run_dir(root: Path, passage_for: int | None = None) -> Path:
+    """A short per-root folder under the temp dir for Unix sockets, owned by this user:
+    0700, or 0710 to group ``passage_for`` (the sandbox user's, when it is another user).
 
     Its name is predictable, so one made by someone else (who could swap the sockets in
     it) is refused rather than used."""
     digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:10]
     path = Path(tempfile.gettempdir()) / f"kit-{os.geteuid()}-{digest}"
     with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o755)
+        path.mkdir(mode=DIR_MODE)
     st = path.lstat()
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
         raise SandboxError(
             f"{path} (the sandboxes' socket folder) is not a folder of this user's that only "
             "it can write; someone else may have made it. Remove it and start again."
         )
-    path.chmod(0o755)
+    private_folder(path, passage_for)
     return path
 
 

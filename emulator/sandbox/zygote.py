@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kit.host.errors import SandboxError
+from kit.private import open_private
 
 
 @dataclass
@@ -71,7 +72,7 @@ class Zygote:
     ) -> None:
         """Start the zygote and wait until it has imported the runtime."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        with open(log_path, "ab") as log_file:  # noqa: ASYNC230 - a local file, opened once
+        with os.fdopen(open_private(log_path), "ab") as log_file:
             self.proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -105,7 +106,8 @@ class Zygote:
         loop = asyncio.get_running_loop()
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
-        err = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        # In the sandbox user's folder: never through a link it put there (open_private).
+        err = open_private(log_path)
         ident = next(self._ids)
         spawned: asyncio.Future[int] = loop.create_future()
         self._spawned[ident] = spawned

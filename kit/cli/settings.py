@@ -12,7 +12,9 @@ port                   ``--port``, else            ``8787``; without ``--port`` 
                                                    above it (said in one line); a busy
                                                    ``--port`` is an error; ``0`` picks any
                                                    free port
-state dir              ``KIT_STATE_DIR``           ``<project>/.kit``
+state dir              ``KIT_STATE_DIR``           ``<project>/.kit``; made private (0700,
+                                                   :mod:`kit.cli.statedir`); a shared
+                                                   folder (sticky, like /tmp) is refused
 model                  ``ANTHROPIC_API_KEY``       unset → the offline model (emulator);
                                                    set → the real Messages API
 upstream               ``KIT_MODEL_UPSTREAM``      ``https://api.anthropic.com``

@@ -30,7 +30,7 @@ from emulator.model import create_app as create_model_app
 from emulator.model.app import RequestLog
 from emulator.sandbox import LocalSandboxProvider
 from kit.bundle import Bundle, Project, build_bundle, load_project
-from kit.cli import console
+from kit.cli import console, statedir
 from kit.cli.control import Evict, control_routes
 from kit.cli.settings import DevSettings
 from kit.errors import KitError
@@ -49,6 +49,7 @@ from kit.host.auth import OriginPolicy, loopback_hosts
 from kit.host.pool import SandboxPool
 from kit.host.s3log import S3LogStore
 from kit.ids import SessionId, is_session_id
+from kit.private import open_private, write_private
 from kit.protocol import errors as e
 from kit.storage.s3io import endpoint_of
 
@@ -231,7 +232,8 @@ def _lock_state_dir(state: Path) -> Any:
     its sockets and files. The lock goes with the process, however it ends."""
     import fcntl
 
-    handle = open(state / "host.lock", "a+")  # noqa: SIM115 - held until the process ends
+    fd = open_private(state / "host.lock", os.O_RDWR | os.O_APPEND)
+    handle = os.fdopen(fd, "a+")  # held until the process ends
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -272,7 +274,7 @@ def _host_id(path: Path) -> str:
     if path.is_file():
         return path.read_text().strip()
     host_id = f"{socket.gethostname()}-{secrets.token_hex(4)}"
-    path.write_text(host_id + "\n")
+    write_private(path, host_id + "\n")
     return host_id
 
 
@@ -332,10 +334,7 @@ def _api_token(path: Path) -> str:
     if path.is_file():
         return path.read_text().strip()
     token = "kit-api-" + secrets.token_urlsafe(24)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
+    write_private(path, token + "\n")
     return token
 
 
@@ -347,7 +346,7 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
     host_sock, busy_port = _listen(settings)
     state = settings.state_dir
     try:
-        state.mkdir(parents=True, exist_ok=True)
+        statedir.make_private(state)  # 0700 before anything is written in it
         lock = _lock_state_dir(state)
     except BaseException:
         host_sock.close()
@@ -363,8 +362,10 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
         store_deadline_s=settings.store_deadline_s,
     )
     run_dir = provider.run_root
+    statedir.secure(state, provider.traverse_gid)
+    if provider.traverse_gid is not None:
+        log.warning("%s", statedir.passage_warning(state, provider.user, provider.traverse_gid))
     transcripts = state / "transcripts"
-    transcripts.mkdir(exist_ok=True)
     servers: list[tuple[_Server, asyncio.Task[None]]] = []
 
     model_url: str | None = None
@@ -458,8 +459,9 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
         model_requests,
         app,
     )
-    (state / "dev.json").write_text(
-        json.dumps({"url": url, "pid": os.getpid(), "api_token_file": str(token_file)})
+    write_private(
+        state / "dev.json",
+        json.dumps({"url": url, "pid": os.getpid(), "api_token_file": str(token_file)}),
     )
     await host.recover()
     if pool is not None:

@@ -9,7 +9,6 @@ its ``expect_reply``.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -69,8 +68,7 @@ async def run_checks_async(project_dir: Path, *, sandbox_user: str | None = "nob
     """Run every scenario check of the project at ``project_dir``."""
     project = load_project(project_dir)
     checks = ScenarioSource.from_paths(list(project.scenarios)).checks()
-    state = Path(tempfile.mkdtemp(prefix="kit-test-"))
-    os.chmod(state, 0o755)  # sandboxes run as another user and must reach the bundle
+    state = Path(tempfile.mkdtemp(prefix="kit-test-"))  # run_stack sets its mode
     settings = DevSettings(
         project_dir=project.root,
         state_dir=state,

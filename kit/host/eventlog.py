@@ -5,7 +5,7 @@ assigns ``seq`` (1, 2, 3, … with no gaps). The host fans an event out only aft
 ``append`` returns (ARCHITECTURE §4.1). The seam is async because a log may live across
 the network: :class:`SQLiteLogStore` keeps one SQLite file per session, like a Durable
 Object's storage (its calls finish without yielding: a local commit is cheaper than a
-thread hop); ``kit.host.s3log`` keeps the log in S3 objects under a lease (Fly).
+thread hop; the file is 0600, :mod:`kit.private`); ``kit.host.s3log`` keeps the log in S3 objects under a lease (Fly).
 
 :meth:`LogStore.summary` and :meth:`LogStore.read_events` read what a store holds without
 opening the session for writing: no lease is taken, no session is loaded (``kit sessions``,
@@ -27,6 +27,7 @@ from typing import Any
 
 from kit.host.errors import LogError
 from kit.ids import SessionId, TurnId, is_session_id
+from kit.private import DIR_MODE, private_sqlite
 from kit.protocol.frames import Event
 
 
@@ -251,12 +252,13 @@ class SQLiteSessionLog(SessionLog):
         self.session_id = session_id
         self.path = path
         try:
+            private_sqlite(path)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
-        except sqlite3.Error as exc:
+        except (OSError, sqlite3.Error) as exc:
             raise LogError(f"Cannot open the event log {path}: {exc}.") from exc
         self._last_seq: int = row[0]
         self._pending_seq = self._last_seq
@@ -364,7 +366,7 @@ class SQLiteLogStore(LogStore):
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
 
     def _path(self, session_id: SessionId) -> Path:
         if not is_session_id(session_id):

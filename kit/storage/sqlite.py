@@ -3,7 +3,8 @@
 Entries are kept in append order per key; an entry's ``uuid`` is its idempotency key
 (a repeated uuid under the same key is ignored), entries without one are appended as-is.
 The summary sidecar is folded in the same transaction as the entries it summarises.
-WAL mode lets a host read while a sandbox writes.
+WAL mode lets a host read while a sandbox writes. The file and its ``-wal``/``-shm`` are
+0600 (:func:`kit.private.private_sqlite`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from claude_agent_sdk.types import (
     SessionSummaryEntry,
 )
 
+from kit.private import DIR_MODE, private_sqlite
 from kit.storage.errors import StoreError
 
 _SCHEMA = """
@@ -61,7 +63,8 @@ class SQLiteSessionStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            private_sqlite(path)  # transcripts are for the host and this sandbox only
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
