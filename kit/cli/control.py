@@ -44,6 +44,7 @@ from starlette.types import Receive, Scope, Send
 
 from kit.cli.follow import End, end_line, event_line, follow
 from kit.host import LogError, Release, Sandbox, SandboxState, Session, SessionHost
+from kit.host.edge import authenticated
 from kit.host.errors import SandboxError
 from kit.host.eventlog import LogSummary
 from kit.ids import SessionId, is_session_id
@@ -161,6 +162,7 @@ def control_routes(
     def refused(request: Request) -> Response | None:
         scheme, _, got = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(got.encode(), api_token.encode()):
+            authenticated(request.scope)
             return None
         return JSONResponse(
             {

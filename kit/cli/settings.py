@@ -44,6 +44,12 @@ sandbox grace          ``KIT_SANDBOX_GRACE_S``     30 (seconds): how long a sess
                                                    turn is open (``idle_timeout`` in
                                                    kit.toml still bounds a quiet sandbox
                                                    whose client stays)
+peer connections       ``KIT_PEER_CONNECTIONS``    64: connections one address may hold
+                                                   open before they authenticate (a
+                                                   ``hello`` accepted, a Bearer token
+                                                   checked); one more is answered 429.
+                                                   Every local client is 127.0.0.1
+                                                   (1 to 65536; kit.host.edge)
 watch                  ``--no-watch``              on: a saved change to kit.toml, the
                                                    prompt, skills or scenarios rebuilds the
                                                    bundle for new sandboxes
@@ -61,6 +67,7 @@ from pathlib import Path
 
 from kit.bundle import CONFIG_FILE
 from kit.errors import KitError
+from kit.host.edge import UNAUTHENTICATED_PER_PEER, EdgeLimits
 from kit.host.launch import GRACE_S
 from kit.host.lease import DEFAULT_TTL_S
 from kit.host.pool import MAX_POOL_SIZE, POOL_SIZE
@@ -71,6 +78,7 @@ DEFAULT_PORT = 8787
 EXAMPLE_PROJECT = Path(__file__).resolve().parents[2] / "skills" / "support-bot"
 ISOLATION_MODES = ("auto", "bwrap", "off")
 MAX_GRACE_S = 3600.0
+MAX_PEER_CONNECTIONS = 65536
 AWS_VARIABLES = frozenset(
     {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION"}
 )
@@ -120,6 +128,8 @@ class DevSettings:
     """How long a sandbox with no open turn outlives its session's last client."""
     watch: bool = True
     """Rebuild the bundle when the project changes (``kit dev`` only)."""
+    edge: EdgeLimits = field(default_factory=EdgeLimits)
+    """The host's HTTP edge: head limits and timeout, unauthenticated connections per peer."""
 
     @property
     def offline(self) -> bool:
@@ -153,6 +163,17 @@ def dev_settings(
         _number(environ, "KIT_SANDBOX_POOL", POOL_SIZE, 0, MAX_POOL_SIZE, "sandboxes", whole=True)
     )
     grace_s = _number(environ, "KIT_SANDBOX_GRACE_S", GRACE_S, 1, MAX_GRACE_S, "seconds")
+    per_peer = int(
+        _number(
+            environ,
+            "KIT_PEER_CONNECTIONS",
+            UNAUTHENTICATED_PER_PEER,
+            1,
+            MAX_PEER_CONNECTIONS,
+            "connections",
+            whole=True,
+        )
+    )
     if log_url and not log_url.startswith("s3://"):
         raise SettingsError(
             f"KIT_LOG_URL={log_url!r}: give s3://BUCKET/PREFIX?endpoint_url=…, or unset it "
@@ -196,6 +217,7 @@ def dev_settings(
         lease_ttl_s=lease_ttl_s,
         pool_size=pool_size,
         grace_s=grace_s,
+        edge=EdgeLimits(unauthenticated_per_peer=per_peer),
     )
 
 

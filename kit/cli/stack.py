@@ -16,7 +16,7 @@ import secrets
 import shutil
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from kit.host import (
     create_app,
 )
 from kit.host.app import WS_MAX_BYTES
+from kit.host.edge import EdgeConfig, EdgeLimits
 from kit.host.pool import SandboxPool
 from kit.host.s3log import S3LogStore
 from kit.ids import SessionId, is_session_id
@@ -205,8 +206,10 @@ def _listen(settings: DevSettings) -> tuple[socket.socket, int | None]:
     )
 
 
-def _serve(app: Any, sock: socket.socket, **config: Any) -> tuple[_Server, asyncio.Task[None]]:
-    server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off", **config))
+def _serve(
+    app: Any, sock: socket.socket, limits: EdgeLimits, **config: Any
+) -> tuple[_Server, asyncio.Task[None]]:
+    server = _Server(EdgeConfig(app, limits=limits, log_level="warning", lifespan="off", **config))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     return server, task
 
@@ -356,7 +359,9 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
         model_sock = _tcp_socket("127.0.0.1", 0)
         model_url = f"http://127.0.0.1:{model_sock.getsockname()[1]}"
         scenarios = ScenarioSource.from_paths(list(project.scenarios))
-        servers.append(_serve(create_model_app(scenarios), model_sock))
+        # Only kit's model proxy calls the offline model: its connections are not capped.
+        model_limits = replace(settings.edge, unauthenticated_per_peer=None)
+        servers.append(_serve(create_model_app(scenarios), model_sock, model_limits))
         upstream, key = model_url, settings.api_key or EMULATOR_KEY
     else:
         assert settings.api_key is not None
@@ -412,7 +417,9 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
     bound = host_sock.getsockname()
     url_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     url = f"http://{url_host}:{bound[1]}"
-    servers.append(_serve(app, host_sock, ws_max_size=WS_MAX_BYTES, timeout_graceful_shutdown=5))
+    servers.append(
+        _serve(app, host_sock, settings.edge, ws_max_size=WS_MAX_BYTES, timeout_graceful_shutdown=5)
+    )
     stack = Stack(
         settings,
         project,

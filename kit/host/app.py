@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from kit.host.edge import authenticated
 from kit.host.host import SessionHost
 from kit.host.lease import LeaseHeld
 from kit.host.session import Session
@@ -138,6 +139,7 @@ def create_app(
                     },
                     status_code=401,
                 )
+            authenticated(request.scope)
         if host.closing:
             return JSONResponse(
                 {"error": e.SHUTTING_DOWN, "message": "The host is shutting down."}, status_code=503
@@ -300,6 +302,7 @@ async def _hello(host: SessionHost, client: ClientSocket, hello: HelloReceived) 
             conn.accept(mode, session.log.last_seq)
             if conn.close_code is not None:
                 return
+            authenticated(client.ws.scope)
             client.session = session
             if mode == "none":
                 session.subscribe(client)
