@@ -49,6 +49,10 @@ MAX_HEAD_BYTES = 32 * 1024
 HEAD_TIMEOUT_S = 10.0
 """How long a connection may take to send a complete request head, from its opening or
 from the end of the previous response (408 past it)."""
+LINGER_S = 2.0
+"""After a refusal, how long the edge goes on reading (and dropping) what the client still
+sends: closing with unread data would reset the connection, and the client could lose the
+answer."""
 UNAUTHENTICATED_PER_PEER = 64
 """Connections one peer address may hold open before they authenticate (429 past it).
 Every local client shares 127.0.0.1: ``KIT_PEER_CONNECTIONS`` raises it for ``kit dev``."""
@@ -257,6 +261,7 @@ class EdgeHttp(H11Protocol):
         self.ticket: Ticket | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._head_bytes = 0
+        self._refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -284,11 +289,15 @@ class EdgeHttp(H11Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         if self._deadline is not None:
             self._head_bytes += len(data)
         super().data_received(data)
 
     def on_response_complete(self) -> None:
+        if self._refused:
+            return
         # Armed first: a pipelined request that the call below parses disarms it.
         if not self.transport.is_closing():
             self._arm()
@@ -304,10 +313,22 @@ class EdgeHttp(H11Protocol):
             self.transport.close()
 
     def _refuse(self, refusal: Refusal) -> None:
+        """Answer ``refusal``, end the writing side and close after :data:`LINGER_S`, or at
+        once when the client closes its side (``eof_received``)."""
         self._disarm()
-        if not self.transport.is_closing():
-            self.transport.write(refusal.serialize())
+        if self._refused or self.transport.is_closing():
+            return
+        self._refused = True
+        self.transport.write(refusal.serialize())
+        if not self.transport.can_write_eof():
             self.transport.close()
+            return
+        try:
+            self.transport.write_eof()
+        except OSError:  # the client is gone already
+            self.transport.close()
+            return
+        self._deadline = self.loop.call_later(LINGER_S, self.transport.close)
 
     def _head_complete(self) -> None:
         self._disarm()

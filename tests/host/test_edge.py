@@ -160,12 +160,20 @@ def test_refusal_closes() -> None:
     ("extra", "status"),
     [
         (b"".join(b"X-%d: a\r\n" % i for i in range(129)), 431),
+        (b"".join(b"X-%d: a\r\n" % i for i in range(101)), 431),  # websockets takes 128
         (b"X-Big: " + b"a" * 9 * 1024 + b"\r\n", 431),
         (b"Content-Length: 5\r\n", 400),
         (b"Sec-WebSocket-Protocol: a b,,;\r\n", 400),
         (b"Sec-WebSocket-Extensions: ;;=\r\n", 400),
     ],
-    ids=["129-headers", "9KiB-line", "content-length", "bad-protocol", "bad-extensions"],
+    ids=[
+        "129-headers",
+        "101-headers",
+        "9KiB-line",
+        "content-length",
+        "bad-protocol",
+        "bad-extensions",
+    ],
 )
 async def test_bad_upgrade_is_refused_and_closed(host: Stack, extra: bytes, status: int) -> None:
     """A malformed WebSocket upgrade gets its 4xx at once and the connection closes."""
@@ -198,6 +206,16 @@ async def test_bad_heads_are_refused_and_closed(host: Stack, head: bytes, status
     await conn.send(head)
     data, closed = await conn.rest()
     _refused(data, status)
+    assert closed
+
+
+async def test_refusal_reaches_a_client_still_sending(host: Stack) -> None:
+    """A client still sending when its head is refused reads the 431 and then the close,
+    not a reset that loses it."""
+    conn = await Raw.open(host.url)
+    conn.writer.write(BIG_HEAD + b"X-More: " + b"a" * 1024 * 1024)
+    data, closed = await conn.rest()
+    _refused(data, 431)
     assert closed
 
 
