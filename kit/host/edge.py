@@ -10,14 +10,17 @@ so :class:`EdgeConfig` puts a small guard into uvicorn's own protocol classes:
 - ``Content-Length`` with ``Transfer-Encoding`` is refused with 400 and a close (RFC 9112
   §6.1), and so is a WebSocket upgrade that carries a body;
 - a head must be complete within :data:`HEAD_TIMEOUT_S` of the connection opening or of
-  the previous response ending: else 408 and a close (a plain close if none of it came);
+  the previous response ending: else 408 and a close (a plain close if none of it came).
+  A WebSocket's opening handshake is its upgrade request's head; after it, kit's app
+  gives the ``hello`` its own deadline (``kit.host.app.HELLO_TIMEOUT_S``);
 - a peer address may hold :data:`UNAUTHENTICATED_PER_PEER` connections that have not
   authenticated; one more is answered 429 and closed at once. The app calls
   :func:`authenticated` with a connection's scope once it has proved who it is (a
   WebSocket ``hello`` accepted, a ``Bearer`` token checked); the connection no longer
   counts.
 
-Refusals are JSON, as kit's other HTTP errors: ``{"error": <code>, "message": <text>}``.
+Refusals are JSON, as kit's other HTTP errors: ``{"error": <code>, "message": <text>}``,
+followed by a lingering close (:data:`LINGER_S`).
 Malformed ``Sec-WebSocket-*`` headers are websockets' to refuse (400 and a close).
 
 This relies on uvicorn's ``H11Protocol`` and ``WebSocketsSansIOProtocol`` internals, so
@@ -80,6 +83,7 @@ class Refusal(NamedTuple):
     message: str
 
     def serialize(self) -> bytes:
+        """The whole HTTP/1.1 response."""
         body = json.dumps({"error": self.code, "message": self.message}).encode()
         head = (
             f"HTTP/1.1 {self.status} {HTTPStatus(self.status).phrase}\r\n"
@@ -153,10 +157,6 @@ class PeerCounts:
             return None
         self._open[peer] = count + 1
         return Ticket(self, peer)
-
-    def unauthenticated(self, peer: str) -> int:
-        """How many of ``peer``'s connections count against its cap now."""
-        return self._open.get(peer, 0)
 
     def _release(self, peer: str) -> None:
         count = self._open[peer] - 1
