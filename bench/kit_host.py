@@ -53,6 +53,7 @@ from kit.host import (
     create_app,
 )
 from kit.host.app import WS_MAX_BYTES
+from kit.host.edge import EdgeConfig, EdgeLimits
 from kit.host.eventlog import SQLiteSessionLog
 from kit.host.sandbox import reason_of
 from kit.ids import SandboxId, SessionId
@@ -273,10 +274,13 @@ async def serve_kit_host(
     sock.bind((host, port))
     sock.listen(1024)
     sock.setblocking(False)
-    # The same uvicorn settings as kit dev's host (kit/cli/stack.py).
+    # The same uvicorn settings and edge as kit dev's host (kit/cli/stack.py), but no cap on
+    # unauthenticated connections: bench/host.py (d) opens --sessions sockets at once from
+    # one address (KIT_PEER_CONNECTIONS lifts it for kit dev).
     server = _Server(
-        uvicorn.Config(
+        EdgeConfig(
             app,
+            limits=EdgeLimits(unauthenticated_per_peer=None),
             log_level="warning",
             lifespan="off",
             ws_max_size=WS_MAX_BYTES,

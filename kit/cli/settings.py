@@ -50,6 +50,12 @@ allowed origins        ``KIT_ALLOWED_ORIGINS``     none: browser pages may open 
                                                    sockets only from the host's own origin;
                                                    a comma-separated list of
                                                    ``scheme://host[:port]`` adds others
+peer connections       ``KIT_PEER_CONNECTIONS``    64: connections one address may hold
+                                                   open before they authenticate (a
+                                                   ``hello`` accepted, a Bearer token
+                                                   checked); one more is answered 429.
+                                                   Every local client is 127.0.0.1
+                                                   (1 to 65536; kit.host.edge)
 watch                  ``--no-watch``              on: a saved change to kit.toml, the
                                                    prompt, skills or scenarios rebuilds the
                                                    bundle for new sandboxes
@@ -68,6 +74,7 @@ from pathlib import Path
 from kit.bundle import CONFIG_FILE
 from kit.errors import KitError
 from kit.host.auth import normalise_origin
+from kit.host.edge import UNAUTHENTICATED_PER_PEER, EdgeLimits
 from kit.host.launch import GRACE_S
 from kit.host.lease import DEFAULT_TTL_S
 from kit.host.pool import MAX_POOL_SIZE, POOL_SIZE
@@ -78,6 +85,7 @@ DEFAULT_PORT = 8787
 EXAMPLE_PROJECT = Path(__file__).resolve().parents[2] / "skills" / "support-bot"
 ISOLATION_MODES = ("auto", "bwrap", "off")
 MAX_GRACE_S = 3600.0
+MAX_PEER_CONNECTIONS = 65536
 AWS_VARIABLES = frozenset(
     {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION"}
 )
@@ -129,6 +137,8 @@ class DevSettings:
     """Rebuild the bundle when the project changes (``kit dev`` only)."""
     allowed_origins: tuple[str, ...] = ()
     """Browser origins besides the host's own that may open session sockets."""
+    edge: EdgeLimits = field(default_factory=EdgeLimits)
+    """The host's HTTP edge: head limits and timeout, unauthenticated connections per peer."""
 
     @property
     def offline(self) -> bool:
@@ -162,6 +172,17 @@ def dev_settings(
         _number(environ, "KIT_SANDBOX_POOL", POOL_SIZE, 0, MAX_POOL_SIZE, "sandboxes", whole=True)
     )
     grace_s = _number(environ, "KIT_SANDBOX_GRACE_S", GRACE_S, 1, MAX_GRACE_S, "seconds")
+    per_peer = int(
+        _number(
+            environ,
+            "KIT_PEER_CONNECTIONS",
+            UNAUTHENTICATED_PER_PEER,
+            1,
+            MAX_PEER_CONNECTIONS,
+            "connections",
+            whole=True,
+        )
+    )
     if log_url and not log_url.startswith("s3://"):
         raise SettingsError(
             f"KIT_LOG_URL={log_url!r}: give s3://BUCKET/PREFIX?endpoint_url=…, or unset it "
@@ -207,6 +228,7 @@ def dev_settings(
         pool_size=pool_size,
         grace_s=grace_s,
         allowed_origins=origins,
+        edge=EdgeLimits(unauthenticated_per_peer=per_peer),
     )
 
 

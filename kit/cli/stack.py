@@ -17,7 +17,7 @@ import secrets
 import shutil
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from kit.host import (
 )
 from kit.host.app import WS_MAX_BYTES
 from kit.host.auth import OriginPolicy, loopback_hosts
+from kit.host.edge import EdgeConfig, EdgeLimits
 from kit.host.pool import SandboxPool
 from kit.host.s3log import S3LogStore
 from kit.ids import SessionId, is_session_id
@@ -214,8 +215,10 @@ def _listen(settings: DevSettings) -> tuple[socket.socket, int | None]:
     )
 
 
-def _serve(app: Any, sock: socket.socket, **config: Any) -> tuple[_Server, asyncio.Task[None]]:
-    server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off", **config))
+def _serve(
+    app: Any, sock: socket.socket, limits: EdgeLimits, **config: Any
+) -> tuple[_Server, asyncio.Task[None]]:
+    server = _Server(EdgeConfig(app, limits=limits, log_level="warning", lifespan="off", **config))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     return server, task
 
@@ -379,7 +382,9 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
         model_key = settings.api_key or "kit-offline-" + secrets.token_urlsafe(24)
         model_app = create_model_app(scenarios, api_key=model_key)
         model_requests = model_app.state.requests
-        servers.append(_serve(model_app, model_sock))
+        # Only kit's model proxy calls the offline model: its connections are not capped.
+        model_limits = replace(settings.edge, unauthenticated_per_peer=None)
+        servers.append(_serve(model_app, model_sock, model_limits))
         upstream, key = model_url, model_key
     else:
         assert settings.api_key is not None
@@ -436,7 +441,9 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
     bound = host_sock.getsockname()
     url_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     url = f"http://{url_host}:{bound[1]}"
-    servers.append(_serve(app, host_sock, ws_max_size=WS_MAX_BYTES, timeout_graceful_shutdown=5))
+    servers.append(
+        _serve(app, host_sock, settings.edge, ws_max_size=WS_MAX_BYTES, timeout_graceful_shutdown=5)
+    )
     stack = Stack(
         settings,
         project,

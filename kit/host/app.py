@@ -25,6 +25,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from kit.host.auth import OriginPolicy, RequireToken
+from kit.host.edge import authenticated
 from kit.host.host import SessionHost
 from kit.host.lease import LeaseHeld
 from kit.host.session import Session
@@ -324,6 +325,7 @@ async def _hello(host: SessionHost, client: ClientSocket, hello: HelloReceived) 
             conn.accept(mode, session.log.last_seq)
             if conn.close_code is not None:
                 return
+            authenticated(client.ws.scope)
             client.session = session
             if mode == "none":
                 session.subscribe(client)

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from kit.host.edge import authenticated
+
 UNAUTHORIZED_MESSAGE = "Send Authorization: Bearer <the host's API token>."
 
 
@@ -69,6 +71,7 @@ class RequireToken:
             if not bearer_matches(authorization, self.token):
                 await unauthorized()(scope, receive, send)
                 return
+            authenticated(scope)  # the connection no longer counts against its peer's cap
         await self.app(scope, receive, send)
 
 

@@ -12,7 +12,9 @@ import pytest
 
 from kit.bundle import load_project
 from kit.cli.main import build_parser
+from kit.cli.settings import dev_settings
 from kit.cli.testing import run_checks
+from kit.host.edge import UNAUTHENTICATED_PER_PEER, EdgeLimits
 
 KIT = str(Path(sys.executable).parent / "kit")
 SCAFFOLD_TIER = "standard-1"
@@ -117,8 +119,8 @@ async def test_a_second_host_on_one_state_dir_is_refused(kit_tmp: Path) -> None:
 
 
 def test_bad_host_settings_name_the_variable(kit_tmp: Path) -> None:
-    """A wrong KIT_LEASE_TTL_S, KIT_LOG_URL, KIT_SANDBOX_POOL or KIT_SANDBOX_GRACE_S is one
-    line naming the variable and the fix, and creates nothing."""
+    """A wrong KIT_LEASE_TTL_S, KIT_LOG_URL, KIT_SANDBOX_POOL, KIT_SANDBOX_GRACE_S or
+    KIT_PEER_CONNECTIONS is one line naming the variable and the fix, and creates nothing."""
     for name, value, hint in [
         ("KIT_LEASE_TTL_S", "soon", "number of seconds"),
         ("KIT_LEASE_TTL_S", "0", "1 to 3600"),
@@ -127,6 +129,7 @@ def test_bad_host_settings_name_the_variable(kit_tmp: Path) -> None:
         ("KIT_SANDBOX_POOL", "100", "0 to 64 sandboxes"),
         ("KIT_SANDBOX_GRACE_S", "nan", "1 to 3600 seconds"),
         ("KIT_SANDBOX_GRACE_S", "0", "1 to 3600 seconds"),
+        ("KIT_PEER_CONNECTIONS", "0", "1 to 65536 connections"),
     ]:
         env = {**os.environ, name: value, "KIT_STATE_DIR": str(kit_tmp / "state")}
         result = _kit("dev", "--port", "0", cwd=kit_tmp, env=env)
@@ -136,6 +139,18 @@ def test_bad_host_settings_name_the_variable(kit_tmp: Path) -> None:
         assert name in lines[0]
         assert hint in lines[0]
     assert not (kit_tmp / "state").exists()  # nothing was created
+
+
+def test_peer_connections_setting(kit_tmp: Path) -> None:
+    """KIT_PEER_CONNECTIONS sets the host edge's cap on unauthenticated connections per
+    peer; the other edge limits keep their defaults."""
+
+    def edge(environ: dict[str, str]) -> EdgeLimits:
+        return dev_settings(project=kit_tmp, host=None, port=0, environ=environ).edge
+
+    assert edge({}) == EdgeLimits()
+    assert edge({}).unauthenticated_per_peer == UNAUTHENTICATED_PER_PEER
+    assert edge({"KIT_PEER_CONNECTIONS": "500"}) == EdgeLimits(unauthenticated_per_peer=500)
 
 
 SUBCOMMANDS = ["new", "dev", "chat", "sessions", "logs", "sandbox", "do", "test"]
