@@ -41,11 +41,13 @@ class NotJson:
 @dataclass(frozen=True)
 class Message:
     """One WebSocket message from the client: ``text`` (with ``value``, what it means as
-    JSON, or :class:`NotJson`) or ``binary``."""
+    JSON, or :class:`NotJson`), ``binary``, or ``not_utf8``: a text message whose bytes
+    are not UTF-8."""
 
     text: str | None = None
     value: Any = None
     binary: bytes | None = None
+    not_utf8: bytes | None = None
 
 
 class State(enum.Enum):
@@ -124,6 +126,8 @@ def answer(message: Message, conn: Connection) -> Answer:
 def _answer(message: Message, conn: Connection) -> Answer:
     if message.binary is not None:
         return _error("bad_frame")
+    if message.not_utf8 is not None:
+        return Answer([], 1007)  # the transport refuses it: no error frame
     assert message.text is not None
     size = len(message.text.encode("utf-8"))
     if size > WS_MAX_BYTES:

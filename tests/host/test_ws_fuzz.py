@@ -316,6 +316,12 @@ RAW = _weighted(
     ),
     (1, st.binary(max_size=12).map(lambda b: Raw(Message(binary=b)))),
     (1, st.just(Raw(Message(binary=b'{"type":"ping"}')))),
+    (
+        1,
+        st.sampled_from([b"\xff", b"\xed\xa0\x80", b"\xc3", b"\xf4\x90\x80\x80"]).map(
+            lambda bad: Raw(Message(not_utf8=b'{"type":"user","text":"' + bad + b'"}'))
+        ),
+    ),
     (1, RARE),
 )
 MESSAGES = _weighted((3, OBJECTS), (1, RAW))
@@ -389,6 +395,8 @@ def _recv(ws: ClientConnection) -> dict[str, Any]:
 def _send(ws: ClientConnection, message: Message) -> None:
     if message.binary is not None:
         ws.send(message.binary)
+    elif message.not_utf8 is not None:
+        ws.send(message.not_utf8, text=True)
     else:
         assert message.text is not None
         ws.send(message.text)
@@ -406,7 +414,7 @@ def _closed_with(ws: ClientConnection) -> int | None:
 
 def _exchange(ws: ClientConnection, message: Message, expected: spec.Answer) -> bool:
     """Send ``message`` and check the host's whole answer; true if it closed."""
-    where = f"sent {message.text[:200] if message.text is not None else message.binary!r}"
+    where = f"sent {message.text[:200] if message.text is not None else message!r}"
     try:
         _send(ws, message)
         if expected.close is None:
@@ -475,6 +483,7 @@ EVERY_ANSWER = {
     "unknown_type",
     "too_large 1009",
     "nothing 1009",  # over the transport's limit
+    "nothing 1007",  # not UTF-8: the transport refuses it
     "hello_required",
     "already_hello",
     "unauthorized 4401",
@@ -529,12 +538,19 @@ async def test_fuzzed_frames_get_the_spec_answer_and_change_nothing(
             seen = await asyncio.to_thread(_fuzz, target)
     assert sum(seen.values()) >= 3000, seen
     assert set(seen) >= EVERY_ANSWER, EVERY_ANSWER - set(seen)
-    faults = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    faults = [r for r in caplog.records if r.levelno >= logging.ERROR and not _known(r)]
     assert faults == [], [r.getMessage() for r in faults]
     session = target.session
     assert await _stored(stack, session.session_id) == target.before
     assert not (stack.transcripts_dir / session.session_id).exists()  # no sandbox ever ran
     await _good_turn(stack, target, len(session.events))
+
+
+def _known(record: logging.LogRecord) -> bool:
+    """uvicorn logs each text message that is not UTF-8 with a traceback before it closes
+    the socket with 1007 (its websockets-sansio transport, in front of kit): noisy, but
+    not kit's to quiet. Any other error record is a fault."""
+    return record.name == "uvicorn.error" and record.getMessage().startswith("Invalid UTF-8")
 
 
 async def _good_turn(stack: Stack, target: Target, last: int) -> None:
