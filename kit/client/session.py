@@ -9,8 +9,9 @@
 
 The client remembers the last ``seq`` it saw. When the socket drops (host restart or
 crash, network, ``1001``, ``1011``) it reconnects with capped, jittered backoff
-(:class:`~kit.client.reconnect.ReconnectPolicy`; only a connection that stayed open resets
-it) and says hello with that ``seq``, so it gets exactly the events it missed, once. Meanwhile :meth:`SessionClient.send` and
+(:class:`~kit.client.reconnect.ReconnectPolicy`; only a connection that brought events or
+stayed open resets it) and says hello with that ``seq``, so it gets exactly the events it
+missed, once. Meanwhile :meth:`SessionClient.send` and
 :meth:`SessionClient.interrupt` never fail because the socket is down or mid-handshake:
 they queue. Once the replay has caught up, every message whose ``user`` event has not
 arrived goes out again with the same ``client_msg_id`` (the host applies each at most
@@ -153,6 +154,8 @@ class SessionClient:
         self._handshakes = 0
         self._welcomed_at: float | None = None
         """When this connection's welcome arrived (loop time; None: not yet)."""
+        self._new_events = 0
+        """New events this connection brought."""
         self._last_error: ErrorReceived | None = None
         self._opened = asyncio.Event()
         self._write_lock = asyncio.Lock()
@@ -313,11 +316,12 @@ class SessionClient:
                 reason = await self._connect_once()
                 if self._closing:
                     return
-                # Only a connection that stayed open earns a fresh schedule and budget: a
-                # host that welcomes and then drops the client (1011 on every try) is
-                # retried ever more slowly, and given up on, not hammered.
+                # Only a connection that brought events or stayed open earns a fresh
+                # schedule and budget: a host that welcomes and then drops the client
+                # (1011 on every try) is retried ever more slowly, and given up on.
                 welcomed_at = self._welcomed_at
-                if self.policy.healthy(None if welcomed_at is None else loop.time() - welcomed_at):
+                open_for = None if welcomed_at is None else loop.time() - welcomed_at
+                if self.policy.healthy(open_for, self._new_events):
                     attempt, since = 0, loop.time()
                 if not self.reconnect:
                     raise ConnectionLost(
@@ -361,6 +365,7 @@ class SessionClient:
         """One connection, from dial to close; why it ended (raises if it must not retry)."""
         self._connection += 1
         self._welcomed_at = None
+        self._new_events = 0
         self._last_error = None  # the error frame (if any) that explains this close
         code: int | None = None
         why = ""
@@ -408,6 +413,7 @@ class SessionClient:
                 self._welcomed_at = asyncio.get_running_loop().time()
                 self.session_id = item.session_id
             elif isinstance(item, EventReceived):
+                self._new_events += 1
                 self.last_seq = item.event.seq
                 self._confirm(item.event)
                 self._events.put_nowait(item.event)

@@ -235,6 +235,30 @@ async def test_a_healthy_connection_resets_the_backoff() -> None:
     assert [c.attempt for c in status.of(ConnectionStatus.RECONNECTING)[:3]] == [1, 1, 1]
 
 
+async def test_a_connection_that_brings_events_resets_the_backoff() -> None:
+    """A connection that brought a new event proved the host works: however short it
+    was, the schedule starts afresh (a turn streaming when the host dies)."""
+    seq = 0
+
+    async def one_event_then_fail(ws: ServerConnection) -> None:
+        nonlocal seq
+        await ws.recv()
+        await ws.send(_welcome(seq))
+        seq += 1
+        event = {"type": "event", "seq": seq, "kind": "text_delta", "data": {}, "ts": 0}
+        await ws.send(json.dumps(event))
+        await ws.close(1011, "internal")
+
+    policy = dataclasses.replace(QUICK, jitter=0, healthy_after_s=WAIT_S)
+    status = StatusLog()
+    async with scripted_host(one_event_then_fail) as (url, _seen):
+        client = SessionClient(url, "tok", policy=policy, on_status=status)
+        await client.connect()
+        await status.until(ConnectionStatus.RECONNECTING, count=3)
+        await client.close()
+    assert [c.attempt for c in status.of(ConnectionStatus.RECONNECTING)[:3]] == [1, 1, 1]
+
+
 async def test_a_host_that_fails_every_connection_is_given_up_on() -> None:
     """Welcomes followed by 1011 do not renew the budget: the client stops with
     ConnectionLost, holding the message the host never confirmed."""
