@@ -4,8 +4,11 @@ The schedule is data (:meth:`ReconnectPolicy.delay`), so it is tested without a 
 delay *n* is ``first_delay_s * multiplier**n`` capped at ``max_delay_s``, then shortened
 by a random fraction up to ``jitter`` so that many clients of a restarted host do not
 all knock at once. The budget (``give_up_after_s``) counts from the moment the
-connection was lost (or, for the first connection, from the first try) and starts afresh
-after every successful handshake.
+connection was lost (or, for the first connection, from the first try). Both start
+afresh only after a connection that proved healthy: welcomed, then either bringing a new
+event or staying open ``healthy_after_s``. A host that welcomes the client and drops it
+at once, time after time (close 1011 on every try), is therefore retried with growing
+waits, and given up on once the budget runs out, rather than in a tight loop.
 
 Defaults:
 
@@ -17,7 +20,8 @@ policy                  give up      used by
 ======================  ===========  ==================================================
 
 Every policy waits 0.1 s, 0.2 s, 0.4 s … between tries, never more than 2 s, less up to
-half of that at random.
+half of that at random, and counts a welcomed connection as healthy once it has brought
+a new event or been open 5 s.
 """
 
 from __future__ import annotations
@@ -64,7 +68,11 @@ class ReconnectPolicy:
     """Each delay is cut by up to this fraction, at random (0: no jitter)."""
     give_up_after_s: float = 60.0
     """Stop and raise :class:`kit.client.ConnectionLost` after this long without a
-    connection (``math.inf``: never)."""
+    healthy connection (``math.inf``: never)."""
+    healthy_after_s: float = 5.0
+    """A connection welcomed and then open this long is healthy (so is one that brought a
+    new event): when it ends, the schedule and the budget start afresh. Others do not
+    reset them."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.jitter <= 1:
@@ -73,6 +81,13 @@ class ReconnectPolicy:
             raise ValueError("ReconnectPolicy needs 0 <= first_delay_s <= max_delay_s.")
         if self.multiplier < 1 or self.give_up_after_s < 0:
             raise ValueError("ReconnectPolicy needs multiplier >= 1 and give_up_after_s >= 0.")
+        if self.healthy_after_s < 0:
+            raise ValueError("ReconnectPolicy needs healthy_after_s >= 0.")
+
+    def healthy(self, open_for_s: float | None, new_events: int = 0) -> bool:
+        """Whether a connection that was open ``open_for_s`` after its welcome (None: never
+        welcomed) and brought ``new_events`` resets the schedule and the budget."""
+        return open_for_s is not None and (new_events > 0 or open_for_s >= self.healthy_after_s)
 
     @property
     def forever(self) -> bool:

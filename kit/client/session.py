@@ -8,15 +8,18 @@
             print(event.kind, event.data)
 
 The client remembers the last ``seq`` it saw. When the socket drops (host restart or
-crash, network, ``1001``) it reconnects with capped, jittered backoff
-(:class:`~kit.client.reconnect.ReconnectPolicy`) and says hello with that ``seq``, so it
-gets exactly the events it missed, once. Meanwhile :meth:`SessionClient.send` and
+crash, network, ``1001``, ``1011``) it reconnects with capped, jittered backoff
+(:class:`~kit.client.reconnect.ReconnectPolicy`; only a connection that brought events or
+stayed open resets it) and says hello with that ``seq``, so it gets exactly the events it
+missed, once. Meanwhile :meth:`SessionClient.send` and
 :meth:`SessionClient.interrupt` never fail because the socket is down or mid-handshake:
 they queue. Once the replay has caught up, every message whose ``user`` event has not
 arrived goes out again with the same ``client_msg_id`` (the host applies each at most
 once) and unanswered interrupts are sent again. After ``give_up_after_s`` without a
 connection the client stops with :class:`ConnectionLost`; refusals (wrong token, unknown
-session, too large) stop it at once with :class:`SessionRefused`.
+session, too large) stop it at once with :class:`SessionRefused`. A message or token the
+host would refuse (empty, too long, a lone surrogate) raises :class:`ClientError` at the
+call and is never queued.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from kit.protocol.client import (
     Welcomed,
 )
 from kit.protocol.errors import ProtocolError
-from kit.protocol.frames import Event, User, encode_client_frame, parse_client_frame
+from kit.protocol.frames import Event, Hello, User, encode_client_frame, parse_client_frame
 
 log = logging.getLogger("kit.client")
 
@@ -127,6 +130,10 @@ class SessionClient:
         policy: ReconnectPolicy = LIBRARY_POLICY,
         on_status: Callable[[StatusChange], None] | None = None,
     ) -> None:
+        try:
+            parse_client_frame(encode_client_frame(Hello(token, last_seq)))
+        except ProtocolError as exc:
+            raise ClientError(f"This hello cannot be sent: {exc.message}") from None
         self.ws_url = ws_url
         self.token = token
         self.last_seq = last_seq
@@ -145,6 +152,10 @@ class SessionClient:
         self._proto: ClientConnection | None = None
         self._connection = 0
         self._handshakes = 0
+        self._welcomed_at: float | None = None
+        """When this connection's welcome arrived (loop time; None: not yet)."""
+        self._new_events = 0
+        """New events this connection brought."""
         self._last_error: ErrorReceived | None = None
         self._opened = asyncio.Event()
         self._write_lock = asyncio.Lock()
@@ -203,7 +214,8 @@ class SessionClient:
         """Send a user message (queued while the host is away); returns its ``client_msg_id``.
 
         Raises :class:`ClientError` only for a message the host would refuse (empty, too
-        long) or when the client has stopped for good.
+        long, not valid Unicode: a lone surrogate) or when the client has stopped for good;
+        such a message is not queued.
         """
         self._check_usable()
         msg_id = client_msg_id or uuid.uuid4().hex
@@ -301,12 +313,16 @@ class SessionClient:
         attempt, since = 0, loop.time()
         try:
             while True:
-                handshakes = self._handshakes
                 reason = await self._connect_once()
                 if self._closing:
                     return
-                if self._handshakes > handshakes:
-                    attempt, since = 0, loop.time()  # that one worked: a fresh budget
+                # Only a connection that brought events or stayed open earns a fresh
+                # schedule and budget: a host that welcomes and then drops the client
+                # (1011 on every try) is retried ever more slowly, and given up on.
+                welcomed_at = self._welcomed_at
+                open_for = None if welcomed_at is None else loop.time() - welcomed_at
+                if self.policy.healthy(open_for, self._new_events):
+                    attempt, since = 0, loop.time()
                 if not self.reconnect:
                     raise ConnectionLost(
                         f"The connection to {self.ws_url} ended ({reason}); reconnecting is "
@@ -348,6 +364,8 @@ class SessionClient:
     async def _connect_once(self) -> str:
         """One connection, from dial to close; why it ended (raises if it must not retry)."""
         self._connection += 1
+        self._welcomed_at = None
+        self._new_events = 0
         self._last_error = None  # the error frame (if any) that explains this close
         code: int | None = None
         why = ""
@@ -392,8 +410,10 @@ class SessionClient:
         for item in items:
             if isinstance(item, Welcomed):
                 self._handshakes += 1
+                self._welcomed_at = asyncio.get_running_loop().time()
                 self.session_id = item.session_id
             elif isinstance(item, EventReceived):
+                self._new_events += 1
                 self.last_seq = item.event.seq
                 self._confirm(item.event)
                 self._events.put_nowait(item.event)

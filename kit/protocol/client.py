@@ -3,7 +3,9 @@
 It says hello with the last ``seq`` it has, acks the welcome so the host replays what it
 missed, drops events it already has (so a resume never shows an event twice), reports
 a gap (so the caller reconnects and resumes instead of silently losing events) and pairs
-each ``interrupt_ack`` with the interrupt it answers.
+each ``interrupt_ack`` with the interrupt it answers. It queues only frames the host would
+accept: a hello or user message the host would refuse (a lone surrogate in a string, an
+empty text) raises :class:`ProtocolError` at the call and queues nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from kit.protocol import errors as e
 from kit.protocol.errors import InvalidStateError, ProtocolError
 from kit.protocol.frames import (
     Ack,
+    ClientFrame,
     Event,
     Hello,
     Interrupt,
@@ -24,6 +27,7 @@ from kit.protocol.frames import (
     ResumeMode,
     User,
     encode_client_frame,
+    parse_client_frame,
 )
 
 
@@ -110,16 +114,16 @@ class ClientConnection:
         self._out: list[str] = []
 
     def start(self) -> None:
-        """Queue the hello frame."""
+        """Queue the hello frame (:class:`ProtocolError` if the host would refuse it)."""
         if self.state is not ClientState.IDLE:
             raise InvalidStateError(f"Cannot say hello in state {self.state.value}.")
-        self._out.append(encode_client_frame(Hello(self.token, self.last_seq)))
+        self._queue(Hello(self.token, self.last_seq))
         self.state = ClientState.HELLO_SENT
 
     def send_user(self, client_msg_id: str, text: str) -> None:
-        """Queue a user message."""
+        """Queue a user message (:class:`ProtocolError` if the host would refuse it)."""
         self._require_open("send a user message")
-        self._out.append(encode_client_frame(User(client_msg_id, text)))
+        self._queue(User(client_msg_id, text))
 
     def send_interrupt(self) -> None:
         """Queue an interrupt of the running turn."""
@@ -221,6 +225,11 @@ class ClientConnection:
             turn_id=turn_id if isinstance(turn_id, str) else None,
         )
         return [EventReceived(event, bool(obj.get("replay", False)))]
+
+    def _queue(self, frame: ClientFrame) -> None:
+        text = encode_client_frame(frame)
+        parse_client_frame(text)  # what the host would refuse never leaves: raise it here
+        self._out.append(text)
 
     def _require_open(self, action: str) -> None:
         if self.state is not ClientState.OPEN:

@@ -2,7 +2,10 @@
 
 Every frame is one JSON object in one WebSocket text message. Unknown fields are ignored
 (so the protocol can be extended without breaking old peers); unknown ``type`` values are
-an error. See docs/protocol.md for the whole protocol.
+an error. Every string in a client frame, keys included, must be valid Unicode: JSON's
+``\\ud800`` escapes can spell a lone UTF-16 surrogate, which no UTF-8 store can hold, so
+such a frame is ``bad_frame`` however deep the string sits. See docs/protocol.md for the
+whole protocol.
 """
 
 from __future__ import annotations
@@ -26,6 +29,17 @@ MAX_ID_CHARS = 128
 """The longest ``client_msg_id`` accepted."""
 
 MAX_TOKEN_CHARS = 512
+"""The longest ``hello.token`` accepted."""
+
+MAX_SEQ = 2**63 - 1
+"""The largest ``hello.last_seq`` and ``ack.seq`` accepted: logs keep seqs as signed 64-bit
+integers."""
+
+_MAX_INT_LITERAL = len(str(MAX_SEQ)) + 1
+"""Integer literals longer than this (sign included) are past :data:`MAX_SEQ` and are not
+converted at all: Python refuses ints of over 4300 digits and converts long ones slowly."""
+
+CLIENT_FRAME_TYPES = ("hello", "user", "ack", "interrupt", "ping")
 
 ResumeMode = Literal["none", "resuming", "pending"]
 
@@ -91,7 +105,7 @@ def parse_client_frame(text: str) -> ClientFrame:
             e.CLOSE_TOO_LARGE,
         )
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_int=_parse_int, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(e.BAD_JSON, f"Frame is not valid JSON: {exc}.") from None
     if not isinstance(obj, dict):
@@ -99,13 +113,15 @@ def parse_client_frame(text: str) -> ClientFrame:
     kind = obj.get("type")
     if not isinstance(kind, str):
         raise ProtocolError(e.BAD_FRAME, 'Frame must be a JSON object with a string "type".')
+    _check_unicode(obj, kind if kind in CLIENT_FRAME_TYPES else "frame")
     if kind == "hello":
         token = _string(obj, "token", MAX_TOKEN_CHARS, "hello")
         last_seq = obj.get("last_seq")
         if last_seq is not None and not _is_seq(last_seq):
             raise ProtocolError(
-                e.BAD_FRAME, "hello.last_seq must be null or a non-negative integer."
+                e.BAD_FRAME, f"hello.last_seq must be null or an integer from 0 to {MAX_SEQ}."
             )
+        assert last_seq is None or isinstance(last_seq, int)
         return Hello(token=token, last_seq=last_seq)
     if kind == "user":
         msg_id = _string(obj, "client_msg_id", MAX_ID_CHARS, "user")
@@ -122,7 +138,7 @@ def parse_client_frame(text: str) -> ClientFrame:
     if kind == "ack":
         seq = obj.get("seq")
         if not _is_seq(seq):
-            raise ProtocolError(e.BAD_FRAME, "ack.seq must be a non-negative integer.")
+            raise ProtocolError(e.BAD_FRAME, f"ack.seq must be an integer from 0 to {MAX_SEQ}.")
         assert isinstance(seq, int)
         return Ack(seq=seq)
     if kind == "interrupt":
@@ -145,7 +161,69 @@ def _string(obj: dict[str, Any], key: str, limit: int, frame: str) -> str:
 
 
 def _is_seq(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEQ
+
+
+class _HugeInt:
+    """Stands for an integer literal too long to be any seq; it is never converted."""
+
+
+def _parse_int(literal: str) -> int | _HugeInt:
+    return int(literal) if len(literal) <= _MAX_INT_LITERAL else _HugeInt()
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _lone_surrogate(value: str) -> int | None:
+    """Where the first surrogate code point in ``value`` is (None: it is valid Unicode)."""
+    if value.isascii():
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
+_Path = tuple[str | int, "_Path"] | None
+"""Where a value sits in a frame, as a linked list of keys and indexes, innermost first:
+spelled out only for an error message, so a deep frame costs one tuple per container."""
+
+
+def _check_unicode(frame: dict[str, Any], name: str) -> None:
+    """Refuse the frame if any string in it (key or value, at any depth) holds a lone
+    surrogate, naming the first one found."""
+    todo: list[tuple[dict[str, Any] | list[Any], _Path]] = [(frame, None)]
+    while todo:
+        container, path = todo.pop()
+        items = container.items() if isinstance(container, dict) else enumerate(container)
+        for key, item in items:
+            if isinstance(key, str) and (at := _lone_surrogate(key)) is not None:
+                where = _spell(name, path) if path else f"the {name} frame"
+                raise ProtocolError(
+                    e.BAD_FRAME,
+                    f"A key in {where} is not valid Unicode (a lone surrogate at character "
+                    f"{at}); send UTF-8 text.",
+                )
+            if isinstance(item, str):
+                if (at := _lone_surrogate(item)) is not None:
+                    raise ProtocolError(
+                        e.BAD_FRAME,
+                        f"{_spell(name, (key, path))} is not valid Unicode (a lone surrogate at "
+                        f"character {at}); send UTF-8 text.",
+                    )
+            elif isinstance(item, dict | list):
+                todo.append((item, (key, path)))
+
+
+def _spell(name: str, path: _Path) -> str:
+    parts: list[str] = []
+    while path is not None:
+        part, path = path
+        parts.append(f"[{part}]" if isinstance(part, int) else "." + part[:40])
+    return name + "".join(reversed(parts))
 
 
 def encode_client_frame(frame: ClientFrame) -> str:

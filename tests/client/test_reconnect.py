@@ -45,6 +45,18 @@ def test_nonsense_policies_are_refused() -> None:
         ReconnectPolicy(first_delay_s=3, max_delay_s=1)
     with pytest.raises(ValueError, match="multiplier"):
         ReconnectPolicy(multiplier=0.5)
+    with pytest.raises(ValueError, match="healthy_after_s"):
+        ReconnectPolicy(healthy_after_s=-1)
+
+
+def test_only_a_connection_that_did_something_is_healthy() -> None:
+    """A welcome alone earns no fresh schedule: the connection must bring a new event or
+    stay open 5 s."""
+    assert not LIBRARY_POLICY.healthy(None)  # never welcomed
+    assert not LIBRARY_POLICY.healthy(0.01)  # welcomed, then dropped (1011 at once)
+    assert LIBRARY_POLICY.healthy(0.01, new_events=1)
+    assert LIBRARY_POLICY.healthy(5.0)
+    assert FOREVER.healthy_after_s == LIBRARY_POLICY.healthy_after_s == 5.0
 
 
 def test_public_api_is_pinned() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from kit.cli.stack import run_stack
+from kit.cli.stack import Stack, run_stack
 from kit.client import (
     ClientError,
     ConnectionLost,
@@ -79,11 +79,22 @@ class StatusLog:
         self.changes.append(change)
         self._changed.set()
 
-    async def until(self, status: ConnectionStatus) -> None:
+    async def until(self, status: ConnectionStatus, count: int = 0) -> None:
+        """Until the latest change is to ``status`` (or, with ``count``, until ``count``
+        changes to it have been seen)."""
         async with asyncio.timeout(WAIT_S):
-            while not self.changes or self.changes[-1].status is not status:
+            while not self._reached(status, count):
                 self._changed.clear()
                 await self._changed.wait()
+
+    def _reached(self, status: ConnectionStatus, count: int) -> bool:
+        if count:
+            return len(self.of(status)) >= count
+        return bool(self.changes) and self.changes[-1].status is status
+
+    def of(self, status: ConnectionStatus) -> list[StatusChange]:
+        """The changes to ``status`` so far."""
+        return [c for c in self.changes if c.status is status]
 
 
 async def _drain(client: SessionClient) -> None:
@@ -186,6 +197,83 @@ async def test_gives_up_after_the_budget_with_what_to_do() -> None:
     await client.close()
 
 
+async def _welcome_then_fail(ws: ServerConnection) -> None:
+    """A host that fails on every connection right after its welcome (as one that cannot
+    take a message the client re-sends on each connection)."""
+    await ws.recv()
+    await ws.send(_welcome())
+    await ws.close(1011, "internal")
+
+
+async def test_a_welcome_alone_does_not_reset_the_backoff() -> None:
+    """Welcomed and closed 1011 at once, on every try: the waits keep growing to the cap
+    (not 0.1 s after each welcome: 359 reconnects in 20 s), since only a connection that
+    stays open healthy_after_s resets them."""
+    policy = dataclasses.replace(QUICK, jitter=0, healthy_after_s=WAIT_S)
+    status = StatusLog()
+    async with scripted_host(_welcome_then_fail) as (url, seen):
+        client = SessionClient(url, "tok", policy=policy, on_status=status)
+        await client.connect()
+        await status.until(ConnectionStatus.RECONNECTING, count=6)
+        await client.close()
+    retries = status.of(ConnectionStatus.RECONNECTING)[:6]
+    assert [c.attempt for c in retries] == [1, 2, 3, 4, 5, 6]
+    assert [c.retry_in_s for c in retries] == pytest.approx([0.02, 0.04, 0.08, 0.1, 0.1, 0.1])
+    assert all("1011" in c.reason for c in retries)
+    assert len(seen) >= 6
+
+
+async def test_a_healthy_connection_resets_the_backoff() -> None:
+    """A connection that stayed open healthy_after_s (0 here) starts the schedule afresh."""
+    policy = dataclasses.replace(QUICK, jitter=0, healthy_after_s=0)
+    status = StatusLog()
+    async with scripted_host(_welcome_then_fail) as (url, _seen):
+        client = SessionClient(url, "tok", policy=policy, on_status=status)
+        await client.connect()
+        await status.until(ConnectionStatus.RECONNECTING, count=3)
+        await client.close()
+    assert [c.attempt for c in status.of(ConnectionStatus.RECONNECTING)[:3]] == [1, 1, 1]
+
+
+async def test_a_connection_that_brings_events_resets_the_backoff() -> None:
+    """A connection that brought a new event proved the host works: however short it
+    was, the schedule starts afresh (a turn streaming when the host dies)."""
+    seq = 0
+
+    async def one_event_then_fail(ws: ServerConnection) -> None:
+        nonlocal seq
+        await ws.recv()
+        await ws.send(_welcome(seq))
+        seq += 1
+        event = {"type": "event", "seq": seq, "kind": "text_delta", "data": {}, "ts": 0}
+        await ws.send(json.dumps(event))
+        await ws.close(1011, "internal")
+
+    policy = dataclasses.replace(QUICK, jitter=0, healthy_after_s=WAIT_S)
+    status = StatusLog()
+    async with scripted_host(one_event_then_fail) as (url, _seen):
+        client = SessionClient(url, "tok", policy=policy, on_status=status)
+        await client.connect()
+        await status.until(ConnectionStatus.RECONNECTING, count=3)
+        await client.close()
+    assert [c.attempt for c in status.of(ConnectionStatus.RECONNECTING)[:3]] == [1, 1, 1]
+
+
+async def test_a_host_that_fails_every_connection_is_given_up_on() -> None:
+    """Welcomes followed by 1011 do not renew the budget: the client stops with
+    ConnectionLost, holding the message the host never confirmed."""
+    budget = dataclasses.replace(QUICK, give_up_after_s=0.5, healthy_after_s=WAIT_S)
+    async with scripted_host(_welcome_then_fail) as (url, seen):
+        client = SessionClient(url, "tok", policy=budget)
+        await client.connect()
+        msg_id = await client.send("is anyone there?")
+        with pytest.raises(ConnectionLost) as lost:
+            await _drain(client)
+        await client.close()
+    assert lost.value.unsent == {msg_id: "is anyone there?"}
+    assert len(seen) >= 2
+
+
 async def test_first_connection_retries_within_the_budget() -> None:
     """No host at all: connect() keeps trying for the budget, then says so."""
     url = f"ws://127.0.0.1:{_free_port()}/v1/sessions/s/ws"
@@ -202,7 +290,30 @@ async def test_a_message_the_host_would_refuse_is_refused_here() -> None:
         await client.send("   ")
     with pytest.raises(ClientError, match="100000"):
         await client.send("x" * 100_001)
+    with pytest.raises(ClientError, match=r"user\.text is not valid Unicode \(a lone surrogate"):
+        await client.send("half an emoji: \ud83d")
+    with pytest.raises(ClientError, match=r"user\.client_msg_id is not valid Unicode"):
+        await client.send("hi", client_msg_id="\udc00")
     assert client.unsent == {}
+    with pytest.raises(ClientError, match=r"hello\.token is not valid Unicode"):
+        SessionClient("ws://127.0.0.1:9/unused", "tok\ud800")
+
+
+async def test_a_lone_surrogate_never_leaves_the_client(stack: Stack) -> None:
+    """Against kit dev's host: a message holding a lone surrogate raises at the call and is
+    not queued; the connection stays up (before, it reconnected in a loop and the message
+    never left) and the next message gets its turn."""
+    info = await create_session(stack.url, stack.api_token)
+    status = StatusLog()
+    async with SessionClient(info.ws_url, info.token, on_status=status) as client:
+        with pytest.raises(ClientError, match="at character 14"):
+            await client.send("half an emoji \ud83d")
+        assert client.unsent == {}
+        async with asyncio.timeout(180):
+            events = [e async for e in client.turn("hello")]
+    assert events[-1].kind == "result"
+    assert [c.status for c in status.changes] == [ConnectionStatus.OPEN, ConnectionStatus.CLOSED]
+    assert client.reconnects == 0
 
 
 # -- a real host, restarted --------------------------------------------------------------

@@ -62,6 +62,40 @@ async def test_binary_frames_are_refused(stack: Stack) -> None:
     assert (await driver.recv())["type"] == "pong"
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"type":"hello","token":"\\ud800","last_seq":null}',
+        '{"type":"user","client_msg_id":"\\ud800","text":"hi"}',
+        '{"type":"user","client_msg_id":"m1","text":"half an emoji \\ud83d"}',
+    ],
+    ids=["hello.token", "user.client_msg_id", "user.text"],
+)
+async def test_a_lone_surrogate_is_a_bad_frame_not_a_host_fault(stack: Stack, raw: str) -> None:
+    """A lone UTF-16 surrogate (as a browser's JSON.stringify sends half an emoji) gets
+    bad_frame naming the field; the socket stays open (no 1011), the session still
+    works and nothing is stored."""
+    ws_url, variables = await _new(stack)
+    driver = await Driver.open(ws_url)
+    hello = {"type": "hello", "token": variables["token"], "last_seq": None}
+    if '"user"' in raw:
+        await driver.send(hello)
+        assert (await driver.recv())["type"] == "welcome"
+    await driver.send(raw)
+    error = await driver.recv()
+    assert error["code"] == "bad_frame"
+    assert "is not valid Unicode" in error["message"]
+    if '"hello"' in raw:
+        await driver.send(hello)
+        assert (await driver.recv())["type"] == "welcome"
+    await driver.send({"type": "ping"})
+    assert (await driver.recv())["type"] == "pong"
+    await driver.close()
+    session = await stack.host.get(variables["session_id"])
+    assert session is not None
+    assert await session.log.read_after(0) == []
+
+
 async def test_creating_a_session_needs_the_api_token(stack: Stack) -> None:
     """POST /v1/sessions without the host's API token is 401 and creates nothing."""
     before = len(await stack.host.session_ids())

@@ -100,3 +100,23 @@ def test_caught_up_once_the_replay_reaches_the_welcome() -> None:
         progress.append(conn.caught_up)
     assert progress == [False, False, True]
     assert _open(last_seq=2, welcome_last_seq=2).caught_up
+
+
+def test_what_the_host_would_refuse_is_refused_at_the_call() -> None:
+    """A user message or hello holding a lone surrogate (or an empty text) raises
+    ProtocolError naming the field, and nothing is queued."""
+    conn = _open()
+    for msg_id, text, field in [
+        ("m1", "half an emoji \ud83d", "user.text"),
+        ("\udc00", "hi", "user.client_msg_id"),
+        ("m1", "  ", "user.text"),
+    ]:
+        with pytest.raises(ProtocolError, match=field):
+            conn.send_user(msg_id, text)
+    assert conn.data_to_send() == []
+    conn.send_user("m1", "a whole emoji \U0001f600")
+    assert json.loads(conn.data_to_send()[0])["text"] == "a whole emoji \U0001f600"
+    hello = ClientConnection("tok\ud800")
+    with pytest.raises(ProtocolError, match=r"hello\.token is not valid Unicode"):
+        hello.start()
+    assert hello.data_to_send() == []

@@ -12,6 +12,7 @@ from kit.protocol import errors as e
 from kit.protocol.errors import ProtocolError
 from kit.protocol.frames import (
     MAX_FRAME_BYTES,
+    MAX_SEQ,
     MAX_TEXT_CHARS,
     Ack,
     Hello,
@@ -118,3 +119,133 @@ def test_any_text_parses_or_fails_cleanly(text: str) -> None:
 def test_any_object_parses_or_fails_cleanly(obj: dict[str, object]) -> None:
     """Arbitrary JSON objects with plausible keys parse or raise ProtocolError."""
     assert _outcome(json.dumps(obj)) in {None, e.BAD_FRAME, e.UNKNOWN_TYPE}
+
+
+# -- strings that are not Unicode, numbers that are not seqs ----------------------------
+
+GOOD_USER = {"type": "user", "client_msg_id": "m1", "text": "hi"}
+
+
+@pytest.mark.parametrize(
+    ("frame", "names"),
+    [
+        ({"type": "hello", "token": "tok\ud800", "last_seq": None}, "hello.token"),
+        ({**GOOD_USER, "client_msg_id": "\udfff"}, "user.client_msg_id"),
+        ({**GOOD_USER, "text": "half an emoji: \ud83d"}, "user.text"),
+        ({"type": "ping\udc00"}, "frame.type"),
+        ({"type": "ack", "seq": 1, "note": "\ud800"}, "ack.note"),
+        ({"type": "ping", "new": [1, {"deep": ["ok", "x\udc00"]}]}, "ping.new[1].deep[1]"),
+        ({"type": "interrupt", "\ud800": 1}, "A key in the interrupt frame"),
+        ({"type": "shout", "text": "\ud800"}, "frame.text"),
+    ],
+)
+def test_lone_surrogates_are_bad_frames_naming_the_field(
+    frame: dict[str, object], names: str
+) -> None:
+    """A string holding a lone surrogate (JSON's \\ud800 escape, as a browser sends half an
+    emoji), in any field, ignored ones and keys included, is bad_frame naming where it is
+    and the fix; the socket stays open."""
+    text = json.dumps(frame)  # ASCII: the surrogate travels as a \u escape
+    with pytest.raises(ProtocolError) as info:
+        parse_client_frame(text)
+    assert (info.value.code, info.value.close_code) == (e.BAD_FRAME, None)
+    assert names in info.value.message
+    assert "not valid Unicode (a lone surrogate at character" in info.value.message
+    assert info.value.message.endswith("send UTF-8 text.")
+
+
+def test_surrogate_pairs_are_one_character() -> None:
+    """An escaped surrogate pair is one valid character (an emoji), counted once."""
+    text = json.dumps({**GOOD_USER, "client_msg_id": "\U0001f600" * 128})
+    assert "\\ud83d\\ude00" in text
+    frame = parse_client_frame(text)
+    assert isinstance(frame, User)
+    assert frame.client_msg_id == "\U0001f600" * 128
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_not_json(constant: str) -> None:
+    """NaN and Infinity are not JSON (Python's json accepts them; JSON.parse does not)."""
+    assert _code('{"type":"ping","x":' + constant + "}") == (e.BAD_JSON, None)
+
+
+@pytest.mark.parametrize(
+    ("literal", "ok"),
+    [
+        (str(MAX_SEQ), True),
+        ("0", True),
+        ("-0", True),
+        (str(MAX_SEQ + 1), False),
+        ("9" * 25, False),
+        ("9" * 5000, False),  # past Python's 4300-digit int limit: not bad_json
+        ("-" + "9" * 5000, False),
+        ("1e999", False),
+        ("1E2", False),
+        ("2.0", False),
+    ],
+)
+def test_seqs_are_integers_up_to_max_seq(literal: str, ok: bool) -> None:
+    """hello.last_seq and ack.seq are integers from 0 to 2**63 - 1; anything else, however
+    long its digits, is bad_frame rather than bad_json or a host fault."""
+    ack = '{"type":"ack","seq":' + literal + "}"
+    hello = '{"type":"hello","token":"t","last_seq":' + literal + "}"
+    if ok:
+        assert parse_client_frame(ack) == Ack(int(literal))
+        assert parse_client_frame(hello) == Hello("t", int(literal))
+    else:
+        assert _code(ack) == (e.BAD_FRAME, None)
+        assert _code(hello) == (e.BAD_FRAME, None)
+
+
+def test_long_numbers_in_ignored_fields_are_ignored() -> None:
+    """A 5000-digit number or 1e999 in a field the host ignores does not matter."""
+    digits = "7" * 5000
+    frame = '{"type":"ping","a":' + digits + ',"b":1e999,"c":-' + digits + "}"
+    assert parse_client_frame(frame) == Ping()
+
+
+def test_deep_nesting_is_bad_json() -> None:
+    """Nesting past what the parser takes is bad_json, not a host fault."""
+    depth = 100_000
+    assert _code('{"type":"ping","x":' + "[" * depth + "]" * depth + "}") == (e.BAD_JSON, None)
+
+
+def test_a_key_given_twice_counts_with_its_last_value() -> None:
+    """Duplicate keys: the last one wins, as in JSON.parse."""
+    assert parse_client_frame('{"type":"ack","seq":"x","seq":4}') == Ack(4)
+    assert _code('{"type":"ack","seq":4,"seq":"x"}') == (e.BAD_FRAME, None)
+    assert _code('{"type":"ping","type":"shout"}') == (e.UNKNOWN_TYPE, None)
+
+
+SURROGATES = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
+# A list, not st.text(alphabet=...): text() leaves surrogates out of a merged alphabet.
+JSON_STRINGS = st.lists(st.characters() | SURROGATES, max_size=8).map("".join)
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | JSON_STRINGS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(JSON_STRINGS, inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@given(
+    st.sampled_from(["hello", "user", "ack", "interrupt", "ping", "shout"]),
+    st.fixed_dictionaries(
+        {"token": JSON_STRINGS, "client_msg_id": JSON_STRINGS, "text": JSON_STRINGS},
+        optional={"last_seq": JSON_VALUES, "seq": JSON_VALUES},
+    ),
+    st.dictionaries(JSON_STRINGS, JSON_VALUES, max_size=3),
+)
+def test_whatever_parses_can_be_stored(
+    kind: str, fields: dict[str, object], extra: dict[str, object]
+) -> None:
+    """Any object, strings with lone surrogates included, parses or fails with a code; and
+    what parses encodes as UTF-8 (so no store or socket can choke on it)."""
+    text = json.dumps({**extra, **fields, "type": kind}, allow_nan=False)
+    code = _outcome(text)
+    assert code in {None, e.BAD_FRAME, e.UNKNOWN_TYPE, e.TOO_LARGE}
+    if code is None:
+        encode_client_frame(parse_client_frame(text)).encode("utf-8")

@@ -66,6 +66,26 @@ def test_messages_before_hello_are_refused_without_closing() -> None:
     assert conn.close_code is None
 
 
+def test_a_lone_surrogate_changes_no_state() -> None:
+    """A hello or user holding a lone surrogate gets bad_frame and leaves the connection
+    where it was: a good hello still works, and no user message reaches the host."""
+    conn = ServerConnection("s1")
+    assert conn.receive_text('{"type":"hello","token":"t\\ud800","last_seq":null}') == []
+    assert conn.state is ConnectionState.AWAIT_HELLO
+    assert conn.receive_text('{"type":"hello","token":"t","last_seq":null}') == [
+        HelloReceived("t", None)
+    ]
+    conn.accept("none", 0)
+    assert conn.receive_text('{"type":"user","client_msg_id":"m","text":"\\udc00"}') == []
+    assert conn.state.value == "live"
+    assert conn.close_code is None
+    assert [f.get("code", f["type"]) for f in _frames(conn)] == [
+        e.BAD_FRAME,
+        "welcome",
+        e.BAD_FRAME,
+    ]
+
+
 def test_ping_is_answered_in_any_state() -> None:
     """ping gets pong before and after hello."""
     conn = ServerConnection("s1")
