@@ -11,9 +11,8 @@ The client remembers the last ``seq`` it saw. When the socket drops (host restar
 crash, network, ``1001``, ``1011``) it reconnects with capped, jittered backoff
 (:class:`~kit.client.reconnect.ReconnectPolicy`; only a connection that brought events or
 stayed open resets it) and says hello with that ``seq``, so it gets exactly the events it
-missed, once. Meanwhile :meth:`SessionClient.send` and
-:meth:`SessionClient.interrupt` never fail because the socket is down or mid-handshake:
-they queue. Once the replay has caught up, every message whose ``user`` event has not
+missed, once. Meanwhile :meth:`SessionClient.send` and :meth:`SessionClient.interrupt`
+never fail because the socket is down or mid-handshake: they queue. Once the replay has caught up, every message whose ``user`` event has not
 arrived goes out again with the same ``client_msg_id`` (the host applies each at most
 once) and unanswered interrupts are sent again. After ``give_up_after_s`` without a
 connection the client stops with :class:`ConnectionLost`; refusals (wrong token, unknown

@@ -121,7 +121,6 @@ def parse_client_frame(text: str) -> ClientFrame:
             raise ProtocolError(
                 e.BAD_FRAME, f"hello.last_seq must be null or an integer from 0 to {MAX_SEQ}."
             )
-        assert last_seq is None or isinstance(last_seq, int)
         return Hello(token=token, last_seq=last_seq)
     if kind == "user":
         msg_id = _string(obj, "client_msg_id", MAX_ID_CHARS, "user")
@@ -201,7 +200,7 @@ def _check_unicode(frame: dict[str, Any], name: str) -> None:
         items = container.items() if isinstance(container, dict) else enumerate(container)
         for key, item in items:
             if isinstance(key, str) and (at := _lone_surrogate(key)) is not None:
-                where = _spell(name, path) if path else f"the {name} frame"
+                where = _spell(name, path) if path else "the frame"
                 raise ProtocolError(
                     e.BAD_FRAME,
                     f"A key in {where} is not valid Unicode (a lone surrogate at character "

@@ -135,7 +135,7 @@ GOOD_USER = {"type": "user", "client_msg_id": "m1", "text": "hi"}
         ({"type": "ping\udc00"}, "frame.type"),
         ({"type": "ack", "seq": 1, "note": "\ud800"}, "ack.note"),
         ({"type": "ping", "new": [1, {"deep": ["ok", "x\udc00"]}]}, "ping.new[1].deep[1]"),
-        ({"type": "interrupt", "\ud800": 1}, "A key in the interrupt frame"),
+        ({"type": "interrupt", "\ud800": 1}, "A key in the frame"),
         ({"type": "shout", "text": "\ud800"}, "frame.text"),
     ],
 )
