@@ -24,6 +24,7 @@ from claude_agent_sdk import (
     query,
 )
 from starlette.applications import Starlette
+from starlette.routing import Route
 
 import emulator.model
 from emulator.model import ScenarioSource, create_app
@@ -276,27 +277,26 @@ async def test_request_log(tmp_path: Path) -> None:
         assert (await client.get("/_emulator/requests", headers=KEY)).json() == []
 
 
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [
-        ("GET", "/healthz"),
-        ("GET", "/_emulator/requests"),
-        ("DELETE", "/_emulator/requests"),
-        ("POST", "/v1/messages"),
-        ("POST", "/v1/messages/count_tokens"),
-        ("GET", "/v1/models"),
-        ("GET", "/nowhere"),
-    ],
-)
-async def test_every_route_wants_the_key(tmp_path: Path, method: str, path: str) -> None:
-    """Without the emulator's key (none, or a wrong one) every route is 401, and a refused
-    request is not logged: the log holds every session's prompts, and DELETE would wipe it."""
-    async with serve(scenario_app(tmp_path)) as url, httpx.AsyncClient(base_url=url) as client:
+async def test_every_route_wants_the_key(tmp_path: Path) -> None:
+    """Walking every route of the app (and a path it does not have): without the emulator's
+    key (none, or a wrong one) each method of each is 401, and a refused request is not
+    logged: the log holds every session's prompts, and DELETE would wipe it."""
+    app = scenario_app(tmp_path)
+    walked = [
+        (method, route.path.replace("{rest:path}", "models"))
+        for route in app.routes
+        if isinstance(route, Route)
+        for method in sorted(route.methods or {"GET"})
+    ]
+    assert ("DELETE", "/_emulator/requests") in walked
+    async with serve(app) as url, httpx.AsyncClient(base_url=url) as client:
         await client.post("/v1/messages", json=request("hi", stream=False), headers=KEY)
-        for headers in ({}, {"x-api-key": "wrong"}, {"authorization": "Bearer wrong"}):
-            refused = await client.request(method, path, json=request("x"), headers=headers)
-            assert refused.status_code == 401, (method, path, headers)
-            assert refused.json()["error"]["type"] == "authentication_error"
+        for method, path in [*walked, ("GET", "/nowhere")]:
+            for headers in ({}, {"x-api-key": "wrong"}, {"authorization": "Bearer wrong"}):
+                refused = await client.request(method, path, json=request("x"), headers=headers)
+                assert refused.status_code == 401, (method, path, headers)
+                if method != "HEAD":
+                    assert refused.json()["error"]["type"] == "authentication_error"
         kept = (await client.get("/_emulator/requests", headers=KEY)).json()
         assert [entry["body"] for entry in kept] == [request("hi", stream=False)]
 

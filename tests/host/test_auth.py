@@ -21,6 +21,7 @@ from kit.cli.stack import Stack, run_stack
 from kit.client import create_session
 from kit.host.app import PUBLIC_PATHS
 from kit.host.auth import OriginPolicy
+from tests.agents import open_session, turn_events
 from tests.conftest import stack_settings
 from tests.host.wsdriver import Driver
 
@@ -60,19 +61,33 @@ def _fill(pattern: str, values: dict[str, str]) -> str:
     return re.sub(r"\{(\w+)(?::\w+)?\}", one, pattern)
 
 
+async def _surface(stack: Stack, http: httpx.AsyncClient) -> list[object]:
+    """What a refused route could have changed: every session's summary (events, turns,
+    sandbox state), the running sandboxes (ids and pids), the Durable Objects in memory."""
+    good = {"authorization": f"Bearer {stack.api_token}"}
+    sessions = (await http.get("/_kit/sessions", headers=good)).json()
+    sandboxes = (await http.get("/_kit/sandboxes", headers=good)).json()
+    objects = (await http.get("/_emulator/do/SessionLog/objects", headers=good)).json()
+    return [sessions, sandboxes, objects]
+
+
 async def test_every_route_wants_the_token(guarded: Stack) -> None:
     """Walking every mounted route: without the API token, or with a wrong one, each HTTP
-    route answers 401 and changes nothing; with it, none does; only /healthz is public and
-    says no more than ``{"ok": true}``; a session socket with a wrong token is closed 4401;
-    an unknown path is 401 too (routes are not discoverable)."""
+    route answers 401 and changes nothing (a session whose sandbox runs keeps it, its
+    object stays in memory, no session appears); with it, none does; only /healthz is
+    public and says no more than ``{"ok": true}``; a session socket with a wrong token is
+    closed 4401; an unknown path is 401 too (routes are not discoverable)."""
     assert guarded.app is not None
-    new = await create_session(guarded.url, api_token=guarded.api_token)
+    client, session = await open_session(guarded)
+    turn = await turn_events(client, "Where is my order 1042?")
+    assert "1Z999AA10123456784" in str(turn[-1].data.get("text"))
+    assert session.sandbox is not None
     values = {
-        "session_id": new.session_id,
-        "session": new.session_id,
-        "object_id": new.session_id,
+        "session_id": session.id,
+        "session": session.id,
+        "object_id": session.id,
         "namespace": "SessionLog",
-        "action": "alarm",
+        "action": "evict",
     }
     routes = _walk(guarded.app.routes)
     http_routes = [
@@ -85,16 +100,19 @@ async def test_every_route_wants_the_token(guarded: Stack) -> None:
     # The walk sees the whole surface: the session API, the control API, the DO hooks.
     paths = {path for _, path in http_routes}
     assert {"/v1/sessions", "/_kit/sessions", "/healthz"} <= paths
+    assert f"/_kit/sandboxes/{session.id}/kill" in paths
     assert any(path.startswith("/_emulator/do/") for path in paths)
     assert len(ws_routes) == 1
-    before = sorted(await guarded.host.session_ids())
     bad_headers = [
         {},
         {"authorization": "Bearer wrong"},
         {"authorization": guarded.api_token},  # no scheme
         {"authorization": f"Basic {base64.b64encode(guarded.api_token.encode()).decode()}"},
+        {"x-api-key": guarded.api_token},
     ]
     async with httpx.AsyncClient(base_url=guarded.url, trust_env=False) as http:
+        before = await _surface(guarded, http)
+        assert before[1], "the session's sandbox should be running"
         for method, path in [*http_routes, ("GET", "/nowhere"), ("POST", "/_kit/nowhere")]:
             if path in PUBLIC_PATHS:
                 public = await http.request(method, path)
@@ -105,12 +123,13 @@ async def test_every_route_wants_the_token(guarded: Stack) -> None:
                 assert refused.status_code == 401, (method, path, headers, refused.text)
                 assert refused.json()["error"] == "unauthorized"
                 assert refused.headers["www-authenticate"] == "Bearer"
-        assert sorted(await guarded.host.session_ids()) == before
+        assert await _surface(guarded, http) == before
         good = {"authorization": f"Bearer {guarded.api_token}"}
         for method, path in http_routes:
             if "follow" not in path:
                 answer = await http.request(method, path, headers=good, json={})
                 assert answer.status_code != 401, (method, path)
+    await client.close()
     driver = await Driver.open(guarded.url.replace("http", "ws", 1) + ws_routes[0])
     await driver.send({"type": "hello", "token": "wrong", "last_seq": None})
     assert (await driver.recv())["code"] == "unauthorized"
