@@ -18,10 +18,15 @@ proxy's own, each with a plain-text body that names the fix:
 403   target not on the allowlist: add it to ``[sandbox] egress`` in kit.toml
 407   no ``Proxy-Authorization``, or an unknown or revoked token
 411   a chunked request body on plain HTTP (send ``Content-Length``, or use HTTPS)
+429   the token already has :data:`MAX_CONNECTIONS_PER_TOKEN` connections open
 431   request head over :data:`MAX_HEAD_BYTES`
 502   the target refused the connection or did not resolve
 504   the target did not accept within :data:`CONNECT_TIMEOUT_S`
 ====  ==============================================================================
+
+A connection must send its head within :data:`HEAD_TIMEOUT_S`, and at most
+:data:`MAX_UNPROVEN_CONNECTIONS` may be open at once before showing a live token (over
+that, a connection is closed unanswered): the socket is shared by every sandbox.
 
 Each refusal is logged in one line (never with the token). Past the head, bytes flow
 untouched in both directions with back-pressure (no more than one read buffer per
@@ -44,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kit.bundle.allowlist import EgressRule, allows, normalize_host, parse_rule
+from kit.host.gate import ConnectionGate, quiet_accept_errors
 from kit.host.tokens import SessionTokens
 from kit.ids import SessionId
 
@@ -55,6 +61,11 @@ MAX_HEAD_BYTES = 32 * 1024
 HEAD_TIMEOUT_S = 30.0
 """How long a new connection may take to send its request head."""
 CONNECT_TIMEOUT_S = 10.0
+MAX_UNPROVEN_CONNECTIONS = 64
+"""Connections open at once, over all sandboxes, that have not yet shown a live token; one
+more is closed at once, unanswered."""
+MAX_CONNECTIONS_PER_TOKEN = 128
+"""Connections (tunnels) open at once with one sandbox's token; one more gets 429."""
 CHUNK_BYTES = 64 * 1024
 _HOP_BY_HOP = {
     b"connection",
@@ -67,12 +78,14 @@ _HOP_BY_HOP = {
     b"upgrade",
 }
 _ABSOLUTE = re.compile(r"^http://([^/?#]*)([^#]*)", re.IGNORECASE)
+_FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _PORT = re.compile(r"^[0-9]{1,5}$")
 _REASONS = {
     400: "Bad Request",
     403: "Forbidden",
     407: "Proxy Authentication Required",
     411: "Length Required",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     502: "Bad Gateway",
     504: "Gateway Timeout",
@@ -106,6 +119,9 @@ class EgressProxy:
         """Open connections per token, so revoking a token ends them."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.Server] = []
+        self._gate = ConnectionGate(
+            unproven=MAX_UNPROVEN_CONNECTIONS, per_token=MAX_CONNECTIONS_PER_TOKEN
+        )
         self.forwarded = 0
         """Connections (tunnels and plain-HTTP requests) relayed to a target so far."""
 
@@ -130,6 +146,7 @@ class EgressProxy:
 
     async def serve_unix(self, path: Path | str) -> asyncio.Server:
         """Listen on a Unix socket (bound into each sandbox)."""
+        quiet_accept_errors(asyncio.get_running_loop())
         server = await asyncio.start_unix_server(self._accept, path=str(path), limit=MAX_HEAD_BYTES)
         self._servers.append(server)
         return server
@@ -150,6 +167,10 @@ class EgressProxy:
     # -- one client connection -----------------------------------------------------------
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ticket = self._gate.enter()
+        if ticket is None:
+            writer.close()  # too many connections without a token: anybody's, so no answer
+            return
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
@@ -167,6 +188,13 @@ class EgressProxy:
             except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
                 return  # not a request: nothing to answer
             token, request = self._parse(head)
+            if not ticket.prove(token):
+                raise _Refused(
+                    429,
+                    f"kit's egress proxy allows {MAX_CONNECTIONS_PER_TOKEN} open connections "
+                    "per sandbox; close some and retry.",
+                    "too many connections for one token",
+                )
             self._live.setdefault(token, set()).add(task)
             up_reader, upstream = await _open(request)
             self.forwarded += 1
@@ -181,6 +209,7 @@ class EgressProxy:
         except (ConnectionError, OSError):
             pass  # either side went away: nothing more to relay
         finally:
+            ticket.leave()
             self._tasks.discard(task)
             live = self._live.get(token)
             if live is not None:
@@ -204,7 +233,7 @@ class EgressProxy:
         headers: list[tuple[bytes, bytes]] = []
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
-            if not sep or not name or name != name.strip() or b" " in name:
+            if not sep or _FIELD_NAME.fullmatch(name) is None:
                 raise _Refused(400, "Malformed header line.", "malformed header")
             headers.append((name.lower(), value.strip()))
         names = [name for name, _ in headers]

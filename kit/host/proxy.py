@@ -23,7 +23,19 @@ for up to :data:`DRAIN_LIMIT_S`), because the output tokens are only reported at
 nor does one that stops reading (:data:`CLIENT_STALL_S`). A session may have at most
 :data:`MAX_CALLS_IN_FLIGHT` calls under way at once (more get a retryable 429), since a
 call's output is counted only as it comes: that bounds how far parallel calls can overshoot
-a limit.
+a limit. A reply still streaming :data:`DRAIN_LIMIT_S` after its sandbox hung up is charged
+as if it had produced the request's ``max_tokens``.
+
+Every sandbox shares the proxy's socket, so no connection may hold the host's memory or
+descriptors before it has shown a live token. The head is parsed strictly and refused with
+400 when the upstream might read it otherwise (any Transfer-Encoding, a repeated
+Content-Length or credential, a folded line, space before a colon); the method, path and
+token are checked before the body is read; the forwarded head is built from the parsed
+fields. A head must arrive within :data:`HEAD_TIMEOUT_S` and a body within
+:data:`BODY_TIMEOUT_S` (else 408); at most :data:`MAX_UNPROVEN_CONNECTIONS` connections
+without a token are open at once (over that, a new one is closed unanswered), and
+:data:`MAX_CONNECTIONS_PER_TOKEN` per token (then 429). A request that arrives while the
+previous reply on its connection still streams is read but answered only after it.
 """
 
 from __future__ import annotations
@@ -33,13 +45,16 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from kit.bundle.limits import DEFAULT_LIMITS, Limits, Tokens
+from kit.host.gate import ConnectionGate, quiet_accept_errors
 from kit.host.spend import SpendMeter
 from kit.host.tokens import SessionTokens
 from kit.host.usage import Call, UsageReader
@@ -51,6 +66,17 @@ ALLOWED_PATHS = ("/v1/messages", "/v1/messages/count_tokens")
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 32 * 1024 * 1024
 CONNECT_TIMEOUT_S = 10.0
+HEAD_TIMEOUT_S = 30.0
+"""How long a new connection may take to send its first request head (then: 408, closed)."""
+IDLE_TIMEOUT_S = 120.0
+"""How long a kept-alive connection may wait, after a reply, to send its next request head."""
+BODY_TIMEOUT_S = 60.0
+"""How long a request body may take to arrive (then: 408, closed)."""
+MAX_UNPROVEN_CONNECTIONS = 64
+"""Connections open at once, over all sandboxes, that have not yet shown a live token; one
+more is closed at once."""
+MAX_CONNECTIONS_PER_TOKEN = 32
+"""Connections open at once that showed one session's token (the CLI keeps a few)."""
 MAX_CALLS_IN_FLIGHT = 16
 """Model calls one session may have under way at once (subagents run in parallel)."""
 CLIENT_STALL_S = 60.0
@@ -68,7 +94,10 @@ _DROP = {
     b"proxy-authorization",
     b"proxy-connection",
     b"accept-encoding",
+    b"content-length",
 }
+_FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_DIGITS = re.compile(rb"[0-9]+")
 
 
 class ModelProxy:
@@ -102,6 +131,9 @@ class ModelProxy:
         self._servers: list[asyncio.Server] = []
         self._draining: set[asyncio.Task[None]] = set()
         self._in_flight: dict[SessionId, int] = {}
+        self._gate = ConnectionGate(
+            unproven=MAX_UNPROVEN_CONNECTIONS, per_token=MAX_CONNECTIONS_PER_TOKEN
+        )
 
     def issue(self, session_id: SessionId, limits: Limits | None = None) -> str:
         """A new token for ``session_id``'s sandbox, whose calls ``limits`` governs (those
@@ -121,6 +153,7 @@ class ModelProxy:
 
     async def serve_unix(self, path: Path) -> asyncio.Server:
         """Listen on a Unix socket (what local sandboxes use)."""
+        quiet_accept_errors(asyncio.get_running_loop())
         server = await asyncio.start_unix_server(
             self._connection, path=str(path), limit=MAX_HEAD_BYTES
         )
@@ -129,6 +162,7 @@ class ModelProxy:
 
     async def serve_tcp(self, host: str, port: int) -> asyncio.Server:
         """Listen on TCP (sandboxes on other machines reach the host this way)."""
+        quiet_accept_errors(asyncio.get_running_loop())
         server = await asyncio.start_server(self._connection, host, port, limit=MAX_HEAD_BYTES)
         self._servers.append(server)
         return server
@@ -152,54 +186,84 @@ class ModelProxy:
     # -- one client connection -----------------------------------------------------------
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ticket = self._gate.enter()
+        if ticket is None:
+            writer.close()  # too many connections without a token: anybody's, so no answer
+            return
         upstream: asyncio.StreamWriter | None = None
         pump: asyncio.Task[None] | None = None
         usage = UsageReader()
+        calls = _Calls()
+        first = True
         try:
             while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
+                head = await _next_head(reader, writer, calls, first)
+                if head is None:
                     return
-                except asyncio.LimitOverrunError:
-                    await _reply(writer, 431, "invalid_request_error", "Request headers too large.")
-                    return
+                first = False
                 request = _parse_head(head)
-                if request is None:
-                    await _reply(writer, 400, "invalid_request_error", "Malformed request.")
+                if isinstance(request, str):
+                    await _reply(writer, 400, "invalid_request_error", request, close=True)
                     return
-                method, target, headers = request
-                length = int(headers.get(b"content-length", b"0") or b"0")
-                if b"chunked" in headers.get(b"transfer-encoding", b"") or length > MAX_BODY_BYTES:
-                    await _reply(
-                        writer,
-                        411,
-                        "invalid_request_error",
-                        "Send a Content-Length body of at most 32 MiB.",
-                    )
-                    return
-                body = await reader.readexactly(length) if length else b""
-                path = target.split(b"?", 1)[0]
-                if method != b"POST" or path.decode(errors="replace") not in ALLOWED_PATHS:
+                path = request.target.split(b"?", 1)[0]
+                if request.method != b"POST" or path.decode(errors="replace") not in ALLOWED_PATHS:
                     await _reply(
                         writer,
                         403,
                         "permission_error",
                         "kit's model proxy forwards only POST /v1/messages.",
+                        close=True,
                     )
-                    continue
-                credential = headers.get(b"x-api-key") or headers.get(
-                    b"authorization", b""
-                ).removeprefix(b"Bearer ")
+                    return
+                credential = request.credential
                 session_id = self.session_for(credential) if credential else None
                 limits = self._limits.get(_digest(credential))
                 if session_id is None or limits is None:
                     await _reply(
-                        writer, 401, "authentication_error", "Unknown or revoked session token."
+                        writer,
+                        401,
+                        "authentication_error",
+                        "Unknown or revoked session token.",
+                        close=True,
                     )
-                    continue
-                model = await _requested_model(body)
-                if model is None:
+                    return
+                if not ticket.prove(_digest(credential)):
+                    if ticket.key is not None:
+                        message = "A connection to kit's model proxy carries one session token."
+                        await _reply(writer, 401, "authentication_error", message, close=True)
+                    else:
+                        message = (
+                            f"kit's model proxy allows {MAX_CONNECTIONS_PER_TOKEN} open "
+                            "connections per session; retry when one has closed."
+                        )
+                        await _reply(
+                            writer, 429, "rate_limit_error", message, retry=True, close=True
+                        )
+                    return
+                if request.length > MAX_BODY_BYTES:
+                    await _reply(
+                        writer,
+                        413,
+                        "request_too_large",
+                        "kit's model proxy takes request bodies of at most 32 MiB.",
+                        close=True,
+                    )
+                    return
+                try:
+                    body = await asyncio.wait_for(
+                        reader.readexactly(request.length), BODY_TIMEOUT_S
+                    )
+                except TimeoutError:
+                    await _reply(
+                        writer,
+                        408,
+                        "invalid_request_error",
+                        f"The request body did not arrive within {BODY_TIMEOUT_S:.0f} s.",
+                        close=True,
+                    )
+                    return
+                wanted = await _requested(body)
+                if wanted is None:
                     await _reply(
                         writer,
                         400,
@@ -208,6 +272,7 @@ class ModelProxy:
                         'with a "model" string and no repeated keys.',
                     )
                     continue
+                model, max_tokens = wanted
                 costs = path != b"/v1/messages/count_tokens"
                 refusal = self.meter.check(session_id, limits, model, costs=costs)
                 if refusal is not None:
@@ -235,6 +300,7 @@ class ModelProxy:
                             502,
                             "api_error",
                             f"kit's model proxy could not reach the model upstream: {type(exc).__name__}.",
+                            close=True,
                         )
                         return
                     usage = UsageReader()  # a new connection: its responses start afresh
@@ -242,20 +308,21 @@ class ModelProxy:
                     pump = asyncio.create_task(_pipe(up_reader, writer, up_writer, usage))
                 assert upstream is not None
                 self._in_flight[session_id] = self._in_flight.get(session_id, 0) + 1
-                usage.expect(
-                    Call(costs, self._charger(session_id, limits, model), self._ender(session_id))
-                )
-                upstream.write(self._rewrite(head, target) + body)
+                charge = _Charge(self.meter, session_id, limits, model, max_tokens if costs else 0)
+                calls.start(charge)
+                usage.expect(Call(costs, charge, self._ender(session_id, calls, charge)))
+                upstream.write(self._rewrite(request) + body)
                 await upstream.drain()
                 self.requests_forwarded += 1
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
+            ticket.leave()
             # The client is gone or was refused: nothing more to relay. A reply still
             # streaming is read to its end by its pump, so that its usage is counted.
             writer.close()
             if pump is not None and not pump.done() and not usage.idle:
-                self._drain(pump)
+                self._drain(pump, calls)
             else:
                 if pump is not None and not pump.done():
                     pump.cancel()
@@ -263,8 +330,9 @@ class ModelProxy:
                     upstream.close()
                 usage.close()  # a pump cancelled before it ran never closes it
 
-    def _ender(self, session_id: SessionId) -> Callable[[], None]:
+    def _ender(self, session_id: SessionId, calls: _Calls, charge: _Charge) -> Callable[[], None]:
         def done() -> None:
+            calls.end(charge)
             left = self._in_flight.get(session_id, 0) - 1
             if left > 0:
                 self._in_flight[session_id] = left
@@ -273,10 +341,11 @@ class ModelProxy:
 
         return done
 
-    def _drain(self, pump: asyncio.Task[None]) -> None:
-        """Let ``pump`` read the reply under way to its end, for up to :data:`DRAIN_LIMIT_S`."""
+    def _drain(self, pump: asyncio.Task[None], calls: _Calls) -> None:
+        """Let ``pump`` read the reply under way to its end, for up to :data:`DRAIN_LIMIT_S`
+        (then charge its calls as if they had produced their ``max_tokens``)."""
         self._draining.add(pump)
-        timer = asyncio.get_running_loop().call_later(DRAIN_LIMIT_S, _give_up, pump)
+        timer = asyncio.get_running_loop().call_later(DRAIN_LIMIT_S, _give_up, pump, calls)
 
         def done(task: asyncio.Task[None]) -> None:
             self._draining.discard(task)
@@ -284,46 +353,161 @@ class ModelProxy:
 
         pump.add_done_callback(done)
 
-    def _rewrite(self, head: bytes, target: bytes) -> bytes:
-        lines = head.split(b"\r\n")
-        method, _, rest = lines[0].partition(b" ")
-        _, _, version = rest.rpartition(b" ")
+    def _rewrite(self, request: _Head) -> bytes:
+        """The head to send upstream, built from the parsed fields."""
         out = [
-            method + b" " + self._prefix + target + b" " + version,
+            request.method + b" " + self._prefix + request.target + b" " + request.version,
             b"host: " + self._host_header,
         ]
-        out += [
-            line
-            for line in lines[1:]
-            if line and line.split(b":", 1)[0].strip().lower() not in _DROP
-        ]
+        out += [name + b": " + value for name, value in request.fields if name not in _DROP]
+        out.append(b"content-length: %d" % request.length)
         out.append(b"x-api-key: " + self._api_key)
         out.append(b"accept-encoding: identity")  # so the usage can be read on the way
         return b"\r\n".join(out) + b"\r\n\r\n"
 
-    def _charger(
-        self, session_id: SessionId, limits: Limits, model: str
-    ) -> Callable[[Tokens], None]:
-        def charge(tokens: Tokens) -> None:
-            self.meter.charge(session_id, limits, model, tokens)
 
-        return charge
+@dataclass(frozen=True)
+class _Head:
+    """A request head that passed :func:`_parse_head`."""
+
+    method: bytes
+    target: bytes
+    version: bytes
+    fields: list[tuple[bytes, bytes]]
+    """Header fields in order, names lower-cased, values trimmed."""
+    length: int
+    """The body's Content-Length (0 when absent)."""
+    credential: bytes
+    """The ``x-api-key``, or the ``Authorization: Bearer`` value; b"" when neither."""
 
 
-def _parse_head(head: bytes) -> tuple[bytes, bytes, dict[bytes, bytes]] | None:
-    lines = head.split(b"\r\n")
+def _parse_head(head: bytes) -> _Head | str:
+    """The request in ``head`` (which ends in a blank line), or why it is refused.
+
+    Strict, so that the proxy and the upstream cannot read the request differently: no bare
+    CR or LF, no folded lines or space before a colon, no Transfer-Encoding, no repeated
+    Content-Length or credential, and a Content-Length of digits only.
+    """
+    text = head[:-4]
+    if b"\n" in text.replace(b"\r\n", b"") or b"\r" in text.replace(b"\r\n", b""):
+        return "Malformed request head (a bare CR or LF)."
+    lines = text.split(b"\r\n")
     parts = lines[0].split(b" ")
     if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-        return None
-    headers: dict[bytes, bytes] = {}
+        return "Malformed request line."
+    fields: list[tuple[bytes, bytes]] = []
     for line in lines[1:]:
-        if not line:
-            continue
         name, sep, value = line.partition(b":")
-        if not sep:
-            return None
-        headers[name.strip().lower()] = value.strip()
-    return parts[0], parts[1], headers
+        if not sep or _FIELD_NAME.fullmatch(name) is None:
+            return "Malformed header line (folded, or with a space before its colon)."
+        fields.append((name.lower(), value.strip(b" \t")))
+    found = dict(fields)
+    if b"transfer-encoding" in found:
+        return "kit's model proxy takes a Content-Length body, not Transfer-Encoding."
+    names = [name for name, _ in fields]
+    for single in (b"content-length", b"x-api-key", b"authorization"):
+        if names.count(single) > 1:
+            return f"Header {single.decode()} given twice."
+    length = found.get(b"content-length", b"0")
+    if _DIGITS.fullmatch(length) is None:
+        return "Malformed Content-Length."
+    credential = found.get(b"x-api-key", b"")
+    if not credential:
+        scheme, _, value = found.get(b"authorization", b"").partition(b" ")
+        credential = value.strip(b" ") if scheme.lower() == b"bearer" else b""
+    # Past 12 digits the body is over MAX_BODY_BYTES whatever the rest says.
+    size = int(length) if len(length) <= 12 else MAX_BODY_BYTES + 1
+    return _Head(parts[0], parts[1], parts[2], fields, size, credential)
+
+
+async def _next_head(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, calls: _Calls, first: bool
+) -> bytes | None:
+    """The next request head, read only once the reply under way (if any) has ended, so
+    that the proxy's own answers never overtake it; None when the connection is to end.
+
+    A client may take :data:`HEAD_TIMEOUT_S` for its first head (then it gets 408) and
+    :data:`IDLE_TIMEOUT_S` between a reply's end and its next head (then it is closed).
+    """
+    read = asyncio.ensure_future(reader.readuntil(b"\r\n\r\n"))
+    pending: list[asyncio.Future[Any]] = [read]
+    try:
+        if not calls.quiet.is_set():
+            # Watch for the next request and for a hang-up (so the reply can be drained
+            # and counted) while the reply streams; answer nothing before its end.
+            ended = asyncio.ensure_future(calls.quiet.wait())
+            pending.append(ended)
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            gone = (asyncio.IncompleteReadError, ConnectionError)
+            if read.done() and isinstance(read.exception(), gone):
+                return None  # the client hung up: its reply is drained, to count it
+            if not ended.done():
+                await asyncio.wait([ended], timeout=DRAIN_LIMIT_S)
+                if not ended.done():
+                    return None
+        return await asyncio.wait_for(read, HEAD_TIMEOUT_S if first else IDLE_TIMEOUT_S)
+    except TimeoutError:
+        if first:
+            await _reply(
+                writer,
+                408,
+                "invalid_request_error",
+                f"The request head did not arrive within {HEAD_TIMEOUT_S:.0f} s.",
+                close=True,
+            )
+        return None
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    except asyncio.LimitOverrunError:
+        await _reply(writer, 431, "invalid_request_error", "Request headers too large.", close=True)
+        return None
+    finally:
+        for future in pending:
+            if not future.done():
+                future.cancel()
+
+
+class _Calls:
+    """One client connection's calls whose replies have not ended."""
+
+    def __init__(self) -> None:
+        self.open: list[_Charge] = []
+        self.quiet = asyncio.Event()
+        """Set while no reply is under way."""
+        self.quiet.set()
+
+    def start(self, charge: _Charge) -> None:
+        self.open.append(charge)
+        self.quiet.clear()
+
+    def end(self, charge: _Charge) -> None:
+        with contextlib.suppress(ValueError):
+            self.open.remove(charge)
+        if not self.open:
+            self.quiet.set()
+
+
+@dataclass
+class _Charge:
+    """Charges one call's usage to its session as it grows (a :class:`Call`'s ``on_usage``)."""
+
+    meter: SpendMeter
+    session_id: SessionId
+    limits: Limits
+    model: str
+    max_output: int
+    """The request's ``max_tokens``: what a reply given up on is charged as output."""
+    output: int = 0
+    """Output tokens charged so far."""
+
+    def __call__(self, tokens: Tokens) -> None:
+        self.meter.charge(self.session_id, self.limits, self.model, tokens)
+        self.output += tokens.output
+
+    def give_up(self) -> None:
+        """The reply's end will never be read: charge output up to ``max_tokens``."""
+        if self.max_output > self.output:
+            self(Tokens(output=self.max_output - self.output))
 
 
 async def _pipe(
@@ -371,20 +555,22 @@ async def _pipe(
         usage.close()
 
 
-def _give_up(pump: asyncio.Task[None]) -> None:
+def _give_up(pump: asyncio.Task[None], calls: _Calls) -> None:
     if not pump.done():
         log.warning(
             "model proxy: a reply its sandbox hung up on was still streaming after %.0f s; "
-            "stopped reading it (its usage so far is counted)",
+            "stopped reading it (charged as if it had produced its max_tokens)",
             DRAIN_LIMIT_S,
         )
+        for charge in list(calls.open):
+            charge.give_up()
         pump.cancel()
 
 
-async def _requested_model(body: bytes) -> str | None:
-    """The ``model`` of a Messages API request body; None when the body is not a JSON
-    object with a non-empty ``model`` string, or repeats a key anywhere (the upstream might
-    read the other ``model``)."""
+async def _requested(body: bytes) -> tuple[str, int] | None:
+    """The ``model`` and ``max_tokens`` (0 when not a positive integer) of a Messages API
+    request body; None when the body is not a JSON object with a non-empty ``model``
+    string, or repeats a key anywhere (the upstream might read the other ``model``)."""
     try:
         if len(body) >= PARSE_IN_THREAD_BYTES:
             request = await asyncio.to_thread(_decode, body)
@@ -392,8 +578,14 @@ async def _requested_model(body: bytes) -> str | None:
             request = _decode(body)
     except (ValueError, RecursionError):
         return None
-    model = request.get("model") if isinstance(request, dict) else None
-    return model if isinstance(model, str) and model else None
+    if not isinstance(request, dict):
+        return None
+    model, max_tokens = request.get("model"), request.get("max_tokens")
+    if not isinstance(model, str) or not model:
+        return None
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
+        max_tokens = 0  # the upstream refuses such a request, unbilled
+    return model, max_tokens
 
 
 def _decode(body: bytes) -> Any:
@@ -412,7 +604,13 @@ def _digest(credential: bytes) -> bytes:
 
 
 async def _reply(
-    writer: asyncio.StreamWriter, status: int, kind: str, message: str, *, retry: bool = False
+    writer: asyncio.StreamWriter,
+    status: int,
+    kind: str,
+    message: str,
+    *,
+    retry: bool = False,
+    close: bool = False,
 ) -> None:
     body = json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
     reason = {
@@ -420,12 +618,15 @@ async def _reply(
         401: "Unauthorized",
         402: "Payment Required",
         403: "Forbidden",
-        411: "Length Required",
+        408: "Request Timeout",
+        413: "Content Too Large",
         429: "Too Many Requests",
         431: "Request Header Fields Too Large",
         502: "Bad Gateway",
     }[status]
     retry_headers = "x-should-retry: true\r\nretry-after: 1" if retry else "x-should-retry: false"
+    if close:
+        retry_headers += "\r\nconnection: close"
     writer.write(
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\n{retry_headers}\r\n\r\n".encode()

@@ -18,10 +18,11 @@ from hypothesis import strategies as st
 from emulator.sandbox import LocalSandbox
 from kit.bundle.allowlist import allows, parse_rule
 from kit.cli.stack import run_stack
+from kit.host import egress as egress_module
 from kit.host.egress import MAX_HEAD_BYTES, EgressProxy
 from kit.ids import SessionId
 from kit.protocol.frames import Event
-from tests.agents import open_session, write_agent
+from tests.agents import open_session, until, write_agent
 from tests.conftest import stack_settings
 from tests.loopback import HTTP_BODY, Upstream, echo_server, http_server
 
@@ -409,3 +410,62 @@ async def test_each_sandbox_gets_a_token_that_dies_with_it(kit_tmp: Path) -> Non
             await ended.ended.wait()
         assert stack.egress.session_for(access.token.encode()) is None
         await client.close()
+
+
+async def test_connections_without_a_token_are_capped(
+    kit_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MAX_UNPROVEN_CONNECTIONS open without a token, a new connection is closed at once,
+    unanswered; once one closes, a new one is served again."""
+    monkeypatch.setattr(egress_module, "MAX_UNPROVEN_CONNECTIONS", 2)
+    async with echo_server() as echo:
+        proxy = EgressProxy([f"127.0.0.1:{echo.port}"])
+        path = kit_tmp / "cap.sock"
+        await proxy.serve_unix(path)
+        token = proxy.issue(SessionId("s1"))
+        connect = f"CONNECT 127.0.0.1:{echo.port} HTTP/1.1\r\n".encode() + auth(token) + b"\r\n"
+        idle = [await asyncio.open_unix_connection(str(path)) for _ in range(2)]
+        await until(lambda: proxy._gate.unproven == 2, "two idle connections", TIMEOUT_S)
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        writer.write(connect)
+        async with asyncio.timeout(TIMEOUT_S):
+            with contextlib.suppress(ConnectionResetError):
+                assert await reader.read() == b""
+        writer.close()
+        idle.pop()[1].close()
+        await until(lambda: proxy._gate.unproven == 1, "a connection to close", TIMEOUT_S)
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        writer.write(connect)
+        async with asyncio.timeout(TIMEOUT_S):
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        writer.close()
+        for _, w in idle:
+            w.close()
+        await proxy.aclose()
+
+
+async def test_connections_per_token_are_capped(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token with MAX_CONNECTIONS_PER_TOKEN connections open gets 429 for one more."""
+    monkeypatch.setattr(rig.proxy._gate, "per_token_cap", 2)
+    connect = f"CONNECT 127.0.0.1:{rig.echo.port} HTTP/1.1\r\n".encode() + auth(rig.token)
+    tunnels = [await send(rig, connect + b"\r\n") for _ in range(2)]
+    for reader, _ in tunnels:
+        async with asyncio.timeout(TIMEOUT_S):
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    reader, writer = await send(rig, connect + b"\r\n")
+    status, _, body = await response(reader)
+    assert status == 429
+    assert b"open connections per sandbox" in body
+    writer.close()
+    for _, w in tunnels:
+        w.close()
+
+
+async def test_a_tab_in_a_header_name_is_400(rig: Rig) -> None:
+    """A header name with a tab before its colon is refused (the target might read it)."""
+    head = f"GET http://127.0.0.1:{rig.http.port}/ HTTP/1.1\r\nContent-Length\t: 5\r\n".encode()
+    reader, writer = await send(rig, head + auth(rig.token) + b"\r\n")
+    status, _, _ = await response(reader)
+    assert status == 400
+    assert rig.proxy.forwarded == 0
+    writer.close()
