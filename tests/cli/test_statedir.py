@@ -8,11 +8,13 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import kit
 from emulator.sandbox.isolation import choose
 from kit.cli.stack import Stack, run_stack
 from kit.client import SessionClient, create_session
@@ -42,6 +44,23 @@ def _isolations() -> list[str]:
     if shutil.which("bwrap") and not choose(fork_server=False, drop=[])[1]:
         modes.insert(1, "bwrap")
     return modes
+
+
+def _others_reach(*paths: Path) -> bool:
+    """Whether another user may walk to each of ``paths`` (every folder above it has o+x)."""
+    return all(
+        all(folder.stat().st_mode & stat.S_IXOTH for folder in path.resolve().parents)
+        for path in paths
+    )
+
+
+def _unconfined_user(isolation: str) -> dict[str, object]:
+    """Settings for the sandbox user: with isolation ``off`` as root, sandboxes run as
+    another user only where it can reach kit's code and the virtualenv unaided (README: not
+    in a clone inside a private folder such as /root); there they run as the host's user."""
+    if isolation != "off" or _others_reach(Path(kit.__file__), Path(sys.prefix) / "bin"):
+        return {}
+    return {"sandbox_user": None}
 
 
 def _tree(root: Path) -> Iterator[tuple[tuple[str, ...], os.stat_result]]:
@@ -103,7 +122,8 @@ def _private_folder_mode(path: Path) -> tuple[int, int | None]:
 def _passage(isolation: str, stack: Stack) -> int | None:
     """The group the state dir's passages are open to: the sandbox user's, when kit runs as
     root and sandboxes run unconfined (so walk to their folders as that user); else none."""
-    return stack.provider.gid if os.geteuid() == 0 and isolation == "off" else None
+    unconfined = os.geteuid() == 0 and isolation == "off" and stack.provider.uid is not None
+    return stack.provider.gid if unconfined else None
 
 
 def _check(stack: Stack, session_id: str, passage: int | None) -> None:
@@ -145,7 +165,9 @@ async def test_after_a_turn_only_the_host_may_read_the_state_dir(
     log and transcript file (-wal and -shm too) is 0600 and the host still reads them, and
     nothing else is open beyond what sandboxes must reach; opening passages is said."""
     project = write_agent(kit_tmp / "agent")
-    settings = stack_settings(kit_tmp / "state", project, sandbox_isolation=isolation)
+    settings = stack_settings(
+        kit_tmp / "state", project, sandbox_isolation=isolation, **_unconfined_user(isolation)
+    )
     async with run_stack(settings) as stack:
         client, session = await open_session(stack)
         try:
