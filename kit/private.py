@@ -4,10 +4,16 @@ Modes are set explicitly, never left to the umask. A SQLite database is created 
 before SQLite opens it: SQLite gives its ``-wal``, ``-shm`` and ``-journal`` files the
 main file's mode (and, as root, its owner), so they are private too.
 
-Some of these files sit in folders a sandbox user owns (a session's transcript folder, its
-sandbox folder), where root must never follow a link that user put there: everything here
-opens with ``O_NOFOLLOW`` and changes modes through the opened descriptor, and only ever
-takes bits away.
+Some of these files sit in folders a sandbox user owns (a session's transcript folder),
+where root must never follow a link that user put there. What is guaranteed: the last
+component of a path given here is never followed when it is a link (``O_NOFOLLOW``), and
+:func:`tighten` walks below it only through descriptors, never following a link; modes are
+changed through the opened descriptor and only ever lose bits. The folders *on the way* to
+that last component are followed as they are: callers pass paths whose folders the sandbox
+user cannot change (the host's own), or walk to them by descriptor themselves
+(:mod:`emulator.sandbox.local`). :func:`open_private` opens only a regular file with one
+link: a FIFO, socket or device planted in its place is refused at once, never waited on
+(``O_NONBLOCK``), and so is a hard link to some other file.
 """
 
 from __future__ import annotations
@@ -28,19 +34,41 @@ _OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 def open_private(path: Path, flags: int = os.O_WRONLY | os.O_APPEND) -> int:
     """``os.open`` ``path`` (created 0600 when missing, never through a link); an existing
-    file loses any group and other bits. Returns the descriptor."""
+    file loses any group and other bits. Anything but a regular file with one link is
+    refused (``OSError``) without blocking: a FIFO there would otherwise hang the caller.
+    Returns a blocking descriptor."""
+    truncate = bool(flags & os.O_TRUNC)  # only once it is known to be the file meant
+    flags = (flags & ~os.O_TRUNC) | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
-        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        created = True
     except FileExistsError:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            _strip(fd)
-        except BaseException:
-            os.close(fd)
+            fd = os.open(path, flags)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # a FIFO no one reads, or a socket
+                raise _not_a_file(path) from None
             raise
-    else:
-        os.fchmod(fd, FILE_MODE)  # whatever the umask took away or left
+        created = False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise _not_a_file(path)
+        if created:
+            os.fchmod(fd, FILE_MODE)  # whatever the umask took away or left
+        else:
+            _strip(fd, st)
+        if truncate:
+            os.ftruncate(fd, 0)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
+
+
+def _not_a_file(path: Path) -> OSError:
+    return OSError(errno.EINVAL, "not a regular file with one link; remove it", str(path))
 
 
 def write_private(path: Path, text: str) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sqlite3
 import stat
 from collections.abc import Iterator
@@ -99,3 +101,47 @@ def test_a_private_folder_is_0700_or_a_passage_for_one_group(tmp_path: Path) -> 
     group = os.getgid()
     private_folder(folder, group)
     assert (_mode(folder), folder.stat().st_gid) == (0o710, group)
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """Raise TimeoutError in this thread if the block is still running after ``seconds``
+    (an ``open`` blocked on a FIFO is interrupted by the signal)."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError("blocked")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("flags", [os.O_WRONLY | os.O_APPEND, os.O_RDONLY, os.O_RDWR])
+def test_a_fifo_or_a_hard_link_in_place_of_a_log_is_refused_at_once(
+    tmp_path: Path, flags: int
+) -> None:
+    """A FIFO where a log goes (no one reading it) is refused without blocking the caller,
+    for writing and reading alike; so is a hard link to another file, left as it was."""
+    fifo = tmp_path / "runtime.log"
+    os.mkfifo(fifo)
+    with _deadline(5), pytest.raises(OSError, match="not a regular file"):
+        os.close(open_private(fifo, flags))
+    other = tmp_path / "transcript.sqlite"
+    other.write_text("another session's")
+    os.link(other, tmp_path / "linked.log")
+    with _deadline(5), pytest.raises(OSError, match="not a regular file"):
+        os.close(open_private(tmp_path / "linked.log", flags | os.O_TRUNC))
+    assert other.read_text() == "another session's"
+
+
+def test_a_private_file_opens_blocking(tmp_path: Path) -> None:
+    """What open_private returns is an ordinary, blocking descriptor (a child's stderr)."""
+    fd = open_private(tmp_path / "runtime.log")
+    try:
+        assert os.get_blocking(fd)
+    finally:
+        os.close(fd)

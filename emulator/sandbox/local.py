@@ -7,7 +7,7 @@ kit runs as root the runtime runs as an unprivileged user (``nobody`` unless tol
 that owns only that folder.
 
 Only their owner may enter these folders (0700); ``<root>`` and the logs (``zygote.log``,
-each ``runtime.log``: 0600) are this user's alone. A confined sandbox gets its folders,
+each session's ``.logs/<session_id>.log``: 0600) are this user's alone. A confined sandbox gets its folders,
 bundle and sockets bound in by root; only an unconfined one run as another user walks to
 them itself, so then ``<root>`` is 0710 to its group (:attr:`LocalSandboxProvider.
 traverse_gid`): to pass through, not to list. The socket folder is 0710 to the sandbox
@@ -413,6 +413,14 @@ class LocalSandboxProvider(SandboxProvider):
         except OSError:
             return False  # gone: bubblewrap says so, naming it
 
+    def log_path(self, session_id: str) -> Path:
+        """The session's runtime log (its sandboxes' stderr): in a folder of the host's, out
+        of reach of the sandbox user (who could plant a FIFO or a link in a folder of its)."""
+        logs = self.root / LOGS
+        logs.mkdir(mode=DIR_MODE, exist_ok=True)
+        private_folder(logs)
+        return logs / f"{session_id}.log"
+
     def workspace(self, session_id: str) -> Path:
         """The session's workspace folder (the agent's cwd)."""
         return self.root / session_id / "workspace"
@@ -462,11 +470,14 @@ class LocalSandboxProvider(SandboxProvider):
         # own copy of the session and make it refuse the session id as "already in use".
         for fresh in ("home", "tmp"):
             shutil.rmtree(dirs[fresh], ignore_errors=True)
-        for path in (base, *dirs.values(), *spec.writable):
-            path.mkdir(parents=True, exist_ok=True)
-            self._own(path)
-        (dirs["home"] / ".claude").mkdir(exist_ok=True)
-        self._own(dirs["home"] / ".claude")
+        # Root walks into folders the sandbox user owns only by descriptor, from a folder of
+        # the host's: that user (any sandbox's, unconfined) may swap one for a link meanwhile.
+        for names in ((), ("workspace",), ("home",), ("home", ".claude"), ("tmp",)):
+            self._own(self.root, spec.session_id, *names)
+        self._own(self.run_root, dirs["run"].name)
+        for path in spec.writable:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._own(path.parent, path.name)
         sock = dirs["run"] / "runtime.sock"
         config = RuntimeConfig(
             session_id=spec.session_id,
@@ -494,7 +505,7 @@ class LocalSandboxProvider(SandboxProvider):
             "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
         }
-        log_path = base / "runtime.log"
+        log_path = self.log_path(spec.session_id)
         jail = None
         if self.isolation:
             sockets = [s.unix_socket for s in (spec.model, spec.egress) if s and s.unix_socket]
@@ -600,6 +611,8 @@ class LocalSandboxProvider(SandboxProvider):
             raise SandboxError(f"session {session_id} still has a sandbox running")
         for folder in (self.root / session_id, self.run_root / session_id[:13]):
             await asyncio.to_thread(shutil.rmtree, folder, True)
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / LOGS / f"{session_id}.log").unlink()
 
     def _cannot_run(self, why: str) -> str:
         who = f"user {self.user!r}" if self.uid is not None else "this user"
@@ -665,8 +678,7 @@ class LocalSandboxProvider(SandboxProvider):
             if self._closed:
                 return None
             folder = self.root / ".zygote"
-            folder.mkdir(parents=True, exist_ok=True)
-            self._own(folder)
+            self._own(self.root, folder.name)
             zygote = Zygote()
             generic = {
                 **env,
@@ -740,7 +752,8 @@ class LocalSandboxProvider(SandboxProvider):
         if self.stage is not None and self._unshare and self._mount:
             jail, hidden = staged(jail, self._hidden, self.stage)
             if hidden:
-                self.stage.mkdir(mode=0o755, exist_ok=True)
+                self.stage.mkdir(exist_ok=True)
+                self.stage.chmod(0o755)  # not the umask's: the sandbox user must enter it
                 stage = stage_command(self._unshare, self._mount, self.stage, hidden)
         return [*join, *stage, *self._drop_privileges(), *jail.bwrap_args(bwrap, str(cwd))]
 
@@ -765,22 +778,36 @@ class LocalSandboxProvider(SandboxProvider):
                 **drop,  # type: ignore[arg-type]
             )
 
-    def _own(self, path: Path) -> None:
-        # The sandbox user owns these folders: never follow a link it may have put there
-        # (root would chown, chmod or bind whatever it points at). Only it may enter them.
+    def _own(self, anchor: Path, *names: str) -> None:
+        """Make folder ``anchor/names...`` (each one missing made) and give every folder
+        after ``anchor`` to the sandbox user, 0700. ``anchor`` is the host's; below it the
+        walk goes by descriptor and never follows a link: the sandbox user may have put one
+        there, or swap a folder for one meanwhile (root would chown, chmod or bind whatever
+        it points at)."""
+        fd = os.open(anchor, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            raise SandboxError(
-                f"{path} is not a plain folder (a symlink?); remove it and retry."
-            ) from None
-        try:
-            if self.uid is not None and self.gid is not None:
-                os.fchown(fd, self.uid, self.gid)
-            os.fchmod(fd, DIR_MODE)
+            for name in names:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, DIR_MODE, dir_fd=fd)
+                try:
+                    child = os.open(name, _NOFOLLOW_DIR, dir_fd=fd)
+                except OSError:
+                    raise SandboxError(
+                        f"{anchor.joinpath(*names)} is not a plain folder (a symlink?); remove "
+                        "it and retry."
+                    ) from None
+                os.close(fd)
+                fd = child
+                if self.uid is not None and self.gid is not None:
+                    os.fchown(fd, self.uid, self.gid)
+                os.fchmod(fd, DIR_MODE)
         finally:
             os.close(fd)
 
+
+_NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+LOGS = ".logs"
+"""The host's folder of runtime logs under the provider's root (0700)."""
 
 _JOIN_AND_EXEC = (
     'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'

@@ -106,7 +106,7 @@ class Zygote:
         loop = asyncio.get_running_loop()
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
-        # In the sandbox user's folder: never through a link it put there (open_private).
+        # Never through a link, never blocking on a FIFO (open_private).
         err = open_private(log_path)
         ident = next(self._ids)
         spawned: asyncio.Future[int] = loop.create_future()

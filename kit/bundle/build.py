@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -92,28 +93,60 @@ def build_bundle(project: Project, root: Path) -> Bundle:
     manifest = {**body, "digest": digest}
     root.mkdir(parents=True, exist_ok=True)
     final = root / digest[:32]
-    if not (final / MANIFEST).is_file():
-        tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+    if _reusable(final, digest):
+        return open_bundle(final)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+    try:
+        for rel, src in files.items():
+            _write(tmp / rel, src.read_bytes(), os.access(src, os.X_OK))
+        _write(tmp / ".claude-plugin" / "plugin.json", plugin_bytes)
+        _write(tmp / MANIFEST, _canon(manifest))
+        os.chmod(tmp, DIR_MODE)
+        if os.path.lexists(final):  # not this bundle's bytes, or not its modes: set aside
+            os.rename(final, tempfile.mkdtemp(prefix=".stale-", dir=root))
         try:
-            for rel, src in files.items():
-                dest = tmp / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dest)
-                dest.chmod(0o755 if os.access(src, os.X_OK) else 0o644)
-            (tmp / ".claude-plugin").mkdir()
-            (tmp / ".claude-plugin" / "plugin.json").write_bytes(plugin_bytes)
-            (tmp / MANIFEST).write_bytes(_canon(manifest))
-            for d in [tmp, *[p for p in tmp.rglob("*") if p.is_dir()]]:
-                d.chmod(0o755)
-            try:
-                tmp.rename(final)
-            except OSError:
-                if not (final / MANIFEST).is_file():
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            tmp.rename(final)
+        except OSError:
+            if not _reusable(final, digest):  # another build's, done meanwhile
+                raise
+    finally:
+        for leftover in [tmp, *root.glob(".stale-*")]:
+            shutil.rmtree(leftover, ignore_errors=True)
     return open_bundle(final)
+
+
+FILE_MODE, EXEC_MODE, DIR_MODE = 0o644, 0o755, 0o755
+"""A bundle's modes, set explicitly (never the umask's): readable by the sandbox user, and
+writable by no one but the user who built it."""
+
+
+def _write(dest: Path, data: bytes, executable: bool = False) -> None:
+    for folder in reversed([p for p in dest.parents if not p.exists()]):
+        folder.mkdir()
+        os.chmod(folder, DIR_MODE)
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        os.fchmod(fd, EXEC_MODE if executable else FILE_MODE)
+
+
+def _reusable(path: Path, digest: str) -> bool:
+    """Whether ``path`` is the bundle ``digest``, intact, every entry this user's with a
+    bundle's mode (a bundle an older kit wrote under umask 0 or 077 is not)."""
+    try:
+        if open_bundle(path).digest != digest:
+            return False
+    except BundleError:
+        return False
+    uid = os.geteuid()
+    for folder, dirs, names in os.walk(path):
+        for name in [*dirs, *names, ""]:
+            st = os.lstat(os.path.join(folder, name)) if name else os.lstat(folder)
+            mode = stat.S_IMODE(st.st_mode)
+            want = (DIR_MODE,) if stat.S_ISDIR(st.st_mode) else (FILE_MODE, EXEC_MODE)
+            if st.st_uid != uid or mode not in want or stat.S_ISLNK(st.st_mode):
+                return False
+    return True
 
 
 def open_bundle(path: Path) -> Bundle:
@@ -130,13 +163,30 @@ def open_bundle(path: Path) -> Bundle:
             f"{manifest_path}: bundle format {manifest.get('format')!r}; this kit reads {FORMAT}."
         )
     body = {k: v for k, v in manifest.items() if k != "digest"}
-    if _sha256(_canon(body)) != manifest.get("digest"):
+    digest = manifest.get("digest")
+    if _sha256(_canon(body)) != digest:
         raise BundleError(
             f"{manifest_path}: the manifest does not match its digest; rebuild the bundle."
         )
+    # The folder's name is the digest: a manifest consistent with itself but not that name
+    # was written by someone else (a forged agent config, egress, limits), not built here.
+    if not isinstance(digest, str) or path.name != digest[:32]:
+        raise BundleError(
+            f"{manifest_path}: the bundle's folder is not named by its digest; rebuild it."
+        )
+    listed = {MANIFEST, *manifest["files"]}
+    for folder, _dirs, names in os.walk(path):
+        for name in names:
+            rel = Path(folder, name).relative_to(path).as_posix()
+            if rel not in listed:  # a skill or file slipped in would be loaded too
+                raise BundleError(
+                    f"{path / rel}: not listed in the bundle's manifest; rebuild the bundle."
+                )
     for rel, want in manifest["files"].items():
         file = path / rel
         try:
+            if file.is_symlink():
+                raise OSError
             got = _sha256(file.read_bytes())
         except OSError:
             raise BundleError(

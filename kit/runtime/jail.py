@@ -305,7 +305,7 @@ def _build_root(libc: _Libc, jail: Jail) -> None:
     for bind in _ordered(jail.binds):
         target = "/newroot" + bind.path
         if bind.kind == "symlink":
-            os.makedirs(os.path.dirname(target), exist_ok=True)
+            _folders(os.path.dirname(target))
             os.symlink(bind.source, target)
             continue
         source = "/oldroot" + bind.source
@@ -359,11 +359,22 @@ def _dev(libc: _Libc) -> None:
 
 def _mount_point(target: str, *, is_dir: bool) -> None:
     if is_dir:
-        os.makedirs(target, exist_ok=True)
+        _folders(target)
         return
-    os.makedirs(os.path.dirname(target), exist_ok=True)
+    _folders(os.path.dirname(target))
     if not os.path.lexists(target):
         os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o444))
+
+
+def _folders(path: str) -> None:
+    """``os.makedirs(path)``, each folder made 0755 whatever the umask: under umask 077 they
+    would be root's alone, and the sandbox user could not reach what is mounted below."""
+    parent = os.path.dirname(path)
+    if parent != path and not os.path.lexists(parent):
+        _folders(parent)
+    if not os.path.lexists(path):
+        os.mkdir(path)
+        os.chmod(path, 0o755)
 
 
 def _kept_flags(target: str) -> int:

@@ -187,6 +187,6 @@ def test_limits_travel_in_the_bundle(tmp_path: Path) -> None:
 def test_a_damaged_limits_manifest_does_not_open(tmp_path: Path) -> None:
     """A manifest whose limits are not the right types is refused, naming the fix."""
     bundle = build_bundle(load_project(_project(tmp_path / "a", "turn_tokens = 10")), tmp_path)
-    _rewrite_manifest(bundle.path, lambda m: m["limits"].update(turn_tokens="lots"))
+    path = _rewrite_manifest(bundle.path, lambda m: m["limits"].update(turn_tokens="lots"))
     with pytest.raises(BundleError, match=r"limits are not valid .*; rebuild the bundle"):
-        open_bundle(bundle.path)
+        open_bundle(path)

@@ -30,12 +30,12 @@ PROXY_SOCKETS = ("model.sock", "egress.sock")
 """0666: the sandbox user connects to them; the per-session token is what authenticates."""
 
 
-@pytest.fixture
-def no_umask() -> Iterator[None]:
-    """Umask 0 for the whole stack (the host, its fork server, its sandboxes): any mode left
-    to the umask would come out open to everyone."""
-    old = os.umask(0)
-    yield
+@pytest.fixture(params=[0, 0o077], ids=["umask0", "umask077"])
+def umask(request: pytest.FixtureRequest) -> Iterator[int]:
+    """A umask for the whole stack (the host, its fork server, its sandboxes): under 0 any
+    mode left to it would come out open to everyone; under 077 shut to the sandbox user."""
+    old = os.umask(request.param)
+    yield request.param
     os.umask(old)
 
 
@@ -75,9 +75,10 @@ def _excused(parts: tuple[str, ...], st: os.stat_result, passage_gid: int | None
     """Whether a path under the state dir may have group or other bits, and why."""
     if stat.S_ISLNK(st.st_mode):
         return True  # a link's own bits are always 0777 and grant nothing
-    if parts[0] == "bundles" and len(parts) > 1:
-        return True  # a bundle keeps the modes it ships with (kit deploy ships the same
-        # files); bundles/ (0700, or 0710) keeps everyone else out
+    if parts[0] == "bundles" and len(parts) > 1 and not st.st_mode & 0o022:
+        return True  # a bundle keeps the modes it ships with (0644, 0755: kit deploy ships
+        # the same files), readable by the sandbox user; writable by no one else: sandboxes
+        # (unconfined ones pass through bundles/) must not rewrite what every session runs
     if parts[0] == "sandboxes" and len(parts) > 3 and parts[2] in SANDBOX_OWN:
         return True  # the sandbox's own files, inside its 0700 folder owned by its user
     return (
@@ -158,9 +159,10 @@ def _check(stack: Stack, session_id: str, passage: int | None) -> None:
 
 @pytest.mark.parametrize("isolation", _isolations())
 async def test_after_a_turn_only_the_host_may_read_the_state_dir(
-    isolation: str, kit_tmp: Path, no_umask: None, caplog: pytest.LogCaptureFixture
+    isolation: str, kit_tmp: Path, umask: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A real turn in each isolation mode, under umask 0: the state dir is 0700 (0710 to the
+    """A real turn in each isolation mode, under umask 0 and 077 (sandboxes still start and
+    reach their bundle and mount points): the state dir is 0700 (0710 to the
     sandbox user's group only when sandboxes run unconfined as another user), every event
     log and transcript file (-wal and -shm too) is 0600 and the host still reads them, and
     nothing else is open beyond what sandboxes must reach; opening passages is said."""

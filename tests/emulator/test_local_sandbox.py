@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ from kit.host.errors import SandboxError
 from kit.host.sandbox import ModelAccess, SandboxSpec
 from kit.ids import new_session_id
 from tests.agents import pids_under
+from tests.test_private import _deadline
 
 
 @pytest.fixture
@@ -228,3 +230,57 @@ async def test_isolation_never_falls_back_to_none(
         assert pids_under(provider.root / spec.session_id) == set()
     finally:
         await provider.close()
+
+
+async def test_a_fifo_where_the_runtime_log_was_blocks_nothing(
+    kit_tmp: Path, bundle: Bundle, provider: LocalSandboxProvider
+) -> None:
+    """A FIFO a sandbox user put in its own folder where runtime.log used to be is not
+    opened (the log is in a folder of the host's): the sandbox starts, the loop never
+    blocks. One at the host's log is refused at once, naming it is not a regular file."""
+    spec = _spec(bundle)
+    base = provider.root / spec.session_id
+    base.mkdir(parents=True)
+    os.mkfifo(base / "runtime.log")
+    with _deadline(60):  # a blocked event loop cannot time itself out
+        sandbox = await provider.start(spec)
+        await sandbox.kill()
+        await sandbox.wait()
+        again = _spec(bundle)
+        os.mkfifo(provider.log_path(again.session_id))
+        with pytest.raises(SandboxError, match="not a regular file"):
+            await provider.start(again)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root's own folder walk is what is at stake")
+async def test_root_follows_no_link_swapped_in_mid_path(
+    kit_tmp: Path, bundle: Bundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sandbox user swaps its home for a link to another folder right after root gave
+    it the home (a rename race, made deterministic here by doing it inside root's chmod):
+    root makes or chowns nothing in the other folder (it refuses the link)."""
+    provider = LocalSandboxProvider(kit_tmp / "sandboxes", fork_server=False, isolation="off")
+    victim = kit_tmp / "victim"
+    victim.mkdir(mode=0o755)
+    spec = _spec(bundle)
+    home = provider.root / spec.session_id / "home"
+    fchmod = os.fchmod
+
+    def racing_fchmod(fd: int, mode: int) -> None:
+        fchmod(fd, mode)
+        if os.readlink(f"/proc/self/fd/{fd}") == str(home) and not home.is_symlink():
+            home.rename(home.with_name("home-real"))
+            home.symlink_to(victim)
+
+    monkeypatch.setattr(os, "fchmod", racing_fchmod)
+    try:
+        with contextlib.suppress(SandboxError):  # its HOME is now a link it cannot write
+            sandbox = await provider.start(spec)
+            await sandbox.kill()
+            await sandbox.wait()
+    finally:
+        monkeypatch.undo()
+        await provider.close()
+    assert home.is_symlink()  # the swap was made
+    assert list(victim.iterdir()) == []
+    assert (victim.stat().st_uid, victim.stat().st_mode & 0o777) == (0, 0o755)

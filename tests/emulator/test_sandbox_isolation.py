@@ -111,11 +111,11 @@ async def test_a_sandbox_sees_only_its_workspace_and_bundle(
     (other / "notes.txt").write_text("another session's file")
     bundle_file = stack.bundle.path / "kit-bundle.json"
     assert bundle_file.is_file()
-    # Only the read-only mounts may stop these writes: the sandbox user owns the file, and
-    # a tmpfs mounted inside the bundle (a submount the recursive bind brings along) is
+    # Only the read-only mounts may stop these writes: the sandbox user owns the file (one
+    # the manifest lists: a file it does not list makes the bundle refused), and a tmpfs
+    # mounted inside the bundle (a submount the recursive bind brings along) is
     # world-writable.
-    owned = stack.bundle.path / "owned-by-sandbox-user.txt"
-    owned.write_text("x")
+    owned = stack.bundle.path / ".claude-plugin" / "plugin.json"
     os.chown(owned, stack.provider.uid or 0, stack.provider.gid or 0)
     submount = stack.bundle.path / "submount"
     submount.mkdir()
