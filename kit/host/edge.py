@@ -19,6 +19,10 @@ so :class:`EdgeConfig` puts a small guard into uvicorn's own protocol classes:
   WebSocket ``hello`` accepted, a ``Bearer`` token checked); the connection no longer
   counts.
 
+uvicorn logs a line for each malformed request it refuses (and a traceback for WebSocket
+text that is not UTF-8); :class:`QuietRefusals` lets each such line through once per
+:data:`REFUSAL_LOG_S`, saying how many it held back, so a neighbour cannot flood the log.
+
 Refusals are JSON, as kit's other HTTP errors: ``{"error": <code>, "message": <text>}``,
 followed by a lingering close (:data:`LINGER_S`).
 Malformed ``Sec-WebSocket-*`` headers are websockets' to refuse (400 and a close).
@@ -32,6 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -60,7 +66,62 @@ UNAUTHENTICATED_PER_PEER = 64
 """Connections one peer address may hold open before they authenticate (429 past it).
 Every local client shares 127.0.0.1: ``KIT_PEER_CONNECTIONS`` raises it for ``kit dev``."""
 
+REFUSAL_LOG_S = 10.0
+"""How often uvicorn's line about a refused malformed request may reach the log."""
+REFUSAL_MESSAGES = frozenset(
+    {
+        "Invalid HTTP request received.",
+        "Unsupported upgrade request.",
+        "Invalid UTF-8 sequence received from client.",
+    }
+)
+"""uvicorn's log lines (logger ``uvicorn.error``) about a peer's malformed input."""
+
 _STATE_KEY = "kit.edge"
+
+
+class QuietRefusals(logging.Filter):
+    """A filter for ``uvicorn.error``: each of :data:`REFUSAL_MESSAGES` passes once per
+    ``interval_s``, without a traceback, saying how many were held back since; every other
+    record passes untouched."""
+
+    def __init__(
+        self, interval_s: float = REFUSAL_LOG_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def forget(self) -> None:
+        """Start afresh, as if nothing had been logged yet."""
+        self._last.clear()
+        self._held.clear()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg
+        if not isinstance(message, str) or message not in REFUSAL_MESSAGES:
+            return True
+        now = self.clock()
+        if now - self._last.get(message, -self.interval_s) < self.interval_s:
+            self._held[message] = self._held.get(message, 0) + 1
+            return False
+        self._last[message] = now
+        held = self._held.pop(message, 0)
+        if held:
+            record.msg = (
+                f"{message} ({held} more like it in the last {self.interval_s:g} s not shown)"
+            )
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_refusals(logger: logging.Logger | None = None) -> None:
+    """Install one :class:`QuietRefusals` on ``uvicorn.error`` (again: nothing)."""
+    target = logger or logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, QuietRefusals) for f in target.filters):
+        target.addFilter(QuietRefusals())
 
 
 @dataclass(frozen=True)
@@ -194,6 +255,7 @@ class EdgeConfig(uvicorn.Config):
     def __init__(self, app: Any, *, limits: EdgeLimits | None = None, **kwargs: Any) -> None:
         self.limits = limits or EdgeLimits()
         self.peers = PeerCounts(self.limits.unauthenticated_per_peer)
+        quiet_refusals()
         super().__init__(
             app,
             http=EdgeHttp,

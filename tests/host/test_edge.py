@@ -8,6 +8,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 
 from kit.cli.stack import Stack, run_stack
 from kit.client import create_session
-from kit.host.edge import EdgeLimits, Refusal, check_head
+from kit.host.edge import EdgeLimits, QuietRefusals, Refusal, check_head
 from tests.conftest import stack_settings
 from tests.host.wsdriver import Driver
 
@@ -207,6 +208,43 @@ async def test_bad_heads_are_refused_and_closed(host: Stack, head: bytes, status
     data, closed = await conn.rest()
     _refused(data, status)
     assert closed
+
+
+async def test_a_flood_of_bad_requests_is_one_log_line(
+    host: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Thirty requests that are not HTTP are each refused, but uvicorn's line about them
+    reaches the log once (then once per REFUSAL_LOG_S, counting what it held back)."""
+    (quiet,) = [
+        f for f in logging.getLogger("uvicorn.error").filters if isinstance(f, QuietRefusals)
+    ]
+    quiet.forget()  # earlier tests of this process were refused too
+    for _ in range(30):
+        conn = await Raw.open(host.url)
+        await conn.send(b"\x16\x03\x01\x00\xa5\x01\x00\x00\r\n\r\n")
+        data, closed = await conn.rest()
+        _refused(data, 400)
+        assert closed
+    said = [r for r in caplog.records if r.getMessage().startswith("Invalid HTTP request")]
+    assert len(said) == 1, [r.getMessage() for r in said]
+    assert said[0].exc_info is None
+
+
+def test_quiet_refusals_counts_what_it_held_back() -> None:
+    """After the interval the next line says how many were held back; other lines pass."""
+    now = [0.0]
+    quiet = QuietRefusals(10, clock=lambda: now[0])
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("uvicorn.error", logging.WARNING, __file__, 1, message, (), None)
+
+    assert quiet.filter(record("Invalid HTTP request received."))
+    assert not any(quiet.filter(record("Invalid HTTP request received.")) for _ in range(4))
+    assert quiet.filter(record("Something else."))
+    now[0] = 10.0
+    late = record("Invalid HTTP request received.")
+    assert quiet.filter(late)
+    assert "4 more like it" in late.getMessage()
 
 
 async def test_refusal_reaches_a_client_still_sending(host: Stack) -> None:
