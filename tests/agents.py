@@ -9,8 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from kit.cli.stack import Stack
 from kit.client import SessionClient, create_session
 from kit.host.session import Session
@@ -195,15 +193,8 @@ async def open_session(stack: Stack) -> tuple[SessionClient, Session]:
 
 async def model_requests(stack: Stack) -> list[dict[str, Any]]:
     """What the offline model was asked so far (its request log), oldest first."""
-    assert stack.model_url is not None
-    assert stack.model_key is not None
-    async with httpx.AsyncClient(trust_env=False) as http:
-        answer = await http.get(
-            stack.model_url + "/_emulator/requests", headers={"x-api-key": stack.model_key}
-        )
-    answer.raise_for_status()
-    entries: list[dict[str, Any]] = answer.json()
-    return entries
+    assert stack.model_requests is not None
+    return stack.model_requests.entries()
 
 
 async def until(check: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
