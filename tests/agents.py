@@ -81,6 +81,16 @@ input = { command = "[ -e crashed ] || ( touch crashed && kill -SEGV $(cut -d' '
 text = "Still here?"
 
 [[rule]]
+name = "crash the harness"
+contains = "crash the harness"
+[[rule.step]]
+text = "Crashing the harness."
+tool = "Bash"
+input = { command = "[ -e harness-crashed ] || ( touch harness-crashed && kill -ABRT $PPID )", description = "abort the CLI once" }
+[[rule.step]]
+text = "Still here?"
+
+[[rule]]
 name = "allocate"
 contains = "allocate 400 MiB"
 [[rule.step]]

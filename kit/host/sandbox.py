@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit.ids import SandboxId, SessionId
+from kit.protocol.sandbox import HARNESS_EXIT_CODE
 
 
 class SandboxState(enum.Enum):
@@ -67,7 +68,9 @@ class ExitInfo:
 
     exit_code: int
     reason: str
-    """``exited`` (code 0, on its own), ``crashed`` (other codes), ``killed`` (SIGKILL),
+    """``exited`` (code 0, on its own), ``harness`` (the agent harness died under the
+    runtime: :data:`~kit.protocol.sandbox.HARNESS_EXIT_CODE`), ``crashed`` (other codes),
+    ``killed`` (SIGKILL),
     ``stopped`` (SIGTERM from its owner), ``idle`` (stopped after its idle timeout),
     ``unresponsive`` (killed because it stopped answering) or ``oom`` (killed at its memory
     limit, where the provider enforces one)."""
@@ -84,6 +87,8 @@ def reason_of(exit_code: int) -> str:
         return "killed"
     if exit_code == 128 + signal.SIGTERM:
         return "stopped"
+    if exit_code == HARNESS_EXIT_CODE:
+        return "harness"
     return "exited" if exit_code == 0 else "crashed"
 
 

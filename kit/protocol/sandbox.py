@@ -8,6 +8,10 @@ HTTP/1.1 with ``Authorization: Bearer <runtime token>`` on every request:
 - ``POST /v1/interrupt`` → 202; the running turn ends early with a ``result``.
 
 Events here have no ``seq``: the host assigns it when it makes them durable.
+
+When the agent harness (the CLI) dies under the runtime, the runtime ends the turn's stream
+without a ``result`` and exits with :data:`HARNESS_EXIT_CODE`: the host then recovers the
+turn in a new sandbox, as after any sandbox death.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ NDJSON = "application/x-ndjson"
 TURNS_PATH = "/v1/turns"
 INTERRUPT_PATH = "/v1/interrupt"
 HEALTH_PATH = "/healthz"
+HARNESS_EXIT_CODE = 70
+"""The runtime's exit code when the agent harness it drives died (EX_SOFTWARE)."""
 
 
 @dataclass(frozen=True)

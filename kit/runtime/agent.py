@@ -26,6 +26,9 @@ from typing import Any
 from claude_agent_sdk import (
     ClaudeAgentOptions,
     ClaudeSDKClient,
+    CLIConnectionError,
+    ProcessError,
+    ResultError,
     ResultMessage,
 )
 
@@ -63,6 +66,12 @@ class AgentBusy(KitError):
 
 class AgentStopped(KitError):
     """A turn was posted to an agent that is not running."""
+
+
+class HarnessDied(KitError):
+    """The agent harness (the CLI process) died under the runtime: this sandbox can take no
+    more turns. The runtime exits with ``HARNESS_EXIT_CODE`` and the host recovers the turn
+    in a new sandbox (a fork storm at ``pids.max`` can make the CLI abort, for one)."""
 
 
 _END = object()
@@ -169,6 +178,8 @@ class Agent:
         try:
             while (turn := await self._inbox.get()) is not None:
                 await self._run_turn(client, turn)
+                if self._failure is not None:
+                    raise self._failure
         finally:
             self.state = AgentState.STOPPED
             with contextlib.suppress(Exception):
@@ -315,6 +326,20 @@ class Agent:
                     turn.out.put_nowait(event)
                 if isinstance(message, ResultMessage):
                     break
+        except (ProcessError, CLIConnectionError) as exc:
+            # The CLI is gone, and with it this sandbox's use: the runtime exits after the
+            # turn. A CLI that ended the turn with an error of its own (ResultError) fails
+            # it; one that died under it (a signal, a crash) ends the stream without an end
+            # event, which the host takes for a lost sandbox: a new one carries the turn on.
+            log.error("turn %s: the agent harness died: %s", turn.request.turn_id, exc)
+            self._failure = HarnessDied(f"The agent harness died: {exc}")
+            self.state = AgentState.STOPPED
+            if isinstance(exc, ResultError):
+                turn.out.put_nowait(
+                    RuntimeEvent(
+                        "error", {"code": "turn_failed", "message": f"The agent failed: {exc}"}
+                    )
+                )
         except Exception as exc:  # the turn fails, the agent lives on
             log.exception("turn %s failed", turn.request.turn_id)
             turn.out.put_nowait(
@@ -324,7 +349,8 @@ class Agent:
             )
         finally:
             self._current = None
-            self.state = AgentState.READY
+            if self._failure is None:
+                self.state = AgentState.READY
             turn.out.put_nowait(_END)
 
 

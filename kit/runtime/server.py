@@ -27,6 +27,7 @@ import uvicorn
 from kit.bundle import open_bundle
 from kit.protocol.errors import ProtocolError
 from kit.protocol.sandbox import (
+    HARNESS_EXIT_CODE,
     HEALTH_PATH,
     INTERRUPT_PATH,
     NDJSON,
@@ -34,7 +35,7 @@ from kit.protocol.sandbox import (
     RuntimeEvent,
     TurnRequest,
 )
-from kit.runtime.agent import Agent, AgentBusy, AgentStopped
+from kit.runtime.agent import Agent, AgentBusy, AgentStopped, HarnessDied
 from kit.runtime.config import RuntimeConfig
 from kit.runtime.egress import EgressForwarder, proxy_env
 from kit.runtime.jail import die_with_parent
@@ -265,7 +266,11 @@ def main(config_json: str | None = None) -> None:
         sys.stdin.close()
     config = RuntimeConfig.from_json(config_json)
     adopt_session_folders(config)
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except HarnessDied as exc:
+        log.error("%s; this sandbox stops so a new one can take the session", exc)
+        sys.exit(HARNESS_EXIT_CODE)
     if _terminated:
         sys.exit(128 + signal.SIGTERM)  # stopped by SIGTERM, as a shell would report it
 

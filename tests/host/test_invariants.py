@@ -303,8 +303,9 @@ async def until_sandbox_gone(session: Session) -> None:
         ("ponder at length", "user", 137),  # SIGKILL while the model thinks: no token yet
         ("trickle the reply", "text_delta", 137),  # SIGKILL between two streamed deltas
         ("crash the runtime", None, 139),  # the runtime dies on its own (SIGSEGV), mid-tool
+        ("crash the harness", None, 70),  # the CLI aborts mid-tool; the runtime exits 70
     ],
-    ids=["before-the-first-token", "mid-stream", "exits-on-its-own"],
+    ids=["before-the-first-token", "mid-stream", "exits-on-its-own", "harness-dies"],
 )
 async def test_a_sandbox_death_at_any_point_finishes_the_turn(
     agent_stack: Stack, text: str, kill_on: str | None, exit_code: int
@@ -343,6 +344,8 @@ async def test_a_sandbox_death_at_any_point_finishes_the_turn(
     assert after[:3] == [("sandbox", "died"), ("sandbox", "starting"), ("sandbox", "running")]
     assert kinds.count("user") == 1
     assert kinds.count("result") == 1
+    assert seen[-1].kind == "result"
+    assert RECOVERED_REPLY in str(seen[-1].data.get("text")), seen[-1].data  # the answer
     assert client.reconnects == 0  # the socket stayed open throughout
     assert [e.seq for e in seen] == list(range(seen[0].seq, seen[-1].seq + 1))
     await client.close()
