@@ -113,6 +113,12 @@ def _cmd_do(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_image(args: argparse.Namespace) -> int:
+    from kit.cli.image import build
+
+    return build(args.source, args.cache_dir, args.dry_run, args.docker)
+
+
 def _log_to_stderr(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -310,6 +316,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--project", type=Path, help="the agent project folder (default: nearest kit.toml)"
     )
     p.set_defaults(func=_cmd_test)
+
+    p = _command(
+        sub,
+        "image",
+        "build the runtime image (Debian + Python + kit[runtime]) with Docker",
+        "Build kit's runtime image: a Debian base made with debootstrap, kit[runtime] and\n"
+        "its wheels, tagged kit-runtime:<version>-<digest of its inputs>. Steps whose result\n"
+        "exists are skipped; --dry-run prints the plan. Docker must be running\n"
+        "(scripts/docker-up); making the base needs root.",
+        ["kit image build", "kit image build --dry-run"],
+    )
+    p.add_argument("action", choices=["build"], help="what to do")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument("--source", type=Path, help="kit's source checkout (default: the running kit's)")
+    p.add_argument(
+        "--cache-dir", type=Path, help="where the wheels are cached (default: ~/.cache/kit/image)"
+    )
+    p.add_argument("--docker", default="docker", help="the Docker CLI to call (default: docker)")
+    p.set_defaults(func=_cmd_image)
     return parser
 
 

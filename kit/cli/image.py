@@ -1,0 +1,52 @@
+"""``kit image build``: plan the runtime image, print the plan, and (unless --dry-run) apply it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import kit
+from kit.cli import console
+from kit.deploy.image import BuiltImage, ImagePlan, apply_image, plan_image
+
+
+def default_checkout() -> Path:
+    """The source checkout the running kit was imported from (it holds pyproject.toml)."""
+    return Path(kit.__file__).resolve().parent.parent
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/kit/image`` (``~/.cache/kit/image``): the base root, the wheels."""
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "kit" / "image"
+
+
+def render_plan(plan: ImagePlan) -> str:
+    """The plan as a table: each step, whether it is done, and how it would be made."""
+    rows = [
+        [step.kind.value, "present" if step.present else "to make", step.target, step.how]
+        for step in plan.steps
+    ]
+    head = f"kit {plan.version} runtime image from {plan.checkout}"
+    return head + "\n" + console.table(["step", "state", "target", "how"], rows)
+
+
+def build(source: Path | None, cache_dir: Path | None, dry_run: bool, docker: str) -> int:
+    """Plan, print, and apply unless ``dry_run``; print the image's tag and size."""
+    plan = plan_image(
+        source or default_checkout(),
+        cache_dir or default_cache_dir(),
+        docker=docker,
+        python=sys.executable,
+    )
+    console.out(render_plan(plan))
+    if dry_run:
+        return 0
+    image: BuiltImage = apply_image(plan, progress=lambda line: console.out(console.dim(line)))
+    verb = "Built" if image.built else "Up to date:"
+    console.out(
+        f"{verb} {image.tag} ({image.size_bytes / 1e6:.0f} MB, {image.seconds:.1f} s); "
+        f"run it with: docker run --network none {image.tag}"
+    )
+    return 0

@@ -1,0 +1,52 @@
+"""Whether Docker can run here, for the tests that need it (they skip, saying why, when not).
+
+``scripts/docker-up`` starts the daemon the way kit needs it (ARCHITECTURE §9)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from kit.cli.image import default_cache_dir, default_checkout
+from kit.deploy.image import BaseRecipe, BuiltImage, apply_image, plan_image
+
+
+@functools.cache
+def docker_missing() -> str | None:
+    """Why Docker cannot be used here, or None when a daemon answers."""
+    if shutil.which("docker") is None:
+        return "no docker CLI (run scripts/docker-up as root to install and start Docker)"
+    try:
+        done = subprocess.run(
+            ["docker", "version", "--format", "{{.Server.Version}}"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return "the Docker daemon did not answer `docker version` within 20 s"
+    if done.returncode != 0:
+        return f"no Docker daemon answers (run scripts/docker-up): {done.stderr.strip()[:200]}"
+    return None
+
+
+def need_docker() -> None:
+    """Skip the calling test, saying why, unless a Docker daemon answers."""
+    reason = docker_missing()
+    if reason:
+        pytest.skip(reason)
+
+
+@functools.cache
+def runtime_image() -> BuiltImage:
+    """kit's runtime image for this checkout, built if missing (the first time: ~2 min)."""
+    need_docker()
+    plan = plan_image(default_checkout(), default_cache_dir())
+    if not plan.steps[0].present and os.geteuid() != 0:
+        pytest.skip(f"the base image {BaseRecipe().tag} is missing and making it needs root")
+    return apply_image(plan)
