@@ -10,8 +10,9 @@ Three steps, each skipped when its result is already there:
    reachable where registries are not) with Debian's ``python3``, trimmed of apt's caches and
    docs, and ``docker import``-ed as ``kit-base:<suite>-<recipe key>``.
 2. **wheels** — every dependency of ``kit[runtime]`` as wheels, resolved once on this machine
-   with its Python (which must be the base's minor version) and cached by the requirement
-   set; ``lock.txt`` lists each wheel's sha256.
+   with its Python (which must be the base's minor version), pinned to the versions installed
+   in that Python's environment (``pip freeze``: what kit was tested with), and cached by
+   requirements and pins; ``lock.txt`` lists each wheel's sha256.
 3. **image** — kit's own wheel built from the checkout, then ``docker build --network none``
    of kit's Dockerfile (``kit/deploy/templates/Dockerfile``) on the base with those wheels.
 
@@ -119,6 +120,8 @@ class ImagePlan:
     requirements: tuple[str, ...]
     base: BaseRecipe
     wheelhouse: Path
+    constraints: tuple[str, ...]
+    """``name==version`` pins from the build Python's environment, applied to the wheels."""
     tag: str | None
     """The runtime image's tag; None while the base or the wheels are still to be made."""
     steps: tuple[Step, ...]
@@ -168,7 +171,8 @@ def plan_image(
     project = tomllib.loads(pyproject.read_text())["project"]
     version = str(project["version"])
     requirements = _runtime_requirements(project)
-    wheelhouse = cache_dir / f"wheels-{_wheelhouse_key(requirements, base, python)}"
+    constraints = _constraints(python)
+    wheelhouse = cache_dir / f"wheels-{_wheelhouse_key(requirements, constraints, base)}"
     digest = source_digest(checkout)
 
     base_id = _image_id(docker, base.tag)
@@ -189,7 +193,7 @@ def plan_image(
             StepKind.WHEELS,
             str(wheelhouse),
             wheels_present,
-            f"pip wheel {len(requirements)} requirements with {python}",
+            f"pip wheel {len(requirements)} requirements, pinned to {python}'s versions",
         ),
         Step(
             StepKind.IMAGE,
@@ -203,6 +207,7 @@ def plan_image(
         version=version,
         source_digest=digest,
         requirements=requirements,
+        constraints=constraints,
         base=base,
         wheelhouse=wheelhouse,
         tag=tag,
@@ -222,7 +227,9 @@ def apply_image(plan: ImagePlan, progress: Callable[[str], None] = lambda _: Non
     lock = plan.wheelhouse / "lock.txt"
     if not lock.is_file():
         progress(f"resolving kit[runtime]'s wheels into {plan.wheelhouse}")
-        _make_wheelhouse(plan.python, plan.requirements, plan.base, plan.wheelhouse)
+        _make_wheelhouse(
+            plan.python, plan.requirements, plan.constraints, plan.base, plan.wheelhouse
+        )
     tag = image_tag(plan.version, base_id, lock.read_bytes(), plan.source_digest)
     built = False
     if _image_id(plan.docker, tag) is None:
@@ -279,8 +286,27 @@ def _runtime_requirements(project: dict[str, object]) -> tuple[str, ...]:
     return tuple(sorted({str(d) for d in deps} | {str(d) for d in extras["runtime"]}))
 
 
-def _wheelhouse_key(requirements: Sequence[str], base: BaseRecipe, python: str) -> str:
-    text = json.dumps([list(requirements), base.python_version, os.uname().machine])
+def _constraints(python: str) -> tuple[str, ...]:
+    """The build Python's installed versions (``pip freeze``): the image gets the versions
+    kit was tested with here, not whatever PyPI has newest today."""
+    done = subprocess.run(
+        [python, "-m", "pip", "freeze", "--exclude-editable", "--disable-pip-version-check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise ImageError(f"pip freeze with {python} failed: {_tail(done.stderr)}")
+    pins = (line.strip() for line in done.stdout.splitlines())
+    return tuple(sorted(p for p in pins if "==" in p and not p.startswith(("-", "#"))))
+
+
+def _wheelhouse_key(
+    requirements: Sequence[str], constraints: Sequence[str], base: BaseRecipe
+) -> str:
+    text = json.dumps(
+        [list(requirements), list(constraints), base.python_version, os.uname().machine]
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -368,7 +394,11 @@ def _make_base(docker: str, base: BaseRecipe, cache_dir: Path) -> str:
 
 
 def _make_wheelhouse(
-    python: str, requirements: Sequence[str], base: BaseRecipe, wheelhouse: Path
+    python: str,
+    requirements: Sequence[str],
+    constraints: Sequence[str],
+    base: BaseRecipe,
+    wheelhouse: Path,
 ) -> None:
     have = subprocess.run(
         [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
@@ -385,9 +415,12 @@ def _make_wheelhouse(
     wheelhouse.parent.mkdir(parents=True, exist_ok=True)
     with _tempdir(wheelhouse.parent, "wheels-partial-") as partial:
         reqs = partial / "requirements.txt"
+        pins = partial / "constraints.txt"
         reqs.write_text("\n".join(requirements) + "\n")
-        _pip(python, "wheel", "--wheel-dir", str(partial), "-r", str(reqs))
+        pins.write_text("".join(f"{pin}\n" for pin in constraints))
+        _pip(python, "wheel", "--wheel-dir", str(partial), "-r", str(reqs), "-c", str(pins))
         reqs.unlink()
+        pins.unlink()
         lock = "".join(
             f"{hashlib.sha256(w.read_bytes()).hexdigest()}  {w.name}\n"
             for w in sorted(partial.glob("*.whl"))
