@@ -1,0 +1,228 @@
+"""A small client of the Docker Engine API over its unix socket: just what container
+sandboxes need (create, start, wait, inspect, kill, list by label, remove, stats).
+
+The API rather than the ``docker`` CLI: every call is one HTTP request with a JSON answer
+and a status code (no process per call, no parsing of human output, no CLI/daemon version
+skew), ``wait`` is one long-poll instead of a poller, and errors come back with Docker's
+own message, which is mapped here, once, to :class:`~kit.host.errors.SandboxError`
+(nothing above this module sees httpx).
+
+Networks are ``none`` or ``host`` only (ARCHITECTURE §9): a spec asking for anything else
+(the default bridge's 172.17.x addresses above all) is refused before Docker is called.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+
+from kit.host.errors import SandboxError
+
+DEFAULT_SOCKET = "/var/run/docker.sock"
+API_VERSION = "1.41"
+"""Docker 20.10's API; later daemons accept it too."""
+ALLOWED_NETWORKS = ("none", "host")
+
+Network = Literal["none", "host"]
+
+
+class DockerUnavailable(SandboxError):
+    """No Docker daemon answers on the socket."""
+
+
+@dataclass(frozen=True)
+class Bind:
+    """A host path mounted into the container at the same or another path."""
+
+    source: str
+    target: str
+    read_only: bool = False
+
+    def spec(self) -> str:
+        """Docker's ``source:target[:ro]`` form."""
+        return f"{self.source}:{self.target}" + (":ro" if self.read_only else "")
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """One container to create: image, command, user, mounts, limits and labels."""
+
+    image: str
+    name: str
+    user: str
+    labels: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    entrypoint: list[str] | None = None
+    cmd: list[str] | None = None
+    binds: tuple[Bind, ...] = ()
+    tmpfs: dict[str, str] = field(default_factory=dict)
+    """Container path → mount options, e.g. ``{"/tmp": "rw,nosuid,size=64m"}``."""
+    memory_bytes: int | None = None
+    """Memory limit; swap is held to the same figure (no swap on top)."""
+    nano_cpus: int | None = None
+    pids_limit: int | None = None
+    read_only_root: bool = True
+    network: Network = "none"
+    working_dir: str | None = None
+
+    def body(self) -> dict[str, Any]:
+        """The ``POST /containers/create`` request body."""
+        if self.network not in ALLOWED_NETWORKS:
+            raise SandboxError(
+                f"Container network {self.network!r} is not allowed: use 'none' (talk over "
+                "mounted unix sockets) or 'host' bound to 127.0.0.1 (ARCHITECTURE §9)."
+            )
+        host: dict[str, Any] = {
+            "NetworkMode": self.network,
+            "ReadonlyRootfs": self.read_only_root,
+            "Binds": [b.spec() for b in self.binds],
+            "Tmpfs": dict(self.tmpfs),
+            "CapDrop": ["ALL"],
+            "SecurityOpt": ["no-new-privileges"],
+            "Init": True,  # tini as PID 1: forwards signals, reaps the tools' orphans
+        }
+        if self.memory_bytes is not None:
+            host["Memory"] = self.memory_bytes
+            host["MemorySwap"] = self.memory_bytes
+        if self.nano_cpus is not None:
+            host["NanoCpus"] = self.nano_cpus
+        if self.pids_limit is not None:
+            host["PidsLimit"] = self.pids_limit
+        body: dict[str, Any] = {
+            "Image": self.image,
+            "User": self.user,
+            "Labels": dict(self.labels),
+            "Env": [f"{k}={v}" for k, v in self.env.items()],
+            "HostConfig": host,
+            "NetworkDisabled": self.network == "none",
+        }
+        if self.entrypoint is not None:
+            body["Entrypoint"] = self.entrypoint
+        if self.cmd is not None:
+            body["Cmd"] = self.cmd
+        if self.working_dir:
+            body["WorkingDir"] = self.working_dir
+        return body
+
+
+class DockerClient:
+    """Docker Engine API calls over the daemon's unix socket."""
+
+    def __init__(self, socket_path: str = DEFAULT_SOCKET, api_version: str = API_VERSION):
+        self.socket_path = socket_path
+        self._http = httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(uds=socket_path),
+            base_url=f"http://docker/v{api_version}",
+            timeout=httpx.Timeout(60.0),
+        )
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: Any = None,
+        timeout: float | None = 60.0,
+        ok: tuple[int, ...] = (200, 201, 204),
+    ) -> Any:
+        try:
+            response = await self._http.request(
+                method,
+                path,
+                params=params,
+                json=body,
+                timeout=httpx.Timeout(timeout),
+            )
+        except (httpx.ConnectError, FileNotFoundError) as exc:
+            raise DockerUnavailable(
+                f"No Docker daemon answers on {self.socket_path} ({exc}); start one with "
+                "scripts/docker-up (as root)."
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise SandboxError(f"Docker API {method} {path} failed: {exc!r}.") from exc
+        if response.status_code not in ok:
+            try:
+                message = response.json().get("message", response.text)
+            except ValueError:
+                message = response.text
+            raise SandboxError(
+                f"Docker refused {method} {path} ({response.status_code}): {message.strip()}"
+            )
+        if not response.content:
+            return None
+        return response.json()
+
+    async def version(self) -> dict[str, Any]:
+        """The daemon's version record (also the cheapest way to see it answers)."""
+        result: dict[str, Any] = await self._call("GET", "/version", timeout=10.0)
+        return result
+
+    async def create(self, spec: ContainerSpec) -> str:
+        """Create (not start) the container; its id."""
+        created = await self._call(
+            "POST", "/containers/create", params={"name": spec.name}, body=spec.body()
+        )
+        return str(created["Id"])
+
+    async def start(self, container: str) -> None:
+        """Start a created container."""
+        await self._call("POST", f"/containers/{container}/start", ok=(204, 304))
+
+    async def wait(self, container: str) -> int:
+        """Block until the container is not running; its exit code."""
+        done = await self._call(
+            "POST",
+            f"/containers/{container}/wait",
+            params={"condition": "not-running"},
+            timeout=None,
+        )
+        return int(done["StatusCode"])
+
+    async def inspect(self, container: str) -> dict[str, Any]:
+        """The container's full record (``State.OOMKilled``, ``State.ExitCode``, …)."""
+        result: dict[str, Any] = await self._call("GET", f"/containers/{container}/json")
+        return result
+
+    async def kill(self, container: str, signal: int) -> bool:
+        """Send ``signal`` to the container's processes; False when it was not running."""
+        try:
+            await self._call(
+                "POST", f"/containers/{container}/kill", params={"signal": str(signal)}
+            )
+        except SandboxError as exc:
+            if "is not running" in str(exc):
+                return False
+            raise
+        return True
+
+    async def remove(self, container: str) -> None:
+        """Remove the container (killing it first if it runs); absent is fine."""
+        await self._call(
+            "DELETE",
+            f"/containers/{container}",
+            params={"force": "true", "v": "true"},
+            ok=(204, 404),
+        )
+
+    async def list(self, labels: dict[str, str]) -> list[dict[str, Any]]:
+        """Every container (running or not) carrying all of ``labels``."""
+        filters = json.dumps({"label": [f"{k}={v}" for k, v in labels.items()]})
+        found: list[dict[str, Any]] = await self._call(
+            "GET", "/containers/json", params={"all": "true", "filters": filters}
+        )
+        return found
+
+    async def stats(self, container: str) -> dict[str, Any]:
+        """One resource sample (``memory_stats``, ``cpu_stats``), without streaming."""
+        result: dict[str, Any] = await self._call(
+            "GET", f"/containers/{container}/stats", params={"stream": "false"}
+        )
+        return result
