@@ -130,7 +130,7 @@ class DockerClient:
         *,
         params: dict[str, str] | None = None,
         body: Any = None,
-        timeout: float | None = 60.0,
+        limit_s: float | None = 60.0,
         ok: tuple[int, ...] = (200, 201, 204),
     ) -> Any:
         try:
@@ -139,7 +139,7 @@ class DockerClient:
                 path,
                 params=params,
                 json=body,
-                timeout=httpx.Timeout(timeout),
+                timeout=httpx.Timeout(limit_s),
             )
         except (httpx.ConnectError, FileNotFoundError) as exc:
             raise DockerUnavailable(
@@ -162,7 +162,7 @@ class DockerClient:
 
     async def version(self) -> dict[str, Any]:
         """The daemon's version record (also the cheapest way to see it answers)."""
-        result: dict[str, Any] = await self._call("GET", "/version", timeout=10.0)
+        result: dict[str, Any] = await self._call("GET", "/version", limit_s=10.0)
         return result
 
     async def create(self, spec: ContainerSpec) -> str:
@@ -182,7 +182,7 @@ class DockerClient:
             "POST",
             f"/containers/{container}/wait",
             params={"condition": "not-running"},
-            timeout=None,
+            limit_s=None,
         )
         return int(done["StatusCode"])
 
