@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import pwd
@@ -56,21 +55,27 @@ from emulator.sandbox.limits import (
     rlimits_for,
     tree_bytes,
 )
+from emulator.sandbox.rehearsal import Rehearsable
 from emulator.sandbox.zygote import Zygote
+from kit.bundle.build import MANIFEST
 from kit.host.errors import SandboxError
+from kit.host.runtime_client import RuntimeClient, wait_ready
 from kit.host.sandbox import (
     ExitInfo,
     Sandbox,
     SandboxProvider,
     SandboxSpec,
     SandboxState,
+    SandboxView,
     Usage,
     exit_code_of,
     reason_of,
+    runtime_config,
+    store_folder,
 )
 from kit.ids import SandboxId, SessionId, is_session_id
 from kit.private import DIR_MODE, open_private, private_folder, tighten
-from kit.runtime.config import STORE_DEADLINE_S, STORE_RETRY_S, RuntimeConfig
+from kit.protocol.runtime_config import CONFIG_ENV, GATE_ENV, STORE_DEADLINE_S, STORE_RETRY_S
 from kit.runtime.jail import Jail
 from kit.tiers import get_tier
 
@@ -88,12 +93,14 @@ LIFETIME_GRACE_S = 5.0
 CLOSE_WAIT_S = 5.0
 DISK_CHECK_S = 2.0
 """How often a running sandbox's workspace is measured against its tier's disk."""
+CONFIG_FILE = "config.json"
+"""The runtime's config file in its run folder (it deletes it once read)."""
 OOM_NOW_WAIT_S = 2.0
 """After :meth:`LocalSandboxProvider.oom` squeezes the limit: how long the kernel gets to
 OOM-kill before the provider kills the sandbox itself (an idle runtime allocates nothing)."""
 
 
-class LocalSandbox(Sandbox):
+class LocalSandbox(Sandbox, Rehearsable):
     """A runtime process group on this machine."""
 
     def __init__(
@@ -228,6 +235,10 @@ class LocalSandbox(Sandbox):
     def state(self) -> SandboxState:
         return SandboxState.EXITED if self._exit else SandboxState.RUNNING
 
+    def alive(self) -> bool:
+        """Whether the runtime process has not exited yet."""
+        return not self._waiter.done()
+
     async def _reap(self) -> ExitInfo:
         code = exit_code_of(await self._wait_returncode())
         # The runtime is gone; take everything left in its group with it (its CLI, a Bash
@@ -287,6 +298,7 @@ class LocalSandboxProvider(SandboxProvider):
         self,
         root: Path,
         *,
+        bundles: Path | None = None,
         python: str = sys.executable,
         run_root: Path | None = None,
         user: str | None = DEFAULT_USER,
@@ -302,6 +314,9 @@ class LocalSandboxProvider(SandboxProvider):
         isolation: str = "auto",
     ) -> None:
         self.root = root
+        self.bundles = bundles or root.parent / "bundles"
+        """The bundle store: each bundle in a folder named by its digest (kit.bundle);
+        by default beside ``root``, where ``kit dev`` builds them."""
         # Passed to every runtime: e.g. the credentials of an s3:// transcript store.
         self.env = dict(env or {})
         self.store_retry_s = store_retry_s
@@ -453,7 +468,8 @@ class LocalSandboxProvider(SandboxProvider):
                 f"tier's {limits.disk_bytes / 1e9:g} GB of disk; delete files from it or pick a "
                 "larger tier (kit.toml [sandbox] tier)."
             )
-        for needed in (spec.bundle_dir, self.root) if not self._bound_by_root() else ():
+        bundle_dir = self.bundle_dir(spec.bundle_digest)
+        for needed in (bundle_dir, self.root) if not self._bound_by_root() else ():
             blocked = self.unreachable(needed)
             if blocked is not None:
                 raise SandboxError(
@@ -475,27 +491,24 @@ class LocalSandboxProvider(SandboxProvider):
         for names in ((), ("workspace",), ("home",), ("home", ".claude"), ("tmp",)):
             self._own(self.root, spec.session_id, *names)
         self._own(self.run_root, dirs["run"].name)
-        for path in spec.writable:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._own(path.parent, path.name)
+        store = store_folder(spec.store_url)
+        if store is not None:
+            store.parent.mkdir(parents=True, exist_ok=True)
+            self._own(store.parent, store.name)
         sock = dirs["run"] / "runtime.sock"
-        config = RuntimeConfig(
-            session_id=spec.session_id,
-            bundle_dir=spec.bundle_dir,
-            workspace=dirs["workspace"],
-            home=dirs["home"],
-            tmp_dir=dirs["tmp"],
-            store_url=spec.store_url,
+        # The local provider's sandboxes see the host's paths (bound at the same places).
+        view = SandboxView(
+            bundle_dir=str(bundle_dir),
+            workspace=str(dirs["workspace"]),
+            home=str(dirs["home"]),
+            tmp_dir=str(dirs["tmp"]),
             listen=f"unix:{sock}",
-            model_base_url=spec.model.base_url,
-            model_unix_socket=spec.model.unix_socket,
-            model_token=spec.model.token,
-            runtime_token=spec.runtime_token,
-            store_retry_s=self.store_retry_s,
-            store_deadline_s=self.store_deadline_s,
-            egress_unix_socket=spec.egress.unix_socket if spec.egress else None,
-            egress_token=spec.egress.token if spec.egress else None,
         )
+        config = runtime_config(
+            spec, view, store_retry_s=self.store_retry_s, store_deadline_s=self.store_deadline_s
+        )
+        config_path = dirs["run"] / CONFIG_FILE
+        self._write_config(config_path, config.to_json())
         env = {
             **self.env,
             "PATH": _SAFE_PATH,
@@ -504,15 +517,17 @@ class LocalSandboxProvider(SandboxProvider):
             "LANG": "C.UTF-8",
             "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
+            CONFIG_ENV: str(config_path),
+            GATE_ENV: "stdin",
         }
         log_path = self.log_path(spec.session_id)
         jail = None
         if self.isolation:
-            sockets = [s.unix_socket for s in (spec.model, spec.egress) if s and s.unix_socket]
+            sockets = [e.unix_path for e in (spec.model, spec.egress) if e and e.unix_path]
             jail = sandbox_view(
                 python=self.python,
-                readable=[spec.bundle_dir, *sockets],
-                writable=[*dirs.values(), *spec.writable],
+                readable=[bundle_dir, *sockets],
+                writable=[*dirs.values(), *([store] if store is not None else [])],
                 uid=self.uid,
                 gid=self.gid,
             )
@@ -523,12 +538,13 @@ class LocalSandboxProvider(SandboxProvider):
             else None
         )
         try:
-            pid, wait, stdout, write_stdin = await self._launch(
+            pid, wait, open_gate = await self._launch(
                 dirs["workspace"], env, log_path, jail, cgroup
             )
         except OSError as exc:
             if cgroup is not None:
                 await cgroup.remove()
+            config_path.unlink(missing_ok=True)
             raise SandboxError(self._cannot_run(str(exc.strerror or exc))) from exc
         sandbox = LocalSandbox(
             spec,
@@ -542,8 +558,8 @@ class LocalSandboxProvider(SandboxProvider):
             workspace=dirs["workspace"],
             max_lifetime_s=self.max_lifetime_s,
         )
-        # The runtime waits for its config before it runs anything of the agent's: confine
-        # it first, so the SDK's CLI and every tool start inside the tier's limits.
+        # The runtime waits for the go before it runs anything of the agent's: confine it
+        # first, so the SDK's CLI and every tool start inside the tier's limits.
         try:
             if cgroup is not None:
                 cgroup.add(pid)
@@ -558,12 +574,14 @@ class LocalSandboxProvider(SandboxProvider):
         except OSError as exc:
             await sandbox.kill()
             await sandbox.wait()
+            config_path.unlink(missing_ok=True)
             raise SandboxError(f"Could not apply the tier's limits to the sandbox: {exc}.") from exc
         self.running[spec.session_id] = sandbox
         sandbox.on_exit(lambda: self._forget(sandbox))
-        write_stdin(config.to_json().encode() + b"\n")
+        open_gate()
+        client = RuntimeClient(sandbox.endpoint, spec.runtime_token)
         try:
-            ready = await asyncio.wait_for(_ready_line(stdout), self.start_timeout_s)
+            ready = await wait_ready(client, sandbox.alive, self.start_timeout_s)
         except TimeoutError:
             await sandbox.kill()
             await sandbox.wait()
@@ -571,6 +589,8 @@ class LocalSandboxProvider(SandboxProvider):
                 f"The sandbox for session {spec.session_id} did not get ready in "
                 f"{self.start_timeout_s:.0f} s; see {log_path}."
             ) from None
+        finally:
+            config_path.unlink(missing_ok=True)  # read and deleted by the runtime, normally
         if ready is None:
             info = await sandbox.wait()
             last = _tail(log_path, 1)
@@ -585,6 +605,43 @@ class LocalSandboxProvider(SandboxProvider):
             cgroup.throttle(limits)
         sandbox.guard()
         return sandbox
+
+    def _write_config(self, path: Path, text: str) -> None:
+        """The runtime's config file: 0600, the sandbox user's (who reads and deletes it)."""
+        path.unlink(missing_ok=True)
+        fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            os.write(fd, text.encode())
+            if self.uid is not None and self.gid is not None:
+                os.fchown(fd, self.uid, self.gid)
+        finally:
+            os.close(fd)
+
+    def bundle_dir(self, digest: str) -> Path:
+        """Where the bundle ``digest`` is on this machine (SandboxError if it is not)."""
+        path = self.bundles / digest[:32]
+        if not (path / MANIFEST).is_file():
+            raise SandboxError(
+                f"Bundle {digest[:12]}… is not in {self.bundles}; build it first (kit dev "
+                "builds the project's bundle at start and on every save)."
+            )
+        return path
+
+    async def find(self, session_id: SessionId) -> LocalSandbox | None:
+        """The session's running sandbox. A killed host's sandboxes die with it (their
+        fork server and unforked runtimes watch their parent), so only this host's run."""
+        sandbox = self.running.get(session_id)
+        return sandbox if sandbox is not None and sandbox.alive() else None
+
+    async def reap(self, keep: Callable[[SessionId], bool]) -> list[SandboxId]:
+        """Kill the running sandboxes whose session ``keep`` rejects."""
+        reaped = []
+        for session_id, sandbox in list(self.running.items()):
+            if not keep(session_id):
+                await sandbox.kill(signal.SIGKILL, reason="orphan")
+                await sandbox.wait()
+                reaped.append(sandbox.id)
+        return reaped
 
     def _forget(self, sandbox: LocalSandbox) -> None:
         if self.running.get(sandbox.session_id) is sandbox:
@@ -631,8 +688,9 @@ class LocalSandboxProvider(SandboxProvider):
         log_path: Path,
         jail: Jail | None,
         cgroup: SandboxCgroup | None,
-    ) -> tuple[int, Callable[[], Awaitable[int]], asyncio.StreamReader, Callable[[bytes], None]]:
-        """A runtime process: forked by the fork server when it runs, else spawned fresh."""
+    ) -> tuple[int, Callable[[], Awaitable[int]], Callable[[], None]]:
+        """A runtime process (forked by the fork server when it runs, else spawned fresh),
+        how to wait for it, and how to tell it go (``KIT_RUNTIME_GATE``)."""
         zygote = await self._ensure_zygote(env) if self.fork_server else None
         if zygote is not None:
             child = await zygote.spawn(
@@ -641,7 +699,7 @@ class LocalSandboxProvider(SandboxProvider):
                 log_path,
                 jail.to_json() if jail is not None and self.isolation == "native" else None,
             )
-            return child.pid, child.wait, child.stdout, child.write_stdin
+            return child.pid, child.wait, child.open_gate
         if jail is not None and self.isolation == "native":
             # The fork server failed to start: bubblewrap, if it works here. Never fall back
             # to no isolation once it was chosen: that is only ever the user's own choice.
@@ -662,14 +720,13 @@ class LocalSandboxProvider(SandboxProvider):
                 cwd, {**env, "KIT_DIE_WITH_PARENT": str(os.getpid())}, log_path
             )
         assert proc.stdin is not None
-        assert proc.stdout is not None
         stdin = proc.stdin
 
-        def write(data: bytes) -> None:
-            stdin.write(data)
+        def open_gate() -> None:
+            stdin.write(b"go\n")
             stdin.close()
 
-        return proc.pid, proc.wait, proc.stdout, write
+        return proc.pid, proc.wait, open_gate
 
     async def _ensure_zygote(self, env: dict[str, str]) -> Zygote | None:
         async with self._zygote_lock:
@@ -770,7 +827,7 @@ class LocalSandboxProvider(SandboxProvider):
                 "-m",
                 "kit.runtime",
                 stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
+                stdout=log_file,
                 stderr=log_file,
                 cwd=cwd,
                 env=env,
@@ -840,18 +897,6 @@ def live_group_members(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] != b"Z":
             members.append(int(entry.name))
     return members
-
-
-async def _ready_line(stdout: asyncio.StreamReader) -> dict[str, object] | None:
-    """The runtime's ``{"ready": true, ...}`` line (after its ``imported`` line); None at EOF."""
-    for _ in range(4):
-        line = await stdout.readline()
-        if not line:
-            return None
-        message: dict[str, object] = json.loads(line)
-        if message.get("ready"):
-            return message
-    return None
 
 
 def short_run_dir(root: Path, passage_for: int | None = None) -> Path:

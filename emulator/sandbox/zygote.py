@@ -1,7 +1,7 @@
 """The host side of the runtime fork server (:mod:`kit.runtime.zygote`).
 
 One zygote per provider, started as the sandbox user with a ``SOCK_SEQPACKET`` control
-socket. :meth:`Zygote.spawn` creates the child's pipes, sends their child ends with the
+socket. :meth:`Zygote.spawn` creates the child's stdin pipe, sends its child end and the log with the
 request (``SCM_RIGHTS``) and returns a :class:`ZygoteChild` whose exit code the zygote
 reports when it reaps the child.
 """
@@ -26,17 +26,16 @@ from kit.private import open_private
 
 @dataclass
 class ZygoteChild:
-    """A runtime forked by the zygote: its pid (= its process group), stdout, exit code."""
+    """A runtime forked by the zygote: its pid (= its process group) and exit code."""
 
     pid: int
-    stdout: asyncio.StreamReader
     _stdin_fd: int
     _exited: asyncio.Future[int] = field(repr=False)
 
-    def write_stdin(self, data: bytes) -> None:
-        """Hand the child its config (one line), then close its stdin."""
+    def open_gate(self) -> None:
+        """Tell the child go (``KIT_RUNTIME_GATE``: one line on its stdin), then close it."""
         try:
-            os.write(self._stdin_fd, data)
+            os.write(self._stdin_fd, b"go\n")
         finally:
             os.close(self._stdin_fd)
 
@@ -105,8 +104,7 @@ class Zygote:
             raise SandboxError("The runtime fork server is not running.")
         loop = asyncio.get_running_loop()
         in_r, in_w = os.pipe()
-        out_r, out_w = os.pipe()
-        # Never through a link, never blocking on a FIFO (open_private).
+        # Never through a link, never blocking on a FIFO (open_private). stdout goes there too.
         err = open_private(log_path)
         ident = next(self._ids)
         spawned: asyncio.Future[int] = loop.create_future()
@@ -115,24 +113,19 @@ class Zygote:
             request = json.dumps(
                 {"spawn": ident, "cwd": str(cwd), "env": env, "jail": jail}
             ).encode()
-            socket.send_fds(self._sock, [request], [in_r, out_w, err])
+            socket.send_fds(self._sock, [request], [in_r, err, err])
         finally:
-            for fd in (in_r, out_w, err):
+            for fd in (in_r, err):
                 os.close(fd)
         try:
             pid = await asyncio.wait_for(spawned, 10)
         except TimeoutError:
             os.close(in_w)
-            os.close(out_r)
             raise SandboxError("The runtime fork server did not answer a spawn request.") from None
         exited = self._exits.setdefault(pid, loop.create_future())
         if pid in self._early_exits and not exited.done():
             exited.set_result(self._early_exits.pop(pid))
-        reader = asyncio.StreamReader(limit=2**20)
-        await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(out_r, "rb", 0)
-        )
-        return ZygoteChild(pid, reader, in_w, exited)
+        return ZygoteChild(pid, in_w, exited)
 
     async def _read_reports(self) -> None:
         assert self._sock is not None

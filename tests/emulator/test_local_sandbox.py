@@ -18,7 +18,7 @@ from emulator.sandbox import LocalSandboxProvider
 from kit.bundle import Bundle, build_bundle, load_project
 from kit.cli.settings import EXAMPLE_PROJECT
 from kit.host.errors import SandboxError
-from kit.host.sandbox import ModelAccess, SandboxSpec
+from kit.host.sandbox import Endpoint, SandboxSpec
 from kit.ids import new_session_id
 from tests.agents import pids_under
 from tests.test_private import _deadline
@@ -35,7 +35,9 @@ async def provider(
     kit_tmp: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[LocalSandboxProvider]:
     """A provider forking sandboxes from its fork server, or spawning each one fresh."""
-    p = LocalSandboxProvider(kit_tmp / "sandboxes", fork_server=request.param)
+    p = LocalSandboxProvider(
+        kit_tmp / "sandboxes", bundles=kit_tmp / "bundles", fork_server=request.param
+    )
     yield p
     await p.close()
 
@@ -72,9 +74,9 @@ def _spec(bundle: Bundle) -> SandboxSpec:
     return SandboxSpec(
         session_id=new_session_id(),
         tier="basic",
-        bundle_dir=bundle.path,
+        bundle_digest=bundle.digest,
         store_url="memory://",
-        model=ModelAccess("http://localhost", None, "kit-model-test"),
+        model=Endpoint("http://localhost", "kit-model-test"),
         runtime_token="rt",
         idle_timeout_s=60,
     )
@@ -127,10 +129,13 @@ async def test_unreachable_folder_is_named_unless_bound_in(
     refused up front, naming that folder."""
     inner = build_bundle(load_project(EXAMPLE_PROJECT), hidden / "bundles")
     assert provider.isolation in ("native", "bwrap"), provider.unisolated
+    provider.bundles = hidden / "bundles"
     sandbox = await provider.start(_spec(inner))
     info = await sandbox.stop()
     assert info.exit_code == 143
-    unconfined = LocalSandboxProvider(kit_tmp / "off", fork_server=False, isolation="off")
+    unconfined = LocalSandboxProvider(
+        kit_tmp / "off", bundles=hidden / "bundles", fork_server=False, isolation="off"
+    )
     try:
         with pytest.raises(SandboxError, match=f"cannot enter {hidden}"):
             await unconfined.start(_spec(inner))
@@ -193,7 +198,7 @@ async def test_a_runtime_killed_alone_inside_its_namespace_reports_137(
     """SIGKILL to the runtime only (pid 2 of the sandbox's namespace, not the group): the
     exit is relayed out through pid 1 and the host's child as 137 'killed', and nothing of
     the sandbox is left."""
-    provider = LocalSandboxProvider(kit_tmp / "sandboxes")
+    provider = LocalSandboxProvider(kit_tmp / "sandboxes", bundles=kit_tmp / "bundles")
     try:
         assert provider.isolation == "native"
         spec = _spec(bundle)
@@ -214,7 +219,7 @@ async def test_isolation_never_falls_back_to_none(
 ) -> None:
     """Isolation was chosen, then the fork server is down and bubblewrap is gone: the
     sandbox is refused with a message naming the way out, not started unconfined."""
-    provider = LocalSandboxProvider(kit_tmp / "sandboxes")
+    provider = LocalSandboxProvider(kit_tmp / "sandboxes", bundles=kit_tmp / "bundles")
     try:
         assert provider.isolation == "native"
 
@@ -259,7 +264,9 @@ async def test_root_follows_no_link_swapped_in_mid_path(
     """The sandbox user swaps its home for a link to another folder right after root gave
     it the home (a rename race, made deterministic here by doing it inside root's chmod):
     root makes or chowns nothing in the other folder (it refuses the link)."""
-    provider = LocalSandboxProvider(kit_tmp / "sandboxes", fork_server=False, isolation="off")
+    provider = LocalSandboxProvider(
+        kit_tmp / "sandboxes", bundles=kit_tmp / "bundles", fork_server=False, isolation="off"
+    )
     victim = kit_tmp / "victim"
     victim.mkdir(mode=0o755)
     spec = _spec(bundle)

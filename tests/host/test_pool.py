@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from kit.host.launch import Release, SessionEnv
@@ -57,16 +58,27 @@ class FakeProvider(SandboxProvider):
             asyncio.get_running_loop().call_soon(sandbox.die, "oom")
         return sandbox
 
+    async def find(self, session_id: SessionId) -> FakeSandbox | None:
+        return next(
+            (
+                s
+                for s in self.started
+                if s.session_id == session_id and s.state is not SandboxState.EXITED
+            ),
+            None,
+        )
+
+    async def reap(self, keep: Callable[[SessionId], bool]) -> list[SandboxId]:
+        return []
+
 
 def env_for(provider: SandboxProvider, grace_s: float = 30.0) -> SessionEnv:
     return SessionEnv(
         provider=provider,
         issue_model_token=lambda sid, limits: f"model-{sid}",
         revoke_model_token=lambda token: None,
-        model_base_url="http://localhost",
-        model_unix_socket=None,
+        model_endpoint="http://localhost",
         store_url=lambda sid: "memory://",
-        writable=lambda sid: (),
         release=lambda: RELEASE,
         grace_s=grace_s,
     )
