@@ -227,7 +227,7 @@ async def test_isolation_never_falls_back_to_none(
         async def no_fork_server(env: dict[str, str]) -> None:
             return None
 
-        monkeypatch.setattr(provider, "_ensure_zygote", no_fork_server)
+        monkeypatch.setattr(provider, "_ensure_fork_server", no_fork_server)
         monkeypatch.setattr("emulator.sandbox.isolation.shutil.which", lambda name: None)
         spec = _spec(bundle)
         with pytest.raises(SandboxError, match="refusing to start an unisolated sandbox"):
@@ -316,10 +316,10 @@ async def test_a_bundle_that_is_not_the_one_named_is_refused(
     folder's name): the runtime refuses to run it, and the start fails saying why."""
     forged = bundle.digest[:32] + "0" * (len(bundle.digest) - 32)
     spec = dataclasses.replace(_spec(bundle), bundle_digest=forged)
-    with pytest.raises(SandboxError, match="not the .* the sandbox was started for"):
+    with pytest.raises(SandboxError, match=r"not the .* the sandbox was started for"):
         await provider.start(spec)
     missing = dataclasses.replace(_spec(bundle), bundle_digest="f" * 64)
-    with pytest.raises(SandboxError, match="is not in .*; build it first"):
+    with pytest.raises(SandboxError, match=r"is not in .*; build it first"):
         await provider.start(missing)
 
 

@@ -67,9 +67,14 @@ def test_a_container_view_maps_mounted_paths() -> None:
 def test_tcp_endpoints_pass_through() -> None:
     """A sandbox on another machine reaches the proxies over TCP: the URLs go as they are,
     and a network store has no host folder."""
-    spec = _spec("http://gateway.internal:9000", "http://gateway.internal:9001", "s3://bucket/prefix")
+    spec = _spec(
+        "http://gateway.internal:9000", "http://gateway.internal:9001", "s3://bucket/prefix"
+    )
     config = runtime_config(spec, SandboxView("/b", "/w", "/h", "/t", "tcp:0.0.0.0:8080"))
-    assert (config.model_base_url, config.model_unix_socket) == ("http://gateway.internal:9000", None)
+    assert (config.model_base_url, config.model_unix_socket) == (
+        "http://gateway.internal:9000",
+        None,
+    )
     assert config.egress_url == "http://gateway.internal:9001"
     assert config.store_url == "s3://bucket/prefix"
     assert store_folder(config.store_url) is None
