@@ -9,9 +9,10 @@ Needs Docker (``scripts/docker-up``) and root (the base image is made with deboo
 - **build**: ``cold`` (``--cold``: no base image, no cached wheels; pip's own HTTP cache may be
   warm), ``source change`` (base and wheels cached, kit's wheel and the image rebuilt) and
   ``no change`` (the tag exists: planned and skipped).
-- **start**: ``docker run`` of the image (``--network none``, read-only root, no CPU limit, as
-  ``bench/sandbox_start.py`` gives its sandboxes ``standard-4``), the config written on stdin,
-  until the runtime's ready line (the runtime imported, its CLI booted, the agent ready).
+- **start**: ``docker run -d`` of the image (``--network none``, read-only root, no CPU limit,
+  as ``bench/sandbox_start.py`` gives its sandboxes ``standard-4``), its config in a mounted
+  file (``KIT_RUNTIME_CONFIG``), until its health probe says ready (the runtime imported,
+  its CLI booted, the agent ready).
 - **tiers**: one container per tier with the tier's memory (no swap), CPUs and a pids limit;
   the runtime starts, then runs one real turn of ``skills/support-bot`` (a Skill and a Bash
   tool call) against the offline model served on a unix socket mounted into the container.
@@ -44,9 +45,10 @@ from kit.bundle import Bundle, build_bundle, load_project
 from kit.cli.image import default_cache_dir, default_checkout
 from kit.cli.settings import EXAMPLE_PROJECT
 from kit.deploy.image import BaseRecipe, apply_image, plan_image, source_files
+from kit.host.runtime_client import RuntimeClient, wait_ready
 from kit.ids import new_session_id
-from kit.protocol.sandbox import TURNS_PATH, RuntimeEvent, TurnRequest
-from kit.runtime.config import RuntimeConfig
+from kit.protocol.runtime_api import TURNS_PATH, RuntimeEvent, TurnRequest
+from kit.protocol.runtime_config import CONFIG_ENV, RuntimeConfig
 from kit.tiers import get_tier
 
 UID = 10001
@@ -58,7 +60,8 @@ TURN_TEXT = "Can I still return order 1042?"
 class Run:
     """One container's figures."""
 
-    imported_ms: float
+    started_ms: float
+    """Until ``docker run -d`` returned: the container is running."""
     ready_ms: float | None
     turn_ms: float | None
     charge_bytes: int
@@ -156,6 +159,9 @@ async def run_container(
         model_token=model[1] if model else "bench",
         runtime_token="bench",
     )
+    config_path = dirs["run"] / "config.json"
+    config_path.write_text(config.to_json())
+    os.chown(config_path, UID, UID)
     mounts = [f"{bundle.path}:{bundle.path}:ro"] + [f"{p}:{p}" for p in dirs.values()]
     if model:
         mounts.append(f"{model[0]}:{model[0]}")
@@ -164,65 +170,54 @@ async def run_container(
         t = get_tier(tier)
         memory = f"{t.memory_mib}m"
         limits += ["--memory", memory, "--memory-swap", memory, "--cpus", f"{t.vcpu:g}"]
-    cidfile = work / sid / "cid"
     name = f"kit-bench-{sid[:13]}"
-    argv = ["docker", "run", "-i", "--name", name, "--cidfile", str(cidfile), "--network", "none"]
+    argv = [
+        "docker",
+        "run",
+        "-d",
+        "-e",
+        f"{CONFIG_ENV}={config_path}",
+        "--name",
+        name,
+        "--network",
+        "none",
+    ]
     argv += ["--read-only", "--tmpfs", "/tmp", "--user", f"{UID}:{UID}", "--label", "kit.bench=1"]
     argv += [arg for m in mounts for arg in ("-v", m)] + limits + [image]
     began = time.perf_counter()
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    proc.stdin.write(config.to_json().encode() + b"\n")
-    await proc.stdin.drain()
-    proc.stdin.close()
-    imported = ready = turn = None
+    cid = await _docker(*argv[1:])
+    started = (time.perf_counter() - began) * 1000
+    ready = turn = None
     resident, outcome = 0, "timeout"
-    sampler: asyncio.Task[None] | None = None
     peak = [0]
 
-    async def sample(cid: str) -> None:
+    async def sample() -> None:
         for _ in range(int(timeout_s / 0.02)):
             peak[0] = max(peak[0], _resident(cid))
             await asyncio.sleep(0.02)
 
+    sampler = asyncio.create_task(sample())
     try:
-        async with asyncio.timeout(timeout_s):
-            while ready is None:
-                line = await proc.stdout.readline()
-                if not line:
-                    outcome = "exited before ready"
-                    break
-                now = (time.perf_counter() - began) * 1000
-                if b'"imported"' in line:
-                    imported = now
-                    sampler = asyncio.create_task(sample(cidfile.read_text().strip()))
-                elif b'"ready"' in line:
-                    ready, outcome = now, "ready"
-            if ready is not None and model:
-                turn, outcome = await _one_turn(sock)
+        health = await wait_ready(RuntimeClient(f"unix:{sock}", "bench"), lambda: True, timeout_s)
+        if health is None:
+            outcome = "exited before ready"
+        else:
+            ready, outcome = (time.perf_counter() - began) * 1000, "ready"
+            if model:
+                async with asyncio.timeout(timeout_s):
+                    turn, outcome = await _one_turn(sock)
     except TimeoutError:
         pass
     finally:
-        cid = cidfile.read_text().strip() if cidfile.exists() else ""
         charge_file = _cgroup_file(cid, "memory.max_usage_in_bytes", "memory.peak") if cid else None
         charge = int(charge_file.read_text()) if charge_file else 0
-        if sampler:
-            sampler.cancel()
-            resident = peak[0]
+        sampler.cancel()
+        resident = peak[0]
         await _docker("kill", name)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(30):
-                await proc.wait()
         if await _docker("inspect", "--format", "{{.State.OOMKilled}}", name) == "true":
             outcome = "OOM-killed"
         await _docker("rm", "-f", name)
-    return Run(imported or 0.0, ready, turn, charge, resident, outcome)
+    return Run(started, ready, turn, charge, resident, outcome)
 
 
 async def _docker(*args: str) -> str:
@@ -279,10 +274,10 @@ async def main() -> None:
                 for _ in range(args.starts)
             ]
             ready = [r.ready_ms for r in runs if r.ready_ms is not None]
-            imported = [r.imported_ms for r in runs]
+            started = [r.started_ms for r in runs]
             print(f"\ncontainer start, ms; {args.starts} starts ({len(ready)} ready)")
             print("| to | p50 | p95 | mean |\n|---|---|---|---|")
-            for label, values in (("runtime imported", imported), ("runtime ready", ready)):
+            for label, values in (("container started", started), ("runtime ready", ready)):
                 if values:
                     print(
                         f"| {label} | {statistics.median(values):.0f} | "

@@ -226,3 +226,28 @@ class DockerClient:
             "GET", f"/containers/{container}/stats", params={"stream": "false"}
         )
         return result
+
+    async def logs(self, container: str, tail: int = 20) -> str:
+        """The container's last ``tail`` lines of stdout and stderr, as text."""
+        try:
+            response = await self._http.get(
+                f"/containers/{container}/logs",
+                params={"stdout": "true", "stderr": "true", "tail": str(tail)},
+            )
+        except httpx.HTTPError:
+            return ""
+        if response.status_code != 200:
+            return ""
+        return _demux(response.content).decode(errors="replace").strip()
+
+
+def _demux(raw: bytes) -> bytes:
+    """Docker's multiplexed log stream (8-byte frame headers, no TTY) as plain bytes."""
+    out, at = bytearray(), 0
+    for _ in range(len(raw) // 8 + 1):
+        if at + 8 > len(raw):
+            break
+        size = int.from_bytes(raw[at + 4 : at + 8], "big")
+        out += raw[at + 8 : at + 8 + size]
+        at += 8 + size
+    return bytes(out)
