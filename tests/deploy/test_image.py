@@ -112,12 +112,10 @@ def test_the_image_runs_the_runtime_as_a_non_root_user_without_network() -> None
     assert "Claude Code" in facts["cli"]
     assert facts["curl"] is None  # no network tools
     assert facts["pip"] is None  # nothing to install with at run time
-    # The entrypoint is the runtime: it reports its imports, then waits for its config.
-    started = subprocess.run(
-        [*run, "-i", image.tag], input="", capture_output=True, text=True, timeout=120
-    )
-    assert started.stdout.splitlines()[0] == '{"imported": true}'
-    assert started.returncode != 0  # no config on stdin: it refuses to start
+    # The entrypoint is the runtime: without its config file it refuses to start, naming it.
+    started = subprocess.run([*run, image.tag], capture_output=True, text=True, timeout=120)
+    assert started.returncode == 2
+    assert "KIT_RUNTIME_CONFIG is not set" in started.stderr
 
 
 @pytest.mark.slow
