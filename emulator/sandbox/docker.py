@@ -31,6 +31,7 @@ from typing import Any
 
 from emulator.sandbox.dockerapi import Bind, ContainerSpec, DockerClient
 from emulator.sandbox.folders import own_folders, short_run_dir, write_owned
+from emulator.sandbox.rehearsal import Rehearsable
 from kit.bundle import MANIFEST
 from kit.host.errors import SandboxError
 from kit.host.runtime_client import RuntimeClient, wait_ready
@@ -69,7 +70,11 @@ RUN, BUNDLES, WORKSPACE, HOME, STORE, PROXIES = (
 LABEL_SESSION, LABEL_HOST, LABEL_SANDBOX = "kit.session", "kit.host", "kit.sandbox"
 
 
-class DockerSandbox(Sandbox):
+OOM_NOW_WAIT_S = 3.0
+"""How long :meth:`DockerSandbox.oom` lets the kernel act before it kills the container."""
+
+
+class DockerSandbox(Sandbox, Rehearsable):
     """One runtime container."""
 
     def __init__(
@@ -118,6 +123,22 @@ class DockerSandbox(Sandbox):
             self._reason = reason
         if self.alive():
             await self._client.kill(self.container, int(sig))
+
+    async def oom(self) -> None:
+        """Run the container out of memory now (``kit sandbox oom``): its limit is lowered to
+        what it uses, so its next allocation is OOM-killed; an idle runtime allocates
+        nothing (or the kernel refuses the lower limit), so after :data:`OOM_NOW_WAIT_S` it
+        is killed directly, with the same report (exit 137, reason ``oom``)."""
+        if not self.alive():
+            return
+        with contextlib.suppress(SandboxError):
+            memory = (await self._client.stats(self.container)).get("memory_stats") or {}
+            await self._client.update_memory(self.container, int(memory.get("usage", 0)) + 2**20)
+        try:
+            await asyncio.wait_for(self.wait(), OOM_NOW_WAIT_S)
+        except TimeoutError:
+            await self.kill(signal.SIGKILL, reason="oom")
+            await self.wait()
 
     async def usage(self) -> Usage | None:
         try:

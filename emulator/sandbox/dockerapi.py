@@ -220,6 +220,14 @@ class DockerClient:
         )
         return found
 
+    async def update_memory(self, container: str, memory_bytes: int) -> None:
+        """Change the container's memory limit (swap held to it) while it runs."""
+        await self._call(
+            "POST",
+            f"/containers/{container}/update",
+            body={"Memory": memory_bytes, "MemorySwap": memory_bytes},
+        )
+
     async def stats(self, container: str) -> dict[str, Any]:
         """One resource sample (``memory_stats``, ``cpu_stats``), without streaming."""
         result: dict[str, Any] = await self._call(

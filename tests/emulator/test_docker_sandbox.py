@@ -121,3 +121,14 @@ async def test_a_killed_container_reports_killed(world: World) -> None:
     await sandbox.kill()
     info = await sandbox.wait()
     assert (info.exit_code, info.reason) == (137, "killed")
+
+
+async def test_oom_rehearsal_ends_the_container_as_an_oom_kill(world: World) -> None:
+    """`kit sandbox oom` on a container: exit 137, reason oom; usage was measured before."""
+    sandbox = await world.provider.start(_spec(world))
+    usage = await sandbox.usage()
+    assert usage is not None
+    assert usage.peak_memory_mib > 50  # the CLI and the runtime
+    await sandbox.oom()
+    info = await sandbox.wait()
+    assert (info.exit_code, info.reason) == (137, "oom")
