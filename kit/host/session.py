@@ -311,12 +311,14 @@ class Session:
                 elif isinstance(last, Stream):
                     assert runtime is not None  # a Stream always follows sandbox_started
                     before, started = await self._usage(), time.monotonic()  # for the advisor
-                    actions = await self._stream(runtime, turn, planner, last.recover)
-                    if isinstance(actions[-1], Done):  # the turn's own end, not a give-up
-                        for action in actions[:-1]:
-                            await self._act(turn.turn_id, action)
-                        await self._advise_after_turn(before, time.monotonic() - started)
-                        return
+                    end = await self._stream(runtime, turn, planner, last.recover)
+                    if end is None:  # the sandbox went away: the next one continues the turn
+                        actions = planner.stream_broken()
+                        continue
+                    for action in end[:-1]:  # the turn's own end: its Record, then Done
+                        await self._act(turn.turn_id, action)
+                    await self._advise_after_turn(before, time.monotonic() - started)
+                    return
                 elif isinstance(last, Done):
                     return
                 else:
@@ -340,9 +342,9 @@ class Session:
 
     async def _stream(
         self, runtime: RuntimeClient, turn: Turn, planner: TurnPlanner, recover: bool
-    ) -> list[TurnAction]:
-        """Run the turn on ``runtime``; the planner's answer to how the stream ended: the
-        turn's end (Record, Done), or, if the sandbox went away, the next attempt."""
+    ) -> list[TurnAction] | None:
+        """Run the turn on ``runtime``; the planner's answer to the turn's end (Record,
+        Done), or None if the stream broke first (the sandbox went away)."""
         request = TurnRequest(turn_id=turn.turn_id, text=turn.text, recover=recover)
         try:
             async for batch in runtime.stream_turn(request):
@@ -356,7 +358,7 @@ class Session:
                     return rest
         except SandboxError as exc:
             log.info("session %s: turn %s lost its sandbox: %s", self.id, turn.turn_id, exc)
-        return planner.stream_broken()
+        return None
 
     async def _begin_spend(self, turn_id: TurnId) -> None:
         """Tell the model proxy's meter this turn runs; the first time this host counts the
