@@ -34,9 +34,9 @@ from claude_agent_sdk import (
 
 from kit.bundle import Bundle
 from kit.errors import KitError
-from kit.protocol.sandbox import RuntimeEvent, TurnRequest
+from kit.protocol.runtime_api import RuntimeEvent, TurnRequest
+from kit.protocol.runtime_config import RuntimeConfig
 from kit.protocol.turns import TURN_FAILED
-from kit.runtime.config import RuntimeConfig
 from kit.runtime.egress import proxy_env
 from kit.runtime.translate import translate
 from kit.storage import open_store
