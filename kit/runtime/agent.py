@@ -36,7 +36,7 @@ from kit.bundle import Bundle
 from kit.errors import KitError
 from kit.protocol.sandbox import RuntimeEvent, TurnRequest
 from kit.runtime.config import RuntimeConfig
-from kit.runtime.egress import proxy_env
+from kit.runtime.egress_forwarder import proxy_env
 from kit.runtime.translate import translate
 from kit.storage import open_store
 from kit.storage.portable import PROJECT_KEY, PortableKeys
@@ -97,7 +97,7 @@ class Agent:
         self.bundle = bundle
         self.egress_proxy = egress_proxy
         """The proxy URL the CLI and its tools get as ``HTTPS_PROXY`` (see
-        :mod:`kit.runtime.egress`); None: no proxy settings."""
+        :mod:`kit.runtime.egress_forwarder`); None: no proxy settings."""
         self.state = AgentState.STARTING
         self.resumed = False
         self._inbox: asyncio.Queue[_Turn | None] = asyncio.Queue()

@@ -37,7 +37,7 @@ from kit.protocol.sandbox import (
 )
 from kit.runtime.agent import Agent, AgentBusy, AgentStopped, HarnessDied
 from kit.runtime.config import RuntimeConfig
-from kit.runtime.egress import EgressForwarder, proxy_env
+from kit.runtime.egress_forwarder import EgressForwarder, proxy_env
 from kit.runtime.jail import die_with_parent
 
 log = logging.getLogger("kit.runtime")
@@ -177,7 +177,7 @@ class _Server(uvicorn.Server):
 
 async def serve(config: RuntimeConfig) -> None:
     """Run the runtime until SIGTERM or SIGINT, with the egress forwarder when the config
-    names the host's egress proxy (:mod:`kit.runtime.egress`)."""
+    names the host's egress proxy (:mod:`kit.runtime.egress_forwarder`)."""
     forwarder, egress_proxy = None, None
     if config.egress_unix_socket and config.egress_token:
         forwarder = EgressForwarder(config.egress_unix_socket)

@@ -382,7 +382,7 @@ class _Ended:
         if event.kind == "sandbox" and event.data.get("state") in ("died", "stopped"):
             self.ended.set()
 
-    def evict(self, message: str) -> None:
+    def moved(self, message: str) -> None:
         raise AssertionError(message)
 
 

@@ -25,7 +25,7 @@ from kit.ids import SessionId, new_session_id
 from kit.protocol.sandbox import RuntimeEvent, TurnRequest
 from kit.runtime.agent import Agent
 from kit.runtime.config import RuntimeConfig
-from kit.runtime.egress import EgressForwarder, proxy_env
+from kit.runtime.egress_forwarder import EgressForwarder, proxy_env
 from tests.agents import write_agent
 from tests.conftest import serve_on_loopback
 from tests.loopback import HTTP_BODY, Upstream, echo_server, http_server
