@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kit.cli import console
+from kit.cli.errors import CliError
 from kit.client import (
     FOREVER,
     ClientError,
@@ -30,11 +31,10 @@ from kit.client import (
     SessionClient,
     create_session,
 )
-from kit.errors import KitError
 from kit.protocol.frames import Event
 
 
-class ChatError(KitError):
+class ChatError(CliError):
     """``kit chat`` cannot find or open a session."""
 
 

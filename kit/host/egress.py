@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kit.bundle.allowlist import EgressRule, allows, normalize_host, parse_rule
+from kit.host.errors import HostError
 from kit.host.gate import ConnectionGate, quiet_accept_errors
 from kit.host.tokens import SessionTokens
 from kit.ids import SessionId
@@ -103,7 +104,7 @@ class _Request:
     """Bytes of the client's body to forward; None for a tunnel (everything)."""
 
 
-class _Refused(Exception):
+class _Refused(HostError):
     def __init__(self, status: int, message: str, why: str) -> None:
         super().__init__(message)
         self.status, self.message, self.why = status, message, why

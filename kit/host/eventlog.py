@@ -184,7 +184,8 @@ class SQLiteSessionLog(SessionLog):
         return self._last_seq
 
     def meta(self) -> dict[str, Any]:
-        return self._tables.meta()
+        with self._reading():
+            return self._tables.meta()
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         """Store metadata (used once, at creation)."""
@@ -207,11 +208,13 @@ class SQLiteSessionLog(SessionLog):
             return events
 
     async def read_after(self, seq: int, limit: int | None = None) -> list[Event]:
-        return self._tables.read_after(seq, limit)
+        with self._reading():
+            return self._tables.read_after(seq, limit)
 
     async def add_user_turn(self, client_msg_id: str, text: str) -> tuple[Turn, Event] | None:
-        if self._tables.turn_seen(client_msg_id):
-            return None
+        with self._reading():
+            if self._tables.turn_seen(client_msg_id):
+                return None
         turn_id = TurnId(f"t{self._turn_counter + 1}")
         with self._tx():
             turn, event = self._tables.add_turn(self._pending_seq, turn_id, client_msg_id, text)
@@ -226,10 +229,19 @@ class SQLiteSessionLog(SessionLog):
             self._tables.set_turn_state(turn_id, state, attempt)
 
     async def open_turns(self) -> list[Turn]:
-        return self._tables.open_turns()
+        with self._reading():
+            return self._tables.open_turns()
 
     async def close(self) -> None:
         self._db.close()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """sqlite3's errors on a read as :class:`LogError` (writes map theirs in ``_tx``)."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise LogError(f"Cannot read the event log {self.path}: {exc}.") from exc
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[None]:

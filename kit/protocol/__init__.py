@@ -16,7 +16,7 @@ from kit.protocol.client import (
     PongReceived,
     Welcomed,
 )
-from kit.protocol.errors import InvalidStateError, ProtocolError
+from kit.protocol.errors import InvalidStateError, ProtocolError, SessionProtocolError
 from kit.protocol.frames import (
     EVENT_KINDS,
     MAX_FRAME_BYTES,
@@ -73,6 +73,7 @@ __all__ = [
     "ResumeMode",
     "ServerConnection",
     "ServerInput",
+    "SessionProtocolError",
     "User",
     "UserReceived",
     "Welcomed",

@@ -3,8 +3,10 @@
 ::
 
     KitError
-    └── ProtocolError      a frame broke the protocol; carries a stable ``code``
-                           and, when the connection must end, a WebSocket ``close_code``
+    └── SessionProtocolError   the session protocol refused something
+        ├── ProtocolError      a frame broke the protocol; carries a stable ``code``
+        │                      and, when the connection must end, a WebSocket ``close_code``
+        └── InvalidStateError  a protocol object was asked something its state forbids
 
 The codes are part of the public protocol (docs/protocol.md): clients may switch on them.
 """
@@ -44,7 +46,11 @@ CLOSE_SLOW_CONSUMER = 4408
 CLOSE_SESSION_ELSEWHERE = 4409
 
 
-class ProtocolError(KitError):
+class SessionProtocolError(KitError):
+    """The session protocol refused something: a frame, or a call in the wrong state."""
+
+
+class ProtocolError(SessionProtocolError):
     """A frame that breaks the protocol.
 
     ``code`` is one of the stable codes above; ``close_code`` is set when the peer must
@@ -58,5 +64,5 @@ class ProtocolError(KitError):
         self.close_code = close_code
 
 
-class InvalidStateError(KitError):
+class InvalidStateError(SessionProtocolError):
     """A protocol object was asked to do something its current state does not allow."""

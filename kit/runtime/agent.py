@@ -33,10 +33,10 @@ from claude_agent_sdk import (
 )
 
 from kit.bundle import Bundle
-from kit.errors import KitError
 from kit.protocol.sandbox import RuntimeEvent, TurnRequest
 from kit.runtime.config import RuntimeConfig
 from kit.runtime.egress_forwarder import proxy_env
+from kit.runtime.errors import AgentRuntimeError
 from kit.runtime.translate import translate
 from kit.storage import open_store
 from kit.storage.portable import PROJECT_KEY, PortableKeys
@@ -60,15 +60,15 @@ class AgentState(enum.Enum):
     STOPPED = "stopped"
 
 
-class AgentBusy(KitError):
+class AgentBusy(AgentRuntimeError):
     """A turn was posted while another one is running."""
 
 
-class AgentStopped(KitError):
+class AgentStopped(AgentRuntimeError):
     """A turn was posted to an agent that is not running."""
 
 
-class HarnessDied(KitError):
+class HarnessDied(AgentRuntimeError):
     """The agent harness (the CLI process) died under the runtime: this sandbox can take no
     more turns. The runtime exits with ``HARNESS_EXIT_CODE`` and the host recovers the turn
     in a new sandbox (a fork storm at ``pids.max`` can make the CLI abort, for one)."""

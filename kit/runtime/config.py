@@ -13,10 +13,10 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from kit.errors import KitError
+from kit.runtime.errors import AgentRuntimeError
 
 
-class RuntimeConfigError(KitError):
+class RuntimeConfigError(AgentRuntimeError):
     """The runtime was started with a configuration it cannot use."""
 
 

@@ -36,7 +36,7 @@ from kit.protocol.sandbox import (
     TurnRequest,
 )
 from kit.runtime.agent import Agent, AgentBusy, AgentStopped, HarnessDied
-from kit.runtime.config import RuntimeConfig
+from kit.runtime.config import RuntimeConfig, RuntimeConfigError
 from kit.runtime.egress_forwarder import EgressForwarder, proxy_env
 from kit.runtime.jail import die_with_parent
 
@@ -161,7 +161,7 @@ def bind(listen: str) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, int(port)))
     else:
-        raise ValueError(f"listen must be unix:/path or tcp:HOST:PORT, got {listen!r}")
+        raise RuntimeConfigError(f"listen must be unix:/path or tcp:HOST:PORT, got {listen!r}.")
     sock.listen(128)
     sock.setblocking(False)
     return sock
