@@ -31,7 +31,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ from kit.host.edge import EdgeConfig, EdgeLimits
 from kit.host.eventlog import SQLiteSessionLog
 from kit.host.sandbox import reason_of
 from kit.ids import SandboxId, SessionId
-from kit.protocol.sandbox import (
+from kit.protocol.runtime_api import (
     HEALTH_PATH,
     INTERRUPT_PATH,
     NDJSON,
@@ -194,6 +194,24 @@ class SyntheticProvider(SandboxProvider):
         self.started.append(sandbox)
         return sandbox
 
+    async def find(self, session_id: SessionId) -> Sandbox | None:
+        return next(
+            (
+                s
+                for s in self.started
+                if s.session_id == session_id and s.state is not SandboxState.EXITED
+            ),
+            None,
+        )
+
+    async def reap(self, keep: Callable[[SessionId], bool]) -> list[SandboxId]:
+        reaped = []
+        for sandbox in self.started:
+            if sandbox.state is not SandboxState.EXITED and not keep(sandbox.session_id):
+                await sandbox.kill(signal.SIGKILL, reason="orphan")
+                reaped.append(sandbox.id)
+        return reaped
+
     async def close(self) -> None:
         for sandbox in self.started:
             await sandbox.kill(signal.SIGTERM, reason="stopped")
@@ -253,10 +271,8 @@ async def serve_kit_host(
         provider=provider,
         issue_model_token=lambda session_id, limits: "bench-model-token",
         revoke_model_token=lambda token: None,
-        model_base_url="http://127.0.0.1:9",  # never called: the synthetic runtime has no model
-        model_unix_socket=None,
+        model_endpoint="http://127.0.0.1:9",  # never called: the synthetic runtime has no model
         store_url=lambda session_id: "memory://",
-        writable=lambda session_id: (),
         release=lambda: release,
     )
     logs: LogStore

@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/sandbox_start.py                 # --starts 20 --modes off auto bwrap
 
-Each sample is ``LocalSandboxProvider.start`` for a new session until the runtime's ready
-line (the runtime imported, its CLI booted, the agent ready), then a stop. ``off`` runs
+Each sample is ``LocalSandboxProvider.start`` for a new session until the runtime's health
+probe says ready (the runtime imported, its CLI booted, the agent ready), then a stop. ``off`` runs
 sandboxes unconfined; ``auto`` confines them in namespaces from the fork server (as root);
 ``bwrap`` starts a fresh interpreter under bubblewrap. The example agent at ``standard-4``
 (a CPU quota that never binds on a small machine).
@@ -22,14 +22,16 @@ from pathlib import Path
 from emulator.sandbox import LocalSandboxProvider
 from kit.bundle import build_bundle, load_project
 from kit.cli.settings import EXAMPLE_PROJECT
-from kit.host.sandbox import ModelAccess, SandboxSpec
+from kit.host.sandbox import Endpoint, SandboxSpec
 from kit.ids import new_session_id
 
 
 async def measure(mode: str, starts: int, work: Path) -> tuple[str, list[float]]:
     """``starts`` start times (ms) under isolation ``mode``; the mode the provider chose."""
     bundle = build_bundle(load_project(EXAMPLE_PROJECT), work / "bundles")
-    provider = LocalSandboxProvider(work / f"sandboxes-{mode}", isolation=mode)
+    provider = LocalSandboxProvider(
+        work / f"sandboxes-{mode}", bundles=work / "bundles", isolation=mode
+    )
     times = []
     try:
         await provider.settled()
@@ -37,9 +39,9 @@ async def measure(mode: str, starts: int, work: Path) -> tuple[str, list[float]]
             spec = SandboxSpec(
                 session_id=new_session_id(),
                 tier="standard-4",
-                bundle_dir=bundle.path,
+                bundle_digest=bundle.digest,
                 store_url="memory://",
-                model=ModelAccess("http://localhost", None, "bench"),
+                model=Endpoint("http://localhost", "bench"),
                 runtime_token="bench",
                 idle_timeout_s=60,
             )

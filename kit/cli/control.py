@@ -41,6 +41,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from emulator.sandbox.rehearsal import Rehearsable
 from kit.cli.errors import CliError
 from kit.cli.follow import End, end_line, event_line, follow
 from kit.host import LogError, Release, Sandbox, SandboxState, Session, SessionHost
@@ -231,11 +232,21 @@ def control_routes(
         sandbox = running(session_id)
         if sandbox is None:
             return no_sandbox(session_id)
+        sandbox_id = sandbox.id
+        if not isinstance(sandbox, Rehearsable):
+            return JSONResponse(
+                {
+                    "error": "cannot_oom",
+                    "message": f"Sandbox {sandbox_id} cannot rehearse an OOM kill (its provider "
+                    "has no such hook).",
+                },
+                status_code=409,
+            )
         try:
             await sandbox.oom()
         except SandboxError as exc:
             return JSONResponse({"error": "cannot_oom", "message": str(exc)}, status_code=409)
-        return JSONResponse({"sandbox_id": sandbox.id}, status_code=202)
+        return JSONResponse({"sandbox_id": sandbox_id}, status_code=202)
 
     async def evict_route(request: Request) -> Response:
         if (denied := refused(request)) is not None:

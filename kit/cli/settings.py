@@ -79,7 +79,7 @@ from kit.host.errors import HostError
 from kit.host.launch import GRACE_S
 from kit.host.lease import DEFAULT_TTL_S
 from kit.host.pool import MAX_POOL_SIZE, POOL_SIZE
-from kit.runtime.config import STORE_DEADLINE_S, STORE_RETRY_S
+from kit.protocol.runtime_config import STORE_DEADLINE_S, STORE_RETRY_S
 
 ANTHROPIC_API = "https://api.anthropic.com"
 DEFAULT_PORT = 8787
@@ -127,9 +127,9 @@ class DevSettings:
     lease_ttl_s: float = DEFAULT_TTL_S
     """How long a lease lasts without renewal."""
     store_retry_s: float = STORE_RETRY_S
-    """Runtime ``store_retry_s`` (kit.runtime.config); tests shorten it."""
+    """Runtime ``store_retry_s`` (kit.protocol.runtime_config); tests shorten it."""
     store_deadline_s: float = STORE_DEADLINE_S
-    """Runtime ``store_deadline_s`` (kit.runtime.config); tests shorten it."""
+    """Runtime ``store_deadline_s`` (kit.protocol.runtime_config); tests shorten it."""
     pool_size: int = POOL_SIZE
     """Sandboxes kept started ahead of new sessions (0: none)."""
     grace_s: float = GRACE_S

@@ -358,6 +358,7 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
     advice: list[tuple[str, str]] = []
     provider = LocalSandboxProvider(
         state / "sandboxes",
+        bundles=state / "bundles",
         user=settings.sandbox_user,
         isolation=settings.sandbox_isolation,
         env=settings.sandbox_env,
@@ -410,16 +411,14 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
         provider=provider,
         issue_model_token=proxy.issue,
         revoke_model_token=proxy.revoke,
-        model_base_url="http://localhost",
-        model_unix_socket=str(proxy_path),
+        model_endpoint=f"unix:{proxy_path}",
         store_url=_store_urls(settings.store_url, transcripts),
-        writable=lambda sid: (transcripts / sid,),
         release=lambda: releases[-1],
         grace_s=settings.grace_s,
         advise=lambda sid, line: _advise(advice, sid, line),
         issue_egress_token=egress.issue,
         revoke_egress_token=egress.revoke,
-        egress_unix_socket=str(egress_path),
+        egress_endpoint=f"unix:{egress_path}",
         spend=proxy.meter,
     )
     logs = _log_store(settings)

@@ -9,24 +9,23 @@ from kit.host.host import NewSession, SessionHost
 from kit.host.launch import Release, SessionEnv
 from kit.host.proxy import ModelProxy
 from kit.host.sandbox import (
-    EgressAccess,
+    Endpoint,
     ExitInfo,
-    ModelAccess,
     Sandbox,
     SandboxProvider,
     SandboxSpec,
     SandboxState,
+    SandboxView,
 )
 from kit.host.session import Session
 
 __all__ = [
-    "EgressAccess",
     "EgressProxy",
+    "Endpoint",
     "ExitInfo",
     "HostError",
     "LogError",
     "LogStore",
-    "ModelAccess",
     "ModelProxy",
     "NewSession",
     "Release",
@@ -36,6 +35,7 @@ __all__ = [
     "SandboxProvider",
     "SandboxSpec",
     "SandboxState",
+    "SandboxView",
     "Session",
     "SessionEnv",
     "SessionHost",

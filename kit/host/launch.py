@@ -17,12 +17,11 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from kit.bundle.limits import DEFAULT_LIMITS, Limits
 from kit.host.errors import SandboxError
 from kit.host.runtime_client import RuntimeClient
-from kit.host.sandbox import EgressAccess, ModelAccess, Sandbox, SandboxProvider, SandboxSpec
+from kit.host.sandbox import Endpoint, Sandbox, SandboxProvider, SandboxSpec
 from kit.host.spend import SpendMeter
 from kit.ids import SessionId
 
@@ -53,10 +52,10 @@ class SessionEnv:
     issue_model_token: Callable[[SessionId, Limits], str]
     """Issues a sandbox's model proxy token, whose calls the release's limits govern."""
     revoke_model_token: Callable[[str], None]
-    model_base_url: str
-    model_unix_socket: str | None
+    model_endpoint: str
+    """The model proxy as sandboxes reach it: ``unix:/path`` or ``http://host:port``."""
     store_url: Callable[[str], str]
-    writable: Callable[[str], tuple[Any, ...]]
+    """A session's transcript store URL."""
     release: Callable[[], Release]
     """The current release (``kit dev`` replaces it when the project changes)."""
     grace_s: float = GRACE_S
@@ -66,10 +65,11 @@ class SessionEnv:
     """Where the tier advisor's lines go (``kit dev`` prints them); None: nowhere."""
     issue_egress_token: Callable[[SessionId], str] | None = None
     """Issues a sandbox's egress proxy token (:class:`kit.host.egress.EgressProxy`); None,
-    or no ``egress_unix_socket``: sandboxes get no egress proxy."""
+    or no ``egress_endpoint``: sandboxes get no egress proxy."""
     revoke_egress_token: Callable[[str], None] | None = None
-    egress_unix_socket: str | None = None
-    """The egress proxy's Unix socket, which providers bind into each sandbox."""
+    egress_endpoint: str | None = None
+    """The egress proxy as sandboxes reach it: ``unix:/path`` (providers bind or mount the
+    socket into each sandbox) or ``http://host:port``."""
     spend: SpendMeter | None = None
     """The model proxy's meter: sessions tell it when their turns start and take its
     refusals to tell clients (None: no spend limits are enforced)."""
@@ -108,21 +108,27 @@ async def launch(env: SessionEnv, session_id: SessionId, release: Release) -> Li
 
     The tokens issued for it are revoked again when the start fails.
     """
+    left = await env.provider.find(session_id)
+    if left is not None:
+        # A sandbox this session no longer owns (a host that died left it): never two
+        # sandboxes on one transcript. The session's own sandbox is gone before it starts
+        # another, so this is never a live one of ours.
+        await left.kill(reason="orphan")
+        await left.wait()
     model_token = env.issue_model_token(session_id, release.limits)
     egress = None
     runtime_token = secrets.token_urlsafe(24)
     try:
-        if env.issue_egress_token is not None and env.egress_unix_socket:
-            egress = EgressAccess(env.egress_unix_socket, env.issue_egress_token(session_id))
+        if env.issue_egress_token is not None and env.egress_endpoint:
+            egress = Endpoint(env.egress_endpoint, env.issue_egress_token(session_id))
         spec = SandboxSpec(
             session_id=session_id,
             tier=release.tier,
-            bundle_dir=release.bundle_dir,
+            bundle_digest=release.digest,
             store_url=env.store_url(session_id),
-            model=ModelAccess(env.model_base_url, env.model_unix_socket, model_token),
+            model=Endpoint(env.model_endpoint, model_token),
             runtime_token=runtime_token,
             idle_timeout_s=release.idle_timeout_s,
-            writable=env.writable(session_id),
             egress=egress,
         )
         sandbox = await env.provider.start(spec)

@@ -1,4 +1,4 @@
-"""The host's client for a runtime's HTTP API (:mod:`kit.protocol.sandbox`).
+"""The host's client for a runtime's HTTP API (:mod:`kit.protocol.runtime_api`).
 
 A deliberately small HTTP/1.1 client: one connection per request over a Unix socket or TCP,
 ``Connection: close``, chunked NDJSON read line by line as it arrives. The runtime's turn
@@ -8,14 +8,25 @@ stream sits on the path of every event, so it stays free of general-purpose clie
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from kit.host.errors import SandboxError
 from kit.protocol.errors import ProtocolError
-from kit.protocol.sandbox import INTERRUPT_PATH, NDJSON, TURNS_PATH, RuntimeEvent, TurnRequest
+from kit.protocol.runtime_api import (
+    HEALTH_PATH,
+    INTERRUPT_PATH,
+    NDJSON,
+    TURNS_PATH,
+    RuntimeEvent,
+    TurnRequest,
+)
 
 CONNECT_TIMEOUT_S = 10.0
+PROBE_INTERVAL_S = 0.005
+"""How often :func:`wait_ready` tries a runtime that does not answer yet."""
 MAX_LINE_BYTES = 16 * 1024 * 1024
 
 
@@ -49,16 +60,20 @@ class RuntimeClient:
         return await asyncio.wait_for(opening, CONNECT_TIMEOUT_S)
 
     async def _request(
-        self, path: str, body: bytes
+        self, path: str, body: bytes | None
     ) -> tuple[int, dict[str, str], asyncio.StreamReader, asyncio.StreamWriter]:
         reader, writer = await self._open()
+        method, framing = (
+            ("GET", "")
+            if body is None
+            else ("POST", f"content-type: application/json\r\ncontent-length: {len(body)}\r\n")
+        )
         writer.write(
             (
-                f"POST {path} HTTP/1.1\r\nhost: sandbox\r\nauthorization: {self._auth}\r\n"
-                f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
-                "connection: close\r\n\r\n"
+                f"{method} {path} HTTP/1.1\r\nhost: sandbox\r\nauthorization: {self._auth}\r\n"
+                f"{framing}connection: close\r\n\r\n"
             ).encode()
-            + body
+            + (body or b"")
         )
         await writer.drain()
         head = await reader.readuntil(b"\r\n\r\n")
@@ -110,8 +125,60 @@ class RuntimeClient:
         except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError) as exc:
             raise SandboxGone(f"The sandbox stopped answering: {type(exc).__name__}.") from exc
 
+    async def health(self, wait_s: float = 0.0) -> dict[str, Any]:
+        """The runtime's ``GET /healthz``; with ``wait_s``, answered once the agent is ready
+        or after that many seconds. OSError, TimeoutError or :class:`SandboxError` when
+        nothing (yet) answers."""
+        path = f"{HEALTH_PATH}?wait_s={wait_s:.3f}" if wait_s else HEALTH_PATH
+        writer = None
+        try:
+            status, headers, reader, writer = await self._request(path, None)
+            body = await _read_body(reader, headers)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            raise SandboxError(f"The runtime's health probe broke: {exc}.") from exc
+        finally:
+            if writer is not None:
+                writer.close()
+        if status != 200:
+            raise SandboxError(f"The runtime's health probe answered {status}.")
+        try:
+            health: dict[str, Any] = json.loads(body)
+        except ValueError as exc:
+            raise SandboxError("The runtime's health probe did not answer JSON.") from exc
+        return health
+
     async def aclose(self) -> None:
         """Nothing to release: connections live for one request."""
+
+
+async def wait_ready(
+    client: RuntimeClient, alive: Callable[[], bool], timeout_s: float
+) -> dict[str, Any] | None:
+    """Wait until the runtime behind ``client`` says it is ready; its health then.
+
+    Probes every :data:`PROBE_INTERVAL_S` until the runtime answers (its socket appears a
+    few milliseconds after it starts), then asks it to answer once ready (one long request,
+    so readiness is seen at once). None as soon as ``alive()`` turns false (the sandbox
+    exited: its exit says why); TimeoutError after ``timeout_s``.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    for _ in range(int(timeout_s / PROBE_INTERVAL_S) + 2):
+        if not alive():
+            return None
+        left = deadline - loop.time()
+        if left <= 0:
+            break
+        try:
+            health = await asyncio.wait_for(client.health(wait_s=left), left + 1)
+        except (OSError, TimeoutError, SandboxError):
+            await asyncio.sleep(PROBE_INTERVAL_S)  # not listening yet, or it just died
+            continue
+        if health.get("ready"):
+            return health
+        if health.get("state") == "stopped":
+            return None  # the agent could not start; the sandbox exits and says why
+    raise TimeoutError
 
 
 async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:

@@ -1,7 +1,15 @@
-"""The sandbox provider seam: start a runtime for a session, watch it, kill it.
+"""The sandbox provider seam: start a runtime for a session, watch it, kill it, find it.
 
 Implementations: ``emulator.sandbox.LocalSandboxProvider`` (tiered local processes, for
-``kit dev``); Fly Machines later. The host only sees :class:`Sandbox` handles.
+``kit dev``), ``emulator.sandbox.DockerSandboxProvider`` (containers of the runtime image);
+Fly Machines later. The host only sees :class:`Sandbox` handles.
+
+A :class:`SandboxSpec` names nothing on the host's disk: the bundle by its digest, the
+model and egress proxies and the transcript store by URL. Each provider knows where the
+bundle is (a local bundle folder, a mount, a download) and how its sandbox sees the host's
+endpoints (:class:`SandboxView`); :func:`runtime_config` is the one mapping from a spec to
+the runtime's start-up config that every provider uses. Readiness is the runtime's health
+probe (:func:`kit.host.runtime_client.wait_ready`), for every provider.
 """
 
 from __future__ import annotations
@@ -9,11 +17,14 @@ from __future__ import annotations
 import enum
 import signal
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from kit.ids import SandboxId, SessionId
-from kit.protocol.sandbox import HARNESS_EXIT_CODE
+from kit.protocol.runtime_api import HARNESS_EXIT_CODE
+from kit.protocol.runtime_config import STORE_DEADLINE_S, STORE_RETRY_S, RuntimeConfig
 
 
 class SandboxState(enum.Enum):
@@ -25,41 +36,127 @@ class SandboxState(enum.Enum):
 
 
 @dataclass(frozen=True)
-class ModelAccess:
-    """How the sandbox reaches the host's model proxy (never the real API)."""
+class Endpoint:
+    """A host service as a sandbox reaches it, and the sandbox's own token for it.
 
-    base_url: str
-    unix_socket: str | None
-    token: str
+    ``url`` is ``unix:/path`` (a socket a provider binds or mounts into the sandbox) or
+    ``http://host:port`` (a sandbox on another machine, or one that shares the host's
+    loopback). The model proxy swaps ``token`` for the real key; the egress proxy admits
+    only the hosts on the agent's allowlist (``kit.toml`` ``[sandbox] egress``) with it."""
+
+    url: str
+    token: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        check_endpoint(self.url)
+
+    @property
+    def unix_path(self) -> str | None:
+        """The socket's path for a ``unix:`` endpoint; None for ``http://``."""
+        return self.url.removeprefix("unix:") if self.url.startswith("unix:") else None
 
 
-@dataclass(frozen=True)
-class EgressAccess:
-    """How the sandbox reaches the host's egress proxy (its only way out besides the model).
+def check_endpoint(url: str) -> str:
+    """``url`` if it is ``unix:/absolute/path`` or ``http://host:port``; else SandboxError."""
+    if url.startswith("unix:/") and len(url) > len("unix:/"):
+        return url
+    parts = urlsplit(url)
+    if parts.scheme == "http" and parts.hostname and parts.path in ("", "/"):
+        return url
+    from kit.host.errors import SandboxError
 
-    The proxy admits only the hosts on the agent's allowlist (``kit.toml`` ``[sandbox]
-    egress``) and only with ``token``; a provider that isolates the network binds
-    ``unix_socket`` into the sandbox and nothing else."""
-
-    unix_socket: str
-    token: str
+    raise SandboxError(f"An endpoint must be unix:/path or http://host:port, not {url!r}.")
 
 
 @dataclass(frozen=True)
 class SandboxSpec:
-    """Everything a provider needs to start one session's runtime."""
+    """Everything a provider needs to start one session's runtime, wherever it runs."""
 
     session_id: SessionId
     tier: str
-    bundle_dir: Path
+    bundle_digest: str
+    """The bundle's sha256 (its folder in a bundle store is named by its first 32 digits);
+    the runtime refuses a bundle that is not this one."""
     store_url: str
-    model: ModelAccess
-    runtime_token: str
+    """The transcript store (``sqlite:///path`` on the host's disk, ``s3://…``)."""
+    model: Endpoint
+    runtime_token: str = field(repr=False)
     idle_timeout_s: int
-    writable: tuple[Path, ...] = field(default=())
-    """Host paths the sandbox must write besides its workspace (a local transcript store)."""
-    egress: EgressAccess | None = None
+    egress: Endpoint | None = None
     """The egress proxy, when the host runs one (None: no way out but the model proxy)."""
+
+
+@dataclass(frozen=True)
+class SandboxView:
+    """Where a provider's sandbox finds things: what :func:`runtime_config` writes into the
+    runtime's config. Paths are as the runtime sees them."""
+
+    bundle_dir: str
+    workspace: str
+    home: str
+    tmp_dir: str
+    listen: str
+    """Where the runtime listens: ``unix:/path`` or ``tcp:HOST:PORT``."""
+    mounts: Mapping[str, str] = field(default_factory=dict)
+    """Host folders seen elsewhere inside the sandbox (host path → sandbox path): the
+    proxies' sockets and a local transcript store's folder. Empty: the same paths."""
+
+    def inside(self, host_path: str) -> str:
+        """``host_path`` as the sandbox sees it."""
+        for outside, inner in sorted(self.mounts.items(), key=lambda m: -len(m[0])):
+            if host_path == outside or host_path.startswith(outside.rstrip("/") + "/"):
+                return inner + host_path[len(outside) :]
+        return host_path
+
+
+SQLITE_PREFIX = "sqlite:///"
+
+
+def store_folder(store_url: str) -> Path | None:
+    """The host folder a ``sqlite:///`` transcript store lives in (the sandbox must write
+    it); None for stores reached over the network."""
+    if store_url.startswith(SQLITE_PREFIX):
+        return Path("/" + store_url.removeprefix(SQLITE_PREFIX).lstrip("/")).parent
+    return None
+
+
+def runtime_config(
+    spec: SandboxSpec,
+    view: SandboxView,
+    *,
+    store_retry_s: float = STORE_RETRY_S,
+    store_deadline_s: float = STORE_DEADLINE_S,
+) -> RuntimeConfig:
+    """The runtime's start-up config for ``spec`` in a sandbox that sees things as ``view``:
+    the one mapping every provider uses."""
+    model_socket = spec.model.unix_path
+    store_url = spec.store_url
+    if store_url.startswith(SQLITE_PREFIX):
+        path = "/" + store_url.removeprefix(SQLITE_PREFIX).lstrip("/")
+        store_url = SQLITE_PREFIX + view.inside(path).lstrip("/")
+    egress_url = None
+    if spec.egress is not None:
+        socket_path = spec.egress.unix_path
+        egress_url = f"unix:{view.inside(socket_path)}" if socket_path else spec.egress.url
+    return RuntimeConfig(
+        session_id=spec.session_id,
+        bundle_dir=Path(view.bundle_dir),
+        workspace=Path(view.workspace),
+        home=Path(view.home),
+        tmp_dir=Path(view.tmp_dir),
+        store_url=store_url,
+        listen=view.listen,
+        # Over a Unix socket the CLI still wants an HTTP base URL; the socket carries it.
+        model_base_url="http://localhost" if model_socket else spec.model.url,
+        model_unix_socket=view.inside(model_socket) if model_socket else None,
+        model_token=spec.model.token,
+        runtime_token=spec.runtime_token,
+        store_retry_s=store_retry_s,
+        store_deadline_s=store_deadline_s,
+        egress_url=egress_url,
+        egress_token=spec.egress.token if spec.egress is not None else None,
+        bundle_digest=spec.bundle_digest,
+    )
 
 
 @dataclass(frozen=True)
@@ -69,7 +166,7 @@ class ExitInfo:
     exit_code: int
     reason: str
     """``exited`` (code 0, on its own), ``harness`` (the agent harness died under the
-    runtime: :data:`~kit.protocol.sandbox.HARNESS_EXIT_CODE`), ``crashed`` (other codes),
+    runtime: :data:`~kit.protocol.runtime_api.HARNESS_EXIT_CODE`), ``crashed`` (other codes),
     ``killed`` (SIGKILL),
     ``stopped`` (SIGTERM from its owner), ``idle`` (stopped after its idle timeout),
     ``unresponsive`` (killed because it stopped answering) or ``oom`` (killed at its memory
@@ -131,15 +228,6 @@ class Sandbox(ABC):
         """What the sandbox has used so far (``None`` where the provider cannot measure)."""
         return None
 
-    async def oom(self) -> None:
-        """Push the sandbox past its memory limit now, to rehearse an OOM kill (exit 137).
-
-        Providers that enforce no memory limit cannot; they raise :class:`SandboxError`.
-        """
-        from kit.host.errors import SandboxError
-
-        raise SandboxError(f"Sandbox {self.id} has no memory limit to push it past.")
-
     async def stop(self, grace_s: float = 5.0) -> ExitInfo:
         """SIGTERM, then SIGKILL after ``grace_s`` seconds; wait for the exit."""
         import asyncio
@@ -153,11 +241,22 @@ class Sandbox(ABC):
 
 
 class SandboxProvider(ABC):
-    """Starts sandboxes."""
+    """Starts sandboxes, and finds the ones still running."""
 
     @abstractmethod
     async def start(self, spec: SandboxSpec) -> Sandbox:
         """Start a runtime for ``spec`` and return once it is ready for turns."""
+
+    @abstractmethod
+    async def find(self, session_id: SessionId) -> Sandbox | None:
+        """The session's sandbox if one still runs: this host's, or one a host that died
+        left behind (which a new host must stop before it starts another: never two
+        sandboxes on one transcript)."""
+
+    @abstractmethod
+    async def reap(self, keep: Callable[[SessionId], bool]) -> list[SandboxId]:
+        """Stop every sandbox this provider can see whose session ``keep`` rejects (left
+        behind by a host that died); return their ids."""
 
     async def discard(self, session_id: str) -> None:  # noqa: B027 - optional hook
         """Delete what was kept for ``session_id`` (its workspace), whose sandbox has

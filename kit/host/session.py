@@ -27,7 +27,7 @@ from kit.host.sandbox import Sandbox, Usage
 from kit.host.spend import spent_in
 from kit.ids import SessionId, TurnId
 from kit.protocol.frames import Event, ResumeMode
-from kit.protocol.sandbox import TurnRequest
+from kit.protocol.runtime_api import TurnRequest
 
 log = logging.getLogger("kit.host")
 

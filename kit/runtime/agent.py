@@ -33,8 +33,8 @@ from claude_agent_sdk import (
 )
 
 from kit.bundle import Bundle
-from kit.protocol.sandbox import RuntimeEvent, TurnRequest
-from kit.runtime.config import RuntimeConfig
+from kit.protocol.runtime_api import RuntimeEvent, TurnRequest
+from kit.protocol.runtime_config import RuntimeConfig
 from kit.runtime.egress_forwarder import proxy_env
 from kit.runtime.errors import AgentRuntimeError
 from kit.runtime.translate import translate

@@ -1,104 +1,49 @@
-"""What a runtime needs to serve one session, handed to it on stdin as one JSON object.
+"""The runtime's start-up: wait for the provider's go (when it asks for one), then read the
+config file the environment names and delete it.
 
-Nothing here is the real API key: ``model_token`` is a per-session token the host's model
-proxy swaps for the real key, ``egress_token`` admits the sandbox to the host's egress
-proxy, and ``runtime_token`` authenticates the host to the runtime.
-Passing them on stdin keeps them out of ``/proc/<pid>/environ`` and the command line.
+The config's fields are :class:`kit.protocol.runtime_config.RuntimeConfig`'s. Environment:
+
+- ``KIT_RUNTIME_CONFIG`` (required): the path of the config file (JSON). The runtime
+  deletes it once read, so the tokens in it are gone before any of the agent's tools run.
+- ``KIT_RUNTIME_GATE=stdin`` (optional): wait for one line on stdin first (the local
+  provider confines the process to its cgroups, then writes the line).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import MISSING, dataclass, fields
-from pathlib import Path
-from typing import Any
+import contextlib
+import os
+import sys
+from collections.abc import MutableMapping
 
-from kit.runtime.errors import AgentRuntimeError
+from kit.protocol.runtime_config import CONFIG_ENV, GATE_ENV, RuntimeConfig, RuntimeConfigError
 
-
-class RuntimeConfigError(AgentRuntimeError):
-    """The runtime was started with a configuration it cannot use."""
+MAX_CONFIG_BYTES = 1 << 20
 
 
-STORE_RETRY_S = 45.0
-"""Default ``store_retry_s``: under the SDK's 60 s limit on one transcript write."""
-STORE_DEADLINE_S = 120.0
-"""Default ``store_deadline_s``."""
-MAX_STORE_RETRY_S = 50.0
+def wait_for_gate(environ: MutableMapping[str, str]) -> None:
+    """Block until the provider says go, if it asked to (``KIT_RUNTIME_GATE=stdin``); once."""
+    if environ.pop(GATE_ENV, "") == "stdin":
+        sys.stdin.readline()
+        sys.stdin.close()
 
 
-@dataclass(frozen=True)
-class RuntimeConfig:
-    """Start-up settings of one runtime process."""
-
-    session_id: str
-    bundle_dir: Path
-    workspace: Path
-    home: Path
-    tmp_dir: Path
-    store_url: str
-    listen: str
-    """``unix:/path/to.sock`` or ``tcp:HOST:PORT``."""
-    model_base_url: str
-    model_unix_socket: str | None
-    model_token: str
-    runtime_token: str
-    cli_path: str | None = None
-    store_retry_s: float = STORE_RETRY_S
-    """How long one transcript write waits out a store outage before its entries are held
-    in memory for back-fill (at most 50 s: the SDK gives a write 60 s)."""
-    store_deadline_s: float = STORE_DEADLINE_S
-    """How long in all a turn's ``result`` may wait for its transcript to reach the store;
-    past it the turn ends with ``store`` ``gave_up`` and ``error`` ``turn_failed``."""
-    egress_unix_socket: str | None = None
-    """The host's egress proxy (:mod:`kit.host.egress`) as the sandbox sees it; None: the
-    sandbox gets no proxy settings (no way out but the model)."""
-    egress_token: str | None = None
-    """This sandbox's egress proxy token; required with ``egress_unix_socket``."""
-
-    def __post_init__(self) -> None:
-        if bool(self.egress_unix_socket) != bool(self.egress_token):
-            raise RuntimeConfigError(
-                "egress_unix_socket and egress_token go together: set both (the sandbox may "
-                "use the host's egress proxy) or neither."
-            )
-        retry, deadline = self.store_retry_s, self.store_deadline_s
-        if not all(isinstance(v, int | float) and v > 0 for v in (retry, deadline)):
-            raise RuntimeConfigError(
-                f"store_retry_s and store_deadline_s must be positive numbers of seconds, "
-                f"got {retry!r} and {deadline!r}."
-            )
-        if retry > MAX_STORE_RETRY_S:
-            raise RuntimeConfigError(
-                f"store_retry_s is {retry} s; keep it at most {MAX_STORE_RETRY_S:.0f} s "
-                "(the Agent SDK abandons a transcript write after 60 s)."
-            )
-        if deadline < retry:
-            raise RuntimeConfigError(
-                f"store_deadline_s ({deadline} s) must be at least store_retry_s ({retry} s)."
-            )
-
-    @classmethod
-    def from_json(cls, raw: str) -> RuntimeConfig:
-        """Parse the start-up JSON; :class:`RuntimeConfigError` names what is missing."""
-        try:
-            obj: dict[str, Any] = json.loads(raw)
-        except ValueError as exc:
-            raise RuntimeConfigError(f"Runtime config on stdin is not JSON: {exc}.") from None
-        names = {f.name for f in fields(cls)}
-        required = {f.name for f in fields(cls) if f.default is MISSING}
-        missing = sorted(required - obj.keys())
-        if missing:
-            raise RuntimeConfigError(f"Runtime config is missing {', '.join(missing)}.")
-        kwargs = {k: v for k, v in obj.items() if k in names}
-        for key in ("bundle_dir", "workspace", "home", "tmp_dir"):
-            kwargs[key] = Path(kwargs[key])
-        return cls(**kwargs)
-
-    def to_json(self) -> str:
-        """Encode for a runtime's stdin."""
-        return json.dumps({f.name: _plain(getattr(self, f.name)) for f in fields(self)})
-
-
-def _plain(value: object) -> object:
-    return str(value) if isinstance(value, Path) else value
+def load(environ: MutableMapping[str, str]) -> RuntimeConfig:
+    """Read the config file ``KIT_RUNTIME_CONFIG`` names, then delete it (where it can)."""
+    path = environ.pop(CONFIG_ENV, "")
+    if not path:
+        raise RuntimeConfigError(
+            f"{CONFIG_ENV} is not set: a sandbox provider names the runtime's config file there."
+        )
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise RuntimeConfigError(
+            f"Cannot read the runtime config {path}: {exc.strerror or exc}."
+        ) from None
+    with contextlib.suppress(OSError):  # read-only (a mounted file): the provider removes it
+        os.unlink(path)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise RuntimeConfigError(f"The runtime config {path} is over 1 MiB.")
+    return RuntimeConfig.from_json(raw.decode("utf-8", errors="replace"))

@@ -41,6 +41,13 @@ def proxy_env(url: str, model_base_url: str = "http://localhost") -> dict[str, s
     return env
 
 
+def proxy_url(url: str, token: str) -> str:
+    """The egress proxy at ``url`` (``http://host:port``) with the sandbox's token in it:
+    what ``HTTPS_PROXY`` should be."""
+    parts = urlsplit(url)
+    return f"http://{PROXY_USER}:{token}@{parts.netloc}"
+
+
 class EgressForwarder:
     """Listens on loopback and pipes every connection to the egress proxy's Unix socket."""
 
@@ -59,7 +66,7 @@ class EgressForwarder:
 
     def proxy_url(self, token: str) -> str:
         """``http://kit:<token>@127.0.0.1:<port>``: what ``HTTPS_PROXY`` should be."""
-        return f"http://{PROXY_USER}:{token}@127.0.0.1:{self.port}"
+        return proxy_url(f"http://127.0.0.1:{self.port}", token)
 
     async def aclose(self) -> None:
         """Stop listening and end every open connection."""

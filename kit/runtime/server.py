@@ -1,8 +1,10 @@
-"""The runtime's HTTP face (see :mod:`kit.protocol.sandbox`) and its process entry point.
+"""The runtime's HTTP face (see :mod:`kit.protocol.runtime_api`) and its process entry point.
 
-Start-up: read :class:`RuntimeConfig` from stdin, verify the bundle, bind the listening
-socket, connect the SDK client (the CLI boot is the slow part), then print one line
-``{"ready": true, ...}`` on stdout. The host waits for that line instead of polling.
+Start-up: wait for the provider's go when it asks for one, read :class:`RuntimeConfig` from
+its file (:mod:`kit.runtime.config`), verify the bundle against its digest, bind the
+listening socket and serve at once, then connect the SDK client (the CLI boot is the slow
+part). ``GET /healthz`` says ``ready`` once the agent can take turns; with ``?wait_s=N`` it
+waits up to N seconds for that, so a provider learns of readiness with one request.
 SIGTERM stops the server and the CLI and exits 0.
 """
 
@@ -23,10 +25,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
+import uvicorn.lifespan.off
+import uvicorn.protocols.http.h11_impl  # imported here, so the fork server pays for it once
 
 from kit.bundle import open_bundle
 from kit.protocol.errors import ProtocolError
-from kit.protocol.sandbox import (
+from kit.protocol.runtime_api import (
     HARNESS_EXIT_CODE,
     HEALTH_PATH,
     INTERRUPT_PATH,
@@ -35,9 +39,10 @@ from kit.protocol.sandbox import (
     RuntimeEvent,
     TurnRequest,
 )
-from kit.runtime.agent import Agent, AgentBusy, AgentStopped, HarnessDied
-from kit.runtime.config import RuntimeConfig, RuntimeConfigError
-from kit.runtime.egress_forwarder import EgressForwarder, proxy_env
+from kit.protocol.runtime_config import RuntimeConfig, RuntimeConfigError
+from kit.runtime import config as startup
+from kit.runtime.agent import Agent, AgentBusy, AgentState, AgentStopped, HarnessDied
+from kit.runtime.egress_forwarder import EgressForwarder, proxy_env, proxy_url
 from kit.runtime.jail import die_with_parent
 
 log = logging.getLogger("kit.runtime")
@@ -50,6 +55,8 @@ ASGIApp = Callable[[ASGIMessage, Receive, Send], Awaitable[None]]
 
 
 _terminated = False
+MAX_HEALTH_WAIT_S = 120.0
+"""The longest ``GET /healthz?wait_s=`` waits for readiness."""
 
 
 def create_app(agent: Agent) -> ASGIApp:
@@ -69,17 +76,11 @@ def create_app(agent: Agent) -> ASGIApp:
             return
         route = (scope["method"], scope["path"])
         if route == ("GET", HEALTH_PATH):
-            await _json(
-                send,
-                200,
-                {
-                    "ok": True,
-                    "session_id": agent.config.session_id,
-                    "state": agent.state.value,
-                    "resumed": agent.resumed,
-                    "bundle": agent.bundle.digest,
-                },
-            )
+            wait_s = _wait_s(scope.get("query_string", b""))
+            if wait_s:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(agent.wait_ready(), wait_s)
+            await _json(send, 200, health(agent))
         elif route == ("POST", TURNS_PATH):
             await _turn(agent, await _body(receive), send)
         elif route == ("POST", INTERRUPT_PATH):
@@ -89,6 +90,31 @@ def create_app(agent: Agent) -> ASGIApp:
             await _json(send, 404, {"error": "not_found"})
 
     return app
+
+
+def health(agent: Agent) -> dict[str, object]:
+    """What ``GET /healthz`` says: ``ready`` once the agent can take turns."""
+    return {
+        "ok": True,
+        "ready": agent.state in (AgentState.READY, AgentState.BUSY),
+        "session_id": agent.config.session_id,
+        "state": agent.state.value,
+        "resumed": agent.resumed,
+        "bundle": agent.bundle.digest,
+    }
+
+
+def _wait_s(query: bytes) -> float:
+    """``wait_s`` from a query string, within 0..MAX_HEALTH_WAIT_S (0 when absent or bad)."""
+    for part in query.split(b"&"):
+        name, _, value = part.partition(b"=")
+        if name == b"wait_s":
+            try:
+                seconds = float(value)
+            except ValueError:
+                return 0.0
+            return min(max(seconds, 0.0), MAX_HEALTH_WAIT_S) if seconds == seconds else 0.0
+    return 0.0
 
 
 async def _turn(agent: Agent, body: bytes, send: Send) -> None:
@@ -179,10 +205,13 @@ async def serve(config: RuntimeConfig) -> None:
     """Run the runtime until SIGTERM or SIGINT, with the egress forwarder when the config
     names the host's egress proxy (:mod:`kit.runtime.egress_forwarder`)."""
     forwarder, egress_proxy = None, None
-    if config.egress_unix_socket and config.egress_token:
-        forwarder = EgressForwarder(config.egress_unix_socket)
-        await forwarder.start()
-        egress_proxy = forwarder.proxy_url(config.egress_token)
+    if config.egress_url and config.egress_token:
+        if config.egress_url.startswith("unix:"):
+            forwarder = EgressForwarder(config.egress_url.removeprefix("unix:"))
+            await forwarder.start()
+            egress_proxy = forwarder.proxy_url(config.egress_token)
+        else:  # the proxy on TCP, reached directly
+            egress_proxy = proxy_url(config.egress_url, config.egress_token)
         # The runtime's own requests (an s3:// transcript store) leave the same way.
         os.environ.update(proxy_env(egress_proxy, config.model_base_url))
     try:
@@ -195,15 +224,22 @@ async def serve(config: RuntimeConfig) -> None:
 async def _serve(config: RuntimeConfig, egress_proxy: str | None) -> None:
     t0 = time.perf_counter()
     bundle = open_bundle(config.bundle_dir)
+    if config.bundle_digest is not None and bundle.digest != config.bundle_digest:
+        raise RuntimeConfigError(
+            f"The bundle at {config.bundle_dir} is {bundle.digest[:12]}…, not the "
+            f"{config.bundle_digest[:12]}… the sandbox was started for; refusing to run it."
+        )
     t1 = time.perf_counter()
     agent = Agent(config, bundle, egress_proxy=egress_proxy)
     sock = bind(config.listen)
-    actor = asyncio.create_task(agent.run(), name="agent")
-    await agent.wait_ready()
-    t2 = time.perf_counter()
     server = _Server(
         uvicorn.Config(
-            create_app(agent), log_level="warning", lifespan="off", timeout_graceful_shutdown=5
+            create_app(agent),
+            log_level="warning",
+            lifespan="off",
+            http="h11",
+            ws="none",
+            timeout_graceful_shutdown=5,
         )
     )
     stop = asyncio.Event()
@@ -216,16 +252,14 @@ async def _serve(config: RuntimeConfig, egress_proxy: str | None) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    # The agent first: its CLI boots in another process while the server starts here.
+    actor = asyncio.create_task(agent.run(), name="agent")
+    await asyncio.sleep(0)
     serving = asyncio.create_task(server.serve(sockets=[sock]), name="http")
-    endpoint = (
-        config.listen
-        if config.listen.startswith("unix:")
-        else f"tcp:{sock.getsockname()[0]}:{sock.getsockname()[1]}"
-    )
-    sys.stdout.write(
-        json.dumps({"ready": True, "endpoint": endpoint, "resumed": agent.resumed}) + "\n"
-    )
-    sys.stdout.flush()
+    ready = asyncio.create_task(agent.wait_ready())
+    await asyncio.wait([actor, ready], return_when=asyncio.FIRST_COMPLETED)
+    ready.cancel()
+    t2 = time.perf_counter()
     log.info(
         "session %s ready in %.0f ms (bundle %.0f ms, SDK connect %.0f ms, resumed=%s)",
         config.session_id,
@@ -246,9 +280,9 @@ async def _serve(config: RuntimeConfig, egress_proxy: str | None) -> None:
             raise task.exception()  # type: ignore[misc]
 
 
-def main(config_json: str | None = None) -> None:
-    """Entry point: ``python -m kit.runtime`` with the config JSON on stdin (or
-    ``config_json``: a confined sandbox's runtime, whose config its parent read)."""
+def main() -> None:
+    """Entry point: ``python -m kit.runtime``, configured by the file ``KIT_RUNTIME_CONFIG``
+    names (:mod:`kit.runtime.config`)."""
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
@@ -259,15 +293,18 @@ def main(config_json: str | None = None) -> None:
     # already imported).
     if os.environ.get("KIT_DIE_WITH_PARENT"):
         die_with_parent(int(os.environ["KIT_DIE_WITH_PARENT"]))
-    sys.stdout.write('{"imported": true}\n')
-    sys.stdout.flush()
-    if config_json is None:
-        config_json = sys.stdin.readline()
-        sys.stdin.close()
-    config = RuntimeConfig.from_json(config_json)
+    startup.wait_for_gate(os.environ)
+    try:
+        config = startup.load(os.environ)
+    except RuntimeConfigError as exc:
+        log.error("%s", exc)
+        sys.exit(2)
     adopt_session_folders(config)
     try:
         asyncio.run(serve(config))
+    except RuntimeConfigError as exc:
+        log.error("%s", exc)
+        sys.exit(2)
     except HarnessDied as exc:
         log.error("%s; this sandbox stops so a new one can take the session", exc)
         sys.exit(HARNESS_EXIT_CODE)

@@ -15,7 +15,7 @@ from claude_agent_sdk import (
 )
 from claude_agent_sdk.types import StreamEvent
 
-from kit.protocol.sandbox import RuntimeEvent
+from kit.protocol.runtime_api import RuntimeEvent
 
 MAX_TOOL_RESULT_CHARS = 64 * 1024
 

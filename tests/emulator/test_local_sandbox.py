@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -18,7 +19,7 @@ from emulator.sandbox import LocalSandboxProvider
 from kit.bundle import Bundle, build_bundle, load_project
 from kit.cli.settings import EXAMPLE_PROJECT
 from kit.host.errors import SandboxError
-from kit.host.sandbox import ModelAccess, SandboxSpec
+from kit.host.sandbox import Endpoint, SandboxSpec
 from kit.ids import new_session_id
 from tests.agents import pids_under
 from tests.test_private import _deadline
@@ -35,7 +36,9 @@ async def provider(
     kit_tmp: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[LocalSandboxProvider]:
     """A provider forking sandboxes from its fork server, or spawning each one fresh."""
-    p = LocalSandboxProvider(kit_tmp / "sandboxes", fork_server=request.param)
+    p = LocalSandboxProvider(
+        kit_tmp / "sandboxes", bundles=kit_tmp / "bundles", fork_server=request.param
+    )
     yield p
     await p.close()
 
@@ -72,9 +75,9 @@ def _spec(bundle: Bundle) -> SandboxSpec:
     return SandboxSpec(
         session_id=new_session_id(),
         tier="basic",
-        bundle_dir=bundle.path,
+        bundle_digest=bundle.digest,
         store_url="memory://",
-        model=ModelAccess("http://localhost", None, "kit-model-test"),
+        model=Endpoint("http://localhost", "kit-model-test"),
         runtime_token="rt",
         idle_timeout_s=60,
     )
@@ -127,10 +130,13 @@ async def test_unreachable_folder_is_named_unless_bound_in(
     refused up front, naming that folder."""
     inner = build_bundle(load_project(EXAMPLE_PROJECT), hidden / "bundles")
     assert provider.isolation in ("native", "bwrap"), provider.unisolated
+    provider.bundles = hidden / "bundles"
     sandbox = await provider.start(_spec(inner))
     info = await sandbox.stop()
     assert info.exit_code == 143
-    unconfined = LocalSandboxProvider(kit_tmp / "off", fork_server=False, isolation="off")
+    unconfined = LocalSandboxProvider(
+        kit_tmp / "off", bundles=hidden / "bundles", fork_server=False, isolation="off"
+    )
     try:
         with pytest.raises(SandboxError, match=f"cannot enter {hidden}"):
             await unconfined.start(_spec(inner))
@@ -193,7 +199,7 @@ async def test_a_runtime_killed_alone_inside_its_namespace_reports_137(
     """SIGKILL to the runtime only (pid 2 of the sandbox's namespace, not the group): the
     exit is relayed out through pid 1 and the host's child as 137 'killed', and nothing of
     the sandbox is left."""
-    provider = LocalSandboxProvider(kit_tmp / "sandboxes")
+    provider = LocalSandboxProvider(kit_tmp / "sandboxes", bundles=kit_tmp / "bundles")
     try:
         assert provider.isolation == "native"
         spec = _spec(bundle)
@@ -214,14 +220,14 @@ async def test_isolation_never_falls_back_to_none(
 ) -> None:
     """Isolation was chosen, then the fork server is down and bubblewrap is gone: the
     sandbox is refused with a message naming the way out, not started unconfined."""
-    provider = LocalSandboxProvider(kit_tmp / "sandboxes")
+    provider = LocalSandboxProvider(kit_tmp / "sandboxes", bundles=kit_tmp / "bundles")
     try:
         assert provider.isolation == "native"
 
         async def no_fork_server(env: dict[str, str]) -> None:
             return None
 
-        monkeypatch.setattr(provider, "_ensure_zygote", no_fork_server)
+        monkeypatch.setattr(provider, "_ensure_fork_server", no_fork_server)
         monkeypatch.setattr("emulator.sandbox.isolation.shutil.which", lambda name: None)
         spec = _spec(bundle)
         with pytest.raises(SandboxError, match="refusing to start an unisolated sandbox"):
@@ -259,7 +265,9 @@ async def test_root_follows_no_link_swapped_in_mid_path(
     """The sandbox user swaps its home for a link to another folder right after root gave
     it the home (a rename race, made deterministic here by doing it inside root's chmod):
     root makes or chowns nothing in the other folder (it refuses the link)."""
-    provider = LocalSandboxProvider(kit_tmp / "sandboxes", fork_server=False, isolation="off")
+    provider = LocalSandboxProvider(
+        kit_tmp / "sandboxes", bundles=kit_tmp / "bundles", fork_server=False, isolation="off"
+    )
     victim = kit_tmp / "victim"
     victim.mkdir(mode=0o755)
     spec = _spec(bundle)
@@ -284,3 +292,47 @@ async def test_root_follows_no_link_swapped_in_mid_path(
     assert home.is_symlink()  # the swap was made
     assert list(victim.iterdir()) == []
     assert (victim.stat().st_uid, victim.stat().st_mode & 0o777) == (0, 0o755)
+
+
+async def test_a_ready_sandbox_has_read_and_deleted_its_config(
+    provider: LocalSandboxProvider, bundle: Bundle
+) -> None:
+    """Readiness comes from the runtime's health probe, by then the runtime has deleted its
+    config file (the tokens in it are out of its tools' reach), and ``find`` sees the
+    sandbox until it exits."""
+    spec = _spec(bundle)
+    sandbox = await provider.start(spec)
+    run = provider.run_root / spec.session_id[:13]
+    assert sorted(p.name for p in run.iterdir()) == ["runtime.sock"]
+    assert await provider.find(spec.session_id) is sandbox
+    await sandbox.stop()
+    assert await provider.find(spec.session_id) is None
+
+
+async def test_a_bundle_that_is_not_the_one_named_is_refused(
+    provider: LocalSandboxProvider, bundle: Bundle
+) -> None:
+    """A spec naming a digest whose folder holds another bundle (same first 32 digits, the
+    folder's name): the runtime refuses to run it, and the start fails saying why."""
+    forged = bundle.digest[:32] + "0" * (len(bundle.digest) - 32)
+    spec = dataclasses.replace(_spec(bundle), bundle_digest=forged)
+    with pytest.raises(SandboxError, match=r"not the .* the sandbox was started for"):
+        await provider.start(spec)
+    missing = dataclasses.replace(_spec(bundle), bundle_digest="f" * 64)
+    with pytest.raises(SandboxError, match=r"is not in .*; build it first"):
+        await provider.start(missing)
+
+
+async def test_reap_stops_the_sandboxes_of_sessions_not_kept(
+    provider: LocalSandboxProvider, bundle: Bundle
+) -> None:
+    """``reap`` kills the sandboxes whose session ``keep`` rejects (reason ``orphan``) and
+    leaves the others running."""
+    kept, orphan = _spec(bundle), _spec(bundle)
+    first, second = await provider.start(kept), await provider.start(orphan)
+    reaped = await provider.reap(lambda session_id: session_id == kept.session_id)
+    assert reaped == [second.id]
+    info = await second.wait()
+    assert (info.exit_code, info.reason) == (137, "orphan")
+    assert await provider.find(kept.session_id) is first
+    await first.stop()

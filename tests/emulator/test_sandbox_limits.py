@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from emulator.sandbox import LocalSandboxProvider
-from emulator.sandbox.limits import CFS_PERIOD_US, PIDS_MAX, Cgroups
+from emulator.sandbox.cgroups import CFS_PERIOD_US, PIDS_MAX, Cgroups
 from kit.bundle import Bundle, build_bundle, load_project
 from kit.cli.settings import EXAMPLE_PROJECT
 from kit.host.errors import SandboxError
-from kit.host.sandbox import ModelAccess, SandboxSpec
+from kit.host.sandbox import Endpoint, SandboxSpec
 from kit.ids import new_session_id
 
 pytestmark = pytest.mark.skipif(
@@ -32,7 +32,7 @@ def bundle(kit_tmp: Path) -> Bundle:
 @pytest.fixture
 async def provider(kit_tmp: Path) -> AsyncIterator[LocalSandboxProvider]:
     """A provider with cgroup limits (and its fork server)."""
-    p = LocalSandboxProvider(kit_tmp / "sandboxes")
+    p = LocalSandboxProvider(kit_tmp / "sandboxes", bundles=kit_tmp / "bundles")
     yield p
     await p.close()
 
@@ -41,9 +41,9 @@ def _spec(bundle: Bundle, tier: str = "basic") -> SandboxSpec:
     return SandboxSpec(
         session_id=new_session_id(),
         tier=tier,
-        bundle_dir=bundle.path,
+        bundle_digest=bundle.digest,
         store_url="memory://",
-        model=ModelAccess("http://localhost", None, "kit-model-test"),
+        model=Endpoint("http://localhost", "kit-model-test"),
         runtime_token="rt",
         idle_timeout_s=60,
     )

@@ -403,7 +403,7 @@ async def test_each_sandbox_gets_a_token_that_dies_with_it(kit_tmp: Path) -> Non
         assert isinstance(sandbox, LocalSandbox)
         access = sandbox.spec.egress
         assert access is not None
-        assert access.unix_socket == str(stack.provider.run_root / "egress.sock")
+        assert access.url == f"unix:{stack.provider.run_root / 'egress.sock'}"
         assert stack.egress.session_for(access.token.encode()) == session.id
         ended = _Ended()
         async with session.quiet():

@@ -224,7 +224,7 @@ async def test_sandbox_death_keeps_the_socket_and_the_turn(agent_stack: Stack) -
 async def test_recovery_resends_a_prompt_that_never_reached_the_store(stack: Stack) -> None:
     """The runtime continues a recovered turn only if its prompt is in the store; a turn
     killed before that is sent again as it was (checked on a transcript the real CLI wrote)."""
-    from kit.protocol.sandbox import TurnRequest
+    from kit.protocol.runtime_api import TurnRequest
     from kit.runtime.agent import RECOVER_PROMPT, recovery_prompt, stored_user_prompts
 
     client, session = await open_session(stack)

@@ -6,11 +6,19 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from kit.host.launch import Release, SessionEnv
+from kit.host.launch import Release, SessionEnv, launch
 from kit.host.pool import BACKOFF_S, SandboxPool
-from kit.host.sandbox import ExitInfo, Sandbox, SandboxProvider, SandboxSpec, SandboxState
+from kit.host.sandbox import (
+    Endpoint,
+    ExitInfo,
+    Sandbox,
+    SandboxProvider,
+    SandboxSpec,
+    SandboxState,
+)
 from kit.ids import SandboxId, SessionId
 
 RELEASE = Release(Path("/nonexistent/bundle"), "d1", "basic", 600)
@@ -57,16 +65,27 @@ class FakeProvider(SandboxProvider):
             asyncio.get_running_loop().call_soon(sandbox.die, "oom")
         return sandbox
 
+    async def find(self, session_id: SessionId) -> FakeSandbox | None:
+        return next(
+            (
+                s
+                for s in self.started
+                if s.session_id == session_id and s.state is not SandboxState.EXITED
+            ),
+            None,
+        )
+
+    async def reap(self, keep: Callable[[SessionId], bool]) -> list[SandboxId]:
+        return []
+
 
 def env_for(provider: SandboxProvider, grace_s: float = 30.0) -> SessionEnv:
     return SessionEnv(
         provider=provider,
         issue_model_token=lambda sid, limits: f"model-{sid}",
         revoke_model_token=lambda token: None,
-        model_base_url="http://localhost",
-        model_unix_socket=None,
+        model_endpoint="http://localhost",
         store_url=lambda sid: "memory://",
-        writable=lambda sid: (),
         release=lambda: RELEASE,
         grace_s=grace_s,
     )
@@ -137,3 +156,22 @@ async def test_a_taken_sandbox_leaves_the_pool_and_a_new_spare_starts() -> None:
     finally:
         await pool.close()
     assert all(s.state is SandboxState.EXITED for s in provider.started[1:])
+
+
+async def test_a_sandbox_left_for_the_session_is_stopped_before_another_starts() -> None:
+    """A sandbox the provider still runs for the session (left by a host that died) is
+    killed (reason ``orphan``) before ``launch`` starts the session's new one: never two
+    sandboxes on one transcript. (Broken on purpose once: without the check both ran.)"""
+    provider = FakeProvider()
+    env = env_for(provider)
+    session_id = SessionId("3f0c1a4e-0000-4000-8000-000000000001")
+    left = await provider.start(
+        SandboxSpec(
+            session_id, "basic", "d1", "memory://", Endpoint("http://localhost", "t"), "rt", 60
+        )
+    )
+    live = await launch(env, session_id, RELEASE)
+    assert left.state is SandboxState.EXITED
+    assert (await left.wait()).reason == "orphan"
+    assert live.sandbox is not left
+    assert await provider.find(session_id) is live.sandbox

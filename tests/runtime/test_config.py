@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from kit.runtime.config import STORE_DEADLINE_S, STORE_RETRY_S, RuntimeConfig, RuntimeConfigError
+from kit.protocol.runtime_config import (
+    STORE_DEADLINE_S,
+    STORE_RETRY_S,
+    RuntimeConfig,
+    RuntimeConfigError,
+)
 
 BASE = {
     "session_id": "s",
@@ -51,18 +56,18 @@ def test_bad_store_waits_are_refused(retry: object, deadline: object, says: str)
 
 
 def test_egress_settings_default_to_none_and_round_trip() -> None:
-    """Without egress settings there are none; set, they survive the trip over stdin."""
-    assert RuntimeConfig.from_json(json.dumps(BASE)).egress_unix_socket is None
-    raw = {**BASE, "egress_unix_socket": "/run/egress.sock", "egress_token": "kit-egress-x"}
+    """Without egress settings there are none; set, they survive the trip through the file."""
+    assert RuntimeConfig.from_json(json.dumps(BASE)).egress_url is None
+    raw = {**BASE, "egress_url": "unix:/run/egress.sock", "egress_token": "kit-egress-x"}
     config = RuntimeConfig.from_json(json.dumps(raw))
-    assert (config.egress_unix_socket, config.egress_token) == ("/run/egress.sock", "kit-egress-x")
+    assert (config.egress_url, config.egress_token) == ("unix:/run/egress.sock", "kit-egress-x")
     assert RuntimeConfig.from_json(config.to_json()) == config
 
 
 @pytest.mark.parametrize(
-    "extra", [{"egress_unix_socket": "/run/egress.sock"}, {"egress_token": "kit-egress-x"}]
+    "extra", [{"egress_url": "unix:/run/egress.sock"}, {"egress_token": "kit-egress-x"}]
 )
 def test_egress_socket_and_token_go_together(extra: dict[str, str]) -> None:
     """One egress setting without the other is refused, naming both."""
-    with pytest.raises(RuntimeConfigError, match="egress_unix_socket and egress_token"):
+    with pytest.raises(RuntimeConfigError, match="egress_url and egress_token"):
         RuntimeConfig.from_json(json.dumps({**BASE, **extra}))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -20,11 +19,11 @@ from emulator.model import create_app as create_model_app
 from kit.bundle import build_bundle, load_project
 from kit.host.egress import EgressProxy
 from kit.host.proxy import ModelProxy
-from kit.host.runtime_client import RuntimeClient
+from kit.host.runtime_client import RuntimeClient, wait_ready
 from kit.ids import SessionId, new_session_id
-from kit.protocol.sandbox import RuntimeEvent, TurnRequest
+from kit.protocol.runtime_api import RuntimeEvent, TurnRequest
+from kit.protocol.runtime_config import CONFIG_ENV, RuntimeConfig
 from kit.runtime.agent import Agent
-from kit.runtime.config import RuntimeConfig
 from kit.runtime.egress_forwarder import EgressForwarder, proxy_env
 from tests.agents import write_agent
 from tests.conftest import serve_on_loopback
@@ -217,34 +216,29 @@ async def _one_turn(
         model_unix_socket=str(kit_tmp / "model.sock"),
         model_token=model.issue(session),
         runtime_token="runtime-token",
-        egress_unix_socket=str(kit_tmp / "egress.sock"),
+        egress_url=f"unix:{kit_tmp / 'egress.sock'}",
         egress_token=egress.issue(session),
     )
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    config_file = kit_tmp / "config.json"
+    config_file.write_text(config.to_json())
     with (kit_tmp / "runtime.log").open("wb") as log:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "kit.runtime",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
             stderr=log,
-            env={**env, "HOME": str(dirs["home"])},
+            env={**env, "HOME": str(dirs["home"]), CONFIG_ENV: str(config_file)},
             cwd=Path(__file__).resolve().parents[2],
         )
-    assert proc.stdin is not None
-    assert proc.stdout is not None
     try:
         async with asyncio.timeout(TURN_TIMEOUT_S):
-            proc.stdin.write(config.to_json().encode() + b"\n")
-            await proc.stdin.drain()
-            while True:
-                line = await proc.stdout.readline()
-                assert line, (kit_tmp / "runtime.log").read_text()[-3000:]
-                ready = json.loads(line)
-                if ready.get("ready"):
-                    break
-            client = RuntimeClient(ready["endpoint"], "runtime-token")
+            client = RuntimeClient(config.listen, "runtime-token")
+            ready = await wait_ready(client, lambda: proc.returncode is None, TURN_TIMEOUT_S)
+            assert ready, (kit_tmp / "runtime.log").read_text()[-3000:]
+            assert not config_file.exists()  # the runtime deleted its tokens once read
             events = [
                 event
                 async for batch in client.stream_turn(TurnRequest("t1", text))

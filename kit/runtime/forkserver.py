@@ -1,12 +1,12 @@
 """A fork server for local sandboxes: imports the runtime once, forks one per sandbox.
 
-``python -m kit.runtime.zygote`` (started by the local provider, as the sandbox user or, when
+``python -m kit.runtime.forkserver`` (started by the local provider, as the sandbox user or, when
 it confines sandboxes (:mod:`kit.runtime.jail`), as root, with a
 ``SOCK_SEQPACKET`` control socket on the fd named by ``KIT_ZYGOTE_FD``) pays the runtime's
 imports (~0.6 s of CPU, mostly the Agent SDK) once. Each request is one message: JSON
 ``{"spawn": ID, "cwd": DIR, "env": {...}, "jail": {...} | null}`` carrying three file descriptors (the child's
-stdin, stdout and stderr). The zygote forks a child that, in its own session (process group),
-becomes a runtime exactly like ``python -m kit.runtime``. The zygote answers
+stdin, stdout and stderr; stdin only ever carries the host's go, ``KIT_RUNTIME_GATE``). the fork server forks a child that, in its own session (process group),
+becomes a runtime exactly like ``python -m kit.runtime``. the fork server answers
 ``{"spawned": ID, "pid": PID}`` and, when a child ends, ``{"exited": PID, "code": RC}``
 (negative: killed by that signal). A fork costs milliseconds, and every sandbox shares the
 imported modules' memory.
@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from kit.runtime import jail, server  # the heavy imports, paid once here
+from kit.runtime import config, jail, server  # the heavy imports, paid once here
 
 
 def _child(request: dict[str, Any], fds: list[int], ctl: socket.socket) -> None:
@@ -58,14 +58,11 @@ def _child(request: dict[str, Any], fds: list[int], ctl: socket.socket) -> None:
 
 def _confined(spec: jail.Jail) -> NoReturn:
     """Run the runtime in its own namespaces; end this process as the runtime ended."""
-    # The host puts this process into the sandbox's cgroups before it sends the config:
-    # wait for it, so everything forked from here on starts inside the tier's limits.
-    config = sys.stdin.readline()
-    sys.stdin.close()
+    # The host puts this process into the sandbox's cgroups before it says go: wait for
+    # it, so everything forked from here on starts inside the tier's limits.
+    config.wait_for_gate(os.environ)
     parent = os.environ.pop("KIT_DIE_WITH_PARENT", "")
-    status = jail.confine(
-        spec, lambda: _run(lambda: server.main(config)), int(parent) if parent else None
-    )
+    status = jail.confine(spec, lambda: _run(server.main), int(parent) if parent else None)
     with _quiet():
         sys.stdout.flush()
         sys.stderr.flush()

@@ -1,8 +1,8 @@
-"""The host side of the runtime fork server (:mod:`kit.runtime.zygote`).
+"""The host side of the runtime fork server (:mod:`kit.runtime.forkserver`).
 
-One zygote per provider, started as the sandbox user with a ``SOCK_SEQPACKET`` control
-socket. :meth:`Zygote.spawn` creates the child's pipes, sends their child ends with the
-request (``SCM_RIGHTS``) and returns a :class:`ZygoteChild` whose exit code the zygote
+One fork server per provider, started as the sandbox user with a ``SOCK_SEQPACKET`` control
+socket. :meth:`ForkServer.spawn` creates the child's stdin pipe, sends its child end and the log with the
+request (``SCM_RIGHTS``) and returns a :class:`ForkedChild` whose exit code the fork server
 reports when it reaps the child.
 """
 
@@ -25,18 +25,17 @@ from kit.private import open_private
 
 
 @dataclass
-class ZygoteChild:
-    """A runtime forked by the zygote: its pid (= its process group), stdout, exit code."""
+class ForkedChild:
+    """A runtime forked by the fork server: its pid (= its process group) and exit code."""
 
     pid: int
-    stdout: asyncio.StreamReader
     _stdin_fd: int
     _exited: asyncio.Future[int] = field(repr=False)
 
-    def write_stdin(self, data: bytes) -> None:
-        """Hand the child its config (one line), then close its stdin."""
+    def open_gate(self) -> None:
+        """Tell the child go (``KIT_RUNTIME_GATE``: one line on its stdin), then close it."""
         try:
-            os.write(self._stdin_fd, data)
+            os.write(self._stdin_fd, b"go\n")
         finally:
             os.close(self._stdin_fd)
 
@@ -45,7 +44,7 @@ class ZygoteChild:
         return await asyncio.shield(self._exited)
 
 
-class Zygote:
+class ForkServer:
     """A running fork server."""
 
     def __init__(self) -> None:
@@ -70,7 +69,7 @@ class Zygote:
     async def start(
         self, argv: Sequence[str], env: dict[str, str], cwd: Path, log_path: Path, timeout_s: float
     ) -> None:
-        """Start the zygote and wait until it has imported the runtime."""
+        """Start the fork server and wait until it has imported the runtime."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with os.fdopen(open_private(log_path), "ab") as log_file:
             self.proc = await asyncio.create_subprocess_exec(
@@ -94,19 +93,18 @@ class Zygote:
         if first != b'{"imported": true}':
             await self.stop()
             raise SandboxError(f"The runtime fork server did not start; see {log_path}.")
-        self._reader = asyncio.create_task(self._read_reports(), name="zygote-reports")
+        self._reader = asyncio.create_task(self._read_reports(), name="fork-server-reports")
 
     async def spawn(
         self, cwd: Path, env: dict[str, str], log_path: Path, jail: dict[str, Any] | None = None
-    ) -> ZygoteChild:
+    ) -> ForkedChild:
         """Fork a runtime child working in ``cwd`` with exactly ``env`` (confined to ``jail``,
         :meth:`kit.runtime.jail.Jail.to_json`, when given)."""
         if not self.alive or self._sock is None or self.proc is None:
             raise SandboxError("The runtime fork server is not running.")
         loop = asyncio.get_running_loop()
         in_r, in_w = os.pipe()
-        out_r, out_w = os.pipe()
-        # Never through a link, never blocking on a FIFO (open_private).
+        # Never through a link, never blocking on a FIFO (open_private). stdout goes there too.
         err = open_private(log_path)
         ident = next(self._ids)
         spawned: asyncio.Future[int] = loop.create_future()
@@ -115,24 +113,19 @@ class Zygote:
             request = json.dumps(
                 {"spawn": ident, "cwd": str(cwd), "env": env, "jail": jail}
             ).encode()
-            socket.send_fds(self._sock, [request], [in_r, out_w, err])
+            socket.send_fds(self._sock, [request], [in_r, err, err])
         finally:
-            for fd in (in_r, out_w, err):
+            for fd in (in_r, err):
                 os.close(fd)
         try:
             pid = await asyncio.wait_for(spawned, 10)
         except TimeoutError:
             os.close(in_w)
-            os.close(out_r)
             raise SandboxError("The runtime fork server did not answer a spawn request.") from None
         exited = self._exits.setdefault(pid, loop.create_future())
         if pid in self._early_exits and not exited.done():
             exited.set_result(self._early_exits.pop(pid))
-        reader = asyncio.StreamReader(limit=2**20)
-        await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(out_r, "rb", 0)
-        )
-        return ZygoteChild(pid, reader, in_w, exited)
+        return ForkedChild(pid, in_w, exited)
 
     async def _read_reports(self) -> None:
         assert self._sock is not None
@@ -153,13 +146,13 @@ class Zygote:
                     self._early_exits[pid] = code  # reaped before the spawn reply was read
                 elif not future.done():
                     future.set_result(code)
-        # The zygote is gone; children die with it (parent-death signal): report them killed.
+        # the fork server is gone; children die with it (parent-death signal): report them killed.
         for future in self._exits.values():
             if not future.done():
                 future.set_result(-signal.SIGKILL)
 
     async def stop(self) -> None:
-        """Stop the zygote (its children follow it)."""
+        """Stop the fork server (its children follow it)."""
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
