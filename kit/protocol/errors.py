@@ -3,10 +3,12 @@
 ::
 
     KitError
-    └── SessionProtocolError   the session protocol refused something
+    └── SessionProtocolError   the session protocol (or the host-runtime wire) refused something
         ├── ProtocolError      a frame broke the protocol; carries a stable ``code``
         │                      and, when the connection must end, a WebSocket ``close_code``
-        └── InvalidStateError  a protocol object was asked something its state forbids
+        ├── InvalidStateError  a protocol object was asked something its state forbids
+        └── RuntimeConfigError a runtime config the runtime cannot use
+                               (kit.protocol.runtime_config)
 
 The codes are part of the public protocol (docs/protocol.md): clients may switch on them.
 """
@@ -47,7 +49,8 @@ CLOSE_SESSION_ELSEWHERE = 4409
 
 
 class SessionProtocolError(KitError):
-    """The session protocol refused something: a frame, or a call in the wrong state."""
+    """The session protocol refused something: a frame, a call in the wrong state, or a
+    runtime config."""
 
 
 class ProtocolError(SessionProtocolError):
