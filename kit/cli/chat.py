@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kit.cli import console
+from kit.cli.errors import CliError
 from kit.client import (
     FOREVER,
     ClientError,
@@ -30,12 +31,11 @@ from kit.client import (
     SessionClient,
     create_session,
 )
-from kit.errors import KitError
 from kit.protocol.frames import Event
 from kit.protocol.turns import TURN_FAILED, ends_turn
 
 
-class ChatError(KitError):
+class ChatError(CliError):
     """``kit chat`` cannot find or open a session."""
 
 

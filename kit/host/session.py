@@ -55,7 +55,7 @@ class Subscriber(Protocol):
     def deliver(self, event: Event) -> None:
         """Take one committed event; must not block."""
 
-    def evict(self, message: str) -> None:
+    def moved(self, message: str) -> None:
         """The session left this host (another host owns it now): end the connection."""
 
 
@@ -567,7 +567,7 @@ class Session:
         if self.on_gone is not None:
             self.on_gone(self)  # the next hello for it loads it afresh (or finds its new owner)
         for subscriber in list(self._subscribers | self._handshaking):
-            subscriber.evict(reason)
+            subscriber.moved(reason)
         task = asyncio.get_running_loop().create_task(self._shut_down_lost())
         _background.add(task)
         task.add_done_callback(_background.discard)

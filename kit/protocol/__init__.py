@@ -17,7 +17,7 @@ from kit.protocol.client import (
     PongReceived,
     Welcomed,
 )
-from kit.protocol.errors import InvalidStateError, ProtocolError
+from kit.protocol.errors import InvalidStateError, ProtocolError, SessionProtocolError
 from kit.protocol.frames import (
     EVENT_KINDS,
     MAX_FRAME_BYTES,
@@ -103,6 +103,7 @@ __all__ = [
     "ResumeMode",
     "ServerConnection",
     "ServerInput",
+    "SessionProtocolError",
     "StartSandbox",
     "Stream",
     "TurnAction",

@@ -57,8 +57,8 @@ class Probe:
         if problem:
             self.failures.append(problem)
 
-    def evict(self, message: str) -> None:
-        self.failures.append(f"evicted: {message}")
+    def moved(self, message: str) -> None:
+        self.failures.append(f"moved: {message}")
 
 
 async def _turn(client: SessionClient, text: str) -> list[Event]:
@@ -384,7 +384,7 @@ async def test_a_turn_that_keeps_losing_its_sandbox_is_given_up_across_restarts(
             elif state == "died" and self.stop_after is not None and starts >= self.stop_after:
                 self.done.set()
 
-        def evict(self, message: str) -> None:
+        def moved(self, message: str) -> None:
             raise AssertionError(message)
 
     async def kill_every_sandbox(stack: Stack, session_id: str, stop_after: int | None) -> None:
