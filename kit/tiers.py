@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from kit.errors import KitError
+
 Platform = Literal["cloudflare", "fly"]
 
 
@@ -55,7 +57,7 @@ def tier_names() -> list[str]:
     return list(TIERS)
 
 
-class TierError(ValueError):
+class TierError(KitError):
     """A custom size the platform would refuse; the message names the rule."""
 
 

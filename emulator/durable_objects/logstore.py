@@ -1,8 +1,9 @@
 """The session host's event log in Durable Object storage: one object per session.
 
 :class:`SessionLogObject` is what the shim's SessionDO keeps in ``ctx.storage.sql``
-(ARCHITECTURE §5): ``meta``, ``events`` and ``turns`` tables (the same schema as
-``kit.host.eventlog``'s SQLite files, so a ``kit dev`` state dir from before keeps working).
+(ARCHITECTURE §5): ``meta``, ``events`` and ``turns`` tables (the schema and statements of
+:mod:`kit.host.logtables`, which kit's SQLite files use too, so a ``kit dev`` state dir from
+before keeps working).
 Its constructor rebuilds ``last_seq`` from storage, so an evicted or hibernated object
 carries on where its storage left off. Each append is one ``transactionSync``: an event
 over Cloudflare's limits fails with Cloudflare's text and changes nothing.
@@ -13,7 +14,6 @@ its answers come back only after the object's writes are committed (the output g
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,33 +21,12 @@ from typing import Any, TypeVar
 from emulator.durable_objects.errors import DurableObjectError
 from emulator.durable_objects.namespace import DurableObject, Namespace, ObjectState
 from kit.host.errors import LogError
-from kit.host.eventlog import (
-    EVENTS_AFTER,
-    OPEN_TURN_STATES,
-    LogStore,
-    LogSummary,
-    SessionLog,
-    Turn,
-    TurnState,
-    events_of,
-    now_ms,
-    summarize,
-)
+from kit.host.eventlog import LogStore, LogSummary, SessionLog, Turn, TurnState
+from kit.host.logtables import LogTables
 from kit.ids import SessionId, TurnId, is_session_id
 from kit.protocol.frames import Event
 
 T = TypeVar("T")
-
-SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL,"
-    " turn_id TEXT, data TEXT NOT NULL, ts INTEGER NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS turns (turn_id TEXT PRIMARY KEY,"
-    " client_msg_id TEXT NOT NULL UNIQUE, text TEXT NOT NULL, state TEXT NOT NULL,"
-    " user_seq INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
-    " updated_ms INTEGER NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS turns_state ON turns(state, user_seq)",
-)
 
 
 class SessionLogObject(DurableObject):
@@ -56,111 +35,58 @@ class SessionLogObject(DurableObject):
     def __init__(self, ctx: ObjectState) -> None:
         super().__init__(ctx)
         sql = ctx.storage.sql
-        for statement in SCHEMA:
-            sql.exec(statement)
-        self.last_seq: int = sql.exec("SELECT COALESCE(MAX(seq), 0) FROM events").rows[0][0]
-        self.turns: int = sql.exec("SELECT COUNT(*) FROM turns").rows[0][0]
+        self.tables = LogTables(lambda query, *bindings: sql.exec(query, *bindings).rows)
+        """The log's SQL (shared with kit's SQLite files) on this object's storage."""
+        self.tables.create()
+        self.last_seq: int = self.tables.last_seq()
+        self.turns: int = self.tables.turn_count()
 
     def create(self, meta: dict[str, Any]) -> None:
         """Write the session's metadata (once)."""
-        sql = self.ctx.storage.sql
-        if sql.exec("SELECT 1 FROM meta LIMIT 1").rows:
+        if self.tables.has_meta():
             raise LogError(f"Session {self.ctx.id} already exists.")
-        self.ctx.storage.transaction_sync(
-            lambda: [
-                sql.exec("INSERT INTO meta VALUES (?, ?)", k, json.dumps(v))
-                for k, v in meta.items()
-            ]
-        )
+        self.ctx.storage.transaction_sync(lambda: self.tables.write_meta(meta))
 
     def meta(self) -> dict[str, Any]:
         """The session's metadata."""
-        rows = self.ctx.storage.sql.exec("SELECT key, value FROM meta").rows
-        return {k: json.loads(v) for k, v in rows}
+        return self.tables.meta()
 
     def append_many(
         self, items: list[tuple[str, dict[str, Any]]], turn_id: TurnId | None
     ) -> list[Event]:
         """Commit events in one transaction (all or none); seqs follow ``last_seq``."""
-        events = self.ctx.storage.transaction_sync(lambda: self._insert(items, turn_id))
+        events = self.ctx.storage.transaction_sync(
+            lambda: self.tables.insert_events(self.last_seq, items, turn_id)
+        )
         self.last_seq = events[-1].seq if events else self.last_seq
-        return events
-
-    def _insert(
-        self, items: list[tuple[str, dict[str, Any]]], turn_id: TurnId | None
-    ) -> list[Event]:
-        sql, seq, events = self.ctx.storage.sql, self.last_seq, []
-        for kind, data in items:
-            seq += 1
-            event = Event(seq=seq, kind=kind, data=data, ts=now_ms(), turn_id=turn_id)
-            sql.exec(
-                "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
-                seq,
-                kind,
-                turn_id,
-                json.dumps(data, ensure_ascii=False),
-                event.ts,
-            )
-            events.append(event)
         return events
 
     def read_after(self, seq: int, limit: int | None) -> list[Event]:
         """Events after ``seq``, oldest first."""
-        return events_of(
-            self.ctx.storage.sql.exec(EVENTS_AFTER, seq, -1 if limit is None else limit).rows
-        )
+        return self.tables.read_after(seq, limit)
 
     def summary(self) -> LogSummary:
         """What the log holds (reads only)."""
-        sql = self.ctx.storage.sql
-        return summarize(
-            SessionId(self.ctx.id), lambda query, *params: sql.exec(query, *params).rows
-        )
+        return self.tables.summary(SessionId(self.ctx.id))
 
     def add_user_turn(self, client_msg_id: str, text: str) -> tuple[Turn, Event] | None:
         """Queue a turn and its ``user`` event together; None for a seen ``client_msg_id``."""
-        sql = self.ctx.storage.sql
-        if sql.exec("SELECT 1 FROM turns WHERE client_msg_id = ?", client_msg_id).rows:
+        if self.tables.turn_seen(client_msg_id):
             return None
         turn_id = TurnId(f"t{self.turns + 1}")
-
-        def add() -> Event:
-            (event,) = self._insert(
-                [("user", {"client_msg_id": client_msg_id, "text": text})], turn_id
-            )
-            sql.exec(
-                "INSERT INTO turns VALUES (?, ?, ?, ?, ?, 0, ?)",
-                turn_id,
-                client_msg_id,
-                text,
-                TurnState.QUEUED.value,
-                event.seq,
-                event.ts,
-            )
-            return event
-
-        event = self.ctx.storage.transaction_sync(add)
+        turn, event = self.ctx.storage.transaction_sync(
+            lambda: self.tables.add_turn(self.last_seq, turn_id, client_msg_id, text)
+        )
         self.last_seq, self.turns = event.seq, self.turns + 1
-        return Turn(turn_id, client_msg_id, text, TurnState.QUEUED, event.seq, 0), event
+        return turn, event
 
     def set_turn_state(self, turn_id: TurnId, state: TurnState, attempt: bool) -> None:
         """Move a turn to ``state``."""
-        self.ctx.storage.sql.exec(
-            "UPDATE turns SET state = ?, attempts = attempts + ?, updated_ms = ? WHERE turn_id = ?",
-            state.value,
-            1 if attempt else 0,
-            now_ms(),
-            turn_id,
-        )
+        self.tables.set_turn_state(turn_id, state, attempt)
 
     def open_turns(self) -> list[Turn]:
         """Queued, running and interrupted turns, oldest first."""
-        rows = self.ctx.storage.sql.exec(
-            "SELECT turn_id, client_msg_id, text, state, user_seq, attempts FROM turns"
-            " WHERE state IN (?, ?, ?) ORDER BY user_seq",
-            *(s.value for s in OPEN_TURN_STATES),
-        ).rows
-        return [Turn(TurnId(r[0]), r[1], r[2], TurnState(r[3]), r[4], r[5]) for r in rows]
+        return self.tables.open_turns()
 
 
 class DOSessionLog(SessionLog):

@@ -11,12 +11,14 @@ wiring).
 """
 
 from emulator.model.app import create_app
+from emulator.model.errors import OfflineModelError
 from emulator.model.scenarios import ScenarioSource, load_scenario_file
 from emulator.model.schema import ApiError, Check, Rule, Scenario, ScenarioError, Step
 
 __all__ = [
     "ApiError",
     "Check",
+    "OfflineModelError",
     "Rule",
     "Scenario",
     "ScenarioError",

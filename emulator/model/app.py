@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from emulator.model.errors import OfflineModelError
 from emulator.model.replies import Reply, choose_reply, estimate_tokens, new_id
 from emulator.model.scenarios import ScenarioSource
 from emulator.model.schema import ScenarioError
@@ -89,7 +90,7 @@ class _RequireKey:
 
     def __init__(self, app: ASGIApp, *, key: str) -> None:
         if not key:
-            raise ValueError("The offline model needs a non-empty api_key.")
+            raise OfflineModelError("The offline model needs a non-empty api_key.")
         self.app, self.key = app, key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -1,11 +1,7 @@
 """The scenario format as data: rules, steps, checks, and :class:`ScenarioError`.
 
-Errors::
-
-    kit.errors.KitError
-    └── ScenarioError   a scenario file is missing, unreadable or breaks the format;
-                        the message names the file, the rule or check, the key and what
-                        is allowed
+:class:`ScenarioError` is an :class:`~emulator.model.errors.OfflineModelError` (the
+package's tree is drawn in :mod:`emulator.model.errors`).
 """
 
 from __future__ import annotations
@@ -15,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeAlias
 
-from kit.errors import KitError
+from emulator.model.errors import OfflineModelError
 
 JsonValue: TypeAlias = str | int | float | bool | list["JsonValue"] | dict[str, "JsonValue"] | None
 """A value that survives ``json.dumps``: what a tool's ``input`` may hold."""
@@ -24,7 +20,7 @@ DEFAULT_CHUNK_CHARS = 24
 """Size, in characters, of the text deltas a step streams unless it sets ``chunk_chars``."""
 
 
-class ScenarioError(KitError):
+class ScenarioError(OfflineModelError):
     """A scenario file is missing, unreadable or does not follow the format."""
 
 

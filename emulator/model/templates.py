@@ -19,6 +19,8 @@ import re
 import string
 from dataclasses import dataclass, field
 
+from emulator.model.errors import OfflineModelError
+
 FIELDS = ("user", "match[N]", "tool_result", "skill_dir")
 """The placeholder names a template may use, as shown in error messages."""
 
@@ -26,7 +28,7 @@ _MATCH_FIELD = re.compile(r"match\[(\d{1,3})\]")
 _FORMATTER = string.Formatter()
 
 
-class TemplateError(ValueError):
+class TemplateError(OfflineModelError):
     """A template uses a placeholder or format that does not exist."""
 
 

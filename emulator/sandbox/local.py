@@ -162,7 +162,10 @@ class LocalSandboxProvider(SandboxProvider):
         self.unisolated = ""
         """Empty when sandboxes are isolated; otherwise why not."""
         if isolation not in ("auto", "bwrap", "off"):
-            raise ValueError(f"isolation must be auto, bwrap or off, not {isolation!r}")
+            raise SandboxError(
+                f"Sandbox isolation must be auto, bwrap or off (KIT_SANDBOX_ISOLATION), not "
+                f"{isolation!r}."
+            )
         if isolation == "off":
             self.unisolated = "KIT_SANDBOX_ISOLATION=off"
             _warn_once(cannot_confine("it is turned off (KIT_SANDBOX_ISOLATION=off)"))

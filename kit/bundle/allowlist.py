@@ -23,6 +23,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from kit.bundle.errors import EgressRuleError
+
 DEFAULT_PORTS = (443, 80)
 """The ports an entry without ``:port`` admits (HTTPS and plain HTTP)."""
 ALLOWED_FORMS = (
@@ -54,30 +56,40 @@ class EgressRule:
 
 
 def parse_rule(entry: str) -> EgressRule:
-    """Parse one entry; :class:`ValueError` says what is wrong with it (a phrase such as
-    ``"has a path"``, to be put after the entry in a message)."""
+    """Parse one entry; :class:`EgressRuleError` says what is wrong with it (its
+    ``problem``: a phrase such as ``"has a path"``, to be put after the entry in a message)."""
     if not entry.strip():
-        raise ValueError("is empty")
+        raise EgressRuleError(entry, "is empty", ALLOWED_FORMS)
     if entry != entry.strip() or any(c.isspace() for c in entry):
-        raise ValueError("contains spaces")
+        raise EgressRuleError(entry, "contains spaces", ALLOWED_FORMS)
     if "://" in entry:
-        raise ValueError("is a URL; write the host alone, without its scheme")
+        raise EgressRuleError(
+            entry, "is a URL; write the host alone, without its scheme", ALLOWED_FORMS
+        )
     if any(c in entry for c in "/?#@"):
-        raise ValueError("has a path or other URL parts; write the host alone")
+        raise EgressRuleError(
+            entry, "has a path or other URL parts; write the host alone", ALLOWED_FORMS
+        )
     if entry.startswith("[") or entry.count(":") > 1:
-        raise ValueError("looks like an IPv6 address, which is not supported")
+        raise EgressRuleError(
+            entry, "looks like an IPv6 address, which is not supported", ALLOWED_FORMS
+        )
     text, sep, port_text = entry.partition(":")
     port: int | None = None
     if sep:
         if not _PORT.match(port_text) or not 1 <= int(port_text) <= 65535:
-            raise ValueError("has a port that is not a number from 1 to 65535")
+            raise EgressRuleError(
+                entry, "has a port that is not a number from 1 to 65535", ALLOWED_FORMS
+            )
         port = int(port_text)
     wildcard = text.startswith("*.")
     host = normalize_host(text[2:] if wildcard else text)
     if host is None:
-        raise ValueError("is not a host name or an IPv4 address")
+        raise EgressRuleError(entry, "is not a host name or an IPv4 address", ALLOWED_FORMS)
     if wildcard and (_is_ipv4(host) or host.count(".") < 1):
-        raise ValueError("is a wildcard over a whole top-level domain or an address")
+        raise EgressRuleError(
+            entry, "is a wildcard over a whole top-level domain or an address", ALLOWED_FORMS
+        )
     return EgressRule(host, wildcard, port)
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from kit.bundle.allowlist import parse_rule
 from kit.bundle.config import AgentConfig, Project
-from kit.bundle.errors import BundleError
+from kit.bundle.errors import BundleError, EgressRuleError
 from kit.bundle.limits import DEFAULT_LIMITS, Limits
 
 FORMAT = 1
@@ -208,9 +208,11 @@ def open_bundle(path: Path) -> Bundle:
     for entry in egress:
         try:
             parse_rule(entry)
-        except (ValueError, TypeError, AttributeError) as exc:
+        except (EgressRuleError, TypeError, AttributeError) as exc:
+            problem = exc.problem if isinstance(exc, EgressRuleError) else exc
             raise BundleError(
-                f"{manifest_path}: egress entry {entry!r} is not valid ({exc}); rebuild the bundle."
+                f"{manifest_path}: egress entry {entry!r} is not valid ({problem}); rebuild the"
+                " bundle."
             ) from None
     try:
         limits = Limits.from_manifest(manifest.get("limits", {}))

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from kit.bundle.allowlist import ALLOWED_FORMS, parse_rule
-from kit.bundle.errors import ConfigError
+from kit.bundle.errors import ConfigError, EgressRuleError
 from kit.bundle.limits import DEFAULT_LIMITS, Limits, parse_limits
 from kit.bundle.tools import CLI_TOOLS, tool_problem
 from kit.tiers import get_tier, tier_names
@@ -219,9 +219,9 @@ def _egress(where: str, raw: dict[str, Any]) -> tuple[str, ...]:
     for entry in value:
         try:
             parse_rule(entry)
-        except ValueError as exc:
+        except EgressRuleError as exc:
             raise ConfigError(
-                f"{where}: sandbox.egress entry {entry!r} {exc}; allowed: {ALLOWED_FORMS}."
+                f"{where}: sandbox.egress entry {entry!r} {exc.problem}; allowed: {ALLOWED_FORMS}."
             ) from None
     return tuple(value)
 

@@ -42,6 +42,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from emulator.sandbox.rehearsal import Rehearsable
+from kit.cli.errors import CliError
 from kit.cli.follow import End, end_line, event_line, follow
 from kit.host import LogError, Release, Sandbox, SandboxState, Session, SessionHost
 from kit.host.auth import bearer_matches, unauthorized
@@ -110,7 +111,7 @@ def session_row(summary: LogSummary, session: Session | None) -> dict[str, Any]:
 
 
 def signal_number(name: str) -> int:
-    """``KILL``, ``SIGKILL``, ``kill`` or ``9`` → 9; ``ValueError`` naming the choices."""
+    """``KILL``, ``SIGKILL``, ``kill`` or ``9`` → 9; :class:`CliError` naming the choices."""
     text = name.strip().upper().removeprefix("SIG")
     if text.isdigit():
         number = int(text)
@@ -118,7 +119,7 @@ def signal_number(name: str) -> int:
             return number
     elif text in signal.Signals.__members__ or f"SIG{text}" in signal.Signals.__members__:
         return int(signal.Signals[f"SIG{text}"])
-    raise ValueError(
+    raise CliError(
         f"Unknown signal {name!r}; use a name like KILL, TERM, INT or SEGV, or a number."
     )
 
@@ -216,7 +217,7 @@ def control_routes(
             )
         try:
             number = signal_number(str(body.get("signal", "KILL")))
-        except ValueError as exc:
+        except CliError as exc:
             return JSONResponse({"error": "bad_signal", "message": str(exc)}, status_code=400)
         sandbox = running(session_id)
         if sandbox is None:

@@ -91,7 +91,7 @@ class Follower:
             self.queue.append(event)
         self.wake.set()
 
-    def evict(self, message: str) -> None:
+    def moved(self, message: str) -> None:
         self.elsewhere = message
         self.wake.set()
 

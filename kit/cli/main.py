@@ -16,6 +16,7 @@ from typing import Any
 
 from kit import __version__
 from kit.cli import console
+from kit.cli.errors import CliError
 from kit.errors import KitError
 
 
@@ -86,7 +87,7 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
         console.out(sandbox_table(call(_control_target(args), "GET", "/sandboxes")["sandboxes"]))
         return 0
     if not args.session:
-        raise KitError(f"kit sandbox {args.action} needs a SESSION id (see `kit sandbox list`).")
+        raise CliError(f"kit sandbox {args.action} needs a SESSION id (see `kit sandbox list`).")
     check_session_id(args.session)
     target = _control_target(args)
     if args.action == "kill":

@@ -10,11 +10,11 @@ import httpx
 from kit.cli import console
 from kit.cli.chat import ChatTarget
 from kit.cli.control import PREFIX
-from kit.errors import KitError
+from kit.cli.errors import CliError
 from kit.ids import is_session_id
 
 
-class ControlError(KitError):
+class ControlError(CliError):
     """The control API refused, or `kit dev` could not be reached."""
 
 

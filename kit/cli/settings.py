@@ -72,9 +72,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit.bundle import CONFIG_FILE
-from kit.errors import KitError
+from kit.cli.errors import CliError
 from kit.host.auth import normalise_origin
 from kit.host.edge import UNAUTHENTICATED_PER_PEER, EdgeLimits
+from kit.host.errors import HostError
 from kit.host.launch import GRACE_S
 from kit.host.lease import DEFAULT_TTL_S
 from kit.host.pool import MAX_POOL_SIZE, POOL_SIZE
@@ -92,7 +93,7 @@ AWS_VARIABLES = frozenset(
 """What an s3:// transcript store needs in the sandbox besides its URL."""
 
 
-class SettingsError(KitError):
+class SettingsError(CliError):
     """An environment variable of ``kit dev`` is wrong; the message names it and the fix."""
 
 
@@ -240,7 +241,7 @@ def _origins(value: str) -> tuple[str, ...]:
             continue
         try:
             origins.append(normalise_origin(item))
-        except ValueError as exc:
+        except HostError as exc:
             raise SettingsError(
                 f"KIT_ALLOWED_ORIGINS: {exc}; list origins like "
                 "https://app.example.com,http://localhost:3000 (no paths)."

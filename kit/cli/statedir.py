@@ -39,7 +39,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from kit.errors import KitError
+from kit.cli.errors import CliError
 from kit.private import DIR_MODE, private_folder, tighten
 
 HOST_FILES = ("api-token", "host-id", "dev.json", "host.lock", "chat-sessions.json")
@@ -55,7 +55,7 @@ def make_private(state: Path) -> None:
     state.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     st = state.lstat()
     if st.st_mode & stat.S_ISVTX or state.resolve() == Path("/"):
-        raise KitError(
+        raise CliError(
             f"The state dir {state} is a shared folder (like /tmp); kit makes its state dir "
             "private (0700): give it a folder of its own with KIT_STATE_DIR."
         )
@@ -95,13 +95,13 @@ def passage_warning(state: Path, user: str | None, gid: int) -> str:
 
 
 def _apply(change: Callable[..., None], path: Path, *args: object) -> None:
-    """``change(path, *args)``, an OSError as a :class:`KitError` naming the path."""
+    """``change(path, *args)``, an OSError as a :class:`CliError` naming the path."""
     try:
         change(path, *args)
     except OSError as exc:
         owner = ""
         if isinstance(exc, PermissionError):
             owner = " (it belongs to another user: remove it, or run kit as that user)"
-        raise KitError(
+        raise CliError(
             f"Cannot make {exc.filename or path} private: {exc.strerror or exc}{owner}."
         ) from None

@@ -3,9 +3,13 @@
 ::
 
     KitError
-    └── ClientError            the client cannot go on (or was asked something it cannot do)
+    └── ClientError            the client cannot go on (or was asked something it cannot do,
+        │                      such as a ReconnectPolicy that cannot be)
         ├── SessionRefused     the host refused the session (wrong token, unknown id, too large)
         └── ConnectionLost     the host stayed unreachable past the reconnect budget
+
+The protocol's :class:`~kit.protocol.errors.ProtocolError` and websockets' connection
+errors are mapped to these once, in :mod:`kit.client.session`.
 """
 
 from __future__ import annotations

@@ -30,6 +30,8 @@ import enum
 import math
 from dataclasses import dataclass
 
+from kit.client.errors import ClientError
+
 
 class ConnectionStatus(enum.Enum):
     """Where a :class:`kit.client.SessionClient`'s connection is."""
@@ -76,13 +78,13 @@ class ReconnectPolicy:
 
     def __post_init__(self) -> None:
         if not 0 <= self.jitter <= 1:
-            raise ValueError("ReconnectPolicy.jitter must be between 0 and 1.")
+            raise ClientError("ReconnectPolicy.jitter must be between 0 and 1.")
         if self.first_delay_s < 0 or self.max_delay_s < self.first_delay_s:
-            raise ValueError("ReconnectPolicy needs 0 <= first_delay_s <= max_delay_s.")
+            raise ClientError("ReconnectPolicy needs 0 <= first_delay_s <= max_delay_s.")
         if self.multiplier < 1 or self.give_up_after_s < 0:
-            raise ValueError("ReconnectPolicy needs multiplier >= 1 and give_up_after_s >= 0.")
+            raise ClientError("ReconnectPolicy needs multiplier >= 1 and give_up_after_s >= 0.")
         if self.healthy_after_s < 0:
-            raise ValueError("ReconnectPolicy needs healthy_after_s >= 0.")
+            raise ClientError("ReconnectPolicy needs healthy_after_s >= 0.")
 
     def healthy(self, open_for_s: float | None, new_events: int = 0) -> bool:
         """Whether a connection that was open ``open_for_s`` after its welcome (None: never

@@ -81,7 +81,7 @@ class ClientSocket:
         """Whether this connection is being closed."""
         return self._close is not None or self.conn.close_code is not None
 
-    def evict(self, message: str) -> None:
+    def moved(self, message: str) -> None:
         self.shutdown(
             e.SESSION_ELSEWHERE,
             f"{message}; reconnect and resume.",

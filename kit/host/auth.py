@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kit.host.edge import authenticated
+from kit.host.errors import HostError
 
 UNAUTHORIZED_MESSAGE = "Send Authorization: Bearer <the host's API token>."
 
@@ -56,7 +57,7 @@ class RequireToken:
 
     def __init__(self, app: ASGIApp, *, token: str, public: Iterable[str] = ()) -> None:
         if not token:
-            raise ValueError("RequireToken needs a non-empty API token.")
+            raise HostError("RequireToken needs a non-empty API token.")
         self.app = app
         self.token = token
         self.public = frozenset(public)
@@ -100,7 +101,7 @@ class OriginPolicy:
             return True
         try:
             normal = normalise_origin(origin)
-        except ValueError:
+        except HostError:
             return False  # "null" (a file: page, a sandboxed frame) and anything malformed
         if normal in self.allowed:
             return True
@@ -111,7 +112,7 @@ class OriginPolicy:
 
 
 def normalise_origin(origin: str) -> str:
-    """``scheme://host[:port]`` in lower case; ``ValueError`` for anything else."""
+    """``scheme://host[:port]`` in lower case; :class:`HostError` for anything else."""
     parts = urlsplit(origin.strip())
     if (
         parts.scheme not in ("http", "https")
@@ -121,13 +122,11 @@ def normalise_origin(origin: str) -> str:
         or parts.fragment
         or parts.username is not None
     ):
-        raise ValueError(
-            f"{origin!r} is not an origin like https://example.com or http://host:8080"
-        )
+        raise HostError(f"{origin!r} is not an origin like https://example.com or http://host:8080")
     try:
         parts.port  # noqa: B018 - raises for a bad port
     except ValueError:
-        raise ValueError(f"{origin!r} has a bad port") from None
+        raise HostError(f"{origin!r} has a bad port") from None
     return f"{parts.scheme}://{parts.netloc.lower()}"
 
 

@@ -1,15 +1,16 @@
 """The egress proxy: a sandbox's only way to the network besides the model proxy.
 
 A sandbox's network namespace holds nothing but loopback; the host binds this proxy's Unix
-socket into it, and the runtime's loopback forwarder (:mod:`kit.runtime.egress`) is what
-``HTTPS_PROXY`` points at. The proxy speaks the HTTP proxy protocol:
+socket into it, and the runtime's loopback forwarder (:mod:`kit.runtime.egress_forwarder`)
+is what ``HTTPS_PROXY`` points at. The proxy speaks the HTTP proxy protocol:
 
 - ``CONNECT host:port`` opens a tunnel (HTTPS, or anything else over TCP);
 - an absolute-URI request such as ``GET http://host:port/path`` is forwarded with its
   request line rewritten to origin form (``GET /path``): one request per connection.
 
-Every request must carry ``Proxy-Authorization: Basic base64("kit:" + token)`` with a live
-per-session token (:meth:`EgressProxy.issue`). The target must be on the agent's allowlist
+Every request must carry ``Proxy-Authorization: Basic base64("kit:" + token)``
+(:data:`kit.protocol.egress.PROXY_USER`) with a live per-session token
+(:meth:`EgressProxy.issue`). The target must be on the agent's allowlist
 (``kit.toml`` ``[sandbox] egress``, grammar in :mod:`kit.bundle.allowlist`). Answers of the
 proxy's own, each with a plain-text body that names the fix:
 
@@ -49,14 +50,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kit.bundle.allowlist import EgressRule, allows, normalize_host, parse_rule
+from kit.host.errors import HostError
 from kit.host.gate import ConnectionGate, quiet_accept_errors
 from kit.host.tokens import SessionTokens
 from kit.ids import SessionId
+from kit.protocol.egress import PROXY_USER
 
 log = logging.getLogger("kit.host")
 
-PROXY_USER = "kit"
-"""The user name in ``Proxy-Authorization`` (the token is the password)."""
 MAX_HEAD_BYTES = 32 * 1024
 HEAD_TIMEOUT_S = 30.0
 """How long a new connection may take to send its request head."""
@@ -103,7 +104,7 @@ class _Request:
     """Bytes of the client's body to forward; None for a tunnel (everything)."""
 
 
-class _Refused(Exception):
+class _Refused(HostError):
     def __init__(self, status: int, message: str, why: str) -> None:
         super().__init__(message)
         self.status, self.message, self.why = status, message, why

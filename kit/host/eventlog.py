@@ -5,7 +5,11 @@ assigns ``seq`` (1, 2, 3, … with no gaps). The host fans an event out only aft
 ``append`` returns (ARCHITECTURE §4.1). The seam is async because a log may live across
 the network: :class:`SQLiteLogStore` keeps one SQLite file per session, like a Durable
 Object's storage (its calls finish without yielding: a local commit is cheaper than a
-thread hop; the file is 0600, :mod:`kit.private`); ``kit.host.s3log`` keeps the log in S3 objects under a lease (Fly).
+thread hop; the file is 0600, :mod:`kit.private`); ``kit.host.s3log`` keeps the log in S3
+objects under a lease (Fly).
+
+The tables and every statement on them are in :mod:`kit.host.logtables`, shared with the
+emulator's Durable Object log (``emulator.durable_objects.logstore``).
 
 :meth:`LogStore.summary` and :meth:`LogStore.read_events` read what a store holds without
 opening the session for writing: no lease is taken, no session is loaded (``kit sessions``,
@@ -15,108 +19,38 @@ opening the session for writing: no lease is taken, no session is loaded (``kit 
 from __future__ import annotations
 
 import contextlib
-import enum
-import json
 import sqlite3
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from kit.host.errors import LogError
+from kit.host.logtables import (
+    CREATED_KEY,
+    OPEN_TURN_STATES,
+    LogSummary,
+    LogTables,
+    Turn,
+    TurnState,
+    now_ms,
+)
 from kit.ids import SessionId, TurnId, is_session_id
 from kit.private import DIR_MODE, private_sqlite
 from kit.protocol.frames import Event
 
-
-class TurnState(enum.Enum):
-    """Lifecycle of one turn."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    INTERRUPTED = "interrupted"
-    """Its sandbox died mid-turn; it will be recovered in a new one."""
-    COMPLETED = "completed"
-    FAILED = "failed"
-
-
-OPEN_TURN_STATES = (TurnState.QUEUED, TurnState.RUNNING, TurnState.INTERRUPTED)
-CREATED_KEY = "created_ms"
-"""The metadata key holding when the session was created (wall-clock milliseconds)."""
-
-
-@dataclass(frozen=True)
-class Turn:
-    """One user message and the work it started."""
-
-    turn_id: TurnId
-    client_msg_id: str
-    text: str
-    state: TurnState
-    user_seq: int
-    attempts: int
-
-
-@dataclass(frozen=True)
-class LogSummary:
-    """What a session's stored log says, read without opening it for writing."""
-
-    session_id: SessionId
-    created_ms: int | None
-    """From the metadata's ``created_ms`` (None for sessions made before it was written)."""
-    last_seq: int
-    """The newest event's seq (0: no event yet)."""
-    last_kind: str | None
-    last_ts: int | None
-    turns: int
-    open_turns: int
-    """Turns queued, running or interrupted (a recovery would pick them up)."""
-    sandbox: str | None
-    """The ``state`` of the newest ``sandbox`` event: what the log last said about the
-    session's sandbox (None: it never had one). Not proof that one runs now."""
-
-
-Query = Callable[..., Sequence[tuple[Any, ...]]]
-"""``query(sql, *params)`` → rows; how :func:`summarize` reads one SQLite log (a plain
-file or a Durable Object's ``ctx.storage.sql``, which share the schema)."""
-
-EVENTS_AFTER = "SELECT seq, kind, turn_id, data, ts FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
-
-
-def events_of(rows: Sequence[tuple[Any, ...]]) -> list[Event]:
-    """Rows of :data:`EVENTS_AFTER` as events."""
-    return [Event(seq=r[0], kind=r[1], turn_id=r[2], data=json.loads(r[3]), ts=r[4]) for r in rows]
-
-
-def summarize(session_id: SessionId, query: Query) -> LogSummary:
-    """A :class:`LogSummary` of a log with the SQLite schema, by reads only."""
-    meta = {
-        k: json.loads(v) for k, v in query("SELECT key, value FROM meta WHERE key = ?", CREATED_KEY)
-    }
-    last = query("SELECT seq, kind, ts FROM events ORDER BY seq DESC LIMIT 1")
-    turns, open_turns = query(
-        "SELECT COUNT(*), COALESCE(SUM(state IN (?, ?, ?)), 0) FROM turns",
-        *(s.value for s in OPEN_TURN_STATES),
-    )[0]
-    sandbox = query("SELECT data FROM events WHERE kind = 'sandbox' ORDER BY seq DESC LIMIT 1")
-    created = meta.get(CREATED_KEY)
-    return LogSummary(
-        session_id=session_id,
-        created_ms=int(created) if created is not None else None,
-        last_seq=last[0][0] if last else 0,
-        last_kind=last[0][1] if last else None,
-        last_ts=last[0][2] if last else None,
-        turns=int(turns),
-        open_turns=int(open_turns),
-        sandbox=str(json.loads(sandbox[0][0]).get("state")) if sandbox else None,
-    )
-
-
-def now_ms() -> int:
-    """Wall-clock milliseconds, the ``ts`` of events."""
-    return int(time.time() * 1000)
+__all__ = [
+    "CREATED_KEY",
+    "OPEN_TURN_STATES",
+    "LogStore",
+    "LogSummary",
+    "SQLiteLogStore",
+    "SQLiteSessionLog",
+    "SessionLog",
+    "Turn",
+    "TurnState",
+    "now_ms",
+]
 
 
 class SessionLog(ABC):
@@ -223,28 +157,6 @@ class LogStore(ABC):
         return await self.session_ids()
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events (
-  seq INTEGER PRIMARY KEY,
-  kind TEXT NOT NULL,
-  turn_id TEXT,
-  data TEXT NOT NULL,
-  ts INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS turns (
-  turn_id TEXT PRIMARY KEY,
-  client_msg_id TEXT NOT NULL UNIQUE,
-  text TEXT NOT NULL,
-  state TEXT NOT NULL,
-  user_seq INTEGER NOT NULL,
-  attempts INTEGER NOT NULL DEFAULT 0,
-  updated_ms INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS turns_state ON turns(state, user_seq);
-"""
-
-
 class SQLiteSessionLog(SessionLog):
     """A session log in its own SQLite file (WAL; each append is one commit)."""
 
@@ -256,90 +168,80 @@ class SQLiteSessionLog(SessionLog):
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-            row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+            self._tables = LogTables(self._query, self._db.executemany)
+            self._tables.create()
+            self._last_seq = self._tables.last_seq()
+            self._turn_counter = self._tables.turn_count()
         except (OSError, sqlite3.Error) as exc:
             raise LogError(f"Cannot open the event log {path}: {exc}.") from exc
-        self._last_seq: int = row[0]
         self._pending_seq = self._last_seq
-        self._turn_counter = self._db.execute("SELECT COUNT(*) FROM turns").fetchone()[0]
+
+    def _query(self, sql: str, *params: Any) -> list[Any]:
+        return self._db.execute(sql, params).fetchall()
 
     @property
     def last_seq(self) -> int:
         return self._last_seq
 
     def meta(self) -> dict[str, Any]:
-        rows = self._db.execute("SELECT key, value FROM meta").fetchall()
-        return {k: json.loads(v) for k, v in rows}
+        with self._reading():
+            return self._tables.meta()
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         """Store metadata (used once, at creation)."""
         with self._tx():
-            self._db.executemany(
-                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                [(k, json.dumps(v)) for k, v in meta.items()],
-            )
+            self._tables.write_meta(meta)
 
     async def append(self, kind: str, data: dict[str, Any], turn_id: TurnId | None = None) -> Event:
         with self._tx():
-            return self._insert(kind, data, turn_id)
+            (event,) = self._tables.insert_events(self._pending_seq, [(kind, data)], turn_id)
+            self._pending_seq = event.seq
+            return event
 
     async def append_many(
         self, items: list[tuple[str, dict[str, Any]]], turn_id: TurnId | None = None
     ) -> list[Event]:
         with self._tx():
-            return [self._insert(kind, data, turn_id) for kind, data in items]
-
-    def _insert(self, kind: str, data: dict[str, Any], turn_id: TurnId | None) -> Event:
-        self._pending_seq += 1
-        event = Event(seq=self._pending_seq, kind=kind, data=data, ts=now_ms(), turn_id=turn_id)
-        self._db.execute(
-            "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
-            (event.seq, kind, turn_id, json.dumps(data, ensure_ascii=False), event.ts),
-        )
-        return event
+            events = self._tables.insert_events(self._pending_seq, items, turn_id)
+            if events:
+                self._pending_seq = events[-1].seq
+            return events
 
     async def read_after(self, seq: int, limit: int | None = None) -> list[Event]:
-        return events_of(
-            self._db.execute(EVENTS_AFTER, (seq, -1 if limit is None else limit)).fetchall()
-        )
+        with self._reading():
+            return self._tables.read_after(seq, limit)
 
     async def add_user_turn(self, client_msg_id: str, text: str) -> tuple[Turn, Event] | None:
-        seen = self._db.execute(
-            "SELECT 1 FROM turns WHERE client_msg_id = ?", (client_msg_id,)
-        ).fetchone()
-        if seen:
-            return None
+        with self._reading():
+            if self._tables.turn_seen(client_msg_id):
+                return None
         turn_id = TurnId(f"t{self._turn_counter + 1}")
         with self._tx():
-            event = self._insert("user", {"client_msg_id": client_msg_id, "text": text}, turn_id)
-            self._db.execute(
-                "INSERT INTO turns VALUES (?, ?, ?, ?, ?, 0, ?)",
-                (turn_id, client_msg_id, text, TurnState.QUEUED.value, event.seq, event.ts),
-            )
+            turn, event = self._tables.add_turn(self._pending_seq, turn_id, client_msg_id, text)
+            self._pending_seq = event.seq
         self._turn_counter += 1
-        return Turn(turn_id, client_msg_id, text, TurnState.QUEUED, event.seq, 0), event
+        return turn, event
 
     async def set_turn_state(
         self, turn_id: TurnId, state: TurnState, *, attempt: bool = False
     ) -> None:
         with self._tx():
-            self._db.execute(
-                "UPDATE turns SET state = ?, attempts = attempts + ?, updated_ms = ? WHERE turn_id = ?",
-                (state.value, 1 if attempt else 0, now_ms(), turn_id),
-            )
+            self._tables.set_turn_state(turn_id, state, attempt)
 
     async def open_turns(self) -> list[Turn]:
-        states = tuple(s.value for s in OPEN_TURN_STATES)
-        rows = self._db.execute(
-            "SELECT turn_id, client_msg_id, text, state, user_seq, attempts FROM turns"
-            " WHERE state IN (?, ?, ?) ORDER BY user_seq",
-            states,
-        ).fetchall()
-        return [Turn(TurnId(r[0]), r[1], r[2], TurnState(r[3]), r[4], r[5]) for r in rows]
+        with self._reading():
+            return self._tables.open_turns()
 
     async def close(self) -> None:
         self._db.close()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """sqlite3's errors on a read as :class:`LogError` (writes map theirs in ``_tx``)."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise LogError(f"Cannot read the event log {self.path}: {exc}.") from exc
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[None]:
@@ -394,7 +296,9 @@ class SQLiteLogStore(LogStore):
         with self._read_only(session_id) as db:
             if db is None:
                 return None
-            return summarize(session_id, lambda sql, *params: db.execute(sql, params).fetchall())
+            return LogTables(lambda sql, *params: db.execute(sql, params).fetchall()).summary(
+                session_id
+            )
 
     async def read_events(
         self, session_id: SessionId, after: int = 0, limit: int | None = None
@@ -402,8 +306,8 @@ class SQLiteLogStore(LogStore):
         with self._read_only(session_id) as db:
             if db is None:
                 return None
-            return events_of(
-                db.execute(EVENTS_AFTER, (after, -1 if limit is None else limit)).fetchall()
+            return LogTables(lambda sql, *params: db.execute(sql, params).fetchall()).read_after(
+                after, limit
             )
 
     @contextlib.contextmanager

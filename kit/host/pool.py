@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from kit.host.errors import SandboxError
+from kit.host.errors import HostError, SandboxError
 from kit.host.launch import LiveSandbox, SessionEnv, launch
 from kit.host.sandbox import SandboxState
 from kit.ids import SessionId, new_session_id
@@ -73,7 +73,7 @@ class SandboxPool:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 <= size <= MAX_POOL_SIZE:
-            raise ValueError(f"pool size must be 0 to {MAX_POOL_SIZE}, got {size}")
+            raise HostError(f"The pool size must be 0 to {MAX_POOL_SIZE}, got {size}.")
         self.env = env
         self.size = size
         self.grace_s = env.grace_s if grace_s is None else grace_s

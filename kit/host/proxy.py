@@ -54,6 +54,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kit.bundle.limits import DEFAULT_LIMITS, Limits, Tokens
+from kit.host.errors import HostError
 from kit.host.gate import ConnectionGate, quiet_accept_errors
 from kit.host.spend import SpendMeter
 from kit.host.tokens import SessionTokens
@@ -113,7 +114,7 @@ class ModelProxy:
     ) -> None:
         parts = urlsplit(upstream_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"model upstream must be an http(s) URL, got {upstream_url!r}")
+            raise HostError(f"The model upstream must be an http(s) URL, got {upstream_url!r}.")
         self.upstream_url = upstream_url.rstrip("/")
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kit.bundle.limits import Tokens
+from kit.host.errors import HostError
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_LINE_BYTES = 1024 * 1024
@@ -246,7 +247,7 @@ class UsageReader:
                 call.on_done()
 
 
-class _Unreadable(Exception):
+class _Unreadable(HostError):
     """The upstream's bytes cannot be framed or read."""
 
 

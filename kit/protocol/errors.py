@@ -3,8 +3,12 @@
 ::
 
     KitError
-    └── ProtocolError      a frame broke the protocol; carries a stable ``code``
-                           and, when the connection must end, a WebSocket ``close_code``
+    └── SessionProtocolError   the session protocol (or the host-runtime wire) refused something
+        ├── ProtocolError      a frame broke the protocol; carries a stable ``code``
+        │                      and, when the connection must end, a WebSocket ``close_code``
+        ├── InvalidStateError  a protocol object was asked something its state forbids
+        └── RuntimeConfigError a runtime config the runtime cannot use
+                               (kit.protocol.runtime_config)
 
 The codes are part of the public protocol (docs/protocol.md): clients may switch on them.
 """
@@ -42,9 +46,16 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_UNKNOWN_SESSION = 4404
 CLOSE_SLOW_CONSUMER = 4408
 CLOSE_SESSION_ELSEWHERE = 4409
+CLOSE_ABNORMAL = 1006
+"""Never sent: what a client reads when the connection dropped without a close frame."""
 
 
-class ProtocolError(KitError):
+class SessionProtocolError(KitError):
+    """The session protocol refused something: a frame, a call in the wrong state, or a
+    runtime config."""
+
+
+class ProtocolError(SessionProtocolError):
     """A frame that breaks the protocol.
 
     ``code`` is one of the stable codes above; ``close_code`` is set when the peer must
@@ -58,5 +69,5 @@ class ProtocolError(KitError):
         self.close_code = close_code
 
 
-class InvalidStateError(KitError):
+class InvalidStateError(SessionProtocolError):
     """A protocol object was asked to do something its current state does not allow."""

@@ -18,10 +18,10 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from kit.errors import KitError
+from kit.protocol.errors import SessionProtocolError
 
 
-class RuntimeConfigError(KitError):
+class RuntimeConfigError(SessionProtocolError):
     """The runtime was started with a configuration it cannot use."""
 
 

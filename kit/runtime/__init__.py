@@ -6,5 +6,6 @@ the Agent SDK and uvicorn).
 
 from kit.protocol.runtime_config import RuntimeConfig, RuntimeConfigError
 from kit.runtime.agent import Agent, AgentState
+from kit.runtime.errors import AgentRuntimeError
 
-__all__ = ["Agent", "AgentState", "RuntimeConfig", "RuntimeConfigError"]
+__all__ = ["Agent", "AgentRuntimeError", "AgentState", "RuntimeConfig", "RuntimeConfigError"]

@@ -33,10 +33,11 @@ from claude_agent_sdk import (
 )
 
 from kit.bundle import Bundle
-from kit.errors import KitError
 from kit.protocol.runtime_api import RuntimeEvent, TurnRequest
 from kit.protocol.runtime_config import RuntimeConfig
-from kit.runtime.egress import proxy_env
+from kit.protocol.turns import TURN_FAILED
+from kit.runtime.egress_forwarder import proxy_env
+from kit.runtime.errors import AgentRuntimeError
 from kit.runtime.translate import translate
 from kit.storage import open_store
 from kit.storage.portable import PROJECT_KEY, PortableKeys
@@ -60,15 +61,15 @@ class AgentState(enum.Enum):
     STOPPED = "stopped"
 
 
-class AgentBusy(KitError):
+class AgentBusy(AgentRuntimeError):
     """A turn was posted while another one is running."""
 
 
-class AgentStopped(KitError):
+class AgentStopped(AgentRuntimeError):
     """A turn was posted to an agent that is not running."""
 
 
-class HarnessDied(KitError):
+class HarnessDied(AgentRuntimeError):
     """The agent harness (the CLI process) died under the runtime: this sandbox can take no
     more turns. The runtime exits with ``HARNESS_EXIT_CODE`` and the host recovers the turn
     in a new sandbox (a fork storm at ``pids.max`` can make the CLI abort, for one)."""
@@ -97,7 +98,7 @@ class Agent:
         self.bundle = bundle
         self.egress_proxy = egress_proxy
         """The proxy URL the CLI and its tools get as ``HTTPS_PROXY`` (see
-        :mod:`kit.runtime.egress`); None: no proxy settings."""
+        :mod:`kit.runtime.egress_forwarder`); None: no proxy settings."""
         self.state = AgentState.STARTING
         self.resumed = False
         self._inbox: asyncio.Queue[_Turn | None] = asyncio.Queue()
@@ -294,7 +295,7 @@ class Agent:
             RuntimeEvent(
                 "error",
                 {
-                    "code": "turn_failed",
+                    "code": TURN_FAILED,
                     "message": (
                         "The turn was ended because its transcript could not be saved: the "
                         f"transcript store was unreachable for {waited:.0f} s."
@@ -337,15 +338,13 @@ class Agent:
             if isinstance(exc, ResultError):
                 turn.out.put_nowait(
                     RuntimeEvent(
-                        "error", {"code": "turn_failed", "message": f"The agent failed: {exc}"}
+                        "error", {"code": TURN_FAILED, "message": f"The agent failed: {exc}"}
                     )
                 )
         except Exception as exc:  # the turn fails, the agent lives on
             log.exception("turn %s failed", turn.request.turn_id)
             turn.out.put_nowait(
-                RuntimeEvent(
-                    "error", {"code": "turn_failed", "message": f"The agent failed: {exc}"}
-                )
+                RuntimeEvent("error", {"code": TURN_FAILED, "message": f"The agent failed: {exc}"})
             )
         finally:
             self._current = None

@@ -47,6 +47,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 
+from kit.runtime.errors import AgentRuntimeError
+
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
@@ -78,8 +80,13 @@ HOSTNAME = "sandbox"
 Kind = Literal["ro", "rw", "symlink"]
 
 
-class JailError(OSError):
+class JailError(AgentRuntimeError):
     """The sandbox could not be confined (a namespace or mount the machine refused)."""
+
+    def __init__(self, err: int, message: str) -> None:
+        super().__init__(f"[Errno {err}] {message}")
+        self.errno = err
+        """The ``errno`` of the refused call."""
 
 
 @dataclass(frozen=True)

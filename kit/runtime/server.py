@@ -42,7 +42,7 @@ from kit.protocol.runtime_api import (
 from kit.protocol.runtime_config import RuntimeConfig, RuntimeConfigError
 from kit.runtime import config as startup
 from kit.runtime.agent import Agent, AgentBusy, AgentState, AgentStopped, HarnessDied
-from kit.runtime.egress import EgressForwarder, proxy_env, proxy_url
+from kit.runtime.egress_forwarder import EgressForwarder, proxy_env, proxy_url
 from kit.runtime.jail import die_with_parent
 
 log = logging.getLogger("kit.runtime")
@@ -187,7 +187,7 @@ def bind(listen: str) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, int(port)))
     else:
-        raise ValueError(f"listen must be unix:/path or tcp:HOST:PORT, got {listen!r}")
+        raise RuntimeConfigError(f"listen must be unix:/path or tcp:HOST:PORT, got {listen!r}.")
     sock.listen(128)
     sock.setblocking(False)
     return sock
@@ -203,7 +203,7 @@ class _Server(uvicorn.Server):
 
 async def serve(config: RuntimeConfig) -> None:
     """Run the runtime until SIGTERM or SIGINT, with the egress forwarder when the config
-    names the host's egress proxy (:mod:`kit.runtime.egress`)."""
+    names the host's egress proxy (:mod:`kit.runtime.egress_forwarder`)."""
     forwarder, egress_proxy = None, None
     if config.egress_url and config.egress_token:
         if config.egress_url.startswith("unix:"):

@@ -190,12 +190,18 @@ class S3Bucket:
             raise StoreError(f"S3 client error: {exc}.") from exc
 
 
-class _Conflict(Exception):
-    """A conditional write lost (412) or collided (409)."""
+class _Conflict(StoreError):
+    """A conditional write lost (412) or collided (409); :meth:`S3Bucket.put` answers None."""
+
+    def __init__(self) -> None:
+        super().__init__("A conditional S3 write lost to another writer; read and try again.")
 
 
-class _Missing(Exception):
-    """The object does not exist."""
+class _Missing(StoreError):
+    """The object does not exist; :meth:`S3Bucket.get_with_etag` answers None."""
+
+    def __init__(self) -> None:
+        super().__init__("The S3 object does not exist.")
 
 
 def _read(response: dict[str, Any]) -> tuple[bytes, str]:

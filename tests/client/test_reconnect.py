@@ -8,7 +8,7 @@ import random
 import pytest
 
 import kit.client
-from kit.client import FOREVER, LIBRARY_POLICY, ReconnectPolicy
+from kit.client import FOREVER, LIBRARY_POLICY, ClientError, ReconnectPolicy
 
 
 def test_delays_double_then_stop_at_the_cap() -> None:
@@ -39,13 +39,13 @@ def test_default_budgets() -> None:
 
 def test_nonsense_policies_are_refused() -> None:
     """A policy that would never wait, or shrink its waits, is refused with what to fix."""
-    with pytest.raises(ValueError, match="jitter"):
+    with pytest.raises(ClientError, match="jitter"):
         ReconnectPolicy(jitter=2)
-    with pytest.raises(ValueError, match="max_delay_s"):
+    with pytest.raises(ClientError, match="max_delay_s"):
         ReconnectPolicy(first_delay_s=3, max_delay_s=1)
-    with pytest.raises(ValueError, match="multiplier"):
+    with pytest.raises(ClientError, match="multiplier"):
         ReconnectPolicy(multiplier=0.5)
-    with pytest.raises(ValueError, match="healthy_after_s"):
+    with pytest.raises(ClientError, match="healthy_after_s"):
         ReconnectPolicy(healthy_after_s=-1)
 
 

@@ -30,7 +30,7 @@ class Probe:
     def deliver(self, event: Event) -> None:
         self.seen.append(event)
 
-    def evict(self, message: str) -> None:
+    def moved(self, message: str) -> None:
         raise AssertionError(message)
 
 

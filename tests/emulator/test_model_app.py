@@ -116,6 +116,7 @@ def test_public_api_is_pinned() -> None:
     assert sorted(emulator.model.__all__) == [
         "ApiError",
         "Check",
+        "OfflineModelError",
         "Rule",
         "Scenario",
         "ScenarioError",

@@ -213,7 +213,7 @@ class KillAt:
             assert sandbox is not None
             os.killpg(sandbox.pid, signal.SIGKILL)  # type: ignore[attr-defined]
 
-    def evict(self, message: str) -> None:
+    def moved(self, message: str) -> None:
         raise AssertionError(message)
 
 

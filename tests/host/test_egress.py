@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from emulator.sandbox import LocalSandbox
 from kit.bundle.allowlist import allows, parse_rule
+from kit.bundle.errors import EgressRuleError
 from kit.cli.stack import run_stack
 from kit.host import egress as egress_module
 from kit.host.egress import MAX_HEAD_BYTES, EgressProxy
@@ -365,7 +366,9 @@ def test_a_host_not_listed_never_matches(listed: list[str], host: str) -> None:
     """A random host name that is no listed name (nor under a listed wildcard) is refused."""
     rules = []
     for name in listed:
-        with contextlib.suppress(ValueError):  # numeric-looking names ("0x", "1.2") are refused
+        with contextlib.suppress(
+            EgressRuleError
+        ):  # numeric-looking names ("0x", "1.2") are refused
             rules.append(parse_rule(name))
     if host in listed:
         return
@@ -382,7 +385,7 @@ class _Ended:
         if event.kind == "sandbox" and event.data.get("state") in ("died", "stopped"):
             self.ended.set()
 
-    def evict(self, message: str) -> None:
+    def moved(self, message: str) -> None:
         raise AssertionError(message)
 
 

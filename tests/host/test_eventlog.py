@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -381,3 +382,21 @@ async def test_another_hosts_session_is_summarised_without_taking_its_lease(
     with pytest.raises(LeaseHeld):
         await b.open(sid)  # the lease is A's: reading never changed that
     await log_a.close()
+
+
+async def test_a_damaged_sqlite_log_fails_reads_with_log_errors(kit_tmp: Path) -> None:
+    """A read of a SQLite log whose tables went missing raises LogError naming the file,
+    not sqlite3's own error."""
+    store = SQLiteLogStore(kit_tmp / "sessions")
+    log = await store.create(new_session_id(), {"tier": "basic"})
+    await log.append("sandbox", {"state": "starting"})
+    with contextlib.closing(sqlite3.connect(store.root / f"{log.session_id}.sqlite")) as other:
+        other.execute("DROP TABLE events")
+        other.execute("DROP TABLE turns")
+    try:
+        with pytest.raises(LogError, match=r"Cannot read the event log .*\.sqlite"):
+            await log.read_after(0)
+        with pytest.raises(LogError, match="no such table: turns"):
+            await log.open_turns()
+    finally:
+        await log.close()

@@ -24,7 +24,7 @@ from kit.ids import SessionId, new_session_id
 from kit.protocol.runtime_api import RuntimeEvent, TurnRequest
 from kit.protocol.runtime_config import CONFIG_ENV, RuntimeConfig
 from kit.runtime.agent import Agent
-from kit.runtime.egress import EgressForwarder, proxy_env
+from kit.runtime.egress_forwarder import EgressForwarder, proxy_env
 from tests.agents import write_agent
 from tests.conftest import serve_on_loopback
 from tests.loopback import HTTP_BODY, Upstream, echo_server, http_server

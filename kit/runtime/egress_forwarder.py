@@ -14,10 +14,10 @@ import contextlib
 import logging
 from urllib.parse import urlsplit
 
+from kit.protocol.egress import PROXY_USER
+
 log = logging.getLogger("kit.runtime")
 
-PROXY_USER = "kit"
-"""The user name the host's egress proxy expects; the session's egress token is the password."""
 NO_PROXY = "localhost"
 """Hosts reached directly: the CLI calls the model at ``http://localhost`` over
 ``ANTHROPIC_UNIX_SOCKET``, which no proxy may take over."""
