@@ -14,6 +14,7 @@ from emulator.model.errors import OfflineModelError
 from kit.bundle.errors import ConfigError
 from kit.cli.errors import CliError
 from kit.client.errors import ClientError
+from kit.deploy.errors import DeployError
 from kit.errors import KitError
 from kit.host.errors import HostError, SandboxError
 from kit.protocol.errors import SessionProtocolError
@@ -30,6 +31,7 @@ FAMILIES: list[tuple[str, type[BaseException], str | None]] = [
     ("kit.runtime", AgentRuntimeError, "kit.runtime.errors"),
     ("kit.client", ClientError, "kit.client.errors"),
     ("kit.cli", CliError, "kit.cli.errors"),
+    ("kit.deploy", DeployError, "kit.deploy.errors"),
     ("emulator.durable_objects", DurableObjectError, "emulator.durable_objects.errors"),
     ("emulator.model", OfflineModelError, "emulator.model.errors"),
     # It implements kit.host's sandbox seam, so it raises that seam's errors; it draws none.

@@ -21,7 +21,7 @@ Dockerfile, the base image's id, the wheels' lock and kit's source files: the sa
 the same tag, and a build whose tag exists is skipped. The agent bundle is not part of the
 image: a sandbox mounts it read-only and checks its digest, so a new bundle needs no rebuild.
 
-Errors: :class:`ImageError` (a :class:`~kit.errors.KitError`), its message naming the fix.
+Errors: :class:`~kit.deploy.errors.ImageError`, its message naming the fix.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from kit.errors import KitError
+from kit.deploy.errors import ImageError
 
 __all__ = [
     "BaseRecipe",
@@ -64,10 +64,6 @@ BASE_REPOSITORY = "kit-base"
 PACKAGE_DIRS = ("kit", "emulator", "fly")
 """The checkout's folders that go into kit's wheel (pyproject's ``packages.find``)."""
 _SKIP_PARTS = {"__pycache__", "node_modules", ".mypy_cache", ".ruff_cache"}
-
-
-class ImageError(KitError):
-    """The runtime image cannot be planned or built; the message says what to do."""
 
 
 @dataclass(frozen=True)
