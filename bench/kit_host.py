@@ -12,8 +12,8 @@ SIGINT or the end of its stdin. ``--profile`` writes a cProfile of the whole run
 plain SQLite log store) and :class:`SyntheticProvider`, whose sandboxes are small HTTP
 servers in this process speaking kit's host↔runtime wire (docs/protocol.md §11) with the
 same synthetic turn as the Durable Object in ``bench/do_host``. No SDK, no CLI, no model:
-the bench measures the host, as the DO side has no container either. The runtimes share the host's process and CPU, as the DO's synthetic
-turn shares the DO's.
+the bench measures the host, as the DO side has no container either. The runtimes share
+the host's process and CPU, as the DO's synthetic turn shares the DO's.
 """
 
 from __future__ import annotations
