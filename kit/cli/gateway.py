@@ -47,7 +47,7 @@ from kit.cli import console, statedir
 from kit.cli.settings import DevSettings, SettingsError, dev_settings
 from kit.cli.stack import release_of
 from kit.host import LogStore, SQLiteLogStore
-from kit.host.gateway import GatewayConfig, open_gateway
+from kit.host.gateway import GatewayConfig, open_gateway, store_urls, tcp_socket
 from kit.host.s3log import S3LogStore
 from kit.storage.s3io import endpoint_of
 
@@ -98,7 +98,7 @@ def gateway_settings(environ: Mapping[str, str] = os.environ) -> GatewaySettings
         port=0,
         environ={**shared, "KIT_STATE_DIR": state},
     )
-    host, port = _listen(environ.get("KIT_LISTEN") or DEFAULT_LISTEN)
+    host, port = _host_port(environ.get("KIT_LISTEN") or DEFAULT_LISTEN)
     if not common.api_key:
         raise SettingsError(
             "ANTHROPIC_API_KEY is not set; give the model key the gateway's model proxy adds "
@@ -119,6 +119,10 @@ def gateway_settings(environ: Mapping[str, str] = os.environ) -> GatewaySettings
             f"KIT_PROXY_LISTEN={proxy!r}: give a host (each proxy takes a free port) or an "
             "absolute folder for unix sockets; IPv6 addresses in brackets."
         )
+    if proxy_dir is not None and proxy_dir.is_absolute() and not proxy_dir.is_dir():
+        raise SettingsError(
+            f"KIT_PROXY_LISTEN={proxy!r} is not a folder; make it, or give a host for TCP."
+        )
     return GatewaySettings(
         common=common,
         host=host,
@@ -134,7 +138,7 @@ def gateway_settings(environ: Mapping[str, str] = os.environ) -> GatewaySettings
     )
 
 
-def _listen(value: str) -> tuple[str, int]:
+def _host_port(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     try:
         number = int(port)
@@ -166,12 +170,6 @@ def _api_token(environ: Mapping[str, str]) -> str:
     return token
 
 
-def _store_urls(shared: str | None, transcripts: Path) -> Callable[[str], str]:
-    if shared:
-        return lambda sid: shared
-    return lambda sid: f"sqlite:///{transcripts / sid / 'transcript.sqlite'}"
-
-
 def _log_store(settings: GatewaySettings) -> LogStore:
     common = settings.common
     if settings.log_url:
@@ -180,22 +178,41 @@ def _log_store(settings: GatewaySettings) -> LogStore:
     return SQLiteLogStore(settings.log_dir)
 
 
-def _bundle(settings: GatewaySettings) -> Bundle:
+def _bundle(settings: GatewaySettings) -> Callable[[], Bundle]:
+    """Check the bundle or project now (nothing written); the returned call builds it."""
     if settings.bundle is not None:
-        return open_bundle(settings.bundle)
+        bundle = open_bundle(settings.bundle)
+        return lambda: bundle
     project = load_project(settings.common.project_dir)
-    return build_bundle(project, settings.common.state_dir / "bundles")
+    return lambda: build_bundle(project, settings.common.state_dir / "bundles")
 
 
-async def serve(settings: GatewaySettings, ready: Callable[[str], None] | None = None) -> None:
+def _listen(settings: GatewaySettings) -> socket.socket:
+    try:
+        return tcp_socket(settings.host, settings.port)
+    except OSError as exc:
+        raise SettingsError(
+            f"KIT_LISTEN={settings.host}:{settings.port}: cannot listen there "
+            f"({exc.strerror or exc}); give a free port on an address of this machine."
+        ) from None
+
+
+async def serve(settings: GatewaySettings) -> None:
     """Run the gateway until SIGTERM or SIGINT, then stop it in order."""
     common = settings.common
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    bundle = _bundle(settings)  # before anything is written: a bad bundle changes nothing
-    statedir.make_private(common.state_dir)
+    # A bad bundle or a busy port is found before anything is written.
+    build = _bundle(settings)
+    sock = _listen(settings)
+    try:
+        statedir.make_private(common.state_dir)
+    except BaseException:
+        sock.close()
+        raise
+    bundle = build()
     provider = LocalSandboxProvider(
         common.state_dir / "sandboxes",
         bundles=bundle.path.parent,
@@ -209,7 +226,7 @@ async def serve(settings: GatewaySettings, ready: Callable[[str], None] | None =
     config = GatewayConfig(
         api_token=settings.api_token,
         upstream_key=common.api_key or "",
-        store_url=_store_urls(common.store_url, common.state_dir / "transcripts"),
+        store_url=store_urls(common.store_url, common.state_dir / "transcripts"),
         host=settings.host,
         port=settings.port,
         upstream_url=common.upstream_url,
@@ -225,10 +242,8 @@ async def serve(settings: GatewaySettings, ready: Callable[[str], None] | None =
     )
     logs = _log_store(settings)
     release = release_of(bundle)
-    async with open_gateway(config, provider, logs, lambda: release) as gateway:
+    async with open_gateway(config, provider, logs, lambda: release, sock=sock) as gateway:
         console.out(f"kit gateway: serving {bundle.digest[:16]} at {gateway.url}")
-        if ready is not None:
-            ready(gateway.url)
         await stop.wait()
         console.out(console.dim("kit gateway: stopping (closing sockets with 1001)…"))
     console.out(console.dim("kit gateway: stopped."))

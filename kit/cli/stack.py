@@ -33,7 +33,15 @@ from kit.cli.control import Evict, control_routes
 from kit.cli.settings import DevSettings
 from kit.errors import KitError
 from kit.host import EgressProxy, LogStore, ModelProxy, Release, Session, SessionHost
-from kit.host.gateway import Gateway, GatewayConfig, open_gateway, serve, tcp_socket, url_of
+from kit.host.gateway import (
+    Gateway,
+    GatewayConfig,
+    open_gateway,
+    serve,
+    store_urls,
+    tcp_socket,
+    url_of,
+)
 from kit.host.pool import SandboxPool
 from kit.host.s3log import S3LogStore
 from kit.ids import SessionId, is_session_id
@@ -175,13 +183,6 @@ def _listen(settings: DevSettings) -> tuple[socket.socket, int | None]:
         f"Port {first} on {host} is in use (another kit dev?); pick another with --port, "
         "or --port 0 for any free one."
     )
-
-
-def _store_urls(shared: str | None, transcripts: Path) -> Callable[[str], str]:
-    """A session's transcript store URL: the shared one, else its own SQLite file."""
-    if shared:
-        return lambda sid: shared
-    return lambda sid: f"sqlite:///{transcripts / sid / 'transcript.sqlite'}"
 
 
 def _lock_state_dir(state: Path) -> Any:
@@ -361,7 +362,7 @@ async def _start(
     config = GatewayConfig(
         api_token=api_token,
         upstream_key=key,
-        store_url=_store_urls(settings.store_url, transcripts),
+        store_url=store_urls(settings.store_url, transcripts),
         upstream_url=upstream,
         proxy_dir=provider.run_root,
         egress_allow=(*bundle.egress, *store_endpoint),

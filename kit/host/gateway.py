@@ -75,6 +75,17 @@ from kit.host.proxy import ModelProxy
 from kit.host.sandbox import SandboxProvider
 from kit.ids import SessionId
 
+__all__ = [
+    "Gateway",
+    "GatewayConfig",
+    "Server",
+    "open_gateway",
+    "serve",
+    "store_urls",
+    "tcp_socket",
+    "url_of",
+]
+
 ANTHROPIC_API = "https://api.anthropic.com"
 GRACEFUL_S = 5.0
 
@@ -106,6 +117,7 @@ class Gateway:
     """A running gateway: its URL and its parts (for the caller's routes and reloads)."""
 
     url: str
+    """``http://host:port`` the API is served at."""
     config: GatewayConfig
     host: SessionHost
     app: Starlette
@@ -155,6 +167,14 @@ def url_of(sock: socket.socket) -> str:
     """``http://host:port`` of a bound TCP socket (IPv6 addresses in brackets)."""
     address, port = sock.getsockname()[:2]
     return f"http://{_bracket(address)}:{port}"
+
+
+def store_urls(shared: str | None, folder: Path) -> Callable[[str], str]:
+    """A session's transcript store URL: ``shared`` for every session, else its own SQLite
+    file under ``folder`` (``folder/<session id>/transcript.sqlite``)."""
+    if shared:
+        return lambda sid: shared
+    return lambda sid: f"sqlite:///{folder / sid / 'transcript.sqlite'}"
 
 
 def _bracket(address: str) -> str:

@@ -8,6 +8,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -136,6 +137,8 @@ async def test_a_turn_goes_through_tcp_proxies_and_sigterm_closes_with_1001(
         ("", {"KIT_SANDBOX": "docker"}, "KIT_SANDBOX"),
         ("", {"KIT_SANDBOX_POOL": "lots"}, "KIT_SANDBOX_POOL"),
         ("", {"KIT_PROXY_LISTEN": "sockets/here"}, "KIT_PROXY_LISTEN"),
+        ("", {"KIT_PROXY_LISTEN": "/no/such/folder"}, "KIT_PROXY_LISTEN"),
+        ("", {"KIT_LISTEN": "127.0.0.1:{busy}"}, "KIT_LISTEN"),
         ("KIT_PROJECT", {}, "KIT_BUNDLE"),
     ],
 )
@@ -145,12 +148,16 @@ async def test_a_bad_setting_is_one_line_and_exit_1(
     """Each missing or bad setting: exit 1, one stderr line naming the variable, and the
     state dir never made."""
     state = kit_tmp / "state"
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
     env = _env(
         KIT_API_TOKEN=TOKEN,
         KIT_PROJECT=str(REPO / "skills" / "support-bot"),
         KIT_STATE_DIR=str(state),
         ANTHROPIC_API_KEY=MODEL_KEY,
-        **extra,
+        **{k: v.replace("{busy}", str(port)) for k, v in extra.items()},
     )
     env.pop(unset, None)
     proc = await asyncio.create_subprocess_exec(
@@ -162,6 +169,7 @@ async def test_a_bad_setting_is_one_line_and_exit_1(
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
+    busy.close()
     assert proc.returncode == 1
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1, lines
@@ -180,6 +188,7 @@ def test_settings_are_read_once_into_a_frozen_object(kit_tmp: Path) -> None:
         "ANTHROPIC_API_KEY": MODEL_KEY,
         "KIT_SANDBOX_GRACE_S": "7",
     }
+    (kit_tmp / "run").mkdir()
     unix = gateway_settings({**base, "KIT_PROXY_LISTEN": str(kit_tmp / "run")})
     assert unix.proxy_dir == kit_tmp / "run"
     assert unix.proxy_host is None

@@ -19,7 +19,8 @@ from emulator.model import create_app as create_model_app
 from emulator.sandbox import LocalSandboxProvider
 from kit.bundle.limits import DEFAULT_LIMITS
 from kit.host import Release, SQLiteLogStore
-from kit.host.gateway import GatewayConfig, open_gateway
+from kit.host import gateway as gateway_module
+from kit.host.gateway import GatewayConfig, open_gateway, store_urls
 from kit.ids import SessionId
 from tests.conftest import serve_on_loopback
 from tests.loopback import echo_server
@@ -42,7 +43,7 @@ def _config(model_url: str, kit_tmp: Path, **extra: object) -> GatewayConfig:
     config = GatewayConfig(
         api_token=API_TOKEN,
         upstream_key=MODEL_KEY,
-        store_url=lambda sid: f"sqlite:///{kit_tmp / sid / 'transcript.sqlite'}",
+        store_url=store_urls(None, kit_tmp / "transcripts"),
         upstream_url=model_url,
     )
     return replace(config, **extra)  # type: ignore[arg-type]
@@ -136,3 +137,17 @@ async def test_proxies_in_a_folder_are_unix_sockets_and_exit_closes_all(
         with pytest.raises((ConnectionRefusedError, FileNotFoundError)):
             probe.connect(str(run / name))
         probe.close()
+
+
+def test_the_public_names_are_pinned() -> None:
+    """kit.host.gateway exports exactly what kit dev, kit gateway and the bench use."""
+    assert sorted(gateway_module.__all__) == [
+        "Gateway",
+        "GatewayConfig",
+        "Server",
+        "open_gateway",
+        "serve",
+        "store_urls",
+        "tcp_socket",
+        "url_of",
+    ]
