@@ -49,6 +49,8 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
+from kit.protocol.errors import CLOSE_NORMAL
+
 FRAME_TIMEOUT_S = 60.0
 """The longest wait for any one frame."""
 MAX_FRAMES_PER_TURN = 2_000_000
@@ -185,7 +187,7 @@ class Wire(asyncio.Protocol):
     def close(self) -> None:
         """Start the closing handshake and drop the connection."""
         if self.lost is None:
-            self.proto.send_close(1000)
+            self.proto.send_close(CLOSE_NORMAL)
             self._flush()
         if self.transport is not None:
             self.transport.close()

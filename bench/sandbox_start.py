@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/sandbox_start.py                 # --starts 20 --modes off auto bwrap
 
-Each sample is ``LocalSandboxProvider.start`` for a new session until the runtime's ready
-line (the runtime imported, its CLI booted, the agent ready), then a stop. ``off`` runs
+Each sample is ``LocalSandboxProvider.start`` for a new session until the runtime's health
+probe says ready (the runtime imported, its CLI booted, the agent ready), then a stop. ``off`` runs
 sandboxes unconfined; ``auto`` confines them in namespaces from the fork server (as root);
 ``bwrap`` starts a fresh interpreter under bubblewrap. The example agent at ``standard-4``
 (a CPU quota that never binds on a small machine).

@@ -13,6 +13,7 @@ from kit.cli.stack import Stack
 from kit.client import SessionClient, create_session
 from kit.host.session import Session
 from kit.protocol.frames import Event
+from kit.protocol.turns import ends_turn
 from kit.runtime.agent import stored_user_texts
 from kit.storage import open_store
 from kit.storage.portable import PROJECT_KEY
@@ -237,6 +238,6 @@ async def turn_events(client: SessionClient, text: str, timeout_s: float = 180) 
         await client.send(text)
         async for event in client.events():
             seen.append(event)
-            if event.kind == "result" or event.data.get("code") == "turn_failed":
+            if ends_turn(event.kind, event.data):
                 break
     return seen

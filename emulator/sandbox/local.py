@@ -1,23 +1,26 @@
-"""Sandboxes as local processes: ``python -m kit.runtime`` in its own process group.
+"""The local sandbox provider: ``python -m kit.runtime`` as a process group on this machine.
 
 Each session gets a folder ``<root>/<session_id>/`` with ``workspace/`` (the agent's cwd,
 kept across sandboxes so the SDK's resume finds the same project key), ``home/``,
-``tmp/`` and ``run/`` (the runtime's socket, in a short folder under the temp dir). When
-kit runs as root the runtime runs as an unprivileged user (``nobody`` unless told otherwise)
-that owns only that folder.
+``tmp/`` and ``run/`` (the runtime's socket and, until it has read it, its config file, in
+a short folder under the temp dir). When kit runs as root the runtime runs as an
+unprivileged user (``nobody`` unless told otherwise) that owns only that folder.
 
-Only their owner may enter these folders (0700); ``<root>`` and the logs (``zygote.log``,
-each session's ``.logs/<session_id>.log``: 0600) are this user's alone. A confined sandbox gets its folders,
-bundle and sockets bound in by root; only an unconfined one run as another user walks to
+Only their owner may enter these folders (0700, :mod:`emulator.sandbox.folders`); ``<root>``
+and the logs (``fork-server.log``, each session's ``.logs/<session_id>.log``: 0600) are this
+user's alone. A confined sandbox gets its folders, bundle and sockets bound in by root
+(:mod:`emulator.sandbox.isolation`); only an unconfined one run as another user walks to
 them itself, so then ``<root>`` is 0710 to its group (:attr:`LocalSandboxProvider.
 traverse_gid`): to pass through, not to list. The socket folder is 0710 to the sandbox
 user's group whenever that is another user (bubblewrap finds its staging folder there).
 
-Each sandbox runs under its tier's limits (:mod:`emulator.sandbox.limits`, docs/tiers.md):
-its processes join their cgroups before the runtime is handed its session, so no agent code
-runs outside them. An OOM kill anywhere in the group ends the whole sandbox (``oom``, 137);
-a workspace past its tier's disk ends it too (``disk``, 137); so does its maximum lifetime
-(``lifetime``: SIGTERM, 143). Idle stops are the host's (SIGTERM, ``idle``, 143).
+Runtimes are forked by the fork server (:mod:`emulator.sandbox.forking`), or spawned fresh
+(under bubblewrap, or when the fork server cannot run). Each runs under its tier's limits
+(:mod:`emulator.sandbox.cgroups`, docs/tiers.md): its processes join their cgroups before
+the provider tells the runtime go (``KIT_RUNTIME_GATE``), so no agent code runs outside
+them. The sandbox itself, its exits and its disk and lifetime limits, is
+:class:`~emulator.sandbox.process.LocalSandbox`. Idle stops are the host's (SIGTERM,
+``idle``, 143).
 """
 
 from __future__ import annotations
@@ -25,21 +28,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
 import pwd
 import resource
 import shutil
 import signal
-import stat
 import sys
-import tempfile
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
+from emulator.sandbox.cgroups import (
+    Cgroups,
+    Limits,
+    SandboxCgroup,
+    rlimits_for,
+    tree_bytes,
+)
+from emulator.sandbox.folders import LOGS, first_shut, own_folders, short_run_dir, write_owned
+from emulator.sandbox.forking import ForkServer
 from emulator.sandbox.isolation import (
     cannot_confine,
     choose,
@@ -47,29 +56,14 @@ from emulator.sandbox.isolation import (
     stage_command,
     staged,
 )
-from emulator.sandbox.limits import (
-    Cgroups,
-    Limits,
-    SandboxCgroup,
-    SandboxUsage,
-    rlimits_for,
-    tree_bytes,
-)
-from emulator.sandbox.rehearsal import Rehearsable
-from emulator.sandbox.zygote import Zygote
+from emulator.sandbox.process import MAX_LIFETIME_S, LocalSandbox
 from kit.bundle.build import MANIFEST
 from kit.host.errors import SandboxError
 from kit.host.runtime_client import RuntimeClient, wait_ready
 from kit.host.sandbox import (
-    ExitInfo,
-    Sandbox,
     SandboxProvider,
     SandboxSpec,
-    SandboxState,
     SandboxView,
-    Usage,
-    exit_code_of,
-    reason_of,
     runtime_config,
     store_folder,
 )
@@ -83,212 +77,10 @@ log = logging.getLogger("emulator.sandbox")
 
 DEFAULT_USER = "nobody"
 START_TIMEOUT_S = 90.0
-GROUP_EXIT_POLLS = 500
-GROUP_EXIT_POLL_S = 0.01
-"""After SIGKILL the kernel ends a group within milliseconds; give it up to 5 s."""
 _SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
-MAX_LIFETIME_S = 24 * 3600.0
-"""kit's own cap on one sandbox's life (neither platform documents one); then SIGTERM."""
-LIFETIME_GRACE_S = 5.0
 CLOSE_WAIT_S = 5.0
-DISK_CHECK_S = 2.0
-"""How often a running sandbox's workspace is measured against its tier's disk."""
 CONFIG_FILE = "config.json"
 """The runtime's config file in its run folder (it deletes it once read)."""
-OOM_NOW_WAIT_S = 2.0
-"""After :meth:`LocalSandboxProvider.oom` squeezes the limit: how long the kernel gets to
-OOM-kill before the provider kills the sandbox itself (an idle runtime allocates nothing)."""
-
-
-class LocalSandbox(Sandbox, Rehearsable):
-    """A runtime process group on this machine."""
-
-    def __init__(
-        self,
-        spec: SandboxSpec,
-        pid: int,
-        wait: Callable[[], Awaitable[int]],
-        endpoint: str,
-        log_path: Path,
-        *,
-        sandbox_id: SandboxId | None = None,
-        limits: Limits | None = None,
-        cgroup: SandboxCgroup | None = None,
-        workspace: Path | None = None,
-        max_lifetime_s: float | None = None,
-    ) -> None:
-        self.id = sandbox_id or SandboxId(f"sbx-{uuid.uuid4().hex[:12]}")
-        self.session_id = spec.session_id
-        self.limits = limits
-        self.cgroup = cgroup
-        self.workspace = workspace
-        self.max_lifetime_s = max_lifetime_s
-        self.final_usage: SandboxUsage | None = None
-        """What the sandbox used in all, read as it exited (peak memory, CPU, disk)."""
-        self.spec = spec
-        self.endpoint = endpoint
-        self.resumed = False
-        self.log_path = log_path
-        self.pid = pid  # also its process group: runtimes start their own session
-        self._wait_returncode = wait
-        self._reason: str | None = None
-        self._exit: ExitInfo | None = None
-        self._waiter = asyncio.create_task(self._reap(), name=f"reap-{self.id}")
-        self._guard: asyncio.Task[None] | None = None
-        if cgroup is not None:
-            cgroup.watch_oom(self._on_oom)
-
-    def on_exit(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once the sandbox has exited and been reaped."""
-        self._waiter.add_done_callback(lambda _: callback())
-
-    def guard(self) -> None:
-        """Start enforcing the disk quota and the maximum lifetime (once the runtime is up)."""
-        if self._guard is None and self._exit is None:
-            self._guard = asyncio.create_task(self._enforce(), name=f"guard-{self.id}")
-
-    async def _enforce(self) -> None:
-        lifetime = self.max_lifetime_s
-        deadline = asyncio.get_running_loop().time() + lifetime if lifetime else None
-        checks = int((lifetime or MAX_LIFETIME_S) / DISK_CHECK_S) + 1
-        for _ in range(checks):
-            if self.over_disk_quota():
-                log.warning("sandbox %s: workspace over its disk quota; killing it", self.id)
-                await self.kill(signal.SIGKILL, reason="disk")
-                return
-            now = asyncio.get_running_loop().time()
-            if deadline is not None and now >= deadline:
-                break
-            wait = DISK_CHECK_S if deadline is None else min(DISK_CHECK_S, deadline - now)
-            try:
-                await asyncio.wait_for(asyncio.shield(self._waiter), wait)
-                return
-            except TimeoutError:
-                continue
-        log.info("sandbox %s reached its maximum lifetime; stopping it", self.id)
-        await self.kill(signal.SIGTERM, reason="lifetime")
-        try:
-            await asyncio.wait_for(asyncio.shield(self._waiter), LIFETIME_GRACE_S)
-        except TimeoutError:
-            await self.kill(signal.SIGKILL, reason="lifetime")
-
-    def over_disk_quota(self) -> bool:
-        """Whether the workspace holds more than the tier's disk."""
-        if self.limits is None or self.workspace is None:
-            return False
-        return tree_bytes(self.workspace) > self.limits.disk_bytes
-
-    def _on_oom(self) -> None:
-        log.warning("sandbox %s hit its memory limit; killing it (exit 137)", self.id)
-        asyncio.get_running_loop().create_task(self.kill(signal.SIGKILL, reason="oom"))
-
-    def measure(self) -> SandboxUsage:
-        """Resources used so far (after the exit: in all). ``None`` fields: not measurable here."""
-        if self.final_usage is not None:
-            return self.final_usage
-        workspace = tree_bytes(self.workspace) if self.workspace is not None else 0
-        if self.cgroup is not None:
-            with contextlib.suppress(OSError):
-                return self.cgroup.usage(workspace)
-        return SandboxUsage(None, None, None, workspace)
-
-    async def usage(self) -> Usage | None:
-        """Peak memory, CPU seconds, CPU throttling and workspace disk so far; None without
-        cgroups."""
-        used = await asyncio.to_thread(self.measure)
-        if used.peak_memory_bytes is None or used.cpu_s is None:
-            return None
-        held = None
-        if used.throttled_periods is not None and self.limits is not None:
-            # Wall-clock time in quota periods that ran out: nr_throttled counts a period once
-            # however many CPUs waited in it (throttled_time adds them up, past wall time).
-            held = used.throttled_periods * self.limits.cpu_period_us / 1e6
-        return Usage(
-            used.peak_memory_bytes / 2**20,
-            used.cpu_s,
-            used.workspace_bytes / 1e6,
-            throttled_s=held,
-        )
-
-    async def oom(self) -> None:
-        """Run the sandbox out of memory now, as at its tier's limit (``oom``, exit 137).
-
-        Lowers the memory limit to the current usage so the kernel OOM-kills on the next
-        allocation; an idle runtime allocates nothing, so after :data:`OOM_NOW_WAIT_S` the
-        sandbox is killed directly, with the same report. Without cgroups: SandboxError.
-        """
-        if self.cgroup is None:
-            raise SandboxError(
-                f"Sandbox {self.id} has no memory limit on this machine (no writable cgroups)."
-            )
-        if self._exit is not None:
-            return
-        with contextlib.suppress(OSError):
-            self.cgroup.squeeze()
-        try:
-            await asyncio.wait_for(self.wait(), OOM_NOW_WAIT_S)
-        except TimeoutError:
-            await self.kill(signal.SIGKILL, reason="oom")
-            await self.wait()
-
-    @property
-    def state(self) -> SandboxState:
-        return SandboxState.EXITED if self._exit else SandboxState.RUNNING
-
-    def alive(self) -> bool:
-        """Whether the runtime process has not exited yet."""
-        return not self._waiter.done()
-
-    async def _reap(self) -> ExitInfo:
-        code = exit_code_of(await self._wait_returncode())
-        # The runtime is gone; take everything left in its group with it (its CLI, a Bash
-        # tool) and report the exit only once none of it runs: a replacement sandbox must
-        # never overlap the old one on the same transcript. The CLI starts tools in process
-        # groups of their own: the cgroup is what holds all of them.
-        for _ in range(GROUP_EXIT_POLLS):
-            self._signal_all(signal.SIGKILL)
-            if not live_group_members(self.pid) and not self._cgroup_members():
-                break
-            await asyncio.sleep(GROUP_EXIT_POLL_S)
-        else:
-            log.warning("sandbox %s: processes of group %d outlived SIGKILL", self.id, self.pid)
-        self.final_usage = self.measure()
-        if self.cgroup is not None:
-            if self.final_usage.oom_kills and self._reason is None:
-                self._reason = "oom"  # the kernel killed first; the eventfd was not read yet
-            await self.cgroup.remove()
-        if self._reason in ("oom", "disk"):
-            code = 128 + signal.SIGKILL
-        self._exit = ExitInfo(code, self._reason or reason_of(code))
-        if self._guard is not None and self._guard is not asyncio.current_task():
-            self._guard.cancel()
-        return self._exit
-
-    async def wait(self) -> ExitInfo:
-        return await asyncio.shield(self._waiter)
-
-    async def kill(self, sig: int = signal.SIGKILL, reason: str | None = None) -> None:
-        if self._exit is not None:
-            return
-        if reason is not None and self._reason is None:
-            self._reason = reason
-        self._signal_all(sig)
-
-    def _cgroup_members(self) -> set[int]:
-        if self.cgroup is None:
-            return set()
-        try:
-            return self.cgroup.members()
-        except OSError:
-            return set()
-
-    def _signal_all(self, sig: int) -> None:
-        """``sig`` to the runtime's process group and to every process in its cgroup."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, sig)
-        for pid in self._cgroup_members():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
 
 
 class LocalSandboxProvider(SandboxProvider):
@@ -341,8 +133,8 @@ class LocalSandboxProvider(SandboxProvider):
         # once; each sandbox is then a fork (milliseconds) sharing that memory. Without it
         # (fork_server=False, or if it cannot start) each sandbox is a fresh interpreter.
         self.fork_server = fork_server
-        self._zygote: Zygote | None = None
-        self._zygote_lock = asyncio.Lock()
+        self._forks: ForkServer | None = None
+        self._forks_lock = asyncio.Lock()
         self._closed = False
         self.overrides = dict(overrides or {})
         """Replacements for the tier's :class:`Limits` fields (tests: a tiny disk or pids.max)."""
@@ -442,19 +234,7 @@ class LocalSandboxProvider(SandboxProvider):
 
     def unreachable(self, path: Path) -> Path | None:
         """The first folder on ``path`` the sandbox user cannot enter, if any."""
-        if self.uid is None or self.gid is None:
-            return None
-        for folder in [*reversed(path.resolve().parents), path.resolve()]:
-            st = folder.stat()
-            if st.st_uid == self.uid:
-                bit = stat.S_IXUSR
-            elif st.st_gid == self.gid:
-                bit = stat.S_IXGRP
-            else:
-                bit = stat.S_IXOTH
-            if not st.st_mode & bit:
-                return folder
-        return None
+        return first_shut(path, self.uid, self.gid)
 
     async def start(self, spec: SandboxSpec) -> LocalSandbox:
         try:
@@ -489,12 +269,12 @@ class LocalSandboxProvider(SandboxProvider):
         # Root walks into folders the sandbox user owns only by descriptor, from a folder of
         # the host's: that user (any sandbox's, unconfined) may swap one for a link meanwhile.
         for names in ((), ("workspace",), ("home",), ("home", ".claude"), ("tmp",)):
-            self._own(self.root, spec.session_id, *names)
-        self._own(self.run_root, dirs["run"].name)
+            own_folders(self.uid, self.gid, self.root, spec.session_id, *names)
+        own_folders(self.uid, self.gid, self.run_root, dirs["run"].name)
         store = store_folder(spec.store_url)
         if store is not None:
             store.parent.mkdir(parents=True, exist_ok=True)
-            self._own(store.parent, store.name)
+            own_folders(self.uid, self.gid, store.parent, store.name)
         sock = dirs["run"] / "runtime.sock"
         # The local provider's sandboxes see the host's paths (bound at the same places).
         view = SandboxView(
@@ -508,7 +288,7 @@ class LocalSandboxProvider(SandboxProvider):
             spec, view, store_retry_s=self.store_retry_s, store_deadline_s=self.store_deadline_s
         )
         config_path = dirs["run"] / CONFIG_FILE
-        self._write_config(config_path, config.to_json())
+        write_owned(config_path, config.to_json(), self.uid, self.gid)
         env = {
             **self.env,
             "PATH": _SAFE_PATH,
@@ -606,17 +386,6 @@ class LocalSandboxProvider(SandboxProvider):
         sandbox.guard()
         return sandbox
 
-    def _write_config(self, path: Path, text: str) -> None:
-        """The runtime's config file: 0600, the sandbox user's (who reads and deletes it)."""
-        path.unlink(missing_ok=True)
-        fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        try:
-            os.write(fd, text.encode())
-            if self.uid is not None and self.gid is not None:
-                os.fchown(fd, self.uid, self.gid)
-        finally:
-            os.close(fd)
-
     def bundle_dir(self, digest: str) -> Path:
         """Where the bundle ``digest`` is on this machine (SandboxError if it is not)."""
         path = self.bundles / digest[:32]
@@ -691,11 +460,11 @@ class LocalSandboxProvider(SandboxProvider):
     ) -> tuple[int, Callable[[], Awaitable[int]], Callable[[], None]]:
         """A runtime process (forked by the fork server when it runs, else spawned fresh),
         how to wait for it, and how to tell it go (``KIT_RUNTIME_GATE``)."""
-        zygote = await self._ensure_zygote(env) if self.fork_server else None
-        if zygote is not None:
-            child = await zygote.spawn(
+        forks = await self._ensure_fork_server(env) if self.fork_server else None
+        if forks is not None:
+            child = await forks.spawn(
                 cwd,
-                {**env, "KIT_DIE_WITH_PARENT": str(zygote.proc.pid if zygote.proc else 0)},
+                {**env, "KIT_DIE_WITH_PARENT": str(forks.proc.pid if forks.proc else 0)},
                 log_path,
                 jail.to_json() if jail is not None and self.isolation == "native" else None,
             )
@@ -708,7 +477,7 @@ class LocalSandboxProvider(SandboxProvider):
                 raise SandboxError(
                     "The runtime fork server is down and bubblewrap cannot confine sandboxes "
                     f"here ({why}); refusing to start an unisolated sandbox. See "
-                    f"{self.root / 'zygote.log'}, or set KIT_SANDBOX_ISOLATION=off to run "
+                    f"{self.root / 'fork-server.log'}, or set KIT_SANDBOX_ISOLATION=off to run "
                     "sandboxes without isolation."
                 )
             self.isolation = mode
@@ -728,15 +497,15 @@ class LocalSandboxProvider(SandboxProvider):
 
         return proc.pid, proc.wait, open_gate
 
-    async def _ensure_zygote(self, env: dict[str, str]) -> Zygote | None:
-        async with self._zygote_lock:
-            if self._zygote is not None and self._zygote.alive:
-                return self._zygote
+    async def _ensure_fork_server(self, env: dict[str, str]) -> ForkServer | None:
+        async with self._forks_lock:
+            if self._forks is not None and self._forks.alive:
+                return self._forks
             if self._closed:
                 return None
-            folder = self.root / ".zygote"
-            self._own(self.root, folder.name)
-            zygote = Zygote()
+            folder = self.root / ".fork-server"
+            own_folders(self.uid, self.gid, self.root, folder.name)
+            forks = ForkServer()
             generic = {
                 **env,
                 "HOME": str(folder),
@@ -744,14 +513,14 @@ class LocalSandboxProvider(SandboxProvider):
                 "KIT_DIE_WITH_PARENT": str(os.getpid()),  # no orphans if this host is killed
             }
             try:
-                # Confining forks need root: the zygote then drops to the sandbox user in
+                # Confining forks need root: the fork server then drops to the sandbox user in
                 # each child, after the namespaces and mounts (kit.runtime.jail).
                 drop = self._drop_privileges() if self.isolation != "native" else []
-                await zygote.start(
-                    [*drop, self.python, "-m", "kit.runtime.zygote"],
+                await forks.start(
+                    [*drop, self.python, "-m", "kit.runtime.forkserver"],
                     generic,
                     folder,
-                    self.root / "zygote.log",
+                    self.root / "fork-server.log",
                     self.start_timeout_s,
                 )
             except (OSError, SandboxError):
@@ -761,20 +530,20 @@ class LocalSandboxProvider(SandboxProvider):
                 )
                 self.fork_server = False
                 return None
-            self._zygote = zygote
-            return zygote
+            self._forks = forks
+            return forks
 
     async def settled(self) -> None:
         """Return once the fork server is up (benchmarks start from a quiet machine)."""
         if self.fork_server:
-            await self._ensure_zygote({"PATH": _SAFE_PATH, "LANG": "C.UTF-8"})
+            await self._ensure_fork_server({"PATH": _SAFE_PATH, "LANG": "C.UTF-8"})
 
     async def close(self) -> None:
         """Stop the fork server; remove this provider's cgroup folders once sandboxes are gone."""
         self._closed = True
-        async with self._zygote_lock:
-            if self._zygote is not None:
-                await self._zygote.stop()
+        async with self._forks_lock:
+            if self._forks is not None:
+                await self._forks.stop()
         for sandbox in list(self.running.values()):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(sandbox.wait(), CLOSE_WAIT_S)
@@ -835,36 +604,6 @@ class LocalSandboxProvider(SandboxProvider):
                 **drop,  # type: ignore[arg-type]
             )
 
-    def _own(self, anchor: Path, *names: str) -> None:
-        """Make folder ``anchor/names...`` (each one missing made) and give every folder
-        after ``anchor`` to the sandbox user, 0700. ``anchor`` is the host's; below it the
-        walk goes by descriptor and never follows a link: the sandbox user may have put one
-        there, or swap a folder for one meanwhile (root would chown, chmod or bind whatever
-        it points at)."""
-        fd = os.open(anchor, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            for name in names:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(name, DIR_MODE, dir_fd=fd)
-                try:
-                    child = os.open(name, _NOFOLLOW_DIR, dir_fd=fd)
-                except OSError:
-                    raise SandboxError(
-                        f"{anchor.joinpath(*names)} is not a plain folder (a symlink?); remove "
-                        "it and retry."
-                    ) from None
-                os.close(fd)
-                fd = child
-                if self.uid is not None and self.gid is not None:
-                    os.fchown(fd, self.uid, self.gid)
-                os.fchmod(fd, DIR_MODE)
-        finally:
-            os.close(fd)
-
-
-_NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-LOGS = ".logs"
-"""The host's folder of runtime logs under the provider's root (0700)."""
 
 _JOIN_AND_EXEC = (
     'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
@@ -879,44 +618,6 @@ def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
         log.warning("%s", message)
-
-
-def live_group_members(pgid: int) -> list[int]:
-    """PIDs in process group ``pgid`` that are not zombies."""
-    members = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # Fields after the command name (which may hold spaces): state, ppid, pgrp, ...
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if int(fields[2]) == pgid and fields[0] != b"Z":
-            members.append(int(entry.name))
-    return members
-
-
-def short_run_dir(root: Path, passage_for: int | None = None) -> Path:
-    """A short per-root folder under the temp dir for Unix sockets, owned by this user:
-    0700, or 0710 to group ``passage_for`` (the sandbox user's, when it is another user).
-
-    Its name is predictable, so one made by someone else (who could swap the sockets in
-    it) is refused rather than used."""
-    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:10]
-    path = Path(tempfile.gettempdir()) / f"kit-{os.geteuid()}-{digest}"
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=DIR_MODE)
-    st = path.lstat()
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise SandboxError(
-            f"{path} (the sandboxes' socket folder) is not a folder of this user's that only "
-            "it can write; someone else may have made it. Remove it and start again."
-        )
-    private_folder(path, passage_for)
-    return path
 
 
 def _tail(path: Path, lines: int = 3) -> str:

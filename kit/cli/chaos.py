@@ -20,6 +20,7 @@ from pathlib import Path
 from kit.cli.settings import DevSettings
 from kit.cli.stack import Stack, run_stack
 from kit.client import SessionClient, create_session
+from kit.protocol.turns import ends_turn
 
 RECOVERED = "Recovered after a sandbox restart."
 
@@ -258,11 +259,11 @@ async def _session(
                 if restarted:
                     killer.resumed(info.session_id)
                     restarted = False
-                if event.kind == "result":
-                    report.turns_completed += 1
-                    break
-                if event.kind == "error" and event.data.get("code") == "turn_failed":
-                    report.turns_failed += 1
+                if ends_turn(event.kind, event.data):
+                    if event.kind == "result":
+                        report.turns_completed += 1
+                    else:
+                        report.turns_failed += 1
                     break
         session = await stack.host.get(info.session_id)
         assert session is not None

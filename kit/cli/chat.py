@@ -32,6 +32,7 @@ from kit.client import (
 )
 from kit.errors import KitError
 from kit.protocol.frames import Event
+from kit.protocol.turns import TURN_FAILED, ends_turn
 
 
 class ChatError(KitError):
@@ -161,7 +162,7 @@ async def _one_turn(
         printer.show(event)
         if event.kind == "result" and event.data.get("is_error"):
             failed = True
-        if event.kind == "error" and event.data.get("code") == "turn_failed":
+        if event.kind == "error" and event.data.get("code") == TURN_FAILED:
             failed = True
     return 1 if failed else 0
 
@@ -184,10 +185,7 @@ class _OwnTurns:
         msg_id = event.data.get("client_msg_id")
         if event.kind == "user" and msg_id in self.waiting and event.turn_id is not None:
             self._turn_of[event.turn_id] = str(msg_id)
-        ends = event.kind == "result" or (
-            event.kind == "error" and event.data.get("code") == "turn_failed"
-        )
-        if ends and event.turn_id in self._turn_of:
+        if ends_turn(event.kind, event.data) and event.turn_id in self._turn_of:
             self.waiting.discard(self._turn_of.pop(event.turn_id))
             if not self.waiting:
                 self.idle.set()

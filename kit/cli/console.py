@@ -9,6 +9,7 @@ from typing import TextIO
 
 from kit.client import ConnectionStatus, InterruptAcked, StatusChange
 from kit.protocol.frames import Event
+from kit.protocol.turns import ends_turn
 
 MAX_REMEMBERED_ENDS = 32
 """Turn ends kept so that an interrupt answered after its turn ended can say how it ended."""
@@ -149,7 +150,7 @@ class EventPrinter:
         elif ack.interrupted:
             self._line(dim(f"  interrupting turn {ack.turn_id}…"))
             self._interrupting.add(ack.turn_id)
-            ending = {event.turn_id for event in self._held if _ends_turn(event)}
+            ending = {event.turn_id for event in self._held if ends_turn(event.kind, event.data)}
             if ack.turn_id in self._ends and ack.turn_id not in ending:
                 self._outcome(self._ends[ack.turn_id])  # it ended before the answer came
         else:
@@ -196,7 +197,7 @@ class EventPrinter:
         if self._interrupts_pending and not self.as_json:
             self._held.append(event)
             return
-        if _ends_turn(event) and event.turn_id is not None:
+        if ends_turn(event.kind, event.data) and event.turn_id is not None:
             self._ends[event.turn_id] = event
             while len(self._ends) > MAX_REMEMBERED_ENDS:
                 del self._ends[next(iter(self._ends))]
@@ -241,7 +242,7 @@ class EventPrinter:
             self._line(dim(f"  [store {data.get('state')}]{message}"))
         elif event.kind == "error":
             self._line(_style(f"  ✗ {data.get('code')}: {data.get('message')}", "31"))
-            if event.turn_id in self._interrupting and _ends_turn(event):
+            if event.turn_id in self._interrupting and ends_turn(event.kind, event.data):
                 self._outcome(event)
         elif event.kind == "result":
             if event.turn_id in self._interrupting:
@@ -276,12 +277,6 @@ class EventPrinter:
                     "interrupt took effect)"
                 )
             )
-
-
-def _ends_turn(event: Event) -> bool:
-    return event.kind == "result" or (
-        event.kind == "error" and event.data.get("code") == "turn_failed"
-    )
 
 
 def _brief(value: object, *, lines: int = 1, width: int = 160) -> str:

@@ -52,6 +52,7 @@ from kit.protocol.client import (
 )
 from kit.protocol.errors import ProtocolError
 from kit.protocol.frames import Event, Hello, User, encode_client_frame, parse_client_frame
+from kit.protocol.turns import ends_turn
 
 log = logging.getLogger("kit.client")
 
@@ -63,7 +64,6 @@ FATAL_ERROR_CODES = frozenset({e.UNAUTHORIZED, e.UNKNOWN_SESSION, e.SEQ_AHEAD})
 """Error frames that end the session when they answer a hello."""
 OPEN_TIMEOUT_S = 10.0
 """How long one try may take to open the socket."""
-TURN_END_KINDS = {"result"}
 
 
 @dataclass(frozen=True)
@@ -262,9 +262,7 @@ class SessionClient:
             if turn_id is None or event.turn_id != turn_id:
                 continue
             yield event
-            if event.kind in TURN_END_KINDS or (
-                event.kind == "error" and event.data.get("code") == "turn_failed"
-            ):
+            if ends_turn(event.kind, event.data):
                 return
 
     # -- sending -----------------------------------------------------------------------
@@ -394,7 +392,7 @@ class SessionClient:
             raise SessionRefused(why or str(code), f"the host closed the connection with {code}.")
         if error is not None and error.code == e.SHUTTING_DOWN:
             return "the host is shutting down"
-        if code is None or code == 1006:
+        if code is None or code == e.CLOSE_ABNORMAL:
             return "the connection dropped"
         return f"the host closed the connection ({code}{' ' + why if why else ''})"
 

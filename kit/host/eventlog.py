@@ -15,7 +15,6 @@ opening the session for writing: no lease is taken, no session is loaded (``kit 
 from __future__ import annotations
 
 import contextlib
-import enum
 import json
 import sqlite3
 import time
@@ -30,19 +29,10 @@ from kit.ids import SessionId, TurnId, is_session_id
 from kit.private import DIR_MODE, private_sqlite
 from kit.protocol.frames import Event
 
+# The turn table holds the turn planner's states (kit.protocol.turns); re-exported here.
+from kit.protocol.turns import OPEN_TURN_STATES as OPEN_TURN_STATES
+from kit.protocol.turns import TurnState as TurnState
 
-class TurnState(enum.Enum):
-    """Lifecycle of one turn."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    INTERRUPTED = "interrupted"
-    """Its sandbox died mid-turn; it will be recovered in a new one."""
-    COMPLETED = "completed"
-    FAILED = "failed"
-
-
-OPEN_TURN_STATES = (TurnState.QUEUED, TurnState.RUNNING, TurnState.INTERRUPTED)
 CREATED_KEY = "created_ms"
 """The metadata key holding when the session was created (wall-clock milliseconds)."""
 

@@ -28,16 +28,25 @@ from kit.host.spend import spent_in
 from kit.ids import SessionId, TurnId
 from kit.protocol.frames import Event, ResumeMode
 from kit.protocol.runtime_api import TurnRequest
+from kit.protocol.turns import (
+    STOPPED_REASONS,
+    TURN_FAILED,
+    AwaitSandboxExit,
+    Done,
+    Emit,
+    GiveUp,
+    Record,
+    StartSandbox,
+    Stream,
+    TurnAction,
+    TurnPlanner,
+    Wait,
+)
 
 log = logging.getLogger("kit.host")
 
-MAX_SANDBOX_ATTEMPTS = 5
-"""Sandboxes one turn may use before the host gives up on it."""
-RESTART_BACKOFF_S = (0.0, 0.0, 0.5, 1.0, 2.0)
-"""Wait before attempt N of a turn: a first death is retried at once, repeated ones back off."""
 EXIT_WAIT_S = 10.0
-STOPPED_REASONS = frozenset({"stopped", "idle", "exited", "reload"})
-"""Exit reasons reported as ``stopped`` (on purpose) rather than ``died``."""
+"""How long a sandbox gets to exit (its stream broke, or it was sent SIGTERM) before it is killed."""
 
 
 class Subscriber(Protocol):
@@ -259,7 +268,7 @@ class Session:
             try:
                 await self.emit(
                     "error",
-                    {"code": "turn_failed", "message": f"The host failed on this turn: {exc}"},
+                    {"code": TURN_FAILED, "message": f"The host failed on this turn: {exc}"},
                     turn.turn_id,
                 )
                 await self.log.set_turn_state(turn.turn_id, TurnState.FAILED)
@@ -273,7 +282,8 @@ class Session:
         return True
 
     async def _run_turn(self, turn: Turn) -> None:
-        recover = turn.state is not TurnState.QUEUED
+        """Run ``turn`` as the :class:`TurnPlanner` plans it (its recovery decisions live
+        there, sans I/O, shared with the Cloudflare shim); this method only does the I/O."""
         await self._stop_stale_sandbox()  # a turn queued behind a reload gets the new bundle
         self._running_turn = turn.turn_id
         self._turn_release = None
@@ -281,61 +291,71 @@ class Session:
             await self._begin_spend(turn.turn_id)
             # Attempts are counted in the log, so a turn that keeps killing its sandboxes
             # (or its host) is given up after MAX_SANDBOX_ATTEMPTS however often the host
-            # restarts.
-            for attempt in range(turn.attempts, MAX_SANDBOX_ATTEMPTS):
-                if attempt:
-                    await asyncio.sleep(RESTART_BACKOFF_S[min(attempt, len(RESTART_BACKOFF_S) - 1)])
-                await self.log.set_turn_state(turn.turn_id, TurnState.RUNNING, attempt=True)
-                try:
-                    runtime = await self._ensure_sandbox(turn.turn_id)
-                except SandboxError:
-                    continue  # _start_sandbox recorded a "failed" sandbox event
-                if self._turn_release is None and self._live is not None:
-                    self._turn_release = self._live.release  # a sandbox up before the turn
-                before, started = await self._usage(), time.monotonic()  # for the advisor
-                outcome = await self._stream(runtime, turn, recover)
-                if outcome is not None:
-                    await self.log.set_turn_state(turn.turn_id, outcome)
+            # restarts; the planner answers Done by then.
+            planner = TurnPlanner(turn.state, turn.attempts)
+            actions = planner.begin()
+            runtime: RuntimeClient | None = None
+            while True:
+                *steps, last = actions
+                for action in steps:
+                    await self._act(turn.turn_id, action)
+                if isinstance(last, StartSandbox):
+                    try:
+                        runtime = await self._ensure_sandbox(turn.turn_id)
+                    except SandboxError:
+                        actions = planner.sandbox_failed()  # a "failed" sandbox event is logged
+                        continue
+                    if self._turn_release is None and self._live is not None:
+                        self._turn_release = self._live.release  # a sandbox up before the turn
+                    actions = planner.sandbox_started()
+                elif isinstance(last, Stream):
+                    assert runtime is not None  # a Stream always follows sandbox_started
+                    before, started = await self._usage(), time.monotonic()  # for the advisor
+                    end = await self._stream(runtime, turn, planner, last.recover)
+                    if end is None:  # the sandbox went away: the next one continues the turn
+                        actions = planner.stream_broken()
+                        continue
+                    for action in end[:-1]:  # the turn's own end: its Record, then Done
+                        await self._act(turn.turn_id, action)
                     await self._advise_after_turn(before, time.monotonic() - started)
                     return
-                # The sandbox went away mid-turn: the next one resumes the transcript.
-                await self.log.set_turn_state(turn.turn_id, TurnState.INTERRUPTED)
-                await self._sandbox_gone()
-                recover = True
-            await self.emit_many(
-                [
-                    *self._refusals(turn.turn_id),
-                    (
-                        "error",
-                        {
-                            "code": "turn_failed",
-                            "message": f"The turn was given up after {MAX_SANDBOX_ATTEMPTS} "
-                            "sandboxes failed; send it again as a new message (a new "
-                            "client_msg_id) to retry.",
-                        },
-                    ),
-                ],
-                turn.turn_id,
-            )
-            await self.log.set_turn_state(turn.turn_id, TurnState.FAILED)
+                elif isinstance(last, Done):
+                    return
+                else:
+                    raise AssertionError(f"The turn planner ended an answer with {last!r}.")
         finally:
             self._running_turn = None
             self._turn_release = None
 
-    async def _stream(self, runtime: RuntimeClient, turn: Turn, recover: bool) -> TurnState | None:
-        """Run the turn on ``runtime``; its final state, or None if the sandbox went away."""
+    async def _act(self, turn_id: TurnId, action: TurnAction) -> None:
+        """Do one of the planner's actions that needs no answer."""
+        if isinstance(action, Record):
+            await self.log.set_turn_state(turn_id, action.state, attempt=action.attempt)
+        elif isinstance(action, Wait):
+            await asyncio.sleep(action.seconds)
+        elif isinstance(action, AwaitSandboxExit):
+            await self._sandbox_gone()
+        elif isinstance(action, GiveUp):
+            await self.emit_many([*self._refusals(turn_id), ("error", dict(action.error))], turn_id)
+        else:
+            raise AssertionError(f"The turn runner cannot do {action!r} here.")
+
+    async def _stream(
+        self, runtime: RuntimeClient, turn: Turn, planner: TurnPlanner, recover: bool
+    ) -> list[TurnAction] | None:
+        """Run the turn on ``runtime``; the planner's answer to the turn's end (Record,
+        Done), or None if the stream broke first (the sandbox went away)."""
         request = TurnRequest(turn_id=turn.turn_id, text=turn.text, recover=recover)
         try:
             async for batch in runtime.stream_turn(request):
-                # Anything after a turn's end is not part of it (and never arrives in practice).
-                end = next((i for i, ev in enumerate(batch) if _ends_turn(ev.kind, ev.data)), None)
-                kept = batch if end is None else batch[: end + 1]
+                emit, *rest = planner.batch([(ev.kind, ev.data) for ev in batch])
+                assert isinstance(emit, Emit)  # anything after the turn's end is not part of it
                 # A call the model proxy refused is told before what the runtime says next
                 # (the API error it got, the result): the refusal came first.
-                items = [*self._refusals(turn.turn_id), *((ev.kind, ev.data) for ev in kept)]
-                await self.emit_many(items, turn.turn_id)
-                if end is not None:
-                    return TurnState.COMPLETED if kept[-1].kind == "result" else TurnState.FAILED
+                kept = ((ev.kind, ev.data) for ev in batch[: emit.count])
+                await self.emit_many([*self._refusals(turn.turn_id), *kept], turn.turn_id)
+                if rest:
+                    return rest
         except SandboxError as exc:
             log.info("session %s: turn %s lost its sandbox: %s", self.id, turn.turn_id, exc)
         return None
@@ -560,7 +580,3 @@ class Session:
 
 
 _background: set[asyncio.Task[None]] = set()
-
-
-def _ends_turn(kind: str, data: dict[str, Any]) -> bool:
-    return kind == "result" or (kind == "error" and data.get("code") == "turn_failed")

@@ -2,7 +2,8 @@
 
 Stdlib only. The host (``kit.host``), the Python client (``kit.client``) and the
 TypeScript shim all follow docs/protocol.md; the golden transcripts in ``golden/`` are
-replayed by each of them.
+replayed by each of them. The turn planner (:mod:`kit.protocol.turns`) holds a host's
+recovery decisions, with its own golden cases in ``golden/turns/``.
 """
 
 from kit.protocol.client import (
@@ -43,23 +44,50 @@ from kit.protocol.server import (
     ServerInput,
     UserReceived,
 )
+from kit.protocol.turns import (
+    MAX_SANDBOX_ATTEMPTS,
+    OPEN_TURN_STATES,
+    RESTART_BACKOFF_S,
+    TURN_FAILED,
+    AwaitSandboxExit,
+    Done,
+    Emit,
+    GiveUp,
+    PlannerState,
+    Record,
+    StartSandbox,
+    Stream,
+    TurnAction,
+    TurnPlanner,
+    TurnState,
+    Wait,
+    ends_turn,
+)
 
 __all__ = [
     "EVENT_KINDS",
     "MAX_FRAME_BYTES",
+    "MAX_SANDBOX_ATTEMPTS",
     "MAX_TEXT_CHARS",
+    "OPEN_TURN_STATES",
     "PROTOCOL_VERSION",
+    "RESTART_BACKOFF_S",
+    "TURN_FAILED",
     "Ack",
     "Acked",
+    "AwaitSandboxExit",
     "ClientConnection",
     "ClientFrame",
     "ClientInput",
     "ClientState",
     "ConnectionState",
+    "Done",
+    "Emit",
     "ErrorReceived",
     "Event",
     "EventReceived",
     "GapDetected",
+    "GiveUp",
     "HandshakeAcked",
     "Hello",
     "HelloReceived",
@@ -68,14 +96,23 @@ __all__ = [
     "InterruptRequested",
     "InvalidStateError",
     "Ping",
+    "PlannerState",
     "PongReceived",
     "ProtocolError",
+    "Record",
     "ResumeMode",
     "ServerConnection",
     "ServerInput",
+    "StartSandbox",
+    "Stream",
+    "TurnAction",
+    "TurnPlanner",
+    "TurnState",
     "User",
     "UserReceived",
+    "Wait",
     "Welcomed",
     "encode_client_frame",
+    "ends_turn",
     "parse_client_frame",
 ]

@@ -42,6 +42,8 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_UNKNOWN_SESSION = 4404
 CLOSE_SLOW_CONSUMER = 4408
 CLOSE_SESSION_ELSEWHERE = 4409
+CLOSE_ABNORMAL = 1006
+"""Never sent: what a client reads when the connection dropped without a close frame."""
 
 
 class ProtocolError(KitError):

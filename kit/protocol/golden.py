@@ -85,3 +85,33 @@ def matches(pattern: Any, actual: Any, variables: dict[str, Any]) -> bool:
             k in actual and matches(v, actual[k], variables) for k, v in pattern.items()
         )
     return bool(pattern == actual)
+
+
+def turn_case_names() -> list[str]:
+    """Names of the bundled turn planner cases, ``golden/turns/*.jsonl`` (without ``.jsonl``).
+
+    One step per line, plain JSON (see :mod:`kit.protocol.turns` for the paths they cover):
+
+    - ``{"turn": {"state": "queued", "attempts": 0}}`` — the turn as the log holds it; a
+      planner is made from it
+    - ``{"in": "begin" | "sandbox_started" | "sandbox_failed" | "stream_broken", "out": [...]}``
+      — tell the planner this; it answers exactly these actions (``Action.to_json()``)
+    - ``{"in": "batch", "events": [{"kind": ..., "data": {...}}], "out": [...]}`` — a batch
+      of the runtime's events
+    - ``{"in": "host_restarted", "out": [...]}`` — the host restarts: a new planner is made
+      from the log as the ``record`` actions so far left it, and begins
+    - ``{"log": {"state": ..., "attempts": n}}`` — the log now holds this
+    - ``{"note": "..."}`` — what the case is about
+    """
+    folder = resources.files("kit.protocol") / "golden" / "turns"
+    return sorted(
+        p.name.removesuffix(".jsonl") for p in folder.iterdir() if p.name.endswith(".jsonl")
+    )
+
+
+def load_turn_case(name: str) -> list[dict[str, Any]]:
+    """The steps of turn planner case ``name``, one JSON object per line (notes kept)."""
+    text = (resources.files("kit.protocol") / "golden" / "turns" / f"{name}.jsonl").read_text(
+        encoding="utf-8"
+    )
+    return [json.loads(line) for line in text.splitlines() if line.strip()]

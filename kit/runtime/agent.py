@@ -36,6 +36,7 @@ from kit.bundle import Bundle
 from kit.errors import KitError
 from kit.protocol.runtime_api import RuntimeEvent, TurnRequest
 from kit.protocol.runtime_config import RuntimeConfig
+from kit.protocol.turns import TURN_FAILED
 from kit.runtime.egress import proxy_env
 from kit.runtime.translate import translate
 from kit.storage import open_store
@@ -294,7 +295,7 @@ class Agent:
             RuntimeEvent(
                 "error",
                 {
-                    "code": "turn_failed",
+                    "code": TURN_FAILED,
                     "message": (
                         "The turn was ended because its transcript could not be saved: the "
                         f"transcript store was unreachable for {waited:.0f} s."
@@ -337,15 +338,13 @@ class Agent:
             if isinstance(exc, ResultError):
                 turn.out.put_nowait(
                     RuntimeEvent(
-                        "error", {"code": "turn_failed", "message": f"The agent failed: {exc}"}
+                        "error", {"code": TURN_FAILED, "message": f"The agent failed: {exc}"}
                     )
                 )
         except Exception as exc:  # the turn fails, the agent lives on
             log.exception("turn %s failed", turn.request.turn_id)
             turn.out.put_nowait(
-                RuntimeEvent(
-                    "error", {"code": "turn_failed", "message": f"The agent failed: {exc}"}
-                )
+                RuntimeEvent("error", {"code": TURN_FAILED, "message": f"The agent failed: {exc}"})
             )
         finally:
             self._current = None

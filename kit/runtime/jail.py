@@ -21,7 +21,7 @@ Two ways to enforce the same view:
 
 The process tree on the fork server path::
 
-    zygote (root) ── C: relays the exit status; the sandbox's process group (pgid = C)
+    fork server (root) ── C: relays the exit status; the sandbox's process group (pgid = C)
                      └── G: pid 1 of the sandbox's pid namespace; reaps orphans
                          └── R: the runtime (pid 2) ── the CLI ── its tools
 

@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
+import uvicorn.lifespan.off
+import uvicorn.protocols.http.h11_impl  # imported here, so the fork server pays for it once
 
 from kit.bundle import open_bundle
 from kit.protocol.errors import ProtocolError
@@ -232,7 +234,12 @@ async def _serve(config: RuntimeConfig, egress_proxy: str | None) -> None:
     sock = bind(config.listen)
     server = _Server(
         uvicorn.Config(
-            create_app(agent), log_level="warning", lifespan="off", timeout_graceful_shutdown=5
+            create_app(agent),
+            log_level="warning",
+            lifespan="off",
+            http="h11",
+            ws="none",
+            timeout_graceful_shutdown=5,
         )
     )
     stop = asyncio.Event()
@@ -245,8 +252,10 @@ async def _serve(config: RuntimeConfig, egress_proxy: str | None) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
-    serving = asyncio.create_task(server.serve(sockets=[sock]), name="http")
+    # The agent first: its CLI boots in another process while the server starts here.
     actor = asyncio.create_task(agent.run(), name="agent")
+    await asyncio.sleep(0)
+    serving = asyncio.create_task(server.serve(sockets=[sock]), name="http")
     ready = asyncio.create_task(agent.wait_ready())
     await asyncio.wait([actor, ready], return_when=asyncio.FIRST_COMPLETED)
     ready.cancel()

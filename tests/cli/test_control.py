@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from emulator.sandbox.limits import Cgroups
+from emulator.sandbox.cgroups import Cgroups
 from kit.cli.stack import Stack, run_stack
 from kit.client import SessionClient, create_session
 from tests.agents import until

@@ -14,6 +14,8 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from kit.protocol import errors as e
+
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "protocol.md"
 NODE = ROOT / "bench" / "do_host" / "node_modules" / ".bin" / "node"
@@ -64,7 +66,7 @@ async def _welcome_then_fail(ws: ServerConnection) -> None:
         await ws.recv()
         welcome = {"type": "welcome", "protocol": 1, "session_id": "s", "resume": "none"}
         await ws.send(json.dumps({**welcome, "last_seq": 0}))
-        await ws.close(1011, "internal")
+        await ws.close(e.CLOSE_INTERNAL, e.INTERNAL)
 
 
 async def test_the_browser_client_backs_off_after_1011_and_refuses_lone_surrogates(

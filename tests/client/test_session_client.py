@@ -29,6 +29,18 @@ from kit.client import (
     StatusChange,
     create_session,
 )
+from kit.protocol.errors import (
+    CLOSE_BAD_REQUEST,
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
+    CLOSE_SESSION_ELSEWHERE,
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_TOO_LARGE,
+    CLOSE_UNAUTHORIZED,
+    CLOSE_UNKNOWN_SESSION,
+    INTERNAL,
+    SHUTTING_DOWN,
+)
 from kit.protocol.frames import Event
 from tests.agents import RECOVERED_REPLY, until_prompt_stored, write_agent
 from tests.conftest import stack_settings
@@ -115,10 +127,10 @@ async def _connect_and_drain(client: SessionClient) -> None:
 @pytest.mark.parametrize(
     ("code", "error", "before_welcome"),
     [
-        (4401, "unauthorized", True),
-        (4404, "unknown_session", True),
-        (4400, "seq_ahead", True),
-        (1009, "too_large", False),
+        (CLOSE_UNAUTHORIZED, "unauthorized", True),
+        (CLOSE_UNKNOWN_SESSION, "unknown_session", True),
+        (CLOSE_BAD_REQUEST, "seq_ahead", True),
+        (CLOSE_TOO_LARGE, "too_large", False),
     ],
 )
 async def test_fatal_closes_stop_at_once(code: int, error: str, before_welcome: bool) -> None:
@@ -145,7 +157,9 @@ async def test_fatal_closes_stop_at_once(code: int, error: str, before_welcome: 
         await client.send("still there?")
 
 
-@pytest.mark.parametrize("code", [1001, 1011, 4408, 4409])
+@pytest.mark.parametrize(
+    "code", [CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_SLOW_CONSUMER, CLOSE_SESSION_ELSEWHERE]
+)
 async def test_other_closes_are_retried(code: int) -> None:
     """Shutting down, internal, slow consumer and session elsewhere mean "reconnect"."""
     again = asyncio.Event()
@@ -175,7 +189,7 @@ async def test_gives_up_after_the_budget_with_what_to_do() -> None:
     async def welcome_then_die(ws: ServerConnection) -> None:
         await ws.recv()
         await ws.send(_welcome())
-        await ws.close(1001, "shutting_down")
+        await ws.close(CLOSE_GOING_AWAY, SHUTTING_DOWN)
 
     budget = dataclasses.replace(QUICK, give_up_after_s=0.5)
     status = StatusLog()
@@ -202,7 +216,7 @@ async def _welcome_then_fail(ws: ServerConnection) -> None:
     take a message the client re-sends on each connection)."""
     await ws.recv()
     await ws.send(_welcome())
-    await ws.close(1011, "internal")
+    await ws.close(CLOSE_INTERNAL, INTERNAL)
 
 
 async def test_a_welcome_alone_does_not_reset_the_backoff() -> None:
@@ -219,7 +233,7 @@ async def test_a_welcome_alone_does_not_reset_the_backoff() -> None:
     retries = status.of(ConnectionStatus.RECONNECTING)[:6]
     assert [c.attempt for c in retries] == [1, 2, 3, 4, 5, 6]
     assert [c.retry_in_s for c in retries] == pytest.approx([0.02, 0.04, 0.08, 0.1, 0.1, 0.1])
-    assert all("1011" in c.reason for c in retries)
+    assert all(str(CLOSE_INTERNAL) in c.reason for c in retries)
     assert len(seen) >= 6
 
 
@@ -247,7 +261,7 @@ async def test_a_connection_that_brings_events_resets_the_backoff() -> None:
         seq += 1
         event = {"type": "event", "seq": seq, "kind": "text_delta", "data": {}, "ts": 0}
         await ws.send(json.dumps(event))
-        await ws.close(1011, "internal")
+        await ws.close(CLOSE_INTERNAL, INTERNAL)
 
     policy = dataclasses.replace(QUICK, jitter=0, healthy_after_s=WAIT_S)
     status = StatusLog()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from kit.client import SessionClient, create_session
+from kit.protocol import errors as e
 from tests.agents import RECOVERED_REPLY, until_prompt_stored, write_agent
 from tests.host.wsdriver import Driver
 
@@ -163,7 +164,7 @@ async def test_ctrl_c_closes_sockets_with_1001_and_stops_sandboxes(
     runtimes_before = _runtime_pids(kit_tmp)
     assert runtimes_before
     kit_dev.proc.send_signal(signal.SIGINT)
-    assert await driver.close_code() == 1001
+    assert await driver.close_code() == e.CLOSE_GOING_AWAY
     assert await asyncio.wait_for(kit_dev.proc.wait(), 30) == 0
     assert _runtime_pids(kit_tmp) == set()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -226,7 +227,7 @@ async def test_isolation_never_falls_back_to_none(
         async def no_fork_server(env: dict[str, str]) -> None:
             return None
 
-        monkeypatch.setattr(provider, "_ensure_zygote", no_fork_server)
+        monkeypatch.setattr(provider, "_ensure_fork_server", no_fork_server)
         monkeypatch.setattr("emulator.sandbox.isolation.shutil.which", lambda name: None)
         spec = _spec(bundle)
         with pytest.raises(SandboxError, match="refusing to start an unisolated sandbox"):
@@ -291,3 +292,47 @@ async def test_root_follows_no_link_swapped_in_mid_path(
     assert home.is_symlink()  # the swap was made
     assert list(victim.iterdir()) == []
     assert (victim.stat().st_uid, victim.stat().st_mode & 0o777) == (0, 0o755)
+
+
+async def test_a_ready_sandbox_has_read_and_deleted_its_config(
+    provider: LocalSandboxProvider, bundle: Bundle
+) -> None:
+    """Readiness comes from the runtime's health probe, by then the runtime has deleted its
+    config file (the tokens in it are out of its tools' reach), and ``find`` sees the
+    sandbox until it exits."""
+    spec = _spec(bundle)
+    sandbox = await provider.start(spec)
+    run = provider.run_root / spec.session_id[:13]
+    assert sorted(p.name for p in run.iterdir()) == ["runtime.sock"]
+    assert await provider.find(spec.session_id) is sandbox
+    await sandbox.stop()
+    assert await provider.find(spec.session_id) is None
+
+
+async def test_a_bundle_that_is_not_the_one_named_is_refused(
+    provider: LocalSandboxProvider, bundle: Bundle
+) -> None:
+    """A spec naming a digest whose folder holds another bundle (same first 32 digits, the
+    folder's name): the runtime refuses to run it, and the start fails saying why."""
+    forged = bundle.digest[:32] + "0" * (len(bundle.digest) - 32)
+    spec = dataclasses.replace(_spec(bundle), bundle_digest=forged)
+    with pytest.raises(SandboxError, match=r"not the .* the sandbox was started for"):
+        await provider.start(spec)
+    missing = dataclasses.replace(_spec(bundle), bundle_digest="f" * 64)
+    with pytest.raises(SandboxError, match=r"is not in .*; build it first"):
+        await provider.start(missing)
+
+
+async def test_reap_stops_the_sandboxes_of_sessions_not_kept(
+    provider: LocalSandboxProvider, bundle: Bundle
+) -> None:
+    """``reap`` kills the sandboxes whose session ``keep`` rejects (reason ``orphan``) and
+    leaves the others running."""
+    kept, orphan = _spec(bundle), _spec(bundle)
+    first, second = await provider.start(kept), await provider.start(orphan)
+    reaped = await provider.reap(lambda session_id: session_id == kept.session_id)
+    assert reaped == [second.id]
+    info = await second.wait()
+    assert (info.exit_code, info.reason) == (137, "orphan")
+    assert await provider.find(kept.session_id) is first
+    await first.stop()

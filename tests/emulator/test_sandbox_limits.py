@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from emulator.sandbox import LocalSandboxProvider
-from emulator.sandbox.limits import CFS_PERIOD_US, PIDS_MAX, Cgroups
+from emulator.sandbox.cgroups import CFS_PERIOD_US, PIDS_MAX, Cgroups
 from kit.bundle import Bundle, build_bundle, load_project
 from kit.cli.settings import EXAMPLE_PROJECT
 from kit.host.errors import SandboxError

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from emulator.sandbox.limits import Cgroups
+from emulator.sandbox.cgroups import Cgroups
 from kit.cli.stack import run_stack
 from kit.client import SessionClient, create_session
 from kit.host.advisor import MIN_THROTTLED_S

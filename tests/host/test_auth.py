@@ -21,6 +21,7 @@ from kit.cli.stack import Stack, run_stack
 from kit.client import create_session
 from kit.host.app import PUBLIC_PATHS
 from kit.host.auth import OriginPolicy
+from kit.protocol import errors as e
 from tests.agents import open_session, turn_events
 from tests.conftest import stack_settings
 from tests.host.wsdriver import Driver
@@ -133,7 +134,7 @@ async def test_every_route_wants_the_token(guarded: Stack) -> None:
     driver = await Driver.open(guarded.url.replace("http", "ws", 1) + ws_routes[0])
     await driver.send({"type": "hello", "token": "wrong", "last_seq": None})
     assert (await driver.recv())["code"] == "unauthorized"
-    assert await driver.close_code() == 4401
+    assert await driver.close_code() == e.CLOSE_UNAUTHORIZED
 
 
 async def _upgrade(url: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:

@@ -18,6 +18,7 @@ from kit.cli.stack import Stack, run_stack
 from kit.client import SessionClient, create_session
 from kit.host.session import Session
 from kit.protocol.frames import Event
+from kit.protocol.turns import MAX_SANDBOX_ATTEMPTS, TURN_FAILED, ends_turn
 from kit.storage import open_store
 from tests.agents import (
     RECOVERED_REPLY,
@@ -329,7 +330,7 @@ async def test_a_sandbox_death_at_any_point_finishes_the_turn(
                 sandbox = session.sandbox
                 assert sandbox is not None
                 os.killpg(sandbox.pid, signal.SIGKILL)  # type: ignore[attr-defined]
-            if event.kind == "result" or event.data.get("code") == "turn_failed":
+            if ends_turn(event.kind, event.data):
                 break
     kinds = [e.kind for e in seen]
     died = next(e for e in seen if e.kind == "sandbox" and e.data["state"] == "died")
@@ -357,8 +358,6 @@ async def test_a_turn_that_keeps_losing_its_sandbox_is_given_up_across_restarts(
     """Every sandbox of a turn is killed as soon as it runs. The host gives the turn up after
     MAX_SANDBOX_ATTEMPTS sandboxes in all, counted in the log: a host restart halfway
     through does not start the count again."""
-    from kit.host.session import MAX_SANDBOX_ATTEMPTS
-
     project = write_agent(kit_tmp / "agent")
     settings = stack_settings(kit_tmp / "state", project)
     starts = 0
@@ -408,5 +407,5 @@ async def test_a_turn_that_keeps_losing_its_sandbox_is_given_up_across_restarts(
         assert session is not None
         assert await session.log.open_turns() == []
     assert starts == MAX_SANDBOX_ATTEMPTS
-    assert failed[0].data["code"] == "turn_failed"
+    assert failed[0].data["code"] == TURN_FAILED
     assert f"after {MAX_SANDBOX_ATTEMPTS} sandboxes" in failed[0].data["message"]

@@ -9,9 +9,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kit.host.launch import Release, SessionEnv
+from kit.host.launch import Release, SessionEnv, launch
 from kit.host.pool import BACKOFF_S, SandboxPool
-from kit.host.sandbox import ExitInfo, Sandbox, SandboxProvider, SandboxSpec, SandboxState
+from kit.host.sandbox import (
+    Endpoint,
+    ExitInfo,
+    Sandbox,
+    SandboxProvider,
+    SandboxSpec,
+    SandboxState,
+)
 from kit.ids import SandboxId, SessionId
 
 RELEASE = Release(Path("/nonexistent/bundle"), "d1", "basic", 600)
@@ -149,3 +156,22 @@ async def test_a_taken_sandbox_leaves_the_pool_and_a_new_spare_starts() -> None:
     finally:
         await pool.close()
     assert all(s.state is SandboxState.EXITED for s in provider.started[1:])
+
+
+async def test_a_sandbox_left_for_the_session_is_stopped_before_another_starts() -> None:
+    """A sandbox the provider still runs for the session (left by a host that died) is
+    killed (reason ``orphan``) before ``launch`` starts the session's new one: never two
+    sandboxes on one transcript. (Broken on purpose once: without the check both ran.)"""
+    provider = FakeProvider()
+    env = env_for(provider)
+    session_id = SessionId("3f0c1a4e-0000-4000-8000-000000000001")
+    left = await provider.start(
+        SandboxSpec(
+            session_id, "basic", "d1", "memory://", Endpoint("http://localhost", "t"), "rt", 60
+        )
+    )
+    live = await launch(env, session_id, RELEASE)
+    assert left.state is SandboxState.EXITED
+    assert (await left.wait()).reason == "orphan"
+    assert live.sandbox is not left
+    assert await provider.find(session_id) is live.sandbox

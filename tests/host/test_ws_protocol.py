@@ -12,6 +12,7 @@ from websockets.exceptions import ConnectionClosed
 from kit.cli.stack import Stack, run_stack
 from kit.client import SessionClient, create_session
 from kit.host.app import REPLAY_PAGE, create_app
+from kit.protocol import errors as e
 from kit.protocol.golden import golden_names
 from tests.agents import write_agent
 from tests.conftest import serve_on_loopback, stack_settings
@@ -49,7 +50,7 @@ async def test_unknown_session_closes_4404(stack: Stack) -> None:
     )
     await driver.send({"type": "hello", "token": "x", "last_seq": None})
     assert (await driver.recv())["code"] == "unknown_session"
-    assert await driver.close_code() == 4404
+    assert await driver.close_code() == e.CLOSE_UNKNOWN_SESSION
 
 
 async def test_binary_frames_are_refused(stack: Stack) -> None:
@@ -145,9 +146,9 @@ async def test_hello_deadline_is_not_extended_by_other_frames(stack: Stack) -> N
             await asyncio.sleep(0.1)
         if frames[-1].get("type") == "error":
             assert frames[-1]["code"] == "hello_required"
-            assert await driver.close_code() == 4400
+            assert await driver.close_code() == e.CLOSE_BAD_REQUEST
         else:
-            assert driver.ws.close_code == 4400
+            assert driver.ws.close_code == e.CLOSE_BAD_REQUEST
         assert loop.time() - started < 2.0
 
 

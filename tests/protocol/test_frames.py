@@ -76,7 +76,7 @@ def test_bad_frames_have_stable_codes(text: str, code: str) -> None:
 def test_oversized_frame_closes_1009() -> None:
     """A frame over MAX_FRAME_BYTES is too_large and closes the socket with 1009."""
     text = json.dumps({"type": "user", "client_msg_id": "m", "text": "x" * MAX_FRAME_BYTES})
-    assert _code(text) == (e.TOO_LARGE, 1009)
+    assert _code(text) == (e.TOO_LARGE, e.CLOSE_TOO_LARGE)
 
 
 def test_multibyte_size_counts_bytes() -> None:

@@ -101,7 +101,7 @@ def test_reject_closes_with_code() -> None:
     conn = ServerConnection("s1")
     conn.receive_text('{"type":"hello","token":"bad","last_seq":null}')
     conn.reject(e.UNAUTHORIZED, "Wrong session token.", e.CLOSE_UNAUTHORIZED)
-    assert conn.close_code == 4401
+    assert conn.close_code == e.CLOSE_UNAUTHORIZED
     assert conn.state is ConnectionState.CLOSED
     assert conn.receive_text('{"type":"user","client_msg_id":"m","text":"x"}') == []
     assert [f["code"] for f in _frames(conn)] == [e.UNAUTHORIZED]
@@ -112,7 +112,7 @@ def test_last_seq_past_the_log_is_refused() -> None:
     conn = ServerConnection("s1")
     conn.receive_text('{"type":"hello","token":"t","last_seq":9}')
     conn.accept("none", 3)
-    assert conn.close_code == 4400
+    assert conn.close_code == e.CLOSE_BAD_REQUEST
     assert _frames(conn)[0]["code"] == e.SEQ_AHEAD
 
 
@@ -142,7 +142,7 @@ def test_oversize_frame_closes_1009() -> None:
     """An oversized frame is reported and closes the connection with 1009."""
     conn = ServerConnection("s1")
     conn.receive_text('{"type":"ping","pad":"' + "x" * 300_000 + '"}')
-    assert conn.close_code == 1009
+    assert conn.close_code == e.CLOSE_TOO_LARGE
     assert _frames(conn)[0]["code"] == e.TOO_LARGE
 
 

@@ -25,6 +25,7 @@ from kit.cli.settings import AWS_VARIABLES
 from kit.cli.stack import Stack, run_stack
 from kit.client import SessionClient, create_session
 from kit.protocol.frames import Event
+from kit.protocol.turns import TURN_FAILED
 from kit.storage import open_store
 from kit.storage.s3 import unique_prefix
 from tests.agents import transcript_key, write_agent
@@ -159,7 +160,7 @@ def is_state(state: str) -> Callable[[Event], bool]:
 
 def is_turn_failed(event: Event) -> bool:
     """Matches the ``error`` event that ends a turn."""
-    return event.kind == "error" and event.data.get("code") == "turn_failed"
+    return event.kind == "error" and event.data.get("code") == TURN_FAILED
 
 
 async def test_a_short_outage_is_waited_out(kit_tmp: Path, s3_endpoint: str) -> None:
@@ -216,7 +217,7 @@ async def test_an_outage_past_the_deadline_fails_the_turn_clearly(
             assert "unreachable" in gave_up.data["message"]
             assert "next message" in gave_up.data["message"]
             assert gave_up.data["entries"] > 0
-            assert (error.kind, error.data["code"]) == ("error", "turn_failed")
+            assert (error.kind, error.data["code"]) == ("error", TURN_FAILED)
 
             async with asyncio.timeout(TURN_TIMEOUT_S):
                 after = [e async for e in client.turn("are you there?")]

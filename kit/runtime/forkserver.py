@@ -1,12 +1,12 @@
 """A fork server for local sandboxes: imports the runtime once, forks one per sandbox.
 
-``python -m kit.runtime.zygote`` (started by the local provider, as the sandbox user or, when
+``python -m kit.runtime.forkserver`` (started by the local provider, as the sandbox user or, when
 it confines sandboxes (:mod:`kit.runtime.jail`), as root, with a
 ``SOCK_SEQPACKET`` control socket on the fd named by ``KIT_ZYGOTE_FD``) pays the runtime's
 imports (~0.6 s of CPU, mostly the Agent SDK) once. Each request is one message: JSON
 ``{"spawn": ID, "cwd": DIR, "env": {...}, "jail": {...} | null}`` carrying three file descriptors (the child's
-stdin, stdout and stderr; stdin only ever carries the host's go, ``KIT_RUNTIME_GATE``). The zygote forks a child that, in its own session (process group),
-becomes a runtime exactly like ``python -m kit.runtime``. The zygote answers
+stdin, stdout and stderr; stdin only ever carries the host's go, ``KIT_RUNTIME_GATE``). the fork server forks a child that, in its own session (process group),
+becomes a runtime exactly like ``python -m kit.runtime``. the fork server answers
 ``{"spawned": ID, "pid": PID}`` and, when a child ends, ``{"exited": PID, "code": RC}``
 (negative: killed by that signal). A fork costs milliseconds, and every sandbox shares the
 imported modules' memory.

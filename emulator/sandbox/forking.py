@@ -1,8 +1,8 @@
-"""The host side of the runtime fork server (:mod:`kit.runtime.zygote`).
+"""The host side of the runtime fork server (:mod:`kit.runtime.forkserver`).
 
-One zygote per provider, started as the sandbox user with a ``SOCK_SEQPACKET`` control
-socket. :meth:`Zygote.spawn` creates the child's stdin pipe, sends its child end and the log with the
-request (``SCM_RIGHTS``) and returns a :class:`ZygoteChild` whose exit code the zygote
+One fork server per provider, started as the sandbox user with a ``SOCK_SEQPACKET`` control
+socket. :meth:`ForkServer.spawn` creates the child's stdin pipe, sends its child end and the log with the
+request (``SCM_RIGHTS``) and returns a :class:`ForkedChild` whose exit code the fork server
 reports when it reaps the child.
 """
 
@@ -25,8 +25,8 @@ from kit.private import open_private
 
 
 @dataclass
-class ZygoteChild:
-    """A runtime forked by the zygote: its pid (= its process group) and exit code."""
+class ForkedChild:
+    """A runtime forked by the fork server: its pid (= its process group) and exit code."""
 
     pid: int
     _stdin_fd: int
@@ -44,7 +44,7 @@ class ZygoteChild:
         return await asyncio.shield(self._exited)
 
 
-class Zygote:
+class ForkServer:
     """A running fork server."""
 
     def __init__(self) -> None:
@@ -69,7 +69,7 @@ class Zygote:
     async def start(
         self, argv: Sequence[str], env: dict[str, str], cwd: Path, log_path: Path, timeout_s: float
     ) -> None:
-        """Start the zygote and wait until it has imported the runtime."""
+        """Start the fork server and wait until it has imported the runtime."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with os.fdopen(open_private(log_path), "ab") as log_file:
             self.proc = await asyncio.create_subprocess_exec(
@@ -93,11 +93,11 @@ class Zygote:
         if first != b'{"imported": true}':
             await self.stop()
             raise SandboxError(f"The runtime fork server did not start; see {log_path}.")
-        self._reader = asyncio.create_task(self._read_reports(), name="zygote-reports")
+        self._reader = asyncio.create_task(self._read_reports(), name="fork-server-reports")
 
     async def spawn(
         self, cwd: Path, env: dict[str, str], log_path: Path, jail: dict[str, Any] | None = None
-    ) -> ZygoteChild:
+    ) -> ForkedChild:
         """Fork a runtime child working in ``cwd`` with exactly ``env`` (confined to ``jail``,
         :meth:`kit.runtime.jail.Jail.to_json`, when given)."""
         if not self.alive or self._sock is None or self.proc is None:
@@ -125,7 +125,7 @@ class Zygote:
         exited = self._exits.setdefault(pid, loop.create_future())
         if pid in self._early_exits and not exited.done():
             exited.set_result(self._early_exits.pop(pid))
-        return ZygoteChild(pid, in_w, exited)
+        return ForkedChild(pid, in_w, exited)
 
     async def _read_reports(self) -> None:
         assert self._sock is not None
@@ -146,13 +146,13 @@ class Zygote:
                     self._early_exits[pid] = code  # reaped before the spawn reply was read
                 elif not future.done():
                     future.set_result(code)
-        # The zygote is gone; children die with it (parent-death signal): report them killed.
+        # the fork server is gone; children die with it (parent-death signal): report them killed.
         for future in self._exits.values():
             if not future.done():
                 future.set_result(-signal.SIGKILL)
 
     async def stop(self) -> None:
-        """Stop the zygote (its children follow it)."""
+        """Stop the fork server (its children follow it)."""
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
