@@ -42,6 +42,9 @@ field                    ``kit gateway`` setting  default
                                                   its loopback names)
 ``graceful_s``           none                     5 s: how long the HTTP server waits for
                                                   requests in flight when it stops
+``reap_at_start``        none                     True: before recovery, stop every sandbox
+                                                  the provider still runs (a host that died
+                                                  left it); off where gateways share one
 =======================  =======================  =========================================
 
 Shutdown (leaving the ``async with``): the sweeper stops, every session socket closes with
@@ -54,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -89,6 +93,8 @@ __all__ = [
 ANTHROPIC_API = "https://api.anthropic.com"
 GRACEFUL_S = 5.0
 
+log = logging.getLogger("kit.host")
+
 
 @dataclass(frozen=True)
 class GatewayConfig:
@@ -110,6 +116,7 @@ class GatewayConfig:
     edge: EdgeLimits = field(default_factory=EdgeLimits)
     allowed_origins: tuple[str, ...] = ()
     graceful_s: float = GRACEFUL_S
+    reap_at_start: bool = True
 
 
 @dataclass
@@ -277,6 +284,12 @@ async def open_gateway(
                 timeout_graceful_shutdown=config.graceful_s,
             )
         )
+        if config.reap_at_start:
+            # Never two sandboxes on one transcript: what a dead host left goes before
+            # recovery starts the sessions' new ones.
+            reaped = await provider.reap(lambda session_id: False)
+            if reaped:
+                log.warning("stopped %d sandbox(es) a previous host left running", len(reaped))
         # Connections made before recovery ends wait in the listen backlog or on sessions.
         await host.recover()
         if orphans is not None:

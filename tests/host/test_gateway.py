@@ -17,11 +17,14 @@ import pytest
 from emulator.model import ScenarioSource
 from emulator.model import create_app as create_model_app
 from emulator.sandbox import LocalSandboxProvider
+from kit.bundle import build_bundle, load_project
 from kit.bundle.limits import DEFAULT_LIMITS
+from kit.cli.settings import EXAMPLE_PROJECT
 from kit.host import Release, SQLiteLogStore
 from kit.host import gateway as gateway_module
 from kit.host.gateway import GatewayConfig, open_gateway, store_urls
-from kit.ids import SessionId
+from kit.host.sandbox import Endpoint, SandboxSpec
+from kit.ids import SessionId, new_session_id
 from tests.conftest import serve_on_loopback
 from tests.loopback import echo_server
 
@@ -151,3 +154,34 @@ def test_the_public_names_are_pinned() -> None:
         "tcp_socket",
         "url_of",
     ]
+
+
+async def test_a_sandbox_a_dead_host_left_is_stopped_at_start(
+    model_url: str, kit_tmp: Path
+) -> None:
+    """A sandbox the provider still runs when a gateway opens (a host that died left it) is
+    stopped, reason ``orphan``, before recovery can start another for its session; with
+    ``reap_at_start`` off (gateways sharing one provider) it is left alone. (Broken on
+    purpose once: without the reap it kept running.)"""
+    provider, logs, _ = _parts(kit_tmp)
+    bundle = build_bundle(load_project(EXAMPLE_PROJECT), kit_tmp / "bundles")
+    release = Release(bundle.path, bundle.digest, "standard-4", 60)
+    spec = SandboxSpec(
+        new_session_id(),
+        "standard-4",
+        bundle.digest,
+        "memory://",
+        Endpoint("http://localhost", "m"),
+        "rt",
+        60,
+    )
+    left = await provider.start(spec)
+    async with open_gateway(
+        _config(model_url, kit_tmp, reap_at_start=False), provider, logs, lambda: release
+    ):
+        assert await provider.find(spec.session_id) is left
+    provider, logs, _ = _parts(kit_tmp)
+    left = await provider.start(spec)
+    async with open_gateway(_config(model_url, kit_tmp), provider, logs, lambda: release):
+        assert await provider.find(spec.session_id) is None
+        assert (await left.wait()).reason == "orphan"
