@@ -6,15 +6,14 @@
 Prints one JSON line ``{"url", "pid"}`` once it listens, then serves until SIGTERM,
 SIGINT or the end of its stdin. ``--profile`` writes a cProfile of the whole run on exit.
 
-:func:`serve_kit_host` is the one place that wires kit for this bench: a
-:class:`~kit.host.SessionHost` with its event log under ``DIR`` (by default the emulator's
-Durable Objects, as ``kit dev`` runs it; ``--log sqlite`` the plain SQLite log store), ``kit.host.app`` on
-uvicorn configured as ``kit dev`` configures it, and :class:`SyntheticProvider`, whose
-sandboxes are small HTTP servers in this process speaking kit's host↔runtime wire
-(docs/protocol.md §11) with the same synthetic turn as the Durable Object in
-``bench/do_host``. No SDK, no CLI, no model: the bench measures the host, as the DO side has
-no container either. The runtimes share the host's process and CPU, as the DO's synthetic
-turn shares the DO's.
+:func:`serve_kit_host` is the one place that wires kit for this bench: the gateway library
+``kit dev`` runs (:func:`kit.host.gateway.open_gateway`) with its event log under ``DIR``
+(by default the emulator's Durable Objects, as ``kit dev`` runs it; ``--log sqlite`` the
+plain SQLite log store) and :class:`SyntheticProvider`, whose sandboxes are small HTTP
+servers in this process speaking kit's host↔runtime wire (docs/protocol.md §11) with the
+same synthetic turn as the Durable Object in ``bench/do_host``. No SDK, no CLI, no model:
+the bench measures the host, as the DO side has no container either. The runtimes share
+the host's process and CPU, as the DO's synthetic turn shares the DO's.
 """
 
 from __future__ import annotations
@@ -28,14 +27,11 @@ import json
 import os
 import re
 import signal
-import socket
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
-
-import uvicorn
 
 from emulator.durable_objects import DOLogStore
 from kit.host import (
@@ -46,15 +42,12 @@ from kit.host import (
     SandboxProvider,
     SandboxSpec,
     SandboxState,
-    SessionEnv,
-    SessionHost,
     SessionLog,
     SQLiteLogStore,
-    create_app,
 )
-from kit.host.app import WS_MAX_BYTES
-from kit.host.edge import EdgeConfig, EdgeLimits
+from kit.host.edge import EdgeLimits
 from kit.host.eventlog import SQLiteSessionLog
+from kit.host.gateway import GatewayConfig, open_gateway
 from kit.host.sandbox import reason_of
 from kit.ids import SandboxId, SessionId
 from kit.protocol.runtime_api import (
@@ -243,14 +236,6 @@ class SyncLogStore(SQLiteLogStore):
         return self._tune(await super().open(session_id))
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handlers (this module handles them)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 @contextlib.asynccontextmanager
 async def serve_kit_host(
     state: Path,
@@ -267,14 +252,6 @@ async def serve_kit_host(
     """
     provider = SyntheticProvider()
     release = Release(state, "synthetic", "lite", 3600)
-    env = SessionEnv(
-        provider=provider,
-        issue_model_token=lambda session_id, limits: "bench-model-token",
-        revoke_model_token=lambda token: None,
-        model_endpoint="http://127.0.0.1:9",  # never called: the synthetic runtime has no model
-        store_url=lambda session_id: "memory://",
-        release=lambda: release,
-    )
     logs: LogStore
     if synchronous is not None:
         logs = SyncLogStore(state / "sessions", synchronous)
@@ -282,38 +259,24 @@ async def serve_kit_host(
         logs = SQLiteLogStore(state / "sessions")
     else:
         logs = DOLogStore.in_dir(state / "sessions")
-    session_host = SessionHost(logs, env)
-    app = create_app(session_host, api_token=api_token)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as kit dev does
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    # The same uvicorn settings and edge as kit dev's host (kit/cli/stack.py), but no cap on
-    # unauthenticated connections: bench/host.py (d) opens --sessions sockets at once from
-    # one address (KIT_PEER_CONNECTIONS lifts it for kit dev).
-    server = _Server(
-        EdgeConfig(
-            app,
-            limits=EdgeLimits(unauthenticated_per_peer=None),
-            log_level="warning",
-            lifespan="off",
-            ws_max_size=WS_MAX_BYTES,
-            timeout_graceful_shutdown=5,
-        )
+    # kit dev's gateway, but no cap on unauthenticated connections: bench/host.py (d) opens
+    # --sessions sockets at once from one address (KIT_PEER_CONNECTIONS lifts it for kit dev).
+    # Its proxies listen on loopback TCP, never called: the synthetic runtime has no model.
+    config = GatewayConfig(
+        api_token=api_token,
+        upstream_key="bench-never-used",
+        store_url=lambda session_id: "memory://",
+        host=host,
+        port=port,
+        upstream_url="http://127.0.0.1:9",
+        edge=EdgeLimits(unauthenticated_per_peer=None),
     )
-    await session_host.recover()
-    task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        # Connections made before uvicorn starts accepting wait in the listen backlog.
-        yield f"http://{host}:{sock.getsockname()[1]}"
+        async with open_gateway(config, provider, logs, lambda: release) as gateway:
+            yield gateway.url
     finally:
-        app.state.close_all_connections()
-        await session_host.close()
-        server.should_exit = True
-        await task
-        await provider.close()
+        if isinstance(logs, DOLogStore):
+            await logs.aclose()
 
 
 async def _serve(state: Path, api_token: str, port: int, synchronous: str | None, log: str) -> None:

@@ -30,6 +30,12 @@ def _cmd_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    from kit.cli import gateway
+
+    return gateway.run()
+
+
 def _cmd_dev(args: argparse.Namespace) -> int:
     from kit.cli import dev
     from kit.cli.settings import dev_settings
@@ -207,6 +213,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=_cmd_dev)
+
+    p = _command(
+        sub,
+        "gateway",
+        "run a session host from environment settings (a container entrypoint)",
+        "Serve the HTTP and WebSocket API for one agent bundle with durable event logs, one\n"
+        "sandbox per active session, and model and egress proxies that sandboxes reach with\n"
+        "per-session tokens (unix sockets, or TCP with KIT_PROXY_LISTEN=HOST). Every setting\n"
+        "comes from the environment (docs/gateway.md); SIGTERM stops it cleanly.",
+        [
+            "KIT_API_TOKEN=... ANTHROPIC_API_KEY=... KIT_PROJECT=skills/support-bot kit gateway",
+            "KIT_LISTEN=0.0.0.0:8080 KIT_BUNDLE=.kit/bundles/<digest> KIT_LOG_URL=s3://b/logs "
+            "kit gateway",
+        ],
+    )
+    p.set_defaults(func=_cmd_gateway)
 
     p = _command(
         sub,

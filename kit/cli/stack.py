@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import json
 import logging
 import os
@@ -21,7 +20,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 
 from emulator.durable_objects import DOLogStore, create_control_app
@@ -34,19 +32,16 @@ from kit.cli import console, statedir
 from kit.cli.control import Evict, control_routes
 from kit.cli.settings import DevSettings
 from kit.errors import KitError
-from kit.host import (
-    EgressProxy,
-    LogStore,
-    ModelProxy,
-    Release,
-    Session,
-    SessionEnv,
-    SessionHost,
-    create_app,
+from kit.host import EgressProxy, LogStore, ModelProxy, Release, Session, SessionHost
+from kit.host.gateway import (
+    Gateway,
+    GatewayConfig,
+    open_gateway,
+    serve,
+    store_urls,
+    tcp_socket,
+    url_of,
 )
-from kit.host.app import WS_MAX_BYTES
-from kit.host.auth import OriginPolicy, loopback_hosts
-from kit.host.edge import EdgeConfig, EdgeLimits
 from kit.host.pool import SandboxPool
 from kit.host.s3log import S3LogStore
 from kit.ids import SessionId, is_session_id
@@ -161,31 +156,6 @@ def release_of(bundle: Bundle) -> Release:
     return Release(bundle.path, bundle.digest, bundle.tier, bundle.idle_timeout_s, bundle.limits)
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handlers: the stack's owner handles signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Any:
-        yield
-
-
-def _tcp_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # Accepted sockets inherit this: without it, small frames sent back to back wait
-        # ~40 ms for the client's delayed ACK (Nagle).
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((host, port))
-        sock.listen(1024)
-    except BaseException:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
-
-
 def _listen(settings: DevSettings) -> tuple[socket.socket, int | None]:
     """The host's listening socket, and the busy port it moved away from (None: it got
     the port asked for).
@@ -197,7 +167,7 @@ def _listen(settings: DevSettings) -> tuple[socket.socket, int | None]:
     tries = PORT_TRIES if settings.port_fallback and first else 1
     for port in range(first, min(first + tries, 65536)):
         try:
-            return _tcp_socket(host, port), (first if port != first else None)
+            return tcp_socket(host, port), (first if port != first else None)
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise KitError(
@@ -213,21 +183,6 @@ def _listen(settings: DevSettings) -> tuple[socket.socket, int | None]:
         f"Port {first} on {host} is in use (another kit dev?); pick another with --port, "
         "or --port 0 for any free one."
     )
-
-
-def _serve(
-    app: Any, sock: socket.socket, limits: EdgeLimits, **config: Any
-) -> tuple[_Server, asyncio.Task[None]]:
-    server = _Server(EdgeConfig(app, limits=limits, log_level="warning", lifespan="off", **config))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    return server, task
-
-
-def _store_urls(shared: str | None, transcripts: Path) -> Callable[[str], str]:
-    """A session's transcript store URL: the shared one, else its own SQLite file."""
-    if shared:
-        return lambda sid: shared
-    return lambda sid: f"sqlite:///{transcripts / sid / 'transcript.sqlite'}"
 
 
 def _lock_state_dir(state: Path) -> Any:
@@ -324,15 +279,6 @@ def _mount_durable_objects(
     return evict
 
 
-def _origin_policy(settings: DevSettings, sock: socket.socket) -> OriginPolicy:
-    """Browser pages may open session sockets from the host's own origin and
-    ``KIT_ALLOWED_ORIGINS``. On a loopback address the own origin is one of its loopback
-    names, not whatever ``Host`` a page sends (a DNS-rebinding page names its own host)."""
-    address, port = sock.getsockname()[:2]
-    own = loopback_hosts(address, port) if ipaddress.ip_address(address).is_loopback else None
-    return OriginPolicy(settings.allowed_origins, own=own)
-
-
 def _api_token(path: Path) -> str:
     if path.is_file():
         return path.read_text().strip()
@@ -354,6 +300,21 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
     except BaseException:
         host_sock.close()
         raise
+    async with contextlib.AsyncExitStack() as cleanup:
+        cleanup.callback(lock.close)
+        cleanup.callback(host_sock.close)
+        yield await _start(settings, project, host_sock, busy_port, cleanup)
+
+
+async def _start(
+    settings: DevSettings,
+    project: Project,
+    host_sock: socket.socket,
+    busy_port: int | None,
+    cleanup: contextlib.AsyncExitStack,
+) -> Stack:
+    """Start the stack's parts on ``host_sock``; ``cleanup`` stops them in reverse order."""
+    state = settings.state_dir
     bundle = build_bundle(project, state / "bundles")
     advice: list[tuple[str, str]] = []
     provider = LocalSandboxProvider(
@@ -365,134 +326,110 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
         store_retry_s=settings.store_retry_s,
         store_deadline_s=settings.store_deadline_s,
     )
-    run_dir = provider.run_root
     statedir.secure(state, provider.traverse_gid)
     if provider.traverse_gid is not None:
         log.warning("%s", statedir.passage_warning(state, provider.user, provider.traverse_gid))
     transcripts = state / "transcripts"
-    servers: list[tuple[_Server, asyncio.Task[None]]] = []
 
     model_url: str | None = None
     model_key: str | None = None
     scenarios: ScenarioSource | None = None
     model_requests: RequestLog | None = None
     if settings.offline:
-        model_sock = _tcp_socket("127.0.0.1", 0)
-        model_url = f"http://127.0.0.1:{model_sock.getsockname()[1]}"
+        model_sock = tcp_socket("127.0.0.1", 0)
+        model_url = url_of(model_sock)
         scenarios = ScenarioSource.from_paths(list(project.scenarios))
         model_key = settings.api_key or "kit-offline-" + secrets.token_urlsafe(24)
         model_app = create_model_app(scenarios, api_key=model_key)
         model_requests = model_app.state.requests
         # Only kit's model proxy calls the offline model: its connections are not capped.
         model_limits = replace(settings.edge, unauthenticated_per_peer=None)
-        servers.append(_serve(model_app, model_sock, model_limits))
+        model_server, model_task = serve(model_app, model_sock, model_limits)
+
+        async def stop_model() -> None:
+            model_server.should_exit = True
+            await asyncio.gather(model_task, return_exceptions=True)
+
+        cleanup.push_async_callback(stop_model)
         upstream, key = model_url, model_key
     else:
         assert settings.api_key is not None
         upstream, key = settings.upstream_url, settings.api_key
-    proxy = ModelProxy(upstream, key)
-    proxy_path = run_dir / "model.sock"
-    with contextlib.suppress(FileNotFoundError):
-        proxy_path.unlink()
-    await proxy.serve_unix(proxy_path)
-    # Sandboxes run as another user; the per-session token is what authenticates them.
-    proxy_path.chmod(0o666)
-    # The runtime writes transcripts to an s3:// store itself, through the same proxy.
+    token_file = state / "api-token"
+    api_token = _api_token(token_file)
+    # The runtime writes transcripts to an s3:// store itself, through the egress proxy.
     store_endpoint = [endpoint_of(settings.store_url)] if settings.store_url else []
-    egress = EgressProxy([*bundle.egress, *store_endpoint])
-    egress_path = run_dir / "egress.sock"
-    with contextlib.suppress(FileNotFoundError):
-        egress_path.unlink()
-    await egress.serve_unix(egress_path)
-    egress_path.chmod(0o666)  # as model.sock: the per-session token authenticates
-
-    releases = [release_of(bundle)]
-    env = SessionEnv(
-        provider=provider,
-        issue_model_token=proxy.issue,
-        revoke_model_token=proxy.revoke,
-        model_endpoint=f"unix:{proxy_path}",
-        store_url=_store_urls(settings.store_url, transcripts),
-        release=lambda: releases[-1],
+    config = GatewayConfig(
+        api_token=api_token,
+        upstream_key=key,
+        store_url=store_urls(settings.store_url, transcripts),
+        upstream_url=upstream,
+        proxy_dir=provider.run_root,
+        egress_allow=(*bundle.egress, *store_endpoint),
         grace_s=settings.grace_s,
-        advise=lambda sid, line: _advise(advice, sid, line),
-        issue_egress_token=egress.issue,
-        revoke_egress_token=egress.revoke,
-        egress_endpoint=f"unix:{egress_path}",
-        spend=proxy.meter,
+        pool_size=settings.pool_size,
+        lease_ttl_s=settings.lease_ttl_s if settings.log_url else None,
+        edge=settings.edge,
+        allowed_origins=settings.allowed_origins,
     )
+    releases = [release_of(bundle)]
     logs = _log_store(settings)
+    if isinstance(logs, DOLogStore):
+        cleanup.push_async_callback(logs.aclose)
 
     async def discard(session_id: str) -> None:
         """Delete what was made for a pooled sandbox whose id no session took."""
         await provider.discard(session_id)
         await asyncio.to_thread(shutil.rmtree, transcripts / session_id, True)
 
-    pool = SandboxPool(env, settings.pool_size, discard=discard) if settings.pool_size else None
-    host = SessionHost(logs, env, pool)
-    token_file = state / "api-token"
-    api_token = _api_token(token_file)
-    app = create_app(host, api_token=api_token, origins=_origin_policy(settings, host_sock))
-    evict = (
-        _mount_durable_objects(app, host, logs, api_token) if isinstance(logs, DOLogStore) else None
+    def mount(gateway: Gateway) -> None:
+        evict = (
+            _mount_durable_objects(gateway.app, gateway.host, logs, api_token)
+            if isinstance(logs, DOLogStore)
+            else None
+        )
+        gateway.app.router.routes.extend(
+            control_routes(gateway.host, api_token, evict, gateway.app.state.connections)
+        )
+
+    gateway = await cleanup.enter_async_context(
+        open_gateway(
+            config,
+            provider,
+            logs,
+            lambda: releases[-1],
+            sock=host_sock,
+            advise=lambda sid, line: _advise(advice, sid, line),
+            discard=discard,
+            orphans=lambda sessions: _discard_orphans(provider.root, sessions, discard),
+            mount=mount,
+        )
     )
-    app.router.routes.extend(control_routes(host, api_token, evict, app.state.connections))
-    bound = host_sock.getsockname()
-    url_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-    url = f"http://{url_host}:{bound[1]}"
-    servers.append(
-        _serve(app, host_sock, settings.edge, ws_max_size=WS_MAX_BYTES, timeout_graceful_shutdown=5)
+    dev_json = state / "dev.json"
+    write_private(
+        dev_json,
+        json.dumps({"url": gateway.url, "pid": os.getpid(), "api_token_file": str(token_file)}),
     )
-    stack = Stack(
+    cleanup.callback(dev_json.unlink, missing_ok=True)
+    return Stack(
         settings,
         project,
         bundle,
-        url,
+        gateway.url,
         model_url,
         model_key,
         api_token,
         token_file,
-        host,
-        proxy,
+        gateway.host,
+        gateway.proxy,
         provider,
         transcripts,
         advice,
-        egress,
+        gateway.egress,
         busy_port,
-        pool,
+        gateway.pool,
         scenarios,
         releases,
         model_requests,
-        app,
+        gateway.app,
     )
-    write_private(
-        state / "dev.json",
-        json.dumps({"url": url, "pid": os.getpid(), "api_token_file": str(token_file)}),
-    )
-    await host.recover()
-    if pool is not None:
-        await _discard_orphans(provider.root, set(await host.session_ids()), discard)
-        pool.start()
-    sweeper = (
-        asyncio.create_task(host.sweep(settings.lease_ttl_s), name="sweep")
-        if settings.log_url
-        else None
-    )
-    try:
-        yield stack
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            (state / "dev.json").unlink()
-        if sweeper is not None:
-            sweeper.cancel()
-        app.state.close_all_connections()
-        await host.close()
-        if isinstance(logs, DOLogStore):
-            await logs.aclose()
-        for server, _ in servers:
-            server.should_exit = True
-        await asyncio.gather(*(task for _, task in servers), return_exceptions=True)
-        await proxy.aclose()
-        await egress.aclose()
-        await provider.close()
-        lock.close()

@@ -152,6 +152,14 @@ class EgressProxy:
         self._servers.append(server)
         return server
 
+    async def serve_tcp(self, host: str, port: int) -> asyncio.Server:
+        """Listen on TCP (sandboxes on other machines reach the host this way); the
+        per-session token in ``Proxy-Authorization`` is what admits a client."""
+        quiet_accept_errors(asyncio.get_running_loop())
+        server = await asyncio.start_server(self._accept, host, port, limit=MAX_HEAD_BYTES)
+        self._servers.append(server)
+        return server
+
     def close(self) -> None:
         """Stop listening and end every open connection."""
         for server in self._servers:

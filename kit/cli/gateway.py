@@ -1,0 +1,256 @@
+"""``kit gateway``: a session host from environment settings, as a container entrypoint runs it.
+
+======================  =====================================================================
+variable                meaning (default)
+======================  =====================================================================
+``KIT_LISTEN``          ``HOST:PORT`` the host serves on (``127.0.0.1:8787``; port 0: any)
+``KIT_API_TOKEN``       the Bearer token of the HTTP API (required, or ``KIT_API_TOKEN_FILE``
+                        naming a file that holds it)
+``KIT_BUNDLE``          a built bundle folder (``.kit/bundles/<digest>``) to run; or
+``KIT_PROJECT``         an agent project folder, built into the state dir at start
+``KIT_STATE_DIR``       where local sandboxes, built bundles and SQLite files live
+                        (``./.kit-gateway``)
+``KIT_LOG_URL``         event logs: ``s3://BUCKET/PREFIX?endpoint_url=…`` (a lease per
+                        session, a sweeper takes over dead hosts' sessions) or a folder of
+                        SQLite files (``<state>/sessions``)
+``KIT_STORE_URL``       one transcript store for all sessions (a SQLite file per session)
+``ANTHROPIC_API_KEY``   the model key the model proxy adds (required; sandboxes never see it)
+``KIT_MODEL_UPSTREAM``  the Messages API (``https://api.anthropic.com``)
+``KIT_PROXY_LISTEN``    where the model and egress proxies listen: a folder (unix sockets,
+                        for local sandboxes) or a host (TCP, a free port each, per-session
+                        tokens); default: the local provider's run folder
+``KIT_PROXY_HOST``      the name sandboxes reach TCP proxies at (the ``KIT_PROXY_LISTEN`` host)
+``KIT_SANDBOX``         the sandbox provider: ``local`` (the fork server; the only one yet)
+======================  =====================================================================
+
+``KIT_SANDBOX_POOL``, ``KIT_SANDBOX_GRACE_S``, ``KIT_LEASE_TTL_S``, ``KIT_HOST_ID``,
+``KIT_PEER_CONNECTIONS``, ``KIT_ALLOWED_ORIGINS``, ``KIT_SANDBOX_USER`` and
+``KIT_SANDBOX_ISOLATION`` mean what they mean for ``kit dev`` (:mod:`kit.cli.settings`, whose
+parsers read them). Every setting is read and checked before anything is written; SIGTERM
+or SIGINT stops the host (sockets closed with 1001, sandboxes stopped), exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from emulator.sandbox import LocalSandboxProvider
+from kit.bundle import Bundle, build_bundle, load_project, open_bundle
+from kit.cli import console, statedir
+from kit.cli.settings import DevSettings, SettingsError, dev_settings
+from kit.cli.stack import release_of
+from kit.host import LogStore, SQLiteLogStore
+from kit.host.gateway import GatewayConfig, open_gateway, store_urls, tcp_socket
+from kit.host.s3log import S3LogStore
+from kit.storage.s3io import endpoint_of
+
+DEFAULT_LISTEN = "127.0.0.1:8787"
+SANDBOX_KINDS = ("local",)
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """``kit gateway``'s environment, read and checked once."""
+
+    common: DevSettings
+    """The settings ``kit gateway`` shares with ``kit dev`` (pool, grace, lease, edge, …)."""
+    host: str
+    port: int
+    api_token: str
+    bundle: Path | None
+    """A built bundle folder; None: build ``common.project_dir``."""
+    log_url: str | None
+    """``s3://…``; None: SQLite files in ``log_dir``."""
+    log_dir: Path
+    proxy_dir: Path | None
+    """Unix sockets of the proxies here; None: TCP on ``proxy_host`` (or, with no
+    ``proxy_host`` either, the local provider's run folder)."""
+    proxy_host: str | None
+    proxy_public_host: str | None
+    sandbox: str
+
+
+def gateway_settings(environ: Mapping[str, str] = os.environ) -> GatewaySettings:
+    """Read ``kit gateway``'s settings; :class:`SettingsError` names the variable and the fix."""
+    log_url = environ.get("KIT_LOG_URL") or None
+    # kit dev's parsers read the shared variables; KIT_LOG_URL may also be a folder here.
+    shared = {k: v for k, v in environ.items() if k not in ("KIT_LOG_URL", "KIT_PORT")}
+    project = environ.get("KIT_PROJECT") or None
+    bundle = environ.get("KIT_BUNDLE") or None
+    if bool(project) == bool(bundle):
+        raise SettingsError(
+            "Set one of KIT_BUNDLE (a built bundle folder) or KIT_PROJECT (an agent project "
+            "folder to build at start)."
+        )
+    if project and not Path(project).is_dir():
+        raise SettingsError(f"KIT_PROJECT={project!r} is not a folder; give an agent project.")
+    state = environ.get("KIT_STATE_DIR") or str(Path.cwd() / ".kit-gateway")
+    common = dev_settings(
+        project=Path(project or state),
+        host=None,
+        port=0,
+        environ={**shared, "KIT_STATE_DIR": state},
+    )
+    host, port = _host_port(environ.get("KIT_LISTEN") or DEFAULT_LISTEN)
+    if not common.api_key:
+        raise SettingsError(
+            "ANTHROPIC_API_KEY is not set; give the model key the gateway's model proxy adds "
+            "to sandboxes' calls."
+        )
+    sandbox = environ.get("KIT_SANDBOX") or "local"
+    if sandbox not in SANDBOX_KINDS:
+        raise SettingsError(f"KIT_SANDBOX={sandbox!r}: give local (the only provider yet).")
+    log_dir = common.state_dir / "sessions"
+    if log_url and not log_url.startswith("s3://"):
+        log_dir, log_url = Path(log_url).resolve(), None
+    proxy = environ.get("KIT_PROXY_LISTEN") or None
+    proxy_dir = Path(proxy) if proxy and "/" in proxy else None
+    proxy_host = proxy if proxy and proxy_dir is None else None
+    bare_ipv6 = proxy_host is not None and ":" in proxy_host and not proxy_host.startswith("[")
+    if (proxy_dir is not None and not proxy_dir.is_absolute()) or bare_ipv6:
+        raise SettingsError(
+            f"KIT_PROXY_LISTEN={proxy!r}: give a host (each proxy takes a free port) or an "
+            "absolute folder for unix sockets; IPv6 addresses in brackets."
+        )
+    if proxy_dir is not None and proxy_dir.is_absolute() and not proxy_dir.is_dir():
+        raise SettingsError(
+            f"KIT_PROXY_LISTEN={proxy!r} is not a folder; make it, or give a host for TCP."
+        )
+    return GatewaySettings(
+        common=common,
+        host=host,
+        port=port,
+        api_token=_api_token(environ),
+        bundle=Path(bundle).resolve() if bundle else None,
+        log_url=log_url,
+        log_dir=log_dir,
+        proxy_dir=proxy_dir,
+        proxy_host=proxy_host.strip("[]") if proxy_host else None,
+        proxy_public_host=environ.get("KIT_PROXY_HOST") or None,
+        sandbox=sandbox,
+    )
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not host or not 0 <= number <= 65535:
+        raise SettingsError(
+            f"KIT_LISTEN={value!r}: give HOST:PORT, e.g. 0.0.0.0:8080 (port 0: any free one)."
+        )
+    return host.strip("[]"), number
+
+
+def _api_token(environ: Mapping[str, str]) -> str:
+    token = environ.get("KIT_API_TOKEN") or ""
+    path = environ.get("KIT_API_TOKEN_FILE") or ""
+    if path and not token:
+        try:
+            token = Path(path).read_text().strip()
+        except OSError as exc:
+            raise SettingsError(
+                f"KIT_API_TOKEN_FILE={path!r}: cannot read it ({exc.strerror}); give a file "
+                "holding the API token."
+            ) from None
+    if len(token) < 16:
+        raise SettingsError(
+            "KIT_API_TOKEN is unset or shorter than 16 characters; set it (or "
+            "KIT_API_TOKEN_FILE) to a long random token, e.g. `openssl rand -hex 24`."
+        )
+    return token
+
+
+def _log_store(settings: GatewaySettings) -> LogStore:
+    common = settings.common
+    if settings.log_url:
+        owner = common.host_id or f"{socket.gethostname()}-{secrets.token_hex(4)}"
+        return S3LogStore.from_url(settings.log_url, owner=owner, ttl_s=common.lease_ttl_s)
+    return SQLiteLogStore(settings.log_dir)
+
+
+def _bundle(settings: GatewaySettings) -> Callable[[], Bundle]:
+    """Check the bundle or project now (nothing written); the returned call builds it."""
+    if settings.bundle is not None:
+        bundle = open_bundle(settings.bundle)
+        return lambda: bundle
+    project = load_project(settings.common.project_dir)
+    return lambda: build_bundle(project, settings.common.state_dir / "bundles")
+
+
+def _listen(settings: GatewaySettings) -> socket.socket:
+    try:
+        return tcp_socket(settings.host, settings.port)
+    except OSError as exc:
+        raise SettingsError(
+            f"KIT_LISTEN={settings.host}:{settings.port}: cannot listen there "
+            f"({exc.strerror or exc}); give a free port on an address of this machine."
+        ) from None
+
+
+async def serve(settings: GatewaySettings) -> None:
+    """Run the gateway until SIGTERM or SIGINT, then stop it in order."""
+    common = settings.common
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    # A bad bundle or a busy port is found before anything is written.
+    build = _bundle(settings)
+    sock = _listen(settings)
+    try:
+        statedir.make_private(common.state_dir)
+    except BaseException:
+        sock.close()
+        raise
+    bundle = build()
+    provider = LocalSandboxProvider(
+        common.state_dir / "sandboxes",
+        bundles=bundle.path.parent,
+        user=common.sandbox_user,
+        isolation=common.sandbox_isolation,
+        env=common.sandbox_env,
+    )
+    statedir.secure(common.state_dir, provider.traverse_gid)
+    store_endpoint = (endpoint_of(common.store_url),) if common.store_url else ()
+    use_tcp = settings.proxy_host is not None
+    config = GatewayConfig(
+        api_token=settings.api_token,
+        upstream_key=common.api_key or "",
+        store_url=store_urls(common.store_url, common.state_dir / "transcripts"),
+        host=settings.host,
+        port=settings.port,
+        upstream_url=common.upstream_url,
+        proxy_dir=None if use_tcp else (settings.proxy_dir or provider.run_root),
+        proxy_host=settings.proxy_host or "127.0.0.1",
+        proxy_public_host=settings.proxy_public_host,
+        egress_allow=(*bundle.egress, *store_endpoint),
+        grace_s=common.grace_s,
+        pool_size=common.pool_size,
+        lease_ttl_s=common.lease_ttl_s if settings.log_url else None,
+        edge=common.edge,
+        allowed_origins=common.allowed_origins,
+    )
+    logs = _log_store(settings)
+    release = release_of(bundle)
+    async with open_gateway(config, provider, logs, lambda: release, sock=sock) as gateway:
+        console.out(f"kit gateway: serving {bundle.digest[:16]} at {gateway.url}")
+        await stop.wait()
+        console.out(console.dim("kit gateway: stopping (closing sockets with 1001)…"))
+    console.out(console.dim("kit gateway: stopped."))
+
+
+def run() -> int:
+    """Entry for the CLI: settings from the environment, then :func:`serve`."""
+    settings = gateway_settings()
+    asyncio.run(serve(settings))
+    return 0
