@@ -31,14 +31,13 @@ from typing import Any
 
 from emulator.sandbox.dockerapi import Bind, ContainerSpec, DockerClient
 from emulator.sandbox.folders import own_folders, short_run_dir, write_owned
+from emulator.sandbox.machine import MachineProvider
 from emulator.sandbox.rehearsal import Rehearsable
-from kit.bundle import MANIFEST
 from kit.host.errors import SandboxError
 from kit.host.runtime_client import RuntimeClient, wait_ready
 from kit.host.sandbox import (
     ExitInfo,
     Sandbox,
-    SandboxProvider,
     SandboxSpec,
     SandboxState,
     SandboxView,
@@ -151,12 +150,14 @@ class DockerSandbox(Sandbox, Rehearsable):
         return Usage(peak_memory_mib=peak / 2**20, cpu_s=cpu / 1e9, disk_mb=0.0)
 
 
-class DockerSandboxProvider(SandboxProvider):
+class DockerSandboxProvider(MachineProvider):
     """Starts each sandbox as a container of ``image`` (see the module docstring).
 
     ``root`` holds the sessions' folders, ``bundles`` the built bundles (named by the first 32
     digits of their digest); ``host_id`` names this host's containers among others on the
     same daemon (``kit.host`` label)."""
+
+    kind = "docker"
 
     def __init__(
         self,
@@ -177,13 +178,8 @@ class DockerSandboxProvider(SandboxProvider):
         self.running: dict[SessionId, DockerSandbox] = {}
         root.mkdir(parents=True, exist_ok=True)
         self.run_root = short_run_dir(root)
-
-    def bundle_dir(self, digest: str) -> Path:
-        """Where the bundle ``digest`` is on this machine (SandboxError if it is not)."""
-        path = self.bundles / digest[:32]
-        if not (path / MANIFEST).is_file():
-            raise SandboxError(f"Bundle {digest[:12]}… is not in {self.bundles}; build it first.")
-        return path
+        self.uid = self.gid = UID
+        self.isolation = "container"
 
     def _spec(self, spec: SandboxSpec, sandbox_id: SandboxId) -> tuple[ContainerSpec, Path]:
         """The container for ``spec`` (folders made, config written); the host's run folder."""

@@ -56,18 +56,17 @@ from emulator.sandbox.isolation import (
     stage_command,
     staged,
 )
+from emulator.sandbox.machine import MachineProvider
 from emulator.sandbox.process import MAX_LIFETIME_S, LocalSandbox
-from kit.bundle.build import MANIFEST
 from kit.host.errors import SandboxError
 from kit.host.runtime_client import RuntimeClient, wait_ready
 from kit.host.sandbox import (
-    SandboxProvider,
     SandboxSpec,
     SandboxView,
     runtime_config,
     store_folder,
 )
-from kit.ids import SandboxId, SessionId, is_session_id
+from kit.ids import SandboxId, SessionId
 from kit.private import DIR_MODE, open_private, private_folder, tighten
 from kit.protocol.runtime_config import CONFIG_ENV, GATE_ENV, STORE_DEADLINE_S, STORE_RETRY_S
 from kit.runtime.jail import Jail
@@ -83,8 +82,10 @@ CONFIG_FILE = "config.json"
 """The runtime's config file in its run folder (it deletes it once read)."""
 
 
-class LocalSandboxProvider(SandboxProvider):
+class LocalSandboxProvider(MachineProvider):
     """Starts :class:`LocalSandbox` processes under ``root``."""
+
+    kind = "local"
 
     def __init__(
         self,
@@ -230,10 +231,6 @@ class LocalSandboxProvider(SandboxProvider):
         logs.mkdir(mode=DIR_MODE, exist_ok=True)
         private_folder(logs)
         return logs / f"{session_id}.log"
-
-    def workspace(self, session_id: str) -> Path:
-        """The session's workspace folder (the agent's cwd)."""
-        return self.root / session_id / "workspace"
 
     def unreachable(self, path: Path) -> Path | None:
         """The first folder on ``path`` the sandbox user cannot enter, if any."""
@@ -389,16 +386,6 @@ class LocalSandboxProvider(SandboxProvider):
         sandbox.guard()
         return sandbox
 
-    def bundle_dir(self, digest: str) -> Path:
-        """Where the bundle ``digest`` is on this machine (SandboxError if it is not)."""
-        path = self.bundles / digest[:32]
-        if not (path / MANIFEST).is_file():
-            raise SandboxError(
-                f"Bundle {digest[:12]}… is not in {self.bundles}; build it first (kit dev "
-                "builds the project's bundle at start and on every save)."
-            )
-        return path
-
     async def find(self, session_id: SessionId) -> LocalSandbox | None:
         """The session's running sandbox. A killed host's sandboxes die with it (their
         fork server and unforked runtimes watch their parent), so only this host's run."""
@@ -418,30 +405,6 @@ class LocalSandboxProvider(SandboxProvider):
     def _forget(self, sandbox: LocalSandbox) -> None:
         if self.running.get(sandbox.session_id) is sandbox:
             del self.running[sandbox.session_id]
-
-    async def kill(
-        self, session_id: str, sig: int = signal.SIGKILL, reason: str | None = None
-    ) -> bool:
-        """Send ``sig`` to the session's sandbox (``reason``: what it reports); False if none."""
-        sandbox = self.running.get(SessionId(session_id))
-        if sandbox is None:
-            return False
-        await sandbox.kill(sig, reason)
-        return True
-
-    def sandbox(self, session_id: str) -> LocalSandbox | None:
-        """The session's running sandbox, if any."""
-        return self.running.get(SessionId(session_id))
-
-    async def discard(self, session_id: str) -> None:
-        if not is_session_id(session_id):  # never a path of our choosing
-            raise SandboxError(f"not a session id: {session_id!r}")
-        if SessionId(session_id) in self.running:
-            raise SandboxError(f"session {session_id} still has a sandbox running")
-        for folder in (self.root / session_id, self.run_root / session_id[:13]):
-            await asyncio.to_thread(shutil.rmtree, folder, True)
-        with contextlib.suppress(FileNotFoundError):
-            (self.root / LOGS / f"{session_id}.log").unlink()
 
     def _cannot_run(self, why: str) -> str:
         who = f"user {self.user!r}" if self.uid is not None else "this user"
