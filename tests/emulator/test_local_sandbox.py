@@ -336,3 +336,25 @@ async def test_reap_stops_the_sandboxes_of_sessions_not_kept(
     assert (info.exit_code, info.reason) == (137, "orphan")
     assert await provider.find(kept.session_id) is first
     await first.stop()
+
+
+async def test_what_a_sandbox_left_in_its_run_folder_does_not_block_the_next_start(
+    provider: LocalSandboxProvider, bundle: Bundle
+) -> None:
+    """The run folder is the sandbox user's (its tools may write it: it is bound into the
+    jail) and outlives the sandbox. A folder its tools left where the next config file goes
+    must not make every later start of the session fail (the turn planner would give each
+    turn up after five failed starts, forever)."""
+    spec = _spec(bundle)
+    first = await provider.start(spec)
+    await first.stop()
+    run = provider.run_root / spec.session_id[:13]
+    planted = run / "config.json"  # emulator.sandbox.local.CONFIG_FILE
+    planted.mkdir()  # as its tools would, as the sandbox user
+    (planted / "x").write_text("x")
+    if provider.uid is not None and provider.gid is not None:
+        for path in (planted, planted / "x"):
+            os.chown(path, provider.uid, provider.gid)
+    second = await provider.start(spec)
+    assert sorted(p.name for p in run.iterdir()) == ["runtime.sock"]
+    await second.stop()
