@@ -358,3 +358,22 @@ async def test_what_a_sandbox_left_in_its_run_folder_does_not_block_the_next_sta
     second = await provider.start(spec)
     assert sorted(p.name for p in run.iterdir()) == ["runtime.sock"]
     await second.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only matters when dropping to another user")
+async def test_a_shared_sqlite_store_hands_no_host_folder_to_the_sandbox_user(
+    provider: LocalSandboxProvider, bundle: Bundle, kit_tmp: Path
+) -> None:
+    """``KIT_STORE_URL=sqlite:///PATH.db`` is one file for every session. Its folder is
+    the host's (here it stands for /root or a home folder): root must not chown it to the
+    sandbox user, nor bind it writable into every session's sandbox (each could then read
+    and rewrite every other session's transcript)."""
+    shared = kit_tmp / "host-folder"
+    shared.mkdir(mode=0o755)
+    (shared / "someone-elses-file").write_text("private")
+    spec = dataclasses.replace(_spec(bundle), store_url=f"sqlite:///{shared / 'all.db'}")
+    with contextlib.suppress(SandboxError):  # refusing such a store is fine too
+        sandbox = await provider.start(spec)
+        await sandbox.stop()
+    st = shared.stat()
+    assert (st.st_uid, st.st_mode & 0o777) == (0, 0o755)
