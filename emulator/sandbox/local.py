@@ -264,7 +264,7 @@ class LocalSandboxProvider(MachineProvider):
         # A new sandbox starts from a clean disk, as in the cloud: only the workspace carries
         # over (a local convenience). A home left by a killed sandbox would hold the CLI's
         # own copy of the session and make it refuse the session id as "already in use".
-        for fresh in ("home", "tmp"):
+        for fresh in ("home", "tmp", "run"):
             shutil.rmtree(dirs[fresh], ignore_errors=True)
         # Root walks into folders the sandbox user owns only by descriptor, from a folder of
         # the host's: that user (any sandbox's, unconfined) may swap one for a link meanwhile.
@@ -272,6 +272,8 @@ class LocalSandboxProvider(MachineProvider):
             own_folders(self.uid, self.gid, self.root, spec.session_id, *names)
         own_folders(self.uid, self.gid, self.run_root, dirs["run"].name)
         store = store_folder(spec.store_url)
+        if store is not None and store.name != spec.session_id:
+            store = None  # a shared store's folder is the host's, never the sandbox user's
         if store is not None:
             store.parent.mkdir(parents=True, exist_ok=True)
             own_folders(self.uid, self.gid, store.parent, store.name)

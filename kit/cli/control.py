@@ -113,7 +113,7 @@ def session_row(summary: LogSummary, session: Session | None) -> dict[str, Any]:
 def signal_number(name: str) -> int:
     """``KILL``, ``SIGKILL``, ``kill`` or ``9`` → 9; :class:`CliError` naming the choices."""
     text = name.strip().upper().removeprefix("SIG")
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # int('²') raises
         number = int(text)
         if number in {s.value for s in signal.Signals}:
             return number

@@ -78,7 +78,7 @@ class RuntimeClient:
         await writer.drain()
         head = await reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
+        status = int([*lines[0].split(" ", 2), ""][1])  # ValueError when malformed
         headers = {}
         for line in lines[1:]:
             name, _, value = line.partition(":")

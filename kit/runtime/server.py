@@ -78,7 +78,7 @@ def create_app(agent: Agent) -> ASGIApp:
         if route == ("GET", HEALTH_PATH):
             wait_s = _wait_s(scope.get("query_string", b""))
             if wait_s:
-                with contextlib.suppress(TimeoutError):
+                with contextlib.suppress(Exception):  # timed out, or the agent stopped
                     await asyncio.wait_for(agent.wait_ready(), wait_s)
             await _json(send, 200, health(agent))
         elif route == ("POST", TURNS_PATH):

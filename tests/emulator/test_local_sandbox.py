@@ -336,3 +336,69 @@ async def test_reap_stops_the_sandboxes_of_sessions_not_kept(
     assert (info.exit_code, info.reason) == (137, "orphan")
     assert await provider.find(kept.session_id) is first
     await first.stop()
+
+
+async def test_what_a_sandbox_left_in_its_run_folder_does_not_block_the_next_start(
+    provider: LocalSandboxProvider, bundle: Bundle
+) -> None:
+    """The run folder is the sandbox user's (its tools may write it: it is bound into the
+    jail) and outlives the sandbox. A folder its tools left where the next config file goes
+    must not make every later start of the session fail (the turn planner would give each
+    turn up after five failed starts, forever)."""
+    spec = _spec(bundle)
+    first = await provider.start(spec)
+    await first.stop()
+    run = provider.run_root / spec.session_id[:13]
+    planted = run / "config.json"  # emulator.sandbox.local.CONFIG_FILE
+    planted.mkdir()  # as its tools would, as the sandbox user
+    (planted / "x").write_text("x")
+    if provider.uid is not None and provider.gid is not None:
+        for path in (planted, planted / "x"):
+            os.chown(path, provider.uid, provider.gid)
+    second = await provider.start(spec)
+    assert sorted(p.name for p in run.iterdir()) == ["runtime.sock"]
+    await second.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only matters when dropping to another user")
+async def test_a_shared_sqlite_store_hands_no_host_folder_to_the_sandbox_user(
+    provider: LocalSandboxProvider, bundle: Bundle, kit_tmp: Path
+) -> None:
+    """``KIT_STORE_URL=sqlite:///PATH.db`` is one file for every session. Its folder is
+    the host's (here it stands for /root or a home folder): root must not chown it to the
+    sandbox user, nor bind it writable into every session's sandbox (each could then read
+    and rewrite every other session's transcript)."""
+    shared = kit_tmp / "host-folder"
+    shared.mkdir(mode=0o755)
+    (shared / "someone-elses-file").write_text("private")
+    spec = dataclasses.replace(_spec(bundle), store_url=f"sqlite:///{shared / 'all.db'}")
+    with contextlib.suppress(SandboxError):  # refusing such a store is fine too
+        sandbox = await provider.start(spec)
+        await sandbox.stop()
+    st = shared.stat()
+    assert (st.st_uid, st.st_mode & 0o777) == (0, 0o755)
+
+
+async def test_a_refused_start_leaves_no_config_behind(
+    kit_tmp: Path, bundle: Bundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start refused after the config file was written (here: isolation was chosen, the
+    fork server is down and bubblewrap is gone) removes that file: it holds the sandbox's
+    tokens, in a folder the sandbox user owns."""
+    provider = LocalSandboxProvider(kit_tmp / "sandboxes", bundles=kit_tmp / "bundles")
+    try:
+        if provider.isolation != "native":
+            pytest.skip("needs the fork server's isolation (root, namespaces)")
+
+        async def no_fork_server(env: dict[str, str]) -> None:
+            return None
+
+        monkeypatch.setattr(provider, "_ensure_fork_server", no_fork_server)
+        monkeypatch.setattr("emulator.sandbox.isolation.shutil.which", lambda name: None)
+        spec = _spec(bundle)
+        with pytest.raises(SandboxError, match="refusing to start an unisolated sandbox"):
+            await provider.start(spec)
+        run = provider.run_root / spec.session_id[:13]
+        assert [p.name for p in run.iterdir()] == []
+    finally:
+        await provider.close()

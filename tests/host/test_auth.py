@@ -180,6 +180,7 @@ async def _upgrade(url: str, path: str, headers: dict[str, str]) -> tuple[int, b
         ("https://app.example.com.evil.example", None, 403),
         ("null", None, 403),  # a file: page or a sandboxed frame
         ("not an origin", None, 403),
+        ("http://[::1", None, 403),  # malformed (urlsplit raises ValueError): refused, no 500
     ],
 )
 async def test_origin_policy(
@@ -216,7 +217,8 @@ def test_origin_policy_behind_a_proxy() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["app.example.com", "https://app.example.com/chat", "ftp://x", "https://"]
+    "value",
+    ["app.example.com", "https://app.example.com/chat", "ftp://x", "https://", "http://[::1"],
 )
 def test_bad_allowed_origins_are_one_line(tmp_path: Path, value: str) -> None:
     """A KIT_ALLOWED_ORIGINS entry that is not scheme://host[:port] is refused, naming the
