@@ -253,7 +253,9 @@ class DockerSandboxProvider(MachineProvider):
         )
         client = RuntimeClient(sandbox.endpoint, spec.runtime_token)
         try:
-            ready = await wait_ready(client, sandbox.alive, self.start_timeout_s)
+            ready = await wait_ready(
+                client, sandbox.alive, self.start_timeout_s, session_id=spec.session_id
+            )
         except TimeoutError:
             await sandbox.kill()
             await sandbox.wait()

@@ -290,103 +290,112 @@ class LocalSandboxProvider(MachineProvider):
             spec, view, store_retry_s=self.store_retry_s, store_deadline_s=self.store_deadline_s
         )
         config_path = dirs["run"] / CONFIG_FILE
-        write_owned(config_path, config.to_json(), self.uid, self.gid)
-        env = {
-            **self.env,
-            "PATH": _SAFE_PATH,
-            "HOME": str(dirs["home"]),
-            "TMPDIR": str(dirs["tmp"]),
-            "LANG": "C.UTF-8",
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            CONFIG_ENV: str(config_path),
-            GATE_ENV: "stdin",
-        }
-        log_path = self.log_path(spec.session_id)
-        jail = None
-        if self.isolation:
-            sockets = [e.unix_path for e in (spec.model, spec.egress) if e and e.unix_path]
-            jail = sandbox_view(
-                python=self.python,
-                readable=[bundle_dir, *sockets],
-                writable=[*dirs.values(), *([store] if store is not None else [])],
-                uid=self.uid,
-                gid=self.gid,
+        try:
+            write_owned(config_path, config.to_json(), self.uid, self.gid)
+            env = {
+                **self.env,
+                "PATH": _SAFE_PATH,
+                "HOME": str(dirs["home"]),
+                "TMPDIR": str(dirs["tmp"]),
+                "LANG": "C.UTF-8",
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONDONTWRITEBYTECODE": "1",
+                CONFIG_ENV: str(config_path),
+                GATE_ENV: "stdin",
+            }
+            log_path = self.log_path(spec.session_id)
+            jail = None
+            if self.isolation:
+                sockets = [e.unix_path for e in (spec.model, spec.egress) if e and e.unix_path]
+                jail = sandbox_view(
+                    python=self.python,
+                    readable=[bundle_dir, *sockets],
+                    writable=[*dirs.values(), *([store] if store is not None else [])],
+                    uid=self.uid,
+                    gid=self.gid,
+                )
+            sandbox_id = SandboxId(f"sbx-{uuid.uuid4().hex[:12]}")
+            cgroup = (
+                self.cgroups.create(sandbox_id, limits, throttle=self.throttle_start)
+                if self.cgroups is not None
+                else None
             )
-        sandbox_id = SandboxId(f"sbx-{uuid.uuid4().hex[:12]}")
-        cgroup = (
-            self.cgroups.create(sandbox_id, limits, throttle=self.throttle_start)
-            if self.cgroups is not None
-            else None
-        )
-        try:
-            pid, wait, open_gate = await self._launch(
-                dirs["workspace"], env, log_path, jail, cgroup
+            try:
+                pid, wait, open_gate = await self._launch(
+                    dirs["workspace"], env, log_path, jail, cgroup
+                )
+            except BaseException as exc:
+                if cgroup is not None:
+                    await cgroup.remove()
+                if isinstance(exc, OSError):
+                    raise SandboxError(self._cannot_run(str(exc.strerror or exc))) from exc
+                raise
+            sandbox = LocalSandbox(
+                spec,
+                pid,
+                wait,
+                f"unix:{sock}",
+                log_path,
+                sandbox_id=sandbox_id,
+                limits=limits,
+                cgroup=cgroup,
+                workspace=dirs["workspace"],
+                max_lifetime_s=self.max_lifetime_s,
             )
-        except OSError as exc:
-            if cgroup is not None:
-                await cgroup.remove()
-            config_path.unlink(missing_ok=True)
-            raise SandboxError(self._cannot_run(str(exc.strerror or exc))) from exc
-        sandbox = LocalSandbox(
-            spec,
-            pid,
-            wait,
-            f"unix:{sock}",
-            log_path,
-            sandbox_id=sandbox_id,
-            limits=limits,
-            cgroup=cgroup,
-            workspace=dirs["workspace"],
-            max_lifetime_s=self.max_lifetime_s,
-        )
-        # The runtime waits for the go before it runs anything of the agent's: confine it
-        # first, so the SDK's CLI and every tool start inside the tier's limits.
-        try:
-            if cgroup is not None:
-                cgroup.add(pid)
-            else:
-                for which, value in rlimits_for(limits).items():
-                    try:
-                        resource.prlimit(pid, which, value)
-                    except PermissionError:  # best effort: the fallback is per process anyway
-                        log.debug("could not set rlimit %d on %d", which, pid)
-        except ProcessLookupError:
-            pass  # it died already: the readiness wait below reports how
-        except OSError as exc:
-            await sandbox.kill()
-            await sandbox.wait()
-            config_path.unlink(missing_ok=True)
-            raise SandboxError(f"Could not apply the tier's limits to the sandbox: {exc}.") from exc
-        self.running[spec.session_id] = sandbox
-        sandbox.on_exit(lambda: self._forget(sandbox))
-        open_gate()
-        client = RuntimeClient(sandbox.endpoint, spec.runtime_token)
-        try:
-            ready = await wait_ready(client, sandbox.alive, self.start_timeout_s)
-        except TimeoutError:
-            await sandbox.kill()
-            await sandbox.wait()
-            raise SandboxError(
-                f"The sandbox for session {spec.session_id} did not get ready in "
-                f"{self.start_timeout_s:.0f} s; see {log_path}."
-            ) from None
+            # The runtime waits for the go before it runs anything of the agent's: confine it
+            # first, so the SDK's CLI and every tool start inside the tier's limits.
+            try:
+                if cgroup is not None:
+                    cgroup.add(pid)
+                else:
+                    for which, value in rlimits_for(limits).items():
+                        try:
+                            resource.prlimit(pid, which, value)
+                        except PermissionError:  # best effort: the fallback is per process anyway
+                            log.debug("could not set rlimit %d on %d", which, pid)
+            except ProcessLookupError:
+                pass  # it died already: the readiness wait below reports how
+            except OSError as exc:
+                await sandbox.kill()
+                await sandbox.wait()
+                raise SandboxError(
+                    f"Could not apply the tier's limits to the sandbox: {exc}."
+                ) from exc
+            self.running[spec.session_id] = sandbox
+            sandbox.on_exit(lambda: self._forget(sandbox))
+            with contextlib.suppress(OSError):  # it died already: the wait says how
+                open_gate()
+            client = RuntimeClient(sandbox.endpoint, spec.runtime_token)
+            try:
+                ready = await wait_ready(
+                    client, sandbox.alive, self.start_timeout_s, session_id=spec.session_id
+                )
+            except BaseException as exc:  # no answer in time, a bad one, or the start cancelled
+                await sandbox.kill()
+                await sandbox.wait()
+                if isinstance(exc, TimeoutError):
+                    raise SandboxError(
+                        f"The sandbox for session {spec.session_id} did not get ready in "
+                        f"{self.start_timeout_s:.0f} s; see {log_path}."
+                    ) from None
+                raise
+            if ready is None:
+                info = await sandbox.wait()
+                last = _tail(log_path, 1)
+                if info.exit_code in (126, 127) or last.startswith("bwrap: execvp"):
+                    raise SandboxError(self._cannot_run(last))  # the interpreter could not run
+                raise SandboxError(
+                    f"The sandbox for session {spec.session_id} exited with code {info.exit_code} "
+                    f"before it was ready: {_tail(log_path)} (full log: {log_path})."
+                )
+            sandbox.resumed = bool(ready.get("resumed"))
+            if cgroup is not None and not self.throttle_start:
+                cgroup.throttle(limits)
+            sandbox.guard()
+            return sandbox
         finally:
-            config_path.unlink(missing_ok=True)  # read and deleted by the runtime, normally
-        if ready is None:
-            info = await sandbox.wait()
-            last = _tail(log_path, 1)
-            if info.exit_code in (126, 127) or last.startswith("bwrap: execvp"):
-                raise SandboxError(self._cannot_run(last))  # the interpreter could not run
-            raise SandboxError(
-                f"The sandbox for session {spec.session_id} exited with code {info.exit_code} "
-                f"before it was ready: {_tail(log_path)} (full log: {log_path})."
-            )
-        sandbox.resumed = bool(ready.get("resumed"))
-        if cgroup is not None and not self.throttle_start:
-            cgroup.throttle(limits)
-        sandbox.guard()
-        return sandbox
+            # The runtime deletes it once read; this covers a start that failed first.
+            config_path.unlink(missing_ok=True)
 
     async def find(self, session_id: SessionId) -> LocalSandbox | None:
         """The session's running sandbox. A killed host's sandboxes die with it (their

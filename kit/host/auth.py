@@ -113,7 +113,12 @@ class OriginPolicy:
 
 def normalise_origin(origin: str) -> str:
     """``scheme://host[:port]`` in lower case; :class:`HostError` for anything else."""
-    parts = urlsplit(origin.strip())
+    try:
+        parts = urlsplit(origin.strip())
+    except ValueError:  # an unclosed IPv6 bracket, say
+        raise HostError(
+            f"{origin!r} is not an origin like https://example.com or http://host:8080"
+        ) from None
     if (
         parts.scheme not in ("http", "https")
         or not parts.hostname

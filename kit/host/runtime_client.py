@@ -152,14 +152,19 @@ class RuntimeClient:
 
 
 async def wait_ready(
-    client: RuntimeClient, alive: Callable[[], bool], timeout_s: float
+    client: RuntimeClient,
+    alive: Callable[[], bool],
+    timeout_s: float,
+    *,
+    session_id: str | None = None,
 ) -> dict[str, Any] | None:
     """Wait until the runtime behind ``client`` says it is ready; its health then.
 
     Probes every :data:`PROBE_INTERVAL_S` until the runtime answers (its socket appears a
     few milliseconds after it starts), then asks it to answer once ready (one long request,
     so readiness is seen at once). None as soon as ``alive()`` turns false (the sandbox
-    exited: its exit says why); TimeoutError after ``timeout_s``.
+    exited: its exit says why); TimeoutError after ``timeout_s``; SandboxError when what
+    answers is not ``session_id``'s runtime.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -174,6 +179,12 @@ async def wait_ready(
         except (OSError, TimeoutError, SandboxError):
             await asyncio.sleep(PROBE_INTERVAL_S)  # not listening yet, or it just died
             continue
+        if session_id is not None and health.get("session_id") != session_id:
+            # Not this sandbox's runtime (something else took its socket): never ready.
+            raise SandboxError(
+                f"The runtime's socket answered for session {health.get('session_id')!r}, "
+                f"not {session_id}."
+            )
         if health.get("ready"):
             return health
         if health.get("state") == "stopped":

@@ -37,3 +37,26 @@ async def test_a_malformed_answer_is_not_ready_and_raises_nothing_else(answer: b
         server.close()
         await server.wait_closed()
     assert seen >= 2
+
+
+async def test_an_answer_for_another_session_is_never_ready() -> None:
+    """Something else on the runtime's socket answering ``ready`` for another session (a
+    leftover process of the sandbox user) is refused, not taken for the runtime. (Broken
+    on purpose once: without the check the probe returned its answer.)"""
+    body = b'{"ok": true, "ready": true, "session_id": "someone-else", "state": "ready"}'
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(reply, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = RuntimeClient(f"http://127.0.0.1:{port}", "token")
+    try:
+        with pytest.raises(SandboxError, match="answered for session 'someone-else'"):
+            await wait_ready(client, lambda: True, 5.0, session_id="mine")
+    finally:
+        server.close()
+        await server.wait_closed()
