@@ -52,14 +52,18 @@ def _sandboxes(stack: Stack) -> str:
         else "none started ahead (KIT_SANDBOX_POOL=0)"
     )
     return (
-        f"{pool}; one per session from its first message, stopped {s.grace_s:g} s after its "
+        f"{stack.provider.kind} (--sandbox); {pool}; one per session from its first message, stopped {s.grace_s:g} s after its "
         f"last client leaves (KIT_SANDBOX_GRACE_S) or {stack.bundle.idle_timeout_s} s after "
         "its last turn (idle_timeout)"
     )
 
 
 def _isolation(stack: Stack) -> str:
-    how = {"native": "namespaces (fork server, as root)", "bwrap": "bubblewrap"}
+    how = {
+        "native": "namespaces (fork server, as root)",
+        "bwrap": "bubblewrap",
+        "container": f"docker containers of {getattr(stack.provider, 'image', 'the runtime image')}",
+    }
     mode = stack.provider.isolation
     if mode:
         return f"{how.get(mode, mode)}: workspace and bundle only, no network but the proxies"

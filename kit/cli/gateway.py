@@ -20,7 +20,7 @@ variable                meaning (default)
                         for local sandboxes) or a host (TCP, a free port each, per-session
                         tokens); default: the local provider's run folder
 ``KIT_PROXY_HOST``      the name sandboxes reach TCP proxies at (the ``KIT_PROXY_LISTEN`` host)
-``KIT_SANDBOX``         the sandbox provider: ``local`` (the fork server; the only one yet)
+``KIT_SANDBOX``         the sandbox provider: ``local`` (the fork server) or ``docker``
 ======================  =====================================================================
 
 ``KIT_SANDBOX_POOL``, ``KIT_SANDBOX_GRACE_S``, ``KIT_LEASE_TTL_S``, ``KIT_HOST_ID``,
@@ -41,9 +41,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from emulator.sandbox import LocalSandboxProvider
 from kit.bundle import Bundle, build_bundle, load_project, open_bundle
 from kit.cli import console, statedir
+from kit.cli.sandboxes import open_provider
 from kit.cli.settings import DevSettings, SettingsError, dev_settings
 from kit.cli.stack import release_of
 from kit.host import LogStore, SQLiteLogStore
@@ -52,7 +52,6 @@ from kit.host.s3log import S3LogStore
 from kit.storage.s3io import endpoint_of
 
 DEFAULT_LISTEN = "127.0.0.1:8787"
-SANDBOX_KINDS = ("local",)
 
 
 @dataclass(frozen=True)
@@ -104,9 +103,6 @@ def gateway_settings(environ: Mapping[str, str] = os.environ) -> GatewaySettings
             "ANTHROPIC_API_KEY is not set; give the model key the gateway's model proxy adds "
             "to sandboxes' calls."
         )
-    sandbox = environ.get("KIT_SANDBOX") or "local"
-    if sandbox not in SANDBOX_KINDS:
-        raise SettingsError(f"KIT_SANDBOX={sandbox!r}: give local (the only provider yet).")
     log_dir = common.state_dir / "sessions"
     if log_url and not log_url.startswith("s3://"):
         log_dir, log_url = Path(log_url).resolve(), None
@@ -134,7 +130,7 @@ def gateway_settings(environ: Mapping[str, str] = os.environ) -> GatewaySettings
         proxy_dir=proxy_dir,
         proxy_host=proxy_host.strip("[]") if proxy_host else None,
         proxy_public_host=environ.get("KIT_PROXY_HOST") or None,
-        sandbox=sandbox,
+        sandbox=common.sandbox,
     )
 
 
@@ -213,12 +209,11 @@ async def serve(settings: GatewaySettings) -> None:
         sock.close()
         raise
     bundle = build()
-    provider = LocalSandboxProvider(
-        common.state_dir / "sandboxes",
-        bundles=bundle.path.parent,
-        user=common.sandbox_user,
-        isolation=common.sandbox_isolation,
-        env=common.sandbox_env,
+    provider = await open_provider(
+        common,
+        bundle.path.parent,
+        host_id=common.host_id or "local",
+        progress=lambda line: console.out(console.dim(line)),
     )
     statedir.secure(common.state_dir, provider.traverse_gid)
     store_endpoint = (endpoint_of(common.store_url),) if common.store_url else ()

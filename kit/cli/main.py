@@ -42,6 +42,8 @@ def _cmd_dev(args: argparse.Namespace) -> int:
 
     _log_to_stderr(args.verbose)
     settings = dev_settings(project=args.project, host=args.host, port=args.port)
+    if args.sandbox:
+        settings = dataclasses.replace(settings, sandbox=args.sandbox)
     return dev.run(dataclasses.replace(settings, watch=not args.no_watch))
 
 
@@ -197,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
             "KIT_SANDBOX_POOL=0 KIT_SANDBOX_GRACE_S=5 kit dev   # no spare sandboxes, short grace",
             "kit dev --project skills/support-bot --port 9000",
             "kit dev --port 0          # any free port",
+            "kit dev --sandbox docker  # each sandbox a container of kit's runtime image",
         ],
     )
     p.add_argument(
@@ -207,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--port",
         type=int,
         help="port to listen on, exactly (default 8787 or the next free one; 0 = any free port)",
+    )
+    p.add_argument(
+        "--sandbox",
+        choices=("local", "docker"),
+        help="where sandboxes run: local process groups (default, or KIT_SANDBOX) or docker "
+        "containers of kit's runtime image (built the first time)",
     )
     p.add_argument(
         "--no-watch", action="store_true", help="do not rebuild the bundle when files change"

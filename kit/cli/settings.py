@@ -19,6 +19,9 @@ model                  ``ANTHROPIC_API_KEY``       unset → the offline model (
                                                    set → the real Messages API
 upstream               ``KIT_MODEL_UPSTREAM``      ``https://api.anthropic.com``
 sandbox user           ``KIT_SANDBOX_USER``        ``nobody`` when run as root
+sandboxes              ``KIT_SANDBOX``, ``--sandbox`` ``local``: process groups from the fork
+                                                   server; ``docker``: containers of the
+                                                   runtime image (built when missing)
 sandbox isolation      ``KIT_SANDBOX_ISOLATION``   ``auto``: namespaces from the fork
                                                    server as root, else bubblewrap, else
                                                    none (said once); ``bwrap``: always
@@ -85,6 +88,7 @@ ANTHROPIC_API = "https://api.anthropic.com"
 DEFAULT_PORT = 8787
 EXAMPLE_PROJECT = Path(__file__).resolve().parents[2] / "skills" / "support-bot"
 ISOLATION_MODES = ("auto", "bwrap", "off")
+SANDBOX_KINDS = ("local", "docker")
 MAX_GRACE_S = 3600.0
 MAX_PEER_CONNECTIONS = 65536
 AWS_VARIABLES = frozenset(
@@ -112,6 +116,9 @@ class DevSettings:
     force_offline_model: bool = False
     """Use the offline model even with an API key (tests of the key-swapping proxy)."""
     sandbox_user: str | None = "nobody"
+    sandbox: str = "local"
+    """The sandbox provider: ``local`` (process groups from the fork server) or ``docker``
+    (containers of kit's runtime image, built when missing)."""
     sandbox_isolation: str = "auto"
     """``auto``, ``bwrap`` or ``off`` (emulator.sandbox.isolation)."""
     store_url: str | None = None
@@ -189,6 +196,12 @@ def dev_settings(
             f"KIT_LOG_URL={log_url!r}: give s3://BUCKET/PREFIX?endpoint_url=…, or unset it "
             "for a SQLite log per session in the state dir."
         )
+    sandbox = environ.get("KIT_SANDBOX") or "local"
+    if sandbox not in SANDBOX_KINDS:
+        raise SettingsError(
+            f"KIT_SANDBOX={sandbox!r}: give local (process groups on this machine) or docker "
+            "(containers of kit's runtime image; scripts/docker-up starts Docker)."
+        )
     isolation = environ.get("KIT_SANDBOX_ISOLATION") or "auto"
     if isolation not in ISOLATION_MODES:
         raise SettingsError(
@@ -220,6 +233,7 @@ def dev_settings(
         api_key=environ.get("ANTHROPIC_API_KEY") or None,
         upstream_url=environ.get("KIT_MODEL_UPSTREAM") or ANTHROPIC_API,
         sandbox_user=environ.get("KIT_SANDBOX_USER", "nobody") or None,
+        sandbox=sandbox,
         sandbox_isolation=isolation,
         store_url=store_url,
         sandbox_env=aws if store_url and store_url.startswith("s3:") else {},

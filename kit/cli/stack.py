@@ -27,9 +27,11 @@ from emulator.model import ScenarioSource
 from emulator.model import create_app as create_model_app
 from emulator.model.app import RequestLog
 from emulator.sandbox import LocalSandboxProvider
+from emulator.sandbox.machine import MachineProvider
 from kit.bundle import Bundle, Project, build_bundle, load_project
 from kit.cli import console, statedir
 from kit.cli.control import Evict, control_routes
+from kit.cli.sandboxes import open_provider
 from kit.cli.settings import DevSettings
 from kit.errors import KitError
 from kit.host import EgressProxy, LogStore, ModelProxy, Release, Session, SessionHost
@@ -72,7 +74,7 @@ class Stack:
     api_token_file: Path
     host: SessionHost
     proxy: ModelProxy
-    provider: LocalSandboxProvider
+    provider: MachineProvider
     transcripts_dir: Path
     advice: list[tuple[str, str]] = field(default_factory=list)
     """The tier advisor's lines so far: (session id, line); ``kit dev`` also prints them."""
@@ -317,17 +319,14 @@ async def _start(
     state = settings.state_dir
     bundle = build_bundle(project, state / "bundles")
     advice: list[tuple[str, str]] = []
-    provider = LocalSandboxProvider(
-        state / "sandboxes",
-        bundles=state / "bundles",
-        user=settings.sandbox_user,
-        isolation=settings.sandbox_isolation,
-        env=settings.sandbox_env,
-        store_retry_s=settings.store_retry_s,
-        store_deadline_s=settings.store_deadline_s,
+    provider = await open_provider(
+        settings,
+        state / "bundles",
+        host_id=settings.host_id or "local",
+        progress=lambda line: console.out(console.dim(line)),
     )
     statedir.secure(state, provider.traverse_gid)
-    if provider.traverse_gid is not None:
+    if isinstance(provider, LocalSandboxProvider) and provider.traverse_gid is not None:
         log.warning("%s", statedir.passage_warning(state, provider.user, provider.traverse_gid))
     transcripts = state / "transcripts"
 

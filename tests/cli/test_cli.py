@@ -119,8 +119,8 @@ async def test_a_second_host_on_one_state_dir_is_refused(kit_tmp: Path) -> None:
 
 
 def test_bad_host_settings_name_the_variable(kit_tmp: Path) -> None:
-    """A wrong KIT_LEASE_TTL_S, KIT_LOG_URL, KIT_SANDBOX_POOL, KIT_SANDBOX_GRACE_S or
-    KIT_PEER_CONNECTIONS is one line naming the variable and the fix, and creates nothing."""
+    """A wrong KIT_LEASE_TTL_S, KIT_LOG_URL, KIT_SANDBOX_POOL, KIT_SANDBOX_GRACE_S,
+    KIT_PEER_CONNECTIONS or KIT_SANDBOX is one line naming the variable and the fix, and creates nothing."""
     for name, value, hint in [
         ("KIT_LEASE_TTL_S", "soon", "number of seconds"),
         ("KIT_LEASE_TTL_S", "0", "1 to 3600"),
@@ -130,6 +130,7 @@ def test_bad_host_settings_name_the_variable(kit_tmp: Path) -> None:
         ("KIT_SANDBOX_GRACE_S", "nan", "1 to 3600 seconds"),
         ("KIT_SANDBOX_GRACE_S", "0", "1 to 3600 seconds"),
         ("KIT_PEER_CONNECTIONS", "0", "1 to 65536 connections"),
+        ("KIT_SANDBOX", "kubernetes", "give local (process groups on this machine) or docker"),
     ]:
         env = {**os.environ, name: value, "KIT_STATE_DIR": str(kit_tmp / "state")}
         result = _kit("dev", "--port", "0", cwd=kit_tmp, env=env)

@@ -134,7 +134,7 @@ async def test_a_turn_goes_through_tcp_proxies_and_sigterm_closes_with_1001(
         ("KIT_API_TOKEN", {}, "KIT_API_TOKEN"),
         ("ANTHROPIC_API_KEY", {}, "ANTHROPIC_API_KEY"),
         ("", {"KIT_LISTEN": "8080"}, "KIT_LISTEN"),
-        ("", {"KIT_SANDBOX": "docker"}, "KIT_SANDBOX"),
+        ("", {"KIT_SANDBOX": "kubernetes"}, "KIT_SANDBOX"),
         ("", {"KIT_SANDBOX_POOL": "lots"}, "KIT_SANDBOX_POOL"),
         ("", {"KIT_PROXY_LISTEN": "sockets/here"}, "KIT_PROXY_LISTEN"),
         ("", {"KIT_PROXY_LISTEN": "/no/such/folder"}, "KIT_PROXY_LISTEN"),

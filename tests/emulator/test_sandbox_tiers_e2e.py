@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from emulator.sandbox import LocalSandboxProvider
 from emulator.sandbox.cgroups import Cgroups
 from kit.cli.stack import run_stack
 from kit.client import SessionClient, create_session
@@ -67,6 +68,7 @@ async def test_pids_max_stops_a_fork_storm(kit_tmp: Path) -> None:
     Either way the user reads an answer and the session takes the next message."""
     project = write_agent(kit_tmp / "agent")
     async with run_stack(stack_settings(kit_tmp / "state", project)) as stack:
+        assert isinstance(stack.provider, LocalSandboxProvider)
         stack.provider.overrides["pids_max"] = 64
         info = await create_session(stack.url, stack.api_token)
         async with SessionClient(info.ws_url, info.token) as client:
