@@ -98,7 +98,9 @@ def _mostly(right: st.SearchStrategy[Any], wrong: st.SearchStrategy[Any]) -> Any
 
 
 VALID_STRINGS = st.text(min_size=1, max_size=8)
-SEQS = _mostly(st.none() | st.integers(0, 5), NUMERALS | JSON | st.integers(-2, -1))
+SEQS = _mostly(
+    st.none() | st.integers(0, 5) | st.integers(1000, 1002), NUMERALS | JSON | st.integers(-2, -1)
+)
 TOKEN = _mostly(
     st.sampled_from(["$token"] * 3 + list(TOKENS)),
     STRINGS | st.builds(lambda n: "t" * n, st.integers(510, 514)) | JSON,
