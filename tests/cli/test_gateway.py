@@ -89,6 +89,8 @@ async def test_a_turn_goes_through_tcp_proxies_and_sigterm_closes_with_1001(
                 # so targets on it would go direct (an unisolated sandbox can).
                 KIT_PROXY_LISTEN="127.0.0.2",
                 KIT_SANDBOX_ISOLATION="off",
+                # Unconfined, another user could not reach a clone in a private folder.
+                KIT_SANDBOX_USER="",
                 KIT_SANDBOX_POOL="0",
             )
             proc, url = await _start(env)
@@ -108,7 +110,7 @@ async def test_a_turn_goes_through_tcp_proxies_and_sigterm_closes_with_1001(
                             f"and http://127.0.0.1:{unlisted.port}/nope"
                         )
                     ]
-                assert events[-1].kind == "result"
+                assert events[-1].kind == "result", events[-1]
                 answer = str(events[-1].data["text"])
                 assert HTTP_BODY.decode() in answer
                 assert "[sandbox] egress in kit.toml" in answer
