@@ -325,8 +325,11 @@ async def test_a_sandbox_death_at_any_point_finishes_the_turn(
                 and event.kind == kill_on
                 and len(seen) == [e.kind for e in seen].index(kill_on) + 1
             ):
-                if kill_on == "user":  # the prompt is on its way to the model
-                    await until_prompt_stored(agent_stack.settings.state_dir, session.id, text)
+                # Killed once the prompt is stored: recovery then asks the model to go on
+                # (RECOVERED_REPLY). Killed before, it would ask the prompt again and the
+                # answer would be the first reply, so the test waits (the CI run at 51961bb
+                # saw a first delta arrive before the store had the prompt).
+                await until_prompt_stored(agent_stack.settings.state_dir, session.id, text)
                 sandbox = session.sandbox
                 assert sandbox is not None
                 os.killpg(sandbox.pid, signal.SIGKILL)  # type: ignore[attr-defined]
