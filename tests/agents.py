@@ -9,8 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from emulator.sandbox.docker import DockerSandbox
+from emulator.sandbox.process import LocalSandbox
 from kit.cli.stack import Stack
 from kit.client import SessionClient, create_session
+from kit.host.sandbox import Sandbox
 from kit.host.session import Session
 from kit.protocol.frames import Event
 from kit.protocol.turns import ends_turn
@@ -215,6 +218,31 @@ async def until(check: Callable[[], bool], what: str, timeout_s: float = 60.0) -
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def sandbox_processes(sandbox: Sandbox) -> set[int]:
+    """The host PIDs of a live sandbox's processes: its first process (a local sandbox's
+    runtime, a container's init) and every descendant."""
+    if isinstance(sandbox, DockerSandbox):
+        first = await sandbox.host_pid()
+    else:
+        assert isinstance(sandbox, LocalSandbox), sandbox
+        first = sandbox.pid
+    parents: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(f"/proc/{entry.name}/stat").read_bytes()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat[stat.rfind(b")") + 2 :].split()[1])
+    found = {first}
+    for _ in range(64):  # a tree deeper than this is not a sandbox's
+        more = {pid for pid, parent in parents.items() if parent in found} - found
+        if not more:
+            break
+        found |= more
+    return found
 
 
 def pids_under(root: Path) -> set[int]:

@@ -48,6 +48,20 @@ def stack_settings(state: Path, project: Path = EXAMPLE_PROJECT, **kw: object) -
     return DevSettings(project_dir=project, state_dir=state, port=0, **kw)  # type: ignore[arg-type]
 
 
+@pytest.fixture(params=["local", "docker"])
+def sandbox_kind(request: pytest.FixtureRequest) -> str:
+    """Each sandbox kind ``kit dev --sandbox`` offers, for the recovery and isolation tests
+    that must hold on both: ``local`` (the fork server's process groups) and ``docker``
+    (containers of kit's runtime image, built the first time; skipped, saying why, where
+    Docker cannot run)."""
+    kind = str(request.param)
+    if kind == "docker":
+        from tests.dockerhost import runtime_image
+
+        runtime_image()
+    return kind
+
+
 @pytest.fixture
 async def stack(kit_tmp: Path) -> AsyncIterator[Stack]:
     """The example agent's whole local stack, on a free port."""

@@ -50,3 +50,15 @@ def runtime_image() -> BuiltImage:
     if not plan.steps[0].present and os.geteuid() != 0:
         pytest.skip(f"the base image {BaseRecipe().tag} is missing and making it needs root")
     return apply_image(plan)
+
+
+def containers_of(session_id: str) -> list[str]:
+    """The ids of every container (running or not) a sandbox of ``session_id`` left."""
+    done = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=kit.session={session_id}"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    return done.stdout.split()

@@ -47,7 +47,7 @@ from kit.host.sandbox import (
     store_folder,
 )
 from kit.ids import SandboxId, SessionId
-from kit.protocol.runtime_config import CONFIG_ENV
+from kit.protocol.runtime_config import CONFIG_ENV, STORE_DEADLINE_S, STORE_RETRY_S
 from kit.tiers import get_tier
 
 __all__ = ["DockerSandbox", "DockerSandboxProvider"]
@@ -69,6 +69,10 @@ RUN, BUNDLES, WORKSPACE, HOME, STORE, PROXIES = (
 LABEL_SESSION, LABEL_HOST, LABEL_SANDBOX = "kit.session", "kit.host", "kit.sandbox"
 
 
+OOM_WATCH_ATTEMPTS = 10
+"""How many times in a row the provider re-opens Docker's event stream after it breaks."""
+OOM_WATCH_START_S = 5.0
+"""How long the first start waits for Docker's event stream to open."""
 OOM_NOW_WAIT_S = 3.0
 """How long :meth:`DockerSandbox.oom` lets the kernel act before it kills the container."""
 
@@ -111,8 +115,9 @@ class DockerSandbox(Sandbox, Rehearsable):
         self.last_logs = await self._client.logs(self.container)
         with contextlib.suppress(SandboxError):
             await self._client.remove(self.container)
-        reason = "oom" if oom else (self._reason or reason_of(code))
-        return ExitInfo(code, reason)
+        if oom or self._reason == "oom":  # as a local sandbox: an OOM kill ends it all
+            return ExitInfo(128 + signal.SIGKILL, "oom")
+        return ExitInfo(code, self._reason or reason_of(code))
 
     async def wait(self) -> ExitInfo:
         return await asyncio.shield(self._waiter)
@@ -138,6 +143,10 @@ class DockerSandbox(Sandbox, Rehearsable):
         except TimeoutError:
             await self.kill(signal.SIGKILL, reason="oom")
             await self.wait()
+
+    async def host_pid(self) -> int:
+        """The host PID of the container's first process (its init)."""
+        return int((await self._client.inspect(self.container))["State"]["Pid"])
 
     async def usage(self) -> Usage | None:
         try:
@@ -168,6 +177,8 @@ class DockerSandboxProvider(MachineProvider):
         host_id: str = "local",
         client: DockerClient | None = None,
         start_timeout_s: float = 120.0,
+        store_retry_s: float = STORE_RETRY_S,
+        store_deadline_s: float = STORE_DEADLINE_S,
     ) -> None:
         self.root = root
         self.bundles = bundles
@@ -175,11 +186,39 @@ class DockerSandboxProvider(MachineProvider):
         self.host_id = host_id
         self.client = client or DockerClient()
         self.start_timeout_s = start_timeout_s
+        self.store_retry_s = store_retry_s
+        self.store_deadline_s = store_deadline_s
         self.running: dict[SessionId, DockerSandbox] = {}
         root.mkdir(parents=True, exist_ok=True)
         self.run_root = short_run_dir(root)
         self.uid = self.gid = UID
         self.isolation = "container"
+        self._oom_watch: asyncio.Task[None] | None = None
+        self._watching = asyncio.Event()
+
+    async def _watch_oom(self) -> None:
+        """Kill a container the moment the kernel OOM-kills any process of it: as with a
+        local sandbox, an OOM kill anywhere ends the whole sandbox (``oom``, 137), rather
+        than leave a runtime whose harness or tool just vanished."""
+        for attempt in range(OOM_WATCH_ATTEMPTS):
+            try:
+                async for container in self.client.oom_events({LABEL_HOST: self.host_id}):
+                    attempt = 0
+                    self._watching.set()
+                    for sandbox in list(self.running.values()):
+                        if sandbox.container == container:
+                            await sandbox.kill(signal.SIGKILL, reason="oom")
+            except SandboxError as exc:
+                log.warning("docker OOM watch (%d): %s", attempt + 1, exc)
+            await asyncio.sleep(1.0)
+        log.warning("docker OOM watch given up; OOM kills are read when a container exits")
+
+    def inside(self, host_path: Path) -> str:
+        """Where a container sees ``host_path``: the bundle store's files under
+        ``/bundles``; other host paths are not there (returned unchanged)."""
+        if host_path.is_relative_to(self.bundles):
+            return "/".join((BUNDLES, *host_path.relative_to(self.bundles).parts))
+        return str(host_path)
 
     def _spec(self, spec: SandboxSpec, sandbox_id: SandboxId) -> tuple[ContainerSpec, Path]:
         """The container for ``spec`` (folders made, config written); the host's run folder."""
@@ -210,6 +249,12 @@ class DockerSandboxProvider(MachineProvider):
                 binds.append(Bind(endpoint.unix_path, inside, read_only=True))
                 mounts[endpoint.unix_path] = inside
         store = store_folder(spec.store_url)
+        if spec.store_url.startswith("s3:"):
+            raise SandboxError(
+                f"A container sandbox reaches no network, so not the transcript store "
+                f"{spec.store_url.split('?')[0]!r}: use a local store (KIT_STORE_URL unset) "
+                "with --sandbox docker, or --sandbox local for an s3:// store."
+            )
         if store is not None:
             store.parent.mkdir(parents=True, exist_ok=True)
             own_folders(UID, UID, store.parent, store.name)
@@ -223,7 +268,10 @@ class DockerSandboxProvider(MachineProvider):
             listen=f"unix:{RUN}/runtime.sock",
             mounts=mounts,
         )
-        write_owned(run / "config.json", runtime_config(spec, view).to_json(), UID, UID)
+        config = runtime_config(
+            spec, view, store_retry_s=self.store_retry_s, store_deadline_s=self.store_deadline_s
+        )
+        write_owned(run / "config.json", config.to_json(), UID, UID)
         container = ContainerSpec(
             image=self.image,
             name=f"kit-{sid[:13]}-{sandbox_id.removeprefix('sbx-')}",
@@ -240,6 +288,10 @@ class DockerSandboxProvider(MachineProvider):
         return container, run
 
     async def start(self, spec: SandboxSpec) -> DockerSandbox:
+        if self._oom_watch is None:
+            self._oom_watch = asyncio.create_task(self._watch_oom(), name="docker-oom-watch")
+            with contextlib.suppress(TimeoutError):  # else OOM kills are read at exit
+                await asyncio.wait_for(self._watching.wait(), OOM_WATCH_START_S)
         sandbox_id = SandboxId(f"sbx-{uuid.uuid4().hex[:12]}")
         container, run = await asyncio.to_thread(self._spec, spec, sandbox_id)
         cid = await self.client.create(container)
@@ -317,4 +369,8 @@ class DockerSandboxProvider(MachineProvider):
         return reaped
 
     async def close(self) -> None:
+        if self._oom_watch is not None:
+            self._oom_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._oom_watch
         await self.client.close()

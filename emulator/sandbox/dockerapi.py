@@ -14,6 +14,7 @@ Networks are ``none`` or ``host`` only (ARCHITECTURE §9): a spec asking for any
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -41,9 +42,17 @@ class Bind:
     target: str
     read_only: bool = False
 
-    def spec(self) -> str:
-        """Docker's ``source:target[:ro]`` form."""
-        return f"{self.source}:{self.target}" + (":ro" if self.read_only else "")
+    def mount(self) -> dict[str, Any]:
+        """Docker's ``HostConfig.Mounts`` entry: a bind that is not recursive, so a folder
+        mounted inside ``source`` (which a read-only bind would leave writable on Docker
+        before 25) is not brought in; the container sees exactly ``source``."""
+        return {
+            "Type": "bind",
+            "Source": self.source,
+            "Target": self.target,
+            "ReadOnly": self.read_only,
+            "BindOptions": {"NonRecursive": True},
+        }
 
 
 @dataclass(frozen=True)
@@ -78,7 +87,7 @@ class ContainerSpec:
         host: dict[str, Any] = {
             "NetworkMode": self.network,
             "ReadonlyRootfs": self.read_only_root,
-            "Binds": [b.spec() for b in self.binds],
+            "Mounts": [b.mount() for b in self.binds],
             "Tmpfs": dict(self.tmpfs),
             "CapDrop": ["ALL"],
             "SecurityOpt": ["no-new-privileges"],
@@ -234,6 +243,33 @@ class DockerClient:
             "GET", f"/containers/{container}/stats", params={"stream": "false"}
         )
         return result
+
+    async def oom_events(self, labels: dict[str, str]) -> AsyncIterator[str]:
+        """The id of each container carrying all of ``labels`` that the kernel OOM-kills a
+        process of, as it happens (Docker's event stream; ends when the daemon does). First
+        an empty string: the stream is open, and no later OOM kill will be missed."""
+        filters = json.dumps(
+            {
+                "event": ["oom"],
+                "type": ["container"],
+                "label": [f"{k}={v}" for k, v in labels.items()],
+            }
+        )
+        try:
+            async with self._http.stream(
+                "GET", "/events", params={"filters": filters}, timeout=httpx.Timeout(None)
+            ) as response:
+                if response.status_code != 200:
+                    raise SandboxError(f"Docker refused GET /events ({response.status_code}).")
+                yield ""
+                async for line in response.aiter_lines():
+                    if line.strip():
+                        event = json.loads(line)
+                        yield str(event.get("id") or event.get("Actor", {}).get("ID", ""))
+        except (httpx.ConnectError, FileNotFoundError) as exc:
+            raise DockerUnavailable(f"No Docker daemon answers on {self.socket_path}.") from exc
+        except httpx.HTTPError as exc:
+            raise SandboxError(f"Docker's event stream broke: {exc!r}.") from exc
 
     async def logs(self, container: str, tail: int = 20) -> str:
         """The container's last ``tail`` lines of stdout and stderr, as text."""

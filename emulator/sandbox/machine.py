@@ -57,6 +57,11 @@ class MachineProvider(SandboxProvider):
         """The session's workspace folder (the agent's cwd)."""
         return self.root / session_id / "workspace"
 
+    def inside(self, host_path: Path) -> str:
+        """Where a sandbox sees ``host_path`` (a bundle's file): the same path, unless the
+        provider mounts it elsewhere."""
+        return str(host_path)
+
     def bundle_dir(self, digest: str) -> Path:
         """Where the bundle ``digest`` is on this machine (SandboxError if it is not)."""
         path = self.bundles / digest[:32]

@@ -51,4 +51,12 @@ async def open_provider(
     if progress is not None and not all(step.present for step in plan.steps):
         progress("building kit's runtime image (the first time takes ~2 min)")
     image = await asyncio.to_thread(apply_image, plan, progress or (lambda _: None))
-    return DockerSandboxProvider(root, bundles, image.tag, host_id=host_id, client=client)
+    return DockerSandboxProvider(
+        root,
+        bundles,
+        image.tag,
+        host_id=host_id,
+        client=client,
+        store_retry_s=settings.store_retry_s,
+        store_deadline_s=settings.store_deadline_s,
+    )

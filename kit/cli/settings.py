@@ -202,6 +202,12 @@ def dev_settings(
             f"KIT_SANDBOX={sandbox!r}: give local (process groups on this machine) or docker "
             "(containers of kit's runtime image; scripts/docker-up starts Docker)."
         )
+    if sandbox == "docker" and store_url and store_url.startswith("s3:"):
+        raise SettingsError(
+            f"KIT_STORE_URL={store_url.split('?')[0]!r} with --sandbox docker: containers "
+            "reach no network, so not that store. Unset KIT_STORE_URL (a SQLite store per "
+            "session in the state dir), or run sandboxes as local processes (--sandbox local)."
+        )
     isolation = environ.get("KIT_SANDBOX_ISOLATION") or "auto"
     if isolation not in ISOLATION_MODES:
         raise SettingsError(

@@ -120,7 +120,8 @@ async def test_a_second_host_on_one_state_dir_is_refused(kit_tmp: Path) -> None:
 
 def test_bad_host_settings_name_the_variable(kit_tmp: Path) -> None:
     """A wrong KIT_LEASE_TTL_S, KIT_LOG_URL, KIT_SANDBOX_POOL, KIT_SANDBOX_GRACE_S,
-    KIT_PEER_CONNECTIONS or KIT_SANDBOX is one line naming the variable and the fix, and creates nothing."""
+    KIT_PEER_CONNECTIONS or KIT_SANDBOX (or an s3:// KIT_STORE_URL for Docker sandboxes) is
+    one line naming the variable and the fix, and creates nothing."""
     for name, value, hint in [
         ("KIT_LEASE_TTL_S", "soon", "number of seconds"),
         ("KIT_LEASE_TTL_S", "0", "1 to 3600"),
@@ -131,8 +132,11 @@ def test_bad_host_settings_name_the_variable(kit_tmp: Path) -> None:
         ("KIT_SANDBOX_GRACE_S", "0", "1 to 3600 seconds"),
         ("KIT_PEER_CONNECTIONS", "0", "1 to 65536 connections"),
         ("KIT_SANDBOX", "kubernetes", "give local (process groups on this machine) or docker"),
+        ("KIT_STORE_URL", "s3://bucket/prefix", "--sandbox docker: containers reach no network"),
     ]:
         env = {**os.environ, name: value, "KIT_STATE_DIR": str(kit_tmp / "state")}
+        if name == "KIT_STORE_URL":
+            env["KIT_SANDBOX"] = "docker"
         result = _kit("dev", "--port", "0", cwd=kit_tmp, env=env)
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()

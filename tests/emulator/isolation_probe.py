@@ -52,6 +52,8 @@ def try_tcp(host: str, port: int) -> str:
 
 
 def try_unix(path: str) -> str:
+    if path.startswith("$"):  # a variable of the tool's environment names it
+        path = os.environ.get(path[1:], "")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(3)
         try:

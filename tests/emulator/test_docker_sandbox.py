@@ -132,3 +132,26 @@ async def test_oom_rehearsal_ends_the_container_as_an_oom_kill(world: World) -> 
     await sandbox.oom()
     info = await sandbox.wait()
     assert (info.exit_code, info.reason) == (137, "oom")
+
+
+async def test_an_oom_kill_of_any_process_ends_the_whole_container(world: World) -> None:
+    """The kernel OOM-kills one process past the tier's memory (here one started beside the
+    runtime, which itself is fine): the provider kills the whole container, as a local
+    sandbox ends, and it reports exit 137, reason oom. (Broken on purpose once: without the
+    provider's watch of Docker's oom events the container ran on and this timed out.)"""
+    sandbox = await world.provider.start(_spec(world, tier="lite"))
+    hog = await asyncio.create_subprocess_exec(
+        "docker",
+        "exec",
+        sandbox.container,
+        "python3",
+        "-c",
+        "x = b'x' * (400 * 2**20)",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    async with asyncio.timeout(60):
+        info = await sandbox.wait()
+        await hog.wait()
+    assert (info.exit_code, info.reason) == (137, "oom")
+    assert hog.returncode != 0

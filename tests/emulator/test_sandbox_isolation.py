@@ -1,6 +1,7 @@
 """A sandbox sees its workspace and bundle, finds no API key, and connects nowhere but the
 host's proxies: probed from inside, by a Bash tool of a real agent in a real `kit dev` stack,
-both ways sandboxes are confined (the fork server's namespaces, and bubblewrap)."""
+every way sandboxes are confined (the fork server's namespaces, bubblewrap, and containers of
+kit's runtime image under Docker)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import kit
 from kit.cli.stack import Stack, run_stack
 from tests.agents import open_session, turn_events, write_agent
 from tests.conftest import stack_settings
+from tests.dockerhost import runtime_image
 from tests.loopback import HTTP_BODY, http_server
 
 PROBE = Path(__file__).with_name("isolation_probe.py")
@@ -43,8 +45,14 @@ def listener() -> Iterator[socket.socket]:
 
 
 @pytest.fixture(
-    params=["auto", "bwrap", "bwrap 0700"],
-    ids=["fork-server-namespaces", "bubblewrap", "bubblewrap-private-folder"],
+    params=["auto", "bwrap", "bwrap 0700", "docker", "docker 0700"],
+    ids=[
+        "fork-server-namespaces",
+        "bubblewrap",
+        "bubblewrap-private-folder",
+        "docker",
+        "docker-private-folder",
+    ],
 )
 async def confined(
     request: pytest.FixtureRequest, kit_tmp: Path, monkeypatch: pytest.MonkeyPatch
@@ -53,6 +61,10 @@ async def confined(
     file in its state dir), its sandboxes confined one way or the other; with "0700" the
     project and state dir sit behind a folder only root may enter (a clone under /root)."""
     isolation, _, private = str(request.param).partition(" ")
+    sandbox = "local"
+    if isolation == "docker":
+        runtime_image()  # or skip, saying why
+        sandbox, isolation = "docker", "auto"
     base = kit_tmp
     if private:
         base = kit_tmp / "private"
@@ -66,18 +78,22 @@ async def confined(
         project,
         api_key=secret,
         force_offline_model=True,
+        sandbox=sandbox,
         sandbox_isolation=isolation,
     )
     async with run_stack(settings) as stack:
-        expected = "native" if isolation == "auto" else "bwrap"
+        expected = {"auto": "native", "bwrap": "bwrap"}[isolation]
+        if sandbox == "docker":
+            expected = "container"
         assert stack.provider.isolation == expected, stack.provider.unisolated
         (settings.state_dir / "planted.txt").write_text(secret)
         yield stack, secret
 
 
 def _image() -> list[str]:
-    """The read-only system image the secret scan skips (the same for every sandbox)."""
-    return ["/usr", sys.prefix, sys.base_prefix, str(Path(kit.__file__).parent)]
+    """The read-only system image the secret scan skips (the same for every sandbox; a
+    container's kit and Python are in /opt/kit)."""
+    return ["/usr", "/opt/kit", sys.prefix, sys.base_prefix, str(Path(kit.__file__).parent)]
 
 
 async def _probe(stack: Stack, spec: dict[str, Any]) -> dict[str, Any]:
@@ -149,14 +165,16 @@ async def _check_the_view(
         "/root/.bashrc",
         "/etc/shadow",
     ]
+    inside = stack.provider.inside  # where the sandbox sees the bundle's files
+    bundle_in, owned_in, submount_in = (inside(p) for p in (bundle_file, owned, submount))
     spec = {
         "secret_b64": base64.b64encode(secret.encode()).decode(),
         "image": _image(),
-        "read": [*forbidden, str(bundle_file), "probe.json", "/usr/bin/python3"],
+        "read": [*forbidden, bundle_in, "probe.json", "/usr/bin/python3"],
         "write": [
-            str(bundle_file),
-            str(owned),
-            str(submount / "x.txt"),
+            bundle_in,
+            owned_in,
+            f"{submount_in}/x.txt",
             "/usr/probe.txt",
             "/probe.txt",
             "/dev/probe.txt",
@@ -164,21 +182,22 @@ async def _check_the_view(
             "/tmp/written.txt",
         ],
         "tcp": [["127.0.0.1", port], ["10.255.255.1", 80]],
-        "unix": [stack.provider.run_root.joinpath("model.sock").as_posix()],
+        "unix": ["$ANTHROPIC_UNIX_SOCKET"],  # the model proxy, wherever it is mounted
     }
     report = await _probe(stack, spec)
 
     for path in forbidden:
         assert report["read"][path] in NOT_THERE, (path, report["read"][path])
-    assert report["read"][str(bundle_file)] == "read"  # the bundle is there, read-only
+    assert report["read"][bundle_in] == "read"  # the bundle is there, read-only
     assert report["read"]["probe.json"] == "read"
     assert report["read"]["/usr/bin/python3"] == "read"
     assert report["write"]["written.txt"] == "wrote"
     assert report["write"]["/tmp/written.txt"] == "wrote"
-    for path in (str(bundle_file), str(owned), str(submount / "x.txt"), "/usr/probe.txt"):
+    for path in (bundle_in, owned_in, f"{submount_in}/x.txt", "/usr/probe.txt", "/probe.txt"):
         assert report["write"][path] == "EROFS", (path, report["write"][path])
-    for path in ("/probe.txt", "/dev/probe.txt"):
-        assert report["write"][path] == "EROFS", (path, report["write"][path])
+    # A container's /dev is Docker's root-owned tmpfs: not read-only, but not the sandbox's.
+    dev = ("EROFS", "EACCES") if stack.provider.kind == "docker" else ("EROFS",)
+    assert report["write"]["/dev/probe.txt"] in dev, report["write"]["/dev/probe.txt"]
     assert report["secret_hits"] == []
     assert report["files_scanned"] > 100  # it did look: /etc, home, workspace, bundle, ...
     assert report["uid"] == stack.provider.uid
@@ -190,11 +209,13 @@ async def _check_the_view(
     assert len(report["processes"]) < 20  # the sandbox's own: init, runtime, CLI, the tool
     assert report["tcp"][f"127.0.0.1:{port}"] != "connected"
     assert report["tcp"]["10.255.255.1:80"] != "connected"
-    assert list(report["unix"].values()) == ["connected"]
+    assert report["unix"] == {"$ANTHROPIC_UNIX_SOCKET": "connected"}
 
 
 @needs_isolation
-async def test_egress_goes_only_to_the_allowlist_through_the_proxy(kit_tmp: Path) -> None:
+async def test_egress_goes_only_to_the_allowlist_through_the_proxy(
+    kit_tmp: Path, sandbox_kind: str
+) -> None:
     """With `egress = ["127.0.0.1:PORT"]` in kit.toml, a tool's HTTP request to that server
     arrives (through the host's egress proxy); one to another host port is refused with the
     proxy's 403 naming kit.toml and never arrives; a direct connection still goes nowhere."""
@@ -202,9 +223,10 @@ async def test_egress_goes_only_to_the_allowlist_through_the_proxy(kit_tmp: Path
         project = write_agent(
             kit_tmp / "agent", extra_toml=f'egress = ["127.0.0.1:{allowed.port}"]'
         )
-        settings = stack_settings(kit_tmp / "state", project)
+        settings = stack_settings(kit_tmp / "state", project, sandbox=sandbox_kind)
         async with run_stack(settings) as stack:
-            assert stack.provider.isolation == "native", stack.provider.unisolated
+            confined = {"local": "native", "docker": "container"}[sandbox_kind]
+            assert stack.provider.isolation == confined, stack.provider.unisolated
             spec = {
                 "secret_b64": base64.b64encode(b"no secret here").decode(),
                 "image": _image(),

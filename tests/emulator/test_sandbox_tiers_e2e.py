@@ -15,6 +15,7 @@ from kit.host.advisor import MIN_THROTTLED_S
 from kit.protocol.frames import Event
 from tests.agents import RECOVERED_REPLY, pids_under, turn_events, write_agent
 from tests.conftest import stack_settings
+from tests.dockerhost import containers_of
 
 needs_cgroups = pytest.mark.skipif(
     not Cgroups.available(), reason="needs writable cgroup v1 hierarchies (root)"
@@ -31,13 +32,14 @@ def _sandbox_states(events: list[Event]) -> list[tuple[str, str | None, int | No
 
 @needs_cgroups
 async def test_allocating_past_the_tier_is_oom_killed_and_the_session_resumes(
-    kit_tmp: Path,
+    kit_tmp: Path, sandbox_kind: str
 ) -> None:
     """A Bash command allocating 400 MiB under `lite` (256 MiB): the sandbox is OOM-killed
     (reason 'oom', exit 137), a new sandbox resumes the session, the turn finishes, and the
-    tier advisor names a tier that fits."""
+    tier advisor names a tier that fits; on both sandbox kinds."""
     project = write_agent(kit_tmp / "agent", tier="lite")
-    async with run_stack(stack_settings(kit_tmp / "state", project)) as stack:
+    settings = stack_settings(kit_tmp / "state", project, sandbox=sandbox_kind)
+    async with run_stack(settings) as stack:
         info = await create_session(stack.url, stack.api_token)
         async with SessionClient(info.ws_url, info.token) as client:
             seen = await turn_events(client, "please allocate 400 MiB")
@@ -56,6 +58,8 @@ async def test_allocating_past_the_tier_is_oom_killed_and_the_session_resumes(
         advice = [line for sid, line in stack.advice if sid == info.session_id]
         assert any('tier = "basic"' in line for line in advice), advice
     assert pids_under(kit_tmp) == set()  # the allocating tool died with its sandbox
+    if sandbox_kind == "docker":
+        assert containers_of(info.session_id) == []  # and its containers are gone
 
 
 @needs_cgroups

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from tests.agents import (
     RECOVERED_REPLY,
     model_requests,
     open_session,
+    sandbox_processes,
     transcript_key,
     until_prompt_stored,
     write_agent,
@@ -35,10 +37,17 @@ SECRET = "sk-ant-api03-THIS-IS-THE-REAL-KEY-0123456789abcdef"
 
 
 @pytest.fixture
-async def agent_stack(kit_tmp: Path) -> AsyncIterator[Stack]:
-    """The test agent's stack, with a 'real' API key configured (the offline model answers)."""
+async def agent_stack(kit_tmp: Path, sandbox_kind: str) -> AsyncIterator[Stack]:
+    """The test agent's stack on each sandbox kind, with a 'real' API key configured (the
+    offline model answers)."""
     project = write_agent(kit_tmp / "agent")
-    settings = stack_settings(kit_tmp / "state", project, api_key=SECRET, force_offline_model=True)
+    settings = stack_settings(
+        kit_tmp / "state",
+        project,
+        api_key=SECRET,
+        force_offline_model=True,
+        sandbox=sandbox_kind,
+    )
     async with run_stack(settings) as running:
         yield running
 
@@ -160,9 +169,12 @@ async def test_the_real_key_never_enters_the_sandbox(agent_stack: Stack) -> None
     assert SECRET not in output
     sandbox = session.sandbox
     assert sandbox is not None
-    for name in ("environ", "cmdline"):
-        raw = Path(f"/proc/{sandbox.pid}/{name}").read_bytes()  # type: ignore[attr-defined]
-        assert SECRET.encode() not in raw
+    processes = await sandbox_processes(sandbox)
+    assert len(processes) >= 2  # the runtime and its CLI, at least
+    for pid in processes:
+        for name in ("environ", "cmdline"):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                assert SECRET.encode() not in Path(f"/proc/{pid}/{name}").read_bytes()
     for root in (
         agent_stack.provider.root,
         agent_stack.transcripts_dir,
@@ -199,7 +211,7 @@ async def test_sandbox_death_keeps_the_socket_and_the_turn(agent_stack: Stack) -
                 )
                 sandbox = session.sandbox
                 assert sandbox is not None
-                os.killpg(sandbox.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+                await sandbox.kill(signal.SIGKILL)
                 killed = True
             if event.kind == "result":
                 break
@@ -332,7 +344,7 @@ async def test_a_sandbox_death_at_any_point_finishes_the_turn(
                 await until_prompt_stored(agent_stack.settings.state_dir, session.id, text)
                 sandbox = session.sandbox
                 assert sandbox is not None
-                os.killpg(sandbox.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+                await sandbox.kill(signal.SIGKILL)
             if ends_turn(event.kind, event.data):
                 break
     kinds = [e.kind for e in seen]
@@ -356,13 +368,13 @@ async def test_a_sandbox_death_at_any_point_finishes_the_turn(
 
 
 async def test_a_turn_that_keeps_losing_its_sandbox_is_given_up_across_restarts(
-    kit_tmp: Path,
+    kit_tmp: Path, sandbox_kind: str
 ) -> None:
     """Every sandbox of a turn is killed as soon as it runs. The host gives the turn up after
     MAX_SANDBOX_ATTEMPTS sandboxes in all, counted in the log: a host restart halfway
     through does not start the count again."""
     project = write_agent(kit_tmp / "agent")
-    settings = stack_settings(kit_tmp / "state", project)
+    settings = stack_settings(kit_tmp / "state", project, sandbox=sandbox_kind)
     starts = 0
     failed: list[Event] = []
 
@@ -372,6 +384,7 @@ async def test_a_turn_that_keeps_losing_its_sandbox_is_given_up_across_restarts(
         def __init__(self, session: Session, stop_after: int | None) -> None:
             self.session, self.stop_after = session, stop_after
             self.done = asyncio.Event()
+            self.kills: set[asyncio.Task[None]] = set()
 
         def deliver(self, event: Event) -> None:
             nonlocal starts
@@ -380,7 +393,9 @@ async def test_a_turn_that_keeps_losing_its_sandbox_is_given_up_across_restarts(
                 starts += 1
                 sandbox = self.session.sandbox
                 assert sandbox is not None
-                os.killpg(sandbox.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+                kill = asyncio.create_task(sandbox.kill(signal.SIGKILL))
+                self.kills.add(kill)
+                kill.add_done_callback(self.kills.discard)
             elif event.kind == "error":
                 failed.append(event)
                 self.done.set()
