@@ -47,9 +47,8 @@ from kit.cli.sandboxes import open_provider
 from kit.cli.settings import DevSettings, SettingsError, dev_settings
 from kit.cli.stack import release_of
 from kit.host import LogStore, SQLiteLogStore
-from kit.host.gateway import GatewayConfig, open_gateway, store_urls, tcp_socket
+from kit.host.gateway import open_gateway, tcp_socket
 from kit.host.s3log import S3LogStore
-from kit.storage.s3io import endpoint_of
 
 DEFAULT_LISTEN = "127.0.0.1:8787"
 
@@ -216,24 +215,17 @@ async def serve(settings: GatewaySettings) -> None:
         progress=lambda line: console.out(console.dim(line)),
     )
     statedir.secure(common.state_dir, provider.traverse_gid)
-    store_endpoint = (endpoint_of(common.store_url),) if common.store_url else ()
     use_tcp = settings.proxy_host is not None
-    config = GatewayConfig(
+    config = common.gateway_config(
+        bundle.egress,
         api_token=settings.api_token,
-        upstream_key=common.api_key or "",
-        store_url=store_urls(common.store_url, common.state_dir / "transcripts"),
+        upstream=(common.upstream_url, common.api_key or ""),
+        leased=settings.log_url is not None,
         host=settings.host,
         port=settings.port,
-        upstream_url=common.upstream_url,
         proxy_dir=None if use_tcp else (settings.proxy_dir or provider.run_root),
         proxy_host=settings.proxy_host or "127.0.0.1",
         proxy_public_host=settings.proxy_public_host,
-        egress_allow=(*bundle.egress, *store_endpoint),
-        grace_s=common.grace_s,
-        pool_size=common.pool_size,
-        lease_ttl_s=common.lease_ttl_s if settings.log_url else None,
-        edge=common.edge,
-        allowed_origins=common.allowed_origins,
     )
     logs = _log_store(settings)
     release = release_of(bundle)

@@ -70,19 +70,22 @@ Flags win over the environment; nothing below ``kit.cli`` reads ``os.environ``.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kit.bundle import CONFIG_FILE
 from kit.cli.errors import CliError
 from kit.host.auth import normalise_origin
 from kit.host.edge import UNAUTHENTICATED_PER_PEER, EdgeLimits
 from kit.host.errors import HostError
+from kit.host.gateway import GatewayConfig, store_urls
 from kit.host.launch import GRACE_S
 from kit.host.lease import DEFAULT_TTL_S
 from kit.host.pool import MAX_POOL_SIZE, POOL_SIZE
 from kit.protocol.runtime_config import STORE_DEADLINE_S, STORE_RETRY_S
+from kit.storage.s3io import endpoint_of
 
 ANTHROPIC_API = "https://api.anthropic.com"
 DEFAULT_PORT = 8787
@@ -152,6 +155,39 @@ class DevSettings:
     def offline(self) -> bool:
         """Whether the emulator's offline model answers."""
         return self.force_offline_model or not self.api_key
+
+    @property
+    def store_endpoints(self) -> list[str]:
+        """What the egress proxy must let through besides the agent's own ``egress``: an
+        ``s3://`` transcript store's endpoint (the runtime writes it itself)."""
+        return [endpoint_of(self.store_url)] if self.store_url else []
+
+    def gateway_config(
+        self,
+        egress: Sequence[str],
+        *,
+        api_token: str,
+        upstream: tuple[str, str],
+        leased: bool,
+        **where: Any,
+    ) -> GatewayConfig:
+        """The gateway's config from these settings, for ``kit dev`` and ``kit gateway``:
+        the agent's ``egress``, the API token, the model ``upstream`` (URL, key), whether
+        session logs are held under leases, and ``where`` it listens (``host``, ``port``,
+        ``proxy_dir``, ``proxy_host``, ``proxy_public_host``)."""
+        return GatewayConfig(
+            api_token=api_token,
+            upstream_url=upstream[0],
+            upstream_key=upstream[1],
+            store_url=store_urls(self.store_url, self.state_dir / "transcripts"),
+            egress_allow=(*egress, *self.store_endpoints),
+            grace_s=self.grace_s,
+            pool_size=self.pool_size,
+            lease_ttl_s=self.lease_ttl_s if leased else None,
+            edge=self.edge,
+            allowed_origins=self.allowed_origins,
+            **where,
+        )
 
 
 def find_project(start: Path) -> Path:

@@ -37,10 +37,8 @@ from kit.errors import KitError
 from kit.host import EgressProxy, LogStore, ModelProxy, Release, Session, SessionHost
 from kit.host.gateway import (
     Gateway,
-    GatewayConfig,
     open_gateway,
     serve,
-    store_urls,
     tcp_socket,
     url_of,
 )
@@ -49,7 +47,6 @@ from kit.host.s3log import S3LogStore
 from kit.ids import SessionId, is_session_id
 from kit.private import open_private, write_private
 from kit.protocol import errors as e
-from kit.storage.s3io import endpoint_of
 
 log = logging.getLogger("kit.dev")
 
@@ -110,7 +107,7 @@ class Stack:
             return Reload(bundle, changed=False)
         self.project, self.bundle = project, bundle
         if self.egress is not None:
-            self.egress.allow([*bundle.egress, *self._store_endpoints])
+            self.egress.allow([*bundle.egress, *self.settings.store_endpoints])
         self._release[:] = [release_of(bundle)]
         self.host.refresh()
         return Reload(bundle, changed=True)
@@ -125,11 +122,6 @@ class Stack:
             else:
                 self.scenarios.scenarios()
         return project, bundle
-
-    @property
-    def _store_endpoints(self) -> list[str]:
-        url = self.settings.store_url
-        return [endpoint_of(url)] if url else []
 
     @property
     def model_label(self) -> str:
@@ -357,19 +349,12 @@ async def _start(
     token_file = state / "api-token"
     api_token = _api_token(token_file)
     # The runtime writes transcripts to an s3:// store itself, through the egress proxy.
-    store_endpoint = [endpoint_of(settings.store_url)] if settings.store_url else []
-    config = GatewayConfig(
+    config = settings.gateway_config(
+        bundle.egress,
         api_token=api_token,
-        upstream_key=key,
-        store_url=store_urls(settings.store_url, transcripts),
-        upstream_url=upstream,
+        upstream=(upstream, key),
+        leased=settings.log_url is not None,
         proxy_dir=provider.run_root,
-        egress_allow=(*bundle.egress, *store_endpoint),
-        grace_s=settings.grace_s,
-        pool_size=settings.pool_size,
-        lease_ttl_s=settings.lease_ttl_s if settings.log_url else None,
-        edge=settings.edge,
-        allowed_origins=settings.allowed_origins,
     )
     releases = [release_of(bundle)]
     logs = _log_store(settings)

@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import socket
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,8 +20,8 @@ from kit.client import SessionClient
 from kit.protocol.frames import Event
 from tests.agents import write_agent
 from tests.e2e.test_kit_dev import DevProcess, start_kit_dev, stop_kit_dev
+from tests.kitproc import spawn_kit
 
-KIT = str(Path(sys.executable).parent / "kit")
 WAIT_S = 60.0
 
 
@@ -49,15 +48,12 @@ class Chat:
 
     @classmethod
     async def start(cls, cwd: Path, env: dict[str, str], *args: str) -> Chat:
-        proc = await asyncio.create_subprocess_exec(
-            KIT,
+        proc = await spawn_kit(
             "chat",
             *args,
             cwd=cwd,
             env=env,
             stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
         )
         return cls(proc)
 

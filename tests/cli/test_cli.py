@@ -15,8 +15,8 @@ from kit.cli.main import build_parser
 from kit.cli.settings import dev_settings
 from kit.cli.testing import run_checks
 from kit.host.edge import UNAUTHENTICATED_PER_PEER, EdgeLimits
+from tests.kitproc import KIT
 
-KIT = str(Path(sys.executable).parent / "kit")
 SCAFFOLD_TIER = "standard-1"
 """What `kit new` scaffolds: a hello turn takes ~1 s here (docs/tiers.md has the figures)."""
 

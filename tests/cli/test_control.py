@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -16,8 +15,7 @@ from kit.cli.stack import Stack, run_stack
 from kit.client import SessionClient, create_session
 from tests.agents import until
 from tests.conftest import stack_settings
-
-KIT = str(Path(sys.executable).parent / "kit")
+from tests.kitproc import KIT
 
 
 async def _kit(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:

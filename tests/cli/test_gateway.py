@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import socket
-import sys
 from pathlib import Path
 
 import httpx
@@ -23,10 +22,10 @@ from kit.client import SessionClient, create_session
 from tests.agents import write_agent
 from tests.conftest import serve_on_loopback
 from tests.host.wsdriver import Driver
+from tests.kitproc import spawn_kit
 from tests.loopback import HTTP_BODY, http_server
 from tests.runtime.test_egress_forwarder import EGRESS_SCENARIO
 
-KIT = str(Path(sys.executable).parent / "kit")
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 60.0
 TURN_TIMEOUT_S = 120.0
@@ -43,13 +42,10 @@ def _env(**extra: str) -> dict[str, str]:
 
 async def _start(env: dict[str, str]) -> tuple[asyncio.subprocess.Process, str]:
     """Start `kit gateway` and read the URL from its one ready line."""
-    proc = await asyncio.create_subprocess_exec(
-        KIT,
+    proc = await spawn_kit(
         "gateway",
         cwd=REPO,
         env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
     async with asyncio.timeout(START_TIMEOUT_S):
@@ -162,13 +158,10 @@ async def test_a_bad_setting_is_one_line_and_exit_1(
         **{k: v.replace("{busy}", str(port)) for k, v in extra.items()},
     )
     env.pop(unset, None)
-    proc = await asyncio.create_subprocess_exec(
-        KIT,
+    proc = await spawn_kit(
         "gateway",
         cwd=kit_tmp,
         env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     busy.close()

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,7 @@ from kit.client import SessionClient, create_session
 from tests.agents import turn_events, write_agent
 from tests.cli.test_sessions import kit
 from tests.conftest import stack_settings
-
-KIT = str(Path(sys.executable).parent / "kit")
+from tests.kitproc import spawn_kit
 
 
 class Follower:
@@ -30,15 +28,12 @@ class Follower:
     @classmethod
     async def start(cls, stack: Stack, session_id: str) -> Follower:
         """Start following ``session_id`` on ``stack``."""
-        proc = await asyncio.create_subprocess_exec(
-            KIT,
+        proc = await spawn_kit(
             "logs",
             session_id,
             "--follow",
             "--json",
             env={**os.environ, "KIT_STATE_DIR": str(stack.settings.state_dir)},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
             # Ctrl-C reaches it even when the test run itself was started in the background
             # (a shell's `cmd &` ignores SIGINT, and a child inherits an ignored signal).
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,7 @@ from kit.host.eventlog import LogSummary
 from kit.ids import SessionId
 from tests.agents import open_session, turn_events, write_agent
 from tests.conftest import stack_settings
-
-KIT = str(Path(sys.executable).parent / "kit")
+from tests.kitproc import KIT
 
 
 async def kit(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:

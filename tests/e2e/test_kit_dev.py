@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import socket
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,8 +18,8 @@ from kit.client import SessionClient, create_session
 from kit.protocol import errors as e
 from tests.agents import RECOVERED_REPLY, until_prompt_stored, write_agent
 from tests.host.wsdriver import Driver
+from tests.kitproc import KIT, spawn_kit
 
-KIT = str(Path(sys.executable).parent / "kit")
 REPO = Path(__file__).resolve().parents[2]
 BANNER_TIMEOUT_S = 60.0
 
@@ -36,14 +35,11 @@ class DevProcess:
 
 async def start_kit_dev(cwd: Path, env: dict[str, str], port: int | None = 0) -> DevProcess:
     """Start `kit dev --port PORT` (no --port for None) in ``cwd`` and read its banner."""
-    proc = await asyncio.create_subprocess_exec(
-        KIT,
+    proc = await spawn_kit(
         "dev",
         *(() if port is None else ("--port", str(port))),
         cwd=cwd,
         env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
     lines: list[str] = []
@@ -131,15 +127,12 @@ async def test_chat_runs_the_skill_script(kit_dev: DevProcess, kit_tmp: Path) ->
 
 async def test_kit_chat_one_message(kit_dev: DevProcess) -> None:
     """`kit chat -m` streams the reply and shows the tool calls and their results."""
-    proc = await asyncio.create_subprocess_exec(
-        KIT,
+    proc = await spawn_kit(
         "chat",
         "-m",
         "Where is my order 1042?",
         cwd=REPO,
         env=kit_dev.env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     text = out.decode()
@@ -270,15 +263,12 @@ async def test_a_busy_port_given_with_the_flag_is_one_line_naming_it(kit_tmp: Pa
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = await asyncio.create_subprocess_exec(
-            KIT,
+        proc = await spawn_kit(
             "dev",
             "--port",
             str(port),
             cwd=REPO,
             env=_env(KIT_STATE_DIR=str(kit_tmp / "state")),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
         )
         out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1
