@@ -141,7 +141,7 @@ class Agent:
         if cfg.model_unix_socket:
             env["ANTHROPIC_UNIX_SOCKET"] = cfg.model_unix_socket
         if self.egress_proxy:
-            env.update(proxy_env(self.egress_proxy, cfg.model_base_url))
+            env.update(proxy_env(self.egress_proxy))
         tools = list(agent.allowed_tools)
         return ClaudeAgentOptions(
             cwd=cwd,

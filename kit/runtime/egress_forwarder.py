@@ -1,17 +1,23 @@
-"""The sandbox's end of egress: a loopback listener piped to the host's egress proxy.
+"""The sandbox's ends of the host's proxies: loopback listeners piped to them.
 
-Inside the sandbox the only way out is the egress proxy's Unix socket, bound in by the
+Inside the sandbox the only way out is the egress proxy, often a Unix socket bound in by the
 host. Tools expect an ``http://`` proxy on TCP (``HTTPS_PROXY``), so the runtime listens on
 ``127.0.0.1:<free port>`` and pipes each connection's bytes, unchanged, to that socket. It
 reads nothing of them: authentication and the allowlist are the host proxy's business
 (:mod:`kit.host.egress`).
+
+When the model proxy is on TCP (a sandbox on another machine), the CLI reaches it through a
+second such listener at ``http://localhost:<port>``: so ``NO_PROXY`` is only ``localhost``,
+and nothing else on the model proxy's host escapes the egress proxy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import socket
 from urllib.parse import urlsplit
 
 from kit.protocol.egress import PROXY_USER
@@ -19,25 +25,26 @@ from kit.protocol.egress import PROXY_USER
 log = logging.getLogger("kit.runtime")
 
 NO_PROXY = "localhost"
-"""Hosts reached directly: the CLI calls the model at ``http://localhost`` over
-``ANTHROPIC_UNIX_SOCKET``, which no proxy may take over."""
+"""Hosts reached directly: the CLI calls the model at ``http://localhost`` (over
+``ANTHROPIC_UNIX_SOCKET``, or a :class:`Forwarder` to a model proxy on TCP), which no proxy
+may take over."""
 CHUNK_BYTES = 64 * 1024
-_UNREACHABLE_BODY = b"kit's egress proxy cannot be reached from inside the sandbox.\n"
-_UNREACHABLE = (
-    b"HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
-) % (len(_UNREACHABLE_BODY), _UNREACHABLE_BODY)
 
 
-def proxy_env(url: str, model_base_url: str = "http://localhost") -> dict[str, str]:
+def _unreachable(name: str) -> bytes:
+    """The 502 a client of a forwarder reads when ``name`` (the proxy) cannot be reached."""
+    body = f"kit's {name} cannot be reached from inside the sandbox.\n".encode()
+    return (
+        b"HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
+    ) % (len(body), body)
+
+
+def proxy_env(url: str) -> dict[str, str]:
     """The environment that sends the CLI's and its tools' traffic through ``url``, except
-    its calls to the model (``localhost``, or the model proxy's host when it is on TCP)."""
-    direct = [NO_PROXY]
-    model_host = urlsplit(model_base_url).hostname
-    if model_host and model_host != NO_PROXY:
-        direct.append(model_host)
+    its calls to the model (``localhost``)."""
     env = {name: url for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")}
-    env.update(NO_PROXY=",".join(direct), no_proxy=",".join(direct))
+    env.update(NO_PROXY=NO_PROXY, no_proxy=NO_PROXY)
     return env
 
 
@@ -48,21 +55,33 @@ def proxy_url(url: str, token: str) -> str:
     return f"http://{PROXY_USER}:{token}@{parts.netloc}"
 
 
-class EgressForwarder:
-    """Listens on loopback and pipes every connection to the egress proxy's Unix socket."""
+class Forwarder:
+    """Listens on loopback and pipes every connection to ``target``: ``unix:/path`` or
+    ``http://host:port``."""
 
-    def __init__(self, unix_socket: str) -> None:
-        self.unix_socket = unix_socket
+    def __init__(self, target: str, name: str = "egress proxy") -> None:
+        self.target = target
+        self.name = name
+        """What ``target`` is, for the 502 a client reads when it cannot be reached."""
         self.port = 0
         """The loopback port, once :meth:`start` has returned."""
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> int:
-        """Listen on ``127.0.0.1`` on a free port; return the port."""
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0, limit=CHUNK_BYTES)
-        self.port = self._server.sockets[0].getsockname()[1]
+        """Listen on ``127.0.0.1`` on a free port, and on ``::1`` at the same port where the
+        sandbox has IPv6 (``localhost`` may resolve to either); return the port."""
+        sockets = _loopback_pair()
+        self.port = sockets[0].getsockname()[1]
+        for sock in sockets:
+            server = await asyncio.start_server(self._accept, sock=sock, limit=CHUNK_BYTES)
+            self._servers.append(server)
         return self.port
+
+    @property
+    def url(self) -> str:
+        """``http://localhost:<port>``: the target, as the sandbox's processes reach it."""
+        return f"http://{NO_PROXY}:{self.port}"
 
     def proxy_url(self, token: str) -> str:
         """``http://kit:<token>@127.0.0.1:<port>``: what ``HTTPS_PROXY`` should be."""
@@ -70,9 +89,9 @@ class EgressForwarder:
 
     async def aclose(self) -> None:
         """Stop listening and end every open connection."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -84,12 +103,10 @@ class EgressForwarder:
         upstream: asyncio.StreamWriter | None = None
         try:
             try:
-                up_reader, upstream = await asyncio.open_unix_connection(
-                    self.unix_socket, limit=CHUNK_BYTES
-                )
+                up_reader, upstream = await self._connect()
             except OSError as exc:
-                log.warning("egress proxy socket %s: %s", self.unix_socket, exc)
-                writer.write(_UNREACHABLE)
+                log.warning("%s at %s: %s", self.name, self.target, exc)
+                writer.write(_unreachable(self.name))
                 with contextlib.suppress(ConnectionError):
                     await writer.drain()
                 return
@@ -106,6 +123,32 @@ class EgressForwarder:
             for side in (upstream, writer):
                 if side is not None:
                     side.close()
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.target.startswith("unix:"):
+            path = self.target.removeprefix("unix:")
+            return await asyncio.open_unix_connection(path, limit=CHUNK_BYTES)
+        parts = urlsplit(self.target)
+        return await asyncio.open_connection(parts.hostname, parts.port, limit=CHUNK_BYTES)
+
+
+def _loopback_pair(attempts: int = 32) -> list[socket.socket]:
+    """A listening socket on ``127.0.0.1`` and one on ``::1`` at the same free port (just the
+    first where the sandbox has no IPv6): ``localhost:<port>`` is then this listener, never
+    another process's on the other address."""
+    for _ in range(attempts):
+        v4 = socket.create_server(("127.0.0.1", 0))
+        try:
+            v6 = socket.create_server(("::1", v4.getsockname()[1]), family=socket.AF_INET6)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                v4.close()
+                continue  # another port
+            return [v4]  # no IPv6 loopback here
+        return [v4, v6]
+    raise OSError(
+        errno.EADDRINUSE, f"no loopback port free on both 127.0.0.1 and ::1 in {attempts} tries"
+    )
 
 
 async def _both(out: asyncio.Task[None], back: asyncio.Task[None]) -> None:

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import uvicorn
@@ -42,7 +43,7 @@ from kit.protocol.runtime_api import (
 from kit.protocol.runtime_config import RuntimeConfig, RuntimeConfigError
 from kit.runtime import config as startup
 from kit.runtime.agent import Agent, AgentBusy, AgentState, AgentStopped, HarnessDied
-from kit.runtime.egress_forwarder import EgressForwarder, proxy_env, proxy_url
+from kit.runtime.egress_forwarder import Forwarder, proxy_env, proxy_url
 from kit.runtime.jail import die_with_parent
 
 log = logging.getLogger("kit.runtime")
@@ -202,22 +203,28 @@ class _Server(uvicorn.Server):
 
 
 async def serve(config: RuntimeConfig) -> None:
-    """Run the runtime until SIGTERM or SIGINT, with the egress forwarder when the config
-    names the host's egress proxy (:mod:`kit.runtime.egress_forwarder`)."""
-    forwarder, egress_proxy = None, None
-    if config.egress_url and config.egress_token:
-        if config.egress_url.startswith("unix:"):
-            forwarder = EgressForwarder(config.egress_url.removeprefix("unix:"))
-            await forwarder.start()
-            egress_proxy = forwarder.proxy_url(config.egress_token)
-        else:  # the proxy on TCP, reached directly
-            egress_proxy = proxy_url(config.egress_url, config.egress_token)
-        # The runtime's own requests (an s3:// transcript store) leave the same way.
-        os.environ.update(proxy_env(egress_proxy, config.model_base_url))
+    """Run the runtime until SIGTERM or SIGINT, with forwarders to the host's proxies when
+    the config names an egress proxy (:mod:`kit.runtime.egress_forwarder`): to the egress
+    proxy's Unix socket, and to a model proxy on TCP."""
+    forwarders: list[Forwarder] = []
+    egress_proxy = None
     try:
+        if config.egress_url and config.egress_token:
+            if config.egress_url.startswith("unix:"):
+                forwarders.append(Forwarder(config.egress_url))
+                await forwarders[-1].start()
+                egress_proxy = forwarders[-1].proxy_url(config.egress_token)
+            else:  # the proxy on TCP, reached directly
+                egress_proxy = proxy_url(config.egress_url, config.egress_token)
+            # The runtime's own requests (an s3:// transcript store) leave the same way.
+            os.environ.update(proxy_env(egress_proxy))
+            if not config.model_unix_socket:  # the model proxy on TCP: via localhost
+                forwarders.append(Forwarder(config.model_base_url, "model proxy"))
+                await forwarders[-1].start()
+                config = replace(config, model_base_url=forwarders[-1].url)
         await _serve(config, egress_proxy)
     finally:
-        if forwarder is not None:
+        for forwarder in forwarders:
             await forwarder.aclose()
 
 

@@ -81,9 +81,9 @@ async def test_a_turn_goes_through_tcp_proxies_and_sigterm_closes_with_1001(
                 KIT_STATE_DIR=str(kit_tmp / "state"),
                 ANTHROPIC_API_KEY=MODEL_KEY,
                 KIT_MODEL_UPSTREAM=model_url,
-                # Not the targets' address: NO_PROXY exempts the model proxy's host by name,
-                # so targets on it would go direct (an unisolated sandbox can).
-                KIT_PROXY_LISTEN="127.0.0.2",
+                # The targets' own address: nothing on the proxies' host may go direct
+                # (NO_PROXY is only localhost; an unisolated sandbox could connect).
+                KIT_PROXY_LISTEN="127.0.0.1",
                 KIT_SANDBOX_ISOLATION="off",
                 # Unconfined, another user could not reach a clone in a private folder.
                 KIT_SANDBOX_USER="",

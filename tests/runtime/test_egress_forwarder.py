@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from kit.ids import SessionId, new_session_id
 from kit.protocol.runtime_api import RuntimeEvent, TurnRequest
 from kit.protocol.runtime_config import CONFIG_ENV, RuntimeConfig
 from kit.runtime.agent import Agent
-from kit.runtime.egress_forwarder import EgressForwarder, proxy_env
+from kit.runtime.egress_forwarder import Forwarder, proxy_env
 from tests.agents import write_agent
 from tests.conftest import serve_on_loopback
 from tests.loopback import HTTP_BODY, Upstream, echo_server, http_server
@@ -38,7 +39,7 @@ class Rig:
     """A host egress proxy on a Unix socket and a forwarder in front of it."""
 
     proxy: EgressProxy
-    forwarder: EgressForwarder
+    forwarder: Forwarder
     token: str
     echo: Upstream
     http: Upstream
@@ -50,7 +51,7 @@ async def rig(kit_tmp: Path) -> AsyncIterator[Rig]:
     async with echo_server() as echo, http_server() as http:
         proxy = EgressProxy([f"127.0.0.1:{echo.port}", f"127.0.0.1:{http.port}"])
         await proxy.serve_unix(kit_tmp / "egress.sock")
-        forwarder = EgressForwarder(str(kit_tmp / "egress.sock"))
+        forwarder = Forwarder(f"unix:{kit_tmp / 'egress.sock'}")
         await forwarder.start()
         try:
             yield Rig(proxy, forwarder, proxy.issue(SessionId("s")), echo, http)
@@ -93,7 +94,7 @@ async def test_an_http_client_uses_the_proxy_url(rig: Rig) -> None:
 
 async def test_a_missing_proxy_socket_is_a_clear_502(kit_tmp: Path) -> None:
     """With the host proxy's socket absent the client gets 502 saying so, not a hang."""
-    forwarder = EgressForwarder(str(kit_tmp / "absent.sock"))
+    forwarder = Forwarder(f"unix:{kit_tmp / 'absent.sock'}")
     await forwarder.start()
     try:
         async with httpx.AsyncClient(proxy=forwarder.proxy_url("t")) as http:
@@ -134,12 +135,37 @@ async def test_the_sdk_env_carries_the_proxy_only_when_configured(kit_tmp: Path)
     assert not {k for k in without.env if k.lower().endswith("_proxy")}
 
 
-def test_a_model_proxy_on_tcp_stays_direct() -> None:
-    """When the model proxy is reached over TCP its host joins NO_PROXY, so the CLI's model
-    calls never go to the egress proxy (which would refuse them)."""
-    env = proxy_env("http://kit:t@127.0.0.1:1", "http://10.0.0.5:8080")
-    assert env["NO_PROXY"] == env["no_proxy"] == "localhost,10.0.0.5"
-    assert proxy_env("http://kit:t@127.0.0.1:1", "http://localhost")["NO_PROXY"] == "localhost"
+async def test_a_model_proxy_on_tcp_is_reached_through_localhost() -> None:
+    """A forwarder to a TCP target answers at http://localhost:<port> on both loopback
+    addresses (where the sandbox has IPv6) and pipes requests there unchanged: so the CLI
+    reaches a model proxy on another host through ``localhost``, and NO_PROXY names nothing
+    else (a tool's request to that host goes through the egress proxy)."""
+    async with http_server() as target:
+        forwarder = Forwarder(f"http://127.0.0.1:{target.port}")
+        await forwarder.start()
+        try:
+            assert forwarder.url == f"http://localhost:{forwarder.port}"
+            hosts = ["127.0.0.1"]
+            if socket.has_ipv6 and _has_ipv6_loopback():
+                hosts.append("[::1]")
+            async with httpx.AsyncClient() as http:
+                for host in hosts:
+                    answer = await http.get(f"http://{host}:{forwarder.port}/v1/messages")
+                    assert (answer.status_code, answer.content) == (200, HTTP_BODY)
+        finally:
+            await forwarder.aclose()
+    assert [h.split(b"\r\n")[0] for h in target.heads] == [b"GET /v1/messages HTTP/1.1"] * len(
+        hosts
+    )
+    assert proxy_env("http://kit:t@127.0.0.1:1")["NO_PROXY"] == "localhost"
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        return False
+    return True
 
 
 EGRESS_SCENARIO = r"""
