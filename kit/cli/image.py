@@ -1,4 +1,5 @@
-"""``kit image build``: plan the runtime image, print the plan, and (unless --dry-run) apply it."""
+"""``kit image build``: plan the runtime image, print the plan, and (unless --dry-run) apply
+it; ``kit image prune``: remove the runtime images other than this checkout's."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ from pathlib import Path
 
 import kit
 from kit.cli import console
-from kit.deploy.image import BuiltImage, ImagePlan, apply_image, plan_image
+from kit.deploy.image import (
+    BuiltImage,
+    ImageError,
+    ImagePlan,
+    apply_image,
+    plan_image,
+    prune_images,
+)
 
 
 def default_checkout() -> Path:
@@ -49,4 +57,25 @@ def build(source: Path | None, cache_dir: Path | None, dry_run: bool, docker: st
         f"{verb} {image.tag} ({image.size_bytes / 1e6:.0f} MB, {image.seconds:.1f} s); "
         f"run it with: docker run --network none {image.tag}"
     )
+    return 0
+
+
+def prune(source: Path | None, cache_dir: Path | None, dry_run: bool, docker: str) -> int:
+    """Remove every runtime image but the one this checkout builds (which must exist)."""
+    plan = plan_image(
+        source or default_checkout(),
+        cache_dir or default_cache_dir(),
+        docker=docker,
+        python=sys.executable,
+    )
+    if plan.tag is None or not plan.up_to_date:
+        raise ImageError(
+            "this checkout's runtime image is not built, so there is nothing to keep: run "
+            "`kit image build` first, then `kit image prune`."
+        )
+    tags = prune_images(docker, plan.tag, dry_run=dry_run)
+    verb = "Would remove" if dry_run else "Removed"
+    for tag in tags:
+        console.out(f"{verb} {tag}")
+    console.out(f"{verb} {len(tags)} image(s); kept {plan.tag}.")
     return 0

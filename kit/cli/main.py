@@ -123,9 +123,10 @@ def _cmd_do(args: argparse.Namespace) -> int:
 
 
 def _cmd_image(args: argparse.Namespace) -> int:
-    from kit.cli.image import build
+    from kit.cli.image import build, prune
 
-    return build(args.source, args.cache_dir, args.dry_run, args.docker)
+    run = build if args.action == "build" else prune
+    return run(args.source, args.cache_dir, args.dry_run, args.docker)
 
 
 def _log_to_stderr(verbose: bool) -> None:
@@ -356,11 +357,16 @@ def build_parser() -> argparse.ArgumentParser:
         "Build kit's runtime image: a Debian base made with debootstrap, kit[runtime] and\n"
         "its wheels, tagged kit-runtime:<version>-<digest of its inputs>. Steps whose result\n"
         "exists are skipped; --dry-run prints the plan. Docker must be running\n"
-        "(scripts/docker-up); making the base needs root.",
-        ["kit image build", "kit image build --dry-run"],
+        "(scripts/docker-up); making the base needs root. `prune` removes the runtime\n"
+        "images other than this checkout's (each change of kit's source makes one).",
+        ["kit image build", "kit image build --dry-run", "kit image prune --dry-run"],
     )
-    p.add_argument("action", choices=["build"], help="what to do")
-    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument(
+        "action", choices=["build", "prune"], help="build the image, or prune the old ones"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print what would be done, change nothing"
+    )
     p.add_argument("--source", type=Path, help="kit's source checkout (default: the running kit's)")
     p.add_argument(
         "--cache-dir", type=Path, help="where the wheels are cached (default: ~/.cache/kit/image)"

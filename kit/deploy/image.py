@@ -55,6 +55,7 @@ __all__ = [
     "dockerfile",
     "image_tag",
     "plan_image",
+    "prune_images",
     "source_digest",
     "source_files",
 ]
@@ -304,6 +305,32 @@ def _wheelhouse_key(
         [list(requirements), list(constraints), base.python_version, os.uname().machine]
     )
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def prune_images(
+    docker: str, keep: str, *, dry_run: bool = False, repository: str = IMAGE_REPOSITORY
+) -> list[str]:
+    """Remove every image of ``repository`` (kit's runtime images) but ``keep``: each source
+    change of kit makes a new one, ~600 MB. Return the tags removed (or, with ``dry_run``,
+    that would be). An image a container still uses is left, and the error says which."""
+    listed = _docker(docker, "image", "ls", repository, "--format", "{{.Repository}}:{{.Tag}}")
+    old = sorted(t for t in listed.split() if t != keep and not t.endswith(":<none>"))
+    if dry_run:
+        return old
+    removed, in_use = [], []
+    for tag in old:
+        try:
+            _docker(docker, "image", "rm", tag)
+        except ImageError:
+            in_use.append(tag)
+            continue
+        removed.append(tag)
+    if in_use:
+        raise ImageError(
+            f"removed {len(removed)}; {', '.join(in_use)} could not be removed (a container "
+            "still uses it: stop the kit dev or gateway that runs it, then prune again)."
+        )
+    return removed
 
 
 def _docker(docker: str, *args: str, stdin: int | None = None) -> str:

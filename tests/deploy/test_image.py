@@ -16,6 +16,7 @@ from kit.deploy.image import (
     StepKind,
     image_tag,
     plan_image,
+    prune_images,
     source_digest,
     source_files,
 )
@@ -132,3 +133,44 @@ def test_a_second_build_with_the_same_inputs_is_skipped() -> None:
     assert not again.built
     assert again.image_id == image.image_id
     assert shutil.which("docker")
+
+
+@pytest.mark.slow
+def test_prune_removes_the_other_images_and_keeps_the_given_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """prune_images removes every tag of the repository but the one to keep (a dry run
+    only lists them); `kit image prune` refuses, naming `kit image build`, when this
+    checkout's image is not built, and its dry run changes nothing."""
+    image = runtime_image()
+    repo = "kit-prune-test"
+    tags = [f"{repo}:{name}" for name in ("old-1", "old-2", "current")]
+    for tag in tags:
+        subprocess.run(["docker", "tag", image.tag, tag], check=True, timeout=60)
+    try:
+        listed = prune_images("docker", tags[2], dry_run=True, repository=repo)
+        assert listed == tags[:2]
+        assert prune_images("docker", tags[2], repository=repo) == tags[:2]
+        left = subprocess.run(
+            ["docker", "image", "ls", repo, "--format", "{{.Repository}}:{{.Tag}}"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout.split()
+        assert left == [tags[2]]
+    finally:
+        subprocess.run(["docker", "image", "rm", *tags], capture_output=True, timeout=60)
+    checkout = _checkout(tmp_path / "src")
+    with pytest.raises(SystemExit) as refused:
+        main(["image", "prune", "--source", str(checkout), "--cache-dir", str(tmp_path / "c")])
+    assert refused.value.code == 1
+    assert "run `kit image build` first" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["image", "prune", "--dry-run"])
+    assert exited.value.code == 0
+    assert f"kept {image.tag}" in capsys.readouterr().out
+    assert (
+        subprocess.run(["docker", "image", "inspect", image.tag], capture_output=True).returncode
+        == 0
+    )
