@@ -10,11 +10,16 @@ One container per sandbox, started through the Docker Engine API
   runtime's socket, its config file, which the runtime deletes), a local transcript store's
   folder, and a tmpfs ``/tmp``; uid/gid 10001, no capabilities, ``no-new-privileges``;
 - the bundle, named by digest, mounted read-only at ``/bundles/<digest>``: the runtime verifies it;
-- labels ``kit.session``, ``kit.host`` and ``kit.sandbox``, so a new host finds a dead
-  host's container (:meth:`DockerSandboxProvider.find`) and reaps orphans
-  (:meth:`DockerSandboxProvider.reap`) from Docker's own records.
+- labels ``kit.session``, ``kit.host``, ``kit.sandbox`` and ``kit.disk``, so a new host with
+  the same host id finds a dead host's container (:meth:`DockerSandboxProvider.find`) and
+  reaps orphans (:meth:`DockerSandboxProvider.reap`) from Docker's own records; another
+  host id's containers are never touched;
+- the workspace and home held to the tier's disk, and the container to kit's maximum
+  lifetime, by :mod:`emulator.sandbox.guard` (Docker puts no quota on a bind mount).
 
-An OOM kill is read from ``State.OOMKilled``: exit 137, reason ``oom``.
+An OOM kill of any process ends the whole container (Docker's ``oom`` events), and an exit
+with ``State.OOMKilled`` reads exit 137, reason ``oom``. A start that fails, times out or is
+cancelled removes its container and deletes its config (the session's tokens).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 
 from emulator.sandbox.dockerapi import Bind, ContainerSpec, DockerClient
 from emulator.sandbox.folders import own_folders, short_run_dir, write_owned
+from emulator.sandbox.guard import MAX_LIFETIME_S, hold_to_limits, refuse_if_full, used_bytes
 from emulator.sandbox.machine import MachineProvider
 from emulator.sandbox.rehearsal import Rehearsable
 from kit.host.errors import SandboxError
@@ -67,6 +73,8 @@ RUN, BUNDLES, WORKSPACE, HOME, STORE, PROXIES = (
     "/run/kit-host",
 )
 LABEL_SESSION, LABEL_HOST, LABEL_SANDBOX = "kit.session", "kit.host", "kit.sandbox"
+LABEL_DISK = "kit.disk"
+"""The bytes the container's folders may hold: a successor host holds it to them too."""
 
 
 OOM_WATCH_ATTEMPTS = 10
@@ -87,6 +95,10 @@ class DockerSandbox(Sandbox, Rehearsable):
         session_id: SessionId,
         sandbox_id: SandboxId,
         endpoint: str,
+        *,
+        folders: tuple[Path, ...] = (),
+        disk_bytes: int | None = None,
+        max_lifetime_s: float | None = MAX_LIFETIME_S,
     ) -> None:
         self.id = sandbox_id
         self.session_id = session_id
@@ -97,7 +109,32 @@ class DockerSandbox(Sandbox, Rehearsable):
         self._reason: str | None = None
         self.last_logs = ""
         """The runtime's last lines of output, read as the container exited."""
+        self.folders = folders
+        """The container's writable host folders (its workspace and home), held to
+        ``disk_bytes`` (None: not held)."""
+        self.disk_bytes = disk_bytes
+        self.max_lifetime_s = max_lifetime_s
         self._waiter = asyncio.create_task(self._reap(), name=f"reap-{sandbox_id}")
+        self._guard: asyncio.Task[None] | None = None
+
+    def guard(self) -> None:
+        """Hold the container to its disk and lifetime (once the runtime is up): Docker
+        puts no quota on a bind mount, so its folders are measured as a local sandbox's."""
+        if self._guard is None and self.alive():
+            self._guard = asyncio.create_task(
+                hold_to_limits(
+                    self.id,
+                    self._waiter,
+                    self.over_disk_quota,
+                    lambda sig, reason: self.kill(sig, reason=reason),
+                    self.max_lifetime_s,
+                ),
+                name=f"guard-{self.id}",
+            )
+
+    def over_disk_quota(self) -> bool:
+        """Whether the workspace and home hold more than the tier's disk."""
+        return self.disk_bytes is not None and used_bytes(self.folders) > self.disk_bytes
 
     @property
     def state(self) -> SandboxState:
@@ -153,10 +190,13 @@ class DockerSandbox(Sandbox, Rehearsable):
             stats = await self._client.stats(self.container)
         except SandboxError:
             return None
+        if not stats:  # Docker answers null for a container that has just exited
+            return None
         memory: dict[str, Any] = stats.get("memory_stats") or {}
         peak = memory.get("max_usage") or memory.get("usage") or 0
         cpu = (stats.get("cpu_stats") or {}).get("cpu_usage", {}).get("total_usage", 0)
-        return Usage(peak_memory_mib=peak / 2**20, cpu_s=cpu / 1e9, disk_mb=0.0)
+        disk = await asyncio.to_thread(used_bytes, self.folders)
+        return Usage(peak_memory_mib=peak / 2**20, cpu_s=cpu / 1e9, disk_mb=disk / 1e6)
 
 
 class DockerSandboxProvider(MachineProvider):
@@ -174,11 +214,13 @@ class DockerSandboxProvider(MachineProvider):
         bundles: Path,
         image: str,
         *,
-        host_id: str = "local",
+        host_id: str,
         client: DockerClient | None = None,
         start_timeout_s: float = 120.0,
         store_retry_s: float = STORE_RETRY_S,
         store_deadline_s: float = STORE_DEADLINE_S,
+        disk_bytes: int | None = None,
+        max_lifetime_s: float | None = MAX_LIFETIME_S,
     ) -> None:
         self.root = root
         self.bundles = bundles
@@ -188,6 +230,9 @@ class DockerSandboxProvider(MachineProvider):
         self.start_timeout_s = start_timeout_s
         self.store_retry_s = store_retry_s
         self.store_deadline_s = store_deadline_s
+        self.disk_bytes = disk_bytes
+        """Every sandbox's disk instead of its tier's (tests: a tiny one)."""
+        self.max_lifetime_s = max_lifetime_s
         self.running: dict[SessionId, DockerSandbox] = {}
         root.mkdir(parents=True, exist_ok=True)
         self.run_root = short_run_dir(root)
@@ -200,16 +245,18 @@ class DockerSandboxProvider(MachineProvider):
         """Kill a container the moment the kernel OOM-kills any process of it: as with a
         local sandbox, an OOM kill anywhere ends the whole sandbox (``oom``, 137), rather
         than leave a runtime whose harness or tool just vanished."""
-        for attempt in range(OOM_WATCH_ATTEMPTS):
+        failures = 0  # in a row: an event in between starts the count again
+        while failures < OOM_WATCH_ATTEMPTS:
             try:
                 async for container in self.client.oom_events({LABEL_HOST: self.host_id}):
-                    attempt = 0
+                    failures = 0
                     self._watching.set()
                     for sandbox in list(self.running.values()):
                         if sandbox.container == container:
                             await sandbox.kill(signal.SIGKILL, reason="oom")
             except SandboxError as exc:
-                log.warning("docker OOM watch (%d): %s", attempt + 1, exc)
+                log.warning("docker OOM watch (%d): %s", failures + 1, exc)
+            failures += 1
             await asyncio.sleep(1.0)
         log.warning("docker OOM watch given up; OOM kills are read when a container exits")
 
@@ -226,9 +273,10 @@ class DockerSandboxProvider(MachineProvider):
             tier = get_tier(spec.tier)
         except KeyError:
             raise SandboxError(f"Unknown sandbox tier {spec.tier!r}; see docs/tiers.md.") from None
+        sid = spec.session_id
+        refuse_if_full(sid, [self.workspace(sid)], self._disk_bytes(tier.disk_mb))
         bundle = self.bundle_dir(spec.bundle_digest)
         bundle_inside = f"{BUNDLES}/{bundle.name}"  # the runtime checks the folder's name
-        sid = spec.session_id
         home = self.root / sid / "home"
         shutil.rmtree(home, ignore_errors=True)  # a new sandbox starts from a clean home
         for names in ((), ("workspace",), ("home",)):
@@ -276,7 +324,12 @@ class DockerSandboxProvider(MachineProvider):
             image=self.image,
             name=f"kit-{sid[:13]}-{sandbox_id.removeprefix('sbx-')}",
             user=f"{UID}:{UID}",
-            labels={LABEL_SESSION: sid, LABEL_HOST: self.host_id, LABEL_SANDBOX: sandbox_id},
+            labels={
+                LABEL_SESSION: sid,
+                LABEL_HOST: self.host_id,
+                LABEL_SANDBOX: sandbox_id,
+                LABEL_DISK: str(self._disk_bytes(tier.disk_mb)),
+            },
             env={CONFIG_ENV: f"{RUN}/config.json", "HOME": HOME, "TMPDIR": "/tmp"},
             binds=tuple(binds),
             tmpfs={"/tmp": TMPFS},
@@ -294,40 +347,81 @@ class DockerSandboxProvider(MachineProvider):
                 await asyncio.wait_for(self._watching.wait(), OOM_WATCH_START_S)
         sandbox_id = SandboxId(f"sbx-{uuid.uuid4().hex[:12]}")
         container, run = await asyncio.to_thread(self._spec, spec, sandbox_id)
-        cid = await self.client.create(container)
+        cid: str | None = None
+        sandbox: DockerSandbox | None = None
         try:
+            cid = await self.client.create(container)
             await self.client.start(cid)
-        except SandboxError:
-            await self.client.remove(cid)
+            sandbox = self._sandbox(cid, spec.session_id, sandbox_id, container.labels)
+            await self._until_ready(sandbox, spec)
+        except BaseException:
+            # Whatever stopped the start (an error, a timeout, a cancelled task), the
+            # container goes with it: never a sandbox nobody holds.
+            # A create cut short may still have made it: then it goes by its name.
+            await asyncio.shield(self._abandon(cid or container.name, sandbox))
             raise
-        sandbox = DockerSandbox(
-            self.client, cid, spec.session_id, sandbox_id, f"unix:{run}/runtime.sock"
+        finally:
+            # The config holds the session's tokens: it never outlives the start (the
+            # runtime deletes it once read; this covers a runtime that never read it).
+            (run / "config.json").unlink(missing_ok=True)
+        self._hold(sandbox)
+        return sandbox
+
+    def _disk_bytes(self, tier_disk_mb: int) -> int:
+        return self.disk_bytes if self.disk_bytes is not None else tier_disk_mb * 10**6
+
+    def _sandbox(
+        self, cid: str, session_id: SessionId, sandbox_id: SandboxId, labels: dict[str, str]
+    ) -> DockerSandbox:
+        """The handle of container ``cid`` (its disk read from its labels)."""
+        disk = labels.get(LABEL_DISK, "")
+        return DockerSandbox(
+            self.client,
+            cid,
+            session_id,
+            sandbox_id,
+            f"unix:{self.run_root / session_id[:13]}/runtime.sock",
+            folders=(self.workspace(session_id), self.root / session_id / "home"),
+            disk_bytes=int(disk) if disk.isdigit() else None,
+            max_lifetime_s=self.max_lifetime_s,
         )
+
+    async def _until_ready(self, sandbox: DockerSandbox, spec: SandboxSpec) -> None:
         client = RuntimeClient(sandbox.endpoint, spec.runtime_token)
         try:
             ready = await wait_ready(
                 client, sandbox.alive, self.start_timeout_s, session_id=spec.session_id
             )
         except TimeoutError:
-            await sandbox.kill()
-            await sandbox.wait()
             raise SandboxError(
                 f"The container sandbox for session {spec.session_id} did not get ready in "
                 f"{self.start_timeout_s:.0f} s."
             ) from None
-        finally:
-            (run / "config.json").unlink(missing_ok=True)
         if ready is None:
             info = await sandbox.wait()
-            logs = sandbox.last_logs
             raise SandboxError(
                 f"The container sandbox for session {spec.session_id} exited with code "
-                f"{info.exit_code} before it was ready: {logs or 'no output'}"
+                f"{info.exit_code} before it was ready: {sandbox.last_logs or 'no output'}"
             )
         sandbox.resumed = bool(ready.get("resumed"))
-        self.running[spec.session_id] = sandbox
+
+    async def _abandon(self, cid: str, sandbox: DockerSandbox | None) -> None:
+        """Kill and remove a container whose start failed (its reaper removes it)."""
+        try:
+            if sandbox is None:
+                await self.client.remove(cid)
+            else:
+                await sandbox.kill(signal.SIGKILL, reason="failed")
+                await sandbox.wait()
+        except SandboxError as exc:
+            log.warning("could not remove container %s after its start failed: %s", cid, exc)
+
+    def _hold(self, sandbox: DockerSandbox) -> None:
+        """Count ``sandbox`` as the session's running one until it exits; hold it to its
+        limits."""
+        self.running[sandbox.session_id] = sandbox
+        sandbox.guard()
         sandbox._waiter.add_done_callback(lambda _: self._forget(sandbox))
-        return sandbox
 
     def _forget(self, sandbox: DockerSandbox) -> None:
         if self.running.get(sandbox.session_id) is sandbox:
@@ -341,30 +435,33 @@ class DockerSandboxProvider(MachineProvider):
             return mine
         for found in await self.client.list({LABEL_SESSION: session_id, LABEL_HOST: self.host_id}):
             if found.get("State") == "running":
-                run = self.run_root / session_id[:13]
                 labels = found.get("Labels") or {}
                 sandbox_id = SandboxId(labels.get(LABEL_SANDBOX, "sbx-unknown"))
-                adopted = DockerSandbox(
-                    self.client, found["Id"], session_id, sandbox_id, f"unix:{run}/runtime.sock"
-                )
-                self.running[session_id] = adopted
+                adopted = self._sandbox(found["Id"], session_id, sandbox_id, labels)
+                self._hold(adopted)
                 return adopted
         return None
 
     async def reap(self, keep: Callable[[SessionId], bool]) -> list[SandboxId]:
-        """Kill and remove this host's containers whose session ``keep`` rejects."""
+        """Kill and remove this host's containers whose session ``keep`` rejects (one
+        without a session label is nobody's: it goes too). A container Docker fails to
+        remove is logged and left for the next reap; the others still go."""
         reaped = []
         for found in await self.client.list({LABEL_HOST: self.host_id}):
             labels = found.get("Labels") or {}
             session = SessionId(labels.get(LABEL_SESSION, ""))
-            if keep(session):
+            if session and keep(session):
                 continue
-            mine = self.running.get(session)
-            if mine is not None and mine.container == found["Id"]:
-                await mine.kill(signal.SIGKILL, reason="orphan")
-                await mine.wait()
-            else:
-                await self.client.remove(found["Id"])
+            try:
+                mine = self.running.get(session)
+                if mine is not None and mine.container == found["Id"]:
+                    await mine.kill(signal.SIGKILL, reason="orphan")
+                    await mine.wait()
+                else:
+                    await self.client.remove(found["Id"])
+            except SandboxError as exc:
+                log.warning("could not reap container %s: %s", found["Id"][:12], exc)
+                continue
             reaped.append(SandboxId(labels.get(LABEL_SANDBOX, found["Id"][:12])))
         return reaped
 

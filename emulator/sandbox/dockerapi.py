@@ -238,11 +238,12 @@ class DockerClient:
         )
 
     async def stats(self, container: str) -> dict[str, Any]:
-        """One resource sample (``memory_stats``, ``cpu_stats``), without streaming."""
-        result: dict[str, Any] = await self._call(
+        """One resource sample (``memory_stats``, ``cpu_stats``), without streaming; empty
+        for a container that has just exited."""
+        result: dict[str, Any] | None = await self._call(
             "GET", f"/containers/{container}/stats", params={"stream": "false"}
         )
-        return result
+        return result or {}
 
     async def oom_events(self, labels: dict[str, str]) -> AsyncIterator[str]:
         """The id of each container carrying all of ``labels`` that the kernel OOM-kills a

@@ -45,10 +45,10 @@ from emulator.sandbox.cgroups import (
     Limits,
     SandboxCgroup,
     rlimits_for,
-    tree_bytes,
 )
 from emulator.sandbox.folders import LOGS, first_shut, own_folders, short_run_dir, write_owned
 from emulator.sandbox.forking import ForkServer
+from emulator.sandbox.guard import MAX_LIFETIME_S, refuse_if_full
 from emulator.sandbox.isolation import (
     cannot_confine,
     choose,
@@ -57,7 +57,7 @@ from emulator.sandbox.isolation import (
     staged,
 )
 from emulator.sandbox.machine import MachineProvider
-from emulator.sandbox.process import MAX_LIFETIME_S, LocalSandbox
+from emulator.sandbox.process import LocalSandbox
 from kit.host.errors import SandboxError
 from kit.host.runtime_client import RuntimeClient, wait_ready
 from kit.host.sandbox import (
@@ -242,12 +242,7 @@ class LocalSandboxProvider(MachineProvider):
         except KeyError:
             raise SandboxError(f"Unknown sandbox tier {spec.tier!r}; see docs/tiers.md.") from None
         workspace = self.workspace(spec.session_id)
-        if workspace.is_dir() and tree_bytes(workspace) > limits.disk_bytes:
-            raise SandboxError(
-                f"The workspace of session {spec.session_id} ({workspace}) holds more than its "
-                f"tier's {limits.disk_bytes / 1e9:g} GB of disk; delete files from it or pick a "
-                "larger tier (kit.toml [sandbox] tier)."
-            )
+        refuse_if_full(spec.session_id, [workspace], limits.disk_bytes)
         bundle_dir = self.bundle_dir(spec.bundle_digest)
         for needed in (bundle_dir, self.root) if not self._bound_by_root() else ():
             blocked = self.unreachable(needed)

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from emulator.sandbox.cgroups import Limits, SandboxCgroup, SandboxUsage, tree_bytes
+from emulator.sandbox.guard import hold_to_limits, used_bytes
 from emulator.sandbox.rehearsal import Rehearsable
 from kit.host.errors import SandboxError
 from kit.host.sandbox import (
@@ -36,11 +37,6 @@ log = logging.getLogger("emulator.sandbox")
 GROUP_EXIT_POLLS = 500
 GROUP_EXIT_POLL_S = 0.01
 """After SIGKILL the kernel ends a group within milliseconds; give it up to 5 s."""
-MAX_LIFETIME_S = 24 * 3600.0
-"""kit's own cap on one sandbox's life (neither platform documents one); then SIGTERM."""
-LIFETIME_GRACE_S = 5.0
-DISK_CHECK_S = 2.0
-"""How often a running sandbox's workspace is measured against its tier's disk."""
 OOM_NOW_WAIT_S = 2.0
 """After :meth:`LocalSandboxProvider.oom` squeezes the limit: how long the kernel gets to
 OOM-kill before the provider kills the sandbox itself (an idle runtime allocates nothing)."""
@@ -94,35 +90,19 @@ class LocalSandbox(Sandbox, Rehearsable):
             self._guard = asyncio.create_task(self._enforce(), name=f"guard-{self.id}")
 
     async def _enforce(self) -> None:
-        lifetime = self.max_lifetime_s
-        deadline = asyncio.get_running_loop().time() + lifetime if lifetime else None
-        checks = int((lifetime or MAX_LIFETIME_S) / DISK_CHECK_S) + 1
-        for _ in range(checks):
-            if self.over_disk_quota():
-                log.warning("sandbox %s: workspace over its disk quota; killing it", self.id)
-                await self.kill(signal.SIGKILL, reason="disk")
-                return
-            now = asyncio.get_running_loop().time()
-            if deadline is not None and now >= deadline:
-                break
-            wait = DISK_CHECK_S if deadline is None else min(DISK_CHECK_S, deadline - now)
-            try:
-                await asyncio.wait_for(asyncio.shield(self._waiter), wait)
-                return
-            except TimeoutError:
-                continue
-        log.info("sandbox %s reached its maximum lifetime; stopping it", self.id)
-        await self.kill(signal.SIGTERM, reason="lifetime")
-        try:
-            await asyncio.wait_for(asyncio.shield(self._waiter), LIFETIME_GRACE_S)
-        except TimeoutError:
-            await self.kill(signal.SIGKILL, reason="lifetime")
+        await hold_to_limits(
+            self.id,
+            self._waiter,
+            self.over_disk_quota,
+            lambda sig, reason: self.kill(sig, reason=reason),
+            self.max_lifetime_s,
+        )
 
     def over_disk_quota(self) -> bool:
         """Whether the workspace holds more than the tier's disk."""
         if self.limits is None or self.workspace is None:
             return False
-        return tree_bytes(self.workspace) > self.limits.disk_bytes
+        return used_bytes([self.workspace]) > self.limits.disk_bytes
 
     def _on_oom(self) -> None:
         log.warning("sandbox %s hit its memory limit; killing it (exit 137)", self.id)

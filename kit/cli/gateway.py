@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import socket
 from collections.abc import Callable, Mapping
@@ -168,7 +167,7 @@ def _api_token(environ: Mapping[str, str]) -> str:
 def _log_store(settings: GatewaySettings) -> LogStore:
     common = settings.common
     if settings.log_url:
-        owner = common.host_id or f"{socket.gethostname()}-{secrets.token_hex(4)}"
+        owner = common.host_id or statedir.host_id(common.state_dir)
         return S3LogStore.from_url(settings.log_url, owner=owner, ttl_s=common.lease_ttl_s)
     return SQLiteLogStore(settings.log_dir)
 
@@ -211,7 +210,7 @@ async def serve(settings: GatewaySettings) -> None:
     provider = await open_provider(
         common,
         bundle.path.parent,
-        host_id=common.host_id or "local",
+        host_id=common.host_id or statedir.host_id(common.state_dir),
         progress=lambda line: console.out(console.dim(line)),
     )
     statedir.secure(common.state_dir, provider.traverse_gid)

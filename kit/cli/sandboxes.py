@@ -23,10 +23,11 @@ async def open_provider(
     settings: DevSettings,
     bundles: Path,
     *,
-    host_id: str = "local",
+    host_id: str,
     progress: Callable[[str], None] | None = None,
 ) -> MachineProvider:
-    """The provider ``settings.sandbox`` names, sandboxes' folders under the state dir."""
+    """The provider ``settings.sandbox`` names, sandboxes' folders under the state dir;
+    ``host_id`` labels its containers (:func:`kit.cli.statedir.host_id`)."""
     root = settings.state_dir / "sandboxes"
     if settings.sandbox == "local":
         return LocalSandboxProvider(

@@ -221,21 +221,12 @@ def _advise(advice: list[tuple[str, str]], session_id: str, line: str) -> None:
     console.out(console.dim(f"tier advisor [{session_id[:8]}]: {line}"))
 
 
-def _host_id(path: Path) -> str:
-    """This host's lease owner id: made once per state dir (which one host holds at a time)."""
-    if path.is_file():
-        return path.read_text().strip()
-    host_id = f"{socket.gethostname()}-{secrets.token_hex(4)}"
-    write_private(path, host_id + "\n")
-    return host_id
-
-
 def _log_store(settings: DevSettings) -> LogStore:
     """The emulator's Durable Objects in the state dir (one object, one SQLite file, per
     session: the same files ``SQLiteLogStore`` wrote, so older state dirs keep working),
     or S3 under a lease per session (``KIT_LOG_URL``)."""
     if settings.log_url:
-        owner = settings.host_id or _host_id(settings.state_dir / "host-id")
+        owner = settings.host_id or statedir.host_id(settings.state_dir)
         return S3LogStore.from_url(settings.log_url, owner=owner, ttl_s=settings.lease_ttl_s)
     return DOLogStore.in_dir(settings.state_dir / "sessions")
 
@@ -314,7 +305,7 @@ async def _start(
     provider = await open_provider(
         settings,
         state / "bundles",
-        host_id=settings.host_id or "local",
+        host_id=settings.host_id or statedir.host_id(state),
         progress=lambda line: console.out(console.dim(line)),
     )
     statedir.secure(state, provider.traverse_gid)

@@ -35,12 +35,14 @@ A state dir an older kit left (0755 folders, 0644 logs) is tightened at start.
 from __future__ import annotations
 
 import grp
+import secrets
+import socket
 import stat
 from collections.abc import Callable
 from pathlib import Path
 
 from kit.cli.errors import CliError
-from kit.private import DIR_MODE, private_folder, tighten
+from kit.private import DIR_MODE, private_folder, tighten, write_private
 
 HOST_FILES = ("api-token", "host-id", "dev.json", "host.lock", "chat-sessions.json")
 """The state dir's own files (only these: it may be a folder the user gave, with others)."""
@@ -48,6 +50,18 @@ PASSAGES = ("bundles", "transcripts")
 """Folders on a sandbox's way to its bundle and transcript (``sandboxes/`` is the
 provider's: it sets its own mode)."""
 LOGS = "sessions"
+
+
+def host_id(state: Path) -> str:
+    """This host's id, made once per state dir (which one host holds at a time): it owns
+    the host's S3 leases and labels its containers, so a host restarted on the same state
+    dir takes back what it left, and never touches another state dir's."""
+    path = state / "host-id"
+    if path.is_file():
+        return path.read_text().strip()
+    made = f"{socket.gethostname()}-{secrets.token_hex(4)}"
+    write_private(path, made + "\n")
+    return made
 
 
 def make_private(state: Path) -> None:

@@ -4,24 +4,30 @@ its exits, and how a new host finds and reaps what an old one left."""
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
 
 from emulator.model import ScenarioSource
 from emulator.model import create_app as create_model_app
-from emulator.sandbox.docker import LABEL_SESSION, DockerSandboxProvider
+from emulator.sandbox.docker import LABEL_SESSION, DockerSandbox, DockerSandboxProvider
 from kit.bundle import Bundle, build_bundle, load_project
 from kit.cli.settings import EXAMPLE_PROJECT
+from kit.cli.stack import run_stack
+from kit.host.errors import SandboxError
 from kit.host.runtime_client import RuntimeClient
 from kit.host.sandbox import Endpoint, SandboxSpec
 from kit.ids import new_session_id
 from kit.protocol.runtime_api import RuntimeEvent, TurnRequest
-from tests.dockerhost import runtime_image
+from tests.agents import open_session, turn_events, write_agent
+from tests.conftest import stack_settings
+from tests.dockerhost import containers_of, runtime_image
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +39,7 @@ class World:
     model: Endpoint
     root: Path
     image: str
+    host_id: str
 
 
 @pytest.fixture
@@ -51,9 +58,12 @@ async def world(kit_tmp: Path) -> AsyncIterator[World]:
             break
         await asyncio.sleep(0.01)
     sock.chmod(0o666)
-    provider = DockerSandboxProvider(kit_tmp / "sandboxes", kit_tmp / "bundles", image.tag)
+    host_id = "test-" + secrets.token_hex(4)
+    provider = DockerSandboxProvider(
+        kit_tmp / "sandboxes", kit_tmp / "bundles", image.tag, host_id=host_id
+    )
     try:
-        yield World(provider, bundle, Endpoint(f"unix:{sock}", key), kit_tmp, image.tag)
+        yield World(provider, bundle, Endpoint(f"unix:{sock}", key), kit_tmp, image.tag, host_id)
     finally:
         await provider.reap(lambda _: False)
         await provider.close()
@@ -103,8 +113,13 @@ async def test_a_new_host_finds_the_old_hosts_container_and_reaps_it(world: Worl
     and removes the containers whose session it does not keep."""
     spec = _spec(world)
     sandbox = await world.provider.start(spec)
-    successor = DockerSandboxProvider(world.root / "sandboxes", world.root / "bundles", world.image)
+    successor = _provider(world)
+    stranger = _provider(world, host_id="test-other-host")
     try:
+        # Another host on the same daemon (another state dir) neither finds nor reaps it.
+        assert await stranger.find(spec.session_id) is None
+        assert await stranger.reap(lambda _: False) == []
+        assert sandbox.alive()
         found = await successor.find(spec.session_id)
         assert found is not None
         assert found.id == sandbox.id
@@ -113,6 +128,52 @@ async def test_a_new_host_finds_the_old_hosts_container_and_reaps_it(world: Worl
         assert await successor.client.list({LABEL_SESSION: spec.session_id}) == []
     finally:
         await successor.close()
+        await stranger.close()
+
+
+def _provider(world: World, host_id: str | None = None) -> DockerSandboxProvider:
+    """Another provider over the same folders: by default the same host's (a successor)."""
+    return DockerSandboxProvider(
+        world.root / "sandboxes",
+        world.root / "bundles",
+        world.image,
+        host_id=host_id or world.host_id,
+    )
+
+
+async def _containers(world: World, spec: SandboxSpec) -> list[dict[str, Any]]:
+    return await world.provider.client.list({LABEL_SESSION: spec.session_id})
+
+
+async def test_a_start_that_times_out_leaves_no_container_and_no_config(world: World) -> None:
+    """A runtime not ready in time: SandboxError; its container is removed and its config
+    file (the session's tokens) deleted, though the runtime never read it."""
+    world.provider.start_timeout_s = 0.05
+    spec = _spec(world)
+    with pytest.raises(SandboxError, match="did not get ready"):
+        await world.provider.start(spec)
+    assert await _containers(world, spec) == []
+    assert list(world.provider.run_root.glob("*/config.json")) == []
+    assert spec.session_id not in world.provider.running
+
+
+async def test_a_cancelled_start_leaves_no_container_and_no_config(world: World) -> None:
+    """The task starting a sandbox is cancelled (a client left, the host stops) once its
+    container exists: the container is removed and the config deleted before the
+    cancellation goes on. (Broken on purpose once: with only ``except SandboxError`` the
+    container was left running and the config stayed.)"""
+    spec = _spec(world)
+    starting = asyncio.create_task(world.provider.start(spec))
+    for _ in range(1200):  # at most a minute
+        if await _containers(world, spec):
+            break
+        await asyncio.sleep(0.05)
+    assert not starting.done()
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    assert await _containers(world, spec) == []
+    assert list(world.provider.run_root.glob("*/config.json")) == []
 
 
 async def test_a_killed_container_reports_killed(world: World) -> None:
@@ -155,3 +216,51 @@ async def test_an_oom_kill_of_any_process_ends_the_whole_container(world: World)
         await hog.wait()
     assert (info.exit_code, info.reason) == (137, "oom")
     assert hog.returncode != 0
+
+
+async def test_two_stacks_on_one_daemon_leave_each_others_containers_alone(kit_tmp: Path) -> None:
+    """Two `kit dev` stacks (two state dirs) on one Docker daemon: the second one's reap at
+    start does not touch the first's running container, and the first's next turn is
+    answered by the same sandbox. (Broken on purpose once: with the old shared host id
+    ``local`` the second stack killed the first's container at start.)"""
+    runtime_image()
+    project = write_agent(kit_tmp / "agent")
+    async with run_stack(stack_settings(kit_tmp / "a", project, sandbox="docker")) as first:
+        client, session = await open_session(first)
+        try:
+            events = await turn_events(client, "first question")
+            assert events[-1].kind == "result"
+            sandbox = first.provider.sandbox(session.id)
+            assert isinstance(sandbox, DockerSandbox)
+            async with run_stack(stack_settings(kit_tmp / "b", project, sandbox="docker")):
+                assert containers_of(session.id) == [sandbox.container[:12]]
+                events = await turn_events(client, "second question")
+            assert events[-1].kind == "result"
+            assert events[-1].data.get("text") == "You said: second question"
+            assert first.provider.sandbox(session.id) is sandbox
+            assert not any(e.kind == "sandbox" and e.data.get("state") == "exited" for e in events)
+        finally:
+            await client.close()
+
+
+async def test_a_container_past_its_disk_ends_as_a_local_sandbox_does(world: World) -> None:
+    """Docker puts no quota on the bind-mounted workspace and home, so the provider measures
+    them: past the disk (here 1 MB) the container ends with 137, ``disk``, and the next
+    start on that workspace is refused naming the fix. (Broken on purpose once: without
+    the guard the container ran on and this timed out.)"""
+    world.provider.disk_bytes = 1_000_000
+    spec = _spec(world)
+    sandbox = await world.provider.start(spec)
+    home = world.provider.root / spec.session_id / "home"
+    (home / "small.bin").write_bytes(os.urandom(500_000))
+    usage = await sandbox.usage()
+    assert usage is not None
+    assert usage.disk_mb >= 0.5
+    (home / "big.bin").write_bytes(os.urandom(2_000_000))
+    async with asyncio.timeout(30):
+        info = await sandbox.wait()
+    assert (info.exit_code, info.reason) == (137, "disk")
+    (world.provider.workspace(spec.session_id) / "big.bin").write_bytes(os.urandom(2_000_000))
+    with pytest.raises(SandboxError, match="holds more than its tier"):
+        await world.provider.start(spec)
+    assert await _containers(world, spec) == []
