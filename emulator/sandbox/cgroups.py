@@ -338,6 +338,12 @@ MAX_TREE_ENTRIES = 200_000
 def tree_bytes(root: Path, max_entries: int = MAX_TREE_ENTRIES) -> int:
     """Disk blocks used under ``root`` (as ``du`` counts them), looking at most at
     ``max_entries`` entries; symlinks are not followed."""
+    return tree_usage(root, max_entries)[0]
+
+
+def tree_usage(root: Path, max_entries: int = MAX_TREE_ENTRIES) -> tuple[int, int]:
+    """Disk blocks used under ``root`` and the entries looked at (at most ``max_entries``:
+    then the total is a floor)."""
     total = 0
     stack = [root]
     seen = 0
@@ -356,4 +362,4 @@ def tree_bytes(root: Path, max_entries: int = MAX_TREE_ENTRIES) -> int:
             total += st.st_blocks * 512
             if entry.is_dir(follow_symlinks=False):
                 stack.append(Path(entry.path))
-    return total
+    return total, seen

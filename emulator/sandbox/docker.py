@@ -36,7 +36,13 @@ from typing import Any
 
 from emulator.sandbox.dockerapi import Bind, ContainerSpec, DockerClient
 from emulator.sandbox.folders import own_folders, short_run_dir, write_owned
-from emulator.sandbox.guard import MAX_LIFETIME_S, hold_to_limits, refuse_if_full, used_bytes
+from emulator.sandbox.guard import (
+    MAX_LIFETIME_S,
+    hold_to_limits,
+    over_quota,
+    refuse_if_full,
+    used_bytes,
+)
 from emulator.sandbox.machine import MachineProvider
 from emulator.sandbox.rehearsal import Rehearsable
 from kit.host.errors import SandboxError
@@ -81,6 +87,8 @@ OOM_WATCH_ATTEMPTS = 10
 """How many times in a row the provider re-opens Docker's event stream after it breaks."""
 OOM_WATCH_START_S = 5.0
 """How long the first start waits for Docker's event stream to open."""
+ABANDON_WAIT_S = 30.0
+"""How long a container killed after a failed start gets to exit before it is removed."""
 OOM_NOW_WAIT_S = 3.0
 """How long :meth:`DockerSandbox.oom` lets the kernel act before it kills the container."""
 
@@ -110,7 +118,7 @@ class DockerSandbox(Sandbox, Rehearsable):
         self.last_logs = ""
         """The runtime's last lines of output, read as the container exited."""
         self.folders = folders
-        """The container's writable host folders (its workspace and home), held to
+        """The container's writable host folders (workspace, home, run folder), held to
         ``disk_bytes`` (None: not held)."""
         self.disk_bytes = disk_bytes
         self.max_lifetime_s = max_lifetime_s
@@ -133,8 +141,8 @@ class DockerSandbox(Sandbox, Rehearsable):
             )
 
     def over_disk_quota(self) -> bool:
-        """Whether the workspace and home hold more than the tier's disk."""
-        return self.disk_bytes is not None and used_bytes(self.folders) > self.disk_bytes
+        """Whether the container's writable folders hold more than the tier's disk."""
+        return self.disk_bytes is not None and over_quota(self.folders, self.disk_bytes)
 
     @property
     def state(self) -> SandboxState:
@@ -197,6 +205,13 @@ class DockerSandbox(Sandbox, Rehearsable):
         cpu = (stats.get("cpu_stats") or {}).get("cpu_usage", {}).get("total_usage", 0)
         disk = await asyncio.to_thread(used_bytes, self.folders)
         return Usage(peak_memory_mib=peak / 2**20, cpu_s=cpu / 1e9, disk_mb=disk / 1e6)
+
+
+def _forget_config(made: asyncio.Future[Any], config: Path) -> None:
+    """Delete the config a start that did not go on made (its error is the start's)."""
+    config.unlink(missing_ok=True)
+    if not made.cancelled():
+        made.exception()
 
 
 class DockerSandboxProvider(MachineProvider):
@@ -267,8 +282,8 @@ class DockerSandboxProvider(MachineProvider):
             return "/".join((BUNDLES, *host_path.relative_to(self.bundles).parts))
         return str(host_path)
 
-    def _spec(self, spec: SandboxSpec, sandbox_id: SandboxId) -> tuple[ContainerSpec, Path]:
-        """The container for ``spec`` (folders made, config written); the host's run folder."""
+    def _spec(self, spec: SandboxSpec, sandbox_id: SandboxId) -> ContainerSpec:
+        """The container for ``spec`` (folders made, config written in the run folder)."""
         try:
             tier = get_tier(spec.tier)
         except KeyError:
@@ -338,7 +353,7 @@ class DockerSandboxProvider(MachineProvider):
             pids_limit=PIDS_LIMIT,
             working_dir=WORKSPACE,
         )
-        return container, run
+        return container
 
     async def start(self, spec: SandboxSpec) -> DockerSandbox:
         if self._oom_watch is None:
@@ -346,7 +361,15 @@ class DockerSandboxProvider(MachineProvider):
             with contextlib.suppress(TimeoutError):  # else OOM kills are read at exit
                 await asyncio.wait_for(self._watching.wait(), OOM_WATCH_START_S)
         sandbox_id = SandboxId(f"sbx-{uuid.uuid4().hex[:12]}")
-        container, run = await asyncio.to_thread(self._spec, spec, sandbox_id)
+        config = self.run_root / spec.session_id[:13] / "config.json"
+        # The folders and the config are made in a thread, which a cancelled start cannot
+        # stop: the config it writes is deleted once it is done.
+        making = asyncio.ensure_future(asyncio.to_thread(self._spec, spec, sandbox_id))
+        try:
+            container = await asyncio.shield(making)
+        except BaseException:
+            making.add_done_callback(lambda done: _forget_config(done, config))
+            raise
         cid: str | None = None
         sandbox: DockerSandbox | None = None
         try:
@@ -363,7 +386,7 @@ class DockerSandboxProvider(MachineProvider):
         finally:
             # The config holds the session's tokens: it never outlives the start (the
             # runtime deletes it once read; this covers a runtime that never read it).
-            (run / "config.json").unlink(missing_ok=True)
+            config.unlink(missing_ok=True)
         self._hold(sandbox)
         return sandbox
 
@@ -381,7 +404,11 @@ class DockerSandboxProvider(MachineProvider):
             session_id,
             sandbox_id,
             f"unix:{self.run_root / session_id[:13]}/runtime.sock",
-            folders=(self.workspace(session_id), self.root / session_id / "home"),
+            folders=(
+                self.workspace(session_id),
+                self.root / session_id / "home",
+                self.run_root / session_id[:13],
+            ),
             disk_bytes=int(disk) if disk.isdigit() else None,
             max_lifetime_s=self.max_lifetime_s,
         )
@@ -406,13 +433,17 @@ class DockerSandboxProvider(MachineProvider):
         sandbox.resumed = bool(ready.get("resumed"))
 
     async def _abandon(self, cid: str, sandbox: DockerSandbox | None) -> None:
-        """Kill and remove a container whose start failed (its reaper removes it)."""
-        try:
-            if sandbox is None:
-                await self.client.remove(cid)
-            else:
+        """Kill and remove a container whose start failed (its reaper removes it; if the
+        kill fails, it is removed by force)."""
+        if sandbox is not None:
+            try:
                 await sandbox.kill(signal.SIGKILL, reason="failed")
-                await sandbox.wait()
+                await asyncio.wait_for(sandbox.wait(), ABANDON_WAIT_S)
+                return
+            except (SandboxError, TimeoutError) as exc:
+                log.warning("container %s did not end after its start failed: %s", cid, exc)
+        try:
+            await self.client.remove(cid)
         except SandboxError as exc:
             log.warning("could not remove container %s after its start failed: %s", cid, exc)
 

@@ -264,8 +264,11 @@ class DockerClient:
                     raise SandboxError(f"Docker refused GET /events ({response.status_code}).")
                 yield ""
                 async for line in response.aiter_lines():
-                    if line.strip():
-                        event = json.loads(line)
+                    try:
+                        event = json.loads(line) if line.strip() else None
+                    except ValueError:
+                        event = None  # not an event: Docker writes one JSON object a line
+                    if isinstance(event, dict):
                         yield str(event.get("id") or event.get("Actor", {}).get("ID", ""))
         except (httpx.ConnectError, FileNotFoundError) as exc:
             raise DockerUnavailable(f"No Docker daemon answers on {self.socket_path}.") from exc

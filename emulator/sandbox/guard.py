@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from emulator.sandbox.cgroups import tree_bytes
+from emulator.sandbox.cgroups import MAX_TREE_ENTRIES, tree_bytes, tree_usage
 from kit.host.errors import SandboxError
 
 log = logging.getLogger("emulator.sandbox")
@@ -31,15 +31,29 @@ def used_bytes(folders: Iterable[Path]) -> int:
     return sum(tree_bytes(folder) for folder in folders if folder.is_dir())
 
 
+def over_quota(folders: Iterable[Path], disk_bytes: int) -> bool:
+    """Whether ``folders`` hold more than ``disk_bytes``. More than :data:`MAX_TREE_ENTRIES`
+    files and folders in all counts as over: they cannot be measured every few seconds, and
+    an unmeasured rest could hide any size."""
+    used = entries = 0
+    for folder in folders:
+        if folder.is_dir():
+            size, seen = tree_usage(folder, MAX_TREE_ENTRIES - entries + 1)
+            used, entries = used + size, entries + seen
+            if used > disk_bytes or entries > MAX_TREE_ENTRIES:
+                return True
+    return False
+
+
 def refuse_if_full(session_id: str, folders: Iterable[Path], disk_bytes: int) -> None:
     """SandboxError, naming the fix, when a session's folders already hold more than its
     tier's disk (a sandbox started on them would be killed at once)."""
     folders = list(folders)
-    if used_bytes(folders) > disk_bytes:
+    if over_quota(folders, disk_bytes):
         raise SandboxError(
             f"The workspace of session {session_id} ({folders[0]}) holds more than its "
-            f"tier's {disk_bytes / 1e9:g} GB of disk; delete files from it or pick a "
-            "larger tier (kit.toml [sandbox] tier)."
+            f"tier's {disk_bytes / 1e9:g} GB of disk (or more than {MAX_TREE_ENTRIES:,} files "
+            "and folders); delete files from it or pick a larger tier (kit.toml [sandbox] tier)."
         )
 
 
@@ -51,16 +65,18 @@ async def hold_to_limits(
     max_lifetime_s: float | None,
 ) -> None:
     """Until ``exited`` is done: every :data:`DISK_CHECK_S`, kill with ``disk`` once
-    ``over_disk()``; after ``max_lifetime_s`` (None: :data:`MAX_LIFETIME_S`), stop with
-    ``lifetime``."""
+    ``over_disk()`` (run in a thread: a big tree takes a while); after ``max_lifetime_s``
+    (None: :data:`MAX_LIFETIME_S`), stop with ``lifetime``. A kill that fails is logged and
+    tried again at the next check."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max_lifetime_s if max_lifetime_s else None
     checks = int((max_lifetime_s or MAX_LIFETIME_S) / DISK_CHECK_S) + 1
     for _ in range(checks):
-        if over_disk():
-            log.warning("sandbox %s: over its disk quota; killing it", name)
-            await kill(signal.SIGKILL, "disk")
+        if exited.done():
             return
+        if await asyncio.to_thread(over_disk):
+            log.warning("sandbox %s: over its disk quota; killing it", name)
+            await _try(kill(signal.SIGKILL, "disk"), name)
         now = loop.time()
         if deadline is not None and now >= deadline:
             break
@@ -71,8 +87,17 @@ async def hold_to_limits(
         except TimeoutError:
             continue
     log.info("sandbox %s reached its maximum lifetime; stopping it", name)
-    await kill(signal.SIGTERM, "lifetime")
+    await _try(kill(signal.SIGTERM, "lifetime"), name)
+    for _ in range(3):
+        try:
+            await asyncio.wait_for(asyncio.shield(exited), LIFETIME_GRACE_S)
+            return
+        except TimeoutError:
+            await _try(kill(signal.SIGKILL, "lifetime"), name)
+
+
+async def _try(kill: Awaitable[None], name: str) -> None:
     try:
-        await asyncio.wait_for(asyncio.shield(exited), LIFETIME_GRACE_S)
-    except TimeoutError:
-        await kill(signal.SIGKILL, "lifetime")
+        await kill
+    except SandboxError as exc:
+        log.warning("sandbox %s: the kill failed (%s); trying again", name, exc)

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from emulator.sandbox.cgroups import Limits, SandboxCgroup, SandboxUsage, tree_bytes
-from emulator.sandbox.guard import hold_to_limits, used_bytes
+from emulator.sandbox.guard import hold_to_limits, over_quota
 from emulator.sandbox.rehearsal import Rehearsable
 from kit.host.errors import SandboxError
 from kit.host.sandbox import (
@@ -102,7 +102,7 @@ class LocalSandbox(Sandbox, Rehearsable):
         """Whether the workspace holds more than the tier's disk."""
         if self.limits is None or self.workspace is None:
             return False
-        return used_bytes([self.workspace]) > self.limits.disk_bytes
+        return over_quota([self.workspace], self.limits.disk_bytes)
 
     def _on_oom(self) -> None:
         log.warning("sandbox %s hit its memory limit; killing it (exit 137)", self.id)

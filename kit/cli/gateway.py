@@ -203,35 +203,37 @@ async def serve(settings: GatewaySettings) -> None:
     sock = _listen(settings)
     try:
         statedir.make_private(common.state_dir)
+        held = statedir.lock(common.state_dir)  # one host per state dir: its id, its containers
     except BaseException:
         sock.close()
         raise
-    bundle = build()
-    provider = await open_provider(
-        common,
-        bundle.path.parent,
-        host_id=common.host_id or statedir.host_id(common.state_dir),
-        progress=lambda line: console.out(console.dim(line)),
-    )
-    statedir.secure(common.state_dir, provider.traverse_gid)
-    use_tcp = settings.proxy_host is not None
-    config = common.gateway_config(
-        bundle.egress,
-        api_token=settings.api_token,
-        upstream=(common.upstream_url, common.api_key or ""),
-        leased=settings.log_url is not None,
-        host=settings.host,
-        port=settings.port,
-        proxy_dir=None if use_tcp else (settings.proxy_dir or provider.run_root),
-        proxy_host=settings.proxy_host or "127.0.0.1",
-        proxy_public_host=settings.proxy_public_host,
-    )
-    logs = _log_store(settings)
-    release = release_of(bundle)
-    async with open_gateway(config, provider, logs, lambda: release, sock=sock) as gateway:
-        console.out(f"kit gateway: serving {bundle.digest[:16]} at {gateway.url}")
-        await stop.wait()
-        console.out(console.dim("kit gateway: stopping (closing sockets with 1001)…"))
+    with held:
+        bundle = build()
+        provider = await open_provider(
+            common,
+            bundle.path.parent,
+            host_id=common.host_id or statedir.host_id(common.state_dir),
+            progress=lambda line: console.out(console.dim(line)),
+        )
+        statedir.secure(common.state_dir, provider.traverse_gid)
+        use_tcp = settings.proxy_host is not None
+        config = common.gateway_config(
+            bundle.egress,
+            api_token=settings.api_token,
+            upstream=(common.upstream_url, common.api_key or ""),
+            leased=settings.log_url is not None,
+            host=settings.host,
+            port=settings.port,
+            proxy_dir=None if use_tcp else (settings.proxy_dir or provider.run_root),
+            proxy_host=settings.proxy_host or "127.0.0.1",
+            proxy_public_host=settings.proxy_public_host,
+        )
+        logs = _log_store(settings)
+        release = release_of(bundle)
+        async with open_gateway(config, provider, logs, lambda: release, sock=sock) as gateway:
+            console.out(f"kit gateway: serving {bundle.digest[:16]} at {gateway.url}")
+            await stop.wait()
+            console.out(console.dim("kit gateway: stopping (closing sockets with 1001)…"))
     console.out(console.dim("kit gateway: stopped."))
 
 

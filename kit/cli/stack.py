@@ -18,7 +18,6 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from starlette.applications import Starlette
 
@@ -45,7 +44,7 @@ from kit.host.gateway import (
 from kit.host.pool import SandboxPool
 from kit.host.s3log import S3LogStore
 from kit.ids import SessionId, is_session_id
-from kit.private import open_private, write_private
+from kit.private import write_private
 from kit.protocol import errors as e
 
 log = logging.getLogger("kit.dev")
@@ -179,29 +178,6 @@ def _listen(settings: DevSettings) -> tuple[socket.socket, int | None]:
     )
 
 
-def _lock_state_dir(state: Path) -> Any:
-    """Hold ``state/host.lock`` for the stack's life: two hosts on one state dir would share
-    its sockets and files. The lock goes with the process, however it ends."""
-    import fcntl
-
-    fd = open_private(state / "host.lock", os.O_RDWR | os.O_APPEND)
-    handle = os.fdopen(fd, "a+")  # held until the process ends
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise KitError(
-            f"Another kit host ({holder}) is using the state dir {state}; stop it, or give "
-            "this one its own KIT_STATE_DIR."
-        ) from None
-    handle.truncate(0)
-    handle.write(f"pid {os.getpid()}\n")
-    handle.flush()
-    return handle
-
-
 async def _discard_orphans(
     root: Path, sessions: set[SessionId], discard: Callable[[str], Awaitable[None]]
 ) -> None:
@@ -281,7 +257,7 @@ async def run_stack(settings: DevSettings) -> AsyncIterator[Stack]:
     state = settings.state_dir
     try:
         statedir.make_private(state)  # 0700 before anything is written in it
-        lock = _lock_state_dir(state)
+        lock = statedir.lock(state)
     except BaseException:
         host_sock.close()
         raise

@@ -34,15 +34,18 @@ A state dir an older kit left (0755 folders, 0644 logs) is tightened at start.
 
 from __future__ import annotations
 
+import fcntl
 import grp
+import os
 import secrets
 import socket
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from kit.cli.errors import CliError
-from kit.private import DIR_MODE, private_folder, tighten, write_private
+from kit.private import DIR_MODE, open_private, private_folder, tighten, write_private
 
 HOST_FILES = ("api-token", "host-id", "dev.json", "host.lock", "chat-sessions.json")
 """The state dir's own files (only these: it may be a folder the user gave, with others)."""
@@ -52,13 +55,37 @@ provider's: it sets its own mode)."""
 LOGS = "sessions"
 
 
+def lock(state: Path) -> TextIO:
+    """Hold ``state/host.lock`` for the host's life (close the returned file to let go): two
+    hosts on one state dir would share its sockets, files, host id and containers. The lock
+    goes with the process, however it ends."""
+    fd = open_private(state / "host.lock", os.O_RDWR | os.O_APPEND)
+    handle = os.fdopen(fd, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise CliError(
+            f"Another kit host ({holder}) is using the state dir {state}; stop it, or give "
+            "this one its own KIT_STATE_DIR."
+        ) from None
+    handle.truncate(0)
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 def host_id(state: Path) -> str:
     """This host's id, made once per state dir (which one host holds at a time): it owns
     the host's S3 leases and labels its containers, so a host restarted on the same state
     dir takes back what it left, and never touches another state dir's."""
     path = state / "host-id"
     if path.is_file():
-        return path.read_text().strip()
+        found = path.read_text(errors="replace").strip()
+        if found and found.isprintable() and len(found) <= 128:
+            return found
     made = f"{socket.gethostname()}-{secrets.token_hex(4)}"
     write_private(path, made + "\n")
     return made

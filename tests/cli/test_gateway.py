@@ -198,3 +198,33 @@ def test_settings_are_read_once_into_a_frozen_object(kit_tmp: Path) -> None:
     assert (tcp.host, tcp.port) == ("127.0.0.1", 8787)
     with pytest.raises(SettingsError, match="KIT_SANDBOX_GRACE_S"):
         gateway_settings({**base, "KIT_SANDBOX_GRACE_S": "forever"})
+
+
+async def test_a_second_gateway_on_the_same_state_dir_is_refused(kit_tmp: Path) -> None:
+    """Two gateways on one state dir would share its host id, so the second one's reap at
+    start would kill the first's sandboxes: it is refused in one line naming the fix, and
+    the first serves on. (Broken on purpose once: without the lock the second started.)"""
+    env = _env(
+        KIT_LISTEN="127.0.0.1:0",
+        KIT_API_TOKEN=TOKEN,
+        KIT_PROJECT=str(REPO / "skills" / "support-bot"),
+        KIT_STATE_DIR=str(kit_tmp / "state"),
+        ANTHROPIC_API_KEY=MODEL_KEY,
+        KIT_SANDBOX_ISOLATION="off",
+        KIT_SANDBOX_USER="",
+        KIT_SANDBOX_POOL="0",
+    )
+    first, url = await _start(env)
+    try:
+        second = await spawn_kit("gateway", cwd=REPO, env=env)
+        _out, err = await asyncio.wait_for(second.communicate(), 60)
+        assert second.returncode == 1
+        lines = err.decode().strip().splitlines()
+        assert len(lines) == 1, lines
+        assert "is using the state dir" in lines[0]
+        assert "KIT_STATE_DIR" in lines[0]
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"{url}/healthz")).status_code == 200
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(first.wait(), 30) == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from kit.cli.stack import run_stack
 from kit.host.errors import SandboxError
 from kit.host.runtime_client import RuntimeClient
 from kit.host.sandbox import Endpoint, SandboxSpec
-from kit.ids import new_session_id
+from kit.ids import SandboxId, new_session_id
 from kit.protocol.runtime_api import RuntimeEvent, TurnRequest
 from tests.agents import open_session, turn_events, write_agent
 from tests.conftest import stack_settings
@@ -174,6 +175,44 @@ async def test_a_cancelled_start_leaves_no_container_and_no_config(world: World)
         await starting
     assert await _containers(world, spec) == []
     assert list(world.provider.run_root.glob("*/config.json")) == []
+
+
+async def test_a_start_cancelled_while_making_its_folders_leaves_no_config(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled while its folders and config are still being made (in a thread, which the
+    cancellation cannot stop): no container is made, and the config the thread writes is
+    deleted once it is done. (Broken on purpose once: without the done-callback the config,
+    the session's tokens, stayed on disk.)"""
+    entered, release, made = threading.Event(), threading.Event(), threading.Event()
+    real = world.provider._spec
+
+    def slow(spec: SandboxSpec, sandbox_id: SandboxId) -> Any:
+        entered.set()
+        release.wait(60)
+        try:
+            return real(spec, sandbox_id)
+        finally:
+            made.set()
+
+    monkeypatch.setattr(world.provider, "_spec", slow)
+    spec = _spec(world)
+    starting = asyncio.create_task(world.provider.start(spec))
+    assert await asyncio.to_thread(entered.wait, 60)
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    release.set()
+    assert await asyncio.to_thread(made.wait, 60)
+    configs = list(world.provider.run_root.glob("*/config.json"))
+    for _ in range(200):  # the done-callback runs a loop turn after the thread ends
+        if not configs:
+            break
+        await asyncio.sleep(0.05)
+        configs = list(world.provider.run_root.glob("*/config.json"))
+    assert configs == []
+    assert await _containers(world, spec) == []
+    assert spec.session_id not in world.provider.running
 
 
 async def test_a_killed_container_reports_killed(world: World) -> None:
