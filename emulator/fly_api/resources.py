@@ -41,6 +41,7 @@ class AppRegistry:
         self._backend = backend
         self._apps: dict[str, App] = {}
         self._cursors: dict[str, list[str]] = {}
+        self._idempotency: dict[str, str] = {}
         self._next_ip = 1
 
     def all(self) -> list[App]:
@@ -57,8 +58,17 @@ class AppRegistry:
     # -- apps ------------------------------------------------------------------------------
 
     def create(self, body: dict[str, Any]) -> App:
-        """Apps_create: 422 ``name_taken`` when the (global) name exists."""
-        name = body.get("name")
+        """Apps_create: 422 ``name_taken`` when the (global) name exists; a retry with the
+        same ``idempotency_key`` (and the same name, or none) answers the first app."""
+        name, key = body.get("name"), body.get("idempotency_key")
+        if isinstance(key, str) and key in self._idempotency:
+            first = self._idempotency[key]
+            if name not in (None, "", first):
+                raise ApiError(
+                    422, f"idempotency_key was used to create app {first!r}, not {name!r}"
+                )
+            if first in self._apps:
+                return self._apps[first]
         if not isinstance(name, str) or not name:
             raise ApiError(422, "name: can't be blank; send {name, org_slug}")
         if not all(c.isalnum() or c == "-" for c in name) or name != name.lower():
@@ -74,6 +84,8 @@ class AppRegistry:
             created_at=self._backend.now(),
         )
         self._apps[name] = app
+        if isinstance(key, str) and key:
+            self._idempotency[key] = name
         return app
 
     def delete(self, name: str) -> None:

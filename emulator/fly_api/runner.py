@@ -147,8 +147,9 @@ class InProcessRunner:
     """Machines that run nowhere: each run is a record a test can inspect and end.
 
     The run's "root filesystem" is a dict (``rootfs``), filled from ``config.files`` at
-    launch and writable by ``exec`` of ``["write", path, text]``; ``exec`` of
-    ``["exit", code]`` answers with that code; any other command echoes its arguments.
+    launch, writable by ``exec`` of ``["write", path, text]`` and read by ``["cat", path]``;
+    ``["exit", code]`` answers with that code, ``["echo", …]`` with its arguments; any
+    other command echoes itself.
     SIGINT and SIGTERM end a run with 0, SIGKILL with 137; other signals are recorded.
     """
 
@@ -235,6 +236,8 @@ class InProcessRunner:
             if command[1] not in run.files:
                 return ExecResult(1, stderr=f"cat: {command[1]}: No such file or directory\n")
             return ExecResult(0, stdout=run.files[command[1]].decode(errors="replace"))
+        if command[:1] == ["echo"]:
+            return ExecResult(exit_code=0, stdout=" ".join(command[1:]) + "\n")
         return ExecResult(exit_code=0, stdout=" ".join(command) + "\n")
 
     async def kill(self, machine_id: str) -> None:
