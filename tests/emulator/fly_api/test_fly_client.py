@@ -37,7 +37,7 @@ async def test_a_deploy_and_a_session_machine_through_the_client(
 ) -> None:
     """App, secrets, IPs; a leased machine started, stopped and restarted; metadata; exec;
     events; destroy — every call through FlyClient, its errors the client's own."""
-    client, served, runner, clock = api
+    client, served, runner, _clock = api
     await client.create_app(APP, "personal")
     with pytest.raises(fly.NameTaken):
         await client.create_app(APP, "personal")
