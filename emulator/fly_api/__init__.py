@@ -2,8 +2,11 @@
 
 ``kit dev --target fly`` and the tests start it with :func:`serve`; kit's ``fly/`` client
 talks to it as to ``https://api.machines.dev`` (``FLY_API_HOSTNAME``). Machines are run by a
-:class:`Runner`: :class:`InProcessRunner` (nothing executes; for API tests) or
-:class:`~emulator.fly_api.docker_runner.DockerRunner` (a container per run).
+:class:`Runner`: :class:`InProcessRunner` (nothing executes; for API tests) or :class:`DockerRunner` (a
+container per run)::
+
+    async with DockerRunner() as runner, serve(token=token, runner=runner) as served:
+        ...  # FLY_API_HOSTNAME=served.url; Authorization: Bearer <token>
 
 Emulated (paths and shapes as in the vendored spec ``fly-machines-openapi.json``):
 
@@ -51,6 +54,7 @@ from emulator.fly_api.clock import (
     RateLimits,
     SystemClock,
 )
+from emulator.fly_api.docker_runner import DockerRunner
 from emulator.fly_api.errors import ApiError, FlyEmulatorError, RunnerError
 from emulator.fly_api.runner import ExecResult, Exit, InProcessRunner, LaunchSpec, Runner
 from emulator.fly_api.serve import Served, serve
@@ -60,6 +64,7 @@ __all__ = [
     "NONCE_HEADER",
     "ApiError",
     "Clock",
+    "DockerRunner",
     "ExecResult",
     "Exit",
     "FakeClock",

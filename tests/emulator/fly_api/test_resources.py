@@ -130,3 +130,14 @@ async def test_secrets_never_show_values_and_ips_are_listed_and_released(fly: Fl
     checked(r, "App_IPAssignments_delete", 204)
     ips = checked(await fly.http.get(f"/v1/apps/{APP}/ip_assignments"), "App_IPAssignments_list")
     assert ip not in [e["ip"] for e in ips["ips"]]
+
+
+async def test_a_create_retried_with_its_idempotency_key_answers_the_same_app(fly: Fly) -> None:
+    """The same key and name give the first app back (no name_taken); the same key with
+    another name is refused."""
+    body = {"name": APP, "org_slug": "personal", "idempotency_key": "k1"}
+    first = checked(await fly.http.post("/v1/apps", json=body), "Apps_create", 201)
+    again = checked(await fly.http.post("/v1/apps", json=body), "Apps_create", 201)
+    assert again["id"] == first["id"]
+    other = {**body, "name": "kit-other"}
+    checked(await fly.http.post("/v1/apps", json=other), "Apps_create", 422)
