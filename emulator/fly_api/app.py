@@ -35,6 +35,7 @@ from emulator.fly_api.resources import (
 )
 
 NONCE_HEADER = "fly-machine-lease-nonce"
+LEASE_OWNER = "emulator@tokens.fly.io"
 MAX_WAIT_S = 60
 DEFAULT_EXEC_TIMEOUT_S = 30
 UNAUTHORIZED = "Authenticate: token validation error"
@@ -233,14 +234,12 @@ def create_app(
         m = machine(request)
         backend.guard(m, nonce(request))
         sent = await body(request)
-        running = m.state in (State.STARTED, State.STARTING, State.SUSPENDED)
         signal, timeout = stop_settings(m, {})
         apps.new_version(m, sent)
         backend.replace(m, launch=not sent.get("skip_launch"), signal=signal, timeout_s=timeout)
         shown = m.json(now=backend.now())
         if sent.get("lease_ttl") and m.lease is None:
             shown["nonce"] = apps.take_lease(m, int(sent["lease_ttl"]), "", None, _owner()).nonce
-        shown["state"] = str(m.state) if running else shown["state"]
         return shown
 
     async def delete_machine(request: Request) -> Any:
@@ -481,7 +480,8 @@ def create_app(
 
 
 def _owner() -> str:
-    return "emulator@tokens.fly.io"
+    """Who holds the emulator's leases: every client shares the one token."""
+    return LEASE_OWNER
 
 
 async def _run(work: Awaitable[Any]) -> Any:

@@ -30,8 +30,6 @@ DEFAULT_STOP_TIMEOUT_S = 5.0
 """fly.toml's ``kill_timeout`` default."""
 MAX_STOP_TIMEOUT_S = 300.0
 DEFAULT_RESTART_RETRIES = 10
-DEFAULT_REGION = "iad"
-LEASE_OWNER = "emulator@tokens.fly.io"
 
 SIGNALS = {s.name: int(s) for s in signals.Signals if s.name.startswith("SIG")}
 
@@ -44,6 +42,8 @@ class FlyBackend:
         self.runner = runner
         self.clock: Clock = clock or SystemClock()
         self.apps = AppRegistry(self)
+        self.machines: dict[str, Machine] = {}
+        """Every machine ever created, those of deleted apps included (to kill on exit)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._open = False
 
@@ -57,11 +57,9 @@ class FlyBackend:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        for app in self.apps.all():
-            for m in app.machines.values():
-                if m.state != State.DESTROYED:
-                    with contextlib.suppress(RunnerError):
-                        await self.runner.kill(m.id)
+        for m in self.machines.values():
+            with contextlib.suppress(RunnerError):
+                await self.runner.kill(m.id)  # a destroyed machine's kill is a no-op
 
     def now(self) -> float:
         """Unix seconds on the backend's clock."""

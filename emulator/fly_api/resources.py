@@ -126,6 +126,7 @@ class AppRegistry:
         m.versions.append((version, copy.deepcopy(config)))
         m.add_event("launch", "created", now, source="user")
         app.machines[m.id] = m
+        self._backend.machines[m.id] = m
         return m
 
     def new_version(self, m: Machine, body: dict[str, Any]) -> None:
