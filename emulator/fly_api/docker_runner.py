@@ -19,6 +19,7 @@ import io
 import os
 import secrets
 import tarfile
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -97,11 +98,13 @@ class DockerRunner:
         self,
         *,
         socket_path: str = DEFAULT_SOCKET,
-        network: Network = "none",
+        network: Network | Callable[[LaunchSpec], Network] = "none",
         runner_id: str | None = None,
     ) -> None:
+        """``network`` is every machine's (``none`` or ``host``), or a function choosing
+        per launch (say ``host`` for a gateway app's machines, ``none`` for sandboxes)."""
         self.runner_id = runner_id or secrets.token_hex(6)
-        self.network: Network = network
+        self.network = network
         self._docker = _MachineDocker(socket_path)
         self._containers: dict[str, str] = {}
 
@@ -170,7 +173,7 @@ class DockerRunner:
             nano_cpus=cpus * 1_000_000_000,
             pids_limit=PIDS_LIMIT,
             read_only_root=False,
-            network=self.network,
+            network=self.network(spec) if callable(self.network) else self.network,
         )
 
     async def wait(self, machine_id: str) -> Exit:

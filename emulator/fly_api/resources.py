@@ -166,8 +166,8 @@ class AppRegistry:
             and (not region or m.region == region)
             and all(m.metadata.get(k) == v for k, v in wanted.items())
         ]
-        if "limit" not in query:
-            if "cursor" in query:
+        if not query.get("limit"):
+            if query.get("cursor"):
                 raise bad_request("cursor requires limit")
             return found, None
         limit = _int(query["limit"], "limit")

@@ -191,3 +191,26 @@ async def test_leaving_the_emulator_and_closing_the_runner_removes_every_contain
     finally:
         await runner.close()
     assert _containers_of(runner) == []
+
+
+async def test_the_network_can_be_chosen_per_machine() -> None:
+    """A function given as ``network`` picks each launch's: host for one app, none else."""
+    image = tiny_image()
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    runner = DockerRunner(network=lambda spec: "host" if spec.app == "kit-gw" else "none")
+    async with (
+        runner,
+        serve(token=TOKEN, runner=runner, rate_limits=None) as served,
+        httpx.AsyncClient(base_url=served.url, headers=headers, timeout=90) as http,
+    ):
+        for app in (APP, "kit-gw"):
+            await http.post("/v1/apps", json={"name": app, "org_slug": "personal"})
+        sandbox = await Machines(http, runner, image).create()
+        config = {"image": image, "init": {"exec": ["/bin/sh", "-c", LOOP]}}
+        r = await http.post("/v1/apps/kit-gw/machines", json={"config": config})
+        gateway = checked(r, "Machines_create", 200)["id"]
+        r = await http.get(f"/v1/apps/kit-gw/machines/{gateway}/wait", params={"timeout": 60})
+        checked(r, "Machines_wait", 200)
+        machines = Machines(http, runner, image)
+        assert machines.inspect(sandbox)["HostConfig"]["NetworkMode"] == "none"
+        assert machines.inspect(gateway)["HostConfig"]["NetworkMode"] == "host"
