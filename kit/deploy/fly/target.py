@@ -22,7 +22,7 @@ from typing import Any
 
 from fly import MachineConfig, MachineGuest
 from kit.deploy.errors import DeployError
-from kit.tiers import get_tier
+from kit.tiers import TierError, fly_guest
 
 GATEWAY_PORT = 8080
 SANDBOX_SUFFIX = "-sandboxes"
@@ -33,11 +33,6 @@ CONFIG_KEY = "kit_config"
 """Metadata: the sha256 of the config kit gave a gateway machine (compared on redeploy)."""
 SECRETS_KEY = "kit_secrets"
 """Metadata: the sha256 of the secrets a gateway machine was started with."""
-
-# Fly presets by CPUs (shared CPUs are 1/16 of a core in steady state) and their memory
-# range per CPU (shared_v4 256 MB to 2 GB, performance 2 GB to 8 GB; multiples of 256 MB).
-_SHARED_CPUS = (1, 2, 4, 6, 8)
-_PERFORMANCE_CPUS = (1, 2, 4, 6, 8, 10, 12, 14, 16)
 
 
 @dataclass(frozen=True)
@@ -76,31 +71,13 @@ class FlyTarget:
         return f"https://{self.app}.fly.dev"
 
 
-def guest_for(tier_name: str, memory_mb: int | None = None) -> MachineGuest:
-    """The Fly guest for a kit tier: a Fly preset as it is; a Cloudflare tier as the
-    smallest Fly size with at least its CPU share and its memory."""
-    tier = get_tier(tier_name)
-    want_mb = memory_mb or _round_up(tier.memory_mib, 256)
-    if tier.platform == "fly":
-        memory = max(want_mb, tier.memory_mib)
-        if tier.name.startswith("shared"):
-            return {"cpu_kind": "shared", "cpus": round(tier.vcpu * 16), "memory_mb": memory}
-        return {"cpu_kind": "performance", "cpus": round(tier.vcpu), "memory_mb": memory}
-    for cpus in _SHARED_CPUS:
-        if cpus / 16 >= tier.vcpu and want_mb <= 2048 * cpus:
-            return {"cpu_kind": "shared", "cpus": cpus, "memory_mb": max(want_mb, 256 * cpus)}
-    for cpus in _PERFORMANCE_CPUS:
-        if cpus >= tier.vcpu and want_mb <= 8192 * cpus:
-            return {
-                "cpu_kind": "performance",
-                "cpus": cpus,
-                "memory_mb": max(want_mb, 2048 * cpus),
-            }
-    raise DeployError(f"tier {tier_name} has no Fly size; pick a smaller [sandbox] tier.")
-
-
-def _round_up(value: int, step: int) -> int:
-    return -(-value // step) * step
+def guest_for(tier_name: str) -> MachineGuest:
+    """The Fly guest a tier runs at (:func:`kit.tiers.fly_guest`)."""
+    try:
+        guest = fly_guest(tier_name)
+    except (KeyError, TierError) as exc:
+        raise DeployError(f"[sandbox] tier {tier_name!r}: {exc}") from None
+    return {"cpu_kind": guest.cpu_kind, "cpus": guest.cpus, "memory_mb": guest.memory_mb}
 
 
 def digest(data: Any) -> str:
@@ -124,7 +101,7 @@ def gateway_config(
     config: MachineConfig = {
         "image": image,
         "guest": {"cpu_kind": "shared", "cpus": 1, "memory_mb": 1024},
-        "init": {"cmd": ["kit", "gateway"]},
+        "init": {"entrypoint": ["/opt/kit/bin/kit"], "cmd": ["gateway"]},
         "env": dict(sorted(env.items())),
         "services": [
             {
