@@ -10,6 +10,7 @@ from types import ModuleType
 import pytest
 
 from emulator.durable_objects.errors import DurableObjectError
+from emulator.fly_api.errors import FlyEmulatorError
 from emulator.model.errors import OfflineModelError
 from kit.bundle.errors import ConfigError
 from kit.cli.errors import CliError
@@ -34,6 +35,7 @@ FAMILIES: list[tuple[str, type[BaseException], str | None]] = [
     ("kit.deploy", DeployError, "kit.deploy.errors"),
     ("emulator.durable_objects", DurableObjectError, "emulator.durable_objects.errors"),
     ("emulator.model", OfflineModelError, "emulator.model.errors"),
+    ("emulator.fly_api", FlyEmulatorError, "emulator.fly_api.errors"),
     # It implements kit.host's sandbox seam, so it raises that seam's errors; it draws none.
     ("emulator.sandbox", SandboxError, None),
 ]
