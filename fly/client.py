@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-from fly.errors import ExecFailed, LeaseHeld, NotFound, WaitTimedOut
+from fly.errors import ExecFailed, FlyError, LeaseHeld, NotFound, WaitTimedOut
 from fly.http import Wire
 from fly.models import (
     App,
@@ -38,14 +38,20 @@ from fly.models import (
     WaitState,
 )
 
-WAIT_CALL_MAX_S = 60
-"""The longest one ``/wait`` call may hold (Fly's proxy cuts at 60 s)."""
+WAIT_CALL_MAX_S = 55
+"""The longest one ``/wait`` call asks Fly to hold (its proxy cuts at 60 s)."""
+WAIT_PAUSE_S = 1.0
+"""After a 408 that came back sooner than asked, before the next wait."""
 MAX_PAGES = 1000
 """A bound on the pages one listing follows."""
 LEASE_RETRY_S = 1.0
 
 
 def _seg(value: str) -> str:
+    """``value`` as one path segment: quoted, and never empty, ``.`` or ``..`` (which an
+    HTTP client collapses: ``DELETE …/secrets/..`` would delete the app)."""
+    if value in ("", ".", ".."):
+        raise ValueError(f"{value!r} is not a name the Fly API can take")
     return quote(value, safe="")
 
 
@@ -66,13 +72,22 @@ class FlyClient(Wire):
 
     # -- apps -----------------------------------------------------------------------------
 
-    async def create_app(self, name: str, org_slug: str, *, network: str | None = None) -> str:
-        """Create app ``name`` in ``org_slug``; its id. Retried safely (an idempotency key).
-        :class:`fly.NameTaken` when the name is anyone's already."""
+    async def create_app(
+        self,
+        name: str,
+        org_slug: str,
+        *,
+        network: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Create app ``name`` in ``org_slug``; its id. Retried safely: the same
+        ``idempotency_key`` (default: one per call) gets the same app, so a caller that lost
+        the answer can run again with its key. :class:`fly.NameTaken` when the name is
+        someone else's."""
         body: dict[str, Any] = {
             "name": name,
             "org_slug": org_slug,
-            "idempotency_key": uuid.uuid4().hex,
+            "idempotency_key": idempotency_key or uuid.uuid4().hex,
         }
         if network:
             body["network"] = network
@@ -95,14 +110,16 @@ class FlyClient(Wire):
         """Every app of ``org_slug`` (following cursors)."""
         apps: list[App] = []
         cursor: str | None = None
+        seen: set[str] = set()
         for _ in range(MAX_PAGES):
-            params = {"org_slug": org_slug, "cursor": cursor}
+            params = {"org_slug": org_slug, "cursor": cursor, "limit": 100 if cursor else None}
             data = self.json(await self.call("GET", "/v1/apps", params=params))
             data = data if isinstance(data, dict) else {}
-            apps.extend(App.parse(item) for item in data.get("apps") or [])
+            apps.extend(App.parse(item) for item in _items(data.get("apps")))
             cursor = data.get("next_cursor") or None
-            if not cursor:
+            if not cursor or cursor in seen:
                 break
+            seen.add(cursor)
         return apps
 
     async def delete_app(self, name: str) -> None:
@@ -162,20 +179,22 @@ class FlyClient(Wire):
         """The app's machines, filtered by state and ``metadata`` (all keys must match),
         following ``fly-next-cursor`` over every page."""
         params: dict[str, Any] = {"region": region, "limit": page_size}
-        if states := ",".join(states):
+        if states := ",".join((states,) if isinstance(states, str) else states):
             params["state"] = states
         if include_deleted:
             params["include_deleted"] = "true"
         for key, value in (metadata or {}).items():
             params[f"metadata.{key}"] = value
         machines: list[Machine] = []
+        seen: set[str] = set()
         for _ in range(MAX_PAGES):
             answer = await self.call("GET", f"/v1/apps/{_seg(app)}/machines", params=params)
             data = self.json(answer)
             machines.extend(Machine.parse(item) for item in _items(data))
             cursor = answer.headers.get("fly-next-cursor")
-            if not cursor:
+            if not cursor or cursor in seen:
                 break
+            seen.add(cursor)
             params["cursor"] = cursor
         return machines
 
@@ -254,19 +273,29 @@ class FlyClient(Wire):
         timeout_s: float = 300.0,
     ) -> WaitResult:
         """Until the machine reaches ``state`` (at ``version``, when given): one ``/wait`` of
-        at most 60 s after another until ``timeout_s``, then :class:`fly.WaitTimedOut`."""
+        at most 55 s after another until ``timeout_s``, then :class:`fly.WaitTimedOut`.
+        Retries of failed calls stop at the same deadline."""
         states = state if isinstance(state, str) else ",".join(state)
         deadline = self._clock() + timeout_s
         path = self._machine(app, machine, "/wait")
-        for _ in range(int(timeout_s) + 2):
-            left = deadline - self._clock()
-            per_call = max(1, min(WAIT_CALL_MAX_S, int(left)))
-            params = {"state": states, "timeout": per_call, "version": version}
-            answer = await self.call("GET", path, params=params, expect=(200, 408))
+        for _ in range(int(timeout_s / WAIT_PAUSE_S) + 2):
+            asked = max(1, min(WAIT_CALL_MAX_S, int(deadline - self._clock())))
+            params = {"state": states, "timeout": asked, "version": version}
+            began = self._clock()
+            answer = await self.call(
+                "GET",
+                path,
+                params=params,
+                expect=(200, 408),
+                timeout_s=asked + 15,
+                deadline=deadline,
+            )
             if answer.status_code == 200:
                 return WaitResult.parse(self.json(answer))
-            if self._clock() >= deadline:
+            if self._clock() + WAIT_PAUSE_S >= deadline:
                 break
+            if self._clock() - began < asked / 2:  # answered early: do not hammer
+                await self._sleep(WAIT_PAUSE_S)
         raise WaitTimedOut(
             f"machine {machine} did not reach {states} in {timeout_s:g} s",
             status=408,
@@ -290,17 +319,27 @@ class FlyClient(Wire):
         *,
         timeout_s: int | None = None,
         check: bool = True,
+        nonce: str | None = None,
     ) -> ExecResult:
         """Run ``command`` in the machine; with ``check`` a non-zero exit is
         :class:`fly.ExecFailed` (Fly itself answers 200)."""
         body: dict[str, Any] = {"command": command}
         if timeout_s is not None:
             body["timeout"] = timeout_s
-        answer = await self.call("POST", self._machine(app, machine, "/exec"), body=body)
+        path = self._machine(app, machine, "/exec")
+        answer = await self.call(
+            "POST", path, body=body, timeout_s=(timeout_s or 60) + 15, nonce=nonce
+        )
         result = ExecResult.parse(self.json(answer))
-        if check and result.exit_code != 0:
+        if check and not result.ok:
             raise ExecFailed(
-                f"`{' '.join(command)}` in machine {machine} exited {result.exit_code}: "
+                f"`{' '.join(command)}` in machine {machine} "
+                + (
+                    f"exited {result.exit_code}"
+                    if result.exit_code
+                    else f"died of signal {result.exit_signal}"
+                )
+                + ": "
                 f"{result.stderr.strip()[-300:]}",
                 exit_code=result.exit_code,
                 stdout=result.stdout,
@@ -356,8 +395,9 @@ class FlyClient(Wire):
         description: str | None = None,
         wait_s: float = 60.0,
     ) -> AsyncIterator[Lease]:
-        """Hold the machine's lease for the block (retrying while another holds it, up to
-        ``wait_s``), and release it after, whatever happened."""
+        """Hold the machine's lease for the block: acquired (retrying while another holds
+        it, up to ``wait_s``), refreshed every ``ttl_s / 2`` while the block runs, released
+        after it. A failed release never hides the block's own error (it is noted on it)."""
         lease: Lease | None = None
         for attempt in range(int(wait_s / LEASE_RETRY_S) + 1):
             try:
@@ -368,10 +408,29 @@ class FlyClient(Wire):
                     raise
                 await self._sleep(LEASE_RETRY_S)
         assert lease is not None
+        refresher = asyncio.ensure_future(self._refresh(app, machine, lease, ttl_s))
         try:
             yield lease
-        finally:
-            await asyncio.shield(self.release_lease(app, machine, lease.nonce))
+        except BaseException as exc:
+            refresher.cancel()
+            release = asyncio.ensure_future(self.release_lease(app, machine, lease.nonce))
+            try:
+                await asyncio.shield(release)
+            except FlyError as failed:
+                exc.add_note(f"releasing the lease of machine {machine} failed too: {failed}")
+            except asyncio.CancelledError:
+                pass  # cancelled again: the release goes on by itself
+            raise
+        refresher.cancel()
+        await self.release_lease(app, machine, lease.nonce)
+
+    async def _refresh(self, app: str, machine: str, lease: Lease, ttl_s: int) -> None:
+        """Renew ``lease`` every half TTL until cancelled (a failed renewal is tried again
+        at the next half TTL)."""
+        for _ in range(1_000_000):
+            await self._sleep(max(1.0, ttl_s / 2))
+            with contextlib.suppress(FlyError):
+                await self.acquire_lease(app, machine, ttl_s=ttl_s, nonce=lease.nonce)
 
     # -- metadata -------------------------------------------------------------------------
 
@@ -427,13 +486,14 @@ class FlyClient(Wire):
         data = self.json(await self.call("POST", path, body={"values": dict(values)}))
         return _version(data)
 
-    async def delete_secret(self, app: str, name: str) -> int:
-        """Remove one secret; the new secrets version."""
+    async def delete_secret(self, app: str, name: str) -> int | None:
+        """Remove one secret; the new secrets version (None: it was not there, or its
+        answer was lost and the retry found it gone; list the secrets to know the version)."""
         path = f"/v1/apps/{_seg(app)}/secrets/{_seg(name)}"
         try:
             return _version(self.json(await self.call("DELETE", path)))
         except NotFound:
-            return 0
+            return None
 
     async def list_ips(self, app: str) -> list[IPAssignment]:
         """The app's addresses."""

@@ -9,7 +9,8 @@ above this package sees httpx.
     ├── WaitTimedOut              408 past the caller's whole wait
     ├── Conflict                  409: a stale current_version, or a lease held by another
     │   └── LeaseHeld             409 on a lease or on a mutation without the holder's nonce
-    ├── PreconditionFailed        412: metadata changed since machine_version
+    ├── PreconditionFailed        412: metadata changed since machine_version, or a
+    │                             machine that must be stopped first (destroy without force)
     ├── Unprocessable             422: invalid input
     │   └── NameTaken             422 name_taken: app names are global
     ├── InsufficientCapacity      no room in the region: try another
@@ -145,7 +146,7 @@ def error_for(
             401: Unauthorized,
             403: Unauthorized,
             404: NotFound,
-            408: WaitTimedOut,
+            408: WaitTimedOut if path.endswith("/wait") else FlyError,
             409: Conflict,
             412: PreconditionFailed,
             422: Unprocessable,

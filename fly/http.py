@@ -20,6 +20,7 @@ DEFAULT_BASE_URL = "https://api.machines.dev"
 """Fly's public Machines API (inside a Fly org's private network: ``http://_api.internal:4280``)."""
 NONCE_HEADER = "fly-machine-lease-nonce"
 REQUEST_ID_HEADER = "fly-request-id"
+MACAROON_PREFIXES = ("fm1_", "fm1r_", "fm1a_", "fm2_")
 CALL_TIMEOUT_S = 75.0
 """Per call: ``/wait`` holds a call up to 60 s, and Fly's proxy cuts there."""
 
@@ -29,7 +30,7 @@ def base_url(hostname: str | None) -> str:
     means plain http as on Fly's private network); :data:`DEFAULT_BASE_URL` when unset."""
     if not hostname or not hostname.strip():
         return DEFAULT_BASE_URL
-    hostname = hostname.strip().rstrip("/")
+    hostname = hostname.strip().rstrip("/").removesuffix("/v1")
     if "://" not in hostname:
         hostname = f"http://{hostname}"
     parts = urlsplit(hostname)
@@ -42,12 +43,14 @@ def base_url(hostname: str | None) -> str:
 
 
 def auth_header(token: str) -> str:
-    """``Authorization`` for ``token``: macaroon tokens (``fm1_``/``fm2_``) go as ``FlyV1``,
-    the rest as ``Bearer``; a token that already names its scheme is sent as given."""
+    """``Authorization`` for ``token``: a macaroon token (any comma-separated part starting
+    ``fm1_``, ``fm1r_``, ``fm1a_`` or ``fm2_``, as fly-go tells them) goes as ``FlyV1``, the
+    rest as ``Bearer``; a token that names its scheme keeps it."""
     token = token.strip()
-    if token.startswith(("FlyV1 ", "Bearer ")):
-        return token
-    if token.startswith(("fm1_", "fm2_")):
+    scheme, _, rest = token.partition(" ")
+    if rest and scheme.lower() in ("flyv1", "bearer"):
+        return f"{'FlyV1' if scheme.lower() == 'flyv1' else 'Bearer'} {rest.strip()}"
+    if any(part.strip().startswith(MACAROON_PREFIXES) for part in token.split(",")):
         return f"FlyV1 {token}"
     return f"Bearer {token}"
 
@@ -61,6 +64,10 @@ class RetryPolicy:
     attempts: int = 5
     base_s: float = 0.25
     cap_s: float = 8.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.base_s < 0 or self.cap_s < self.base_s:
+            raise ValueError("RetryPolicy needs attempts >= 1 and 0 <= base_s <= cap_s")
 
     def delay(self, attempt: int, rand: float) -> float:
         step = min(self.cap_s, self.base_s * 2.0**attempt)
@@ -110,26 +117,30 @@ class Wire:
         nonce: str | None = None,
         safe: bool | None = None,
         expect: tuple[int, ...] = (200, 201, 202, 204),
+        timeout_s: float | None = None,
+        deadline: float | None = None,
     ) -> httpx.Response:
         """``method path``; the answer when its status is in ``expect``, else a
         :class:`FlyError`. ``safe`` (default: GET and DELETE) allows retrying 5xx and calls
-        that got no answer; 429 is always retried."""
+        that got no answer; 429 and refused connections (nothing was sent) are always
+        retried, but never past ``deadline`` (the clock's time). ``timeout_s``: this call's
+        own timeout (default :data:`CALL_TIMEOUT_S`)."""
         safe = method in ("GET", "DELETE") if safe is None else safe
         headers = {NONCE_HEADER: nonce} if nonce else {}
         query = {k: v for k, v in (params or {}).items() if v is not None}
+        timeout = httpx.Timeout(timeout_s or CALL_TIMEOUT_S, connect=10.0)
         for attempt in range(self.retry.attempts):
-            last = attempt == self.retry.attempts - 1
+            delay = self.retry.delay(attempt, self._rand())
+            last = attempt == self.retry.attempts - 1 or (
+                deadline is not None and self._clock() + delay >= deadline
+            )
             try:
                 answer = await self._http.request(
-                    method,
-                    path,
-                    params=query,
-                    json=body,
-                    headers=headers,
+                    method, path, params=query, json=body, headers=headers, timeout=timeout
                 )
             except httpx.TransportError as exc:
-                if safe and not last:
-                    await self._sleep(self.retry.delay(attempt, self._rand()))
+                if (safe or isinstance(exc, httpx.ConnectError)) and not last:
+                    await self._sleep(delay)
                     continue
                 raise Unreachable(
                     f"no answer from the Fly API at {self._http.base_url} ({exc!r}); check "
@@ -137,10 +148,12 @@ class Wire:
                     method=method,
                     path=path,
                 ) from exc
+            except httpx.HTTPError as exc:  # a body that would not decode, a bad URL
+                raise FlyError(f"the call failed: {exc!r}", method=method, path=path) from exc
             if answer.status_code in expect:
                 return answer
             if not last and (answer.status_code == 429 or (safe and answer.status_code >= 500)):
-                await self._sleep(self.retry.delay(attempt, self._rand()))
+                await self._sleep(delay)
                 continue
             raise self.error(answer)
         raise AssertionError("unreachable: the last attempt returns or raises")

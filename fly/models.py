@@ -197,8 +197,8 @@ class Lease:
 @dataclass(frozen=True)
 class Machine:
     """A machine as Fly shows it; ``version`` is the 26-char id of its current config
-    (``instance_id`` is the deprecated name). ``nonce`` is set when it was created or
-    updated with ``lease_ttl``."""
+    (``instance_id`` is the deprecated name). ``nonce`` is set when it was created with
+    ``lease_ttl`` (the caller then holds its lease)."""
 
     id: MachineId
     name: str
@@ -297,12 +297,18 @@ class ExecResult:
     stdout: str
     stderr: str
 
+    @property
+    def ok(self) -> bool:
+        """The command exited 0, not by a signal."""
+        return self.exit_code == 0 and self.exit_signal == 0
+
     @classmethod
     def parse(cls, body: Any) -> ExecResult:
+        """Fly (Go, ``omitempty``) leaves zero fields out: no ``exit_code`` means 0."""
         data: dict[str, Any] = body if isinstance(body, dict) else {}
         code, sig = data.get("exit_code"), data.get("exit_signal")
         return cls(
-            exit_code=code if isinstance(code, int) else -1,
+            exit_code=code if isinstance(code, int) else 0,
             exit_signal=sig if isinstance(sig, int) else 0,
             stdout=_str(data, "stdout"),
             stderr=_str(data, "stderr"),

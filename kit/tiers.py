@@ -106,3 +106,33 @@ def fly_sized(preset: str, memory_mb: int) -> Tier:
             f"got {memory_mb}."
         )
     return Tier(f"{preset}@{memory_mb}", "fly", base.vcpu, memory_mb, base.disk_mb)
+
+
+@dataclass(frozen=True)
+class FlyGuest:
+    """A Fly machine size: ``guest.cpu_kind``, ``cpus`` and ``memory_mb``."""
+
+    cpu_kind: Literal["shared", "performance"]
+    cpus: int
+    memory_mb: int
+
+
+def fly_guest(name: str) -> FlyGuest:
+    """The Fly size a tier runs at: a Fly preset as named (``shared-cpu-2x@1024`` included);
+    a Cloudflare tier as the smallest shared, else performance, size with at least its CPU
+    share (a shared CPU is 1/16 of a core in steady state) that can hold its memory (256 MB
+    to 2 GB per shared CPU, 2 to 8 GB per performance CPU, multiples of 256 MB)."""
+    base, _, sized = name.partition("@")
+    tier = fly_sized(base, int(sized)) if sized.isdigit() else get_tier(name)
+    memory = -(-tier.memory_mib // 256) * 256
+    if tier.platform == "fly":
+        if base.startswith("shared"):
+            return FlyGuest("shared", round(tier.vcpu * 16), memory)
+        return FlyGuest("performance", round(tier.vcpu), memory)
+    for cpus in (1, 2, 4, 6, 8):
+        if cpus / 16 >= tier.vcpu and memory <= 2048 * cpus:
+            return FlyGuest("shared", cpus, max(memory, 256 * cpus))
+    for cpus in (1, 2, 4, 6, 8, 10, 12, 14, 16):
+        if cpus >= tier.vcpu and memory <= 8192 * cpus:
+            return FlyGuest("performance", cpus, max(memory, 2048 * cpus))
+    raise TierError(f"Tier {name} has no Fly size; pick a smaller [sandbox] tier.")

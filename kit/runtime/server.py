@@ -21,7 +21,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -172,8 +172,15 @@ async def _json(send: Send, status: int, obj: object) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def bind(listen: str) -> socket.socket:
-    """Bind the socket ``unix:/path`` or ``tcp:HOST:PORT`` names."""
+PRIVATE_IP = "${FLY_PRIVATE_IP}"
+"""In ``listen``: the machine's private address (Fly puts it in ``FLY_PRIVATE_IP``; the
+emulator gives each machine its own loopback address); ``::`` where it is not set."""
+
+
+def bind(listen: str, environ: Mapping[str, str] = os.environ) -> socket.socket:
+    """Bind the socket ``unix:/path`` or ``tcp:HOST:PORT`` names (HOST may be
+    :data:`PRIVATE_IP`, and an IPv6 address with or without brackets)."""
+    listen = listen.replace(PRIVATE_IP, environ.get("FLY_PRIVATE_IP") or "::")
     if listen.startswith("unix:"):
         path = listen.removeprefix("unix:")
         with contextlib.suppress(FileNotFoundError):
@@ -183,6 +190,7 @@ def bind(listen: str) -> socket.socket:
         os.chmod(path, 0o660)
     elif listen.startswith("tcp:"):
         host, _, port = listen.removeprefix("tcp:").rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -3,6 +3,7 @@ loop, leases and nonces, errors mapped once. Against the emulator: tests/emulato
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 
@@ -29,6 +30,7 @@ class Clock:
     async def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         self.now += seconds
+        await asyncio.sleep(0)  # a real sleep yields to the loop
 
 
 def client(handler: Handler, clock: Clock | None = None, token: str = "tok") -> FlyClient:
@@ -61,6 +63,7 @@ def test_the_public_api_is_pinned() -> None:
         "FlyClient",
         "FlyError",
         "IPAssignment",
+        "IPType",
         "InsufficientCapacity",
         "Lease",
         "LeaseHeld",
@@ -75,6 +78,7 @@ def test_the_public_api_is_pinned() -> None:
         "MachinePort",
         "MachineRestart",
         "MachineService",
+        "MachineState",
         "NameTaken",
         "NotFound",
         "PreconditionFailed",
@@ -82,11 +86,14 @@ def test_the_public_api_is_pinned() -> None:
         "RetryPolicy",
         "SecretInfo",
         "ServerError",
+        "Signal",
         "StopConfig",
+        "StopSignal",
         "Unauthorized",
         "Unprocessable",
         "Unreachable",
         "WaitResult",
+        "WaitState",
         "WaitTimedOut",
         "base_url",
     ]
@@ -99,9 +106,13 @@ def test_auth_header_and_base_url() -> None:
     assert auth_header("abc") == "Bearer abc"
     assert auth_header("fm2_xyz") == "FlyV1 fm2_xyz"
     assert auth_header("FlyV1 fm1_a,fm2_b") == "FlyV1 fm1_a,fm2_b"
+    assert auth_header("fm1r_abc") == "FlyV1 fm1r_abc"
+    assert auth_header("fo1_x,fm2_y") == "FlyV1 fo1_x,fm2_y"
+    assert auth_header("flyv1 fm2_z") == "FlyV1 fm2_z"
     assert fly.base_url(None) == "https://api.machines.dev"
     assert fly.base_url("_api.internal:4280") == "http://_api.internal:4280"
     assert fly.base_url("http://127.0.0.1:4280/") == "http://127.0.0.1:4280"
+    assert fly.base_url("https://api.machines.dev/v1") == "https://api.machines.dev"
     with pytest.raises(ValueError, match="FLY_API_HOSTNAME"):
         fly.base_url("ftp://x")
     with pytest.raises(ValueError, match="FLY_API_TOKEN"):
@@ -178,12 +189,12 @@ async def test_wait_reissues_on_408_until_its_deadline() -> None:
     async with client(handler, clock) as api:
         result = await api.wait("app", "m1", "started", version="v2", timeout_s=150)
         assert (result.state, result.version) == ("started", "v2")
-        assert timeouts == ["60", "60", "30"]
+        assert timeouts == ["55", "55", "40"]
         timeouts.clear()
         clock.now = 0
         with pytest.raises(fly.WaitTimedOut, match="did not reach started,stopped in 90 s"):
             await api.wait("app", "m1", ("started", "stopped"), timeout_s=90)
-        assert timeouts == ["60", "30"]
+        assert timeouts == ["55", "35"]
 
 
 async def test_leases_both_shapes_and_the_nonce_on_mutations() -> None:
@@ -273,9 +284,42 @@ async def test_exec_checks_the_exit_code_fly_does_not() -> None:
         assert result.exit_code == 3
 
 
+async def test_an_exec_answer_without_exit_code_succeeded() -> None:
+    """Fly's Go server leaves zero fields out: ``{"stdout": "ok"}`` is exit 0, not a
+    failure. (Broken on purpose once: it read as -1 and raised.)"""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"stdout": "ok"})
+
+    async with client(handler) as api:
+        result = await api.exec("a", "m", ["true"])
+    assert (result.exit_code, result.stdout, result.ok) == (0, "ok", True)
+
+
+async def test_dot_segments_are_refused_before_anything_is_sent() -> None:
+    """``..`` as a secret, address or machine name would collapse to ``DELETE
+    /v1/apps/<app>`` (the whole app): refused, nothing sent."""
+    sent: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        return httpx.Response(200, json={})
+
+    async with client(handler) as api:
+        for call in (
+            api.delete_secret("app", ".."),
+            api.release_ip("app", "."),
+            api.delete_machine("app", ""),
+        ):
+            with pytest.raises(ValueError, match="not a name"):
+                await call
+    assert sent == []
+
+
 async def test_listing_follows_cursors_and_filters_by_metadata() -> None:
     """Pages follow ``fly-next-cursor`` until it is absent; metadata filters go as
     ``metadata.<key>``; events read ``exit_event`` for the exit code and OOM."""
+    states: list[str] = []
     pages = {
         None: ([{"id": "m1", "config": {"metadata": {"kit_session": "s"}}}], "c1"),
         "c1": ([{"id": "m2"}], None),
@@ -292,7 +336,7 @@ async def test_listing_follows_cursors_and_filters_by_metadata() -> None:
             }
             return httpx.Response(200, json=[event])
         assert request.url.params["metadata.kit_session"] == "s"
-        assert request.url.params["state"] == "started,stopped"
+        states.append(request.url.params["state"])
         items, cursor = pages[request.url.params.get("cursor")]
         headers = {"fly-next-cursor": cursor} if cursor else {}
         return httpx.Response(200, json=items, headers=headers)
@@ -302,6 +346,70 @@ async def test_listing_follows_cursors_and_filters_by_metadata() -> None:
             "a", states=("started", "stopped"), metadata={"kit_session": "s"}
         )
         assert [m.id for m in machines] == ["m1", "m2"]
+        assert states == ["started,stopped"] * 2
+        await api.list_machines("a", states="started", metadata={"kit_session": "s"})
+        assert states[-1] == "started"  # one state as a string is not split into letters
         assert machines[0].metadata == {"kit_session": "s"}
         (event,) = await api.list_events("a", "m1")
         assert (event.type, event.exit_code, event.oom_killed) == ("exit", 137, True)
+
+
+async def test_a_lease_is_refreshed_and_a_failed_release_does_not_hide_the_error() -> None:
+    """While the block runs the lease is renewed with its nonce every half TTL; when the
+    block fails and the release fails too, the block's error is what the caller sees,
+    with the release's noted on it."""
+    clock = Clock()
+    seen: list[tuple[str, str | None]] = []
+    renewed = asyncio.Event()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonce = request.headers.get("fly-machine-lease-nonce")
+        seen.append((request.method, nonce))
+        if request.method == "DELETE":
+            return error(500, "release broke")
+        if nonce:
+            renewed.set()
+        return httpx.Response(201, json={"nonce": "n1", "expires_at": 1})
+
+    async def hold_then_fail(api: FlyClient) -> None:
+        async with api.leased("app", "m1", ttl_s=10):
+            await renewed.wait()
+            raise RuntimeError("boom")
+
+    async with client(handler, clock) as api:
+        with pytest.raises(RuntimeError, match="boom") as caught:
+            await asyncio.wait_for(hold_then_fail(api), 10)
+    assert ("POST", "n1") in seen  # renewed with the nonce
+    assert clock.slept[0] == 5.0  # at half the TTL
+    assert any("release broke" in note for note in caught.value.__notes__)
+
+
+async def test_wait_retries_stop_at_its_deadline() -> None:
+    """A wait whose calls meet 503s retries them only until its own deadline; a 408 that
+    comes back early is not re-sent at once."""
+    clock = Clock()
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        clock.now += 1
+        return error(503, "busy")
+
+    async with client(handler, clock) as api:
+        with pytest.raises(fly.ServerError):
+            await api.wait("app", "m1", "started", timeout_s=2)
+    assert calls <= 2
+    early = 0
+
+    def fast_408(request: httpx.Request) -> httpx.Response:
+        nonlocal early
+        early += 1
+        return error(408, "deadline exceeded")
+
+    clock = Clock()
+    async with client(fast_408, clock) as api:
+        with pytest.raises(fly.WaitTimedOut):
+            await api.wait("app", "m1", "started", timeout_s=10)
+    assert early <= 11
+    assert sum(clock.slept) >= 9
