@@ -103,7 +103,7 @@ class FlyBackend:
         async with m.lock:
             if m.op != op:
                 return
-            spec = LaunchSpec(m.app, m.id, m.version, m.region, m.config)
+            spec = LaunchSpec(m.app, m.id, m.version, m.region, m.config, m.private_ip)
             m.run += 1
             run = m.run
             try:

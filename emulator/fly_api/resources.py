@@ -28,6 +28,8 @@ from emulator.fly_api.models import (
 if TYPE_CHECKING:
     from emulator.fly_api.backend import FlyBackend
 
+PRIVATE_BASE = ipaddress.IPv4Address("127.1.0.0")
+"""Machines' private addresses are 127.1.0.1, 127.1.0.2, … (all loopback)."""
 DEFAULT_LEASE_TTL_S = 30
 MAX_EVENTS = 50
 DEFAULT_EVENTS = 20
@@ -110,7 +112,10 @@ class AppRegistry:
         if any(m.name == name and m.state != State.DESTROYED for m in app.machines.values()):
             raise ApiError(409, f"a machine named {name!r} already exists in app {app.name}")
         version = ulid(now)
-        ip = ipaddress.IPv6Address("fdaa::") + self._next_ip
+        # Fly's 6PN address stands for "reachable by the app's other machines"; here each
+        # machine gets its own loopback address, which a machine on the host network can
+        # bind and every other process on this host can reach.
+        ip = PRIVATE_BASE + self._next_ip
         self._next_ip += 1
         m = Machine(
             id=machine_id(),

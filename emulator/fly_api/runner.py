@@ -37,6 +37,8 @@ class LaunchSpec:
     version: str
     region: str
     config: dict[str, Any]
+    private_ip: str = ""
+    """The machine's loopback address (``FLY_PRIVATE_IP``)."""
 
     @property
     def env(self) -> dict[str, str]:
@@ -46,6 +48,7 @@ class LaunchSpec:
             "FLY_MACHINE_ID": self.machine_id,
             "FLY_ALLOC_ID": self.machine_id,
             "FLY_REGION": self.region,
+            "FLY_PRIVATE_IP": self.private_ip,
             "FLY_MACHINE_VERSION": self.version,
             "FLY_IMAGE_REF": str(self.config.get("image", "")),
             "FLY_PROCESS_GROUP": str(self.config.get("metadata", {}).get("fly_process_group", "")),
@@ -165,6 +168,10 @@ class InProcessRunner:
     def has_run(self, machine_id: str) -> bool:
         """Whether the machine has a run (False once killed)."""
         return machine_id in self._runs
+
+    def env(self, machine_id: str) -> dict[str, str]:
+        """The environment the current run was given."""
+        return self._run(machine_id).spec.env
 
     def rootfs(self, machine_id: str) -> dict[str, bytes]:
         """The current run's files."""

@@ -4,6 +4,7 @@ exits and OOM kills in events, exec, destroy."""
 from __future__ import annotations
 
 import base64
+import ipaddress
 import signal
 from typing import Any
 
@@ -52,6 +53,24 @@ async def test_create_starts_then_stop_and_start_again_with_a_fresh_root_fs(fly:
     await fly.wait(APP, mid, "started")
     assert fly.runner.run_number(mid) != first_run
     assert "/tmp/n" not in fly.runner.rootfs(mid)
+
+
+async def test_each_machine_has_its_own_loopback_private_ip_in_its_env(fly: Fly) -> None:
+    """private_ip is a loopback address, one per machine, given as FLY_PRIVATE_IP with
+    the other FLY_* variables and config.env."""
+    await fly.app(APP)
+    config = {"image": "kit:test", "env": {"KIT_X": "1"}}
+    made = [await fly.machine(APP, config=config) for _ in range(2)]
+    ips = [m["private_ip"] for m in made]
+    assert len(set(ips)) == 2
+    assert all(ipaddress.ip_address(ip).is_loopback for ip in ips)
+    for m in made:
+        await fly.wait(APP, m["id"], "started")
+        env = fly.runner.env(m["id"])
+        assert env["FLY_PRIVATE_IP"] == m["private_ip"]
+        assert env["FLY_MACHINE_ID"] == m["id"]
+        assert env["FLY_APP_NAME"] == APP
+        assert env["KIT_X"] == "1"
 
 
 async def test_suspend_then_start_resumes_the_same_run(fly: Fly) -> None:
