@@ -158,7 +158,24 @@ class InProcessRunner:
 
     def __init__(self) -> None:
         self._runs: dict[str, _Run] = {}
+        self._gate: anyio.Event | None = None
         self.launches = 0
+
+    def hold(self) -> None:
+        """Make launch, stop, suspend and resume wait until :meth:`release`, so a test can
+        see the transient states (``starting``, ``stopping``, ``suspending``)."""
+        if self._gate is None:
+            self._gate = anyio.Event()
+
+    def release(self) -> None:
+        """Let held actions go on."""
+        if self._gate is not None:
+            self._gate.set()
+            self._gate = None
+
+    async def _pass_gate(self) -> None:
+        if self._gate is not None:
+            await self._gate.wait()
 
     def run_number(self, machine_id: str) -> int:
         """Which launch the current run is (1, 2, …): a resume keeps it, a start after a
@@ -191,6 +208,7 @@ class InProcessRunner:
 
     async def launch(self, spec: LaunchSpec) -> None:
         """Record a new run with the config's files."""
+        await self._pass_gate()
         files = {path: data for path, (data, _mode) in spec.files().items()}
         self.launches += 1
         self._runs[spec.machine_id] = _Run(spec, self.launches, files)
@@ -205,6 +223,7 @@ class InProcessRunner:
     async def stop(self, machine_id: str, signal: int, timeout_s: float) -> None:
         """Graceful signals end the run with 0; others are ignored until ``timeout_s``
         passes, then SIGKILL (137)."""
+        await self._pass_gate()
         run = self._run(machine_id)
         run.suspended = False
         await self.signal(machine_id, signal)
@@ -214,10 +233,12 @@ class InProcessRunner:
 
     async def suspend(self, machine_id: str) -> None:
         """Mark the run frozen."""
+        await self._pass_gate()
         self._run(machine_id).suspended = True
 
     async def resume(self, machine_id: str) -> None:
         """Mark the run thawed."""
+        await self._pass_gate()
         self._run(machine_id).suspended = False
 
     async def signal(self, machine_id: str, signal: int) -> None:

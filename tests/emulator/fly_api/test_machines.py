@@ -97,6 +97,30 @@ async def test_suspend_then_start_resumes_the_same_run(fly: Fly) -> None:
     await fly.wait(APP, mid, "stopped")
 
 
+async def test_the_transient_states_show_while_the_runner_works(fly: Fly) -> None:
+    """starting, stopping, suspending and (on resume) starting are what GET and list show
+    while the runner is busy; /wait for the settled state answers once it is done."""
+    await fly.app(APP)
+    mid = (await fly.machine(APP, skip_launch=True))["id"]
+    steps = [
+        ("/start", "starting", "started"),
+        ("/suspend", "suspending", "suspended"),
+        ("/start", "starting", "started"),
+        ("/stop", "stopping", "stopped"),
+    ]
+    for action, transient, settled in steps:
+        fly.runner.hold()
+        r = await fly.http.post(_path(mid, action), json={})
+        assert r.status_code == 200, r.text
+        assert (await fly.get(APP, mid))["state"] == transient
+        r = await fly.http.get(_path(mid, "/wait"), params={"state": settled, "timeout": 0})
+        checked(r, "Machines_wait", 408)
+        fly.runner.release()
+        assert (await fly.wait(APP, mid, settled))["state"] == settled
+    checked(await fly.http.delete(_path(mid)), "Machines_delete", 200)
+    assert (await fly.wait(APP, mid, "destroyed"))["state"] == "destroyed"
+
+
 async def test_skip_launch_stays_created_and_settled_wait_sees_it(fly: Fly) -> None:
     """skip_launch leaves the machine created; wait?state=settled answers at once."""
     await fly.app(APP)
