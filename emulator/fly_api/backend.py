@@ -113,6 +113,7 @@ class FlyBackend:
                 if m.op == op:
                     m.set_state(State.FAILED, self.now())
                 return
+            m.alive = True
             self.spawn(lambda: self._watch(m, run))
             m.add_event("start", "started", self.now())
             if m.op == op:
@@ -122,6 +123,8 @@ class FlyBackend:
         """Wait for this run's exit; record it; settle the state or restart per policy."""
         exit = await self.runner.wait(m.id)
         current = m.run == run
+        if current:
+            m.alive = False
         requested = m.state in (State.STOPPING, State.DESTROYING, State.UPDATING)
         policy = (m.config.get("restart") or {}).get("policy") or "on-failure"
         retries = int((m.config.get("restart") or {}).get("max_retries") or DEFAULT_RESTART_RETRIES)
@@ -164,6 +167,9 @@ class FlyBackend:
         async def work() -> None:
             async with m.lock:
                 if m.op != op:
+                    return
+                if not m.alive:  # stopped before its launch ran: nothing to signal
+                    m.set_state(State.STOPPED, self.now())
                     return
                 try:
                     await self.runner.stop(m.id, signal, timeout_s)
@@ -220,13 +226,14 @@ class FlyBackend:
     def replace(self, m: Machine, launch: bool, signal: int, timeout_s: float) -> None:
         """An update: stop the old run if there is one, then launch the new config."""
         running = m.state in (State.STARTED, State.STARTING, State.SUSPENDED, State.SUSPENDING)
+        previous = m.state
         op = self._op(m, State.UPDATING)
 
         async def work() -> None:
             async with m.lock:
                 if m.op != op:
                     return
-                if running:
+                if running and m.alive:
                     with contextlib.suppress(RunnerError):
                         await self.runner.stop(m.id, signal, timeout_s)
                 m.add_event("update", "replaced", self.now(), source="user")
@@ -235,7 +242,7 @@ class FlyBackend:
             if launch and running:
                 self.launch(m)
             else:
-                m.set_state(State.STOPPED if running else State.CREATED, self.now())
+                m.set_state(State.STOPPED if running else previous, self.now())
 
         self.spawn(work)
 
@@ -248,6 +255,7 @@ class FlyBackend:
             async with m.lock:
                 with contextlib.suppress(RunnerError):
                     await self.runner.kill(m.id)
+                m.alive = False
                 m.add_event("destroy", "destroyed", self.now(), source="user")
                 if m.op == op:
                     m.set_state(State.DESTROYED, self.now())

@@ -137,6 +137,8 @@ class Machine:
     """Bumped by every lifecycle request; a background step whose op is stale gives way."""
     restarts: int = 0
     run: int = 0
+    alive: bool = False
+    """Whether the current run is up (launched, not yet exited or killed)."""
     """Counts launches; an exit of an older run changes no state."""
     changed: anyio.Event = field(default_factory=anyio.Event)
     lock: anyio.Lock = field(default_factory=anyio.Lock)

@@ -218,6 +218,27 @@ async def test_update_makes_a_new_version_restarts_and_refuses_a_stale_one(fly: 
     assert [v["version"] for v in versions] == [v2, v1]
 
 
+async def test_updating_a_stopped_machine_keeps_it_stopped_and_a_stop_before_launch_is_clean(
+    fly: Fly,
+) -> None:
+    """An update of a stopped machine gives a new version and leaves it stopped; a stop
+    that lands before the launch ran settles at stopped with no failure event."""
+    await fly.app(APP)
+    mid = (await fly.machine(APP))["id"]
+    await fly.wait(APP, mid, "started")
+    await fly.http.post(_path(mid, "/stop"), json={})
+    await fly.wait(APP, mid, "stopped")
+    r = await fly.http.post(_path(mid), json={"config": {"image": "kit:test3"}})
+    checked(r, "Machines_update", 200)
+    assert (await fly.wait(APP, mid, "settled"))["state"] == "stopped"
+    fly.runner.hold()
+    await fly.http.post(_path(mid, "/start"))
+    await fly.http.post(_path(mid, "/stop"), json={})
+    fly.runner.release()
+    assert (await fly.wait(APP, mid, "settled"))["state"] == "stopped"
+    assert all(e["status"] != "failed" for e in await _events(fly, mid))
+
+
 async def test_exec_answers_200_even_when_the_command_fails(fly: Fly) -> None:
     """exec gives exit_code, stdout and stderr with HTTP 200 whatever the code."""
     await fly.app(APP)
