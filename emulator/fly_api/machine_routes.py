@@ -48,11 +48,11 @@ def machine_endpoints(backend: FlyBackend) -> list[Endpoint]:
     async def create_machine(request: Request) -> Any:
         app = apps.get(request.path_params["app"])
         sent = await body(request)
+        ttl = _seconds(sent["lease_ttl"]) if sent.get("lease_ttl") else None
         m = apps.new_machine(app, sent)
         shown = m.json(now=backend.now())
-        if sent.get("lease_ttl"):
-            lease = apps.take_lease(m, int(sent["lease_ttl"]), "", None, LEASE_OWNER)
-            shown["nonce"] = lease.nonce
+        if ttl is not None:
+            shown["nonce"] = apps.take_lease(m, ttl, "", None, LEASE_OWNER).nonce
         if not sent.get("skip_launch"):
             backend.launch(m)  # the answer still says "created", as Fly's does
         return shown
@@ -66,12 +66,13 @@ def machine_endpoints(backend: FlyBackend) -> list[Endpoint]:
         m = machine(request)
         backend.guard(m, nonce(request))
         sent = await body(request)
+        ttl = _seconds(sent["lease_ttl"]) if sent.get("lease_ttl") else None
         signal, timeout = stop_settings(m, {})
         apps.new_version(m, sent)
         backend.replace(m, launch=not sent.get("skip_launch"), signal=signal, timeout_s=timeout)
         shown = m.json(now=backend.now())
-        if sent.get("lease_ttl") and m.lease is None:
-            shown["nonce"] = apps.take_lease(m, int(sent["lease_ttl"]), "", None, LEASE_OWNER).nonce
+        if ttl is not None and m.lease is None:
+            shown["nonce"] = apps.take_lease(m, ttl, "", None, LEASE_OWNER).nonce
         return shown
 
     async def delete_machine(request: Request) -> Any:
@@ -277,3 +278,10 @@ def machine_endpoints(backend: FlyBackend) -> list[Endpoint]:
         (mp + "/metadata/{key}", "POST", "Machines_upsert_metadata", set_key),
         (mp + "/metadata/{key}", "DELETE", "Machines_delete_metadata", delete_key),
     ]
+
+
+def _seconds(value: Any) -> int:
+    """A whole number of seconds from JSON; 400 otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad_request("lease_ttl: whole seconds")
+    return value

@@ -34,8 +34,14 @@ async def test_unknown_app_machine_and_route_are_404_and_bad_bodies_400(fly: Fly
     checked(r, "Machines_create", 400)
     r = await fly.http.post(f"/v1/apps/{APP}/machines", json={"config": {}})
     assert "config.image" in checked(r, "Machines_create", 400)["error"]
+    r = await fly.http.post(
+        f"/v1/apps/{APP}/machines", json={"config": {"image": "x"}, "lease_ttl": "soon"}
+    )
+    checked(r, "Machines_create", 400)
     r = await fly.http.post(f"/v1/apps/{APP}/machines", json={"config": {"image": "x"}})
     mid = checked(r, "Machines_create", 200)["id"]
+    listed = checked(await fly.http.get(f"/v1/apps/{APP}/machines"), "Machines_list", 200)
+    assert [m["id"] for m in listed] == [mid]
     r = await fly.http.post(f"/v1/apps/{APP}/machines/{mid}/stop", json={"timeout": "soon"})
     checked(r, "Machines_stop", 400)
 
