@@ -275,16 +275,21 @@ class FlyBackend:
                 return True
             return str(m.state) in states
 
-        with anyio.move_on_after(timeout_s):
-            for _ in range(1_000_000):
-                if matches():
-                    return {
-                        "ok": True,
-                        "state": str(m.state),
-                        "version": m.version,
-                        "event_id": m.events[-1].id if m.events else ulid(self.now()),
-                    }
-                await m.changed.wait()
+        m.waiters += 1
+        try:
+            with anyio.move_on_after(timeout_s):
+                for _ in range(1_000_000):
+                    if matches():
+                        return {
+                            "ok": True,
+                            "state": str(m.state),
+                            "version": m.version,
+                            "event_id": m.events[-1].id if m.events else ulid(self.now()),
+                        }
+                    await m.changed.wait()
+
+        finally:
+            m.waiters -= 1
         return None
 
 

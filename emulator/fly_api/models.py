@@ -138,6 +138,8 @@ class Machine:
     restarts: int = 0
     run: int = 0
     alive: bool = False
+    waiters: int = 0
+    """How many ``/wait`` calls are waiting on this machine now."""
     """Whether the current run is up (launched, not yet exited or killed)."""
     """Counts launches; an exit of an older run changes no state."""
     changed: anyio.Event = field(default_factory=anyio.Event)

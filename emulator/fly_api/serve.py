@@ -17,6 +17,8 @@ from emulator.fly_api.errors import FlyEmulatorError
 from emulator.fly_api.runner import InProcessRunner, Runner
 
 STARTUP_LIMIT_S = 10.0
+SHUTDOWN_GRACE_S = 1.0
+"""How long stopping waits for requests in flight before cutting them."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,14 @@ async def serve(
     async with FlyBackend(runner or InProcessRunner(), clock=clock) as backend:
         app = create_app(backend, token=token, rate_limits=rate_limits)
         server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+            uvicorn.Config(
+                app,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+                # A client may be in a 60 s /wait: stop without waiting for it.
+                timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+            )
         )
         # A plain task rather than a task group, so that the block may be entered and left
         # in different tasks (pytest-asyncio runs a fixture's setup and teardown so).
@@ -75,6 +84,6 @@ async def serve(
             yield Served(f"http://{name}:{bound}", backend)
         finally:
             server.should_exit = True
-            with contextlib.suppress(asyncio.CancelledError):
-                await serving
+            # gather: a cancellation of this task still propagates (not swallowed here).
+            await asyncio.gather(serving, return_exceptions=True)
             sock.close()

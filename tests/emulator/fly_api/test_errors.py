@@ -3,6 +3,10 @@ the fake clock), a fly-request-id on every answer, loopback only."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
+import anyio
 import httpx
 import pytest
 
@@ -81,3 +85,27 @@ async def test_serve_refuses_a_non_loopback_host() -> None:
     with pytest.raises(FlyEmulatorError, match="loopback"):
         async with serve(token=TOKEN, host="0.0.0.0"):
             pass
+
+
+async def test_leaving_serve_ends_a_pending_wait() -> None:
+    """A client still in a 60 s /wait does not hold the emulator open when it stops."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    http = httpx.AsyncClient(headers=headers, timeout=90)
+    try:
+        with anyio.fail_after(30):
+            async with serve(token=TOKEN, rate_limits=None) as served:
+                base = f"{served.url}/v1/apps/{APP}/machines"
+                await http.post(f"{served.url}/v1/apps", json={"name": APP, "org_slug": "o"})
+                body = {"config": {"image": "x"}, "skip_launch": True}
+                mid = (await http.post(base, json=body)).json()["id"]
+                pending = asyncio.create_task(http.get(f"{base}/{mid}/wait?timeout=60"))
+                machine = served.backend.machines[mid]
+                for _ in range(1000):
+                    if machine.waiters or pending.done():
+                        break
+                    await asyncio.sleep(0.01)
+                assert machine.waiters == 1
+        with contextlib.suppress(httpx.HTTPError):
+            await pending
+    finally:
+        await http.aclose()
