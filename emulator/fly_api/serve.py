@@ -17,7 +17,7 @@ from emulator.fly_api.errors import FlyEmulatorError
 from emulator.fly_api.runner import InProcessRunner, Runner
 
 STARTUP_LIMIT_S = 10.0
-SHUTDOWN_GRACE_S = 1.0
+SHUTDOWN_GRACE_S = 1
 """How long stopping waits for requests in flight before cutting them."""
 
 
