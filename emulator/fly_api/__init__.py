@@ -32,6 +32,8 @@ Emulated (paths and shapes as in the vendored spec ``fly-machines-openapi.json``
   one;
 - metadata: GET, PATCH (null or "" removes; 412 on a stale ``machine_version``), per key;
 - secrets (names and digests only) and IP assignments per app;
+- the private network: each machine's ``private_ip`` (also ``FLY_PRIVATE_IP`` with the
+  other ``FLY_*`` variables) is its own loopback address, 127.1.0.N;
 - errors ``{error, status}``; 401 without ``Authorization: Bearer <token>``; 404; 400;
   429 per action per machine (1/s burst 3, Get Machine 5/s burst 10) on an injectable
   :class:`Clock`; ``fly-request-id`` on every answer.
