@@ -79,3 +79,14 @@ def prune(source: Path | None, cache_dir: Path | None, dry_run: bool, docker: st
         console.out(f"{verb} {tag}")
     console.out(f"{verb} {len(tags)} image(s); kept {plan.tag}.")
     return 0
+
+
+def ensure(dry_run: bool) -> str:
+    """This checkout's runtime image tag, built first unless ``dry_run`` (then the tag it
+    would have; ``kit-runtime:unbuilt`` while its base or wheels are still to be made)."""
+    plan = plan_image(default_checkout(), default_cache_dir(), python=sys.executable)
+    if dry_run:
+        return plan.tag or "kit-runtime:unbuilt"
+    if not plan.up_to_date:
+        console.out(console.dim("building the runtime image first (kit image build)…"))
+    return apply_image(plan, progress=lambda line: console.out(console.dim(line))).tag

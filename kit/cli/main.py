@@ -129,6 +129,41 @@ def _cmd_image(args: argparse.Namespace) -> int:
     return run(args.source, args.cache_dir, args.dry_run, args.docker)
 
 
+def _fly_settings(args: argparse.Namespace) -> Any:
+    from kit.bundle import load_project
+    from kit.cli.deploy import fly_settings
+    from kit.cli.settings import dev_settings
+
+    settings = dev_settings(project=args.project, host=None, port=None)
+    return fly_settings(
+        project=settings.project_dir,
+        state_dir=settings.state_dir,
+        agent_name=load_project(settings.project_dir).agent.name,
+        app=args.app,
+        org=args.org,
+        region=args.region,
+        gateways=args.gateways,
+        bucket=args.bucket,
+        environ=os.environ,
+    )
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from kit.cli.deploy import run_deploy
+    from kit.cli.image import ensure
+
+    settings = _fly_settings(args)
+    code: int = asyncio.run(run_deploy(settings, ensure, dry_run=args.dry_run))
+    return code
+
+
+def _cmd_destroy(args: argparse.Namespace) -> int:
+    from kit.cli.deploy import run_destroy
+
+    code: int = asyncio.run(run_destroy(_fly_settings(args)))
+    return code
+
+
 def _log_to_stderr(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -373,6 +408,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--docker", default="docker", help="the Docker CLI to call (default: docker)")
     p.set_defaults(func=_cmd_image)
+
+    for name, summary, description, examples, func in (
+        (
+            "deploy",
+            "deploy the agent to Fly Machines (planned first; --dry-run prints the plan)",
+            "Deploy the project to Fly: the gateway app (kit gateway behind Fly's proxy), the\n"
+            "sandbox app (one machine per active session), a bucket for logs, leases and\n"
+            "bundles. Planned as data, printed, then applied; a second deploy with nothing\n"
+            "changed does nothing. Needs FLY_API_TOKEN, ANTHROPIC_API_KEY and the bucket's\n"
+            "AWS_* keys (docs/deploy-fly.md).",
+            ["kit deploy --target fly --dry-run", "kit deploy --target fly --app acme-support"],
+            _cmd_deploy,
+        ),
+        (
+            "destroy",
+            "remove everything kit deploy made on Fly",
+            "Delete the gateway and sandbox apps (with their machines, addresses and secrets),\n"
+            "the image where the app does not take it along, and the bucket.",
+            ["kit destroy --target fly --app acme-support"],
+            _cmd_destroy,
+        ),
+    ):
+        p = _command(sub, name, summary, description, examples)
+        p.add_argument("--target", choices=["fly"], required=True, help="where: fly")
+        p.add_argument("--project", type=Path, help="the agent project (default: nearest kit.toml)")
+        p.add_argument("--app", help="the Fly app name (default: the agent's name)")
+        p.add_argument("--org", help="the Fly organisation (default: FLY_ORG or personal)")
+        p.add_argument("--region", help="the Fly region (default: FLY_REGION or iad)")
+        p.add_argument("--bucket", help="the bucket (default: <app>-kit)")
+        p.add_argument("--gateways", type=int, default=2, help="gateway machines (default: 2)")
+        if name == "deploy":
+            p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+        p.set_defaults(func=func)
     return parser
 
 

@@ -112,6 +112,34 @@ class S3Bucket:
     def _delete_objects(self, objects: list[dict[str, str]]) -> None:
         self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
 
+    async def exists(self) -> bool:
+        """Whether the bucket exists (and these keys may reach it)."""
+        try:
+            await self.call(lambda: self.client.head_bucket(Bucket=self.bucket))
+        except _Missing:
+            return False
+        return True
+
+    async def create(self) -> None:
+        """Create the bucket (one these keys already own: no error)."""
+        from botocore.exceptions import ClientError
+
+        def run() -> None:
+            try:
+                self.client.create_bucket(Bucket=self.bucket)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
+                    raise
+
+        await self.call(run)
+
+    async def delete_bucket(self) -> None:
+        """Delete every object, then the bucket (already gone: no error)."""
+        if not await self.exists():
+            return
+        await self.delete_many(await self.list_keys(""))
+        await self.call(lambda: self.client.delete_bucket(Bucket=self.bucket))
+
     # -- reads ---------------------------------------------------------------------------
 
     async def get(self, key: str) -> bytes | None:
