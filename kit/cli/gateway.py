@@ -293,7 +293,10 @@ async def serve_fly(
         )
         # Gateways share the sandbox app: none may reap another's sandboxes at start.
         config = replace(
-            config, served_store=fly_settings.prefixed("transcripts"), reap_at_start=False
+            config,
+            served_store=fly_settings.prefixed("transcripts"),
+            reap_at_start=False,
+            replay_to_owner=True,
         )
         logs = S3LogStore.from_url(
             fly_settings.prefixed("logs"), owner=fly_settings.machine_id, ttl_s=common.lease_ttl_s

@@ -26,9 +26,11 @@ from starlette.websockets import WebSocket
 
 from kit.host.auth import OriginPolicy, RequireToken
 from kit.host.edge import authenticated
+from kit.host.errors import LogError
 from kit.host.host import SessionHost
 from kit.host.lease import LeaseHeld
 from kit.host.session import Session
+from kit.ids import SessionId
 from kit.protocol import errors as e
 from kit.protocol.frames import Event
 from kit.protocol.server import (
@@ -133,10 +135,14 @@ def create_app(
     api_token: str,
     origins: OriginPolicy | None = None,
     hello_timeout_s: float = HELLO_TIMEOUT_S,
+    replay_to_owner: bool = False,
 ) -> Starlette:
     """The host's ASGI app: every HTTP route but ``/healthz`` needs ``Bearer api_token``;
     session sockets open from browser pages of ``origins`` only (default: the page's
-    ``Origin`` must name the host it connects to)."""
+    ``Origin`` must name the host it connects to). With ``replay_to_owner`` (gateways
+    behind Fly's proxy), a session socket that reaches a host while another live host holds
+    the session's lease is not accepted: it is answered 409 with ``fly-replay:
+    instance=<owner>``, and Fly's proxy replays the upgrade to the owner."""
     connections: set[ClientSocket] = set()
     policy = origins or OriginPolicy()
 
@@ -160,6 +166,8 @@ def create_app(
         origin = ws.headers.get("origin")
         if not policy.allows(origin, ws.headers.get("host")):
             await _refuse_origin(ws, origin or "")
+            return
+        if replay_to_owner and await _replayed(host, ws, session_id):
             return
         await ws.accept()
         client = ClientSocket(ws, session_id)
@@ -204,6 +212,26 @@ def create_app(
     app.state.close_all_connections = close_all
     app.state.connections = connections
     return app
+
+
+async def _replayed(host: SessionHost, ws: WebSocket, session_id: str) -> bool:
+    """Answer with ``fly-replay`` when another live host holds the session; whether it did.
+    A store that cannot tell (an outage) lets the socket in: its hello then says where."""
+    try:
+        owner = await host.logs.owner_elsewhere(SessionId(session_id))
+    except LogError:
+        return False
+    if owner is None or "websocket.http.response" not in ws.scope.get("extensions", {}):
+        return False
+    message = f"Session {session_id} is served by {owner}; Fly's proxy replays there."
+    await ws.send_denial_response(
+        JSONResponse(
+            {"error": e.SESSION_ELSEWHERE, "message": message},
+            status_code=409,
+            headers={"fly-replay": f"instance={owner}"},
+        )
+    )
+    return True
 
 
 async def _refuse_origin(ws: WebSocket, origin: str) -> None:

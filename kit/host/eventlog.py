@@ -156,6 +156,11 @@ class LogStore(ABC):
         """Sessions that may have open turns, for a host's recovery at start (default: all)."""
         return await self.session_ids()
 
+    async def owner_elsewhere(self, session_id: SessionId) -> str | None:
+        """The host that holds ``session_id`` now, when it is another live host (a shared,
+        leased store); None when this host may take it (default: always)."""
+        return None
+
 
 class SQLiteSessionLog(SessionLog):
     """A session log in its own SQLite file (WAL; each append is one commit)."""

@@ -120,6 +120,10 @@ class GatewayConfig:
     allowed_origins: tuple[str, ...] = ()
     graceful_s: float = GRACEFUL_S
     reap_at_start: bool = True
+    replay_to_owner: bool = False
+    """Behind Fly's proxy: a session socket for a session another live gateway holds is
+    answered with ``fly-replay: instance=<owner>`` (the owner is its host id, the Fly
+    machine id) instead of being accepted."""
     served_store: str | None = None
     """The host's own transcript store (a URL ``open_store`` takes, e.g. ``s3://…``) served
     to sandboxes over HTTP (``kit+http://``, :mod:`kit.host.store_routes`) in place of
@@ -303,6 +307,7 @@ async def open_gateway(
             host,
             api_token=config.api_token,
             origins=_origin_policy(config.allowed_origins, sock),
+            replay_to_owner=config.replay_to_owner,
         )
         gateway = Gateway(url_of(sock), config, host, app, proxy, egress, env, pool, sock)
         if mount is not None:

@@ -185,6 +185,15 @@ class S3LogStore(LogStore):
             _apply_commit(commit, number, events, turns, self.bucket.url(prefix))
         return events, turns
 
+    async def owner_elsewhere(self, session_id: SessionId) -> str | None:
+        """The lease's owner while another host holds it unexpired; else None."""
+        if not is_session_id(session_id):
+            return None
+        lease = await _store_call(self.leases.peek(session_id))
+        if lease is None or lease.get("owner") == self.owner or self.leases.expired(lease):
+            return None
+        return str(lease.get("owner") or "") or None
+
     async def recoverable(self) -> list[SessionId]:
         """Sessions with unfinished turns whose lease has run out (or is ours)."""
         ids = await self.session_ids()

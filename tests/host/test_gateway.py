@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import boto3
 import httpx
 import pytest
 
@@ -24,10 +25,13 @@ from kit.cli.settings import EXAMPLE_PROJECT
 from kit.host import Release, SQLiteLogStore
 from kit.host import gateway as gateway_module
 from kit.host.gateway import GatewayConfig, open_gateway, store_urls
+from kit.host.s3log import S3LogStore
 from kit.host.sandbox import Endpoint, SandboxSpec
 from kit.ids import SessionId, new_session_id
 from kit.storage import StoreError, open_store
-from tests.conftest import serve_on_loopback
+from kit.storage.s3 import unique_prefix
+from kit.storage.s3io import S3Bucket
+from tests.conftest import BUCKET, serve_on_loopback
 from tests.loopback import echo_server
 
 MODEL_KEY = "sk-ant-gateway-test"
@@ -212,3 +216,49 @@ async def test_a_served_store_keeps_transcripts_on_the_host(model_url: str, kit_
         finally:
             await store.aclose()
     assert await open_store(backing).load(key) == [entry]
+
+
+async def _upgrade_head(url: str, session_id: str) -> bytes:
+    """Send a session socket's upgrade request to ``url``; the head of the answer."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"GET /v1/sessions/{session_id}/ws HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode()
+    )
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            return await reader.readuntil(b"\r\n\r\n")
+    finally:
+        writer.close()
+
+
+async def test_a_socket_for_a_session_another_gateway_holds_is_replayed_there(
+    model_url: str, kit_tmp: Path, s3_endpoint: str
+) -> None:
+    """Two gateways on one leased S3 log store, behind Fly's proxy: a session socket that
+    reaches the one not holding the session's lease gets 409 with ``fly-replay:
+    instance=<owner>`` (not an upgrade); the owner upgrades it. (Broken on purpose once:
+    with the check off, the other gateway upgraded it.)"""
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    prefix = unique_prefix()
+    config = _config(model_url, kit_tmp, replay_to_owner=True, lease_ttl_s=30.0)
+    provider_a, _, release = _parts(kit_tmp / "a")
+    provider_b, _, _ = _parts(kit_tmp / "b")
+    logs_a = S3LogStore(S3Bucket(client, BUCKET, prefix), owner="machine-a", ttl_s=30)
+    logs_b = S3LogStore(S3Bucket(client, BUCKET, prefix), owner="machine-b", ttl_s=30)
+    async with (
+        open_gateway(config, provider_a, logs_a, lambda: release) as a,
+        open_gateway(config, provider_b, logs_b, lambda: release) as b,
+    ):
+        async with httpx.AsyncClient() as http:
+            made = await http.post(
+                f"{a.url}/v1/sessions", headers={"Authorization": f"Bearer {API_TOKEN}"}
+            )
+        session_id = made.json()["session_id"]
+        await a.host.get(SessionId(session_id))  # a loaded session holds its lease
+        head = await _upgrade_head(b.url, session_id)
+        assert head.startswith(b"HTTP/1.1 409"), head
+        assert b"fly-replay: instance=machine-a\r\n" in head.lower()
+        assert (await _upgrade_head(a.url, session_id)).startswith(b"HTTP/1.1 101")
