@@ -100,6 +100,8 @@ class HttpPeer:
 class Upstream(HttpPeer):
     """A connection to a machine's service for one request."""
 
+    _body: asyncio.Task[None] | None = None
+
     @classmethod
     async def open(cls, host: str, port: int) -> Upstream | None:
         """Connect, retrying refusals for up to :data:`CONNECT_LIMIT_S`; None if it never
@@ -128,6 +130,9 @@ class Upstream(HttpPeer):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._body is not None:
+            self._body.cancel()
+            await asyncio.gather(self._body, return_exceptions=True)
         self.writer.close()
         with contextlib.suppress(OSError):
             await self.writer.wait_closed()
@@ -135,8 +140,9 @@ class Upstream(HttpPeer):
     async def send_request(
         self, exchange: Exchange, headers: hdr.Headers, client: HttpPeer
     ) -> h11.Response | h11.InformationalResponse:
-        """Send the request (streaming the rest of a body over the limit from ``client``);
-        the answer's head (a final response, or a 101)."""
+        """Send the request and read the answer's head (a final response, or a 101). The
+        body goes in the background (the rest of one over the limit streamed from
+        ``client``), so that a machine answering before it has read the body is heard."""
         request = exchange.request
         try:
             await self.send(
@@ -146,19 +152,13 @@ class Upstream(HttpPeer):
                     headers=hdr.without(headers, b"expect"),
                 )
             )
-            for chunk in exchange.body:
-                await self.send(h11.Data(data=chunk))
-            for _ in range(MAX_EVENTS):
-                if exchange.complete:
-                    break
-                event = await client.next_event()
-                if isinstance(event, h11.Data):
-                    await self.send(h11.Data(data=bytes(event.data)))
-                else:
-                    exchange.complete = isinstance(event, h11.EndOfMessage)
-                    exchange.body = []  # too large to keep: it cannot be replayed
-                    break
-            await self.send(h11.EndOfMessage())
+        except (h11.ProtocolError, OSError) as exc:
+            raise MachineConnectionError(
+                f"fly-proxy: the machine's service broke the connection ({exc}): "
+                "it must answer HTTP/1.1."
+            ) from exc
+        self._body = asyncio.create_task(self._send_body(exchange, client))
+        try:
             for _ in range(100):
                 event = await self.next_event()
                 if isinstance(event, h11.Response):
@@ -173,8 +173,21 @@ class Upstream(HttpPeer):
                 "it must answer HTTP/1.1."
             ) from exc
         raise MachineConnectionError(
-            "fly-proxy: the machine's service closed the connection without an answer."
+            "fly-proxy: the machine's service closed the connection without an answer: "
+            "it must answer HTTP/1.1."
         )
+
+    async def _send_body(self, exchange: Exchange, client: HttpPeer) -> None:
+        with contextlib.suppress(h11.ProtocolError, OSError):
+            for chunk in exchange.body:
+                await self.send(h11.Data(data=chunk))
+            for _ in range(0 if exchange.complete else MAX_EVENTS):
+                event = await client.next_event()
+                if not isinstance(event, h11.Data):
+                    break
+                exchange.body = []  # too large to keep: it cannot be replayed
+                await self.send(h11.Data(data=bytes(event.data)))
+            await self.send(h11.EndOfMessage())
 
     async def relay_answer(
         self, head: h11.Response | h11.InformationalResponse, client: HttpPeer, request_id: str

@@ -28,7 +28,7 @@ class Service:
     """One machine's service: what it saw, and how it answers.
 
     ``replay`` set: every request (a WebSocket upgrade too) is answered 409 with
-    ``fly-replay: <replay>``, unless it carries ``fly-replay-failed`` (a fallback; answered
+    ``fly-replay: <replay>`` (after reading the body), unless it carries ``fly-replay-failed`` (a fallback; answered
     200 ``fallback``). ``/stream`` sends ``first``, waits for ``gate``, then sends ``rest``.
     Anything else is echoed as JSON. WebSockets echo ``<machine id>:<text>``."""
 
@@ -43,6 +43,12 @@ class Service:
             return
         self.seen.append(scope)
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        body = b""
+        for _ in range(10_000 if scope["type"] == "http" else 0):
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
         if self.replay is not None and "fly-replay-failed" not in headers:
             prefix = "websocket." if scope["type"] == "websocket" else ""
             await send(
@@ -57,12 +63,6 @@ class Service:
         if scope["type"] == "websocket":
             await self._websocket(receive, send)
             return
-        body = b""
-        for _ in range(10_000):
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
         if "fly-replay-failed" in headers:
             await _respond(send, 200, b"fallback")
         elif scope["path"] == "/stream":

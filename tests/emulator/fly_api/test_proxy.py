@@ -217,3 +217,44 @@ def test_the_public_names_are_pinned() -> None:
         "REPLAY_BODY_LIMIT",
         "serve_proxy",
     ]
+
+
+async def test_a_replay_to_a_stopped_machine_with_autostart_starts_it(
+    cloud: Cloud, edge: httpx.AsyncClient
+) -> None:
+    """The replay's target is stopped but its service autostarts: the proxy starts it and
+    the request reaches it."""
+    a = await cloud.machine()
+    b = await cloud.machine(autostart=True, state="stopped")
+    a.replay = f"instance={b.machine_id}"
+    r = await edge.get("/", headers={"fly-force-instance-id": a.machine_id})
+    assert echo(r)["machine"] == b.machine_id
+    assert await cloud.state(b.machine_id) == "started"
+
+
+async def test_a_replay_elsewhere_goes_to_another_machine(
+    cloud: Cloud, edge: httpx.AsyncClient
+) -> None:
+    """``elsewhere=true`` sends the request to a machine other than the one that answered."""
+    a, b = await cloud.machine(), await cloud.machine()
+    a.replay = "elsewhere=true"
+    for _ in range(3):
+        r = await edge.get("/", headers={"fly-force-instance-id": a.machine_id})
+        assert echo(r)["machine"] == b.machine_id
+    assert len(a.seen) == 3  # each request went from a straight to b
+
+
+async def test_a_body_over_1_mb_is_streamed_through_but_not_replayed(
+    cloud: Cloud, edge: httpx.AsyncClient
+) -> None:
+    """A 1.5 MB body reaches the machine whole; a replay of it is refused with a 502
+    naming the way out."""
+    a, b = await cloud.machine(), await cloud.machine()
+    big = b"x" * (1024 * 1024 + 512 * 1024)
+    forced = {"fly-force-instance-id": a.machine_id}
+    assert echo(await edge.post("/", content=big, headers=forced))["body"] == big.decode()
+    a.replay = f"instance={b.machine_id}"
+    r = await edge.post("/", content=big, headers=forced)
+    assert r.status_code == 502
+    assert "fly-force-instance-id" in r.text
+    assert b.seen == []
