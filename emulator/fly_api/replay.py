@@ -145,11 +145,12 @@ def replay_failed(reason: str, elapsed_ms: int) -> tuple[bytes, bytes]:
 def forwarded_response(
     headers: Iterable[tuple[bytes, bytes]], *, request_id: str, switching: bool = False
 ) -> Headers:
-    """The response headers the client sees: hop-by-hop ones dropped (kept on a 101),
-    ``fly-request-id``, ``Server: Fly/emulated`` and ``Via`` added."""
+    """The response headers the client sees: hop-by-hop ones dropped (kept on a 101), a
+    ``fly-replay`` not acted on (a fallback's answer) dropped, ``fly-request-id``,
+    ``Server: Fly/emulated`` and ``Via`` added."""
     pairs = list(headers)
     out = pairs if switching else without(pairs, *HOP_BY_HOP)
-    out = without(out, REQUEST_ID, b"server", b"via")
+    out = without(out, REQUEST_ID, REPLAY, b"server", b"via")
     return [
         *out,
         (REQUEST_ID, request_id.encode()),

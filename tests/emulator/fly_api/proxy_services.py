@@ -30,7 +30,7 @@ class Service:
     ``replay`` set: every request (a WebSocket upgrade too) is answered 409 with
     ``fly-replay: <replay>`` (after reading the body), unless it carries ``fly-replay-failed`` (a fallback; answered
     200 ``fallback``). ``/stream`` sends ``first``, waits for ``gate``, then sends ``rest``.
-    Anything else is echoed as JSON. WebSockets echo ``<machine id>:<text>``."""
+    Anything else is echoed as JSON. WebSockets echo ``<machine id>:<text>``; ``close`` closes with code 4000."""
 
     machine_id: str
     replay: str | None = None
@@ -87,6 +87,9 @@ class Service:
         for _ in range(1000):
             message = await receive()
             if message["type"] == "websocket.disconnect":
+                return
+            if message.get("text") == "close":
+                await send({"type": "websocket.close", "code": 4000})
                 return
             text = f"{self.machine_id}:{message.get('text')}"
             await send({"type": "websocket.send", "text": text})

@@ -112,7 +112,8 @@ async def test_force_instance_routes_to_that_machine_only(
     cloud: Cloud, edge: httpx.AsyncClient
 ) -> None:
     """``fly-force-instance-id`` pins every request to that machine; an unknown id is a 503
-    rather than any other machine; ``fly-prefer-instance-id`` of an unknown id falls back."""
+    rather than any other machine; ``fly-prefer-instance-id`` picks that machine, and an
+    unknown one falls back to any."""
     await cloud.machine()
     b = await cloud.machine()
     forced = {"fly-force-instance-id": b.machine_id}
@@ -120,6 +121,10 @@ async def test_force_instance_routes_to_that_machine_only(
         b.machine_id
     }
     assert (await edge.get("/", headers={"fly-force-instance-id": "0" * 14})).status_code == 503
+    preferred = {"fly-prefer-instance-id": b.machine_id}
+    assert {echo(await edge.get("/", headers=preferred))["machine"] for _ in range(3)} == {
+        b.machine_id
+    }
     assert (await edge.get("/", headers={"fly-prefer-instance-id": "0" * 14})).status_code == 200
 
 
@@ -161,6 +166,20 @@ async def test_fly_replay_of_a_websocket_upgrade_is_performed_by_the_target(
                 assert await socket.recv() == f"{b.machine_id}:{text}"
     assert (a.accepted, b.accepted) == (0, 1)
     assert [s["type"] for s in a.seen] == ["websocket"]
+
+
+async def test_a_machine_closing_a_websocket_closes_the_clients(
+    cloud: Cloud, edge: httpx.AsyncClient
+) -> None:
+    """The machine's close frame and end of stream reach the client through the relay."""
+    service = await cloud.machine()
+    url = str(edge.base_url).replace("http://", "ws://") + "/ws"
+    with anyio.fail_after(LIMIT_S):
+        async with connect(url, close_timeout=3 * LIMIT_S) as socket:
+            await socket.send("close")
+            await socket.wait_closed()
+    assert socket.close_code == 4000
+    assert service.accepted == 1
 
 
 async def test_a_replay_no_machine_can_take_fails_with_the_reason(
