@@ -32,8 +32,10 @@ Not emulated: TLS, HTTP/2, ``handlers``/``ports``/``force_https``, TCP-only serv
 concurrency limits and least-connections balancing, health checks, autostop, JSON replays
 (``application/vnd.fly.replay+json``), the replay cache, ``timeout=`` on a replay (the
 autostart bound applies), region latency, and keep-alive towards machines (one connection
-per request). A request over 1 MB is streamed to its machine, and a ``fly-replay`` answer
-to it gets a 502 (``reason=body_too_large``, a name made up here).
+per request). A request body is held (up to 1 MB, so that it can be replayed) before the
+machine is connected; the rest of a longer one is then streamed, and a ``fly-replay``
+answer to such a request gets a 502 (``reason=body_too_large``, a name made up here). A
+malformed request is dropped without an answer.
 """
 
 from __future__ import annotations
@@ -197,7 +199,7 @@ async def serve_proxy(
     """Serve Fly's proxy for ``app`` on ``host:port`` (port 0: a free one) until the block
     ends; yields the base URL (``http://127.0.0.1:<port>``), which stands for
     ``https://<app>.fly.dev``. Connections still open at the end (WebSockets) are cut."""
-    if host not in ("127.0.0.1", "localhost"):
+    if host != "127.0.0.1":
         raise FlyEmulatorError(
             f"The emulated Fly proxy serves on loopback only, not {host!r}: use 127.0.0.1."
         )

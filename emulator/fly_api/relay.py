@@ -157,7 +157,11 @@ class Upstream(HttpPeer):
                 f"fly-proxy: the machine's service broke the connection ({exc}): "
                 "it must answer HTTP/1.1."
             ) from exc
-        self._body = asyncio.create_task(self._send_body(exchange, client))
+        if exchange.complete and not exchange.body:
+            # No body (every upgrade): end the request now, so that h11 expects the 101.
+            await self._send_body(exchange, client)
+        else:
+            self._body = asyncio.create_task(self._send_body(exchange, client))
         try:
             for _ in range(100):
                 event = await self.next_event()

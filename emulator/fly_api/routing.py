@@ -115,8 +115,8 @@ class Router:
         if found.state in STARTABLE and _autostarts(found):
             return await self._start(found)
         raise Unroutable(
-            f"fly-proxy: machine {machine_id} is {found.state} and its service does not "
-            "autostart: start it, or set services[].autostart = true."
+            f"fly-proxy: machine {machine_id} is {found.state}: it takes requests when "
+            "started, or when stopped or suspended with services[].autostart = true."
         )
 
     async def _start(self, m: Machine) -> Target:

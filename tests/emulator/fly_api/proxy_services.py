@@ -143,9 +143,14 @@ class Cloud:
     services: dict[str, Service] = field(default_factory=dict)
 
     async def machine(
-        self, *, autostart: bool = False, state: str = "started", listen: bool = True
+        self,
+        *,
+        autostart: bool = False,
+        state: str = "started",
+        listen: bool = True,
+        app: str = APP,
     ) -> Service:
-        """A machine of the app with an HTTP service, brought to ``state`` (started or
+        """A machine of ``app`` with an HTTP service, brought to ``state`` (started or
         stopped), its service listening when ``listen``."""
         service_config = {
             "protocol": "tcp",
@@ -155,13 +160,13 @@ class Cloud:
             "ports": [{"port": 443, "handlers": ["tls", "http"]}],
         }
         config = {"image": "kit:test", "restart": {"policy": "no"}, "services": [service_config]}
-        r = await self.api.post(f"/v1/apps/{APP}/machines", json={"config": config})
+        r = await self.api.post(f"/v1/apps/{app}/machines", json={"config": config})
         body: dict[str, Any] = checked(r, "Machines_create", 200)
         mid = str(body["id"])
-        await self.wait(mid, "started")
+        await self.wait(mid, "started", app)
         if state == "stopped":
-            checked(await self.api.post(f"/v1/apps/{APP}/machines/{mid}/stop"), "Machines_stop")
-            await self.wait(mid, "stopped")
+            checked(await self.api.post(f"/v1/apps/{app}/machines/{mid}/stop"), "Machines_stop")
+            await self.wait(mid, "stopped", app)
         service = Service(mid)
         self.services[mid] = service
         if listen:
@@ -170,10 +175,10 @@ class Cloud:
             )
         return service
 
-    async def wait(self, mid: str, state: str) -> None:
+    async def wait(self, mid: str, state: str, app: str = APP) -> None:
         """``/wait`` until the machine is in ``state``."""
         r = await self.api.get(
-            f"/v1/apps/{APP}/machines/{mid}/wait", params={"state": state, "timeout": 10}
+            f"/v1/apps/{app}/machines/{mid}/wait", params={"state": state, "timeout": 10}
         )
         checked(r, "Machines_wait", 200)
 

@@ -263,6 +263,18 @@ async def test_a_replay_elsewhere_goes_to_another_machine(
     assert len(a.seen) == 3  # each request went from a straight to b
 
 
+async def test_a_replay_to_another_app_reaches_its_machine(
+    cloud: Cloud, edge: httpx.AsyncClient
+) -> None:
+    """``app=<other>;instance=<id>`` sends the request to that app's machine."""
+    a = await cloud.machine()
+    r = await cloud.api.post("/v1/apps", json={"name": "kit-other", "org_slug": "personal"})
+    checked(r, "Apps_create", 201)
+    other = await cloud.machine(app="kit-other")
+    a.replay = f"app=kit-other;instance={other.machine_id}"
+    assert echo(await edge.get("/"))["machine"] == other.machine_id
+
+
 async def test_a_body_over_1_mb_is_streamed_through_but_not_replayed(
     cloud: Cloud, edge: httpx.AsyncClient
 ) -> None:
