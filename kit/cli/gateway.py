@@ -20,7 +20,9 @@ variable                meaning (default)
                         for local sandboxes) or a host (TCP, a free port each, per-session
                         tokens); default: the local provider's run folder
 ``KIT_PROXY_HOST``      the name sandboxes reach TCP proxies at (the ``KIT_PROXY_LISTEN`` host)
-``KIT_SANDBOX``         the sandbox provider: ``local`` (the fork server) or ``docker``
+``KIT_SANDBOX``         the sandbox provider: ``local`` (the fork server), ``docker``, or
+                        ``fly`` (Fly Machines, as a deployed gateway runs: the bundle, logs
+                        and transcripts come from the bucket; :mod:`kit.cli.flygateway`)
 ======================  =====================================================================
 
 ``KIT_SANDBOX_POOL``, ``KIT_SANDBOX_GRACE_S``, ``KIT_LEASE_TTL_S``, ``KIT_HOST_ID``,
@@ -37,17 +39,21 @@ import os
 import signal
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from fly import FlyClient
 from kit.bundle import Bundle, build_bundle, load_project, open_bundle
 from kit.cli import console, statedir
+from kit.cli.flygateway import Deployed, FlyGatewaySettings, fly_gateway_settings
 from kit.cli.sandboxes import open_provider
 from kit.cli.settings import DevSettings, SettingsError, dev_settings
 from kit.cli.stack import release_of
 from kit.host import LogStore, SQLiteLogStore
+from kit.host.fly_sandbox import FlySandboxProvider
 from kit.host.gateway import open_gateway, tcp_socket
 from kit.host.s3log import S3LogStore
+from kit.storage.s3io import S3Bucket
 
 DEFAULT_LISTEN = "127.0.0.1:8787"
 
@@ -72,16 +78,20 @@ class GatewaySettings:
     proxy_host: str | None
     proxy_public_host: str | None
     sandbox: str
+    fly: FlyGatewaySettings | None = None
+    """``KIT_SANDBOX=fly``: the Fly settings; the bundle, logs and store come from there."""
 
 
 def gateway_settings(environ: Mapping[str, str] = os.environ) -> GatewaySettings:
     """Read ``kit gateway``'s settings; :class:`SettingsError` names the variable and the fix."""
     log_url = environ.get("KIT_LOG_URL") or None
+    fly_mode = fly_gateway_settings(environ) if environ.get("KIT_SANDBOX") == "fly" else None
     # kit dev's parsers read the shared variables; KIT_LOG_URL may also be a folder here.
-    shared = {k: v for k, v in environ.items() if k not in ("KIT_LOG_URL", "KIT_PORT")}
+    skip = ("KIT_LOG_URL", "KIT_PORT", *(("KIT_SANDBOX",) if fly_mode else ()))
+    shared = {k: v for k, v in environ.items() if k not in skip}
     project = environ.get("KIT_PROJECT") or None
     bundle = environ.get("KIT_BUNDLE") or None
-    if bool(project) == bool(bundle):
+    if fly_mode is None and bool(project) == bool(bundle):
         raise SettingsError(
             "Set one of KIT_BUNDLE (a built bundle folder) or KIT_PROJECT (an agent project "
             "folder to build at start)."
@@ -95,7 +105,10 @@ def gateway_settings(environ: Mapping[str, str] = os.environ) -> GatewaySettings
         port=0,
         environ={**shared, "KIT_STATE_DIR": state},
     )
-    host, port = _host_port(environ.get("KIT_LISTEN") or DEFAULT_LISTEN)
+    listen = (environ.get("KIT_LISTEN") or DEFAULT_LISTEN).replace(
+        "${FLY_PRIVATE_IP}", _bracket_ip(environ.get("FLY_PRIVATE_IP") or "::")
+    )
+    host, port = _host_port(listen)
     if not common.api_key:
         raise SettingsError(
             "ANTHROPIC_API_KEY is not set; give the model key the gateway's model proxy adds "
@@ -128,8 +141,13 @@ def gateway_settings(environ: Mapping[str, str] = os.environ) -> GatewaySettings
         proxy_dir=proxy_dir,
         proxy_host=proxy_host.strip("[]") if proxy_host else None,
         proxy_public_host=environ.get("KIT_PROXY_HOST") or None,
-        sandbox=common.sandbox,
+        sandbox="fly" if fly_mode else common.sandbox,
+        fly=fly_mode,
     )
+
+
+def _bracket_ip(address: str) -> str:
+    return f"[{address}]" if ":" in address and not address.startswith("[") else address
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -198,6 +216,9 @@ async def serve(settings: GatewaySettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if settings.fly is not None:
+        await serve_fly(settings, settings.fly, stop)
+        return
     # A bad bundle or a busy port is found before anything is written.
     build = _bundle(settings)
     sock = _listen(settings)
@@ -234,6 +255,66 @@ async def serve(settings: GatewaySettings) -> None:
             console.out(f"kit gateway: serving {bundle.digest[:16]} at {gateway.url}")
             await stop.wait()
             console.out(console.dim("kit gateway: stopping (closing sockets with 1001)…"))
+    console.out(console.dim("kit gateway: stopped."))
+
+
+async def serve_fly(
+    settings: GatewaySettings, fly_settings: FlyGatewaySettings, stop: asyncio.Event
+) -> None:
+    """``serve`` as a gateway machine of a Fly deploy runs it: sandboxes as machines of the
+    sandbox app, the bundle from the bucket's pointer (followed), event logs with leases
+    and the transcripts in the bucket, the proxies and the served store on the machine's
+    private address."""
+    common = settings.common
+    bundles = common.state_dir / "bundles"
+    sock = _listen(settings)
+    try:
+        statedir.make_private(common.state_dir)
+        held = statedir.lock(common.state_dir)
+    except BaseException:
+        sock.close()
+        raise
+    with held:
+        bucket = S3Bucket.from_url(fly_settings.bucket_url, what="KIT_BUCKET_URL")
+        deployed = Deployed(bucket, bundles)
+        await deployed.load()
+        assert deployed.bundle is not None
+        bundle = deployed.bundle
+        config = common.gateway_config(
+            bundle.egress,
+            api_token=settings.api_token,
+            upstream=(common.upstream_url, common.api_key or ""),
+            leased=True,
+            host=settings.host,
+            port=settings.port,
+            proxy_dir=None,
+            proxy_host=fly_settings.private_ip,
+            proxy_public_host=fly_settings.private_ip,
+        )
+        # Gateways share the sandbox app: none may reap another's sandboxes at start.
+        config = replace(
+            config, served_store=fly_settings.prefixed("transcripts"), reap_at_start=False
+        )
+        logs = S3LogStore.from_url(
+            fly_settings.prefixed("logs"), owner=fly_settings.machine_id, ttl_s=common.lease_ttl_s
+        )
+        async with FlyClient(fly_settings.token, base_url=fly_settings.api_url) as api:
+            provider = FlySandboxProvider(
+                api,
+                fly_settings.sandbox_app,
+                bundles,
+                deployed.image,
+                host_id=fly_settings.machine_id,
+                region=fly_settings.region,
+            )
+            async with open_gateway(config, provider, logs, deployed.release, sock=sock) as gateway:
+                follower = asyncio.create_task(deployed.follow(gateway.host.refresh))
+                console.out(f"kit gateway: serving {bundle.digest[:16]} at {gateway.url} (fly)")
+                try:
+                    await stop.wait()
+                finally:
+                    follower.cancel()
+                console.out(console.dim("kit gateway: stopping (closing sockets with 1001)…"))
     console.out(console.dim("kit gateway: stopped."))
 
 

@@ -71,13 +71,16 @@ from kit.host.app import WS_MAX_BYTES, create_app
 from kit.host.auth import OriginPolicy, loopback_hosts
 from kit.host.edge import EdgeConfig, EdgeLimits
 from kit.host.egress import EgressProxy
+from kit.host.errors import HostError
 from kit.host.eventlog import LogStore
 from kit.host.host import SessionHost
 from kit.host.launch import GRACE_S, Release, SessionEnv
 from kit.host.pool import SandboxPool
 from kit.host.proxy import ModelProxy
 from kit.host.sandbox import SandboxProvider
+from kit.host.store_routes import store_routes
 from kit.ids import SessionId
+from kit.storage import open_store
 
 __all__ = [
     "Gateway",
@@ -117,6 +120,10 @@ class GatewayConfig:
     allowed_origins: tuple[str, ...] = ()
     graceful_s: float = GRACEFUL_S
     reap_at_start: bool = True
+    served_store: str | None = None
+    """The host's own transcript store (a URL ``open_store`` takes, e.g. ``s3://…``) served
+    to sandboxes over HTTP (``kit+http://``, :mod:`kit.host.store_routes`) in place of
+    ``store_url``: sandboxes then hold no storage keys. Needs TCP proxies."""
 
 
 @dataclass
@@ -219,6 +226,25 @@ async def _serve_proxies(
     return f"http://{public}:{ports[0]}", f"http://{public}:{ports[1]}"
 
 
+STORE_PATH = "/_kit/store"
+
+
+def _serve_store(
+    config: GatewayConfig, proxy: ModelProxy
+) -> tuple[socket.socket, str, tuple[Server, asyncio.Task[None]]]:
+    """Serve ``config.served_store`` to sandboxes on a free TCP port of the proxy host; the
+    socket, the ``kit+http://`` URL sandboxes use, and the server."""
+    if config.proxy_dir is not None or config.served_store is None:
+        raise HostError("A served transcript store needs TCP proxies (no proxy_dir).")
+    backing = open_store(config.served_store)
+    app = Starlette(routes=store_routes(STORE_PATH, backing, proxy.session_for))
+    sock = tcp_socket(config.proxy_host, 0)
+    port = sock.getsockname()[1]
+    public = _bracket(config.proxy_public_host or config.proxy_host)
+    server = serve(app, sock, config.edge, timeout_graceful_shutdown=config.graceful_s)
+    return sock, f"kit+http://{public}:{port}{STORE_PATH}", server
+
+
 @contextlib.asynccontextmanager
 async def open_gateway(
     config: GatewayConfig,
@@ -249,14 +275,20 @@ async def open_gateway(
     sweeper: asyncio.Task[None] | None = None
     host: SessionHost | None = None
     app: Starlette | None = None
+    store_sock: socket.socket | None = None
     try:
         model_url, egress_url = await _serve_proxies(config, proxy, egress)
+        store_url = config.store_url
+        if config.served_store is not None:
+            store_sock, served_url, store_server = _serve_store(config, proxy)
+            servers.append(store_server)
+            store_url = lambda _session: served_url  # noqa: E731 - one URL for every session
         env = SessionEnv(
             provider=provider,
             issue_model_token=proxy.issue,
             revoke_model_token=proxy.revoke,
             model_endpoint=model_url,
-            store_url=config.store_url,
+            store_url=store_url,
             release=release,
             grace_s=config.grace_s,
             advise=advise,
@@ -310,6 +342,8 @@ async def open_gateway(
             server.should_exit = True
         await asyncio.gather(*(task for _, task in servers), return_exceptions=True)
         sock.close()
+        if store_sock is not None:
+            store_sock.close()
         await proxy.aclose()
         await egress.aclose()
         await provider.close()

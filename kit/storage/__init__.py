@@ -9,6 +9,9 @@ URL                                                store
                                                    credentials from the usual AWS variables;
                                                    ``&checksums=when_required`` for stores that
                                                    reject boto3's default checksums
+``kit+http://HOST:PORT/PATH``                      the session host's store, over HTTP with the
+                                                   sandbox's session token (``token=``):
+                                                   :mod:`kit.storage.remote`
 =================================================  ==========================================
 
 ``do+https://…`` (a Durable Object's storage, over HTTP) comes with the Cloudflare target.
@@ -33,9 +36,17 @@ __all__ = [
 ]
 
 
-def open_store(url: str) -> Any:
-    """Open the transcript store ``url`` names; :class:`StoreError` names the fix if it is wrong."""
+def open_store(url: str, *, token: str | None = None) -> Any:
+    """Open the transcript store ``url`` names; :class:`StoreError` names the fix if it is
+    wrong. ``token``: a ``kit+http://`` store's session token."""
     parts = urlsplit(url)
+    if parts.scheme == "kit+http":
+        from kit.storage.remote import RemoteSessionStore, check_url
+
+        check_url(url)
+        if not token:
+            raise StoreError(f"Store URL {url!r}: a kit+http:// store needs the session token.")
+        return RemoteSessionStore(url, token)
     if parts.scheme == "memory":
         return MemorySessionStore()
     if parts.scheme == "sqlite":
@@ -50,5 +61,5 @@ def open_store(url: str) -> Any:
         return S3SessionStore.from_url(url)
     raise StoreError(
         f"Store URL {url!r}: unknown scheme {parts.scheme!r}; "
-        "use memory://, sqlite:///PATH or s3://BUCKET/PREFIX."
+        "use memory://, sqlite:///PATH, s3://BUCKET/PREFIX or kit+http://HOST:PORT/PATH."
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import socket
 from pathlib import Path
@@ -22,7 +21,7 @@ from kit.client import SessionClient, create_session
 from tests.agents import write_agent
 from tests.conftest import serve_on_loopback
 from tests.host.wsdriver import Driver
-from tests.kitproc import spawn_kit
+from tests.kitproc import spawn_kit, start_gateway
 from tests.loopback import HTTP_BODY, http_server
 from tests.runtime.test_egress_forwarder import EGRESS_SCENARIO
 
@@ -42,20 +41,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 async def _start(env: dict[str, str]) -> tuple[asyncio.subprocess.Process, str]:
     """Start `kit gateway` and read the URL from its one ready line."""
-    proc = await spawn_kit(
-        "gateway",
-        cwd=REPO,
-        env=env,
-    )
-    assert proc.stdout is not None
-    async with asyncio.timeout(START_TIMEOUT_S):
-        while True:
-            line = (await proc.stdout.readline()).decode()
-            if not line:
-                assert proc.stderr is not None
-                raise AssertionError((await proc.stderr.read()).decode()[-3000:])
-            if m := re.search(r"serving \w+ at (http://\S+)", line):
-                return proc, m.group(1)
+    return await start_gateway(env, REPO, START_TIMEOUT_S)
 
 
 async def test_a_turn_goes_through_tcp_proxies_and_sigterm_closes_with_1001(
@@ -138,6 +124,18 @@ async def test_a_turn_goes_through_tcp_proxies_and_sigterm_closes_with_1001(
         ("", {"KIT_PROXY_LISTEN": "/no/such/folder"}, "KIT_PROXY_LISTEN"),
         ("", {"KIT_LISTEN": "127.0.0.1:{busy}"}, "KIT_LISTEN"),
         ("KIT_PROJECT", {}, "KIT_BUNDLE"),
+        ("", {"KIT_SANDBOX": "fly"}, "KIT_FLY_SANDBOX_APP"),
+        (
+            "",
+            {
+                "KIT_SANDBOX": "fly",
+                "KIT_FLY_SANDBOX_APP": "a",
+                "FLY_API_TOKEN": "t",
+                "FLY_PRIVATE_IP": "127.0.0.1",
+                "KIT_BUCKET_URL": "s3://b/logs",
+            },
+            "KIT_BUCKET_URL",
+        ),
     ],
 )
 async def test_a_bad_setting_is_one_line_and_exit_1(

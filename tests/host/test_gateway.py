@@ -10,6 +10,7 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,6 +26,7 @@ from kit.host import gateway as gateway_module
 from kit.host.gateway import GatewayConfig, open_gateway, store_urls
 from kit.host.sandbox import Endpoint, SandboxSpec
 from kit.ids import SessionId, new_session_id
+from kit.storage import StoreError, open_store
 from tests.conftest import serve_on_loopback
 from tests.loopback import echo_server
 
@@ -185,3 +187,28 @@ async def test_a_sandbox_a_dead_host_left_is_stopped_at_start(
     async with open_gateway(_config(model_url, kit_tmp), provider, logs, lambda: release):
         assert await provider.find(spec.session_id) is None
         assert (await left.wait()).reason == "orphan"
+
+
+async def test_a_served_store_keeps_transcripts_on_the_host(model_url: str, kit_tmp: Path) -> None:
+    """With ``served_store``, sandboxes are told a ``kit+http://`` store on the proxy host:
+    a session's token writes its transcript into the host's own store; a revoked token is
+    refused. (Sandboxes then hold no storage keys.)"""
+    backing = f"sqlite:///{kit_tmp}/host-store.db"
+    config = _config(model_url, kit_tmp, proxy_host="127.0.0.1", served_store=backing)
+    provider, logs, release = _parts(kit_tmp)
+    key: Any = {"project_key": "kit", "session_id": "s1"}
+    entry: Any = {"type": "user", "uuid": "u1", "message": {"content": "hi"}}
+    async with open_gateway(config, provider, logs, lambda: release) as gateway:
+        url = gateway.env.store_url("s1")
+        assert url.startswith("kit+http://127.0.0.1:")
+        token = gateway.env.issue_model_token(SessionId("s1"), DEFAULT_LIMITS)
+        store = open_store(url, token=token)
+        try:
+            await store.append(key, [entry])
+            assert await store.load(key) == [entry]
+            gateway.env.revoke_model_token(token)
+            with pytest.raises(StoreError, match="401"):
+                await store.load(key)
+        finally:
+            await store.aclose()
+    assert await open_store(backing).load(key) == [entry]

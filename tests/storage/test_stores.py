@@ -91,6 +91,8 @@ async def test_large_and_unicode_entries_round_trip(make_store: Factory) -> None
         ("s3://bucket/p?endpoint=x", "unknown option 'endpoint'"),
         ("sqlite://relative.db", "three slashes"),
         ("sqlite:///", "three slashes"),
+        ("kit+http://host:1/_kit/store", "needs the session token"),
+        ("kit+http://host/_kit/store", "kit\\+http://HOST:PORT/PATH"),
     ],
 )
 def test_bad_urls_name_the_fix(url: str, needle: str) -> None:

@@ -1,0 +1,163 @@
+"""``kit gateway`` on Fly (``KIT_SANDBOX=fly``): what a gateway machine of a ``kit deploy
+--target fly`` runs.
+
+======================  =====================================================================
+variable                meaning
+======================  =====================================================================
+``KIT_FLY_SANDBOX_APP``  the app sessions' machines are made in (required)
+``FLY_API_TOKEN``       a token that can make machines in it (a secret of the gateway app)
+``FLY_API_HOSTNAME``    the Machines API (``https://api.machines.dev``; the emulator's URL in
+                        a rehearsal)
+``KIT_BUCKET_URL``      ``s3://BUCKET?endpoint_url=…&region=…``: event logs and leases under
+                        ``logs/``, transcripts under ``transcripts/`` (kept by the gateway,
+                        served to sandboxes: :mod:`kit.storage.remote`), the deployed bundles
+                        and the pointer ``deploy/current.json`` (required)
+``FLY_PRIVATE_IP``      this machine's private address (Fly sets it): the proxies and the
+                        served store listen there; ``${FLY_PRIVATE_IP}`` in ``KIT_LISTEN``
+``FLY_MACHINE_ID``      this gateway's id: its host id and lease owner (Fly sets it)
+``FLY_REGION``          where new sandbox machines go (Fly sets it)
+======================  =====================================================================
+
+The bundle is the pointer's: downloaded by digest, checked, unpacked into the state dir, and
+followed every :data:`POINTER_POLL_S` seconds, so a bundle-only deploy reaches the next
+sandbox with no gateway restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import fly
+from kit.bundle import Bundle
+from kit.bundle.archive import unpack
+from kit.bundle.errors import BundleError
+from kit.cli.settings import SettingsError
+from kit.cli.stack import release_of
+from kit.host.launch import Release
+from kit.storage.errors import StoreError
+from kit.storage.s3io import S3Bucket
+
+log = logging.getLogger("kit.gateway")
+
+POINTER_POLL_S = 5.0
+CURRENT_KEY = "deploy/current.json"
+
+
+@dataclass(frozen=True)
+class FlyGatewaySettings:
+    """The Fly part of ``kit gateway``'s settings (see the module docstring)."""
+
+    sandbox_app: str
+    token: str = field(repr=False)
+    api_url: str
+    bucket_url: str
+    private_ip: str
+    machine_id: str
+    region: str | None
+
+    def prefixed(self, prefix: str) -> str:
+        """The bucket URL with a key prefix (``logs``, ``transcripts``)."""
+        parts = urlsplit(self.bucket_url)
+        return urlunsplit((parts.scheme, parts.netloc, f"/{prefix}", parts.query, ""))
+
+
+def fly_gateway_settings(environ: Mapping[str, str]) -> FlyGatewaySettings:
+    """Read the Fly settings; SettingsError names the variable and the fix."""
+    missing = [
+        name
+        for name in ("KIT_FLY_SANDBOX_APP", "FLY_API_TOKEN", "KIT_BUCKET_URL", "FLY_PRIVATE_IP")
+        if not environ.get(name, "").strip()
+    ]
+    if missing:
+        raise SettingsError(
+            f"KIT_SANDBOX=fly needs {', '.join(missing)}; kit deploy --target fly sets them "
+            "on the gateway machines (Fly sets FLY_PRIVATE_IP)."
+        )
+    bucket_url = environ["KIT_BUCKET_URL"].strip()
+    parts = urlsplit(bucket_url)
+    if parts.scheme != "s3" or not parts.netloc or parts.path.strip("/"):
+        raise SettingsError(
+            f"KIT_BUCKET_URL={bucket_url.split('?')[0]!r}: give s3://BUCKET?endpoint_url=… "
+            "(the bucket alone: kit keeps its own prefixes in it)."
+        )
+    try:
+        api_url = fly.base_url(environ.get("FLY_API_HOSTNAME"))
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    private_ip = environ["FLY_PRIVATE_IP"].strip()
+    return FlyGatewaySettings(
+        sandbox_app=environ["KIT_FLY_SANDBOX_APP"].strip(),
+        token=environ["FLY_API_TOKEN"].strip(),
+        api_url=api_url,
+        bucket_url=bucket_url,
+        private_ip=private_ip,
+        machine_id=environ.get("FLY_MACHINE_ID", "").strip() or f"gateway-{private_ip}",
+        region=environ.get("FLY_REGION", "").strip() or None,
+    )
+
+
+class Deployed:
+    """The current deploy as the bucket's pointer names it: its bundle (unpacked into
+    ``bundles``) and its runtime image."""
+
+    def __init__(self, bucket: S3Bucket, bundles: Path) -> None:
+        self.bucket = bucket
+        self.bundles = bundles
+        self.bundle: Bundle | None = None
+        self.image_ref = ""
+        self._etag: str | None = None
+
+    async def load(self) -> bool:
+        """Read the pointer; fetch its bundle when it changed. Whether it changed."""
+        got = await self.bucket.get_with_etag(CURRENT_KEY)
+        if got is None:
+            if self.bundle is None:
+                raise SettingsError(
+                    f"{self.bucket.url(CURRENT_KEY)} is missing: nothing is deployed yet "
+                    "(run kit deploy --target fly)."
+                )
+            return False
+        raw, etag = got
+        if etag == self._etag:
+            return False
+        try:
+            pointer = json.loads(raw)
+            digest, image = str(pointer["bundle"]), str(pointer["image"])
+        except (ValueError, KeyError, TypeError):
+            raise SettingsError(
+                f"{self.bucket.url(CURRENT_KEY)} is not a deploy pointer; deploy again."
+            ) from None
+        if self.bundle is None or self.bundle.digest != digest:
+            data = await self.bucket.get(f"bundles/{digest}.tar")
+            if data is None:
+                raise SettingsError(f"Bundle {digest[:12]}… is not in the bucket; deploy again.")
+            self.bundle = await asyncio.to_thread(unpack, data, self.bundles, digest)
+        self.image_ref, self._etag = image, etag
+        return True
+
+    def release(self) -> Release:
+        """What the next sandbox starts from."""
+        assert self.bundle is not None, "load() first"
+        return release_of(self.bundle)
+
+    def image(self) -> str:
+        return self.image_ref
+
+    async def follow(self, on_change: Callable[[], None]) -> None:
+        """Poll the pointer until cancelled; ``on_change()`` after each new deploy."""
+        for _ in range(10**9):
+            await asyncio.sleep(POINTER_POLL_S)
+            try:
+                changed = await self.load()
+            except (StoreError, BundleError, SettingsError) as exc:
+                log.warning("cannot read the current deploy (the last one stays): %s", exc)
+                continue
+            if changed and self.bundle is not None:
+                log.info("deploy %s is current", self.bundle.digest[:16])
+                on_change()
