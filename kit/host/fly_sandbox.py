@@ -127,31 +127,52 @@ class FlySandbox(Sandbox):
     def alive(self) -> bool:
         return self._exit is None
 
-    async def wait(self) -> ExitInfo:
-        if self._watch is None:
+    def watch(self) -> asyncio.Future[ExitInfo]:
+        """The task watching for the machine's exit (started on first use)."""
+        if self._watch is None or (self._watch.done() and self._watch.cancelled()):
             self._watch = asyncio.ensure_future(self._watch_exit())
-        return await asyncio.shield(self._watch)
+        return self._watch
+
+    async def wait(self) -> ExitInfo:
+        return await asyncio.shield(self.watch())
 
     async def _watch_exit(self) -> ExitInfo:
+        """Until this run of the machine has exited: its code (from the newest exit event
+        after the run's start) and whether it was OOM-killed. API failures are waited out,
+        never taken for an exit."""
+        pause = 1.0
         for _ in range(WAIT_ROUNDS):
             try:
                 await self.api.wait(
                     self.app, self.id, ("stopped", "destroyed", "failed"), timeout_s=60
                 )
-                break
+                exited = await self._exit_event()
             except fly.WaitTimedOut:
                 continue
-            except fly.NotFound:
-                break
-        code, oom = 137, False
-        with contextlib.suppress(fly.FlyError):
-            for event in await self.api.list_events(self.app, self.id, limit=10):
-                if event.type == "exit" and event.exit_code is not None:
-                    code, oom = event.exit_code, event.oom_killed
-                    break
-        reason = "oom" if oom else self._reason or reason_of(code)
-        self._exit = ExitInfo(code, reason)
-        return self._exit
+            except fly.NotFound:  # destroyed: gone with no exit to read
+                exited = (128 + signals.SIGKILL, False)
+            except fly.FlyError as exc:
+                log.warning("machine %s: watching it failed (%s); trying again", self.id, exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 30.0)
+                continue
+            if exited is not None:
+                code, oom = exited
+                reason = "oom" if oom else self._reason or reason_of(code)
+                self._exit = ExitInfo(code, reason)
+                return self._exit
+            await asyncio.sleep(1.0)  # stopped, but this run's start is newer: not yet
+        raise SandboxError(f"machine {self.id} was watched for a day without exiting")
+
+    async def _exit_event(self) -> tuple[int, bool] | None:
+        """The newest exit after the newest start, as (code, oom_killed); None when the
+        newest start has no exit yet."""
+        for event in await self.api.list_events(self.app, self.id, limit=20):
+            if event.type == "exit":
+                return (event.exit_code if event.exit_code is not None else 0), event.oom_killed
+            if event.type in ("start", "launch"):
+                return None
+        return 128 + signals.SIGKILL, False
 
     async def kill(self, sig: int = signals.SIGKILL, reason: str | None = None) -> None:
         if self._exit is not None:
@@ -163,6 +184,9 @@ class FlySandbox(Sandbox):
         except fly.NotFound:
             return
         except fly.FlyError as exc:
+            with contextlib.suppress(fly.FlyError):  # it stopped meanwhile: nothing to signal
+                if (await self.api.get_machine(self.app, self.id)).state != "started":
+                    return
             raise SandboxError(f"could not signal machine {self.id}: {exc}") from exc
 
     async def stop(self, grace_s: float = 5.0) -> ExitInfo:
@@ -243,14 +267,13 @@ class FlySandboxProvider(SandboxProvider):
 
     async def start(self, spec: SandboxSpec) -> FlySandbox:
         config = self.machine_config(spec)
+        machine: Machine | None = None
         try:
-            machine = await self._claim(spec, config) or await self.api.create_machine(
-                self.app, config, region=self.region
-            )
-        except fly.FlyError as exc:
-            raise SandboxError(f"could not start a machine for {spec.session_id}: {exc}") from exc
-        sandbox = FlySandbox(self.api, self.app, machine, spec.session_id, spec.runtime_token)
-        try:
+            machine = await self._claim(spec, config)
+            if machine is None:
+                machine = await self.api.create_machine(self.app, config, region=self.region)
+            sandbox = FlySandbox(self.api, self.app, machine, spec.session_id, spec.runtime_token)
+            sandbox.watch()  # a runtime that dies while booting ends the wait for readiness
             await self.api.wait(
                 self.app,
                 machine.id,
@@ -262,8 +285,13 @@ class FlySandboxProvider(SandboxProvider):
             ready = await wait_ready(
                 client, sandbox.alive, self.start_timeout_s, session_id=spec.session_id
             )
-        except BaseException:
-            await asyncio.shield(self._abandon(machine.id))
+        except BaseException as exc:
+            if machine is not None:
+                await asyncio.shield(self._abandon(machine.id))
+            if isinstance(exc, fly.FlyError):
+                raise SandboxError(
+                    f"could not start a machine for {spec.session_id}: {exc}"
+                ) from exc
             raise
         if ready is None:
             info = await sandbox.wait()
@@ -281,12 +309,22 @@ class FlySandboxProvider(SandboxProvider):
         for candidate in stopped[:3]:
             try:
                 async with self.api.leased(self.app, candidate.id, ttl_s=60, wait_s=0) as lease:
+                    # The listing may be stale: another host may have claimed it since.
+                    current = await self.api.get_machine(self.app, candidate.id)
+                    if current.state != "stopped":
+                        continue
                     machine = await self.api.update_machine(
-                        self.app, candidate.id, config, skip_launch=True, nonce=lease.nonce
+                        self.app,
+                        candidate.id,
+                        config,
+                        current_version=current.version,
+                        skip_launch=True,
+                        nonce=lease.nonce,
                     )
                     await self.api.start_machine(self.app, candidate.id, nonce=lease.nonce)
                     return machine
-            except (fly.LeaseHeld, fly.Conflict, fly.NotFound):
+            except fly.FlyError as exc:  # held, changed, gone, or no room to start it
+                log.info("could not claim machine %s (%s); trying another", candidate.id, exc)
                 continue
         return None
 
@@ -319,14 +357,20 @@ class FlySandboxProvider(SandboxProvider):
         if session_id in self.running and self.running[session_id].alive():
             return self.running[session_id]
         try:
-            found = await self.api.list_machines(
-                self.app, states=("started",), metadata={ROLE: "sandbox", SESSION: session_id}
+            listed = await self.api.list_machines(
+                self.app, metadata={ROLE: "sandbox", SESSION: session_id}
             )
+            # Fly filters lists by settled states only: one still starting counts too.
+            found = [m for m in listed if m.state in ("created", "starting", "started")]
         except fly.FlyError as exc:
             raise SandboxError(f"could not list the sandbox machines: {exc}") from exc
         if not found:
             return None
-        sandbox = FlySandbox(self.api, self.app, found[0], session_id, None)
+        # Never two sandboxes on one transcript: the newest stays, any other is stopped.
+        newest, *others = sorted(found, key=lambda m: m.created_at, reverse=True)
+        for other in others:
+            await self._abandon(other.id)
+        sandbox = FlySandbox(self.api, self.app, newest, session_id, None)
         self._hold(sandbox)
         return sandbox
 

@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
-from emulator.fly_api import DockerRunner, Served, serve
+from emulator.fly_api import DockerRunner, InProcessRunner, Served, serve
 from emulator.model import ScenarioSource
 from emulator.model import create_app as create_model_app
 from fly import FlyClient
@@ -143,3 +144,56 @@ async def test_reap_stops_what_no_session_keeps(world: World) -> None:
     finally:
         await other.close()
         await first.stop(grace_s=5)
+
+
+async def test_a_claim_from_a_stale_listing_takes_no_machine_another_host_claimed(
+    kit_tmp: Path,
+) -> None:
+    """Gateway B lists the stopped machines; gateway A claims the one there is; then B tries
+    it: B re-reads it under the lease, sees it is no longer stopped and claims nothing (it
+    will create its own). (Broken on purpose once: without the re-read, B's update gave A's
+    running machine to B's session: two sessions on one machine.)"""
+    bundle = build_bundle(load_project(EXAMPLE_PROJECT), kit_tmp / "bundles")
+    async with (
+        serve(token=TOKEN, runner=InProcessRunner()) as served,
+        FlyClient(TOKEN, base_url=served.url) as api_a,
+    ):
+        await api_a.create_app(APP, "personal")
+        a = FlySandboxProvider(api_a, APP, kit_tmp / "bundles", lambda: "img:1", host_id="a")
+        first = _spec_for(bundle)
+        machine = await api_a.create_machine(APP, a.machine_config(first))
+        await api_a.wait(APP, machine.id, "started")
+        await api_a.stop_machine(APP, machine.id)
+        await api_a.wait(APP, machine.id, "stopped")
+        spec_a, spec_b = _spec_for(bundle), _spec_for(bundle)
+        claimed: list[str] = []
+
+        class ClaimMeanwhile(httpx.AsyncHTTPTransport):
+            """B's network: the answer to its listing of stopped machines arrives only
+            after A has claimed the machine."""
+
+            async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+                answer = await super().handle_async_request(request)
+                if request.url.params.get("state") == "stopped" and not claimed:
+                    got = await a._claim(spec_a, a.machine_config(spec_a))
+                    claimed.append(got.id if got else "")
+                return answer
+
+        async with FlyClient(TOKEN, base_url=served.url, transport=ClaimMeanwhile()) as api_b:
+            b = FlySandboxProvider(api_b, APP, kit_tmp / "bundles", lambda: "img:1", host_id="b")
+            assert await b._claim(spec_b, b.machine_config(spec_b)) is None
+        assert claimed == [machine.id]
+        now = await api_a.get_machine(APP, machine.id)
+        assert now.metadata["kit_session"] == spec_a.session_id
+
+
+def _spec_for(bundle: Bundle) -> SandboxSpec:
+    return SandboxSpec(
+        session_id=new_session_id(),
+        tier="basic",
+        bundle_digest=bundle.digest,
+        store_url="memory://",
+        model=Endpoint("http://127.0.0.1:9", "k"),
+        runtime_token="tok-" + secrets.token_hex(8),
+        idle_timeout_s=60,
+    )
