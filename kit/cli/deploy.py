@@ -125,10 +125,10 @@ def fly_settings(
     )
 
 
-def host_token(settings: FlySettings) -> tuple[str, bool]:
+def host_token(settings: FlySettings, *, save: bool = True) -> tuple[str, bool]:
     """The host API token clients use: ``KIT_API_TOKEN``, else the one made for this app
-    before (``<state>/fly-<app>.json``, 0600), else a new one saved there; and whether it is
-    new."""
+    before (``<state>/fly-<app>.json``, 0600), else a new one, saved there unless not
+    ``save``; and whether it is new."""
     if settings.api_token:
         return settings.api_token, False
     path = settings.state_dir / f"fly-{settings.target.app}.json"
@@ -139,11 +139,18 @@ def host_token(settings: FlySettings) -> tuple[str, bool]:
     except (OSError, ValueError, AttributeError):
         pass
     token = secrets.token_urlsafe(32)
+    if save:
+        save_token(settings, token)
+    return token, True
+
+
+def save_token(settings: FlySettings, token: str) -> None:
+    """Keep the app's host API token in ``<state>/fly-<app>.json`` (0600)."""
     make_private(settings.state_dir)
+    path = settings.state_dir / f"fly-{settings.target.app}.json"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump({"api_token": token}, f)
-    return token, True
 
 
 def _bucket(settings: FlySettings) -> S3Bucket:
@@ -175,7 +182,7 @@ async def run_deploy(
     """Plan and (unless ``dry_run``) apply a deploy of the project; print the URL at the end.
     ``build_image(dry_run)`` gives the local runtime image's tag (built if need be), once
     every setting has been checked."""
-    if not settings.model_key and not dry_run:
+    if not settings.model_key:
         raise CliError(
             "ANTHROPIC_API_KEY is not set: the gateway's model proxy needs it (it becomes a "
             "Fly secret of the gateway app, never seen by a sandbox)."
@@ -184,7 +191,7 @@ async def run_deploy(
     bucket = _bucket(settings)  # checked before anything is written or built
     local_image = await asyncio.to_thread(build_image, dry_run)
     bundle = build_bundle(load_project(settings.project), settings.state_dir / "bundles")
-    token, new = host_token(settings)
+    token, new = host_token(settings, save=False)
     key_id, secret = settings.s3_keys
     values = {
         "ANTHROPIC_API_KEY": settings.model_key,
@@ -201,10 +208,20 @@ async def run_deploy(
     async with FlyClient(settings.fly_token, base_url=settings.fly_api) as api:
         to = Deployment(api, bucket, registry)
         plan = await deploy(want, bundle, local_image, to, dry_run=True)
+        if new and any(s.name == "KIT_API_TOKEN" for s in await _secrets(api, target.app)):
+            raise CliError(
+                f"{target.app} already has a host API token, and this machine does not know "
+                f"it (no KIT_API_TOKEN, no {settings.state_dir}/fly-{target.app}.json): set "
+                "KIT_API_TOKEN to it, or a new token would lock every client out."
+            )
         console.out(f"kit deploy --target fly: {target.app} in {target.org} ({target.region})")
         console.out(render(plan))
         if dry_run or plan.up_to_date:
+            if new and dry_run:
+                console.out(console.dim("(the host API token is made at the first deploy)"))
             return 0
+        if new:
+            save_token(settings, token)  # kept before the deploy makes it the gateway's secret
         await deploy(
             want, bundle, local_image, to, progress=lambda line: console.out(console.dim(line))
         )
@@ -218,13 +235,31 @@ async def run_deploy(
     return 0
 
 
-async def run_destroy(settings: FlySettings) -> int:
-    """Remove both apps, the image and the bucket; print what went."""
+async def run_destroy(settings: FlySettings, *, yes: bool) -> int:
+    """Remove what the deployment's record lists; without ``yes``, print it and stop."""
+    bucket = _bucket(settings)
     async with FlyClient(settings.fly_token, base_url=settings.fly_api) as api:
         registry = LocalRegistry() if settings.local_registry else FlyRegistry(settings.fly_token)
-        to = Deployment(api, _bucket(settings), registry)
+        to = Deployment(api, bucket, registry)
+        if not yes:
+            listed = await destroy(settings.target, to, dry_run=True)
+            if not listed:
+                console.out(f"Nothing to remove: no kit deployment is recorded in {bucket.url()}.")
+                return 0
+            console.out("Would remove: " + ", ".join(listed))
+            raise CliError("kit destroy deletes these for good: run it again with --yes.")
         removed = await destroy(
             settings.target, to, progress=lambda line: console.out(console.dim(line))
         )
-    console.out("Removed: " + ", ".join(removed) if removed else "Nothing to remove.")
+    if removed:
+        console.out("Removed: " + ", ".join(removed))
+    else:
+        console.out(f"Nothing to remove: no kit deployment is recorded in {bucket.url()}.")
     return 0
+
+
+async def _secrets(api: FlyClient, app: str) -> list[fly.SecretInfo]:
+    try:
+        return await api.list_secrets(app)
+    except fly.NotFound:
+        return []

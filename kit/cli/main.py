@@ -134,6 +134,13 @@ def _fly_settings(args: argparse.Namespace) -> Any:
     from kit.cli.deploy import fly_settings
     from kit.cli.settings import dev_settings
 
+    if args.project is None and not any(
+        (folder / "kit.toml").is_file() for folder in (Path.cwd(), *Path.cwd().parents)
+    ):
+        raise CliError(
+            "No kit.toml here or above: run kit deploy/destroy in your agent's folder, or pass "
+            "--project."
+        )
     settings = dev_settings(project=args.project, host=None, port=None)
     return fly_settings(
         project=settings.project_dir,
@@ -160,7 +167,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 def _cmd_destroy(args: argparse.Namespace) -> int:
     from kit.cli.deploy import run_destroy
 
-    code: int = asyncio.run(run_destroy(_fly_settings(args)))
+    code: int = asyncio.run(run_destroy(_fly_settings(args), yes=args.yes))
     return code
 
 
@@ -424,9 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
         (
             "destroy",
             "remove everything kit deploy made on Fly",
-            "Delete the gateway and sandbox apps (with their machines, addresses and secrets),\n"
-            "the image where the app does not take it along, and the bucket.",
-            ["kit destroy --target fly --app acme-support"],
+            "Delete what the deployment's record (in its bucket) lists: the gateway and\n"
+            "sandbox apps with their machines, addresses and secrets, the image, kit's\n"
+            "objects, and the bucket if kit made it. Without --yes it only lists them.",
+            ["kit destroy --target fly --app acme-support --yes"],
             _cmd_destroy,
         ),
     ):
@@ -440,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--gateways", type=int, default=2, help="gateway machines (default: 2)")
         if name == "deploy":
             p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+        else:
+            p.add_argument("--yes", action="store_true", help="really delete (else: list only)")
         p.set_defaults(func=func)
     return parser
 

@@ -60,6 +60,7 @@ async def test_deploy_plans_applies_does_nothing_twice_and_destroys(
     assert "create app" in out
     assert "create gateway machine" in out
     assert not fly_api.backend.apps.all()
+    assert not (kit_tmp / "state" / f"fly-{APP}.json").exists()  # a dry run writes nothing
     code, out, err = await _kit("deploy", *args, env=env)
     assert code == 0, err
     assert f"https://{APP}.fly.dev" in out
@@ -69,10 +70,23 @@ async def test_deploy_plans_applies_does_nothing_twice_and_destroys(
     code, out, err = await _kit("deploy", *args, env=env)
     assert code == 0, err
     assert "Nothing to change" in out
+    saved = kit_tmp / "state" / f"fly-{APP}.json"
+    token = saved.read_text()
+    saved.unlink()  # another machine, which never knew the token
+    code, out, err = await _kit("deploy", *args, env=env)
+    assert code == 1
+    assert "already has a host API token" in err
+    saved.write_text(token)
     code, out, err = await _kit("destroy", *args, env=env)
+    assert code == 1
+    assert f"Would remove: app {APP}-sandboxes, app {APP}, bucket {APP}-kit" in out
+    assert "--yes" in err
+    assert len(fly_api.backend.apps.all()) == 2
+    code, out, err = await _kit("destroy", *args, "--yes", env=env)
     assert code == 0, err
     assert f"app {APP}," in out
     assert f"bucket {APP}-kit" in out
+    assert not fly_api.backend.apps.all()
 
 
 @pytest.mark.parametrize(
@@ -108,3 +122,17 @@ async def test_a_missing_or_bad_setting_is_named_and_nothing_is_made(
     assert named in lines[0]
     assert not fly_api.backend.apps.all()
     assert not (kit_tmp / "state" / f"fly-{APP}.json").exists()
+
+
+async def test_without_a_project_nothing_is_deployed_or_destroyed(
+    kit_tmp: Path, fly_api: Served
+) -> None:
+    """Outside an agent's folder (no kit.toml up the tree) and with no --project, deploy and
+    destroy refuse, naming the fix, instead of acting on the bundled example."""
+    env = _env(kit_tmp, FLY_API_TOKEN=TOKEN, FLY_API_HOSTNAME=fly_api.url)
+    for command in ("deploy", "destroy"):
+        proc = await spawn_kit(command, "--target", "fly", cwd=kit_tmp, env=env)
+        _out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 1
+        assert "No kit.toml here" in err.decode()
+    assert not fly_api.backend.apps.all()

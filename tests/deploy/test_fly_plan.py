@@ -40,8 +40,10 @@ def deployed(want: Desired) -> Observed:
         GatewayMachine(f"m{n}", "started", meta[CONFIG_KEY], meta[SECRETS_KEY])
         for n in range(want.target.gateways)
     )
+    apps = frozenset({want.target.app, want.target.sandbox_app})
     return Observed(
-        apps=frozenset({want.target.app, want.target.sandbox_app}),
+        apps=apps,
+        record=apps,
         bucket=True,
         ip_kinds=frozenset({"v4", "v6"}),
         secret_names=frozenset(want.secrets),
@@ -57,11 +59,12 @@ def kinds(want: Desired, seen: Observed) -> list[StepKind]:
 
 
 def test_a_first_deploy_makes_everything_in_order() -> None:
-    """Apps, bucket, addresses, secrets, image, bundle, pointer, then the gateways."""
+    """Bucket (with the record), apps, addresses, secrets, image, bundle, pointer, then the
+    gateways."""
     assert kinds(desired(), Observed()) == [
-        StepKind.CREATE_APP,
-        StepKind.CREATE_APP,
         StepKind.CREATE_BUCKET,
+        StepKind.CREATE_APP,
+        StepKind.CREATE_APP,
         StepKind.ASSIGN_IP,
         StepKind.ASSIGN_IP,
         StepKind.SET_SECRETS,
@@ -138,3 +141,23 @@ def test_sizes_and_names() -> None:
     with pytest.raises(DeployError, match="--app"):
         FlyTarget(app="Acme_Support")
     assert TARGET.sandbox_app == "acme-support-sandboxes"
+
+
+def test_an_app_kit_did_not_make_is_refused() -> None:
+    """An app of the deployment's name that its record does not list (someone's own app) is
+    refused naming the flag, before any step. (Broken on purpose once: it was adopted, and
+    kit destroy would have deleted it.)"""
+    with pytest.raises(DeployError, match="not made by kit deploy"):
+        plan(desired(), Observed(apps=frozenset({TARGET.app})))
+    with pytest.raises(DeployError, match="--app"):
+        plan(desired(), Observed(apps=frozenset({TARGET.app}), record=frozenset(), bucket=True))
+
+
+def test_a_stopped_or_failed_gateway_is_replaced() -> None:
+    """A gateway that is not running serves no one: it is destroyed and a new one made;
+    the running one stays."""
+    want = desired()
+    before = deployed(want)
+    stopped = replace(before.gateways[1], state="stopped")
+    seen = replace(before, gateways=(before.gateways[0], stopped))
+    assert kinds(want, seen) == [StepKind.DESTROY_GATEWAY, StepKind.CREATE_GATEWAY]

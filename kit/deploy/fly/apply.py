@@ -13,20 +13,31 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import fly
 from fly import FlyClient
 from kit.bundle.archive import pack
 from kit.bundle.build import Bundle
 from kit.deploy.errors import DeployError
-from kit.deploy.fly.plan import Desired, GatewayMachine, Observed, Plan, Step, StepKind, current_of
+from kit.deploy.fly.plan import (
+    RECORD_KEY,
+    Desired,
+    GatewayMachine,
+    Observed,
+    Plan,
+    Step,
+    StepKind,
+    current_of,
+)
 from kit.deploy.fly.target import CONFIG_KEY, ROLE_KEY, SECRETS_KEY, FlyTarget
 from kit.storage.errors import StoreError
 from kit.storage.s3io import S3Bucket
 
 CURRENT_KEY = "deploy/current.json"
 """The bucket's pointer to the current deploy: ``{bundle, image, deployed_at}``."""
+KIT_PREFIXES = ("bundles/", "deploy/", "logs/", "transcripts/", "kit/")
+"""What kit keeps in a deployment's bucket (the record, under ``kit/``, goes last)."""
 START_TIMEOUT_S = 300.0
 
 Progress = Callable[[str], None]
@@ -87,10 +98,12 @@ async def observe(desired: Desired, to: Deployment) -> Observed:
         bucket = await to.bucket.exists()
         bundle = bucket and await to.bucket.get(bundle_key(desired.bundle_digest)) is not None
         current = await _current(to.bucket) if bucket else None
+        found = await read_record(to.bucket) if bucket else None
     except StoreError as exc:
         raise DeployError(f"Reading the bucket {target.bucket_name} failed: {exc}") from exc
     return Observed(
         apps=apps,
+        record=frozenset(found["apps"]) if found is not None else None,
         bucket=bucket,
         ip_kinds=ips,
         secret_names=secrets,
@@ -99,6 +112,30 @@ async def observe(desired: Desired, to: Deployment) -> Observed:
         current=current,
         gateways=gateways,
     )
+
+
+async def read_record(bucket: S3Bucket) -> dict[str, Any] | None:
+    """The deployment's record (``{"apps": [...], "made_bucket": bool}``), or None."""
+    raw = await bucket.get(RECORD_KEY)
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+        apps = [str(a) for a in data["apps"]]
+        return {"apps": apps, "made_bucket": data.get("made_bucket") is True}
+    except (ValueError, KeyError, TypeError):
+        raise DeployError(
+            f"{bucket.url(RECORD_KEY)} is not a kit deployment record; it was changed by hand."
+        ) from None
+
+
+async def _note(bucket: S3Bucket, *, app: str | None = None, made_bucket: bool = False) -> None:
+    """Add ``app`` (and, when kit made it, the bucket) to the deployment's record."""
+    record = await read_record(bucket) or {"apps": [], "made_bucket": False}
+    if app is not None and app not in record["apps"]:
+        record["apps"].append(app)
+    record["made_bucket"] = record["made_bucket"] or made_bucket
+    await bucket.put(RECORD_KEY, json.dumps(record).encode())
 
 
 async def _current(bucket: S3Bucket) -> str | None:
@@ -143,9 +180,10 @@ async def _do(
     target, api = desired.target, to.api
     match step.kind:
         case StepKind.CREATE_APP:
-            await _create_app(api, step.subject, target.org)
+            await _create_app(api, to.bucket, step.subject, target.org)
         case StepKind.CREATE_BUCKET:
             await to.bucket.create()
+            await _note(to.bucket, made_bucket=True)
         case StepKind.ASSIGN_IP:
             await api.assign_ip(target.app, "v6" if "v6" in step.subject else "shared_v4")
         case StepKind.SET_SECRETS:
@@ -195,40 +233,64 @@ async def _do(
     return secrets_version
 
 
-async def _create_app(api: FlyClient, name: str, org: str) -> None:
-    """Create app ``name``; one already there in ``org`` (a deploy cut short) is kept."""
+async def _create_app(api: FlyClient, bucket: S3Bucket, name: str, org: str) -> None:
+    """Create app ``name``, noted in the record first (a deploy cut short after the create
+    still owns it); a name someone else has is taken off the record again and refused."""
+    await _note(bucket, app=name)
     try:
         await api.create_app(name, org)
     except fly.NameTaken:
-        found = await api.find_app(name)
-        if found is None or (found.org_slug and found.org_slug != org):
-            raise DeployError(
-                f"The Fly app name {name!r} is taken by someone else; pass another --app."
-            ) from None
+        record = await read_record(bucket)
+        if record is not None and name in record["apps"]:
+            record["apps"].remove(name)
+            await bucket.put(RECORD_KEY, json.dumps(record).encode())
+        raise DeployError(
+            f"The Fly app name {name!r} is taken (app names are global across Fly); pass "
+            "another --app."
+        ) from None
 
 
 async def destroy(
-    target: FlyTarget, to: Deployment, progress: Progress = lambda _: None
+    target: FlyTarget, to: Deployment, progress: Progress = lambda _: None, *, dry_run: bool = False
 ) -> list[str]:
-    """Remove everything a deploy of ``target`` made: both apps (with their machines, IPs and
-    secrets), the image where the app does not take it along, and the bucket with every
-    object in it. What was removed, as lines."""
+    """Remove what a deploy of ``target`` made, as its bucket's record lists it: the apps
+    (with their machines, addresses and secrets), the image where the app does not take it
+    along, kit's objects in the bucket, and the bucket if kit made it. Nothing when there is
+    no record. What was (with ``dry_run``: would be) removed, as lines."""
+    try:
+        record = await read_record(to.bucket) if await to.bucket.exists() else None
+    except StoreError as exc:
+        raise DeployError(f"Reading the bucket {target.bucket_name} failed: {exc}") from exc
+    if record is None:
+        return []
     removed: list[str] = []
-    for app in (target.sandbox_app, target.app):
+    for app in sorted(record["apps"], key=lambda a: a != target.sandbox_app):
         try:
             if await to.api.find_app(app) is not None:
-                progress(f"delete app: {app}")
-                await to.api.delete_app(app)
                 removed.append(f"app {app}")
+                if not dry_run:
+                    progress(f"delete app: {app}")
+                    await to.api.delete_app(app)
         except fly.FlyError as exc:
             raise DeployError(f"Deleting the Fly app {app} failed: {exc}") from exc
-    for tag in await to.registry.forget(target.app):
-        removed.append(f"image {tag}")
+    if not dry_run:
+        for tag in await to.registry.forget(target.app):
+            removed.append(f"image {tag}")
+    what = (
+        f"bucket {target.bucket_name}"
+        if record["made_bucket"]
+        else (f"kit's objects in bucket {target.bucket_name}")
+    )
+    removed.append(what)
+    if dry_run:
+        return removed
+    progress(f"delete {what}")
     try:
-        if await to.bucket.exists():
-            progress(f"delete bucket: {target.bucket_name}")
+        if record["made_bucket"]:
             await to.bucket.delete_bucket()
-            removed.append(f"bucket {target.bucket_name}")
+        else:
+            for prefix in KIT_PREFIXES:
+                await to.bucket.delete_many(await to.bucket.list_keys(prefix))
     except StoreError as exc:
-        raise DeployError(f"Deleting the bucket {target.bucket_name} failed: {exc}") from exc
+        raise DeployError(f"Deleting {what} failed: {exc}") from exc
     return removed

@@ -2,7 +2,8 @@
 and the steps between them (:func:`plan`), pure, so ``--dry-run`` is just the plan and a
 second deploy with nothing changed plans nothing.
 
-The steps come in this order, each only when needed: the two apps, the bucket, the gateway's
+The steps come in this order, each only when needed: the bucket (with the deployment's record,
+:data:`RECORD_KEY`), the two apps, the gateway's
 addresses, its secrets, the image in Fly's registry, the bundle in the bucket, the pointer
 to the current deploy (``deploy/current.json``: bundle digest and image, what the gateways
 give the next sandbox), then the gateway machines: created, updated one at a time when their
@@ -16,7 +17,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from fly import MachineConfig
+from kit.deploy.errors import DeployError
 from kit.deploy.fly.target import CONFIG_KEY, SECRETS_KEY, FlyTarget
+
+RECORD_KEY = "kit/deployment.json"
+"""The deployment's record in its bucket: the apps kit made, and whether it made the bucket.
+``kit destroy`` removes only what it lists."""
+LIVE = ("created", "starting", "started", "updating", "replacing", "restarting")
+GONE = ("destroyed", "destroying")
 
 
 class StepKind(enum.StrEnum):
@@ -71,6 +79,9 @@ class Observed:
     """What is there now (read by :func:`kit.deploy.fly.apply.observe`)."""
 
     apps: frozenset[str] = frozenset()
+    record: frozenset[str] | None = None
+    """The apps the bucket's deployment record says kit made (None: no record, or no
+    bucket)."""
     bucket: bool = False
     ip_kinds: frozenset[str] = frozenset()
     """``v6`` and/or ``v4`` (shared or dedicated)."""
@@ -105,15 +116,22 @@ def current_of(desired: Desired) -> str:
 def plan(desired: Desired, observed: Observed) -> Plan:
     """The steps from ``observed`` to ``desired`` (see the module docstring)."""
     target = desired.target
+    strangers = sorted(observed.apps - (observed.record or frozenset()))
+    if strangers:
+        raise DeployError(
+            f"Fly app {strangers[0]} exists but this deployment's record "
+            f"(s3://{target.bucket_name}/{RECORD_KEY}) does not list it: it was not made by "
+            "kit deploy. Pass another --app (or --bucket, if the record is elsewhere)."
+        )
     steps: list[Step] = []
+    if not observed.bucket:
+        steps.append(Step(StepKind.CREATE_BUCKET, target.bucket_name, "logs, leases, bundles"))
     for app, why in (
         (target.app, "the gateway: kit gateway behind Fly's proxy"),
         (target.sandbox_app, "one machine per active session"),
     ):
         if app not in observed.apps:
             steps.append(Step(StepKind.CREATE_APP, app, why))
-    if not observed.bucket:
-        steps.append(Step(StepKind.CREATE_BUCKET, target.bucket_name, "logs, leases, bundles"))
     for kind in ("v6", "v4"):
         if kind not in observed.ip_kinds:
             shared = " (shared)" if kind == "v4" else ""
@@ -134,7 +152,11 @@ def plan(desired: Desired, observed: Observed) -> Plan:
             Step(StepKind.SET_CURRENT, desired.bundle_digest[:16], "the next sandboxes run it")
         )
     config_sha = str(desired.gateway.get("metadata", {}).get(CONFIG_KEY, ""))
-    live = [g for g in observed.gateways if g.state not in ("destroyed", "destroying")]
+    # A stopped or failed gateway serves no one: replaced, as are any past the count.
+    live = [g for g in observed.gateways if g.state in LIVE]
+    dead = [g for g in observed.gateways if g.state not in LIVE and g.state not in GONE]
+    for machine in dead:
+        steps.append(Step(StepKind.DESTROY_GATEWAY, machine.id, f"{machine.state}: replaced"))
     for machine in live[: target.gateways]:
         if machine.config_sha != config_sha or machine.secrets_sha != secrets_sha:
             why = "new config" if machine.config_sha != config_sha else "new secrets"

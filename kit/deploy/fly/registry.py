@@ -9,7 +9,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+import tempfile
+from collections.abc import AsyncIterator
 
 from kit.deploy.errors import DeployError
 
@@ -33,7 +36,8 @@ async def _docker(*args: str, stdin: bytes | None = None, check: bool = True) ->
     code = proc.returncode or 0
     if check and code:
         tail = (err or out).decode(errors="replace").strip().splitlines()[-1:] or [""]
-        raise DeployError(f"docker {args[0]} failed ({code}): {tail[0]}")
+        verb = next((a for a in args if not a.startswith("-") and "/" not in a), "call")
+        raise DeployError(f"docker {verb} failed ({code}): {tail[0]}")
     return code, out.decode(errors="replace")
 
 
@@ -60,15 +64,18 @@ class LocalRegistry:
 
 
 class FlyRegistry:
-    """``registry.fly.io``, logged in with ``token``."""
+    """``registry.fly.io``, logged in with ``token`` for each call in a throwaway Docker
+    config folder (the token is never left in ``~/.docker/config.json``)."""
 
     def __init__(self, token: str) -> None:
         self._token = token
-        self._logged_in = False
 
-    async def _login(self) -> None:
-        if not self._logged_in:
+    @contextlib.asynccontextmanager
+    async def _logged_in(self) -> AsyncIterator[str]:
+        with tempfile.TemporaryDirectory(prefix="kit-docker-") as config:
             await _docker(
+                "--config",
+                config,
                 "login",
                 FLY_REGISTRY,
                 "--username",
@@ -76,17 +83,17 @@ class FlyRegistry:
                 "--password-stdin",
                 stdin=self._token.encode(),
             )
-            self._logged_in = True
+            yield config
 
     async def has(self, ref: str) -> bool:
-        await self._login()
-        code, _ = await _docker("manifest", "inspect", ref, check=False)
+        async with self._logged_in() as config:
+            code, _ = await _docker("--config", config, "manifest", "inspect", ref, check=False)
         return code == 0
 
     async def push(self, local: str, ref: str) -> None:
-        await self._login()
         await _docker("tag", local, ref)
-        await _docker("push", ref)
+        async with self._logged_in() as config:
+            await _docker("--config", config, "push", ref)
 
     async def forget(self, app: str) -> list[str]:
         """Nothing: deleting the app deletes its repository on Fly."""
