@@ -31,7 +31,8 @@ Emulated (paths and shapes as in the vendored spec ``fly-machines-openapi.json``
   text (``machine ID … lease currently held by …, expires at …``); an expired lease binds no
   one;
 - metadata: GET, PATCH (null or "" removes; 412 on a stale ``machine_version``), per key;
-- secrets (names and digests only) and IP assignments per app;
+- secrets (names and digests only through the API; their values in every machine's
+  environment at launch, as on Fly) and IP assignments per app;
 - the private network: each machine's ``private_ip`` (also ``FLY_PRIVATE_IP`` with the
   other ``FLY_*`` variables) is its own loopback address, 127.1.0.N;
 - errors ``{error, status}``; 401 without ``Authorization: Bearer <token>``; 404; 400;

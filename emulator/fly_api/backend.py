@@ -103,7 +103,9 @@ class FlyBackend:
         async with m.lock:
             if m.op != op:
                 return
-            spec = LaunchSpec(m.app, m.id, m.version, m.region, m.config, m.private_ip)
+            app = self.apps.get(m.app)
+            secrets = tuple(sorted((name, v[0]) for name, v in app.secrets.items()))
+            spec = LaunchSpec(m.app, m.id, m.version, m.region, m.config, m.private_ip, secrets)
             m.run += 1
             run = m.run
             try:

@@ -67,10 +67,19 @@ EDGE_REGION = "iad"
 class FlyProxy:
     """The proxy's routing and forwarding for one app; :func:`serve_proxy` serves it."""
 
-    def __init__(self, backend: FlyBackend, app: str, *, router: Router | None = None) -> None:
+    def __init__(
+        self,
+        backend: FlyBackend,
+        app: str,
+        *,
+        router: Router | None = None,
+        forwarded: tuple[str, int] = ("https", 443),
+    ) -> None:
         self.backend = backend
         self.app = app
         self.router = router or Router(backend, app)
+        self.forwarded = forwarded
+        """The scheme and port machines are told clients used (Fly: https, 443)."""
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one client connection: requests one after another (keep-alive) until it
@@ -102,7 +111,10 @@ class FlyProxy:
         protocols."""
         request_id = hdr.request_id(EDGE_REGION)
         headers = hdr.forwarded_request(
-            exchange.request.headers, client_ip=exchange.client_ip, request_id=request_id
+            exchange.request.headers,
+            client_ip=exchange.client_ip,
+            request_id=request_id,
+            forwarded=self.forwarded,
         )
         exchange.request_id = request_id
         try:
@@ -194,11 +206,19 @@ class FlyProxy:
 
 @contextlib.asynccontextmanager
 async def serve_proxy(
-    backend: FlyBackend, app: str, *, host: str = "127.0.0.1", port: int = 0
+    backend: FlyBackend,
+    app: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    as_served: bool = False,
 ) -> AsyncIterator[str]:
     """Serve Fly's proxy for ``app`` on ``host:port`` (port 0: a free one) until the block
     ends; yields the base URL (``http://127.0.0.1:<port>``), which stands for
-    ``https://<app>.fly.dev``. Connections still open at the end (WebSockets) are cut."""
+    ``https://<app>.fly.dev``. Machines are told clients came over https on 443, as on Fly;
+    with ``as_served``, over what this proxy serves (http on its port: a rehearsal's
+    clients must be sent back here). Connections still open at the end (WebSockets) are
+    cut."""
     if host != "127.0.0.1":
         raise FlyEmulatorError(
             f"The emulated Fly proxy serves on loopback only, not {host!r}: use 127.0.0.1."
@@ -217,6 +237,8 @@ async def serve_proxy(
 
     server = await asyncio.start_server(on_connect, host, port)
     bound = server.sockets[0].getsockname()[1]
+    if as_served:
+        proxy.forwarded = ("http", bound)
     try:
         yield f"http://127.0.0.1:{bound}"
     finally:

@@ -93,12 +93,16 @@ def is_upgrade(headers: Iterable[tuple[bytes, bytes]]) -> bool:
 
 
 def forwarded_request(
-    headers: Iterable[tuple[bytes, bytes]], *, client_ip: str, request_id: str
+    headers: Iterable[tuple[bytes, bytes]],
+    *,
+    client_ip: str,
+    request_id: str,
+    forwarded: tuple[str, int] = ("https", 443),
 ) -> Headers:
     """The request headers a machine sees: hop-by-hop ones dropped (an upgrade's
     ``Connection``/``Upgrade`` kept), Fly's routing headers dropped, and ``Fly-Client-IP``,
-    ``X-Forwarded-For`` (appended), ``X-Forwarded-Proto: https``, ``X-Forwarded-Port: 443``,
-    ``fly-request-id`` and ``Via`` added."""
+    ``X-Forwarded-For`` (appended), ``X-Forwarded-Proto``/``-Port`` (``forwarded``: Fly's
+    https and 443 by default), ``fly-request-id`` and ``Via`` added."""
     pairs = list(headers)
     upgrade = is_upgrade(pairs)
     prior = find(pairs, b"x-forwarded-for")
@@ -120,9 +124,9 @@ def forwarded_request(
     out += [
         (b"fly-client-ip", client_ip.encode()),
         (b"x-forwarded-for", (f"{prior}, {client_ip}" if prior else client_ip).encode()),
-        (b"x-forwarded-proto", b"https"),
-        (b"x-forwarded-port", b"443"),
-        (b"x-forwarded-ssl", b"on"),
+        (b"x-forwarded-proto", forwarded[0].encode()),
+        (b"x-forwarded-port", str(forwarded[1]).encode()),
+        (b"x-forwarded-ssl", b"on" if forwarded[0] == "https" else b"off"),
         (REQUEST_ID, request_id.encode()),
         (b"via", b"1.1 fly.io"),
     ]

@@ -39,10 +39,13 @@ class LaunchSpec:
     config: dict[str, Any]
     private_ip: str = ""
     """The machine's loopback address (``FLY_PRIVATE_IP``)."""
+    secrets: tuple[tuple[str, str], ...] = ()
+    """The app's secrets, which Fly puts in every machine's environment (over ``env``)."""
 
     @property
     def env(self) -> dict[str, str]:
-        """``config.env`` plus the variables Fly sets in every machine."""
+        """``config.env`` plus the variables Fly sets in every machine and the app's
+        secrets."""
         fly = {
             "FLY_APP_NAME": self.app,
             "FLY_MACHINE_ID": self.machine_id,
@@ -53,7 +56,8 @@ class LaunchSpec:
             "FLY_IMAGE_REF": str(self.config.get("image", "")),
             "FLY_PROCESS_GROUP": str(self.config.get("metadata", {}).get("fly_process_group", "")),
         }
-        return {**fly, **{str(k): str(v) for k, v in (self.config.get("env") or {}).items()}}
+        env = {str(k): str(v) for k, v in (self.config.get("env") or {}).items()}
+        return {**fly, **env, **dict(self.secrets)}
 
     def files(self) -> dict[str, tuple[bytes, int]]:
         """``config.files`` with a ``raw_value``: guest path → (contents, mode)."""

@@ -20,6 +20,8 @@ bucket endpoint, keys  ``AWS_ENDPOINT_URL_S3``,     Tigris's (``fly storage crea
                        ``AWS_ACCESS_KEY_ID``,       them)
                        ``AWS_SECRET_ACCESS_KEY``
 bucket region          ``AWS_REGION``               ``auto`` (Tigris)
+public URL             ``KIT_FLY_PUBLIC_URL``       ``https://<app>.fly.dev``: where new
+                                                    gateways are health-checked
 image registry         ``KIT_FLY_REGISTRY``         ``registry.fly.io``; ``local``: this
                                                     machine's Docker daemon (the emulator)
 =====================  ===========================  ==========================================
@@ -69,6 +71,8 @@ class FlySettings:
     local_registry: bool = False
     """The local Docker daemon is the registry (the emulator's machines run its images)."""
     listen: str = LISTEN
+    public_url: str | None = None
+    """Where Fly's proxy serves the gateway app (None: ``https://<app>.fly.dev``)."""
 
 
 def fly_settings(
@@ -122,6 +126,7 @@ def fly_settings(
             environ.get("AWS_SECRET_ACCESS_KEY", "").strip(),
         ),
         local_registry=registry == "local",
+        public_url=environ.get("KIT_FLY_PUBLIC_URL", "").strip() or None,
     )
 
 
@@ -206,7 +211,7 @@ async def run_deploy(
     want = desired(target, bundle, image, values, bucket_url=bucket_url, listen=settings.listen)
     registry = LocalRegistry() if settings.local_registry else FlyRegistry(settings.fly_token)
     async with FlyClient(settings.fly_token, base_url=settings.fly_api) as api:
-        to = Deployment(api, bucket, registry)
+        to = Deployment(api, bucket, registry, settings.public_url)
         plan = await deploy(want, bundle, local_image, to, dry_run=True)
         if new and any(s.name == "KIT_API_TOKEN" for s in await _secrets(api, target.app)):
             raise CliError(

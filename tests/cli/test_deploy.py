@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from emulator.fly_api import InProcessRunner, Served, serve
+from tests.conftest import serve_on_loopback
+from tests.deploy.test_fly_apply import healthy_app
 from tests.kitproc import spawn_kit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,6 +24,14 @@ APP = "kit-cli-deploy-test"
 async def fly_api() -> AsyncIterator[Served]:
     async with serve(token=TOKEN, runner=InProcessRunner()) as served:
         yield served
+
+
+@pytest.fixture
+async def public() -> AsyncIterator[str]:
+    """Fly's proxy and the gateways' /healthz, stood in for (in-process machines serve
+    nothing)."""
+    async with serve_on_loopback(healthy_app()) as url:
+        yield url
 
 
 def _env(kit_tmp: Path, **extra: str) -> dict[str, str]:
@@ -39,7 +49,7 @@ async def _kit(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
 
 
 async def test_deploy_plans_applies_does_nothing_twice_and_destroys(
-    kit_tmp: Path, s3_endpoint: str, fly_api: Served
+    kit_tmp: Path, s3_endpoint: str, fly_api: Served, public: str
 ) -> None:
     """Dry run prints the plan and changes nothing; the deploy makes the gateways and
     prints the URL; a second deploy says nothing changes; destroy removes it all."""
@@ -51,6 +61,7 @@ async def test_deploy_plans_applies_does_nothing_twice_and_destroys(
         ANTHROPIC_API_KEY="sk-ant-test-not-real",
         AWS_ENDPOINT_URL_S3=s3_endpoint,
         AWS_REGION="us-east-1",
+        KIT_FLY_PUBLIC_URL=public,
         AWS_ACCESS_KEY_ID="kit-test",
         AWS_SECRET_ACCESS_KEY="kit-test",
     )

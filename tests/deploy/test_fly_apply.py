@@ -13,6 +13,10 @@ from pathlib import Path
 
 import boto3
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from emulator.fly_api import InProcessRunner, Served, serve
 from fly import FlyClient
@@ -24,12 +28,22 @@ from kit.deploy.fly.plan import StepKind
 from kit.deploy.fly.registry import LocalRegistry
 from kit.deploy.fly.target import FlyTarget
 from kit.storage.s3io import S3Bucket
+from tests.conftest import serve_on_loopback
 from tests.emulator.fly_api.tiny_image import tiny_image
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "fly-deploy-test-token"
 TARGET = FlyTarget(app="acme-support", gateways=2, bucket="acme-support-deploy-test")
 SECRETS = {"ANTHROPIC_API_KEY": "sk-ant-test-not-real", "KIT_API_TOKEN": "k" * 40}
+
+
+def healthy_app() -> Starlette:
+    """Answers ``/healthz`` 200, whatever machine it is asked for."""
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    return Starlette(routes=[Route("/healthz", healthz)])
 
 
 @dataclass
@@ -53,8 +67,11 @@ async def rig(kit_tmp: Path, s3_endpoint: str) -> AsyncIterator[Rig]:
     async with (
         serve(token=TOKEN, runner=InProcessRunner()) as served,
         FlyClient(TOKEN, base_url=served.url) as api,
+        serve_on_loopback(healthy_app()) as public,
     ):
-        to = Deployment(api, S3Bucket(s3, TARGET.bucket_name), LocalRegistry())
+        # Machines of the in-process runner serve nothing: Fly's proxy and the gateways'
+        # /healthz are stood in for by one server that is always healthy.
+        to = Deployment(api, S3Bucket(s3, TARGET.bucket_name), LocalRegistry(), public)
         yield Rig(served, to, local, project, kit_tmp / "bundles")
         await destroy(TARGET, to)
 

@@ -9,11 +9,15 @@ only what is still missing.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import httpx
 
 import fly
 from fly import FlyClient
@@ -39,6 +43,7 @@ CURRENT_KEY = "deploy/current.json"
 KIT_PREFIXES = ("bundles/", "deploy/", "logs/", "transcripts/", "kit/")
 """What kit keeps in a deployment's bucket (the record, under ``kit/``, goes last)."""
 START_TIMEOUT_S = 300.0
+HEALTH_POLL_S = 0.5
 
 Progress = Callable[[str], None]
 
@@ -68,6 +73,10 @@ class Deployment:
     api: FlyClient
     bucket: S3Bucket
     registry: Registry
+    public_url: str | None = None
+    """Where Fly's proxy serves the gateway app (default ``https://<app>.fly.dev``): a new
+    or updated gateway counts as up once it answers ``/healthz`` there (reached with
+    ``fly-force-instance-id``)."""
 
 
 async def observe(desired: Desired, to: Deployment) -> Observed:
@@ -203,13 +212,7 @@ async def _do(
                 region=target.region,
                 min_secrets_version=secrets_version,
             )
-            await api.wait(
-                target.app,
-                machine.id,
-                "started",
-                version=machine.version or None,
-                timeout_s=START_TIMEOUT_S,
-            )
+            await _until_serving(to, target, machine)
         case StepKind.UPDATE_GATEWAY:
             async with api.leased(
                 target.app, step.subject, ttl_s=120, description="kit deploy"
@@ -221,16 +224,34 @@ async def _do(
                     min_secrets_version=secrets_version,
                     nonce=lease.nonce,
                 )
-            await api.wait(
-                target.app,
-                machine.id,
-                "started",
-                version=machine.version or None,
-                timeout_s=START_TIMEOUT_S,
-            )
+            await _until_serving(to, target, machine)
         case StepKind.DESTROY_GATEWAY:
             await api.delete_machine(target.app, step.subject, force=True)
     return secrets_version
+
+
+async def _until_serving(to: Deployment, target: FlyTarget, machine: fly.Machine) -> None:
+    """Until the gateway machine is started and answers ``/healthz`` through Fly's proxy
+    (a started machine may not be listening yet): one at a time, so an update rolls."""
+    await to.api.wait(
+        target.app,
+        machine.id,
+        "started",
+        version=machine.version or None,
+        timeout_s=START_TIMEOUT_S,
+    )
+    url = (to.public_url or target.url).rstrip("/") + "/healthz"
+    headers = {"fly-force-instance-id": machine.id}
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as http:
+        for _ in range(int(START_TIMEOUT_S / HEALTH_POLL_S)):
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get(url, headers=headers)).status_code == 200:
+                    return
+            await asyncio.sleep(HEALTH_POLL_S)
+    raise DeployError(
+        f"Gateway machine {machine.id} started but did not answer {url} within "
+        f"{START_TIMEOUT_S:g} s; see its logs: fly logs -a {target.app} -i {machine.id}"
+    )
 
 
 async def _create_app(api: FlyClient, bucket: S3Bucket, name: str, org: str) -> None:

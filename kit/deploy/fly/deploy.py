@@ -31,15 +31,19 @@ def desired(
     *,
     bucket_url: str,
     listen: str = LISTEN,
+    extra_env: Mapping[str, str] | None = None,
 ) -> Desired:
     """What a deploy of ``bundle`` on ``image`` wants: the gateways run ``kit gateway`` with
-    Fly sandboxes in the sandbox app, logs and leases in the bucket."""
+    Fly sandboxes in the sandbox app, logs and leases in the bucket (``extra_env``: more
+    gateway settings, e.g. a rehearsal's endpoints)."""
     env = {
         "KIT_LISTEN": listen,
         "KIT_SANDBOX": "fly",
         "KIT_FLY_SANDBOX_APP": target.sandbox_app,
         "KIT_BUCKET_URL": bucket_url,
         "KIT_LEASE_TTL_S": "30",
+        "KIT_SANDBOX_POOL": "0",  # each gateway pooling machines would multiply them
+        **(extra_env or {}),
     }
     config = gateway_config(target, image, env, secrets_digest(secrets))
     return Desired(target, image, bundle.digest, config, dict(secrets))

@@ -1,0 +1,189 @@
+"""``kit dev --target fly``: the Fly deployment rehearsed on this machine with the production
+code paths. Only the platform's endpoints differ:
+
+- the Machines API is the emulator (:mod:`emulator.fly_api`) on loopback, its machines
+  containers of kit's runtime image on this host's Docker (host network, each machine on
+  its own loopback address ``127.1.0.N``);
+- the bucket is moto's S3 server on loopback;
+- the image registry is the local Docker daemon;
+- the model is the offline Messages API (``ANTHROPIC_API_KEY`` set: the real one);
+- ``https://<app>.fly.dev`` is the emulated Fly proxy on a loopback port (routing by app,
+  ``fly-replay``, autostart).
+
+The project is deployed into it with the real ``kit deploy`` code (two gateway machines
+running ``kit gateway`` in Fly mode), and the proxy's URL is written to ``.kit/dev.json``
+so ``kit chat`` finds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from emulator.fly_api import DockerRunner, Served, serve
+from emulator.fly_api.proxy import serve_proxy
+from emulator.model import ScenarioSource
+from emulator.model import create_app as create_model_app
+from fly import FlyClient
+from kit.bundle import Bundle, build_bundle, load_project
+from kit.cli.deploy import FlySettings, bucket_url
+from kit.cli.statedir import make_private
+from kit.deploy.fly.apply import Deployment
+from kit.deploy.fly.deploy import REHEARSAL_LISTEN, deploy, desired, image_ref
+from kit.deploy.fly.plan import Plan
+from kit.deploy.fly.registry import LocalRegistry
+from kit.deploy.fly.target import FlyTarget
+from kit.host.edge import EdgeLimits
+from kit.host.gateway import serve as serve_app
+from kit.host.gateway import tcp_socket, url_of
+from kit.storage.s3io import S3Bucket
+
+FLY_TOKEN_BYTES = 24
+S3_KEY = "kit-rehearsal"
+"""moto takes any keys; these are not secrets."""
+
+
+@dataclass
+class Rehearsal:
+    """A deployed rehearsal: where to reach it and its parts (for tests and the banner)."""
+
+    url: str
+    """The emulated ``https://<app>.fly.dev``."""
+    api_token: str
+    target: FlyTarget
+    fly_api: Served
+    api: FlyClient
+    bucket: S3Bucket
+    s3_endpoint: str
+    model_url: str
+    plan: Plan
+    bundle: Bundle
+    image: str
+    deployment: Deployment
+    settings: FlySettings
+
+
+@contextlib.asynccontextmanager
+async def _moto() -> AsyncIterator[str]:
+    """moto's S3 server on a free loopback port."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        from kit.cli.errors import CliError
+
+        raise CliError(
+            "kit dev --target fly needs moto (the bucket's stand-in): pip install 'kit[dev]' "
+            "(./scripts/setup installs it)."
+        ) from None
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@contextlib.asynccontextmanager
+async def _model(project_scenarios: list[Path], key: str) -> AsyncIterator[str]:
+    app = create_model_app(ScenarioSource.from_paths(project_scenarios), api_key=key)
+    sock = tcp_socket("127.0.0.1", 0)
+    server, task = serve_app(app, sock, EdgeLimits())
+    try:
+        yield url_of(sock)
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+@contextlib.asynccontextmanager
+async def rehearse_fly(
+    project: Path,
+    state_dir: Path,
+    image: str,
+    *,
+    app: str | None = None,
+    gateways: int = 2,
+    model_key: str | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> AsyncIterator[Rehearsal]:
+    """Start the emulated Fly, moto and the model; deploy ``project`` on ``image`` (a local
+    runtime image tag) into it; yield the rehearsal; take it all down on exit."""
+    loaded = load_project(project)
+    target = FlyTarget(app=app or loaded.agent.name, gateways=gateways)
+    fly_token = secrets.token_urlsafe(FLY_TOKEN_BYTES)
+    offline_key = "kit-rehearsal-" + secrets.token_urlsafe(12)
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", S3_KEY)  # boto3 in this process reads these
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", S3_KEY)
+    async with (
+        _moto() as s3_endpoint,
+        _model(list(loaded.scenarios), offline_key) as model_url,
+        DockerRunner(network="host") as runner,
+        serve(token=fly_token, runner=runner) as fly_api,
+        FlyClient(fly_token, base_url=fly_api.url) as api,
+    ):
+        api_token = secrets.token_urlsafe(32)
+        settings = FlySettings(
+            target=target,
+            project=project,
+            state_dir=state_dir,
+            fly_token=fly_token,
+            fly_api=fly_api.url,
+            model_key=model_key or offline_key,
+            api_token=api_token,
+            s3_endpoint=s3_endpoint,
+            s3_region="us-east-1",
+            s3_keys=(os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]),
+            local_registry=True,
+            listen=REHEARSAL_LISTEN,
+        )
+        bucket = S3Bucket.from_url(bucket_url(settings), what="bucket")
+        bundle = build_bundle(loaded, state_dir / "bundles")
+        values = {
+            "ANTHROPIC_API_KEY": settings.model_key,
+            "KIT_API_TOKEN": api_token,
+            "FLY_API_TOKEN": fly_token,
+            "AWS_ACCESS_KEY_ID": settings.s3_keys[0],
+            "AWS_SECRET_ACCESS_KEY": settings.s3_keys[1],
+        }
+        extra = {"FLY_API_HOSTNAME": fly_api.url}
+        if model_key is None:
+            extra["KIT_MODEL_UPSTREAM"] = model_url
+        ref = image_ref(target, image)
+        want = desired(
+            target,
+            bundle,
+            ref,
+            values,
+            bucket_url=bucket_url(settings),
+            listen=REHEARSAL_LISTEN,
+            extra_env=extra,
+        )
+        async with serve_proxy(fly_api.backend, target.app, as_served=True) as url:
+            to = Deployment(api, bucket, LocalRegistry(), url)
+            plan = await deploy(want, bundle, image, to, progress=progress)
+            make_private(state_dir)
+            yield Rehearsal(
+                url=url,
+                api_token=api_token,
+                target=target,
+                fly_api=fly_api,
+                api=api,
+                bucket=bucket,
+                s3_endpoint=s3_endpoint,
+                model_url=model_url,
+                plan=plan,
+                bundle=bundle,
+                image=image,
+                deployment=to,
+                settings=settings,
+            )
+        await LocalRegistry().forget(target.app)
