@@ -34,7 +34,8 @@ Emulated (paths and shapes as in the vendored spec ``fly-machines-openapi.json``
 - secrets (names and digests only through the API; their values in every machine's
   environment at launch, as on Fly) and IP assignments per app;
 - the private network: each machine's ``private_ip`` (also ``FLY_PRIVATE_IP`` with the
-  other ``FLY_*`` variables) is its own loopback address, 127.1.0.N;
+  other ``FLY_*`` variables) is its own loopback address, 127.X.0.N (X random per
+  emulator);
 - errors ``{error, status}``; 401 without ``Authorization: Bearer <token>``; 404; 400;
   429 per action per machine (1/s burst 3, Get Machine 5/s burst 10) on an injectable
   :class:`Clock`; ``fly-request-id`` on every answer.

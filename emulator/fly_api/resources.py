@@ -28,8 +28,17 @@ from emulator.fly_api.models import (
 if TYPE_CHECKING:
     from emulator.fly_api.backend import FlyBackend
 
-PRIVATE_BASE = ipaddress.IPv4Address("127.1.0.0")
-"""Machines' private addresses are 127.1.0.1, 127.1.0.2, … (all loopback)."""
+PRIVATE_NETS = 250
+"""Machines' private addresses are 127.X.0.1, 127.X.0.2, … (all loopback), X drawn at
+random per emulator from 2…251, so two emulators on one host (a leftover rehearsal's
+machines on the host network, tests side by side) do not take each other's addresses."""
+
+
+def private_base() -> ipaddress.IPv4Address:
+    """A fresh 127.X.0.0 for one emulator's machines."""
+    return ipaddress.IPv4Address(f"127.{2 + random.randbelow(PRIVATE_NETS)}.0.0")
+
+
 DEFAULT_LEASE_TTL_S = 30
 MAX_EVENTS = 50
 DEFAULT_EVENTS = 20
@@ -45,6 +54,7 @@ class AppRegistry:
         self._cursors: dict[str, list[str]] = {}
         self._idempotency: dict[str, str] = {}
         self._next_ip = 1
+        self._private_base = private_base()
 
     def all(self) -> list[App]:
         """Every app."""
@@ -115,7 +125,7 @@ class AppRegistry:
         # Fly's 6PN address stands for "reachable by the app's other machines"; here each
         # machine gets its own loopback address, which a machine on the host network can
         # bind and every other process on this host can reach.
-        ip = PRIVATE_BASE + self._next_ip
+        ip = self._private_base + self._next_ip
         self._next_ip += 1
         m = Machine(
             id=machine_id(),

@@ -3,7 +3,7 @@ code paths. Only the platform's endpoints differ:
 
 - the Machines API is the emulator (:mod:`emulator.fly_api`) on loopback, its machines
   containers of kit's runtime image on this host's Docker (host network, each machine on
-  its own loopback address ``127.1.0.N``);
+  its own loopback address ``127.X.0.N``);
 - the bucket is moto's S3 server on loopback;
 - the image registry is the local Docker daemon;
 - the model is the offline Messages API (``ANTHROPIC_API_KEY`` set: the real one);
@@ -66,6 +66,26 @@ class Rehearsal:
     image: str
     deployment: Deployment
     settings: FlySettings
+    secrets: dict[str, str]
+    gateway_env: dict[str, str]
+
+    async def redeploy(self, progress: Callable[[str], None] = lambda _: None) -> Plan:
+        """Deploy the project as it is now (a changed bundle, say) with the real deploy
+        code; the plan it carried out."""
+        self.bundle = build_bundle(
+            load_project(self.settings.project), self.settings.state_dir / "bundles"
+        )
+        want = desired(
+            self.target,
+            self.bundle,
+            image_ref(self.target, self.image),
+            self.secrets,
+            bucket_url=bucket_url(self.settings),
+            listen=REHEARSAL_LISTEN,
+            extra_env=self.gateway_env,
+        )
+        self.plan = await deploy(want, self.bundle, self.image, self.deployment, progress=progress)
+        return self.plan
 
 
 @contextlib.asynccontextmanager
@@ -113,6 +133,7 @@ async def rehearse_fly(
     app: str | None = None,
     gateways: int = 2,
     model_key: str | None = None,
+    lease_ttl_s: float | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> AsyncIterator[Rehearsal]:
     """Start the emulated Fly, moto and the model; deploy ``project`` on ``image`` (a local
@@ -157,6 +178,8 @@ async def rehearse_fly(
         extra = {"FLY_API_HOSTNAME": fly_api.url}
         if model_key is None:
             extra["KIT_MODEL_UPSTREAM"] = model_url
+        if lease_ttl_s is not None:  # how soon another gateway takes a dead one's sessions
+            extra["KIT_LEASE_TTL_S"] = f"{lease_ttl_s:g}"
         ref = image_ref(target, image)
         want = desired(
             target,
@@ -185,5 +208,7 @@ async def rehearse_fly(
                 image=image,
                 deployment=to,
                 settings=settings,
+                secrets=values,
+                gateway_env=extra,
             )
         await LocalRegistry().forget(target.app)
