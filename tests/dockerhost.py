@@ -62,3 +62,16 @@ def containers_of(session_id: str) -> list[str]:
         check=True,
     )
     return done.stdout.split()
+
+
+def fly_containers() -> list[str]:
+    """The ids of every container (running or not) the Fly API emulator's Docker runners
+    left on this host."""
+    done = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", "label=kit.fly.runner"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    return done.stdout.split()

@@ -17,9 +17,12 @@ so ``kit chat`` finds it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import secrets
+import signal
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -41,6 +44,7 @@ from kit.deploy.fly.target import FlyTarget
 from kit.host.edge import EdgeLimits
 from kit.host.gateway import serve as serve_app
 from kit.host.gateway import tcp_socket, url_of
+from kit.private import write_private
 from kit.storage.s3io import S3Bucket
 
 FLY_TOKEN_BYTES = 24
@@ -212,3 +216,55 @@ async def rehearse_fly(
                 gateway_env=extra,
             )
         await LocalRegistry().forget(target.app)
+
+
+async def serve_rehearsal(project: Path, state_dir: Path, model_key: str | None) -> None:
+    """``kit dev --target fly`` until SIGINT or SIGTERM: build the runtime image if need be,
+    rehearse the deployment, tell clients where it is (``.kit/dev.json``), take it down."""
+    from kit.cli import console, statedir
+    from kit.cli.image import ensure
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    make_private(state_dir)
+    with statedir.lock(state_dir):
+        image = await asyncio.to_thread(ensure, False)
+
+        def say(line: str) -> None:
+            console.out(console.dim(line))
+
+        say("kit dev --target fly: starting the Fly emulator, moto and the model…")
+        async with rehearse_fly(
+            project, state_dir, image, model_key=model_key, progress=say
+        ) as fly:
+            token_file = state_dir / "api-token"
+            write_private(token_file, fly.api_token)
+            dev_json = state_dir / "dev.json"
+            write_private(
+                dev_json,
+                json.dumps({"url": fly.url, "pid": os.getpid(), "api_token_file": str(token_file)}),
+            )
+            try:
+                console.banner(
+                    [
+                        ("url", f"{fly.url} (stands for {fly.target.url})"),
+                        ("apps", f"{fly.target.app} (gateways), {fly.target.sandbox_app}"),
+                        ("Machines API", f"{fly.fly_api.url} (the emulator)"),
+                        ("bucket", f"s3://{fly.target.bucket_name} at {fly.s3_endpoint} (moto)"),
+                        ("model", "the real API" if model_key else f"offline at {fly.model_url}"),
+                        ("api token", f"{token_file} (Bearer token for POST /v1/sessions)"),
+                    ],
+                    title="kit dev --target fly — ready. Talk to it with `kit chat`; stop with Ctrl-C.",
+                )
+                await stop.wait()
+            finally:
+                dev_json.unlink(missing_ok=True)
+        console.out(console.dim("kit dev --target fly: stopped; every machine removed."))
+
+
+def run(project: Path, state_dir: Path, model_key: str | None) -> int:
+    """Entry for the CLI."""
+    asyncio.run(serve_rehearsal(project, state_dir, model_key))
+    return 0

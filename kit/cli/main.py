@@ -42,6 +42,10 @@ def _cmd_dev(args: argparse.Namespace) -> int:
 
     _log_to_stderr(args.verbose)
     settings = dev_settings(project=args.project, host=args.host, port=args.port)
+    if args.target == "fly":
+        from kit.cli import flydev
+
+        return flydev.run(settings.project_dir, settings.state_dir, settings.api_key)
     if args.sandbox:
         settings = dataclasses.replace(settings, sandbox=args.sandbox)
     return dev.run(dataclasses.replace(settings, watch=not args.no_watch))
@@ -243,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
             "kit dev --project skills/support-bot --port 9000",
             "kit dev --port 0          # any free port",
             "kit dev --sandbox docker  # each sandbox a container of kit's runtime image",
+            "kit dev --target fly      # rehearse the Fly deployment on this machine",
         ],
     )
     p.add_argument(
@@ -259,6 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("local", "docker"),
         help="where sandboxes run: local process groups (default, or KIT_SANDBOX) or docker "
         "containers of kit's runtime image (built the first time)",
+    )
+    p.add_argument(
+        "--target",
+        choices=("local", "fly"),
+        default="local",
+        help="local (default), or fly: rehearse `kit deploy --target fly` on this machine "
+        "(the Fly emulator with machines as containers, moto as the bucket; docs/deploy-fly.md)",
     )
     p.add_argument(
         "--no-watch", action="store_true", help="do not rebuild the bundle when files change"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from kit.protocol.frames import Event
 from kit.protocol.turns import ends_turn
 from kit.storage.s3io import S3Bucket
 from tests.agents import RECOVERED_REPLY, write_agent
-from tests.dockerhost import runtime_image
+from tests.dockerhost import fly_containers, runtime_image
 
 pytestmark = pytest.mark.slow
 
@@ -135,7 +134,7 @@ async def test_the_acceptance_flow(kit_tmp: Path) -> None:
         assert f"app {fly.target.app}" in removed
         assert not fly.fly_api.backend.apps.all()
         assert not await fly.bucket.exists()
-        assert runner_containers(fly) == []
+        assert fly_containers() == []
 
 
 async def _turn(client: SessionClient, text: str, seqs: list[int]) -> list[Event]:
@@ -155,14 +154,3 @@ async def _lease_owner(fly: Rehearsal, session_id: str) -> str:
     lease = await leases.peek(session_id)
     assert lease is not None
     return str(lease["owner"])
-
-
-def runner_containers(fly: Rehearsal) -> list[str]:
-    done = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", "label=kit.fly.runner"],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=True,
-    )
-    return done.stdout.split()

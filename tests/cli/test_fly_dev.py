@@ -1,0 +1,52 @@
+"""`kit dev --target fly` as a user runs it: the rehearsal comes up, `kit chat` finds it
+through .kit/dev.json and gets the answer, Ctrl-C takes every machine down."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.agents import write_agent
+from tests.dockerhost import fly_containers, runtime_image
+from tests.kitproc import spawn_kit
+
+pytestmark = pytest.mark.slow
+
+READY_TIMEOUT_S = 300.0
+
+
+async def test_kit_dev_target_fly_then_kit_chat(kit_tmp: Path) -> None:
+    """The banner names the proxy's URL; `kit chat --message` answers through it (a Bash
+    tool ran in a session machine); SIGINT exits 0 and leaves no container behind."""
+    runtime_image()  # built here first: skips, saying why, where Docker cannot run
+    project = write_agent(kit_tmp / "agent")
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env.pop("ANTHROPIC_API_KEY", None)
+    env["KIT_STATE_DIR"] = str(kit_tmp / "state")
+    dev = await spawn_kit("dev", "--target", "fly", "--project", str(project), cwd=kit_tmp, env=env)
+    assert dev.stdout is not None
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            while True:
+                line = (await dev.stdout.readline()).decode()
+                assert line, "kit dev --target fly exited before it was ready"
+                if m := re.search(r"url\s+(http://127\.0\.0\.1:\d+)", line):
+                    url = m.group(1)
+                if "api token" in line:
+                    break
+        chat = await spawn_kit(
+            "chat", "--project", str(project), "--message", "slow", cwd=kit_tmp, env=env
+        )
+        out, err = await asyncio.wait_for(chat.communicate(), 300)
+        assert chat.returncode == 0, err.decode()[-2000:]
+        assert "Slow tool said: started-slow-tool" in out.decode()
+        assert url
+    finally:
+        dev.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(dev.wait(), 120) == 0
+    assert fly_containers() == []
