@@ -16,7 +16,7 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,8 +48,11 @@ class ChatTarget:
     sessions_file: Path
 
 
-def find_target(state_dir: Path, url: str | None) -> ChatTarget:
-    """The running ``kit dev`` for ``state_dir`` (or ``url``)."""
+def find_target(
+    state_dir: Path, url: str | None, environ: Mapping[str, str] = os.environ
+) -> ChatTarget:
+    """The running ``kit dev`` for ``state_dir`` (or ``url``); the API token is
+    ``KIT_API_TOKEN`` when set (a deployed host's), else the state dir's."""
     dev = state_dir / "dev.json"
     token_file = state_dir / "api-token"
     if url is None:
@@ -61,7 +64,9 @@ def find_target(state_dir: Path, url: str | None) -> ChatTarget:
         info = json.loads(dev.read_text())
         url = str(info["url"])
         token_file = Path(info.get("api_token_file", token_file))
-    token = token_file.read_text().strip() if token_file.is_file() else None
+    token = environ.get("KIT_API_TOKEN", "").strip() or (
+        token_file.read_text().strip() if token_file.is_file() else None
+    )
     return ChatTarget(url, token, state_dir / "chat-sessions.json")
 
 

@@ -36,11 +36,12 @@ from urllib.parse import urlsplit, urlunsplit
 import fly
 from kit.bundle import Bundle
 from kit.bundle.archive import unpack
-from kit.bundle.errors import BundleError
 from kit.cli.settings import SettingsError
 from kit.cli.stack import release_of
+from kit.host.fly_sandbox import FlySandboxProvider
 from kit.host.launch import Release
-from kit.storage.errors import StoreError
+from kit.host.s3log import S3LogStore
+from kit.ids import SandboxId, SessionId
 from kit.storage.s3io import S3Bucket
 
 log = logging.getLogger("kit.gateway")
@@ -155,9 +156,36 @@ class Deployed:
             await asyncio.sleep(POINTER_POLL_S)
             try:
                 changed = await self.load()
-            except (StoreError, BundleError, SettingsError) as exc:
+            except Exception as exc:
                 log.warning("cannot read the current deploy (the last one stays): %s", exc)
                 continue
             if changed and self.bundle is not None:
                 log.info("deploy %s is current", self.bundle.digest[:16])
                 on_change()
+
+
+REAP_S = 60.0
+"""How often a gateway looks for sandbox machines no live session holds."""
+
+
+async def reap_once(provider: FlySandboxProvider, logs: S3LogStore) -> list[SandboxId]:
+    """Stop every started sandbox machine whose session no gateway holds a live lease on
+    (its gateway died with it idle), and mark or destroy long-stopped ones
+    (:meth:`FlySandboxProvider.reap`); the machines stopped."""
+    machines = await provider.api.list_machines(provider.app, metadata={"kit_role": "sandbox"})
+    sessions = {m.metadata.get("kit_session", "") for m in machines if m.state == "started"}
+    keep = {sid for sid in sessions if sid and await logs.leased(SessionId(sid))}
+    return await provider.reap(lambda session_id: session_id in keep)
+
+
+async def reap_orphans(provider: FlySandboxProvider, logs: S3LogStore) -> None:
+    """:func:`reap_once` every :data:`REAP_S` until cancelled."""
+    for _ in range(10**9):
+        await asyncio.sleep(REAP_S)
+        try:
+            stopped = await reap_once(provider, logs)
+        except Exception as exc:
+            log.warning("reaping orphan sandbox machines failed (next pass retries): %s", exc)
+            continue
+        if stopped:
+            log.warning("stopped %d sandbox machine(s) no live session held", len(stopped))

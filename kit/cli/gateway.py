@@ -45,7 +45,7 @@ from pathlib import Path
 from fly import FlyClient
 from kit.bundle import Bundle, build_bundle, load_project, open_bundle
 from kit.cli import console, statedir
-from kit.cli.flygateway import Deployed, FlyGatewaySettings, fly_gateway_settings
+from kit.cli.flygateway import Deployed, FlyGatewaySettings, fly_gateway_settings, reap_orphans
 from kit.cli.sandboxes import open_provider
 from kit.cli.settings import DevSettings, SettingsError, dev_settings
 from kit.cli.stack import release_of
@@ -311,12 +311,20 @@ async def serve_fly(
                 region=fly_settings.region,
             )
             async with open_gateway(config, provider, logs, deployed.release, sock=sock) as gateway:
-                follower = asyncio.create_task(deployed.follow(gateway.host.refresh))
+
+                def new_deploy() -> None:
+                    assert deployed.bundle is not None
+                    gateway.egress.allow(deployed.bundle.egress)  # its allowlist, at once
+                    gateway.host.refresh()  # idle sandboxes of the old bundle are replaced
+
+                follower = asyncio.create_task(deployed.follow(new_deploy))
+                reaper = asyncio.create_task(reap_orphans(provider, logs))
                 console.out(f"kit gateway: serving {bundle.digest[:16]} at {gateway.url} (fly)")
                 try:
                     await stop.wait()
                 finally:
                     follower.cancel()
+                    reaper.cancel()
                 console.out(console.dim("kit gateway: stopping (closing sockets with 1001)…"))
     console.out(console.dim("kit gateway: stopped."))
 

@@ -216,7 +216,11 @@ def create_app(
 
 async def _replayed(host: SessionHost, ws: WebSocket, session_id: str) -> bool:
     """Answer with ``fly-replay`` when another live host holds the session; whether it did.
-    A store that cannot tell (an outage) lets the socket in: its hello then says where."""
+    A store that cannot tell (an outage), or a replay that already failed (the owner is
+    gone but its lease has not run out: Fly's proxy fell back here), lets the socket in:
+    its hello then says the session is elsewhere, and the client retries."""
+    if "fly-replay-failed" in ws.headers:
+        return False
     try:
         owner = await host.logs.owner_elsewhere(SessionId(session_id))
     except LogError:
@@ -228,7 +232,7 @@ async def _replayed(host: SessionHost, ws: WebSocket, session_id: str) -> bool:
         JSONResponse(
             {"error": e.SESSION_ELSEWHERE, "message": message},
             status_code=409,
-            headers={"fly-replay": f"instance={owner}"},
+            headers={"fly-replay": f"instance={owner};fallback=prefer_self"},
         )
     )
     return True

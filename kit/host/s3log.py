@@ -185,6 +185,13 @@ class S3LogStore(LogStore):
             _apply_commit(commit, number, events, turns, self.bucket.url(prefix))
         return events, turns
 
+    async def leased(self, session_id: SessionId) -> bool:
+        """Whether any host (this one too) holds the session's lease unexpired."""
+        if not is_session_id(session_id):
+            return False
+        lease = await _store_call(self.leases.peek(session_id))
+        return lease is not None and not self.leases.expired(lease)
+
     async def owner_elsewhere(self, session_id: SessionId) -> str | None:
         """The lease's owner while another host holds it unexpired; else None."""
         if not is_session_id(session_id):

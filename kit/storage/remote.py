@@ -60,8 +60,10 @@ class RemoteSessionStore:
             answer = await self._http.post(f"{self.base}/{method}", json=body)
         except httpx.TransportError as exc:
             raise StoreUnavailable(f"The session host's store did not answer ({exc!r}).") from exc
-        if answer.status_code >= 500:
-            raise StoreUnavailable(f"The session host's store answered {answer.status_code}.")
+        if answer.status_code >= 500:  # an outage of the host or its store: retried
+            raise StoreUnavailable(
+                f"The session host's store answered {answer.status_code}: {answer.text[:200]}"
+            )
         try:
             data = answer.json()
         except ValueError:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import boto3
 import httpx
 import pytest
 
@@ -20,13 +21,18 @@ from emulator.model import ScenarioSource
 from emulator.model import create_app as create_model_app
 from fly import FlyClient
 from kit.bundle import Bundle, build_bundle, load_project
+from kit.cli.flygateway import reap_once
 from kit.cli.settings import EXAMPLE_PROJECT
 from kit.host.fly_sandbox import FlySandboxProvider
+from kit.host.lease import S3Leases
 from kit.host.runtime_client import RuntimeClient
+from kit.host.s3log import S3LogStore
 from kit.host.sandbox import Endpoint, SandboxSpec
-from kit.ids import new_session_id
+from kit.ids import SandboxId, new_session_id
 from kit.protocol.runtime_api import RuntimeEvent, TurnRequest
-from tests.conftest import serve_on_loopback
+from kit.storage.s3 import unique_prefix
+from kit.storage.s3io import S3Bucket
+from tests.conftest import BUCKET, serve_on_loopback
 from tests.dockerhost import runtime_image
 
 pytestmark = pytest.mark.slow
@@ -197,3 +203,30 @@ def _spec_for(bundle: Bundle) -> SandboxSpec:
         runtime_token="tok-" + secrets.token_hex(8),
         idle_timeout_s=60,
     )
+
+
+async def test_a_gateways_reaper_stops_machines_no_live_session_holds(
+    kit_tmp: Path, s3_endpoint: str
+) -> None:
+    """A machine whose session some gateway holds a live lease on stays; one whose
+    gateway died (no live lease) is stopped by any gateway's reaper. (Broken on purpose
+    once: keeping every session, the orphan ran on.)"""
+    bundle = build_bundle(load_project(EXAMPLE_PROJECT), kit_tmp / "bundles")
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    logs = S3LogStore(S3Bucket(client, BUCKET, unique_prefix()), owner="gateway-b")
+    async with (
+        serve(token=TOKEN, runner=InProcessRunner()) as served,
+        FlyClient(TOKEN, base_url=served.url) as api,
+    ):
+        await api.create_app(APP, "personal")
+        provider = FlySandboxProvider(api, APP, kit_tmp / "bundles", lambda: "i:1", host_id="b")
+        held, orphan = _spec_for(bundle), _spec_for(bundle)
+        machines = {}
+        for spec in (held, orphan):
+            made = await api.create_machine(APP, provider.machine_config(spec))
+            await api.wait(APP, made.id, "started")
+            machines[spec.session_id] = made.id
+        await S3Leases(logs.bucket, owner="gateway-a").acquire(held.session_id)
+        assert await reap_once(provider, logs) == [SandboxId(machines[orphan.session_id])]
+        assert (await api.get_machine(APP, machines[orphan.session_id])).state == "stopped"
+        assert (await api.get_machine(APP, machines[held.session_id])).state == "started"

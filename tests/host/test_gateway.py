@@ -218,14 +218,14 @@ async def test_a_served_store_keeps_transcripts_on_the_host(model_url: str, kit_
     assert await open_store(backing).load(key) == [entry]
 
 
-async def _upgrade_head(url: str, session_id: str) -> bytes:
+async def _upgrade_head(url: str, session_id: str, extra: str = "") -> bytes:
     """Send a session socket's upgrade request to ``url``; the head of the answer."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(
         f"GET /v1/sessions/{session_id}/ws HTTP/1.1\r\nHost: {host}:{port}\r\n"
         "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode()
+        f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n".encode()
     )
     try:
         async with asyncio.timeout(TIMEOUT_S):
@@ -260,5 +260,9 @@ async def test_a_socket_for_a_session_another_gateway_holds_is_replayed_there(
         await a.host.get(SessionId(session_id))  # a loaded session holds its lease
         head = await _upgrade_head(b.url, session_id)
         assert head.startswith(b"HTTP/1.1 409"), head
-        assert b"fly-replay: instance=machine-a\r\n" in head.lower()
+        assert b"fly-replay: instance=machine-a;fallback=prefer_self\r\n" in head.lower()
         assert (await _upgrade_head(a.url, session_id)).startswith(b"HTTP/1.1 101")
+        # A replay that failed (the owner gone, its lease not yet run out) falls back here:
+        # let in, the socket's hello then says where the session is.
+        fell_back = await _upgrade_head(b.url, session_id, "fly-replay-failed: reason=timeout\r\n")
+        assert fell_back.startswith(b"HTTP/1.1 101")
