@@ -22,7 +22,8 @@ from typing import Any
 
 from fly import MachineConfig, MachineGuest
 from kit.deploy.errors import DeployError
-from kit.tiers import TierError, fly_guest
+from kit.host.errors import SandboxError
+from kit.host.fly_sandbox import guest_of
 
 GATEWAY_PORT = 8080
 SANDBOX_SUFFIX = "-sandboxes"
@@ -72,12 +73,11 @@ class FlyTarget:
 
 
 def guest_for(tier_name: str) -> MachineGuest:
-    """The Fly guest a tier runs at (:func:`kit.tiers.fly_guest`)."""
+    """The Fly guest a tier runs at (the one sandbox machines get: :func:`guest_of`)."""
     try:
-        guest = fly_guest(tier_name)
-    except (KeyError, TierError) as exc:
-        raise DeployError(f"[sandbox] tier {tier_name!r}: {exc}") from None
-    return {"cpu_kind": guest.cpu_kind, "cpus": guest.cpus, "memory_mb": guest.memory_mb}
+        return guest_of(tier_name)
+    except SandboxError as exc:
+        raise DeployError(f"[sandbox] tier: {exc}") from None
 
 
 def digest(data: Any) -> str:
