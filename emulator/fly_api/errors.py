@@ -8,9 +8,13 @@
         ├── ApiError            an answer to an API client: Fly's HTTP status, its
         │                       ``ErrorResponse{error, status}`` body; the wire layer
         │                       (``emulator.fly_api.app``) turns it into the response
-        └── RunnerError         a runner could not launch, stop, suspend, resume or exec a
-                                machine (Docker refused, the image is missing); the machine
-                                is marked ``failed`` and the message is kept in its events
+        ├── RunnerError         a runner could not launch, stop, suspend, resume or exec a
+        │                       machine (Docker refused, the image is missing); the machine
+        │                       is marked ``failed`` and the message is kept in its events
+        ├── Unroutable          the proxy has no machine for a request (``routing``): it
+        │                       answers its status (503) and a ``fly-replay-failed`` reason
+        └── MachineConnectionError  a machine took the proxy's connection but gave no
+                                usable HTTP answer (``relay``): the proxy answers 502
 """
 
 from __future__ import annotations
