@@ -38,6 +38,7 @@ from kit.bundle import Bundle
 from kit.bundle.archive import unpack
 from kit.cli.settings import SettingsError
 from kit.cli.stack import release_of
+from kit.deploy.fly.apply import CURRENT_KEY, bundle_key
 from kit.host.fly_sandbox import FlySandboxProvider
 from kit.host.launch import Release
 from kit.host.s3log import S3LogStore
@@ -47,7 +48,6 @@ from kit.storage.s3io import S3Bucket
 log = logging.getLogger("kit.gateway")
 
 POINTER_POLL_S = 5.0
-CURRENT_KEY = "deploy/current.json"
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ class Deployed:
                 f"{self.bucket.url(CURRENT_KEY)} is not a deploy pointer; deploy again."
             ) from None
         if self.bundle is None or self.bundle.digest != digest:
-            data = await self.bucket.get(f"bundles/{digest}.tar")
+            data = await self.bucket.get(bundle_key(digest))
             if data is None:
                 raise SettingsError(f"Bundle {digest[:12]}… is not in the bucket; deploy again.")
             self.bundle = await asyncio.to_thread(unpack, data, self.bundles, digest)
