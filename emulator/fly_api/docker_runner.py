@@ -109,7 +109,20 @@ class DockerRunner:
         self._containers: dict[str, str] = {}
 
     async def __aenter__(self) -> DockerRunner:
+        await self.sweep()
         return self
+
+    async def sweep(self) -> int:
+        """Remove containers of this runner id left behind by a runner that was killed
+        before it could close (a runner given a stable id, say one per state dir, finds
+        its predecessor's); how many. No daemon: nothing to sweep."""
+        try:
+            found = await self._docker.list({LABEL_RUNNER: self.runner_id})
+            for container in found:
+                await self._docker.remove(str(container["Id"]))
+        except SandboxError:
+            return 0
+        return len(found)
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()

@@ -1,16 +1,9 @@
 """Rehearsals: failures the emulator can cause on purpose, which production sandboxes only
-meet (``kit sandbox oom``). Not part of the provider seam: Fly Machines and Cloudflare
-containers offer no such hook, so the host never needs one."""
+meet (``kit sandbox oom``). The marker lives in the seam (:class:`kit.host.sandbox.Rehearsable`)
+because Fly machines have it too; it is named here for the emulator's providers."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from kit.host.sandbox import Rehearsable
 
-
-class Rehearsable(ABC):
-    """A sandbox the emulator can push into a failure now."""
-
-    @abstractmethod
-    async def oom(self) -> None:
-        """Push the sandbox past its memory limit now, to rehearse an OOM kill (exit 137,
-        reason ``oom``). :class:`~kit.host.errors.SandboxError` where it has no limit."""
+__all__ = ["Rehearsable"]

@@ -23,6 +23,13 @@ route                                      does
                                            (``{"evicted": false}``: nothing was in memory)
 =========================================  ==================================================
 
+A gateway of a Fly deployment mounts it too (so ``kit sessions``, ``kit logs`` and ``kit
+sandbox …`` work against the rehearsal and a real deploy): sandboxes are listed from the
+sandbox app's machines, whichever gateway runs them (a stopped machine shows as a spare);
+``kill``, ``oom`` and ``follow`` for a session another gateway holds are answered 409 with
+``fly-replay: instance=<owner>``, which Fly's proxy replays there. ``evict`` has no object
+to evict (409).
+
 Listing and reading (without ``follow``) go through :meth:`LogStore.summary` and
 :meth:`LogStore.read_events`: no session is loaded and no lease taken. Following loads the
 session, as a client's ``hello`` does (:mod:`kit.cli.follow`).
@@ -41,19 +48,23 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from emulator.sandbox.rehearsal import Rehearsable
 from kit.cli.errors import CliError
 from kit.cli.follow import End, end_line, event_line, follow
 from kit.host import LogError, Release, Sandbox, SandboxState, Session, SessionHost
+from kit.host.app import replay_answer, replay_owner
 from kit.host.auth import bearer_matches, unauthorized
 from kit.host.errors import SandboxError
 from kit.host.eventlog import LogSummary
+from kit.host.fly_sandbox import FleetMachine
+from kit.host.sandbox import Rehearsable
 from kit.ids import SessionId, is_session_id
 from kit.protocol.frames import Event
 
 PREFIX = "/_kit"
 Evict = Callable[[str], Awaitable[bool]]
 """Evicts a session's object; whether anything of it was in memory."""
+Fleet = Callable[[], Awaitable[list[FleetMachine]]]
+"""Every sandbox of a deployment, whichever gateway runs it (a Fly gateway's machines)."""
 SUMMARY_CONCURRENCY = 16
 """Summaries read at once (each is a few reads of one session's storage)."""
 
@@ -81,13 +92,20 @@ class NDJSONResponse(StreamingResponse):
                 await aclose()  # the follower's ``finally`` detaches it now, not at GC
 
 
-def sandbox_state(summary: LogSummary, session: Session | None) -> str:
-    """``running``, ``starting`` or ``none``: what runs for the session on this host.
+FLEET_STATES = {"started": "running", "created": "starting", "starting": "starting"}
+"""A sandbox machine's state as ``kit sessions`` shows it (any other: ``none``)."""
+
+
+def sandbox_state(
+    summary: LogSummary, session: Session | None, machine: FleetMachine | None = None
+) -> str:
+    """``running``, ``starting`` or ``none``: what runs for the session on this host, or
+    (``machine``: its sandbox machine, found in the deployment's fleet) on another.
 
     A session not loaded here has no sandbox here, whatever its log last said.
     """
     if session is None:
-        return "none"
+        return "none" if machine is None else FLEET_STATES.get(machine.state, "none")
     sandbox = session.sandbox
     if sandbox is not None and sandbox.state is not SandboxState.EXITED:
         return str(sandbox.state.value)
@@ -95,7 +113,9 @@ def sandbox_state(summary: LogSummary, session: Session | None) -> str:
     return "starting" if summary.sandbox == "starting" else "none"
 
 
-def session_row(summary: LogSummary, session: Session | None) -> dict[str, Any]:
+def session_row(
+    summary: LogSummary, session: Session | None, machine: FleetMachine | None = None
+) -> dict[str, Any]:
     """One row of ``GET /_kit/sessions``."""
     return {
         "session_id": summary.session_id,
@@ -105,7 +125,7 @@ def session_row(summary: LogSummary, session: Session | None) -> dict[str, Any]:
         "last_ts": summary.last_ts,
         "turns": summary.turns,
         "open_turns": summary.open_turns,
-        "sandbox": sandbox_state(summary, session),
+        "sandbox": sandbox_state(summary, session, machine),
         "loaded": session is not None,
     }
 
@@ -151,12 +171,17 @@ def control_routes(
     api_token: str,
     evict: Evict | None = None,
     connections: set[Any] | None = None,
+    *,
+    fleet: Fleet | None = None,
+    replay: bool = False,
 ) -> list[Route]:
     """The routes of the control API, to mount on the host's app.
 
     ``connections`` is the app's set of client connections (``app.state.connections``):
     followers join it, so the host's shutdown and evictions reach them as they reach
-    sockets.
+    sockets. On a gateway of several (Fly): ``fleet`` lists every sandbox of the
+    deployment, and with ``replay`` a request about a session another live gateway holds
+    (kill, oom, follow) is answered ``fly-replay`` to it, as its sockets are.
     """
     attached: set[Any] = set() if connections is None else connections
 
@@ -180,9 +205,40 @@ def control_routes(
             status_code=404,
         )
 
+    async def elsewhere(request: Request, session_id: str) -> Response | None:
+        """The ``fly-replay`` answer when another live gateway holds the session."""
+        if not replay or not is_session_id(session_id):
+            return None
+        if any(s.id == session_id for s in host.live_sessions()):
+            return None
+        owner = await replay_owner(host, request.headers, session_id)
+        return None if owner is None else replay_answer(session_id, owner)
+
+    async def fleet_rows() -> list[dict[str, Any]] | Response:
+        assert fleet is not None
+        try:
+            machines = await fleet()
+        except SandboxError as exc:
+            return _error("fleet_unreadable", str(exc), 503)
+        return [
+            {
+                "session_id": m.session_id,
+                "sandbox_id": m.machine_id,
+                "tier": m.tier,
+                "state": m.state,
+                "pid": None,
+                "pooled": m.session_id is None,
+                "host": m.host_id,
+            }
+            for m in machines
+        ]
+
     async def sandboxes(request: Request) -> Response:
         if (denied := refused(request)) is not None:
             return denied
+        if fleet is not None:
+            rows = await fleet_rows()
+            return rows if isinstance(rows, Response) else JSONResponse({"sandboxes": rows})
         held: list[tuple[SessionId | None, Sandbox | None, Release | None, bool]] = [
             (s.id, s.sandbox, s.release, False) for s in host.live_sessions()
         ]
@@ -219,6 +275,8 @@ def control_routes(
             number = signal_number(str(body.get("signal", "KILL")))
         except CliError as exc:
             return JSONResponse({"error": "bad_signal", "message": str(exc)}, status_code=400)
+        if (there := await elsewhere(request, session_id)) is not None:
+            return there
         sandbox = running(session_id)
         if sandbox is None:
             return no_sandbox(session_id)
@@ -229,6 +287,8 @@ def control_routes(
         if (denied := refused(request)) is not None:
             return denied
         session_id = request.path_params["session_id"]
+        if (there := await elsewhere(request, session_id)) is not None:
+            return there
         sandbox = running(session_id)
         if sandbox is None:
             return no_sandbox(session_id)
@@ -270,6 +330,10 @@ def control_routes(
         if (denied := refused(request)) is not None:
             return denied
         loaded = {s.id: s for s in host.live_sessions()}
+        machines: dict[str, FleetMachine] = {}
+        if fleet is not None:
+            with contextlib.suppress(SandboxError):  # the column then says what runs here
+                machines = {m.session_id: m for m in await fleet() if m.session_id}
         gate = asyncio.Semaphore(SUMMARY_CONCURRENCY)
 
         async def row(session_id: SessionId) -> dict[str, Any] | None:
@@ -278,7 +342,9 @@ def control_routes(
                     summary = await host.logs.summary(session_id)
                 except LogError as exc:  # one damaged log must not hide the others
                     return {"session_id": session_id, "error": str(exc)}
-            return None if summary is None else session_row(summary, loaded.get(session_id))
+            if summary is None:
+                return None
+            return session_row(summary, loaded.get(session_id), machines.get(session_id))
 
         rows = [r for r in await asyncio.gather(*map(row, await host.session_ids())) if r]
         rows.sort(key=lambda r: r.get("last_ts") or r.get("created_ms") or 0, reverse=True)
@@ -305,6 +371,8 @@ def control_routes(
                 return NDJSONResponse(_stored_lines(stored))
             if await host.logs.read_meta(sid) is None:
                 return _unknown(session_id)
+            if (there := await elsewhere(request, session_id)) is not None:
+                return there
         except LogError as exc:
             return _error("log_unreadable", str(exc), 500)
         return NDJSONResponse(_followed_lines(follow(host, sid, after, attached)))

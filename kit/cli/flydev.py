@@ -35,7 +35,7 @@ from emulator.model import create_app as create_model_app
 from fly import FlyClient
 from kit.bundle import Bundle, build_bundle, load_project
 from kit.cli.deploy import FlySettings, bucket_url
-from kit.cli.statedir import make_private
+from kit.cli.statedir import host_id, make_private
 from kit.deploy.fly.apply import Deployment
 from kit.deploy.fly.deploy import REHEARSAL_LISTEN, deploy, desired, image_ref
 from kit.deploy.fly.plan import Plan
@@ -128,6 +128,11 @@ async def _model(project_scenarios: list[Path], key: str) -> AsyncIterator[str]:
         sock.close()
 
 
+def _runner_id(state_dir: Path) -> str:
+    make_private(state_dir)
+    return f"rehearsal-{host_id(state_dir)}"
+
+
 @contextlib.asynccontextmanager
 async def rehearse_fly(
     project: Path,
@@ -151,7 +156,9 @@ async def rehearse_fly(
     async with (
         _moto() as s3_endpoint,
         _model(list(loaded.scenarios), offline_key) as model_url,
-        DockerRunner(network="host") as runner,
+        # One runner id per state dir: a rehearsal killed before it could clean up leaves
+        # containers this one removes first.
+        DockerRunner(network="host", runner_id=_runner_id(state_dir)) as runner,
         serve(token=fly_token, runner=runner) as fly_api,
         FlyClient(fly_token, base_url=fly_api.url) as api,
     ):

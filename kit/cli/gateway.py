@@ -45,13 +45,14 @@ from pathlib import Path
 from fly import FlyClient
 from kit.bundle import Bundle, build_bundle, load_project, open_bundle
 from kit.cli import console, statedir
+from kit.cli.control import control_routes
 from kit.cli.flygateway import Deployed, FlyGatewaySettings, fly_gateway_settings, reap_orphans
 from kit.cli.sandboxes import open_provider
 from kit.cli.settings import DevSettings, SettingsError, dev_settings
 from kit.cli.stack import release_of
 from kit.host import LogStore, SQLiteLogStore
 from kit.host.fly_sandbox import FlySandboxProvider
-from kit.host.gateway import open_gateway, tcp_socket
+from kit.host.gateway import Gateway, open_gateway, tcp_socket
 from kit.host.s3log import S3LogStore
 from kit.storage.s3io import S3Bucket
 
@@ -310,7 +311,21 @@ async def serve_fly(
                 host_id=fly_settings.machine_id,
                 region=fly_settings.region,
             )
-            async with open_gateway(config, provider, logs, deployed.release, sock=sock) as gateway:
+
+            def mount(gateway: Gateway) -> None:
+                gateway.app.router.routes.extend(
+                    control_routes(
+                        gateway.host,
+                        settings.api_token,
+                        connections=gateway.app.state.connections,
+                        fleet=provider.fleet,
+                        replay=True,
+                    )
+                )
+
+            async with open_gateway(
+                config, provider, logs, deployed.release, sock=sock, mount=mount
+            ) as gateway:
 
                 def new_deploy() -> None:
                     assert deployed.bundle is not None

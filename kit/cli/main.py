@@ -332,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
         "list the sessions of the running `kit dev`",
         "Every session in kit dev's log store, loaded or not, most recently active first:\n"
         "when it was created, its last event, its turns (and how many are still open) and\n"
-        "its sandbox here (running, starting or none). Reading takes no session's lease.",
+        "its sandbox (running, starting or none). Reading takes no session's lease. Against\n"
+        "`kit dev --target fly` (or a Fly deploy, with --url) any gateway answers for all.",
         ["kit sessions", "kit sessions --json | jq -r '.[].session_id'"],
     )
     p.add_argument("--json", action="store_true", help="print the sessions as one JSON array")
@@ -364,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
         "list, kill or OOM the sandboxes `kit dev` runs",
         "Rehearse sandbox failures on the running kit dev: list the running sandboxes, send\n"
         "one a signal, or push it past its tier's memory limit. The session's clients see\n"
-        "the sandbox die and the turn carry on in a new one.",
+        "the sandbox die and the turn carry on in a new one. Against `kit dev --target fly`\n"
+        "the sandboxes are the sandbox app's machines (stopped ones are spares).",
         [
             "kit sandbox list",
             "kit sandbox kill 1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed --signal TERM",

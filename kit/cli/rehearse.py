@@ -60,9 +60,18 @@ def _holder(row: dict[str, Any]) -> str:
 
 
 def sandbox_table(rows: list[dict[str, Any]]) -> str:
-    """Running sandboxes as an aligned table."""
+    """Running sandboxes as an aligned table (a Fly deploy's with the gateway holding each,
+    and no PID: a machine's process is not the gateway's to see)."""
     if not rows:
         return "No sandbox is running."
+    if any(r.get("host") for r in rows):
+        return console.table(
+            ("SESSION", "MACHINE", "TIER", "STATE", "GATEWAY"),
+            [
+                (_holder(r), r["sandbox_id"], r["tier"], r["state"], str(r.get("host") or "-"))
+                for r in rows
+            ],
+        )
     return console.table(
         ("SESSION", "SANDBOX", "TIER", "STATE", "PID"),
         [

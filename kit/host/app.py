@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Mapping
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -214,27 +215,42 @@ def create_app(
     return app
 
 
+async def replay_owner(
+    host: SessionHost, headers: Mapping[str, str], session_id: str
+) -> str | None:
+    """The live host that holds the session's lease, when it is another and a request for the
+    session should be replayed there; None to serve it here. A store that cannot tell (an
+    outage), or a replay that already failed (the owner is gone but its lease has not run
+    out: Fly's proxy fell back here), serves it here."""
+    if "fly-replay-failed" in headers:
+        return None
+    try:
+        return await host.logs.owner_elsewhere(SessionId(session_id))
+    except LogError:
+        return None
+
+
+def replay_answer(session_id: str, owner: str) -> JSONResponse:
+    """409 ``session_elsewhere`` with ``fly-replay: instance=<owner>``: Fly's proxy replays
+    the request there (falling back here should the owner be gone)."""
+    message = f"Session {session_id} is served by {owner}; Fly's proxy replays there."
+    return JSONResponse(
+        {"error": e.SESSION_ELSEWHERE, "message": message},
+        status_code=409,
+        headers={"fly-replay": f"instance={owner};fallback=prefer_self"},
+    )
+
+
 async def _replayed(host: SessionHost, ws: WebSocket, session_id: str) -> bool:
     """Answer with ``fly-replay`` when another live host holds the session; whether it did.
-    A store that cannot tell (an outage), or a replay that already failed (the owner is
-    gone but its lease has not run out: Fly's proxy fell back here), lets the socket in:
-    its hello then says the session is elsewhere, and the client retries."""
-    if "fly-replay-failed" in ws.headers:
+    Where it cannot (see :func:`replay_owner`) the socket comes in: its hello then says the
+    session is elsewhere, and the client retries."""
+    if "websocket.http.response" not in ws.scope.get("extensions", {}):
         return False
-    try:
-        owner = await host.logs.owner_elsewhere(SessionId(session_id))
-    except LogError:
+    owner = await replay_owner(host, ws.headers, session_id)
+    if owner is None:
         return False
-    if owner is None or "websocket.http.response" not in ws.scope.get("extensions", {}):
-        return False
-    message = f"Session {session_id} is served by {owner}; Fly's proxy replays there."
-    await ws.send_denial_response(
-        JSONResponse(
-            {"error": e.SESSION_ELSEWHERE, "message": message},
-            status_code=409,
-            headers={"fly-replay": f"instance={owner};fallback=prefer_self"},
-        )
-    )
+    await ws.send_denial_response(replay_answer(session_id, owner))
     return True
 
 

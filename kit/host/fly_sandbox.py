@@ -9,11 +9,13 @@ deployment's sandbox app, made and watched through the Machines API (:mod:`fly`)
   probe answers on ``http://[<private ip>]:8080``.
 - **watch**: ``/wait`` for ``stopped``, then the exit event: its code, and ``oom_killed``
   as reason ``oom``.
-- **kill**: Fly's ``signal``; **stop**: Fly's ``stop`` with the grace as its timeout. A stopped
+- **kill**: Fly's ``signal``; **oom** (``kit sandbox oom``): an ``exec``'d program makes the
+  runtime the kernel's first choice and allocates past the machine's memory;  **stop**: Fly's ``stop`` with the grace as its timeout. A stopped
   machine is kept for the next claim (Fly resets its root filesystem at the next start).
 - **find**: the started machine whose metadata names the session. **reap**: stops started
   machines of sessions the host does not keep; destroys stopped ones past
-  :data:`STOPPED_TTL_S` (marked first, destroyed at the next reap).
+  :data:`STOPPED_TTL_S` (marked first, destroyed at the next reap). **fleet**: every sandbox
+  machine of the app, whichever host made it (``kit sandbox list``).
 
 A machine's workspace is its root filesystem: it does not outlive a stop (the transcript,
 in the store, does). The runtime config in ``files`` holds the session's own tokens (never
@@ -30,6 +32,7 @@ import os
 import signal as signals
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import fly
@@ -39,6 +42,7 @@ from kit.host.errors import SandboxError
 from kit.host.runtime_client import RuntimeClient, wait_ready
 from kit.host.sandbox import (
     ExitInfo,
+    Rehearsable,
     Sandbox,
     SandboxProvider,
     SandboxSpec,
@@ -57,6 +61,8 @@ RUNTIME_PORT = 8080
 CONFIG_PATH = "/srv/kit/config.json"
 """Where the runtime config is written (a folder of the image's user: it deletes the file)."""
 BUNDLES, WORKSPACE, HOME = "/bundles", "/workspace", "/home/kit"
+PYTHON = "/opt/kit/bin/python"
+"""The runtime image's interpreter (kit/deploy/templates/Dockerfile)."""
 LISTEN = f"tcp:${{FLY_PRIVATE_IP}}:{RUNTIME_PORT}"
 """The runtime binds the machine's private (6PN) address, which Fly puts in its env."""
 ROLE, SESSION, HOST, TIER, STOPPED_AT = (
@@ -71,6 +77,25 @@ STOPPED_TTL_S = 24 * 3600.0
 """How long a stopped machine waits to be claimed before the reaper destroys it."""
 WAIT_ROUNDS = 24 * 60 + 10
 """A bound on one watch: 60 s waits for a day (kit's maximum sandbox lifetime)."""
+OOM_NOW_WAIT_S = 10.0
+"""How long ``oom`` lets the kernel act before it kills the machine itself (reason ``oom``)."""
+OOM_PROGRAM = """\
+import os
+me = os.getpid()
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        if int(pid) != me and b"kit.runtime" in open(f"/proc/{pid}/cmdline", "rb").read():
+            with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+                f.write("1000")
+    except OSError:
+        pass
+hold = []
+for _ in range(4096):
+    hold.append(b"\\x01" * (16 << 20))
+"""
+"""Run by ``oom`` inside the machine, as the image's user: the runtime (same user) becomes the
+OOM killer's first choice, then 16 MiB pages are touched until the kernel acts (a bound of
+64 GiB: far past any guest)."""
 
 
 def guest_of(tier_name: str) -> MachineGuest:
@@ -96,7 +121,23 @@ def bundle_files(bundle_dir: Path) -> list[MachineFile]:
     return files
 
 
-class FlySandbox(Sandbox):
+LIVE_STATES = ("created", "starting", "started")
+"""The states in which a machine is (or is about to be) its session's sandbox."""
+
+
+@dataclass(frozen=True)
+class FleetMachine:
+    """One sandbox machine as ``kit sandbox list`` shows it: a stopped one is a spare that
+    the next session of its tier may claim (its session is None)."""
+
+    machine_id: str
+    session_id: str | None
+    host_id: str | None
+    tier: str
+    state: str
+
+
+class FlySandbox(Sandbox, Rehearsable):
     """One session's machine."""
 
     def __init__(
@@ -188,6 +229,35 @@ class FlySandbox(Sandbox):
                 if (await self.api.get_machine(self.app, self.id)).state != "started":
                     return
             raise SandboxError(f"could not signal machine {self.id}: {exc}") from exc
+
+    async def oom(self) -> None:
+        """Run the machine out of memory now (:data:`OOM_PROGRAM` through Fly's ``exec``): the
+        runtime is OOM-killed and Fly's exit event says so. Should the kernel not act within
+        :data:`OOM_NOW_WAIT_S`, the machine is killed with the same report (exit 137,
+        reason ``oom``)."""
+        if not self.alive():
+            return
+
+        async def run() -> None:
+            with contextlib.suppress(fly.FlyError):  # it dies under the exec: no answer
+                await self.api.exec(
+                    self.app,
+                    self.id,
+                    [PYTHON, "-c", OOM_PROGRAM],
+                    timeout_s=round(OOM_NOW_WAIT_S),
+                    check=False,
+                )
+
+        hog = asyncio.ensure_future(run())
+        try:
+            await asyncio.wait_for(self.wait(), OOM_NOW_WAIT_S)
+        except TimeoutError:
+            await self.kill(signals.SIGKILL, reason="oom")
+            await self.wait()
+        finally:
+            hog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await hog
 
     async def stop(self, grace_s: float = 5.0) -> ExitInfo:
         self._reason = self._reason or "stopped"
@@ -361,7 +431,7 @@ class FlySandboxProvider(SandboxProvider):
                 self.app, metadata={ROLE: "sandbox", SESSION: session_id}
             )
             # Fly filters lists by settled states only: one still starting counts too.
-            found = [m for m in listed if m.state in ("created", "starting", "started")]
+            found = [m for m in listed if m.state in LIVE_STATES]
         except fly.FlyError as exc:
             raise SandboxError(f"could not list the sandbox machines: {exc}") from exc
         if not found:
@@ -373,6 +443,24 @@ class FlySandboxProvider(SandboxProvider):
         sandbox = FlySandbox(self.api, self.app, newest, session_id, None)
         self._hold(sandbox)
         return sandbox
+
+    async def fleet(self) -> list[FleetMachine]:
+        """Every sandbox machine of the app but destroyed ones, whichever host made it."""
+        try:
+            machines = await self.api.list_machines(self.app, metadata={ROLE: "sandbox"})
+        except fly.FlyError as exc:
+            raise SandboxError(f"could not list the sandbox machines: {exc}") from exc
+        return [
+            FleetMachine(
+                machine_id=m.id,
+                session_id=m.metadata.get(SESSION) if m.state in LIVE_STATES else None,
+                host_id=m.metadata.get(HOST),
+                tier=m.metadata.get(TIER, ""),
+                state=m.state,
+            )
+            for m in machines
+            if m.state not in ("destroying", "destroyed")
+        ]
 
     async def reap(self, keep: Callable[[SessionId], bool]) -> list[SandboxId]:
         reaped: list[SandboxId] = []

@@ -1,8 +1,8 @@
 """The sandbox provider seam: start a runtime for a session, watch it, kill it, find it.
 
 Implementations: ``emulator.sandbox.LocalSandboxProvider`` (tiered local processes, for
-``kit dev``), ``emulator.sandbox.DockerSandboxProvider`` (containers of the runtime image);
-Fly Machines later. The host only sees :class:`Sandbox` handles.
+``kit dev``), ``emulator.sandbox.DockerSandboxProvider`` (containers of the runtime image),
+``kit.host.fly_sandbox.FlySandboxProvider`` (Fly Machines). The host only sees :class:`Sandbox` handles.
 
 A :class:`SandboxSpec` names nothing on the host's disk: the bundle by its digest, the
 model and egress proxies and the transcript store by URL. Each provider knows where the
@@ -238,6 +238,17 @@ class Sandbox(ABC):
         except TimeoutError:
             await self.kill(signal.SIGKILL, reason="stopped")
             return await self.wait()
+
+
+class Rehearsable(ABC):
+    """A sandbox kit can push into a failure now (``kit sandbox oom``), to rehearse what
+    production sandboxes only meet. Not part of the provider seam: the host never calls it;
+    the control API offers it where a sandbox has it (the emulator's, and Fly machines)."""
+
+    @abstractmethod
+    async def oom(self) -> None:
+        """Push the sandbox past its memory limit now, to rehearse an OOM kill (exit 137,
+        reason ``oom``). :class:`~kit.host.errors.SandboxError` where it has no limit."""
 
 
 class SandboxProvider(ABC):

@@ -4,6 +4,7 @@ through .kit/dev.json and gets the answer, Ctrl-C takes every machine down."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -46,7 +47,24 @@ async def test_kit_dev_target_fly_then_kit_chat(kit_tmp: Path) -> None:
         assert chat.returncode == 0, err.decode()[-2000:]
         assert "Slow tool said: started-slow-tool" in out.decode()
         assert url
+        # The control API's commands work against the rehearsal as against plain `kit dev`.
+        listed = await _kit(kit_tmp, env, "sessions", "--json", "--project", str(project))
+        ((row),) = json.loads(listed)
+        session_id = row["session_id"]
+        assert (row["turns"], row["sandbox"]) == (1, "running")
+        logs = await _kit(kit_tmp, env, "logs", session_id, "--project", str(project))
+        assert "Slow tool said: started-slow-tool" in logs
+        machines = await _kit(kit_tmp, env, "sandbox", "list", "--project", str(project))
+        assert re.search(rf"{session_id}\s+\S+\s+\S+\s+started\s+\S+", machines), machines
     finally:
         dev.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(dev.wait(), 120) == 0
     assert fly_containers() == []
+
+
+async def _kit(cwd: Path, env: dict[str, str], *args: str) -> str:
+    """What ``kit *args`` printed; it must exit 0."""
+    proc = await spawn_kit(*args, cwd=cwd, env=env)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, (args, err.decode()[-2000:])
+    return out.decode()

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from kit.cli.flydev import Rehearsal, rehearse_fly
@@ -28,24 +30,85 @@ TURN_TIMEOUT_S = 180.0
 
 async def test_deploy_then_chat_through_the_proxy(kit_tmp: Path) -> None:
     """Two gateway machines come up behind the proxy; a client's session runs a turn whose
-    tool runs in a session machine, and gets the answer."""
+    tool runs in a session machine, and gets the answer; the control API answers from
+    either gateway."""
     image = runtime_image()  # skips, saying why, where Docker cannot run
     project = write_agent(kit_tmp / "agent")
     async with rehearse_fly(project, kit_tmp / "state", image.tag, app="kit-e2e") as fly:
         gateways = await fly.api.list_machines("kit-e2e", metadata={"kit_role": "gateway"})
         assert sorted(g.state for g in gateways) == ["started", "started"]
         info = await create_session(fly.url, fly.api_token)
-        async with (
-            asyncio.timeout(TURN_TIMEOUT_S),
-            SessionClient(info.ws_url, info.token) as client,
-        ):
-            events = [e async for e in client.turn("slow")]
-        assert events[-1].kind == "result", events[-1]
-        assert "Slow tool said: started-slow-tool" in str(events[-1].data["text"])
-        sandboxes = await fly.api.list_machines(
-            "kit-e2e-sandboxes", metadata={"kit_session": info.session_id}
-        )
-        assert [m.state for m in sandboxes] == ["started"]
+        async with SessionClient(info.ws_url, info.token) as client:
+            async with asyncio.timeout(TURN_TIMEOUT_S):
+                events = [e async for e in client.turn("slow")]
+            assert events[-1].kind == "result", events[-1]
+            assert "Slow tool said: started-slow-tool" in str(events[-1].data["text"])
+            sandboxes = await fly.api.list_machines(
+                "kit-e2e-sandboxes", metadata={"kit_session": info.session_id}
+            )
+            assert [m.state for m in sandboxes] == ["started"]
+            await _control_api_from_either_gateway(fly, client, info.session_id, sandboxes[0].id)
+
+
+async def _control_api_from_either_gateway(
+    fly: Rehearsal, client: SessionClient, session_id: str, machine: str
+) -> None:
+    """`kit sessions`, `kit sandbox list|oom|kill` and `kit logs` as the gateway that does
+    not hold the session answers them: the fleet from the sandbox app, the rest replayed
+    to the owner."""
+    owner = await _lease_owner(fly, session_id)
+    gateways = await fly.api.list_machines(fly.target.app, metadata={"kit_role": "gateway"})
+    (other,) = [g.id for g in gateways if g.id != owner]
+    headers = {"authorization": f"Bearer {fly.api_token}", "fly-force-instance-id": other}
+    async with httpx.AsyncClient(
+        base_url=fly.url + "/_kit", headers=headers, trust_env=False, timeout=60
+    ) as http:
+        rows = (await http.get("/sessions")).json()["sessions"]
+        assert [(r["session_id"], r["sandbox"]) for r in rows] == [(session_id, "running")]
+        listed = (await http.get("/sandboxes")).json()["sandboxes"]
+        assert [(r["session_id"], r["sandbox_id"], r["host"]) for r in listed] == [
+            (session_id, machine, owner)
+        ]
+        # `kit logs --follow`: the owner streams the session's events, replayed there.
+        seen: list[str] = []
+        async with http.stream("GET", f"/sessions/{session_id}/events?follow=1") as stream:
+            async for line in stream.aiter_lines():
+                seen.append(json.loads(line).get("kind", "end"))
+                if seen[-1] == "result":
+                    break
+        assert seen[-1] == "result", seen
+        answer = await http.post(f"/sandboxes/{session_id}/oom")
+        assert answer.status_code == 202, answer.text
+        assert answer.json() == {"sandbox_id": machine}
+        died = await _died(http, session_id, 1)
+        assert (died[-1]["data"]["reason"], died[-1]["data"]["exit_code"]) == ("oom", 137)
+        events = await fly.api.list_events(fly.target.sandbox_app, machine)
+        exits = [e for e in events if e.type == "exit"]
+        assert [e.oom_killed for e in exits][:1] == [True], exits  # the kernel killed it
+
+        # The next turn starts a machine again; kill it from the other gateway too.
+        async with asyncio.timeout(TURN_TIMEOUT_S):
+            reply = [e async for e in client.turn("echo after the oom")]
+        assert reply[-1].kind == "result", reply[-1]
+        assert "after the oom" in str(reply[-1].data["text"])
+        answer = await http.post(f"/sandboxes/{session_id}/kill", json={"signal": "KILL"})
+        assert answer.status_code == 202, answer.text
+        died = await _died(http, session_id, 2)
+        assert (died[-1]["data"]["reason"], died[-1]["data"]["exit_code"]) == ("killed", 137)
+
+
+async def _died(http: httpx.AsyncClient, session_id: str, count: int) -> list[dict[str, Any]]:
+    """The session's ``sandbox`` ``died`` events, once there are ``count`` (a minute at most)."""
+    for _ in range(600):
+        lines = (await http.get(f"/sessions/{session_id}/events")).text.splitlines()
+        events = [json.loads(line) for line in lines]
+        died = [
+            e for e in events if e.get("kind") == "sandbox" and e["data"].get("state") == "died"
+        ]
+        if len(died) >= count:
+            return died
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"session {session_id} never logged {count} sandbox deaths")
 
 
 async def _prompt_stored(fly: Rehearsal, session_id: str, text: str) -> None:

@@ -214,3 +214,43 @@ async def test_the_network_can_be_chosen_per_machine() -> None:
         machines = Machines(http, runner, image)
         assert machines.inspect(sandbox)["HostConfig"]["NetworkMode"] == "none"
         assert machines.inspect(gateway)["HostConfig"]["NetworkMode"] == "host"
+
+
+def _leave_container(runner_id: str, image: str) -> None:
+    """A container labelled as ``runner_id``'s, as a runner that was killed leaves one."""
+    subprocess.run(
+        [
+            "docker",
+            "create",
+            "--network",
+            "none",
+            "--label",
+            f"{LABEL_RUNNER}={runner_id}",
+            image,
+            "true",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+
+
+async def test_a_runner_removes_what_a_killed_runner_of_its_id_left() -> None:
+    """A container labelled with the runner's id, left by a runner that never closed (its
+    process was SIGKILLed), is removed when a runner of that id starts; another id's is not."""
+    image = tiny_image()
+    mine, theirs = (
+        DockerRunner(runner_id="kit-test-sweep-a"),
+        DockerRunner(runner_id="kit-test-sweep-b"),
+    )
+    try:
+        _leave_container(mine.runner_id, image)
+        _leave_container(theirs.runner_id, image)
+        assert len(_containers_of(mine)) == 1
+        async with DockerRunner(runner_id=mine.runner_id) as again:
+            assert _containers_of(again) == []
+        assert len(_containers_of(theirs)) == 1
+    finally:
+        await theirs.close()
+        await mine.close()
+    assert _containers_of(theirs) == []
