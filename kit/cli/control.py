@@ -195,7 +195,23 @@ def control_routes(
         session = next((s for s in host.live_sessions() if s.id == session_id), None)
         return None if session is None else session.sandbox
 
-    def no_sandbox(session_id: str) -> Response:
+    def no_sandbox(session_id: str, request: Request | None = None) -> Response:
+        session = next((s for s in host.live_sessions() if s.id == session_id), None)
+        if session is not None and session.starting:
+            return _error(
+                "sandbox_starting",
+                f"Session {session_id}'s sandbox is starting; try again once `kit sandbox "
+                "list` shows it running.",
+                409,
+            )
+        if replay and request is not None and "fly-replay-failed" in request.headers:
+            return _error(
+                "owner_gone",
+                f"The gateway holding session {session_id} did not answer; once its lease "
+                "runs out another gateway takes the session (and its reaper stops the "
+                "orphaned machine). Try again in a few seconds.",
+                503,
+            )
         return JSONResponse(
             {
                 "error": "no_sandbox",
@@ -279,8 +295,11 @@ def control_routes(
             return there
         sandbox = running(session_id)
         if sandbox is None:
-            return no_sandbox(session_id)
-        await sandbox.kill(number, reason=None)
+            return no_sandbox(session_id, request)
+        try:
+            await sandbox.kill(number, reason=None)
+        except SandboxError as exc:
+            return _error("sandbox_unreachable", str(exc), 503)
         return JSONResponse({"sandbox_id": sandbox.id, "signal": number}, status_code=202)
 
     async def oom(request: Request) -> Response:
@@ -291,7 +310,7 @@ def control_routes(
             return there
         sandbox = running(session_id)
         if sandbox is None:
-            return no_sandbox(session_id)
+            return no_sandbox(session_id, request)
         sandbox_id = sandbox.id
         if not isinstance(sandbox, Rehearsable):
             return JSONResponse(

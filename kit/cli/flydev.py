@@ -35,7 +35,7 @@ from emulator.model import create_app as create_model_app
 from fly import FlyClient
 from kit.bundle import Bundle, build_bundle, load_project
 from kit.cli.deploy import FlySettings, bucket_url
-from kit.cli.statedir import host_id, make_private
+from kit.cli.statedir import host_id, lock, make_private
 from kit.deploy.fly.apply import Deployment
 from kit.deploy.fly.deploy import REHEARSAL_LISTEN, deploy, desired, image_ref
 from kit.deploy.fly.plan import Plan
@@ -128,9 +128,13 @@ async def _model(project_scenarios: list[Path], key: str) -> AsyncIterator[str]:
         sock.close()
 
 
-def _runner_id(state_dir: Path) -> str:
+@contextlib.asynccontextmanager
+async def _held(state_dir: Path) -> AsyncIterator[str]:
+    """Hold the state dir's rehearsal lock (:class:`CliError` when another rehearsal holds
+    it: its containers are live, not leftovers); the runner id of its containers."""
     make_private(state_dir)
-    return f"rehearsal-{host_id(state_dir)}"
+    with lock(state_dir, "rehearsal.lock", "kit dev --target fly"):
+        yield f"rehearsal-{host_id(state_dir)}"
 
 
 @contextlib.asynccontextmanager
@@ -156,9 +160,10 @@ async def rehearse_fly(
     async with (
         _moto() as s3_endpoint,
         _model(list(loaded.scenarios), offline_key) as model_url,
-        # One runner id per state dir: a rehearsal killed before it could clean up leaves
-        # containers this one removes first.
-        DockerRunner(network="host", runner_id=_runner_id(state_dir)) as runner,
+        # One runner id per state dir (one rehearsal at a time holds it): a rehearsal killed
+        # before it could clean up leaves containers this one removes first.
+        _held(state_dir) as runner_id,
+        DockerRunner(network="host", runner_id=runner_id) as runner,
         serve(token=fly_token, runner=runner) as fly_api,
         FlyClient(fly_token, base_url=fly_api.url) as api,
     ):

@@ -55,11 +55,11 @@ provider's: it sets its own mode)."""
 LOGS = "sessions"
 
 
-def lock(state: Path) -> TextIO:
-    """Hold ``state/host.lock`` for the host's life (close the returned file to let go): two
+def lock(state: Path, name: str = "host.lock", what: str = "kit host") -> TextIO:
+    """Hold ``state/<name>`` for the host's life (close the returned file to let go): two
     hosts on one state dir would share its sockets, files, host id and containers. The lock
-    goes with the process, however it ends."""
-    fd = open_private(state / "host.lock", os.O_RDWR | os.O_APPEND)
+    goes with the process, however it ends. ``what`` names the holder in the refusal."""
+    fd = open_private(state / name, os.O_RDWR | os.O_APPEND)
     handle = os.fdopen(fd, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -68,7 +68,7 @@ def lock(state: Path) -> TextIO:
         holder = handle.read().strip() or "another process"
         handle.close()
         raise CliError(
-            f"Another kit host ({holder}) is using the state dir {state}; stop it, or give "
+            f"Another {what} ({holder}) is using the state dir {state}; stop it, or give "
             "this one its own KIT_STATE_DIR."
         ) from None
     handle.truncate(0)

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import fly
 from fly import FlyClient, Machine, MachineConfig, MachineFile, MachineGuest
@@ -80,22 +81,29 @@ WAIT_ROUNDS = 24 * 60 + 10
 OOM_NOW_WAIT_S = 10.0
 """How long ``oom`` lets the kernel act before it kills the machine itself (reason ``oom``)."""
 OOM_PROGRAM = """\
-import os
-me = os.getpid()
+import os, sys
+marked = 0
 for pid in filter(str.isdigit, os.listdir("/proc")):
     try:
-        if int(pid) != me and b"kit.runtime" in open(f"/proc/{pid}/cmdline", "rb").read():
+        argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0")
+        if argv[1:3] == [b"-m", b"kit.runtime"]:
             with open(f"/proc/{pid}/oom_score_adj", "w") as f:
                 f.write("1000")
+            marked += 1
     except OSError:
         pass
+if not marked:
+    sys.exit(3)
 hold = []
 for _ in range(4096):
     hold.append(b"\\x01" * (16 << 20))
 """
-"""Run by ``oom`` inside the machine, as the image's user: the runtime (same user) becomes the
-OOM killer's first choice, then 16 MiB pages are touched until the kernel acts (a bound of
-64 GiB: far past any guest)."""
+"""Run by ``oom`` inside the machine: the runtime (``python -m kit.runtime``, matched by its
+argv; this program's own text never matches) becomes the OOM killer's first choice, then
+16 MiB pages are touched until the kernel acts (a bound of 64 GiB: far past any guest).
+Exit 3 when no runtime could be marked: ``oom`` then kills the machine at once (as it does
+whenever the program ends and the machine is still up). A machine
+with swap (``init.swap_size_mb``) may swap rather than OOM: the fallback kill stands in."""
 
 
 def guest_of(tier_name: str) -> MachineGuest:
@@ -128,7 +136,8 @@ LIVE_STATES = ("created", "starting", "started")
 @dataclass(frozen=True)
 class FleetMachine:
     """One sandbox machine as ``kit sandbox list`` shows it: a stopped one is a spare that
-    the next session of its tier may claim (its session is None)."""
+    the next session of its tier may claim (its session is None); any other keeps the
+    session its metadata names (stopping, being claimed, failed…)."""
 
     machine_id: str
     session_id: str | None
@@ -225,9 +234,22 @@ class FlySandbox(Sandbox, Rehearsable):
         except fly.NotFound:
             return
         except fly.FlyError as exc:
-            with contextlib.suppress(fly.FlyError):  # it stopped meanwhile: nothing to signal
-                if (await self.api.get_machine(self.app, self.id)).state != "started":
-                    return
+            state = None
+            with contextlib.suppress(fly.FlyError):
+                state = (await self.api.get_machine(self.app, self.id)).state
+            if state in ("created", "starting"):  # not up to take a signal: stop it instead
+                with contextlib.suppress(fly.NotFound):
+                    try:
+                        await self.api.stop_machine(
+                            self.app, self.id, signal="SIGKILL", timeout_s=1
+                        )
+                    except fly.FlyError as stop_exc:
+                        raise SandboxError(
+                            f"could not stop machine {self.id}: {stop_exc}"
+                        ) from stop_exc
+                return
+            if state is not None and state != "started":  # it stopped meanwhile
+                return
             raise SandboxError(f"could not signal machine {self.id}: {exc}") from exc
 
     async def oom(self) -> None:
@@ -237,6 +259,7 @@ class FlySandbox(Sandbox, Rehearsable):
         reason ``oom``)."""
         if not self.alive():
             return
+        self._reason = "oom"  # whatever Fly's exit event says of it
 
         async def run() -> None:
             with contextlib.suppress(fly.FlyError):  # it dies under the exec: no answer
@@ -250,6 +273,14 @@ class FlySandbox(Sandbox, Rehearsable):
 
         hog = asyncio.ensure_future(run())
         try:
+            either: list[asyncio.Future[Any]] = [hog, self.watch()]
+            done, _ = await asyncio.wait(
+                either, timeout=OOM_NOW_WAIT_S, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done or (hog in done and self.alive()):
+                # The kernel has not acted, or the program ended with the machine still up
+                # (no runtime to mark, no interpreter, exec refused): kill it now.
+                raise TimeoutError
             await asyncio.wait_for(self.wait(), OOM_NOW_WAIT_S)
         except TimeoutError:
             await self.kill(signals.SIGKILL, reason="oom")
@@ -453,7 +484,7 @@ class FlySandboxProvider(SandboxProvider):
         return [
             FleetMachine(
                 machine_id=m.id,
-                session_id=m.metadata.get(SESSION) if m.state in LIVE_STATES else None,
+                session_id=None if m.state == "stopped" else m.metadata.get(SESSION),
                 host_id=m.metadata.get(HOST),
                 tier=m.metadata.get(TIER, ""),
                 state=m.state,

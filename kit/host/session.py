@@ -530,6 +530,11 @@ class Session:
         return self._closing
 
     @property
+    def starting(self) -> bool:
+        """Whether a sandbox is being started for the session now (none to signal yet)."""
+        return self._starting is not None and not self._starting.done()
+
+    @property
     def sandbox(self) -> Sandbox | None:
         """The running sandbox, if any."""
         return self._live.sandbox if self._live is not None else None
