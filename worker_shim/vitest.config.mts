@@ -10,4 +10,6 @@ export default defineConfig({
     }),
   ],
   server: { fs: { allow: [".."] } },
+  // A frame wait gives up after 10 s with a message naming what it waited for.
+  test: { testTimeout: 30_000 },
 });

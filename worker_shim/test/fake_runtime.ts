@@ -34,7 +34,12 @@ export class FakeContainer implements ContainerLike {
   readonly turns: Array<{ turn_id: string; text: string; recover: boolean }> = [];
   private token: string | null = null;
 
-  constructor(private readonly script: (text: string) => RuntimeEventLine[] = cannedTurn) {}
+  /** `script` answers a turn's text; with `gate`, the turn's stream stays open (no line
+   * sent) until the gate resolves, so a test can look at a turn in flight. */
+  constructor(
+    private readonly script: (text: string) => RuntimeEventLine[] = cannedTurn,
+    private readonly gate: Promise<void> | null = null,
+  ) {}
 
   start(options?: ContainerStartupOptions): void {
     if (this.running) throw new Error("start() on a running container");
@@ -76,7 +81,16 @@ export class FakeContainer implements ContainerLike {
       const turn = (await request.json()) as { turn_id: string; text: string; recover: boolean };
       this.turns.push(turn);
       const body = this.script(turn.text).map((e) => JSON.stringify(e) + "\n").join("");
-      return new Response(body, { headers: { "content-type": "application/x-ndjson" } });
+      const gate = this.gate;
+      if (gate === null) return new Response(body, { headers: { "content-type": "application/x-ndjson" } });
+      const stream = new ReadableStream<Uint8Array>({
+        async start(controller) {
+          await gate;
+          controller.enqueue(new TextEncoder().encode(body));
+          controller.close();
+        },
+      });
+      return new Response(stream, { headers: { "content-type": "application/x-ndjson" } });
     }
     return Response.json({ error: "not_found" }, { status: 404 });
   }
