@@ -62,6 +62,10 @@ export type ClientFrame =
 
 const CLIENT_FRAME_TYPES = ["hello", "user", "ack", "interrupt", "ping"];
 
+/** Empty or only whitespace as Python's `str.strip()` sees it (not JS `trim()`: Python also
+ * strips U+001C–U+001F and U+0085, and keeps U+FEFF). */
+const PY_BLANK = /^[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$/;
+
 /** A JSON number literal that is not an integer (`3.0`, `1e2`): never a seq. */
 class FloatLiteral {
   constructor(readonly value: number) {}
@@ -99,7 +103,7 @@ export function parseClientFrame(text: string): ClientFrame {
     case "user": {
       const clientMsgId = requireString(obj, "client_msg_id", MAX_ID_CHARS, "user");
       const value = obj.text;
-      if (typeof value !== "string" || value.trim() === "") {
+      if (typeof value !== "string" || PY_BLANK.test(value)) {
         throw new ProtocolError(E.BAD_FRAME, "user.text must be a non-empty string.");
       }
       if (codePoints(value, MAX_TEXT_CHARS) > MAX_TEXT_CHARS) {

@@ -26,6 +26,9 @@ export function cannedTurn(text: string): RuntimeEventLine[] {
   ];
 }
 
+/** How long the fake runtime takes to answer /v1/interrupt. */
+const INTERRUPT_DELAY_MS = 50;
+
 export class FakeContainer implements ContainerLike {
   running = false;
   /** Every start's options, in order. */
@@ -33,6 +36,8 @@ export class FakeContainer implements ContainerLike {
   /** Every turn request the runtime received. */
   readonly turns: Array<{ turn_id: string; text: string; recover: boolean }> = [];
   private token: string | null = null;
+  /** A gated turn's stream is open and has sent nothing yet. */
+  private held = false;
 
   /** `script` answers a turn's text; with `gate`, the turn's stream stays open (no line
    * sent) until the gate resolves, so a test can look at a turn in flight. */
@@ -76,16 +81,23 @@ export class FakeContainer implements ContainerLike {
     if (url.pathname === "/healthz") {
       return Response.json({ ok: true, ready: true, state: "ready", resumed: false, session_id: "x", bundle: "sha256:fake" });
     }
-    if (url.pathname === "/v1/interrupt") return Response.json({ interrupted: false }, { status: 202 });
+    if (url.pathname === "/v1/interrupt") {
+      // A runtime takes a moment to stop the SDK: frames behind the interrupt must wait.
+      await scheduler.wait(INTERRUPT_DELAY_MS);
+      return Response.json({ interrupted: this.held }, { status: 202 });
+    }
     if (url.pathname === "/v1/turns" && request.method === "POST") {
       const turn = (await request.json()) as { turn_id: string; text: string; recover: boolean };
       this.turns.push(turn);
       const body = this.script(turn.text).map((e) => JSON.stringify(e) + "\n").join("");
       const gate = this.gate;
+      const fake = this;
       if (gate === null) return new Response(body, { headers: { "content-type": "application/x-ndjson" } });
       const stream = new ReadableStream<Uint8Array>({
         async start(controller) {
+          fake.held = true;
           await gate;
+          fake.held = false;
           controller.enqueue(new TextEncoder().encode(body));
           controller.close();
         },
