@@ -219,7 +219,17 @@ export class SessionDO extends DurableObject<Env> {
       for (let n = 0; n < 100_000; n++) {
         const turn = this.log.openTurn();
         if (turn === null) return;
-        await this.runTurn(turn.turn_id, turn.text, turn.state === "interrupted");
+        try {
+          await this.runTurn(turn.turn_id, turn.text, turn.state === "interrupted");
+        } catch (exc) {
+          // The host itself failed on the turn (a bug, a storage error): end the turn so the
+          // next one can run, as kit's host does (docs/protocol.md §4, turn_failed).
+          console.error(`session ${this.log.meta("session_id")}: turn ${turn.turn_id} failed in the host`, exc);
+          this.log.setTurnState(turn.turn_id, "failed");
+          this.publish(
+            this.log.append("error", { code: "turn_failed", message: "The host failed on this turn; send it again as a new message (a new client_msg_id) to retry." }, turn.turn_id),
+          );
+        }
       }
     } finally {
       this.turnsRunning = false;
@@ -264,7 +274,7 @@ export class SessionDO extends DurableObject<Env> {
     const tier = this.log.meta("tier") ?? "basic";
     const container = this.container();
     const token = this.log.meta("runtime_token");
-    if (container !== null && container.running && token !== null) return new ContainerRuntime(container, token);
+    if (container !== null && container.running && token) return new ContainerRuntime(container, token);
     this.publish(this.log.append("sandbox", { state: "starting", tier }, turnId));
     try {
       if (container === null) {
@@ -280,6 +290,10 @@ export class SessionDO extends DurableObject<Env> {
       // TODO(config): the runtime's full config (kit/host/sandbox.py runtime_config) with the
       // model route's per-session token; today only what the runtime API needs.
       runtime.start(tier, { KIT_RUNTIME_TOKEN: runtimeToken, KIT_SESSION_ID: this.log.meta("session_id") ?? "" });
+      container.monitor().then(
+        () => this.sandboxExited(sandboxId, 0),
+        (exc: unknown) => this.sandboxExited(sandboxId, exitCodeOf(exc)),
+      );
       const ready = await runtime.ready();
       this.publish(this.log.append("sandbox", { state: "running", sandbox_id: sandboxId, tier, resumed: ready.resumed }, turnId));
       return runtime;
@@ -293,6 +307,15 @@ export class SessionDO extends DurableObject<Env> {
       );
       return null;
     }
+  }
+
+  /** The container of `sandboxId` exited (seen by `monitor()` while this instance lives).
+   * TODO(recovery): record `sandbox died`/`stopped` with the reason (137 → oom or killed,
+   * 143 → signalled, 70 → harness) and let the turn planner continue an open turn. Today it
+   * only forgets the runtime, so the next turn starts a new container. */
+  private sandboxExited(sandboxId: string, exitCode: number | null): void {
+    console.log(`session ${this.log.meta("session_id")}: sandbox ${sandboxId} exited (${exitCode ?? "unknown"})`);
+    if (this.log.meta("sandbox_id") === sandboxId) this.log.setMeta("runtime_token", "");
   }
 
   /** The container: workerd's own, or none. TODO(HttpContainer): under `wrangler dev
@@ -338,6 +361,14 @@ function send(ws: WebSocket, text: string): void {
   } catch {
     // closed under us: webSocketClose follows
   }
+}
+
+/** The exit code in a `monitor()` rejection, if it names one. */
+export function exitCodeOf(exc: unknown): number | null {
+  const code = (exc as { exitCode?: unknown } | null)?.exitCode;
+  if (typeof code === "number") return code;
+  const found = /exit(?:ed with)? code:? ?(\d+)/i.exec(String(exc));
+  return found === null ? null : Number(found[1]);
 }
 
 export function randomToken(): string {

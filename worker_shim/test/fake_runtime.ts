@@ -53,8 +53,19 @@ export class FakeContainer implements ContainerLike {
     this.running = true;
   }
 
+  private exits: Array<(code: number) => void> = [];
+
   monitor(): Promise<void> {
-    return new Promise(() => {});
+    return new Promise((resolve, reject) => {
+      this.exits.push((code) => (code === 0 ? resolve() : reject(new Error(`Container exited with code ${code}`))));
+    });
+  }
+
+  /** The container process ends with `code` (137: SIGKILL, as an OOM kill): monitor()
+   * settles, the port stops answering. */
+  exit(code: number): void {
+    this.running = false;
+    for (const settle of this.exits.splice(0)) settle(code);
   }
 
   async destroy(): Promise<void> {

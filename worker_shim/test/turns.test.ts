@@ -1,6 +1,8 @@
 // Turns through the runtime seam: interrupts of a streaming turn, a DO with no container,
 // a runtime whose stream ends without a result (recovery is a TODO seam: the turn fails).
 
+import { runInDurableObject } from "cloudflare:test";
+import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { FakeContainer, cannedTurn } from "./fake_runtime";
 import { Driver } from "./golden";
@@ -70,6 +72,21 @@ describe("turns", () => {
     const turn = await untilEnd(a);
     expect(turn.at(-1)).toMatchObject({ kind: "error", turn_id: "t1", data: { code: "turn_failed" } });
     expect(turn.filter((f) => f.kind === "assistant")).toHaveLength(1);
+    a.close();
+  });
+
+  it("starts a new container for the next turn once the last one stopped", async () => {
+    const session = await createSession();
+    const container = new FakeContainer();
+    await attachContainer(session.session_id, container);
+    const a = await live(session);
+    a.send(JSON.stringify({ type: "user", client_msg_id: "c-1", text: "one" }));
+    await untilEnd(a);
+    await runInDurableObject(env.SESSION.getByName(session.session_id), () => container.exit(137));
+    a.send(JSON.stringify({ type: "user", client_msg_id: "c-2", text: "two" }));
+    const turn = await untilEnd(a);
+    expect(turn.map((f) => f.data?.state).filter((s) => s !== undefined)).toEqual(["starting", "running"]);
+    expect(container.starts).toHaveLength(2);
     a.close();
   });
 });
