@@ -1,0 +1,95 @@
+// The Worker: kit's host routes on Cloudflare (docs/protocol.md §2), in front of one
+// SessionDO per session.
+//
+//   GET  /healthz                  public: {"ok": true}
+//   POST /v1/sessions              Bearer KIT_API_TOKEN: 201 {session_id, token, ws_url}
+//   GET  /v1/sessions/{id}/ws      WebSocket upgrade, forwarded to the session's DO (the
+//                                  socket authenticates with hello's session token)
+//
+// Every other request, and any request to these routes but the upgrade and /healthz,
+// needs the API token: 401 without it, also for a path that does not exist.
+
+import type { Env } from "./env";
+import { randomToken, sameText, sha256 } from "./session";
+
+export { SessionDO } from "./session";
+export type { Env } from "./env";
+export type { ContainerLike } from "./runtime";
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+const WS_PATH = /^\/v1\/sessions\/([^/]+)\/ws$/;
+/** The DO that answers hellos for ids that are no session id: it holds nothing. */
+const NO_SESSION = "not-a-session";
+
+export default {
+  async fetch(request: Request, env: Env): Promise<Response> {
+    const url = new URL(request.url);
+    if (url.pathname === "/healthz" && request.method === "GET") return json({ ok: true }, 200);
+    const ws = WS_PATH.exec(url.pathname);
+    if (ws !== null && request.method === "GET" && request.headers.get("upgrade")?.toLowerCase() === "websocket") {
+      return openSocket(request, env, ws[1]);
+    }
+    if (!(await authorized(request, env))) {
+      return json({ error: "unauthorized", message: "Send Authorization: Bearer <the host's API token>." }, 401, {
+        "www-authenticate": "Bearer",
+      });
+    }
+    if (url.pathname === "/v1/sessions" && request.method === "POST") return createSession(url, env);
+    if (ws !== null) return json({ error: "upgrade_required", message: "Open this URL as a WebSocket." }, 426);
+    return json({ error: "not_found", message: `No route ${request.method} ${url.pathname}.` }, 404);
+  },
+} satisfies ExportedHandler<Env>;
+
+/** POST /v1/sessions: a new session in its own DO; the token is shown only here. */
+async function createSession(url: URL, env: Env): Promise<Response> {
+  const sessionId = crypto.randomUUID();
+  const token = "kit-session-" + randomToken();
+  await env.SESSION.getByName(sessionId).init(sessionId, await sha256(token), env.KIT_SANDBOX_TIER || "basic");
+  const scheme = url.protocol === "https:" ? "wss" : "ws";
+  return json({ session_id: sessionId, token, ws_url: `${scheme}://${url.host}/v1/sessions/${sessionId}/ws` }, 201);
+}
+
+/** Forward a session socket to its DO, after the browser-origin check. */
+async function openSocket(request: Request, env: Env, id: string): Promise<Response> {
+  const origin = request.headers.get("origin");
+  if (origin !== null && !originAllowed(origin, request.headers.get("host"), env.KIT_ALLOWED_ORIGINS ?? "")) {
+    return json(
+      {
+        error: "forbidden_origin",
+        message: `Origin '${origin.slice(0, 200)}' may not open session sockets on this host; list it in KIT_ALLOWED_ORIGINS (a Worker var).`,
+      },
+      403,
+    );
+  }
+  // An id that is no canonical UUID reaches a DO with no session: hello answers unknown_session.
+  return env.SESSION.getByName(UUID.test(id) ? id : NO_SESSION).fetch(request);
+}
+
+/** docs/protocol.md §2: the request's own host, or an origin listed in KIT_ALLOWED_ORIGINS. */
+export function originAllowed(origin: string, host: string | null, allowed: string): boolean {
+  let normal: string;
+  try {
+    const parsed = new URL(origin);
+    if (parsed.origin === "null" || !["http:", "https:"].includes(parsed.protocol)) return false;
+    normal = parsed.origin.toLowerCase();
+  } catch {
+    return false;
+  }
+  const listed = allowed
+    .split(",")
+    .map((s) => s.trim().toLowerCase().replace(/\/$/, ""))
+    .filter((s) => s !== "");
+  if (listed.includes(normal)) return true;
+  return host !== null && new URL(normal).host === host.toLowerCase();
+}
+
+async function authorized(request: Request, env: Env): Promise<boolean> {
+  const header = request.headers.get("authorization") ?? "";
+  const space = header.indexOf(" ");
+  if (!env.KIT_API_TOKEN || space < 0 || header.slice(0, space).toLowerCase() !== "bearer") return false;
+  return sameText(header.slice(space + 1).trim(), env.KIT_API_TOKEN);
+}
+
+function json(body: unknown, status: number, headers: Record<string, string> = {}): Response {
+  return new Response(JSON.stringify(body), { status, headers: { "content-type": "application/json", ...headers } });
+}

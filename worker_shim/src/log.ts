@@ -1,0 +1,127 @@
+// The session's durable state in the DO's SQLite (ctx.storage.sql): its metadata, the
+// append-only event log and the turn table, the same shape as kit/host/eventlog.py.
+//
+// Every write here is synchronous and lands in the DO's implicit transaction; the output gate
+// holds any ws.send() made after it until that transaction is committed. So "append, then
+// send" is "durable, then sent" (ARCHITECTURE §4 invariant 1).
+
+import type { EventRow } from "./frames";
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+  seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, turn_id TEXT, data TEXT NOT NULL, ts INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS turns (
+  turn_id TEXT PRIMARY KEY, client_msg_id TEXT NOT NULL UNIQUE, text TEXT NOT NULL,
+  state TEXT NOT NULL, user_seq INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS turns_open ON turns(state, user_seq);
+`;
+
+/** Turn states (docs/protocol.md §6): queued → running → completed | failed, and
+ * running → interrupted → running when a sandbox dies under the turn. */
+export type TurnState = "queued" | "running" | "interrupted" | "completed" | "failed";
+
+/** A turn still to finish, oldest first. */
+export interface OpenTurn {
+  turn_id: string;
+  text: string;
+  state: TurnState;
+  attempts: number;
+}
+
+/** Events read per page of a replay (docs/protocol.md §5). */
+export const REPLAY_PAGE = 1000;
+
+/** One session's log. Cheap to make: the schema is created only by `create`, so a DO that
+ * holds no session (an unknown id) writes nothing. */
+export class SessionLog {
+  private lastSeqCache: number | null = null;
+
+  constructor(private readonly sql: SqlStorage) {}
+
+  /** Make the tables and store the session's metadata (once, at POST /v1/sessions). */
+  create(meta: Record<string, string>): void {
+    this.sql.exec(SCHEMA);
+    for (const [key, value] of Object.entries(meta)) {
+      this.sql.exec("INSERT OR REPLACE INTO meta VALUES (?, ?)", key, value);
+    }
+  }
+
+  /** Whether this DO holds a session. */
+  exists(): boolean {
+    return this.sql.exec("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").toArray().length > 0;
+  }
+
+  meta(key: string): string | null {
+    if (!this.exists()) return null;
+    const rows = this.sql.exec<{ value: string }>("SELECT value FROM meta WHERE key = ?", key).toArray();
+    return rows[0]?.value ?? null;
+  }
+
+  setMeta(key: string, value: string): void {
+    this.sql.exec("INSERT OR REPLACE INTO meta VALUES (?, ?)", key, value);
+  }
+
+  lastSeq(): number {
+    if (this.lastSeqCache === null) {
+      this.lastSeqCache = this.sql.exec<{ s: number }>("SELECT COALESCE(MAX(seq), 0) AS s FROM events").one().s;
+    }
+    return this.lastSeqCache;
+  }
+
+  /** Append one event (`data` an object, stored as JSON text); the row, to send after. */
+  append(kind: string, data: unknown, turnId: string | null): EventRow {
+    const row: EventRow = { seq: this.lastSeq() + 1, kind, turn_id: turnId, data: JSON.stringify(data), ts: Date.now() };
+    this.sql.exec("INSERT INTO events VALUES (?, ?, ?, ?, ?)", row.seq, row.kind, row.turn_id, row.data, row.ts);
+    this.lastSeqCache = row.seq;
+    return row;
+  }
+
+  /** Up to `limit` events after `after`, in seq order. */
+  page(after: number, limit: number = REPLAY_PAGE): EventRow[] {
+    return this.sql
+      .exec<Record<string, SqlStorageValue> & EventRow>(
+        "SELECT seq, kind, turn_id, data, ts FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+        after,
+        limit,
+      )
+      .toArray();
+  }
+
+  /** Whether a user message with this id was applied before (it is, at most once). */
+  seen(clientMsgId: string): boolean {
+    return this.sql.exec("SELECT 1 FROM turns WHERE client_msg_id = ?", clientMsgId).toArray().length > 0;
+  }
+
+  /** Store the `user` event and its queued turn together; the event row. */
+  addTurn(clientMsgId: string, text: string): EventRow {
+    const n = this.sql.exec<{ n: number }>("SELECT COUNT(*) AS n FROM turns").one().n;
+    const turnId = `t${n + 1}`;
+    const row = this.append("user", { client_msg_id: clientMsgId, text }, turnId);
+    this.sql.exec("INSERT INTO turns VALUES (?, ?, ?, 'queued', ?, 0)", turnId, clientMsgId, text, row.seq);
+    return row;
+  }
+
+  /** The oldest open turn (queued, running or interrupted), if any. */
+  openTurn(): OpenTurn | null {
+    if (!this.exists()) return null;
+    const rows = this.sql
+      .exec<Record<string, SqlStorageValue> & OpenTurn>(
+        "SELECT turn_id, text, state, attempts FROM turns WHERE state IN ('queued', 'running', 'interrupted') ORDER BY user_seq LIMIT 1",
+      )
+      .toArray();
+    return rows[0] ?? null;
+  }
+
+  /** Record a turn's new state; `attempt` counts one more sandbox for it. */
+  setTurnState(turnId: string, state: TurnState, attempt = false): void {
+    this.sql.exec(
+      "UPDATE turns SET state = ?, attempts = attempts + ? WHERE turn_id = ?",
+      state,
+      attempt ? 1 : 0,
+      turnId,
+    );
+  }
+}

@@ -1,0 +1,8 @@
+// The bindings the tests see through `env` (vitest.config.mts binds KIT_API_TOKEN).
+declare namespace Cloudflare {
+  interface Env {
+    SESSION: DurableObjectNamespace<import("../src/session").SessionDO>;
+    KIT_API_TOKEN: string;
+    KIT_SANDBOX_TIER?: string;
+  }
+}

@@ -1,0 +1,81 @@
+// The Worker's HTTP surface: /healthz is public, every other request needs the API token
+// (401 without it, also for a path that does not exist); the session API answers as kit's
+// host does; session sockets are refused to foreign browser origins.
+
+import { SELF } from "cloudflare:test";
+import { describe, expect, it } from "vitest";
+import { Driver } from "./golden";
+import { API, AUTH, createSession } from "./helpers";
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+const SOME_ID = "0b5a7c3e-1d2f-4a6b-8c9d-0e1f2a3b4c5d";
+
+/** Every route, and some that do not exist, with each method a client might try. */
+const REQUESTS: Array<[string, string]> = [
+  ["POST", "/v1/sessions"],
+  ["GET", "/v1/sessions"],
+  ["GET", `/v1/sessions/${SOME_ID}/ws`],
+  ["POST", `/v1/sessions/${SOME_ID}/ws`],
+  ["POST", "/healthz"],
+  ["GET", "/"],
+  ["GET", "/no/such/route"],
+  ["DELETE", `/v1/sessions/${SOME_ID}`],
+];
+
+describe("routes", () => {
+  it("answers /healthz without the token", async () => {
+    const answer = await SELF.fetch(`${API}/healthz`);
+    expect(answer.status).toBe(200);
+    expect(await answer.json()).toEqual({ ok: true });
+  });
+
+  for (const [method, path] of REQUESTS) {
+    for (const [how, headers] of [
+      ["no token", {}],
+      ["a wrong token", { authorization: "Bearer kit-api-wrong" }],
+      ["the right token as Basic", { authorization: AUTH.authorization.replace("Bearer", "Basic") }],
+    ] as Array<[string, Record<string, string>]>) {
+      it(`refuses ${method} ${path} with ${how}: 401`, async () => {
+        const answer = await SELF.fetch(`${API}${path}`, { method, headers });
+        expect(answer.status).toBe(401);
+        expect(await answer.json()).toEqual({ error: "unauthorized", message: "Send Authorization: Bearer <the host's API token>." });
+      });
+    }
+  }
+
+  it("creates a session as kit's host does", async () => {
+    const session = await createSession();
+    expect(session.session_id).toMatch(UUID);
+    expect(session.token).toMatch(/^kit-session-[A-Za-z0-9_-]{32}$/);
+    expect(session.ws_url).toBe(`ws://shim.test/v1/sessions/${session.session_id}/ws`);
+    const https = await SELF.fetch("https://shim.test/v1/sessions", { method: "POST", headers: AUTH });
+    expect(((await https.json()) as { ws_url: string }).ws_url).toMatch(/^wss:\/\/shim\.test\/v1\/sessions\//);
+  });
+
+  it("answers a non-upgrade request to the socket route with 426, and an unknown path with 404", async () => {
+    expect((await SELF.fetch(`${API}/v1/sessions/${SOME_ID}/ws`, { headers: AUTH })).status).toBe(426);
+    expect((await SELF.fetch(`${API}/nope`, { headers: AUTH })).status).toBe(404);
+  });
+
+  it("answers hello on an unknown or malformed session id with unknown_session, close 4404", async () => {
+    for (const id of [SOME_ID, "not-a-uuid", SOME_ID.toUpperCase()]) {
+      const driver = await Driver.open(id);
+      driver.send(JSON.stringify({ type: "hello", token: "kit-session-x", last_seq: null }));
+      expect(await driver.recv()).toMatchObject({ type: "error", code: "unknown_session" });
+      expect(await driver.closed()).toBe(4404);
+    }
+  });
+
+  it("refuses a socket from a foreign browser origin with 403, and lets the host's own origin in", async () => {
+    const session = await createSession();
+    const refused = await SELF.fetch(`${API}/v1/sessions/${session.session_id}/ws`, {
+      headers: { upgrade: "websocket", origin: "https://evil.example" },
+    });
+    expect(refused.status).toBe(403);
+    expect(await refused.json()).toMatchObject({ error: "forbidden_origin" });
+    const own = await Driver.open(session.session_id, { origin: "http://shim.test", host: "shim.test" });
+    own.send(JSON.stringify({ type: "ping" }));
+    expect(await own.recv()).toEqual({ type: "pong" });
+    own.close();
+  });
+});
