@@ -15,6 +15,7 @@ each request with it, bodies streamed both ways.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import socket
@@ -144,3 +145,46 @@ class _Body(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         await self._answer.aclose()
+
+
+async def forward_out(pid: int, port: int) -> asyncio.Server:
+    """Listen on ``127.0.0.1:port`` inside ``pid``'s network namespace and relay each
+    connection to the host's ``127.0.0.1:port``: the container reaches that loopback
+    service (the shim under ``wrangler dev``) at the URL it was given, and nothing else."""
+    sock = await asyncio.to_thread(socket_in, pid)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(64)
+    sock.setblocking(False)
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(CONNECT_LIMIT_S):
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+        except (OSError, TimeoutError):
+            writer.close()
+            return
+        async with asyncio.TaskGroup() as group:
+            group.create_task(_pump(reader, up_writer))
+            group.create_task(_pump(up_reader, writer))
+
+    return await asyncio.start_server(relay, sock=sock)
+
+
+async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    """Copy until ``src`` ends (bounded by the connection: every read returns at its end)."""
+    try:
+        for _ in range(1 << 40):
+            data = await src.read(65536)
+            if not data:
+                break
+            dst.write(data)
+            await dst.drain()
+    except OSError:
+        pass
+    finally:
+        if dst.can_write_eof():
+            with contextlib.suppress(OSError):
+                dst.write_eof()
+        else:
+            dst.close()

@@ -8,6 +8,11 @@ only runs processes. :class:`DockerRunner` makes one Docker container per start:
 - ``--network none``: the emulator reaches the container's ports through its network
   namespace (:mod:`emulator.containers.netns`), so nothing is published on the host and
   every container may use the same port, as on Cloudflare;
+- outbound: every loopback URL in the env (``http://127.0.0.1:8787/…``, the shim under
+  ``wrangler dev``) is reachable at the same URL inside: the emulator listens on that port
+  in the container's namespace and relays to the host's loopback (the stand-in for
+  Cloudflare's outbound interception, which sends such calls to the Worker); no other
+  address or port is reachable;
 - an OOM kill reaches the backend as exit 137 with ``oom`` (Docker's ``State.OOMKilled``);
 - labels ``kit.cf.runner`` (this runner) and ``kit.cf.container`` (the DO id): entering the
   runner removes what a killed runner with the same id left (:meth:`DockerRunner.sweep`),
@@ -16,7 +21,10 @@ only runs processes. :class:`DockerRunner` makes one Docker container per start:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import re
 import secrets
 import signal as signals
 from dataclasses import dataclass, field
@@ -25,7 +33,7 @@ from typing import Protocol
 import httpx
 
 from emulator.containers.errors import RunnerError
-from emulator.containers.netns import NetnsTransport
+from emulator.containers.netns import NetnsTransport, forward_out
 from emulator.sandbox.dockerapi import DEFAULT_SOCKET, ContainerSpec, DockerClient
 from kit.host.errors import SandboxError
 from kit.tiers import Tier
@@ -33,6 +41,17 @@ from kit.tiers import Tier
 LABEL_RUNNER = "kit.cf.runner"
 LABEL_CONTAINER = "kit.cf.container"
 PIDS_LIMIT = 4096
+LOOPBACK_URL = re.compile(r"://(?:127\.0\.0\.1|localhost):(\d{1,5})\b")
+"""A loopback URL in a container's env: its port is forwarded to the host's loopback."""
+
+
+def loopback_ports(env: dict[str, str]) -> list[int]:
+    """The ports of every ``http(s)://127.0.0.1:N`` or ``localhost:N`` URL in ``env``'s
+    values (in a JSON value too), in order, once each."""
+    found = (int(m) for value in env.values() for m in LOOPBACK_URL.findall(value))
+    return list(dict.fromkeys(p for p in found if 0 < p < 65536))
+
+
 KILLED = 128 + int(signals.SIGKILL)
 
 
@@ -89,6 +108,7 @@ class DockerRunner:
         self.runner_id = runner_id or secrets.token_hex(6)
         self._docker = DockerClient(socket_path)
         self._runs: dict[str, str] = {}
+        self._forwards: dict[str, list[asyncio.Server]] = {}
 
     async def __aenter__(self) -> DockerRunner:
         await self.sweep()
@@ -113,6 +133,8 @@ class DockerRunner:
         try:
             await self.sweep()
         finally:
+            for container_id in list(self._forwards):
+                await self._unforward(container_id)
             self._runs.clear()
             await self._docker.close()
 
@@ -125,6 +147,7 @@ class DockerRunner:
     async def launch(self, spec: LaunchSpec) -> None:
         """A new Docker container for ``spec`` (the previous run's removed)."""
         old = self._runs.pop(spec.container_id, None)
+        await self._unforward(spec.container_id)
         cpus = min(spec.instance.vcpu, float(os.cpu_count() or 1))
         try:
             if old is not None:
@@ -146,8 +169,23 @@ class DockerRunner:
             )
             self._runs[spec.container_id] = cid
             await self._docker.start(cid)
+            pid = int(((await self._docker.inspect(cid)).get("State") or {}).get("Pid") or 0)
         except SandboxError as exc:
             raise RunnerError(f"Cannot start container {spec.container_id}: {exc}") from exc
+        servers = self._forwards.setdefault(spec.container_id, [])
+        for port in loopback_ports(spec.env):
+            try:
+                servers.append(await forward_out(pid, port))
+            except OSError as exc:  # the process already exited or holds the port itself
+                raise RunnerError(
+                    f"Cannot forward port {port} into container {spec.container_id}: {exc}."
+                ) from exc
+
+    async def _unforward(self, container_id: str) -> None:
+        for server in self._forwards.pop(container_id, []):
+            server.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), 5)
 
     async def wait(self, container_id: str) -> Exit:
         """Until the run exits: its code, and ``oom`` from ``State.OOMKilled``."""
@@ -157,6 +195,8 @@ class DockerRunner:
             state = (await self._docker.inspect(cid)).get("State") or {}
         except SandboxError:
             return Exit(KILLED)  # removed under us: destroyed
+        finally:
+            await self._unforward(container_id)
         return Exit(code, oom=bool(state.get("OOMKilled")))
 
     async def signal(self, container_id: str, signo: int) -> None:

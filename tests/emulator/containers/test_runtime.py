@@ -41,9 +41,7 @@ def _tar(folder: Path) -> str:
     return base64.b64encode(out.getvalue()).decode()
 
 
-async def test_the_runtime_answers_healthz_through_the_port_proxy(
-    emu: Emu, kit_tmp: Path
-) -> None:
+async def test_the_runtime_answers_healthz_through_the_port_proxy(emu: Emu, kit_tmp: Path) -> None:
     """``python -m kit.runtime`` in the runtime image, configured by ``runtime_config``
     (TCP 8080 in a ``--network none`` container), answers ``/healthz`` with the runtime
     token passed through and the emulator's token kept out."""
