@@ -26,7 +26,11 @@ Emulated:
 Not emulated: outbound interception (``interceptOutboundHttp(s)``; a container reaches no
 network at all, so the runtime cannot yet reach the DO's store or model route), ``exec``,
 snapshots, ``setInactivityTimeout``, ``labels``, ``enableInternet``, disk limits, custom
-instance sizes, start latency, and running without Docker (a local sandbox process).
+instance sizes, start latency, WebSocket upgrades through the port proxy.
+
+Without Docker, :class:`LocalRunner` runs each container as a local process tree (no
+image: the host's programs; as root its own network namespace and a cgroup at the
+instance's memory and CPU, so the same API holds, OOM included).
 """
 
 from emulator.containers.app import create_app
@@ -43,6 +47,7 @@ from emulator.containers.errors import (
     NotListening,
     RunnerError,
 )
+from emulator.containers.local_runner import LocalRunner
 from emulator.containers.proxy import EMULATOR_AUTH
 from emulator.containers.runner import DockerRunner, Exit, LaunchSpec, Runner
 from emulator.containers.serve import Served, main, serve
@@ -58,6 +63,7 @@ __all__ = [
     "DockerRunner",
     "Exit",
     "LaunchSpec",
+    "LocalRunner",
     "NotListening",
     "Runner",
     "RunnerError",

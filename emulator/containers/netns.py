@@ -77,7 +77,7 @@ async def connect(pid: int, port: int) -> socket.socket:
             await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
     except (OSError, TimeoutError) as exc:
         sock.close()
-        raise NotListening(f"Nothing listens on port {port} in the container.") from exc
+        raise NotListening(f"connecting to port {port} failed: {exc!r}") from exc
     return sock
 
 

@@ -68,9 +68,12 @@ async def proxy(
     )
     try:
         answer = await client.send(outgoing, stream=True)
-    except NotListening as exc:
+    except (NotListening, httpx.ConnectError) as exc:
         raise ApiError(
-            503, "not_listening", f"{exc} Wait until the container's server is up, then retry."
+            503,
+            "not_listening",
+            f"Nothing listens on port {port} in the container ({exc}): wait until its "
+            "server is up, then retry.",
         ) from None
     except httpx.HTTPError as exc:
         raise ApiError(502, "bad_gateway", f"The container's port {port} failed: {exc!r}.") from exc

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from emulator.containers import DockerRunner, Served, serve
+from emulator.containers import DockerRunner, LocalRunner, Served, serve
 from emulator.containers.runner import LABEL_RUNNER
 from kit.deploy.image import BaseRecipe
 from tests.dockerhost import runtime_image
@@ -51,7 +51,7 @@ class Emu:
     """A served emulator, its runner and a client with the token."""
 
     served: Served
-    runner: DockerRunner
+    runner: DockerRunner | LocalRunner
     http: httpx.AsyncClient
 
     async def start(self, cid: str, **body: Any) -> httpx.Response:
@@ -69,9 +69,10 @@ class Emu:
     async def serve_echo(self, cid: str, port: int = 8080) -> None:
         """Start ``cid`` running :mod:`echo_server` on ``port`` (``NAME=cid``); return once
         it answers."""
+        host = isinstance(self.runner, LocalRunner)  # its own python3; Docker not needed
         r = await self.start(
             cid,
-            image=python_image(),
+            image="host" if host else python_image(),
             env={"NAME": cid},
             entrypoint=["python3", "-c", ECHO_SERVER, str(port)],
         )
@@ -91,6 +92,21 @@ async def emu() -> AsyncIterator[Emu]:
     async with (
         DockerRunner(runner_id=f"test-{secrets.token_hex(4)}") as runner,
         serve(token=TOKEN, runner=runner, image=image) as served,
+        httpx.AsyncClient(
+            base_url=served.url,
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=CALL_LIMIT_S,
+        ) as http,
+    ):
+        yield Emu(served, runner, http)
+
+
+@pytest.fixture
+async def local_emu(kit_tmp: Path) -> AsyncIterator[Emu]:
+    """The emulator over local processes (no Docker; the image is ignored)."""
+    async with (
+        LocalRunner(root=kit_tmp / "containers") as runner,
+        serve(token=TOKEN, runner=runner, image="host") as served,
         httpx.AsyncClient(
             base_url=served.url,
             headers={"Authorization": f"Bearer {TOKEN}"},

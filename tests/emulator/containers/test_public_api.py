@@ -17,6 +17,7 @@ def test_the_public_surface_is_curated() -> None:
         "EMULATOR_AUTH",
         "Exit",
         "LaunchSpec",
+        "LocalRunner",
         "MONITOR_LIMIT_S",
         "NotListening",
         "Runner",
