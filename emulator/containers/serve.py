@@ -18,7 +18,10 @@ import uvicorn
 from emulator.containers.app import create_app
 from emulator.containers.backend import ContainersBackend
 from emulator.containers.errors import ContainersEmulatorError
+from emulator.containers.local_runner import LocalRunner
 from emulator.containers.runner import DockerRunner, Runner
+from emulator.sandbox.dockerapi import DEFAULT_SOCKET, DockerClient
+from kit.host.errors import SandboxError
 
 STARTUP_LIMIT_S = 10.0
 SHUTDOWN_GRACE_S = 1
@@ -86,21 +89,39 @@ async def serve(
         sock.close()
 
 
-async def _run(token: str, image: str | None, port: int, runner_id: str | None) -> None:
+async def docker_answers(socket_path: str = DEFAULT_SOCKET) -> bool:
+    """Whether a Docker daemon answers on ``socket_path``."""
+    client = DockerClient(socket_path)
+    try:
+        await client.version()
+    except SandboxError:
+        return False
+    finally:
+        await client.close()
+    return True
+
+
+async def _run(token: str, image: str | None, port: int, runner_id: str | None, kind: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if kind == "auto":
+        kind = "docker" if await docker_answers() else "local"
+    runner: DockerRunner | LocalRunner = (
+        DockerRunner(runner_id=runner_id) if kind == "docker" else LocalRunner()
+    )
     async with (
-        DockerRunner(runner_id=runner_id) as runner,
-        serve(token=token, runner=runner, image=image, port=port) as served,
+        runner,
+        serve(token=token, runner=runner, image=image or "host", port=port) as served,
     ):
         print(served.url, flush=True)
         await stop.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m emulator.containers [--image TAG] [--port N] [--runner-id ID]``: serve
+    """``python -m emulator.containers [--image TAG] [--port N] [--runner-id ID]
+    [--runner auto|docker|local]``: serve
     on 127.0.0.1 behind the token in ``KIT_CONTAINER_EMULATOR_TOKEN`` and print the URL
     (one line) once it answers; SIGTERM or Ctrl-C stops it and removes its containers."""
     parser = argparse.ArgumentParser(prog="python -m emulator.containers")
@@ -109,8 +130,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--runner-id", help="stable id: containers a killed emulator left are removed at start"
     )
+    parser.add_argument(
+        "--runner",
+        choices=("auto", "docker", "local"),
+        default="auto",
+        help="Docker containers, local processes, or Docker when a daemon answers (default)",
+    )
     args = parser.parse_args(argv)
     token = os.environ.get(TOKEN_ENV, "")
     if not token:
         sys.exit(f"Set {TOKEN_ENV} to the token the shim sends (its Worker secret).")
-    asyncio.run(_run(token, args.image, args.port, args.runner_id))
+    if args.runner == "docker" and not args.image:
+        sys.exit("Pass --image (kit's runtime image: kit image build) to run containers.")
+    asyncio.run(_run(token, args.image, args.port, args.runner_id, args.runner))

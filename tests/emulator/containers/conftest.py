@@ -54,6 +54,12 @@ class Emu:
     runner: DockerRunner | LocalRunner
     http: httpx.AsyncClient
 
+    @property
+    def runner_id(self) -> str:
+        """The Docker runner's id (its containers' label)."""
+        assert isinstance(self.runner, DockerRunner)
+        return self.runner.runner_id
+
     async def start(self, cid: str, **body: Any) -> httpx.Response:
         """``POST /containers/{cid}/start`` (instance ``lite`` unless given)."""
         body.setdefault("instance", "lite")

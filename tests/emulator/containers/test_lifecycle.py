@@ -40,7 +40,7 @@ async def test_second_start_while_running_is_409(emu: Emu) -> None:
     r = await emu.start("c1", entrypoint=SLEEP)
     assert r.status_code == 409
     assert r.json()["error"] == "running"
-    assert len(containers_of(emu.runner.runner_id)) == 1
+    assert len(containers_of(emu.runner_id)) == 1
 
 
 async def test_start_after_exit_is_a_new_run(emu: Emu) -> None:
@@ -64,7 +64,7 @@ async def test_bad_instance_is_422_and_makes_nothing(emu: Emu) -> None:
         assert r.json()["error"] == "bad_instance"
         for name in CLOUDFLARE_INSTANCES:
             assert name in r.json()["message"]
-    assert containers_of(emu.runner.runner_id) == []
+    assert containers_of(emu.runner_id) == []
     assert (await emu.http.get("/containers/c1")).json()["running"] is False
 
 
@@ -77,8 +77,9 @@ async def test_oom_is_137_and_oom_true(emu: Emu) -> None:
 
 
 async def test_signal_reaches_the_process(emu: Emu) -> None:
-    """``signal(15)`` stops the container's process: 143, not an OOM."""
-    await emu.start("c1", entrypoint=SLEEP)
+    """``signal(15)`` stops the container's process: 143, not an OOM. (Signalled once its
+    server answers: a signal that reaches init before it set its handlers is lost.)"""
+    await emu.serve_echo("c1")
     r = await emu.http.post("/containers/c1/signal", json={"signo": int(signal.SIGTERM)})
     assert r.status_code == 202
     assert (await emu.monitor("c1")).json() == {"exit_code": 143, "oom": False}
@@ -94,7 +95,7 @@ async def test_destroy_is_idempotent(emu: Emu) -> None:
     await emu.start("c1", entrypoint=SLEEP)
     for _ in range(2):
         assert (await emu.http.post("/containers/c1/destroy")).status_code == 204
-    assert containers_of(emu.runner.runner_id) == []
+    assert containers_of(emu.runner_id) == []
     r = await emu.monitor("c1", timeout_s=5)
     assert r.status_code == 200
     assert r.json()["exit_code"] == 137
