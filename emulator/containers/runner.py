@@ -177,6 +177,7 @@ class DockerRunner:
             try:
                 servers.append(await forward_out(pid, port))
             except OSError as exc:  # the process already exited or holds the port itself
+                await self.remove(spec.container_id)
                 raise RunnerError(
                     f"Cannot forward port {port} into container {spec.container_id}: {exc}."
                 ) from exc
@@ -207,7 +208,8 @@ class DockerRunner:
             raise RunnerError(f"Cannot signal container {container_id}: {exc}") from exc
 
     async def remove(self, container_id: str) -> None:
-        """Remove the run's Docker container (killing it)."""
+        """Remove the run's Docker container (killing it) and its forwarded ports."""
+        await self._unforward(container_id)
         cid = self._runs.pop(container_id, None)
         if cid is not None:
             try:
