@@ -27,6 +27,9 @@ export const MAX_SANDBOX_ATTEMPTS = 5;
 export const RESTART_BACKOFF_S: readonly number[] = [0.0, 0.0, 0.5, 1.0, 2.0];
 /** Exit reasons reported as `stopped` (on purpose) rather than `died`. */
 export const STOPPED_REASONS: ReadonlySet<string> = new Set(["stopped", "idle", "exited", "reload"]);
+/** The runtime's exit code when the agent harness (the CLI) died under it
+ * (kit/protocol/runtime_api.py HARNESS_EXIT_CODE). */
+export const HARNESS_EXIT_CODE = 70;
 /** The `code` of the `error` event that ends a turn without a result. */
 export const TURN_FAILED = "turn_failed";
 /** States of a turn that still has to run (or be recovered). */
