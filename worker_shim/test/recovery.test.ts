@@ -3,7 +3,7 @@
 // the answer's text, the `sandbox` events kit's host would log, and that the client sees
 // every event exactly once with contiguous seqs.
 
-import { abortAllDurableObjects, runDurableObjectAlarm } from "cloudflare:test";
+import { abortAllDurableObjects, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { FakeContainer, cannedOrRecovered, cannedTurn, recoveredTurn, toolTurn, type Death, type RuntimeEventLine } from "./fake_runtime";
@@ -68,6 +68,25 @@ describe("recovery from a dying container", () => {
       a.close();
     });
   }
+
+  it("destroys a container that stays up after its stream broke (unresponsive) and recovers the turn", async () => {
+    const session = await createSession();
+    // The first stream closes after 3 lines with no result, and the container runs on.
+    const cut = (text: string, recover: boolean) => (recover ? recoveredTurn(text) : cannedTurn(text).slice(0, 3));
+    const container = new FakeContainer(cut);
+    await attachContainer(session.session_id, container);
+    await runInDurableObject(env.SESSION.getByName(session.session_id), (instance) => {
+      (instance as unknown as { exitWaitMs: number }).exitWaitMs = 200; // EXIT_WAIT_MS is 10 s
+    });
+    const a = await live(session);
+    a.send(JSON.stringify({ type: "user", client_msg_id: "c-1", text: "one" }));
+    const turn = await untilEnd(a);
+    expect(turn.at(-1)).toMatchObject({ kind: "result", data: { text: answer(recoveredTurn("one")) } });
+    expect(sandboxStates(turn)).toEqual([["starting", null], ["running", null], ["died", "unresponsive"], ["starting", null], ["running", null]]);
+    expect(turn.find((f) => f.data?.reason === "unresponsive")?.data?.exit_code).toBe(137);
+    expectContiguous(turn);
+    a.close();
+  });
 
   it("gives the turn up after five containers died, then takes the next message", async () => {
     const session = await createSession();
