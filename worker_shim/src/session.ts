@@ -76,6 +76,8 @@ export class SessionDO extends DurableObject<Env> {
   private live: Live | null = null;
   /** The turn this instance runs now (a sandbox's exit event belongs to it). */
   private runningTurn: string | null = null;
+  /** The last run of the turn runner (tests await it on an instance). */
+  private turnsRun: Promise<void> = Promise.resolve();
   /** EXIT_WAIT_MS; tests shorten it on an instance. */
   private exitWaitMs = EXIT_WAIT_MS;
 
@@ -227,7 +229,7 @@ export class SessionDO extends DurableObject<Env> {
     this.publish(this.log.addTurn(clientMsgId, text));
     await this.armTurnWatch();
     // Not awaited: the turn runs on after this message (and with no client at all).
-    this.ctx.waitUntil(this.runTurns());
+    this.startTurns();
   }
 
   private async interrupt(ws: WebSocket): Promise<void> {
@@ -253,7 +255,13 @@ export class SessionDO extends DurableObject<Env> {
   /** Resume open turns if this instance is not running them (a woken DO). */
   private resumeTurns(): void {
     if (this.turnsRunning || this.log.openTurn() === null) return;
-    this.ctx.waitUntil(this.runTurns());
+    this.startTurns();
+  }
+
+  /** Run open turns on after the current event (and with no client at all). */
+  private startTurns(): void {
+    this.turnsRun = this.runTurns();
+    this.ctx.waitUntil(this.turnsRun);
   }
 
   /** Make sure the alarm fires within TURN_WATCH_MS while a turn is open. */

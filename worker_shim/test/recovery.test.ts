@@ -135,11 +135,22 @@ describe("recovery from a Durable Object instance lost mid-turn", () => {
       // The container outlived the instance: the new one is given the same (still running).
       await attachContainer(session.session_id, container);
       expect(container.running).toBe(true);
-      if (wake === "alarm") expect(await runDurableObjectAlarm(stub)).toBe(true); // the turn watch alarm was set
+      if (wake === "alarm") {
+        expect(await runDurableObjectAlarm(stub)).toBe(true); // an alarm is set while a turn is open
+        // The alarm alone finishes the turn, before any client comes back.
+        await runInDurableObject(stub, (instance) => (instance as unknown as { turnsRun: Promise<void> }).turnsRun);
+      } else {
+        // No alarm (not even the hello deadline of the first socket): only the hello wakes it.
+        await runInDurableObject(stub, (_instance, state) => state.storage.deleteAlarm());
+      }
       const b = await Driver.open(session.session_id);
       b.send(JSON.stringify({ type: "hello", token: session.token, last_seq: before.at(-1)!.seq }));
       const welcome = (await b.recv()) as Frame;
-      expect(["resuming", "pending"]).toContain(welcome.resume);
+      if (wake === "alarm") {
+        expect(welcome).toMatchObject({ resume: "resuming", last_seq: before.at(-1)!.seq! + 3 + recoveredTurn("one").length }); // the whole turn
+      } else {
+        expect(["resuming", "pending"]).toContain(welcome.resume);
+      }
       b.send(JSON.stringify({ type: "ack", seq: welcome.last_seq }));
       const after = await untilEnd(b);
       const turn = [...before, ...after];
