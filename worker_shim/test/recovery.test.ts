@@ -152,6 +152,8 @@ describe("recovery from a Durable Object instance lost mid-turn", () => {
         expect(["resuming", "pending"]).toContain(welcome.resume);
       }
       b.send(JSON.stringify({ type: "ack", seq: welcome.last_seq }));
+      // b said hello: its deadline alarm is moot; drop it so it cannot wake the DO either.
+      if (wake === "hello") await runInDurableObject(stub, (_instance, state) => state.storage.deleteAlarm());
       const after = await untilEnd(b);
       const turn = [...before, ...after];
       expect(turn.at(-1)).toMatchObject({ kind: "result", turn_id: "t1", data: { text: answer(recoveredTurn("one")) } });
