@@ -1,6 +1,7 @@
 // A fake container for tests: a real implementation of ContainerLike whose port 8080
 // serves kit's runtime API (docs/protocol.md §11) with canned events, the way the offline
-// model answers in `kit dev`: a few text_delta, one assistant, one result.
+// model answers in `kit dev`: a few text_delta, one assistant, one result. A container can
+// be made to die at a chosen point (Death): before its runtime is ready, or mid-stream.
 
 import type { ContainerLike } from "../src/runtime";
 
@@ -26,6 +27,34 @@ export function cannedTurn(text: string): RuntimeEventLine[] {
   ];
 }
 
+/** What a recovered turn answers (`recover: true`): the runtime carried the turn on in a
+ * new sandbox. */
+export function recoveredTurn(text: string): RuntimeEventLine[] {
+  return cannedTurn(`${text} (recovered)`);
+}
+
+/** A turn that runs a tool before it answers: a text_delta, tool_use, tool_result, then
+ * the canned answer. */
+export function toolTurn(text: string): RuntimeEventLine[] {
+  return [
+    { kind: "text_delta", data: { text: "Let me look. " } },
+    { kind: "tool_use", data: { id: "toolu_1", name: "Bash", input: { command: "ls" } } },
+    { kind: "tool_result", data: { tool_use_id: "toolu_1", content: "a.txt", is_error: false } },
+    ...cannedTurn(text),
+  ];
+}
+
+/** The default script: the canned answer, or the recovered one for `recover: true`. */
+export function cannedOrRecovered(text: string, recover: boolean): RuntimeEventLine[] {
+  return recover ? recoveredTurn(text) : cannedTurn(text);
+}
+
+/** How one started container dies: before its runtime is ready (`start`), or after it
+ * streamed `after` lines of a turn (`stream`), with exit code `code` (and `oom`). */
+export type Death =
+  | { at: "start"; code: number }
+  | { at: "stream"; after: number; code: number; oom?: boolean; /** close the stream cleanly first */ close?: boolean };
+
 /** How long the fake runtime takes to answer /v1/interrupt. */
 const INTERRUPT_DELAY_MS = 50;
 
@@ -35,45 +64,76 @@ export class FakeContainer implements ContainerLike {
   readonly starts: ContainerStartupOptions[] = [];
   /** Every turn request the runtime received. */
   readonly turns: Array<{ turn_id: string; text: string; recover: boolean }> = [];
+  /** With a gate: lines of a turn sent before the stream waits on it. */
+  holdAfter = 0;
   private token: string | null = null;
-  /** A gated turn's stream is open and has sent nothing yet. */
+  /** A gated turn's stream is open and waits on the gate. */
   private held = false;
+  /** How the container started now dies, if it does. */
+  private death: Death | null = null;
+  private readonly open = new Set<ReadableStreamDefaultController<Uint8Array>>();
+  private exits: Array<(code: number, oom: boolean) => void> = [];
 
-  /** `script` answers a turn's text; with `gate`, the turn's stream stays open (no line
-   * sent) until the gate resolves, so a test can look at a turn in flight. */
+  /** `script` answers a turn (its text, its recover flag); with `gate`, the turn's stream
+   * stops after `holdAfter` lines until the gate resolves, so a test can look at a turn in
+   * flight; `deaths[i]` is how the (i+1)th started container dies (none: it lives). */
   constructor(
-    private readonly script: (text: string) => RuntimeEventLine[] = cannedTurn,
+    private readonly script: (text: string, recover: boolean) => RuntimeEventLine[] = cannedOrRecovered,
     private readonly gate: Promise<void> | null = null,
+    private readonly deaths: Death[] = [],
   ) {}
 
   start(options?: ContainerStartupOptions): void {
     if (this.running) throw new Error("start() on a running container");
+    this.death = this.deaths[this.starts.length] ?? null;
     this.starts.push(options ?? {});
     this.token = options?.env?.KIT_RUNTIME_TOKEN ?? null;
     this.running = true;
   }
 
-  private exits: Array<(code: number) => void> = [];
-
   monitor(): Promise<void> {
     return new Promise((resolve, reject) => {
-      this.exits.push((code) => (code === 0 ? resolve() : reject(new Error(`Container exited with code ${code}`))));
+      this.exits.push((code, oom) =>
+        code === 0 ? resolve() : reject(Object.assign(new Error(`Container exited with code ${code}`), { exitCode: code, oom })),
+      );
     });
   }
 
-  /** The container process ends with `code` (137: SIGKILL, as an OOM kill): monitor()
-   * settles, the port stops answering. */
-  exit(code: number): void {
+  /** The container process ends with `code` (137: SIGKILL; with `oom`, killed at its
+   * memory limit): monitor() settles, open streams break, the port stops answering. */
+  exit(code: number, oom = false): void {
+    if (!this.running) return;
     this.running = false;
-    for (const settle of this.exits.splice(0)) settle(code);
+    for (const settle of this.exits.splice(0)) {
+      try {
+        settle(code, oom);
+      } catch {
+        // a watcher of a Durable Object instance that is gone
+      }
+    }
+    for (const controller of this.open) {
+      try {
+        controller.error(new Error("connection reset by peer"));
+      } catch {
+        // a stream of a Durable Object instance that is gone
+      }
+    }
+    this.open.clear();
+  }
+
+  /** The Durable Object instance that watched this container is gone: its monitor()
+   * promises and open streams went with it (the container itself runs on). */
+  forgetInstance(): void {
+    this.exits = [];
+    this.open.clear();
   }
 
   async destroy(): Promise<void> {
-    this.running = false;
+    this.exit(137);
   }
 
-  signal(_signo: number): void {
-    this.running = false;
+  signal(signo: number): void {
+    this.exit(128 + signo);
   }
 
   getTcpPort(port: number): Fetcher {
@@ -90,6 +150,10 @@ export class FakeContainer implements ContainerLike {
     }
     const url = new URL(request.url);
     if (url.pathname === "/healthz") {
+      if (this.death?.at === "start") {
+        this.exit(this.death.code);
+        throw new Error("connection reset by peer");
+      }
       return Response.json({ ok: true, ready: true, state: "ready", resumed: false, session_id: "x", bundle: "sha256:fake" });
     }
     if (url.pathname === "/v1/interrupt") {
@@ -100,17 +164,37 @@ export class FakeContainer implements ContainerLike {
     if (url.pathname === "/v1/turns" && request.method === "POST") {
       const turn = (await request.json()) as { turn_id: string; text: string; recover: boolean };
       this.turns.push(turn);
-      const body = this.script(turn.text).map((e) => JSON.stringify(e) + "\n").join("");
+      const lines = this.script(turn.text, turn.recover).map((e) => new TextEncoder().encode(JSON.stringify(e) + "\n"));
+      const death = this.death?.at === "stream" ? this.death : null;
       const gate = this.gate;
       const fake = this;
-      if (gate === null) return new Response(body, { headers: { "content-type": "application/x-ndjson" } });
+      let sent = 0;
+      // One line per pull, so lines sent before a death are read before the stream breaks.
       const stream = new ReadableStream<Uint8Array>({
-        async start(controller) {
-          fake.held = true;
-          await gate;
-          fake.held = false;
-          controller.enqueue(new TextEncoder().encode(body));
-          controller.close();
+        start(controller) {
+          fake.open.add(controller);
+        },
+        async pull(controller) {
+          if (gate !== null && sent === fake.holdAfter) {
+            fake.held = true;
+            await gate;
+            fake.held = false;
+            if (!fake.open.has(controller)) return;
+          }
+          if (death !== null && sent === death.after) {
+            if (death.close === true) {
+              fake.open.delete(controller);
+              controller.close();
+            }
+            fake.exit(death.code, death.oom === true);
+            return;
+          }
+          if (sent === lines.length) {
+            fake.open.delete(controller);
+            controller.close();
+            return;
+          }
+          controller.enqueue(lines[sent++]);
         },
       });
       return new Response(stream, { headers: { "content-type": "application/x-ndjson" } });

@@ -3,6 +3,7 @@
 import { SELF, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { FakeContainer } from "./fake_runtime";
+import { Driver } from "./golden";
 
 export const API = "http://shim.test";
 export const AUTH = { authorization: `Bearer ${env.KIT_API_TOKEN}` };
@@ -25,4 +26,26 @@ export async function attachContainer(sessionId: string, container: FakeContaine
   await runInDurableObject(env.SESSION.getByName(sessionId), (_instance, state) => {
     (state as { container?: unknown }).container = container;
   });
+}
+
+export type Frame = { type: string; seq?: number; kind?: string; turn_id?: string | null; replay?: boolean; data?: Record<string, unknown>; [k: string]: unknown };
+
+/** A socket past hello (with no earlier events: resume `none`). */
+export async function live(session: NewSession): Promise<Driver> {
+  const driver = await Driver.open(session.session_id);
+  driver.send(JSON.stringify({ type: "hello", token: session.token, last_seq: null }));
+  const welcome = (await driver.recv()) as Frame;
+  if (welcome.type !== "welcome" || welcome.resume !== "none") throw new Error(`expected welcome resume none, got ${JSON.stringify(welcome)}`);
+  return driver;
+}
+
+/** Frames up to and including the turn's end (`result` or `error` turn_failed), bounded. */
+export async function untilEnd(driver: Driver): Promise<Frame[]> {
+  const frames: Frame[] = [];
+  for (let n = 0; n < 10_000; n++) {
+    const f = (await driver.recv()) as Frame;
+    frames.push(f);
+    if (f.kind === "result" || (f.kind === "error" && f.data?.code === "turn_failed")) return frames;
+  }
+  throw new Error("no end of turn within 10 000 frames");
 }
