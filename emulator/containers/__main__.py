@@ -1,5 +1,0 @@
-"""``python -m emulator.containers``: see :func:`emulator.containers.serve.main`."""
-
-from emulator.containers.serve import main
-
-main()
