@@ -9,6 +9,7 @@ from types import ModuleType
 
 import pytest
 
+from emulator.containers.errors import ContainersEmulatorError
 from emulator.durable_objects.errors import DurableObjectError
 from emulator.fly_api.errors import FlyEmulatorError
 from emulator.model.errors import OfflineModelError
@@ -36,6 +37,7 @@ FAMILIES: list[tuple[str, type[BaseException], str | None]] = [
     ("emulator.durable_objects", DurableObjectError, "emulator.durable_objects.errors"),
     ("emulator.model", OfflineModelError, "emulator.model.errors"),
     ("emulator.fly_api", FlyEmulatorError, "emulator.fly_api.errors"),
+    ("emulator.containers", ContainersEmulatorError, "emulator.containers.errors"),
     # It implements kit.host's sandbox seam, so it raises that seam's errors; it draws none.
     ("emulator.sandbox", SandboxError, None),
 ]
