@@ -20,6 +20,7 @@ import ctypes
 import os
 import socket
 import threading
+from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import anyio.abc
@@ -106,28 +107,33 @@ class NetnsTransport(httpx.AsyncBaseTransport):
     (the request URL's host is ignored: it is always the container's loopback)."""
 
     def __init__(self, pid: int) -> None:
-        self._pool = httpcore.AsyncConnectionPool(network_backend=_Backend(pid))
+        # A fresh connection per request: a kept-alive connection the container's server
+        # has already closed would fail the next request with a protocol error.
+        self._pool = httpcore.AsyncConnectionPool(
+            network_backend=_Backend(pid), max_keepalive_connections=0
+        )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         assert isinstance(request.stream, httpx.AsyncByteStream)
-        answer = await self._pool.handle_async_request(
-            httpcore.Request(
-                method=request.method,
-                url=httpcore.URL(
-                    scheme=request.url.raw_scheme,
-                    host=request.url.raw_host,
-                    port=request.url.port,
-                    target=request.url.raw_path,
-                ),
-                headers=request.headers.raw,
-                content=request.stream,
-                extensions=request.extensions,
+        with _httpx_errors(request):
+            answer = await self._pool.handle_async_request(
+                httpcore.Request(
+                    method=request.method,
+                    url=httpcore.URL(
+                        scheme=request.url.raw_scheme,
+                        host=request.url.raw_host,
+                        port=request.url.port,
+                        target=request.url.raw_path,
+                    ),
+                    headers=request.headers.raw,
+                    content=request.stream,
+                    extensions=request.extensions,
+                )
             )
-        )
         return httpx.Response(
             status_code=answer.status,
             headers=answer.headers,
-            stream=_Body(answer),
+            stream=_Body(answer, request),
             extensions=answer.extensions,
         )
 
@@ -135,13 +141,30 @@ class NetnsTransport(httpx.AsyncBaseTransport):
         await self._pool.aclose()
 
 
-class _Body(httpx.AsyncByteStream):
-    def __init__(self, answer: httpcore.Response) -> None:
-        self._answer = answer
+@contextlib.contextmanager
+def _httpx_errors(request: httpx.Request) -> Iterator[None]:
+    """httpcore's errors as httpx's, which the port proxy answers with 502/503 JSON."""
+    try:
+        yield
+    except httpcore.ConnectError as exc:
+        raise httpx.ConnectError(str(exc), request=request) from exc
+    except httpcore.TimeoutException as exc:
+        raise httpx.TimeoutException(str(exc), request=request) from exc
+    except (httpcore.RemoteProtocolError, httpcore.ProtocolError) as exc:
+        raise httpx.RemoteProtocolError(str(exc), request=request) from exc
+    except httpcore.NetworkError as exc:
+        raise httpx.NetworkError(str(exc), request=request) from exc
 
-    async def __aiter__(self):  # type: ignore[no-untyped-def]
-        async for part in self._answer.aiter_stream():
-            yield part
+
+class _Body(httpx.AsyncByteStream):
+    def __init__(self, answer: httpcore.Response, request: httpx.Request) -> None:
+        self._answer = answer
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with _httpx_errors(self._request):
+            async for part in self._answer.aiter_stream():
+                yield part
 
     async def aclose(self) -> None:
         await self._answer.aclose()

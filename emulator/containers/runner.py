@@ -120,13 +120,7 @@ class DockerRunner:
     async def sweep(self) -> int:
         """Remove every container carrying this runner id (a killed runner's leftovers);
         how many. No daemon: nothing to sweep."""
-        try:
-            found = await self._docker.list({LABEL_RUNNER: self.runner_id})
-            for container in found:
-                await self._docker.remove(str(container["Id"]))
-        except SandboxError:
-            return 0
-        return len(found)
+        return await self._docker.remove_labelled({LABEL_RUNNER: self.runner_id})
 
     async def close(self) -> None:
         """Remove every container this runner made, then close the connection."""

@@ -8,24 +8,19 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-
-import uvicorn
 
 from emulator.containers.app import create_app
 from emulator.containers.backend import ContainersBackend
 from emulator.containers.errors import ContainersEmulatorError
 from emulator.containers.local_runner import LocalRunner
 from emulator.containers.runner import DockerRunner, Runner
+from emulator.loopback import serve_app
 from emulator.sandbox.dockerapi import DEFAULT_SOCKET, DockerClient
 from kit.host.errors import SandboxError
 
-STARTUP_LIMIT_S = 10.0
-SHUTDOWN_GRACE_S = 1
-"""How long stopping waits for requests in flight (a 60 s monitor) before cutting them."""
 TOKEN_ENV = "KIT_CONTAINER_EMULATOR_TOKEN"
 
 
@@ -49,44 +44,18 @@ async def serve(
     """Run the container API on ``host:port`` (port 0: a free one) until the block ends;
     containers still running then are removed. ``image`` is the default image of a start
     that names none (kit's runtime image)."""
-    if host not in ("127.0.0.1", "localhost"):
-        raise ContainersEmulatorError(
-            f"The container emulator serves on loopback only, not {host!r}: use 127.0.0.1."
-        )
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(128)
-    sock.setblocking(False)
-    bound = sock.getsockname()[1]
     backend = ContainersBackend(runner, image=image)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(backend, token=token),
-            log_level="warning",
-            lifespan="off",
-            access_log=False,
-            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
-        )
-    )
-    serving = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     try:
-        for _ in range(int(STARTUP_LIMIT_S * 200)):
-            if server.started or serving.done():
-                break
-            await asyncio.sleep(0.005)
-        if not server.started:
-            serving.cancel()
-            raise ContainersEmulatorError(
-                f"The container emulator did not start on 127.0.0.1:{bound} within "
-                f"{STARTUP_LIMIT_S:.0f} s."
-            )
-        yield Served(f"http://127.0.0.1:{bound}", backend)
+        async with serve_app(
+            create_app(backend, token=token),
+            host=host,
+            port=port,
+            what="container emulator",
+            error=ContainersEmulatorError,
+        ) as url:
+            yield Served(url, backend)
     finally:
-        server.should_exit = True
-        await asyncio.gather(serving, return_exceptions=True)
         await backend.close()
-        sock.close()
 
 
 async def docker_answers(socket_path: str = DEFAULT_SOCKET) -> bool:

@@ -116,13 +116,7 @@ class DockerRunner:
         """Remove containers of this runner id left behind by a runner that was killed
         before it could close (a runner given a stable id, say one per state dir, finds
         its predecessor's); how many. No daemon: nothing to sweep."""
-        try:
-            found = await self._docker.list({LABEL_RUNNER: self.runner_id})
-            for container in found:
-                await self._docker.remove(str(container["Id"]))
-        except SandboxError:
-            return 0
-        return len(found)
+        return await self._docker.remove_labelled({LABEL_RUNNER: self.runner_id})
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
@@ -137,10 +131,8 @@ class DockerRunner:
     async def close(self) -> None:
         """Remove every container this runner made, then close the connection."""
         try:
-            for found in await self._docker.list({LABEL_RUNNER: self.runner_id}):
-                await self._docker.remove(str(found["Id"]))
-        except SandboxError:
-            pass  # no daemon left to clean: nothing of ours can be running on it
+            # no daemon left to clean: nothing of ours can be running on it
+            await self._docker.remove_labelled({LABEL_RUNNER: self.runner_id})
         finally:
             self._containers.clear()
             await self._docker.close()

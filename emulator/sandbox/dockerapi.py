@@ -229,6 +229,17 @@ class DockerClient:
         )
         return found
 
+    async def remove_labelled(self, labels: dict[str, str]) -> int:
+        """Remove every container carrying all of ``labels`` (a killed runner's leftovers);
+        how many. No daemon: nothing to remove (0)."""
+        try:
+            found = await self.list(labels)
+            for container in found:
+                await self.remove(str(container["Id"]))
+        except SandboxError:
+            return 0
+        return len(found)
+
     async def update_memory(self, container: str, memory_bytes: int) -> None:
         """Change the container's memory limit (swap held to it) while it runs."""
         await self._call(

@@ -1,12 +1,14 @@
 """A small HTTP server for the port proxy's tests, run with the image's ``python3``:
 ``GET /events?n=N`` streams N NDJSON lines, each after the first waiting for one
 ``POST /next`` (so a test sees a line arrive before the next exists); ``POST /count``
-answers how many body bytes it read (chunked or not); any other ``GET`` answers what it
+answers how many body bytes it read (chunked or not); ``GET /hangup`` closes the
+connection without answering; any other ``GET`` answers what it
 saw (path, ``$NAME``, ``Authorization``, the emulator's header)."""
 
 import http.server
 import json
 import os
+import socket
 import sys
 import threading
 
@@ -28,6 +30,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:
+        if self.path == "/hangup":
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         if self.path.startswith("/events"):
             n = int(self.path.partition("n=")[2])
             self.send_response(200)

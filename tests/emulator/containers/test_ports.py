@@ -24,6 +24,17 @@ async def test_not_listening_is_503(emu: Emu) -> None:
     assert r.json()["error"] == "not_running"
 
 
+async def test_a_port_that_hangs_up_is_502(emu: Emu) -> None:
+    """A server that closes the connection without answering: 502 ``bad_gateway`` JSON
+    naming the port (not a 500), and the next request to the port is served."""
+    await emu.serve_echo("c1")
+    r = await emu.http.get("/containers/c1/ports/8080/hangup")
+    assert r.status_code == 502
+    assert r.json()["error"] == "bad_gateway"
+    assert "8080" in r.json()["message"]
+    assert (await emu.http.get("/containers/c1/ports/8080/v1/x")).json()["path"] == "/v1/x"
+
+
 async def test_request_reaches_the_port_with_the_shims_headers(emu: Emu) -> None:
     """Path and query arrive; the shim's own ``Authorization`` passes when the emulator's
     token came in ``x-kit-emulator-authorization`` (which never reaches the container)."""
