@@ -5,6 +5,10 @@ The config's fields are :class:`kit.protocol.runtime_config.RuntimeConfig`'s. En
 
 - ``KIT_RUNTIME_CONFIG`` (required): the path of the config file (JSON). The runtime
   deletes it once read, so the tokens in it are gone before any of the agent's tools run.
+- ``KIT_RUNTIME_CONFIG_JSON`` (instead, where a provider can pass only environment, as
+  Cloudflare's ``start({env})``): the config itself. The runtime writes it to a private
+  file, removes the variable and starts itself again on that file
+  (:func:`exec_with_config_file`), so the tokens are in no process's environment.
 - ``KIT_RUNTIME_GATE=stdin`` (optional): wait for one line on stdin first (the local
   provider confines the process to its cgroups, then writes the line).
 """
@@ -14,11 +18,32 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 from collections.abc import MutableMapping
 
 from kit.protocol.runtime_config import CONFIG_ENV, GATE_ENV, RuntimeConfig, RuntimeConfigError
 
 MAX_CONFIG_BYTES = 1 << 20
+CONFIG_JSON_ENV = "KIT_RUNTIME_CONFIG_JSON"
+
+
+def exec_with_config_file(environ: MutableMapping[str, str]) -> None:
+    """With the config in ``KIT_RUNTIME_CONFIG_JSON``: write it to a new private file, drop
+    the variable, and exec ``python -m kit.runtime`` again with ``KIT_RUNTIME_CONFIG``
+    naming the file (the file is deleted once read). Without it: return."""
+    raw = environ.get(CONFIG_JSON_ENV)
+    if raw is None:
+        return
+    if len(raw.encode()) > MAX_CONFIG_BYTES:
+        raise RuntimeConfigError(f"{CONFIG_JSON_ENV} is over 1 MiB.")
+    folder = tempfile.mkdtemp(prefix="kit-config-")  # 0700
+    path = os.path.join(folder, "config.json")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(raw)
+    env = {k: v for k, v in environ.items() if k != CONFIG_JSON_ENV}
+    env[CONFIG_ENV] = path
+    os.execve(sys.executable, [sys.executable, "-m", "kit.runtime"], env)
 
 
 def wait_for_gate(environ: MutableMapping[str, str]) -> None:
@@ -44,6 +69,10 @@ def load(environ: MutableMapping[str, str]) -> RuntimeConfig:
         ) from None
     with contextlib.suppress(OSError):  # read-only (a mounted file): the provider removes it
         os.unlink(path)
+    folder = os.path.dirname(path)
+    if os.path.basename(folder).startswith("kit-config-"):  # made by exec_with_config_file
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
     if len(raw) > MAX_CONFIG_BYTES:
         raise RuntimeConfigError(f"The runtime config {path} is over 1 MiB.")
     return RuntimeConfig.from_json(raw.decode("utf-8", errors="replace"))

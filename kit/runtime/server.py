@@ -310,6 +310,7 @@ def main() -> None:
         die_with_parent(int(os.environ["KIT_DIE_WITH_PARENT"]))
     startup.wait_for_gate(os.environ)
     try:
+        startup.exec_with_config_file(os.environ)
         config = startup.load(os.environ)
     except RuntimeConfigError as exc:
         log.error("%s", exc)

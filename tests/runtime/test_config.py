@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from kit.protocol.runtime_config import (
+    CONFIG_ENV,
     STORE_DEADLINE_S,
     STORE_RETRY_S,
     RuntimeConfig,
     RuntimeConfigError,
 )
+from kit.runtime import config as startup
+from kit.runtime.config import CONFIG_JSON_ENV
 
 BASE = {
     "session_id": "s",
@@ -71,3 +78,45 @@ def test_egress_socket_and_token_go_together(extra: dict[str, str]) -> None:
     """One egress setting without the other is refused, naming both."""
     with pytest.raises(RuntimeConfigError, match="egress_url and egress_token"):
         RuntimeConfig.from_json(json.dumps({**BASE, **extra}))
+
+
+def test_config_in_the_environment_leaves_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``KIT_RUNTIME_CONFIG_JSON`` (Cloudflare's start passes only env): the runtime execs
+    itself on a private file holding it, without the variable; the file and its folder are
+    gone once read."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    execs: list[tuple[str, list[str], dict[str, str]]] = []
+    monkeypatch.setattr(os, "execve", lambda exe, argv, env: execs.append((exe, argv, env)))
+    raw = json.dumps(BASE)
+    environ = {CONFIG_JSON_ENV: raw, "HOME": "/h"}
+    startup.exec_with_config_file(environ)
+    [(exe, argv, env)] = execs
+    assert (exe, argv) == (sys.executable, [sys.executable, "-m", "kit.runtime"])
+    assert CONFIG_JSON_ENV not in env
+    assert env["HOME"] == "/h"
+    path = Path(env[CONFIG_ENV])
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert startup.load(env) == RuntimeConfig.from_json(raw)
+    assert not path.parent.exists()
+    startup.exec_with_config_file({"HOME": "/h"})  # no variable: nothing to do
+    assert len(execs) == 1
+
+
+def test_a_config_in_the_environment_reaches_the_runtime_process() -> None:
+    """The real exec: ``python -m kit.runtime`` with a config missing fields in the
+    environment execs itself, reads the file, and says what is missing (exit 2)."""
+    env = {**os.environ, CONFIG_JSON_ENV: json.dumps({"session_id": "s"})}
+    env.pop(CONFIG_ENV, None)
+    done = subprocess.run(
+        [sys.executable, "-m", "kit.runtime"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Runtime config is missing" in done.stderr

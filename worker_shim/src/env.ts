@@ -11,4 +11,19 @@ export interface Env {
   KIT_SANDBOX_TIER?: string;
   /** Comma-separated browser origins allowed to open session sockets (docs/protocol.md §2). */
   KIT_ALLOWED_ORIGINS?: string;
+  /** The model API key (a secret): the model route adds it to sandboxes' calls. */
+  ANTHROPIC_API_KEY?: string;
+  /** Where model calls go (default https://api.anthropic.com; the offline model in a rehearsal). */
+  KIT_MODEL_UPSTREAM?: string;
+  /** This Worker's URL as a container reaches it (default `http://kit.internal`, served by
+   * outbound interception; a rehearsal's wrangler dev URL on loopback). */
+  KIT_WORKER_URL?: string;
+  /** Where the bundle is inside the container's image, and its sha256 (checked by the runtime). */
+  KIT_BUNDLE_DIR?: string;
+  KIT_BUNDLE_DIGEST?: string;
+  /** kit's container emulator (`wrangler dev` has no containers): its URL on loopback, and
+   * its token (a secret, in .dev.vars); the image its containers run. */
+  KIT_CONTAINER_EMULATOR?: string;
+  KIT_CONTAINER_EMULATOR_TOKEN?: string;
+  KIT_CONTAINER_IMAGE?: string;
 }

@@ -5,12 +5,14 @@
 //   POST /v1/sessions              Bearer KIT_API_TOKEN: 201 {session_id, token, ws_url}
 //   GET  /v1/sessions/{id}/ws      WebSocket upgrade, forwarded to the session's DO (the
 //                                  socket authenticates with hello's session token)
+//   ANY  /v1/sessions/{id}/model/… a sandbox's model call, forwarded to the session's DO
+//                                  (it checks the sandbox's model token, adds the real key)
 //
 // Every other request, and any request to these routes but the upgrade and /healthz,
 // needs the API token: 401 without it, also for a path that does not exist.
 
 import type { Env } from "./env";
-import { randomToken, sameText, sha256 } from "./session";
+import { MODEL_PATH, randomToken, sameText, sha256 } from "./session";
 
 export { SessionDO } from "./session";
 export type { Env } from "./env";
@@ -18,6 +20,7 @@ export type { ContainerLike } from "./runtime";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const WS_PATH = /^\/v1\/sessions\/([^/]+)\/ws$/;
+const MODEL_ID = /^\/v1\/sessions\/([^/]+)\/model\//;
 /** The DO that answers hellos for ids that are no session id: it holds nothing. */
 const NO_SESSION = "not-a-session";
 
@@ -28,6 +31,14 @@ export default {
     const ws = WS_PATH.exec(url.pathname);
     if (ws !== null && request.method === "GET" && request.headers.get("upgrade")?.toLowerCase() === "websocket") {
       return openSocket(request, env, ws[1]);
+    }
+    const model = MODEL_ID.exec(url.pathname);
+    if (model !== null && MODEL_PATH.test(url.pathname)) {
+      if (!UUID.test(model[1])) {
+        await request.body?.cancel();
+        return json({ type: "error", error: { type: "not_found_error", message: "No such session." } }, 404);
+      }
+      return env.SESSION.getByName(model[1]).fetch(request);
     }
     if (!(await authorized(request, env))) {
       return json({ error: "unauthorized", message: "Send Authorization: Bearer <the host's API token>." }, 401, {

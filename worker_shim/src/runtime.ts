@@ -7,13 +7,20 @@
  * container emulator; in tests a fake that serves the runtime API. */
 export interface ContainerLike {
   readonly running: boolean;
+  /** Learn `running` afresh where it is not tracked by the platform (HttpContainer). */
+  refresh?(): Promise<void>;
   start(options?: ContainerStartupOptions): void;
   /** Resolves when the container exits cleanly; rejects (with the exit code in the error)
    * when it exits abnormally. */
   monitor(): Promise<void>;
   destroy(reason?: unknown): Promise<void>;
   signal(signo: number): void;
-  getTcpPort(port: number): Fetcher;
+  getTcpPort(port: number): PortFetcher;
+}
+
+/** What the shim uses of `getTcpPort(port)`: workerd's Fetcher has it. */
+export interface PortFetcher {
+  fetch(input: RequestInfo | URL, init?: RequestInit): Promise<Response>;
 }
 
 /** The port `kit.runtime` listens on inside the container. */

@@ -23,7 +23,8 @@ import {
   type ResumeMode,
 } from "./frames";
 import { REPLAY_PAGE, SessionLog, type OpenTurn } from "./log";
-import { ContainerRuntime, RuntimeLost, type ContainerLike } from "./runtime";
+import { HttpContainer } from "./httpcontainer";
+import { ContainerRuntime, RuntimeLost, RUNTIME_PORT, type ContainerLike } from "./runtime";
 import { HARNESS_EXIT_CODE, STOPPED_REASONS, TURN_FAILED, TurnPlanner, type TurnAction } from "./turns";
 
 /** No hello this long after the socket opened: `hello_required`, close 4400. */
@@ -80,6 +81,8 @@ export class SessionDO extends DurableObject<Env> {
   private turnsRun: Promise<void> = Promise.resolve();
   /** EXIT_WAIT_MS; tests shorten it on an instance. */
   private exitWaitMs = EXIT_WAIT_MS;
+  /** The emulator's container, when this DO has no `ctx.container` (wrangler dev). */
+  private emulated: HttpContainer | null = null;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -93,8 +96,11 @@ export class SessionDO extends DurableObject<Env> {
     this.log.create({ session_id: sessionId, token_sha256: tokenSha256, tier });
   }
 
-  /** The WebSocket upgrade of `/v1/sessions/{id}/ws`, forwarded by the Worker. */
-  async fetch(_request: Request): Promise<Response> {
+  /** The WebSocket upgrade of `/v1/sessions/{id}/ws`, or a model call of the session's
+   * sandbox (`/v1/sessions/{id}/model/...`), forwarded by the Worker. */
+  async fetch(request: Request): Promise<Response> {
+    const model = MODEL_PATH.exec(new URL(request.url).pathname);
+    if (model !== null) return this.model(request, model[1]);
     const [client, server] = Object.values(new WebSocketPair());
     this.ctx.acceptWebSocket(server);
     const opened = Date.now();
@@ -387,6 +393,7 @@ export class SessionDO extends DurableObject<Env> {
   private async startSandbox(turnId: string): Promise<Live | null> {
     const tier = this.log.meta("tier") ?? "basic";
     const container = this.container();
+    if (this.live === null) await refreshQuietly(container);
     const live = this.live;
     if (live !== null && !live.exit !== null && live.container === container && container.running) return live;
     const token = this.log.meta("runtime_token");
@@ -408,10 +415,11 @@ export class SessionDO extends DurableObject<Env> {
       const sandboxId = "sbx-" + randomToken().slice(0, 12).toLowerCase();
       this.log.setMeta("runtime_token", runtimeToken);
       this.log.setMeta("sandbox_id", sandboxId);
+      const modelToken = "kit-model-" + randomToken();
+      this.log.setMeta("model_token_sha256", await sha256(modelToken));
       const runtime = new ContainerRuntime(container, runtimeToken);
-      // TODO(config): the runtime's full config (kit/host/sandbox.py runtime_config) with the
-      // model route's per-session token; today only what the runtime API needs.
-      runtime.start(tier, { KIT_RUNTIME_TOKEN: runtimeToken, KIT_SESSION_ID: this.log.meta("session_id") ?? "" });
+      const config = this.runtimeConfig(runtimeToken, modelToken);
+      runtime.start(tier, { [CONFIG_JSON_ENV]: JSON.stringify(config) });
       started = this.watch(container, sandboxId, runtime, false);
       const ready = await runtime.ready();
       if (started.exit !== null) throw new RuntimeLost("The container exited as its runtime became ready.");
@@ -480,6 +488,7 @@ export class SessionDO extends DurableObject<Env> {
    * mid-turn): `sandbox` `stopped` with reason `stopped`, before the turn is recovered. */
   private async stopStale(): Promise<void> {
     const container = this.container();
+    if (this.live === null) await refreshQuietly(container);
     if (this.live !== null || container === null || !container.running) return;
     const stale = this.watch(container, this.log.meta("sandbox_id") ?? "sbx-unknown", new ContainerRuntime(container, ""), true);
     stale.killReason = "stopped";
@@ -488,11 +497,75 @@ export class SessionDO extends DurableObject<Env> {
     this.recordExit(stale);
   }
 
-  /** The container: workerd's own, or none. TODO(HttpContainer): under `wrangler dev
-   * --enable-containers=false` (`ctx.container` undefined) the emulator's, from
-   * KIT_CONTAINER_EMULATOR. */
+  /** The container: workerd's own; under `wrangler dev --enable-containers=false`
+   * (`ctx.container` undefined) the container emulator's when KIT_CONTAINER_EMULATOR names
+   * it; else none. */
   private container(): ContainerLike | null {
-    return this.ctx.container ?? null;
+    if (this.ctx.container !== undefined) return this.ctx.container;
+    const url = this.env.KIT_CONTAINER_EMULATOR;
+    if (!url) return null;
+    this.emulated ??= new HttpContainer({
+      url,
+      token: this.env.KIT_CONTAINER_EMULATOR_TOKEN ?? "",
+      id: this.ctx.id.toString(),
+      image: this.env.KIT_CONTAINER_IMAGE || undefined,
+    });
+    return this.emulated;
+  }
+
+  /** The runtime's start-up config (kit/protocol/runtime_config.py RuntimeConfig, as
+   * kit/host/sandbox.py runtime_config makes it), passed in the container's environment:
+   * the paths of kit's runtime image, the model route of this session on the Worker. */
+  private runtimeConfig(runtimeToken: string, modelToken: string): Record<string, unknown> {
+    const sessionId = this.log.meta("session_id") ?? "";
+    const worker = (this.env.KIT_WORKER_URL || "http://kit.internal").replace(/\/$/, "");
+    return {
+      session_id: sessionId,
+      bundle_dir: this.env.KIT_BUNDLE_DIR || "/opt/kit/bundle",
+      workspace: "/workspace",
+      home: "/home/kit",
+      tmp_dir: "/tmp",
+      store_url: "memory://",
+      listen: `tcp:0.0.0.0:${RUNTIME_PORT}`,
+      model_base_url: `${worker}/v1/sessions/${sessionId}/model`,
+      model_unix_socket: null,
+      model_token: modelToken,
+      runtime_token: runtimeToken,
+      bundle_digest: this.env.KIT_BUNDLE_DIGEST || null,
+    };
+  }
+
+  /** A model call of this session's sandbox: its model token (`x-api-key` or Bearer, as
+   * the CLI sends it) checked against the one minted at the sandbox's start, then the call
+   * forwarded to KIT_MODEL_UPSTREAM with the real key, which no sandbox ever sees. */
+  private async model(request: Request, rest: string): Promise<Response> {
+    const sent = request.headers.get("x-api-key") ?? bearerOf(request.headers.get("authorization"));
+    const want = this.log.meta("model_token_sha256");
+    if (!sent || !want || !(await sameText(await sha256(sent), want))) {
+      await drain(request);
+      return modelError(401, "authentication_error", "kit's model route: unknown or expired session token.");
+    }
+    const key = this.env.ANTHROPIC_API_KEY;
+    if (!key) {
+      await drain(request);
+      return modelError(503, "api_error", "kit's model route has no ANTHROPIC_API_KEY (a Worker secret).");
+    }
+    const headers = new Headers();
+    for (const [name, value] of request.headers) {
+      if (!MODEL_DROPPED.has(name.toLowerCase())) headers.set(name, value);
+    }
+    headers.set("x-api-key", key);
+    const upstream = (this.env.KIT_MODEL_UPSTREAM || "https://api.anthropic.com").replace(/\/$/, "");
+    const search = new URL(request.url).search;
+    try {
+      return await fetch(`${upstream}/${rest}${search}`, {
+        method: request.method,
+        headers,
+        body: request.method === "GET" || request.method === "HEAD" ? null : request.body,
+      });
+    } catch (exc) {
+      return modelError(502, "api_error", `kit's model route could not reach the model upstream: ${String(exc)}.`);
+    }
   }
 
   /** Hand an event to every live socket; the output gate releases it after the commit. */
@@ -516,6 +589,54 @@ export class SessionDO extends DurableObject<Env> {
 }
 
 // --- helpers ---------------------------------------------------------------------------------
+
+/** `/v1/sessions/{id}/model/{rest}`: a sandbox's model call (the rest goes upstream). */
+export const MODEL_PATH = /^\/v1\/sessions\/[^/]+\/model\/(.*)$/;
+const MODEL_DRAIN_BYTES = 1 << 20;
+/** The runtime reads its config from this variable (kit/runtime/config.py). */
+const CONFIG_JSON_ENV = "KIT_RUNTIME_CONFIG_JSON";
+/** Request headers a model call does not pass upstream: credentials, hop-by-hop. */
+const MODEL_DROPPED = new Set(["x-api-key", "authorization", "host", "cookie", "connection", "content-length", "transfer-encoding", "cf-connecting-ip", "x-forwarded-for"]);
+
+function bearerOf(header: string | null): string | null {
+  if (header === null) return null;
+  const space = header.indexOf(" ");
+  return space > 0 && header.slice(0, space).toLowerCase() === "bearer" ? header.slice(space + 1).trim() : null;
+}
+
+/** An error as the Messages API shapes it, so the CLI reports it as such. */
+function modelError(status: number, type: string, message: string): Response {
+  return new Response(JSON.stringify({ type: "error", error: { type, message } }), {
+    status,
+    headers: { "content-type": "application/json" },
+  });
+}
+
+/** Read a refused request's body (up to MODEL_DRAIN_BYTES, then cancel): a body left
+ * unread makes workerd report the forwarding Worker's stream as an uncaught error. */
+async function drain(request: Request): Promise<void> {
+  if (request.body === null) return;
+  const reader = request.body.getReader();
+  let read = 0;
+  try {
+    for (let i = 0; i < 100_000 && read < MODEL_DRAIN_BYTES; i++) {
+      const { done, value } = await reader.read();
+      if (done) return;
+      read += value.byteLength;
+    }
+    await reader.cancel();
+  } catch {
+    // the sender went away
+  }
+}
+
+async function refreshQuietly(container: ContainerLike | null): Promise<void> {
+  try {
+    await container?.refresh?.();
+  } catch (exc) {
+    console.log(`asking whether the container runs failed: ${String(exc)}`);
+  }
+}
 
 function state(ws: WebSocket): SocketState {
   return (ws.deserializeAttachment() as SocketState | null) ?? { phase: "hello", after: 0, opened: Date.now() };

@@ -4,5 +4,8 @@ declare namespace Cloudflare {
     SESSION: DurableObjectNamespace<import("../src/session").SessionDO>;
     KIT_API_TOKEN: string;
     KIT_SANDBOX_TIER?: string;
+    ANTHROPIC_API_KEY: string;
+    KIT_MODEL_UPSTREAM: string;
+    KIT_WORKER_URL: string;
   }
 }

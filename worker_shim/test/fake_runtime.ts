@@ -87,7 +87,8 @@ export class FakeContainer implements ContainerLike {
     if (this.running) throw new Error("start() on a running container");
     this.death = this.deaths[this.starts.length] ?? null;
     this.starts.push(options ?? {});
-    this.token = options?.env?.KIT_RUNTIME_TOKEN ?? null;
+    const config = options?.env?.KIT_RUNTIME_CONFIG_JSON;
+    this.token = config === undefined ? null : ((JSON.parse(config) as { runtime_token?: string }).runtime_token ?? null);
     this.running = true;
   }
 

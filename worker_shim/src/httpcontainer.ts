@@ -1,0 +1,147 @@
+// HttpContainer: the `ctx.container` surface over HTTP, served by kit's container emulator
+// (emulator/containers) while the shim runs in `wrangler dev --enable-containers=false`,
+// where `ctx.container` is undefined. The Worker vars KIT_CONTAINER_EMULATOR (its URL, on
+// loopback) and KIT_CONTAINER_EMULATOR_TOKEN (a secret, in .dev.vars) turn it on.
+//
+// workerd's `running`, `start()` and `signal()` are synchronous; over HTTP they are not. So
+// `running` is this instance's last word on the container (`refresh()` asks the emulator, as
+// a new instance does before it adopts a container an earlier one started), `start()` sends
+// the start and every later call waits for it, and `signal()` is sent in the background.
+
+import type { ContainerLike, PortFetcher } from "./runtime";
+
+/** One `monitor` long-poll waits at most this long (the emulator's MONITOR_LIMIT_S). */
+const MONITOR_POLL_S = 60;
+/** Long-polls before monitor() gives up (a day): every loop is bounded. */
+const MAX_MONITOR_POLLS = 1440;
+const EMULATOR_AUTH = "x-kit-emulator-authorization";
+
+/** How a container ended, as monitor() rejects with it (workerd names the code in its
+ * message; the shim reads `exitCode` and `oom` first). */
+export class ContainerExit extends Error {
+  constructor(
+    readonly exitCode: number | null,
+    readonly oom: boolean,
+  ) {
+    super(`container exited with code ${exitCode ?? "unknown"}${oom ? " (out of memory)" : ""}`);
+  }
+}
+
+/** Where the emulator is, for one Durable Object's container. */
+export interface EmulatorAddress {
+  url: string;
+  token: string;
+  /** The container's id at the emulator: the Durable Object's id. */
+  id: string;
+  /** The image a start uses (the emulator's default when absent). */
+  image?: string;
+  /** The image's entrypoint replaced (a rehearsal without Docker runs host programs). */
+  entrypoint?: string[];
+}
+
+export class HttpContainer implements ContainerLike {
+  private isRunning = false;
+  /** The start request in flight (or settled); later calls wait for it. */
+  private started: Promise<void> = Promise.resolve();
+
+  constructor(private readonly at: EmulatorAddress) {}
+
+  get running(): boolean {
+    return this.isRunning;
+  }
+
+  /** Ask the emulator whether the container runs (a new instance learns it so). */
+  async refresh(): Promise<void> {
+    await this.settledStart();
+    const answer = await this.call("GET", "");
+    if (answer.status !== 200) {
+      await answer.body?.cancel();
+      throw new Error(`The container emulator answered ${answer.status} to a status request.`);
+    }
+    this.isRunning = ((await answer.json()) as { running?: unknown }).running === true;
+  }
+
+  start(options?: ContainerStartupOptions): void {
+    this.isRunning = true;
+    const body: Record<string, unknown> = { env: options?.env ?? {}, instance: (options as { instance?: string } | undefined)?.instance };
+    if (this.at.image !== undefined) body.image = this.at.image;
+    if (this.at.entrypoint !== undefined) body.entrypoint = this.at.entrypoint;
+    this.started = this.call("POST", "/start", JSON.stringify(body)).then(async (answer) => {
+      if (answer.status === 201) {
+        await answer.body?.cancel();
+        return;
+      }
+      const text = await answer.text();
+      this.isRunning = false;
+      throw new Error(`The container did not start (${answer.status}): ${text.slice(0, 500)}`);
+    });
+    this.started.catch(() => {
+      this.isRunning = false; // seen again by monitor() and every port fetch
+    });
+  }
+
+  async monitor(): Promise<void> {
+    await this.started;
+    for (let i = 0; i < MAX_MONITOR_POLLS; i++) {
+      const answer = await this.call("GET", `/monitor?timeout_s=${MONITOR_POLL_S}`);
+      if (answer.status === 204) continue;
+      if (answer.status !== 200) {
+        const text = await answer.text();
+        this.isRunning = false;
+        throw new Error(`The container emulator answered ${answer.status} to a monitor: ${text.slice(0, 500)}`);
+      }
+      const exit = (await answer.json()) as { exit_code?: number | null; oom?: boolean };
+      this.isRunning = false;
+      if (exit.exit_code === 0) return;
+      throw new ContainerExit(typeof exit.exit_code === "number" ? exit.exit_code : null, exit.oom === true);
+    }
+    throw new Error(`The container was still running after ${MAX_MONITOR_POLLS} monitor polls.`);
+  }
+
+  async destroy(_reason?: unknown): Promise<void> {
+    await this.settledStart();
+    const answer = await this.call("POST", "/destroy");
+    await answer.body?.cancel();
+    if (answer.status !== 204) throw new Error(`The container emulator answered ${answer.status} to a destroy.`);
+    this.isRunning = false;
+  }
+
+  signal(signo: number): void {
+    void this.settledStart()
+      .then(() => this.call("POST", "/signal", JSON.stringify({ signo })))
+      .then((answer) => answer.body?.cancel())
+      .catch((exc: unknown) => console.log(`signalling the container failed: ${String(exc)}`));
+  }
+
+  getTcpPort(port: number): PortFetcher {
+    return {
+      fetch: async (input: RequestInfo | URL, init?: RequestInit): Promise<Response> => {
+        await this.started;
+        const request = new Request(input, init);
+        const path = new URL(request.url);
+        const headers = new Headers(request.headers);
+        headers.set(EMULATOR_AUTH, `Bearer ${this.at.token}`);
+        return fetch(`${this.base()}/ports/${port}${path.pathname}${path.search}`, {
+          method: request.method,
+          headers,
+          body: request.body,
+          signal: init?.signal ?? null,
+        });
+      },
+    };
+  }
+
+  private async settledStart(): Promise<void> {
+    await this.started.catch(() => undefined);
+  }
+
+  private base(): string {
+    return `${this.at.url.replace(/\/$/, "")}/containers/${encodeURIComponent(this.at.id)}`;
+  }
+
+  private call(method: string, path: string, body?: string): Promise<Response> {
+    const headers: Record<string, string> = { authorization: `Bearer ${this.at.token}` };
+    if (body !== undefined) headers["content-type"] = "application/json";
+    return fetch(`${this.base()}${path}`, { method, headers, body });
+  }
+}
