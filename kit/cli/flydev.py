@@ -116,7 +116,8 @@ async def _moto() -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def _model(project_scenarios: list[Path], key: str) -> AsyncIterator[str]:
+async def offline_model(project_scenarios: list[Path], key: str) -> AsyncIterator[str]:
+    """The offline Messages API on a free loopback port, taking ``key``; its URL."""
     app = create_model_app(ScenarioSource.from_paths(project_scenarios), api_key=key)
     sock = tcp_socket("127.0.0.1", 0)
     server, task = serve_app(app, sock, EdgeLimits())
@@ -129,11 +130,11 @@ async def _model(project_scenarios: list[Path], key: str) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def _held(state_dir: Path) -> AsyncIterator[str]:
+async def rehearsal_lock(state_dir: Path, what: str) -> AsyncIterator[str]:
     """Hold the state dir's rehearsal lock (:class:`CliError` when another rehearsal holds
     it: its containers are live, not leftovers); the runner id of its containers."""
     make_private(state_dir)
-    with lock(state_dir, "rehearsal.lock", "kit dev --target fly"):
+    with lock(state_dir, "rehearsal.lock", what):
         yield f"rehearsal-{host_id(state_dir)}"
 
 
@@ -159,10 +160,10 @@ async def rehearse_fly(
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", S3_KEY)
     async with (
         _moto() as s3_endpoint,
-        _model(list(loaded.scenarios), offline_key) as model_url,
+        offline_model(list(loaded.scenarios), offline_key) as model_url,
         # One runner id per state dir (one rehearsal at a time holds it): a rehearsal killed
         # before it could clean up leaves containers this one removes first.
-        _held(state_dir) as runner_id,
+        rehearsal_lock(state_dir, "kit dev --target fly") as runner_id,
         DockerRunner(network="host", runner_id=runner_id) as runner,
         serve(token=fly_token, runner=runner) as fly_api,
         FlyClient(fly_token, base_url=fly_api.url) as api,

@@ -46,6 +46,10 @@ def _cmd_dev(args: argparse.Namespace) -> int:
         from kit.cli import flydev
 
         return flydev.run(settings.project_dir, settings.state_dir, settings.api_key)
+    if args.target == "cloudflare":
+        from kit.cli import cfdev
+
+        return cfdev.run(settings.project_dir, settings.state_dir, settings.api_key)
     if args.sandbox:
         settings = dataclasses.replace(settings, sandbox=args.sandbox)
     return dev.run(dataclasses.replace(settings, watch=not args.no_watch))
@@ -248,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
             "kit dev --port 0          # any free port",
             "kit dev --sandbox docker  # each sandbox a container of kit's runtime image",
             "kit dev --target fly      # rehearse the Fly deployment on this machine",
+            "kit dev --target cloudflare  # the Worker + DO shim in wrangler dev, on this machine",
         ],
     )
     p.add_argument(
@@ -267,10 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--target",
-        choices=("local", "fly"),
+        choices=("local", "fly", "cloudflare"),
         default="local",
-        help="local (default), or fly: rehearse `kit deploy --target fly` on this machine "
-        "(the Fly emulator with machines as containers, moto as the bucket; docs/deploy-fly.md)",
+        help="local (default); fly: rehearse `kit deploy --target fly` on this machine "
+        "(the Fly emulator with machines as containers, moto as the bucket; docs/deploy-fly.md); "
+        "cloudflare: the real shim in wrangler dev, its containers from kit's container "
+        "emulator (docs/deploy-cloudflare.md)",
     )
     p.add_argument(
         "--no-watch", action="store_true", help="do not rebuild the bundle when files change"

@@ -240,7 +240,8 @@ def _mount_durable_objects(
     return evict
 
 
-def _api_token(path: Path) -> str:
+def load_api_token(path: Path) -> str:
+    """The host API token kept in ``path`` (0600), made there first if need be."""
     if path.is_file():
         return path.read_text().strip()
     token = "kit-api-" + secrets.token_urlsafe(24)
@@ -314,7 +315,7 @@ async def _start(
         assert settings.api_key is not None
         upstream, key = settings.upstream_url, settings.api_key
     token_file = state / "api-token"
-    api_token = _api_token(token_file)
+    api_token = load_api_token(token_file)
     # The runtime writes transcripts to an s3:// store itself, through the egress proxy.
     config = settings.gateway_config(
         bundle.egress,

@@ -1,0 +1,181 @@
+"""``kit dev --target cloudflare``: the Cloudflare deployment rehearsed on this machine with
+the production code: the real shim (``worker_shim/``, a Worker and one SessionDO per
+session) in ``wrangler dev``. Only what wrangler dev cannot give differs:
+
+- ``ctx.container`` is undefined under ``wrangler dev --enable-containers=false``, so the
+  DO's containers come from kit's container emulator (:mod:`emulator.containers`) on
+  loopback: containers of the bundle image (kit's runtime image with the bundle in it, as
+  a deploy ships it) under this host's Docker, ``--network none``, reaching only the
+  Worker's own loopback URL (their model calls go through the DO's model route);
+- the model is the offline Messages API (``ANTHROPIC_API_KEY`` set: the real one), behind
+  the DO's model route as on Cloudflare;
+- the DO's storage is wrangler's local SQLite under ``<state>/cloudflare/``.
+
+The Worker's URL is written to ``.kit/dev.json`` so ``kit chat`` finds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from emulator.containers import DockerRunner, Served, serve
+from kit.bundle import Bundle, build_bundle, load_project
+from kit.cli.errors import CliError
+from kit.cli.flydev import offline_model, rehearsal_lock
+from kit.cli.stack import load_api_token
+from kit.cli.statedir import make_private
+from kit.cli.wrangler import free_port, wrangler_dev, write_config
+from kit.deploy.image import BUNDLES_IN_IMAGE, bundle_image
+from kit.private import write_private
+from kit.tiers import get_tier
+
+ANTHROPIC_API = "https://api.anthropic.com"
+
+
+@dataclass
+class CfRehearsal:
+    """A running rehearsal: where to reach it and its parts (for tests and the banner)."""
+
+    url: str
+    """The Worker under ``wrangler dev`` (stands for ``https://<name>.workers.dev``)."""
+    api_token: str
+    api_token_file: Path
+    containers: Served
+    model_url: str
+    bundle: Bundle
+    image: str
+    """The bundle image the containers run."""
+
+
+def cloudflare_tier(name: str) -> str:
+    """``name`` if it is a Cloudflare instance type; :class:`CliError` naming them if not."""
+    try:
+        tier = get_tier(name)
+    except KeyError:
+        tier = None
+    if tier is None or tier.platform != "cloudflare":
+        raise CliError(
+            f"[sandbox] tier = {name!r} is no Cloudflare instance type: set it in kit.toml to "
+            "lite, basic or standard-1..4 for --target cloudflare."
+        )
+    return tier.name
+
+
+@contextlib.asynccontextmanager
+async def rehearse_cloudflare(
+    project: Path,
+    state_dir: Path,
+    runtime_image: str,
+    *,
+    model_key: str | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> AsyncIterator[CfRehearsal]:
+    """Start the offline model, the container emulator and the shim in ``wrangler dev``
+    for ``project`` on ``runtime_image``; yield the rehearsal; take it all down on exit."""
+    loaded = load_project(project)
+    tier = cloudflare_tier(loaded.sandbox.tier)
+    make_private(state_dir)
+    bundle = build_bundle(loaded, state_dir / "bundles")
+    progress("building the bundle image (the runtime image with the bundle in it)…")
+    image = await asyncio.to_thread(bundle_image, runtime_image, bundle.path, bundle.digest)
+    offline_key = "kit-rehearsal-" + secrets.token_urlsafe(12)
+    emulator_token = secrets.token_urlsafe(32)
+    token_file = state_dir / "api-token"
+    token = load_api_token(token_file)
+    folder = state_dir / "cloudflare"
+    port = free_port()
+    async with (
+        offline_model(list(loaded.scenarios), offline_key) as model_url,
+        rehearsal_lock(state_dir, "kit dev --target cloudflare") as runner_id,
+        DockerRunner(runner_id=runner_id) as runner,
+        serve(token=emulator_token, runner=runner, image=image) as containers,
+    ):
+        config = write_config(
+            folder,
+            name=loaded.agent.name,
+            tier=tier,
+            variables={
+                "KIT_WORKER_URL": f"http://127.0.0.1:{port}",
+                "KIT_MODEL_UPSTREAM": ANTHROPIC_API if model_key else model_url,
+                "KIT_BUNDLE_DIR": f"{BUNDLES_IN_IMAGE}/{bundle.path.name}",
+                "KIT_BUNDLE_DIGEST": bundle.digest,
+                "KIT_CONTAINER_EMULATOR": containers.url,
+                "KIT_CONTAINER_IMAGE": image,
+            },
+            secrets={
+                "KIT_API_TOKEN": token,
+                "ANTHROPIC_API_KEY": model_key or offline_key,
+                "KIT_CONTAINER_EMULATOR_TOKEN": emulator_token,
+            },
+        )
+        progress(f"starting the shim in wrangler dev on 127.0.0.1:{port}…")
+        async with wrangler_dev(config, port=port, persist=folder / "state") as url:
+            yield CfRehearsal(
+                url=url,
+                api_token=token,
+                api_token_file=token_file,
+                containers=containers,
+                model_url=model_url,
+                bundle=bundle,
+                image=image,
+            )
+
+
+async def serve_rehearsal(project: Path, state_dir: Path, model_key: str | None) -> None:
+    """``kit dev --target cloudflare`` until SIGINT or SIGTERM: build the images if need be,
+    start the rehearsal, tell clients where it is (``.kit/dev.json``), take it down."""
+    from kit.cli import console, statedir
+    from kit.cli.image import ensure
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    make_private(state_dir)
+    with statedir.lock(state_dir):
+        runtime = await asyncio.to_thread(ensure, False)
+
+        def say(line: str) -> None:
+            console.out(console.dim(line))
+
+        say("kit dev --target cloudflare: starting the container emulator, the model and the shim…")
+        async with rehearse_cloudflare(
+            project, state_dir, runtime, model_key=model_key, progress=say
+        ) as cf:
+            dev_json = state_dir / "dev.json"
+            write_private(
+                dev_json,
+                json.dumps(
+                    {"url": cf.url, "pid": os.getpid(), "api_token_file": str(cf.api_token_file)}
+                ),
+            )
+            try:
+                console.banner(
+                    [
+                        ("url", f"{cf.url} (the shim in wrangler dev; stands for workers.dev)"),
+                        ("containers", f"{cf.containers.url} (kit's container emulator, Docker)"),
+                        ("image", cf.image),
+                        ("model", "the real API" if model_key else f"offline at {cf.model_url}"),
+                        ("api token", f"{cf.api_token_file} (Bearer token for POST /v1/sessions)"),
+                    ],
+                    title="kit dev --target cloudflare — ready. Talk to it with `kit chat`; "
+                    "stop with Ctrl-C.",
+                )
+                await stop.wait()
+            finally:
+                dev_json.unlink(missing_ok=True)
+        console.out(console.dim("kit dev --target cloudflare: stopped; every container removed."))
+
+
+def run(project: Path, state_dir: Path, model_key: str | None) -> int:
+    """Entry for the CLI."""
+    asyncio.run(serve_rehearsal(project, state_dir, model_key))
+    return 0
