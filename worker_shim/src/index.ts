@@ -10,7 +10,7 @@
 // needs the API token: 401 without it, also for a path that does not exist.
 
 import type { Env } from "./env";
-import { randomToken, sameText, sha256 } from "./session";
+import { randomToken, sameText, sha256 } from "./tokens";
 
 export { SessionDO } from "./session";
 export type { Env } from "./env";

@@ -76,7 +76,7 @@ describe("recovery from a dying container", () => {
     const container = new FakeContainer(cut);
     await attachContainer(session.session_id, container);
     await runInDurableObject(env.SESSION.getByName(session.session_id), (instance) => {
-      (instance as unknown as { exitWaitMs: number }).exitWaitMs = 200; // EXIT_WAIT_MS is 10 s
+      (instance as unknown as { runner: { exitWaitMs: number } }).runner.exitWaitMs = 200; // EXIT_WAIT_MS is 10 s
     });
     const a = await live(session);
     a.send(JSON.stringify({ type: "user", client_msg_id: "c-1", text: "one" }));
@@ -138,7 +138,7 @@ describe("recovery from a Durable Object instance lost mid-turn", () => {
       if (wake === "alarm") {
         expect(await runDurableObjectAlarm(stub)).toBe(true); // an alarm is set while a turn is open
         // The alarm alone finishes the turn, before any client comes back.
-        await runInDurableObject(stub, (instance) => (instance as unknown as { turnsRun: Promise<void> }).turnsRun);
+        await runInDurableObject(stub, (instance) => (instance as unknown as { runner: { turnsRun: Promise<void> } }).runner.turnsRun);
       } else {
         // No alarm (not even the hello deadline of the first socket): only the hello wakes it.
         await runInDurableObject(stub, (_instance, state) => state.storage.deleteAlarm());
