@@ -4,6 +4,7 @@
 
 import { SELF } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
+import { originAllowed } from "../src/index";
 import { Driver } from "./golden";
 import { API, AUTH, createSession } from "./helpers";
 
@@ -77,5 +78,37 @@ describe("routes", () => {
     own.send(JSON.stringify({ type: "ping" }));
     expect(await own.recv()).toEqual({ type: "pong" });
     own.close();
+  });
+
+  it("on loopback lets only the loopback names of the port in, as kit dev does (no DNS rebinding)", async () => {
+    const session = await createSession();
+    const upgrade = (origin: string, host: string, ip = "127.0.0.1") =>
+      SELF.fetch(`http://${host}/v1/sessions/${session.session_id}/ws`, {
+        headers: { upgrade: "websocket", origin, host, "cf-connecting-ip": ip },
+      });
+    // A page whose own name resolves to this machine sends its own name as Host.
+    const rebound = await upgrade("http://evil.example:8787", "evil.example:8787");
+    expect(rebound.status).toBe(403);
+    expect(await rebound.json()).toMatchObject({ error: "forbidden_origin" });
+    for (const origin of ["http://localhost:8787", "http://127.0.0.1:8787", "http://[::1]:8787"]) {
+      const answer = await upgrade(origin, "127.0.0.1:8787");
+      expect(answer.status, origin).toBe(101);
+      answer.webSocket?.accept();
+      answer.webSocket?.close(1000);
+    }
+    expect((await upgrade("http://localhost:9999", "localhost:8787")).status).toBe(403);
+  });
+
+  it("spells the origin rules of kit/host/auth.py OriginPolicy", () => {
+    // Not on loopback: the request's own Host, or a listed origin.
+    expect(originAllowed("https://app.example", "app.example", "", false)).toBe(true);
+    expect(originAllowed("https://other.example", "app.example", "", false)).toBe(false);
+    expect(originAllowed("https://OTHER.example/", "app.example", "https://other.example", false)).toBe(true);
+    expect(originAllowed("null", "app.example", "", false)).toBe(false);
+    // On loopback: the loopback names with the Host's port, whatever the Host's name.
+    expect(originAllowed("http://localhost:8787", "127.0.0.1:8787", "", true)).toBe(true);
+    expect(originAllowed("http://127.0.0.2:8787", "127.0.0.2:8787", "", true)).toBe(true);
+    expect(originAllowed("http://evil.example:8787", "evil.example:8787", "", true)).toBe(false);
+    expect(originAllowed("http://evil.example:8787", "evil.example:8787", "http://evil.example:8787", true)).toBe(true);
   });
 });
