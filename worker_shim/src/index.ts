@@ -4,12 +4,14 @@
 //   GET  /healthz                  public: {"ok": true}
 //   POST /v1/sessions              Bearer KIT_API_TOKEN: 201 {session_id, token, ws_url}
 //   GET  /v1/sessions/{id}/ws      WebSocket upgrade, forwarded to the session's DO (the
-//                                  socket authenticates with hello's session token)
+//                                  socket authenticates with hello's session token); for
+//                                  an id that names no session, answered here
 //
 // Every other request, and any request to these routes but the upgrade and /healthz,
 // needs the API token: 401 without it, also for a path that does not exist.
 
 import type { Env } from "./env";
+import { noSessionSocket } from "./nosession";
 import { randomToken, sameText, sha256 } from "./tokens";
 
 export { SessionDO } from "./session";
@@ -18,8 +20,6 @@ export type { ContainerLike } from "./runtime";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const WS_PATH = /^\/v1\/sessions\/([^/]+)\/ws$/;
-/** The DO that answers hellos for ids that are no session id: it holds nothing. */
-const NO_SESSION = "not-a-session";
 
 export default {
   async fetch(request: Request, env: Env): Promise<Response> {
@@ -61,8 +61,13 @@ async function openSocket(request: Request, env: Env, id: string): Promise<Respo
       403,
     );
   }
-  // An id that is no canonical UUID reaches a DO with no session: hello answers unknown_session.
-  return env.SESSION.getByName(UUID.test(id) ? id : NO_SESSION).fetch(request);
+  // An id that is no canonical UUID, or names no session, is answered here: hello gets
+  // unknown_session, and no Durable Object is written (the DO of a well-formed id is only
+  // asked, read-only, whether it holds a session).
+  if (!UUID.test(id)) return noSessionSocket();
+  const stub = env.SESSION.getByName(id);
+  if (!(await stub.exists())) return noSessionSocket();
+  return stub.fetch(request);
 }
 
 /** docs/protocol.md §2, as kit/host/auth.py `OriginPolicy` decides: an origin listed in

@@ -23,6 +23,7 @@ import {
   type ResumeMode,
 } from "./frames";
 import { REPLAY_PAGE, SessionLog } from "./log";
+import { HELLO_TIMEOUT_MS, noSessionSocket } from "./nosession";
 import { TurnRunner } from "./runner";
 import type { ContainerLike } from "./runtime";
 import { sameText, sha256 } from "./tokens";
@@ -30,8 +31,7 @@ import { sameText, sha256 } from "./tokens";
 export { exitCodeOf, oomOf, reasonOf } from "./runner";
 export { randomToken, sameText, sha256 } from "./tokens";
 
-/** No hello this long after the socket opened: `hello_required`, close 4400. */
-export const HELLO_TIMEOUT_MS = 10_000;
+export { HELLO_TIMEOUT_MS } from "./nosession";
 
 type Phase = "hello" | "auth" | "handshake" | "live" | "closed";
 
@@ -58,7 +58,12 @@ export class SessionDO extends DurableObject<Env> {
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
-    this.log = new SessionLog(ctx.storage.sql);
+    this.log = new SessionLog(ctx.storage);
+    // An existing session's storage is brought to this version's schema before any event;
+    // a DO that holds no session writes nothing (an unknown id stays empty).
+    void ctx.blockConcurrencyWhile(async () => {
+      this.log.migrate();
+    });
     this.runner = new TurnRunner({
       log: this.log,
       container: () => this.container(),
@@ -74,8 +79,15 @@ export class SessionDO extends DurableObject<Env> {
     this.log.create({ session_id: sessionId, token_sha256: tokenSha256, tier });
   }
 
+  /** Whether this DO holds a session (reads only: the Worker asks before it forwards a
+   * socket, so an unknown id never gets an alarm or a table). */
+  async exists(): Promise<boolean> {
+    return this.log.exists();
+  }
+
   /** The WebSocket upgrade of `/v1/sessions/{id}/ws`, forwarded by the Worker. */
   async fetch(_request: Request): Promise<Response> {
+    if (!this.log.exists()) return noSessionSocket(); // the Worker asked first; in case it did not
     const [client, server] = Object.values(new WebSocketPair());
     this.ctx.acceptWebSocket(server);
     const opened = Date.now();

@@ -2,9 +2,11 @@
 // (401 without it, also for a path that does not exist); the session API answers as kit's
 // host does; session sockets are refused to foreign browser origins.
 
-import { SELF } from "cloudflare:test";
+import { SELF, runInDurableObject } from "cloudflare:test";
+import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { originAllowed } from "../src/index";
+import { noSessionSocket } from "../src/nosession";
 import { Driver } from "./golden";
 import { API, AUTH, createSession } from "./helpers";
 
@@ -110,5 +112,34 @@ describe("routes", () => {
     expect(originAllowed("http://127.0.0.2:8787", "127.0.0.2:8787", "", true)).toBe(true);
     expect(originAllowed("http://evil.example:8787", "evil.example:8787", "", true)).toBe(false);
     expect(originAllowed("http://evil.example:8787", "evil.example:8787", "http://evil.example:8787", true)).toBe(true);
+  });
+
+  it("answers a socket to an unknown session id as kit's host does, and writes nothing to its Durable Object", async () => {
+    const id = crypto.randomUUID();
+    const driver = await Driver.open(id);
+    driver.send(JSON.stringify({ type: "ping" }));
+    expect(await driver.recv()).toEqual({ type: "pong" });
+    driver.send(JSON.stringify({ type: "user", client_msg_id: "c-1", text: "hi" }));
+    expect(await driver.recv()).toMatchObject({ type: "error", code: "hello_required" });
+    driver.send("[");
+    expect(await driver.recv()).toMatchObject({ type: "error", code: "bad_json" });
+    driver.send(JSON.stringify({ type: "hello", token: "kit-session-x", last_seq: null }));
+    expect(await driver.recv()).toMatchObject({ type: "error", code: "unknown_session" });
+    expect(await driver.closed()).toBe(4404);
+    await runInDurableObject(env.SESSION.getByName(id), async (_instance, state) => {
+      expect(await state.storage.getAlarm()).toBeNull();
+      const tables = state.storage.sql.exec<{ name: string }>("SELECT name FROM sqlite_master").toArray();
+      expect(tables.map((t) => t.name).filter((n) => !n.startsWith("_cf_"))).toEqual([]);
+    });
+  });
+
+  it("closes a socket to an unknown session that never says hello by its deadline: hello_required, 4400", async () => {
+    const socket = noSessionSocket(50).webSocket!;
+    const frames: unknown[] = [];
+    const closed = new Promise<number>((resolve) => socket.addEventListener("close", (ev) => resolve(ev.code)));
+    socket.addEventListener("message", (ev) => frames.push(JSON.parse(ev.data as string)));
+    socket.accept();
+    expect(await closed).toBe(4400);
+    expect(frames).toEqual([expect.objectContaining({ type: "error", code: "hello_required" })]);
   });
 });
