@@ -11,7 +11,7 @@
 
 import type { EventRow } from "./frames";
 import type { OpenTurn, SessionLog } from "./log";
-import { ContainerRuntime, RuntimeLost, type ContainerLike } from "./runtime";
+import { ContainerRuntime, READY_TIMEOUT_MS, RuntimeLost, type ContainerLike } from "./runtime";
 import { randomToken } from "./tokens";
 import { HARNESS_EXIT_CODE, STOPPED_REASONS, TURN_FAILED, TurnPlanner, type TurnAction } from "./turns";
 
@@ -50,6 +50,8 @@ interface Live {
 export class TurnRunner {
   /** EXIT_WAIT_MS; tests shorten it. */
   exitWaitMs = EXIT_WAIT_MS;
+  /** How long a started runtime has to get ready (READY_TIMEOUT_MS); tests shorten it. */
+  readyTimeoutMs = READY_TIMEOUT_MS;
   /** The last run of the runner (tests await it). */
   turnsRun: Promise<void> = Promise.resolve();
   private running = false;
@@ -225,9 +227,10 @@ export class TurnRunner {
       const runtime = new ContainerRuntime(container, runtimeToken);
       // TODO(config): the runtime's full config (kit/host/sandbox.py runtime_config) with the
       // model route's per-session token; today only what the runtime API needs.
-      runtime.start(tier, { KIT_RUNTIME_TOKEN: runtimeToken, KIT_SESSION_ID: this.log.meta("session_id") ?? "" });
+      const sessionId = this.log.meta("session_id") ?? "";
+      runtime.start(tier, { KIT_RUNTIME_TOKEN: runtimeToken, KIT_SESSION_ID: sessionId });
       started = this.watch(container, sandboxId, runtime, false);
-      const ready = await runtime.ready();
+      const ready = await runtime.ready(sessionId, this.readyTimeoutMs);
       if (started.exit !== null) throw new RuntimeLost("The container exited as its runtime became ready.");
       started.adopted = true;
       this.live = started;
