@@ -34,6 +34,20 @@ export interface OpenTurn {
 /** Events read per page of a replay (docs/protocol.md §5). */
 export const REPLAY_PAGE = 1000;
 
+/** The largest event row: DO SQLite's 2 MB per row and string (reference/cloudflare.md §4),
+ * the bytes kit's Durable Object emulator refuses past (emulator/durable_objects/limits.py
+ * MAX_VALUE_BYTES), so an event kit's Python host cannot store there is not stored here
+ * either. */
+export const MAX_ROW_BYTES = 2_000_000;
+/** What a row holds besides its data, kind and turn id (three integers), counted high. */
+const ROW_OVERHEAD_BYTES = 32;
+
+/** An event too large for one row of the log: nothing of it was stored. The turn it came
+ * with fails (`turn_failed`), as on kit's Python host, whose append fails the same way. */
+export class EventTooLarge extends Error {
+  override name = "EventTooLarge";
+}
+
 /** The `meta` key counting the session's turns (a turn's id is `t<count>`). */
 const TURN_COUNT = "turn_count";
 
@@ -99,9 +113,14 @@ export class SessionLog {
     return this.lastSeqCache;
   }
 
-  /** Append one event (`data` an object, stored as JSON text); the row, to send after. */
+  /** Append one event (`data` an object, stored as JSON text); the row, to send after.
+   * EventTooLarge, with nothing stored, for a row over MAX_ROW_BYTES. */
   append(kind: string, data: unknown, turnId: string | null): EventRow {
     const row: EventRow = { seq: this.lastSeq() + 1, kind, turn_id: turnId, data: JSON.stringify(data), ts: Date.now() };
+    const size = utf8Length(row.data) + utf8Length(kind) + utf8Length(turnId ?? "") + ROW_OVERHEAD_BYTES;
+    if (size > MAX_ROW_BYTES) {
+      throw new EventTooLarge(`a ${kind} event of ${size} bytes is over the ${MAX_ROW_BYTES} bytes an event may have in the log`);
+    }
     this.sql.exec("INSERT INTO events VALUES (?, ?, ?, ?, ?)", row.seq, row.kind, row.turn_id, row.data, row.ts);
     this.lastSeqCache = row.seq;
     return row;
@@ -164,4 +183,20 @@ export class SessionLog {
       turnId,
     );
   }
+}
+
+/** UTF-8 bytes of `text` (lone surrogates count 3, as TextEncoder writes U+FFFD), without
+ * encoding it. */
+export function utf8Length(text: string): number {
+  let n = text.length;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 0x80) continue;
+    if (c < 0x800) n += 1;
+    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < text.length && (text.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
+      n += 2; // a pair: 4 bytes for 2 units
+      i++;
+    } else n += 2;
+  }
+  return n;
 }

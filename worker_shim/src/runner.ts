@@ -101,11 +101,10 @@ export class TurnRunner {
           // The host itself failed on the turn (a bug, a storage error): end the turn so the
           // next one can run, as kit's host does (docs/protocol.md §4, turn_failed).
           console.error(`turn ${turn.turn_id} failed in the host`, exc);
+          const why = exc instanceof Error ? exc.message : String(exc);
           try {
             this.log.setTurnState(turn.turn_id, "failed");
-            this.host.publish(
-              this.log.append("error", { code: TURN_FAILED, message: "The host failed on this turn; send it again as a new message (a new client_msg_id) to retry." }, turn.turn_id),
-            );
+            this.host.publish(this.log.append("error", { code: TURN_FAILED, message: `The host failed on this turn: ${why}.` }, turn.turn_id));
           } catch (storage) {
             // The storage fails too (this instance is being reset): the next instance
             // resumes the turn from the log.

@@ -165,3 +165,33 @@ describe("recovery from a Durable Object instance lost mid-turn", () => {
     });
   }
 });
+
+/** A turn whose text_delta after the first word is `size` characters long (once). */
+function oversized(size: number): (text: string, recover: boolean) => RuntimeEventLine[] {
+  let sent = false;
+  return (text, recover) => {
+    const lines = cannedOrRecovered(text, recover);
+    if (sent) return lines;
+    sent = true;
+    return [lines[0], { kind: "text_delta", data: { text: "x".repeat(size) } }, ...lines.slice(1)];
+  };
+}
+
+describe("a turn the host fails on mid-stream", () => {
+  it("refuses an event over the 2 MB row limit of DO SQLite: turn_failed, nothing of it stored", async () => {
+    const session = await createSession();
+    await attachContainer(session.session_id, new FakeContainer(oversized(2_100_000)));
+    const a = await live(session);
+    a.send(JSON.stringify({ type: "user", client_msg_id: "c-1", text: "one" }));
+    const turn = await untilEnd(a);
+    expect(turn.at(-1)).toMatchObject({
+      kind: "error",
+      turn_id: "t1",
+      data: { code: "turn_failed", message: expect.stringMatching(/^The host failed on this turn: a text_delta event of 21000\d\d bytes is over the 2000000 bytes/) },
+    });
+    expect(turn.filter((f) => f.kind !== "sandbox").map((f) => f.kind)).toEqual(["user", "text_delta", "error"]);
+    expect(turn.every((f) => JSON.stringify(f).length < 10_000)).toBe(true);
+    expectContiguous(turn);
+    a.close();
+  });
+});
