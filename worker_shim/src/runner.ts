@@ -43,6 +43,10 @@ interface Live {
   exit: { code: number | null; oom: boolean } | null;
   /** Its exit event is in the log (or it needs none: never announced running). */
   recorded: boolean;
+  /** A turn's stream on it ended without the turn's end: its runtime may still run that turn
+   * (kit's runtime carries a turn on when its client goes), so it takes no other. It is
+   * done with: waited for or destroyed, never streamed from again. */
+  broken: boolean;
   /** Settles once the exit was seen. */
   exited: Promise<void>;
 }
@@ -103,6 +107,7 @@ export class TurnRunner {
           console.error(`turn ${turn.turn_id} failed in the host`, exc);
           const why = exc instanceof Error ? exc.message : String(exc);
           try {
+            await this.retireBroken(turn.turn_id);
             this.log.setTurnState(turn.turn_id, "failed");
             this.host.publish(this.log.append("error", { code: TURN_FAILED, message: `The host failed on this turn: ${why}.` }, turn.turn_id));
           } catch (storage) {
@@ -155,6 +160,23 @@ export class TurnRunner {
     }
   }
 
+  /** After the host failed on `turnId`: stop the sandbox whose stream the failure cut (its
+   * runtime would still run the turn and refuse the next one), recording its exit under
+   * the turn (`sandbox` `stopped`, reason `stopped`) before the turn's end. */
+  private async retireBroken(turnId: string): Promise<void> {
+    const live = this.live;
+    if (live === null || !live.broken) return;
+    this.runningTurn = turnId;
+    try {
+      live.killReason = "stopped";
+      await destroyQuietly(live.container);
+      if (!(await settlesWithin(live.exited, this.exitWaitMs))) this.sawExit(live, null, false);
+      this.recordExit(live);
+    } finally {
+      this.runningTurn = null;
+    }
+  }
+
   /** Do one of the planner's actions that needs no answer. */
   private async act(turnId: string, action: TurnAction, live: Live | null): Promise<void> {
     switch (action.action) {
@@ -177,12 +199,16 @@ export class TurnRunner {
    * Done), or null if the stream broke first (the sandbox went away). */
   private async stream(live: Live, turn: OpenTurn, planner: TurnPlanner, recover: boolean): Promise<TurnAction[] | null> {
     this.streaming = { turnId: turn.turn_id, runtime: live.runtime };
+    let ended = false;
     try {
       for await (const event of live.runtime.turn(turn.turn_id, turn.text, recover)) {
         const [emit, ...rest] = planner.batch([[event.kind, event.data]]);
         if (emit.action !== "emit") throw new Error(`The turn planner answered a batch with ${emit.action}.`);
         if (emit.count > 0) this.host.publish(this.log.append(event.kind, event.data, turn.turn_id));
-        if (rest.length > 0) return rest;
+        if (rest.length > 0) {
+          ended = true;
+          return rest;
+        }
       }
       console.log(`session ${this.log.meta("session_id")}: turn ${turn.turn_id}: the runtime's stream ended with no result and no turn_failed`);
     } catch (exc) {
@@ -190,20 +216,23 @@ export class TurnRunner {
       console.log(`session ${this.log.meta("session_id")}: turn ${turn.turn_id} lost its sandbox: ${exc.message}`);
     } finally {
       this.streaming = null;
+      if (!ended) live.broken = true; // broken, or left by a host failure: never streamed again
       this.recordExit(live); // it exited as the stream ended: log it after the stream's events
     }
     return null;
   }
 
-  /** A running sandbox for the turn: the one this instance watches, a running container
-   * an earlier instance started (between turns), or a new container started with
-   * `sandbox` starting/running events (docs/protocol.md §4). Null when none could start
-   * (a `sandbox failed` event is logged; the planner decides what follows). */
+  /** A running sandbox for the turn: the one this instance watches (unless a stream on it
+   * broke), a running container an earlier instance started (between turns), or a new
+   * container started with `sandbox` starting/running events (docs/protocol.md §4). Null
+   * when none could start (a `sandbox failed` event is logged; the planner decides what
+   * follows). */
   private async startSandbox(turnId: string): Promise<Live | null> {
     const tier = this.log.meta("tier") ?? "basic";
     const container = this.host.container();
+    if (this.live?.broken === true) await this.sandboxGone(this.live); // done with: gone first
     const live = this.live;
-    if (live !== null && !live.exit !== null && live.container === container && container.running) return live;
+    if (live !== null && live.exit === null && live.container === container && container.running) return live;
     const token = this.log.meta("runtime_token");
     if (live === null && container !== null && container.running && token) {
       // Started by an instance that is gone, with no turn in it: watch it from here.
@@ -238,7 +267,7 @@ export class TurnRunner {
     } catch (exc) {
       const message = exc instanceof Error ? exc.message : String(exc);
       this.host.publish(this.log.append("sandbox", { state: "failed", tier, message }, turnId));
-      if (started !== null && !started.exit !== null) await destroyQuietly(started.container);
+      if (started !== null && started.exit === null) await destroyQuietly(started.container);
       return null;
     }
   }
@@ -246,7 +275,7 @@ export class TurnRunner {
   /** Watch `container` with monitor() while this instance lives; its exit is recorded by
    * `recordExit` (a `sandbox` event once the sandbox was announced running). */
   private watch(container: ContainerLike, sandboxId: string, runtime: ContainerRuntime, adopted: boolean): Live {
-    const live: Live = { sandboxId, container, runtime, adopted, killReason: null, exit: null, recorded: false, exited: Promise.resolve() };
+    const live: Live = { sandboxId, container, runtime, adopted, killReason: null, exit: null, recorded: false, broken: false, exited: Promise.resolve() };
     live.exited = container
       .monitor()
       .then(
@@ -280,10 +309,12 @@ export class TurnRunner {
     this.host.publish(this.log.append("sandbox", { state, sandbox_id: live.sandboxId, reason, exit_code: live.exit.code }, this.runningTurn));
   }
 
-  /** After a broken stream: make sure the sandbox is dead and its exit recorded; one that
-   * does not exit within EXIT_WAIT_MS is destroyed (reason `unresponsive`). */
+  /** After a broken stream: make sure the sandbox is dead and its exit recorded, so the next
+   * start is a fresh one; one that does not exit within EXIT_WAIT_MS is destroyed (reason
+   * `unresponsive`), and one that outlives even that is forgotten (its exit unknown). */
   private async sandboxGone(live: Live | null): Promise<void> {
     if (live === null) return;
+    live.broken = true;
     if (!(await settlesWithin(live.exited, this.exitWaitMs))) {
       live.killReason = "unresponsive";
       await destroyQuietly(live.container);

@@ -65,9 +65,13 @@ export class ContainerRuntime {
     private readonly token: string,
   ) {}
 
-  /** Start the container (if it is not running) with the runtime's environment. */
+  /** Start the container with the runtime's environment. RuntimeLost if it still runs: a
+   * container that would not stop is never taken for a fresh one (its runtime holds
+   * another token, and maybe a turn). */
   start(tier: string, env: Record<string, string>): void {
-    if (this.container.running) return;
+    if (this.container.running) {
+      throw new RuntimeLost("The container of the last sandbox is still running after it was destroyed; a new one cannot start until it stops.");
+    }
     this.container.start({ env, instance: instanceType(tier), enableInternet: false });
   }
 

@@ -194,4 +194,25 @@ describe("a turn the host fails on mid-stream", () => {
     expectContiguous(turn);
     a.close();
   });
+
+  it("stops the sandbox it left mid-turn, so the next turn starts a fresh one instead of meeting a busy runtime", async () => {
+    const session = await createSession();
+    const container = new FakeContainer(oversized(2_100_000));
+    await attachContainer(session.session_id, container);
+    const a = await live(session);
+    a.send(JSON.stringify({ type: "user", client_msg_id: "c-1", text: "one" }));
+    const first = await untilEnd(a);
+    expect(first.at(-1)).toMatchObject({ kind: "error", data: { code: "turn_failed" } });
+    const stopped = first.filter((f) => f.kind === "sandbox").at(-1)!;
+    expect(stopped).toMatchObject({ turn_id: "t1", data: { state: "stopped", reason: "stopped", exit_code: 137 } });
+    a.send(JSON.stringify({ type: "user", client_msg_id: "c-2", text: "two" }));
+    const second = await untilEnd(a);
+    expect(second.at(-1)).toMatchObject({ kind: "result", turn_id: "t2", data: { text: answer(cannedTurn("two")) } });
+    expect(sandboxStates(second)).toEqual([["starting", null], ["running", null]]);
+    expect(container.busyRefusals).toBe(0);
+    expect(container.turns.map((t) => [t.turn_id, t.recover])).toEqual([["t1", false], ["t2", false]]);
+    expect(container.starts).toHaveLength(2);
+    expectContiguous([...first, ...second]);
+    a.close();
+  });
 });
