@@ -59,7 +59,7 @@ export class TurnRunner {
   /** The last run of the runner (tests await it). */
   turnsRun: Promise<void> = Promise.resolve();
   private running = false;
-  /** The runtime of the turn now streaming, if any (for interrupts). */
+  /** The runtime of the turn now streaming, if any (its exit is recorded after the stream). */
   private streaming: { turnId: string; runtime: ContainerRuntime } | null = null;
   /** The sandbox this instance started or adopted and watches, while it runs. */
   private live: Live | null = null;
@@ -84,11 +84,15 @@ export class TurnRunner {
     this.host.waitUntil(this.turnsRun);
   }
 
-  /** Pass an interrupt to the runtime streaming `turnId`; whether it stopped a turn. */
-  async interrupt(turnId: string): Promise<boolean> {
-    const streaming = this.streaming;
-    if (streaming === null || streaming.turnId !== turnId) return false;
-    return await streaming.runtime.interrupt();
+  /** Pass an interrupt to the sandbox running this instance's turn; whether there was one
+   * to pass it to (kit/host/session.py `Session.interrupt`: a turn runs and a sandbox is up).
+   * What the runtime answers, or whether it answers at all, does not change that: the
+   * turn's own end says how it ended (docs/protocol.md §6). */
+  async interrupt(): Promise<boolean> {
+    const live = this.live;
+    if (this.runningTurn === null || live === null) return false;
+    await live.runtime.interrupt();
+    return true;
   }
 
   /** Run open turns one at a time, oldest first, until none is left. */

@@ -226,9 +226,12 @@ export class SessionDO extends DurableObject<Env> {
   }
 
   private async interrupt(ws: WebSocket): Promise<void> {
+    // kit/host/app.py `_interrupt`: the oldest open turn when the interrupt came (the one
+    // running, or next to run), or, if none was open, the one that started meanwhile.
     const open = this.log.openTurn();
-    const interrupted = open !== null && (await this.runner.interrupt(open.turn_id));
-    send(ws, interruptAckFrame(open?.turn_id ?? null, interrupted));
+    const interrupted = await this.runner.interrupt();
+    const turn = open ?? (interrupted ? this.log.openTurn() : null);
+    send(ws, interruptAckFrame(turn?.turn_id ?? null, interrupted));
   }
 
   // -- turns ------------------------------------------------------------------------------
