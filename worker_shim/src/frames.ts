@@ -33,6 +33,7 @@ export const E = {
   UNAUTHORIZED: "unauthorized",
   UNKNOWN_SESSION: "unknown_session",
   SEQ_AHEAD: "seq_ahead",
+  SLOW_CONSUMER: "slow_consumer",
   INTERNAL: "internal",
 } as const;
 
@@ -44,6 +45,7 @@ export const CLOSE = {
   BAD_REQUEST: 4400,
   UNAUTHORIZED: 4401,
   UNKNOWN_SESSION: 4404,
+  SLOW_CONSUMER: 4408,
 } as const;
 
 /** A frame that breaks the protocol; `closeCode` set when the connection must end. */

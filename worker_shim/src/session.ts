@@ -23,6 +23,7 @@ import {
   type ResumeMode,
 } from "./frames";
 import { REPLAY_PAGE, SessionLog } from "./log";
+import { MAX_QUEUED_FRAMES, Outbox } from "./outbox";
 import { HELLO_TIMEOUT_MS, noSessionSocket } from "./nosession";
 import { TurnRunner } from "./runner";
 import type { ContainerLike } from "./runtime";
@@ -48,6 +49,9 @@ interface SocketState {
  * was evicted mid-turn (which then resumes the turn) and keeps a live one busy. */
 export const TURN_WATCH_MS = 30_000;
 
+/** How often a paused replay looks whether its socket has taken the last page. */
+const DRAIN_POLL_MS = 10;
+
 export class SessionDO extends DurableObject<Env> {
   private readonly log: SessionLog;
   /** Per-socket chains of message handling (in memory; lost with the instance, which is
@@ -55,6 +59,11 @@ export class SessionDO extends DurableObject<Env> {
   private readonly chains = new Map<WebSocket, Promise<void>>();
   /** Runs the open turns (runner.ts); tests reach its knobs through the instance. */
   private readonly runner: TurnRunner;
+  /** What each socket has not yet taken (in memory: an instance that hibernated had nothing
+   * pending, and a new one counts from its first send). */
+  private readonly outboxes = new Map<WebSocket, Outbox>();
+  /** MAX_QUEUED_FRAMES; tests lower it on an instance. */
+  private maxQueuedFrames = MAX_QUEUED_FRAMES;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -132,6 +141,7 @@ export class SessionDO extends DurableObject<Env> {
 
   async webSocketClose(ws: WebSocket, code: number, _reason: string): Promise<void> {
     this.chains.delete(ws);
+    this.outboxes.delete(ws);
     try {
       ws.close(code === 1005 || code === 1006 ? CLOSE.NORMAL : code, "closed");
     } catch {
@@ -141,6 +151,7 @@ export class SessionDO extends DurableObject<Env> {
 
   async webSocketError(ws: WebSocket): Promise<void> {
     this.chains.delete(ws);
+    this.outboxes.delete(ws);
   }
 
   // -- one client message -----------------------------------------------------------------
@@ -163,7 +174,7 @@ export class SessionDO extends DurableObject<Env> {
   }
 
   private async apply(ws: WebSocket, st: SocketState, frame: ClientFrame): Promise<void> {
-    if (frame.type === "ping") return send(ws, PONG);
+    if (frame.type === "ping") return this.send(ws, PONG);
     if (frame.type === "hello") {
       if (st.phase !== "hello") throw new ProtocolError(E.ALREADY_HELLO, "This connection already said hello.");
       return this.hello(ws, st, frame.token, frame.lastSeq);
@@ -173,7 +184,7 @@ export class SessionDO extends DurableObject<Env> {
     }
     if (frame.type === "user") return await this.user(frame.clientMsgId, frame.text);
     if (frame.type === "ack") {
-      if (st.phase === "handshake") this.replay(ws, st);
+      if (st.phase === "handshake") await this.replay(ws, st);
       return;
     }
     return this.interrupt(ws);
@@ -200,21 +211,45 @@ export class SessionDO extends DurableObject<Env> {
     }
     const after = Number(have);
     const resume: ResumeMode = last > after ? "resuming" : this.log.openTurn() !== null ? "pending" : "none";
-    send(ws, welcomeFrame(this.log.meta("session_id")!, resume, last));
+    this.send(ws, welcomeFrame(this.log.meta("session_id")!, resume, last));
     setState(ws, { ...st, phase: resume === "none" ? "live" : "handshake", after });
   }
 
-  /** Send every event after hello.last_seq flagged replay, page by page, then go live; all
-   * in one synchronous step, so nothing is missed or sent twice. */
-  private replay(ws: WebSocket, st: SocketState): void {
+  /** Send every event after hello.last_seq flagged replay, then go live (docs/protocol.md
+   * §5, kit/host/app.py `_replay`): full pages go out one at a time, the next read only once
+   * the socket has taken the last (other events run meanwhile); the last page is read, and
+   * the socket goes live, in one synchronous step, so nothing is missed or sent twice. */
+  private async replay(ws: WebSocket, st: SocketState): Promise<void> {
+    const box = this.outbox(ws);
     let after = st.after;
-    for (let pages = 0; pages < Number.MAX_SAFE_INTEGER; pages++) {
+    const pages = Math.floor(Math.max(0, this.log.lastSeq() - after) / REPLAY_PAGE) + 1;
+    for (let n = 0; n < pages; n++) {
+      if (state(ws).phase !== "handshake") return; // closed meanwhile
       const rows = this.log.page(after, REPLAY_PAGE);
-      for (const row of rows) send(ws, eventFrame(row, true));
+      if (rows.length < REPLAY_PAGE) break;
+      for (const row of rows) box.send(eventFrame(row, true));
+      after = rows[rows.length - 1].seq;
+      setState(ws, { ...state(ws), after });
+      if (!(await this.drained(ws, box))) return;
+    }
+    if (state(ws).phase !== "handshake") return;
+    for (let n = 0; n < Number.MAX_SAFE_INTEGER; n++) {
+      const rows = this.log.page(after, REPLAY_PAGE);
+      for (const row of rows) box.send(eventFrame(row, true));
       if (rows.length < REPLAY_PAGE) break;
       after = rows[rows.length - 1].seq;
     }
-    setState(ws, { ...st, phase: "live" });
+    setState(ws, { ...state(ws), phase: "live", after });
+  }
+
+  /** Wait until `ws` has taken everything sent to it (or, where the runtime does not say,
+   * one turn of the event loop); false if it closed meanwhile. */
+  private async drained(ws: WebSocket, box: Outbox): Promise<boolean> {
+    do {
+      await scheduler.wait(box.measured ? DRAIN_POLL_MS : 0);
+      if (state(ws).phase === "closed" || ws.readyState >= 2) return false; // CLOSING, CLOSED
+    } while (!box.drained());
+    return true;
   }
 
   private async user(clientMsgId: string, text: string): Promise<void> {
@@ -231,7 +266,7 @@ export class SessionDO extends DurableObject<Env> {
     const open = this.log.openTurn();
     const interrupted = await this.runner.interrupt();
     const turn = open ?? (interrupted ? this.log.openTurn() : null);
-    send(ws, interruptAckFrame(turn?.turn_id ?? null, interrupted));
+    this.send(ws, interruptAckFrame(turn?.turn_id ?? null, interrupted));
   }
 
   // -- turns ------------------------------------------------------------------------------
@@ -253,16 +288,37 @@ export class SessionDO extends DurableObject<Env> {
     return this.ctx.container ?? null;
   }
 
-  /** Hand an event to every live socket; the output gate releases it after the commit. */
+  /** Hand an event to every live socket; the output gate releases it after the commit. A
+   * socket with more than MAX_QUEUED_FRAMES frames unsent is closed instead (`slow_consumer`,
+   * 4408, after what it was sent): the log keeps everything, it resumes by last_seq. */
   private publish(row: EventRow): void {
     const frame = eventFrame(row, false);
     for (const ws of this.ctx.getWebSockets()) {
-      if (state(ws).phase === "live") send(ws, frame);
+      if (state(ws).phase !== "live") continue;
+      const box = this.outbox(ws);
+      if (box.queued() > this.maxQueuedFrames) {
+        this.fail(ws, new ProtocolError(E.SLOW_CONSUMER, "Too far behind; reconnect and resume with last_seq.", CLOSE.SLOW_CONSUMER));
+      } else {
+        box.send(frame);
+      }
     }
   }
 
+  private outbox(ws: WebSocket): Outbox {
+    let box = this.outboxes.get(ws);
+    if (box === undefined) {
+      box = new Outbox({ send: (text) => send(ws, text), get bufferedAmount() { return (ws as { bufferedAmount?: number }).bufferedAmount; } });
+      this.outboxes.set(ws, box);
+    }
+    return box;
+  }
+
+  private send(ws: WebSocket, text: string): void {
+    this.outbox(ws).send(text);
+  }
+
   private fail(ws: WebSocket, exc: ProtocolError): void {
-    send(ws, errorFrame(exc.code, exc.message));
+    this.send(ws, errorFrame(exc.code, exc.message));
     if (exc.closeCode === null) return;
     setState(ws, { ...state(ws), phase: "closed" });
     try {
