@@ -109,7 +109,7 @@ export class TurnRunner {
           // The host itself failed on the turn (a bug, a storage error): end the turn so the
           // next one can run, as kit's host does (docs/protocol.md §4, turn_failed).
           console.error(`turn ${turn.turn_id} failed in the host`, exc);
-          const why = exc instanceof Error ? exc.message : String(exc);
+          const why = (exc instanceof Error ? exc.message : String(exc)).replace(/\.$/, "");
           try {
             await this.retireBroken(turn.turn_id);
             this.log.setTurnState(turn.turn_id, "failed");

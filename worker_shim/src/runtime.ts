@@ -140,7 +140,7 @@ export class ContainerRuntime {
       for await (const line of ndjsonLines(answer.body)) yield parseLine(line);
     } catch (exc) {
       if (exc instanceof RuntimeLost) throw exc;
-      throw new RuntimeLost(`The runtime's stream broke: ${String(exc)}.`);
+      throw new RuntimeLost(`The runtime's stream broke: ${String(exc).replace(/\.$/, "")}.`);
     }
   }
 

@@ -80,7 +80,7 @@ export class SessionDO extends DurableObject<Env> {
       waitUntil: (promise) => this.ctx.waitUntil(promise),
     });
     // A turn still open in the log is resumed by the alarm or the next client message
-    // (resumeTurns), not from here: the constructor runs before ctx is fully usable.
+    // (runner.resume), not from here: a turn runs on after the event that started it.
   }
 
   /** Create the session (called once by the Worker at POST /v1/sessions). */
