@@ -1,7 +1,8 @@
 // Session protocol v1 frames (docs/protocol.md §3, kit/protocol/frames.py): parse and
 // validate a client frame, spell the host's frames. Sans I/O: text in, a frame or a
 // ProtocolError out. The checks run in the order the protocol fixes: size, JSON, object with
-// a string type, valid Unicode everywhere, known type, then the type's fields.
+// a string type, valid Unicode everywhere, known type, then the type's fields. JSON nested
+// deeper than MAX_JSON_DEPTH is `bad_json`.
 
 export const PROTOCOL_VERSION = 1;
 /** A client frame larger than this (UTF-8 bytes) is `too_large`, close 1009. */
@@ -14,6 +15,12 @@ export const MAX_ID_CHARS = 128;
 export const MAX_TOKEN_CHARS = 512;
 /** The largest seq: logs keep seqs as signed 64-bit integers. */
 export const MAX_SEQ = 2n ** 63n - 1n;
+/** The deepest nesting of arrays and objects a frame may have (the frame itself is level 1);
+ * deeper is `bad_json`. kit/protocol/frames.py has no number of its own: `json.loads`
+ * raises RecursionError at CPython's recursion limit, 1000, less the stack the host already
+ * uses (a ping nested 932 deep still passes in `kit dev` on Python 3.11). The shim takes the
+ * limit itself. */
+export const MAX_JSON_DEPTH = 1000;
 
 /** Stable error codes (kit/protocol/errors.py). */
 export const E = {
@@ -26,6 +33,7 @@ export const E = {
   UNAUTHORIZED: "unauthorized",
   UNKNOWN_SESSION: "unknown_session",
   SEQ_AHEAD: "seq_ahead",
+  SLOW_CONSUMER: "slow_consumer",
   INTERNAL: "internal",
 } as const;
 
@@ -37,6 +45,7 @@ export const CLOSE = {
   BAD_REQUEST: 4400,
   UNAUTHORIZED: 4401,
   UNKNOWN_SESSION: 4404,
+  SLOW_CONSUMER: 4408,
 } as const;
 
 /** A frame that breaks the protocol; `closeCode` set when the connection must end. */
@@ -80,6 +89,7 @@ export function parseClientFrame(text: string): ClientFrame {
       CLOSE.TOO_LARGE,
     );
   }
+  checkDepth(text);
   let obj: unknown;
   try {
     obj = JSON.parse(text, reviveNumber);
@@ -130,6 +140,29 @@ export function parseClientFrame(text: string): ClientFrame {
     E.UNKNOWN_TYPE,
     `Unknown frame type '${[...kind].slice(0, 40).join("")}'; expected hello, user, ack, interrupt or ping.`,
   );
+}
+
+/** Refuse text whose arrays and objects nest deeper than MAX_JSON_DEPTH (`bad_json`), before
+ * it is parsed: one pass over the text, brackets inside strings skipped. Whatever else is
+ * wrong with the text is left to JSON.parse, which answers `bad_json` too. */
+function checkDepth(text: string): void {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (c === 0x5c) i++; // backslash: the next unit is escaped
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) {
+      inString = true;
+    } else if (c === 0x5b || c === 0x7b) {
+      if (++depth > MAX_JSON_DEPTH) {
+        throw new ProtocolError(E.BAD_JSON, `Frame is not valid JSON: it nests deeper than ${MAX_JSON_DEPTH} levels.`);
+      }
+    } else if (c === 0x5d || c === 0x7d) {
+      depth--;
+    }
+  }
 }
 
 /** Whether `value` is a seq the protocol accepts (an integer literal from 0 to MAX_SEQ). */

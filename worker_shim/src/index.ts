@@ -4,7 +4,8 @@
 //   GET  /healthz                  public: {"ok": true}
 //   POST /v1/sessions              Bearer KIT_API_TOKEN: 201 {session_id, token, ws_url}
 //   GET  /v1/sessions/{id}/ws      WebSocket upgrade, forwarded to the session's DO (the
-//                                  socket authenticates with hello's session token)
+//                                  socket authenticates with hello's session token); for
+//                                  an id that names no session, answered here
 //   ANY  /v1/sessions/{id}/model/… a sandbox's model call, forwarded to the session's DO
 //                                  (it checks the sandbox's model token, adds the real key)
 //
@@ -12,7 +13,9 @@
 // needs the API token: 401 without it, also for a path that does not exist.
 
 import type { Env } from "./env";
-import { MODEL_PATH, randomToken, sameText, sha256 } from "./session";
+import { noSessionSocket } from "./nosession";
+import { MODEL_PATH } from "./session";
+import { randomToken, sameText, sha256 } from "./tokens";
 
 export { SessionDO } from "./session";
 export type { Env } from "./env";
@@ -21,8 +24,6 @@ export type { ContainerLike } from "./runtime";
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const WS_PATH = /^\/v1\/sessions\/([^/]+)\/ws$/;
 const MODEL_ID = /^\/v1\/sessions\/([^/]+)\/model\//;
-/** The DO that answers hellos for ids that are no session id: it holds nothing. */
-const NO_SESSION = "not-a-session";
 
 export default {
   async fetch(request: Request, env: Env): Promise<Response> {
@@ -63,7 +64,7 @@ async function createSession(url: URL, env: Env): Promise<Response> {
 /** Forward a session socket to its DO, after the browser-origin check. */
 async function openSocket(request: Request, env: Env, id: string): Promise<Response> {
   const origin = request.headers.get("origin");
-  if (origin !== null && !originAllowed(origin, request.headers.get("host"), env.KIT_ALLOWED_ORIGINS ?? "")) {
+  if (origin !== null && !originAllowed(origin, request.headers.get("host"), env.KIT_ALLOWED_ORIGINS ?? "", onLoopback(request))) {
     return json(
       {
         error: "forbidden_origin",
@@ -72,26 +73,75 @@ async function openSocket(request: Request, env: Env, id: string): Promise<Respo
       403,
     );
   }
-  // An id that is no canonical UUID reaches a DO with no session: hello answers unknown_session.
-  return env.SESSION.getByName(UUID.test(id) ? id : NO_SESSION).fetch(request);
+  // An id that is no canonical UUID, or names no session, is answered here: hello gets
+  // unknown_session, and no Durable Object is written (the DO of a well-formed id is only
+  // asked, read-only, whether it holds a session).
+  if (!UUID.test(id)) return noSessionSocket();
+  const stub = env.SESSION.getByName(id);
+  if (!(await stub.exists())) return noSessionSocket();
+  return stub.fetch(request);
 }
 
-/** docs/protocol.md §2: the request's own host, or an origin listed in KIT_ALLOWED_ORIGINS. */
-export function originAllowed(origin: string, host: string | null, allowed: string): boolean {
-  let normal: string;
+/** docs/protocol.md §2, as kit/host/auth.py `OriginPolicy` decides: an origin listed in
+ * KIT_ALLOWED_ORIGINS; else, on `loopback` (kit/host/gateway.py `_origin_policy`), one of
+ * the loopback names with the Host's port, so a page whose own name resolves to this
+ * machine (DNS rebinding) is refused; else an origin whose `host[:port]` is the Host. */
+export function originAllowed(origin: string, host: string | null, allowed: string, loopback: boolean): boolean {
+  let netloc: string;
   try {
     const parsed = new URL(origin);
     if (parsed.origin === "null" || !["http:", "https:"].includes(parsed.protocol)) return false;
-    normal = parsed.origin.toLowerCase();
+    netloc = parsed.host.toLowerCase();
+    const listed = allowed
+      .split(",")
+      .map((s) => s.trim().toLowerCase().replace(/\/$/, ""))
+      .filter((s) => s !== "");
+    if (listed.includes(parsed.origin.toLowerCase())) return true;
   } catch {
     return false;
   }
-  const listed = allowed
-    .split(",")
-    .map((s) => s.trim().toLowerCase().replace(/\/$/, ""))
-    .filter((s) => s !== "");
-  if (listed.includes(normal)) return true;
-  return host !== null && new URL(normal).host === host.toLowerCase();
+  if (loopback) return host !== null && loopbackHosts(host).includes(netloc);
+  return host !== null && netloc === host.trim().toLowerCase();
+}
+
+/** Whether the request reached this Worker over loopback, where kit's Python host applies
+ * its loopback origin rule: from a loopback address (`CF-Connecting-IP`, which workerd
+ * under `wrangler dev` sets from the socket and Cloudflare's edge from the client, never a
+ * loopback one), or to a loopback address (the Host). */
+export function onLoopback(request: Request): boolean {
+  const ip = request.headers.get("cf-connecting-ip");
+  return (ip !== null && isLoopbackAddress(ip)) || isLoopbackAddress(hostnameOf(request.headers.get("host") ?? ""));
+}
+
+/** kit/host/auth.py `loopback_hosts`: the Host values a browser sends to a host on
+ * loopback: `localhost`, 127.0.0.1, [::1] and the Host's own address if it is a loopback
+ * one, each with the Host's port. */
+function loopbackHosts(host: string): string[] {
+  let parsed: URL;
+  try {
+    parsed = new URL(`http://${host.trim()}`);
+  } catch {
+    return [];
+  }
+  const names = new Set(["localhost", "127.0.0.1", "[::1]"]);
+  if (isLoopbackAddress(parsed.hostname)) names.add(parsed.hostname.toLowerCase());
+  return [...names].map((name) => (parsed.port === "" ? name : `${name}:${parsed.port}`));
+}
+
+function hostnameOf(host: string): string {
+  try {
+    return new URL(`http://${host.trim()}`).hostname;
+  } catch {
+    return "";
+  }
+}
+
+/** 127.0.0.0/8, ::1, or an IPv4-mapped 127.x (brackets allowed). */
+function isLoopbackAddress(address: string): boolean {
+  const a = address.trim().toLowerCase().replace(/^\[(.*)\]$/, "$1");
+  if (/^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(a)) return true;
+  if (/^::ffff:127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(a)) return true;
+  return /^(0{0,4}:){2,7}0{0,3}1$/.test(a) || a === "::1";
 }
 
 async function authorized(request: Request, env: Env): Promise<boolean> {

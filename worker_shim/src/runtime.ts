@@ -25,12 +25,17 @@ export interface PortFetcher {
 
 /** The port `kit.runtime` listens on inside the container. */
 export const RUNTIME_PORT = 8080;
-/** Probes of /healthz before the runtime answers at all (each one a short wait apart). */
-const MAX_PROBES = 600;
+/** How long a started runtime has to get ready, probes and the long wait together
+ * (kit/host/fly_sandbox.py START_TIMEOUT_S, the deadline of kit's other remote sandboxes). */
+export const READY_TIMEOUT_MS = 120_000;
+/** The wait between probes of a runtime that does not answer yet, or not ready. */
 const PROBE_WAIT_MS = 100;
-/** The one long wait for readiness once the runtime answers (`?wait_s=`, at most 120). */
+/** The longest `?wait_s=` of one probe (the runtime's own cap, kit/runtime/server.py). */
 const READY_WAIT_S = 120;
 const INTERRUPT_TIMEOUT_MS = 10_000;
+/** The longest line of a turn's NDJSON stream (kit/host/runtime_client.py MAX_LINE_BYTES):
+ * a longer one (or one that never ends) is a lost sandbox, not memory to grow into. */
+export const MAX_LINE_BYTES = 16 * 1024 * 1024;
 
 /** Container instance types (reference: cloudflare.md §1); a kit tier names one of them. */
 export type InstanceType = "lite" | "basic" | "standard-1" | "standard-2" | "standard-3" | "standard-4";
@@ -67,38 +72,65 @@ export class ContainerRuntime {
     private readonly token: string,
   ) {}
 
-  /** Start the container (if it is not running) with the runtime's environment. */
+  /** Start the container with the runtime's environment. RuntimeLost if it still runs: a
+   * container that would not stop is never taken for a fresh one (its runtime holds
+   * another token, and maybe a turn). */
   start(tier: string, env: Record<string, string>): void {
-    if (this.container.running) return;
+    if (this.container.running) {
+      throw new RuntimeLost("The container of the last sandbox is still running after it was destroyed; a new one cannot start until it stops.");
+    }
     this.container.start({ env, instance: instanceType(tier), enableInternet: false });
   }
 
-  /** Wait until the runtime is ready (probe until it answers, then one long wait). */
-  async ready(): Promise<RuntimeReady> {
-    for (let i = 0; i < MAX_PROBES; i++) {
+  /** Wait until the runtime is ready, as kit/host/runtime_client.py `wait_ready` does: probe
+   * `/healthz` until it answers, each answer a long wait (`?wait_s=`) for readiness, all
+   * within `timeoutMs`. Ready is an answer for `sessionId` with a true `ready`. RuntimeLost
+   * when the container stops (checked before every probe), the runtime answers for another
+   * session, its agent stopped, or the time is up. */
+  async ready(sessionId: string, timeoutMs: number = READY_TIMEOUT_MS): Promise<RuntimeReady> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      if (!this.container.running) throw new RuntimeLost("The container stopped before its runtime was ready.");
+      const left = deadline - Date.now();
+      if (left <= 0) throw new RuntimeLost(`The runtime did not get ready in ${timeoutMs / 1000} s.`);
+      const health = await this.health(Math.min(left / 1000, READY_WAIT_S), left + 1000);
+      if (health !== null) {
+        if (health.session_id !== sessionId) {
+          throw new RuntimeLost(`The runtime's port answered for session ${JSON.stringify(health.session_id ?? null)}, not ${sessionId}.`);
+        }
+        if (truthy(health.ready)) return { resumed: truthy(health.resumed) };
+        if (health.state === "stopped") throw new RuntimeLost("The runtime's agent stopped before it was ready; the container exits and says why.");
+      }
+      await scheduler.wait(Math.max(0, Math.min(PROBE_WAIT_MS, deadline - Date.now())));
+    }
+  }
+
+  /** One probe: the runtime's health object, or null when nothing (usable) answered yet (no
+   * connection, a status other than 200, a body that is no JSON object). */
+  private async health(waitS: number, timeoutMs: number): Promise<Record<string, unknown> | null> {
+    return await withTimeout(timeoutMs, async (signal) => {
       let answer: Response;
       try {
-        answer = await this.call("GET", `/healthz?wait_s=${READY_WAIT_S}`);
-      } catch (exc) {
-        if (!this.container.running) throw new RuntimeLost(`The container stopped before its runtime answered: ${String(exc)}.`);
-        await scheduler.wait(PROBE_WAIT_MS);
-        continue;
+        answer = await this.call("GET", `/healthz?wait_s=${waitS.toFixed(3)}`, undefined, signal);
+      } catch {
+        return null;
       }
-      if (answer.status === 503) {
+      if (answer.status !== 200) {
         await answer.body?.cancel();
-        await scheduler.wait(PROBE_WAIT_MS);
-        continue;
+        return null;
       }
-      if (answer.status !== 200) throw new RuntimeLost(`The runtime's /healthz answered ${answer.status}.`);
-      const body = (await answer.json()) as { ready?: boolean; resumed?: boolean };
-      if (body.ready === false) continue;
-      return { resumed: body.resumed === true };
-    }
-    throw new RuntimeLost(`The runtime did not become ready after ${MAX_PROBES} probes.`);
+      try {
+        const body: unknown = await answer.json();
+        return typeof body === "object" && body !== null && !Array.isArray(body) ? (body as Record<string, unknown>) : null;
+      } catch {
+        return null;
+      }
+    });
   }
 
   /** POST the turn; yield each runtime event as its NDJSON line arrives. Throws RuntimeLost
-   * for a transport error, a non-200 or non-NDJSON answer, or a malformed line. */
+   * for a transport error, a non-200 or non-NDJSON answer, or a malformed line (not UTF-8,
+   * not JSON, not an event, or longer than MAX_LINE_BYTES). */
   async *turn(turnId: string, text: string, recover: boolean): AsyncGenerator<RuntimeEvent> {
     let answer: Response;
     try {
@@ -111,37 +143,28 @@ export class ContainerRuntime {
       await answer.body?.cancel();
       throw new RuntimeLost(`The runtime answered ${answer.status} ${type} to a turn.`);
     }
-    const decoder = new TextDecoder();
-    let buffered = "";
     try {
-      for await (const chunk of answer.body) {
-        buffered += decoder.decode(chunk, { stream: true });
-        let newline: number;
-        while ((newline = buffered.indexOf("\n")) >= 0) {
-          const line = buffered.slice(0, newline);
-          buffered = buffered.slice(newline + 1);
-          if (line.trim() !== "") yield parseLine(line);
-        }
-      }
+      for await (const line of ndjsonLines(answer.body)) yield parseLine(line);
     } catch (exc) {
       if (exc instanceof RuntimeLost) throw exc;
-      throw new RuntimeLost(`The runtime's stream broke: ${String(exc)}.`);
+      throw new RuntimeLost(`The runtime's stream broke: ${String(exc).replace(/\.$/, "")}.`);
     }
-    if (buffered.trim() !== "") yield parseLine(buffered);
   }
 
   /** Ask the runtime to stop the running turn; whether it did. */
   async interrupt(): Promise<boolean> {
-    try {
-      const answer = await this.call("POST", "/v1/interrupt", "{}", AbortSignal.timeout(INTERRUPT_TIMEOUT_MS));
-      if (answer.status !== 202) {
-        await answer.body?.cancel();
+    return await withTimeout(INTERRUPT_TIMEOUT_MS, async (signal) => {
+      try {
+        const answer = await this.call("POST", "/v1/interrupt", "{}", signal);
+        if (answer.status !== 202) {
+          await answer.body?.cancel();
+          return false;
+        }
+        return ((await answer.json()) as { interrupted?: boolean }).interrupted === true;
+      } catch {
         return false;
       }
-      return ((await answer.json()) as { interrupted?: boolean }).interrupted === true;
-    } catch {
-      return false;
-    }
+    });
   }
 
   private call(method: string, path: string, body?: string, signal?: AbortSignal): Promise<Response> {
@@ -149,6 +172,73 @@ export class ContainerRuntime {
     if (body !== undefined) headers["content-type"] = "application/json";
     return this.container.getTcpPort(RUNTIME_PORT).fetch(`http://runtime${path}`, { method, headers, body, signal });
   }
+}
+
+/** The lines of an NDJSON body as they arrive, blank ones skipped, the last one with or
+ * without its newline. Linear in the bytes read: each byte is looked at once, and a line's
+ * pieces are joined once it is complete. RuntimeLost for a line longer than `maxLineBytes`
+ * (before more of it is kept); a TypeError for one that is not UTF-8 (Python decodes
+ * strictly too). */
+export async function* ndjsonLines(body: ReadableStream<Uint8Array>, maxLineBytes: number = MAX_LINE_BYTES): AsyncGenerator<string> {
+  const decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+  let pieces: Uint8Array[] = [];
+  let size = 0;
+  const keep = (piece: Uint8Array): void => {
+    size += piece.length;
+    if (size > maxLineBytes) {
+      throw new RuntimeLost(`The runtime sent a line longer than ${maxLineBytes} bytes.`);
+    }
+    if (piece.length > 0) pieces.push(piece);
+  };
+  const line = (): string => {
+    let bytes = pieces.length === 1 ? pieces[0] : new Uint8Array(size);
+    if (pieces.length > 1) {
+      let at = 0;
+      for (const piece of pieces) {
+        bytes.set(piece, at);
+        at += piece.length;
+      }
+    } else if (pieces.length === 0) {
+      bytes = new Uint8Array(0);
+    }
+    pieces = [];
+    size = 0;
+    return decoder.decode(bytes);
+  };
+  for await (const chunk of body) {
+    let start = 0;
+    for (let newline = chunk.indexOf(0x0a); newline >= 0; newline = chunk.indexOf(0x0a, start)) {
+      keep(chunk.subarray(start, newline));
+      start = newline + 1;
+      const text = line();
+      if (!ASCII_BLANK.test(text)) yield text;
+    }
+    keep(chunk.subarray(start));
+  }
+  const last = line();
+  if (!ASCII_BLANK.test(last)) yield last;
+}
+
+/** `work` with a signal that aborts after `ms`; the timer is cleared as soon as the work
+ * ends (AbortSignal.timeout's would stay pending, and hold the Durable Object in memory). */
+async function withTimeout<T>(ms: number, work: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(new Error(`timed out after ${ms} ms`)), ms);
+  try {
+    return await work(controller.signal);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Empty or only what Python's `bytes.strip()` strips. */
+const ASCII_BLANK = /^[ \t\n\r\v\f]*$/;
+
+/** Python's truthiness of a decoded JSON value. */
+function truthy(value: unknown): boolean {
+  if (Array.isArray(value)) return value.length > 0;
+  if (typeof value === "object" && value !== null) return Object.keys(value).length > 0;
+  return Boolean(value);
 }
 
 function parseLine(line: string): RuntimeEvent {

@@ -22,13 +22,18 @@ import {
   type EventRow,
   type ResumeMode,
 } from "./frames";
-import { REPLAY_PAGE, SessionLog, type OpenTurn } from "./log";
+import { REPLAY_PAGE, SessionLog } from "./log";
+import { MAX_QUEUED_FRAMES, Outbox } from "./outbox";
+import { HELLO_TIMEOUT_MS, noSessionSocket } from "./nosession";
+import { TurnRunner } from "./runner";
 import { HttpContainer } from "./httpcontainer";
-import { ContainerRuntime, RuntimeLost, RUNTIME_PORT, type ContainerLike } from "./runtime";
-import { HARNESS_EXIT_CODE, STOPPED_REASONS, TURN_FAILED, TurnPlanner, type TurnAction } from "./turns";
+import { RUNTIME_PORT, type ContainerLike } from "./runtime";
+import { sameText, sha256 } from "./tokens";
 
-/** No hello this long after the socket opened: `hello_required`, close 4400. */
-export const HELLO_TIMEOUT_MS = 10_000;
+export { exitCodeOf, oomOf, reasonOf } from "./runner";
+export { randomToken, sameText, sha256 } from "./tokens";
+
+export { HELLO_TIMEOUT_MS } from "./nosession";
 
 type Phase = "hello" | "auth" | "handshake" | "live" | "closed";
 
@@ -44,51 +49,42 @@ interface SocketState {
 /** While a turn is open the alarm fires at least this often: it wakes an instance that
  * was evicted mid-turn (which then resumes the turn) and keeps a live one busy. */
 export const TURN_WATCH_MS = 30_000;
-/** How long a sandbox whose stream broke may take to exit before it is destroyed
- * (kit/host/session.py EXIT_WAIT_S). */
-export const EXIT_WAIT_MS = 10_000;
 
-/** A sandbox this instance watches with monitor(). */
-interface Live {
-  sandboxId: string;
-  container: ContainerLike;
-  runtime: ContainerRuntime;
-  /** Announced with `sandbox` `running` (its exit is then logged too). */
-  adopted: boolean;
-  /** Why the host ended it, when it did (`unresponsive`, `stopped`): the exit's reason. */
-  killReason: string | null;
-  /** Its exit was seen (its code, and whether it was an OOM kill). */
-  exit: { code: number | null; oom: boolean } | null;
-  /** Its exit event is in the log (or it needs none: never announced running). */
-  recorded: boolean;
-  /** Settles once the exit was seen. */
-  exited: Promise<void>;
-}
+/** How often a paused replay looks whether its socket has taken the last page. */
+const DRAIN_POLL_MS = 10;
 
 export class SessionDO extends DurableObject<Env> {
   private readonly log: SessionLog;
   /** Per-socket chains of message handling (in memory; lost with the instance, which is
    * fine: nothing is pending once an instance is gone). */
   private readonly chains = new Map<WebSocket, Promise<void>>();
-  private turnsRunning = false;
-  /** The runtime of the turn now streaming, if any (for interrupts). */
-  private streaming: { turnId: string; runtime: ContainerRuntime } | null = null;
-  /** The sandbox this instance started or adopted and watches, while it runs. */
-  private live: Live | null = null;
-  /** The turn this instance runs now (a sandbox's exit event belongs to it). */
-  private runningTurn: string | null = null;
-  /** The last run of the turn runner (tests await it on an instance). */
-  private turnsRun: Promise<void> = Promise.resolve();
-  /** EXIT_WAIT_MS; tests shorten it on an instance. */
-  private exitWaitMs = EXIT_WAIT_MS;
+  /** Runs the open turns (runner.ts); tests reach its knobs through the instance. */
+  private readonly runner: TurnRunner;
+  /** What each socket has not yet taken (in memory: an instance that hibernated had nothing
+   * pending, and a new one counts from its first send). */
+  private readonly outboxes = new Map<WebSocket, Outbox>();
+  /** MAX_QUEUED_FRAMES; tests lower it on an instance. */
+  private maxQueuedFrames = MAX_QUEUED_FRAMES;
   /** The emulator's container, when this DO has no `ctx.container` (wrangler dev). */
   private emulated: HttpContainer | null = null;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
-    this.log = new SessionLog(ctx.storage.sql);
+    this.log = new SessionLog(ctx.storage);
+    // An existing session's storage is brought to this version's schema before any event;
+    // a DO that holds no session writes nothing (an unknown id stays empty).
+    void ctx.blockConcurrencyWhile(async () => {
+      this.log.migrate();
+    });
+    this.runner = new TurnRunner({
+      log: this.log,
+      container: () => this.container(),
+      publish: (row) => this.publish(row),
+      waitUntil: (promise) => this.ctx.waitUntil(promise),
+      runtimeConfig: (runtimeToken, modelToken) => this.runtimeConfig(runtimeToken, modelToken),
+    });
     // A turn still open in the log is resumed by the alarm or the next client message
-    // (resumeTurns), not from here: the constructor runs before ctx is fully usable.
+    // (runner.resume), not from here: a turn runs on after the event that started it.
   }
 
   /** Create the session (called once by the Worker at POST /v1/sessions). */
@@ -96,11 +92,18 @@ export class SessionDO extends DurableObject<Env> {
     this.log.create({ session_id: sessionId, token_sha256: tokenSha256, tier });
   }
 
+  /** Whether this DO holds a session (reads only: the Worker asks before it forwards a
+   * socket, so an unknown id never gets an alarm or a table). */
+  async exists(): Promise<boolean> {
+    return this.log.exists();
+  }
+
   /** The WebSocket upgrade of `/v1/sessions/{id}/ws`, or a model call of the session's
    * sandbox (`/v1/sessions/{id}/model/...`), forwarded by the Worker. */
   async fetch(request: Request): Promise<Response> {
     const model = MODEL_PATH.exec(new URL(request.url).pathname);
     if (model !== null) return this.model(request, model[1]);
+    if (!this.log.exists()) return noSessionSocket(); // the Worker asked first; in case it did not
     const [client, server] = Object.values(new WebSocketPair());
     this.ctx.acceptWebSocket(server);
     const opened = Date.now();
@@ -116,7 +119,7 @@ export class SessionDO extends DurableObject<Env> {
     const now = Date.now();
     let next: number | null = null;
     if (this.log.openTurn() !== null) {
-      this.resumeTurns();
+      this.runner.resume();
       next = now + TURN_WATCH_MS;
     }
     for (const ws of this.ctx.getWebSockets()) {
@@ -145,6 +148,7 @@ export class SessionDO extends DurableObject<Env> {
 
   async webSocketClose(ws: WebSocket, code: number, _reason: string): Promise<void> {
     this.chains.delete(ws);
+    this.outboxes.delete(ws);
     try {
       ws.close(code === 1005 || code === 1006 ? CLOSE.NORMAL : code, "closed");
     } catch {
@@ -154,6 +158,7 @@ export class SessionDO extends DurableObject<Env> {
 
   async webSocketError(ws: WebSocket): Promise<void> {
     this.chains.delete(ws);
+    this.outboxes.delete(ws);
   }
 
   // -- one client message -----------------------------------------------------------------
@@ -161,7 +166,7 @@ export class SessionDO extends DurableObject<Env> {
   private async handle(ws: WebSocket, message: string | ArrayBuffer): Promise<void> {
     const st = state(ws);
     if (st.phase === "closed") return;
-    this.resumeTurns();
+    this.runner.resume();
     try {
       if (typeof message !== "string") {
         throw new ProtocolError(E.BAD_FRAME, "Send frames as WebSocket text messages holding JSON.");
@@ -176,7 +181,7 @@ export class SessionDO extends DurableObject<Env> {
   }
 
   private async apply(ws: WebSocket, st: SocketState, frame: ClientFrame): Promise<void> {
-    if (frame.type === "ping") return send(ws, PONG);
+    if (frame.type === "ping") return this.send(ws, PONG);
     if (frame.type === "hello") {
       if (st.phase !== "hello") throw new ProtocolError(E.ALREADY_HELLO, "This connection already said hello.");
       return this.hello(ws, st, frame.token, frame.lastSeq);
@@ -186,7 +191,7 @@ export class SessionDO extends DurableObject<Env> {
     }
     if (frame.type === "user") return await this.user(frame.clientMsgId, frame.text);
     if (frame.type === "ack") {
-      if (st.phase === "handshake") this.replay(ws, st);
+      if (st.phase === "handshake") await this.replay(ws, st);
       return;
     }
     return this.interrupt(ws);
@@ -213,21 +218,45 @@ export class SessionDO extends DurableObject<Env> {
     }
     const after = Number(have);
     const resume: ResumeMode = last > after ? "resuming" : this.log.openTurn() !== null ? "pending" : "none";
-    send(ws, welcomeFrame(this.log.meta("session_id")!, resume, last));
+    this.send(ws, welcomeFrame(this.log.meta("session_id")!, resume, last));
     setState(ws, { ...st, phase: resume === "none" ? "live" : "handshake", after });
   }
 
-  /** Send every event after hello.last_seq flagged replay, page by page, then go live; all
-   * in one synchronous step, so nothing is missed or sent twice. */
-  private replay(ws: WebSocket, st: SocketState): void {
+  /** Send every event after hello.last_seq flagged replay, then go live (docs/protocol.md
+   * §5, kit/host/app.py `_replay`): full pages go out one at a time, the next read only once
+   * the socket has taken the last (other events run meanwhile); the last page is read, and
+   * the socket goes live, in one synchronous step, so nothing is missed or sent twice. */
+  private async replay(ws: WebSocket, st: SocketState): Promise<void> {
+    const box = this.outbox(ws);
     let after = st.after;
-    for (let pages = 0; pages < Number.MAX_SAFE_INTEGER; pages++) {
+    const pages = Math.floor(Math.max(0, this.log.lastSeq() - after) / REPLAY_PAGE) + 1;
+    for (let n = 0; n < pages; n++) {
+      if (state(ws).phase !== "handshake") return; // closed meanwhile
       const rows = this.log.page(after, REPLAY_PAGE);
-      for (const row of rows) send(ws, eventFrame(row, true));
+      if (rows.length < REPLAY_PAGE) break;
+      for (const row of rows) box.send(eventFrame(row, true));
+      after = rows[rows.length - 1].seq;
+      setState(ws, { ...state(ws), after });
+      if (!(await this.drained(ws, box))) return;
+    }
+    if (state(ws).phase !== "handshake") return;
+    for (let n = 0; n < Number.MAX_SAFE_INTEGER; n++) {
+      const rows = this.log.page(after, REPLAY_PAGE);
+      for (const row of rows) box.send(eventFrame(row, true));
       if (rows.length < REPLAY_PAGE) break;
       after = rows[rows.length - 1].seq;
     }
-    setState(ws, { ...st, phase: "live" });
+    setState(ws, { ...state(ws), phase: "live", after });
+  }
+
+  /** Wait until `ws` has taken everything sent to it (or, where the runtime does not say,
+   * one turn of the event loop); false if it closed meanwhile. */
+  private async drained(ws: WebSocket, box: Outbox): Promise<boolean> {
+    do {
+      await scheduler.wait(box.measured ? DRAIN_POLL_MS : 0);
+      if (state(ws).phase === "closed" || ws.readyState >= 2) return false; // CLOSING, CLOSED
+    } while (!box.drained());
+    return true;
   }
 
   private async user(clientMsgId: string, text: string): Promise<void> {
@@ -235,266 +264,28 @@ export class SessionDO extends DurableObject<Env> {
     this.publish(this.log.addTurn(clientMsgId, text));
     await this.armTurnWatch();
     // Not awaited: the turn runs on after this message (and with no client at all).
-    this.startTurns();
+    this.runner.start();
   }
 
   private async interrupt(ws: WebSocket): Promise<void> {
+    // kit/host/app.py `_interrupt`: the oldest open turn when the interrupt came (the one
+    // running, or next to run), or, if none was open, the one that started meanwhile.
     const open = this.log.openTurn();
-    const streaming = this.streaming;
-    let interrupted = false;
-    if (open !== null && streaming !== null && streaming.turnId === open.turn_id) {
-      interrupted = await streaming.runtime.interrupt();
-    }
-    send(ws, interruptAckFrame(open?.turn_id ?? null, interrupted));
+    const interrupted = await this.runner.interrupt();
+    const turn = open ?? (interrupted ? this.log.openTurn() : null);
+    this.send(ws, interruptAckFrame(turn?.turn_id ?? null, interrupted));
   }
 
   // -- turns ------------------------------------------------------------------------------
   //
-  // A turn runs as the TurnPlanner (turns.ts, the port of kit/protocol/turns.py) plans it;
-  // these methods only do the I/O, as kit/host/session.py `_run_turn`/`_act`/`_stream` do.
-  // Attempts are counted in the turn table before each sandbox starts, so a DO instance
-  // that is evicted mid-turn leaves the turn `running` (or `interrupted`) with its attempts:
-  // the next instance resumes it with a planner made from that row. The next instance is
-  // woken by the turn watch alarm (set while a turn is open, every TURN_WATCH_MS) or by the
-  // next client message, whichever comes first (`resumeTurns`).
-
-  /** Resume open turns if this instance is not running them (a woken DO). */
-  private resumeTurns(): void {
-    if (this.turnsRunning || this.log.openTurn() === null) return;
-    this.startTurns();
-  }
-
-  /** Run open turns on after the current event (and with no client at all). */
-  private startTurns(): void {
-    this.turnsRun = this.runTurns();
-    this.ctx.waitUntil(this.turnsRun);
-  }
+  // The TurnRunner (runner.ts) runs them; while a turn is open the alarm fires within
+  // TURN_WATCH_MS, so an instance evicted mid-turn is woken to resume it (`runner.resume`).
 
   /** Make sure the alarm fires within TURN_WATCH_MS while a turn is open. */
   private async armTurnWatch(): Promise<void> {
     const due = Date.now() + TURN_WATCH_MS;
     const alarm = await this.ctx.storage.getAlarm();
     if (alarm === null || alarm > due) await this.ctx.storage.setAlarm(due);
-  }
-
-  /** Run open turns one at a time, oldest first, until none is left. */
-  private async runTurns(): Promise<void> {
-    if (this.turnsRunning) return;
-    this.turnsRunning = true;
-    try {
-      for (let n = 0; n < 100_000; n++) {
-        const turn = this.log.openTurn();
-        if (turn === null) return;
-        try {
-          await this.runTurn(turn);
-        } catch (exc) {
-          // The host itself failed on the turn (a bug, a storage error): end the turn so the
-          // next one can run, as kit's host does (docs/protocol.md §4, turn_failed).
-          console.error(`turn ${turn.turn_id} failed in the host`, exc);
-          try {
-            this.log.setTurnState(turn.turn_id, "failed");
-            this.publish(
-              this.log.append("error", { code: TURN_FAILED, message: "The host failed on this turn; send it again as a new message (a new client_msg_id) to retry." }, turn.turn_id),
-            );
-          } catch (storage) {
-            // The storage fails too (this instance is being reset): the next instance
-            // resumes the turn from the log.
-            console.error(`turn ${turn.turn_id}: the event log fails; the runner stops`, storage);
-            return;
-          }
-        }
-      }
-    } finally {
-      this.turnsRunning = false;
-    }
-  }
-
-  /** Run `turn` as the planner plans it, from its row in the turn table. */
-  private async runTurn(turn: OpenTurn): Promise<void> {
-    this.runningTurn = turn.turn_id;
-    try {
-      // A turn this instance did not start (it is not queued) ran in an instance that is
-      // gone; the container may still run its old stream: stop it, the next one recovers.
-      if (turn.state !== "queued") await this.stopStale();
-      const planner = new TurnPlanner(turn.state, turn.attempts);
-      let actions = planner.begin();
-      let live: Live | null = null;
-      for (let steps = 0; steps < 1_000; steps++) {
-        const last = actions[actions.length - 1];
-        for (const action of actions.slice(0, -1)) await this.act(turn.turn_id, action, live);
-        if (last.action === "start_sandbox") {
-          live = await this.startSandbox(turn.turn_id);
-          actions = live === null ? planner.sandboxFailed() : planner.sandboxStarted();
-        } else if (last.action === "stream") {
-          if (live === null) throw new Error("The turn planner asked to stream with no sandbox.");
-          const end = await this.stream(live, turn, planner, last.recover);
-          if (end === null) {
-            actions = planner.streamBroken(); // the sandbox went away: the next one continues
-            continue;
-          }
-          for (const action of end.slice(0, -1)) await this.act(turn.turn_id, action, live);
-          return;
-        } else if (last.action === "done") {
-          return;
-        } else {
-          throw new Error(`The turn planner ended an answer with ${last.action}.`);
-        }
-      }
-      throw new Error("The turn took 1 000 planner steps; the planner must have looped.");
-    } finally {
-      this.runningTurn = null;
-    }
-  }
-
-  /** Do one of the planner's actions that needs no answer. */
-  private async act(turnId: string, action: TurnAction, live: Live | null): Promise<void> {
-    switch (action.action) {
-      case "record":
-        return this.log.setTurnState(turnId, action.state, action.attempt);
-      case "wait":
-        // At most 2 s; if the instance is evicted meanwhile, the log says `interrupted`
-        // and the next instance backs off again as the planner says.
-        return scheduler.wait(action.seconds * 1000);
-      case "await_sandbox_exit":
-        return this.sandboxGone(live);
-      case "give_up":
-        return this.publish(this.log.append("error", action.error, turnId));
-      default:
-        throw new Error(`The turn runner cannot do ${action.action} here.`);
-    }
-  }
-
-  /** Run the turn on `live`'s runtime; the planner's answer to the turn's end (Record,
-   * Done), or null if the stream broke first (the sandbox went away). */
-  private async stream(live: Live, turn: OpenTurn, planner: TurnPlanner, recover: boolean): Promise<TurnAction[] | null> {
-    this.streaming = { turnId: turn.turn_id, runtime: live.runtime };
-    try {
-      for await (const event of live.runtime.turn(turn.turn_id, turn.text, recover)) {
-        const [emit, ...rest] = planner.batch([[event.kind, event.data]]);
-        if (emit.action !== "emit") throw new Error(`The turn planner answered a batch with ${emit.action}.`);
-        if (emit.count > 0) this.publish(this.log.append(event.kind, event.data, turn.turn_id));
-        if (rest.length > 0) return rest;
-      }
-      console.log(`session ${this.log.meta("session_id")}: turn ${turn.turn_id}: the runtime's stream ended with no result and no turn_failed`);
-    } catch (exc) {
-      if (!(exc instanceof RuntimeLost)) throw exc;
-      console.log(`session ${this.log.meta("session_id")}: turn ${turn.turn_id} lost its sandbox: ${exc.message}`);
-    } finally {
-      this.streaming = null;
-      this.recordExit(live); // it exited as the stream ended: log it after the stream's events
-    }
-    return null;
-  }
-
-  /** A running sandbox for the turn: the one this instance watches, a running container
-   * an earlier instance started (between turns), or a new container started with
-   * `sandbox` starting/running events (docs/protocol.md §4). Null when none could start
-   * (a `sandbox failed` event is logged; the planner decides what follows). */
-  private async startSandbox(turnId: string): Promise<Live | null> {
-    const tier = this.log.meta("tier") ?? "basic";
-    const container = this.container();
-    if (this.live === null) await refreshQuietly(container);
-    const live = this.live;
-    if (live !== null && !live.exit !== null && live.container === container && container.running) return live;
-    const token = this.log.meta("runtime_token");
-    if (live === null && container !== null && container.running && token) {
-      // Started by an instance that is gone, with no turn in it: watch it from here.
-      const adopted = this.watch(container, this.log.meta("sandbox_id") ?? "sbx-unknown", new ContainerRuntime(container, token), true);
-      this.live = adopted;
-      return adopted;
-    }
-    this.publish(this.log.append("sandbox", { state: "starting", tier }, turnId));
-    let started: Live | null = null;
-    try {
-      if (container === null) {
-        throw new RuntimeLost(
-          "This Durable Object has no container: configure `containers` in wrangler.jsonc, or run under `kit dev --target cloudflare`.",
-        );
-      }
-      const runtimeToken = "kit-runtime-" + randomToken();
-      const sandboxId = "sbx-" + randomToken().slice(0, 12).toLowerCase();
-      this.log.setMeta("runtime_token", runtimeToken);
-      this.log.setMeta("sandbox_id", sandboxId);
-      const modelToken = "kit-model-" + randomToken();
-      this.log.setMeta("model_token_sha256", await sha256(modelToken));
-      const runtime = new ContainerRuntime(container, runtimeToken);
-      const config = this.runtimeConfig(runtimeToken, modelToken);
-      runtime.start(tier, { [CONFIG_JSON_ENV]: JSON.stringify(config) });
-      started = this.watch(container, sandboxId, runtime, false);
-      const ready = await runtime.ready();
-      if (started.exit !== null) throw new RuntimeLost("The container exited as its runtime became ready.");
-      started.adopted = true;
-      this.live = started;
-      this.publish(this.log.append("sandbox", { state: "running", sandbox_id: sandboxId, tier, resumed: ready.resumed }, turnId));
-      return started;
-    } catch (exc) {
-      const message = exc instanceof Error ? exc.message : String(exc);
-      this.publish(this.log.append("sandbox", { state: "failed", tier, message }, turnId));
-      if (started !== null && !started.exit !== null) await destroyQuietly(started.container);
-      return null;
-    }
-  }
-
-  /** Watch `container` with monitor() while this instance lives; its exit is recorded by
-   * `recordExit` (a `sandbox` event once the sandbox was announced running). */
-  private watch(container: ContainerLike, sandboxId: string, runtime: ContainerRuntime, adopted: boolean): Live {
-    const live: Live = { sandboxId, container, runtime, adopted, killReason: null, exit: null, recorded: false, exited: Promise.resolve() };
-    live.exited = container
-      .monitor()
-      .then(
-        () => this.sawExit(live, 0, false),
-        (exc: unknown) => this.sawExit(live, exitCodeOf(exc), oomOf(exc)),
-      )
-      .catch((exc: unknown) => console.error(`sandbox ${sandboxId}: recording its exit failed`, exc));
-    return live;
-  }
-
-  /** A watched sandbox exited: forget it; record the exit now unless a turn is streaming
-   * from it (then the turn records it after the events it read: AwaitSandboxExit, or the
-   * end of the stream), so the log says what the sandbox said before it died. */
-  private sawExit(live: Live, code: number | null, oom: boolean): void {
-    if (live.exit !== null) return;
-    live.exit = { code, oom };
-    if (this.live === live) this.live = null;
-    if (this.log.meta("sandbox_id") === live.sandboxId) this.log.setMeta("runtime_token", "");
-    if (this.streaming?.runtime !== live.runtime) this.recordExit(live);
-  }
-
-  /** Log a seen exit once: `sandbox` `died` or `stopped` with its reason and exit code
-   * (kit/host/session.py `_watch`), under the turn running now, if any; nothing for a
-   * sandbox never announced running (its start's `failed` event says it). */
-  private recordExit(live: Live): void {
-    if (live.exit === null || live.recorded) return;
-    live.recorded = true;
-    if (!live.adopted) return;
-    const reason = live.killReason ?? reasonOf(live.exit.code, live.exit.oom);
-    const state = STOPPED_REASONS.has(reason) ? "stopped" : "died";
-    this.publish(this.log.append("sandbox", { state, sandbox_id: live.sandboxId, reason, exit_code: live.exit.code }, this.runningTurn));
-  }
-
-  /** After a broken stream: make sure the sandbox is dead and its exit recorded; one that
-   * does not exit within EXIT_WAIT_MS is destroyed (reason `unresponsive`). */
-  private async sandboxGone(live: Live | null): Promise<void> {
-    if (live === null) return;
-    if (!(await settlesWithin(live.exited, this.exitWaitMs))) {
-      live.killReason = "unresponsive";
-      await destroyQuietly(live.container);
-      if (!(await settlesWithin(live.exited, this.exitWaitMs))) this.sawExit(live, null, false);
-    }
-    this.recordExit(live);
-  }
-
-  /** Stop a running container no instance of ours watches (its instance was evicted
-   * mid-turn): `sandbox` `stopped` with reason `stopped`, before the turn is recovered. */
-  private async stopStale(): Promise<void> {
-    const container = this.container();
-    if (this.live === null) await refreshQuietly(container);
-    if (this.live !== null || container === null || !container.running) return;
-    const stale = this.watch(container, this.log.meta("sandbox_id") ?? "sbx-unknown", new ContainerRuntime(container, ""), true);
-    stale.killReason = "stopped";
-    await destroyQuietly(container);
-    if (!(await settlesWithin(stale.exited, this.exitWaitMs))) this.sawExit(stale, null, false);
-    this.recordExit(stale);
   }
 
   /** The container: workerd's own; under `wrangler dev --enable-containers=false`
@@ -540,7 +331,7 @@ export class SessionDO extends DurableObject<Env> {
    * forwarded to KIT_MODEL_UPSTREAM with the real key, which no sandbox ever sees. */
   private async model(request: Request, rest: string): Promise<Response> {
     const sent = request.headers.get("x-api-key") ?? bearerOf(request.headers.get("authorization"));
-    const want = this.log.meta("model_token_sha256");
+    const want = this.log.exists() ? this.log.meta("model_token_sha256") : null;
     if (!sent || !want || !(await sameText(await sha256(sent), want))) {
       await drain(request);
       return modelError(401, "authentication_error", "kit's model route: unknown or expired session token.");
@@ -568,16 +359,37 @@ export class SessionDO extends DurableObject<Env> {
     }
   }
 
-  /** Hand an event to every live socket; the output gate releases it after the commit. */
+  /** Hand an event to every live socket; the output gate releases it after the commit. A
+   * socket with more than MAX_QUEUED_FRAMES frames unsent is closed instead (`slow_consumer`,
+   * 4408, after what it was sent): the log keeps everything, it resumes by last_seq. */
   private publish(row: EventRow): void {
     const frame = eventFrame(row, false);
     for (const ws of this.ctx.getWebSockets()) {
-      if (state(ws).phase === "live") send(ws, frame);
+      if (state(ws).phase !== "live") continue;
+      const box = this.outbox(ws);
+      if (box.queued() > this.maxQueuedFrames) {
+        this.fail(ws, new ProtocolError(E.SLOW_CONSUMER, "Too far behind; reconnect and resume with last_seq.", CLOSE.SLOW_CONSUMER));
+      } else {
+        box.send(frame);
+      }
     }
   }
 
+  private outbox(ws: WebSocket): Outbox {
+    let box = this.outboxes.get(ws);
+    if (box === undefined) {
+      box = new Outbox({ send: (text) => send(ws, text), get bufferedAmount() { return (ws as { bufferedAmount?: number }).bufferedAmount; } });
+      this.outboxes.set(ws, box);
+    }
+    return box;
+  }
+
+  private send(ws: WebSocket, text: string): void {
+    this.outbox(ws).send(text);
+  }
+
   private fail(ws: WebSocket, exc: ProtocolError): void {
-    send(ws, errorFrame(exc.code, exc.message));
+    this.send(ws, errorFrame(exc.code, exc.message));
     if (exc.closeCode === null) return;
     setState(ws, { ...state(ws), phase: "closed" });
     try {
@@ -593,8 +405,6 @@ export class SessionDO extends DurableObject<Env> {
 /** `/v1/sessions/{id}/model/{rest}`: a sandbox's model call (the rest goes upstream). */
 export const MODEL_PATH = /^\/v1\/sessions\/[^/]+\/model\/(.*)$/;
 const MODEL_DRAIN_BYTES = 1 << 20;
-/** The runtime reads its config from this variable (kit/runtime/config.py). */
-const CONFIG_JSON_ENV = "KIT_RUNTIME_CONFIG_JSON";
 /** Request headers a model call does not pass upstream: credentials, hop-by-hop. */
 const MODEL_DROPPED = new Set(["x-api-key", "authorization", "host", "cookie", "connection", "content-length", "transfer-encoding", "cf-connecting-ip", "x-forwarded-for"]);
 
@@ -630,13 +440,6 @@ async function drain(request: Request): Promise<void> {
   }
 }
 
-async function refreshQuietly(container: ContainerLike | null): Promise<void> {
-  try {
-    await container?.refresh?.();
-  } catch (exc) {
-    console.log(`asking whether the container runs failed: ${String(exc)}`);
-  }
-}
 
 function state(ws: WebSocket): SocketState {
   return (ws.deserializeAttachment() as SocketState | null) ?? { phase: "hello", after: 0, opened: Date.now() };
@@ -652,64 +455,4 @@ function send(ws: WebSocket, text: string): void {
   } catch {
     // closed under us: webSocketClose follows
   }
-}
-
-/** Whether a `monitor()` rejection says the container was killed for memory. */
-export function oomOf(exc: unknown): boolean {
-  return (exc as { oom?: unknown } | null)?.oom === true || /\b(oom|out of memory)\b/i.test(String(exc));
-}
-
-/** The reason of an exit (kit/host/sandbox.py `reason_of`, with OOM as the provider tells):
- * 137 (SIGKILL) `oom` or `killed`, 143 (SIGTERM) `stopped`, 70 `harness`, 0 `exited`,
- * anything else (or no code) `crashed`. */
-export function reasonOf(exitCode: number | null, oom: boolean): string {
-  if (exitCode === 137) return oom ? "oom" : "killed";
-  if (exitCode === 143) return "stopped";
-  if (exitCode === HARNESS_EXIT_CODE) return "harness";
-  if (exitCode === 0) return "exited";
-  return "crashed";
-}
-
-/** Whether `promise` settles within `ms` (a timer, no busy wait). */
-async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
-  const timeout = new AbortController();
-  const expired = scheduler.wait(ms, { signal: timeout.signal }).then(() => false, () => false);
-  const settled = promise.then(() => true, () => true);
-  try {
-    return await Promise.race([settled, expired]);
-  } finally {
-    timeout.abort();
-  }
-}
-
-async function destroyQuietly(container: ContainerLike): Promise<void> {
-  try {
-    await container.destroy();
-  } catch (exc) {
-    console.log(`destroying a container failed: ${String(exc)}`);
-  }
-}
-
-/** The exit code in a `monitor()` rejection, if it names one. */
-export function exitCodeOf(exc: unknown): number | null {
-  const code = (exc as { exitCode?: unknown } | null)?.exitCode;
-  if (typeof code === "number") return code;
-  const found = /exit(?:ed with)? code:? ?(\d+)/i.exec(String(exc));
-  return found === null ? null : Number(found[1]);
-}
-
-export function randomToken(): string {
-  const bytes = crypto.getRandomValues(new Uint8Array(24));
-  return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_").replaceAll("=", "");
-}
-
-export async function sha256(text: string): Promise<string> {
-  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
-  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-/** Constant-time equality of two strings (their lengths are not secret). */
-export async function sameText(a: string, b: string): Promise<boolean> {
-  const [x, y] = [new TextEncoder().encode(a), new TextEncoder().encode(b)];
-  return x.length === y.length && crypto.subtle.timingSafeEqual(x, y);
 }

@@ -58,6 +58,10 @@ export type Death =
 /** How long the fake runtime takes to answer /v1/interrupt. */
 const INTERRUPT_DELAY_MS = 50;
 
+/** What `/healthz` answers to probe `probe` (0-based) of the container's start `start`
+ * (0-based): a body (status 200) or a Response; the container may be made to exit first. */
+export type HealthScript = (fake: FakeContainer, start: number, probe: number) => Record<string, unknown> | Response;
+
 export class FakeContainer implements ContainerLike {
   running = false;
   /** Every start's options, in order. */
@@ -66,7 +70,24 @@ export class FakeContainer implements ContainerLike {
   readonly turns: Array<{ turn_id: string; text: string; recover: boolean }> = [];
   /** With a gate: lines of a turn sent before the stream waits on it. */
   holdAfter = 0;
+  /** Overrides what `/healthz` answers (default: ready, for the session it was started for). */
+  health: HealthScript | null = null;
+  /** `/healthz` still answers (through `health`) once the container stopped, as a proxy in
+   * front of it might. */
+  answersWhenStopped = false;
+  /** Overrides the runtime's answer to `/v1/interrupt` (default: whether a turn is held). */
+  interruptAnswer: boolean | null = null;
+  /** Overrides a turn's answer: the raw NDJSON body (default: the script's lines). */
+  rawTurn: ((turn: { turn_id: string; text: string; recover: boolean }) => ReadableStream<Uint8Array>) | null = null;
+  /** Turns refused with 409 because another was still running (as kit's runtime does). */
+  busyRefusals = 0;
+  /** A turn runs in the runtime now: posted, and neither finished nor its container gone.
+   * The runtime carries a turn on when its client goes away, as kit's runtime does. */
+  private busy = false;
+  private probes = 0;
   private token: string | null = null;
+  /** KIT_SESSION_ID of the last start. */
+  sessionId: string | null = null;
   /** A gated turn's stream is open and waits on the gate. */
   private held = false;
   /** How the container started now dies, if it does. */
@@ -88,7 +109,11 @@ export class FakeContainer implements ContainerLike {
     this.death = this.deaths[this.starts.length] ?? null;
     this.starts.push(options ?? {});
     const config = options?.env?.KIT_RUNTIME_CONFIG_JSON;
-    this.token = config === undefined ? null : ((JSON.parse(config) as { runtime_token?: string }).runtime_token ?? null);
+    const parsed = config === undefined ? {} : (JSON.parse(config) as { runtime_token?: string; session_id?: string });
+    this.token = parsed.runtime_token ?? null;
+    this.sessionId = parsed.session_id ?? null;
+    this.probes = 0;
+    this.busy = false;
     this.running = true;
   }
 
@@ -105,6 +130,7 @@ export class FakeContainer implements ContainerLike {
   exit(code: number, oom = false): void {
     if (!this.running) return;
     this.running = false;
+    this.busy = false;
     for (const settle of this.exits.splice(0)) {
       try {
         settle(code, oom);
@@ -139,8 +165,10 @@ export class FakeContainer implements ContainerLike {
 
   getTcpPort(port: number): Fetcher {
     const fetch = async (input: RequestInfo | URL, init?: RequestInit): Promise<Response> => {
-      if (!this.running || port !== 8080) throw new Error("connection refused");
-      return this.serve(new Request(input, init));
+      const request = new Request(input, init);
+      const probe = new URL(request.url).pathname === "/healthz" && this.health !== null && this.answersWhenStopped;
+      if ((!this.running && !probe) || port !== 8080) throw new Error("connection refused");
+      return this.serve(request);
     };
     return { fetch } as unknown as Fetcher;
   }
@@ -155,16 +183,26 @@ export class FakeContainer implements ContainerLike {
         this.exit(this.death.code);
         throw new Error("connection reset by peer");
       }
-      return Response.json({ ok: true, ready: true, state: "ready", resumed: false, session_id: "x", bundle: "sha256:fake" });
+      if (this.health !== null) {
+        const answer = this.health(this, this.starts.length - 1, this.probes++);
+        return answer instanceof Response ? answer : Response.json(answer);
+      }
+      return Response.json({ ok: true, ready: true, state: "ready", resumed: false, session_id: this.sessionId, bundle: "sha256:fake" });
     }
     if (url.pathname === "/v1/interrupt") {
       // A runtime takes a moment to stop the SDK: frames behind the interrupt must wait.
       await scheduler.wait(INTERRUPT_DELAY_MS);
-      return Response.json({ interrupted: this.held }, { status: 202 });
+      return Response.json({ interrupted: this.interruptAnswer ?? this.held }, { status: 202 });
     }
     if (url.pathname === "/v1/turns" && request.method === "POST") {
       const turn = (await request.json()) as { turn_id: string; text: string; recover: boolean };
       this.turns.push(turn);
+      if (this.busy) {
+        this.busyRefusals++;
+        return Response.json({ error: "busy", message: "A turn is already running in this sandbox; wait for its result." }, { status: 409 });
+      }
+      if (this.rawTurn !== null) return new Response(this.rawTurn(turn), { headers: { "content-type": "application/x-ndjson" } });
+      this.busy = true;
       const lines = this.script(turn.text, turn.recover).map((e) => new TextEncoder().encode(JSON.stringify(e) + "\n"));
       const death = this.death?.at === "stream" ? this.death : null;
       const gate = this.gate;
@@ -196,6 +234,7 @@ export class FakeContainer implements ContainerLike {
             return;
           }
           controller.enqueue(lines[sent++]);
+          if (sent === lines.length) fake.busy = false; // its last line is out: the turn is over
         },
       });
       return new Response(stream, { headers: { "content-type": "application/x-ndjson" } });

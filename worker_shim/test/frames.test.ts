@@ -2,7 +2,7 @@
 // counting, Python's whitespace, the order of checks.
 
 import { describe, expect, it } from "vitest";
-import { MAX_ID_CHARS, ProtocolError, parseClientFrame } from "../src/frames";
+import { MAX_ID_CHARS, MAX_JSON_DEPTH, ProtocolError, parseClientFrame } from "../src/frames";
 
 function refusal(text: string): [string, string] {
   try {
@@ -48,5 +48,17 @@ describe("frames", () => {
   it("refuses NaN and Infinity as bad_json, and keeps the last of a repeated key", () => {
     expect(refusal('{"type":"ack","seq":NaN}')[0]).toBe("bad_json");
     expect(parseClientFrame('{"type":"ack","seq":"x","seq":4}')).toEqual({ type: "ack", seq: 4 });
+  });
+
+  it("refuses nesting deeper than MAX_JSON_DEPTH as bad_json, as kit's json.loads does past its recursion limit", () => {
+    const nested = (depth: number, open = "[", close = "]", leaf = "") =>
+      '{"type":"ping","x":' + open.repeat(depth - 1) + leaf + close.repeat(depth - 1) + "}"; // the frame is level 1
+    expect(parseClientFrame(nested(1000))).toEqual({ type: "ping" });
+    expect(refusal(nested(1001))).toEqual(["bad_json", "Frame is not valid JSON: it nests deeper than 1000 levels."]);
+    expect(refusal(nested(1001, '{"a":', "}", "0"))[0]).toBe("bad_json");
+    expect(refusal(nested(100_000))[0]).toBe("bad_json"); // tests/protocol/test_frames.py
+    // Brackets inside strings are text, not nesting.
+    expect(parseClientFrame(JSON.stringify({ type: "ping", x: "[".repeat(5_000), y: '\\"[{' }))).toEqual({ type: "ping" });
+    expect(MAX_JSON_DEPTH).toBe(1000);
   });
 });

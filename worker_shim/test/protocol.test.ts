@@ -6,7 +6,7 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { FakeContainer, cannedTurn } from "./fake_runtime";
 import { Driver } from "./golden";
-import { attachContainer, createSession } from "./helpers";
+import { attachContainer, createSession, live as liveSocket, untilEnd } from "./helpers";
 
 type Frame = { type: string; seq?: number; kind?: string; replay?: boolean; [k: string]: unknown };
 
@@ -18,6 +18,13 @@ async function untilResult(driver: Driver): Promise<Frame[]> {
     if (frame.type === "event" && frame.kind === "result") return frames;
   }
   throw new Error("no result within 20 000 frames");
+}
+
+/** A turn of 2 500 text_delta before its answer: a backlog of three pages. */
+function longTurn(text: string) {
+  const [, ...rest] = cannedTurn(text);
+  const deltas = Array.from({ length: 2_500 }, (_, i) => ({ kind: "text_delta", data: { text: `w${i} ` } }));
+  return [...deltas, ...rest];
 }
 
 describe("protocol", () => {
@@ -45,12 +52,7 @@ describe("protocol", () => {
 
   it("replays a backlog longer than one page in order, each event once", async () => {
     const session = await createSession();
-    const long = (text: string) => {
-      const [, ...rest] = cannedTurn(text);
-      const deltas = Array.from({ length: 2_500 }, (_, i) => ({ kind: "text_delta", data: { text: `w${i} ` } }));
-      return [...deltas, ...rest];
-    };
-    await attachContainer(session.session_id, new FakeContainer(long));
+    await attachContainer(session.session_id, new FakeContainer(longTurn));
     const a = await Driver.open(session.session_id);
     a.send(JSON.stringify({ type: "hello", token: session.token, last_seq: null }));
     await a.recv();
@@ -66,6 +68,67 @@ describe("protocol", () => {
     expect(replayed.map((f) => f.seq)).toEqual(Array.from({ length: replayed.length }, (_, i) => i + 1));
     a.close();
     b.close();
+  });
+
+  it("replays a long backlog a page at a time, each page once the socket has taken the last", async () => {
+    const session = await createSession();
+    await attachContainer(session.session_id, new FakeContainer(longTurn));
+    const a = await Driver.open(session.session_id);
+    a.send(JSON.stringify({ type: "hello", token: session.token, last_seq: null }));
+    await a.recv();
+    a.send(JSON.stringify({ type: "user", client_msg_id: "c-1", text: "long" }));
+    const turn = await untilResult(a);
+    const b = await Driver.open(session.session_id);
+    const stub = env.SESSION.getByName(session.session_id);
+    // The socket says it holds bytes unsent until the test lets them go (workerd under test
+    // has no bufferedAmount of its own: cloudflare/workerd#988).
+    let holding = true;
+    await runInDurableObject(stub, (_instance, state) => {
+      const ws = state.getWebSockets().find((w) => (w.deserializeAttachment() as { phase: string }).phase === "hello")!;
+      Object.defineProperty(ws, "bufferedAmount", { get: () => (holding ? 1 : 0), configurable: true });
+    });
+    b.send(JSON.stringify({ type: "hello", token: session.token, last_seq: 0 }));
+    expect(await b.recv()).toMatchObject({ type: "welcome", resume: "resuming" });
+    b.send(JSON.stringify({ type: "ack", seq: 0 }));
+    const first: Frame[] = [];
+    for (let n = 0; n < 1000; n++) first.push((await b.recv()) as Frame);
+    expect(first.map((f) => f.seq)).toEqual(Array.from({ length: 1000 }, (_, i) => i + 1));
+    // The replay waits on the socket: it has not read the next page, the socket is not live.
+    const waiting = await runInDurableObject(stub, (_instance, state) =>
+      state.getWebSockets().map((w) => w.deserializeAttachment() as { phase: string; after: number }).find((s) => s.phase === "handshake"),
+    );
+    expect(waiting).toMatchObject({ phase: "handshake", after: 1000 });
+    expect(b.pending()).toEqual([]);
+    holding = false;
+    const rest = await untilResult(b);
+    expect([...first, ...rest].map((f) => f.seq)).toEqual(turn.map((f) => f.seq));
+    expect([...first, ...rest].every((f) => f.replay === true)).toBe(true);
+    a.close();
+    b.close();
+  });
+
+  it("closes a client that falls more than MAX_QUEUED_FRAMES behind with slow_consumer, 4408, and keeps the others", async () => {
+    const session = await createSession();
+    await attachContainer(session.session_id, new FakeContainer());
+    const stub = env.SESSION.getByName(session.session_id);
+    const slow = await liveSocket(session);
+    // This socket takes nothing: every frame sent to it stays queued.
+    await runInDurableObject(stub, (instance, state) => {
+      (instance as unknown as { maxQueuedFrames: number }).maxQueuedFrames = 5;
+      for (const ws of state.getWebSockets()) Object.defineProperty(ws, "bufferedAmount", { get: () => 1e12, configurable: true });
+    });
+    const fast = await Driver.open(session.session_id);
+    fast.send(JSON.stringify({ type: "hello", token: session.token, last_seq: null }));
+    expect(await fast.recv()).toMatchObject({ resume: "none" });
+    slow.send(JSON.stringify({ type: "user", client_msg_id: "c-1", text: "one" }));
+    const turn = await untilEnd(fast);
+    expect(turn.at(-1)).toMatchObject({ kind: "result" });
+    const got: Frame[] = [];
+    for (let n = 0; n < 7; n++) got.push((await slow.recv()) as Frame);
+    expect(got.slice(0, 6).map((f) => f.seq)).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(got[6]).toMatchObject({ type: "error", code: "slow_consumer" });
+    expect(await slow.closed()).toBe(4408);
+    fast.close();
   });
 
   it("refuses seqs that are not integers or are past 2^63 - 1, and accepts 2^63 - 1 as seq_ahead", async () => {

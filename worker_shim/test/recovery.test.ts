@@ -76,7 +76,7 @@ describe("recovery from a dying container", () => {
     const container = new FakeContainer(cut);
     await attachContainer(session.session_id, container);
     await runInDurableObject(env.SESSION.getByName(session.session_id), (instance) => {
-      (instance as unknown as { exitWaitMs: number }).exitWaitMs = 200; // EXIT_WAIT_MS is 10 s
+      (instance as unknown as { runner: { exitWaitMs: number } }).runner.exitWaitMs = 200; // EXIT_WAIT_MS is 10 s
     });
     const a = await live(session);
     a.send(JSON.stringify({ type: "user", client_msg_id: "c-1", text: "one" }));
@@ -138,7 +138,7 @@ describe("recovery from a Durable Object instance lost mid-turn", () => {
       if (wake === "alarm") {
         expect(await runDurableObjectAlarm(stub)).toBe(true); // an alarm is set while a turn is open
         // The alarm alone finishes the turn, before any client comes back.
-        await runInDurableObject(stub, (instance) => (instance as unknown as { turnsRun: Promise<void> }).turnsRun);
+        await runInDurableObject(stub, (instance) => (instance as unknown as { runner: { turnsRun: Promise<void> } }).runner.turnsRun);
       } else {
         // No alarm (not even the hello deadline of the first socket): only the hello wakes it.
         await runInDurableObject(stub, (_instance, state) => state.storage.deleteAlarm());
@@ -164,4 +164,55 @@ describe("recovery from a Durable Object instance lost mid-turn", () => {
       b.close();
     });
   }
+});
+
+/** A turn whose text_delta after the first word is `size` characters long (once). */
+function oversized(size: number): (text: string, recover: boolean) => RuntimeEventLine[] {
+  let sent = false;
+  return (text, recover) => {
+    const lines = cannedOrRecovered(text, recover);
+    if (sent) return lines;
+    sent = true;
+    return [lines[0], { kind: "text_delta", data: { text: "x".repeat(size) } }, ...lines.slice(1)];
+  };
+}
+
+describe("a turn the host fails on mid-stream", () => {
+  it("refuses an event over the 2 MB row limit of DO SQLite: turn_failed, nothing of it stored", async () => {
+    const session = await createSession();
+    await attachContainer(session.session_id, new FakeContainer(oversized(2_100_000)));
+    const a = await live(session);
+    a.send(JSON.stringify({ type: "user", client_msg_id: "c-1", text: "one" }));
+    const turn = await untilEnd(a);
+    expect(turn.at(-1)).toMatchObject({
+      kind: "error",
+      turn_id: "t1",
+      data: { code: "turn_failed", message: expect.stringMatching(/^The host failed on this turn: a text_delta event of 21000\d\d bytes is over the 2000000 bytes/) },
+    });
+    expect(turn.filter((f) => f.kind !== "sandbox").map((f) => f.kind)).toEqual(["user", "text_delta", "error"]);
+    expect(turn.every((f) => JSON.stringify(f).length < 10_000)).toBe(true);
+    expectContiguous(turn);
+    a.close();
+  });
+
+  it("stops the sandbox it left mid-turn, so the next turn starts a fresh one instead of meeting a busy runtime", async () => {
+    const session = await createSession();
+    const container = new FakeContainer(oversized(2_100_000));
+    await attachContainer(session.session_id, container);
+    const a = await live(session);
+    a.send(JSON.stringify({ type: "user", client_msg_id: "c-1", text: "one" }));
+    const first = await untilEnd(a);
+    expect(first.at(-1)).toMatchObject({ kind: "error", data: { code: "turn_failed" } });
+    const stopped = first.filter((f) => f.kind === "sandbox").at(-1)!;
+    expect(stopped).toMatchObject({ turn_id: "t1", data: { state: "stopped", reason: "stopped", exit_code: 137 } });
+    a.send(JSON.stringify({ type: "user", client_msg_id: "c-2", text: "two" }));
+    const second = await untilEnd(a);
+    expect(second.at(-1)).toMatchObject({ kind: "result", turn_id: "t2", data: { text: answer(cannedTurn("two")) } });
+    expect(sandboxStates(second)).toEqual([["starting", null], ["running", null]]);
+    expect(container.busyRefusals).toBe(0);
+    expect(container.turns.map((t) => [t.turn_id, t.recover])).toEqual([["t1", false], ["t2", false]]);
+    expect(container.starts).toHaveLength(2);
+    expectContiguous([...first, ...second]);
+    a.close();
+  });
 });

@@ -25,6 +25,41 @@ describe("turns", () => {
     a.close();
   });
 
+  it("acks an interrupt passed to the sandbox running the turn as interrupted, whatever the runtime answers (as kit's host does)", async () => {
+    const session = await createSession();
+    let release: () => void = () => {};
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const container = new FakeContainer(cannedTurn, gate);
+    container.interruptAnswer = false; // the runtime had nothing to stop (it answers false)
+    await attachContainer(session.session_id, container);
+    const a = await live(session);
+    a.send(JSON.stringify({ type: "interrupt" }));
+    expect(await a.recv()).toEqual({ type: "interrupt_ack", turn_id: null, interrupted: false });
+    a.send(JSON.stringify({ type: "user", client_msg_id: "c-1", text: "one" }));
+    for (let n = 0; n < 3; n++) await a.recv(); // user, sandbox starting, sandbox running
+    a.send(JSON.stringify({ type: "interrupt" }));
+    expect(await a.recv()).toEqual({ type: "interrupt_ack", turn_id: "t1", interrupted: true });
+    release();
+    expect((await untilEnd(a)).at(-1)).toMatchObject({ kind: "result", turn_id: "t1" });
+    a.close();
+  });
+
+  it("acks an interrupt of a turn whose sandbox is still starting as not interrupted", async () => {
+    const session = await createSession();
+    const container = new FakeContainer();
+    let ready = false;
+    container.health = (fake) => ({ ok: true, ready, state: ready ? "ready" : "starting", resumed: false, session_id: fake.sessionId });
+    await attachContainer(session.session_id, container);
+    const a = await live(session);
+    a.send(JSON.stringify({ type: "user", client_msg_id: "c-1", text: "one" }));
+    for (let n = 0; n < 2; n++) await a.recv(); // user, sandbox starting
+    a.send(JSON.stringify({ type: "interrupt" }));
+    expect(await a.recv()).toEqual({ type: "interrupt_ack", turn_id: "t1", interrupted: false });
+    ready = true;
+    expect((await untilEnd(a)).at(-1)).toMatchObject({ kind: "result", turn_id: "t1" });
+    a.close();
+  });
+
   it("tries five sandboxes when the DO has no container, gives the turn up, and takes the next message", async () => {
     const session = await createSession();
     const a = await live(session);
