@@ -9,9 +9,11 @@ when stdin is not a terminal): never in its arguments, its environment or kit's 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -50,23 +52,36 @@ def find_wrangler(environ: Mapping[str, str], shim: Path) -> Path:
     )
 
 
-def wrangler_env(
-    environ: Mapping[str, str], wrangler: Path, *, offline_home: Path | None = None
-) -> dict[str, str]:
-    """wrangler's environment: ``environ`` without kit's secrets, telemetry off, wrangler's
-    own folder first on ``PATH`` (the shim's holds Node 22). With ``offline_home`` (a dry
-    run): no Cloudflare credentials, no ``cf.json`` fetch, and that folder as ``HOME``."""
+def wrangler_env(environ: Mapping[str, str], wrangler: Path) -> dict[str, str]:
+    """wrangler's environment: ``environ`` without kit's secrets, with telemetry and the
+    banner (and its npm update check) off, and wrangler's own folder first on ``PATH`` (the
+    shim's holds Node 22)."""
     env = {k: v for k, v in environ.items() if k not in KIT_SECRETS}
     env["PATH"] = os.pathsep.join([str(wrangler.parent), environ.get("PATH", os.defpath)])
     env["WRANGLER_SEND_METRICS"] = "false"
     env["WRANGLER_SEND_ERROR_REPORTS"] = "false"
-    if offline_home is not None:
-        for name in CLOUDFLARE_CREDENTIALS:
-            env.pop(name, None)
-        env["CLOUDFLARE_CF_FETCH_ENABLED"] = "false"
-        env["HOME"] = str(offline_home)
-        env["XDG_CONFIG_HOME"] = str(offline_home / ".config")
+    env["WRANGLER_HIDE_BANNER"] = "true"
     return env
+
+
+def offline_env(env: Mapping[str, str], home: Path) -> dict[str, str]:
+    """``env`` for a run that must not reach the network (a dry run): no Cloudflare
+    credentials, no ``cf.json`` fetch, ``home`` as ``HOME`` and its ``tmp`` as ``TMPDIR``,
+    where wrangler's npm update check finds a fresh answer cached, so it asks npm nothing
+    (it would, after printing a warning or an error)."""
+    offline = {k: v for k, v in env.items() if k not in CLOUDFLARE_CREDENTIALS}
+    cache = home / "tmp" / "update-check"
+    cache.mkdir(parents=True, exist_ok=True)
+    checked = json.dumps({"latest": None, "lastUpdate": int(time.time() * 1000)})
+    for tag in ("latest", "beta"):
+        (cache / f"wrangler-{tag}.json").write_text(checked)
+    offline.update(
+        CLOUDFLARE_CF_FETCH_ENABLED="false",
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / ".config"),
+        TMPDIR=str(home / "tmp"),
+    )
+    return offline
 
 
 class Wrangler:
