@@ -171,6 +171,7 @@ async def run_deploy(
         _require_credentials(settings, model_key=True)
     target = settings.target
     local_image = await asyncio.to_thread(build_image, dry_run_only)
+    make_private(settings.state_dir)  # 0700 before anything is written in it
     bundle = build_bundle(load_project(settings.project), settings.state_dir / "bundles")
     token, new = host_token(settings)
     values = {"KIT_API_TOKEN": token, "ANTHROPIC_API_KEY": settings.model_key}
@@ -178,7 +179,6 @@ async def run_deploy(
     steps = plan(want)
     console.out(f"kit deploy --target cloudflare: Worker {target.worker} ({target.tier})")
     console.out(render(steps))
-    make_private(settings.state_dir)
     if dry_run_only:
         out = await dry_run(want, _wrangler(settings, offline=True))
         console.out(console.dim("\n".join(line for line in out.splitlines() if line.strip())))
