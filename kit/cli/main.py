@@ -137,11 +137,23 @@ def _cmd_image(args: argparse.Namespace) -> int:
     return run(args.source, args.cache_dir, args.dry_run, args.docker)
 
 
-def _fly_settings(args: argparse.Namespace) -> Any:
+FLY_ONLY = ("org", "region", "bucket", "gateways")
+CLOUDFLARE_ONLY = ("max_instances",)
+
+
+def _deploy_settings(args: argparse.Namespace) -> Any:
+    """The settings of ``kit deploy`` / ``kit destroy`` for ``--target``, read once."""
     from kit.bundle import load_project
-    from kit.cli.deploy import fly_settings
     from kit.cli.settings import dev_settings
 
+    other = FLY_ONLY if args.target == "cloudflare" else CLOUDFLARE_ONLY
+    for name in other:
+        if getattr(args, name, None) is not None:
+            flag = "--" + name.replace("_", "-")
+            where = "Fly" if name in FLY_ONLY else "Cloudflare"
+            raise CliError(
+                f"{flag} is a {where} setting; leave it out with --target {args.target}."
+            )
     if args.project is None and not any(
         (folder / "kit.toml").is_file() for folder in (Path.cwd(), *Path.cwd().parents)
     ):
@@ -150,32 +162,63 @@ def _fly_settings(args: argparse.Namespace) -> Any:
             "--project."
         )
     settings = dev_settings(project=args.project, host=None, port=None)
+    project = load_project(settings.project_dir)
+    if args.target == "cloudflare":
+        from kit.cli.cfdeploy import cloudflare_settings
+        from kit.cli.image import default_checkout
+
+        return cloudflare_settings(
+            project=settings.project_dir,
+            state_dir=settings.state_dir,
+            agent_name=project.agent.name,
+            tier=project.sandbox.tier,
+            app=args.app,
+            max_instances=args.max_instances,
+            checkout=default_checkout(),
+            environ=os.environ,
+        )
+    from kit.cli.deploy import fly_settings
+
     return fly_settings(
         project=settings.project_dir,
         state_dir=settings.state_dir,
-        agent_name=load_project(settings.project_dir).agent.name,
+        agent_name=project.agent.name,
         app=args.app,
         org=args.org,
         region=args.region,
-        gateways=args.gateways,
+        gateways=2 if args.gateways is None else args.gateways,
         bucket=args.bucket,
         environ=os.environ,
     )
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
-    from kit.cli.deploy import run_deploy
     from kit.cli.image import ensure
 
-    settings = _fly_settings(args)
-    code: int = asyncio.run(run_deploy(settings, ensure, dry_run=args.dry_run))
+    settings = _deploy_settings(args)
+    code: int
+    if args.target == "cloudflare":
+        from kit.cli import cfdeploy
+
+        code = asyncio.run(cfdeploy.run_deploy(settings, ensure, dry_run_only=args.dry_run))
+    else:
+        from kit.cli.deploy import run_deploy
+
+        code = asyncio.run(run_deploy(settings, ensure, dry_run=args.dry_run))
     return code
 
 
 def _cmd_destroy(args: argparse.Namespace) -> int:
-    from kit.cli.deploy import run_destroy
+    settings = _deploy_settings(args)
+    code: int
+    if args.target == "cloudflare":
+        from kit.cli import cfdeploy
 
-    code: int = asyncio.run(run_destroy(_fly_settings(args), yes=args.yes))
+        code = asyncio.run(cfdeploy.run_destroy(settings, yes=args.yes))
+    else:
+        from kit.cli.deploy import run_destroy
+
+        code = asyncio.run(run_destroy(settings, yes=args.yes))
     return code
 
 
@@ -440,33 +483,63 @@ def build_parser() -> argparse.ArgumentParser:
     for name, summary, description, examples, func in (
         (
             "deploy",
-            "deploy the agent to Fly Machines (planned first; --dry-run prints the plan)",
-            "Deploy the project to Fly: the gateway app (kit gateway behind Fly's proxy), the\n"
-            "sandbox app (one machine per active session), a bucket for logs, leases and\n"
-            "bundles. Planned as data, printed, then applied; a second deploy with nothing\n"
-            "changed does nothing. Needs FLY_API_TOKEN, ANTHROPIC_API_KEY and the bucket's\n"
-            "AWS_* keys (docs/deploy-fly.md).",
-            ["kit deploy --target fly --dry-run", "kit deploy --target fly --app acme-support"],
+            "deploy the agent to Fly Machines or Cloudflare (planned first; --dry-run prints "
+            "the plan)",
+            "Deploy the project.\n"
+            "--target fly: the gateway app (kit gateway behind Fly's proxy), the sandbox app\n"
+            "(one machine per active session), a bucket for logs, leases and bundles. Planned\n"
+            "as data, printed, then applied; a second deploy with nothing changed does\n"
+            "nothing. Needs FLY_API_TOKEN, ANTHROPIC_API_KEY and the bucket's AWS_* keys\n"
+            "(docs/deploy-fly.md).\n"
+            "--target cloudflare: the Worker (worker_shim/, one Durable Object per session)\n"
+            "with a container per active session at kit.toml's [sandbox] tier, from kit's\n"
+            "runtime image with the bundle in it; wrangler does the work. --dry-run runs\n"
+            "wrangler's offline dry run. Needs CLOUDFLARE_API_TOKEN and ANTHROPIC_API_KEY\n"
+            "(docs/deploy-cloudflare.md).",
+            [
+                "kit deploy --target fly --dry-run",
+                "kit deploy --target fly --app acme-support",
+                "kit deploy --target cloudflare --dry-run",
+                "kit deploy --target cloudflare --app acme-support --max-instances 50",
+            ],
             _cmd_deploy,
         ),
         (
             "destroy",
-            "remove everything kit deploy made on Fly",
-            "Delete what the deployment's record (in its bucket) lists: the gateway and\n"
-            "sandbox apps with their machines, addresses and secrets, the image, kit's\n"
-            "objects, and the bucket if kit made it. Without --yes it only lists them.",
-            ["kit destroy --target fly --app acme-support --yes"],
+            "remove everything kit deploy made on Fly or Cloudflare",
+            "--target fly: delete what the deployment's record (in its bucket) lists: the\n"
+            "gateway and sandbox apps with their machines, addresses and secrets, the image,\n"
+            "kit's objects, and the bucket if kit made it.\n"
+            "--target cloudflare: delete the Worker (its Durable Objects and secrets) and its\n"
+            "container application.\n"
+            "Without --yes it only lists them.",
+            [
+                "kit destroy --target fly --app acme-support --yes",
+                "kit destroy --target cloudflare --app acme-support --yes",
+            ],
             _cmd_destroy,
         ),
     ):
         p = _command(sub, name, summary, description, examples)
-        p.add_argument("--target", choices=["fly"], required=True, help="where: fly")
+        p.add_argument(
+            "--target",
+            choices=["fly", "cloudflare"],
+            required=True,
+            help="where: fly or cloudflare",
+        )
         p.add_argument("--project", type=Path, help="the agent project (default: nearest kit.toml)")
-        p.add_argument("--app", help="the Fly app name (default: the agent's name)")
-        p.add_argument("--org", help="the Fly organisation (default: FLY_ORG or personal)")
-        p.add_argument("--region", help="the Fly region (default: FLY_REGION or iad)")
-        p.add_argument("--bucket", help="the bucket (default: <app>-kit)")
-        p.add_argument("--gateways", type=int, default=2, help="gateway machines (default: 2)")
+        p.add_argument(
+            "--app", help="the Fly app or Cloudflare Worker name (default: the agent's name)"
+        )
+        p.add_argument("--org", help="Fly: the organisation (default: FLY_ORG or personal)")
+        p.add_argument("--region", help="Fly: the region (default: FLY_REGION or iad)")
+        p.add_argument("--bucket", help="Fly: the bucket (default: <app>-kit)")
+        p.add_argument("--gateways", type=int, help="Fly: gateway machines (default: 2)")
+        p.add_argument(
+            "--max-instances",
+            type=int,
+            help="Cloudflare: containers running at once, at most (default: 20)",
+        )
         if name == "deploy":
             p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
         else:

@@ -1,0 +1,182 @@
+"""What a Cloudflare deployment is made of, as data: its names, its container size, the
+wrangler config and the Dockerfile of its image.
+
+A deployment named ``worker`` (docs/deploy-cloudflare.md) is:
+
+- the Worker ``worker``: the shim (``worker_shim/src/index.ts``) with one ``SessionDO`` per
+  session (the shim's own bindings and migrations, read from its ``wrangler.jsonc``); its
+  vars name the tier and the bundle, its secrets are ``KIT_API_TOKEN`` and
+  ``ANTHROPIC_API_KEY``;
+- the container application ``<worker>-sandboxes``: each ``SessionDO``'s container, at the
+  tier's instance type, from an image wrangler builds from :func:`dockerfile`: kit's runtime
+  image with the bundle copied in at ``/bundles/<digest[:32]>`` (where a Fly sandbox has it).
+
+Nothing here touches the disk or the network: :mod:`.apply` writes and runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kit.deploy.errors import DeployError
+from kit.tiers import TIERS, get_tier
+
+WORKER_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,52}[a-z0-9])?$")
+"""Worker names: one DNS label of ``<worker>.<subdomain>.workers.dev``, with room for the
+container application's suffix."""
+CONTAINER_SUFFIX = "-sandboxes"
+INSTANCE_TYPES = tuple(name for name, tier in TIERS.items() if tier.platform == "cloudflare")
+"""The container instance types a kit tier may name (reference: cloudflare.md §1)."""
+DEFAULT_MAX_INSTANCES = 20
+"""wrangler's own default (``container.max_instances ?? 20``): at most this many sessions
+have a container at once."""
+MAX_MAX_INSTANCES = 1000
+SESSION_BINDING = "SESSION"
+"""The shim's Durable Object binding (worker_shim/src/env.ts): its class runs containers."""
+BUNDLES = "/bundles"
+"""Where the runtime finds bundles in its container (as on a Fly machine)."""
+CONFIG_HEADER = (
+    "// Written by `kit deploy --target cloudflare` (kit/deploy/cloudflare/target.py) from\n"
+    "// worker_shim/wrangler.jsonc; edits are overwritten by the next deploy.\n"
+)
+
+
+@dataclass(frozen=True)
+class CloudflareTarget:
+    """Where and how big a Cloudflare deployment is: the Worker's name, the container
+    instance type (the agent's ``[sandbox] tier``) and how many containers may run."""
+
+    worker: str
+    tier: str
+    max_instances: int = DEFAULT_MAX_INSTANCES
+
+    def __post_init__(self) -> None:
+        if not WORKER_NAME_RE.match(self.worker):
+            raise DeployError(
+                f"Worker name {self.worker!r} must be 1-54 lowercase letters, digits and "
+                "dashes, not starting or ending with a dash; pass another with --app."
+            )
+        if self.tier not in INSTANCE_TYPES:
+            raise DeployError(instance_type_error(self.tier))
+        if not 1 <= self.max_instances <= MAX_MAX_INSTANCES:
+            raise DeployError(
+                f"--max-instances must be 1 to {MAX_MAX_INSTANCES}, got {self.max_instances}."
+            )
+
+    @property
+    def container_app(self) -> str:
+        """The container application wrangler makes for the sessions' containers."""
+        return f"{self.worker}{CONTAINER_SUFFIX}"
+
+
+def instance_type_error(tier: str) -> str:
+    """Why ``tier`` cannot be a Cloudflare container's size, naming the fix."""
+    try:
+        platform = get_tier(tier).platform
+    except KeyError:
+        platform = None
+    what = "a Fly machine size" if platform == "fly" else "no Cloudflare instance type"
+    return (
+        f"[sandbox] tier {tier!r} in kit.toml is {what}; Cloudflare containers run at one of "
+        f"{', '.join(INSTANCE_TYPES)}: set [sandbox] tier to one of them (docs/tiers.md)."
+    )
+
+
+def read_jsonc(text: str) -> Any:
+    """Parse wrangler's JSONC: JSON with ``//`` and ``/* */`` comments and trailing commas
+    (never inside strings). ``ValueError`` when it is not valid."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            out.append(text[i : j + 1])
+            i = j + 1
+        elif text.startswith("//", i):
+            i = text.find("\n", i)
+            i = n if i < 0 else i
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            if end < 0:
+                raise ValueError("an unclosed /* comment")
+            i = end + 2
+        else:
+            out.append(c)
+            i += 1
+    return json.loads(re.sub(r",(\s*[}\]])", r"\1", "".join(out)))
+
+
+def session_class(shim_config: dict[str, Any]) -> str:
+    """The class of the shim's ``SESSION`` binding; DeployError if it has none."""
+    bindings = shim_config.get("durable_objects", {}).get("bindings", [])
+    for binding in bindings if isinstance(bindings, list) else []:
+        if isinstance(binding, dict) and binding.get("name") == SESSION_BINDING:
+            return str(binding["class_name"])
+    raise DeployError(
+        f"worker_shim/wrangler.jsonc binds no Durable Object as {SESSION_BINDING}; the shim "
+        "is incomplete (restore it from kit's checkout)."
+    )
+
+
+def bundle_path(digest: str) -> str:
+    """Where the bundle ``digest`` is in the image."""
+    return f"{BUNDLES}/{digest[:32]}"
+
+
+def dockerfile(runtime_image: str, bundle_digest: str) -> str:
+    """The Dockerfile wrangler builds the containers' image from (its build context is the
+    bundle's folder): the runtime image with the bundle copied in, byte for byte and
+    root-owned, so a bundle change makes a new top layer, never a new runtime image."""
+    return (
+        "# kit's runtime image with one agent bundle: each session's container on Cloudflare.\n"
+        "# Written by `kit deploy --target cloudflare`; the build context is the bundle's\n"
+        "# folder (<state>/bundles/<digest>).\n"
+        f"FROM {runtime_image}\n"
+        f"COPY . {bundle_path(bundle_digest)}/\n"
+        f"LABEL kit.bundle={bundle_digest}\n"
+    )
+
+
+def wrangler_config(
+    target: CloudflareTarget,
+    shim_config: dict[str, Any],
+    *,
+    main: Path,
+    dockerfile_path: Path,
+    build_context: Path,
+    bundle_digest: str,
+) -> dict[str, Any]:
+    """The Worker's wrangler config: the shim's (its bindings, migrations, compatibility
+    date and vars; its ``dev`` settings left out), named ``target.worker``, ``main``
+    pointing at the shim's entry, the tier and bundle as vars, and the ``containers``
+    entry of the session class at the tier's instance type."""
+    config = {k: v for k, v in shim_config.items() if k not in ("$schema", "dev")}
+    vars_ = config.get("vars", {})
+    config.update(
+        name=target.worker,
+        main=str(main),
+        workers_dev=True,
+        vars={
+            **(vars_ if isinstance(vars_, dict) else {}),
+            "KIT_SANDBOX_TIER": target.tier,
+            "KIT_BUNDLE_DIGEST": bundle_digest,
+        },
+        containers=[
+            {
+                "name": target.container_app,
+                "class_name": session_class(shim_config),
+                "image": str(dockerfile_path),
+                "image_build_context": str(build_context),
+                "instance_type": target.tier,
+                "max_instances": target.max_instances,
+            }
+        ],
+    )
+    return config

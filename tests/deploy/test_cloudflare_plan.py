@@ -1,0 +1,152 @@
+"""A Cloudflare deploy as data: the target's checks, the wrangler config made from the shim's,
+the image's Dockerfile and the plan, with no disk or network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kit.bundle import build_bundle, load_project
+from kit.cli.cfdeploy import render
+from kit.cli.settings import EXAMPLE_PROJECT
+from kit.deploy.cloudflare.apply import workers_dev_url
+from kit.deploy.cloudflare.deploy import desired, load_shim
+from kit.deploy.cloudflare.plan import StepKind, plan
+from kit.deploy.cloudflare.target import (
+    INSTANCE_TYPES,
+    CloudflareTarget,
+    dockerfile,
+    read_jsonc,
+)
+from kit.deploy.errors import DeployError
+
+REPO = Path(__file__).resolve().parents[2]
+SHIM = REPO / "worker_shim"
+SECRETS = {"KIT_API_TOKEN": "kit-token-not-real-0123456789", "ANTHROPIC_API_KEY": "sk-ant-no"}
+
+
+def test_the_instance_types_are_cloudflares_six() -> None:
+    """A tier for this target is one of the platform's named instance types."""
+    assert INSTANCE_TYPES == (
+        "lite",
+        "basic",
+        "standard-1",
+        "standard-2",
+        "standard-3",
+        "standard-4",
+    )
+
+
+@pytest.mark.parametrize(
+    ("worker", "tier", "max_instances", "named"),
+    [
+        ("agent", "shared-cpu-1x", 20, "is a Fly machine size"),
+        ("agent", "performance-2x", 20, "set [sandbox] tier to one of them"),
+        ("Bad_Name", "basic", 20, "pass another with --app"),
+        ("-agent", "basic", 20, "pass another with --app"),
+        ("a" * 55, "basic", 20, "1-54 lowercase"),
+        ("agent", "basic", 0, "--max-instances must be 1 to 1000"),
+    ],
+)
+def test_a_bad_target_is_refused_naming_the_fix(
+    worker: str, tier: str, max_instances: int, named: str
+) -> None:
+    """A Fly tier, a name no Worker can have, or no containers: one sentence with the fix."""
+    with pytest.raises(DeployError) as caught:
+        CloudflareTarget(worker, tier, max_instances)
+    assert named in str(caught.value)
+
+
+def test_jsonc_comments_and_trailing_commas_are_read_strings_kept() -> None:
+    """wrangler's JSONC: comments and trailing commas go, "//" inside a string stays."""
+    text = '// head\n{"a": "http://x//y", /* c */ "b": [1, 2,],\n "c": {"d": 1,}, // tail\n}'
+    assert read_jsonc(text) == {"a": "http://x//y", "b": [1, 2], "c": {"d": 1}}
+    with pytest.raises(ValueError, match="unclosed"):
+        read_jsonc('{"a": 1 /* open')
+
+
+def test_the_config_carries_the_shims_bindings_and_adds_the_container(tmp_path: Path) -> None:
+    """The generated config has the shim's Durable Object binding, migrations and date, its
+    entry by absolute path, the tier in vars and in the container entry, and no dev
+    settings; the shim's folder is not written."""
+    shim = load_shim(SHIM)
+    before = {p: p.stat().st_mtime_ns for p in SHIM.glob("*") if p.is_file()}
+    bundle = build_bundle(load_project(EXAMPLE_PROJECT), tmp_path / "bundles")
+    target = CloudflareTarget("acme-support", "standard-2", max_instances=7)
+    want = desired(target, shim, bundle, "kit-runtime:0.1.0-abc", SECRETS, build_dir=tmp_path / "b")
+    config = want.config
+    assert config["name"] == "acme-support"
+    assert config["main"] == str(SHIM / "src" / "index.ts")
+    assert Path(config["main"]).is_absolute()
+    assert config["durable_objects"] == shim.config["durable_objects"]
+    assert config["migrations"] == shim.config["migrations"]
+    assert config["compatibility_date"] == shim.config["compatibility_date"]
+    assert "dev" not in config
+    assert config["vars"]["KIT_SANDBOX_TIER"] == "standard-2"
+    assert config["vars"]["KIT_BUNDLE_DIGEST"] == bundle.digest
+    assert config["containers"] == [
+        {
+            "name": "acme-support-sandboxes",
+            "class_name": "SessionDO",
+            "image": str(tmp_path / "b" / "Dockerfile"),
+            "image_build_context": str(bundle.path),
+            "instance_type": "standard-2",
+            "max_instances": 7,
+        }
+    ]
+    assert before == {p: p.stat().st_mtime_ns for p in SHIM.glob("*") if p.is_file()}
+
+
+def test_the_dockerfile_adds_the_bundle_to_the_runtime_image() -> None:
+    """FROM the runtime image, the bundle's folder copied to /bundles/<digest[:32]>."""
+    text = dockerfile("kit-runtime:0.1.0-abc", "f" * 64)
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    assert lines == [
+        "FROM kit-runtime:0.1.0-abc",
+        f"COPY . /bundles/{'f' * 32}/",
+        f"LABEL kit.bundle={'f' * 64}",
+    ]
+
+
+def test_the_plan_writes_puts_each_secret_then_deploys_and_shows_no_value(
+    tmp_path: Path,
+) -> None:
+    """Config and Dockerfile first, a secret step per secret, the deploy last; the table
+    names the secrets but never holds a value."""
+    bundle = build_bundle(load_project(EXAMPLE_PROJECT), tmp_path / "bundles")
+    target = CloudflareTarget("acme-support", "basic")
+    want = desired(target, load_shim(SHIM), bundle, "kit-runtime:x", SECRETS, build_dir=tmp_path)
+    steps = plan(want)
+    assert [s.kind for s in steps.steps] == [
+        StepKind.WRITE_CONFIG,
+        StepKind.WRITE_DOCKERFILE,
+        StepKind.PUT_SECRET,
+        StepKind.PUT_SECRET,
+        StepKind.DEPLOY,
+    ]
+    assert [s.secret for s in steps.steps if s.secret] == ["ANTHROPIC_API_KEY", "KIT_API_TOKEN"]
+    table = render(steps)
+    assert table.splitlines()[0].split() == ["step", "what", "why"]
+    assert "acme-support: KIT_API_TOKEN" in table
+    assert "up to 20 basic containers (acme-support-sandboxes)" in table
+    for value in SECRETS.values():
+        assert value not in table
+        assert value not in repr(want)
+
+
+def test_the_workers_dev_url_is_read_from_wranglers_output() -> None:
+    """The URL of this Worker, not of another one wrangler mentions; None without one."""
+    out = (
+        "Uploaded acme (3.1 sec)\nDeployed acme triggers (0.4 sec)\n"
+        "  https://acme.kit-team.workers.dev\nCurrent Version ID: 1"
+    )
+    assert workers_dev_url(out, "acme") == "https://acme.kit-team.workers.dev"
+    assert workers_dev_url("see https://welcome.developers.workers.dev", "acme") is None
+    assert workers_dev_url("No deploy targets for acme", "acme") is None
+
+
+def test_a_shim_folder_without_its_source_is_refused(tmp_path: Path) -> None:
+    """KIT_WORKER_SHIM pointing at the wrong folder names the setting."""
+    with pytest.raises(DeployError, match="KIT_WORKER_SHIM"):
+        load_shim(tmp_path)
