@@ -33,7 +33,7 @@ from kit.cli.flydev import offline_model, rehearsal_lock
 from kit.cli.stack import load_api_token
 from kit.cli.statedir import make_private
 from kit.cli.wrangler import free_port, wrangler_dev, write_config
-from kit.deploy.image import BUNDLES_IN_IMAGE, bundle_image
+from kit.deploy.image import bundle_image
 from kit.private import write_private
 from kit.tiers import get_tier
 
@@ -105,7 +105,6 @@ async def rehearse_cloudflare(
             variables={
                 "KIT_WORKER_URL": f"http://127.0.0.1:{port}",
                 "KIT_MODEL_UPSTREAM": ANTHROPIC_API if model_key else model_url,
-                "KIT_BUNDLE_DIR": f"{BUNDLES_IN_IMAGE}/{bundle.path.name}",
                 "KIT_BUNDLE_DIGEST": bundle.digest,
                 "KIT_CONTAINER_EMULATOR": containers.url,
                 "KIT_CONTAINER_IMAGE": image,

@@ -1,7 +1,7 @@
-"""Run ``wrangler dev`` on the shim (``worker_shim/``) on loopback, offline: wrangler and Node
-22 as scripts/setup-workers installs them into ``worker_shim/node_modules``, its files in a
-private folder, no metrics or error reports, containers off (kit's container emulator
-serves them)."""
+"""Run ``wrangler dev`` on the shim (``worker_shim/``) on loopback, offline: the wrangler (and
+Node 22) scripts/setup-workers installs into ``worker_shim/node_modules`` (or ``KIT_WRANGLER``),
+its files in a private folder, no metrics, error reports or update checks, containers off
+(kit's container emulator serves them)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,37 +16,15 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from kit.cli.errors import CliError
+from kit.deploy.cloudflare.deploy import load_shim
+from kit.deploy.cloudflare.wrangler import find_wrangler, offline_env, wrangler_env
+from kit.deploy.errors import DeployError
 from kit.private import write_private
 
 SHIM_DIR = Path(__file__).resolve().parents[2] / "worker_shim"
 START_LIMIT_S = 120.0
 """The longest wait for ``Ready on``: wrangler's first start bundles the Worker."""
 STOP_LIMIT_S = 10.0
-NODE_MIN = (22, 12)
-"""wrangler 4.160+ refuses older Node."""
-SETUP = "scripts/setup-workers"
-
-
-def shim_tools() -> tuple[Path, Path]:
-    """(node, wrangler.js) in worker_shim/node_modules; :class:`CliError` naming the fix."""
-    wrangler = SHIM_DIR / "node_modules" / "wrangler" / "bin" / "wrangler.js"
-    if not wrangler.is_file():
-        raise CliError(
-            f"wrangler is not installed in {SHIM_DIR}: run {SETUP} (it installs wrangler, "
-            "workerd and Node 22 from npm)."
-        )
-    local = SHIM_DIR / "node_modules" / ".bin" / "node"
-    node = local if local.exists() else Path(shutil.which("node") or "node")
-    try:
-        out = subprocess.run(
-            [str(node), "--version"], capture_output=True, text=True, check=True, timeout=30
-        ).stdout.strip()
-        version = tuple(int(x) for x in out.lstrip("v").split(".")[:2])
-    except (OSError, subprocess.SubprocessError, ValueError) as exc:
-        raise CliError(f"Cannot run {node}: {exc}. Run {SETUP}.") from None
-    if version < NODE_MIN:
-        raise CliError(f"{node} is Node {out}; wrangler needs 22.12 or newer: run {SETUP}.")
-    return node, wrangler
 
 
 def free_port() -> int:
@@ -60,19 +37,23 @@ def free_port() -> int:
 def write_config(
     folder: Path, *, name: str, tier: str, variables: Mapping[str, str], secrets: Mapping[str, str]
 ) -> Path:
-    """The shim's wrangler config for a local run in ``folder`` (private): its Worker and
-    DO from worker_shim/, ``variables`` as vars, ``secrets`` in ``.dev.vars`` (0600, next
-    to the config, where wrangler dev reads them; never on a command line)."""
+    """The shim's own wrangler config (its bindings, migrations, vars) for a local run in
+    ``folder`` (private): named ``name``, its entry in worker_shim/, ``variables`` added to
+    its vars, ``secrets`` in ``.dev.vars`` (0600, next to the config, where wrangler dev
+    reads them; never on a command line)."""
+    try:
+        shim = load_shim(SHIM_DIR)
+    except DeployError as exc:
+        raise CliError(str(exc)) from None
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
-    config = {
-        "name": name,
-        "main": str(SHIM_DIR / "src" / "index.ts"),
-        "compatibility_date": "2026-11-01",
-        "durable_objects": {"bindings": [{"name": "SESSION", "class_name": "SessionDO"}]},
-        "migrations": [{"tag": "v1", "new_sqlite_classes": ["SessionDO"]}],
-        "vars": {"KIT_SANDBOX_TIER": tier, **variables},
-    }
+    config = {k: v for k, v in shim.config.items() if k not in ("$schema", "dev")}
+    base = config.get("vars")
+    config.update(
+        name=name,
+        main=str(shim.main),
+        vars={**(base if isinstance(base, dict) else {}), "KIT_SANDBOX_TIER": tier, **variables},
+    )
     path = folder / "wrangler.json"
     write_private(path, json.dumps(config, indent=2) + "\n")
     write_private(
@@ -85,22 +66,16 @@ def write_config(
 async def wrangler_dev(config: Path, *, port: int, persist: Path) -> AsyncIterator[str]:
     """``wrangler dev`` of ``config`` on ``127.0.0.1:port``, its DO storage in ``persist``;
     yield its URL once it says ``Ready``; stop it (and its workerd) at the end."""
-    node, wrangler = shim_tools()
+    try:
+        wrangler = find_wrangler(os.environ, SHIM_DIR)
+    except DeployError as exc:
+        raise CliError(str(exc)) from None
     home = config.parent / "wrangler-home"
     home.mkdir(mode=0o700, exist_ok=True)
-    env = {
-        **os.environ,
-        "HOME": str(home),  # wrangler writes ~/.config/.wrangler
-        "XDG_CONFIG_HOME": str(home / ".config"),
-        "WRANGLER_SEND_METRICS": "false",
-        "WRANGLER_SEND_ERROR_REPORTS": "false",
-        "CLOUDFLARE_CF_FETCH_ENABLED": "false",
-        "PATH": f"{node.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    for name in ("CLOUDFLARE_API_TOKEN", "ANTHROPIC_API_KEY", "KIT_API_TOKEN"):
-        env.pop(name, None)  # the shim gets what it needs from .dev.vars, nothing else
+    # Offline: no credentials, no cf.json fetch, no npm update check; kit's secrets reach
+    # the shim through .dev.vars only.
+    env = offline_env(wrangler_env(os.environ, wrangler), home)
     proc = await asyncio.create_subprocess_exec(
-        str(node),
         str(wrangler),
         "dev",
         "--config",

@@ -515,16 +515,15 @@ def _tail(text: str, lines: int = 3) -> str:
 
 
 BUNDLE_REPOSITORY = "kit-bundle"
-BUNDLES_IN_IMAGE = "/bundles"
-"""Where a bundle image holds its bundle, in a folder named by the bundle (as on Fly),
-read-only to the runtime's user."""
 
 
 def bundle_image(runtime_tag: str, bundle_dir: Path, digest: str, docker: str = "docker") -> str:
-    """``kit-bundle:<digest>-<runtime>``: the runtime image with the bundle in
-    :data:`BUNDLES_IN_IMAGE`, built once (``docker build --network none``); for targets
-    whose sandboxes get no files but their image (Cloudflare's containers). The runtime checks
-    the digest before it runs anything."""
+    """``kit-bundle:<digest>-<runtime>``: the image ``kit deploy --target cloudflare`` ships
+    (the runtime image with the bundle in ``/bundles/<digest>``, from the same Dockerfile),
+    built here once with ``docker build --network none``: what the rehearsal's containers
+    run. The runtime checks the digest before it runs anything."""
+    from kit.deploy.cloudflare.target import dockerfile
+
     runtime_id = _image_id(docker, runtime_tag)
     if runtime_id is None:
         raise ImageError(f"The runtime image {runtime_tag} is missing: run `kit image build`.")
@@ -532,25 +531,23 @@ def bundle_image(runtime_tag: str, bundle_dir: Path, digest: str, docker: str = 
     if _image_id(docker, tag) is not None:
         return tag
     with tempfile.TemporaryDirectory(prefix="kit-bundle-image-") as scratch:
-        context = Path(scratch)
-        shutil.copytree(bundle_dir, context / "bundle", symlinks=True)
-        for path in [context / "bundle", *(context / "bundle").rglob("*")]:
+        context = Path(scratch) / "bundle"
+        shutil.copytree(bundle_dir, context, symlinks=True)
+        for path in [context, *context.rglob("*")]:
             if not path.is_symlink():  # readable by the runtime's user, never writable
                 mode = path.stat().st_mode
                 path.chmod((0o555 if path.is_dir() else 0o444) | (mode & 0o111))
-        (context / "Dockerfile").write_text(
-            f"FROM {runtime_tag}\nCOPY bundle {BUNDLES_IN_IMAGE}/{bundle_dir.name}\n"
-        )
+        (Path(scratch) / "Dockerfile").write_text(dockerfile(runtime_tag, digest))
         _docker(
             docker,
             "build",
             "--quiet",
             "--network",
             "none",
-            "--label",
-            f"kit.bundle={digest}",
             "--tag",
             tag,
+            "--file",
+            str(Path(scratch) / "Dockerfile"),
             str(context),
         )
     return tag

@@ -312,7 +312,8 @@ export class SessionDO extends DurableObject<Env> {
     const worker = (this.env.KIT_WORKER_URL || "http://kit.internal").replace(/\/$/, "");
     return {
       session_id: sessionId,
-      bundle_dir: this.env.KIT_BUNDLE_DIR || "/opt/kit/bundle",
+      // kit deploy's image holds the bundle in /bundles/<digest[:32]> (as a Fly sandbox does).
+      bundle_dir: this.env.KIT_BUNDLE_DIR || `/bundles/${(this.env.KIT_BUNDLE_DIGEST ?? "").slice(0, 32)}`,
       workspace: "/workspace",
       home: "/home/kit",
       tmp_dir: "/tmp",
