@@ -1,10 +1,13 @@
 // The Worker's bindings (wrangler.jsonc): read once at the edge, passed down.
 
 import type { SessionDO } from "./session";
+import type { SessionIndex } from "./sessionindex";
 
 export interface Env {
   /** One SessionDO per session, named by the session id. */
   SESSION: DurableObjectNamespace<SessionDO>;
+  /** The list of sessions (one object, sessionindex.ts): DOs cannot be listed. */
+  SESSION_INDEX: DurableObjectNamespace<SessionIndex>;
   /** The host API token (a secret): every HTTP route but /healthz needs it as a Bearer. */
   KIT_API_TOKEN: string;
   /** The instance type a session's container starts at (default `basic`). */

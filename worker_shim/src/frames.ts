@@ -34,12 +34,14 @@ export const E = {
   UNKNOWN_SESSION: "unknown_session",
   SEQ_AHEAD: "seq_ahead",
   SLOW_CONSUMER: "slow_consumer",
+  SHUTTING_DOWN: "shutting_down",
   INTERNAL: "internal",
 } as const;
 
 /** WebSocket close codes the host uses. */
 export const CLOSE = {
   NORMAL: 1000,
+  GOING_AWAY: 1001,
   TOO_LARGE: 1009,
   INTERNAL: 1011,
   BAD_REQUEST: 4400,

@@ -106,6 +106,25 @@ export class HttpContainer implements ContainerLike {
     this.isRunning = false;
   }
 
+  /** kit's rehearsal hook (`kit sandbox oom`): the emulator kills the container as at its
+   * memory limit and answers once it died (exit 137, OOM), which monitor() then reports. */
+  async oom(): Promise<void> {
+    await this.settledStart();
+    const answer = await this.call("POST", "/oom");
+    if (answer.status === 200) {
+      await answer.body?.cancel();
+      return;
+    }
+    const text = await answer.text();
+    let message = text.slice(0, 500);
+    try {
+      message = String((JSON.parse(text) as { message?: unknown }).message ?? message);
+    } catch {
+      // not JSON: the text says it
+    }
+    throw new Error(`The container emulator could not OOM-kill the container (${answer.status}): ${message}`);
+  }
+
   signal(signo: number): void {
     void this.settledStart()
       .then(() => this.call("POST", "/signal", JSON.stringify({ signo })))

@@ -8,16 +8,20 @@
 //                                  an id that names no session, answered here
 //   ANY  /v1/sessions/{id}/model/… a sandbox's model call, forwarded to the session's DO
 //                                  (it checks the sandbox's model token, adds the real key)
+//   *    /_kit/…                   kit's control API (control.ts): sessions, logs, sandboxes
 //
 // Every other request, and any request to these routes but the upgrade and /healthz,
 // needs the API token: 401 without it, also for a path that does not exist.
 
+import { control } from "./control";
 import type { Env } from "./env";
 import { noSessionSocket } from "./nosession";
 import { MODEL_PATH } from "./session";
+import { sessionIndex } from "./sessionindex";
 import { randomToken, sameText, sha256 } from "./tokens";
 
 export { SessionDO } from "./session";
+export { SessionIndex } from "./sessionindex";
 export type { Env } from "./env";
 export type { ContainerLike } from "./runtime";
 
@@ -47,6 +51,8 @@ export default {
       });
     }
     if (url.pathname === "/v1/sessions" && request.method === "POST") return createSession(url, env);
+    const controlled = await control(request, url, env);
+    if (controlled !== null) return controlled;
     if (ws !== null) return json({ error: "upgrade_required", message: "Open this URL as a WebSocket." }, 426);
     return json({ error: "not_found", message: `No route ${request.method} ${url.pathname}.` }, 404);
   },
@@ -56,6 +62,8 @@ export default {
 async function createSession(url: URL, env: Env): Promise<Response> {
   const sessionId = crypto.randomUUID();
   const token = "kit-session-" + randomToken();
+  // Listed first: an id whose DO then fails to start is skipped by the listings.
+  await sessionIndex(env).add(sessionId, Date.now());
   await env.SESSION.getByName(sessionId).init(sessionId, await sha256(token), env.KIT_SANDBOX_TIER || "basic");
   const scheme = url.protocol === "https:" ? "wss" : "ws";
   return json({ session_id: sessionId, token, ws_url: `${scheme}://${url.host}/v1/sessions/${sessionId}/ws` }, 201);

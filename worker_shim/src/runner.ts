@@ -97,6 +97,34 @@ export class TurnRunner {
     return true;
   }
 
+  // -- for kit's control routes (sessioncontrol.ts) ---------------------------------------
+
+  /** Whether this instance runs turns now. */
+  get busy(): boolean {
+    return this.running;
+  }
+
+  /** The sandbox this instance watches, until its exit is seen. */
+  watched(): { sandboxId: string; container: ContainerLike } | null {
+    const live = this.live;
+    return live === null || live.exit !== null ? null : { sandboxId: live.sandboxId, container: live.container };
+  }
+
+  /** The sandbox this instance watches or, when no turn is open, a running container an
+   * earlier instance started, watched from now on (as the next turn would adopt it), so
+   * that a kill's exit is logged; null if none runs. */
+  async adoptIdle(): Promise<{ sandboxId: string; container: ContainerLike } | null> {
+    const idle = (): boolean => this.live === null && !this.running && this.log.openTurn() === null;
+    if (!idle()) return this.watched();
+    const container = this.host.container();
+    await refreshQuietly(container);
+    const token = this.log.meta("runtime_token");
+    if (idle() && container !== null && container.running && token) {
+      this.live = this.watch(container, this.log.meta("sandbox_id") ?? "sbx-unknown", new ContainerRuntime(container, token), true);
+    }
+    return this.watched();
+  }
+
   /** Run open turns one at a time, oldest first, until none is left. */
   private async runTurns(): Promise<void> {
     if (this.running) return;

@@ -16,6 +16,10 @@ export interface ContainerLike {
   destroy(reason?: unknown): Promise<void>;
   signal(signo: number): void;
   getTcpPort(port: number): PortFetcher;
+  /** Push the container past its memory limit now (`kit sandbox oom`): a rehearsal hook of
+   * kit's container emulator, which Cloudflare's `ctx.container` does not have. Resolves
+   * once the container died (exit 137, OOM). */
+  oom?(): Promise<void>;
 }
 
 /** What the shim uses of `getTcpPort(port)`: workerd's Fetcher has it. */

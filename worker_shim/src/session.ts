@@ -26,6 +26,7 @@ import { REPLAY_PAGE, SessionLog } from "./log";
 import { MAX_QUEUED_FRAMES, Outbox } from "./outbox";
 import { HELLO_TIMEOUT_MS, noSessionSocket } from "./nosession";
 import { TurnRunner } from "./runner";
+import { CONTROL_PREFIX, SessionControl } from "./sessioncontrol";
 import { HttpContainer } from "./httpcontainer";
 import { RUNTIME_PORT, type ContainerLike } from "./runtime";
 import { sameText, sha256 } from "./tokens";
@@ -67,6 +68,8 @@ export class SessionDO extends DurableObject<Env> {
   private maxQueuedFrames = MAX_QUEUED_FRAMES;
   /** The emulator's container, when this DO has no `ctx.container` (wrangler dev). */
   private emulated: HttpContainer | null = null;
+  /** kit's control routes for this session (sessioncontrol.ts). */
+  private readonly control: SessionControl;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -85,11 +88,14 @@ export class SessionDO extends DurableObject<Env> {
     });
     // A turn still open in the log is resumed by the alarm or the next client message
     // (runner.resume), not from here: a turn runs on after the event that started it.
+    this.control = new SessionControl({ ctx, env, log: this.log, runner: this.runner, container: () => this.container() });
+    this.control.register();
   }
 
   /** Create the session (called once by the Worker at POST /v1/sessions). */
   async init(sessionId: string, tokenSha256: string, tier: string): Promise<void> {
-    this.log.create({ session_id: sessionId, token_sha256: tokenSha256, tier });
+    // `indexed`: the Worker added the session to the SessionIndex before this call.
+    this.log.create({ session_id: sessionId, token_sha256: tokenSha256, tier, created_ms: String(Date.now()), indexed: "1" });
   }
 
   /** Whether this DO holds a session (reads only: the Worker asks before it forwards a
@@ -101,7 +107,9 @@ export class SessionDO extends DurableObject<Env> {
   /** The WebSocket upgrade of `/v1/sessions/{id}/ws`, or a model call of the session's
    * sandbox (`/v1/sessions/{id}/model/...`), forwarded by the Worker. */
   async fetch(request: Request): Promise<Response> {
-    const model = MODEL_PATH.exec(new URL(request.url).pathname);
+    const path = new URL(request.url).pathname;
+    if (path.startsWith(CONTROL_PREFIX)) return this.control.fetch(request); // from the Worker's control routes
+    const model = MODEL_PATH.exec(path);
     if (model !== null) return this.model(request, model[1]);
     if (!this.log.exists()) return noSessionSocket(); // the Worker asked first; in case it did not
     const [client, server] = Object.values(new WebSocketPair());
@@ -374,6 +382,7 @@ export class SessionDO extends DurableObject<Env> {
         box.send(frame);
       }
     }
+    this.control.published(row);
   }
 
   private outbox(ws: WebSocket): Outbox {

@@ -2,6 +2,7 @@
 declare namespace Cloudflare {
   interface Env {
     SESSION: DurableObjectNamespace<import("../src/session").SessionDO>;
+    SESSION_INDEX: DurableObjectNamespace<import("../src/sessionindex").SessionIndex>;
     KIT_API_TOKEN: string;
     KIT_SANDBOX_TIER?: string;
     ANTHROPIC_API_KEY: string;
