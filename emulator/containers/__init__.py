@@ -16,6 +16,8 @@ Emulated:
   makes nothing; a start while it runs is 409 ``running``;
 - ``running``, ``monitor()`` (a long-poll of at most 60 s; the exit code, and ``oom`` when
   Docker reports ``OOMKilled`` — 137), ``signal(signo)``, ``destroy()`` (idempotent);
+- ``oom()``, a rehearsal hook Cloudflare does not have (``kit sandbox oom``): the container
+  is SIGKILLed and its exit reported as an OOM kill (137, ``oom``);
 - ``getTcpPort(port).fetch()``: HTTP relayed to the container's own port, streamed both
   ways; 503 ``not_listening`` while nothing listens there. Containers run with
   ``--network none`` and are reached through their network namespace

@@ -10,6 +10,8 @@ Every route wants ``Authorization: Bearer <token>`` or, so that the shim's own
     GET  /containers/{id}           → {"running", "exit_code", "oom"}
     GET  /containers/{id}/monitor   → 204 still running after ≤ 60 s (``?timeout_s=``), 200 {"exit_code", "oom"}
     POST /containers/{id}/signal    {"signo"} → 202
+    POST /containers/{id}/oom       → 200 {"exit_code": 137, "oom": true} once it died (a
+                                    rehearsal hook: Cloudflare has none)
     POST /containers/{id}/destroy   → 204
     ANY  /containers/{id}/ports/{port}/{path} → the container's HTTP answer, streamed
 """
@@ -126,6 +128,12 @@ def create_app(backend: ContainersBackend, *, token: str) -> ASGIApp:
         await backend.signal(request.path_params["id"], signo)
         return Response(status_code=202)
 
+    async def oom(request: Request) -> Response:
+        exit = await backend.oom(request.path_params["id"])
+        if exit is None:
+            raise ApiError(504, "still_running", "The container did not die within 30 s.")
+        return JSONResponse({"exit_code": exit.exit_code, "oom": exit.oom})
+
     async def destroy(request: Request) -> Response:
         await backend.destroy(request.path_params["id"])
         return Response(status_code=204)
@@ -153,6 +161,7 @@ def create_app(backend: ContainersBackend, *, token: str) -> ASGIApp:
             Route(base, status, methods=["GET"]),
             Route(f"{base}/monitor", monitor, methods=["GET"]),
             Route(f"{base}/signal", signal, methods=["POST"]),
+            Route(f"{base}/oom", oom, methods=["POST"]),
             Route(f"{base}/destroy", destroy, methods=["POST"]),
             Route(f"{base}/ports/{{port:int}}/{{path:path}}", ports, methods=methods),
             Route(f"{base}/ports/{{port:int}}", ports, methods=methods),

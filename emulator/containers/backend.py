@@ -4,7 +4,9 @@ A container is :attr:`State.RUNNING` from a successful start until its run ends,
 :attr:`State.EXITED` with its :class:`~emulator.containers.runner.Exit` (kept, so a late
 ``monitor`` still learns how it ended, as the DO does from ``monitor()``'s rejection). A
 start while it runs is refused (409 ``running``); a start after an exit is a new run with a
-fresh root filesystem. ``destroy`` kills and removes the run and is idempotent.
+fresh root filesystem. ``destroy`` kills and removes the run and is idempotent. ``oom``
+is a rehearsal hook Cloudflare does not have (``kit sandbox oom``): the run is SIGKILLed and
+its exit reported as the kernel's OOM kill at the instance's memory limit (137, ``oom``).
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from typing import Any
 import httpx
 
 from emulator.containers.errors import ApiError, RunnerError
-from emulator.containers.runner import Exit, LaunchSpec, Runner
+from emulator.containers.runner import KILLED, Exit, LaunchSpec, Runner
 from kit.tiers import LEGACY_NAMES, TIERS, Tier
 
 MONITOR_LIMIT_S = 60.0
 """The longest one ``monitor`` long-poll waits before answering 204 (ask again)."""
 DESTROY_LIMIT_S = 30.0
-"""How long ``destroy`` waits for a removed run to be seen exiting."""
+"""How long ``destroy`` (and ``oom``) waits for the run to be seen exiting."""
 CLOUDFLARE_INSTANCES = tuple(name for name, tier in TIERS.items() if tier.platform == "cloudflare")
 
 
@@ -46,6 +48,8 @@ class Container:
     watcher: asyncio.Task[None] | None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     transport: httpx.AsyncBaseTransport | None = None
+    oom_forced: bool = False
+    """``oom`` killed the run: its SIGKILL is reported as an OOM kill."""
 
     def status(self) -> dict[str, Any]:
         """``{"running", "exit_code", "oom"}`` as ``GET /containers/{id}`` answers."""
@@ -123,7 +127,9 @@ class ContainersBackend:
         try:
             exit = await self.runner.wait(container.id)
         except RunnerError:
-            exit = Exit(137)
+            exit = Exit(KILLED)
+        if container.oom_forced and exit.exit_code == KILLED:
+            exit = Exit(KILLED, oom=True)
         container.exit, container.state = exit, State.EXITED
         container.exited.set()
         if container.transport is not None:
@@ -154,6 +160,23 @@ class ContainersBackend:
             await self.runner.signal(container_id, signo)
         except RunnerError as exc:
             raise ApiError(502, "signal_failed", str(exc)) from exc
+
+    async def oom(self, container_id: str) -> Exit | None:
+        """Kill the running container as at its memory limit (409 ``not_running``
+        otherwise); how it ended, once seen (None if not within DESTROY_LIMIT_S)."""
+        container = self._started(container_id)
+        if container.state is not State.RUNNING:
+            raise ApiError(
+                409, "not_running", f"Container {container_id} is not running: start it first."
+            )
+        container.oom_forced = True
+        try:
+            await self.runner.signal(container_id, KILLED - 128)
+        except RunnerError as exc:
+            container.oom_forced = False
+            raise ApiError(502, "signal_failed", str(exc)) from exc
+        await self._settle(container)
+        return container.exit
 
     async def destroy(self, container_id: str) -> None:
         """Kill and remove the container's run; nothing to do is fine."""

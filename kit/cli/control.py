@@ -30,6 +30,9 @@ sandbox app's machines, whichever gateway runs them (a stopped machine shows as 
 ``fly-replay: instance=<owner>``, which Fly's proxy replays there. ``evict`` has no object
 to evict (409).
 
+The Cloudflare shim serves the same routes, JSON and NDJSON (``worker_shim/src/control.ts``),
+so the same commands work against ``kit dev --target cloudflare`` and a deploy.
+
 Listing and reading (without ``follow``) go through :meth:`LogStore.summary` and
 :meth:`LogStore.read_events`: no session is loaded and no lease taken. Following loads the
 session, as a client's ``hello`` does (:mod:`kit.cli.follow`).
@@ -137,7 +140,7 @@ def signal_number(name: str) -> int:
         number = int(text)
         if number in {s.value for s in signal.Signals}:
             return number
-    elif text in signal.Signals.__members__ or f"SIG{text}" in signal.Signals.__members__:
+    elif f"SIG{text}" in signal.Signals.__members__:
         return int(signal.Signals[f"SIG{text}"])
     raise CliError(
         f"Unknown signal {name!r}; use a name like KILL, TERM, INT or SEGV, or a number."

@@ -76,6 +76,22 @@ async def test_oom_is_137_and_oom_true(emu: Emu) -> None:
     assert r.json() == {"exit_code": 137, "oom": True}
 
 
+async def test_the_oom_hook_kills_it_as_at_its_memory_limit(emu: Emu) -> None:
+    """``POST …/oom`` (kit sandbox oom's rehearsal hook) answers once the container died,
+    as the kernel's OOM kill reports it (137, ``oom``), and so does ``monitor``; on a
+    container that is not running it is a 409; a plain SIGKILL of the next run is no OOM."""
+    await emu.start("c1", entrypoint=SLEEP)
+    r = await emu.http.post("/containers/c1/oom")
+    assert (r.status_code, r.json()) == (200, {"exit_code": 137, "oom": True})
+    assert (await emu.monitor("c1")).json() == {"exit_code": 137, "oom": True}
+    r = await emu.http.post("/containers/c1/oom")
+    assert (r.status_code, r.json()["error"]) == (409, "not_running")
+    assert (await emu.http.post("/containers/nope/oom")).status_code == 404
+    await emu.start("c1", entrypoint=SLEEP)  # a new run: a kill is a kill again
+    await emu.http.post("/containers/c1/signal", json={"signo": 9})
+    assert (await emu.monitor("c1")).json() == {"exit_code": 137, "oom": False}
+
+
 async def test_signal_reaches_the_process(emu: Emu) -> None:
     """``signal(15)`` stops the container's process: 143, not an OOM. (Signalled once its
     server answers: a signal that reaches init before it set its handlers is lost.)"""
