@@ -96,8 +96,9 @@ async def _following(kit: Cli, session_id: str) -> AsyncIterator[asyncio.subproc
             await proc.wait()
 
 
-def _died(event: Event) -> bool:
-    return event.kind == "sandbox" and event.data.get("state") == "died"
+def _exited(event: Event) -> bool:
+    """A `sandbox` event saying it ended (died or stopped)."""
+    return event.kind == "sandbox" and event.data.get("state") in ("died", "stopped")
 
 
 def _sandbox_id(events: list[Event]) -> str:
@@ -179,12 +180,13 @@ async def test_the_control_commands_against_the_shim(kit_tmp: Path) -> None:
             assert listing.splitlines()[0].split() == ["SESSION", "SANDBOX", "TIER", "STATE", "PID"]
             assert _row(listing, sid) == [sid, sandbox, "basic", "running", "-"]
             assert await kit.ok("sandbox", "kill", sid) == f"Sent signal 9 to {sandbox}.\n"
-            died = (await _until(client, seqs, _died))[-1]
-            assert (died.data["reason"], died.data["exit_code"], died.data["sandbox_id"]) == (
+            died = (await _until(client, seqs, _exited))[-1]
+            assert (died.data["state"], died.data["reason"], died.data["exit_code"]) == (
+                "died",
                 "killed",
                 137,
-                sandbox,
             )
+            assert died.data["sandbox_id"] == sandbox
             assert (await kit.ok("sandbox", "list")).strip() == "No sandbox is running."
             assert _row(await kit.ok("sessions"), sid)[-1] == "none"
             second = await _turn(client, "echo after the kill", seqs)
@@ -194,8 +196,12 @@ async def test_the_control_commands_against_the_shim(kit_tmp: Path) -> None:
             # kit sandbox oom: the container emulator kills it as at its memory limit.
             pushed = await kit.ok("sandbox", "oom", sid)
             assert pushed == f"Pushed {sandbox} past its memory limit.\n"
-            died = (await _until(client, seqs, _died))[-1]
-            assert (died.data["reason"], died.data["exit_code"]) == ("oom", 137)
+            died = (await _until(client, seqs, _exited))[-1]
+            assert (died.data["state"], died.data["reason"], died.data["exit_code"]) == (
+                "died",
+                "oom",
+                137,
+            )
 
             # kit do evict: the socket closes, the client resumes on the next instance.
             evicted = await kit.ok("do", "evict", sid)

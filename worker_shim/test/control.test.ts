@@ -2,7 +2,7 @@
 // kit/cli/control.py does: the same routes, JSON shapes, status codes and NDJSON, behind
 // the API token.
 
-import { SELF, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
+import { SELF, listDurableObjectIds, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { FakeContainer, cannedOrRecovered, cannedTurn, recoveredTurn } from "./fake_runtime";
@@ -106,6 +106,10 @@ describe("GET /_kit/sessions", () => {
     const order = (body.sessions as Array<{ session_id: string; last_ts: number | null; created_ms: number }>).map((r) => r.last_ts || r.created_ms);
     expect(order).toEqual([...order].sort((x, y) => y - x)); // the most recently active first
     expect(Object.values(rows).every((r) => "error" in r || typeof r.created_ms === "number")).toBe(true);
+    // A socket alone puts a session in memory.
+    const f = await live(fresh);
+    expect((await sessionRows())[fresh.session_id]).toMatchObject({ loaded: true, sandbox: "none" });
+    f.close();
     a.close();
   });
 
@@ -176,26 +180,39 @@ describe("GET /_kit/sessions/{id}/events", () => {
     });
   });
 
-  it("follows: stored events, then live ones, each once, across segments", async () => {
+  it("follows: the stored events, then live ones as they are committed, each once", async () => {
     const [session, a, turn] = await sessionWithTurn();
     const sid = session.session_id;
-    await onControl(sid, (i) => void (i.control.segmentMs = 300)); // FOLLOW_SEGMENT_MS is 60 s
     const follow = new LineReader(await kit("GET", `/sessions/${sid}/events?follow=1`));
     const backlog = await follow.until(turn.at(-1)!.seq!);
     expect(backlog.map((l) => l.seq)).toEqual(turn.map((f) => f.seq));
     a.send(JSON.stringify({ type: "user", client_msg_id: "c-2", text: "two" }));
     const second = await untilEnd(a);
     const followed = await follow.until(second.at(-1)!.seq!);
-    expect(followed.map((l) => [l.seq, l.kind])).toEqual(second.map((f) => [f.seq, f.kind]));
+    expect(followed.map((l) => [l.seq, l.kind, l.data])).toEqual(second.map((f) => [f.seq, f.kind, f.data]));
     expect(followed.at(-1)?.data?.text).toBe(cannedTurn("two").at(-1)!.data.text);
-    // A segment ends (an empty line), the Worker asks again from its cursor: nothing lost.
-    for (let n = 0; n < 1_000 && (await follow.nextRaw()) !== ""; n++);
+    expect(follow.raw).not.toContain(""); // live, within the first segment (60 s)
+    await follow.cancel();
+    a.close();
+  });
+
+  it("follows across segments: the Worker asks again from its cursor, nothing lost or repeated", async () => {
+    const [session, a, turn] = await sessionWithTurn();
+    const sid = session.session_id;
+    await onControl(sid, (i) => void (i.control.segmentMs = 200)); // FOLLOW_SEGMENT_MS is 60 s
+    const follow = new LineReader(await kit("GET", `/sessions/${sid}/events?follow=1`, undefined));
+    await follow.until(turn.at(-1)!.seq!);
+    for (let n = 0; n < 1_000 && (await follow.nextRaw()) !== ""; n++); // a segment ended
+    a.send(JSON.stringify({ type: "user", client_msg_id: "c-2", text: "two" }));
+    const second = await untilEnd(a);
+    for (let n = 0; n < 1_000 && (await follow.nextRaw()) !== ""; n++); // and another
     a.send(JSON.stringify({ type: "user", client_msg_id: "c-3", text: "three" }));
     const third = await untilEnd(a);
-    expect((await follow.until(third.at(-1)!.seq!)).map((l) => l.seq)).toEqual(third.map((f) => f.seq));
+    await follow.until(third.at(-1)!.seq!);
     expect(follow.raw.filter((l) => l !== "").map((l) => (JSON.parse(l) as Line).seq)).toEqual(
-      Array.from({ length: third.at(-1)!.seq! }, (_, i) => i + 1),
+      [...turn, ...second, ...third].map((f) => f.seq),
     );
+    expect(follow.raw.filter((l) => l === "").length).toBeGreaterThanOrEqual(2);
     await follow.cancel();
     a.close();
   });
@@ -265,6 +282,10 @@ describe("GET /_kit/sandboxes and kill, oom", () => {
     }
     expect(await kitJson("POST", `/sandboxes/${UNKNOWN}/oom`)).toMatchObject({ status: 404, body: { error: "no_sandbox" } });
     expect(await kitJson("POST", "/sandboxes/nope/oom")).toMatchObject({ status: 404, body: { error: "no_sandbox" } });
+    // A malformed id is answered without making a Durable Object of it.
+    const made = (await listDurableObjectIds(env.SESSION)).map((id) => id.toString());
+    expect(made).not.toContain(env.SESSION.idFromName("nope").toString());
+    expect(made).toContain(env.SESSION.idFromName(UNKNOWN).toString()); // asked (reads only)
   });
 
   it("OOM: 409 where the container has no hook (Cloudflare's); with one, the sandbox dies oom 137", async () => {
