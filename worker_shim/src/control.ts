@@ -96,14 +96,24 @@ async function sessions(_request: Request, _url: URL, env: Env): Promise<Respons
 }
 
 async function sandboxes(_request: Request, _url: URL, env: Env): Promise<Response> {
+  let failed: string | null = null;
   const rows = await fanOut(env, async (id) => {
-    const answer = await env.SESSION.getByName(id).fetch(`${INTERNAL}/sandbox`);
-    if (!answer.ok) {
-      await answer.body?.cancel();
+    try {
+      const answer = await env.SESSION.getByName(id).fetch(`${INTERNAL}/sandbox`);
+      if (answer.status === 404) {
+        await answer.body?.cancel();
+        return null; // indexed, but its DO was never made: no session
+      }
+      if (!answer.ok) throw new Error(`it answered ${answer.status}: ${(await answer.text()).slice(0, 200)}`);
+      return ((await answer.json()) as { sandbox: Record<string, unknown> | null }).sandbox;
+    } catch (exc) {
+      failed ??= `Session ${id}'s Durable Object failed: ${messageOf(exc)}`;
       return null;
     }
-    return ((await answer.json()) as { sandbox: Record<string, unknown> | null }).sandbox;
   });
+  // A sandbox left out of the list would be one nobody knows runs (kit/cli/control.py
+  // answers so when a Fly fleet cannot be read).
+  if (failed !== null) return error("fleet_unreadable", failed, 503);
   return json({ sandboxes: rows }, 200);
 }
 
