@@ -11,6 +11,9 @@ session) in ``wrangler dev``. Only what wrangler dev cannot give differs:
   the DO's model route as on Cloudflare;
 - the DO's storage is wrangler's local SQLite under ``<state>/cloudflare/``.
 
+The bundle's ``[limits]`` reach the shim's model route as a deploy passes them
+(:func:`kit.deploy.cloudflare.target.limits_var`).
+
 The Worker's URL is written to ``.kit/dev.json`` so ``kit chat`` finds it.
 """
 
@@ -33,6 +36,7 @@ from kit.cli.flydev import offline_model, rehearsal_lock
 from kit.cli.stack import load_api_token
 from kit.cli.statedir import make_private
 from kit.cli.wrangler import free_port, wrangler_dev, write_config
+from kit.deploy.cloudflare.target import LIMITS_VAR, limits_var
 from kit.deploy.image import bundle_image
 from kit.private import write_private
 from kit.tiers import get_tier
@@ -108,6 +112,7 @@ async def rehearse_cloudflare(
                 "KIT_BUNDLE_DIGEST": bundle.digest,
                 "KIT_CONTAINER_EMULATOR": containers.url,
                 "KIT_CONTAINER_IMAGE": image,
+                LIMITS_VAR: limits_var(bundle.limits),
             },
             secrets={
                 "KIT_API_TOKEN": token,
