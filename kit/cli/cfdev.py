@@ -73,6 +73,21 @@ def cloudflare_tier(name: str) -> str:
     return tier.name
 
 
+def rehearsal_vars(
+    bundle: Bundle, *, worker_url: str, model_upstream: str, containers_url: str, image: str
+) -> dict[str, str]:
+    """The shim's vars in a rehearsal: where it is, its model upstream, the bundle (its
+    digest and, as a deploy passes them, its ``[limits]``), the container emulator."""
+    return {
+        "KIT_WORKER_URL": worker_url,
+        "KIT_MODEL_UPSTREAM": model_upstream,
+        "KIT_BUNDLE_DIGEST": bundle.digest,
+        "KIT_CONTAINER_EMULATOR": containers_url,
+        "KIT_CONTAINER_IMAGE": image,
+        LIMITS_VAR: limits_var(bundle.limits),
+    }
+
+
 @contextlib.asynccontextmanager
 async def rehearse_cloudflare(
     project: Path,
@@ -106,14 +121,13 @@ async def rehearse_cloudflare(
             folder,
             name=loaded.agent.name,
             tier=tier,
-            variables={
-                "KIT_WORKER_URL": f"http://127.0.0.1:{port}",
-                "KIT_MODEL_UPSTREAM": ANTHROPIC_API if model_key else model_url,
-                "KIT_BUNDLE_DIGEST": bundle.digest,
-                "KIT_CONTAINER_EMULATOR": containers.url,
-                "KIT_CONTAINER_IMAGE": image,
-                LIMITS_VAR: limits_var(bundle.limits),
-            },
+            variables=rehearsal_vars(
+                bundle,
+                worker_url=f"http://127.0.0.1:{port}",
+                model_upstream=ANTHROPIC_API if model_key else model_url,
+                containers_url=containers.url,
+                image=image,
+            ),
             secrets={
                 "KIT_API_TOKEN": token,
                 "ANTHROPIC_API_KEY": model_key or offline_key,

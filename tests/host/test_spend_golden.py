@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kit.bundle.limits import Limits
+from kit.bundle.limits import Limits, Tokens
 from kit.host.spend import SpendMeter
 from kit.host.usage import Call, UsageReader
 from kit.ids import SessionId, TurnId
@@ -96,7 +96,11 @@ def test_a_golden_case(name: str) -> None:
             if step["refused"] is None:
                 assert refusal is None, where
                 reader = UsageReader()
-                reader.expect(Call(costs, lambda t, m=model: meter.charge(S, limits, m, t)))
+
+                def charge(tokens: Tokens, model: str = model) -> None:
+                    meter.charge(S, limits, model, tokens)
+
+                reader.expect(Call(costs, charge))
                 data = _response(step["reply"])
                 for at in range(0, len(data), PIECE):
                     reader.feed(data[at : at + PIECE])

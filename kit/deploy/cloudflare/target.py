@@ -141,7 +141,7 @@ def limits_var(limits: Limits) -> str:
         raise DeployError(
             f"kit.toml's [limits] take {len(text.encode())} bytes as the Worker variable "
             f"{LIMITS_VAR}, over the {MAX_VAR_BYTES} a Cloudflare variable may hold: list fewer "
-            "models or [limits.prices] entries (a glob such as \"claude-x*\" covers many)."
+            'models or [limits.prices] entries (a glob such as "claude-x*" covers many).'
         )
     return text
 
