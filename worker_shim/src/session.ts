@@ -27,7 +27,7 @@ import { MAX_QUEUED_FRAMES, Outbox } from "./outbox";
 import { HELLO_TIMEOUT_MS, noSessionSocket } from "./nosession";
 import { TurnRunner } from "./runner";
 import { HttpContainer } from "./httpcontainer";
-import { MODEL_PATH, modelRoute } from "./model";
+import { MODEL_PATH, ModelRoute } from "./model";
 export { MODEL_PATH } from "./model";
 import { RUNTIME_PORT, type ContainerLike } from "./runtime";
 import { sameText, sha256 } from "./tokens";
@@ -69,6 +69,8 @@ export class SessionDO extends DurableObject<Env> {
   private maxQueuedFrames = MAX_QUEUED_FRAMES;
   /** The emulator's container, when this DO has no `ctx.container` (wrangler dev). */
   private emulated: HttpContainer | null = null;
+  /** The sandbox's model calls, metered against the bundle's limits (model.ts). */
+  private readonly modelRoute: ModelRoute;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -78,8 +80,15 @@ export class SessionDO extends DurableObject<Env> {
     void ctx.blockConcurrencyWhile(async () => {
       this.log.migrate();
     });
+    this.modelRoute = new ModelRoute({
+      env,
+      log: this.log,
+      publish: (row) => this.publish(row),
+      waitUntil: (promise) => this.ctx.waitUntil(promise),
+    });
     this.runner = new TurnRunner({
       log: this.log,
+      beginTurn: (turnId) => this.modelRoute.meter.beginTurn(turnId),
       container: () => this.container(),
       publish: (row) => this.publish(row),
       waitUntil: (promise) => this.ctx.waitUntil(promise),
@@ -330,10 +339,9 @@ export class SessionDO extends DurableObject<Env> {
   }
 
   /** A model call of this session's sandbox (model.ts): checked against the model token
-   * minted at the sandbox's start. */
+   * minted at the sandbox's start and the spend limits, metered as its reply streams. */
   private async model(request: Request, rest: string): Promise<Response> {
-    const want = this.log.exists() ? this.log.meta("model_token_sha256") : null;
-    return modelRoute(request, rest, want, this.env);
+    return this.modelRoute.fetch(request, rest);
   }
 
   /** Hand an event to every live socket; the output gate releases it after the commit. A
