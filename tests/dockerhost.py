@@ -8,10 +8,12 @@ import functools
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from kit.cli.image import default_cache_dir, default_checkout
+from kit.cli.statedir import host_id
 from kit.deploy.image import BaseRecipe, BuiltImage, apply_image, plan_image
 
 
@@ -64,11 +66,12 @@ def containers_of(session_id: str) -> list[str]:
     return done.stdout.split()
 
 
-def fly_containers() -> list[str]:
-    """The ids of every container (running or not) the Fly API emulator's Docker runners
-    left on this host."""
+def fly_containers(state_dir: Path) -> list[str]:
+    """The ids of every container (running or not) that the Fly rehearsal on ``state_dir``
+    left on this host (its runner's label: other runs on the host are not its business)."""
+    runner = f"rehearsal-{host_id(state_dir)}"
     done = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", "label=kit.fly.runner"],
+        ["docker", "ps", "-aq", "--filter", f"label=kit.fly.runner={runner}"],
         capture_output=True,
         text=True,
         timeout=20,

@@ -11,6 +11,9 @@ session) in ``wrangler dev``. Only what wrangler dev cannot give differs:
   the DO's model route as on Cloudflare;
 - the DO's storage is wrangler's local SQLite under ``<state>/cloudflare/``.
 
+The bundle's ``[limits]`` reach the shim's model route as a deploy passes them
+(:func:`kit.deploy.cloudflare.target.limits_var`).
+
 The Worker's URL is written to ``.kit/dev.json`` so ``kit chat`` finds it.
 """
 
@@ -33,6 +36,7 @@ from kit.cli.flydev import offline_model, rehearsal_lock
 from kit.cli.stack import load_api_token
 from kit.cli.statedir import make_private
 from kit.cli.wrangler import free_port, wrangler_dev, write_config
+from kit.deploy.cloudflare.target import LIMITS_VAR, limits_var
 from kit.deploy.image import bundle_image
 from kit.private import write_private
 from kit.tiers import get_tier
@@ -69,6 +73,21 @@ def cloudflare_tier(name: str) -> str:
     return tier.name
 
 
+def rehearsal_vars(
+    bundle: Bundle, *, worker_url: str, model_upstream: str, containers_url: str, image: str
+) -> dict[str, str]:
+    """The shim's vars in a rehearsal: where it is, its model upstream, the bundle (its
+    digest and, as a deploy passes them, its ``[limits]``), the container emulator."""
+    return {
+        "KIT_WORKER_URL": worker_url,
+        "KIT_MODEL_UPSTREAM": model_upstream,
+        "KIT_BUNDLE_DIGEST": bundle.digest,
+        "KIT_CONTAINER_EMULATOR": containers_url,
+        "KIT_CONTAINER_IMAGE": image,
+        LIMITS_VAR: limits_var(bundle.limits),
+    }
+
+
 @contextlib.asynccontextmanager
 async def rehearse_cloudflare(
     project: Path,
@@ -102,13 +121,13 @@ async def rehearse_cloudflare(
             folder,
             name=loaded.agent.name,
             tier=tier,
-            variables={
-                "KIT_WORKER_URL": f"http://127.0.0.1:{port}",
-                "KIT_MODEL_UPSTREAM": ANTHROPIC_API if model_key else model_url,
-                "KIT_BUNDLE_DIGEST": bundle.digest,
-                "KIT_CONTAINER_EMULATOR": containers.url,
-                "KIT_CONTAINER_IMAGE": image,
-            },
+            variables=rehearsal_vars(
+                bundle,
+                worker_url=f"http://127.0.0.1:{port}",
+                model_upstream=ANTHROPIC_API if model_key else model_url,
+                containers_url=containers.url,
+                image=image,
+            ),
             secrets={
                 "KIT_API_TOKEN": token,
                 "ANTHROPIC_API_KEY": model_key or offline_key,

@@ -14,6 +14,10 @@ restart, or a takeover from another host) starts its session totals from the ses
 stored ``result`` events (:func:`spent_in`): the usage and ``total_cost_usd`` the CLI
 reported for each finished turn. Those figures come from the sandbox, not from this
 meter, and leave out turns that ended without a result.
+
+The Cloudflare shim makes the same decisions in the same words (worker_shim/src/spend.ts);
+the golden cases of kit/host/golden/spend.jsonl are replayed against both
+(tests/host/test_spend_golden.py, worker_shim/test/spend.test.ts).
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ async def test_kit_dev_target_fly_then_kit_chat(kit_tmp: Path) -> None:
     finally:
         dev.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(dev.wait(), 120) == 0
-    assert fly_containers() == []
+    assert fly_containers(kit_tmp / "state") == []
 
 
 async def _kit(cwd: Path, env: dict[str, str], *args: str) -> str:

@@ -64,11 +64,17 @@ def _unconfined_user(isolation: str) -> dict[str, object]:
 
 
 def _tree(root: Path) -> Iterator[tuple[tuple[str, ...], os.stat_result]]:
-    """Every path under ``root`` (relative parts) with its own ``lstat``; links not followed."""
+    """Every path under ``root`` (relative parts) with its own ``lstat``; links not followed.
+    A path gone between the listing and its ``lstat`` (a lock file of a running sandbox's
+    CLI) is left out."""
     for folder, dirs, files in os.walk(root):
         for name in [*dirs, *files]:
             path = Path(folder, name)
-            yield path.relative_to(root).parts, path.lstat()
+            try:
+                st = path.lstat()
+            except FileNotFoundError:
+                continue
+            yield path.relative_to(root).parts, st
 
 
 def _excused(parts: tuple[str, ...], st: os.stat_result, passage_gid: int | None) -> bool:

@@ -3,11 +3,14 @@ the image's Dockerfile and the plan, with no disk or network."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from kit.bundle import build_bundle, load_project
+from kit.bundle.limits import DEFAULT_LIMITS, Limits, Price
 from kit.cli.cfdeploy import render
 from kit.cli.settings import EXAMPLE_PROJECT
 from kit.deploy.cloudflare.apply import workers_dev_url
@@ -15,8 +18,11 @@ from kit.deploy.cloudflare.deploy import desired, load_shim
 from kit.deploy.cloudflare.plan import StepKind, plan
 from kit.deploy.cloudflare.target import (
     INSTANCE_TYPES,
+    LIMITS_VAR,
+    MAX_VAR_BYTES,
     CloudflareTarget,
     dockerfile,
+    limits_var,
     read_jsonc,
 )
 from kit.deploy.errors import DeployError
@@ -85,6 +91,7 @@ def test_the_config_carries_the_shims_bindings_and_adds_the_container(tmp_path: 
     assert "dev" not in config
     assert config["vars"]["KIT_SANDBOX_TIER"] == "standard-2"
     assert config["vars"]["KIT_BUNDLE_DIGEST"] == bundle.digest
+    assert config["vars"][LIMITS_VAR] == "{}"  # the example sets no [limits]: kit's defaults
     assert config["containers"] == [
         {
             "name": "acme-support-sandboxes",
@@ -96,6 +103,47 @@ def test_the_config_carries_the_shims_bindings_and_adds_the_container(tmp_path: 
         }
     ]
     assert before == {p: p.stat().st_mtime_ns for p in SHIM.glob("*") if p.is_file()}
+
+
+def test_the_config_carries_the_bundles_limits_as_the_manifest_has_them(tmp_path: Path) -> None:
+    """KIT_LIMITS is the bundle's [limits] as its manifest stores them (what the shim's
+    Limits.fromVar reads, and the golden spend cases use), compact."""
+    project = tmp_path / "agent"
+    shutil.copytree(EXAMPLE_PROJECT, project, ignore=shutil.ignore_patterns(".kit"))
+    toml = project / "kit.toml"
+    toml.write_text(
+        toml.read_text()
+        + '\n[limits]\nmodels = ["claude-*"]\nturn_tokens = 9000\nsession_usd = 2.5\n'
+        '[limits.prices]\n"claude-x*" = { input = 1, output = 2 }\n'
+    )
+    bundle = build_bundle(load_project(project), tmp_path / "bundles")
+    target = CloudflareTarget("acme", "basic")
+    want = desired(target, load_shim(SHIM), bundle, "kit-runtime:x", SECRETS, build_dir=tmp_path)
+    text = want.config["vars"][LIMITS_VAR]
+    assert json.loads(text) == {
+        "models": ["claude-*"],
+        "turn_tokens": 9000,
+        "session_usd": 2.5,
+        "prices": [
+            [
+                "claude-x*",
+                {"input": 1.0, "output": 2.0, "cache_write": 1.25, "cache_write_1h": 2.0, "cache_read": 0.1},
+            ]
+        ],
+    }  # fmt: skip
+    assert " " not in text
+    assert Limits.from_manifest(json.loads(text)) == bundle.limits
+
+
+def test_limits_too_big_for_a_worker_variable_are_refused_naming_the_fix() -> None:
+    """Cloudflare holds 5 KB in a variable: more is one DeployError that says what to trim."""
+    assert limits_var(DEFAULT_LIMITS) == "{}"
+    many = Limits(prices=tuple((f"claude-model-{i:03}*", Price.of(1, 2)) for i in range(60)))
+    assert len(json.dumps(many.to_manifest()["prices"][:1])) * 60 > MAX_VAR_BYTES
+    with pytest.raises(
+        DeployError, match=r"over the 5120 a Cloudflare variable may hold: list fewer"
+    ):
+        limits_var(many)
 
 
 def test_the_dockerfile_adds_the_bundle_to_the_runtime_image() -> None:

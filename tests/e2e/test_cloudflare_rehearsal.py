@@ -6,6 +6,7 @@ client talks to it as to ``https://<name>.workers.dev``."""
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from kit.cli.cfdev import CfRehearsal, rehearse_cloudflare
 from kit.client import SessionClient, create_session
 from kit.protocol.frames import Event
 from kit.protocol.turns import ends_turn
-from tests.agents import write_agent
+from tests.agents import turn_events, write_agent
 from tests.dockerhost import runtime_image
 
 pytestmark = pytest.mark.slow
@@ -88,3 +89,34 @@ async def test_a_conversation_through_the_shim(kit_tmp: Path) -> None:
     assert not cf.containers.backend.containers or all(
         not c.status()["running"] for c in cf.containers.backend.containers.values()
     )
+
+
+async def test_spend_limits_hold_at_the_shims_model_route(kit_tmp: Path) -> None:
+    """kit.toml's [limits] reach the shim (KIT_LIMITS): limits.turn_tokens = 1000 lets a
+    turn's first model call through and refuses the one after its tool, in kit's words,
+    told once as an error event before the turn's failed result; the next turn works."""
+    image = runtime_image()  # skips, saying why, where Docker cannot run
+    project = write_agent(kit_tmp / "agent", extra_toml="\n[limits]\nturn_tokens = 1000\n")
+    async with rehearse_cloudflare(project, kit_tmp / "state", image.tag) as cf:
+        info = await create_session(cf.url, cf.api_token)
+        async with SessionClient(info.ws_url, info.token) as client:
+            events = await turn_events(client, "slow")
+            kinds = [e.kind for e in events]
+            assert "tool_result" in kinds, kinds
+            refusals = [e.data for e in events if e.kind == "error"]
+            assert [r["code"] for r in refusals] == ["spend_limit"], refusals
+            message = refusals[0]["message"]
+            assert re.fullmatch(
+                r"kit's model proxy refused a model call: this turn has used [0-9,]+ model "
+                r"tokens, reaching limits\.turn_tokens = 1000 in kit\.toml\. Send another "
+                r"message to start a new turn, or raise the limit\.",
+                message,
+            ), message
+            assert kinds.index("error") < kinds.index("result")
+            assert events[-1].data["is_error"] is True
+            assert events[-1].data["text"] == f"API Error: 402 {message}"
+
+            again = await turn_events(client, "echo hello again")
+            assert [e for e in again if e.kind == "error"] == []
+            assert again[-1].kind == "result"
+            assert again[-1].data["is_error"] is False, again[-1].data

@@ -197,7 +197,7 @@ async def test_the_acceptance_flow(kit_tmp: Path) -> None:
         assert f"app {fly.target.app}" in removed
         assert not fly.fly_api.backend.apps.all()
         assert not await fly.bucket.exists()
-        assert fly_containers() == []
+        assert fly_containers(kit_tmp / "state") == []
 
 
 async def _turn(client: SessionClient, text: str, seqs: list[int]) -> list[Event]:

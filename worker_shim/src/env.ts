@@ -16,6 +16,9 @@ export interface Env {
   KIT_ALLOWED_ORIGINS?: string;
   /** The model API key (a secret): the model route adds it to sandboxes' calls. */
   ANTHROPIC_API_KEY?: string;
+  /** The bundle's `[limits]` as JSON (kit/deploy/cloudflare/target.py `limits_var`);
+   * absent or `{}`: kit's defaults. The model route enforces them (spend.ts). */
+  KIT_LIMITS?: string;
   /** Where model calls go (default https://api.anthropic.com; the offline model in a rehearsal). */
   KIT_MODEL_UPSTREAM?: string;
   /** This Worker's URL as a container reaches it (default `http://kit.internal`, served by

@@ -30,6 +30,8 @@ export interface RunnerHost {
   waitUntil(promise: Promise<unknown>): void;
   /** The runtime's start-up config for a new sandbox with these tokens. */
   runtimeConfig(runtimeToken: string, modelToken: string): Record<string, unknown>;
+  /** `turnId` runs now (the model route's spend meter starts its turn count). */
+  beginTurn?(turnId: string): void;
 }
 
 /** A sandbox this instance watches with monitor(). */
@@ -161,6 +163,7 @@ export class TurnRunner {
   private async runTurn(turn: OpenTurn): Promise<void> {
     this.runningTurn = turn.turn_id;
     try {
+      this.host.beginTurn?.(turn.turn_id);
       // A turn this instance did not start (it is not queued) ran in an instance that is
       // gone; the container may still run its old stream: stop it, the next one recovers.
       if (turn.state !== "queued") await this.stopStale();

@@ -28,6 +28,8 @@ import { HELLO_TIMEOUT_MS, noSessionSocket } from "./nosession";
 import { TurnRunner } from "./runner";
 import { CONTROL_PREFIX, SessionControl } from "./sessioncontrol";
 import { HttpContainer } from "./httpcontainer";
+import { MODEL_PATH, ModelRoute } from "./model";
+export { MODEL_PATH } from "./model";
 import { RUNTIME_PORT, type ContainerLike } from "./runtime";
 import { sameText, sha256 } from "./tokens";
 
@@ -68,6 +70,8 @@ export class SessionDO extends DurableObject<Env> {
   private maxQueuedFrames = MAX_QUEUED_FRAMES;
   /** The emulator's container, when this DO has no `ctx.container` (wrangler dev). */
   private emulated: HttpContainer | null = null;
+  /** The sandbox's model calls, metered against the bundle's limits (model.ts). */
+  private readonly modelRoute: ModelRoute;
   /** kit's control routes for this session (sessioncontrol.ts). */
   private readonly control: SessionControl;
 
@@ -79,8 +83,15 @@ export class SessionDO extends DurableObject<Env> {
     void ctx.blockConcurrencyWhile(async () => {
       this.log.migrate();
     });
+    this.modelRoute = new ModelRoute({
+      env,
+      log: this.log,
+      publish: (row) => this.publish(row),
+      waitUntil: (promise) => this.ctx.waitUntil(promise),
+    });
     this.runner = new TurnRunner({
       log: this.log,
+      beginTurn: (turnId) => this.modelRoute.meter.beginTurn(turnId),
       container: () => this.container(),
       publish: (row) => this.publish(row),
       waitUntil: (promise) => this.ctx.waitUntil(promise),
@@ -335,37 +346,10 @@ export class SessionDO extends DurableObject<Env> {
     };
   }
 
-  /** A model call of this session's sandbox: its model token (`x-api-key` or Bearer, as
-   * the CLI sends it) checked against the one minted at the sandbox's start, then the call
-   * forwarded to KIT_MODEL_UPSTREAM with the real key, which no sandbox ever sees. */
+  /** A model call of this session's sandbox (model.ts): checked against the model token
+   * minted at the sandbox's start and the spend limits, metered as its reply streams. */
   private async model(request: Request, rest: string): Promise<Response> {
-    const sent = request.headers.get("x-api-key") ?? bearerOf(request.headers.get("authorization"));
-    const want = this.log.exists() ? this.log.meta("model_token_sha256") : null;
-    if (!sent || !want || !(await sameText(await sha256(sent), want))) {
-      await drain(request);
-      return modelError(401, "authentication_error", "kit's model route: unknown or expired session token.");
-    }
-    const key = this.env.ANTHROPIC_API_KEY;
-    if (!key) {
-      await drain(request);
-      return modelError(503, "api_error", "kit's model route has no ANTHROPIC_API_KEY (a Worker secret).");
-    }
-    const headers = new Headers();
-    for (const [name, value] of request.headers) {
-      if (!MODEL_DROPPED.has(name.toLowerCase())) headers.set(name, value);
-    }
-    headers.set("x-api-key", key);
-    const upstream = (this.env.KIT_MODEL_UPSTREAM || "https://api.anthropic.com").replace(/\/$/, "");
-    const search = new URL(request.url).search;
-    try {
-      return await fetch(`${upstream}/${rest}${search}`, {
-        method: request.method,
-        headers,
-        body: request.method === "GET" || request.method === "HEAD" ? null : request.body,
-      });
-    } catch (exc) {
-      return modelError(502, "api_error", `kit's model route could not reach the model upstream: ${String(exc)}.`);
-    }
+    return this.modelRoute.fetch(request, rest);
   }
 
   /** Hand an event to every live socket; the output gate releases it after the commit. A
@@ -412,43 +396,6 @@ export class SessionDO extends DurableObject<Env> {
 
 // --- helpers ---------------------------------------------------------------------------------
 
-/** `/v1/sessions/{id}/model/{rest}`: a sandbox's model call (the rest goes upstream). */
-export const MODEL_PATH = /^\/v1\/sessions\/[^/]+\/model\/(.*)$/;
-const MODEL_DRAIN_BYTES = 1 << 20;
-/** Request headers a model call does not pass upstream: credentials, hop-by-hop. */
-const MODEL_DROPPED = new Set(["x-api-key", "authorization", "host", "cookie", "connection", "content-length", "transfer-encoding", "cf-connecting-ip", "x-forwarded-for"]);
-
-function bearerOf(header: string | null): string | null {
-  if (header === null) return null;
-  const space = header.indexOf(" ");
-  return space > 0 && header.slice(0, space).toLowerCase() === "bearer" ? header.slice(space + 1).trim() : null;
-}
-
-/** An error as the Messages API shapes it, so the CLI reports it as such. */
-function modelError(status: number, type: string, message: string): Response {
-  return new Response(JSON.stringify({ type: "error", error: { type, message } }), {
-    status,
-    headers: { "content-type": "application/json" },
-  });
-}
-
-/** Read a refused request's body (up to MODEL_DRAIN_BYTES, then cancel): a body left
- * unread makes workerd report the forwarding Worker's stream as an uncaught error. */
-async function drain(request: Request): Promise<void> {
-  if (request.body === null) return;
-  const reader = request.body.getReader();
-  let read = 0;
-  try {
-    for (let i = 0; i < 100_000 && read < MODEL_DRAIN_BYTES; i++) {
-      const { done, value } = await reader.read();
-      if (done) return;
-      read += value.byteLength;
-    }
-    await reader.cancel();
-  } catch {
-    // the sender went away
-  }
-}
 
 
 function state(ws: WebSocket): SocketState {

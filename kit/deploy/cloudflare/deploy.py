@@ -72,6 +72,7 @@ def desired(
         dockerfile_path=build_dir / DOCKERFILE,
         build_context=bundle.path,
         bundle_digest=bundle.digest,
+        limits=bundle.limits,
     )
     return Desired(
         target=target,

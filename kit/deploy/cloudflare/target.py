@@ -5,8 +5,9 @@ A deployment named ``worker`` (docs/deploy-cloudflare.md) is:
 
 - the Worker ``worker``: the shim (``worker_shim/src/index.ts``) with one ``SessionDO`` per
   session (the shim's own bindings and migrations, read from its ``wrangler.jsonc``); its
-  vars name the tier and the bundle, its secrets are ``KIT_API_TOKEN`` and
-  ``ANTHROPIC_API_KEY``;
+  vars name the tier and the bundle and carry the bundle's ``[limits]``
+  (:func:`limits_var`, enforced by the shim's model route), its secrets are
+  ``KIT_API_TOKEN`` and ``ANTHROPIC_API_KEY``;
 - the container application ``<worker>-sandboxes``: each ``SessionDO``'s container, at the
   tier's instance type, from an image wrangler builds from :func:`dockerfile`: kit's runtime
   image with the bundle copied in at ``/bundles/<digest[:32]>`` (where a Fly sandbox has it).
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kit.bundle.limits import Limits
 from kit.deploy.errors import DeployError
 from kit.tiers import TIERS, get_tier
 
@@ -37,6 +39,10 @@ have a container at once."""
 MAX_MAX_INSTANCES = 1000
 SESSION_BINDING = "SESSION"
 """The shim's Durable Object binding (worker_shim/src/env.ts): its class runs containers."""
+LIMITS_VAR = "KIT_LIMITS"
+"""The var that carries the bundle's ``[limits]`` to the shim (worker_shim/src/env.ts)."""
+MAX_VAR_BYTES = 5 * 1024
+"""Cloudflare's limit on one Worker variable (5 KB)."""
 BUNDLES = "/bundles"
 """Where the runtime finds bundles in its container (as on a Fly machine)."""
 CONFIG_HEADER = (
@@ -125,6 +131,21 @@ def session_class(shim_config: dict[str, Any]) -> str:
     )
 
 
+def limits_var(limits: Limits) -> str:
+    """The value of :data:`LIMITS_VAR`: ``limits`` as the bundle manifest stores them (the
+    keys that are set, ``[limits.prices]`` in file order), compact JSON; ``{}`` when none
+    is set, and the shim applies kit's defaults (worker_shim/src/limits.ts). DeployError
+    when it is over the 5 KB a Worker variable may hold."""
+    text = json.dumps(limits.to_manifest(), separators=(",", ":"), allow_nan=False)
+    if len(text.encode()) > MAX_VAR_BYTES:
+        raise DeployError(
+            f"kit.toml's [limits] take {len(text.encode())} bytes as the Worker variable "
+            f"{LIMITS_VAR}, over the {MAX_VAR_BYTES} a Cloudflare variable may hold: list fewer "
+            'models or [limits.prices] entries (a glob such as "claude-x*" covers many).'
+        )
+    return text
+
+
 def bundle_path(digest: str) -> str:
     """Where the bundle ``digest`` is in the image."""
     return f"{BUNDLES}/{digest[:32]}"
@@ -152,11 +173,12 @@ def wrangler_config(
     dockerfile_path: Path,
     build_context: Path,
     bundle_digest: str,
+    limits: Limits,
 ) -> dict[str, Any]:
     """The Worker's wrangler config: the shim's (its bindings, migrations, compatibility
     date and vars; its ``dev`` settings left out), named ``target.worker``, ``main``
-    pointing at the shim's entry, the tier and bundle as vars, and the ``containers``
-    entry of the session class at the tier's instance type."""
+    pointing at the shim's entry, the tier, the bundle and its ``limits`` as vars, and the
+    ``containers`` entry of the session class at the tier's instance type."""
     config = {k: v for k, v in shim_config.items() if k not in ("$schema", "dev")}
     vars_ = config.get("vars", {})
     config.update(
@@ -167,6 +189,7 @@ def wrangler_config(
             **(vars_ if isinstance(vars_, dict) else {}),
             "KIT_SANDBOX_TIER": target.tier,
             "KIT_BUNDLE_DIGEST": bundle_digest,
+            LIMITS_VAR: limits_var(limits),
         },
         containers=[
             {
