@@ -28,6 +28,7 @@ import { HELLO_TIMEOUT_MS, noSessionSocket } from "./nosession";
 import { TurnRunner } from "./runner";
 import { HttpContainer } from "./httpcontainer";
 import { RUNTIME_PORT, type ContainerLike } from "./runtime";
+import { STORE_CALL, StoreApi } from "./storeapi";
 import { sameText, sha256 } from "./tokens";
 
 export { exitCodeOf, oomOf, reasonOf } from "./runner";
@@ -98,11 +99,14 @@ export class SessionDO extends DurableObject<Env> {
     return this.log.exists();
   }
 
-  /** The WebSocket upgrade of `/v1/sessions/{id}/ws`, or a model call of the session's
-   * sandbox (`/v1/sessions/{id}/model/...`), forwarded by the Worker. */
+  /** The WebSocket upgrade of `/v1/sessions/{id}/ws`, a model call of the session's
+   * sandbox (`/v1/sessions/{id}/model/...`) or a transcript store call
+   * (`/v1/sessions/{id}/store/{method}`, storeapi.ts), forwarded by the Worker. */
   async fetch(request: Request): Promise<Response> {
     const model = MODEL_PATH.exec(new URL(request.url).pathname);
     if (model !== null) return this.model(request, model[1]);
+    const store = STORE_CALL.exec(new URL(request.url).pathname);
+    if (store !== null) return this.storeApi.handle(request, store[1]);
     if (!this.log.exists()) return noSessionSocket(); // the Worker asked first; in case it did not
     const [client, server] = Object.values(new WebSocketPair());
     this.ctx.acceptWebSocket(server);
@@ -398,6 +402,32 @@ export class SessionDO extends DurableObject<Env> {
     } catch {
       // already closed
     }
+  }
+
+  // -- the transcript store (storeapi.ts, store.ts; docs/protocol.md §13) ------------------
+
+  private transcripts: StoreApi | null = null;
+
+  /** The session's transcript store and its HTTP side, made on first use. */
+  private get storeApi(): StoreApi {
+    this.transcripts ??= new StoreApi(this.ctx.storage, () => this.log.meta("session_id"));
+    return this.transcripts;
+  }
+
+  /** A new store token for the session's next sandbox, to put in its runtime config as
+   * `store_token` beside `store_url` = `storeUrl(<this Worker's URL>, <session id>)`; the
+   * previous sandbox's token stops working. */
+  async storeToken(): Promise<string> {
+    return this.storeApi.mintToken("sandbox");
+  }
+
+  /** `POST /v1/sessions/{id}/store-token`, from the Worker: a new API store token (the
+   * previous one stops working), null when this DO holds no session. `anyKey` tokens only
+   * where the Worker var KIT_STORE_CONFORMANCE is "1". */
+  async apiStoreToken(anyKey: boolean): Promise<string | null> {
+    if (!this.log.exists() || this.log.meta("session_id") === null) return null;
+    if (anyKey && this.env.KIT_STORE_CONFORMANCE !== "1") throw new Error("any-key store tokens need KIT_STORE_CONFORMANCE=1");
+    return this.storeApi.mintToken("api", anyKey);
   }
 }
 
