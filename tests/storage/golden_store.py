@@ -4,6 +4,7 @@ shim's (worker_shim/test/store.test.ts, summary.test.ts)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ MTIME = "$mtime"
 """In an answer: any epoch-ms number (a write time)."""
 
 
-def cases(name: str, names: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def cases(name: str, names: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """The lines of ``golden/<name>.jsonl`` but its notes, each ``$name`` in them replaced
     from ``names`` (ids: no JSON escaping needed)."""
     text = (GOLDEN / f"{name}.jsonl").read_text(encoding="utf-8")

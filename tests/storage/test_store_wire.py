@@ -34,9 +34,12 @@ def _content(case: dict[str, Any]) -> bytes:
 async def test_the_golden_calls_answer_as_written() -> None:
     """Each call's status and JSON body are the golden file's. (Broken on purpose once:
     with SUBPATH.match, which lets a trailing newline through, the subpath case got 200.)"""
-    names = {"session": new_session_id(), "other": new_session_id()}
-    app = Starlette(routes=store_routes("/s", MemorySessionStore(), {TOKEN.encode(): names["session"]}.get))  # type: ignore[dict-item]
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://host") as http:
+    own = new_session_id()
+    names = {"session": str(own), "other": str(new_session_id())}
+    app = Starlette(routes=store_routes("/s", MemorySessionStore(), {TOKEN.encode(): own}.get))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://host"
+    ) as http:
         for case in cases("store_wire", names):
             answer = await http.post(
                 f"/s/{case['call']}", content=_content(case), headers=AUTH[case["auth"]]
