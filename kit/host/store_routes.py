@@ -122,7 +122,7 @@ def _key(
     }
     sub = key.get("subpath")
     if subpath and sub:
-        if not isinstance(sub, str) or not SUBPATH.match(sub):
+        if not isinstance(sub, str) or not SUBPATH.fullmatch(sub):
             raise ValueError("subpath must be plain names joined by /")
         clean["subpath"] = sub
     return clean

@@ -7,7 +7,8 @@ environment (``KIT_RUNTIME_CONFIG``); the runtime reads it once and deletes it
 
 Nothing here is the real API key: ``model_token`` is a per-session token the host's model
 proxy swaps for the real key, ``egress_token`` admits the sandbox to the host's egress
-proxy, and ``runtime_token`` authenticates the host to the runtime. A file the runtime
+proxy, ``runtime_token`` authenticates the host to the runtime, and ``store_token`` (if
+any) admits it to its session's transcript store. A file the runtime
 deletes keeps them out of ``/proc/<pid>/environ``, the command line and the tools' reach.
 """
 
@@ -71,6 +72,10 @@ class RuntimeConfig:
     """This sandbox's egress proxy token; required with ``egress_url``."""
     bundle_digest: str | None = None
     """The bundle's sha256: the runtime refuses to start a bundle that is not this one."""
+    store_token: str | None = None
+    """The transcript store's own token, where it is not ``model_token``: a ``do+https://``
+    store's, minted by the Cloudflare shim's SessionDO for this sandbox. None: the store
+    takes ``model_token`` (kit's hosts' ``kit+http://`` store)."""
 
     def __post_init__(self) -> None:
         if bool(self.egress_url) != bool(self.egress_token):
@@ -97,6 +102,11 @@ class RuntimeConfig:
             raise RuntimeConfigError(
                 f"store_deadline_s ({deadline} s) must be at least store_retry_s ({retry} s)."
             )
+
+    @property
+    def store_auth(self) -> str:
+        """The token the runtime sends its transcript store."""
+        return self.store_token or self.model_token
 
     @classmethod
     def from_json(cls, raw: str) -> RuntimeConfig:

@@ -118,7 +118,7 @@ class Agent:
         """SDK options for this session; resumes when the store already has its transcript."""
         cfg, agent = self.config, self.bundle.agent
         store = self.store = RetryingStore(
-            PortableKeys(open_store(cfg.store_url, token=cfg.model_token)),
+            PortableKeys(open_store(cfg.store_url, token=cfg.store_auth)),
             max_wait_s=cfg.store_retry_s,
             on_change=self._store_changed,
         )

@@ -12,9 +12,13 @@ URL                                                store
 ``kit+http://HOST:PORT/PATH``                      the session host's store, over HTTP with the
                                                    sandbox's session token (``token=``):
                                                    :mod:`kit.storage.remote`
+``do+https://HOST/v1/sessions/ID/store``           the Cloudflare shim's store in session ID's
+                                                   Durable Object, over HTTPS with a store
+                                                   token the DO minted (``token=``):
+                                                   :mod:`kit.storage.remote`
+``do+http://HOST:PORT/v1/sessions/ID/store``       the same in clear text: the local rehearsal
+                                                   (``wrangler dev`` on loopback)
 =================================================  ==========================================
-
-``do+https://…`` (a Durable Object's storage, over HTTP) comes with the Cloudflare target.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ from kit.storage.errors import StoreError, StoreUnavailable
 from kit.storage.memory import MemorySessionStore
 from kit.storage.sqlite import SQLiteSessionStore
 
+REMOTE_SCHEMES = frozenset({"kit+http", "do+https", "do+http"})
+"""Schemes of stores reached over HTTP (:mod:`kit.storage.remote`, which imports httpx:
+loaded only for them)."""
+
 __all__ = [
     "MemorySessionStore",
     "SQLiteSessionStore",
@@ -38,14 +46,17 @@ __all__ = [
 
 def open_store(url: str, *, token: str | None = None) -> Any:
     """Open the transcript store ``url`` names; :class:`StoreError` names the fix if it is
-    wrong. ``token``: a ``kit+http://`` store's session token."""
+    wrong. ``token``: a remote store's token (``kit+http://``, ``do+https://``,
+    ``do+http://``)."""
     parts = urlsplit(url)
-    if parts.scheme == "kit+http":
+    if parts.scheme in REMOTE_SCHEMES:
         from kit.storage.remote import RemoteSessionStore, check_url
 
         check_url(url)
         if not token:
-            raise StoreError(f"Store URL {url!r}: a kit+http:// store needs the session token.")
+            raise StoreError(
+                f"Store URL {url!r}: a {parts.scheme}:// store needs the session token (token=)."
+            )
         return RemoteSessionStore(url, token)
     if parts.scheme == "memory":
         return MemorySessionStore()
@@ -61,5 +72,6 @@ def open_store(url: str, *, token: str | None = None) -> Any:
         return S3SessionStore.from_url(url)
     raise StoreError(
         f"Store URL {url!r}: unknown scheme {parts.scheme!r}; "
-        "use memory://, sqlite:///PATH, s3://BUCKET/PREFIX or kit+http://HOST:PORT/PATH."
+        "use memory://, sqlite:///PATH, s3://BUCKET/PREFIX, kit+http://HOST:PORT/PATH "
+        "or do+https://HOST/v1/sessions/ID/store."
     )

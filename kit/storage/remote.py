@@ -1,11 +1,18 @@
 """A transcript store the session host keeps for its sandboxes, reached over HTTP.
 
-``kit+http://HOST:PORT/PATH``: each ``SessionStore`` call is ``POST /PATH/<method>`` with a
-JSON body, authenticated with the sandbox's own session token; the host
-(:mod:`kit.host.store_routes`) checks that every key is the token's session and forwards
-to its own store (an ``s3://`` bucket whose keys never leave the host). So a sandbox on
-another machine (a Fly Machine) keeps its transcript durable without holding any storage
-credentials, and can reach no session's transcript but its own.
+Each ``SessionStore`` call is ``POST <base>/<method>`` with a JSON body, authenticated
+with a per-session token, to one of two servers that speak the same wire
+(tests/storage/golden/store_wire.jsonl):
+
+- ``kit+http://HOST:PORT/PATH``: kit's Python host (:mod:`kit.host.store_routes`) checks
+  that every key is the token's session and forwards to its own store (an ``s3://`` bucket
+  whose keys never leave the host). So a sandbox on another machine (a Fly Machine) keeps
+  its transcript durable without holding any storage credentials, and can reach no
+  session's transcript but its own. The token is the sandbox's session (model) token.
+- ``do+https://HOST[:PORT]/v1/sessions/ID/store``: the Cloudflare shim's SessionDO keeps
+  the transcript in its own SQLite (worker_shim/src/storeapi.ts, docs/protocol.md §13);
+  the token is a store token the DO minted. ``do+http://`` is the same in clear text, for
+  the local rehearsal on loopback (``wrangler dev``) or an address the platform intercepts.
 
 Errors: 5xx answers and calls that got no answer are :class:`StoreUnavailable` (the
 runtime's :class:`~kit.storage.retrying.RetryingStore` rides them out); any other refusal is
@@ -28,20 +35,35 @@ from claude_agent_sdk.types import (
 
 from kit.storage.errors import StoreError, StoreUnavailable
 
-SCHEME = "kit+http"
+SCHEMES = {"kit+http": "http", "do+https": "https", "do+http": "http"}
+"""Each remote store URL scheme and the scheme its calls go over."""
+FORMS = {
+    "kit+http": "kit+http://HOST:PORT/PATH",
+    "do+https": "do+https://HOST/v1/sessions/ID/store",
+    "do+http": "do+http://HOST:PORT/v1/sessions/ID/store",
+}
 CALL_TIMEOUT_S = 30.0
 
 
 def check_url(url: str) -> str:
-    """The ``http://`` base URL of a ``kit+http://HOST:PORT/PATH`` store URL."""
+    """The plain ``http(s)://`` base URL of a remote store URL (:data:`SCHEMES`);
+    :class:`StoreError` shows the form to write."""
     parts = urlsplit(url)
-    if parts.scheme != SCHEME or not parts.hostname or parts.port is None:
-        raise StoreError(f"Store URL {url!r}: write {SCHEME}://HOST:PORT/PATH.")
-    return url.removeprefix("kit+").rstrip("/")
+    over = SCHEMES.get(parts.scheme)
+    form = FORMS.get(parts.scheme, FORMS["kit+http"])
+    try:
+        port = parts.port
+    except ValueError:
+        raise StoreError(f"Store URL {url!r}: the port is not a number; write {form}.") from None
+    if over is None or not parts.hostname or parts.query or parts.fragment:
+        raise StoreError(f"Store URL {url!r}: write {form}.")
+    if parts.scheme == "kit+http" and port is None:
+        raise StoreError(f"Store URL {url!r}: write {form}.")
+    return f"{over}://{parts.netloc}{parts.path}".rstrip("/")
 
 
 class RemoteSessionStore:
-    """The host's store, for one session (see the module docstring)."""
+    """A host's store over HTTP, for one session (see the module docstring)."""
 
     def __init__(self, url: str, token: str, *, transport: httpx.AsyncBaseTransport | None = None):
         self.base = check_url(url)

@@ -8,14 +8,18 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from kit.cli.cfdev import CfRehearsal, rehearse_cloudflare
 from kit.client import SessionClient, create_session
 from kit.protocol.frames import Event
 from kit.protocol.turns import ends_turn
-from tests.agents import turn_events, write_agent
+from kit.runtime.agent import stored_user_texts
+from kit.storage import open_store
+from tests.agents import RECOVERED_REPLY, transcript_key, turn_events, write_agent
 from tests.dockerhost import runtime_image
 
 pytestmark = pytest.mark.slow
@@ -120,3 +124,59 @@ async def test_spend_limits_hold_at_the_shims_model_route(kit_tmp: Path) -> None
             assert [e for e in again if e.kind == "error"] == []
             assert again[-1].kind == "result"
             assert again[-1].data["is_error"] is False, again[-1].data
+
+
+async def _prompt_in_the_dos_store(cf: CfRehearsal, session_id: str, prompt: str) -> None:
+    """Until ``prompt`` is in the session's transcript in its DO (read over the store's
+    HTTP side with an API store token; at most a minute)."""
+    async with httpx.AsyncClient(trust_env=False, timeout=30) as http:
+        answer = await http.post(
+            f"{cf.url}/v1/sessions/{session_id}/store-token",
+            headers={"authorization": f"Bearer {cf.api_token}"},
+        )
+    assert answer.status_code == 201, answer.text
+    grant = answer.json()
+    store: Any = open_store(grant["store_url"], token=grant["token"])
+    for _ in range(600):
+        entries = await store.load(transcript_key(session_id)) or []
+        if prompt in stored_user_texts(entries):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{prompt!r} never reached the transcript in the DO")
+
+
+async def test_a_container_killed_mid_tool_the_turn_finishes_from_the_dos_store(
+    kit_tmp: Path,
+) -> None:
+    """The container is SIGKILLed while its tool runs: the DO logs `sandbox died killed
+    137`, starts a new container, and the runtime there resumes the SDK session from the
+    transcript in the DO's store (the offline model answers the recovery prompt), so the
+    user reads the recovered answer; the conversation then goes on."""
+    image = runtime_image()
+    project = write_agent(kit_tmp / "agent")
+    async with rehearse_cloudflare(project, kit_tmp / "state", image.tag) as cf:
+        info = await create_session(cf.url, cf.api_token)
+        seqs: list[int] = []
+        async with SessionClient(info.ws_url, info.token) as client:
+            first = await _turn(client, "echo this first", seqs)
+            assert "You said: echo this first" in str(first[-1].data["text"])
+            await client.send("slow")
+            killed = False
+            second: list[Event] = []
+            async with asyncio.timeout(TURN_TIMEOUT_S):
+                async for event in client.events():
+                    seqs.append(event.seq)
+                    second.append(event)
+                    if event.kind == "tool_use" and not killed:
+                        await _prompt_in_the_dos_store(cf, info.session_id, "slow")
+                        await _kill_the_container(cf)
+                        killed = True
+                    if ends_turn(event.kind, event.data):
+                        break
+            assert second[-1].kind == "result", second[-1]
+            assert RECOVERED_REPLY in str(second[-1].data["text"])
+            died = [e for e in second if e.kind == "sandbox" and e.data.get("state") == "died"]
+            assert [(e.data["reason"], e.data["exit_code"]) for e in died] == [("killed", 137)]
+            third = await _turn(client, "echo after the recovery", seqs)
+            assert "You said: echo after the recovery" in str(third[-1].data["text"])
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # none lost, none repeated

@@ -120,3 +120,12 @@ def test_a_config_in_the_environment_reaches_the_runtime_process() -> None:
     )
     assert done.returncode == 2, done.stderr
     assert "Runtime config is missing" in done.stderr
+
+
+def test_the_store_token_is_the_model_token_unless_set() -> None:
+    """A kit host's store takes the model token; a do+https:// store its own token, which
+    survives the trip through the file."""
+    assert RuntimeConfig.from_json(json.dumps(BASE)).store_auth == "m"
+    own = RuntimeConfig.from_json(json.dumps({**BASE, "store_token": "kit-store-x"}))
+    assert RuntimeConfig.from_json(own.to_json()) == own
+    assert own.store_auth == "kit-store-x"

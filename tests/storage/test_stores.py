@@ -10,19 +10,27 @@ from typing import Any
 import pytest
 from claude_agent_sdk.testing import run_session_store_conformance
 
-from kit.storage import StoreError, open_store
+from kit.storage import REMOTE_SCHEMES, StoreError, open_store
+from kit.storage.remote import SCHEMES, RemoteSessionStore
 from kit.storage.s3 import unique_prefix
 from tests.storage.conftest import BUCKET
 
 Factory = Callable[[], Any]
 
+on_module_loop = pytest.mark.asyncio(loop_scope="module")
+"""For async tests: the shim's ``wrangler dev`` (backend ``shim``) lives on the module's loop."""
 
-@pytest.fixture(params=["memory", "sqlite", "s3"])
+
+@pytest.fixture(params=["memory", "sqlite", "s3", "shim"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
-    """A factory of fresh, empty stores of one backend (s3: moto in server mode)."""
+    """A factory of fresh, empty stores of one backend (s3: moto in server mode; shim: the
+    Cloudflare shim's Durable Objects under ``wrangler dev``, through ``do+http://``)."""
     counter = iter(range(10_000))
     if request.param == "memory":
         return lambda: open_store("memory://")
+    if request.param == "shim":
+        factory: Factory = request.getfixturevalue("shim_store")
+        return factory
     if request.param == "s3":
         endpoint = request.getfixturevalue("s3_endpoint")
         return lambda: open_store(
@@ -31,6 +39,7 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
     return lambda: open_store(f"sqlite:///{tmp_path}/store-{next(counter)}.db")
 
 
+@on_module_loop
 async def test_sdk_conformance(make_store: Factory) -> None:
     """Every required and optional contract of the SDK's SessionStore protocol holds."""
     await run_session_store_conformance(make_store, skip_optional=frozenset())
@@ -39,6 +48,7 @@ async def test_sdk_conformance(make_store: Factory) -> None:
 KEY: Any = {"project_key": "-srv-app", "session_id": "11111111-1111-4111-8111-111111111111"}
 
 
+@on_module_loop
 async def test_uuid_is_an_idempotency_key(make_store: Factory) -> None:
     """Appending an entry whose uuid is stored already changes nothing; uuid-less entries append."""
     store = make_store()
@@ -54,6 +64,7 @@ async def test_uuid_is_an_idempotency_key(make_store: Factory) -> None:
     ]
 
 
+@on_module_loop
 async def test_concurrent_sessions_keep_their_order(make_store: Factory) -> None:
     """Many sessions appending at once each keep their own order."""
     store = make_store()
@@ -69,6 +80,7 @@ async def test_concurrent_sessions_keep_their_order(make_store: Factory) -> None
         assert [e["n"] for e in await store.load(key)] == list(range(25))
 
 
+@on_module_loop
 async def test_large_and_unicode_entries_round_trip(make_store: Factory) -> None:
     """Entries of a few MB and any unicode come back exactly."""
     store = make_store()
@@ -93,9 +105,44 @@ async def test_large_and_unicode_entries_round_trip(make_store: Factory) -> None
         ("sqlite:///", "three slashes"),
         ("kit+http://host:1/_kit/store", "needs the session token"),
         ("kit+http://host/_kit/store", "kit\\+http://HOST:PORT/PATH"),
+        ("do+https://host.example/v1/sessions/S/store", "needs the session token"),
+        ("do+https:///v1/sessions/S/store", "do\\+https://HOST/v1/sessions/ID/store"),
+        ("do+https://host.example/v1/sessions/S/store?x=1", "do\\+https://HOST/v1/sessions"),
+        ("do+http://127.0.0.1:port/v1/sessions/S/store", "the port is not a number"),
     ],
 )
 def test_bad_urls_name_the_fix(url: str, needle: str) -> None:
     """A wrong store URL raises StoreError saying what to write."""
     with pytest.raises(StoreError, match=needle):
-        open_store(url)
+        open_store(url, token="t" if "token" not in needle else None)
+
+
+@pytest.mark.parametrize(
+    ("url", "base"),
+    [
+        ("kit+http://127.0.0.1:9/_kit/store", "http://127.0.0.1:9/_kit/store"),
+        (
+            "do+https://kit.example.workers.dev/v1/sessions/S/store",
+            "https://kit.example.workers.dev/v1/sessions/S/store",
+        ),
+        (
+            "do+https://kit.example:8443/v1/sessions/S/store/",
+            "https://kit.example:8443/v1/sessions/S/store",
+        ),
+        (
+            "do+http://127.0.0.1:8787/v1/sessions/S/store",
+            "http://127.0.0.1:8787/v1/sessions/S/store",
+        ),
+    ],
+)
+@on_module_loop
+async def test_remote_urls_open_the_http_client(url: str, base: str) -> None:
+    """kit+http://, do+https:// and do+http:// all open the one HTTP client, at the plain
+    URL; every remote scheme open_store routes there is one the client knows."""
+    store = open_store(url, token="t")
+    try:
+        assert isinstance(store, RemoteSessionStore)
+        assert store.base == base
+    finally:
+        await store.aclose()
+    assert set(SCHEMES) == REMOTE_SCHEMES

@@ -9,15 +9,23 @@
 //   ANY  /v1/sessions/{id}/model/… a sandbox's model call, forwarded to the session's DO
 //                                  (it checks the sandbox's model token, adds the real key)
 //   *    /_kit/…                   kit's control API (control.ts): sessions, logs, sandboxes
+//   POST /v1/sessions/{id}/store/{method}
+//                                  a transcript store call, forwarded to the session's DO
+//                                  (storeapi.ts: it checks the store token)
+//   POST /v1/sessions/{id}/store-token
+//                                  Bearer KIT_API_TOKEN: 201 {token, store_url}, a store
+//                                  token for API use (docs/protocol.md §13)
 //
-// Every other request, and any request to these routes but the upgrade and /healthz,
-// needs the API token: 401 without it, also for a path that does not exist.
+// Every other request, and any request to these routes but the upgrade, the sandbox's
+// model and store calls and /healthz, needs the API token: 401 without it, also for a path
+// that does not exist.
 
 import { control } from "./control";
 import type { Env } from "./env";
 import { noSessionSocket } from "./nosession";
 import { MODEL_PATH } from "./session";
 import { sessionIndex } from "./sessionindex";
+import { STORE_METHODS, storeUrl } from "./storeapi";
 import { randomToken, sameText, sha256 } from "./tokens";
 
 export { SessionDO } from "./session";
@@ -28,6 +36,8 @@ export type { ContainerLike } from "./runtime";
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const WS_PATH = /^\/v1\/sessions\/([^/]+)\/ws$/;
 const MODEL_ID = /^\/v1\/sessions\/([^/]+)\/model\//;
+const STORE_PATH = /^\/v1\/sessions\/([^/]+)\/store\/([^/]+)$/;
+const STORE_TOKEN_PATH = /^\/v1\/sessions\/([^/]+)\/store-token$/;
 
 export default {
   async fetch(request: Request, env: Env): Promise<Response> {
@@ -45,6 +55,8 @@ export default {
       }
       return env.SESSION.getByName(model[1]).fetch(request);
     }
+    const store = STORE_PATH.exec(url.pathname);
+    if (store !== null && request.method === "POST") return storeCall(request, env, store[1], store[2]);
     if (!(await authorized(request, env))) {
       return json({ error: "unauthorized", message: "Send Authorization: Bearer <the host's API token>." }, 401, {
         "www-authenticate": "Bearer",
@@ -54,6 +66,8 @@ export default {
     const controlled = await control(request, url, env);
     if (controlled !== null) return controlled;
     if (ws !== null) return json({ error: "upgrade_required", message: "Open this URL as a WebSocket." }, 426);
+    const mint = STORE_TOKEN_PATH.exec(url.pathname);
+    if (mint !== null && request.method === "POST") return mintStoreToken(request, url, env, mint[1]);
     return json({ error: "not_found", message: `No route ${request.method} ${url.pathname}.` }, 404);
   },
 } satisfies ExportedHandler<Env>;
@@ -67,6 +81,51 @@ async function createSession(url: URL, env: Env): Promise<Response> {
   await env.SESSION.getByName(sessionId).init(sessionId, await sha256(token), env.KIT_SANDBOX_TIER || "basic");
   const scheme = url.protocol === "https:" ? "wss" : "ws";
   return json({ session_id: sessionId, token, ws_url: `${scheme}://${url.host}/v1/sessions/${sessionId}/ws` }, 201);
+}
+
+/** A transcript store call, forwarded to the session's DO (which checks the store token);
+ * refused here only where no DO could take it, with kit/host/store_routes.py's bodies. */
+async function storeCall(request: Request, env: Env, id: string, method: string): Promise<Response> {
+  if (!STORE_METHODS.includes(method) || !UUID.test(id)) {
+    await request.body?.cancel();
+    return STORE_METHODS.includes(method)
+      ? json({ error: "refused", message: "a live session token is required" }, 401)
+      : json({ error: "refused", message: `no store method '${method}'` }, 404);
+  }
+  try {
+    return await env.SESSION.getByName(id).fetch(request);
+  } catch (exc) {
+    // The DO is being reset or is overloaded: the sandbox's store retries a 503.
+    console.error(`store ${method} for session ${id}: the DO did not answer`, exc);
+    return json({ error: "refused", message: "The session's Durable Object did not answer; retry." }, 503);
+  }
+}
+
+/** POST /v1/sessions/{id}/store-token (API token): a store token for API use, and the
+ * store's URL. Body `{"any_key": true}` (optional) asks for a token that may use any key,
+ * for the SDK's conformance suite: only where the var KIT_STORE_CONFORMANCE is "1". */
+async function mintStoreToken(request: Request, url: URL, env: Env, id: string): Promise<Response> {
+  const bad = () => json({ error: "bad_request", message: 'Send no body, or {"any_key": true|false}.' }, 400);
+  let anyKey = false;
+  const text = await request.text();
+  if (text.trim() !== "") {
+    let body: unknown;
+    try {
+      body = JSON.parse(text);
+    } catch {
+      return bad();
+    }
+    if (typeof body !== "object" || body === null || Array.isArray(body)) return bad();
+    const value = (body as { any_key?: unknown }).any_key;
+    if (value !== undefined && typeof value !== "boolean") return bad();
+    anyKey = value === true;
+  }
+  if (anyKey && env.KIT_STORE_CONFORMANCE !== "1") {
+    return json({ error: "forbidden", message: "Store tokens for any key are for tests: set the Worker var KIT_STORE_CONFORMANCE=1 (never in production)." }, 403);
+  }
+  const token = UUID.test(id) ? await env.SESSION.getByName(id).apiStoreToken(anyKey) : null;
+  if (token === null) return json({ error: "not_found", message: "No session has this id; create one with POST /v1/sessions." }, 404);
+  return json({ token, store_url: storeUrl(url.origin, id) }, 201);
 }
 
 /** Forward a session socket to its DO, after the browser-origin check. */

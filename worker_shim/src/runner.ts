@@ -29,7 +29,7 @@ export interface RunnerHost {
   /** Keep the instance alive until `promise` settles. */
   waitUntil(promise: Promise<unknown>): void;
   /** The runtime's start-up config for a new sandbox with these tokens. */
-  runtimeConfig(runtimeToken: string, modelToken: string): Record<string, unknown>;
+  runtimeConfig(runtimeToken: string, modelToken: string): Promise<Record<string, unknown>>;
   /** `turnId` runs now (the model route's spend meter starts its turn count). */
   beginTurn?(turnId: string): void;
 }
@@ -296,7 +296,7 @@ export class TurnRunner {
       const sessionId = this.log.meta("session_id") ?? "";
       // The whole config in one variable: the runtime moves it to a private file and starts
       // itself again without it (kit/runtime/config.py), so no tool sees the tokens.
-      runtime.start(tier, { [CONFIG_JSON_ENV]: JSON.stringify(this.host.runtimeConfig(runtimeToken, modelToken)) });
+      runtime.start(tier, { [CONFIG_JSON_ENV]: JSON.stringify(await this.host.runtimeConfig(runtimeToken, modelToken)) });
       started = this.watch(container, sandboxId, runtime, false);
       const ready = await runtime.ready(sessionId, this.readyTimeoutMs);
       if (started.exit !== null) throw new RuntimeLost("The container exited as its runtime became ready.");

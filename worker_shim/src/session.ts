@@ -31,6 +31,7 @@ import { HttpContainer } from "./httpcontainer";
 import { MODEL_PATH, ModelRoute } from "./model";
 export { MODEL_PATH } from "./model";
 import { RUNTIME_PORT, type ContainerLike } from "./runtime";
+import { STORE_CALL, StoreApi, storeUrl } from "./storeapi";
 import { sameText, sha256 } from "./tokens";
 
 export { exitCodeOf, oomOf, reasonOf } from "./runner";
@@ -115,13 +116,16 @@ export class SessionDO extends DurableObject<Env> {
     return this.log.exists();
   }
 
-  /** The WebSocket upgrade of `/v1/sessions/{id}/ws`, or a model call of the session's
-   * sandbox (`/v1/sessions/{id}/model/...`), forwarded by the Worker. */
+  /** The WebSocket upgrade of `/v1/sessions/{id}/ws`, a model call of the session's
+   * sandbox (`/v1/sessions/{id}/model/...`) or a transcript store call
+   * (`/v1/sessions/{id}/store/{method}`, storeapi.ts), forwarded by the Worker. */
   async fetch(request: Request): Promise<Response> {
     const path = new URL(request.url).pathname;
     if (path.startsWith(CONTROL_PREFIX)) return this.control.fetch(request); // from the Worker's control routes
     const model = MODEL_PATH.exec(path);
     if (model !== null) return this.model(request, model[1]);
+    const store = STORE_CALL.exec(new URL(request.url).pathname);
+    if (store !== null) return this.storeApi.handle(request, store[1]);
     if (!this.log.exists()) return noSessionSocket(); // the Worker asked first; in case it did not
     const [client, server] = Object.values(new WebSocketPair());
     this.ctx.acceptWebSocket(server);
@@ -326,7 +330,7 @@ export class SessionDO extends DurableObject<Env> {
   /** The runtime's start-up config (kit/protocol/runtime_config.py RuntimeConfig, as
    * kit/host/sandbox.py runtime_config makes it), passed in the container's environment:
    * the paths of kit's runtime image, the model route of this session on the Worker. */
-  private runtimeConfig(runtimeToken: string, modelToken: string): Record<string, unknown> {
+  private async runtimeConfig(runtimeToken: string, modelToken: string): Promise<Record<string, unknown>> {
     const sessionId = this.log.meta("session_id") ?? "";
     const worker = (this.env.KIT_WORKER_URL || "http://kit.internal").replace(/\/$/, "");
     return {
@@ -336,7 +340,9 @@ export class SessionDO extends DurableObject<Env> {
       workspace: "/workspace",
       home: "/home/kit",
       tmp_dir: "/tmp",
-      store_url: "memory://",
+      // The transcript store in this DO (storeapi.ts), with a token of this sandbox's own.
+      store_url: storeUrl(worker, sessionId),
+      store_token: await this.storeToken(),
       listen: `tcp:0.0.0.0:${RUNTIME_PORT}`,
       model_base_url: `${worker}/v1/sessions/${sessionId}/model`,
       model_unix_socket: null,
@@ -391,6 +397,32 @@ export class SessionDO extends DurableObject<Env> {
     } catch {
       // already closed
     }
+  }
+
+  // -- the transcript store (storeapi.ts, store.ts; docs/protocol.md §13) ------------------
+
+  private transcripts: StoreApi | null = null;
+
+  /** The session's transcript store and its HTTP side, made on first use. */
+  private get storeApi(): StoreApi {
+    this.transcripts ??= new StoreApi(this.ctx.storage, () => this.log.meta("session_id"));
+    return this.transcripts;
+  }
+
+  /** A new store token for the session's next sandbox, to put in its runtime config as
+   * `store_token` beside `store_url` = `storeUrl(<this Worker's URL>, <session id>)`; the
+   * previous sandbox's token stops working. */
+  async storeToken(): Promise<string> {
+    return this.storeApi.mintToken("sandbox");
+  }
+
+  /** `POST /v1/sessions/{id}/store-token`, from the Worker: a new API store token (the
+   * previous one stops working), null when this DO holds no session. `anyKey` tokens only
+   * where the Worker var KIT_STORE_CONFORMANCE is "1". */
+  async apiStoreToken(anyKey: boolean): Promise<string | null> {
+    if (!this.log.exists() || this.log.meta("session_id") === null) return null;
+    if (anyKey && this.env.KIT_STORE_CONFORMANCE !== "1") throw new Error("any-key store tokens need KIT_STORE_CONFORMANCE=1");
+    return this.storeApi.mintToken("api", anyKey);
   }
 }
 

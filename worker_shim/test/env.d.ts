@@ -8,5 +8,6 @@ declare namespace Cloudflare {
     ANTHROPIC_API_KEY: string;
     KIT_MODEL_UPSTREAM: string;
     KIT_WORKER_URL: string;
+    KIT_STORE_CONFORMANCE?: string;
   }
 }
