@@ -124,7 +124,7 @@ export class SessionDO extends DurableObject<Env> {
     if (path.startsWith(CONTROL_PREFIX)) return this.control.fetch(request); // from the Worker's control routes
     const model = MODEL_PATH.exec(path);
     if (model !== null) return this.model(request, model[1]);
-    const store = STORE_CALL.exec(new URL(request.url).pathname);
+    const store = STORE_CALL.exec(path);
     if (store !== null) return this.storeApi.handle(request, store[1]);
     if (!this.log.exists()) return noSessionSocket(); // the Worker asked first; in case it did not
     const [client, server] = Object.values(new WebSocketPair());
