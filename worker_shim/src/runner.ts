@@ -364,12 +364,14 @@ export class TurnRunner {
   }
 
   /** Stop a running container no instance of ours watches (its instance was evicted
-   * mid-turn): `sandbox` `stopped` with reason `stopped`, before the turn is recovered. */
+   * mid-turn) before the turn is recovered, without a `sandbox` event: as kit's host
+   * stops its sandboxes when it restarts (docs/protocol.md §4, "The host restarts"), so
+   * every target shows the same events. */
   private async stopStale(): Promise<void> {
     const container = this.host.container();
     if (this.live === null) await refreshQuietly(container);
     if (this.live !== null || container === null || !container.running) return;
-    const stale = this.watch(container, this.log.meta("sandbox_id") ?? "sbx-unknown", new ContainerRuntime(container, ""), true);
+    const stale = this.watch(container, this.log.meta("sandbox_id") ?? "sbx-unknown", new ContainerRuntime(container, ""), false);
     stale.killReason = "stopped";
     await destroyQuietly(container);
     if (!(await settlesWithin(stale.exited, this.exitWaitMs))) this.sawExit(stale, null, false);

@@ -391,7 +391,6 @@ describe("POST /_kit/do/{id}/evict", () => {
     expect(sandboxStates(events)).toEqual([
       ["starting", null, null],
       ["running", null, null],
-      ["stopped", "stopped", 137],
       ["starting", null, null],
       ["running", null, null],
     ]);
