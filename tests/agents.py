@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -269,3 +269,25 @@ async def turn_events(client: SessionClient, text: str, timeout_s: float = 180) 
             if ends_turn(event.kind, event.data):
                 break
     return seen
+
+
+async def turn_counting(
+    client: SessionClient,
+    text: str,
+    seqs: list[int],
+    on_event: Callable[[Event], Awaitable[None]] | None = None,
+    timeout_s: float = 180,
+) -> list[Event]:
+    """Send ``text`` and read its turn's events, each seq appended to ``seqs`` (for a
+    none-lost-none-repeated check across turns); ``on_event`` sees each one as it comes."""
+    events: list[Event] = []
+    async with asyncio.timeout(timeout_s):
+        await client.send(text)
+        async for event in client.events():
+            seqs.append(event.seq)
+            events.append(event)
+            if on_event is not None:
+                await on_event(event)
+            if ends_turn(event.kind, event.data):
+                return events
+    raise AssertionError(f"the turn {text!r} never ended")

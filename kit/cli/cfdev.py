@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import secrets
-import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +29,12 @@ from pathlib import Path
 from emulator.containers import DockerRunner, Served, serve
 from kit.bundle import Bundle, build_bundle, load_project
 from kit.cli.errors import CliError
-from kit.cli.flydev import offline_model, rehearsal_lock
+from kit.cli.flydev import advertised, offline_model, rehearsal_lock, stop_on_signals
 from kit.cli.stack import load_api_token
 from kit.cli.statedir import make_private
 from kit.cli.wrangler import free_port, wrangler_dev, write_config
 from kit.deploy.cloudflare.target import LIMITS_VAR, limits_var
 from kit.deploy.image import bundle_image
-from kit.private import write_private
 from kit.tiers import get_tier
 
 ANTHROPIC_API = "https://api.anthropic.com"
@@ -153,10 +149,7 @@ async def serve_rehearsal(project: Path, state_dir: Path, model_key: str | None)
     from kit.cli import console, statedir
     from kit.cli.image import ensure
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     make_private(state_dir)
     with statedir.lock(state_dir):
         runtime = await asyncio.to_thread(ensure, False)
@@ -168,14 +161,7 @@ async def serve_rehearsal(project: Path, state_dir: Path, model_key: str | None)
         async with rehearse_cloudflare(
             project, state_dir, runtime, model_key=model_key, progress=say
         ) as cf:
-            dev_json = state_dir / "dev.json"
-            write_private(
-                dev_json,
-                json.dumps(
-                    {"url": cf.url, "pid": os.getpid(), "api_token_file": str(cf.api_token_file)}
-                ),
-            )
-            try:
+            with advertised(state_dir, cf.url, cf.api_token_file):
                 console.banner(
                     [
                         ("url", f"{cf.url} (the shim in wrangler dev; stands for workers.dev)"),
@@ -188,8 +174,6 @@ async def serve_rehearsal(project: Path, state_dir: Path, model_key: str | None)
                     "stop with Ctrl-C.",
                 )
                 await stop.wait()
-            finally:
-                dev_json.unlink(missing_ok=True)
         console.out(console.dim("kit dev --target cloudflare: stopped; every container removed."))
 
 

@@ -24,7 +24,7 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,16 +231,36 @@ async def rehearse_fly(
         await LocalRegistry().forget(target.app)
 
 
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM (a rehearsal runs until then)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+@contextlib.contextmanager
+def advertised(state_dir: Path, url: str, token_file: Path) -> Iterator[None]:
+    """Tell clients where the rehearsal is for as long as the block runs: ``dev.json`` in
+    the state dir (``kit chat`` reads it), removed at the end."""
+    dev_json = state_dir / "dev.json"
+    write_private(
+        dev_json, json.dumps({"url": url, "pid": os.getpid(), "api_token_file": str(token_file)})
+    )
+    try:
+        yield
+    finally:
+        dev_json.unlink(missing_ok=True)
+
+
 async def serve_rehearsal(project: Path, state_dir: Path, model_key: str | None) -> None:
     """``kit dev --target fly`` until SIGINT or SIGTERM: build the runtime image if need be,
     rehearse the deployment, tell clients where it is (``.kit/dev.json``), take it down."""
     from kit.cli import console, statedir
     from kit.cli.image import ensure
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     make_private(state_dir)
     with statedir.lock(state_dir):
         image = await asyncio.to_thread(ensure, False)
@@ -254,12 +274,7 @@ async def serve_rehearsal(project: Path, state_dir: Path, model_key: str | None)
         ) as fly:
             token_file = state_dir / "api-token"
             write_private(token_file, fly.api_token)
-            dev_json = state_dir / "dev.json"
-            write_private(
-                dev_json,
-                json.dumps({"url": fly.url, "pid": os.getpid(), "api_token_file": str(token_file)}),
-            )
-            try:
+            with advertised(state_dir, fly.url, token_file):
                 console.banner(
                     [
                         ("url", f"{fly.url} (stands for {fly.target.url})"),
@@ -272,8 +287,6 @@ async def serve_rehearsal(project: Path, state_dir: Path, model_key: str | None)
                     title="kit dev --target fly — ready. Talk to it with `kit chat`; stop with Ctrl-C.",
                 )
                 await stop.wait()
-            finally:
-                dev_json.unlink(missing_ok=True)
         console.out(console.dim("kit dev --target fly: stopped; every machine removed."))
 
 

@@ -19,24 +19,12 @@ from kit.protocol.frames import Event
 from kit.protocol.turns import ends_turn
 from kit.runtime.agent import stored_user_texts
 from kit.storage import open_store
-from tests.agents import RECOVERED_REPLY, transcript_key, turn_events, write_agent
+from tests.agents import RECOVERED_REPLY, transcript_key, turn_counting, turn_events, write_agent
 from tests.dockerhost import runtime_image
 
 pytestmark = pytest.mark.slow
 
 TURN_TIMEOUT_S = 180.0
-
-
-async def _turn(client: SessionClient, text: str, seqs: list[int]) -> list[Event]:
-    events: list[Event] = []
-    async with asyncio.timeout(TURN_TIMEOUT_S):
-        await client.send(text)
-        async for event in client.events():
-            seqs.append(event.seq)
-            events.append(event)
-            if ends_turn(event.kind, event.data):
-                return events
-    raise AssertionError("the turn never ended")
 
 
 async def _kill_the_container(cf: CfRehearsal) -> None:
@@ -57,7 +45,7 @@ async def test_a_conversation_through_the_shim(kit_tmp: Path) -> None:
         info = await create_session(cf.url, cf.api_token)
         seqs: list[int] = []
         async with SessionClient(info.ws_url, info.token) as client:
-            first = await _turn(client, "slow", seqs)
+            first = await turn_counting(client, "slow", seqs)
             kinds = [e.kind for e in first]
             assert "tool_use" in kinds, kinds
             assert "tool_result" in kinds, kinds
@@ -72,7 +60,7 @@ async def test_a_conversation_through_the_shim(kit_tmp: Path) -> None:
                         assert (event.data["reason"], event.data["exit_code"]) == ("killed", 137)
                         break
 
-            second = await _turn(client, "echo after the kill", seqs)
+            second = await turn_counting(client, "echo after the kill", seqs)
             states = [e.data.get("state") for e in second if e.kind == "sandbox"]
             assert states == ["starting", "running"], states
             assert second[-1].kind == "result"
@@ -158,7 +146,7 @@ async def test_a_container_killed_mid_tool_the_turn_finishes_from_the_dos_store(
         info = await create_session(cf.url, cf.api_token)
         seqs: list[int] = []
         async with SessionClient(info.ws_url, info.token) as client:
-            first = await _turn(client, "echo this first", seqs)
+            first = await turn_counting(client, "echo this first", seqs)
             assert "You said: echo this first" in str(first[-1].data["text"])
             await client.send("slow")
             killed = False
@@ -177,6 +165,6 @@ async def test_a_container_killed_mid_tool_the_turn_finishes_from_the_dos_store(
             assert RECOVERED_REPLY in str(second[-1].data["text"])
             died = [e for e in second if e.kind == "sandbox" and e.data.get("state") == "died"]
             assert [(e.data["reason"], e.data["exit_code"]) for e in died] == [("killed", 137)]
-            third = await _turn(client, "echo after the recovery", seqs)
+            third = await turn_counting(client, "echo after the recovery", seqs)
             assert "You said: echo after the recovery" in str(third[-1].data["text"])
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # none lost, none repeated

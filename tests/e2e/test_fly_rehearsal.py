@@ -20,7 +20,7 @@ from kit.host.lease import S3Leases
 from kit.protocol.frames import Event
 from kit.protocol.turns import ends_turn
 from kit.storage.s3io import S3Bucket
-from tests.agents import RECOVERED_REPLY, write_agent
+from tests.agents import RECOVERED_REPLY, turn_counting, write_agent
 from tests.dockerhost import fly_containers, runtime_image
 
 pytestmark = pytest.mark.slow
@@ -147,7 +147,7 @@ async def test_the_acceptance_flow(kit_tmp: Path) -> None:
         info = await create_session(fly.url, fly.api_token)
         seqs: list[int] = []
         async with SessionClient(info.ws_url, info.token) as client:
-            first = await _turn(client, "echo this first", seqs)
+            first = await turn_counting(client, "echo this first", seqs)
             assert first[-1].kind == "result"
 
             # The session's machine dies mid-tool.
@@ -173,7 +173,7 @@ async def test_the_acceptance_flow(kit_tmp: Path) -> None:
             # The gateway holding the session dies (stopped with SIGKILL: no drain).
             owner = await _lease_owner(fly, info.session_id)
             await fly.api.stop_machine(fly.target.app, owner, signal="SIGKILL", timeout_s=1)
-            third = await _turn(client, "echo after the gateway died", seqs)
+            third = await turn_counting(client, "echo after the gateway died", seqs)
             assert third[-1].kind == "result"
             assert client.reconnects >= 1
 
@@ -185,7 +185,7 @@ async def test_the_acceptance_flow(kit_tmp: Path) -> None:
             # The gateways follow the deploy pointer: the idle session's machine, of the old
             # bundle, is stopped, and the next turn's machine runs the new one.
             await fly.api.wait(fly.target.sandbox_app, old, "stopped", timeout_s=120)
-            fourth = await _turn(client, "echo on the new bundle", seqs)
+            fourth = await turn_counting(client, "echo on the new bundle", seqs)
             assert fourth[-1].kind == "result"
             running = await fly.api.get_machine(
                 fly.target.sandbox_app, await _session_machine(fly, info.session_id)
@@ -198,18 +198,6 @@ async def test_the_acceptance_flow(kit_tmp: Path) -> None:
         assert not fly.fly_api.backend.apps.all()
         assert not await fly.bucket.exists()
         assert fly_containers(kit_tmp / "state") == []
-
-
-async def _turn(client: SessionClient, text: str, seqs: list[int]) -> list[Event]:
-    events: list[Event] = []
-    async with asyncio.timeout(TURN_TIMEOUT_S):
-        await client.send(text)
-        async for event in client.events():
-            seqs.append(event.seq)
-            events.append(event)
-            if ends_turn(event.kind, event.data):
-                return events
-    raise AssertionError("the turn never ended")
 
 
 async def _lease_owner(fly: Rehearsal, session_id: str) -> str:

@@ -21,8 +21,7 @@ from kit.cli.flydev import rehearse_fly
 from kit.cli.stack import run_stack
 from kit.client import SessionClient, create_session
 from kit.protocol.frames import Event
-from kit.protocol.turns import ends_turn
-from tests.agents import RECOVERED_REPLY, until_prompt_stored, write_agent
+from tests.agents import RECOVERED_REPLY, turn_counting, until_prompt_stored, write_agent
 from tests.conftest import stack_settings
 from tests.dockerhost import runtime_image
 from tests.e2e.test_cloudflare_rehearsal import _prompt_in_the_dos_store
@@ -104,25 +103,6 @@ async def _target(name: str, root: Path) -> AsyncIterator[Target]:
         yield Target(cf.url, cf.api_token, cf_stored, cf_evict)
 
 
-async def _turn(
-    client: SessionClient,
-    text: str,
-    seqs: list[int],
-    on_event: Callable[[Event], Awaitable[None]] | None = None,
-) -> list[Event]:
-    events: list[Event] = []
-    async with asyncio.timeout(TURN_TIMEOUT_S):
-        await client.send(text)
-        async for event in client.events():
-            seqs.append(event.seq)
-            events.append(event)
-            if on_event is not None:
-                await on_event(event)
-            if ends_turn(event.kind, event.data):
-                return events
-    raise AssertionError(f"the turn {text!r} never ended")
-
-
 def _shape(events: list[Event]) -> list[str]:
     """A turn's event kinds, runs of one kind as one (how a reply is cut into deltas is
     the model's business), sandbox events with their state."""
@@ -140,7 +120,7 @@ async def _conversation(target: Target) -> tuple[list[list[str]], list[str]]:
     seqs: list[int] = []
     turns: list[list[Event]] = []
     async with SessionClient(info.ws_url, info.token) as client:
-        turns.append(await _turn(client, "slow", seqs))
+        turns.append(await turn_counting(client, "slow", seqs))
 
         killed = False
 
@@ -151,7 +131,7 @@ async def _conversation(target: Target) -> tuple[list[list[str]], list[str]]:
                 await target.prompt_stored(info.session_id, "slow down")
                 await target.kill_sandbox(info.session_id)
 
-        turns.append(await _turn(client, "slow down", seqs, kill_mid_tool))
+        turns.append(await turn_counting(client, "slow down", seqs, kill_mid_tool))
         assert killed
 
         lost = False
@@ -163,7 +143,7 @@ async def _conversation(target: Target) -> tuple[list[list[str]], list[str]]:
                 await target.prompt_stored(info.session_id, "wait for go")
                 await target.lose_the_session(info.session_id)
 
-        turns.append(await _turn(client, "wait for go", seqs, lose_mid_turn))
+        turns.append(await turn_counting(client, "wait for go", seqs, lose_mid_turn))
         assert lost
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # none lost, none repeated
 

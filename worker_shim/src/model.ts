@@ -18,6 +18,7 @@
 //   it had produced the request's max_tokens; one that stops reading for CLIENT_STALL_MS
 //   is hung up on, and its reply read to the end the same way.
 
+import { discard } from "./bodies";
 import type { Env } from "./env";
 import type { EventRow } from "./frames";
 import { Limits, NO_TOKENS, type Tokens } from "./limits";
@@ -37,7 +38,6 @@ export const MAX_CALLS_IN_FLIGHT = 16;
 export const CLIENT_STALL_MS = 60_000;
 /** How long a reply the sandbox hung up on is still read, to count it. */
 export const DRAIN_LIMIT_MS = 600_000;
-const MODEL_DRAIN_BYTES = 1 << 20;
 const MAX_CHUNKS = 100_000_000;
 /** Request headers a model call does not pass upstream: credentials, hop-by-hop. */
 const MODEL_DROPPED = new Set(["x-api-key", "authorization", "host", "cookie", "connection", "content-length", "transfer-encoding", "cf-connecting-ip", "x-forwarded-for", "accept-encoding"]);
@@ -84,23 +84,23 @@ export class ModelRoute {
   /** One model call of the session's sandbox (`rest`: the path after `/model/`). */
   async fetch(request: Request, rest: string): Promise<Response> {
     if (request.method !== "POST" || !ALLOWED_PATHS.has(rest)) {
-      await drain(request);
+      await discard(request);
       return modelError(403, "permission_error", "kit's model proxy forwards only POST /v1/messages.");
     }
     const want = this.host.log.exists() ? this.host.log.meta("model_token_sha256") : null;
     const sent = request.headers.get("x-api-key") ?? bearerOf(request.headers.get("authorization"));
     if (!sent || !want || !(await sameText(await sha256(sent), want))) {
-      await drain(request);
+      await discard(request);
       return modelError(401, "authentication_error", "kit's model route: unknown or expired session token.");
     }
     const key = this.host.env.ANTHROPIC_API_KEY;
     const limits = this.readLimits();
     if (!key) {
-      await drain(request);
+      await discard(request);
       return modelError(503, "api_error", "kit's model route has no ANTHROPIC_API_KEY (a Worker secret).");
     }
     if (typeof limits === "string") {
-      await drain(request);
+      await discard(request);
       return modelError(503, "api_error", limits);
     }
     const body = await readBody(request);
@@ -300,7 +300,7 @@ async function within<T>(promise: Promise<T>, ms: number): Promise<T | typeof TI
 async function readBody(request: Request): Promise<Uint8Array | null> {
   const declared = Number(request.headers.get("content-length") ?? "0");
   if (declared > MAX_BODY_BYTES) {
-    await drain(request);
+    await discard(request);
     return null;
   }
   if (request.body === null) return new Uint8Array(0);
@@ -397,20 +397,3 @@ export function asciiJson(text: string): string {
   return JSON.stringify(text).replace(/[\u007f-\uffff]/g, (c) => "\\u" + c.charCodeAt(0).toString(16).padStart(4, "0"));
 }
 
-/** Read a refused request's body (up to MODEL_DRAIN_BYTES, then cancel): a body left
- * unread makes workerd report the forwarding Worker's stream as an uncaught error. */
-async function drain(request: Request): Promise<void> {
-  if (request.body === null) return;
-  const reader = request.body.getReader();
-  let read = 0;
-  try {
-    for (let i = 0; i < 100_000 && read < MODEL_DRAIN_BYTES; i++) {
-      const { done, value } = await reader.read();
-      if (done) return;
-      read += value.byteLength;
-    }
-    await reader.cancel();
-  } catch {
-    // the sender went away
-  }
-}

@@ -18,6 +18,7 @@
 // than BODY_TIMEOUT_MS), 400 (not JSON, or not the method's shape), 403 (another session's
 // or project's key), 503 (the DO's storage failed: the sandbox's store retries).
 
+import { discard } from "./bodies";
 import { randomToken, sameText, sha256 } from "./tokens";
 import { TranscriptStore, type NewEntry, type StoreKey } from "./store";
 
@@ -29,7 +30,6 @@ export const MAX_BODY_BYTES = 16 * 1024 * 1024;
 /** kit/host/store_routes.py BODY_TIMEOUT_S. */
 export const BODY_TIMEOUT_MS = 30_000;
 /** The most of a refused call's body read before it is cancelled. */
-const DISCARD_BYTES = 1 << 20;
 /** The one project key sandboxes file transcripts under (kit/storage/portable.py). */
 export const PROJECT_KEY = "kit";
 /** A subagent transcript's subpath: plain names, no empty, `.` or `..` segment. */
@@ -263,23 +263,6 @@ export function storeUrl(origin: string, sessionId: string): string {
   return `do+${url.protocol}//${url.host}/v1/sessions/${sessionId}/store`;
 }
 
-/** Read a refused call's body (up to DISCARD_BYTES, then cancel it): a body left unread
- * makes workerd report the forwarding Worker's stream as an uncaught error. */
-async function discard(request: Request): Promise<void> {
-  if (request.body === null) return;
-  const reader = request.body.getReader();
-  let read = 0;
-  try {
-    for (let i = 0; i < 100_000 && read < DISCARD_BYTES; i++) {
-      const { done, value } = await reader.read();
-      if (done) return;
-      read += value.byteLength;
-    }
-    await reader.cancel();
-  } catch {
-    // the sender went away
-  }
-}
 
 function refuse(status: number, message: string): Response {
   return json(status, JSON.stringify({ error: "refused", message }));

@@ -1,0 +1,74 @@
+"""`kit dev --target cloudflare` as a user runs it: the rehearsal comes up, `kit chat` finds
+it through .kit/dev.json and gets the answer, Ctrl-C takes every container down and leaves
+no dev.json behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kit.cli.statedir import host_id
+from tests.agents import write_agent
+from tests.dockerhost import runtime_image
+from tests.kitproc import spawn_kit
+
+pytestmark = pytest.mark.slow
+
+READY_TIMEOUT_S = 300.0
+
+
+def _containers(state_dir: Path) -> list[str]:
+    """The containers the rehearsal on ``state_dir`` left (its runner's label)."""
+    runner = f"rehearsal-{host_id(state_dir)}"
+    done = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=kit.cf.runner={runner}"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    return done.stdout.split()
+
+
+async def test_kit_dev_target_cloudflare_then_kit_chat(kit_tmp: Path) -> None:
+    """The banner names the Worker's URL; `kit chat --message` answers through the shim (a
+    Bash tool ran in the session's container); SIGINT exits 0 and leaves no container."""
+    runtime_image()  # built here first: skips, saying why, where Docker cannot run
+    project = write_agent(kit_tmp / "agent")
+    state = kit_tmp / "state"
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env.pop("ANTHROPIC_API_KEY", None)
+    env["KIT_STATE_DIR"] = str(state)
+    dev = await spawn_kit(
+        "dev", "--target", "cloudflare", "--project", str(project), cwd=kit_tmp, env=env
+    )
+    assert dev.stdout is not None
+    url = None
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            for _ in range(10_000):
+                line = (await dev.stdout.readline()).decode()
+                assert line, "kit dev --target cloudflare exited before it was ready"
+                if m := re.search(r"url\s+(http://127\.0\.0\.1:\d+)", line):
+                    url = m.group(1)
+                if "api token" in line:
+                    break
+        assert url is not None
+        assert (state / "dev.json").is_file()
+        chat = await spawn_kit(
+            "chat", "--project", str(project), "--message", "slow", cwd=kit_tmp, env=env
+        )
+        out, err = await asyncio.wait_for(chat.communicate(), 300)
+        assert chat.returncode == 0, err.decode()[-2000:]
+        assert "Slow tool said: started-slow-tool" in out.decode()
+    finally:
+        dev.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(dev.wait(), 120) == 0
+    assert not (state / "dev.json").exists()
+    assert _containers(state) == []
