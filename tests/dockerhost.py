@@ -66,12 +66,21 @@ def containers_of(session_id: str) -> list[str]:
     return done.stdout.split()
 
 
+def cf_containers(state_dir: Path) -> list[str]:
+    """The ids of every container that the Cloudflare rehearsal on ``state_dir`` left on
+    this host (its container emulator's runner label)."""
+    return _labelled(f"kit.cf.runner=rehearsal-{host_id(state_dir)}")
+
+
 def fly_containers(state_dir: Path) -> list[str]:
     """The ids of every container (running or not) that the Fly rehearsal on ``state_dir``
     left on this host (its runner's label: other runs on the host are not its business)."""
-    runner = f"rehearsal-{host_id(state_dir)}"
+    return _labelled(f"kit.fly.runner=rehearsal-{host_id(state_dir)}")
+
+
+def _labelled(label: str) -> list[str]:
     done = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=kit.fly.runner={runner}"],
+        ["docker", "ps", "-aq", "--filter", f"label={label}"],
         capture_output=True,
         text=True,
         timeout=20,

@@ -125,6 +125,7 @@ async def wrangler_dev(config: Path, *, port: int, persist: Path) -> AsyncIterat
         yield url
     finally:
         await _stop(proc)
+        (config.parent / ".dev.vars").unlink(missing_ok=True)  # its secrets go with it
         if drain is not None:
             drain.cancel()
             await asyncio.gather(drain, return_exceptions=True)

@@ -8,32 +8,17 @@ import asyncio
 import os
 import re
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from kit.cli.statedir import host_id
 from tests.agents import write_agent
-from tests.dockerhost import runtime_image
+from tests.dockerhost import cf_containers, runtime_image
 from tests.kitproc import spawn_kit
 
 pytestmark = pytest.mark.slow
 
 READY_TIMEOUT_S = 300.0
-
-
-def _containers(state_dir: Path) -> list[str]:
-    """The containers the rehearsal on ``state_dir`` left (its runner's label)."""
-    runner = f"rehearsal-{host_id(state_dir)}"
-    done = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=kit.cf.runner={runner}"],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=True,
-    )
-    return done.stdout.split()
 
 
 async def test_kit_dev_target_cloudflare_then_kit_chat(kit_tmp: Path) -> None:
@@ -71,4 +56,4 @@ async def test_kit_dev_target_cloudflare_then_kit_chat(kit_tmp: Path) -> None:
         dev.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(dev.wait(), 120) == 0
     assert not (state / "dev.json").exists()
-    assert _containers(state) == []
+    assert cf_containers(state) == []

@@ -20,7 +20,7 @@ from kit.protocol.turns import ends_turn
 from kit.runtime.agent import stored_user_texts
 from kit.storage import open_store
 from tests.agents import RECOVERED_REPLY, transcript_key, turn_counting, turn_events, write_agent
-from tests.dockerhost import runtime_image
+from tests.dockerhost import cf_containers, runtime_image
 
 pytestmark = pytest.mark.slow
 
@@ -78,9 +78,7 @@ async def test_a_conversation_through_the_shim(kit_tmp: Path) -> None:
                         break
         assert [e.seq for e in missed] == [s for s in seqs if s > resume_at]
         assert missed[-1].data["text"] == second[-1].data["text"]
-    assert not cf.containers.backend.containers or all(
-        not c.status()["running"] for c in cf.containers.backend.containers.values()
-    )
+    assert cf_containers(kit_tmp / "state") == []  # the rehearsal removed every container
 
 
 async def test_spend_limits_hold_at_the_shims_model_route(kit_tmp: Path) -> None:

@@ -103,13 +103,17 @@ async def _target(name: str, root: Path) -> AsyncIterator[Target]:
         yield Target(cf.url, cf.api_token, cf_stored, cf_evict)
 
 
+STREAMED = frozenset({"text_delta"})
+"""The kind a reply is cut into as the model streams it: how many is the model's business."""
+
+
 def _shape(events: list[Event]) -> list[str]:
-    """A turn's event kinds, runs of one kind as one (how a reply is cut into deltas is
-    the model's business), sandbox events with their state."""
+    """A turn's event kinds in order, a run of one streamed kind as one, sandbox events
+    with their state (a repeated sandbox, error or result event stays repeated)."""
     shape: list[str] = []
     for e in events:
         kind = f"sandbox {e.data.get('state')}" if e.kind == "sandbox" else e.kind
-        if not shape or shape[-1] != kind:
+        if not (shape and shape[-1] == kind and kind in STREAMED):
             shape.append(kind)
     return shape
 

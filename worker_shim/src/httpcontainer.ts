@@ -15,6 +15,9 @@ const MONITOR_POLL_S = 60;
 /** Long-polls before monitor() gives up (a day): every loop is bounded. */
 const MAX_MONITOR_POLLS = 1440;
 const EMULATOR_AUTH = "x-kit-emulator-authorization";
+/** Polls in a row that may fail (transport error, 5xx) before monitor() gives up watching. */
+const MAX_MONITOR_FAILURES = 5;
+const MONITOR_RETRY_MS = 1_000;
 
 /** How a container ended, as monitor() rejects with it (workerd names the code in its
  * message; the shim reads `exitCode` and `oom` first). */
@@ -82,12 +85,28 @@ export class HttpContainer implements ContainerLike {
 
   async monitor(): Promise<void> {
     await this.started;
+    let failures = 0;
     for (let i = 0; i < MAX_MONITOR_POLLS; i++) {
-      const answer = await this.call("GET", `/monitor?timeout_s=${MONITOR_POLL_S}`);
-      if (answer.status === 204) continue;
+      let answer: Response;
+      try {
+        answer = await this.call("GET", `/monitor?timeout_s=${MONITOR_POLL_S}`);
+      } catch (exc) {
+        // A failed poll is no exit: ask again (a moment later), a few times in a row at most.
+        if (++failures > MAX_MONITOR_FAILURES) throw new Error(`Watching the container failed: ${String(exc)}`);
+        await scheduler.wait(MONITOR_RETRY_MS);
+        continue;
+      }
+      if (answer.status === 204) {
+        failures = 0;
+        continue;
+      }
+      if (answer.status >= 500 && ++failures <= MAX_MONITOR_FAILURES) {
+        await answer.body?.cancel();
+        await scheduler.wait(MONITOR_RETRY_MS);
+        continue;
+      }
       if (answer.status !== 200) {
         const text = await answer.text();
-        this.isRunning = false;
         throw new Error(`The container emulator answered ${answer.status} to a monitor: ${text.slice(0, 500)}`);
       }
       const exit = (await answer.json()) as { exit_code?: number | null; oom?: boolean };

@@ -40,7 +40,7 @@ export const CLIENT_STALL_MS = 60_000;
 export const DRAIN_LIMIT_MS = 600_000;
 const MAX_CHUNKS = 100_000_000;
 /** Request headers a model call does not pass upstream: credentials, hop-by-hop. */
-const MODEL_DROPPED = new Set(["x-api-key", "authorization", "host", "cookie", "connection", "content-length", "transfer-encoding", "cf-connecting-ip", "x-forwarded-for", "accept-encoding"]);
+const MODEL_DROPPED = new Set(["x-api-key", "authorization", "host", "cookie", "connection", "content-length", "transfer-encoding", "cf-connecting-ip", "x-forwarded-for", "accept-encoding", "proxy-authorization", "proxy-connection"]);
 
 /** What the route needs of its SessionDO. */
 export interface ModelHost {

@@ -32,6 +32,8 @@ export interface RunnerHost {
   runtimeConfig(runtimeToken: string, modelToken: string): Promise<Record<string, unknown>>;
   /** `turnId` runs now (the model route's spend meter starts its turn count). */
   beginTurn?(turnId: string): void;
+  /** The sandbox's model and store tokens stop working (it exited, or never started). */
+  revokeSandboxTokens(): void;
 }
 
 /** A sandbox this instance watches with monitor(). */
@@ -308,6 +310,7 @@ export class TurnRunner {
       const message = exc instanceof Error ? exc.message : String(exc);
       this.host.publish(this.log.append("sandbox", { state: "failed", tier, message }, turnId));
       if (started !== null && started.exit === null) await destroyQuietly(started.container);
+      this.host.revokeSandboxTokens();
       return null;
     }
   }
@@ -333,7 +336,12 @@ export class TurnRunner {
     if (live.exit !== null) return;
     live.exit = { code, oom };
     if (this.live === live) this.live = null;
-    if (this.log.meta("sandbox_id") === live.sandboxId) this.log.setMeta("runtime_token", "");
+    if (this.log.meta("sandbox_id") === live.sandboxId) {
+      // Its tokens die with it (kit/host/launch.py revokes them so): a token a tool read
+      // spends nothing and reads no transcript once the sandbox is gone.
+      this.log.setMeta("runtime_token", "");
+      this.host.revokeSandboxTokens();
+    }
     if (this.streaming?.runtime !== live.runtime) this.recordExit(live);
   }
 

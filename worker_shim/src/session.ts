@@ -97,6 +97,10 @@ export class SessionDO extends DurableObject<Env> {
       publish: (row) => this.publish(row),
       waitUntil: (promise) => this.ctx.waitUntil(promise),
       runtimeConfig: (runtimeToken, modelToken) => this.runtimeConfig(runtimeToken, modelToken),
+      revokeSandboxTokens: () => {
+        this.log.setMeta("model_token_sha256", "");
+        this.storeApi.revokeToken("sandbox");
+      },
     });
     // A turn still open in the log is resumed by the alarm or the next client message
     // (runner.resume), not from here: a turn runs on after the event that started it.

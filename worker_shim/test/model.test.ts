@@ -277,3 +277,45 @@ describe("the model route", () => {
     await after.text();
   });
 });
+
+describe("a sandbox's tokens", () => {
+  it("stop working when the sandbox exits: the model route and the store refuse them", async () => {
+    const session = await createSession();
+    const container = new FakeContainer();
+    await attachContainer(session.session_id, container);
+    const a = await live(session);
+    a.send(JSON.stringify({ type: "user", client_msg_id: "c-1", text: "one" }));
+    await untilEnd(a);
+    const config = JSON.parse((container.starts[0].env as Record<string, string>).KIT_RUNTIME_CONFIG_JSON) as Config & {
+      store_url: string;
+      store_token: string;
+    };
+    const call = (token: string) =>
+      SELF.fetch(`${config.model_base_url}/v1/messages`, {
+        method: "POST",
+        headers: { "x-api-key": token, "content-type": "application/json" },
+        body: JSON.stringify({ model: OPUS, max_tokens: 10, messages: [] }),
+      });
+    const storeCall = (token: string) =>
+      SELF.fetch(`${API}/v1/sessions/${session.session_id}/store/list_subkeys`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+        body: JSON.stringify({ key: { project_key: "kit", session_id: session.session_id } }),
+      });
+    const before = await call(config.model_token);
+    expect(before.status).not.toBe(401);
+    await before.body?.cancel();
+    const stored = await storeCall(config.store_token);
+    expect(stored.status).toBe(200);
+    await stored.body?.cancel();
+    await runInDurableObject(env.SESSION.getByName(session.session_id), () => container.exit(137));
+    expect(await a.recv()).toMatchObject({ kind: "sandbox", data: { state: "died", reason: "killed" } });
+    const after = await call(config.model_token);
+    expect(after.status).toBe(401);
+    await after.body?.cancel();
+    const refused = await storeCall(config.store_token);
+    expect(refused.status).toBe(401);
+    await refused.body?.cancel();
+    a.close();
+  });
+});
