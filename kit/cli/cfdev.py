@@ -32,7 +32,7 @@ from kit.cli.errors import CliError
 from kit.cli.flydev import advertised, offline_model, rehearsal_lock, stop_on_signals
 from kit.cli.stack import load_api_token
 from kit.cli.statedir import make_private
-from kit.cli.wrangler import free_port, wrangler_dev, write_config
+from kit.cli.wrangler import free_port, shim_wrangler, wrangler_dev, write_config
 from kit.deploy.cloudflare.target import LIMITS_VAR, limits_var
 from kit.deploy.image import bundle_image
 from kit.tiers import get_tier
@@ -97,6 +97,7 @@ async def rehearse_cloudflare(
     for ``project`` on ``runtime_image``; yield the rehearsal; take it all down on exit."""
     loaded = load_project(project)
     tier = cloudflare_tier(loaded.sandbox.tier)
+    shim_wrangler()  # missing: said before any image is built or file written
     make_private(state_dir)
     bundle = build_bundle(loaded, state_dir / "bundles")
     progress("building the bundle image (the runtime image with the bundle in it)…")
@@ -149,6 +150,8 @@ async def serve_rehearsal(project: Path, state_dir: Path, model_key: str | None)
     from kit.cli import console, statedir
     from kit.cli.image import ensure
 
+    cloudflare_tier(load_project(project).sandbox.tier)  # bad input: said before any build
+    shim_wrangler()
     stop = stop_on_signals()
     make_private(state_dir)
     with statedir.lock(state_dir):

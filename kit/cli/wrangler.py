@@ -62,14 +62,20 @@ def write_config(
     return path
 
 
+def shim_wrangler() -> Path:
+    """The wrangler that runs the shim; :class:`CliError` naming the fix when there is none
+    (asked first, before anything is built or written)."""
+    try:
+        return find_wrangler(os.environ, SHIM_DIR)
+    except DeployError as exc:
+        raise CliError(str(exc)) from None
+
+
 @contextlib.asynccontextmanager
 async def wrangler_dev(config: Path, *, port: int, persist: Path) -> AsyncIterator[str]:
     """``wrangler dev`` of ``config`` on ``127.0.0.1:port``, its DO storage in ``persist``;
     yield its URL once it says ``Ready``; stop it (and its workerd) at the end."""
-    try:
-        wrangler = find_wrangler(os.environ, SHIM_DIR)
-    except DeployError as exc:
-        raise CliError(str(exc)) from None
+    wrangler = shim_wrangler()
     home = config.parent / "wrangler-home"
     home.mkdir(mode=0o700, exist_ok=True)
     # Offline: no credentials, no cf.json fetch, no npm update check; kit's secrets reach
