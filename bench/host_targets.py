@@ -26,6 +26,9 @@ from pathlib import Path
 
 import httpx
 
+from kit.cli.errors import CliError
+from kit.cli.wrangler import keep_reading, ready_url
+
 ROOT = Path(__file__).resolve().parent.parent
 KIT_HOST = ROOT / "bench" / "kit_host.py"
 DO_DIR = ROOT / "bench" / "do_host"
@@ -267,22 +270,14 @@ async def do_target(work: Path, direct: bool) -> AsyncIterator[Running]:
     try:
         assert proc.stdout is not None
         stdout = proc.stdout
-        url = await asyncio.wait_for(_wait_ready(stdout, tail), START_TIMEOUT_S)
+        url = await asyncio.wait_for(ready_url(stdout, tail), START_TIMEOUT_S)
 
-        async def keep_draining() -> None:
-            for _ in range(10_000_000):
-                line = await stdout.readline()
-                if not line:
-                    return
-                tail.append(line.decode(errors="replace").rstrip())
-                del tail[:-50]
-
-        drain = asyncio.create_task(keep_draining())
+        drain = asyncio.create_task(keep_reading(stdout, tail, keep=50))
         running = _do_processes(proc.pid, url, token, port, node, wrangler)
         if direct:
             running.url = await _direct_url(running.host_pids)
         yield running
-    except (TimeoutError, BenchError) as exc:
+    except (TimeoutError, BenchError, CliError) as exc:
         raise BenchError(
             f"wrangler dev did not come up ({exc}); its output:\n" + "\n".join(tail)
         ) from exc
@@ -290,18 +285,6 @@ async def do_target(work: Path, direct: bool) -> AsyncIterator[Running]:
         await _stop(proc, group=True)
         if drain is not None:
             drain.cancel()
-
-
-async def _wait_ready(stdout: asyncio.StreamReader, tail: list[str]) -> str:
-    for _ in range(10_000):
-        raw = await stdout.readline()
-        if not raw:
-            raise BenchError("wrangler exited")
-        line = raw.decode(errors="replace").rstrip()
-        tail.append(line)
-        if "Ready on http://" in line:
-            return "http://" + line.split("Ready on http://", 1)[1].split()[0]
-    raise BenchError("no 'Ready on' line")
 
 
 def _comm(pid: int) -> str:

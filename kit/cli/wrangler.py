@@ -112,22 +112,14 @@ async def wrangler_dev(config: Path, *, port: int, persist: Path) -> AsyncIterat
     stdout = proc.stdout
     try:
         try:
-            url = await asyncio.wait_for(_ready(stdout, tail), START_LIMIT_S)
+            url = await asyncio.wait_for(ready_url(stdout, tail), START_LIMIT_S)
         except (TimeoutError, CliError) as exc:
             raise CliError(
                 f"wrangler dev did not come up ({exc or 'timed out'}); its output:\n"
                 + "\n".join(tail[-30:])
             ) from None
 
-        async def keep_draining() -> None:
-            for _ in range(100_000_000):  # bounded by wrangler's output ending
-                line = await stdout.readline()
-                if not line:
-                    return
-                tail.append(line.decode(errors="replace").rstrip())
-                del tail[:-200]
-
-        drain = asyncio.create_task(keep_draining())
+        drain = asyncio.create_task(keep_reading(stdout, tail))
         yield url
     finally:
         await _stop(proc)
@@ -137,7 +129,9 @@ async def wrangler_dev(config: Path, *, port: int, persist: Path) -> AsyncIterat
             await asyncio.gather(drain, return_exceptions=True)
 
 
-async def _ready(stdout: asyncio.StreamReader, tail: list[str]) -> str:
+async def ready_url(stdout: asyncio.StreamReader, tail: list[str]) -> str:
+    """The URL of wrangler dev's ``Ready on`` line, each line read kept in ``tail``;
+    :class:`CliError` when wrangler exits first."""
     for _ in range(100_000):
         raw = await stdout.readline()
         if not raw:
@@ -147,6 +141,17 @@ async def _ready(stdout: asyncio.StreamReader, tail: list[str]) -> str:
         if "Ready on http://" in line:
             return "http://" + line.split("Ready on http://", 1)[1].split()[0]
     raise CliError("no 'Ready on' line")
+
+
+async def keep_reading(stdout: asyncio.StreamReader, tail: list[str], keep: int = 200) -> None:
+    """Read wrangler's output until it ends (so it never blocks on a full pipe), its last
+    ``keep`` lines in ``tail``."""
+    for _ in range(100_000_000):  # bounded by wrangler's output ending
+        line = await stdout.readline()
+        if not line:
+            return
+        tail.append(line.decode(errors="replace").rstrip())
+        del tail[:-keep]
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:

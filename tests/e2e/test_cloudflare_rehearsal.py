@@ -16,7 +16,6 @@ import pytest
 from kit.cli.cfdev import CfRehearsal, rehearse_cloudflare
 from kit.client import SessionClient, create_session
 from kit.protocol.frames import Event
-from kit.protocol.turns import ends_turn
 from kit.runtime.agent import stored_user_texts
 from kit.storage import open_store
 from tests.agents import RECOVERED_REPLY, transcript_key, turn_counting, turn_events, write_agent
@@ -146,19 +145,17 @@ async def test_a_container_killed_mid_tool_the_turn_finishes_from_the_dos_store(
         async with SessionClient(info.ws_url, info.token) as client:
             first = await turn_counting(client, "echo this first", seqs)
             assert "You said: echo this first" in str(first[-1].data["text"])
-            await client.send("slow")
             killed = False
-            second: list[Event] = []
-            async with asyncio.timeout(TURN_TIMEOUT_S):
-                async for event in client.events():
-                    seqs.append(event.seq)
-                    second.append(event)
-                    if event.kind == "tool_use" and not killed:
-                        await _prompt_in_the_dos_store(cf, info.session_id, "slow")
-                        await _kill_the_container(cf)
-                        killed = True
-                    if ends_turn(event.kind, event.data):
-                        break
+
+            async def kill_mid_tool(event: Event) -> None:
+                nonlocal killed
+                if event.kind == "tool_use" and not killed:
+                    killed = True
+                    await _prompt_in_the_dos_store(cf, info.session_id, "slow")
+                    await _kill_the_container(cf)
+
+            second = await turn_counting(client, "slow", seqs, kill_mid_tool)
+            assert killed
             assert second[-1].kind == "result", second[-1]
             assert RECOVERED_REPLY in str(second[-1].data["text"])
             died = [e for e in second if e.kind == "sandbox" and e.data.get("state") == "died"]
