@@ -72,6 +72,8 @@ export default defineConfig({
           KIT_MODEL_UPSTREAM: "http://upstream.test",
           KIT_WORKER_URL: "http://shim.test",
           // Limits for the route's tests (test/model.test.ts), in kit deploy's form.
+          // The egress allowlist of test/egress.test.ts, in kit deploy's form.
+          KIT_EGRESS: JSON.stringify([{ host: "upstream.test", wildcard: false, port: null }]),
           KIT_LIMITS: JSON.stringify({ models: ["claude-opus-5-5", "claude-haiku-*"], turn_tokens: 1000, session_tokens: 1500 }),
         },
         outboundService: upstream,

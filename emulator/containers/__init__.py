@@ -25,8 +25,9 @@ Emulated:
   on 8080 as on Cloudflare (ARCHITECTURE §9);
 - leftovers of a killed emulator are removed at start (the runner id's label).
 
-Not emulated: outbound interception (``interceptOutboundHttp(s)``; a container reaches no
-network at all, so the runtime cannot yet reach the DO's store or model route), ``exec``,
+Not emulated: outbound interception (``interceptOutboundHttp(s)``): a container reaches
+only the loopback URLs in its env (the shim's, through the runner's relay) and nothing else,
+so ``[sandbox] egress`` is not rehearsed; ``exec``,
 snapshots, ``setInactivityTimeout``, ``labels``, ``enableInternet``, disk limits, custom
 instance sizes, start latency, WebSocket upgrades through the port proxy.
 

@@ -12,6 +12,9 @@ from emulator.fly_api.errors import ApiError, bad_request
 from emulator.fly_api.resources import secret_json
 from emulator.fly_api.wire import Endpoint, body
 
+DESTROY_WAIT_S = 60.0
+"""How long deleting an app waits for its machines' runs to be removed."""
+
 
 def app_endpoints(backend: FlyBackend) -> list[Endpoint]:
     """The app-level operations over ``backend``."""
@@ -29,7 +32,11 @@ def app_endpoints(backend: FlyBackend) -> list[Endpoint]:
         return apps.get(request.path_params["app"]).json()
 
     async def delete_app(request: Request) -> Any:
-        apps.delete(request.path_params["app"])
+        # Fly answers 202 and destroys the machines behind it; here the answer waits until
+        # their runs are gone, so a deleted app leaves no container on this host.
+        machines = apps.delete(request.path_params["app"])
+        for m in machines:
+            await backend.wait(m, {"destroyed"}, DESTROY_WAIT_S, None)
         return Response(status_code=202)
 
     # -- secrets and IPs -------------------------------------------------------------------

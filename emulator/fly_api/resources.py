@@ -100,13 +100,15 @@ class AppRegistry:
             self._idempotency[key] = name
         return app
 
-    def delete(self, name: str) -> None:
-        """Apps_delete: forget the app, destroying its machines."""
+    def delete(self, name: str) -> list[Machine]:
+        """Apps_delete: forget the app, destroying its machines; the machines being
+        destroyed."""
         app = self.get(name)
-        for m in app.machines.values():
-            if m.state != State.DESTROYED:
-                self._backend.destroy(m)
+        doomed = [m for m in app.machines.values() if m.state != State.DESTROYED]
+        for m in doomed:
+            self._backend.destroy(m)
         del self._apps[name]
+        return doomed
 
     def find(self, org_slug: str | None) -> list[App]:
         """Apps_list, filtered by org."""

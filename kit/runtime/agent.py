@@ -36,6 +36,7 @@ from kit.bundle import Bundle
 from kit.protocol.runtime_api import RuntimeEvent, TurnRequest
 from kit.protocol.runtime_config import RuntimeConfig
 from kit.protocol.turns import TURN_FAILED
+from kit.runtime.certs import intercepted_tls_env
 from kit.runtime.egress_forwarder import proxy_env
 from kit.runtime.errors import AgentRuntimeError
 from kit.runtime.translate import translate
@@ -142,6 +143,7 @@ class Agent:
             env["ANTHROPIC_UNIX_SOCKET"] = cfg.model_unix_socket
         if self.egress_proxy:
             env.update(proxy_env(self.egress_proxy))
+        env.update(intercepted_tls_env(cfg.tmp_dir))
         tools = list(agent.allowed_tools)
         return ClaudeAgentOptions(
             cwd=cwd,

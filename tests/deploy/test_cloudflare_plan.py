@@ -17,11 +17,13 @@ from kit.deploy.cloudflare.apply import workers_dev_url
 from kit.deploy.cloudflare.deploy import desired, load_shim
 from kit.deploy.cloudflare.plan import StepKind, plan
 from kit.deploy.cloudflare.target import (
+    EGRESS_VAR,
     INSTANCE_TYPES,
     LIMITS_VAR,
     MAX_VAR_BYTES,
     CloudflareTarget,
     dockerfile,
+    egress_var,
     limits_var,
     read_jsonc,
 )
@@ -92,6 +94,7 @@ def test_the_config_carries_the_shims_bindings_and_adds_the_container(tmp_path: 
     assert config["vars"]["KIT_SANDBOX_TIER"] == "standard-2"
     assert config["vars"]["KIT_BUNDLE_DIGEST"] == bundle.digest
     assert config["vars"][LIMITS_VAR] == "{}"  # the example sets no [limits]: kit's defaults
+    assert config["vars"][EGRESS_VAR] == "[]"  # nor an egress allowlist: kit's routes only
     assert config["containers"] == [
         {
             "name": "acme-support-sandboxes",
@@ -144,6 +147,36 @@ def test_limits_too_big_for_a_worker_variable_are_refused_naming_the_fix() -> No
         DeployError, match=r"over the 5120 a Cloudflare variable may hold: list fewer"
     ):
         limits_var(many)
+
+
+def test_the_config_carries_the_egress_allowlist_as_parsed_rules(tmp_path: Path) -> None:
+    """KIT_EGRESS is [sandbox] egress as the rules kit's egress proxy matches (what the
+    shim's outbound interception reads, worker_shim/src/egress.ts), compact; too many
+    entries for a Worker variable are one DeployError that says what to trim."""
+    project = tmp_path / "agent"
+    shutil.copytree(EXAMPLE_PROJECT, project, ignore=shutil.ignore_patterns(".kit"))
+    toml = project / "kit.toml"
+    text = toml.read_text()
+    assert "egress" not in text
+    toml.write_text(
+        text.replace(
+            "[sandbox]", '[sandbox]\negress = ["API.github.com.", "*.pypi.org", "127.0.0.1:8080"]'
+        )
+    )
+    bundle = build_bundle(load_project(project), tmp_path / "bundles")
+    want = desired(
+        CloudflareTarget("acme", "basic"), load_shim(SHIM), bundle, "kit-runtime:x", SECRETS,
+        build_dir=tmp_path,
+    )  # fmt: skip
+    assert json.loads(want.config["vars"][EGRESS_VAR]) == [
+        {"host": "api.github.com", "wildcard": False, "port": None},
+        {"host": "pypi.org", "wildcard": True, "port": None},
+        {"host": "127.0.0.1", "wildcard": False, "port": 8080},
+    ]
+    assert " " not in want.config["vars"][EGRESS_VAR]
+    assert egress_var(()) == "[]"
+    with pytest.raises(DeployError, match=r"over the 5120 a Cloudflare variable may hold: list"):
+        egress_var(tuple(f"host-{i:03}.example.com" for i in range(150)))
 
 
 def test_the_dockerfile_adds_the_bundle_to_the_runtime_image() -> None:

@@ -21,6 +21,9 @@ export interface Env {
   KIT_LIMITS?: string;
   /** Where model calls go (default https://api.anthropic.com; the offline model in a rehearsal). */
   KIT_MODEL_UPSTREAM?: string;
+  /** The bundle's `[sandbox] egress` allowlist as JSON rules (kit/deploy/cloudflare/target.py
+   * `egress_var`); absent or `[]`: a sandbox reaches only kit's own routes (egress.ts). */
+  KIT_EGRESS?: string;
   /** This Worker's URL as a container reaches it (default `http://kit.internal`, served by
    * outbound interception; a rehearsal's wrangler dev URL on loopback). */
   KIT_WORKER_URL?: string;

@@ -23,20 +23,18 @@
 import { control } from "./control";
 import type { Env } from "./env";
 import { noSessionSocket } from "./nosession";
-import { MODEL_PATH } from "./session";
+import { json, sandboxCall, sandboxRouteOf, UUID } from "./sandboxroutes";
 import { sessionIndex } from "./sessionindex";
-import { STORE_METHODS, storeUrl } from "./storeapi";
+import { storeUrl } from "./storeapi";
 import { randomToken, sameText, sha256 } from "./tokens";
 
+export { KitEgress } from "./egress";
 export { SessionDO } from "./session";
 export { SessionIndex } from "./sessionindex";
 export type { Env } from "./env";
 export type { ContainerLike } from "./runtime";
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const WS_PATH = /^\/v1\/sessions\/([^/]+)\/ws$/;
-const MODEL_ID = /^\/v1\/sessions\/([^/]+)\/model\//;
-const STORE_PATH = /^\/v1\/sessions\/([^/]+)\/store\/([^/]+)$/;
 const STORE_TOKEN_PATH = /^\/v1\/sessions\/([^/]+)\/store-token$/;
 
 export default {
@@ -47,16 +45,8 @@ export default {
     if (ws !== null && request.method === "GET" && request.headers.get("upgrade")?.toLowerCase() === "websocket") {
       return openSocket(request, env, ws[1]);
     }
-    const model = MODEL_ID.exec(url.pathname);
-    if (model !== null && MODEL_PATH.test(url.pathname)) {
-      if (!UUID.test(model[1])) {
-        await request.body?.cancel();
-        return json({ type: "error", error: { type: "not_found_error", message: "No such session." } }, 404);
-      }
-      return env.SESSION.getByName(model[1]).fetch(request);
-    }
-    const store = STORE_PATH.exec(url.pathname);
-    if (store !== null && request.method === "POST") return storeCall(request, env, store[1], store[2]);
+    const sandbox = sandboxRouteOf(request, url);
+    if (sandbox !== null) return sandboxCall(request, env, sandbox);
     if (!(await authorized(request, env))) {
       return json({ error: "unauthorized", message: "Send Authorization: Bearer <the host's API token>." }, 401, {
         "www-authenticate": "Bearer",
@@ -81,24 +71,6 @@ async function createSession(url: URL, env: Env): Promise<Response> {
   await env.SESSION.getByName(sessionId).init(sessionId, await sha256(token), env.KIT_SANDBOX_TIER || "basic");
   const scheme = url.protocol === "https:" ? "wss" : "ws";
   return json({ session_id: sessionId, token, ws_url: `${scheme}://${url.host}/v1/sessions/${sessionId}/ws` }, 201);
-}
-
-/** A transcript store call, forwarded to the session's DO (which checks the store token);
- * refused here only where no DO could take it, with kit/host/store_routes.py's bodies. */
-async function storeCall(request: Request, env: Env, id: string, method: string): Promise<Response> {
-  if (!STORE_METHODS.includes(method) || !UUID.test(id)) {
-    await request.body?.cancel();
-    return STORE_METHODS.includes(method)
-      ? json({ error: "refused", message: "a live session token is required" }, 401)
-      : json({ error: "refused", message: `no store method '${method}'` }, 404);
-  }
-  try {
-    return await env.SESSION.getByName(id).fetch(request);
-  } catch (exc) {
-    // The DO is being reset or is overloaded: the sandbox's store retries a 503.
-    console.error(`store ${method} for session ${id}: the DO did not answer`, exc);
-    return json({ error: "refused", message: "The session's Durable Object did not answer; retry." }, 503);
-  }
 }
 
 /** POST /v1/sessions/{id}/store-token (API token): a store token for API use, and the
@@ -216,8 +188,4 @@ async function authorized(request: Request, env: Env): Promise<boolean> {
   const space = header.indexOf(" ");
   if (!env.KIT_API_TOKEN || space < 0 || header.slice(0, space).toLowerCase() !== "bearer") return false;
   return sameText(header.slice(space + 1).trim(), env.KIT_API_TOKEN);
-}
-
-function json(body: unknown, status: number, headers: Record<string, string> = {}): Response {
-  return new Response(JSON.stringify(body), { status, headers: { "content-type": "application/json", ...headers } });
 }

@@ -34,6 +34,9 @@ export interface RunnerHost {
   beginTurn?(turnId: string): void;
   /** The sandbox's model and store tokens stop working (it exited, or never started). */
   revokeSandboxTokens(): void;
+  /** Route the container's outbound HTTP(S) through the Worker (egress.ts), before it
+   * starts and again when an instance adopts it. */
+  intercept(container: ContainerLike): Promise<void>;
 }
 
 /** A sandbox this instance watches with monitor(). */
@@ -275,10 +278,17 @@ export class TurnRunner {
     if (live !== null && live.exit === null && live.container === container && container.running) return live;
     const token = this.log.meta("runtime_token");
     if (live === null && container !== null && container.running && token) {
-      // Started by an instance that is gone, with no turn in it: watch it from here.
-      const adopted = this.watch(container, this.log.meta("sandbox_id") ?? "sbx-unknown", new ContainerRuntime(container, token), true);
-      this.live = adopted;
-      return adopted;
+      // Started by an instance that is gone, with no turn in it: watch it from here, its
+      // outbound calls bound to this instance (one that cannot be is replaced below).
+      try {
+        await this.host.intercept(container);
+        const adopted = this.watch(container, this.log.meta("sandbox_id") ?? "sbx-unknown", new ContainerRuntime(container, token), true);
+        this.live = adopted;
+        return adopted;
+      } catch (exc) {
+        console.error(`session ${this.log.meta("session_id")}: the running container cannot be adopted`, exc);
+        await destroyQuietly(container);
+      }
     }
     this.host.publish(this.log.append("sandbox", { state: "starting", tier }, turnId));
     let started: Live | null = null;
@@ -298,6 +308,7 @@ export class TurnRunner {
       const sessionId = this.log.meta("session_id") ?? "";
       // The whole config in one variable: the runtime moves it to a private file and starts
       // itself again without it (kit/runtime/config.py), so no tool sees the tokens.
+      await this.host.intercept(container);
       runtime.start(tier, { [CONFIG_JSON_ENV]: JSON.stringify(await this.host.runtimeConfig(runtimeToken, modelToken)) });
       started = this.watch(container, sandboxId, runtime, false);
       const ready = await runtime.ready(sessionId, this.readyTimeoutMs);

@@ -20,6 +20,10 @@ export interface ContainerLike {
    * kit's container emulator, which Cloudflare's `ctx.container` does not have. Resolves
    * once the container died (exit 137, OOM). */
   oom?(): Promise<void>;
+  /** Outbound interception (workerd's Container; HttpContainer has none: a rehearsal's
+   * container reaches the Worker on loopback). */
+  interceptAllOutboundHttp?(binding: Fetcher): Promise<void>;
+  interceptOutboundHttps?(addr: string, binding: Fetcher): Promise<void>;
 }
 
 /** What the shim uses of `getTcpPort(port)`: workerd's Fetcher has it. */

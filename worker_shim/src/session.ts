@@ -30,7 +30,8 @@ import { CONTROL_PREFIX, SessionControl } from "./sessioncontrol";
 import { HttpContainer } from "./httpcontainer";
 import { MODEL_PATH, ModelRoute } from "./model";
 export { MODEL_PATH } from "./model";
-import { RUNTIME_PORT, type ContainerLike } from "./runtime";
+import { RUNTIME_PORT, RuntimeLost, type ContainerLike } from "./runtime";
+import { WORKER_HOST, type EgressProps } from "./egress";
 import { STORE_CALL, StoreApi, storeUrl } from "./storeapi";
 import { sameText, sha256 } from "./tokens";
 
@@ -101,6 +102,7 @@ export class SessionDO extends DurableObject<Env> {
         this.log.setMeta("model_token_sha256", "");
         this.storeApi.revokeToken("sandbox");
       },
+      intercept: (container) => this.intercept(container),
     });
     // A turn still open in the log is resumed by the alarm or the next client message
     // (runner.resume), not from here: a turn runs on after the event that started it.
@@ -331,12 +333,30 @@ export class SessionDO extends DurableObject<Env> {
     return this.emulated;
   }
 
+  /** Hand the container's outbound HTTP(S) to KitEgress (egress.ts), bound to this
+   * session: the only way its model and store calls reach this DO, and its allowlist. Not
+   * where KIT_WORKER_URL names the Worker (a rehearsal's loopback URL; HttpContainer has no
+   * interception). A container that cannot be intercepted is not started: it would reach
+   * nothing of kit's, and maybe the internet. */
+  private async intercept(container: ContainerLike): Promise<void> {
+    if (this.env.KIT_WORKER_URL) return;
+    const make = (this.ctx.exports as { KitEgress?: (options: { props: EgressProps }) => Fetcher } | undefined)?.KitEgress;
+    if (make === undefined || container.interceptAllOutboundHttp === undefined || container.interceptOutboundHttps === undefined) {
+      throw new RuntimeLost(
+        "This runtime cannot intercept the container's outbound HTTP (ctx.exports.KitEgress, interceptAllOutboundHttp, interceptOutboundHttps): update wrangler and the compatibility date, or set KIT_WORKER_URL in a rehearsal.",
+      );
+    }
+    const binding = make({ props: { sessionId: this.log.meta("session_id") ?? "" } });
+    await container.interceptAllOutboundHttp(binding);
+    await container.interceptOutboundHttps("*", binding);
+  }
+
   /** The runtime's start-up config (kit/protocol/runtime_config.py RuntimeConfig, as
    * kit/host/sandbox.py runtime_config makes it), passed in the container's environment:
    * the paths of kit's runtime image, the model route of this session on the Worker. */
   private async runtimeConfig(runtimeToken: string, modelToken: string): Promise<Record<string, unknown>> {
     const sessionId = this.log.meta("session_id") ?? "";
-    const worker = (this.env.KIT_WORKER_URL || "http://kit.internal").replace(/\/$/, "");
+    const worker = (this.env.KIT_WORKER_URL || `http://${WORKER_HOST}`).replace(/\/$/, "");
     return {
       session_id: sessionId,
       // kit deploy's image holds the bundle in /bundles/<digest[:32]> (as a Fly sandbox does).

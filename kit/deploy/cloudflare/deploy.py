@@ -73,6 +73,7 @@ def desired(
         build_context=bundle.path,
         bundle_digest=bundle.digest,
         limits=bundle.limits,
+        egress=bundle.egress,
     )
     return Desired(
         target=target,

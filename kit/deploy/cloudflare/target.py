@@ -6,7 +6,8 @@ A deployment named ``worker`` (docs/deploy-cloudflare.md) is:
 - the Worker ``worker``: the shim (``worker_shim/src/index.ts``) with one ``SessionDO`` per
   session (the shim's own bindings and migrations, read from its ``wrangler.jsonc``); its
   vars name the tier and the bundle and carry the bundle's ``[limits]``
-  (:func:`limits_var`, enforced by the shim's model route), its secrets are
+  (:func:`limits_var`, enforced by the shim's model route) and its ``[sandbox] egress``
+  allowlist (:func:`egress_var`, enforced by the shim's outbound interception), its secrets are
   ``KIT_API_TOKEN`` and ``ANTHROPIC_API_KEY``;
 - the container application ``<worker>-sandboxes``: each ``SessionDO``'s container, at the
   tier's instance type, from an image wrangler builds from :func:`dockerfile`: kit's runtime
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kit.bundle.allowlist import parse_rule
 from kit.bundle.limits import Limits
 from kit.deploy.errors import DeployError
 from kit.tiers import TIERS, get_tier
@@ -41,6 +43,9 @@ SESSION_BINDING = "SESSION"
 """The shim's Durable Object binding (worker_shim/src/env.ts): its class runs containers."""
 LIMITS_VAR = "KIT_LIMITS"
 """The var that carries the bundle's ``[limits]`` to the shim (worker_shim/src/env.ts)."""
+EGRESS_VAR = "KIT_EGRESS"
+"""The var that carries the bundle's ``[sandbox] egress`` allowlist to the shim's outbound
+interception (worker_shim/src/egress.ts)."""
 MAX_VAR_BYTES = 5 * 1024
 """Cloudflare's limit on one Worker variable (5 KB)."""
 BUNDLES = "/bundles"
@@ -146,6 +151,25 @@ def limits_var(limits: Limits) -> str:
     return text
 
 
+def egress_var(entries: tuple[str, ...]) -> str:
+    """The value of :data:`EGRESS_VAR`: the allowlist's rules as parsed by
+    :func:`kit.bundle.allowlist.parse_rule` (``[{"host", "wildcard", "port"}]``, ``port``
+    null for 443 and 80), compact JSON; ``[]`` for none. DeployError when it is over the
+    5 KB a Worker variable may hold."""
+    rules = [parse_rule(entry) for entry in entries]
+    text = json.dumps(
+        [{"host": r.host, "wildcard": r.wildcard, "port": r.port} for r in rules],
+        separators=(",", ":"),
+    )
+    if len(text.encode()) > MAX_VAR_BYTES:
+        raise DeployError(
+            f"kit.toml's [sandbox] egress takes {len(text.encode())} bytes as the Worker "
+            f"variable {EGRESS_VAR}, over the {MAX_VAR_BYTES} a Cloudflare variable may hold: "
+            'list fewer hosts (a wildcard such as "*.example.com" covers many).'
+        )
+    return text
+
+
 def bundle_path(digest: str) -> str:
     """Where the bundle ``digest`` is in the image."""
     return f"{BUNDLES}/{digest[:32]}"
@@ -174,11 +198,13 @@ def wrangler_config(
     build_context: Path,
     bundle_digest: str,
     limits: Limits,
+    egress: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The Worker's wrangler config: the shim's (its bindings, migrations, compatibility
     date and vars; its ``dev`` settings left out), named ``target.worker``, ``main``
-    pointing at the shim's entry, the tier, the bundle and its ``limits`` as vars, and the
-    ``containers`` entry of the session class at the tier's instance type."""
+    pointing at the shim's entry, the tier, the bundle, its ``limits`` and ``egress``
+    allowlist as vars, and the ``containers`` entry of the session class at the tier's
+    instance type."""
     config = {k: v for k, v in shim_config.items() if k not in ("$schema", "dev")}
     vars_ = config.get("vars", {})
     config.update(
@@ -190,6 +216,7 @@ def wrangler_config(
             "KIT_SANDBOX_TIER": target.tier,
             "KIT_BUNDLE_DIGEST": bundle_digest,
             LIMITS_VAR: limits_var(limits),
+            EGRESS_VAR: egress_var(egress),
         },
         containers=[
             {

@@ -1,0 +1,179 @@
+// Outbound interception (src/egress.ts): in production a session's container reaches kit's
+// routes as http://kit.internal and the internet only through KitEgress, bound to its
+// session before it starts. vitest.config.mts binds KIT_EGRESS (upstream.test on the
+// default ports); a test's DO drops KIT_WORKER_URL so it behaves as a deployed one.
+
+import { SELF, runInDurableObject } from "cloudflare:test";
+import { env } from "cloudflare:workers";
+import { describe, expect, it } from "vitest";
+import { egressRules, matches } from "../src/egress";
+import { kitJson } from "./controlhelpers";
+import { FakeContainer } from "./fake_runtime";
+import { Driver } from "./golden";
+import { AUTH, attachContainer, createSession, live, untilEnd, type Frame } from "./helpers";
+import { sandboxToken } from "./storehelp";
+
+/** A fake container with workerd's interception calls, recorded in order with its starts. */
+class InterceptedContainer extends FakeContainer {
+  readonly calls: string[] = [];
+  binding: Fetcher | null = null;
+
+  override start(options?: ContainerStartupOptions): void {
+    this.calls.push("start");
+    super.start(options);
+  }
+
+  async interceptAllOutboundHttp(binding: Fetcher): Promise<void> {
+    this.calls.push("http *");
+    this.binding = binding;
+  }
+
+  async interceptOutboundHttps(addr: string, binding: Fetcher): Promise<void> {
+    this.calls.push(`https ${addr}`);
+    expect(binding).toBe(this.binding);
+  }
+}
+
+/** The session's DO as deployed: no KIT_WORKER_URL, so its container calls kit.internal. */
+async function deployedSession(container: FakeContainer): Promise<{ sessionId: string; token: string }> {
+  const session = await createSession();
+  await asDeployed(session.session_id, container);
+  return { sessionId: session.session_id, token: session.token };
+}
+
+/** The session's DO instance gets `container` and loses KIT_WORKER_URL. */
+async function asDeployed(sessionId: string, container: FakeContainer): Promise<void> {
+  await attachContainer(sessionId, container);
+  await runInDurableObject(env.SESSION.getByName(sessionId), (instance) => {
+    const holder = instance as unknown as { env: Record<string, unknown> };
+    holder.env = { ...holder.env, KIT_WORKER_URL: "" };
+  });
+}
+
+/** `fn` with the container's interception binding, inside the DO that made it (an I/O
+ * object of one Durable Object cannot be used from another context). */
+async function viaEgress<T>(sessionId: string, container: InterceptedContainer, fn: (egress: Fetcher) => Promise<T>): Promise<T> {
+  return runInDurableObject(env.SESSION.getByName(sessionId), () => fn(container.binding!));
+}
+
+async function oneTurn(session: { sessionId: string; token: string }): Promise<Frame[]> {
+  const a = await live({ session_id: session.sessionId, token: session.token, ws_url: "" });
+  a.send(JSON.stringify({ type: "user", client_msg_id: "c-1", text: "one" }));
+  const frames = await untilEnd(a);
+  a.close();
+  return frames;
+}
+
+describe("outbound interception", () => {
+  it("binds the container's HTTP and HTTPS to the session before it starts; kit.internal reaches its own model and store routes only", async () => {
+    const container = new InterceptedContainer();
+    const session = await deployedSession(container);
+    const frames = await oneTurn(session);
+    expect(frames.at(-1)?.kind).toBe("result");
+    expect(container.calls).toEqual(["http *", "https *", "start"]);
+    const config = JSON.parse((container.starts[0].env ?? {}).KIT_RUNTIME_CONFIG_JSON) as Record<string, string>;
+    expect(config.model_base_url).toBe(`http://kit.internal/v1/sessions/${session.sessionId}/model`);
+    expect(config.store_url).toBe(`do+http://kit.internal/v1/sessions/${session.sessionId}/store`);
+    const sandboxStoreToken = await sandboxToken(session.sessionId);
+    const other = await createSession();
+    await viaEgress(session.sessionId, container, async (egress) => {
+    // The model call reaches the upstream with the real key, which the container never had.
+    const model = await egress.fetch(`${config.model_base_url}/v1/messages`, {
+      method: "POST",
+      headers: { "x-api-key": config.model_token, "content-type": "application/json" },
+      body: JSON.stringify({ model: "claude-opus-5-5", max_tokens: 10, messages: [] }),
+    });
+    expect(model.status).toBe(200);
+    expect(((await model.json()) as { x_api_key: string }).x_api_key).toBe(env.ANTHROPIC_API_KEY);
+    // So does a store call, with the sandbox's store token.
+    const store = await egress.fetch(`http://kit.internal/v1/sessions/${session.sessionId}/store/load`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${sandboxStoreToken}`, "content-type": "application/json" },
+      body: JSON.stringify({ key: { project_key: "kit", session_id: session.sessionId } }),
+    });
+    expect(store.status).toBe(200);
+    expect(await store.json()).toEqual({ result: null });
+
+    // Another session's routes and the Worker's API are not the sandbox's, token or not.
+    for (const [url, headers] of [
+      [`http://kit.internal/v1/sessions/${other.session_id}/model/v1/messages`, { "x-api-key": config.model_token }],
+      ["http://kit.internal/_kit/sessions", AUTH],
+      ["http://kit.internal/v1/sessions", AUTH],
+    ] as const) {
+      const refused = await egress.fetch(url, { method: "POST", headers, body: "{}" });
+      expect(refused.status, url).toBe(403);
+      expect(((await refused.json()) as { message: string }).message).toContain("only its own session's");
+    }
+    });
+  });
+
+  it("binds a running container again when a new instance adopts it", async () => {
+    const container = new InterceptedContainer();
+    const session = await deployedSession(container);
+    const first = await oneTurn(session);
+    expect(first.at(-1)?.kind).toBe("result");
+    expect(await kitJson("POST", `/do/${session.sessionId}/evict`)).toMatchObject({ status: 200 });
+    container.forgetInstance(); // the container outlived the instance
+    await asDeployed(session.sessionId, container);
+    const a = await Driver.open(session.sessionId);
+    a.send(JSON.stringify({ type: "hello", token: session.token, last_seq: first.at(-1)!.seq }));
+    expect(await a.recv()).toMatchObject({ type: "welcome", resume: "none" });
+    a.send(JSON.stringify({ type: "user", client_msg_id: "c-2", text: "two" }));
+    const frames = await untilEnd(a);
+    a.close();
+    expect(frames.at(-1)?.data?.text).toBe("You said: two. How can I help?");
+    expect(container.calls).toEqual(["http *", "https *", "start", "http *", "https *"]);
+  });
+
+  it("lets through what [sandbox] egress allows and refuses the rest, naming the fix", async () => {
+    const container = new InterceptedContainer();
+    const session = await deployedSession(container);
+    await oneTurn(session);
+    await viaEgress(session.sessionId, container, async (egress) => {
+    const allowed = await egress.fetch("http://UPSTREAM.test./anything", { method: "POST", body: "{}" });
+    expect(allowed.status).toBe(200);
+    expect(((await allowed.json()) as { url: string }).url).toContain("upstream.test");
+    for (const url of ["http://elsewhere.test/", "http://upstream.test:8080/", "http://sub.upstream.test/", "http://[::1]/"]) {
+      const refused = await egress.fetch(url);
+      expect(refused.status, url).toBe(403);
+      expect(await refused.text()).toMatch(/not on this agent's egress allowlist\. Add it to \[sandbox\] egress in kit\.toml/);
+    }
+    });
+  });
+
+  it("starts no container it cannot intercept: the turn fails with a sandbox failure that says why", async () => {
+    const container = new FakeContainer(); // no interception methods
+    const session = await deployedSession(container);
+    const frames = await oneTurn(session);
+    expect(container.starts).toHaveLength(0);
+    const failed = frames.filter((f) => f.kind === "sandbox" && f.data?.state === "failed");
+    expect(failed.length).toBeGreaterThan(0);
+    expect(String(failed[0].data?.message)).toContain("cannot intercept the container's outbound HTTP");
+    expect(frames.at(-1)?.data?.code).toBe("turn_failed");
+  });
+});
+
+describe("egress rules", () => {
+  it("match as kit/bundle/allowlist.py's do", () => {
+    const [exact, wild, port] = egressRules(
+      JSON.stringify([
+        { host: "api.github.com", wildcard: false, port: null },
+        { host: "pypi.org", wildcard: true, port: null },
+        { host: "127.0.0.1", wildcard: false, port: 8080 },
+      ]),
+    );
+    expect(matches(exact, "api.github.com", 443)).toBe(true);
+    expect(matches(exact, "api.github.com", 80)).toBe(true);
+    expect(matches(exact, "api.github.com", 8443)).toBe(false);
+    expect(matches(exact, "x.api.github.com", 443)).toBe(false);
+    expect(matches(wild, "files.pypi.org", 443)).toBe(true);
+    expect(matches(wild, "a.b.pypi.org", 80)).toBe(true);
+    expect(matches(wild, "pypi.org", 443)).toBe(false);
+    expect(matches(wild, "evilpypi.org", 443)).toBe(false);
+    expect(matches(port, "127.0.0.1", 8080)).toBe(true);
+    expect(matches(port, "127.0.0.1", 443)).toBe(false);
+    expect(egressRules(undefined)).toEqual([]);
+    expect(() => egressRules('{"host": "x"}')).toThrow(/not a JSON list/);
+    expect(() => egressRules('[{"host": "x"}]')).toThrow(/not \{host, wildcard, port\}/);
+  });
+});
