@@ -24,6 +24,7 @@ function gate(name: string): Promise<void> {
 async function upstream(request: Request): Promise<Response> {
   const url = new URL(request.url);
   if (url.pathname === "/__seen") return Response.json(seen);
+  if (url.pathname === "/__redirect") return new Response(null, { status: 302, headers: { location: url.searchParams.get("to") ?? "/" } });
   if (url.pathname.startsWith("/__release/")) {
     void gate(url.pathname.slice("/__release/".length));
     gates.get(url.pathname.slice("/__release/".length))?.();
@@ -71,6 +72,8 @@ export default defineConfig({
           ANTHROPIC_API_KEY: "sk-ant-test-real-key",
           KIT_MODEL_UPSTREAM: "http://upstream.test",
           KIT_WORKER_URL: "http://shim.test",
+          // test/model.test.ts calls the model route directly (src/index.ts).
+          KIT_PUBLIC_MODEL_ROUTE: "1",
           // Limits for the route's tests (test/model.test.ts), in kit deploy's form.
           // The egress allowlist of test/egress.test.ts, in kit deploy's form.
           KIT_EGRESS: JSON.stringify([{ host: "upstream.test", wildcard: false, port: null }]),

@@ -13,6 +13,9 @@ Every route wants ``Authorization: Bearer <token>`` or, so that the shim's own
     POST /containers/{id}/oom       → 200 {"exit_code": 137, "oom": true} once it died (a
                                     rehearsal hook: Cloudflare has none)
     POST /containers/{id}/destroy   → 204
+    POST /containers/{id}/intercept {"url", "token"} → 204: deliver the container's HTTP to
+                                    kit.internal to ``url`` (the Worker, on loopback) with
+                                    ``token``, from its next start on (emulator.containers.egress)
     ANY  /containers/{id}/ports/{port}/{path} → the container's HTTP answer, streamed
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from typing import Any
 
 from starlette.applications import Starlette
@@ -33,6 +37,10 @@ from emulator.containers.backend import MONITOR_LIMIT_S, ContainersBackend
 from emulator.containers.errors import ApiError, ContainersEmulatorError
 from emulator.containers.proxy import EMULATOR_AUTH, proxy
 
+LOOPBACK_HTTP = re.compile(
+    r"^http://(?:127\.\d{1,3}\.\d{1,3}\.\d{1,3}|localhost|\[::1\])(?::\d{1,5})?/"
+)
+"""Where intercepted requests may be delivered: the Worker on this host's loopback."""
 MAX_BODY = 1 << 20
 """The largest JSON body a control route reads (a start's env)."""
 
@@ -138,6 +146,21 @@ def create_app(backend: ContainersBackend, *, token: str) -> ASGIApp:
         await backend.destroy(request.path_params["id"])
         return Response(status_code=204)
 
+    async def intercept(request: Request) -> Response:
+        body = await _json(request)
+        url, token = body.get("url"), body.get("token")
+        if not isinstance(url, str) or not LOOPBACK_HTTP.match(url):
+            raise ApiError(
+                400,
+                "bad_url",
+                '"url" must be an http URL on loopback (http://127.0.0.1:PORT/…): the Worker '
+                "under wrangler dev.",
+            )
+        if not isinstance(token, str) or not token.strip():
+            raise ApiError(400, "bad_token", '"token" must be a non-empty string.')
+        backend.intercept(request.path_params["id"], url, token)
+        return Response(status_code=204)
+
     async def ports(request: Request) -> Response:
         port = int(request.path_params["port"])
         if not 1 <= port <= 65535:
@@ -163,6 +186,7 @@ def create_app(backend: ContainersBackend, *, token: str) -> ASGIApp:
             Route(f"{base}/signal", signal, methods=["POST"]),
             Route(f"{base}/oom", oom, methods=["POST"]),
             Route(f"{base}/destroy", destroy, methods=["POST"]),
+            Route(f"{base}/intercept", intercept, methods=["POST"]),
             Route(f"{base}/ports/{{port:int}}/{{path:path}}", ports, methods=methods),
             Route(f"{base}/ports/{{port:int}}", ports, methods=methods),
         ],

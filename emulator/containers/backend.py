@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from emulator.containers.egress import EgressRelay, Interception
 from emulator.containers.errors import ApiError, RunnerError
 from emulator.containers.runner import KILLED, Exit, LaunchSpec, Runner
 from kit.tiers import LEGACY_NAMES, TIERS, Tier
@@ -78,11 +79,32 @@ class ContainersBackend:
     """Every container of the emulator, run by ``runner``; ``image`` is the default image
     (kit's runtime image) for a start that names none."""
 
-    def __init__(self, runner: Runner, *, image: str | None = None) -> None:
+    def __init__(
+        self, runner: Runner, *, image: str | None = None, relay: EgressRelay | None = None
+    ) -> None:
+        """``relay`` delivers intercepted requests (none: ``intercept`` is refused)."""
         self.runner = runner
         self.image = image
+        self.relay = relay
         self.containers: dict[str, Container] = {}
+        self.interceptions: dict[str, Interception] = {}
         self._starting: set[str] = set()
+
+    def intercept(self, container_id: str, url: str, token: str) -> None:
+        """Deliver the container's HTTP to ``url`` with ``token`` from its next start on (at
+        once, where a run already has a route); 501 where runs cannot be intercepted."""
+        if self.relay is None or not getattr(self.runner, "intercepts", False):
+            raise ApiError(
+                501,
+                "not_supported",
+                "This emulator cannot intercept a container's outbound HTTP (it needs Docker): "
+                "run kit dev --target cloudflare where Docker runs (scripts/docker-up).",
+            )
+        found = self.interceptions.get(container_id)
+        if found is None:
+            self.interceptions[container_id] = Interception(url, token)
+        else:
+            found.url, found.token = url, token
 
     def get(self, container_id: str) -> Container | None:
         """The container of ``container_id``, if it was ever started."""
@@ -113,7 +135,15 @@ class ContainersBackend:
         try:
             if found is not None:
                 await self._settle(found)
-            await self.runner.launch(LaunchSpec(container_id, chosen, tier, dict(env), entrypoint))
+            interception = self.interceptions.get(container_id)
+            route = (
+                self.relay.route(container_id, interception)
+                if self.relay is not None and interception is not None
+                else None
+            )
+            await self.runner.launch(
+                LaunchSpec(container_id, chosen, tier, dict(env), entrypoint, egress=route)
+            )
         except RunnerError as exc:
             raise ApiError(502, "start_failed", str(exc)) from exc
         finally:

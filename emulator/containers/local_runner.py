@@ -70,6 +70,9 @@ class _Run:
 class LocalRunner:
     """Runs each container as a local process tree (see the module docstring)."""
 
+    intercepts = False
+    """No outbound interception: a run shares the host's /etc/hosts."""
+
     def __init__(self, *, root: Path | None = None) -> None:
         self.root = root or Path(tempfile.mkdtemp(prefix="kit-cf-local-"))
         self.isolated = os.geteuid() == 0

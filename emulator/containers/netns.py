@@ -170,10 +170,16 @@ class _Body(httpx.AsyncByteStream):
         await self._answer.aclose()
 
 
-async def forward_out(pid: int, port: int) -> asyncio.Server:
+async def forward_out(
+    pid: int, port: int, *, to_port: int | None = None, source: str | None = None
+) -> asyncio.Server:
     """Listen on ``127.0.0.1:port`` inside ``pid``'s network namespace and relay each
-    connection to the host's ``127.0.0.1:port``: the container reaches that loopback
-    service (the shim under ``wrangler dev``) at the URL it was given, and nothing else."""
+    connection to the host's ``127.0.0.1:to_port`` (default ``port``), from the loopback
+    address ``source`` if given: the container reaches that loopback service (the shim
+    under ``wrangler dev``, the emulator's egress relay) at the URL it was given, and
+    nothing else."""
+    target = port if to_port is None else to_port
+    local = None if source is None else (source, 0)
     sock = await asyncio.to_thread(socket_in, pid)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
@@ -183,7 +189,9 @@ async def forward_out(pid: int, port: int) -> asyncio.Server:
     async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(CONNECT_LIMIT_S):
-                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+                up_reader, up_writer = await asyncio.open_connection(
+                    "127.0.0.1", target, local_addr=local
+                )
         except (OSError, TimeoutError):
             writer.close()
             return

@@ -48,7 +48,8 @@ def _request_headers(request: Request) -> list[tuple[str, str]]:
     ]
 
 
-async def _body(request: Request) -> AsyncIterator[bytes]:
+async def body_chunks(request: Request) -> AsyncIterator[bytes]:
+    """A request's body as it arrives, without empty chunks."""
     async for chunk in request.stream():
         if chunk:
             yield chunk
@@ -64,7 +65,7 @@ async def proxy(
         request.method,
         httpx.URL(f"http://127.0.0.1:{port}/{path}", query=request.url.query.encode() or None),
         headers=_request_headers(request),
-        content=_body(request) if has_body else None,
+        content=body_chunks(request) if has_body else None,
     )
     try:
         answer = await client.send(outgoing, stream=True)

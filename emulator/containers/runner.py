@@ -8,6 +8,9 @@ only runs processes. :class:`DockerRunner` makes one Docker container per start:
 - ``--network none``: the emulator reaches the container's ports through its network
   namespace (:mod:`emulator.containers.netns`), so nothing is published on the host and
   every container may use the same port, as on Cloudflare;
+- outbound interception when the start has an ``egress`` route: ``kit.internal`` resolves
+  to the container's loopback, whose port 80 is relayed to the emulator's egress relay
+  (:mod:`emulator.containers.egress`);
 - outbound: every loopback URL in the env (``http://127.0.0.1:8787/…``, the shim under
   ``wrangler dev``) is reachable at the same URL inside: the emulator listens on that port
   in the container's namespace and relays to the host's loopback (the stand-in for
@@ -32,6 +35,7 @@ from typing import Protocol
 
 import httpx
 
+from emulator.containers.egress import WORKER_HOST, EgressRoute
 from emulator.containers.errors import RunnerError
 from emulator.containers.netns import NetnsTransport, forward_out
 from emulator.sandbox.dockerapi import DEFAULT_SOCKET, ContainerSpec, DockerClient
@@ -65,6 +69,9 @@ class LaunchSpec:
     instance: Tier
     env: dict[str, str] = field(default_factory=dict)
     entrypoint: list[str] | None = None
+    egress: EgressRoute | None = None
+    """Outbound interception (:mod:`emulator.containers.egress`): ``kit.internal`` port 80
+    relayed to the emulator's egress relay."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,9 @@ class Exit:
 
 class Runner(Protocol):
     """Runs containers. Every method but :meth:`wait` returns once the action is done."""
+
+    intercepts: bool
+    """Whether a launch can take an ``egress`` route (outbound interception)."""
 
     async def launch(self, spec: LaunchSpec) -> None:
         """Start a new run of ``spec`` (a fresh root filesystem)."""
@@ -101,6 +111,8 @@ class Runner(Protocol):
 
 class DockerRunner:
     """Runs each container on the local Docker daemon (see the module docstring)."""
+
+    intercepts = True
 
     def __init__(self, *, socket_path: str = DEFAULT_SOCKET, runner_id: str | None = None):
         """``runner_id`` names this runner's containers; give a stable one (say one per
@@ -159,6 +171,7 @@ class DockerRunner:
                     pids_limit=PIDS_LIMIT,
                     read_only_root=False,
                     network="none",
+                    extra_hosts=(f"{WORKER_HOST}:127.0.0.1",) if spec.egress else (),
                 )
             )
             self._runs[spec.container_id] = cid
@@ -167,9 +180,12 @@ class DockerRunner:
         except SandboxError as exc:
             raise RunnerError(f"Cannot start container {spec.container_id}: {exc}") from exc
         servers = self._forwards.setdefault(spec.container_id, [])
-        for port in loopback_ports(spec.env):
+        outs: list[tuple[int, int, str | None]] = [(p, p, None) for p in loopback_ports(spec.env)]
+        if spec.egress is not None:
+            outs.append((80, spec.egress.port, spec.egress.source))
+        for port, to_port, source in outs:
             try:
-                servers.append(await forward_out(pid, port))
+                servers.append(await forward_out(pid, port, to_port=to_port, source=source))
             except OSError as exc:  # the process already exited or holds the port itself
                 await self.remove(spec.container_id)
                 raise RunnerError(

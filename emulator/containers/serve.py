@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from emulator.containers.app import create_app
 from emulator.containers.backend import ContainersBackend
+from emulator.containers.egress import EgressRelay
 from emulator.containers.errors import ContainersEmulatorError
 from emulator.containers.local_runner import LocalRunner
 from emulator.containers.runner import DockerRunner, Runner
@@ -44,18 +45,30 @@ async def serve(
     """Run the container API on ``host:port`` (port 0: a free one) until the block ends;
     containers still running then are removed. ``image`` is the default image of a start
     that names none (kit's runtime image)."""
-    backend = ContainersBackend(runner, image=image)
+    relay = EgressRelay()
+    backend = ContainersBackend(runner, image=image, relay=relay)
     try:
-        async with serve_app(
-            create_app(backend, token=token),
-            host=host,
-            port=port,
-            what="container emulator",
-            error=ContainersEmulatorError,
-        ) as url:
+        async with (
+            serve_app(
+                relay,
+                host="127.0.0.1",
+                port=0,
+                what="container emulator's egress relay",
+                error=ContainersEmulatorError,
+            ) as relay_url,
+            serve_app(
+                create_app(backend, token=token),
+                host=host,
+                port=port,
+                what="container emulator",
+                error=ContainersEmulatorError,
+            ) as url,
+        ):
+            relay.port = int(relay_url.rsplit(":", 1)[1])
             yield Served(url, backend)
     finally:
         await backend.close()
+        await relay.close()
 
 
 async def docker_answers(socket_path: str = DEFAULT_SOCKET) -> bool:

@@ -76,6 +76,8 @@ class ContainerSpec:
     read_only_root: bool = True
     network: Network = "none"
     working_dir: str | None = None
+    extra_hosts: tuple[str, ...] = ()
+    """``name:address`` lines added to the container's /etc/hosts."""
 
     def body(self) -> dict[str, Any]:
         """The ``POST /containers/create`` request body."""
@@ -93,6 +95,8 @@ class ContainerSpec:
             "SecurityOpt": ["no-new-privileges"],
             "Init": True,  # tini as PID 1: forwards signals, reaps the tools' orphans
         }
+        if self.extra_hosts:
+            host["ExtraHosts"] = list(self.extra_hosts)
         if self.memory_bytes is not None:
             host["Memory"] = self.memory_bytes
             host["MemorySwap"] = self.memory_bytes
@@ -106,7 +110,9 @@ class ContainerSpec:
             "Labels": dict(self.labels),
             "Env": [f"{k}={v}" for k, v in self.env.items()],
             "HostConfig": host,
-            "NetworkDisabled": self.network == "none",
+            # NetworkMode none is loopback only either way; a disabled network also leaves
+            # /etc/hosts empty, so ExtraHosts needs it enabled.
+            "NetworkDisabled": self.network == "none" and not self.extra_hosts,
         }
         if self.entrypoint is not None:
             body["Entrypoint"] = self.entrypoint

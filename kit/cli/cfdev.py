@@ -29,7 +29,7 @@ from pathlib import Path
 from emulator.containers import DockerRunner, Served, serve
 from kit.bundle import Bundle, build_bundle, load_project
 from kit.cli.errors import CliError
-from kit.cli.flydev import advertised, offline_model, rehearsal_lock, stop_on_signals
+from kit.cli.flydev import advertised, offline_model, rehearsal_lock, until_stopped
 from kit.cli.stack import load_api_token
 from kit.cli.statedir import make_private
 from kit.cli.wrangler import free_port, shim_wrangler, wrangler_dev, write_config
@@ -144,15 +144,17 @@ async def rehearse_cloudflare(
             )
 
 
-async def serve_rehearsal(project: Path, state_dir: Path, model_key: str | None) -> None:
-    """``kit dev --target cloudflare`` until SIGINT or SIGTERM: build the images if need be,
-    start the rehearsal, tell clients where it is (``.kit/dev.json``), take it down."""
+async def serve_rehearsal(
+    project: Path, state_dir: Path, model_key: str | None, stop: asyncio.Event, ready: asyncio.Event
+) -> None:
+    """``kit dev --target cloudflare`` until ``stop``: build the images if need be, start
+    the rehearsal, tell clients where it is (``.kit/dev.json``; then ``ready``), take it
+    down."""
     from kit.cli import console, statedir
     from kit.cli.image import ensure
 
     cloudflare_tier(load_project(project).sandbox.tier)  # bad input: said before any build
     shim_wrangler()
-    stop = stop_on_signals()
     make_private(state_dir)
     with statedir.lock(state_dir):
         runtime = await asyncio.to_thread(ensure, False)
@@ -176,11 +178,17 @@ async def serve_rehearsal(project: Path, state_dir: Path, model_key: str | None)
                     title="kit dev --target cloudflare — ready. Talk to it with `kit chat`; "
                     "stop with Ctrl-C.",
                 )
+                ready.set()
                 await stop.wait()
         console.out(console.dim("kit dev --target cloudflare: stopped; every container removed."))
 
 
 def run(project: Path, state_dir: Path, model_key: str | None) -> int:
     """Entry for the CLI."""
-    asyncio.run(serve_rehearsal(project, state_dir, model_key))
+    asyncio.run(
+        until_stopped(
+            lambda stop, ready: serve_rehearsal(project, state_dir, model_key, stop, ready),
+            "kit dev --target cloudflare",
+        )
+    )
     return 0

@@ -24,7 +24,7 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,6 +240,31 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
+async def until_stopped(
+    serve: Callable[[asyncio.Event, asyncio.Event], Awaitable[None]], name: str
+) -> None:
+    """Run ``serve(stop, ready)`` until SIGINT or SIGTERM. Once ``serve`` set ``ready`` it
+    waits for ``stop`` and takes itself down; a signal before that (during a start-up of
+    minutes: images, wrangler) cancels it, which takes down what it had started."""
+    from kit.cli import console
+
+    stop, ready = stop_on_signals(), asyncio.Event()
+    task = asyncio.ensure_future(serve(stop, ready))
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not task.done() and not ready.is_set():
+        console.out(console.dim(f"{name}: stopping during start-up; removing what was started…"))
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        console.out(console.dim(f"{name}: stopped."))
+        return
+    await task
+
+
 @contextlib.contextmanager
 def advertised(state_dir: Path, url: str, token_file: Path) -> Iterator[None]:
     """Tell clients where the rehearsal is for as long as the block runs: ``dev.json`` in
@@ -254,13 +279,15 @@ def advertised(state_dir: Path, url: str, token_file: Path) -> Iterator[None]:
         dev_json.unlink(missing_ok=True)
 
 
-async def serve_rehearsal(project: Path, state_dir: Path, model_key: str | None) -> None:
-    """``kit dev --target fly`` until SIGINT or SIGTERM: build the runtime image if need be,
-    rehearse the deployment, tell clients where it is (``.kit/dev.json``), take it down."""
+async def serve_rehearsal(
+    project: Path, state_dir: Path, model_key: str | None, stop: asyncio.Event, ready: asyncio.Event
+) -> None:
+    """``kit dev --target fly`` until ``stop``: build the runtime image if need be, rehearse
+    the deployment, tell clients where it is (``.kit/dev.json``; then ``ready``), take it
+    down."""
     from kit.cli import console, statedir
     from kit.cli.image import ensure
 
-    stop = stop_on_signals()
     make_private(state_dir)
     with statedir.lock(state_dir):
         image = await asyncio.to_thread(ensure, False)
@@ -286,11 +313,17 @@ async def serve_rehearsal(project: Path, state_dir: Path, model_key: str | None)
                     ],
                     title="kit dev --target fly — ready. Talk to it with `kit chat`; stop with Ctrl-C.",
                 )
+                ready.set()
                 await stop.wait()
         console.out(console.dim("kit dev --target fly: stopped; every machine removed."))
 
 
 def run(project: Path, state_dir: Path, model_key: str | None) -> int:
     """Entry for the CLI."""
-    asyncio.run(serve_rehearsal(project, state_dir, model_key))
+    asyncio.run(
+        until_stopped(
+            lambda stop, ready: serve_rehearsal(project, state_dir, model_key, stop, ready),
+            "kit dev --target fly",
+        )
+    )
     return 0

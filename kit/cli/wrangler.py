@@ -9,11 +9,13 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from kit.cli.errors import CliError
 from kit.deploy.cloudflare.deploy import load_shim
@@ -25,6 +27,8 @@ SHIM_DIR = Path(__file__).resolve().parents[2] / "worker_shim"
 START_LIMIT_S = 120.0
 """The longest wait for ``Ready on``: wrangler's first start bundles the Worker."""
 STOP_LIMIT_S = 10.0
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+"""wrangler's colour and cursor codes, taken out of the lines kit keeps and may show."""
 
 
 def free_port() -> int:
@@ -119,6 +123,13 @@ async def wrangler_dev(config: Path, *, port: int, persist: Path) -> AsyncIterat
                 + "\n".join(tail[-30:])
             ) from None
 
+        if urlsplit(url).port != port:
+            # The port was taken between kit choosing it and wrangler binding it: the shim's
+            # vars (KIT_WORKER_URL) name a port that is not its own.
+            raise CliError(
+                f"wrangler dev came up on {url}, not on port {port} as kit asked (another "
+                "program took that port meanwhile); run the command again."
+            )
         drain = asyncio.create_task(keep_reading(stdout, tail))
         yield url
     finally:
@@ -136,7 +147,7 @@ async def ready_url(stdout: asyncio.StreamReader, tail: list[str]) -> str:
         raw = await stdout.readline()
         if not raw:
             raise CliError("wrangler exited")
-        line = raw.decode(errors="replace").rstrip()
+        line = ANSI.sub("", raw.decode(errors="replace")).rstrip()
         tail.append(line)
         if "Ready on http://" in line:
             return "http://" + line.split("Ready on http://", 1)[1].split()[0]
@@ -150,7 +161,7 @@ async def keep_reading(stdout: asyncio.StreamReader, tail: list[str], keep: int 
         line = await stdout.readline()
         if not line:
             return
-        tail.append(line.decode(errors="replace").rstrip())
+        tail.append(ANSI.sub("", line.decode(errors="replace")).rstrip())
         del tail[:-keep]
 
 

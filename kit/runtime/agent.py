@@ -143,7 +143,7 @@ class Agent:
             env["ANTHROPIC_UNIX_SOCKET"] = cfg.model_unix_socket
         if self.egress_proxy:
             env.update(proxy_env(self.egress_proxy))
-        env.update(intercepted_tls_env(cfg.tmp_dir))
+        env.update(intercepted_tls_env(cfg.home))
         tools = list(agent.allowed_tools)
         return ClaudeAgentOptions(
             cwd=cwd,

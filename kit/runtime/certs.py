@@ -21,19 +21,20 @@ each gets the whole bundle."""
 
 
 def intercepted_tls_env(
-    tmp_dir: Path, *, ca: Path = CLOUDFLARE_CA, system: Path = SYSTEM_BUNDLE
+    folder: Path, *, ca: Path = CLOUDFLARE_CA, system: Path = SYSTEM_BUNDLE
 ) -> dict[str, str]:
     """The variables that make the agent's tools trust ``ca`` besides the system's CAs (a
-    bundle of both written in ``tmp_dir``); none when ``ca`` does not exist."""
+    bundle of both written in ``folder``: the agent's home, not a tmp a tool may clean);
+    none when ``ca`` cannot be read (absent: every other target)."""
     try:
         extra = ca.read_bytes()
-    except FileNotFoundError:
+    except OSError:
         return {}
     try:
         base = system.read_bytes()
-    except FileNotFoundError:
+    except OSError:
         base = b""
-    bundle = tmp_dir / BUNDLE_NAME
+    bundle = folder / BUNDLE_NAME
     bundle.write_bytes(base.rstrip(b"\n") + b"\n" + extra if base else extra)
     env = dict.fromkeys(BUNDLE_VARS, str(bundle))
     env["NODE_EXTRA_CA_CERTS"] = str(ca)  # Node adds it to its own store

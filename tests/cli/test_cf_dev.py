@@ -57,3 +57,38 @@ async def test_kit_dev_target_cloudflare_then_kit_chat(kit_tmp: Path) -> None:
         assert await asyncio.wait_for(dev.wait(), 120) == 0
     assert not (state / "dev.json").exists()
     assert cf_containers(state) == []
+
+
+async def test_ctrl_c_during_start_up_takes_down_what_was_started(kit_tmp: Path) -> None:
+    """SIGINT while wrangler dev is starting (the container emulator and the model already
+    up): kit exits 0 without waiting for the start-up to finish, and leaves no wrangler,
+    no container, no secrets file and no dev.json. Seen failing before kit watched for
+    signals during start-up: the SIGINT was ignored until the banner."""
+    runtime_image()
+    project = write_agent(kit_tmp / "agent")
+    state = kit_tmp / "state"
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env.pop("ANTHROPIC_API_KEY", None)
+    env["KIT_STATE_DIR"] = str(state)
+    dev = await spawn_kit(
+        "dev", "--target", "cloudflare", "--project", str(project), cwd=kit_tmp, env=env
+    )
+    assert dev.stdout is not None
+    seen: list[str] = []
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            for _ in range(10_000):
+                line = (await dev.stdout.readline()).decode()
+                assert line, "kit dev --target cloudflare exited before it started wrangler"
+                seen.append(line)
+                if "starting the shim in wrangler dev" in line:
+                    break
+    finally:
+        dev.send_signal(signal.SIGINT)
+        rest, _ = await asyncio.wait_for(dev.communicate(), 60)
+    assert dev.returncode == 0, "".join(seen) + rest.decode()
+    assert "stopping during start-up" in rest.decode()
+    assert "— ready" not in rest.decode()
+    assert not (state / "dev.json").exists()
+    assert not (state / "cloudflare" / ".dev.vars").exists()
+    assert cf_containers(state) == []

@@ -76,7 +76,9 @@ export async function egress(request: Request, env: Env, props: EgressProps): Pr
         `in kit.toml (egress = ["${where}"], or "${url.hostname}" for ports 443 and 80) and run kit deploy again.`,
     );
   }
-  return fetch(request);
+  // A redirect goes back to the container, which asks again (through here): never followed
+  // to a host the allowlist did not admit.
+  return fetch(request, { redirect: "manual" });
 }
 
 /** The rules of KIT_EGRESS (absent or empty: none). Throws on a value that is not a list
@@ -101,13 +103,24 @@ export function matches(rule: EgressRule, host: string, port: number): boolean {
   return rule.wildcard ? host.endsWith("." + rule.host) : host === rule.host;
 }
 
-/** A URL's hostname as kit/bundle/allowlist.py `normalize_host` compares it: lowercase,
- * without a trailing dot; null for an IPv6 address (never on an allowlist). The URL parser
- * already lowercased the name and wrote any IPv4 form as a dotted quad. */
-function normalHost(hostname: string): string | null {
-  if (hostname.startsWith("[")) return null;
-  const host = hostname.toLowerCase();
-  return host.endsWith(".") && !host.endsWith("..") ? host.slice(0, -1) : host;
+const LABEL = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/;
+const IPV4 = /^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/;
+
+/** A URL's hostname as kit/bundle/allowlist.py `normalize_host` has it: lowercase, without
+ * a trailing dot, a valid name or a dotted-quad IPv4 address; null otherwise (IPv6, empty or
+ * bad labels, a numeric last label). The URL parser already wrote any IPv4 form as a dotted
+ * quad (`127.1` arrives as 127.0.0.1, which Python would refuse as written: both reach the
+ * same address). */
+export function normalHost(hostname: string): string | null {
+  let host = hostname.toLowerCase();
+  if (host.endsWith(".") && !host.endsWith("..")) host = host.slice(0, -1);
+  if (IPV4.test(host)) return host;
+  if (host === "" || host.length > 253) return null;
+  const labels = host.split(".");
+  const last = labels[labels.length - 1];
+  if (!labels.every((label) => LABEL.test(label)) || /^\d+$/.test(last)) return null;
+  if (last.startsWith("0x") && /^[0-9a-fx]+$/.test(last)) return null;
+  return host;
 }
 
 function refusal(status: number, message: string): Response {

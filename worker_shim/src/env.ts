@@ -24,8 +24,8 @@ export interface Env {
   /** The bundle's `[sandbox] egress` allowlist as JSON rules (kit/deploy/cloudflare/target.py
    * `egress_var`); absent or `[]`: a sandbox reaches only kit's own routes (egress.ts). */
   KIT_EGRESS?: string;
-  /** This Worker's URL as a container reaches it (default `http://kit.internal`, served by
-   * outbound interception; a rehearsal's wrangler dev URL on loopback). */
+  /** A rehearsal's: this Worker's loopback URL, where kit's container emulator delivers
+   * the container's intercepted requests (containers always call `http://kit.internal`). */
   KIT_WORKER_URL?: string;
   /** Where the bundle is inside the container's image, and its sha256 (checked by the runtime). */
   KIT_BUNDLE_DIR?: string;
@@ -38,4 +38,8 @@ export interface Env {
   /** "1" lets POST /v1/sessions/{id}/store-token mint tokens that may use any key of that
    * DO's store, as the SDK's conformance suite needs: for tests only, never in production. */
   KIT_STORE_CONFORMANCE?: string;
+  /** "1" serves the model route (`/v1/sessions/{id}/model/…`) on the Worker's own URL, for
+   * tests that call it directly: never in production, where only the session's container
+   * reaches it, through outbound interception (egress.ts). */
+  KIT_PUBLIC_MODEL_ROUTE?: string;
 }

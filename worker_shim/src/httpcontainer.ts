@@ -7,8 +7,23 @@
 // `running` is this instance's last word on the container (`refresh()` asks the emulator, as
 // a new instance does before it adopts a container an earlier one started), `start()` sends
 // the start and every later call waits for it, and `signal()` is sent in the background.
+//
+// Outbound interception: `interceptAllOutboundHttp` asks the emulator to send the
+// container's HTTP to the Worker's `/_egress/<DO id>` with a new token (EGRESS_TOKEN and
+// EGRESS_URL headers); the DO (session.ts `emulatedEgress`) checks the token and passes the
+// container's own request to a KitEgress binding, as Cloudflare's proxy does. The emulator
+// makes `kit.internal` resolve inside the container; other hosts are not rehearsed (they do
+// not resolve), nor HTTPS.
 
 import type { ContainerLike, PortFetcher } from "./runtime";
+import { randomToken } from "./tokens";
+
+/** The headers the emulator puts on an intercepted request: this instance's token, and
+ * the URL the container asked for. */
+export const EGRESS_TOKEN = "x-kit-egress-token";
+export const EGRESS_URL = "x-kit-egress-url";
+/** The Worker's route the emulator delivers to: the DO's id in hex. */
+export const EGRESS_ROUTE = /^\/_egress\/([0-9a-f]{64})$/;
 
 /** One `monitor` long-poll waits at most this long (the emulator's MONITOR_LIMIT_S). */
 const MONITOR_POLL_S = 60;
@@ -40,6 +55,11 @@ export interface EmulatorAddress {
   image?: string;
   /** The image's entrypoint replaced (a rehearsal without Docker runs host programs). */
   entrypoint?: string[];
+  /** This Worker's URL as the emulator reaches it (KIT_WORKER_URL): where it delivers the
+   * container's intercepted requests. */
+  worker?: string;
+  /** Keep the token the emulator will deliver with (its hash, in the DO's storage). */
+  egressToken?: (token: string) => Promise<void>;
 }
 
 export class HttpContainer implements ContainerLike {
@@ -48,6 +68,27 @@ export class HttpContainer implements ContainerLike {
   private started: Promise<void> = Promise.resolve();
 
   constructor(private readonly at: EmulatorAddress) {}
+
+  /** Have the emulator deliver the container's outbound HTTP, from its next start on, to
+   * the Worker's EGRESS_ROUTE with a new token, which `at.egressToken` keeps (in the DO's
+   * storage: a later instance of the DO takes the deliveries, as the binding, plain data,
+   * would reach it on Cloudflare). */
+  async interceptAllOutboundHttp(_binding: Fetcher): Promise<void> {
+    if (this.at.worker === undefined || this.at.egressToken === undefined) {
+      throw new Error("Outbound interception needs KIT_WORKER_URL: where the emulator delivers requests.");
+    }
+    const token = "kit-egress-" + randomToken();
+    const url = `${this.at.worker.replace(/\/$/, "")}/_egress/${encodeURIComponent(this.at.id)}`;
+    await this.at.egressToken(token);
+    const answer = await this.call("POST", "/intercept", JSON.stringify({ url, token }));
+    if (answer.status !== 204) {
+      const text = await answer.text();
+      throw new Error(`The container emulator cannot intercept this container's HTTP (${answer.status}): ${text.slice(0, 500)}`);
+    }
+  }
+
+  /** HTTPS is not rehearsed (no TLS is terminated): nothing to do. */
+  async interceptOutboundHttps(_addr: string, _binding: Fetcher): Promise<void> {}
 
   get running(): boolean {
     return this.isRunning;

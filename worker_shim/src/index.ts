@@ -6,21 +6,27 @@
 //   GET  /v1/sessions/{id}/ws      WebSocket upgrade, forwarded to the session's DO (the
 //                                  socket authenticates with hello's session token); for
 //                                  an id that names no session, answered here
-//   ANY  /v1/sessions/{id}/model/… a sandbox's model call, forwarded to the session's DO
-//                                  (it checks the sandbox's model token, adds the real key)
+//   ANY  /v1/sessions/{id}/model/… only with KIT_PUBLIC_MODEL_ROUTE=1 (tests): a sandbox's
+//                                  model call, forwarded to the session's DO (it checks the
+//                                  sandbox's model token, adds the real key); sandboxes reach
+//                                  it through outbound interception (egress.ts)
 //   *    /_kit/…                   kit's control API (control.ts): sessions, logs, sandboxes
 //   POST /v1/sessions/{id}/store/{method}
 //                                  a transcript store call, forwarded to the session's DO
 //                                  (storeapi.ts: it checks the store token)
+//   ANY  /_egress/{DO id}           a rehearsal only (KIT_CONTAINER_EMULATOR set): an emulated
+//                                  container's outbound request, delivered by kit's
+//                                  container emulator to the DO (httpcontainer.ts)
 //   POST /v1/sessions/{id}/store-token
 //                                  Bearer KIT_API_TOKEN: 201 {token, store_url}, a store
 //                                  token for API use (docs/protocol.md §13)
 //
-// Every other request, and any request to these routes but the upgrade, the sandbox's
-// model and store calls and /healthz, needs the API token: 401 without it, also for a path
+// Every other request, and any request to these routes but the upgrade, the store calls,
+// the emulator's deliveries and /healthz, needs the API token: 401 without it, also for a path
 // that does not exist.
 
 import { control } from "./control";
+import { EGRESS_ROUTE } from "./httpcontainer";
 import type { Env } from "./env";
 import { noSessionSocket } from "./nosession";
 import { json, sandboxCall, sandboxRouteOf, UUID } from "./sandboxroutes";
@@ -45,8 +51,17 @@ export default {
     if (ws !== null && request.method === "GET" && request.headers.get("upgrade")?.toLowerCase() === "websocket") {
       return openSocket(request, env, ws[1]);
     }
+    // A sandbox calls its model and store routes through outbound interception (egress.ts),
+    // never through here; the store routes stay public for API store tokens, the model
+    // route only in tests (a model token read by a tool must not spend from anywhere).
     const sandbox = sandboxRouteOf(request, url);
-    if (sandbox !== null) return sandboxCall(request, env, sandbox);
+    if (sandbox !== null && (sandbox.store !== null || env.KIT_PUBLIC_MODEL_ROUTE === "1")) return sandboxCall(request, env, sandbox);
+    const egress = EGRESS_ROUTE.exec(url.pathname);
+    if (egress !== null && env.KIT_CONTAINER_EMULATOR) {
+      // An emulated container's request, delivered by kit's container emulator to the DO
+      // that intercepted it (httpcontainer.ts checks its token).
+      return env.SESSION.get(env.SESSION.idFromString(egress[1])).fetch(request);
+    }
     if (!(await authorized(request, env))) {
       return json({ error: "unauthorized", message: "Send Authorization: Bearer <the host's API token>." }, 401, {
         "www-authenticate": "Bearer",

@@ -27,7 +27,7 @@ import { MAX_QUEUED_FRAMES, Outbox } from "./outbox";
 import { HELLO_TIMEOUT_MS, noSessionSocket } from "./nosession";
 import { TurnRunner } from "./runner";
 import { CONTROL_PREFIX, SessionControl } from "./sessioncontrol";
-import { HttpContainer } from "./httpcontainer";
+import { EGRESS_ROUTE, EGRESS_TOKEN, EGRESS_URL, HttpContainer } from "./httpcontainer";
 import { MODEL_PATH, ModelRoute } from "./model";
 export { MODEL_PATH } from "./model";
 import { RUNTIME_PORT, RuntimeLost, type ContainerLike } from "./runtime";
@@ -100,6 +100,7 @@ export class SessionDO extends DurableObject<Env> {
       runtimeConfig: (runtimeToken, modelToken) => this.runtimeConfig(runtimeToken, modelToken),
       revokeSandboxTokens: () => {
         this.log.setMeta("model_token_sha256", "");
+        this.log.setMeta("egress_token_sha256", "");
         this.storeApi.revokeToken("sandbox");
       },
       intercept: (container) => this.intercept(container),
@@ -128,6 +129,7 @@ export class SessionDO extends DurableObject<Env> {
   async fetch(request: Request): Promise<Response> {
     const path = new URL(request.url).pathname;
     if (path.startsWith(CONTROL_PREFIX)) return this.control.fetch(request); // from the Worker's control routes
+    if (EGRESS_ROUTE.test(path)) return this.emulatedEgress(request);
     const model = MODEL_PATH.exec(path);
     if (model !== null) return this.model(request, model[1]);
     const store = STORE_CALL.exec(path);
@@ -329,24 +331,49 @@ export class SessionDO extends DurableObject<Env> {
       token: this.env.KIT_CONTAINER_EMULATOR_TOKEN ?? "",
       id: this.ctx.id.toString(),
       image: this.env.KIT_CONTAINER_IMAGE || undefined,
+      worker: this.env.KIT_WORKER_URL || undefined,
+      egressToken: async (token) => this.log.setMeta("egress_token_sha256", await sha256(token)),
     });
     return this.emulated;
   }
 
-  /** Hand the container's outbound HTTP(S) to KitEgress (egress.ts), bound to this
-   * session: the only way its model and store calls reach this DO, and its allowlist. Not
-   * where KIT_WORKER_URL names the Worker (a rehearsal's loopback URL; HttpContainer has no
-   * interception). A container that cannot be intercepted is not started: it would reach
-   * nothing of kit's, and maybe the internet. */
-  private async intercept(container: ContainerLike): Promise<void> {
-    if (this.env.KIT_WORKER_URL) return;
-    const make = (this.ctx.exports as { KitEgress?: (options: { props: EgressProps }) => Fetcher } | undefined)?.KitEgress;
-    if (make === undefined || container.interceptAllOutboundHttp === undefined || container.interceptOutboundHttps === undefined) {
-      throw new RuntimeLost(
-        "This runtime cannot intercept the container's outbound HTTP (ctx.exports.KitEgress, interceptAllOutboundHttp, interceptOutboundHttps): update wrangler and the compatibility date, or set KIT_WORKER_URL in a rehearsal.",
-      );
+  /** A request of the emulated container's, delivered by kit's container emulator to the
+   * DO that intercepted it (a rehearsal): with the token kept at interception, passed to a
+   * KitEgress binding with the URL the container asked for; 401 otherwise. */
+  private async emulatedEgress(request: Request): Promise<Response> {
+    const sent = request.headers.get(EGRESS_TOKEN) ?? "";
+    const target = request.headers.get(EGRESS_URL) ?? "";
+    const kept = this.log.meta("egress_token_sha256") ?? "";
+    if (kept === "" || !(await sameText(await sha256(sent), kept)) || !/^http:\/\//.test(target)) {
+      await request.body?.cancel();
+      return Response.json({ error: "unauthorized", message: "Not an intercepted request of this session's container." }, { status: 401 });
     }
-    const binding = make({ props: { sessionId: this.log.meta("session_id") ?? "" } });
+    const headers = new Headers(request.headers);
+    headers.delete(EGRESS_TOKEN);
+    headers.delete(EGRESS_URL);
+    const body = request.method === "GET" || request.method === "HEAD" ? null : request.body;
+    return this.egressBinding().fetch(new Request(target, { method: request.method, headers, body, redirect: "manual" }));
+  }
+
+  /** A KitEgress binding for this session's container; RuntimeLost where the runtime makes
+   * none (an old compatibility date). */
+  private egressBinding(): Fetcher {
+    const make = (this.ctx.exports as { KitEgress?: (options: { props: EgressProps }) => Fetcher } | undefined)?.KitEgress;
+    if (make === undefined) {
+      throw new RuntimeLost("This runtime has no ctx.exports.KitEgress to intercept the container's outbound HTTP: update wrangler and the compatibility date.");
+    }
+    return make({ props: { sessionId: this.log.meta("session_id") ?? "" } });
+  }
+
+  /** Hand the container's outbound HTTP(S) to KitEgress (egress.ts), bound to this
+   * session: the only way its model and store calls reach this DO, and its allowlist. A
+   * container that cannot be intercepted is not started: it would reach nothing of kit's,
+   * and maybe the internet. */
+  private async intercept(container: ContainerLike): Promise<void> {
+    if (container.interceptAllOutboundHttp === undefined || container.interceptOutboundHttps === undefined) {
+      throw new RuntimeLost("This runtime cannot intercept the container's outbound HTTP (interceptAllOutboundHttp, interceptOutboundHttps): update wrangler and the compatibility date.");
+    }
+    const binding = this.egressBinding();
     await container.interceptAllOutboundHttp(binding);
     await container.interceptOutboundHttps("*", binding);
   }
@@ -356,7 +383,8 @@ export class SessionDO extends DurableObject<Env> {
    * the paths of kit's runtime image, the model route of this session on the Worker. */
   private async runtimeConfig(runtimeToken: string, modelToken: string): Promise<Record<string, unknown>> {
     const sessionId = this.log.meta("session_id") ?? "";
-    const worker = (this.env.KIT_WORKER_URL || `http://${WORKER_HOST}`).replace(/\/$/, "");
+    // Intercepted (egress.ts): on Cloudflare, and through kit's container emulator.
+    const worker = `http://${WORKER_HOST}`;
     return {
       session_id: sessionId,
       // kit deploy's image holds the bundle in /bundles/<digest[:32]> (as a Fly sandbox does).

@@ -1,12 +1,13 @@
 // Outbound interception (src/egress.ts): in production a session's container reaches kit's
 // routes as http://kit.internal and the internet only through KitEgress, bound to its
 // session before it starts. vitest.config.mts binds KIT_EGRESS (upstream.test on the
-// default ports); a test's DO drops KIT_WORKER_URL so it behaves as a deployed one.
+// default ports).
 
 import { SELF, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { egressRules, matches } from "../src/egress";
+import { egressRules, matches, normalHost } from "../src/egress";
+import worker from "../src/index";
 import { kitJson } from "./controlhelpers";
 import { FakeContainer } from "./fake_runtime";
 import { Driver } from "./golden";
@@ -23,12 +24,12 @@ class InterceptedContainer extends FakeContainer {
     super.start(options);
   }
 
-  async interceptAllOutboundHttp(binding: Fetcher): Promise<void> {
+  override async interceptAllOutboundHttp(binding: Fetcher): Promise<void> {
     this.calls.push("http *");
     this.binding = binding;
   }
 
-  async interceptOutboundHttps(addr: string, binding: Fetcher): Promise<void> {
+  override async interceptOutboundHttps(addr: string, binding: Fetcher): Promise<void> {
     this.calls.push(`https ${addr}`);
     expect(binding).toBe(this.binding);
   }
@@ -41,13 +42,9 @@ async function deployedSession(container: FakeContainer): Promise<{ sessionId: s
   return { sessionId: session.session_id, token: session.token };
 }
 
-/** The session's DO instance gets `container` and loses KIT_WORKER_URL. */
+/** The session's DO instance gets `container`. */
 async function asDeployed(sessionId: string, container: FakeContainer): Promise<void> {
   await attachContainer(sessionId, container);
-  await runInDurableObject(env.SESSION.getByName(sessionId), (instance) => {
-    const holder = instance as unknown as { env: Record<string, unknown> };
-    holder.env = { ...holder.env, KIT_WORKER_URL: "" };
-  });
 }
 
 /** `fn` with the container's interception binding, inside the DO that made it (an I/O
@@ -94,11 +91,21 @@ describe("outbound interception", () => {
     expect(store.status).toBe(200);
     expect(await store.json()).toEqual({ result: null });
 
-    // Another session's routes and the Worker's API are not the sandbox's, token or not.
+    // Another session's routes and the Worker's API are not the sandbox's, token or not,
+    // however the path is written.
+    const own = session.sessionId;
+    const oth = other.session_id;
     for (const [url, headers] of [
-      [`http://kit.internal/v1/sessions/${other.session_id}/model/v1/messages`, { "x-api-key": config.model_token }],
+      [`http://kit.internal/v1/sessions/${oth}/model/v1/messages`, { "x-api-key": config.model_token }],
+      [`http://kit.internal/v1/sessions/${oth}/store/load`, { authorization: `Bearer ${sandboxStoreToken}` }],
       ["http://kit.internal/_kit/sessions", AUTH],
       ["http://kit.internal/v1/sessions", AUTH],
+      [`http://kit.internal/v1/sessions/${own}/store-token`, AUTH],
+      [`http://kit.internal/v1/sessions/${own}/model/../../${oth}/model/v1/messages`, { "x-api-key": config.model_token }],
+      [`http://kit.internal/v1/sessions/${own}%2F..%2F..%2F${oth}/model/v1/messages`, { "x-api-key": config.model_token }],
+      [`http://kit.internal//v1/sessions/${oth}/model/v1/messages`, { "x-api-key": config.model_token }],
+      [`http://kit.internal/v1/sessions/${own.toUpperCase()}/model/v1/messages`, { "x-api-key": config.model_token }],
+      [`http://KIT.INTERNAL.:8080/_kit/sessions`, AUTH],
     ] as const) {
       const refused = await egress.fetch(url, { method: "POST", headers, body: "{}" });
       expect(refused.status, url).toBe(403);
@@ -133,7 +140,11 @@ describe("outbound interception", () => {
     const allowed = await egress.fetch("http://UPSTREAM.test./anything", { method: "POST", body: "{}" });
     expect(allowed.status).toBe(200);
     expect(((await allowed.json()) as { url: string }).url).toContain("upstream.test");
-    for (const url of ["http://elsewhere.test/", "http://upstream.test:8080/", "http://sub.upstream.test/", "http://[::1]/"]) {
+    // A redirect goes back to the container: never followed to a host not on the list.
+    const redirect = await egress.fetch("http://upstream.test/__redirect?to=http://elsewhere.test/x", { redirect: "manual" });
+    expect(redirect.status).toBe(302);
+    expect(redirect.headers.get("location")).toBe("http://elsewhere.test/x");
+    for (const url of ["http://elsewhere.test/", "http://upstream.test:8080/", "http://sub.upstream.test/", "http://[::1]/", "http://upstream..test/", "http://a_b.upstream.test/"]) {
       const refused = await egress.fetch(url);
       expect(refused.status, url).toBe(403);
       expect(await refused.text()).toMatch(/not on this agent's egress allowlist\. Add it to \[sandbox\] egress in kit\.toml/);
@@ -142,7 +153,8 @@ describe("outbound interception", () => {
   });
 
   it("starts no container it cannot intercept: the turn fails with a sandbox failure that says why", async () => {
-    const container = new FakeContainer(); // no interception methods
+    const container = new FakeContainer();
+    Object.assign(container, { interceptAllOutboundHttp: undefined }); // a runtime without it
     const session = await deployedSession(container);
     const frames = await oneTurn(session);
     expect(container.starts).toHaveLength(0);
@@ -150,6 +162,31 @@ describe("outbound interception", () => {
     expect(failed.length).toBeGreaterThan(0);
     expect(String(failed[0].data?.message)).toContain("cannot intercept the container's outbound HTTP");
     expect(frames.at(-1)?.data?.code).toBe("turn_failed");
+  });
+});
+
+describe("the Worker's own URL", () => {
+  it("serves no model route when deployed: a model token read by a tool spends from nowhere but its container", async () => {
+    const container = new InterceptedContainer();
+    const session = await deployedSession(container);
+    await oneTurn(session);
+    const config = JSON.parse((container.starts[0].env ?? {}).KIT_RUNTIME_CONFIG_JSON) as Record<string, string>;
+    const deployed = { ...env, KIT_PUBLIC_MODEL_ROUTE: undefined, KIT_WORKER_URL: undefined, KIT_CONTAINER_EMULATOR: undefined };
+    const call = (headers: Record<string, string>) =>
+      worker.fetch(
+        new Request(`https://acme.example.workers.dev/v1/sessions/${session.sessionId}/model/v1/messages`, {
+          method: "POST",
+          headers: { "content-type": "application/json", ...headers },
+          body: JSON.stringify({ model: "claude-opus-5-5", max_tokens: 10, messages: [] }),
+        }),
+        deployed,
+      );
+    expect((await call({ "x-api-key": config.model_token })).status).toBe(401);
+    expect((await call({ "x-api-key": config.model_token, ...AUTH })).status).toBe(404);
+    // Nor the emulator's delivery route.
+    const id = env.SESSION.idFromName(session.sessionId).toString();
+    const delivered = await worker.fetch(new Request(`https://acme.example.workers.dev/_egress/${id}`, { method: "POST", body: "{}" }), deployed);
+    expect(delivered.status).toBe(401);
   });
 });
 
@@ -173,6 +210,11 @@ describe("egress rules", () => {
     expect(matches(port, "127.0.0.1", 8080)).toBe(true);
     expect(matches(port, "127.0.0.1", 443)).toBe(false);
     expect(egressRules(undefined)).toEqual([]);
+    expect(normalHost("API.GitHub.com.")).toBe("api.github.com");
+    expect(normalHost("127.0.0.1")).toBe("127.0.0.1");
+    for (const bad of ["", ".pypi.org", "evil..pypi.org", "a_b.pypi.org", "-a.pypi.org", "pypi.123", "x.0x7f", "[::1]", "a.b.."]) {
+      expect(normalHost(bad), bad).toBeNull();
+    }
     expect(() => egressRules('{"host": "x"}')).toThrow(/not a JSON list/);
     expect(() => egressRules('[{"host": "x"}]')).toThrow(/not \{host, wildcard, port\}/);
   });

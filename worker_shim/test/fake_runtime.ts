@@ -163,6 +163,10 @@ export class FakeContainer implements ContainerLike {
     this.exit(128 + signo);
   }
 
+  /** workerd's outbound interception: the DO binds it before every start. */
+  async interceptAllOutboundHttp(_binding: Fetcher): Promise<void> {}
+  async interceptOutboundHttps(_addr: string, _binding: Fetcher): Promise<void> {}
+
   getTcpPort(port: number): Fetcher {
     const fetch = async (input: RequestInfo | URL, init?: RequestInit): Promise<Response> => {
       const request = new Request(input, init);

@@ -100,7 +100,7 @@ describe("the model route", () => {
     expect(config).toMatchObject({
       session_id: sessionId,
       listen: "tcp:0.0.0.0:8080",
-      model_base_url: `http://shim.test/v1/sessions/${sessionId}/model`,
+      model_base_url: `http://kit.internal/v1/sessions/${sessionId}/model`,
     });
     expect(config.model_token).toMatch(/^kit-model-/);
     expect(JSON.stringify(raw)).not.toContain(env.ANTHROPIC_API_KEY);
