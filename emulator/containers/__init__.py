@@ -25,9 +25,12 @@ Emulated:
   on 8080 as on Cloudflare (ARCHITECTURE §9);
 - leftovers of a killed emulator are removed at start (the runner id's label).
 
-Not emulated: outbound interception (``interceptOutboundHttp(s)``): a container reaches
-only the loopback URLs in its env (the shim's, through the runner's relay) and nothing else,
-so ``[sandbox] egress`` is not rehearsed; ``exec``,
+- ``interceptAllOutboundHttp``, for ``kit.internal`` only (Docker): the container's HTTP to
+  it is delivered to the Worker that intercepted it (:mod:`emulator.containers.egress`);
+  besides, a container reaches the loopback URLs in its env and nothing else.
+
+Not emulated: interception of other hosts and of HTTPS (``[sandbox] egress`` is not
+rehearsed), ``exec``,
 snapshots, ``setInactivityTimeout``, ``labels``, ``enableInternet``, disk limits, custom
 instance sizes, start latency, WebSocket upgrades through the port proxy.
 
