@@ -1,15 +1,21 @@
-"""Session host vs Durable Object: one load driver for kit's host and a DO under `wrangler dev`.
+"""Session host vs Durable Object: one load driver for kit's host, a DO under `wrangler dev`
+and kit's Cloudflare shim under `wrangler dev`.
 
-    .venv/bin/python bench/host.py [--target kit|do|both] [--messages 500] [--burst 10000]
-        [--clients 10] [--replay 10000] [--sessions 100] [--per-session 20] [--per-commit 100]
+    .venv/bin/python bench/host.py [--target kit|do|shim|both|all] [--messages 500]
+        [--burst 10000] [--clients 10] [--replay 10000] [--sessions 100] [--per-session 20]
+        [--per-commit 100]
 
-Targets: ``kit`` is one kit session host process (bench/kit_host.py: SessionHost +
-kit.host.app on uvicorn, SQLite event log in a temp dir, synthetic in-process runtimes);
-``do`` is the reference Durable Object in bench/do_host under ``wrangler dev --local``
-(tools installed by scripts/setup-workers, which this script runs when they are missing).
-Both run the same synthetic turn: ``burst N [per_commit]`` → N ``text_delta`` events and a
-``result``, ``per_commit`` events to a commit; any other text → one ``text_delta`` and a
-``result``. Measured from the client side over real WebSockets:
+Targets (``both`` is kit and do; ``all`` adds shim): ``kit`` is one kit session host
+process (bench/kit_host.py: SessionHost + kit.host.app on uvicorn, SQLite event log in a
+temp dir, synthetic in-process runtimes); ``do`` is the reference Durable Object in
+bench/do_host under ``wrangler dev --local`` (tools installed by scripts/setup-workers, which
+this script runs when they are missing); ``shim`` is kit's Cloudflare host (worker_shim/:
+Worker + SessionDO) under ``wrangler dev`` as ``kit dev --target cloudflare`` runs it, its
+containers synthetic runtimes behind kit's container emulator (bench/shim_containers.py).
+All run the same synthetic turn (bench/synthetic_runtime.py): ``burst N [per_commit]`` → N
+``text_delta`` events and a ``result``, ``per_commit`` events to a commit (to a runtime
+chunk for kit and the shim); any other text → one ``text_delta`` and a ``result``.
+Measured from the client side over real WebSockets:
 
 (a) one ``user`` frame → its ``user`` event, p50/p95/p99 over ``--messages`` sequential
     messages (each waits for its turn's ``result``; the ``result`` time is printed too);
@@ -18,7 +24,9 @@ Both run the same synthetic turn: ``burst N [per_commit]`` → N ``text_delta`` 
 (c) replay of ``--replay`` events on a fresh connection (hello last_seq 0 → ack → the whole
     log): time to receive all, median of ``--replay-reps``;
 (d) ``--sessions`` sessions x ``--per-session`` messages at once (each session one client
-    sending its next message on the previous ``result``): aggregate turn events/s.
+    sending its next message on the previous ``result``): aggregate turn events/s;
+(e) ``--sessions`` sessions opened one after the other: ``POST /v1/sessions``, then the
+    WebSocket's opening handshake and hello → welcome, p50/p99 of each.
 
 Every client checks every event it gets: seq = previous + 1 from its hello's last_seq, no
 gap, no duplicate, and each client of a session ends on the same seq. Any breach stops the
@@ -38,12 +46,21 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-from host_targets import BenchError, Running, cpu_s, do_target, kit_target, rss_mib
+from host_targets import (
+    BenchError,
+    Running,
+    cpu_s,
+    do_target,
+    kit_target,
+    rss_mib,
+    shim_target,
+)
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
@@ -411,6 +428,25 @@ async def measure_many(http: httpx.AsyncClient, r: Running, sizes: Sizes) -> dic
     }
 
 
+async def measure_open(http: httpx.AsyncClient, r: Running, sizes: Sizes) -> dict[str, Any]:
+    """(e) sessions created, then connected to (open + hello → welcome), one at a time."""
+    create: list[float] = []
+    connect: list[float] = []
+    for k in range(sizes.sessions):
+        started = time.perf_counter()
+        info = await create_session(http, r)
+        created = time.perf_counter()
+        client = await Client.connect(info, f"open-{k}")
+        create.append((created - started) * 1000)
+        connect.append((time.perf_counter() - created) * 1000)
+        client.close()
+    return {
+        "sessions": sizes.sessions,
+        "create_ms": {q: pct(create, q) for q in (50, 99)},
+        "connect_ms": {q: pct(connect, q) for q in (50, 99)},
+    }
+
+
 async def run_measures(r: Running, sizes: Sizes) -> dict[str, Any]:
     """Every measure against one running host, with the CPU each phase cost."""
     results: dict[str, Any] = {"target": r.name, "url": r.url, "versions": r.versions}
@@ -420,23 +456,30 @@ async def run_measures(r: Running, sizes: Sizes) -> dict[str, Any]:
         f"burst_{sizes.clients}": lambda http: measure_burst(http, r, sizes, sizes.clients),
         "replay": lambda http: measure_replay(http, r, sizes),
         "many": lambda http: measure_many(http, r, sizes),
+        "open": lambda http: measure_open(http, r, sizes),
     }
     limits = httpx.Limits(max_connections=32)
     async with httpx.AsyncClient(trust_env=False, timeout=FRAME_TIMEOUT_S, limits=limits) as http:
         for name, phase in phases.items():
-            host0, helper0 = cpu_s(r.host_pids), cpu_s(r.helper_pids)
+            host0, helper0, runtimes0 = (
+                cpu_s(r.host_pids),
+                cpu_s(r.helper_pids),
+                cpu_s(r.runtime_pids),
+            )
             driver0, wall0 = time.process_time(), time.perf_counter()
             result = await phase(http)
             result["cpu"] = {
                 "wall_s": time.perf_counter() - wall0,
                 "host_s": cpu_s(r.host_pids) - host0,
                 "helpers_s": cpu_s(r.helper_pids) - helper0,
+                "runtimes_s": cpu_s(r.runtime_pids) - runtimes0,
                 "driver_s": time.process_time() - driver0,
             }
             results[name] = result
     rss, peak = rss_mib(r.host_pids)
     results["host_rss_mib"] = {"now": rss, "peak": peak}
     results["helpers_rss_mib"] = rss_mib(r.helper_pids)[0]
+    results["runtimes_rss_mib"] = rss_mib(r.runtime_pids)[0]
     results["host_cpu_s"] = cpu_s(r.host_pids)
     return results
 
@@ -449,12 +492,13 @@ def table(results: list[dict[str, Any]], sizes: Sizes) -> str:
     k = sizes.clients
 
     def cell(res: dict[str, Any], key: str) -> str:
-        lat, b1, bk, rep, many = (
+        lat, b1, bk, rep, many, opened = (
             res["latency"],
             res["burst_1"],
             res[f"burst_{k}"],
             res["replay"],
             res["many"],
+            res["open"],
         )
         cells = {
             "a": "{:.2f} / {:.2f} / {:.2f}".format(*lat["user_ms"].values()),
@@ -463,8 +507,11 @@ def table(results: list[dict[str, Any]], sizes: Sizes) -> str:
             "bk": f"{bk['per_client_eps']:,.0f} ({bk['total_eps']:,.0f} in all)",
             "c": f"{rep['median_s']:.3f} (max {rep['max_s']:.3f}; {rep['eps']:,.0f} events/s)",
             "d": f"{many['eps']:,.0f} (p50 {many['result_ms'][50]:.1f} / p99 {many['result_ms'][99]:.1f} ms)",
+            "e": "{:.2f} / {:.2f}".format(*opened["create_ms"].values()),
+            "e2": "{:.2f} / {:.2f}".format(*opened["connect_ms"].values()),
             "rss": f"{res['host_rss_mib']['now']:.0f} / {res['host_rss_mib']['peak']:.0f}",
-            "helpers": f"{res['helpers_rss_mib']:.0f}" if res["target"] == "do" else "—",
+            "helpers": f"{res['helpers_rss_mib']:.0f}" if res["target"] != "kit" else "—",
+            "runtimes": f"{res['runtimes_rss_mib']:.0f}" if res["target"] == "shim" else "—",
         }
         return cells[key]
 
@@ -482,10 +529,17 @@ def table(results: list[dict[str, Any]], sizes: Sizes) -> str:
             f"(d) {sizes.sessions} sessions x {sizes.per_session} messages, turn events/s "
             "(`user` → `result`)",
         ),
+        ("e", f"(e) `POST /v1/sessions`, ms p50 / p99 ({sizes.sessions} one after the other)"),
+        ("e2", "(e) connect: WebSocket open + `hello` → `welcome`, ms p50 / p99"),
         ("rss", "host RSS after the run / peak, MiB"),
         ("helpers", "wrangler's node + proxy workerd RSS, MiB"),
+        ("runtimes", "container emulator + synthetic runtimes RSS, MiB"),
     ]
-    names = {"kit": "kit host", "do": "Durable Object (wrangler dev)"}
+    names = {
+        "kit": "kit host",
+        "do": "Durable Object (wrangler dev)",
+        "shim": "kit's shim (wrangler dev)",
+    }
     lines = [
         "| measure | " + " | ".join(names[r["target"]] for r in results) + " |",
         "|---" * (len(results) + 1) + "|",
@@ -496,33 +550,45 @@ def table(results: list[dict[str, Any]], sizes: Sizes) -> str:
 
 
 def cpu_table(results: list[dict[str, Any]], sizes: Sizes) -> str:
-    """CPU seconds per phase: host, what stands in front of it, the driver; and wall time."""
+    """CPU seconds per phase: host, what stands in front of it, the shim's runtimes, the
+    driver; and wall time."""
     lines = [
-        "| phase | target | wall s | host CPU s | wrangler/proxy CPU s | driver CPU s |",
-        "|---|---|---|---|---|---|",
+        "| phase | target | wall s | host CPU s | wrangler/proxy CPU s | runtimes CPU s "
+        "| driver CPU s |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for name in ("latency", "burst_1", f"burst_{sizes.clients}", "replay", "many"):
+    for name in ("latency", "burst_1", f"burst_{sizes.clients}", "replay", "many", "open"):
         for r in results:
             c = r[name]["cpu"]
             lines.append(
                 f"| {name} | {r['target']} | {c['wall_s']:.2f} | {c['host_s']:.2f} | "
-                f"{c['helpers_s']:.2f} | {c['driver_s']:.2f} |"
+                f"{c['helpers_s']:.2f} | {c.get('runtimes_s', 0.0):.2f} | {c['driver_s']:.2f} |"
             )
     return "\n".join(lines)
 
 
+TARGETS = {"both": ["kit", "do"], "all": ["kit", "do", "shim"]}
+
+
+def start_target(
+    name: str, work: Path, args: argparse.Namespace
+) -> AbstractAsyncContextManager[Running]:
+    """The host called ``name``, to start in ``work``."""
+    if name == "kit":
+        return kit_target(work, args.profile, args.kit_synchronous, args.kit_log)
+    if name == "do":
+        return do_target(work, direct=args.do_direct)
+    return shim_target(work)
+
+
 async def run(args: argparse.Namespace, sizes: Sizes) -> list[dict[str, Any]]:
-    targets = ["kit", "do"] if args.target == "both" else [args.target]
+    targets = TARGETS.get(args.target, [args.target])
     results = []
     with tempfile.TemporaryDirectory(prefix="kit-bench-host-") as tmp:
         for name in targets:
             work = Path(tmp) / name
             work.mkdir()
-            target = (
-                kit_target(work, args.profile, args.kit_synchronous, args.kit_log)
-                if name == "kit"
-                else do_target(work, direct=args.do_direct)
-            )
+            target = start_target(name, work, args)
             async with asyncio.timeout(args.max_seconds), target as running:
                 print(f"bench: {name} at {running.url}", file=sys.stderr)
                 results.append(await run_measures(running, sizes))
@@ -534,7 +600,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     d = Sizes()
-    parser.add_argument("--target", choices=["kit", "do", "both"], default="both")
+    parser.add_argument(
+        "--target",
+        choices=["kit", "do", "shim", "both", "all"],
+        default="both",
+        help="both: kit and do; all: kit, do and shim",
+    )
     parser.add_argument("--messages", type=int, default=d.messages, help="(a) messages measured")
     parser.add_argument("--warmup", type=int, default=d.warmup, help="(a) messages not measured")
     parser.add_argument("--burst", type=int, default=d.burst, help="(b) events in the burst")
@@ -590,7 +661,7 @@ def main() -> None:
         f"{r['target']}: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items())
         for r in results
     )
-    print(f"session host vs Durable Object ({os.cpu_count()} CPUs; {versions})")
+    print(f"session hosts ({os.cpu_count()} CPUs; {versions})")
     print(f"every client got seq 1..n with no gap or duplicate; per_commit={sizes.per_commit}\n")
     print(table(results, sizes))
     print("\nCPU by phase:\n")

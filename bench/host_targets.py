@@ -1,9 +1,12 @@
-"""The two hosts bench/host.py drives: start them, find their processes, stop them.
+"""The three hosts bench/host.py drives: start them, find their processes, stop them.
 
 ``kit_target`` runs bench/kit_host.py (one kit session host process); ``do_target`` runs
 ``wrangler dev --local`` on bench/do_host (installing its tools with scripts/setup-workers
 when they are missing) and tells the DO's workerd from the proxy workerd wrangler puts in
-front of it. Both yield a :class:`Running`: where to reach the host, which processes are it.
+front of it; ``shim_target`` runs the shim (worker_shim/) in ``wrangler dev`` as ``kit dev
+--target cloudflare`` does (:mod:`kit.cli.wrangler`), its containers synthetic runtimes
+behind kit's container emulator (bench/shim_containers.py). Each yields a
+:class:`Running`: where to reach the host, which processes are it.
 """
 
 from __future__ import annotations
@@ -23,14 +26,23 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from emulator.containers.serve import TOKEN_ENV
 from kit.cli.errors import CliError
-from kit.cli.wrangler import keep_reading, ready_url
+from kit.cli.wrangler import (
+    keep_reading,
+    ready_url,
+    run_wrangler_dev,
+    shim_wrangler,
+    write_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 KIT_HOST = ROOT / "bench" / "kit_host.py"
+SHIM_CONTAINERS = ROOT / "bench" / "shim_containers.py"
 DO_DIR = ROOT / "bench" / "do_host"
 SETUP_WORKERS = ROOT / "scripts" / "setup-workers"
 START_TIMEOUT_S = 120.0
@@ -55,6 +67,9 @@ class Running:
     helper_pids: list[int] = field(default_factory=list)
     """Processes in front of it (wrangler's node and its proxy workerd)."""
     versions: dict[str, str] = field(default_factory=dict)
+    runtime_pids: list[int] = field(default_factory=list)
+    """Processes outside the host that run its sandboxes (the shim's container emulator
+    with its synthetic runtimes); kit's and the DO's run inside the host."""
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -154,6 +169,31 @@ async def _stop(proc: asyncio.subprocess.Process, group: bool) -> None:
 
 
 @contextlib.asynccontextmanager
+async def _bench_process(
+    args: list[str], env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    """Run one of the bench's Python servers (bench/kit_host.py, bench/shim_containers.py):
+    (its pid, the JSON line it prints once it listens); at the end, close its stdin (it
+    stops there) and wait for it."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, env=env
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)
+        if not line:
+            raise BenchError(f"{args[0]} exited before it listened (see its stderr above).")
+        yield proc.pid, json.loads(line)
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            await _stop(proc, group=False)
+
+
+@contextlib.asynccontextmanager
 async def kit_target(
     work: Path, profile: Path | None, synchronous: str | None, log: str = "do"
 ) -> AsyncIterator[Running]:
@@ -161,37 +201,22 @@ async def kit_target(
     token = "kit-api-" + secrets.token_urlsafe(24)
     state = work / "kit-state"
     state.mkdir()
-    args = [sys.executable, str(KIT_HOST), "--state", str(state), "--api-token", token]
+    args = [str(KIT_HOST), "--state", str(state), "--api-token", token]
     if profile is not None:
         args += ["--profile", str(profile)]
     if synchronous is not None:
         args += ["--synchronous", synchronous]
     args += ["--log", log]
-    proc = await asyncio.create_subprocess_exec(
-        *args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT
-    )
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)
-        if not line:
-            raise BenchError("bench/kit_host.py exited before it listened (see its stderr above).")
-        info = json.loads(line)
+    async with _bench_process(args) as (pid, info):
         yield Running(
             "kit",
             info["url"],
             token,
-            [proc.pid],
+            [pid],
             versions={"python": platform.python_version(), "sqlite": sqlite3.sqlite_version}
             | {"event log": "sqlite" if synchronous else log}
             | ({"synchronous": synchronous} if synchronous else {}),
         )
-    finally:
-        if proc.stdin is not None:
-            proc.stdin.close()  # kit_host.py stops at the end of its stdin
-        try:
-            await asyncio.wait_for(proc.wait(), 30)
-        except TimeoutError:
-            await _stop(proc, group=False)
 
 
 def workers_tools() -> tuple[Path, Path]:
@@ -294,24 +319,40 @@ def _comm(pid: int) -> str:
         return ""
 
 
-def _do_processes(
-    root: int, url: str, token: str, port: int, node: Path, wrangler: Path
-) -> Running:
-    """Tell the DO's workerd from wrangler's proxy workerd (the one on the public port)."""
+def _workerds(root: int, port: int) -> tuple[list[int], list[int]]:
+    """(the host's workerd, wrangler's proxy workerd: the one on the public ``port``)
+    among the processes below wrangler's ``root``."""
     workerds = [p for p in descendants(root) if _comm(p) == "workerd"]
     proxy = [p for p in workerds if port in listening_ports(p)]
     host = [p for p in workerds if p not in proxy]
     if not host:  # one workerd serves both (another wrangler): count it as the host
         host, proxy = proxy, []
+    return host, proxy
+
+
+def _wrangler_versions(node: Path, wrangler_js: Path) -> dict[str, str]:
+    """node's, wrangler's and (the one wrangler runs: its own, else the hoisted one)
+    workerd's versions."""
+    package = wrangler_js.parent.parent
     versions = {
         "node": subprocess.run(
             [str(node), "--version"], capture_output=True, text=True, check=False
         ).stdout.strip(),
-        "wrangler": json.loads((wrangler.parent.parent / "package.json").read_text())["version"],
+        "wrangler": json.loads((package / "package.json").read_text())["version"],
     }
-    workerd_pkg = DO_DIR / "node_modules" / "workerd" / "package.json"
-    if workerd_pkg.is_file():
-        versions["workerd"] = json.loads(workerd_pkg.read_text())["version"]
+    for workerd in (package / "node_modules" / "workerd", package.parent / "workerd"):
+        if (workerd / "package.json").is_file():
+            versions["workerd"] = json.loads((workerd / "package.json").read_text())["version"]
+            break
+    return versions
+
+
+def _do_processes(
+    root: int, url: str, token: str, port: int, node: Path, wrangler: Path
+) -> Running:
+    """Tell the DO's workerd from wrangler's proxy workerd (the one on the public port)."""
+    host, proxy = _workerds(root, port)
+    versions = _wrangler_versions(node, wrangler)
     return Running("do", url, token, host, [root, *proxy], versions)
 
 
@@ -325,3 +366,52 @@ async def _direct_url(host_pids: list[int]) -> str:
                     if answer.status_code == 200 and answer.json() == {"ok": True}:
                         return f"http://127.0.0.1:{port}"
     raise BenchError("found no port of the DO's workerd that answers /healthz")
+
+
+@contextlib.asynccontextmanager
+async def shim_target(work: Path) -> AsyncIterator[Running]:
+    """Start the shim in ``wrangler dev`` as ``kit dev --target cloudflare`` does
+    (:func:`kit.cli.wrangler.run_wrangler_dev`: offline, on 127.0.0.1, containers off,
+    secrets in a 0600 ``.dev.vars`` removed at exit), its containers served by
+    bench/shim_containers.py (kit's container emulator, synthetic runtimes)."""
+    try:
+        wrangler = shim_wrangler()
+    except CliError as exc:
+        raise BenchError(str(exc)) from None
+    token = "kit-api-" + secrets.token_urlsafe(24)
+    emulator_token = secrets.token_urlsafe(32)
+    port = free_port()
+    env = {**os.environ, TOKEN_ENV: emulator_token}
+    async with _bench_process([str(SHIM_CONTAINERS)], env) as (containers_pid, containers):
+        config = write_config(
+            work / "shim",
+            name="kit-bench-shim",
+            tier="lite",
+            variables={
+                "KIT_WORKER_URL": f"http://127.0.0.1:{port}",
+                "KIT_MODEL_UPSTREAM": "http://127.0.0.1:9",  # never called: no model
+                "KIT_CONTAINER_EMULATOR": containers["url"],
+            },
+            secrets={
+                "KIT_API_TOKEN": token,
+                "ANTHROPIC_API_KEY": "bench-never-used",
+                "KIT_CONTAINER_EMULATOR_TOKEN": emulator_token,
+            },
+        )
+        try:
+            async with run_wrangler_dev(config, port=port, persist=work / "shim-state") as dev:
+                host, proxy = _workerds(dev.pid, port)
+                local_node = wrangler.parent / "node"
+                node = local_node if local_node.exists() else Path(shutil.which("node") or "node")
+                yield Running(
+                    "shim",
+                    dev.url,
+                    token,
+                    host,
+                    [dev.pid, *proxy],
+                    _wrangler_versions(node, wrangler.resolve())
+                    | {"python": platform.python_version()},
+                    runtime_pids=[containers_pid],
+                )
+        except CliError as exc:
+            raise BenchError(str(exc)) from None

@@ -11,7 +11,7 @@ SIGINT or the end of its stdin. ``--profile`` writes a cProfile of the whole run
 (by default the emulator's Durable Objects, as ``kit dev`` runs it; ``--log sqlite`` the
 plain SQLite log store) and :class:`SyntheticProvider`, whose sandboxes are small HTTP
 servers in this process speaking kit's host↔runtime wire (docs/protocol.md §11) with the
-same synthetic turn as the Durable Object in ``bench/do_host``. No SDK, no CLI, no model:
+same synthetic turn as the Durable Object in ``bench/do_host`` (bench/synthetic_runtime.py). No SDK, no CLI, no model:
 the bench measures the host, as the DO side has no container either. The runtimes share
 the host's process and CPU, as the DO's synthetic turn shares the DO's.
 """
@@ -25,13 +25,12 @@ import cProfile
 import itertools
 import json
 import os
-import re
 import signal
-import sys
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+
+from synthetic_runtime import SyntheticRuntime, wait_for_stop
 
 from emulator.durable_objects import DOLogStore
 from kit.host import (
@@ -50,51 +49,10 @@ from kit.host.eventlog import SQLiteSessionLog
 from kit.host.gateway import GatewayConfig, open_gateway
 from kit.host.sandbox import reason_of
 from kit.ids import SandboxId, SessionId
-from kit.protocol.runtime_api import (
-    HEALTH_PATH,
-    INTERRUPT_PATH,
-    NDJSON,
-    TURNS_PATH,
-    RuntimeEvent,
-    TurnRequest,
-)
-
-DEFAULT_PER_COMMIT = 100
-"""Events per runtime chunk in a burst when the text does not say (the DO commits as many)."""
-MAX_BURST = 1_000_000
-_BURST = re.compile(r"^burst (\d+)(?: (\d+))?$")
-_RESULT = {
-    "is_error": False,
-    "subtype": "success",
-    "text": "done",
-    "num_turns": 1,
-    "duration_ms": 0,
-    "stop_reason": "end_turn",
-    "total_cost_usd": 0,
-    "usage": {},
-}
-
-
-def synthetic_turn(text: str) -> Iterator[list[RuntimeEvent]]:
-    """The turn both hosts run, chunk by chunk (same as ``syntheticTurn`` in bench/do_host).
-
-    ``burst N [per_commit]``: N ``text_delta`` events and a ``result``, ``per_commit`` to a
-    chunk; any other text: one ``text_delta`` and a ``result``.
-    """
-    burst = _BURST.match(text.strip())
-    if burst is None:
-        yield [RuntimeEvent("text_delta", {"text": "ok"}), RuntimeEvent("result", _RESULT)]
-        return
-    n = min(int(burst.group(1)), MAX_BURST)
-    per = max(1, int(burst.group(2) or DEFAULT_PER_COMMIT))
-    events = [RuntimeEvent("text_delta", {"text": f"word{i} "}) for i in range(n)]
-    events.append(RuntimeEvent("result", _RESULT))
-    for start in range(0, len(events), per):
-        yield events[start : start + per]
 
 
 class SyntheticSandbox(Sandbox):
-    """One synthetic runtime: an HTTP/1.1 server on a loopback port of this process."""
+    """One synthetic runtime (bench/synthetic_runtime.py) in this process, as a sandbox."""
 
     _ids = itertools.count(1)
 
@@ -103,15 +61,12 @@ class SyntheticSandbox(Sandbox):
         self.session_id = spec.session_id
         self.resumed = False
         self.endpoint = ""
-        self._auth = f"Bearer {spec.runtime_token}"
-        self._server: asyncio.Server | None = None
+        self._runtime = SyntheticRuntime(spec.session_id, spec.runtime_token)
         self._exit: asyncio.Future[ExitInfo] = asyncio.get_running_loop().create_future()
 
     async def listen(self) -> None:
         """Start serving; sets :attr:`endpoint`."""
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        self.endpoint = f"http://127.0.0.1:{port}"
+        self.endpoint = await self._runtime.listen()
 
     @property
     def state(self) -> SandboxState:
@@ -121,58 +76,10 @@ class SyntheticSandbox(Sandbox):
         return await asyncio.shield(self._exit)
 
     async def kill(self, sig: int = signal.SIGKILL, reason: str | None = None) -> None:
-        if self._server is not None:
-            self._server.close()
+        self._runtime.close()
         if not self._exit.done():
             code = 128 + int(sig)
             self._exit.set_result(ExitInfo(code, reason or reason_of(code)))
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.IncompleteReadError, ValueError):
-            await self._answer(reader, writer)
-        writer.close()
-
-    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-        method, path, _ = head[0].split(" ", 2)
-        headers = {}
-        for line in head[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
-        if headers.get("authorization") != self._auth:
-            return _reply(writer, 401, {"error": "unauthorized"})
-        if method == "GET" and path == HEALTH_PATH:
-            return _reply(
-                writer,
-                200,
-                {"ok": True, "session_id": self.session_id, "state": "ready", "resumed": False},
-            )
-        if method == "POST" and path == INTERRUPT_PATH:
-            return _reply(writer, 202, {"interrupted": False})
-        if method != "POST" or path != TURNS_PATH:
-            return _reply(writer, 404, {"error": "not_found"})
-        turn = TurnRequest.from_json(body)
-        writer.write(
-            f"HTTP/1.1 200 OK\r\ncontent-type: {NDJSON}\r\ntransfer-encoding: chunked\r\n"
-            "connection: close\r\n\r\n".encode()
-        )
-        for chunk in synthetic_turn(turn.text):
-            data = b"".join(event.to_line() for event in chunk)
-            writer.write(b"%x\r\n%s\r\n" % (len(data), data))
-            await writer.drain()
-            await asyncio.sleep(0)  # a runtime streams: let the host take each chunk as it comes
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
-
-
-def _reply(writer: asyncio.StreamWriter, status: int, body: dict[str, Any]) -> None:
-    data = json.dumps(body).encode()
-    writer.write(
-        f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(data)}\r\nconnection: close\r\n\r\n".encode()
-        + data
-    )
 
 
 class SyntheticProvider(SandboxProvider):
@@ -280,20 +187,9 @@ async def serve_kit_host(
 
 
 async def _serve(state: Path, api_token: str, port: int, synchronous: str | None, log: str) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
-    # The end of stdin also stops the host: it dies with a driver that was killed.
-    def watch_stdin() -> None:
-        sys.stdin.buffer.read()
-        loop.call_soon_threadsafe(stop.set)
-
-    threading.Thread(target=watch_stdin, daemon=True).start()
     async with serve_kit_host(state, api_token, port=port, synchronous=synchronous, log=log) as url:
         print(json.dumps({"url": url, "pid": os.getpid()}), flush=True)
-        await stop.wait()
+        await wait_for_stop()
 
 
 def main() -> None:

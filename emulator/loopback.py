@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Callable
 
 import uvicorn
 from starlette.types import ASGIApp
+
+from kit.host.gateway import tcp_socket
 
 STARTUP_LIMIT_S = 10.0
 SHUTDOWN_GRACE_S = 1
@@ -26,12 +27,9 @@ async def serve_app(
     (a host off loopback, or a server that did not start within STARTUP_LIMIT_S)."""
     if host not in LOOPBACK:
         raise error(f"The {what} serves on loopback only, not {host!r}: use 127.0.0.1.")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1" if host == "localhost" else host, port))
-    sock.listen(128)
-    sock.setblocking(False)
+    # kit's own listening socket: TCP_NODELAY on what it accepts, or each keep-alive
+    # request's answer waits ~40 ms for the client's delayed ACK (Nagle).
+    sock = tcp_socket("127.0.0.1" if host == "localhost" else host, port)
     bound = sock.getsockname()[1]
     server = uvicorn.Server(
         uvicorn.Config(
@@ -55,7 +53,7 @@ async def serve_app(
             raise error(
                 f"The {what} did not start on {host}:{bound} within {STARTUP_LIMIT_S:.0f} s."
             )
-        name = f"[{host}]" if family == socket.AF_INET6 else "127.0.0.1"
+        name = f"[{host}]" if ":" in host else "127.0.0.1"
         yield f"http://{name}:{bound}"
     finally:
         server.should_exit = True

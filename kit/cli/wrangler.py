@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -75,10 +76,26 @@ def shim_wrangler() -> Path:
         raise CliError(str(exc)) from None
 
 
+@dataclass(frozen=True)
+class WranglerDev:
+    """A running ``wrangler dev``: its URL, and its process (the leader of a process group
+    that holds its workerd processes too)."""
+
+    url: str
+    pid: int
+
+
 @contextlib.asynccontextmanager
 async def wrangler_dev(config: Path, *, port: int, persist: Path) -> AsyncIterator[str]:
     """``wrangler dev`` of ``config`` on ``127.0.0.1:port``, its DO storage in ``persist``;
     yield its URL once it says ``Ready``; stop it (and its workerd) at the end."""
+    async with run_wrangler_dev(config, port=port, persist=persist) as dev:
+        yield dev.url
+
+
+@contextlib.asynccontextmanager
+async def run_wrangler_dev(config: Path, *, port: int, persist: Path) -> AsyncIterator[WranglerDev]:
+    """:func:`wrangler_dev`, yielding its process too (bench/host.py measures it)."""
     wrangler = shim_wrangler()
     home = config.parent / "wrangler-home"
     home.mkdir(mode=0o700, exist_ok=True)
@@ -131,7 +148,7 @@ async def wrangler_dev(config: Path, *, port: int, persist: Path) -> AsyncIterat
                 "program took that port meanwhile); run the command again."
             )
         drain = asyncio.create_task(keep_reading(stdout, tail))
-        yield url
+        yield WranglerDev(url, proc.pid)
     finally:
         await _stop(proc)
         (config.parent / ".dev.vars").unlink(missing_ok=True)  # its secrets go with it

@@ -1,4 +1,4 @@
-"""bench/host.py keeps working: its kit target on tiny sizes, its seq check, the DO on request."""
+"""bench/host.py keeps working: its kit, DO and shim targets on tiny sizes, its seq check."""
 
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ def check_counts(result: dict[str, Any]) -> None:
     assert result["burst_2"]["events"] == 52
     assert result["replay"]["events"] >= 40
     assert result["many"]["events"] == 3 * 2 * 3
+    assert result["open"]["sessions"] == 3
     assert result["host_rss_mib"]["now"] > 0
 
 
@@ -66,6 +67,19 @@ def test_do_target_runs_every_measure(tmp_path: Path) -> None:
     [do] = report["results"]
     assert do["target"] == "do"
     check_counts(do)
+
+
+def test_shim_target_runs_every_measure(tmp_path: Path) -> None:
+    """kit's shim under wrangler dev, its containers synthetic runtimes behind kit's
+    container emulator, runs (a)-(e) on tiny sizes; the emulator is measured apart."""
+    if not (ROOT / "worker_shim" / "node_modules" / ".bin" / "wrangler").exists():
+        pytest.fail("wrangler is not installed: run scripts/setup-workers (scripts/test does).")
+    report = run_bench("shim", tmp_path)
+    [shim] = report["results"]
+    assert shim["target"] == "shim"
+    check_counts(shim)
+    assert shim["runtimes_rss_mib"] > 0
+    assert shim["versions"]["wrangler"]
 
 
 @pytest.fixture
