@@ -67,6 +67,10 @@ class SyntheticRunner:
     """The container emulator's :class:`~emulator.containers.Runner`: each container one
     :class:`SyntheticRuntime` in this process (a signal or a removal ends it)."""
 
+    intercepts = True
+    """The DO intercepts every container's HTTP before it starts; a synthetic runtime
+    calls nothing out, so its route (``spec.egress``) goes unused."""
+
     def __init__(self) -> None:
         self._runs: dict[str, _Run] = {}
         self._http = httpx.AsyncHTTPTransport()
