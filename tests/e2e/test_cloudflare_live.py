@@ -4,9 +4,9 @@ it. Runs only with credentials (``CLOUDFLARE_API_TOKEN``, ``ANTHROPIC_API_KEY``;
 ``CLOUDFLARE_ACCOUNT_ID``) and Docker with buildx (wrangler builds the image); otherwise it
 is skipped with the reason. Never part of CI here: it talks to the internet.
 
-It stops short of a chat turn: on Cloudflare the shim does not yet give the container its
-runtime config or a model route (worker_shim/README.md, "Not here yet"), so a turn cannot
-run there (docs/deploy-cloudflare.md, "Not done yet")."""
+Then a chat turn with the real model: the session's container reaches its model and
+store routes only through outbound interception (worker_shim/src/egress.ts), which nothing
+on this machine can exercise for real; the Worker's own URL serves no model route."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from kit.client import SessionClient
+from tests.agents import turn_events
 from tests.kitproc import spawn_kit
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
@@ -81,6 +83,18 @@ async def test_deploy_reach_and_destroy_on_real_cloudflare(kit_tmp: Path) -> Non
                 f"{url}/v1/sessions", headers={"authorization": f"Bearer {token}"}
             )
             assert made.status_code == 201, made.text
-            assert made.json()["ws_url"].startswith("wss://")
+            info = made.json()
+            assert info["ws_url"].startswith("wss://")
+            public_model = await http.post(
+                f"{url}/v1/sessions/{info['session_id']}/model/v1/messages", json={}
+            )
+            assert public_model.status_code == 401
+        async with SessionClient(info["ws_url"], info["token"]) as client:
+            events = await turn_events(client, "Reply with one short sentence.", timeout_s=600)
+        states = [e.data.get("state") for e in events if e.kind == "sandbox"]
+        assert "running" in states, [(e.kind, e.data) for e in events]
+        assert events[-1].kind == "result", [(e.kind, e.data) for e in events]
+        assert events[-1].data["is_error"] is False
+        assert str(events[-1].data["text"]).strip()
     finally:
         await _kit("destroy", *args, "--yes", env=env)
