@@ -21,10 +21,11 @@ pytestmark = pytest.mark.slow
 READY_TIMEOUT_S = 300.0
 
 
-async def test_kit_dev_target_cloudflare_then_kit_chat(kit_tmp: Path) -> None:
-    """The banner names the Worker's URL; `kit chat --message` answers through the shim (a
-    Bash tool ran in the session's container); SIGINT exits 0 and leaves no container."""
-    runtime_image()  # built here first: skips, saying why, where Docker cannot run
+async def _start(
+    kit_tmp: Path,
+) -> tuple[asyncio.subprocess.Process, Path, Path, dict[str, str]]:
+    """`kit dev --target cloudflare` of a test agent, offline: the process, the project,
+    the state folder and the environment it runs with."""
     project = write_agent(kit_tmp / "agent")
     state = kit_tmp / "state"
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
@@ -33,6 +34,14 @@ async def test_kit_dev_target_cloudflare_then_kit_chat(kit_tmp: Path) -> None:
     dev = await spawn_kit(
         "dev", "--target", "cloudflare", "--project", str(project), cwd=kit_tmp, env=env
     )
+    return dev, project, state, env
+
+
+async def test_kit_dev_target_cloudflare_then_kit_chat(kit_tmp: Path) -> None:
+    """The banner names the Worker's URL; `kit chat --message` answers through the shim (a
+    Bash tool ran in the session's container); SIGINT exits 0 and leaves no container."""
+    runtime_image()  # built here first: skips, saying why, where Docker cannot run
+    dev, project, state, env = await _start(kit_tmp)
     assert dev.stdout is not None
     url = None
     try:
@@ -65,14 +74,7 @@ async def test_ctrl_c_during_start_up_takes_down_what_was_started(kit_tmp: Path)
     no container, no secrets file and no dev.json. Seen failing before kit watched for
     signals during start-up: the SIGINT was ignored until the banner."""
     runtime_image()
-    project = write_agent(kit_tmp / "agent")
-    state = kit_tmp / "state"
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    env.pop("ANTHROPIC_API_KEY", None)
-    env["KIT_STATE_DIR"] = str(state)
-    dev = await spawn_kit(
-        "dev", "--target", "cloudflare", "--project", str(project), cwd=kit_tmp, env=env
-    )
+    dev, _, state, _ = await _start(kit_tmp)
     assert dev.stdout is not None
     seen: list[str] = []
     try:
