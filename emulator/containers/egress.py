@@ -29,12 +29,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import httpx
-from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from emulator.containers.proxy import HOP_BY_HOP, TIMEOUT, body_chunks
+from emulator.containers.proxy import HOP_BY_HOP, TIMEOUT, body_chunks, streamed
 
 WORKER_HOST = "kit.internal"
 """The name a container calls the Worker by (worker_shim/src/egress.ts WORKER_HOST)."""
@@ -126,10 +125,4 @@ class EgressRelay:
                 {"error": "bad_gateway", "message": f"The Worker could not be reached: {exc!r}."},
                 status_code=502,
             )
-        kept = {k: v for k, v in answer.headers.items() if k not in HOP_BY_HOP}
-        return StreamingResponse(
-            answer.aiter_raw(),
-            status_code=answer.status_code,
-            headers=kept,
-            background=BackgroundTask(answer.aclose),
-        )
+        return streamed(answer)

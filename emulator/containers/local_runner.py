@@ -35,7 +35,7 @@ from pathlib import Path
 
 import httpx
 
-from emulator.containers.errors import RunnerError
+from emulator.containers.errors import ContainersEmulatorError, RunnerError
 from emulator.containers.netns import CLONE_NEWNET, NetnsTransport, forward_out
 from emulator.containers.runner import KILLED, Exit, LaunchSpec, loopback_ports
 from emulator.sandbox.cgroups import Cgroups, Limits, SandboxCgroup
@@ -135,7 +135,13 @@ class LocalRunner:
             group.watch_oom(lambda: self._oom(run))
         if self.isolated:
             for port in loopback_ports(spec.env):
-                run.forwards.append(await forward_out(process.pid, port))
+                try:
+                    run.forwards.append(await forward_out(process.pid, port))
+                except (OSError, ContainersEmulatorError) as exc:  # it exited already
+                    await self.remove(spec.container_id)
+                    raise RunnerError(
+                        f"Cannot forward port {port} into container {spec.container_id}: {exc}."
+                    ) from exc
 
     def _oom(self, run: _Run) -> None:
         run.oom = True

@@ -78,14 +78,18 @@ async def proxy(
         ) from None
     except httpx.HTTPError as exc:
         raise ApiError(502, "bad_gateway", f"The container's port {port} failed: {exc!r}.") from exc
-    headers = {k: v for k, v in answer.headers.items() if k not in HOP_BY_HOP}
+    return streamed(answer)
 
-    async def close() -> None:
-        await answer.aclose()
 
-    return StreamingResponse(
-        answer.aiter_raw(),
-        status_code=answer.status_code,
-        headers=headers,
-        background=BackgroundTask(close),
+def streamed(answer: httpx.Response) -> StreamingResponse:
+    """``answer`` passed on as it arrives: its status and headers (a repeated one, say
+    ``set-cookie``, kept repeated; hop-by-hop ones dropped), closed at the end."""
+    response = StreamingResponse(
+        answer.aiter_raw(), status_code=answer.status_code, background=BackgroundTask(answer.aclose)
     )
+    response.raw_headers = [
+        (name.encode("latin-1"), value.encode("latin-1"))
+        for name, value in answer.headers.multi_items()
+        if name not in HOP_BY_HOP
+    ]
+    return response

@@ -36,7 +36,7 @@ from typing import Protocol
 import httpx
 
 from emulator.containers.egress import WORKER_HOST, EgressRoute
-from emulator.containers.errors import RunnerError
+from emulator.containers.errors import ContainersEmulatorError, RunnerError
 from emulator.containers.netns import NetnsTransport, forward_out
 from emulator.sandbox.dockerapi import DEFAULT_SOCKET, ContainerSpec, DockerClient
 from kit.host.errors import SandboxError
@@ -186,7 +186,7 @@ class DockerRunner:
         for port, to_port, source in outs:
             try:
                 servers.append(await forward_out(pid, port, to_port=to_port, source=source))
-            except OSError as exc:  # the process already exited or holds the port itself
+            except (OSError, ContainersEmulatorError) as exc:  # it exited, or holds the port
                 await self.remove(spec.container_id)
                 raise RunnerError(
                     f"Cannot forward port {port} into container {spec.container_id}: {exc}."

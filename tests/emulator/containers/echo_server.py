@@ -2,7 +2,7 @@
 ``GET /events?n=N`` streams N NDJSON lines, each after the first waiting for one
 ``POST /next`` (so a test sees a line arrive before the next exists); ``POST /count``
 answers how many body bytes it read (chunked or not); ``GET /hangup`` closes the
-connection without answering; any other ``GET`` answers what it
+connection without answering; ``GET /cookies`` sets two cookies; any other ``GET`` answers what it
 saw (path, ``$NAME``, ``Authorization``, the emulator's header)."""
 
 import http.server
@@ -33,6 +33,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.path == "/hangup":
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if self.path == "/cookies":
+            self.send_response(200)
+            self.send_header("set-cookie", "a=1")
+            self.send_header("set-cookie", "b=2")
+            self.send_header("content-length", "0")
+            self.end_headers()
             return
         if self.path.startswith("/events"):
             n = int(self.path.partition("n=")[2])

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import signal
 
+import pytest
+
 from emulator.containers import CLOUDFLARE_INSTANCES, DockerRunner
+from emulator.containers import runner as runner_module
+from emulator.containers.errors import NotListening
 from emulator.containers.runner import LABEL_CONTAINER, LABEL_RUNNER
 from emulator.sandbox.dockerapi import ContainerSpec, DockerClient
 from tests.emulator.containers.conftest import Emu, containers_of
@@ -139,3 +144,21 @@ async def test_leftovers_of_a_killed_emulator_are_swept() -> None:
     finally:
         await docker.remove(f"kit-cf-left-{runner_id}")
         await docker.close()
+
+
+async def test_a_container_gone_before_its_ports_are_forwarded_is_a_start_failure(
+    emu: Emu, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that exits before the emulator enters its namespace (no process to enter) is a
+    502 ``start_failed`` naming the port, and leaves no container: not a 500 with the
+    container left behind."""
+
+    async def gone(pid: int, port: int, **_: object) -> asyncio.Server:
+        raise NotListening(f"The container's process {pid} is gone.")
+
+    monkeypatch.setattr(runner_module, "forward_out", gone)
+    r = await emu.start("c1", entrypoint=SLEEP, env={"URL": "http://127.0.0.1:8787/x"})
+    assert r.status_code == 502
+    assert r.json()["error"] == "start_failed"
+    assert "Cannot forward port 8787" in r.json()["message"]
+    assert containers_of(emu.runner_id) == []

@@ -98,3 +98,11 @@ async def test_ndjson_answer_streams_event_by_event(emu: Emu) -> None:
                         await emu.http.post("/containers/c1/ports/8080/next")
                     ).status_code == 200
     assert seen == [0, 1, 2]
+
+
+async def test_a_repeated_header_comes_back_repeated(emu: Emu) -> None:
+    """Two ``set-cookie`` lines from the container reach the shim as two, not one."""
+    await emu.serve_echo("c1")
+    r = await emu.http.get("/containers/c1/ports/8080/cookies")
+    assert r.status_code == 200
+    assert r.headers.get_list("set-cookie") == ["a=1", "b=2"]
