@@ -38,6 +38,9 @@ async def serve_app(
             lifespan="off",
             access_log=False,
             timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+            # Never trust X-Forwarded-For from 127.0.0.1: the egress relay tells
+            # containers apart by the client address.
+            proxy_headers=False,
         )
     )
     # A plain task rather than a task group, so that the block may be entered and left in

@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import httpx
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
@@ -39,6 +39,8 @@ WORKER_HOST = "kit.internal"
 """The name a container calls the Worker by (worker_shim/src/egress.ts WORKER_HOST)."""
 EGRESS_TOKEN = "x-kit-egress-token"
 EGRESS_URL = "x-kit-egress-url"
+CLIENT_DEFAULTS = ("accept", "accept-encoding", "user-agent")
+"""Headers httpx adds to every request: not the container's, so not passed on."""
 SOURCE_NET = (127, 88)
 """Containers' source addresses are 127.88.x.y (loopback: nothing to configure)."""
 MAX_SOURCES = 65_000
@@ -83,6 +85,10 @@ class EgressRelay:
         self._by_source[source] = interception
         return EgressRoute(self.port, source)
 
+    def source_of(self, container_id: str) -> str | None:
+        """The loopback address ``container_id``'s runs connect from, once routed."""
+        return self._source_of.get(container_id)
+
     async def close(self) -> None:
         await self._client.aclose()
 
@@ -102,13 +108,16 @@ class EgressRelay:
                 status_code=403,
             )
         host = request.headers.get("host", WORKER_HOST)
-        target = f"http://{host}{request.url.path}"
+        # The path as sent (percent-escapes kept: %2F is no slash), and the query.
+        raw_path: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
+        target = f"http://{host}{raw_path.decode('latin-1')}"
         if request.url.query:
             target += "?" + request.url.query
         headers = [
             (name, value)
             for name, value in request.headers.items()
-            if name not in HOP_BY_HOP and name not in (EGRESS_TOKEN, EGRESS_URL)
+            if (name not in HOP_BY_HOP or name == "content-length")  # a sized body stays sized
+            and name not in (EGRESS_TOKEN, EGRESS_URL)
         ]
         headers += [(EGRESS_TOKEN, interception.token), (EGRESS_URL, target)]
         has_body = request.method not in ("GET", "HEAD") or "content-length" in request.headers
@@ -118,8 +127,13 @@ class EgressRelay:
             headers=headers,
             content=body_chunks(request) if has_body else None,
         )
+        for name in CLIENT_DEFAULTS:  # httpx's own, where the container sent none
+            if name not in request.headers:
+                del outgoing.headers[name]
         try:
             answer = await self._client.send(outgoing, stream=True)
+        except ClientDisconnect:  # the container went away mid-body
+            return Response(status_code=499)
         except httpx.HTTPError as exc:
             return JSONResponse(
                 {"error": "bad_gateway", "message": f"The Worker could not be reached: {exc!r}."},

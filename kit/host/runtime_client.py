@@ -28,6 +28,8 @@ CONNECT_TIMEOUT_S = 10.0
 PROBE_INTERVAL_S = 0.005
 """How often :func:`wait_ready` tries a runtime that does not answer yet."""
 MAX_LINE_BYTES = 16 * 1024 * 1024
+READ_PIECE = 1 << 16
+"""The most of a turn's body read at once."""
 
 
 class SandboxGone(SandboxError):
@@ -200,31 +202,49 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> b
 
 
 async def _chunks(reader: asyncio.StreamReader, headers: dict[str, str]) -> AsyncIterator[bytes]:
+    """The body as it arrives, in pieces of at most READ_PIECE bytes (a chunk the runtime
+    says is huge is read a piece at a time, never held whole)."""
     if headers.get("transfer-encoding", "").lower() != "chunked":
-        while data := await reader.read(65536):
+        while data := await reader.read(READ_PIECE):
             yield data
         return
-    while True:
+    for _ in range(1 << 40):  # bounded by the body's end
         size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
         if size == 0:
             await reader.readuntil(b"\r\n")
             return
-        yield await reader.readexactly(size)
+        while size > 0:
+            piece = await reader.readexactly(min(size, READ_PIECE))
+            size -= len(piece)
+            yield piece
         await reader.readexactly(2)
 
 
 async def _ndjson_batches(
-    reader: asyncio.StreamReader, headers: dict[str, str]
+    reader: asyncio.StreamReader, headers: dict[str, str], max_line: int = MAX_LINE_BYTES
 ) -> AsyncIterator[list[str]]:
-    """The complete lines of each chunk, as one list per chunk."""
-    pending = b""
+    """The complete lines of each piece of the body as it arrives, blank ones skipped, one
+    list per piece. Linear in the bytes read (a line's pieces are joined once, when it
+    ends); ValueError for a line longer than ``max_line`` (a lost sandbox, not memory to
+    grow into), or one that is not UTF-8."""
+    pieces: list[bytes] = []
+    held = 0
     async for chunk in _chunks(reader, headers):
-        pending += chunk
-        if b"\n" not in pending:
+        head, newline, rest = chunk.rpartition(b"\n")
+        if not newline:
+            held += len(chunk)
+            if held > max_line:
+                raise ValueError(f"The runtime sent a line longer than {max_line} bytes.")
+            pieces.append(chunk)
             continue
-        complete, _, pending = pending.rpartition(b"\n")
-        lines = [line.decode() for line in complete.split(b"\n") if line.strip()]
-        if lines:
-            yield lines
-    if pending.strip():
-        yield [pending.decode()]
+        pieces.append(head)
+        lines = b"".join(pieces).split(b"\n")
+        pieces, held = [rest], len(rest)
+        if any(len(line) > max_line for line in lines) or held > max_line:
+            raise ValueError(f"The runtime sent a line longer than {max_line} bytes.")
+        found = [line.decode() for line in lines if line.strip()]
+        if found:
+            yield found
+    last = b"".join(pieces)
+    if last.strip():
+        yield [last.decode()]

@@ -60,7 +60,14 @@ export default {
     if (egress !== null && env.KIT_CONTAINER_EMULATOR) {
       // An emulated container's request, delivered by kit's container emulator to the DO
       // that intercepted it (httpcontainer.ts checks its token).
-      return env.SESSION.get(env.SESSION.idFromString(egress[1])).fetch(request);
+      let id: DurableObjectId;
+      try {
+        id = env.SESSION.idFromString(egress[1]);
+      } catch {
+        await request.body?.cancel();
+        return json({ error: "not_found", message: "No Durable Object has this id." }, 404);
+      }
+      return env.SESSION.get(id).fetch(request);
     }
     if (!(await authorized(request, env))) {
       return json({ error: "unauthorized", message: "Send Authorization: Bearer <the host's API token>." }, 401, {

@@ -101,6 +101,7 @@ export class SessionDO extends DurableObject<Env> {
       revokeSandboxTokens: () => {
         this.log.setMeta("model_token_sha256", "");
         this.log.setMeta("egress_token_sha256", "");
+        this.log.setMeta("egress_token_prev_sha256", "");
         this.storeApi.revokeToken("sandbox");
       },
       intercept: (container) => this.intercept(container),
@@ -332,7 +333,12 @@ export class SessionDO extends DurableObject<Env> {
       id: this.ctx.id.toString(),
       image: this.env.KIT_CONTAINER_IMAGE || undefined,
       worker: this.env.KIT_WORKER_URL || undefined,
-      egressToken: async (token) => this.log.setMeta("egress_token_sha256", await sha256(token)),
+      egressToken: async (token) => {
+        // The emulator switches tokens after this: the previous one stays good until the
+        // sandbox's tokens are revoked, so no request in between is refused.
+        this.log.setMeta("egress_token_prev_sha256", this.log.meta("egress_token_sha256") ?? "");
+        this.log.setMeta("egress_token_sha256", await sha256(token));
+      },
     });
     return this.emulated;
   }
@@ -343,8 +349,13 @@ export class SessionDO extends DurableObject<Env> {
   private async emulatedEgress(request: Request): Promise<Response> {
     const sent = request.headers.get(EGRESS_TOKEN) ?? "";
     const target = request.headers.get(EGRESS_URL) ?? "";
-    const kept = this.log.meta("egress_token_sha256") ?? "";
-    if (kept === "" || !(await sameText(await sha256(sent), kept)) || !/^http:\/\//.test(target)) {
+    const hash = await sha256(sent);
+    let known = false;
+    for (const key of ["egress_token_sha256", "egress_token_prev_sha256"]) {
+      const kept = this.log.meta(key) ?? "";
+      if (kept !== "" && (await sameText(hash, kept))) known = true;
+    }
+    if (!known || !/^http:\/\//.test(target)) {
       await request.body?.cancel();
       return Response.json({ error: "unauthorized", message: "Not an intercepted request of this session's container." }, { status: 401 });
     }
@@ -352,7 +363,14 @@ export class SessionDO extends DurableObject<Env> {
     headers.delete(EGRESS_TOKEN);
     headers.delete(EGRESS_URL);
     const body = request.method === "GET" || request.method === "HEAD" ? null : request.body;
-    return this.egressBinding().fetch(new Request(target, { method: request.method, headers, body, redirect: "manual" }));
+    let asked: Request;
+    try {
+      asked = new Request(target, { method: request.method, headers, body, redirect: "manual" });
+    } catch {
+      await request.body?.cancel();
+      return Response.json({ error: "bad_request", message: `Not a URL: ${target.slice(0, 200)}` }, { status: 400 });
+    }
+    return this.egressBinding().fetch(asked);
   }
 
   /** A KitEgress binding for this session's container; RuntimeLost where the runtime makes

@@ -13,6 +13,7 @@ import { FakeContainer } from "./fake_runtime";
 import { Driver } from "./golden";
 import { AUTH, attachContainer, createSession, live, untilEnd, type Frame } from "./helpers";
 import { sandboxToken } from "./storehelp";
+import { sha256 } from "../src/tokens";
 
 /** A fake container with workerd's interception calls, recorded in order with its starts. */
 class InterceptedContainer extends FakeContainer {
@@ -187,6 +188,60 @@ describe("the Worker's own URL", () => {
     const id = env.SESSION.idFromName(session.sessionId).toString();
     const delivered = await worker.fetch(new Request(`https://acme.example.workers.dev/_egress/${id}`, { method: "POST", body: "{}" }), deployed);
     expect(delivered.status).toBe(401);
+    // Answered by the Worker itself (its API-token refusal), never handed to the DO.
+    expect(delivered.headers.get("www-authenticate")).toBe("Bearer");
+    const authed = await worker.fetch(new Request(`https://acme.example.workers.dev/_egress/${id}`, { method: "POST", headers: AUTH, body: "{}" }), deployed);
+    expect(authed.status).toBe(404);
+  });
+});
+
+describe("the rehearsal's deliveries (kit's container emulator)", () => {
+  it("reach the session's KitEgress with the token kept at interception, or the one before it, until the sandbox's tokens are revoked", async () => {
+    const container = new InterceptedContainer();
+    const session = await deployedSession(container);
+    await oneTurn(session);
+    const config = JSON.parse((container.starts[0].env ?? {}).KIT_RUNTIME_CONFIG_JSON) as Record<string, string>;
+    const stub = env.SESSION.getByName(session.sessionId);
+    const keep = (token: string) =>
+      runInDurableObject(stub, async (instance) => {
+        const held = instance as unknown as { log: { setMeta(k: string, v: string): void; meta(k: string): string | null }; emulated: unknown };
+        // What HttpContainer.interceptAllOutboundHttp does through its egressToken hook.
+        held.log.setMeta("egress_token_prev_sha256", held.log.meta("egress_token_sha256") ?? "");
+        held.log.setMeta("egress_token_sha256", await sha256(token));
+      });
+    const rehearsal = { ...env, KIT_CONTAINER_EMULATOR: "http://emulator.test" };
+    const id = env.SESSION.idFromName(session.sessionId).toString();
+    const deliver = async (token: string) => {
+      const answer = await worker.fetch(
+        new Request(`http://127.0.0.1:8787/_egress/${id}`, {
+          method: "POST",
+          headers: {
+            "x-kit-egress-token": token,
+            "x-kit-egress-url": `http://kit.internal/v1/sessions/${session.sessionId}/model/v1/messages`,
+            "x-api-key": config.model_token,
+            "content-type": "application/json",
+          },
+          body: JSON.stringify({ model: "claude-opus-5-5", max_tokens: 10, messages: [] }),
+        }),
+        rehearsal,
+      );
+      const text = await answer.text();
+      return { status: answer.status, text };
+    };
+    await keep("kit-egress-one");
+    const delivered = await deliver("kit-egress-one");
+    expect(delivered.status).toBe(200);
+    expect((JSON.parse(delivered.text) as { x_api_key: string }).x_api_key).toBe(env.ANTHROPIC_API_KEY);
+    expect((await deliver("kit-egress-wrong")).status).toBe(401);
+    await keep("kit-egress-two"); // a new instance intercepted again: both work meanwhile
+    expect((await deliver("kit-egress-one")).status).toBe(200);
+    expect((await deliver("kit-egress-two")).status).toBe(200);
+    await runInDurableObject(stub, (instance) => (instance as unknown as { runner: { host: { revokeSandboxTokens(): void } } }).runner.host.revokeSandboxTokens());
+    expect((await deliver("kit-egress-one")).status).toBe(401);
+    expect((await deliver("kit-egress-two")).status).toBe(401);
+    // An id that is no Durable Object's: 404 from the Worker.
+    const bogus = await worker.fetch(new Request(`http://127.0.0.1:8787/_egress/${"f".repeat(64)}`, { method: "POST", body: "{}" }), rehearsal);
+    expect(bogus.status).toBe(404);
   });
 });
 

@@ -67,7 +67,7 @@ async def test_a_port_the_env_does_not_name_is_unreachable(emu: Emu) -> None:
 INTERCEPTED = """
 import sys, urllib.request
 request = urllib.request.Request(
-    "http://kit.internal/v1/sessions/s1/model/v1/messages?beta=true",
+    "http://kit.internal/v1/sessions/s1/model/v1/a%2Fb?beta=true",
     data=b'{"hello": 1}', method="POST", headers={"x-api-key": "kit-model-1"},
 )
 try:
@@ -102,13 +102,23 @@ async def test_an_intercepted_containers_http_to_kit_internal_reaches_the_worker
     [(path, headers, body)] = seen
     assert path == "/_egress/c1"
     assert headers[EGRESS_TOKEN] == "tok-1"
-    assert headers[EGRESS_URL] == "http://kit.internal/v1/sessions/s1/model/v1/messages?beta=true"
+    # The URL as the container wrote it (%2F is no slash), its body still sized, and
+    # nothing of the relay's own HTTP client added.
+    assert headers[EGRESS_URL] == "http://kit.internal/v1/sessions/s1/model/v1/a%2Fb?beta=true"
     assert headers["x-api-key"] == "kit-model-1"
+    assert headers["content-length"] == "12"
+    assert "transfer-encoding" not in headers
+    assert "httpx" not in headers.get("user-agent", "")
     assert body == b'{"hello": 1}'
-    # A connection from anywhere but an intercepted container's address is refused.
-    relay = f"http://127.0.0.1:{emu.served.backend.relay.port}/"  # type: ignore[union-attr]
+    # A connection from anywhere but an intercepted container's address is refused, also
+    # one that claims to forward for it.
+    relay = emu.served.backend.relay
+    assert relay is not None
     async with httpx.AsyncClient(trust_env=False) as client:
-        assert (await client.get(relay)).status_code == 403
+        url = f"http://127.0.0.1:{relay.port}/"
+        assert (await client.get(url)).status_code == 403
+        spoof = {"x-forwarded-for": str(relay.source_of("c1"))}
+        assert (await client.get(url, headers=spoof)).status_code == 403
 
 
 async def test_intercept_wants_a_loopback_url_and_a_token(emu: Emu) -> None:
