@@ -141,6 +141,15 @@ input = { command = "python3 probe.py", description = "probe" }
 text = "Probed."
 
 [[rule]]
+name = "steal the tokens"
+contains = "steal the tokens"
+[[rule.step]]
+tool = "Bash"
+input = { command = "python3 token_probe.py", description = "steal" }
+[[rule.step]]
+text = "Stolen: {tool_result}"
+
+[[rule]]
 name = "echo"
 [[rule.step]]
 text = "You said: {user}"

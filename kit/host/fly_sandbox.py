@@ -101,8 +101,9 @@ for _ in range(4096):
 """Run by ``oom`` inside the machine: the runtime (``python -m kit.runtime``, matched by its
 argv; this program's own text never matches) becomes the OOM killer's first choice, then
 16 MiB pages are touched until the kernel acts (a bound of 64 GiB: far past any guest).
-Exit 3 when no runtime could be marked: ``oom`` then kills the machine at once (as it does
-whenever the program ends and the machine is still up). A machine
+The runtime is not dumpable (:func:`kit.runtime.jail.make_undumpable`), so only an exec run
+as root can mark it. Exit 3 when no runtime could be marked: ``oom`` then kills the machine
+at once (as it does whenever the program ends and the machine is still up). A machine
 with swap (``init.swap_size_mb``) may swap rather than OOM: the fallback kill stands in."""
 
 

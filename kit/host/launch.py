@@ -89,6 +89,7 @@ class LiveSandbox:
     release: Release
     model_token: str
     egress_token: str | None
+    runtime_token: str
     retired: bool = False
 
     async def retire(self, env: SessionEnv) -> None:
@@ -140,4 +141,5 @@ async def launch(env: SessionEnv, session_id: SessionId, release: Release) -> Li
             raise
         raise SandboxError(f"Starting a sandbox failed: {exc}") from exc
     runtime = RuntimeClient(sandbox.endpoint, runtime_token)
-    return LiveSandbox(sandbox, runtime, release, model_token, egress.token if egress else None)
+    egress_token = egress.token if egress else None
+    return LiveSandbox(sandbox, runtime, release, model_token, egress_token, runtime_token)

@@ -9,7 +9,9 @@ Nothing here is the real API key: ``model_token`` is a per-session token the hos
 proxy swaps for the real key, ``egress_token`` admits the sandbox to the host's egress
 proxy, ``runtime_token`` authenticates the host to the runtime, and ``store_token`` (if
 any) admits it to its session's transcript store. A file the runtime
-deletes keeps them out of ``/proc/<pid>/environ``, the command line and the tools' reach.
+deletes keeps them out of ``/proc/<pid>/environ`` and the command line; the runtime is not
+dumpable, so the agent's tools, which run as its user, cannot read its memory either (the
+model and egress tokens they do get: docs/security.md §9).
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
@@ -64,6 +65,7 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAPBSET_DROP = 24
 SIOCSIFFLAGS = 0x8914
@@ -430,3 +432,28 @@ def die_with_parent(parent_pid: int) -> None:
         return
     if os.getppid() != parent_pid:
         os.killpg(0, signal.SIGKILL)
+
+
+def make_undumpable() -> None:
+    """Keep this process's memory from its own user: ``prctl(PR_SET_DUMPABLE, 0)``.
+
+    The runtime holds the sandbox's tokens (its runtime token, the store's, the model
+    proxy's), and the agent's tools run as the same user. A dumpable process's
+    ``/proc/<pid>/mem``, ``environ``, ``fd`` and the like are open to every process of its
+    user; a non-dumpable one's belong to root, and it leaves no core dump. For every kind of
+    sandbox, not only the local ones: call it first thing, before the config is read. (A
+    runtime :func:`confine` forks after dropping from root is non-dumpable already, as the
+    kernel makes a process whose credentials change; one started by ``exec``, under
+    bubblewrap, in a container or unconfined, is not.)
+
+    It holds for this process and the children it forks until they ``exec``: the CLI and
+    its tools are dumpable again (docs/security.md §9 says what they hold). Nothing needs
+    this process's own ``/proc`` files to be its user's afterwards: a sandbox's namespaces,
+    mounts and ``uid_map`` are all made before the runtime starts (by :func:`confine`,
+    bubblewrap or the container runtime), and a process may always read its own ``/proc``.
+    Only root can now write its ``oom_score_adj`` (see ``OOM_PROGRAM`` in
+    :mod:`kit.host.fly_sandbox`).
+    """
+    if sys.platform != "linux":
+        return  # no /proc to read another process through
+    _Libc().prctl(PR_SET_DUMPABLE, 0)

@@ -1,11 +1,12 @@
 """The runtime's HTTP face (see :mod:`kit.protocol.runtime_api`) and its process entry point.
 
-Start-up: wait for the provider's go when it asks for one, read :class:`RuntimeConfig` from
-its file (:mod:`kit.runtime.config`), verify the bundle against its digest, bind the
-listening socket and serve at once, then connect the SDK client (the CLI boot is the slow
-part). ``GET /healthz`` says ``ready`` once the agent can take turns; with ``?wait_s=N`` it
-waits up to N seconds for that, so a provider learns of readiness with one request.
-SIGTERM stops the server and the CLI and exits 0.
+Start-up: become non-dumpable (:func:`kit.runtime.jail.make_undumpable`: the agent's tools
+run as this user, and this process holds the sandbox's tokens), wait for the provider's go
+when it asks for one, read :class:`RuntimeConfig` from its file (:mod:`kit.runtime.config`),
+verify the bundle against its digest, bind the listening socket and serve at once, then
+connect the SDK client (the CLI boot is the slow part). ``GET /healthz`` says ``ready``
+once the agent can take turns; with ``?wait_s=N`` it waits up to N seconds for that, so a
+provider learns of readiness with one request. SIGTERM stops the server and the CLI and exits 0.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from kit.protocol.runtime_config import RuntimeConfig, RuntimeConfigError
 from kit.runtime import config as startup
 from kit.runtime.agent import Agent, AgentBusy, AgentState, AgentStopped, HarnessDied
 from kit.runtime.egress_forwarder import Forwarder, proxy_env, proxy_url
-from kit.runtime.jail import die_with_parent
+from kit.runtime.jail import die_with_parent, make_undumpable
 
 log = logging.getLogger("kit.runtime")
 
@@ -306,6 +307,9 @@ def main() -> None:
     # Everything heavy is imported above, before the config arrives: a provider may start
     # this process ahead of time and hand it a session later (the fork server forks it
     # already imported).
+    # Before any token is read: the agent's tools run as this user and must not read them
+    # out of this process's memory or environment (/proc/<pid>/mem, /proc/<pid>/environ).
+    make_undumpable()
     if os.environ.get("KIT_DIE_WITH_PARENT"):
         die_with_parent(int(os.environ["KIT_DIE_WITH_PARENT"]))
     startup.wait_for_gate(os.environ)

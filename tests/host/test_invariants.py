@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from emulator.model.app import redacted
+from kit.cli.settings import DevSettings
 from kit.cli.stack import Stack, run_stack
 from kit.client import SessionClient, create_session
 from kit.host.session import Session
@@ -34,21 +36,50 @@ from tests.conftest import stack_settings
 from tests.host.wsdriver import Driver
 
 SECRET = "sk-ant-api03-THIS-IS-THE-REAL-KEY-0123456789abcdef"
+TOKEN_PROBE = Path(__file__).with_name("token_probe.py")
+REFUSED = ("EACCES", "EPERM")
 
 
 @pytest.fixture
 async def agent_stack(kit_tmp: Path, sandbox_kind: str) -> AsyncIterator[Stack]:
     """The test agent's stack on each sandbox kind, with a 'real' API key configured (the
     offline model answers)."""
+    async with run_stack(_agent_settings(kit_tmp, sandbox_kind)) as running:
+        yield running
+
+
+def _agent_settings(kit_tmp: Path, sandbox: str, isolation: str = "auto") -> DevSettings:
+    """The test agent's settings, the real API key known to the host."""
     project = write_agent(kit_tmp / "agent")
-    settings = stack_settings(
+    return stack_settings(
         kit_tmp / "state",
         project,
         api_key=SECRET,
         force_offline_model=True,
-        sandbox=sandbox_kind,
+        sandbox=sandbox,
+        sandbox_isolation=isolation,
     )
-    async with run_stack(settings) as running:
+
+
+@pytest.fixture(
+    params=["local", "local bwrap", "local off", "docker"],
+    ids=["local", "local-bubblewrap", "local-unconfined", "docker"],
+)
+async def tool_stack(request: pytest.FixtureRequest, kit_tmp: Path) -> AsyncIterator[Stack]:
+    """The test agent's stack on each way a sandbox's tools run beside its runtime: the
+    default local sandbox (the fork server's namespaces as root), bubblewrap, no
+    confinement (``KIT_SANDBOX_ISOLATION=off``: every sandbox and its tools one user, no
+    namespaces), and containers of kit's runtime image."""
+    kind, _, isolation = str(request.param).partition(" ")
+    if kind == "docker":
+        from tests.dockerhost import runtime_image
+
+        runtime_image()  # or skip, saying why
+    if isolation == "bwrap" and shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed (./scripts/setup installs it)")
+    async with run_stack(_agent_settings(kit_tmp, kind, isolation or "auto")) as running:
+        if isolation == "bwrap" and running.provider.isolation != "bwrap":
+            pytest.skip(f"sandboxes cannot use bubblewrap here: {running.provider.unisolated}")
         yield running
 
 
@@ -173,7 +204,8 @@ async def test_the_real_key_never_enters_the_sandbox(agent_stack: Stack) -> None
     assert len(processes) >= 2  # the runtime and its CLI, at least
     for pid in processes:
         for name in ("environ", "cmdline"):
-            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            # PermissionError: a runtime's environ is root's alone (it is not dumpable).
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError, PermissionError):
                 assert SECRET.encode() not in Path(f"/proc/{pid}/{name}").read_bytes()
     for root in (
         agent_stack.provider.root,
@@ -189,6 +221,42 @@ async def test_the_real_key_never_enters_the_sandbox(agent_stack: Stack) -> None
     if os.geteuid() == 0:
         assert output.strip().splitlines()[-1] != "0"  # the agent does not run as root
     await client.close()
+
+
+async def test_tools_cannot_take_the_runtimes_tokens(tool_stack: Stack) -> None:
+    """Invariant 5, for the sandbox's own secrets: a tool that reads every process's
+    environment, descriptors and memory, and the runtime's config files, hands the user none
+    of the runtime's tokens (the runtime is not dumpable); it does read its CLI's memory,
+    where the model token is (docs/security.md §9: an exposure kit accepts)."""
+    client, session = await open_session(tool_stack)
+    await _turn(client, "hello")  # the sandbox is up, its workspace made
+    shutil.copy(TOKEN_PROBE, tool_stack.provider.workspace(session.id) / "token_probe.py")
+    events = await _turn(client, "steal the tokens")
+    live = session._live  # the tokens the host gave this sandbox
+    assert live is not None
+    await client.close()
+    output = str(next(e.data["content"] for e in events if e.kind == "tool_result"))
+    answer = events[-1].data.get("text", "")
+    assert events[-1].kind == "result"
+    assert output in answer  # the user reads all the tool took
+    assert live.runtime_token not in output
+    assert live.runtime_token not in answer
+    # What it did take, and where from: the report must be whole (not cut short).
+    line = next((x for x in output.splitlines() if x.startswith("TOKENS ")), None)
+    assert line is not None, output[:2000]
+    report: dict[str, Any] = json.loads(line.removeprefix("TOKENS "))
+    processes: dict[str, dict[str, Any]] = report["processes"]
+    chain, pid = [], str(report["ppid"])  # the tool's ancestors: its shell, the CLI, ...
+    while pid in processes:
+        chain.append(pid)
+        pid = str(processes[pid]["ppid"])
+    at = next(i for i, p in enumerate(chain) if "kit.runtime" in processes[p]["cmdline"])
+    cli, runtime = chain[at - 1], processes[chain[at]]
+    assert runtime.get("refused") in REFUSED, runtime  # environ, fd and memory alike
+    assert all(isinstance(result, str) for result in report["files"].values()), report["files"]
+    # The probe does find a token in memory it may read: the CLI's, which holds the model's.
+    assert processes[cli]["mem_bytes"] > 0
+    assert any(live.model_token in hit for hit in processes[cli]["mem"]), processes[cli]
 
 
 async def test_sandbox_death_keeps_the_socket_and_the_turn(agent_stack: Stack) -> None:
