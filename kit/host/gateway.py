@@ -79,6 +79,7 @@ from kit.host.pool import SandboxPool
 from kit.host.proxy import ModelProxy
 from kit.host.sandbox import SandboxProvider
 from kit.host.store_routes import store_routes
+from kit.host.tokens import SessionTokens
 from kit.ids import SessionId
 from kit.storage import open_store
 
@@ -234,14 +235,15 @@ STORE_PATH = "/_kit/store"
 
 
 def _serve_store(
-    config: GatewayConfig, proxy: ModelProxy
+    config: GatewayConfig, tokens: SessionTokens
 ) -> tuple[socket.socket, str, tuple[Server, asyncio.Task[None]]]:
-    """Serve ``config.served_store`` to sandboxes on a free TCP port of the proxy host; the
-    socket, the ``kit+http://`` URL sandboxes use, and the server."""
+    """Serve ``config.served_store`` to sandboxes, each with a store token of ``tokens``, on
+    a free TCP port of the proxy host; the socket, the ``kit+http://`` URL sandboxes use,
+    and the server."""
     if config.proxy_dir is not None or config.served_store is None:
         raise HostError("A served transcript store needs TCP proxies (no proxy_dir).")
     backing = open_store(config.served_store)
-    app = Starlette(routes=store_routes(STORE_PATH, backing, proxy.session_for))
+    app = Starlette(routes=store_routes(STORE_PATH, backing, tokens.session_for))
     sock = tcp_socket(config.proxy_host, 0)
     port = sock.getsockname()[1]
     public = _bracket(config.proxy_public_host or config.proxy_host)
@@ -283,8 +285,10 @@ async def open_gateway(
     try:
         model_url, egress_url = await _serve_proxies(config, proxy, egress)
         store_url = config.store_url
+        store_tokens: SessionTokens | None = None
         if config.served_store is not None:
-            store_sock, served_url, store_server = _serve_store(config, proxy)
+            store_tokens = SessionTokens("kit-store-")
+            store_sock, served_url, store_server = _serve_store(config, store_tokens)
             servers.append(store_server)
             store_url = lambda _session: served_url  # noqa: E731 - one URL for every session
         env = SessionEnv(
@@ -298,6 +302,8 @@ async def open_gateway(
             advise=advise,
             issue_egress_token=egress.issue,
             revoke_egress_token=egress.revoke,
+            issue_store_token=store_tokens.issue if store_tokens else None,
+            revoke_store_token=store_tokens.revoke if store_tokens else None,
             egress_endpoint=egress_url,
             spend=proxy.meter,
         )

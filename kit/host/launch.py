@@ -70,6 +70,11 @@ class SessionEnv:
     egress_endpoint: str | None = None
     """The egress proxy as sandboxes reach it: ``unix:/path`` (providers bind or mount the
     socket into each sandbox) or ``http://host:port``."""
+    issue_store_token: Callable[[SessionId], str] | None = None
+    """Issues a sandbox's token for the transcript store the host serves (``kit+http``,
+    :mod:`kit.host.store_routes`): held by the runtime alone, never by the CLI or its tools
+    (the model token, in the CLI's environment, opens no transcript). None: no served store."""
+    revoke_store_token: Callable[[str], None] | None = None
     spend: SpendMeter | None = None
     """The model proxy's meter: sessions tell it when their turns start and take its
     refusals to tell clients (None: no spend limits are enforced)."""
@@ -90,6 +95,7 @@ class LiveSandbox:
     model_token: str
     egress_token: str | None
     runtime_token: str
+    store_token: str | None = None
     retired: bool = False
 
     async def retire(self, env: SessionEnv) -> None:
@@ -97,9 +103,7 @@ class LiveSandbox:
         if self.retired:
             return
         self.retired = True
-        env.revoke_model_token(self.model_token)
-        if self.egress_token and env.revoke_egress_token is not None:
-            env.revoke_egress_token(self.egress_token)
+        _revoke(env, self.model_token, self.egress_token, self.store_token)
         with contextlib.suppress(Exception):
             await self.runtime.aclose()
 
@@ -118,10 +122,13 @@ async def launch(env: SessionEnv, session_id: SessionId, release: Release) -> Li
         await left.wait()
     model_token = env.issue_model_token(session_id, release.limits)
     egress = None
+    store_token = None
     runtime_token = secrets.token_urlsafe(24)
     try:
         if env.issue_egress_token is not None and env.egress_endpoint:
             egress = Endpoint(env.egress_endpoint, env.issue_egress_token(session_id))
+        if env.issue_store_token is not None:
+            store_token = env.issue_store_token(session_id)
         spec = SandboxSpec(
             session_id=session_id,
             tier=release.tier,
@@ -131,15 +138,27 @@ async def launch(env: SessionEnv, session_id: SessionId, release: Release) -> Li
             runtime_token=runtime_token,
             idle_timeout_s=release.idle_timeout_s,
             egress=egress,
+            store_token=store_token,
         )
         sandbox = await env.provider.start(spec)
     except BaseException as exc:
-        env.revoke_model_token(model_token)
-        if egress is not None and env.revoke_egress_token is not None:
-            env.revoke_egress_token(egress.token)
+        _revoke(env, model_token, egress.token if egress else None, store_token)
         if isinstance(exc, SandboxError) or not isinstance(exc, Exception):
             raise
         raise SandboxError(f"Starting a sandbox failed: {exc}") from exc
     runtime = RuntimeClient(sandbox.endpoint, runtime_token)
     egress_token = egress.token if egress else None
-    return LiveSandbox(sandbox, runtime, release, model_token, egress_token, runtime_token)
+    return LiveSandbox(
+        sandbox, runtime, release, model_token, egress_token, runtime_token, store_token
+    )
+
+
+def _revoke(
+    env: SessionEnv, model_token: str, egress_token: str | None, store_token: str | None
+) -> None:
+    """Stop accepting a sandbox's tokens (it is gone, or never started)."""
+    env.revoke_model_token(model_token)
+    if egress_token and env.revoke_egress_token is not None:
+        env.revoke_egress_token(egress_token)
+    if store_token and env.revoke_store_token is not None:
+        env.revoke_store_token(store_token)

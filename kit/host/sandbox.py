@@ -84,6 +84,9 @@ class SandboxSpec:
     idle_timeout_s: int
     egress: Endpoint | None = None
     """The egress proxy, when the host runs one (None: no way out but the model proxy)."""
+    store_token: str | None = field(default=None, repr=False)
+    """The sandbox's own token for a transcript store the host serves (``kit+http``); None:
+    the store needs none, or takes the model token."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,7 @@ def runtime_config(
         egress_url=egress_url,
         egress_token=spec.egress.token if spec.egress is not None else None,
         bundle_digest=spec.bundle_digest,
+        store_token=spec.store_token,
     )
 
 

@@ -1,8 +1,8 @@
 """The host's side of :mod:`kit.storage.remote`: ``POST <prefix>/<method>`` for each
 ``SessionStore`` method, forwarded to the host's own store.
 
-Each call carries a sandbox's session token (``Bearer``; the model proxy issued it, and
-:meth:`kit.host.proxy.ModelProxy.session_for` names its session). Every key must be that
+Each call carries a sandbox's store token (``Bearer``; the gateway issues one per sandbox,
+``kit-store-…``, held by its runtime alone, and ``session_for`` names its session). Every key must be that
 session's (``session_id``); ``list_sessions`` and ``list_session_summaries`` answer only
 that session. Keys are held to the one project key sandboxes use (:data:`PROJECT_KEY`) and to plain
 subpaths. Refusals: 401 (no or dead token), 403 (another session's or project's key), 400

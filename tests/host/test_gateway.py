@@ -195,8 +195,9 @@ async def test_a_sandbox_a_dead_host_left_is_stopped_at_start(
 
 async def test_a_served_store_keeps_transcripts_on_the_host(model_url: str, kit_tmp: Path) -> None:
     """With ``served_store``, sandboxes are told a ``kit+http://`` store on the proxy host:
-    a session's token writes its transcript into the host's own store; a revoked token is
-    refused. (Sandboxes then hold no storage keys.)"""
+    a sandbox's store token writes its transcript into the host's own store; a revoked one
+    is refused, and so is its model token (which the CLI and its tools hold). (Sandboxes
+    then hold no storage keys.)"""
     backing = f"sqlite:///{kit_tmp}/host-store.db"
     config = _config(model_url, kit_tmp, proxy_host="127.0.0.1", served_store=backing)
     provider, logs, release = _parts(kit_tmp)
@@ -205,16 +206,24 @@ async def test_a_served_store_keeps_transcripts_on_the_host(model_url: str, kit_
     async with open_gateway(config, provider, logs, lambda: release) as gateway:
         url = gateway.env.store_url("s1")
         assert url.startswith("kit+http://127.0.0.1:")
-        token = gateway.env.issue_model_token(SessionId("s1"), DEFAULT_LIMITS)
+        assert gateway.env.issue_store_token is not None
+        assert gateway.env.revoke_store_token is not None
+        token = gateway.env.issue_store_token(SessionId("s1"))
+        assert token.startswith("kit-store-")
+        model_token = gateway.env.issue_model_token(SessionId("s1"), DEFAULT_LIMITS)
         store = open_store(url, token=token)
+        with_model_token = open_store(url, token=model_token)
         try:
             await store.append(key, [entry])
             assert await store.load(key) == [entry]
-            gateway.env.revoke_model_token(token)
+            with pytest.raises(StoreError, match="401"):
+                await with_model_token.load(key)
+            gateway.env.revoke_store_token(token)
             with pytest.raises(StoreError, match="401"):
                 await store.load(key)
         finally:
             await store.aclose()
+            await with_model_token.aclose()
     assert await open_store(backing).load(key) == [entry]
 
 
