@@ -73,7 +73,15 @@ class _MachineDocker(DockerClient):
         made = await self._call(
             "POST",
             f"/containers/{container}/exec",
-            body={"Cmd": command, "AttachStdout": True, "AttachStderr": True, "Tty": False},
+            # As root, as Fly's exec runs a command (through its init), whatever the
+            # image's USER: kit's OOM rehearsal marks a non-dumpable runtime through it.
+            body={
+                "Cmd": command,
+                "AttachStdout": True,
+                "AttachStderr": True,
+                "Tty": False,
+                "User": "0",
+            },
         )
         exec_id = str(made["Id"])
         try:

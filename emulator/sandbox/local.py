@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib.util
 import logging
 import os
 import pwd
@@ -40,6 +41,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
+import kit
 from emulator.sandbox.cgroups import (
     Cgroups,
     Limits,
@@ -232,6 +234,18 @@ class LocalSandboxProvider(MachineProvider):
         private_folder(logs)
         return logs / f"{session_id}.log"
 
+    def runtime_code(self) -> tuple[Path, ...]:
+        """The folders the runtime imports its code from (kit and the Agent SDK), where the
+        sandbox runs this interpreter; the sandbox user must reach them when nothing binds
+        them in (an unconfined sandbox imports them in place)."""
+        if Path(self.python).absolute() != Path(sys.executable).absolute():
+            return ()
+        found = [Path(kit.__file__).parent]
+        sdk = importlib.util.find_spec("claude_agent_sdk")
+        if sdk is not None and sdk.submodule_search_locations:
+            found.append(Path(next(iter(sdk.submodule_search_locations))))
+        return tuple(found)
+
     def unreachable(self, path: Path) -> Path | None:
         """The first folder on ``path`` the sandbox user cannot enter, if any."""
         return first_shut(path, self.uid, self.gid)
@@ -244,14 +258,18 @@ class LocalSandboxProvider(MachineProvider):
         workspace = self.workspace(spec.session_id)
         refuse_if_full(spec.session_id, [workspace], limits.disk_bytes)
         bundle_dir = self.bundle_dir(spec.bundle_digest)
-        for needed in (bundle_dir, self.root) if not self._bound_by_root() else ():
+        for needed in (
+            (bundle_dir, self.root, *self.runtime_code()) if not self._bound_by_root() else ()
+        ):
             blocked = self.unreachable(needed)
             if blocked is not None:
                 raise SandboxError(
                     f"The sandbox user {self.user!r} cannot enter {blocked} "
                     f"(mode {blocked.stat().st_mode & 0o777:o}), so it cannot reach {needed}. "
-                    "Keep the project and its state folder (KIT_STATE_DIR) where other users can "
-                    "enter, or set KIT_SANDBOX_USER= (empty) to run sandboxes as yourself."
+                    "Keep the project, its state folder (KIT_STATE_DIR) and kit's virtualenv where "
+                    "other users can enter (not under /root), let sandboxes be confined "
+                    "(KIT_SANDBOX_ISOLATION=auto), or set KIT_SANDBOX_USER= (empty) to run "
+                    "sandboxes as yourself."
                 )
         base = self.root / spec.session_id
         dirs = {name: base / name for name in ("workspace", "home", "tmp")}

@@ -145,6 +145,24 @@ async def test_unreachable_folder_is_named_unless_bound_in(
     assert provider.unreachable(bundle.path) is None
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only matters when dropping to another user")
+async def test_an_unconfined_sandbox_that_cannot_import_kit_is_refused_up_front(
+    kit_tmp: Path, bundle: Bundle, hidden: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kit's own code behind a 0700 folder (a checkout under /root): an unconfined sandbox
+    would import it in place as the sandbox user and die five times over; it is refused at
+    once, naming the folder and the fix."""
+    unconfined = LocalSandboxProvider(
+        kit_tmp / "off", bundles=bundle.path.parent, fork_server=False, isolation="off"
+    )
+    monkeypatch.setattr(unconfined, "runtime_code", lambda: (hidden / "kit",))
+    try:
+        with pytest.raises(SandboxError, match=f"cannot enter {hidden}.*kit's virtualenv"):
+            await unconfined.start(_spec(bundle))
+    finally:
+        await unconfined.close()
+
+
 @pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("bwrap") is None,
     reason="bubblewrap started by root for another user (./scripts/setup installs it)",

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from emulator.model.app import redacted
+from emulator.sandbox.local import LocalSandboxProvider
 from kit.cli.settings import DevSettings
 from kit.cli.stack import Stack, run_stack
 from kit.client import SessionClient, create_session
@@ -80,6 +81,15 @@ async def tool_stack(request: pytest.FixtureRequest, kit_tmp: Path) -> AsyncIter
     async with run_stack(_agent_settings(kit_tmp, kind, isolation or "auto")) as running:
         if isolation == "bwrap" and running.provider.isolation != "bwrap":
             pytest.skip(f"sandboxes cannot use bubblewrap here: {running.provider.unisolated}")
+        if isolation == "off":
+            provider = running.provider
+            assert isinstance(provider, LocalSandboxProvider)
+            shut = [b for p in provider.runtime_code() if (b := provider.unreachable(p))]
+            if shut:  # a checkout under /root: the provider refuses such sandboxes up front
+                pytest.skip(
+                    f"unconfined sandboxes run as {provider.user!r}, who cannot enter {shut[0]} "
+                    "to import kit: run the tests from a folder other users can enter"
+                )
         yield running
 
 
