@@ -236,14 +236,26 @@ class Conversation {
     };
     this.sandbox = labels[data.state] ?? "";
     if (data.state === "died" || data.state === "failed") this.dropStreaming();
-    if (data.state === "died") this.note(this.sandbox, "sandbox");
+    if (data.state === "died") {
+      this.abandonTools("interrupted: the sandbox died");
+      this.note(this.sandbox, "sandbox");
+    }
   }
 
   on_store(data) {
     this.store = data.state === "available" ? "" : `Transcript store ${data.state}: ${data.message ?? ""}`;
   }
 
+  /** Tool calls that will get no result: their sandbox went away, or their turn ended. */
+  abandonTools(why) {
+    for (const card of this.root.querySelectorAll("details.tool.running")) {
+      card.classList.replace("running", "interrupted");
+      card.querySelector(".tool-state").textContent = why;
+    }
+  }
+
   endTurn(turn) {
+    this.abandonTools("interrupted");
     this.openTurns.delete(turn);
     if (this.openTurns.size === 0) this.sandbox = "";
   }

@@ -9,12 +9,13 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 import pytest_asyncio
 from playwright.async_api import BrowserContext, Page, expect
 
 from kit.cli.stack import Stack, run_stack
-from tests.agents import SCENARIO, write_agent
+from tests.agents import RECOVERED_REPLY, SCENARIO, write_agent
 from tests.browser.conftest import STACK_TIMEOUT_S
 from tests.conftest import stack_settings
 
@@ -194,3 +195,40 @@ async def test_stop_ends_the_running_turn_from_the_keyboard(chat_stack: Stack, p
     await expect(page.locator(".note.stopped")).to_have_text("Stopped.", timeout=TURN_TIMEOUT_MS)
     await _turn_done(page)
     await expect(page.locator(".msg.assistant", has_text="Go said")).to_have_count(0)
+
+
+async def test_a_lost_connection_shows_the_banner_then_catches_up(
+    chat_stack: Stack, page: Page
+) -> None:
+    """When the host closes the page's socket mid-turn (its session's Durable Object
+    evicted, which stops its sandbox too), the reader sees the reconnect banner, then the
+    banner goes, the turn completes in a new sandbox, the tool call that never finished is
+    marked interrupted, and nothing is shown twice."""
+    await _open(page, chat_stack.url)
+    await page.evaluate(
+        """() => {
+            window.__banners = [];
+            const banner = document.getElementById("banner");
+            new MutationObserver(() => {
+                if (!banner.hidden) window.__banners.push(banner.innerText);
+            }).observe(banner, {attributes: true, childList: true, subtree: true});
+        }"""
+    )
+    await _say(page, "run the slow tool")
+    await expect(page.locator("details.tool.running")).to_have_count(1, timeout=TURN_TIMEOUT_MS)
+    session_id = page.url.rsplit("#s=", 1)[1]
+    async with httpx.AsyncClient(base_url=chat_stack.url, trust_env=False) as http:
+        evicted = await http.post(
+            f"/_kit/do/{session_id}/evict",
+            headers={"authorization": f"Bearer {chat_stack.api_token}"},
+        )
+    assert evicted.status_code == 200, evicted.text
+    answer = page.locator(".msg.assistant", has_text=RECOVERED_REPLY)
+    await expect(answer).to_have_count(1, timeout=TURN_TIMEOUT_MS)
+    await _turn_done(page)
+    await expect(page.locator("details.tool .tool-state")).to_have_text("interrupted")
+    await expect(page.locator("#banner")).to_be_hidden()
+    assert "Connection lost: reconnecting…" in await page.evaluate("window.__banners.join('|')")
+    await expect(page.locator(".msg.user")).to_have_count(1)
+    await expect(page.locator("details.tool")).to_have_count(1)
+    await expect(page.locator(".msg.assistant")).to_have_count(2)
