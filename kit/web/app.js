@@ -284,7 +284,13 @@ class Conversation {
 
   renderInto(node, markdown) {
     const body = node.querySelector(".body");
-    body.replaceChildren(renderMarkdown(markdown, copyText));
+    try {
+      body.replaceChildren(renderMarkdown(markdown, copyText));
+    } catch (exc) {
+      // Whatever the text holds, the reader still reads it (as text) and the turn goes on.
+      console.warn("markdown rendering failed; shown as text", exc);
+      body.textContent = markdown;
+    }
   }
 
   /** Events worth keeping for a reload: text deltas only of turns still open. */

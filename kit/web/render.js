@@ -116,12 +116,17 @@ const ORDERED = /^ {0,3}(\d{1,9})[.)]\s+(.*)$/;
 const QUOTE = /^ {0,3}>\s?(.*)$/;
 const RULE = /^ {0,3}([-*_])(\s*\1){2,}\s*$/;
 
+/** Quotes nest at most this deep; model text is untrusted, and a recursion per `>` would
+ * let a long run of them overflow the stack and hang the page on every replay. */
+const MAX_QUOTE_DEPTH = 8;
+
 /**
  * Render markdown `source` into a DocumentFragment of safe nodes. `onCopy(text, button)`,
  * when given, adds a Copy button to each code block. An unclosed fence (text still
  * streaming) renders as code up to the end.
  */
-export function renderMarkdown(source, onCopy = null) {
+export function renderMarkdown(source, onCopy = null, depth = 0) {
+  const quotes = depth < MAX_QUOTE_DEPTH; // deeper `>` lines stay text: bounded recursion
   const out = document.createDocumentFragment();
   const lines = source.replace(/\r\n?/g, "\n").split("\n");
   let i = 0;
@@ -151,10 +156,10 @@ export function renderMarkdown(source, onCopy = null) {
       i += 1;
       continue;
     }
-    if (QUOTE.test(line)) {
+    if (quotes && QUOTE.test(line)) {
       const body = [];
       while (i < lines.length && QUOTE.test(lines[i])) body.push(QUOTE.exec(lines[i++])[1]);
-      out.append(el("blockquote", renderMarkdown(body.join("\n"), onCopy)));
+      out.append(el("blockquote", renderMarkdown(body.join("\n"), onCopy, depth + 1)));
       continue;
     }
     const kind = BULLET.test(line) ? [BULLET, "ul", 1] : ORDERED.test(line) ? [ORDERED, "ol", 2] : null;
@@ -180,7 +185,7 @@ export function renderMarkdown(source, onCopy = null) {
       lines[i].trim() &&
       !FENCE.test(lines[i]) &&
       !HEADING.test(lines[i]) &&
-      !QUOTE.test(lines[i]) &&
+      !(quotes && QUOTE.test(lines[i])) &&
       !BULLET.test(lines[i]) &&
       !ORDERED.test(lines[i])
     ) {

@@ -156,6 +156,26 @@ async def test_hostile_text_and_tool_output_stay_inert(chat_stack: Stack, page: 
     assert await page.evaluate("typeof window.__pwned") == "undefined"
 
 
+async def test_deeply_nested_quotes_in_model_text_do_not_hang_the_page(
+    chat_stack: Stack, page: Page
+) -> None:
+    """Thousands of ``>`` in the model's text (one recursion each, unbounded, overflowed the
+    stack and hung the tab on every replay): quotes nest eight deep, the rest is text, the
+    answer shows and the page takes the next turn; a reload replays it the same."""
+    await _open(page, chat_stack.url)
+    await _say(page, "echo x\n" + ">" * 5000)
+    answer = page.locator(".msg.assistant", has_text="You said: echo x")
+    await expect(answer).to_have_count(1, timeout=TURN_TIMEOUT_MS)
+    await _turn_done(page)
+    assert await answer.locator("blockquote").count() == 8
+    await page.reload()
+    await expect(answer).to_have_count(1, timeout=TURN_TIMEOUT_MS)
+    await _say(page, "echo still here")
+    await expect(
+        page.locator(".msg.assistant", has_text="You said: echo still here")
+    ).to_have_count(1, timeout=TURN_TIMEOUT_MS)
+
+
 async def test_a_second_tab_on_the_same_url_sees_the_conversation(
     chat_stack: Stack, page: Page, context: BrowserContext
 ) -> None:
