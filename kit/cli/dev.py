@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import signal
 
 from kit.cli import console
@@ -18,6 +19,7 @@ def banner(stack: Stack) -> None:
     console.banner(
         [
             ("agent", f"{stack.project.agent.name}  ({stack.project.root})"),
+            ("page", _page(stack)),
             ("sessions", f"{stack.url}/v1/sessions"),
             ("websocket", f"{stack.url.replace('http', 'ws', 1)}/v1/sessions/{{id}}/ws"),
             ("health", f"{stack.url}/healthz"),
@@ -42,6 +44,17 @@ def banner(stack: Stack) -> None:
         ],
         title="kit dev — ready. Talk to it with `kit chat`; stop with Ctrl-C.",
     )
+
+
+def _page(stack: Stack) -> str:
+    """Where the chat page is, and whether it can open sessions on its own."""
+    try:
+        loopback = ipaddress.ip_address(stack.settings.host).is_loopback
+    except ValueError:  # a name: the host's socket was bound to what it resolved to
+        loopback = stack.settings.host == "localhost"
+    if loopback:
+        return f"{stack.url}/  (the chat page: open it in a browser on this machine)"
+    return f"{stack.url}/  (the chat page; it opens sessions only on a loopback --host)"
 
 
 def _sandboxes(stack: Stack) -> str:

@@ -43,6 +43,7 @@ from kit.host.gateway import (
 )
 from kit.host.pool import SandboxPool
 from kit.host.s3log import S3LogStore
+from kit.host.web import WebConfig
 from kit.ids import SessionId, is_session_id
 from kit.private import write_private
 from kit.protocol import errors as e
@@ -323,6 +324,7 @@ async def _start(
         upstream=(upstream, key),
         leased=settings.log_url is not None,
         proxy_dir=provider.run_root,
+        web=WebConfig(local_sessions=True),
     )
     releases = [release_of(bundle)]
     logs = _log_store(settings)

@@ -1,7 +1,9 @@
 """The host's public face: ``POST /v1/sessions``, the session WebSocket, ``GET /healthz``.
 
 Every HTTP route needs the host's API token (:class:`~kit.host.auth.RequireToken`) except
-``/healthz``, which says only whether the host is up; a session socket authenticates with
+``/healthz``, which says only whether the host is up, and the chat page's routes where the
+host serves the page (:mod:`kit.host.web`: its static files, and in ``kit dev`` a session
+for the host's own loopback page); a session socket authenticates with
 its ``hello`` and opens from a browser page only if the :class:`~kit.host.auth.OriginPolicy`
 allows the page's origin.
 
@@ -31,6 +33,7 @@ from kit.host.errors import LogError
 from kit.host.host import SessionHost
 from kit.host.lease import LeaseHeld
 from kit.host.session import Session
+from kit.host.web import WebConfig, public_paths, web_routes
 from kit.ids import SessionId
 from kit.protocol import errors as e
 from kit.protocol.frames import Event
@@ -137,15 +140,18 @@ def create_app(
     origins: OriginPolicy | None = None,
     hello_timeout_s: float = HELLO_TIMEOUT_S,
     replay_to_owner: bool = False,
+    web: WebConfig | None = None,
 ) -> Starlette:
     """The host's ASGI app: every HTTP route but ``/healthz`` needs ``Bearer api_token``;
     session sockets open from browser pages of ``origins`` only (default: the page's
     ``Origin`` must name the host it connects to). With ``replay_to_owner`` (gateways
     behind Fly's proxy), a session socket that reaches a host while another live host holds
     the session's lease is not accepted: it is answered 409 with ``fly-replay:
-    instance=<owner>``, and Fly's proxy replays the upgrade to the owner."""
+    instance=<owner>``, and Fly's proxy replays the upgrade to the owner. With ``web``, the
+    chat page is served at ``/`` (:mod:`kit.host.web`), its files without the token."""
     connections: set[ClientSocket] = set()
     policy = origins or OriginPolicy()
+    public = PUBLIC_PATHS if web is None else (*PUBLIC_PATHS, *public_paths(web))
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"ok": not host.closing})
@@ -198,8 +204,9 @@ def create_app(
             Route("/healthz", healthz),
             Route("/v1/sessions", create_session, methods=["POST"]),
             WebSocketRoute("/v1/sessions/{session_id}/ws", session_ws),
+            *(web_routes(web, policy, create_session) if web is not None else ()),
         ],
-        middleware=[Middleware(RequireToken, token=api_token, public=PUBLIC_PATHS)],
+        middleware=[Middleware(RequireToken, token=api_token, public=public)],
     )
 
     def close_all() -> None:

@@ -42,6 +42,8 @@ field                    ``kit gateway`` setting  default
                                                   its loopback names)
 ``graceful_s``           none                     5 s: how long the HTTP server waits for
                                                   requests in flight when it stops
+``web``                  none                     None: no chat page; ``kit dev`` serves it
+                                                  with local sessions (:mod:`kit.host.web`)
 ``reap_at_start``        none                     True: before recovery, stop every sandbox
                                                   the provider still runs (a host that died
                                                   left it); off where gateways share one
@@ -80,6 +82,7 @@ from kit.host.proxy import ModelProxy
 from kit.host.sandbox import SandboxProvider
 from kit.host.store_routes import store_routes
 from kit.host.tokens import SessionTokens
+from kit.host.web import WebConfig
 from kit.ids import SessionId
 from kit.storage import open_store
 
@@ -125,6 +128,9 @@ class GatewayConfig:
     """Behind Fly's proxy: a session socket for a session another live gateway holds is
     answered with ``fly-replay: instance=<owner>`` (the owner is its host id, the Fly
     machine id) instead of being accepted."""
+    web: WebConfig | None = None
+    """The chat page at ``/`` (:mod:`kit.host.web`); None: no page. ``kit dev`` serves it
+    with local sessions (``POST /web/session``); ``kit gateway`` does not yet."""
     served_store: str | None = None
     """The host's own transcript store (a URL ``open_store`` takes, e.g. ``s3://…``) served
     to sandboxes over HTTP (``kit+http://``, :mod:`kit.host.store_routes`) in place of
@@ -314,6 +320,7 @@ async def open_gateway(
             api_token=config.api_token,
             origins=_origin_policy(config.allowed_origins, sock),
             replay_to_owner=config.replay_to_owner,
+            web=config.web,
         )
         gateway = Gateway(url_of(sock), config, host, app, proxy, egress, env, pool, sock)
         if mount is not None:

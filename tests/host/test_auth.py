@@ -21,6 +21,7 @@ from kit.cli.stack import Stack, run_stack
 from kit.client import create_session
 from kit.host.app import PUBLIC_PATHS
 from kit.host.auth import OriginPolicy
+from kit.host.web import SESSION_PATH, WebConfig, public_paths
 from kit.protocol import errors as e
 from tests.agents import open_session, turn_events
 from tests.conftest import stack_settings
@@ -75,9 +76,11 @@ async def _surface(stack: Stack, http: httpx.AsyncClient) -> list[object]:
 async def test_every_route_wants_the_token(guarded: Stack) -> None:
     """Walking every mounted route: without the API token, or with a wrong one, each HTTP
     route answers 401 and changes nothing (a session whose sandbox runs keeps it, its
-    object stays in memory, no session appears); with it, none does; only /healthz is
-    public and says no more than ``{"ok": true}``; a session socket with a wrong token is
-    closed 4401; an unknown path is 401 too (routes are not discoverable)."""
+    object stays in memory, no session appears); with it, none does; only /healthz (no more
+    than ``{"ok": true}``) and the chat page's static files and config are public, and the
+    page's ``POST /web/session`` without a page's Origin is 403 and makes nothing; a session
+    socket with a wrong token is closed 4401; an unknown path is 401 too (routes are not
+    discoverable), a file under /web/ the page does not list included."""
     assert guarded.app is not None
     client, session = await open_session(guarded)
     turn = await turn_events(client, "Where is my order 1042?")
@@ -89,6 +92,7 @@ async def test_every_route_wants_the_token(guarded: Stack) -> None:
         "object_id": session.id,
         "namespace": "SessionLog",
         "action": "evict",
+        "name": "README.md",  # in kit/web, but not one of the page's files
     }
     routes = _walk(guarded.app.routes)
     http_routes = [
@@ -111,6 +115,9 @@ async def test_every_route_wants_the_token(guarded: Stack) -> None:
         {"authorization": f"Basic {base64.b64encode(guarded.api_token.encode()).decode()}"},
         {"x-api-key": guarded.api_token},
     ]
+    page_paths = public_paths(WebConfig(local_sessions=True))
+    assert {SESSION_PATH, "/", "/web/README.md"} <= paths
+    http_routes += [("GET", path) for path in page_paths if path not in paths]
     async with httpx.AsyncClient(base_url=guarded.url, trust_env=False) as http:
         before = await _surface(guarded, http)
         assert before[1], "the session's sandbox should be running"
@@ -118,6 +125,11 @@ async def test_every_route_wants_the_token(guarded: Stack) -> None:
             if path in PUBLIC_PATHS:
                 public = await http.request(method, path)
                 assert (public.status_code, public.json()) == (200, {"ok": True}), path
+                continue
+            if path in page_paths:
+                answer = await http.request(method, path, json={})
+                expected = 403 if path == SESSION_PATH else 200
+                assert answer.status_code == expected, (method, path, answer.text)
                 continue
             for headers in bad_headers:
                 refused = await http.request(method, path, headers=headers, json={})

@@ -1,0 +1,175 @@
+"""The chat page's routes: the page itself, its config, and (``kit dev`` only) a session
+for a page of this host without the API token.
+
+==========================  ====================================================  ==========
+route                       answers                                               auth
+==========================  ====================================================  ==========
+``GET /``                   the page (``kit/web/index.html``), under a strict     none
+                            Content-Security-Policy
+``GET /web/<file>``         its scripts and stylesheet (a fixed list of names)    none
+``GET /web/config.json``    ``{"session_url": …}``: where the page gets a         none
+                            session (``/web/session`` in ``kit dev``; the
+                            operator's endpoint in production; null: none)
+``POST /web/session``       ``kit dev`` only (:attr:`WebConfig.local_sessions`):  same-origin
+                            a new session, as ``POST /v1/sessions`` answers,      loopback
+                            for a page of this host opened at a loopback name     page
+==========================  ====================================================  ==========
+
+``POST /web/session`` hands a session to a request only when its ``Origin`` is one of the
+host's own loopback origins (the :class:`~kit.host.auth.OriginPolicy`'s ``own`` names, so
+the host must listen on a loopback address), its ``Host`` is a loopback name of the host
+too, the two are the same origin, and ``Sec-Fetch-Site``, when sent, is ``same-origin``.
+A page of another site cannot get one (its ``Origin`` is its own: CSRF), nor can a page
+whose name resolves to this machine (its ``Host`` is that name: DNS rebinding). Anything
+else is 403 ``forbidden_origin`` naming why. A local process that forges the headers gets a
+session, as it could read ``<state>/api-token`` (docs/web.md says so for shared machines).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from kit.host.auth import OriginPolicy, normalise_origin
+from kit.host.errors import HostError
+from kit.protocol import errors as e
+from kit.web import WEB_DIR
+
+PAGE_FILES = {
+    "app.js": "text/javascript; charset=utf-8",
+    "render.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+"""The files served under ``/web/`` and their types; nothing else of ``kit/web`` is."""
+
+SESSION_PATH = "/web/session"
+CONFIG_PATH = "/web/config.json"
+
+PAGE_PATHS = ("/", CONFIG_PATH, *(f"/web/{name}" for name in PAGE_FILES))
+"""HTTP paths of the page answered without the API token: the page, its files, its config."""
+
+PAGE_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-cache",
+}
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """How a host serves the chat page.
+
+    ``local_sessions``: serve ``POST /web/session`` (``kit dev``: a page on a loopback
+    address gets sessions without the API token). ``session_url``: otherwise, the URL the
+    page asks for a session (an endpoint of the operator's, which calls ``POST
+    /v1/sessions`` with the API token; docs/web.md); None: the page can only rejoin
+    sessions it was linked to.
+    """
+
+    local_sessions: bool = False
+    session_url: str | None = None
+
+
+def public_paths(config: WebConfig) -> tuple[str, ...]:
+    """The paths ``config``'s routes answer without the API token: :data:`PAGE_PATHS`, and
+    ``/web/session`` where it is served (it checks its own conditions)."""
+    return (*PAGE_PATHS, SESSION_PATH) if config.local_sessions else PAGE_PATHS
+
+
+def content_security_policy(session_url: str | None) -> str:
+    """The page's CSP: its own scripts and styles only, no inline code, no frames, no
+    plugins; it connects to this host (and the origin of ``session_url``)."""
+    connect = "'self'"
+    if session_url is not None and urlsplit(session_url).scheme in ("http", "https"):
+        connect += " " + normalise_origin(
+            f"{urlsplit(session_url).scheme}://{urlsplit(session_url).netloc}"
+        )
+    return (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        f"connect-src {connect}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+
+
+def local_refusal(policy: OriginPolicy, origin: str | None, host: str | None) -> str | None:
+    """Why a ``POST /web/session`` with this ``Origin`` and ``Host`` is refused (None: it
+    is a same-origin request from a page of this host at a loopback name)."""
+    if policy.own is None:
+        return (
+            "Sessions without the API token are given only to pages of a host listening on a "
+            "loopback address (kit dev --host 127.0.0.1); use POST /v1/sessions with the token."
+        )
+    if origin is None:
+        return (
+            "The request has no Origin header: only this host's own page gets a session here; "
+            "other clients use POST /v1/sessions with the API token."
+        )
+    try:
+        parts = urlsplit(normalise_origin(origin))
+    except HostError:
+        parts = None
+    netloc = parts.netloc if parts is not None and parts.scheme == "http" else None
+    if netloc is None or netloc not in policy.own:
+        return (
+            f"Origin {origin[:200]!r} is not this host's own loopback origin "
+            f"({', '.join(sorted(policy.own))}); open the page from this host."
+        )
+    if host is None or host.strip().lower() != netloc:
+        return (
+            f"Host {(host or '')[:200]!r} is not the page's origin {netloc!r}: a session is "
+            "given only to same-origin requests at a loopback name."
+        )
+    return None
+
+
+def web_routes(
+    config: WebConfig,
+    policy: OriginPolicy,
+    create_session: Callable[[Request], Awaitable[Response]],
+) -> list[BaseRoute]:
+    """The page's routes (see the module docstring); ``create_session`` answers as
+    ``POST /v1/sessions`` does."""
+    page_headers = {
+        **PAGE_HEADERS,
+        "content-security-policy": content_security_policy(config.session_url),
+        "x-frame-options": "DENY",
+    }
+
+    async def index(request: Request) -> Response:
+        return FileResponse(WEB_DIR / "index.html", headers=page_headers)
+
+    async def asset(request: Request) -> Response:
+        name = request.path_params["name"]
+        media_type = PAGE_FILES.get(name)
+        if media_type is None:
+            return JSONResponse(
+                {"error": "not_found", "message": f"The page has no file {name[:100]!r}."},
+                status_code=404,
+            )
+        return FileResponse(WEB_DIR / name, media_type=media_type, headers=PAGE_HEADERS)
+
+    async def page_config(request: Request) -> Response:
+        url = SESSION_PATH if config.local_sessions else config.session_url
+        return JSONResponse({"session_url": url}, headers=PAGE_HEADERS)
+
+    async def local_session(request: Request) -> Response:
+        why = local_refusal(policy, request.headers.get("origin"), request.headers.get("host"))
+        site = request.headers.get("sec-fetch-site")
+        if why is None and site is not None and site != "same-origin":
+            why = f"Sec-Fetch-Site is {site[:50]!r}: only a same-origin request gets a session."
+        if why is not None:
+            return JSONResponse({"error": e.FORBIDDEN_ORIGIN, "message": why}, status_code=403)
+        return await create_session(request)
+
+    routes: list[BaseRoute] = [
+        Route("/", index),
+        Route(CONFIG_PATH, page_config),
+        Route("/web/{name}", asset),
+    ]
+    if config.local_sessions:
+        routes.insert(0, Route(SESSION_PATH, local_session, methods=["POST"]))
+    return routes

@@ -1,0 +1,530 @@
+// kit's chat page: one session over the protocol of docs/protocol.md (v1).
+//
+// Where things are kept:
+// - localStorage "kit:session:<id>": {session_id, token, ws_url}, so a reload or a second
+//   tab on the same URL (#s=<id>) rejoins the session;
+// - localStorage "kit:log:<id>": {last_seq, events}: the events shown so far (text deltas of
+//   ended turns dropped), written together with last_seq, so a reload shows them at once and
+//   resumes after last_seq; every event is applied at most once (dedupe by seq);
+// - sessionStorage "kit:unconfirmed:<id>": messages sent but not yet seen as a user event
+//   (re-sent with the same client_msg_id after a reconnect or a reload; the host applies
+//   an id once).
+
+import { renderMarkdown } from "./render.js";
+
+const FATAL_CLOSES = new Set([4400, 4401, 4404, 1009]);
+const HEALTHY_AFTER_MS = 5000;
+const SAVE_DELAY_MS = 150;
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  log: $("log"),
+  status: $("status"),
+  banner: $("banner"),
+  form: $("composer"),
+  input: $("input"),
+  send: $("send"),
+  stop: $("stop"),
+  newSession: $("new-session"),
+};
+
+// ---------------------------------------------------------------- storage
+
+const keys = {
+  session: (id) => `kit:session:${id}`,
+  log: (id) => `kit:log:${id}`,
+  unconfirmed: (id) => `kit:unconfirmed:${id}`,
+};
+
+function readJSON(storage, key) {
+  try {
+    return JSON.parse(storage.getItem(key) ?? "null");
+  } catch {
+    return null;
+  }
+}
+
+function writeJSON(storage, key, value) {
+  try {
+    storage.setItem(key, JSON.stringify(value));
+    return true;
+  } catch {
+    return false; // over quota: the page still works, a reload replays from the host
+  }
+}
+
+function sessionIdFromUrl() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const id = params.get("s") ?? new URLSearchParams(location.search).get("session");
+  return id && /^[0-9a-f-]{36}$/.test(id) ? id : null;
+}
+
+// ---------------------------------------------------------------- conversation view
+
+/** What the page shows, built from events; each seq is applied once. */
+class Conversation {
+  constructor(root, onRetry) {
+    this.root = root;
+    this.onRetry = onRetry;
+    this.reset();
+  }
+
+  reset() {
+    this.root.replaceChildren();
+    this.lastSeq = 0;
+    this.events = [];
+    this.openTurns = new Set();
+    this.turnText = new Map(); // turn_id -> whether an assistant text was shown
+    this.streaming = null; // {node, text, turn}
+    this.tools = new Map(); // tool_use id -> card
+    this.pending = new Map(); // client_msg_id -> node of a message not yet confirmed
+    this.sandbox = "";
+    this.store = "";
+  }
+
+  nearBottom() {
+    const s = document.scrollingElement;
+    return s.scrollHeight - s.scrollTop - s.clientHeight < 80;
+  }
+
+  append(node) {
+    const follow = this.nearBottom();
+    this.root.append(node);
+    if (follow) node.scrollIntoView({ block: "end" });
+  }
+
+  message(role, label) {
+    const node = document.createElement("article");
+    node.className = `msg ${role}`;
+    const who = document.createElement("div");
+    who.className = "who";
+    who.textContent = label;
+    const body = document.createElement("div");
+    body.className = "body";
+    node.append(who, body);
+    return node;
+  }
+
+  showPending(id, text) {
+    if (this.pending.has(id)) return;
+    const node = this.message("user pending", "You");
+    node.querySelector(".body").textContent = text;
+    this.pending.set(id, node);
+    this.append(node);
+  }
+
+  /** Apply one event; false when it was already applied (seq not new). */
+  apply(event) {
+    if (event.seq <= this.lastSeq) return false;
+    this.lastSeq = event.seq;
+    this.events.push(event);
+    const handler = this[`on_${event.kind}`];
+    if (handler) handler.call(this, event.data ?? {}, event.turn_id);
+    return true; // kinds this page does not know are kept and ignored
+  }
+
+  on_user(data, turn) {
+    const pending = this.pending.get(data.client_msg_id);
+    this.pending.delete(data.client_msg_id);
+    const node = this.message("user", "You");
+    node.querySelector(".body").textContent = data.text;
+    if (pending) pending.replaceWith(node);
+    else this.append(node);
+    if (turn) this.openTurns.add(turn);
+  }
+
+  on_text_delta(data, turn) {
+    if (!this.streaming) {
+      const node = this.message("assistant streaming", "Agent");
+      this.streaming = { node, text: "", turn };
+      this.append(node);
+    }
+    this.streaming.text += data.text ?? "";
+    this.renderInto(this.streaming.node, this.streaming.text);
+  }
+
+  on_assistant(data, turn) {
+    if (data.parent_tool_use_id) return; // a subagent's text: its tool card says enough
+    let node;
+    if (this.streaming) {
+      node = this.streaming.node;
+      this.streaming = null;
+    } else {
+      node = this.message("assistant", "Agent");
+      this.append(node);
+    }
+    node.classList.remove("streaming");
+    this.renderInto(node, data.text ?? "");
+    if (turn) this.turnText.set(turn, true);
+  }
+
+  on_tool_use(data) {
+    this.dropStreaming();
+    const card = document.createElement("details");
+    card.className = "tool running";
+    const summary = document.createElement("summary");
+    const name = document.createElement("span");
+    name.className = "tool-name";
+    name.textContent = data.name ?? "tool";
+    const state = document.createElement("span");
+    state.className = "tool-state";
+    state.textContent = "running…";
+    summary.append(name, state);
+    const input = document.createElement("pre");
+    input.className = "tool-input";
+    input.textContent = JSON.stringify(data.input ?? {}, null, 2);
+    const output = document.createElement("pre");
+    output.className = "tool-output";
+    output.hidden = true;
+    card.append(summary, input, output);
+    if (data.id) this.tools.set(data.id, card);
+    this.append(card);
+  }
+
+  on_tool_result(data) {
+    const card = this.tools.get(data.tool_use_id);
+    if (!card) return;
+    card.classList.remove("running");
+    card.classList.add(data.is_error ? "failed" : "done");
+    card.querySelector(".tool-state").textContent = data.is_error ? "error" : "done";
+    const output = card.querySelector(".tool-output");
+    output.textContent = data.content ?? "";
+    output.hidden = false;
+  }
+
+  on_result(data, turn) {
+    this.dropStreaming();
+    if (!this.turnText.get(turn) && data.text) {
+      const node = this.message("assistant", "Agent");
+      this.renderInto(node, data.text);
+      this.append(node);
+    }
+    if (data.is_error) {
+      this.note(
+        data.subtype === "error_during_execution" ? "Stopped." : `The turn ended with an error (${data.subtype}).`,
+        "stopped",
+      );
+    }
+    this.endTurn(turn);
+  }
+
+  on_error(data, turn) {
+    if (data.code === "turn_failed") {
+      this.dropStreaming();
+      const node = this.note(`The turn failed: ${data.message ?? ""}`, "failed");
+      const text = this.userText(turn);
+      if (text !== null) {
+        const retry = document.createElement("button");
+        retry.type = "button";
+        retry.textContent = "Retry";
+        retry.addEventListener("click", () => this.onRetry(text));
+        node.append(" ", retry);
+      }
+      this.endTurn(turn);
+    } else {
+      this.note(data.message ?? data.code ?? "error", "warning");
+    }
+  }
+
+  on_sandbox(data) {
+    const labels = {
+      starting: "Sandbox starting…",
+      running: data.resumed ? "Sandbox resumed" : "Sandbox running",
+      died: `Sandbox died (${data.reason ?? "?"}); restarting…`,
+      failed: "A sandbox failed to start; trying again…",
+      stopped: "",
+    };
+    this.sandbox = labels[data.state] ?? "";
+    if (data.state === "died" || data.state === "failed") this.dropStreaming();
+    if (data.state === "died") {
+      this.abandonTools("interrupted: the sandbox died");
+      this.note(this.sandbox, "sandbox");
+    }
+  }
+
+  on_store(data) {
+    this.store = data.state === "available" ? "" : `Transcript store ${data.state}: ${data.message ?? ""}`;
+  }
+
+  /** Tool calls that will get no result: their sandbox went away, or their turn ended. */
+  abandonTools(why) {
+    for (const card of this.root.querySelectorAll("details.tool.running")) {
+      card.classList.replace("running", "interrupted");
+      card.querySelector(".tool-state").textContent = why;
+    }
+  }
+
+  endTurn(turn) {
+    this.abandonTools("interrupted");
+    this.openTurns.delete(turn);
+    if (this.openTurns.size === 0) this.sandbox = "";
+  }
+
+  userText(turn) {
+    const found = this.events.find((e) => e.kind === "user" && e.turn_id === turn);
+    return found ? found.data.text : null;
+  }
+
+  /** Text streamed before a sandbox died or a tool ran, never confirmed by `assistant`. */
+  dropStreaming() {
+    if (this.streaming && this.streaming.node.classList.contains("streaming")) {
+      // A tool call follows its text block's `assistant` event; a death may leave deltas.
+      this.streaming.node.remove();
+    }
+    this.streaming = null;
+  }
+
+  note(text, kind) {
+    const node = document.createElement("p");
+    node.className = `note ${kind}`;
+    node.textContent = text;
+    this.append(node);
+    return node;
+  }
+
+  renderInto(node, markdown) {
+    const body = node.querySelector(".body");
+    try {
+      body.replaceChildren(renderMarkdown(markdown, copyText));
+    } catch (exc) {
+      // Whatever the text holds, the reader still reads it (as text) and the turn goes on.
+      console.warn("markdown rendering failed; shown as text", exc);
+      body.textContent = markdown;
+    }
+  }
+
+  /** Events worth keeping for a reload: text deltas only of turns still open. */
+  kept() {
+    return this.events.filter((e) => e.kind !== "text_delta" || this.openTurns.has(e.turn_id));
+  }
+}
+
+function copyText(value, button) {
+  navigator.clipboard?.writeText(value).then(
+    () => (button.textContent = "Copied"),
+    () => (button.textContent = "Copy failed"),
+  );
+}
+
+// ---------------------------------------------------------------- the connection
+
+class Chat {
+  constructor(session) {
+    this.session = session;
+    this.view = new Conversation(ui.log, (text) => this.say(text));
+    this.unconfirmed = new Map(readJSON(sessionStorage, keys.unconfirmed(session.session_id)) ?? []);
+    this.ws = null;
+    this.live = false;
+    this.attempt = 0;
+    this.welcomedAt = 0;
+    this.everOpen = false;
+    this.stopping = false;
+    this.saveTimer = null;
+    this.closed = false;
+    this.hint = "";
+    const saved = readJSON(localStorage, keys.log(session.session_id));
+    for (const event of saved?.events ?? []) this.view.apply(event);
+    for (const [id, text] of this.unconfirmed) this.view.showPending(id, text);
+    this.update();
+  }
+
+  connect() {
+    const ws = new WebSocket(this.session.ws_url);
+    this.ws = ws;
+    this.live = false;
+    this.welcomedAt = 0;
+    ws.onopen = () =>
+      this.send({ type: "hello", token: this.session.token, last_seq: this.view.lastSeq });
+    ws.onmessage = ({ data }) => {
+      if (ws === this.ws) this.frame(JSON.parse(data));
+    };
+    ws.onclose = ({ code, reason }) => {
+      if (ws === this.ws) this.closedWith(code, reason);
+    };
+  }
+
+  send(frame) {
+    this.ws.send(JSON.stringify(frame));
+  }
+
+  frame(f) {
+    if (f.type === "welcome") {
+      this.live = true;
+      this.everOpen = true;
+      this.welcomedAt = Date.now();
+      if (f.resume !== "none") this.send({ type: "ack", seq: this.view.lastSeq });
+      for (const [id, text] of this.unconfirmed) this.send({ type: "user", client_msg_id: id, text });
+      showBanner(null);
+    } else if (f.type === "event") {
+      if (f.seq <= this.view.lastSeq) return; // already shown
+      if (f.seq !== this.view.lastSeq + 1) {
+        this.ws.close(); // a gap: resume from what we have
+        return;
+      }
+      this.attempt = 0;
+      if (f.kind === "user") this.unconfirmed.delete(f.data.client_msg_id);
+      this.view.apply(f);
+      if (f.kind === "result" || (f.kind === "error" && f.data.code === "turn_failed")) {
+        this.stopping = false;
+        this.hint = "";
+      }
+      this.saveSoon();
+    } else if (f.type === "interrupt_ack") {
+      if (f.turn_id !== null && !f.interrupted) {
+        this.stopping = false;
+        this.hint = "Nothing to stop yet (the sandbox is starting); press Stop again in a moment.";
+      }
+    } else if (f.type === "error") {
+      console.warn("kit:", f.code, f.message);
+      if (f.code === "seq_ahead") this.forget();
+    }
+    this.update();
+  }
+
+  closedWith(code, reason) {
+    this.live = false;
+    if (this.closed) return;
+    if (code === 4400 && reason === "seq_ahead") {
+      this.forget();
+    } else if (FATAL_CLOSES.has(code)) {
+      this.closed = true;
+      const why = {
+        4401: "This browser's token for the session was refused.",
+        4404: "The host has no such session.",
+      }[code] ?? `The host closed the session (${code} ${reason}).`;
+      showBanner(`${why} Start a new session to go on.`, true);
+      this.update();
+      return;
+    }
+    if (this.welcomedAt && Date.now() - this.welcomedAt >= HEALTHY_AFTER_MS) this.attempt = 0;
+    const wait = Math.min(250 * 2 ** this.attempt++, 10_000) * (0.5 + Math.random() / 2);
+    if (this.everOpen) showBanner("Connection lost: reconnecting…");
+    this.update();
+    setTimeout(() => this.connect(), wait);
+  }
+
+  /** The host has fewer events than we showed (a reset store): start over from nothing. */
+  forget() {
+    localStorage.removeItem(keys.log(this.session.session_id));
+    this.view.reset();
+    for (const [id, text] of this.unconfirmed) this.view.showPending(id, text);
+  }
+
+  say(text) {
+    if (!text.trim() || this.closed) return;
+    const id = crypto.randomUUID();
+    this.unconfirmed.set(id, text);
+    this.saveUnconfirmed();
+    this.view.showPending(id, text);
+    if (this.live) this.send({ type: "user", client_msg_id: id, text });
+    this.update();
+  }
+
+  interrupt() {
+    if (!this.live) return;
+    this.stopping = true;
+    this.hint = "";
+    this.send({ type: "interrupt" });
+    this.update();
+  }
+
+  saveUnconfirmed() {
+    writeJSON(sessionStorage, keys.unconfirmed(this.session.session_id), [...this.unconfirmed]);
+  }
+
+  saveSoon() {
+    if (this.saveTimer !== null) return;
+    this.saveTimer = setTimeout(() => this.save(), SAVE_DELAY_MS);
+  }
+
+  save() {
+    clearTimeout(this.saveTimer);
+    this.saveTimer = null;
+    const key = keys.log(this.session.session_id);
+    if (!writeJSON(localStorage, key, { last_seq: this.view.lastSeq, events: this.view.kept() })) {
+      localStorage.removeItem(key); // a reload then replays everything from the host
+    }
+    this.saveUnconfirmed();
+  }
+
+  update() {
+    const busy = this.view.openTurns.size > 0;
+    let status = "";
+    if (!this.live) status = this.everOpen ? "Reconnecting…" : "Connecting…";
+    else if (this.unconfirmed.size) status = "Sending…";
+    else if (this.stopping && busy) status = "Stopping…";
+    else if (this.view.store) status = this.view.store;
+    else if (busy) status = this.view.sandbox ? `${this.view.sandbox} · thinking…` : "Thinking…";
+    if (this.hint && busy) status = this.hint;
+    ui.status.textContent = status;
+    ui.stop.disabled = !busy || !this.live;
+    ui.send.disabled = this.closed;
+  }
+}
+
+// ---------------------------------------------------------------- the page
+
+function showBanner(text, withNew = false) {
+  ui.banner.hidden = text === null;
+  ui.banner.querySelector(".text").textContent = text ?? "";
+  ui.newSession.hidden = !withNew;
+}
+
+async function newSession() {
+  const config = await (await fetch("/web/config.json")).json();
+  if (!config.session_url) {
+    throw new Error("This host gives the page no sessions: open a link to one.");
+  }
+  const answer = await fetch(config.session_url, { method: "POST", credentials: "include" });
+  const body = await answer.json().catch(() => ({}));
+  if (!answer.ok) throw new Error(body.message ?? `The host answered ${answer.status}.`);
+  writeJSON(localStorage, keys.session(body.session_id), {
+    session_id: body.session_id,
+    token: body.token,
+    ws_url: body.ws_url,
+  });
+  history.replaceState(null, "", `#s=${body.session_id}`);
+  return body.session_id;
+}
+
+async function start() {
+  let id = sessionIdFromUrl();
+  if (id === null) {
+    try {
+      id = await newSession();
+    } catch (err) {
+      showBanner(`Could not start a session: ${err.message}`, true);
+      return;
+    }
+  }
+  const session = readJSON(localStorage, keys.session(id));
+  if (!session?.token) {
+    showBanner("This browser has no token for that session (it was opened elsewhere).", true);
+    return;
+  }
+  const chat = new Chat(session);
+  window.kitChat = chat; // for the browser tests and the curious
+  ui.form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    chat.say(ui.input.value);
+    ui.input.value = "";
+    ui.input.focus();
+  });
+  ui.input.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      ui.form.requestSubmit();
+    }
+  });
+  ui.stop.addEventListener("click", () => chat.interrupt());
+  addEventListener("pagehide", () => chat.save());
+  chat.connect();
+}
+
+ui.newSession.addEventListener("click", () => {
+  history.replaceState(null, "", location.pathname);
+  location.reload();
+});
+addEventListener("hashchange", () => location.reload());
+
+start();

@@ -1,0 +1,197 @@
+// Markdown to DOM, safe by construction: model text and tool output are untrusted.
+//
+// Nothing here parses HTML. Every piece of text reaches the page through a Text node
+// (document.createTextNode), so "<img onerror=…>" is shown, never run; the only elements
+// made are the ones named below, and the only attributes set are a link's href (http, https
+// or mailto, checked by URL parsing) with target/rel, and a code block's class.
+// Images are not rendered (a picture from the model could track the reader): shown as links.
+//
+// Supported: paragraphs, # headings, - * + and 1. lists, > quotes, ``` fenced code,
+// `code`, **bold**, *em* / _em_, [text](url), <https://autolinks>, bare https:// URLs.
+
+const SAFE_SCHEMES = new Set(["http:", "https:", "mailto:"]);
+
+/** The URL to link to, or null when it is not an absolute http(s)/mailto URL. */
+export function safeHref(raw) {
+  let url;
+  try {
+    url = new URL(raw.trim());
+  } catch {
+    return null;
+  }
+  return SAFE_SCHEMES.has(url.protocol) ? url.href : null;
+}
+
+function el(tag, ...children) {
+  const node = document.createElement(tag);
+  for (const child of children) node.append(child);
+  return node;
+}
+
+function text(value) {
+  return document.createTextNode(value);
+}
+
+function link(label, raw) {
+  const href = safeHref(raw);
+  if (href === null) return null;
+  const a = el("a", ...label);
+  a.href = href;
+  a.target = "_blank";
+  a.rel = "noopener noreferrer nofollow";
+  return a;
+}
+
+// Inline constructs, tried at each position in this order.
+const INLINE = [
+  [/^`([^`\n]+)`/, (m) => el("code", text(m[1]))],
+  [/^!?\[([^\]\n]*)\]\(([^)\s]+)\)/, (m) => link(inline(m[1]), m[2])],
+  [/^<((?:https?|mailto):[^>\s]+)>/, (m) => link([text(m[1])], m[1])],
+  [/^https?:\/\/[^\s<>()]*[^\s<>().,;:!?'"]/, (m) => link([text(m[0])], m[0])],
+  [/^\*\*([^\n]+?)\*\*/, (m) => el("strong", ...inline(m[1]))],
+  [/^__([^\n]+?)__/, (m) => el("strong", ...inline(m[1]))],
+  [/^\*([^\s*][^*\n]*?)\*/, (m) => el("em", ...inline(m[1]))],
+  [/^_([^\s_][^_\n]*?)_(?![A-Za-z0-9])/, (m) => el("em", ...inline(m[1]))],
+];
+
+/** Inline markdown of one line or paragraph, as a list of nodes. */
+export function inline(source) {
+  const out = [];
+  let plain = "";
+  let i = 0;
+  while (i < source.length) {
+    const rest = source.slice(i);
+    let made = null;
+    let used = 0;
+    const wordStart = i === 0 || /[\s([{]/.test(source[i - 1]);
+    for (const [pattern, make] of INLINE) {
+      if (pattern.source.startsWith("^_") && !wordStart) continue;
+      const m = pattern.exec(rest);
+      if (m === null) continue;
+      made = make(m);
+      used = m[0].length;
+      break;
+    }
+    if (made === null) {
+      plain += source[i];
+      i += 1;
+      continue;
+    }
+    if (plain) out.push(text(plain));
+    plain = "";
+    out.push(made);
+    i += used;
+  }
+  if (plain) out.push(text(plain));
+  return out;
+}
+
+function paragraph(lines) {
+  const p = el("p");
+  lines.forEach((line, n) => {
+    if (n > 0) p.append(el("br"));
+    p.append(...inline(line));
+  });
+  return p;
+}
+
+function codeBlock(lines, lang, onCopy) {
+  const code = el("code", text(lines.join("\n")));
+  if (/^[A-Za-z0-9_+-]{1,30}$/.test(lang)) code.className = `language-${lang}`;
+  const pre = el("pre", code);
+  if (onCopy) {
+    const copy = el("button", text("Copy"));
+    copy.type = "button";
+    copy.className = "copy";
+    copy.addEventListener("click", () => onCopy(code.textContent, copy));
+    return el("div", pre, copy);
+  }
+  return pre;
+}
+
+const FENCE = /^ {0,3}(```+|~~~+)\s*([^`\s]*)/;
+const HEADING = /^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$/;
+const BULLET = /^ {0,3}[-*+]\s+(.*)$/;
+const ORDERED = /^ {0,3}(\d{1,9})[.)]\s+(.*)$/;
+const QUOTE = /^ {0,3}>\s?(.*)$/;
+const RULE = /^ {0,3}([-*_])(\s*\1){2,}\s*$/;
+
+/** Quotes nest at most this deep; model text is untrusted, and a recursion per `>` would
+ * let a long run of them overflow the stack and hang the page on every replay. */
+const MAX_QUOTE_DEPTH = 8;
+
+/**
+ * Render markdown `source` into a DocumentFragment of safe nodes. `onCopy(text, button)`,
+ * when given, adds a Copy button to each code block. An unclosed fence (text still
+ * streaming) renders as code up to the end.
+ */
+export function renderMarkdown(source, onCopy = null, depth = 0) {
+  const quotes = depth < MAX_QUOTE_DEPTH; // deeper `>` lines stay text: bounded recursion
+  const out = document.createDocumentFragment();
+  const lines = source.replace(/\r\n?/g, "\n").split("\n");
+  let i = 0;
+  while (i < lines.length) {
+    const line = lines[i];
+    if (!line.trim()) {
+      i += 1;
+      continue;
+    }
+    const fence = FENCE.exec(line);
+    if (fence) {
+      const body = [];
+      i += 1;
+      while (i < lines.length && !lines[i].trimStart().startsWith(fence[1])) body.push(lines[i++]);
+      i += 1;
+      out.append(codeBlock(body, fence[2], onCopy));
+      continue;
+    }
+    const heading = HEADING.exec(line);
+    if (heading) {
+      out.append(el(`h${Math.min(heading[1].length + 2, 6)}`, ...inline(heading[2])));
+      i += 1;
+      continue;
+    }
+    if (RULE.test(line)) {
+      out.append(el("hr"));
+      i += 1;
+      continue;
+    }
+    if (quotes && QUOTE.test(line)) {
+      const body = [];
+      while (i < lines.length && QUOTE.test(lines[i])) body.push(QUOTE.exec(lines[i++])[1]);
+      out.append(el("blockquote", renderMarkdown(body.join("\n"), onCopy, depth + 1)));
+      continue;
+    }
+    const kind = BULLET.test(line) ? [BULLET, "ul", 1] : ORDERED.test(line) ? [ORDERED, "ol", 2] : null;
+    if (kind) {
+      const [pattern, tag, group] = kind;
+      const list = el(tag);
+      const first = pattern.exec(line);
+      if (tag === "ol" && first[1] !== "1") list.start = Number(first[1]);
+      while (i < lines.length && pattern.test(lines[i])) {
+        const item = [pattern.exec(lines[i++])[group]];
+        // Indented continuation lines belong to the item.
+        while (i < lines.length && /^\s{2,}\S/.test(lines[i]) && !pattern.test(lines[i])) {
+          item.push(lines[i++].trim());
+        }
+        list.append(el("li", ...inline(item.join(" "))));
+      }
+      out.append(list);
+      continue;
+    }
+    const body = [];
+    while (
+      i < lines.length &&
+      lines[i].trim() &&
+      !FENCE.test(lines[i]) &&
+      !HEADING.test(lines[i]) &&
+      !(quotes && QUOTE.test(lines[i])) &&
+      !BULLET.test(lines[i]) &&
+      !ORDERED.test(lines[i])
+    ) {
+      body.push(lines[i++]);
+    }
+    out.append(paragraph(body));
+  }
+  return out;
+}
