@@ -40,6 +40,9 @@ FAMILIES: list[tuple[str, type[BaseException], str | None]] = [
     ("emulator.containers", ContainersEmulatorError, "emulator.containers.errors"),
     # It implements kit.host's sandbox seam, so it raises that seam's errors; it draws none.
     ("emulator.sandbox", SandboxError, None),
+    # The chat page's static files: no Python of its own, so no exceptions (any it grew
+    # would have to be KitErrors).
+    ("kit.web", KitError, None),
 ]
 
 

@@ -290,6 +290,9 @@ async def test_root_follows_no_link_swapped_in_mid_path(
     provider = LocalSandboxProvider(
         kit_tmp / "sandboxes", bundles=kit_tmp / "bundles", fork_server=False, isolation="off"
     )
+    # Root's walk is at stake, not whether the sandbox user can import kit (a checkout under
+    # /root, as in CI, would be refused before any folder is made).
+    monkeypatch.setattr(provider, "runtime_code", tuple)
     victim = kit_tmp / "victim"
     victim.mkdir(mode=0o755)
     spec = _spec(bundle)
