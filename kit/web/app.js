@@ -12,9 +12,15 @@
 
 import { renderMarkdown } from "./render.js";
 
-const FATAL_CLOSES = new Set([4400, 4401, 4404, 1009]);
+// 1009 (too_large) is not fatal: the host refused one frame, the session goes on. The page
+// checks a message before sending it (`refusal`), and drops one the host refused anyway.
+const FATAL_CLOSES = new Set([4400, 4401, 4404]);
 const HEALTHY_AFTER_MS = 5000;
 const SAVE_DELAY_MS = 150;
+const STREAM_RENDER_MS = 50; // streamed text is rendered at most this often (a timer: it runs in background tabs)
+const MAX_TEXT_CHARS = 100_000; // docs/protocol.md §3: code points of user.text
+const MAX_FRAME_BYTES = 262_144; // docs/protocol.md §3: UTF-8 bytes of a client frame
+const REFUSED_BY_HOST = new Set(["too_large", "bad_frame"]);
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -23,6 +29,7 @@ const ui = {
   banner: $("banner"),
   form: $("composer"),
   input: $("input"),
+  composerError: $("composer-error"),
   send: $("send"),
   stop: $("stop"),
   newSession: $("new-session"),
@@ -59,6 +66,27 @@ function sessionIdFromUrl() {
   return id && /^[0-9a-f-]{36}$/.test(id) ? id : null;
 }
 
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+
+/** Why the host would refuse `frame` (a `user` frame), or null when it would take it. */
+function refusal(frame) {
+  const text = frame.text;
+  const wellFormed = typeof text.isWellFormed === "function" ? text.isWellFormed() : !LONE_SURROGATE.test(text);
+  if (!wellFormed) {
+    return "it holds half of an emoji or another broken character (a lone surrogate); delete it and type it again.";
+  }
+  let chars = 0;
+  for (const _ of text) chars++; // code points, as the host counts them
+  if (chars > MAX_TEXT_CHARS) {
+    return `it is ${chars.toLocaleString("en")} characters long; the most is ${MAX_TEXT_CHARS.toLocaleString("en")}.`;
+  }
+  const bytes = new TextEncoder().encode(JSON.stringify(frame)).length;
+  if (bytes > MAX_FRAME_BYTES) {
+    return `it takes ${bytes.toLocaleString("en")} bytes to send; the most is ${MAX_FRAME_BYTES.toLocaleString("en")}.`;
+  }
+  return null;
+}
+
 // ---------------------------------------------------------------- conversation view
 
 /** What the page shows, built from events; each seq is applied once. */
@@ -70,12 +98,14 @@ class Conversation {
   }
 
   reset() {
+    this.cancelStreamRender();
     this.root.replaceChildren();
     this.lastSeq = 0;
     this.events = [];
     this.openTurns = new Set();
     this.turnText = new Map(); // turn_id -> whether an assistant text was shown
     this.streaming = null; // {node, text, turn}
+    this.streamTimer = null; // a render of the streamed text, waiting
     this.tools = new Map(); // tool_use id -> card
     this.pending = new Map(); // client_msg_id -> node of a message not yet confirmed
     this.sandbox = "";
@@ -103,6 +133,23 @@ class Conversation {
     body.className = "body";
     node.append(who, body);
     return node;
+  }
+
+  /** A message the host will not take (or did not): shown greyed, with why, never sent. */
+  showRefused(id, text, why) {
+    let node = this.pending.get(id);
+    this.pending.delete(id);
+    if (!node) {
+      node = this.message("user", "You");
+      node.querySelector(".body").textContent = text;
+      this.append(node);
+    }
+    node.className = "msg user refused";
+    const note = document.createElement("p");
+    note.className = "note refused";
+    note.textContent = `Not sent: ${why}`;
+    node.after(note);
+    if (this.nearBottom()) note.scrollIntoView({ block: "end" });
   }
 
   showPending(id, text) {
@@ -140,12 +187,25 @@ class Conversation {
       this.append(node);
     }
     this.streaming.text += data.text ?? "";
-    this.renderInto(this.streaming.node, this.streaming.text);
+    // Rendering the whole text on each delta is quadratic: render at most every
+    // STREAM_RENDER_MS. The final text (`assistant`) is rendered at once and cancels this.
+    if (this.streamTimer === null) {
+      this.streamTimer = setTimeout(() => {
+        this.streamTimer = null;
+        if (this.streaming) this.renderInto(this.streaming.node, this.streaming.text);
+      }, STREAM_RENDER_MS);
+    }
+  }
+
+  cancelStreamRender() {
+    clearTimeout(this.streamTimer);
+    this.streamTimer = null;
   }
 
   on_assistant(data, turn) {
     if (data.parent_tool_use_id) return; // a subagent's text: its tool card says enough
     let node;
+    this.cancelStreamRender();
     if (this.streaming) {
       node = this.streaming.node;
       this.streaming = null;
@@ -267,6 +327,7 @@ class Conversation {
 
   /** Text streamed before a sandbox died or a tool ran, never confirmed by `assistant`. */
   dropStreaming() {
+    this.cancelStreamRender();
     if (this.streaming && this.streaming.node.classList.contains("streaming")) {
       // A tool call follows its text block's `assistant` event; a death may leave deltas.
       this.streaming.node.remove();
@@ -283,6 +344,7 @@ class Conversation {
   }
 
   renderInto(node, markdown) {
+    this.renders = (this.renders ?? 0) + 1; // counted for the browser tests
     const body = node.querySelector(".body");
     try {
       body.replaceChildren(renderMarkdown(markdown, copyText));
@@ -319,11 +381,18 @@ class Chat {
     this.welcomedAt = 0;
     this.everOpen = false;
     this.stopping = false;
+    this.interruptUnacked = false; // sent, no interrupt_ack yet: sent again on the next connection
+    this.sentHere = []; // client_msg_ids sent on this connection, in order
     this.saveTimer = null;
     this.closed = false;
     this.hint = "";
     const saved = readJSON(localStorage, keys.log(session.session_id));
-    for (const event of saved?.events ?? []) this.view.apply(event);
+    for (const event of saved?.events ?? []) {
+      this.view.apply(event);
+      // Confirmed while this tab was away (by its reload's host replay, or another tab's log).
+      if (event.kind === "user") this.unconfirmed.delete(event.data?.client_msg_id);
+    }
+    this.saveUnconfirmed();
     for (const [id, text] of this.unconfirmed) this.view.showPending(id, text);
     this.update();
   }
@@ -333,6 +402,7 @@ class Chat {
     this.ws = ws;
     this.live = false;
     this.welcomedAt = 0;
+    this.sentHere = [];
     ws.onopen = () =>
       this.send({ type: "hello", token: this.session.token, last_seq: this.view.lastSeq });
     ws.onmessage = ({ data }) => {
@@ -353,7 +423,8 @@ class Chat {
       this.everOpen = true;
       this.welcomedAt = Date.now();
       if (f.resume !== "none") this.send({ type: "ack", seq: this.view.lastSeq });
-      for (const [id, text] of this.unconfirmed) this.send({ type: "user", client_msg_id: id, text });
+      for (const [id, text] of this.unconfirmed) this.sendUser(id, text);
+      if (this.interruptUnacked) this.send({ type: "interrupt" });
       showBanner(null);
     } else if (f.type === "event") {
       if (f.seq <= this.view.lastSeq) return; // already shown
@@ -366,17 +437,21 @@ class Chat {
       this.view.apply(f);
       if (f.kind === "result" || (f.kind === "error" && f.data.code === "turn_failed")) {
         this.stopping = false;
+        this.interruptUnacked = false; // its turn ended: do not stop the next one
         this.hint = "";
       }
       this.saveSoon();
     } else if (f.type === "interrupt_ack") {
-      if (f.turn_id !== null && !f.interrupted) {
+      this.interruptUnacked = false;
+      if (f.turn_id === null) this.stopping = false; // nothing was open to stop
+      else if (!f.interrupted) {
         this.stopping = false;
         this.hint = "Nothing to stop yet (the sandbox is starting); press Stop again in a moment.";
       }
     } else if (f.type === "error") {
       console.warn("kit:", f.code, f.message);
       if (f.code === "seq_ahead") this.forget();
+      else if (REFUSED_BY_HOST.has(f.code)) this.refusedByHost(f.message);
     }
     this.update();
   }
@@ -410,19 +485,48 @@ class Chat {
     for (const [id, text] of this.unconfirmed) this.view.showPending(id, text);
   }
 
+  /** Send `text` (true), or say inline why the host would refuse it and keep it (false). */
   say(text) {
-    if (!text.trim() || this.closed) return;
+    if (!text.trim() || this.closed) return false;
     const id = crypto.randomUUID();
+    const why = refusal({ type: "user", client_msg_id: id, text });
+    if (why !== null) {
+      showComposerError(`This message cannot be sent: ${why}`);
+      return false;
+    }
+    showComposerError(null);
     this.unconfirmed.set(id, text);
     this.saveUnconfirmed();
     this.view.showPending(id, text);
-    if (this.live) this.send({ type: "user", client_msg_id: id, text });
+    if (this.live) this.sendUser(id, text);
     this.update();
+    return true;
+  }
+
+  sendUser(id, text) {
+    this.sentHere.push(id);
+    this.send({ type: "user", client_msg_id: id, text });
+  }
+
+  /**
+   * The host refused a frame (`too_large`, `bad_frame`): if it was a message still pending,
+   * drop it (sending it again would be refused again) and show why. The host answers frames
+   * in order and confirms an accepted message before it reads the next frame, so the
+   * refused one is the first sent on this connection and not yet confirmed.
+   */
+  refusedByHost(message) {
+    const id = this.sentHere.find((sent) => this.unconfirmed.has(sent));
+    if (id === undefined) return;
+    const text = this.unconfirmed.get(id);
+    this.unconfirmed.delete(id);
+    this.saveUnconfirmed();
+    this.view.showRefused(id, text, `the host refused it (${message})`);
   }
 
   interrupt() {
     if (!this.live) return;
     this.stopping = true;
+    this.interruptUnacked = true;
     this.hint = "";
     this.send({ type: "interrupt" });
     this.update();
@@ -463,6 +567,11 @@ class Chat {
 }
 
 // ---------------------------------------------------------------- the page
+
+function showComposerError(text) {
+  ui.composerError.hidden = text === null;
+  ui.composerError.textContent = text ?? "";
+}
 
 function showBanner(text, withNew = false) {
   ui.banner.hidden = text === null;
@@ -506,8 +615,7 @@ async function start() {
   window.kitChat = chat; // for the browser tests and the curious
   ui.form.addEventListener("submit", (e) => {
     e.preventDefault();
-    chat.say(ui.input.value);
-    ui.input.value = "";
+    if (chat.say(ui.input.value)) ui.input.value = "";
     ui.input.focus();
   });
   ui.input.addEventListener("keydown", (e) => {

@@ -16,6 +16,8 @@ Fixtures (every one bounded in time):
   saved as ``test-artifacts/screenshots/<module>.<test>.png`` (gitignored).
 - ``stack``: the example agent's ``kit dev`` stack on a free port, as in tests/conftest.py
   but on this folder's event loop.
+- ``chat_stack``: ``kit dev`` of tests/agents.py's offline test agent (Bash allowed), with
+  ``PAGE_RULES`` (a tool whose output carries HTML) ahead of its rules.
 
 Every async test and fixture here runs on one event loop per folder (``loop_scope="package"``,
 set for the tests below), the one the browser lives on: an async fixture from outside this
@@ -38,6 +40,7 @@ import pytest
 import pytest_asyncio
 
 from kit.cli.stack import Stack, run_stack
+from tests.agents import SCENARIO, write_agent
 from tests.conftest import stack_settings
 
 try:
@@ -229,6 +232,38 @@ async def stack(kit_tmp: Path) -> AsyncIterator[Stack]:
         async with asyncio.timeout(STACK_TIMEOUT_S):
             running = await cleanup.enter_async_context(
                 run_stack(stack_settings(kit_tmp / "state"))
+            )
+        yield running
+        async with asyncio.timeout(STACK_TIMEOUT_S):
+            await cleanup.aclose()
+
+
+TOOL_PAYLOAD = "<script>window.__pwned=1</script><b onmouseover=window.__pwned=1>bold</b>"
+
+# Ahead of tests/agents.py's rules (its last one echoes anything): a tool whose output, and
+# then the model's text, carry HTML.
+PAGE_RULES = f"""
+[[rule]]
+name = "hostile tool"
+contains = "hostile tool"
+[[rule.step]]
+tool = "Bash"
+input = {{ command = "printf '%s' '{TOOL_PAYLOAD}'", description = "hostile" }}
+[[rule.step]]
+text = "Tool said: {{tool_result}} and [a link](javascript:window.__pwned=1)"
+"""
+
+
+@pytest_asyncio.fixture(loop_scope="package")
+async def chat_stack(kit_tmp: Path) -> AsyncIterator[Stack]:
+    """``kit dev`` of the test agent (Bash allowed, tests/agents.py's offline rules, and
+    ``PAGE_RULES`` ahead of them)."""
+    project = write_agent(kit_tmp / "agent")
+    (project / "scenarios" / "test.toml").write_text(PAGE_RULES + SCENARIO)
+    async with contextlib.AsyncExitStack() as cleanup:
+        async with asyncio.timeout(STACK_TIMEOUT_S):
+            running = await cleanup.enter_async_context(
+                run_stack(stack_settings(kit_tmp / "state", project))
             )
         yield running
         async with asyncio.timeout(STACK_TIMEOUT_S):

@@ -4,57 +4,20 @@ output."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import httpx
 import pytest
-import pytest_asyncio
 from playwright.async_api import BrowserContext, Page, expect
 
-from kit.cli.stack import Stack, run_stack
-from tests.agents import RECOVERED_REPLY, SCENARIO, write_agent
-from tests.browser.conftest import STACK_TIMEOUT_S
-from tests.conftest import stack_settings
+from kit.cli.stack import Stack
+from tests.agents import RECOVERED_REPLY
+from tests.browser.conftest import TOOL_PAYLOAD
 
 pytestmark = pytest.mark.slow
 
 IMG_PAYLOAD = "<img src=x onerror=window.__pwned=1>"
 LINK_PAYLOAD = "[click me](javascript:window.__pwned=1)"
-TOOL_PAYLOAD = "<script>window.__pwned=1</script><b onmouseover=window.__pwned=1>bold</b>"
-
-# Ahead of tests/agents.py's rules (its last one echoes anything): a tool whose output, and
-# then the model's text, carry HTML.
-PAGE_RULES = f"""
-[[rule]]
-name = "hostile tool"
-contains = "hostile tool"
-[[rule.step]]
-tool = "Bash"
-input = {{ command = "printf '%s' '{TOOL_PAYLOAD}'", description = "hostile" }}
-[[rule.step]]
-text = "Tool said: {{tool_result}} and [a link](javascript:window.__pwned=1)"
-"""
-
 TURN_TIMEOUT_MS = 60_000
 """A whole turn, its sandbox's start included."""
-
-
-@pytest_asyncio.fixture(loop_scope="package")
-async def chat_stack(kit_tmp: Path) -> AsyncIterator[Stack]:
-    """``kit dev`` of the test agent (Bash allowed, tests/agents.py's offline rules)."""
-    project = write_agent(kit_tmp / "agent")
-    (project / "scenarios" / "test.toml").write_text(PAGE_RULES + SCENARIO)
-    async with contextlib.AsyncExitStack() as cleanup:
-        async with asyncio.timeout(STACK_TIMEOUT_S):
-            running = await cleanup.enter_async_context(
-                run_stack(stack_settings(kit_tmp / "state", project))
-            )
-        yield running
-        async with asyncio.timeout(STACK_TIMEOUT_S):
-            await cleanup.aclose()
 
 
 async def _open(page: Page, url: str) -> None:
