@@ -10,33 +10,13 @@ from playwright.async_api import BrowserContext, Page, expect
 
 from kit.cli.stack import Stack
 from tests.agents import RECOVERED_REPLY
+from tests.browser.chat import TURN_TIMEOUT_MS, _answered, _open, _say, _turn_done
 from tests.browser.conftest import TOOL_PAYLOAD
 
 pytestmark = pytest.mark.slow
 
 IMG_PAYLOAD = "<img src=x onerror=window.__pwned=1>"
 LINK_PAYLOAD = "[click me](javascript:window.__pwned=1)"
-TURN_TIMEOUT_MS = 60_000
-"""A whole turn, its sandbox's start included."""
-
-
-async def _open(page: Page, url: str) -> None:
-    """Load the page and wait until it is connected to its session."""
-    await page.goto(url)
-    await page.wait_for_url("**/#s=*")
-    await expect(page.locator("#status")).to_have_text("")
-
-
-async def _say(page: Page, text: str) -> None:
-    """Type ``text`` and send it with Enter, as a reader would."""
-    await page.locator("#input").fill(text)
-    await page.locator("#input").press("Enter")
-
-
-async def _turn_done(page: Page) -> None:
-    """Wait until no turn is open: Stop is disabled again and the status line is empty."""
-    await expect(page.locator("#stop")).to_be_disabled(timeout=TURN_TIMEOUT_MS)
-    await expect(page.locator("#status")).to_have_text("", timeout=TURN_TIMEOUT_MS)
 
 
 async def test_a_turn_with_a_tool_call_shows_its_card_and_answer(
@@ -133,10 +113,7 @@ async def test_deeply_nested_quotes_in_model_text_do_not_hang_the_page(
     assert await answer.locator("blockquote").count() == 8
     await page.reload()
     await expect(answer).to_have_count(1, timeout=TURN_TIMEOUT_MS)
-    await _say(page, "echo still here")
-    await expect(
-        page.locator(".msg.assistant", has_text="You said: echo still here")
-    ).to_have_count(1, timeout=TURN_TIMEOUT_MS)
+    await _answered(page, "echo still here", "You said: echo still here")
 
 
 async def test_a_second_tab_on_the_same_url_sees_the_conversation(

@@ -13,7 +13,7 @@ import pytest
 from playwright.async_api import Page, WebSocketRoute, expect
 
 from kit.cli.stack import Stack
-from tests.browser.test_chat_page import TURN_TIMEOUT_MS, _open, _say, _turn_done
+from tests.browser.chat import TURN_TIMEOUT_MS, _answered, _open, _say, _turn_done
 
 pytestmark = pytest.mark.slow
 
@@ -130,7 +130,8 @@ async def test_a_long_streamed_reply_renders_coalesced_and_ends_exact(
     body = page.locator(".msg.assistant .body")
     await expect(body).to_have_text(final.replace("**", ""))
     await expect(page.locator(".msg.assistant.streaming")).to_have_count(0)
-    await page.wait_for_timeout(300)  # longer than a waiting streaming render
+    # No streaming render is left waiting (one that fired late would overwrite the answer).
+    await page.wait_for_function("window.kitChat.view.streamTimer === null")
     await expect(body).to_have_text(final.replace("**", ""))
     await expect(body.locator("strong")).to_have_text("the end")
     renders = await page.evaluate("window.kitChat.view.renders")
@@ -159,10 +160,7 @@ async def test_a_message_the_host_would_refuse_is_not_sent_and_says_why(
     assert [f for f in tap.sent if f["type"] == "user"] == []
     await expect(page.locator(".msg.user")).to_have_count(0)
     await expect(page.locator("#status")).to_have_text("")
-    await _say(page, "echo fine")
-    await expect(page.locator(".msg.assistant", has_text="You said: echo fine")).to_have_count(
-        1, timeout=TURN_TIMEOUT_MS
-    )
+    await _answered(page, "echo fine", "You said: echo fine")
     await expect(error).to_be_hidden()
 
 
@@ -195,10 +193,7 @@ async def test_a_pending_message_the_host_refuses_is_dropped_and_shown(
     await expect(page.locator("#send")).to_be_enabled()
     await _until(lambda: len(tap.hellos()) == 3)  # first load, reload, after 1009
     await expect(page.locator("#status")).to_have_text("")
-    await _say(page, "echo after refusal")
-    await expect(
-        page.locator(".msg.assistant", has_text="You said: echo after refusal")
-    ).to_have_count(1, timeout=TURN_TIMEOUT_MS)
+    await _answered(page, "echo after refusal", "You said: echo after refusal")
     await page.reload()
     await expect(page.locator("#status")).to_have_text("")
     sent = [f["client_msg_id"] for f in tap.sent if f["type"] == "user"]
@@ -213,10 +208,7 @@ async def test_a_reload_resumes_after_the_last_event_shown(chat_stack: Stack, pa
     tap = Tap()
     await page.route_web_socket(_is_socket, tap.handler)
     await _open(page, chat_stack.url)
-    await _say(page, "echo resume me")
-    await expect(page.locator(".msg.assistant", has_text="You said: echo resume me")).to_have_count(
-        1, timeout=TURN_TIMEOUT_MS
-    )
+    await _answered(page, "echo resume me", "You said: echo resume me")
     await _turn_done(page)
     shown = await page.evaluate("window.kitChat.view.lastSeq")
     last_sent = max(f["seq"] for f in tap.received if f["type"] == "event")
@@ -234,10 +226,7 @@ async def test_a_duplicate_event_is_shown_once(chat_stack: Stack, page: Page) ->
     tap.forge = lambda f: [f, f] if f.get("kind") in ("user", "assistant") else [f]
     await page.route_web_socket(_is_socket, tap.handler)
     await _open(page, chat_stack.url)
-    await _say(page, "echo only once")
-    await expect(page.locator(".msg.assistant", has_text="You said: echo only once")).to_have_count(
-        1, timeout=TURN_TIMEOUT_MS
-    )
+    await _answered(page, "echo only once", "You said: echo only once")
     await _turn_done(page)
     await expect(page.locator(".msg.assistant")).to_have_count(1)
     await expect(page.locator(".msg.user")).to_have_count(1)
@@ -287,10 +276,7 @@ async def test_a_pending_message_the_stored_log_confirms_is_not_pending(
     tap = Tap()
     await page.route_web_socket(_is_socket, tap.handler)
     await _open(page, chat_stack.url)
-    await _say(page, "echo confirmed elsewhere")
-    await expect(page.locator(".msg.assistant", has_text="You said: echo confirmed")).to_have_count(
-        1, timeout=TURN_TIMEOUT_MS
-    )
+    await _answered(page, "echo confirmed elsewhere", "You said: echo confirmed")
     await _turn_done(page)
     msg_id = next(f["client_msg_id"] for f in tap.sent if f["type"] == "user")
     await page.evaluate(

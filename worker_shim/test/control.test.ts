@@ -7,7 +7,7 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { FakeContainer, cannedOrRecovered, cannedTurn, recoveredTurn } from "./fake_runtime";
 import { Driver } from "./golden";
-import { API, attachContainer, createSession, live, untilEnd, type Frame, type NewSession } from "./helpers";
+import { API, attachContainer, createSession, live, sessionWithTurn, untilEnd, type Frame, type NewSession } from "./helpers";
 import { LineReader, kit, kitJson, lines, onControl, type Line } from "./controlhelpers";
 
 const UNKNOWN = "00000000-0000-4000-8000-000000000000";
@@ -20,16 +20,6 @@ const ROUTES: Array<[string, string]> = [
   ["POST", `/_kit/sandboxes/${UNKNOWN}/oom`],
   ["POST", `/_kit/do/${UNKNOWN}/evict`],
 ];
-
-/** A session with one finished turn on `container` (its sandbox left running), and its
- * socket. */
-async function sessionWithTurn(container: FakeContainer = new FakeContainer()): Promise<[NewSession, Driver, Frame[]]> {
-  const session = await createSession();
-  await attachContainer(session.session_id, container);
-  const a = await live(session);
-  a.send(JSON.stringify({ type: "user", client_msg_id: "c-1", text: "one" }));
-  return [session, a, await untilEnd(a)];
-}
 
 /** The rows of `GET /_kit/sessions` by session id. */
 async function sessionRows(): Promise<Record<string, Record<string, unknown>>> {

@@ -11,7 +11,7 @@ import worker from "../src/index";
 import { kitJson } from "./controlhelpers";
 import { FakeContainer } from "./fake_runtime";
 import { Driver } from "./golden";
-import { AUTH, attachContainer, createSession, live, untilEnd, type Frame } from "./helpers";
+import { AUTH, attachContainer, createSession, sessionWithTurn, untilEnd, type Frame } from "./helpers";
 import { sandboxToken } from "./storehelp";
 import { sha256 } from "../src/tokens";
 
@@ -36,45 +36,25 @@ class InterceptedContainer extends FakeContainer {
   }
 }
 
-/** The session's DO as deployed: no KIT_WORKER_URL, so its container calls kit.internal. */
-async function deployedSession(container: FakeContainer): Promise<{ sessionId: string; token: string }> {
-  const session = await createSession();
-  await asDeployed(session.session_id, container);
-  return { sessionId: session.session_id, token: session.token };
-}
-
-/** The session's DO instance gets `container`. */
-async function asDeployed(sessionId: string, container: FakeContainer): Promise<void> {
-  await attachContainer(sessionId, container);
-}
-
 /** `fn` with the container's interception binding, inside the DO that made it (an I/O
  * object of one Durable Object cannot be used from another context). */
 async function viaEgress<T>(sessionId: string, container: InterceptedContainer, fn: (egress: Fetcher) => Promise<T>): Promise<T> {
   return runInDurableObject(env.SESSION.getByName(sessionId), () => fn(container.binding!));
 }
 
-async function oneTurn(session: { sessionId: string; token: string }): Promise<Frame[]> {
-  const a = await live({ session_id: session.sessionId, token: session.token, ws_url: "" });
-  a.send(JSON.stringify({ type: "user", client_msg_id: "c-1", text: "one" }));
-  const frames = await untilEnd(a);
-  a.close();
-  return frames;
-}
-
 describe("outbound interception", () => {
   it("binds the container's HTTP and HTTPS to the session before it starts; kit.internal reaches its own model and store routes only", async () => {
     const container = new InterceptedContainer();
-    const session = await deployedSession(container);
-    const frames = await oneTurn(session);
+    const [session, a, frames] = await sessionWithTurn(container);
+    a.close();
     expect(frames.at(-1)?.kind).toBe("result");
     expect(container.calls).toEqual(["http *", "https *", "start"]);
     const config = JSON.parse((container.starts[0].env ?? {}).KIT_RUNTIME_CONFIG_JSON) as Record<string, string>;
-    expect(config.model_base_url).toBe(`http://kit.internal/v1/sessions/${session.sessionId}/model`);
-    expect(config.store_url).toBe(`do+http://kit.internal/v1/sessions/${session.sessionId}/store`);
-    const sandboxStoreToken = await sandboxToken(session.sessionId);
+    expect(config.model_base_url).toBe(`http://kit.internal/v1/sessions/${session.session_id}/model`);
+    expect(config.store_url).toBe(`do+http://kit.internal/v1/sessions/${session.session_id}/store`);
+    const sandboxStoreToken = await sandboxToken(session.session_id);
     const other = await createSession();
-    await viaEgress(session.sessionId, container, async (egress) => {
+    await viaEgress(session.session_id, container, async (egress) => {
     // The model call reaches the upstream with the real key, which the container never had.
     const model = await egress.fetch(`${config.model_base_url}/v1/messages`, {
       method: "POST",
@@ -84,17 +64,17 @@ describe("outbound interception", () => {
     expect(model.status).toBe(200);
     expect(((await model.json()) as { x_api_key: string }).x_api_key).toBe(env.ANTHROPIC_API_KEY);
     // So does a store call, with the sandbox's store token.
-    const store = await egress.fetch(`http://kit.internal/v1/sessions/${session.sessionId}/store/load`, {
+    const store = await egress.fetch(`http://kit.internal/v1/sessions/${session.session_id}/store/load`, {
       method: "POST",
       headers: { authorization: `Bearer ${sandboxStoreToken}`, "content-type": "application/json" },
-      body: JSON.stringify({ key: { project_key: "kit", session_id: session.sessionId } }),
+      body: JSON.stringify({ key: { project_key: "kit", session_id: session.session_id } }),
     });
     expect(store.status).toBe(200);
     expect(await store.json()).toEqual({ result: null });
 
     // Another session's routes and the Worker's API are not the sandbox's, token or not,
     // however the path is written.
-    const own = session.sessionId;
+    const own = session.session_id;
     const oth = other.session_id;
     for (const [url, headers] of [
       [`http://kit.internal/v1/sessions/${oth}/model/v1/messages`, { "x-api-key": config.model_token }],
@@ -117,27 +97,27 @@ describe("outbound interception", () => {
 
   it("binds a running container again when a new instance adopts it", async () => {
     const container = new InterceptedContainer();
-    const session = await deployedSession(container);
-    const first = await oneTurn(session);
-    expect(first.at(-1)?.kind).toBe("result");
-    expect(await kitJson("POST", `/do/${session.sessionId}/evict`)).toMatchObject({ status: 200 });
-    container.forgetInstance(); // the container outlived the instance
-    await asDeployed(session.sessionId, container);
-    const a = await Driver.open(session.sessionId);
-    a.send(JSON.stringify({ type: "hello", token: session.token, last_seq: first.at(-1)!.seq }));
-    expect(await a.recv()).toMatchObject({ type: "welcome", resume: "none" });
-    a.send(JSON.stringify({ type: "user", client_msg_id: "c-2", text: "two" }));
-    const frames = await untilEnd(a);
+    const [session, a, first] = await sessionWithTurn(container);
     a.close();
+    expect(first.at(-1)?.kind).toBe("result");
+    expect(await kitJson("POST", `/do/${session.session_id}/evict`)).toMatchObject({ status: 200 });
+    container.forgetInstance(); // the container outlived the instance
+    await attachContainer(session.session_id, container);
+    const b = await Driver.open(session.session_id);
+    b.send(JSON.stringify({ type: "hello", token: session.token, last_seq: first.at(-1)!.seq }));
+    expect(await b.recv()).toMatchObject({ type: "welcome", resume: "none" });
+    b.send(JSON.stringify({ type: "user", client_msg_id: "c-2", text: "two" }));
+    const frames = await untilEnd(b);
+    b.close();
     expect(frames.at(-1)?.data?.text).toBe("You said: two. How can I help?");
     expect(container.calls).toEqual(["http *", "https *", "start", "http *", "https *"]);
   });
 
   it("lets through what [sandbox] egress allows and refuses the rest, naming the fix", async () => {
     const container = new InterceptedContainer();
-    const session = await deployedSession(container);
-    await oneTurn(session);
-    await viaEgress(session.sessionId, container, async (egress) => {
+    const [session, a] = await sessionWithTurn(container);
+    a.close();
+    await viaEgress(session.session_id, container, async (egress) => {
     const allowed = await egress.fetch("http://UPSTREAM.test./anything", { method: "POST", body: "{}" });
     expect(allowed.status).toBe(200);
     expect(((await allowed.json()) as { url: string }).url).toContain("upstream.test");
@@ -156,8 +136,8 @@ describe("outbound interception", () => {
   it("starts no container it cannot intercept: the turn fails with a sandbox failure that says why", async () => {
     const container = new FakeContainer();
     Object.assign(container, { interceptAllOutboundHttp: undefined }); // a runtime without it
-    const session = await deployedSession(container);
-    const frames = await oneTurn(session);
+    const [session, a, frames] = await sessionWithTurn(container);
+    a.close();
     expect(container.starts).toHaveLength(0);
     const failed = frames.filter((f) => f.kind === "sandbox" && f.data?.state === "failed");
     expect(failed.length).toBeGreaterThan(0);
@@ -169,13 +149,13 @@ describe("outbound interception", () => {
 describe("the Worker's own URL", () => {
   it("serves no model route when deployed: a model token read by a tool spends from nowhere but its container", async () => {
     const container = new InterceptedContainer();
-    const session = await deployedSession(container);
-    await oneTurn(session);
+    const [session, a] = await sessionWithTurn(container);
+    a.close();
     const config = JSON.parse((container.starts[0].env ?? {}).KIT_RUNTIME_CONFIG_JSON) as Record<string, string>;
     const deployed = { ...env, KIT_PUBLIC_MODEL_ROUTE: undefined, KIT_WORKER_URL: undefined, KIT_CONTAINER_EMULATOR: undefined };
     const call = (headers: Record<string, string>) =>
       worker.fetch(
-        new Request(`https://acme.example.workers.dev/v1/sessions/${session.sessionId}/model/v1/messages`, {
+        new Request(`https://acme.example.workers.dev/v1/sessions/${session.session_id}/model/v1/messages`, {
           method: "POST",
           headers: { "content-type": "application/json", ...headers },
           body: JSON.stringify({ model: "claude-opus-5-5", max_tokens: 10, messages: [] }),
@@ -185,7 +165,7 @@ describe("the Worker's own URL", () => {
     expect((await call({ "x-api-key": config.model_token })).status).toBe(401);
     expect((await call({ "x-api-key": config.model_token, ...AUTH })).status).toBe(404);
     // Nor the emulator's delivery route.
-    const id = env.SESSION.idFromName(session.sessionId).toString();
+    const id = env.SESSION.idFromName(session.session_id).toString();
     const delivered = await worker.fetch(new Request(`https://acme.example.workers.dev/_egress/${id}`, { method: "POST", body: "{}" }), deployed);
     expect(delivered.status).toBe(401);
     // Answered by the Worker itself (its API-token refusal), never handed to the DO.
@@ -198,10 +178,10 @@ describe("the Worker's own URL", () => {
 describe("the rehearsal's deliveries (kit's container emulator)", () => {
   it("reach the session's KitEgress with the token kept at interception, or the one before it, until the sandbox's tokens are revoked", async () => {
     const container = new InterceptedContainer();
-    const session = await deployedSession(container);
-    await oneTurn(session);
+    const [session, a] = await sessionWithTurn(container);
+    a.close();
     const config = JSON.parse((container.starts[0].env ?? {}).KIT_RUNTIME_CONFIG_JSON) as Record<string, string>;
-    const stub = env.SESSION.getByName(session.sessionId);
+    const stub = env.SESSION.getByName(session.session_id);
     const keep = (token: string) =>
       runInDurableObject(stub, async (instance) => {
         const held = instance as unknown as { log: { setMeta(k: string, v: string): void; meta(k: string): string | null }; emulated: unknown };
@@ -210,14 +190,14 @@ describe("the rehearsal's deliveries (kit's container emulator)", () => {
         held.log.setMeta("egress_token_sha256", await sha256(token));
       });
     const rehearsal = { ...env, KIT_CONTAINER_EMULATOR: "http://emulator.test" };
-    const id = env.SESSION.idFromName(session.sessionId).toString();
+    const id = env.SESSION.idFromName(session.session_id).toString();
     const deliver = async (token: string) => {
       const answer = await worker.fetch(
         new Request(`http://127.0.0.1:8787/_egress/${id}`, {
           method: "POST",
           headers: {
             "x-kit-egress-token": token,
-            "x-kit-egress-url": `http://kit.internal/v1/sessions/${session.sessionId}/model/v1/messages`,
+            "x-kit-egress-url": `http://kit.internal/v1/sessions/${session.session_id}/model/v1/messages`,
             "x-api-key": config.model_token,
             "content-type": "application/json",
           },

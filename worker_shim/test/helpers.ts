@@ -49,3 +49,12 @@ export async function untilEnd(driver: Driver): Promise<Frame[]> {
   }
   throw new Error("no end of turn within 10 000 frames");
 }
+
+/** A new session with `container`, a live socket, and the frames of its first turn ("one"). */
+export async function sessionWithTurn(container: FakeContainer = new FakeContainer()): Promise<[NewSession, Driver, Frame[]]> {
+  const session = await createSession();
+  await attachContainer(session.session_id, container);
+  const a = await live(session);
+  a.send(JSON.stringify({ type: "user", client_msg_id: "c-1", text: "one" }));
+  return [session, a, await untilEnd(a)];
+}
