@@ -32,6 +32,15 @@
     turn_tokens = 500000           # default only a per-turn ceiling of 4,000,000 tokens);
     session_usd = 20               # agent.model must be allowed (and priced, with a USD limit)
 
+    [web]
+    session_url = "https://app.example.com/kit-session"
+                                   # where a deployed host's chat page gets a session: an
+                                   # endpoint of yours that you protect and that calls
+                                   # POST /v1/sessions with the API token (docs/web.md).
+                                   # https (http only at a loopback address); without it,
+                                   # a deployed page can only rejoin sessions it was linked
+                                   # to. kit dev's page gets sessions on its own.
+
     [dev]
     scenarios = ["scenarios"]      # files or folders of offline-model scenarios
 
@@ -41,11 +50,13 @@ and what is allowed. Unknown keys are errors too, so a typo never goes unnoticed
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from kit.bundle.allowlist import ALLOWED_FORMS, parse_rule
 from kit.bundle.errors import ConfigError, EgressRuleError
@@ -64,6 +75,7 @@ _ALLOWED: dict[str, set[str]] = {
     "agent": {"name", "description", "prompt", "allowed_tools", "max_turns", "model"},
     "sandbox": {"tier", "idle_timeout", "egress"},
     "limits": set(),  # its keys are checked by parse_limits
+    "web": {"session_url"},
     "dev": {"scenarios"},
 }
 
@@ -111,6 +123,9 @@ class Project:
     skills: tuple[Skill, ...]
     limits: Limits = DEFAULT_LIMITS
     """``[limits]``: what the host's model proxy lets the agent spend."""
+    web_session_url: str | None = None
+    """``[web] session_url``: where a deployed host's chat page gets a session (None: it
+    gets none; kit dev's page gets them on its own)."""
 
 
 def load_project(root: Path) -> Project:
@@ -130,7 +145,7 @@ def load_project(root: Path) -> Project:
     for table, value in raw.items():
         if table not in _ALLOWED:
             raise ConfigError(
-                f"{where}: unknown table [{table}]; allowed: agent, sandbox, limits, dev."
+                f"{where}: unknown table [{table}]; allowed: agent, sandbox, limits, web, dev."
             )
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: {table} must be a table ([{table}]).")
@@ -147,7 +162,8 @@ def load_project(root: Path) -> Project:
     scenarios = tuple(
         root / p for p in _str_list(where, "dev.scenarios", dev_raw.get("scenarios", ["scenarios"]))
     )
-    return Project(root, agent, sandbox, scenarios, load_skills(root / "skills"), limits)
+    web_url = _session_url(where, raw.get("web", {}).get("session_url"))
+    return Project(root, agent, sandbox, scenarios, load_skills(root / "skills"), limits, web_url)
 
 
 def _agent(root: Path, where: str, raw: dict[str, Any]) -> AgentConfig:
@@ -224,6 +240,44 @@ def _egress(where: str, raw: dict[str, Any]) -> tuple[str, ...]:
                 f"{where}: sandbox.egress entry {entry!r} {exc.problem}; allowed: {ALLOWED_FORMS}."
             ) from None
     return tuple(value)
+
+
+def _session_url(where: str, value: object) -> str | None:
+    """``[web] session_url``: an https URL (http only at a loopback address), no user, no
+    fragment; None when absent."""
+    if value is None:
+        return None
+    hint = 'such as "https://app.example.com/kit-session"'
+    if not isinstance(value, str) or len(value) > 2000:
+        raise ConfigError(f"{where}: web.session_url must be a URL {hint}.")
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError:
+        host = None
+    if host is None or parts.scheme not in ("https", "http"):
+        raise ConfigError(f"{where}: web.session_url {value[:200]!r} is not a URL {hint}.")
+    if parts.username is not None or parts.password is not None or parts.fragment:
+        raise ConfigError(
+            f"{where}: web.session_url must hold no user, password or #fragment (the page "
+            f"sends your login's cookies along); {hint}."
+        )
+    if parts.scheme == "http" and not _is_loopback(host):
+        raise ConfigError(
+            f"{where}: web.session_url must be https (http only at a loopback address such "
+            f"as 127.0.0.1): the session token it answers must not cross a network in clear."
+        )
+    return value
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _str_list(where: str, key: str, value: object) -> list[str]:

@@ -137,6 +137,9 @@ def web_routes(
         **PAGE_HEADERS,
         "content-security-policy": content_security_policy(config.session_url),
         "x-frame-options": "DENY",
+        # A page of another site that opened this one gets no handle on it (window.opener
+        # is cut both ways), so it cannot script or steer it.
+        "cross-origin-opener-policy": "same-origin",
     }
 
     async def index(request: Request) -> Response:

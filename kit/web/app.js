@@ -596,26 +596,64 @@ async function newSession() {
   return body.session_id;
 }
 
-async function start() {
-  let id = sessionIdFromUrl();
-  if (id === null) {
-    try {
-      id = await newSession();
-    } catch (err) {
-      showBanner(`Could not start a session: ${err.message}`, true);
-      return;
-    }
-  }
+let chat = null; // the Chat, once the page has a session
+let starting = false; // creating a session for the first message
+
+/** The page joins session `id` (its token in this browser's storage); null when it cannot. */
+function join(id) {
   const session = readJSON(localStorage, keys.session(id));
   if (!session?.token) {
     showBanner("This browser has no token for that session (it was opened elsewhere).", true);
+    ui.send.disabled = true;
+    return null;
+  }
+  const joined = new Chat(session);
+  window.kitChat = joined; // for the browser tests and the curious
+  addEventListener("pagehide", () => joined.save());
+  joined.connect();
+  return joined;
+}
+
+/**
+ * Send what the composer holds. Without a session yet, the first message creates one: a
+ * session is opened only by the reader's own Send, never by merely loading the page (a page
+ * of another site could open this one in a tab; it cannot press Send).
+ */
+async function submit() {
+  const text = ui.input.value;
+  if (chat !== null) {
+    if (chat.say(text)) ui.input.value = "";
     return;
   }
-  const chat = new Chat(session);
-  window.kitChat = chat; // for the browser tests and the curious
+  if (starting || !text.trim()) return;
+  const why = refusal({ type: "user", client_msg_id: crypto.randomUUID(), text });
+  if (why !== null) {
+    showComposerError(`This message cannot be sent: ${why}`);
+    return;
+  }
+  starting = true;
+  ui.send.disabled = true;
+  ui.status.textContent = "Starting a session…";
+  let id;
+  try {
+    id = await newSession();
+  } catch (err) {
+    showComposerError(`Could not start a session: ${err.message}`);
+    return;
+  } finally {
+    starting = false;
+    ui.send.disabled = false;
+    ui.status.textContent = "";
+  }
+  showComposerError(null);
+  chat = join(id);
+  if (chat?.say(text)) ui.input.value = "";
+}
+
+function start() {
   ui.form.addEventListener("submit", (e) => {
     e.preventDefault();
-    if (chat.say(ui.input.value)) ui.input.value = "";
+    submit();
     ui.input.focus();
   });
   ui.input.addEventListener("keydown", (e) => {
@@ -624,9 +662,10 @@ async function start() {
       ui.form.requestSubmit();
     }
   });
-  ui.stop.addEventListener("click", () => chat.interrupt());
-  addEventListener("pagehide", () => chat.save());
-  chat.connect();
+  ui.stop.addEventListener("click", () => chat?.interrupt());
+  const id = sessionIdFromUrl();
+  if (id !== null) chat = join(id);
+  document.documentElement.dataset.ready = "1"; // for the browser tests: handlers are set
 }
 
 ui.newSession.addEventListener("click", () => {

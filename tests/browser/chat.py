@@ -10,9 +10,11 @@ TURN_TIMEOUT_MS = 60_000
 
 
 async def _open(page: Page, url: str) -> None:
-    """Load the page and wait until it is connected to its session."""
+    """Load the page and wait until it is ready for a message: its handlers set and, when
+    the URL names a session, connected to it. (A page without one opens a session on the
+    first Send.)"""
     await page.goto(url)
-    await page.wait_for_url("**/#s=*")
+    await expect(page.locator("html[data-ready]")).to_have_count(1)
     await expect(page.locator("#status")).to_have_text("")
 
 

@@ -192,3 +192,39 @@ async def test_a_lost_connection_shows_the_banner_then_catches_up(
     await expect(page.locator(".msg.user")).to_have_count(1)
     await expect(page.locator("details.tool")).to_have_count(1)
     await expect(page.locator(".msg.assistant")).to_have_count(2)
+
+
+async def test_a_foreign_page_opens_no_session(
+    chat_stack: Stack, page: Page, context: BrowserContext
+) -> None:
+    """A page of another site (another loopback origin here) that opens kit dev's page in a
+    tab, posts a form to ``/web/session`` and fetches it gets no session: the tab it opened
+    waits for its own reader's first Send, the host refuses the rest, and the foreign page
+    keeps no handle on the tab (Cross-Origin-Opener-Policy). The tab's reader can still talk."""
+    foreign = "http://127.0.0.2:8999/"
+    target = f"{chat_stack.url}/web/session"
+    html = f"""<!doctype html>
+        <form id="f" method="post" action="{target}" target="_blank"></form>
+        <script>
+          window.tries = [
+            fetch("{target}", {{method: "POST"}}).then((r) => r.status, (e) => "refused"),
+            fetch("{target}", {{method: "POST", mode: "no-cors"}}).then((r) => r.type, (e) => "refused"),
+          ];
+        </script>"""
+    await page.route(foreign, lambda route: route.fulfill(body=html, content_type="text/html"))
+    await page.goto(foreign)
+    # The answers are the host's 403, which the page may not read; what counts is below.
+    assert set(await page.evaluate("Promise.all(window.tries)")) <= {"refused", "opaque"}
+    async with context.expect_page() as posted:
+        await page.evaluate("document.getElementById('f').submit()")
+    await expect((await posted.value).locator("body")).to_contain_text("forbidden_origin")
+    async with context.expect_page() as opened:
+        await page.evaluate(f"window.tab = window.open({chat_stack.url + '/'!r})")
+    tab = await opened.value
+    await expect(tab.locator("html[data-ready]")).to_have_count(1)
+    assert "#s=" not in tab.url
+    assert await page.evaluate("window.tab.closed"), "the foreign page can still steer the tab"
+    assert await chat_stack.host.session_ids() == []
+    await _answered(tab, "echo mine", "You said: echo mine")
+    assert "#s=" in tab.url
+    assert len(await chat_stack.host.session_ids()) == 1

@@ -59,7 +59,7 @@ def test_example_project_loads() -> None:
             "[agent]\nname = 'ok'\nprompt = '../../etc/passwd'\n",
             "agent.prompt must be inside the project folder",
         ),
-        ("[agents]\nname = 'ok'\n", "unknown table [agents]; allowed: agent, sandbox, limits, dev"),
+        ("[agents]\nname = 'ok'\n", "unknown table [agents]; allowed: agent, sandbox, limits, web, dev"),
         ("[agent\nname = 'ok'\n", "not valid TOML"),
         (
             "[agent]\nname = 'ok'\n[sandbox]\nidle_timeout = -5\n",
@@ -235,3 +235,40 @@ async def test_a_bad_tool_name_changes_no_stored_state(kit_tmp: Path) -> None:
         async with run_stack(stack_settings(state, project)):
             pass
     assert sorted((p.relative_to(state), p.stat().st_mtime_ns) for p in state.rglob("*")) == before
+
+
+def _web_toml(value: str) -> str:
+    return f"[agent]\nname = 'ok'\n[web]\nsession_url = {value}\n"
+
+
+def test_the_pages_session_url_is_read(tmp_path: Path) -> None:
+    """``[web] session_url`` is kept as written: https anywhere, http at a loopback name."""
+    for url in ("https://app.example.com/kit-session?x=1", "http://127.0.0.1:9000/s"):
+        project = load_project(_project(tmp_path, _web_toml(json.dumps(url))))
+        assert project.web_session_url == url
+    assert load_project(_project(tmp_path, "[agent]\nname = 'ok'\n")).web_session_url is None
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ("3", "must be a URL"),
+        ('"app.example.com/kit-session"', "is not a URL"),
+        ('"ftp://app.example.com/"', "is not a URL"),
+        ('"https://app.example.com:99999/"', "is not a URL"),
+        ('"http://app.example.com/kit-session"', "must be https"),
+        ('"http://10.0.0.1/kit-session"', "must be https"),
+        ('"https://me:pw@app.example.com/"', "no user, password or #fragment"),
+        ('"https://app.example.com/#x"', "no user, password or #fragment"),
+    ],
+)
+def test_a_bad_session_url_is_one_clear_line(tmp_path: Path, value: str, needle: str) -> None:
+    """A session URL the page must not use is refused in one line naming kit.toml, the key
+    and an example."""
+    with pytest.raises(ConfigError) as caught:
+        load_project(_project(tmp_path, _web_toml(value)))
+    message = str(caught.value)
+    assert needle in message
+    assert "web.session_url" in message
+    assert "kit.toml" in message
+    assert "\n" not in message
