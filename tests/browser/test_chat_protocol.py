@@ -125,7 +125,6 @@ async def test_a_long_streamed_reply_renders_coalesced_and_ends_exact(
 
     await _fake_host(page, reply)
     await _open(page, chat_stack.url)
-    await page.evaluate("window.kitChat.view.renders = 0")
     await _say(page, "stream a lot")
     body = page.locator(".msg.assistant .body")
     await expect(body).to_have_text(final.replace("**", ""))
@@ -174,6 +173,7 @@ async def test_a_pending_message_the_host_refuses_is_dropped_and_shown(
     tap = Tap()
     await page.route_web_socket(_is_socket, tap.handler)
     await _open(page, chat_stack.url)
+    await _answered(page, "echo first", "You said: echo first")  # the page has a session
     await page.evaluate(
         """() => addEventListener("pagehide", () => {
             // After the page's own pagehide, which saves what it has pending (nothing).
@@ -191,7 +191,7 @@ async def test_a_pending_message_the_host_refuses_is_dropped_and_shown(
     await expect(page.locator("#status")).to_have_text("")
     await expect(page.locator("#banner")).to_be_hidden()
     await expect(page.locator("#send")).to_be_enabled()
-    await _until(lambda: len(tap.hellos()) == 3)  # first load, reload, after 1009
+    await _until(lambda: len(tap.hellos()) == 3)  # first Send, reload, after 1009
     await expect(page.locator("#status")).to_have_text("")
     await _answered(page, "echo after refusal", "You said: echo after refusal")
     await page.reload()

@@ -59,7 +59,10 @@ def test_example_project_loads() -> None:
             "[agent]\nname = 'ok'\nprompt = '../../etc/passwd'\n",
             "agent.prompt must be inside the project folder",
         ),
-        ("[agents]\nname = 'ok'\n", "unknown table [agents]; allowed: agent, sandbox, limits, web, dev"),
+        (
+            "[agents]\nname = 'ok'\n",
+            "unknown table [agents]; allowed: agent, sandbox, limits, web, dev",
+        ),
         ("[agent\nname = 'ok'\n", "not valid TOML"),
         (
             "[agent]\nname = 'ok'\n[sandbox]\nidle_timeout = -5\n",
