@@ -1,8 +1,9 @@
 // kit's chat page: one session over the protocol of docs/protocol.md (v1).
 //
 // Where things are kept:
-// - localStorage "kit:session:<id>": {session_id, token, ws_url}, so a reload or a second
-//   tab on the same URL (#s=<id>) rejoins the session;
+// - localStorage "kit:session:<id>": {session_id, token, ws_url, used_at}, so a reload or a
+//   second tab on the same URL (#s=<id>) rejoins the session; sessions unused for 30 days,
+//   and all but the 50 used last, are forgotten when the page loads;
 // - localStorage "kit:log:<id>": {last_seq, events}: the events shown so far (text deltas of
 //   ended turns dropped), written together with last_seq, so a reload shows them at once and
 //   resumes after last_seq; every event is applied at most once (dedupe by seq);
@@ -21,6 +22,8 @@ const STREAM_RENDER_MS = 50; // streamed text is rendered at most this often (a 
 const MAX_TEXT_CHARS = 100_000; // docs/protocol.md §3: code points of user.text
 const MAX_FRAME_BYTES = 262_144; // docs/protocol.md §3: UTF-8 bytes of a client frame
 const REFUSED_BY_HOST = new Set(["too_large", "bad_frame"]);
+const FORGET_AFTER_MS = 30 * 24 * 3600 * 1000; // a session unused this long is forgotten
+const KEEP_SESSIONS = 50; // and only this many, the most recently used, are kept
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -58,6 +61,40 @@ function writeJSON(storage, key, value) {
   } catch {
     return false; // over quota: the page still works, a reload replays from the host
   }
+}
+
+/**
+ * Forget, with their tokens and logs, the sessions this browser has not used for
+ * FORGET_AFTER_MS and all but the KEEP_SESSIONS used last, except `current`: a session
+ * token is a credential, and logs fill the storage. (A forgotten session stays on the host;
+ * this browser just no longer holds a way in.) Logs whose session is gone go too.
+ */
+function forgetOldSessions(current, now = Date.now()) {
+  const sessions = [];
+  const logs = [];
+  for (let i = 0; i < localStorage.length; i++) {
+    const key = localStorage.key(i) ?? "";
+    if (key.startsWith("kit:session:")) sessions.push(key.slice("kit:session:".length));
+    else if (key.startsWith("kit:log:")) logs.push(key.slice("kit:log:".length));
+  }
+  const used = new Map();
+  for (const id of sessions) {
+    const saved = readJSON(localStorage, keys.session(id));
+    if (saved !== null && typeof saved.used_at !== "number") {
+      saved.used_at = now; // saved by an older page: counted from today
+      writeJSON(localStorage, keys.session(id), saved);
+    }
+    used.set(id, saved?.used_at ?? 0);
+  }
+  const recent = [...used.keys()].sort((a, b) => used.get(b) - used.get(a));
+  recent.forEach((id, rank) => {
+    if (id === current) return;
+    if (rank >= KEEP_SESSIONS || now - used.get(id) > FORGET_AFTER_MS) {
+      localStorage.removeItem(keys.session(id));
+      used.delete(id);
+    }
+  });
+  for (const id of logs) if (!used.has(id)) localStorage.removeItem(keys.log(id));
 }
 
 function sessionIdFromUrl() {
@@ -117,10 +154,17 @@ class Conversation {
     return s.scrollHeight - s.scrollTop - s.clientHeight < 80;
   }
 
-  append(node) {
-    const follow = this.nearBottom();
+  /** Add `node`; follow it to the bottom if the reader was there (or `follow`): a reader
+   * who scrolled up to read stays where they are. */
+  append(node, follow = this.nearBottom()) {
     this.root.append(node);
-    if (follow) node.scrollIntoView({ block: "end" });
+    if (follow) this.toBottom();
+  }
+
+  /** To the very bottom of the page (the composer below the conversation included). */
+  toBottom() {
+    const s = document.scrollingElement;
+    s.scrollTop = s.scrollHeight;
   }
 
   message(role, label) {
@@ -148,8 +192,9 @@ class Conversation {
     const note = document.createElement("p");
     note.className = "note refused";
     note.textContent = `Not sent: ${why}`;
+    const follow = this.nearBottom();
     node.after(note);
-    if (this.nearBottom()) note.scrollIntoView({ block: "end" });
+    if (follow) this.toBottom();
   }
 
   showPending(id, text) {
@@ -157,7 +202,7 @@ class Conversation {
     const node = this.message("user pending", "You");
     node.querySelector(".body").textContent = text;
     this.pending.set(id, node);
-    this.append(node);
+    this.append(node, true); // the reader's own message: back to the bottom
   }
 
   /** Apply one event; false when it was already applied (seq not new). */
@@ -346,6 +391,7 @@ class Conversation {
   renderInto(node, markdown) {
     this.renders = (this.renders ?? 0) + 1; // counted for the browser tests
     const body = node.querySelector(".body");
+    const follow = this.nearBottom(); // the text grows the page: stay at the bottom
     try {
       body.replaceChildren(renderMarkdown(markdown, copyText));
     } catch (exc) {
@@ -353,6 +399,7 @@ class Conversation {
       console.warn("markdown rendering failed; shown as text", exc);
       body.textContent = markdown;
     }
+    if (follow) this.toBottom();
   }
 
   /** Events worth keeping for a reload: text deltas only of turns still open. */
@@ -591,6 +638,7 @@ async function newSession() {
     session_id: body.session_id,
     token: body.token,
     ws_url: body.ws_url,
+    used_at: Date.now(),
   });
   history.replaceState(null, "", `#s=${body.session_id}`);
   return body.session_id;
@@ -603,10 +651,15 @@ let starting = false; // creating a session for the first message
 function join(id) {
   const session = readJSON(localStorage, keys.session(id));
   if (!session?.token) {
-    showBanner("This browser has no token for that session (it was opened elsewhere).", true);
+    showBanner(
+      "This browser has no token for that session (it was opened in another browser, or not used for 30 days and forgotten).",
+      true,
+    );
     ui.send.disabled = true;
     return null;
   }
+  session.used_at = Date.now();
+  writeJSON(localStorage, keys.session(id), session);
   const joined = new Chat(session);
   window.kitChat = joined; // for the browser tests and the curious
   addEventListener("pagehide", () => joined.save());
@@ -664,6 +717,7 @@ function start() {
   });
   ui.stop.addEventListener("click", () => chat?.interrupt());
   const id = sessionIdFromUrl();
+  forgetOldSessions(id);
   if (id !== null) chat = join(id);
   document.documentElement.dataset.ready = "1"; // for the browser tests: handlers are set
 }

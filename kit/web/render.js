@@ -3,7 +3,8 @@
 // Nothing here parses HTML. Every piece of text reaches the page through a Text node
 // (document.createTextNode), so "<img onerror=…>" is shown, never run; the only elements
 // made are the ones named below, and the only attributes set are a link's href (http, https
-// or mailto, checked by URL parsing) with target/rel, and a code block's class.
+// or mailto, checked by URL parsing) with title/target/rel, and a code block's class. A link
+// whose text is not its URL shows where it goes after it.
 // Images are not rendered (a picture from the model could track the reader): shown as links.
 //
 // Supported: paragraphs, # headings, - * + and 1. lists, > quotes, ``` fenced code,
@@ -32,30 +33,51 @@ function text(value) {
   return document.createTextNode(value);
 }
 
+/** Where a link goes, as a reader can judge it: the host of an http(s) URL (in ASCII, so
+ * a look-alike name shows as xn--…), the address of a mailto:. */
+function destination(href) {
+  const url = new URL(href);
+  return url.protocol === "mailto:" ? decodeURIComponent(url.pathname) : url.host;
+}
+
+/**
+ * A link to `raw` labelled `label`, or null when `raw` is not a safe URL. A label is the
+ * model's to choose, so `[https://your-bank.example](https://elsewhere.example)` would lie:
+ * unless the label's text is the URL itself, the destination follows it, as text, and the
+ * whole URL is the link's title.
+ */
 function link(label, raw) {
   const href = safeHref(raw);
   if (href === null) return null;
   const a = el("a", ...label);
   a.href = href;
+  a.title = href;
   a.target = "_blank";
   a.rel = "noopener noreferrer nofollow";
-  return a;
+  const shown = a.textContent.trim();
+  if (shown === raw.trim() || shown === href) return a;
+  const where = el("span", text(` (${destination(href)})`));
+  where.className = "link-dest";
+  return el("span", a, where);
 }
 
 // Inline constructs, tried at each position in this order.
 const INLINE = [
   [/^`([^`\n]+)`/, (m) => el("code", text(m[1]))],
-  [/^!?\[([^\]\n]*)\]\(([^)\s]+)\)/, (m) => link(inline(m[1]), m[2])],
+  [/^!?\[([^\]\n]*)\]\(([^)\s]+)\)/, (m) => link(inline(m[1], false), m[2])],
   [/^<((?:https?|mailto):[^>\s]+)>/, (m) => link([text(m[1])], m[1])],
   [/^https?:\/\/[^\s<>()]*[^\s<>().,;:!?'"]/, (m) => link([text(m[0])], m[0])],
-  [/^\*\*([^\n]+?)\*\*/, (m) => el("strong", ...inline(m[1]))],
-  [/^__([^\n]+?)__/, (m) => el("strong", ...inline(m[1]))],
-  [/^\*([^\s*][^*\n]*?)\*/, (m) => el("em", ...inline(m[1]))],
-  [/^_([^\s_][^_\n]*?)_(?![A-Za-z0-9])/, (m) => el("em", ...inline(m[1]))],
+  [/^\*\*([^\n]+?)\*\*/, (m, links) => el("strong", ...inline(m[1], links))],
+  [/^__([^\n]+?)__/, (m, links) => el("strong", ...inline(m[1], links))],
+  [/^\*([^\s*][^*\n]*?)\*/, (m, links) => el("em", ...inline(m[1], links))],
+  [/^_([^\s_][^_\n]*?)_(?![A-Za-z0-9])/, (m, links) => el("em", ...inline(m[1], links))],
 ];
 
-/** Inline markdown of one line or paragraph, as a list of nodes. */
-export function inline(source) {
+const LINKS = new Set(INLINE.slice(1, 4).map(([pattern]) => pattern));
+
+/** Inline markdown of one line or paragraph, as a list of nodes; no links in it when
+ * `links` is false (a link's own label: a link in a link is no link). */
+export function inline(source, links = true) {
   const out = [];
   let plain = "";
   let i = 0;
@@ -66,9 +88,10 @@ export function inline(source) {
     const wordStart = i === 0 || /[\s([{]/.test(source[i - 1]);
     for (const [pattern, make] of INLINE) {
       if (pattern.source.startsWith("^_") && !wordStart) continue;
+      if (!links && LINKS.has(pattern)) continue;
       const m = pattern.exec(rest);
       if (m === null) continue;
-      made = make(m);
+      made = make(m, links);
       used = m[0].length;
       break;
     }

@@ -1,0 +1,149 @@
+"""The chat page's smaller promises in a real browser: links say where they go, code blocks
+copy, the view follows new messages only when the reader is at the bottom, and the browser
+forgets old sessions' tokens."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from playwright.async_api import BrowserContext, Page, expect
+
+from kit.cli.stack import Stack
+from tests.browser.chat import TURN_TIMEOUT_MS, _answered, _open, _say, _turn_done
+
+pytestmark = pytest.mark.slow
+
+DAY_MS = 24 * 3600 * 1000
+
+
+async def test_a_link_whose_text_is_not_its_url_says_where_it_goes(
+    chat_stack: Stack, page: Page
+) -> None:
+    """A model's link labelled as one site but going to another shows its real destination
+    (the host, in ASCII) after the label, and its whole URL as its title; a link whose text
+    is its URL shows nothing more."""
+    await _open(page, chat_stack.url)
+    await _answered(
+        page,
+        "echo [https://bank.example](https://evil.example/pay) and [**docs**](https://docs.example/a)"
+        " and <https://plain.example/> and [mail us](mailto:help@corp.example) and"
+        " [шоп](https://пример.example/)",
+        "You said: echo",
+    )
+    body = page.locator(".msg.assistant .body")
+    await expect(body).to_contain_text(
+        "https://bank.example (evil.example) and docs (docs.example)"
+    )
+    await expect(body).to_contain_text("mail us (help@corp.example)")
+    await expect(body).to_contain_text("шоп (xn--e1afmkfd.example)")
+    lying = body.locator("a", has_text="https://bank.example")
+    await expect(lying).to_have_attribute("href", "https://evil.example/pay")
+    await expect(lying).to_have_attribute("title", "https://evil.example/pay")
+    await expect(body.locator(".link-dest")).to_have_count(4)
+    await expect(body.locator("a")).to_have_count(5)  # no link inside a link's label
+    await expect(body.locator("a strong")).to_have_text("docs")
+
+
+async def test_a_code_blocks_copy_button_copies_it_from_the_keyboard(
+    chat_stack: Stack, page: Page, context: BrowserContext
+) -> None:
+    """The Copy button of a code block in an answer, pressed with the keyboard, puts the
+    block's text (and only it) on the clipboard and says so."""
+    await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=chat_stack.url)
+    await _open(page, chat_stack.url)
+    await _answered(page, "echo code:\n```python\nprint('hi')\nx = 1\n```", "You said: echo")
+    copy = page.locator(".msg.assistant button.copy")
+    await expect(copy).to_have_text("Copy")
+    await copy.focus()
+    await page.keyboard.press("Enter")
+    await expect(copy).to_have_text("Copied")
+    assert await page.evaluate("navigator.clipboard.readText()") == "print('hi')\nx = 1"
+
+
+def _long(label: str) -> str:
+    return f"echo {label}\n" + "\n".join(f"line {i}" for i in range(40))
+
+
+async def test_the_view_follows_new_messages_only_from_the_bottom(
+    chat_stack: Stack, page: Page, context: BrowserContext
+) -> None:
+    """A reader who scrolled up to read stays there while another tab's turn arrives; at
+    the bottom, the view follows the new answer; the reader's own message brings the view
+    back down."""
+    await page.set_viewport_size({"width": 800, "height": 400})
+    await _open(page, chat_stack.url)
+    await _answered(page, _long("first"), "You said: echo first")
+    await _turn_done(page)
+    other = await context.new_page()
+    await _open(other, page.url)
+
+    await page.evaluate("window.scrollTo(0, 0)")
+    await _answered(other, _long("second"), "You said: echo second")
+    second = page.locator(".msg.assistant", has_text="You said: echo second")
+    await expect(second).to_have_count(1, timeout=TURN_TIMEOUT_MS)
+    await _turn_done(page)
+    assert await page.evaluate("scrollY") == 0
+    await expect(second).not_to_be_in_viewport()
+
+    await page.evaluate("window.scrollTo(0, document.scrollingElement.scrollHeight)")
+    await _answered(other, "echo third", "You said: echo third")
+    third = page.locator(".msg.assistant", has_text="You said: echo third")
+    await expect(third).to_have_count(1, timeout=TURN_TIMEOUT_MS)
+    await _turn_done(page)
+    await expect(third).to_be_in_viewport()
+    assert await page.evaluate(
+        "scrollY + innerHeight >= document.scrollingElement.scrollHeight - 2"
+    ), "the view did not follow to the bottom"
+
+    await page.evaluate("window.scrollTo(0, 0)")
+    await _say(page, "echo mine")
+    await expect(page.locator(".msg.user", has_text="echo mine")).to_be_in_viewport()
+
+
+async def test_the_browser_forgets_sessions_unused_for_30_days(
+    chat_stack: Stack, page: Page
+) -> None:
+    """On load the page forgets, token and log, sessions unused for 30 days and all but the
+    50 used last, and logs of no session; it keeps the session it shows, and a session saved
+    by an older page (no use time) is counted from today."""
+    await _open(page, chat_stack.url)
+    await _answered(page, "echo keep me", "You said: echo keep me")
+    await _turn_done(page)
+    current = page.url.rsplit("#s=", 1)[1]
+    seeded = await page.evaluate(
+        """([day]) => {
+            const put = (id, used) => {
+                const saved = {session_id: id, token: "kit-session-x", ws_url: "ws://127.0.0.1:9/"};
+                if (used !== null) saved.used_at = used;
+                localStorage.setItem(`kit:session:${id}`, JSON.stringify(saved));
+                localStorage.setItem(`kit:log:${id}`, JSON.stringify({last_seq: 0, events: []}));
+            };
+            const now = Date.now();
+            put("old", now - 31 * day);
+            put("legacy", null);
+            for (let i = 1; i <= 60; i++) put(`fresh-${i}`, now - i * 60000);
+            localStorage.setItem("kit:log:orphan", "{}");
+            return localStorage.length;
+        }""",
+        [DAY_MS],
+    )
+    assert seeded > 120
+    await page.reload()
+    await expect(page.locator(".msg.assistant", has_text="You said: echo keep me")).to_have_count(1)
+    kept = await page.evaluate(
+        """() => Object.fromEntries(Object.keys(localStorage).sort().map(
+            (k) => [k, localStorage.getItem(k)]))"""
+    )
+    sessions = {k.removeprefix("kit:session:") for k in kept if k.startswith("kit:session:")}
+    logs = {k.removeprefix("kit:log:") for k in kept if k.startswith("kit:log:")}
+    assert current in sessions
+    assert len(sessions) == 50
+    assert "old" not in sessions
+    assert "fresh-60" not in sessions
+    assert "fresh-1" in sessions
+    assert "legacy" in sessions
+    assert isinstance(json.loads(kept["kit:session:legacy"])["used_at"], int)
+    assert logs <= sessions
+    assert "orphan" not in logs
+    await _answered(page, "echo still here", "You said: echo still here")
