@@ -60,46 +60,38 @@ async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None
             await asyncio.sleep(0.05)
 
 
-async def _fake_host(page: Page, on_user: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> None:
+Push = Callable[[list[dict[str, Any]]], None]
+
+
+async def _fake_host(page: Page, on_user: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> Push:
     """Answer the page's socket with a welcome, and each ``user`` frame with ``on_user``'s
-    events (numbered from 1 on), without a host behind it."""
+    events (numbered from 1 on), without a host behind it. Returns a function that sends
+    more events to the page's socket (of turn ``t1``, numbered on)."""
     seq = 0
+    sockets: list[WebSocketRoute] = []
+
+    def push(events: list[dict[str, Any]]) -> None:
+        nonlocal seq
+        for event in events:
+            seq += 1
+            frame = {"type": "event", "seq": seq, "replay": False, "ts": 0, "turn_id": "t1"}
+            sockets[-1].send(json.dumps({**frame, **event}))
 
     def handler(ws: WebSocketRoute) -> None:
+        sockets.append(ws)
+
         def message(raw: str | bytes) -> None:
-            nonlocal seq
             frame = json.loads(raw)
             if frame["type"] == "hello":
-                ws.send(
-                    json.dumps(
-                        {
-                            "type": "welcome",
-                            "protocol": 1,
-                            "session_id": "x",
-                            "resume": "none",
-                            "last_seq": seq,
-                        }
-                    )
-                )
+                welcome = {"type": "welcome", "protocol": 1, "session_id": "x"}
+                ws.send(json.dumps({**welcome, "resume": "none", "last_seq": seq}))
             elif frame["type"] == "user":
-                for event in on_user(frame):
-                    seq += 1
-                    ws.send(
-                        json.dumps(
-                            {
-                                "type": "event",
-                                "seq": seq,
-                                "replay": False,
-                                "ts": 0,
-                                "turn_id": "t1",
-                                **event,
-                            }
-                        )
-                    )
+                push(on_user(frame))
 
         ws.on_message(message)
 
     await page.route_web_socket(_is_socket, handler)
+    return push
 
 
 async def test_a_long_streamed_reply_renders_coalesced_and_ends_exact(
@@ -136,6 +128,46 @@ async def test_a_long_streamed_reply_renders_coalesced_and_ends_exact(
     renders = await page.evaluate("window.kitChat.view.renders")
     print(f"{len(deltas)} deltas, {renders} renders")
     assert renders < len(deltas) / 10
+
+
+async def test_the_status_line_says_what_the_turn_waits_for(chat_stack: Stack, page: Page) -> None:
+    """Through a turn, the status line says: sending, the sandbox starting, thinking, the
+    transcript store unavailable and holding (with the host's words), thinking again once
+    it is back, and nothing once the turn ended; Stop is enabled only while it runs."""
+
+    sent: list[dict[str, Any]] = []
+
+    def user(frame: dict[str, Any]) -> list[dict[str, Any]]:
+        sent.append(frame)  # confirmed below, once "Sending…" was seen
+        return []
+
+    push = await _fake_host(page, user)
+    status = page.locator("#status")
+    await _open(page, chat_stack.url)
+    await _say(page, "hello")
+    await expect(status).to_have_text("Sending…")
+    await expect(page.locator(".msg.user.pending")).to_have_count(1)
+    data = {"client_msg_id": sent[0]["client_msg_id"], "text": sent[0]["text"]}
+    push([{"kind": "user", "data": data}])
+    await expect(page.locator(".msg.user:not(.pending)")).to_have_count(1)
+    await expect(status).to_have_text("Thinking…")
+    await expect(page.locator("#stop")).to_be_enabled()
+    push([{"kind": "sandbox", "data": {"state": "starting"}}])
+    await expect(status).to_have_text("Sandbox starting… · thinking…")
+    push([{"kind": "sandbox", "data": {"state": "running", "resumed": False}}])
+    await expect(status).to_have_text("Sandbox running · thinking…")
+    push([{"kind": "store", "data": {"state": "unavailable", "message": "store down"}}])
+    await expect(status).to_have_text("Transcript store unavailable: store down")
+    held = {"state": "holding", "entries": 3, "message": "3 entries held"}
+    push([{"kind": "store", "data": held}])
+    await expect(status).to_have_text("Transcript store holding: 3 entries held")
+    push([{"kind": "store", "data": {"state": "available"}}])
+    await expect(status).to_have_text("Sandbox running · thinking…")
+    result = {"is_error": False, "subtype": "success", "text": "hi back"}
+    push([{"kind": "result", "data": result}])
+    await expect(page.locator(".msg.assistant .body")).to_have_text("hi back")
+    await expect(status).to_have_text("")
+    await expect(page.locator("#stop")).to_be_disabled()
 
 
 async def test_a_message_the_host_would_refuse_is_not_sent_and_says_why(
