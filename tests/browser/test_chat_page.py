@@ -36,7 +36,8 @@ async def test_a_turn_with_a_tool_call_shows_its_card_and_answer(
     await expect(card).to_have_count(1)
     await expect(card.locator(".tool-name")).to_have_text("Bash")
     await expect(card.locator(".tool-state")).to_have_text("done")
-    await card.locator("summary").click()
+    await card.locator("summary").focus()  # the keyboard opens a card too
+    await page.keyboard.press("Enter")
     await expect(card.locator(".tool-input")).to_contain_text("sleep 5")
     await expect(card.locator(".tool-output")).to_have_text("started-slow-tool\ndone")
     # On a phone-sized screen the conversation and the composer fit its width.
@@ -228,3 +229,27 @@ async def test_a_foreign_page_opens_no_session(
     await _answered(tab, "echo mine", "You said: echo mine")
     assert "#s=" in tab.url
     assert len(await chat_stack.host.session_ids()) == 1
+
+
+async def test_new_chat_starts_another_session_and_back_returns(
+    chat_stack: Stack, page: Page
+) -> None:
+    """ "New chat" shows an empty page that opens a new session on its first Send; the
+    browser's Back button returns to the first conversation, whole, and it goes on."""
+    await _open(page, chat_stack.url)
+    await _answered(page, "echo first chat", "You said: echo first chat")
+    await _turn_done(page)
+    first = page.url
+    await page.locator("#new-chat").click()
+    await expect(page.locator("html[data-ready]")).to_have_count(1)
+    await expect(page.locator(".msg")).to_have_count(0)
+    assert "#s=" not in page.url
+    await _answered(page, "echo second chat", "You said: echo second chat")
+    assert "#s=" in page.url
+    assert page.url != first
+    assert len(await chat_stack.host.session_ids()) == 2
+    await page.go_back()
+    await expect(page.locator(".msg.assistant .body")).to_have_text(["You said: echo first chat"])
+    assert page.url == first
+    await _answered(page, "echo first again", "You said: echo first again")
+    await expect(page.locator(".msg.user")).to_have_count(2)
