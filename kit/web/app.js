@@ -322,7 +322,10 @@ class Conversation {
         const retry = document.createElement("button");
         retry.type = "button";
         retry.textContent = "Retry";
-        retry.addEventListener("click", () => this.onRetry(text));
+        // Once: a double click must not send the message twice.
+        retry.addEventListener("click", () => {
+          if (this.onRetry(text)) retry.disabled = true;
+        });
         node.append(" ", retry);
       }
       this.endTurn(turn);
@@ -331,19 +334,23 @@ class Conversation {
     }
   }
 
-  on_sandbox(data) {
+  on_sandbox(data, turn) {
+    const died = `Sandbox died (${data.reason ?? "?"})`;
     const labels = {
       starting: "Sandbox starting…",
       running: data.resumed ? "Sandbox resumed" : "Sandbox running",
-      died: `Sandbox died (${data.reason ?? "?"}); restarting…`,
+      // Only a death mid-turn is followed by a new sandbox; one between turns (no turn_id)
+      // is replaced when the next message comes.
+      died: turn ? `${died}; restarting…` : `${died} between turns; your next message starts a new one.`,
       failed: "A sandbox failed to start; trying again…",
       stopped: "",
     };
-    this.sandbox = labels[data.state] ?? "";
+    // The status line shows a turn's sandbox; an event of no turn must not linger into the next.
+    this.sandbox = turn ? (labels[data.state] ?? "") : "";
     if (data.state === "died" || data.state === "failed") this.dropStreaming();
     if (data.state === "died") {
       this.abandonTools("interrupted: the sandbox died");
-      this.note(this.sandbox, "sandbox");
+      this.note(labels.died, "sandbox");
     }
   }
 
