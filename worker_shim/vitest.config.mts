@@ -85,5 +85,7 @@ export default defineConfig({
   ],
   server: { fs: { allow: [".."] } },
   // A frame wait gives up after 10 s with a message naming what it waited for.
-  test: { testTimeout: 30_000 },
+  // test/web.test.ts reads the page's stylesheet (?raw): vitest hands CSS it does not
+  // process over as an empty string.
+  test: { testTimeout: 30_000, css: { include: [/kit\/web\/style\.css/] } },
 });

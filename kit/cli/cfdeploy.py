@@ -24,8 +24,8 @@ wrangler                ``KIT_WRANGLER``                ``wrangler`` on ``PATH``
 the Worker's source     ``KIT_WORKER_SHIM``             ``worker_shim/`` of kit's checkout
 ======================  ==============================  ====================================
 
-The build folder ``<state>/cloudflare/<worker>/`` gets the generated ``wrangler.jsonc`` and
-``Dockerfile``; ``--dry-run`` writes them there (and wrangler's bundled Worker in ``dist/``)
+The build folder ``<state>/cloudflare/<worker>/`` gets the generated ``wrangler.jsonc``, the
+``Dockerfile`` and ``web/`` (the chat page's files, the Worker's static assets); ``--dry-run`` writes them there (and wrangler's bundled Worker in ``dist/``)
 and nothing else: no token file, no secret, no network.
 """
 
@@ -172,10 +172,19 @@ async def run_deploy(
     target = settings.target
     local_image = await asyncio.to_thread(build_image, dry_run_only)
     make_private(settings.state_dir)  # 0700 before anything is written in it
-    bundle = build_bundle(load_project(settings.project), settings.state_dir / "bundles")
+    project = load_project(settings.project)
+    bundle = build_bundle(project, settings.state_dir / "bundles")
     token, new = host_token(settings)
     values = {"KIT_API_TOKEN": token, "ANTHROPIC_API_KEY": settings.model_key}
-    want = desired(target, settings.shim, bundle, local_image, values, build_dir=settings.build_dir)
+    want = desired(
+        target,
+        settings.shim,
+        bundle,
+        local_image,
+        values,
+        build_dir=settings.build_dir,
+        session_url=project.web_session_url,
+    )
     steps = plan(want)
     console.out(f"kit deploy --target cloudflare: Worker {target.worker} ({target.tier})")
     console.out(render(steps))

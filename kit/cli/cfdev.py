@@ -14,6 +14,10 @@ session) in ``wrangler dev``. Only what wrangler dev cannot give differs:
 The bundle's ``[limits]`` reach the shim's model route as a deploy passes them
 (:func:`kit.deploy.cloudflare.target.limits_var`).
 
+The Worker serves the chat page at its URL as a deploy does (``worker_shim/src/web.ts``),
+and in the rehearsal only (:data:`LOCAL_SESSIONS_VAR`) ``POST /web/session``, so the page,
+opened on this machine, gets sessions without the API token as ``kit dev``'s does.
+
 The Worker's URL is written to ``.kit/dev.json`` so ``kit chat`` finds it.
 """
 
@@ -38,6 +42,9 @@ from kit.deploy.image import bundle_image
 from kit.tiers import get_tier
 
 ANTHROPIC_API = "https://api.anthropic.com"
+LOCAL_SESSIONS_VAR = "KIT_WEB_LOCAL_SESSIONS"
+"""The var that has the shim serve ``POST /web/session`` (a rehearsal's only: kit deploy
+never sets it, and the shim honours it only with its container emulator)."""
 
 
 @dataclass
@@ -73,9 +80,11 @@ def rehearsal_vars(
     bundle: Bundle, *, worker_url: str, model_upstream: str, containers_url: str, image: str
 ) -> dict[str, str]:
     """The shim's vars in a rehearsal: where it is, its model upstream, the bundle (its
-    digest and, as a deploy passes them, its ``[limits]``), the container emulator."""
+    digest and, as a deploy passes them, its ``[limits]``), the container emulator, and
+    sessions for the chat page of this machine (``POST /web/session``)."""
     return {
         "KIT_WORKER_URL": worker_url,
+        LOCAL_SESSIONS_VAR: "1",
         "KIT_MODEL_UPSTREAM": model_upstream,
         "KIT_BUNDLE_DIGEST": bundle.digest,
         "KIT_CONTAINER_EMULATOR": containers_url,
@@ -144,6 +153,19 @@ async def rehearse_cloudflare(
             )
 
 
+def banner_rows(cf: CfRehearsal, *, real_model: bool) -> list[tuple[str, str]]:
+    """The rows of ``kit dev --target cloudflare``'s banner: where the shim and its page
+    are, what serves its containers and model, where the API token is."""
+    return [
+        ("url", f"{cf.url} (the shim in wrangler dev; stands for workers.dev)"),
+        ("page", f"{cf.url}/  (the chat page: open it in a browser on this machine)"),
+        ("containers", f"{cf.containers.url} (kit's container emulator, Docker)"),
+        ("image", cf.image),
+        ("model", "the real API" if real_model else f"offline at {cf.model_url}"),
+        ("api token", f"{cf.api_token_file} (Bearer token for POST /v1/sessions)"),
+    ]
+
+
 async def serve_rehearsal(
     project: Path, state_dir: Path, model_key: str | None, stop: asyncio.Event, ready: asyncio.Event
 ) -> None:
@@ -168,13 +190,7 @@ async def serve_rehearsal(
         ) as cf:
             with advertised(state_dir, cf.url, cf.api_token_file):
                 console.banner(
-                    [
-                        ("url", f"{cf.url} (the shim in wrangler dev; stands for workers.dev)"),
-                        ("containers", f"{cf.containers.url} (kit's container emulator, Docker)"),
-                        ("image", cf.image),
-                        ("model", "the real API" if model_key else f"offline at {cf.model_url}"),
-                        ("api token", f"{cf.api_token_file} (Bearer token for POST /v1/sessions)"),
-                    ],
+                    banner_rows(cf, real_model=model_key is not None),
                     title="kit dev --target cloudflare — ready. Talk to it with `kit chat`; "
                     "stop with Ctrl-C.",
                 )

@@ -19,7 +19,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from kit.cli.errors import CliError
+from kit.deploy.cloudflare.apply import write_page
 from kit.deploy.cloudflare.deploy import load_shim
+from kit.deploy.cloudflare.plan import PAGE_DIR
+from kit.deploy.cloudflare.target import page_assets
 from kit.deploy.cloudflare.wrangler import find_wrangler, offline_env, wrangler_env
 from kit.deploy.errors import DeployError
 from kit.private import write_private
@@ -43,8 +46,9 @@ def write_config(
     folder: Path, *, name: str, tier: str, variables: Mapping[str, str], secrets: Mapping[str, str]
 ) -> Path:
     """The shim's own wrangler config (its bindings, migrations, vars) for a local run in
-    ``folder`` (private): named ``name``, its entry in worker_shim/, ``variables`` added to
-    its vars, ``secrets`` in ``.dev.vars`` (0600, next to the config, where wrangler dev
+    ``folder`` (private): named ``name``, its entry in worker_shim/, the chat page's files
+    copied into ``folder/web`` as its assets (as a deploy ships them), ``variables`` added
+    to its vars, ``secrets`` in ``.dev.vars`` (0600, next to the config, where wrangler dev
     reads them; never on a command line)."""
     try:
         shim = load_shim(SHIM_DIR)
@@ -54,9 +58,15 @@ def write_config(
     folder.chmod(0o700)
     config = {k: v for k, v in shim.config.items() if k not in ("$schema", "dev")}
     base = config.get("vars")
+    try:
+        assets = page_assets(shim.config, folder / PAGE_DIR)
+    except DeployError as exc:
+        raise CliError(str(exc)) from None
+    write_page(folder / PAGE_DIR)
     config.update(
         name=name,
         main=str(shim.main),
+        assets=assets,
         vars={**(base if isinstance(base, dict) else {}), "KIT_SANDBOX_TIER": tier, **variables},
     )
     path = folder / "wrangler.json"

@@ -95,9 +95,13 @@ def content_security_policy(session_url: str | None) -> str:
     )
 
 
-def local_refusal(policy: OriginPolicy, origin: str | None, host: str | None) -> str | None:
-    """Why a ``POST /web/session`` with this ``Origin`` and ``Host`` is refused (None: it
-    is a same-origin request from a page of this host at a loopback name)."""
+def local_refusal(
+    policy: OriginPolicy, origin: str | None, host: str | None, site: str | None = None
+) -> str | None:
+    """Why a ``POST /web/session`` with this ``Origin``, ``Host`` and ``Sec-Fetch-Site``
+    (``site``) is refused (None: it is a same-origin request from a page of this host at a
+    loopback name). The shim applies the same rules (worker_shim/src/web.ts); both replay
+    the cases of ``kit/host/golden/web_session.jsonl``."""
     if policy.own is None:
         return (
             "Sessions without the API token are given only to pages of a host listening on a "
@@ -123,6 +127,8 @@ def local_refusal(policy: OriginPolicy, origin: str | None, host: str | None) ->
             f"Host {(host or '')[:200]!r} is not the page's origin {netloc!r}: a session is "
             "given only to same-origin requests at a loopback name."
         )
+    if site is not None and site != "same-origin":
+        return f"Sec-Fetch-Site is {site[:50]!r}: only a same-origin request gets a session."
     return None
 
 
@@ -160,10 +166,10 @@ def web_routes(
         return JSONResponse({"session_url": url}, headers=PAGE_HEADERS)
 
     async def local_session(request: Request) -> Response:
-        why = local_refusal(policy, request.headers.get("origin"), request.headers.get("host"))
-        site = request.headers.get("sec-fetch-site")
-        if why is None and site is not None and site != "same-origin":
-            why = f"Sec-Fetch-Site is {site[:50]!r}: only a same-origin request gets a session."
+        headers = request.headers
+        why = local_refusal(
+            policy, headers.get("origin"), headers.get("host"), headers.get("sec-fetch-site")
+        )
         if why is not None:
             return JSONResponse({"error": e.FORBIDDEN_ORIGIN, "message": why}, status_code=403)
         return await create_session(request)

@@ -21,6 +21,7 @@ from kit.bundle import load_project
 from kit.cli import cfdeploy
 from kit.cli.errors import CliError
 from kit.cli.settings import EXAMPLE_PROJECT
+from kit.deploy.cloudflare.target import PAGE
 from kit.deploy.cloudflare.wrangler import SHIM_WRANGLER
 from kit.deploy.errors import WranglerError
 from tests.deploy import fake_wrangler
@@ -96,6 +97,10 @@ async def test_the_dry_run_prints_the_plan_and_wranglers_offline_build(kit_tmp: 
     assert (build / "dist" / "index.js").is_file()
     config = json.loads("".join(ln for ln in (build / "wrangler.jsonc").open() if ln[:2] != "//"))
     assert config["containers"][0]["instance_type"] == "basic"  # support-bot's tier
+    # The chat page ships as the Worker's assets, which wrangler read (--dry-run prints them).
+    assert config["assets"]["directory"] == str(build / "web")
+    assert sorted(p.name for p in (build / "web").iterdir()) == sorted(PAGE)
+    assert "write page" in out
     assert not (kit_tmp / "state" / f"cloudflare-{WORKER}.json").exists()
     assert sorted(p.name for p in (REPO / "worker_shim").iterdir()) == shim_before
 

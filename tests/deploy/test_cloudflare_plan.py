@@ -13,7 +13,7 @@ from kit.bundle import build_bundle, load_project
 from kit.bundle.limits import DEFAULT_LIMITS, Limits, Price
 from kit.cli.cfdeploy import render
 from kit.cli.settings import EXAMPLE_PROJECT
-from kit.deploy.cloudflare.apply import workers_dev_url
+from kit.deploy.cloudflare.apply import workers_dev_url, write_build
 from kit.deploy.cloudflare.deploy import desired, load_shim
 from kit.deploy.cloudflare.plan import StepKind, plan
 from kit.deploy.cloudflare.target import (
@@ -21,6 +21,8 @@ from kit.deploy.cloudflare.target import (
     INSTANCE_TYPES,
     LIMITS_VAR,
     MAX_VAR_BYTES,
+    PAGE,
+    WEB_SESSION_URL_VAR,
     CloudflareTarget,
     dockerfile,
     egress_var,
@@ -28,6 +30,7 @@ from kit.deploy.cloudflare.target import (
     read_jsonc,
 )
 from kit.deploy.errors import DeployError
+from kit.web import WEB_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 SHIM = REPO / "worker_shim"
@@ -193,7 +196,7 @@ def test_the_dockerfile_adds_the_bundle_to_the_runtime_image() -> None:
 def test_the_plan_writes_puts_each_secret_then_deploys_and_shows_no_value(
     tmp_path: Path,
 ) -> None:
-    """Config and Dockerfile first, a secret step per secret, the deploy last; the table
+    """Config, Dockerfile and page first, a secret step per secret, the deploy last; the table
     names the secrets but never holds a value."""
     bundle = build_bundle(load_project(EXAMPLE_PROJECT), tmp_path / "bundles")
     target = CloudflareTarget("acme-support", "basic")
@@ -202,6 +205,7 @@ def test_the_plan_writes_puts_each_secret_then_deploys_and_shows_no_value(
     assert [s.kind for s in steps.steps] == [
         StepKind.WRITE_CONFIG,
         StepKind.WRITE_DOCKERFILE,
+        StepKind.WRITE_PAGE,
         StepKind.PUT_SECRET,
         StepKind.PUT_SECRET,
         StepKind.DEPLOY,
@@ -214,6 +218,53 @@ def test_the_plan_writes_puts_each_secret_then_deploys_and_shows_no_value(
     for value in SECRETS.values():
         assert value not in table
         assert value not in repr(want)
+
+
+def test_the_deploy_ships_the_page_and_where_it_gets_sessions(tmp_path: Path) -> None:
+    """The Worker's static assets are the chat page's files (copied from kit/web into the
+    build folder, nothing else of it: no README, no Python), bound as the shim binds them
+    and run through the Worker first; kit.toml's [web] session_url is the Worker var the
+    page's config reads, absent when not set; a rehearsal's local sessions are not asked
+    for; the plan says where sessions come from."""
+    shim = load_shim(SHIM)
+    bundle = build_bundle(load_project(EXAMPLE_PROJECT), tmp_path / "bundles")
+    target = CloudflareTarget("acme-support", "basic")
+    url = "https://app.example.com/kit-session"
+    build = tmp_path / "b"
+    want = desired(target, shim, bundle, "kit-runtime:x", SECRETS, build_dir=build, session_url=url)
+    assert want.config["assets"] == {
+        **shim.config["assets"],
+        "directory": str(build / "web"),
+    }
+    assert want.config["assets"]["binding"] == "ASSETS"
+    assert want.config["assets"]["run_worker_first"] is True
+    assert want.config["vars"][WEB_SESSION_URL_VAR] == url
+    assert "KIT_WEB_LOCAL_SESSIONS" not in want.config["vars"]
+    page_step = [s for s in plan(want).steps if s.kind is StepKind.WRITE_PAGE]
+    assert [s.subject for s in page_step] == [str(build / "web")]
+    assert f"sessions from {url}" in page_step[0].why
+
+    (build / "web").mkdir(parents=True)
+    (build / "web" / "__init__.py").write_text("# left by hand")
+    write_build(want)
+    assert sorted(p.name for p in (build / "web").iterdir()) == sorted(PAGE)
+    assert sorted(PAGE) == ["app.js", "index.html", "render.js", "style.css"]
+    for name in PAGE:
+        assert (build / "web" / name).read_bytes() == (WEB_DIR / name).read_bytes()
+
+    plain = desired(target, shim, bundle, "kit-runtime:x", SECRETS, build_dir=build)
+    assert WEB_SESSION_URL_VAR not in plain.config["vars"]
+    assert "sessions from nowhere (no [web] session_url in kit.toml)" in render(plan(plain))
+
+
+def test_a_shim_without_the_page_is_refused(tmp_path: Path) -> None:
+    """A shim config with no page assets cannot be deployed: the message names the file."""
+    shim = load_shim(SHIM)
+    broken = type(shim)(shim.root, {k: v for k, v in shim.config.items() if k != "assets"})
+    bundle = build_bundle(load_project(EXAMPLE_PROJECT), tmp_path / "bundles")
+    target = CloudflareTarget("acme-support", "basic")
+    with pytest.raises(DeployError, match=r"worker_shim/wrangler\.jsonc binds no static assets"):
+        desired(target, broken, bundle, "kit-runtime:x", SECRETS, build_dir=tmp_path / "b")
 
 
 def test_the_workers_dev_url_is_read_from_wranglers_output() -> None:

@@ -42,4 +42,14 @@ export interface Env {
    * tests that call it directly: never in production, where only the session's container
    * reaches it, through outbound interception (egress.ts). */
   KIT_PUBLIC_MODEL_ROUTE?: string;
+  /** The chat page's files (kit/web, the Worker's static assets; web.ts serves them). */
+  ASSETS: Fetcher;
+  /** Where a deployed page gets a session: kit.toml's `[web] session_url`, set by kit
+   * deploy (served in /web/config.json, its origin added to the page's connect-src);
+   * absent: the page can only rejoin sessions it was linked to. */
+  KIT_WEB_SESSION_URL?: string;
+  /** "1" serves POST /web/session (a session without the API token for a same-origin page
+   * of this Worker at a loopback name): set only by `kit dev --target cloudflare`, and
+   * honoured only with KIT_CONTAINER_EMULATOR (a rehearsal), never on Cloudflare. */
+  KIT_WEB_LOCAL_SESSIONS?: string;
 }

@@ -2,6 +2,13 @@
 // SessionDO per session.
 //
 //   GET  /healthz                  public: {"ok": true}
+//   GET  /, /web/app.js, /web/render.js, /web/style.css, /web/config.json
+//                                  public: the chat page, its files and its config, as
+//                                  kit/host/web.py serves them (web.ts)
+//   POST /web/session              a rehearsal only (KIT_WEB_LOCAL_SESSIONS, with
+//                                  KIT_CONTAINER_EMULATOR): 201 as POST /v1/sessions, for a
+//                                  same-origin page of this Worker at a loopback name; 403
+//                                  forbidden_origin otherwise (web.ts `localRefusal`)
 //   POST /v1/sessions              Bearer KIT_API_TOKEN: 201 {session_id, token, ws_url}
 //   GET  /v1/sessions/{id}/ws      WebSocket upgrade, forwarded to the session's DO (the
 //                                  socket authenticates with hello's session token); for
@@ -22,8 +29,8 @@
 //                                  token for API use (docs/protocol.md §13)
 //
 // Every other request, and any request to these routes but the upgrade, the store calls,
-// the emulator's deliveries and /healthz, needs the API token: 401 without it, also for a path
-// that does not exist.
+// the emulator's deliveries, the page's files and /healthz, needs the API token: 401
+// without it, also for a path that does not exist (another name under /web/ included).
 
 import { control } from "./control";
 import { EGRESS_ROUTE } from "./httpcontainer";
@@ -33,6 +40,7 @@ import { json, sandboxCall, sandboxRouteOf, UUID } from "./sandboxroutes";
 import { sessionIndex } from "./sessionindex";
 import { storeUrl } from "./storeapi";
 import { randomToken, sameText, sha256 } from "./tokens";
+import { isPagePath, localSessionRefusal, localSessions, notAPageFile, servePage, SESSION_PATH } from "./web";
 
 export { KitEgress } from "./egress";
 export { SessionDO } from "./session";
@@ -47,6 +55,11 @@ export default {
   async fetch(request: Request, env: Env): Promise<Response> {
     const url = new URL(request.url);
     if (url.pathname === "/healthz" && request.method === "GET") return json({ ok: true }, 200);
+    if ((request.method === "GET" || request.method === "HEAD") && isPagePath(url.pathname)) return servePage(request, url, env);
+    if (url.pathname === SESSION_PATH && request.method === "POST" && localSessions(env)) {
+      await request.body?.cancel();
+      return localSessionRefusal(request, env) ?? createSession(url, env);
+    }
     const ws = WS_PATH.exec(url.pathname);
     if (ws !== null && request.method === "GET" && request.headers.get("upgrade")?.toLowerCase() === "websocket") {
       return openSocket(request, env, ws[1]);
@@ -78,6 +91,8 @@ export default {
     const controlled = await control(request, url, env);
     if (controlled !== null) return controlled;
     if (ws !== null) return json({ error: "upgrade_required", message: "Open this URL as a WebSocket." }, 426);
+    const notPage = notAPageFile(url);
+    if (notPage !== null) return notPage;
     const mint = STORE_TOKEN_PATH.exec(url.pathname);
     if (mint !== null && request.method === "POST") return mintStoreToken(request, url, env, mint[1]);
     return json({ error: "not_found", message: `No route ${request.method} ${url.pathname}.` }, 404);

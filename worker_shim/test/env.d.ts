@@ -9,5 +9,6 @@ declare namespace Cloudflare {
     KIT_MODEL_UPSTREAM: string;
     KIT_WORKER_URL: string;
     KIT_STORE_CONFORMANCE?: string;
+    ASSETS: Fetcher;
   }
 }

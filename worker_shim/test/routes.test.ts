@@ -1,6 +1,7 @@
-// The Worker's HTTP surface: /healthz is public, every other request needs the API token
-// (401 without it, also for a path that does not exist); the session API answers as kit's
-// host does; session sockets are refused to foreign browser origins.
+// The Worker's HTTP surface: /healthz and the chat page (test/web.test.ts) are public, every
+// other request needs the API token (401 without it, also for a path that does not exist);
+// the session API answers as kit's host does; session sockets are refused to foreign
+// browser origins.
 
 import { SELF, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
@@ -20,7 +21,9 @@ const REQUESTS: Array<[string, string]> = [
   ["GET", `/v1/sessions/${SOME_ID}/ws`],
   ["POST", `/v1/sessions/${SOME_ID}/ws`],
   ["POST", "/healthz"],
-  ["GET", "/"],
+  // The page's paths are public for GET only (test/web.test.ts).
+  ["POST", "/"],
+  ["GET", "/web/README.md"],
   ["GET", "/no/such/route"],
   ["DELETE", `/v1/sessions/${SOME_ID}`],
 ];

@@ -5,7 +5,8 @@
 
 The build folder (``<state>/cloudflare/<worker>/``) holds the generated ``wrangler.jsonc``
 (``main`` is the shim's ``src/index.ts`` by absolute path: the shim's folder is never
-written) and the image's ``Dockerfile``; wrangler runs there.
+written), the image's ``Dockerfile`` and ``web/``, the chat page's files (the Worker's
+static assets, copied from ``kit/web``); wrangler runs there.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from kit.deploy.cloudflare.plan import OUTDIR, Desired, Plan, StepKind
-from kit.deploy.cloudflare.target import CONFIG_HEADER, CloudflareTarget
+from kit.deploy.cloudflare.target import CONFIG_HEADER, PAGE, CloudflareTarget
 from kit.deploy.cloudflare.wrangler import Wrangler
 from kit.deploy.errors import DeployError, WranglerError
 from kit.private import DIR_MODE, write_private
+from kit.web import WEB_DIR
 
 WORKERS_DEV_URL = re.compile(r"https://[a-z0-9][a-z0-9.-]*\.workers\.dev\b")
 
@@ -36,6 +38,18 @@ def write_build(desired: Desired) -> None:
     text = CONFIG_HEADER + json.dumps(desired.config, indent=2) + "\n"
     write_private(desired.config_path, text)
     write_private(desired.dockerfile_path, desired.dockerfile)
+    write_page(desired.page_dir)
+
+
+def write_page(folder: Path) -> None:
+    """Copy the chat page's files (:data:`~kit.deploy.cloudflare.target.PAGE`, nothing else
+    of ``kit/web``) into ``folder``, which then holds exactly them: the Worker's assets."""
+    folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    for stale in list(folder.iterdir()):
+        if stale.name not in PAGE and not stale.is_dir():
+            stale.unlink()
+    for name in PAGE:
+        write_private(folder / name, (WEB_DIR / name).read_text(encoding="utf-8"))
 
 
 async def dry_run(desired: Desired, wrangler: Wrangler) -> str:
@@ -75,7 +89,7 @@ async def apply(
     url = None
     for step in steps.steps:
         progress(f"{step.kind.value}: {step.subject}")
-        if step.kind in (StepKind.WRITE_CONFIG, StepKind.WRITE_DOCKERFILE):
+        if step.kind in (StepKind.WRITE_CONFIG, StepKind.WRITE_DOCKERFILE, StepKind.WRITE_PAGE):
             write_build(desired)
         elif step.kind is StepKind.PUT_SECRET:
             assert step.secret is not None

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from kit.bundle.build import Bundle
-from kit.deploy.cloudflare.plan import CONFIG_FILE, DOCKERFILE, Desired
+from kit.deploy.cloudflare.plan import CONFIG_FILE, DOCKERFILE, PAGE_DIR, Desired
 from kit.deploy.cloudflare.target import (
     CloudflareTarget,
     dockerfile,
@@ -63,8 +63,10 @@ def desired(
     secrets: Mapping[str, str],
     *,
     build_dir: Path,
+    session_url: str | None = None,
 ) -> Desired:
-    """What a deploy of ``bundle`` on ``runtime_image`` wants, its files in ``build_dir``."""
+    """What a deploy of ``bundle`` on ``runtime_image`` wants, its files in ``build_dir``;
+    ``session_url`` (``[web] session_url``): where the deployed page gets a session."""
     config = wrangler_config(
         target,
         shim.config,
@@ -74,6 +76,8 @@ def desired(
         bundle_digest=bundle.digest,
         limits=bundle.limits,
         egress=bundle.egress,
+        page_dir=build_dir / PAGE_DIR,
+        session_url=session_url,
     )
     return Desired(
         target=target,
@@ -84,4 +88,5 @@ def desired(
         config=config,
         dockerfile=dockerfile(runtime_image, bundle.digest),
         secrets=dict(secrets),
+        session_url=session_url,
     )

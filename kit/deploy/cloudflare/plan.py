@@ -1,8 +1,8 @@
 """A Cloudflare deploy as data: what is wanted (:class:`Desired`) and the steps that make
 it (:func:`plan`), pure, so ``--dry-run`` is just the plan (and wrangler's own dry run).
 
-The steps, in order: write the wrangler config and the image's Dockerfile into the build
-folder; put the Worker's secrets (``wrangler secret put``, each value on stdin); then
+The steps, in order: write the wrangler config, the image's Dockerfile and the chat page's
+files (the Worker's static assets) into the build folder; put the Worker's secrets (``wrangler secret put``, each value on stdin); then
 ``wrangler deploy``, which builds the image with Docker, pushes it to Cloudflare's registry,
 uploads the Worker, applies the Durable Object migrations and rolls the container
 application out. Every step is safe to repeat, so a deploy cut short is finished by the next.
@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kit.deploy.cloudflare.target import CloudflareTarget, bundle_path
+from kit.deploy.cloudflare.target import PAGE, CloudflareTarget, bundle_path
 
 CONFIG_FILE = "wrangler.jsonc"
 DOCKERFILE = "Dockerfile"
+PAGE_DIR = "web"
+"""The build folder's copy of the chat page (:data:`~kit.deploy.cloudflare.target.PAGE`)."""
 OUTDIR = "dist"
 """Where ``--dry-run`` has wrangler write the bundled Worker."""
 SECRET_WHY = {
@@ -35,6 +37,7 @@ class StepKind(enum.StrEnum):
 
     WRITE_CONFIG = "write config"
     WRITE_DOCKERFILE = "write Dockerfile"
+    WRITE_PAGE = "write page"
     PUT_SECRET = "put secret"
     DEPLOY = "deploy worker"
 
@@ -66,6 +69,8 @@ class Desired:
     dockerfile: str
     secrets: Mapping[str, str] = field(repr=False)
     """Name → value (never printed, never on a command line)."""
+    session_url: str | None = None
+    """``[web] session_url``: where the deployed page gets a session (None: nowhere)."""
 
     @property
     def config_path(self) -> Path:
@@ -74,6 +79,11 @@ class Desired:
     @property
     def dockerfile_path(self) -> Path:
         return self.build_dir / DOCKERFILE
+
+    @property
+    def page_dir(self) -> Path:
+        """The Worker's static assets: the chat page's files, copied from ``kit/web``."""
+        return self.build_dir / PAGE_DIR
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,12 @@ def plan(desired: Desired) -> Plan:
             str(desired.dockerfile_path),
             f"{desired.runtime_image} + bundle {desired.bundle_digest[:16]} at "
             f"{bundle_path(desired.bundle_digest)}",
+        ),
+        Step(
+            StepKind.WRITE_PAGE,
+            str(desired.page_dir),
+            f"the chat page at / ({', '.join(PAGE)}); sessions from "
+            + (desired.session_url or "nowhere (no [web] session_url in kit.toml)"),
         ),
     ]
     for name in sorted(desired.secrets):

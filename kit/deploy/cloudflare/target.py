@@ -8,7 +8,10 @@ A deployment named ``worker`` (docs/deploy-cloudflare.md) is:
   vars name the tier and the bundle and carry the bundle's ``[limits]``
   (:func:`limits_var`, enforced by the shim's model route) and its ``[sandbox] egress``
   allowlist (:func:`egress_var`, enforced by the shim's outbound interception), its secrets are
-  ``KIT_API_TOKEN`` and ``ANTHROPIC_API_KEY``;
+  ``KIT_API_TOKEN`` and ``ANTHROPIC_API_KEY``; its static assets are the chat page's files
+  (:data:`PAGE`, copied from ``kit/web`` into the build folder), which the Worker serves at
+  ``/`` and ``/web/…`` (``worker_shim/src/web.ts``), and ``kit.toml``'s ``[web]
+  session_url`` is its var :data:`WEB_SESSION_URL_VAR`;
 - the container application ``<worker>-sandboxes``: each ``SessionDO``'s container, at the
   tier's instance type, from an image wrangler builds from :func:`dockerfile`: kit's runtime
   image with the bundle copied in at ``/bundles/<digest[:32]>`` (where a Fly sandbox has it).
@@ -27,6 +30,7 @@ from typing import Any
 from kit.bundle.allowlist import parse_rule
 from kit.bundle.limits import Limits
 from kit.deploy.errors import DeployError
+from kit.host.web import PAGE_FILES
 from kit.tiers import TIERS, get_tier
 
 WORKER_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,52}[a-z0-9])?$")
@@ -46,6 +50,12 @@ LIMITS_VAR = "KIT_LIMITS"
 EGRESS_VAR = "KIT_EGRESS"
 """The var that carries the bundle's ``[sandbox] egress`` allowlist to the shim's outbound
 interception (worker_shim/src/egress.ts)."""
+WEB_SESSION_URL_VAR = "KIT_WEB_SESSION_URL"
+"""The var that tells the deployed page where it gets a session (``[web] session_url``)."""
+ASSETS_BINDING = "ASSETS"
+"""The shim's static assets binding (worker_shim/src/env.ts): the chat page's files."""
+PAGE = ("index.html", *PAGE_FILES)
+"""The chat page's files a Worker ships as its static assets (all it serves of them)."""
 MAX_VAR_BYTES = 5 * 1024
 """Cloudflare's limit on one Worker variable (5 KB)."""
 BUNDLES = "/bundles"
@@ -136,6 +146,19 @@ def session_class(shim_config: dict[str, Any]) -> str:
     )
 
 
+def page_assets(shim_config: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """The shim's ``assets`` entry (the page's files, bound as ``ASSETS``, the Worker run
+    first) with its folder at ``directory`` (absolute: the config is written elsewhere);
+    DeployError if the shim has none."""
+    assets = shim_config.get("assets")
+    if not isinstance(assets, dict) or assets.get("binding") != ASSETS_BINDING:
+        raise DeployError(
+            f"worker_shim/wrangler.jsonc binds no static assets as {ASSETS_BINDING} (the chat "
+            "page); the shim is incomplete (restore it from kit's checkout)."
+        )
+    return {**assets, "directory": str(directory)}
+
+
 def limits_var(limits: Limits) -> str:
     """The value of :data:`LIMITS_VAR`: ``limits`` as the bundle manifest stores them (the
     keys that are set, ``[limits.prices]`` in file order), compact JSON; ``{}`` when none
@@ -199,24 +222,30 @@ def wrangler_config(
     bundle_digest: str,
     limits: Limits,
     egress: tuple[str, ...] = (),
+    page_dir: Path,
+    session_url: str | None = None,
 ) -> dict[str, Any]:
     """The Worker's wrangler config: the shim's (its bindings, migrations, compatibility
     date and vars; its ``dev`` settings left out), named ``target.worker``, ``main``
-    pointing at the shim's entry, the tier, the bundle, its ``limits`` and ``egress``
-    allowlist as vars, and the ``containers`` entry of the session class at the tier's
-    instance type."""
+    pointing at the shim's entry, the chat page's files from ``page_dir`` as its assets,
+    the tier, the bundle, its ``limits`` and ``egress`` allowlist as vars (and
+    ``session_url``, ``[web] session_url``, when set), and the ``containers`` entry of the
+    session class at the tier's instance type."""
     config = {k: v for k, v in shim_config.items() if k not in ("$schema", "dev")}
     vars_ = config.get("vars", {})
+    web = {} if session_url is None else {WEB_SESSION_URL_VAR: session_url}
     config.update(
         name=target.worker,
         main=str(main),
         workers_dev=True,
+        assets=page_assets(shim_config, page_dir),
         vars={
             **(vars_ if isinstance(vars_, dict) else {}),
             "KIT_SANDBOX_TIER": target.tier,
             "KIT_BUNDLE_DIGEST": bundle_digest,
             LIMITS_VAR: limits_var(limits),
             EGRESS_VAR: egress_var(egress),
+            **web,
         },
         containers=[
             {
