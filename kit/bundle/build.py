@@ -5,7 +5,8 @@ A bundle is a folder named by its digest::
     <root>/<digest>/
       kit-bundle.json            manifest: format, agent config, skills, sandbox (tier,
                                  idle timeout, egress allowlist when not empty), limits
-                                 (the [limits] keys set, when any), file digests
+                                 (the [limits] keys set, when any), web (the page's
+                                 session_url, when set), file digests
       .claude-plugin/plugin.json {"name": "kit", ...}: the skills load as plugin "kit"
       skills/<name>/...          copied from the project
 
@@ -26,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from kit.bundle.allowlist import parse_rule
-from kit.bundle.config import AgentConfig, Project
-from kit.bundle.errors import BundleError, EgressRuleError
+from kit.bundle.config import AgentConfig, Project, parse_session_url
+from kit.bundle.errors import BundleError, ConfigError, EgressRuleError
 from kit.bundle.limits import DEFAULT_LIMITS, Limits
 
 FORMAT = 1
@@ -53,6 +54,9 @@ class Bundle:
     :mod:`kit.bundle.allowlist`."""
     limits: Limits = DEFAULT_LIMITS
     """What the host's model proxy lets the agent spend (``kit.toml`` ``[limits]``)."""
+    web_session_url: str | None = None
+    """Where a deployed host's chat page gets a session (``kit.toml`` ``[web]
+    session_url``); None: it gets none there."""
 
     @property
     def plugin_dir(self) -> Path:
@@ -89,6 +93,8 @@ def build_bundle(project: Project, root: Path) -> Bundle:
     limits = project.limits.to_manifest()
     if limits:  # absent when nothing is set: such bundles keep their digests
         body["limits"] = limits
+    if project.web_session_url is not None:  # likewise
+        body["web"] = {"session_url": project.web_session_url}
     digest = _sha256(_canon(body))
     manifest = {**body, "digest": digest}
     root.mkdir(parents=True, exist_ok=True)
@@ -220,6 +226,13 @@ def open_bundle(path: Path) -> Bundle:
         raise BundleError(
             f"{manifest_path}: limits are not valid ({exc}); rebuild the bundle."
         ) from None
+    web = manifest.get("web", {})  # bundles built before the key, or without it: none
+    if not isinstance(web, dict):
+        raise BundleError(f"{manifest_path}: web is not a table; rebuild the bundle.")
+    try:
+        session_url = parse_session_url(str(manifest_path), web.get("session_url"))
+    except ConfigError as exc:
+        raise BundleError(f"{exc} Rebuild the bundle.") from None
     return Bundle(
         path=path,
         digest=manifest["digest"],
@@ -229,6 +242,7 @@ def open_bundle(path: Path) -> Bundle:
         idle_timeout_s=sandbox["idle_timeout_s"],
         egress=egress,
         limits=limits,
+        web_session_url=session_url,
     )
 
 

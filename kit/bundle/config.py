@@ -162,7 +162,7 @@ def load_project(root: Path) -> Project:
     scenarios = tuple(
         root / p for p in _str_list(where, "dev.scenarios", dev_raw.get("scenarios", ["scenarios"]))
     )
-    web_url = _session_url(where, raw.get("web", {}).get("session_url"))
+    web_url = parse_session_url(where, raw.get("web", {}).get("session_url"))
     return Project(root, agent, sandbox, scenarios, load_skills(root / "skills"), limits, web_url)
 
 
@@ -242,9 +242,9 @@ def _egress(where: str, raw: dict[str, Any]) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _session_url(where: str, value: object) -> str | None:
+def parse_session_url(where: str, value: object) -> str | None:
     """``[web] session_url``: an https URL (http only at a loopback address), no user, no
-    fragment; None when absent."""
+    fragment; None when absent. :class:`ConfigError` (starting with ``where``) otherwise."""
     if value is None:
         return None
     hint = 'such as "https://app.example.com/kit-session"'

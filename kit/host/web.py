@@ -1,5 +1,5 @@
-"""The chat page's routes: the page itself, its config, and (``kit dev`` only) a session
-for a page of this host without the API token.
+"""The chat page's routes: the page itself, its config, and (``kit dev`` and its Fly
+rehearsal only) a session for a page of this host without the API token.
 
 ==========================  ====================================================  ==========
 route                       answers                                               auth
@@ -9,15 +9,18 @@ route                       answers                                             
 ``GET /web/<file>``         its scripts and stylesheet (a fixed list of names)    none
 ``GET /web/config.json``    ``{"session_url": …}``: where the page gets a         none
                             session (``/web/session`` in ``kit dev``; the
-                            operator's endpoint in production; null: none)
-``POST /web/session``       ``kit dev`` only (:attr:`WebConfig.local_sessions`):  same-origin
-                            a new session, as ``POST /v1/sessions`` answers,      loopback
-                            for a page of this host opened at a loopback name     page
+                            operator's endpoint in production, the bundle's
+                            ``[web] session_url``; null: none)
+``POST /web/session``       ``kit dev`` and its Fly rehearsal only                same-origin
+                            (:attr:`WebConfig.local_sessions`): a new session,    loopback
+                            as ``POST /v1/sessions`` answers, for a page of       page
+                            this host opened at a loopback name
 ==========================  ====================================================  ==========
 
 ``POST /web/session`` hands a session to a request only when its ``Origin`` is one of the
 host's own loopback origins (the :class:`~kit.host.auth.OriginPolicy`'s ``own`` names, so
-the host must listen on a loopback address), its ``Host`` is a loopback name of the host
+the host must listen on a loopback address; behind ``kit dev --target fly``'s proxy, the
+proxy's: ``GatewayConfig.proxied_at``), its ``Host`` is a loopback name of the host
 too, the two are the same origin, and ``Sec-Fetch-Site``, when sent, is ``same-origin``.
 A page of another site cannot get one (its ``Origin`` is its own: CSRF), nor can a page
 whose name resolves to this machine (its ``Host`` is that name: DNS rebinding). Anything
@@ -73,6 +76,18 @@ class WebConfig:
 
     local_sessions: bool = False
     session_url: str | None = None
+    session_url_from: Callable[[], str | None] | None = None
+    """In place of ``session_url``, read at each request: a host whose bundle changes while
+    it runs (the Fly gateway follows the deploy pointer) names the current bundle's. The
+    config and the page's CSP follow it; a page loaded before a change to another origin
+    can call the new URL once it is reloaded (its CSP is the one it was loaded with)."""
+
+    def current_url(self) -> str | None:
+        """The ``session_url`` the page is told now (:data:`SESSION_PATH` with local
+        sessions)."""
+        if self.local_sessions:
+            return SESSION_PATH
+        return self.session_url_from() if self.session_url_from else self.session_url
 
 
 def public_paths(config: WebConfig) -> tuple[str, ...]:
@@ -141,7 +156,6 @@ def web_routes(
     ``POST /v1/sessions`` does."""
     page_headers = {
         **PAGE_HEADERS,
-        "content-security-policy": content_security_policy(config.session_url),
         "x-frame-options": "DENY",
         # A page of another site that opened this one gets no handle on it (window.opener
         # is cut both ways), so it cannot script or steer it.
@@ -149,7 +163,12 @@ def web_routes(
     }
 
     async def index(request: Request) -> Response:
-        return FileResponse(WEB_DIR / "index.html", headers=page_headers)
+        # The CSP names the session URL's origin as the config says it now (it may follow
+        # the host's current bundle).
+        csp = content_security_policy(config.current_url())
+        return FileResponse(
+            WEB_DIR / "index.html", headers={**page_headers, "content-security-policy": csp}
+        )
 
     async def asset(request: Request) -> Response:
         name = request.path_params["name"]
@@ -162,8 +181,7 @@ def web_routes(
         return FileResponse(WEB_DIR / name, media_type=media_type, headers=PAGE_HEADERS)
 
     async def page_config(request: Request) -> Response:
-        url = SESSION_PATH if config.local_sessions else config.session_url
-        return JSONResponse({"session_url": url}, headers=PAGE_HEADERS)
+        return JSONResponse({"session_url": config.current_url()}, headers=PAGE_HEADERS)
 
     async def local_session(request: Request) -> Response:
         headers = request.headers

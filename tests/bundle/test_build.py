@@ -116,6 +116,28 @@ def test_a_manifest_with_a_bad_egress_entry_does_not_open(tmp_path: Path) -> Non
         open_bundle(path)
 
 
+def test_the_pages_session_url_is_carried_in_the_manifest(tmp_path: Path) -> None:
+    """``[web] session_url`` travels in the manifest and back out as
+    Bundle.web_session_url (what a deployed gateway's page is told); it changes the digest;
+    without it the manifest has no web key."""
+    plain = build_bundle(load_project(EXAMPLE_PROJECT), tmp_path / "plain")
+    assert plain.web_session_url is None
+    assert "web" not in json.loads((plain.path / MANIFEST).read_bytes())
+    src = _copy_example(tmp_path)
+    url = "https://app.example.com/kit-session"
+    with (src / "kit.toml").open("a") as toml:
+        toml.write(f'\n[web]\nsession_url = "{url}"\n')
+    bundle = build_bundle(load_project(src), tmp_path / "out")
+    assert bundle.web_session_url == url
+    assert json.loads((bundle.path / MANIFEST).read_bytes())["web"] == {"session_url": url}
+    assert open_bundle(bundle.path).web_session_url == url
+    assert bundle.digest != plain.digest
+    # A sealed manifest naming a URL kit.toml would have refused does not open.
+    path = _rewrite_manifest(bundle.path, lambda m: m["web"].update(session_url="http://x.io/"))
+    with pytest.raises(BundleError, match=r"web\.session_url must be https.*Rebuild the bundle"):
+        open_bundle(path)
+
+
 def _modes(root: Path) -> dict[str, int]:
     return {
         p.relative_to(root).as_posix(): stat.S_IMODE(p.lstat().st_mode) for p in root.rglob("*")

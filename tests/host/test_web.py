@@ -144,3 +144,25 @@ async def test_the_dev_banner_names_the_page(
     assert f"page       {stack.url}/  (the chat page: open it in a browser on this machine)" in (
         capsys.readouterr().out
     )
+
+
+async def test_the_config_and_policy_follow_the_current_session_url(stack: Stack) -> None:
+    """A host whose session URL is read at each request (the Fly gateway: the deployed
+    bundle's, which a deploy changes without a restart) tells the page the current one and
+    lets the page's CSP reach that URL's origin only; with none, the config says null and
+    the page connects to the host alone."""
+    current: list[str | None] = ["https://one.example.com/kit-session"]
+    web = WebConfig(session_url_from=lambda: current[0])
+    app = create_app(stack.host, api_token=stack.api_token, web=web)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=stack.url) as http:
+        for url, connect in [
+            ("https://one.example.com/kit-session", "'self' https://one.example.com;"),
+            ("https://two.example.com:8443/s", "'self' https://two.example.com:8443;"),
+            (None, "'self';"),
+        ]:
+            current[0] = url
+            assert (await http.get("/web/config.json")).json() == {"session_url": url}
+            csp = (await http.get("/")).headers["content-security-policy"]
+            assert f"connect-src {connect}" in csp
+            assert (await http.post("/web/session")).status_code == 401
