@@ -10,6 +10,12 @@ code paths. Only the platform's endpoints differ:
 - ``https://<app>.fly.dev`` is the emulated Fly proxy on a loopback port (routing by app,
   ``fly-replay``, autostart).
 
+The chat page is served as on Fly, at the proxy's URL. There it gets sessions without the
+API token (``POST /web/session``), as ``kit dev``'s does: the gateways are told the proxy's
+loopback origin (``KIT_LOCAL_PAGE_ORIGIN``, set only here), and the same rule holds (a
+same-origin request at a loopback name of the proxy; the gateways listen on loopback
+addresses). A deployed gateway never has that variable, and refuses it on ``[::]``.
+
 The project is deployed into it with the real ``kit deploy`` code (two gateway machines
 running ``kit gateway`` in Fly mode), and the proxy's URL is written to ``.kit/dev.json``
 so ``kit chat`` finds it.
@@ -48,6 +54,9 @@ from kit.private import write_private
 from kit.storage.s3io import S3Bucket
 
 FLY_TOKEN_BYTES = 24
+LOCAL_PAGE_VARIABLE = "KIT_LOCAL_PAGE_ORIGIN"
+"""The rehearsal's gateways serve local sessions to the page at this loopback origin
+(:mod:`kit.cli.flygateway`)."""
 S3_KEY = "kit-rehearsal"
 """moto takes any keys; these are not secrets."""
 
@@ -192,22 +201,23 @@ async def rehearse_fly(
             "AWS_ACCESS_KEY_ID": settings.s3_keys[0],
             "AWS_SECRET_ACCESS_KEY": settings.s3_keys[1],
         }
-        extra = {"FLY_API_HOSTNAME": fly_api.url}
-        if model_key is None:
-            extra["KIT_MODEL_UPSTREAM"] = model_url
-        if lease_ttl_s is not None:  # how soon another gateway takes a dead one's sessions
-            extra["KIT_LEASE_TTL_S"] = f"{lease_ttl_s:g}"
-        ref = image_ref(target, image)
-        want = desired(
-            target,
-            bundle,
-            ref,
-            values,
-            bucket_url=bucket_url(settings),
-            listen=REHEARSAL_LISTEN,
-            extra_env=extra,
-        )
         async with serve_proxy(fly_api.backend, target.app, as_served=True) as url:
+            # The page loaded from the proxy gets sessions as kit dev's does (local ones).
+            extra = {"FLY_API_HOSTNAME": fly_api.url, LOCAL_PAGE_VARIABLE: url}
+            if model_key is None:
+                extra["KIT_MODEL_UPSTREAM"] = model_url
+            if lease_ttl_s is not None:  # how soon another gateway takes a dead one's sessions
+                extra["KIT_LEASE_TTL_S"] = f"{lease_ttl_s:g}"
+            ref = image_ref(target, image)
+            want = desired(
+                target,
+                bundle,
+                ref,
+                values,
+                bucket_url=bucket_url(settings),
+                listen=REHEARSAL_LISTEN,
+                extra_env=extra,
+            )
             to = Deployment(api, bucket, LocalRegistry(), url)
             plan = await deploy(want, bundle, image, to, progress=progress)
             make_private(state_dir)
@@ -305,6 +315,7 @@ async def serve_rehearsal(
                 console.banner(
                     [
                         ("url", f"{fly.url} (stands for {fly.target.url})"),
+                        ("page", f"{fly.url}/  (the chat page: open it in a browser here)"),
                         ("apps", f"{fly.target.app} (gateways), {fly.target.sandbox_app}"),
                         ("Machines API", f"{fly.fly_api.url} (the emulator)"),
                         ("bucket", f"s3://{fly.target.bucket_name} at {fly.s3_endpoint} (moto)"),

@@ -16,7 +16,16 @@ variable                meaning
                         served store listen there; ``${FLY_PRIVATE_IP}`` in ``KIT_LISTEN``
 ``FLY_MACHINE_ID``      this gateway's id: its host id and lease owner (Fly sets it)
 ``FLY_REGION``          where new sandbox machines go (Fly sets it)
+``KIT_LOCAL_PAGE_``     ``kit dev --target fly`` only: the loopback origin of the rehearsal's
+``ORIGIN``              Fly proxy (``http://127.0.0.1:PORT``). The chat page loaded from it
+                        gets sessions without the API token (``POST /web/session``, as in
+                        ``kit dev``); refused unless ``KIT_LISTEN`` is a loopback address,
+                        which a deployed gateway's (``[::]:8080``) is not
 ======================  =====================================================================
+
+The chat page is served at ``/``; its ``/web/config.json`` names the current bundle's
+``[web] session_url`` (docs/web.md), so a deploy that changes it reaches the page with no
+gateway restart, as the bundle reaches sandboxes.
 
 The bundle is the pointer's: downloaded by digest, checked, unpacked into the state dir, and
 followed every :data:`POINTER_POLL_S` seconds, so a bundle-only deploy reaches the next
@@ -39,6 +48,8 @@ from kit.bundle.archive import unpack
 from kit.cli.settings import SettingsError
 from kit.cli.stack import release_of
 from kit.deploy.fly.apply import CURRENT_KEY, bundle_key
+from kit.host.auth import is_loopback_name, normalise_origin
+from kit.host.errors import HostError
 from kit.host.fly_sandbox import FlySandboxProvider
 from kit.host.launch import Release
 from kit.host.s3log import S3LogStore
@@ -61,6 +72,9 @@ class FlyGatewaySettings:
     private_ip: str
     machine_id: str
     region: str | None
+    local_page: str | None = None
+    """``KIT_LOCAL_PAGE_ORIGIN``: the rehearsal proxy's loopback origin, normalised; None
+    (always, when deployed): the page gets no sessions from the gateway itself."""
 
     def prefixed(self, prefix: str) -> str:
         """The bucket URL with a key prefix (``logs``, ``transcripts``)."""
@@ -92,6 +106,9 @@ def fly_gateway_settings(environ: Mapping[str, str]) -> FlyGatewaySettings:
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
     private_ip = environ["FLY_PRIVATE_IP"].strip()
+    local_page = environ.get("KIT_LOCAL_PAGE_ORIGIN", "").strip() or None
+    if local_page is not None:
+        local_page = _loopback_origin(local_page)
     return FlyGatewaySettings(
         sandbox_app=environ["KIT_FLY_SANDBOX_APP"].strip(),
         token=environ["FLY_API_TOKEN"].strip(),
@@ -100,7 +117,25 @@ def fly_gateway_settings(environ: Mapping[str, str]) -> FlyGatewaySettings:
         private_ip=private_ip,
         machine_id=environ.get("FLY_MACHINE_ID", "").strip() or f"gateway-{private_ip}",
         region=environ.get("FLY_REGION", "").strip() or None,
+        local_page=local_page,
     )
+
+
+def _loopback_origin(value: str) -> str:
+    """``KIT_LOCAL_PAGE_ORIGIN``: ``http://`` a loopback address or ``localhost``, a port."""
+    try:
+        origin = normalise_origin(value)
+        parts = urlsplit(origin)
+        port = parts.port
+    except (HostError, ValueError):
+        origin, parts, port = "", urlsplit(""), None
+    if parts.scheme != "http" or port is None or not is_loopback_name(parts.hostname):
+        raise SettingsError(
+            f"KIT_LOCAL_PAGE_ORIGIN={value[:200]!r}: give the loopback origin of kit dev "
+            "--target fly's proxy, like http://127.0.0.1:8080, or unset it (a deployed "
+            "gateway never sets it)."
+        )
+    return origin
 
 
 class Deployed:
@@ -142,10 +177,14 @@ class Deployed:
         self.image_ref, self._etag = image, etag
         return True
 
+    def current(self) -> Bundle:
+        """The deployed bundle (the pointer's, as last read)."""
+        assert self.bundle is not None, "load() first"
+        return self.bundle
+
     def release(self) -> Release:
         """What the next sandbox starts from."""
-        assert self.bundle is not None, "load() first"
-        return release_of(self.bundle)
+        return release_of(self.current())
 
     def image(self) -> str:
         return self.image_ref

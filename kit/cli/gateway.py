@@ -30,6 +30,11 @@ variable                meaning (default)
 ``KIT_SANDBOX_ISOLATION`` mean what they mean for ``kit dev`` (:mod:`kit.cli.settings`, whose
 parsers read them). Every setting is read and checked before anything is written; SIGTERM
 or SIGINT stops the host (sockets closed with 1001, sandboxes stopped), exit 0.
+
+The chat page is served at ``/``; its ``/web/config.json`` names the bundle's ``[web]
+session_url`` (docs/web.md). ``POST /web/session`` (a session without the API token) is
+not served, except to the page of ``kit dev --target fly``'s rehearsal
+(``KIT_LOCAL_PAGE_ORIGIN``, :mod:`kit.cli.flygateway`).
 """
 
 from __future__ import annotations
@@ -51,9 +56,11 @@ from kit.cli.sandboxes import open_provider
 from kit.cli.settings import DevSettings, SettingsError, dev_settings
 from kit.cli.stack import release_of
 from kit.host import LogStore, SQLiteLogStore
+from kit.host.auth import is_loopback_name
 from kit.host.fly_sandbox import FlySandboxProvider
-from kit.host.gateway import Gateway, open_gateway, tcp_socket
+from kit.host.gateway import Gateway, GatewayConfig, open_gateway, tcp_socket
 from kit.host.s3log import S3LogStore
+from kit.host.web import WebConfig
 from kit.storage.s3io import S3Bucket
 
 DEFAULT_LISTEN = "127.0.0.1:8787"
@@ -110,6 +117,18 @@ def gateway_settings(environ: Mapping[str, str] = os.environ) -> GatewaySettings
         "${FLY_PRIVATE_IP}", _bracket_ip(environ.get("FLY_PRIVATE_IP") or "::")
     )
     host, port = _host_port(listen)
+    if environ.get("KIT_LOCAL_PAGE_ORIGIN", "").strip():
+        if fly_mode is None:
+            raise SettingsError(
+                "KIT_LOCAL_PAGE_ORIGIN is set only on the gateways of kit dev --target fly "
+                "(KIT_SANDBOX=fly); unset it."
+            )
+        if not is_loopback_name(host):
+            raise SettingsError(
+                f"KIT_LOCAL_PAGE_ORIGIN gives sessions without the API token, so only to a "
+                f"gateway on a loopback address (kit dev --target fly's), not KIT_LISTEN="
+                f"{listen!r}; unset KIT_LOCAL_PAGE_ORIGIN (a deployed gateway never has it)."
+            )
     if not common.api_key:
         raise SettingsError(
             "ANTHROPIC_API_KEY is not set; give the model key the gateway's model proxy adds "
@@ -249,6 +268,7 @@ async def serve(settings: GatewaySettings) -> None:
             proxy_dir=None if use_tcp else (settings.proxy_dir or provider.run_root),
             proxy_host=settings.proxy_host or "127.0.0.1",
             proxy_public_host=settings.proxy_public_host,
+            web=WebConfig(session_url=bundle.web_session_url),
         )
         logs = _log_store(settings)
         release = release_of(bundle)
@@ -257,6 +277,39 @@ async def serve(settings: GatewaySettings) -> None:
             await stop.wait()
             console.out(console.dim("kit gateway: stopping (closing sockets with 1001)…"))
     console.out(console.dim("kit gateway: stopped."))
+
+
+def fly_gateway_config(
+    settings: GatewaySettings, fly_settings: FlyGatewaySettings, current: Callable[[], Bundle]
+) -> GatewayConfig:
+    """The gateway's config on Fly, ``current()`` giving the deployed bundle: logs and
+    leases in the bucket, the store served from it, proxies on the private address,
+    ``fly-replay`` to a session's owner, and the chat page naming the current bundle's
+    session URL (local sessions only at ``KIT_LOCAL_PAGE_ORIGIN``, which only the
+    rehearsal sets)."""
+    common = settings.common
+    config = common.gateway_config(
+        current().egress,
+        api_token=settings.api_token,
+        upstream=(common.upstream_url, common.api_key or ""),
+        leased=True,
+        host=settings.host,
+        port=settings.port,
+        proxy_dir=None,
+        proxy_host=fly_settings.private_ip,
+        proxy_public_host=fly_settings.private_ip,
+    )
+    local = fly_settings.local_page is not None
+    return replace(
+        config,
+        served_store=fly_settings.prefixed("transcripts"),
+        # Gateways share the sandbox app: none may reap another's sandboxes at start.
+        reap_at_start=False,
+        replay_to_owner=True,
+        # Read at each request: a deploy changes the bundle under a running gateway.
+        web=WebConfig(local_sessions=local, session_url_from=lambda: current().web_session_url),
+        proxied_at=fly_settings.local_page,
+    )
 
 
 async def serve_fly(
@@ -281,24 +334,7 @@ async def serve_fly(
         await deployed.load()
         assert deployed.bundle is not None
         bundle = deployed.bundle
-        config = common.gateway_config(
-            bundle.egress,
-            api_token=settings.api_token,
-            upstream=(common.upstream_url, common.api_key or ""),
-            leased=True,
-            host=settings.host,
-            port=settings.port,
-            proxy_dir=None,
-            proxy_host=fly_settings.private_ip,
-            proxy_public_host=fly_settings.private_ip,
-        )
-        # Gateways share the sandbox app: none may reap another's sandboxes at start.
-        config = replace(
-            config,
-            served_store=fly_settings.prefixed("transcripts"),
-            reap_at_start=False,
-            replay_to_owner=True,
-        )
+        config = fly_gateway_config(settings, fly_settings, deployed.current)
         logs = S3LogStore.from_url(
             fly_settings.prefixed("logs"), owner=fly_settings.machine_id, ttl_s=common.lease_ttl_s
         )

@@ -2,8 +2,8 @@
 
 Every HTTP route needs the host's API token (:class:`~kit.host.auth.RequireToken`) except
 ``/healthz``, which says only whether the host is up, and the chat page's routes where the
-host serves the page (:mod:`kit.host.web`: its static files, and in ``kit dev`` a session
-for the host's own loopback page); a session socket authenticates with
+host serves the page (:mod:`kit.host.web`: its static files, and in ``kit dev`` and its
+Fly rehearsal a session for the host's own loopback page); a session socket authenticates with
 its ``hello`` and opens from a browser page only if the :class:`~kit.host.auth.OriginPolicy`
 allows the page's origin.
 

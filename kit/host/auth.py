@@ -11,6 +11,7 @@ upgrade passes through; what a browser may do before ``hello`` is bounded by the
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
@@ -133,6 +134,19 @@ def normalise_origin(origin: str) -> str:
     except ValueError:
         raise HostError(f"{origin!r} has a bad port") from None
     return f"{parts.scheme}://{parts.netloc.lower()}"
+
+
+def is_loopback_name(host: str | None) -> bool:
+    """Whether ``host`` (a name or address, IPv6 without brackets) is ``localhost`` or a
+    loopback address."""
+    if host is None:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def loopback_hosts(host: str, port: int) -> list[str]:

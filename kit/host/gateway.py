@@ -42,8 +42,14 @@ field                    ``kit gateway`` setting  default
                                                   its loopback names)
 ``graceful_s``           none                     5 s: how long the HTTP server waits for
                                                   requests in flight when it stops
-``web``                  none                     None: no chat page; ``kit dev`` serves it
-                                                  with local sessions (:mod:`kit.host.web`)
+``web``                  bundle ``[web]``         None: no chat page. ``kit dev`` serves it
+                         ``session_url``          with local sessions (:mod:`kit.host.web`),
+                                                  ``kit gateway`` with the bundle's session
+                                                  URL (on Fly: the current bundle's)
+``proxied_at``           ``KIT_LOCAL_PAGE_``      None; a loopback origin a local proxy
+                         ``ORIGIN`` (Fly mode)    serves the host at (``kit dev --target
+                                                  fly``): pages from it are of the host's
+                                                  own origin. Needs a loopback ``host``
 ``reap_at_start``        none                     True: before recovery, stop every sandbox
                                                   the provider still runs (a host that died
                                                   left it); off where gateways share one
@@ -65,12 +71,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import uvicorn
 from starlette.applications import Starlette
 
 from kit.host.app import WS_MAX_BYTES, create_app
-from kit.host.auth import OriginPolicy, loopback_hosts
+from kit.host.auth import OriginPolicy, is_loopback_name, loopback_hosts, normalise_origin
 from kit.host.edge import EdgeConfig, EdgeLimits
 from kit.host.egress import EgressProxy
 from kit.host.errors import HostError
@@ -130,7 +137,16 @@ class GatewayConfig:
     machine id) instead of being accepted."""
     web: WebConfig | None = None
     """The chat page at ``/`` (:mod:`kit.host.web`); None: no page. ``kit dev`` serves it
-    with local sessions (``POST /web/session``); ``kit gateway`` does not yet."""
+    with local sessions (``POST /web/session``); ``kit gateway`` with the session URL of
+    its bundle's ``[web] session_url`` (the Fly gateway: of the deployed bundle, followed
+    as the deploy pointer changes), and local sessions only in ``kit dev --target fly``'s
+    rehearsal (with ``proxied_at``)."""
+    proxied_at: str | None = None
+    """A loopback origin (``http://127.0.0.1:PORT``) where a local proxy serves this host,
+    as ``kit dev --target fly``'s emulated Fly proxy does: a page loaded from it is of the
+    host's own origin (it may open session sockets and, with local sessions, get
+    sessions), besides the loopback names of the address the host listens on. Only for a
+    host listening on a loopback address (:class:`HostError` otherwise)."""
     served_store: str | None = None
     """The host's own transcript store (a URL ``open_store`` takes, e.g. ``s3://…``) served
     to sandboxes over HTTP (``kit+http://``, :mod:`kit.host.store_routes`) in place of
@@ -206,12 +222,29 @@ def _bracket(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
 
-def _origin_policy(allowed: Sequence[str], sock: socket.socket) -> OriginPolicy:
+def _origin_policy(
+    allowed: Sequence[str], sock: socket.socket, proxied_at: str | None = None
+) -> OriginPolicy:
     """Browser pages may open session sockets from the host's own origin and ``allowed``.
-    On a loopback address the own origin is one of its loopback names, not whatever
-    ``Host`` a page sends (a DNS-rebinding page names its own host)."""
+    On a loopback address the own origin is one of its loopback names (and those of the
+    loopback origin ``proxied_at`` a local proxy serves it at), not whatever ``Host`` a
+    page sends (a DNS-rebinding page names its own host)."""
     address, port = sock.getsockname()[:2]
-    own = loopback_hosts(address, port) if ipaddress.ip_address(address).is_loopback else None
+    if not ipaddress.ip_address(address).is_loopback:
+        if proxied_at is not None:
+            raise HostError(
+                f"The host is proxied at {proxied_at} but listens on {address}: only a host "
+                "on a loopback address is served by a local proxy; listen on 127.0.0.1."
+            )
+        return OriginPolicy(allowed, own=None)
+    own = loopback_hosts(address, port)
+    if proxied_at is not None:
+        front = urlsplit(normalise_origin(proxied_at))
+        if front.scheme != "http" or front.port is None or not is_loopback_name(front.hostname):
+            raise HostError(
+                f"proxied_at {proxied_at!r} is not a loopback origin like http://127.0.0.1:8080."
+            )
+        own += loopback_hosts(front.hostname or "", front.port)
     return OriginPolicy(allowed, own=own)
 
 
@@ -318,7 +351,7 @@ async def open_gateway(
         app = create_app(
             host,
             api_token=config.api_token,
-            origins=_origin_policy(config.allowed_origins, sock),
+            origins=_origin_policy(config.allowed_origins, sock, config.proxied_at),
             replay_to_owner=config.replay_to_owner,
             web=config.web,
         )

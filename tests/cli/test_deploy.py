@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from emulator.fly_api import InProcessRunner, Served, serve
+from kit.cli.flydev import LOCAL_PAGE_VARIABLE
 from tests.conftest import serve_on_loopback
 from tests.deploy.test_fly_apply import healthy_app
 from tests.kitproc import spawn_kit
@@ -77,6 +78,8 @@ async def test_deploy_plans_applies_does_nothing_twice_and_destroys(
     assert f"https://{APP}.fly.dev" in out
     gateways = [m for m in fly_api.backend.machines.values() if m.app == APP]
     assert len(gateways) == 2
+    # Only the rehearsal's gateways hand the page sessions without the API token.
+    assert all(LOCAL_PAGE_VARIABLE not in m.config["env"] for m in gateways)
     assert (kit_tmp / "state" / f"fly-{APP}.json").stat().st_mode & 0o777 == 0o600
     code, out, err = await _kit("deploy", *args, env=env)
     assert code == 0, err

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -24,14 +25,17 @@ from kit.bundle.limits import DEFAULT_LIMITS
 from kit.cli.settings import EXAMPLE_PROJECT
 from kit.host import Release, SQLiteLogStore
 from kit.host import gateway as gateway_module
-from kit.host.gateway import GatewayConfig, open_gateway, store_urls
+from kit.host.errors import HostError
+from kit.host.gateway import Gateway, GatewayConfig, open_gateway, store_urls, tcp_socket
 from kit.host.s3log import S3LogStore
 from kit.host.sandbox import Endpoint, SandboxSpec
+from kit.host.web import WebConfig
 from kit.ids import SessionId, new_session_id
 from kit.storage import StoreError, open_store
 from kit.storage.s3 import unique_prefix
 from kit.storage.s3io import S3Bucket
 from tests.conftest import BUCKET, serve_on_loopback
+from tests.host.test_auth import _upgrade
 from tests.loopback import echo_server
 
 MODEL_KEY = "sk-ant-gateway-test"
@@ -275,3 +279,77 @@ async def test_a_socket_for_a_session_another_gateway_holds_is_replayed_there(
         # let in, the socket's hello then says where the session is.
         fell_back = await _upgrade_head(b.url, session_id, "fly-replay-failed: reason=timeout\r\n")
         assert fell_back.startswith(b"HTTP/1.1 101")
+
+
+def _gateway_at(
+    host: str, config: GatewayConfig, kit_tmp: Path
+) -> contextlib.AbstractAsyncContextManager[Gateway]:
+    """A gateway of local sandboxes listening on ``host`` (a free port)."""
+    provider, logs, release = _parts(kit_tmp)
+    return open_gateway(config, provider, logs, lambda: release, sock=tcp_socket(host, 0))
+
+
+FRONT_PORT = 41234
+"""The port of the loopback proxy a rehearsal's gateway is reached through (only its
+headers matter here: the proxy passes Host and Origin on as the browser sent them)."""
+
+
+async def test_a_gateway_behind_a_loopback_proxy_serves_its_page_there_only(
+    model_url: str, kit_tmp: Path
+) -> None:
+    """A gateway on its own loopback address (a ``kit dev --target fly`` machine) with
+    ``proxied_at`` the proxy's loopback origin: a same-origin request of a page loaded
+    from the proxy gets a session without the API token, and its socket opens; a page of
+    another site (CSRF), a name rebound to 127.0.0.1, another local port, or a request
+    without Origin gets 403 and no session. Without ``proxied_at`` the proxy's page gets
+    none either."""
+    front = f"127.0.0.1:{FRONT_PORT}"
+    cases = [
+        ({"origin": f"http://{front}", "host": front, "sec-fetch-site": "same-origin"}, 201),
+        ({"origin": f"http://localhost:{FRONT_PORT}", "host": f"localhost:{FRONT_PORT}"}, 201),
+        ({"origin": "https://evil.example", "host": front}, 403),
+        (
+            {"origin": f"http://evil.example:{FRONT_PORT}", "host": f"evil.example:{FRONT_PORT}"},
+            403,
+        ),
+        ({"origin": "http://127.0.0.1:1", "host": front}, 403),
+        ({"origin": f"http://{front}", "host": front, "sec-fetch-site": "cross-site"}, 403),
+        ({"host": front}, 403),
+    ]
+    for proxied_at in (f"http://{front}", None):
+        config = _config(
+            model_url, kit_tmp, web=WebConfig(local_sessions=True), proxied_at=proxied_at
+        )
+        async with (
+            _gateway_at("127.0.0.2", config, kit_tmp) as gateway,
+            httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT_S) as http,
+        ):
+            for headers, status in cases:
+                before = len(await gateway.host.session_ids())
+                answer = await http.post("/web/session", headers=headers)
+                want = status if proxied_at else 403
+                assert answer.status_code == want, (proxied_at, headers, answer.text)
+                made = len(await gateway.host.session_ids()) - before
+                assert made == (1 if want == 201 else 0)
+                if want == 201:
+                    body = answer.json()
+                    assert body["ws_url"].startswith(f"ws://{headers['host']}/v1/sessions/")
+                    path = f"/v1/sessions/{body['session_id']}/ws"
+                    page = {"Host": headers["host"], "Origin": headers["origin"]}
+                    assert (await _upgrade(gateway.url, path, page))[0] == 101
+                else:
+                    assert answer.json()["error"] == "forbidden_origin"
+
+
+async def test_a_proxied_gateway_must_be_on_loopback(model_url: str, kit_tmp: Path) -> None:
+    """``proxied_at`` is refused, naming the fix, for a gateway not on a loopback address
+    and for an origin that is not a loopback one."""
+    for host, proxied_at, needle in [
+        ("0.0.0.0", "http://127.0.0.1:8080", "listen on 127.0.0.1"),
+        ("127.0.0.1", "https://kit.fly.dev", "not a loopback origin"),
+        ("127.0.0.1", "http://127.0.0.1", "not a loopback origin"),
+    ]:
+        config = _config(model_url, kit_tmp, proxied_at=proxied_at)
+        with pytest.raises(HostError, match=needle):
+            async with _gateway_at(host, config, kit_tmp):
+                raise AssertionError("the gateway started")
