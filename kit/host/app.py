@@ -162,7 +162,7 @@ def create_app(
                 {"error": e.SHUTTING_DOWN, "message": "The host is shutting down."}, status_code=503
             )
         new = await host.create_session()
-        scheme = "wss" if request.url.scheme == "https" else "ws"
+        scheme = "wss" if _reached_over_tls(request) else "ws"
         ws_url = f"{scheme}://{request.url.netloc}/v1/sessions/{new.session_id}/ws"
         return JSONResponse(
             {"session_id": new.session_id, "token": new.token, "ws_url": ws_url}, status_code=201
@@ -427,3 +427,12 @@ async def _replay(client: ClientSocket, after_seq: int, writer: asyncio.Task[Non
             conn.send_event(event, replay=True)
         session.subscribe(client)
         conn.go_live()
+
+
+def _reached_over_tls(request: Request) -> bool:
+    """Whether the client reached the host over TLS: directly, or through a proxy that ends
+    TLS and says so in ``X-Forwarded-Proto`` (Fly's proxy; uvicorn trusts the header only
+    from loopback peers, and Fly's proxy is not one). A client that claims https falsely
+    only gets a ``wss://`` URL it cannot use itself."""
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return request.url.scheme == "https" or forwarded == "https"

@@ -353,3 +353,28 @@ async def test_a_proxied_gateway_must_be_on_loopback(model_url: str, kit_tmp: Pa
         with pytest.raises(HostError, match=needle):
             async with _gateway_at(host, config, kit_tmp):
                 raise AssertionError("the gateway started")
+
+
+async def test_a_session_reached_through_a_tls_proxy_gets_a_wss_url(
+    model_url: str, kit_tmp: Path
+) -> None:
+    """Behind a proxy that ends TLS (Fly's: not a loopback peer, so uvicorn ignores its
+    forwarded headers), a new session's ``ws_url`` is ``wss://`` when ``X-Forwarded-Proto``
+    says https (an https page could not open a ``ws://`` socket), ``ws://`` otherwise."""
+    config = _config(model_url, kit_tmp)
+    peer = httpx.AsyncHTTPTransport(local_address="127.0.0.3")  # not uvicorn's trusted peer
+    auth = {"authorization": f"Bearer {API_TOKEN}"}
+    async with (
+        _gateway_at("127.0.0.2", config, kit_tmp) as gateway,
+        httpx.AsyncClient(base_url=gateway.url, transport=peer, timeout=TIMEOUT_S) as http,
+    ):
+        for proto, scheme in (
+            ("https", "wss"),
+            ("https, http", "wss"),
+            ("http", "ws"),
+            (None, "ws"),
+        ):
+            headers = auth if proto is None else {**auth, "x-forwarded-proto": proto}
+            answer = await http.post("/v1/sessions", headers=headers)
+            assert answer.status_code == 201, answer.text
+            assert answer.json()["ws_url"].startswith(f"{scheme}://"), (proto, answer.text)
