@@ -63,6 +63,25 @@ function writeJSON(storage, key, value) {
   }
 }
 
+/** Drop the stored logs of every session but `keep`: they are copies (a reload replays the
+ * rest from the host), a token is not. */
+function dropOtherLogs(keep) {
+  const others = [];
+  for (let i = 0; i < localStorage.length; i++) {
+    const key = localStorage.key(i) ?? "";
+    if (key.startsWith("kit:log:") && key !== keys.log(keep)) others.push(key);
+  }
+  for (const key of others) localStorage.removeItem(key);
+}
+
+/** Write `value` at `key` of localStorage for session `id`; when the storage is full (other
+ * sessions' logs fill it), again after dropping those logs. False when it still fails. */
+function store(id, key, value) {
+  if (writeJSON(localStorage, key, value)) return true;
+  dropOtherLogs(id);
+  return writeJSON(localStorage, key, value);
+}
+
 /**
  * Forget, with their tokens and logs, the sessions this browser has not used for
  * FORGET_AFTER_MS and all but the KEEP_SESSIONS used last, except `current`: a session
@@ -599,7 +618,7 @@ class Chat {
     clearTimeout(this.saveTimer);
     this.saveTimer = null;
     const key = keys.log(this.session.session_id);
-    if (!writeJSON(localStorage, key, { last_seq: this.view.lastSeq, events: this.view.kept() })) {
+    if (!store(this.session.session_id, key, { last_seq: this.view.lastSeq, events: this.view.kept() })) {
       localStorage.removeItem(key); // a reload then replays everything from the host
     }
     this.saveUnconfirmed();
@@ -641,22 +660,20 @@ async function newSession() {
   const answer = await fetch(config.session_url, { method: "POST", credentials: "include" });
   const body = await answer.json().catch(() => ({}));
   if (!answer.ok) throw new Error(body.message ?? `The host answered ${answer.status}.`);
-  writeJSON(localStorage, keys.session(body.session_id), {
-    session_id: body.session_id,
-    token: body.token,
-    ws_url: body.ws_url,
-    used_at: Date.now(),
-  });
-  history.replaceState(null, "", `#s=${body.session_id}`);
-  return body.session_id;
+  const session = { session_id: body.session_id, token: body.token, ws_url: body.ws_url, used_at: Date.now() };
+  // Kept even when the storage is full (other sessions' logs dropped first); failing that,
+  // this page still talks to it, and only a reload would lose it.
+  store(session.session_id, keys.session(session.session_id), session);
+  history.replaceState(null, "", `#s=${session.session_id}`);
+  return session;
 }
 
 let chat = null; // the Chat, once the page has a session
 let starting = false; // creating a session for the first message
 
-/** The page joins session `id` (its token in this browser's storage); null when it cannot. */
-function join(id) {
-  const session = readJSON(localStorage, keys.session(id));
+/** The page joins session `id` (its token in this browser's storage, or `session` just
+ * made); null when it cannot. */
+function join(id, session = readJSON(localStorage, keys.session(id))) {
   if (!session?.token) {
     showBanner(
       "This browser has no token for that session (it was opened in another browser, or not used for 30 days and forgotten).",
@@ -666,7 +683,7 @@ function join(id) {
     return null;
   }
   session.used_at = Date.now();
-  writeJSON(localStorage, keys.session(id), session);
+  store(id, keys.session(id), session);
   const joined = new Chat(session);
   window.kitChat = joined; // for the browser tests and the curious
   addEventListener("pagehide", () => joined.save());
@@ -694,9 +711,9 @@ async function submit() {
   starting = true;
   ui.send.disabled = true;
   ui.status.textContent = "Starting a session…";
-  let id;
+  let session;
   try {
-    id = await newSession();
+    session = await newSession();
   } catch (err) {
     showComposerError(`Could not start a session: ${err.message}`);
     return;
@@ -706,7 +723,7 @@ async function submit() {
     ui.status.textContent = "";
   }
   showComposerError(null);
-  chat = join(id);
+  chat = join(session.session_id, session);
   if (chat?.say(text)) ui.input.value = "";
 }
 

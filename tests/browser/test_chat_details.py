@@ -147,3 +147,49 @@ async def test_the_browser_forgets_sessions_unused_for_30_days(
     assert logs <= sessions
     assert "orphan" not in logs
     await _answered(page, "echo still here", "You said: echo still here")
+
+
+async def test_a_storage_filled_by_other_sessions_logs_still_takes_a_new_session(
+    chat_stack: Stack, page: Page
+) -> None:
+    """When other sessions' logs fill the browser's storage (a long session with large tool
+    outputs), the first Send still gets its answer: the new session's token is kept, after
+    dropping those logs (copies of what the host holds), never their tokens; a reload shows
+    the conversation. (The token's write failed silently and the page said it had no token.)"""
+    await _open(page, chat_stack.url)
+    filled = await page.evaluate(
+        """() => {
+            const other = "00000000-0000-4000-8000-000000000000";
+            localStorage.setItem(`kit:session:${other}`, JSON.stringify({
+                session_id: other, token: "kit-session-x", ws_url: "ws://127.0.0.1:9/",
+                used_at: Date.now()}));
+            let log = "", chunk = "x".repeat(1 << 20);
+            for (let i = 0; i < 64 && chunk.length >= 16; i++) {
+                try {
+                    localStorage.setItem(`kit:log:${other}`, log + chunk);
+                    log += chunk;
+                } catch {
+                    chunk = chunk.slice(chunk.length / 2);
+                }
+            }
+            try {
+                localStorage.setItem("kit:probe", "x".repeat(64));
+                return false;
+            } catch {
+                return true;
+            }
+        }"""
+    )
+    assert filled, "the test could not fill the storage"
+    await _answered(page, "echo in a full storage", "You said: echo in a full storage")
+    await _turn_done(page)
+    current = page.url.rsplit("#s=", 1)[1]
+    kept = await page.evaluate("Object.keys(localStorage).sort()")
+    assert f"kit:session:{current}" in kept
+    assert "kit:session:00000000-0000-4000-8000-000000000000" in kept
+    assert "kit:log:00000000-0000-4000-8000-000000000000" not in kept
+    await page.reload()
+    await expect(page.locator(".msg.assistant .body")).to_have_text(
+        ["You said: echo in a full storage"]
+    )
+    await _answered(page, "echo still here", "You said: echo still here")
