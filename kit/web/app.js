@@ -151,6 +151,7 @@ class Conversation {
     this.root = root;
     this.onRetry = onRetry;
     this.reset();
+    addEventListener("scroll", () => (this.atBottom = this.nearBottom()), { passive: true });
   }
 
   reset() {
@@ -163,9 +164,13 @@ class Conversation {
     this.streaming = null; // {node, text, turn}
     this.streamTimer = null; // a render of the streamed text, waiting
     this.tools = new Map(); // tool_use id -> card
+    this.running = new Set(); // cards of tool calls with no result yet
     this.pending = new Map(); // client_msg_id -> node of a message not yet confirmed
     this.sandbox = "";
     this.store = "";
+    this.atBottom = true; // whether the view was at the bottom when it last scrolled
+    this.followFrame = 0; // a scroll to the bottom, waiting for the next frame
+    this.forceFollow = false; // that scroll is for the reader's own message
   }
 
   nearBottom() {
@@ -173,11 +178,29 @@ class Conversation {
     return s.scrollHeight - s.scrollTop - s.clientHeight < 80;
   }
 
-  /** Add `node`; follow it to the bottom if the reader was there (or `follow`): a reader
+  /** Add `node`; follow it to the bottom if the reader was there (or `force`): a reader
    * who scrolled up to read stays where they are. */
-  append(node, follow = this.nearBottom()) {
+  append(node, force = false) {
     this.root.append(node);
-    if (follow) this.toBottom();
+    this.follow(force);
+  }
+
+  /**
+   * Scroll to the bottom at the next frame if the view was there when it last scrolled (or
+   * `force`: the reader's own message). Where the reader is comes from scroll events, not
+   * from measuring the page after each event: a layout per event made showing a long
+   * conversation quadratic (10 000 stored events took minutes to load).
+   */
+  follow(force = false) {
+    // A scroll event still due (the reader's scroll up, just before they sent) must not undo
+    // a forced follow: it is kept apart from atBottom until the frame.
+    this.forceFollow ||= force;
+    if (!(this.atBottom || this.forceFollow) || this.followFrame) return;
+    this.followFrame = requestAnimationFrame(() => {
+      this.followFrame = 0;
+      if (this.atBottom || this.forceFollow) this.toBottom();
+      this.forceFollow = false;
+    });
   }
 
   /** To the very bottom of the page (the composer below the conversation included). */
@@ -211,9 +234,8 @@ class Conversation {
     const note = document.createElement("p");
     note.className = "note refused";
     note.textContent = `Not sent: ${why}`;
-    const follow = this.nearBottom();
     node.after(note);
-    if (follow) this.toBottom();
+    this.follow();
   }
 
   showPending(id, text) {
@@ -302,12 +324,14 @@ class Conversation {
     output.hidden = true;
     card.append(summary, input, output);
     if (data.id) this.tools.set(data.id, card);
+    this.running.add(card);
     this.append(card);
   }
 
   on_tool_result(data) {
     const card = this.tools.get(data.tool_use_id);
     if (!card) return;
+    this.running.delete(card);
     card.classList.remove("running");
     card.classList.add(data.is_error ? "failed" : "done");
     card.querySelector(".tool-state").textContent = data.is_error ? "error" : "done";
@@ -379,10 +403,11 @@ class Conversation {
 
   /** Tool calls that will get no result: their sandbox went away, or their turn ended. */
   abandonTools(why) {
-    for (const card of this.root.querySelectorAll("details.tool.running")) {
+    for (const card of this.running) {
       card.classList.replace("running", "interrupted");
       card.querySelector(".tool-state").textContent = why;
     }
+    this.running.clear();
   }
 
   endTurn(turn) {
@@ -417,7 +442,6 @@ class Conversation {
   renderInto(node, markdown) {
     this.renders = (this.renders ?? 0) + 1; // counted for the browser tests
     const body = node.querySelector(".body");
-    const follow = this.nearBottom(); // the text grows the page: stay at the bottom
     try {
       body.replaceChildren(renderMarkdown(markdown, copyText));
     } catch (exc) {
@@ -425,7 +449,7 @@ class Conversation {
       console.warn("markdown rendering failed; shown as text", exc);
       body.textContent = markdown;
     }
-    if (follow) this.toBottom();
+    this.follow(); // the text grows the page: stay at the bottom
   }
 
   /** Events worth keeping for a reload: text deltas only of turns still open. */
