@@ -44,7 +44,9 @@ function destination(href) {
  * A link to `raw` labelled `label`, or null when `raw` is not a safe URL. A label is the
  * model's to choose, so `[https://your-bank.example](https://elsewhere.example)` would lie:
  * unless the label's text is the URL itself, the destination follows it, as text, and the
- * whole URL is the link's title.
+ * whole URL is the link's title. A URL that is its own text lies too when it names a user
+ * (`https://your-bank.example@elsewhere.example/`) or holds other than printable ASCII (a
+ * look-alike host, a right-to-left override): its destination follows it as well.
  */
 function link(label, raw) {
   const href = safeHref(raw);
@@ -55,7 +57,9 @@ function link(label, raw) {
   a.target = "_blank";
   a.rel = "noopener noreferrer nofollow";
   const shown = a.textContent.trim();
-  if (shown === raw.trim() || shown === href) return a;
+  const url = new URL(href);
+  const plain = url.username === "" && url.password === "" && /^[\x21-\x7e]*$/.test(shown);
+  if (plain && (shown === raw.trim() || shown === href)) return a;
   const where = el("span", text(` (${destination(href)})`));
   where.className = "link-dest";
   return el("span", a, where);

@@ -227,3 +227,29 @@ async def test_a_long_stored_conversation_shows_at_once(chat_stack: Stack, page:
     await expect(page.locator("details.tool.done")).to_have_count(1_200)
     last = page.locator(".msg.assistant", has_text="The answer to 1199:")
     await expect(last).to_be_in_viewport()
+
+
+async def test_a_url_that_hides_where_it_goes_says_where_it_goes(
+    chat_stack: Stack, page: Page
+) -> None:
+    """A URL shown as its own text still says where it goes when the text misleads: a user
+    name before the host (``https://bank.example@evil.example/``), a look-alike host in
+    another script, a right-to-left override; the destination is set apart from the text
+    around it, so an override cannot reorder it. A plain URL says nothing more."""
+    await _open(page, chat_stack.url)
+    await _answered(
+        page,
+        "echo <https://bank.example@evil.example/> and https://\u0430pple.example/ and"
+        " https://evil.example/\u202eelpmaxe.knab and https://plain.example/ok and"
+        " \u202e[moc](https://moc.knab.example/)",
+        "You said: echo",
+    )
+    body = page.locator(".msg.assistant .body")
+    await expect(body.locator(".link-dest")).to_have_text(
+        [" (evil.example)", " (xn--pple-43d.example)", " (evil.example)", " (moc.knab.example)"]
+    )
+    await expect(body.locator("a", has_text="https://plain.example/ok")).to_have_count(1)
+    isolated = await body.locator("a, .link-dest").evaluate_all(
+        "nodes => nodes.map((node) => getComputedStyle(node).unicodeBidi)"
+    )
+    assert set(isolated) == {"isolate"}
