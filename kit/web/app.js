@@ -157,6 +157,7 @@ class Conversation {
   reset() {
     this.cancelStreamRender();
     this.root.replaceChildren();
+    this.root.removeAttribute("aria-busy");
     this.lastSeq = 0;
     this.events = [];
     this.openTurns = new Set();
@@ -270,6 +271,9 @@ class Conversation {
     if (!this.streaming) {
       const node = this.message("assistant streaming", "Agent");
       this.streaming = { node, text: "", turn };
+      // The log is a live region: re-rendered every 50 ms, the growing text would be read
+      // out again each time. Busy, a screen reader waits for the final text.
+      this.root.setAttribute("aria-busy", "true");
       this.append(node);
     }
     this.streaming.text += data.text ?? "";
@@ -295,6 +299,7 @@ class Conversation {
     if (this.streaming) {
       node = this.streaming.node;
       this.streaming = null;
+      this.root.removeAttribute("aria-busy");
     } else {
       node = this.message("assistant", "Agent");
       this.append(node);
@@ -429,6 +434,7 @@ class Conversation {
       this.streaming.node.remove();
     }
     this.streaming = null;
+    this.root.removeAttribute("aria-busy");
   }
 
   note(text, kind) {
