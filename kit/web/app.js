@@ -151,7 +151,6 @@ class Conversation {
     this.root = root;
     this.onRetry = onRetry;
     this.reset();
-    addEventListener("scroll", () => (this.atBottom = this.nearBottom()), { passive: true });
   }
 
   reset() {
@@ -169,9 +168,8 @@ class Conversation {
     this.pending = new Map(); // client_msg_id -> node of a message not yet confirmed
     this.sandbox = "";
     this.store = "";
-    this.atBottom = true; // whether the view was at the bottom when it last scrolled
-    this.followFrame = 0; // a scroll to the bottom, waiting for the next frame
-    this.forceFollow = false; // that scroll is for the reader's own message
+    this.following = null; // this frame's changes: whether the view follows them (null: none yet)
+    this.forceFollow = false; // the reader's own message: it does
   }
 
   nearBottom() {
@@ -182,24 +180,23 @@ class Conversation {
   /** Add `node`; follow it to the bottom if the reader was there (or `force`): a reader
    * who scrolled up to read stays where they are. */
   append(node, force = false) {
+    this.willChange(force);
     this.root.append(node);
-    this.follow(force);
   }
 
   /**
-   * Scroll to the bottom at the next frame if the view was there when it last scrolled (or
-   * `force`: the reader's own message). Where the reader is comes from scroll events, not
-   * from measuring the page after each event: a layout per event made showing a long
-   * conversation quadratic (10 000 stored events took minutes to load).
+   * Call before changing what the view shows: the view follows this frame's changes to the
+   * bottom, at the next frame, if the reader was at the bottom before the first of them (or
+   * `force`: the reader's own message). Measured once a frame, not once an event: a layout
+   * per event made showing a long conversation quadratic (10 000 events took minutes).
    */
-  follow(force = false) {
-    // A scroll event still due (the reader's scroll up, just before they sent) must not undo
-    // a forced follow: it is kept apart from atBottom until the frame.
-    this.forceFollow ||= force;
-    if (!(this.atBottom || this.forceFollow) || this.followFrame) return;
-    this.followFrame = requestAnimationFrame(() => {
-      this.followFrame = 0;
-      if (this.atBottom || this.forceFollow) this.toBottom();
+  willChange(force = false) {
+    if (force) this.forceFollow = true;
+    if (this.following !== null) return;
+    this.following = this.nearBottom();
+    requestAnimationFrame(() => {
+      if (this.following || this.forceFollow) this.toBottom();
+      this.following = null;
       this.forceFollow = false;
     });
   }
@@ -235,8 +232,8 @@ class Conversation {
     const note = document.createElement("p");
     note.className = "note refused";
     note.textContent = `Not sent: ${why}`;
+    this.willChange();
     node.after(note);
-    this.follow();
   }
 
   showPending(id, text) {
@@ -448,6 +445,7 @@ class Conversation {
   renderInto(node, markdown) {
     this.renders = (this.renders ?? 0) + 1; // counted for the browser tests
     const body = node.querySelector(".body");
+    this.willChange(); // the text grows the page: the view stays at the bottom
     try {
       body.replaceChildren(renderMarkdown(markdown, copyText));
     } catch (exc) {
@@ -455,7 +453,6 @@ class Conversation {
       console.warn("markdown rendering failed; shown as text", exc);
       body.textContent = markdown;
     }
-    this.follow(); // the text grows the page: stay at the bottom
   }
 
   /** Events worth keeping for a reload: text deltas only of turns still open. */
