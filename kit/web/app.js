@@ -63,6 +63,25 @@ function writeJSON(storage, key, value) {
   }
 }
 
+/** Drop the stored logs of every session but `keep`: they are copies (a reload replays the
+ * rest from the host), a token is not. */
+function dropOtherLogs(keep) {
+  const others = [];
+  for (let i = 0; i < localStorage.length; i++) {
+    const key = localStorage.key(i) ?? "";
+    if (key.startsWith("kit:log:") && key !== keys.log(keep)) others.push(key);
+  }
+  for (const key of others) localStorage.removeItem(key);
+}
+
+/** Write `value` at `key` of localStorage for session `id`; when the storage is full (other
+ * sessions' logs fill it), again after dropping those logs. False when it still fails. */
+function store(id, key, value) {
+  if (writeJSON(localStorage, key, value)) return true;
+  dropOtherLogs(id);
+  return writeJSON(localStorage, key, value);
+}
+
 /**
  * Forget, with their tokens and logs, the sessions this browser has not used for
  * FORGET_AFTER_MS and all but the KEEP_SESSIONS used last, except `current`: a session
@@ -137,6 +156,7 @@ class Conversation {
   reset() {
     this.cancelStreamRender();
     this.root.replaceChildren();
+    this.root.removeAttribute("aria-busy");
     this.lastSeq = 0;
     this.events = [];
     this.openTurns = new Set();
@@ -144,9 +164,12 @@ class Conversation {
     this.streaming = null; // {node, text, turn}
     this.streamTimer = null; // a render of the streamed text, waiting
     this.tools = new Map(); // tool_use id -> card
+    this.running = new Set(); // cards of tool calls with no result yet
     this.pending = new Map(); // client_msg_id -> node of a message not yet confirmed
     this.sandbox = "";
     this.store = "";
+    this.following = null; // this frame's changes: whether the view follows them (null: none yet)
+    this.forceFollow = false; // the reader's own message: it does
   }
 
   nearBottom() {
@@ -154,11 +177,28 @@ class Conversation {
     return s.scrollHeight - s.scrollTop - s.clientHeight < 80;
   }
 
-  /** Add `node`; follow it to the bottom if the reader was there (or `follow`): a reader
+  /** Add `node`; follow it to the bottom if the reader was there (or `force`): a reader
    * who scrolled up to read stays where they are. */
-  append(node, follow = this.nearBottom()) {
+  append(node, force = false) {
+    this.willChange(force);
     this.root.append(node);
-    if (follow) this.toBottom();
+  }
+
+  /**
+   * Call before changing what the view shows: the view follows this frame's changes to the
+   * bottom, at the next frame, if the reader was at the bottom before the first of them (or
+   * `force`: the reader's own message). Measured once a frame, not once an event: a layout
+   * per event made showing a long conversation quadratic (10 000 events took minutes).
+   */
+  willChange(force = false) {
+    if (force) this.forceFollow = true;
+    if (this.following !== null) return;
+    this.following = this.nearBottom();
+    requestAnimationFrame(() => {
+      if (this.following || this.forceFollow) this.toBottom();
+      this.following = null;
+      this.forceFollow = false;
+    });
   }
 
   /** To the very bottom of the page (the composer below the conversation included). */
@@ -192,9 +232,8 @@ class Conversation {
     const note = document.createElement("p");
     note.className = "note refused";
     note.textContent = `Not sent: ${why}`;
-    const follow = this.nearBottom();
+    this.willChange();
     node.after(note);
-    if (follow) this.toBottom();
   }
 
   showPending(id, text) {
@@ -229,6 +268,9 @@ class Conversation {
     if (!this.streaming) {
       const node = this.message("assistant streaming", "Agent");
       this.streaming = { node, text: "", turn };
+      // The log is a live region: re-rendered every 50 ms, the growing text would be read
+      // out again each time. Busy, a screen reader waits for the final text.
+      this.root.setAttribute("aria-busy", "true");
       this.append(node);
     }
     this.streaming.text += data.text ?? "";
@@ -254,6 +296,7 @@ class Conversation {
     if (this.streaming) {
       node = this.streaming.node;
       this.streaming = null;
+      this.root.removeAttribute("aria-busy");
     } else {
       node = this.message("assistant", "Agent");
       this.append(node);
@@ -283,12 +326,14 @@ class Conversation {
     output.hidden = true;
     card.append(summary, input, output);
     if (data.id) this.tools.set(data.id, card);
+    this.running.add(card);
     this.append(card);
   }
 
   on_tool_result(data) {
     const card = this.tools.get(data.tool_use_id);
     if (!card) return;
+    this.running.delete(card);
     card.classList.remove("running");
     card.classList.add(data.is_error ? "failed" : "done");
     card.querySelector(".tool-state").textContent = data.is_error ? "error" : "done";
@@ -360,10 +405,11 @@ class Conversation {
 
   /** Tool calls that will get no result: their sandbox went away, or their turn ended. */
   abandonTools(why) {
-    for (const card of this.root.querySelectorAll("details.tool.running")) {
+    for (const card of this.running) {
       card.classList.replace("running", "interrupted");
       card.querySelector(".tool-state").textContent = why;
     }
+    this.running.clear();
   }
 
   endTurn(turn) {
@@ -385,6 +431,7 @@ class Conversation {
       this.streaming.node.remove();
     }
     this.streaming = null;
+    this.root.removeAttribute("aria-busy");
   }
 
   note(text, kind) {
@@ -398,7 +445,7 @@ class Conversation {
   renderInto(node, markdown) {
     this.renders = (this.renders ?? 0) + 1; // counted for the browser tests
     const body = node.querySelector(".body");
-    const follow = this.nearBottom(); // the text grows the page: stay at the bottom
+    this.willChange(); // the text grows the page: the view stays at the bottom
     try {
       body.replaceChildren(renderMarkdown(markdown, copyText));
     } catch (exc) {
@@ -406,7 +453,6 @@ class Conversation {
       console.warn("markdown rendering failed; shown as text", exc);
       body.textContent = markdown;
     }
-    if (follow) this.toBottom();
   }
 
   /** Events worth keeping for a reload: text deltas only of turns still open. */
@@ -599,7 +645,7 @@ class Chat {
     clearTimeout(this.saveTimer);
     this.saveTimer = null;
     const key = keys.log(this.session.session_id);
-    if (!writeJSON(localStorage, key, { last_seq: this.view.lastSeq, events: this.view.kept() })) {
+    if (!store(this.session.session_id, key, { last_seq: this.view.lastSeq, events: this.view.kept() })) {
       localStorage.removeItem(key); // a reload then replays everything from the host
     }
     this.saveUnconfirmed();
@@ -641,22 +687,20 @@ async function newSession() {
   const answer = await fetch(config.session_url, { method: "POST", credentials: "include" });
   const body = await answer.json().catch(() => ({}));
   if (!answer.ok) throw new Error(body.message ?? `The host answered ${answer.status}.`);
-  writeJSON(localStorage, keys.session(body.session_id), {
-    session_id: body.session_id,
-    token: body.token,
-    ws_url: body.ws_url,
-    used_at: Date.now(),
-  });
-  history.replaceState(null, "", `#s=${body.session_id}`);
-  return body.session_id;
+  const session = { session_id: body.session_id, token: body.token, ws_url: body.ws_url, used_at: Date.now() };
+  // Kept even when the storage is full (other sessions' logs dropped first); failing that,
+  // this page still talks to it, and only a reload would lose it.
+  store(session.session_id, keys.session(session.session_id), session);
+  history.replaceState(null, "", `#s=${session.session_id}`);
+  return session;
 }
 
 let chat = null; // the Chat, once the page has a session
 let starting = false; // creating a session for the first message
 
-/** The page joins session `id` (its token in this browser's storage); null when it cannot. */
-function join(id) {
-  const session = readJSON(localStorage, keys.session(id));
+/** The page joins session `id` (its token in this browser's storage, or `session` just
+ * made); null when it cannot. */
+function join(id, session = readJSON(localStorage, keys.session(id))) {
   if (!session?.token) {
     showBanner(
       "This browser has no token for that session (it was opened in another browser, or not used for 30 days and forgotten).",
@@ -666,7 +710,7 @@ function join(id) {
     return null;
   }
   session.used_at = Date.now();
-  writeJSON(localStorage, keys.session(id), session);
+  store(id, keys.session(id), session);
   const joined = new Chat(session);
   window.kitChat = joined; // for the browser tests and the curious
   addEventListener("pagehide", () => joined.save());
@@ -694,9 +738,9 @@ async function submit() {
   starting = true;
   ui.send.disabled = true;
   ui.status.textContent = "Starting a session…";
-  let id;
+  let session;
   try {
-    id = await newSession();
+    session = await newSession();
   } catch (err) {
     showComposerError(`Could not start a session: ${err.message}`);
     return;
@@ -706,7 +750,7 @@ async function submit() {
     ui.status.textContent = "";
   }
   showComposerError(null);
-  chat = join(id);
+  chat = join(session.session_id, session);
   if (chat?.say(text)) ui.input.value = "";
 }
 

@@ -44,7 +44,9 @@ function destination(href) {
  * A link to `raw` labelled `label`, or null when `raw` is not a safe URL. A label is the
  * model's to choose, so `[https://your-bank.example](https://elsewhere.example)` would lie:
  * unless the label's text is the URL itself, the destination follows it, as text, and the
- * whole URL is the link's title.
+ * whole URL is the link's title. A URL that is its own text lies too when it names a user
+ * (`https://your-bank.example@elsewhere.example/`) or holds other than printable ASCII (a
+ * look-alike host, a right-to-left override): its destination follows it as well.
  */
 function link(label, raw) {
   const href = safeHref(raw);
@@ -55,7 +57,9 @@ function link(label, raw) {
   a.target = "_blank";
   a.rel = "noopener noreferrer nofollow";
   const shown = a.textContent.trim();
-  if (shown === raw.trim() || shown === href) return a;
+  const url = new URL(href);
+  const plain = url.username === "" && url.password === "" && /^[\x21-\x7e]*$/.test(shown);
+  if (plain && (shown === raw.trim() || shown === href)) return a;
   const where = el("span", text(` (${destination(href)})`));
   where.className = "link-dest";
   return el("span", a, where);
@@ -64,8 +68,12 @@ function link(label, raw) {
 // Inline constructs, tried at each position in this order.
 const INLINE = [
   [/^`([^`\n]+)`/, (m) => el("code", text(m[1]))],
-  [/^!?\[([^\]\n]*)\]\(([^)\s]+)\)/, (m) => link(inline(m[1], false), m[2])],
-  [/^<((?:https?|mailto):[^>\s]+)>/, (m) => link([text(m[1])], m[1])],
+  // A label holds no bracket and a URL no parenthesis but one balanced pair, a <link> no
+  // `<`: each try then stops at the next bracket, parenthesis or `<`, and a line of
+  // thousands of `[` or `<https:` costs a scan each (it was one to the end of the line per
+  // `[`: seconds, on every replay).
+  [/^!?\[([^[\]\n]*)\]\(((?:[^()\s]|\([^()\s]*\))+)\)/, (m) => link(inline(m[1], false), m[2])],
+  [/^<((?:https?|mailto):[^<>\s]+)>/, (m) => link([text(m[1])], m[1])],
   [/^https?:\/\/[^\s<>()]*[^\s<>().,;:!?'"]/, (m) => link([text(m[0])], m[0])],
   [/^\*\*([^\n]+?)\*\*/, (m, links) => el("strong", ...inline(m[1], links))],
   [/^__([^\n]+?)__/, (m, links) => el("strong", ...inline(m[1], links))],
@@ -133,11 +141,23 @@ function codeBlock(lines, lang, onCopy) {
 }
 
 const FENCE = /^ {0,3}(```+|~~~+)\s*([^`\s]*)/;
-const HEADING = /^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$/;
+// No lazy `(.*?)` before optional `\s*#*\s*`: on "# x", a few thousand spaces and "y" that
+// backtracked for seconds (cubic). The closing #s are taken off by headingText.
+const HEADING = /^ {0,3}(#{1,6})\s+(.*)$/;
 const BULLET = /^ {0,3}[-*+]\s+(.*)$/;
 const ORDERED = /^ {0,3}(\d{1,9})[.)]\s+(.*)$/;
 const QUOTE = /^ {0,3}>\s?(.*)$/;
 const RULE = /^ {0,3}([-*_])(\s*\1){2,}\s*$/;
+
+/** A heading's text without its closing sequence: trailing `#`s after a space ("# Title ##"),
+ * not the `#` of "C#". */
+function headingText(raw) {
+  const trimmed = raw.trimEnd();
+  let end = trimmed.length;
+  while (end > 0 && trimmed[end - 1] === "#") end -= 1;
+  if (end === 0) return "";
+  return /\s/.test(trimmed[end - 1]) ? trimmed.slice(0, end).trimEnd() : trimmed;
+}
 
 /** Quotes nest at most this deep; model text is untrusted, and a recursion per `>` would
  * let a long run of them overflow the stack and hang the page on every replay. */
@@ -151,7 +171,9 @@ const MAX_QUOTE_DEPTH = 8;
 export function renderMarkdown(source, onCopy = null, depth = 0) {
   const quotes = depth < MAX_QUOTE_DEPTH; // deeper `>` lines stay text: bounded recursion
   const out = document.createDocumentFragment();
-  const lines = source.replace(/\r\n?/g, "\n").split("\n");
+  // U+2028 and U+2029 end a line too: `.` does not match them, and a list item or heading
+  // line holding one made the patterns below backtrack over the whole line for each space.
+  const lines = source.replace(/\r\n?|[\u2028\u2029]/g, "\n").split("\n");
   let i = 0;
   while (i < lines.length) {
     const line = lines[i];
@@ -170,7 +192,7 @@ export function renderMarkdown(source, onCopy = null, depth = 0) {
     }
     const heading = HEADING.exec(line);
     if (heading) {
-      out.append(el(`h${Math.min(heading[1].length + 2, 6)}`, ...inline(heading[2])));
+      out.append(el(`h${Math.min(heading[1].length + 2, 6)}`, ...inline(headingText(heading[2]))));
       i += 1;
       continue;
     }

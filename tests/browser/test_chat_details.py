@@ -92,9 +92,10 @@ async def test_the_view_follows_new_messages_only_from_the_bottom(
     await expect(third).to_have_count(1, timeout=TURN_TIMEOUT_MS)
     await _turn_done(page)
     await expect(third).to_be_in_viewport()
-    assert await page.evaluate(
-        "scrollY + innerHeight >= document.scrollingElement.scrollHeight - 2"
-    ), "the view did not follow to the bottom"
+    # The view follows at the next frame: wait for it (a reader who is not followed fails here).
+    await page.wait_for_function(
+        "() => scrollY + innerHeight >= document.scrollingElement.scrollHeight - 2"
+    )
 
     await page.evaluate("window.scrollTo(0, 0)")
     await _say(page, "echo mine")
@@ -147,3 +148,108 @@ async def test_the_browser_forgets_sessions_unused_for_30_days(
     assert logs <= sessions
     assert "orphan" not in logs
     await _answered(page, "echo still here", "You said: echo still here")
+
+
+async def test_a_storage_filled_by_other_sessions_logs_still_takes_a_new_session(
+    chat_stack: Stack, page: Page
+) -> None:
+    """When other sessions' logs fill the browser's storage (a long session with large tool
+    outputs), the first Send still gets its answer: the new session's token is kept, after
+    dropping those logs (copies of what the host holds), never their tokens; a reload shows
+    the conversation. (The token's write failed silently and the page said it had no token.)"""
+    await _open(page, chat_stack.url)
+    filled = await page.evaluate(
+        """() => {
+            const other = "00000000-0000-4000-8000-000000000000";
+            localStorage.setItem(`kit:session:${other}`, JSON.stringify({
+                session_id: other, token: "kit-session-x", ws_url: "ws://127.0.0.1:9/",
+                used_at: Date.now()}));
+            let log = "", chunk = "x".repeat(1 << 20);
+            for (let i = 0; i < 64 && chunk.length >= 16; i++) {
+                try {
+                    localStorage.setItem(`kit:log:${other}`, log + chunk);
+                    log += chunk;
+                } catch {
+                    chunk = chunk.slice(chunk.length / 2);
+                }
+            }
+            try {
+                localStorage.setItem("kit:probe", "x".repeat(64));
+                return false;
+            } catch {
+                return true;
+            }
+        }"""
+    )
+    assert filled, "the test could not fill the storage"
+    await _answered(page, "echo in a full storage", "You said: echo in a full storage")
+    await _turn_done(page)
+    current = page.url.rsplit("#s=", 1)[1]
+    kept = await page.evaluate("Object.keys(localStorage).sort()")
+    assert f"kit:session:{current}" in kept
+    assert "kit:session:00000000-0000-4000-8000-000000000000" in kept
+    assert "kit:log:00000000-0000-4000-8000-000000000000" not in kept
+    await page.reload()
+    await expect(page.locator(".msg.assistant .body")).to_have_text(
+        ["You said: echo in a full storage"]
+    )
+    await _answered(page, "echo still here", "You said: echo still here")
+
+
+async def test_a_long_stored_conversation_shows_at_once(chat_stack: Stack, page: Page) -> None:
+    """A reload of a conversation of 6 000 stored events (1 200 turns, each a message, a tool
+    card and a markdown answer) shows all of it, at its bottom, within 10 s (2 s here). (The
+    page measured its layout after each event: about 90 s, 10 000 events about 250 s.)"""
+    session = "11111111-1111-4111-8111-111111111111"
+    await _open(page, chat_stack.url)
+    await page.evaluate(
+        """([id, turns]) => {
+            localStorage.setItem(`kit:session:${id}`, JSON.stringify({session_id: id,
+                token: "kit-session-x", ws_url: "ws://127.0.0.1:9/", used_at: Date.now()}));
+            const events = [];
+            const add = (kind, turn_id, data) => events.push(
+                {seq: events.length + 1, kind, turn_id, data});
+            for (let t = 0; t < turns; t++) {
+                const turn = `turn-${t}`;
+                add("user", turn, {text: `question ${t}`, client_msg_id: `c-${t}`});
+                add("tool_use", turn, {id: `tool-${t}`, name: "Bash", input: {command: "ls"}});
+                add("tool_result", turn, {tool_use_id: `tool-${t}`, content: "a\\nb"});
+                add("assistant", turn, {text: `The **answer** to ${t}:\\n\\n- one\\n- two`});
+                add("result", turn, {text: "", is_error: false});
+            }
+            localStorage.setItem(`kit:log:${id}`,
+                JSON.stringify({last_seq: events.length, events}));
+        }""",
+        [session, 1_200],
+    )
+    await page.goto(f"{chat_stack.url}/#s={session}")
+    await expect(page.locator(".msg.assistant")).to_have_count(1_200, timeout=10_000)
+    await expect(page.locator("details.tool.done")).to_have_count(1_200)
+    last = page.locator(".msg.assistant", has_text="The answer to 1199:")
+    await expect(last).to_be_in_viewport()
+
+
+async def test_a_url_that_hides_where_it_goes_says_where_it_goes(
+    chat_stack: Stack, page: Page
+) -> None:
+    """A URL shown as its own text still says where it goes when the text misleads: a user
+    name before the host (``https://bank.example@evil.example/``), a look-alike host in
+    another script, a right-to-left override; the destination is set apart from the text
+    around it, so an override cannot reorder it. A plain URL says nothing more."""
+    await _open(page, chat_stack.url)
+    await _answered(
+        page,
+        "echo <https://bank.example@evil.example/> and https://\u0430pple.example/ and"
+        " https://evil.example/\u202eelpmaxe.knab and https://plain.example/ok and"
+        " \u202e[moc](https://moc.knab.example/)",
+        "You said: echo",
+    )
+    body = page.locator(".msg.assistant .body")
+    await expect(body.locator(".link-dest")).to_have_text(
+        [" (evil.example)", " (xn--pple-43d.example)", " (evil.example)", " (moc.knab.example)"]
+    )
+    await expect(body.locator("a", has_text="https://plain.example/ok")).to_have_count(1)
+    isolated = await body.locator("a, .link-dest").evaluate_all(
+        "nodes => nodes.map((node) => getComputedStyle(node).unicodeBidi)"
+    )
+    assert set(isolated) == {"isolate"}

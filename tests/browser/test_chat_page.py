@@ -117,6 +117,34 @@ async def test_deeply_nested_quotes_in_model_text_do_not_hang_the_page(
     await _answered(page, "echo still here", "You said: echo still here")
 
 
+HOSTILE_LINES = [
+    "# x" + " " * 5_000 + "y",  # a lazy heading pattern backtracked over the spaces: cubic
+    "- " + " " * 2_000 + "a\u2028b",  # `.` stops at U+2028: the spaces before it backtracked
+    "[" * 90_000,  # each `[` scanned to the end of the line for a `]`: quadratic
+]
+
+
+async def test_model_text_made_to_backtrack_does_not_hang_the_page(
+    chat_stack: Stack, page: Page
+) -> None:
+    """Model text shaped to make the renderer's patterns backtrack (a heading of thousands of
+    spaces, a list item holding U+2028, a line of ``[``: seconds to hours per render, on each
+    streamed render and each replay) is shown, as text, and the page takes the next turn; a
+    reload replays it at once (within the default wait, 10 s; the ``[`` alone took 15)."""
+    await _open(page, chat_stack.url)
+    await _say(page, "echo x\n" + "\n".join(HOSTILE_LINES))
+    answer = page.locator(".msg.assistant", has_text="You said: echo x")
+    await expect(answer).to_have_count(1, timeout=TURN_TIMEOUT_MS)
+    await _turn_done(page)
+    await expect(answer.locator("h3")).to_have_text("x" + " " * 5_000 + "y")
+    await expect(answer.locator("li")).to_have_text(["a"])
+    await expect(answer.locator("a")).to_have_count(0)
+    await expect(answer).to_contain_text("[" * 90_000)
+    await page.reload()
+    await expect(answer).to_have_count(1)
+    await _answered(page, "echo still here", "You said: echo still here")
+
+
 async def test_a_second_tab_on_the_same_url_sees_the_conversation(
     chat_stack: Stack, page: Page, context: BrowserContext
 ) -> None:

@@ -326,3 +326,33 @@ async def test_a_pending_message_the_stored_log_confirms_is_not_pending(
     await _until(lambda: len(tap.hellos()) == 2)
     await expect(page.locator("#status")).to_have_text("")
     assert [f["type"] for f in tap.sent].count("user") == 1
+
+
+async def test_streamed_text_is_not_read_out_until_it_is_final(
+    chat_stack: Stack, page: Page
+) -> None:
+    """While an answer streams, the conversation (a polite live region) is marked busy, so a
+    screen reader does not read the growing text out again at each render; the final text,
+    or a tool call that ends the streamed text, clears it."""
+
+    def confirm(frame: dict[str, Any]) -> list[dict[str, Any]]:
+        data = {"client_msg_id": frame["client_msg_id"], "text": frame["text"]}
+        return [{"kind": "user", "data": data}]
+
+    push = await _fake_host(page, confirm)
+    log = page.locator("#log")
+    await _open(page, chat_stack.url)
+    await _say(page, "hello")
+    await expect(log).to_have_attribute("aria-live", "polite")
+    await expect(page.locator(".msg.user:not(.pending)")).to_have_count(1)
+    push([{"kind": "text_delta", "data": {"text": "Hel"}}])
+    await expect(page.locator(".msg.assistant.streaming .body")).to_have_text("Hel")
+    await expect(log).to_have_attribute("aria-busy", "true")
+    push([{"kind": "assistant", "data": {"text": "Hello.", "message_id": None}}])
+    await expect(page.locator(".msg.assistant .body")).to_have_text("Hello.")
+    await expect(log).not_to_have_attribute("aria-busy", "true")
+    push([{"kind": "text_delta", "data": {"text": "Let me look"}}])
+    await expect(log).to_have_attribute("aria-busy", "true")
+    push([{"kind": "tool_use", "data": {"id": "tool-1", "name": "Bash", "input": {}}}])
+    await expect(page.locator("details.tool")).to_have_count(1)
+    await expect(log).not_to_have_attribute("aria-busy", "true")
