@@ -40,6 +40,27 @@ const ui = {
 
 // ---------------------------------------------------------------- storage
 
+/** The browser's storage `name`, or, where the browser blocks it (reading it throws), a
+ * stand-in in memory: the page then works for this tab's life and keeps nothing. */
+function storageOr(name) {
+  try {
+    const storage = window[name];
+    void storage.length; // a blocked storage throws here
+    return storage;
+  } catch {
+    const items = new Map();
+    return {
+      get length() { return items.size; },
+      key: (i) => [...items.keys()][i] ?? null,
+      getItem: (k) => items.get(k) ?? null,
+      setItem: (k, v) => void items.set(k, String(v)),
+      removeItem: (k) => void items.delete(k),
+    };
+  }
+}
+const local = storageOr("localStorage");
+const perTab = storageOr("sessionStorage");
+
 const keys = {
   session: (id) => `kit:session:${id}`,
   log: (id) => `kit:log:${id}`,
@@ -67,19 +88,19 @@ function writeJSON(storage, key, value) {
  * rest from the host), a token is not. */
 function dropOtherLogs(keep) {
   const others = [];
-  for (let i = 0; i < localStorage.length; i++) {
-    const key = localStorage.key(i) ?? "";
+  for (let i = 0; i < local.length; i++) {
+    const key = local.key(i) ?? "";
     if (key.startsWith("kit:log:") && key !== keys.log(keep)) others.push(key);
   }
-  for (const key of others) localStorage.removeItem(key);
+  for (const key of others) local.removeItem(key);
 }
 
 /** Write `value` at `key` of localStorage for session `id`; when the storage is full (other
  * sessions' logs fill it), again after dropping those logs. False when it still fails. */
 function store(id, key, value) {
-  if (writeJSON(localStorage, key, value)) return true;
+  if (writeJSON(local, key, value)) return true;
   dropOtherLogs(id);
-  return writeJSON(localStorage, key, value);
+  return writeJSON(local, key, value);
 }
 
 /**
@@ -91,17 +112,17 @@ function store(id, key, value) {
 function forgetOldSessions(current, now = Date.now()) {
   const sessions = [];
   const logs = [];
-  for (let i = 0; i < localStorage.length; i++) {
-    const key = localStorage.key(i) ?? "";
+  for (let i = 0; i < local.length; i++) {
+    const key = local.key(i) ?? "";
     if (key.startsWith("kit:session:")) sessions.push(key.slice("kit:session:".length));
     else if (key.startsWith("kit:log:")) logs.push(key.slice("kit:log:".length));
   }
   const used = new Map();
   for (const id of sessions) {
-    const saved = readJSON(localStorage, keys.session(id));
+    const saved = readJSON(local, keys.session(id));
     if (saved !== null && typeof saved.used_at !== "number") {
       saved.used_at = now; // saved by an older page: counted from today
-      writeJSON(localStorage, keys.session(id), saved);
+      writeJSON(local, keys.session(id), saved);
     }
     used.set(id, saved?.used_at ?? 0);
   }
@@ -109,11 +130,11 @@ function forgetOldSessions(current, now = Date.now()) {
   recent.forEach((id, rank) => {
     if (id === current) return;
     if (rank >= KEEP_SESSIONS || now - used.get(id) > FORGET_AFTER_MS) {
-      localStorage.removeItem(keys.session(id));
+      local.removeItem(keys.session(id));
       used.delete(id);
     }
   });
-  for (const id of logs) if (!used.has(id)) localStorage.removeItem(keys.log(id));
+  for (const id of logs) if (!used.has(id)) local.removeItem(keys.log(id));
 }
 
 function sessionIdFromUrl() {
@@ -258,10 +279,14 @@ class Conversation {
     const pending = this.pending.get(data.client_msg_id);
     this.pending.delete(data.client_msg_id);
     const node = this.message("user", "You");
-    node.querySelector(".body").textContent = data.text;
+    node.querySelector(".body").textContent = data.text ?? "";
     if (pending) pending.replaceWith(node);
     else this.append(node);
     if (turn) this.openTurns.add(turn);
+    // A failed turn is retried from the latest one only: once the conversation moved on
+    // (a retry, or another message, here or in another tab, or before a reload), an
+    // older Retry would send an old message out of its place.
+    for (const retry of this.root.querySelectorAll("button.retry")) retry.disabled = true;
   }
 
   on_text_delta(data, turn) {
@@ -366,6 +391,7 @@ class Conversation {
       if (text !== null) {
         const retry = document.createElement("button");
         retry.type = "button";
+        retry.className = "retry";
         retry.textContent = "Retry";
         // Once: a double click must not send the message twice.
         retry.addEventListener("click", () => {
@@ -474,7 +500,7 @@ class Chat {
   constructor(session) {
     this.session = session;
     this.view = new Conversation(ui.log, (text) => this.say(text));
-    this.unconfirmed = new Map(readJSON(sessionStorage, keys.unconfirmed(session.session_id)) ?? []);
+    this.unconfirmed = new Map(readJSON(perTab, keys.unconfirmed(session.session_id)) ?? []);
     this.ws = null;
     this.live = false;
     this.attempt = 0;
@@ -486,7 +512,7 @@ class Chat {
     this.saveTimer = null;
     this.closed = false;
     this.hint = "";
-    const saved = readJSON(localStorage, keys.log(session.session_id));
+    const saved = readJSON(local, keys.log(session.session_id));
     for (const event of saved?.events ?? []) {
       this.view.apply(event);
       // Confirmed while this tab was away (by its reload's host replay, or another tab's log).
@@ -580,7 +606,7 @@ class Chat {
 
   /** The host has fewer events than we showed (a reset store): start over from nothing. */
   forget() {
-    localStorage.removeItem(keys.log(this.session.session_id));
+    local.removeItem(keys.log(this.session.session_id));
     this.view.reset();
     for (const [id, text] of this.unconfirmed) this.view.showPending(id, text);
   }
@@ -633,7 +659,7 @@ class Chat {
   }
 
   saveUnconfirmed() {
-    writeJSON(sessionStorage, keys.unconfirmed(this.session.session_id), [...this.unconfirmed]);
+    writeJSON(perTab, keys.unconfirmed(this.session.session_id), [...this.unconfirmed]);
   }
 
   saveSoon() {
@@ -646,7 +672,7 @@ class Chat {
     this.saveTimer = null;
     const key = keys.log(this.session.session_id);
     if (!store(this.session.session_id, key, { last_seq: this.view.lastSeq, events: this.view.kept() })) {
-      localStorage.removeItem(key); // a reload then replays everything from the host
+      local.removeItem(key); // a reload then replays everything from the host
     }
     this.saveUnconfirmed();
   }
@@ -700,7 +726,7 @@ let starting = false; // creating a session for the first message
 
 /** The page joins session `id` (its token in this browser's storage, or `session` just
  * made); null when it cannot. */
-function join(id, session = readJSON(localStorage, keys.session(id))) {
+function join(id, session = readJSON(local, keys.session(id))) {
   if (!session?.token) {
     showBanner(
       "This browser has no token for that session (it was opened in another browser, or not used for 30 days and forgotten).",

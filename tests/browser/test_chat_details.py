@@ -253,3 +253,20 @@ async def test_a_url_that_hides_where_it_goes_says_where_it_goes(
         "nodes => nodes.map((node) => getComputedStyle(node).unicodeBidi)"
     )
     assert set(isolated) == {"isolate"}
+
+
+async def test_a_browser_that_blocks_storage_still_chats(chat_stack: Stack, page: Page) -> None:
+    """Where the browser blocks storage (reading ``localStorage`` throws, as with cookies
+    blocked for the site), the page still opens a session on the first Send and answers,
+    keeping what it needs in memory for the tab's life."""
+    await page.add_init_script(
+        """for (const name of ["localStorage", "sessionStorage"]) {
+            Object.defineProperty(window, name, {get() {
+                throw new DOMException("storage is blocked", "SecurityError");
+            }});
+        }"""
+    )
+    await _open(page, chat_stack.url)
+    await _answered(page, "echo no storage", "You said: echo no storage")
+    await _turn_done(page)
+    await _answered(page, "echo still no storage", "You said: echo still no storage")

@@ -315,7 +315,8 @@ async def test_a_turn_given_up_offers_retry_which_sends_it_again(
     """Every sandbox of a turn is SIGKILLed (the first mid-tool, the next ones as they
     start) until the host gives the turn up: the reader sees "The turn failed: …" with a
     Retry button and Stop disabled; Retry sends the same text again as a new message, which
-    is answered. Pressed twice, it sends it once."""
+    is answered. Pressed twice, it sends it once; after a reload it is disabled (the
+    conversation moved on)."""
     await _open(page, chat_stack.url)
     await _say(page, "wait for go")
     await expect(page.locator("details.tool.running")).to_have_count(1, timeout=TURN_TIMEOUT_MS)
@@ -353,3 +354,7 @@ async def test_a_turn_given_up_offers_retry_which_sends_it_again(
     )
     await expect(failed).to_have_count(1)
     assert len(await _user_events(chat_stack, session.id, "wait for go")) == 2
+    # After a reload the retried turn's Retry stays disabled: the conversation moved on.
+    await page.reload()
+    await expect(answer).to_have_count(1, timeout=TURN_TIMEOUT_MS)
+    await expect(failed.get_by_role("button", name="Retry")).to_be_disabled()
