@@ -36,3 +36,22 @@ async def _answered(page: Page, text: str, shown: str) -> None:
     await expect(page.locator(".msg.assistant", has_text=shown)).to_have_count(
         1, timeout=TURN_TIMEOUT_MS
     )
+
+
+async def _slow_tool_turn_shown_once(page: Page) -> None:
+    """Wait for the answer of tests/agents.py's "run the slow tool", then check the reader
+    sees that turn whole and once: their message, "Working on it.", one done Bash card with
+    the command and its output, and the answer."""
+    answer = page.locator(".msg.assistant", has_text="Slow tool said: started-slow-tool")
+    await expect(answer).to_have_count(1, timeout=TURN_TIMEOUT_MS)
+    await _turn_done(page)
+    await expect(page.locator(".msg.user .body")).to_have_text(["run the slow tool"])
+    await expect(page.locator(".msg.assistant", has_text="Working on it.")).to_have_count(1)
+    await expect(page.locator(".msg.assistant")).to_have_count(2)
+    card = page.locator("details.tool")
+    await expect(card).to_have_count(1)
+    await expect(card.locator(".tool-name")).to_have_text("Bash")
+    await expect(card.locator(".tool-state")).to_have_text("done")
+    await card.locator("summary").click()
+    await expect(card.locator(".tool-input")).to_contain_text("sleep 5")
+    await expect(card.locator(".tool-output")).to_have_text("started-slow-tool\ndone")

@@ -18,7 +18,7 @@ from playwright.async_api import Page, expect
 from kit.cli.cfdev import CfRehearsal, banner_rows, rehearse_cloudflare
 from kit.host.web import PAGE_FILES, PAGE_HEADERS, content_security_policy
 from tests.agents import write_agent
-from tests.browser.chat import TURN_TIMEOUT_MS, _open, _say, _turn_done
+from tests.browser.chat import TURN_TIMEOUT_MS, _open, _say, _slow_tool_turn_shown_once
 from tests.dockerhost import cf_containers, runtime_image
 
 pytestmark = pytest.mark.slow
@@ -99,16 +99,4 @@ async def test_a_tool_turn_through_the_shim_survives_a_reload(cf: CfRehearsal, p
     await expect(page.locator("details.tool.running")).to_have_count(1, timeout=TURN_TIMEOUT_MS)
     assert "#s=" in page.url  # the session the shim gave the page
     await page.reload()
-    answer = page.locator(".msg.assistant", has_text="Slow tool said: started-slow-tool")
-    await expect(answer).to_have_count(1, timeout=TURN_TIMEOUT_MS)
-    await _turn_done(page)
-    await expect(page.locator(".msg.user .body")).to_have_text(["run the slow tool"])
-    await expect(page.locator(".msg.assistant", has_text="Working on it.")).to_have_count(1)
-    await expect(page.locator(".msg.assistant")).to_have_count(2)
-    card = page.locator("details.tool")
-    await expect(card).to_have_count(1)
-    await expect(card.locator(".tool-name")).to_have_text("Bash")
-    await expect(card.locator(".tool-state")).to_have_text("done")
-    await card.locator("summary").click()
-    await expect(card.locator(".tool-input")).to_contain_text("sleep 5")
-    await expect(card.locator(".tool-output")).to_have_text("started-slow-tool\ndone")
+    await _slow_tool_turn_shown_once(page)

@@ -19,7 +19,7 @@ from playwright.async_api import Page, expect
 
 from kit.cli.flydev import Rehearsal, rehearse_fly
 from tests.agents import write_agent
-from tests.browser.chat import _open, _say, _turn_done
+from tests.browser.chat import _open, _say, _slow_tool_turn_shown_once
 from tests.dockerhost import runtime_image
 
 pytestmark = pytest.mark.slow
@@ -63,18 +63,7 @@ async def test_a_turn_with_a_tool_on_the_fly_rehearsal(fly: Rehearsal, page: Pag
     assert [m.state for m in machines] == ["started"]
     await page.reload()
     assert page.url == url
-    answer = page.locator(".msg.assistant", has_text="Slow tool said: started-slow-tool")
-    await expect(answer).to_have_count(1, timeout=TURN_TIMEOUT_MS)
-    await _turn_done(page)
-    await expect(page.locator(".msg.user .body")).to_have_text(["run the slow tool"])
-    await expect(page.locator(".msg.assistant", has_text="Working on it.")).to_have_count(1)
-    await expect(page.locator(".msg.assistant")).to_have_count(2)
-    card = page.locator("details.tool")
-    await expect(card).to_have_count(1)
-    await expect(card.locator(".tool-name")).to_have_text("Bash")
-    await expect(card.locator(".tool-state")).to_have_text("done")
-    await card.locator("summary").click()
-    await expect(card.locator(".tool-output")).to_have_text("started-slow-tool\ndone")
+    await _slow_tool_turn_shown_once(page)
 
     port = urlsplit(fly.url).port
     async with httpx.AsyncClient(base_url=fly.url, trust_env=False, timeout=30) as http:
