@@ -37,7 +37,8 @@
                                    # where a deployed host's chat page gets a session: an
                                    # endpoint of yours that you protect and that calls
                                    # POST /v1/sessions with the API token (docs/web.md).
-                                   # https (http only at a loopback address); without it,
+                                   # https (http only at a loopback address), a DNS
+                                   # name or IPv4 address, printable ASCII; without it,
                                    # a deployed page can only rejoin sessions it was linked
                                    # to. kit dev's page gets sessions on its own.
 
@@ -242,6 +243,24 @@ def _egress(where: str, raw: dict[str, Any]) -> tuple[str, ...]:
     return tuple(value)
 
 
+_PRINTABLE = re.compile(r"[\x21-\x7e]+")
+_SESSION_URL = re.compile(
+    r"(https?)://([a-z0-9-]+(?:\.[a-z0-9-]+)*\.?(?::[0-9]{1,5})?)(?:[/?#][\x21-\x7e]*)?",
+    re.ASCII | re.IGNORECASE,
+)
+"""A session URL whose origin a Content-Security-Policy source can name: ``http(s)://``, a
+DNS name or IPv4 address (CSP's host-char: letters, digits, ``-``), an optional port, then
+printable ASCII only. worker_shim/src/web.ts ``SESSION_URL`` is the same expression."""
+
+
+def session_url_origin(url: str) -> str | None:
+    """The lower-cased ``scheme://host[:port]`` of ``url`` as the page's CSP names it in
+    ``connect-src``; None when ``url`` is not one :data:`_SESSION_URL` matches (nothing is
+    added then: no text that ends the directive, adds a source or breaks the header)."""
+    match = _SESSION_URL.fullmatch(url)
+    return None if match is None else f"{match[1]}://{match[2]}".lower()
+
+
 def parse_session_url(where: str, value: object) -> str | None:
     """``[web] session_url``: an https URL (http only at a loopback address), no user, no
     fragment; None when absent. :class:`ConfigError` (starting with ``where``) otherwise."""
@@ -250,6 +269,11 @@ def parse_session_url(where: str, value: object) -> str | None:
     hint = 'such as "https://app.example.com/kit-session"'
     if not isinstance(value, str) or len(value) > 2000:
         raise ConfigError(f"{where}: web.session_url must be a URL {hint}.")
+    if not _PRINTABLE.fullmatch(value):
+        raise ConfigError(
+            f"{where}: web.session_url {value[:200]!r} holds a space, control or non-ASCII "
+            f"character: percent-encode it (a host name in its xn-- form); {hint}."
+        )
     try:
         parts = urlsplit(value)
         host = parts.hostname
@@ -262,6 +286,12 @@ def parse_session_url(where: str, value: object) -> str | None:
         raise ConfigError(
             f"{where}: web.session_url must hold no user, password or #fragment (the page "
             f"sends your login's cookies along); {hint}."
+        )
+    if session_url_origin(value) is None:
+        raise ConfigError(
+            f"{where}: web.session_url {value[:200]!r} must name its host by a DNS name or an "
+            f"IPv4 address (letters, digits, '-' and '.') and any port by its digits: the "
+            f"page's Content-Security-Policy names that origin; {hint}."
         )
     if parts.scheme == "http" and not _is_loopback(host):
         raise ConfigError(

@@ -38,6 +38,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from kit.bundle.config import session_url_origin
 from kit.host.auth import OriginPolicy, normalise_origin
 from kit.host.errors import HostError
 from kit.protocol import errors as e
@@ -98,12 +99,12 @@ def public_paths(config: WebConfig) -> tuple[str, ...]:
 
 def content_security_policy(session_url: str | None) -> str:
     """The page's CSP: its own scripts and styles only, no inline code, no frames, no
-    plugins; it connects to this host (and the origin of ``session_url``)."""
+    plugins; it connects to this host (and the origin of ``session_url``, when it is a
+    well-formed one: :func:`~kit.bundle.config.session_url_origin`)."""
     connect = "'self'"
-    if session_url is not None and urlsplit(session_url).scheme in ("http", "https"):
-        connect += " " + normalise_origin(
-            f"{urlsplit(session_url).scheme}://{urlsplit(session_url).netloc}"
-        )
+    origin = None if session_url is None else session_url_origin(session_url)
+    if origin is not None:
+        connect += f" {origin}"
     return (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
         f"connect-src {connect}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"

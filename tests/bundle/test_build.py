@@ -136,6 +136,11 @@ def test_the_pages_session_url_is_carried_in_the_manifest(tmp_path: Path) -> Non
     path = _rewrite_manifest(bundle.path, lambda m: m["web"].update(session_url="http://x.io/"))
     with pytest.raises(BundleError, match=r"web\.session_url must be https.*Rebuild the bundle"):
         open_bundle(path)
+    # Nor one that would write into the page's Content-Security-Policy header.
+    bad = "https://app.example.com; script-src *"
+    path = _rewrite_manifest(path, lambda m: m["web"].update(session_url=bad))
+    with pytest.raises(BundleError, match=r"web\.session_url .* holds a space.*Rebuild the bundle"):
+        open_bundle(path)
 
 
 def _modes(root: Path) -> dict[str, int]:

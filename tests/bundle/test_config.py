@@ -246,7 +246,12 @@ def _web_toml(value: str) -> str:
 
 def test_the_pages_session_url_is_read(tmp_path: Path) -> None:
     """``[web] session_url`` is kept as written: https anywhere, http at a loopback name."""
-    for url in ("https://app.example.com/kit-session?x=1", "http://127.0.0.1:9000/s"):
+    for url in (
+        "https://app.example.com/kit-session?x=1",
+        "http://127.0.0.1:9000/s",
+        "https://App.Example.COM.:8443/a;b,c/%20?q='x'",
+        "http://localhost:9000",
+    ):
         project = load_project(_project(tmp_path, _web_toml(json.dumps(url))))
         assert project.web_session_url == url
     assert load_project(_project(tmp_path, "[agent]\nname = 'ok'\n")).web_session_url is None
@@ -263,6 +268,18 @@ def test_the_pages_session_url_is_read(tmp_path: Path) -> None:
         ('"http://10.0.0.1/kit-session"', "must be https"),
         ('"https://me:pw@app.example.com/"', "no user, password or #fragment"),
         ('"https://app.example.com/#x"', "no user, password or #fragment"),
+        # What the page's Content-Security-Policy names (connect-src) must be one origin:
+        # nothing that ends the directive, adds a source or breaks the header.
+        ('"https://app.example.com; script-src *"', "space, control or non-ASCII"),
+        ('"https://app.example.com;report-uri=x/"', "by a DNS name or an IPv4 address"),
+        ('"https://app.example.com *"', "space, control or non-ASCII"),
+        ('"https://app.example.com\\n/kit-session"', "space, control or non-ASCII"),
+        ('"https://app.example.com\\t/kit-session"', "space, control or non-ASCII"),
+        ('"https://caf\u00e9.example/"', "space, control or non-ASCII"),
+        ('"https://app.example.com\'/"', "by a DNS name or an IPv4 address"),
+        ('"https://app_x.example.com/"', "by a DNS name or an IPv4 address"),
+        ('"https://app.example.com:/kit-session"', "by a DNS name or an IPv4 address"),
+        ('"http://[::1]:9000/kit-session"', "by a DNS name or an IPv4 address"),
     ],
 )
 def test_a_bad_session_url_is_one_clear_line(tmp_path: Path, value: str, needle: str) -> None:

@@ -13,10 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
+from kit.bundle.config import parse_session_url
+from kit.bundle.errors import ConfigError
 from kit.cli.stack import Stack
 from kit.host.app import create_app
 from kit.host.auth import OriginPolicy, loopback_hosts
-from kit.host.web import WebConfig, local_refusal
+from kit.host.web import WebConfig, content_security_policy, local_refusal
 
 GOLDEN = Path(__file__).resolve().parents[2] / "kit" / "host" / "golden" / "web_session.jsonl"
 
@@ -82,3 +84,41 @@ async def test_the_route_answers_each_case(stack: Stack) -> None:
         else:
             assert answer.status_code == 403, case["case"]
             assert answer.json() == {"error": "forbidden_origin", "message": case["refused"]}
+
+
+CSP_GOLDEN = GOLDEN.with_name("web_csp.jsonl")
+CSP_CASES = [
+    case
+    for case in map(json.loads, CSP_GOLDEN.read_text(encoding="utf-8").splitlines())
+    if "case" in case
+]
+
+
+@pytest.mark.parametrize("case", CSP_CASES, ids=[c["case"] for c in CSP_CASES])
+def test_the_pages_connect_src_names_only_a_well_formed_origin(case: dict[str, Any]) -> None:
+    """The page's CSP adds the session URL's origin to ``connect-src`` only when it is one
+    well-formed ``scheme://host[:port]`` source, lower-cased (never text that ends the
+    directive, adds a source or cannot be sent in a header); the shim gives the same."""
+    policy = content_security_policy(case["session_url"])
+    assert f"; connect-src {case['connect_src']}; base-uri 'none';" in policy
+    assert policy.isprintable()
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for c in CSP_CASES if c["session_url"] not in (None, "/web/session")],
+    ids=lambda c: c["case"],
+)
+def test_kit_toml_takes_a_session_url_exactly_when_the_page_can_call_it(
+    case: dict[str, Any],
+) -> None:
+    """``[web] session_url`` (and a bundle's manifest) takes a URL only when the page's CSP
+    names its origin: none is accepted that the page could not then call."""
+    added = case["connect_src"] != "'self'"
+    try:
+        parse_session_url("kit.toml", case["session_url"])
+    except ConfigError:
+        accepted = False
+    else:
+        accepted = True
+    assert accepted == added

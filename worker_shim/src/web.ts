@@ -35,12 +35,18 @@ export const PAGE_HEADERS: Readonly<Record<string, string>> = {
   "cache-control": "no-cache",
 };
 
+/** kit/bundle/config.py `_SESSION_URL`: a session URL whose origin a CSP source can name
+ * (`http(s)://`, a DNS name or IPv4 address, an optional port, then printable ASCII only). */
+const SESSION_URL = /^(https?):\/\/([a-z0-9-]+(?:\.[a-z0-9-]+)*\.?(?::[0-9]{1,5})?)(?:[/?#][\x21-\x7e]*)?$/i;
+
 /** kit/host/web.py `content_security_policy`: the page's own scripts and styles only, no
- * inline code, no frames, no plugins; it connects to this host (and the origin of
- * `sessionUrl`, lower-cased as kit/host/auth.py `normalise_origin` does). */
+ * inline code, no frames, no plugins; it connects to this host (and the lower-cased origin
+ * of `sessionUrl` when SESSION_URL matches it: never text that ends the directive, adds a
+ * source or breaks the header, whatever KIT_WEB_SESSION_URL was set to). The cases are
+ * kit/host/golden/web_csp.jsonl. */
 export function contentSecurityPolicy(sessionUrl: string | null): string {
   let connect = "'self'";
-  const parts = sessionUrl === null ? null : /^(https?):\/\/([^/?#]*)/i.exec(sessionUrl);
+  const parts = sessionUrl === null ? null : SESSION_URL.exec(sessionUrl);
   if (parts !== null) connect += ` ${parts[1].toLowerCase()}://${parts[2].toLowerCase()}`;
   return (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; " +

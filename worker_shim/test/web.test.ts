@@ -7,11 +7,12 @@ import { SELF } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import worker, { type Env } from "../src/index";
-import { localRefusal, ownLoopbackHosts } from "../src/web";
+import { contentSecurityPolicy, localRefusal, ownLoopbackHosts } from "../src/web";
 import { API, AUTH } from "./helpers";
 
 const page = import.meta.glob("../../kit/web/*.{html,js,css}", { query: "?raw", import: "default", eager: true }) as Record<string, string>;
 const golden = import.meta.glob("../../kit/host/golden/web_session.jsonl", { query: "?raw", import: "default", eager: true }) as Record<string, string>;
+const cspGolden = import.meta.glob("../../kit/host/golden/web_csp.jsonl", { query: "?raw", import: "default", eager: true }) as Record<string, string>;
 
 interface Case {
   case: string;
@@ -26,6 +27,18 @@ const CASES: Case[] = golden["../../kit/host/golden/web_session.jsonl"]
   .split("\n")
   .filter((line) => line.trim() !== "")
   .map((line) => JSON.parse(line) as Case & { note?: string })
+  .filter((c) => c.note === undefined);
+
+interface CspCase {
+  case: string;
+  session_url: string | null;
+  connect_src: string;
+}
+
+const CSP_CASES: CspCase[] = cspGolden["../../kit/host/golden/web_csp.jsonl"]
+  .split("\n")
+  .filter((line) => line.trim() !== "")
+  .map((line) => JSON.parse(line) as CspCase & { note?: string })
   .filter((c) => c.note === undefined);
 
 const BASE_HEADERS = { "x-content-type-options": "nosniff", "referrer-policy": "no-referrer", "cache-control": "no-cache" };
@@ -107,6 +120,21 @@ describe("the page", () => {
     const index = await deployed(new Request("https://acme.example.workers.dev/"));
     expect(index.headers.get("content-security-policy")).toBe(CSP.replace("connect-src 'self';", "connect-src 'self' https://app.example.com;"));
   });
+});
+
+describe("the page's connect-src (kit/host/golden/web_csp.jsonl, as kit's Python hosts)", () => {
+  for (const c of CSP_CASES) {
+    it(`names only a well-formed origin: ${c.case}`, async () => {
+      const policy = contentSecurityPolicy(c.session_url);
+      expect(policy).toContain(`; connect-src ${c.connect_src}; base-uri 'none';`);
+      // Served: a var set by hand (not through kit deploy) still gives the page, under that policy.
+      const deployed = withVars({ KIT_WEB_SESSION_URL: c.session_url ?? undefined });
+      const index = await deployed(new Request("https://acme.example.workers.dev/"));
+      expect(index.status).toBe(200);
+      expect(index.headers.get("content-security-policy")).toBe(policy);
+      await index.body?.cancel();
+    });
+  }
 });
 
 describe("POST /web/session", () => {
