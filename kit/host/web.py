@@ -30,6 +30,8 @@ session, as it could read ``<state>/api-token`` (docs/web.md says so for shared 
 
 from __future__ import annotations
 
+import contextlib
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -50,6 +52,9 @@ PAGE_FILES = {
     "style.css": "text/css; charset=utf-8",
 }
 """The files served under ``/web/`` and their types; nothing else of ``kit/web`` is."""
+
+_ORIGIN_TEXT = re.compile(r"[\x21-\x7e]+")
+"""What an ``Origin`` of this host can hold: printable ASCII, no spaces."""
 
 SESSION_PATH = "/web/session"
 CONFIG_PATH = "/web/config.json"
@@ -128,17 +133,20 @@ def local_refusal(
             "The request has no Origin header: only this host's own page gets a session here; "
             "other clients use POST /v1/sessions with the API token."
         )
-    try:
-        parts = urlsplit(normalise_origin(origin))
-    except HostError:
-        parts = None
+    # Only spaces and tabs around a header's value are not part of it; anything else (a
+    # control character str.strip would drop, a tab inside that urlsplit would drop) makes
+    # another origin, as the shim reads it.
+    parts = None
+    if _ORIGIN_TEXT.fullmatch(origin.strip(" \t")):
+        with contextlib.suppress(HostError):
+            parts = urlsplit(normalise_origin(origin))
     netloc = parts.netloc if parts is not None and parts.scheme == "http" else None
     if netloc is None or netloc not in policy.own:
         return (
             f"Origin {origin[:200]!r} is not this host's own loopback origin "
             f"({', '.join(sorted(policy.own))}); open the page from this host."
         )
-    if host is None or host.strip().lower() != netloc:
+    if host is None or host.strip(" \t").lower() != netloc:
         return (
             f"Host {(host or '')[:200]!r} is not the page's origin {netloc!r}: a session is "
             "given only to same-origin requests at a loopback name."

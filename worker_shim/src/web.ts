@@ -160,13 +160,19 @@ export function localRefusal(own: string[] | null, origin: string | null, host: 
   if (netloc === null || !own.includes(netloc)) {
     return `Origin ${pyRepr(head(origin, 200))} is not this host's own loopback origin (${[...own].sort().join(", ")}); open the page from this host.`;
   }
-  if (host === null || host.trim().toLowerCase() !== netloc) {
+  if (host === null || stripOws(host).toLowerCase() !== netloc) {
     return `Host ${pyRepr(head(host ?? "", 200))} is not the page's origin ${pyRepr(netloc)}: a session is given only to same-origin requests at a loopback name.`;
   }
   if (site !== null && site !== "same-origin") {
     return `Sec-Fetch-Site is ${pyRepr(head(site, 50))}: only a same-origin request gets a session.`;
   }
   return null;
+}
+
+/** `s` without the spaces and tabs around it (Python's `s.strip(" \t")`: not String.trim,
+ * which drops a no-break space too, which is part of a header's value). */
+function stripOws(s: string): string {
+  return s.replace(/^[ \t]+|[ \t]+$/g, "");
 }
 
 /** The first `n` code points of `s` (Python's `s[:n]`). */
@@ -176,9 +182,12 @@ function head(s: string, n: number): string {
 
 /** kit/host/auth.py `normalise_origin`, as far as local sessions need it: the scheme and
  * the lower-cased `host[:port]` of a `scheme://host[:port]` origin (a trailing `/`, an
- * empty query or fragment allowed, as urlsplit reads them), or null for anything else ("null", a path, a query, a user, a bad port). */
+ * empty query or fragment allowed, as urlsplit reads them), or null for anything else ("null", a path, a query, a user, a bad port,
+ * a space, control or non-ASCII character inside). */
 function normaliseOrigin(origin: string): { scheme: string; netloc: string } | null {
-  const parts = /^([A-Za-z][A-Za-z0-9+.-]*):\/\/([^/?#]*)\/?\??#?$/.exec(origin.trim());
+  const text = stripOws(origin);
+  if (!/^[\x21-\x7e]+$/.test(text)) return null;
+  const parts = /^([A-Za-z][A-Za-z0-9+.-]*):\/\/([^/?#]*)\/?\??#?$/.exec(text);
   if (parts === null) return null;
   const scheme = parts[1].toLowerCase();
   const netloc = parts[2];
