@@ -1,0 +1,67 @@
+"""The text a message gives the agent: its own words, without the quoted history."""
+
+from __future__ import annotations
+
+import re
+
+from kit.mail.message import Attachment, Inbound
+
+MAX_TURN_CHARS = 32_000
+"""Longest body handed to the agent; the rest is cut with a note saying so."""
+
+_CUT = [
+    re.compile(r"^-{2,}\s*Original Message\s*-{2,}\s*$", re.I),
+    re.compile(r"^-{2,}\s*Forwarded message\s*-{2,}\s*$", re.I),
+    re.compile(r"^_{10,}\s*$"),
+    re.compile(r"^On\b.{0,200}\bwrote:\s*$", re.I),
+    re.compile(r"^-- ?$"),
+]
+_ON_START = re.compile(r"^On\b", re.I)
+_WROTE_END = re.compile(r"\bwrote:\s*$", re.I)
+
+
+def strip_quotes(text: str) -> str:
+    """``text`` without quoted history and signature.
+
+    Cut at the first line that starts a quote or a signature (``On … wrote:``, also over
+    two lines; ``-----Original Message-----``; a line of underscores, Outlook's separator;
+    ``-- ``), then drop lines starting with ``>``; trailing blank lines go. Shared with the
+    shim through ``golden/strip.jsonl``.
+    """
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    kept: list[str] = []
+    for i, line in enumerate(lines):
+        if any(p.match(line) for p in _CUT):
+            break
+        if (
+            _ON_START.match(line)
+            and i + 1 < len(lines)
+            and _WROTE_END.search(lines[i + 1])
+            and len(line) + len(lines[i + 1]) <= 300
+        ):
+            break
+        if line.startswith(">"):
+            continue
+        kept.append(line.rstrip())
+    return "\n".join(kept).strip("\n").strip()
+
+
+def turn_text(msg: Inbound, saved: list[str] | None = None) -> str:
+    """What the agent reads for ``msg``: who wrote, the subject, the body without quotes,
+    and the attachments (``saved``: their paths in the workspace, when they were saved)."""
+    body = strip_quotes(msg.text)
+    if len(body) > MAX_TURN_CHARS:
+        body = body[:MAX_TURN_CHARS] + f"\n[… cut: the message was {len(body)} characters]"
+    sender = f"{msg.sender_name} <{msg.sender}>" if msg.sender_name else msg.sender
+    parts = [f"Email from {sender}", f"Subject: {msg.subject}" if msg.subject else "", "", body]
+    if msg.attachments:
+        parts += ["", "Attachments:"]
+        parts += [
+            _attachment_line(a, saved[i] if saved else None) for i, a in enumerate(msg.attachments)
+        ]
+    return "\n".join(p for i, p in enumerate(parts) if p or i >= 2).rstrip()
+
+
+def _attachment_line(a: Attachment, path: str | None) -> str:
+    where = f"saved as {path}" if path else "not saved"
+    return f"- {a.filename} ({a.content_type}, {a.size} bytes): {where}"
