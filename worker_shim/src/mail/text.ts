@@ -1,0 +1,118 @@
+// The text a message gives the agent: its own words, without the quoted history. The port
+// of kit/mail/text.py (and message.py's `html_to_text`); both replay
+// kit/mail/golden/strip.jsonl and route.jsonl's turn texts.
+
+import type { Attachment, Inbound } from "./message";
+
+/** Longest body handed to the agent; the rest is cut with a note saying so. */
+export const MAX_TURN_CHARS = 32_000;
+
+const CUT = [
+  /^-{2,}\s*Original Message\s*-{2,}\s*$/i,
+  /^-{2,}\s*Forwarded message\s*-{2,}\s*$/i,
+  /^_{10,}\s*$/,
+  /^On\b.{0,200}\bwrote:\s*$/i,
+  /^-- ?$/,
+];
+const ON_START = /^On\b/i;
+const WROTE_END = /\bwrote:\s*$/i;
+
+/** Code points in `text` (Python's `len`). */
+function chars(text: string): number {
+  let n = 0;
+  for (const _ of text) n++;
+  return n;
+}
+
+/** `text` without quoted history and signature (kit/mail/text.py `strip_quotes`): cut at
+ * the first line that starts a quote or a signature (`On … wrote:`, also over two lines;
+ * `-----Original Message-----`; a line of underscores; `-- `), then drop lines starting
+ * with `>`; trailing blank lines go. */
+export function stripQuotes(text: string): string {
+  const lines = text.replace(/\r\n/g, "\n").replace(/\r/g, "\n").split("\n");
+  const kept: string[] = [];
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i];
+    if (CUT.some((p) => p.test(line))) break;
+    if (ON_START.test(line) && i + 1 < lines.length && WROTE_END.test(lines[i + 1]) && chars(line) + chars(lines[i + 1]) <= 300) break;
+    if (line.startsWith(">")) continue;
+    kept.push(line.trimEnd());
+  }
+  return kept.join("\n").replace(/^\n+/, "").replace(/\n+$/, "").trim();
+}
+
+/** What the agent reads for `msg` (kit/mail/text.py `turn_text`): who wrote, the subject,
+ * the body without quotes, the attachments (`saved`: their paths, when they were saved). */
+export function turnText(msg: Inbound, saved: string[] | null = null): string {
+  let body = stripQuotes(msg.text);
+  const length = chars(body);
+  if (length > MAX_TURN_CHARS) body = [...body].slice(0, MAX_TURN_CHARS).join("") + `\n[… cut: the message was ${length} characters]`;
+  const sender = msg.sender_name ? `${msg.sender_name} <${msg.sender}>` : msg.sender;
+  const parts = [`Email from ${sender}`, msg.subject ? `Subject: ${msg.subject}` : "", "", body];
+  if (msg.attachments.length > 0) {
+    parts.push("", "Attachments:");
+    msg.attachments.forEach((a, i) => parts.push(attachmentLine(a, saved === null ? null : (saved[i] ?? null))));
+  }
+  return parts
+    .filter((p, i) => p !== "" || i >= 2)
+    .join("\n")
+    .trimEnd();
+}
+
+function attachmentLine(a: Attachment, path: string | null): string {
+  return `- ${a.filename} (${a.content_type}, ${a.size} bytes): ${path ? `saved as ${path}` : "not saved"}`;
+}
+
+const TAG = /<[^>]*>/g;
+const BLOCK = /<\s*(br|\/p|\/div|\/li|\/tr|\/h[1-6])\b[^>]*>/gi;
+const DROP = /<\s*(script|style|head)\b.*?<\s*\/\s*\1\s*>/gis;
+const QUOTE_BLOCK = /<\s*blockquote\b.*?<\s*\/\s*blockquote\s*>/gis;
+/** Python's `str.splitlines` separators. */
+const LINE_BREAKS = /\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]/;
+
+/** A plain reading of an HTML body: blocks become lines, quoted blocks are dropped. */
+export function htmlToText(html: string): string {
+  let text = html.replace(DROP, "").replace(QUOTE_BLOCK, "").replace(BLOCK, "\n").replace(TAG, "");
+  text = unescapeHtml(text);
+  // A trailing empty piece (which splitlines drops) goes with the final trim.
+  return text
+    .split(LINE_BREAKS)
+    .map((line) => line.trim())
+    .join("\n")
+    .trim();
+}
+
+const NAMED: Record<string, string> = {
+  amp: "&",
+  lt: "<",
+  gt: ">",
+  quot: '"',
+  apos: "'",
+  nbsp: "\u00a0",
+  copy: "\u00a9",
+  reg: "\u00ae",
+  hellip: "\u2026",
+  mdash: "\u2014",
+  ndash: "\u2013",
+  lsquo: "\u2018",
+  rsquo: "\u2019",
+  ldquo: "\u201c",
+  rdquo: "\u201d",
+  euro: "\u20ac",
+  laquo: "\u00ab",
+  raquo: "\u00bb",
+  middot: "\u00b7",
+  bull: "\u2022",
+};
+
+/** HTML character references: numeric ones, and the common named ones. */
+function unescapeHtml(text: string): string {
+  return text.replace(/&(#[xX][0-9a-fA-F]+|#[0-9]+|[a-zA-Z][a-zA-Z0-9]*);/g, (whole, ref: string) => {
+    if (ref.startsWith("#")) {
+      const code = ref[1] === "x" || ref[1] === "X" ? parseInt(ref.slice(2), 16) : parseInt(ref.slice(1), 10);
+      if (!Number.isFinite(code) || code <= 0 || code > 0x10ffff || (code >= 0xd800 && code <= 0xdfff)) return "\ufffd";
+      return String.fromCodePoint(code);
+    }
+    return NAMED[ref] ?? NAMED[ref.toLowerCase()] ?? whole;
+  });
+}
