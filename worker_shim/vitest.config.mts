@@ -69,6 +69,9 @@ export default defineConfig({
       miniflare: {
         bindings: {
           KIT_API_TOKEN: "kit-api-test-token",
+          // The agent's mail address and name (test/mail.test.ts).
+          KIT_MAIL_ADDRESS: "agent@example.com",
+          KIT_MAIL_NAME: "Acme Support",
           ANTHROPIC_API_KEY: "sk-ant-test-real-key",
           KIT_MODEL_UPSTREAM: "http://upstream.test",
           KIT_WORKER_URL: "http://shim.test",

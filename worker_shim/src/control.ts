@@ -16,6 +16,10 @@
 //                                        instance is thrown away (`ctx.abort()`), storage
 //                                        stays; the next event (or the turn watch alarm)
 //                                        rebuilds it and resumes an open turn
+//   GET  /v1/mail/outbox                 {"items": [...]}: replies sent (or given up), the
+//                                        newest first, at most ?limit= (default and most 200)
+//   GET  /v1/mail/refused                {"items": [...]}: inbound mail refused, the same way
+//                                        (the items' fields: docs/email.md, mail/mailindex.ts)
 //
 // Durable Objects cannot be listed: the listings read the ids from the SessionIndex
 // (sessionindex.ts; at most MAX_LISTED, the newest) and ask each session's DO
@@ -36,6 +40,7 @@ import { SEGMENT_LINE } from "./sessioncontrol";
 import { MAX_LISTED, sessionIndex } from "./sessionindex";
 import { UnknownSignal, pyRepr, pyStr, signalNumber } from "./signals";
 import { endLine } from "./ndjson";
+import { MAX_LISTED_MAIL, mailIndex } from "./mail/mailindex";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 /** Session DOs asked at once by a listing (kit/cli/control.py SUMMARY_CONCURRENCY). */
@@ -58,6 +63,8 @@ const ROUTES: Array<[RegExp, string, Handler]> = [
   [/^\/_kit\/sandboxes\/([^/]+)\/kill$/, "POST", kill],
   [/^\/_kit\/sandboxes\/([^/]+)\/oom$/, "POST", oom],
   [/^\/_kit\/do\/([^/]+)\/evict$/, "POST", evict],
+  [/^\/v1\/mail\/outbox$/, "GET", mailOutbox],
+  [/^\/v1\/mail\/refused$/, "GET", mailRefused],
 ];
 
 /** The answer of a control route, or null when the path is none of them. */
@@ -128,6 +135,28 @@ async function fanOut(env: Env, ask: (id: string) => Promise<Record<string, unkn
   };
   await Promise.all(Array.from({ length: Math.min(SUMMARY_CONCURRENCY, ids.length) }, worker));
   return answers.filter((a): a is Record<string, unknown> => a !== null);
+}
+
+// -- mail (mail/mailindex.ts) ----------------------------------------------------------
+
+/** `?limit=`: 1 to MAX_LISTED_MAIL (the default), or null when it is not one. */
+function mailLimit(url: URL): number | null {
+  const raw = url.searchParams.get("limit");
+  if (raw === null) return MAX_LISTED_MAIL;
+  if (!/^[0-9]{1,6}$/.test(raw) || Number(raw) < 1 || Number(raw) > MAX_LISTED_MAIL) return null;
+  return Number(raw);
+}
+
+async function mailOutbox(_request: Request, url: URL, env: Env): Promise<Response> {
+  const limit = mailLimit(url);
+  if (limit === null) return error("bad_limit", `Give ?limit= a whole number from 1 to ${MAX_LISTED_MAIL}.`, 400);
+  return json({ items: await mailIndex(env).outboxItems(limit) }, 200);
+}
+
+async function mailRefused(_request: Request, url: URL, env: Env): Promise<Response> {
+  const limit = mailLimit(url);
+  if (limit === null) return error("bad_limit", `Give ?limit= a whole number from 1 to ${MAX_LISTED_MAIL}.`, 400);
+  return json({ items: await mailIndex(env).refusedItems(limit) }, 200);
 }
 
 // -- one session's events ---------------------------------------------------------------

@@ -2,12 +2,22 @@
 
 import type { SessionDO } from "./session";
 import type { SessionIndex } from "./sessionindex";
+import type { MailIndex } from "./mail/mailindex";
 
 export interface Env {
   /** One SessionDO per session, named by the session id. */
   SESSION: DurableObjectNamespace<SessionDO>;
   /** The list of sessions (one object, sessionindex.ts): DOs cannot be listed. */
   SESSION_INDEX: DurableObjectNamespace<SessionIndex>;
+  /** The email threads (one object, mail/mailindex.ts): routing, refusals, the outbox. */
+  MAIL_INDEX: DurableObjectNamespace<MailIndex>;
+  /** Replies go out through this send_email binding (mail/replies.ts); absent: none can. */
+  KIT_MAIL?: SendEmail;
+  /** The agent's mail address (kit.toml `[mail] address`, set by kit deploy and the
+   * rehearsal); absent: every inbound message is refused `no_address`. */
+  KIT_MAIL_ADDRESS?: string;
+  /** The name replies are signed with in `From` (optional). */
+  KIT_MAIL_NAME?: string;
   /** The host API token (a secret): every HTTP route but /healthz needs it as a Bearer. */
   KIT_API_TOKEN: string;
   /** The instance type a session's container starts at (default `basic`). */

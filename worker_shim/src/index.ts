@@ -27,12 +27,18 @@
 //   POST /v1/sessions/{id}/store-token
 //                                  Bearer KIT_API_TOKEN: 201 {token, store_url}, a store
 //                                  token for API use (docs/protocol.md §13)
+//   GET  /v1/mail/outbox, /v1/mail/refused
+//                                  Bearer KIT_API_TOKEN: {"items": [...]}, the replies sent
+//                                  and the inbound mail refused, newest first (control.ts)
+//
+// And `email()`: inbound mail (mail/handler.ts), routed to its thread's session.
 //
 // Every other request, and any request to these routes but the upgrade, the store calls,
 // the emulator's deliveries, the page's files and /healthz, needs the API token: 401
 // without it, also for a path that does not exist (another name under /web/ included).
 
 import { control } from "./control";
+import { email } from "./mail/handler";
 import { EGRESS_ROUTE } from "./httpcontainer";
 import type { Env } from "./env";
 import { noSessionSocket } from "./nosession";
@@ -45,6 +51,7 @@ import { isPagePath, localSessionRefusal, localSessions, notAPageFile, servePage
 export { KitEgress } from "./egress";
 export { SessionDO } from "./session";
 export { SessionIndex } from "./sessionindex";
+export { MailIndex } from "./mail/mailindex";
 export type { Env } from "./env";
 export type { ContainerLike } from "./runtime";
 
@@ -96,6 +103,12 @@ export default {
     const mint = STORE_TOKEN_PATH.exec(url.pathname);
     if (mint !== null && request.method === "POST") return mintStoreToken(request, url, env, mint[1]);
     return json({ error: "not_found", message: `No route ${request.method} ${url.pathname}.` }, 404);
+  },
+
+  /** Inbound mail (mail/handler.ts): routed to its thread's session; the reply leaves
+   * from the session's DO when the turn ends. */
+  async email(message: ForwardableEmailMessage, env: Env): Promise<void> {
+    await email(message, env);
   },
 } satisfies ExportedHandler<Env>;
 

@@ -33,7 +33,8 @@ export { MODEL_PATH } from "./model";
 import { RUNTIME_PORT, RuntimeLost, type ContainerLike } from "./runtime";
 import { WORKER_HOST, type EgressProps } from "./egress";
 import { STORE_CALL, StoreApi, storeUrl } from "./storeapi";
-import { sameText, sha256 } from "./tokens";
+import { randomToken, sameText, sha256 } from "./tokens";
+import { MAIL_RETRY_MS, MailReplies, bindingMailer, type MailTurn, type Mailer } from "./mail/replies";
 
 export { exitCodeOf, oomOf, reasonOf } from "./runner";
 export { randomToken, sameText, sha256 } from "./tokens";
@@ -76,6 +77,10 @@ export class SessionDO extends DurableObject<Env> {
   private readonly modelRoute: ModelRoute;
   /** kit's control routes for this session (sessioncontrol.ts). */
   private readonly control: SessionControl;
+  /** The session's mail: one reply per inbound message (mail/replies.ts). */
+  private readonly mail: MailReplies;
+  /** What sends the replies: the send_email binding; tests put a recorder here. */
+  mailer: Mailer;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -110,12 +115,42 @@ export class SessionDO extends DurableObject<Env> {
     // (runner.resume), not from here: a turn runs on after the event that started it.
     this.control = new SessionControl({ ctx, env, log: this.log, runner: this.runner, container: () => this.container() });
     this.control.register();
+    this.mailer = bindingMailer(env);
+    this.mail = new MailReplies({
+      env,
+      log: this.log,
+      sql: ctx.storage.sql,
+      addTurn: (clientMsgId, text) => this.log.addTurn(clientMsgId, text),
+      started: async (row) => {
+        this.publish(row as EventRow);
+        await this.armTurnWatch();
+        this.runner.start();
+      },
+      mailer: () => this.mailer,
+    });
   }
 
   /** Create the session (called once by the Worker at POST /v1/sessions). */
   async init(sessionId: string, tokenSha256: string, tier: string): Promise<void> {
     // `indexed`: the Worker added the session to the SessionIndex before this call.
     this.log.create({ session_id: sessionId, token_sha256: tokenSha256, tier, created_ms: String(Date.now()), indexed: "1" });
+  }
+
+  /** Create the session of a new email thread (the MailIndex chose its id; the Worker's
+   * email handler calls this once per delivery, so again is a no-op). Nobody holds its
+   * socket token: its events are read on the control API (`kit logs`). */
+  async initMail(sessionId: string, tier: string): Promise<void> {
+    const tokenSha256 = await sha256("kit-session-" + randomToken());
+    if (this.log.exists()) return; // after the await: one synchronous check-and-create
+    this.log.create({ session_id: sessionId, token_sha256: tokenSha256, tier, created_ms: String(Date.now()), indexed: "1", channel: "email" });
+  }
+
+  /** An inbound message's turn (mail/replies.ts `take`): started once per inbound id; the
+   * reply leaves when the turn ends. */
+  async mailTurn(turn: MailTurn): Promise<{ turn_id: string; fresh: boolean }> {
+    if (!this.log.exists()) throw new Error("This Durable Object holds no session; the email handler makes it first (initMail).");
+    this.runner.resume();
+    return this.mail.take(turn);
   }
 
   /** Whether this DO holds a session (reads only: the Worker asks before it forwards a
@@ -154,6 +189,8 @@ export class SessionDO extends DurableObject<Env> {
       this.runner.resume();
       next = now + TURN_WATCH_MS;
     }
+    // A reply whose turn ended while no instance sent it (evicted, restarted) goes now.
+    if (this.mail.pending() > 0 && (await this.mail.pump()) > 0) next = Math.min(next ?? Infinity, now + MAIL_RETRY_MS);
     for (const ws of this.ctx.getWebSockets()) {
       const st = state(ws);
       if (st.phase !== "hello") continue;
@@ -443,6 +480,19 @@ export class SessionDO extends DurableObject<Env> {
       }
     }
     this.control.published(row);
+    if (endsTurn(row) && this.mail.isMailTurn(row.turn_id)) this.ctx.waitUntil(this.pumpMail());
+  }
+
+  /** Send the replies of ended turns; the alarm retries what is left. */
+  private async pumpMail(): Promise<void> {
+    try {
+      if ((await this.mail.pump()) === 0) return;
+    } catch (exc) {
+      console.error(`session ${this.log.meta("session_id")}: sending mail replies failed`, exc);
+    }
+    const due = Date.now() + MAIL_RETRY_MS;
+    const alarm = await this.ctx.storage.getAlarm();
+    if (alarm === null || alarm > due) await this.ctx.storage.setAlarm(due);
   }
 
   private outbox(ws: WebSocket): Outbox {
@@ -499,6 +549,13 @@ export class SessionDO extends DurableObject<Env> {
 // --- helpers ---------------------------------------------------------------------------------
 
 
+
+/** A `result`, or an `error` `turn_failed`: the end of its turn. */
+function endsTurn(row: EventRow): boolean {
+  if (row.kind === "result") return true;
+  if (row.kind !== "error" || !row.data.includes("turn_failed")) return false;
+  return (JSON.parse(row.data) as { code?: unknown }).code === "turn_failed";
+}
 
 function state(ws: WebSocket): SocketState {
   return (ws.deserializeAttachment() as SocketState | null) ?? { phase: "hello", after: 0, opened: Date.now() };

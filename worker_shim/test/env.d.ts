@@ -3,6 +3,10 @@ declare namespace Cloudflare {
   interface Env {
     SESSION: DurableObjectNamespace<import("../src/session").SessionDO>;
     SESSION_INDEX: DurableObjectNamespace<import("../src/sessionindex").SessionIndex>;
+    MAIL_INDEX: DurableObjectNamespace<import("../src/mail/mailindex").MailIndex>;
+    KIT_MAIL?: SendEmail;
+    KIT_MAIL_ADDRESS?: string;
+    KIT_MAIL_NAME?: string;
     KIT_API_TOKEN: string;
     KIT_SANDBOX_TIER?: string;
     ANTHROPIC_API_KEY: string;

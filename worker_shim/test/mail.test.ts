@@ -1,0 +1,416 @@
+// The Worker's email() handler and the session DO's replies (src/mail/): a thread is one
+// session, refused mail starts nothing, exactly one reply per inbound message (a repeated
+// delivery, a container killed mid-turn, the DO lost mid-turn, a failed send), and what
+// GET /v1/mail/outbox and /v1/mail/refused list. Replies are read as the user reads them:
+// the raw message sent, parsed back.
+
+import { SELF, abortAllDurableObjects, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
+import { env } from "cloudflare:workers";
+import { describe, expect, it } from "vitest";
+import worker from "../src/index";
+import type { Env } from "../src/env";
+import { acceptMail, clientMsgId, deliverMail, email } from "../src/mail/handler";
+import { parse, type Inbound } from "../src/mail/message";
+import { APOLOGY, MAX_SEND_ATTEMPTS, type Mailer } from "../src/mail/replies";
+import { FakeContainer, cannedOrRecovered, cannedTurn, recoveredTurn, type RuntimeEventLine } from "./fake_runtime";
+import { API, AUTH } from "./helpers";
+
+const AGENT = "agent@example.com";
+
+/** A message as Email Routing hands it to the Worker, and what it was bounced with. */
+function inbound(text: string, envelope: { from?: string; to?: string } = {}) {
+  const bytes = new TextEncoder().encode(text.replaceAll("\n", "\r\n"));
+  const rejected: string[] = [];
+  const from = envelope.from ?? parse(bytes).sender;
+  return {
+    from,
+    to: envelope.to ?? AGENT,
+    raw: new Response(bytes).body!,
+    rawSize: bytes.length,
+    setReject: (reason: string) => void rejected.push(reason),
+    rejected,
+  };
+}
+
+let counter = 0;
+/** A fresh Message-ID (tests share the one MailIndex). */
+function mid(tag: string): string {
+  return `${tag}-${++counter}-${crypto.randomUUID().slice(0, 8)}@example.org`;
+}
+
+function mail(o: { from?: string; to?: string; id: string; subject?: string; inReplyTo?: string; references?: string[]; body?: string; extra?: string }): string {
+  return [
+    `From: ${o.from ?? "Alice <alice@example.org>"}`,
+    `To: ${o.to ?? AGENT}`,
+    `Subject: ${o.subject ?? "Order 1234"}`,
+    `Message-ID: <${o.id}>`,
+    "Date: Mon, 07 Dec 2026 10:00:00 +0000",
+    ...(o.inReplyTo ? [`In-Reply-To: <${o.inReplyTo}>`] : []),
+    ...(o.references ? [`References: ${o.references.map((r) => `<${r}>`).join(" ")}`] : []),
+    ...(o.extra ? [o.extra] : []),
+    "",
+    o.body ?? "Hello, where is my order?",
+    "",
+  ].join("\n");
+}
+
+/** Records what a session's DO sends, as the platform would take it. */
+class Recorder implements Mailer {
+  readonly sent: Array<{ from: string; to: string; raw: string; read: Inbound; messageId: string }> = [];
+  failures = 0;
+  async send(from: string, to: string, raw: string): Promise<{ messageId: string }> {
+    if (this.failures > 0) {
+      this.failures--;
+      throw new Error("the platform refused the message (test)");
+    }
+    const messageId = `<platform-${this.sent.length + 1}-${crypto.randomUUID().slice(0, 8)}@example.com>`;
+    this.sent.push({ from, to, raw, read: parse(new TextEncoder().encode(raw)), messageId });
+    return { messageId };
+  }
+}
+
+interface DoInternals {
+  mailer: Mailer;
+  runner: { turnsRun: Promise<void>; exitWaitMs: number };
+  mail: { idle(): Promise<void> };
+}
+
+/** Give the session's DO instance a container and a recorder for its replies. */
+async function equip(sessionId: string, container: FakeContainer, recorder: Recorder | null): Promise<void> {
+  await runInDurableObject(env.SESSION.getByName(sessionId), (instance, state) => {
+    (state as { container?: unknown }).container = container;
+    if (recorder !== null) (instance as unknown as DoInternals).mailer = recorder;
+  });
+}
+
+/** Wait until the session's turns have run and the sends their ends started are done. */
+async function settle(sessionId: string): Promise<void> {
+  await runInDurableObject(env.SESSION.getByName(sessionId), async (instance) => {
+    const i = instance as unknown as DoInternals;
+    await i.runner.turnsRun;
+    await i.mail.idle();
+  });
+}
+
+/** Accept `text`, equip its (new) session, deliver: the first message of a thread. */
+async function firstMessage(text: string, container: FakeContainer, recorder: Recorder | null): Promise<string> {
+  const accepted = await acceptMail(inbound(text), env as Env);
+  expect(accepted?.action).toBe("new");
+  await equip(accepted!.session_id, container, recorder);
+  await deliverMail(accepted!, env as Env);
+  await settle(accepted!.session_id);
+  return accepted!.session_id;
+}
+
+async function userTexts(sessionId: string): Promise<string[]> {
+  return runInDurableObject(env.SESSION.getByName(sessionId), (_i, state) =>
+    state.storage.sql
+      .exec<{ data: string }>("SELECT data FROM events WHERE kind = 'user' ORDER BY seq")
+      .toArray()
+      .map((r) => (JSON.parse(r.data) as { text: string }).text),
+  );
+}
+
+async function listed(path: string): Promise<Array<Record<string, unknown>>> {
+  const answer = await SELF.fetch(`${API}${path}`, { headers: AUTH });
+  expect(answer.status).toBe(200);
+  return ((await answer.json()) as { items: Array<Record<string, unknown>> }).items;
+}
+
+const answerOf = (lines: RuntimeEventLine[]) => lines.at(-1)!.data.text as string;
+
+describe("a thread of three messages", () => {
+  it("is one session with three turns and three threaded replies, the user reading each answer", async () => {
+    const recorder = new Recorder();
+    const container = new FakeContainer();
+    const m1 = mid("m1");
+    const sid = await firstMessage(mail({ id: m1, body: "Where is order 1234?" }), container, recorder);
+    expect(recorder.sent).toHaveLength(1);
+    const r1 = recorder.sent[0];
+    const prompt1 = "Email from Alice <alice@example.org>\nSubject: Order 1234\n\nWhere is order 1234?";
+    expect(r1.read.text).toBe(answerOf(cannedTurn(prompt1)) + "\n");
+    const token = /^agent\+([a-z2-7]{20})@example\.com$/.exec(r1.from)![1];
+    expect(r1.to).toBe("alice@example.org");
+    expect(r1.read.headers).toMatchObject({
+      from: `Acme Support <agent+${token}@example.com>`,
+      to: "Alice <alice@example.org>",
+      subject: "Re: Order 1234",
+      "in-reply-to": `<${m1}>`,
+      references: `<${m1}>`,
+      "auto-submitted": "auto-replied",
+    });
+
+    // The second: a reply to the agent's reply, as a mail client writes it (to the plus
+    // address, In-Reply-To the reply's id as delivered, References the thread, the quote).
+    const m2 = mid("m2");
+    const second = inbound(
+      mail({
+        id: m2,
+        to: `Acme Support <agent+${token}@example.com>`,
+        subject: "Re: Order 1234",
+        inReplyTo: r1.messageId.slice(1, -1),
+        references: [m1, r1.messageId.slice(1, -1)],
+        body: `And the second item?\n\nOn Mon, 7 Dec 2026 at 10:01, Acme Support <agent+${token}@example.com> wrote:\n> ${r1.read.text.trim()}`,
+      }),
+      { to: `agent+${token}@example.com` },
+    );
+    await email(second, env as Env);
+    await settle(sid);
+    // The third: the client dropped the plus address (to the bare address); threading
+    // headers alone route it.
+    const r2 = recorder.sent[1];
+    const m3 = mid("m3");
+    await email(
+      inbound(mail({ id: m3, subject: "Re: Order 1234", inReplyTo: r2.messageId.slice(1, -1), references: [m1, r1.messageId.slice(1, -1), m2, r2.messageId.slice(1, -1)], body: "Thanks!" })),
+      env as Env,
+    );
+    await settle(sid);
+
+    expect(recorder.sent).toHaveLength(3);
+    const texts = await userTexts(sid);
+    expect(texts).toEqual([prompt1, "Email from Alice <alice@example.org>\nSubject: Re: Order 1234\n\nAnd the second item?", "Email from Alice <alice@example.org>\nSubject: Re: Order 1234\n\nThanks!"]);
+    expect(recorder.sent.map((r) => r.read.text)).toEqual(texts.map((t) => answerOf(cannedTurn(t)) + "\n"));
+    expect(recorder.sent[2].read.headers["references"]).toBe([m1, r1.messageId.slice(1, -1), m2, r2.messageId.slice(1, -1), m3].map((i) => `<${i}>`).join(" "));
+    expect(recorder.sent.every((r) => r.from === `agent+${token}@example.com` && r.read.headers["subject"] === "Re: Order 1234")).toBe(true);
+    expect(container.turns.map((t) => t.turn_id)).toEqual(["t1", "t2", "t3"]);
+
+    const outbox = (await listed("/v1/mail/outbox")).filter((i) => i.session_id === sid);
+    expect(outbox.map((i) => i.in_reply_to)).toEqual([m3, m2, m1]); // newest first
+    expect(outbox[2]).toEqual({
+      ts: expect.any(Number),
+      session_id: sid,
+      inbound_id: m1,
+      to: "alice@example.org",
+      subject: "Re: Order 1234",
+      in_reply_to: m1,
+      message_id: r1.messageId.slice(1, -1),
+      text: answerOf(cannedTurn(prompt1)),
+      state: "sent",
+      error: null,
+    });
+    // The client_msg_id of each turn comes from its Message-ID.
+    const ids = await runInDurableObject(env.SESSION.getByName(sid), (_i, state) =>
+      state.storage.sql.exec<{ client_msg_id: string }>("SELECT client_msg_id FROM turns ORDER BY user_seq").toArray().map((r) => r.client_msg_id),
+    );
+    expect(ids).toEqual([await clientMsgId(m1), await clientMsgId(m2), await clientMsgId(m3)]);
+    expect(ids[0]).toMatch(/^mail-[0-9a-f]{64}$/);
+  });
+});
+
+describe("mail that starts nothing", () => {
+  it("a non-participant's reply and a forged In-Reply-To: refused, no session, no reply", async () => {
+    const recorder = new Recorder();
+    const m1 = mid("m1");
+    const sid = await firstMessage(mail({ id: m1 }), new FakeContainer(), recorder);
+    const reply = recorder.sent[0].messageId.slice(1, -1);
+    const token = recorder.sent[0].from.split("+")[1].split("@")[0];
+    const tries = [
+      inbound(mail({ from: "mallory@evil.test", id: mid("x"), inReplyTo: reply })),
+      inbound(mail({ from: "mallory@evil.test", id: mid("x"), to: `agent+${token}@example.com` }), { to: `agent+${token}@example.com` }),
+      inbound(mail({ from: "Mallory <mallory@evil.test>", id: mid("x"), references: [m1] })),
+    ];
+    for (const t of tries) expect(await acceptMail(t, env as Env)).toBeNull();
+    await settle(sid);
+    expect(recorder.sent).toHaveLength(1);
+    expect(await userTexts(sid)).toHaveLength(1);
+    expect(tries.every((t) => t.rejected.length === 0)).toBe(true); // dropped, not bounced
+    const refused = await listed("/v1/mail/refused");
+    expect(refused.slice(0, 3).map((r) => [r.reason, r.from])).toEqual([
+      ["not_participant", "mallory@evil.test"],
+      ["not_participant", "mallory@evil.test"],
+      ["not_participant", "mallory@evil.test"],
+    ]);
+    expect(refused[0]).toEqual({
+      ts: expect.any(Number),
+      reason: "not_participant",
+      detail: "the sender is not a participant of the thread it points at",
+      message_id: expect.stringMatching(/^x-/),
+      from: "mallory@evil.test",
+      to: AGENT,
+      subject: "Order 1234",
+    });
+  });
+
+  it("an auto-reply storm, the agent's own reply fed back included, gets no reply and no session", async () => {
+    const recorder = new Recorder();
+    const sid = await firstMessage(mail({ id: mid("m1") }), new FakeContainer(), recorder);
+    const own = recorder.sent[0];
+    const headers = [
+      "Auto-Submitted: auto-replied",
+      "Auto-Submitted: auto-generated",
+      "Precedence: bulk",
+      "Precedence: list",
+      "Precedence: junk",
+      "List-Id: <announce.example.org>",
+      "X-Auto-Response-Suppress: All",
+    ];
+    const storm: ReturnType<typeof inbound>[] = [];
+    const ids = Array.from({ length: 19 }, () => mid("auto"));
+    for (let i = 0; i < 18; i++) storm.push(inbound(mail({ id: ids[i], extra: headers[i % headers.length] })));
+    storm.push(inbound(mail({ from: "MAILER-DAEMON@mx.example.org", id: ids[18], subject: "Undelivered" }), { from: "" }));
+    // The agent's reply delivered back to the agent (a forwarding loop).
+    storm.push(inbound(own.raw, { from: own.from, to: AGENT }));
+    for (const m of storm) expect(await acceptMail(m, env as Env)).toBeNull();
+    await settle(sid);
+    expect(recorder.sent).toHaveLength(1);
+    expect(storm.every((m) => m.rejected.length === 0)).toBe(true); // never bounced: that feeds a loop
+    const refused = (await listed("/v1/mail/refused")).slice(0, 20);
+    expect(refused.map((r) => r.message_id).reverse()).toEqual([...ids, own.read.message_id]);
+    expect(new Set(refused.map((r) => r.reason))).toEqual(new Set(["auto_submitted", "precedence", "list", "auto_response_suppress", "null_sender"]));
+    expect(refused[0].reason).toBe("auto_submitted"); // the reply is marked Auto-Submitted: auto-replied
+  });
+
+  it("bounces mail to another address of the domain and a plus address kit never issued", async () => {
+    const other = inbound(mail({ id: mid("o"), to: "someone@example.com" }), { to: "someone@example.com" });
+    const forged = inbound(mail({ id: mid("f"), to: "agent+aaaaaaaaaaaaaaaaaaaa@example.com" }), { to: "agent+aaaaaaaaaaaaaaaaaaaa@example.com" });
+    await email(other, env as Env);
+    await email(forged, env as Env);
+    expect(other.rejected).toEqual(["No such mailbox here."]);
+    expect(forged.rejected).toEqual(["No such mailbox here: this reply address is not one this agent gave out."]);
+    const refused = await listed("/v1/mail/refused");
+    expect(refused.slice(0, 2).map((r) => r.reason)).toEqual(["unknown_token", "not_addressed"]);
+  });
+
+  it("a Worker with no agent address refuses all mail, saying which var to set", async () => {
+    const m = inbound(mail({ id: mid("n") }));
+    await email(m, { ...(env as Env), KIT_MAIL_ADDRESS: undefined });
+    expect(m.rejected).toEqual(["This address takes no mail."]);
+    const [row] = await listed("/v1/mail/refused?limit=1");
+    expect(row).toMatchObject({ reason: "no_address", detail: expect.stringContaining("KIT_MAIL_ADDRESS"), from: "alice@example.org" });
+  });
+
+  it("mail with no Message-ID is bounced, naming what is missing", async () => {
+    const m = inbound("From: alice@example.org\nTo: agent@example.com\nSubject: hi\n\nhello\n", { from: "alice@example.org" });
+    await email(m, env as Env);
+    expect(m.rejected).toEqual(["The message has no Message-ID header; kit needs one to thread replies."]);
+    const [row] = await listed("/v1/mail/refused?limit=1");
+    expect(row).toMatchObject({ reason: "unreadable", message_id: null });
+  });
+});
+
+describe("exactly one reply per inbound message", () => {
+  it("a second delivery of the same Message-ID adds no turn and no reply", async () => {
+    const recorder = new Recorder();
+    const m1 = mid("m1");
+    const text = mail({ id: m1 });
+    const sid = await firstMessage(text, new FakeContainer(), recorder);
+    const again = inbound(text);
+    await email(again, env as Env);
+    await settle(sid);
+    expect(recorder.sent).toHaveLength(1);
+    expect(await userTexts(sid)).toHaveLength(1);
+    expect(again.rejected).toEqual([]);
+    expect((await listed("/v1/mail/refused?limit=1"))[0]).toMatchObject({ reason: "duplicate", message_id: m1 });
+  });
+
+  it("a delivery retried after the session was made (the handler failed before delivering) starts the turn once", async () => {
+    const recorder = new Recorder();
+    const text = mail({ id: mid("m1") });
+    const first = await acceptMail(inbound(text), env as Env);
+    await equip(first!.session_id, new FakeContainer(), recorder);
+    // The platform delivers again: routed to the same session, delivered, then once more.
+    const retried = await acceptMail(inbound(text), env as Env);
+    expect(retried?.session_id).toBe(first!.session_id);
+    await deliverMail(retried!, env as Env);
+    await deliverMail(first!, env as Env);
+    await settle(first!.session_id);
+    expect(recorder.sent).toHaveLength(1);
+    expect(await userTexts(first!.session_id)).toHaveLength(1);
+  });
+
+  it("a container killed mid-turn: the recovered turn's answer is the one reply", async () => {
+    const recorder = new Recorder();
+    const container = new FakeContainer(cannedOrRecovered, null, [{ at: "stream", after: 2, code: 137 }]);
+    const sid = await firstMessage(mail({ id: mid("m1"), body: "Slow one" }), container, recorder);
+    const prompt = "Email from Alice <alice@example.org>\nSubject: Order 1234\n\nSlow one";
+    expect(container.turns.map((t) => t.recover)).toEqual([false, true]);
+    expect(recorder.sent.map((r) => r.read.text)).toEqual([answerOf(recoveredTurn(prompt)) + "\n"]);
+    expect((await listed("/v1/mail/outbox")).filter((i) => i.session_id === sid)).toHaveLength(1);
+  });
+
+  it("the DO lost mid-turn: the alarm finishes the turn and sends its one reply", async () => {
+    const recorder = new Recorder();
+    const container = new FakeContainer(cannedOrRecovered, new Promise<void>(() => {}));
+    container.holdAfter = 2;
+    const m1 = mid("m1");
+    const accepted = await acceptMail(inbound(mail({ id: m1, body: "Hold on" })), env as Env);
+    await equip(accepted!.session_id, container, recorder);
+    await deliverMail(accepted!, env as Env);
+    const stub = env.SESSION.getByName(accepted!.session_id);
+    // Until the held stream gave its 2 lines (bounded: 10 s).
+    for (let n = 0; n < 1_000 && container.turns.length === 0; n++) await scheduler.wait(10);
+    expect(container.turns).toHaveLength(1);
+    container.holdAfter = -1;
+    await abortAllDurableObjects();
+    container.forgetInstance();
+    await equip(accepted!.session_id, container, recorder);
+    expect(await runDurableObjectAlarm(stub)).toBe(true);
+    await settle(accepted!.session_id);
+    const prompt = "Email from Alice <alice@example.org>\nSubject: Order 1234\n\nHold on";
+    expect(recorder.sent.map((r) => r.read.text)).toEqual([answerOf(recoveredTurn(prompt)) + "\n"]);
+    expect(recorder.sent[0].read.headers["in-reply-to"]).toBe(`<${m1}>`);
+    // Nothing more on the next alarm.
+    await runDurableObjectAlarm(stub);
+    await settle(accepted!.session_id);
+    expect(recorder.sent).toHaveLength(1);
+  });
+
+  it("a send the platform refuses is tried again by the alarm, once it goes through", async () => {
+    const recorder = new Recorder();
+    recorder.failures = 1;
+    const sid = await firstMessage(mail({ id: mid("m1") }), new FakeContainer(), recorder);
+    expect(recorder.sent).toHaveLength(0);
+    const stub = env.SESSION.getByName(sid);
+    expect(await runDurableObjectAlarm(stub)).toBe(true); // set for the retry
+    expect(recorder.sent).toHaveLength(1);
+    await runDurableObjectAlarm(stub);
+    await settle(sid);
+    expect(recorder.sent).toHaveLength(1);
+    expect((await listed("/v1/mail/outbox")).filter((i) => i.session_id === sid)).toMatchObject([{ state: "sent", error: null }]);
+  });
+
+  it(`gives a reply up after ${MAX_SEND_ATTEMPTS} refused sends, listed failed with the platform's error`, async () => {
+    const recorder = new Recorder();
+    recorder.failures = MAX_SEND_ATTEMPTS;
+    const sid = await firstMessage(mail({ id: mid("m1") }), new FakeContainer(), recorder);
+    const stub = env.SESSION.getByName(sid);
+    for (let n = 1; n < MAX_SEND_ATTEMPTS; n++) expect(await runDurableObjectAlarm(stub)).toBe(true);
+    await settle(sid);
+    expect(recorder.sent).toHaveLength(0);
+    expect((await listed("/v1/mail/outbox")).filter((i) => i.session_id === sid)).toMatchObject([
+      { state: "failed", error: "the platform refused the message (test)" },
+    ]);
+  });
+
+  it("a failed turn is answered with a short apology", async () => {
+    const recorder = new Recorder();
+    const failing = () => [{ kind: "error", data: { code: "turn_failed", message: "The agent raised." } }];
+    await firstMessage(mail({ id: mid("m1") }), new FakeContainer(failing), recorder);
+    expect(recorder.sent.map((r) => r.read.text)).toEqual([APOLOGY + "\n"]);
+  });
+
+  it("sends through the send_email binding (wrangler's local one): the platform sets the Message-ID", async () => {
+    const m1 = mid("m1");
+    const sid = await firstMessage(mail({ id: m1 }), new FakeContainer(), null);
+    const [item] = (await listed("/v1/mail/outbox")).filter((i) => i.session_id === sid);
+    expect(item).toMatchObject({ state: "sent", in_reply_to: m1, error: null });
+    expect(item.message_id).toEqual(expect.stringMatching(/@example\.com$/));
+    expect(item.message_id).not.toMatch(/^kit-/);
+  });
+});
+
+describe("the mail routes", () => {
+  it("need the API token and a sane limit", async () => {
+    for (const path of ["/v1/mail/outbox", "/v1/mail/refused"]) {
+      expect((await SELF.fetch(`${API}${path}`)).status).toBe(401);
+      const bad = await SELF.fetch(`${API}${path}?limit=0`, { headers: AUTH });
+      expect(bad.status).toBe(400);
+      expect(await bad.json()).toEqual({ error: "bad_limit", message: "Give ?limit= a whole number from 1 to 200." });
+      expect((await SELF.fetch(`${API}${path}`, { method: "POST", headers: AUTH })).status).toBe(405);
+    }
+  });
+
+  it("the Worker's default export has the email handler", () => {
+    expect(typeof worker.email).toBe("function");
+  });
+});
