@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +42,9 @@ from kit.deploy.image import bundle_image
 from kit.tiers import get_tier
 
 ANTHROPIC_API = "https://api.anthropic.com"
+MAIL_ADDRESS_VAR = "KIT_MAIL_ADDRESS"
+"""The var that gives the shim the agent's mail address (its ``email()`` handler refuses
+all mail without one)."""
 LOCAL_SESSIONS_VAR = "KIT_WEB_LOCAL_SESSIONS"
 """The var that has the shim serve ``POST /web/session`` (a rehearsal's only: kit deploy
 never sets it, and the shim honours it only with its container emulator)."""
@@ -60,6 +63,12 @@ class CfRehearsal:
     bundle: Bundle
     image: str
     """The bundle image the containers run."""
+    worker_dir: Path
+    """Where wrangler dev runs: its config, and ``.wrangler/tmp/email/`` where the send_email
+    binding writes each message it sends (``<Message-ID>.eml``)."""
+    restart_worker: Callable[[], Awaitable[None]]
+    """Stop ``wrangler dev`` (its workerd and every DO instance with it) and start it again
+    on the same port and the same state: what a host restart is to the shim."""
 
 
 def cloudflare_tier(name: str) -> str:
@@ -77,12 +86,21 @@ def cloudflare_tier(name: str) -> str:
 
 
 def rehearsal_vars(
-    bundle: Bundle, *, worker_url: str, model_upstream: str, containers_url: str, image: str
+    bundle: Bundle,
+    *,
+    worker_url: str,
+    model_upstream: str,
+    containers_url: str,
+    image: str,
+    mail_address: str | None = None,
 ) -> dict[str, str]:
     """The shim's vars in a rehearsal: where it is, its model upstream, the bundle (its
-    digest and, as a deploy passes them, its ``[limits]``), the container emulator, and
-    sessions for the chat page of this machine (``POST /web/session``)."""
+    digest and, as a deploy passes them, its ``[limits]``), the container emulator,
+    sessions for the chat page of this machine (``POST /web/session``) and, when given, the
+    agent's mail address."""
+    mail = {} if mail_address is None else {MAIL_ADDRESS_VAR: mail_address}
     return {
+        **mail,
         "KIT_WORKER_URL": worker_url,
         LOCAL_SESSIONS_VAR: "1",
         "KIT_MODEL_UPSTREAM": model_upstream,
@@ -100,10 +118,13 @@ async def rehearse_cloudflare(
     runtime_image: str,
     *,
     model_key: str | None = None,
+    mail_address: str | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> AsyncIterator[CfRehearsal]:
     """Start the offline model, the container emulator and the shim in ``wrangler dev``
-    for ``project`` on ``runtime_image``; yield the rehearsal; take it all down on exit."""
+    for ``project`` on ``runtime_image``; yield the rehearsal; take it all down on exit.
+    ``mail_address``: the agent's address (the shim's ``email()`` handler takes mail at
+    ``POST <url>/cdn-cgi/local/email?from=&to=``)."""
     loaded = load_project(project)
     tier = cloudflare_tier(loaded.sandbox.tier)
     shim_wrangler()  # missing: said before any image is built or file written
@@ -123,25 +144,44 @@ async def rehearse_cloudflare(
         DockerRunner(runner_id=runner_id) as runner,
         serve(token=emulator_token, runner=runner, image=image) as containers,
     ):
-        config = write_config(
-            folder,
-            name=loaded.agent.name,
-            tier=tier,
-            variables=rehearsal_vars(
-                bundle,
-                worker_url=f"http://127.0.0.1:{port}",
-                model_upstream=ANTHROPIC_API if model_key else model_url,
-                containers_url=containers.url,
-                image=image,
-            ),
-            secrets={
-                "KIT_API_TOKEN": token,
-                "ANTHROPIC_API_KEY": model_key or offline_key,
-                "KIT_CONTAINER_EMULATOR_TOKEN": emulator_token,
-            },
-        )
+
+        def configure() -> Path:
+            # Written again at a restart: wrangler_dev removes .dev.vars when it stops.
+            return write_config(
+                folder,
+                name=loaded.agent.name,
+                tier=tier,
+                variables=rehearsal_vars(
+                    bundle,
+                    worker_url=f"http://127.0.0.1:{port}",
+                    model_upstream=ANTHROPIC_API if model_key else model_url,
+                    containers_url=containers.url,
+                    image=image,
+                    mail_address=mail_address,
+                ),
+                secrets={
+                    "KIT_API_TOKEN": token,
+                    "ANTHROPIC_API_KEY": model_key or offline_key,
+                    "KIT_CONTAINER_EMULATOR_TOKEN": emulator_token,
+                },
+            )
+
+        config = configure()
         progress(f"starting the shim in wrangler dev on 127.0.0.1:{port}…")
-        async with wrangler_dev(config, port=port, persist=folder / "state") as url:
+        running = contextlib.AsyncExitStack()  # the wrangler dev now running
+        try:
+            url = await running.enter_async_context(
+                wrangler_dev(config, port=port, persist=folder / "state")
+            )
+
+            async def restart_worker() -> None:
+                nonlocal running
+                await running.aclose()
+                running = contextlib.AsyncExitStack()
+                await running.enter_async_context(
+                    wrangler_dev(configure(), port=port, persist=folder / "state")
+                )
+
             yield CfRehearsal(
                 url=url,
                 api_token=token,
@@ -150,7 +190,11 @@ async def rehearse_cloudflare(
                 model_url=model_url,
                 bundle=bundle,
                 image=image,
+                worker_dir=config.parent,
+                restart_worker=restart_worker,
             )
+        finally:
+            await running.aclose()
 
 
 def banner_rows(cf: CfRehearsal, *, real_model: bool) -> list[tuple[str, str]]:
