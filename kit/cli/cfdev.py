@@ -37,14 +37,11 @@ from kit.cli.flydev import advertised, offline_model, rehearsal_lock, until_stop
 from kit.cli.stack import load_api_token
 from kit.cli.statedir import make_private
 from kit.cli.wrangler import free_port, shim_wrangler, wrangler_dev, write_config
-from kit.deploy.cloudflare.target import LIMITS_VAR, limits_var
+from kit.deploy.cloudflare.target import LIMITS_VAR, MAIL_ADDRESS_VAR, limits_var
 from kit.deploy.image import bundle_image
 from kit.tiers import get_tier
 
 ANTHROPIC_API = "https://api.anthropic.com"
-MAIL_ADDRESS_VAR = "KIT_MAIL_ADDRESS"
-"""The var that gives the shim the agent's mail address (its ``email()`` handler refuses
-all mail without one)."""
 LOCAL_SESSIONS_VAR = "KIT_WEB_LOCAL_SESSIONS"
 """The var that has the shim serve ``POST /web/session`` (a rehearsal's only: kit deploy
 never sets it, and the shim honours it only with its container emulator)."""

@@ -20,6 +20,8 @@ from kit.deploy.cloudflare.target import (
     EGRESS_VAR,
     INSTANCE_TYPES,
     LIMITS_VAR,
+    MAIL_ADDRESS_VAR,
+    MAIL_BINDING,
     MAX_VAR_BYTES,
     PAGE,
     WEB_SESSION_URL_VAR,
@@ -282,3 +284,29 @@ def test_a_shim_folder_without_its_source_is_refused(tmp_path: Path) -> None:
     """KIT_WORKER_SHIM pointing at the wrong folder names the setting."""
     with pytest.raises(DeployError, match="KIT_WORKER_SHIM"):
         load_shim(tmp_path)
+
+
+def test_the_deploy_takes_mail_at_the_agents_address(tmp_path: Path) -> None:
+    """The Worker gets the shim's email pieces: its send_email binding for the replies, the
+    MailIndex object and its migration, and the agent's address as the var its email()
+    handler reads (absent when no address is given: the Worker then refuses all mail)."""
+    shim = load_shim(SHIM)
+    bundle = build_bundle(load_project(EXAMPLE_PROJECT), tmp_path / "bundles")
+    target = CloudflareTarget("acme-support", "basic")
+    want = desired(
+        target,
+        shim,
+        bundle,
+        "kit-runtime:x",
+        SECRETS,
+        build_dir=tmp_path / "b",
+        mail_address="agent@example.com",
+    )
+    assert want.config["send_email"] == [{"name": MAIL_BINDING}]
+    assert {"name": "MAIL_INDEX", "class_name": "MailIndex"} in want.config["durable_objects"][
+        "bindings"
+    ]
+    assert {"tag": "v3", "new_sqlite_classes": ["MailIndex"]} in want.config["migrations"]
+    assert want.config["vars"][MAIL_ADDRESS_VAR] == "agent@example.com"
+    bare = desired(target, shim, bundle, "kit-runtime:x", SECRETS, build_dir=tmp_path / "c")
+    assert MAIL_ADDRESS_VAR not in bare.config["vars"]

@@ -16,10 +16,11 @@
 //                                        instance is thrown away (`ctx.abort()`), storage
 //                                        stays; the next event (or the turn watch alarm)
 //                                        rebuilds it and resumes an open turn
-//   GET  /v1/mail/outbox                 {"items": [...]}: replies sent (or given up), the
-//                                        newest first, at most ?limit= (default and most 200)
-//   GET  /v1/mail/refused                {"items": [...]}: inbound mail refused, the same way
-//                                        (the items' fields: docs/email.md, mail/mailindex.ts)
+//   GET  /_kit/mail/outbox               {"address", "items": [...]}: replies sent (or given
+//                                        up), newest first, ?limit= 1-500 (default 50); the
+//                                        shapes of kit dev's (kit/mail/routes.py)
+//   GET  /_kit/mail/refused              {"address", "items": [...]}: inbound mail refused,
+//                                        the same way (fields: docs/email.md)
 //
 // Durable Objects cannot be listed: the listings read the ids from the SessionIndex
 // (sessionindex.ts; at most MAX_LISTED, the newest) and ask each session's DO
@@ -40,7 +41,7 @@ import { SEGMENT_LINE } from "./sessioncontrol";
 import { MAX_LISTED, sessionIndex } from "./sessionindex";
 import { UnknownSignal, pyRepr, pyStr, signalNumber } from "./signals";
 import { endLine } from "./ndjson";
-import { MAX_LISTED_MAIL, mailIndex } from "./mail/mailindex";
+import { DEFAULT_LISTED_MAIL, MAX_LISTED_MAIL, mailIndex } from "./mail/mailindex";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 /** Session DOs asked at once by a listing (kit/cli/control.py SUMMARY_CONCURRENCY). */
@@ -63,8 +64,8 @@ const ROUTES: Array<[RegExp, string, Handler]> = [
   [/^\/_kit\/sandboxes\/([^/]+)\/kill$/, "POST", kill],
   [/^\/_kit\/sandboxes\/([^/]+)\/oom$/, "POST", oom],
   [/^\/_kit\/do\/([^/]+)\/evict$/, "POST", evict],
-  [/^\/v1\/mail\/outbox$/, "GET", mailOutbox],
-  [/^\/v1\/mail\/refused$/, "GET", mailRefused],
+  [/^\/_kit\/mail\/outbox$/, "GET", mailOutbox],
+  [/^\/_kit\/mail\/refused$/, "GET", mailRefused],
 ];
 
 /** The answer of a control route, or null when the path is none of them. */
@@ -139,24 +140,26 @@ async function fanOut(env: Env, ask: (id: string) => Promise<Record<string, unkn
 
 // -- mail (mail/mailindex.ts) ----------------------------------------------------------
 
-/** `?limit=`: 1 to MAX_LISTED_MAIL (the default), or null when it is not one. */
+/** `?limit=`: 1 to MAX_LISTED_MAIL (default DEFAULT_LISTED_MAIL), or null when it is not one. */
 function mailLimit(url: URL): number | null {
   const raw = url.searchParams.get("limit");
-  if (raw === null) return MAX_LISTED_MAIL;
+  if (raw === null) return DEFAULT_LISTED_MAIL;
   if (!/^[0-9]{1,6}$/.test(raw) || Number(raw) < 1 || Number(raw) > MAX_LISTED_MAIL) return null;
   return Number(raw);
 }
 
+const BAD_LIMIT = `limit must be a whole number from 1 to ${MAX_LISTED_MAIL}.`;
+
 async function mailOutbox(_request: Request, url: URL, env: Env): Promise<Response> {
   const limit = mailLimit(url);
-  if (limit === null) return error("bad_limit", `Give ?limit= a whole number from 1 to ${MAX_LISTED_MAIL}.`, 400);
-  return json({ items: await mailIndex(env).outboxItems(limit) }, 200);
+  if (limit === null) return error("bad_request", BAD_LIMIT, 400);
+  return json({ address: env.KIT_MAIL_ADDRESS ?? null, items: await mailIndex(env).outboxItems(limit) }, 200);
 }
 
 async function mailRefused(_request: Request, url: URL, env: Env): Promise<Response> {
   const limit = mailLimit(url);
-  if (limit === null) return error("bad_limit", `Give ?limit= a whole number from 1 to ${MAX_LISTED_MAIL}.`, 400);
-  return json({ items: await mailIndex(env).refusedItems(limit) }, 200);
+  if (limit === null) return error("bad_request", BAD_LIMIT, 400);
+  return json({ address: env.KIT_MAIL_ADDRESS ?? null, items: await mailIndex(env).refusedItems(limit) }, 200);
 }
 
 // -- one session's events ---------------------------------------------------------------

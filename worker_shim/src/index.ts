@@ -27,9 +27,9 @@
 //   POST /v1/sessions/{id}/store-token
 //                                  Bearer KIT_API_TOKEN: 201 {token, store_url}, a store
 //                                  token for API use (docs/protocol.md §13)
-//   GET  /v1/mail/outbox, /v1/mail/refused
-//                                  Bearer KIT_API_TOKEN: {"items": [...]}, the replies sent
-//                                  and the inbound mail refused, newest first (control.ts)
+//   GET  /_kit/mail/outbox, /_kit/mail/refused
+//                                  Bearer KIT_API_TOKEN: {"address", "items": [...]}, the
+//                                  replies sent and the inbound mail refused (control.ts)
 //
 // And `email()`: inbound mail (mail/handler.ts), routed to its thread's session.
 //

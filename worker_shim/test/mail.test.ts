@@ -1,7 +1,7 @@
 // The Worker's email() handler and the session DO's replies (src/mail/): a thread is one
 // session, refused mail starts nothing, exactly one reply per inbound message (a repeated
 // delivery, a container killed mid-turn, the DO lost mid-turn, a failed send), and what
-// GET /v1/mail/outbox and /v1/mail/refused list. Replies are read as the user reads them:
+// GET /_kit/mail/outbox and /_kit/mail/refused list. Replies are read as the user reads them:
 // the raw message sent, parsed back.
 
 import { SELF, abortAllDurableObjects, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
@@ -11,7 +11,7 @@ import worker from "../src/index";
 import type { Env } from "../src/env";
 import { acceptMail, clientMsgId, deliverMail, email } from "../src/mail/handler";
 import { parse, type Inbound } from "../src/mail/message";
-import { APOLOGY, MAX_SEND_ATTEMPTS, type Mailer } from "../src/mail/replies";
+import { FAILED_TEXT, MAX_SEND_ATTEMPTS, type Mailer } from "../src/mail/replies";
 import { FakeContainer, cannedOrRecovered, cannedTurn, recoveredTurn, type RuntimeEventLine } from "./fake_runtime";
 import { API, AUTH } from "./helpers";
 
@@ -112,9 +112,12 @@ async function userTexts(sessionId: string): Promise<string[]> {
 }
 
 async function listed(path: string): Promise<Array<Record<string, unknown>>> {
-  const answer = await SELF.fetch(`${API}${path}`, { headers: AUTH });
+  // The tests share one MailIndex: read them all unless the path says how many.
+  const answer = await SELF.fetch(`${API}${path}${path.includes("?") ? "" : "?limit=500"}`, { headers: AUTH });
   expect(answer.status).toBe(200);
-  return ((await answer.json()) as { items: Array<Record<string, unknown>> }).items;
+  const body = (await answer.json()) as { address: string; items: Array<Record<string, unknown>> };
+  expect(body.address).toBe(AGENT);
+  return body.items;
 }
 
 const answerOf = (lines: RuntimeEventLine[]) => lines.at(-1)!.data.text as string;
@@ -174,26 +177,28 @@ describe("a thread of three messages", () => {
     expect(recorder.sent.every((r) => r.from === `agent+${token}@example.com` && r.read.headers["subject"] === "Re: Order 1234")).toBe(true);
     expect(container.turns.map((t) => t.turn_id)).toEqual(["t1", "t2", "t3"]);
 
-    const outbox = (await listed("/v1/mail/outbox")).filter((i) => i.session_id === sid);
+    const outbox = (await listed("/_kit/mail/outbox")).filter((i) => i.session_id === sid);
     expect(outbox.map((i) => i.in_reply_to)).toEqual([m3, m2, m1]); // newest first
     expect(outbox[2]).toEqual({
-      ts: expect.any(Number),
+      in_reply_to: m1,
       session_id: sid,
-      inbound_id: m1,
+      from: `agent+${token}@example.com`,
       to: "alice@example.org",
       subject: "Re: Order 1234",
-      in_reply_to: m1,
       message_id: r1.messageId.slice(1, -1),
       text: answerOf(cannedTurn(prompt1)),
-      state: "sent",
+      created_at: expect.any(Number),
+      sent_at: expect.any(Number),
       error: null,
     });
+    expect(outbox[2].sent_at as number).toBeGreaterThanOrEqual(outbox[2].created_at as number);
+    expect(Math.abs((outbox[2].sent_at as number) - Date.now() / 1000)).toBeLessThan(3600); // seconds, not ms
     // The client_msg_id of each turn comes from its Message-ID.
     const ids = await runInDurableObject(env.SESSION.getByName(sid), (_i, state) =>
       state.storage.sql.exec<{ client_msg_id: string }>("SELECT client_msg_id FROM turns ORDER BY user_seq").toArray().map((r) => r.client_msg_id),
     );
     expect(ids).toEqual([await clientMsgId(m1), await clientMsgId(m2), await clientMsgId(m3)]);
-    expect(ids[0]).toMatch(/^mail-[0-9a-f]{64}$/);
+    expect(ids[0]).toMatch(/^mail-[0-9a-f]{40}$/); // as kit/mail/channel.py makes it
   });
 });
 
@@ -214,20 +219,19 @@ describe("mail that starts nothing", () => {
     expect(recorder.sent).toHaveLength(1);
     expect(await userTexts(sid)).toHaveLength(1);
     expect(tries.every((t) => t.rejected.length === 0)).toBe(true); // dropped, not bounced
-    const refused = await listed("/v1/mail/refused");
-    expect(refused.slice(0, 3).map((r) => [r.reason, r.from])).toEqual([
+    const refused = await listed("/_kit/mail/refused");
+    expect(refused.slice(0, 3).map((r) => [r.reason, r.sender])).toEqual([
       ["not_participant", "mallory@evil.test"],
       ["not_participant", "mallory@evil.test"],
       ["not_participant", "mallory@evil.test"],
     ]);
     expect(refused[0]).toEqual({
-      ts: expect.any(Number),
+      message_id: expect.stringMatching(/^x-/),
+      sender: "mallory@evil.test",
+      subject: "Order 1234",
       reason: "not_participant",
       detail: "the sender is not a participant of the thread it points at",
-      message_id: expect.stringMatching(/^x-/),
-      from: "mallory@evil.test",
-      to: AGENT,
-      subject: "Order 1234",
+      at: expect.any(Number),
     });
   });
 
@@ -254,7 +258,7 @@ describe("mail that starts nothing", () => {
     await settle(sid);
     expect(recorder.sent).toHaveLength(1);
     expect(storm.every((m) => m.rejected.length === 0)).toBe(true); // never bounced: that feeds a loop
-    const refused = (await listed("/v1/mail/refused")).slice(0, 20);
+    const refused = (await listed("/_kit/mail/refused")).slice(0, 20);
     expect(refused.map((r) => r.message_id).reverse()).toEqual([...ids, own.read.message_id]);
     expect(new Set(refused.map((r) => r.reason))).toEqual(new Set(["auto_submitted", "precedence", "list", "auto_response_suppress", "null_sender"]));
     expect(refused[0].reason).toBe("auto_submitted"); // the reply is marked Auto-Submitted: auto-replied
@@ -267,7 +271,7 @@ describe("mail that starts nothing", () => {
     await email(forged, env as Env);
     expect(other.rejected).toEqual(["No such mailbox here."]);
     expect(forged.rejected).toEqual(["No such mailbox here: this reply address is not one this agent gave out."]);
-    const refused = await listed("/v1/mail/refused");
+    const refused = await listed("/_kit/mail/refused");
     expect(refused.slice(0, 2).map((r) => r.reason)).toEqual(["unknown_token", "not_addressed"]);
   });
 
@@ -275,15 +279,15 @@ describe("mail that starts nothing", () => {
     const m = inbound(mail({ id: mid("n") }));
     await email(m, { ...(env as Env), KIT_MAIL_ADDRESS: undefined });
     expect(m.rejected).toEqual(["This address takes no mail."]);
-    const [row] = await listed("/v1/mail/refused?limit=1");
-    expect(row).toMatchObject({ reason: "no_address", detail: expect.stringContaining("KIT_MAIL_ADDRESS"), from: "alice@example.org" });
+    const [row] = await listed("/_kit/mail/refused?limit=1");
+    expect(row).toMatchObject({ reason: "no_address", detail: expect.stringContaining("KIT_MAIL_ADDRESS"), sender: "alice@example.org" });
   });
 
   it("mail with no Message-ID is bounced, naming what is missing", async () => {
     const m = inbound("From: alice@example.org\nTo: agent@example.com\nSubject: hi\n\nhello\n", { from: "alice@example.org" });
     await email(m, env as Env);
     expect(m.rejected).toEqual(["The message has no Message-ID header; kit needs one to thread replies."]);
-    const [row] = await listed("/v1/mail/refused?limit=1");
+    const [row] = await listed("/_kit/mail/refused?limit=1");
     expect(row).toMatchObject({ reason: "unreadable", message_id: null });
   });
 });
@@ -300,7 +304,7 @@ describe("exactly one reply per inbound message", () => {
     expect(recorder.sent).toHaveLength(1);
     expect(await userTexts(sid)).toHaveLength(1);
     expect(again.rejected).toEqual([]);
-    expect((await listed("/v1/mail/refused?limit=1"))[0]).toMatchObject({ reason: "duplicate", message_id: m1 });
+    expect((await listed("/_kit/mail/refused?limit=1"))[0]).toMatchObject({ reason: "duplicate", message_id: m1 });
   });
 
   it("a delivery retried after the session was made (the handler failed before delivering) starts the turn once", async () => {
@@ -325,7 +329,7 @@ describe("exactly one reply per inbound message", () => {
     const prompt = "Email from Alice <alice@example.org>\nSubject: Order 1234\n\nSlow one";
     expect(container.turns.map((t) => t.recover)).toEqual([false, true]);
     expect(recorder.sent.map((r) => r.read.text)).toEqual([answerOf(recoveredTurn(prompt)) + "\n"]);
-    expect((await listed("/v1/mail/outbox")).filter((i) => i.session_id === sid)).toHaveLength(1);
+    expect((await listed("/_kit/mail/outbox")).filter((i) => i.session_id === sid)).toHaveLength(1);
   });
 
   it("the DO lost mid-turn: the alarm finishes the turn and sends its one reply", async () => {
@@ -366,7 +370,7 @@ describe("exactly one reply per inbound message", () => {
     await runDurableObjectAlarm(stub);
     await settle(sid);
     expect(recorder.sent).toHaveLength(1);
-    expect((await listed("/v1/mail/outbox")).filter((i) => i.session_id === sid)).toMatchObject([{ state: "sent", error: null }]);
+    expect((await listed("/_kit/mail/outbox")).filter((i) => i.session_id === sid)).toMatchObject([{ sent_at: expect.any(Number), error: null }]);
   });
 
   it(`gives a reply up after ${MAX_SEND_ATTEMPTS} refused sends, listed failed with the platform's error`, async () => {
@@ -377,23 +381,24 @@ describe("exactly one reply per inbound message", () => {
     for (let n = 1; n < MAX_SEND_ATTEMPTS; n++) expect(await runDurableObjectAlarm(stub)).toBe(true);
     await settle(sid);
     expect(recorder.sent).toHaveLength(0);
-    expect((await listed("/v1/mail/outbox")).filter((i) => i.session_id === sid)).toMatchObject([
-      { state: "failed", error: "the platform refused the message (test)" },
+    expect((await listed("/_kit/mail/outbox")).filter((i) => i.session_id === sid)).toMatchObject([
+      { sent_at: null, error: "the platform refused the message (test)" },
     ]);
   });
 
-  it("a failed turn is answered with a short apology", async () => {
+  it("a failed turn is answered with a short apology naming why", async () => {
     const recorder = new Recorder();
-    const failing = () => [{ kind: "error", data: { code: "turn_failed", message: "The agent raised." } }];
+    const failing = () => [{ kind: "error", data: { code: "turn_failed", message: "the agent raised" } }];
     await firstMessage(mail({ id: mid("m1") }), new FakeContainer(failing), recorder);
-    expect(recorder.sent.map((r) => r.read.text)).toEqual([APOLOGY + "\n"]);
+    expect(recorder.sent.map((r) => r.read.text)).toEqual([FAILED_TEXT.replace("{why}", "the agent raised") + "\n"]);
+    expect(recorder.sent[0].read.text).toBe("Sorry, I could not answer this message (the agent raised). Nothing was lost: write again to retry.\n");
   });
 
   it("sends through the send_email binding (wrangler's local one): the platform sets the Message-ID", async () => {
     const m1 = mid("m1");
     const sid = await firstMessage(mail({ id: m1 }), new FakeContainer(), null);
-    const [item] = (await listed("/v1/mail/outbox")).filter((i) => i.session_id === sid);
-    expect(item).toMatchObject({ state: "sent", in_reply_to: m1, error: null });
+    const [item] = (await listed("/_kit/mail/outbox")).filter((i) => i.session_id === sid);
+    expect(item).toMatchObject({ sent_at: expect.any(Number), in_reply_to: m1, error: null });
     expect(item.message_id).toEqual(expect.stringMatching(/@example\.com$/));
     expect(item.message_id).not.toMatch(/^kit-/);
   });
@@ -401,11 +406,13 @@ describe("exactly one reply per inbound message", () => {
 
 describe("the mail routes", () => {
   it("need the API token and a sane limit", async () => {
-    for (const path of ["/v1/mail/outbox", "/v1/mail/refused"]) {
+    for (const path of ["/_kit/mail/outbox", "/_kit/mail/refused"]) {
       expect((await SELF.fetch(`${API}${path}`)).status).toBe(401);
-      const bad = await SELF.fetch(`${API}${path}?limit=0`, { headers: AUTH });
-      expect(bad.status).toBe(400);
-      expect(await bad.json()).toEqual({ error: "bad_limit", message: "Give ?limit= a whole number from 1 to 200." });
+      for (const limit of ["0", "501", "x", "-1"]) {
+        const bad = await SELF.fetch(`${API}${path}?limit=${limit}`, { headers: AUTH });
+        expect(bad.status).toBe(400);
+        expect(await bad.json()).toEqual({ error: "bad_request", message: "limit must be a whole number from 1 to 500." });
+      }
       expect((await SELF.fetch(`${API}${path}`, { method: "POST", headers: AUTH })).status).toBe(405);
     }
   });

@@ -64,9 +64,11 @@ def desired(
     *,
     build_dir: Path,
     session_url: str | None = None,
+    mail_address: str | None = None,
 ) -> Desired:
     """What a deploy of ``bundle`` on ``runtime_image`` wants, its files in ``build_dir``;
-    ``session_url`` (``[web] session_url``): where the deployed page gets a session."""
+    ``session_url`` (``[web] session_url``): where the deployed page gets a session;
+    ``mail_address`` (``[mail] address``): where the agent takes mail."""
     config = wrangler_config(
         target,
         shim.config,
@@ -78,6 +80,7 @@ def desired(
         egress=bundle.egress,
         page_dir=build_dir / PAGE_DIR,
         session_url=session_url,
+        mail_address=mail_address,
     )
     return Desired(
         target=target,

@@ -50,6 +50,11 @@ LIMITS_VAR = "KIT_LIMITS"
 EGRESS_VAR = "KIT_EGRESS"
 """The var that carries the bundle's ``[sandbox] egress`` allowlist to the shim's outbound
 interception (worker_shim/src/egress.ts)."""
+MAIL_ADDRESS_VAR = "KIT_MAIL_ADDRESS"
+"""The var that gives the shim's ``email()`` handler the agent's mail address (``[mail]
+address``); without it the Worker refuses all mail (docs/email.md)."""
+MAIL_BINDING = "KIT_MAIL"
+"""The shim's send_email binding (worker_shim/wrangler.jsonc): replies leave through it."""
 WEB_SESSION_URL_VAR = "KIT_WEB_SESSION_URL"
 """The var that tells the deployed page where it gets a session (``[web] session_url``)."""
 ASSETS_BINDING = "ASSETS"
@@ -224,16 +229,19 @@ def wrangler_config(
     egress: tuple[str, ...] = (),
     page_dir: Path,
     session_url: str | None = None,
+    mail_address: str | None = None,
 ) -> dict[str, Any]:
     """The Worker's wrangler config: the shim's (its bindings, migrations, compatibility
     date and vars; its ``dev`` settings left out), named ``target.worker``, ``main``
     pointing at the shim's entry, the chat page's files from ``page_dir`` as its assets,
     the tier, the bundle, its ``limits`` and ``egress`` allowlist as vars (and
-    ``session_url``, ``[web] session_url``, when set), and the ``containers`` entry of the
-    session class at the tier's instance type."""
+    ``session_url``, ``[web] session_url``, and ``mail_address``, the agent's mail address,
+    when set), and the ``containers`` entry of the session class at the tier's instance
+    type. The shim's send_email binding comes with its config."""
     config = {k: v for k, v in shim_config.items() if k not in ("$schema", "dev")}
     vars_ = config.get("vars", {})
     web = {} if session_url is None else {WEB_SESSION_URL_VAR: session_url}
+    mail = {} if mail_address is None else {MAIL_ADDRESS_VAR: mail_address}
     config.update(
         name=target.worker,
         main=str(main),
@@ -246,6 +254,7 @@ def wrangler_config(
             LIMITS_VAR: limits_var(limits),
             EGRESS_VAR: egress_var(egress),
             **web,
+            **mail,
         },
         containers=[
             {

@@ -4,7 +4,7 @@
 // reply is not sent here: the session's DO sends it when the turn ends (replies.ts), through
 // the send_email binding, so a turn may outlast the email event.
 //
-// Refused mail is recorded (GET /v1/mail/refused) and starts nothing. It is bounced
+// Refused mail is recorded (GET /_kit/mail/refused) and starts nothing. It is bounced
 // (`setReject`, a permanent SMTP error to the sending server) only where that tells a person
 // something true and cannot feed a loop: mail the Worker cannot read, mail to an address of
 // the agent's domain that is not the agent's, a plus address kit never issued, and mail to
@@ -39,7 +39,7 @@ export type InboundMail = Pick<ForwardableEmailMessage, "from" | "to" | "raw" | 
 /** The `client_msg_id` of an inbound message's turn: a repeated delivery is not applied
  * again (docs/protocol.md §4, invariant 3). */
 export async function clientMsgId(messageId: string): Promise<string> {
-  return "mail-" + (await sha256(messageId));
+  return "mail-" + (await sha256(messageId)).slice(0, 40); // kit/mail/channel.py's
 }
 
 /** The email handler: accept, then deliver (both idempotent per Message-ID). */

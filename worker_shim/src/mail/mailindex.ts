@@ -7,8 +7,8 @@
 // Tables: `threads` (session, token, participants, replies sent), `thread_ids` (every
 // Message-ID kit knows in a thread: the inbound ones, and each reply's, kit's derived one and
 // the one the platform gave), `inbound` (each Message-ID taken: `routed`, then `delivered`
-// once its session holds the turn), `refused` and `outbox` (what `GET /v1/mail/refused`
-// and `GET /v1/mail/outbox` list; the newest MAX_KEPT of each are kept).
+// once its session holds the turn), `refused` and `outbox` (what `GET /_kit/mail/refused`
+// and `GET /_kit/mail/outbox` list; the newest MAX_KEPT of each are kept).
 //
 // One object holds every thread: a single-threaded index is a limit of throughput (every
 // inbound message is one request to it), not of correctness; at the volume of mail one
@@ -23,8 +23,10 @@ import { Agent, REFUSALS, decide, newToken, threadIds, tokens, type Thread } fro
 export const MAIL_INDEX_NAME = "mail";
 /** Rows kept in `refused` and in `outbox` (the oldest go first). */
 export const MAX_KEPT = 1_000;
-/** The most items one listing gives, newest first. */
-export const MAX_LISTED_MAIL = 200;
+/** The most items one listing gives, newest first, and how many without `?limit=`
+ * (kit/mail/routes.py's). */
+export const MAX_LISTED_MAIL = 500;
+export const DEFAULT_LISTED_MAIL = 50;
 
 /** Refusals outside kit's rules: mail the Worker could not read, or a Worker with no address. */
 export const WORKER_REFUSALS = {
@@ -46,9 +48,9 @@ CREATE TABLE IF NOT EXISTS refused (
   message_id TEXT, sender TEXT NOT NULL, recipient TEXT NOT NULL, subject TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS outbox (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, session_id TEXT NOT NULL, inbound_id TEXT NOT NULL UNIQUE,
-  to_addr TEXT NOT NULL, subject TEXT NOT NULL, in_reply_to TEXT NOT NULL, message_id TEXT, text TEXT NOT NULL,
-  state TEXT NOT NULL, error TEXT
+  id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT NOT NULL, inbound_id TEXT NOT NULL UNIQUE, from_addr TEXT NOT NULL,
+  to_addr TEXT NOT NULL, subject TEXT NOT NULL, message_id TEXT, text TEXT NOT NULL,
+  created_ms INTEGER NOT NULL, sent_ms INTEGER, error TEXT
 );
 `;
 
@@ -57,33 +59,44 @@ export type Routed =
   | { action: "new" | "continue"; session_id: string; token: string }
   | { action: "refuse"; reason: string; detail: string };
 
-/** A refusal as `GET /v1/mail/refused` lists it. */
+/** A refusal as `GET /_kit/mail/refused` lists it (kit/mail/store.py `Refused`; `at`:
+ * epoch seconds). */
 export interface RefusedItem {
-  ts: number;
+  message_id: string | null;
+  sender: string;
+  subject: string;
   reason: string;
   detail: string;
-  message_id: string | null;
+  at: number;
+}
+
+/** A reply as `GET /_kit/mail/outbox` lists it (kit/mail/store.py `OutboxEntry`, times in
+ * epoch seconds; `sent_at` null and `error` set: given up after MAX_SEND_ATTEMPTS). */
+export interface OutboxItem {
+  in_reply_to: string;
+  session_id: string;
   from: string;
   to: string;
   subject: string;
-}
-
-/** A reply as `GET /v1/mail/outbox` lists it (`state`: `sent`, or `failed` with `error`). */
-export interface OutboxItem {
-  ts: number;
-  session_id: string;
-  inbound_id: string;
-  to: string;
-  subject: string;
-  in_reply_to: string;
   message_id: string | null;
   text: string;
-  state: "sent" | "failed";
+  created_at: number;
+  sent_at: number | null;
   error: string | null;
 }
 
 /** A sent (or given up) reply, told by the session's DO. */
-export interface ReplyRecord extends OutboxItem {
+export interface ReplyRecord {
+  session_id: string;
+  inbound_id: string;
+  from: string;
+  to: string;
+  subject: string;
+  message_id: string | null;
+  text: string;
+  created_ms: number;
+  sent_ms: number | null;
+  error: string | null;
   /** Ids the reply is known by (kit's derived one, the platform's). */
   known_ids: string[];
 }
@@ -163,20 +176,20 @@ export class MailIndex extends DurableObject<Env> {
     const sql = this.ctx.storage.sql;
     if (sql.exec("SELECT 1 FROM outbox WHERE inbound_id = ?", record.inbound_id).toArray().length > 0) return;
     sql.exec(
-      "INSERT INTO outbox (ts, session_id, inbound_id, to_addr, subject, in_reply_to, message_id, text, state, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-      record.ts,
+      "INSERT INTO outbox (session_id, inbound_id, from_addr, to_addr, subject, message_id, text, created_ms, sent_ms, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
       record.session_id,
       record.inbound_id,
+      record.from,
       record.to,
       record.subject,
-      record.in_reply_to,
       record.message_id,
       record.text,
-      record.state,
+      record.created_ms,
+      record.sent_ms,
       record.error,
     );
     sql.exec("DELETE FROM outbox WHERE id <= (SELECT MAX(id) FROM outbox) - ?", MAX_KEPT);
-    if (record.state !== "sent") return;
+    if (record.sent_ms === null) return;
     sql.exec("UPDATE threads SET replies = replies + 1 WHERE session_id = ?", record.session_id);
     for (const id of record.known_ids) sql.exec("INSERT OR IGNORE INTO thread_ids VALUES (?, ?)", id, record.session_id);
   }
@@ -189,27 +202,27 @@ export class MailIndex extends DurableObject<Env> {
         Math.min(limit, MAX_LISTED_MAIL),
       )
       .toArray()
-      .map((r) => ({ ts: r.ts, reason: r.reason, detail: r.detail, message_id: r.message_id, from: r.sender, to: r.recipient, subject: r.subject }));
+      .map((r) => ({ message_id: r.message_id, sender: r.sender, subject: r.subject, reason: r.reason, detail: r.detail, at: r.ts / 1000 }));
   }
 
   /** Up to `limit` replies, the newest first. */
   async outboxItems(limit: number = MAX_LISTED_MAIL): Promise<OutboxItem[]> {
     return this.ctx.storage.sql
       .exec<Record<string, SqlStorageValue>>(
-        "SELECT ts, session_id, inbound_id, to_addr, subject, in_reply_to, message_id, text, state, error FROM outbox ORDER BY id DESC LIMIT ?",
+        "SELECT session_id, inbound_id, from_addr, to_addr, subject, message_id, text, created_ms, sent_ms, error FROM outbox ORDER BY id DESC LIMIT ?",
         Math.min(limit, MAX_LISTED_MAIL),
       )
       .toArray()
       .map((r) => ({
-        ts: r.ts as number,
+        in_reply_to: r.inbound_id as string,
         session_id: r.session_id as string,
-        inbound_id: r.inbound_id as string,
+        from: r.from_addr as string,
         to: r.to_addr as string,
         subject: r.subject as string,
-        in_reply_to: r.in_reply_to as string,
         message_id: r.message_id as string | null,
         text: r.text as string,
-        state: r.state as "sent" | "failed",
+        created_at: (r.created_ms as number) / 1000,
+        sent_at: r.sent_ms === null ? null : (r.sent_ms as number) / 1000,
         error: r.error as string | null,
       }));
   }

@@ -23,9 +23,11 @@ import { composeReply, toRaw, type ReplyTo } from "./compose";
 import { mailIndex, type ReplyRecord } from "./mailindex";
 import { Agent } from "./rules";
 
-/** The reply's text when the turn failed, or its result is an error. */
-export const APOLOGY =
-  "Sorry, I could not answer this message: something went wrong on my side. Please write again later.";
+/** The reply's text when the turn failed (kit/mail/channel.py FAILED_TEXT; `{why}`: the
+ * turn_failed event's message). */
+export const FAILED_TEXT = "Sorry, I could not answer this message ({why}). Nothing was lost: write again to retry.";
+/** The reply's text when the turn's result has none (kit/mail/channel.py's). */
+export const NO_ANSWER = "(The agent finished without a written answer.)";
 /** Sends of one reply before it is given up (`failed`, listed with its error). */
 export const MAX_SEND_ATTEMPTS = 5;
 /** How soon the alarm looks again while a reply waits to be sent or listed. */
@@ -62,7 +64,7 @@ export function bindingMailer(env: Env): Mailer {
 const SCHEMA = `CREATE TABLE IF NOT EXISTS mail_replies (
   turn_id TEXT PRIMARY KEY, inbound_id TEXT NOT NULL UNIQUE, turn TEXT NOT NULL,
   state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, text TEXT, subject TEXT,
-  message_id TEXT, sent_ms INTEGER, error TEXT, listed INTEGER NOT NULL DEFAULT 0
+  message_id TEXT, created_ms INTEGER, sent_ms INTEGER, error TEXT, listed INTEGER NOT NULL DEFAULT 0
 )`;
 
 type ReplyState = "waiting" | "sending" | "sent" | "failed";
@@ -76,6 +78,8 @@ interface Row {
   text: string | null;
   subject: string | null;
   message_id: string | null;
+  /** When the reply was composed (its first send). */
+  created_ms: number | null;
   sent_ms: number | null;
   error: string | null;
   listed: number;
@@ -188,9 +192,9 @@ export class MailReplies {
       const data = JSON.parse(row.data) as Record<string, unknown>;
       if (row.kind === "result") {
         const text = typeof data.text === "string" ? data.text.trim() : "";
-        return data.is_error === true || text === "" ? APOLOGY : text;
+        return text || NO_ANSWER;
       }
-      if (data.code === "turn_failed") return APOLOGY;
+      if (data.code === "turn_failed") return FAILED_TEXT.replace("{why}", typeof data.message === "string" && data.message ? data.message : "the turn failed");
     }
     return null;
   }
@@ -201,7 +205,16 @@ export class MailReplies {
     const reply = await composeReply(turn.reply_to, agent, turn.token, answer);
     const subject = reply.headers.find(([n]) => n === "Subject")![1];
     const attempts = row.attempts + 1;
-    this.sql.exec("UPDATE mail_replies SET state = 'sending', attempts = ?, text = ?, subject = ? WHERE turn_id = ?", attempts, answer, subject, row.turn_id);
+    const created = row.created_ms ?? Date.now();
+    this.sql.exec(
+      "UPDATE mail_replies SET state = 'sending', attempts = ?, text = ?, subject = ?, created_ms = ? WHERE turn_id = ?",
+      attempts,
+      answer,
+      subject,
+      created,
+      row.turn_id,
+    );
+    row = { ...row, created_ms: created };
     try {
       const sent = await this.host.mailer().send(reply.from.address, reply.to.address, toRaw(reply));
       const now = Date.now();
@@ -223,16 +236,16 @@ export class MailReplies {
     const derived = (await composeReply(turn.reply_to, agent, turn.token, "")).headers.find(([n]) => n === "Message-ID")![1];
     const strip = (id: string) => id.replace(/^<|>$/g, "");
     const record: ReplyRecord = {
-      ts: row.sent_ms ?? Date.now(),
       session_id: this.host.log.meta("session_id") ?? "",
       inbound_id: turn.inbound_id,
+      from: agent.withToken(turn.token),
       to: turn.reply_to.sender,
       subject: row.subject ?? "",
-      in_reply_to: turn.reply_to.message_id,
       message_id: row.message_id === null ? null : strip(row.message_id),
       text: row.text ?? "",
-      state: row.state === "sent" ? "sent" : "failed",
-      error: row.error,
+      created_ms: row.created_ms ?? Date.now(),
+      sent_ms: row.state === "sent" ? row.sent_ms : null,
+      error: row.state === "sent" ? null : row.error,
       known_ids: [strip(derived), ...(row.message_id === null ? [] : [strip(row.message_id)])],
     };
     try {
