@@ -61,7 +61,7 @@ def test_example_project_loads() -> None:
         ),
         (
             "[agents]\nname = 'ok'\n",
-            "unknown table [agents]; allowed: agent, sandbox, limits, web, dev",
+            "unknown table [agents]; allowed: agent, sandbox, limits, web, mail, dev",
         ),
         ("[agent\nname = 'ok'\n", "not valid TOML"),
         (
