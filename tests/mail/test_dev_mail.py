@@ -333,3 +333,43 @@ async def test_host_killed_mid_turn_still_one_reply(kit_tmp: Path) -> None:
         assert only["turns"] == 2
     finally:
         await stop_kit_dev(second or first)
+
+
+ATTACHMENT_SCENARIO = """
+[[rule]]
+name = "read the attachment"
+contains = "read my attachment"
+[[rule.step]]
+tool = "Bash"
+input = { command = "cat mail/*/notes.txt; stat -c '%U %n' mail/*/*", description = "read" }
+[[rule.step]]
+text = "Attachment said: {tool_result}"
+"""
+
+
+async def test_attachments_are_saved_in_the_workspace(kit_tmp: Path) -> None:
+    """A mailed text file is saved in the session's workspace, owned by the sandbox user,
+    under a plain name (a path in its name is dropped): the agent reads it with its own
+    tools and the reply carries what it read."""
+    project = write_agent(kit_tmp / "agent", extra_toml=f'\n[mail]\naddress = "{AGENT}"\n')
+    (project / "scenarios" / "0-mail.toml").write_text(ATTACHMENT_SCENARIO)
+    state = kit_tmp / "state"
+    dev = await start_kit_dev(project, _env(KIT_STATE_DIR=str(state), KIT_SMTP_PORT="0"))
+    try:
+        box = Mailbox(dev, state)
+        msg = mail("Please read my attachment.")
+        msg.add_attachment(
+            b"order 1042: two lamps\n", maintype="text", subtype="plain", filename="../../notes.txt"
+        )
+        msg.add_attachment(b"\x89PNG...", maintype="image", subtype="png", filename="photo.png")
+        session = session_of(await box.send(msg))
+        reply = await box.reply_to(mid(msg))
+        said, *listing = reply["text"].splitlines()
+        assert said == "Attachment said: order 1042: two lamps"
+        owners = {line.split()[0] for line in listing}
+        names = sorted(line.split()[1].split("/", 2)[2] for line in listing)
+        assert names == ["notes.txt", "photo.png"]  # no path from the name, no temp file
+        assert "root" not in owners  # the sandbox user's files, not the host's
+        assert session == reply["session_id"]
+    finally:
+        await stop_kit_dev(dev)
