@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kit.bundle.allowlist import parse_rule
-from kit.bundle.config import AgentConfig, Project, parse_session_url
+from kit.bundle.config import AgentConfig, Project, parse_mail_address, parse_session_url
 from kit.bundle.errors import BundleError, ConfigError, EgressRuleError
 from kit.bundle.limits import DEFAULT_LIMITS, Limits
 
@@ -57,6 +57,8 @@ class Bundle:
     web_session_url: str | None = None
     """Where a deployed host's chat page gets a session (``kit.toml`` ``[web]
     session_url``); None: it gets none there."""
+    mail_address: str | None = None
+    """The agent's mail address (``kit.toml`` ``[mail] address``); None: none set."""
 
     @property
     def plugin_dir(self) -> Path:
@@ -95,6 +97,8 @@ def build_bundle(project: Project, root: Path) -> Bundle:
         body["limits"] = limits
     if project.web_session_url is not None:  # likewise
         body["web"] = {"session_url": project.web_session_url}
+    if project.mail_address is not None:  # likewise
+        body["mail"] = {"address": project.mail_address}
     digest = _sha256(_canon(body))
     manifest = {**body, "digest": digest}
     root.mkdir(parents=True, exist_ok=True)
@@ -233,6 +237,17 @@ def open_bundle(path: Path) -> Bundle:
         session_url = parse_session_url(str(manifest_path), web.get("session_url"))
     except ConfigError as exc:
         raise BundleError(f"{exc} Rebuild the bundle.") from None
+    mail = manifest.get("mail", {})
+    try:
+        if not isinstance(mail, dict):
+            raise ConfigError(f"{manifest_path}: mail is not a table.")
+        mail_address = (
+            None
+            if mail.get("address") is None
+            else parse_mail_address(f"{manifest_path}: mail.address", mail["address"])
+        )
+    except ConfigError as exc:
+        raise BundleError(f"{exc} Rebuild the bundle.") from None
     return Bundle(
         path=path,
         digest=manifest["digest"],
@@ -243,6 +258,7 @@ def open_bundle(path: Path) -> Bundle:
         egress=egress,
         limits=limits,
         web_session_url=session_url,
+        mail_address=mail_address,
     )
 
 

@@ -42,6 +42,14 @@
                                    # a deployed page can only rejoin sessions it was linked
                                    # to. kit dev's page gets sessions on its own.
 
+    [mail]
+    address = "support@example.com"
+                                   # the agent's mail address: mail to it (or to
+                                   # local+TOKEN@domain, the address its replies come from)
+                                   # reaches the agent, one session per thread
+                                   # (docs/email.md). Without it, kit dev uses
+                                   # NAME@localhost and deployments take no mail.
+
     [dev]
     scenarios = ["scenarios"]      # files or folders of offline-model scenarios
 
@@ -51,7 +59,6 @@ and what is allowed. Unknown keys are errors too, so a typo never goes unnoticed
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass
@@ -63,6 +70,7 @@ from kit.bundle.allowlist import ALLOWED_FORMS, parse_rule
 from kit.bundle.errors import ConfigError, EgressRuleError
 from kit.bundle.limits import DEFAULT_LIMITS, Limits, parse_limits
 from kit.bundle.tools import CLI_TOOLS, tool_problem
+from kit.loopback import is_loopback_host
 from kit.tiers import get_tier, tier_names
 
 CONFIG_FILE = "kit.toml"
@@ -77,6 +85,7 @@ _ALLOWED: dict[str, set[str]] = {
     "sandbox": {"tier", "idle_timeout", "egress"},
     "limits": set(),  # its keys are checked by parse_limits
     "web": {"session_url"},
+    "mail": {"address"},
     "dev": {"scenarios"},
 }
 
@@ -127,6 +136,9 @@ class Project:
     web_session_url: str | None = None
     """``[web] session_url``: where a deployed host's chat page gets a session (None: it
     gets none; kit dev's page gets them on its own)."""
+    mail_address: str | None = None
+    """``[mail] address``: the agent's mail address (None: kit dev uses
+    ``NAME@localhost``; deployments take no mail)."""
 
 
 def load_project(root: Path) -> Project:
@@ -146,7 +158,7 @@ def load_project(root: Path) -> Project:
     for table, value in raw.items():
         if table not in _ALLOWED:
             raise ConfigError(
-                f"{where}: unknown table [{table}]; allowed: agent, sandbox, limits, web, dev."
+                f"{where}: unknown table [{table}]; allowed: agent, sandbox, limits, web, mail, dev."
             )
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: {table} must be a table ([{table}]).")
@@ -164,7 +176,31 @@ def load_project(root: Path) -> Project:
         root / p for p in _str_list(where, "dev.scenarios", dev_raw.get("scenarios", ["scenarios"]))
     )
     web_url = parse_session_url(where, raw.get("web", {}).get("session_url"))
-    return Project(root, agent, sandbox, scenarios, load_skills(root / "skills"), limits, web_url)
+    mail = raw.get("mail", {}).get("address")
+    mail_address = None if mail is None else parse_mail_address(f"{where}: mail.address", mail)
+    return Project(
+        root, agent, sandbox, scenarios, load_skills(root / "skills"), limits, web_url, mail_address
+    )
+
+
+_MAIL_LOCAL = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_MAIL_DOMAIN = re.compile(
+    r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+)
+
+
+def parse_mail_address(where: str, value: object) -> str:
+    """An agent's mail address, lower-cased: ``local@domain`` with no ``+`` (kit adds
+    ``+TOKEN`` per thread). Raises :class:`ConfigError` naming the fix."""
+    addr = value.strip().lower() if isinstance(value, str) else ""
+    local, at, domain = addr.partition("@")
+    if not at or not _MAIL_LOCAL.fullmatch(local) or not _MAIL_DOMAIN.fullmatch(domain):
+        shown = repr(value)[:200]
+        raise ConfigError(
+            f"{where} {shown} is not an address kit can use: write it as name@example.com "
+            "(letters, digits, '.', '_' or '-' before the @, no '+': kit adds +TOKEN per thread)."
+        )
+    return addr
 
 
 def _agent(root: Path, where: str, raw: dict[str, Any]) -> AgentConfig:
@@ -293,21 +329,12 @@ def parse_session_url(where: str, value: object) -> str | None:
             f"IPv4 address (letters, digits, '-' and '.') and any port by its digits: the "
             f"page's Content-Security-Policy names that origin; {hint}."
         )
-    if parts.scheme == "http" and not _is_loopback(host):
+    if parts.scheme == "http" and not is_loopback_host(host, subdomains=True):
         raise ConfigError(
             f"{where}: web.session_url must be https (http only at a loopback address such "
             f"as 127.0.0.1): the session token it answers must not cross a network in clear."
         )
     return value
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _str_list(where: str, key: str, value: object) -> list[str]:

@@ -23,6 +23,7 @@ def banner(stack: Stack) -> None:
             ("sessions", f"{stack.url}/v1/sessions"),
             ("websocket", f"{stack.url.replace('http', 'ws', 1)}/v1/sessions/{{id}}/ws"),
             ("health", f"{stack.url}/healthz"),
+            ("mail", _mail(stack)),
             ("model", stack.model_label),
             ("tier", f"{stack.bundle.tier} (kit.toml [sandbox] tier)"),
             ("isolation", _isolation(stack)),
@@ -55,6 +56,15 @@ def _page(stack: Stack) -> str:
     if loopback:
         return f"{stack.url}/  (the chat page: open it in a browser on this machine)"
     return f"{stack.url}/  (the chat page; it opens sessions only on a loopback --host)"
+
+
+def _mail(stack: Stack) -> str:
+    if stack.mail is None:
+        return "off"
+    return (
+        f"{stack.mail.agent.address} via SMTP 127.0.0.1:{stack.smtp_port} (AUTH: any user, the "
+        "API token as password); `kit mail send`, `kit mail outbox`"
+    )
 
 
 def _sandboxes(stack: Stack) -> str:

@@ -115,6 +115,28 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_mail(args: argparse.Namespace) -> int:
+    from kit.cli import mail
+    from kit.cli.settings import dev_settings
+
+    settings = dev_settings(project=args.project, host=None, port=None)
+    target = mail.mail_target(settings.state_dir, args.url)
+    if args.action == "outbox":
+        if not 1 <= args.limit <= 500:
+            raise CliError("--limit takes a number from 1 to 500.")
+        return mail.outbox(target, refused=args.refused, limit=args.limit, as_json=args.json)
+    wait = None if args.no_wait else args.wait
+    return mail.send(
+        target,
+        args.sender,
+        args.text,
+        to=args.to,
+        subject=args.subject,
+        reply=args.reply,
+        wait_s=wait,
+    )
+
+
 def _cmd_do(args: argparse.Namespace) -> int:
     from kit.cli.rehearse import call, check_session_id
 
@@ -428,6 +450,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--signal", default="KILL", help="for kill: KILL (default), TERM, SEGV, …")
     _target_options(p)
     p.set_defaults(func=_cmd_sandbox)
+
+    p = _command(
+        sub,
+        "mail",
+        "mail the agent on `kit dev`, and read its replies",
+        "An email thread is a session (docs/email.md). `send` mails the agent through kit\n"
+        "dev's SMTP server as a mail client would and waits for the answer; --reply answers\n"
+        "the agent's newest reply to that sender, in the same thread. `outbox` lists the\n"
+        "replies kit sent (--refused: the mail it did not answer, and why).",
+        [
+            'kit mail send --from alice@example.org "Where is my order 1234?"',
+            'kit mail send --from alice@example.org --reply "And the second item?"',
+            "kit mail outbox",
+            "kit mail outbox --refused --json",
+        ],
+    )
+    mail_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ps = mail_sub.add_parser("send", help="mail the agent and wait for its answer")
+    ps.add_argument("text", help="the message's text")
+    ps.add_argument("--from", dest="sender", required=True, help="the sender's address")
+    ps.add_argument("--to", help="the recipient (default: the agent's address)")
+    ps.add_argument("--subject", help="the subject")
+    ps.add_argument(
+        "--reply",
+        action="store_true",
+        help="answer the agent's newest reply to --from, in the same thread",
+    )
+    ps.add_argument(
+        "--wait",
+        type=float,
+        default=180.0,
+        metavar="SECONDS",
+        help="how long to wait for the answer (default 180)",
+    )
+    ps.add_argument("--no-wait", action="store_true", help="do not wait for the answer")
+    _target_options(ps)
+    ps.set_defaults(func=_cmd_mail)
+    po = mail_sub.add_parser("outbox", help="the replies kit sent (or --refused)")
+    po.add_argument("--refused", action="store_true", help="the mail not answered, and why")
+    po.add_argument("--limit", type=int, default=20, help="how many, newest first (default 20)")
+    po.add_argument("--json", action="store_true", help="one JSON array")
+    _target_options(po)
+    po.set_defaults(func=_cmd_mail)
 
     p = _command(
         sub,

@@ -12,6 +12,9 @@ port                   ``--port``, else            ``8787``; without ``--port`` 
                                                    above it (said in one line); a busy
                                                    ``--port`` is an error; ``0`` picks any
                                                    free port
+smtp port              ``KIT_SMTP_PORT``           ``2525`` or the next free one above it
+                                                   (kit dev's SMTP server for mail to the
+                                                   agent, loopback only; ``0``: any)
 state dir              ``KIT_STATE_DIR``           ``<project>/.kit``; made private (0700,
                                                    :mod:`kit.cli.statedir`); a shared
                                                    folder (sticky, like /tmp) is refused
@@ -114,6 +117,8 @@ class DevSettings:
     port: int = DEFAULT_PORT
     port_fallback: bool = False
     """Take the next free port above ``port`` if it is busy (no ``--port`` was given)."""
+    smtp_port: int | None = None
+    """The local SMTP server's port (``KIT_SMTP_PORT``; None: 2525 or the next free one)."""
     api_key: str | None = None
     upstream_url: str = ANTHROPIC_API
     force_offline_model: bool = False
@@ -264,6 +269,13 @@ def dev_settings(
         if not 0 <= port <= 65535:
             raise SettingsError(f"--port {port}: give a port from 0 to 65535 (0: any free one).")
         fallback = False
+    smtp_port: int | None = None
+    if environ.get("KIT_SMTP_PORT"):
+        smtp_port = int(
+            _number(
+                environ, "KIT_SMTP_PORT", 2525, 0, 65535, "as a port (0: any free port)", whole=True
+            )
+        )
     aws = {k: v for k, v in environ.items() if k in AWS_VARIABLES}
     origins = _origins(environ.get("KIT_ALLOWED_ORIGINS") or "")
     return DevSettings(
@@ -272,6 +284,7 @@ def dev_settings(
         host=host or "127.0.0.1",
         port=port,
         port_fallback=fallback,
+        smtp_port=smtp_port,
         api_key=environ.get("ANTHROPIC_API_KEY") or None,
         upstream_url=environ.get("KIT_MODEL_UPSTREAM") or ANTHROPIC_API,
         sandbox_user=environ.get("KIT_SANDBOX_USER", "nobody") or None,

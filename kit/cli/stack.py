@@ -12,6 +12,7 @@ import errno
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -45,6 +46,11 @@ from kit.host.pool import SandboxPool
 from kit.host.s3log import S3LogStore
 from kit.host.web import WebConfig
 from kit.ids import SessionId, is_session_id
+from kit.mail.channel import MailChannel
+from kit.mail.routes import mail_routes
+from kit.mail.rules import Agent
+from kit.mail.smtp import port_of, serve_smtp
+from kit.mail.store import SqliteMailStore
 from kit.private import write_private
 from kit.protocol import errors as e
 
@@ -89,6 +95,9 @@ class Stack:
     """What the offline model was asked (None when the real API answers)."""
     app: Starlette | None = None
     """The host's ASGI app, its control routes and the DO hooks mounted."""
+    mail: MailChannel | None = None
+    """The email channel (its SMTP server listens on ``smtp_port``)."""
+    smtp_port: int | None = None
 
     async def reload(self) -> Reload:
         """Load the project again; on success, new sandboxes run the new bundle.
@@ -241,6 +250,12 @@ def _mount_durable_objects(
     return evict
 
 
+def default_mail_address(agent_name: str) -> str:
+    """``kit dev``'s address for an agent without ``[mail] address``: ``NAME@localhost``."""
+    local = re.sub(r"[^a-z0-9._-]+", "-", agent_name.lower()).strip("-._")[:64] or "agent"
+    return f"{local}@localhost"
+
+
 def load_api_token(path: Path) -> str:
     """The host API token kept in ``path`` (0600), made there first if need be."""
     if path.is_file():
@@ -336,7 +351,12 @@ async def _start(
         await provider.discard(session_id)
         await asyncio.to_thread(shutil.rmtree, transcripts / session_id, True)
 
+    mail_store = SqliteMailStore(state / "mail.sqlite")
+    cleanup.callback(mail_store.close)
+    mail_address = bundle.mail_address or default_mail_address(project.agent.name)
+
     def mount(gateway: Gateway) -> None:
+        gateway.app.router.routes.extend(mail_routes(mail_store, mail_address, api_token))
         evict = (
             _mount_durable_objects(gateway.app, gateway.host, logs, api_token)
             if isinstance(logs, DOLogStore)
@@ -359,10 +379,41 @@ async def _start(
             mount=mount,
         )
     )
+
+    async def save_files(session_id: str, folder: str, files: list[tuple[str, bytes]]) -> None:
+        await asyncio.to_thread(provider.put_files, session_id, folder, files)
+
+    mail = MailChannel(
+        mail_store,
+        Agent(mail_address, project.agent.name),
+        gateway.url,
+        api_token,
+        save_files=save_files,
+    )
+    cleanup.push_async_callback(mail.close)
+    try:
+        smtp = await serve_smtp(mail, api_token, port=settings.smtp_port)
+    except OSError as exc:
+        raise KitError(f"{exc}; choose a free port with KIT_SMTP_PORT (0: any).") from None
+
+    async def stop_smtp() -> None:
+        smtp.close()
+        await smtp.wait_closed()
+
+    cleanup.push_async_callback(stop_smtp)  # runs before mail.close: no mail arrives then
+    await mail.start()
     dev_json = state / "dev.json"
     write_private(
         dev_json,
-        json.dumps({"url": gateway.url, "pid": os.getpid(), "api_token_file": str(token_file)}),
+        json.dumps(
+            {
+                "url": gateway.url,
+                "pid": os.getpid(),
+                "api_token_file": str(token_file),
+                "smtp": {"host": "127.0.0.1", "port": port_of(smtp)},
+                "mail_address": mail_address,
+            }
+        ),
     )
     cleanup.callback(dev_json.unlink, missing_ok=True)
     return Stack(
@@ -386,4 +437,6 @@ async def _start(
         releases,
         model_requests,
         gateway.app,
+        mail,
+        port_of(smtp),
     )

@@ -100,24 +100,6 @@ class Agent:
         return domain == self.domain and local.partition("+")[0] == self.local
 
 
-def check_address(value: str) -> str:
-    """A mail address for the agent, lower-cased; raises ``ValueError`` naming the fix."""
-    addr = value.strip().lower()
-    local, at, domain = addr.partition("@")
-    if (
-        not at
-        or not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", local)
-        or not re.fullmatch(
-            r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", domain
-        )
-    ):
-        raise ValueError(
-            f"{value!r} is not a mail address kit can use for the agent: write it as "
-            "name@example.com (letters, digits, '.', '_' or '-' before the @, no '+')"
-        )
-    return addr
-
-
 def new_token() -> str:
     """A thread's plus-address token: random, lower-case base32 (case-insensitive mail)."""
     import base64

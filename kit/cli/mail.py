@@ -1,0 +1,187 @@
+"""``kit mail send`` and ``kit mail outbox``: mail the agent, and read what it answered.
+
+``send`` speaks SMTP to the running ``kit dev`` (its port is in ``.kit/dev.json``), logging
+in with the host's API token, as a mail client would. ``--reply`` writes as a mail client
+answering the agent's newest reply to that sender: to the reply's plus address, with
+``In-Reply-To`` and ``References``. ``--wait`` waits for the answer and prints it.
+``outbox`` reads ``GET /_kit/mail/outbox`` (``--refused``: ``/_kit/mail/refused``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from kit.cli import console
+from kit.cli.chat import ChatTarget, find_target
+from kit.cli.errors import CliError
+from kit.cli.rehearse import call
+
+WAIT_POLL_S = 0.25
+
+
+class MailCliError(CliError):
+    """``kit mail`` cannot do what was asked; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class MailTarget:
+    control: ChatTarget
+    smtp: tuple[str, int] | None
+    address: str | None
+
+
+def mail_target(state_dir: Path, url: str | None) -> MailTarget:
+    control = find_target(state_dir, url)
+    dev = state_dir / "dev.json"
+    smtp: tuple[str, int] | None = None
+    address: str | None = None
+    if url is None and dev.is_file():
+        info = json.loads(dev.read_text())
+        if isinstance(info.get("smtp"), dict):
+            smtp = (str(info["smtp"]["host"]), int(info["smtp"]["port"]))
+        address = info.get("mail_address")
+    return MailTarget(control, smtp, address)
+
+
+def compose(
+    sender: str,
+    to: str,
+    subject: str,
+    text: str,
+    *,
+    parent: dict[str, Any] | None = None,
+) -> EmailMessage:
+    """The message ``kit mail send`` sends (``parent``: an outbox item it answers)."""
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Date"] = email.utils.formatdate(usegmt=True)
+    domain = sender.rsplit("@", 1)[-1].strip(">") or "localhost"
+    msg["Message-ID"] = f"<kit-mail-send.{uuid.uuid4().hex}@{domain}>"
+    if parent is not None:
+        parent_id = f"<{parent['message_id']}>"
+        msg["In-Reply-To"] = parent_id
+        msg["References"] = f"<{parent['in_reply_to']}> {parent_id}"
+    msg.set_content(text)
+    return msg
+
+
+def send(
+    target: MailTarget,
+    sender: str,
+    text: str,
+    *,
+    to: str | None,
+    subject: str | None,
+    reply: bool,
+    wait_s: float | None,
+) -> int:
+    if target.smtp is None:
+        raise MailCliError(
+            "No SMTP server of a running `kit dev` found (.kit/dev.json has none): start "
+            "`kit dev` in this project (mail to a deployment goes through your mail provider)."
+        )
+    parent = _newest_reply_to(target, sender) if reply else None
+    if reply and parent is None:
+        raise MailCliError(
+            f"The agent has not answered {sender} yet, so there is nothing to reply to; "
+            "send without --reply to start a thread."
+        )
+    to_addr = to or (parent["from"] if parent else target.address)
+    if not to_addr:
+        raise MailCliError("Give --to (the agent's address is not in .kit/dev.json).")
+    subj = subject or (parent["subject"] if parent else "A message for the agent")
+    msg = compose(sender, to_addr, subj, text, parent=parent)
+    answer = asyncio.run(_smtp_send(target, msg))
+    message_id = str(msg["Message-ID"]).strip("<>")
+    console.out(f"sent {message_id} to {to_addr}: {answer}")
+    if wait_s is None:
+        return 0
+    return _wait_for_answer(target, message_id, wait_s)
+
+
+async def _smtp_send(target: MailTarget, msg: EmailMessage) -> str:
+    import aiosmtplib
+
+    assert target.smtp is not None
+    host, port = target.smtp
+    try:
+        _, message = await aiosmtplib.send(
+            msg,
+            hostname=host,
+            port=port,
+            username="kit",
+            password=target.control.api_token or "",
+            start_tls=False,
+            use_tls=False,
+            timeout=30,
+        )
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        why = "; ".join(e.message for e in exc.recipients)
+        raise MailCliError(f"kit dev refused the recipient: {why}") from None
+    except aiosmtplib.SMTPResponseException as exc:
+        raise MailCliError(f"kit dev refused the message ({exc.code}): {exc.message}") from None
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        raise MailCliError(
+            f"Cannot send to kit dev's SMTP server at {host}:{port}: {exc}. Is `kit dev` running?"
+        ) from None
+    return message
+
+
+def _newest_reply_to(target: MailTarget, sender: str) -> dict[str, Any] | None:
+    items = call(target.control, "GET", "/mail/outbox?limit=500")["items"]
+    for item in items:
+        if str(item["to"]).lower() == sender.lower():
+            return dict(item)
+    return None
+
+
+def _wait_for_answer(target: MailTarget, message_id: str, wait_s: float) -> int:
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        for item in call(target.control, "GET", "/mail/outbox?limit=500")["items"]:
+            if item["in_reply_to"] == message_id:
+                console.out(f"answer in session {item['session_id']}:\n\n{item['text']}")
+                return 0
+        for item in call(target.control, "GET", "/mail/refused?limit=500")["items"]:
+            if item["message_id"] == message_id:
+                console.out(f"not answered: {item['detail']} ({item['reason']})")
+                return 1
+        time.sleep(WAIT_POLL_S)
+    raise MailCliError(
+        f"No answer within {wait_s:g} s; it will appear in `kit mail outbox` when the turn ends."
+    )
+
+
+def outbox(target: MailTarget, *, refused: bool, limit: int, as_json: bool) -> int:
+    path = "/mail/refused" if refused else "/mail/outbox"
+    answer = call(target.control, "GET", f"{path}?limit={limit}")
+    items: list[dict[str, Any]] = answer["items"]
+    if as_json:
+        console.out(json.dumps(items))
+        return 0
+    if not items:
+        console.out("No mail refused." if refused else f"No replies yet. Mail {answer['address']}.")
+        return 0
+    for item in items:
+        when = time.strftime(
+            "%Y-%m-%d %H:%M:%S", time.localtime(item.get("at") or item.get("created_at"))
+        )
+        if refused:
+            console.out(f"{when}  {item['sender']}  {item['subject']!r}  {item['detail']}")
+        else:
+            first = str(item["text"]).strip().splitlines()[0] if item["text"] else ""
+            console.out(
+                f"{when}  to {item['to']}  {item['subject']!r}  session {item['session_id']}\n"
+                f"    {first[:100]}"
+            )
+    return 0
