@@ -184,6 +184,7 @@ async def run_deploy(
         values,
         build_dir=settings.build_dir,
         session_url=project.web_session_url,
+        mail_address=project.mail_address,
     )
     steps = plan(want)
     console.out(f"kit deploy --target cloudflare: Worker {target.worker} ({target.tier})")

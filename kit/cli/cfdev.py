@@ -120,8 +120,8 @@ async def rehearse_cloudflare(
 ) -> AsyncIterator[CfRehearsal]:
     """Start the offline model, the container emulator and the shim in ``wrangler dev``
     for ``project`` on ``runtime_image``; yield the rehearsal; take it all down on exit.
-    ``mail_address``: the agent's address (the shim's ``email()`` handler takes mail at
-    ``POST <url>/cdn-cgi/local/email?from=&to=``)."""
+    ``mail_address``: the agent's address (default: ``[mail] address``; the shim's
+    ``email()`` handler takes mail at ``POST <url>/cdn-cgi/local/email?from=&to=``)."""
     loaded = load_project(project)
     tier = cloudflare_tier(loaded.sandbox.tier)
     shim_wrangler()  # missing: said before any image is built or file written
@@ -154,7 +154,7 @@ async def rehearse_cloudflare(
                     model_upstream=ANTHROPIC_API if model_key else model_url,
                     containers_url=containers.url,
                     image=image,
-                    mail_address=mail_address,
+                    mail_address=mail_address or loaded.mail_address,
                 ),
                 secrets={
                     "KIT_API_TOKEN": token,
