@@ -249,4 +249,3 @@ class S3MailStore:
             if body is not None:
                 items.append(Refused(**body))
         return items
-

@@ -108,13 +108,15 @@ async def test_a_thread_is_found_by_token_and_by_ids(open_store: Opener) -> None
     entry = _entry(first)
     assert await store.reply(entry)
     found = await store.thread_by_ids([entry.message_id])
-    assert found is not None and (found.session_id, found.replies) == ("s-1", 1)
+    assert found is not None
+    assert (found.session_id, found.replies) == ("s-1", 1)
     second = _record(2)
     assert await store.take(second, found, None)  # a thread that exists: no session token
     assert await store.session_token("s-1") == "session-token-1"
     assert await store.reply(_entry(second))
     again = await store.thread_by_token(THREAD.token)
-    assert again is not None and again.replies == 2
+    assert again is not None
+    assert again.replies == 2
 
 
 async def test_pending_until_replied_oldest_first(open_store: Opener) -> None:
@@ -147,7 +149,8 @@ async def test_a_message_is_answered_once(open_store: Opener) -> None:
     assert not await store.reply(other)
     assert [e.text for e in await store.outbox(10)] == [first.text]
     thread = await store.thread_by_token(THREAD.token)
-    assert thread is not None and thread.replies == 1
+    assert thread is not None
+    assert thread.replies == 1
 
 
 async def test_two_gateways_race(open_store: Opener) -> None:
@@ -166,9 +169,7 @@ async def test_two_gateways_race(open_store: Opener) -> None:
     assert sorted(replied) == [False, True]
     assert len(await a.outbox(10)) == len(await b.outbox(10)) == 1
     assert await a.pending() == await b.pending() == []
-    assert await a.thread_by_ids([record.message_id]) == await b.thread_by_ids(
-        [record.message_id]
-    )
+    assert await a.thread_by_ids([record.message_id]) == await b.thread_by_ids([record.message_id])
 
 
 async def test_unsent_until_marked_sent(open_store: Opener) -> None:
