@@ -5,10 +5,12 @@ takes any recipient, and logs in with one user and password."""
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import hmac
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -37,7 +39,7 @@ class Relayed:
     def text(self) -> str:
         """The plain-text body, as a mail client shows it."""
         body = self.message.get_body(("plain",))
-        return "" if body is None else str(body.get_content())  # type: ignore[attr-defined]
+        return "" if body is None else str(body.get_content())
 
 
 class RelaySink:
@@ -48,12 +50,22 @@ class RelaySink:
         self._password = password
         self.folder = folder
         self.received: list[Relayed] = []
+        self._arrived = asyncio.Event()
+
+    async def until(self, done: Callable[[list[Relayed]], bool], timeout_s: float) -> None:
+        """Wait until ``done(received)`` holds (checked as each message arrives), or
+        :class:`TimeoutError` after ``timeout_s``."""
+        async with asyncio.timeout(timeout_s):
+            while not done(self.received):
+                self._arrived.clear()
+                await self._arrived.wait()
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or envelope.content
         data = raw if isinstance(raw, bytes) else str(raw).encode()
         item = Relayed(envelope.mail_from or "", tuple(envelope.rcpt_tos), data)
         self.received.append(item)
+        self._arrived.set()
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
             (self.folder / f"{len(self.received):04d}.eml").write_bytes(data)
