@@ -13,9 +13,9 @@ message; the sender of the request signs it with a shared secret (``KIT_MAIL_WEB
 timestamp must be within :data:`WINDOW_S` of the gateway's clock. A replayed request is
 harmless: a Message-ID is taken once.
 
-``POST /v1/mail/mailgun`` — a Mailgun route's ``forward("https://APP.fly.dev/v1/mail/mailgun?mime")``
-… any URL ending in ``mime`` gets the raw message as the form field ``body-mime``; the
-request is checked with ``signature`` = hex HMAC-SHA256(``KIT_MAILGUN_SIGNING_KEY``,
+``POST /v1/mail/mailgun`` — a Mailgun route's action
+``forward("https://APP.fly.dev/v1/mail/mailgun?mime")`` (a URL ending in ``mime`` gets the
+raw message as the form field ``body-mime``); the request is checked with ``signature`` = hex HMAC-SHA256(``KIT_MAILGUN_SIGNING_KEY``,
 ``timestamp`` + ``token``), stale after :data:`WINDOW_S`.
 
 ``POST /v1/mail/postmark`` — Postmark's inbound JSON, with credentials in the URL
