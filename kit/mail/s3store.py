@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import secrets
 from dataclasses import replace
 from typing import Any
@@ -49,6 +50,7 @@ from kit.mail.store import (
 )
 from kit.storage.s3io import S3Bucket
 
+_TOKEN = re.compile(r"[a-z0-9]{1,64}")
 _INVERT = 10**15
 """Keys that list newest first: ``_INVERT`` minus the time in milliseconds, 15 digits."""
 
@@ -105,7 +107,7 @@ class S3MailStore:
         return await self.bucket.get(self._k("inbound", f"{_h(message_id)}.json")) is not None
 
     async def thread_by_token(self, token: str) -> Thread | None:
-        if "/" in token:
+        if not _TOKEN.fullmatch(token):  # kit issues none such: not a key to look up
             return None
         session_id = await self.bucket.get(self._k("tokens", token))
         return None if session_id is None else await self._thread(session_id.decode())

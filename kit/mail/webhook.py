@@ -25,7 +25,8 @@ payload" on (its ``RawEmail``).
 
 Every answer is JSON. Accepted mail is 200 whether or not it is answered (a refusal, such
 as a loop, is recorded, not bounced: bouncing automatic mail feeds the loop). A request that
-fails a check (401), is too large (413) or carries no readable mail (422) changes nothing.
+fails a check (401), is too large (413) or carries no readable mail (422) changes nothing;
+503 says the bucket or the session host could not be reached (send again later).
 A route whose secret is not set answers 404 naming it.
 """
 
@@ -48,8 +49,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message
 
+from kit.client import ClientError
 from kit.mail.channel import Receipt
 from kit.mail.message import MAX_INBOUND_BYTES, MailError
+from kit.storage.errors import StoreError
 
 log = logging.getLogger("kit.mail")
 
@@ -294,6 +297,11 @@ def webhook_routes(
             )
         except MailError as exc:
             raise Refusal(422, "not_mail", str(exc)) from None
+        except (StoreError, ClientError) as exc:  # the bucket or the session host
+            log.warning("mail webhook: cannot take the message now: %s", exc)
+            raise Refusal(
+                503, "unavailable", "The gateway cannot take mail right now; send it again later."
+            ) from None
         body = {
             "action": receipt.action,
             "message_id": receipt.message_id,

@@ -20,6 +20,7 @@ from kit.mail.channel import MailChannel, Receipt
 from kit.mail.rules import Agent
 from kit.mail.store import SqliteMailStore
 from kit.mail.webhook import WebhookSecrets, sign, webhook_routes
+from kit.storage.errors import StoreUnavailable
 
 NOW = 1_800_000_000
 SECRET = "kit-test-webhook-secret-0123456789"
@@ -296,3 +297,27 @@ async def test_with_the_real_channel(tmp_path: Path) -> None:
     finally:
         await channel.close()
         store.close()
+
+
+class Down:
+    """An inbox whose bucket cannot be reached."""
+
+    async def receive(
+        self,
+        raw: bytes,
+        *,
+        envelope_from: str | None = None,
+        envelope_to: list[str] | None = None,
+        authenticated: bool | None = None,
+    ) -> Receipt:
+        raise StoreUnavailable("Cannot reach S3: connection refused.")
+
+
+async def test_an_unreachable_bucket_is_503() -> None:
+    """The bucket (or the session host) unreachable: 503 saying to send again, so that the
+    provider retries; never a 200 for mail that was not taken."""
+    app = Starlette(routes=webhook_routes(SECRETS, Down, clock=lambda: NOW))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://g") as h:
+        answer = await h.post("/v1/mail/inbound", content=RAW, headers=_signed())
+    assert (answer.status_code, answer.json()["error"]) == (503, "unavailable")
+    assert "again later" in answer.json()["message"]
