@@ -59,7 +59,6 @@ and what is allowed. Unknown keys are errors too, so a typo never goes unnoticed
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass
@@ -71,6 +70,7 @@ from kit.bundle.allowlist import ALLOWED_FORMS, parse_rule
 from kit.bundle.errors import ConfigError, EgressRuleError
 from kit.bundle.limits import DEFAULT_LIMITS, Limits, parse_limits
 from kit.bundle.tools import CLI_TOOLS, tool_problem
+from kit.loopback import is_loopback_host
 from kit.tiers import get_tier, tier_names
 
 CONFIG_FILE = "kit.toml"
@@ -329,21 +329,12 @@ def parse_session_url(where: str, value: object) -> str | None:
             f"IPv4 address (letters, digits, '-' and '.') and any port by its digits: the "
             f"page's Content-Security-Policy names that origin; {hint}."
         )
-    if parts.scheme == "http" and not _is_loopback(host):
+    if parts.scheme == "http" and not is_loopback_host(host, subdomains=True):
         raise ConfigError(
             f"{where}: web.session_url must be https (http only at a loopback address such "
             f"as 127.0.0.1): the session token it answers must not cross a network in clear."
         )
     return value
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _str_list(where: str, key: str, value: object) -> list[str]:

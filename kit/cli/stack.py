@@ -379,7 +379,17 @@ async def _start(
             mount=mount,
         )
     )
-    mail = MailChannel(mail_store, Agent(mail_address, project.agent.name), gateway.url, api_token)
+
+    async def save_files(session_id: str, folder: str, files: list[tuple[str, bytes]]) -> None:
+        await asyncio.to_thread(provider.put_files, session_id, folder, files)
+
+    mail = MailChannel(
+        mail_store,
+        Agent(mail_address, project.agent.name),
+        gateway.url,
+        api_token,
+        save_files=save_files,
+    )
     cleanup.push_async_callback(mail.close)
     try:
         smtp = await serve_smtp(mail, api_token, port=settings.smtp_port)

@@ -11,7 +11,6 @@ upgrade passes through; what a browser may do before ``hello`` is bounded by the
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
@@ -20,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kit.host.edge import authenticated
 from kit.host.errors import HostError
+from kit.loopback import is_loopback_host
 
 UNAUTHORIZED_MESSAGE = "Send Authorization: Bearer <the host's API token>."
 
@@ -139,14 +139,7 @@ def normalise_origin(origin: str) -> str:
 def is_loopback_name(host: str | None) -> bool:
     """Whether ``host`` (a name or address, IPv6 without brackets) is ``localhost`` or a
     loopback address."""
-    if host is None:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(host)
 
 
 def loopback_hosts(host: str, port: int) -> list[str]:

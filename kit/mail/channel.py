@@ -33,7 +33,7 @@ from kit.mail.compose import compose_reply, reply_message_id
 from kit.mail.message import Inbound, parse
 from kit.mail.rules import REFUSALS, Agent, Decision, Thread, decide, new_token, thread_ids, tokens
 from kit.mail.store import InboundRecord, MailStore, OutboxEntry, Refused
-from kit.mail.text import turn_text
+from kit.mail.text import attachment_plan, turn_text
 from kit.protocol.turns import ends_turn
 
 log = logging.getLogger("kit.mail")
@@ -54,6 +54,9 @@ Deliver = Callable[[OutboxEntry], Awaitable[None]]
 """Hands a reply to a relay; raises to say it did not (it is tried again)."""
 CreateSession = Callable[[], Awaitable[tuple[str, str]]]
 """Makes a new session: ``(session_id, session_token)``."""
+SaveFiles = Callable[[str, str, list[tuple[str, bytes]]], Awaitable[None]]
+"""Writes files ``(name, bytes)`` into a folder (a relative path) of a session's
+workspace; raises to say it could not."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ class MailChannel:
         *,
         deliver: Deliver | None = None,
         create_session: CreateSession | None = None,
+        save_files: SaveFiles | None = None,
     ) -> None:
         self.store = store
         self.agent = agent
@@ -100,6 +104,8 @@ class MailChannel:
         self.deliver = deliver
         """Where replies go (None: the outbox is where they go, as in ``kit dev``)."""
         self._create = create_session or self._create_over_http
+        self.save_files = save_files
+        """Where attachments go (None: they are listed to the agent, not saved)."""
         self._lock = asyncio.Lock()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._closed = False
@@ -140,7 +146,8 @@ class MailChannel:
                 thread = Thread(session_id, new_token(), (msg.sender,))
             else:
                 thread = decision.thread
-            record = _record(msg, thread)
+            saved = await self._save_attachments(msg, thread.session_id)
+            record = _record(msg, thread, saved)
             if not await self.store.take(record, thread, session_token):
                 return Receipt("refuse", msg.message_id, reason="duplicate")
         log.info("mail %s from %s → session %s", msg.message_id, msg.sender, thread.session_id)
@@ -157,6 +164,22 @@ class MailChannel:
             by_reference=await self.store.thread_by_ids(thread_ids(msg)),
             authenticated=authenticated,
         )
+
+    async def _save_attachments(self, msg: Inbound, session_id: str) -> list[str] | None:
+        """Save ``msg``'s attachments in the session's workspace, under
+        ``mail/<digest of the Message-ID>/``; for each, what the agent is told."""
+        if not msg.attachments or self.save_files is None:
+            return None
+        folder = "mail/" + hashlib.sha256(msg.message_id.encode()).hexdigest()[:12]
+        plan = attachment_plan(msg, folder)
+        files = [(name, a.data) for (name, _), a in zip(plan, msg.attachments, strict=True) if name]
+        if files:
+            try:
+                await self.save_files(session_id, folder, files)
+            except Exception as exc:
+                log.warning("mail %s: attachments not saved: %s", msg.message_id, exc)
+                return [f"not saved ({exc})" if name else why for name, why in plan]
+        return [why for _, why in plan]
 
     async def _create_over_http(self) -> tuple[str, str]:
         info = await create_session_over_http(self.base_url, self.api_token)
@@ -325,12 +348,12 @@ class MailChannel:
         log.error("mail: the reply to %s is left unsent until the next start", entry.inbound_id)
 
 
-def _record(msg: Inbound, thread: Thread) -> InboundRecord:
+def _record(msg: Inbound, thread: Thread, saved: list[str] | None = None) -> InboundRecord:
     return InboundRecord(
         message_id=msg.message_id,
         session_id=thread.session_id,
         client_msg_id=client_msg_id(msg.message_id),
-        text=turn_text(msg),
+        text=turn_text(msg, saved),
         sender=msg.sender,
         sender_name=msg.sender_name,
         subject=msg.subject,

@@ -1,7 +1,7 @@
 """The email channel on the control API: what was sent, what was refused.
 
 ``GET /_kit/mail/outbox`` and ``GET /_kit/mail/refused`` (``?limit=N``, default 50, at most
-500), JSON ``{"address": agent address, "items": [...]}`` newest first; guarded by the host's
+500; ``?raw=1``: each reply's raw message too), JSON ``{"address": agent address, "items": [...]}`` newest first; guarded by the host's
 API token like the rest of ``/_kit/``. The Cloudflare shim serves the same routes.
 """
 
@@ -39,7 +39,11 @@ def mail_routes(store: MailStore, address: str, api_token: str) -> list[Route]:
         limit = limit_of(request)
         if isinstance(limit, Response):
             return limit
-        items = [e.to_json() for e in await store.outbox(limit)]
+        raw = request.query_params.get("raw") == "1"
+        items = [
+            {**e.to_json(), **({"raw": e.raw.decode("utf-8", "replace")} if raw else {})}
+            for e in await store.outbox(limit)
+        ]
         return JSONResponse({"address": address, "items": items})
 
     async def refused(request: Request) -> Response:

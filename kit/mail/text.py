@@ -48,7 +48,8 @@ def strip_quotes(text: str) -> str:
 
 def turn_text(msg: Inbound, saved: list[str] | None = None) -> str:
     """What the agent reads for ``msg``: who wrote, the subject, the body without quotes,
-    and the attachments (``saved``: their paths in the workspace, when they were saved)."""
+    and the attachments (``saved``: for each, where it went — ``saved as PATH`` — or why it
+    did not; None: none were saved)."""
     body = strip_quotes(msg.text)
     if len(body) > MAX_TURN_CHARS:
         body = body[:MAX_TURN_CHARS] + f"\n[… cut: the message was {len(body)} characters]"
@@ -62,6 +63,47 @@ def turn_text(msg: Inbound, saved: list[str] | None = None) -> str:
     return "\n".join(p for i, p in enumerate(parts) if p or i >= 2).rstrip()
 
 
-def _attachment_line(a: Attachment, path: str | None) -> str:
-    where = f"saved as {path}" if path else "not saved"
-    return f"- {a.filename} ({a.content_type}, {a.size} bytes): {where}"
+def _attachment_line(a: Attachment, where: str | None) -> str:
+    return f"- {a.filename} ({a.content_type}, {a.size} bytes): {where or 'not saved'}"
+
+
+MAX_ATTACHMENTS = 10
+"""Attachments saved per message; the rest are listed, not saved."""
+MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
+"""The largest attachment saved."""
+_UNSAFE = re.compile(r"[^\w.\- ]+")
+
+
+def safe_filename(name: str) -> str:
+    """A plain file name for an attachment's name: its last path part, only letters,
+    digits, ``.``, ``-``, ``_`` and spaces, no leading dot, at most 100 characters (the
+    extension kept)."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = _UNSAFE.sub("_", base).strip(" .")
+    if len(base) > 100:
+        stem, dot, ext = base.rpartition(".")
+        base = (stem[: 99 - len(ext)] + dot + ext) if dot and len(ext) <= 10 else base[:100]
+    return base or "attachment"
+
+
+def attachment_plan(msg: Inbound, folder: str) -> list[tuple[str | None, str]]:
+    """For each attachment of ``msg``: the file name to save it as in ``folder`` (None:
+    not saved) and the phrase the agent reads (``saved as folder/name`` or why not)."""
+    plan: list[tuple[str | None, str]] = []
+    taken: set[str] = set()
+    for n, a in enumerate(msg.attachments):
+        if n >= MAX_ATTACHMENTS:
+            plan.append((None, f"not saved (more than {MAX_ATTACHMENTS} attachments)"))
+            continue
+        if a.size > MAX_ATTACHMENT_BYTES:
+            plan.append((None, f"not saved (larger than {MAX_ATTACHMENT_BYTES // 2**20} MiB)"))
+            continue
+        first = name = safe_filename(a.filename)
+        stem, dot, ext = first.rpartition(".")
+        for k in range(2, MAX_ATTACHMENTS + 2):  # one name per attachment at most
+            if name.lower() not in taken:
+                break
+            name = f"{stem} ({k}){dot}{ext}" if dot else f"{first} ({k})"
+        taken.add(name.lower())
+        plan.append((name, f"saved as {folder}/{name}"))
+    return plan

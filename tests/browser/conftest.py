@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import os
 import re
 from collections.abc import AsyncIterator
@@ -40,6 +39,7 @@ import pytest
 import pytest_asyncio
 
 from kit.cli.stack import Stack, run_stack
+from kit.loopback import is_loopback_host
 from tests.agents import SCENARIO, write_agent
 from tests.conftest import stack_settings
 
@@ -97,12 +97,7 @@ def is_loopback(url: str) -> bool:
     host = parts.hostname
     if host is None:
         return False
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(host, subdomains=True)
 
 
 @dataclass

@@ -292,3 +292,42 @@ def test_a_bad_session_url_is_one_clear_line(tmp_path: Path, value: str, needle:
     assert "web.session_url" in message
     assert "kit.toml" in message
     assert "\n" not in message
+
+
+def _mail_toml(value: str) -> str:
+    return f"[agent]\nname = 'ok'\n[mail]\naddress = {value}\n"
+
+
+def test_the_mail_address_is_read_and_carried_in_the_bundle(tmp_path: Path) -> None:
+    """``[mail] address`` is lower-cased, kept in the manifest, read back from the bundle;
+    without it the manifest has no ``mail`` key, so older bundles keep their digests."""
+    project = load_project(_project(tmp_path, _mail_toml('"Support.Team@Example.COM"')))
+    assert project.mail_address == "support.team@example.com"
+    bundle = build_bundle(project, tmp_path / "bundles")
+    assert bundle.mail_address == "support.team@example.com"
+    manifest = json.loads((bundle.path / "kit-bundle.json").read_text())
+    assert manifest["mail"] == {"address": "support.team@example.com"}
+    plain = load_project(_project(tmp_path, "[agent]\nname = 'ok'\n"))
+    assert plain.mail_address is None
+    plain_bundle = build_bundle(plain, tmp_path / "bundles2")
+    assert "mail" not in json.loads((plain_bundle.path / "kit-bundle.json").read_text())
+    assert plain_bundle.mail_address is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        '"support+x@example.com"',
+        '"support"',
+        '"@example.com"',
+        '"support@"',
+        '"support@-bad.example"',
+        '"sup port@example.com"',
+        '"support@example.com\\r\\nBcc: x@evil.test"',
+        "42",
+        '"support@exa_mple.com"',
+    ],
+)
+def test_a_bad_mail_address_is_one_clear_line(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match=r"mail.address .* name@example.com"):
+        load_project(_project(tmp_path, _mail_toml(value)))
