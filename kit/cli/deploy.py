@@ -22,6 +22,11 @@ bucket endpoint, keys  ``AWS_ENDPOINT_URL_S3``,     Tigris's (``fly storage crea
 bucket region          ``AWS_REGION``               ``auto`` (Tigris)
 public URL             ``KIT_FLY_PUBLIC_URL``       ``https://<app>.fly.dev``: where new
                                                     gateways are health-checked
+mail                   ``KIT_MAIL_WEBHOOK_SECRET``, none: each one set becomes a Fly
+                       ``KIT_MAILGUN_SIGNING_KEY``, secret of the gateway app
+                       ``KIT_POSTMARK_USER``/       (:data:`MAIL_SECRETS`, docs/email.md)
+                       ``_PASSWORD``,
+                       ``KIT_SMTP_RELAY``
 image registry         ``KIT_FLY_REGISTRY``         ``registry.fly.io``; ``local``: this
                                                     machine's Docker daemon (the emulator)
 =====================  ===========================  ==========================================
@@ -73,6 +78,9 @@ class FlySettings:
     listen: str = LISTEN
     public_url: str | None = None
     """Where Fly's proxy serves the gateway app (None: ``https://<app>.fly.dev``)."""
+    mail_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """The mail secrets set in the environment (:data:`MAIL_SECRETS`), carried as Fly
+    secrets of the gateway app."""
 
 
 def fly_settings(
@@ -127,7 +135,49 @@ def fly_settings(
         ),
         local_registry=registry == "local",
         public_url=environ.get("KIT_FLY_PUBLIC_URL", "").strip() or None,
+        mail_secrets=_mail_secrets(environ),
     )
+
+
+MAIL_SECRETS = (
+    "KIT_MAIL_WEBHOOK_SECRET",
+    "KIT_MAILGUN_SIGNING_KEY",
+    "KIT_POSTMARK_USER",
+    "KIT_POSTMARK_PASSWORD",
+    "KIT_SMTP_RELAY",
+)
+"""Email on Fly (docs/email.md, Fly): each one set in ``kit deploy``'s environment becomes a
+Fly secret of the gateway app; one set before stays set (``fly secrets unset`` removes it)."""
+
+
+def _mail_secrets(environ: Mapping[str, str]) -> dict[str, str]:
+    """The mail secrets in ``environ``, checked as a gateway will read them."""
+    from kit.cli.flymail import fly_mail_settings
+    from kit.cli.settings import SettingsError
+
+    found = {n: environ[n].strip() for n in MAIL_SECRETS if environ.get(n, "").strip()}
+    try:
+        fly_mail_settings(found)
+    except SettingsError as exc:
+        raise CliError(str(exc)) from None
+    return found
+
+
+def mail_note(address: str | None, target: FlyTarget, secret_names: set[str]) -> str | None:
+    """What the deploy says about email: None without ``[mail] address``; else where mail
+    is taken and what is still missing (``secret_names``: those the app will have)."""
+    if address is None:
+        return None
+    inbound = [n for n in MAIL_SECRETS[:4] if n in secret_names]
+    missing: list[str] = []
+    if not inbound:
+        missing.append("KIT_MAIL_WEBHOOK_SECRET (or KIT_MAILGUN_SIGNING_KEY, or KIT_POSTMARK_*)")
+    if "KIT_SMTP_RELAY" not in secret_names:
+        missing.append("KIT_SMTP_RELAY")
+    where = f"mail to {address}: webhooks at {target.url}/v1/mail/(inbound|mailgun|postmark)"
+    if missing:
+        return f"{where}; off until these are set: {', '.join(missing)} (docs/email.md, Fly)."
+    return f"{where}, replies through KIT_SMTP_RELAY ({', '.join(inbound)} set)."
 
 
 def host_token(settings: FlySettings, *, save: bool = True) -> tuple[str, bool]:
@@ -204,6 +254,7 @@ async def run_deploy(
         "FLY_API_TOKEN": settings.fly_token,
         "AWS_ACCESS_KEY_ID": key_id,
         "AWS_SECRET_ACCESS_KEY": secret,
+        **settings.mail_secrets,
     }
     bucket = _bucket(settings)
     bucket_url = f"s3://{target.bucket_name}?endpoint_url={quote(settings.s3_endpoint, safe='')}"
@@ -221,6 +272,10 @@ async def run_deploy(
             )
         console.out(f"kit deploy --target fly: {target.app} in {target.org} ({target.region})")
         console.out(render(plan))
+        names = {s.name for s in await _secrets(api, target.app)} | set(values)
+        note = mail_note(bundle.mail_address, target, names)
+        if note is not None:
+            console.out(note)
         if dry_run or plan.up_to_date:
             if new and dry_run:
                 console.out(console.dim("(the host API token is made at the first deploy)"))

@@ -41,6 +41,8 @@ from emulator.model import create_app as create_model_app
 from fly import FlyClient
 from kit.bundle import Bundle, build_bundle, load_project
 from kit.cli.deploy import FlySettings, bucket_url
+from kit.cli.relaysink import RelaySink
+from kit.cli.stack import default_mail_address
 from kit.cli.statedir import host_id, lock, make_private
 from kit.deploy.fly.apply import Deployment
 from kit.deploy.fly.deploy import REHEARSAL_LISTEN, deploy, desired, image_ref
@@ -50,6 +52,7 @@ from kit.deploy.fly.target import FlyTarget
 from kit.host.edge import EdgeLimits
 from kit.host.gateway import serve as serve_app
 from kit.host.gateway import tcp_socket, url_of
+from kit.mail.webhook import INBOUND_PATH
 from kit.private import write_private
 from kit.storage.s3io import S3Bucket
 
@@ -57,6 +60,8 @@ FLY_TOKEN_BYTES = 24
 LOCAL_PAGE_VARIABLE = "KIT_LOCAL_PAGE_ORIGIN"
 """The rehearsal's gateways serve local sessions to the page at this loopback origin
 (:mod:`kit.cli.flygateway`)."""
+RELAY_FOLDER = "mail-relay"
+"""Under the state dir: each reply the loopback relay took, as ``NNNN.eml``."""
 S3_KEY = "kit-rehearsal"
 """moto takes any keys; these are not secrets."""
 
@@ -81,6 +86,13 @@ class Rehearsal:
     settings: FlySettings
     secrets: dict[str, str]
     gateway_env: dict[str, str]
+    mail_address: str
+    """The agent's address (``[mail] address``, else ``NAME@localhost``)."""
+    mail_secret: str
+    """``KIT_MAIL_WEBHOOK_SECRET``: what ``kit mail send`` signs with."""
+    relay: RelaySink
+    """The loopback SMTP relay replies are sent through: what a mail client would get."""
+    relay_port: int
 
     async def redeploy(self, progress: Callable[[str], None] = lambda _: None) -> Plan:
         """Deploy the project as it is now (a changed bundle, say) with the real deploy
@@ -122,6 +134,15 @@ async def _moto() -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+@contextlib.asynccontextmanager
+async def _closing(server: asyncio.Server) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 @contextlib.asynccontextmanager
@@ -201,9 +222,26 @@ async def rehearse_fly(
             "AWS_ACCESS_KEY_ID": settings.s3_keys[0],
             "AWS_SECRET_ACCESS_KEY": settings.s3_keys[1],
         }
-        async with serve_proxy(fly_api.backend, target.app, as_served=True) as url:
+        mail_secret = secrets.token_urlsafe(32)
+        relay_password = secrets.token_urlsafe(16)
+        relay = RelaySink("kit", relay_password, state_dir / RELAY_FOLDER)
+        relay_server = await asyncio.get_running_loop().create_server(
+            relay.protocol, "127.0.0.1", 0
+        )
+        relay_port = int(relay_server.sockets[0].getsockname()[1])
+        values["KIT_MAIL_WEBHOOK_SECRET"] = mail_secret
+        values["KIT_SMTP_RELAY"] = f"smtp://kit:{relay_password}@127.0.0.1:{relay_port}"
+        mail_address = bundle.mail_address or default_mail_address(loaded.agent.name)
+        async with (
+            _closing(relay_server),
+            serve_proxy(fly_api.backend, target.app, as_served=True) as url,
+        ):
             # The page loaded from the proxy gets sessions as kit dev's does (local ones).
             extra = {"FLY_API_HOSTNAME": fly_api.url, LOCAL_PAGE_VARIABLE: url}
+            # Mail: the channel reaches sessions through the proxy, as on Fly.
+            extra["KIT_PUBLIC_URL"] = url
+            if bundle.mail_address is None:
+                extra["KIT_MAIL_ADDRESS"] = mail_address
             if model_key is None:
                 extra["KIT_MODEL_UPSTREAM"] = model_url
             if lease_ttl_s is not None:  # how soon another gateway takes a dead one's sessions
@@ -237,6 +275,10 @@ async def rehearse_fly(
                 settings=settings,
                 secrets=values,
                 gateway_env=extra,
+                mail_address=mail_address,
+                mail_secret=mail_secret,
+                relay=relay,
+                relay_port=relay_port,
             )
         await LocalRegistry().forget(target.app)
 
@@ -276,13 +318,19 @@ async def until_stopped(
 
 
 @contextlib.contextmanager
-def advertised(state_dir: Path, url: str, token_file: Path) -> Iterator[None]:
+def advertised(
+    state_dir: Path, url: str, token_file: Path, mail: dict[str, str] | None = None
+) -> Iterator[None]:
     """Tell clients where the rehearsal is for as long as the block runs: ``dev.json`` in
-    the state dir (``kit chat`` reads it), removed at the end."""
+    the state dir (``kit chat`` reads it; ``mail``: how ``kit mail send`` reaches the
+    agent, its ``address`` and ``webhook`` with the ``secret_file`` to sign with), removed
+    at the end."""
     dev_json = state_dir / "dev.json"
-    write_private(
-        dev_json, json.dumps({"url": url, "pid": os.getpid(), "api_token_file": str(token_file)})
-    )
+    info: dict[str, object] = {"url": url, "pid": os.getpid(), "api_token_file": str(token_file)}
+    if mail is not None:
+        info["mail"] = mail
+        info["mail_address"] = mail["address"]
+    write_private(dev_json, json.dumps(info))
     try:
         yield
     finally:
@@ -311,7 +359,14 @@ async def serve_rehearsal(
         ) as fly:
             token_file = state_dir / "api-token"
             write_private(token_file, fly.api_token)
-            with advertised(state_dir, fly.url, token_file):
+            secret_file = state_dir / "mail-webhook-secret"
+            write_private(secret_file, fly.mail_secret)
+            mail = {
+                "address": fly.mail_address,
+                "webhook": fly.url + INBOUND_PATH,
+                "secret_file": str(secret_file),
+            }
+            with advertised(state_dir, fly.url, token_file, mail):
                 console.banner(
                     [
                         ("url", f"{fly.url} (stands for {fly.target.url})"),
@@ -321,6 +376,16 @@ async def serve_rehearsal(
                         ("bucket", f"s3://{fly.target.bucket_name} at {fly.s3_endpoint} (moto)"),
                         ("model", "the real API" if model_key else f"offline at {fly.model_url}"),
                         ("api token", f"{token_file} (Bearer token for POST /v1/sessions)"),
+                        (
+                            "mail",
+                            f"{fly.mail_address} through {fly.url}{INBOUND_PATH} (signed with "
+                            f"{secret_file}): kit mail send --from you@example.org TEXT",
+                        ),
+                        (
+                            "relay",
+                            f"smtp://127.0.0.1:{fly.relay_port} (replies kept in "
+                            f"{state_dir / RELAY_FOLDER}; kit mail outbox)",
+                        ),
                     ],
                     title="kit dev --target fly — ready. Talk to it with `kit chat`; stop with Ctrl-C.",
                 )

@@ -16,6 +16,9 @@ variable                meaning
                         served store listen there; ``${FLY_PRIVATE_IP}`` in ``KIT_LISTEN``
 ``FLY_MACHINE_ID``      this gateway's id: its host id and lease owner (Fly sets it)
 ``FLY_REGION``          where new sandbox machines go (Fly sets it)
+``KIT_MAIL_*``,          email: webhook secrets, the SMTP relay, the agent's address
+``KIT_SMTP_RELAY``,     (:mod:`kit.cli.flymail`)
+``KIT_POSTMARK_*``
 ``KIT_LOCAL_PAGE_``     ``kit dev --target fly`` only: the loopback origin of the rehearsal's
 ``ORIGIN``              Fly proxy (``http://127.0.0.1:PORT``). The chat page loaded from it
                         gets sessions without the API token (``POST /web/session``, as in
@@ -45,6 +48,7 @@ from urllib.parse import urlsplit, urlunsplit
 import fly
 from kit.bundle import Bundle
 from kit.bundle.archive import unpack
+from kit.cli.flymail import FlyMailSettings, fly_mail_settings
 from kit.cli.settings import SettingsError
 from kit.cli.stack import release_of
 from kit.deploy.fly.apply import CURRENT_KEY, bundle_key
@@ -75,6 +79,8 @@ class FlyGatewaySettings:
     local_page: str | None = None
     """``KIT_LOCAL_PAGE_ORIGIN``: the rehearsal proxy's loopback origin, normalised; None
     (always, when deployed): the page gets no sessions from the gateway itself."""
+    mail: FlyMailSettings = field(default_factory=lambda: fly_mail_settings({}))
+    """Email: webhooks, relay, address (:mod:`kit.cli.flymail`)."""
 
     def prefixed(self, prefix: str) -> str:
         """The bucket URL with a key prefix (``logs``, ``transcripts``)."""
@@ -118,6 +124,7 @@ def fly_gateway_settings(environ: Mapping[str, str]) -> FlyGatewaySettings:
         machine_id=environ.get("FLY_MACHINE_ID", "").strip() or f"gateway-{private_ip}",
         region=environ.get("FLY_REGION", "").strip() or None,
         local_page=local_page,
+        mail=fly_mail_settings(environ),
     )
 
 

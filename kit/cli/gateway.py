@@ -52,6 +52,7 @@ from kit.bundle import Bundle, build_bundle, load_project, open_bundle
 from kit.cli import console, statedir
 from kit.cli.control import control_routes
 from kit.cli.flygateway import Deployed, FlyGatewaySettings, fly_gateway_settings, reap_orphans
+from kit.cli.flymail import FlyMail
 from kit.cli.sandboxes import open_provider
 from kit.cli.settings import DevSettings, SettingsError, dev_settings
 from kit.cli.stack import release_of
@@ -309,6 +310,7 @@ def fly_gateway_config(
         # Read at each request: a deploy changes the bundle under a running gateway.
         web=WebConfig(local_sessions=local, session_url_from=lambda: current().web_session_url),
         proxied_at=fly_settings.local_page,
+        public_paths=FlyMail.public_paths(),  # signed mail webhooks, no API token
     )
 
 
@@ -348,7 +350,10 @@ async def serve_fly(
                 region=fly_settings.region,
             )
 
+            mail = FlyMail(fly_settings.mail, bucket, settings.api_token, deployed.current)
+
             def mount(gateway: Gateway) -> None:
+                gateway.app.router.routes.extend(mail.routes())
                 gateway.app.router.routes.extend(
                     control_routes(
                         gateway.host,
@@ -359,18 +364,28 @@ async def serve_fly(
                     )
                 )
 
-            async with open_gateway(
-                config, provider, logs, deployed.release, sock=sock, mount=mount
-            ) as gateway:
+            async with (
+                open_gateway(
+                    config, provider, logs, deployed.release, sock=sock, mount=mount
+                ) as gateway,
+                mail.running(),
+            ):
 
                 def new_deploy() -> None:
                     assert deployed.bundle is not None
                     gateway.egress.allow(deployed.bundle.egress)  # its allowlist, at once
                     gateway.host.refresh()  # idle sandboxes of the old bundle are replaced
+                    mail.new_deploy()
 
                 follower = asyncio.create_task(deployed.follow(new_deploy))
                 reaper = asyncio.create_task(reap_orphans(provider, logs))
                 console.out(f"kit gateway: serving {bundle.digest[:16]} at {gateway.url} (fly)")
+                console.out(
+                    f"kit gateway: mail to {mail.channel.agent.address}, replies through "
+                    f"{fly_settings.mail.relay.describe() if fly_settings.mail.relay else ''}"
+                    if mail.channel is not None
+                    else f"kit gateway: {mail.off}"
+                )
                 try:
                     await stop.wait()
                 finally:

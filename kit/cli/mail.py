@@ -1,7 +1,9 @@
 """``kit mail send`` and ``kit mail outbox``: mail the agent, and read what it answered.
 
 ``send`` speaks SMTP to the running ``kit dev`` (its port is in ``.kit/dev.json``), logging
-in with the host's API token, as a mail client would. ``--reply`` writes as a mail client
+in with the host's API token, as a mail client would; to ``kit dev --target fly`` it posts
+the message to the gateway's signed webhook (``dev.json`` ``mail``: its URL and the file
+holding the secret), as a user's relay would. ``--reply`` writes as a mail client
 answering the agent's newest reply to that sender: to the reply's plus address, with
 ``In-Reply-To`` and ``References``. ``--wait`` waits for the answer and prints it.
 ``outbox`` reads ``GET /_kit/mail/outbox`` (``--refused``: ``/_kit/mail/refused``).
@@ -14,8 +16,9 @@ import email.utils
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
+from email.policy import SMTP
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from kit.cli import console
 from kit.cli.chat import ChatTarget, find_target
 from kit.cli.errors import CliError
 from kit.cli.rehearse import call
+from kit.mail.webhook import FROM_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, TO_HEADER, sign
 
 WAIT_POLL_S = 0.25
 
@@ -35,7 +39,10 @@ class MailCliError(CliError):
 class MailTarget:
     control: ChatTarget
     smtp: tuple[str, int] | None
+    """``kit dev``'s SMTP server (``dev.json`` ``smtp``)."""
     address: str | None
+    webhook: tuple[str, str] | None = field(default=None, repr=False)
+    """``kit dev --target fly``: the signed webhook's URL and secret (``dev.json`` ``mail``)."""
 
 
 def mail_target(state_dir: Path, url: str | None) -> MailTarget:
@@ -43,12 +50,23 @@ def mail_target(state_dir: Path, url: str | None) -> MailTarget:
     dev = state_dir / "dev.json"
     smtp: tuple[str, int] | None = None
     address: str | None = None
+    webhook: tuple[str, str] | None = None
     if url is None and dev.is_file():
         info = json.loads(dev.read_text())
         if isinstance(info.get("smtp"), dict):
             smtp = (str(info["smtp"]["host"]), int(info["smtp"]["port"]))
+        mail = info.get("mail")
+        if isinstance(mail, dict) and mail.get("webhook") and mail.get("secret_file"):
+            try:
+                secret = Path(str(mail["secret_file"])).read_text().strip()
+            except OSError as exc:
+                raise MailCliError(
+                    f"Cannot read the webhook secret {mail['secret_file']} ({exc.strerror}); "
+                    "is the rehearsal still running?"
+                ) from None
+            webhook = (str(mail["webhook"]), secret)
         address = info.get("mail_address")
-    return MailTarget(control, smtp, address)
+    return MailTarget(control, smtp, address, webhook)
 
 
 def compose(
@@ -85,10 +103,11 @@ def send(
     reply: bool,
     wait_s: float | None,
 ) -> int:
-    if target.smtp is None:
+    if target.smtp is None and target.webhook is None:
         raise MailCliError(
-            "No SMTP server of a running `kit dev` found (.kit/dev.json has none): start "
-            "`kit dev` in this project (mail to a deployment goes through your mail provider)."
+            "No SMTP server or mail webhook of a running `kit dev` found (.kit/dev.json has "
+            "none): start `kit dev` (or `kit dev --target fly`) in this project (mail to a "
+            "deployment goes through your mail provider)."
         )
     parent = _newest_reply_to(target, sender) if reply else None
     if reply and parent is None:
@@ -101,7 +120,10 @@ def send(
         raise MailCliError("Give --to (the agent's address is not in .kit/dev.json).")
     subj = subject or (parent["subject"] if parent else "A message for the agent")
     msg = compose(sender, to_addr, subj, text, parent=parent)
-    answer = asyncio.run(_smtp_send(target, msg))
+    if target.smtp is not None:
+        answer = asyncio.run(_smtp_send(target, msg))
+    else:
+        answer = _webhook_send(target, msg)
     message_id = str(msg["Message-ID"]).strip("<>")
     console.out(f"sent {message_id} to {to_addr}: {answer}")
     if wait_s is None:
@@ -135,6 +157,42 @@ async def _smtp_send(target: MailTarget, msg: EmailMessage) -> str:
             f"Cannot send to kit dev's SMTP server at {host}:{port}: {exc}. Is `kit dev` running?"
         ) from None
     return message
+
+
+def _webhook_send(target: MailTarget, msg: EmailMessage) -> str:
+    """POST the message to the rehearsal's webhook, signed as a user's relay would sign it
+    (docs/email.md, Fly)."""
+    import httpx
+
+    assert target.webhook is not None
+    url, secret = target.webhook
+    raw = msg.as_bytes(policy=SMTP)
+    timestamp = str(int(time.time()))
+    sender = email.utils.parseaddr(str(msg["From"]))[1]
+    to = email.utils.parseaddr(str(msg["To"]))[1]
+    headers = {
+        "content-type": "message/rfc822",
+        TIMESTAMP_HEADER: timestamp,
+        FROM_HEADER: sender,
+        TO_HEADER: to,
+        SIGNATURE_HEADER: sign(secret, timestamp, raw, envelope_from=sender, envelope_to=to),
+    }
+    try:
+        response = httpx.post(url, content=raw, headers=headers, timeout=60, trust_env=False)
+    except httpx.HTTPError as exc:
+        raise MailCliError(
+            f"Cannot reach the mail webhook at {url}: {exc}. Is `kit dev --target fly` running?"
+        ) from None
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = {}
+    if response.status_code != 200:
+        why = answer.get("message") or response.text[:200]
+        raise MailCliError(f"The webhook refused the message ({response.status_code}): {why}")
+    if answer.get("action") == "refuse":
+        return f"accepted, not answered: {answer.get('detail')}"
+    return f"accepted for session {answer.get('session_id')}"
 
 
 def _newest_reply_to(target: MailTarget, sender: str) -> dict[str, Any] | None:

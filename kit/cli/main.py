@@ -454,9 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         sub,
         "mail",
-        "mail the agent on `kit dev`, and read its replies",
+        "mail the agent on `kit dev` (or --target fly), and read its replies",
         "An email thread is a session (docs/email.md). `send` mails the agent through kit\n"
-        "dev's SMTP server as a mail client would and waits for the answer; --reply answers\n"
+        "dev's SMTP server as a mail client would (on `kit dev --target fly`: to the\n"
+        "gateways' signed webhook) and waits for the answer; --reply answers\n"
         "the agent's newest reply to that sender, in the same thread. `outbox` lists the\n"
         "replies kit sent (--refused: the mail it did not answer, and why).",
         [

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -141,6 +141,7 @@ def create_app(
     hello_timeout_s: float = HELLO_TIMEOUT_S,
     replay_to_owner: bool = False,
     web: WebConfig | None = None,
+    extra_public: Sequence[str] = (),
 ) -> Starlette:
     """The host's ASGI app: every HTTP route but ``/healthz`` needs ``Bearer api_token``;
     session sockets open from browser pages of ``origins`` only (default: the page's
@@ -148,10 +149,12 @@ def create_app(
     behind Fly's proxy), a session socket that reaches a host while another live host holds
     the session's lease is not accepted: it is answered 409 with ``fly-replay:
     instance=<owner>``, and Fly's proxy replays the upgrade to the owner. With ``web``, the
-    chat page is served at ``/`` (:mod:`kit.host.web`), its files without the token."""
+    chat page is served at ``/`` (:mod:`kit.host.web`), its files without the token.
+    ``extra_public``: more paths answered without the token, for routes the caller mounts
+    that authenticate on their own (the Fly gateway's signed mail webhooks)."""
     connections: set[ClientSocket] = set()
     policy = origins or OriginPolicy()
-    public = PUBLIC_PATHS if web is None else (*PUBLIC_PATHS, *public_paths(web))
+    public = (*PUBLIC_PATHS, *(public_paths(web) if web is not None else ()), *extra_public)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"ok": not host.closing})

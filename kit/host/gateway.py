@@ -147,6 +147,9 @@ class GatewayConfig:
     host's own origin (it may open session sockets and, with local sessions, get
     sessions), besides the loopback names of the address the host listens on. Only for a
     host listening on a loopback address (:class:`HostError` otherwise)."""
+    public_paths: tuple[str, ...] = ()
+    """HTTP paths answered without the API token: routes ``mount`` adds that authenticate
+    on their own (the Fly gateway's signed mail webhooks, :mod:`kit.mail.webhook`)."""
     served_store: str | None = None
     """The host's own transcript store (a URL ``open_store`` takes, e.g. ``s3://…``) served
     to sandboxes over HTTP (``kit+http://``, :mod:`kit.host.store_routes`) in place of
@@ -354,6 +357,7 @@ async def open_gateway(
             origins=_origin_policy(config.allowed_origins, sock, config.proxied_at),
             replay_to_owner=config.replay_to_owner,
             web=config.web,
+            extra_public=config.public_paths,
         )
         gateway = Gateway(url_of(sock), config, host, app, proxy, egress, env, pool, sock)
         if mount is not None:

@@ -187,16 +187,31 @@ class MailChannel:
 
     # -- answering ---------------------------------------------------------------------
 
-    async def start(self) -> int:
+    async def start(self, *, unsent_age_s: float = 0.0) -> int:
         """Join again the turns of taken messages without a reply, and send replies not yet
-        sent. Returns how many messages it picked up."""
+        sent (``unsent_age_s``: only those made at least that long ago, so that a reply
+        another gateway is sending now is left to it). Returns how many messages it picked
+        up."""
         pending = await self.store.pending()
         for record in pending:
             self._answer_later(record)
         if self.deliver is not None:
+            before = time.time() - unsent_age_s
             for entry in await self.store.unsent():
-                self._spawn("send:" + entry.inbound_id, self._send(entry))
+                if entry.created_at <= before:
+                    self._spawn("send:" + entry.inbound_id, self._send(entry))
         return len(pending)
+
+    async def sweep(self, every_s: float, unsent_age_s: float) -> None:
+        """:meth:`start` every ``every_s`` seconds until cancelled: where several gateways
+        share the store, mail a dead gateway was answering is answered by another (the
+        reply is still written once)."""
+        for _ in range(10**9):
+            await asyncio.sleep(every_s)
+            try:
+                await self.start(unsent_age_s=unsent_age_s)
+            except Exception as exc:
+                log.warning("mail: looking for unanswered mail failed (next pass retries): %s", exc)
 
     async def close(self) -> None:
         """Stop waiting for turns; what is pending is picked up by the next :meth:`start`."""

@@ -225,7 +225,7 @@ class SqliteMailStore:
             db.execute(
                 "INSERT INTO inbound (message_id, session_id, body, received_at) "
                 "VALUES (?, ?, ?, ?)",
-                (record.message_id, record.session_id, _record_json(record), record.received_at),
+                (record.message_id, record.session_id, record_json(record), record.received_at),
             )
             db.execute("COMMIT")
         except BaseException:
@@ -237,7 +237,7 @@ class SqliteMailStore:
         rows = self._db.execute(
             "SELECT body FROM inbound WHERE replied = 0 ORDER BY received_at, rowid"
         ).fetchall()
-        return [_record(json.loads(r[0])) for r in rows]
+        return [record_of(json.loads(r[0])) for r in rows]
 
     async def reply(self, entry: OutboxEntry) -> bool:
         db = self._db
@@ -278,7 +278,7 @@ class SqliteMailStore:
         rows = self._db.execute(
             "SELECT body, raw FROM outbox WHERE sent_at IS NULL ORDER BY created_at, rowid"
         ).fetchall()
-        return [_entry(json.loads(b), bytes(r)) for b, r in rows]
+        return [entry_of(json.loads(b), bytes(r)) for b, r in rows]
 
     async def mark_sent(self, inbound_id: str, at: float) -> None:
         self._db.execute(
@@ -292,7 +292,7 @@ class SqliteMailStore:
             "SELECT body, raw FROM outbox ORDER BY created_at DESC, rowid DESC LIMIT ?",
             (limit,),
         ).fetchall()
-        return [_entry(json.loads(b), bytes(r)) for b, r in rows]
+        return [entry_of(json.loads(b), bytes(r)) for b, r in rows]
 
     async def refuse(self, refused: Refused) -> None:
         db = self._db
@@ -311,14 +311,16 @@ class SqliteMailStore:
         return [Refused(**json.loads(r[0])) for r in rows]
 
 
-def _record_json(record: InboundRecord) -> str:
+def record_json(record: InboundRecord) -> str:
+    """``record`` as JSON (what :func:`record_of` reads back)."""
     body = dict(record.__dict__)
     body["in_reply_to"] = list(record.in_reply_to)
     body["references"] = list(record.references)
     return json.dumps(body)
 
 
-def _record(body: dict[str, object]) -> InboundRecord:
+def record_of(body: dict[str, object]) -> InboundRecord:
+    """The record :func:`record_json` wrote."""
     irt = body.pop("in_reply_to")
     refs = body.pop("references")
     assert isinstance(irt, list)
@@ -326,7 +328,8 @@ def _record(body: dict[str, object]) -> InboundRecord:
     return InboundRecord(in_reply_to=tuple(irt), references=tuple(refs), **body)  # type: ignore[arg-type]
 
 
-def _entry(body: dict[str, object], raw: bytes) -> OutboxEntry:
+def entry_of(body: dict[str, object], raw: bytes) -> OutboxEntry:
+    """The reply :meth:`OutboxEntry.to_json` described, with its raw bytes."""
     sent = body.get("sent_at")
     return OutboxEntry(
         inbound_id=str(body["in_reply_to"]),

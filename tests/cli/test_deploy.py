@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from emulator.fly_api import InProcessRunner, Served, serve
+from kit.cli.deploy import mail_note
 from kit.cli.flydev import LOCAL_PAGE_VARIABLE
+from kit.deploy.fly.target import FlyTarget
 from tests.conftest import serve_on_loopback
 from tests.deploy.test_fly_apply import healthy_app
 from tests.kitproc import spawn_kit
@@ -111,6 +113,9 @@ async def test_deploy_plans_applies_does_nothing_twice_and_destroys(
         ("", {"FLY_API_HOSTNAME": "ftp://nowhere"}, "FLY_API_HOSTNAME"),
         ("", {"KIT_FLY_REGISTRY": "docker.io"}, "KIT_FLY_REGISTRY"),
         ("AWS_SECRET_ACCESS_KEY", {}, "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+        ("", {"KIT_SMTP_RELAY": "http://user:hunter2@smtp.example.com"}, "KIT_SMTP_RELAY"),
+        ("", {"KIT_MAIL_WEBHOOK_SECRET": "short"}, "KIT_MAIL_WEBHOOK_SECRET"),
+        ("", {"KIT_POSTMARK_USER": "pm"}, "KIT_POSTMARK_PASSWORD"),
     ],
 )
 async def test_a_missing_or_bad_setting_is_named_and_nothing_is_made(
@@ -134,6 +139,7 @@ async def test_a_missing_or_bad_setting_is_named_and_nothing_is_made(
     lines = err.strip().splitlines()
     assert len(lines) == 1, lines
     assert named in lines[0]
+    assert "hunter2" not in err
     assert not fly_api.backend.apps.all()
     assert not (kit_tmp / "state" / f"fly-{APP}.json").exists()
 
@@ -150,3 +156,19 @@ async def test_without_a_project_nothing_is_deployed_or_destroyed(
         assert proc.returncode == 1
         assert "No kit.toml here" in err.decode()
     assert not fly_api.backend.apps.all()
+
+
+def test_the_deploy_says_what_mail_needs() -> None:
+    """With [mail] address, the deploy names the webhooks and any mail secret still
+    missing; without it, it says nothing about mail."""
+    target = FlyTarget(app="bot")
+    assert mail_note(None, target, {"KIT_SMTP_RELAY"}) is None
+    missing = mail_note("bot@example.com", target, set())
+    assert missing is not None
+    assert "https://bot.fly.dev/v1/mail/" in missing
+    assert "KIT_MAIL_WEBHOOK_SECRET" in missing
+    assert "KIT_SMTP_RELAY" in missing
+    ready = mail_note("bot@example.com", target, {"KIT_MAILGUN_SIGNING_KEY", "KIT_SMTP_RELAY"})
+    assert ready is not None
+    assert "off until" not in ready
+    assert "KIT_MAILGUN_SIGNING_KEY set" in ready

@@ -1,5 +1,5 @@
-"""`kit dev --target fly` as a user runs it: the rehearsal comes up, `kit chat` finds it
-through .kit/dev.json and gets the answer, Ctrl-C takes every machine down."""
+"""`kit dev --target fly` as a user runs it: the rehearsal comes up, `kit chat` and `kit mail`
+find it through .kit/dev.json and get the answers, Ctrl-C takes every machine down."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from tests.kitproc import spawn_kit
 pytestmark = pytest.mark.slow
 
 READY_TIMEOUT_S = 300.0
+ALICE = "alice@example.org"
 
 
 async def test_kit_dev_target_fly_then_kit_chat(kit_tmp: Path) -> None:
@@ -56,6 +57,23 @@ async def test_kit_dev_target_fly_then_kit_chat(kit_tmp: Path) -> None:
         assert "Slow tool said: started-slow-tool" in logs
         machines = await _kit(kit_tmp, env, "sandbox", "list", "--project", str(project))
         assert re.search(rf"{session_id}\s+\S+\s+\S+\s+started\s+\S+", machines), machines
+        # Mail: `kit mail send` posts to the gateways' signed webhook; the replies reach the
+        # rehearsal's loopback relay, and `kit mail outbox` lists them.
+        mail = ("--project", str(project))
+        sent = await _kit(kit_tmp, env, "mail", "send", "--from", ALICE, "hello by mail", *mail)
+        assert "You said: Email from alice@example.org" in sent
+        assert "hello by mail" in sent
+        again = await _kit(
+            kit_tmp, env, "mail", "send", "--from", ALICE, "--reply", "again by mail", *mail
+        )
+        assert "again by mail" in again
+        outbox = await _kit(kit_tmp, env, "mail", "outbox", "--json", *mail)
+        replies = json.loads(outbox)
+        assert [r["to"] for r in replies] == [ALICE, ALICE]
+        assert replies[0]["session_id"] == replies[1]["session_id"]
+        relayed = sorted((kit_tmp / "state" / "mail-relay").glob("*.eml"))
+        assert len(relayed) == 2
+        assert b"again by mail" in relayed[1].read_bytes()
     finally:
         dev.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(dev.wait(), 120) == 0
