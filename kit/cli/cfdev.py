@@ -34,7 +34,7 @@ from emulator.containers import DockerRunner, Served, serve
 from kit.bundle import Bundle, build_bundle, load_project
 from kit.cli.errors import CliError
 from kit.cli.flydev import advertised, offline_model, rehearsal_lock, until_stopped
-from kit.cli.stack import load_api_token
+from kit.cli.stack import default_mail_address, load_api_token
 from kit.cli.statedir import make_private
 from kit.cli.wrangler import free_port, shim_wrangler, wrangler_dev, write_config
 from kit.deploy.cloudflare.target import LIMITS_VAR, MAIL_ADDRESS_VAR, limits_var
@@ -66,6 +66,13 @@ class CfRehearsal:
     restart_worker: Callable[[], Awaitable[None]]
     """Stop ``wrangler dev`` (its workerd and every DO instance with it) and start it again
     on the same port and the same state: what a host restart is to the shim."""
+    mail_address: str = ""
+    """The agent's address (``[mail] address``, else ``NAME@localhost`` as in ``kit dev``)."""
+
+    @property
+    def local_email(self) -> str:
+        """Where wrangler dev takes raw mail for the ``email()`` handler (``?from=&to=``)."""
+        return f"{self.url}/cdn-cgi/local/email"
 
 
 def cloudflare_tier(name: str) -> str:
@@ -141,6 +148,7 @@ async def rehearse_cloudflare(
         DockerRunner(runner_id=runner_id) as runner,
         serve(token=emulator_token, runner=runner, image=image) as containers,
     ):
+        address = mail_address or loaded.mail_address or default_mail_address(loaded.agent.name)
 
         def configure() -> Path:
             # Written again at a restart: wrangler_dev removes .dev.vars when it stops.
@@ -154,7 +162,7 @@ async def rehearse_cloudflare(
                     model_upstream=ANTHROPIC_API if model_key else model_url,
                     containers_url=containers.url,
                     image=image,
-                    mail_address=mail_address or loaded.mail_address,
+                    mail_address=address,
                 ),
                 secrets={
                     "KIT_API_TOKEN": token,
@@ -189,6 +197,7 @@ async def rehearse_cloudflare(
                 image=image,
                 worker_dir=config.parent,
                 restart_worker=restart_worker,
+                mail_address=address,
             )
         finally:
             await running.aclose()
@@ -203,6 +212,11 @@ def banner_rows(cf: CfRehearsal, *, real_model: bool) -> list[tuple[str, str]]:
         ("containers", f"{cf.containers.url} (kit's container emulator, Docker)"),
         ("image", cf.image),
         ("model", "the real API" if real_model else f"offline at {cf.model_url}"),
+        (
+            "mail",
+            f"{cf.mail_address} through {cf.local_email} (wrangler's local email endpoint); "
+            "`kit mail send`, `kit mail outbox`",
+        ),
         ("api token", f"{cf.api_token_file} (Bearer token for POST /v1/sessions)"),
     ]
 
@@ -229,7 +243,8 @@ async def serve_rehearsal(
         async with rehearse_cloudflare(
             project, state_dir, runtime, model_key=model_key, progress=say
         ) as cf:
-            with advertised(state_dir, cf.url, cf.api_token_file):
+            mail = {"address": cf.mail_address, "local_email": cf.local_email}
+            with advertised(state_dir, cf.url, cf.api_token_file, mail):
                 console.banner(
                     banner_rows(cf, real_model=model_key is not None),
                     title="kit dev --target cloudflare — ready. Talk to it with `kit chat`; "

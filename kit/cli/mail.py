@@ -5,7 +5,9 @@ in with the host's API token, as a mail client would; to ``kit dev --target fly`
 the message to the gateway's signed webhook (``dev.json`` ``mail``: its URL and the file
 holding the secret), as a user's relay would. ``--reply`` writes as a mail client
 answering the agent's newest reply to that sender: to the reply's plus address, with
-``In-Reply-To`` and ``References``. ``--wait`` waits for the answer and prints it.
+``In-Reply-To`` and ``References``; to ``kit dev --target cloudflare`` it posts the raw
+message to wrangler dev's local email endpoint (``dev.json`` ``mail`` ``local_email``), as
+Email Routing hands mail to the Worker. ``--wait`` waits for the answer and prints it.
 ``outbox`` reads ``GET /_kit/mail/outbox`` (``--refused``: ``/_kit/mail/refused``).
 """
 
@@ -43,6 +45,9 @@ class MailTarget:
     address: str | None
     webhook: tuple[str, str] | None = field(default=None, repr=False)
     """``kit dev --target fly``: the signed webhook's URL and secret (``dev.json`` ``mail``)."""
+    local_email: str | None = None
+    """``kit dev --target cloudflare``: wrangler's local email endpoint (``dev.json``
+    ``mail``), which hands raw mail to the Worker's ``email()`` handler."""
 
 
 def mail_target(state_dir: Path, url: str | None) -> MailTarget:
@@ -51,6 +56,7 @@ def mail_target(state_dir: Path, url: str | None) -> MailTarget:
     smtp: tuple[str, int] | None = None
     address: str | None = None
     webhook: tuple[str, str] | None = None
+    local_email: str | None = None
     if url is None and dev.is_file():
         info = json.loads(dev.read_text())
         if isinstance(info.get("smtp"), dict):
@@ -65,8 +71,10 @@ def mail_target(state_dir: Path, url: str | None) -> MailTarget:
                     "is the rehearsal still running?"
                 ) from None
             webhook = (str(mail["webhook"]), secret)
+        if isinstance(mail, dict) and mail.get("local_email"):
+            local_email = str(mail["local_email"])
         address = info.get("mail_address")
-    return MailTarget(control, smtp, address, webhook)
+    return MailTarget(control, smtp, address, webhook, local_email)
 
 
 def compose(
@@ -103,11 +111,11 @@ def send(
     reply: bool,
     wait_s: float | None,
 ) -> int:
-    if target.smtp is None and target.webhook is None:
+    if target.smtp is None and target.webhook is None and target.local_email is None:
         raise MailCliError(
-            "No SMTP server or mail webhook of a running `kit dev` found (.kit/dev.json has "
-            "none): start `kit dev` (or `kit dev --target fly`) in this project (mail to a "
-            "deployment goes through your mail provider)."
+            "No SMTP server or mail endpoint of a running `kit dev` found (.kit/dev.json has "
+            "none): start `kit dev` (or `kit dev --target fly|cloudflare`) in this project "
+            "(mail to a deployment goes through your mail provider)."
         )
     parent = _newest_reply_to(target, sender) if reply else None
     if reply and parent is None:
@@ -122,8 +130,10 @@ def send(
     msg = compose(sender, to_addr, subj, text, parent=parent)
     if target.smtp is not None:
         answer = asyncio.run(_smtp_send(target, msg))
-    else:
+    elif target.webhook is not None:
         answer = _webhook_send(target, msg)
+    else:
+        answer = _local_email_send(target, msg)
     message_id = str(msg["Message-ID"]).strip("<>")
     console.out(f"sent {message_id} to {to_addr}: {answer}")
     if wait_s is None:
@@ -193,6 +203,34 @@ def _webhook_send(target: MailTarget, msg: EmailMessage) -> str:
     if answer.get("action") == "refuse":
         return f"accepted, not answered: {answer.get('detail')}"
     return f"accepted for session {answer.get('session_id')}"
+
+
+def _local_email_send(target: MailTarget, msg: EmailMessage) -> str:
+    """POST the raw message to wrangler dev's local email endpoint, as Email Routing hands
+    mail to the Worker (the handler's decision shows in the outbox or the refusals)."""
+    import httpx
+
+    assert target.local_email is not None
+    sender = email.utils.parseaddr(str(msg["From"]))[1]
+    to = email.utils.parseaddr(str(msg["To"]))[1]
+    try:
+        response = httpx.post(
+            target.local_email,
+            params={"from": sender, "to": to},
+            content=msg.as_bytes(policy=SMTP),
+            timeout=60,
+            trust_env=False,
+        )
+    except httpx.HTTPError as exc:
+        raise MailCliError(
+            f"Cannot reach wrangler dev at {target.local_email}: {exc}. Is `kit dev --target "
+            "cloudflare` running?"
+        ) from None
+    if response.status_code != 200:
+        raise MailCliError(
+            f"The Worker refused the message ({response.status_code}): {response.text[:200]}"
+        )
+    return "handed to the Worker's email() handler"
 
 
 def _newest_reply_to(target: MailTarget, sender: str) -> dict[str, Any] | None:

@@ -5,6 +5,7 @@ no dev.json behind."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -19,6 +20,15 @@ from tests.kitproc import spawn_kit
 pytestmark = pytest.mark.slow
 
 READY_TIMEOUT_S = 300.0
+ALICE = "alice@example.org"
+
+
+async def _kit(cwd: Path, env: dict[str, str], *args: str) -> str:
+    """What ``kit *args`` printed; it must exit 0."""
+    proc = await spawn_kit(*args, "--project", str(cwd / "agent"), cwd=cwd, env=env)
+    out, err = await asyncio.wait_for(proc.communicate(), 300)
+    assert proc.returncode == 0, (args, err.decode()[-2000:])
+    return out.decode()
 
 
 async def _start(
@@ -61,6 +71,16 @@ async def test_kit_dev_target_cloudflare_then_kit_chat(kit_tmp: Path) -> None:
         out, err = await asyncio.wait_for(chat.communicate(), 300)
         assert chat.returncode == 0, err.decode()[-2000:]
         assert "Slow tool said: started-slow-tool" in out.decode()
+        # Mail: `kit mail send` hands raw mail to wrangler's local email endpoint, as Email
+        # Routing does; the answer is read back from the shim's outbox.
+        sent = await _kit(kit_tmp, env, "mail", "send", "--from", ALICE, "hello by mail")
+        assert "You said: Email from alice@example.org" in sent
+        assert sent.rstrip().endswith("hello by mail")
+        again = await _kit(kit_tmp, env, "mail", "send", "--from", ALICE, "--reply", "again")
+        assert again.rstrip().endswith("again")
+        outbox = json.loads(await _kit(kit_tmp, env, "mail", "outbox", "--json"))
+        assert [item["to"] for item in outbox] == [ALICE, ALICE]
+        assert len({item["session_id"] for item in outbox}) == 1  # one thread, one session
     finally:
         dev.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(dev.wait(), 120) == 0
