@@ -779,6 +779,7 @@ async function showMail(open) {
     if (!answer.ok) throw new Error(body.message ?? `The host answered ${answer.status}.`);
   } catch (err) {
     note.textContent = `Could not list the email threads: ${err.message}`;
+    ui.mail.querySelector(".mail-threads").replaceChildren(); // not an older list as if current
     return;
   }
   const threads = (Array.isArray(body.threads) ? body.threads : []).filter((t) => SESSION_ID.test(t?.session_id));
@@ -811,12 +812,15 @@ function threadItem(thread) {
   const keep = () => {
     const session = { session_id: thread.session_id, token: thread.token, ws_url: thread.ws_url, used_at: Date.now() };
     store(thread.session_id, keys.session(thread.session_id), session);
+  };
+  link.addEventListener("auxclick", keep);
+  link.addEventListener("click", (e) => {
+    keep();
+    if (e.ctrlKey || e.metaKey || e.shiftKey) return; // another tab or window opens it
     if (thread.session_id !== sessionIdFromUrl()) return; // the hash changes: the page reloads
     if (chat?.session.session_id === thread.session_id) showMail(false); // shown already
     else location.reload(); // shown without a token until now
-  };
-  link.addEventListener("click", keep);
-  link.addEventListener("auxclick", keep);
+  });
   const item = document.createElement("li");
   item.append(link);
   return item;

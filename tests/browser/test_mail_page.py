@@ -175,6 +175,21 @@ async def test_a_hostile_subject_stays_text(mail_stack: Stack, page: Page) -> No
     assert await page.evaluate("typeof window.__pwned") == "undefined"
 
 
+async def test_a_thread_linked_without_its_token_opens_from_the_list(
+    mail_stack: Stack, page: Page
+) -> None:
+    """A link to a thread's session (``#s=<id>``, as ``kit sessions`` names it) in a browser
+    without its token says so; choosing the thread from the Email list there joins it."""
+    sent = await _answered(mail_stack, _mail("Where is my order?"))
+    await page.goto(f"{mail_stack.url}/#s={sent.session_id}")
+    await expect(page.locator("#banner")).to_contain_text("This browser has no token")
+    await page.locator("#mail-toggle").click()
+    await page.locator("#mail .mail-threads a").click()
+    await expect(page.locator(".msg.user.mail .body")).to_contain_text("Where is my order?")
+    await expect(page.locator(".msg.assistant")).to_contain_text("Where is my order?")
+    await expect(page.locator("#banner")).to_be_hidden()
+
+
 async def test_a_foreign_page_gets_no_threads(
     mail_stack: Stack, page: Page, context: BrowserContext
 ) -> None:
