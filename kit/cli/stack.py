@@ -47,7 +47,7 @@ from kit.host.s3log import S3LogStore
 from kit.host.web import WebConfig
 from kit.ids import SessionId, is_session_id
 from kit.mail.channel import MailChannel
-from kit.mail.routes import mail_routes
+from kit.mail.routes import mail_routes, page_threads
 from kit.mail.rules import Agent
 from kit.mail.smtp import port_of, serve_smtp
 from kit.mail.store import SqliteMailStore
@@ -332,6 +332,9 @@ async def _start(
         upstream, key = settings.upstream_url, settings.api_key
     token_file = state / "api-token"
     api_token = load_api_token(token_file)
+    mail_store = SqliteMailStore(state / "mail.sqlite")
+    cleanup.callback(mail_store.close)
+    mail_address = bundle.mail_address or default_mail_address(project.agent.name)
     # The runtime writes transcripts to an s3:// store itself, through the egress proxy.
     config = settings.gateway_config(
         bundle.egress,
@@ -339,7 +342,8 @@ async def _start(
         upstream=(upstream, key),
         leased=settings.log_url is not None,
         proxy_dir=provider.run_root,
-        web=WebConfig(local_sessions=True),
+        # The page lists the email threads and joins them (POST /web/mail): kit dev only.
+        web=WebConfig(local_sessions=True, local_mail=page_threads(mail_store, mail_address)),
     )
     releases = [release_of(bundle)]
     logs = _log_store(settings)
@@ -350,10 +354,6 @@ async def _start(
         """Delete what was made for a pooled sandbox whose id no session took."""
         await provider.discard(session_id)
         await asyncio.to_thread(shutil.rmtree, transcripts / session_id, True)
-
-    mail_store = SqliteMailStore(state / "mail.sqlite")
-    cleanup.callback(mail_store.close)
-    mail_address = bundle.mail_address or default_mail_address(project.agent.name)
 
     def mount(gateway: Gateway) -> None:
         gateway.app.router.routes.extend(mail_routes(mail_store, mail_address, api_token))

@@ -15,6 +15,9 @@ route                       answers                                             
                             (:attr:`WebConfig.local_sessions`): a new session,    loopback
                             as ``POST /v1/sessions`` answers, for a page of       page
                             this host opened at a loopback name
+``POST /web/mail``          ``kit dev`` only (:attr:`WebConfig.local_mail`, with  same-origin
+                            local sessions): the agent's email threads with       loopback
+                            their session tokens (kit/mail/routes.py)             page
 ==========================  ====================================================  ==========
 
 ``POST /web/session`` hands a session to a request only when its ``Origin`` is one of the
@@ -24,7 +27,9 @@ proxy's: ``GatewayConfig.proxied_at``), its ``Host`` is a loopback name of the h
 too, the two are the same origin, and ``Sec-Fetch-Site``, when sent, is ``same-origin``.
 A page of another site cannot get one (its ``Origin`` is its own: CSRF), nor can a page
 whose name resolves to this machine (its ``Host`` is that name: DNS rebinding). Anything
-else is 403 ``forbidden_origin`` naming why. A local process that forges the headers gets a
+else is 403 ``forbidden_origin`` naming why. ``POST /web/mail`` is guarded by the same rule
+(:func:`local_refusal`), and ``/web/config.json`` names it (``mail_url``) only where it is
+served. A local process that forges the headers gets a
 session, as it could read ``<state>/api-token`` (docs/web.md says so for shared machines).
 """
 
@@ -57,6 +62,7 @@ _ORIGIN_TEXT = re.compile(r"[\x21-\x7e]+")
 """What an ``Origin`` of this host can hold: printable ASCII, no spaces."""
 
 SESSION_PATH = "/web/session"
+MAIL_PATH = "/web/mail"
 CONFIG_PATH = "/web/config.json"
 
 PAGE_PATHS = ("/", CONFIG_PATH, *(f"/web/{name}" for name in PAGE_FILES))
@@ -88,6 +94,17 @@ class WebConfig:
     config and the page's CSP follow it; a page loaded before a change to another origin
     can call the new URL once it is reloaded (its CSP is the one it was loaded with)."""
 
+    local_mail: Callable[[Request], Awaitable[Response]] | None = None
+    """``kit dev``: answers ``POST /web/mail`` (the email threads, with their session
+    tokens) once :func:`local_refusal` let the request through; served only with
+    ``local_sessions``. Hosts that never hand tokens to a page (``kit gateway``, Fly, the
+    shim) leave it None."""
+
+    @property
+    def mail_served(self) -> bool:
+        """Whether ``POST /web/mail`` is served."""
+        return self.local_sessions and self.local_mail is not None
+
     def current_url(self) -> str | None:
         """The ``session_url`` the page is told now (:data:`SESSION_PATH` with local
         sessions)."""
@@ -98,8 +115,10 @@ class WebConfig:
 
 def public_paths(config: WebConfig) -> tuple[str, ...]:
     """The paths ``config``'s routes answer without the API token: :data:`PAGE_PATHS`, and
-    ``/web/session`` where it is served (it checks its own conditions)."""
-    return (*PAGE_PATHS, SESSION_PATH) if config.local_sessions else PAGE_PATHS
+    ``/web/session`` and ``/web/mail`` where they are served (they check their own
+    conditions)."""
+    local = (SESSION_PATH,) if config.local_sessions else ()
+    return (*PAGE_PATHS, *local, *((MAIL_PATH,) if config.mail_served else ()))
 
 
 def content_security_policy(session_url: str | None) -> str:
@@ -190,16 +209,26 @@ def web_routes(
         return FileResponse(WEB_DIR / name, media_type=media_type, headers=PAGE_HEADERS)
 
     async def page_config(request: Request) -> Response:
-        return JSONResponse({"session_url": config.current_url()}, headers=PAGE_HEADERS)
+        body: dict[str, str | None] = {"session_url": config.current_url()}
+        if config.mail_served:
+            body["mail_url"] = MAIL_PATH
+        return JSONResponse(body, headers=PAGE_HEADERS)
 
-    async def local_session(request: Request) -> Response:
+    def refusal(request: Request) -> Response | None:
         headers = request.headers
         why = local_refusal(
             policy, headers.get("origin"), headers.get("host"), headers.get("sec-fetch-site")
         )
-        if why is not None:
-            return JSONResponse({"error": e.FORBIDDEN_ORIGIN, "message": why}, status_code=403)
-        return await create_session(request)
+        if why is None:
+            return None
+        return JSONResponse({"error": e.FORBIDDEN_ORIGIN, "message": why}, status_code=403)
+
+    async def local_session(request: Request) -> Response:
+        return refusal(request) or await create_session(request)
+
+    async def local_mail(request: Request) -> Response:
+        assert config.local_mail is not None
+        return refusal(request) or await config.local_mail(request)
 
     routes: list[BaseRoute] = [
         Route("/", index),
@@ -208,4 +237,6 @@ def web_routes(
     ]
     if config.local_sessions:
         routes.insert(0, Route(SESSION_PATH, local_session, methods=["POST"]))
+    if config.mail_served:
+        routes.insert(0, Route(MAIL_PATH, local_mail, methods=["POST"]))
     return routes

@@ -20,6 +20,8 @@ from kit.mail.rules import Thread
 
 MAX_REFUSED_KEPT = 1000
 """Refusals kept for ``kit mail outbox --refused`` (the oldest go first)."""
+MAX_THREADS_LISTED = 50
+"""Threads :meth:`SqliteMailStore.threads` lists at most (the chat page's Email list)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,22 @@ class OutboxEntry:
             "created_at": self.created_at,
             "sent_at": self.sent_at,
         }
+
+
+@dataclass(frozen=True)
+class ThreadSummary:
+    """A thread as the chat page lists it (``kit dev``: :meth:`SqliteMailStore.threads`)."""
+
+    session_id: str
+    session_token: str
+    """The token that joins the thread's session: for the host's own page only."""
+    participants: tuple[str, ...]
+    subject: str
+    """The subject of the thread's first message ("" when it had none)."""
+    messages: int
+    """Mails in the thread both ways: the messages taken and the replies written."""
+    last_at: float
+    """When the newest of them was taken or written (epoch seconds)."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +171,22 @@ CREATE TABLE IF NOT EXISTS outbox (
   created_at REAL NOT NULL, sent_at REAL);
 CREATE TABLE IF NOT EXISTS refused (
   n INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS inbound_session ON inbound (session_id, received_at);
+CREATE INDEX IF NOT EXISTS outbox_session ON outbox (session_id, created_at);
+"""
+
+# A thread's subject, size and last activity, from the mail it holds (newest first).
+_THREADS = """
+SELECT t.session_id, t.session_token, t.participants,
+  (SELECT json_extract(i.body, '$.subject') FROM inbound i WHERE i.session_id = t.session_id
+   ORDER BY i.received_at, i.rowid LIMIT 1),
+  (SELECT COUNT(*) FROM inbound i WHERE i.session_id = t.session_id)
+  + (SELECT COUNT(*) FROM outbox o WHERE o.session_id = t.session_id),
+  MAX(t.created_at,
+      COALESCE((SELECT MAX(i.received_at) FROM inbound i WHERE i.session_id = t.session_id), 0),
+      COALESCE((SELECT MAX(o.created_at) FROM outbox o WHERE o.session_id = t.session_id), 0))
+  AS last_at
+FROM threads t ORDER BY last_at DESC, t.rowid DESC LIMIT ?
 """
 
 
@@ -309,6 +343,23 @@ class SqliteMailStore:
             "SELECT body FROM refused ORDER BY n DESC LIMIT ?", (limit,)
         ).fetchall()
         return [Refused(**json.loads(r[0])) for r in rows]
+
+    async def threads(self, limit: int = MAX_THREADS_LISTED) -> list[ThreadSummary]:
+        """The newest ``limit`` threads (by their last mail either way), newest first, with
+        their session tokens. ``kit dev`` only (its page lists them); not part of
+        :class:`MailStore`, which other hosts implement without it."""
+        rows = self._db.execute(_THREADS, (limit,)).fetchall()
+        return [
+            ThreadSummary(
+                session_id=str(r[0]),
+                session_token=str(r[1]),
+                participants=tuple(json.loads(r[2])),
+                subject=str(r[3] or ""),
+                messages=int(r[4]),
+                last_at=float(r[5]),
+            )
+            for r in rows
+        ]
 
 
 def record_json(record: InboundRecord) -> str:

@@ -10,6 +10,9 @@
 // - sessionStorage "kit:unconfirmed:<id>": messages sent but not yet seen as a user event
 //   (re-sent with the same client_msg_id after a reconnect or a reload; the host applies
 //   an id once).
+//
+// On kit dev, /web/config.json also names `mail_url`: the "Mail" button lists the agent's
+// email threads from it, and choosing one keeps its session as if this page had opened it.
 
 import { renderMarkdown } from "./render.js";
 
@@ -24,6 +27,9 @@ const MAX_FRAME_BYTES = 262_144; // docs/protocol.md §3: UTF-8 bytes of a clien
 const REFUSED_BY_HOST = new Set(["too_large", "bad_frame"]);
 const FORGET_AFTER_MS = 30 * 24 * 3600 * 1000; // a session unused this long is forgotten
 const KEEP_SESSIONS = 50; // and only this many, the most recently used, are kept
+const SESSION_ID = /^[0-9a-f-]{36}$/;
+// The head the mail channel puts on an email's turn (kit/mail/text.py turn_text).
+const MAIL_HEAD = /^Email from [^\n]*\n(?:Subject: [^\n]*\n)?(?=\n)/;
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -36,6 +42,8 @@ const ui = {
   send: $("send"),
   stop: $("stop"),
   newSession: $("new-session"),
+  mailToggle: $("mail-toggle"),
+  mail: $("mail"),
 };
 
 // ---------------------------------------------------------------- storage
@@ -140,7 +148,7 @@ function forgetOldSessions(current, now = Date.now()) {
 function sessionIdFromUrl() {
   const params = new URLSearchParams(location.hash.slice(1));
   const id = params.get("s") ?? new URLSearchParams(location.search).get("session");
-  return id && /^[0-9a-f-]{36}$/.test(id) ? id : null;
+  return id && SESSION_ID.test(id) ? id : null;
 }
 
 const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
@@ -278,8 +286,20 @@ class Conversation {
   on_user(data, turn) {
     const pending = this.pending.get(data.client_msg_id);
     this.pending.delete(data.client_msg_id);
-    const node = this.message("user", "You");
-    node.querySelector(".body").textContent = data.text ?? "";
+    const text = data.text ?? "";
+    // An email's turn (its client_msg_id is the mail channel's): the sender and subject
+    // lines are shown quieter than the mail's own text.
+    const head = String(data.client_msg_id ?? "").startsWith("mail-") ? MAIL_HEAD.exec(text) : null;
+    const node = this.message(head ? "user mail" : "user", head ? "Email" : "You");
+    const body = node.querySelector(".body");
+    if (head) {
+      const lines = document.createElement("span");
+      lines.className = "mail-head";
+      lines.textContent = head[0];
+      body.append(lines, text.slice(head[0].length));
+    } else {
+      body.textContent = text;
+    }
     if (pending) pending.replaceWith(node);
     else this.append(node);
     if (turn) this.openTurns.add(turn);
@@ -721,6 +741,93 @@ async function newSession() {
   return session;
 }
 
+// ---------------------------------------------------------------- email threads (kit dev)
+
+let mailUrl = null; // kit dev's POST /web/mail, when the host serves it
+
+/** Show the Mail button when the host lists email threads (only kit dev does). */
+async function offerMail() {
+  let config;
+  try {
+    config = await (await fetch("/web/config.json")).json();
+  } catch {
+    return; // no list; the chat works as before
+  }
+  if (typeof config?.mail_url !== "string") return;
+  mailUrl = config.mail_url;
+  ui.mailToggle.hidden = false;
+  ui.mailToggle.addEventListener("click", () => showMail(ui.mail.hidden));
+  ui.mail.addEventListener("keydown", (e) => {
+    if (e.key === "Escape") {
+      showMail(false);
+      ui.mailToggle.focus();
+    }
+  });
+}
+
+/** Open (and list anew) or close the Email list. */
+async function showMail(open) {
+  ui.mail.hidden = !open;
+  ui.mailToggle.setAttribute("aria-expanded", String(open));
+  if (!open) return;
+  const note = ui.mail.querySelector(".mail-note");
+  note.textContent = "Loading…";
+  let body;
+  try {
+    const answer = await fetch(mailUrl, { method: "POST" });
+    body = await answer.json().catch(() => ({}));
+    if (!answer.ok) throw new Error(body.message ?? `The host answered ${answer.status}.`);
+  } catch (err) {
+    note.textContent = `Could not list the email threads: ${err.message}`;
+    ui.mail.querySelector(".mail-threads").replaceChildren(); // not an older list as if current
+    return;
+  }
+  const threads = (Array.isArray(body.threads) ? body.threads : []).filter((t) => SESSION_ID.test(t?.session_id));
+  // Subjects and addresses are whoever mailed the agent: they reach the page only as text.
+  ui.mail.querySelector(".mail-address").textContent = String(body.address ?? "");
+  note.textContent = threads.length ? "" : `No mail yet: write to ${body.address}.`;
+  ui.mail.querySelector(".mail-threads").replaceChildren(...threads.map(threadItem));
+}
+
+/** One thread of the list: a link to its session, kept in this browser when chosen. */
+function threadItem(thread) {
+  const link = document.createElement("a");
+  link.href = `#s=${thread.session_id}`;
+  if (thread.session_id === sessionIdFromUrl()) link.setAttribute("aria-current", "page");
+  const subject = document.createElement("span");
+  subject.className = "mail-subject";
+  subject.textContent = thread.subject || "(no subject)";
+  const meta = document.createElement("span");
+  meta.className = "mail-meta";
+  const count = Number(thread.messages) || 0;
+  const when = new Date(Number(thread.last_at) * 1000);
+  meta.textContent = [
+    (Array.isArray(thread.participants) ? thread.participants : []).join(", "),
+    `${count} message${count === 1 ? "" : "s"}`,
+    Number.isNaN(when.getTime()) ? "" : when.toLocaleString([], { dateStyle: "medium", timeStyle: "short" }),
+  ].filter(Boolean).join(" · ");
+  link.append(subject, meta);
+  // Kept before the link is followed (the hash change reloads the page, which joins it);
+  // a middle click's new tab finds it too.
+  const keep = () => {
+    const session = { session_id: thread.session_id, token: thread.token, ws_url: thread.ws_url, used_at: Date.now() };
+    store(thread.session_id, keys.session(thread.session_id), session);
+  };
+  link.addEventListener("auxclick", keep);
+  link.addEventListener("click", (e) => {
+    keep();
+    if (e.ctrlKey || e.metaKey || e.shiftKey) return; // another tab or window opens it
+    if (thread.session_id !== sessionIdFromUrl()) return; // the hash changes: the page reloads
+    if (chat?.session.session_id === thread.session_id) showMail(false); // shown already
+    else location.reload(); // shown without a token until now
+  });
+  const item = document.createElement("li");
+  item.append(link);
+  return item;
+}
+
+// ---------------------------------------------------------------- the session
+
 let chat = null; // the Chat, once the page has a session
 let starting = false; // creating a session for the first message
 
@@ -796,6 +903,7 @@ function start() {
   const id = sessionIdFromUrl();
   forgetOldSessions(id);
   if (id !== null) chat = join(id);
+  offerMail();
   document.documentElement.dataset.ready = "1"; // for the browser tests: handlers are set
 }
 

@@ -21,7 +21,7 @@ from kit.cli.stack import Stack, run_stack
 from kit.client import create_session
 from kit.host.app import PUBLIC_PATHS
 from kit.host.auth import OriginPolicy
-from kit.host.web import SESSION_PATH, WebConfig, public_paths
+from kit.host.web import MAIL_PATH, SESSION_PATH, WebConfig, public_paths
 from kit.protocol import errors as e
 from tests.agents import open_session, turn_events
 from tests.conftest import stack_settings
@@ -78,7 +78,8 @@ async def test_every_route_wants_the_token(guarded: Stack) -> None:
     route answers 401 and changes nothing (a session whose sandbox runs keeps it, its
     object stays in memory, no session appears); with it, none does; only /healthz (no more
     than ``{"ok": true}``) and the chat page's static files and config are public, and the
-    page's ``POST /web/session`` without a page's Origin is 403 and makes nothing; a session
+    page's ``POST /web/session`` and ``POST /web/mail`` without a page's Origin are 403 and
+    make nothing; a session
     socket with a wrong token is closed 4401; an unknown path is 401 too (routes are not
     discoverable), a file under /web/ the page does not list included."""
     assert guarded.app is not None
@@ -115,8 +116,8 @@ async def test_every_route_wants_the_token(guarded: Stack) -> None:
         {"authorization": f"Basic {base64.b64encode(guarded.api_token.encode()).decode()}"},
         {"x-api-key": guarded.api_token},
     ]
-    page_paths = public_paths(WebConfig(local_sessions=True))
-    assert {SESSION_PATH, "/", "/web/README.md"} <= paths
+    page_paths = (*public_paths(WebConfig(local_sessions=True)), MAIL_PATH)
+    assert {SESSION_PATH, MAIL_PATH, "/", "/web/README.md"} <= paths
     http_routes += [("GET", path) for path in page_paths if path not in paths]
     async with httpx.AsyncClient(base_url=guarded.url, trust_env=False) as http:
         before = await _surface(guarded, http)
@@ -128,7 +129,7 @@ async def test_every_route_wants_the_token(guarded: Stack) -> None:
                 continue
             if path in page_paths:
                 answer = await http.request(method, path, json={})
-                expected = 403 if path == SESSION_PATH else 200
+                expected = 403 if path in (SESSION_PATH, MAIL_PATH) else 200
                 assert answer.status_code == expected, (method, path, answer.text)
                 continue
             for headers in bad_headers:

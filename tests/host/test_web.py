@@ -100,7 +100,10 @@ async def test_the_page_is_served_under_a_strict_policy(stack: Stack) -> None:
             assert asset.status_code == 200
             assert asset.headers["content-type"].startswith(kind)
             assert asset.headers["x-content-type-options"] == "nosniff"
-        assert (await http.get("/web/config.json")).json() == {"session_url": "/web/session"}
+        assert (await http.get("/web/config.json")).json() == {
+            "session_url": "/web/session",
+            "mail_url": "/web/mail",  # kit dev's list of email threads
+        }
         assert (await http.get("/web/__init__.py")).status_code == 401
 
 

@@ -19,6 +19,8 @@ from kit.cli.stack import Stack
 from kit.host.app import create_app
 from kit.host.auth import OriginPolicy, loopback_hosts
 from kit.host.web import WebConfig, content_security_policy, local_refusal
+from kit.mail.routes import page_threads
+from kit.mail.store import SqliteMailStore
 
 GOLDEN = Path(__file__).resolve().parents[2] / "kit" / "host" / "golden" / "web_session.jsonl"
 
@@ -58,10 +60,12 @@ def test_local_refusal_decides_each_case(case: dict[str, Any]) -> None:
     assert got == case["refused"]
 
 
-async def test_the_route_answers_each_case(stack: Stack) -> None:
-    """Through ``kit dev``'s route (a host with that case's policy): 201 with a session, or
-    403 ``forbidden_origin`` with the golden message. (Cases without a Host header are
-    left to the rule's own test: an HTTP/1.1 client always sends one.)"""
+async def test_the_route_answers_each_case(stack: Stack, tmp_path: Path) -> None:
+    """Through ``kit dev``'s routes (a host with that case's policy): ``/web/session`` 201
+    with a session, and ``/web/mail`` (the same rule) 200 with the threads, or both 403
+    ``forbidden_origin`` with the golden message. (Cases without a Host header are left to
+    the rule's own test: an HTTP/1.1 client always sends one.)"""
+    mail = SqliteMailStore(tmp_path / "mail.sqlite")
     for case in CASES:
         if case["host"] is None:
             continue
@@ -69,7 +73,7 @@ async def test_the_route_answers_each_case(stack: Stack) -> None:
             stack.host,
             api_token=stack.api_token,
             origins=_policy(case["listen"]),
-            web=WebConfig(local_sessions=True),
+            web=WebConfig(local_sessions=True, local_mail=page_threads(mail, "a@example.com")),
         )
         # As a server reads them: one byte a character (Starlette decodes latin-1).
         headers = {"host": case["host"].encode("latin-1")}
@@ -80,12 +84,19 @@ async def test_the_route_answers_each_case(stack: Stack) -> None:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=stack.url) as http:
             answer = await http.post("/web/session", headers=headers)
+            listed = await http.post("/web/mail", headers=headers)
         if case["refused"] is None:
             assert answer.status_code == 201, (case["case"], answer.text)
             assert answer.json()["token"].startswith("kit-session-")
+            assert listed.status_code == 200, (case["case"], listed.text)
+            assert listed.json() == {"address": "a@example.com", "threads": []}
         else:
+            refused = {"error": "forbidden_origin", "message": case["refused"]}
             assert answer.status_code == 403, case["case"]
-            assert answer.json() == {"error": "forbidden_origin", "message": case["refused"]}
+            assert answer.json() == refused
+            assert listed.status_code == 403, case["case"]
+            assert listed.json() == refused
+    mail.close()
 
 
 CSP_GOLDEN = GOLDEN.with_name("web_csp.jsonl")
