@@ -22,6 +22,18 @@ from kit.mail.message import MAX_INBOUND_BYTES, MailError
 
 log = logging.getLogger("kit.mail")
 
+# aiosmtpd warns on every connection that AUTH without TLS is risky (this server listens on
+# loopback only), and on every login about its own deprecated Session.login_data.
+warnings.filterwarnings("ignore", "Session.login_data is deprecated", DeprecationWarning)
+
+
+class _QuietAuthWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "auth_require_tls == False" not in record.getMessage()
+
+
+logging.getLogger("mail.log").addFilter(_QuietAuthWarning())
+
 DEFAULT_SMTP_PORT = 2525
 PORT_TRIES = 20
 
