@@ -117,7 +117,11 @@ class MailChannel:
         """Take one raw message. Raises :class:`MailError` for mail that cannot be read
         (the relay should bounce it); a refusal is a :class:`Receipt`, recorded and silent
         (answering a loop would feed it)."""
-        msg = parse(raw, envelope_from=envelope_from, envelope_to=envelope_to)
+        # In a thread: 25 MB of MIME takes a while to read, and the host's loop serves
+        # every session meanwhile.
+        msg = await asyncio.to_thread(
+            parse, raw, envelope_from=envelope_from, envelope_to=envelope_to
+        )
         async with self._lock:  # one routing at a time: a thread is made once
             decision = await self._decide(msg, authenticated)
             if decision.action == "refuse":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import email.errors
 import email.policy
 import email.utils
 import re
@@ -12,7 +13,13 @@ from email.message import EmailMessage
 MAX_INBOUND_BYTES = 25 * 1024 * 1024
 """Largest raw message accepted (Cloudflare Email Routing's inbound limit)."""
 
-_MSGID = re.compile(r"<([^<>\s]+)>")
+MAX_ID_CHARS = 900
+"""Longest message id kit takes (a longer one could not be written on one line of a reply's
+``In-Reply-To``, RFC 5322's 998)."""
+
+_MSGID = re.compile(rf"<([\x21-\x3b\x3d\x3f-\x7e]{{1,{MAX_ID_CHARS}}})>")
+"""A message id: printable ASCII without ``<``/``>``, as written on the wire (RFC 5322)."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
 class MailError(ValueError):
@@ -53,20 +60,49 @@ class Inbound:
 
 
 def message_ids(value: str | None) -> tuple[str, ...]:
-    """The ids in a ``Message-ID``/``In-Reply-To``/``References`` value, brackets removed."""
+    """The ids in a ``Message-ID``/``In-Reply-To``/``References`` value, brackets removed
+    (an id with spaces, control or non-ASCII characters, or longer than
+    :data:`MAX_ID_CHARS`, is no id)."""
     if not value:
         return ()
     return tuple(dict.fromkeys(_MSGID.findall(value)))
 
 
+def one_line(value: str) -> str:
+    """``value`` with every run of control characters (CR, LF, NUL, tab...) a single space
+    and undecodable bytes (8-bit headers) as U+FFFD: what reaches a reply's header or the
+    turn's first lines cannot add a line."""
+    try:
+        text = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        text = value.encode("utf-8", "replace").decode("utf-8")
+    return _CONTROL.sub(" ", text).strip()
+
+
 def address(value: str | None) -> tuple[str, str]:
-    """``(name, address)`` of a single-address header value, address lower-cased."""
+    """``(name, address)`` of a single-address header value as written on the wire (encoded
+    words in the name decoded), the address lower-cased.
+
+    ``("", "")`` unless the value holds exactly one address and reads one way only: in
+    ``alice@example.org <mallory@evil.test>`` or ``=?utf-8?q?alice=40example.org?=`` mail
+    software disagrees on who the sender is (and DMARC may have checked another), so kit
+    takes neither.
+    """
     if not value:
         return "", ""
-    name, addr = email.utils.parseaddr(str(value))
-    if "@" not in addr:
-        return name, ""
-    return name, addr.strip().lower()
+    try:
+        header = email.policy.default.header_fetch_parse("From", value)
+        addresses = header.addresses
+    except (ValueError, TypeError, IndexError, AttributeError, email.errors.MessageError):
+        return "", ""
+    if len(addresses) != 1 or any(
+        isinstance(d, email.errors.InvalidHeaderDefect) for d in header.defects
+    ):
+        return "", ""
+    spec = addresses[0].addr_spec
+    if "@" not in spec or spec.lower() not in value.lower():  # an encoded word made it
+        return "", ""
+    return one_line(addresses[0].display_name), spec.strip().lower()
 
 
 def parse(
@@ -79,21 +115,41 @@ def parse(
             f"The message is {len(raw)} bytes; kit takes at most {MAX_INBOUND_BYTES} "
             "(send large files as links)."
         )
+    try:
+        return _parse(raw, envelope_from, envelope_to)
+    except RecursionError:
+        raise MailError(
+            "The message's MIME parts are nested too deeply for kit to read; send it with "
+            "fewer nested parts."
+        ) from None
+
+
+def _parse(raw: bytes, envelope_from: str | None, envelope_to: list[str] | None) -> Inbound:
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     assert isinstance(msg, EmailMessage)
     headers: dict[str, str] = {}
+    froms: list[str] = []
     for name, raw_value in msg.raw_items():
-        if name.lower() in headers:
+        key = name.lower()
+        if key == "from":
+            froms.append(str(raw_value))
+        if key in headers:
             continue
-        try:  # decoded (RFC 2047 encoded words); a header the parser chokes on stays raw
-            value = str(msg[name])
-        except (ValueError, TypeError, IndexError):
+        # Decoded (RFC 2047 encoded words) one header at a time: msg[name] would search
+        # every header for each, quadratic in their number. One that fails stays raw.
+        try:
+            value = str(msg.policy.header_fetch_parse(name, raw_value))
+        except (ValueError, TypeError, IndexError, AttributeError, email.errors.MessageError):
             value = str(raw_value)
-        headers[name.lower()] = _unfold(value)
+        headers[key] = one_line(_unfold(value))
     ids = message_ids(headers.get("message-id"))
     if not ids:
-        raise MailError("The message has no Message-ID header; kit needs one to thread replies.")
-    name, sender = address(headers.get("from"))
+        raise MailError(
+            "The message has no Message-ID header kit can use (one <id> of printable ASCII, "
+            f"at most {MAX_ID_CHARS} characters); kit needs one to thread replies."
+        )
+    # Two From headers, or one kit reads two ways: no sender (refused as malformed).
+    name, sender = address(froms[0]) if len(froms) == 1 else ("", "")
     if envelope_to:
         recipients = tuple(dict.fromkeys(a.strip().lower() for a in envelope_to if a.strip()))
     else:
