@@ -72,21 +72,26 @@ def one_line(value: str) -> str:
     """``value`` with every run of control characters (CR, LF, NUL, tab...) a single space
     and undecodable bytes (8-bit headers) as U+FFFD: what reaches a reply's header or the
     turn's first lines cannot add a line."""
+    return _CONTROL.sub(" ", utf8(value)).strip()
+
+
+def utf8(value: str) -> str:
+    """``value`` with the raw bytes the parser kept as surrogates (8-bit headers, RFC 6532)
+    read as UTF-8, U+FFFD where they are not: text a client and a JSON frame can carry."""
     try:
-        text = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     except UnicodeEncodeError:  # a surrogate that is no escaped byte
-        text = value.encode("utf-8", "replace").decode("utf-8")
-    return _CONTROL.sub(" ", text).strip()
+        return value.encode("utf-8", "replace").decode("utf-8")
 
 
 def address(value: str | None) -> tuple[str, str]:
     """``(name, address)`` of a single-address header value as written on the wire (encoded
     words in the name decoded), the address lower-cased.
 
-    ``("", "")`` unless the value holds exactly one address and reads one way only: in
-    ``alice@example.org <mallory@evil.test>`` or ``=?utf-8?q?alice=40example.org?=`` mail
-    software disagrees on who the sender is (and DMARC may have checked another), so kit
-    takes neither.
+    ``("", "")`` unless the value holds exactly one ASCII address and reads one way only:
+    in ``alice@example.org <mallory@evil.test>`` or ``=?utf-8?q?alice=40example.org?=``
+    mail software disagrees on who the sender is (and DMARC may have checked another), so
+    kit takes neither.
     """
     if not value:
         return "", ""
@@ -101,6 +106,8 @@ def address(value: str | None) -> tuple[str, str]:
         return "", ""
     spec = addresses[0].addr_spec
     if "@" not in spec or spec.lower() not in value.lower():  # an encoded word made it
+        return "", ""
+    if not spec.isascii():  # RFC 6532: the email package cannot write a reply to it
         return "", ""
     return one_line(addresses[0].display_name), spec.strip().lower()
 
@@ -129,10 +136,11 @@ def _parse(raw: bytes, envelope_from: str | None, envelope_to: list[str] | None)
     assert isinstance(msg, EmailMessage)
     headers: dict[str, str] = {}
     froms: list[str] = []
-    for name, raw_value in msg.raw_items():
+    for name, undecoded in msg.raw_items():
+        raw_value = utf8(str(undecoded))  # 8-bit header bytes are UTF-8 (RFC 6532)
         key = name.lower()
         if key == "from":
-            froms.append(str(raw_value))
+            froms.append(raw_value)
         if key in headers:
             continue
         # Decoded (RFC 2047 encoded words) one header at a time: msg[name] would search
@@ -198,7 +206,8 @@ def _body(msg: EmailMessage) -> tuple[str, list[Attachment]]:
         ):
             data = part.get_payload(decode=True) or b""
             assert isinstance(data, bytes)
-            attachments.append(Attachment(filename or "attachment", ctype, len(data), data))
+            name = one_line(filename or "") or "attachment"
+            attachments.append(Attachment(name, ctype, len(data), data))
             continue
         if ctype == "text/plain" and plain is None:
             plain = _text_of(part)

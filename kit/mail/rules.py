@@ -47,7 +47,8 @@ Refusal = Literal[
 ]
 
 REFUSALS: dict[str, str] = {
-    "malformed": "the message has no sender address",
+    "malformed": "the message has no sender address kit can answer (none, several, one "
+    "that reads two ways, or not ASCII)",
     "unauthenticated": "the sender's domain failed authentication (DMARC/SPF/DKIM)",
     "auto_submitted": "Auto-Submitted says a machine sent it (RFC 3834)",
     "auto_response_suppress": "X-Auto-Response-Suppress asks for no automatic reply",

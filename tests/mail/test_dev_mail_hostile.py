@@ -34,9 +34,11 @@ def _wire(raw: str) -> list[str]:
 
 
 async def test_hostile_headers_get_one_clean_threaded_reply(mailbox: Mailbox) -> None:
-    """A Subject with an encoded line break and Bcc, an Outlook-length Message-ID, and a
-    message with 100,000 headers: each answered once; the reply's Subject is one line with
-    no Bcc header, its In-Reply-To is the id itself on the wire (a mail client threads it),
+    """A Subject with an encoded line break and Bcc, an Outlook-length Message-ID, raw
+    UTF-8 headers (SMTPUTF8), and a message with 100,000 headers: each answered once; the
+    reply's Subject is one line with no Bcc header, its In-Reply-To is the id itself on the
+    wire (a mail client threads it), the UTF-8 name and Subject reach the agent as text (a
+    non-ASCII address, which kit cannot answer, is refused at once, not retried forever),
     and the many headers cost a linear read (the reply comes within the turn's wait)."""
     injected = (
         b"From: Alice <alice@example.org>\r\nTo: agent@example.com\r\n"
@@ -54,6 +56,20 @@ async def test_hostile_headers_get_one_clean_threaded_reply(mailbox: Mailbox) ->
     ).encode()
     for msg in (injected, outlook, many):
         assert "accepted for session" in await mailbox.send(msg)
+    async with aiosmtplib.SMTP(
+        hostname="127.0.0.1", port=mailbox.smtp_port, start_tls=False, timeout=30
+    ) as smtp:  # internationalized mail (RFC 6531/6532): raw UTF-8 in headers
+        await smtp.login("jürgen", mailbox.token)
+        for local, mid in (("juergen", "utf8-ascii"), ("jürgen", "utf8-full")):
+            raw = (
+                f"From: Jürgen <{local}@example.org>\r\nTo: {AGENT}\r\n"
+                f"Message-ID: <{mid}@example.org>\r\nSubject: Grüße\r\n"
+                "Content-Type: text/plain; charset=utf-8\r\n\r\nHallo.\r\n"
+            ).encode()
+            _, answer = await smtp.sendmail(
+                f"{local}@example.org", [AGENT], raw, mail_options=["SMTPUTF8"]
+            )
+            assert ("accepted for session" if mid == "utf8-ascii" else "not answered") in answer
 
     r_injected = _wire((await mailbox.reply_to("injected@example.org"))["raw"])
     assert "Subject: Re: Order Bcc: x@evil.test" in r_injected
@@ -61,10 +77,17 @@ async def test_hostile_headers_get_one_clean_threaded_reply(mailbox: Mailbox) ->
     r_outlook = _wire((await mailbox.reply_to(OUTLOOK_ID))["raw"])
     assert f"In-Reply-To: <{OUTLOOK_ID}>" in r_outlook
     assert f"References: <{OUTLOOK_ID}>" in r_outlook
+    r_utf8 = await mailbox.reply_to("utf8-ascii@example.org")
+    assert r_utf8["subject"] == "Re: Grüße"
+    assert r_utf8["text"].startswith("You said: Email from Jürgen <juergen@example.org>")
+    refused = {r["message_id"]: r["reason"] for r in await mailbox.refused()}
+    assert refused == {"utf8-full@example.org": "malformed"}
     r_many = await mailbox.reply_to("many@example.org")
     assert r_many["text"].endswith("Many headers.")
     replied = [i["in_reply_to"] for i in await mailbox.outbox()]
-    assert sorted(replied) == sorted(["injected@example.org", OUTLOOK_ID, "many@example.org"])
+    assert sorted(replied) == sorted(
+        ["injected@example.org", OUTLOOK_ID, "many@example.org", "utf8-ascii@example.org"]
+    )
 
 
 async def test_unreadable_mail_bad_queries_and_bad_addresses(mailbox: Mailbox) -> None:

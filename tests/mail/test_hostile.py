@@ -18,6 +18,7 @@ from kit.mail.compose import compose_reply
 from kit.mail.message import MailError, message_ids, parse
 from kit.mail.rules import Agent
 from kit.mail.store import SqliteMailStore
+from kit.mail.text import turn_text
 
 AGENT = Agent("agent@example.com", "Acme Support")
 OUTLOOK_ID = "BY5PR11MB4243D0A3C5D6E2F1B3A4B9F4C8A2912345@BY5PR11MB4243.namprd11.prod.outlook.com"
@@ -83,6 +84,25 @@ def test_eight_bit_and_control_bytes_in_headers_compose() -> None:
     )
     lines = _wire(compose_reply(msg, AGENT, "tok", "An answer."))
     assert any(line.startswith("To: ") and "<renee@example.org>" in line for line in lines)
+
+
+def test_utf8_headers_reach_the_turn_as_text() -> None:
+    """Internationalized mail (RFC 6532: raw UTF-8 in the name, Subject and an attachment's
+    file name): the turn's text is UTF-8 through and through (a lone surrogate made the
+    session refuse the turn, retried forever); a non-ASCII address gets no reply."""
+    raw = (
+        "From: Jürgen <juergen@example.org>\r\nTo: agent@example.com\r\n"
+        "Message-ID: <m1@example.org>\r\nSubject: Grüße\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\nHallo.\r\n--b\r\n"
+        "Content-Type: application/pdf\r\n"
+        'Content-Disposition: attachment; filename="Bestätigung.pdf"\r\n\r\n%PDF\r\n--b--\r\n'
+    ).encode()
+    text = turn_text(parse(raw))
+    text.encode("utf-8")  # no lone surrogates
+    assert text.startswith("Email from Jürgen <juergen@example.org>\nSubject: Grüße\n\nHallo.")
+    assert "- Bestätigung.pdf (application/pdf" in text
+    assert parse(raw.replace(b"<juergen@", "<jürgen@".encode())).sender == ""
 
 
 def test_deeply_nested_parts_are_a_mail_error() -> None:
