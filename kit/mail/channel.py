@@ -31,7 +31,17 @@ from kit.client import ClientError, ReconnectPolicy, SessionClient, SessionRefus
 from kit.client import create_session as create_session_over_http
 from kit.mail.compose import compose_reply, reply_message_id
 from kit.mail.message import Inbound, parse
-from kit.mail.rules import REFUSALS, Agent, Decision, Thread, decide, new_token, thread_ids, tokens
+from kit.mail.rules import (
+    REFUSALS,
+    Agent,
+    Decision,
+    Thread,
+    capped_references,
+    decide,
+    new_token,
+    thread_ids,
+    tokens,
+)
 from kit.mail.store import InboundRecord, MailStore, OutboxEntry, Refused
 from kit.mail.text import turn_text
 from kit.protocol.turns import ends_turn
@@ -324,7 +334,7 @@ def _record(msg: Inbound, thread: Thread) -> InboundRecord:
         sender_name=msg.sender_name,
         subject=msg.subject,
         in_reply_to=msg.in_reply_to,
-        references=msg.references,
+        references=tuple(capped_references(msg.references)),  # all the reply needs
         token=thread.token,
         received_at=time.time(),
     )

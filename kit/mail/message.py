@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.errors
 import email.policy
@@ -20,6 +21,11 @@ MAX_ID_CHARS = 900
 _MSGID = re.compile(rf"<([\x21-\x3b\x3d\x3f-\x7e]{{1,{MAX_ID_CHARS}}})>")
 """A message id: printable ASCII without ``<``/``>``, as written on the wire (RFC 5322)."""
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_HEADER_ERRORS = (ValueError, TypeError, IndexError, AttributeError, email.errors.MessageError)
+"""What the email package raises for a header it cannot read."""
+_ID_HEADERS = frozenset({"message-id", "in-reply-to", "references"})
+MAX_DECODED_CHARS = 16_384
+"""A longer header keeps its encoded words as they came."""
 
 
 class MailError(ValueError):
@@ -98,7 +104,7 @@ def address(value: str | None) -> tuple[str, str]:
     try:
         header = email.policy.default.header_fetch_parse("From", value)
         addresses = header.addresses
-    except (ValueError, TypeError, IndexError, AttributeError, email.errors.MessageError):
+    except _HEADER_ERRORS:
         return "", ""
     if len(addresses) != 1 or any(
         isinstance(d, email.errors.InvalidHeaderDefect) for d in header.defects
@@ -144,11 +150,13 @@ def _parse(raw: bytes, envelope_from: str | None, envelope_to: list[str] | None)
         if key in headers:
             continue
         # Decoded (RFC 2047 encoded words) one header at a time: msg[name] would search
-        # every header for each, quadratic in their number. One that fails stays raw.
-        try:
-            value = str(msg.policy.header_fetch_parse(name, raw_value))
-        except (ValueError, TypeError, IndexError, AttributeError, email.errors.MessageError):
-            value = str(raw_value)
+        # every header for each, quadratic in their number. Ids are never encoded, and the
+        # decoder is superlinear in a header's length (800,000 References took minutes):
+        # those, and one that fails, stay raw.
+        value = raw_value
+        if key not in _ID_HEADERS and len(raw_value) <= MAX_DECODED_CHARS:
+            with contextlib.suppress(*_HEADER_ERRORS):
+                value = str(msg.policy.header_fetch_parse(name, raw_value))
         headers[key] = one_line(_unfold(value))
     ids = message_ids(headers.get("message-id"))
     if not ids:

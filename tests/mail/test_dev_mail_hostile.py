@@ -14,7 +14,7 @@ import pytest
 from tests.agents import write_agent
 from tests.e2e.test_kit_dev import _env, start_kit_dev, stop_kit_dev
 from tests.kitproc import spawn_kit
-from tests.mail.test_dev_mail import AGENT, Mailbox, mail
+from tests.mail.test_dev_mail import AGENT, Mailbox, mail, parsed
 
 OUTLOOK_ID = "BY5PR11MB4243D0A3C5D6E2F1B3A4B9F4C8A2912345@BY5PR11MB4243.namprd11.prod.outlook.com"
 
@@ -35,11 +35,13 @@ def _wire(raw: str) -> list[str]:
 
 async def test_hostile_headers_get_one_clean_threaded_reply(mailbox: Mailbox) -> None:
     """A Subject with an encoded line break and Bcc, an Outlook-length Message-ID, raw
-    UTF-8 headers (SMTPUTF8), and a message with 100,000 headers: each answered once; the
+    UTF-8 headers (SMTPUTF8), a message with 100,000 headers and one with 200,000
+    References: each answered once; the
     reply's Subject is one line with no Bcc header, its In-Reply-To is the id itself on the
     wire (a mail client threads it), the UTF-8 name and Subject reach the agent as text (a
     non-ASCII address, which kit cannot answer, is refused at once, not retried forever),
-    and the many headers cost a linear read (the reply comes within the turn's wait)."""
+    and the many headers and ids are read in time (the SMTP client's 30 s; the email
+    package took minutes for them)."""
     injected = (
         b"From: Alice <alice@example.org>\r\nTo: agent@example.com\r\n"
         b"Message-ID: <injected@example.org>\r\n"
@@ -54,7 +56,15 @@ async def test_hostile_headers_get_one_clean_threaded_reply(mailbox: Mailbox) ->
         + "".join(f"X-Filler-{n}: {n}\r\n" for n in range(100_000))
         + "\r\nMany headers.\r\n"
     ).encode()
-    for msg in (injected, outlook, many):
+    refs = "\r\n ".join(
+        " ".join(f"<r{n}.{m}@example.org>" for m in range(20)) for n in range(10_000)
+    )
+    long_refs = (
+        "From: Alice <alice@example.org>\r\nTo: agent@example.com\r\n"
+        f"Message-ID: <refs@example.org>\r\nSubject: Refs\r\nReferences: {refs}\r\n"
+        "\r\nMany references.\r\n"
+    ).encode()
+    for msg in (injected, outlook, many, long_refs):
         assert "accepted for session" in await mailbox.send(msg)
     async with aiosmtplib.SMTP(
         hostname="127.0.0.1", port=mailbox.smtp_port, start_tls=False, timeout=30
@@ -82,11 +92,19 @@ async def test_hostile_headers_get_one_clean_threaded_reply(mailbox: Mailbox) ->
     assert r_utf8["text"].startswith("You said: Email from Jürgen <juergen@example.org>")
     refused = {r["message_id"]: r["reason"] for r in await mailbox.refused()}
     assert refused == {"utf8-full@example.org": "malformed"}
+    r_refs = parsed(await mailbox.reply_to("refs@example.org"))
+    assert len(str(r_refs["References"]).split()) == 100
     r_many = await mailbox.reply_to("many@example.org")
     assert r_many["text"].endswith("Many headers.")
     replied = [i["in_reply_to"] for i in await mailbox.outbox()]
     assert sorted(replied) == sorted(
-        ["injected@example.org", OUTLOOK_ID, "many@example.org", "utf8-ascii@example.org"]
+        [
+            "injected@example.org",
+            OUTLOOK_ID,
+            "many@example.org",
+            "utf8-ascii@example.org",
+            "refs@example.org",
+        ]
     )
 
 

@@ -16,7 +16,7 @@ import pytest
 from kit.mail.channel import MailChannel
 from kit.mail.compose import compose_reply
 from kit.mail.message import MailError, message_ids, parse
-from kit.mail.rules import Agent
+from kit.mail.rules import MAX_REFERENCES, Agent, thread_ids
 from kit.mail.store import SqliteMailStore
 from kit.mail.text import turn_text
 
@@ -122,6 +122,19 @@ def test_deeply_nested_parts_are_a_mail_error() -> None:
     )
     with pytest.raises(MailError, match="nested too deeply"):
         parse(raw)
+
+
+def test_a_thread_is_looked_up_among_the_nearest_ids_only() -> None:
+    """References with 100,000 ids: kit looks for the thread among In-Reply-To and the
+    newest References (each id is a store lookup), as many as its replies carry."""
+    refs = " ".join(f"<r{n}@example.org>" for n in range(100_000))
+    msg = parse(
+        _mail(f"Message-ID: <m1@example.org>\r\nIn-Reply-To: <p@x>\r\nReferences: {refs}\r\n")
+    )
+    assert len(msg.references) == 100_000
+    ids = thread_ids(msg)
+    assert len(ids) == MAX_REFERENCES + 1
+    assert ids[:3] == ["p@x", "r99999@example.org", "r99998@example.org"]
 
 
 @pytest.mark.parametrize(
