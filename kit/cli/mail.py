@@ -111,6 +111,11 @@ def send(
     reply: bool,
     wait_s: float | None,
 ) -> int:
+    _check_address("--from", sender)
+    if to is not None:
+        _check_address("--to", to)
+    if subject is not None and any(c in subject for c in "\r\n\0"):
+        raise MailCliError("--subject must be one line (no line breaks).")
     if target.smtp is None and target.webhook is None and target.local_email is None:
         raise MailCliError(
             "No SMTP server or mail endpoint of a running `kit dev` found (.kit/dev.json has "
@@ -139,6 +144,23 @@ def send(
     if wait_s is None:
         return 0
     return _wait_for_answer(target, message_id, wait_s)
+
+
+def _check_address(option: str, value: str) -> None:
+    """``value`` is one mail address (``alice@example.org`` or ``Alice <alice@example.org>``)."""
+    _, addr = email.utils.parseaddr(value)
+    local, at, domain = addr.rpartition("@")
+    if (
+        not at
+        or not local
+        or not domain
+        or any(c.isspace() or not c.isprintable() for c in addr)
+        or any(c in value for c in "\r\n\0")
+    ):
+        raise MailCliError(
+            f"{option} {value!r} is not a mail address: write it as name@example.org "
+            "(or 'Name <name@example.org>')."
+        )
 
 
 async def _smtp_send(target: MailTarget, msg: EmailMessage) -> str:
@@ -235,8 +257,9 @@ def _local_email_send(target: MailTarget, msg: EmailMessage) -> str:
 
 def _newest_reply_to(target: MailTarget, sender: str) -> dict[str, Any] | None:
     items = call(target.control, "GET", "/mail/outbox?limit=500")["items"]
+    addr = email.utils.parseaddr(sender)[1].lower()  # --from may carry a name
     for item in items:
-        if str(item["to"]).lower() == sender.lower():
+        if str(item["to"]).lower() == addr:
             return dict(item)
     return None
 

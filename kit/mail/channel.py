@@ -31,7 +31,17 @@ from kit.client import ClientError, ReconnectPolicy, SessionClient, SessionRefus
 from kit.client import create_session as create_session_over_http
 from kit.mail.compose import compose_reply, reply_message_id
 from kit.mail.message import Inbound, parse
-from kit.mail.rules import REFUSALS, Agent, Decision, Thread, decide, new_token, thread_ids, tokens
+from kit.mail.rules import (
+    REFUSALS,
+    Agent,
+    Decision,
+    Thread,
+    capped_references,
+    decide,
+    new_token,
+    thread_ids,
+    tokens,
+)
 from kit.mail.store import InboundRecord, MailStore, OutboxEntry, Refused
 from kit.mail.text import attachment_plan, turn_text
 from kit.protocol.turns import ends_turn
@@ -123,7 +133,11 @@ class MailChannel:
         """Take one raw message. Raises :class:`MailError` for mail that cannot be read
         (the relay should bounce it); a refusal is a :class:`Receipt`, recorded and silent
         (answering a loop would feed it)."""
-        msg = parse(raw, envelope_from=envelope_from, envelope_to=envelope_to)
+        # In a thread: 25 MB of MIME takes a while to read, and the host's loop serves
+        # every session meanwhile.
+        msg = await asyncio.to_thread(
+            parse, raw, envelope_from=envelope_from, envelope_to=envelope_to
+        )
         async with self._lock:  # one routing at a time: a thread is made once
             decision = await self._decide(msg, authenticated)
             if decision.action == "refuse":
@@ -358,7 +372,7 @@ def _record(msg: Inbound, thread: Thread, saved: list[str] | None = None) -> Inb
         sender_name=msg.sender_name,
         subject=msg.subject,
         in_reply_to=msg.in_reply_to,
-        references=msg.references,
+        references=tuple(capped_references(msg.references)),  # all the reply needs
         token=thread.token,
         received_at=time.time(),
     )

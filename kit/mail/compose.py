@@ -6,9 +6,9 @@ import email.utils
 import hashlib
 import re
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.policy import SMTP, Policy
 
-from kit.mail.message import Inbound
+from kit.mail.message import Inbound, one_line
 from kit.mail.rules import Agent, capped_references
 
 _RE = re.compile(r"^\s*(re|aw|sv)\s*:", re.I)
@@ -16,7 +16,7 @@ _RE = re.compile(r"^\s*(re|aw|sv)\s*:", re.I)
 
 def reply_subject(subject: str) -> str:
     """``Re: subject``, without stacking ``Re:``."""
-    subject = subject.strip()
+    subject = one_line(subject)
     if _RE.match(subject):
         return subject
     return f"Re: {subject}" if subject else "Re: your message"
@@ -41,13 +41,39 @@ def compose_reply(
     """The reply to ``msg`` carrying ``answer``, from the thread's plus address."""
     reply = EmailMessage(policy=SMTP)
     reply["From"] = email.utils.formataddr((agent.name, agent.with_token(token)))
-    reply["To"] = email.utils.formataddr((msg.sender_name, msg.sender))
+    reply["To"] = email.utils.formataddr((one_line(msg.sender_name), msg.sender))
     reply["Subject"] = reply_subject(msg.subject)
     reply["Date"] = email.utils.formatdate(date, usegmt=True)
     reply["Message-ID"] = f"<{reply_message_id(msg.message_id, agent)}>"
-    reply["In-Reply-To"] = f"<{msg.message_id}>"
-    reply["References"] = " ".join(f"<{i}>" for i in reply_references(msg))
+    reply["In-Reply-To"] = _IdList("In-Reply-To", [msg.message_id])
+    reply["References"] = _IdList("References", reply_references(msg))
     reply["Auto-Submitted"] = "auto-replied"
     reply["X-Auto-Response-Suppress"] = "All"
     reply.set_content(answer if answer.endswith("\n") else answer + "\n")
     return reply
+
+
+class _IdList(str):
+    """An ``In-Reply-To``/``References`` value, folded only between ids.
+
+    The email package folds a long header by turning what does not fit into RFC 2047
+    encoded words, which mail clients (and Cloudflare's ``reply()``) do not read as message
+    ids: an 80-character Outlook id would break the thread. Ids are printable ASCII of at
+    most ``MAX_ID_CHARS`` (:func:`kit.mail.message.message_ids`), so a line stays under
+    RFC 5322's 998.
+    """
+
+    name: str
+
+    def __new__(cls, name: str, ids: list[str]) -> _IdList:
+        value = super().__new__(cls, " ".join(f"<{i}>" for i in ids))
+        value.name = name
+        return value
+
+    def fold(self, *, policy: Policy) -> str:
+        lines = [f"{self.name}:"]
+        for token in self.split(" "):
+            if len(lines[-1]) + 1 + len(token) > 78 and lines[-1] != f"{self.name}:":
+                lines.append("")
+            lines[-1] += " " + token
+        return policy.linesep.join(lines) + policy.linesep

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
+import email.errors
 import email.policy
 import email.utils
 import re
@@ -12,7 +14,18 @@ from email.message import EmailMessage
 MAX_INBOUND_BYTES = 25 * 1024 * 1024
 """Largest raw message accepted (Cloudflare Email Routing's inbound limit)."""
 
-_MSGID = re.compile(r"<([^<>\s]+)>")
+MAX_ID_CHARS = 900
+"""Longest message id kit takes (a longer one could not be written on one line of a reply's
+``In-Reply-To``, RFC 5322's 998)."""
+
+_MSGID = re.compile(rf"<([\x21-\x3b\x3d\x3f-\x7e]{{1,{MAX_ID_CHARS}}})>")
+"""A message id: printable ASCII without ``<``/``>``, as written on the wire (RFC 5322)."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_HEADER_ERRORS = (ValueError, TypeError, IndexError, AttributeError, email.errors.MessageError)
+"""What the email package raises for a header it cannot read."""
+_ID_HEADERS = frozenset({"message-id", "in-reply-to", "references"})
+MAX_DECODED_CHARS = 16_384
+"""A longer header keeps its encoded words as they came."""
 
 
 class MailError(ValueError):
@@ -53,20 +66,56 @@ class Inbound:
 
 
 def message_ids(value: str | None) -> tuple[str, ...]:
-    """The ids in a ``Message-ID``/``In-Reply-To``/``References`` value, brackets removed."""
+    """The ids in a ``Message-ID``/``In-Reply-To``/``References`` value, brackets removed
+    (an id with spaces, control or non-ASCII characters, or longer than
+    :data:`MAX_ID_CHARS`, is no id)."""
     if not value:
         return ()
     return tuple(dict.fromkeys(_MSGID.findall(value)))
 
 
+def one_line(value: str) -> str:
+    """``value`` with every run of control characters (CR, LF, NUL, tab...) a single space
+    and undecodable bytes (8-bit headers) as U+FFFD: what reaches a reply's header or the
+    turn's first lines cannot add a line."""
+    return _CONTROL.sub(" ", utf8(value)).strip()
+
+
+def utf8(value: str) -> str:
+    """``value`` with the raw bytes the parser kept as surrogates (8-bit headers, RFC 6532)
+    read as UTF-8, U+FFFD where they are not: text a client and a JSON frame can carry."""
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        return value.encode("utf-8", "replace").decode("utf-8")
+
+
 def address(value: str | None) -> tuple[str, str]:
-    """``(name, address)`` of a single-address header value, address lower-cased."""
+    """``(name, address)`` of a single-address header value as written on the wire (encoded
+    words in the name decoded), the address lower-cased.
+
+    ``("", "")`` unless the value holds exactly one ASCII address and reads one way only:
+    in ``alice@example.org <mallory@evil.test>`` or ``=?utf-8?q?alice=40example.org?=``
+    mail software disagrees on who the sender is (and DMARC may have checked another), so
+    kit takes neither.
+    """
     if not value:
         return "", ""
-    name, addr = email.utils.parseaddr(str(value))
-    if "@" not in addr:
-        return name, ""
-    return name, addr.strip().lower()
+    try:
+        header = email.policy.default.header_fetch_parse("From", value)
+        addresses = header.addresses
+    except _HEADER_ERRORS:
+        return "", ""
+    if len(addresses) != 1 or any(
+        isinstance(d, email.errors.InvalidHeaderDefect) for d in header.defects
+    ):
+        return "", ""
+    spec = addresses[0].addr_spec
+    if "@" not in spec or spec.lower() not in value.lower():  # an encoded word made it
+        return "", ""
+    if not spec.isascii():  # RFC 6532: the email package cannot write a reply to it
+        return "", ""
+    return one_line(addresses[0].display_name), spec.strip().lower()
 
 
 def parse(
@@ -79,21 +128,44 @@ def parse(
             f"The message is {len(raw)} bytes; kit takes at most {MAX_INBOUND_BYTES} "
             "(send large files as links)."
         )
+    try:
+        return _parse(raw, envelope_from, envelope_to)
+    except RecursionError:
+        raise MailError(
+            "The message's MIME parts are nested too deeply for kit to read; send it with "
+            "fewer nested parts."
+        ) from None
+
+
+def _parse(raw: bytes, envelope_from: str | None, envelope_to: list[str] | None) -> Inbound:
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     assert isinstance(msg, EmailMessage)
     headers: dict[str, str] = {}
-    for name, raw_value in msg.raw_items():
-        if name.lower() in headers:
+    froms: list[str] = []
+    for name, undecoded in msg.raw_items():
+        raw_value = utf8(str(undecoded))  # 8-bit header bytes are UTF-8 (RFC 6532)
+        key = name.lower()
+        if key == "from":
+            froms.append(raw_value)
+        if key in headers:
             continue
-        try:  # decoded (RFC 2047 encoded words); a header the parser chokes on stays raw
-            value = str(msg[name])
-        except (ValueError, TypeError, IndexError):
-            value = str(raw_value)
-        headers[name.lower()] = _unfold(value)
+        # Decoded (RFC 2047 encoded words) one header at a time: msg[name] would search
+        # every header for each, quadratic in their number. Ids are never encoded, and the
+        # decoder is superlinear in a header's length (800,000 References took minutes):
+        # those, and one that fails, stay raw.
+        value = raw_value
+        if key not in _ID_HEADERS and len(raw_value) <= MAX_DECODED_CHARS:
+            with contextlib.suppress(*_HEADER_ERRORS):
+                value = str(msg.policy.header_fetch_parse(name, raw_value))
+        headers[key] = one_line(_unfold(value))
     ids = message_ids(headers.get("message-id"))
     if not ids:
-        raise MailError("The message has no Message-ID header; kit needs one to thread replies.")
-    name, sender = address(headers.get("from"))
+        raise MailError(
+            "The message has no Message-ID header kit can use (one <id> of printable ASCII, "
+            f"at most {MAX_ID_CHARS} characters); kit needs one to thread replies."
+        )
+    # Two From headers, or one kit reads two ways: no sender (refused as malformed).
+    name, sender = address(froms[0]) if len(froms) == 1 else ("", "")
     if envelope_to:
         recipients = tuple(dict.fromkeys(a.strip().lower() for a in envelope_to if a.strip()))
     else:
@@ -142,7 +214,8 @@ def _body(msg: EmailMessage) -> tuple[str, list[Attachment]]:
         ):
             data = part.get_payload(decode=True) or b""
             assert isinstance(data, bytes)
-            attachments.append(Attachment(filename or "attachment", ctype, len(data), data))
+            name = one_line(filename or "") or "attachment"
+            attachments.append(Attachment(name, ctype, len(data), data))
             continue
         if ctype == "text/plain" and plain is None:
             plain = _text_of(part)

@@ -30,7 +30,8 @@ def mail_routes(store: MailStore, address: str, api_token: str) -> list[Route]:
 
     def limit_of(request: Request) -> int | Response:
         raw = request.query_params.get("limit", str(DEFAULT_LIMIT))
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        # isdecimal and ASCII: str.isdigit takes '²', which int() does not.
+        if not (raw.isascii() and raw.isdecimal()) or not 1 <= int(raw) <= MAX_LIMIT:
             return JSONResponse(
                 {
                     "error": "bad_request",

@@ -47,7 +47,8 @@ Refusal = Literal[
 ]
 
 REFUSALS: dict[str, str] = {
-    "malformed": "the message has no sender address",
+    "malformed": "the message has no sender address kit can answer (none, several, one "
+    "that reads two ways, or not ASCII)",
     "unauthenticated": "the sender's domain failed authentication (DMARC/SPF/DKIM)",
     "auto_submitted": "Auto-Submitted says a machine sent it (RFC 3834)",
     "auto_response_suppress": "X-Auto-Response-Suppress asks for no automatic reply",
@@ -160,8 +161,10 @@ def tokens(msg: Inbound, agent: Agent) -> list[str]:
 
 def thread_ids(msg: Inbound) -> list[str]:
     """The ids a reply points at, nearest first (``In-Reply-To``, then ``References``
-    from the newest)."""
-    return list(dict.fromkeys([*msg.in_reply_to, *reversed(msg.references)]))
+    from the newest), at most ``MAX_REFERENCES + 1``: kit's replies carry no more, so a
+    thread is found among them, and each is a lookup."""
+    nearest = [*msg.in_reply_to[:MAX_REFERENCES], *reversed(msg.references[-MAX_REFERENCES:])]
+    return list(dict.fromkeys(nearest))[: MAX_REFERENCES + 1]
 
 
 def decide(

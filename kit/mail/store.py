@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from kit.mail.rules import Thread
+from kit.private import private_sqlite
 
 MAX_REFUSED_KEPT = 1000
 """Refusals kept for ``kit mail outbox --refused`` (the oldest go first)."""
@@ -195,6 +196,7 @@ class SqliteMailStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        private_sqlite(path)  # it holds the session tokens of every mail thread
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")

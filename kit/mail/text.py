@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from kit.mail.message import Attachment, Inbound
+from kit.mail.message import Attachment, Inbound, utf8
 
 MAX_TURN_CHARS = 32_000
 """Longest body handed to the agent; the rest is cut with a note saying so."""
@@ -60,7 +60,8 @@ def turn_text(msg: Inbound, saved: list[str] | None = None) -> str:
         parts += [
             _attachment_line(a, saved[i] if saved else None) for i, a in enumerate(msg.attachments)
         ]
-    return "\n".join(p for i, p in enumerate(parts) if p or i >= 2).rstrip()
+    text = "\n".join(p for i, p in enumerate(parts) if p or i >= 2).rstrip()
+    return utf8(text)  # a lone surrogate would make the turn unsendable, retried forever
 
 
 def _attachment_line(a: Attachment, where: str | None) -> str:
