@@ -53,13 +53,57 @@ export function messageIds(value: string | undefined | null): string[] {
   return [...new Set(found)];
 }
 
-/** `[name, address]` of a single-address header value, the address lower-cased ("" if it
- * has no `@`), as Python's `email.utils.parseaddr` reads the common forms. */
+const CONTROL = /[\x00-\x1f\x7f]+/g;
+
+/** `value` with every run of control characters (CR, LF, NUL, tab...) one space: what
+ * reaches a reply's header or the turn's first lines cannot add a line (kit/mail's
+ * `one_line`). */
+export function oneLine(value: string): string {
+  return value.replace(CONTROL, " ").trim();
+}
+
+/** `[name, address]` of a single-address header value as written on the wire (encoded
+ * words in the name decoded), the address lower-cased; `["", ""]` unless it holds exactly
+ * one ASCII address and reads one way only (kit/mail's `address`): in
+ * `alice@example.org <mallory@evil.test>`, `<alice@example.org>mallory@evil.test` or
+ * `=?utf-8?q?alice=40example.org?=` mail software disagrees on who the sender is. */
 export function address(value: string | undefined | null): [string, string] {
   if (!value) return ["", ""];
-  const [name, addr] = parseOne(value);
-  if (!addr.includes("@")) return [name, ""];
-  return [name, addr.trim().toLowerCase()];
+  const text = unfold(value);
+  if (splitList(text).length !== 1) return ["", ""];
+  let name: string;
+  let spec: string;
+  const open = outsideQuotes(text, "<");
+  if (open >= 0) {
+    const close = text.indexOf(">", open);
+    if (close < 0) return ["", ""];
+    if (text.slice(close + 1).replace(/\([^()]*\)/g, "").trim() !== "") return ["", ""];
+    const phrase = text.slice(0, open).trim();
+    if (/[@<>,;:[\]]/.test(phrase.replace(/"(?:[^"\\]|\\.)*"/g, ""))) return ["", ""];
+    name = unquote(phrase);
+    spec = text.slice(open + 1, close).trim();
+  } else {
+    const comment = /\(([^()]*)\)/.exec(text);
+    spec = text.replace(/\([^()]*\)/g, "").trim();
+    if (/[\s,;:<>]/.test(spec)) return ["", ""]; // a group (`undisclosed-recipients:;`) or a list
+    name = comment === null ? "" : comment[1].trim();
+  }
+  if (!/^[\x21-\x7e]+$/.test(spec) || !/^[^@]+@[^@]+$/.test(spec)) return ["", ""];
+  const decoded = decodeWords(name);
+  if (/[\x00-\x1f\x7f]/.test(decoded)) return ["", ""]; // a line break hidden in the name
+  return [decoded.trim(), spec.toLowerCase()];
+}
+
+/** The index of the first `char` outside double quotes, or -1. */
+function outsideQuotes(text: string, char: string): number {
+  let quoted = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === "\\" && quoted) i++;
+    else if (c === '"') quoted = !quoted;
+    else if (c === char && !quoted) return i;
+  }
+  return -1;
 }
 
 function parseOne(value: string): [string, string] {
@@ -129,14 +173,17 @@ export function parse(raw: Uint8Array, envelope: Envelope = {}): Inbound {
   }
   const root = splitPart(raw);
   const headers: Record<string, string> = {};
+  const froms: string[] = [];
   for (const [name, value] of root.headers) {
     const key = name.toLowerCase();
+    if (key === "from") froms.push(value);
     if (key in headers) continue;
-    headers[key] = unfold(decodeWords(value));
+    headers[key] = oneLine(unfold(decodeWords(value)));
   }
   const ids = messageIds(headers["message-id"]);
   if (ids.length === 0) throw new MailError("The message has no Message-ID header; kit needs one to thread replies.");
-  const [name, sender] = address(headers["from"]);
+  // Two From headers, or one kit reads two ways: no sender (refused as malformed).
+  const [name, sender] = froms.length === 1 ? address(froms[0]) : ["", ""];
   let recipients: string[];
   const envTo = envelope.to ?? null;
   if (envTo !== null && envTo.length > 0) {
@@ -219,13 +266,9 @@ function splitPart(raw: Uint8Array): Part {
   return { headers, body: raw.subarray(bodyStart) };
 }
 
-/** Header bytes as text: UTF-8 where they are (RFC 6532), else Latin-1. */
+/** Header bytes as text: UTF-8 (RFC 6532), U+FFFD where they are not (as kit/mail). */
 function bytesToText(bytes: Uint8Array): string {
-  try {
-    return new TextDecoder("utf-8", { fatal: true, ignoreBOM: false }).decode(bytes);
-  } catch {
-    return LATIN1.decode(bytes);
-  }
+  return new TextDecoder("utf-8").decode(bytes);
 }
 
 function header(part: Part, name: string): string | null {
