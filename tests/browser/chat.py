@@ -3,7 +3,7 @@ an answer or for the turn to end."""
 
 from __future__ import annotations
 
-from playwright.async_api import Page, expect
+from playwright.async_api import BrowserContext, Page, expect
 
 TURN_TIMEOUT_MS = 60_000
 """A whole turn, its sandbox's start included."""
@@ -55,3 +55,27 @@ async def _slow_tool_turn_shown_once(page: Page) -> None:
     await card.locator("summary").click()
     await expect(card.locator(".tool-input")).to_contain_text("sleep 5")
     await expect(card.locator(".tool-output")).to_have_text("started-slow-tool\ndone")
+
+
+FOREIGN_PAGE = "http://127.0.0.2:8999/"
+"""A page of another site (served by the test itself, never fetched)."""
+
+
+async def post_from_foreign_page(page: Page, context: BrowserContext, target: str) -> Page:
+    """From :data:`FOREIGN_PAGE`, POST to ``target`` three ways: ``fetch`` (CORS and
+    no-cors: neither answer may be readable) and a form into a new tab, which is returned."""
+    html = f"""<!doctype html>
+        <form id="f" method="post" action="{target}" target="_blank"></form>
+        <script>
+          window.tries = [
+            fetch("{target}", {{method: "POST"}}).then((r) => r.status, (e) => "refused"),
+            fetch("{target}", {{method: "POST", mode: "no-cors"}}).then((r) => r.type, (e) => "refused"),
+          ];
+        </script>"""
+    await page.route(FOREIGN_PAGE, lambda route: route.fulfill(body=html, content_type="text/html"))
+    await page.goto(FOREIGN_PAGE)
+    # The answers are the host's 403, which the page may not read; what counts is the tab.
+    assert set(await page.evaluate("Promise.all(window.tries)")) <= {"refused", "opaque"}
+    async with context.expect_page() as posted:
+        await page.evaluate("document.getElementById('f').submit()")
+    return await posted.value

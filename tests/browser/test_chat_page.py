@@ -10,7 +10,14 @@ from playwright.async_api import BrowserContext, Page, expect
 
 from kit.cli.stack import Stack
 from tests.agents import RECOVERED_REPLY
-from tests.browser.chat import TURN_TIMEOUT_MS, _answered, _open, _say, _turn_done
+from tests.browser.chat import (
+    TURN_TIMEOUT_MS,
+    _answered,
+    _open,
+    _say,
+    _turn_done,
+    post_from_foreign_page,
+)
 from tests.browser.conftest import TOOL_PAYLOAD
 
 pytestmark = pytest.mark.slow
@@ -230,23 +237,8 @@ async def test_a_foreign_page_opens_no_session(
     tab, posts a form to ``/web/session`` and fetches it gets no session: the tab it opened
     waits for its own reader's first Send, the host refuses the rest, and the foreign page
     keeps no handle on the tab (Cross-Origin-Opener-Policy). The tab's reader can still talk."""
-    foreign = "http://127.0.0.2:8999/"
-    target = f"{chat_stack.url}/web/session"
-    html = f"""<!doctype html>
-        <form id="f" method="post" action="{target}" target="_blank"></form>
-        <script>
-          window.tries = [
-            fetch("{target}", {{method: "POST"}}).then((r) => r.status, (e) => "refused"),
-            fetch("{target}", {{method: "POST", mode: "no-cors"}}).then((r) => r.type, (e) => "refused"),
-          ];
-        </script>"""
-    await page.route(foreign, lambda route: route.fulfill(body=html, content_type="text/html"))
-    await page.goto(foreign)
-    # The answers are the host's 403, which the page may not read; what counts is below.
-    assert set(await page.evaluate("Promise.all(window.tries)")) <= {"refused", "opaque"}
-    async with context.expect_page() as posted:
-        await page.evaluate("document.getElementById('f').submit()")
-    await expect((await posted.value).locator("body")).to_contain_text("forbidden_origin")
+    posted = await post_from_foreign_page(page, context, f"{chat_stack.url}/web/session")
+    await expect(posted.locator("body")).to_contain_text("forbidden_origin")
     async with context.expect_page() as opened:
         await page.evaluate(f"window.tab = window.open({chat_stack.url + '/'!r})")
     tab = await opened.value

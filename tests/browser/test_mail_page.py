@@ -20,7 +20,7 @@ from playwright.async_api import BrowserContext, Page, expect
 from kit.cli.stack import Stack, run_stack
 from kit.mail.store import OutboxEntry
 from tests.agents import write_agent
-from tests.browser.chat import TURN_TIMEOUT_MS, _open, _turn_done
+from tests.browser.chat import TURN_TIMEOUT_MS, _open, _turn_done, post_from_foreign_page
 from tests.browser.conftest import STACK_TIMEOUT_S
 from tests.conftest import stack_settings
 
@@ -197,21 +197,7 @@ async def test_a_foreign_page_gets_no_threads(
     by fetch or a form, reads no thread: the host answers 403 ``forbidden_origin`` and
     the form's tab shows no token."""
     await _answered(mail_stack, _mail("Where is my order?"))
-    foreign = "http://127.0.0.2:8999/"
-    target = f"{mail_stack.url}/web/mail"
-    html = f"""<!doctype html>
-        <form id="f" method="post" action="{target}" target="_blank"></form>
-        <script>
-          window.tries = [
-            fetch("{target}", {{method: "POST"}}).then((r) => r.status, (e) => "refused"),
-            fetch("{target}", {{method: "POST", mode: "no-cors"}}).then((r) => r.type, (e) => "refused"),
-          ];
-        </script>"""
-    await page.route(foreign, lambda route: route.fulfill(body=html, content_type="text/html"))
-    await page.goto(foreign)
-    assert set(await page.evaluate("Promise.all(window.tries)")) <= {"refused", "opaque"}
-    async with context.expect_page() as posted:
-        await page.evaluate("document.getElementById('f').submit()")
-    body = (await posted.value).locator("body")
+    posted = await post_from_foreign_page(page, context, f"{mail_stack.url}/web/mail")
+    body = posted.locator("body")
     await expect(body).to_contain_text("forbidden_origin")
     assert "kit-session-" not in await body.inner_text()

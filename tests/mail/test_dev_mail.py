@@ -12,14 +12,12 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import aiosmtplib
 import httpx
-import pytest
 
 from tests.agents import RECOVERED_REPLY, until_prompt_stored, write_agent
 from tests.e2e.test_kit_dev import DevProcess, _env, start_kit_dev, stop_kit_dev
@@ -129,15 +127,6 @@ def session_of(answer: str) -> str:
     m = re.search(r"session (\S+)", answer)
     assert m, answer
     return m.group(1)
-
-
-@pytest.fixture
-async def mailbox(kit_tmp: Path) -> AsyncIterator[Mailbox]:
-    project = write_agent(kit_tmp / "agent", extra_toml=f'\n[mail]\naddress = "{AGENT}"\n')
-    state = kit_tmp / "state"
-    dev = await start_kit_dev(project, _env(KIT_STATE_DIR=str(state), KIT_SMTP_PORT="0"))
-    yield Mailbox(dev, state)
-    await stop_kit_dev(dev)
 
 
 async def test_a_thread_of_three_messages_is_one_session(mailbox: Mailbox) -> None:

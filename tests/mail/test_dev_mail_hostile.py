@@ -4,28 +4,15 @@ client and a user at the terminal see."""
 from __future__ import annotations
 
 import stat
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiosmtplib
 import httpx
 import pytest
 
-from tests.agents import write_agent
-from tests.e2e.test_kit_dev import _env, start_kit_dev, stop_kit_dev
 from tests.kitproc import spawn_kit
 from tests.mail.test_dev_mail import AGENT, Mailbox, mail, parsed
 
 OUTLOOK_ID = "BY5PR11MB4243D0A3C5D6E2F1B3A4B9F4C8A2912345@BY5PR11MB4243.namprd11.prod.outlook.com"
-
-
-@pytest.fixture
-async def mailbox(kit_tmp: Path) -> AsyncIterator[Mailbox]:
-    project = write_agent(kit_tmp / "agent", extra_toml=f'\n[mail]\naddress = "{AGENT}"\n')
-    state = kit_tmp / "state"
-    dev = await start_kit_dev(project, _env(KIT_STATE_DIR=str(state), KIT_SMTP_PORT="0"))
-    yield Mailbox(dev, state)
-    await stop_kit_dev(dev)
 
 
 def _wire(raw: str) -> list[str]:
