@@ -11,6 +11,7 @@ Every package draws its own family under :class:`KitError`, in its ``errors`` mo
     ├── kit.runtime.errors.AgentRuntimeError      the runtime inside a sandbox failed
     ├── kit.client.errors.ClientError             the Python client gave up
     ├── kit.deploy.errors.DeployError             the runtime image or a deploy step failed
+    ├── kit.mail.errors.MailChannelError          the email channel cannot take or send mail
     └── kit.cli.errors.CliError                   a ``kit`` command cannot go on
 
 The emulator's packages draw theirs too (``emulator.durable_objects.errors``,

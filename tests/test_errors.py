@@ -19,6 +19,7 @@ from kit.client.errors import ClientError
 from kit.deploy.errors import DeployError
 from kit.errors import KitError
 from kit.host.errors import HostError, SandboxError
+from kit.mail.errors import MailChannelError
 from kit.protocol.errors import SessionProtocolError
 from kit.runtime.errors import AgentRuntimeError
 from kit.storage.errors import StoreError
@@ -34,6 +35,7 @@ FAMILIES: list[tuple[str, type[BaseException], str | None]] = [
     ("kit.client", ClientError, "kit.client.errors"),
     ("kit.cli", CliError, "kit.cli.errors"),
     ("kit.deploy", DeployError, "kit.deploy.errors"),
+    ("kit.mail", MailChannelError, "kit.mail.errors"),
     ("emulator.durable_objects", DurableObjectError, "emulator.durable_objects.errors"),
     ("emulator.model", OfflineModelError, "emulator.model.errors"),
     ("emulator.fly_api", FlyEmulatorError, "emulator.fly_api.errors"),

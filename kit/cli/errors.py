@@ -6,8 +6,9 @@
     └── CliError              a ``kit`` command cannot go on; the message names the fix
         ├── SettingsError     an environment variable of ``kit dev`` is wrong (kit.cli.settings)
         ├── ChatError         ``kit chat`` cannot find or open a session (kit.cli.chat)
-        └── ControlError      the control API refused, or ``kit dev`` could not be reached
-                              (kit.cli.rehearse)
+        ├── ControlError      the control API refused, or ``kit dev`` could not be reached
+        │                     (kit.cli.rehearse)
+        └── MailCliError      ``kit mail`` cannot send or list (kit.cli.mail)
 
 The one top-level handler (:func:`kit.cli.main.main`) prints any :class:`KitError` — these
 and the library's — as a sentence and exits 1 (a traceback with ``KIT_DEBUG=1``). httpx's

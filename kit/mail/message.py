@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
+from kit.mail.errors import MailChannelError
+
 MAX_INBOUND_BYTES = 25 * 1024 * 1024
 """Largest raw message accepted (Cloudflare Email Routing's inbound limit)."""
 
@@ -28,7 +30,7 @@ MAX_DECODED_CHARS = 16_384
 """A longer header keeps its encoded words as they came."""
 
 
-class MailError(ValueError):
+class MailError(MailChannelError):
     """Mail that cannot be taken: the message says why and what to change."""
 
 

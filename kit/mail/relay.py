@@ -17,12 +17,13 @@ import ipaddress
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from kit.mail.errors import MailChannelError
 from kit.mail.store import OutboxEntry
 
 SEND_TIMEOUT_S = 60.0
 
 
-class RelayError(ValueError):
+class RelayError(MailChannelError):
     """``KIT_SMTP_RELAY`` is not a relay kit can use; the message says what to write."""
 
 

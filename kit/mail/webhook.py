@@ -51,6 +51,7 @@ from starlette.types import Message
 
 from kit.client import ClientError
 from kit.mail.channel import Receipt
+from kit.mail.errors import MailChannelError
 from kit.mail.message import MAX_INBOUND_BYTES, MailError
 from kit.storage.errors import StoreError
 
@@ -114,7 +115,7 @@ def sign(
     return "v1=" + hmac.new(secret.encode(), payload, hashlib.sha256).hexdigest()
 
 
-class Refusal(Exception):
+class Refusal(MailChannelError):
     """A request the webhook does not take: its status, code and sentence."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
