@@ -185,7 +185,8 @@ async def test_entries_held_past_the_give_up_wait_are_back_filled(
 ) -> None:
     """Store drops connections for longer than the give-up wait (1 s) but less than the
     deadline: writes give up and are held, the store comes back, they are back-filled in
-    order, and only then does the result arrive."""
+    order, and only then does the result arrive (the CI once saw the last assistant message
+    land between ``available`` and ``result``: that order is fine)."""
     async with outage_rig(kit_tmp, s3_endpoint, retry_s=1, deadline_s=60) as rig:
         info = await create_session(rig.stack.url, rig.stack.api_token)
         async with SessionClient(info.ws_url, info.token) as client:
@@ -194,7 +195,12 @@ async def test_entries_held_past_the_give_up_wait_are_back_filled(
             )
         assert seen.missing_at_result == []  # invariant 4
         assert seen.store_states == ["unavailable", "holding", "available"]
-        assert seen.kinds[-2:] == ["store", "result"]  # available, then the result
+        # Available, then the result (the CLI may write its last message before or after
+        # the store comes back, so only the order of these two is fixed).
+        assert seen.kinds[-1] == "result"
+        assert seen.kinds.index("result") > max(
+            i for i, kind in enumerate(seen.kinds) if kind == "store"
+        )
         await assert_nothing_lost(rig, info.session_id, info.token)
 
 
