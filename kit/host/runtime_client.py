@@ -11,11 +11,12 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from kit.host.errors import SandboxError
 from kit.protocol.errors import ProtocolError
 from kit.protocol.runtime_api import (
+    FILES_PATH,
     HEALTH_PATH,
     INTERRUPT_PATH,
     NDJSON,
@@ -62,13 +63,14 @@ class RuntimeClient:
         return await asyncio.wait_for(opening, CONNECT_TIMEOUT_S)
 
     async def _request(
-        self, path: str, body: bytes | None
+        self, path: str, body: bytes | None, *, method: str = "POST"
     ) -> tuple[int, dict[str, str], asyncio.StreamReader, asyncio.StreamWriter]:
         reader, writer = await self._open()
+        kind = "application/json" if method == "POST" else "application/octet-stream"
         method, framing = (
             ("GET", "")
             if body is None
-            else ("POST", f"content-type: application/json\r\ncontent-length: {len(body)}\r\n")
+            else (method, f"content-type: {kind}\r\ncontent-length: {len(body)}\r\n")
         )
         writer.write(
             (
@@ -126,6 +128,26 @@ class RuntimeClient:
             writer.close()
         except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError) as exc:
             raise SandboxGone(f"The sandbox stopped answering: {type(exc).__name__}.") from exc
+
+    async def put_file(self, path: str, data: bytes) -> None:
+        """Write ``data`` at ``path`` in the sandbox's workspace (``PUT /v1/files``).
+        :class:`SandboxGone` if the runtime goes away, :class:`SandboxError` if it refuses."""
+        writer = None
+        try:
+            status, headers, reader, writer = await self._request(
+                f"{FILES_PATH}?{urlencode({'path': path})}", data, method="PUT"
+            )
+            body = await _read_body(reader, headers)
+        except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError) as exc:
+            raise SandboxGone(f"The sandbox stopped answering: {type(exc).__name__}.") from exc
+        finally:
+            if writer is not None:
+                writer.close()
+        if status != 204:
+            raise SandboxError(
+                f"The runtime refused the file {path!r} ({status}): "
+                f"{body[:300].decode(errors='replace')}"
+            )
 
     async def health(self, wait_s: float = 0.0) -> dict[str, Any]:
         """The runtime's ``GET /healthz``; with ``wait_s``, answered once the agent is ready

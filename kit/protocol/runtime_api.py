@@ -6,6 +6,11 @@ HTTP/1.1 with ``Authorization: Bearer <runtime token>`` on every request:
 - ``POST /v1/turns`` with :class:`TurnRequest` JSON → ``application/x-ndjson``: one
   :class:`RuntimeEvent` per line, ending with a ``result`` (or ``error``) event.
 - ``POST /v1/interrupt`` → 202; the running turn ends early with a ``result``.
+- ``PUT /v1/files?path=<relative path>`` with the file's bytes → 204: the runtime writes
+  the file into its workspace (folders made as needed; an earlier file of that name
+  replaced whole). 400 for a path :func:`file_path_parts` refuses, 413 past
+  :data:`MAX_FILE_BYTES`, 409 where a folder on the path is not a plain folder. The host
+  puts a session's files (email attachments) into each of its sandboxes this way.
 
 Events here have no ``seq``: the host assigns it when it makes them durable.
 
@@ -27,8 +32,39 @@ NDJSON = "application/x-ndjson"
 TURNS_PATH = "/v1/turns"
 INTERRUPT_PATH = "/v1/interrupt"
 HEALTH_PATH = "/healthz"
+FILES_PATH = "/v1/files"
+MAX_FILE_BYTES = 10 * 1024 * 1024
+"""The largest file ``PUT /v1/files`` takes (an email attachment's limit)."""
+MAX_PATH_PARTS = 8
 HARNESS_EXIT_CODE = 70
 """The runtime's exit code when the agent harness it drives died (EX_SOFTWARE)."""
+
+
+def file_path_parts(path: str) -> tuple[str, ...]:
+    """The folders and name of a workspace file's relative ``path`` (``mail/ab12/a.pdf``);
+    :class:`ProtocolError` (``bad_frame``) for a path that could leave the workspace or
+    name something odd: absolute, empty, ``.`` or ``..`` parts, a part starting with a dot,
+    control characters or a backslash, a part over 255 bytes, more than
+    :data:`MAX_PATH_PARTS` parts."""
+    parts = tuple(path.split("/"))
+    if not path or len(parts) > MAX_PATH_PARTS:
+        raise ProtocolError(
+            e.BAD_FRAME, f"A file path needs 1 to {MAX_PATH_PARTS} parts, got {path!r}."
+        )
+    for part in parts:
+        if (
+            not part
+            or part.startswith(".")
+            or len(part.encode()) > 255
+            or "\\" in part
+            or any(ord(c) < 32 or ord(c) == 127 for c in part)
+        ):
+            raise ProtocolError(
+                e.BAD_FRAME,
+                f"{path!r} is not a plain relative path (each part a name not starting with "
+                "a dot, no control characters or backslashes, at most 255 bytes).",
+            )
+    return parts
 
 
 @dataclass(frozen=True)

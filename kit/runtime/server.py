@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
+from urllib.parse import parse_qs
 
 import uvicorn
 import uvicorn.lifespan.off
@@ -33,18 +34,22 @@ import uvicorn.protocols.http.h11_impl  # imported here, so the fork server pays
 from kit.bundle import open_bundle
 from kit.protocol.errors import ProtocolError
 from kit.protocol.runtime_api import (
+    FILES_PATH,
     HARNESS_EXIT_CODE,
     HEALTH_PATH,
     INTERRUPT_PATH,
+    MAX_FILE_BYTES,
     NDJSON,
     TURNS_PATH,
     RuntimeEvent,
     TurnRequest,
+    file_path_parts,
 )
 from kit.protocol.runtime_config import RuntimeConfig, RuntimeConfigError
 from kit.runtime import config as startup
 from kit.runtime.agent import Agent, AgentBusy, AgentState, AgentStopped, HarnessDied
 from kit.runtime.egress_forwarder import Forwarder, proxy_env, proxy_url
+from kit.runtime.files import NotAFolder, write_file
 from kit.runtime.jail import die_with_parent, make_undumpable
 
 log = logging.getLogger("kit.runtime")
@@ -85,6 +90,8 @@ def create_app(agent: Agent) -> ASGIApp:
             await _json(send, 200, health(agent))
         elif route == ("POST", TURNS_PATH):
             await _turn(agent, await _body(receive), send)
+        elif route == ("PUT", FILES_PATH):
+            await _put_file(agent, scope.get("query_string", b""), receive, send)
         elif route == ("POST", INTERRUPT_PATH):
             await _body(receive)
             await _json(send, 202, {"interrupted": await agent.interrupt()})
@@ -145,6 +152,29 @@ async def _turn(agent: Agent, body: bytes, send: Send) -> None:
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+async def _put_file(agent: Agent, query: bytes, receive: Receive, send: Send) -> None:
+    paths = parse_qs(query.decode("latin-1")).get("path", [])
+    try:
+        parts = file_path_parts(paths[0] if len(paths) == 1 else "")
+    except ProtocolError as exc:
+        await _json(send, 400, {"error": exc.code, "message": exc.message})
+        return
+    body = await _bounded_body(receive, MAX_FILE_BYTES)
+    if body is None:
+        await _json(send, 413, {"error": "too_large", "message": f"over {MAX_FILE_BYTES} bytes"})
+        return
+    try:
+        await asyncio.to_thread(write_file, agent.config.workspace, parts, body)
+    except NotAFolder as exc:
+        await _json(send, 409, {"error": "not_a_folder", "message": str(exc)})
+        return
+    except OSError as exc:
+        await _json(send, 507, {"error": "write_failed", "message": str(exc)})
+        return
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
 def _lines(batch: list[RuntimeEvent]) -> bytes:
     return b"".join(event.to_line() for event in batch)
 
@@ -156,6 +186,20 @@ async def _body(receive: Receive) -> bytes:
         chunks.append(message.get("body", b""))
         if not message.get("more_body"):
             return b"".join(chunks)
+
+
+async def _bounded_body(receive: Receive, limit: int) -> bytes | None:
+    """The body, or None once it passes ``limit`` bytes (the rest is not kept)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks) if size <= limit else None
 
 
 async def _json(send: Send, status: int, obj: object) -> None:
