@@ -45,55 +45,6 @@ def own_folders(uid: int | None, gid: int | None, anchor: Path, *names: str) -> 
         os.close(fd)
 
 
-def put_files(
-    uid: int | None,
-    gid: int | None,
-    anchor: Path,
-    names: tuple[str, ...],
-    files: list[tuple[str, bytes]],
-) -> None:
-    """Write ``files`` (name, bytes) into folder ``anchor/names...`` (made as by
-    :func:`own_folders`), each owned by the sandbox user, 0600. The walk goes by descriptor
-    and never follows a link; each file is written under a temporary name and renamed into
-    place (a link planted at the name is replaced, never written through), so writing the
-    same files again after a crash leaves them whole."""
-    own_folders(uid, gid, anchor, *names)
-    fd = os.open(anchor, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for name in names:
-            try:
-                child = os.open(name, _NOFOLLOW_DIR, dir_fd=fd)
-            except OSError:
-                raise SandboxError(
-                    f"{anchor.joinpath(*names)} is not a plain folder (a symlink?)."
-                ) from None
-            os.close(fd)
-            fd = child
-        for name, data in files:
-            if "/" in name or name in ("", ".", ".."):
-                raise SandboxError(f"{name!r} is not a plain file name.")
-            tmp = f".{name}.kit-tmp"
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp, dir_fd=fd)
-            out = os.open(
-                tmp,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o600,
-                dir_fd=fd,
-            )
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(out, view) :]
-                if uid is not None and gid is not None:
-                    os.fchown(out, uid, gid)
-            finally:
-                os.close(out)
-            os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
-    finally:
-        os.close(fd)
-
-
 def short_run_dir(root: Path, passage_for: int | None = None) -> Path:
     """A short per-root folder under the temp dir for Unix sockets, owned by this user:
     0700, or 0710 to group ``passage_for`` (the sandbox user's, when it is another user).

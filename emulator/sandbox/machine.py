@@ -16,7 +16,7 @@ import signal
 from pathlib import Path
 from typing import Any, ClassVar
 
-from emulator.sandbox.folders import LOGS, put_files
+from emulator.sandbox.folders import LOGS
 from kit.bundle.build import MANIFEST
 from kit.host.errors import SandboxError
 from kit.host.sandbox import Sandbox, SandboxProvider
@@ -60,17 +60,6 @@ class MachineProvider(SandboxProvider):
     def files_owner(self) -> tuple[int | None, int | None]:
         """Who owns what the sandbox writes in its workspace (None: this user)."""
         return self.uid, self.gid
-
-    def put_files(self, session_id: str, folder: str, files: list[tuple[str, bytes]]) -> None:
-        """Write ``files`` into ``workspace/<folder>`` of ``session_id`` (a relative path of
-        plain names), owned by the sandbox user; the workspace carries over to the session's
-        next sandbox. Raises :class:`SandboxError` when a part of the path is not a plain
-        folder."""
-        parts = tuple(p for p in folder.split("/") if p)
-        if any(p in (".", "..") for p in parts):
-            raise SandboxError(f"{folder!r} is not a folder inside the workspace.")
-        uid, gid = self.files_owner()
-        put_files(uid, gid, self.root, (session_id, "workspace", *parts), files)
 
     def inside(self, host_path: Path) -> str:
         """Where a sandbox sees ``host_path`` (a bundle's file): the same path, unless the

@@ -58,6 +58,7 @@ from kit.cli.settings import DevSettings, SettingsError, dev_settings
 from kit.cli.stack import release_of
 from kit.host import LogStore, SQLiteLogStore
 from kit.host.auth import is_loopback_name
+from kit.host.files import S3Files, files_for
 from kit.host.fly_sandbox import FlySandboxProvider
 from kit.host.gateway import Gateway, GatewayConfig, open_gateway, tcp_socket
 from kit.host.s3log import S3LogStore
@@ -273,7 +274,10 @@ async def serve(settings: GatewaySettings) -> None:
         )
         logs = _log_store(settings)
         release = release_of(bundle)
-        async with open_gateway(config, provider, logs, lambda: release, sock=sock) as gateway:
+        files = files_for(logs, settings.common.state_dir / "files.sqlite")
+        async with open_gateway(
+            config, provider, logs, lambda: release, sock=sock, files=files
+        ) as gateway:
             console.out(f"kit gateway: serving {bundle.digest[:16]} at {gateway.url}")
             await stop.wait()
             console.out(console.dim("kit gateway: stopping (closing sockets with 1001)…"))
@@ -366,7 +370,13 @@ async def serve_fly(
 
             async with (
                 open_gateway(
-                    config, provider, logs, deployed.release, sock=sock, mount=mount
+                    config,
+                    provider,
+                    logs,
+                    deployed.release,
+                    sock=sock,
+                    mount=mount,
+                    files=S3Files(logs.bucket),
                 ) as gateway,
                 mail.running(),
             ):

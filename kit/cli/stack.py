@@ -35,6 +35,7 @@ from kit.cli.sandboxes import open_provider
 from kit.cli.settings import DevSettings
 from kit.errors import KitError
 from kit.host import EgressProxy, LogStore, ModelProxy, Release, Session, SessionHost
+from kit.host.files import files_for
 from kit.host.gateway import (
     Gateway,
     open_gateway,
@@ -377,18 +378,15 @@ async def _start(
             discard=discard,
             orphans=lambda sessions: _discard_orphans(provider.root, sessions, discard),
             mount=mount,
+            files=files_for(logs, settings.state_dir / "files.sqlite"),
         )
     )
-
-    async def save_files(session_id: str, folder: str, files: list[tuple[str, bytes]]) -> None:
-        await asyncio.to_thread(provider.put_files, session_id, folder, files)
 
     mail = MailChannel(
         mail_store,
         Agent(mail_address, project.agent.name),
         gateway.url,
         api_token,
-        save_files=save_files,
     )
     cleanup.push_async_callback(mail.close)
     try:

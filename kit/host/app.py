@@ -30,11 +30,12 @@ from starlette.websockets import WebSocket
 from kit.host.auth import OriginPolicy, RequireToken
 from kit.host.edge import authenticated
 from kit.host.errors import LogError
+from kit.host.files import MAX_FILE_BYTES, FileRefused, FilesError
 from kit.host.host import SessionHost
 from kit.host.lease import LeaseHeld
 from kit.host.session import Session
 from kit.host.web import WebConfig, public_paths, web_routes
-from kit.ids import SessionId
+from kit.ids import SessionId, is_session_id
 from kit.protocol import errors as e
 from kit.protocol.frames import Event
 from kit.protocol.server import (
@@ -171,6 +172,35 @@ def create_app(
             {"session_id": new.session_id, "token": new.token, "ws_url": ws_url}, status_code=201
         )
 
+    async def put_file(request: Request) -> Response:
+        files, session_id = host.env.files, request.path_params["session_id"]
+        refused = await _files_refusal(host, session_id)
+        if refused is not None:
+            return refused
+        assert files is not None
+        body = await _bounded_body(request, MAX_FILE_BYTES)
+        if body is None:
+            return _error(413, "too_large", f"A file may have at most {MAX_FILE_BYTES} bytes.")
+        try:
+            await files.put(SessionId(session_id), request.path_params["path"], body)
+        except FileRefused as exc:
+            return _error(exc.status, "refused", str(exc))
+        except FilesError as exc:
+            return _error(503, "unavailable", f"The session's files are out of reach: {exc}")
+        return Response(status_code=204)
+
+    async def list_files(request: Request) -> Response:
+        files, session_id = host.env.files, request.path_params["session_id"]
+        refused = await _files_refusal(host, session_id)
+        if refused is not None:
+            return refused
+        assert files is not None
+        try:
+            listed = await files.list(SessionId(session_id))
+        except FilesError as exc:
+            return _error(503, "unavailable", f"The session's files are out of reach: {exc}")
+        return JSONResponse({"files": [info.json() for info in listed]})
+
     async def session_ws(ws: WebSocket) -> None:
         session_id = ws.path_params["session_id"]
         origin = ws.headers.get("origin")
@@ -207,6 +237,8 @@ def create_app(
             Route("/healthz", healthz),
             Route("/v1/sessions", create_session, methods=["POST"]),
             WebSocketRoute("/v1/sessions/{session_id}/ws", session_ws),
+            Route("/v1/sessions/{session_id}/files", list_files, methods=["GET"]),
+            Route("/v1/sessions/{session_id}/files/{path:path}", put_file, methods=["PUT"]),
             *(web_routes(web, policy, create_session) if web is not None else ()),
         ],
         middleware=[Middleware(RequireToken, token=api_token, public=public)],
@@ -223,6 +255,35 @@ def create_app(
     app.state.close_all_connections = close_all
     app.state.connections = connections
     return app
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status)
+
+
+async def _files_refusal(host: SessionHost, session_id: str) -> JSONResponse | None:
+    """Why a files route cannot serve ``session_id`` here (None: it can)."""
+    if host.env.files is None:
+        return _error(404, "not_found", "This host keeps no session files.")
+    try:
+        known = is_session_id(session_id) and await host.logs.summary(SessionId(session_id))
+    except LogError as exc:
+        return _error(503, "unavailable", f"The session log is out of reach: {exc}")
+    if not known:
+        return _error(404, e.UNKNOWN_SESSION, f"No session {session_id[:80]!r}.")
+    return None
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes | None:
+    """The request's body, or None once it passes ``limit`` bytes (the rest is not read)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def replay_owner(

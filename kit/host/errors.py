@@ -9,6 +9,8 @@
         ├── LeaseHeld             another host owns the session (kit.host.lease)
         ├── LogError              the durable event log failed
         │   └── LeaseLost         another host took the session over (kit.host.lease)
+        ├── FilesError            a session's files could not be kept or read (kit.host.files)
+        │   └── FileRefused       a file past the limits or with a bad path (kit.host.files)
         └── SandboxError          a sandbox could not be started or reached
             └── SandboxGone       the runtime stopped answering mid-turn
                                   (kit.host.runtime_client)

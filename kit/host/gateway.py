@@ -82,6 +82,7 @@ from kit.host.edge import EdgeConfig, EdgeLimits
 from kit.host.egress import EgressProxy
 from kit.host.errors import HostError
 from kit.host.eventlog import LogStore
+from kit.host.files import SessionFiles
 from kit.host.host import SessionHost
 from kit.host.launch import GRACE_S, Release, SessionEnv
 from kit.host.pool import SandboxPool
@@ -305,6 +306,7 @@ async def open_gateway(
     discard: Callable[[str], Awaitable[None]] | None = None,
     orphans: Callable[[set[SessionId]], Awaitable[None]] | None = None,
     mount: Callable[[Gateway], None] | None = None,
+    files: SessionFiles | None = None,
 ) -> AsyncIterator[Gateway]:
     """Open a whole session host; yields it serving; stops it in order on exit.
 
@@ -314,7 +316,9 @@ async def open_gateway(
     deletes what was made for a pooled sandbox no session took; ``orphans``: called once
     after recovery with every session id in the log store, before the pool starts (to
     delete a killed host's leftovers). ``mount``: adds routes to ``gateway.app`` before it
-    serves. ``provider`` is closed on exit; ``logs`` is the caller's to close.
+    serves. ``files``: where sessions' files are kept (``PUT /v1/sessions/{id}/files/…``;
+    None: that route answers 404). ``provider`` is closed on exit; ``logs`` is the caller's
+    to close.
     """
     sock = sock if sock is not None else tcp_socket(config.host, config.port)
     proxy = ModelProxy(config.upstream_url, config.upstream_key)
@@ -348,6 +352,7 @@ async def open_gateway(
             revoke_store_token=store_tokens.revoke if store_tokens else None,
             egress_endpoint=egress_url,
             spend=proxy.meter,
+            files=files,
         )
         pool = SandboxPool(env, config.pool_size, discard=discard) if config.pool_size else None
         host = SessionHost(logs, env, pool)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from kit.bundle.limits import DEFAULT_LIMITS, Limits
 from kit.host.errors import SandboxError
+from kit.host.files import SessionFiles
 from kit.host.runtime_client import RuntimeClient
 from kit.host.sandbox import Endpoint, Sandbox, SandboxProvider, SandboxSpec
 from kit.host.spend import SpendMeter
@@ -78,6 +79,9 @@ class SessionEnv:
     spend: SpendMeter | None = None
     """The model proxy's meter: sessions tell it when their turns start and take its
     refusals to tell clients (None: no spend limits are enforced)."""
+    files: SessionFiles | None = None
+    """Where sessions' files are kept (:mod:`kit.host.files`); each sandbox is given its
+    session's before a turn runs there. None: sessions have no files."""
 
     @property
     def tier(self) -> str:

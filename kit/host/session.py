@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from kit.host.advisor import TierAdvisor
 from kit.host.errors import SandboxError
 from kit.host.eventlog import SessionLog, Turn, TurnState
+from kit.host.files import FilesError
 from kit.host.launch import LiveSandbox, Release, SessionEnv, launch
 from kit.host.runtime_client import RuntimeClient, SandboxGone
 from kit.host.sandbox import Sandbox, Usage
@@ -84,6 +85,8 @@ class Session:
         went, the release changed."""
         self._runner: asyncio.Task[None] | None = None
         self._live: LiveSandbox | None = None
+        self._pushed: set[tuple[str, str]] = set()
+        """The session's files (path, sha256) the live sandbox has been given."""
         self._watcher: asyncio.Task[None] | None = None
         self._starting: asyncio.Task[RuntimeClient] | None = None
         self._running_turn: TurnId | None = None
@@ -310,6 +313,9 @@ class Session:
                     actions = planner.sandbox_started()
                 elif isinstance(last, Stream):
                     assert runtime is not None  # a Stream always follows sandbox_started
+                    if not await self._push_files(runtime):
+                        actions = planner.stream_broken()  # the sandbox went away
+                        continue
                     before, started = await self._usage(), time.monotonic()  # for the advisor
                     end = await self._stream(runtime, turn, planner, last.recover)
                     if end is None:  # the sandbox went away: the next one continues the turn
@@ -359,6 +365,36 @@ class Session:
         except SandboxError as exc:
             log.info("session %s: turn %s lost its sandbox: %s", self.id, turn.turn_id, exc)
         return None
+
+    async def _push_files(self, runtime: RuntimeClient) -> bool:
+        """Give the sandbox the session's files it lacks (:mod:`kit.host.files`); false when
+        it went away meanwhile. A file the store cannot read now, or the runtime refuses (the
+        agent put a link where its folder goes), is logged and left out."""
+        files = self.env.files
+        if files is None:
+            return True
+        try:
+            listed = await files.list(self.id)
+        except FilesError as exc:
+            log.warning("session %s: its files could not be listed: %s", self.id, exc)
+            return True
+        for info in listed:
+            if (info.path, info.sha256) in self._pushed:
+                continue
+            try:
+                data = await files.read(self.id, info)
+                if data is not None:
+                    await runtime.put_file(info.path, data)
+            except SandboxGone as exc:
+                log.info("session %s: its sandbox went away taking files: %s", self.id, exc)
+                return False
+            except (FilesError, SandboxError) as exc:
+                log.warning(
+                    "session %s: file %s not given to its sandbox: %s", self.id, info.path, exc
+                )
+                continue
+            self._pushed.add((info.path, info.sha256))
+        return True
 
     async def _begin_spend(self, turn_id: TurnId) -> None:
         """Tell the model proxy's meter this turn runs; the first time this host counts the
@@ -447,6 +483,7 @@ class Session:
     ) -> RuntimeClient:
         """Make ``live`` the session's sandbox, watch it, and say it runs."""
         self._live = live
+        self._pushed = set()  # a new sandbox has none of the session's files
         if self._running_turn is not None:
             self._turn_release = live.release
         if live.release.tier != self.advisor.tier:  # a reload changed the tier

@@ -26,10 +26,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import quote
+
+import httpx
 
 from kit.client import ClientError, ReconnectPolicy, SessionClient, SessionRefused
 from kit.client import create_session as create_session_over_http
 from kit.mail.compose import compose_reply, reply_message_id
+from kit.mail.errors import MailChannelError
 from kit.mail.message import Inbound, parse
 from kit.mail.rules import (
     REFUSALS,
@@ -65,8 +69,8 @@ Deliver = Callable[[OutboxEntry], Awaitable[None]]
 CreateSession = Callable[[], Awaitable[tuple[str, str]]]
 """Makes a new session: ``(session_id, session_token)``."""
 SaveFiles = Callable[[str, str, list[tuple[str, bytes]]], Awaitable[None]]
-"""Writes files ``(name, bytes)`` into a folder (a relative path) of a session's
-workspace; raises to say it could not."""
+"""Gives a session files ``(name, bytes)`` in a folder (a relative path) of its workspace;
+raises to say it could not."""
 
 
 @dataclass(frozen=True)
@@ -114,8 +118,9 @@ class MailChannel:
         self.deliver = deliver
         """Where replies go (None: the outbox is where they go, as in ``kit dev``)."""
         self._create = create_session or self._create_over_http
-        self.save_files = save_files
-        """Where attachments go (None: they are listed to the agent, not saved)."""
+        self.save_files = save_files or self._save_over_http
+        """Where attachments go (default: the session host's files route, which keeps them
+        and gives them to each of the session's sandboxes, :mod:`kit.host.files`)."""
         self._lock = asyncio.Lock()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._closed = False
@@ -182,7 +187,7 @@ class MailChannel:
     async def _save_attachments(self, msg: Inbound, session_id: str) -> list[str] | None:
         """Save ``msg``'s attachments in the session's workspace, under
         ``mail/<digest of the Message-ID>/``; for each, what the agent is told."""
-        if not msg.attachments or self.save_files is None:
+        if not msg.attachments:
             return None
         folder = "mail/" + hashlib.sha256(msg.message_id.encode()).hexdigest()[:12]
         plan = attachment_plan(msg, folder)
@@ -194,6 +199,23 @@ class MailChannel:
                 log.warning("mail %s: attachments not saved: %s", msg.message_id, exc)
                 return [f"not saved ({exc})" if name else why for name, why in plan]
         return [why for _, why in plan]
+
+    async def _save_over_http(
+        self, session_id: str, folder: str, files: list[tuple[str, bytes]]
+    ) -> None:
+        base = f"{self.base_url.rstrip('/')}/v1/sessions/{session_id}/files/"
+        headers = {"authorization": f"Bearer {self.api_token}"}
+        async with httpx.AsyncClient(
+            timeout=60, trust_env=False, verify=base.startswith("https")
+        ) as http:
+            for name, data in files:
+                got = await http.put(
+                    base + quote(f"{folder}/{name}"), content=data, headers=headers
+                )
+                if got.status_code != 204:
+                    raise MailChannelError(
+                        f"the host refused {name!r} ({got.status_code}): {got.text[:200]}"
+                    )
 
     async def _create_over_http(self) -> tuple[str, str]:
         info = await create_session_over_http(self.base_url, self.api_token)

@@ -7,6 +7,8 @@
         ├── AgentBusy            a turn was posted while another one runs (kit.runtime.agent)
         ├── AgentStopped         a turn was posted to an agent that is not running
         ├── HarnessDied          the agent harness (the CLI) died under the runtime
+        ├── NotAFolder           a folder on a file's path is a link or a file
+                                 (kit.runtime.files)
         └── JailError            the sandbox could not be confined: a namespace or mount
                                  the machine refused; carries ``errno`` (kit.runtime.jail)
 

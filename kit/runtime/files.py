@@ -15,12 +15,14 @@ import contextlib
 import os
 from pathlib import Path
 
+from kit.runtime.errors import AgentRuntimeError
+
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_MODE = 0o644
 DIR_MODE = 0o755
 
 
-class NotAFolder(Exception):
+class NotAFolder(AgentRuntimeError):
     """A folder on the path is a link or a file."""
 
 

@@ -1,15 +1,10 @@
-"""Attachments: which are saved and under what name, and writing them never follows a link
-the sandbox user planted in its workspace."""
+"""Attachments: which are saved and under what name (writing them never follows a link the
+sandbox user planted in its workspace: tests/runtime/test_files.py)."""
 
 from __future__ import annotations
 
 from email.message import EmailMessage
-from pathlib import Path
 
-import pytest
-
-from emulator.sandbox.folders import put_files
-from kit.host.errors import SandboxError
 from kit.mail.message import parse
 from kit.mail.text import MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS, attachment_plan, turn_text
 
@@ -45,29 +40,3 @@ def test_a_file_over_the_limit_is_listed_not_saved() -> None:
     ((name, why),) = attachment_plan(msg, "mail/abc")
     assert name is None
     assert why == "not saved (larger than 10 MiB)"
-
-
-def test_a_planted_folder_link_is_refused(tmp_path: Path) -> None:
-    """The sandbox user made ``workspace/mail`` a link to a folder of the host's: nothing
-    is written there."""
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (tmp_path / "s1" / "workspace").mkdir(parents=True)
-    (tmp_path / "s1" / "workspace" / "mail").symlink_to(outside)
-    with pytest.raises(SandboxError, match="not a plain folder"):
-        put_files(None, None, tmp_path, ("s1", "workspace", "mail", "x"), [("a.txt", b"hi")])
-    assert list(outside.iterdir()) == []
-
-
-def test_a_planted_file_link_is_replaced_not_written_through(tmp_path: Path) -> None:
-    target = tmp_path / "host-file"
-    target.write_text("host's")
-    folder = tmp_path / "s1" / "workspace" / "mail" / "x"
-    folder.mkdir(parents=True)
-    (folder / "a.txt").symlink_to(target)
-    put_files(None, None, tmp_path, ("s1", "workspace", "mail", "x"), [("a.txt", b"mailed")])
-    assert target.read_text() == "host's"
-    assert not (folder / "a.txt").is_symlink()
-    assert (folder / "a.txt").read_bytes() == b"mailed"
-    put_files(None, None, tmp_path, ("s1", "workspace", "mail", "x"), [("a.txt", b"mailed")])
-    assert sorted(p.name for p in folder.iterdir()) == ["a.txt"]  # again: same file, no temp

@@ -1,0 +1,161 @@
+"""A session's files (:mod:`kit.host.files`): kept by the host, given to every sandbox of
+the session before a turn runs there, through the real stack (the SDK, its CLI, the offline
+model) and both stores (SQLite, S3 on moto)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from kit.cli.stack import Stack, run_stack
+from kit.client import SessionClient, create_session
+from kit.host.files import (
+    MAX_FILE_BYTES,
+    MAX_FILES,
+    MAX_TOTAL_BYTES,
+    FileInfo,
+    FileRefused,
+    S3Files,
+    SessionFiles,
+    SqliteFiles,
+    check,
+)
+from kit.ids import SessionId, new_session_id
+from kit.storage.s3 import unique_prefix
+from kit.storage.s3io import S3Bucket
+from tests.agents import write_agent
+from tests.conftest import BUCKET, stack_settings
+
+SHOW_SCENARIO = """
+[[rule]]
+name = "show the file"
+contains = "show the file"
+[[rule.step]]
+tool = "Bash"
+input = { command = "cat notes/a.txt; echo; stat -c '%U' notes/a.txt", description = "show" }
+[[rule.step]]
+text = "File said: {tool_result}"
+"""
+
+
+@pytest.fixture(params=["sqlite", "s3"])
+def files(request: pytest.FixtureRequest, kit_tmp: Path) -> SessionFiles:
+    if request.param == "sqlite":
+        return SqliteFiles(kit_tmp / "files.sqlite")
+    endpoint = request.getfixturevalue("s3_endpoint")
+    url = f"s3://{BUCKET}/{unique_prefix()}?region=us-east-1&endpoint_url={endpoint}"
+    return S3Files(S3Bucket.from_url(url))
+
+
+async def test_a_store_keeps_replaces_and_refuses_without_a_trace(files: SessionFiles) -> None:
+    session = new_session_id()
+    info = await files.put(session, "mail/ab/a.txt", b"one")
+    assert await files.read(session, info) == b"one"
+    newer = await files.put(session, "mail/ab/a.txt", b"two!")
+    await files.put(session, "b.txt", b"")
+    assert await files.list(session) == [
+        FileInfo("b.txt", 0, _sha(b"")),
+        FileInfo("mail/ab/a.txt", 4, newer.sha256),
+    ]
+    assert await files.read(session, newer) == b"two!"
+    assert await files.read(session, info) is None  # the replaced bytes are gone
+    for path, data in (("../x", b"x"), ("big", b"x" * (MAX_FILE_BYTES + 1))):
+        with pytest.raises(FileRefused):
+            await files.put(session, path, data)
+    assert [f.path for f in await files.list(session)] == ["b.txt", "mail/ab/a.txt"]
+    assert await files.list(new_session_id()) == []  # another session's are not shared
+    await files.delete(session)
+    assert await files.list(session) == []
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_the_session_limits_count_a_replaced_file_once() -> None:
+    many = [FileInfo(f"f{n}", 1, "x") for n in range(MAX_FILES)]
+    check("f0", b"again", many)  # a replacement adds nothing
+    with pytest.raises(FileRefused, match=f"already has {MAX_FILES} files") as refused:
+        check("one-more", b"x", many)
+    assert refused.value.status == 413
+    full = [FileInfo("big", MAX_TOTAL_BYTES - 10, "x")]
+    check("small", b"x" * 10, full)
+    with pytest.raises(FileRefused, match="in all"):
+        check("small", b"x" * 11, full)
+    with pytest.raises(FileRefused, match="plain relative path") as bad:
+        check(".env", b"", [])
+    assert bad.value.status == 400
+
+
+@pytest.fixture
+async def stack(kit_tmp: Path) -> AsyncIterator[Stack]:
+    project = write_agent(kit_tmp / "agent")
+    (project / "scenarios" / "0-show.toml").write_text(SHOW_SCENARIO)
+    async with run_stack(stack_settings(kit_tmp / "state", project)) as running:
+        yield running
+
+
+async def test_the_route_takes_lists_and_refuses_with_a_reason(stack: Stack) -> None:
+    info = await create_session(stack.url, stack.api_token)
+    base = f"{stack.url}/v1/sessions/{info.session_id}/files"
+    auth = {"authorization": f"Bearer {stack.api_token}"}
+    async with httpx.AsyncClient(trust_env=False, timeout=30) as http:
+        assert (await http.put(f"{base}/a.txt", content=b"x")).status_code == 401
+        assert (await http.get(base)).status_code == 401
+        got = await http.put(f"{base}/notes/a%20b.txt", content=b"hello", headers=auth)
+        assert got.status_code == 204, got.text
+        bad = await http.put(f"{base}/.ssh/keys", content=b"x", headers=auth)
+        assert bad.status_code == 400
+        assert "not starting with a dot" in bad.json()["message"]
+        big = await http.put(f"{base}/big", content=b"x" * (MAX_FILE_BYTES + 1), headers=auth)
+        assert big.status_code == 413
+        assert str(MAX_FILE_BYTES) in big.json()["message"]
+        other = f"{stack.url}/v1/sessions/{new_session_id()}/files"
+        assert (await http.put(f"{other}/a.txt", content=b"x", headers=auth)).status_code == 404
+        listed = (await http.get(base, headers=auth)).json()["files"]
+    assert listed == [{"path": "notes/a b.txt", "size": 5, "sha256": _sha(b"hello")}]
+
+
+async def _say(client: SessionClient, text: str) -> str:
+    async with asyncio.timeout(120):
+        events = [e async for e in client.turn(text)]
+    assert events[-1].kind == "result", events[-1]
+    return str(events[-1].data["text"])
+
+
+async def test_every_sandbox_of_the_session_gets_its_files(stack: Stack) -> None:
+    """A file given to the session is in the sandbox's workspace before the next turn, a
+    replacement reaches the same sandbox, and a new sandbox on a fresh disk (as on Fly and
+    Cloudflare, where a sandbox's disk dies with it) gets it again."""
+    info = await create_session(stack.url, stack.api_token)
+    session_id = SessionId(info.session_id)
+    url = f"{stack.url}/v1/sessions/{session_id}/files/notes/a.txt"
+    auth = {"authorization": f"Bearer {stack.api_token}"}
+    async with (
+        httpx.AsyncClient(trust_env=False, timeout=30) as http,
+        SessionClient(info.ws_url, info.token) as client,
+    ):
+        assert (await http.put(url, content=b"first", headers=auth)).status_code == 204
+        shown = await _say(client, "show the file")
+        said, owner = shown.splitlines()
+        assert said == "File said: first"
+        assert owner != "root"  # written by the runtime, as the sandbox user
+        assert (await http.put(url, content=b"second", headers=auth)).status_code == 204
+        assert (await _say(client, "show the file")).startswith("File said: second\n")
+
+        session = await stack.host.get(session_id)
+        assert session is not None
+        assert session.sandbox is not None
+        first_sandbox = session.sandbox
+        await first_sandbox.kill()
+        await first_sandbox.wait()
+        shutil.rmtree(stack.provider.workspace(session_id) / "notes")  # a fresh disk
+        assert (await _say(client, "show the file")).startswith("File said: second\n")
+        assert session.sandbox is not None
+        assert session.sandbox.id != first_sandbox.id
