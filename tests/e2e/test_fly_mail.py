@@ -29,6 +29,7 @@ from kit.mail.webhook import sign
 from tests.agents import RECOVERED_REPLY, write_agent
 from tests.dockerhost import runtime_image
 from tests.e2e.test_fly_rehearsal import _lease_owner, _prompt_stored
+from tests.mail.test_dev_mail import ATTACHMENT_SCENARIO
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -44,6 +45,7 @@ async def fly() -> AsyncIterator[Rehearsal]:
     root = Path(tempfile.mkdtemp(prefix="kit-test-"))
     root.chmod(0o755)
     project = write_agent(root / "agent")
+    (project / "scenarios" / "0-mail.toml").write_text(ATTACHMENT_SCENARIO)
     try:
         async with contextlib.AsyncExitStack() as cleanup:
             async with asyncio.timeout(REHEARSAL_TIMEOUT_S):
@@ -254,6 +256,47 @@ async def test_an_auto_reply_storm_gets_no_reply(fly: Rehearsal) -> None:
     assert (fed_back["action"], fed_back["reason"]) == ("refuse", "auto_submitted")
     assert await _sessions(fly) == before_sessions
     assert len(fly.relay.received) == before_relay
+
+
+async def test_attachments_reach_every_machine_of_the_session(fly: Rehearsal) -> None:
+    """A mailed text file is in the session machine's workspace (a plain name, the sandbox
+    user's): the agent reads it and the reply says what it read. The machine is then
+    killed; the next message of the thread runs in a new machine, whose disk starts
+    empty, and the agent reads the file there too."""
+    msg = _message(ALICE, fly.mail_address, "Files", "Please read my attachment.")
+    msg.add_attachment(
+        b"order 1042: two lamps\n", maintype="text", subtype="plain", filename="../../notes.txt"
+    )
+    msg.add_attachment(b"\x89PNG...", maintype="image", subtype="png", filename="photo.png")
+    took = await _post(fly, msg)
+    session_id = took["session_id"]
+    reply = await _reply(fly, msg)
+    said, *listing = reply.text.splitlines()
+    assert said == "Attachment said: order 1042: two lamps"
+    assert sorted(line.split()[1].split("/", 2)[2] for line in listing) == [
+        "notes.txt",
+        "photo.png",
+    ]
+    assert "root" not in {line.split()[0] for line in listing}
+    async with httpx.AsyncClient(trust_env=False, timeout=60) as http:
+        killed = await http.post(
+            f"{fly.url}/_kit/sandboxes/{session_id}/kill",
+            json={"signal": "KILL"},
+            headers={"authorization": f"Bearer {fly.api_token}"},
+        )
+    assert killed.status_code == 202, killed.text
+    again = _message(
+        ALICE, reply.mail_from, "Re: Files", "Please read my attachment again.", parent=reply
+    )
+    took = await _post(fly, again)
+    assert (took["action"], took["session_id"]) == ("continue", session_id), took
+    second = await _reply(fly, again)
+    assert second.text.splitlines()[0] == "Attachment said: order 1042: two lamps"
+    states = [
+        e["data"]["state"] for e in await _events(fly, session_id) if e.get("kind") == "sandbox"
+    ]
+    assert states.count("died") == 1
+    assert states.index("died") < len(states) - 1 - states[::-1].index("running")  # a new run
 
 
 async def test_a_sandbox_killed_mid_turn_still_answers_once(fly: Rehearsal) -> None:
