@@ -13,10 +13,10 @@ bounce comes back to the agent, where the loop rules drop it.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from kit.loopback import is_loopback_host
 from kit.mail.errors import MailChannelError
 from kit.mail.store import OutboxEntry
 
@@ -67,15 +67,6 @@ class Relay:
         )
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def parse_relay(url: str) -> Relay:
     """Read a relay URL (see the module docstring); :class:`RelayError` names the fix."""
     parts = urlsplit(url.strip())
@@ -99,7 +90,7 @@ def parse_relay(url: str) -> Relay:
     if implicit and plain:
         raise RelayError(f"KIT_SMTP_RELAY={shown!r}: smtps:// is TLS; drop ?tls=none.")
     starttls: bool | None
-    starttls = False if implicit or plain else None if _loopback(host) else True
+    starttls = False if implicit or plain else None if is_loopback_host(host) else True
     return Relay(
         host=host,
         port=port or (465 if implicit else 587),
