@@ -166,6 +166,17 @@ async def _until_tool_use(fly: Rehearsal, session_id: str) -> None:
     raise AssertionError(f"session {session_id} never ran a tool")
 
 
+async def _kill_sandbox(fly: Rehearsal, session_id: str) -> None:
+    """SIGKILL the session's machine (the control API)."""
+    async with httpx.AsyncClient(trust_env=False, timeout=60) as http:
+        killed = await http.post(
+            f"{fly.url}/_kit/sandboxes/{session_id}/kill",
+            json={"signal": "KILL"},
+            headers={"authorization": f"Bearer {fly.api_token}"},
+        )
+    assert killed.status_code == 202, killed.text
+
+
 async def test_a_thread_of_three_is_one_session(fly: Rehearsal) -> None:
     """A message, then two answers to the agent's replies as a mail client writes them:
     three replies, each the offline model's answer to that message, threaded (In-Reply-To
@@ -278,13 +289,7 @@ async def test_attachments_reach_every_machine_of_the_session(fly: Rehearsal) ->
         "photo.png",
     ]
     assert "root" not in {line.split()[0] for line in listing}
-    async with httpx.AsyncClient(trust_env=False, timeout=60) as http:
-        killed = await http.post(
-            f"{fly.url}/_kit/sandboxes/{session_id}/kill",
-            json={"signal": "KILL"},
-            headers={"authorization": f"Bearer {fly.api_token}"},
-        )
-    assert killed.status_code == 202, killed.text
+    await _kill_sandbox(fly, session_id)
     again = _message(
         ALICE, reply.mail_from, "Re: Files", "Please read my attachment again.", parent=reply
     )
@@ -307,13 +312,7 @@ async def test_a_sandbox_killed_mid_turn_still_answers_once(fly: Rehearsal) -> N
     session_id = took["session_id"]
     await _until_tool_use(fly, session_id)
     await _prompt_stored(fly, session_id, "run the slow tool please")
-    async with httpx.AsyncClient(trust_env=False, timeout=60) as http:
-        killed = await http.post(
-            f"{fly.url}/_kit/sandboxes/{session_id}/kill",
-            json={"signal": "KILL"},
-            headers={"authorization": f"Bearer {fly.api_token}"},
-        )
-    assert killed.status_code == 202, killed.text
+    await _kill_sandbox(fly, session_id)
     reply = await _reply(fly, msg)
     assert RECOVERED_REPLY in reply.text
     died = [e for e in await _events(fly, session_id) if e.get("kind") == "sandbox"]

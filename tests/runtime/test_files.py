@@ -11,13 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from kit.bundle import build_bundle, load_project
-from kit.ids import new_session_id
 from kit.protocol.runtime_api import MAX_FILE_BYTES
-from kit.protocol.runtime_config import RuntimeConfig
-from kit.runtime.agent import Agent
 from kit.runtime.server import create_app
-from tests.agents import write_agent
+from tests.runtime.offline import offline_agent
 
 AUTH = {"authorization": "Bearer r"}
 
@@ -26,22 +22,8 @@ AUTH = {"authorization": "Bearer r"}
 async def runtime(kit_tmp: Path) -> AsyncIterator[httpx.AsyncClient]:
     """The runtime's app over a workspace at ``kit_tmp/workspace`` (its agent never starts:
     files need none)."""
-    bundle = build_bundle(load_project(write_agent(kit_tmp / "agent")), kit_tmp / "bundles")
     (kit_tmp / "workspace").mkdir()
-    config = RuntimeConfig(
-        session_id=str(new_session_id()),
-        bundle_dir=bundle.path,
-        workspace=kit_tmp / "workspace",
-        home=kit_tmp,
-        tmp_dir=kit_tmp,
-        store_url="memory://",
-        listen="unix:/unused.sock",
-        model_base_url="http://localhost",
-        model_unix_socket=None,
-        model_token="m",
-        runtime_token="r",
-    )
-    app: Any = create_app(Agent(config, bundle))
+    app: Any = create_app(offline_agent(kit_tmp, kit_tmp / "workspace"))
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as http:
         yield http

@@ -9,34 +9,15 @@ from typing import Any
 
 import httpx
 
-from kit.bundle import build_bundle, load_project
-from kit.ids import new_session_id
-from kit.protocol.runtime_config import RuntimeConfig
-from kit.runtime.agent import Agent
 from kit.runtime.server import create_app
-from tests.agents import write_agent
+from tests.runtime.offline import offline_agent
 
 
 async def test_health_says_stopped_when_the_agent_could_not_start(kit_tmp: Path) -> None:
     """``GET /healthz?wait_s=`` on a runtime whose CLI could not start answers 200 with
     ``state`` ``stopped`` (what :func:`kit.host.runtime_client.wait_ready` looks for), not
     a 500 the host then retries every few milliseconds until the process is gone."""
-    bundle = build_bundle(load_project(write_agent(kit_tmp / "agent")), kit_tmp / "bundles")
-    config = RuntimeConfig(
-        session_id=str(new_session_id()),
-        bundle_dir=bundle.path,
-        workspace=kit_tmp,
-        home=kit_tmp,
-        tmp_dir=kit_tmp,
-        store_url="memory://",
-        listen="unix:/unused.sock",
-        model_base_url="http://localhost",
-        model_unix_socket=None,
-        model_token="m",
-        runtime_token="r",
-        cli_path=str(kit_tmp / "no-such-cli"),
-    )
-    agent = Agent(config, bundle)
+    agent = offline_agent(kit_tmp, kit_tmp, cli_path=str(kit_tmp / "no-such-cli"))
     actor = asyncio.create_task(agent.run())
     with contextlib.suppress(Exception):
         await asyncio.wait_for(actor, 30)
