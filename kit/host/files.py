@@ -21,10 +21,13 @@ in all per session. A refusal (:class:`FileRefused`) stores nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import sqlite3
 from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +43,8 @@ from kit.storage.s3io import S3Bucket
 
 MAX_FILES = 100
 MAX_TOTAL_BYTES = 100 * 1024 * 1024
+LISTINGS_KEPT = 10_000
+"""Sessions whose listing :class:`SqliteFiles` keeps in memory (the most recently asked)."""
 INDEX_TRIES = 10
 """Tries of the S3 index's compare-and-swap before a put gives up (writers race rarely)."""
 
@@ -114,10 +119,15 @@ class SessionFiles(ABC):
 
 
 class SqliteFiles(SessionFiles):
-    """Every session's files in one SQLite file."""
+    """Every session's files in one SQLite file, which one host uses (its state dir is
+    locked): the listing each turn asks for is answered from memory once read."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._listed: OrderedDict[SessionId, list[FileInfo]] = OrderedDict()
+        self._writes = 0
+        """Writes begun: a listing read while one ran is not kept (it may be stale)."""
+        self._writing = 0
         path.parent.mkdir(parents=True, exist_ok=True)
         private_sqlite(path)
         with self._db() as db:
@@ -139,12 +149,22 @@ class SqliteFiles(SessionFiles):
             db.close()
 
     async def list(self, session_id: SessionId) -> list[FileInfo]:
-        rows = await asyncio.to_thread(
-            self._run,
-            "SELECT path, size, sha256 FROM files WHERE session_id = ? ORDER BY path",
-            session_id,
-        )
-        return [FileInfo(str(p), int(str(s)), str(h)) for p, s, h in rows]
+        listed = self._listed.get(session_id)
+        if listed is None:
+            writes = self._writes
+            rows = await asyncio.to_thread(
+                self._run,
+                "SELECT path, size, sha256 FROM files WHERE session_id = ? ORDER BY path",
+                session_id,
+            )
+            listed = [FileInfo(str(p), int(str(s)), str(h)) for p, s, h in rows]
+            if writes != self._writes or self._writing:
+                return listed
+            self._listed[session_id] = listed
+            if len(self._listed) > LISTINGS_KEPT:
+                self._listed.popitem(last=False)
+        self._listed.move_to_end(session_id)
+        return list(listed)
 
     async def read(self, session_id: SessionId, info: FileInfo) -> bytes | None:
         rows = await asyncio.to_thread(
@@ -161,7 +181,8 @@ class SqliteFiles(SessionFiles):
         return data
 
     async def put(self, session_id: SessionId, path: str, data: bytes) -> FileInfo:
-        return await asyncio.to_thread(self._put, session_id, path, data)
+        async with self._write(session_id):
+            return await asyncio.to_thread(self._put, session_id, path, data)
 
     def _put(self, session_id: SessionId, path: str, data: bytes) -> FileInfo:
         info = FileInfo(path, len(data), hashlib.sha256(data).hexdigest())
@@ -184,7 +205,19 @@ class SqliteFiles(SessionFiles):
         return info
 
     async def delete(self, session_id: SessionId) -> None:
-        await asyncio.to_thread(self._run, "DELETE FROM files WHERE session_id = ?", session_id)
+        async with self._write(session_id):
+            await asyncio.to_thread(self._run, "DELETE FROM files WHERE session_id = ?", session_id)
+
+    @contextlib.asynccontextmanager
+    async def _write(self, session_id: SessionId) -> AsyncIterator[None]:
+        self._writes += 1
+        self._writing += 1
+        self._listed.pop(session_id, None)
+        try:
+            yield
+        finally:
+            self._writing -= 1
+            self._listed.pop(session_id, None)
 
 
 class S3Files(SessionFiles):
