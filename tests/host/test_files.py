@@ -159,3 +159,19 @@ async def test_every_sandbox_of_the_session_gets_its_files(stack: Stack) -> None
         assert (await _say(client, "show the file")).startswith("File said: second\n")
         assert session.sandbox is not None
         assert session.sandbox.id != first_sandbox.id
+
+
+async def test_a_file_put_back_as_it_was_reaches_the_sandbox(stack: Stack) -> None:
+    """first → second → first: the sandbox ends with "first" (the host remembers what the
+    sandbox holds at each path, not every version it was ever given)."""
+    info = await create_session(stack.url, stack.api_token)
+    url = f"{stack.url}/v1/sessions/{info.session_id}/files/notes/a.txt"
+    auth = {"authorization": f"Bearer {stack.api_token}"}
+    async with (
+        httpx.AsyncClient(trust_env=False, timeout=30) as http,
+        SessionClient(info.ws_url, info.token) as client,
+    ):
+        for data in (b"first", b"second", b"first"):
+            assert (await http.put(url, content=data, headers=auth)).status_code == 204
+            shown = await _say(client, "show the file")
+            assert shown.startswith(f"File said: {data.decode()}\n"), shown
