@@ -113,3 +113,51 @@ async def test_too_large_and_unauthenticated_puts_write_nothing(
     got = await runtime.put("/v1/files", params={"path": "a"}, content=b"x")
     assert got.status_code == 401
     assert os.listdir(kit_tmp / "workspace") == []
+
+
+async def test_a_name_of_255_bytes_is_written(runtime: httpx.AsyncClient, kit_tmp: Path) -> None:
+    """The longest name a path may have (255 bytes, here in two-byte letters) is written:
+    the temporary file beside it needs a name of its own that fits."""
+    name = "é" * 127 + "x"
+    got = await runtime.put("/v1/files", params={"path": f"d/{name}"}, content=b"z", headers=AUTH)
+    assert got.status_code == 204, got.text
+    assert os.listdir(kit_tmp / "workspace" / "d") == [name]
+
+
+async def test_a_file_where_a_folder_is_is_refused_and_leaves_nothing(
+    runtime: httpx.AsyncClient, kit_tmp: Path
+) -> None:
+    """``a/b`` then ``a``: 409, the folder and its file untouched, no temporary file left;
+    ``c`` then ``c/d``: 409 as well."""
+    put = {"content": b"x", "headers": AUTH}
+    assert (await runtime.put("/v1/files", params={"path": "a/b"}, **put)).status_code == 204
+    got = await runtime.put("/v1/files", params={"path": "a"}, **put)
+    assert got.status_code == 409, got.text
+    assert "is a folder" in got.json()["message"]
+    assert (await runtime.put("/v1/files", params={"path": "c"}, **put)).status_code == 204
+    got = await runtime.put("/v1/files", params={"path": "c/d"}, **put)
+    assert got.status_code == 409, got.text
+    assert sorted(os.listdir(kit_tmp / "workspace")) == ["a", "c"]
+    assert os.listdir(kit_tmp / "workspace" / "a") == ["b"]
+
+
+async def test_a_failed_write_leaves_no_temporary_file(
+    runtime: httpx.AsyncClient, kit_tmp: Path
+) -> None:
+    """The write fails after the temporary file is made (here: the name is taken by a
+    folder made between the check and the rename): 507, and nothing is left beside it."""
+    folder = kit_tmp / "workspace" / "f"
+    folder.mkdir()
+    real_replace = os.replace
+
+    def replace(src: Any, dst: Any, **kw: Any) -> None:
+        if dst == "late":
+            os.mkdir("late", dir_fd=kw["dst_dir_fd"])
+            (folder / "late" / "inside").write_bytes(b"")
+        real_replace(src, dst, **kw)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "replace", replace)
+        got = await runtime.put("/v1/files", params={"path": "f/late"}, content=b"x", headers=AUTH)
+    assert got.status_code == 507, got.text
+    assert os.listdir(folder) == ["late"]
