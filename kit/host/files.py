@@ -51,8 +51,9 @@ class FilesError(HostError):
 
 
 class FileRefused(FilesError):
-    """A file the session cannot take: a bad path, too large, too many. ``status`` is the
-    HTTP status the route answers (400 or 413)."""
+    """A file the session cannot take: a bad path, a path where the session has a folder
+    or whose folder is one of its files, too large, too many. ``status`` is the HTTP status
+    the route answers (400, 409 or 413)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -81,6 +82,14 @@ def check(path: str, data: bytes, others: list[FileInfo]) -> None:
             413, f"{path!r} has {len(data)} bytes; a file may have at most {MAX_FILE_BYTES}."
         )
     kept = [f for f in others if f.path != path]
+    for other in kept:
+        if other.path.startswith(path + "/") or path.startswith(other.path + "/"):
+            folder, inside = sorted((path, other.path), key=len)
+            raise FileRefused(
+                409,
+                f"{path!r}: the session has {other.path!r}, and {folder!r} cannot be both a "
+                f"file and the folder of {inside!r}.",
+            )
     if len(kept) + 1 > MAX_FILES:
         raise FileRefused(413, f"the session already has {MAX_FILES} files, the most it may have.")
     total = sum(f.size for f in kept) + len(data)

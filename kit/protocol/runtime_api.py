@@ -23,6 +23,7 @@ turn in a new sandbox, as after any sandbox death.
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +59,7 @@ def file_path_parts(path: str) -> tuple[str, ...]:
             or part.startswith(".")
             or len(part.encode()) > 255
             or "\\" in part
-            or any(ord(c) < 32 or ord(c) == 127 for c in part)
+            or any(unicodedata.category(c) == "Cc" for c in part)  # C0, DEL, C1
         ):
             raise ProtocolError(
                 e.BAD_FRAME,

@@ -93,6 +93,16 @@ def test_the_session_limits_count_a_replaced_file_once() -> None:
     assert bad.value.status == 400
 
 
+def test_a_path_cannot_be_both_a_file_and_a_folder() -> None:
+    """``a`` and ``a/b`` cannot both be in a workspace: the second is refused (409),
+    whichever comes first."""
+    check("a/b.txt", b"x", [FileInfo("a/bc", 1, "x"), FileInfo("ab", 1, "x")])  # no clash
+    for path, kept in (("a/b/c", "a"), ("a/b", "a/b/c/d"), ("a", "a/b")):
+        with pytest.raises(FileRefused, match="both a file and the folder") as refused:
+            check(path, b"x", [FileInfo(kept, 1, "x")])
+        assert refused.value.status == 409
+
+
 @pytest.fixture
 async def stack(kit_tmp: Path) -> AsyncIterator[Stack]:
     project = write_agent(kit_tmp / "agent")
@@ -116,6 +126,8 @@ async def test_the_route_takes_lists_and_refuses_with_a_reason(stack: Stack) -> 
         big = await http.put(f"{base}/big", content=b"x" * (MAX_FILE_BYTES + 1), headers=auth)
         assert big.status_code == 413
         assert str(MAX_FILE_BYTES) in big.json()["message"]
+        clash = await http.put(f"{base}/notes/a%20b.txt/c", content=b"x", headers=auth)
+        assert clash.status_code == 409, clash.text
         other = f"{stack.url}/v1/sessions/{new_session_id()}/files"
         assert (await http.put(f"{other}/a.txt", content=b"x", headers=auth)).status_code == 404
         listed = (await http.get(base, headers=auth)).json()["files"]

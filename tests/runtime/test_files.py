@@ -72,6 +72,7 @@ async def test_a_file_is_written_under_the_workspace_and_replaced_whole(
         "a/.kit",
         "a\\b",
         "a\nb",
+        "a\x85b",  # NEL, a C1 control character
         "/".join("d" * 9),
         "x" * 256,
     ],
