@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import shutil
+from asyncio import Event
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -187,3 +189,65 @@ async def test_a_file_put_back_as_it_was_reaches_the_sandbox(stack: Stack) -> No
             assert (await http.put(url, content=data, headers=auth)).status_code == 204
             shown = await _say(client, "show the file")
             assert shown.startswith(f"File said: {data.decode()}\n"), shown
+
+
+@pytest.fixture
+def s3_files(s3_endpoint: str) -> S3Files:
+    url = f"s3://{BUCKET}/{unique_prefix()}?region=us-east-1&endpoint_url={s3_endpoint}"
+    return S3Files(S3Bucket.from_url(url))
+
+
+def _pause_after_data(files: S3Files, patch: pytest.MonkeyPatch) -> tuple[Event, Event]:
+    """Make the next put's bytes upload stop there until ``go`` is set (``uploaded`` says
+    it got there): another put can run in between, as two hosts' would."""
+    uploaded, go, real_put = Event(), Event(), files.bucket.put
+
+    async def put(key: str, body: bytes, **kw: Any) -> str | None:
+        etag = await real_put(key, body, **kw)
+        if "/data/" in key and not uploaded.is_set():
+            uploaded.set()
+            await go.wait()
+        return etag
+
+    patch.setattr(files.bucket, "put", put)
+    return uploaded, go
+
+
+async def test_s3_puts_at_once_keep_each_others_bytes(s3_files: S3Files) -> None:
+    """``b`` is given the bytes ``a`` had while ``a`` is replaced: ``b``'s bytes stay
+    readable (the replacement must not delete what another path names)."""
+    session = new_session_id()
+    await s3_files.put(session, "a", b"same")
+    with pytest.MonkeyPatch.context() as patch:
+        uploaded, go = _pause_after_data(s3_files, patch)
+        b = asyncio.create_task(s3_files.put(session, "b", b"same"))
+        async with asyncio.timeout(30):
+            await uploaded.wait()
+        patch.undo()
+        await s3_files.put(session, "a", b"other")
+        go.set()
+        async with asyncio.timeout(30):
+            info = await b
+    assert await s3_files.read(session, info) == b"same"
+
+
+async def test_s3_a_put_refused_at_once_with_another_stores_nothing(s3_files: S3Files) -> None:
+    """Two puts race for the session's last place: the loser is refused and its bytes
+    are not left in the bucket."""
+    session = new_session_id()
+    for n in range(MAX_FILES - 1):
+        await s3_files.put(session, f"f{n}", b"")
+    with pytest.MonkeyPatch.context() as patch:
+        uploaded, go = _pause_after_data(s3_files, patch)
+        loser = asyncio.create_task(s3_files.put(session, "loser", b"loser's bytes"))
+        async with asyncio.timeout(30):
+            await uploaded.wait()
+        patch.undo()
+        await s3_files.put(session, "winner", b"")
+        go.set()
+        with pytest.raises(FileRefused, match="already has"):
+            async with asyncio.timeout(30):
+                await loser
+    assert "loser" not in [f.path for f in await s3_files.list(session)]
+    keys = await s3_files.bucket.list_keys(s3_files._dir(session))
+    assert [k for k in keys if await s3_files.bucket.get(k) == b"loser's bytes"] == []

@@ -130,13 +130,16 @@ async def test_a_file_where_a_folder_is_is_refused_and_leaves_nothing(
 ) -> None:
     """``a/b`` then ``a``: 409, the folder and its file untouched, no temporary file left;
     ``c`` then ``c/d``: 409 as well."""
-    put = {"content": b"x", "headers": AUTH}
-    assert (await runtime.put("/v1/files", params={"path": "a/b"}, **put)).status_code == 204
-    got = await runtime.put("/v1/files", params={"path": "a"}, **put)
+
+    async def put(path: str) -> httpx.Response:
+        return await runtime.put("/v1/files", params={"path": path}, content=b"x", headers=AUTH)
+
+    assert (await put("a/b")).status_code == 204
+    got = await put("a")
     assert got.status_code == 409, got.text
     assert "is a folder" in got.json()["message"]
-    assert (await runtime.put("/v1/files", params={"path": "c"}, **put)).status_code == 204
-    got = await runtime.put("/v1/files", params={"path": "c/d"}, **put)
+    assert (await put("c")).status_code == 204
+    got = await put("c/d")
     assert got.status_code == 409, got.text
     assert sorted(os.listdir(kit_tmp / "workspace")) == ["a", "c"]
     assert os.listdir(kit_tmp / "workspace" / "a") == ["b"]
