@@ -29,6 +29,8 @@ from kit.host.files import (
     check,
 )
 from kit.ids import SessionId, new_session_id
+from kit.mail.message import Attachment, Inbound
+from kit.mail.text import attachment_plan
 from kit.storage.s3 import unique_prefix
 from kit.storage.s3io import S3Bucket
 from tests.agents import write_agent
@@ -103,6 +105,31 @@ def test_a_path_cannot_be_both_a_file_and_a_folder() -> None:
         with pytest.raises(FileRefused, match="both a file and the folder") as refused:
             check(path, b"x", [FileInfo(kept, 1, "x")])
         assert refused.value.status == 409
+
+
+def test_every_name_the_mail_gives_an_attachment_is_a_file_path_the_host_takes() -> None:
+    """100 letters of three bytes each are 300 bytes: the host refused such a name (at
+    most 255 bytes a part), and with it every attachment of the message."""
+    names = ["日" * 120 + ".pdf", "日" * 120 + ".pdf", "é" * 200, "a" * 300 + ".tar.gz"]
+    msg = Inbound(
+        message_id="m@x",
+        sender="a@x",
+        sender_name="",
+        recipients=("b@x",),
+        return_path=None,
+        subject="s",
+        in_reply_to=(),
+        references=(),
+        headers={},
+        text="",
+        attachments=tuple(Attachment(n, "text/plain", 1, b"x") for n in names),
+    )
+    planned = attachment_plan(msg, "mail/0123456789ab")
+    for name, _ in planned:
+        assert name is not None
+        check(f"mail/0123456789ab/{name}", b"x", [])
+    assert str(planned[0][0]).endswith("日.pdf")
+    assert str(planned[1][0]).endswith("日 (2).pdf")
 
 
 @pytest.fixture
