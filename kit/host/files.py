@@ -8,11 +8,14 @@ turn's too) through the runtime's ``PUT /v1/files``. Two stores:
 - :class:`SqliteFiles`: one SQLite file (0600) for ``kit dev`` and a gateway without S3.
 - :class:`S3Files`: under the event log's bucket and prefix (Fly)::
 
-      files/{session_id}/index.json      {path: {"size", "sha256"}}, replaced with If-Match
-      files/{session_id}/data/{sha256}   the bytes, named by their digest (never changed)
+      files/{session_id}/index.json            {path: {"size", "sha256", "key"}}, replaced
+                                               with If-Match
+      files/{session_id}/data/{sha256}.{nonce} the bytes (``key``), never changed
 
-  The bytes are written before the index names them, so a listed file is always whole; a
-  replaced file's old bytes are deleted once no path names them.
+  The bytes are written before the index names them, so a listed file is always whole.
+  Each put writes its bytes under a name of its own, so two puts at once never share
+  them: the put that takes a path out of the index deletes that path's old bytes, and a
+  put that does not get into the index (refused, or failed) deletes its own.
 
 Limits: :data:`MAX_FILE_BYTES` a file, :data:`MAX_FILES` files and :data:`MAX_TOTAL_BYTES`
 in all per session. A refusal (:class:`FileRefused`) stores nothing.
@@ -24,11 +27,12 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import secrets
 import sqlite3
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit.host.errors import HostError
@@ -56,8 +60,9 @@ class FilesError(HostError):
 
 
 class FileRefused(FilesError):
-    """A file the session cannot take: a bad path, too large, too many. ``status`` is the
-    HTTP status the route answers (400 or 413)."""
+    """A file the session cannot take: a bad path, a path where the session has a folder
+    or whose folder is one of its files, too large, too many. ``status`` is the HTTP status
+    the route answers (400, 409 or 413)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -69,6 +74,8 @@ class FileInfo:
     path: str
     size: int
     sha256: str
+    key: str = field(default="", compare=False, repr=False)
+    """Where the store keeps the bytes (:class:`S3Files`: under the session's folder)."""
 
     def json(self) -> dict[str, object]:
         return {"path": self.path, "size": self.size, "sha256": self.sha256}
@@ -86,6 +93,14 @@ def check(path: str, data: bytes, others: list[FileInfo]) -> None:
             413, f"{path!r} has {len(data)} bytes; a file may have at most {MAX_FILE_BYTES}."
         )
     kept = [f for f in others if f.path != path]
+    for other in kept:
+        if other.path.startswith(path + "/") or path.startswith(other.path + "/"):
+            folder, inside = sorted((path, other.path), key=len)
+            raise FileRefused(
+                409,
+                f"{path!r}: the session has {other.path!r}, and {folder!r} cannot be both a "
+                f"file and the folder of {inside!r}.",
+            )
     if len(kept) + 1 > MAX_FILES:
         raise FileRefused(413, f"the session already has {MAX_FILES} files, the most it may have.")
     total = sum(f.size for f in kept) + len(data)
@@ -249,37 +264,54 @@ class S3Files(SessionFiles):
 
     async def read(self, session_id: SessionId, info: FileInfo) -> bytes | None:
         try:
-            return await self.bucket.get(self._dir(session_id) + "data/" + info.sha256)
+            return await self.bucket.get(
+                self._dir(session_id) + (info.key or _legacy_key(info.sha256))
+            )
         except StoreError as exc:
             raise FilesError(str(exc)) from exc
 
     async def put(self, session_id: SessionId, path: str, data: bytes) -> FileInfo:
-        info = FileInfo(path, len(data), hashlib.sha256(data).hexdigest())
+        sha256 = hashlib.sha256(data).hexdigest()
+        info = FileInfo(path, len(data), sha256, f"data/{sha256}.{secrets.token_hex(8)}")
         index, _ = await self._index(session_id)
         check(path, data, [_info(p, e) for p, e in index.items()])  # before anything is written
         base = self._dir(session_id)
         try:
-            await self.bucket.put(base + "data/" + info.sha256, data)
-            for _ in range(INDEX_TRIES):
-                index, etag = await self._index(session_id)
-                check(path, data, [_info(p, e) for p, e in index.items()])
-                old = index.get(path)
-                index[path] = {"size": info.size, "sha256": info.sha256}
-                body = json.dumps(index, sort_keys=True).encode()
-                written = await (
-                    self.bucket.put(base + "index.json", body, if_match=etag)
-                    if etag is not None
-                    else self.bucket.put(base + "index.json", body, if_absent=True)
-                )
-                if written is not None:
-                    break
-            else:
-                raise FilesError(f"{path!r}: the session's file index kept changing; try again.")
-            if old is not None and all(e["sha256"] != old["sha256"] for e in index.values()):
-                await self.bucket.delete_many([base + "data/" + str(old["sha256"])])
+            await self.bucket.put(base + info.key, data)
+            try:
+                old = await self._enter(session_id, info, data)
+            except BaseException:
+                with contextlib.suppress(StoreError):
+                    await self.bucket.delete_many([base + info.key])  # in no index
+                raise
+            if old is not None:
+                await self.bucket.delete_many([base + old])
         except StoreError as exc:
             raise FilesError(str(exc)) from exc
         return info
+
+    async def _enter(self, session_id: SessionId, info: FileInfo, data: bytes) -> str | None:
+        """Put ``info`` in the session's index; the key of the bytes it took out of it, if
+        no other path names them."""
+        base = self._dir(session_id)
+        for _ in range(INDEX_TRIES):
+            index, etag = await self._index(session_id)
+            check(info.path, data, [_info(p, e) for p, e in index.items()])
+            old = index.get(info.path)
+            index[info.path] = {"size": info.size, "sha256": info.sha256, "key": info.key}
+            body = json.dumps(index, sort_keys=True).encode()
+            written = await (
+                self.bucket.put(base + "index.json", body, if_match=etag)
+                if etag is not None
+                else self.bucket.put(base + "index.json", body, if_absent=True)
+            )
+            if written is not None:
+                if old is None:
+                    return None
+                old_key = _info(info.path, old).key
+                named = any(_info(p, e).key == old_key for p, e in index.items())
+                return None if named else old_key
+        raise FilesError(f"{info.path!r}: the session's file index kept changing; try again.")
 
     async def delete(self, session_id: SessionId) -> None:
         try:
@@ -295,4 +327,12 @@ def files_for(logs: LogStore, local: Path) -> SessionFiles:
 
 
 def _info(path: str, entry: dict[str, object]) -> FileInfo:
-    return FileInfo(path, int(str(entry["size"])), str(entry["sha256"]))
+    sha256 = str(entry["sha256"])
+    return FileInfo(
+        path, int(str(entry["size"])), sha256, str(entry.get("key", "")) or _legacy_key(sha256)
+    )
+
+
+def _legacy_key(sha256: str) -> str:
+    """Where an index written before keys were named per put keeps a file's bytes."""
+    return f"data/{sha256}"

@@ -85,8 +85,9 @@ class Session:
         went, the release changed."""
         self._runner: asyncio.Task[None] | None = None
         self._live: LiveSandbox | None = None
-        self._pushed: set[tuple[str, str]] = set()
-        """The session's files (path, sha256) the live sandbox has been given."""
+        self._pushed: dict[str, str] = {}
+        """The sha256 of each of the session's files (by path) the live sandbox has been
+        given, or has refused."""
         self._watcher: asyncio.Task[None] | None = None
         self._starting: asyncio.Task[RuntimeClient] | None = None
         self._running_turn: TurnId | None = None
@@ -369,7 +370,9 @@ class Session:
     async def _push_files(self, runtime: RuntimeClient) -> bool:
         """Give the sandbox the session's files it lacks (:mod:`kit.host.files`); false when
         it went away meanwhile. A file the store cannot read now, or the runtime refuses (the
-        agent put a link where its folder goes), is logged and left out."""
+        agent put a link where its folder goes), is logged and left out; one the store could
+        not read is tried again at the next turn, one the runtime refused once it changes
+        or the sandbox does."""
         files = self.env.files
         if files is None:
             return True
@@ -379,7 +382,7 @@ class Session:
             log.warning("session %s: its files could not be listed: %s", self.id, exc)
             return True
         for info in listed:
-            if (info.path, info.sha256) in self._pushed:
+            if self._pushed.get(info.path) == info.sha256:
                 continue
             try:
                 data = await files.read(self.id, info)
@@ -388,12 +391,14 @@ class Session:
             except SandboxGone as exc:
                 log.info("session %s: its sandbox went away taking files: %s", self.id, exc)
                 return False
-            except (FilesError, SandboxError) as exc:
+            except FilesError as exc:
+                log.warning("session %s: file %s could not be read: %s", self.id, info.path, exc)
+                continue
+            except SandboxError as exc:
                 log.warning(
                     "session %s: file %s not given to its sandbox: %s", self.id, info.path, exc
                 )
-                continue
-            self._pushed.add((info.path, info.sha256))
+            self._pushed[info.path] = info.sha256
         return True
 
     async def _begin_spend(self, turn_id: TurnId) -> None:
@@ -483,7 +488,7 @@ class Session:
     ) -> RuntimeClient:
         """Make ``live`` the session's sandbox, watch it, and say it runs."""
         self._live = live
-        self._pushed = set()  # a new sandbox has none of the session's files
+        self._pushed = {}  # a new sandbox has none of the session's files
         if self._running_turn is not None:
             self._turn_release = live.release
         if live.release.tier != self.advisor.tier:  # a reload changed the tier

@@ -73,17 +73,23 @@ MAX_ATTACHMENTS = 10
 MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
 """The largest attachment saved."""
 _UNSAFE = re.compile(r"[^\w.\- ]+")
+MAX_NAME_BYTES = 240
+"""A saved name's UTF-8 bytes, room left for `` (10)``: a session's file path takes at most
+255 bytes a part (:func:`kit.protocol.runtime_api.file_path_parts`)."""
 
 
 def safe_filename(name: str) -> str:
     """A plain file name for an attachment's name: its last path part, only letters,
-    digits, ``.``, ``-``, ``_`` and spaces, no leading dot, at most 100 characters (the
-    extension kept)."""
+    digits, ``.``, ``-``, ``_`` and spaces, no leading dot, at most 100 characters and
+    :data:`MAX_NAME_BYTES` bytes (the extension kept)."""
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
     base = _UNSAFE.sub("_", base).strip(" .")
     if len(base) > 100:
         stem, dot, ext = base.rpartition(".")
         base = (stem[: 99 - len(ext)] + dot + ext) if dot and len(ext) <= 10 else base[:100]
+    while len(base.encode()) > MAX_NAME_BYTES:  # at most 100 times
+        stem, dot, ext = base.rpartition(".")
+        base = stem[:-1] + dot + ext if dot and len(stem) > 1 and len(ext) <= 10 else base[:-1]
     return base or "attachment"
 
 

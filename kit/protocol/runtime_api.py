@@ -9,8 +9,9 @@ HTTP/1.1 with ``Authorization: Bearer <runtime token>`` on every request:
 - ``PUT /v1/files?path=<relative path>`` with the file's bytes → 204: the runtime writes
   the file into its workspace (folders made as needed; an earlier file of that name
   replaced whole). 400 for a path :func:`file_path_parts` refuses, 413 past
-  :data:`MAX_FILE_BYTES`, 409 where a folder on the path is not a plain folder. The host
-  puts a session's files (email attachments) into each of its sandboxes this way.
+  :data:`MAX_FILE_BYTES`, 409 where a folder on the path is not a plain folder or a folder
+  is at the path. The host puts a session's files (email attachments) into each of its
+  sandboxes this way.
 
 Events here have no ``seq``: the host assigns it when it makes them durable.
 
@@ -22,6 +23,7 @@ turn in a new sandbox, as after any sandbox death.
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +59,7 @@ def file_path_parts(path: str) -> tuple[str, ...]:
             or part.startswith(".")
             or len(part.encode()) > 255
             or "\\" in part
-            or any(ord(c) < 32 or ord(c) == 127 for c in part)
+            or any(unicodedata.category(c) == "Cc" for c in part)  # C0, DEL, C1
         ):
             raise ProtocolError(
                 e.BAD_FRAME,

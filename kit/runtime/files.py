@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import stat
 from pathlib import Path
 
 from kit.runtime.errors import AgentRuntimeError
@@ -23,7 +25,7 @@ DIR_MODE = 0o755
 
 
 class NotAFolder(AgentRuntimeError):
-    """A folder on the path is a link or a file."""
+    """A folder on the path is a link or a file, or the file's name is a folder's."""
 
 
 def write_file(workspace: Path, parts: tuple[str, ...], data: bytes) -> None:
@@ -41,9 +43,14 @@ def write_file(workspace: Path, parts: tuple[str, ...], data: bytes) -> None:
                 raise NotAFolder(f"{'/'.join(parts)}: {folder!r} is not a plain folder") from None
             os.close(fd)
             fd = child
-        tmp = f".{name}.kit-tmp"[:255]
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp, dir_fd=fd)
+        try:
+            if stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                raise NotAFolder(f"{'/'.join(parts)}: {name!r} is a folder")
+        except FileNotFoundError:
+            pass
+        # A short name of its own: a name of 255 bytes leaves no room for more, and two
+        # writes of one path at once must not share a temporary file.
+        tmp = f".kit-tmp-{secrets.token_hex(8)}"
         out = os.open(
             tmp,
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -51,11 +58,16 @@ def write_file(workspace: Path, parts: tuple[str, ...], data: bytes) -> None:
             dir_fd=fd,
         )
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(out, view) :]
-        finally:
-            os.close(out)
-        os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(out, view) :]
+            finally:
+                os.close(out)
+            os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=fd)  # no half file left behind
+            raise
     finally:
         os.close(fd)

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import shutil
+from asyncio import Event
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -27,6 +29,8 @@ from kit.host.files import (
     check,
 )
 from kit.ids import SessionId, new_session_id
+from kit.mail.message import Attachment, Inbound
+from kit.mail.text import attachment_plan
 from kit.storage.s3 import unique_prefix
 from kit.storage.s3io import S3Bucket
 from tests.agents import write_agent
@@ -93,6 +97,41 @@ def test_the_session_limits_count_a_replaced_file_once() -> None:
     assert bad.value.status == 400
 
 
+def test_a_path_cannot_be_both_a_file_and_a_folder() -> None:
+    """``a`` and ``a/b`` cannot both be in a workspace: the second is refused (409),
+    whichever comes first."""
+    check("a/b.txt", b"x", [FileInfo("a/bc", 1, "x"), FileInfo("ab", 1, "x")])  # no clash
+    for path, kept in (("a/b/c", "a"), ("a/b", "a/b/c/d"), ("a", "a/b")):
+        with pytest.raises(FileRefused, match="both a file and the folder") as refused:
+            check(path, b"x", [FileInfo(kept, 1, "x")])
+        assert refused.value.status == 409
+
+
+def test_every_name_the_mail_gives_an_attachment_is_a_file_path_the_host_takes() -> None:
+    """100 letters of three bytes each are 300 bytes: the host refused such a name (at
+    most 255 bytes a part), and with it every attachment of the message."""
+    names = ["日" * 120 + ".pdf", "日" * 120 + ".pdf", "é" * 200, "a" * 300 + ".tar.gz"]
+    msg = Inbound(
+        message_id="m@x",
+        sender="a@x",
+        sender_name="",
+        recipients=("b@x",),
+        return_path=None,
+        subject="s",
+        in_reply_to=(),
+        references=(),
+        headers={},
+        text="",
+        attachments=tuple(Attachment(n, "text/plain", 1, b"x") for n in names),
+    )
+    planned = attachment_plan(msg, "mail/0123456789ab")
+    for name, _ in planned:
+        assert name is not None
+        check(f"mail/0123456789ab/{name}", b"x", [])
+    assert str(planned[0][0]).endswith("日.pdf")
+    assert str(planned[1][0]).endswith("日 (2).pdf")
+
+
 @pytest.fixture
 async def stack(kit_tmp: Path) -> AsyncIterator[Stack]:
     project = write_agent(kit_tmp / "agent")
@@ -116,6 +155,8 @@ async def test_the_route_takes_lists_and_refuses_with_a_reason(stack: Stack) -> 
         big = await http.put(f"{base}/big", content=b"x" * (MAX_FILE_BYTES + 1), headers=auth)
         assert big.status_code == 413
         assert str(MAX_FILE_BYTES) in big.json()["message"]
+        clash = await http.put(f"{base}/notes/a%20b.txt/c", content=b"x", headers=auth)
+        assert clash.status_code == 409, clash.text
         other = f"{stack.url}/v1/sessions/{new_session_id()}/files"
         assert (await http.put(f"{other}/a.txt", content=b"x", headers=auth)).status_code == 404
         listed = (await http.get(base, headers=auth)).json()["files"]
@@ -159,3 +200,81 @@ async def test_every_sandbox_of_the_session_gets_its_files(stack: Stack) -> None
         assert (await _say(client, "show the file")).startswith("File said: second\n")
         assert session.sandbox is not None
         assert session.sandbox.id != first_sandbox.id
+
+
+async def test_a_file_put_back_as_it_was_reaches_the_sandbox(stack: Stack) -> None:
+    """first → second → first: the sandbox ends with "first" (the host remembers what the
+    sandbox holds at each path, not every version it was ever given)."""
+    info = await create_session(stack.url, stack.api_token)
+    url = f"{stack.url}/v1/sessions/{info.session_id}/files/notes/a.txt"
+    auth = {"authorization": f"Bearer {stack.api_token}"}
+    async with (
+        httpx.AsyncClient(trust_env=False, timeout=30) as http,
+        SessionClient(info.ws_url, info.token) as client,
+    ):
+        for data in (b"first", b"second", b"first"):
+            assert (await http.put(url, content=data, headers=auth)).status_code == 204
+            shown = await _say(client, "show the file")
+            assert shown.startswith(f"File said: {data.decode()}\n"), shown
+
+
+@pytest.fixture
+def s3_files(s3_endpoint: str) -> S3Files:
+    url = f"s3://{BUCKET}/{unique_prefix()}?region=us-east-1&endpoint_url={s3_endpoint}"
+    return S3Files(S3Bucket.from_url(url))
+
+
+def _pause_after_data(files: S3Files, patch: pytest.MonkeyPatch) -> tuple[Event, Event]:
+    """Make the next put's bytes upload stop there until ``go`` is set (``uploaded`` says
+    it got there): another put can run in between, as two hosts' would."""
+    uploaded, go, real_put = Event(), Event(), files.bucket.put
+
+    async def put(key: str, body: bytes, **kw: Any) -> str | None:
+        etag = await real_put(key, body, **kw)
+        if "/data/" in key and not uploaded.is_set():
+            uploaded.set()
+            await go.wait()
+        return etag
+
+    patch.setattr(files.bucket, "put", put)
+    return uploaded, go
+
+
+async def test_s3_puts_at_once_keep_each_others_bytes(s3_files: S3Files) -> None:
+    """``b`` is given the bytes ``a`` had while ``a`` is replaced: ``b``'s bytes stay
+    readable (the replacement must not delete what another path names)."""
+    session = new_session_id()
+    await s3_files.put(session, "a", b"same")
+    with pytest.MonkeyPatch.context() as patch:
+        uploaded, go = _pause_after_data(s3_files, patch)
+        b = asyncio.create_task(s3_files.put(session, "b", b"same"))
+        async with asyncio.timeout(30):
+            await uploaded.wait()
+        patch.undo()
+        await s3_files.put(session, "a", b"other")
+        go.set()
+        async with asyncio.timeout(30):
+            info = await b
+    assert await s3_files.read(session, info) == b"same"
+
+
+async def test_s3_a_put_refused_at_once_with_another_stores_nothing(s3_files: S3Files) -> None:
+    """Two puts race for the session's last place: the loser is refused and its bytes
+    are not left in the bucket."""
+    session = new_session_id()
+    for n in range(MAX_FILES - 1):
+        await s3_files.put(session, f"f{n}", b"")
+    with pytest.MonkeyPatch.context() as patch:
+        uploaded, go = _pause_after_data(s3_files, patch)
+        loser = asyncio.create_task(s3_files.put(session, "loser", b"loser's bytes"))
+        async with asyncio.timeout(30):
+            await uploaded.wait()
+        patch.undo()
+        await s3_files.put(session, "winner", b"")
+        go.set()
+        with pytest.raises(FileRefused, match="already has"):
+            async with asyncio.timeout(30):
+                await loser
+    assert "loser" not in [f.path for f in await s3_files.list(session)]
+    keys = await s3_files.bucket.list_keys(s3_files._dir(session))
+    assert [k for k in keys if await s3_files.bucket.get(k) == b"loser's bytes"] == []

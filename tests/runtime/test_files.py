@@ -54,6 +54,7 @@ async def test_a_file_is_written_under_the_workspace_and_replaced_whole(
         "a/.kit",
         "a\\b",
         "a\nb",
+        "a\x85b",  # NEL, a C1 control character
         "/".join("d" * 9),
         "x" * 256,
     ],
@@ -95,3 +96,54 @@ async def test_too_large_and_unauthenticated_puts_write_nothing(
     got = await runtime.put("/v1/files", params={"path": "a"}, content=b"x")
     assert got.status_code == 401
     assert os.listdir(kit_tmp / "workspace") == []
+
+
+async def test_a_name_of_255_bytes_is_written(runtime: httpx.AsyncClient, kit_tmp: Path) -> None:
+    """The longest name a path may have (255 bytes, here in two-byte letters) is written:
+    the temporary file beside it needs a name of its own that fits."""
+    name = "é" * 127 + "x"
+    got = await runtime.put("/v1/files", params={"path": f"d/{name}"}, content=b"z", headers=AUTH)
+    assert got.status_code == 204, got.text
+    assert os.listdir(kit_tmp / "workspace" / "d") == [name]
+
+
+async def test_a_file_where_a_folder_is_is_refused_and_leaves_nothing(
+    runtime: httpx.AsyncClient, kit_tmp: Path
+) -> None:
+    """``a/b`` then ``a``: 409, the folder and its file untouched, no temporary file left;
+    ``c`` then ``c/d``: 409 as well."""
+
+    async def put(path: str) -> httpx.Response:
+        return await runtime.put("/v1/files", params={"path": path}, content=b"x", headers=AUTH)
+
+    assert (await put("a/b")).status_code == 204
+    got = await put("a")
+    assert got.status_code == 409, got.text
+    assert "is a folder" in got.json()["message"]
+    assert (await put("c")).status_code == 204
+    got = await put("c/d")
+    assert got.status_code == 409, got.text
+    assert sorted(os.listdir(kit_tmp / "workspace")) == ["a", "c"]
+    assert os.listdir(kit_tmp / "workspace" / "a") == ["b"]
+
+
+async def test_a_failed_write_leaves_no_temporary_file(
+    runtime: httpx.AsyncClient, kit_tmp: Path
+) -> None:
+    """The write fails after the temporary file is made (here: the name is taken by a
+    folder made between the check and the rename): 507, and nothing is left beside it."""
+    folder = kit_tmp / "workspace" / "f"
+    folder.mkdir()
+    real_replace = os.replace
+
+    def replace(src: Any, dst: Any, **kw: Any) -> None:
+        if dst == "late":
+            os.mkdir("late", dir_fd=kw["dst_dir_fd"])
+            (folder / "late" / "inside").write_bytes(b"")
+        real_replace(src, dst, **kw)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "replace", replace)
+        got = await runtime.put("/v1/files", params={"path": "f/late"}, content=b"x", headers=AUTH)
+    assert got.status_code == 507, got.text
+    assert os.listdir(folder) == ["late"]
