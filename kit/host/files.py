@@ -254,8 +254,12 @@ class S3Files(SessionFiles):
         if got is None:
             return {}, None
         body, etag = got
-        index = json.loads(body)
-        assert isinstance(index, dict)
+        try:
+            index = json.loads(body)
+        except ValueError:
+            index = None
+        if not isinstance(index, dict):
+            raise FilesError(f"session {session_id}'s file index is not a JSON object.")
         return index, etag
 
     async def list(self, session_id: SessionId) -> list[FileInfo]:

@@ -190,15 +190,16 @@ class MailChannel:
         if not msg.attachments:
             return None
         folder = "mail/" + hashlib.sha256(msg.message_id.encode()).hexdigest()[:12]
-        plan = attachment_plan(msg, folder)
-        files = [(name, a.data) for (name, _), a in zip(plan, msg.attachments, strict=True) if name]
-        if files:
-            try:
-                await self.save_files(session_id, folder, files)
-            except Exception as exc:
-                log.warning("mail %s: attachments not saved: %s", msg.message_id, exc)
-                return [f"not saved ({exc})" if name else why for name, why in plan]
-        return [why for _, why in plan]
+        told: list[str] = []
+        for (name, why), a in zip(attachment_plan(msg, folder), msg.attachments, strict=True):
+            if name is not None:  # one at a time: the agent is told which were saved
+                try:
+                    await self.save_files(session_id, folder, [(name, a.data)])
+                except Exception as exc:
+                    log.warning("mail %s: %s not saved: %s", msg.message_id, name, exc)
+                    why = f"not saved ({exc})"
+            told.append(why)
+        return told
 
     async def _save_over_http(
         self, session_id: str, folder: str, files: list[tuple[str, bytes]]

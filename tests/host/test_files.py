@@ -23,6 +23,7 @@ from kit.host.files import (
     MAX_TOTAL_BYTES,
     FileInfo,
     FileRefused,
+    FilesError,
     S3Files,
     SessionFiles,
     SqliteFiles,
@@ -278,3 +279,12 @@ async def test_s3_a_put_refused_at_once_with_another_stores_nothing(s3_files: S3
     assert "loser" not in [f.path for f in await s3_files.list(session)]
     keys = await s3_files.bucket.list_keys(s3_files._dir(session))
     assert [k for k in keys if await s3_files.bucket.get(k) == b"loser's bytes"] == []
+
+
+async def test_a_damaged_s3_index_is_a_files_error(s3_endpoint: str) -> None:
+    url = f"s3://{BUCKET}/{unique_prefix()}?region=us-east-1&endpoint_url={s3_endpoint}"
+    files = S3Files(S3Bucket.from_url(url))
+    session = new_session_id()
+    await files.bucket.put(f"{files.bucket.prefix}files/{session}/index.json", b"[not json")
+    with pytest.raises(FilesError, match="not a JSON object"):
+        await files.list(session)

@@ -4,8 +4,12 @@ sandbox user planted in its workspace: tests/runtime/test_files.py)."""
 from __future__ import annotations
 
 from email.message import EmailMessage
+from pathlib import Path
 
+from kit.mail.channel import MailChannel
 from kit.mail.message import parse
+from kit.mail.rules import Agent
+from kit.mail.store import SqliteMailStore
 from kit.mail.text import MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS, attachment_plan, turn_text
 
 
@@ -40,3 +44,29 @@ def test_a_file_over_the_limit_is_listed_not_saved() -> None:
     ((name, why),) = attachment_plan(msg, "mail/abc")
     assert name is None
     assert why == "not saved (larger than 10 MiB)"
+
+
+async def test_each_attachment_is_told_saved_or_not_on_its_own(tmp_path: Path) -> None:
+    """The host refuses the second of three attachments: the agent is told the first and
+    third were saved and why the second was not."""
+    saved: list[str] = []
+
+    async def save(session_id: str, folder: str, files: list[tuple[str, bytes]]) -> None:
+        ((name, _),) = files
+        if name == "b.bin":
+            raise RuntimeError("the host refused it")
+        saved.append(f"{folder}/{name}")
+
+    channel = MailChannel(
+        SqliteMailStore(tmp_path / "mail.sqlite"),
+        Agent("agent@example.com"),
+        "http://127.0.0.1:9",
+        "t" * 32,
+        save_files=save,
+    )
+    msg = parse(_mail([("a.bin", b"1"), ("b.bin", b"2"), ("c.bin", b"3")]))
+    told = await channel._save_attachments(msg, "s1")
+    assert told is not None
+    assert [t.split(" ", 1)[0] for t in told] == ["saved", "not", "saved"]
+    assert told[1] == "not saved (the host refused it)"
+    assert [p.rsplit("/", 1)[1] for p in saved] == ["a.bin", "c.bin"]
