@@ -8,9 +8,9 @@ import pytest
 
 from kit.mail.compose import compose_reply
 from kit.mail.golden import load_cases
-from kit.mail.message import parse
+from kit.mail.message import Attachment, Inbound, parse
 from kit.mail.rules import Agent, Thread, decide, thread_ids, tokens
-from kit.mail.text import strip_quotes, turn_text
+from kit.mail.text import attachment_plan, strip_quotes, turn_text
 
 
 def _raw(text: str) -> bytes:
@@ -86,3 +86,37 @@ def test_every_refusal_reason_has_a_case() -> None:
 
     reached = {c["expect"].get("reason") for c in load_cases("route")}
     assert set(REFUSALS) - reached == set()
+
+
+def _attachments_of(case: dict[str, Any]) -> Inbound:
+    """The case's message: its fields, and each attachment ``count`` times (no bytes: the
+    plan reads names and sizes)."""
+    m = case["message"]
+    attachments = tuple(
+        Attachment(a["filename"], a["content_type"], a["size"], b"")
+        for a in case["attachments"]
+        for _ in range(a.get("count", 1))
+    )
+    return Inbound(
+        message_id=m["message_id"],
+        sender=m["sender"],
+        sender_name=m["sender_name"],
+        recipients=("agent@example.com",),
+        return_path=None,
+        subject=m["subject"],
+        in_reply_to=(),
+        references=(),
+        headers={},
+        text=m["text"],
+        attachments=attachments,
+    )
+
+
+@pytest.mark.parametrize("case", load_cases("attachments"), ids=lambda c: c["name"])
+def test_attachment_plan(case: dict[str, Any]) -> None:
+    """Which attachments are saved, under which names, and what the agent reads of them
+    (the shim replays the same cases)."""
+    msg = _attachments_of(case)
+    plan = attachment_plan(msg, case["folder"])
+    assert [[name, why] for name, why in plan] == case["expect"]["plan"]
+    assert turn_text(msg, [why for _, why in plan]) == case["expect"]["text"]

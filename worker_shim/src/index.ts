@@ -27,6 +27,13 @@
 //   POST /v1/sessions/{id}/store-token
 //                                  Bearer KIT_API_TOKEN: 201 {token, store_url}, a store
 //                                  token for API use (docs/protocol.md §13)
+//   PUT  /v1/sessions/{id}/files/{path}
+//                                  Bearer KIT_API_TOKEN: the file's bytes, kept as one of the
+//                                  session's files (files.ts) → 204; 400 a bad path, 413 a
+//                                  file over 10 MiB or a session past 100 files or 100 MiB,
+//                                  404 no such session; put into the session's container
+//                                  before each turn
+//   GET  /v1/sessions/{id}/files   Bearer KIT_API_TOKEN: {"files": [{path, size, sha256}]}
 //   GET  /_kit/mail/outbox, /_kit/mail/refused
 //                                  Bearer KIT_API_TOKEN: {"address", "items": [...]}, the
 //                                  replies sent and the inbound mail refused (control.ts)
@@ -41,6 +48,7 @@ import { control } from "./control";
 import { email } from "./mail/handler";
 import { EGRESS_ROUTE } from "./httpcontainer";
 import type { Env } from "./env";
+import { FILES_ROUTE, refusal, routePath } from "./files";
 import { noSessionSocket } from "./nosession";
 import { json, sandboxCall, sandboxRouteOf, UUID } from "./sandboxroutes";
 import { sessionIndex } from "./sessionindex";
@@ -95,6 +103,8 @@ export default {
       });
     }
     if (url.pathname === "/v1/sessions" && request.method === "POST") return createSession(url, env);
+    const files = FILES_ROUTE.exec(url.pathname);
+    if (files !== null) return sessionFiles(request, env, files[1], files[2]);
     const controlled = await control(request, url, env);
     if (controlled !== null) return controlled;
     if (ws !== null) return json({ error: "upgrade_required", message: "Open this URL as a WebSocket." }, 426);
@@ -148,6 +158,29 @@ async function mintStoreToken(request: Request, url: URL, env: Env, id: string):
   const token = UUID.test(id) ? await env.SESSION.getByName(id).apiStoreToken(anyKey) : null;
   if (token === null) return json({ error: "not_found", message: "No session has this id; create one with POST /v1/sessions." }, 404);
   return json({ token, store_url: storeUrl(url.origin, id) }, 201);
+}
+
+/** `PUT /v1/sessions/{id}/files/{path}` and `GET /v1/sessions/{id}/files` (API token):
+ * checked here as far as no Durable Object is needed (a refusal writes nothing, and an
+ * unknown id's DO is only asked whether it holds a session), then answered by the session's
+ * DO (files.ts), which keeps the file before it answers 204. */
+async function sessionFiles(request: Request, env: Env, id: string, rest: string | undefined): Promise<Response> {
+  const method = rest === undefined ? "GET" : "PUT";
+  const refuse = async (answer: Response): Promise<Response> => {
+    await request.body?.cancel();
+    return answer;
+  };
+  if (request.method !== method) {
+    return refuse(json({ error: "method_not_allowed", message: `Use ${method} on ${rest === undefined ? "a session's files" : "a session file"}.` }, 405, { allow: method }));
+  }
+  if (!UUID.test(id) || !(await env.SESSION.getByName(id).exists())) {
+    return refuse(json({ error: "not_found", message: "No session has this id; create one with POST /v1/sessions." }, 404));
+  }
+  if (rest !== undefined) {
+    const path = routePath(rest);
+    if (typeof path !== "string") return refuse(refusal(path));
+  }
+  return env.SESSION.getByName(id).fetch(request);
 }
 
 /** Forward a session socket to its DO, after the browser-origin check. */

@@ -37,6 +37,10 @@ export interface RunnerHost {
   /** Route the container's outbound HTTP(S) through the Worker (egress.ts), before it
    * starts and again when an instance adopts it. */
   intercept(container: ContainerLike): Promise<void>;
+  /** Put the session's files that `pushed` (path and SHA-256 of each file this sandbox
+   * took) does not hold into the sandbox of `runtime` (files.ts `push`); RuntimeLost when
+   * the sandbox cannot be reached. */
+  pushFiles?(runtime: ContainerRuntime, pushed: Set<string>): Promise<unknown>;
 }
 
 /** A sandbox this instance watches with monitor(). */
@@ -58,6 +62,9 @@ interface Live {
   broken: boolean;
   /** Settles once the exit was seen. */
   exited: Promise<void>;
+  /** The session files this sandbox took (files.ts `push`): a new container starts with
+   * none, so it gets every file before its first turn. */
+  pushed: Set<string>;
 }
 
 export class TurnRunner {
@@ -243,6 +250,9 @@ export class TurnRunner {
     this.streaming = { turnId: turn.turn_id, runtime: live.runtime };
     let ended = false;
     try {
+      // The session's files first (a new turn, or a recovered one in a new container): a
+      // sandbox that cannot take them is lost like one whose stream breaks.
+      await this.host.pushFiles?.(live.runtime, live.pushed);
       for await (const event of live.runtime.turn(turn.turn_id, turn.text, recover)) {
         const [emit, ...rest] = planner.batch([[event.kind, event.data]]);
         if (emit.action !== "emit") throw new Error(`The turn planner answered a batch with ${emit.action}.`);
@@ -329,7 +339,7 @@ export class TurnRunner {
   /** Watch `container` with monitor() while this instance lives; its exit is recorded by
    * `recordExit` (a `sandbox` event once the sandbox was announced running). */
   private watch(container: ContainerLike, sandboxId: string, runtime: ContainerRuntime, adopted: boolean): Live {
-    const live: Live = { sandboxId, container, runtime, adopted, killReason: null, exit: null, recorded: false, broken: false, exited: Promise.resolve() };
+    const live: Live = { sandboxId, container, runtime, adopted, killReason: null, exit: null, recorded: false, broken: false, exited: Promise.resolve(), pushed: new Set() };
     live.exited = container
       .monitor()
       .then(

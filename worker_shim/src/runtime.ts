@@ -2,6 +2,8 @@
 // and `ContainerRuntime`, which starts kit's runtime in it and speaks the runtime API
 // (kit/protocol/runtime_api.py, docs/protocol.md §11) through `getTcpPort(8080)`.
 
+import { FileRefused } from "./files";
+
 /** What the shim needs of a container. In production it is `ctx.container`; under
  * `wrangler dev --enable-containers=false` it is an HttpContainer speaking to kit's
  * container emulator; in tests a fake that serves the runtime API. */
@@ -41,6 +43,9 @@ const PROBE_WAIT_MS = 100;
 /** The longest `?wait_s=` of one probe (the runtime's own cap, kit/runtime/server.py). */
 const READY_WAIT_S = 120;
 const INTERRUPT_TIMEOUT_MS = 10_000;
+/** How long the runtime has to take one file (at most 10 MiB, over the container's own
+ * network): past it the sandbox is taken for lost. */
+const FILE_TIMEOUT_MS = 60_000;
 /** The longest line of a turn's NDJSON stream (kit/host/runtime_client.py MAX_LINE_BYTES):
  * a longer one (or one that never ends) is a lost sandbox, not memory to grow into. */
 export const MAX_LINE_BYTES = 16 * 1024 * 1024;
@@ -157,6 +162,24 @@ export class ContainerRuntime {
       if (exc instanceof RuntimeLost) throw exc;
       throw new RuntimeLost(`The runtime's stream broke: ${String(exc).replace(/\.$/, "")}.`);
     }
+  }
+
+  /** Write `data` at `path` in the sandbox's workspace (`PUT /v1/files?path=`, the
+   * runtime's rules: docs/protocol.md §11). RuntimeLost when the runtime cannot be reached
+   * or does not answer within FILE_TIMEOUT_MS (a lost sandbox); FileRefused when it answers
+   * other than 204 (a bad path, or a folder on it that is a link: the sandbox lives on). */
+  async putFile(path: string, data: Uint8Array): Promise<void> {
+    const answer = await withTimeout(FILE_TIMEOUT_MS, async (signal) => {
+      try {
+        const headers = { authorization: `Bearer ${this.token}`, "content-type": "application/octet-stream" };
+        const url = `http://runtime/v1/files?path=${encodeURIComponent(path)}`;
+        const got = await this.container.getTcpPort(RUNTIME_PORT).fetch(url, { method: "PUT", headers, body: data, signal });
+        return { status: got.status, text: got.status === 204 ? "" : (await got.text()).slice(0, 300) };
+      } catch (exc) {
+        throw new RuntimeLost(`The runtime could not be reached to put the file ${path}: ${String(exc)}.`);
+      }
+    });
+    if (answer.status !== 204) throw new FileRefused(`the runtime answered ${answer.status}: ${answer.text}`);
   }
 
   /** Ask the runtime to stop the running turn; whether it did. */

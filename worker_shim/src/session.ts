@@ -22,6 +22,7 @@ import {
   type EventRow,
   type ResumeMode,
 } from "./frames";
+import { FILES_ROUTE, SessionFiles, serveFiles } from "./files";
 import { REPLAY_PAGE, SessionLog } from "./log";
 import { MAX_QUEUED_FRAMES, Outbox } from "./outbox";
 import { HELLO_TIMEOUT_MS, noSessionSocket } from "./nosession";
@@ -77,6 +78,8 @@ export class SessionDO extends DurableObject<Env> {
   private readonly modelRoute: ModelRoute;
   /** kit's control routes for this session (sessioncontrol.ts). */
   private readonly control: SessionControl;
+  /** The session's files (files.ts), put into each container before a turn. */
+  private readonly files: SessionFiles;
   /** The session's mail: one reply per inbound message (mail/replies.ts). */
   private readonly mail: MailReplies;
   /** What sends the replies: the send_email binding; tests put a recorder here. */
@@ -85,6 +88,7 @@ export class SessionDO extends DurableObject<Env> {
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
     this.log = new SessionLog(ctx.storage);
+    this.files = new SessionFiles(ctx.storage);
     // An existing session's storage is brought to this version's schema before any event;
     // a DO that holds no session writes nothing (an unknown id stays empty).
     void ctx.blockConcurrencyWhile(async () => {
@@ -110,6 +114,7 @@ export class SessionDO extends DurableObject<Env> {
         this.storeApi.revokeToken("sandbox");
       },
       intercept: (container) => this.intercept(container),
+      pushFiles: (runtime, pushed) => this.files.push(runtime, pushed, this.log.meta("session_id") ?? ""),
     });
     // A turn still open in the log is resumed by the alarm or the next client message
     // (runner.resume), not from here: a turn runs on after the event that started it.
@@ -153,6 +158,17 @@ export class SessionDO extends DurableObject<Env> {
     return this.mail.take(turn);
   }
 
+  /** An inbound message's attachments (`files`: names in `folder`, mail/text.ts
+   * `attachmentPlan`), kept as session files before its turn is taken (mail/handler.ts):
+   * all or none. Null once kept, or when the message's turn was taken before (a repeated
+   * delivery: nothing is written); else why they were not kept. */
+  async saveMailFiles(inboundId: string, folder: string, files: Array<{ name: string; data: Uint8Array }>): Promise<string | null> {
+    if (!this.log.exists()) throw new Error("This Durable Object holds no session; the email handler makes it first (initMail).");
+    if (this.mail.taken(inboundId)) return null;
+    const refused = await this.files.put(files.map((f) => ({ path: `${folder}/${f.name}`, data: f.data })));
+    return refused === null ? null : refused.message.replace(/\.$/, "");
+  }
+
   /** Whether this DO holds a session (reads only: the Worker asks before it forwards a
    * socket, so an unknown id never gets an alarm or a table). */
   async exists(): Promise<boolean> {
@@ -170,6 +186,15 @@ export class SessionDO extends DurableObject<Env> {
     if (model !== null) return this.model(request, model[1]);
     const store = STORE_CALL.exec(path);
     if (store !== null) return this.storeApi.handle(request, store[1]);
+    const files = FILES_ROUTE.exec(path);
+    if (files !== null) {
+      // From the Worker, which checked the API token and asked `exists` first.
+      if (!this.log.exists()) {
+        await request.body?.cancel();
+        return Response.json({ error: "not_found", message: "No session has this id; create one with POST /v1/sessions." }, { status: 404 });
+      }
+      return serveFiles(request, this.files, files[2]);
+    }
     if (!this.log.exists()) return noSessionSocket(); // the Worker asked first; in case it did not
     const [client, server] = Object.values(new WebSocketPair());
     this.ctx.acceptWebSocket(server);

@@ -18,7 +18,7 @@ import { mailIndex } from "./mailindex";
 import { MAX_INBOUND_BYTES, MailError, parse, type Inbound } from "./message";
 import type { MailTurn } from "./replies";
 import { checkAddress } from "./rules";
-import { turnText } from "./text";
+import { attachmentPlan, turnText } from "./text";
 
 /** Refusals answered with a bounce, and what it says. */
 const BOUNCES: Record<string, string> = {
@@ -90,10 +90,13 @@ export async function acceptMail(message: InboundMail, env: Env): Promise<Accept
     if (bounce !== undefined) message.setReject(bounce);
     return null;
   }
+  // Made once (again is a no-op): listed first, as POST /v1/sessions does.
+  await sessionIndex(env).add(routed.session_id, Date.now());
+  await env.SESSION.getByName(routed.session_id).initMail(routed.session_id, env.KIT_SANDBOX_TIER || "basic");
   const turn: MailTurn = {
     inbound_id: msg.message_id,
     client_msg_id: await clientMsgId(msg.message_id),
-    text: turnText(msg),
+    text: turnText(msg, await saveAttachments(msg, routed.session_id, env)),
     reply_to: {
       message_id: msg.message_id,
       sender: msg.sender,
@@ -105,10 +108,32 @@ export async function acceptMail(message: InboundMail, env: Env): Promise<Accept
     agent: { address: agentAddress, name: env.KIT_MAIL_NAME ?? "" },
     token: routed.token,
   };
-  // Made once (again is a no-op): listed first, as POST /v1/sessions does.
-  await sessionIndex(env).add(routed.session_id, Date.now());
-  await env.SESSION.getByName(routed.session_id).initMail(routed.session_id, env.KIT_SANDBOX_TIER || "basic");
   return { action: routed.action, session_id: routed.session_id, turn };
+}
+
+/** The folder of the attachments of the message `messageId` (kit/mail/channel.py's):
+ * `mail/` and the first 12 hex digits of the SHA-256 of the Message-ID. */
+export async function attachmentFolder(messageId: string): Promise<string> {
+  return "mail/" + (await sha256(messageId)).slice(0, 12);
+}
+
+/** Keep `msg`'s attachments as files of its session, in `attachmentFolder`, named as
+ * `attachmentPlan` says, before its turn is taken; for each, what the agent reads (null:
+ * it has none). The session's DO writes them all or none, and nothing once the message's
+ * turn was taken (a repeated delivery); the container of each turn gets them (files.ts). */
+export async function saveAttachments(msg: Inbound, sessionId: string, env: Env): Promise<string[] | null> {
+  if (msg.attachments.length === 0) return null;
+  const folder = await attachmentFolder(msg.message_id);
+  const plan = attachmentPlan(msg, folder);
+  const files = plan.flatMap(([name], i) => (name === null ? [] : [{ name, data: msg.attachments[i].data }]));
+  if (files.length > 0) {
+    const refused = await env.SESSION.getByName(sessionId).saveMailFiles(msg.message_id, folder, files);
+    if (refused !== null) {
+      console.log(`mail ${msg.message_id}: attachments not saved: ${refused}`);
+      return plan.map(([name, why]) => (name === null ? why : `not saved (${refused})`));
+    }
+  }
+  return plan.map(([, why]) => why);
 }
 
 /** Hand the turn to its session (once per inbound id), then mark the message delivered:

@@ -1,7 +1,7 @@
 // Raw RFC 5322 mail → Inbound, the one form every mail source is reduced to: the port of
 // kit/mail/message.py. Hand-written rather than a MIME library: it reads what kit's rules
 // need (headers with RFC 2047 words decoded, the first text/plain part, else the first
-// text/html one, attachments' names and sizes), and it decides as Python's `email` package
+// text/html one, attachments' names, sizes and bytes), and it decides as Python's `email` package
 // does on the cases of kit/mail/golden/route.jsonl, which a library would not promise.
 
 import { htmlToText } from "./text";
@@ -23,6 +23,8 @@ export interface Attachment {
   filename: string;
   content_type: string;
   size: number;
+  /** The decoded bytes (saved as a session file: mail/handler.ts). */
+  data: Uint8Array;
 }
 
 /** What kit reads of one inbound message (kit/mail/message.py `Inbound`). */
@@ -339,7 +341,8 @@ function body(root: Part): { text: string; attachments: Attachment[] } {
     const rawName = disposition.params["filename"] ?? type.params["name"] ?? null;
     const filename = rawName === null ? null : decodeWords(rawName);
     if (dispositionValue === "attachment" || (filename && dispositionValue !== "inline") || (filename && !ctype.startsWith("text/"))) {
-      attachments.push({ filename: filename || "attachment", content_type: ctype, size: decodeTransfer(part).length });
+      const data = decodeTransfer(part);
+      attachments.push({ filename: filename || "attachment", content_type: ctype, size: data.length, data });
       return;
     }
     if (ctype === "text/plain" && plain === null) plain = textOf(part, type.params["charset"]);

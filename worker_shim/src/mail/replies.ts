@@ -131,6 +131,11 @@ export class MailReplies {
     return { turn_id: row.turn_id!, fresh: true };
   }
 
+  /** Whether the inbound message `inboundId` started its turn here (reads only). */
+  taken(inboundId: string): boolean {
+    return this.hasMail() && this.sql.exec("SELECT 1 FROM mail_replies WHERE inbound_id = ?", inboundId).toArray().length > 0;
+  }
+
   /** Whether the turn `turnId` has a mail row (its end should pump). */
   isMailTurn(turnId: string | null): boolean {
     return turnId !== null && this.hasMail() && this.sql.exec("SELECT 1 FROM mail_replies WHERE turn_id = ?", turnId).toArray().length > 0;

@@ -42,7 +42,8 @@ export function stripQuotes(text: string): string {
 }
 
 /** What the agent reads for `msg` (kit/mail/text.py `turn_text`): who wrote, the subject,
- * the body without quotes, the attachments (`saved`: their paths, when they were saved). */
+ * the body without quotes, and the attachments (`saved`: for each, where it went — `saved
+ * as PATH` — or why it did not, as `attachmentPlan` says; null: none were saved). */
 export function turnText(msg: Inbound, saved: string[] | null = null): string {
   let body = stripQuotes(msg.text);
   const length = chars(body);
@@ -51,7 +52,7 @@ export function turnText(msg: Inbound, saved: string[] | null = null): string {
   const parts = [`Email from ${sender}`, msg.subject ? `Subject: ${msg.subject}` : "", "", body];
   if (msg.attachments.length > 0) {
     parts.push("", "Attachments:");
-    msg.attachments.forEach((a, i) => parts.push(attachmentLine(a, saved === null ? null : (saved[i] ?? null))));
+    msg.attachments.forEach((a, i) => parts.push(attachmentLine(a, saved !== null && saved.length > 0 ? (saved[i] ?? null) : null)));
   }
   return parts
     .filter((p, i) => p !== "" || i >= 2)
@@ -59,8 +60,73 @@ export function turnText(msg: Inbound, saved: string[] | null = null): string {
     .trimEnd();
 }
 
-function attachmentLine(a: Attachment, path: string | null): string {
-  return `- ${a.filename} (${a.content_type}, ${a.size} bytes): ${path ? `saved as ${path}` : "not saved"}`;
+function attachmentLine(a: Attachment, where: string | null): string {
+  return `- ${a.filename} (${a.content_type}, ${a.size} bytes): ${where || "not saved"}`;
+}
+
+/** Attachments saved per message; the rest are listed, not saved. */
+export const MAX_ATTACHMENTS = 10;
+/** The largest attachment saved. */
+export const MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024;
+/** Python's `[^\w.\- ]+` on str: \w is a letter or number of any script, or `_` (Python's
+ * \w leaves marks out, as \p{L}\p{N} do). */
+const UNSAFE = /[^\p{L}\p{N}_.\- ]+/gu;
+
+/** Python's `str.strip(" .")`. */
+function stripSpacesAndDots(text: string): string {
+  return text.replace(/^[ .]+/, "").replace(/[ .]+$/, "");
+}
+
+/** Python's `str.rpartition(".")`: before the last dot, the dot, after it (no dot: "", "",
+ * all of it). */
+function rpartitionDot(text: string): [string, string, string] {
+  const at = text.lastIndexOf(".");
+  return at < 0 ? ["", "", text] : [text.slice(0, at), ".", text.slice(at + 1)];
+}
+
+/** A plain file name for an attachment's name (kit/mail/text.py `safe_filename`): its last
+ * path part, only letters, digits, `.`, `-`, `_` and spaces, no leading dot, at most 100
+ * characters (the extension kept). Shared with Python through golden/attachments.jsonl. */
+export function safeFilename(name: string): string {
+  const path = name.replaceAll("\\", "/");
+  let base = stripSpacesAndDots(path.slice(path.lastIndexOf("/") + 1).replace(UNSAFE, "_"));
+  const points = [...base];
+  if (points.length > 100) {
+    const [stem, dot, ext] = rpartitionDot(base);
+    const extLength = [...ext].length;
+    base = dot && extLength <= 10 ? [...stem].slice(0, 99 - extLength).join("") + dot + ext : points.slice(0, 100).join("");
+  }
+  return base || "attachment";
+}
+
+/** For each attachment of `msg` (kit/mail/text.py `attachment_plan`): the file name to save
+ * it as in `folder` (null: not saved) and the phrase the agent reads (`saved as
+ * folder/name` or why not). At most MAX_ATTACHMENTS, each at most MAX_ATTACHMENT_BYTES;
+ * names unique without regard to case (`a (2).txt` for a second `a.txt`). */
+export function attachmentPlan(msg: Pick<Inbound, "attachments">, folder: string): Array<[string | null, string]> {
+  const plan: Array<[string | null, string]> = [];
+  const taken = new Set<string>();
+  msg.attachments.forEach((a, n) => {
+    if (n >= MAX_ATTACHMENTS) {
+      plan.push([null, `not saved (more than ${MAX_ATTACHMENTS} attachments)`]);
+      return;
+    }
+    if (a.size > MAX_ATTACHMENT_BYTES) {
+      plan.push([null, `not saved (larger than ${Math.floor(MAX_ATTACHMENT_BYTES / 2 ** 20)} MiB)`]);
+      return;
+    }
+    const first = safeFilename(a.filename);
+    let name = first;
+    const [stem, dot, ext] = rpartitionDot(first);
+    for (let k = 2; k < MAX_ATTACHMENTS + 2; k++) {
+      // one name per attachment at most
+      if (!taken.has(name.toLowerCase())) break;
+      name = dot ? `${stem} (${k})${dot}${ext}` : `${first} (${k})`;
+    }
+    taken.add(name.toLowerCase());
+    plan.push([name, `saved as ${folder}/${name}`]);
+  });
+  return plan;
 }
 
 const TAG = /<[^>]*>/g;
