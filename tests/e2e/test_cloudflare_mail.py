@@ -3,14 +3,16 @@ endpoint reaches the shim's ``email()`` handler, the agent answers in a containe
 rehearsal, and the reply the session's DO sends through the send_email binding is read
 back as the user reads it: the ``.eml`` wrangler writes, parsed with kit's own rules. No
 network: the offline model, kit's container emulator under Docker, wrangler dev on
-loopback."""
+loopback. Attachments are kept by the session's DO and put into each of its containers."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from collections.abc import Callable
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -352,3 +354,90 @@ async def test_one_reply_after_a_container_kill_and_a_worker_restart_mid_turn(
         assert await _replies_to(cf, "k2@example.org") == [item2]
         users = [e for e in await _events(cf, sid2) if e["kind"] == "user"]
         assert len(users) == 1
+
+
+ATTACHMENT_SCENARIO = """
+[[rule]]
+name = "read the attachment"
+contains = "read my attachment"
+[[rule.step]]
+tool = "Bash"
+input = { command = "cat mail/*/notes.txt; stat -c '%U %n' mail/*/*", description = "read" }
+[[rule.step]]
+text = "Attachment said: {tool_result}"
+"""
+
+
+def _with_attachments(message_id: str, body: str) -> bytes:
+    """A message with a text file (a path in its name) and an image attached."""
+    msg = EmailMessage()
+    msg["From"] = "Alice <alice@example.org>"
+    msg["To"] = AGENT
+    msg["Subject"] = "Order 1042"
+    msg["Message-ID"] = f"<{message_id}>"
+    msg.set_content(body)
+    msg.add_attachment(
+        b"order 1042: two lamps\n", maintype="text", subtype="plain", filename="../../notes.txt"
+    )
+    msg.add_attachment(b"\x89PNG...", maintype="image", subtype="png", filename="photo.png")
+    return msg.as_bytes()
+
+
+def _read_back(reply: Inbound) -> tuple[str, list[str], set[str]]:
+    """What the agent said it read, the files it listed (names in their folder), and their
+    owners."""
+    said, *listing = reply.text.splitlines()
+    names = sorted(line.split()[1].split("/", 2)[2] for line in listing)
+    return said, names, {line.split()[0] for line in listing}
+
+
+async def test_attachments_are_saved_in_the_workspace_of_every_container(kit_tmp: Path) -> None:
+    """A mailed text file is kept by the session's DO and put into its container before the
+    turn, owned by the sandbox user, under a plain name (a path in its name is dropped): the
+    agent reads it with its own tools and the reply carries what it read. After the
+    container is killed, the next message's new container has it too."""
+    image = runtime_image()
+    project = write_agent(kit_tmp / "agent")
+    (project / "scenarios" / "0-mail.toml").write_text(ATTACHMENT_SCENARIO)
+    async with rehearse_cloudflare(project, kit_tmp / "state", image.tag, mail_address=AGENT) as cf:
+        raw = _with_attachments("a1@example.org", "Please read my attachment.")
+        assert (await _send(cf, raw, "alice@example.org")).status_code == 200
+        _, reply = await _reply(cf, "a1@example.org")
+        said, names, owners = _read_back(reply)
+        assert said == "Attachment said: order 1042: two lamps"
+        assert names == ["notes.txt", "photo.png"]  # no path from the name, no temp file
+        assert "root" not in owners  # the sandbox user's files, not the host's
+        sid = await _session_of(cf, "a1@example.org")
+        folder = "mail/" + hashlib.sha256(b"a1@example.org").hexdigest()[:12]
+        files = (await _get(cf, f"/v1/sessions/{sid}/files"))["files"]
+        assert [(f["path"], f["size"]) for f in files] == [
+            (f"{folder}/notes.txt", 22),
+            (f"{folder}/photo.png", 7),
+        ]
+        users = [e["data"]["text"] for e in await _events(cf, sid) if e["kind"] == "user"]
+        assert f"- ../../notes.txt (text/plain, 22 bytes): saved as {folder}/notes.txt" in users[0]
+
+        # The container dies; the thread's next message runs in a new one, which has the file.
+        backend = cf.containers.backend
+        running = [c.id for c in backend.containers.values() if c.status()["running"]]
+        assert len(running) == 1, running
+        await backend.signal(running[0], 9)
+        again = _mail(
+            "a2@example.org",
+            "Please read my attachment again.",
+            to=reply.sender,
+            subject="Re: Order 1042",
+            in_reply_to=reply.message_id,
+            references=["a1@example.org", reply.message_id],
+        )
+        await _send(cf, again, "alice@example.org", reply.sender)
+        _, second = await _reply(cf, "a2@example.org")
+        said, names, owners = _read_back(second)
+        assert said == "Attachment said: order 1042: two lamps"
+        assert names == ["notes.txt", "photo.png"]
+        assert "root" not in owners
+        events = await _events(cf, sid)
+        died = [e for e in events if e["kind"] == "sandbox" and e["data"].get("state") == "died"]
+        assert [(e["data"]["reason"], e["data"]["exit_code"]) for e in died] == [("killed", 137)]
+        starts = [e for e in events if e["kind"] == "sandbox" and e["data"]["state"] == "running"]
+        assert len(starts) == 2  # a new container took the second turn

@@ -139,7 +139,7 @@ export class SessionFiles {
       return {
         status: 413,
         error: "too_many_files",
-        message: `The session would have ${after.size} files; it keeps at most ${MAX_SESSION_FILES} (a PUT to a path it has replaces that file).`,
+        message: `The session would have ${after.size} files; it keeps at most ${MAX_SESSION_FILES}, and a PUT to a path it has replaces that file.`,
       };
     }
     const total = [...after.values()].reduce((a, b) => a + b, 0);

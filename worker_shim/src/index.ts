@@ -48,7 +48,7 @@ import { control } from "./control";
 import { email } from "./mail/handler";
 import { EGRESS_ROUTE } from "./httpcontainer";
 import type { Env } from "./env";
-import { FILES_ROUTE, refusal, routePath } from "./files";
+import { FILES_ROUTE, MAX_FILE_BYTES, boundedBody, refusal, routePath, tooLarge } from "./files";
 import { noSessionSocket } from "./nosession";
 import { json, sandboxCall, sandboxRouteOf, UUID } from "./sandboxroutes";
 import { sessionIndex } from "./sessionindex";
@@ -176,11 +176,13 @@ async function sessionFiles(request: Request, env: Env, id: string, rest: string
   if (!UUID.test(id) || !(await env.SESSION.getByName(id).exists())) {
     return refuse(json({ error: "not_found", message: "No session has this id; create one with POST /v1/sessions." }, 404));
   }
-  if (rest !== undefined) {
-    const path = routePath(rest);
-    if (typeof path !== "string") return refuse(refusal(path));
-  }
-  return env.SESSION.getByName(id).fetch(request);
+  if (rest === undefined) return env.SESSION.getByName(id).fetch(request);
+  const path = routePath(rest);
+  if (typeof path !== "string") return refuse(refusal(path));
+  // Read here, within the limit: a body the DO stopped reading would still be piped to it.
+  const data = await boundedBody(request, MAX_FILE_BYTES);
+  if (data === null) return refusal(tooLarge(null));
+  return env.SESSION.getByName(id).fetch(request.url, { method: "PUT", headers: request.headers, body: data });
 }
 
 /** Forward a session socket to its DO, after the browser-origin check. */

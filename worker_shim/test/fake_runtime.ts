@@ -49,10 +49,12 @@ export function cannedOrRecovered(text: string, recover: boolean): RuntimeEventL
   return recover ? recoveredTurn(text) : cannedTurn(text);
 }
 
-/** How one started container dies: before its runtime is ready (`start`), or after it
- * streamed `after` lines of a turn (`stream`), with exit code `code` (and `oom`). */
+/** How one started container dies: before its runtime is ready (`start`), as it is sent a
+ * file (`file`), or after it streamed `after` lines of a turn (`stream`), with exit code
+ * `code` (and `oom`). */
 export type Death =
   | { at: "start"; code: number }
+  | { at: "file"; code: number }
   | { at: "stream"; after: number; code: number; oom?: boolean; /** close the stream cleanly first */ close?: boolean };
 
 /** How long the fake runtime takes to answer /v1/interrupt. */
@@ -68,6 +70,13 @@ export class FakeContainer implements ContainerLike {
   readonly starts: ContainerStartupOptions[] = [];
   /** Every turn request the runtime received. */
   readonly turns: Array<{ turn_id: string; text: string; recover: boolean }> = [];
+  /** Every file the runtime took (`PUT /v1/files`): its path and bytes, the start it came
+   * to (0-based), and how many turns that runtime had been posted before it. */
+  readonly files: Array<{ path: string; data: Uint8Array; start: number; turnsBefore: number }> = [];
+  /** Overrides the runtime's answer to a file (default: 204, kept in `files`). */
+  fileAnswer: ((path: string) => Response | null) | null = null;
+  /** Turns posted to the container started now. */
+  private turnsHere = 0;
   /** With a gate: lines of a turn sent before the stream waits on it. */
   holdAfter = 0;
   /** Overrides what `/healthz` answers (default: ready, for the session it was started for). */
@@ -113,6 +122,7 @@ export class FakeContainer implements ContainerLike {
     this.token = parsed.runtime_token ?? null;
     this.sessionId = parsed.session_id ?? null;
     this.probes = 0;
+    this.turnsHere = 0;
     this.busy = false;
     this.running = true;
   }
@@ -198,9 +208,21 @@ export class FakeContainer implements ContainerLike {
       await scheduler.wait(INTERRUPT_DELAY_MS);
       return Response.json({ interrupted: this.interruptAnswer ?? this.held }, { status: 202 });
     }
+    if (url.pathname === "/v1/files" && request.method === "PUT") {
+      if (this.death?.at === "file") {
+        this.exit(this.death.code);
+        throw new Error("connection reset by peer");
+      }
+      const path = url.searchParams.get("path") ?? "";
+      const answer = this.fileAnswer?.(path) ?? null;
+      if (answer !== null) return answer;
+      this.files.push({ path, data: new Uint8Array(await request.arrayBuffer()), start: this.starts.length - 1, turnsBefore: this.turnsHere });
+      return new Response(null, { status: 204 });
+    }
     if (url.pathname === "/v1/turns" && request.method === "POST") {
       const turn = (await request.json()) as { turn_id: string; text: string; recover: boolean };
       this.turns.push(turn);
+      this.turnsHere++;
       if (this.busy) {
         this.busyRefusals++;
         return Response.json({ error: "busy", message: "A turn is already running in this sandbox; wait for its result." }, { status: 409 });

@@ -1,4 +1,4 @@
-// The mail rules replay kit/mail/golden/{route,compose,strip}.jsonl, the cases
+// The mail rules replay kit/mail/golden/{route,compose,strip,attachments}.jsonl, the cases
 // tests/mail/test_golden.py replays against kit/mail: both hosts route, strip and compose
 // alike.
 
@@ -6,7 +6,9 @@ import { describe, expect, it } from "vitest";
 import { composeReply, toRaw } from "../src/mail/compose";
 import { parse } from "../src/mail/message";
 import { Agent, REFUSALS, decide, threadIds, tokens, type Thread } from "../src/mail/rules";
-import { stripQuotes, turnText } from "../src/mail/text";
+import { attachmentFolder } from "../src/mail/handler";
+import type { Inbound } from "../src/mail/message";
+import { attachmentPlan, stripQuotes, turnText } from "../src/mail/text";
 
 const files = import.meta.glob("../../kit/mail/golden/*.jsonl", { query: "?raw", import: "default", eager: true }) as Record<string, string>;
 
@@ -88,6 +90,40 @@ describe("kit/mail/golden/strip.jsonl", () => {
   for (const c of load("strip")) {
     it(c.name, () => {
       expect(stripQuotes(c.text)).toBe(c.expect);
+    });
+  }
+});
+
+/** A case of attachments.jsonl as a message: its fields, each attachment `count` times (no
+ * bytes: the plan reads names and sizes). */
+function withAttachments(c: Case): Inbound {
+  const m = c.message;
+  const attachments = (c.attachments as Case[]).flatMap((a) =>
+    Array.from({ length: a.count ?? 1 }, () => ({ filename: a.filename, content_type: a.content_type, size: a.size, data: new Uint8Array(0) })),
+  );
+  return {
+    message_id: m.message_id,
+    sender: m.sender,
+    sender_name: m.sender_name,
+    recipients: ["agent@example.com"],
+    return_path: null,
+    subject: m.subject,
+    in_reply_to: [],
+    references: [],
+    headers: {},
+    text: m.text,
+    attachments,
+  };
+}
+
+describe("kit/mail/golden/attachments.jsonl", () => {
+  for (const c of load("attachments")) {
+    it(c.name, async () => {
+      const msg = withAttachments(c);
+      expect(await attachmentFolder(msg.message_id)).toBe(c.folder);
+      const plan = attachmentPlan(msg, c.folder);
+      expect(plan).toEqual(c.expect.plan);
+      expect(turnText(msg, plan.map(([, why]) => why))).toBe(c.expect.text);
     });
   }
 });

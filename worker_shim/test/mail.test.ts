@@ -1,15 +1,16 @@
 // The Worker's email() handler and the session DO's replies (src/mail/): a thread is one
 // session, refused mail starts nothing, exactly one reply per inbound message (a repeated
 // delivery, a container killed mid-turn, the DO lost mid-turn, a failed send), and what
-// GET /_kit/mail/outbox and /_kit/mail/refused list. Replies are read as the user reads them:
-// the raw message sent, parsed back.
+// GET /_kit/mail/outbox and /_kit/mail/refused list; attachments kept as the session's files
+// (src/files.ts) before the turn. Replies are read as the user reads them: the raw message
+// sent, parsed back.
 
 import { SELF, abortAllDurableObjects, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import worker from "../src/index";
 import type { Env } from "../src/env";
-import { acceptMail, clientMsgId, deliverMail, email } from "../src/mail/handler";
+import { acceptMail, attachmentFolder, clientMsgId, deliverMail, email } from "../src/mail/handler";
 import { parse, type Inbound } from "../src/mail/message";
 import { FAILED_TEXT, MAX_SEND_ATTEMPTS, type Mailer } from "../src/mail/replies";
 import { FakeContainer, cannedOrRecovered, cannedTurn, recoveredTurn, type RuntimeEventLine } from "./fake_runtime";
@@ -419,5 +420,133 @@ describe("the mail routes", () => {
 
   it("the Worker's default export has the email handler", () => {
     expect(typeof worker.email).toBe("function");
+  });
+});
+
+/** A message with attachments (base64 parts after a text/plain one), as a mail client
+ * writes it. */
+function mailWith(o: { id: string; to?: string; body: string; files: Array<{ name: string; type: string; data: Uint8Array }> }): string {
+  const boundary = "b-" + crypto.randomUUID();
+  const lines = [
+    "From: Alice <alice@example.org>",
+    `To: ${o.to ?? AGENT}`,
+    "Subject: Order 1042",
+    `Message-ID: <${o.id}>`,
+    "MIME-Version: 1.0",
+    `Content-Type: multipart/mixed; boundary="${boundary}"`,
+    "",
+    `--${boundary}`,
+    "Content-Type: text/plain; charset=utf-8",
+    "",
+    o.body,
+  ];
+  for (const f of o.files) {
+    let binary = "";
+    for (let i = 0; i < f.data.length; i += 8192) binary += String.fromCharCode(...f.data.subarray(i, i + 8192));
+    const b64 = btoa(binary);
+    lines.push(`--${boundary}`, `Content-Type: ${f.type}`, "Content-Transfer-Encoding: base64", `Content-Disposition: attachment; filename="${f.name}"`, "");
+    for (let i = 0; i < b64.length; i += 76) lines.push(b64.slice(i, i + 76));
+  }
+  lines.push(`--${boundary}--`, "");
+  return lines.join("\n");
+}
+
+async function filesOf(sessionId: string): Promise<Array<{ path: string; size: number; sha256: string }>> {
+  const answer = await SELF.fetch(`${API}/v1/sessions/${sessionId}/files`, { headers: AUTH });
+  expect(answer.status).toBe(200);
+  return ((await answer.json()) as { files: Array<{ path: string; size: number; sha256: string }> }).files;
+}
+
+async function hex(data: Uint8Array): Promise<string> {
+  return [...new Uint8Array(await crypto.subtle.digest("SHA-256", data))].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+describe("attachments", () => {
+  const notes = new TextEncoder().encode("order 1042: two lamps\n");
+  const big = new Uint8Array(3 * 1024 * 1024 + 7).map((_, i) => (i * 31 + (i >> 20)) & 0xff);
+
+  it("are saved as the session's files before the turn, named as kit/mail plans, and the agent reads where", async () => {
+    const container = new FakeContainer();
+    const m1 = mid("att");
+    const files = [
+      { name: "../../notes.txt", type: "text/plain", data: notes },
+      { name: "a.txt", type: "text/plain", data: new TextEncoder().encode("first") },
+      { name: "A.TXT", type: "text/plain", data: new TextEncoder().encode("second") },
+      { name: "data.bin", type: "application/octet-stream", data: big },
+    ];
+    const sid = await firstMessage(mailWith({ id: m1, body: "Please read my attachment.", files }), container, new Recorder());
+    const folder = await attachmentFolder(m1);
+    expect(folder).toMatch(/^mail\/[0-9a-f]{12}$/);
+    expect(await userTexts(sid)).toEqual([
+      [
+        "Email from Alice <alice@example.org>",
+        "Subject: Order 1042",
+        "",
+        "Please read my attachment.",
+        "",
+        "Attachments:",
+        `- ../../notes.txt (text/plain, 22 bytes): saved as ${folder}/notes.txt`,
+        `- a.txt (text/plain, 5 bytes): saved as ${folder}/a.txt`,
+        `- A.TXT (text/plain, 6 bytes): saved as ${folder}/A (2).TXT`,
+        `- data.bin (application/octet-stream, ${big.length} bytes): saved as ${folder}/data.bin`,
+      ].join("\n"),
+    ]);
+    const stored = [
+      [`${folder}/A (2).TXT`, new TextEncoder().encode("second")],
+      [`${folder}/a.txt`, new TextEncoder().encode("first")],
+      [`${folder}/data.bin`, big],
+      [`${folder}/notes.txt`, notes],
+    ] as const;
+    expect(await filesOf(sid)).toEqual(await Promise.all(stored.map(async ([path, data]) => ({ path, size: data.length, sha256: await hex(data) }))));
+    // In the container before its turn, byte for byte.
+    expect(container.turns).toHaveLength(1);
+    expect(await Promise.all(container.files.map(async (f) => [f.path, f.turnsBefore, await hex(f.data)]))).toEqual(
+      await Promise.all(stored.map(async ([path, data]) => [path, 0, await hex(data)])),
+    );
+  });
+
+  it("a repeated delivery of the message writes nothing once its turn was taken", async () => {
+    const m1 = mid("att");
+    const raw = mailWith({ id: m1, body: "See attached.", files: [{ name: "notes.txt", type: "text/plain", data: notes }] });
+    const first = await acceptMail(inbound(raw), env as Env);
+    const sid = first!.session_id;
+    await equip(sid, new FakeContainer(), new Recorder());
+    // The turn is taken; the handler fails before the MailIndex hears it was delivered.
+    expect(await env.SESSION.getByName(sid).mailTurn(first!.turn)).toMatchObject({ fresh: true });
+    const folder = await attachmentFolder(m1);
+    const changed = new TextEncoder().encode("changed since");
+    expect((await SELF.fetch(`${API}/v1/sessions/${sid}/files/${folder}/notes.txt`, { method: "PUT", headers: AUTH, body: changed })).status).toBe(204);
+    // The platform delivers again: routed to the session, its attachment not written again.
+    const retried = await acceptMail(inbound(raw), env as Env);
+    expect(retried?.session_id).toBe(sid);
+    await deliverMail(retried!, env as Env);
+    await settle(sid);
+    expect(await filesOf(sid)).toEqual([{ path: `${folder}/notes.txt`, size: changed.length, sha256: await hex(changed) }]);
+    expect(await userTexts(sid)).toHaveLength(1);
+    // Once delivered, another copy is a duplicate: nothing at all.
+    expect(await acceptMail(inbound(raw), env as Env)).toBeNull();
+    expect(await filesOf(sid)).toHaveLength(1);
+  });
+
+  it("that would take the session past its limits are listed as not saved, saying why, and nothing of them is stored", async () => {
+    const recorder = new Recorder();
+    const container = new FakeContainer();
+    const sid = await firstMessage(mail({ id: mid("m1") }), container, recorder);
+    for (let n = 0; n < 100; n++) {
+      expect((await SELF.fetch(`${API}/v1/sessions/${sid}/files/f${n}.txt`, { method: "PUT", headers: AUTH, body: "x" })).status).toBe(204);
+    }
+    const plus = recorder.sent[0].from;
+    const m2 = mid("att");
+    await email(inbound(mailWith({ id: m2, to: plus, body: "One more.", files: [{ name: "notes.txt", type: "text/plain", data: notes }] }), { to: plus }), env as Env);
+    await settle(sid);
+    const texts = await userTexts(sid);
+    expect(texts).toHaveLength(2);
+    expect(texts[1].split("\n").slice(-1)).toEqual([
+      "- notes.txt (text/plain, 22 bytes): not saved (The session would have 101 files; it keeps at most 100, and a PUT to a path it has replaces that file)",
+    ]);
+    const listed = await filesOf(sid);
+    expect(listed).toHaveLength(100);
+    expect(listed.some((f) => f.path.startsWith("mail/"))).toBe(false);
+    expect(recorder.sent).toHaveLength(2); // answered all the same
   });
 });
