@@ -383,12 +383,13 @@ def _with_attachments(message_id: str, body: str) -> bytes:
     return msg.as_bytes()
 
 
-def _read_back(reply: Inbound) -> tuple[str, list[str], set[str]]:
-    """What the agent said it read, the files it listed (names in their folder), and their
-    owners."""
+def _read_back(reply: Inbound) -> tuple[list[str], set[str]]:
+    """The files the agent listed (names in their folder) and their owners, after it said
+    what the attachment says."""
     said, *listing = reply.text.splitlines()
+    assert said == "Attachment said: order 1042: two lamps", reply.text
     names = sorted(line.split()[1].split("/", 2)[2] for line in listing)
-    return said, names, {line.split()[0] for line in listing}
+    return names, {line.split()[0] for line in listing}
 
 
 async def test_attachments_are_saved_in_the_workspace_of_every_container(kit_tmp: Path) -> None:
@@ -403,8 +404,7 @@ async def test_attachments_are_saved_in_the_workspace_of_every_container(kit_tmp
         raw = _with_attachments("a1@example.org", "Please read my attachment.")
         assert (await _send(cf, raw, "alice@example.org")).status_code == 200
         _, reply = await _reply(cf, "a1@example.org")
-        said, names, owners = _read_back(reply)
-        assert said == "Attachment said: order 1042: two lamps"
+        names, owners = _read_back(reply)
         assert names == ["notes.txt", "photo.png"]  # no path from the name, no temp file
         assert "root" not in owners  # the sandbox user's files, not the host's
         sid = await _session_of(cf, "a1@example.org")
@@ -432,8 +432,7 @@ async def test_attachments_are_saved_in_the_workspace_of_every_container(kit_tmp
         )
         await _send(cf, again, "alice@example.org", reply.sender)
         _, second = await _reply(cf, "a2@example.org")
-        said, names, owners = _read_back(second)
-        assert said == "Attachment said: order 1042: two lamps"
+        names, owners = _read_back(second)
         assert names == ["notes.txt", "photo.png"]
         assert "root" not in owners
         events = await _events(cf, sid)
