@@ -182,7 +182,7 @@ async function sessionFiles(request: Request, env: Env, id: string, rest: string
   // Read here, within the limit: a body the DO stopped reading would still be piped to it.
   const data = await boundedBody(request, MAX_FILE_BYTES);
   if (data === null) return refusal(tooLarge(null));
-  return env.SESSION.getByName(id).fetch(request.url, { method: "PUT", headers: request.headers, body: data });
+  return env.SESSION.getByName(id).fetch(request.url, { method: "PUT", headers: { "content-type": "application/octet-stream" }, body: data });
 }
 
 /** Forward a session socket to its DO, after the browser-origin check. */

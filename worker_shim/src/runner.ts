@@ -40,7 +40,7 @@ export interface RunnerHost {
   /** Put the session's files that `pushed` (path and SHA-256 of each file this sandbox
    * took) does not hold into the sandbox of `runtime` (files.ts `push`); RuntimeLost when
    * the sandbox cannot be reached. */
-  pushFiles?(runtime: ContainerRuntime, pushed: Set<string>): Promise<unknown>;
+  pushFiles(runtime: ContainerRuntime, pushed: Set<string>): Promise<unknown>;
 }
 
 /** A sandbox this instance watches with monitor(). */
@@ -252,7 +252,7 @@ export class TurnRunner {
     try {
       // The session's files first (a new turn, or a recovered one in a new container): a
       // sandbox that cannot take them is lost like one whose stream breaks.
-      await this.host.pushFiles?.(live.runtime, live.pushed);
+      await this.host.pushFiles(live.runtime, live.pushed);
       for await (const event of live.runtime.turn(turn.turn_id, turn.text, recover)) {
         const [emit, ...rest] = planner.batch([[event.kind, event.data]]);
         if (emit.action !== "emit") throw new Error(`The turn planner answered a batch with ${emit.action}.`);

@@ -139,9 +139,22 @@ describe("PUT and GET /v1/sessions/{id}/files", () => {
     });
     expect((await put(sid, "big.bin", streamed)).status).toBe(413);
     expect(await listing(sid)).toEqual([]);
+    const small = new ReadableStream<Uint8Array>({
+      start(c) {
+        c.enqueue(text("in "));
+        c.enqueue(text("pieces"));
+        c.close();
+      },
+    });
+    expect((await put(sid, "streamed.txt", small)).status).toBe(204);
+    expect(await listing(sid)).toEqual([{ path: "streamed.txt", size: 9, sha256: await sha256Hex(text("in pieces")) }]);
+    expect((await put(sid, "streamed.txt", new Uint8Array(0))).status).toBe(204);
     const data = pattern(MAX_FILE_BYTES);
     expect((await put(sid, "big.bin", data)).status).toBe(204);
-    expect(await listing(sid)).toEqual([{ path: "big.bin", size: MAX_FILE_BYTES, sha256: await sha256Hex(data) }]);
+    expect(await listing(sid)).toEqual([
+      { path: "big.bin", size: MAX_FILE_BYTES, sha256: await sha256Hex(data) },
+      { path: "streamed.txt", size: 0, sha256: await sha256Hex(new Uint8Array(0)) },
+    ]);
     const rows = await runInDurableObject(env.SESSION.getByName(sid), (_i, state) =>
       state.storage.sql.exec<{ size: number }>("SELECT length(data) AS size FROM file_chunks WHERE path = 'big.bin' ORDER BY n").toArray(),
     );
