@@ -6,7 +6,9 @@
 //   PUT /v1/sessions/{id}/files/{path}   Bearer KIT_API_TOKEN, the file's bytes as the body:
 //                                        204 once stored; 400 a bad path (the rule named);
 //                                        413 a file over 10 MiB, or a session past 100 files
-//                                        or 100 MiB in all (which one said); 404 no session
+//                                        or 100 MiB in all (which one said); 409 a path that
+//                                        is a folder of another file, or under one; 404 no
+//                                        session (docs/protocol.md "A session's files")
 //   GET /v1/sessions/{id}/files          200 {"files": [{"path", "size", "sha256"}]} by path
 //
 // Storage: DO SQLite (the shim's DOs are SQLite-backed: `new_sqlite_classes`) holds at most
@@ -14,7 +16,7 @@
 // reference/cloudflare.md §4), so a file's bytes are cut into CHUNK_BYTES rows
 // (`file_chunks`) and listed in `files` (path, size, sha256, chunks). A file is written in
 // one transaction, its chunks first and its row last, so a reader (the push before a turn)
-// sees the old file or the new one whole, never half of one. Refused input writes nothing.
+// sees the old file or the new one whole, never half of one. A refused file writes nothing.
 // The tables are made by the first file: a session without files has none.
 
 /** The largest file (the runtime's MAX_FILE_BYTES, an email attachment's limit). */
@@ -42,7 +44,7 @@ export function filePathProblem(path: string): string | null {
     let why: string | null = null;
     if (part === "") why = "an empty part (a leading, trailing or double /)";
     else if (part.startsWith(".")) why = `the part ${JSON.stringify(part)} starts with a dot`;
-    else if (/[\x00-\x1f\x7f]/.test(part)) why = `the part ${JSON.stringify(part)} has a control character`;
+    else if (/[\x00-\x1f\x7f-\x9f]/.test(part)) why = `the part ${JSON.stringify(part)} has a control character`;
     else if (part.includes("\\")) why = `the part ${JSON.stringify(part)} has a backslash`;
     else if (new TextEncoder().encode(part).length > 255) why = `a part is over 255 bytes`;
     if (why !== null) return `${JSON.stringify(path.slice(0, 300))} has ${why}; ${PART_RULE}.`;
@@ -57,9 +59,10 @@ export interface FileInfo {
   sha256: string;
 }
 
-/** A refused upload: the HTTP status, kit's error code and the message. */
+/** A refused upload: the HTTP status, kit's error code and the message (docs/protocol.md
+ * "A session's files": `refused`, or `too_large` for a body over MAX_FILE_BYTES). */
 export interface FileRefusal {
-  status: 400 | 413;
+  status: 400 | 409 | 413;
   error: string;
   message: string;
 }
@@ -126,8 +129,8 @@ export class SessionFiles {
   async put(files: Array<{ path: string; data: Uint8Array }>): Promise<FileRefusal | null> {
     for (const file of files) {
       const bad = filePathProblem(file.path);
-      if (bad !== null) return { status: 400, error: "bad_path", message: bad };
-      if (file.data.length > MAX_FILE_BYTES) return tooLarge(file.data.length);
+      if (bad !== null) return { status: 400, error: "refused", message: bad };
+      if (file.data.length > MAX_FILE_BYTES) return { ...tooLarge(file.data.length), error: "refused" };
     }
     const digests = await Promise.all(files.map((f) => sha256Hex(f.data)));
     // From here on one synchronous step: the limits are checked against what is stored now.
@@ -135,10 +138,23 @@ export class SessionFiles {
     const current = new Map(this.list().map((f) => [f.path, f.size]));
     const after = new Map(current);
     for (const [path, i] of last) after.set(path, files[i].data.length);
+    for (const path of last.keys()) {
+      // kit/host/files.py `check`: a path cannot be a file and a folder of another.
+      for (const other of after.keys()) {
+        if (other.startsWith(path + "/") || path.startsWith(other + "/")) {
+          const [folder, inside] = [path, other].sort((a, b) => a.length - b.length);
+          return {
+            status: 409,
+            error: "refused",
+            message: `${JSON.stringify(path)}: the session has ${JSON.stringify(other)}, and ${JSON.stringify(folder)} cannot be both a file and the folder of ${JSON.stringify(inside)}.`,
+          };
+        }
+      }
+    }
     if (after.size > MAX_SESSION_FILES) {
       return {
         status: 413,
-        error: "too_many_files",
+        error: "refused",
         message: `The session would have ${after.size} files; it keeps at most ${MAX_SESSION_FILES}, and a PUT to a path it has replaces that file.`,
       };
     }
@@ -146,7 +162,7 @@ export class SessionFiles {
     if (total > MAX_SESSION_FILE_BYTES) {
       return {
         status: 413,
-        error: "session_files_too_large",
+        error: "refused",
         message: `The session's files would hold ${total} bytes in all; it keeps at most ${MAX_SESSION_FILE_BYTES} (${MAX_SESSION_FILE_BYTES / MIB} MiB).`,
       };
     }
@@ -168,26 +184,25 @@ export class SessionFiles {
     return null;
   }
 
-  /** Put every stored file `pushed` does not hold (as path and SHA-256) into the sandbox
-   * behind `target`, adding each to `pushed` once the runtime took it. A runtime that
-   * cannot be reached throws (runtime.ts RuntimeLost: a lost sandbox); one that refuses a
-   * file (a folder on its path is a link the agent made, say) is logged, and the file is
-   * tried again before the next turn. */
-  async push(target: FileTarget, pushed: Set<string>, sessionId: string): Promise<number> {
+  /** Put every stored file into the sandbox behind `target` unless `pushed` (path → the
+   * SHA-256 it was given) says it has that version, as kit/host/session.py does; a file
+   * put back as it was before is given again. A runtime that cannot be reached throws
+   * (runtime.ts RuntimeLost: a lost sandbox); a file it refuses (the agent made a folder on
+   * its path a link) is logged and left out of that sandbox, and the turn runs. */
+  async push(target: FileTarget, pushed: Map<string, string>, sessionId: string): Promise<number> {
     let count = 0;
     for (const info of this.list()) {
-      if (pushed.has(pushKey(info.path, info.sha256))) continue;
-      const file = this.read(info.path);
-      if (file === null || pushed.has(pushKey(info.path, file.sha256))) continue; // replaced meanwhile
+      if (pushed.get(info.path) === info.sha256) continue;
+      const file = this.read(info.path); // one version whole, maybe newer than the listing
+      if (file === null || pushed.get(info.path) === file.sha256) continue;
       try {
         await target.putFile(info.path, file.data);
+        count++;
       } catch (exc) {
         if (!(exc instanceof FileRefused)) throw exc;
-        console.log(`session ${sessionId}: the sandbox refused the file ${info.path}: ${exc.message}`);
-        continue;
+        console.log(`session ${sessionId}: file ${info.path} not given to its sandbox: ${exc.message}`);
       }
-      pushed.add(pushKey(info.path, file.sha256));
-      count++;
+      pushed.set(info.path, file.sha256);
     }
     return count;
   }
@@ -198,14 +213,10 @@ export class FileRefused extends Error {
   override name = "FileRefused";
 }
 
-function pushKey(path: string, sha256: string): string {
-  return `${sha256} ${path}`;
-}
-
 export function tooLarge(size: number | null): FileRefusal {
   return {
     status: 413,
-    error: "file_too_large",
+    error: "too_large",
     message: `The file is ${size === null ? "over " + MAX_FILE_BYTES : size} bytes; a session file holds at most ${MAX_FILE_BYTES} (${MAX_FILE_BYTES / MIB} MiB).`,
   };
 }
@@ -255,10 +266,10 @@ export function routePath(rest: string): string | FileRefusal {
   try {
     path = decodeURIComponent(rest.slice(1));
   } catch {
-    return { status: 400, error: "bad_path", message: "The file path is not percent-encoded UTF-8; encode each part of it as a URL path segment." };
+    return { status: 400, error: "refused", message: "The file path is not percent-encoded UTF-8; encode each part of it as a URL path segment." };
   }
   const bad = filePathProblem(path);
-  return bad === null ? path : { status: 400, error: "bad_path", message: bad };
+  return bad === null ? path : { status: 400, error: "refused", message: bad };
 }
 
 /** The session DO's side of the routes, for a session that exists (the Worker checked the

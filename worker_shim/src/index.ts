@@ -31,8 +31,9 @@
 //                                  Bearer KIT_API_TOKEN: the file's bytes, kept as one of the
 //                                  session's files (files.ts) → 204; 400 a bad path, 413 a
 //                                  file over 10 MiB or a session past 100 files or 100 MiB,
-//                                  404 no such session; put into the session's container
-//                                  before each turn
+//                                  409 a path that is a folder of a file, or under one, 404
+//                                  no such session; given to the session's container before
+//                                  each turn
 //   GET  /v1/sessions/{id}/files   Bearer KIT_API_TOKEN: {"files": [{path, size, sha256}]}
 //   GET  /_kit/mail/outbox, /_kit/mail/refused
 //                                  Bearer KIT_API_TOKEN: {"address", "items": [...]}, the
@@ -174,7 +175,7 @@ async function sessionFiles(request: Request, env: Env, id: string, rest: string
     return refuse(json({ error: "method_not_allowed", message: `Use ${method} on ${rest === undefined ? "a session's files" : "a session file"}.` }, 405, { allow: method }));
   }
   if (!UUID.test(id) || !(await env.SESSION.getByName(id).exists())) {
-    return refuse(json({ error: "not_found", message: "No session has this id; create one with POST /v1/sessions." }, 404));
+    return refuse(json({ error: "unknown_session", message: "No session has this id; create one with POST /v1/sessions." }, 404));
   }
   if (rest === undefined) return env.SESSION.getByName(id).fetch(request);
   const path = routePath(rest);

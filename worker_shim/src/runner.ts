@@ -37,10 +37,10 @@ export interface RunnerHost {
   /** Route the container's outbound HTTP(S) through the Worker (egress.ts), before it
    * starts and again when an instance adopts it. */
   intercept(container: ContainerLike): Promise<void>;
-  /** Put the session's files that `pushed` (path and SHA-256 of each file this sandbox
-   * took) does not hold into the sandbox of `runtime` (files.ts `push`); RuntimeLost when
-   * the sandbox cannot be reached. */
-  pushFiles(runtime: ContainerRuntime, pushed: Set<string>): Promise<unknown>;
+  /** Give the sandbox of `runtime` the session's files `pushed` (path → the SHA-256 this
+   * sandbox was given) says it lacks (files.ts `push`); RuntimeLost when the sandbox cannot
+   * be reached. */
+  pushFiles(runtime: ContainerRuntime, pushed: Map<string, string>): Promise<unknown>;
 }
 
 /** A sandbox this instance watches with monitor(). */
@@ -62,9 +62,9 @@ interface Live {
   broken: boolean;
   /** Settles once the exit was seen. */
   exited: Promise<void>;
-  /** The session files this sandbox took (files.ts `push`): a new container starts with
-   * none, so it gets every file before its first turn. */
-  pushed: Set<string>;
+  /** The session files this sandbox was given, path → SHA-256 (files.ts `push`): a new
+   * container starts with none, so it gets every file before its first turn. */
+  pushed: Map<string, string>;
 }
 
 export class TurnRunner {
@@ -339,7 +339,7 @@ export class TurnRunner {
   /** Watch `container` with monitor() while this instance lives; its exit is recorded by
    * `recordExit` (a `sandbox` event once the sandbox was announced running). */
   private watch(container: ContainerLike, sandboxId: string, runtime: ContainerRuntime, adopted: boolean): Live {
-    const live: Live = { sandboxId, container, runtime, adopted, killReason: null, exit: null, recorded: false, broken: false, exited: Promise.resolve(), pushed: new Set() };
+    const live: Live = { sandboxId, container, runtime, adopted, killReason: null, exit: null, recorded: false, broken: false, exited: Promise.resolve(), pushed: new Map() };
     live.exited = container
       .monitor()
       .then(

@@ -158,14 +158,14 @@ export class SessionDO extends DurableObject<Env> {
     return this.mail.take(turn);
   }
 
-  /** An inbound message's attachments (`files`: names in `folder`, mail/text.ts
-   * `attachmentPlan`), kept as session files before its turn is taken (mail/handler.ts):
-   * all or none. Null once kept, or when the message's turn was taken before (a repeated
-   * delivery: nothing is written); else why they were not kept. */
-  async saveMailFiles(inboundId: string, folder: string, files: Array<{ name: string; data: Uint8Array }>): Promise<string | null> {
+  /** One attachment of the inbound message `inboundId` (named by mail/text.ts
+   * `attachmentPlan`), kept as the session file `path` before the message's turn is taken
+   * (mail/handler.ts, one attachment at a time). Null once kept, or when the message's turn
+   * was taken before (a repeated delivery: nothing is written); else why it was not kept. */
+  async saveMailFile(inboundId: string, path: string, data: Uint8Array): Promise<string | null> {
     if (!this.log.exists()) throw new Error("This Durable Object holds no session; the email handler makes it first (initMail).");
     if (this.mail.taken(inboundId)) return null;
-    const refused = await this.files.put(files.map((f) => ({ path: `${folder}/${f.name}`, data: f.data })));
+    const refused = await this.files.put([{ path, data }]);
     return refused === null ? null : refused.message.replace(/\.$/, "");
   }
 
@@ -191,7 +191,7 @@ export class SessionDO extends DurableObject<Env> {
       // From the Worker, which checked the API token and asked `exists` first.
       if (!this.log.exists()) {
         await request.body?.cancel();
-        return Response.json({ error: "not_found", message: "No session has this id; create one with POST /v1/sessions." }, { status: 404 });
+        return Response.json({ error: "unknown_session", message: "No session has this id; create one with POST /v1/sessions." }, { status: 404 });
       }
       return serveFiles(request, this.files, files[2]);
     }

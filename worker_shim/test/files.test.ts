@@ -76,7 +76,7 @@ describe("PUT and GET /v1/sessions/{id}/files", () => {
     for (const id of [UNKNOWN, "not-a-uuid"]) {
       const answer = await put(id, "a.txt", "hi");
       expect(answer.status).toBe(404);
-      expect(await answer.json()).toEqual({ error: "not_found", message: "No session has this id; create one with POST /v1/sessions." });
+      expect(await answer.json()).toEqual({ error: "unknown_session", message: "No session has this id; create one with POST /v1/sessions." });
       expect((await SELF.fetch(`${API}/v1/sessions/${id}/files`, { headers: AUTH })).status).toBe(404);
     }
     const tables = await runInDurableObject(env.SESSION.getByName(UNKNOWN), (_i, state) =>
@@ -96,6 +96,7 @@ describe("PUT and GET /v1/sessions/{id}/files", () => {
       ["a%5Cb.txt", /has a backslash/],
       ["a%01b.txt", /has a control character/],
       ["a%7Fb.txt", /has a control character/],
+      ["a%C2%85b.txt", /has a control character/], // U+0085, a C1 control
       [`${"x".repeat(256)}.txt`, /a part is over 255 bytes/],
       [`${"é".repeat(128)}`, /a part is over 255 bytes/],
       ["1/2/3/4/5/6/7/8/9.txt", /needs 1 to 8 parts separated by "\/", got 9/],
@@ -106,12 +107,31 @@ describe("PUT and GET /v1/sessions/{id}/files", () => {
       const answer = await put(sid, path, "data");
       expect(answer.status, path).toBe(400);
       const body = (await answer.json()) as { error: string; message: string };
-      expect(body.error, path).toBe("bad_path");
+      expect(body.error, path).toBe("refused");
       expect(body.message, path).toMatch(why);
     }
     expect((await put(sid, "1/2/3/4/5/6/7/8.txt", "eight parts")).status).toBe(204);
     expect((await put(sid, `${"é".repeat(127)}`, "254 bytes")).status).toBe(204);
     expect((await listing(sid)).map((f) => f.path)).toEqual(["1/2/3/4/5/6/7/8.txt", "é".repeat(127)]);
+  });
+
+  it("refuses a path that is a folder of a file the session has, or under one, 409", async () => {
+    const { session_id: sid } = await createSession();
+    expect((await put(sid, "a/b.txt", "b")).status).toBe(204);
+    expect((await put(sid, "c", "c")).status).toBe(204);
+    for (const [path, other] of [
+      ["a", "a/b.txt"],
+      ["a/b.txt/d", "a/b.txt"],
+      ["c/d.txt", "c"],
+    ]) {
+      const answer = await put(sid, path, "x");
+      expect(answer.status, path).toBe(409);
+      const body = (await answer.json()) as { error: string; message: string };
+      expect(body.error).toBe("refused");
+      expect(body.message).toContain(`the session has "${other}"`);
+    }
+    expect((await put(sid, "ab", "not a folder of a/")).status).toBe(204);
+    expect((await listing(sid)).map((f) => f.path)).toEqual(["a/b.txt", "ab", "c"]);
   });
 
   it("answers another method 405, naming the one to use", async () => {
@@ -129,7 +149,7 @@ describe("PUT and GET /v1/sessions/{id}/files", () => {
     const { session_id: sid } = await createSession();
     const over = await put(sid, "big.bin", new Uint8Array(MAX_FILE_BYTES + 1));
     expect(over.status).toBe(413);
-    expect(await over.json()).toEqual({ error: "file_too_large", message: `The file is over ${MAX_FILE_BYTES} bytes; a session file holds at most ${MAX_FILE_BYTES} (10 MiB).` });
+    expect(await over.json()).toEqual({ error: "too_large", message: `The file is over ${MAX_FILE_BYTES} bytes; a session file holds at most ${MAX_FILE_BYTES} (10 MiB).` });
     // The same without a length the Worker could read first (a stream).
     const streamed = new ReadableStream<Uint8Array>({
       start(c) {
@@ -167,7 +187,7 @@ describe("PUT and GET /v1/sessions/{id}/files", () => {
     const answer = await put(sid, "one-more.txt", "x");
     expect(answer.status).toBe(413);
     expect(await answer.json()).toEqual({
-      error: "too_many_files",
+      error: "refused",
       message: `The session would have ${MAX_SESSION_FILES + 1} files; it keeps at most ${MAX_SESSION_FILES}, and a PUT to a path it has replaces that file.`,
     });
     expect((await put(sid, "f0.txt", "replaced")).status).toBe(204);
@@ -184,7 +204,7 @@ describe("PUT and GET /v1/sessions/{id}/files", () => {
     const answer = await put(sid, "g.bin", new Uint8Array(2));
     expect(answer.status).toBe(413);
     expect(await answer.json()).toEqual({
-      error: "session_files_too_large",
+      error: "refused",
       message: `The session's files would hold ${100 * 1024 * 1024 + 1} bytes in all; it keeps at most ${100 * 1024 * 1024} (100 MiB).`,
     });
     expect((await put(sid, "f9.bin", ten)).status).toBe(204); // exactly 100 MiB
@@ -227,6 +247,10 @@ describe("the session's files in its container", () => {
     expect((await put(sid, "mail/x/notes.txt", "order 1042: three lamps\n")).status).toBe(204);
     await turn(a, "three", 3);
     expect(container.files.slice(2).map((f) => [f.path, read(f.data), f.start, f.turnsBefore])).toEqual([["mail/x/notes.txt", "order 1042: three lamps\n", 0, 2]]);
+    // Put back as it was: the sandbox has the other version, so it is given again.
+    expect((await put(sid, "mail/x/notes.txt", "order 1042: two lamps\n")).status).toBe(204);
+    await turn(a, "four", 4);
+    expect(container.files.slice(3).map((f) => [f.path, read(f.data), f.turnsBefore])).toEqual([["mail/x/notes.txt", "order 1042: two lamps\n", 3]]);
     expect(container.starts).toHaveLength(1);
   });
 
@@ -269,7 +293,7 @@ describe("the session's files in its container", () => {
     });
   }
 
-  it("a file the runtime refuses (a folder on its path is a link) does not stop the turn, and is sent again before the next", async () => {
+  it("a file the runtime refuses (a folder on its path is a link) is left out of that container, and the turn runs", async () => {
     const session = await createSession();
     const sid = session.session_id;
     expect((await put(sid, "mail/x/a.txt", "a")).status).toBe(204);
@@ -280,11 +304,15 @@ describe("the session's files in its container", () => {
     const a = await live(session);
     expect((await turn(a, "one", 1)).at(-1)).toMatchObject({ kind: "result" });
     expect(container.files.map((f) => f.path)).toEqual(["b.txt"]);
-    container.fileAnswer = null; // the agent removed its link
+    container.fileAnswer = null;
     expect((await turn(a, "two", 2)).at(-1)).toMatchObject({ kind: "result" });
+    expect(container.files.map((f) => f.path)).toEqual(["b.txt"]); // not tried again in it
+    // Replaced, it is tried again.
+    expect((await put(sid, "mail/x/a.txt", "a2")).status).toBe(204);
+    expect((await turn(a, "three", 3)).at(-1)).toMatchObject({ kind: "result" });
     expect(container.files.map((f) => [f.path, f.turnsBefore])).toEqual([
       ["b.txt", 0],
-      ["mail/x/a.txt", 1],
+      ["mail/x/a.txt", 2],
     ]);
   });
 });

@@ -528,25 +528,31 @@ describe("attachments", () => {
     expect(await filesOf(sid)).toHaveLength(1);
   });
 
-  it("that would take the session past its limits are listed as not saved, saying why, and nothing of them is stored", async () => {
+  it("that would take the session past its limits are listed as not saved, saying why, each on its own", async () => {
     const recorder = new Recorder();
     const container = new FakeContainer();
     const sid = await firstMessage(mail({ id: mid("m1") }), container, recorder);
-    for (let n = 0; n < 100; n++) {
+    for (let n = 0; n < 99; n++) {
       expect((await SELF.fetch(`${API}/v1/sessions/${sid}/files/f${n}.txt`, { method: "PUT", headers: AUTH, body: "x" })).status).toBe(204);
     }
     const plus = recorder.sent[0].from;
     const m2 = mid("att");
-    await email(inbound(mailWith({ id: m2, to: plus, body: "One more.", files: [{ name: "notes.txt", type: "text/plain", data: notes }] }), { to: plus }), env as Env);
+    const two = [
+      { name: "notes.txt", type: "text/plain", data: notes },
+      { name: "more.txt", type: "text/plain", data: notes },
+    ];
+    await email(inbound(mailWith({ id: m2, to: plus, body: "One more.", files: two }), { to: plus }), env as Env);
     await settle(sid);
     const texts = await userTexts(sid);
     expect(texts).toHaveLength(2);
-    expect(texts[1].split("\n").slice(-1)).toEqual([
-      "- notes.txt (text/plain, 22 bytes): not saved (The session would have 101 files; it keeps at most 100, and a PUT to a path it has replaces that file)",
+    const folder = await attachmentFolder(m2);
+    expect(texts[1].split("\n").slice(-2)).toEqual([
+      `- notes.txt (text/plain, 22 bytes): saved as ${folder}/notes.txt`,
+      "- more.txt (text/plain, 22 bytes): not saved (The session would have 101 files; it keeps at most 100, and a PUT to a path it has replaces that file)",
     ]);
     const listed = await filesOf(sid);
     expect(listed).toHaveLength(100);
-    expect(listed.some((f) => f.path.startsWith("mail/"))).toBe(false);
+    expect(listed.filter((f) => f.path.startsWith("mail/")).map((f) => f.path)).toEqual([`${folder}/notes.txt`]);
     expect(recorder.sent).toHaveLength(2); // answered all the same
   });
 });

@@ -118,22 +118,27 @@ export async function attachmentFolder(messageId: string): Promise<string> {
 }
 
 /** Keep `msg`'s attachments as files of its session, in `attachmentFolder`, named as
- * `attachmentPlan` says, before its turn is taken; for each, what the agent reads (null:
- * it has none). The session's DO writes them all or none, and nothing once the message's
- * turn was taken (a repeated delivery); the container of each turn gets them (files.ts). */
+ * `attachmentPlan` says, one at a time, before its turn is taken (kit/mail/channel.py
+ * `_save_attachments`); for each, what the agent reads: where it was saved or why not (null:
+ * it has none). The session's DO writes nothing once the message's turn was taken (a
+ * repeated delivery); the container of each turn gets the files (files.ts). */
 export async function saveAttachments(msg: Inbound, sessionId: string, env: Env): Promise<string[] | null> {
   if (msg.attachments.length === 0) return null;
   const folder = await attachmentFolder(msg.message_id);
-  const plan = attachmentPlan(msg, folder);
-  const files = plan.flatMap(([name], i) => (name === null ? [] : [{ name, data: msg.attachments[i].data }]));
-  if (files.length > 0) {
-    const refused = await env.SESSION.getByName(sessionId).saveMailFiles(msg.message_id, folder, files);
-    if (refused !== null) {
-      console.log(`mail ${msg.message_id}: attachments not saved: ${refused}`);
-      return plan.map(([name, why]) => (name === null ? why : `not saved (${refused})`));
+  const stub = env.SESSION.getByName(sessionId);
+  const told: string[] = [];
+  for (const [i, [name, why]] of attachmentPlan(msg, folder).entries()) {
+    let said = why;
+    if (name !== null) {
+      const refused = await stub.saveMailFile(msg.message_id, `${folder}/${name}`, msg.attachments[i].data);
+      if (refused !== null) {
+        console.log(`mail ${msg.message_id}: ${name} not saved: ${refused}`);
+        said = `not saved (${refused})`;
+      }
     }
+    told.push(said);
   }
-  return plan.map(([, why]) => why);
+  return told;
 }
 
 /** Hand the turn to its session (once per inbound id), then mark the message delivered:

@@ -68,9 +68,16 @@ function attachmentLine(a: Attachment, where: string | null): string {
 export const MAX_ATTACHMENTS = 10;
 /** The largest attachment saved. */
 export const MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024;
+/** A saved name's UTF-8 bytes at most, room left for ` (10)`: a session file's path takes at
+ * most 255 bytes a part (kit/mail/text.py MAX_NAME_BYTES). */
+export const MAX_NAME_BYTES = 240;
 /** Python's `[^\w.\- ]+` on str: \w is a letter or number of any script, or `_` (Python's
  * \w leaves marks out, as \p{L}\p{N} do). */
 const UNSAFE = /[^\p{L}\p{N}_.\- ]+/gu;
+
+function utf8Length(text: string): number {
+  return new TextEncoder().encode(text).length;
+}
 
 /** Python's `str.strip(" .")`. */
 function stripSpacesAndDots(text: string): string {
@@ -86,7 +93,7 @@ function rpartitionDot(text: string): [string, string, string] {
 
 /** A plain file name for an attachment's name (kit/mail/text.py `safe_filename`): its last
  * path part, only letters, digits, `.`, `-`, `_` and spaces, no leading dot, at most 100
- * characters (the extension kept). Shared with Python through golden/attachments.jsonl. */
+ * characters and MAX_NAME_BYTES bytes (the extension kept). Shared with Python through golden/attachments.jsonl. */
 export function safeFilename(name: string): string {
   const path = name.replaceAll("\\", "/");
   let base = stripSpacesAndDots(path.slice(path.lastIndexOf("/") + 1).replace(UNSAFE, "_"));
@@ -95,6 +102,12 @@ export function safeFilename(name: string): string {
     const [stem, dot, ext] = rpartitionDot(base);
     const extLength = [...ext].length;
     base = dot && extLength <= 10 ? [...stem].slice(0, 99 - extLength).join("") + dot + ext : points.slice(0, 100).join("");
+  }
+  for (let n = 0; n <= 100 && utf8Length(base) > MAX_NAME_BYTES; n++) {
+    // one character off the stem (the extension kept), else off the end
+    const [stem, dot, ext] = rpartitionDot(base);
+    const stemPoints = [...stem];
+    base = dot && stemPoints.length > 1 && [...ext].length <= 10 ? stemPoints.slice(0, -1).join("") + dot + ext : [...base].slice(0, -1).join("");
   }
   return base || "attachment";
 }
