@@ -1,4 +1,5 @@
-"""The mail rules' golden cases (``golden/route.jsonl``, ``compose.jsonl``, ``strip.jsonl``).
+"""The mail rules' golden cases (``golden/route.jsonl``, ``compose.jsonl``, ``strip.jsonl``,
+``attachments.jsonl``).
 
 One JSON object per line. Python (tests/mail/test_golden.py) and the Cloudflare shim
 (worker_shim/test/mail.golden.test.ts) replay the same files, so both hosts route, strip and
@@ -12,6 +13,8 @@ compose alike. ``mail`` is the raw message with ``\\n`` line ends (runners send 
 - compose: ``agent`` ``{address, name}``, ``token``, ``mail``, ``answer``; ``expect``: the
   reply's headers and ``body``.
 - strip: ``text`` → ``expect``.
+- attachments: the attachments' names and sizes → ``expect``: the plan (the name each is
+  saved as, or why not) and what the agent is told.
 """
 
 from __future__ import annotations
