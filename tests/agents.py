@@ -156,6 +156,20 @@ text = "You said: {user}"
 """.replace("RECOVERED_REPLY", RECOVERED_REPLY)
 
 
+ATTACHMENT_SCENARIO = """
+[[rule]]
+name = "read the attachment"
+contains = "read my attachment"
+[[rule.step]]
+tool = "Bash"
+input = { command = "cat mail/*/notes.txt; stat -c '%U %n' mail/*/*", description = "read" }
+[[rule.step]]
+text = "Attachment said: {tool_result}"
+"""
+"""A scenario for a project's ``scenarios/0-mail.toml``: the agent reads a mailed
+``notes.txt`` and lists the owners of the message's saved attachments."""
+
+
 def write_agent(root: Path, *, tier: str = "basic", extra_toml: str = "") -> Path:
     """A project with Bash allowed and the rules above; returns its folder."""
     root.mkdir(parents=True, exist_ok=True)

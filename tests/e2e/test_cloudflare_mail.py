@@ -25,7 +25,7 @@ from kit.mail.message import Inbound, parse
 from kit.mail.rules import Agent
 from kit.runtime.agent import stored_user_texts
 from kit.storage import open_store
-from tests.agents import RECOVERED_REPLY, transcript_key, write_agent
+from tests.agents import ATTACHMENT_SCENARIO, RECOVERED_REPLY, transcript_key, write_agent
 from tests.dockerhost import runtime_image
 
 pytestmark = pytest.mark.slow
@@ -354,18 +354,6 @@ async def test_one_reply_after_a_container_kill_and_a_worker_restart_mid_turn(
         assert await _replies_to(cf, "k2@example.org") == [item2]
         users = [e for e in await _events(cf, sid2) if e["kind"] == "user"]
         assert len(users) == 1
-
-
-ATTACHMENT_SCENARIO = """
-[[rule]]
-name = "read the attachment"
-contains = "read my attachment"
-[[rule.step]]
-tool = "Bash"
-input = { command = "cat mail/*/notes.txt; stat -c '%U %n' mail/*/*", description = "read" }
-[[rule.step]]
-text = "Attachment said: {tool_result}"
-"""
 
 
 def _with_attachments(message_id: str, body: str) -> bytes:

@@ -26,10 +26,9 @@ import pytest_asyncio
 from kit.cli.flydev import Rehearsal, rehearse_fly
 from kit.cli.relaysink import Relayed
 from kit.mail.webhook import sign
-from tests.agents import RECOVERED_REPLY, write_agent
+from tests.agents import ATTACHMENT_SCENARIO, RECOVERED_REPLY, write_agent
 from tests.dockerhost import runtime_image
 from tests.e2e.test_fly_rehearsal import _lease_owner, _prompt_stored
-from tests.mail.test_dev_mail import ATTACHMENT_SCENARIO
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 

@@ -19,7 +19,7 @@ from typing import Any
 import aiosmtplib
 import httpx
 
-from tests.agents import RECOVERED_REPLY, until_prompt_stored, write_agent
+from tests.agents import ATTACHMENT_SCENARIO, RECOVERED_REPLY, until_prompt_stored, write_agent
 from tests.e2e.test_kit_dev import DevProcess, _env, start_kit_dev, stop_kit_dev
 
 AGENT = "agent@example.com"
@@ -322,18 +322,6 @@ async def test_host_killed_mid_turn_still_one_reply(kit_tmp: Path) -> None:
         assert only["turns"] == 2
     finally:
         await stop_kit_dev(second or first)
-
-
-ATTACHMENT_SCENARIO = """
-[[rule]]
-name = "read the attachment"
-contains = "read my attachment"
-[[rule.step]]
-tool = "Bash"
-input = { command = "cat mail/*/notes.txt; stat -c '%U %n' mail/*/*", description = "read" }
-[[rule.step]]
-text = "Attachment said: {tool_result}"
-"""
 
 
 async def test_attachments_are_saved_in_the_workspace(kit_tmp: Path) -> None:
