@@ -65,12 +65,17 @@ def _fill(pattern: str, values: dict[str, str]) -> str:
 
 async def _surface(stack: Stack, http: httpx.AsyncClient) -> list[object]:
     """What a refused route could have changed: every session's summary (events, turns,
-    sandbox state), the running sandboxes (ids and pids), the Durable Objects in memory."""
+    sandbox state), the running sandboxes (ids and pids), the Durable Objects in memory,
+    each session's files."""
     good = {"authorization": f"Bearer {stack.api_token}"}
     sessions = (await http.get("/_kit/sessions", headers=good)).json()
     sandboxes = (await http.get("/_kit/sandboxes", headers=good)).json()
     objects = (await http.get("/_emulator/do/SessionLog/objects", headers=good)).json()
-    return [sessions, sandboxes, objects]
+    files = [
+        (await http.get(f"/v1/sessions/{s['session_id']}/files", headers=good)).json()
+        for s in sessions["sessions"]
+    ]
+    return [sessions, sandboxes, objects, files]
 
 
 async def test_every_route_wants_the_token(guarded: Stack) -> None:
@@ -94,6 +99,7 @@ async def test_every_route_wants_the_token(guarded: Stack) -> None:
         "namespace": "SessionLog",
         "action": "evict",
         "name": "README.md",  # in kit/web, but not one of the page's files
+        "path": "notes/refused.txt",
     }
     routes = _walk(guarded.app.routes)
     http_routes = [
