@@ -66,6 +66,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
+from kit.durability import DEFAULT, Durability
 from kit.protocol.errors import CLOSE_NORMAL
 
 FRAME_TIMEOUT_S = 60.0
@@ -575,7 +576,7 @@ def start_target(
 ) -> AbstractAsyncContextManager[Running]:
     """The host called ``name``, to start in ``work``."""
     if name == "kit":
-        return kit_target(work, args.profile, args.kit_synchronous, args.kit_log)
+        return kit_target(work, args.profile, args.kit_durability, args.kit_log)
     if name == "do":
         return do_target(work, direct=args.do_direct)
     return shim_target(work)
@@ -630,10 +631,11 @@ def main() -> None:
         help="kit: event logs on the emulator's Durable Objects (kit dev's default) or SQLite",
     )
     parser.add_argument(
-        "--kit-synchronous",
-        choices=["OFF", "NORMAL", "FULL"],
-        help="kit: PRAGMA synchronous of the event logs (kit's own is NORMAL; FULL fsyncs "
-        "every commit, as workerd's local DO storage does)",
+        "--kit-durability",
+        choices=[d.value for d in Durability],
+        default=DEFAULT.value,
+        help="kit: KIT_DURABILITY of the event logs (fsync, the default: a grouped fsync "
+        "before an event counts; os: committed to the OS only)",
     )
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     parser.add_argument("--max-seconds", type=float, default=1800.0, help="per target")

@@ -195,7 +195,7 @@ async def _bench_process(
 
 @contextlib.asynccontextmanager
 async def kit_target(
-    work: Path, profile: Path | None, synchronous: str | None, log: str = "do"
+    work: Path, profile: Path | None, durability: str, log: str = "do"
 ) -> AsyncIterator[Running]:
     """Start bench/kit_host.py (one kit session host process)."""
     token = "kit-api-" + secrets.token_urlsafe(24)
@@ -204,9 +204,7 @@ async def kit_target(
     args = [str(KIT_HOST), "--state", str(state), "--api-token", token]
     if profile is not None:
         args += ["--profile", str(profile)]
-    if synchronous is not None:
-        args += ["--synchronous", synchronous]
-    args += ["--log", log]
+    args += ["--log", log, "--durability", durability]
     async with _bench_process(args) as (pid, info):
         yield Running(
             "kit",
@@ -214,8 +212,7 @@ async def kit_target(
             token,
             [pid],
             versions={"python": platform.python_version(), "sqlite": sqlite3.sqlite_version}
-            | {"event log": "sqlite" if synchronous else log}
-            | ({"synchronous": synchronous} if synchronous else {}),
+            | {"event log": log, "durability": durability},
         )
 
 

@@ -1,7 +1,7 @@
 """kit's session host as bench/host.py measures it: one process, synthetic sandboxes.
 
     .venv/bin/python bench/kit_host.py --state DIR --api-token TOKEN [--port 0] [--profile FILE]
-        [--log do|sqlite] [--synchronous OFF|NORMAL|FULL]
+        [--log do|sqlite] [--durability fsync|os]
 
 Prints one JSON line ``{"url", "pid"}`` once it listens, then serves until SIGTERM,
 SIGINT or the end of its stdin. ``--profile`` writes a cProfile of the whole run on exit.
@@ -28,11 +28,11 @@ import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 from synthetic_runtime import SyntheticRuntime, wait_for_stop
 
 from emulator.durable_objects import DOLogStore
+from kit.durability import DEFAULT, Durability
 from kit.host import (
     ExitInfo,
     LogStore,
@@ -41,11 +41,9 @@ from kit.host import (
     SandboxProvider,
     SandboxSpec,
     SandboxState,
-    SessionLog,
     SQLiteLogStore,
 )
 from kit.host.edge import EdgeLimits
-from kit.host.eventlog import SQLiteSessionLog
 from kit.host.gateway import GatewayConfig, open_gateway
 from kit.host.sandbox import reason_of
 from kit.ids import SandboxId, SessionId
@@ -117,55 +115,27 @@ class SyntheticProvider(SandboxProvider):
             await sandbox.kill(signal.SIGTERM, reason="stopped")
 
 
-class SyncLogStore(SQLiteLogStore):
-    """kit's SQLite log store with another ``PRAGMA synchronous`` on every log.
-
-    kit runs WAL with ``synchronous=NORMAL``: a commit survives the host process dying, not
-    the machine (no fsync per commit). ``FULL`` fsyncs every commit, as workerd's local DO
-    storage does; the bench offers it to show what that costs.
-    """
-
-    def __init__(self, root: Path, synchronous: str) -> None:
-        super().__init__(root)
-        self.synchronous = synchronous
-
-    def _tune(self, log: SessionLog | None) -> SessionLog | None:
-        if isinstance(log, SQLiteSessionLog):
-            log._db.execute(f"PRAGMA synchronous={self.synchronous}")  # bench-only reach-in
-        return log
-
-    async def create(self, session_id: SessionId, meta: dict[str, Any]) -> SessionLog:
-        log = await super().create(session_id, meta)
-        self._tune(log)
-        return log
-
-    async def open(self, session_id: SessionId) -> SessionLog | None:
-        return self._tune(await super().open(session_id))
-
-
 @contextlib.asynccontextmanager
 async def serve_kit_host(
     state: Path,
     api_token: str,
     host: str = "127.0.0.1",
     port: int = 0,
-    synchronous: str | None = None,
+    durability: Durability = DEFAULT,
     log: str = "do",
 ) -> AsyncIterator[str]:
     """Run kit's session host on ``host:port`` with synthetic sandboxes; yields its base URL.
 
-    ``log``: ``do`` (the emulator's Durable Objects, what ``kit dev`` runs) or ``sqlite``;
-    ``synchronous`` (SQLite logs only) overrides kit's ``PRAGMA synchronous`` (NORMAL).
+    ``log``: ``do`` (the emulator's Durable Objects, what ``kit dev`` runs) or ``sqlite``
+    (``kit gateway``'s); ``durability``: ``KIT_DURABILITY`` (kit.durability).
     """
     provider = SyntheticProvider()
     release = Release(state, "synthetic", "lite", 3600)
     logs: LogStore
-    if synchronous is not None:
-        logs = SyncLogStore(state / "sessions", synchronous)
-    elif log == "sqlite":
-        logs = SQLiteLogStore(state / "sessions")
+    if log == "sqlite":
+        logs = SQLiteLogStore(state / "sessions", durability)
     else:
-        logs = DOLogStore.in_dir(state / "sessions")
+        logs = DOLogStore.in_dir(state / "sessions", durability=durability)
     # kit dev's gateway, but no cap on unauthenticated connections: bench/host.py (d) opens
     # --sessions sockets at once from one address (KIT_PEER_CONNECTIONS lifts it for kit dev).
     # Its proxies listen on loopback TCP, never called: the synthetic runtime has no model.
@@ -186,8 +156,8 @@ async def serve_kit_host(
             await logs.aclose()
 
 
-async def _serve(state: Path, api_token: str, port: int, synchronous: str | None, log: str) -> None:
-    async with serve_kit_host(state, api_token, port=port, synchronous=synchronous, log=log) as url:
+async def _serve(state: Path, api_token: str, port: int, durability: Durability, log: str) -> None:
+    async with serve_kit_host(state, api_token, port=port, durability=durability, log=log) as url:
         print(json.dumps({"url": url, "pid": os.getpid()}), flush=True)
         await wait_for_stop()
 
@@ -205,16 +175,19 @@ def main() -> None:
         help="event logs: the emulator's Durable Objects (kit dev's default) or plain SQLite",
     )
     parser.add_argument(
-        "--synchronous",
-        choices=["OFF", "NORMAL", "FULL"],
-        help="PRAGMA synchronous of the event logs (kit's own: NORMAL)",
+        "--durability",
+        choices=[d.value for d in Durability],
+        default=DEFAULT.value,
+        help="KIT_DURABILITY of the event logs: fsync (the default) or os",
     )
     args = parser.parse_args()
     profiler = cProfile.Profile() if args.profile else None
     if profiler is not None:
         profiler.enable()
     try:
-        asyncio.run(_serve(args.state, args.api_token, args.port, args.synchronous, args.log))
+        asyncio.run(
+            _serve(args.state, args.api_token, args.port, Durability(args.durability), args.log)
+        )
     finally:
         if profiler is not None:
             profiler.disable()

@@ -1,6 +1,7 @@
 """Turn latency through `kit dev` beside the same work on the Agent SDK alone.
 
     .venv/bin/python bench/turn_latency.py [--turns 30] [--sessions 10]
+        [--durability fsync|os] [--warm-only] [--profile FILE]
 
 (a) a warm turn in an open session: kit client → host → sandbox runtime → CLI → proxy →
     offline model, versus a turn on an open ClaudeSDKClient talking to the same model;
@@ -9,13 +10,16 @@
     was started ahead of it;
 (c) the same with no pool: the sandbox starts on the first message.
 Both sides use the example agent's options and the same offline model (its greeting rule,
-a text-only reply). Prints p50/p95 in ms and the ratios.
+a text-only reply). Prints p50/p95 in ms and the ratios. ``--profile`` writes a cProfile
+of this process (the host, the model proxy and the offline model; not the sandbox's runtime
+or CLI) over the warm turns; ``--warm-only`` stops after (a).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import dataclasses
 import os
 import re
@@ -31,6 +35,7 @@ from kit.bundle import Bundle
 from kit.cli.settings import EXAMPLE_PROJECT, DevSettings
 from kit.cli.stack import Stack, run_stack
 from kit.client import SessionClient, create_session
+from kit.durability import DEFAULT, Durability
 
 PROMPT = "hello there"
 
@@ -73,14 +78,17 @@ def sdk_options(stack: Stack, bundle: Bundle, home: Path) -> ClaudeAgentOptions:
 
 
 async def warm(
-    stack: Stack, options: ClaudeAgentOptions, turns: int
+    stack: Stack, options: ClaudeAgentOptions, turns: int, profile: Path | None = None
 ) -> tuple[list[float], list[float]]:
     """Warm turns on one open kit session and one open ClaudeSDKClient, interleaved."""
     info = await create_session(stack.url, stack.api_token)
     kit_times: list[float] = []
     sdk_times: list[float] = []
+    profiler = cProfile.Profile()
     async with SessionClient(info.ws_url, info.token) as kit, ClaudeSDKClient(options) as sdk:
         for i in range(turns + 5):
+            if i == 5 and profile is not None:
+                profiler.enable()
             t0 = time.perf_counter()
             async for _ in kit.turn(PROMPT):
                 pass
@@ -93,6 +101,9 @@ async def warm(
             if i >= 5:  # warm-up
                 kit_times.append(t1 - t0)
                 sdk_times.append(t2 - t1)
+    if profile is not None:
+        profiler.disable()
+        profiler.dump_stats(profile)
     return kit_times, sdk_times
 
 
@@ -166,6 +177,14 @@ async def main() -> None:
         default="auto",
         help="as KIT_SANDBOX_ISOLATION",
     )
+    parser.add_argument(
+        "--durability",
+        choices=[d.value for d in Durability],
+        default=DEFAULT.value,
+        help="KIT_DURABILITY of the event logs (default fsync)",
+    )
+    parser.add_argument("--warm-only", action="store_true", help="measure (a) only")
+    parser.add_argument("--profile", type=Path, help="cProfile this process over (a)")
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="kit-bench-"))
     os.chmod(state, 0o755)
@@ -180,10 +199,15 @@ async def main() -> None:
         force_offline_model=True,
         sandbox_isolation=args.isolation,
         pool_size=args.pool,
+        durability=Durability(args.durability),
     )
     async with run_stack(settings) as stack:
         options = sdk_options(stack, stack.bundle, state / "sdk-home")
-        warm_kit, warm_sdk = await warm(stack, options, args.turns)
+        warm_kit, warm_sdk = await warm(stack, options, args.turns, args.profile)
+        if args.warm_only:
+            print(f"turn latency, ms (p50 / p95); {args.turns} warm turns, {args.durability}")
+            print(row("(a) warm turn, open session", warm_kit, warm_sdk))
+            return
         await pool_refilled(stack)
         first_kit, first_sdk = await first(stack, options, args.sessions)
     cold = dataclasses.replace(settings, pool_size=0, state_dir=state / "cold")

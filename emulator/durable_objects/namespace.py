@@ -23,6 +23,7 @@ from typing import Any, Generic, TypeVar
 
 from emulator.durable_objects.errors import DurableObjectError, ObjectEvicted
 from emulator.durable_objects.storage import AlarmTable, Storage
+from kit.durability import DEFAULT, Durability
 from kit.private import DIR_MODE
 
 log = logging.getLogger("emulator.durable_objects")
@@ -149,8 +150,11 @@ class Namespace(Generic[ObjT]):
         name: str = "",
         hibernate_after_s: float | None = HIBERNATE_AFTER_S,
         clock: Callable[[], float] = time.time,
+        durability: Durability = DEFAULT,
     ) -> None:
         self.root = root
+        self.durability = durability
+        """When a commit counts (:mod:`kit.durability`): after an fsync, by default."""
         self.name = name or getattr(factory, "__name__", "objects")
         root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         self._factory = factory
@@ -204,11 +208,14 @@ class Namespace(Generic[ObjT]):
         if closing is not None:
             await closing.wait()
         inst = self._live.get(object_id)
+        if inst is not None and inst.state.storage.closed:  # a failed commit broke it
+            await self._drop(object_id, inst)
+            inst = self._live.get(object_id)
         if inst is not None:
             return inst
         if self.closed:
             raise DurableObjectError(f"The {self.name} namespace is closed.")
-        storage = Storage(self.path(object_id), object_id, self._alarms)
+        storage = Storage(self.path(object_id), object_id, self._alarms, self.durability)
         state = ObjectState(object_id, storage)
         generation = self._generations[object_id] = self._generations.get(object_id, 0) + 1
         try:

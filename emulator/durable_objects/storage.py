@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from emulator.durable_objects.errors import LimitExceeded, ObjectEvicted, StorageError
 from emulator.durable_objects.limits import apply_limits, check_statement, is_limit, sqlite_message
+from kit.durability import DEFAULT, Durability, GroupSync
 from kit.private import private_sqlite
 
 T = TypeVar("T")
@@ -125,10 +126,20 @@ class SqlStorage:
 class Storage:
     """``ctx.storage`` of one object instance."""
 
-    def __init__(self, path: Path, object_id: str, alarms: AlarmTable) -> None:
+    def __init__(
+        self,
+        path: Path,
+        object_id: str,
+        alarms: AlarmTable,
+        durability: Durability = DEFAULT,
+    ) -> None:
         self.path = path
         self.object_id = object_id
         self._alarms = alarms
+        self.syncer = (
+            GroupSync(path, new_file=not path.exists()) if durability is Durability.FSYNC else None
+        )
+        """Grouped fsync of the ``-wal`` before a commit counts (``KIT_DURABILITY=fsync``)."""
         try:
             private_sqlite(path)  # an object's storage is its host's alone (0600)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -141,6 +152,8 @@ class Storage:
         apply_limits(self._db)
         self.sql = SqlStorage(self)
         self._commit: asyncio.Future[None] | None = None
+        self._durable: asyncio.Future[None] | None = None
+        """The newest committed batch's future while its fsync runs (then done)."""
         self._alarm_change: tuple[int | None] | None = None
         self._kv_ready = False
         self._savepoints = 0
@@ -182,12 +195,36 @@ class Storage:
                 self._alarms.delete(self.object_id)
             else:
                 self._alarms.set(self.object_id, scheduled)
-        if not commit.done():
+        if commit.done():
+            return
+        if self.syncer is None:
             commit.set_result(None)
+            return
+        self._durable = commit
+        self.syncer.request().add_done_callback(lambda synced: self._synced(commit, synced))
+
+    def _synced(self, commit: asyncio.Future[None], synced: asyncio.Future[None]) -> None:
+        """A batch's fsync ended: the batch counts as committed, or the instance breaks."""
+        error = None if synced.cancelled() else synced.exception()
+        if commit.done():
+            return
+        if error is None:
+            commit.set_result(None)
+            return
+        commit.set_exception(StorageError(str(error)))
+        self._break()
+
+    def _break(self) -> None:
+        """A commit did not become durable: this instance is done, as on Cloudflare."""
+        if not self.closed:
+            self.closed = True
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
 
     async def sync(self) -> None:
-        """Wait until every earlier write is committed (``ctx.storage.sync()``)."""
-        commit = self._commit
+        """Wait until every earlier write is committed (``ctx.storage.sync()``): with
+        ``fsync`` durability, until it is on the disk too."""
+        commit = self._commit or self._durable
         if commit is not None:
             await asyncio.shield(commit)
 

@@ -209,7 +209,7 @@ def _log_store(settings: GatewaySettings) -> LogStore:
     if settings.log_url:
         owner = common.host_id or statedir.host_id(common.state_dir)
         return S3LogStore.from_url(settings.log_url, owner=owner, ttl_s=common.lease_ttl_s)
-    return SQLiteLogStore(settings.log_dir)
+    return SQLiteLogStore(settings.log_dir, durability=common.durability)
 
 
 def _bundle(settings: GatewaySettings) -> Callable[[], Bundle]:

@@ -38,6 +38,12 @@ event log              ``KIT_LOG_URL``             the emulator's Durable Object
                                                    dir); ``s3://…`` keeps logs in S3 with
                                                    a lease per session, so several hosts
                                                    can share one bucket (the Fly gateway)
+durability             ``KIT_DURABILITY``          ``fsync``: an event log's commit is on
+                                                   the disk (fsync of its ``-wal``, grouped
+                                                   and off the event loop) before any
+                                                   client sees it; ``os``: in the OS only
+                                                   (survives kit dying, not the machine;
+                                                   :mod:`kit.durability`)
 host id                ``KIT_HOST_ID``             the lease owner; default a random id
                                                    kept in the state dir (one host per
                                                    state dir, so unique; kept on restart)
@@ -80,6 +86,8 @@ from typing import Any
 
 from kit.bundle import CONFIG_FILE
 from kit.cli.errors import CliError
+from kit.durability import DEFAULT as DEFAULT_DURABILITY
+from kit.durability import Durability, parse_durability
 from kit.host.auth import normalise_origin
 from kit.host.edge import UNAUTHENTICATED_PER_PEER, EdgeLimits
 from kit.host.errors import HostError
@@ -155,6 +163,8 @@ class DevSettings:
     """Browser origins besides the host's own that may open session sockets."""
     edge: EdgeLimits = field(default_factory=EdgeLimits)
     """The host's HTTP edge: head limits and timeout, unauthenticated connections per peer."""
+    durability: Durability = DEFAULT_DURABILITY
+    """When a local event log's commit counts: after an fsync (default) or in the OS."""
 
     @property
     def offline(self) -> bool:
@@ -276,6 +286,10 @@ def dev_settings(
                 environ, "KIT_SMTP_PORT", 2525, 0, 65535, "as a port (0: any free port)", whole=True
             )
         )
+    try:
+        durability = parse_durability(environ.get("KIT_DURABILITY"))
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
     aws = {k: v for k, v in environ.items() if k in AWS_VARIABLES}
     origins = _origins(environ.get("KIT_ALLOWED_ORIGINS") or "")
     return DevSettings(
@@ -298,6 +312,7 @@ def dev_settings(
         pool_size=pool_size,
         grace_s=grace_s,
         allowed_origins=origins,
+        durability=durability,
         edge=EdgeLimits(unauthenticated_per_peer=per_peer),
     )
 

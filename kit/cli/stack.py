@@ -215,7 +215,7 @@ def _log_store(settings: DevSettings) -> LogStore:
     if settings.log_url:
         owner = settings.host_id or statedir.host_id(settings.state_dir)
         return S3LogStore.from_url(settings.log_url, owner=owner, ttl_s=settings.lease_ttl_s)
-    return DOLogStore.in_dir(settings.state_dir / "sessions")
+    return DOLogStore.in_dir(settings.state_dir / "sessions", durability=settings.durability)
 
 
 def _mount_durable_objects(

@@ -5,7 +5,9 @@ assigns ``seq`` (1, 2, 3, … with no gaps). The host fans an event out only aft
 ``append`` returns (ARCHITECTURE §4.1). The seam is async because a log may live across
 the network: :class:`SQLiteLogStore` keeps one SQLite file per session, like a Durable
 Object's storage (its calls finish without yielding: a local commit is cheaper than a
-thread hop; the file is 0600, :mod:`kit.private`); ``kit.host.s3log`` keeps the log in S3
+thread hop; the file is 0600, :mod:`kit.private`; with ``fsync`` durability an append
+returns once a grouped fsync of the ``-wal``, run in a thread, covers it,
+:mod:`kit.durability`); ``kit.host.s3log`` keeps the log in S3
 objects under a lease (Fly).
 
 The tables and every statement on them are in :mod:`kit.host.logtables`, shared with the
@@ -18,13 +20,15 @@ opening the session for writing: no lease is taken, no session is loaded (``kit 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from kit.durability import DEFAULT, Durability, GroupSync
 from kit.host.errors import LogError
 from kit.host.logtables import (
     CREATED_KEY,
@@ -165,9 +169,12 @@ class LogStore(ABC):
 class SQLiteSessionLog(SessionLog):
     """A session log in its own SQLite file (WAL; each append is one commit)."""
 
-    def __init__(self, path: Path, session_id: SessionId) -> None:
+    def __init__(self, path: Path, session_id: SessionId, durability: Durability = DEFAULT) -> None:
         self.session_id = session_id
         self.path = path
+        self._syncer = (
+            GroupSync(path, new_file=not path.exists()) if durability is Durability.FSYNC else None
+        )
         try:
             private_sqlite(path)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -201,7 +208,8 @@ class SQLiteSessionLog(SessionLog):
         with self._tx():
             (event,) = self._tables.insert_events(self._pending_seq, [(kind, data)], turn_id)
             self._pending_seq = event.seq
-            return event
+        await self._durable()
+        return event
 
     async def append_many(
         self, items: list[tuple[str, dict[str, Any]]], turn_id: TurnId | None = None
@@ -210,11 +218,15 @@ class SQLiteSessionLog(SessionLog):
             events = self._tables.insert_events(self._pending_seq, items, turn_id)
             if events:
                 self._pending_seq = events[-1].seq
-            return events
+        await self._durable()
+        return events
 
     async def read_after(self, seq: int, limit: int | None = None) -> list[Event]:
         with self._reading():
-            return self._tables.read_after(seq, limit)
+            events = self._tables.read_after(seq, limit)
+        if events and self._syncer is not None:
+            await self._durable(self._syncer.settled())  # nothing read leaves before its fsync
+        return events
 
     async def add_user_turn(self, client_msg_id: str, text: str) -> tuple[Turn, Event] | None:
         with self._reading():
@@ -225,6 +237,7 @@ class SQLiteSessionLog(SessionLog):
             turn, event = self._tables.add_turn(self._pending_seq, turn_id, client_msg_id, text)
             self._pending_seq = event.seq
         self._turn_counter += 1
+        await self._durable()
         return turn, event
 
     async def set_turn_state(
@@ -232,6 +245,17 @@ class SQLiteSessionLog(SessionLog):
     ) -> None:
         with self._tx():
             self._tables.set_turn_state(turn_id, state, attempt)
+        await self._durable()
+
+    async def _durable(self, wait: Awaitable[None] | None = None) -> None:
+        """Return once what was committed is durable as the setting says (``wait``: that
+        instead of a new fsync request)."""
+        if self._syncer is None:
+            return
+        try:
+            await (wait or asyncio.shield(self._syncer.request()))
+        except OSError as exc:
+            raise LogError(f"Cannot write the event log {self.path}: {exc}") from exc
 
     async def open_turns(self) -> list[Turn]:
         with self._reading():
@@ -271,8 +295,9 @@ class SQLiteSessionLog(SessionLog):
 class SQLiteLogStore(LogStore):
     """One SQLite file per session under ``root``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, durability: Durability = DEFAULT) -> None:
         self.root = root
+        self.durability = durability
         root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
 
     def _path(self, session_id: SessionId) -> Path:
@@ -284,13 +309,14 @@ class SQLiteLogStore(LogStore):
         path = self._path(session_id)
         if path.exists():
             raise LogError(f"Session {session_id} already exists.")
-        log = SQLiteSessionLog(path, session_id)
+        log = SQLiteSessionLog(path, session_id, self.durability)
         log.write_meta(meta)
+        await log._durable()
         return log
 
     async def open(self, session_id: SessionId) -> SessionLog | None:
         path = self._path(session_id)
-        return SQLiteSessionLog(path, session_id) if path.exists() else None
+        return SQLiteSessionLog(path, session_id, self.durability) if path.exists() else None
 
     async def session_ids(self) -> list[SessionId]:
         return [

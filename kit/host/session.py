@@ -28,7 +28,7 @@ from kit.host.sandbox import Sandbox, Usage
 from kit.host.spend import spent_in
 from kit.ids import SessionId, TurnId
 from kit.protocol.frames import Event, ResumeMode
-from kit.protocol.runtime_api import TurnRequest
+from kit.protocol.runtime_api import RuntimeEvent, TurnRequest
 from kit.protocol.turns import (
     STOPPED_REASONS,
     TURN_FAILED,
@@ -353,18 +353,44 @@ class Session:
         """Run the turn on ``runtime``; the planner's answer to the turn's end (Record,
         Done), or None if the stream broke first (the sandbox went away)."""
         request = TurnRequest(turn_id=turn.turn_id, text=turn.text, recover=recover)
+        arrived: asyncio.Queue[list[RuntimeEvent] | BaseException | None] = asyncio.Queue(
+            READ_AHEAD
+        )
+        reader = asyncio.create_task(_read_turn(runtime, request, arrived))
         try:
-            async for batch in runtime.stream_turn(request):
-                emit, *rest = planner.batch([(ev.kind, ev.data) for ev in batch])
-                assert isinstance(emit, Emit)  # anything after the turn's end is not part of it
+            while True:
+                # Whatever arrived while the last commit ran is the next commit: one commit
+                # (and one fsync, kit.durability) for a burst, not one per piece.
+                waiting = [await arrived.get()]
+                while not arrived.empty() and isinstance(waiting[-1], list):
+                    waiting.append(arrived.get_nowait())
+                kept: list[tuple[str, dict[str, Any]]] = []
+                rest: list[TurnAction] = []
+                ended = False
+                for batch in waiting:
+                    if not isinstance(batch, list):
+                        ended = True
+                        break
+                    emit, *rest = planner.batch([(ev.kind, ev.data) for ev in batch])
+                    assert isinstance(emit, Emit)  # anything after the turn's end is not in it
+                    kept += ((ev.kind, ev.data) for ev in batch[: emit.count])
+                    if rest:
+                        break
                 # A call the model proxy refused is told before what the runtime says next
                 # (the API error it got, the result): the refusal came first.
-                kept = ((ev.kind, ev.data) for ev in batch[: emit.count])
-                await self.emit_many([*self._refusals(turn.turn_id), *kept], turn.turn_id)
+                if kept or not ended:
+                    await self.emit_many([*self._refusals(turn.turn_id), *kept], turn.turn_id)
                 if rest:
                     return rest
+                if isinstance(waiting[-1], BaseException):
+                    raise waiting[-1]
+                if ended:
+                    return None  # the stream ended before the turn did
         except SandboxError as exc:
             log.info("session %s: turn %s lost its sandbox: %s", self.id, turn.turn_id, exc)
+        finally:
+            reader.cancel()
+            await asyncio.wait([reader])  # its stream closed (a cancel of ours still raises)
         return None
 
     async def _push_files(self, runtime: RuntimeClient) -> bool:
@@ -627,3 +653,23 @@ class Session:
 
 
 _background: set[asyncio.Task[None]] = set()
+
+
+READ_AHEAD = 256
+"""Pieces of a turn's stream read ahead of the commits (then the runtime waits)."""
+
+
+async def _read_turn(
+    runtime: RuntimeClient,
+    request: TurnRequest,
+    into: asyncio.Queue[list[RuntimeEvent] | BaseException | None],
+) -> None:
+    """Read the turn's stream into ``into``, piece by piece, while the session commits
+    what came before; then ``None`` (the stream ended) or the error that ended it."""
+    try:
+        async for batch in runtime.stream_turn(request):
+            await into.put(batch)
+    except Exception as exc:
+        await into.put(exc)
+    else:
+        await into.put(None)

@@ -23,13 +23,24 @@ URL                                                store
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from kit.storage.errors import StoreError, StoreUnavailable
-from kit.storage.memory import MemorySessionStore
-from kit.storage.sqlite import SQLiteSessionStore
+
+if TYPE_CHECKING:
+    from kit.storage.memory import MemorySessionStore
+    from kit.storage.sqlite import SQLiteSessionStore
+
+_LAZY = {
+    "MemorySessionStore": "kit.storage.memory",
+    "SQLiteSessionStore": "kit.storage.sqlite",
+}
+"""Stores built on the Agent SDK's types, imported when first used: importing the SDK takes
+~0.6 s (its MCP types), and a host that only needs ``kit.storage.s3io`` (leases, S3 logs)
+should not pay it at start (bench/startup.py)."""
 
 REMOTE_SCHEMES = frozenset({"kit+http", "do+https", "do+http"})
 """Schemes of stores reached over HTTP (:mod:`kit.storage.remote`, which imports httpx:
@@ -42,6 +53,12 @@ __all__ = [
     "StoreUnavailable",
     "open_store",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_store(url: str, *, token: str | None = None) -> Any:
@@ -59,12 +76,16 @@ def open_store(url: str, *, token: str | None = None) -> Any:
             )
         return RemoteSessionStore(url, token)
     if parts.scheme == "memory":
+        from kit.storage.memory import MemorySessionStore
+
         return MemorySessionStore()
     if parts.scheme == "sqlite":
         if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
             raise StoreError(
                 f"Store URL {url!r}: write sqlite:///ABSOLUTE/PATH.db (three slashes, then the path)."
             )
+        from kit.storage.sqlite import SQLiteSessionStore
+
         return SQLiteSessionStore(Path(parts.path))
     if parts.scheme == "s3":
         from kit.storage.s3 import S3SessionStore

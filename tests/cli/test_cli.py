@@ -14,6 +14,7 @@ from kit.bundle import load_project
 from kit.cli.main import build_parser
 from kit.cli.settings import dev_settings
 from kit.cli.testing import run_checks
+from kit.durability import Durability
 from kit.host.edge import UNAUTHENTICATED_PER_PEER, EdgeLimits
 from tests.kitproc import KIT
 
@@ -120,7 +121,7 @@ async def test_a_second_host_on_one_state_dir_is_refused(kit_tmp: Path) -> None:
 
 def test_bad_host_settings_name_the_variable(kit_tmp: Path) -> None:
     """A wrong KIT_LEASE_TTL_S, KIT_LOG_URL, KIT_SANDBOX_POOL, KIT_SANDBOX_GRACE_S,
-    KIT_PEER_CONNECTIONS or KIT_SANDBOX (or an s3:// KIT_STORE_URL for Docker sandboxes) is
+    KIT_PEER_CONNECTIONS, KIT_DURABILITY or KIT_SANDBOX (or an s3:// KIT_STORE_URL for Docker sandboxes) is
     one line naming the variable and the fix, and creates nothing."""
     for name, value, hint in [
         ("KIT_LEASE_TTL_S", "soon", "number of seconds"),
@@ -131,6 +132,7 @@ def test_bad_host_settings_name_the_variable(kit_tmp: Path) -> None:
         ("KIT_SANDBOX_GRACE_S", "nan", "1 to 3600 seconds"),
         ("KIT_SANDBOX_GRACE_S", "0", "1 to 3600 seconds"),
         ("KIT_PEER_CONNECTIONS", "0", "1 to 65536 connections"),
+        ("KIT_DURABILITY", "sometimes", "give fsync (a commit is on the disk"),
         ("KIT_SANDBOX", "kubernetes", "give local (process groups on this machine) or docker"),
         ("KIT_STORE_URL", "s3://bucket/prefix", "--sandbox docker: containers reach no network"),
     ]:
@@ -156,6 +158,18 @@ def test_peer_connections_setting(kit_tmp: Path) -> None:
     assert edge({}) == EdgeLimits()
     assert edge({}).unauthenticated_per_peer == UNAUTHENTICATED_PER_PEER
     assert edge({"KIT_PEER_CONNECTIONS": "500"}) == EdgeLimits(unauthenticated_per_peer=500)
+
+
+def test_durability_setting(kit_tmp: Path) -> None:
+    """KIT_DURABILITY: fsync unless it says os (any case, spaces around it ignored)."""
+
+    def durability(environ: dict[str, str]) -> Durability:
+        return dev_settings(project=kit_tmp, host=None, port=0, environ=environ).durability
+
+    assert durability({}) is Durability.FSYNC
+    assert durability({"KIT_DURABILITY": ""}) is Durability.FSYNC
+    assert durability({"KIT_DURABILITY": " OS "}) is Durability.OS
+    assert durability({"KIT_DURABILITY": "fsync"}) is Durability.FSYNC
 
 
 SUBCOMMANDS = ["new", "dev", "chat", "sessions", "logs", "sandbox", "do", "test"]

@@ -1,0 +1,147 @@
+"""How durable a commit is before kit calls it committed: the ``KIT_DURABILITY`` setting.
+
+kit's SQLite files (a session's event log, a Durable Object's storage) run WAL with
+``synchronous=NORMAL``: ``COMMIT`` writes the transaction to the ``-wal`` file, in the
+operating system's page cache, and returns without waiting for the disk.
+
+- ``os``: that is all. A commit survives kit (or a sandbox) dying, not the machine losing
+  power or its kernel.
+- ``fsync`` (the default): after ``COMMIT`` the ``-wal`` file is fsynced before anyone is
+  told the commit happened, so nothing a client has seen is lost with the machine either.
+  The fsync runs in a thread, off the event loop, and is grouped (:class:`GroupSync`): one
+  fsync answers every commit made to the file before it started, so a busy file pays one
+  fsync per batch of commits, not one per commit, and the loop goes on writing meanwhile.
+
+An event still reaches a client only after its commit is durable in the sense chosen
+(ARCHITECTURE §4.1): the Durable Object's output gate and the SQLite log's ``append`` wait
+for the fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import os
+from pathlib import Path
+
+__all__ = ["DEFAULT", "Durability", "GroupSync", "parse_durability"]
+
+
+class Durability(enum.Enum):
+    """What a commit survives before kit acknowledges it."""
+
+    OS = "os"
+    """Written to the OS: survives kit dying, not the machine."""
+    FSYNC = "fsync"
+    """On the disk (fsync, grouped): survives the machine too."""
+
+
+DEFAULT = Durability.FSYNC
+
+
+def parse_durability(value: str | None, name: str = "KIT_DURABILITY") -> Durability:
+    """The setting from its text (unset or empty: :data:`DEFAULT`); a clear error otherwise."""
+    if not value:
+        return DEFAULT
+    try:
+        return Durability(value.strip().lower())
+    except ValueError:
+        raise ValueError(
+            f"{name}={value!r}: give fsync (a commit is on the disk before a client sees it, "
+            "the default) or os (a commit survives kit dying, not the machine), or unset it."
+        ) from None
+
+
+class GroupSync:
+    """Grouped fsync of one SQLite file's ``-wal`` (and, once, of its folder).
+
+    :meth:`request` returns a future that completes when an fsync that *started after the
+    request* has finished: that fsync covers every write made before the request. While one
+    fsync runs, requests gather; when it ends, one more fsync answers all of them. Rounds
+    finish in order, so a later request never completes before an earlier one.
+    """
+
+    def __init__(self, database: Path, *, new_file: bool = True) -> None:
+        """``new_file``: the database was created just now, so the first fsync also syncs
+        its folder (where the file's name is)."""
+        self._wal = database.with_name(database.name + "-wal")
+        self._folder = database.parent
+        self._folder_synced = not new_file
+        self._waiting: list[asyncio.Future[None]] = []
+        self._running = False
+        self._last: asyncio.Future[None] | None = None
+        self.rounds = 0
+        """How many fsyncs have run (for tests and benchmarks)."""
+
+    def request(self) -> asyncio.Future[None]:
+        """A future done once everything written to the file so far is on the disk."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._waiting.append(future)
+        self._last = future
+        if not self._running:
+            self._start(loop)
+        return future
+
+    async def settled(self) -> None:
+        """Return once every request made so far is answered (raises as it did): a reader
+        that must not pass on what is committed but not yet on the disk waits here."""
+        last = self._last
+        if last is not None:
+            await asyncio.shield(last)
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, self._waiting = self._waiting, []
+        self._running = True
+        folder = not self._folder_synced
+        done = loop.run_in_executor(None, self._fsync, folder)
+        done.add_done_callback(lambda d: self._finished(loop, d, batch, folder))
+
+    def _fsync(self, folder: bool) -> None:
+        """The blocking part, in a worker thread."""
+        try:
+            fd = os.open(self._wal, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            fd = -1  # no -wal: its last connection closed, and that checkpoint synced the file
+        if fd >= 0:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if folder:  # a new file's name is in its folder only once the folder is synced
+            dir_fd = os.open(self._folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    def _finished(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        done: asyncio.Future[None],
+        batch: list[asyncio.Future[None]],
+        folder: bool,
+    ) -> None:
+        self._running = False
+        self.rounds += 1
+        error = None if done.cancelled() else done.exception()
+        if error is None and folder:
+            self._folder_synced = True
+        for future in batch:
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(
+                    OSError(f"Cannot fsync {self._wal}: {error}; the commit may not be on disk.")
+                )
+                future.add_done_callback(_retrieve)
+            else:
+                future.set_result(None)
+        if self._waiting and not loop.is_closed():
+            self._start(loop)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        future.exception()

@@ -1,0 +1,190 @@
+"""KIT_DURABILITY=fsync (kit.durability): nothing counts as committed, and nothing reaches a
+reader, before the fsync of its ``-wal``; fsyncs are grouped and run off the event loop; a
+failed fsync fails the write (ARCHITECTURE §4.1)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from emulator.durable_objects import Namespace, StorageError
+from kit.durability import Durability, GroupSync
+from kit.host.errors import LogError
+from kit.host.eventlog import SQLiteLogStore, SQLiteSessionLog
+from kit.ids import new_session_id
+from tests.emulator.test_durable_objects import Counter
+
+WAIT_S = 10
+
+
+class HeldFsync:
+    """``os.fsync`` that waits for :meth:`release` (then fsyncs), recording what it synced."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.go = threading.Event()
+        self.go.set()
+        self.synced: list[str] = []
+        self.fail: OSError | None = None
+        self._real = os.fsync
+
+    def __call__(self, fd: int) -> None:
+        self.entered.set()
+        assert self.go.wait(WAIT_S), "the test never released the fsync"
+        if self.fail is not None:
+            raise self.fail
+        self.synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        self._real(fd)
+
+    def hold(self) -> None:
+        self.entered.clear()
+        self.go.clear()
+
+    async def held(self) -> None:
+        """Wait (off the loop) until a worker thread is inside the held fsync."""
+        entered = await asyncio.get_running_loop().run_in_executor(None, self.entered.wait, WAIT_S)
+        assert entered, "no fsync started"
+
+
+@pytest.fixture
+def fsync(monkeypatch: pytest.MonkeyPatch) -> Iterator[HeldFsync]:
+    held = HeldFsync()
+    monkeypatch.setattr(os, "fsync", held)
+    yield held
+    held.go.set()
+
+
+def _committed(path: Path, query: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(path) as db:
+        return db.execute(query).fetchall()
+
+
+async def test_the_output_gate_waits_for_the_fsync(tmp_path: Path, fsync: HeldFsync) -> None:
+    """A Durable Object call is answered only after its batch's ``-wal`` is fsynced: while
+    the fsync is held, the commit is visible to another connection but the caller has no
+    answer; released, the answer comes and the -wal was synced."""
+    ns = Namespace(tmp_path / "do", Counter, hibernate_after_s=None)
+    try:
+        assert await ns.call("a", lambda c: c.bump()) == 1
+        fsync.hold()
+        call = asyncio.create_task(ns.call("a", lambda c: c.bump()))
+        await fsync.held()
+        assert _committed(ns.path("a"), "SELECT n FROM c") == [(2,)]  # committed, in the OS
+        assert not call.done(), "the caller heard of a commit not yet on the disk"
+        fsync.go.set()
+        assert await asyncio.wait_for(call, WAIT_S) == 2
+        assert str(ns.path("a")) + "-wal" in fsync.synced
+    finally:
+        await ns.close()
+
+
+async def test_os_durability_does_not_fsync(tmp_path: Path, fsync: HeldFsync) -> None:
+    """KIT_DURABILITY=os: commits are answered with no fsync at all."""
+    fsync.hold()
+    ns = Namespace(tmp_path / "do", Counter, hibernate_after_s=None, durability=Durability.OS)
+    try:
+        assert await asyncio.wait_for(ns.call("a", lambda c: c.bump()), WAIT_S) == 1
+        assert not fsync.entered.is_set()
+    finally:
+        await ns.close()
+
+
+async def test_a_failed_fsync_fails_the_call_and_breaks_the_instance(
+    tmp_path: Path, fsync: HeldFsync
+) -> None:
+    """An fsync that fails (EIO) fails the call with the OS's error; the instance is done
+    (its next call gets a new one, rebuilt from storage)."""
+    ns = Namespace(tmp_path / "do", Counter, hibernate_after_s=None)
+    try:
+        assert await ns.call("a", lambda c: c.bump()) == 1
+        fsync.fail = OSError(errno.EIO, "Input/output error")
+        with pytest.raises(StorageError, match="Input/output error"):
+            await ns.call("a", lambda c: c.bump())
+        fsync.fail = None
+        assert ns.generation("a") == 1
+        assert await ns.call("a", lambda c: c.bump()) == 3
+        assert ns.generation("a") == 2
+    finally:
+        await ns.close()
+
+
+async def test_sqlite_log_appends_and_reads_wait_for_the_fsync(
+    tmp_path: Path, fsync: HeldFsync
+) -> None:
+    """The gateway's SQLite log: ``append`` returns after the fsync, and a reader of the
+    log does not get an event whose fsync is still running."""
+    store = SQLiteLogStore(tmp_path / "logs")
+    log = await store.create(new_session_id(), {"tier": "basic"})
+    try:
+        first = await log.append("status", {"n": 1})
+        fsync.hold()
+        append = asyncio.create_task(log.append("status", {"n": 2}))
+        await fsync.held()
+        read = asyncio.create_task(log.read_after(first.seq))
+        await asyncio.sleep(0)  # one loop pass: the reader runs up to its wait
+        assert not append.done()
+        assert not read.done()
+        fsync.go.set()
+        event = await asyncio.wait_for(append, WAIT_S)
+        assert [e.seq for e in await asyncio.wait_for(read, WAIT_S)] == [event.seq]
+    finally:
+        await log.close()
+
+
+async def test_fsyncs_are_grouped(tmp_path: Path, fsync: HeldFsync) -> None:
+    """Fifty appends made while one fsync runs share the next one: two fsyncs in all."""
+    store = SQLiteLogStore(tmp_path / "logs")
+    log = await store.create(new_session_id(), {"tier": "basic"})
+    try:
+        fsync.hold()
+        first = asyncio.create_task(log.append("status", {"n": 0}))
+        await fsync.held()
+        rest = [asyncio.create_task(log.append("status", {"n": n})) for n in range(1, 50)]
+        await asyncio.sleep(0)  # one loop pass: each append commits, asks
+        assert isinstance(log, SQLiteSessionLog)
+        syncer = log._syncer
+        assert syncer is not None
+        rounds = syncer.rounds
+        fsync.go.set()
+        events = await asyncio.wait_for(asyncio.gather(first, *rest), WAIT_S)
+        assert [e.seq for e in events] == list(range(events[0].seq, events[0].seq + 50))
+        assert syncer.rounds == rounds + 2
+    finally:
+        await log.close()
+
+
+async def test_a_failed_fsync_fails_the_append(tmp_path: Path, fsync: HeldFsync) -> None:
+    """A failed fsync is a LogError naming the log file and the OS's reason."""
+    store = SQLiteLogStore(tmp_path / "logs")
+    log = await store.create(new_session_id(), {"tier": "basic"})
+    try:
+        fsync.fail = OSError(errno.EIO, "Input/output error")
+        with pytest.raises(LogError, match=r"Cannot write the event log .*Input/output error"):
+            await log.append("status", {"n": 1})
+    finally:
+        await log.close()
+
+
+async def test_a_new_files_folder_is_synced_once(tmp_path: Path, fsync: HeldFsync) -> None:
+    """A log made just now has its folder fsynced with its first commit, and only then."""
+    store = SQLiteLogStore(tmp_path / "logs")
+    log = await store.create(new_session_id(), {"tier": "basic"})
+    try:
+        await log.append("status", {"n": 1})
+        assert fsync.synced.count(str(tmp_path / "logs")) == 1
+    finally:
+        await log.close()
+
+
+async def test_a_missing_wal_counts_as_synced(tmp_path: Path, fsync: HeldFsync) -> None:
+    """No ``-wal`` (its last connection checkpointed and removed it): nothing to fsync."""
+    sync = GroupSync(tmp_path / "gone.sqlite", new_file=False)
+    await asyncio.wait_for(sync.request(), WAIT_S)
+    assert fsync.synced == []
