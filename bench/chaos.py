@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import statistics
+from pathlib import Path
 
 from kit.cli.chaos import run_chaos
 
@@ -33,6 +36,7 @@ def main() -> None:
         default="auto",
         help="as KIT_SANDBOX_ISOLATION",
     )
+    parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
     args = parser.parse_args()
     report = asyncio.run(
         run_chaos(
@@ -46,6 +50,23 @@ def main() -> None:
         )
     )
     print(report.summary())
+    if args.json:
+        lat = sorted(report.resume_latencies_s)
+        args.json.write_text(
+            json.dumps(
+                {
+                    "kills": report.kills,
+                    "turns_completed": report.turns_completed,
+                    "turns_sent": report.turns_sent,
+                    "events_lost": report.events_lost,
+                    "events_duplicated": report.events_duplicated,
+                    "resume_p50_s": statistics.median(lat) if lat else None,
+                    "resume_n": len(lat),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     failed = [s for s in report.sessions if s.turns_failed]
     if failed:
         print(f"sessions with failed turns: {len(failed)}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import tempfile
 import time
@@ -114,6 +115,7 @@ async def one_session(url: str, token: str, api: FlyClient, sandbox_app: str) ->
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sessions", type=int, default=10)
+    parser.add_argument("--json", type=Path, help="also write p50/p95 (s) per measure here")
     args = parser.parse_args()
     image = await asyncio.to_thread(ensure, False)
     with tempfile.TemporaryDirectory(prefix="kit-bench-fly-") as tmp:
@@ -128,6 +130,7 @@ async def main() -> None:
     print(f"kit dev --target fly rehearsal: deployed (2 gateways) in {deployed:.1f} s")
     print(f"{args.sessions} sessions, one after another; ms")
     print("| measure | p50 | p95 | mean | n |\n|---|---|---|---|---|")
+    figures: dict[str, object] = {"deploy_s": deployed}
     for key in (
         "new: first event",
         "new: result",
@@ -137,11 +140,14 @@ async def main() -> None:
     ):
         values = [run[key] for run in runs if key in run]
         if values:
+            figures[key] = {"p50": pct(values, 50) / 1000, "p95": pct(values, 95) / 1000}
             print(
                 f"| {key} | {pct(values, 50):.0f} | {pct(values, 95):.0f} | "
                 f"{statistics.fmean(values) * 1000:.0f} | {len(values)} |"
             )
     print("\nreproduce: .venv/bin/python bench/fly_rehearsal.py --sessions", args.sessions)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":

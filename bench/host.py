@@ -66,7 +66,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from kit.durability import DEFAULT, Durability
+from kit.durability import Durability
 from kit.protocol.errors import CLOSE_NORMAL
 
 FRAME_TIMEOUT_S = 60.0
@@ -633,9 +633,9 @@ def main() -> None:
     parser.add_argument(
         "--kit-durability",
         choices=[d.value for d in Durability],
-        default=DEFAULT.value,
-        help="kit: KIT_DURABILITY of the event logs (fsync, the default: a grouped fsync "
-        "before an event counts; os: committed to the OS only)",
+        default=Durability.OS.value,
+        help="kit: KIT_DURABILITY of the event logs (os, kit dev's default: committed to the "
+        "OS; fsync, kit gateway's: a grouped fsync before an event counts)",
     )
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     parser.add_argument("--max-seconds", type=float, default=1800.0, help="per target")

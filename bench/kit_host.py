@@ -32,7 +32,7 @@ from pathlib import Path
 from synthetic_runtime import SyntheticRuntime, wait_for_stop
 
 from emulator.durable_objects import DOLogStore
-from kit.durability import DEFAULT, Durability
+from kit.durability import Durability
 from kit.host import (
     ExitInfo,
     LogStore,
@@ -121,7 +121,7 @@ async def serve_kit_host(
     api_token: str,
     host: str = "127.0.0.1",
     port: int = 0,
-    durability: Durability = DEFAULT,
+    durability: Durability = Durability.OS,
     log: str = "do",
 ) -> AsyncIterator[str]:
     """Run kit's session host on ``host:port`` with synthetic sandboxes; yields its base URL.
@@ -177,8 +177,8 @@ def main() -> None:
     parser.add_argument(
         "--durability",
         choices=[d.value for d in Durability],
-        default=DEFAULT.value,
-        help="KIT_DURABILITY of the event logs: fsync (the default) or os",
+        default=Durability.OS.value,
+        help="KIT_DURABILITY of the event logs: os (kit dev's default) or fsync",
     )
     args = parser.parse_args()
     profiler = cProfile.Profile() if args.profile else None

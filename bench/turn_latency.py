@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import cProfile
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -35,7 +36,7 @@ from kit.bundle import Bundle
 from kit.cli.settings import EXAMPLE_PROJECT, DevSettings
 from kit.cli.stack import Stack, run_stack
 from kit.client import SessionClient, create_session
-from kit.durability import DEFAULT, Durability
+from kit.durability import Durability
 
 PROMPT = "hello there"
 
@@ -150,6 +151,20 @@ async def pool_refilled(stack: Stack, timeout_s: float = 60.0) -> None:
     raise TimeoutError(f"the sandbox pool did not refill within {timeout_s:g} s")
 
 
+def write_json(path: Path | None, measures: dict[str, tuple[list[float], list[float]]]) -> None:
+    """p50 and p95 (seconds) of kit and the SDK per measure, for bench/all.py."""
+    if path is None:
+        return
+    out = {
+        name: {
+            side: {"p50": pct(values, 50) / 1000, "p95": pct(values, 95) / 1000}
+            for side, values in (("kit", kit), ("sdk", sdk))
+        }
+        for name, (kit, sdk) in measures.items()
+    }
+    path.write_text(json.dumps(out, indent=2) + "\n")
+
+
 def row(label: str, kit: list[float], sdk: list[float]) -> str:
     """One table row: p50/p95 of both and the ratio and difference at p50."""
     k50, k95, s50, s95 = pct(kit, 50), pct(kit, 95), pct(sdk, 50), pct(sdk, 95)
@@ -180,11 +195,12 @@ async def main() -> None:
     parser.add_argument(
         "--durability",
         choices=[d.value for d in Durability],
-        default=DEFAULT.value,
-        help="KIT_DURABILITY of the event logs (default fsync)",
+        default=Durability.OS.value,
+        help="KIT_DURABILITY of the event logs (default os, as kit dev)",
     )
     parser.add_argument("--warm-only", action="store_true", help="measure (a) only")
     parser.add_argument("--profile", type=Path, help="cProfile this process over (a)")
+    parser.add_argument("--json", type=Path, help="also write p50/p95 (s) here as JSON")
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="kit-bench-"))
     os.chmod(state, 0o755)
@@ -207,6 +223,7 @@ async def main() -> None:
         if args.warm_only:
             print(f"turn latency, ms (p50 / p95); {args.turns} warm turns, {args.durability}")
             print(row("(a) warm turn, open session", warm_kit, warm_sdk))
+            write_json(args.json, {"warm": (warm_kit, warm_sdk)})
             return
         await pool_refilled(stack)
         first_kit, first_sdk = await first(stack, options, args.sessions)
@@ -222,6 +239,14 @@ async def main() -> None:
     print(row("(a) warm turn, open session", warm_kit, warm_sdk))
     print(row(f"(b) first turn, new session (pool {args.pool})", first_kit, first_sdk))
     print(row("(c) first turn, new session, no pool (sandbox start)", cold_kit, cold_sdk))
+    write_json(
+        args.json,
+        {
+            "warm": (warm_kit, warm_sdk),
+            "first": (first_kit, first_sdk),
+            "cold": (cold_kit, cold_sdk),
+        },
+    )
     print(
         f"mean warm: kit {statistics.mean(warm_kit) * 1000:.1f} ms, SDK {statistics.mean(warm_sdk) * 1000:.1f} ms"
     )

@@ -4,9 +4,9 @@ kit's SQLite files (a session's event log, a Durable Object's storage) run WAL w
 ``synchronous=NORMAL``: ``COMMIT`` writes the transaction to the ``-wal`` file, in the
 operating system's page cache, and returns without waiting for the disk.
 
-- ``os``: that is all. A commit survives kit (or a sandbox) dying, not the machine losing
-  power or its kernel.
-- ``fsync`` (the default): after ``COMMIT`` the ``-wal`` file is fsynced before anyone is
+- ``os`` (``kit dev``'s default): that is all. A commit survives kit (or a sandbox) dying,
+  not the machine losing power or its kernel.
+- ``fsync`` (``kit gateway``'s default, and the library's): after ``COMMIT`` the ``-wal`` file is fsynced before anyone is
   told the commit happened, so nothing a client has seen is lost with the machine either.
   The fsync runs in a thread, off the event loop, and is grouped (:class:`GroupSync`): one
   fsync answers every commit made to the file before it started, so a busy file pays one
@@ -20,6 +20,7 @@ for the fsync.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import enum
 import os
@@ -38,18 +39,22 @@ class Durability(enum.Enum):
 
 
 DEFAULT = Durability.FSYNC
+"""The library's default (a log store or namespace made without saying): the durable one.
+``kit gateway`` keeps it; ``kit dev`` runs ``os`` unless told (kit.cli.settings)."""
 
 
-def parse_durability(value: str | None, name: str = "KIT_DURABILITY") -> Durability:
-    """The setting from its text (unset or empty: :data:`DEFAULT`); a clear error otherwise."""
+def parse_durability(
+    value: str | None, default: Durability = DEFAULT, name: str = "KIT_DURABILITY"
+) -> Durability:
+    """The setting from its text (unset or empty: ``default``); a clear error otherwise."""
     if not value:
-        return DEFAULT
+        return default
     try:
         return Durability(value.strip().lower())
     except ValueError:
         raise ValueError(
-            f"{name}={value!r}: give fsync (a commit is on the disk before a client sees it, "
-            "the default) or os (a commit survives kit dying, not the machine), or unset it."
+            f"{name}={value!r}: give fsync (a commit is on the disk before a client sees it) "
+            "or os (a commit survives kit dying, not the machine), or unset it."
         ) from None
 
 
@@ -71,15 +76,26 @@ class GroupSync:
         self._waiting: list[asyncio.Future[None]] = []
         self._running = False
         self._last: asyncio.Future[None] | None = None
+        self.failed: OSError | None = None
+        """Set once an fsync of the file failed; every request fails from then on."""
         self.rounds = 0
         """How many fsyncs have run (for tests and benchmarks)."""
 
     def request(self) -> asyncio.Future[None]:
-        """A future done once everything written to the file so far is on the disk."""
+        """A future done once everything written to the file so far is on the disk.
+
+        After one fsync of the file failed, every request fails too (:attr:`failed`): the
+        kernel may have dropped the pages that fsync did not write, and a later fsync of the
+        same file can succeed without them, so nothing written after a failure may count.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._waiting.append(future)
+        future.add_done_callback(_retrieve)
         self._last = future
+        if self.failed is not None:
+            future.set_exception(self.failed)
+            return future
+        self._waiting.append(future)
         if not self._running:
             self._start(loop)
         return future
@@ -95,7 +111,12 @@ class GroupSync:
         batch, self._waiting = self._waiting, []
         self._running = True
         folder = not self._folder_synced
-        done = loop.run_in_executor(None, self._fsync, folder)
+        try:
+            done = loop.run_in_executor(_executor(), self._fsync, folder)
+        except RuntimeError as exc:  # the executor or the loop is shutting down
+            self._running = False
+            self._fail(batch, exc)
+            return
         done.add_done_callback(lambda d: self._finished(loop, d, batch, folder))
 
     def _fsync(self, folder: bool) -> None:
@@ -125,21 +146,43 @@ class GroupSync:
     ) -> None:
         self._running = False
         self.rounds += 1
-        error = None if done.cancelled() else done.exception()
-        if error is None and folder:
+        error: BaseException | None = (
+            RuntimeError("the fsync was cancelled") if done.cancelled() else done.exception()
+        )
+        if error is not None:
+            self._fail([*batch, *self._waiting], error)
+            self._waiting = []
+            return
+        if folder:
             self._folder_synced = True
         for future in batch:
-            if future.done():
-                continue
-            if error is not None:
-                future.set_exception(
-                    OSError(f"Cannot fsync {self._wal}: {error}; the commit may not be on disk.")
-                )
-                future.add_done_callback(_retrieve)
-            else:
+            if not future.done():
                 future.set_result(None)
         if self._waiting and not loop.is_closed():
             self._start(loop)
+
+    def _fail(self, batch: list[asyncio.Future[None]], error: BaseException) -> None:
+        """This file's fsync failed: these requests and every later one fail."""
+        if self.failed is None:
+            self.failed = OSError(
+                f"Cannot fsync {self._wal}: {error}; what was committed since the last "
+                "good fsync may not be on the disk."
+            )
+        for future in batch:
+            if not future.done():
+                future.set_exception(self.failed)
+
+
+_EXECUTOR: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _executor() -> concurrent.futures.ThreadPoolExecutor:
+    """kit's own threads for fsyncs: a slow disk never holds up the default executor's
+    other work (the model proxy's decoding, DNS lookups)."""
+    global _EXECUTOR
+    if _EXECUTOR is None:
+        _EXECUTOR = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="kit-fsync")
+    return _EXECUTOR
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:

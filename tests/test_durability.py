@@ -188,3 +188,87 @@ async def test_a_missing_wal_counts_as_synced(tmp_path: Path, fsync: HeldFsync) 
     sync = GroupSync(tmp_path / "gone.sqlite", new_file=False)
     await asyncio.wait_for(sync.request(), WAIT_S)
     assert fsync.synced == []
+
+
+class FailOnce(HeldFsync):
+    """The held fsync fails once (EIO); later ones succeed, as Linux reports a writeback
+    error once, to the first fsync that looks."""
+
+    def __call__(self, fd: int) -> None:
+        try:
+            super().__call__(fd)
+        finally:
+            self.fail = None
+
+
+@pytest.fixture
+def fail_once(monkeypatch: pytest.MonkeyPatch) -> Iterator[FailOnce]:
+    held = FailOnce()
+    monkeypatch.setattr(os, "fsync", held)
+    yield held
+    held.go.set()
+
+
+async def test_nothing_behind_a_failed_fsync_counts(tmp_path: Path, fail_once: FailOnce) -> None:
+    """Event 2's fsync fails; event 3, committed behind it in the same -wal while it ran,
+    is not reported durable though the next fsync succeeds; no reader gets event 2; the log
+    takes nothing more."""
+    store = SQLiteLogStore(tmp_path / "logs")
+    log = await store.create(new_session_id(), {"tier": "basic"})
+    try:
+        first = await log.append("status", {"n": 1})
+        fail_once.hold()
+        fail_once.fail = OSError(errno.EIO, "Input/output error")
+        second = asyncio.create_task(log.append("status", {"n": 2}))
+        await fail_once.held()
+        third = asyncio.create_task(log.append("status", {"n": 3}))
+        await asyncio.sleep(0)  # one loop pass: the third commits and asks for a round
+        fail_once.go.set()
+        for pending in (second, third):
+            with pytest.raises(LogError, match="Input/output error"):
+                await asyncio.wait_for(pending, WAIT_S)
+        with pytest.raises(LogError):
+            await log.read_after(first.seq)
+        with pytest.raises(LogError):
+            await log.append("status", {"n": 4})
+    finally:
+        await log.close()
+
+
+async def test_no_do_batch_behind_a_failed_fsync_passes_the_gate(
+    tmp_path: Path, fail_once: FailOnce
+) -> None:
+    """The Durable Object's batch 2 fails its fsync; batch 3, committed while it ran, does
+    not pass the output gate either."""
+    ns = Namespace(tmp_path / "do", Counter, hibernate_after_s=None)
+    try:
+        assert await ns.call("a", lambda c: c.bump()) == 1
+        fail_once.hold()
+        fail_once.fail = OSError(errno.EIO, "Input/output error")
+        second = asyncio.create_task(ns.call("a", lambda c: c.bump()))
+        await fail_once.held()
+        third = asyncio.create_task(ns.call("a", lambda c: c.bump()))
+        await asyncio.sleep(0)  # one loop pass: the third call runs up to its gate
+        await asyncio.sleep(0)  # and the next: its batch commits (call_soon)
+        fail_once.go.set()
+        for pending in (second, third):
+            with pytest.raises(StorageError, match="Input/output error"):
+                await asyncio.wait_for(pending, WAIT_S)
+    finally:
+        await ns.close()
+
+
+async def test_a_call_that_only_reads_costs_no_fsync(tmp_path: Path) -> None:
+    """A Durable Object call that wrote nothing asks for no fsync of its own."""
+    ns = Namespace(tmp_path / "do", Counter, hibernate_after_s=None)
+    try:
+        await ns.call("a", lambda c: c.bump())
+        syncer = ns._live["a"].state.storage.syncer
+        assert syncer is not None
+        before = syncer.rounds
+        assert await ns.call("a", lambda c: c.ctx.storage.sql.exec("SELECT n FROM c").rows) == [
+            (1,)
+        ]
+        assert syncer.rounds == before
+    finally:
+        await ns.close()

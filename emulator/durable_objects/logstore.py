@@ -110,11 +110,13 @@ class DOSessionLog(SessionLog):
     def meta(self) -> dict[str, Any]:
         return dict(self._meta)
 
-    async def _call(self, what: str, fn: Callable[[SessionLogObject], T]) -> T:
+    async def _call(
+        self, what: str, fn: Callable[[SessionLogObject], T], *, durable: bool = True
+    ) -> T:
         if self._closed:
             raise LogError(f"The event log of session {self.session_id} is closed.")
         try:
-            return await self.namespace.call(self.session_id, fn)
+            return await self.namespace.call(self.session_id, fn, durable=durable)
         except DurableObjectError as exc:
             raise LogError(
                 f"Cannot {what} the event log of session {self.session_id}: {exc}"
@@ -148,10 +150,15 @@ class DOSessionLog(SessionLog):
     async def set_turn_state(
         self, turn_id: TurnId, state: TurnState, *, attempt: bool = False
     ) -> None:
-        await self._call("write", lambda o: o.set_turn_state(turn_id, state, attempt))
+        # A turn's state is the host's own: no client is told it, so it waits for its COMMIT
+        # only; the next event's fsync covers it (kit.durability).
+        await self._call(
+            "write", lambda o: o.set_turn_state(turn_id, state, attempt), durable=False
+        )
 
     async def open_turns(self) -> list[Turn]:
-        return await self._call("read", lambda o: o.open_turns())
+        # The host's own bookkeeping, told to no client: no wait for an fsync.
+        return await self._call("read", lambda o: o.open_turns(), durable=False)
 
     async def close(self) -> None:
         # The host lets go; the object stays until it idles out (hibernation) or is evicted.

@@ -226,15 +226,18 @@ class Namespace(Generic[ObjT]):
         inst = self._live[object_id] = _Instance(obj, state, generation)
         return inst
 
-    async def call(self, object_id: str, fn: Callable[[ObjT], T]) -> T:
-        """Deliver one event: ``fn(instance)``, answered after its writes are committed."""
+    async def call(self, object_id: str, fn: Callable[[ObjT], T], *, durable: bool = True) -> T:
+        """Deliver one event: ``fn(instance)``, answered after its writes are committed
+        (and, ``durable``, on the disk as the namespace's durability says)."""
 
         async def run(obj: ObjT) -> T:
             return fn(obj)
 
-        return await self.call_async(object_id, run)
+        return await self.call_async(object_id, run, durable=durable)
 
-    async def call_async(self, object_id: str, fn: Callable[[ObjT], Awaitable[T]]) -> T:
+    async def call_async(
+        self, object_id: str, fn: Callable[[ObjT], Awaitable[T]], *, durable: bool = True
+    ) -> T:
         """:meth:`call` for a handler that awaits (other events may interleave there)."""
         for _ in range(3):  # an instance evicted while we waited at its gate: use the next
             inst = await self._instance(object_id)
@@ -248,7 +251,7 @@ class Namespace(Generic[ObjT]):
         self._cancel_timer(inst)
         try:
             result = await fn(inst.obj)
-            await inst.state.storage.sync()  # the output gate
+            await inst.state.storage.sync(durable=durable)  # the output gate
             return result
         except BaseException:
             with contextlib.suppress(Exception):

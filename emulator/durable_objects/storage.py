@@ -152,8 +152,16 @@ class Storage:
         apply_limits(self._db)
         self.sql = SqlStorage(self)
         self._commit: asyncio.Future[None] | None = None
+        self._committed: asyncio.Future[None] | None = None
+        """The open batch's COMMIT (before its fsync): :meth:`sync` with ``durable=False``."""
         self._durable: asyncio.Future[None] | None = None
         """The newest committed batch's future while its fsync runs (then done)."""
+        self._unsynced: list[asyncio.Future[None]] = []
+        """Committed batches no fsync has been asked for yet."""
+        self._want_durable = False
+        """Someone waits for the open batch to be on the disk: its flush asks for the fsync."""
+        self._changes_at_begin = 0
+        """``total_changes`` when the open batch began: unchanged at its flush, it only read."""
         self._alarm_change: tuple[int | None] | None = None
         self._kv_ready = False
         self._savepoints = 0
@@ -169,16 +177,20 @@ class Storage:
             )
         if self._commit is None:
             loop = asyncio.get_running_loop()
+            self._changes_at_begin = self._db.total_changes
             self._db.execute("BEGIN")
             self._commit = loop.create_future()
             self._commit.add_done_callback(_retrieve)
+            self._committed = loop.create_future()
+            self._committed.add_done_callback(_retrieve)
             loop.call_soon(self.flush)
         return self._db
 
     def flush(self) -> None:
         """Commit the coalesced batch now (the event loop calls this after the writes)."""
         commit, self._commit = self._commit, None
-        if commit is None:
+        committed, self._committed = self._committed, None
+        if commit is None or committed is None:
             return
         try:
             self._db.execute("COMMIT")
@@ -187,7 +199,10 @@ class Storage:
                 self._db.execute("ROLLBACK")
             self.closed = True  # a failed commit breaks the instance, as on Cloudflare
             commit.set_exception(StorageError(sqlite_message(exc)))
+            committed.set_exception(StorageError(sqlite_message(exc)))
             return
+        if not committed.done():
+            committed.set_result(None)
         if self._alarm_change is not None:
             (scheduled,) = self._alarm_change
             self._alarm_change = None
@@ -200,8 +215,53 @@ class Storage:
         if self.syncer is None:
             commit.set_result(None)
             return
+        if self._db.total_changes == self._changes_at_begin:
+            self._after_earlier(commit)  # reads only: nothing of its own to fsync
+            return
         self._durable = commit
-        self.syncer.request().add_done_callback(lambda synced: self._synced(commit, synced))
+        self._unsynced.append(commit)
+        if self._want_durable:
+            self._request_sync()
+
+    def _after_earlier(self, commit: asyncio.Future[None]) -> None:
+        """A batch that wrote nothing is durable once the batches before it are (what it
+        read may be theirs): it waits for them, and asks for their fsync if it is waited on."""
+        earlier = self._durable
+        if self._want_durable:
+            self._request_sync()
+        if earlier is None or earlier.done():
+            error = None if earlier is None or earlier.cancelled() else earlier.exception()
+            if error is None:
+                commit.set_result(None)
+            else:
+                commit.set_exception(error)
+            return
+
+        def follow(done: asyncio.Future[None]) -> None:
+            if commit.done():
+                return
+            error = RuntimeError("cancelled") if done.cancelled() else done.exception()
+            if error is None:
+                commit.set_result(None)
+            else:
+                commit.set_exception(error)
+
+        earlier.add_done_callback(follow)
+
+    def _request_sync(self) -> None:
+        """Ask for one fsync covering every batch committed so far and not yet asked for.
+        Only a caller that waits for durability asks (:meth:`sync`): a batch nobody waits
+        on (a turn's state) costs no fsync of its own; the next one covers it."""
+        batch, self._unsynced = self._unsynced, []
+        self._want_durable = False
+        if not batch or self.syncer is None:
+            return
+
+        def settle(synced: asyncio.Future[None]) -> None:
+            for commit in batch:
+                self._synced(commit, synced)
+
+        self.syncer.request().add_done_callback(settle)
 
     def _synced(self, commit: asyncio.Future[None], synced: asyncio.Future[None]) -> None:
         """A batch's fsync ended: the batch counts as committed, or the instance breaks."""
@@ -221,12 +281,23 @@ class Storage:
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
 
-    async def sync(self) -> None:
+    async def sync(self, *, durable: bool = True) -> None:
         """Wait until every earlier write is committed (``ctx.storage.sync()``): with
-        ``fsync`` durability, until it is on the disk too."""
-        commit = self._commit or self._durable
-        if commit is not None:
-            await asyncio.shield(commit)
+        ``fsync`` durability, until it is on the disk too. ``durable=False``: only until
+        it is committed (for what no client is told; a later fsync of the same ``-wal``
+        covers it, so what survives the machine is still a prefix of the commits)."""
+        if not durable:
+            if self._committed is not None:
+                await asyncio.shield(self._committed)
+            return
+        if self._commit is not None:  # the open batch: its flush asks for the fsync
+            self._want_durable = self.syncer is not None
+            await asyncio.shield(self._commit)
+            return
+        if self._unsynced:
+            self._request_sync()
+        if self._durable is not None:
+            await asyncio.shield(self._durable)
 
     def transaction_sync(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` as one transaction: if it raises, none of its writes stay."""
@@ -315,6 +386,7 @@ class Storage:
         if self.closed:
             return
         self.flush()
+        self._request_sync()  # what was committed goes to the disk with the instance
         self.closed = True
         self._db.close()
 

@@ -56,6 +56,7 @@ from kit.cli.flymail import FlyMail
 from kit.cli.sandboxes import open_provider
 from kit.cli.settings import DevSettings, SettingsError, dev_settings
 from kit.cli.stack import release_of
+from kit.durability import Durability
 from kit.host import LogStore, SQLiteLogStore
 from kit.host.auth import is_loopback_name
 from kit.host.files import S3Files, files_for
@@ -114,6 +115,7 @@ def gateway_settings(environ: Mapping[str, str] = os.environ) -> GatewaySettings
         host=None,
         port=0,
         environ={**shared, "KIT_STATE_DIR": state},
+        durability=Durability.FSYNC,  # a production host: a commit survives the machine
     )
     listen = (environ.get("KIT_LISTEN") or DEFAULT_LISTEN).replace(
         "${FLY_PRIVATE_IP}", _bracket_ip(environ.get("FLY_PRIVATE_IP") or "::")

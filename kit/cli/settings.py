@@ -38,11 +38,12 @@ event log              ``KIT_LOG_URL``             the emulator's Durable Object
                                                    dir); ``s3://…`` keeps logs in S3 with
                                                    a lease per session, so several hosts
                                                    can share one bucket (the Fly gateway)
-durability             ``KIT_DURABILITY``          ``fsync``: an event log's commit is on
-                                                   the disk (fsync of its ``-wal``, grouped
-                                                   and off the event loop) before any
-                                                   client sees it; ``os``: in the OS only
-                                                   (survives kit dying, not the machine;
+durability             ``KIT_DURABILITY``          ``os`` for kit dev: an event log's commit
+                                                   is in the OS before any client sees it
+                                                   (survives kit dying, not the machine);
+                                                   ``fsync`` (kit gateway's default): on
+                                                   the disk (an fsync of its ``-wal``,
+                                                   grouped, off the event loop;
                                                    :mod:`kit.durability`)
 host id                ``KIT_HOST_ID``             the lease owner; default a random id
                                                    kept in the state dir (one host per
@@ -86,7 +87,6 @@ from typing import Any
 
 from kit.bundle import CONFIG_FILE
 from kit.cli.errors import CliError
-from kit.durability import DEFAULT as DEFAULT_DURABILITY
 from kit.durability import Durability, parse_durability
 from kit.host.auth import normalise_origin
 from kit.host.edge import UNAUTHENTICATED_PER_PEER, EdgeLimits
@@ -163,8 +163,9 @@ class DevSettings:
     """Browser origins besides the host's own that may open session sockets."""
     edge: EdgeLimits = field(default_factory=EdgeLimits)
     """The host's HTTP edge: head limits and timeout, unauthenticated connections per peer."""
-    durability: Durability = DEFAULT_DURABILITY
-    """When a local event log's commit counts: after an fsync (default) or in the OS."""
+    durability: Durability = Durability.OS
+    """When a local event log's commit counts: in the OS (kit dev's default) or after an
+    fsync (kit gateway's)."""
 
     @property
     def offline(self) -> bool:
@@ -220,8 +221,10 @@ def dev_settings(
     port: int | None,
     environ: Mapping[str, str] = os.environ,
     cwd: Path | None = None,
+    durability: Durability = Durability.OS,
 ) -> DevSettings:
-    """Resolve flags and environment into :class:`DevSettings`."""
+    """Resolve flags and environment into :class:`DevSettings` (``durability``: the default
+    when ``KIT_DURABILITY`` is unset)."""
     project_dir = (project or find_project(cwd or Path.cwd())).resolve()
     state = environ.get("KIT_STATE_DIR")
     store_url = environ.get("KIT_STORE_URL") or None
@@ -287,7 +290,7 @@ def dev_settings(
             )
         )
     try:
-        durability = parse_durability(environ.get("KIT_DURABILITY"))
+        durability = parse_durability(environ.get("KIT_DURABILITY"), durability)
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
     aws = {k: v for k, v in environ.items() if k in AWS_VARIABLES}

@@ -243,9 +243,8 @@ class SQLiteSessionLog(SessionLog):
     async def set_turn_state(
         self, turn_id: TurnId, state: TurnState, *, attempt: bool = False
     ) -> None:
-        with self._tx():
+        with self._tx():  # no client is told: the next event's fsync covers it
             self._tables.set_turn_state(turn_id, state, attempt)
-        await self._durable()
 
     async def _durable(self, wait: Awaitable[None] | None = None) -> None:
         """Return once what was committed is durable as the setting says (``wait``: that
@@ -262,6 +261,9 @@ class SQLiteSessionLog(SessionLog):
             return self._tables.open_turns()
 
     async def close(self) -> None:
+        if self._syncer is not None:  # what was committed reaches the disk before we let go
+            with contextlib.suppress(OSError):
+                await self._syncer.settled()
         self._db.close()
 
     @contextlib.contextmanager

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -90,7 +90,7 @@ class RuntimeClient:
                 headers[name.strip().lower()] = value.strip()
         return status, headers, reader, writer
 
-    async def stream_turn(self, request: TurnRequest) -> AsyncIterator[list[RuntimeEvent]]:
+    async def stream_turn(self, request: TurnRequest) -> AsyncGenerator[list[RuntimeEvent], None]:
         """Run a turn; yield its events in the batches they arrived in.
         :class:`SandboxGone` if the runtime goes away."""
         writer: asyncio.StreamWriter | None = None

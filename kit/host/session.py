@@ -353,10 +353,9 @@ class Session:
         """Run the turn on ``runtime``; the planner's answer to the turn's end (Record,
         Done), or None if the stream broke first (the sandbox went away)."""
         request = TurnRequest(turn_id=turn.turn_id, text=turn.text, recover=recover)
-        arrived: asyncio.Queue[list[RuntimeEvent] | BaseException | None] = asyncio.Queue(
-            READ_AHEAD
-        )
-        reader = asyncio.create_task(_read_turn(runtime, request, arrived))
+        arrived: asyncio.Queue[list[RuntimeEvent] | BaseException | None] = asyncio.Queue()
+        room = asyncio.Semaphore(READ_AHEAD)
+        reader = asyncio.create_task(_read_turn(runtime, request, arrived, room))
         try:
             while True:
                 # Whatever arrived while the last commit ran is the next commit: one commit
@@ -366,11 +365,10 @@ class Session:
                     waiting.append(arrived.get_nowait())
                 kept: list[tuple[str, dict[str, Any]]] = []
                 rest: list[TurnAction] = []
-                ended = False
                 for batch in waiting:
                     if not isinstance(batch, list):
-                        ended = True
                         break
+                    room.release()
                     emit, *rest = planner.batch([(ev.kind, ev.data) for ev in batch])
                     assert isinstance(emit, Emit)  # anything after the turn's end is not in it
                     kept += ((ev.kind, ev.data) for ev in batch[: emit.count])
@@ -378,19 +376,24 @@ class Session:
                         break
                 # A call the model proxy refused is told before what the runtime says next
                 # (the API error it got, the result): the refusal came first.
-                if kept or not ended:
-                    await self.emit_many([*self._refusals(turn.turn_id), *kept], turn.turn_id)
+                told = [*self._refusals(turn.turn_id), *kept]
+                if told:
+                    await self.emit_many(told, turn.turn_id)
                 if rest:
                     return rest
                 if isinstance(waiting[-1], BaseException):
                     raise waiting[-1]
-                if ended:
+                if waiting[-1] is None:
                     return None  # the stream ended before the turn did
         except SandboxError as exc:
             log.info("session %s: turn %s lost its sandbox: %s", self.id, turn.turn_id, exc)
         finally:
             reader.cancel()
-            await asyncio.wait([reader])  # its stream closed (a cancel of ours still raises)
+            _, pending = await asyncio.wait([reader], timeout=READER_STOP_S)
+            if pending:  # a cancel swallowed somewhere in the stream: say so, move on
+                log.warning(
+                    "session %s: turn %s's stream reader did not stop", self.id, turn.turn_id
+                )
         return None
 
     async def _push_files(self, runtime: RuntimeClient) -> bool:
@@ -655,21 +658,30 @@ class Session:
 _background: set[asyncio.Task[None]] = set()
 
 
-READ_AHEAD = 256
+READ_AHEAD = 16
 """Pieces of a turn's stream read ahead of the commits (then the runtime waits)."""
+READER_STOP_S = 5.0
+"""How long a turn waits for its stream reader to stop once the turn is over."""
 
 
 async def _read_turn(
     runtime: RuntimeClient,
     request: TurnRequest,
     into: asyncio.Queue[list[RuntimeEvent] | BaseException | None],
+    room: asyncio.Semaphore,
 ) -> None:
-    """Read the turn's stream into ``into``, piece by piece, while the session commits
-    what came before; then ``None`` (the stream ended) or the error that ended it."""
+    """Read the turn's stream into ``into``, piece by piece (at most ``room`` ahead of the
+    session's commits); then ``None`` (the stream ended) or the error that ended it. The
+    last item is put without waiting, so the session always learns how the stream ended."""
     try:
-        async for batch in runtime.stream_turn(request):
-            await into.put(batch)
+        async with contextlib.aclosing(runtime.stream_turn(request)) as stream:
+            async for batch in stream:
+                await room.acquire()
+                into.put_nowait(batch)
     except Exception as exc:
-        await into.put(exc)
+        into.put_nowait(exc)
+    except BaseException:
+        into.put_nowait(SandboxGone("The turn's stream reader was stopped."))
+        raise
     else:
-        await into.put(None)
+        into.put_nowait(None)

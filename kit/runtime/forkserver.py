@@ -23,7 +23,14 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+import kit.storage.memory
+import kit.storage.remote
+import kit.storage.sqlite
 from kit.runtime import config, jail, server  # the heavy imports, paid once here
+
+PRELOADED = (kit.storage.memory, kit.storage.remote, kit.storage.sqlite)
+"""The transcript stores a sandbox opens (kit.storage imports them lazily): loaded once here,
+before the fork, so no sandbox pays for them."""
 
 
 def _child(request: dict[str, Any], fds: list[int], ctl: socket.socket) -> None:

@@ -161,15 +161,19 @@ def test_peer_connections_setting(kit_tmp: Path) -> None:
 
 
 def test_durability_setting(kit_tmp: Path) -> None:
-    """KIT_DURABILITY: fsync unless it says os (any case, spaces around it ignored)."""
+    """KIT_DURABILITY: kit dev's default is os, kit gateway's fsync; either says otherwise
+    with the variable (any case, spaces around it ignored)."""
 
-    def durability(environ: dict[str, str]) -> Durability:
-        return dev_settings(project=kit_tmp, host=None, port=0, environ=environ).durability
+    def durability(environ: dict[str, str], default: Durability = Durability.OS) -> Durability:
+        return dev_settings(
+            project=kit_tmp, host=None, port=0, environ=environ, durability=default
+        ).durability
 
-    assert durability({}) is Durability.FSYNC
-    assert durability({"KIT_DURABILITY": ""}) is Durability.FSYNC
-    assert durability({"KIT_DURABILITY": " OS "}) is Durability.OS
-    assert durability({"KIT_DURABILITY": "fsync"}) is Durability.FSYNC
+    assert durability({}) is Durability.OS
+    assert durability({"KIT_DURABILITY": ""}) is Durability.OS
+    assert durability({"KIT_DURABILITY": " FSYNC "}) is Durability.FSYNC
+    assert durability({}, Durability.FSYNC) is Durability.FSYNC
+    assert durability({"KIT_DURABILITY": "os"}, Durability.FSYNC) is Durability.OS
 
 
 SUBCOMMANDS = ["new", "dev", "chat", "sessions", "logs", "sandbox", "do", "test"]

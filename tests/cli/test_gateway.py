@@ -18,6 +18,7 @@ from emulator.model import create_app as create_model_app
 from kit.cli.gateway import gateway_settings
 from kit.cli.settings import SettingsError
 from kit.client import SessionClient, create_session
+from kit.durability import Durability
 from tests.agents import write_agent
 from tests.conftest import serve_on_loopback
 from tests.host.wsdriver import Driver
@@ -173,7 +174,8 @@ async def test_a_bad_setting_is_one_line_and_exit_1(
 
 def test_settings_are_read_once_into_a_frozen_object(kit_tmp: Path) -> None:
     """A folder KIT_PROXY_LISTEN means unix sockets, a host means TCP; a folder
-    KIT_LOG_URL is a SQLite log folder; kit dev's variables parse as kit dev's."""
+    KIT_LOG_URL is a SQLite log folder; kit dev's variables parse as kit dev's, but
+    KIT_DURABILITY defaults to fsync here."""
     base = {
         "KIT_API_TOKEN": TOKEN,
         "KIT_BUNDLE": str(kit_tmp / "bundle"),
@@ -186,6 +188,9 @@ def test_settings_are_read_once_into_a_frozen_object(kit_tmp: Path) -> None:
     assert unix.proxy_dir == kit_tmp / "run"
     assert unix.proxy_host is None
     assert unix.common.grace_s == 7
+    assert unix.common.durability is Durability.FSYNC  # a production host's default
+    relaxed = gateway_settings({**base, "KIT_DURABILITY": "os"})
+    assert relaxed.common.durability is Durability.OS
     tcp = gateway_settings(
         {**base, "KIT_PROXY_LISTEN": "[::1]", "KIT_LOG_URL": str(kit_tmp / "logs")}
     )
