@@ -70,24 +70,27 @@ class GroupSync:
     def __init__(self, database: Path, *, new_file: bool = True) -> None:
         """``new_file``: the database was created just now, so the first fsync also syncs
         its folder (where the file's name is)."""
-        self._wal = database.with_name(database.name + "-wal")
+        self._wal = database.absolute().with_name(database.name + "-wal")
         self._folder = database.parent
         self._folder_synced = not new_file
         self._waiting: list[asyncio.Future[None]] = []
         self._running = False
         self._last: asyncio.Future[None] | None = None
-        self.failed: OSError | None = None
-        """Set once an fsync of the file failed; every request fails from then on."""
         self.rounds = 0
         """How many fsyncs have run (for tests and benchmarks)."""
 
-    def request(self) -> asyncio.Future[None]:
-        """A future done once everything written to the file so far is on the disk.
+    @property
+    def failed(self) -> OSError | None:
+        """Why an fsync of this file failed in this process, if one did: from then on every
+        request fails, and :meth:`settled` raises, for this object and any later one on the
+        same file. The kernel may have dropped the pages that fsync did not write, and a
+        later fsync (even on a new descriptor) can succeed without them, so nothing in the
+        file may count as durable again until kit restarts."""
+        return _FAILED.get(self._wal)
 
-        After one fsync of the file failed, every request fails too (:attr:`failed`): the
-        kernel may have dropped the pages that fsync did not write, and a later fsync of the
-        same file can succeed without them, so nothing written after a failure may count.
-        """
+    def request(self) -> asyncio.Future[None]:
+        """A future done once everything written to the file so far is on the disk (fails
+        at once after a failed fsync of the file: :attr:`failed`)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         future.add_done_callback(_retrieve)
@@ -101,8 +104,11 @@ class GroupSync:
         return future
 
     async def settled(self) -> None:
-        """Return once every request made so far is answered (raises as it did): a reader
-        that must not pass on what is committed but not yet on the disk waits here."""
+        """Return once every request made so far is answered (raises as it did, and after a
+        failed fsync of the file, always): a reader that must not pass on what is committed
+        but not yet on the disk waits here."""
+        if self.failed is not None:
+            raise self.failed
         last = self._last
         if last is not None:
             await asyncio.shield(last)
@@ -163,14 +169,21 @@ class GroupSync:
 
     def _fail(self, batch: list[asyncio.Future[None]], error: BaseException) -> None:
         """This file's fsync failed: these requests and every later one fail."""
-        if self.failed is None:
-            self.failed = OSError(
-                f"Cannot fsync {self._wal}: {error}; what was committed since the last "
-                "good fsync may not be on the disk."
-            )
+        failed = _FAILED.setdefault(
+            self._wal,
+            OSError(
+                f"Cannot fsync {self._wal}: {error}; what was committed since the last good "
+                "fsync may not be on the disk (restart kit once the disk is sound)."
+            ),
+        )
         for future in batch:
             if not future.done():
-                future.set_exception(self.failed)
+                future.set_exception(failed)
+
+
+_FAILED: dict[Path, OSError] = {}
+"""Files whose fsync failed in this process (their ``-wal`` path → why): sticky across every
+:class:`GroupSync` of the file, so reopening it does not make its lost writes count."""
 
 
 _EXECUTOR: concurrent.futures.ThreadPoolExecutor | None = None

@@ -99,8 +99,9 @@ async def test_os_durability_does_not_fsync(tmp_path: Path, fsync: HeldFsync) ->
 async def test_a_failed_fsync_fails_the_call_and_breaks_the_instance(
     tmp_path: Path, fsync: HeldFsync
 ) -> None:
-    """An fsync that fails (EIO) fails the call with the OS's error; the instance is done
-    (its next call gets a new one, rebuilt from storage)."""
+    """An fsync that fails (EIO) fails the call with the OS's error; the instance is done,
+    and so is the file: the next instance (rebuilt from storage, fsyncs working again) is
+    refused its writes and its reads, as what it would build on may not be on the disk."""
     ns = Namespace(tmp_path / "do", Counter, hibernate_after_s=None)
     try:
         assert await ns.call("a", lambda c: c.bump()) == 1
@@ -109,8 +110,53 @@ async def test_a_failed_fsync_fails_the_call_and_breaks_the_instance(
             await ns.call("a", lambda c: c.bump())
         fsync.fail = None
         assert ns.generation("a") == 1
-        assert await ns.call("a", lambda c: c.bump()) == 3
+        with pytest.raises(StorageError, match="Input/output error"):
+            await ns.call("a", lambda c: c.bump())
         assert ns.generation("a") == 2
+        with pytest.raises(StorageError, match="Input/output error"):
+            await ns.call("a", lambda c: c.n)  # a read of it too
+    finally:
+        await ns.close()
+
+
+async def test_a_reopened_log_does_not_serve_what_a_failed_fsync_lost(
+    tmp_path: Path, fsync: HeldFsync
+) -> None:
+    """The SQLite log: event 2's fsync fails; the log is closed and opened again (a new
+    syncer, fsyncs working): a reader is refused, not served event 2."""
+    store = SQLiteLogStore(tmp_path / "logs")
+    session_id = new_session_id()
+    log = await store.create(session_id, {"tier": "basic"})
+    first = await log.append("status", {"n": 1})
+    fsync.fail = OSError(errno.EIO, "Input/output error")
+    with pytest.raises(LogError):
+        await log.append("status", {"n": 2})
+    fsync.fail = None
+    await log.close()
+    again = await store.open(session_id)
+    assert again is not None
+    try:
+        with pytest.raises(LogError, match="Input/output error"):
+            await again.read_after(first.seq)
+    finally:
+        await again.close()
+
+
+async def test_a_batch_that_only_changes_the_schema_waits_for_its_fsync(
+    tmp_path: Path, fsync: HeldFsync
+) -> None:
+    """DDL changes no row count, yet it is a write: its call waits for the fsync."""
+    ns = Namespace(tmp_path / "do", Counter, hibernate_after_s=None)
+    try:
+        await ns.call("a", lambda c: c.bump())
+        fsync.hold()
+        call = asyncio.create_task(
+            ns.call("a", lambda c: c.ctx.storage.sql.exec("CREATE TABLE t (x)").rows)
+        )
+        await fsync.held()
+        assert not call.done()
+        fsync.go.set()
+        await asyncio.wait_for(call, WAIT_S)
     finally:
         await ns.close()
 

@@ -119,6 +119,8 @@ class SqlStorage:
         except sqlite3.Error as exc:
             error = LimitExceeded if is_limit(exc) else StorageError
             raise error(sqlite_message(exc)) from exc
+        if cur.description is None:  # not a query: DDL and PRAGMAs change no row count
+            self._storage.wrote = True
         columns = [d[0] for d in cur.description or ()]
         return Cursor(columns, rows, max(cur.rowcount, 0))
 
@@ -161,7 +163,11 @@ class Storage:
         self._want_durable = False
         """Someone waits for the open batch to be on the disk: its flush asks for the fsync."""
         self._changes_at_begin = 0
-        """``total_changes`` when the open batch began: unchanged at its flush, it only read."""
+        """``total_changes`` when the open batch began: unchanged at its flush, and
+        :attr:`wrote` unset, it only read."""
+        self.wrote = False
+        """A statement of the open batch was not a query (DDL, a PRAGMA): it wrote, though
+        ``total_changes`` counts rows only."""
         self._alarm_change: tuple[int | None] | None = None
         self._kv_ready = False
         self._savepoints = 0
@@ -178,6 +184,7 @@ class Storage:
         if self._commit is None:
             loop = asyncio.get_running_loop()
             self._changes_at_begin = self._db.total_changes
+            self.wrote = False
             self._db.execute("BEGIN")
             self._commit = loop.create_future()
             self._commit.add_done_callback(_retrieve)
@@ -215,7 +222,7 @@ class Storage:
         if self.syncer is None:
             commit.set_result(None)
             return
-        if self._db.total_changes == self._changes_at_begin:
+        if not self.wrote and self._db.total_changes == self._changes_at_begin:
             self._after_earlier(commit)  # reads only: nothing of its own to fsync
             return
         self._durable = commit
@@ -229,6 +236,10 @@ class Storage:
         earlier = self._durable
         if self._want_durable:
             self._request_sync()
+        failed = self.syncer.failed if self.syncer is not None else None
+        if failed is not None:  # what it read may be writes whose fsync failed
+            commit.set_exception(StorageError(str(failed)))
+            return
         if earlier is None or earlier.done():
             error = None if earlier is None or earlier.cancelled() else earlier.exception()
             if error is None:
@@ -298,6 +309,8 @@ class Storage:
             self._request_sync()
         if self._durable is not None:
             await asyncio.shield(self._durable)
+        if self.syncer is not None and self.syncer.failed is not None:
+            raise StorageError(str(self.syncer.failed))
 
     def transaction_sync(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` as one transaction: if it raises, none of its writes stay."""

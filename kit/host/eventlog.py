@@ -263,7 +263,7 @@ class SQLiteSessionLog(SessionLog):
     async def close(self) -> None:
         if self._syncer is not None:  # what was committed reaches the disk before we let go
             with contextlib.suppress(OSError):
-                await self._syncer.settled()
+                await self._syncer.request()
         self._db.close()
 
     @contextlib.contextmanager
