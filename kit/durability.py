@@ -127,21 +127,10 @@ class GroupSync:
 
     def _fsync(self, folder: bool) -> None:
         """The blocking part, in a worker thread."""
-        try:
-            fd = os.open(self._wal, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            fd = -1  # no -wal: its last connection closed, and that checkpoint synced the file
-        if fd >= 0:
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        with contextlib.suppress(FileNotFoundError):  # no -wal: its last connection
+            _fsync_path(self._wal, os.O_NOFOLLOW)  # closed, and that checkpoint synced it
         if folder:  # a new file's name is in its folder only once the folder is synced
-            dir_fd = os.open(self._folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            _fsync_path(self._folder, os.O_DIRECTORY)
 
     def _finished(
         self,
@@ -179,6 +168,14 @@ class GroupSync:
         for future in batch:
             if not future.done():
                 future.set_exception(failed)
+
+
+def _fsync_path(path: Path, flags: int) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 _FAILED: dict[Path, OSError] = {}

@@ -33,13 +33,17 @@ class HeldFsync:
         self.go.set()
         self.synced: list[str] = []
         self.fail: OSError | None = None
+        self.once = False
+        """Fail only the next fsync (Linux reports a writeback error once, to the first
+        fsync that looks); later ones succeed."""
         self._real = os.fsync
 
     def __call__(self, fd: int) -> None:
         self.entered.set()
         assert self.go.wait(WAIT_S), "the test never released the fsync"
         if self.fail is not None:
-            raise self.fail
+            fail, self.fail = self.fail, None if self.once else self.fail
+            raise fail
         self.synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         self._real(fd)
 
@@ -236,26 +240,7 @@ async def test_a_missing_wal_counts_as_synced(tmp_path: Path, fsync: HeldFsync) 
     assert fsync.synced == []
 
 
-class FailOnce(HeldFsync):
-    """The held fsync fails once (EIO); later ones succeed, as Linux reports a writeback
-    error once, to the first fsync that looks."""
-
-    def __call__(self, fd: int) -> None:
-        try:
-            super().__call__(fd)
-        finally:
-            self.fail = None
-
-
-@pytest.fixture
-def fail_once(monkeypatch: pytest.MonkeyPatch) -> Iterator[FailOnce]:
-    held = FailOnce()
-    monkeypatch.setattr(os, "fsync", held)
-    yield held
-    held.go.set()
-
-
-async def test_nothing_behind_a_failed_fsync_counts(tmp_path: Path, fail_once: FailOnce) -> None:
+async def test_nothing_behind_a_failed_fsync_counts(tmp_path: Path, fsync: HeldFsync) -> None:
     """Event 2's fsync fails; event 3, committed behind it in the same -wal while it ran,
     is not reported durable though the next fsync succeeds; no reader gets event 2; the log
     takes nothing more."""
@@ -263,13 +248,14 @@ async def test_nothing_behind_a_failed_fsync_counts(tmp_path: Path, fail_once: F
     log = await store.create(new_session_id(), {"tier": "basic"})
     try:
         first = await log.append("status", {"n": 1})
-        fail_once.hold()
-        fail_once.fail = OSError(errno.EIO, "Input/output error")
+        fsync.hold()
+        fsync.once = True
+        fsync.fail = OSError(errno.EIO, "Input/output error")
         second = asyncio.create_task(log.append("status", {"n": 2}))
-        await fail_once.held()
+        await fsync.held()
         third = asyncio.create_task(log.append("status", {"n": 3}))
         await asyncio.sleep(0)  # one loop pass: the third commits and asks for a round
-        fail_once.go.set()
+        fsync.go.set()
         for pending in (second, third):
             with pytest.raises(LogError, match="Input/output error"):
                 await asyncio.wait_for(pending, WAIT_S)
@@ -282,21 +268,22 @@ async def test_nothing_behind_a_failed_fsync_counts(tmp_path: Path, fail_once: F
 
 
 async def test_no_do_batch_behind_a_failed_fsync_passes_the_gate(
-    tmp_path: Path, fail_once: FailOnce
+    tmp_path: Path, fsync: HeldFsync
 ) -> None:
     """The Durable Object's batch 2 fails its fsync; batch 3, committed while it ran, does
     not pass the output gate either."""
     ns = Namespace(tmp_path / "do", Counter, hibernate_after_s=None)
     try:
         assert await ns.call("a", lambda c: c.bump()) == 1
-        fail_once.hold()
-        fail_once.fail = OSError(errno.EIO, "Input/output error")
+        fsync.hold()
+        fsync.once = True
+        fsync.fail = OSError(errno.EIO, "Input/output error")
         second = asyncio.create_task(ns.call("a", lambda c: c.bump()))
-        await fail_once.held()
+        await fsync.held()
         third = asyncio.create_task(ns.call("a", lambda c: c.bump()))
         await asyncio.sleep(0)  # one loop pass: the third call runs up to its gate
         await asyncio.sleep(0)  # and the next: its batch commits (call_soon)
-        fail_once.go.set()
+        fsync.go.set()
         for pending in (second, third):
             with pytest.raises(StorageError, match="Input/output error"):
                 await asyncio.wait_for(pending, WAIT_S)

@@ -240,24 +240,10 @@ class Storage:
         if failed is not None:  # what it read may be writes whose fsync failed
             commit.set_exception(StorageError(str(failed)))
             return
-        if earlier is None or earlier.done():
-            error = None if earlier is None or earlier.cancelled() else earlier.exception()
-            if error is None:
-                commit.set_result(None)
-            else:
-                commit.set_exception(error)
-            return
-
-        def follow(done: asyncio.Future[None]) -> None:
-            if commit.done():
-                return
-            error = RuntimeError("cancelled") if done.cancelled() else done.exception()
-            if error is None:
-                commit.set_result(None)
-            else:
-                commit.set_exception(error)
-
-        earlier.add_done_callback(follow)
+        if earlier is None:
+            commit.set_result(None)
+        else:
+            earlier.add_done_callback(lambda done: _copy_outcome(done, commit))
 
     def _request_sync(self) -> None:
         """Ask for one fsync covering every batch committed so far and not yet asked for.
@@ -402,6 +388,17 @@ class Storage:
         self._request_sync()  # what was committed goes to the disk with the instance
         self.closed = True
         self._db.close()
+
+
+def _copy_outcome(done: asyncio.Future[None], into: asyncio.Future[None]) -> None:
+    """Finish ``into`` as ``done`` finished (a cancel counts as a failure)."""
+    if into.done():
+        return
+    error = RuntimeError("cancelled") if done.cancelled() else done.exception()
+    if error is None:
+        into.set_result(None)
+    else:
+        into.set_exception(error)
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
