@@ -28,7 +28,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from kit.host.auth import OriginPolicy, RequireToken
-from kit.host.edge import authenticated
+from kit.host.edge import SEND_MANY, authenticated
 from kit.host.errors import LogError
 from kit.host.files import MAX_FILE_BYTES, FileRefused, FilesError
 from kit.host.host import SessionHost
@@ -53,6 +53,9 @@ MAX_QUEUED_FRAMES = 50_000
 """A client this far behind is disconnected (4408) and must resume; the log keeps everything."""
 REPLAY_PAGE = 1000
 """Events read from the log at a time while replaying; the next page waits for the socket."""
+SEND_BATCH = 256
+"""Frames the writer hands the server in one message, where it can take many
+(:data:`kit.host.edge.SEND_MANY`): one socket write for them all."""
 WS_MAX_BYTES = 1024 * 1024
 """The transport's own limit; frames between MAX_FRAME_BYTES and this get a ``too_large`` error."""
 
@@ -68,6 +71,7 @@ class ClientSocket:
         self._ready = asyncio.Event()
         self._drained = asyncio.Event()
         self._close: tuple[int, str] | None = None
+        self._send_many = SEND_MANY in ws.scope.get("extensions", {})
 
     # Subscriber
     def deliver(self, event: Event) -> None:
@@ -122,7 +126,12 @@ class ClientSocket:
             await self._ready.wait()
             self._ready.clear()
             while self._outbox:
-                await self.ws.send_text(self._outbox.popleft())
+                if self._send_many and len(self._outbox) > 1:
+                    count = min(len(self._outbox), SEND_BATCH)
+                    batch = [self._outbox.popleft() for _ in range(count)]
+                    await self.ws.send({"type": "websocket.send", SEND_MANY: batch})
+                else:
+                    await self.ws.send_text(self._outbox.popleft())
             self._drained.set()
             if self._close is not None:
                 code, reason = self._close

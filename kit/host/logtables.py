@@ -140,12 +140,17 @@ class LogTables:
     ) -> list[Event]:
         """Insert ``(kind, data)`` events with seqs ``after + 1, after + 2, …``; return them."""
         events = [
-            Event(seq=seq, kind=kind, data=data, ts=now_ms(), turn_id=turn_id)
+            Event(
+                seq=seq,
+                kind=kind,
+                data=data,
+                ts=now_ms(),
+                turn_id=turn_id,
+                data_json=json.dumps(data, ensure_ascii=False, separators=(",", ":")),
+            )
             for seq, (kind, data) in enumerate(items, after + 1)
         ]
-        rows = [
-            (e.seq, e.kind, turn_id, json.dumps(e.data, ensure_ascii=False), e.ts) for e in events
-        ]
+        rows = [(e.seq, e.kind, turn_id, e.data_json, e.ts) for e in events]
         if self.query_many is not None:
             self.query_many(_INSERT_EVENT, rows)
         else:
@@ -157,7 +162,8 @@ class LogTables:
         """Events with seq > ``seq``, oldest first, at most ``limit``."""
         rows = self.query(_EVENTS_AFTER, seq, -1 if limit is None else limit)
         return [
-            Event(seq=r[0], kind=r[1], turn_id=r[2], data=json.loads(r[3]), ts=r[4]) for r in rows
+            Event(seq=r[0], kind=r[1], turn_id=r[2], data=json.loads(r[3]), ts=r[4], data_json=r[3])
+            for r in rows
         ]
 
     def turn_seen(self, client_msg_id: str) -> bool:

@@ -11,7 +11,8 @@ whole protocol.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kit.protocol import errors as e
@@ -251,6 +252,11 @@ class Event:
     ts: int
     """Milliseconds since the epoch when the host appended it."""
     turn_id: str | None = None
+    data_json: str | None = field(default=None, compare=False, repr=False)
+    """``data`` as JSON text, where the log had it at hand (the text it stored, or read
+    back): a frame reuses it rather than encoding ``data`` again."""
+    _frame: tuple[str, str] | None = field(default=None, init=False, compare=False, repr=False)
+    """The frame's text around its ``replay`` flag, made once for every socket it goes to."""
 
 
 def welcome_frame(session_id: str, resume: ResumeMode, last_seq: int) -> str:
@@ -267,18 +273,21 @@ def welcome_frame(session_id: str, resume: ResumeMode, last_seq: int) -> str:
 
 
 def event_frame(event: Event, *, replay: bool) -> str:
-    """An event frame; ``replay`` marks events sent during the resume handshake."""
-    return _dump(
-        {
-            "type": "event",
-            "seq": event.seq,
-            "kind": event.kind,
-            "data": event.data,
-            "replay": replay,
-            "ts": event.ts,
-            "turn_id": event.turn_id,
-        }
-    )
+    """An event frame; ``replay`` marks events sent during the resume handshake.
+
+    An event is encoded once: every socket it goes to, live or replaying, gets the same
+    text around the flag.
+    """
+    parts = event._frame
+    if parts is None:
+        data = event.data_json if event.data_json is not None else _dump(event.data)
+        parts = (
+            f'{{"type":"event","seq":{int(event.seq)},"kind":{_quoted(event.kind)},'
+            f'"data":{data},"replay":',
+            f',"ts":{int(event.ts)},"turn_id":{_quoted(event.turn_id)}}}',
+        )
+        object.__setattr__(event, "_frame", parts)
+    return parts[0] + ("true" if replay else "false") + parts[1]
 
 
 def error_frame(code: str, message: str) -> str:
@@ -302,5 +311,16 @@ def interrupt_ack_frame(turn_id: str | None, interrupted: bool) -> str:
     return _dump({"type": "interrupt_ack", "turn_id": turn_id, "interrupted": interrupted})
 
 
-def _dump(obj: dict[str, Any]) -> str:
+_PLAIN = re.compile(r"[A-Za-z0-9_.:-]*")
+"""Characters JSON writes as they are: a string of only these needs no encoder."""
+
+
+def _quoted(text: str | None) -> str:
+    """``text`` as a JSON value (kinds and turn ids are plain, and skip the encoder)."""
+    if text is None:
+        return "null"
+    return f'"{text}"' if _PLAIN.fullmatch(text) else _dump(text)
+
+
+def _dump(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)

@@ -7,6 +7,7 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +16,8 @@ from emulator.durable_objects import DOLogStore, DOSessionLog, LimitExceeded
 from emulator.durable_objects.limits import MAX_VALUE_BYTES, TOO_BIG
 from kit.cli.stack import Stack, run_stack
 from kit.host.errors import LogError
-from kit.ids import new_session_id
+from kit.host.eventlog import Turn, TurnState
+from kit.ids import TurnId, new_session_id
 from kit.protocol.frames import MAX_TEXT_CHARS, Event
 from tests.agents import RECOVERED_REPLY, open_session, until_prompt_stored, write_agent
 from tests.conftest import stack_settings
@@ -146,3 +148,57 @@ async def test_evicting_mid_turn_loses_and_repeats_no_event(agent_stack: Stack) 
     assert [e.kind for e in seen].count("result") == 2
     assert RECOVERED_REPLY in seen[-1].data["text"]
     await client.close()
+
+
+async def test_open_turns_known_from_the_logs_own_writes(kit_tmp: Path) -> None:
+    """The log answers ``open_turns`` from its own writes (a warm turn asks twice and pays
+    no call for it); after every write its answer is what the object's storage says, and a
+    failed write makes it ask the object again."""
+    logs = DOLogStore.in_dir(kit_tmp / "sessions")
+    log = await logs.create(new_session_id(), {"tier": "basic"})
+    calls = 0
+    real_call = logs.namespace.call
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await real_call(*args, **kwargs)
+
+    logs.namespace.call = counted  # type: ignore[method-assign]
+
+    async def stored() -> list[Turn]:
+        fresh = await logs.open(log.session_id)
+        assert fresh is not None
+        return await fresh.open_turns()
+
+    assert await log.open_turns() == []
+    steps: list[tuple[str, TurnState | None, bool]] = [
+        ("add", None, False),
+        ("add", None, False),
+        ("t1", TurnState.RUNNING, True),
+        ("t1", TurnState.INTERRUPTED, False),
+        ("t1", TurnState.RUNNING, True),
+        ("t1", TurnState.COMPLETED, False),
+        ("t2", TurnState.RUNNING, True),
+        ("t9", TurnState.RUNNING, False),  # a turn it never saw open: it asks again
+        ("add", None, False),
+        ("t2", TurnState.FAILED, False),
+    ]
+    for n, (what, state, attempt) in enumerate(steps):
+        if what == "add":
+            await log.add_user_turn(f"m{n}", f"message {n}")
+        else:
+            assert state is not None
+            await log.set_turn_state(TurnId(what), state, attempt=attempt)
+        before = calls
+        mine = await log.open_turns()
+        assert calls - before == (1 if what == "t9" else 0)
+        assert mine == await stored()
+    assert [t.turn_id for t in await log.open_turns()] == ["t3"]
+    big = "x" * MAX_VALUE_BYTES
+    with pytest.raises(LogError, match=TOO_BIG):
+        await log.add_user_turn("m-big", big)
+    before = calls
+    assert await log.open_turns() == await stored()
+    assert calls - before == 1 + 3  # its own read, then the fresh log's open and read
+    await logs.aclose()

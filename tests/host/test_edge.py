@@ -12,14 +12,17 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import websockets
 
 from kit.cli.stack import Stack, run_stack
 from kit.client import create_session
-from kit.host.edge import EdgeLimits, QuietRefusals, Refusal, check_head
+from kit.host.edge import SEND_MANY, EdgeLimits, QuietRefusals, Refusal, check_head
+from kit.host.gateway import serve, tcp_socket, url_of
 from tests.conftest import stack_settings
 from tests.host.wsdriver import Driver
 
@@ -386,3 +389,31 @@ async def test_unauthenticated_connections_per_peer(kit_tmp: Path) -> None:
         await driver.close()
         for conn in (a, b, c, over, refused):
             conn.close()
+
+
+async def test_send_many_writes_every_text_in_order_then_more() -> None:
+    """:data:`SEND_MANY`: an app offered the extension sends a list of texts in one message;
+    the client reads each as its own frame, in order, and what the app sends after it."""
+    texts = [f"frame {i} é€😀" for i in range(300)]
+    offered: list[bool] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "websocket"
+        await receive()  # websocket.connect
+        offered.append(SEND_MANY in scope["extensions"])
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", SEND_MANY: texts})
+        await send({"type": "websocket.send", "text": "after"})
+        await send({"type": "websocket.close", "code": 1000})
+
+    sock = tcp_socket("127.0.0.1", 0)
+    server, task = serve(app, sock, EdgeLimits())
+    try:
+        async with asyncio.timeout(BOUND_S):
+            async with websockets.connect(url_of(sock).replace("http", "ws", 1) + "/ws") as ws:
+                got = [message async for message in ws]
+    finally:
+        server.should_exit = True
+        await task
+    assert offered == [True]
+    assert got == [*texts, "after"]

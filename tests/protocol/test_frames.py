@@ -15,11 +15,13 @@ from kit.protocol.frames import (
     MAX_SEQ,
     MAX_TEXT_CHARS,
     Ack,
+    Event,
     Hello,
     Interrupt,
     Ping,
     User,
     encode_client_frame,
+    event_frame,
     parse_client_frame,
 )
 
@@ -249,3 +251,39 @@ def test_whatever_parses_can_be_stored(
     assert code in {None, e.BAD_FRAME, e.UNKNOWN_TYPE, e.TOO_LARGE}
     if code is None:
         encode_client_frame(parse_client_frame(text)).encode("utf-8")
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+
+
+@given(
+    kind=st.text(max_size=20),
+    turn_id=st.none() | st.text(max_size=20),
+    data=st.dictionaries(st.text(max_size=8), _JSON_VALUES, max_size=5),
+    seq=st.integers(1, MAX_SEQ),
+    replay=st.booleans(),
+    stored=st.booleans(),
+)
+def test_an_event_frame_says_exactly_the_event(
+    kind: str, turn_id: str | None, data: dict[str, object], seq: int, replay: bool, stored: bool
+) -> None:
+    """The frame is built from pieces made once per event (the data's stored JSON, plain
+    kinds quoted by hand): whatever the event holds, a client reads back just that."""
+    data_json = json.dumps(data, ensure_ascii=False) if stored else None
+    event = Event(
+        seq=seq, kind=kind, data=data, ts=1_700_000_000_000, turn_id=turn_id, data_json=data_json
+    )
+    for flag in (replay, not replay):  # the second frame reuses the first one's pieces
+        assert json.loads(event_frame(event, replay=flag)) == {
+            "type": "event",
+            "seq": seq,
+            "kind": kind,
+            "data": data,
+            "replay": flag,
+            "ts": 1_700_000_000_000,
+            "turn_id": turn_id,
+        }
