@@ -88,6 +88,8 @@ class Session:
         self._pushed: dict[str, str] = {}
         """The sha256 of each of the session's files (by path) the live sandbox has been
         given, or has refused."""
+        self._last_usage: tuple[LiveSandbox, Usage] | None = None
+        """The advisor's reading after the last turn, and the sandbox it was read from."""
         self._watcher: asyncio.Task[None] | None = None
         self._starting: asyncio.Task[RuntimeClient] | None = None
         self._running_turn: TurnId | None = None
@@ -317,7 +319,7 @@ class Session:
                     if not await self._push_files(runtime):
                         actions = planner.stream_broken()  # the sandbox went away
                         continue
-                    before, started = await self._usage(), time.monotonic()  # for the advisor
+                    before, started = await self._usage_before(), time.monotonic()
                     end = await self._stream(runtime, turn, planner, last.recover)
                     if end is None:  # the sandbox went away: the next one continues the turn
                         actions = planner.stream_broken()
@@ -461,10 +463,22 @@ class Session:
             log.exception("session %s: reading the sandbox's usage failed", self.id)
             return None
 
+    async def _usage_before(self) -> Usage | None:
+        """The advisor's reading before a turn: the reading after the last turn where that
+        was on the same sandbox (a warm turn pays no reading on its way to the sandbox; what
+        the sandbox did between turns counts to the next), else a new one."""
+        live, last = self._live, self._last_usage
+        if live is not None and last is not None and last[0] is live:
+            return last[1]
+        return await self._usage()
+
     async def _advise_after_turn(self, before: Usage | None, wall_s: float) -> None:
+        live = self._live
         used, advise = await self._usage(), self.env.advise
         if used is None or advise is None:
             return
+        if live is not None and live is self._live:
+            self._last_usage = (live, used)
         try:
             for line in self.advisor.after_turn(before, used, wall_s):
                 advise(self.id, line)

@@ -9,9 +9,11 @@ import pytest
 
 from emulator.sandbox import LocalSandboxProvider
 from emulator.sandbox.cgroups import Cgroups
+from emulator.sandbox.process import LocalSandbox
 from kit.cli.stack import run_stack
 from kit.client import SessionClient, create_session
 from kit.host.advisor import MIN_THROTTLED_S
+from kit.host.sandbox import Usage
 from kit.protocol.frames import Event
 from tests.agents import RECOVERED_REPLY, pids_under, turn_events, write_agent
 from tests.conftest import stack_settings
@@ -150,3 +152,33 @@ async def test_cpu_advice_is_said_once_per_session_across_sandboxes(kit_tmp: Pat
             assert used.throttled_s >= MIN_THROTTLED_S  # the new sandbox was held as well
             await turn_events(client, "barrier")
         assert advice() == [line]
+
+
+@needs_cgroups
+async def test_a_warm_turn_reads_the_sandboxs_usage_once(
+    kit_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The advisor reads a sandbox's usage after each turn; a warm turn starts from the
+    reading after the one before (no reading on its way to the sandbox), and a CPU-heavy
+    second turn is still measured as its own: the advice names standard-1."""
+    project = write_agent(kit_tmp / "agent", tier="basic")
+    async with run_stack(stack_settings(kit_tmp / "state", project)) as stack:
+        info = await create_session(stack.url, stack.api_token)
+        session = await stack.host.get(info.session_id)
+        assert session is not None
+        readings: list[str | None] = []  # the turn each reading was for
+        read = LocalSandbox.usage
+
+        async def counted(self: LocalSandbox) -> Usage | None:
+            readings.append(session._running_turn)
+            return await read(self)
+
+        monkeypatch.setattr(LocalSandbox, "usage", counted)
+        async with SessionClient(info.ws_url, info.token) as client:
+            for text in ("barrier", "heat the cpu", "barrier", "barrier"):
+                assert (await turn_events(client, text))[-1].kind == "result"
+        # t1 on a new sandbox: before and after; t2, t3 warm: after only. (t4's after may
+        # come after its result.)
+        assert readings[:4] == ["t1", "t1", "t2", "t3"]
+        [line] = [line for sid, line in stack.advice if sid == info.session_id]
+        assert 'set [sandbox] tier = "standard-1"' in line
