@@ -82,12 +82,12 @@ STORE_POLLS = 300
 """At most this many reads of the DO's store (0.1 s apart) for the turn's prompt."""
 
 
-def agent(root: Path) -> Path:
-    """A small agent with Bash and the scenario above."""
+def agent(root: Path, tier: str = "basic") -> Path:
+    """A small agent with Bash and the scenario above, on Cloudflare instance type ``tier``."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "kit.toml").write_text(
         '[agent]\nname = "bench-agent"\nprompt = "prompt.md"\nallowed_tools = ["Bash"]\n'
-        'max_turns = 6\n\n[sandbox]\ntier = "basic"\n'
+        f'max_turns = 6\n\n[sandbox]\ntier = "{tier}"\n'
     )
     (root / "prompt.md").write_text("You are a benchmark agent.\n")
     (root / "scenarios").mkdir(exist_ok=True)
@@ -179,13 +179,18 @@ async def one_session(cf: CfRehearsal) -> dict[str, float]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sessions", type=int, default=10)
+    parser.add_argument(
+        "--tier",
+        default="basic",
+        help="the agent's Cloudflare instance type (basic: 1/4 vCPU, as Docker's --cpus gives it)",
+    )
     parser.add_argument("--json", type=Path, help="also write p50/p95 (s) per measure here")
     args = parser.parse_args()
     if args.sessions < 1:
         parser.error("--sessions must be 1 or more")
     image = await asyncio.to_thread(ensure, False)
     with tempfile.TemporaryDirectory(prefix="kit-bench-cf-") as tmp:
-        project = agent(Path(tmp) / "agent")
+        project = agent(Path(tmp) / "agent", args.tier)
         t0 = time.perf_counter()
         async with rehearse_cloudflare(project, Path(tmp) / "state", image) as cf:
             deployed = time.perf_counter() - t0
@@ -194,9 +199,9 @@ async def main() -> None:
         f"kit dev --target cloudflare rehearsal: bundle image, model, emulator and "
         f"wrangler dev up in {deployed:.1f} s"
     )
-    print(f"{args.sessions} sessions, one after another; ms")
+    print(f"{args.sessions} sessions on {args.tier}, one after another; ms")
     print("| measure | p50 | p95 | mean | n |\n|---|---|---|---|---|")
-    figures: dict[str, object] = {"deploy_s": deployed}
+    figures: dict[str, object] = {"deploy_s": deployed, "tier": args.tier}
     for key in (
         "new: first event",
         "new: sandbox running",
@@ -213,7 +218,12 @@ async def main() -> None:
                 f"| {key} | {pct(values, 50):.0f} | {pct(values, 95):.0f} | "
                 f"{statistics.fmean(values) * 1000:.0f} | {len(values)} |"
             )
-    print("\nreproduce: .venv/bin/python bench/cf_rehearsal.py --sessions", args.sessions)
+    print(
+        "\nreproduce: .venv/bin/python bench/cf_rehearsal.py --sessions",
+        args.sessions,
+        "--tier",
+        args.tier,
+    )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 
