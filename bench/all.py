@@ -1,7 +1,7 @@
 """Every benchmark of issue 16's table in one go, and one table of ratios.
 
-    .venv/bin/python bench/all.py                 # about 15 minutes on 2 vCPUs
-    .venv/bin/python bench/all.py --quick         # smaller samples, about 6 minutes
+    .venv/bin/python bench/all.py                 # about 19 minutes on 2 vCPUs
+    .venv/bin/python bench/all.py --quick         # smaller samples, about 8 minutes
     .venv/bin/python bench/all.py --only startup host --out /tmp/table.md
 
 Runs, one after the other (each its own process, so one's memory and threads do not weigh
@@ -12,10 +12,11 @@ on the next): ``bench/startup.py`` (kit dev and wrangler dev start), ``bench/tur
 costs; kit dev runs ``os``, kit gateway ``fsync``), ``bench/chaos.py`` (resume after a sandbox kill) and, when Docker answers,
 ``bench/fly_rehearsal.py`` (the Fly rehearsal's first event and resume after a machine
 kill) and ``bench/cf_rehearsal.py`` (the same on the Cloudflare rehearsal, beside
-Cloudflare's stated container start). Each writes JSON; this script reads it and prints one Markdown table: each figure,
-its reference, the ratio, the target and whether it is met. ``--out`` also writes the table
-to a file. A benchmark that fails is reported in the table as failed (with its stderr's
-tail) and the others still run; the exit status is 1 if any failed.
+Cloudflare's stated container start). Each writes JSON; this script reads it and prints
+one Markdown table: each figure, its reference, the ratio, the target and whether it is
+met. ``--out`` also writes the table to a file. A benchmark that fails is reported in the
+table as failed (with its stderr's tail) and the others still run; the exit status is 1 if
+any failed.
 
 Loopback only, as every script here.
 """
