@@ -46,6 +46,19 @@ def exec_with_config_file(environ: MutableMapping[str, str]) -> None:
     os.execve(sys.executable, [sys.executable, "-m", "kit.runtime"], env)
 
 
+def exec_early(environ: MutableMapping[str, str]) -> None:
+    """What ``main`` does first, for a config in the environment, before anything heavy is
+    imported: become non-dumpable (the tokens are in this process's environment), wait for
+    the provider's go, and exec on a config file. A config it cannot take (over 1 MiB) is
+    left for ``main``, which says why."""
+    from kit.runtime.jail import make_undumpable
+
+    make_undumpable()
+    wait_for_gate(environ)
+    with contextlib.suppress(RuntimeConfigError):
+        exec_with_config_file(environ)
+
+
 def wait_for_gate(environ: MutableMapping[str, str]) -> None:
     """Block until the provider says go, if it asked to (``KIT_RUNTIME_GATE=stdin``); once."""
     if environ.pop(GATE_ENV, "") == "stdin":

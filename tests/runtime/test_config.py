@@ -129,3 +129,29 @@ def test_the_store_token_is_the_model_token_unless_set() -> None:
     own = RuntimeConfig.from_json(json.dumps({**BASE, "store_token": "kit-store-x"}))
     assert RuntimeConfig.from_json(own.to_json()) == own
     assert own.store_auth == "kit-store-x"
+
+
+def test_a_config_in_the_environment_costs_one_import_of_the_runtime() -> None:
+    """The exec happens before the server and the Agent SDK are imported: a container
+    start pays for them once (``PYTHONPROFILEIMPORTTIME`` lists each process's imports, and
+    the exec'd process inherits it)."""
+    env = {
+        **os.environ,
+        CONFIG_JSON_ENV: json.dumps({"session_id": "s"}),
+        "PYTHONPROFILEIMPORTTIME": "1",
+    }
+    env.pop(CONFIG_ENV, None)
+    done = subprocess.run(
+        [sys.executable, "-m", "kit.runtime"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Runtime config is missing" in done.stderr
+    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()]
+    assert imported.count("kit.runtime.config") == 2  # both processes start light
+    assert imported.count("kit.runtime.server") == 1
+    assert imported.count("claude_agent_sdk") == 1
