@@ -36,6 +36,12 @@ def main() -> None:
         default="auto",
         help="as KIT_SANDBOX_ISOLATION",
     )
+    parser.add_argument(
+        "--tier",
+        default="basic",
+        help="the agent's sandbox tier (default basic: 1/4 vCPU, which bounds how fast a new "
+        "sandbox's runtime and CLI start; standard-4's quota never binds on 2 cores)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
     args = parser.parse_args()
     report = asyncio.run(
@@ -47,6 +53,7 @@ def main() -> None:
             seed=args.seed,
             max_seconds=args.max_seconds,
             isolation=args.isolation,
+            tier=args.tier,
         )
     )
     print(report.summary())

@@ -48,12 +48,12 @@ chunk_chars = 8
 """.replace("RECOVERED", RECOVERED)
 
 
-def write_chaos_agent(root: Path) -> Path:
-    """The chaos agent's project (Bash allowed, the scenario above)."""
+def write_chaos_agent(root: Path, tier: str = "basic") -> Path:
+    """The chaos agent's project (Bash allowed, the scenario above) on ``tier``."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "kit.toml").write_text(
         '[agent]\nname = "chaos-agent"\nallowed_tools = ["Bash"]\nmax_turns = 6\n\n'
-        '[sandbox]\ntier = "basic"\n'
+        f'[sandbox]\ntier = "{tier}"\n'
     )
     (root / "scenarios").mkdir(exist_ok=True)
     (root / "scenarios" / "chaos.toml").write_text(SCENARIO)
@@ -137,17 +137,20 @@ async def run_chaos(
     seed: int = 0,
     max_seconds: float = 600.0,
     isolation: str = "auto",
+    tier: str = "basic",
 ) -> ChaosReport:
     """Run ``sessions`` talking continuously while one sandbox with a turn in progress is
     SIGKILLed every ``interval_s`` (random session, random moment) until ``kills`` kills.
 
     Sessions pause ``think_s`` (a uniform range, seconds) between turns, as people do; with
     an instant offline model and no pauses, a few sessions alone saturate two cores.
+    ``tier``: the agent's sandbox tier (``basic``'s 1/4 vCPU bounds how fast a new
+    sandbox's runtime and CLI start).
     """
     rng = random.Random(seed)
     state = Path(tempfile.mkdtemp(prefix="kit-chaos-"))
     os.chmod(state, 0o755)
-    project = write_chaos_agent(state / "agent")
+    project = write_chaos_agent(state / "agent", tier)
     settings = DevSettings(
         project_dir=project, state_dir=state / "state", port=0, sandbox_isolation=isolation
     )
