@@ -15,6 +15,7 @@ import statistics
 from pathlib import Path
 
 from kit.cli.chaos import run_chaos
+from kit.tiers import tier_names
 
 
 def main() -> None:
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument(
         "--tier",
         default="basic",
+        choices=tier_names(),
         help="the agent's sandbox tier (default basic: 1/4 vCPU, which bounds how fast a new "
         "sandbox's runtime and CLI start; standard-4's quota never binds on 2 cores)",
     )

@@ -14,6 +14,7 @@ its answers come back only after the object's writes are committed (the output g
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
@@ -105,8 +106,10 @@ class DOSessionLog(SessionLog):
         self._closed = False
         self._open: list[Turn] | None = None
         """The object's open turns as this log last wrote or read them (None: ask it). The
-        host holding the session is its only writer, so its own writes keep this true; a
-        write that fails leaves it unknown."""
+        host holding the session is its only writer, so its own writes keep this true;
+        ``_turns`` orders them (a read in flight must not put back an answer older than a
+        write), and a write that fails or is cancelled leaves it unknown."""
+        self._turns = asyncio.Lock()
 
     @property
     def last_seq(self) -> int:
@@ -147,39 +150,44 @@ class DOSessionLog(SessionLog):
         return await self._call("read", lambda o: o.read_after(seq, limit))
 
     async def add_user_turn(self, client_msg_id: str, text: str) -> tuple[Turn, Event] | None:
-        open_turns, self._open = self._open, None
-        added = await self._call("write", lambda o: o.add_user_turn(client_msg_id, text))
-        if added is not None:
-            self._last_seq = added[1].seq
-        if open_turns is not None:
-            self._open = [*open_turns, added[0]] if added is not None else open_turns
-        return added
+        async with self._turns:
+            open_turns, self._open = self._open, None
+            added = await self._call("write", lambda o: o.add_user_turn(client_msg_id, text))
+            if added is not None:
+                self._last_seq = added[1].seq
+            if open_turns is not None:
+                self._open = [*open_turns, added[0]] if added is not None else open_turns
+            return added
 
     async def set_turn_state(
         self, turn_id: TurnId, state: TurnState, *, attempt: bool = False
     ) -> None:
-        open_turns, self._open = self._open, None
-        # A turn's state is the host's own: no client is told it, so it waits for its COMMIT
-        # only; the next event's fsync covers it (kit.durability).
-        await self._call(
-            "write", lambda o: o.set_turn_state(turn_id, state, attempt), durable=False
-        )
-        known = open_turns is not None and any(t.turn_id == turn_id for t in open_turns)
-        if open_turns is not None and (known or state not in OPEN_TURN_STATES):
-            self._open = [
-                t
-                if t.turn_id != turn_id
-                else dataclasses.replace(t, state=state, attempts=t.attempts + attempt)
-                for t in open_turns
-                if t.turn_id != turn_id or state in OPEN_TURN_STATES
-            ]
+        async with self._turns:
+            open_turns, self._open = self._open, None
+            # A turn's state is the host's own: no client is told it, so it waits for its
+            # COMMIT only; the next event's fsync covers it (kit.durability).
+            await self._call(
+                "write", lambda o: o.set_turn_state(turn_id, state, attempt), durable=False
+            )
+            if open_turns is None:
+                return
+            known = any(t.turn_id == turn_id for t in open_turns)
+            if known or state not in OPEN_TURN_STATES:
+                self._open = [
+                    t
+                    if t.turn_id != turn_id
+                    else dataclasses.replace(t, state=state, attempts=t.attempts + attempt)
+                    for t in open_turns
+                    if t.turn_id != turn_id or state in OPEN_TURN_STATES
+                ]
 
     async def open_turns(self) -> list[Turn]:
         # The host's own bookkeeping, told to no client: no wait for an fsync. A warm turn
         # asks twice (before and after it); its own writes answer both without a call.
-        if self._open is None:
-            self._open = await self._call("read", lambda o: o.open_turns(), durable=False)
-        return list(self._open)
+        async with self._turns:
+            if self._open is None:
+                self._open = await self._call("read", lambda o: o.open_turns(), durable=False)
+            return list(self._open)
 
     async def close(self) -> None:
         # The host lets go; the object stays until it idles out (hibernation) or is evicted.

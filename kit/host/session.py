@@ -88,8 +88,6 @@ class Session:
         self._pushed: dict[str, str] = {}
         """The sha256 of each of the session's files (by path) the live sandbox has been
         given, or has refused."""
-        self._last_usage: tuple[LiveSandbox, Usage] | None = None
-        """The advisor's reading after the last turn, and the sandbox it was read from."""
         self._watcher: asyncio.Task[None] | None = None
         self._starting: asyncio.Task[RuntimeClient] | None = None
         self._running_turn: TurnId | None = None
@@ -319,14 +317,22 @@ class Session:
                     if not await self._push_files(runtime):
                         actions = planner.stream_broken()  # the sandbox went away
                         continue
-                    before, started = await self._usage_before(), time.monotonic()
-                    end = await self._stream(runtime, turn, planner, last.recover)
+                    # The advisor's reading before the turn is taken beside it, in a
+                    # thread: a turn does not wait for it on its way to the sandbox.
+                    before = asyncio.create_task(self._usage())
+                    started = time.monotonic()
+                    try:
+                        end = await self._stream(runtime, turn, planner, last.recover)
+                    except BaseException:
+                        before.cancel()
+                        raise
                     if end is None:  # the sandbox went away: the next one continues the turn
+                        before.cancel()
                         actions = planner.stream_broken()
                         continue
                     for action in end[:-1]:  # the turn's own end: its Record, then Done
                         await self._act(turn.turn_id, action)
-                    await self._advise_after_turn(before, time.monotonic() - started)
+                    await self._advise_after_turn(await before, time.monotonic() - started)
                     return
                 elif isinstance(last, Done):
                     return
@@ -463,22 +469,10 @@ class Session:
             log.exception("session %s: reading the sandbox's usage failed", self.id)
             return None
 
-    async def _usage_before(self) -> Usage | None:
-        """The advisor's reading before a turn: the reading after the last turn where that
-        was on the same sandbox (a warm turn pays no reading on its way to the sandbox; what
-        the sandbox did between turns counts to the next), else a new one."""
-        live, last = self._live, self._last_usage
-        if live is not None and last is not None and last[0] is live:
-            return last[1]
-        return await self._usage()
-
     async def _advise_after_turn(self, before: Usage | None, wall_s: float) -> None:
-        live = self._live
         used, advise = await self._usage(), self.env.advise
         if used is None or advise is None:
             return
-        if live is not None and live is self._live:
-            self._last_usage = (live, used)
         try:
             for line in self.advisor.after_turn(before, used, wall_s):
                 advise(self.id, line)

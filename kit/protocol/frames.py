@@ -254,9 +254,12 @@ class Event:
     turn_id: str | None = None
     data_json: str | None = field(default=None, compare=False, repr=False)
     """``data`` as JSON text, where the log had it at hand (the text it stored, or read
-    back): a frame reuses it rather than encoding ``data`` again."""
+    back): a frame reuses it rather than encoding ``data`` again. It must say what ``data``
+    says (``dataclasses.replace`` of ``data`` alone keeps the old text)."""
     _frame: tuple[str, str] | None = field(default=None, init=False, compare=False, repr=False)
-    """The frame's text around its ``replay`` flag, made once for every socket it goes to."""
+    """The frame's text around its ``replay`` flag, made once for every socket it goes to
+    (events with ``data_json`` only: the SQLite and DO logs make them per read; the S3
+    log keeps its events in memory, and a frame each would double that)."""
 
 
 def welcome_frame(session_id: str, resume: ResumeMode, last_seq: int) -> str:
@@ -286,7 +289,8 @@ def event_frame(event: Event, *, replay: bool) -> str:
             f'"data":{data},"replay":',
             f',"ts":{int(event.ts)},"turn_id":{_quoted(event.turn_id)}}}',
         )
-        object.__setattr__(event, "_frame", parts)
+        if event.data_json is not None:  # a log that keeps its events keeps no frames too
+            object.__setattr__(event, "_frame", parts)
     return parts[0] + ("true" if replay else "false") + parts[1]
 
 

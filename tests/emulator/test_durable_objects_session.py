@@ -202,3 +202,28 @@ async def test_open_turns_known_from_the_logs_own_writes(kit_tmp: Path) -> None:
     assert await log.open_turns() == await stored()
     assert calls - before == 1 + 3  # its own read, then the fresh log's open and read
     await logs.aclose()
+
+
+@pytest.mark.parametrize("first", ["submit", "runner", "reader"])
+async def test_open_turns_stay_true_when_calls_overlap(kit_tmp: Path, first: str) -> None:
+    """A submit, the runner's state change and a read of the open turns at once (each is
+    a call to the object; a session does not order them): the log's answer afterwards is
+    still what the object's storage says."""
+    logs = DOLogStore.in_dir(kit_tmp / "sessions")
+    log = await logs.create(new_session_id(), {"tier": "basic"})
+    await log.add_user_turn("m1", "one")
+    await log.set_turn_state(TurnId("t1"), TurnState.RUNNING, attempt=True)
+    if first != "reader":
+        await log.open_turns()  # known, as a warm session's log has it
+    calls = {
+        "submit": lambda: log.add_user_turn("m2", "two"),
+        "runner": lambda: log.set_turn_state(TurnId("t1"), TurnState.COMPLETED),
+        "reader": log.open_turns,
+    }
+    order = [first, *(name for name in calls if name != first)]
+    await asyncio.gather(*(calls[name]() for name in order))
+    fresh = await logs.open(log.session_id)
+    assert fresh is not None
+    assert await log.open_turns() == await fresh.open_turns()
+    assert [t.turn_id for t in await log.open_turns()] == ["t2"]
+    await logs.aclose()

@@ -155,30 +155,38 @@ async def test_cpu_advice_is_said_once_per_session_across_sandboxes(kit_tmp: Pat
 
 
 @needs_cgroups
-async def test_a_warm_turn_reads_the_sandboxs_usage_once(
+async def test_a_turn_does_not_wait_for_the_advisors_reading(
     kit_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The advisor reads a sandbox's usage after each turn; a warm turn starts from the
-    reading after the one before (no reading on its way to the sandbox), and a CPU-heavy
-    second turn is still measured as its own: the advice names standard-1."""
+    """The advisor reads a sandbox's usage before and after each turn; the reading before
+    is taken beside the turn, so a slow one (cgroup files, a walk of the workspace) does
+    not hold the turn on its way to the sandbox: with the first turn's held until the client
+    has the turn's result, the turn still ends. A warm turn is still measured as its own:
+    the CPU-heavy one gets the advice to move to standard-1."""
     project = write_agent(kit_tmp / "agent", tier="basic")
     async with run_stack(stack_settings(kit_tmp / "state", project)) as stack:
         info = await create_session(stack.url, stack.api_token)
         session = await stack.host.get(info.session_id)
         assert session is not None
         readings: list[str | None] = []  # the turn each reading was for
+        answered = {"t1": asyncio.Event()}  # t2 and t3 are measured as they come
         read = LocalSandbox.usage
 
-        async def counted(self: LocalSandbox) -> Usage | None:
-            readings.append(session._running_turn)
+        async def held(self: LocalSandbox) -> Usage | None:
+            turn = session._running_turn
+            first = turn not in readings
+            readings.append(turn)
+            if first and turn in answered:  # the reading before the turn: held
+                await answered[turn].wait()
             return await read(self)
 
-        monkeypatch.setattr(LocalSandbox, "usage", counted)
+        monkeypatch.setattr(LocalSandbox, "usage", held)
         async with SessionClient(info.ws_url, info.token) as client:
-            for text in ("barrier", "heat the cpu", "barrier", "barrier"):
-                assert (await turn_events(client, text))[-1].kind == "result"
-        # t1 on a new sandbox: before and after; t2, t3 warm: after only. (t4's after may
-        # come after its result.)
-        assert readings[:4] == ["t1", "t1", "t2", "t3"]
-        [line] = [line for sid, line in stack.advice if sid == info.session_id]
-        assert 'set [sandbox] tier = "standard-1"' in line
+            for n, text in enumerate(("barrier", "heat the cpu", "barrier"), 1):
+                async with asyncio.timeout(60):
+                    assert (await turn_events(client, text))[-1].kind == "result"
+                if n == 1:
+                    answered["t1"].set()
+        assert readings[:5] == ["t1", "t1", "t2", "t2", "t3"]
+        lines = [line for sid, line in stack.advice if sid == info.session_id]
+        assert any('set [sandbox] tier = "standard-1"' in line for line in lines), lines

@@ -287,3 +287,14 @@ def test_an_event_frame_says_exactly_the_event(
             "ts": 1_700_000_000_000,
             "turn_id": turn_id,
         }
+
+
+def test_only_events_read_from_storage_keep_their_frame() -> None:
+    """An event with its stored JSON (the SQLite and DO logs make one per read) keeps its
+    frame for the next socket; one without (the S3 log keeps its events in memory for the
+    session's life) keeps nothing more than it had."""
+    read = Event(seq=1, kind="text_delta", data={"text": "hi"}, ts=1, data_json='{"text":"hi"}')
+    kept = Event(seq=1, kind="text_delta", data={"text": "hi"}, ts=1)
+    assert event_frame(read, replay=False) == event_frame(kept, replay=False)
+    assert read._frame is not None
+    assert kept._frame is None
