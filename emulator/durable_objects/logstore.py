@@ -63,6 +63,20 @@ class SessionLogObject(DurableObject):
         self.last_seq = events[-1].seq if events else self.last_seq
         return events
 
+    def end_turn(
+        self, items: list[tuple[str, dict[str, Any]]], turn_id: TurnId, state: TurnState
+    ) -> list[Event]:
+        """Commit a turn's last events and its end state in one transaction."""
+
+        def both() -> list[Event]:
+            events = self.tables.insert_events(self.last_seq, items, turn_id)
+            self.tables.set_turn_state(turn_id, state, False)
+            return events
+
+        events = self.ctx.storage.transaction_sync(both)
+        self.last_seq = events[-1].seq if events else self.last_seq
+        return events
+
     def read_after(self, seq: int, limit: int | None) -> list[Event]:
         """Events after ``seq``, oldest first."""
         return self.tables.read_after(seq, limit)
@@ -169,17 +183,36 @@ class DOSessionLog(SessionLog):
             await self._call(
                 "write", lambda o: o.set_turn_state(turn_id, state, attempt), durable=False
             )
-            if open_turns is None:
-                return
-            known = any(t.turn_id == turn_id for t in open_turns)
-            if known or state not in OPEN_TURN_STATES:
-                self._open = [
-                    t
-                    if t.turn_id != turn_id
-                    else dataclasses.replace(t, state=state, attempts=t.attempts + attempt)
-                    for t in open_turns
-                    if t.turn_id != turn_id or state in OPEN_TURN_STATES
-                ]
+            if open_turns is not None:
+                self._open = self._moved(open_turns, turn_id, state, attempt)
+
+    @staticmethod
+    def _moved(
+        open_turns: list[Turn], turn_id: TurnId, state: TurnState, attempt: bool
+    ) -> list[Turn] | None:
+        """The open turns once ``turn_id`` is in ``state`` (None: not known from these)."""
+        known = any(t.turn_id == turn_id for t in open_turns)
+        if not known and state in OPEN_TURN_STATES:
+            return None  # a turn this log never saw open: ask the object
+        return [
+            t
+            if t.turn_id != turn_id
+            else dataclasses.replace(t, state=state, attempts=t.attempts + attempt)
+            for t in open_turns
+            if t.turn_id != turn_id or state in OPEN_TURN_STATES
+        ]
+
+    async def end_turn(
+        self, items: list[tuple[str, dict[str, Any]]], turn_id: TurnId, state: TurnState
+    ) -> list[Event]:
+        async with self._turns:
+            open_turns, self._open = self._open, None
+            events = await self._call("write", lambda o: o.end_turn(items, turn_id, state))
+            if events:
+                self._last_seq = events[-1].seq
+            if open_turns is not None:
+                self._open = self._moved(open_turns, turn_id, state, False)
+            return events
 
     async def open_turns(self) -> list[Turn]:
         # The host's own bookkeeping, told to no client: no wait for an fsync. A warm turn

@@ -98,6 +98,17 @@ class SessionLog(ABC):
     ) -> None:
         """Move a turn to ``state`` (``attempt`` counts one more sandbox attempt)."""
 
+    async def end_turn(
+        self, items: list[tuple[str, dict[str, Any]]], turn_id: TurnId, state: TurnState
+    ) -> list[Event]:
+        """Commit a turn's last events (its ``result`` or ``error``) and its end ``state``
+        together: a host that dies after the answer is durable never finds the turn still
+        open and runs it again. Logs that cannot do both in one commit (this default)
+        commit the events first."""
+        events = await self.append_many(items, turn_id)
+        await self.set_turn_state(turn_id, state)
+        return events
+
     @abstractmethod
     async def open_turns(self) -> list[Turn]:
         """Queued, running and interrupted turns, oldest first."""
@@ -216,6 +227,17 @@ class SQLiteSessionLog(SessionLog):
     ) -> list[Event]:
         with self._tx():
             events = self._tables.insert_events(self._pending_seq, items, turn_id)
+            if events:
+                self._pending_seq = events[-1].seq
+        await self._durable()
+        return events
+
+    async def end_turn(
+        self, items: list[tuple[str, dict[str, Any]]], turn_id: TurnId, state: TurnState
+    ) -> list[Event]:
+        with self._tx():
+            events = self._tables.insert_events(self._pending_seq, items, turn_id)
+            self._tables.set_turn_state(turn_id, state, False)
             if events:
                 self._pending_seq = events[-1].seq
         await self._durable()

@@ -313,20 +313,32 @@ class S3SessionLog(SessionLog):
         self, turn_id: TurnId, state: TurnState, *, attempt: bool = False
     ) -> None:
         async with self._write_lock:
-            turn = self._turns.get(turn_id)
-            if turn is None:
-                raise LogError(f"Session {self.session_id} has no turn {turn_id}.")
-            new = Turn(
-                turn.turn_id,
-                turn.client_msg_id,
-                turn.text,
-                state,
-                turn.user_seq,
-                turn.attempts + (1 if attempt else 0),
-            )
-            await self._commit_locked([], None, [new])
+            await self._commit_locked([], None, [self._moved(turn_id, state, attempt)])
         if state not in OPEN_TURN_STATES:
             self._renew_now.set()
+
+    async def end_turn(
+        self, items: list[tuple[str, dict[str, Any]]], turn_id: TurnId, state: TurnState
+    ) -> list[Event]:
+        async with self._write_lock:
+            events = await self._commit_locked(items, turn_id, [self._moved(turn_id, state, False)])
+        if state not in OPEN_TURN_STATES:
+            self._renew_now.set()
+        return events
+
+    def _moved(self, turn_id: TurnId, state: TurnState, attempt: bool) -> Turn:
+        """Turn ``turn_id``'s row in ``state`` (``attempt``: one more attempt counted)."""
+        turn = self._turns.get(turn_id)
+        if turn is None:
+            raise LogError(f"Session {self.session_id} has no turn {turn_id}.")
+        return Turn(
+            turn.turn_id,
+            turn.client_msg_id,
+            turn.text,
+            state,
+            turn.user_seq,
+            turn.attempts + (1 if attempt else 0),
+        )
 
     async def open_turns(self) -> list[Turn]:
         return sorted(

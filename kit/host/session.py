@@ -171,11 +171,19 @@ class Session:
         return event
 
     async def emit_many(
-        self, items: list[tuple[str, dict[str, Any]]], turn_id: TurnId | None
+        self,
+        items: list[tuple[str, dict[str, Any]]],
+        turn_id: TurnId | None,
+        *,
+        end: TurnState | None = None,
     ) -> list[Event]:
-        """Append several events in one commit, then fan each out."""
+        """Append several events in one commit, then fan each out; with ``end``, the
+        commit also moves turn ``turn_id`` to that state (:meth:`SessionLog.end_turn`)."""
         async with self._lock:
-            events = await self.log.append_many(items, turn_id)
+            if end is not None and turn_id is not None:
+                events = await self.log.end_turn(items, turn_id, end)
+            else:
+                events = await self.log.append_many(items, turn_id)
             for event in events:
                 self._publish(event)
         return events
@@ -385,6 +393,12 @@ class Session:
                 # A call the model proxy refused is told before what the runtime says next
                 # (the API error it got, the result): the refusal came first.
                 told = [*self._refusals(turn.turn_id), *kept]
+                end = rest[0] if rest and isinstance(rest[0], Record) else None
+                if end is not None and not end.attempt:
+                    # The turn's end and its state in one commit: an answer that is
+                    # durable is never run again at a restart.
+                    await self.emit_many(told, turn.turn_id, end=end.state)
+                    return rest[1:]
                 if told:
                     await self.emit_many(told, turn.turn_id)
                 if rest:

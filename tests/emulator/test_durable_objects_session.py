@@ -16,7 +16,7 @@ from emulator.durable_objects import DOLogStore, DOSessionLog, LimitExceeded
 from emulator.durable_objects.limits import MAX_VALUE_BYTES, TOO_BIG
 from kit.cli.stack import Stack, run_stack
 from kit.host.errors import LogError
-from kit.host.eventlog import Turn, TurnState
+from kit.host.eventlog import OPEN_TURN_STATES, Turn, TurnState
 from kit.ids import TurnId, new_session_id
 from kit.protocol.frames import MAX_TEXT_CHARS, Event
 from tests.agents import RECOVERED_REPLY, open_session, until_prompt_stored, write_agent
@@ -227,3 +227,30 @@ async def test_open_turns_stay_true_when_calls_overlap(kit_tmp: Path, first: str
     assert await log.open_turns() == await fresh.open_turns()
     assert [t.turn_id for t in await log.open_turns()] == ["t2"]
     await logs.aclose()
+
+
+async def test_an_answer_and_its_turns_end_are_one_call(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The turn's ``result`` and its COMPLETED state go to the object in one call: with
+    every later state write failing (a host that dies right after the answer), the stored
+    turn is still closed and a restart would not run it again."""
+
+    alive = DOSessionLog.set_turn_state
+
+    async def dead(
+        self: DOSessionLog, turn_id: TurnId, state: TurnState, *, attempt: bool = False
+    ) -> None:
+        if state not in OPEN_TURN_STATES:
+            raise LogError("the host died here")
+        await alive(self, turn_id, state, attempt=attempt)
+
+    monkeypatch.setattr(DOSessionLog, "set_turn_state", dead)
+    client, session = await open_session(stack)
+    events = [e async for e in client.turn("Where is my order 1042?")]
+    assert events[-1].kind == "result"
+    assert "1Z999AA10123456784" in events[-1].data["text"]
+    fresh = await stack.host.logs.open(session.id)
+    assert fresh is not None
+    assert await fresh.open_turns() == []
+    await client.close()

@@ -400,3 +400,27 @@ async def test_a_damaged_sqlite_log_fails_reads_with_log_errors(kit_tmp: Path) -
             await log.open_turns()
     finally:
         await log.close()
+
+
+async def test_a_turns_end_and_its_state_are_one_commit(logs: LogStore) -> None:
+    """``end_turn``: the turn's last events and its end state land together (a host that
+    dies after the answer is durable never finds the turn open and runs it again)."""
+    log = await logs.create(new_session_id(), {"tier": "basic"})
+    added = await log.add_user_turn("m1", "hello")
+    assert added is not None
+    turn, _ = added
+    await log.set_turn_state(turn.turn_id, TurnState.RUNNING, attempt=True)
+    events = await log.end_turn(
+        [("text_delta", {"text": "hi"}), ("result", {"text": "hi"})],
+        turn.turn_id,
+        TurnState.COMPLETED,
+    )
+    assert [(e.seq, e.kind, e.turn_id) for e in events] == [
+        (2, "text_delta", turn.turn_id),
+        (3, "result", turn.turn_id),
+    ]
+    assert await log.open_turns() == []
+    again = await _reopen(logs, log)
+    assert await again.open_turns() == []
+    assert [e.kind for e in await again.read_after(0)] == ["user", "text_delta", "result"]
+    await again.close()
