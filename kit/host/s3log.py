@@ -9,8 +9,9 @@ Layout under ``s3://BUCKET/PREFIX/sessions/{session_id}/``::
     seg/{a:012d}-{b:012d}.json   commits a..b again, in one object: a load reads one object
                                  per SEGMENT commits instead of one per commit
 
-A commit is what one ``append_many``, ``add_user_turn`` or ``set_turn_state`` writes: its
-events (their seqs continue the previous commit's) and the new rows of the turns it changed.
+A commit is what one ``append_many``, ``add_user_turn``, ``set_turn_state`` or ``end_turn``
+writes: its events (their seqs continue the previous commit's) and the new rows of the turns
+it changed.
 Every commit is written with ``If-None-Match: *``, so the commit numbers form a chain that no
 two writers can both extend. Opening a log for writing takes the lease (epoch E), loads the
 chain, and writes an empty commit stamped E at its end. A previous owner that still runs

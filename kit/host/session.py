@@ -278,12 +278,8 @@ class Session:
             if self.lost is not None:
                 return False  # another host owns the session now; it recovers the turn
             try:
-                await self.emit(
-                    "error",
-                    {"code": TURN_FAILED, "message": f"The host failed on this turn: {exc}"},
-                    turn.turn_id,
-                )
-                await self.log.set_turn_state(turn.turn_id, TurnState.FAILED)
+                failed = {"code": TURN_FAILED, "message": f"The host failed on this turn: {exc}"}
+                await self.emit_many([("error", failed)], turn.turn_id, end=TurnState.FAILED)
             except Exception:
                 log.exception(
                     "session %s: the event log fails; the runner stops (the next start "
@@ -309,8 +305,7 @@ class Session:
             runtime: RuntimeClient | None = None
             while True:
                 *steps, last = actions
-                for action in steps:
-                    await self._act(turn.turn_id, action)
+                await self._act_all(turn.turn_id, steps)
                 if isinstance(last, StartSandbox):
                     try:
                         runtime = await self._ensure_sandbox(turn.turn_id)
@@ -338,8 +333,7 @@ class Session:
                         before.cancel()
                         actions = planner.stream_broken()
                         continue
-                    for action in end[:-1]:  # the turn's own end: its Record, then Done
-                        await self._act(turn.turn_id, action)
+                    await self._act_all(turn.turn_id, end[:-1])  # nothing: end_turn did it
                     await self._advise_after_turn(await before, time.monotonic() - started)
                     return
                 elif isinstance(last, Done):
@@ -349,6 +343,18 @@ class Session:
         finally:
             self._running_turn = None
             self._turn_release = None
+
+    async def _act_all(self, turn_id: TurnId, actions: list[TurnAction]) -> None:
+        """Do the planner's actions in order; a GiveUp and the Record of the turn's end
+        after it are one commit (:meth:`SessionLog.end_turn`)."""
+        for i, action in enumerate(actions):
+            after = actions[i + 1] if i + 1 < len(actions) else None
+            if isinstance(action, GiveUp) and isinstance(after, Record) and not after.attempt:
+                told = [*self._refusals(turn_id), ("error", dict(action.error))]
+                await self.emit_many(told, turn_id, end=after.state)
+                await self._act_all(turn_id, actions[i + 2 :])
+                return
+            await self._act(turn_id, action)
 
     async def _act(self, turn_id: TurnId, action: TurnAction) -> None:
         """Do one of the planner's actions that needs no answer."""
@@ -366,8 +372,9 @@ class Session:
     async def _stream(
         self, runtime: RuntimeClient, turn: Turn, planner: TurnPlanner, recover: bool
     ) -> list[TurnAction] | None:
-        """Run the turn on ``runtime``; the planner's answer to the turn's end (Record,
-        Done), or None if the stream broke first (the sandbox went away)."""
+        """Run the turn on ``runtime``; the planner's answer to the turn's end (Done: its
+        end event and state are committed together), or None if the stream broke first
+        (the sandbox went away)."""
         request = TurnRequest(turn_id=turn.turn_id, text=turn.text, recover=recover)
         arrived: asyncio.Queue[list[RuntimeEvent] | BaseException | None] = asyncio.Queue()
         room = asyncio.Semaphore(READ_AHEAD)

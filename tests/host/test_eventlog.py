@@ -10,16 +10,26 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import boto3
 import pytest
 
 from emulator.durable_objects import DOLogStore
 from kit.host.errors import LogError
-from kit.host.eventlog import CREATED_KEY, LogStore, SessionLog, SQLiteLogStore, TurnState
+from kit.host.eventlog import (
+    CREATED_KEY,
+    LogStore,
+    SessionLog,
+    SQLiteLogStore,
+    SQLiteSessionLog,
+    TurnState,
+)
 from kit.host.lease import CLOCK_SKEW_S, LeaseHeld, LeaseLost
 from kit.host.s3log import SEGMENT, S3LogStore
-from kit.ids import SessionId, new_session_id
+from kit.host.session import Session
+from kit.ids import SessionId, TurnId, new_session_id
+from kit.protocol.turns import MAX_SANDBOX_ATTEMPTS, TURN_FAILED
 from kit.storage.s3 import unique_prefix
 from kit.storage.s3io import S3Bucket
 from tests.conftest import BUCKET
@@ -423,4 +433,67 @@ async def test_a_turns_end_and_its_state_are_one_commit(logs: LogStore) -> None:
     again = await _reopen(logs, log)
     assert await again.open_turns() == []
     assert [e.kind for e in await again.read_after(0)] == ["user", "text_delta", "result"]
+    await again.close()
+
+
+async def test_a_turns_end_writes_no_state_of_its_own(
+    logs: LogStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each log's ``end_turn`` is its own commit, not the events and then a state write: with
+    every end-state write failing (the host dying after the answer), the turn still ends."""
+    log = await logs.create(new_session_id(), {"tier": "basic"})
+    added = await log.add_user_turn("m1", "hello")
+    assert added is not None
+    turn, _ = added
+    await log.set_turn_state(turn.turn_id, TurnState.RUNNING, attempt=True)
+
+    async def dead(
+        self: SessionLog, turn_id: TurnId, state: TurnState, *, attempt: bool = False
+    ) -> None:
+        raise LogError("the host died here")
+
+    monkeypatch.setattr(type(log), "set_turn_state", dead)
+    await log.end_turn([("result", {"text": "hi"})], turn.turn_id, TurnState.COMPLETED)
+    again = await _reopen(logs, log)
+    assert await again.open_turns() == []
+    await again.close()
+
+
+async def test_a_given_up_turns_error_and_its_end_are_one_commit(
+    kit_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn out of sandbox attempts is given up: its ``turn_failed`` error and its FAILED
+    state are one commit. With every FAILED write failing (the host dying between the two),
+    the turn still ends, and a restarted host does not give it up a second time."""
+    logs = SQLiteLogStore(kit_tmp / "sessions")
+    sid = new_session_id()
+    log = await logs.create(sid, {"tier": "basic"})
+    added = await log.add_user_turn("m1", "hi")
+    assert added is not None
+    turn, _ = added
+    for _ in range(MAX_SANDBOX_ATTEMPTS):
+        await log.set_turn_state(turn.turn_id, TurnState.RUNNING, attempt=True)
+    alive = SQLiteSessionLog.set_turn_state
+
+    async def dies(
+        self: SQLiteSessionLog, turn_id: TurnId, state: TurnState, *, attempt: bool = False
+    ) -> None:
+        if state is TurnState.FAILED:
+            raise LogError("the host died here")
+        await alive(self, turn_id, state, attempt=attempt)
+
+    monkeypatch.setattr(SQLiteSessionLog, "set_turn_state", dies)
+    env = SimpleNamespace(tier="basic", spend=None, advise=None, files=None)
+    (open_turn,) = await log.open_turns()
+    await Session(log, env)._run_turn(open_turn)  # type: ignore[arg-type]
+    await log.close()
+    again = await logs.open(sid)
+    assert again is not None
+    assert await again.open_turns() == []
+    failed = [
+        e
+        for e in await again.read_after(0)
+        if e.kind == "error" and e.data.get("code") == TURN_FAILED
+    ]
+    assert [e.turn_id for e in failed] == [turn.turn_id]
     await again.close()

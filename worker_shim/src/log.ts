@@ -163,6 +163,23 @@ export class SessionLog {
     }
   }
 
+  /** Store a turn's last event (its `result` or `turn_failed`) and its end state in one
+   * transaction: an instance reset between the two would leave a turn whose answer is
+   * stored still open, and the next instance would run it again. The event row. */
+  endTurn(kind: string, data: unknown, turnId: string, state: TurnState): EventRow {
+    const seq = this.lastSeq() + 1;
+    try {
+      return this.storage.transactionSync(() => {
+        const row = this.append(kind, data, turnId);
+        this.updateTurn(turnId, state, false);
+        return row;
+      });
+    } catch (exc) {
+      this.lastSeqCache = seq - 1; // rolled back with the rest
+      throw exc;
+    }
+  }
+
   /** The oldest open turn (queued, running or interrupted), if any. */
   openTurn(): OpenTurn | null {
     if (!this.exists()) return null;
@@ -176,6 +193,10 @@ export class SessionLog {
 
   /** Record a turn's new state; `attempt` counts one more sandbox for it. */
   setTurnState(turnId: string, state: TurnState, attempt = false): void {
+    this.updateTurn(turnId, state, attempt);
+  }
+
+  private updateTurn(turnId: string, state: TurnState, attempt: boolean): void {
     this.sql.exec(
       "UPDATE turns SET state = ?, attempts = attempts + ? WHERE turn_id = ?",
       state,

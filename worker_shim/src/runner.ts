@@ -184,7 +184,7 @@ export class TurnRunner {
       let live: Live | null = null;
       for (let steps = 0; steps < 1_000; steps++) {
         const last = actions[actions.length - 1];
-        for (const action of actions.slice(0, -1)) await this.act(turn.turn_id, action, live);
+        await this.actAll(turn.turn_id, actions.slice(0, -1), live);
         if (last.action === "start_sandbox") {
           live = await this.startSandbox(turn.turn_id);
           actions = live === null ? planner.sandboxFailed() : planner.sandboxStarted();
@@ -195,7 +195,7 @@ export class TurnRunner {
             actions = planner.streamBroken(); // the sandbox went away: the next one continues
             continue;
           }
-          for (const action of end.slice(0, -1)) await this.act(turn.turn_id, action, live);
+          await this.actAll(turn.turn_id, end.slice(0, -1), live); // nothing: endTurn did it
           return;
         } else if (last.action === "done") {
           return;
@@ -226,6 +226,21 @@ export class TurnRunner {
     }
   }
 
+  /** Do the planner's actions in order; a give_up and the record of the turn's end after
+   * it are one transaction (`log.endTurn`). */
+  private async actAll(turnId: string, actions: TurnAction[], live: Live | null): Promise<void> {
+    for (let i = 0; i < actions.length; i++) {
+      const action = actions[i];
+      const after = actions[i + 1];
+      if (action.action === "give_up" && after?.action === "record" && !after.attempt) {
+        this.host.publish(this.log.endTurn("error", action.error, turnId, after.state));
+        i++;
+        continue;
+      }
+      await this.act(turnId, action, live);
+    }
+  }
+
   /** Do one of the planner's actions that needs no answer. */
   private async act(turnId: string, action: TurnAction, live: Live | null): Promise<void> {
     switch (action.action) {
@@ -244,8 +259,9 @@ export class TurnRunner {
     }
   }
 
-  /** Run the turn on `live`'s runtime; the planner's answer to the turn's end (Record,
-   * Done), or null if the stream broke first (the sandbox went away). */
+  /** Run the turn on `live`'s runtime; the planner's answer to the turn's end (Done: its
+   * end event and state are stored together), or null if the stream broke first (the
+   * sandbox went away). */
   private async stream(live: Live, turn: OpenTurn, planner: TurnPlanner, recover: boolean): Promise<TurnAction[] | null> {
     this.streaming = { turnId: turn.turn_id, runtime: live.runtime };
     let ended = false;
@@ -256,6 +272,13 @@ export class TurnRunner {
       for await (const event of live.runtime.turn(turn.turn_id, turn.text, recover)) {
         const [emit, ...rest] = planner.batch([[event.kind, event.data]]);
         if (emit.action !== "emit") throw new Error(`The turn planner answered a batch with ${emit.action}.`);
+        const end = rest[0];
+        if (emit.count > 0 && end?.action === "record" && !end.attempt) {
+          // The turn's end and its state in one transaction (as kit's host: end_turn).
+          this.host.publish(this.log.endTurn(event.kind, event.data, turn.turn_id, end.state));
+          ended = true;
+          return rest.slice(1);
+        }
         if (emit.count > 0) this.host.publish(this.log.append(event.kind, event.data, turn.turn_id));
         if (rest.length > 0) {
           ended = true;

@@ -71,3 +71,29 @@ describe("session log", () => {
     b.close();
   });
 });
+
+describe("a turn's end", () => {
+  it("stores the result and the turn's end state in one transaction: no separate state write follows", async () => {
+    const session = await createSession();
+    const stub = env.SESSION.getByName(session.session_id);
+    await runInDurableObject(stub, (instance) => {
+      const log = (instance as unknown as { log: { setTurnState(turnId: string, state: string, attempt?: boolean): void } }).log;
+      const alive = log.setTurnState.bind(log);
+      // The instance dies on any end-state write made on its own (after the answer is stored).
+      log.setTurnState = (turnId, state, attempt) => {
+        if (state === "completed" || state === "failed") throw new Error("the instance died here");
+        alive(turnId, state, attempt);
+      };
+    });
+    await attachContainer(session.session_id, new FakeContainer());
+    const a = await live(session);
+    a.send(JSON.stringify({ type: "user", client_msg_id: "c-1", text: "one" }));
+    const turn = await untilEnd(a);
+    expect(turn.at(-1)).toMatchObject({ kind: "result", turn_id: "t1" });
+    const states = await runInDurableObject(stub, (_instance, state) =>
+      (state.storage.sql as Sql).exec<{ state: string }>("SELECT state FROM turns WHERE turn_id = 't1'").toArray(),
+    );
+    expect(states).toEqual([{ state: "completed" }]);
+    a.close();
+  });
+});
