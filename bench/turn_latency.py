@@ -1,7 +1,7 @@
 """Turn latency through `kit dev` beside the same work on the Agent SDK alone.
 
     .venv/bin/python bench/turn_latency.py [--turns 30] [--sessions 10]
-        [--durability fsync|os] [--warm-only] [--profile FILE]
+        [--durability fsync|os] [--warm-only] [--profile FILE] [--timeline]
 
 (a) a warm turn in an open session: kit client → host → sandbox runtime → CLI → proxy →
     offline model, versus a turn on an open ClaudeSDKClient talking to the same model;
@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, ResultMessage, query
+from claude_agent_sdk.types import StreamEvent
 
 from kit.bundle import Bundle
 from kit.cli.settings import EXAMPLE_PROJECT, DevSettings
@@ -78,8 +79,17 @@ def sdk_options(stack: Stack, bundle: Bundle, home: Path) -> ClaudeAgentOptions:
     )
 
 
+Timeline = dict[str, dict[str, list[float]]]
+"""Per side ("kit", "sdk"): seconds from sending a turn to the first of each kind of
+message the client got (kit's event kinds; the SDK's message classes and stream events)."""
+
+
 async def warm(
-    stack: Stack, options: ClaudeAgentOptions, turns: int, profile: Path | None = None
+    stack: Stack,
+    options: ClaudeAgentOptions,
+    turns: int,
+    profile: Path | None = None,
+    timeline: Timeline | None = None,
 ) -> tuple[list[float], list[float]]:
     """Warm turns on one open kit session and one open ClaudeSDKClient, interleaved."""
     info = await create_session(stack.url, stack.api_token)
@@ -90,18 +100,28 @@ async def warm(
         for i in range(turns + 5):
             if i == 5 and profile is not None:
                 profiler.enable()
+            kit_seen: dict[str, float] = {}
+            sdk_seen: dict[str, float] = {}
             t0 = time.perf_counter()
-            async for _ in kit.turn(PROMPT):
-                pass
+            async for event in kit.turn(PROMPT):
+                kit_seen.setdefault(event.kind, time.perf_counter() - t0)
             t1 = time.perf_counter()
             await sdk.query(PROMPT)
             async for message in sdk.receive_response():
+                name = type(message).__name__
+                if isinstance(message, StreamEvent):
+                    name = f"stream {message.event.get('type', '')}"
+                sdk_seen.setdefault(name, time.perf_counter() - t1)
                 if isinstance(message, ResultMessage):
                     break
             t2 = time.perf_counter()
             if i >= 5:  # warm-up
                 kit_times.append(t1 - t0)
                 sdk_times.append(t2 - t1)
+                if timeline is not None:
+                    for side, seen in (("kit", kit_seen), ("sdk", sdk_seen)):
+                        for name, at in seen.items():
+                            timeline.setdefault(side, {}).setdefault(name, []).append(at)
     if profile is not None:
         profiler.disable()
         profiler.dump_stats(profile)
@@ -149,6 +169,14 @@ async def pool_refilled(stack: Stack, timeout_s: float = 60.0) -> None:
             return
         await asyncio.sleep(0.02)
     raise TimeoutError(f"the sandbox pool did not refill within {timeout_s:g} s")
+
+
+def print_timeline(timeline: Timeline) -> None:
+    """Each side's kinds in the order they arrive, p50 ms from the turn's start."""
+    for side, seen in timeline.items():
+        print(f"{side}: first arrival of each kind, ms after the turn was sent (p50)")
+        for name, times in sorted(seen.items(), key=lambda kv: statistics.median(kv[1])):
+            print(f"  {name:32s} {pct(times, 50):7.2f}  (n={len(times)})")
 
 
 def write_json(path: Path | None, measures: dict[str, tuple[list[float], list[float]]]) -> None:
@@ -199,6 +227,11 @@ async def main() -> None:
         help="KIT_DURABILITY of the event logs (default os, as kit dev)",
     )
     parser.add_argument("--warm-only", action="store_true", help="measure (a) only")
+    parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="(a): print when each kind of event or message first reached each client (p50)",
+    )
     parser.add_argument("--profile", type=Path, help="cProfile this process over (a)")
     parser.add_argument("--json", type=Path, help="also write p50/p95 (s) here as JSON")
     args = parser.parse_args()
@@ -219,7 +252,10 @@ async def main() -> None:
     )
     async with run_stack(settings) as stack:
         options = sdk_options(stack, stack.bundle, state / "sdk-home")
-        warm_kit, warm_sdk = await warm(stack, options, args.turns, args.profile)
+        timeline: Timeline | None = {} if args.timeline else None
+        warm_kit, warm_sdk = await warm(stack, options, args.turns, args.profile, timeline)
+        if timeline is not None:
+            print_timeline(timeline)
         if args.warm_only:
             print(f"turn latency, ms (p50 / p95); {args.turns} warm turns, {args.durability}")
             print(row("(a) warm turn, open session", warm_kit, warm_sdk))
