@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from rehearsal_agent import RECOVERED_REPLY, write_agent
 
 from kit.cli.cfdev import CfRehearsal, rehearse_cloudflare
 from kit.cli.image import ensure
@@ -52,47 +53,9 @@ from kit.storage import open_store
 from kit.storage.portable import PROJECT_KEY
 
 HELLO_REPLY = "Hello from a Cloudflare container."
-RECOVERED_REPLY = "Recovered and finished."
-SCENARIO = r"""
-[[rule]]
-name = "recovery"
-contains = "Your sandbox stopped before you finished"
-[[rule.step]]
-text = "RECOVERED_REPLY"
-
-[[rule]]
-name = "hello"
-contains = "hello"
-[[rule.step]]
-text = "HELLO_REPLY"
-
-[[rule]]
-name = "slow tool"
-contains = "slow"
-[[rule.step]]
-text = "Working on it."
-tool = "Bash"
-input = { command = "echo started; sleep 5; echo done", description = "slow" }
-[[rule.step]]
-text = "Slow tool said: {tool_result}"
-""".replace("RECOVERED_REPLY", RECOVERED_REPLY).replace("HELLO_REPLY", HELLO_REPLY)
-
 SESSION_TIMEOUT_S = 300.0
 STORE_POLLS = 300
 """At most this many reads of the DO's store (0.1 s apart) for the turn's prompt."""
-
-
-def agent(root: Path, tier: str = "basic") -> Path:
-    """A small agent with Bash and the scenario above, on Cloudflare instance type ``tier``."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "kit.toml").write_text(
-        '[agent]\nname = "bench-agent"\nprompt = "prompt.md"\nallowed_tools = ["Bash"]\n'
-        f'max_turns = 6\n\n[sandbox]\ntier = "{tier}"\n'
-    )
-    (root / "prompt.md").write_text("You are a benchmark agent.\n")
-    (root / "scenarios").mkdir(exist_ok=True)
-    (root / "scenarios" / "bench.toml").write_text(SCENARIO)
-    return root
 
 
 def pct(values: list[float], q: float) -> float:
@@ -190,7 +153,7 @@ async def main() -> None:
         parser.error("--sessions must be 1 or more")
     image = await asyncio.to_thread(ensure, False)
     with tempfile.TemporaryDirectory(prefix="kit-bench-cf-") as tmp:
-        project = agent(Path(tmp) / "agent", args.tier)
+        project = write_agent(Path(tmp) / "agent", HELLO_REPLY, args.tier)
         t0 = time.perf_counter()
         async with rehearse_cloudflare(project, Path(tmp) / "state", image) as cf:
             deployed = time.perf_counter() - t0

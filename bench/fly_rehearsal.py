@@ -28,48 +28,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from rehearsal_agent import write_agent
+
 from fly import FlyClient
 from kit.cli.flydev import rehearse_fly
 from kit.cli.image import ensure
 from kit.client import SessionClient, create_session
 from kit.protocol.turns import ends_turn
-
-SCENARIO = r"""
-[[rule]]
-name = "recovery"
-contains = "Your sandbox stopped before you finished"
-[[rule.step]]
-text = "Recovered and finished."
-
-[[rule]]
-name = "hello"
-contains = "hello"
-[[rule.step]]
-text = "Hello from a Fly machine."
-
-[[rule]]
-name = "slow tool"
-contains = "slow"
-[[rule.step]]
-text = "Working on it."
-tool = "Bash"
-input = { command = "echo started; sleep 5; echo done", description = "slow" }
-[[rule.step]]
-text = "Slow tool said: {tool_result}"
-"""
-
-
-def agent(root: Path) -> Path:
-    """A small agent with Bash and the scenario above."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "kit.toml").write_text(
-        '[agent]\nname = "bench-agent"\nprompt = "prompt.md"\nallowed_tools = ["Bash"]\n'
-        'max_turns = 6\n\n[sandbox]\ntier = "basic"\n'
-    )
-    (root / "prompt.md").write_text("You are a benchmark agent.\n")
-    (root / "scenarios").mkdir(exist_ok=True)
-    (root / "scenarios" / "bench.toml").write_text(SCENARIO)
-    return root
 
 
 def pct(values: list[float], q: float) -> float:
@@ -119,7 +84,7 @@ async def main() -> None:
     args = parser.parse_args()
     image = await asyncio.to_thread(ensure, False)
     with tempfile.TemporaryDirectory(prefix="kit-bench-fly-") as tmp:
-        project = agent(Path(tmp) / "agent")
+        project = write_agent(Path(tmp) / "agent", "Hello from a Fly machine.")
         t0 = time.perf_counter()
         async with rehearse_fly(project, Path(tmp) / "state", image, app="kit-bench") as fly:
             deployed = time.perf_counter() - t0

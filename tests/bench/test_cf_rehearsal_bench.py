@@ -15,7 +15,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def load(name: str) -> ModuleType:
-    """bench/<name>.py as a module (bench/ is no package)."""
+    """bench/<name>.py as a module (bench/ is no package: its scripts import each other
+    with bench/ first on the path, as ``python bench/<name>.py`` has it)."""
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))
     spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
     assert spec is not None
     assert spec.loader is not None

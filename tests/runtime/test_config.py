@@ -108,9 +108,17 @@ def test_config_in_the_environment_leaves_it(
 def test_a_config_in_the_environment_reaches_the_runtime_process() -> None:
     """The real exec: ``python -m kit.runtime`` with a config missing fields in the
     environment execs itself, reads the file, and says what is missing (exit 2)."""
-    env = {**os.environ, CONFIG_JSON_ENV: json.dumps({"session_id": "s"})}
+    done = _runtime_with_config_in_env()
+    assert done.returncode == 2, done.stderr
+    assert "Runtime config is missing" in done.stderr
+
+
+def _runtime_with_config_in_env(**extra: str) -> subprocess.CompletedProcess[str]:
+    """``python -m kit.runtime`` with a config missing fields in ``KIT_RUNTIME_CONFIG_JSON``
+    (and ``extra`` in its environment): it execs itself, reads the file, and exits 2."""
+    env = {**os.environ, CONFIG_JSON_ENV: json.dumps({"session_id": "s"}), **extra}
     env.pop(CONFIG_ENV, None)
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "kit.runtime"],
         env=env,
         capture_output=True,
@@ -118,8 +126,6 @@ def test_a_config_in_the_environment_reaches_the_runtime_process() -> None:
         timeout=120,
         check=False,
     )
-    assert done.returncode == 2, done.stderr
-    assert "Runtime config is missing" in done.stderr
 
 
 def test_the_store_token_is_the_model_token_unless_set() -> None:
@@ -135,20 +141,7 @@ def test_a_config_in_the_environment_costs_one_import_of_the_runtime() -> None:
     """The exec happens before the server and the Agent SDK are imported: a container
     start pays for them once (``PYTHONPROFILEIMPORTTIME`` lists each process's imports, and
     the exec'd process inherits it)."""
-    env = {
-        **os.environ,
-        CONFIG_JSON_ENV: json.dumps({"session_id": "s"}),
-        "PYTHONPROFILEIMPORTTIME": "1",
-    }
-    env.pop(CONFIG_ENV, None)
-    done = subprocess.run(
-        [sys.executable, "-m", "kit.runtime"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _runtime_with_config_in_env(PYTHONPROFILEIMPORTTIME="1")
     assert done.returncode == 2, done.stderr
     assert "Runtime config is missing" in done.stderr
     imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()]
