@@ -26,6 +26,7 @@ from kit.protocol.runtime_api import (
     HEALTH_PATH,
     INTERRUPT_PATH,
     NDJSON,
+    RUNTIME_KEEP_ALIVE_S,
     TURNS_PATH,
     RuntimeEvent,
     TurnRequest,
@@ -34,6 +35,7 @@ from kit.protocol.runtime_api import (
 DEFAULT_PER_COMMIT = 100
 """Events per runtime chunk in a burst when the text does not say (the DO commits as many)."""
 MAX_BURST = 1_000_000
+MAX_REQUESTS_PER_CONNECTION = 1_000_000
 MAX_BODY_BYTES = 1 << 20
 """A turn request is a short JSON object; a longer body is refused."""
 _BURST = re.compile(r"^burst (\d+)(?: (\d+))?$")
@@ -94,13 +96,21 @@ class SyntheticRuntime:
             self._server.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # A malformed request (ValueError) or a dropped connection: the connection closes.
-        with contextlib.suppress(OSError, ValueError, asyncio.IncompleteReadError):
-            await self._answer(reader, writer)
+        # A malformed request (ValueError), a dropped connection or one idle for longer than
+        # the runtime keeps it (as kit's runtime does): the connection closes.
+        with contextlib.suppress(OSError, ValueError, asyncio.IncompleteReadError, TimeoutError):
+            for _ in range(MAX_REQUESTS_PER_CONNECTION):
+                async with asyncio.timeout(RUNTIME_KEEP_ALIVE_S):
+                    head = await reader.readuntil(b"\r\n\r\n")
+                if not await self._answer(head, reader, writer):
+                    break
         writer.close()
 
-    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    async def _answer(
+        self, head_bytes: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        """Answer one request; whether its connection stays open for the next."""
+        head = head_bytes.decode("latin-1").split("\r\n")
         method, target, _ = head[0].split(" ", 2)
         path = target.split("?", 1)[0]
         headers = {}
@@ -108,8 +118,9 @@ class SyntheticRuntime:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
         body = await _read_body(reader, headers)
+        keep = headers.get("connection", "").lower() != "close"
         if headers.get("authorization") != self._auth:
-            return _reply(writer, 401, {"error": "unauthorized"})
+            return _reply(writer, 401, {"error": "unauthorized"}, keep)
         if method == "GET" and path == HEALTH_PATH:
             return _reply(
                 writer,
@@ -121,15 +132,17 @@ class SyntheticRuntime:
                     "state": "ready",
                     "resumed": False,
                 },
+                keep,
             )
         if method == "POST" and path == INTERRUPT_PATH:
-            return _reply(writer, 202, {"interrupted": False})
+            return _reply(writer, 202, {"interrupted": False}, keep)
         if method != "POST" or path != TURNS_PATH:
-            return _reply(writer, 404, {"error": "not_found"})
+            return _reply(writer, 404, {"error": "not_found"}, keep)
         turn = TurnRequest.from_json(body)
+        close = "" if keep else "connection: close\r\n"
         writer.write(
             f"HTTP/1.1 200 OK\r\ncontent-type: {NDJSON}\r\ntransfer-encoding: chunked\r\n"
-            "connection: close\r\n\r\n".encode()
+            f"{close}\r\n".encode()
         )
         for chunk in synthetic_turn(turn.text):
             data = b"".join(event.to_line() for event in chunk)
@@ -138,6 +151,7 @@ class SyntheticRuntime:
             await asyncio.sleep(0)  # a runtime streams: let the host take each chunk as it comes
         writer.write(b"0\r\n\r\n")
         await writer.drain()
+        return keep
 
 
 async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
@@ -161,13 +175,16 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> b
     raise ValueError("request body too long")
 
 
-def _reply(writer: asyncio.StreamWriter, status: int, body: dict[str, Any]) -> None:
+def _reply(writer: asyncio.StreamWriter, status: int, body: dict[str, Any], keep: bool) -> bool:
+    """Write a JSON answer; ``keep``: the connection stays open (returned)."""
     data = json.dumps(body).encode()
+    close = "" if keep else "connection: close\r\n"
     writer.write(
         f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(data)}\r\nconnection: close\r\n\r\n".encode()
+        f"content-length: {len(data)}\r\n{close}\r\n".encode()
         + data
     )
+    return keep
 
 
 async def wait_for_stop() -> None:

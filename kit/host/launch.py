@@ -150,7 +150,7 @@ async def launch(env: SessionEnv, session_id: SessionId, release: Release) -> Li
         if isinstance(exc, SandboxError) or not isinstance(exc, Exception):
             raise
         raise SandboxError(f"Starting a sandbox failed: {exc}") from exc
-    runtime = RuntimeClient(sandbox.endpoint, runtime_token)
+    runtime = RuntimeClient(sandbox.endpoint, runtime_token, keep_alive=True)
     egress_token = egress.token if egress else None
     return LiveSandbox(
         sandbox, runtime, release, model_token, egress_token, runtime_token, store_token

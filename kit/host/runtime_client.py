@@ -1,14 +1,23 @@
 """The host's client for a runtime's HTTP API (:mod:`kit.protocol.runtime_api`).
 
-A deliberately small HTTP/1.1 client: one connection per request over a Unix socket or TCP,
-``Connection: close``, chunked NDJSON read line by line as it arrives. The runtime's turn
-stream sits on the path of every event, so it stays free of general-purpose client overhead.
+A deliberately small HTTP/1.1 client over a Unix socket or TCP, chunked NDJSON read line by
+line as it arrives. The runtime's turn stream sits on the path of every event, so it stays
+free of general-purpose client overhead.
+
+Connections: with ``keep_alive`` (the client of a running sandbox, :mod:`kit.host.launch`)
+a connection whose response was read to its end is kept for the next request, at most
+:data:`MAX_IDLE` of them, each for :data:`KEEP_IDLE_S` (less than the runtime keeps its own
+side open, ``kit.runtime.server``); a turn then costs no connect and no accept on either
+side. A kept connection that the runtime closed before answering a byte is replaced by a
+new one for that request, once: it never reached the runtime's handler. Without
+``keep_alive`` (probes of a starting sandbox) every request is ``Connection: close``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -20,6 +29,7 @@ from kit.protocol.runtime_api import (
     HEALTH_PATH,
     INTERRUPT_PATH,
     NDJSON,
+    RUNTIME_KEEP_ALIVE_S,
     TURNS_PATH,
     RuntimeEvent,
     TurnRequest,
@@ -31,6 +41,27 @@ PROBE_INTERVAL_S = 0.005
 MAX_LINE_BYTES = 16 * 1024 * 1024
 READ_PIECE = 1 << 16
 """The most of a turn's body read at once."""
+KEEP_IDLE_S = RUNTIME_KEEP_ALIVE_S - 15.0
+"""How long a kept connection may sit idle and still be used (the runtime keeps its side
+longer, so it does not close one this client is about to use)."""
+MAX_IDLE = 2
+"""Kept connections per client: a turn's stream and an interrupt beside it."""
+
+
+class _Exchange:
+    """One request's connection and the head of its response."""
+
+    __slots__ = ("headers", "reader", "status", "writer")
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        status: int,
+        headers: dict[str, str],
+    ) -> None:
+        self.reader, self.writer = reader, writer
+        self.status, self.headers = status, headers
 
 
 class SandboxGone(SandboxError):
@@ -40,9 +71,12 @@ class SandboxGone(SandboxError):
 class RuntimeClient:
     """Talks to one sandbox's runtime at ``unix:/path`` or ``http://host:port``."""
 
-    def __init__(self, endpoint: str, token: str) -> None:
+    def __init__(self, endpoint: str, token: str, *, keep_alive: bool = False) -> None:
         self.endpoint = endpoint
         self._auth = f"Bearer {token}"
+        self._keep_alive = keep_alive
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+        self._closed = False
         if endpoint.startswith("unix:"):
             self._unix: str | None = endpoint.removeprefix("unix:")
             self._addr: tuple[str, int] | None = None
@@ -62,51 +96,80 @@ class RuntimeClient:
             opening = asyncio.open_connection(*self._addr, limit=MAX_LINE_BYTES)
         return await asyncio.wait_for(opening, CONNECT_TIMEOUT_S)
 
-    async def _request(
-        self, path: str, body: bytes | None, *, method: str = "POST"
-    ) -> tuple[int, dict[str, str], asyncio.StreamReader, asyncio.StreamWriter]:
-        reader, writer = await self._open()
+    def _take(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """A kept connection still open and not idle too long, newest first; None: none."""
+        now = time.monotonic()
+        while self._idle:
+            reader, writer, since = self._idle.pop()
+            if now - since < KEEP_IDLE_S and not writer.is_closing() and not reader.at_eof():
+                return reader, writer
+            writer.close()
+        return None
+
+    def _finish(self, exchange: _Exchange, complete: bool) -> None:
+        """The request is over: keep its connection when its response was read to the end
+        (``complete``) and both sides allow it, else close it."""
+        if (
+            complete
+            and self._keep_alive
+            and not self._closed
+            and len(self._idle) < MAX_IDLE
+            and exchange.headers.get("connection", "").lower() != "close"
+            and (
+                "content-length" in exchange.headers
+                or _chunked(exchange.headers)
+                or _bodiless(exchange.status)
+            )
+            and not exchange.writer.is_closing()
+        ):
+            self._idle.append((exchange.reader, exchange.writer, time.monotonic()))
+        else:
+            exchange.writer.close()
+
+    async def _request(self, path: str, body: bytes | None, *, method: str = "POST") -> _Exchange:
         kind = "application/json" if method == "POST" else "application/octet-stream"
         method, framing = (
             ("GET", "")
             if body is None
             else (method, f"content-type: {kind}\r\ncontent-length: {len(body)}\r\n")
         )
-        writer.write(
-            (
-                f"{method} {path} HTTP/1.1\r\nhost: sandbox\r\nauthorization: {self._auth}\r\n"
-                f"{framing}connection: close\r\n\r\n"
-            ).encode()
-            + (body or b"")
-        )
-        await writer.drain()
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int([*lines[0].split(" ", 2), ""][1])  # ValueError when malformed
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            if name:
-                headers[name.strip().lower()] = value.strip()
-        return status, headers, reader, writer
+        close = "" if self._keep_alive else "connection: close\r\n"
+        data = (
+            f"{method} {path} HTTP/1.1\r\nhost: sandbox\r\nauthorization: {self._auth}\r\n"
+            f"{framing}{close}\r\n"
+        ).encode() + (body or b"")
+        kept = self._take() if self._keep_alive else None
+        if kept is not None:
+            try:
+                return await _exchange(*kept, data)
+            except asyncio.IncompleteReadError as exc:
+                if exc.partial:
+                    raise
+            except OSError:
+                pass
+            # The runtime closed the kept connection before a byte of an answer: the
+            # request never reached its handler. Once more, on a new connection.
+        return await _exchange(*await self._open(), data)
 
     async def stream_turn(self, request: TurnRequest) -> AsyncGenerator[list[RuntimeEvent], None]:
         """Run a turn; yield its events in the batches they arrived in.
         :class:`SandboxGone` if the runtime goes away."""
-        writer: asyncio.StreamWriter | None = None
+        exchange: _Exchange | None = None
+        complete = False
         try:
-            status, headers, reader, writer = await self._request(
-                TURNS_PATH, request.to_json().encode()
-            )
-            if status != 200:
-                body = await _read_body(reader, headers)
+            exchange = await self._request(TURNS_PATH, request.to_json().encode())
+            reader, headers = exchange.reader, exchange.headers
+            if exchange.status != 200:
+                body = await _read_body(exchange)
                 raise SandboxError(
-                    f"The runtime refused the turn ({status}): {body[:300].decode(errors='replace')}"
+                    f"The runtime refused the turn ({exchange.status}): "
+                    f"{body[:300].decode(errors='replace')}"
                 )
             if not headers.get("content-type", "").startswith(NDJSON):
                 raise SandboxError("The runtime answered a turn with something other than NDJSON.")
             async for lines in _ndjson_batches(reader, headers):
                 yield [RuntimeEvent.from_line(line) for line in lines]
+            complete = True
         except (
             OSError,
             asyncio.IncompleteReadError,
@@ -117,32 +180,38 @@ class RuntimeClient:
         ) as exc:
             raise SandboxGone(f"The sandbox stopped answering: {type(exc).__name__}.") from exc
         finally:
-            if writer is not None:
-                writer.close()
+            if exchange is not None:
+                self._finish(exchange, complete)
+
+    async def _call(
+        self, path: str, body: bytes | None, *, method: str = "POST"
+    ) -> tuple[int, bytes]:
+        """One request with a short answer: its status and body."""
+        exchange = await self._request(path, body, method=method)
+        complete = False
+        try:
+            answer = await _read_body(exchange)
+            complete = True
+        finally:
+            self._finish(exchange, complete)
+        return exchange.status, answer
 
     async def interrupt(self) -> None:
         """Ask the runtime to stop the running turn."""
         try:
-            _, headers, reader, writer = await self._request(INTERRUPT_PATH, b"{}")
-            await _read_body(reader, headers)
-            writer.close()
+            await self._call(INTERRUPT_PATH, b"{}")
         except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError) as exc:
             raise SandboxGone(f"The sandbox stopped answering: {type(exc).__name__}.") from exc
 
     async def put_file(self, path: str, data: bytes) -> None:
         """Write ``data`` at ``path`` in the sandbox's workspace (``PUT /v1/files``).
         :class:`SandboxGone` if the runtime goes away, :class:`SandboxError` if it refuses."""
-        writer = None
         try:
-            status, headers, reader, writer = await self._request(
+            status, body = await self._call(
                 f"{FILES_PATH}?{urlencode({'path': path})}", data, method="PUT"
             )
-            body = await _read_body(reader, headers)
         except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError) as exc:
             raise SandboxGone(f"The sandbox stopped answering: {type(exc).__name__}.") from exc
-        finally:
-            if writer is not None:
-                writer.close()
         if status != 204:
             raise SandboxError(
                 f"The runtime refused the file {path!r} ({status}): "
@@ -154,15 +223,10 @@ class RuntimeClient:
         or after that many seconds. OSError, TimeoutError or :class:`SandboxError` when
         nothing (yet) answers."""
         path = f"{HEALTH_PATH}?wait_s={wait_s:.3f}" if wait_s else HEALTH_PATH
-        writer = None
         try:
-            status, headers, reader, writer = await self._request(path, None)
-            body = await _read_body(reader, headers)
+            status, body = await self._call(path, None)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
             raise SandboxError(f"The runtime's health probe broke: {exc}.") from exc
-        finally:
-            if writer is not None:
-                writer.close()
         if status != 200:
             raise SandboxError(f"The runtime's health probe answered {status}.")
         try:
@@ -172,7 +236,42 @@ class RuntimeClient:
         return health
 
     async def aclose(self) -> None:
-        """Nothing to release: connections live for one request."""
+        """Close the kept connections; later requests use a connection each."""
+        self._closed = True
+        for _, writer, _ in self._idle:
+            writer.close()
+        self._idle.clear()
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> _Exchange:
+    """Send ``request`` on the connection, read the head of its response; the connection
+    is closed if that fails."""
+    try:
+        writer.write(request)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int([*lines[0].split(" ", 2), ""][1])  # ValueError when malformed
+    except BaseException:
+        writer.close()
+        raise
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name:
+            headers[name.strip().lower()] = value.strip()
+    return _Exchange(reader, writer, status, headers)
+
+
+def _bodiless(status: int) -> bool:
+    """An answer that never has a body (RFC 9112 §6.3): it ends with its head."""
+    return status in (204, 304) or 100 <= status < 200
+
+
+def _chunked(headers: dict[str, str]) -> bool:
+    return headers.get("transfer-encoding", "").lower() == "chunked"
 
 
 async def wait_ready(
@@ -216,7 +315,12 @@ async def wait_ready(
     raise TimeoutError
 
 
-async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+async def _read_body(exchange: _Exchange) -> bytes:
+    """A short answer's body: by its length, chunked, none (204, 304), or up to the end of
+    the connection."""
+    reader, headers = exchange.reader, exchange.headers
+    if _bodiless(exchange.status):
+        return b""
     if "content-length" in headers:
         return await reader.readexactly(int(headers["content-length"]))
     chunks = [chunk async for chunk in _chunks(reader, headers)]
@@ -226,7 +330,7 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> b
 async def _chunks(reader: asyncio.StreamReader, headers: dict[str, str]) -> AsyncIterator[bytes]:
     """The body as it arrives, in pieces of at most READ_PIECE bytes (a chunk the runtime
     says is huge is read a piece at a time, never held whole)."""
-    if headers.get("transfer-encoding", "").lower() != "chunked":
+    if not _chunked(headers):
         while data := await reader.read(READ_PIECE):
             yield data
         return

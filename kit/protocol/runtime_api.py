@@ -38,6 +38,9 @@ FILES_PATH = "/v1/files"
 MAX_FILE_BYTES = 10 * 1024 * 1024
 """The largest file ``PUT /v1/files`` takes (an email attachment's limit)."""
 MAX_PATH_PARTS = 8
+RUNTIME_KEEP_ALIVE_S = 75.0
+"""How long the runtime keeps an idle connection open for the host's next request (the
+host's client uses one for less: ``kit.host.runtime_client.KEEP_IDLE_S``)."""
 HARNESS_EXIT_CODE = 70
 """The runtime's exit code when the agent harness it drives died (EX_SOFTWARE)."""
 

@@ -40,6 +40,7 @@ from kit.protocol.runtime_api import (
     INTERRUPT_PATH,
     MAX_FILE_BYTES,
     NDJSON,
+    RUNTIME_KEEP_ALIVE_S,
     TURNS_PATH,
     RuntimeEvent,
     TurnRequest,
@@ -255,6 +256,22 @@ class _Server(uvicorn.Server):
         yield
 
 
+def http_server(app: ASGIApp) -> uvicorn.Server:
+    """The runtime's HTTP server for ``app`` (serve it with ``serve(sockets=[...])``): one
+    connection from the host is kept between its requests for ``RUNTIME_KEEP_ALIVE_S``."""
+    return _Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            lifespan="off",
+            http="h11",
+            ws="none",
+            timeout_graceful_shutdown=5,
+            timeout_keep_alive=int(RUNTIME_KEEP_ALIVE_S),
+        )
+    )
+
+
 async def serve(config: RuntimeConfig) -> None:
     """Run the runtime until SIGTERM or SIGINT, with forwarders to the host's proxies when
     the config names an egress proxy (:mod:`kit.runtime.egress_forwarder`): to the egress
@@ -292,16 +309,7 @@ async def _serve(config: RuntimeConfig, egress_proxy: str | None) -> None:
     t1 = time.perf_counter()
     agent = Agent(config, bundle, egress_proxy=egress_proxy)
     sock = bind(config.listen)
-    server = _Server(
-        uvicorn.Config(
-            create_app(agent),
-            log_level="warning",
-            lifespan="off",
-            http="h11",
-            ws="none",
-            timeout_graceful_shutdown=5,
-        )
-    )
+    server = http_server(create_app(agent))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
