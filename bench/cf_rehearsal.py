@@ -35,14 +35,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-from rehearsal_agent import RECOVERED_REPLY, write_agent
+from rehearsal_agent import RECOVERED_REPLY, print_figures, write_agent
 
 from kit.cli.cfdev import CfRehearsal, rehearse_cloudflare
 from kit.cli.image import ensure
@@ -56,12 +55,6 @@ HELLO_REPLY = "Hello from a Cloudflare container."
 SESSION_TIMEOUT_S = 300.0
 STORE_POLLS = 300
 """At most this many reads of the DO's store (0.1 s apart) for the turn's prompt."""
-
-
-def pct(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100) of ``values`` in ms (nearest rank)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))] * 1000
 
 
 def running(kind: str, data: dict[str, Any]) -> bool:
@@ -163,24 +156,22 @@ async def main() -> None:
         f"wrangler dev up in {deployed:.1f} s"
     )
     print(f"{args.sessions} sessions on {args.tier}, one after another; ms")
-    print("| measure | p50 | p95 | mean | n |\n|---|---|---|---|---|")
-    figures: dict[str, object] = {"deploy_s": deployed, "tier": args.tier}
-    for key in (
-        "new: first event",
-        "new: sandbox running",
-        "new: result",
-        "kill: first event",
-        "kill: sandbox running",
-        "kill: resumed text",
-        "kill: result",
-    ):
-        values = [run[key] for run in runs if key in run]
-        if values:
-            figures[key] = {"p50": pct(values, 50) / 1000, "p95": pct(values, 95) / 1000}
-            print(
-                f"| {key} | {pct(values, 50):.0f} | {pct(values, 95):.0f} | "
-                f"{statistics.fmean(values) * 1000:.0f} | {len(values)} |"
-            )
+    figures: dict[str, object] = {
+        "deploy_s": deployed,
+        "tier": args.tier,
+        **print_figures(
+            runs,
+            (
+                "new: first event",
+                "new: sandbox running",
+                "new: result",
+                "kill: first event",
+                "kill: sandbox running",
+                "kill: resumed text",
+                "kill: result",
+            ),
+        ),
+    }
     print(
         "\nreproduce: .venv/bin/python bench/cf_rehearsal.py --sessions",
         args.sessions,

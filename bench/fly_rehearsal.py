@@ -23,24 +23,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from rehearsal_agent import write_agent
+from rehearsal_agent import print_figures, write_agent
 
 from fly import FlyClient
 from kit.cli.flydev import rehearse_fly
 from kit.cli.image import ensure
 from kit.client import SessionClient, create_session
 from kit.protocol.turns import ends_turn
-
-
-def pct(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100) of ``values`` in ms (nearest rank)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))] * 1000
 
 
 async def one_session(url: str, token: str, api: FlyClient, sandbox_app: str) -> dict[str, float]:
@@ -94,22 +87,19 @@ async def main() -> None:
             ]
     print(f"kit dev --target fly rehearsal: deployed (2 gateways) in {deployed:.1f} s")
     print(f"{args.sessions} sessions, one after another; ms")
-    print("| measure | p50 | p95 | mean | n |\n|---|---|---|---|---|")
-    figures: dict[str, object] = {"deploy_s": deployed}
-    for key in (
-        "new: first event",
-        "new: result",
-        "kill: first event",
-        "kill: resumed text",
-        "kill: result",
-    ):
-        values = [run[key] for run in runs if key in run]
-        if values:
-            figures[key] = {"p50": pct(values, 50) / 1000, "p95": pct(values, 95) / 1000}
-            print(
-                f"| {key} | {pct(values, 50):.0f} | {pct(values, 95):.0f} | "
-                f"{statistics.fmean(values) * 1000:.0f} | {len(values)} |"
-            )
+    figures: dict[str, object] = {
+        "deploy_s": deployed,
+        **print_figures(
+            runs,
+            (
+                "new: first event",
+                "new: result",
+                "kill: first event",
+                "kill: resumed text",
+                "kill: result",
+            ),
+        ),
+    }
     print("\nreproduce: .venv/bin/python bench/fly_rehearsal.py --sessions", args.sessions)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

@@ -67,13 +67,9 @@ class SessionLogObject(DurableObject):
         self, items: list[tuple[str, dict[str, Any]]], turn_id: TurnId, state: TurnState
     ) -> list[Event]:
         """Commit a turn's last events and its end state in one transaction."""
-
-        def both() -> list[Event]:
-            events = self.tables.insert_events(self.last_seq, items, turn_id)
-            self.tables.set_turn_state(turn_id, state, False)
-            return events
-
-        events = self.ctx.storage.transaction_sync(both)
+        events = self.ctx.storage.transaction_sync(
+            lambda: self.tables.end_turn(self.last_seq, items, turn_id, state)
+        )
         self.last_seq = events[-1].seq if events else self.last_seq
         return events
 
@@ -85,13 +81,16 @@ class SessionLogObject(DurableObject):
         """What the log holds (reads only)."""
         return self.tables.summary(SessionId(self.ctx.id))
 
-    def add_user_turn(self, client_msg_id: str, text: str) -> tuple[Turn, Event] | None:
-        """Queue a turn and its ``user`` event together; None for a seen ``client_msg_id``."""
+    def add_user_turn(
+        self, client_msg_id: str, text: str, start: bool = False
+    ) -> tuple[Turn, Event] | None:
+        """Queue (or ``start``) a turn and its ``user`` event together; None for a seen
+        ``client_msg_id``."""
         if self.tables.turn_seen(client_msg_id):
             return None
         turn_id = TurnId(f"t{self.turns + 1}")
         turn, event = self.ctx.storage.transaction_sync(
-            lambda: self.tables.add_turn(self.last_seq, turn_id, client_msg_id, text)
+            lambda: self.tables.add_turn(self.last_seq, turn_id, client_msg_id, text, start)
         )
         self.last_seq, self.turns = event.seq, self.turns + 1
         return turn, event
@@ -163,56 +162,55 @@ class DOSessionLog(SessionLog):
     async def read_after(self, seq: int, limit: int | None = None) -> list[Event]:
         return await self._call("read", lambda o: o.read_after(seq, limit))
 
-    async def add_user_turn(self, client_msg_id: str, text: str) -> tuple[Turn, Event] | None:
+    async def _write_turns(
+        self,
+        fn: Callable[[SessionLogObject], T],
+        moved: Callable[[list[Turn], T], list[Turn] | None],
+        *,
+        durable: bool = True,
+    ) -> T:
+        """A write that changes the open turns, under ``_turns``: the cache is set aside
+        while it runs (a write that fails or is cancelled leaves it unknown), then
+        ``moved(open_turns, answer)`` is what it holds."""
         async with self._turns:
             open_turns, self._open = self._open, None
-            added = await self._call("write", lambda o: o.add_user_turn(client_msg_id, text))
-            if added is not None:
-                self._last_seq = added[1].seq
+            answer = await self._call("write", fn, durable=durable)
             if open_turns is not None:
-                self._open = [*open_turns, added[0]] if added is not None else open_turns
-            return added
+                self._open = moved(open_turns, answer)
+            return answer
+
+    async def add_user_turn(
+        self, client_msg_id: str, text: str, *, start: bool = False
+    ) -> tuple[Turn, Event] | None:
+        added = await self._write_turns(
+            lambda o: o.add_user_turn(client_msg_id, text, start),
+            lambda turns, added: [*turns, added[0]] if added is not None else turns,
+        )
+        if added is not None:
+            self._last_seq = added[1].seq
+        return added
 
     async def set_turn_state(
         self, turn_id: TurnId, state: TurnState, *, attempt: bool = False
     ) -> None:
-        async with self._turns:
-            open_turns, self._open = self._open, None
-            # A turn's state is the host's own: no client is told it, so it waits for its
-            # COMMIT only; the next event's fsync covers it (kit.durability).
-            await self._call(
-                "write", lambda o: o.set_turn_state(turn_id, state, attempt), durable=False
-            )
-            if open_turns is not None:
-                self._open = self._moved(open_turns, turn_id, state, attempt)
-
-    @staticmethod
-    def _moved(
-        open_turns: list[Turn], turn_id: TurnId, state: TurnState, attempt: bool
-    ) -> list[Turn] | None:
-        """The open turns once ``turn_id`` is in ``state`` (None: not known from these)."""
-        known = any(t.turn_id == turn_id for t in open_turns)
-        if not known and state in OPEN_TURN_STATES:
-            return None  # a turn this log never saw open: ask the object
-        return [
-            t
-            if t.turn_id != turn_id
-            else dataclasses.replace(t, state=state, attempts=t.attempts + attempt)
-            for t in open_turns
-            if t.turn_id != turn_id or state in OPEN_TURN_STATES
-        ]
+        # A turn's state is the host's own: no client is told it, so it waits for its
+        # COMMIT only; the next event's fsync covers it (kit.durability).
+        await self._write_turns(
+            lambda o: o.set_turn_state(turn_id, state, attempt),
+            lambda turns, _: _moved(turns, turn_id, state, attempt),
+            durable=False,
+        )
 
     async def end_turn(
         self, items: list[tuple[str, dict[str, Any]]], turn_id: TurnId, state: TurnState
     ) -> list[Event]:
-        async with self._turns:
-            open_turns, self._open = self._open, None
-            events = await self._call("write", lambda o: o.end_turn(items, turn_id, state))
-            if events:
-                self._last_seq = events[-1].seq
-            if open_turns is not None:
-                self._open = self._moved(open_turns, turn_id, state, False)
-            return events
+        events = await self._write_turns(
+            lambda o: o.end_turn(items, turn_id, state),
+            lambda turns, _: _moved(turns, turn_id, state, False),
+        )
+        if events:
+            self._last_seq = events[-1].seq
+        return events
 
     async def open_turns(self) -> list[Turn]:
         # The host's own bookkeeping, told to no client: no wait for an fsync. A warm turn
@@ -225,6 +223,22 @@ class DOSessionLog(SessionLog):
     async def close(self) -> None:
         # The host lets go; the object stays until it idles out (hibernation) or is evicted.
         self._closed = True
+
+
+def _moved(
+    open_turns: list[Turn], turn_id: TurnId, state: TurnState, attempt: bool
+) -> list[Turn] | None:
+    """The open turns once ``turn_id`` is in ``state`` (None: not known from these)."""
+    known = any(t.turn_id == turn_id for t in open_turns)
+    if not known and state in OPEN_TURN_STATES:
+        return None  # a turn this log never saw open: ask the object
+    return [
+        t
+        if t.turn_id != turn_id
+        else dataclasses.replace(t, state=state, attempts=t.attempts + attempt)
+        for t in open_turns
+        if t.turn_id != turn_id or state in OPEN_TURN_STATES
+    ]
 
 
 class DOLogStore(LogStore):

@@ -38,6 +38,7 @@ from kit.host.logtables import (
     Turn,
     TurnState,
     now_ms,
+    started_state,
 )
 from kit.ids import SessionId, TurnId, is_session_id
 from kit.private import DIR_MODE, private_sqlite
@@ -54,6 +55,7 @@ __all__ = [
     "Turn",
     "TurnState",
     "now_ms",
+    "started_state",
 ]
 
 
@@ -86,9 +88,14 @@ class SessionLog(ABC):
         """Events with seq > ``seq``, oldest first."""
 
     @abstractmethod
-    async def add_user_turn(self, client_msg_id: str, text: str) -> tuple[Turn, Event] | None:
+    async def add_user_turn(
+        self, client_msg_id: str, text: str, *, start: bool = False
+    ) -> tuple[Turn, Event] | None:
         """Queue a turn and commit its ``user`` event in one transaction.
 
+        With ``start`` and no other turn open, the turn is stored RUNNING with its first
+        sandbox attempt counted instead (:func:`kit.host.logtables.started_state`, in the
+        same commit): the caller runs it at once. The returned turn says which.
         ``None`` when ``client_msg_id`` was seen before: nothing is stored twice.
         """
 
@@ -236,8 +243,7 @@ class SQLiteSessionLog(SessionLog):
         self, items: list[tuple[str, dict[str, Any]]], turn_id: TurnId, state: TurnState
     ) -> list[Event]:
         with self._tx():
-            events = self._tables.insert_events(self._pending_seq, items, turn_id)
-            self._tables.set_turn_state(turn_id, state, False)
+            events = self._tables.end_turn(self._pending_seq, items, turn_id, state)
             if events:
                 self._pending_seq = events[-1].seq
         await self._durable()
@@ -250,13 +256,17 @@ class SQLiteSessionLog(SessionLog):
             await self._durable(self._syncer.settled())  # nothing read leaves before its fsync
         return events
 
-    async def add_user_turn(self, client_msg_id: str, text: str) -> tuple[Turn, Event] | None:
+    async def add_user_turn(
+        self, client_msg_id: str, text: str, *, start: bool = False
+    ) -> tuple[Turn, Event] | None:
         with self._reading():
             if self._tables.turn_seen(client_msg_id):
                 return None
         turn_id = TurnId(f"t{self._turn_counter + 1}")
         with self._tx():
-            turn, event = self._tables.add_turn(self._pending_seq, turn_id, client_msg_id, text)
+            turn, event = self._tables.add_turn(
+                self._pending_seq, turn_id, client_msg_id, text, start
+            )
             self._pending_seq = event.seq
         self._turn_counter += 1
         await self._durable()

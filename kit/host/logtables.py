@@ -63,6 +63,13 @@ class LogSummary:
     session's sandbox (None: it never had one). Not proof that one runs now."""
 
 
+def started_state(start: bool) -> tuple[TurnState, int]:
+    """A new turn's state and attempts: queued (0), or, ``start``, running with its first
+    sandbox attempt counted, which is what :meth:`TurnPlanner.begin` records first for a
+    queued turn (kit.protocol.turns): a turn that starts at once saves that commit."""
+    return (TurnState.RUNNING, 1) if start else (TurnState.QUEUED, 0)
+
+
 def now_ms() -> int:
     """Wall-clock milliseconds, the ``ts`` of events."""
     return int(time.time() * 1000)
@@ -92,6 +99,7 @@ _OPEN_TURNS = (
     "SELECT turn_id, client_msg_id, text, state, user_seq, attempts FROM turns"
     " WHERE state IN (?, ?, ?) ORDER BY user_seq"
 )
+_ANY_OPEN_TURN = "SELECT 1 FROM turns WHERE state IN (?, ?, ?) LIMIT 1"
 _SET_TURN_STATE = (
     "UPDATE turns SET state = ?, attempts = attempts + ?, updated_ms = ? WHERE turn_id = ?"
 )
@@ -158,6 +166,19 @@ class LogTables:
                 self.query(_INSERT_EVENT, *row)
         return events
 
+    def end_turn(
+        self,
+        after: int,
+        items: Sequence[tuple[str, dict[str, Any]]],
+        turn_id: TurnId,
+        state: TurnState,
+    ) -> list[Event]:
+        """Insert a turn's last events and move it to its end ``state`` (one transaction
+        of the caller's: an answer that is durable is never run again)."""
+        events = self.insert_events(after, items, turn_id)
+        self.set_turn_state(turn_id, state, False)
+        return events
+
     def read_after(self, seq: int, limit: int | None = None) -> list[Event]:
         """Events with seq > ``seq``, oldest first, at most ``limit``."""
         rows = self.query(_EVENTS_AFTER, seq, -1 if limit is None else limit)
@@ -171,22 +192,30 @@ class LogTables:
         return bool(self.query("SELECT 1 FROM turns WHERE client_msg_id = ?", client_msg_id))
 
     def add_turn(
-        self, after: int, turn_id: TurnId, client_msg_id: str, text: str
+        self, after: int, turn_id: TurnId, client_msg_id: str, text: str, start: bool = False
     ) -> tuple[Turn, Event]:
-        """Insert a queued turn and its ``user`` event (seq ``after + 1``)."""
+        """Insert a turn and its ``user`` event (seq ``after + 1``): queued, or with
+        ``start`` and no other turn open, running with its first attempt counted
+        (:func:`started_state`)."""
+        state, attempts = started_state(start and not self.has_open_turn())
         (event,) = self.insert_events(
             after, [("user", {"client_msg_id": client_msg_id, "text": text})], turn_id
         )
         self.query(
-            "INSERT INTO turns VALUES (?, ?, ?, ?, ?, 0, ?)",
+            "INSERT INTO turns VALUES (?, ?, ?, ?, ?, ?, ?)",
             turn_id,
             client_msg_id,
             text,
-            TurnState.QUEUED.value,
+            state.value,
             event.seq,
+            attempts,
             event.ts,
         )
-        return Turn(turn_id, client_msg_id, text, TurnState.QUEUED, event.seq, 0), event
+        return Turn(turn_id, client_msg_id, text, state, event.seq, attempts), event
+
+    def has_open_turn(self) -> bool:
+        """Whether a turn is queued, running or interrupted."""
+        return bool(self.query(_ANY_OPEN_TURN, *_OPEN_STATE_VALUES))
 
     def set_turn_state(self, turn_id: TurnId, state: TurnState, attempt: bool) -> None:
         """Move a turn to ``state`` (``attempt``: count one more sandbox attempt)."""

@@ -47,6 +47,7 @@ from kit.host.eventlog import (
     Turn,
     TurnState,
     now_ms,
+    started_state,
 )
 from kit.host.lease import DEFAULT_TTL_S, Lease, LeaseHeld, LeaseLost, S3Leases
 from kit.ids import SessionId, TurnId, is_session_id
@@ -283,18 +284,21 @@ class S3SessionLog(SessionLog):
         start = max(seq, 0)
         return self._events[start:] if limit is None else self._events[start : start + limit]
 
-    async def add_user_turn(self, client_msg_id: str, text: str) -> tuple[Turn, Event] | None:
+    async def add_user_turn(
+        self, client_msg_id: str, text: str, *, start: bool = False
+    ) -> tuple[Turn, Event] | None:
         async with self._write_lock:
             if client_msg_id in self._msg_ids:
                 return None
             was_open = self._info()["open"]
+            state, attempts = started_state(start and not was_open)
             turn = Turn(
                 TurnId(f"t{len(self._turns) + 1}"),
                 client_msg_id,
                 text,
-                TurnState.QUEUED,
+                state,
                 self.last_seq + 1,
-                0,
+                attempts,
             )
             events = await self._commit_locked(
                 [("user", {"client_msg_id": client_msg_id, "text": text})], turn.turn_id, [turn]

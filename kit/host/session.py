@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from kit.host.advisor import TierAdvisor
 from kit.host.errors import SandboxError
-from kit.host.eventlog import SessionLog, Turn, TurnState
+from kit.host.eventlog import SessionLog, Turn, TurnState, started_state
 from kit.host.files import FilesError
 from kit.host.launch import LiveSandbox, Release, SessionEnv, launch
 from kit.host.runtime_client import RuntimeClient, SandboxGone
@@ -91,6 +91,11 @@ class Session:
         self._watcher: asyncio.Task[None] | None = None
         self._starting: asyncio.Task[RuntimeClient] | None = None
         self._running_turn: TurnId | None = None
+        self._begun: set[TurnId] = set()
+        """Turns :meth:`submit` stored RUNNING, their first attempt counted, with their
+        ``user`` event (``SessionLog.add_user_turn``'s ``start``) that the runner has not
+        picked up yet: it skips the planner's first Record for them. Known only here; a
+        restart finds such a turn RUNNING and recovers it, as any turn a host died in."""
         self._turn_release: Release | None = None
         """The release the running turn started on: a sandbox that replaces a dead one in
         the middle of the turn runs the same bundle (ARCHITECTURE §7)."""
@@ -197,9 +202,13 @@ class Session:
     async def submit(self, client_msg_id: str, text: str) -> bool:
         """Queue a user message; false when ``client_msg_id`` was already applied."""
         async with self._lock:
-            added = await self.log.add_user_turn(client_msg_id, text)
+            # The turn is started in the same commit when no other is open: the runner
+            # reads the open turns under this lock, so it never sees it without this mark.
+            added = await self.log.add_user_turn(client_msg_id, text, start=True)
             if added is None:
                 return False
+            if added[0].state is TurnState.RUNNING:
+                self._begun.add(added[0].turn_id)
             self._publish(added[1])
         self.start()
         self._wake.set()
@@ -227,7 +236,8 @@ class Session:
     async def _run(self) -> None:
         while not self._closing:
             self._wake.clear()  # before the read: a turn queued after it sets it again
-            turns = await self.log.open_turns()
+            async with self._lock:  # not between a submit's commit and its mark (_begun)
+                turns = await self.log.open_turns()
             if turns:
                 if not await self._run_one(turns[0]):
                     return
@@ -300,8 +310,7 @@ class Session:
             # Attempts are counted in the log, so a turn that keeps killing its sandboxes
             # (or its host) is given up after MAX_SANDBOX_ATTEMPTS however often the host
             # restarts; the planner answers Done by then.
-            planner = TurnPlanner(turn.state, turn.attempts)
-            actions = planner.begin()
+            planner, actions = self._plan(turn)
             runtime: RuntimeClient | None = None
             while True:
                 *steps, last = actions
@@ -344,17 +353,33 @@ class Session:
             self._running_turn = None
             self._turn_release = None
 
+    def _plan(self, turn: Turn) -> tuple[TurnPlanner, list[TurnAction]]:
+        """The turn's planner and its first actions, less what :meth:`submit`'s commit
+        already did for a turn it started (``_begun``): the planner's first Record."""
+        if turn.turn_id not in self._begun:
+            planner = TurnPlanner(turn.state, turn.attempts)
+            return planner, planner.begin()
+        self._begun.discard(turn.turn_id)
+        planner = TurnPlanner(TurnState.QUEUED, 0)
+        first, *actions = planner.begin()
+        done = Record(TurnState.RUNNING, attempt=True)
+        if (turn.state, turn.attempts) != started_state(True) or first != done:
+            raise AssertionError(f"A started turn's plan begins with {first!r}, at {turn!r}.")
+        return planner, actions
+
     async def _act_all(self, turn_id: TurnId, actions: list[TurnAction]) -> None:
         """Do the planner's actions in order; a GiveUp and the Record of the turn's end
         after it are one commit (:meth:`SessionLog.end_turn`)."""
-        for i, action in enumerate(actions):
-            after = actions[i + 1] if i + 1 < len(actions) else None
+        i = 0
+        while i < len(actions):
+            action, after = actions[i], actions[i + 1] if i + 1 < len(actions) else None
             if isinstance(action, GiveUp) and isinstance(after, Record) and not after.attempt:
                 told = [*self._refusals(turn_id), ("error", dict(action.error))]
                 await self.emit_many(told, turn_id, end=after.state)
-                await self._act_all(turn_id, actions[i + 2 :])
-                return
+                i += 2
+                continue
             await self._act(turn_id, action)
+            i += 1
 
     async def _act(self, turn_id: TurnId, action: TurnAction) -> None:
         """Do one of the planner's actions that needs no answer."""

@@ -412,6 +412,41 @@ async def test_a_damaged_sqlite_log_fails_reads_with_log_errors(kit_tmp: Path) -
         await log.close()
 
 
+async def test_a_turn_started_with_its_user_event_is_stored_so(
+    logs: LogStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``add_user_turn(start=True)`` with no other turn open stores the turn RUNNING with
+    its first attempt counted, in the ``user`` event's own commit (with every state write
+    failing, it still is; reopened, that is what is stored); with a turn open, the next is
+    queued, and a seen ``client_msg_id`` stores nothing."""
+    log = await logs.create(new_session_id(), {"tier": "basic"})
+
+    async def dead(
+        self: SessionLog, turn_id: TurnId, state: TurnState, *, attempt: bool = False
+    ) -> None:
+        raise LogError("no state write here")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(type(log), "set_turn_state", dead)
+        first = await log.add_user_turn("m1", "one", start=True)
+        second = await log.add_user_turn("m2", "two", start=True)
+        assert await log.add_user_turn("m1", "one again", start=True) is None
+    assert first is not None
+    assert second is not None
+    assert (first[0].state, first[0].attempts) == (TurnState.RUNNING, 1)
+    assert (second[0].state, second[0].attempts) == (TurnState.QUEUED, 0)
+    again = await _reopen(logs, log)
+    assert [(t.turn_id, t.state, t.attempts) for t in await again.open_turns()] == [
+        ("t1", TurnState.RUNNING, 1),
+        ("t2", TurnState.QUEUED, 0),
+    ]
+    await again.end_turn([("result", {"text": "one"})], TurnId("t1"), TurnState.COMPLETED)
+    third = await again.add_user_turn("m3", "three", start=True)
+    assert third is not None
+    assert third[0].state is TurnState.QUEUED
+    await again.close()
+
+
 async def test_a_turns_end_and_its_state_are_one_commit(logs: LogStore) -> None:
     """``end_turn``: the turn's last events and its end state land together (a host that
     dies after the answer is durable never finds the turn open and runs it again)."""
