@@ -221,3 +221,19 @@ async def test_without_cgroups_it_says_so_once_and_carries_on(kit_tmp: Path) -> 
     assert len(warnings) == 1
     assert "memory, CPU and pids" in warnings[0]
     assert "Permission denied" in warnings[0]
+
+
+def test_priming_leaves_the_host_where_it_is() -> None:
+    """``Cgroups.prime`` (run beside a sandbox's start so that its move into its cgroups is
+    quick) writes the host into the cgroups it is in already: the host's own cgroups, and
+    its kit folders, are as they were. (Broken on purpose once: priming into the kit folder
+    itself → the host's pids cgroup changed.)"""
+    cgroups, why = Cgroups.probe()
+    assert cgroups is not None, why
+    try:
+        before = Path("/proc/self/cgroup").read_text()
+        cgroups.prime()
+        assert Path("/proc/self/cgroup").read_text() == before
+        assert not (cgroups.bases["pids"] / "cgroup.procs").read_text().split()
+    finally:
+        cgroups.remove()
