@@ -76,6 +76,7 @@ class RuntimeClient:
         self._auth = f"Bearer {token}"
         self._keep_alive = keep_alive
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+        self._pruner: asyncio.TimerHandle | None = None
         self._closed = False
         if endpoint.startswith("unix:"):
             self._unix: str | None = endpoint.removeprefix("unix:")
@@ -106,6 +107,24 @@ class RuntimeClient:
             writer.close()
         return None
 
+    def _prune(self) -> None:
+        """Close the kept connections idle for KEEP_IDLE_S (or closed by the runtime), then
+        come back when the oldest left is due: this client closes an idle connection before
+        the runtime does, so none sits half-closed, holding a descriptor, until the next
+        request or :meth:`aclose`."""
+        self._pruner = None
+        now = time.monotonic()
+        kept = []
+        for reader, writer, since in self._idle:
+            if now - since < KEEP_IDLE_S and not writer.is_closing() and not reader.at_eof():
+                kept.append((reader, writer, since))
+            else:
+                writer.close()
+        self._idle = kept
+        if kept:
+            due = kept[0][2] + KEEP_IDLE_S - now
+            self._pruner = asyncio.get_running_loop().call_later(max(due, 0.0), self._prune)
+
     def _finish(self, exchange: _Exchange, complete: bool) -> None:
         """The request is over: keep its connection when its response was read to the end
         (``complete``) and both sides allow it, else close it."""
@@ -123,6 +142,8 @@ class RuntimeClient:
             and not exchange.writer.is_closing()
         ):
             self._idle.append((exchange.reader, exchange.writer, time.monotonic()))
+            if self._pruner is None:
+                self._pruner = asyncio.get_running_loop().call_later(KEEP_IDLE_S, self._prune)
         else:
             exchange.writer.close()
 
@@ -238,6 +259,9 @@ class RuntimeClient:
     async def aclose(self) -> None:
         """Close the kept connections; later requests use a connection each."""
         self._closed = True
+        if self._pruner is not None:
+            self._pruner.cancel()
+            self._pruner = None
         for _, writer, _ in self._idle:
             writer.close()
         self._idle.clear()

@@ -187,3 +187,24 @@ async def test_the_runtime_server_keeps_the_hosts_connection(kit_tmp: Path) -> N
         await relay_server.wait_closed()
     assert [a["session_id"] for a in answers] == [str(agent.config.session_id)] * 3
     assert relayed == 1
+
+
+async def test_a_kept_connection_is_closed_by_the_host_once_idle_too_long(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A kept connection idle for KEEP_IDLE_S is closed by the client on its own, with no
+    request after it and no ``aclose``: the host closes before the runtime does, so no
+    connection sits half-closed on the host (CLOSE_WAIT, a descriptor) for as long as the
+    sandbox stays warm. (Broken on purpose once: no pruning → the runtime never saw an EOF
+    and the wait timed out.)"""
+    monkeypatch.setattr(runtime_client, "KEEP_IDLE_S", 0.05)
+    runtime = Runtime()
+    async with serving(runtime) as endpoint:
+        client = RuntimeClient(endpoint, TOKEN, keep_alive=True)
+        assert await _turn(client, "one") == ["answer to one"] * 2
+        async with asyncio.timeout(10):
+            await runtime.eof_event.wait()
+        assert runtime.eof_seen == 1
+        assert await _turn(client, "two") == ["answer to two"] * 2  # on a new connection
+        await client.aclose()
+    assert runtime.connections == 2
