@@ -64,6 +64,10 @@ class _Exchange:
         self.status, self.headers = status, headers
 
 
+class _Unanswered(Exception):
+    """A connection closed or broke before a byte of the response to its request came."""
+
+
 class SandboxGone(SandboxError):
     """The runtime stopped answering mid-turn (it died or its connection broke)."""
 
@@ -163,14 +167,14 @@ class RuntimeClient:
         if kept is not None:
             try:
                 return await _exchange(*kept, data)
-            except asyncio.IncompleteReadError as exc:
-                if exc.partial:
-                    raise
-            except OSError:
+            except _Unanswered:
                 pass
             # The runtime closed the kept connection before a byte of an answer: the
             # request never reached its handler. Once more, on a new connection.
-        return await _exchange(*await self._open(), data)
+        try:
+            return await _exchange(*await self._open(), data)
+        except _Unanswered as exc:
+            raise ConnectionResetError("The runtime closed the connection unanswered.") from exc
 
     async def stream_turn(self, request: TurnRequest) -> AsyncGenerator[list[RuntimeEvent], None]:
         """Run a turn; yield its events in the batches they arrived in.
@@ -271,11 +275,18 @@ async def _exchange(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
 ) -> _Exchange:
     """Send ``request`` on the connection, read the head of its response; the connection
-    is closed if that fails."""
+    is closed if that fails, :class:`_Unanswered` if it closed or broke before a byte of
+    the response came (a break after one is not: the runtime had the request)."""
     try:
-        writer.write(request)
-        await writer.drain()
-        head = await reader.readuntil(b"\r\n\r\n")
+        try:
+            writer.write(request)
+            await writer.drain()
+            first = await reader.read(1)
+        except OSError as exc:
+            raise _Unanswered from exc
+        if not first:
+            raise _Unanswered
+        head = first + await reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         status = int([*lines[0].split(" ", 2), ""][1])  # ValueError when malformed
     except BaseException:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -20,6 +22,9 @@ class Runtime:
     reads and then closes the connection on without a byte of answer."""
 
     drop: set[int] = field(default_factory=set)
+    reset_after_head: set[int] = field(default_factory=set)
+    """Requests the runtime takes (a turn: it runs) and begins to answer, part of the head,
+    before the connection is reset."""
     close_after: set[int] = field(default_factory=set)
     """Requests answered with ``connection: close`` (and the connection closed)."""
     connections: int = 0
@@ -68,6 +73,16 @@ class Runtime:
                     await writer.drain()
                 elif head.startswith(b"POST /v1/turns "):
                     self.turns.append(TurnRequest.from_json(body))
+                    if number in self.reset_after_head:
+                        writer.write(b"HTTP/1.1 200 OK\r\n")
+                        await writer.drain()
+                        await asyncio.sleep(0.05)  # the client reads the part sent
+                        sock = writer.get_extra_info("socket")
+                        sock.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                        )
+                        writer.transport.abort()  # closed with a reset, not a FIN
+                        return
                     text = self.turns[-1].text
                     try:
                         await self._turn(writer, text, close)

@@ -76,6 +76,21 @@ async def test_a_kept_connection_closed_before_an_answer_is_replaced_once() -> N
     assert runtime.answered == ["one", "two"]
 
 
+async def test_a_kept_connection_reset_after_part_of_an_answer_is_not_tried_again() -> None:
+    """The runtime took the turn and began its answer on the kept connection, then the
+    connection was reset: the turn is the sandbox gone, never sent again (the runtime runs
+    it once). (Broken on purpose once: a reset counted as "closed before an answer" however
+    much had come → the runtime ran ``two`` twice.)"""
+    runtime = Runtime(reset_after_head={2})
+    async with serving(runtime) as endpoint:
+        client = RuntimeClient(endpoint, TOKEN, keep_alive=True)
+        assert await _turn(client, "one") == ["answer to one"] * 2
+        with pytest.raises(SandboxGone):
+            await _turn(client, "two")
+        await client.aclose()
+    assert runtime.answered == ["one", "two"]
+
+
 async def test_a_new_connection_closed_before_an_answer_is_the_sandbox_gone() -> None:
     """Only a kept connection is tried again: a new one that breaks is the runtime gone,
     and the request is not sent twice."""
