@@ -305,6 +305,16 @@ def _bodiless(status: int) -> bool:
     return status in (204, 304) or 100 <= status < 200
 
 
+def _length(headers: dict[str, str]) -> int | None:
+    """The body's ``content-length`` (None: not given); ValueError when it is not one."""
+    if "content-length" not in headers:
+        return None
+    length = int(headers["content-length"])
+    if length < 0:
+        raise ValueError(f"A negative content-length: {length}.")
+    return length
+
+
 def _chunked(headers: dict[str, str]) -> bool:
     return headers.get("transfer-encoding", "").lower() == "chunked"
 
@@ -366,7 +376,16 @@ async def _chunks(reader: asyncio.StreamReader, headers: dict[str, str]) -> Asyn
     """The body as it arrives, in pieces of at most READ_PIECE bytes (a chunk the runtime
     says is huge is read a piece at a time, never held whole)."""
     if not _chunked(headers):
-        while data := await reader.read(READ_PIECE):
+        # By its length (the connection may carry the next answer after it), or to the end.
+        left = _length(headers)
+        while left != 0:
+            data = await reader.read(READ_PIECE if left is None else min(left, READ_PIECE))
+            if not data:
+                if left is not None:
+                    raise asyncio.IncompleteReadError(b"", left)
+                return
+            if left is not None:
+                left -= len(data)
             yield data
         return
     for _ in range(1 << 40):  # bounded by the body's end

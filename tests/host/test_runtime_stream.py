@@ -57,3 +57,23 @@ async def test_a_line_over_the_cap_is_refused_before_it_is_all_read() -> None:
         await _lines(b"7fffffff\r\n" + b"{}\n" * 10, CHUNKED)
     with pytest.raises(UnicodeDecodeError):
         await _lines(_chunked(b"\xff\n"), CHUNKED)
+
+
+async def test_a_body_of_known_length_ends_there() -> None:
+    """An answer framed by ``content-length`` ends at its length: what follows on a kept
+    connection (the next answer) is left unread, and a body cut short is an error. (Broken
+    on purpose once: read to the connection's end → the next answer's bytes came out as
+    lines of this one.)"""
+    body = b'{"a": 1}\n{"b": 2}\n'
+    reader = _reader(body + b"HTTP/1.1 200 OK\r\n\r\n")
+    lines = [
+        line
+        async for batch in _ndjson_batches(reader, {"content-length": str(len(body))})
+        for line in batch
+    ]
+    assert lines == ['{"a": 1}', '{"b": 2}']
+    assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 200 OK\r\n\r\n"
+    with pytest.raises(asyncio.IncompleteReadError):
+        await _lines(body, {"content-length": str(len(body) + 5)})
+    with pytest.raises(ValueError, match="content-length"):
+        await _lines(body, {"content-length": "-1"})
