@@ -1,7 +1,7 @@
 """Every benchmark of issue 16's table in one go, and one table of ratios.
 
-    .venv/bin/python bench/all.py                 # about 19 minutes on 2 vCPUs
-    .venv/bin/python bench/all.py --quick         # smaller samples, about 8 minutes
+    .venv/bin/python bench/all.py                 # about 7 minutes on 2 vCPUs
+    .venv/bin/python bench/all.py --quick         # smaller samples
     .venv/bin/python bench/all.py --only startup host --out /tmp/table.md
 
 Runs, one after the other (each its own process, so one's memory and threads do not weigh
