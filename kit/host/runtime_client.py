@@ -64,7 +64,7 @@ class _Exchange:
         self.status, self.headers = status, headers
 
 
-class _Unanswered(Exception):
+class _Unanswered(SandboxError):
     """A connection closed or broke before a byte of the response to its request came."""
 
 
