@@ -19,7 +19,8 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+import uuid
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,9 @@ RECOVER_PROMPT = (
     "one has taken over. Anything a tool was doing may not have completed. Carry on and finish "
     "your answer to that message; do not repeat what you already said."
 )
+
+PROMPT_ID_NAMESPACE = uuid.UUID("5b1d4c1e-7a0f-4f4e-9c3a-6b2f0d8e1a47")
+"""The namespace of :func:`prompt_id`'s uuids (fixed: stored transcripts depend on it)."""
 
 
 class AgentState(enum.Enum):
@@ -107,7 +111,9 @@ class Agent:
         self._ready = asyncio.Event()
         self._failure: BaseException | None = None
         self._current: _Turn | None = None
-        self.stored_prompts: list[str] = []
+        self.stored_prompts: set[str] = set()
+        """The transcript uuids of the user prompts in the stored transcript (see
+        :func:`prompt_id`)."""
         self.finished: str | None = None
         """The stored transcript's final answer to its latest prompt, if it has one: a
         sandbox killed between storing it and reporting the turn's result."""
@@ -127,7 +133,7 @@ class Agent:
         key: Any = {"project_key": PROJECT_KEY, "session_id": cfg.session_id}
         existing = await store.load(key)
         self.resumed = bool(existing)
-        self.stored_prompts = stored_user_prompts(existing or [])
+        self.stored_prompts = stored_prompt_ids(existing or [])
         self.finished = finished_answer(existing or [])
         env = {
             "HOME": str(cfg.home),
@@ -308,7 +314,8 @@ class Agent:
         return False
 
     async def _run_turn(self, client: ClaudeSDKClient, turn: _Turn) -> None:
-        prompt = recovery_prompt(turn.request, self.stored_prompts)
+        prompt_uuid = prompt_id(self.config.session_id, turn.request.turn_id)
+        prompt = recovery_prompt(turn.request, prompt_uuid, self.stored_prompts)
         self._current = turn
         store = self.store
         if store is not None and store.health is not self._reported:
@@ -321,7 +328,7 @@ class Agent:
                 self.finished = None
                 return
             self.finished = None
-            await client.query(prompt)
+            await client.query(_one_message(prompt, prompt_uuid))
             async for message in client.receive_response():
                 if isinstance(message, ResultMessage) and not await self._transcript_stored(turn):
                     break
@@ -359,20 +366,45 @@ def _cli_stderr(line: str) -> None:
     log.info("cli: %s", line.rstrip())
 
 
-def recovery_prompt(request: TurnRequest, stored_prompts: Sequence[str]) -> str:
-    """What to send the agent for a turn, given the user prompts in its stored transcript
-    (in order).
+def prompt_id(session_id: str, turn_id: str) -> str:
+    """The uuid a turn's prompt gets in the transcript: the same on every attempt at the
+    turn, and another turn's never, so a recovery can tell this turn's message in the store
+    from an earlier one with the same text."""
+    return str(uuid.uuid5(PROMPT_ID_NAMESPACE, f"{session_id}/{turn_id}"))
+
+
+async def _one_message(prompt: str, prompt_uuid: str) -> AsyncIterator[dict[str, Any]]:
+    """The user message ``ClaudeSDKClient.query`` would send for ``prompt``, with the turn's
+    :func:`prompt_id` as its uuid (the CLI stores the message under that uuid). A recovery
+    prompt gets none: a turn recovered twice sends it twice, and uuids must not repeat."""
+    message: dict[str, Any] = {
+        "type": "user",
+        "message": {"role": "user", "content": prompt},
+        "parent_tool_use_id": None,
+    }
+    if prompt != RECOVER_PROMPT:
+        message["uuid"] = prompt_uuid
+    yield message
+
+
+def recovery_prompt(request: TurnRequest, prompt_uuid: str, stored_prompts: Collection[str]) -> str:
+    """What to send the agent for a turn, given the uuids of the user prompts in its stored
+    transcript (:func:`stored_prompt_ids`); ``prompt_uuid`` is the turn's :func:`prompt_id`.
 
     A recovered turn whose message reached the store is continued (the agent sees its own
-    partial work); one killed before its message was stored is simply sent again. Its
-    message reached the store when it is the latest prompt there (recovery prompts after it
-    set aside): the same text earlier in the session was an earlier turn's, so a repeated
-    question killed before it was stored is asked again, not "continued".
+    partial work); one stopped before its message was stored is simply sent again. Its
+    message is in the store when its uuid is: matched on the turn, not on the
+    text, so a repeated question ("yes", twice) stopped before it was stored is asked again,
+    not taken for the earlier one and answered with that one's answer.
     """
     if not request.recover:
         return request.text
-    asked = [p for p in stored_prompts if p != RECOVER_PROMPT]
-    return RECOVER_PROMPT if asked and asked[-1] == request.text else request.text
+    return RECOVER_PROMPT if prompt_uuid in stored_prompts else request.text
+
+
+def stored_prompt_ids(entries: list[Any]) -> set[str]:
+    """The transcript uuids of every user prompt in a stored transcript."""
+    return {str(entry.get("uuid")) for entry in entries if _prompt_texts(entry)}
 
 
 def stored_user_prompts(entries: list[Any]) -> list[str]:

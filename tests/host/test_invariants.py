@@ -313,29 +313,44 @@ async def test_sandbox_death_keeps_the_socket_and_the_turn(agent_stack: Stack) -
 
 
 async def test_recovery_resends_a_prompt_that_never_reached_the_store(stack: Stack) -> None:
-    """The runtime continues a recovered turn only if its prompt is in the store; a turn
-    killed before that is sent again as it was (checked on a transcript the real CLI wrote)."""
+    """The runtime continues a recovered turn only if that turn's prompt is in the store; a
+    turn stopped before that is sent again as it was, even when an earlier turn had the same
+    text (checked on a transcript the real CLI wrote)."""
     from kit.protocol.runtime_api import TurnRequest
-    from kit.runtime.agent import RECOVER_PROMPT, recovery_prompt, stored_user_prompts
+    from kit.runtime.agent import (
+        RECOVER_PROMPT,
+        prompt_id,
+        recovery_prompt,
+        stored_prompt_ids,
+        stored_user_prompts,
+    )
 
     client, session = await open_session(stack)
     await _turn(client, "hello")
     await _turn(client, "Where is my order 1042?")
     await client.close()
+    turns = [e.turn_id for e in await session.log.read_after(0) if e.kind == "user"]
+    assert len(turns) == 2
+    assert None not in turns
     store: Any = open_store(
         f"sqlite:///{stack.settings.state_dir / 'transcripts' / session.id / 'transcript.sqlite'}"
     )
-    stored = stored_user_prompts(await store.load(transcript_key(session.id)) or [])
-    assert stored == ["hello", "Where is my order 1042?"]  # in order, tool results left out
-    stored_turn = TurnRequest("t1", "Where is my order 1042?", recover=True)
-    lost_turn = TurnRequest("t2", "And order 1043?", recover=True)
-    assert recovery_prompt(stored_turn, stored) == RECOVER_PROMPT
-    assert recovery_prompt(lost_turn, stored) == "And order 1043?"
-    assert recovery_prompt(TurnRequest("t3", "hi"), stored) == "hi"
-    # "hello" again, killed before it was stored: it was an earlier turn's, so ask it again.
-    assert recovery_prompt(TurnRequest("t4", "hello", recover=True), stored) == "hello"
-    # A turn recovered twice: its recovery prompt is the latest, its own text before it.
-    assert recovery_prompt(stored_turn, [*stored, RECOVER_PROMPT]) == RECOVER_PROMPT
+    entries = await store.load(transcript_key(session.id)) or []
+    assert stored_user_prompts(entries) == ["hello", "Where is my order 1042?"]  # in order
+    stored = stored_prompt_ids(entries)
+    assert stored == {prompt_id(session.id, str(t)) for t in turns}  # the CLI kept them
+
+    def prompt(turn_id: str, text: str, recover: bool = True) -> str:
+        request = TurnRequest(turn_id, text, recover=recover)
+        return recovery_prompt(request, prompt_id(session.id, turn_id), stored)
+
+    assert prompt(str(turns[1]), "Where is my order 1042?") == RECOVER_PROMPT
+    assert prompt("t3", "And order 1043?") == "And order 1043?"
+    assert prompt("t3", "hi", recover=False) == "hi"
+    # The same question again, stopped before it was stored: a new turn, so it is asked
+    # again, not continued (which would end it with the earlier turn's stored answer).
+    assert prompt("t3", "Where is my order 1042?") == "Where is my order 1042?"
+    assert prompt("t3", "hello") == "hello"
 
 
 async def test_a_recovered_turn_whose_answer_was_stored_ends_with_that_answer(
@@ -377,6 +392,48 @@ async def test_a_recovered_turn_whose_answer_was_stored_ends_with_that_answer(
     assert recovered.data.get("recovered") is True
     assert "1Z999AA10123456784" in str(recovered.data["text"])
     assert len(await model_requests(stack)) == asked
+    await client.close()
+
+
+async def test_a_repeated_question_recovered_before_it_reached_a_runtime_is_asked_again(
+    stack: Stack,
+) -> None:
+    """A turn stored running with its ``user`` event (as a host does when it can start it
+    at once) whose host stopped before handing it to a runtime is recovered; its text is
+    the same as the previous turn's, whose answer is in the transcript. The runtime must
+    ask the model again, not end the new turn with the earlier turn's stored answer.
+    (Broken on purpose once: with the text-matching rule, the turn ended with the earlier
+    answer marked recovered, and the model was not asked.)"""
+    from kit.runtime.agent import stored_user_prompts
+
+    question = "Where is my order 1042?"
+    client, session = await open_session(stack)
+    first = await _turn(client, question)
+    assert "1Z999AA10123456784" in str(first[-1].data["text"])
+    sandbox = session.sandbox
+    assert sandbox is not None
+    await sandbox.kill()  # the next runtime starts from the stored transcript
+    await sandbox.wait()
+    await until_sandbox_gone(session)
+    asked = len(await model_requests(stack))
+    # The host's commit of the second turn, made running at once; then the host "stopped".
+    added = await session.log.add_user_turn("again-1", question, start=True)
+    assert added is not None
+    turn, _ = added
+    session.refresh()  # the runner finds a running turn no runtime has: it recovers it
+    async with asyncio.timeout(120):
+        async for event in client.events():
+            if event.kind == "result" and event.turn_id == turn.turn_id:
+                result = event
+                break
+    assert "recovered" not in result.data, result.data
+    assert "1Z999AA10123456784" in str(result.data["text"])  # the answer, asked afresh
+    assert len(await model_requests(stack)) > asked
+    store: Any = open_store(
+        f"sqlite:///{stack.settings.state_dir / 'transcripts' / session.id / 'transcript.sqlite'}"
+    )
+    entries = await store.load(transcript_key(session.id)) or []
+    assert stored_user_prompts(entries) == [question, question]
     await client.close()
 
 
