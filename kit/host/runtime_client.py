@@ -106,7 +106,7 @@ class RuntimeClient:
         now = time.monotonic()
         while self._idle:
             reader, writer, since = self._idle.pop()
-            if now - since < KEEP_IDLE_S and not writer.is_closing() and not reader.at_eof():
+            if _usable(reader, writer, since, now):
                 return reader, writer
             writer.close()
         return None
@@ -120,7 +120,7 @@ class RuntimeClient:
         now = time.monotonic()
         kept = []
         for reader, writer, since in self._idle:
-            if now - since < KEEP_IDLE_S and not writer.is_closing() and not reader.at_eof():
+            if _usable(reader, writer, since, now):
                 kept.append((reader, writer, since))
             else:
                 writer.close()
@@ -428,3 +428,11 @@ async def _ndjson_batches(
     last = b"".join(pieces)
     if last.strip():
         yield [last.decode()]
+
+
+def _usable(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, since: float, now: float
+) -> bool:
+    """Whether a connection kept since ``since`` may carry another request at ``now``: idle
+    for less than KEEP_IDLE_S, and neither side has closed it."""
+    return now - since < KEEP_IDLE_S and not writer.is_closing() and not reader.at_eof()

@@ -156,8 +156,8 @@ export class TurnRunner {
           const why = (exc instanceof Error ? exc.message : String(exc)).replace(/\.$/, "");
           try {
             await this.retireBroken(turn.turn_id);
-            this.log.setTurnState(turn.turn_id, "failed");
-            this.host.publish(this.log.append("error", { code: TURN_FAILED, message: `The host failed on this turn: ${why}.` }, turn.turn_id));
+            const failed = { code: TURN_FAILED, message: `The host failed on this turn: ${why}.` };
+            this.host.publish(this.log.endTurn("error", failed, turn.turn_id, "failed"));
           } catch (storage) {
             // The storage fails too (this instance is being reset): the next instance
             // resumes the turn from the log.
