@@ -1,6 +1,7 @@
 """How durable a commit is before kit calls it committed: the ``KIT_DURABILITY`` setting.
 
-kit's SQLite files (a session's event log, a Durable Object's storage) run WAL with
+kit's SQLite files (a session's event log, a Durable Object's storage, a ``sqlite:///``
+transcript store: :mod:`kit.storage.sqlite`) run WAL with
 ``synchronous=NORMAL``: ``COMMIT`` writes the transaction to the ``-wal`` file, in the
 operating system's page cache, and returns without waiting for the disk.
 

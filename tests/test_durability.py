@@ -305,3 +305,49 @@ async def test_a_call_that_only_reads_costs_no_fsync(tmp_path: Path) -> None:
         assert syncer.rounds == before
     finally:
         await ns.close()
+
+
+async def test_a_transcript_append_waits_for_the_fsync(tmp_path: Path, fsync: HeldFsync) -> None:
+    """A ``sqlite:///`` transcript store at fsync answers an append only once its ``-wal``
+    is on the disk: the runtime holds a turn's ``result`` until its transcript is stored, so
+    the result is never durable before the transcript is (ARCHITECTURE §4)."""
+    from kit.storage import open_store
+
+    path = tmp_path / "transcript.sqlite"
+    store = open_store(f"sqlite:///{path}?durability=fsync")
+    key = {"project_key": "p", "session_id": "s"}
+    await store.append(key, [{"type": "user", "uuid": "u0"}])  # the new file's folder, once
+    fsync.hold()
+    append = asyncio.create_task(store.append(key, [{"type": "user", "uuid": "u1"}]))
+    await fsync.held()
+    assert not append.done()  # committed, but not yet on the disk
+    assert len(_committed(path, "SELECT uuid FROM entries")) == 2
+    fsync.go.set()
+    async with asyncio.timeout(WAIT_S):
+        await append
+    assert fsync.synced[-1] == f"{path}-wal"
+
+
+@pytest.mark.parametrize("durability", ["os", "fsync"])
+def test_kit_devs_transcript_stores_follow_kit_durability(tmp_path: Path, durability: str) -> None:
+    """Each session's own SQLite transcript store is as durable as the event logs
+    (``KIT_DURABILITY``); a store URL the user gave (``KIT_STORE_URL``) is kept as given."""
+    from kit.cli.settings import EXAMPLE_PROJECT, dev_settings
+
+    environ = {"KIT_STATE_DIR": str(tmp_path / "state"), "KIT_DURABILITY": durability}
+    settings = dev_settings(project=EXAMPLE_PROJECT, host=None, port=None, environ=environ)
+    upstream = ("http://127.0.0.1:9", "key")
+    config = settings.gateway_config((), api_token="t", upstream=upstream, leased=False)
+    assert config.store_url("s1") == (
+        f"sqlite:///{tmp_path / 'state' / 'transcripts' / 's1' / 'transcript.sqlite'}"
+        f"?durability={durability}"
+    )
+    given = "sqlite:///elsewhere/t.sqlite"
+    settings = dev_settings(
+        project=EXAMPLE_PROJECT,
+        host=None,
+        port=None,
+        environ={**environ, "KIT_STORE_URL": given},
+    )
+    config = settings.gateway_config((), api_token="t", upstream=upstream, leased=False)
+    assert config.store_url("s1") == given

@@ -195,7 +195,7 @@ class DevSettings:
             api_token=api_token,
             upstream_url=upstream[0],
             upstream_key=upstream[1],
-            store_url=store_urls(self.store_url, self.state_dir / "transcripts"),
+            store_url=store_urls(self.store_url, self.state_dir / "transcripts", self.durability),
             egress_allow=(*egress, *self.store_endpoints),
             grace_s=self.grace_s,
             pool_size=self.pool_size,

@@ -76,6 +76,7 @@ from urllib.parse import urlsplit
 import uvicorn
 from starlette.applications import Starlette
 
+from kit.durability import DEFAULT, Durability
 from kit.host.app import WS_MAX_BYTES, create_app
 from kit.host.auth import OriginPolicy, is_loopback_name, loopback_hosts, normalise_origin
 from kit.host.edge import EdgeConfig, EdgeLimits
@@ -214,12 +215,17 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{_bracket(address)}:{port}"
 
 
-def store_urls(shared: str | None, folder: Path) -> Callable[[str], str]:
+def store_urls(
+    shared: str | None, folder: Path, durability: Durability = DEFAULT
+) -> Callable[[str], str]:
     """A session's transcript store URL: ``shared`` for every session, else its own SQLite
-    file under ``folder`` (``folder/<session id>/transcript.sqlite``)."""
+    file under ``folder`` (``folder/<session id>/transcript.sqlite``), as durable as
+    ``durability`` (that of the event logs: a turn's ``result`` must not outlast its
+    transcript)."""
     if shared:
         return lambda sid: shared
-    return lambda sid: f"sqlite:///{folder / sid / 'transcript.sqlite'}"
+    option = f"?durability={durability.value}"
+    return lambda sid: f"sqlite:///{folder / sid / 'transcript.sqlite'}{option}"
 
 
 def _bracket(address: str) -> str:

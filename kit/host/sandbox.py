@@ -118,9 +118,15 @@ SQLITE_PREFIX = "sqlite:///"
 def store_folder(store_url: str) -> Path | None:
     """The host folder a ``sqlite:///`` transcript store lives in (the sandbox must write
     it); None for stores reached over the network."""
-    if store_url.startswith(SQLITE_PREFIX):
-        return Path("/" + store_url.removeprefix(SQLITE_PREFIX).lstrip("/")).parent
-    return None
+    path = _sqlite_path(store_url)
+    return None if path is None else Path(path).parent
+
+
+def _sqlite_path(store_url: str) -> str | None:
+    """The file a ``sqlite:///PATH[?OPTIONS]`` store URL names; None for other stores."""
+    if not store_url.startswith(SQLITE_PREFIX):
+        return None
+    return "/" + store_url.removeprefix(SQLITE_PREFIX).partition("?")[0].lstrip("/")
 
 
 def runtime_config(
@@ -134,9 +140,12 @@ def runtime_config(
     the one mapping every provider uses."""
     model_socket = spec.model.unix_path
     store_url = spec.store_url
-    if store_url.startswith(SQLITE_PREFIX):
-        path = "/" + store_url.removeprefix(SQLITE_PREFIX).lstrip("/")
-        store_url = SQLITE_PREFIX + view.inside(path).lstrip("/")
+    path = _sqlite_path(store_url)
+    if path is not None:  # the same file as the sandbox sees it, with the same options
+        options = store_url.partition("?")[2]
+        store_url = (
+            SQLITE_PREFIX + view.inside(path).lstrip("/") + (f"?{options}" if options else "")
+        )
     egress_url = None
     if spec.egress is not None:
         socket_path = spec.egress.unix_path

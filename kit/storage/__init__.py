@@ -82,11 +82,13 @@ def open_store(url: str, *, token: str | None = None) -> Any:
     if parts.scheme == "sqlite":
         if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
             raise StoreError(
-                f"Store URL {url!r}: write sqlite:///ABSOLUTE/PATH.db (three slashes, then the path)."
+                f"Store URL {url!r}: write sqlite:///ABSOLUTE/PATH.db (three slashes, then the "
+                "path; ?durability=os or fsync after it, as KIT_DURABILITY)."
             )
-        from kit.storage.sqlite import SQLiteSessionStore
+        from kit.storage.sqlite import SQLiteSessionStore, sqlite_durability
 
-        return SQLiteSessionStore(Path(parts.path))
+        path = Path("/" + parts.path.lstrip("/"))  # sqlite:////abs as sqlite:///abs
+        return SQLiteSessionStore(path, sqlite_durability(url, parts.query))
     if parts.scheme == "s3":
         from kit.storage.s3 import S3SessionStore
 

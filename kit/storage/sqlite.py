@@ -5,6 +5,12 @@ Entries are kept in append order per key; an entry's ``uuid`` is its idempotency
 The summary sidecar is folded in the same transaction as the entries it summarises.
 WAL mode lets a host read while a sandbox writes. The file and its ``-wal``/``-shm`` are
 0600 (:func:`kit.private.private_sqlite`).
+
+Durability is that of kit's event logs (:mod:`kit.durability`), named in the store URL
+(``sqlite:///PATH?durability=os|fsync``; fsync when it says nothing): with ``fsync`` an
+append or delete returns only once its commit's ``-wal`` is fsynced (grouped, in a thread,
+off the event loop), so a turn's ``result``, which waits for its transcript, is never on
+the disk before the transcript is.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 from claude_agent_sdk import fold_session_summary
 from claude_agent_sdk.types import (
@@ -25,6 +32,7 @@ from claude_agent_sdk.types import (
     SessionSummaryEntry,
 )
 
+from kit.durability import DEFAULT, Durability, GroupSync, parse_durability
 from kit.private import DIR_MODE, private_sqlite
 from kit.storage.errors import StoreError
 
@@ -60,10 +68,13 @@ CREATE TABLE IF NOT EXISTS summaries (
 class SQLiteSessionStore:
     """The Agent SDK's ``SessionStore`` protocol over a SQLite file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, durability: Durability = DEFAULT) -> None:
         self.path = path
+        self._sync: GroupSync | None = None
         try:
             path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            if durability is Durability.FSYNC:
+                self._sync = GroupSync(path, new_file=not path.exists())
             private_sqlite(path)  # transcripts are for the host and this sandbox only
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -126,6 +137,7 @@ class SQLiteSessionStore:
                     raise
         except sqlite3.Error as exc:
             raise StoreError(f"Appending to {self.path} failed: {exc}.") from exc
+        await self._durable("Appending to")
 
     async def load(self, key: SessionKey) -> list[SessionStoreEntry] | None:
         """Every entry of ``key`` in append order, or ``None`` if it was never written."""
@@ -183,6 +195,16 @@ class SQLiteSessionStore:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+        await self._durable("Deleting from")
+
+    async def _durable(self, what: str) -> None:
+        """With ``fsync``: return once what was committed is on the disk."""
+        if self._sync is None:
+            return
+        try:
+            await self._sync.request()
+        except OSError as exc:
+            raise StoreError(f"{what} {self.path} failed: {exc}") from exc
 
     async def list_subkeys(self, key: SessionListSubkeysKey) -> list[str]:
         """Subpaths (subagent transcripts) stored under a session."""
@@ -197,3 +219,20 @@ class SQLiteSessionStore:
 def _uuid(entry: SessionStoreEntry) -> Any:
     value = entry.get("uuid")
     return value if isinstance(value, str) and value else None
+
+
+def sqlite_durability(url: str, query: str) -> Durability:
+    """The durability a ``sqlite:///`` store URL's query asks for (``durability=os`` or
+    ``fsync``; :data:`kit.durability.DEFAULT` when it says nothing); StoreError naming the
+    fix for anything else."""
+    options = parse_qs(query, keep_blank_values=True)
+    unknown = sorted(set(options) - {"durability"})
+    if unknown or len(options.get("durability", [])) > 1:
+        raise StoreError(
+            f"Store URL {url!r}: a sqlite:/// store takes one option, durability=os or "
+            f"fsync{f' (not {unknown[0]!r})' if unknown else ', given once'}."
+        )
+    try:
+        return parse_durability(options.get("durability", [""])[0], DEFAULT, "durability")
+    except ValueError as exc:
+        raise StoreError(f"Store URL {url!r}: {exc}") from None

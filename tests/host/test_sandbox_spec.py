@@ -42,11 +42,12 @@ def test_a_local_view_keeps_the_hosts_paths() -> None:
 
 def test_a_container_view_maps_mounted_paths() -> None:
     """A container sees the host's folders where they are mounted: sockets and the store
-    are rewritten, the longest mount first; other paths are left alone."""
+    are rewritten, the longest mount first (the store's options kept); other paths are
+    left alone."""
     spec = _spec(
         "unix:/state/run/model.sock",
         "unix:/state/run/egress.sock",
-        "sqlite:///state/tr/s1/t.sqlite",
+        "sqlite:///state/tr/s1/t.sqlite?durability=fsync",
     )
     view = SandboxView(
         "/bundle",
@@ -59,7 +60,7 @@ def test_a_container_view_maps_mounted_paths() -> None:
     config = runtime_config(spec, view)
     assert config.model_unix_socket == "/kit/run/model.sock"
     assert config.egress_url == "unix:/kit/run/egress.sock"
-    assert config.store_url == "sqlite:///kit/transcript/t.sqlite"
+    assert config.store_url == "sqlite:///kit/transcript/t.sqlite?durability=fsync"  # kept
     assert view.inside("/state/runner") == "/nope/runner"  # a prefix is not a folder
     assert view.inside("/elsewhere") == "/elsewhere"
 
@@ -79,6 +80,7 @@ def test_tcp_endpoints_pass_through() -> None:
     assert config.store_url == "s3://bucket/prefix"
     assert store_folder(config.store_url) is None
     assert str(store_folder("sqlite:///state/tr/s1/t.sqlite")) == "/state/tr/s1"
+    assert str(store_folder("sqlite:///state/tr/s1/t.sqlite?durability=os")) == "/state/tr/s1"
 
 
 @pytest.mark.parametrize(

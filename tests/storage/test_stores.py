@@ -103,6 +103,9 @@ async def test_large_and_unicode_entries_round_trip(make_store: Factory) -> None
         ("s3://bucket/p?endpoint=x", "unknown option 'endpoint'"),
         ("sqlite://relative.db", "three slashes"),
         ("sqlite:///", "three slashes"),
+        ("sqlite:///nonexistent/t.db?durability=fast", "give fsync .* or os"),
+        ("sqlite:///nonexistent/t.db?mode=ro", "one option, durability=os or fsync .*'mode'"),
+        ("sqlite:///nonexistent/t.db?durability=os&durability=fsync", "given once"),
         ("kit+http://host:1/_kit/store", "needs the session token"),
         ("kit+http://host/_kit/store", "kit\\+http://HOST:PORT/PATH"),
         ("do+https://host.example/v1/sessions/S/store", "needs the session token"),
@@ -146,3 +149,36 @@ async def test_remote_urls_open_the_http_client(url: str, base: str) -> None:
     finally:
         await store.aclose()
     assert set(SCHEMES) == REMOTE_SCHEMES
+
+
+@pytest.mark.parametrize(
+    ("option", "synced"), [("", True), ("?durability=fsync", True), ("?durability=os", False)]
+)
+async def test_a_sqlite_store_is_as_durable_as_its_url_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, option: str, synced: bool
+) -> None:
+    """With fsync (also when the URL says nothing, the library's default), an append and a
+    delete return only after the store's ``-wal`` was fsynced (and, once, its new folder
+    entry); with os, nothing is fsynced. A bad option is refused before any file is made."""
+    import kit.durability
+
+    synced_paths: list[Path] = []
+    real = kit.durability._fsync_path
+
+    def spy(path: Path, flags: int) -> None:
+        real(path, flags)
+        synced_paths.append(path)
+
+    monkeypatch.setattr(kit.durability, "_fsync_path", spy)
+    path = tmp_path / "t.db"
+    store = open_store(f"sqlite:///{path}{option}")
+    key = {"project_key": "p", "session_id": "s"}
+    await store.append(key, [{"type": "user", "uuid": "u1"}])
+    wal = path.with_name("t.db-wal")
+    assert synced_paths == ([wal, tmp_path] if synced else [])
+    del synced_paths[:]
+    await store.delete(key)
+    assert synced_paths == ([wal] if synced else [])
+    with pytest.raises(StoreError):
+        open_store(f"sqlite:///{tmp_path / 'other.db'}?durability=sometimes")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.db", "t.db-shm", "t.db-wal"]
