@@ -111,9 +111,9 @@ class Agent:
         self._ready = asyncio.Event()
         self._failure: BaseException | None = None
         self._current: _Turn | None = None
-        self.stored_prompts: set[str] = set()
-        """The transcript uuids of the user prompts in the stored transcript (see
-        :func:`prompt_id`)."""
+        self.prompt_ids: set[str] = set()
+        """The uuids of the user prompts the CLI holds: those of the stored transcript it
+        resumed, and those sent since (see :func:`prompt_id`)."""
         self.finished: str | None = None
         """The stored transcript's final answer to its latest prompt, if it has one: a
         sandbox killed between storing it and reporting the turn's result."""
@@ -133,7 +133,7 @@ class Agent:
         key: Any = {"project_key": PROJECT_KEY, "session_id": cfg.session_id}
         existing = await store.load(key)
         self.resumed = bool(existing)
-        self.stored_prompts = stored_prompt_ids(existing or [])
+        self.prompt_ids = stored_prompt_ids(existing or [])
         self.finished = finished_answer(existing or [])
         env = {
             "HOME": str(cfg.home),
@@ -315,20 +315,29 @@ class Agent:
 
     async def _run_turn(self, client: ClaudeSDKClient, turn: _Turn) -> None:
         prompt_uuid = prompt_id(self.config.session_id, turn.request.turn_id)
-        prompt = recovery_prompt(turn.request, prompt_uuid, self.stored_prompts)
+        prompt, continuing = recovery_prompt(turn.request, prompt_uuid, self.prompt_ids)
         self._current = turn
         store = self.store
         if store is not None and store.health is not self._reported:
             self._report_store(turn, store.health)  # it changed since clients last heard
         try:
-            if prompt == RECOVER_PROMPT and self.finished is not None:
+            if continuing and self.finished is not None:
                 # The answer is complete in the transcript: the turn ends with it, not with a
                 # model asked to "carry on" after its own final answer.
                 turn.out.put_nowait(RuntimeEvent("result", recovered_result(self.finished)))
                 self.finished = None
                 return
             self.finished = None
-            await client.query(_one_message(prompt, prompt_uuid))
+            message_uuid: str | None = None
+            if not continuing and prompt_uuid in self.prompt_ids:
+                # The CLI drops, without a word, a message under a uuid it holds: the turn
+                # would wait forever. A fresh turn whose uuid is taken (its id used again,
+                # e.g. after an event log was lost) goes under a uuid of the CLI's choosing.
+                log.warning("turn %s: its prompt's uuid is taken; sent without it", prompt_uuid)
+            elif not continuing:
+                message_uuid = prompt_uuid
+                self.prompt_ids.add(prompt_uuid)
+            await client.query(_one_message(prompt, message_uuid))
             async for message in client.receive_response():
                 if isinstance(message, ResultMessage) and not await self._transcript_stored(turn):
                     break
@@ -373,23 +382,26 @@ def prompt_id(session_id: str, turn_id: str) -> str:
     return str(uuid.uuid5(PROMPT_ID_NAMESPACE, f"{session_id}/{turn_id}"))
 
 
-async def _one_message(prompt: str, prompt_uuid: str) -> AsyncIterator[dict[str, Any]]:
-    """The user message ``ClaudeSDKClient.query`` would send for ``prompt``, with the turn's
-    :func:`prompt_id` as its uuid (the CLI stores the message under that uuid). A recovery
-    prompt gets none: a turn recovered twice sends it twice, and uuids must not repeat."""
+async def _one_message(prompt: str, uuid: str | None) -> AsyncIterator[dict[str, Any]]:
+    """The user message ``ClaudeSDKClient.query`` would send for ``prompt``, under ``uuid``
+    (the CLI stores it so; None: the CLI picks one). A recovery prompt has none: a turn
+    recovered twice sends it twice, and the CLI drops a message whose uuid it holds."""
     message: dict[str, Any] = {
         "type": "user",
         "message": {"role": "user", "content": prompt},
         "parent_tool_use_id": None,
     }
-    if prompt != RECOVER_PROMPT:
-        message["uuid"] = prompt_uuid
+    if uuid is not None:
+        message["uuid"] = uuid
     yield message
 
 
-def recovery_prompt(request: TurnRequest, prompt_uuid: str, stored_prompts: Collection[str]) -> str:
-    """What to send the agent for a turn, given the uuids of the user prompts in its stored
-    transcript (:func:`stored_prompt_ids`); ``prompt_uuid`` is the turn's :func:`prompt_id`.
+def recovery_prompt(
+    request: TurnRequest, prompt_uuid: str, prompt_ids: Collection[str]
+) -> tuple[str, bool]:
+    """What to send the agent for a turn, and whether that continues the turn, given the
+    uuids of the user prompts the CLI holds (:func:`stored_prompt_ids`); ``prompt_uuid``
+    is the turn's :func:`prompt_id`.
 
     A recovered turn whose message reached the store is continued (the agent sees its own
     partial work); one stopped before its message was stored is simply sent again. Its
@@ -397,9 +409,9 @@ def recovery_prompt(request: TurnRequest, prompt_uuid: str, stored_prompts: Coll
     text, so a repeated question ("yes", twice) stopped before it was stored is asked again,
     not taken for the earlier one and answered with that one's answer.
     """
-    if not request.recover:
-        return request.text
-    return RECOVER_PROMPT if prompt_uuid in stored_prompts else request.text
+    if request.recover and prompt_uuid in prompt_ids:
+        return RECOVER_PROMPT, True
+    return request.text, False
 
 
 def stored_prompt_ids(entries: list[Any]) -> set[str]:

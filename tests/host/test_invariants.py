@@ -327,6 +327,11 @@ async def test_recovery_resends_a_prompt_that_never_reached_the_store(stack: Sta
 
     client, session = await open_session(stack)
     await _turn(client, "hello")
+    sandbox = session.sandbox
+    assert sandbox is not None
+    await sandbox.kill()  # the second turn's uuid is sent by a runtime that resumed
+    await sandbox.wait()
+    await until_sandbox_gone(session)
     await _turn(client, "Where is my order 1042?")
     await client.close()
     turns = [e.turn_id for e in await session.log.read_after(0) if e.kind == "user"]
@@ -340,17 +345,19 @@ async def test_recovery_resends_a_prompt_that_never_reached_the_store(stack: Sta
     stored = stored_prompt_ids(entries)
     assert stored == {prompt_id(session.id, str(t)) for t in turns}  # the CLI kept them
 
-    def prompt(turn_id: str, text: str, recover: bool = True) -> str:
+    def prompt(turn_id: str, text: str, recover: bool = True) -> tuple[str, bool]:
         request = TurnRequest(turn_id, text, recover=recover)
         return recovery_prompt(request, prompt_id(session.id, turn_id), stored)
 
-    assert prompt(str(turns[1]), "Where is my order 1042?") == RECOVER_PROMPT
-    assert prompt("t3", "And order 1043?") == "And order 1043?"
-    assert prompt("t3", "hi", recover=False) == "hi"
+    assert prompt(str(turns[1]), "Where is my order 1042?") == (RECOVER_PROMPT, True)
+    assert prompt("t3", "And order 1043?") == ("And order 1043?", False)
+    assert prompt("t3", "hi", recover=False) == ("hi", False)
     # The same question again, stopped before it was stored: a new turn, so it is asked
     # again, not continued (which would end it with the earlier turn's stored answer).
-    assert prompt("t3", "Where is my order 1042?") == "Where is my order 1042?"
-    assert prompt("t3", "hello") == "hello"
+    assert prompt("t3", "Where is my order 1042?") == ("Where is my order 1042?", False)
+    assert prompt("t3", "hello") == ("hello", False)
+    # A fresh turn that says exactly what kit says to recover is not a recovery.
+    assert prompt("t3", RECOVER_PROMPT, recover=False) == (RECOVER_PROMPT, False)
 
 
 async def test_a_recovered_turn_whose_answer_was_stored_ends_with_that_answer(
@@ -434,6 +441,26 @@ async def test_a_repeated_question_recovered_before_it_reached_a_runtime_is_aske
     )
     entries = await store.load(transcript_key(session.id)) or []
     assert stored_user_prompts(entries) == [question, question]
+    await client.close()
+
+
+async def test_a_fresh_turn_whose_uuid_the_cli_holds_is_still_answered(stack: Stack) -> None:
+    """The CLI drops, without a word, a message under a uuid it already holds. A fresh turn
+    whose id was used before (an event log lost while its transcript was kept) is sent
+    under another uuid, and answered. (Broken on purpose once: sent under its taken uuid,
+    the turn got no answer and waited out this test's timeout.)"""
+    from kit.protocol.runtime_api import TurnRequest
+
+    client, session = await open_session(stack)
+    first = await _turn(client, "hello")
+    assert first[-1].kind == "result"
+    live = session._live
+    assert live is not None
+    again = TurnRequest(str(first[-1].turn_id), "Where is my order 1042?")
+    async with asyncio.timeout(60):
+        events = [e async for batch in live.runtime.stream_turn(again) for e in batch]
+    assert events[-1].kind == "result", events[-1]
+    assert "1Z999AA10123456784" in str(events[-1].data["text"])
     await client.close()
 
 
