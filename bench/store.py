@@ -88,7 +88,7 @@ async def main() -> None:
     try:
         for size in args.sizes:
             for name, url in (
-                ("sqlite", f"sqlite:///{folder}/{size}.db"),
+                ("sqlite", f"sqlite:///{folder}/{size}.db?durability=os"),
                 (
                     "s3 (moto)",
                     f"s3://kit-bench/{unique_prefix()}?endpoint_url={endpoint}&region=us-east-1",

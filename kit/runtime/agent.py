@@ -336,8 +336,9 @@ class Agent:
                 log.warning("turn %s: its prompt's uuid is taken; sent without it", prompt_uuid)
             elif not continuing:
                 message_uuid = prompt_uuid
-                self.prompt_ids.add(prompt_uuid)
             await client.query(_one_message(prompt, message_uuid))
+            if message_uuid is not None:
+                self.prompt_ids.add(message_uuid)  # the CLI holds it now
             async for message in client.receive_response():
                 if isinstance(message, ResultMessage) and not await self._transcript_stored(turn):
                     break

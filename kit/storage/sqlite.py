@@ -34,7 +34,7 @@ from claude_agent_sdk.types import (
 
 from kit.durability import DEFAULT, Durability, GroupSync, parse_durability
 from kit.private import DIR_MODE, private_sqlite
-from kit.storage.errors import StoreError
+from kit.storage.errors import StoreError, StoreUnavailable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -74,7 +74,9 @@ class SQLiteSessionStore:
         try:
             path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
             if durability is Durability.FSYNC:
-                self._sync = GroupSync(path, new_file=not path.exists())
+                # The folder is synced once too, whoever made the file: a runtime killed
+                # before its first fsync leaves a file whose name its folder may not hold.
+                self._sync = GroupSync(path, new_file=True)
             private_sqlite(path)  # transcripts are for the host and this sandbox only
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -176,35 +178,45 @@ class SQLiteSessionStore:
     async def delete(self, key: SessionKey) -> None:
         """Delete a key; a main key takes its subkeys and summary with it."""
         pk, sid, sub = key["project_key"], key["session_id"], key.get("subpath")
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if sub is None:
-                    for table in ("entries", "keys", "summaries"):
-                        db.execute(
-                            f"DELETE FROM {table} WHERE project_key=? AND session_id=?", (pk, sid)
-                        )
-                else:
-                    for table in ("entries", "keys"):
-                        db.execute(
-                            f"DELETE FROM {table} WHERE project_key=? AND session_id=? AND subpath=?",
-                            (pk, sid, sub),
-                        )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        try:
+            with self._lock:
+                db = self._db
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    if sub is None:
+                        for table in ("entries", "keys", "summaries"):
+                            db.execute(
+                                f"DELETE FROM {table} WHERE project_key=? AND session_id=?",
+                                (pk, sid),
+                            )
+                    else:
+                        for table in ("entries", "keys"):
+                            db.execute(
+                                f"DELETE FROM {table} WHERE project_key=? AND session_id=?"
+                                " AND subpath=?",
+                                (pk, sid, sub),
+                            )
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"Deleting from {self.path} failed: {exc}.") from exc
         await self._durable("Deleting from")
 
     async def _durable(self, what: str) -> None:
-        """With ``fsync``: return once what was committed is on the disk."""
+        """With ``fsync``: return once what was committed is on the disk.
+
+        A failed fsync is :class:`StoreUnavailable`: the runtime's store then holds the
+        entries and the turn waits for them (ending ``store gave_up``, never with a
+        ``result`` whose transcript may not be on the disk); it fails for as long as this
+        process lives (:attr:`kit.durability.GroupSync.failed`)."""
         if self._sync is None:
             return
         try:
             await self._sync.request()
         except OSError as exc:
-            raise StoreError(f"{what} {self.path} failed: {exc}") from exc
+            raise StoreUnavailable(f"{what} {self.path} failed: {exc}") from exc
 
     async def list_subkeys(self, key: SessionListSubkeysKey) -> list[str]:
         """Subpaths (subagent transcripts) stored under a session."""
@@ -232,7 +244,10 @@ def sqlite_durability(url: str, query: str) -> Durability:
             f"Store URL {url!r}: a sqlite:/// store takes one option, durability=os or "
             f"fsync{f' (not {unknown[0]!r})' if unknown else ', given once'}."
         )
+    given = options.get("durability", [None])[0]
+    if given == "":
+        raise StoreError(f"Store URL {url!r}: durability= needs a value, os or fsync.")
     try:
-        return parse_durability(options.get("durability", [""])[0], DEFAULT, "durability")
+        return parse_durability(given, DEFAULT, "durability")
     except ValueError as exc:
         raise StoreError(f"Store URL {url!r}: {exc}") from None

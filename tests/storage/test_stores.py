@@ -106,6 +106,7 @@ async def test_large_and_unicode_entries_round_trip(make_store: Factory) -> None
         ("sqlite:///nonexistent/t.db?durability=fast", "give fsync .* or os"),
         ("sqlite:///nonexistent/t.db?mode=ro", "one option, durability=os or fsync .*'mode'"),
         ("sqlite:///nonexistent/t.db?durability=os&durability=fsync", "given once"),
+        ("sqlite:///nonexistent/t.db?durability=", "needs a value, os or fsync"),
         ("kit+http://host:1/_kit/store", "needs the session token"),
         ("kit+http://host/_kit/store", "kit\\+http://HOST:PORT/PATH"),
         ("do+https://host.example/v1/sessions/S/store", "needs the session token"),
@@ -182,3 +183,29 @@ async def test_a_sqlite_store_is_as_durable_as_its_url_says(
     with pytest.raises(StoreError):
         open_store(f"sqlite:///{tmp_path / 'other.db'}?durability=sometimes")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.db", "t.db-shm", "t.db-wal"]
+
+
+async def test_a_failed_fsync_of_a_sqlite_store_holds_the_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An fsync that fails is the store being unavailable, not a plain error: the runtime's
+    retrying store holds the entries (so the turn waits for them and ends ``gave_up``, never
+    with a ``result`` whose transcript may not be on the disk) instead of the SDK dropping
+    them. (Broken on purpose once: raised as a plain StoreError, nothing was held and the
+    store said it had settled.)"""
+    import errno
+
+    import kit.durability
+    from kit.storage.retrying import RetryingStore, StoreHealth
+
+    def failing(path: Path, flags: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(kit.durability, "_fsync_path", failing)
+    monkeypatch.setattr(kit.durability, "_FAILED", {})  # this test's failure stays its own
+    path = tmp_path / "t.db"
+    store = RetryingStore(open_store(f"sqlite:///{path}"), max_wait_s=0.2)
+    await store.append(KEY, [{"type": "user", "uuid": "u1"}])
+    assert store.held == 1
+    assert store.health is StoreHealth.HOLDING
+    assert not await store.settled(0.1)
