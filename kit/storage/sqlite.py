@@ -19,6 +19,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -104,42 +105,51 @@ class SQLiteSessionStore:
             return
         pk, sid, sub = key["project_key"], key["session_id"], key.get("subpath") or ""
         rows = [(pk, sid, sub, _uuid(e), json.dumps(e, ensure_ascii=False)) for e in entries]
+
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT OR IGNORE INTO entries(project_key, session_id, subpath, uuid, body)"
+                " VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            mtime = self._now_ms()
+            db.execute(
+                "INSERT INTO keys VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET mtime=excluded.mtime",
+                (pk, sid, sub, mtime),
+            )
+            if not sub:
+                row = db.execute(
+                    "SELECT mtime, data FROM summaries WHERE project_key=? AND session_id=?",
+                    (pk, sid),
+                ).fetchone()
+                prev: SessionSummaryEntry | None = None
+                if row:
+                    prev = {"session_id": sid, "mtime": row[0], "data": json.loads(row[1])}
+                folded = fold_session_summary(prev, key, entries)
+                db.execute(
+                    "INSERT INTO summaries VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE"
+                    " SET mtime=excluded.mtime, data=excluded.data",
+                    (pk, sid, mtime, json.dumps(folded["data"])),
+                )
+
+        await self._write("Appending to", write)
+
+    async def _write(self, what: str, write: Callable[[sqlite3.Connection], None]) -> None:
+        """Run ``write`` in one transaction, then (with ``fsync``) wait until it is on the
+        disk; sqlite3's errors as StoreError ("``what`` PATH failed")."""
         try:
             with self._lock:
                 db = self._db
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    db.executemany(
-                        "INSERT OR IGNORE INTO entries(project_key, session_id, subpath, uuid, body)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        rows,
-                    )
-                    mtime = self._now_ms()
-                    db.execute(
-                        "INSERT INTO keys VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET mtime=excluded.mtime",
-                        (pk, sid, sub, mtime),
-                    )
-                    if not sub:
-                        row = db.execute(
-                            "SELECT mtime, data FROM summaries WHERE project_key=? AND session_id=?",
-                            (pk, sid),
-                        ).fetchone()
-                        prev: SessionSummaryEntry | None = None
-                        if row:
-                            prev = {"session_id": sid, "mtime": row[0], "data": json.loads(row[1])}
-                        folded = fold_session_summary(prev, key, entries)
-                        db.execute(
-                            "INSERT INTO summaries VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE"
-                            " SET mtime=excluded.mtime, data=excluded.data",
-                            (pk, sid, mtime, json.dumps(folded["data"])),
-                        )
+                    write(db)
                     db.execute("COMMIT")
                 except BaseException:
                     db.execute("ROLLBACK")
                     raise
         except sqlite3.Error as exc:
-            raise StoreError(f"Appending to {self.path} failed: {exc}.") from exc
-        await self._durable("Appending to")
+            raise StoreError(f"{what} {self.path} failed: {exc}.") from exc
+        await self._durable(what)
 
     async def load(self, key: SessionKey) -> list[SessionStoreEntry] | None:
         """Every entry of ``key`` in append order, or ``None`` if it was never written."""
@@ -178,31 +188,21 @@ class SQLiteSessionStore:
     async def delete(self, key: SessionKey) -> None:
         """Delete a key; a main key takes its subkeys and summary with it."""
         pk, sid, sub = key["project_key"], key["session_id"], key.get("subpath")
-        try:
-            with self._lock:
-                db = self._db
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    if sub is None:
-                        for table in ("entries", "keys", "summaries"):
-                            db.execute(
-                                f"DELETE FROM {table} WHERE project_key=? AND session_id=?",
-                                (pk, sid),
-                            )
-                    else:
-                        for table in ("entries", "keys"):
-                            db.execute(
-                                f"DELETE FROM {table} WHERE project_key=? AND session_id=?"
-                                " AND subpath=?",
-                                (pk, sid, sub),
-                            )
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-        except sqlite3.Error as exc:
-            raise StoreError(f"Deleting from {self.path} failed: {exc}.") from exc
-        await self._durable("Deleting from")
+
+        def write(db: sqlite3.Connection) -> None:
+            if sub is None:
+                for table in ("entries", "keys", "summaries"):
+                    db.execute(
+                        f"DELETE FROM {table} WHERE project_key=? AND session_id=?", (pk, sid)
+                    )
+            else:
+                for table in ("entries", "keys"):
+                    db.execute(
+                        f"DELETE FROM {table} WHERE project_key=? AND session_id=? AND subpath=?",
+                        (pk, sid, sub),
+                    )
+
+        await self._write("Deleting from", write)
 
     async def _durable(self, what: str) -> None:
         """With ``fsync``: return once what was committed is on the disk.
