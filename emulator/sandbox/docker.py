@@ -91,6 +91,9 @@ ABANDON_WAIT_S = 30.0
 """How long a container killed after a failed start gets to exit before it is removed."""
 OOM_NOW_WAIT_S = 3.0
 """How long :meth:`DockerSandbox.oom` lets the kernel act before it kills the container."""
+LOST_EXIT_S = 30.0
+"""How long after a SIGKILL Docker may take to report a container's exit before the
+sandbox takes it as killed (:meth:`DockerSandbox._exit_code`)."""
 
 
 class DockerSandbox(Sandbox, Rehearsable):
@@ -122,6 +125,8 @@ class DockerSandbox(Sandbox, Rehearsable):
         ``disk_bytes`` (None: not held)."""
         self.disk_bytes = disk_bytes
         self.max_lifetime_s = max_lifetime_s
+        self._killed = asyncio.Event()
+        """Set once a SIGKILL was sent: Docker's report of the exit is due at once."""
         self._waiter = asyncio.create_task(self._reap(), name=f"reap-{sandbox_id}")
         self._guard: asyncio.Task[None] | None = None
 
@@ -153,7 +158,7 @@ class DockerSandbox(Sandbox, Rehearsable):
         return not self._waiter.done()
 
     async def _reap(self) -> ExitInfo:
-        code = await self._client.wait(self.container)
+        code = await self._exit_code()
         oom = False
         with contextlib.suppress(SandboxError):
             oom = bool((await self._client.inspect(self.container))["State"]["OOMKilled"])
@@ -164,6 +169,35 @@ class DockerSandbox(Sandbox, Rehearsable):
             return ExitInfo(128 + signal.SIGKILL, "oom")
         return ExitInfo(code, self._reason or reason_of(code))
 
+    async def _exit_code(self) -> int:
+        """The container's exit code, as Docker's wait reports it; or, when Docker has not
+        reported it :data:`LOST_EXIT_S` after a SIGKILL (a containerd shim that died can
+        lose a killed container's exit, and every wait for the sandbox would then last
+        forever), what its record says, else 137."""
+        waiting = asyncio.ensure_future(self._client.wait(self.container))
+        killed = asyncio.ensure_future(self._killed.wait())
+        try:
+            await asyncio.wait([waiting, killed], return_when=asyncio.FIRST_COMPLETED)
+            if not waiting.done():
+                with contextlib.suppress(TimeoutError):
+                    return await asyncio.wait_for(asyncio.shield(waiting), LOST_EXIT_S)
+                state: dict[str, Any] = {}
+                with contextlib.suppress(SandboxError):
+                    state = (await self._client.inspect(self.container))["State"]
+                log.error(
+                    "Docker did not report container %s's exit %.0f s after a SIGKILL "
+                    "(it says: %s); taking it as killed and removing it",
+                    self.container,
+                    LOST_EXIT_S,
+                    state.get("Status", "nothing"),
+                )
+                running = state.get("Running", True)
+                return 128 + signal.SIGKILL if running else int(state.get("ExitCode", 137))
+            return waiting.result()
+        finally:
+            waiting.cancel()
+            killed.cancel()
+
     async def wait(self) -> ExitInfo:
         return await asyncio.shield(self._waiter)
 
@@ -172,6 +206,8 @@ class DockerSandbox(Sandbox, Rehearsable):
             self._reason = reason
         if self.alive():
             await self._client.kill(self.container, int(sig))
+            if sig == signal.SIGKILL:
+                self._killed.set()
 
     async def oom(self) -> None:
         """Run the container out of memory now (``kit sandbox oom``): its limit is lowered to
