@@ -118,15 +118,17 @@ SQLITE_PREFIX = "sqlite:///"
 def store_folder(store_url: str) -> Path | None:
     """The host folder a ``sqlite:///`` transcript store lives in (the sandbox must write
     it); None for stores reached over the network."""
-    path = _sqlite_path(store_url)
-    return None if path is None else Path(path).parent
+    parts = _sqlite_parts(store_url)
+    return None if parts is None else Path(parts[0]).parent
 
 
-def _sqlite_path(store_url: str) -> str | None:
-    """The file a ``sqlite:///PATH[?OPTIONS]`` store URL names; None for other stores."""
+def _sqlite_parts(store_url: str) -> tuple[str, str] | None:
+    """The file a ``sqlite:///PATH[?OPTIONS]`` store URL names and its options (``""`` or
+    ``"?…"``); None for other stores."""
     if not store_url.startswith(SQLITE_PREFIX):
         return None
-    return "/" + store_url.removeprefix(SQLITE_PREFIX).partition("?")[0].lstrip("/")
+    path, mark, options = store_url.removeprefix(SQLITE_PREFIX).partition("?")
+    return "/" + path.lstrip("/"), mark + options
 
 
 def runtime_config(
@@ -140,12 +142,9 @@ def runtime_config(
     the one mapping every provider uses."""
     model_socket = spec.model.unix_path
     store_url = spec.store_url
-    path = _sqlite_path(store_url)
-    if path is not None:  # the same file as the sandbox sees it, with the same options
-        options = store_url.partition("?")[2]
-        store_url = (
-            SQLITE_PREFIX + view.inside(path).lstrip("/") + (f"?{options}" if options else "")
-        )
+    parts = _sqlite_parts(store_url)
+    if parts is not None:  # the same file as the sandbox sees it, with the same options
+        store_url = SQLITE_PREFIX + view.inside(parts[0]).lstrip("/") + parts[1]
     egress_url = None
     if spec.egress is not None:
         socket_path = spec.egress.unix_path
