@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/turn_latency.py [--turns 30] [--sessions 10]
         [--durability fsync|os] [--warm-only] [--profile FILE] [--timeline]
+        [--hops --isolation off]
 
 (a) a warm turn in an open session: kit client → host → sandbox runtime → CLI → proxy →
     offline model, versus a turn on an open ClaudeSDKClient talking to the same model;
@@ -12,7 +13,9 @@
 Both sides use the example agent's options and the same offline model (its greeting rule,
 a text-only reply). Prints p50/p95 in ms and the ratios. ``--profile`` writes a cProfile
 of this process (the host, the model proxy and the offline model; not the sandbox's runtime
-or CLI) over the warm turns; ``--warm-only`` stops after (a).
+or CLI) over the warm turns; ``--warm-only`` stops after (a). ``--hops`` prints when a warm
+turn passed each hop between kit's processes (client, host, runtime, model proxy, offline
+model: :mod:`kit.hoptrace`), beside the SDK's own, p50 of the turns.
 """
 
 from __future__ import annotations
@@ -33,11 +36,13 @@ from pathlib import Path
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, ResultMessage, query
 from claude_agent_sdk.types import StreamEvent
 
+from kit import hoptrace
 from kit.bundle import Bundle
 from kit.cli.settings import EXAMPLE_PROJECT, DevSettings
 from kit.cli.stack import Stack, run_stack
 from kit.client import SessionClient, create_session
 from kit.durability import Durability
+from kit.hoptrace import hop
 
 PROMPT = "hello there"
 
@@ -102,9 +107,12 @@ async def warm(
                 profiler.enable()
             kit_seen: dict[str, float] = {}
             sdk_seen: dict[str, float] = {}
+            hop(TURN_SENT)
             t0 = time.perf_counter()
             async for event in kit.turn(PROMPT):
                 kit_seen.setdefault(event.kind, time.perf_counter() - t0)
+                hop(f"client: {event.kind}")
+            hop(QUERY_SENT)
             t1 = time.perf_counter()
             await sdk.query(PROMPT)
             async for message in sdk.receive_response():
@@ -112,6 +120,7 @@ async def warm(
                 if isinstance(message, StreamEvent):
                     name = f"stream {message.event.get('type', '')}"
                 sdk_seen.setdefault(name, time.perf_counter() - t1)
+                hop(f"sdk: {name}")
                 if isinstance(message, ResultMessage):
                     break
             t2 = time.perf_counter()
@@ -169,6 +178,34 @@ async def pool_refilled(stack: Stack, timeout_s: float = 60.0) -> None:
             return
         await asyncio.sleep(0.02)
     raise TimeoutError(f"the sandbox pool did not refill within {timeout_s:g} s")
+
+
+TURN_SENT = "client: turn sent"
+QUERY_SENT = "sdk: query sent"
+
+
+def print_hops(folder: Path, warmup: int = 5) -> None:
+    """Each side's hops in the order they are passed: the first mark of each kind after a
+    turn was sent, ms, p50 of the turns after the ``warmup`` (kinds seen in most turns)."""
+    turns: dict[str, list[dict[str, float]]] = {TURN_SENT: [], QUERY_SENT: []}
+    first: dict[str, float] | None = None
+    start = 0
+    for ns, label in hoptrace.read(str(folder)):
+        if label in turns:
+            first, start = {}, ns
+            turns[label].append(first)
+        elif first is not None:
+            first.setdefault(label, (ns - start) / 1e6)
+    for side, name in ((TURN_SENT, "kit"), (QUERY_SENT, "SDK alone")):
+        kept = turns[side][warmup:]
+        seen: dict[str, list[float]] = {}
+        for marks in kept:
+            for label, ms in marks.items():
+                seen.setdefault(label, []).append(ms)
+        print(f"{name}: ms after the turn was sent, p50 of {len(kept)} turns")
+        for label, times in sorted(seen.items(), key=lambda kv: statistics.median(kv[1])):
+            if 2 * len(times) > len(kept):
+                print(f"  {statistics.median(times):7.2f}  {label}")
 
 
 def print_timeline(timeline: Timeline) -> None:
@@ -236,10 +273,23 @@ async def main() -> None:
         help="(a): print when each kind of event or message first reached each client (p50)",
     )
     parser.add_argument("--profile", type=Path, help="cProfile this process over (a)")
+    parser.add_argument(
+        "--hops",
+        action="store_true",
+        help="(a): print when a turn passed each hop between kit's processes (with "
+        "--isolation off: a confined sandbox cannot write the trace)",
+    )
     parser.add_argument("--json", type=Path, help="also write p50/p95 (s) here as JSON")
     args = parser.parse_args()
+    if args.hops and args.isolation != "off":
+        parser.error("--hops needs --isolation off: a confined sandbox cannot write the trace")
     state = Path(tempfile.mkdtemp(prefix="kit-bench-"))
     os.chmod(state, 0o755)
+    hops = state / "hops"
+    if args.hops:
+        hops.mkdir()
+        os.chmod(hops, 0o777)  # the sandbox user writes its runtime's marks here
+        os.environ[hoptrace.ENV] = str(hops)  # before anything marks: read once per process
     project = state / "project"
     shutil.copytree(EXAMPLE_PROJECT, project, ignore=shutil.ignore_patterns(".kit"))
     toml = project / "kit.toml"
@@ -259,6 +309,8 @@ async def main() -> None:
         warm_kit, warm_sdk = await warm(stack, options, args.turns, args.profile, timeline)
         if timeline is not None:
             print_timeline(timeline)
+        if args.hops:
+            print_hops(hops)
         if args.warm_only:
             print(f"turn latency, ms (p50 / p95); {args.turns} warm turns, {args.durability}")
             print(row("(a) warm turn, open session", warm_kit, warm_sdk))

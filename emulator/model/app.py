@@ -38,6 +38,7 @@ from emulator.model.replies import Reply, choose_reply, estimate_tokens, new_id
 from emulator.model.scenarios import ScenarioSource
 from emulator.model.schema import ScenarioError
 from emulator.model.sse import content_events, error_json, message_json, message_start
+from kit.hoptrace import hop
 from kit.host.auth import key_matches
 
 MAX_LOGGED_REQUESTS = 200
@@ -112,6 +113,7 @@ def create_app(scenarios: ScenarioSource, *, api_key: str) -> Starlette:
 
     async def messages(request: Request) -> Response:
         body = await _read(request, log)
+        hop("model: request read")
         problem = _body_problem(body)
         if problem is not None:
             return _error(400, "invalid_request_error", problem)

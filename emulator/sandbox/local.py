@@ -60,6 +60,7 @@ from emulator.sandbox.isolation import (
 )
 from emulator.sandbox.machine import MachineProvider
 from emulator.sandbox.process import LocalSandbox
+from kit import hoptrace
 from kit.host.errors import SandboxError
 from kit.host.runtime_client import RuntimeClient, wait_ready
 from kit.host.sandbox import (
@@ -327,6 +328,7 @@ class LocalSandboxProvider(MachineProvider):
                 "PYTHONDONTWRITEBYTECODE": "1",
                 CONFIG_ENV: str(config_path),
                 GATE_ENV: "stdin",
+                **_hop_trace(),
             }
             log_path = self.log_path(spec.session_id)
             jail = None
@@ -628,3 +630,10 @@ def _tail(path: Path, lines: int = 3) -> str:
             return " | ".join(line.rstrip() for line in deque(f, maxlen=lines))
     except OSError:
         return "(no log)"
+
+
+def _hop_trace() -> dict[str, str]:
+    """``KIT_HOP_TRACE`` when this host traces a turn's hops (:mod:`kit.hoptrace`): the
+    runtime marks its own. A folder name, no secret."""
+    folder = os.environ.get(hoptrace.ENV)
+    return {hoptrace.ENV: folder} if folder else {}

@@ -54,6 +54,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kit.bundle.limits import DEFAULT_LIMITS, Limits, Tokens
+from kit.hoptrace import hop
 from kit.host.errors import HostError
 from kit.host.gate import ConnectionGate, quiet_accept_errors
 from kit.host.spend import SpendMeter
@@ -202,6 +203,7 @@ class ModelProxy:
                 if head is None:
                     return
                 first = False
+                hop("proxy: model request")
                 request = _parse_head(head)
                 if isinstance(request, str):
                     await _reply(writer, 400, "invalid_request_error", request, close=True)
@@ -314,6 +316,7 @@ class ModelProxy:
                 usage.expect(Call(costs, charge, self._ender(session_id, calls, charge)))
                 upstream.write(self._rewrite(request) + body)
                 await upstream.drain()
+                hop("proxy: request forwarded")
                 self.requests_forwarded += 1
         except (ConnectionError, asyncio.IncompleteReadError):
             return
@@ -525,6 +528,7 @@ async def _pipe(
     """
     try:
         while data := await reader.read(65536):
+            hop("proxy: reply bytes")
             gone = writer.is_closing()
             if not gone:
                 writer.write(data)

@@ -22,6 +22,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from kit.hoptrace import hop
 from kit.host.errors import SandboxError
 from kit.protocol.errors import ProtocolError
 from kit.protocol.runtime_api import (
@@ -182,7 +183,9 @@ class RuntimeClient:
         exchange: _Exchange | None = None
         complete = False
         try:
+            hop("host: turn posted to the runtime")
             exchange = await self._request(TURNS_PATH, request.to_json().encode())
+            hop("host: the runtime answered")
             reader, headers = exchange.reader, exchange.headers
             if exchange.status != 200:
                 body = await _read_body(exchange)

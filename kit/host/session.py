@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
+from kit.hoptrace import hop
 from kit.host.advisor import TierAdvisor
 from kit.host.errors import SandboxError
 from kit.host.eventlog import SessionLog, Turn, TurnState, started_state
@@ -191,6 +192,7 @@ class Session:
                 events = await self.log.append_many(items, turn_id)
             for event in events:
                 self._publish(event)
+            hop("host: batch committed and published")
         return events
 
     def _publish(self, event: Event) -> None:
@@ -201,6 +203,7 @@ class Session:
 
     async def submit(self, client_msg_id: str, text: str) -> bool:
         """Queue a user message; false when ``client_msg_id`` was already applied."""
+        hop("host: message received")
         async with self._lock:
             # The turn is started in the same commit when no other is open: the runner
             # reads the open turns under this lock, so it never sees it without this mark.
@@ -209,6 +212,7 @@ class Session:
                 return False
             if added[0].state is TurnState.RUNNING:
                 self._begun.add(added[0].turn_id)
+            hop("host: user committed")
             self._publish(added[1])
         self.start()
         self._wake.set()
@@ -409,6 +413,7 @@ class Session:
                 # Whatever arrived while the last commit ran is the next commit: one commit
                 # (and one fsync, kit.durability) for a burst, not one per piece.
                 waiting = [await arrived.get()]
+                hop("host: batch from the runtime")
                 while not arrived.empty() and isinstance(waiting[-1], list):
                     waiting.append(arrived.get_nowait())
                 kept: list[tuple[str, dict[str, Any]]] = []

@@ -34,6 +34,7 @@ from claude_agent_sdk import (
 )
 
 from kit.bundle import Bundle
+from kit.hoptrace import hop
 from kit.protocol.runtime_api import RuntimeEvent, TurnRequest
 from kit.protocol.runtime_config import RuntimeConfig
 from kit.protocol.turns import TURN_FAILED
@@ -337,12 +338,14 @@ class Agent:
             elif not continuing:
                 message_uuid = prompt_uuid
             await client.query(_one_message(prompt, message_uuid))
+            hop("runtime: prompt written to the CLI")
             if message_uuid is not None:
                 self.prompt_ids.add(message_uuid)  # the CLI holds it now
             async for message in client.receive_response():
                 if isinstance(message, ResultMessage) and not await self._transcript_stored(turn):
                     break
                 for event in translate(message):
+                    hop("runtime: event from the CLI")
                     turn.out.put_nowait(event)
                 if isinstance(message, ResultMessage):
                     break

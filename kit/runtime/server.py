@@ -32,6 +32,7 @@ import uvicorn.lifespan.off
 import uvicorn.protocols.http.h11_impl  # imported here, so the fork server pays for it once
 
 from kit.bundle import open_bundle
+from kit.hoptrace import hop
 from kit.protocol.errors import ProtocolError
 from kit.protocol.runtime_api import (
     FILES_PATH,
@@ -133,6 +134,7 @@ async def _turn(agent: Agent, body: bytes, send: Send) -> None:
     except ProtocolError as exc:
         await _json(send, 400, {"error": exc.code, "message": exc.message})
         return
+    hop("runtime: turn received")
     stream = agent.stream_turn(turn)
     try:
         first = await anext(stream)
@@ -148,8 +150,10 @@ async def _turn(agent: Agent, body: bytes, send: Send) -> None:
     )
     # One chunk per batch: the host commits a chunk's events in one transaction.
     await send({"type": "http.response.body", "body": _lines(first), "more_body": True})
+    hop("runtime: batch sent")
     async for batch in stream:
         await send({"type": "http.response.body", "body": _lines(batch), "more_body": True})
+        hop("runtime: batch sent")
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
