@@ -4,8 +4,9 @@ Off unless ``KIT_HOP_TRACE`` names a folder: then each process that calls :func:
 appends ``<CLOCK_MONOTONIC ns> <label>`` lines to ``<folder>/<pid>.log``. The monotonic
 clock is one clock for every process on the machine, so the host's, the proxy's, the
 runtime's and the offline model's lines sort into one timeline of a turn. The local sandbox
-provider hands the variable to its sandboxes (an unconfined sandbox can then write there;
-the bench runs with isolation off).
+provider hands the variable to its sandboxes: an unconfined one writes there, a confined
+one cannot see the folder and marks nothing (the bench runs with isolation off). A process
+that cannot open its file marks nothing; a turn never fails for its trace.
 
 A call costs two global looks while tracing is off: the hot path keeps its marks.
 """
@@ -24,11 +25,15 @@ _out: TextIO | None = None
 
 def hop(label: str) -> None:
     """Mark that this process's side of a turn reached ``label`` now (when tracing)."""
+    global _out
     if _looked and _out is None:
         return  # the common case: tracing is off
     out = _open()
     if out is not None:
-        out.write(f"{time.monotonic_ns()} {label}\n")
+        try:
+            out.write(f"{time.monotonic_ns()} {label}\n")
+        except OSError:  # the disk filled up, say: the trace stops here
+            _out = None
 
 
 def _open() -> TextIO | None:
@@ -38,7 +43,10 @@ def _open() -> TextIO | None:
         _looked = True
         folder = os.environ.get(ENV)
         if folder:
-            _out = open(os.path.join(folder, f"{os.getpid()}.log"), "a", buffering=1)  # noqa: SIM115
+            try:
+                _out = open(os.path.join(folder, f"{os.getpid()}.log"), "a", buffering=1)  # noqa: SIM115
+            except OSError:  # e.g. a confined sandbox, which cannot see the folder: no marks
+                _out = None
     return _out
 
 

@@ -28,6 +28,15 @@ def test_off_it_writes_nothing_and_looks_once(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_folder_it_cannot_open_leaves_the_turn_alone(
+    fresh: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(hoptrace.ENV, str(tmp_path / "not there"))  # as in a confined sandbox
+    hoptrace.hop("runtime: turn received")
+    hoptrace.hop("runtime: batch sent")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_each_process_marks_in_its_own_file_on_one_clock(
     fresh: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
