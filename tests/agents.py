@@ -20,6 +20,7 @@ from kit.protocol.turns import ends_turn
 from kit.runtime.agent import stored_user_texts
 from kit.storage import open_store
 from kit.storage.portable import PROJECT_KEY
+from kit.storage.sqliteurl import sqlite_url
 
 RECOVERED_REPLY = "Recovered and finished."
 
@@ -202,7 +203,7 @@ async def stored_prompts(
     """The user prompts in a `kit dev` session's transcript store (``store_url``: a shared
     store, as KIT_STORE_URL names it; by default the session's own SQLite file)."""
     store: Any = open_store(
-        store_url or f"sqlite:///{state_dir / 'transcripts' / session_id / 'transcript.sqlite'}"
+        store_url or sqlite_url(state_dir / "transcripts" / session_id / "transcript.sqlite")
     )
     return stored_user_texts(await store.load(transcript_key(session_id)) or [])
 

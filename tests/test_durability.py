@@ -333,14 +333,16 @@ def test_kit_devs_transcript_stores_follow_kit_durability(tmp_path: Path, durabi
     """Each session's own SQLite transcript store is as durable as the event logs
     (``KIT_DURABILITY``); a store URL the user gave (``KIT_STORE_URL``) is kept as given."""
     from kit.cli.settings import EXAMPLE_PROJECT, dev_settings
+    from kit.storage.sqliteurl import SQLiteURL, read_sqlite_url
 
     environ = {"KIT_STATE_DIR": str(tmp_path / "state"), "KIT_DURABILITY": durability}
     settings = dev_settings(project=EXAMPLE_PROJECT, host=None, port=None, environ=environ)
     upstream = ("http://127.0.0.1:9", "key")
     config = settings.gateway_config((), api_token="t", upstream=upstream, leased=False)
-    assert config.store_url("s1") == (
-        f"sqlite:///{tmp_path / 'state' / 'transcripts' / 's1' / 'transcript.sqlite'}"
-        f"?durability={durability}"
+    assert read_sqlite_url(config.store_url("s1")) == SQLiteURL(
+        tmp_path / "state" / "transcripts" / "s1" / "transcript.sqlite",
+        f"durability={durability}",
+        "",
     )
     given = "sqlite:///elsewhere/t.sqlite"
     settings = dev_settings(

@@ -94,6 +94,7 @@ from kit.host.tokens import SessionTokens
 from kit.host.web import WebConfig
 from kit.ids import SessionId
 from kit.storage import open_store
+from kit.storage.sqliteurl import sqlite_url
 
 __all__ = [
     "Gateway",
@@ -221,11 +222,11 @@ def store_urls(
     """A session's transcript store URL: ``shared`` for every session, else its own SQLite
     file under ``folder`` (``folder/<session id>/transcript.sqlite``), as durable as
     ``durability`` (that of the event logs: a turn's ``result`` must not outlast its
-    transcript)."""
+    transcript). The path is percent-encoded, so a folder of any name reads back as itself
+    (:mod:`kit.storage.sqliteurl`)."""
     if shared:
         return lambda sid: shared
-    option = f"?durability={durability.value}"
-    return lambda sid: f"sqlite:///{folder / sid / 'transcript.sqlite'}{option}"
+    return lambda sid: sqlite_url(folder.absolute() / sid / "transcript.sqlite", durability)
 
 
 def _bracket(address: str) -> str:

@@ -22,9 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from kit.durability import DEFAULT, Durability
 from kit.ids import SandboxId, SessionId
 from kit.protocol.runtime_api import HARNESS_EXIT_CODE
 from kit.protocol.runtime_config import STORE_DEADLINE_S, STORE_RETRY_S, RuntimeConfig
+from kit.storage.errors import StoreError
+from kit.storage.sqliteurl import read_sqlite_url, sqlite_durability, unparse_sqlite_url
 
 
 class SandboxState(enum.Enum):
@@ -112,23 +115,24 @@ class SandboxView:
         return host_path
 
 
-SQLITE_PREFIX = "sqlite:///"
-
-
 def store_folder(store_url: str) -> Path | None:
     """The host folder a ``sqlite:///`` transcript store lives in (the sandbox must write
     it); None for stores reached over the network."""
-    parts = _sqlite_parts(store_url)
-    return None if parts is None else Path(parts[0]).parent
+    parts = read_sqlite_url(store_url)
+    return None if parts is None else parts.path.parent
 
 
-def _sqlite_parts(store_url: str) -> tuple[str, str] | None:
-    """The file a ``sqlite:///PATH[?OPTIONS]`` store URL names and its options (``""`` or
-    ``"?…"``); None for other stores."""
-    if not store_url.startswith(SQLITE_PREFIX):
+def store_durability(store_url: str) -> Durability | None:
+    """How durable a ``sqlite:///`` transcript store's writes are (its ``durability=``
+    option); None for stores reached over the network. Options the store refuses count as
+    the default (the runtime refuses them when it opens the store)."""
+    parts = read_sqlite_url(store_url)
+    if parts is None:
         return None
-    path, mark, options = store_url.removeprefix(SQLITE_PREFIX).partition("?")
-    return "/" + path.lstrip("/"), mark + options
+    try:
+        return sqlite_durability(store_url, parts.query)
+    except StoreError:
+        return DEFAULT
 
 
 def runtime_config(
@@ -142,9 +146,9 @@ def runtime_config(
     the one mapping every provider uses."""
     model_socket = spec.model.unix_path
     store_url = spec.store_url
-    parts = _sqlite_parts(store_url)
-    if parts is not None:  # the same file as the sandbox sees it, with the same options
-        store_url = SQLITE_PREFIX + view.inside(parts[0]).lstrip("/") + parts[1]
+    sqlite = read_sqlite_url(store_url)
+    if sqlite is not None:  # the same file as the sandbox sees it, with the same options
+        store_url = unparse_sqlite_url(sqlite._replace(path=Path(view.inside(str(sqlite.path)))))
     egress_url = None
     if spec.egress is not None:
         socket_path = spec.egress.unix_path

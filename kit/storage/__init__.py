@@ -4,7 +4,10 @@
 URL                                                store
 =================================================  ==========================================
 ``memory://``                                      a new in-memory store (this process only)
-``sqlite:///ABSOLUTE/PATH.db``                     one SQLite file (created if missing)
+``sqlite:///ABSOLUTE/PATH.db``                     one SQLite file (created if missing);
+                                                   the path percent-encoded
+                                                   (:mod:`kit.storage.sqliteurl`),
+                                                   ``?durability=os|fsync``
 ``s3://BUCKET/PREFIX?endpoint_url=URL&region=R``   S3-compatible storage (Tigris, R2, AWS);
                                                    credentials from the usual AWS variables;
                                                    ``&checksums=when_required`` for stores that
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from kit.storage.errors import StoreError, StoreUnavailable
+from kit.storage.sqliteurl import read_sqlite_url, sqlite_durability
 
 if TYPE_CHECKING:
     from kit.storage.memory import MemorySessionStore
@@ -80,15 +84,20 @@ def open_store(url: str, *, token: str | None = None) -> Any:
 
         return MemorySessionStore()
     if parts.scheme == "sqlite":
-        if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
+        sqlite = read_sqlite_url(url)
+        if parts.netloc or sqlite is None or sqlite.path == Path("/"):
             raise StoreError(
                 f"Store URL {url!r}: write sqlite:///ABSOLUTE/PATH.db (three slashes, then the "
                 "path; ?durability=os or fsync after it, as KIT_DURABILITY)."
             )
-        from kit.storage.sqlite import SQLiteSessionStore, sqlite_durability
+        if sqlite.fragment or "\0" in str(sqlite.path):
+            raise StoreError(
+                f"Store URL {url!r}: a # ends the path and a path holds no NUL; write a # in "
+                "the path as %23."
+            )
+        from kit.storage.sqlite import SQLiteSessionStore
 
-        path = Path("/" + parts.path.lstrip("/"))  # sqlite:////abs as sqlite:///abs
-        return SQLiteSessionStore(path, sqlite_durability(url, parts.query))
+        return SQLiteSessionStore(sqlite.path, sqlite_durability(url, sqlite.query))
     if parts.scheme == "s3":
         from kit.storage.s3 import S3SessionStore
 

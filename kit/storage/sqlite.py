@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 from claude_agent_sdk import fold_session_summary
 from claude_agent_sdk.types import (
@@ -33,7 +32,7 @@ from claude_agent_sdk.types import (
     SessionSummaryEntry,
 )
 
-from kit.durability import DEFAULT, Durability, GroupSync, parse_durability
+from kit.durability import DEFAULT, Durability, GroupSync
 from kit.private import DIR_MODE, private_sqlite
 from kit.storage.errors import StoreError, StoreUnavailable
 
@@ -231,23 +230,3 @@ class SQLiteSessionStore:
 def _uuid(entry: SessionStoreEntry) -> Any:
     value = entry.get("uuid")
     return value if isinstance(value, str) and value else None
-
-
-def sqlite_durability(url: str, query: str) -> Durability:
-    """The durability a ``sqlite:///`` store URL's query asks for (``durability=os`` or
-    ``fsync``; :data:`kit.durability.DEFAULT` when it says nothing); StoreError naming the
-    fix for anything else."""
-    options = parse_qs(query, keep_blank_values=True)
-    unknown = sorted(set(options) - {"durability"})
-    if unknown or len(options.get("durability", [])) > 1:
-        raise StoreError(
-            f"Store URL {url!r}: a sqlite:/// store takes one option, durability=os or "
-            f"fsync{f' (not {unknown[0]!r})' if unknown else ', given once'}."
-        )
-    given = options.get("durability", [None])[0]
-    if given == "":
-        raise StoreError(f"Store URL {url!r}: durability= needs a value, os or fsync.")
-    try:
-        return parse_durability(given, DEFAULT, "durability")
-    except ValueError as exc:
-        raise StoreError(f"Store URL {url!r}: {exc}") from None

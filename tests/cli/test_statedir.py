@@ -237,3 +237,22 @@ async def test_a_shared_folder_is_refused_as_the_state_dir(kit_tmp: Path) -> Non
         async with run_stack(stack_settings(shared)):
             pass
     assert (stat.S_IMODE(shared.stat().st_mode), list(shared.iterdir())) == (0o1777, [])
+
+
+async def test_a_state_dir_whose_path_a_url_would_misread_runs_a_turn(kit_tmp: Path) -> None:
+    """A state dir under ``odd ?dir #1 %41`` (a ``?``, a ``#``, spaces, a ``%`` before two
+    hex digits): each session's transcript store URL carries the path percent-encoded, so
+    the sandbox opens the store where the host made it (not an "unknown option" of a path
+    cut at the ``?``), the turn ends with its result, and its prompt is in that file."""
+    folder = kit_tmp / "odd ?dir #1 %41"
+    folder.mkdir(mode=0o755)
+    settings = stack_settings(folder / "state")
+    async with run_stack(settings) as stack:
+        client, session = await open_session(stack)
+        try:
+            events = await turn_events(client, "hello")
+        finally:
+            await client.close()
+        assert events[-1].kind == "result", events[-1]
+    assert (settings.state_dir / "transcripts" / session.id / "transcript.sqlite").is_file()
+    assert "hello" in await stored_prompts(settings.state_dir, session.id)
