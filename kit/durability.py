@@ -27,7 +27,7 @@ import enum
 import os
 from pathlib import Path
 
-__all__ = ["DEFAULT", "Durability", "GroupSync", "parse_durability"]
+__all__ = ["DEFAULT", "Durability", "GroupSync", "parse_durability", "sync_folder"]
 
 
 class Durability(enum.Enum):
@@ -169,6 +169,16 @@ class GroupSync:
         for future in batch:
             if not future.done():
                 future.set_exception(failed)
+
+
+def sync_folder(folder: Path) -> asyncio.Future[None]:
+    """fsync ``folder`` in kit's fsync threads, off the event loop: once the future is done,
+    the names made in the folder are on the disk. It fails with the OSError (retrieved, so
+    a caller that gave up on it need not await it)."""
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(_executor(), _fsync_path, folder, os.O_DIRECTORY)
+    future.add_done_callback(_retrieve)
+    return future
 
 
 def _fsync_path(path: Path, flags: int) -> None:

@@ -353,3 +353,30 @@ def test_kit_devs_transcript_stores_follow_kit_durability(tmp_path: Path, durabi
     )
     config = settings.gateway_config((), api_token="t", upstream=upstream, leased=False)
     assert config.store_url("s1") == given
+
+
+@pytest.mark.parametrize("durability", list(Durability))
+async def test_a_session_folders_name_is_synced_at_fsync_only(
+    tmp_path: Path, fsync: HeldFsync, durability: Durability
+) -> None:
+    """The host made ``transcripts/<session>``: at fsync the folder it is in is fsynced (in
+    a thread; ``synced`` answers only once that fsync is done), at os nothing is."""
+    from emulator.sandbox.folders import EntrySync
+    from kit.host.gateway import store_urls
+    from kit.host.sandbox import store_folder
+
+    url = store_urls(None, tmp_path / "transcripts", durability)("s1")
+    folder = store_folder(url)
+    assert folder is not None
+    folder.mkdir(parents=True)
+    fsync.hold()
+    synced = asyncio.create_task(EntrySync(folder, url).synced())
+    if durability is Durability.FSYNC:
+        await fsync.held()
+        await asyncio.sleep(0)  # one loop pass: the wait runs up to the held fsync
+        assert not synced.done()
+    fsync.go.set()
+    async with asyncio.timeout(WAIT_S):
+        await synced
+    expected = [str(tmp_path / "transcripts")] if durability is Durability.FSYNC else []
+    assert fsync.synced == expected

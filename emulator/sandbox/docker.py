@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from emulator.sandbox.dockerapi import Bind, ContainerSpec, DockerClient
-from emulator.sandbox.folders import own_folders, short_run_dir, write_owned
+from emulator.sandbox.folders import EntrySync, own_folders, short_run_dir, write_owned
 from emulator.sandbox.guard import (
     MAX_LIFETIME_S,
     hold_to_limits,
@@ -406,6 +406,8 @@ class DockerSandboxProvider(MachineProvider):
         except BaseException:
             making.add_done_callback(lambda done: _forget_config(done, config))
             raise
+        store = store_folder(spec.store_url)
+        entry = EntrySync(store, spec.store_url) if store is not None else None
         cid: str | None = None
         sandbox: DockerSandbox | None = None
         try:
@@ -413,6 +415,8 @@ class DockerSandboxProvider(MachineProvider):
             await self.client.start(cid)
             sandbox = self._sandbox(cid, spec.session_id, sandbox_id, container.labels)
             await self._until_ready(sandbox, spec)
+            if entry is not None:
+                await entry.synced()
         except BaseException:
             # Whatever stopped the start (an error, a timeout, a cancelled task), the
             # container goes with it: never a sandbox nobody holds.

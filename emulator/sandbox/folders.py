@@ -10,7 +10,9 @@ import stat
 import tempfile
 from pathlib import Path
 
+from kit.durability import Durability, sync_folder
 from kit.host.errors import SandboxError
+from kit.host.sandbox import store_durability
 from kit.private import DIR_MODE, open_private, private_folder
 
 LOGS = ".logs"
@@ -43,6 +45,38 @@ def own_folders(uid: int | None, gid: int | None, anchor: Path, *names: str) -> 
             os.fchmod(fd, DIR_MODE)
     finally:
         os.close(fd)
+
+
+class EntrySync:
+    """At fsync durability (the ``sqlite:///`` store URL's), the fsync of the folder that
+    holds a session's transcript folder, started in a thread when made (beside the rest of
+    a sandbox's start); at os durability, nothing.
+
+    The store fsyncs its own folder (its file's name), not that folder's name in its
+    parent: the host made the folder, so the host syncs it. A start awaits :meth:`synced`
+    before it returns, so no turn runs, and no ``result`` is durable, before the folder its
+    transcript is in is on the disk. It runs at every start, not only when the folder is
+    new: a start that failed, or a host that died, after the mkdir left a name that may not
+    be on the disk. Needs a running event loop."""
+
+    def __init__(self, folder: Path, store_url: str) -> None:
+        self.parent = folder.parent
+        self._sync = (
+            sync_folder(self.parent) if store_durability(store_url) is Durability.FSYNC else None
+        )
+
+    async def synced(self) -> None:
+        """Return once the folder's name is on the disk (at once at os durability);
+        SandboxError if the fsync failed."""
+        if self._sync is None:
+            return
+        try:
+            await self._sync
+        except OSError as exc:
+            raise SandboxError(
+                f"Cannot fsync {self.parent} (the folder of the session's transcript folder): "
+                f"{exc}; check the disk, then start the session again."
+            ) from exc
 
 
 def short_run_dir(root: Path, passage_for: int | None = None) -> Path:

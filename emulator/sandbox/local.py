@@ -48,7 +48,14 @@ from emulator.sandbox.cgroups import (
     SandboxCgroup,
     rlimits_for,
 )
-from emulator.sandbox.folders import LOGS, first_shut, own_folders, short_run_dir, write_owned
+from emulator.sandbox.folders import (
+    LOGS,
+    EntrySync,
+    first_shut,
+    own_folders,
+    short_run_dir,
+    write_owned,
+)
 from emulator.sandbox.forking import ForkServer
 from emulator.sandbox.guard import MAX_LIFETIME_S, refuse_if_full
 from emulator.sandbox.isolation import (
@@ -300,9 +307,11 @@ class LocalSandboxProvider(MachineProvider):
         store = store_folder(spec.store_url)
         if store is not None and store.name != spec.session_id:
             store = None  # a shared store's folder is the host's, never the sandbox user's
+        entry = None
         if store is not None:
             store.parent.mkdir(parents=True, exist_ok=True)
             own_folders(self.uid, self.gid, store.parent, store.name)
+            entry = EntrySync(store, spec.store_url)
         sock = dirs["run"] / "runtime.sock"
         # The local provider's sandboxes see the host's paths (bound at the same places).
         view = SandboxView(
@@ -415,6 +424,13 @@ class LocalSandboxProvider(MachineProvider):
                     f"The sandbox for session {spec.session_id} exited with code {info.exit_code} "
                     f"before it was ready: {_tail(log_path)} (full log: {log_path})."
                 )
+            if entry is not None:
+                try:
+                    await entry.synced()
+                except SandboxError:
+                    await sandbox.kill()
+                    await sandbox.wait()
+                    raise
             sandbox.resumed = bool(ready.get("resumed"))
             if cgroup is not None and not self.throttle_start:
                 cgroup.throttle(limits)

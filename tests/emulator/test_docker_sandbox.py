@@ -4,11 +4,12 @@ its exits, and how a new host finds and reaps what an old one left."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import secrets
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ from emulator.sandbox.docker import LABEL_SESSION, DockerSandbox, DockerSandboxP
 from kit.bundle import Bundle, build_bundle, load_project
 from kit.cli.settings import EXAMPLE_PROJECT
 from kit.cli.stack import run_stack
+from kit.durability import Durability
 from kit.host.errors import SandboxError
+from kit.host.gateway import store_urls
 from kit.host.runtime_client import RuntimeClient
 from kit.host.sandbox import Endpoint, SandboxSpec
 from kit.ids import SandboxId, new_session_id
@@ -303,3 +306,25 @@ async def test_a_container_past_its_disk_ends_as_a_local_sandbox_does(world: Wor
     with pytest.raises(SandboxError, match="holds more than its tier"):
         await world.provider.start(spec)
     assert await _containers(world, spec) == []
+
+
+async def test_a_failed_fsync_of_the_session_folders_name_fails_the_start(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At fsync durability the host fsyncs the folder it made the session's transcript
+    folder in before a start returns: when that fsync fails, the start is SandboxError
+    naming the folder, and its container and config are gone."""
+    transcripts = world.root / "transcripts"
+    spec = _spec(world)
+    spec = replace(spec, store_url=store_urls(None, transcripts, Durability.FSYNC)(spec.session_id))
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(SandboxError, match=f"Cannot fsync {transcripts} .*Input/output error"):
+        await world.provider.start(spec)
+    assert (transcripts / spec.session_id).is_dir()
+    assert await _containers(world, spec) == []
+    assert list(world.provider.run_root.glob("*/config.json")) == []
+    assert spec.session_id not in world.provider.running

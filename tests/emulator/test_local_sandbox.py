@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import shutil
 import signal
@@ -18,7 +19,9 @@ import pytest
 from emulator.sandbox import LocalSandboxProvider
 from kit.bundle import Bundle, build_bundle, load_project
 from kit.cli.settings import EXAMPLE_PROJECT
+from kit.durability import Durability
 from kit.host.errors import SandboxError
+from kit.host.gateway import store_urls
 from kit.host.sandbox import Endpoint, SandboxSpec
 from kit.ids import new_session_id
 from tests.agents import pids_under
@@ -402,3 +405,71 @@ async def test_a_shared_sqlite_store_hands_no_host_folder_to_the_sandbox_user(
         await sandbox.stop()
     st = shared.stat()
     assert (st.st_uid, st.st_mode & 0o777) == (0, 0o755)
+
+
+@pytest.fixture
+async def forking(kit_tmp: Path) -> AsyncIterator[LocalSandboxProvider]:
+    """One provider forking its sandboxes (the fork server, as kit dev runs them)."""
+    p = LocalSandboxProvider(kit_tmp / "sandboxes", bundles=kit_tmp / "bundles")
+    yield p
+    await p.close()
+
+
+def _fsyncs(monkeypatch: pytest.MonkeyPatch, fail: OSError | None = None) -> list[str]:
+    """What this process fsyncs from now on (``fail``: each fsync fails so instead)."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        if fail is not None:
+            raise fail
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+@pytest.mark.parametrize("durability", list(Durability))
+async def test_a_session_folders_name_is_synced_at_fsync_before_the_start_returns(
+    forking: LocalSandboxProvider,
+    bundle: Bundle,
+    kit_tmp: Path,
+    durability: Durability,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The host makes ``transcripts/<session>``; the store in it fsyncs its own folder,
+    not that folder's name in ``transcripts/``. At fsync the host fsyncs ``transcripts/``
+    before the start returns (so before any turn, and any ``result``, can be durable); at
+    os it fsyncs nothing."""
+    transcripts = kit_tmp / "transcripts"
+    spec = _spec(bundle)
+    spec = dataclasses.replace(
+        spec, store_url=store_urls(None, transcripts, durability)(spec.session_id)
+    )
+    synced = _fsyncs(monkeypatch)
+    sandbox = await forking.start(spec)
+    try:
+        assert (transcripts / spec.session_id).is_dir()
+        assert (str(transcripts) in synced) is (durability is Durability.FSYNC)
+        if durability is Durability.OS:
+            assert synced == []
+    finally:
+        await sandbox.stop()
+
+
+async def test_a_failed_fsync_of_the_session_folders_name_fails_the_start(
+    forking: LocalSandboxProvider, bundle: Bundle, kit_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At fsync, a start whose fsync of ``transcripts/`` fails does not hand out its
+    sandbox: SandboxError naming the folder and the OS's reason, and nothing left running."""
+    transcripts = kit_tmp / "transcripts"
+    spec = _spec(bundle)
+    spec = dataclasses.replace(
+        spec, store_url=store_urls(None, transcripts, Durability.FSYNC)(spec.session_id)
+    )
+    _fsyncs(monkeypatch, OSError(errno.EIO, "Input/output error"))
+    with pytest.raises(SandboxError, match=f"Cannot fsync {transcripts} .*Input/output error"):
+        await forking.start(spec)
+    assert await forking.find(spec.session_id) is None
+    assert pids_under(forking.root / spec.session_id) == set()
