@@ -66,14 +66,13 @@ class SyntheticSandbox(Sandbox):
         """Start serving; sets :attr:`endpoint`."""
         self.endpoint = await self._runtime.listen()
 
-    @property
-    def state(self) -> SandboxState:
-        return SandboxState.EXITED if self._exit.done() else SandboxState.RUNNING
+    def _has_exited(self) -> bool:
+        return self._exit.done()
 
-    async def wait(self) -> ExitInfo:
+    async def _reported_exit(self) -> ExitInfo:
         return await asyncio.shield(self._exit)
 
-    async def kill(self, sig: int = signal.SIGKILL, reason: str | None = None) -> None:
+    async def _send_signal(self, sig: int, reason: str | None) -> None:
         self._runtime.close()
         if not self._exit.done():
             code = 128 + int(sig)

@@ -51,7 +51,6 @@ from kit.host.sandbox import (
     ExitInfo,
     Sandbox,
     SandboxSpec,
-    SandboxState,
     SandboxView,
     Usage,
     reason_of,
@@ -91,9 +90,6 @@ ABANDON_WAIT_S = 30.0
 """How long a container killed after a failed start gets to exit before it is removed."""
 OOM_NOW_WAIT_S = 3.0
 """How long :meth:`DockerSandbox.oom` lets the kernel act before it kills the container."""
-LOST_EXIT_S = 30.0
-"""How long after a SIGKILL Docker may take to report a container's exit before the
-sandbox takes it as killed (:meth:`DockerSandbox._exit_code`)."""
 
 
 class DockerSandbox(Sandbox, Rehearsable):
@@ -125,8 +121,8 @@ class DockerSandbox(Sandbox, Rehearsable):
         ``disk_bytes`` (None: not held)."""
         self.disk_bytes = disk_bytes
         self.max_lifetime_s = max_lifetime_s
-        self._killed = asyncio.Event()
-        """Set once a SIGKILL was sent: Docker's report of the exit is due at once."""
+        self._lost = asyncio.Event()
+        """Set once :meth:`Sandbox.wait` gave up on Docker's report of the exit."""
         self._waiter = asyncio.create_task(self._reap(), name=f"reap-{sandbox_id}")
         self._guard: asyncio.Task[None] | None = None
 
@@ -149,9 +145,8 @@ class DockerSandbox(Sandbox, Rehearsable):
         """Whether the container's writable folders hold more than the tier's disk."""
         return self.disk_bytes is not None and over_quota(self.folders, self.disk_bytes)
 
-    @property
-    def state(self) -> SandboxState:
-        return SandboxState.EXITED if self._waiter.done() else SandboxState.RUNNING
+    def _has_exited(self) -> bool:
+        return self._waiter.done()
 
     def alive(self) -> bool:
         """Whether the container has not been seen to exit."""
@@ -170,44 +165,37 @@ class DockerSandbox(Sandbox, Rehearsable):
         return ExitInfo(code, self._reason or reason_of(code))
 
     async def _exit_code(self) -> int:
-        """The container's exit code, as Docker's wait reports it; or, when Docker has not
-        reported it :data:`LOST_EXIT_S` after a SIGKILL (a containerd shim that died can
-        lose a killed container's exit, and every wait for the sandbox would then last
-        forever), what its record says, else 137."""
+        """The container's exit code, as Docker's wait reports it; or 137 once
+        :meth:`Sandbox.wait` has given up on that report (a containerd shim that died can
+        lose a killed container's exit): then :meth:`_reap` removes the container by force."""
         waiting = asyncio.ensure_future(self._client.wait(self.container))
-        killed = asyncio.ensure_future(self._killed.wait())
+        lost = asyncio.ensure_future(self._lost.wait())
         try:
-            await asyncio.wait([waiting, killed], return_when=asyncio.FIRST_COMPLETED)
-            if not waiting.done():
-                with contextlib.suppress(TimeoutError):
-                    return await asyncio.wait_for(asyncio.shield(waiting), LOST_EXIT_S)
-                state: dict[str, Any] = {}
-                with contextlib.suppress(SandboxError):
-                    state = (await self._client.inspect(self.container))["State"]
-                log.error(
-                    "Docker did not report container %s's exit %.0f s after a SIGKILL "
-                    "(it says: %s); taking it as killed and removing it",
-                    self.container,
-                    LOST_EXIT_S,
-                    state.get("Status", "nothing"),
-                )
-                running = state.get("Running", True)
-                return 128 + signal.SIGKILL if running else int(state.get("ExitCode", 137))
-            return waiting.result()
+            await asyncio.wait([waiting, lost], return_when=asyncio.FIRST_COMPLETED)
+            if waiting.done():
+                return waiting.result()
         finally:
             waiting.cancel()
-            killed.cancel()
+            lost.cancel()
+        status = "nothing"
+        with contextlib.suppress(SandboxError):
+            status = (await self._client.inspect(self.container))["State"].get("Status")
+        log.warning(
+            "container %s: exit lost (Docker says: %s); removing it", self.container, status
+        )
+        return 128 + signal.SIGKILL
 
-    async def wait(self) -> ExitInfo:
+    def _exit_lost(self, info: ExitInfo) -> None:
+        self._lost.set()
+
+    async def _reported_exit(self) -> ExitInfo:
         return await asyncio.shield(self._waiter)
 
-    async def kill(self, sig: int = signal.SIGKILL, reason: str | None = None) -> None:
+    async def _send_signal(self, sig: int, reason: str | None) -> None:
         if reason is not None and self._reason is None:
             self._reason = reason
         if self.alive():
             await self._client.kill(self.container, int(sig))
-            if sig == signal.SIGKILL:
-                self._killed.set()
 
     async def oom(self) -> None:
         """Run the container out of memory now (``kit sandbox oom``): its limit is lowered to

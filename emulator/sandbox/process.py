@@ -25,7 +25,6 @@ from kit.host.sandbox import (
     ExitInfo,
     Sandbox,
     SandboxSpec,
-    SandboxState,
     Usage,
     exit_code_of,
     reason_of,
@@ -157,9 +156,8 @@ class LocalSandbox(Sandbox, Rehearsable):
             await self.kill(signal.SIGKILL, reason="oom")
             await self.wait()
 
-    @property
-    def state(self) -> SandboxState:
-        return SandboxState.EXITED if self._exit else SandboxState.RUNNING
+    def _has_exited(self) -> bool:
+        return self._exit is not None
 
     def alive(self) -> bool:
         """Whether the runtime process has not exited yet."""
@@ -190,10 +188,12 @@ class LocalSandbox(Sandbox, Rehearsable):
             self._guard.cancel()
         return self._exit
 
-    async def wait(self) -> ExitInfo:
+    async def _reported_exit(self) -> ExitInfo:
+        # The kernel reaps a SIGKILLed group, so this always ends: Sandbox.wait's bound
+        # after a SIGKILL never has to stand in for it here.
         return await asyncio.shield(self._waiter)
 
-    async def kill(self, sig: int = signal.SIGKILL, reason: str | None = None) -> None:
+    async def _send_signal(self, sig: int, reason: str | None) -> None:
         if self._exit is not None:
             return
         if reason is not None and self._reason is None:

@@ -47,7 +47,6 @@ from kit.host.sandbox import (
     Sandbox,
     SandboxProvider,
     SandboxSpec,
-    SandboxState,
     SandboxView,
     reason_of,
     runtime_config,
@@ -78,6 +77,10 @@ STOPPED_TTL_S = 24 * 3600.0
 """How long a stopped machine waits to be claimed before the reaper destroys it."""
 WAIT_ROUNDS = 24 * 60 + 10
 """A bound on one watch: 60 s waits for a day (kit's maximum sandbox lifetime)."""
+STOP_SLACK_S = 10.0
+"""How long past a stop's grace (which Fly rounds to whole seconds) Fly gets to show the
+exit before the machine is sent a SIGKILL of kit's own, which bounds the wait
+(:data:`kit.host.sandbox.LOST_EXIT_S`)."""
 OOM_NOW_WAIT_S = 10.0
 """How long ``oom`` lets the kernel act before it kills the machine itself (reason ``oom``)."""
 OOM_PROGRAM = """\
@@ -171,9 +174,8 @@ class FlySandbox(Sandbox, Rehearsable):
         self._exit: ExitInfo | None = None
         self._watch: asyncio.Task[ExitInfo] | None = None
 
-    @property
-    def state(self) -> SandboxState:
-        return SandboxState.EXITED if self._exit is not None else SandboxState.RUNNING
+    def _has_exited(self) -> bool:
+        return self._exit is not None
 
     def alive(self) -> bool:
         return self._exit is None
@@ -184,8 +186,14 @@ class FlySandbox(Sandbox, Rehearsable):
             self._watch = asyncio.ensure_future(self._watch_exit())
         return self._watch
 
-    async def wait(self) -> ExitInfo:
+    async def _reported_exit(self) -> ExitInfo:
         return await asyncio.shield(self.watch())
+
+    def _exit_lost(self, info: ExitInfo) -> None:
+        # Fly accepted the SIGKILL but its API never showed the exit: stop asking it.
+        self._exit = info
+        if self._watch is not None:
+            self._watch.cancel()
 
     async def _watch_exit(self) -> ExitInfo:
         """Until this run of the machine has exited: its code (from the newest exit event
@@ -225,7 +233,7 @@ class FlySandbox(Sandbox, Rehearsable):
                 return None
         return 128 + signals.SIGKILL, False
 
-    async def kill(self, sig: int = signals.SIGKILL, reason: str | None = None) -> None:
+    async def _send_signal(self, sig: int, reason: str | None) -> None:
         if self._exit is not None:
             return
         self._reason = reason or self._reason
@@ -291,8 +299,10 @@ class FlySandbox(Sandbox, Rehearsable):
             with contextlib.suppress(asyncio.CancelledError):
                 await hog
 
-    async def stop(self, grace_s: float = 5.0) -> ExitInfo:
-        self._reason = self._reason or "stopped"
+    async def stop(self, grace_s: float = 5.0, reason: str = "stopped") -> ExitInfo:
+        """Fly's ``stop`` (SIGTERM, then Fly's own SIGKILL after ``grace_s``); should the
+        exit not show by then, a SIGKILL of our own, so :meth:`wait` is bounded."""
+        self._reason = self._reason or reason
         with contextlib.suppress(fly.NotFound):
             try:
                 await self.api.stop_machine(
@@ -300,7 +310,11 @@ class FlySandbox(Sandbox, Rehearsable):
                 )
             except fly.FlyError as exc:
                 raise SandboxError(f"could not stop machine {self.id}: {exc}") from exc
-        return await self.wait()
+        try:
+            return await asyncio.wait_for(self.wait(), grace_s + STOP_SLACK_S)
+        except TimeoutError:
+            await self.kill(signals.SIGKILL, reason=reason)
+            return await self.wait()
 
 
 class FlySandboxProvider(SandboxProvider):

@@ -14,7 +14,9 @@ probe (:func:`kit.host.runtime_client.wait_ready`), for every provider.
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import logging
 import signal
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -28,6 +30,8 @@ from kit.protocol.runtime_api import HARNESS_EXIT_CODE
 from kit.protocol.runtime_config import STORE_DEADLINE_S, STORE_RETRY_S, RuntimeConfig
 from kit.storage.errors import StoreError
 from kit.storage.sqliteurl import read_sqlite_url, sqlite_durability, unparse_sqlite_url
+
+log = logging.getLogger("kit.host")
 
 
 class SandboxState(enum.Enum):
@@ -217,8 +221,31 @@ class Usage:
     (``None``: the provider cannot tell, and the tier advisor says nothing about CPU)."""
 
 
+LOST_EXIT_S = 30.0
+"""How long a provider may take to report a sandbox's exit after a SIGKILL before
+:meth:`Sandbox.wait` takes the sandbox as killed (137) without its word."""
+
+
 class Sandbox(ABC):
-    """A running (or finished) sandbox."""
+    """A running (or finished) sandbox.
+
+    A provider implements :meth:`_send_signal`, :meth:`_reported_exit` and
+    :meth:`_has_exited`; this class decides, in one place, when the sandbox has ended:
+    when its provider reports the exit, or :data:`LOST_EXIT_S` after a SIGKILL whose exit
+    the provider never reported (a Docker shim or a Fly API that lost it). Every
+    :meth:`wait` then gets the same :class:`ExitInfo`. A sandbox never sent SIGKILL is
+    waited for as long as it runs.
+
+    Taking a SIGKILLed sandbox as gone lets the session start another for its turn; the
+    old one must no longer act. A local sandbox's processes are reaped by the kernel, so
+    its report always comes. Docker: the daemon accepted the SIGKILL (else :meth:`kill`
+    raises and nothing is decided), the provider removes the container by force once its
+    exit is lost, and the session revokes the sandbox's tokens (no model, no egress);
+    what remains is a container whose daemon lost it altogether, which could still write
+    the session's transcript file until it is removed. Fly: the API accepted the SIGKILL,
+    and the next start's ``find`` stops any machine Fly still lists as the session's;
+    what remains is a machine Fly neither killed nor lists, with its tokens revoked.
+    """
 
     id: SandboxId
     session_id: SessionId
@@ -227,32 +254,99 @@ class Sandbox(ABC):
     resumed: bool
     """Whether the runtime found the session's transcript and resumed it."""
 
+    _ending: asyncio.Task[ExitInfo] | None = None
+    """Decides the sandbox's end (:meth:`_decide_end`); started by the first wait or SIGKILL."""
+    _sigkilled: asyncio.Event | None = None
+    _kill_reason: str | None = None
+
     @property
-    @abstractmethod
     def state(self) -> SandboxState:
         """Where the sandbox is in its lifecycle."""
+        ending = self._ending
+        decided = ending is not None and ending.done() and not ending.cancelled()
+        return SandboxState.EXITED if decided or self._has_exited() else SandboxState.RUNNING
 
-    @abstractmethod
     async def wait(self) -> ExitInfo:
-        """Wait until the sandbox has exited."""
+        """Wait until the sandbox has exited: as its provider reports it or, when the
+        provider has not :data:`LOST_EXIT_S` after a SIGKILL, ``ExitInfo(137, reason)``
+        (the kill's reason, else ``killed``). Every waiter gets the same answer."""
+        if self._ending is None or self._ending.cancelled():
+            self._ending = asyncio.create_task(self._decide_end(), name=f"end-{self.id}")
+        return await asyncio.shield(self._ending)
+
+    async def kill(self, sig: int = signal.SIGKILL, reason: str | None = None) -> None:
+        """Send ``sig`` to everything in the sandbox; ``reason`` is what :meth:`wait`
+        reports (the first one given). After a SIGKILL the provider has
+        :data:`LOST_EXIT_S` to report the exit."""
+        if reason is not None and self._kill_reason is None:
+            self._kill_reason = reason
+        await self._send_signal(sig, reason)
+        if sig == signal.SIGKILL:  # sent: else _send_signal raised, and nothing is decided
+            if self._sigkilled is None:
+                self._sigkilled = asyncio.Event()
+            self._sigkilled.set()
+            if self._ending is None or self._ending.cancelled():  # the bound runs unwaited
+                self._ending = asyncio.create_task(self._decide_end(), name=f"end-{self.id}")
+
+    async def _decide_end(self) -> ExitInfo:
+        """The provider's report of the exit, or, once it is :data:`LOST_EXIT_S` late
+        after a SIGKILL, 137 (logged, and the provider told by :meth:`_exit_lost`)."""
+        if self._sigkilled is None:
+            self._sigkilled = asyncio.Event()
+        reported = asyncio.ensure_future(self._reported_exit())
+        killed = asyncio.ensure_future(self._sigkilled.wait())
+        try:
+            await asyncio.wait([reported, killed], return_when=asyncio.FIRST_COMPLETED)
+            if not reported.done():
+                await asyncio.wait([reported], timeout=LOST_EXIT_S)
+            if reported.done():
+                return reported.result()
+        finally:
+            reported.cancel()
+            killed.cancel()
+        lost = ExitInfo(128 + signal.SIGKILL, self._kill_reason or "killed")
+        log.error(
+            "sandbox %s (session %s): its exit was never reported %.0f s after a SIGKILL; "
+            "taking it as gone (exit %d, %s)",
+            self.id,
+            self.session_id,
+            LOST_EXIT_S,
+            lost.exit_code,
+            lost.reason,
+        )
+        self._exit_lost(lost)
+        return lost
 
     @abstractmethod
-    async def kill(self, sig: int = signal.SIGKILL, reason: str | None = None) -> None:
-        """Send ``sig`` to everything in the sandbox; ``reason`` is what :meth:`wait` reports."""
+    async def _send_signal(self, sig: int, reason: str | None) -> None:
+        """Send ``sig`` to everything in the sandbox (the provider's part of :meth:`kill`);
+        raise :class:`~kit.host.errors.SandboxError` when it could not be sent."""
+
+    @abstractmethod
+    async def _reported_exit(self) -> ExitInfo:
+        """Until the provider has seen the sandbox exit (the provider's part of
+        :meth:`wait`). Cancelling it must not stop the provider watching (shield it)."""
+
+    @abstractmethod
+    def _has_exited(self) -> bool:
+        """Whether the provider has seen the sandbox exit."""
+
+    def _exit_lost(self, info: ExitInfo) -> None:  # noqa: B027 - optional hook
+        """:meth:`wait` gave up on the provider's report and returned ``info``: drop what is
+        held of the sandbox (Docker removes the container)."""
 
     async def usage(self) -> Usage | None:
         """What the sandbox has used so far (``None`` where the provider cannot measure)."""
         return None
 
-    async def stop(self, grace_s: float = 5.0) -> ExitInfo:
-        """SIGTERM, then SIGKILL after ``grace_s`` seconds; wait for the exit."""
-        import asyncio
-
-        await self.kill(signal.SIGTERM, reason="stopped")
+    async def stop(self, grace_s: float = 5.0, reason: str = "stopped") -> ExitInfo:
+        """SIGTERM, then SIGKILL after ``grace_s`` seconds; wait for the exit (at most
+        :data:`LOST_EXIT_S` after the SIGKILL: :meth:`wait`)."""
+        await self.kill(signal.SIGTERM, reason=reason)
         try:
             return await asyncio.wait_for(self.wait(), grace_s)
         except TimeoutError:
-            await self.kill(signal.SIGKILL, reason="stopped")
+            await self.kill(signal.SIGKILL, reason=reason)
             return await self.wait()
 
 

@@ -49,6 +49,9 @@ log = logging.getLogger("kit.host")
 
 EXIT_WAIT_S = 10.0
 """How long a sandbox gets to exit (its stream broke, or it was sent SIGTERM) before it is killed."""
+CLOSE_GRACE_S = 5.0
+"""How long a closing session's sandbox gets to exit after its SIGTERM before it is killed
+(then its exit is waited for at most ``kit.host.sandbox.LOST_EXIT_S``)."""
 
 
 class Subscriber(Protocol):
@@ -620,7 +623,8 @@ class Session:
             )
 
     async def _sandbox_gone(self) -> None:
-        """After a broken turn stream: make sure the sandbox is dead and its exit recorded."""
+        """After a broken turn stream: make sure the sandbox is dead and its exit recorded
+        (the watcher's wait ends at most LOST_EXIT_S after the SIGKILL: Sandbox.wait)."""
         live, watcher = self._live, self._watcher
         if watcher is None:
             return
@@ -645,12 +649,7 @@ class Session:
         live, watcher = self._live, self._watcher
         if live is None:
             return
-        sandbox = live.sandbox
-        await sandbox.kill(15, reason=reason)
-        try:
-            await asyncio.wait_for(sandbox.wait(), EXIT_WAIT_S)
-        except TimeoutError:
-            await sandbox.kill(reason=reason)
+        await live.sandbox.stop(EXIT_WAIT_S, reason=reason)
         if watcher is not None:
             await watcher
 
@@ -686,7 +685,7 @@ class Session:
                 await self._runner
         live = self._live
         if live is not None:
-            await live.sandbox.stop()
+            await live.sandbox.stop(CLOSE_GRACE_S)
             if self._watcher is not None:
                 with contextlib.suppress(Exception):
                     await self._watcher

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-import emulator.sandbox.docker as docker_sandbox
+import kit.host.sandbox
 from emulator.sandbox.docker import DockerSandbox
 from kit.ids import SandboxId, new_session_id
 
@@ -48,10 +48,11 @@ async def test_a_killed_container_whose_exit_docker_lost_still_ends(
     monkeypatch: pytest.MonkeyPatch, running: bool
 ) -> None:
     """After a SIGTERM the sandbox waits for Docker as long as it takes; after a SIGKILL
-    Docker gets LOST_EXIT_S to report the exit, then the sandbox ends as killed (137),
-    whatever the container's record says, and the container is removed. (Broken on purpose
-    once: with the plain wait, the sandbox never ended and this test timed out.)"""
-    monkeypatch.setattr(docker_sandbox, "LOST_EXIT_S", 0.0)
+    Docker gets LOST_EXIT_S (kit.host.sandbox's bound, for every provider) to report the
+    exit, then the sandbox ends as killed (137), whatever the container's record says, and
+    the container is removed. (Broken on purpose once: with the plain wait, the sandbox
+    never ended and this test timed out.)"""
+    monkeypatch.setattr(kit.host.sandbox, "LOST_EXIT_S", 0.0)
     client = LosesExits(running)
     sandbox = DockerSandbox(
         client,  # type: ignore[arg-type]
@@ -67,6 +68,9 @@ async def test_a_killed_container_whose_exit_docker_lost_still_ends(
     await sandbox.kill(signal.SIGKILL)
     async with asyncio.timeout(10):
         ended = await sandbox.wait()
+        reaped = await sandbox._reported_exit()  # the provider's own watch lets go too
     assert (ended.exit_code, ended.reason) == (137, "killed")
+    assert reaped.exit_code == 137
+    assert not sandbox.alive()
     assert client.killed == [signal.SIGTERM, signal.SIGKILL]
     assert client.removed == ["c1"]

@@ -36,18 +36,17 @@ class FakeSandbox(Sandbox):
         self.stop_delay_s = stop_delay_s
         self._exit: asyncio.Future[ExitInfo] = asyncio.get_running_loop().create_future()
 
-    @property
-    def state(self) -> SandboxState:
-        return SandboxState.EXITED if self._exit.done() else SandboxState.RUNNING
+    def _has_exited(self) -> bool:
+        return self._exit.done()
 
-    async def wait(self) -> ExitInfo:
+    async def _reported_exit(self) -> ExitInfo:
         return await asyncio.shield(self._exit)
 
     def die(self, reason: str = "exited") -> None:
         if not self._exit.done():
             self._exit.set_result(ExitInfo(1, reason))
 
-    async def kill(self, sig: int = signal.SIGKILL, reason: str | None = None) -> None:
+    async def _send_signal(self, sig: int, reason: str | None) -> None:
         delay = self.stop_delay_s if sig == signal.SIGTERM else 0.0
         asyncio.get_running_loop().call_later(delay, self.die, reason or "killed")
 
