@@ -288,7 +288,7 @@ async def main() -> None:
     hops = state / "hops"
     if args.hops:
         hops.mkdir()
-        os.chmod(hops, 0o777)  # the sandbox user writes its runtime's marks here
+        os.chmod(hops, 0o1777)  # the sandbox user writes its runtime's marks here, as /tmp
         os.environ[hoptrace.ENV] = str(hops)  # before anything marks: read once per process
     project = state / "project"
     shutil.copytree(EXAMPLE_PROJECT, project, ignore=shutil.ignore_patterns(".kit"))

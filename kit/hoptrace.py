@@ -43,8 +43,10 @@ def _open() -> TextIO | None:
         _looked = True
         folder = os.environ.get(ENV)
         if folder:
-            try:
-                _out = open(os.path.join(folder, f"{os.getpid()}.log"), "a", buffering=1)  # noqa: SIM115
+            try:  # never through a link another user put in the (shared) folder
+                flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+                fd = os.open(os.path.join(folder, f"{os.getpid()}.log"), flags, 0o600)
+                _out = open(fd, "a", buffering=1)  # noqa: SIM115
             except OSError:  # e.g. a confined sandbox, which cannot see the folder: no marks
                 _out = None
     return _out

@@ -37,6 +37,19 @@ def test_a_folder_it_cannot_open_leaves_the_turn_alone(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_link_in_the_folder_is_not_followed(
+    fresh: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another user of the shared folder (the sandbox user) cannot point this process's
+    marks at a file of its choosing."""
+    target = tmp_path / "event log"
+    target.write_text("kept\n")
+    (tmp_path / f"{os.getpid()}.log").symlink_to(target)
+    monkeypatch.setenv(hoptrace.ENV, str(tmp_path))
+    hoptrace.hop("host: message received")
+    assert target.read_text() == "kept\n"
+
+
 def test_each_process_marks_in_its_own_file_on_one_clock(
     fresh: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
