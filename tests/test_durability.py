@@ -355,6 +355,31 @@ def test_kit_devs_transcript_stores_follow_kit_durability(tmp_path: Path, durabi
     assert config.store_url("s1") == given
 
 
+@pytest.mark.parametrize(
+    ("url", "fix"),
+    [
+        ("sqlite:///data/x#1/all.db", "%23"),
+        ("sqlite:///data/x/all.db?mode=ro", "durability=os or fsync"),
+        ("sqlite:///data/x/all.db?durability=fast", "or os"),
+        ("sqlite://host/data/x/all.db", "three slashes"),
+    ],
+)
+def test_a_sqlite_store_url_kit_cannot_open_is_refused_at_start(
+    tmp_path: Path, url: str, fix: str
+) -> None:
+    """A ``KIT_STORE_URL`` every sandbox would refuse is refused once, when kit starts,
+    naming the fix, before any folder is made for it (a sandbox's start makes the store's
+    folder first)."""
+    from kit.cli.settings import EXAMPLE_PROJECT, SettingsError, dev_settings
+
+    url = url.replace("/data/", f"/{str(tmp_path).strip('/')}/data/")
+    environ = {"KIT_STATE_DIR": str(tmp_path / "state"), "KIT_STORE_URL": url}
+    with pytest.raises(SettingsError, match="KIT_STORE_URL") as refused:
+        dev_settings(project=EXAMPLE_PROJECT, host=None, port=None, environ=environ)
+    assert fix in str(refused.value)
+    assert not (tmp_path / "data").exists()
+
+
 @pytest.mark.parametrize("durability", list(Durability))
 async def test_a_session_folders_name_is_synced_at_fsync_only(
     tmp_path: Path, fsync: HeldFsync, durability: Durability

@@ -96,7 +96,9 @@ from kit.host.launch import GRACE_S
 from kit.host.lease import DEFAULT_TTL_S
 from kit.host.pool import MAX_POOL_SIZE, POOL_SIZE
 from kit.protocol.runtime_config import STORE_DEADLINE_S, STORE_RETRY_S
+from kit.storage.errors import StoreError
 from kit.storage.s3io import endpoint_of
+from kit.storage.sqliteurl import check_sqlite_url
 
 ANTHROPIC_API = "https://api.anthropic.com"
 DEFAULT_PORT = 8787
@@ -256,6 +258,11 @@ def dev_settings(
             f"KIT_SANDBOX={sandbox!r}: give local (process groups on this machine) or docker "
             "(containers of kit's runtime image; scripts/docker-up starts Docker)."
         )
+    if store_url and store_url.startswith("sqlite:"):
+        try:  # each sandbox would refuse it at its start, after its folder was made
+            check_sqlite_url(store_url)
+        except StoreError as exc:
+            raise SettingsError(f"KIT_STORE_URL: {exc}") from None
     if sandbox == "docker" and store_url and store_url.startswith("s3:"):
         raise SettingsError(
             f"KIT_STORE_URL={store_url.split('?')[0]!r} with --sandbox docker: containers "

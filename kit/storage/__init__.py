@@ -27,12 +27,11 @@ URL                                                store
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from kit.storage.errors import StoreError, StoreUnavailable
-from kit.storage.sqliteurl import read_sqlite_url, sqlite_durability
+from kit.storage.sqliteurl import check_sqlite_url
 
 if TYPE_CHECKING:
     from kit.storage.memory import MemorySessionStore
@@ -84,20 +83,10 @@ def open_store(url: str, *, token: str | None = None) -> Any:
 
         return MemorySessionStore()
     if parts.scheme == "sqlite":
-        sqlite = read_sqlite_url(url)
-        if parts.netloc or sqlite is None or sqlite.path == Path("/"):
-            raise StoreError(
-                f"Store URL {url!r}: write sqlite:///ABSOLUTE/PATH.db (three slashes, then the "
-                "path; ?durability=os or fsync after it, as KIT_DURABILITY)."
-            )
-        if sqlite.fragment or "\0" in str(sqlite.path):
-            raise StoreError(
-                f"Store URL {url!r}: a # ends the path and a path holds no NUL; write a # in "
-                "the path as %23."
-            )
+        path, durability = check_sqlite_url(url)
         from kit.storage.sqlite import SQLiteSessionStore
 
-        return SQLiteSessionStore(sqlite.path, sqlite_durability(url, sqlite.query))
+        return SQLiteSessionStore(path, durability)
     if parts.scheme == "s3":
         from kit.storage.s3 import S3SessionStore
 

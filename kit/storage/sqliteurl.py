@@ -29,6 +29,7 @@ SQLITE_PREFIX = "sqlite:///"
 __all__ = [
     "SQLITE_PREFIX",
     "SQLiteURL",
+    "check_sqlite_url",
     "read_sqlite_url",
     "sqlite_durability",
     "sqlite_url",
@@ -69,6 +70,24 @@ def unparse_sqlite_url(parts: SQLiteURL) -> str:
     """The URL of ``parts``: :func:`read_sqlite_url` gives them back."""
     query = f"?{parts.query}" if parts.query else ""
     return sqlite_url(parts.path) + query + (f"#{parts.fragment}" if parts.fragment else "")
+
+
+def check_sqlite_url(url: str) -> tuple[Path, Durability]:
+    """The file a ``sqlite:`` store URL names and how durable its writes are;
+    StoreError naming the fix when the URL is not one kit can open (checked before anything
+    is made on the disk for it)."""
+    sqlite = read_sqlite_url(url)
+    if urlsplit(url).netloc or sqlite is None or sqlite.path == Path("/"):
+        raise StoreError(
+            f"Store URL {url!r}: write sqlite:///ABSOLUTE/PATH.db (three slashes, then the "
+            "path; ?durability=os or fsync after it, as KIT_DURABILITY)."
+        )
+    if sqlite.fragment or "\0" in str(sqlite.path):
+        raise StoreError(
+            f"Store URL {url!r}: a # ends the path and a path holds no NUL; write a # in "
+            "the path as %23."
+        )
+    return sqlite.path, sqlite_durability(url, sqlite.query)
 
 
 def sqlite_durability(url: str, query: str) -> Durability:
