@@ -86,8 +86,6 @@ OOM_WATCH_ATTEMPTS = 10
 """How many times in a row the provider re-opens Docker's event stream after it breaks."""
 OOM_WATCH_START_S = 5.0
 """How long the first start waits for Docker's event stream to open."""
-ABANDON_WAIT_S = 30.0
-"""How long a container killed after a failed start gets to exit before it is removed."""
 OOM_NOW_WAIT_S = 3.0
 """How long :meth:`DockerSandbox.oom` lets the kernel act before it kills the container."""
 
@@ -149,8 +147,8 @@ class DockerSandbox(Sandbox, Rehearsable):
         return self._waiter.done()
 
     def alive(self) -> bool:
-        """Whether the container has not been seen to exit."""
-        return not self._waiter.done()
+        """Whether the container has not been seen to exit (nor its exit given up on)."""
+        return not self._waiter.done() and not self._lost.is_set()
 
     async def _reap(self) -> ExitInfo:
         code = await self._exit_code()
@@ -185,8 +183,9 @@ class DockerSandbox(Sandbox, Rehearsable):
         )
         return 128 + signal.SIGKILL
 
-    def _exit_lost(self, info: ExitInfo) -> None:
+    async def _exit_lost(self, info: ExitInfo) -> None:
         self._lost.set()
+        await asyncio.shield(self._waiter)  # the reaper: inspect, logs, forced remove
 
     async def _reported_exit(self) -> ExitInfo:
         return await asyncio.shield(self._waiter)
@@ -466,9 +465,9 @@ class DockerSandboxProvider(MachineProvider):
         if sandbox is not None:
             try:
                 await sandbox.kill(signal.SIGKILL, reason="failed")
-                await asyncio.wait_for(sandbox.wait(), ABANDON_WAIT_S)
+                await sandbox.wait()  # bounded after a SIGKILL (Sandbox.wait)
                 return
-            except (SandboxError, TimeoutError) as exc:
+            except SandboxError as exc:
                 log.warning("container %s did not end after its start failed: %s", cid, exc)
         try:
             await self.client.remove(cid)

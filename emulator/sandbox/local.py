@@ -427,9 +427,8 @@ class LocalSandboxProvider(MachineProvider):
             if entry is not None:
                 try:
                     await entry.synced()
-                except SandboxError:
-                    await sandbox.kill()
-                    await sandbox.wait()
+                except BaseException:  # failed, or the start was cancelled: nobody holds it
+                    await asyncio.shield(_put_down(sandbox))
                     raise
             sandbox.resumed = bool(ready.get("resumed"))
             if cgroup is not None and not self.throttle_start:
@@ -653,3 +652,9 @@ def _hop_trace() -> dict[str, str]:
     runtime marks its own. A folder name, no secret."""
     folder = os.environ.get(hoptrace.ENV)
     return {hoptrace.ENV: folder} if folder else {}
+
+
+async def _put_down(sandbox: LocalSandbox) -> None:
+    """Kill a sandbox whose start did not go on, and wait for its exit."""
+    await sandbox.kill()
+    await sandbox.wait()

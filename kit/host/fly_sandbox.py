@@ -189,7 +189,7 @@ class FlySandbox(Sandbox, Rehearsable):
     async def _reported_exit(self) -> ExitInfo:
         return await asyncio.shield(self.watch())
 
-    def _exit_lost(self, info: ExitInfo) -> None:
+    async def _exit_lost(self, info: ExitInfo) -> None:
         # Fly accepted the SIGKILL but its API never showed the exit: stop asking it.
         self._exit = info
         if self._watch is not None:
@@ -309,7 +309,10 @@ class FlySandbox(Sandbox, Rehearsable):
                     self.app, self.id, signal="SIGTERM", timeout_s=max(1, round(grace_s))
                 )
             except fly.FlyError as exc:
-                raise SandboxError(f"could not stop machine {self.id}: {exc}") from exc
+                # Fly would not stop it (not up yet, stopping already): a SIGTERM and a
+                # SIGKILL as kill sends them, which knows those states.
+                log.info("machine %s: Fly's stop failed (%s); signalling it", self.id, exc)
+                return await super().stop(grace_s, reason)
         try:
             return await asyncio.wait_for(self.wait(), grace_s + STOP_SLACK_S)
         except TimeoutError:

@@ -224,6 +224,14 @@ class Usage:
 LOST_EXIT_S = 30.0
 """How long a provider may take to report a sandbox's exit after a SIGKILL before
 :meth:`Sandbox.wait` takes the sandbox as killed (137) without its word."""
+LOST_CLEANUP_S = 10.0
+"""How long :meth:`Sandbox.wait` then gives the provider to drop what it holds of the
+sandbox (:meth:`Sandbox._exit_lost`: Docker removes the container) before it returns."""
+
+
+def _read_error(task: asyncio.Task[ExitInfo]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class Sandbox(ABC):
@@ -263,16 +271,19 @@ class Sandbox(ABC):
     def state(self) -> SandboxState:
         """Where the sandbox is in its lifecycle."""
         ending = self._ending
-        decided = ending is not None and ending.done() and not ending.cancelled()
+        decided = (
+            ending is not None
+            and ending.done()
+            and not ending.cancelled()
+            and ending.exception() is None  # a provider's watch that failed is no exit
+        )
         return SandboxState.EXITED if decided or self._has_exited() else SandboxState.RUNNING
 
     async def wait(self) -> ExitInfo:
         """Wait until the sandbox has exited: as its provider reports it or, when the
         provider has not :data:`LOST_EXIT_S` after a SIGKILL, ``ExitInfo(137, reason)``
         (the kill's reason, else ``killed``). Every waiter gets the same answer."""
-        if self._ending is None or self._ending.cancelled():
-            self._ending = asyncio.create_task(self._decide_end(), name=f"end-{self.id}")
-        return await asyncio.shield(self._ending)
+        return await asyncio.shield(self._end())
 
     async def kill(self, sig: int = signal.SIGKILL, reason: str | None = None) -> None:
         """Send ``sig`` to everything in the sandbox; ``reason`` is what :meth:`wait`
@@ -285,8 +296,15 @@ class Sandbox(ABC):
             if self._sigkilled is None:
                 self._sigkilled = asyncio.Event()
             self._sigkilled.set()
-            if self._ending is None or self._ending.cancelled():  # the bound runs unwaited
-                self._ending = asyncio.create_task(self._decide_end(), name=f"end-{self.id}")
+            self._end()  # the bound runs, waited for or not
+
+    def _end(self) -> asyncio.Task[ExitInfo]:
+        """The task deciding the sandbox's end (made once; again if it was cancelled). Its
+        error, a provider's watch that failed, is read here as well as by any waiter."""
+        if self._ending is None or self._ending.cancelled():
+            self._ending = asyncio.create_task(self._decide_end(), name=f"end-{self.id}")
+            self._ending.add_done_callback(_read_error)
+        return self._ending
 
     async def _decide_end(self) -> ExitInfo:
         """The provider's report of the exit, or, once it is :data:`LOST_EXIT_S` late
@@ -314,7 +332,10 @@ class Sandbox(ABC):
             lost.exit_code,
             lost.reason,
         )
-        self._exit_lost(lost)
+        try:  # the provider drops what it holds (a container) before anyone starts anew
+            await asyncio.wait_for(self._exit_lost(lost), LOST_CLEANUP_S)
+        except Exception as exc:
+            log.error("sandbox %s: dropping it after its lost exit failed: %r", self.id, exc)
         return lost
 
     @abstractmethod
@@ -331,9 +352,10 @@ class Sandbox(ABC):
     def _has_exited(self) -> bool:
         """Whether the provider has seen the sandbox exit."""
 
-    def _exit_lost(self, info: ExitInfo) -> None:  # noqa: B027 - optional hook
-        """:meth:`wait` gave up on the provider's report and returned ``info``: drop what is
-        held of the sandbox (Docker removes the container)."""
+    async def _exit_lost(self, info: ExitInfo) -> None:  # noqa: B027 - optional hook
+        """:meth:`wait` gave up on the provider's report and is about to return ``info``:
+        drop what is held of the sandbox (Docker removes the container), within
+        :data:`LOST_CLEANUP_S`; from now on the provider must not take it for running."""
 
     async def usage(self) -> Usage | None:
         """What the sandbox has used so far (``None`` where the provider cannot measure)."""

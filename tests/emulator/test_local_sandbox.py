@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import errno
@@ -11,12 +12,14 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import threading
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import pytest
 
 from emulator.sandbox import LocalSandboxProvider
+from emulator.sandbox.folders import EntrySync
 from kit.bundle import Bundle, build_bundle, load_project
 from kit.cli.settings import EXAMPLE_PROJECT
 from kit.durability import Durability
@@ -472,4 +475,44 @@ async def test_a_failed_fsync_of_the_session_folders_name_fails_the_start(
     with pytest.raises(SandboxError, match=f"Cannot fsync {transcripts} .*Input/output error"):
         await forking.start(spec)
     assert await forking.find(spec.session_id) is None
+    assert pids_under(forking.root / spec.session_id) == set()
+
+
+async def test_a_start_cancelled_during_the_fsync_leaves_nothing_running(
+    forking: LocalSandboxProvider, bundle: Bundle, kit_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start cancelled while it waits for the fsync of ``transcripts/`` (a pool shutting
+    down, say) kills the sandbox it made: nobody would hold it. (Broken on purpose once:
+    with only a SandboxError handled, its runtime was left running.)"""
+    transcripts = kit_tmp / "transcripts"
+    spec = _spec(bundle)
+    spec = dataclasses.replace(
+        spec, store_url=store_urls(None, transcripts, Durability.FSYNC)(spec.session_id)
+    )
+    release = threading.Event()
+    real = os.fsync
+
+    def held_fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}") == str(transcripts):
+            release.wait(30)
+        real(fd)
+
+    waiting = asyncio.Event()
+    synced = EntrySync.synced
+
+    async def watched(self: EntrySync) -> None:
+        waiting.set()  # the runtime is up; the start waits for the fsync
+        await synced(self)
+
+    monkeypatch.setattr(os, "fsync", held_fsync)
+    monkeypatch.setattr(EntrySync, "synced", watched)
+    start = asyncio.create_task(forking.start(spec))
+    try:
+        await asyncio.wait_for(waiting.wait(), 60)
+        assert pids_under(forking.root / spec.session_id)
+        start.cancel()
+    finally:
+        release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await start
     assert pids_under(forking.root / spec.session_id) == set()

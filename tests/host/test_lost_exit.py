@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
+import fly
 import kit.host.fly_sandbox
 import kit.host.sandbox
 import kit.host.session
 from fly import Machine
+from kit.host.errors import SandboxError
 from kit.host.eventlog import SQLiteLogStore
 from kit.host.fly_sandbox import FlySandbox
 from kit.host.sandbox import Endpoint, ExitInfo, SandboxSpec, SandboxState
@@ -119,6 +121,34 @@ async def test_a_reported_exit_is_the_one_waiters_get() -> None:
     async with asyncio.timeout(WAIT_S):
         await sandbox.kill(signal.SIGTERM, reason="stopped")
         assert await sandbox.wait() == ExitInfo(1, "stopped")
+
+
+class WatchFails(LosesExit):
+    """Its provider's watch of the exit fails (a Docker daemon restarting, say)."""
+
+    async def _reported_exit(self) -> ExitInfo:
+        raise SandboxError("the daemon went away")
+
+
+@pytest.mark.usefixtures("no_bound_wait")
+async def test_a_failed_watch_is_no_exit_and_its_error_is_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A SIGKILL starts the end's task with no waiter; the provider's watch fails: the
+    sandbox is not taken for exited (the pool and ``find`` read ``state``), and the error
+    is read, not left for the loop to complain of. (Broken on purpose once: ``state`` said
+    EXITED.)"""
+    sandbox = WatchFails(_spec(), 1)
+    await sandbox.kill()
+    await _yield()
+    assert sandbox.state is SandboxState.RUNNING
+    with pytest.raises(SandboxError):
+        await sandbox.wait()
+    del sandbox
+    import gc
+
+    gc.collect()
+    assert "never retrieved" not in caplog.text
 
 
 @pytest.mark.usefixtures("no_bound_wait")
@@ -229,3 +259,35 @@ async def test_a_fly_machine_whose_exit_never_shows_still_stops(
     assert info == ExitInfo(137, "stopped")
     assert api.calls == ["stop SIGTERM", "signal SIGKILL"]
     assert not sandbox.alive()
+
+
+class FlyWontStop(FlyLosesExits):
+    """Fly refuses the stop (the machine is not up yet); signals go through and end it."""
+
+    def __init__(self, sandbox: list[FlySandbox]) -> None:
+        super().__init__()
+        self.sandbox = sandbox
+
+    async def stop_machine(self, app: str, machine: str, *, signal: str, timeout_s: int) -> None:
+        self.calls.append(f"stop {signal}")
+        raise fly.FlyError("412: machine is starting")
+
+    async def signal_machine(self, app: str, machine: str, signal: str) -> None:
+        self.calls.append(f"signal {signal}")
+        if signal == "SIGKILL":
+            self.sandbox[0]._exit = ExitInfo(137, "idle")
+
+
+async def test_a_fly_stop_fly_refuses_is_sent_as_signals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle stop of a machine Fly will not stop is not a failed runner: a SIGTERM, then
+    a SIGKILL, as ``kill`` sends them. (Broken on purpose once: SandboxError.)"""
+    monkeypatch.setattr(kit.host.sandbox, "LOST_EXIT_S", 0.0)
+    holder: list[FlySandbox] = []
+    api = FlyWontStop(holder)
+    machine = Machine.parse({"id": "m1", "private_ip": "fdaa::2"})
+    sandbox = FlySandbox(api, "app", machine, new_session_id(), None)  # type: ignore[arg-type]
+    holder.append(sandbox)
+    async with asyncio.timeout(WAIT_S):
+        info = await sandbox.stop(grace_s=0.0, reason="idle")
+    assert info.exit_code == 137
+    assert api.calls == ["stop SIGTERM", "signal SIGTERM", "signal SIGKILL"]
