@@ -19,6 +19,7 @@ from emulator.sandbox.isolation import choose
 from kit.cli.stack import Stack, run_stack
 from kit.client import SessionClient, create_session
 from kit.errors import KitError
+from kit.host.session import Session
 from tests.agents import open_session, stored_prompts, turn_events, write_agent
 from tests.conftest import stack_settings
 
@@ -133,6 +134,17 @@ def _passage(isolation: str, stack: Stack) -> int | None:
     return stack.provider.gid if unconfined else None
 
 
+async def _hello(stack: Stack) -> Session:
+    """A session whose first turn, "hello", ended with its result."""
+    client, session = await open_session(stack)
+    try:
+        events = await turn_events(client, "hello")
+    finally:
+        await client.close()
+    assert events[-1].kind == "result", events[-1]
+    return session
+
+
 def _check(stack: Stack, session_id: str, passage: int | None) -> None:
     """The state dir after a turn of ``session_id``, as the module docstring says."""
     state, provider = stack.settings.state_dir, stack.provider
@@ -177,12 +189,7 @@ async def test_after_a_turn_only_the_host_may_read_the_state_dir(
         kit_tmp / "state", project, sandbox_isolation=isolation, **_unconfined_user(isolation)
     )
     async with run_stack(settings) as stack:
-        client, session = await open_session(stack)
-        try:
-            events = await turn_events(client, "hello")
-        finally:
-            await client.close()
-        assert events[-1].kind == "result", events[-1]
+        session = await _hello(stack)
         assert "hello" in await stored_prompts(settings.state_dir, session.id)
         passage = _passage(isolation, stack)
         _check(stack, session.id, passage)
@@ -248,11 +255,6 @@ async def test_a_state_dir_whose_path_a_url_would_misread_runs_a_turn(kit_tmp: P
     folder.mkdir(mode=0o755)
     settings = stack_settings(folder / "state")
     async with run_stack(settings) as stack:
-        client, session = await open_session(stack)
-        try:
-            events = await turn_events(client, "hello")
-        finally:
-            await client.close()
-        assert events[-1].kind == "result", events[-1]
+        session = await _hello(stack)
     assert (settings.state_dir / "transcripts" / session.id / "transcript.sqlite").is_file()
     assert "hello" in await stored_prompts(settings.state_dir, session.id)

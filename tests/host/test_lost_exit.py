@@ -73,6 +73,15 @@ def no_bound_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kit.host.sandbox, "LOST_EXIT_S", 0.0)
 
 
+async def _session(kit_tmp: Path, provider: LosingProvider) -> tuple[Session, Reader]:
+    """A new session on ``provider``, and a reader subscribed to it."""
+    log = await SQLiteLogStore(kit_tmp / "sessions").create(new_session_id(), {})
+    session = Session(log, env_for(provider))
+    reader = Reader()
+    session.subscribe(reader)
+    return session, reader
+
+
 async def _yield() -> None:
     for _ in range(YIELDS):
         await asyncio.sleep(0)
@@ -162,10 +171,7 @@ async def test_a_session_whose_sandbox_loses_its_exit_still_closes(
     runtime = Runtime()
     async with serving(runtime) as endpoint:
         provider = LosingProvider(endpoint)
-        log = await SQLiteLogStore(kit_tmp / "sessions").create(new_session_id(), {})
-        session = Session(log, env_for(provider))
-        reader = Reader()
-        session.subscribe(reader)
+        session, reader = await _session(kit_tmp, provider)
         assert await session.submit("m1", "one")
         assert await reader.result_of(TurnId("t1")) == "answer to one"
         (sandbox,) = provider.started
@@ -197,10 +203,7 @@ async def test_a_turn_whose_sandbox_loses_its_exit_is_recovered(
     caplog.set_level(logging.ERROR, "kit.host")
     async with serving(runtime) as endpoint:
         provider = LosingProvider(endpoint)
-        log = await SQLiteLogStore(kit_tmp / "sessions").create(new_session_id(), {})
-        session = Session(log, env_for(provider))
-        reader = Reader()
-        session.subscribe(reader)
+        session, reader = await _session(kit_tmp, provider)
         try:
             assert await session.submit("m1", "one")
             assert await reader.result_of(TurnId("t1")) == "answer to one"
